@@ -1,0 +1,80 @@
+//! Devices: list, inspect, rename, delete.
+
+use ruma::MilliSecondsSinceUnixEpoch;
+use ruma::api::client::device::{
+    self, delete_device, delete_devices, get_device, get_devices, update_device,
+};
+
+use crate::{
+    Error, Result,
+    api::{AppState, ruma::Ruma},
+    service::devices::DeviceView,
+};
+
+/// Longest device display name accepted, in characters (as Synapse).
+const MAX_DISPLAY_NAME_LEN: usize = 100;
+
+fn to_ruma(view: DeviceView) -> device::Device {
+    let mut device = device::Device::new(view.device_id);
+    device.display_name = view.display_name;
+    device.last_seen_ip = view.last_seen_ip;
+    device.last_seen_ts = view.last_seen_ms.and_then(|ms| ms.try_into().ok()).map(MilliSecondsSinceUnixEpoch);
+    device
+}
+
+/// `GET /_matrix/client/v3/devices`
+pub async fn get_devices(
+    services: AppState,
+    req: Ruma<get_devices::v3::Request>,
+) -> Result<get_devices::v3::Response> {
+    let devices = services.devices.list(&req.identity.user_id)?.into_iter().map(to_ruma).collect();
+    Ok(get_devices::v3::Response::new(devices))
+}
+
+/// `GET /_matrix/client/v3/devices/{deviceId}`
+pub async fn get_device(
+    services: AppState,
+    req: Ruma<get_device::v3::Request>,
+) -> Result<get_device::v3::Response> {
+    let view = services
+        .devices
+        .get(&req.identity.user_id, &req.body.device_id)?
+        .ok_or_else(|| Error::not_found("Not found"))?;
+    Ok(get_device::v3::Response::new(to_ruma(view)))
+}
+
+/// `PUT /_matrix/client/v3/devices/{deviceId}`: a missing `display_name` leaves it unchanged.
+pub async fn update_device(
+    services: AppState,
+    req: Ruma<update_device::v3::Request>,
+) -> Result<update_device::v3::Response> {
+    let user_id = &req.identity.user_id;
+    match req.body.display_name {
+        Some(name) if name.chars().count() > MAX_DISPLAY_NAME_LEN => {
+            Err(Error::invalid_param("Device display name is too long (max 100)"))
+        }
+        Some(name) => services.devices.set_display_name(user_id, &req.body.device_id, Some(name)),
+        None if services.devices.exists(user_id, &req.body.device_id)? => Ok(()),
+        None => Err(Error::not_found("Not found")),
+    }?;
+    Ok(update_device::v3::Response::new())
+}
+
+/// `DELETE /_matrix/client/v3/devices/{deviceId}`
+pub async fn delete_device(
+    services: AppState,
+    req: Ruma<delete_device::v3::Request>,
+) -> Result<delete_device::v3::Response> {
+    let devices = [req.body.device_id];
+    services.accounts.delete_devices(&req.identity, &devices, req.body.auth.as_ref()).await?;
+    Ok(delete_device::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/delete_devices`
+pub async fn delete_devices(
+    services: AppState,
+    req: Ruma<delete_devices::v3::Request>,
+) -> Result<delete_devices::v3::Response> {
+    services.accounts.delete_devices(&req.identity, &req.body.devices, req.body.auth.as_ref()).await?;
+    Ok(delete_devices::v3::Response::new())
+}

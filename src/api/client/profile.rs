@@ -1,0 +1,85 @@
+//! Profiles: display name and avatar of local users.
+
+use ruma::{
+    UserId,
+    api::client::profile::{get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name},
+    profile::ProfileFieldValue,
+};
+
+use crate::{
+    Error, Result,
+    api::{AppState, ruma::Ruma},
+    service::Services,
+    storage::tables::ProfileRecord,
+};
+
+/// Longest display name accepted, in bytes (as Synapse).
+const MAX_DISPLAYNAME_LEN: usize = 256;
+
+fn profile_of(services: &Services, user_id: &UserId) -> Result<ProfileRecord> {
+    services.users.profile(user_id)?.ok_or_else(|| Error::not_found("Profile was not found"))
+}
+
+fn ensure_self(identity: &UserId, target: &UserId) -> Result<()> {
+    if identity != target {
+        return Err(Error::forbidden("Cannot set another user's profile"));
+    }
+    Ok(())
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}`
+pub async fn get_profile(
+    services: AppState,
+    req: Ruma<get_profile::v3::Request>,
+) -> Result<get_profile::v3::Response> {
+    let profile = profile_of(&services, &req.body.user_id)?;
+    let mut fields = Vec::new();
+    if let Some(name) = profile.displayname {
+        fields.push(ProfileFieldValue::DisplayName(name));
+    }
+    if let Some(url) = profile.avatar_url {
+        fields.push(ProfileFieldValue::AvatarUrl(url));
+    }
+    Ok(fields.into_iter().collect())
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}/displayname`
+pub async fn get_display_name(
+    services: AppState,
+    req: Ruma<get_display_name::v3::Request>,
+) -> Result<get_display_name::v3::Response> {
+    Ok(get_display_name::v3::Response::new(profile_of(&services, &req.body.user_id)?.displayname))
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/displayname`
+pub async fn set_display_name(
+    services: AppState,
+    req: Ruma<set_display_name::v3::Request>,
+) -> Result<set_display_name::v3::Response> {
+    ensure_self(&req.identity.user_id, &req.body.user_id)?;
+    if req.body.displayname.as_ref().is_some_and(|n| n.len() > MAX_DISPLAYNAME_LEN) {
+        return Err(Error::invalid_param("Display name is too long (max 256)"));
+    }
+    // An empty name clears it, as clients use "" for "no name".
+    let name = req.body.displayname.filter(|n| !n.is_empty());
+    services.users.set_displayname(&req.body.user_id, name)?;
+    Ok(set_display_name::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}/avatar_url`
+pub async fn get_avatar_url(
+    services: AppState,
+    req: Ruma<get_avatar_url::v3::Request>,
+) -> Result<get_avatar_url::v3::Response> {
+    Ok(get_avatar_url::v3::Response::new(profile_of(&services, &req.body.user_id)?.avatar_url))
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/avatar_url`
+pub async fn set_avatar_url(
+    services: AppState,
+    req: Ruma<set_avatar_url::v3::Request>,
+) -> Result<set_avatar_url::v3::Response> {
+    ensure_self(&req.identity.user_id, &req.body.user_id)?;
+    services.users.set_avatar_url(&req.body.user_id, req.body.avatar_url)?;
+    Ok(set_avatar_url::v3::Response::new())
+}

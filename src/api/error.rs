@@ -1,0 +1,94 @@
+//! The single place where an `Error` becomes an HTTP response: Matrix error JSON with the
+//! right status. Internal causes are logged here, once, and replaced by a generic message.
+
+use axum::{
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use ruma::api::{
+    client::uiaa::UiaaInfo,
+    error::{ErrorKind, StandardErrorBody},
+};
+
+use crate::Error;
+
+/// The status the spec (or Synapse, where the spec is silent) gives each errcode.
+fn status_for(kind: &ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Forbidden
+        | ErrorKind::GuestAccessForbidden
+        | ErrorKind::UserDeactivated
+        | ErrorKind::ThreepidDenied
+        | ErrorKind::ServerNotTrusted => StatusCode::FORBIDDEN,
+        ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
+        ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::UserInUse | ErrorKind::RoomInUse => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "serialising an error body failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+fn standard(status: StatusCode, kind: ErrorKind, message: &str) -> Response {
+    let soft_logout = match &kind {
+        ErrorKind::UnknownToken(data) => Some(data.soft_logout),
+        _ => None,
+    };
+    let mut body = match serde_json::to_value(StandardErrorBody::new(kind, message.to_owned())) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    // ruma leaves out `soft_logout: false`; clients (and Synapse) expect it spelled out.
+    if let Some(soft_logout) = soft_logout {
+        body.insert("soft_logout".to_owned(), soft_logout.into());
+    }
+    json(status, &body)
+}
+
+/// The 401 body of user-interactive auth: the info object, plus `errcode`/`error` of the
+/// last failed stage flattened in, as the spec shows.
+fn uiaa(info: &UiaaInfo) -> Response {
+    let mut body = match serde_json::to_value(info) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return standard(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error"),
+    };
+    if let Some(Ok(serde_json::Value::Object(failure))) = info.auth_error.as_deref().map(serde_json::to_value)
+    {
+        body.extend(failure);
+    }
+    // ruma omits an empty `completed`; Synapse always sends it and some clients read it.
+    body.entry("completed").or_insert_with(|| serde_json::json!([]));
+    json(StatusCode::UNAUTHORIZED, &body)
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Error::Matrix { kind, message } => standard(status_for(&kind), kind, &message),
+            Error::MethodNotAllowed => {
+                standard(StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized, "Unrecognized request")
+            }
+            Error::Uiaa(info) => uiaa(&info),
+            Error::Storage(e) => {
+                tracing::error!(error = %e, "storage failure");
+                standard(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error")
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "internal failure");
+                standard(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error")
+            }
+        }
+    }
+}

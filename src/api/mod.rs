@@ -1,0 +1,148 @@
+//! The HTTP edge, and the only code that knows axum: the router with every route, the tower
+//! layers around it, the request extractor and the error mapping.
+
+pub mod client;
+pub mod error;
+pub mod ruma;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use ::ruma::api::{IncomingRequest, path_builder::PathBuilder};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderName, Method, Request, header},
+    response::{IntoResponse, Response},
+    routing::{MethodFilter, get, on},
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    cors::{Any, CorsLayer},
+    trace::TraceLayer,
+};
+
+use self::ruma::{Identify, Ruma, RumaResponse};
+use crate::{Error, Result, service::Services};
+
+/// The shared state every handler receives.
+pub type AppState = Arc<Services>;
+
+/// Registering a ruma endpoint: every path its metadata lists (r0, v3, unstable), for its
+/// method, with the handler wrapped to serialise the ruma response.
+trait RouterExt {
+    fn ruma_route<Req, F, Fut>(self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: Identify,
+        Req::OutgoingResponse: Send,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+}
+
+impl RouterExt for Router<AppState> {
+    fn ruma_route<Req, F, Fut>(self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: Identify,
+        Req::OutgoingResponse: Send,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
+    {
+        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+        Req::PATH_BUILDER.all_paths().fold(self, |router, path| {
+            let handler = handler.clone();
+            router.route(
+                path,
+                on(filter, move |State(services): State<AppState>, req: Ruma<Req>| async move {
+                    handler(services, req).await.map(RumaResponse)
+                }),
+            )
+        })
+    }
+}
+
+/// Every route the server answers.
+pub fn router(services: AppState) -> Router {
+    use client::{account, device, discovery, profile, session};
+
+    Router::new()
+        // Discovery
+        .ruma_route(discovery::get_supported_versions)
+        .ruma_route(discovery::discover_homeserver)
+        .ruma_route(discovery::get_capabilities)
+        .route("/.well-known/matrix/server", get(discovery::well_known_server))
+        // Accounts
+        .ruma_route(account::register)
+        .ruma_route(account::get_username_availability)
+        .ruma_route(account::check_registration_token_validity)
+        .ruma_route(account::whoami)
+        .ruma_route(account::change_password)
+        .ruma_route(account::deactivate)
+        // Sessions
+        .ruma_route(session::get_login_types)
+        .ruma_route(session::login)
+        .ruma_route(session::refresh_token)
+        .ruma_route(session::logout)
+        .ruma_route(session::logout_all)
+        // Devices
+        .ruma_route(device::get_devices)
+        .ruma_route(device::get_device)
+        .ruma_route(device::update_device)
+        .ruma_route(device::delete_device)
+        .ruma_route(device::delete_devices)
+        // Profiles
+        .ruma_route(profile::get_profile)
+        .ruma_route(profile::get_display_name)
+        .ruma_route(profile::set_display_name)
+        .ruma_route(profile::get_avatar_url)
+        .ruma_route(profile::set_avatar_url)
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(services)
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(cors())
+                .layer(CatchPanicLayer::custom(panic_response)),
+        )
+}
+
+/// CORS as the client-server spec requires for browser clients: any origin, the methods and
+/// headers Matrix uses.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            HeaderName::from_static("x-requested-with"),
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::DATE,
+        ])
+        .max_age(Duration::from_secs(86400))
+}
+
+/// One span per request. Only method and path: the query may carry an access token.
+fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    Error::internal("handler panicked").into_response()
+}
+
+async fn unrecognized() -> Error {
+    Error::unrecognized("Unrecognized request")
+}
+
+async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}

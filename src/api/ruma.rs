@@ -1,0 +1,186 @@
+//! The extractor: one path from an HTTP request to a typed ruma request plus the identity its
+//! endpoint's declared auth scheme yields. Body limit, then authentication, then parsing.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path},
+    http::{Request, header},
+    response::{IntoResponse, Response},
+};
+use bytes::BytesMut;
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt as _, OutgoingResponse, OutgoingResponseExt as _,
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, ExtractTokenError,
+        NoAccessToken, NoAuthentication,
+    },
+    error::{DeserializationError, FromHttpRequestError},
+};
+
+use crate::{
+    Error, Result,
+    service::{Services, devices::DeviceIdentity},
+};
+
+/// A parsed request and who sent it.
+pub struct Ruma<T: IncomingRequest>
+where
+    T::Authentication: Identify,
+{
+    pub body: T,
+    pub identity: <T::Authentication as Identify>::Identity,
+    /// The peer address the request came from.
+    pub client_ip: String,
+}
+
+/// What each auth scheme proves about the caller, as a type handlers can rely on.
+pub trait Identify: AuthScheme {
+    type Identity: Send + 'static;
+
+    /// Turn the token the scheme extracted into an identity, or refuse the request.
+    fn identify(
+        services: &Services,
+        token: std::result::Result<Self::Output, Self::ExtractAuthenticationError>,
+        client_ip: &str,
+    ) -> Result<Self::Identity>;
+}
+
+fn token_error(error: ExtractTokenError) -> Error {
+    match error {
+        ExtractTokenError::MissingAccessToken => Error::missing_token(),
+        _ => Error::unknown_token(false, "Invalid access token passed"),
+    }
+}
+
+fn user_from_token(services: &Services, token: &str, client_ip: &str) -> Result<DeviceIdentity> {
+    let identity = services.devices.authenticate(token)?;
+    services.devices.touch(&identity, client_ip.to_owned());
+    Ok(identity)
+}
+
+impl Identify for AccessToken {
+    type Identity = DeviceIdentity;
+
+    fn identify(
+        services: &Services,
+        token: std::result::Result<String, ExtractTokenError>,
+        ip: &str,
+    ) -> Result<DeviceIdentity> {
+        user_from_token(services, &token.map_err(token_error)?, ip)
+    }
+}
+
+impl Identify for AccessTokenOptional {
+    type Identity = Option<DeviceIdentity>;
+
+    /// A token that is present must be valid; only its absence is optional.
+    fn identify(
+        services: &Services,
+        token: std::result::Result<Option<String>, ExtractTokenError>,
+        ip: &str,
+    ) -> Result<Option<DeviceIdentity>> {
+        token.map_err(token_error)?.map(|t| user_from_token(services, &t, ip)).transpose()
+    }
+}
+
+/// Application services are not registered yet, so any token presented as one is unknown.
+impl Identify for AppserviceTokenOptional {
+    type Identity = ();
+
+    fn identify(
+        _: &Services,
+        token: std::result::Result<Option<String>, ExtractTokenError>,
+        _: &str,
+    ) -> Result<()> {
+        match token.map_err(token_error)? {
+            None => Ok(()),
+            Some(_) => Err(Error::unknown_token(false, "Unrecognised access token")),
+        }
+    }
+}
+
+impl Identify for NoAccessToken {
+    type Identity = ();
+
+    fn identify(_: &Services, _: std::result::Result<(), std::convert::Infallible>, _: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Identify for NoAuthentication {
+    type Identity = ();
+
+    fn identify(_: &Services, _: std::result::Result<(), std::convert::Infallible>, _: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn parse_error(error: FromHttpRequestError) -> Error {
+    match error {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            if e.is_syntax() || e.is_eof() {
+                Error::not_json("Content not JSON.")
+            } else {
+                Error::bad_json(e.to_string())
+            }
+        }
+        FromHttpRequestError::Deserialization(e) => Error::invalid_param(e.to_string()),
+        FromHttpRequestError::MethodMismatch { .. } => Error::MethodNotAllowed,
+        _ => Error::bad_json("Malformed request"),
+    }
+}
+
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: Identify,
+{
+    type Rejection = Error;
+
+    async fn from_request(request: Request<Body>, services: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = request.into_parts();
+        let limit = services.config.max_request_size as usize;
+        let declared_too_large = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .is_some_and(|len| len > limit);
+        if declared_too_large {
+            return Err(Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"));
+        }
+        // Path parameters, percent-decoded by axum; ruma takes them decoded.
+        let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, &()).await {
+            Ok(Path(args)) => args,
+            Err(_) => Vec::new(),
+        };
+        let client_ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string())
+            .unwrap_or_default();
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"))?;
+
+        let http_request = Request::from_parts(parts, bytes.as_ref());
+        let token = <T::Authentication as AuthScheme>::extract_authentication(&http_request);
+        let identity = <T::Authentication as Identify>::identify(services, token, &client_ip)?;
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_request, &args).map_err(parse_error)?;
+        Ok(Self { body, identity, client_ip })
+    }
+}
+
+/// A ruma response serialised for axum.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(response) => response.map(|b| Body::from(b.freeze())).into_response(),
+            Err(e) => Error::internal(format!("serialising response: {e}")).into_response(),
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The one configuration: every key, its default and its check. The only code that reads the
+//! environment. Keys live under `[global]` in `conduit.toml`; each can be overridden by
+//! `CONDUIT_<KEY>` (nested tables joined with `__`).
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use ruma::OwnedServerName;
+use serde::{Deserialize, Serialize};
+
+/// Server configuration. Field docs are the reference; `conduit.toml.example` and
+/// `docs/configuration.md` repeat them for operators.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// The server's Matrix name: the part after `:` in user IDs. Cannot change later.
+    pub server_name: OwnedServerName,
+    /// Address to listen on.
+    pub address: IpAddr,
+    /// Port to listen on.
+    pub port: u16,
+    /// Directory of the RocksDB database.
+    pub database_path: PathBuf,
+    /// Largest accepted request body, in bytes.
+    pub max_request_size: u32,
+    /// Whether anyone may register an account through the API.
+    pub allow_registration: bool,
+    /// When set (and registration is allowed), registering requires this token.
+    pub registration_token: Option<String>,
+    /// Whether to talk to other Matrix servers. Federation is not implemented yet; the key is
+    /// accepted so that configurations stay valid when it lands, and must stay false.
+    pub allow_federation: bool,
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `conduit=debug`).
+    pub log: String,
+    /// Answers for `/.well-known/matrix/{client,server}`.
+    pub well_known: WellKnownConfig,
+    /// Flat aliases for `well_known.client` / `well_known.server`.
+    pub well_known_client: Option<String>,
+    pub well_known_server: Option<String>,
+    /// Lifetime of access tokens issued to clients that asked for a refresh token, seconds.
+    pub refreshable_access_token_lifetime_secs: u64,
+    /// How long a user-interactive authentication session stays valid, seconds.
+    pub uiaa_session_lifetime_secs: u64,
+    /// Argon2id parameters for new password hashes (existing hashes keep their own).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+}
+
+/// Discovery information served to clients and servers.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WellKnownConfig {
+    /// Base URL clients should use, e.g. `https://matrix.example.com`.
+    pub client: Option<String>,
+    /// `host:port` other servers should use for federation, e.g. `matrix.example.com:443`.
+    pub server: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".try_into().expect("valid literal server name"),
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 6167,
+            database_path: PathBuf::from("./data"),
+            max_request_size: 20 * 1024 * 1024,
+            allow_registration: false,
+            registration_token: None,
+            allow_federation: false,
+            log: "info".to_owned(),
+            well_known: WellKnownConfig::default(),
+            well_known_client: None,
+            well_known_server: None,
+            refreshable_access_token_lifetime_secs: 300,
+            uiaa_session_lifetime_secs: 600,
+            // OWASP's first recommended argon2id setting.
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+        }
+    }
+}
+
+/// The outcome of loading: the config plus keys that were present but not understood.
+pub struct Loaded {
+    pub config: Config,
+    pub unknown_keys: Vec<String>,
+}
+
+impl Config {
+    /// Load from an optional TOML file (its `[global]` table) and `CONDUIT_*` variables, which
+    /// win. A missing file path given explicitly is an error; no path at all means defaults.
+    pub fn load(path: Option<&Path>) -> Result<Loaded, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file_exact(path).nested());
+        }
+        let env = Env::prefixed("CONDUIT_").ignore(&["CONFIG"]).split("__").global();
+        Self::extract(figment.merge(env))
+    }
+
+    /// Load from TOML text (for tests and tools), with the same checks as `load`.
+    pub fn from_toml_str(toml: &str) -> Result<Loaded, String> {
+        Self::extract(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml).nested()),
+        )
+    }
+
+    fn extract(figment: Figment) -> Result<Loaded, String> {
+        // `.nested()` maps the `[global]` table to figment's global profile, which overrides the
+        // defaults; other top-level tables become profiles that are never selected.
+        let config: Config = figment.extract().map_err(|e| describe_figment_error(&e))?;
+        let unknown_keys = unknown_keys(&figment);
+        config.check()?;
+        Ok(Loaded { config: config.resolved(), unknown_keys })
+    }
+
+    /// Checks that need more than a type.
+    fn check(&self) -> Result<(), String> {
+        if self.max_request_size < 1024 {
+            return Err("invalid value for key `max_request_size`: must be at least 1024 bytes".into());
+        }
+        if self.allow_federation {
+            return Err("invalid value for key `allow_federation`: federation is not implemented \
+                        in this version of conduit; set it to false"
+                .into());
+        }
+        if matches!(&self.registration_token, Some(t) if t.is_empty()) {
+            return Err("invalid value for key `registration_token`: must not be empty".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(format!("invalid value for key `log`: `{}` is not a log filter", self.log));
+        }
+        argon2::Params::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism, None)
+            .map_err(|e| format!("invalid value for keys `argon2_*`: {e}"))?;
+        if self.refreshable_access_token_lifetime_secs == 0 {
+            return Err("invalid value for key `refreshable_access_token_lifetime_secs`: must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Fold the flat aliases into their tables.
+    fn resolved(mut self) -> Self {
+        if let Some(client) = self.well_known_client.take() {
+            self.well_known.client.get_or_insert(client);
+        }
+        if let Some(server) = self.well_known_server.take() {
+            self.well_known.server.get_or_insert(server);
+        }
+        self
+    }
+}
+
+fn describe_figment_error(error: &figment::Error) -> String {
+    let mut parts = Vec::new();
+    for e in error.clone() {
+        let key = if e.path.is_empty() { "(top level)".to_owned() } else { e.path.join(".") };
+        parts.push(format!("invalid value for key `{key}`: {}", e.kind));
+    }
+    parts.join("; ")
+}
+
+/// Keys present in the configuration that `Config` does not read.
+fn unknown_keys(figment: &Figment) -> Vec<String> {
+    let Ok(value) = figment.extract::<figment::value::Value>() else { return Vec::new() };
+    let mut unknown = Vec::new();
+    let _: Result<Config, _> = serde_ignored::deserialize(&value, |path| unknown.push(path.to_string()));
+    unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_means_defaults() {
+        let loaded = Config::from_toml_str("").unwrap();
+        assert_eq!(loaded.config.server_name, "localhost");
+        assert_eq!(loaded.config.port, 6167);
+        assert_eq!(loaded.config.database_path, PathBuf::from("./data"));
+        assert!(!loaded.config.allow_registration);
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let err = Config::from_toml_str("[global]\nport = \"eighty\"").err().unwrap();
+        assert!(err.contains("port"), "{err}");
+        let err = Config::from_toml_str("[global]\nserver_name = \"not a name!\"").err().unwrap();
+        assert!(err.contains("server_name"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported() {
+        let loaded =
+            Config::from_toml_str("[global]\nport = 1\nprot = 2\n[global.well_known]\nclinet = \"x\"")
+                .unwrap();
+        assert_eq!(loaded.unknown_keys, vec!["prot".to_owned(), "well_known.clinet".to_owned()]);
+    }
+
+    #[test]
+    fn flat_well_known_aliases_fold_into_the_table() {
+        let loaded = Config::from_toml_str("[global]\nwell_known_client = \"https://m.example\"").unwrap();
+        assert_eq!(loaded.config.well_known.client.as_deref(), Some("https://m.example"));
+    }
+
+    /// The shipped example must parse cleanly and mention every key the server reads.
+    #[test]
+    fn example_config_parses_and_covers_every_key() {
+        let text = include_str!("../conduit.toml.example");
+        let loaded = Config::from_toml_str(text).unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "unknown keys in example: {:?}", loaded.unknown_keys);
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        collect_keys(&defaults, "", &mut missing, text);
+        assert!(missing.is_empty(), "conduit.toml.example does not document: {missing:?}");
+    }
+
+    fn collect_keys(value: &serde_json::Value, prefix: &str, missing: &mut Vec<String>, text: &str) {
+        let serde_json::Value::Object(map) = value else { return };
+        for (key, v) in map {
+            let full = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            if v.is_object() {
+                if !text.contains(&format!("[global.{full}]")) {
+                    missing.push(full.clone());
+                }
+                collect_keys(v, &full, missing, text);
+            } else {
+                // Documented either set (`key =`) or commented out (`# key =`).
+                let documented = text.lines().any(|l| {
+                    let l = l.trim_start_matches('#').trim();
+                    l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+                });
+                if !documented {
+                    missing.push(full);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The one error type. Each error is created where the decision is made, carries the Matrix
+//! errcode and a message for the client, and is turned into HTTP in exactly one place
+//! (`api::error`). Internal causes are logged there and never sent.
+
+use ruma::api::{
+    client::uiaa::UiaaInfo,
+    error::{ErrorKind, UnknownTokenErrorData},
+};
+
+use crate::storage::StorageError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request refused for a reason the client should see.
+    #[error("{kind:?}: {message}")]
+    Matrix { kind: ErrorKind, message: String },
+    /// The path exists but not for this HTTP method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// User-interactive authentication is needed or a stage failed; the body says what next.
+    #[error("user-interactive authentication required")]
+    Uiaa(Box<UiaaInfo>),
+    /// The storage engine failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Any other internal failure; the string is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Matrix { kind, message: message.into() }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadJson, message)
+    }
+
+    pub fn not_json(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotJson, message)
+    }
+
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidParam, message)
+    }
+
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::MissingParam, message)
+    }
+
+    pub fn missing_token() -> Self {
+        Self::new(ErrorKind::MissingToken, "Missing access token")
+    }
+
+    /// An access token that is not (or no longer) valid. `soft_logout` tells the client it
+    /// may log in again keeping its device and keys (the token merely expired).
+    pub fn unknown_token(soft_logout: bool, message: impl Into<String>) -> Self {
+        let mut data = UnknownTokenErrorData::new();
+        data.soft_logout = soft_logout;
+        Self::new(ErrorKind::UnknownToken(data), message)
+    }
+
+    pub fn unrecognized(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unrecognized, message)
+    }
+
+    pub fn internal(context: impl Into<String>) -> Self {
+        Self::Internal(context.into())
+    }
+
+    /// The errcode kind this error carries, if it is a client-visible Matrix error.
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            Self::Matrix { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+}

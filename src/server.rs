@@ -1,0 +1,80 @@
+//! Boot and serve: open storage, build services, start background workers, serve HTTP on a
+//! given listener until a shutdown signal, then finish in-flight requests and flush.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::{
+    Error, Result, api,
+    config::Config,
+    service::{
+        Services,
+        clock::{Clock, SystemClock},
+    },
+    storage,
+};
+
+/// How often last-seen updates held in memory are written out.
+const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A built server: storage open, services wired, not yet serving.
+pub struct Server {
+    services: Arc<Services>,
+}
+
+impl Server {
+    /// Open the configured database and build the services, with the wall clock.
+    pub fn build(config: Config) -> Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// As `build`, with a chosen clock (tests move time instead of sleeping).
+    pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
+        let store = storage::open_rocksdb(&config.database_path)?;
+        let services = Services::build(Arc::new(config), store, clock)?;
+        Ok(Self { services: Arc::new(services) })
+    }
+
+    /// The services, for operator commands that run without HTTP.
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
+    /// requests finish, persist in-memory state and flush storage.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let (stop_workers, workers_stopped) = watch::channel(false);
+        let flusher = tokio::spawn(flush_last_seen_periodically(Arc::clone(&self.services), workers_stopped));
+
+        let app = api::router(Arc::clone(&self.services));
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| Error::internal(format!("HTTP server: {e}")));
+
+        let _ = stop_workers.send(true);
+        let _ = flusher.await;
+        self.services.shutdown()?;
+        tracing::info!("shut down cleanly");
+        served
+    }
+}
+
+async fn flush_last_seen_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = services.devices.flush_last_seen() {
+                    tracing::warn!(error = %e, "writing last-seen times failed");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}

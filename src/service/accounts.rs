@@ -1,0 +1,312 @@
+//! Account life-cycle flows that span several services: registration, login, password
+//! change, deactivation and device removal. Each flow checks policy, runs user-interactive
+//! auth where the spec demands it, and commits its writes to users and devices in one batch.
+
+use std::sync::Arc;
+
+use ruma::{
+    DeviceId, OwnedDeviceId, OwnedUserId, UserId,
+    api::client::{
+        account::{ThirdPartyIdRemovalStatus, change_password, deactivate, register},
+        session::login,
+        uiaa::{AuthData, AuthFlow, AuthType, UserIdentifier},
+    },
+};
+
+use ruma::api::error::ErrorKind;
+
+use super::{
+    devices::{DeviceIdentity, Devices},
+    passwords::random_string,
+    uiaa::{Uiaa, UiaaRequirement},
+    users::Users,
+};
+use crate::{
+    Error, Result,
+    config::Config,
+    matrix::user_id::{registrable_user_id, resolve_login_user},
+    storage::WriteBatch,
+};
+
+/// Longest password accepted, in bytes (as Synapse), so hashing cost stays bounded.
+const MAX_PASSWORD_LEN: usize = 512;
+
+pub struct Accounts {
+    config: Arc<Config>,
+    users: Arc<Users>,
+    devices: Arc<Devices>,
+    uiaa: Arc<Uiaa>,
+    /// Serialises account creation so two requests cannot both take one name.
+    creation: tokio::sync::Mutex<()>,
+}
+
+fn check_password_len(password: &str) -> Result<()> {
+    if password.len() > MAX_PASSWORD_LEN {
+        return Err(Error::invalid_param("Password too long"));
+    }
+    Ok(())
+}
+
+impl Accounts {
+    pub fn new(config: Arc<Config>, users: Arc<Users>, devices: Arc<Devices>, uiaa: Arc<Uiaa>) -> Self {
+        Self { config, users, devices, uiaa, creation: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Whether `localpart` could be registered now.
+    pub fn username_available(&self, localpart: &str) -> Result<()> {
+        let user_id = registrable_user_id(localpart, &self.config.server_name)
+            .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+        if self.users.exists(&user_id)? {
+            return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
+        }
+        Ok(())
+    }
+
+    fn registration_flows(&self) -> Vec<AuthFlow> {
+        let stage = if self.config.registration_token.is_some() {
+            AuthType::RegistrationToken
+        } else {
+            AuthType::Dummy
+        };
+        vec![AuthFlow::new(vec![stage])]
+    }
+
+    /// `POST /register` for a person (application services come later).
+    pub async fn register(
+        &self,
+        req: register::v3::Request,
+        client_ip: String,
+    ) -> Result<register::v3::Response> {
+        if req.kind == register::RegistrationKind::Guest {
+            return Err(Error::forbidden("Guest access is disabled"));
+        }
+        if !self.config.allow_registration {
+            return Err(Error::forbidden("Registration has been disabled"));
+        }
+        // Names are lower-cased (as Synapse does), and problems with them reported before
+        // authentication, so a client learns them at once.
+        let username = req.username.as_ref().map(|n| n.to_lowercase());
+        if let Some(name) = &username {
+            self.username_available(name)?;
+        }
+        let password = req.password.as_deref().ok_or_else(|| Error::missing_param("Missing password"))?;
+        check_password_len(password)?;
+
+        let requirement =
+            UiaaRequirement { endpoint: "register", flows: self.registration_flows(), user: None };
+        self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
+
+        let password_hash = self.users.hash_password(password).await?;
+        let _guard = self.creation.lock().await;
+        let user_id = match &username {
+            Some(name) => {
+                // Checked again under the lock: the name may have been taken meanwhile.
+                self.username_available(name)?;
+                registrable_user_id(name, &self.config.server_name)
+                    .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?
+            }
+            None => self.generate_user_id()?,
+        };
+        let mut batch = WriteBatch::new();
+        let displayname = Some(user_id.localpart().to_owned());
+        self.users.create_in(&mut batch, &user_id, Some(password_hash), false, displayname)?;
+        let issued = if req.inhibit_login {
+            None
+        } else {
+            Some(self.devices.create_session_in(
+                &mut batch,
+                &user_id,
+                req.device_id.clone(),
+                req.initial_device_display_name.clone(),
+                req.refresh_token,
+                client_ip,
+            )?)
+        };
+        self.devices.commit(batch)?;
+        tracing::info!(%user_id, "registered account");
+
+        let mut response = register::v3::Response::new(user_id);
+        if let Some(issued) = issued {
+            response.access_token = Some(issued.access_token);
+            response.device_id = Some(issued.device_id);
+            response.refresh_token = issued.refresh_token;
+            response.expires_in = issued.expires_in;
+        }
+        Ok(response)
+    }
+
+    fn generate_user_id(&self) -> Result<OwnedUserId> {
+        for _ in 0..16 {
+            let candidate = random_string(12).to_lowercase();
+            if let Ok(user_id) = registrable_user_id(&candidate, &self.config.server_name) {
+                if !self.users.exists(&user_id)? {
+                    return Ok(user_id);
+                }
+            }
+        }
+        Err(Error::internal("could not generate a free user ID"))
+    }
+
+    /// Create an account from the command line, bypassing registration policy.
+    pub async fn create_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
+        check_password_len(password)?;
+        let password_hash = self.users.hash_password(password).await?;
+        let _guard = self.creation.lock().await;
+        self.username_available(localpart)?;
+        let user_id = registrable_user_id(localpart, &self.config.server_name)
+            .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+        let mut batch = WriteBatch::new();
+        let displayname = Some(user_id.localpart().to_owned());
+        self.users.create_in(&mut batch, &user_id, Some(password_hash), admin, displayname)?;
+        self.devices.commit(batch)?;
+        Ok(user_id)
+    }
+
+    /// Set a password from the command line; every device is logged out.
+    pub async fn reset_password(&self, localpart: &str, password: &str) -> Result<OwnedUserId> {
+        check_password_len(password)?;
+        let user_id = resolve_login_user(localpart, &self.config.server_name)
+            .filter(|u| self.users.get(u).ok().flatten().is_some_and(|r| !r.deactivated))
+            .ok_or_else(|| Error::not_found("No such active user"))?;
+        let hash = self.users.hash_password(password).await?;
+        let mut batch = WriteBatch::new();
+        self.users.set_password_hash_in(&mut batch, &user_id, hash)?;
+        self.devices.remove_all_in(&mut batch, &user_id, None)?;
+        self.devices.commit(batch)?;
+        Ok(user_id)
+    }
+
+    /// `POST /login`. Every failure to identify the account answers the same way, after the
+    /// same work, so the endpoint does not reveal which accounts exist.
+    pub async fn login(&self, req: login::v3::Request, client_ip: String) -> Result<login::v3::Response> {
+        let login::v3::LoginInfo::Password(info) = &req.login_info else {
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                format!("Unknown login type {}", req.login_info.login_type()),
+            ));
+        };
+        #[allow(deprecated)]
+        let claimed = match (&info.identifier, &info.user) {
+            (Some(UserIdentifier::Matrix(id)), _) => Some(id.user.as_str()),
+            (Some(_), _) => {
+                return Err(Error::new(ErrorKind::Unknown, "Only m.id.user identifiers are supported"));
+            }
+            (None, Some(user)) => Some(user.as_str()),
+            (None, None) => return Err(Error::missing_param("Missing identifier")),
+        };
+        let user_id = claimed.and_then(|c| resolve_login_user(c, &self.config.server_name));
+        let verified = match &user_id {
+            Some(user_id) => self.users.check_password(user_id, &info.password).await?,
+            None => {
+                // Spend the same effort as a real check.
+                let placeholder = resolve_login_user("_", &self.config.server_name);
+                if let Some(p) = placeholder {
+                    self.users.check_password(&p, &info.password).await?;
+                }
+                false
+            }
+        };
+        let (true, Some(user_id)) = (verified, user_id) else {
+            return Err(Error::forbidden("Invalid username or password."));
+        };
+
+        let mut batch = WriteBatch::new();
+        let issued = self.devices.create_session_in(
+            &mut batch,
+            &user_id,
+            req.device_id.clone(),
+            req.initial_device_display_name.clone(),
+            req.refresh_token,
+            client_ip,
+        )?;
+        self.devices.commit(batch)?;
+        tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
+        let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
+        response.refresh_token = issued.refresh_token;
+        response.expires_in = issued.expires_in;
+        Ok(response)
+    }
+
+    fn password_flows() -> Vec<AuthFlow> {
+        vec![AuthFlow::new(vec![AuthType::Password])]
+    }
+
+    /// `POST /account/password`.
+    pub async fn change_password(
+        &self,
+        who: &DeviceIdentity,
+        req: change_password::v3::Request,
+    ) -> Result<change_password::v3::Response> {
+        check_password_len(&req.new_password)?;
+        let requirement = UiaaRequirement {
+            endpoint: "change_password",
+            flows: Self::password_flows(),
+            user: Some(&who.user_id),
+        };
+        self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
+        let hash = self.users.hash_password(&req.new_password).await?;
+        let mut batch = WriteBatch::new();
+        self.users.set_password_hash_in(&mut batch, &who.user_id, hash)?;
+        if req.logout_devices {
+            self.devices.remove_all_in(&mut batch, &who.user_id, Some(&who.device_id))?;
+        }
+        self.devices.commit(batch)?;
+        Ok(change_password::v3::Response::new())
+    }
+
+    /// `POST /account/deactivate`: the account can never log in again and its name stays taken.
+    pub async fn deactivate(
+        &self,
+        who: &DeviceIdentity,
+        req: deactivate::v3::Request,
+    ) -> Result<deactivate::v3::Response> {
+        let requirement = UiaaRequirement {
+            endpoint: "deactivate",
+            flows: Self::password_flows(),
+            user: Some(&who.user_id),
+        };
+        self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
+        let mut batch = WriteBatch::new();
+        self.users.deactivate_in(&mut batch, &who.user_id, req.erase)?;
+        self.devices.remove_all_in(&mut batch, &who.user_id, None)?;
+        self.devices.commit(batch)?;
+        tracing::info!(user_id = %who.user_id, "deactivated account");
+        // No third-party identifiers are ever bound here, so there is nothing to unbind.
+        Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success))
+    }
+
+    /// `DELETE /devices/{id}` and `POST /delete_devices`: after password re-authentication,
+    /// remove the devices and their tokens. Unknown device IDs are skipped.
+    pub async fn delete_devices(
+        &self,
+        who: &DeviceIdentity,
+        device_ids: &[OwnedDeviceId],
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        let requirement = UiaaRequirement {
+            endpoint: "delete_devices",
+            flows: Self::password_flows(),
+            user: Some(&who.user_id),
+        };
+        self.uiaa.authenticate(&requirement, auth).await?;
+        let mut batch = WriteBatch::new();
+        for device_id in device_ids {
+            self.devices.remove_in(&mut batch, &who.user_id, device_id)?;
+        }
+        self.devices.commit(batch)
+    }
+
+    /// `POST /logout`: this device and its tokens go.
+    pub fn logout(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        self.devices.remove_in(&mut batch, user_id, device_id)?;
+        self.devices.commit(batch)
+    }
+
+    /// `POST /logout/all`: every device of the user goes.
+    pub fn logout_all(&self, user_id: &UserId) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        self.devices.remove_all_in(&mut batch, user_id, None)?;
+        self.devices.commit(batch)
+    }
+}

@@ -1,0 +1,318 @@
+//! Devices and the tokens that authenticate them. Owns the `devices`, `access_tokens` and
+//! `refresh_tokens` tables. A device has at most one live access token and one refresh token;
+//! logging in again with the same device ID replaces them.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::Engine as _;
+use rand::RngCore as _;
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use sha2::{Digest as _, Sha256};
+
+use super::clock::Clock;
+use crate::{
+    Error, Result,
+    storage::{
+        Direction, KvStore, Table, WriteBatch,
+        tables::{
+            ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord,
+            TokenHash,
+        },
+    },
+};
+
+/// Who a valid access token belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+/// Tokens handed to a client at login, registration or refresh. The secrets exist only here
+/// and in the response; storage keeps their hashes.
+pub struct IssuedTokens {
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<Duration>,
+}
+
+/// A device as shown to its owner.
+pub struct DeviceView {
+    pub device_id: OwnedDeviceId,
+    pub display_name: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_ms: Option<u64>,
+}
+
+type DeviceKey = (OwnedUserId, OwnedDeviceId);
+
+pub struct Devices {
+    store: Arc<dyn KvStore>,
+    devices: Table<DeviceKey, DeviceRecord>,
+    access_tokens: Table<TokenHash, AccessTokenRecord>,
+    refresh_tokens: Table<TokenHash, RefreshTokenRecord>,
+    clock: Arc<dyn Clock>,
+    /// Lifetime of access tokens that come with a refresh token.
+    refreshable_lifetime: Duration,
+    /// Last-seen updates held in memory and written in bulk by `flush_last_seen`, so that an
+    /// authenticated request costs a map insert rather than a database write.
+    last_seen: Mutex<HashMap<DeviceKey, (String, u64)>>,
+    /// Serialises token rotation so a refresh token cannot be spent twice concurrently.
+    rotation: tokio::sync::Mutex<()>,
+}
+
+fn hash_token(token: &str) -> TokenHash {
+    TokenHash(Sha256::digest(token.as_bytes()).into())
+}
+
+/// A fresh secret: 32 random bytes from the OS generator, URL-safe base64.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A device ID like Synapse's: ten upper-case letters.
+fn new_device_id() -> OwnedDeviceId {
+    use rand::Rng as _;
+    let mut rng = rand::thread_rng();
+    let id: String = (0..10).map(|_| char::from(rng.gen_range(b'A'..=b'Z'))).collect();
+    id.into()
+}
+
+impl Devices {
+    pub fn new(store: &Arc<dyn KvStore>, clock: Arc<dyn Clock>, refreshable_lifetime: Duration) -> Self {
+        Self {
+            store: Arc::clone(store),
+            devices: DEVICES.open(store),
+            access_tokens: ACCESS_TOKENS.open(store),
+            refresh_tokens: REFRESH_TOKENS.open(store),
+            clock,
+            refreshable_lifetime,
+            last_seen: Mutex::new(HashMap::new()),
+            rotation: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Resolve an access token. Expired tokens give a soft logout (the client may refresh or
+    /// log in again keeping its device); unknown ones a hard one.
+    pub fn authenticate(&self, token: &str) -> Result<DeviceIdentity> {
+        let record = self
+            .access_tokens
+            .get(&hash_token(token))?
+            .ok_or_else(|| Error::unknown_token(false, "Unknown access token"))?;
+        if record.expires_ms.is_some_and(|exp| exp <= self.clock.now_ms()) {
+            return Err(Error::unknown_token(true, "Access token has expired"));
+        }
+        Ok(DeviceIdentity { user_id: record.user_id, device_id: record.device_id })
+    }
+
+    /// Note that a device was just used from `ip`; cheap, persisted later.
+    pub fn touch(&self, identity: &DeviceIdentity, ip: String) {
+        let now = self.clock.now_ms();
+        if let Ok(mut pending) = self.last_seen.lock() {
+            pending.insert((identity.user_id.clone(), identity.device_id.clone()), (ip, now));
+        }
+    }
+
+    /// Write pending last-seen updates to storage. Called periodically and at shutdown.
+    pub fn flush_last_seen(&self) -> Result<()> {
+        let pending = match self.last_seen.lock() {
+            Ok(mut map) => std::mem::take(&mut *map),
+            Err(_) => return Ok(()),
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<DeviceKey> = pending.keys().cloned().collect();
+        let records = self.devices.get_many(&keys)?;
+        let mut batch = WriteBatch::new();
+        for (key, record) in keys.iter().zip(records) {
+            // A device deleted meanwhile stays deleted.
+            let Some(mut record) = record else { continue };
+            let (ip, ts) = &pending[key];
+            record.last_seen_ip = Some(ip.clone());
+            record.last_seen_ms = Some(*ts);
+            self.devices.put(&mut batch, key, &record)?;
+        }
+        Ok(self.store.write(batch)?)
+    }
+
+    /// Queue a new login session for `user_id`: the device is created, or, if `device_id`
+    /// names an existing device, its old tokens are revoked and replaced.
+    pub fn create_session_in(
+        &self,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        refreshable: bool,
+        client_ip: String,
+    ) -> Result<IssuedTokens> {
+        let device_id = device_id.unwrap_or_else(new_device_id);
+        let key = (user_id.to_owned(), device_id.clone());
+        let now = self.clock.now_ms();
+        let mut record = match self.devices.get(&key)? {
+            Some(existing) => {
+                self.revoke_tokens_in(batch, &existing);
+                DeviceRecord {
+                    display_name: display_name.or(existing.display_name),
+                    last_seen_ip: Some(client_ip),
+                    last_seen_ms: Some(now),
+                    ..existing
+                }
+            }
+            None => DeviceRecord {
+                display_name,
+                created_ms: now,
+                // The login itself is the first sighting.
+                last_seen_ip: Some(client_ip),
+                last_seen_ms: Some(now),
+                access_token: None,
+                refresh_token: None,
+            },
+        };
+        let issued = self.issue_tokens_in(batch, &key, &mut record, refreshable)?;
+        self.devices.put(batch, &key, &record)?;
+        Ok(issued)
+    }
+
+    fn issue_tokens_in(
+        &self,
+        batch: &mut WriteBatch,
+        key: &DeviceKey,
+        record: &mut DeviceRecord,
+        refreshable: bool,
+    ) -> Result<IssuedTokens> {
+        let access_token = new_token();
+        let access_hash = hash_token(&access_token);
+        let expires_in = refreshable.then_some(self.refreshable_lifetime);
+        let expires_ms = expires_in.map(|d| self.clock.now_ms() + d.as_millis() as u64);
+        let token_record = AccessTokenRecord { user_id: key.0.clone(), device_id: key.1.clone(), expires_ms };
+        self.access_tokens.put(batch, &access_hash, &token_record)?;
+        record.access_token = Some(access_hash);
+
+        let refresh_token = if refreshable {
+            let token = new_token();
+            let hash = hash_token(&token);
+            let refresh_record = RefreshTokenRecord { user_id: key.0.clone(), device_id: key.1.clone() };
+            self.refresh_tokens.put(batch, &hash, &refresh_record)?;
+            record.refresh_token = Some(hash);
+            Some(token)
+        } else {
+            record.refresh_token = None;
+            None
+        };
+        Ok(IssuedTokens { device_id: key.1.clone(), access_token, refresh_token, expires_in })
+    }
+
+    fn revoke_tokens_in(&self, batch: &mut WriteBatch, record: &DeviceRecord) {
+        if let Some(hash) = &record.access_token {
+            self.access_tokens.delete(batch, hash);
+        }
+        if let Some(hash) = &record.refresh_token {
+            self.refresh_tokens.delete(batch, hash);
+        }
+    }
+
+    /// Spend a refresh token: the device gets a new access token and a new refresh token, and
+    /// both old ones stop working.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
+        let _guard = self.rotation.lock().await;
+        let hash = hash_token(refresh_token);
+        let unknown = || Error::unknown_token(false, "Unknown refresh token");
+        let owner = self.refresh_tokens.get(&hash)?.ok_or_else(unknown)?;
+        let key = (owner.user_id, owner.device_id);
+        let mut record = self.devices.get(&key)?.ok_or_else(unknown)?;
+        if record.refresh_token != Some(hash) {
+            return Err(unknown());
+        }
+        let mut batch = WriteBatch::new();
+        self.revoke_tokens_in(&mut batch, &record);
+        let issued = self.issue_tokens_in(&mut batch, &key, &mut record, true)?;
+        self.devices.put(&mut batch, &key, &record)?;
+        self.store.write(batch)?;
+        Ok(issued)
+    }
+
+    /// Queue removal of one device and its tokens. Unknown devices are ignored.
+    pub fn remove_in(&self, batch: &mut WriteBatch, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        if let Some(record) = self.devices.get(&key)? {
+            self.revoke_tokens_in(batch, &record);
+            self.devices.delete(batch, &key);
+        }
+        Ok(())
+    }
+
+    /// Queue removal of every device of `user_id` except `keep`.
+    pub fn remove_all_in(
+        &self,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        keep: Option<&DeviceId>,
+    ) -> Result<()> {
+        for row in self.devices.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
+            let ((_, device_id), record) = row?;
+            if Some(device_id.as_ref()) != keep {
+                self.revoke_tokens_in(batch, &record);
+                self.devices.delete(batch, &(user_id.to_owned(), device_id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Commit a batch built with the `*_in` methods of this and other services.
+    pub fn commit(&self, batch: WriteBatch) -> Result<()> {
+        Ok(self.store.write(batch)?)
+    }
+
+    fn view(&self, key: &DeviceKey, record: DeviceRecord) -> DeviceView {
+        let pending = self.last_seen.lock().ok().and_then(|m| m.get(key).cloned());
+        let (last_seen_ip, last_seen_ms) = match pending {
+            Some((ip, ts)) => (Some(ip), Some(ts)),
+            None => (record.last_seen_ip, record.last_seen_ms),
+        };
+        DeviceView { device_id: key.1.clone(), display_name: record.display_name, last_seen_ip, last_seen_ms }
+    }
+
+    /// All devices of a user, in device-id order.
+    pub fn list(&self, user_id: &UserId) -> Result<Vec<DeviceView>> {
+        self.devices
+            .scan_prefix(&user_id.to_owned(), Direction::Forward)?
+            .map(|row| {
+                let (key, record) = row?;
+                Ok(self.view(&key, record))
+            })
+            .collect()
+    }
+
+    /// One device of a user.
+    pub fn get(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceView>> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        Ok(self.devices.get(&key)?.map(|record| self.view(&key, record)))
+    }
+
+    /// Whether the user has this device.
+    pub fn exists(&self, user_id: &UserId, device_id: &DeviceId) -> Result<bool> {
+        Ok(self.devices.contains(&(user_id.to_owned(), device_id.to_owned()))?)
+    }
+
+    /// Rename a device; `M_NOT_FOUND` if the user has no such device.
+    pub fn set_display_name(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        name: Option<String>,
+    ) -> Result<()> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        let mut record = self.devices.get(&key)?.ok_or_else(|| Error::not_found("Unknown device"))?;
+        record.display_name = name;
+        Ok(self.devices.insert(&key, &record)?)
+    }
+}

@@ -1,0 +1,113 @@
+//! Accounts and their profiles: existence, password hashes, deactivation, admin flag,
+//! display name and avatar. Owns the `users` and `profiles` tables.
+
+use std::sync::Arc;
+
+use ruma::{OwnedMxcUri, OwnedUserId, UserId};
+
+use super::{clock::Clock, passwords::Passwords};
+use crate::{
+    Error, Result,
+    storage::{
+        KvStore, Table, WriteBatch,
+        tables::{PROFILES, ProfileRecord, USERS, UserRecord},
+    },
+};
+
+pub struct Users {
+    users: Table<OwnedUserId, UserRecord>,
+    profiles: Table<OwnedUserId, ProfileRecord>,
+    passwords: Arc<Passwords>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Users {
+    pub fn new(store: &Arc<dyn KvStore>, passwords: Arc<Passwords>, clock: Arc<dyn Clock>) -> Self {
+        Self { users: USERS.open(store), profiles: PROFILES.open(store), passwords, clock }
+    }
+
+    /// The account record, if the user ID was ever registered here.
+    pub fn get(&self, user_id: &UserId) -> Result<Option<UserRecord>> {
+        Ok(self.users.get(&user_id.to_owned())?)
+    }
+
+    /// Whether the name is taken, by a live or a deactivated account.
+    pub fn exists(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.users.contains(&user_id.to_owned())?)
+    }
+
+    /// Queue the creation of an account with an already-hashed password and its initial
+    /// profile. The caller checks availability and commits the batch.
+    pub fn create_in(
+        &self,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        password_hash: Option<String>,
+        admin: bool,
+        displayname: Option<String>,
+    ) -> Result<()> {
+        let record = UserRecord { password_hash, created_ms: self.clock.now_ms(), deactivated: false, admin };
+        self.users.put(batch, &user_id.to_owned(), &record)?;
+        let profile = ProfileRecord { displayname, avatar_url: None };
+        self.profiles.put(batch, &user_id.to_owned(), &profile)?;
+        Ok(())
+    }
+
+    /// Hash a password with the configured parameters.
+    pub async fn hash_password(&self, password: &str) -> Result<String> {
+        self.passwords.hash(password.to_owned()).await
+    }
+
+    /// Whether `password` is the password of the live account `user_id`. Missing and
+    /// deactivated accounts cost the same effort and answer false.
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        let hash = self.get(user_id)?.filter(|u| !u.deactivated).and_then(|u| u.password_hash);
+        self.passwords.verify(hash, password.to_owned()).await
+    }
+
+    /// Queue a password change. Fails if the account does not exist.
+    pub fn set_password_hash_in(&self, batch: &mut WriteBatch, user_id: &UserId, hash: String) -> Result<()> {
+        let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
+        record.password_hash = Some(hash);
+        self.users.put(batch, &user_id.to_owned(), &record).map_err(Error::from)
+    }
+
+    /// Queue deactivation: the password is dropped and the record kept so the name stays taken.
+    /// With `erase`, the profile is cleared too.
+    pub fn deactivate_in(&self, batch: &mut WriteBatch, user_id: &UserId, erase: bool) -> Result<()> {
+        let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
+        record.deactivated = true;
+        record.password_hash = None;
+        self.users.put(batch, &user_id.to_owned(), &record)?;
+        if erase {
+            self.profiles.put(batch, &user_id.to_owned(), &ProfileRecord::default())?;
+        }
+        Ok(())
+    }
+
+    /// The profile of a live local account; `None` for unknown or deactivated users.
+    pub fn profile(&self, user_id: &UserId) -> Result<Option<ProfileRecord>> {
+        match self.get(user_id)? {
+            Some(u) if !u.deactivated => {
+                Ok(Some(self.profiles.get(&user_id.to_owned())?.unwrap_or_default()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Set (or clear, with `None`) the display name.
+    pub fn set_displayname(&self, user_id: &UserId, displayname: Option<String>) -> Result<()> {
+        self.update_profile(user_id, |p| p.displayname = displayname)
+    }
+
+    /// Set (or clear, with `None`) the avatar URL.
+    pub fn set_avatar_url(&self, user_id: &UserId, avatar_url: Option<OwnedMxcUri>) -> Result<()> {
+        self.update_profile(user_id, |p| p.avatar_url = avatar_url)
+    }
+
+    fn update_profile(&self, user_id: &UserId, change: impl FnOnce(&mut ProfileRecord)) -> Result<()> {
+        let mut profile = self.profile(user_id)?.ok_or_else(|| Error::not_found("Profile not found"))?;
+        change(&mut profile);
+        Ok(self.profiles.insert(&user_id.to_owned(), &profile)?)
+    }
+}

@@ -1,0 +1,163 @@
+//! The one storage seam: a small key-value engine trait that every backend implements.
+//!
+//! Everything above this trait sees named tables of ordered byte keys; nothing here knows
+//! what the bytes mean. A backend must give: point reads, multi-reads, ordered range scans in
+//! both directions, and atomic write batches that may span tables.
+
+use std::ops::Bound;
+
+/// Failure inside a storage backend. Carries a human-readable context; callers above the
+/// storage layer turn it into an internal server error and log it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The backend itself failed (I/O, corruption, lock held by another process).
+    #[error("storage backend: {0}")]
+    Backend(String),
+    /// A stored key or value could not be decoded into its declared type.
+    #[error("corrupt or unexpected data in table `{table}`: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    /// A table was used that the catalogue does not declare.
+    #[error("unknown table `{0}`")]
+    UnknownTable(String),
+    /// The database was written by a newer conduit or needs a migration that does not exist.
+    #[error("{0}")]
+    Schema(String),
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// Which way a range scan walks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// A key range over raw encoded keys; both bounds follow `std::ops::Bound` semantics.
+#[derive(Clone, Debug)]
+pub struct KeyRange {
+    pub start: Bound<Vec<u8>>,
+    pub end: Bound<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// Every key in the table.
+    pub fn all() -> Self {
+        Self { start: Bound::Unbounded, end: Bound::Unbounded }
+    }
+
+    /// Every key that starts with `prefix`.
+    pub fn prefix(prefix: Vec<u8>) -> Self {
+        let end = match prefix_successor(&prefix) {
+            Some(succ) => Bound::Excluded(succ),
+            None => Bound::Unbounded,
+        };
+        Self { start: Bound::Included(prefix), end }
+    }
+
+    /// Whether `key` lies inside the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let after_start = match &self.start {
+            Bound::Included(s) => key >= s.as_slice(),
+            Bound::Excluded(s) => key > s.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let before_end = match &self.end {
+            Bound::Included(e) => key <= e.as_slice(),
+            Bound::Excluded(e) => key < e.as_slice(),
+            Bound::Unbounded => true,
+        };
+        after_start && before_end
+    }
+}
+
+/// The smallest byte string greater than every string with this prefix, if one exists
+/// (a prefix of only 0xFF bytes has none).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut succ = prefix.to_vec();
+    while let Some(last) = succ.pop() {
+        if last < 0xFF {
+            succ.push(last + 1);
+            return Some(succ);
+        }
+    }
+    None
+}
+
+/// One write inside a batch.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    Put { table: &'static str, key: Vec<u8>, value: Vec<u8> },
+    Delete { table: &'static str, key: Vec<u8> },
+}
+
+/// An ordered list of writes applied atomically: after a crash either all or none are visible.
+#[derive(Clone, Debug, Default)]
+pub struct WriteBatch {
+    pub ops: Vec<WriteOp>,
+}
+
+impl WriteBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push(WriteOp::Put { table, key, value });
+    }
+
+    pub fn delete(&mut self, table: &'static str, key: Vec<u8>) {
+        self.ops.push(WriteOp::Delete { table, key });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A key-value pair as stored.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
+/// An ordered key-value engine with named tables.
+///
+/// Implementations must be safe to share across threads; every method may block on I/O, so
+/// async callers use them from contexts where a short block is acceptable (RocksDB point
+/// reads are served from cache in the common case).
+pub trait KvStore: Send + Sync + 'static {
+    /// The value stored under `key`, if any.
+    fn get(&self, table: &'static str, key: &[u8]) -> StorageResult<Option<Vec<u8>>>;
+
+    /// The values stored under each of `keys`, in the same order.
+    fn get_many(&self, table: &'static str, keys: &[Vec<u8>]) -> StorageResult<Vec<Option<Vec<u8>>>>;
+
+    /// The entries whose keys lie in `range`, ascending for `Forward`, descending for `Reverse`.
+    fn scan<'a>(
+        &'a self,
+        table: &'static str,
+        range: KeyRange,
+        direction: Direction,
+    ) -> StorageResult<Box<dyn Iterator<Item = StorageResult<RawEntry>> + 'a>>;
+
+    /// Apply every write in `batch` atomically and durably (write-ahead logged).
+    fn write(&self, batch: WriteBatch) -> StorageResult<()>;
+
+    /// Persist everything written so far; called on graceful shutdown.
+    fn flush(&self) -> StorageResult<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_range_bounds() {
+        let r = KeyRange::prefix(vec![1, 0xFF]);
+        assert!(r.contains(&[1, 0xFF]));
+        assert!(r.contains(&[1, 0xFF, 0]));
+        assert!(!r.contains(&[2]));
+        assert!(!r.contains(&[1, 0xFE, 0xFF]));
+        let all_ff = KeyRange::prefix(vec![0xFF, 0xFF]);
+        assert!(matches!(all_ff.end, Bound::Unbounded));
+        assert!(all_ff.contains(&[0xFF, 0xFF, 0xFF]));
+    }
+}

@@ -1,0 +1,24 @@
+//! Bytes and tables: the engine trait, its backends, typed tables and the catalogue.
+//! Knows nothing of Matrix policy and imports nothing from `service` or `api`.
+
+pub mod codec;
+#[doc(hidden)]
+pub mod conformance;
+pub mod kv;
+pub mod memory;
+pub mod migrations;
+pub mod rocksdb;
+pub mod table;
+pub mod tables;
+
+use std::{path::Path, sync::Arc};
+
+pub use kv::{Direction, KvStore, StorageError, StorageResult, WriteBatch};
+pub use table::Table;
+
+/// Open the RocksDB database at `path` with every catalogue table and migrate it.
+pub fn open_rocksdb(path: &Path) -> StorageResult<Arc<dyn KvStore>> {
+    let store: Arc<dyn KvStore> = Arc::new(rocksdb::RocksDbStore::open(path, tables::ALL_TABLES)?);
+    migrations::migrate(&store)?;
+    Ok(store)
+}

@@ -1,0 +1,176 @@
+//! The catalogue: every table the server stores, with its key layout, value type and value
+//! version, declared once. Opening a database creates exactly these tables; a table not
+//! declared here cannot be read or written.
+//!
+//! Record types are plain data: they say what is stored, never what it means for Matrix.
+
+use ruma::{OwnedDeviceId, OwnedMxcUri, OwnedUserId};
+use serde::{Deserialize, Serialize};
+
+use super::{codec::KeyCodec, table::TableDef};
+
+/// Description of one table, for opening the engine and for documentation.
+#[derive(Debug, Clone, Copy)]
+pub struct TableInfo {
+    pub name: &'static str,
+    pub key_layout: &'static str,
+    pub value_type: &'static str,
+    pub value_version: u8,
+}
+
+macro_rules! catalogue {
+    ($(
+        $(#[$doc:meta])*
+        $konst:ident = $name:literal, key $layout:literal: $key:ty => $value:ty, version $version:literal;
+    )*) => {
+        $(
+            $(#[$doc])*
+            #[doc = concat!("\n\nKey layout: `", $layout, "`.")]
+            pub const $konst: TableDef<$key, $value> = TableDef::new($name, $version);
+        )*
+
+        /// Every table, in declaration order.
+        pub const ALL_TABLES: &[TableInfo] = &[$(
+            TableInfo {
+                name: $name,
+                key_layout: $layout,
+                value_type: stringify!($value),
+                value_version: $version,
+            },
+        )*];
+    };
+}
+
+catalogue! {
+    /// Database-wide facts, such as the schema version.
+    META = "meta", key "name": String => u64, version 1;
+    /// One row per account ever created; deactivated accounts stay so their name is never reused.
+    USERS = "users", key "user_id": OwnedUserId => UserRecord, version 1;
+    /// Global profile fields of local users.
+    PROFILES = "profiles", key "user_id": OwnedUserId => ProfileRecord, version 1;
+    /// A user's devices; a prefix scan on `user_id` lists them in device-id order.
+    DEVICES = "devices", key "user_id, device_id": (OwnedUserId, OwnedDeviceId) => DeviceRecord, version 1;
+    /// Live access tokens, keyed by the SHA-256 of the token: the token itself is never stored.
+    ACCESS_TOKENS = "access_tokens", key "sha256(token)": TokenHash => AccessTokenRecord, version 1;
+    /// Live refresh tokens, keyed by the SHA-256 of the token.
+    REFRESH_TOKENS = "refresh_tokens", key "sha256(token)": TokenHash => RefreshTokenRecord, version 1;
+    /// User-interactive authentication sessions in progress.
+    UIAA_SESSIONS = "uiaa_sessions", key "session_id": String => UiaaSessionRecord, version 1;
+}
+
+/// The key under `META` that holds the schema version.
+pub const SCHEMA_VERSION_KEY: &str = "schema_version";
+
+/// SHA-256 of a secret token; the only form in which tokens are kept.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl std::fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Even the hash stays out of logs: only enough to tell two apart.
+        write!(f, "TokenHash({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
+
+impl KeyCodec for TokenHash {
+    fn encode_key(&self, out: &mut Vec<u8>) {
+        self.0.encode_key(out);
+    }
+    fn decode_key(input: &mut &[u8]) -> Result<Self, String> {
+        <[u8; 32]>::decode_key(input).map(TokenHash)
+    }
+}
+
+impl Serialize for TokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let s = String::deserialize(d)?;
+        let bytes =
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(s).map_err(serde::de::Error::custom)?;
+        bytes.try_into().map(TokenHash).map_err(|_| serde::de::Error::custom("hash length"))
+    }
+}
+
+/// An account.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Argon2id PHC string; `None` once deactivated (or for accounts that cannot use a password).
+    pub password_hash: Option<String>,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub deactivated: bool,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// Profile fields shown to other users.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ProfileRecord {
+    pub displayname: Option<String>,
+    pub avatar_url: Option<OwnedMxcUri>,
+}
+
+/// A device (one login session) and the hashes of its current tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub display_name: Option<String>,
+    pub created_ms: u64,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_ms: Option<u64>,
+    /// The device's one live access token.
+    pub access_token: Option<TokenHash>,
+    /// The device's one live refresh token, if it logged in with refresh tokens.
+    pub refresh_token: Option<TokenHash>,
+}
+
+/// What an access token proves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccessTokenRecord {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    /// Refreshable tokens expire; others live until logout.
+    pub expires_ms: Option<u64>,
+}
+
+/// What a refresh token may renew.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RefreshTokenRecord {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+
+/// Progress of one user-interactive authentication session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UiaaSessionRecord {
+    /// The account being authenticated, when the endpoint is called with a token.
+    pub user_id: Option<OwnedUserId>,
+    /// The endpoint the session was started for; it cannot be used for another.
+    pub endpoint: String,
+    /// Stage types completed so far.
+    pub completed: Vec<String>,
+    pub expires_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_unique_and_plain() {
+        let mut names: Vec<_> = ALL_TABLES.iter().map(|t| t.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ALL_TABLES.len(), "duplicate table name in catalogue");
+        for t in ALL_TABLES {
+            assert!(t.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", t.name);
+            assert!(t.value_version >= 1);
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Registration, availability, password change, deactivation.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::{TestServer, expect_error, password_auth};
+
+const REGISTER: &str = "/_matrix/client/v3/register";
+
+#[tokio::test]
+async fn register_runs_the_dummy_flow_and_logs_in() {
+    let s = TestServer::start().await;
+    let (status, body) =
+        s.post(REGISTER, None, json!({"username": "alice", "password": "pw-alice-123"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["flows"], json!([{"stages": ["m.login.dummy"]}]));
+    assert_eq!(body["params"], json!({}));
+    assert!(body["session"].is_string());
+
+    let alice = s.register("alice2", "pw-alice-123").await;
+    assert_eq!(alice.user_id, "@alice2:localhost");
+    let (status, body) = s.get("/_matrix/client/v3/account/whoami", Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["user_id"], "@alice2:localhost");
+    assert_eq!(body["device_id"], alice.device_id.as_str());
+}
+
+#[tokio::test]
+async fn register_in_one_request_with_a_stage_and_no_session() {
+    // matrix-nio registers this way.
+    let s = TestServer::start().await;
+    let (status, body) = s
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "nio", "password": "pw-nio-1234", "auth": {"type": "m.login.dummy"},
+            "device_id": "MYDEVICE", "initial_device_display_name": "Phone"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["device_id"], "MYDEVICE");
+    let token = body["access_token"].as_str().unwrap();
+    let (_, device) = s.get("/_matrix/client/v3/devices/MYDEVICE", Some(token)).await;
+    assert_eq!(device["display_name"], "Phone");
+}
+
+#[tokio::test]
+async fn register_rejects_bad_and_taken_names_before_authentication() {
+    let s = TestServer::start().await;
+    s.register("bob", "pw-bob-12345").await;
+    for (name, errcode) in [
+        ("bob", "M_USER_IN_USE"),
+        ("Bob", "M_USER_IN_USE"),
+        ("bad name!", "M_INVALID_USERNAME"),
+        ("_bridge", "M_INVALID_USERNAME"),
+        ("12345", "M_INVALID_USERNAME"),
+        ("", "M_INVALID_USERNAME"),
+    ] {
+        let result = s.post(REGISTER, None, json!({"username": name, "password": "pw"})).await;
+        expect_error(result, StatusCode::BAD_REQUEST, errcode);
+    }
+    expect_error(
+        s.post(REGISTER, None, json!({"username": "carol"})).await,
+        StatusCode::BAD_REQUEST,
+        "M_MISSING_PARAM",
+    );
+    let long = "x".repeat(600);
+    expect_error(
+        s.post(REGISTER, None, json!({"username": "carol", "password": long})).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+}
+
+#[tokio::test]
+async fn register_without_username_generates_one_and_inhibit_login_issues_no_token() {
+    let s = TestServer::start().await;
+    let (status, body) = s
+        .post(
+            REGISTER,
+            None,
+            json!({"password": "pw-anon-123", "inhibit_login": true, "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let user_id = body["user_id"].as_str().unwrap();
+    assert!(user_id.starts_with('@') && user_id.ends_with(":localhost"), "{user_id}");
+    assert!(body["access_token"].is_null() && body["device_id"].is_null(), "{body}");
+    // The account exists and can log in.
+    s.login(user_id, "pw-anon-123", None).await;
+}
+
+#[tokio::test]
+async fn registration_closed_and_guests_are_refused() {
+    let s = TestServer::start_with(|c| c.allow_registration = false).await;
+    let body = json!({"username": "dave", "password": "pw-dave-123", "auth": {"type": "m.login.dummy"}});
+    expect_error(s.post(REGISTER, None, body).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    expect_error(
+        s.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=x", None).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+
+    let s = TestServer::start().await;
+    expect_error(
+        s.post(&format!("{REGISTER}?kind=guest"), None, json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}
+
+#[tokio::test]
+async fn registration_token_gates_registration() {
+    let s = TestServer::start_with(|c| c.registration_token = Some("let-me-in".into())).await;
+    let (status, body) = s.post(REGISTER, None, json!({"username": "erin", "password": "pw-erin-123"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["flows"], json!([{"stages": ["m.login.registration_token"]}]));
+    let session = body["session"].as_str().unwrap();
+
+    // The dummy stage is not offered, and a wrong token fails inside the UIA body.
+    let (status, body) = s
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "erin", "password": "pw-erin-123",
+        "auth": {"type": "m.login.dummy", "session": session}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+    let (status, body) = s
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "erin", "password": "pw-erin-123",
+        "auth": {"type": "m.login.registration_token", "token": "wrong", "session": session}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    assert_eq!(body["completed"], json!([]));
+    assert_eq!(body["session"], session);
+
+    let (status, body) = s
+        .post(
+            REGISTER,
+            None,
+            json!({"username": "erin", "password": "pw-erin-123",
+        "auth": {"type": "m.login.registration_token", "token": "let-me-in", "session": session}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let validity = "/_matrix/client/v1/register/m.login.registration_token/validity";
+    assert_eq!(s.get(&format!("{validity}?token=let-me-in"), None).await.1["valid"], true);
+    assert_eq!(s.get(&format!("{validity}?token=nope"), None).await.1["valid"], false);
+}
+
+#[tokio::test]
+async fn username_availability() {
+    let s = TestServer::start().await;
+    s.register("frank", "pw-frank-123").await;
+    let (status, body) = s.get("/_matrix/client/v3/register/available?username=george", None).await;
+    assert_eq!((status, &body["available"]), (StatusCode::OK, &json!(true)));
+    expect_error(
+        s.get("/_matrix/client/v3/register/available?username=frank", None).await,
+        StatusCode::BAD_REQUEST,
+        "M_USER_IN_USE",
+    );
+    expect_error(
+        s.get("/_matrix/client/v3/register/available?username=no%20way", None).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_USERNAME",
+    );
+    expect_error(
+        s.get("/_matrix/client/v3/register/available", None).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+}
+
+#[tokio::test]
+async fn change_password_needs_the_old_password_and_logs_out_other_devices() {
+    let s = TestServer::start().await;
+    let first = s.register("hank", "old-password-1").await;
+    let second = s.login("hank", "old-password-1", None).await;
+    let path = "/_matrix/client/v3/account/password";
+
+    let (status, body) = s.post(path, Some(&first.token), json!({"new_password": "new-password-2"})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["flows"], json!([{"stages": ["m.login.password"]}]));
+    let session = body["session"].as_str().unwrap().to_owned();
+
+    let (status, body) = s
+        .post(
+            path,
+            Some(&first.token),
+            json!({"new_password": "new-password-2",
+        "auth": password_auth("hank", "wrong", Some(&session))}),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")), "{body}");
+
+    let (status, body) = s
+        .post(
+            path,
+            Some(&first.token),
+            json!({"new_password": "new-password-2",
+        "auth": password_auth("@hank:localhost", "old-password-1", Some(&session))}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&first.token)).await.0, StatusCode::OK);
+    expect_error(
+        s.get("/_matrix/client/v3/account/whoami", Some(&second.token)).await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+    );
+    let bad = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "hank"}, "password": "old-password-1"}),
+        )
+        .await;
+    expect_error(bad, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let third = s.login("hank", "new-password-2", None).await;
+
+    // With logout_devices false, other devices survive.
+    let (_, body) = s
+        .post(path, Some(&first.token), json!({"new_password": "pw3-pw3-pw3", "logout_devices": false}))
+        .await;
+    let session = body["session"].as_str().unwrap();
+    let (status, _) = s
+        .post(
+            path,
+            Some(&first.token),
+            json!({"new_password": "pw3-pw3-pw3", "logout_devices": false,
+        "auth": password_auth("hank", "new-password-2", Some(session))}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.get("/_matrix/client/v3/account/whoami", Some(&third.token)).await.0, StatusCode::OK);
+
+    // Without a token there is no one to change the password of.
+    expect_error(
+        s.post(path, None, json!({"new_password": "x"})).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+}
+
+#[tokio::test]
+async fn uiaa_sessions_cannot_be_moved_between_endpoints_or_users() {
+    let s = TestServer::start().await;
+    let ivy = s.register("ivy", "pw-ivy-12345").await;
+    let jack = s.register("jack", "pw-jack-1234").await;
+    let (_, body) = s
+        .post("/_matrix/client/v3/account/password", Some(&ivy.token), json!({"new_password": "x-x-x-x"}))
+        .await;
+    let session = body["session"].as_str().unwrap();
+    let moved = s
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            Some(&ivy.token),
+            json!({"devices": [], "auth": password_auth("ivy", "pw-ivy-12345", Some(session))}),
+        )
+        .await;
+    expect_error(moved, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let other_user = s
+        .post(
+            "/_matrix/client/v3/account/password",
+            Some(&jack.token),
+            json!({"new_password": "x-x-x-x", "auth": password_auth("jack", "pw-jack-1234", Some(session))}),
+        )
+        .await;
+    expect_error(other_user, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    // A password stage for someone else's account fails.
+    let (_, body) = s
+        .post("/_matrix/client/v3/account/password", Some(&jack.token), json!({"new_password": "y-y-y-y"}))
+        .await;
+    let session = body["session"].as_str().unwrap();
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/account/password",
+            Some(&jack.token),
+            json!({"new_password": "y-y-y-y", "auth": password_auth("ivy", "pw-ivy-12345", Some(session))}),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")));
+    expect_error(
+        s.post(
+            "/_matrix/client/v3/account/password",
+            Some(&jack.token),
+            json!({"new_password": "y", "auth": {"type": "m.login.dummy", "session": "no-such-session"}}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+    );
+}
+
+#[tokio::test]
+async fn deactivation_is_final() {
+    let s = TestServer::start().await;
+    let kim = s.register("kim", "pw-kim-12345").await;
+    let other = s.login("kim", "pw-kim-12345", None).await;
+    let path = "/_matrix/client/v3/account/deactivate";
+    let (status, body) = s.post(path, Some(&kim.token), json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let session = body["session"].as_str().unwrap();
+    let (status, body) = s
+        .post(path, Some(&kim.token), json!({"auth": password_auth("kim", "pw-kim-12345", Some(session))}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id_server_unbind_result"], "success");
+
+    for token in [&kim.token, &other.token] {
+        expect_error(
+            s.get("/_matrix/client/v3/account/whoami", Some(token)).await,
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+        );
+    }
+    let login = s
+        .post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({"type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "kim"}, "password": "pw-kim-12345"}),
+        )
+        .await;
+    expect_error(login, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    expect_error(
+        s.post(REGISTER, None, json!({"username": "kim", "password": "pw"})).await,
+        StatusCode::BAD_REQUEST,
+        "M_USER_IN_USE",
+    );
+    expect_error(
+        s.get("/_matrix/client/v3/profile/@kim:localhost", None).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+}

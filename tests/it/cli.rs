@@ -1,0 +1,99 @@
+//! The binary: help, version, config errors and the operator commands.
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+
+use crate::harness::{TestServer, test_config};
+
+fn conduit(db: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_conduit"));
+    cmd.env_clear()
+        .env("CONDUIT_DATABASE_PATH", db)
+        .env("CONDUIT_ARGON2_MEMORY_KIB", "64")
+        .env("CONDUIT_ARGON2_ITERATIONS", "1")
+        .env("CONDUIT_LOG", "warn");
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("binary runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn help_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = run(conduit(dir.path()).arg("--help"));
+    assert!(
+        ok && text.contains("create-user") && text.contains("reset-password") && text.contains("--config"),
+        "{text}"
+    );
+    let (ok, text) = run(conduit(dir.path()).arg("--version"));
+    assert!(ok && text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+}
+
+#[test]
+fn bad_config_stops_start_up_naming_the_key_and_unknown_keys_are_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) =
+        run(conduit(&dir.path().join("db")).env("CONDUIT_PORT", "eighty").arg("create-user").arg("x"));
+    assert!(!ok && text.contains("port"), "{text}");
+    let (ok, text) = run(conduit(&dir.path().join("db"))
+        .arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .arg("serve"));
+    assert!(!ok && text.contains("does not exist"), "{text}");
+
+    let config = dir.path().join("conduit.toml");
+    std::fs::write(&config, "[global]\nsever_name = \"typo.example\"\n").unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "a-password-1\n").unwrap();
+    let (ok, text) = run(conduit(&dir.path().join("db"))
+        .arg("--config")
+        .arg(&config)
+        .args(["create-user", "warned", "--password-file"])
+        .arg(&pw));
+    assert!(ok, "{text}");
+    assert!(text.contains("unknown configuration key") && text.contains("sever_name"), "{text}");
+}
+
+#[tokio::test]
+async fn create_user_and_reset_password_work_offline_and_refuse_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "first-password-1\n").unwrap();
+    let (ok, text) = run(conduit(&db).args(["create-user", "boss", "--admin", "--password-file"]).arg(&pw));
+    assert!(ok && text.contains("@boss:localhost") && text.contains("admin"), "{text}");
+    let (ok, text) = run(conduit(&db).args(["create-user", "boss", "--password-file"]).arg(&pw));
+    assert!(!ok && text.contains("taken"), "{text}");
+    // Without a password file a password is generated and printed once.
+    let (ok, text) = run(conduit(&db).args(["create-user", "helper"]));
+    assert!(ok && text.contains("password: "), "{text}");
+
+    let mut config = test_config(dir.path());
+    config.allow_registration = false;
+    let s = TestServer::boot(config.clone(), dir).await;
+    let session = s.login("boss", "first-password-1", None).await;
+
+    // The running server holds the database: the command refuses clearly.
+    let (ok, text) = run(conduit(&db).args(["reset-password", "boss", "--password-file"]).arg(&pw));
+    assert!(!ok && text.contains("in use by another process"), "{text}");
+    let dir = s.stop().await;
+
+    std::fs::write(&pw, "second-password-2\n").unwrap();
+    let (ok, text) = run(conduit(&db).args(["reset-password", "boss", "--password-file"]).arg(&pw));
+    assert!(ok && text.contains("@boss:localhost"), "{text}");
+    let (ok, text) = run(conduit(&db).args(["reset-password", "ghost", "--password-file"]).arg(&pw));
+    assert!(!ok && text.contains("No such"), "{text}");
+
+    let s = TestServer::boot(config, dir).await;
+    assert_eq!(
+        s.get("/_matrix/client/v3/account/whoami", Some(&session.token)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "reset-password logs out every device"
+    );
+    s.login("boss", "second-password-2", None).await;
+}

@@ -1,0 +1,166 @@
+//! Boots a real server (RocksDB in a temp dir, port 0) and offers terse HTTP helpers.
+
+use std::sync::Arc;
+
+use conduit::{config::Config, server::Server, service::clock::ManualClock};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+pub struct TestServer {
+    pub base: String,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<conduit::Result<()>>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A logged-in device.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user_id: String,
+    pub device_id: String,
+    pub token: String,
+}
+
+/// A test config: open registration, cheap password hashing.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.database_path = dir.join("db");
+    config.allow_registration = true;
+    // Cheap hashing keeps tests fast; production defaults are tested in the config tests.
+    config.argon2_memory_kib = 64;
+    config.argon2_iterations = 1;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        Self::boot(config, dir).await
+    }
+
+    pub async fn boot(config: Config, dir: tempfile::TempDir) -> Self {
+        let clock = Arc::new(ManualClock::new());
+        let server = Server::build_with_clock(config, clock.clone()).expect("server builds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base: format!("http://{addr}"),
+            clock,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// Graceful shutdown; returns the temp dir so a test can reopen the database.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran cleanly");
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Send a request; returns status and JSON body (`Null` when the body is not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, token, Some(body)).await
+    }
+
+    /// Register `name` with the dummy stage (two steps, as clients do) and return its session.
+    pub async fn register(&self, name: &str, password: &str) -> Session {
+        let (status, body) = self
+            .post("/_matrix/client/v3/register", None, json!({"username": name, "password": password}))
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let session = body["session"].as_str().expect("uiaa session").to_owned();
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                None,
+                json!({"username": name, "password": password, "auth": {"type": "m.login.dummy", "session": session}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        session_of(&body)
+    }
+
+    /// Log in with a password; panics unless it succeeds.
+    pub async fn login(&self, user: &str, password: &str, device_id: Option<&str>) -> Session {
+        let mut body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+        if let Some(d) = device_id {
+            body["device_id"] = json!(d);
+        }
+        let (status, body) = self.post("/_matrix/client/v3/login", None, body).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        session_of(&body)
+    }
+}
+
+/// Assert a Matrix error: status, errcode and a message; returns the body.
+pub fn expect_error(result: (StatusCode, Value), status: StatusCode, errcode: &str) -> Value {
+    let (got_status, body) = result;
+    assert_eq!((got_status, body["errcode"].as_str()), (status, Some(errcode)), "{body}");
+    assert!(body["error"].is_string(), "error message missing: {body}");
+    body
+}
+
+pub fn session_of(body: &Value) -> Session {
+    Session {
+        user_id: body["user_id"].as_str().expect("user_id").to_owned(),
+        device_id: body["device_id"].as_str().expect("device_id").to_owned(),
+        token: body["access_token"].as_str().expect("access_token").to_owned(),
+    }
+}
+
+/// The `auth` object for a password stage.
+pub fn password_auth(user: &str, password: &str, session: Option<&str>) -> Value {
+    let mut auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+    if let Some(s) = session {
+        auth["session"] = json!(s);
+    }
+    auth
+}

@@ -1,0 +1,13 @@
+//! The one integration test binary: boots the server in-process on port 0 with a temp
+//! RocksDB and speaks HTTP to it.
+
+mod account;
+mod architecture;
+mod cli;
+mod device;
+mod discovery;
+mod edge;
+mod harness;
+mod profile;
+mod sdk;
+mod session;

@@ -1,0 +1,27 @@
+//! A real client SDK (matrix-nio, from PyPI) against a booted server: register, log in, list
+//! and rename devices, set a display name, delete a device with UIA, log out.
+
+use crate::harness::TestServer;
+
+#[tokio::test]
+async fn matrix_nio_session_flow() {
+    let Some(python) = std::env::var_os("CONDUIT_TEST_PYTHON") else {
+        // scripts/test provides the interpreter; in CI its absence is a failure, not a skip.
+        assert!(std::env::var_os("CI").is_none(), "CONDUIT_TEST_PYTHON must be set in CI (run scripts/test)");
+        eprintln!("skipping: CONDUIT_TEST_PYTHON not set (scripts/test sets it up)");
+        return;
+    };
+    let s = TestServer::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/nio_session.py");
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).arg(base).output()
+    })
+    .await
+    .unwrap()
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nio flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+}
