@@ -92,7 +92,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            tracing::info!(%addr, "listening");
+            // The bound address, not the configured one: with port 0 the OS picks the port.
+            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(addr = %bound, "listening");
             server.run(listener, shutdown_signal()).await.map_err(|e| e.to_string())
         }
         Command::CreateUser { name, admin, password_file } => {

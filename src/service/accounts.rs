@@ -138,10 +138,10 @@ impl Accounts {
     fn generate_user_id(&self) -> Result<OwnedUserId> {
         for _ in 0..16 {
             let candidate = random_string(12).to_lowercase();
-            if let Ok(user_id) = registrable_user_id(&candidate, &self.config.server_name) {
-                if !self.users.exists(&user_id)? {
-                    return Ok(user_id);
-                }
+            if let Ok(user_id) = registrable_user_id(&candidate, &self.config.server_name)
+                && !self.users.exists(&user_id)?
+            {
+                return Ok(user_id);
             }
         }
         Err(Error::internal("could not generate a free user ID"))

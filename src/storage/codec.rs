@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_errors_not_panics() {
-        assert!(String::from_key_bytes(&[b'a']).is_err());
+        assert!(String::from_key_bytes(b"a").is_err());
         assert!(String::from_key_bytes(&[0, 7]).is_err());
         assert!(u64::from_key_bytes(&[1, 2]).is_err());
         assert!(String::from_key_bytes(&[b'a', 0, 1, b'x']).is_err());

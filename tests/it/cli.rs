@@ -97,3 +97,43 @@ async fn create_user_and_reset_password_work_offline_and_refuse_while_serving() 
     );
     s.login("boss", "second-password-2", None).await;
 }
+
+#[tokio::test]
+async fn sigterm_finishes_cleanly_and_keeps_the_data() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let mut child = conduit(&db)
+        .env("CONDUIT_PORT", "0")
+        .env("CONDUIT_ALLOW_REGISTRATION", "true")
+        .env("CONDUIT_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server logs before exiting").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let http = reqwest::Client::new();
+    let body =
+        serde_json::json!({"username": "sig", "password": "pw-sig-1234", "auth": {"type": "m.login.dummy"}});
+    let resp =
+        http.post(format!("http://{addr}/_matrix/client/v3/register")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let killed = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("shut down cleanly")), "{rest:?}");
+
+    // The account written before the signal is there after it.
+    let (ok, text) = run(conduit(&db).args(["create-user", "sig"]));
+    assert!(!ok && text.contains("taken"), "{text}");
+}

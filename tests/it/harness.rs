@@ -26,13 +26,14 @@ pub struct Session {
 
 /// A test config: open registration, cheap password hashing.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut config = Config::default();
-    config.database_path = dir.join("db");
-    config.allow_registration = true;
-    // Cheap hashing keeps tests fast; production defaults are tested in the config tests.
-    config.argon2_memory_kib = 64;
-    config.argon2_iterations = 1;
-    config
+    Config {
+        database_path: dir.join("db"),
+        allow_registration: true,
+        // Cheap hashing keeps tests fast; production defaults are tested in the config tests.
+        argon2_memory_kib: 64,
+        argon2_iterations: 1,
+        ..Config::default()
+    }
 }
 
 impl TestServer {
