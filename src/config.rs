@@ -143,8 +143,16 @@ impl Config {
         }
         argon2::Params::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism, None)
             .map_err(|e| format!("invalid value for keys `argon2_*`: {e}"))?;
-        if self.refreshable_access_token_lifetime_secs == 0 {
-            return Err("invalid value for key `refreshable_access_token_lifetime_secs`: must be > 0".into());
+        // Upper bounds keep the millisecond arithmetic far from overflow (a year is plenty).
+        const YEAR_SECS: u64 = 365 * 24 * 3600;
+        if !(1..=YEAR_SECS).contains(&self.refreshable_access_token_lifetime_secs) {
+            return Err(
+                "invalid value for key `refreshable_access_token_lifetime_secs`: must be 1 to 31536000"
+                    .into(),
+            );
+        }
+        if !(10..=YEAR_SECS).contains(&self.uiaa_session_lifetime_secs) {
+            return Err("invalid value for key `uiaa_session_lifetime_secs`: must be 10 to 31536000".into());
         }
         Ok(())
     }

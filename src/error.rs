@@ -78,12 +78,4 @@ impl Error {
     pub fn internal(context: impl Into<String>) -> Self {
         Self::Internal(context.into())
     }
-
-    /// The errcode kind this error carries, if it is a client-visible Matrix error.
-    pub fn kind(&self) -> Option<&ErrorKind> {
-        match self {
-            Self::Matrix { kind, .. } => Some(kind),
-            _ => None,
-        }
-    }
 }

@@ -17,6 +17,8 @@ use crate::{
 
 /// How often last-seen updates held in memory are written out.
 const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+/// Expired UIA sessions are swept every this many flush intervals (10 minutes).
+const UIAA_SWEEP_EVERY: u32 = 20;
 
 /// A built server: storage open, services wired, not yet serving.
 pub struct Server {
@@ -49,7 +51,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let (stop_workers, workers_stopped) = watch::channel(false);
-        let flusher = tokio::spawn(flush_last_seen_periodically(Arc::clone(&self.services), workers_stopped));
+        let flusher = tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped));
 
         let app = api::router(Arc::clone(&self.services));
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -65,13 +67,23 @@ impl Server {
     }
 }
 
-async fn flush_last_seen_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
+/// Background upkeep: persist last-seen times, sweep expired UIA sessions.
+async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
+    let mut ticks: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 if let Err(e) = services.devices.flush_last_seen() {
                     tracing::warn!(error = %e, "writing last-seen times failed");
+                }
+                ticks = ticks.wrapping_add(1);
+                if ticks % UIAA_SWEEP_EVERY == 0 {
+                    match services.uiaa.remove_expired() {
+                        Ok(n) if n > 0 => tracing::debug!(removed = n, "swept expired UIA sessions"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "sweeping UIA sessions failed"),
+                    }
                 }
             }
             _ = stop.changed() => return,

@@ -26,7 +26,6 @@ fn status_for(kind: &ErrorKind) -> StatusCode {
         ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
         ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorKind::UserInUse | ErrorKind::RoomInUse => StatusCode::BAD_REQUEST,
         _ => StatusCode::BAD_REQUEST,
     }
 }
@@ -57,17 +56,13 @@ fn standard(status: StatusCode, kind: ErrorKind, message: &str) -> Response {
     json(status, &body)
 }
 
-/// The 401 body of user-interactive auth: the info object, plus `errcode`/`error` of the
-/// last failed stage flattened in, as the spec shows.
+/// The 401 body of user-interactive auth: the info object (ruma flattens the failed stage's
+/// `errcode`/`error` into it), with `completed` always present.
 fn uiaa(info: &UiaaInfo) -> Response {
     let mut body = match serde_json::to_value(info) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => return standard(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error"),
     };
-    if let Some(Ok(serde_json::Value::Object(failure))) = info.auth_error.as_deref().map(serde_json::to_value)
-    {
-        body.extend(failure);
-    }
     // ruma omits an empty `completed`; Synapse always sends it and some clients read it.
     body.entry("completed").or_insert_with(|| serde_json::json!([]));
     json(StatusCode::UNAUTHORIZED, &body)

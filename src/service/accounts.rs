@@ -25,19 +25,18 @@ use crate::{
     Error, Result,
     config::Config,
     matrix::user_id::{registrable_user_id, resolve_login_user},
-    storage::WriteBatch,
+    storage::{KvStore, WriteBatch},
 };
 
 /// Longest password accepted, in bytes (as Synapse), so hashing cost stays bounded.
 const MAX_PASSWORD_LEN: usize = 512;
 
 pub struct Accounts {
+    store: Arc<dyn KvStore>,
     config: Arc<Config>,
     users: Arc<Users>,
     devices: Arc<Devices>,
     uiaa: Arc<Uiaa>,
-    /// Serialises account creation so two requests cannot both take one name.
-    creation: tokio::sync::Mutex<()>,
 }
 
 fn check_password_len(password: &str) -> Result<()> {
@@ -48,18 +47,48 @@ fn check_password_len(password: &str) -> Result<()> {
 }
 
 impl Accounts {
-    pub fn new(config: Arc<Config>, users: Arc<Users>, devices: Arc<Devices>, uiaa: Arc<Uiaa>) -> Self {
-        Self { config, users, devices, uiaa, creation: tokio::sync::Mutex::new(()) }
+    pub fn new(
+        store: Arc<dyn KvStore>,
+        config: Arc<Config>,
+        users: Arc<Users>,
+        devices: Arc<Devices>,
+        uiaa: Arc<Uiaa>,
+    ) -> Self {
+        Self { store, config, users, devices, uiaa }
     }
 
-    /// Whether `localpart` could be registered now.
-    pub fn username_available(&self, localpart: &str) -> Result<()> {
+    fn commit(&self, batch: WriteBatch) -> Result<()> {
+        Ok(self.store.write(batch)?)
+    }
+
+    fn ensure_registration_open(&self) -> Result<()> {
+        if !self.config.allow_registration {
+            return Err(Error::forbidden("Registration has been disabled"));
+        }
+        Ok(())
+    }
+
+    /// `GET /register/m.login.registration_token/validity`.
+    pub fn registration_token_valid(&self, token: &str) -> Result<bool> {
+        self.ensure_registration_open()?;
+        Ok(self.uiaa.registration_token_valid(token))
+    }
+
+    /// The user ID `localpart` would get, if it is valid and free.
+    fn available_user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         let user_id = registrable_user_id(localpart, &self.config.server_name)
             .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
         if self.users.exists(&user_id)? {
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
         }
-        Ok(())
+        Ok(user_id)
+    }
+
+    /// `GET /register/available`. Refused while registration is closed, so it cannot be used
+    /// to list accounts on a server that does not offer sign-up (as Synapse).
+    pub fn username_available(&self, localpart: &str) -> Result<()> {
+        self.ensure_registration_open()?;
+        self.available_user_id(localpart).map(|_| ())
     }
 
     fn registration_flows(&self) -> Vec<AuthFlow> {
@@ -80,31 +109,26 @@ impl Accounts {
         if req.kind == register::RegistrationKind::Guest {
             return Err(Error::forbidden("Guest access is disabled"));
         }
-        if !self.config.allow_registration {
-            return Err(Error::forbidden("Registration has been disabled"));
-        }
+        self.ensure_registration_open()?;
         // Names are lower-cased (as Synapse does), and problems with them reported before
         // authentication, so a client learns them at once.
         let username = req.username.as_ref().map(|n| n.to_lowercase());
         if let Some(name) = &username {
-            self.username_available(name)?;
+            self.available_user_id(name)?;
         }
-        let password = req.password.as_deref().ok_or_else(|| Error::missing_param("Missing password"))?;
-        check_password_len(password)?;
-
         let requirement =
             UiaaRequirement { endpoint: "register", flows: self.registration_flows(), user: None };
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
 
+        // Checked after authentication: a client may probe the flows with an empty body.
+        let password = req.password.as_deref().ok_or_else(|| Error::missing_param("Missing password"))?;
+        check_password_len(password)?;
         let password_hash = self.users.hash_password(password).await?;
-        let _guard = self.creation.lock().await;
+
+        let guard = self.devices.write_lock()?;
         let user_id = match &username {
-            Some(name) => {
-                // Checked again under the lock: the name may have been taken meanwhile.
-                self.username_available(name)?;
-                registrable_user_id(name, &self.config.server_name)
-                    .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?
-            }
+            // Checked again under the lock: the name may have been taken meanwhile.
+            Some(name) => self.available_user_id(name)?,
             None => self.generate_user_id()?,
         };
         let mut batch = WriteBatch::new();
@@ -114,6 +138,7 @@ impl Accounts {
             None
         } else {
             Some(self.devices.create_session_in(
+                &guard,
                 &mut batch,
                 &user_id,
                 req.device_id.clone(),
@@ -122,7 +147,8 @@ impl Accounts {
                 client_ip,
             )?)
         };
-        self.devices.commit(batch)?;
+        self.commit(batch)?;
+        drop(guard);
         tracing::info!(%user_id, "registered account");
 
         let mut response = register::v3::Response::new(user_id);
@@ -151,14 +177,12 @@ impl Accounts {
     pub async fn create_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
         check_password_len(password)?;
         let password_hash = self.users.hash_password(password).await?;
-        let _guard = self.creation.lock().await;
-        self.username_available(localpart)?;
-        let user_id = registrable_user_id(localpart, &self.config.server_name)
-            .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+        let _guard = self.devices.write_lock()?;
+        let user_id = self.available_user_id(localpart)?;
         let mut batch = WriteBatch::new();
         let displayname = Some(user_id.localpart().to_owned());
         self.users.create_in(&mut batch, &user_id, Some(password_hash), admin, displayname)?;
-        self.devices.commit(batch)?;
+        self.commit(batch)?;
         Ok(user_id)
     }
 
@@ -169,10 +193,11 @@ impl Accounts {
             .filter(|u| self.users.get(u).ok().flatten().is_some_and(|r| !r.deactivated))
             .ok_or_else(|| Error::not_found("No such active user"))?;
         let hash = self.users.hash_password(password).await?;
+        let guard = self.devices.write_lock()?;
         let mut batch = WriteBatch::new();
         self.users.set_password_hash_in(&mut batch, &user_id, hash)?;
-        self.devices.remove_all_in(&mut batch, &user_id, None)?;
-        self.devices.commit(batch)?;
+        self.devices.remove_all_in(&guard, &mut batch, &user_id, None)?;
+        self.commit(batch)?;
         Ok(user_id)
     }
 
@@ -195,23 +220,26 @@ impl Accounts {
             (None, None) => return Err(Error::missing_param("Missing identifier")),
         };
         let user_id = claimed.and_then(|c| resolve_login_user(c, &self.config.server_name));
-        let verified = match &user_id {
-            Some(user_id) => self.users.check_password(user_id, &info.password).await?,
-            None => {
-                // Spend the same effort as a real check.
-                let placeholder = resolve_login_user("_", &self.config.server_name);
-                if let Some(p) = placeholder {
-                    self.users.check_password(&p, &info.password).await?;
-                }
-                false
-            }
+        // A missing account is checked too (against a decoy hash): same effort, same answer.
+        let placeholder = || resolve_login_user("_", &self.config.server_name);
+        let matched_hash = match user_id.clone().or_else(placeholder) {
+            Some(id) => self.users.check_password(&id, &info.password).await?,
+            None => None,
         };
-        let (true, Some(user_id)) = (verified, user_id) else {
-            return Err(Error::forbidden("Invalid username or password."));
+        let invalid = || Error::forbidden("Invalid username or password.");
+        let (Some(matched_hash), Some(user_id)) = (matched_hash, user_id) else {
+            return Err(invalid());
         };
 
+        let guard = self.devices.write_lock()?;
+        // A deactivation or password change may have committed while the hash was checked.
+        let current = self.users.get(&user_id)?;
+        if !current.is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash)) {
+            return Err(invalid());
+        }
         let mut batch = WriteBatch::new();
         let issued = self.devices.create_session_in(
+            &guard,
             &mut batch,
             &user_id,
             req.device_id.clone(),
@@ -219,7 +247,8 @@ impl Accounts {
             req.refresh_token,
             client_ip,
         )?;
-        self.devices.commit(batch)?;
+        self.commit(batch)?;
+        drop(guard);
         tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
         let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
         response.refresh_token = issued.refresh_token;
@@ -245,12 +274,13 @@ impl Accounts {
         };
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
         let hash = self.users.hash_password(&req.new_password).await?;
+        let guard = self.devices.write_lock()?;
         let mut batch = WriteBatch::new();
         self.users.set_password_hash_in(&mut batch, &who.user_id, hash)?;
         if req.logout_devices {
-            self.devices.remove_all_in(&mut batch, &who.user_id, Some(&who.device_id))?;
+            self.devices.remove_all_in(&guard, &mut batch, &who.user_id, Some(&who.device_id))?;
         }
-        self.devices.commit(batch)?;
+        self.commit(batch)?;
         Ok(change_password::v3::Response::new())
     }
 
@@ -266,10 +296,12 @@ impl Accounts {
             user: Some(&who.user_id),
         };
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
+        let guard = self.devices.write_lock()?;
         let mut batch = WriteBatch::new();
         self.users.deactivate_in(&mut batch, &who.user_id, req.erase)?;
-        self.devices.remove_all_in(&mut batch, &who.user_id, None)?;
-        self.devices.commit(batch)?;
+        self.devices.remove_all_in(&guard, &mut batch, &who.user_id, None)?;
+        self.commit(batch)?;
+        drop(guard);
         tracing::info!(user_id = %who.user_id, "deactivated account");
         // No third-party identifiers are ever bound here, so there is nothing to unbind.
         Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success))
@@ -289,24 +321,27 @@ impl Accounts {
             user: Some(&who.user_id),
         };
         self.uiaa.authenticate(&requirement, auth).await?;
+        let guard = self.devices.write_lock()?;
         let mut batch = WriteBatch::new();
         for device_id in device_ids {
-            self.devices.remove_in(&mut batch, &who.user_id, device_id)?;
+            self.devices.remove_in(&guard, &mut batch, &who.user_id, device_id)?;
         }
-        self.devices.commit(batch)
+        self.commit(batch)
     }
 
     /// `POST /logout`: this device and its tokens go.
     pub fn logout(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        let guard = self.devices.write_lock()?;
         let mut batch = WriteBatch::new();
-        self.devices.remove_in(&mut batch, user_id, device_id)?;
-        self.devices.commit(batch)
+        self.devices.remove_in(&guard, &mut batch, user_id, device_id)?;
+        self.commit(batch)
     }
 
     /// `POST /logout/all`: every device of the user goes.
     pub fn logout_all(&self, user_id: &UserId) -> Result<()> {
+        let guard = self.devices.write_lock()?;
         let mut batch = WriteBatch::new();
-        self.devices.remove_all_in(&mut batch, user_id, None)?;
-        self.devices.commit(batch)
+        self.devices.remove_all_in(&guard, &mut batch, user_id, None)?;
+        self.commit(batch)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -51,6 +51,9 @@ pub struct DeviceView {
 
 type DeviceKey = (OwnedUserId, OwnedDeviceId);
 
+/// Longest device display name accepted, in characters (as Synapse).
+const MAX_DISPLAY_NAME_LEN: usize = 100;
+
 pub struct Devices {
     store: Arc<dyn KvStore>,
     devices: Table<DeviceKey, DeviceRecord>,
@@ -62,9 +65,15 @@ pub struct Devices {
     /// Last-seen updates held in memory and written in bulk by `flush_last_seen`, so that an
     /// authenticated request costs a map insert rather than a database write.
     last_seen: Mutex<HashMap<DeviceKey, (String, u64)>>,
-    /// Serialises token rotation so a refresh token cannot be spent twice concurrently.
-    rotation: tokio::sync::Mutex<()>,
+    /// Serialises every read-modify-write of device records and the tokens they point at
+    /// (and the account flows in `Accounts` that commit with them), so two writers can never
+    /// leave a token that no device record knows about and so nothing revokes.
+    writes: Mutex<()>,
 }
+
+/// Proof that the caller holds the device write lock; the `*_in` methods demand it. Holding
+/// it is synchronous: no `.await` may happen while it lives.
+pub type WriteGuard<'a> = MutexGuard<'a, ()>;
 
 fn hash_token(token: &str) -> TokenHash {
     TokenHash(Sha256::digest(token.as_bytes()).into())
@@ -95,8 +104,13 @@ impl Devices {
             clock,
             refreshable_lifetime,
             last_seen: Mutex::new(HashMap::new()),
-            rotation: tokio::sync::Mutex::new(()),
+            writes: Mutex::new(()),
         }
+    }
+
+    /// Take the write lock; see `WriteGuard`.
+    pub fn write_lock(&self) -> Result<WriteGuard<'_>> {
+        self.writes.lock().map_err(|_| Error::internal("device write lock poisoned"))
     }
 
     /// Resolve an access token. Expired tokens give a soft logout (the client may refresh or
@@ -129,6 +143,7 @@ impl Devices {
         if pending.is_empty() {
             return Ok(());
         }
+        let _guard = self.write_lock()?;
         let keys: Vec<DeviceKey> = pending.keys().cloned().collect();
         let records = self.devices.get_many(&keys)?;
         let mut batch = WriteBatch::new();
@@ -144,9 +159,11 @@ impl Devices {
     }
 
     /// Queue a new login session for `user_id`: the device is created, or, if `device_id`
-    /// names an existing device, its old tokens are revoked and replaced.
+    /// names an existing device, its old tokens are revoked and replaced (and its display
+    /// name kept: the spec ignores `initial_device_display_name` for a known device).
     pub fn create_session_in(
         &self,
+        _proof: &WriteGuard<'_>,
         batch: &mut WriteBatch,
         user_id: &UserId,
         device_id: Option<OwnedDeviceId>,
@@ -160,12 +177,7 @@ impl Devices {
         let mut record = match self.devices.get(&key)? {
             Some(existing) => {
                 self.revoke_tokens_in(batch, &existing);
-                DeviceRecord {
-                    display_name: display_name.or(existing.display_name),
-                    last_seen_ip: Some(client_ip),
-                    last_seen_ms: Some(now),
-                    ..existing
-                }
+                DeviceRecord { last_seen_ip: Some(client_ip), last_seen_ms: Some(now), ..existing }
             }
             None => DeviceRecord {
                 display_name,
@@ -192,7 +204,7 @@ impl Devices {
         let access_token = new_token();
         let access_hash = hash_token(&access_token);
         let expires_in = refreshable.then_some(self.refreshable_lifetime);
-        let expires_ms = expires_in.map(|d| self.clock.now_ms() + d.as_millis() as u64);
+        let expires_ms = expires_in.map(|d| self.clock.now_ms().saturating_add(d.as_millis() as u64));
         let token_record = AccessTokenRecord { user_id: key.0.clone(), device_id: key.1.clone(), expires_ms };
         self.access_tokens.put(batch, &access_hash, &token_record)?;
         record.access_token = Some(access_hash);
@@ -222,8 +234,8 @@ impl Devices {
 
     /// Spend a refresh token: the device gets a new access token and a new refresh token, and
     /// both old ones stop working.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
-        let _guard = self.rotation.lock().await;
+    pub fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
+        let _guard = self.write_lock()?;
         let hash = hash_token(refresh_token);
         let unknown = || Error::unknown_token(false, "Unknown refresh token");
         let owner = self.refresh_tokens.get(&hash)?.ok_or_else(unknown)?;
@@ -241,7 +253,13 @@ impl Devices {
     }
 
     /// Queue removal of one device and its tokens. Unknown devices are ignored.
-    pub fn remove_in(&self, batch: &mut WriteBatch, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+    pub fn remove_in(
+        &self,
+        _proof: &WriteGuard<'_>,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<()> {
         let key = (user_id.to_owned(), device_id.to_owned());
         if let Some(record) = self.devices.get(&key)? {
             self.revoke_tokens_in(batch, &record);
@@ -253,6 +271,7 @@ impl Devices {
     /// Queue removal of every device of `user_id` except `keep`.
     pub fn remove_all_in(
         &self,
+        _proof: &WriteGuard<'_>,
         batch: &mut WriteBatch,
         user_id: &UserId,
         keep: Option<&DeviceId>,
@@ -265,11 +284,6 @@ impl Devices {
             }
         }
         Ok(())
-    }
-
-    /// Commit a batch built with the `*_in` methods of this and other services.
-    pub fn commit(&self, batch: WriteBatch) -> Result<()> {
-        Ok(self.store.write(batch)?)
     }
 
     fn view(&self, key: &DeviceKey, record: DeviceRecord) -> DeviceView {
@@ -298,21 +312,23 @@ impl Devices {
         Ok(self.devices.get(&key)?.map(|record| self.view(&key, record)))
     }
 
-    /// Whether the user has this device.
-    pub fn exists(&self, user_id: &UserId, device_id: &DeviceId) -> Result<bool> {
-        Ok(self.devices.contains(&(user_id.to_owned(), device_id.to_owned()))?)
-    }
-
-    /// Rename a device; `M_NOT_FOUND` if the user has no such device.
+    /// Rename a device; `M_NOT_FOUND` if the user has no such device. `None` leaves the name.
     pub fn set_display_name(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         name: Option<String>,
     ) -> Result<()> {
+        if name.as_ref().is_some_and(|n| n.chars().count() > MAX_DISPLAY_NAME_LEN) {
+            return Err(Error::invalid_param("Device display name is too long (max 100)"));
+        }
         let key = (user_id.to_owned(), device_id.to_owned());
-        let mut record = self.devices.get(&key)?.ok_or_else(|| Error::not_found("Unknown device"))?;
-        record.display_name = name;
-        Ok(self.devices.insert(&key, &record)?)
+        let _guard = self.write_lock()?;
+        let mut record = self.devices.get(&key)?.ok_or_else(|| Error::not_found("Not found"))?;
+        if name.is_some() {
+            record.display_name = name;
+            self.devices.insert(&key, &record)?;
+        }
+        Ok(())
     }
 }

@@ -40,6 +40,7 @@ impl Services {
             config.uiaa_session_lifetime_secs,
         ));
         let accounts = Arc::new(accounts::Accounts::new(
+            Arc::clone(&store),
             Arc::clone(&config),
             Arc::clone(&users),
             Arc::clone(&devices),

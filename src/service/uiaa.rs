@@ -40,9 +40,12 @@ pub struct Uiaa {
     session_lifetime_ms: u64,
 }
 
-/// Compare secrets in time independent of where they differ.
+/// Compare secrets in time independent of where, and whether in length, they differ: the
+/// digests compared are always 32 bytes.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest as _, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Uiaa {
@@ -58,7 +61,7 @@ impl Uiaa {
             users,
             clock,
             registration_token,
-            session_lifetime_ms: session_lifetime_secs * 1000,
+            session_lifetime_ms: session_lifetime_secs.saturating_mul(1000),
         }
     }
 
@@ -115,12 +118,31 @@ impl Uiaa {
             .flows
             .iter()
             .any(|flow| flow.stages.iter().all(|s| record.completed.iter().any(|c| c == s.as_str())));
+        self.sessions.insert(&session_id, &record)?;
         if done {
-            self.sessions.remove(&session_id)?;
+            // The session is kept until it expires, so a client retrying after a lost
+            // response gets the result again instead of an unknown-session error.
             return Ok(());
         }
-        self.sessions.insert(&session_id, &record)?;
         Err(self.challenge(req, &session_id, &record, None))
+    }
+
+    /// Delete sessions past their expiry; run periodically. Returns how many went.
+    pub fn remove_expired(&self) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let expired: Vec<String> = self
+            .sessions
+            .scan(crate::storage::kv::KeyRange::all(), crate::storage::Direction::Forward)?
+            .filter_map(|row| match row {
+                Ok((id, record)) if record.expires_ms <= now => Some(Ok(id)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?;
+        for id in &expired {
+            self.sessions.remove(id)?;
+        }
+        Ok(expired.len())
     }
 
     fn start(&self, req: &UiaaRequirement<'_>, now: u64) -> Result<(String, UiaaSessionRecord)> {
@@ -179,7 +201,7 @@ impl Uiaa {
                 if claimed.as_deref() != Some(user) {
                     return forbidden("Invalid username or password");
                 }
-                if self.users.check_password(user, &p.password).await? {
+                if self.users.check_password(user, &p.password).await?.is_some() {
                     Ok(Ok(()))
                 } else {
                     forbidden("Invalid password")

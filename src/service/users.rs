@@ -14,8 +14,12 @@ use crate::{
     },
 };
 
+/// Longest display name accepted, in bytes (as Synapse).
+const MAX_DISPLAYNAME_LEN: usize = 256;
+
 pub struct Users {
     users: Table<OwnedUserId, UserRecord>,
+    profile_writes: std::sync::Mutex<()>,
     profiles: Table<OwnedUserId, ProfileRecord>,
     passwords: Arc<Passwords>,
     clock: Arc<dyn Clock>,
@@ -23,7 +27,13 @@ pub struct Users {
 
 impl Users {
     pub fn new(store: &Arc<dyn KvStore>, passwords: Arc<Passwords>, clock: Arc<dyn Clock>) -> Self {
-        Self { users: USERS.open(store), profiles: PROFILES.open(store), passwords, clock }
+        Self {
+            users: USERS.open(store),
+            profile_writes: std::sync::Mutex::new(()),
+            profiles: PROFILES.open(store),
+            passwords,
+            clock,
+        }
     }
 
     /// The account record, if the user ID was ever registered here.
@@ -58,11 +68,13 @@ impl Users {
         self.passwords.hash(password.to_owned()).await
     }
 
-    /// Whether `password` is the password of the live account `user_id`. Missing and
-    /// deactivated accounts cost the same effort and answer false.
-    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+    /// If `password` is the password of the live account `user_id`, the stored hash it
+    /// matched (so a caller can re-check, under a lock, that it is still current). Missing and
+    /// deactivated accounts cost the same effort and answer `None`.
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<Option<String>> {
         let hash = self.get(user_id)?.filter(|u| !u.deactivated).and_then(|u| u.password_hash);
-        self.passwords.verify(hash, password.to_owned()).await
+        let matched = self.passwords.verify(hash.clone(), password.to_owned()).await?;
+        Ok(hash.filter(|_| matched))
     }
 
     /// Queue a password change. Fails if the account does not exist.
@@ -95,8 +107,12 @@ impl Users {
         }
     }
 
-    /// Set (or clear, with `None`) the display name.
+    /// Set (or clear, with `None` or "") the display name.
     pub fn set_displayname(&self, user_id: &UserId, displayname: Option<String>) -> Result<()> {
+        if displayname.as_ref().is_some_and(|n| n.len() > MAX_DISPLAYNAME_LEN) {
+            return Err(Error::invalid_param("Display name is too long (max 256)"));
+        }
+        let displayname = displayname.filter(|n| !n.is_empty());
         self.update_profile(user_id, |p| p.displayname = displayname)
     }
 
@@ -106,6 +122,8 @@ impl Users {
     }
 
     fn update_profile(&self, user_id: &UserId, change: impl FnOnce(&mut ProfileRecord)) -> Result<()> {
+        // Without the lock, setting name and avatar at once could drop one of them.
+        let _guard = self.profile_writes.lock().map_err(|_| Error::internal("profile lock poisoned"))?;
         let mut profile = self.profile(user_id)?.ok_or_else(|| Error::not_found("Profile not found"))?;
         change(&mut profile);
         Ok(self.profiles.insert(&user_id.to_owned(), &profile)?)

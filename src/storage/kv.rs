@@ -138,7 +138,8 @@ pub trait KvStore: Send + Sync + 'static {
         direction: Direction,
     ) -> StorageResult<Box<dyn Iterator<Item = StorageResult<RawEntry>> + 'a>>;
 
-    /// Apply every write in `batch` atomically and durably (write-ahead logged).
+    /// Apply every write in `batch` atomically and durably: once this returns, the batch
+    /// survives a crash or power loss (RocksDB: WAL synced).
     fn write(&self, batch: WriteBatch) -> StorageResult<()>;
 
     /// Persist everything written so far; called on graceful shutdown.

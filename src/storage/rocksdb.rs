@@ -108,7 +108,11 @@ impl KvStore for RocksDbStore {
                 WriteOp::Delete { table, key } => rb.delete_cf(self.cf(table)?, key),
             }
         }
-        self.db.write(rb).map_err(backend)
+        // Synced: a logout, password change or deactivation must survive a power loss, not
+        // only a process crash.
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(rb, &opts).map_err(backend)
     }
 
     fn flush(&self) -> StorageResult<()> {

@@ -59,17 +59,16 @@ async fn register_rejects_bad_and_taken_names_before_authentication() {
         let result = s.post(REGISTER, None, json!({"username": name, "password": "pw"})).await;
         expect_error(result, StatusCode::BAD_REQUEST, errcode);
     }
-    expect_error(
-        s.post(REGISTER, None, json!({"username": "carol"})).await,
-        StatusCode::BAD_REQUEST,
-        "M_MISSING_PARAM",
-    );
+    // A body with no password still gets the flows (clients probe with `{}`); the password is
+    // required once authentication is done.
+    let (status, body) = s.post(REGISTER, None, json!({})).await;
+    assert_eq!((status, &body["flows"]), (StatusCode::UNAUTHORIZED, &json!([{"stages": ["m.login.dummy"]}])));
+    let dummy = json!({"type": "m.login.dummy"});
+    let result = s.post(REGISTER, None, json!({"username": "carol", "auth": dummy})).await;
+    expect_error(result, StatusCode::BAD_REQUEST, "M_MISSING_PARAM");
     let long = "x".repeat(600);
-    expect_error(
-        s.post(REGISTER, None, json!({"username": "carol", "password": long})).await,
-        StatusCode::BAD_REQUEST,
-        "M_INVALID_PARAM",
-    );
+    let result = s.post(REGISTER, None, json!({"username": "carol", "password": long, "auth": dummy})).await;
+    expect_error(result, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
 }
 
 #[tokio::test]
@@ -100,6 +99,9 @@ async fn registration_closed_and_guests_are_refused() {
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
+    // Availability is not answered either, so it cannot be used to list accounts.
+    let available = s.get("/_matrix/client/v3/register/available?username=dave", None).await;
+    expect_error(available, StatusCode::FORBIDDEN, "M_FORBIDDEN");
 
     let s = TestServer::start().await;
     expect_error(
@@ -343,4 +345,57 @@ async fn deactivation_is_final() {
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
     );
+}
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_name_create_one_account() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let attempts = (0..8).map(|i| {
+        let s = std::sync::Arc::clone(&s);
+        tokio::spawn(async move {
+            let body = json!({"username": "race", "password": format!("pw-race-{i}-xyz"), "auth": {"type": "m.login.dummy"}});
+            s.post(REGISTER, None, body).await
+        })
+    });
+    let mut won = 0;
+    for attempt in attempts {
+        let (status, body) = attempt.await.unwrap();
+        match status {
+            StatusCode::OK => won += 1,
+            _ => assert_eq!(body["errcode"], "M_USER_IN_USE", "{body}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+#[tokio::test]
+async fn uiaa_sessions_expire_and_completed_ones_can_be_replayed() {
+    let s = TestServer::start().await;
+    let lee = s.register("lee", "pw-lee-12345").await;
+    let extra = s.login("lee", "pw-lee-12345", Some("EXTRA")).await;
+    let path = "/_matrix/client/v3/delete_devices";
+
+    // A completed session answers again for a retried request (a lost response must not
+    // strand the client), without asking for the password again.
+    let (_, body) = s.post(path, Some(&lee.token), json!({"devices": ["EXTRA"]})).await;
+    let session = body["session"].as_str().unwrap().to_owned();
+    let auth = password_auth("lee", "pw-lee-12345", Some(&session));
+    assert_eq!(
+        s.post(path, Some(&lee.token), json!({"devices": ["EXTRA"], "auth": auth})).await.0,
+        StatusCode::OK
+    );
+    let replay = json!({"devices": ["EXTRA"], "auth": {"session": session}});
+    assert_eq!(s.post(path, Some(&lee.token), replay).await.0, StatusCode::OK);
+    expect_error(
+        s.get("/_matrix/client/v3/account/whoami", Some(&extra.token)).await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+    );
+
+    // Past its lifetime (600 s by default) a session is unknown.
+    let (_, body) = s.post(path, Some(&lee.token), json!({"devices": []})).await;
+    let session = body["session"].as_str().unwrap().to_owned();
+    s.clock.advance_ms(601_000);
+    let late = json!({"devices": [], "auth": password_auth("lee", "pw-lee-12345", Some(&session))});
+    expect_error(s.post(path, Some(&lee.token), late).await, StatusCode::BAD_REQUEST, "M_UNKNOWN");
 }

@@ -20,6 +20,49 @@ fn all_sources() -> Vec<(String, String)> {
     out
 }
 
+/// The crate-level modules a file imports, from `crate::x` paths and from grouped imports
+/// such as `use crate::{x::A, y::{B, C}}` (top-level names inside the outer braces).
+fn crate_modules_used(code: &str) -> Vec<String> {
+    let mut used = Vec::new();
+    let mut rest = code;
+    while let Some(pos) = rest.find("crate::") {
+        rest = &rest[pos + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Walk the group, recording names that start a segment at depth 1.
+            let (mut depth, mut at_segment_start) = (1, true);
+            let mut name = String::new();
+            for c in group.chars() {
+                if c.is_alphanumeric() || c == '_' {
+                    if at_segment_start && depth == 1 {
+                        name.push(c);
+                    }
+                    continue;
+                }
+                // Any other character ends the name being read.
+                if !name.is_empty() {
+                    used.push(std::mem::take(&mut name));
+                    at_segment_start = false;
+                }
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    ',' if depth == 1 => at_segment_start = true,
+                    _ => {}
+                }
+            }
+        } else {
+            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            used.push(name);
+        }
+    }
+    used
+}
+
 /// Code lines only: comments say what the rules are and must not trip them.
 fn code(text: &str) -> String {
     text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
@@ -66,6 +109,14 @@ fn dependencies_point_one_way() {
         }
     }
     assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+}
+
+#[test]
+fn the_import_scanner_sees_grouped_imports() {
+    let used = crate_modules_used(
+        "use crate::{\n    Error, Result,\n    service::{a::B, c},\n    storage::x,\n};\nlet y = crate::api::f();",
+    );
+    assert_eq!(used, vec!["Error", "Result", "service", "storage", "api"]);
 }
 
 #[test]

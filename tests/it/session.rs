@@ -162,3 +162,52 @@ async fn logout_ends_one_device_and_logout_all_ends_every_device() {
     // The account itself lives on.
     s.login("fay", "pw-fay-12345", None).await;
 }
+
+#[tokio::test]
+async fn a_refresh_token_is_spent_once_even_when_raced() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    s.register("gil", "pw-gil-12345").await;
+    let (_, body) = s.post(LOGIN, None, json!({"type": "m.login.password", "user": "gil", "password": "pw-gil-12345", "refresh_token": true})).await;
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let racers = (0..6).map(|_| {
+        let (s, refresh) = (std::sync::Arc::clone(&s), refresh.clone());
+        tokio::spawn(async move {
+            s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": refresh})).await
+        })
+    });
+    let mut ok = 0;
+    for r in racers {
+        let (status, body) = r.await.unwrap();
+        match status {
+            StatusCode::OK => ok += 1,
+            _ => assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{body}"),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
+#[tokio::test]
+async fn a_stale_token_does_not_stop_a_fresh_login() {
+    // matrix-js-sdk sends its old (maybe expired) token along with /login.
+    let s = TestServer::start().await;
+    s.register("hal", "pw-hal-12345").await;
+    let body = json!({"type": "m.login.password", "user": "hal", "password": "pw-hal-12345"});
+    let (status, body) = s.post(LOGIN, Some("long-gone-token"), body).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn logging_in_to_a_known_device_keeps_its_name() {
+    // The spec ignores initial_device_display_name for a device that already exists.
+    let s = TestServer::start().await;
+    s.register("ida", "pw-ida-12345").await;
+    let login = |name: &str| {
+        json!({"type": "m.login.password", "user": "ida", "password": "pw-ida-12345",
+            "device_id": "NAMED", "initial_device_display_name": name})
+    };
+    assert_eq!(s.post(LOGIN, None, login("First name")).await.0, StatusCode::OK);
+    let (_, body) = s.post(LOGIN, None, login("Second name")).await;
+    let token = body["access_token"].as_str().unwrap();
+    let (_, device) = s.get("/_matrix/client/v3/devices/NAMED", Some(token)).await;
+    assert_eq!(device["display_name"], "First name");
+}

@@ -7,7 +7,7 @@ use ruma::api::client::account::{
 
 use super::required;
 use crate::{
-    Error, Result,
+    Result,
     api::{AppState, ruma::Ruma},
 };
 
@@ -33,10 +33,7 @@ pub async fn check_registration_token_validity(
     services: AppState,
     req: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<check_registration_token_validity::v1::Response> {
-    if !services.config.allow_registration {
-        return Err(Error::forbidden("Registration has been disabled"));
-    }
-    let valid = services.uiaa.registration_token_valid(&req.body.token);
+    let valid = services.accounts.registration_token_valid(&req.body.token)?;
     Ok(check_registration_token_validity::v1::Response::new(valid))
 }
 

@@ -11,9 +11,6 @@ use crate::{
     service::devices::DeviceView,
 };
 
-/// Longest device display name accepted, in characters (as Synapse).
-const MAX_DISPLAY_NAME_LEN: usize = 100;
-
 fn to_ruma(view: DeviceView) -> device::Device {
     let mut device = device::Device::new(view.device_id);
     device.display_name = view.display_name;
@@ -43,20 +40,12 @@ pub async fn get_device(
     Ok(get_device::v3::Response::new(to_ruma(view)))
 }
 
-/// `PUT /_matrix/client/v3/devices/{deviceId}`: a missing `display_name` leaves it unchanged.
+/// `PUT /_matrix/client/v3/devices/{deviceId}`
 pub async fn update_device(
     services: AppState,
     req: Ruma<update_device::v3::Request>,
 ) -> Result<update_device::v3::Response> {
-    let user_id = &req.identity.user_id;
-    match req.body.display_name {
-        Some(name) if name.chars().count() > MAX_DISPLAY_NAME_LEN => {
-            Err(Error::invalid_param("Device display name is too long (max 100)"))
-        }
-        Some(name) => services.devices.set_display_name(user_id, &req.body.device_id, Some(name)),
-        None if services.devices.exists(user_id, &req.body.device_id)? => Ok(()),
-        None => Err(Error::not_found("Not found")),
-    }?;
+    services.devices.set_display_name(&req.identity.user_id, &req.body.device_id, req.body.display_name)?;
     Ok(update_device::v3::Response::new())
 }
 

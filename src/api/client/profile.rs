@@ -13,9 +13,6 @@ use crate::{
     storage::tables::ProfileRecord,
 };
 
-/// Longest display name accepted, in bytes (as Synapse).
-const MAX_DISPLAYNAME_LEN: usize = 256;
-
 fn profile_of(services: &Services, user_id: &UserId) -> Result<ProfileRecord> {
     services.users.profile(user_id)?.ok_or_else(|| Error::not_found("Profile was not found"))
 }
@@ -57,12 +54,7 @@ pub async fn set_display_name(
     req: Ruma<set_display_name::v3::Request>,
 ) -> Result<set_display_name::v3::Response> {
     ensure_self(&req.identity.user_id, &req.body.user_id)?;
-    if req.body.displayname.as_ref().is_some_and(|n| n.len() > MAX_DISPLAYNAME_LEN) {
-        return Err(Error::invalid_param("Display name is too long (max 256)"));
-    }
-    // An empty name clears it, as clients use "" for "no name".
-    let name = req.body.displayname.filter(|n| !n.is_empty());
-    services.users.set_displayname(&req.body.user_id, name)?;
+    services.users.set_displayname(&req.body.user_id, req.body.displayname)?;
     Ok(set_display_name::v3::Response::new())
 }
 

@@ -31,7 +31,7 @@ pub async fn refresh_token(
     services: AppState,
     req: Ruma<refresh_token::v3::Request>,
 ) -> Result<refresh_token::v3::Response> {
-    let issued = services.devices.refresh(&req.body.refresh_token).await?;
+    let issued = services.devices.refresh(&req.body.refresh_token)?;
     let mut response = refresh_token::v3::Response::new(issued.access_token);
     response.refresh_token = issued.refresh_token;
     response.expires_in_ms = issued.expires_in;
