@@ -80,7 +80,11 @@ async fn shutdown_signal() {
 async fn run(cli: Cli) -> Result<(), String> {
     let loaded = Config::load(cli.config.as_deref())?;
     let config = loaded.config;
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&config.log)).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        // Colour codes only for a terminal; the journal and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     for key in &loaded.unknown_keys {
         tracing::warn!(key = %key, "unknown configuration key ignored");
     }

@@ -108,7 +108,6 @@ async fn sigterm_finishes_cleanly_and_keeps_the_data() {
         .env("CONDUIT_PORT", "0")
         .env("CONDUIT_ALLOW_REGISTRATION", "true")
         .env("CONDUIT_LOG", "info")
-        .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
