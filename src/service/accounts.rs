@@ -16,7 +16,7 @@ use ruma::{
 use ruma::api::error::ErrorKind;
 
 use super::{
-    devices::{DeviceIdentity, Devices},
+    devices::{DeviceIdentity, Devices, WriteGuard},
     passwords::random_string,
     uiaa::{Uiaa, UiaaRequirement},
     users::Users,
@@ -57,8 +57,18 @@ impl Accounts {
         Self { store, config, users, devices, uiaa }
     }
 
-    fn commit(&self, batch: WriteBatch) -> Result<()> {
-        Ok(self.store.write(batch)?)
+    /// Under the device write lock, let `build` check what may have changed and fill one batch,
+    /// then commit it. Every account write goes through here, so none can race a revocation;
+    /// `build` is synchronous, so the lock is never held across an `.await`.
+    fn write_locked<T>(
+        &self,
+        build: impl FnOnce(&WriteGuard<'_>, &mut WriteBatch) -> Result<T>,
+    ) -> Result<T> {
+        let guard = self.devices.write_lock()?;
+        let mut batch = WriteBatch::new();
+        let outcome = build(&guard, &mut batch)?;
+        self.store.write(batch)?;
+        Ok(outcome)
     }
 
     fn ensure_registration_open(&self) -> Result<()> {
@@ -125,30 +135,28 @@ impl Accounts {
         check_password_len(password)?;
         let password_hash = self.users.hash_password(password).await?;
 
-        let guard = self.devices.write_lock()?;
-        let user_id = match &username {
-            // Checked again under the lock: the name may have been taken meanwhile.
-            Some(name) => self.available_user_id(name)?,
-            None => self.generate_user_id()?,
-        };
-        let mut batch = WriteBatch::new();
-        let displayname = Some(user_id.localpart().to_owned());
-        self.users.create_in(&mut batch, &user_id, Some(password_hash), false, displayname)?;
-        let issued = if req.inhibit_login {
-            None
-        } else {
-            Some(self.devices.create_session_in(
-                &guard,
-                &mut batch,
-                &user_id,
-                req.device_id.clone(),
-                req.initial_device_display_name.clone(),
-                req.refresh_token,
-                client_ip,
-            )?)
-        };
-        self.commit(batch)?;
-        drop(guard);
+        let (user_id, issued) = self.write_locked(|guard, batch| {
+            let user_id = match &username {
+                // Checked again under the lock: the name may have been taken meanwhile.
+                Some(name) => self.available_user_id(name)?,
+                None => self.generate_user_id()?,
+            };
+            self.create_account_in(batch, &user_id, password_hash, false)?;
+            let issued = if req.inhibit_login {
+                None
+            } else {
+                Some(self.devices.create_session_in(
+                    guard,
+                    batch,
+                    &user_id,
+                    req.device_id.clone(),
+                    req.initial_device_display_name.clone(),
+                    req.refresh_token,
+                    client_ip,
+                )?)
+            };
+            Ok((user_id, issued))
+        })?;
         tracing::info!(%user_id, "registered account");
 
         let mut response = register::v3::Response::new(user_id);
@@ -159,6 +167,18 @@ impl Accounts {
             response.expires_in = issued.expires_in;
         }
         Ok(response)
+    }
+
+    /// Queue a new account whose display name starts as its localpart (as Synapse).
+    fn create_account_in(
+        &self,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        password_hash: String,
+        admin: bool,
+    ) -> Result<()> {
+        let displayname = Some(user_id.localpart().to_owned());
+        self.users.create_in(batch, user_id, Some(password_hash), admin, displayname)
     }
 
     fn generate_user_id(&self) -> Result<OwnedUserId> {
@@ -177,13 +197,11 @@ impl Accounts {
     pub async fn create_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
         check_password_len(password)?;
         let password_hash = self.users.hash_password(password).await?;
-        let _guard = self.devices.write_lock()?;
-        let user_id = self.available_user_id(localpart)?;
-        let mut batch = WriteBatch::new();
-        let displayname = Some(user_id.localpart().to_owned());
-        self.users.create_in(&mut batch, &user_id, Some(password_hash), admin, displayname)?;
-        self.commit(batch)?;
-        Ok(user_id)
+        self.write_locked(|_, batch| {
+            let user_id = self.available_user_id(localpart)?;
+            self.create_account_in(batch, &user_id, password_hash, admin)?;
+            Ok(user_id)
+        })
     }
 
     /// Set a password from the command line; every device is logged out.
@@ -193,11 +211,10 @@ impl Accounts {
             .filter(|u| self.users.get(u).ok().flatten().is_some_and(|r| !r.deactivated))
             .ok_or_else(|| Error::not_found("No such active user"))?;
         let hash = self.users.hash_password(password).await?;
-        let guard = self.devices.write_lock()?;
-        let mut batch = WriteBatch::new();
-        self.users.set_password_hash_in(&mut batch, &user_id, hash)?;
-        self.devices.remove_all_in(&guard, &mut batch, &user_id, None)?;
-        self.commit(batch)?;
+        self.write_locked(|guard, batch| {
+            self.users.set_password_hash_in(batch, &user_id, hash)?;
+            self.devices.remove_all_in(guard, batch, &user_id, None)
+        })?;
         Ok(user_id)
     }
 
@@ -231,24 +248,22 @@ impl Accounts {
             return Err(invalid());
         };
 
-        let guard = self.devices.write_lock()?;
-        // A deactivation or password change may have committed while the hash was checked.
-        let current = self.users.get(&user_id)?;
-        if !current.is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash)) {
-            return Err(invalid());
-        }
-        let mut batch = WriteBatch::new();
-        let issued = self.devices.create_session_in(
-            &guard,
-            &mut batch,
-            &user_id,
-            req.device_id.clone(),
-            req.initial_device_display_name.clone(),
-            req.refresh_token,
-            client_ip,
-        )?;
-        self.commit(batch)?;
-        drop(guard);
+        let issued = self.write_locked(|guard, batch| {
+            // A deactivation or password change may have committed while the hash was checked.
+            let current = self.users.get(&user_id)?;
+            if !current.is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash)) {
+                return Err(invalid());
+            }
+            self.devices.create_session_in(
+                guard,
+                batch,
+                &user_id,
+                req.device_id.clone(),
+                req.initial_device_display_name.clone(),
+                req.refresh_token,
+                client_ip,
+            )
+        })?;
         tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
         let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
         response.refresh_token = issued.refresh_token;
@@ -256,8 +271,13 @@ impl Accounts {
         Ok(response)
     }
 
-    fn password_flows() -> Vec<AuthFlow> {
-        vec![AuthFlow::new(vec![AuthType::Password])]
+    /// Re-authentication of the signed-in user by password, for the sensitive endpoints.
+    fn password_requirement<'a>(endpoint: &'static str, who: &'a DeviceIdentity) -> UiaaRequirement<'a> {
+        UiaaRequirement {
+            endpoint,
+            flows: vec![AuthFlow::new(vec![AuthType::Password])],
+            user: Some(&who.user_id),
+        }
     }
 
     /// `POST /account/password`.
@@ -267,20 +287,16 @@ impl Accounts {
         req: change_password::v3::Request,
     ) -> Result<change_password::v3::Response> {
         check_password_len(&req.new_password)?;
-        let requirement = UiaaRequirement {
-            endpoint: "change_password",
-            flows: Self::password_flows(),
-            user: Some(&who.user_id),
-        };
+        let requirement = Self::password_requirement("change_password", who);
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
         let hash = self.users.hash_password(&req.new_password).await?;
-        let guard = self.devices.write_lock()?;
-        let mut batch = WriteBatch::new();
-        self.users.set_password_hash_in(&mut batch, &who.user_id, hash)?;
-        if req.logout_devices {
-            self.devices.remove_all_in(&guard, &mut batch, &who.user_id, Some(&who.device_id))?;
-        }
-        self.commit(batch)?;
+        self.write_locked(|guard, batch| {
+            self.users.set_password_hash_in(batch, &who.user_id, hash)?;
+            if req.logout_devices {
+                self.devices.remove_all_in(guard, batch, &who.user_id, Some(&who.device_id))?;
+            }
+            Ok(())
+        })?;
         Ok(change_password::v3::Response::new())
     }
 
@@ -290,18 +306,12 @@ impl Accounts {
         who: &DeviceIdentity,
         req: deactivate::v3::Request,
     ) -> Result<deactivate::v3::Response> {
-        let requirement = UiaaRequirement {
-            endpoint: "deactivate",
-            flows: Self::password_flows(),
-            user: Some(&who.user_id),
-        };
+        let requirement = Self::password_requirement("deactivate", who);
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
-        let guard = self.devices.write_lock()?;
-        let mut batch = WriteBatch::new();
-        self.users.deactivate_in(&mut batch, &who.user_id, req.erase)?;
-        self.devices.remove_all_in(&guard, &mut batch, &who.user_id, None)?;
-        self.commit(batch)?;
-        drop(guard);
+        self.write_locked(|guard, batch| {
+            self.users.deactivate_in(batch, &who.user_id, req.erase)?;
+            self.devices.remove_all_in(guard, batch, &who.user_id, None)
+        })?;
         tracing::info!(user_id = %who.user_id, "deactivated account");
         // No third-party identifiers are ever bound here, so there is nothing to unbind.
         Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success))
@@ -315,33 +325,22 @@ impl Accounts {
         device_ids: &[OwnedDeviceId],
         auth: Option<&AuthData>,
     ) -> Result<()> {
-        let requirement = UiaaRequirement {
-            endpoint: "delete_devices",
-            flows: Self::password_flows(),
-            user: Some(&who.user_id),
-        };
+        let requirement = Self::password_requirement("delete_devices", who);
         self.uiaa.authenticate(&requirement, auth).await?;
-        let guard = self.devices.write_lock()?;
-        let mut batch = WriteBatch::new();
-        for device_id in device_ids {
-            self.devices.remove_in(&guard, &mut batch, &who.user_id, device_id)?;
-        }
-        self.commit(batch)
+        self.write_locked(|guard, batch| {
+            device_ids
+                .iter()
+                .try_for_each(|device_id| self.devices.remove_in(guard, batch, &who.user_id, device_id))
+        })
     }
 
     /// `POST /logout`: this device and its tokens go.
     pub fn logout(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
-        let guard = self.devices.write_lock()?;
-        let mut batch = WriteBatch::new();
-        self.devices.remove_in(&guard, &mut batch, user_id, device_id)?;
-        self.commit(batch)
+        self.write_locked(|guard, batch| self.devices.remove_in(guard, batch, user_id, device_id))
     }
 
     /// `POST /logout/all`: every device of the user goes.
     pub fn logout_all(&self, user_id: &UserId) -> Result<()> {
-        let guard = self.devices.write_lock()?;
-        let mut batch = WriteBatch::new();
-        self.devices.remove_all_in(&guard, &mut batch, user_id, None)?;
-        self.commit(batch)
+        self.write_locked(|guard, batch| self.devices.remove_all_in(guard, batch, user_id, None))
     }
 }

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::harness::{TestServer, expect_error, password_auth};
+use crate::harness::{TestServer, expect_error, password_auth, race_posts};
 
 const REGISTER: &str = "/_matrix/client/v3/register";
 
@@ -350,21 +350,10 @@ async fn deactivation_is_final() {
 #[tokio::test]
 async fn concurrent_registrations_of_one_name_create_one_account() {
     let s = std::sync::Arc::new(TestServer::start().await);
-    let attempts = (0..8).map(|i| {
-        let s = std::sync::Arc::clone(&s);
-        tokio::spawn(async move {
-            let body = json!({"username": "race", "password": format!("pw-race-{i}-xyz"), "auth": {"type": "m.login.dummy"}});
-            s.post(REGISTER, None, body).await
-        })
-    });
-    let mut won = 0;
-    for attempt in attempts {
-        let (status, body) = attempt.await.unwrap();
-        match status {
-            StatusCode::OK => won += 1,
-            _ => assert_eq!(body["errcode"], "M_USER_IN_USE", "{body}"),
-        }
-    }
+    let bodies = (0..8)
+        .map(|i| json!({"username": "race", "password": format!("pw-race-{i}-xyz"), "auth": {"type": "m.login.dummy"}}))
+        .collect();
+    let won = race_posts(&s, REGISTER, bodies, "M_USER_IN_USE").await;
     assert_eq!(won, 1);
 }
 

@@ -165,3 +165,29 @@ pub fn password_auth(user: &str, password: &str, session: Option<&str>) -> Value
     }
     auth
 }
+
+/// POST every body at once; returns how many succeeded, asserting each other answer carries
+/// `loser_errcode`. For checking that racing requests cannot both win.
+pub async fn race_posts(
+    server: &Arc<TestServer>,
+    path: &str,
+    bodies: Vec<Value>,
+    loser_errcode: &str,
+) -> usize {
+    let racers: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let (server, path) = (Arc::clone(server), path.to_owned());
+            tokio::spawn(async move { server.post(&path, None, body).await })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        let (status, body) = racer.await.unwrap();
+        match status {
+            StatusCode::OK => won += 1,
+            _ => assert_eq!(body["errcode"], loser_errcode, "{body}"),
+        }
+    }
+    won
+}

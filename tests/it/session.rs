@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, expect_error};
+use crate::harness::{TestServer, expect_error, race_posts};
 
 const LOGIN: &str = "/_matrix/client/v3/login";
 const WHOAMI: &str = "/_matrix/client/v3/account/whoami";
@@ -169,20 +169,8 @@ async fn a_refresh_token_is_spent_once_even_when_raced() {
     s.register("gil", "pw-gil-12345").await;
     let (_, body) = s.post(LOGIN, None, json!({"type": "m.login.password", "user": "gil", "password": "pw-gil-12345", "refresh_token": true})).await;
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
-    let racers = (0..6).map(|_| {
-        let (s, refresh) = (std::sync::Arc::clone(&s), refresh.clone());
-        tokio::spawn(async move {
-            s.post("/_matrix/client/v3/refresh", None, json!({"refresh_token": refresh})).await
-        })
-    });
-    let mut ok = 0;
-    for r in racers {
-        let (status, body) = r.await.unwrap();
-        match status {
-            StatusCode::OK => ok += 1,
-            _ => assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{body}"),
-        }
-    }
+    let bodies = vec![json!({"refresh_token": refresh}); 6];
+    let ok = race_posts(&s, "/_matrix/client/v3/refresh", bodies, "M_UNKNOWN_TOKEN").await;
     assert_eq!(ok, 1);
 }
 
