@@ -11,7 +11,7 @@ use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
-use ruma::OwnedServerName;
+use ruma::{OwnedServerName, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
 /// Server configuration. Field docs are the reference; `conduit.toml.example` and
@@ -47,6 +47,9 @@ pub struct Config {
     pub refreshable_access_token_lifetime_secs: u64,
     /// How long a user-interactive authentication session stays valid, seconds.
     pub uiaa_session_lifetime_secs: u64,
+    /// Room version of new rooms when the client names none (6 to 12; Synapse 1.163's
+    /// default, 12, unless set).
+    pub default_room_version: RoomVersionId,
     /// Argon2id parameters for new password hashes (existing hashes keep their own).
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -80,6 +83,7 @@ impl Default for Config {
             well_known_server: None,
             refreshable_access_token_lifetime_secs: 300,
             uiaa_session_lifetime_secs: 600,
+            default_room_version: crate::matrix::room_version::DEFAULT,
             // OWASP's first recommended argon2id setting.
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
@@ -134,6 +138,12 @@ impl Config {
             return Err("invalid value for key `allow_federation`: federation is not implemented \
                         in this version of conduit; set it to false"
                 .into());
+        }
+        if crate::matrix::room_version::rules(&self.default_room_version).is_none() {
+            return Err(format!(
+                "invalid value for key `default_room_version`: `{}` is not supported (6 to 12 are)",
+                self.default_room_version
+            ));
         }
         if matches!(&self.registration_token, Some(t) if t.is_empty()) {
             return Err("invalid value for key `registration_token`: must not be empty".into());

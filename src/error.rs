@@ -22,6 +22,10 @@ pub enum Error {
     /// User-interactive authentication is needed or a stage failed; the body says what next.
     #[error("user-interactive authentication required")]
     Uiaa(Box<UiaaInfo>),
+    /// The request clashes with something that exists (409, `M_UNKNOWN`, as the spec says
+    /// for a taken room alias).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The storage engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

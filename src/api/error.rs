@@ -76,6 +76,7 @@ impl IntoResponse for Error {
                 standard(StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized, "Unrecognized request")
             }
             Error::Uiaa(info) => uiaa(&info),
+            Error::Conflict(message) => standard(StatusCode::CONFLICT, ErrorKind::Unknown, &message),
             Error::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 standard(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error")

@@ -50,10 +50,17 @@ impl RouterExt for Router<AppState> {
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
     {
         let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
-        Req::PATH_BUILDER.all_paths().fold(self, |router, path| {
+        let builder = Req::PATH_BUILDER;
+        let paths = builder.all_paths().flat_map(|path| {
+            // The empty state key: clients send `/state/{type}` or `/state/{type}/`, which a
+            // `{state_key}` segment cannot match.
+            let short = path.strip_suffix("/{state_key}").map(|p| [p.to_owned(), format!("{p}/")]);
+            std::iter::once(path.to_owned()).chain(short.into_iter().flatten())
+        });
+        paths.fold(self, |router, path| {
             let handler = handler.clone();
             router.route(
-                path,
+                &path,
                 on(filter, move |State(services): State<AppState>, req: Ruma<Req>| async move {
                     handler(services, req).await.map(RumaResponse)
                 }),
@@ -64,7 +71,10 @@ impl RouterExt for Router<AppState> {
 
 /// Every route the server answers.
 pub fn router(services: AppState) -> Router {
-    use client::{account, device, discovery, profile, session};
+    use client::{
+        account, alias, device, directory, discovery, knock, membership, message, profile, redact, reporting,
+        room, session, state,
+    };
 
     Router::new()
         // Discovery
@@ -97,6 +107,40 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(profile::set_display_name)
         .ruma_route(profile::get_avatar_url)
         .ruma_route(profile::set_avatar_url)
+        // Rooms
+        .ruma_route(room::create_room)
+        .ruma_route(room::get_room_event)
+        .ruma_route(room::get_room_aliases)
+        .ruma_route(room::report_content)
+        .ruma_route(room::report_room)
+        .ruma_route(reporting::report_user)
+        // Membership
+        .ruma_route(membership::join_room_by_id)
+        .ruma_route(membership::join_room_by_id_or_alias)
+        .ruma_route(membership::invite_user)
+        .ruma_route(membership::leave_room)
+        .ruma_route(membership::forget_room)
+        .ruma_route(membership::kick_user)
+        .ruma_route(membership::ban_user)
+        .ruma_route(membership::unban_user)
+        .ruma_route(membership::joined_rooms)
+        .ruma_route(membership::get_member_events)
+        .ruma_route(membership::joined_members)
+        .ruma_route(knock::knock_room)
+        // State and messages
+        .ruma_route(state::get_state_events)
+        .ruma_route(state::get_state_event_for_key)
+        .ruma_route(state::send_state_event)
+        .ruma_route(message::send_message_event)
+        .ruma_route(redact::redact_event)
+        // Aliases and the directory
+        .ruma_route(alias::create_alias)
+        .ruma_route(alias::get_alias)
+        .ruma_route(alias::delete_alias)
+        .ruma_route(directory::get_room_visibility)
+        .ruma_route(directory::set_room_visibility)
+        .ruma_route(directory::get_public_rooms)
+        .ruma_route(directory::get_public_rooms_filtered)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

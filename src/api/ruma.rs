@@ -166,7 +166,16 @@ where
         let http_request = Request::from_parts(parts, bytes.as_ref());
         let token = <T::Authentication as AuthScheme>::extract_authentication(&http_request);
         let identity = <T::Authentication as Identify>::identify(services, token, &client_ip)?;
-        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        // Routes registered without a trailing empty parameter (`/state/{type}` for the empty
+        // state key) hand ruma an empty string for it.
+        let builder = T::PATH_BUILDER;
+        let expected = ::ruma::api::path_builder::PathBuilder::all_paths(&builder)
+            .next()
+            .map_or(0, |path| path.matches('{').count());
+        while args.len() < expected {
+            args.push("");
+        }
         let body = T::try_from_http_request(http_request, &args).map_err(parse_error)?;
         Ok(Self { body, identity, client_ip })
     }

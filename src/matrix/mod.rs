@@ -1,4 +1,9 @@
 //! Pure protocol logic: rules the Matrix specification states, as functions of their inputs.
 //! No I/O, and no imports from `api`, `service` or `storage`.
 
+pub mod auth;
+pub mod pdu;
+pub mod room_presets;
+pub mod room_version;
 pub mod user_id;
+pub mod visibility;

@@ -2,9 +2,12 @@
 //! constructor; `Services::build` wires them in dependency order (no cycles, no globals).
 
 pub mod accounts;
+pub mod cache;
 pub mod clock;
 pub mod devices;
 pub mod passwords;
+pub mod rooms;
+pub mod server_keys;
 pub mod uiaa;
 pub mod users;
 
@@ -19,6 +22,18 @@ pub struct Services {
     pub devices: Arc<devices::Devices>,
     pub uiaa: Arc<uiaa::Uiaa>,
     pub accounts: Arc<accounts::Accounts>,
+    pub server_keys: Arc<server_keys::ServerKeys>,
+    pub events: Arc<rooms::events::Events>,
+    pub room_states: Arc<rooms::state::RoomStates>,
+    pub memberships: Arc<rooms::members::Memberships>,
+    pub timeline: Arc<rooms::timeline::Timeline>,
+    pub visibility: Arc<rooms::visibility::Visibility>,
+    pub aliases: Arc<rooms::aliases::Aliases>,
+    pub directory: Arc<rooms::directory::Directory>,
+    pub reports: Arc<rooms::reports::Reports>,
+    pub room_creation: Arc<rooms::create::RoomCreation>,
+    pub membership: Arc<rooms::membership::MembershipActions>,
+    pub room_actions: Arc<rooms::actions::RoomActions>,
     store: Arc<dyn KvStore>,
 }
 
@@ -46,7 +61,79 @@ impl Services {
             Arc::clone(&devices),
             Arc::clone(&uiaa),
         ));
-        Ok(Self { config, users, devices, uiaa, accounts, store })
+        let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
+            &store,
+            config.server_name.clone(),
+            clock.as_ref(),
+        )?);
+        let events = Arc::new(rooms::events::Events::new(&store)?);
+        let room_states = Arc::new(rooms::state::RoomStates::new(&store)?);
+        let memberships = Arc::new(rooms::members::Memberships::new(&store));
+        let timeline = Arc::new(rooms::timeline::Timeline::new(
+            &store,
+            Arc::clone(&server_keys),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&clock),
+        ));
+        let visibility = Arc::new(rooms::visibility::Visibility::new(
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+        ));
+        let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
+        let directory = Arc::new(rooms::directory::Directory::new(
+            &store,
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+        ));
+        let reports = Arc::new(rooms::reports::Reports::new(&store, Arc::clone(&clock))?);
+        let room_creation = Arc::new(rooms::create::RoomCreation::new(
+            Arc::clone(&config),
+            Arc::clone(&timeline),
+            Arc::clone(&users),
+            Arc::clone(&aliases),
+            Arc::clone(&directory),
+        ));
+        let membership = Arc::new(rooms::membership::MembershipActions::new(
+            config.server_name.clone(),
+            Arc::clone(&timeline),
+            Arc::clone(&memberships),
+            Arc::clone(&users),
+            Arc::clone(&aliases),
+        ));
+        let room_actions = Arc::new(rooms::actions::RoomActions::new(
+            Arc::clone(&timeline),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&visibility),
+            Arc::clone(&aliases),
+            Arc::clone(&directory),
+            Arc::clone(&reports),
+        ));
+        Ok(Self {
+            config,
+            users,
+            devices,
+            uiaa,
+            accounts,
+            server_keys,
+            events,
+            room_states,
+            memberships,
+            timeline,
+            visibility,
+            aliases,
+            directory,
+            reports,
+            room_creation,
+            membership,
+            room_actions,
+            store,
+        })
     }
 
     /// Persist what is held in memory and flush storage; called once at shutdown.

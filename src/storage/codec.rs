@@ -9,7 +9,7 @@
 //! Values are serde_json behind one version byte. The version is declared per table in the
 //! catalogue; a value written under another version is refused until a migration rewrites it.
 
-use ruma::{OwnedDeviceId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
 use serde::{Serialize, de::DeserializeOwned};
 
 /// A type that can be a table key, or a leading part of one.
@@ -122,7 +122,7 @@ macro_rules! string_key {
         }
     )*};
 }
-string_key!(OwnedUserId);
+string_key!(OwnedUserId, OwnedRoomId, OwnedEventId, OwnedRoomAliasId);
 
 impl KeyCodec for OwnedDeviceId {
     fn encode_key(&self, out: &mut Vec<u8>) {
@@ -140,6 +140,17 @@ impl<A: KeyCodec, B: KeyCodec> KeyCodec for (A, B) {
     }
     fn decode_key(input: &mut &[u8]) -> Result<Self, String> {
         Ok((A::decode_key(input)?, B::decode_key(input)?))
+    }
+}
+
+impl<A: KeyCodec, B: KeyCodec, C: KeyCodec> KeyCodec for (A, B, C) {
+    fn encode_key(&self, out: &mut Vec<u8>) {
+        self.0.encode_key(out);
+        self.1.encode_key(out);
+        self.2.encode_key(out);
+    }
+    fn decode_key(input: &mut &[u8]) -> Result<Self, String> {
+        Ok((A::decode_key(input)?, B::decode_key(input)?, C::decode_key(input)?))
     }
 }
 

@@ -4,8 +4,11 @@
 //!
 //! Record types are plain data: they say what is stored, never what it means for Matrix.
 
-use ruma::{OwnedDeviceId, OwnedMxcUri, OwnedUserId};
+use ruma::{
+    OwnedDeviceId, OwnedEventId, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomVersionId,
+};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue as RawJsonValue;
 
 use super::{codec::KeyCodec, table::TableDef};
 
@@ -56,6 +59,35 @@ catalogue! {
     REFRESH_TOKENS = "refresh_tokens", key "sha256(token)": TokenHash => RefreshTokenRecord, version 1;
     /// User-interactive authentication sessions in progress.
     UIAA_SESSIONS = "uiaa_sessions", key "session_id": String => UiaaSessionRecord, version 1;
+    /// This server's signing key pairs; `current` signs new events.
+    SERVER_SIGNING_KEYS = "server_signing_keys", key "name": String => SigningKeyRecord, version 1;
+    /// Every room this server takes part in: version, graph tip and current state group.
+    ROOMS = "rooms", key "room_id": OwnedRoomId => RoomRecord, version 1;
+    /// Every accepted event, by ID, with its place in the stream and the state before it.
+    PDUS = "pdus", key "event_id": OwnedEventId => PduRecord, version 1;
+    /// A room's events in stream order: history paging scans a room prefix.
+    TIMELINE = "timeline", key "room_id, stream": (OwnedRoomId, u64) => OwnedEventId, version 1;
+    /// The global stream: every event in the order it was accepted; sync tokens are positions.
+    STREAM = "stream", key "stream": u64 => StreamRecord, version 1;
+    /// Room state as deduplicated deltas: a group is its parent plus a few changes, with a
+    /// full snapshot every so often so no chain is long.
+    STATE_GROUPS = "state_groups", key "group": u64 => StateGroupRecord, version 1;
+    /// The current state of each room, one row per (type, state_key).
+    ROOM_STATE = "room_state", key "room_id, type, state_key": (OwnedRoomId, String, String) => OwnedEventId, version 1;
+    /// Room → members, with each member's latest membership.
+    ROOM_MEMBERS = "room_members", key "room_id, user_id": (OwnedRoomId, OwnedUserId) => MembershipRecord, version 1;
+    /// User → rooms, the same rows as `room_members` seen from the user.
+    USER_ROOMS = "user_rooms", key "user_id, room_id": (OwnedUserId, OwnedRoomId) => MembershipRecord, version 1;
+    /// Client transaction IDs already used, per device, and the event each produced.
+    TXN_IDS = "txn_ids", key "user_id, device_id, txn_id": (OwnedUserId, OwnedDeviceId, String) => OwnedEventId, version 1;
+    /// Local room aliases.
+    ROOM_ALIASES = "room_aliases", key "alias": OwnedRoomAliasId => AliasRecord, version 1;
+    /// The same aliases by room, to list or move them.
+    ALIASES_BY_ROOM = "aliases_by_room", key "room_id, alias": (OwnedRoomId, OwnedRoomAliasId) => (), version 1;
+    /// Rooms published in the room directory.
+    PUBLIC_ROOMS = "public_rooms", key "room_id": OwnedRoomId => (), version 1;
+    /// Reports of events, rooms and users, for admins.
+    REPORTS = "reports", key "report_id": u64 => ReportRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -156,6 +188,92 @@ pub struct UiaaSessionRecord {
     /// Stage types completed so far.
     pub completed: Vec<String>,
     pub expires_ms: u64,
+}
+
+/// An ed25519 signing key pair of this server.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SigningKeyRecord {
+    /// The key ID's version part (`ed25519:<version>`).
+    pub version: String,
+    /// PKCS#8 DER of the key pair, base64.
+    pub pkcs8: String,
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyRecord").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+/// A room: its version and where its graph and state stand now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub version: RoomVersionId,
+    /// Events with no successor yet: the `prev_events` of the next event.
+    pub forward_extremities: Vec<OwnedEventId>,
+    /// The greatest depth in the room.
+    pub depth: u64,
+    /// The state group of the current state.
+    pub state_group: u64,
+}
+
+/// An accepted event.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PduRecord {
+    /// Position in the global stream.
+    pub stream: u64,
+    /// The state group of the room state before this event.
+    pub state_before: u64,
+    /// The event JSON (the room graph's form, with `event_id` and `room_id`).
+    pub pdu: Box<RawJsonValue>,
+}
+
+/// One position of the global stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamRecord {
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+}
+
+/// A state group: `parent`'s state with `changes` applied (a full snapshot has no parent).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateGroupRecord {
+    pub parent: Option<u64>,
+    /// How many groups lie between this one and its snapshot.
+    pub chain_len: u32,
+    /// `(type, state_key, event_id)`.
+    pub changes: Vec<(String, String, OwnedEventId)>,
+}
+
+/// A user's latest membership in a room.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MembershipRecord {
+    pub membership: String,
+    pub event_id: OwnedEventId,
+    pub stream: u64,
+    /// The user asked to forget the room after leaving it.
+    #[serde(default)]
+    pub forgotten: bool,
+}
+
+/// A local room alias.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub room_id: OwnedRoomId,
+    pub creator: OwnedUserId,
+}
+
+/// A report about an event, a room or a user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportRecord {
+    pub reporter: OwnedUserId,
+    pub room_id: Option<OwnedRoomId>,
+    pub event_id: Option<OwnedEventId>,
+    pub user_id: Option<OwnedUserId>,
+    pub reason: Option<String>,
+    pub score: Option<i64>,
+    pub received_ms: u64,
 }
 
 #[cfg(test)]

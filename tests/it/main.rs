@@ -9,5 +9,6 @@ mod discovery;
 mod edge;
 mod harness;
 mod profile;
+mod rooms;
 mod sdk;
 mod session;

@@ -7,13 +7,17 @@ use axum::{
 };
 use ruma::api::client::discovery::{
     discover_homeserver::{self, HomeserverInfo},
-    get_capabilities::{self, v3::Capabilities},
+    get_capabilities::{
+        self,
+        v3::{Capabilities, RoomVersionStability, RoomVersionsCapability},
+    },
     get_supported_versions,
 };
 
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
+    matrix::room_version,
 };
 
 /// Spec versions advertised. A version is listed once every endpoint it adds or changes in
@@ -59,7 +63,7 @@ pub async fn well_known_server(State(services): State<AppState>) -> Response {
 // `m.profile_fields`; the versions advertised here predate that, so they are the right ones.
 #[allow(deprecated)]
 pub async fn get_capabilities(
-    _: AppState,
+    services: AppState,
     _: Ruma<get_capabilities::v3::Request>,
 ) -> Result<get_capabilities::v3::Response> {
     let mut capabilities = Capabilities::new();
@@ -69,5 +73,9 @@ pub async fn get_capabilities(
     // Third-party identifiers (email, phone) are not supported.
     capabilities.thirdparty_id_changes.enabled = false;
     capabilities.get_login_token.enabled = false;
+    let available =
+        room_version::SUPPORTED.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect();
+    capabilities.room_versions =
+        RoomVersionsCapability::new(services.config.default_room_version.clone(), available);
     Ok(get_capabilities::v3::Response::new(capabilities))
 }

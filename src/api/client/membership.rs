@@ -1,0 +1,160 @@
+//! Membership: join, invite, leave, forget, kick, ban, unban, and membership listings.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    api::client::membership::{
+        Invite3pid, ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+        join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
+    },
+    serde::Raw,
+};
+
+use super::{event_json, parse_stream_token};
+use crate::{
+    Error, Result,
+    api::{AppState, ruma::Ruma},
+};
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/join`
+pub async fn join_room_by_id(
+    services: AppState,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response> {
+    let body = req.body;
+    let room_id =
+        services.membership.join(&req.identity.user_id, &body.room_id, body.reason.as_deref()).await?;
+    Ok(join_room_by_id::v3::Response::new(room_id))
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}`. `via` names servers to join through,
+/// which only matters with federation.
+pub async fn join_room_by_id_or_alias(
+    services: AppState,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response> {
+    let body = req.body;
+    let room_id = services.membership.resolve(&body.room_id_or_alias)?;
+    let room_id = services.membership.join(&req.identity.user_id, &room_id, body.reason.as_deref()).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/invite`
+pub async fn invite_user(
+    services: AppState,
+    req: Ruma<invite_user::v3::Request>,
+) -> Result<invite_user::v3::Response> {
+    let body = req.body;
+    match body.recipient {
+        invite_user::v3::InvitationRecipient::UserId(invite) => {
+            services
+                .membership
+                .invite(&req.identity.user_id, &body.room_id, &invite.user_id, invite.reason.as_deref())
+                .await?;
+        }
+        invite_user::v3::InvitationRecipient::ThirdPartyId(Invite3pid { .. }) => {
+            return Err(Error::invalid_param("Third-party invites are not supported by this server"));
+        }
+        _ => return Err(Error::bad_json("Unknown invite recipient")),
+    }
+    Ok(invite_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/leave`
+pub async fn leave_room(
+    services: AppState,
+    req: Ruma<leave_room::v3::Request>,
+) -> Result<leave_room::v3::Response> {
+    let body = req.body;
+    services.membership.leave(&req.identity.user_id, &body.room_id, body.reason.as_deref()).await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget`
+pub async fn forget_room(
+    services: AppState,
+    req: Ruma<forget_room::v3::Request>,
+) -> Result<forget_room::v3::Response> {
+    services.membership.forget(&req.identity.user_id, &req.body.room_id)?;
+    Ok(forget_room::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/kick`
+pub async fn kick_user(
+    services: AppState,
+    req: Ruma<kick_user::v3::Request>,
+) -> Result<kick_user::v3::Response> {
+    let body = req.body;
+    services
+        .membership
+        .kick(&req.identity.user_id, &body.room_id, &body.user_id, body.reason.as_deref())
+        .await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/ban`
+pub async fn ban_user(
+    services: AppState,
+    req: Ruma<ban_user::v3::Request>,
+) -> Result<ban_user::v3::Response> {
+    let body = req.body;
+    services
+        .membership
+        .ban(&req.identity.user_id, &body.room_id, &body.user_id, body.reason.as_deref())
+        .await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/unban`
+pub async fn unban_user(
+    services: AppState,
+    req: Ruma<unban_user::v3::Request>,
+) -> Result<unban_user::v3::Response> {
+    let body = req.body;
+    services
+        .membership
+        .unban(&req.identity.user_id, &body.room_id, &body.user_id, body.reason.as_deref())
+        .await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/joined_rooms`
+pub async fn joined_rooms(
+    services: AppState,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> Result<joined_rooms::v3::Response> {
+    Ok(joined_rooms::v3::Response::new(services.room_actions.joined_rooms(&req.identity.user_id)?))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`
+pub async fn get_member_events(
+    services: AppState,
+    req: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response> {
+    let body = req.body;
+    let at = body.at.as_deref().map(parse_stream_token).transpose()?;
+    let events = services.room_actions.members(
+        &req.identity.user_id,
+        &body.room_id,
+        at,
+        body.membership.as_ref(),
+        body.not_membership.as_ref(),
+    )?;
+    let chunk = events.iter().map(|e| event_json(e).map(Raw::from_json)).collect::<Result<_>>()?;
+    Ok(get_member_events::v3::Response::new(chunk))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+pub async fn joined_members(
+    services: AppState,
+    req: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response> {
+    let mut joined = BTreeMap::new();
+    for member in services.room_actions.joined_members(&req.identity.user_id, &req.body.room_id)? {
+        let mut entry = joined_members::v3::RoomMember::new();
+        entry.display_name = member.display_name;
+        entry.avatar_url = member.avatar_url.map(Into::into);
+        joined.insert(member.user_id, entry);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}

@@ -1,0 +1,23 @@
+//! Redacting events.
+
+use ruma::api::client::redact::redact_event;
+
+use crate::{
+    Result,
+    api::{AppState, ruma::Ruma},
+    service::rooms::timeline::Txn,
+};
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
+pub async fn redact_event(
+    services: AppState,
+    req: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response> {
+    let body = req.body;
+    let txn = Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str() };
+    let event_id = services
+        .room_actions
+        .redact(&req.identity.user_id, &body.room_id, &body.event_id, body.reason.as_deref(), txn)
+        .await?;
+    Ok(redact_event::v3::Response::new(event_id))
+}

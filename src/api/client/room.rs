@@ -1,0 +1,65 @@
+//! Rooms: create, read one event, list aliases, report events and rooms.
+
+use ruma::{
+    api::client::room::{aliases, create_room, get_room_event, report_content, report_room},
+    serde::Raw,
+};
+
+use super::event_json;
+use crate::{
+    Result,
+    api::{AppState, ruma::Ruma},
+};
+
+/// `POST /_matrix/client/v3/createRoom`
+pub async fn create_room(
+    services: AppState,
+    req: Ruma<create_room::v3::Request>,
+) -> Result<create_room::v3::Response> {
+    let room_id = services.room_creation.create_room(&req.identity.user_id, req.body).await?;
+    Ok(create_room::v3::Response::new(room_id))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+pub async fn get_room_event(
+    services: AppState,
+    req: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response> {
+    let event = services.room_actions.event(&req.identity.user_id, &req.body.room_id, &req.body.event_id)?;
+    Ok(get_room_event::v3::Response::new(Raw::from_json(event_json(&event)?)))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
+pub async fn get_room_aliases(
+    services: AppState,
+    req: Ruma<aliases::v3::Request>,
+) -> Result<aliases::v3::Response> {
+    let aliases = services.room_actions.room_aliases(&req.identity.user_id, &req.body.room_id)?;
+    Ok(aliases::v3::Response::new(aliases))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}`
+pub async fn report_content(
+    services: AppState,
+    req: Ruma<report_content::v3::Request>,
+) -> Result<report_content::v3::Response> {
+    let body = req.body;
+    services.room_actions.report_event(
+        &req.identity.user_id,
+        &body.room_id,
+        &body.event_id,
+        body.reason,
+        None,
+    )?;
+    Ok(report_content::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/report`
+pub async fn report_room(
+    services: AppState,
+    req: Ruma<report_room::v3::Request>,
+) -> Result<report_room::v3::Response> {
+    let body = req.body;
+    services.room_actions.report_room(&req.identity.user_id, &body.room_id, Some(body.reason))?;
+    Ok(report_room::v3::Response::new())
+}

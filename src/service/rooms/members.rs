@@ -1,0 +1,99 @@
+//! Membership indexes: room → members and user → rooms, each row the latest membership.
+//! Written in the same batch as the member event, so they never disagree with the state.
+//! Owns the `room_members` and `user_rooms` tables.
+
+use std::sync::Arc;
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
+
+use crate::{
+    Result,
+    storage::{
+        Direction, KvStore, Table, WriteBatch,
+        tables::{MembershipRecord, ROOM_MEMBERS, USER_ROOMS},
+    },
+};
+
+pub struct Memberships {
+    room_members: Table<(OwnedRoomId, OwnedUserId), MembershipRecord>,
+    user_rooms: Table<(OwnedUserId, OwnedRoomId), MembershipRecord>,
+    store: Arc<dyn KvStore>,
+}
+
+impl Memberships {
+    pub fn new(store: &Arc<dyn KvStore>) -> Self {
+        Self {
+            room_members: ROOM_MEMBERS.open(store),
+            user_rooms: USER_ROOMS.open(store),
+            store: Arc::clone(store),
+        }
+    }
+
+    /// Queue a membership change in both indexes.
+    pub fn set_in(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        user_id: &UserId,
+        record: &MembershipRecord,
+    ) -> Result<()> {
+        self.room_members.put(batch, &(room_id.to_owned(), user_id.to_owned()), record)?;
+        self.user_rooms.put(batch, &(user_id.to_owned(), room_id.to_owned()), record)?;
+        Ok(())
+    }
+
+    /// The user's latest membership record in the room.
+    pub fn get(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
+        Ok(self.user_rooms.get(&(user_id.to_owned(), room_id.to_owned()))?)
+    }
+
+    /// The user's current membership in the room.
+    pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipState>> {
+        Ok(self.get(room_id, user_id)?.map(|r| MembershipState::from(r.membership.as_str())))
+    }
+
+    pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.membership(room_id, user_id)? == Some(MembershipState::Join))
+    }
+
+    /// Rooms in which the user's latest membership is `membership`.
+    pub fn rooms_of_user(&self, user_id: &UserId, membership: &MembershipState) -> Result<Vec<OwnedRoomId>> {
+        let mut rooms = Vec::new();
+        for row in self.user_rooms.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
+            let ((_, room_id), record) = row?;
+            if record.membership == membership.as_str() {
+                rooms.push(room_id);
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// Every user with a membership row in the room, and that row.
+    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipRecord)>> {
+        self.room_members
+            .scan_prefix(&room_id.to_owned(), Direction::Forward)?
+            .map(|row| {
+                let ((_, user_id), record) = row?;
+                Ok((user_id, record))
+            })
+            .collect()
+    }
+
+    /// Users whose latest membership is `membership`.
+    pub fn members_with(&self, room_id: &RoomId, membership: &MembershipState) -> Result<Vec<OwnedUserId>> {
+        Ok(self
+            .members(room_id)?
+            .into_iter()
+            .filter(|(_, r)| r.membership == membership.as_str())
+            .map(|(u, _)| u)
+            .collect())
+    }
+
+    /// Mark the room forgotten for the user (only meaningful after they left).
+    pub fn forget(&self, room_id: &RoomId, user_id: &UserId, mut record: MembershipRecord) -> Result<()> {
+        record.forgotten = true;
+        let mut batch = WriteBatch::new();
+        self.set_in(&mut batch, room_id, user_id, &record)?;
+        Ok(self.store.write(batch)?)
+    }
+}

@@ -1,0 +1,47 @@
+//! Reports of events, rooms and users, kept for the server's admins. Owns the `reports` table.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use crate::{
+    Result,
+    service::clock::Clock,
+    storage::{
+        Direction, KvStore, Table,
+        kv::KeyRange,
+        tables::{REPORTS, ReportRecord},
+    },
+};
+
+pub struct Reports {
+    reports: Table<u64, ReportRecord>,
+    last_id: AtomicU64,
+    clock: Arc<dyn Clock>,
+}
+
+impl Reports {
+    pub fn new(store: &Arc<dyn KvStore>, clock: Arc<dyn Clock>) -> Result<Self> {
+        let reports = REPORTS.open(store);
+        let last = match reports.scan(KeyRange::all(), Direction::Reverse)?.next() {
+            Some(row) => row?.0,
+            None => 0,
+        };
+        Ok(Self { reports, last_id: AtomicU64::new(last), clock })
+    }
+
+    /// Store a report (the caller checked that its subject exists and is visible).
+    pub fn file(&self, mut report: ReportRecord) -> Result<u64> {
+        report.received_ms = self.clock.now_ms();
+        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.reports.insert(&id, &report)?;
+        tracing::info!(report_id = id, reporter = %report.reporter, "report received");
+        Ok(id)
+    }
+
+    /// Every report, oldest first (for admin tooling).
+    pub fn all(&self) -> Result<Vec<(u64, ReportRecord)>> {
+        self.reports.scan(KeyRange::all(), Direction::Forward)?.map(|row| Ok(row?)).collect()
+    }
+}

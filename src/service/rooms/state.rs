@@ -1,0 +1,182 @@
+//! Room state: each room's record (version, graph tip), current state, and state at any
+//! event as deduplicated state groups. Owns the `rooms`, `state_groups` and `room_state`
+//! tables.
+//!
+//! A state event makes a new group: its parent plus one change. Message events share the
+//! group of the state they were sent in, so state is stored once per change, not per event.
+//! Every `SNAPSHOT_INTERVAL` links a group is written whole, so loading one never walks a
+//! long chain.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, events::StateEventType};
+
+use crate::{
+    Error, Result,
+    service::cache::BoundedCache,
+    storage::{
+        Direction, KvStore, Table, WriteBatch,
+        kv::KeyRange,
+        tables::{ROOM_STATE, ROOMS, RoomRecord, STATE_GROUPS, StateGroupRecord},
+    },
+};
+
+/// Deltas between full snapshots.
+const SNAPSHOT_INTERVAL: u32 = 64;
+/// State maps kept in memory; a room's current state is read on every event sent to it.
+const GROUP_CACHE_ENTRIES: usize = 4_096;
+
+/// `(event type, state key)`.
+pub type StateKey = (StateEventType, String);
+/// A room state: which event holds each `(type, state_key)`.
+pub type StateMap = HashMap<StateKey, OwnedEventId>;
+
+pub struct RoomStates {
+    rooms: Table<OwnedRoomId, RoomRecord>,
+    groups: Table<u64, StateGroupRecord>,
+    room_state: Table<(OwnedRoomId, String, String), OwnedEventId>,
+    group_cache: BoundedCache<u64, Arc<StateMap>>,
+    last_group: AtomicU64,
+}
+
+impl RoomStates {
+    pub fn new(store: &Arc<dyn KvStore>) -> Result<Self> {
+        let groups = STATE_GROUPS.open(store);
+        let last = match groups.scan(KeyRange::all(), Direction::Reverse)?.next() {
+            Some(row) => row?.0,
+            None => 0,
+        };
+        Ok(Self {
+            rooms: ROOMS.open(store),
+            groups,
+            room_state: ROOM_STATE.open(store),
+            group_cache: BoundedCache::new(GROUP_CACHE_ENTRIES),
+            last_group: AtomicU64::new(last),
+        })
+    }
+
+    /// The room's record, if this server knows the room.
+    pub fn room(&self, room_id: &RoomId) -> Result<Option<RoomRecord>> {
+        Ok(self.rooms.get(&room_id.to_owned())?)
+    }
+
+    /// Every room this server knows.
+    pub fn room_ids(&self) -> Result<Vec<OwnedRoomId>> {
+        self.rooms.scan(KeyRange::all(), Direction::Forward)?.map(|row| Ok(row?.0)).collect()
+    }
+
+    pub fn put_room_in(&self, batch: &mut WriteBatch, room_id: &RoomId, record: &RoomRecord) -> Result<()> {
+        Ok(self.rooms.put(batch, &room_id.to_owned(), record)?)
+    }
+
+    /// The current state of a room.
+    pub fn current_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {
+        let room = self.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.state_of_group(room.state_group)
+    }
+
+    /// One entry of a room's current state, read from the per-room table.
+    pub fn current_state_event_id(
+        &self,
+        room_id: &RoomId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        Ok(self.room_state.get(&(room_id.to_owned(), kind.to_string(), state_key.to_owned()))?)
+    }
+
+    /// The full state a group stands for.
+    pub fn state_of_group(&self, group: u64) -> Result<Arc<StateMap>> {
+        if let Some(hit) = self.group_cache.get(&group) {
+            return Ok(hit);
+        }
+        // Walk to the nearest snapshot (or cached group), then replay the deltas forward.
+        let mut chain = Vec::new();
+        let mut next = Some(group);
+        let mut base = StateMap::new();
+        while let Some(id) = next {
+            if let Some(hit) = self.group_cache.get(&id) {
+                base = (*hit).clone();
+                break;
+            }
+            let record =
+                self.groups.get(&id)?.ok_or_else(|| Error::internal(format!("missing state group {id}")))?;
+            next = record.parent;
+            chain.push(record);
+        }
+        for record in chain.into_iter().rev() {
+            for (kind, state_key, event_id) in record.changes {
+                base.insert((kind.into(), state_key), event_id);
+            }
+        }
+        let state = Arc::new(base);
+        self.group_cache.insert(group, Arc::clone(&state));
+        Ok(state)
+    }
+
+    /// Queue a new group: `parent`'s state with `changes` applied. Returns the group's ID and
+    /// state; call [`Self::committed_group`] once the batch is written.
+    pub fn new_group_in(
+        &self,
+        batch: &mut WriteBatch,
+        parent: Option<u64>,
+        changes: &[(StateKey, OwnedEventId)],
+    ) -> Result<(u64, Arc<StateMap>)> {
+        let (mut state, parent_chain) = match parent {
+            Some(parent) => {
+                let parent_record = self
+                    .groups
+                    .get(&parent)?
+                    .ok_or_else(|| Error::internal(format!("missing state group {parent}")))?;
+                ((*self.state_of_group(parent)?).clone(), Some((parent, parent_record.chain_len)))
+            }
+            None => (StateMap::new(), None),
+        };
+        for (key, event_id) in changes {
+            state.insert(key.clone(), event_id.clone());
+        }
+        let id = self.last_group.fetch_add(1, Ordering::Relaxed) + 1;
+        let record = match parent_chain {
+            Some((parent, chain_len)) if chain_len + 1 < SNAPSHOT_INTERVAL => StateGroupRecord {
+                parent: Some(parent),
+                chain_len: chain_len + 1,
+                changes: changes.iter().map(|((k, s), e)| (k.to_string(), s.clone(), e.clone())).collect(),
+            },
+            _ => StateGroupRecord {
+                parent: None,
+                chain_len: 0,
+                changes: state.iter().map(|((k, s), e)| (k.to_string(), s.clone(), e.clone())).collect(),
+            },
+        };
+        self.groups.put(batch, &id, &record)?;
+        Ok((id, Arc::new(state)))
+    }
+
+    /// Queue the change of current-state rows of a room.
+    pub fn set_current_in(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        changes: &[(StateKey, OwnedEventId)],
+    ) -> Result<()> {
+        for ((kind, state_key), event_id) in changes {
+            self.room_state.put(
+                batch,
+                &(room_id.to_owned(), kind.to_string(), state_key.clone()),
+                event_id,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Remember a group written by a committed batch.
+    pub fn committed_group(&self, id: u64, state: Arc<StateMap>) {
+        self.group_cache.insert(id, state);
+    }
+}

@@ -1,0 +1,415 @@
+//! The append path: how an event joins a room. Under the room's lock it picks the graph
+//! position and auth events from the current state, builds and signs the event, checks it
+//! against the room version's authorization rules, and commits the event, its stream
+//! position, the new state group, current state, membership indexes and any redaction in
+//! one atomic batch. A rejected event is never written. Owns the `txn_ids` table.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use ruma::{
+    DeviceId, EventId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, RoomVersionId, UInt, UserId,
+    api::error::ErrorKind,
+    events::{
+        StateEventType, TimelineEventType,
+        room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+    },
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::Value as JsonValue;
+use tokio::sync::OwnedMutexGuard;
+
+use super::{
+    events::{Events, StoredEvent},
+    members::Memberships,
+    state::{RoomStates, StateKey, StateMap},
+};
+use crate::{
+    Error, Result,
+    matrix::{
+        auth,
+        pdu::{self, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
+        room_version,
+    },
+    service::{clock::Clock, server_keys::ServerKeys},
+    storage::{
+        KvStore, Table, WriteBatch,
+        tables::{MembershipRecord, RoomRecord, TXN_IDS},
+    },
+};
+
+/// The spec's limit on a PDU's size in bytes.
+const MAX_PDU_BYTES: usize = 65_536;
+
+/// Proof that the caller holds a room's append lock. Events of one room are appended one at
+/// a time, so their stream order, depth and `prev_events` agree.
+pub struct RoomLock {
+    room_id: OwnedRoomId,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl RoomLock {
+    pub fn room_id(&self) -> &RoomId {
+        &self.room_id
+    }
+}
+
+/// A client transaction: the device that sent it and its ID.
+#[derive(Clone, Copy)]
+pub struct Txn<'a> {
+    pub device_id: &'a DeviceId,
+    pub txn_id: &'a str,
+}
+
+pub struct Timeline {
+    keys: Arc<ServerKeys>,
+    events: Arc<Events>,
+    states: Arc<RoomStates>,
+    members: Arc<Memberships>,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn KvStore>,
+    txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Timeline {
+    pub fn new(
+        store: &Arc<dyn KvStore>,
+        keys: Arc<ServerKeys>,
+        events: Arc<Events>,
+        states: Arc<RoomStates>,
+        members: Arc<Memberships>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            keys,
+            events,
+            states,
+            members,
+            clock,
+            store: Arc::clone(store),
+            txn_ids: TXN_IDS.open(store),
+            room_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Wait for the room's append lock.
+    pub async fn lock_room(&self, room_id: &RoomId) -> RoomLock {
+        let mutex = {
+            let mut locks = self.room_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::clone(locks.entry(room_id.to_owned()).or_default())
+        };
+        RoomLock { room_id: room_id.to_owned(), _guard: mutex.lock_owned().await }
+    }
+
+    /// The event a transaction already produced, if it was sent before.
+    pub fn txn_event(&self, sender: &UserId, txn: Txn<'_>) -> Result<Option<OwnedEventId>> {
+        Ok(self.txn_ids.get(&(sender.to_owned(), txn.device_id.to_owned(), txn.txn_id.to_owned()))?)
+    }
+
+    /// Send an event: lock the room, answer a repeated transaction with its first event,
+    /// otherwise append.
+    pub async fn send(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: EventTemplate,
+        txn: Option<Txn<'_>>,
+    ) -> Result<OwnedEventId> {
+        let lock = self.lock_room(room_id).await;
+        if let Some(txn) = txn {
+            if let Some(event_id) = self.txn_event(sender, txn)? {
+                return Ok(event_id);
+            }
+        }
+        Ok(self.append(&lock, sender, template, txn)?.pdu.event_id.clone())
+    }
+
+    /// Build, authorize and commit one event in a room whose lock the caller holds.
+    pub fn append(
+        &self,
+        lock: &RoomLock,
+        sender: &UserId,
+        template: EventTemplate,
+        txn: Option<Txn<'_>>,
+    ) -> Result<Arc<StoredEvent>> {
+        let room_id = lock.room_id();
+        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = rules_of(&room.version)?;
+        let state = self.states.state_of_group(room.state_group)?;
+
+        let content = serde_json::value::to_raw_value(&template.content)
+            .map_err(|e| Error::bad_json(format!("content: {e}")))?;
+        let auth_keys = auth::auth_event_keys(
+            &rules.authorization,
+            &template.kind,
+            sender,
+            template.state_key.as_deref(),
+            &content,
+        )
+        .map_err(|reason| Error::bad_json(format!("Invalid event content: {reason}")))?;
+        let auth_events =
+            auth::select_auth_events(&auth_keys, |kind, key| state.get(&(kind.clone(), key.to_owned())));
+        // The checks read the auth events and the create event (not an auth event in v12).
+        let create_id = state.get(&(StateEventType::RoomCreate, String::new()));
+        let loaded: HashMap<OwnedEventId, Arc<StoredEvent>> = self
+            .events
+            .get_many(auth_events.iter().chain(create_id))?
+            .into_iter()
+            .map(|e| (e.pdu.event_id.clone(), e))
+            .collect();
+
+        let mut prev_events = room.forward_extremities.clone();
+        prev_events.truncate(MAX_PREV_EVENTS);
+        let depth = room.depth.saturating_add(1);
+        let mut pdu = pdu::build_pdu(
+            &rules,
+            self.keys.server_name(),
+            self.keys.key_pair(),
+            sender,
+            self.now(),
+            &template,
+            GraphPosition { room_id: Some(room_id), prev_events, auth_events, depth: uint(depth) },
+        )
+        .map_err(Error::internal)?;
+        check_size(&pdu, &rules)?;
+
+        auth::check_event(
+            &rules.authorization,
+            &pdu,
+            |id| loaded.get(id).map(|e| &e.pdu),
+            |kind, key| {
+                state.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).map(|e| &e.pdu)
+            },
+        )
+        .map_err(|reason| Error::forbidden(format!("Event is not authorized: {reason}")))?;
+
+        let replaced = match &pdu.state_key {
+            Some(key) => state.get(&(pdu.kind.to_string().into(), key.clone())).cloned(),
+            None => None,
+        };
+        if let Some(replaced) = replaced {
+            let previous = self.events.get(&replaced)?;
+            let unsigned = pdu.unsigned.get_or_insert_with(Default::default);
+            unsigned.insert("replaces_state".to_owned(), replaced.as_str().into());
+            if let Some(previous) = previous {
+                unsigned.insert("prev_content".to_owned(), previous.pdu.content_value());
+                unsigned.insert("prev_sender".to_owned(), previous.pdu.sender.as_str().into());
+            }
+        }
+
+        let redacted = match (&pdu.kind, &pdu.redacts) {
+            (TimelineEventType::RoomRedaction, Some(target)) => {
+                self.redacted_target(&rules, room_id, target, &pdu)?
+            }
+            _ => None,
+        };
+
+        let record = RoomRecord { forward_extremities: vec![pdu.event_id.clone()], depth, ..room };
+        self.commit(room_id, record, pdu, txn, redacted)
+    }
+
+    /// Create a room: build and commit its `m.room.create` event. Returns the room's lock
+    /// (held, so the caller can append the initial events before anyone else) and the event.
+    pub async fn create_room(
+        &self,
+        sender: &UserId,
+        version: &RoomVersionId,
+        content: JsonValue,
+    ) -> Result<(RoomLock, Arc<StoredEvent>)> {
+        let rules = room_version::rules(version).ok_or_else(|| {
+            Error::new(ErrorKind::UnsupportedRoomVersion, "This server does not support that room version")
+        })?;
+        let template = EventTemplate::state(TimelineEventType::RoomCreate, "", content);
+        let mut ts = self.now();
+        loop {
+            // Before v12 the room ID is random; from v12 it is the create event's hash, so a
+            // clash means an identical create event in the same millisecond: move the clock on.
+            let chosen_id = (!rules.authorization.room_create_event_id_as_room_id)
+                .then(|| RoomId::new_v1(self.keys.server_name()));
+            let pdu = pdu::build_pdu(
+                &rules,
+                self.keys.server_name(),
+                self.keys.key_pair(),
+                sender,
+                ts,
+                &template,
+                GraphPosition {
+                    room_id: chosen_id.as_deref(),
+                    prev_events: vec![],
+                    auth_events: vec![],
+                    depth: uint(1),
+                },
+            )
+            .map_err(Error::internal)?;
+            check_size(&pdu, &rules)?;
+            auth::check_event(&rules.authorization, &pdu, |_| None, |_, _| None).map_err(|reason| {
+                Error::new(ErrorKind::InvalidParam, format!("Invalid creation content: {reason}"))
+            })?;
+
+            let lock = self.lock_room(&pdu.room_id).await;
+            if self.states.room(&pdu.room_id)?.is_some() {
+                ts = MilliSecondsSinceUnixEpoch(ts.0.saturating_add(UInt::from(1u32)));
+                continue;
+            }
+            let record = RoomRecord {
+                version: version.clone(),
+                forward_extremities: vec![pdu.event_id.clone()],
+                depth: 1,
+                state_group: 0,
+            };
+            let room_id = pdu.room_id.clone();
+            let event = self.commit(&room_id, record, pdu, None, None)?;
+            return Ok((lock, event));
+        }
+    }
+
+    /// Write an authorized event and everything that follows from it in one batch.
+    fn commit(
+        &self,
+        room_id: &RoomId,
+        mut record: RoomRecord,
+        pdu: Pdu,
+        txn: Option<Txn<'_>>,
+        redacted: Option<Arc<StoredEvent>>,
+    ) -> Result<Arc<StoredEvent>> {
+        let reservation = self.events.reserve_position();
+        let is_create = pdu.kind == TimelineEventType::RoomCreate;
+        let state_before = if is_create { 0 } else { record.state_group };
+        let event = Arc::new(StoredEvent { pdu, stream: reservation.position, state_before });
+        let pdu = &event.pdu;
+        let mut batch = WriteBatch::new();
+        self.events.put_in(&mut batch, &event)?;
+
+        let mut new_group: Option<(u64, Arc<StateMap>)> = None;
+        if let Some(state_key) = &pdu.state_key {
+            let change: [(StateKey, OwnedEventId); 1] =
+                [((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone())];
+            let parent = (!is_create).then_some(record.state_group);
+            let (group, state) = self.states.new_group_in(&mut batch, parent, &change)?;
+            self.states.set_current_in(&mut batch, room_id, &change)?;
+            record.state_group = group;
+            new_group = Some((group, state));
+            if pdu.kind == TimelineEventType::RoomMember {
+                let user_id = UserId::parse(state_key.as_str())
+                    .map_err(|_| Error::bad_json("The state key of a member event must be a user ID"))?;
+                let membership = pdu
+                    .content_value()
+                    .get("membership")
+                    .and_then(JsonValue::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let row = MembershipRecord {
+                    membership,
+                    event_id: pdu.event_id.clone(),
+                    stream: event.stream,
+                    forgotten: false,
+                };
+                self.members.set_in(&mut batch, room_id, &user_id, &row)?;
+            }
+        }
+        if let Some(redacted) = &redacted {
+            self.events.replace_in(&mut batch, redacted)?;
+        }
+        if let Some(txn) = txn {
+            let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.txn_id.to_owned());
+            self.txn_ids.put(&mut batch, &key, &pdu.event_id)?;
+        }
+        self.states.put_room_in(&mut batch, room_id, &record)?;
+        self.store.write(batch)?;
+
+        if let Some((group, state)) = new_group {
+            self.states.committed_group(group, state);
+        }
+        self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
+        drop(reservation);
+        tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event appended");
+        Ok(event)
+    }
+
+    /// The redaction target rewritten to its redacted form, if it is an event of this room
+    /// that is not redacted yet.
+    fn redacted_target(
+        &self,
+        rules: &RoomVersionRules,
+        room_id: &RoomId,
+        target: &EventId,
+        redaction: &Pdu,
+    ) -> Result<Option<Arc<StoredEvent>>> {
+        let Some(original) = self.events.get(target)? else { return Ok(None) };
+        if original.pdu.room_id != room_id || original.pdu.is_redacted() {
+            return Ok(None);
+        }
+        let mut pdu = original.pdu.clone();
+        pdu.redact(rules, redaction).map_err(Error::internal)?;
+        Ok(Some(Arc::new(StoredEvent { pdu, stream: original.stream, state_before: original.state_before })))
+    }
+
+    /// The event holding `(kind, state_key)` in the room's current state.
+    pub fn state_event(
+        &self,
+        room_id: &RoomId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Arc<StoredEvent>>> {
+        match self.states.current_state_event_id(room_id, kind, state_key)? {
+            Some(id) => self.events.get(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// The room's current power levels, with the version's creator rules applied.
+    pub fn power_levels(&self, room_id: &RoomId) -> Result<RoomPowerLevels> {
+        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = rules_of(&room.version)?;
+        let create = self
+            .state_event(room_id, &StateEventType::RoomCreate, "")?
+            .ok_or_else(|| Error::internal("room without create event"))?;
+        let mut creators = vec![create.pdu.sender.clone()];
+        if rules.authorization.additional_room_creators {
+            if let Ok(content) = create.pdu.content_as::<AdditionalCreators>() {
+                creators.extend(content.additional_creators);
+            }
+        }
+        let source = match self.state_event(room_id, &StateEventType::RoomPowerLevels, "")? {
+            Some(event) => match event.pdu.content_as::<RoomPowerLevelsEventContent>() {
+                Ok(content) => RoomPowerLevelsSource::Original(content),
+                Err(_) => RoomPowerLevelsSource::None,
+            },
+            None => RoomPowerLevelsSource::None,
+        };
+        Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
+    }
+
+    fn now(&self) -> MilliSecondsSinceUnixEpoch {
+        MilliSecondsSinceUnixEpoch(uint(self.clock.now_ms()))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AdditionalCreators {
+    #[serde(default)]
+    additional_creators: Vec<OwnedUserId>,
+}
+
+/// The rules of a stored room's version; a stored room always has a supported one.
+pub fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    room_version::rules(version)
+        .ok_or_else(|| Error::internal(format!("room of unsupported version {version}")))
+}
+
+fn uint(n: u64) -> UInt {
+    UInt::new_saturating(n)
+}
+
+fn check_size(pdu: &Pdu, rules: &RoomVersionRules) -> Result<()> {
+    let object = pdu.to_federation_object(rules).map_err(Error::internal)?;
+    let size = serde_json::to_vec(&object).map_err(|e| Error::internal(e.to_string()))?.len();
+    if size > MAX_PDU_BYTES {
+        return Err(Error::new(ErrorKind::TooLarge, "Event is too large"));
+    }
+    Ok(())
+}
