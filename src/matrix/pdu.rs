@@ -17,6 +17,19 @@ use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 
 /// The most `prev_events` a new event names; the spec caps it at 20.
 pub const MAX_PREV_EVENTS: usize = 20;
+/// The spec's limit on a PDU's size in bytes, signatures included.
+pub const MAX_PDU_BYTES: usize = 65_536;
+/// Room left under the limit for the hashes and one signature added after the size check.
+const SIGNING_OVERHEAD_BYTES: usize = 256;
+
+/// Why an event could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The signed event would exceed [`MAX_PDU_BYTES`].
+    TooLarge,
+    /// Anything else: malformed input or a failure in hashing or signing.
+    Invalid(String),
+}
 
 /// An event of the room graph, with the fields the authorization rules read kept typed.
 ///
@@ -88,7 +101,7 @@ pub fn build_pdu(
     origin_server_ts: MilliSecondsSinceUnixEpoch,
     template: &EventTemplate,
     position: GraphPosition<'_>,
-) -> Result<Pdu, String> {
+) -> Result<Pdu, BuildError> {
     let mut content = template.content.clone();
     let content_field_redacts = rules.redaction.content_field_redacts;
     if let (Some(redacts), true) = (&template.redacts, content_field_redacts) {
@@ -119,17 +132,22 @@ pub fn build_pdu(
     if !rules.authorization.use_room_create_sender {
         map.insert("origin".to_owned(), origin.as_str().into());
     }
+    let invalid = BuildError::Invalid;
+    let size = serde_json::to_vec(&object).map_err(|e| invalid(e.to_string()))?.len();
+    if size + SIGNING_OVERHEAD_BYTES > MAX_PDU_BYTES {
+        return Err(BuildError::TooLarge);
+    }
     let mut canonical: CanonicalJsonObject =
-        serde_json::from_value(object).map_err(|e| format!("event is not canonical JSON: {e}"))?;
+        serde_json::from_value(object).map_err(|e| invalid(format!("event is not canonical JSON: {e}")))?;
 
     hash_and_sign_event(origin.as_str(), signing_key, &mut canonical, &rules.redaction)
-        .map_err(|e| format!("cannot sign event: {e}"))?;
-    let event_id = event_id_for(&canonical, rules)?;
+        .map_err(|e| invalid(format!("cannot sign event: {e}")))?;
+    let event_id = event_id_for(&canonical, rules).map_err(invalid)?;
     let room_id = match position.room_id {
         Some(room_id) => room_id.to_owned(),
-        None => room_id_from_create(&event_id, rules)?,
+        None => room_id_from_create(&event_id, rules).map_err(invalid)?,
     };
-    from_canonical(canonical, event_id, room_id)
+    from_canonical(canonical, event_id, room_id).map_err(invalid)
 }
 
 /// The event ID of a signed event per the room version's format (reference hash for v3+).

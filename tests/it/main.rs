@@ -8,6 +8,8 @@ mod device;
 mod discovery;
 mod edge;
 mod harness;
+mod history;
+mod membership;
 mod profile;
 mod rooms;
 mod sdk;

@@ -31,7 +31,7 @@ use crate::{
     Error, Result,
     matrix::{
         auth,
-        pdu::{self, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
+        pdu::{self, BuildError, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
         room_version,
     },
     service::{clock::Clock, server_keys::ServerKeys},
@@ -40,9 +40,6 @@ use crate::{
         tables::{MembershipRecord, RoomRecord, TXN_IDS},
     },
 };
-
-/// The spec's limit on a PDU's size in bytes.
-const MAX_PDU_BYTES: usize = 65_536;
 
 /// Proof that the caller holds a room's append lock. Events of one room are appended one at
 /// a time, so their stream order, depth and `prev_events` agree.
@@ -174,8 +171,7 @@ impl Timeline {
             &template,
             GraphPosition { room_id: Some(room_id), prev_events, auth_events, depth: uint(depth) },
         )
-        .map_err(Error::internal)?;
-        check_size(&pdu, &rules)?;
+        .map_err(build_error)?;
 
         auth::check_event(
             &rules.authorization,
@@ -244,8 +240,7 @@ impl Timeline {
                     depth: uint(1),
                 },
             )
-            .map_err(Error::internal)?;
-            check_size(&pdu, &rules)?;
+            .map_err(build_error)?;
             auth::check_event(&rules.authorization, &pdu, |_| None, |_, _| None).map_err(|reason| {
                 Error::new(ErrorKind::InvalidParam, format!("Invalid creation content: {reason}"))
             })?;
@@ -405,11 +400,9 @@ fn uint(n: u64) -> UInt {
     UInt::new_saturating(n)
 }
 
-fn check_size(pdu: &Pdu, rules: &RoomVersionRules) -> Result<()> {
-    let object = pdu.to_federation_object(rules).map_err(Error::internal)?;
-    let size = serde_json::to_vec(&object).map_err(|e| Error::internal(e.to_string()))?.len();
-    if size > MAX_PDU_BYTES {
-        return Err(Error::new(ErrorKind::TooLarge, "Event is too large"));
+fn build_error(error: BuildError) -> Error {
+    match error {
+        BuildError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is too large"),
+        BuildError::Invalid(reason) => Error::bad_json(format!("Cannot build event: {reason}")),
     }
-    Ok(())
 }

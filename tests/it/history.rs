@@ -1,0 +1,143 @@
+//! Who sees what: history visibility on single events and state, and redaction.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{Session, TestServer, expect_error},
+    rooms::{V3, create_room, join, send_text},
+};
+
+async fn event_status(s: &TestServer, who: &Session, room: &str, event: &str) -> StatusCode {
+    s.get(&format!("{V3}/rooms/{room}/event/{event}"), Some(&who.token)).await.0
+}
+
+/// A public room with the given history visibility; Alice sends one message before Bob is
+/// invited, one while he is invited, one after he joined and one after he left.
+async fn scenario(visibility: &str) -> (TestServer, Session, Session, String, [String; 4]) {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(
+        &s,
+        &alice,
+        json!({"initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": visibility}}]}),
+    )
+    .await;
+    let before = send_text(&s, &alice, &room, "1", "before").await;
+    s.post(&format!("{V3}/rooms/{room}/invite"), Some(&alice.token), json!({"user_id": bob.user_id})).await;
+    let invited = send_text(&s, &alice, &room, "2", "invited").await;
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    let joined = send_text(&s, &alice, &room, "3", "joined").await;
+    (s, alice, bob, room, [before, invited, joined, String::new()])
+}
+
+async fn leave(s: &TestServer, who: &Session, room: &str) {
+    assert_eq!(
+        s.post(&format!("{V3}/rooms/{room}/leave"), Some(&who.token), json!({})).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn each_history_visibility_setting() {
+    use StatusCode as S;
+    // (setting, [before invite, while invited, while joined, after leaving]) as Bob sees them
+    // once he has left, and while joined.
+    let expectations = [
+        ("world_readable", [S::OK, S::OK, S::OK, S::OK], [S::OK, S::OK, S::OK]),
+        ("shared", [S::NOT_FOUND, S::NOT_FOUND, S::OK, S::NOT_FOUND], [S::OK, S::OK, S::OK]),
+        ("invited", [S::NOT_FOUND, S::OK, S::OK, S::NOT_FOUND], [S::NOT_FOUND, S::OK, S::OK]),
+        ("joined", [S::NOT_FOUND, S::NOT_FOUND, S::OK, S::NOT_FOUND], [S::NOT_FOUND, S::NOT_FOUND, S::OK]),
+    ];
+    for (setting, after_leaving, while_joined) in expectations {
+        let (s, alice, bob, room, mut events) = scenario(setting).await;
+        for (event, expected) in events[..3].iter().zip(while_joined) {
+            assert_eq!(event_status(&s, &bob, &room, event).await, expected, "{setting}, joined, {event}");
+        }
+        leave(&s, &bob, &room).await;
+        events[3] = send_text(&s, &alice, &room, "4", "after").await;
+        for (event, expected) in events.iter().zip(after_leaving) {
+            assert_eq!(event_status(&s, &bob, &room, event).await, expected, "{setting}, left, {event}");
+        }
+        // A stranger: only world_readable rooms can be read at all.
+        let eve = s.register("eve", "pw-eve-123456").await;
+        let stranger = event_status(&s, &eve, &room, &events[0]).await;
+        let state = s.get(&format!("{V3}/rooms/{room}/state"), Some(&eve.token)).await.0;
+        if setting == "world_readable" {
+            assert_eq!((stranger, state), (S::OK, S::OK));
+        } else {
+            assert_eq!((stranger, state), (S::FORBIDDEN, S::FORBIDDEN), "{setting}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn former_members_read_state_as_it_was_when_they_left() {
+    let (s, alice, bob, room, _) = scenario("shared").await;
+    leave(&s, &bob, &room).await;
+    s.put(&format!("{V3}/rooms/{room}/state/m.room.topic/"), Some(&alice.token), json!({"topic": "later"}))
+        .await;
+    let (status, state) = s.get(&format!("{V3}/rooms/{room}/state"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let types: Vec<&str> = state.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(!types.contains(&"m.room.topic"), "{types:?}");
+    expect_error(
+        s.get(&format!("{V3}/rooms/{room}/state/m.room.topic/"), Some(&bob.token)).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+}
+
+async fn redact(s: &TestServer, who: &Session, room: &str, event: &str, txn: &str) -> (StatusCode, Value) {
+    s.put(&format!("{V3}/rooms/{room}/redact/{event}/{txn}"), Some(&who.token), json!({"reason": "spam"}))
+        .await
+}
+
+#[tokio::test]
+async fn redaction_strips_content_per_room_version() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    for version in ["6", "10", "11", "12"] {
+        let room = create_room(&s, &alice, json!({"preset": "public_chat", "room_version": version})).await;
+        assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+        let message = send_text(&s, &bob, &room, &format!("m{version}"), "secret").await;
+
+        // Bob may not redact Alice's events; Alice (a moderator) may redact Bob's.
+        let alices = send_text(&s, &alice, &room, &format!("a{version}"), "mine").await;
+        expect_error(redact(&s, &bob, &room, &alices, "r0").await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        let (status, body) = redact(&s, &alice, &room, &message, &format!("r{version}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let redaction = body["event_id"].as_str().unwrap().to_owned();
+        // The same transaction answers the same redaction.
+        assert_eq!(
+            redact(&s, &alice, &room, &message, &format!("r{version}")).await.1["event_id"],
+            redaction
+        );
+
+        let (_, event) = s.get(&format!("{V3}/rooms/{room}/event/{message}"), Some(&bob.token)).await;
+        assert_eq!(event["content"], json!({}), "v{version}: {event}");
+        assert_eq!(event["unsigned"]["redacted_because"]["event_id"], redaction);
+        let (_, redaction_event) =
+            s.get(&format!("{V3}/rooms/{room}/event/{redaction}"), Some(&bob.token)).await;
+        assert_eq!(
+            redaction_event["redacts"], message,
+            "clients read the top-level `redacts` in every version"
+        );
+        let in_content = redaction_event["content"].get("redacts").is_some();
+        assert_eq!(in_content, version == "11" || version == "12", "v{version}: {redaction_event}");
+
+        // The redaction algorithm keeps what the version keeps: join_rule `allow` from v8 on,
+        // and all of a create event's content from v11 on.
+        let (_, pl) = s
+            .get(&format!("{V3}/rooms/{room}/state/m.room.power_levels/?format=event"), Some(&alice.token))
+            .await;
+        let pl_id = pl["event_id"].as_str().unwrap().to_owned();
+        assert_eq!(redact(&s, &alice, &room, &pl_id, &format!("pl{version}")).await.0, StatusCode::OK);
+        let (_, pl) = s.get(&format!("{V3}/rooms/{room}/event/{pl_id}"), Some(&alice.token)).await;
+        assert!(pl["content"].get("users").is_some(), "users survive redaction: {pl}");
+        let invite_kept = pl["content"].get("invite").is_some();
+        assert_eq!(invite_kept, version == "11" || version == "12", "v{version} invite: {pl}");
+    }
+}
