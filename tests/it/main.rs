@@ -4,7 +4,9 @@
 mod account;
 mod architecture;
 mod cli;
+mod concurrency;
 mod device;
+mod directory;
 mod discovery;
 mod edge;
 mod harness;
