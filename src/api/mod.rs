@@ -73,7 +73,7 @@ impl RouterExt for Router<AppState> {
 pub fn router(services: AppState) -> Router {
     use client::{
         account, alias, device, directory, discovery, knock, membership, message, profile, redact, reporting,
-        room, session, state,
+        room, session, space, state,
     };
 
     Router::new()
@@ -113,6 +113,8 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(room::get_room_aliases)
         .ruma_route(room::report_content)
         .ruma_route(room::report_room)
+        .ruma_route(room::upgrade_room)
+        .ruma_route(space::get_hierarchy)
         .ruma_route(reporting::report_user)
         // Membership
         .ruma_route(membership::join_room_by_id)

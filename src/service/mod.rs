@@ -34,6 +34,8 @@ pub struct Services {
     pub room_creation: Arc<rooms::create::RoomCreation>,
     pub membership: Arc<rooms::membership::MembershipActions>,
     pub room_actions: Arc<rooms::actions::RoomActions>,
+    pub upgrades: Arc<rooms::upgrade::RoomUpgrades>,
+    pub hierarchy: Arc<rooms::hierarchy::Hierarchy>,
     store: Arc<dyn KvStore>,
 }
 
@@ -114,6 +116,20 @@ impl Services {
             Arc::clone(&directory),
             Arc::clone(&reports),
         ));
+        let upgrades = Arc::new(rooms::upgrade::RoomUpgrades::new(
+            Arc::clone(&timeline),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&aliases),
+            Arc::clone(&users),
+        ));
+        let hierarchy = Arc::new(rooms::hierarchy::Hierarchy::new(
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&visibility),
+            Arc::clone(&directory),
+        ));
         Ok(Self {
             config,
             users,
@@ -132,6 +148,8 @@ impl Services {
             room_creation,
             membership,
             room_actions,
+            upgrades,
+            hierarchy,
             store,
         })
     }

@@ -16,3 +16,4 @@ mod profile;
 mod rooms;
 mod sdk;
 mod session;
+mod upgrade;

@@ -14,6 +14,7 @@ pub mod redact;
 pub mod reporting;
 pub mod room;
 pub mod session;
+pub mod space;
 pub mod state;
 
 use serde_json::value::RawValue as RawJsonValue;

@@ -1,7 +1,7 @@
 //! Rooms: create, read one event, list aliases, report events and rooms.
 
 use ruma::{
-    api::client::room::{aliases, create_room, get_room_event, report_content, report_room},
+    api::client::room::{aliases, create_room, get_room_event, report_content, report_room, upgrade_room},
     serde::Raw,
 };
 
@@ -62,4 +62,17 @@ pub async fn report_room(
     let body = req.body;
     services.room_actions.report_room(&req.identity.user_id, &body.room_id, Some(body.reason))?;
     Ok(report_room::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`
+pub async fn upgrade_room(
+    services: AppState,
+    req: Ruma<upgrade_room::v3::Request>,
+) -> Result<upgrade_room::v3::Response> {
+    let body = req.body;
+    let new_room = services
+        .upgrades
+        .upgrade(&req.identity.user_id, &body.room_id, &body.new_version, body.additional_creators)
+        .await?;
+    Ok(upgrade_room::v3::Response::new(new_room))
 }

@@ -100,8 +100,9 @@ impl Directory {
         })
     }
 
-    /// The directory entry of a room, from its current state.
-    fn summary(&self, room_id: &RoomId) -> Result<JsonValue> {
+    /// The directory entry of a room, from its current state (also the summary the space
+    /// hierarchy shows).
+    pub fn summary(&self, room_id: &RoomId) -> Result<JsonValue> {
         let state = self.states.current_state(room_id)?;
         let content = |kind: StateEventType| -> Result<Option<JsonValue>> {
             match state.get(&(kind, String::new())) {

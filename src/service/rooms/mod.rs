@@ -1,16 +1,18 @@
 //! Rooms: the event graph, state, membership and everything clients do in a room. The
 //! storage-owning services (`Events`, `RoomStates`, `Memberships`, `Aliases`, `Directory`,
 //! `Reports`) sit below the append engine (`Timeline`); the client-facing flows
-//! (`RoomCreation`, `MembershipActions`, `RoomActions`) sit above it.
+//! (`RoomCreation`, `MembershipActions`, `RoomActions`, `RoomUpgrades`, `Hierarchy`) sit above it.
 
 pub mod actions;
 pub mod aliases;
 pub mod create;
 pub mod directory;
 pub mod events;
+pub mod hierarchy;
 pub mod members;
 pub mod membership;
 pub mod reports;
 pub mod state;
 pub mod timeline;
+pub mod upgrade;
 pub mod visibility;

@@ -1,0 +1,175 @@
+//! The space hierarchy (`GET /rooms/{roomId}/hierarchy`): a breadth-first walk of
+//! `m.space.child` events from a space, showing only rooms the requester may see or join.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
+
+use ruma::{
+    OwnedRoomId, RoomId, UserId,
+    events::{StateEventType, room::member::MembershipState},
+};
+use serde_json::{Value as JsonValue, json};
+
+use super::{
+    directory::Directory, events::Events, members::Memberships, state::RoomStates, visibility::Visibility,
+};
+use crate::{Error, Result};
+
+/// Rooms per page when the client sets no limit, and the most it may ask for.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1_000;
+/// How deep the walk goes at most, whatever the client asks.
+const MAX_DEPTH: usize = 32;
+
+pub struct Hierarchy {
+    events: Arc<Events>,
+    states: Arc<RoomStates>,
+    members: Arc<Memberships>,
+    visibility: Arc<Visibility>,
+    directory: Arc<Directory>,
+}
+
+/// One page of the walk.
+pub struct HierarchyPage {
+    pub rooms: Vec<JsonValue>,
+    pub next_batch: Option<String>,
+}
+
+impl Hierarchy {
+    pub fn new(
+        events: Arc<Events>,
+        states: Arc<RoomStates>,
+        members: Arc<Memberships>,
+        visibility: Arc<Visibility>,
+        directory: Arc<Directory>,
+    ) -> Self {
+        Self { events, states, members, visibility, directory }
+    }
+
+    pub fn walk(
+        &self,
+        user_id: &UserId,
+        root: &RoomId,
+        from: Option<&str>,
+        limit: Option<usize>,
+        max_depth: Option<usize>,
+        suggested_only: bool,
+    ) -> Result<HierarchyPage> {
+        if self.states.room(root)?.is_none() || !self.may_preview(user_id, root)? {
+            return Err(Error::forbidden("You may not view this space"));
+        }
+        let skip = match from {
+            Some(token) => token
+                .strip_prefix('h')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| Error::invalid_param("Invalid pagination token"))?,
+            None => 0,
+        };
+        let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+        let max_depth = max_depth.unwrap_or(MAX_DEPTH).min(MAX_DEPTH);
+
+        // Walk in a fixed order so a token (a count of rooms already returned) resumes it.
+        let mut queue = VecDeque::from([(root.to_owned(), 0usize)]);
+        let mut seen = HashSet::from([root.to_owned()]);
+        let mut rooms = Vec::new();
+        let mut visible = 0usize;
+        while let Some((room_id, depth)) = queue.pop_front() {
+            if self.states.room(&room_id)?.is_none() || !self.may_preview(user_id, &room_id)? {
+                continue;
+            }
+            let children = self.children(&room_id, suggested_only)?;
+            if visible >= skip && rooms.len() < limit {
+                let mut entry = self.directory.summary(&room_id)?;
+                entry["children_state"] =
+                    JsonValue::Array(children.iter().map(|(_, event)| event.clone()).collect());
+                rooms.push(entry);
+            }
+            visible += 1;
+            if rooms.len() == limit && visible > skip + limit {
+                break;
+            }
+            if depth < max_depth {
+                for (child, _) in children {
+                    if seen.insert(child.clone()) {
+                        queue.push_back((child, depth + 1));
+                    }
+                }
+            }
+        }
+        let next_batch = (visible > skip + rooms.len()).then(|| format!("h{}", skip + rooms.len()));
+        Ok(HierarchyPage { rooms, next_batch })
+    }
+
+    /// A room's `m.space.child` events with a non-empty `via`, ordered by `order` then
+    /// room ID, as stripped events with their timestamp.
+    fn children(&self, room_id: &RoomId, suggested_only: bool) -> Result<Vec<(OwnedRoomId, JsonValue)>> {
+        let state = self.states.current_state(room_id)?;
+        let mut children = Vec::new();
+        for ((kind, key), id) in state.iter() {
+            if *kind != StateEventType::SpaceChild {
+                continue;
+            }
+            let (Ok(child), Some(event)) = (RoomId::parse(key.as_str()), self.events.get(id)?) else {
+                continue;
+            };
+            let content = event.pdu.content_value();
+            let has_via = content.get("via").and_then(JsonValue::as_array).is_some_and(|v| !v.is_empty());
+            let suggested = content.get("suggested").and_then(JsonValue::as_bool).unwrap_or(false);
+            if !has_via || (suggested_only && !suggested) {
+                continue;
+            }
+            let order = content.get("order").and_then(JsonValue::as_str).map(str::to_owned);
+            let stripped = json!({
+                "type": "m.space.child",
+                "state_key": key,
+                "content": content,
+                "sender": event.pdu.sender,
+                "origin_server_ts": event.pdu.origin_server_ts,
+            });
+            children.push((order, child, stripped));
+        }
+        // Rooms with an `order` come first, by it; the rest by room ID.
+        children.sort_by(|a, b| match (&a.0, &b.0) {
+            (Some(x), Some(y)) => x.cmp(y).then_with(|| a.1.cmp(&b.1)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.1.cmp(&b.1),
+        });
+        Ok(children.into_iter().map(|(_, room, event)| (room, event)).collect())
+    }
+
+    /// Whether the requester may see a room's summary: they are in it or invited, it is
+    /// world-readable, or its join rule would let them in or knock.
+    fn may_preview(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
+        if matches!(
+            self.members.membership(room_id, user_id)?,
+            Some(MembershipState::Join | MembershipState::Invite)
+        ) || self.visibility.world_readable_now(room_id)?
+        {
+            return Ok(true);
+        }
+        let join_rules = self.states.current_state_event_id(room_id, &StateEventType::RoomJoinRules, "")?;
+        let Some(event) = join_rules.map(|id| self.events.get(&id)).transpose()?.flatten() else {
+            return Ok(false);
+        };
+        let content = event.pdu.content_value();
+        match content.get("join_rule").and_then(JsonValue::as_str) {
+            Some("public" | "knock" | "knock_restricted") => Ok(true),
+            Some("restricted") => {
+                let allow = content.get("allow").and_then(JsonValue::as_array).cloned().unwrap_or_default();
+                for rule in allow {
+                    let Some(allowed) = rule.get("room_id").and_then(JsonValue::as_str) else { continue };
+                    if let Ok(allowed) = RoomId::parse(allowed) {
+                        if self.members.is_joined(&allowed, user_id)? {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+}
