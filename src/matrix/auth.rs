@@ -99,11 +99,8 @@ mod tests {
             }
             room.accept(ALICE, state("m.room.create", "", create)).unwrap();
             room.accept(ALICE, member(ALICE, "join")).unwrap();
-            let mut users = json!({});
-            if !room.rules.authorization.explicitly_privilege_room_creators {
-                users[ALICE] = json!(100);
-            }
-            room.accept(ALICE, state("m.room.power_levels", "", json!({ "users": users }))).unwrap();
+            let levels = power_levels(&room, json!({}), json!({}));
+            room.accept(ALICE, levels).unwrap();
             room.accept(ALICE, state("m.room.join_rules", "", json!({ "join_rule": join_rule }))).unwrap();
             room
         }
@@ -185,6 +182,16 @@ mod tests {
         state("m.room.member", user, json!({ "membership": membership }))
     }
 
+    /// Power levels with `users`, plus Alice at 100 where the version lists creators.
+    fn power_levels(room: &Room, mut users: JsonValue, extra: JsonValue) -> EventTemplate {
+        if !room.rules.authorization.explicitly_privilege_room_creators {
+            users[ALICE] = json!(100);
+        }
+        let mut content = json!({ "users": users });
+        content.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        state("m.room.power_levels", "", content)
+    }
+
     fn message() -> EventTemplate {
         EventTemplate::message("m.room.message", json!({ "msgtype": "m.text", "body": "hi" }))
     }
@@ -242,12 +249,8 @@ mod tests {
             "public",
             |room| {
                 room.accept(BOB, member(BOB, "join")).unwrap();
-                let mut users = json!({});
-                if !room.rules.authorization.explicitly_privilege_room_creators {
-                    users[ALICE] = json!(100);
-                }
-                room.accept(ALICE, state("m.room.power_levels", "", json!({ "users": users, "invite": 50 })))
-                    .unwrap();
+                let levels = power_levels(room, json!({}), json!({ "invite": 50 }));
+                room.accept(ALICE, levels).unwrap();
             },
             |_| (ALICE, member("@carol:example.org", "invite")),
             |_| (BOB, member("@carol:example.org", "invite")),
@@ -287,46 +290,18 @@ mod tests {
 
     #[test]
     fn power_levels_cannot_exceed_the_senders_own() {
+        // Bob (50) may change levels up to his own, not above.
+        let pl_power = || json!({ "events": { "m.room.power_levels": 50 } });
         check_rule(
             "power level changes",
             "public",
             |room| {
                 room.accept(BOB, member(BOB, "join")).unwrap();
-                let mut users = json!({ BOB: 50 });
-                if !room.rules.authorization.explicitly_privilege_room_creators {
-                    users[ALICE] = json!(100);
-                }
-                let content = json!({ "users": users, "events": { "m.room.power_levels": 50 } });
-                room.accept(ALICE, state("m.room.power_levels", "", content)).unwrap();
+                let levels = power_levels(room, json!({ BOB: 50 }), pl_power());
+                room.accept(ALICE, levels).unwrap();
             },
-            |room| {
-                let mut users = json!({ BOB: 50, "@carol:example.org": 40 });
-                if !room.rules.authorization.explicitly_privilege_room_creators {
-                    users[ALICE] = json!(100);
-                }
-                (
-                    BOB,
-                    state(
-                        "m.room.power_levels",
-                        "",
-                        json!({ "users": users, "events": { "m.room.power_levels": 50 } }),
-                    ),
-                )
-            },
-            |room| {
-                let mut users = json!({ BOB: 75 });
-                if !room.rules.authorization.explicitly_privilege_room_creators {
-                    users[ALICE] = json!(100);
-                }
-                (
-                    BOB,
-                    state(
-                        "m.room.power_levels",
-                        "",
-                        json!({ "users": users, "events": { "m.room.power_levels": 50 } }),
-                    ),
-                )
-            },
+            |room| (BOB, power_levels(room, json!({ BOB: 50, "@carol:example.org": 40 }), pl_power())),
+            |room| (BOB, power_levels(room, json!({ BOB: 75 }), pl_power())),
         );
     }
 

@@ -17,7 +17,11 @@ use ruma::{
 };
 use serde_json::json;
 
-use super::{aliases::Aliases, members::Memberships, timeline::Timeline};
+use super::{
+    aliases::Aliases,
+    members::Memberships,
+    timeline::{RoomLock, Timeline},
+};
 use crate::{Error, Result, matrix::pdu::EventTemplate, service::users::Users};
 
 /// The `m.room.member` template for `user_id`, with their profile for joins and invites.
@@ -165,9 +169,7 @@ impl MembershipActions {
             Some(MembershipState::Invite) => return Ok(()),
             _ => {}
         }
-        let template = member_template(&self.users, target, "invite", reason, false)?;
-        self.timeline.append(&lock, sender, template, None)?;
-        Ok(())
+        self.set_membership(&lock, sender, target, "invite", reason)
     }
 
     /// Leave a room, reject an invite or retract a knock.
@@ -178,9 +180,7 @@ impl MembershipActions {
             Some(MembershipState::Leave | MembershipState::Ban) => return Ok(()),
             _ => return Err(Error::forbidden(format!("{user_id} is not in room {room_id}"))),
         }
-        let template = member_template(&self.users, user_id, "leave", reason, false)?;
-        self.timeline.append(&lock, user_id, template, None)?;
-        Ok(())
+        self.set_membership(&lock, user_id, user_id, "leave", reason)
     }
 
     /// Kick `target` (who must be in the room, invited or knocking).
@@ -199,9 +199,7 @@ impl MembershipActions {
         ) {
             return Err(Error::forbidden(format!("{target} is not in the room")));
         }
-        let template = member_template(&self.users, target, "leave", reason, false)?;
-        self.timeline.append(&lock, sender, template, None)?;
-        Ok(())
+        self.set_membership(&lock, sender, target, "leave", reason)
     }
 
     /// Ban `target`, whether or not they are in the room.
@@ -214,9 +212,7 @@ impl MembershipActions {
     ) -> Result<()> {
         let lock = self.timeline.lock_room(room_id).await;
         self.ensure_joined(room_id, sender)?;
-        let template = member_template(&self.users, target, "ban", reason, false)?;
-        self.timeline.append(&lock, sender, template, None)?;
-        Ok(())
+        self.set_membership(&lock, sender, target, "ban", reason)
     }
 
     /// Lift a ban; `target` must be banned.
@@ -232,9 +228,7 @@ impl MembershipActions {
         if self.members.membership(room_id, target)? != Some(MembershipState::Ban) {
             return Err(Error::forbidden(format!("{target} is not banned")));
         }
-        let template = member_template(&self.users, target, "leave", reason, false)?;
-        self.timeline.append(&lock, sender, template, None)?;
-        Ok(())
+        self.set_membership(&lock, sender, target, "leave", reason)
     }
 
     /// Ask to join a room whose join rule is `knock` or `knock_restricted`.
@@ -252,9 +246,7 @@ impl MembershipActions {
             Some(MembershipState::Knock) => return Ok(()),
             _ => {}
         }
-        let template = member_template(&self.users, user_id, "knock", reason, false)?;
-        self.timeline.append(&lock, user_id, template, None)?;
-        Ok(())
+        self.set_membership(&lock, user_id, user_id, "knock", reason)
     }
 
     /// Forget a room the user has left: it stops appearing to them.
@@ -267,6 +259,20 @@ impl MembershipActions {
                 "You must leave the room before forgetting it",
             )),
         }
+    }
+
+    /// Append `target`'s member event with `membership`, sent by `sender`.
+    fn set_membership(
+        &self,
+        lock: &RoomLock,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let template = member_template(&self.users, target, membership, reason, false)?;
+        self.timeline.append(lock, sender, template, None)?;
+        Ok(())
     }
 
     fn ensure_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
