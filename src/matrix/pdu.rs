@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
     OwnedUserId, RoomId, ServerName, UInt, UserId,
-    canonical_json::{RedactedBecause, redact_content_in_place},
+    canonical_json::redact_content_in_place,
     events::TimelineEventType,
     room_version_rules::{EventIdFormatVersion, RoomIdFormatVersion, RoomVersionRules},
     signatures::{Ed25519KeyPair, hash_and_sign_event, reference_hash},
@@ -264,16 +264,6 @@ impl Pdu {
         event
     }
 
-    /// The event as stripped state (for invites and knocks): type, state key, sender, content.
-    pub fn to_stripped_state(&self) -> JsonValue {
-        serde_json::json!({
-            "content": self.content,
-            "sender": self.sender,
-            "state_key": self.state_key,
-            "type": self.kind,
-        })
-    }
-
     /// The content parsed as a generic JSON object.
     pub fn content_value(&self) -> JsonValue {
         serde_json::from_str(self.content.get()).unwrap_or(JsonValue::Null)
@@ -283,17 +273,6 @@ impl Pdu {
     pub fn content_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.content.get())
     }
-}
-
-/// The `redacted_because` value a redaction leaves, for callers re-redacting from the wire.
-pub fn redacted_because(redaction: &Pdu) -> Option<RedactedBecause> {
-    let object: CanonicalJsonObject = serde_json::from_value(redaction.to_client_event(None)).ok()?;
-    Some(RedactedBecause::from_json(object))
-}
-
-/// The key pair's identifier as `ed25519:<version>`.
-pub fn key_id(key: &Ed25519KeyPair) -> String {
-    format!("ed25519:{}", key.version())
 }
 
 impl ruma::state_res::Event for Pdu {

@@ -217,6 +217,8 @@ async fn member_lists() {
     assert_eq!(who(&not_joined), ["@carol:localhost"]);
     let (_, early) = s.get(&format!("{V3}/rooms/{room}/members?at=s2"), Some(&alice.token)).await;
     assert_eq!(who(&early), ["@alice:localhost"], "state at the second stream position");
+    let (status, first) = s.get(&format!("{V3}/rooms/{room}/members?at=s1"), Some(&alice.token)).await;
+    assert_eq!((status, who(&first)), (StatusCode::OK, Vec::<String>::new()), "right after the create event");
     expect_error(
         s.get(&format!("{V3}/rooms/{room}/members?at=garbage"), Some(&alice.token)).await,
         StatusCode::BAD_REQUEST,

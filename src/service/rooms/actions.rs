@@ -72,6 +72,8 @@ impl RoomActions {
         txn: Txn<'_>,
     ) -> Result<OwnedEventId> {
         ensure_object(&content)?;
+        // A retried transaction is answered before the membership check, so a client that
+        // retries after leaving still learns its event ID. `send` checks again under the lock.
         if let Some(event_id) = self.timeline.txn_event(sender, txn)? {
             return Ok(event_id);
         }

@@ -148,11 +148,6 @@ impl Events {
     pub fn committed_position(&self) -> u64 {
         *self.positions.committed.borrow()
     }
-
-    /// Wakes when the committed position moves (for long-polling readers).
-    pub fn watch_position(&self) -> watch::Receiver<u64> {
-        self.positions.committed.subscribe()
-    }
 }
 
 fn encode(event: &StoredEvent) -> Result<PduRecord> {
@@ -222,5 +217,23 @@ impl StreamPositions {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.positions.release(self.position);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamPositions;
+
+    #[test]
+    fn committed_position_never_passes_an_append_in_flight() {
+        let positions = StreamPositions::new(10);
+        let first = positions.reserve();
+        let second = positions.reserve();
+        assert_eq!((first.position, second.position), (11, 12));
+        // The later append finishes first: readers must still stop before the earlier one.
+        drop(second);
+        assert_eq!(*positions.committed.borrow(), 10);
+        drop(first);
+        assert_eq!(*positions.committed.borrow(), 12);
     }
 }

@@ -32,6 +32,9 @@ const SNAPSHOT_INTERVAL: u32 = 64;
 /// State maps kept in memory; a room's current state is read on every event sent to it.
 const GROUP_CACHE_ENTRIES: usize = 4_096;
 
+/// The state before a room's create event: no group is stored for it (IDs start at 1).
+pub const EMPTY_GROUP: u64 = 0;
+
 /// `(event type, state key)`.
 pub type StateKey = (StateEventType, String);
 /// A room state: which event holds each `(type, state_key)`.
@@ -66,11 +69,6 @@ impl RoomStates {
         Ok(self.rooms.get(&room_id.to_owned())?)
     }
 
-    /// Every room this server knows.
-    pub fn room_ids(&self) -> Result<Vec<OwnedRoomId>> {
-        self.rooms.scan(KeyRange::all(), Direction::Forward)?.map(|row| Ok(row?.0)).collect()
-    }
-
     pub fn put_room_in(&self, batch: &mut WriteBatch, room_id: &RoomId, record: &RoomRecord) -> Result<()> {
         Ok(self.rooms.put(batch, &room_id.to_owned(), record)?)
     }
@@ -93,6 +91,9 @@ impl RoomStates {
 
     /// The full state a group stands for.
     pub fn state_of_group(&self, group: u64) -> Result<Arc<StateMap>> {
+        if group == EMPTY_GROUP {
+            return Ok(Arc::new(StateMap::new()));
+        }
         if let Some(hit) = self.group_cache.get(&group) {
             return Ok(hit);
         }

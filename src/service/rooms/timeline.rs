@@ -25,7 +25,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::{
     events::{Events, StoredEvent},
     members::Memberships,
-    state::{RoomStates, StateKey, StateMap},
+    state::{EMPTY_GROUP, RoomStates, StateKey, StateMap},
 };
 use crate::{
     Error, Result,
@@ -254,7 +254,7 @@ impl Timeline {
                 version: version.clone(),
                 forward_extremities: vec![pdu.event_id.clone()],
                 depth: 1,
-                state_group: 0,
+                state_group: EMPTY_GROUP,
             };
             let room_id = pdu.room_id.clone();
             let event = self.commit(&room_id, record, pdu, None, None)?;
@@ -273,7 +273,7 @@ impl Timeline {
     ) -> Result<Arc<StoredEvent>> {
         let reservation = self.events.reserve_position();
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
-        let state_before = if is_create { 0 } else { record.state_group };
+        let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
         let event = Arc::new(StoredEvent { pdu, stream: reservation.position, state_before });
         let pdu = &event.pdu;
         let mut batch = WriteBatch::new();

@@ -38,23 +38,6 @@ impl Visibility {
         self.may_see_with(user_id, event, joined_now)
     }
 
-    /// Keep only the events `user_id` may see (all from one room).
-    pub fn filter_events(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        events: Vec<Arc<StoredEvent>>,
-    ) -> Result<Vec<Arc<StoredEvent>>> {
-        let joined_now = self.members.is_joined(room_id, user_id)?;
-        let mut visible = Vec::with_capacity(events.len());
-        for event in events {
-            if self.may_see_with(user_id, &event, joined_now)? {
-                visible.push(event);
-            }
-        }
-        Ok(visible)
-    }
-
     fn may_see_with(&self, user_id: &UserId, event: &StoredEvent, joined_now: bool) -> Result<bool> {
         let pdu = &event.pdu;
         let own_membership_event =
