@@ -50,6 +50,10 @@ pub struct Config {
     /// Room version of new rooms when the client names none (6 to 12; Synapse 1.163's
     /// default, 12, unless set).
     pub default_room_version: RoomVersionId,
+    /// Whether users' presence (online, unavailable, offline) is tracked and shared.
+    pub presence_enabled: bool,
+    /// A user whose clients have neither synced nor set presence for this long goes offline.
+    pub presence_offline_timeout_secs: u64,
     /// Argon2id parameters for new password hashes (existing hashes keep their own).
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -84,6 +88,8 @@ impl Default for Config {
             refreshable_access_token_lifetime_secs: 300,
             uiaa_session_lifetime_secs: 600,
             default_room_version: crate::matrix::room_version::DEFAULT,
+            presence_enabled: true,
+            presence_offline_timeout_secs: 300,
             // OWASP's first recommended argon2id setting.
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,

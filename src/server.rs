@@ -67,7 +67,8 @@ impl Server {
     }
 }
 
-/// Background upkeep: persist last-seen times, sweep expired UIA sessions.
+/// Background upkeep: persist last-seen times, mark idle users offline, sweep expired UIA
+/// sessions.
 async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
     let mut ticks: u32 = 0;
@@ -76,6 +77,11 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
             _ = tick.tick() => {
                 if let Err(e) = services.devices.flush_last_seen() {
                     tracing::warn!(error = %e, "writing last-seen times failed");
+                }
+                match services.presence.sweep() {
+                    Ok(n) if n > 0 => tracing::debug!(marked = n, "idle users marked offline"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "presence sweep failed"),
                 }
                 ticks = ticks.wrapping_add(1);
                 if ticks % UIAA_SWEEP_EVERY == 0 {

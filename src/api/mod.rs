@@ -72,8 +72,9 @@ impl RouterExt for Router<AppState> {
 /// Every route the server answers.
 pub fn router(services: AppState) -> Router {
     use client::{
-        account, alias, device, directory, discovery, knock, membership, message, profile, redact, reporting,
-        room, session, space, state,
+        account, alias, config, context, device, directory, discovery, knock, membership, message, presence,
+        profile, push, read_marker, receipt, redact, relations, reporting, room, session, space, state, sync,
+        tag, threads, typing,
     };
 
     Router::new()
@@ -135,6 +136,43 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(state::send_state_event)
         .ruma_route(message::send_message_event)
         .ruma_route(redact::redact_event)
+        // Sync and history
+        .ruma_route(sync::sync_events)
+        .ruma_route(sync::create_filter)
+        .ruma_route(sync::get_filter)
+        .ruma_route(message::get_message_events)
+        .ruma_route(context::get_context)
+        .ruma_route(room::get_event_by_timestamp)
+        .ruma_route(relations::get_relating_events)
+        .ruma_route(relations::get_relating_events_with_rel_type)
+        .ruma_route(relations::get_relating_events_with_rel_type_and_event_type)
+        .ruma_route(threads::get_threads)
+        // Ephemeral and per-user data
+        .ruma_route(typing::create_typing_event)
+        .ruma_route(receipt::create_receipt)
+        .ruma_route(read_marker::set_read_marker)
+        .ruma_route(config::get_global_account_data)
+        .ruma_route(config::set_global_account_data)
+        .ruma_route(config::get_room_account_data)
+        .ruma_route(config::set_room_account_data)
+        .ruma_route(tag::get_tags)
+        .ruma_route(tag::create_tag)
+        .ruma_route(tag::delete_tag)
+        .ruma_route(presence::get_presence)
+        .ruma_route(presence::set_presence)
+        // Push rules and notifications
+        .ruma_route(push::get_pushrules_all)
+        .ruma_route(push::get_pushrules_global_scope)
+        .ruma_route(push::get_pushrule)
+        .ruma_route(push::set_pushrule)
+        .ruma_route(push::delete_pushrule)
+        .ruma_route(push::get_pushrule_enabled)
+        .ruma_route(push::set_pushrule_enabled)
+        .ruma_route(push::get_pushrule_actions)
+        .ruma_route(push::set_pushrule_actions)
+        .ruma_route(push::get_pushers)
+        .ruma_route(push::set_pusher)
+        .ruma_route(push::get_notifications)
         // Aliases and the directory
         .ruma_route(alias::create_alias)
         .ruma_route(alias::get_alias)

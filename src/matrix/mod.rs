@@ -2,6 +2,7 @@
 //! No I/O, and no imports from `api`, `service` or `storage`.
 
 pub mod auth;
+pub mod filter;
 pub mod pdu;
 pub mod room_presets;
 pub mod room_version;

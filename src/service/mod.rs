@@ -1,13 +1,19 @@
 //! The logic. Each service owns its tables and receives its dependencies through its
 //! constructor; `Services::build` wires them in dependency order (no cycles, no globals).
 
+pub mod account_data;
 pub mod accounts;
 pub mod cache;
 pub mod clock;
 pub mod devices;
+pub mod filters;
 pub mod passwords;
+pub mod presence;
+pub mod push;
 pub mod rooms;
 pub mod server_keys;
+pub mod stream;
+pub mod sync;
 pub mod uiaa;
 pub mod users;
 
@@ -23,11 +29,22 @@ pub struct Services {
     pub uiaa: Arc<uiaa::Uiaa>,
     pub accounts: Arc<accounts::Accounts>,
     pub server_keys: Arc<server_keys::ServerKeys>,
+    pub stream: Arc<stream::Stream>,
     pub events: Arc<rooms::events::Events>,
     pub room_states: Arc<rooms::state::RoomStates>,
     pub memberships: Arc<rooms::members::Memberships>,
+    pub account_data: Arc<account_data::AccountData>,
+    pub receipts: Arc<rooms::receipts::Receipts>,
+    pub notifications: Arc<push::Notifications>,
+    pub relations: Arc<rooms::relations::Relations>,
     pub timeline: Arc<rooms::timeline::Timeline>,
     pub visibility: Arc<rooms::visibility::Visibility>,
+    pub renderer: Arc<rooms::render::EventRenderer>,
+    pub history: Arc<rooms::history::History>,
+    pub typing: Arc<rooms::typing::Typing>,
+    pub presence: Arc<presence::Presence>,
+    pub filters: Arc<filters::Filters>,
+    pub sync: Arc<sync::Sync>,
     pub aliases: Arc<rooms::aliases::Aliases>,
     pub directory: Arc<rooms::directory::Directory>,
     pub reports: Arc<rooms::reports::Reports>,
@@ -68,21 +85,75 @@ impl Services {
             config.server_name.clone(),
             clock.as_ref(),
         )?);
-        let events = Arc::new(rooms::events::Events::new(&store)?);
+        let events = Arc::new(rooms::events::Events::new(&store));
+        let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
         let room_states = Arc::new(rooms::state::RoomStates::new(&store)?);
         let memberships = Arc::new(rooms::members::Memberships::new(&store));
+        let account_data = Arc::new(account_data::AccountData::new(&store, Arc::clone(&stream)));
+        let receipts = Arc::new(rooms::receipts::Receipts::new(
+            &store,
+            Arc::clone(&events),
+            Arc::clone(&memberships),
+            Arc::clone(&account_data),
+            Arc::clone(&stream),
+            Arc::clone(&clock),
+        ));
+        let notifications = Arc::new(push::Notifications::new(
+            &store,
+            Arc::clone(&account_data),
+            Arc::clone(&events),
+            Arc::clone(&memberships),
+            Arc::clone(&receipts),
+        ));
+        let relations = Arc::new(rooms::relations::Relations::new(&store, Arc::clone(&events)));
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
             Arc::clone(&server_keys),
+            Arc::clone(&stream),
             Arc::clone(&events),
             Arc::clone(&room_states),
             Arc::clone(&memberships),
+            Arc::clone(&relations),
+            Arc::clone(&notifications),
             Arc::clone(&clock),
         ));
         let visibility = Arc::new(rooms::visibility::Visibility::new(
             Arc::clone(&events),
             Arc::clone(&room_states),
             Arc::clone(&memberships),
+        ));
+        let renderer =
+            Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
+        let history = Arc::new(rooms::history::History::new(
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&visibility),
+            Arc::clone(&account_data),
+            Arc::clone(&renderer),
+            Arc::clone(&relations),
+            Arc::clone(&stream),
+        ));
+        let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
+        let presence = Arc::new(presence::Presence::new(
+            &store,
+            Arc::clone(&stream),
+            Arc::clone(&clock),
+            config.presence_enabled,
+            config.presence_offline_timeout_secs,
+        ));
+        let filters = Arc::new(filters::Filters::new(&store));
+        let sync = Arc::new(sync::Sync::new(
+            Arc::clone(&stream),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&history),
+            Arc::clone(&account_data),
+            Arc::clone(&receipts),
+            Arc::clone(&typing),
+            Arc::clone(&presence),
+            Arc::clone(&notifications),
+            Arc::clone(&renderer),
         ));
         let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
         let directory = Arc::new(rooms::directory::Directory::new(
@@ -137,11 +208,22 @@ impl Services {
             uiaa,
             accounts,
             server_keys,
+            stream,
             events,
             room_states,
             memberships,
+            account_data,
+            receipts,
+            notifications,
+            relations,
             timeline,
             visibility,
+            renderer,
+            history,
+            typing,
+            presence,
+            filters,
+            sync,
             aliases,
             directory,
             reports,

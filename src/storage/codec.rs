@@ -154,6 +154,18 @@ impl<A: KeyCodec, B: KeyCodec, C: KeyCodec> KeyCodec for (A, B, C) {
     }
 }
 
+impl<A: KeyCodec, B: KeyCodec, C: KeyCodec, D: KeyCodec> KeyCodec for (A, B, C, D) {
+    fn encode_key(&self, out: &mut Vec<u8>) {
+        self.0.encode_key(out);
+        self.1.encode_key(out);
+        self.2.encode_key(out);
+        self.3.encode_key(out);
+    }
+    fn decode_key(input: &mut &[u8]) -> Result<Self, String> {
+        Ok((A::decode_key(input)?, B::decode_key(input)?, C::decode_key(input)?, D::decode_key(input)?))
+    }
+}
+
 /// Encode a value behind its table's version byte.
 pub fn encode_value<V: Serialize>(version: u8, value: &V) -> Result<Vec<u8>, String> {
     let mut out = vec![version];

@@ -55,6 +55,24 @@ impl KeyRange {
         Self { start: Bound::Included(prefix), end }
     }
 
+    /// Narrow the range to keys strictly after `key`.
+    pub fn after(mut self, key: Vec<u8>) -> Self {
+        self.start = Bound::Excluded(key);
+        self
+    }
+
+    /// Narrow the range to keys up to and including `key`.
+    pub fn up_to(mut self, key: Vec<u8>) -> Self {
+        self.end = Bound::Included(key);
+        self
+    }
+
+    /// Narrow the range to keys strictly before `key`.
+    pub fn before(mut self, key: Vec<u8>) -> Self {
+        self.end = Bound::Excluded(key);
+        self
+    }
+
     /// Whether `key` lies inside the range.
     pub fn contains(&self, key: &[u8]) -> bool {
         let after_start = match &self.start {

@@ -88,6 +88,36 @@ catalogue! {
     PUBLIC_ROOMS = "public_rooms", key "room_id": OwnedRoomId => (), version 1;
     /// Reports of events, rooms and users, for admins.
     REPORTS = "reports", key "report_id": u64 => ReportRecord, version 1;
+    /// Named counters; `stream_high_water` bounds every stream position ever handed out.
+    COUNTERS = "counters", key "name": String => u64, version 1;
+    /// Account data per user: global (room "") or per room, by type.
+    ACCOUNT_DATA = "account_data", key "user_id, room_id (empty: global), type": (OwnedUserId, String, String) => AccountDataRecord, version 1;
+    /// Each user's account data change feed: the latest change of each piece, by position.
+    ACCOUNT_DATA_CHANGES = "account_data_changes", key "user_id, stream": (OwnedUserId, u64) => AccountDataChange, version 1;
+    /// Each user's latest receipt per room, receipt type and thread ("" when unthreaded).
+    RECEIPTS = "receipts", key "room_id, user_id, receipt_type, thread": (OwnedRoomId, OwnedUserId, String, String) => ReceiptRecord, version 1;
+    /// Each room's receipt change feed: the latest change of each receipt, by position.
+    RECEIPT_CHANGES = "receipt_changes", key "room_id, stream": (OwnedRoomId, u64) => ReceiptChange, version 1;
+    /// Relations: each child event under its parent, by relation type and position.
+    RELATIONS = "relations", key "parent_event_id, rel_type, stream": (OwnedEventId, String, u64) => RelationRecord, version 1;
+    /// Threads of a room by their latest reply's position, for `/threads`.
+    THREAD_ACTIVITY = "thread_activity", key "room_id, stream": (OwnedRoomId, u64) => OwnedEventId, version 1;
+    /// Each thread root's latest reply position.
+    THREAD_LATEST = "thread_latest", key "root_event_id": OwnedEventId => u64, version 1;
+    /// A room's events by origin timestamp, for `timestamp_to_event`.
+    ROOM_TIMESTAMPS = "room_timestamps", key "room_id, origin_server_ts, stream": (OwnedRoomId, u64, u64) => OwnedEventId, version 1;
+    /// Events that notify a user, per room, by position: unread counts after a receipt.
+    PUSH_ACTIONS = "push_actions", key "user_id, room_id, stream": (OwnedUserId, OwnedRoomId, u64) => PushActionRecord, version 1;
+    /// The same notifications per user across rooms, for `/notifications`.
+    NOTIFICATIONS = "notifications", key "user_id, stream": (OwnedUserId, u64) => NotificationRecord, version 1;
+    /// Pushers as clients set them, per user, app ID and push key.
+    PUSHERS = "pushers", key "user_id, app_id, pushkey": (OwnedUserId, String, String) => Box<RawJsonValue>, version 1;
+    /// Saved sync filters per user.
+    FILTERS = "filters", key "user_id, filter_id": (OwnedUserId, String) => Box<RawJsonValue>, version 1;
+    /// Last known presence of each local user.
+    PRESENCE = "presence", key "user_id": OwnedUserId => PresenceRecord, version 1;
+    /// The presence change feed: each user's latest change, by position.
+    PRESENCE_CHANGES = "presence_changes", key "stream": u64 => OwnedUserId, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -227,6 +257,16 @@ pub struct PduRecord {
     pub state_before: u64,
     /// The event JSON (the room graph's form, with `event_id` and `room_id`).
     pub pdu: Box<RawJsonValue>,
+    /// The sending device and its transaction ID, echoed to that device only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<TxnOrigin>,
+}
+
+/// Which device sent an event, under which transaction ID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnOrigin {
+    pub device_id: OwnedDeviceId,
+    pub txn_id: String,
 }
 
 /// One position of the global stream.
@@ -291,4 +331,77 @@ mod tests {
             assert!(t.value_version >= 1);
         }
     }
+}
+
+/// A piece of account data and the stream position of its last change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccountDataRecord {
+    pub content: Box<RawJsonValue>,
+    pub stream: u64,
+}
+
+/// Which piece of account data changed at a position.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccountDataChange {
+    /// The room ID, or "" for global data.
+    pub room: String,
+    pub kind: String,
+}
+
+/// Where a user has read up to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiptRecord {
+    pub event_id: OwnedEventId,
+    pub ts: u64,
+    /// Stream position of this receipt's change.
+    pub stream: u64,
+    /// Stream position of the receipted event.
+    pub event_stream: u64,
+}
+
+/// Which receipt changed at a position.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceiptChange {
+    pub user_id: OwnedUserId,
+    pub receipt_type: String,
+    pub thread: String,
+}
+
+/// A user's presence as last set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PresenceRecord {
+    /// `online`, `unavailable` or `offline`.
+    pub state: String,
+    pub status_msg: Option<String>,
+    pub last_active_ms: u64,
+    pub stream: u64,
+}
+
+/// A child in a relation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RelationRecord {
+    pub event_id: OwnedEventId,
+    /// The child's event type.
+    pub kind: String,
+    pub sender: OwnedUserId,
+}
+
+/// An event that notifies a user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushActionRecord {
+    pub event_id: OwnedEventId,
+    pub highlight: bool,
+    /// The thread root, for events in a thread.
+    pub thread: Option<String>,
+}
+
+/// A notification as `/notifications` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NotificationRecord {
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+    /// The push rule actions, as the spec's JSON.
+    pub actions: serde_json::Value,
+    pub highlight: bool,
+    pub ts: u64,
 }

@@ -140,7 +140,10 @@ pub async fn get_member_events(
         body.membership.as_ref(),
         body.not_membership.as_ref(),
     )?;
-    let chunk = events.iter().map(|e| event_json(e).map(Raw::from_json)).collect::<Result<_>>()?;
+    let chunk = events
+        .iter()
+        .map(|e| event_json(&services, &req.identity, e).map(Raw::from_json))
+        .collect::<Result<_>>()?;
     Ok(get_member_events::v3::Response::new(chunk))
 }
 

@@ -1,12 +1,19 @@
-//! Sending message events.
+//! Sending message events and reading a room's history.
 
-use ruma::api::client::message::send_message_event;
+use ruma::{
+    api::{
+        Direction as ApiDirection,
+        client::message::{get_message_events, send_message_event},
+    },
+    serde::Raw,
+};
 
-use super::json_body;
+use super::{json_body, parse_stream_token};
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
-    service::rooms::timeline::Txn,
+    service::rooms::{render::Viewer, timeline::Txn},
+    storage::Direction,
 };
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
@@ -25,4 +32,27 @@ pub async fn send_message_event(
         .send_message(&req.identity.user_id, &body.room_id, &body.event_type.to_string(), content, txn)
         .await?;
     Ok(send_message_event::v3::Response::new(event_id))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+pub async fn get_message_events(
+    services: AppState,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response> {
+    let body = &req.body;
+    let viewer = Viewer { user_id: &req.identity.user_id, device_id: Some(&req.identity.device_id) };
+    let direction = match body.dir {
+        ApiDirection::Forward => Direction::Forward,
+        _ => Direction::Reverse,
+    };
+    let from = body.from.as_deref().map(parse_stream_token).transpose()?;
+    let to = body.to.as_deref().map(parse_stream_token).transpose()?;
+    let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
+    let page = services.history.messages(viewer, &body.room_id, from, to, direction, limit, &body.filter)?;
+    let mut response = get_message_events::v3::Response::new();
+    response.start = format!("s{}", page.start);
+    response.end = page.end.map(|e| format!("s{e}"));
+    response.chunk = page.chunk.into_iter().map(Raw::from_json).collect();
+    response.state = page.state.into_iter().map(Raw::from_json).collect();
+    Ok(response)
 }

@@ -3,28 +3,54 @@
 
 pub mod account;
 pub mod alias;
+pub mod config;
+pub mod context;
 pub mod device;
 pub mod directory;
 pub mod discovery;
 pub mod knock;
 pub mod membership;
 pub mod message;
+pub mod presence;
 pub mod profile;
+pub mod push;
+pub mod read_marker;
+pub mod receipt;
 pub mod redact;
+pub mod relations;
 pub mod reporting;
 pub mod room;
 pub mod session;
 pub mod space;
 pub mod state;
+pub mod sync;
+pub mod tag;
+pub mod threads;
+pub mod typing;
 
 use serde_json::value::RawValue as RawJsonValue;
 
-use crate::{Error, Result, service::devices::DeviceIdentity, service::rooms::events::StoredEvent};
+use crate::{
+    Error, Result,
+    service::{
+        Services,
+        devices::DeviceIdentity,
+        rooms::{
+            events::StoredEvent,
+            render::{Rendering, Viewer},
+        },
+    },
+};
 
-/// An event in the client format, as raw JSON for a ruma response.
-fn event_json(event: &StoredEvent) -> Result<Box<RawJsonValue>> {
-    serde_json::value::to_raw_value(&event.pdu.to_client_event(None))
-        .map_err(|e| Error::internal(format!("serialising event: {e}")))
+/// An event in the client format as the requesting device sees it (age, its own
+/// transaction ID, bundled relations), as raw JSON for a ruma response.
+fn event_json(
+    services: &Services,
+    identity: &DeviceIdentity,
+    event: &StoredEvent,
+) -> Result<Box<RawJsonValue>> {
+    let viewer = Viewer { user_id: &identity.user_id, device_id: Some(&identity.device_id) };
+    services.renderer.raw(viewer, event, Rendering::CLIENT)
 }
 
 /// A request's JSON body as a value (ruma keeps event contents raw).

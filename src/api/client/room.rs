@@ -1,7 +1,14 @@
 //! Rooms: create, read one event, list aliases, report events and rooms.
 
 use ruma::{
-    api::client::room::{aliases, create_room, get_room_event, report_content, report_room, upgrade_room},
+    MilliSecondsSinceUnixEpoch,
+    api::{
+        Direction as ApiDirection,
+        client::room::{
+            aliases, create_room, get_event_by_timestamp, get_room_event, report_content, report_room,
+            upgrade_room,
+        },
+    },
     serde::Raw,
 };
 
@@ -26,7 +33,7 @@ pub async fn get_room_event(
     req: Ruma<get_room_event::v3::Request>,
 ) -> Result<get_room_event::v3::Response> {
     let event = services.room_actions.event(&req.identity.user_id, &req.body.room_id, &req.body.event_id)?;
-    Ok(get_room_event::v3::Response::new(Raw::from_json(event_json(&event)?)))
+    Ok(get_room_event::v3::Response::new(Raw::from_json(event_json(&services, &req.identity, &event)?)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
@@ -75,4 +82,24 @@ pub async fn upgrade_room(
         .upgrade(&req.identity.user_id, &body.room_id, &body.new_version, body.additional_creators)
         .await?;
     Ok(upgrade_room::v3::Response::new(new_room))
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event`
+pub async fn get_event_by_timestamp(
+    services: AppState,
+    req: Ruma<get_event_by_timestamp::v1::Request>,
+) -> Result<get_event_by_timestamp::v1::Response> {
+    let body = &req.body;
+    let direction = match body.dir {
+        ApiDirection::Forward => crate::storage::Direction::Forward,
+        _ => crate::storage::Direction::Reverse,
+    };
+    let event = services.history.event_at_timestamp(
+        &req.identity.user_id,
+        &body.room_id,
+        body.ts.get().into(),
+        direction,
+    )?;
+    let ts = MilliSecondsSinceUnixEpoch(event.pdu.origin_server_ts.0);
+    Ok(get_event_by_timestamp::v1::Response::new(event.pdu.event_id.clone(), ts))
 }

@@ -17,7 +17,10 @@ pub async fn get_state_events(
     req: Ruma<get_state_events::v3::Request>,
 ) -> Result<get_state_events::v3::Response> {
     let events = services.room_actions.state(&req.identity.user_id, &req.body.room_id)?;
-    let room_state = events.iter().map(|e| event_json(e).map(Raw::from_json)).collect::<Result<_>>()?;
+    let room_state = events
+        .iter()
+        .map(|e| event_json(&services, &req.identity, e).map(Raw::from_json))
+        .collect::<Result<_>>()?;
     Ok(get_state_events::v3::Response::new(room_state))
 }
 
@@ -35,7 +38,7 @@ pub async fn get_state_event_for_key(
         &body.state_key,
     )?;
     let whole = matches!(body.format, get_state_event_for_key::v3::StateEventFormat::Event);
-    let json = if whole { event_json(&event)? } else { event.pdu.content.clone() };
+    let json = if whole { event_json(&services, &req.identity, &event)? } else { event.pdu.content.clone() };
     Ok(get_state_event_for_key::v3::Response::new(json))
 }
 

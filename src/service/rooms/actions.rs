@@ -239,6 +239,17 @@ impl RoomActions {
     }
 
     /// `GET /joined_rooms`.
+    /// Whether two users are both joined to some room.
+    pub fn share_a_room(&self, user_id: &UserId, other: &UserId) -> Result<bool> {
+        let mine = self.members.rooms_of_user(user_id, &MembershipState::Join)?;
+        for room in mine {
+            if self.members.is_joined(&room, other)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub fn joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
         self.members.rooms_of_user(user_id, &MembershipState::Join)
     }

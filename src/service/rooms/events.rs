@@ -2,12 +2,11 @@
 //! every event the server accepts. Owns the `pdus`, `timeline` and `stream` tables.
 
 use std::{
-    collections::BTreeSet,
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId};
-use tokio::sync::watch;
 
 use crate::{
     Error, Result,
@@ -17,7 +16,7 @@ use crate::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
-        tables::{PDUS, PduRecord, STREAM, StreamRecord, TIMELINE},
+        tables::{PDUS, PduRecord, ROOM_TIMESTAMPS, STREAM, StreamRecord, TIMELINE, TxnOrigin},
     },
 };
 
@@ -25,37 +24,37 @@ use crate::{
 const EVENT_CACHE_ENTRIES: usize = 20_000;
 
 /// An accepted event with where it sits.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StoredEvent {
     pub pdu: Pdu,
     /// Position in the global stream.
     pub stream: u64,
     /// The state group of the room state just before the event.
     pub state_before: u64,
+    /// The device and transaction that sent it, if sent by a local client with one.
+    pub txn: Option<TxnOrigin>,
 }
 
 pub struct Events {
     pdus: Table<OwnedEventId, PduRecord>,
     timeline: Table<(OwnedRoomId, u64), OwnedEventId>,
     stream: Table<u64, StreamRecord>,
+    timestamps: Table<(OwnedRoomId, u64, u64), OwnedEventId>,
     cache: BoundedCache<OwnedEventId, Arc<StoredEvent>>,
-    positions: StreamPositions,
+    /// Each room's latest stream position, filled on first ask and kept by commits.
+    last_positions: Mutex<HashMap<OwnedRoomId, u64>>,
 }
 
 impl Events {
-    pub fn new(store: &Arc<dyn KvStore>) -> Result<Self> {
-        let stream = STREAM.open(store);
-        let last = match stream.scan(KeyRange::all(), Direction::Reverse)?.next() {
-            Some(row) => row?.0,
-            None => 0,
-        };
-        Ok(Self {
+    pub fn new(store: &Arc<dyn KvStore>) -> Self {
+        Self {
             pdus: PDUS.open(store),
             timeline: TIMELINE.open(store),
-            stream,
+            stream: STREAM.open(store),
+            timestamps: ROOM_TIMESTAMPS.open(store),
             cache: BoundedCache::new(EVENT_CACHE_ENTRIES),
-            positions: StreamPositions::new(last),
-        })
+            last_positions: Mutex::new(HashMap::new()),
+        }
     }
 
     /// An accepted event, if this server has it.
@@ -91,6 +90,8 @@ impl Events {
         let position =
             StreamRecord { room_id: event.pdu.room_id.clone(), event_id: event.pdu.event_id.clone() };
         self.stream.put(batch, &event.stream, &position)?;
+        let ts = u64::from(event.pdu.origin_server_ts.get());
+        self.timestamps.put(batch, &(event.pdu.room_id.clone(), ts, event.stream), &event.pdu.event_id)?;
         Ok(())
     }
 
@@ -99,9 +100,14 @@ impl Events {
         Ok(self.pdus.put(batch, &event.pdu.event_id, &encode(event)?)?)
     }
 
-    /// Make committed events visible to readers of the cache.
+    /// Make committed events visible to readers of the cache and of room positions.
     pub fn committed(&self, events: impl IntoIterator<Item = Arc<StoredEvent>>) {
         for event in events {
+            {
+                let mut last = self.lock_last();
+                let entry = last.entry(event.pdu.room_id.clone()).or_insert(0);
+                *entry = (*entry).max(event.stream);
+            }
             self.cache.insert(event.pdu.event_id.clone(), event);
         }
     }
@@ -139,101 +145,72 @@ impl Events {
         Ok(events)
     }
 
-    /// Reserve the next stream position for an event about to be committed.
-    pub fn reserve_position(&self) -> Reservation<'_> {
-        self.positions.reserve()
+    /// The room's events by origin timestamp: at or after `ts` (Forward) or at or before it
+    /// (Reverse), nearest first, at most `limit`.
+    pub fn events_near_timestamp(
+        &self,
+        room_id: &RoomId,
+        ts: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<OwnedEventId>> {
+        let room = room_id.to_owned();
+        let range = match direction {
+            Direction::Forward => {
+                let mut range = KeyRange::prefix(room.to_key_bytes());
+                range.start = std::ops::Bound::Included((room.clone(), ts).to_key_bytes());
+                range
+            }
+            Direction::Reverse => KeyRange::prefix(room.to_key_bytes())
+                .before((room.clone(), ts.saturating_add(1)).to_key_bytes()),
+        };
+        self.timestamps
+            .scan(range, direction)?
+            .take(limit)
+            .map(|row| row.map(|(_, id)| id).map_err(Into::into))
+            .collect()
     }
 
-    /// Every event at or below this position is committed; later sync tokens stop here.
-    pub fn committed_position(&self) -> u64 {
-        *self.positions.committed.borrow()
+    /// The stream position of the room's latest event, 0 if none (or no such room).
+    /// Sync asks this for every room of a user, so it is answered from memory once known.
+    pub fn last_position(&self, room_id: &RoomId) -> Result<u64> {
+        if let Some(known) = self.lock_last().get(room_id) {
+            return Ok(*known);
+        }
+        let room = room_id.to_owned();
+        let last = match self.timeline.scan(KeyRange::prefix(room.to_key_bytes()), Direction::Reverse)?.next()
+        {
+            Some(row) => row?.0.1,
+            None => 0,
+        };
+        // A commit may have raced this read; keep whichever is newer.
+        let mut known = self.lock_last();
+        let entry = known.entry(room).or_insert(last);
+        *entry = (*entry).max(last);
+        Ok(*entry)
+    }
+
+    /// The highest position stored in the global stream, for opening the counter.
+    pub fn last_stored_position(&self) -> Result<u64> {
+        Ok(match self.stream.scan(KeyRange::all(), Direction::Reverse)?.next() {
+            Some(row) => row?.0,
+            None => 0,
+        })
+    }
+
+    fn lock_last(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedRoomId, u64>> {
+        self.last_positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 fn encode(event: &StoredEvent) -> Result<PduRecord> {
     let pdu = serde_json::value::to_raw_value(&event.pdu)
         .map_err(|e| Error::internal(format!("encode event: {e}")))?;
-    Ok(PduRecord { stream: event.stream, state_before: event.state_before, pdu })
+    Ok(PduRecord { stream: event.stream, state_before: event.state_before, pdu, txn: event.txn.clone() })
 }
 
 fn decode(record: PduRecord) -> Result<StoredEvent> {
     let pdu =
         serde_json::from_str(record.pdu.get()).map_err(|e| Error::internal(format!("stored event: {e}")))?;
-    Ok(StoredEvent { pdu, stream: record.stream, state_before: record.state_before })
-}
-
-/// Hands out stream positions and tracks which are committed. Positions are reserved in
-/// order but rooms commit independently, so a reader may only trust positions below the
-/// oldest one still in flight: `committed` never moves past a gap.
-struct StreamPositions {
-    inner: Mutex<PositionsInner>,
-    committed: watch::Sender<u64>,
-}
-
-struct PositionsInner {
-    last_reserved: u64,
-    in_flight: BTreeSet<u64>,
-}
-
-/// A reserved position; dropping it (after commit or on failure) releases it.
-pub struct Reservation<'a> {
-    positions: &'a StreamPositions,
-    pub position: u64,
-}
-
-impl StreamPositions {
-    fn new(last: u64) -> Self {
-        Self {
-            inner: Mutex::new(PositionsInner { last_reserved: last, in_flight: BTreeSet::new() }),
-            committed: watch::channel(last).0,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, PositionsInner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn reserve(&self) -> Reservation<'_> {
-        let mut inner = self.lock();
-        inner.last_reserved += 1;
-        let position = inner.last_reserved;
-        inner.in_flight.insert(position);
-        Reservation { positions: self, position }
-    }
-
-    fn release(&self, position: u64) {
-        let mut inner = self.lock();
-        inner.in_flight.remove(&position);
-        // A released but failed position is simply a hole in the stream, which readers skip.
-        let safe = inner.in_flight.first().map_or(inner.last_reserved, |oldest| oldest - 1);
-        self.committed.send_if_modified(|current| {
-            let moved = *current != safe;
-            *current = safe;
-            moved
-        });
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.positions.release(self.position);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StreamPositions;
-
-    #[test]
-    fn committed_position_never_passes_an_append_in_flight() {
-        let positions = StreamPositions::new(10);
-        let first = positions.reserve();
-        let second = positions.reserve();
-        assert_eq!((first.position, second.position), (11, 12));
-        // The later append finishes first: readers must still stop before the earlier one.
-        drop(second);
-        assert_eq!(*positions.committed.borrow(), 10);
-        drop(first);
-        assert_eq!(*positions.committed.borrow(), 12);
-    }
+    Ok(StoredEvent { pdu, stream: record.stream, state_before: record.state_before, txn: record.txn })
 }

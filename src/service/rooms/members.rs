@@ -68,6 +68,17 @@ impl Memberships {
         Ok(rooms)
     }
 
+    /// Every room the user has a membership row in, with that row.
+    pub fn memberships_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
+        self.user_rooms
+            .scan_prefix(&user_id.to_owned(), Direction::Forward)?
+            .map(|row| {
+                let ((_, room_id), record) = row?;
+                Ok((room_id, record))
+            })
+            .collect()
+    }
+
     /// Every user with a membership row in the room, and that row.
     pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, MembershipRecord)>> {
         self.room_members

@@ -25,6 +25,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::{
     events::{Events, StoredEvent},
     members::Memberships,
+    relations::Relations,
     state::{EMPTY_GROUP, RoomStates, StateKey, StateMap},
 };
 use crate::{
@@ -34,10 +35,15 @@ use crate::{
         pdu::{self, BuildError, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
         room_version,
     },
-    service::{clock::Clock, server_keys::ServerKeys},
+    service::{
+        clock::Clock,
+        push::Notifications,
+        server_keys::ServerKeys,
+        stream::{Change, Stream},
+    },
     storage::{
         KvStore, Table, WriteBatch,
-        tables::{MembershipRecord, RoomRecord, TXN_IDS},
+        tables::{MembershipRecord, RoomRecord, TXN_IDS, TxnOrigin},
     },
 };
 
@@ -63,9 +69,12 @@ pub struct Txn<'a> {
 
 pub struct Timeline {
     keys: Arc<ServerKeys>,
+    stream: Arc<Stream>,
     events: Arc<Events>,
     states: Arc<RoomStates>,
     members: Arc<Memberships>,
+    relations: Arc<Relations>,
+    notifications: Arc<Notifications>,
     clock: Arc<dyn Clock>,
     store: Arc<dyn KvStore>,
     txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
@@ -76,16 +85,22 @@ impl Timeline {
     pub fn new(
         store: &Arc<dyn KvStore>,
         keys: Arc<ServerKeys>,
+        stream: Arc<Stream>,
         events: Arc<Events>,
         states: Arc<RoomStates>,
         members: Arc<Memberships>,
+        relations: Arc<Relations>,
+        notifications: Arc<Notifications>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             keys,
+            stream,
             events,
             states,
             members,
+            relations,
+            notifications,
             clock,
             store: Arc::clone(store),
             txn_ids: TXN_IDS.open(store),
@@ -271,15 +286,19 @@ impl Timeline {
         txn: Option<Txn<'_>>,
         redacted: Option<Arc<StoredEvent>>,
     ) -> Result<Arc<StoredEvent>> {
-        let reservation = self.events.reserve_position();
+        let reservation = self.stream.reserve()?;
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
-        let event = Arc::new(StoredEvent { pdu, stream: reservation.position, state_before });
+        let origin =
+            txn.map(|t| TxnOrigin { device_id: t.device_id.to_owned(), txn_id: t.txn_id.to_owned() });
+        let event = Arc::new(StoredEvent { pdu, stream: reservation.position, state_before, txn: origin });
         let pdu = &event.pdu;
         let mut batch = WriteBatch::new();
         self.events.put_in(&mut batch, &event)?;
+        self.relations.index_in(&mut batch, &event)?;
 
         let mut new_group: Option<(u64, Arc<StateMap>)> = None;
+        let mut changes = vec![Change::Room(room_id.to_owned())];
         if let Some(state_key) = &pdu.state_key {
             let change: [(StateKey, OwnedEventId); 1] =
                 [((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone())];
@@ -304,10 +323,20 @@ impl Timeline {
                     forgotten: false,
                 };
                 self.members.set_in(&mut batch, room_id, &user_id, &row)?;
+                // The member's own syncs may not be watching this room yet (an invite, a
+                // join from elsewhere).
+                changes.push(Change::User(user_id));
             }
         }
         if let Some(redacted) = &redacted {
             self.events.replace_in(&mut batch, redacted)?;
+        }
+        if !is_create {
+            let state_after = match &new_group {
+                Some((_, state)) => Arc::clone(state),
+                None => self.states.state_of_group(record.state_group)?,
+            };
+            self.notifications.evaluate_in(&mut batch, &event, &state_after, self.power_levels(room_id)?)?;
         }
         if let Some(txn) = txn {
             let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.txn_id.to_owned());
@@ -321,6 +350,7 @@ impl Timeline {
         }
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
         drop(reservation);
+        self.stream.announce(event.stream, changes);
         tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event appended");
         Ok(event)
     }
@@ -340,7 +370,7 @@ impl Timeline {
         }
         let mut pdu = original.pdu.clone();
         pdu.redact(rules, redaction).map_err(Error::internal)?;
-        Ok(Some(Arc::new(StoredEvent { pdu, stream: original.stream, state_before: original.state_before })))
+        Ok(Some(Arc::new(StoredEvent { pdu, ..StoredEvent::clone(&original) })))
     }
 
     /// The event holding `(kind, state_key)` in the room's current state.

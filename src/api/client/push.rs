@@ -1,0 +1,214 @@
+//! Push rules, pushers and the notification list.
+
+use ruma::{
+    MilliSecondsSinceUnixEpoch, UInt,
+    api::client::push::{
+        PusherKind, delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions,
+        get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule,
+        set_pushrule_actions, set_pushrule_enabled,
+    },
+    push::{InsertPushRuleError, RemovePushRuleError},
+    serde::Raw,
+};
+
+use super::parse_stream_token;
+use crate::{
+    Error, Result,
+    api::{AppState, ruma::Ruma},
+    service::rooms::render::{Rendering, Shape, Viewer},
+};
+
+/// Default and largest page of `/notifications`.
+const DEFAULT_NOTIFICATIONS: usize = 20;
+const MAX_NOTIFICATIONS: usize = 100;
+
+fn not_found() -> Error {
+    Error::not_found("Push rule not found")
+}
+
+/// `GET /_matrix/client/v3/pushrules/`
+pub async fn get_pushrules_all(
+    services: AppState,
+    req: Ruma<get_pushrules_all::v3::Request>,
+) -> Result<get_pushrules_all::v3::Response> {
+    let ruleset = services.notifications.ruleset(&req.identity.user_id)?;
+    Ok(get_pushrules_all::v3::Response::new((*ruleset).clone()))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/`
+pub async fn get_pushrules_global_scope(
+    services: AppState,
+    req: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> Result<get_pushrules_global_scope::v3::Response> {
+    let ruleset = services.notifications.ruleset(&req.identity.user_id)?;
+    Ok(get_pushrules_global_scope::v3::Response::new((*ruleset).clone()))
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub async fn get_pushrule(
+    services: AppState,
+    req: Ruma<get_pushrule::v3::Request>,
+) -> Result<get_pushrule::v3::Response> {
+    let ruleset = services.notifications.ruleset(&req.identity.user_id)?;
+    let rule = ruleset.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
+    Ok(get_pushrule::v3::Response::new(rule.into()))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub async fn set_pushrule(
+    services: AppState,
+    req: Ruma<set_pushrule::v3::Request>,
+) -> Result<set_pushrule::v3::Response> {
+    let body = req.body;
+    services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
+        ruleset.insert(body.rule, body.after.as_deref(), body.before.as_deref()).map_err(|e| match e {
+            InsertPushRuleError::UnknownRuleId => Error::not_found("The before or after rule does not exist"),
+            other => Error::invalid_param(other.to_string()),
+        })
+    })?;
+    Ok(set_pushrule::v3::Response::new())
+}
+
+/// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
+pub async fn delete_pushrule(
+    services: AppState,
+    req: Ruma<delete_pushrule::v3::Request>,
+) -> Result<delete_pushrule::v3::Response> {
+    let body = req.body;
+    services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
+        ruleset.remove(body.kind, &body.rule_id).map_err(|e| match e {
+            RemovePushRuleError::ServerDefault => {
+                Error::invalid_param("Server-default rules cannot be deleted")
+            }
+            _ => not_found(),
+        })
+    })?;
+    Ok(delete_pushrule::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
+pub async fn get_pushrule_enabled(
+    services: AppState,
+    req: Ruma<get_pushrule_enabled::v3::Request>,
+) -> Result<get_pushrule_enabled::v3::Response> {
+    let ruleset = services.notifications.ruleset(&req.identity.user_id)?;
+    let rule = ruleset.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
+    Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
+pub async fn set_pushrule_enabled(
+    services: AppState,
+    req: Ruma<set_pushrule_enabled::v3::Request>,
+) -> Result<set_pushrule_enabled::v3::Response> {
+    let body = req.body;
+    services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
+        ruleset.set_enabled(body.kind, &body.rule_id, body.enabled).map_err(|_| not_found())
+    })?;
+    Ok(set_pushrule_enabled::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
+pub async fn get_pushrule_actions(
+    services: AppState,
+    req: Ruma<get_pushrule_actions::v3::Request>,
+) -> Result<get_pushrule_actions::v3::Response> {
+    let ruleset = services.notifications.ruleset(&req.identity.user_id)?;
+    let rule = ruleset.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
+    Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
+}
+
+/// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
+pub async fn set_pushrule_actions(
+    services: AppState,
+    req: Ruma<set_pushrule_actions::v3::Request>,
+) -> Result<set_pushrule_actions::v3::Response> {
+    let body = req.body;
+    services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
+        ruleset.set_actions(body.kind, &body.rule_id, body.actions).map_err(|_| not_found())
+    })?;
+    Ok(set_pushrule_actions::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/pushers`
+pub async fn get_pushers(
+    services: AppState,
+    req: Ruma<get_pushers::v3::Request>,
+) -> Result<get_pushers::v3::Response> {
+    let pushers = services
+        .notifications
+        .pushers(&req.identity.user_id)?
+        .into_iter()
+        .map(|raw| {
+            serde_json::from_str(raw.get()).map_err(|e| Error::internal(format!("stored pusher: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(get_pushers::v3::Response::new(pushers))
+}
+
+/// `POST /_matrix/client/v3/pushers/set`
+pub async fn set_pusher(
+    services: AppState,
+    req: Ruma<set_pusher::v3::Request>,
+) -> Result<set_pusher::v3::Response> {
+    let user_id = &req.identity.user_id;
+    match req.body.action {
+        set_pusher::v3::PusherAction::Post(data) => {
+            let pusher = data.pusher;
+            if let PusherKind::Http(http) = &pusher.kind {
+                if !http.url.ends_with("/_matrix/push/v1/notify") {
+                    return Err(Error::invalid_param("The pusher URL must end in /_matrix/push/v1/notify"));
+                }
+            }
+            let json =
+                serde_json::value::to_raw_value(&pusher).map_err(|e| Error::bad_json(e.to_string()))?;
+            services.notifications.set_pusher(
+                user_id,
+                &pusher.ids.app_id,
+                &pusher.ids.pushkey,
+                Some(json),
+                data.append,
+            )?;
+        }
+        set_pusher::v3::PusherAction::Delete(ids) => {
+            services.notifications.set_pusher(user_id, &ids.app_id, &ids.pushkey, None, false)?;
+        }
+        _ => return Err(Error::invalid_param("Unsupported pusher action")),
+    }
+    Ok(set_pusher::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/notifications`
+pub async fn get_notifications(
+    services: AppState,
+    req: Ruma<get_notifications::v3::Request>,
+) -> Result<get_notifications::v3::Response> {
+    let body = req.body;
+    let user_id = &req.identity.user_id;
+    let from = body.from.as_deref().map(parse_stream_token).transpose()?;
+    let limit = body
+        .limit
+        .map_or(DEFAULT_NOTIFICATIONS, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_NOTIFICATIONS))
+        .clamp(1, MAX_NOTIFICATIONS);
+    let only_highlight = body.only.as_deref() == Some("highlight");
+    let (entries, next) = services.notifications.list(user_id, from, limit, only_highlight)?;
+    let viewer = Viewer { user_id, device_id: Some(&req.identity.device_id) };
+    let mut notifications = Vec::new();
+    for entry in entries {
+        let Some(event) = services.events.get(&entry.event_id)? else { continue };
+        if !services.visibility.may_see_event(user_id, &event)? {
+            continue;
+        }
+        let raw = services.renderer.raw(viewer, &event, Rendering { shape: Shape::Client, fields: None })?;
+        notifications.push(get_notifications::v3::Notification::new(
+            entry.actions,
+            Raw::from_json(raw),
+            entry.read,
+            entry.room_id,
+            MilliSecondsSinceUnixEpoch(UInt::new_saturating(entry.ts)),
+        ));
+    }
+    let mut response = get_notifications::v3::Response::new(notifications);
+    response.next_token = next.map(|n| format!("s{n}"));
+    Ok(response)
+}

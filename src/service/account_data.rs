@@ -1,0 +1,184 @@
+//! Per-user account data, global and per room (tags, `m.fully_read`, ignored users, direct
+//! chats, push rules...), with a change feed so sync sends only what changed.
+//! Owns the `account_data` and `account_data_changes` tables.
+
+use std::sync::Arc;
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
+
+use crate::{
+    Error, Result,
+    service::stream::{Change, Stream},
+    storage::{
+        Direction, KvStore, Table, WriteBatch,
+        codec::KeyCodec,
+        kv::KeyRange,
+        tables::{ACCOUNT_DATA, ACCOUNT_DATA_CHANGES, AccountDataChange, AccountDataRecord},
+    },
+};
+
+/// Room account data holding a room's tags.
+pub const TAGS: &str = "m.tag";
+
+/// The room key of global account data (room IDs are never empty).
+const GLOBAL: &str = "";
+
+/// One piece of account data: where it lives, its type and content.
+#[derive(Clone, Debug)]
+pub struct AccountDataEntry {
+    pub room_id: Option<OwnedRoomId>,
+    pub kind: String,
+    pub content: Box<RawJsonValue>,
+}
+
+pub struct AccountData {
+    data: Table<(OwnedUserId, String, String), AccountDataRecord>,
+    changes: Table<(OwnedUserId, u64), AccountDataChange>,
+    stream: Arc<Stream>,
+    store: Arc<dyn KvStore>,
+}
+
+fn room_key(room_id: Option<&RoomId>) -> String {
+    room_id.map_or_else(|| GLOBAL.to_owned(), |r| r.as_str().to_owned())
+}
+
+impl AccountData {
+    pub fn new(store: &Arc<dyn KvStore>, stream: Arc<Stream>) -> Self {
+        Self {
+            data: ACCOUNT_DATA.open(store),
+            changes: ACCOUNT_DATA_CHANGES.open(store),
+            stream,
+            store: Arc::clone(store),
+        }
+    }
+
+    /// The content stored for `kind`, globally (`room_id` None) or for one room.
+    pub fn get(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+    ) -> Result<Option<Box<RawJsonValue>>> {
+        let key = (user_id.to_owned(), room_key(room_id), kind.to_owned());
+        Ok(self.data.get(&key)?.map(|record| record.content))
+    }
+
+    /// The content parsed as `T`; content that does not parse counts as absent, because
+    /// clients may store anything under any type.
+    pub fn get_as<T: serde::de::DeserializeOwned>(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+    ) -> Result<Option<T>> {
+        Ok(self.get(user_id, room_id, kind)?.and_then(|raw| serde_json::from_str(raw.get()).ok()))
+    }
+
+    /// Store (replace) a piece of account data and announce it to the user's syncs.
+    pub fn set(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+        content: Box<RawJsonValue>,
+    ) -> Result<u64> {
+        if !content.get().trim_start().starts_with('{') {
+            return Err(Error::bad_json("Account data content must be a JSON object"));
+        }
+        let key = (user_id.to_owned(), room_key(room_id), kind.to_owned());
+        let previous = self.data.get(&key)?;
+        let reservation = self.stream.reserve()?;
+        let position = reservation.position;
+        let mut batch = WriteBatch::new();
+        if let Some(previous) = previous {
+            // The feed keeps one row per piece of data: its latest change.
+            self.changes.delete(&mut batch, &(user_id.to_owned(), previous.stream));
+        }
+        self.data.put(&mut batch, &key, &AccountDataRecord { content, stream: position })?;
+        let change = AccountDataChange { room: key.1.clone(), kind: key.2.clone() };
+        self.changes.put(&mut batch, &(user_id.to_owned(), position), &change)?;
+        self.store.write(batch)?;
+        drop(reservation);
+        self.stream.announce(position, [Change::User(user_id.to_owned())]);
+        Ok(position)
+    }
+
+    /// Store account data a client sent. Types the server manages through their own
+    /// endpoints are refused, as Synapse does.
+    pub fn set_by_client(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+        content: Box<RawJsonValue>,
+    ) -> Result<()> {
+        match (room_id, kind) {
+            (None, "m.push_rules") => Err(Error::bad_json("Push rules are changed through /pushrules")),
+            (Some(_), "m.fully_read") => {
+                Err(Error::bad_json("The fully-read marker is set through /read_markers"))
+            }
+            _ => self.set(user_id, room_id, kind, content).map(drop),
+        }
+    }
+
+    /// Change a room's tags (`m.tag`): add or replace one (`info` Some) or remove it.
+    pub fn set_tag(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        tag: &str,
+        info: Option<JsonValue>,
+    ) -> Result<()> {
+        let mut tags = self.tags(user_id, room_id)?;
+        match info {
+            Some(info) => {
+                if !info.is_object() {
+                    return Err(Error::bad_json("Tag info must be an object"));
+                }
+                if info.get("order").is_some_and(|o| !o.is_number()) {
+                    return Err(Error::bad_json("Tag order must be a number"));
+                }
+                tags.insert(tag.to_owned(), info);
+            }
+            None => {
+                tags.remove(tag);
+            }
+        }
+        let content = serde_json::value::to_raw_value(&serde_json::json!({ "tags": tags }))
+            .map_err(|e| Error::internal(format!("serialising tags: {e}")))?;
+        self.set(user_id, Some(room_id), TAGS, content).map(drop)
+    }
+
+    /// A room's tags for the user, by name.
+    pub fn tags(&self, user_id: &UserId, room_id: &RoomId) -> Result<serde_json::Map<String, JsonValue>> {
+        let content: Option<JsonValue> = self.get_as(user_id, Some(room_id), TAGS)?;
+        Ok(content.and_then(|c| c.get("tags").and_then(JsonValue::as_object).cloned()).unwrap_or_default())
+    }
+
+    /// Account data changed after `since` up to `upto` (inclusive), each with its latest
+    /// content; every piece when `since` is None.
+    pub fn changes(&self, user_id: &UserId, since: Option<u64>, upto: u64) -> Result<Vec<AccountDataEntry>> {
+        let user = user_id.to_owned();
+        let mut range = KeyRange::prefix(user.to_key_bytes()).up_to((user.clone(), upto).to_key_bytes());
+        if let Some(since) = since {
+            range = range.after((user.clone(), since).to_key_bytes());
+        }
+        let mut entries = Vec::new();
+        for row in self.changes.scan(range, Direction::Forward)? {
+            let (_, change) = row?;
+            let key = (user.clone(), change.room.clone(), change.kind.clone());
+            let Some(record) = self.data.get(&key)? else { continue };
+            let room_id = if change.room == GLOBAL {
+                None
+            } else {
+                Some(
+                    RoomId::parse(&change.room)
+                        .map_err(|e| Error::internal(format!("stored room id: {e}")))?,
+                )
+            };
+            entries.push(AccountDataEntry { room_id, kind: change.kind, content: record.content });
+        }
+        Ok(entries)
+    }
+}

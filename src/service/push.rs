@@ -1,0 +1,381 @@
+//! Push rules, notifications and pushers. Each user's rules live in their account data
+//! (`m.push_rules`, the spec's server defaults until changed), so clients see changes
+//! through sync. Every new event is evaluated against the rules of every joined member
+//! but its sender, in the event's own write batch; the resulting notify/highlight rows
+//! give unread counts (reset by receipts) and `/notifications`. Pushers are stored here;
+//! delivery to push gateways is not implemented yet. Owns the `push_actions`,
+//! `notifications` and `pushers` tables.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    sync::{Arc, Mutex},
+    task::{Context, Poll, Waker},
+};
+
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    api::client::sync::sync_events::UnreadNotificationsCount,
+    events::{
+        StateEventType,
+        room::{member::MembershipState, power_levels::RoomPowerLevels},
+    },
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    serde::Raw,
+};
+use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
+
+use super::{
+    account_data::AccountData,
+    rooms::{
+        events::{Events, StoredEvent},
+        members::Memberships,
+        receipts::{self, Receipts},
+        relations::{self, THREAD},
+        state::StateMap,
+    },
+};
+use crate::{
+    Error, Result,
+    storage::{
+        Direction, KvStore, Table, WriteBatch,
+        codec::KeyCodec,
+        kv::KeyRange,
+        tables::{NOTIFICATIONS, NotificationRecord, PUSH_ACTIONS, PUSHERS, PushActionRecord},
+    },
+};
+
+pub const PUSH_RULES: &str = "m.push_rules";
+/// Thread key of events outside any thread.
+const MAIN: &str = "main";
+/// Rulesets kept parsed; evaluation reads one per member per event.
+const RULESET_CACHE_ENTRIES: usize = 10_000;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PushRulesContent {
+    global: Ruleset,
+}
+
+/// Unread counts of a room: outside threads, and per thread root.
+pub struct UnreadCounts {
+    pub room: UnreadNotificationsCount,
+    pub threads: BTreeMap<OwnedEventId, UnreadNotificationsCount>,
+}
+
+/// One entry of `/notifications`.
+pub struct NotificationEntry {
+    pub stream: u64,
+    pub room_id: OwnedRoomId,
+    pub event_id: OwnedEventId,
+    pub actions: Vec<Action>,
+    pub ts: u64,
+    pub read: bool,
+}
+
+pub struct Notifications {
+    actions: Table<(OwnedUserId, OwnedRoomId, u64), PushActionRecord>,
+    notifications: Table<(OwnedUserId, u64), NotificationRecord>,
+    pushers: Table<(OwnedUserId, String, String), Box<RawJsonValue>>,
+    account_data: Arc<AccountData>,
+    events: Arc<Events>,
+    members: Arc<Memberships>,
+    receipts: Arc<Receipts>,
+    store: Arc<dyn KvStore>,
+    rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+}
+
+impl Notifications {
+    pub fn new(
+        store: &Arc<dyn KvStore>,
+        account_data: Arc<AccountData>,
+        events: Arc<Events>,
+        members: Arc<Memberships>,
+        receipts: Arc<Receipts>,
+    ) -> Self {
+        Self {
+            actions: PUSH_ACTIONS.open(store),
+            notifications: NOTIFICATIONS.open(store),
+            pushers: PUSHERS.open(store),
+            account_data,
+            events,
+            members,
+            receipts,
+            store: Arc::clone(store),
+            rulesets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    // ---- push rules ----
+
+    /// The user's push rules: as stored, or the spec's defaults.
+    pub fn ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        if let Some(cached) = self.lock_rulesets().get(user_id) {
+            return Ok(Arc::clone(cached));
+        }
+        let stored: Option<PushRulesContent> = self.account_data.get_as(user_id, None, PUSH_RULES)?;
+        let ruleset = Arc::new(stored.map_or_else(|| Ruleset::server_default(user_id), |c| c.global));
+        let mut cache = self.lock_rulesets();
+        if cache.len() >= RULESET_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(user_id.to_owned(), Arc::clone(&ruleset));
+        Ok(ruleset)
+    }
+
+    /// Change the user's rules with `change` and store the result (announced through sync).
+    pub fn update_ruleset(
+        &self,
+        user_id: &UserId,
+        change: impl FnOnce(&mut Ruleset) -> Result<()>,
+    ) -> Result<()> {
+        let mut ruleset = (*self.ruleset(user_id)?).clone();
+        change(&mut ruleset)?;
+        let content = serde_json::value::to_raw_value(&PushRulesContent { global: ruleset })
+            .map_err(|e| Error::internal(format!("serialising push rules: {e}")))?;
+        self.lock_rulesets().remove(user_id);
+        self.account_data.set(user_id, None, PUSH_RULES, content)?;
+        self.lock_rulesets().remove(user_id);
+        Ok(())
+    }
+
+    /// The `m.push_rules` account data event.
+    pub fn push_rules_event<T>(&self, user_id: &UserId) -> Result<Raw<T>> {
+        let ruleset = self.ruleset(user_id)?;
+        let value = json!({ "type": PUSH_RULES, "content": { "global": &*ruleset } });
+        Ok(Raw::from_json(crate::service::rooms::render::to_raw(&value)?))
+    }
+
+    fn lock_rulesets(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, Arc<Ruleset>>> {
+        self.rulesets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- evaluation ----
+
+    /// Evaluate a new event for every joined member but its sender and queue the
+    /// notification rows (called by the append path, in the event's batch). `state` is
+    /// the room state after the event.
+    pub fn evaluate_in(
+        &self,
+        batch: &mut WriteBatch,
+        event: &StoredEvent,
+        state: &StateMap,
+        power_levels: RoomPowerLevels,
+    ) -> Result<()> {
+        let pdu = &event.pdu;
+        let joined = self.members.members_with(&pdu.room_id, &MembershipState::Join)?;
+        if joined.len() <= 1 && pdu.state_key.is_none() {
+            return Ok(());
+        }
+        let raw: Raw<JsonValue> =
+            Raw::from_json(crate::service::rooms::render::to_raw(&pdu.to_client_event(None))?);
+        let power: PushConditionPowerLevelsCtx = power_levels.into();
+        let member_count = UInt::new_saturating(joined.len() as u64);
+        let thread = relations::relates_to(&pdu.content_value())
+            .filter(|r| r.rel_type == THREAD)
+            .map(|r| r.parent.to_string());
+        for user_id in joined {
+            if user_id == pdu.sender {
+                continue;
+            }
+            let ruleset = self.ruleset(&user_id)?;
+            let display_name = self.display_name(state, &user_id)?;
+            let mut context =
+                PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, user_id.clone(), display_name);
+            context.power_levels = Some(power.clone());
+            let Some(actions) = now_or_never(ruleset.get_actions(&raw, &context)) else {
+                // Only thread-subscription conditions suspend, and none is configured.
+                continue;
+            };
+            let notify = actions.iter().any(Action::should_notify);
+            if !notify {
+                continue;
+            }
+            let highlight = actions.iter().any(|a| a.is_highlight());
+            let record =
+                PushActionRecord { event_id: pdu.event_id.clone(), highlight, thread: thread.clone() };
+            self.actions.put(batch, &(user_id.clone(), pdu.room_id.clone(), event.stream), &record)?;
+            let actions_json = serde_json::to_value(actions)
+                .map_err(|e| Error::internal(format!("serialising actions: {e}")))?;
+            let entry = NotificationRecord {
+                room_id: pdu.room_id.clone(),
+                event_id: pdu.event_id.clone(),
+                actions: actions_json,
+                highlight,
+                ts: pdu.origin_server_ts.get().into(),
+            };
+            self.notifications.put(batch, &(user_id, event.stream), &entry)?;
+        }
+        Ok(())
+    }
+
+    fn display_name(&self, state: &StateMap, user_id: &UserId) -> Result<String> {
+        let id = state.get(&(StateEventType::RoomMember, user_id.to_string()));
+        let name = match id {
+            Some(id) => self.events.get(id)?.and_then(|e| {
+                e.pdu.content_value().get("displayname").and_then(JsonValue::as_str).map(str::to_owned)
+            }),
+            None => None,
+        };
+        Ok(name.unwrap_or_else(|| user_id.localpart().to_owned()))
+    }
+
+    // ---- counts and the notification list ----
+
+    /// Where the user has read up to in a room: the unthreaded receipt, and per thread.
+    fn read_positions(&self, user_id: &UserId, room_id: &RoomId) -> Result<(u64, HashMap<String, u64>)> {
+        let mut unthreaded = 0;
+        let mut threads: HashMap<String, u64> = HashMap::new();
+        for receipt in self.receipts.of_user(room_id, user_id)? {
+            if receipt.receipt_type != receipts::READ && receipt.receipt_type != receipts::READ_PRIVATE {
+                continue;
+            }
+            match receipt.thread_id {
+                None => unthreaded = unthreaded.max(receipt.event_stream),
+                Some(thread) => {
+                    let entry = threads.entry(thread).or_default();
+                    *entry = (*entry).max(receipt.event_stream);
+                }
+            }
+        }
+        Ok((unthreaded, threads))
+    }
+
+    /// Notifying and highlighting events after the user's receipts, outside threads and per
+    /// thread.
+    pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
+        let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
+        let lowest = threads.values().copied().chain([unthreaded]).min().unwrap_or(0).min(unthreaded);
+        let prefix = (user_id.to_owned(), room_id.to_owned());
+        let range = KeyRange::prefix(prefix.to_key_bytes())
+            .after((user_id.to_owned(), room_id.to_owned(), lowest).to_key_bytes());
+        let mut room = (0u64, 0u64);
+        let mut per_thread: BTreeMap<OwnedEventId, (u64, u64)> = BTreeMap::new();
+        for row in self.actions.scan(range, Direction::Forward)? {
+            let ((_, _, stream), record) = row?;
+            let thread_key = record.thread.as_deref().unwrap_or(MAIN);
+            let read_to = unthreaded.max(threads.get(thread_key).copied().unwrap_or(0));
+            if stream <= read_to {
+                continue;
+            }
+            let counter = match record.thread.as_deref().and_then(|t| ruma::EventId::parse(t).ok()) {
+                Some(root) => per_thread.entry(root).or_default(),
+                None => &mut room,
+            };
+            counter.0 += 1;
+            counter.1 += u64::from(record.highlight);
+        }
+        Ok(UnreadCounts {
+            room: counts(room),
+            threads: per_thread.into_iter().map(|(root, c)| (root, counts(c))).collect(),
+        })
+    }
+
+    /// The user's notifications, newest first, before position `from`.
+    pub fn list(
+        &self,
+        user_id: &UserId,
+        from: Option<u64>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> Result<(Vec<NotificationEntry>, Option<u64>)> {
+        let user = user_id.to_owned();
+        let mut range = KeyRange::prefix(user.to_key_bytes());
+        if let Some(from) = from {
+            range = range.before((user.clone(), from).to_key_bytes());
+        }
+        let mut read_cache: HashMap<OwnedRoomId, (u64, HashMap<String, u64>)> = HashMap::new();
+        let mut found = Vec::new();
+        let mut next = None;
+        for row in self.notifications.scan(range, Direction::Reverse)? {
+            let ((_, stream), record) = row?;
+            if found.len() >= limit {
+                next = Some(stream + 1);
+                break;
+            }
+            if only_highlight && !record.highlight {
+                continue;
+            }
+            if !self.members.is_joined(&record.room_id, user_id)? {
+                continue;
+            }
+            if !read_cache.contains_key(&record.room_id) {
+                let positions = self.read_positions(user_id, &record.room_id)?;
+                read_cache.insert(record.room_id.clone(), positions);
+            }
+            let (unthreaded, threads) = &read_cache[&record.room_id];
+            let event = self.events.get(&record.event_id)?;
+            let thread_key = event
+                .as_ref()
+                .and_then(|e| relations::relates_to(&e.pdu.content_value()))
+                .filter(|r| r.rel_type == THREAD)
+                .map_or_else(|| MAIN.to_owned(), |r| r.parent.to_string());
+            let read_to = (*unthreaded).max(threads.get(&thread_key).copied().unwrap_or(0));
+            let actions: Vec<Action> = serde_json::from_value(record.actions).unwrap_or_default();
+            found.push(NotificationEntry {
+                stream,
+                room_id: record.room_id,
+                event_id: record.event_id,
+                actions,
+                ts: record.ts,
+                read: stream <= read_to,
+            });
+        }
+        Ok((found, next))
+    }
+
+    // ---- pushers ----
+
+    /// The user's pushers, as clients set them.
+    pub fn pushers(&self, user_id: &UserId) -> Result<Vec<Box<RawJsonValue>>> {
+        self.pushers
+            .scan_prefix(&user_id.to_owned(), Direction::Forward)?
+            .map(|row| row.map(|(_, pusher)| pusher).map_err(Into::into))
+            .collect()
+    }
+
+    /// Add or replace a pusher (`append` false also removes other users' pushers with the
+    /// same app ID and push key), or delete one.
+    pub fn set_pusher(
+        &self,
+        user_id: &UserId,
+        app_id: &str,
+        pushkey: &str,
+        pusher: Option<Box<RawJsonValue>>,
+        append: bool,
+    ) -> Result<()> {
+        let key = (user_id.to_owned(), app_id.to_owned(), pushkey.to_owned());
+        let mut batch = WriteBatch::new();
+        match pusher {
+            None => self.pushers.delete(&mut batch, &key),
+            Some(pusher) => {
+                if !append {
+                    for row in self.pushers.scan(KeyRange::all(), Direction::Forward)? {
+                        let ((other, other_app, other_key), _) = row?;
+                        if other != user_id && other_app == app_id && other_key == pushkey {
+                            self.pushers.delete(&mut batch, &(other, other_app, other_key));
+                        }
+                    }
+                }
+                self.pushers.put(&mut batch, &key, &pusher)?;
+            }
+        }
+        Ok(self.store.write(batch)?)
+    }
+}
+
+fn counts((notify, highlight): (u64, u64)) -> UnreadNotificationsCount {
+    let mut count = UnreadNotificationsCount::new();
+    count.notification_count = Some(UInt::new_saturating(notify));
+    count.highlight_count = Some(UInt::new_saturating(highlight));
+    count
+}
+
+/// Run a future that does not wait on anything to completion (push rule evaluation is
+/// async only for conditions this server does not configure).
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}

@@ -1,0 +1,498 @@
+//! Reading a room's history as a client: windows of the timeline filtered by history
+//! visibility, the client's filter and ignored users; the state at any stream position;
+//! lazy-loaded members; and the endpoints built on them (`/messages`, `/context`,
+//! `/timestamp_to_event`). Sync reads timelines through here too.
+//!
+//! Tokens name a point between stream positions: token `t` lies after position `t`, so a
+//! backward read from `t` starts at `t` itself and a forward read at `t + 1`.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Arc,
+};
+
+use ruma::{
+    EventId, OwnedEventId, OwnedUserId, RoomId, UserId,
+    api::client::filter::{LazyLoadOptions, RoomEventFilter},
+    events::StateEventType,
+};
+use serde_json::value::RawValue as RawJsonValue;
+
+use super::{
+    events::{Events, StoredEvent},
+    relations::Relations,
+    render::{EventRenderer, Rendering, Viewer},
+    state::{RoomStates, StateMap},
+    visibility::Visibility,
+};
+use crate::{
+    Error, Result,
+    matrix::filter,
+    service::{account_data::AccountData, stream::Stream},
+    storage::Direction,
+};
+
+/// Rows read per storage scan while filling a window.
+const SCAN_CHUNK: usize = 64;
+/// Default and largest page of `/messages` and `/context`.
+pub const DEFAULT_LIMIT: usize = 10;
+pub const MAX_LIMIT: usize = 1000;
+
+/// Which events a window admits.
+pub struct WindowFilter<'a> {
+    pub filter: &'a RoomEventFilter,
+    pub ignored: &'a HashSet<OwnedUserId>,
+}
+
+/// Events read from a room in scan order.
+pub struct Window {
+    pub events: Vec<Arc<StoredEvent>>,
+    /// Whether events remain in the range beyond this window.
+    pub more: bool,
+    /// The token to continue from in the same direction.
+    pub next: u64,
+}
+
+/// A page of `/messages`.
+pub struct MessagesPage {
+    pub start: u64,
+    pub end: Option<u64>,
+    pub chunk: Vec<Box<RawJsonValue>>,
+    pub state: Vec<Box<RawJsonValue>>,
+}
+
+/// The answer of `/context`.
+pub struct ContextPage {
+    pub start: u64,
+    pub end: u64,
+    pub before: Vec<Box<RawJsonValue>>,
+    pub event: Box<RawJsonValue>,
+    pub after: Vec<Box<RawJsonValue>>,
+    pub state: Vec<Box<RawJsonValue>>,
+}
+
+pub struct History {
+    events: Arc<Events>,
+    states: Arc<RoomStates>,
+    visibility: Arc<Visibility>,
+    account_data: Arc<AccountData>,
+    renderer: Arc<EventRenderer>,
+    relations: Arc<Relations>,
+    stream: Arc<Stream>,
+}
+
+/// A page of `/relations`.
+pub struct RelationsPage {
+    pub chunk: Vec<Box<RawJsonValue>>,
+    pub next_batch: Option<u64>,
+    pub recursion_depth: Option<u64>,
+}
+
+/// How deep `recurse` follows relations of relations, as Synapse does.
+const MAX_RELATION_DEPTH: u64 = 3;
+
+#[derive(serde::Deserialize)]
+struct IgnoredUserList {
+    #[serde(default)]
+    ignored_users: std::collections::BTreeMap<OwnedUserId, serde_json::Value>,
+}
+
+impl History {
+    pub fn new(
+        events: Arc<Events>,
+        states: Arc<RoomStates>,
+        visibility: Arc<Visibility>,
+        account_data: Arc<AccountData>,
+        renderer: Arc<EventRenderer>,
+        relations: Arc<Relations>,
+        stream: Arc<Stream>,
+    ) -> Self {
+        Self { events, states, visibility, account_data, renderer, relations, stream }
+    }
+
+    /// `GET /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`: events relating
+    /// to a parent the user may see, paged by position.
+    #[allow(clippy::too_many_arguments)]
+    pub fn relating(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        parent: &EventId,
+        rel_type: Option<&str>,
+        event_type: Option<&str>,
+        from: Option<u64>,
+        to: Option<u64>,
+        direction: Direction,
+        limit: usize,
+        recurse: bool,
+    ) -> Result<RelationsPage> {
+        let user_id = viewer.user_id;
+        let parent_event = self
+            .events
+            .get(parent)?
+            .filter(|e| e.pdu.room_id == room_id)
+            .ok_or_else(|| Error::not_found("Event not found"))?;
+        if !self.visibility.may_see_event(user_id, &parent_event)? {
+            return Err(Error::not_found("Event not found"));
+        }
+        let limit = limit.clamp(1, MAX_LIMIT);
+        // Children are read one level at a time; with `recurse`, their children too.
+        let mut parents = vec![parent.to_owned()];
+        let mut found: Vec<(u64, OwnedEventId)> = Vec::new();
+        let depth = if recurse { MAX_RELATION_DEPTH } else { 1 };
+        for _ in 0..depth {
+            let mut next_parents = Vec::new();
+            for p in &parents {
+                // Read everything in range at this level; `limit` applies to the merged list.
+                for child in self.relations.children(p, rel_type, from, to, direction, MAX_LIMIT * 4)? {
+                    next_parents.push(child.event_id.clone());
+                    found.push((child.stream, child.event_id));
+                }
+            }
+            if next_parents.is_empty() {
+                break;
+            }
+            parents = next_parents;
+        }
+        found.sort_by_key(|(stream, _)| *stream);
+        found.dedup();
+        if direction == Direction::Reverse {
+            found.reverse();
+        }
+        let mut chunk = Vec::new();
+        let mut next_batch = None;
+        for (stream, id) in found {
+            let Some(event) = self.events.get(&id)? else { continue };
+            if event.pdu.is_redacted() || event_type.is_some_and(|t| event.pdu.kind.to_string() != t) {
+                continue;
+            }
+            if !self.visibility.may_see_event(user_id, &event)? {
+                continue;
+            }
+            if chunk.len() >= limit {
+                next_batch = Some(match direction {
+                    Direction::Forward => stream - 1,
+                    Direction::Reverse => stream + 1,
+                });
+                break;
+            }
+            chunk.push(self.renderer.raw(viewer, &event, Rendering::CLIENT)?);
+        }
+        Ok(RelationsPage { chunk, next_batch, recursion_depth: recurse.then_some(depth) })
+    }
+
+    /// `GET /rooms/{roomId}/threads`: thread roots by latest activity, newest first.
+    pub fn threads(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        participated_only: bool,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Box<RawJsonValue>>, Option<u64>)> {
+        let user_id = viewer.user_id;
+        self.visibility.readable_state(user_id, room_id)?;
+        let limit = limit.clamp(1, MAX_LIMIT);
+        let mut chunk = Vec::new();
+        let mut cursor = from;
+        loop {
+            let roots = self.relations.threads(room_id, cursor, SCAN_CHUNK)?;
+            if roots.is_empty() {
+                return Ok((chunk, None));
+            }
+            for (root_id, activity) in roots {
+                if chunk.len() >= limit {
+                    return Ok((chunk, Some(activity + 1)));
+                }
+                cursor = Some(activity);
+                let Some(root) = self.events.get(&root_id)? else { continue };
+                if root.pdu.room_id != room_id || !self.visibility.may_see_event(user_id, &root)? {
+                    continue;
+                }
+                if participated_only && !self.relations.participated(user_id, &root)? {
+                    continue;
+                }
+                chunk.push(self.renderer.raw(viewer, &root, Rendering::CLIENT)?);
+            }
+        }
+    }
+
+    /// The users `user_id` ignores (`m.ignored_user_list`).
+    pub fn ignored_users(&self, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
+        let list: Option<IgnoredUserList> = self.account_data.get_as(user_id, None, "m.ignored_user_list")?;
+        Ok(list.map(|l| l.ignored_users.into_keys().collect()).unwrap_or_default())
+    }
+
+    /// Whether an event passes the window's filter (visibility is checked separately).
+    fn admits(&self, which: &WindowFilter<'_>, event: &StoredEvent) -> bool {
+        let pdu = &event.pdu;
+        // Ignored users' messages are hidden; their state changes still shape the room.
+        if pdu.state_key.is_none() && which.ignored.contains(&pdu.sender) {
+            return false;
+        }
+        filter::room_event_allowed(
+            which.filter,
+            &pdu.room_id,
+            &pdu.sender,
+            &pdu.kind.to_string(),
+            &pdu.content_value(),
+        )
+    }
+
+    /// Up to `limit` events `user_id` may see, reading from token `from` in `direction` and
+    /// stopping at token `stop` (exclusive for backward reads: events after it; inclusive for
+    /// forward reads: events up to it). At most `budget` rows are examined, so a filter that
+    /// matches little cannot make one request scan a whole room.
+    #[allow(clippy::too_many_arguments)]
+    pub fn window(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        from: u64,
+        stop: Option<u64>,
+        direction: Direction,
+        which: &WindowFilter<'_>,
+        limit: usize,
+    ) -> Result<Window> {
+        let budget = limit.saturating_mul(20).saturating_add(200);
+        let mut picked = Vec::new();
+        let mut examined = 0;
+        let mut cursor = match direction {
+            Direction::Reverse => from.saturating_add(1),
+            Direction::Forward => from,
+        };
+        let mut next = from;
+        loop {
+            let rows = self.events.room_events(room_id, Some(cursor), direction, SCAN_CHUNK)?;
+            if rows.is_empty() {
+                return Ok(Window { events: picked, more: false, next });
+            }
+            for event in rows {
+                let beyond = match (direction, stop) {
+                    (Direction::Reverse, Some(stop)) => event.stream <= stop,
+                    (Direction::Forward, Some(stop)) => event.stream > stop,
+                    (_, None) => false,
+                };
+                if beyond {
+                    return Ok(Window { events: picked, more: false, next });
+                }
+                if picked.len() >= limit || examined >= budget {
+                    return Ok(Window { events: picked, more: true, next });
+                }
+                examined += 1;
+                cursor = event.stream;
+                next = match direction {
+                    Direction::Reverse => event.stream - 1,
+                    Direction::Forward => event.stream,
+                };
+                if self.admits(which, &event) && self.visibility.may_see_event(user_id, &event)? {
+                    picked.push(event);
+                }
+            }
+        }
+    }
+
+    /// The room's state after every event at or before `position`.
+    pub fn state_at(&self, room_id: &RoomId, position: u64) -> Result<Arc<StateMap>> {
+        // Read the current group first: an event committed after this read shows up in the
+        // scan below, whose state_before then answers.
+        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        match self.events.room_events(room_id, Some(position), Direction::Forward, 1)?.first() {
+            Some(next) => self.states.state_of_group(next.state_before),
+            None => self.states.state_of_group(room.state_group),
+        }
+    }
+
+    /// The state just before `event`.
+    pub fn state_before(&self, event: &StoredEvent) -> Result<Arc<StateMap>> {
+        self.states.state_of_group(event.state_before)
+    }
+
+    /// The events of a state map, optionally only those differing from `previous`, passing
+    /// the state filter; with lazy loading, members only for `senders`.
+    pub fn state_events(
+        &self,
+        state: &StateMap,
+        previous: Option<&StateMap>,
+        state_filter: &RoomEventFilter,
+        senders: &BTreeSet<OwnedUserId>,
+    ) -> Result<Vec<Arc<StoredEvent>>> {
+        let lazy = matches!(state_filter.lazy_load_options, LazyLoadOptions::Enabled { .. });
+        let mut ids: Vec<&OwnedEventId> = Vec::new();
+        for (key, id) in state {
+            if previous.is_some_and(|p| p.get(key) == Some(id)) {
+                continue;
+            }
+            if lazy && key.0 == StateEventType::RoomMember && !senders.iter().any(|s| s.as_str() == key.1) {
+                continue;
+            }
+            ids.push(id);
+        }
+        let mut events = self.events.get_many(ids)?;
+        events.retain(|e| {
+            filter::room_event_allowed(
+                state_filter,
+                &e.pdu.room_id,
+                &e.pdu.sender,
+                &e.pdu.kind.to_string(),
+                &e.pdu.content_value(),
+            )
+        });
+        events.sort_by_key(|e| e.stream);
+        Ok(events)
+    }
+
+    /// `GET /rooms/{roomId}/messages`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn messages(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        from: Option<u64>,
+        to: Option<u64>,
+        direction: Direction,
+        limit: usize,
+        room_filter: &RoomEventFilter,
+    ) -> Result<MessagesPage> {
+        let user_id = viewer.user_id;
+        // Strangers to a room that is not world-readable learn nothing, not even its size.
+        self.visibility.readable_state(user_id, room_id)?;
+        let limit = limit.clamp(1, MAX_LIMIT);
+        let from = from.unwrap_or(match direction {
+            Direction::Reverse => self.stream.committed(),
+            Direction::Forward => 0,
+        });
+        let ignored = self.ignored_users(user_id)?;
+        let which = WindowFilter { filter: room_filter, ignored: &ignored };
+        let window = self.window(user_id, room_id, from, to, direction, &which, limit)?;
+        let state = self.lazy_members_for(room_id, &window.events, room_filter, viewer)?;
+        Ok(MessagesPage {
+            start: from,
+            end: window.more.then_some(window.next),
+            chunk: self.renderer.raw_all(viewer, &window.events, Rendering::CLIENT)?,
+            state,
+        })
+    }
+
+    /// Member events of the senders of `events`, as of the earliest of them, when the
+    /// filter asks for lazy loading.
+    fn lazy_members_for(
+        &self,
+        room_id: &RoomId,
+        events: &[Arc<StoredEvent>],
+        room_filter: &RoomEventFilter,
+        viewer: Viewer<'_>,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
+        if !matches!(room_filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) || events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let senders: BTreeSet<OwnedUserId> = events.iter().map(|e| e.pdu.sender.clone()).collect();
+        let earliest = events.iter().min_by_key(|e| e.stream).expect("events is not empty");
+        let state = self.state_before(earliest)?;
+        let mut members = Vec::new();
+        for sender in &senders {
+            let key = (StateEventType::RoomMember, sender.to_string());
+            let id =
+                state.get(&key).cloned().or(self.states.current_state_event_id(room_id, &key.0, &key.1)?);
+            if let Some(event) = id.map(|id| self.events.get(&id)).transpose()?.flatten() {
+                members.push(self.renderer.raw(viewer, &event, Rendering::CLIENT)?);
+            }
+        }
+        Ok(members)
+    }
+
+    /// `GET /rooms/{roomId}/context/{eventId}`: the event, some events around it, and the
+    /// room state at it.
+    pub fn context(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        event_id: &EventId,
+        limit: usize,
+        room_filter: &RoomEventFilter,
+    ) -> Result<ContextPage> {
+        let user_id = viewer.user_id;
+        let event = self
+            .events
+            .get(event_id)?
+            .filter(|e| e.pdu.room_id == room_id)
+            .ok_or_else(|| Error::not_found("Event not found"))?;
+        if !self.visibility.may_see_event(user_id, &event)? {
+            return Err(Error::forbidden("You don't have permission to view this event"));
+        }
+        let limit = limit.min(MAX_LIMIT);
+        let ignored = self.ignored_users(user_id)?;
+        let which = WindowFilter { filter: room_filter, ignored: &ignored };
+        let before_limit = limit / 2;
+        let after_limit = limit - before_limit;
+        let before = if before_limit == 0 {
+            Window { events: Vec::new(), more: true, next: event.stream - 1 }
+        } else {
+            self.window(user_id, room_id, event.stream - 1, None, Direction::Reverse, &which, before_limit)?
+        };
+        let after = if after_limit == 0 {
+            Window { events: Vec::new(), more: true, next: event.stream }
+        } else {
+            self.window(
+                user_id,
+                room_id,
+                event.stream,
+                Some(self.stream.committed()),
+                Direction::Forward,
+                &which,
+                after_limit,
+            )?
+        };
+        // The state at the last event returned.
+        let last = after.events.last().unwrap_or(&event);
+        let state_map = self.state_at(room_id, last.stream)?;
+        let mut around: Vec<Arc<StoredEvent>> = before.events.clone();
+        around.push(Arc::clone(&event));
+        around.extend(after.events.iter().cloned());
+        let senders: BTreeSet<OwnedUserId> = around.iter().map(|e| e.pdu.sender.clone()).collect();
+        let state = self.state_events(&state_map, None, room_filter, &senders)?;
+        Ok(ContextPage {
+            start: before.next,
+            end: after.next,
+            before: self.renderer.raw_all(viewer, &before.events, Rendering::CLIENT)?,
+            event: self.renderer.raw(viewer, &event, Rendering::CLIENT)?,
+            after: self.renderer.raw_all(viewer, &after.events, Rendering::CLIENT)?,
+            state: self.renderer.raw_all(viewer, &state, Rendering::CLIENT)?,
+        })
+    }
+
+    /// `GET /rooms/{roomId}/timestamp_to_event`: the visible event nearest to `ts` in
+    /// `direction` (at or after it going forward, at or before it going backward).
+    pub fn event_at_timestamp(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        ts: u64,
+        direction: Direction,
+    ) -> Result<Arc<StoredEvent>> {
+        self.visibility.readable_state(user_id, room_id)?;
+        let mut cursor = ts;
+        loop {
+            let ids = self.events.events_near_timestamp(room_id, cursor, direction, SCAN_CHUNK)?;
+            if ids.is_empty() {
+                return Err(Error::not_found("No event found in that direction"));
+            }
+            for id in &ids {
+                if let Some(event) = self.events.get(id)? {
+                    if self.visibility.may_see_event(user_id, &event)? {
+                        return Ok(event);
+                    }
+                    cursor = event.pdu.origin_server_ts.get().into();
+                }
+            }
+            // Continue past the timestamps just read.
+            cursor = match direction {
+                Direction::Forward => cursor.saturating_add(1),
+                Direction::Reverse => match cursor.checked_sub(1) {
+                    Some(c) => c,
+                    None => return Err(Error::not_found("No event found in that direction")),
+                },
+            };
+        }
+    }
+}

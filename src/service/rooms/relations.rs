@@ -1,0 +1,249 @@
+//! Relations between events (`m.relates_to`: edits, threads, references, annotations):
+//! the index written with each event, the `/relations` and `/threads` reads, and the
+//! bundled aggregations served in `unsigned.m.relations`. Owns the `relations`,
+//! `thread_activity` and `thread_latest` tables.
+
+use std::sync::Arc;
+
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use serde_json::{Map, Value as JsonValue, json};
+
+use super::events::{Events, StoredEvent};
+use crate::{
+    Result,
+    storage::{
+        Direction, KvStore, Table, WriteBatch,
+        codec::KeyCodec,
+        kv::KeyRange,
+        tables::{RELATIONS, RelationRecord, THREAD_ACTIVITY, THREAD_LATEST},
+    },
+};
+
+pub const THREAD: &str = "m.thread";
+pub const REPLACE: &str = "m.replace";
+pub const REFERENCE: &str = "m.reference";
+/// Most references listed in a bundle.
+const MAX_BUNDLED_REFERENCES: usize = 50;
+
+/// What an event's `m.relates_to` says, if it relates to another event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelatesTo {
+    pub rel_type: String,
+    pub parent: OwnedEventId,
+}
+
+/// Read `content.m.relates_to` (a relation with `rel_type`; a bare `m.in_reply_to` is a
+/// reply, not a relation, and is not indexed).
+pub fn relates_to(content: &JsonValue) -> Option<RelatesTo> {
+    let relates = content.get("m.relates_to")?;
+    let rel_type = relates.get("rel_type")?.as_str()?;
+    let parent = EventId::parse(relates.get("event_id")?.as_str()?).ok()?;
+    Some(RelatesTo { rel_type: rel_type.to_owned(), parent })
+}
+
+/// A child event found by a relations read, with where it sits.
+pub struct Related {
+    pub event_id: OwnedEventId,
+    pub stream: u64,
+}
+
+pub struct Relations {
+    relations: Table<(OwnedEventId, String, u64), RelationRecord>,
+    /// Threads of a room by latest activity: (room, position of the latest reply) → root.
+    thread_activity: Table<(OwnedRoomId, u64), OwnedEventId>,
+    /// Each thread root's latest activity position, to move its activity row.
+    thread_latest: Table<OwnedEventId, u64>,
+    events: Arc<Events>,
+}
+
+impl Relations {
+    pub fn new(store: &Arc<dyn KvStore>, events: Arc<Events>) -> Self {
+        Self {
+            relations: RELATIONS.open(store),
+            thread_activity: THREAD_ACTIVITY.open(store),
+            thread_latest: THREAD_LATEST.open(store),
+            events,
+        }
+    }
+
+    /// Queue the index rows of a new event (called by the append path, in its batch).
+    pub fn index_in(&self, batch: &mut WriteBatch, event: &StoredEvent) -> Result<()> {
+        let Some(relation) = relates_to(&event.pdu.content_value()) else { return Ok(()) };
+        let record = RelationRecord {
+            event_id: event.pdu.event_id.clone(),
+            kind: event.pdu.kind.to_string(),
+            sender: event.pdu.sender.clone(),
+        };
+        self.relations.put(
+            batch,
+            &(relation.parent.clone(), relation.rel_type.clone(), event.stream),
+            &record,
+        )?;
+        if relation.rel_type == THREAD {
+            let room = event.pdu.room_id.clone();
+            if let Some(previous) = self.thread_latest.get(&relation.parent)? {
+                self.thread_activity.delete(batch, &(room.clone(), previous));
+            }
+            self.thread_latest.put(batch, &relation.parent, &event.stream)?;
+            self.thread_activity.put(batch, &(room, event.stream), &relation.parent)?;
+        }
+        Ok(())
+    }
+
+    /// Children of `parent` (optionally of one relation type), paged by stream position:
+    /// after `from` (exclusive) in `direction`, stopping at `to` (inclusive), at most `limit`.
+    pub fn children(
+        &self,
+        parent: &EventId,
+        rel_type: Option<&str>,
+        from: Option<u64>,
+        to: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Related>> {
+        let mut found = Vec::new();
+        match rel_type {
+            Some(rel_type) => {
+                let prefix = (parent.to_owned(), rel_type.to_owned());
+                let mut range = KeyRange::prefix(prefix.to_key_bytes());
+                let bound = |p: u64| (parent.to_owned(), rel_type.to_owned(), p).to_key_bytes();
+                match direction {
+                    Direction::Forward => {
+                        if let Some(from) = from {
+                            range = range.after(bound(from));
+                        }
+                        if let Some(to) = to {
+                            range = range.up_to(bound(to));
+                        }
+                    }
+                    Direction::Reverse => {
+                        if let Some(from) = from {
+                            range = range.before(bound(from));
+                        }
+                        if let Some(to) = to {
+                            range.start = std::ops::Bound::Included(bound(to));
+                        }
+                    }
+                }
+                for row in self.relations.scan(range, direction)?.take(limit) {
+                    let ((_, _, stream), record) = row?;
+                    found.push(Related { event_id: record.event_id, stream });
+                }
+            }
+            None => {
+                // Across relation types the rows are grouped by type: merge them by position.
+                let mut all: Vec<Related> = self
+                    .relations
+                    .scan_prefix(&parent.to_owned(), Direction::Forward)?
+                    .map(|row| {
+                        row.map(|((_, _, stream), record)| Related { event_id: record.event_id, stream })
+                    })
+                    .collect::<Result<_, _>>()?;
+                all.sort_by_key(|r| r.stream);
+                if direction == Direction::Reverse {
+                    all.reverse();
+                }
+                found = all
+                    .into_iter()
+                    .filter(|r| match direction {
+                        Direction::Forward => {
+                            from.is_none_or(|f| r.stream > f) && to.is_none_or(|t| r.stream <= t)
+                        }
+                        Direction::Reverse => {
+                            from.is_none_or(|f| r.stream < f) && to.is_none_or(|t| r.stream >= t)
+                        }
+                    })
+                    .take(limit)
+                    .collect();
+            }
+        }
+        Ok(found)
+    }
+
+    /// Thread roots of a room by latest activity, newest first, before position `from`.
+    pub fn threads(
+        &self,
+        room_id: &RoomId,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(OwnedEventId, u64)>> {
+        let room = room_id.to_owned();
+        let mut range = KeyRange::prefix(room.to_key_bytes());
+        if let Some(from) = from {
+            range = range.before((room.clone(), from).to_key_bytes());
+        }
+        self.thread_activity
+            .scan(range, Direction::Reverse)?
+            .take(limit)
+            .map(|row| row.map(|((_, stream), root)| (root, stream)).map_err(Into::into))
+            .collect()
+    }
+
+    /// Whether `user_id` wrote the thread's root or any reply in it.
+    pub fn participated(&self, user_id: &UserId, root: &StoredEvent) -> Result<bool> {
+        if root.pdu.sender == user_id {
+            return Ok(true);
+        }
+        for row in
+            self.relations.scan_prefix(&(root.pdu.event_id.clone(), THREAD.to_owned()), Direction::Forward)?
+        {
+            if row?.1.sender == user_id {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The bundled aggregations of an event (`unsigned.m.relations`), if it has any.
+    pub fn bundle(&self, viewer: &UserId, event: &StoredEvent) -> Result<Option<JsonValue>> {
+        if event.pdu.is_redacted() {
+            return Ok(None);
+        }
+        let mut latest_edit: Option<Arc<StoredEvent>> = None;
+        let mut thread_count = 0u64;
+        let mut thread_latest: Option<Arc<StoredEvent>> = None;
+        let mut participated = event.pdu.sender == viewer;
+        let mut references = Vec::new();
+        for row in self.relations.scan_prefix(&event.pdu.event_id, Direction::Forward)? {
+            let ((_, rel_type, _), record) = row?;
+            match rel_type.as_str() {
+                // Only the original sender's edits of the same type replace content.
+                REPLACE if record.sender == event.pdu.sender && record.kind == event.pdu.kind.to_string() => {
+                    if let Some(edit) = self.events.get(&record.event_id)?.filter(|e| !e.pdu.is_redacted()) {
+                        latest_edit = Some(edit);
+                    }
+                }
+                THREAD => {
+                    if let Some(reply) = self.events.get(&record.event_id)?.filter(|e| !e.pdu.is_redacted()) {
+                        thread_count += 1;
+                        participated |= reply.pdu.sender == viewer;
+                        thread_latest = Some(reply);
+                    }
+                }
+                REFERENCE if references.len() < MAX_BUNDLED_REFERENCES => {
+                    references.push(json!({ "event_id": record.event_id }));
+                }
+                _ => {}
+            }
+        }
+        let mut bundle = Map::new();
+        if let Some(edit) = latest_edit {
+            bundle.insert(REPLACE.to_owned(), edit.pdu.to_client_event(None));
+        }
+        if let Some(latest) = thread_latest {
+            // The latest reply is shown with its own edit applied by clients, so bundle it.
+            let mut latest_json = latest.pdu.to_client_event(None);
+            if let Some(inner) = self.bundle(viewer, &latest)? {
+                latest_json["unsigned"]["m.relations"] = inner;
+            }
+            bundle.insert(
+                THREAD.to_owned(),
+                json!({ "latest_event": latest_json, "count": thread_count, "current_user_participated": participated }),
+            );
+        }
+        if !references.is_empty() {
+            bundle.insert(REFERENCE.to_owned(), json!({ "chunk": references }));
+        }
+        Ok((!bundle.is_empty()).then_some(JsonValue::Object(bundle)))
+    }
+}

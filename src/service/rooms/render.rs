@@ -1,0 +1,120 @@
+//! How an event is shown to one client: the client format (or the federation format when a
+//! filter asks), `unsigned.age`, the sending device's `transaction_id`, bundled
+//! aggregations of its relations, and the filter's `event_fields`. Every path that serves
+//! events to clients renders through here so they all agree.
+
+use std::sync::Arc;
+
+use ruma::{DeviceId, UserId};
+use serde_json::{Map, Value as JsonValue, value::RawValue as RawJsonValue};
+
+use super::{events::StoredEvent, relations::Relations};
+use crate::{Error, Result, matrix::filter, service::clock::Clock};
+
+/// Who an event is rendered for.
+#[derive(Clone, Copy)]
+pub struct Viewer<'a> {
+    pub user_id: &'a UserId,
+    /// The requesting device, which alone sees its own transaction IDs.
+    pub device_id: Option<&'a DeviceId>,
+}
+
+/// The shape of a rendered event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The client format, with `room_id`.
+    Client,
+    /// The client format without `room_id` (sync, where the room is the key).
+    Sync,
+    /// The event as the room graph holds it (`event_format: federation`).
+    Federation,
+}
+
+/// How a list of events should be rendered.
+#[derive(Clone, Copy)]
+pub struct Rendering<'a> {
+    pub shape: Shape,
+    pub fields: Option<&'a [String]>,
+}
+
+impl Rendering<'_> {
+    pub const CLIENT: Rendering<'static> = Rendering { shape: Shape::Client, fields: None };
+}
+
+pub struct EventRenderer {
+    relations: Arc<Relations>,
+    clock: Arc<dyn Clock>,
+}
+
+impl EventRenderer {
+    pub fn new(relations: Arc<Relations>, clock: Arc<dyn Clock>) -> Self {
+        Self { relations, clock }
+    }
+
+    /// One event as JSON for `viewer`.
+    pub fn value(&self, viewer: Viewer<'_>, event: &StoredEvent, how: Rendering<'_>) -> Result<JsonValue> {
+        let pdu = &event.pdu;
+        let mut unsigned = Map::new();
+        unsigned.insert(
+            "age".to_owned(),
+            self.clock.now_ms().saturating_sub(pdu.origin_server_ts.get().into()).into(),
+        );
+        if let Some(origin) = &event.txn {
+            if pdu.sender == viewer.user_id && viewer.device_id == Some(origin.device_id.as_ref()) {
+                unsigned.insert("transaction_id".to_owned(), origin.txn_id.as_str().into());
+            }
+        }
+        if let Some(bundle) = self.relations.bundle(viewer.user_id, event)? {
+            unsigned.insert("m.relations".to_owned(), bundle);
+        }
+        let mut value = match how.shape {
+            Shape::Client | Shape::Sync => pdu.to_client_event(Some(unsigned)),
+            Shape::Federation => {
+                let mut value = serde_json::to_value(pdu)
+                    .map_err(|e| Error::internal(format!("serialising event: {e}")))?;
+                if let Some(map) = value.as_object_mut() {
+                    // hashes, signatures and origin sit at the top level of a PDU.
+                    if let Some(JsonValue::Object(extras)) = map.remove("signed_extras") {
+                        map.extend(extras);
+                    }
+                    let mut merged =
+                        map.remove("unsigned").and_then(|u| u.as_object().cloned()).unwrap_or_default();
+                    merged.extend(unsigned);
+                    map.insert("unsigned".to_owned(), JsonValue::Object(merged));
+                }
+                value
+            }
+        };
+        if how.shape == Shape::Sync {
+            if let Some(map) = value.as_object_mut() {
+                map.remove("room_id");
+            }
+        }
+        Ok(filter::select_fields(value, how.fields))
+    }
+
+    /// One event as raw JSON for a ruma response.
+    pub fn raw(
+        &self,
+        viewer: Viewer<'_>,
+        event: &StoredEvent,
+        how: Rendering<'_>,
+    ) -> Result<Box<RawJsonValue>> {
+        to_raw(&self.value(viewer, event, how)?)
+    }
+
+    /// Several events, in order.
+    pub fn raw_all<'e>(
+        &self,
+        viewer: Viewer<'_>,
+        events: impl IntoIterator<Item = &'e Arc<StoredEvent>>,
+        how: Rendering<'_>,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
+        events.into_iter().map(|e| self.raw(viewer, e, how)).collect()
+    }
+}
+
+/// JSON to raw JSON.
+pub fn to_raw(value: &JsonValue) -> Result<Box<RawJsonValue>> {
+    serde_json::value::to_raw_value(value).map_err(|e| Error::internal(format!("serialising event: {e}")))
+}

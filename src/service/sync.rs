@@ -1,0 +1,686 @@
+//! `/sync`: everything that changed for one user and device since a token, or their whole
+//! world on an initial sync, waiting (long-polling) until something relevant arrives.
+//!
+//! Cost follows what changed for this user: each of their rooms is first checked against
+//! in-memory positions (latest event, receipt, typing change); only rooms that moved are
+//! read. An idle incremental sync reads no timeline.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ruma::{
+    DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    api::client::{
+        filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
+        sync::sync_events::{
+            UnreadNotificationsCount,
+            v3::{
+                InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, Response,
+                RoomSummary, State, StateEvents, Timeline,
+            },
+        },
+    },
+    events::{StateEventType, TimelineEventType, room::member::MembershipState},
+    presence::PresenceState,
+    serde::Raw,
+};
+use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
+use tokio::time::Instant;
+
+use crate::{
+    Result,
+    matrix::filter,
+    service::{
+        account_data::{AccountData, AccountDataEntry},
+        presence::Presence,
+        push::Notifications,
+        rooms::{
+            events::{Events, StoredEvent},
+            history::{History, WindowFilter},
+            members::Memberships,
+            receipts::{self, Receipts},
+            render::{EventRenderer, Rendering, Shape, Viewer},
+            state::{RoomStates, StateMap},
+            typing::Typing,
+        },
+        stream::{Change, Heard, Stream},
+    },
+    storage::{Direction, tables::MembershipRecord},
+};
+
+/// Timeline events per room when the filter sets no limit.
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+/// The most timeline events per room a filter may ask for.
+const MAX_TIMELINE_LIMIT: usize = 500;
+/// Longest long-poll.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// Heroes listed in a room summary.
+const MAX_HEROES: usize = 5;
+/// State event types shown to invitees and knockers (stripped state).
+const STRIPPED_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+/// One `/sync` request, parsed.
+pub struct SyncRequest {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub since: Option<u64>,
+    pub filter: FilterDefinition,
+    pub full_state: bool,
+    pub timeout: Duration,
+    pub set_presence: PresenceState,
+}
+
+/// Which members' events each device has already been sent, per room, so lazy loading
+/// can skip redundant ones. Memory only: after a restart they are sent again, which is
+/// harmless.
+type SentMembers = HashMap<(OwnedUserId, OwnedDeviceId), HashMap<OwnedRoomId, HashSet<OwnedUserId>>>;
+
+pub struct Sync {
+    stream: Arc<Stream>,
+    events: Arc<Events>,
+    states: Arc<RoomStates>,
+    members: Arc<Memberships>,
+    history: Arc<History>,
+    account_data: Arc<AccountData>,
+    receipts: Arc<Receipts>,
+    typing: Arc<Typing>,
+    presence: Arc<Presence>,
+    notifications: Arc<Notifications>,
+    renderer: Arc<EventRenderer>,
+    sent_members: Mutex<SentMembers>,
+}
+
+/// What one pass over the user's rooms found.
+struct Pass {
+    response: Response,
+    /// Rooms whose changes concern this user (joined, invited, knocked).
+    watched: HashSet<OwnedRoomId>,
+}
+
+impl Sync {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stream: Arc<Stream>,
+        events: Arc<Events>,
+        states: Arc<RoomStates>,
+        members: Arc<Memberships>,
+        history: Arc<History>,
+        account_data: Arc<AccountData>,
+        receipts: Arc<Receipts>,
+        typing: Arc<Typing>,
+        presence: Arc<Presence>,
+        notifications: Arc<Notifications>,
+        renderer: Arc<EventRenderer>,
+    ) -> Self {
+        Self {
+            stream,
+            events,
+            states,
+            members,
+            history,
+            account_data,
+            receipts,
+            typing,
+            presence,
+            notifications,
+            renderer,
+            sent_members: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Answer a sync: at once if anything changed (or on an initial sync), else when a
+    /// relevant change arrives or the timeout passes.
+    pub async fn sync(&self, request: SyncRequest) -> Result<Response> {
+        self.presence.syncing(&request.user_id, &request.set_presence)?;
+        let deadline = Instant::now() + request.timeout.min(MAX_TIMEOUT);
+        // Listen before reading the committed position, so no later change is missed.
+        let mut listener = self.stream.listen();
+        loop {
+            let upto = self.stream.committed();
+            let pass = self.pass(&request, upto)?;
+            if request.since.is_none() || !is_empty(&pass.response) || Instant::now() >= deadline {
+                return Ok(pass.response);
+            }
+            // Wait for a change that concerns this user, then look again.
+            loop {
+                let heard = tokio::select! {
+                    heard = listener.next() => heard,
+                    () = tokio::time::sleep_until(deadline) => return Ok(pass.response),
+                };
+                match heard {
+                    Heard::Change(announced) => {
+                        if self.concerns(&request.user_id, &pass.watched, &announced.change)? {
+                            tokio::select! {
+                                () = listener.committed_to(announced.position) => {}
+                                () = tokio::time::sleep_until(deadline) => {}
+                            }
+                            break;
+                        }
+                    }
+                    Heard::Missed => break,
+                    Heard::Closed => return Ok(pass.response),
+                }
+            }
+        }
+    }
+
+    fn concerns(&self, user_id: &UserId, watched: &HashSet<OwnedRoomId>, change: &Change) -> Result<bool> {
+        Ok(match change {
+            Change::Room(room_id) => watched.contains(room_id),
+            Change::User(other) => other == user_id,
+            Change::Presence(other) => {
+                other != user_id
+                    && self
+                        .members
+                        .rooms_of_user(other, &MembershipState::Join)?
+                        .iter()
+                        .any(|room| watched.contains(room))
+            }
+        })
+    }
+
+    fn pass(&self, request: &SyncRequest, upto: u64) -> Result<Pass> {
+        let user_id = request.user_id.as_ref();
+        let since = request.since.map(|s| s.min(upto));
+        let viewer = Viewer { user_id, device_id: Some(request.device_id.as_ref()) };
+        let filter = &request.filter;
+        let room_filter = &filter.room;
+        if since.is_none() {
+            self.forget_sent_members(user_id, &request.device_id);
+        }
+
+        let account_changes = self.account_data.changes(user_id, since, upto)?;
+        let mut room_account_data: HashMap<OwnedRoomId, Vec<&AccountDataEntry>> = HashMap::new();
+        let mut global_account_data = Vec::new();
+        for entry in &account_changes {
+            match &entry.room_id {
+                Some(room) => room_account_data.entry(room.clone()).or_default().push(entry),
+                None => {
+                    if filter::event_allowed(&filter.account_data, None, &entry.kind) {
+                        global_account_data.push(account_data_event(entry)?);
+                    }
+                }
+            }
+        }
+        if since.is_none() && !account_changes.iter().any(|e| e.room_id.is_none() && e.kind == "m.push_rules")
+        {
+            // Clients read their push rules from account data; the defaults count as set.
+            let rules = self.notifications.push_rules_event(user_id)?;
+            if filter::event_allowed(&filter.account_data, None, "m.push_rules") {
+                global_account_data.push(rules);
+            }
+        }
+
+        let ignored = self.history.ignored_users(user_id)?;
+        let mut response = Response::new(format!("s{upto}"));
+        let mut watched = HashSet::new();
+        let mut joined_rooms = HashSet::new();
+        for (room_id, record) in self.members.memberships_of_user(user_id)? {
+            let membership = MembershipState::from(record.membership.as_str());
+            if matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
+            {
+                watched.insert(room_id.clone());
+            }
+            if membership == MembershipState::Join {
+                joined_rooms.insert(room_id.clone());
+            }
+            if !filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, &room_id) {
+                continue;
+            }
+            let changed_since_token = since.is_none_or(|s| record.stream > s);
+            match membership {
+                MembershipState::Join => {
+                    let account = room_account_data.remove(&room_id).unwrap_or_default();
+                    if let Some(joined) =
+                        self.joined_room(request, viewer, &room_id, &record, since, upto, &ignored, &account)?
+                    {
+                        response.rooms.join.insert(room_id, joined);
+                    }
+                }
+                MembershipState::Invite if changed_since_token && record.stream <= upto => {
+                    let invite = self.events.get(&record.event_id)?;
+                    if let Some(invite) = invite.filter(|i| !ignored.contains(&i.pdu.sender)) {
+                        let state = self.stripped_state(&invite)?;
+                        response.rooms.invite.insert(room_id, InvitedRoom::from(InviteState::from(state)));
+                    }
+                }
+                MembershipState::Knock if changed_since_token && record.stream <= upto => {
+                    if let Some(knock) = self.events.get(&record.event_id)? {
+                        let mut state = KnockState::new();
+                        state.events = self.stripped_state(&knock)?;
+                        response.rooms.knock.insert(room_id, KnockedRoom::from(state));
+                    }
+                }
+                MembershipState::Leave | MembershipState::Ban
+                    if !record.forgotten
+                        && record.stream <= upto
+                        && match since {
+                            Some(s) => record.stream > s,
+                            None => room_filter.include_leave,
+                        } =>
+                {
+                    let left = self.left_room(request, viewer, &room_id, &record, since, &ignored)?;
+                    response.rooms.leave.insert(room_id, left);
+                }
+                _ => {}
+            }
+        }
+
+        response.account_data.events = global_account_data;
+        for view in self.presence.changes(since, upto)? {
+            let shares_room = view.user_id == user_id
+                || self
+                    .members
+                    .rooms_of_user(&view.user_id, &MembershipState::Join)?
+                    .iter()
+                    .any(|room| joined_rooms.contains(room));
+            if !shares_room || !filter::event_allowed(&filter.presence, Some(&view.user_id), "m.presence") {
+                continue;
+            }
+            let mut content = json!({
+                "presence": view.state.as_str(),
+                "last_active_ago": view.last_active_ago_ms,
+                "currently_active": view.currently_active,
+            });
+            if let Some(msg) = &view.status_msg {
+                content["status_msg"] = msg.as_str().into();
+            }
+            let event = json!({ "type": "m.presence", "sender": view.user_id, "content": content });
+            response.presence.events.push(Raw::from_json(to_raw(&event)?));
+        }
+        Ok(Pass { response, watched })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn joined_room(
+        &self,
+        request: &SyncRequest,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        record: &MembershipRecord,
+        since: Option<u64>,
+        upto: u64,
+        ignored: &HashSet<OwnedUserId>,
+        account: &[&AccountDataEntry],
+    ) -> Result<Option<JoinedRoom>> {
+        let user_id = viewer.user_id;
+        let room_filter = &request.filter.room;
+        // A room joined after the token is new to the client: send it whole.
+        let room_since = since.filter(|s| record.stream <= *s);
+        if let Some(s) = room_since {
+            let moved = self.events.last_position(room_id)? > s
+                || self.receipts.last_position(room_id)? > s
+                || self.typing.last_position(room_id) > s
+                || !account.is_empty()
+                || request.full_state;
+            if !moved {
+                return Ok(None);
+            }
+        }
+
+        let limit = timeline_limit(&room_filter.timeline);
+        let which = WindowFilter { filter: &room_filter.timeline, ignored };
+        let window =
+            self.history.window(user_id, room_id, upto, room_since, Direction::Reverse, &which, limit)?;
+        let mut timeline_events = window.events;
+        timeline_events.reverse();
+        let limited = window.more;
+
+        let senders: BTreeSet<OwnedUserId> =
+            timeline_events.iter().map(|e| e.pdu.sender.clone()).chain([user_id.to_owned()]).collect();
+        let state_at_start = match timeline_events.first() {
+            Some(first) => self.history.state_before(first)?,
+            None => self.history.state_at(room_id, upto)?,
+        };
+        let state_events = match room_since {
+            Some(s) if !request.full_state => {
+                if limited {
+                    let at_token = self.history.state_at(room_id, s)?;
+                    self.history.state_events(
+                        &state_at_start,
+                        Some(&at_token),
+                        &room_filter.state,
+                        &senders,
+                    )?
+                } else {
+                    // Every state change since the token is in the timeline itself; only
+                    // lazily loaded members may be missing.
+                    self.lazy_members_missing(room_id, &state_at_start, &room_filter.state, &timeline_events)?
+                }
+            }
+            _ => self.history.state_events(&state_at_start, None, &room_filter.state, &senders)?,
+        };
+        let state_events = self.drop_redundant_members(request, room_id, state_events);
+
+        let mut joined = JoinedRoom::new();
+        let rendering = self.rendering(&request.filter);
+        joined.timeline = timeline(
+            self.renderer.raw_all(viewer, &timeline_events, rendering)?,
+            limited,
+            timeline_events.first().map_or(upto, |e| e.stream - 1),
+        );
+        joined.state = State::Before(StateEvents::from(
+            self.renderer
+                .raw_all(viewer, &state_events, Rendering { shape: Shape::Sync, fields: rendering.fields })?
+                .into_iter()
+                .map(Raw::from_json)
+                .collect::<Vec<_>>(),
+        ));
+
+        // Ephemeral: typing and receipts.
+        let ephemeral_filter = &room_filter.ephemeral;
+        let ephemeral_ok = |kind: &str| {
+            filter::room_event_allowed(ephemeral_filter, room_id, user_id, kind, &JsonValue::Null)
+        };
+        if ephemeral_ok("m.typing") && room_since.is_none_or(|s| self.typing.last_position(room_id) > s) {
+            let users = self.typing.typing_users(room_id);
+            if room_since.is_some() || !users.is_empty() {
+                let event = json!({ "type": "m.typing", "content": { "user_ids": users } });
+                joined.ephemeral.events.push(Raw::from_json(to_raw(&event)?));
+            }
+        }
+        if ephemeral_ok("m.receipt") {
+            let changed = self.receipts.changed(user_id, room_id, room_since, upto)?;
+            let changed: Vec<_> = changed.into_iter().filter(|r| !ignored.contains(&r.user_id)).collect();
+            if !changed.is_empty() {
+                let event = json!({ "type": "m.receipt", "content": receipts::receipt_content(&changed) });
+                joined.ephemeral.events.push(Raw::from_json(to_raw(&event)?));
+            }
+        }
+
+        // Room account data: what changed, or everything on a first sight of the room.
+        let entries: Vec<AccountDataEntry> = if room_since.is_none() && since.is_some() {
+            self.account_data
+                .changes(user_id, None, upto)?
+                .into_iter()
+                .filter(|e| e.room_id.as_deref() == Some(room_id))
+                .collect()
+        } else {
+            account.iter().map(|e| (*e).clone()).collect()
+        };
+        for entry in entries {
+            if filter::room_event_allowed(
+                &room_filter.account_data,
+                room_id,
+                user_id,
+                &entry.kind,
+                &JsonValue::Null,
+            ) {
+                joined.account_data.events.push(account_data_event(&entry)?);
+            }
+        }
+
+        let membership_changed = room_since.is_none()
+            || timeline_events
+                .iter()
+                .chain(&state_events)
+                .any(|e| e.pdu.kind == TimelineEventType::RoomMember);
+        if membership_changed {
+            joined.summary = self.summary(room_id, user_id)?;
+        }
+
+        let counts = self.notifications.unread_counts(user_id, room_id)?;
+        joined.unread_notifications = counts.room;
+        if room_filter.timeline.unread_thread_notifications {
+            joined.unread_thread_notifications = counts.threads;
+        } else {
+            // Without the opt-in, thread notifications count towards the room.
+            let mut total = UnreadNotificationsCount::new();
+            total.notification_count = Some(sum(
+                &joined.unread_notifications.notification_count,
+                counts.threads.values().map(|c| &c.notification_count),
+            ));
+            total.highlight_count = Some(sum(
+                &joined.unread_notifications.highlight_count,
+                counts.threads.values().map(|c| &c.highlight_count),
+            ));
+            joined.unread_notifications = total;
+        }
+
+        if room_since.is_some()
+            && joined.timeline.events.is_empty()
+            && joined.state.is_empty()
+            && joined.ephemeral.events.is_empty()
+            && joined.account_data.events.is_empty()
+            && !request.full_state
+        {
+            // The change that woke this room was filtered out.
+            return Ok(None);
+        }
+        Ok(Some(joined))
+    }
+
+    fn left_room(
+        &self,
+        request: &SyncRequest,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        record: &MembershipRecord,
+        since: Option<u64>,
+        ignored: &HashSet<OwnedUserId>,
+    ) -> Result<LeftRoom> {
+        let room_filter = &request.filter.room;
+        let limit = timeline_limit(&room_filter.timeline);
+        let which = WindowFilter { filter: &room_filter.timeline, ignored };
+        // The timeline runs up to the leave, never past it.
+        let window = self.history.window(
+            viewer.user_id,
+            room_id,
+            record.stream,
+            since,
+            Direction::Reverse,
+            &which,
+            limit,
+        )?;
+        let mut events = window.events;
+        events.reverse();
+        let rendering = self.rendering(&request.filter);
+        let mut left = LeftRoom::new();
+        left.timeline = timeline(
+            self.renderer.raw_all(viewer, &events, rendering)?,
+            window.more,
+            events.first().map_or(record.stream, |e| e.stream - 1),
+        );
+        if let Some(first) = events.first() {
+            let state = self.history.state_before(first)?;
+            let senders = events.iter().map(|e| e.pdu.sender.clone()).collect();
+            let state_events = self.history.state_events(&state, None, &room_filter.state, &senders)?;
+            left.state = State::Before(StateEvents::from(
+                self.renderer
+                    .raw_all(
+                        viewer,
+                        &state_events,
+                        Rendering { shape: Shape::Sync, fields: rendering.fields },
+                    )?
+                    .into_iter()
+                    .map(Raw::from_json)
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        Ok(left)
+    }
+
+    /// With lazy loading and a complete timeline, the members of timeline senders the
+    /// client may not have yet.
+    fn lazy_members_missing(
+        &self,
+        _room_id: &RoomId,
+        state_at_start: &StateMap,
+        state_filter: &RoomEventFilter,
+        timeline_events: &[Arc<StoredEvent>],
+    ) -> Result<Vec<Arc<StoredEvent>>> {
+        if !matches!(state_filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
+            return Ok(Vec::new());
+        }
+        let senders: BTreeSet<OwnedUserId> = timeline_events
+            .iter()
+            .filter(|e| {
+                // A sender whose member event is in the timeline needs no state entry.
+                !timeline_events.iter().any(|m| {
+                    m.pdu.kind == TimelineEventType::RoomMember
+                        && m.pdu.state_key.as_deref() == Some(e.pdu.sender.as_str())
+                })
+            })
+            .map(|e| e.pdu.sender.clone())
+            .collect();
+        let member_state: StateMap = state_at_start
+            .iter()
+            .filter(|(key, _)| key.0 == StateEventType::RoomMember)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.history.state_events(&member_state, None, state_filter, &senders)
+    }
+
+    /// Drop member events this device was already sent, unless the filter wants them again;
+    /// remember the ones being sent.
+    fn drop_redundant_members(
+        &self,
+        request: &SyncRequest,
+        room_id: &RoomId,
+        state_events: Vec<Arc<StoredEvent>>,
+    ) -> Vec<Arc<StoredEvent>> {
+        let LazyLoadOptions::Enabled { include_redundant_members } =
+            request.filter.room.state.lazy_load_options
+        else {
+            return state_events;
+        };
+        let mut sent = self.sent_members.lock().unwrap_or_else(|p| p.into_inner());
+        let device = sent.entry((request.user_id.clone(), request.device_id.clone())).or_default();
+        let room = device.entry(room_id.to_owned()).or_default();
+        state_events
+            .into_iter()
+            .filter(|event| {
+                let Some(member) = event
+                    .pdu
+                    .state_key
+                    .as_deref()
+                    .filter(|_| event.pdu.kind == TimelineEventType::RoomMember)
+                    .and_then(|k| UserId::parse(k).ok())
+                else {
+                    return true;
+                };
+                let fresh = room.insert(member);
+                fresh || include_redundant_members
+            })
+            .collect()
+    }
+
+    fn forget_sent_members(&self, user_id: &UserId, device_id: &DeviceId) {
+        let mut sent = self.sent_members.lock().unwrap_or_else(|p| p.into_inner());
+        sent.remove(&(user_id.to_owned(), device_id.to_owned()));
+    }
+
+    /// Heroes and member counts.
+    fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
+        let mut joined = 0u64;
+        let mut invited = 0u64;
+        let mut heroes = Vec::new();
+        for (member, record) in self.members.members(room_id)? {
+            let membership = MembershipState::from(record.membership.as_str());
+            match membership {
+                MembershipState::Join => joined += 1,
+                MembershipState::Invite => invited += 1,
+                _ => continue,
+            }
+            if member != user_id && heroes.len() < MAX_HEROES {
+                heroes.push(member);
+            }
+        }
+        let mut summary = RoomSummary::new();
+        summary.joined_member_count = Some(UInt::new_saturating(joined));
+        summary.invited_member_count = Some(UInt::new_saturating(invited));
+        // Heroes matter only to rooms without a name or canonical alias, but clients accept
+        // them always; Synapse sends them always.
+        summary.heroes = heroes;
+        Ok(summary)
+    }
+
+    /// The stripped state an invitee or knocker sees: a few state events of the room as of
+    /// their membership event, and the membership event itself.
+    fn stripped_state(
+        &self,
+        membership_event: &StoredEvent,
+    ) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+        let state = self.states.state_of_group(membership_event.state_before)?;
+        let mut events: Vec<Arc<StoredEvent>> = Vec::new();
+        for kind in STRIPPED_STATE_TYPES {
+            if let Some(id) = state.get(&(StateEventType::from(*kind), String::new())) {
+                events.extend(self.events.get(id)?);
+            }
+        }
+        let mut stripped = Vec::new();
+        for event in events.iter().map(Arc::as_ref).chain([membership_event]) {
+            let pdu = &event.pdu;
+            let value = json!({
+                "type": pdu.kind,
+                "state_key": pdu.state_key,
+                "sender": pdu.sender,
+                "content": pdu.content,
+            });
+            stripped.push(Raw::from_json(to_raw(&value)?));
+        }
+        Ok(stripped)
+    }
+
+    fn rendering<'f>(&self, filter: &'f FilterDefinition) -> Rendering<'f> {
+        let shape = match filter.event_format {
+            ruma::api::client::filter::EventFormat::Federation => Shape::Federation,
+            _ => Shape::Sync,
+        };
+        Rendering { shape, fields: filter.event_fields.as_deref() }
+    }
+}
+
+fn timeline_limit(filter: &RoomEventFilter) -> usize {
+    filter
+        .limit
+        .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT))
+        .clamp(1, MAX_TIMELINE_LIMIT)
+}
+
+fn timeline(events: Vec<Box<RawJsonValue>>, limited: bool, prev: u64) -> Timeline {
+    let mut timeline = Timeline::new();
+    timeline.events = events.into_iter().map(Raw::from_json).collect();
+    timeline.limited = limited;
+    timeline.prev_batch = Some(format!("s{prev}"));
+    timeline
+}
+
+fn sum<'a>(base: &Option<UInt>, more: impl Iterator<Item = &'a Option<UInt>>) -> UInt {
+    let mut total = base.unwrap_or_default();
+    for n in more {
+        total = total.saturating_add(n.unwrap_or_default());
+    }
+    total
+}
+
+fn account_data_event<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
+    let value = json!({ "type": entry.kind, "content": entry.content });
+    Ok(Raw::from_json(to_raw(&value)?))
+}
+
+fn to_raw(value: &JsonValue) -> Result<Box<RawJsonValue>> {
+    crate::service::rooms::render::to_raw(value)
+}
+
+fn is_empty(response: &Response) -> bool {
+    let rooms = &response.rooms;
+    rooms.join.is_empty()
+        && rooms.invite.is_empty()
+        && rooms.leave.is_empty()
+        && rooms.knock.is_empty()
+        && response.account_data.events.is_empty()
+        && response.presence.events.is_empty()
+        && response.to_device.events.is_empty()
+}
