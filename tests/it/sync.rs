@@ -1,0 +1,385 @@
+//! `/sync` through HTTP: initial and incremental syncs, long-polling, limited timelines
+//! and paging back, invites and leaves, filters and lazy-loaded members.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{Session, TestServer, expect_error},
+    rooms::{V3, create_room, join, send_text},
+};
+
+/// Sync with a query string; panics unless it succeeds.
+pub async fn sync(s: &TestServer, who: &Session, query: &str) -> Value {
+    let (status, body) = s.get(&format!("{V3}/sync?{query}"), Some(&who.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// An initial sync's `next_batch`.
+pub async fn token(s: &TestServer, who: &Session) -> String {
+    sync(s, who, "").await["next_batch"].as_str().unwrap().to_owned()
+}
+
+/// Bodies of the text messages in a list of events.
+pub fn bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The elements of a JSON list; an absent list (ruma omits empty ones) is empty.
+pub fn list(value: &Value) -> Vec<Value> {
+    value.as_array().cloned().unwrap_or_default()
+}
+
+fn state_types(events: &Value) -> Vec<String> {
+    let mut types: Vec<String> = list(events)
+        .iter()
+        .map(|e| format!("{}|{}", e["type"].as_str().unwrap(), e["state_key"].as_str().unwrap()))
+        .collect();
+    types.sort();
+    types
+}
+
+#[tokio::test]
+async fn initial_and_incremental_sync() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Lobby"})).await;
+    join(&s, &bob, &room).await;
+    send_text(&s, &alice, &room, "t1", "hello").await;
+
+    let initial = sync(&s, &bob, "").await;
+    let joined = &initial["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]["events"]), ["hello"]);
+    // The timeline holds the whole (short) room, so nothing was left out.
+    assert_ne!(joined["timeline"]["limited"], true);
+    let state = state_types(&joined["state"]["events"]);
+    let timeline_state = joined["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("state_key").is_some())
+        .count();
+    assert!(timeline_state + state.len() >= 6, "{state:?}");
+    assert_eq!(joined["summary"]["m.joined_member_count"], 2);
+    assert_eq!(joined["summary"]["m.heroes"], json!(["@alice:localhost"]));
+    // Sync events carry no room_id; the room is the key.
+    assert!(joined["timeline"]["events"][0].get("room_id").is_none());
+    assert!(
+        initial["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.push_rules")
+    );
+
+    // Nothing new: an incremental sync is empty and keeps the token.
+    let since = initial["next_batch"].as_str().unwrap();
+    let idle = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    assert!(idle["rooms"]["join"].as_object().is_none_or(|j| j.is_empty()), "{idle}");
+    assert_eq!(idle["next_batch"], since);
+
+    // One new message: exactly it, and no repeat of the state.
+    send_text(&s, &alice, &room, "t2", "second").await;
+    let next = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let joined = &next["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]["events"]), ["second"]);
+    assert_ne!(joined["timeline"]["limited"], true);
+    assert!(joined["state"]["events"].as_array().is_none_or(|e| e.is_empty()), "{joined}");
+
+    // full_state sends the whole state again with an incremental timeline.
+    let full = sync(&s, &bob, &format!("since={since}&timeout=0&full_state=true")).await;
+    assert!(!full["rooms"]["join"][&room]["state"]["events"].as_array().unwrap().is_empty());
+
+    expect_error(
+        s.get(&format!("{V3}/sync?since=nonsense"), Some(&bob.token)).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+}
+
+#[tokio::test]
+async fn long_poll_wakes_for_its_rooms_only() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let shared = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &shared).await;
+    let unrelated = create_room(&s, &carol, json!({})).await;
+    let since = token(&s, &bob).await;
+
+    let poll = {
+        let http = s.http.clone();
+        let url = format!("{}{V3}/sync?since={since}&timeout=5000", s.base);
+        let token = bob.token.clone();
+        tokio::spawn(async move {
+            let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+            (Instant::now(), resp.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Traffic in a room bob is not in must not end his poll.
+    send_text(&s, &carol, &unrelated, "u1", "elsewhere").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "an unrelated send woke the long-poll");
+
+    let sent_at = Instant::now();
+    send_text(&s, &alice, &shared, "s1", "for bob").await;
+    let (returned_at, body) = poll.await.unwrap();
+    let latency = returned_at.duration_since(sent_at);
+    assert!(latency < Duration::from_millis(500), "long-poll took {latency:?}");
+    assert_eq!(bodies(&body["rooms"]["join"][&shared]["timeline"]["events"]), ["for bob"]);
+    assert!(body["rooms"]["join"].get(&unrelated).is_none());
+
+    // An invite to a new room wakes the invitee's poll too.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let poll = {
+        let http = s.http.clone();
+        let url = format!("{}{V3}/sync?since={since}&timeout=5000", s.base);
+        let token = bob.token.clone();
+        tokio::spawn(async move {
+            http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = s
+        .post(&format!("{V3}/rooms/{unrelated}/invite"), Some(&carol.token), json!({"user_id": bob.user_id}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body =
+        tokio::time::timeout(Duration::from_secs(2), poll).await.expect("invite woke the poll").unwrap();
+    assert!(body["rooms"]["invite"].get(&unrelated).is_some(), "{body}");
+}
+
+#[tokio::test]
+async fn limited_timeline_pages_back_without_gaps_or_duplicates() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &room).await;
+    let since = token(&s, &bob).await;
+    let sent: Vec<String> = {
+        let mut sent = Vec::new();
+        for i in 0..25 {
+            let body = format!("m{i}");
+            send_text(&s, &alice, &room, &format!("t{i}"), &body).await;
+            sent.push(body);
+        }
+        sent
+    };
+    let filter = json!({"room": {"timeline": {"limit": 5}}}).to_string();
+    let next = sync(&s, &bob, &format!("since={since}&timeout=0&filter={}", urlencode(&filter))).await;
+    let timeline = &next["rooms"]["join"][&room]["timeline"];
+    assert_eq!(timeline["limited"], true);
+    assert_eq!(bodies(&timeline["events"]), sent[20..].to_vec());
+
+    // Page back from prev_batch to the sync token: the rest, in order, exactly once.
+    let mut seen: Vec<String> = bodies(&timeline["events"]);
+    let mut from = timeline["prev_batch"].as_str().unwrap().to_owned();
+    loop {
+        let (status, page) = s
+            .get(
+                &format!("{V3}/rooms/{room}/messages?dir=b&from={from}&to={since}&limit=4"),
+                Some(&bob.token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let mut older = bodies(&page["chunk"]);
+        older.reverse();
+        older.extend(seen);
+        seen = older;
+        match page["end"].as_str() {
+            Some(end) => from = end.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, sent);
+
+    // An initial sync of a long room is limited too, and pages back to the start.
+    let initial = sync(&s, &bob, &format!("filter={}", urlencode(&filter))).await;
+    let timeline = &initial["rooms"]["join"][&room]["timeline"];
+    assert_eq!(timeline["limited"], true);
+    let (_, page) = s
+        .get(
+            &format!(
+                "{V3}/rooms/{room}/messages?dir=b&from={}&limit=100",
+                timeline["prev_batch"].as_str().unwrap()
+            ),
+            Some(&bob.token),
+        )
+        .await;
+    let older = bodies(&page["chunk"]);
+    assert_eq!(older.len(), 20);
+    assert_eq!(older[0], "m19");
+    assert!(page.get("end").is_none() || page["end"].is_null(), "{page}");
+}
+
+#[tokio::test]
+async fn invites_knocks_and_leaves() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"name": "Secret", "preset": "private_chat"})).await;
+    let since = token(&s, &bob).await;
+    let (status, _) = s
+        .post(&format!("{V3}/rooms/{room}/invite"), Some(&alice.token), json!({"user_id": bob.user_id}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let next = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let invite = &next["rooms"]["invite"][&room]["invite_state"]["events"];
+    let types = state_types(invite);
+    assert!(types.contains(&"m.room.name|".to_owned()), "{types:?}");
+    assert!(types.contains(&"m.room.member|@bob:localhost".to_owned()));
+    assert!(
+        invite.as_array().unwrap().iter().all(|e| e.get("event_id").is_none()),
+        "stripped state has no ids"
+    );
+
+    join(&s, &bob, &room).await;
+    send_text(&s, &alice, &room, "t1", "welcome").await;
+    let since = next["next_batch"].as_str().unwrap();
+    let joined = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    // Joined after the token: the room comes whole, with its state.
+    let room_sync = &joined["rooms"]["join"][&room];
+    let seen = list(&room_sync["state"]["events"]).len() + list(&room_sync["timeline"]["events"]).len();
+    assert!(seen > 5, "{room_sync}");
+    assert!(joined["rooms"]["invite"].get(&room).is_none());
+
+    let since = joined["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &alice, &room, "t2", "after bob left").await;
+    let left = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let timeline = &left["rooms"]["leave"][&room]["timeline"]["events"];
+    let last = timeline.as_array().unwrap().last().unwrap();
+    assert_eq!(last["content"]["membership"], "leave");
+    assert!(!bodies(timeline).contains(&"after bob left".to_owned()));
+    assert!(left["rooms"]["join"].get(&room).is_none());
+
+    // Left rooms show in an initial sync only when the filter asks.
+    let plain = sync(&s, &bob, "").await;
+    assert!(plain["rooms"]["leave"].get(&room).is_none());
+    let with_leave = sync(
+        &s,
+        &bob,
+        &format!("filter={}", urlencode(&json!({"room": {"include_leave": true}}).to_string())),
+    )
+    .await;
+    assert!(with_leave["rooms"]["leave"].get(&room).is_some());
+}
+
+#[tokio::test]
+async fn filters_shape_the_sync() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let other = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &room).await;
+    join(&s, &carol, &room).await;
+    send_text(&s, &bob, &room, "b1", "from bob").await;
+    send_text(&s, &alice, &room, "a1", "from alice").await;
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{room}/send/m.reaction/r1"),
+            Some(&alice.token),
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$x", "key": "👍"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Saved filters round-trip and apply by ID.
+    let filter = json!({
+        "room": {
+            "rooms": [room],
+            "timeline": {"limit": 10, "types": ["m.room.message"], "not_senders": ["@bob:localhost"]},
+            "state": {"lazy_load_members": true}
+        },
+        "event_fields": ["type", "content.body", "sender"]
+    });
+    let path = format!("{V3}/user/{}/filter", alice.user_id);
+    let (status, created) = s.post(&path, Some(&alice.token), filter.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let id = created["filter_id"].as_str().unwrap();
+    let (status, fetched) = s.get(&format!("{path}/{id}"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fetched["room"]["timeline"]["types"], json!(["m.room.message"]));
+    expect_error(
+        s.get(&format!("{path}/{id}"), Some(&bob.token)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    expect_error(
+        s.get(&format!("{path}/nope"), Some(&alice.token)).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    let body = sync(&s, &alice, &format!("filter={id}")).await;
+    assert!(body["rooms"]["join"].get(&other).is_none(), "rooms filter");
+    let joined = &body["rooms"]["join"][&room];
+    let events = joined["timeline"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    // event_fields keeps only what was asked for.
+    assert_eq!(
+        events[0],
+        json!({"type": "m.room.message", "content": {"body": "from alice"}, "sender": "@alice:localhost"})
+    );
+    // Lazy loading: members only for timeline senders (and the syncing user).
+    let members: Vec<String> = list(&joined["state"]["events"])
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(!members.iter().any(|m| m.contains("carol")), "{members:?}");
+
+    // An inline filter works the same; a bad one is refused.
+    let inline = urlencode(&json!({"room": {"timeline": {"limit": 1}}}).to_string());
+    let body = sync(&s, &alice, &format!("filter={inline}")).await;
+    assert_eq!(body["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().len(), 1);
+    let (status, _) = s.get(&format!("{V3}/sync?filter=%7Bnot-json"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn own_transaction_ids_are_echoed_to_the_sending_device_only() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let other_device = s.login("alice", "pw-alice-123", Some("OTHER")).await;
+    let room = create_room(&s, &alice, json!({})).await;
+    send_text(&s, &alice, &room, "txn-42", "mine").await;
+    let find = |body: &Value| {
+        body["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "m.room.message")
+            .cloned()
+            .unwrap()
+    };
+    let mine = find(&sync(&s, &alice, "").await);
+    assert_eq!(mine["unsigned"]["transaction_id"], "txn-42");
+    assert!(mine["unsigned"]["age"].is_u64());
+    let theirs = find(&sync(&s, &other_device, "").await);
+    assert!(theirs["unsigned"].get("transaction_id").is_none());
+}
+
+pub fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
