@@ -1,0 +1,281 @@
+//! Push rules, notification counts and `/notifications`, pushers.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{Session, TestServer, expect_error},
+    rooms::{V3, create_room, join, send_text},
+    sync::{list, sync},
+};
+
+fn counts(body: &Value, room: &str) -> (u64, u64) {
+    let unread = &body["rooms"]["join"][room]["unread_notifications"];
+    (unread["notification_count"].as_u64().unwrap_or(0), unread["highlight_count"].as_u64().unwrap_or(0))
+}
+
+async fn set_display_name(s: &TestServer, who: &Session, name: &str) {
+    let (status, _) = s
+        .put(
+            &format!("{V3}/profile/{}/displayname", who.user_id),
+            Some(&who.token),
+            json!({"displayname": name}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn push_rules_crud() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let (status, all) = s.get(&format!("{V3}/pushrules/"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let overrides: Vec<&str> = all["global"]["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap())
+        .collect();
+    for id in [
+        ".m.rule.master",
+        ".m.rule.suppress_notices",
+        ".m.rule.member_event",
+        ".m.rule.is_user_mention",
+        ".m.rule.is_room_mention",
+    ] {
+        assert!(overrides.contains(&id), "{id} missing from {overrides:?}");
+    }
+    let underride: Vec<&str> = all["global"]["underride"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap())
+        .collect();
+    assert!(underride.contains(&".m.rule.encrypted") && underride.contains(&".m.rule.room_one_to_one"));
+
+    let rule = format!("{V3}/pushrules/global/content/cake");
+    let (status, body) =
+        s.put(&rule, Some(&alice.token), json!({"pattern": "cake", "actions": ["notify"]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, got) = s.get(&rule, Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["pattern"], "cake");
+    let (status, _) = s.put(&format!("{rule}/enabled"), Some(&alice.token), json!({"enabled": false})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, got) = s.get(&format!("{rule}/enabled"), Some(&alice.token)).await;
+    assert_eq!(got["enabled"], false);
+    let (status, _) = s
+        .put(
+            &format!("{rule}/actions"),
+            Some(&alice.token),
+            json!({"actions": ["notify", {"set_tweak": "highlight"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, got) = s.get(&format!("{rule}/actions"), Some(&alice.token)).await;
+    assert_eq!(got["actions"][1]["set_tweak"], "highlight");
+
+    // before/after place a rule relative to another; unknown anchors are M_NOT_FOUND.
+    let pie = format!("{V3}/pushrules/global/content/pie?before=cake");
+    let (status, _) = s.put(&pie, Some(&alice.token), json!({"pattern": "pie", "actions": []})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, all) = s.get(&format!("{V3}/pushrules/global/"), Some(&alice.token)).await;
+    let content: Vec<&str> =
+        all["content"].as_array().unwrap().iter().map(|r| r["rule_id"].as_str().unwrap()).collect();
+    let (pie_at, cake_at) =
+        (content.iter().position(|r| *r == "pie"), content.iter().position(|r| *r == "cake"));
+    assert!(pie_at < cake_at, "{content:?}");
+    let bad = format!("{V3}/pushrules/global/content/tart?after=nothing");
+    expect_error(
+        s.put(&bad, Some(&alice.token), json!({"pattern": "t", "actions": []})).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    // Server-default rules can be disabled but not deleted; custom ones can be deleted.
+    let master = format!("{V3}/pushrules/global/override/.m.rule.master");
+    let (status, _) = s.call(Method::DELETE, &master, Some(&alice.token), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = s.call(Method::DELETE, &rule, Some(&alice.token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    expect_error(s.get(&rule, Some(&alice.token)).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+
+    // Changes reach sync as account data.
+    let body = sync(&s, &alice, "").await;
+    let rules =
+        list(&body["account_data"]["events"]).into_iter().find(|e| e["type"] == "m.push_rules").unwrap();
+    assert!(rules["content"]["global"]["content"].as_array().unwrap().iter().any(|r| r["rule_id"] == "pie"));
+}
+
+#[tokio::test]
+async fn notification_counts_follow_rules_and_reset_on_receipts() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    set_display_name(&s, &bob, "Bobby").await;
+    // A group room (three members) and a DM (two).
+    let group = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &group).await;
+    join(&s, &carol, &group).await;
+    let dm = create_room(
+        &s,
+        &alice,
+        json!({"preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true}),
+    )
+    .await;
+    join(&s, &bob, &dm).await;
+
+    // Group: a plain message notifies (underride .m.rule.message); a mention of bob
+    // notifies and highlights.
+    send_text(&s, &alice, &group, "g1", "hello all").await;
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{group}/send/m.room.message/g2"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "Bobby look", "m.mentions": {"user_ids": ["@bob:localhost"]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // m.notice messages are suppressed.
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{group}/send/m.room.message/g3"),
+            Some(&alice.token),
+            json!({"msgtype": "m.notice", "body": "bot"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // DM: one-to-one messages notify.
+    let last_dm = send_text(&s, &alice, &dm, "d1", "psst").await;
+
+    let body = sync(&s, &bob, "").await;
+    assert_eq!(counts(&body, &group), (2, 1));
+    assert_eq!(counts(&body, &dm), (1, 0));
+    // The sender never counts her own messages.
+    let body = sync(&s, &alice, "").await;
+    assert_eq!(counts(&body, &group), (0, 0));
+
+    // A receipt resets the count.
+    let (status, _) =
+        s.post(&format!("{V3}/rooms/{dm}/receipt/m.read/{last_dm}"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(counts(&sync(&s, &bob, "").await, &dm), (0, 0));
+
+    // A muted room (room rule with no actions) counts nothing.
+    let mute = format!("{V3}/pushrules/global/room/{}", group.replace('!', "%21").replace(':', "%3A"));
+    let (status, body) = s.put(&mute, Some(&bob.token), json!({"actions": []})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = s
+        .post(
+            &format!("{V3}/rooms/{group}/read_markers"),
+            Some(&bob.token),
+            json!({"m.read": last_in(&s, &bob, &group).await}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &alice, &group, "g4", "muted now").await;
+    assert_eq!(counts(&sync(&s, &bob, "").await, &group), (0, 0));
+
+    // /notifications lists what notified, newest first; only=highlight keeps the mention.
+    let (status, list_all) = s.get(&format!("{V3}/notifications"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{list_all}");
+    let all = list_all["notifications"].as_array().unwrap();
+    assert_eq!(all.len(), 3, "{list_all}");
+    assert_eq!(all[0]["room_id"], dm);
+    assert_eq!(all[0]["read"], true);
+    let (_, highlights) = s.get(&format!("{V3}/notifications?only=highlight"), Some(&bob.token)).await;
+    let highlights = highlights["notifications"].as_array().unwrap();
+    assert_eq!(highlights.len(), 1);
+    assert_eq!(highlights[0]["event"]["content"]["body"], "Bobby look");
+    // Paging by from/limit.
+    let (_, page) = s.get(&format!("{V3}/notifications?limit=2"), Some(&bob.token)).await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 2);
+    let next = page["next_token"].as_str().unwrap();
+    let (_, rest) = s.get(&format!("{V3}/notifications?from={next}"), Some(&bob.token)).await;
+    assert_eq!(rest["notifications"].as_array().unwrap().len(), 1);
+}
+
+async fn last_in(s: &TestServer, who: &Session, room: &str) -> String {
+    let (_, page) = s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=1"), Some(&who.token)).await;
+    page["chunk"][0]["event_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn thread_notifications_are_counted_per_thread() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let dm =
+        create_room(&s, &alice, json!({"preset": "trusted_private_chat", "invite": [bob.user_id]})).await;
+    join(&s, &bob, &dm).await;
+    let root = send_text(&s, &alice, &dm, "r", "root").await;
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{dm}/send/m.room.message/th1"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let filter = crate::sync::urlencode(
+        &json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string(),
+    );
+    let body = sync(&s, &bob, &format!("filter={filter}")).await;
+    assert_eq!(counts(&body, &dm), (1, 0), "the root counts in the main timeline");
+    assert_eq!(body["rooms"]["join"][&dm]["unread_thread_notifications"][&root]["notification_count"], 1);
+    // Without the opt-in, thread notifications are folded into the room's count.
+    assert_eq!(counts(&sync(&s, &bob, "").await, &dm), (2, 0));
+    // A threaded receipt on the root (main timeline) clears only the main count.
+    let (status, _) = s
+        .post(
+            &format!("{V3}/rooms/{dm}/receipt/m.read/{root}"),
+            Some(&bob.token),
+            json!({"thread_id": "main"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&s, &bob, &format!("filter={filter}")).await;
+    assert_eq!(counts(&body, &dm), (0, 0));
+    assert_eq!(body["rooms"]["join"][&dm]["unread_thread_notifications"][&root]["notification_count"], 1);
+}
+
+#[tokio::test]
+async fn pushers_are_stored() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let pusher = json!({
+        "kind": "http", "app_id": "im.example.app", "pushkey": "key-1",
+        "app_display_name": "Example", "device_display_name": "Phone", "lang": "en",
+        "data": {"url": "https://push.example.com/_matrix/push/v1/notify", "format": "event_id_only"}
+    });
+    let (status, body) = s.post(&format!("{V3}/pushers/set"), Some(&alice.token), pusher.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, got) = s.get(&format!("{V3}/pushers"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["pushers"][0]["pushkey"], "key-1");
+    assert_eq!(got["pushers"][0]["data"]["url"], "https://push.example.com/_matrix/push/v1/notify");
+    let (_, theirs) = s.get(&format!("{V3}/pushers"), Some(&bob.token)).await;
+    assert_eq!(theirs["pushers"], json!([]));
+
+    // The same key registered by another user without append takes it over.
+    let (status, _) = s.post(&format!("{V3}/pushers/set"), Some(&bob.token), pusher.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, got) = s.get(&format!("{V3}/pushers"), Some(&alice.token)).await;
+    assert_eq!(got["pushers"], json!([]));
+
+    let mut bad = pusher.clone();
+    bad["data"]["url"] = json!("https://push.example.com/wrong");
+    expect_error(
+        s.post(&format!("{V3}/pushers/set"), Some(&bob.token), bad).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    let delete = json!({"kind": null, "app_id": "im.example.app", "pushkey": "key-1"});
+    let (status, _) = s.post(&format!("{V3}/pushers/set"), Some(&bob.token), delete).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, got) = s.get(&format!("{V3}/pushers"), Some(&bob.token)).await;
+    assert_eq!(got["pushers"], json!([]));
+}
