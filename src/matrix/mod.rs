@@ -5,5 +5,6 @@ pub mod auth;
 pub mod pdu;
 pub mod room_presets;
 pub mod room_version;
+pub mod search;
 pub mod user_id;
 pub mod visibility;
