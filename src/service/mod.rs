@@ -26,6 +26,7 @@ pub struct Services {
     pub events: Arc<rooms::events::Events>,
     pub room_states: Arc<rooms::state::RoomStates>,
     pub memberships: Arc<rooms::members::Memberships>,
+    pub search: Arc<rooms::search::Search>,
     pub timeline: Arc<rooms::timeline::Timeline>,
     pub visibility: Arc<rooms::visibility::Visibility>,
     pub aliases: Arc<rooms::aliases::Aliases>,
@@ -71,18 +72,27 @@ impl Services {
         let events = Arc::new(rooms::events::Events::new(&store)?);
         let room_states = Arc::new(rooms::state::RoomStates::new(&store)?);
         let memberships = Arc::new(rooms::members::Memberships::new(&store));
+        let visibility = Arc::new(rooms::visibility::Visibility::new(
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+        ));
+        // Before `Timeline`, which writes the index in each event's batch.
+        let search = Arc::new(rooms::search::Search::new(
+            &store,
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&visibility),
+        )?);
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
             Arc::clone(&server_keys),
             Arc::clone(&events),
             Arc::clone(&room_states),
             Arc::clone(&memberships),
+            Arc::clone(&search),
             Arc::clone(&clock),
-        ));
-        let visibility = Arc::new(rooms::visibility::Visibility::new(
-            Arc::clone(&events),
-            Arc::clone(&room_states),
-            Arc::clone(&memberships),
         ));
         let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
         let directory = Arc::new(rooms::directory::Directory::new(
@@ -140,6 +150,7 @@ impl Services {
             events,
             room_states,
             memberships,
+            search,
             timeline,
             visibility,
             aliases,

@@ -139,6 +139,25 @@ impl Events {
         Ok(events)
     }
 
+    /// Events of every room in stream order after position `after`, at most `limit`, read
+    /// past the cache: for rebuilding a derived index (search) from all events.
+    pub fn stream_events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let range = KeyRange {
+            start: std::ops::Bound::Excluded(after.to_key_bytes()),
+            end: std::ops::Bound::Unbounded,
+        };
+        let mut events = Vec::new();
+        for row in self.stream.scan(range, Direction::Forward)?.take(limit) {
+            let (_, position) = row?;
+            let record = self
+                .pdus
+                .get(&position.event_id)?
+                .ok_or_else(|| Error::internal(format!("stream names missing {}", position.event_id)))?;
+            events.push(decode(record)?);
+        }
+        Ok(events)
+    }
+
     /// Reserve the next stream position for an event about to be committed.
     pub fn reserve_position(&self) -> Reservation<'_> {
         self.positions.reserve()

@@ -25,6 +25,7 @@ use tokio::sync::OwnedMutexGuard;
 use super::{
     events::{Events, StoredEvent},
     members::Memberships,
+    search::Search,
     state::{EMPTY_GROUP, RoomStates, StateKey, StateMap},
 };
 use crate::{
@@ -66,6 +67,7 @@ pub struct Timeline {
     events: Arc<Events>,
     states: Arc<RoomStates>,
     members: Arc<Memberships>,
+    search: Arc<Search>,
     clock: Arc<dyn Clock>,
     store: Arc<dyn KvStore>,
     txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
@@ -79,6 +81,7 @@ impl Timeline {
         events: Arc<Events>,
         states: Arc<RoomStates>,
         members: Arc<Memberships>,
+        search: Arc<Search>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
@@ -86,6 +89,7 @@ impl Timeline {
             events,
             states,
             members,
+            search,
             clock,
             store: Arc::clone(store),
             txn_ids: TXN_IDS.open(store),
@@ -278,6 +282,7 @@ impl Timeline {
         let pdu = &event.pdu;
         let mut batch = WriteBatch::new();
         self.events.put_in(&mut batch, &event)?;
+        self.search.index_in(&mut batch, &event)?;
 
         let mut new_group: Option<(u64, Arc<StateMap>)> = None;
         if let Some(state_key) = &pdu.state_key {
@@ -308,6 +313,7 @@ impl Timeline {
         }
         if let Some(redacted) = &redacted {
             self.events.replace_in(&mut batch, redacted)?;
+            self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
         }
         if let Some(txn) = txn {
             let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.txn_id.to_owned());
