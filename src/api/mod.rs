@@ -73,7 +73,7 @@ impl RouterExt for Router<AppState> {
 pub fn router(services: AppState) -> Router {
     use client::{
         account, alias, device, directory, discovery, knock, membership, message, profile, redact, reporting,
-        room, session, space, state,
+        room, search, session, space, state,
     };
 
     Router::new()
@@ -143,6 +143,8 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(directory::set_room_visibility)
         .ruma_route(directory::get_public_rooms)
         .ruma_route(directory::get_public_rooms_filtered)
+        // Search
+        .ruma_route(search::search_events)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

@@ -15,5 +15,6 @@ mod membership;
 mod profile;
 mod rooms;
 mod sdk;
+mod search;
 mod session;
 mod upgrade;

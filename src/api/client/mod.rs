@@ -13,6 +13,7 @@ pub mod profile;
 pub mod redact;
 pub mod reporting;
 pub mod room;
+pub mod search;
 pub mod session;
 pub mod space;
 pub mod state;
