@@ -73,7 +73,7 @@ impl RouterExt for Router<AppState> {
 pub fn router(services: AppState) -> Router {
     use client::{
         account, alias, device, directory, discovery, knock, membership, message, profile, redact, reporting,
-        room, search, session, space, state,
+        room, search, session, space, state, user_directory,
     };
 
     Router::new()
@@ -145,6 +145,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(directory::get_public_rooms_filtered)
         // Search
         .ruma_route(search::search_events)
+        .ruma_route(user_directory::search_users)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

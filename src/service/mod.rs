@@ -9,6 +9,7 @@ pub mod passwords;
 pub mod rooms;
 pub mod server_keys;
 pub mod uiaa;
+pub mod user_directory;
 pub mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -37,6 +38,7 @@ pub struct Services {
     pub room_actions: Arc<rooms::actions::RoomActions>,
     pub upgrades: Arc<rooms::upgrade::RoomUpgrades>,
     pub hierarchy: Arc<rooms::hierarchy::Hierarchy>,
+    pub user_directory: Arc<user_directory::UserDirectory>,
     store: Arc<dyn KvStore>,
 }
 
@@ -140,6 +142,16 @@ impl Services {
             Arc::clone(&visibility),
             Arc::clone(&directory),
         ));
+        let user_directory = Arc::new(user_directory::UserDirectory::new(
+            config.server_name.clone(),
+            config.user_directory_search_all_local_users,
+            Arc::clone(&users),
+            Arc::clone(&memberships),
+            Arc::clone(&room_states),
+            Arc::clone(&events),
+            Arc::clone(&visibility),
+            Arc::clone(&directory),
+        ));
         Ok(Self {
             config,
             users,
@@ -161,6 +173,7 @@ impl Services {
             room_actions,
             upgrades,
             hierarchy,
+            user_directory,
             store,
         })
     }

@@ -18,3 +18,4 @@ mod sdk;
 mod search;
 mod session;
 mod upgrade;
+mod user_directory;

@@ -17,6 +17,7 @@ pub mod search;
 pub mod session;
 pub mod space;
 pub mod state;
+pub mod user_directory;
 
 use serde_json::value::RawValue as RawJsonValue;
 
