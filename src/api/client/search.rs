@@ -4,6 +4,7 @@ use ruma::api::client::search::search_events::{
     self,
     v3::{ResultCategories, ResultRoomEvents},
 };
+use serde_json::{Value as JsonValue, json};
 
 use crate::{
     Result,
@@ -25,4 +26,14 @@ pub async fn search_events(
     let mut categories = ResultCategories::new();
     categories.room_events = room_events;
     Ok(search_events::v3::Response::new(categories))
+}
+
+/// Ruma leaves empty lists out, but clients iterate a search's `results` (and read its
+/// `highlights`) without checking, as Synapse always sends both: put them back when empty.
+pub fn fill_empty_lists(body: &mut JsonValue) {
+    let room_events = body.get_mut("search_categories").and_then(|c| c.get_mut("room_events"));
+    if let Some(room_events) = room_events.and_then(JsonValue::as_object_mut) {
+        room_events.entry("results").or_insert_with(|| json!([]));
+        room_events.entry("highlights").or_insert_with(|| json!([]));
+    }
 }
