@@ -58,6 +58,10 @@ pub struct Config {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+    /// Whether the user directory finds every local account. When false (the default), a
+    /// user finds only users who share a room with them or are joined to a published, public
+    /// or world-readable room.
+    pub user_directory_search_all_local_users: bool,
 }
 
 /// Discovery information served to clients and servers.
@@ -94,6 +98,7 @@ impl Default for Config {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             argon2_parallelism: 1,
+            user_directory_search_all_local_users: false,
         }
     }
 }

@@ -22,7 +22,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use self::ruma::{Identify, Ruma, RumaResponse};
+use self::ruma::{FilledResponse, Identify, Ruma, RumaResponse};
 use crate::{Error, Result, service::Services};
 
 /// The shared state every handler receives.
@@ -32,6 +32,15 @@ pub type AppState = Arc<Services>;
 /// method, with the handler wrapped to serialise the ruma response.
 trait RouterExt {
     fn ruma_route<Req, F, Fut>(self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: Identify,
+        Req::OutgoingResponse: Send,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+
+    /// As `ruma_route`, with `fill` completing the JSON body of a successful response.
+    fn ruma_route_filled<Req, F, Fut>(self, handler: F, fill: fn(&mut serde_json::Value)) -> Self
     where
         Req: IncomingRequest + Send + 'static,
         Req::Authentication: Identify,
@@ -67,14 +76,34 @@ impl RouterExt for Router<AppState> {
             )
         })
     }
+
+    fn ruma_route_filled<Req, F, Fut>(self, handler: F, fill: fn(&mut serde_json::Value)) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: Identify,
+        Req::OutgoingResponse: Send,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
+    {
+        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+        Req::PATH_BUILDER.all_paths().fold(self, |router, path| {
+            let handler = handler.clone();
+            router.route(
+                path,
+                on(filter, move |State(services): State<AppState>, req: Ruma<Req>| async move {
+                    handler(services, req).await.map(|response| FilledResponse { response, fill })
+                }),
+            )
+        })
+    }
 }
 
 /// Every route the server answers.
 pub fn router(services: AppState) -> Router {
     use client::{
         account, alias, config, context, device, directory, discovery, knock, membership, message, presence,
-        profile, push, read_marker, receipt, redact, relations, reporting, room, session, space, state, sync,
-        tag, threads, typing,
+        profile, push, read_marker, receipt, redact, relations, reporting, room, search, session, space,
+        state, sync, tag, threads, typing, user_directory,
     };
 
     Router::new()
@@ -181,6 +210,9 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(directory::set_room_visibility)
         .ruma_route(directory::get_public_rooms)
         .ruma_route(directory::get_public_rooms_filtered)
+        // Search
+        .ruma_route_filled(search::search_events, search::fill_empty_lists)
+        .ruma_route(user_directory::search_users)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

@@ -184,6 +184,35 @@ where
 /// A ruma response serialised for axum.
 pub struct RumaResponse<T>(pub T);
 
+/// A ruma response whose JSON body `fill` completes before it is sent: ruma leaves out empty
+/// lists that some endpoints' clients read without checking (`/search`'s `results`).
+pub struct FilledResponse<T> {
+    pub response: T,
+    pub fill: fn(&mut serde_json::Value),
+}
+
+impl<T: OutgoingResponse> IntoResponse for FilledResponse<T> {
+    fn into_response(self) -> Response {
+        let response = match self.response.try_into_http_response::<Vec<u8>>() {
+            Ok(response) => response,
+            Err(e) => return Error::internal(format!("serialising response: {e}")).into_response(),
+        };
+        let (mut parts, body) = response.into_parts();
+        let mut json = match serde_json::from_slice(&body) {
+            Ok(json) => json,
+            Err(e) => return Error::internal(format!("re-reading response: {e}")).into_response(),
+        };
+        (self.fill)(&mut json);
+        match serde_json::to_vec(&json) {
+            Ok(bytes) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Response::from_parts(parts, Body::from(bytes))
+            }
+            Err(e) => Error::internal(format!("serialising response: {e}")).into_response(),
+        }
+    }
+}
+
 impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     fn into_response(self) -> Response {
         match self.0.try_into_http_response::<BytesMut>() {

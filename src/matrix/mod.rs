@@ -6,5 +6,6 @@ pub mod filter;
 pub mod pdu;
 pub mod room_presets;
 pub mod room_version;
+pub mod search;
 pub mod user_id;
 pub mod visibility;

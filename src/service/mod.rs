@@ -15,6 +15,7 @@ pub mod server_keys;
 pub mod stream;
 pub mod sync;
 pub mod uiaa;
+pub mod user_directory;
 pub mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -37,6 +38,7 @@ pub struct Services {
     pub receipts: Arc<rooms::receipts::Receipts>,
     pub notifications: Arc<push::Notifications>,
     pub relations: Arc<rooms::relations::Relations>,
+    pub search: Arc<rooms::search::Search>,
     pub timeline: Arc<rooms::timeline::Timeline>,
     pub visibility: Arc<rooms::visibility::Visibility>,
     pub renderer: Arc<rooms::render::EventRenderer>,
@@ -53,6 +55,7 @@ pub struct Services {
     pub room_actions: Arc<rooms::actions::RoomActions>,
     pub upgrades: Arc<rooms::upgrade::RoomUpgrades>,
     pub hierarchy: Arc<rooms::hierarchy::Hierarchy>,
+    pub user_directory: Arc<user_directory::UserDirectory>,
     store: Arc<dyn KvStore>,
 }
 
@@ -106,6 +109,19 @@ impl Services {
             Arc::clone(&receipts),
         ));
         let relations = Arc::new(rooms::relations::Relations::new(&store, Arc::clone(&events)));
+        let visibility = Arc::new(rooms::visibility::Visibility::new(
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+        ));
+        // Before `Timeline`, which writes the index in each event's batch.
+        let search = Arc::new(rooms::search::Search::new(
+            &store,
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&visibility),
+        )?);
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
             Arc::clone(&server_keys),
@@ -115,12 +131,8 @@ impl Services {
             Arc::clone(&memberships),
             Arc::clone(&relations),
             Arc::clone(&notifications),
+            Arc::clone(&search),
             Arc::clone(&clock),
-        ));
-        let visibility = Arc::new(rooms::visibility::Visibility::new(
-            Arc::clone(&events),
-            Arc::clone(&room_states),
-            Arc::clone(&memberships),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -201,6 +213,16 @@ impl Services {
             Arc::clone(&visibility),
             Arc::clone(&directory),
         ));
+        let user_directory = Arc::new(user_directory::UserDirectory::new(
+            config.server_name.clone(),
+            config.user_directory_search_all_local_users,
+            Arc::clone(&users),
+            Arc::clone(&memberships),
+            Arc::clone(&room_states),
+            Arc::clone(&events),
+            Arc::clone(&visibility),
+            Arc::clone(&directory),
+        ));
         Ok(Self {
             config,
             users,
@@ -216,6 +238,7 @@ impl Services {
             receipts,
             notifications,
             relations,
+            search,
             timeline,
             visibility,
             renderer,
@@ -232,6 +255,7 @@ impl Services {
             room_actions,
             upgrades,
             hierarchy,
+            user_directory,
             store,
         })
     }

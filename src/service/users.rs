@@ -9,7 +9,8 @@ use super::{clock::Clock, passwords::Passwords};
 use crate::{
     Error, Result,
     storage::{
-        KvStore, Table, WriteBatch,
+        Direction, KvStore, Table, WriteBatch,
+        kv::KeyRange,
         tables::{PROFILES, ProfileRecord, USERS, UserRecord},
     },
 };
@@ -105,6 +106,12 @@ impl Users {
             }
             _ => Ok(None),
         }
+    }
+
+    /// Every stored profile with its user, in user ID order; deactivated accounts included
+    /// (callers check the account of the profiles they keep).
+    pub fn all_profiles(&self) -> Result<Vec<(OwnedUserId, ProfileRecord)>> {
+        Ok(self.profiles.scan(KeyRange::all(), Direction::Forward)?.collect::<Result<_, _>>()?)
     }
 
     /// Set (or clear, with `None` or "") the display name.

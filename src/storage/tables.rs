@@ -118,10 +118,19 @@ catalogue! {
     PRESENCE = "presence", key "user_id": OwnedUserId => PresenceRecord, version 1;
     /// The presence change feed: each user's latest change, by position.
     PRESENCE_CHANGES = "presence_changes", key "stream": u64 => OwnedUserId, version 1;
+    /// The full-text inverted index: one row per term of each searchable event, so a search
+    /// is a prefix scan per query word and room; the value carries what filtering, ranking
+    /// and visibility need without loading the event.
+    SEARCH_TERMS = "search_terms", key "room_id, term, stream": (OwnedRoomId, String, u64) => SearchPostingRecord, version 1;
+    /// The terms each indexed event wrote, so a redaction can remove exactly those rows.
+    SEARCH_EVENTS = "search_events", key "event_id": OwnedEventId => SearchedEventRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
 pub const SCHEMA_VERSION_KEY: &str = "schema_version";
+/// The key under `META` that holds the version of the search index's format (tokenizer and
+/// rows): when it differs from what the build writes, the index is rebuilt from the events.
+pub const SEARCH_INDEX_VERSION_KEY: &str = "search_index_version";
 
 /// SHA-256 of a secret token; the only form in which tokens are kept.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -314,6 +323,30 @@ pub struct ReportRecord {
     pub reason: Option<String>,
     pub score: Option<i64>,
     pub received_ms: u64,
+}
+
+/// One occurrence of a term in an event: which event, and the facts about it that search
+/// filters, ranks and checks visibility by.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchPostingRecord {
+    pub event_id: OwnedEventId,
+    /// The event type (which also says which key, body, name or topic, the text came from).
+    pub kind: String,
+    pub sender: OwnedUserId,
+    /// The state group before the event, which its history visibility is read from.
+    pub state_before: u64,
+    /// How often the term occurs in the event's text.
+    pub occurrences: u32,
+    /// The text's length in words.
+    pub length: u32,
+}
+
+/// Where an indexed event's rows are.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SearchedEventRecord {
+    pub room_id: OwnedRoomId,
+    pub stream: u64,
+    pub terms: Vec<String>,
 }
 
 #[cfg(test)]

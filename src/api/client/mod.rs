@@ -20,6 +20,7 @@ pub mod redact;
 pub mod relations;
 pub mod reporting;
 pub mod room;
+pub mod search;
 pub mod session;
 pub mod space;
 pub mod state;
@@ -27,6 +28,7 @@ pub mod sync;
 pub mod tag;
 pub mod threads;
 pub mod typing;
+pub mod user_directory;
 
 use serde_json::value::RawValue as RawJsonValue;
 

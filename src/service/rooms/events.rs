@@ -171,6 +171,25 @@ impl Events {
             .collect()
     }
 
+    /// Events of every room in stream order after position `after`, at most `limit`, read
+    /// past the cache: for rebuilding a derived index (search) from all events.
+    pub fn stream_events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let range = KeyRange {
+            start: std::ops::Bound::Excluded(after.to_key_bytes()),
+            end: std::ops::Bound::Unbounded,
+        };
+        let mut events = Vec::new();
+        for row in self.stream.scan(range, Direction::Forward)?.take(limit) {
+            let (_, position) = row?;
+            let record = self
+                .pdus
+                .get(&position.event_id)?
+                .ok_or_else(|| Error::internal(format!("stream names missing {}", position.event_id)))?;
+            events.push(decode(record)?);
+        }
+        Ok(events)
+    }
+
     /// The stream position of the room's latest event, 0 if none (or no such room).
     /// Sync asks this for every room of a user, so it is answered from memory once known.
     pub fn last_position(&self, room_id: &RoomId) -> Result<u64> {

@@ -1,6 +1,6 @@
 //! Rooms: the event graph, state, membership and everything clients do in a room. The
-//! storage-owning services (`Events`, `RoomStates`, `Memberships`, `Aliases`, `Directory`,
-//! `Reports`) sit below the append engine (`Timeline`); the client-facing flows
+//! storage-owning services (`Events`, `RoomStates`, `Memberships`, `Search`, `Aliases`,
+//! `Directory`, `Reports`) sit below the append engine (`Timeline`); the client-facing flows
 //! (`RoomCreation`, `MembershipActions`, `RoomActions`, `RoomUpgrades`, `Hierarchy`) sit above it.
 
 pub mod actions;
@@ -16,6 +16,7 @@ pub mod receipts;
 pub mod relations;
 pub mod render;
 pub mod reports;
+pub mod search;
 pub mod state;
 pub mod timeline;
 pub mod typing;

@@ -69,6 +69,11 @@ impl RoomStates {
         Ok(self.rooms.get(&room_id.to_owned())?)
     }
 
+    /// Every room this server knows, in room ID order.
+    pub fn room_ids(&self) -> Result<Vec<OwnedRoomId>> {
+        self.rooms.scan(KeyRange::all(), Direction::Forward)?.map(|row| Ok(row?.0)).collect()
+    }
+
     pub fn put_room_in(&self, batch: &mut WriteBatch, room_id: &RoomId, record: &RoomRecord) -> Result<()> {
         Ok(self.rooms.put(batch, &room_id.to_owned(), record)?)
     }

@@ -26,6 +26,7 @@ use super::{
     events::{Events, StoredEvent},
     members::Memberships,
     relations::Relations,
+    search::Search,
     state::{EMPTY_GROUP, RoomStates, StateKey, StateMap},
 };
 use crate::{
@@ -75,6 +76,7 @@ pub struct Timeline {
     members: Arc<Memberships>,
     relations: Arc<Relations>,
     notifications: Arc<Notifications>,
+    search: Arc<Search>,
     clock: Arc<dyn Clock>,
     store: Arc<dyn KvStore>,
     txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
@@ -91,6 +93,7 @@ impl Timeline {
         members: Arc<Memberships>,
         relations: Arc<Relations>,
         notifications: Arc<Notifications>,
+        search: Arc<Search>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
@@ -101,6 +104,7 @@ impl Timeline {
             members,
             relations,
             notifications,
+            search,
             clock,
             store: Arc::clone(store),
             txn_ids: TXN_IDS.open(store),
@@ -296,6 +300,7 @@ impl Timeline {
         let mut batch = WriteBatch::new();
         self.events.put_in(&mut batch, &event)?;
         self.relations.index_in(&mut batch, &event)?;
+        self.search.index_in(&mut batch, &event)?;
 
         let mut new_group: Option<(u64, Arc<StateMap>)> = None;
         let mut changes = vec![Change::Room(room_id.to_owned())];
@@ -330,6 +335,7 @@ impl Timeline {
         }
         if let Some(redacted) = &redacted {
             self.events.replace_in(&mut batch, redacted)?;
+            self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
         }
         if !is_create {
             let state_after = match &new_group {

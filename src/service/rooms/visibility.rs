@@ -62,6 +62,27 @@ impl Visibility {
         }))
     }
 
+    /// Whether `user_id` may see an event of `room_id` sent in the state group `state_before`,
+    /// for an event with no rule of its own: not the create event, not a history visibility
+    /// change and not the user's own membership. It is the answer `may_see_event` gives for
+    /// such an event, without loading it, so a caller deciding about many events (search)
+    /// can ask once per state group.
+    pub fn may_see_plain_event_in(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        state_before: u64,
+    ) -> Result<bool> {
+        let joined_now = self.members.is_joined(room_id, user_id)?;
+        let state = self.states.state_of_group(state_before)?;
+        Ok(visibility::may_see_event(&VisibilityInput {
+            history_visibility: self.history_visibility_in(&state)?,
+            membership_at_event: self.membership_in(&state, user_id)?,
+            joined_now,
+            own_membership_event: false,
+        }))
+    }
+
     /// The state `user_id` may read: the current state for members and world-readable rooms,
     /// the state when they left for former members. Others get `M_FORBIDDEN`.
     pub fn readable_state(&self, user_id: &UserId, room_id: &RoomId) -> Result<Arc<StateMap>> {
