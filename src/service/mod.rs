@@ -114,6 +114,8 @@ impl Services {
             Arc::clone(&room_states),
             Arc::clone(&memberships),
         ));
+        let renderer =
+            Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
         // Before `Timeline`, which writes the index in each event's batch.
         let search = Arc::new(rooms::search::Search::new(
             &store,
@@ -121,6 +123,7 @@ impl Services {
             Arc::clone(&room_states),
             Arc::clone(&memberships),
             Arc::clone(&visibility),
+            Arc::clone(&renderer),
         )?);
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
@@ -134,8 +137,6 @@ impl Services {
             Arc::clone(&search),
             Arc::clone(&clock),
         ));
-        let renderer =
-            Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
         let history = Arc::new(rooms::history::History::new(
             Arc::clone(&events),
             Arc::clone(&room_states),

@@ -9,6 +9,7 @@ use serde_json::{Value as JsonValue, json};
 use crate::{
     Result,
     api::{AppState, ruma::Ruma},
+    service::rooms::render::Viewer,
 };
 
 /// `POST /_matrix/client/v3/search`
@@ -19,7 +20,8 @@ pub async fn search_events(
     let body = req.body;
     let room_events = match &body.search_categories.room_events {
         Some(criteria) => {
-            services.search.search(&req.identity.user_id, criteria, body.next_batch.as_deref())?
+            let viewer = Viewer { user_id: &req.identity.user_id, device_id: Some(&req.identity.device_id) };
+            services.search.search(viewer, criteria, body.next_batch.as_deref())?
         }
         None => ResultRoomEvents::new(),
     };

@@ -15,7 +15,7 @@ use std::{
 
 use base64::Engine;
 use ruma::{
-    OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    OwnedEventId, OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomId, UInt,
     api::client::search::search_events::v3::{
         Criteria, EventContextResult, GroupingKey, OrderBy, ResultGroup, ResultGroupMap, ResultRoomEvents,
         SearchResult, UserProfile,
@@ -24,11 +24,12 @@ use ruma::{
     serde::Raw,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
+use serde_json::Value as JsonValue;
 
 use super::{
     events::{Events, StoredEvent},
     members::Memberships,
+    render::{EventRenderer, Rendering, Viewer},
     state::RoomStates,
     visibility::Visibility,
 };
@@ -64,6 +65,7 @@ pub struct Search {
     states: Arc<RoomStates>,
     members: Arc<Memberships>,
     visibility: Arc<Visibility>,
+    renderer: Arc<EventRenderer>,
 }
 
 /// One event that matched every query word.
@@ -158,6 +160,7 @@ impl Search {
         states: Arc<RoomStates>,
         members: Arc<Memberships>,
         visibility: Arc<Visibility>,
+        renderer: Arc<EventRenderer>,
     ) -> Result<Self> {
         let search = Self {
             terms: SEARCH_TERMS.open(store),
@@ -165,6 +168,7 @@ impl Search {
             events,
             states,
             members,
+            renderer,
             visibility,
         };
         search.rebuild_if_stale(store)?;
@@ -257,10 +261,11 @@ impl Search {
     /// are joined to now, in the requested order, one page per call.
     pub fn search(
         &self,
-        user_id: &UserId,
+        viewer: Viewer<'_>,
         criteria: &Criteria,
         next_batch: Option<&str>,
     ) -> Result<ResultRoomEvents> {
+        let user_id = viewer.user_id;
         let order = match &criteria.order_by {
             None | Some(OrderBy::Rank) => Order::Rank,
             Some(OrderBy::Recent) => Order::Recent,
@@ -362,9 +367,9 @@ impl Search {
             highlights.extend(candidate.terms.iter().cloned());
             let mut result = SearchResult::new();
             result.rank = Some(candidate.rank);
-            result.result = Some(Raw::from_json(client_json(event)?));
+            result.result = Some(Raw::from_json(self.renderer.raw(viewer, event, Rendering::CLIENT)?));
             result.context =
-                self.context(user_id, event, before_limit, after_limit, context.include_profile)?;
+                self.context(viewer, event, before_limit, after_limit, context.include_profile)?;
             response.results.push(result);
         }
         response.highlights = highlights.into_iter().collect();
@@ -390,7 +395,10 @@ impl Search {
             for room in rooms {
                 let state = self.visibility.readable_state(user_id, room)?;
                 let events = self.events.get_many(state.values())?;
-                let raw = events.iter().map(|e| client_json(e).map(Raw::from_json)).collect::<Result<_>>()?;
+                let raw = events
+                    .iter()
+                    .map(|e| self.renderer.raw(viewer, e, Rendering::CLIENT).map(Raw::from_json))
+                    .collect::<Result<_>>()?;
                 response.state.insert(room.clone(), raw);
             }
         }
@@ -470,12 +478,13 @@ impl Search {
     /// as they were at the result.
     fn context(
         &self,
-        user_id: &UserId,
+        viewer: Viewer<'_>,
         event: &StoredEvent,
         before_limit: usize,
         after_limit: usize,
         include_profile: bool,
     ) -> Result<EventContextResult> {
+        let user_id = viewer.user_id;
         let room_id = &event.pdu.room_id;
         let mut context = EventContextResult::new();
         let mut senders: BTreeSet<OwnedUserId> = BTreeSet::from([event.pdu.sender.clone()]);
@@ -491,14 +500,15 @@ impl Search {
                 first = first.min(around.stream);
                 last = last.max(around.stream);
                 senders.insert(around.pdu.sender.clone());
-                let raw = Raw::from_json(client_json(&around)?);
+                let raw = Raw::from_json(self.renderer.raw(viewer, &around, Rendering::CLIENT)?);
                 match direction {
                     Direction::Reverse => context.events_before.push(raw),
                     Direction::Forward => context.events_after.push(raw),
                 }
             }
         }
-        context.start = Some(format!("s{first}"));
+        // Tokens lie between positions: backward paging from `start` begins before `first`.
+        context.start = Some(format!("s{}", first.saturating_sub(1)));
         context.end = Some(format!("s{last}"));
         if include_profile {
             // The state at the result, which the user may see since they may see the result.
@@ -550,12 +560,6 @@ fn group_by<V: Ord + Clone>(
         result.insert(value, group);
     }
     Ok(result)
-}
-
-/// An event in the client format, as raw JSON for a ruma response.
-fn client_json(event: &StoredEvent) -> Result<Box<RawJsonValue>> {
-    serde_json::value::to_raw_value(&event.pdu.to_client_event(None))
-        .map_err(|e| Error::internal(format!("serialising event: {e}")))
 }
 
 #[cfg(test)]
