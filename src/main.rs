@@ -138,6 +138,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    return_large_allocations_to_the_os();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,3 +148,18 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+/// Each password hash allocates argon2's working memory (19 MiB by default) and frees it.
+/// glibc raises its mmap threshold after such a free, so later blocks come from per-thread
+/// arenas and stay resident: fifty logins left ~400 MiB behind. A fixed threshold keeps
+/// large blocks mmapped and returned on free (measured: 26 MiB after the same logins).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_allocations_to_the_os() {
+    // SAFETY: mallopt only changes allocator tuning and takes the allocator's own locks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_allocations_to_the_os() {}
