@@ -293,3 +293,56 @@ async fn presence_can_be_switched_off() {
     sync(&s, &alice, "set_presence=online").await;
     expect_error(s.get(&path, Some(&alice.token)).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn users_whose_clients_stop_syncing_go_offline() {
+    let s = TestServer::start_with(|c| c.presence_offline_timeout_secs = 60).await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let path = format!("{V3}/presence/{}/status", alice.user_id);
+    sync(&s, &alice, "set_presence=online").await;
+    let (_, got) = s.get(&path, Some(&alice.token)).await;
+    assert_eq!(got["presence"], "online");
+    assert_eq!(got["currently_active"], true);
+
+    // Still within the timeout: the sweep leaves her online.
+    s.clock.advance_ms(30_000);
+    assert_eq!(s.services.presence.sweep().unwrap(), 0);
+    let (_, got) = s.get(&path, Some(&alice.token)).await;
+    assert_eq!(got["presence"], "online");
+    // Past it, with no sync in between: offline, and last_active_ago keeps counting.
+    s.clock.advance_ms(31_000);
+    assert_eq!(s.services.presence.sweep().unwrap(), 1);
+    let (_, got) = s.get(&path, Some(&alice.token)).await;
+    assert_eq!(got["presence"], "offline");
+    assert!(got["last_active_ago"].as_u64().unwrap() >= 61_000);
+}
+
+#[tokio::test]
+async fn account_data_wakes_the_owners_long_poll() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let since = token(&s, &alice).await;
+    let poll = {
+        let http = s.http.clone();
+        let url = format!("{}{V3}/sync?since={since}&timeout=5000", s.base);
+        let token = alice.token.clone();
+        tokio::spawn(async move {
+            http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = s
+        .put(
+            &format!("{V3}/user/{}/account_data/m.direct", alice.user_id),
+            Some(&alice.token),
+            json!({"@bob:localhost": ["!r:localhost"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = tokio::time::timeout(Duration::from_secs(2), poll)
+        .await
+        .expect("account data woke the poll")
+        .unwrap();
+    let direct = list(&body["account_data"]["events"]).into_iter().find(|e| e["type"] == "m.direct").unwrap();
+    assert_eq!(direct["content"]["@bob:localhost"], json!(["!r:localhost"]));
+}

@@ -10,6 +10,9 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 pub struct TestServer {
     pub base: String,
     pub clock: Arc<ManualClock>,
+    /// The running server's services, for driving background work (sweeps) a test cannot
+    /// wait for in real time.
+    pub services: Arc<conduit::service::Services>,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<conduit::Result<()>>>,
@@ -51,6 +54,7 @@ impl TestServer {
     pub async fn boot(config: Config, dir: tempfile::TempDir) -> Self {
         let clock = Arc::new(ManualClock::new());
         let server = Server::build_with_clock(config, clock.clone()).expect("server builds");
+        let services = Arc::clone(server.services());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -60,6 +64,7 @@ impl TestServer {
         Self {
             base: format!("http://{addr}"),
             clock,
+            services,
             http: reqwest::Client::new(),
             shutdown: Some(tx),
             task: Some(task),

@@ -264,6 +264,24 @@ async fn invites_knocks_and_leaves() {
     assert!(!bodies(timeline).contains(&"after bob left".to_owned()));
     assert!(left["rooms"]["join"].get(&room).is_none());
 
+    // Knocking shows the room under `knock` with stripped state.
+    let door = create_room(
+        &s,
+        &alice,
+        json!({"name": "Door", "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}),
+    )
+    .await;
+    let since = left["next_batch"].as_str().unwrap().to_owned();
+    let (status, body) = s.post(&format!("{V3}/knock/{door}"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let knocked = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let types = state_types(&knocked["rooms"]["knock"][&door]["knock_state"]["events"]);
+    assert!(
+        types.contains(&"m.room.name|".to_owned())
+            && types.contains(&"m.room.member|@bob:localhost".to_owned()),
+        "{types:?}"
+    );
+
     // Left rooms show in an initial sync only when the filter asks.
     let plain = sync(&s, &bob, "").await;
     assert!(plain["rooms"]["leave"].get(&room).is_none());
