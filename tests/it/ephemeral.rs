@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::{
     harness::{TestServer, expect_error},
     rooms::{V3, create_room, join, send_text},
-    sync::{bodies, list, sync, token},
+    sync::{bodies, list, spawn_poll, sync, token},
 };
 
 fn ephemeral(body: &Value, room: &str, kind: &str) -> Option<Value> {
@@ -263,18 +263,11 @@ async fn presence_is_set_read_and_synced() {
 
     // Syncing marks the user online; presence changes wake long-polls of room mates.
     let since = body["next_batch"].as_str().unwrap().to_owned();
-    let poll = {
-        let http = s.http.clone();
-        let url = format!("{}{V3}/sync?since={since}&timeout=5000", s.base);
-        let token = bob.token.clone();
-        tokio::spawn(async move {
-            http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
-        })
-    };
+    let poll = spawn_poll(&s, &bob, &since);
     tokio::time::sleep(Duration::from_millis(100)).await;
     sync(&s, &alice, "set_presence=online&timeout=0").await;
     let body =
-        tokio::time::timeout(Duration::from_secs(2), poll).await.expect("presence woke the poll").unwrap();
+        tokio::time::timeout(Duration::from_secs(2), poll).await.expect("presence woke the poll").unwrap().1;
     let event =
         list(&body["presence"]["events"]).into_iter().find(|e| e["sender"] == "@alice:localhost").unwrap();
     assert_eq!(event["content"]["presence"], "online");
@@ -322,14 +315,7 @@ async fn account_data_wakes_the_owners_long_poll() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "pw-alice-123").await;
     let since = token(&s, &alice).await;
-    let poll = {
-        let http = s.http.clone();
-        let url = format!("{}{V3}/sync?since={since}&timeout=5000", s.base);
-        let token = alice.token.clone();
-        tokio::spawn(async move {
-            http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
-        })
-    };
+    let poll = spawn_poll(&s, &alice, &since);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, _) = s
         .put(
@@ -342,7 +328,8 @@ async fn account_data_wakes_the_owners_long_poll() {
     let body = tokio::time::timeout(Duration::from_secs(2), poll)
         .await
         .expect("account data woke the poll")
-        .unwrap();
+        .unwrap()
+        .1;
     let direct = list(&body["account_data"]["events"]).into_iter().find(|e| e["type"] == "m.direct").unwrap();
     assert_eq!(direct["content"]["@bob:localhost"], json!(["!r:localhost"]));
 }

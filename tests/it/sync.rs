@@ -18,6 +18,19 @@ pub async fn sync(s: &TestServer, who: &Session, query: &str) -> Value {
     body
 }
 
+/// Start a long-polling sync in the background; it yields the response body and when it
+/// arrived.
+pub fn spawn_poll(s: &TestServer, who: &Session, since: &str) -> tokio::task::JoinHandle<(Instant, Value)> {
+    let http = s.http.clone();
+    let url = format!("{}{V3}/sync?since={since}&timeout=5000", s.base);
+    let token = who.token.clone();
+    tokio::spawn(async move {
+        let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+        let body = resp.json::<Value>().await.unwrap();
+        (Instant::now(), body)
+    })
+}
+
 /// An initial sync's `next_batch`.
 pub async fn token(s: &TestServer, who: &Session) -> String {
     sync(s, who, "").await["next_batch"].as_str().unwrap().to_owned()
@@ -114,15 +127,7 @@ async fn long_poll_wakes_for_its_rooms_only() {
     let unrelated = create_room(&s, &carol, json!({})).await;
     let since = token(&s, &bob).await;
 
-    let poll = {
-        let http = s.http.clone();
-        let url = format!("{}{V3}/sync?since={since}&timeout=5000", s.base);
-        let token = bob.token.clone();
-        tokio::spawn(async move {
-            let resp = http.get(url).bearer_auth(token).send().await.unwrap();
-            (Instant::now(), resp.json::<Value>().await.unwrap())
-        })
-    };
+    let poll = spawn_poll(&s, &bob, &since);
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Traffic in a room bob is not in must not end his poll.
     send_text(&s, &carol, &unrelated, "u1", "elsewhere").await;
@@ -139,20 +144,13 @@ async fn long_poll_wakes_for_its_rooms_only() {
 
     // An invite to a new room wakes the invitee's poll too.
     let since = body["next_batch"].as_str().unwrap().to_owned();
-    let poll = {
-        let http = s.http.clone();
-        let url = format!("{}{V3}/sync?since={since}&timeout=5000", s.base);
-        let token = bob.token.clone();
-        tokio::spawn(async move {
-            http.get(url).bearer_auth(token).send().await.unwrap().json::<Value>().await.unwrap()
-        })
-    };
+    let poll = spawn_poll(&s, &bob, &since);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, _) = s
         .post(&format!("{V3}/rooms/{unrelated}/invite"), Some(&carol.token), json!({"user_id": bob.user_id}))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let body =
+    let (_, body) =
         tokio::time::timeout(Duration::from_secs(2), poll).await.expect("invite woke the poll").unwrap();
     assert!(body["rooms"]["invite"].get(&unrelated).is_some(), "{body}");
 }

@@ -127,11 +127,7 @@ impl History {
         recurse: bool,
     ) -> Result<RelationsPage> {
         let user_id = viewer.user_id;
-        let parent_event = self
-            .events
-            .get(parent)?
-            .filter(|e| e.pdu.room_id == room_id)
-            .ok_or_else(|| Error::not_found("Event not found"))?;
+        let parent_event = self.event_in(room_id, parent)?;
         if !self.visibility.may_see_event(user_id, &parent_event)? {
             return Err(Error::not_found("Event not found"));
         }
@@ -215,6 +211,14 @@ impl History {
                 chunk.push(self.renderer.raw(viewer, &root, Rendering::CLIENT)?);
             }
         }
+    }
+
+    /// An event of this room, or `M_NOT_FOUND` (also for an event of another room).
+    fn event_in(&self, room_id: &RoomId, event_id: &EventId) -> Result<Arc<StoredEvent>> {
+        self.events
+            .get(event_id)?
+            .filter(|e| e.pdu.room_id == room_id)
+            .ok_or_else(|| Error::not_found("Event not found"))
     }
 
     /// The users `user_id` ignores (`m.ignored_user_list`).
@@ -412,11 +416,7 @@ impl History {
         room_filter: &RoomEventFilter,
     ) -> Result<ContextPage> {
         let user_id = viewer.user_id;
-        let event = self
-            .events
-            .get(event_id)?
-            .filter(|e| e.pdu.room_id == room_id)
-            .ok_or_else(|| Error::not_found("Event not found"))?;
+        let event = self.event_in(room_id, event_id)?;
         if !self.visibility.may_see_event(user_id, &event)? {
             return Err(Error::forbidden("You don't have permission to view this event"));
         }
