@@ -20,7 +20,7 @@ use ruma::{
         StateEventType,
         room::{member::MembershipState, power_levels::RoomPowerLevels},
     },
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
@@ -168,6 +168,8 @@ impl Notifications {
         }
         let raw: Raw<JsonValue> =
             Raw::from_json(crate::service::rooms::render::to_raw(&pdu.to_client_event(None))?);
+        // Flattened once for every member, rather than once per member inside ruma.
+        let flattened = FlattenedJson::from_raw(&raw);
         let power: PushConditionPowerLevelsCtx = power_levels.into();
         let member_count = UInt::new_saturating(joined.len() as u64);
         let thread = relations::relates_to(&pdu.content_value())
@@ -182,7 +184,7 @@ impl Notifications {
             let mut context =
                 PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, user_id.clone(), display_name);
             context.power_levels = Some(power.clone());
-            let Some(actions) = now_or_never(ruleset.get_actions(&raw, &context)) else {
+            let Some(actions) = now_or_never(first_match(&ruleset, &flattened, &context)) else {
                 // Only thread-subscription conditions suspend, and none is configured.
                 continue;
             };
@@ -209,11 +211,16 @@ impl Notifications {
     }
 
     fn display_name(&self, state: &StateMap, user_id: &UserId) -> Result<String> {
-        let id = state.get(&(StateEventType::RoomMember, user_id.to_string()));
-        let name = match id {
-            Some(id) => self.events.get(id)?.and_then(|e| {
-                e.pdu.content_value().get("displayname").and_then(JsonValue::as_str).map(str::to_owned)
-            }),
+        #[derive(serde::Deserialize)]
+        struct MemberName {
+            displayname: Option<String>,
+        }
+        let name = match state.get(&(StateEventType::RoomMember, user_id.to_string())) {
+            Some(id) => self
+                .events
+                .get(id)?
+                .and_then(|e| e.pdu.content_as::<MemberName>().ok())
+                .and_then(|m| m.displayname),
             None => None,
         };
         Ok(name.unwrap_or_else(|| user_id.localpart().to_owned()))
@@ -368,6 +375,21 @@ fn counts((notify, highlight): (u64, u64)) -> UnreadNotificationsCount {
     count.notification_count = Some(UInt::new_saturating(notify));
     count.highlight_count = Some(UInt::new_saturating(highlight));
     count
+}
+
+/// The actions of the first enabled rule that matches, as ruma's `get_actions` does, over an
+/// event flattened once. The event's sender never gets here (the caller skips them).
+async fn first_match<'r>(
+    ruleset: &'r Ruleset,
+    event: &FlattenedJson,
+    context: &PushConditionRoomCtx,
+) -> &'r [Action] {
+    for rule in ruleset {
+        if rule.applies(event, context).await {
+            return rule.actions();
+        }
+    }
+    &[]
 }
 
 /// Run a future that does not wait on anything to completion (push rule evaluation is
