@@ -22,6 +22,29 @@ async fn unknown_endpoints_and_methods_are_unrecognized() {
 }
 
 #[tokio::test]
+async fn an_empty_body_reads_as_an_empty_object() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let (_, created) =
+        s.post("/_matrix/client/v3/createRoom", Some(&alice.token), json!({"preset": "public_chat"})).await;
+    let room = created["room_id"].as_str().unwrap();
+    // matrix-nio joins with no body at all.
+    let resp = s
+        .http
+        .post(format!("{}/_matrix/client/v3/join/{room}", s.base))
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Required fields are still required.
+    let resp = s.http.post(format!("{}/_matrix/client/v3/login", s.base)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["errcode"], "M_BAD_JSON");
+}
+
+#[tokio::test]
 async fn malformed_bodies_get_json_errors() {
     let s = TestServer::start().await;
     let resp =

@@ -1,10 +1,10 @@
-//! A real client SDK (matrix-nio, from PyPI) against a booted server: register, log in, list
-//! and rename devices, set a display name, delete a device with UIA, log out.
+//! A real client SDK (matrix-nio, from PyPI) against a booted server: the account and
+//! session flow, and the rooms and sync flow.
 
 use crate::harness::TestServer;
 
-#[tokio::test]
-async fn matrix_nio_session_flow() {
+/// Run one nio script against a fresh server; it must print `OK` last.
+async fn run_nio(script: &str) {
     let Some(python) = std::env::var_os("CONDUIT_TEST_PYTHON") else {
         // scripts/test provides the interpreter; in CI its absence is a failure, not a skip.
         assert!(std::env::var_os("CI").is_none(), "CONDUIT_TEST_PYTHON must be set in CI (run scripts/test)");
@@ -12,7 +12,7 @@ async fn matrix_nio_session_flow() {
         return;
     };
     let s = TestServer::start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/nio_session.py");
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
     let base = s.base.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python).arg(script).arg(base).output()
@@ -24,4 +24,14 @@ async fn matrix_nio_session_flow() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "nio flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+}
+
+#[tokio::test]
+async fn matrix_nio_session_flow() {
+    run_nio("nio_session.py").await;
+}
+
+#[tokio::test]
+async fn matrix_nio_rooms_and_sync_flow() {
+    run_nio("nio_rooms.py").await;
 }
