@@ -168,23 +168,6 @@ pub fn rank(occurrences_per_word: &[u32], length: u32) -> f64 {
     matched / (f64::from(length) + 1.0).sqrt()
 }
 
-/// Whether an event type matches a filter's type pattern, where `*` matches any run of
-/// characters (spec: filters, `types`).
-pub fn type_matches(pattern: &str, kind: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = kind.strip_prefix(first) else { return false };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else { return rest.is_empty() };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
 /// How well a user matches a directory query: `None` unless every query word starts some
 /// word of the user's localpart or display name; otherwise the number of query words that
 /// equal a whole word, so exact names rank before mere prefixes.
@@ -307,23 +290,6 @@ mod tests {
         assert!(rank(&[1, 1], 10) > rank(&[1], 10));
         // Deterministic: the same inputs give the same bits (pagination relies on it).
         assert_eq!(rank(&[2, 1], 7).to_bits(), rank(&[2, 1], 7).to_bits());
-    }
-
-    #[test]
-    fn type_patterns() {
-        let check = |pattern: &str, kind: &str, expected: bool| {
-            assert_eq!(type_matches(pattern, kind), expected, "{pattern} vs {kind}");
-        };
-        check("m.room.message", "m.room.message", true);
-        check("m.room.message", "m.room.messages", false);
-        check("m.room.*", "m.room.name", true);
-        check("m.room.*", "m.roomx", false);
-        check("*", "anything", true);
-        check("*.topic", "m.room.topic", true);
-        check("m.*.name", "m.room.name", true);
-        check("m.*.name", "m.room.topic", false);
-        check("a*a", "a", false);
-        check("a*a", "aa", true);
     }
 
     #[test]

@@ -95,15 +95,22 @@ impl KvStore for RocksDbStore {
         if let Bound::Included(start) | Bound::Excluded(start) = &range.start {
             read_opts.set_iterate_lower_bound(start.clone());
         }
-        if let Bound::Excluded(end) = &range.end {
-            read_opts.set_iterate_upper_bound(end.clone());
+        match &range.end {
+            Bound::Excluded(end) => read_opts.set_iterate_upper_bound(end.clone()),
+            // The first key after `end` is `end` followed by a zero byte.
+            Bound::Included(end) => {
+                let mut after = end.clone();
+                after.push(0);
+                read_opts.set_iterate_upper_bound(after);
+            }
+            Bound::Unbounded => {}
         }
         let mode = match direction {
             Direction::Forward => IteratorMode::Start,
             Direction::Reverse => IteratorMode::End,
         };
         let iter = self.db.iterator_cf_opt(cf, read_opts, mode);
-        // Bounds RocksDB cannot express (excluded start, included end) are filtered here.
+        // An excluded start is the one bound RocksDB cannot express: that one key is filtered.
         Ok(Box::new(iter.filter_map(move |item| match item {
             Ok((k, v)) => range.contains(&k).then(|| Ok((k.into_vec(), v.into_vec()))),
             Err(e) => Some(Err(backend(e))),

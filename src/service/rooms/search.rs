@@ -35,7 +35,10 @@ use super::{
 };
 use crate::{
     Error, Result,
-    matrix::search::{self, Query, SearchKey},
+    matrix::{
+        filter,
+        search::{self, Query, SearchKey},
+    },
     storage::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
@@ -307,8 +310,8 @@ impl Search {
                         && filter
                             .types
                             .as_ref()
-                            .is_none_or(|t| t.iter().any(|p| search::type_matches(p, kind)))
-                        && !filter.not_types.iter().any(|p| search::type_matches(p, kind))
+                            .is_none_or(|t| t.iter().any(|p| filter::type_matches(p, kind)))
+                        && !filter.not_types.iter().any(|p| filter::type_matches(p, kind))
                         && filter.senders.as_ref().is_none_or(|s| s.contains(&posting.sender))
                         && !filter.not_senders.contains(&posting.sender)
                         && !matches!(&scope, Some(Scope::Sender(s)) if *s != posting.sender);
