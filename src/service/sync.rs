@@ -12,7 +12,7 @@ use std::{
 };
 
 use ruma::{
-    DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::{
         filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
         sync::sync_events::{
@@ -84,7 +84,10 @@ pub struct SyncRequest {
 /// Which members' events each device has already been sent, per room, so lazy loading
 /// can skip redundant ones. Memory only: after a restart they are sent again, which is
 /// harmless.
-type SentMembers = HashMap<(OwnedUserId, OwnedDeviceId), HashMap<OwnedRoomId, HashSet<OwnedUserId>>>;
+type SentMembers =
+    HashMap<(OwnedUserId, OwnedDeviceId), HashMap<OwnedRoomId, HashMap<OwnedUserId, OwnedEventId>>>;
+/// Devices whose sent members are remembered before the memory is reset.
+const SENT_MEMBERS_DEVICES: usize = 10_000;
 
 pub struct Sync {
     stream: Arc<Stream>,
@@ -240,7 +243,8 @@ impl Sync {
             }
             let changed_since_token = since.is_none_or(|s| record.stream > s);
             match membership {
-                MembershipState::Join => {
+                // A join committed after `upto` shows on the next pass, with its join event.
+                MembershipState::Join if record.joined_since() <= upto => {
                     let account = room_account_data.remove(&room_id).unwrap_or_default();
                     if let Some(joined) =
                         self.joined_room(request, viewer, &room_id, &record, since, upto, &ignored, &account)?
@@ -317,7 +321,7 @@ impl Sync {
         let user_id = viewer.user_id;
         let room_filter = &request.filter.room;
         // A room joined after the token is new to the client: send it whole.
-        let room_since = since.filter(|s| record.stream <= *s);
+        let room_since = since.filter(|s| record.joined_since() <= *s);
         if let Some(s) = room_since {
             let moved = self.events.last_position(room_id)? > s
                 || self.receipts.last_position(room_id)? > s
@@ -339,28 +343,69 @@ impl Sync {
 
         let senders: BTreeSet<OwnedUserId> =
             timeline_events.iter().map(|e| e.pdu.sender.clone()).chain([user_id.to_owned()]).collect();
-        let state_at_start = match timeline_events.first() {
-            Some(first) => self.history.state_before(first)?,
-            None => self.history.state_at(room_id, upto)?,
+        let (start_group, state_at_start) = match timeline_events.first() {
+            Some(first) => (first.state_before, self.history.state_before(first)?),
+            None => {
+                let group = self.history.group_at(room_id, upto)?;
+                (group, self.history.state_of_group(group)?)
+            }
         };
-        let state_events = match room_since {
+        let lazy = matches!(room_filter.state.lazy_load_options, LazyLoadOptions::Enabled { .. });
+        let mut state_events = match room_since {
             Some(s) if !request.full_state => {
-                if limited {
-                    let at_token = self.history.state_at(room_id, s)?;
+                // What changed between the token and the timeline's start: state events the
+                // timeline left out (limited, or filtered away). The usual case, a complete
+                // timeline starting right after the token, shares the token's state group.
+                let token_group = self.history.group_at(room_id, s)?;
+                let mut changed = if token_group == start_group {
+                    Vec::new()
+                } else {
+                    let at_token = self.history.state_of_group(token_group)?;
                     self.history.state_events(
                         &state_at_start,
                         Some(&at_token),
                         &room_filter.state,
                         &senders,
                     )?
-                } else {
-                    // Every state change since the token is in the timeline itself; only
-                    // lazily loaded members may be missing.
-                    self.lazy_members_missing(room_id, &state_at_start, &room_filter.state, &timeline_events)?
+                };
+                if lazy {
+                    // Lazy clients may lack the members of this timeline's senders even when
+                    // those did not change; the redundancy check below drops known ones.
+                    let members =
+                        self.senders_members(&state_at_start, &room_filter.state, &timeline_events)?;
+                    for member in members {
+                        if !changed.iter().any(|c| c.pdu.event_id == member.pdu.event_id) {
+                            changed.push(member);
+                        }
+                    }
                 }
+                changed
             }
             _ => self.history.state_events(&state_at_start, None, &room_filter.state, &senders)?,
         };
+
+        let membership_changed = room_since.is_none()
+            || timeline_events
+                .iter()
+                .chain(&state_events)
+                .any(|e| e.pdu.kind == TimelineEventType::RoomMember);
+        let summary = if membership_changed { Some(self.summary(room_id, user_id)?) } else { None };
+        if lazy {
+            // Clients name rooms after their heroes, so their member events must be there.
+            if let Some(summary) = &summary {
+                let heroes: BTreeSet<OwnedUserId> = summary.heroes.iter().cloned().collect();
+                for hero in self.history.state_events(
+                    &member_state(&state_at_start),
+                    None,
+                    &room_filter.state,
+                    &heroes,
+                )? {
+                    if !state_events.iter().any(|e| e.pdu.event_id == hero.pdu.event_id) {
+                        state_events.push(hero);
+                    }
+                }
+            }
+        }
         let state_events = self.drop_redundant_members(request, room_id, state_events);
 
         let mut joined = JoinedRoom::new();
@@ -421,13 +466,8 @@ impl Sync {
             }
         }
 
-        let membership_changed = room_since.is_none()
-            || timeline_events
-                .iter()
-                .chain(&state_events)
-                .any(|e| e.pdu.kind == TimelineEventType::RoomMember);
-        if membership_changed {
-            joined.summary = self.summary(room_id, user_id)?;
+        if let Some(summary) = summary {
+            joined.summary = summary;
         }
 
         let counts = self.notifications.unread_counts(user_id, room_id)?;
@@ -511,22 +551,17 @@ impl Sync {
         Ok(left)
     }
 
-    /// With lazy loading and a complete timeline, the members of timeline senders the
-    /// client may not have yet.
-    fn lazy_members_missing(
+    /// The member events, as of the timeline's start, of the timeline's senders whose
+    /// member event is not in the timeline itself.
+    fn senders_members(
         &self,
-        _room_id: &RoomId,
         state_at_start: &StateMap,
         state_filter: &RoomEventFilter,
         timeline_events: &[Arc<StoredEvent>],
     ) -> Result<Vec<Arc<StoredEvent>>> {
-        if !matches!(state_filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
-            return Ok(Vec::new());
-        }
         let senders: BTreeSet<OwnedUserId> = timeline_events
             .iter()
             .filter(|e| {
-                // A sender whose member event is in the timeline needs no state entry.
                 !timeline_events.iter().any(|m| {
                     m.pdu.kind == TimelineEventType::RoomMember
                         && m.pdu.state_key.as_deref() == Some(e.pdu.sender.as_str())
@@ -534,16 +569,12 @@ impl Sync {
             })
             .map(|e| e.pdu.sender.clone())
             .collect();
-        let member_state: StateMap = state_at_start
-            .iter()
-            .filter(|(key, _)| key.0 == StateEventType::RoomMember)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        self.history.state_events(&member_state, None, state_filter, &senders)
+        self.history.state_events(&member_state(state_at_start), None, state_filter, &senders)
     }
 
-    /// Drop member events this device was already sent, unless the filter wants them again;
-    /// remember the ones being sent.
+    /// Drop member events this device was already sent (the same event: a changed
+    /// membership or profile is a new event and goes out), unless the filter wants them
+    /// again; remember the ones being sent.
     fn drop_redundant_members(
         &self,
         request: &SyncRequest,
@@ -556,8 +587,12 @@ impl Sync {
             return state_events;
         };
         let mut sent = self.sent_members.lock().unwrap_or_else(|p| p.into_inner());
-        let device = sent.entry((request.user_id.clone(), request.device_id.clone())).or_default();
-        let room = device.entry(room_id.to_owned()).or_default();
+        let key = (request.user_id.clone(), request.device_id.clone());
+        if !sent.contains_key(&key) && sent.len() >= SENT_MEMBERS_DEVICES {
+            // Bounded memory: forgetting only means sending some members again.
+            sent.clear();
+        }
+        let room = sent.entry(key).or_default().entry(room_id.to_owned()).or_default();
         state_events
             .into_iter()
             .filter(|event| {
@@ -570,8 +605,9 @@ impl Sync {
                 else {
                     return true;
                 };
-                let fresh = room.insert(member);
-                fresh || include_redundant_members
+                let known =
+                    room.insert(member, event.pdu.event_id.clone()).as_ref() == Some(&event.pdu.event_id);
+                !known || include_redundant_members
             })
             .collect()
     }
@@ -683,4 +719,13 @@ fn is_empty(response: &Response) -> bool {
         && response.account_data.events.is_empty()
         && response.presence.events.is_empty()
         && response.to_device.events.is_empty()
+}
+
+/// Only the member entries of a state map.
+fn member_state(state: &StateMap) -> StateMap {
+    state
+        .iter()
+        .filter(|(key, _)| key.0 == StateEventType::RoomMember)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }

@@ -304,6 +304,18 @@ pub struct MembershipRecord {
     /// The user asked to forget the room after leaving it.
     #[serde(default)]
     pub forgotten: bool,
+    /// While joined: the position of the event that made them join. Later member events
+    /// (a new display name) keep it, so sync can tell a new join from a profile change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_at: Option<u64>,
+}
+
+impl MembershipRecord {
+    /// When the current join began (rows written before `joined_at` existed fall back to
+    /// their latest member event).
+    pub fn joined_since(&self) -> u64 {
+        self.joined_at.unwrap_or(self.stream)
+    }
 }
 
 /// A local room alias.

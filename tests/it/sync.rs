@@ -38,9 +38,7 @@ pub async fn token(s: &TestServer, who: &Session) -> String {
 
 /// Bodies of the text messages in a list of events.
 pub fn bodies(events: &Value) -> Vec<String> {
-    events
-        .as_array()
-        .unwrap()
+    list(events)
         .iter()
         .filter(|e| e["type"] == "m.room.message")
         .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
@@ -398,4 +396,99 @@ pub fn urlencode(s: &str) -> String {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn filtered_state_changes_still_reach_the_client() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bot = s.register("bot", "pw-bot-123456").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Old name"})).await;
+    join(&s, &bot, &room).await;
+    // A bot that only wants messages in its timeline.
+    let filter = urlencode(&json!({"room": {"timeline": {"types": ["m.room.message"]}}}).to_string());
+    let since = sync(&s, &bot, &format!("filter={filter}")).await["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{room}/state/m.room.name/"),
+            Some(&alice.token),
+            json!({"name": "New name"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&s, &bot, &format!("since={since}&timeout=0&filter={filter}")).await;
+    let state = list(&body["rooms"]["join"][&room]["state"]["events"]);
+    let name = state.iter().find(|e| e["type"] == "m.room.name").expect("the rename is in state");
+    assert_eq!(name["content"]["name"], "New name");
+}
+
+#[tokio::test]
+async fn a_profile_change_is_not_a_new_join() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({"name": "Lobby"})).await;
+    send_text(&s, &alice, &room, "t1", "before").await;
+    let since = token(&s, &alice).await;
+    let (status, _) = s
+        .put(
+            &format!("{V3}/profile/{}/displayname", alice.user_id),
+            Some(&alice.token),
+            json!({"displayname": "Alice A."}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
+    let joined = &body["rooms"]["join"][&room];
+    let timeline = list(&joined["timeline"]["events"]);
+    // Only the new member event, carrying the new name: not the whole room again.
+    assert_eq!(timeline.len(), 1, "{timeline:?}");
+    assert_eq!(timeline[0]["type"], "m.room.member");
+    assert_eq!(timeline[0]["content"]["displayname"], "Alice A.");
+    assert_eq!(timeline[0]["content"]["membership"], "join");
+    assert!(!bodies(&joined["timeline"]["events"]).contains(&"before".to_owned()));
+    assert!(list(&joined["state"]["events"]).is_empty(), "{joined}");
+}
+
+#[tokio::test]
+async fn lazy_loading_sends_changed_members_and_heroes() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &room).await;
+    let lazy = urlencode(
+        &json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}).to_string(),
+    );
+    send_text(&s, &alice, &room, "a1", "from alice").await;
+    // Alice's own member event is not a timeline sender here, but bob is a hero of the room.
+    let body = sync(&s, &alice, &format!("filter={lazy}")).await;
+    let members: Vec<String> = list(&body["rooms"]["join"][&room]["state"]["events"])
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(members.contains(&"@bob:localhost".to_owned()), "hero's member event: {members:?}");
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob renames himself, then speaks: his new member event must go out although an older
+    // one of his was sent before.
+    let (status, _) = s
+        .put(
+            &format!("{V3}/profile/{}/displayname", bob.user_id),
+            Some(&bob.token),
+            json!({"displayname": "Bobby"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..3 {
+        send_text(&s, &bob, &room, &format!("b{i}"), "hi").await;
+    }
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0&filter={lazy}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true);
+    let bob_member = list(&joined["state"]["events"])
+        .into_iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:localhost")
+        .unwrap_or_else(|| panic!("bob's renamed member event: {joined}"));
+    assert_eq!(bob_member["content"]["displayname"], "Bobby");
 }

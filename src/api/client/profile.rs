@@ -55,6 +55,7 @@ pub async fn set_display_name(
 ) -> Result<set_display_name::v3::Response> {
     ensure_self(&req.identity.user_id, &req.body.user_id)?;
     services.users.set_displayname(&req.body.user_id, req.body.displayname)?;
+    services.membership.profile_changed(&req.body.user_id).await?;
     Ok(set_display_name::v3::Response::new())
 }
 
@@ -73,5 +74,6 @@ pub async fn set_avatar_url(
 ) -> Result<set_avatar_url::v3::Response> {
     ensure_self(&req.identity.user_id, &req.body.user_id)?;
     services.users.set_avatar_url(&req.body.user_id, req.body.avatar_url)?;
+    services.membership.profile_changed(&req.body.user_id).await?;
     Ok(set_avatar_url::v3::Response::new())
 }

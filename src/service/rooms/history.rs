@@ -298,13 +298,23 @@ impl History {
 
     /// The room's state after every event at or before `position`.
     pub fn state_at(&self, room_id: &RoomId, position: u64) -> Result<Arc<StateMap>> {
+        self.states.state_of_group(self.group_at(room_id, position)?)
+    }
+
+    /// The state group of the room after every event at or before `position`.
+    pub fn group_at(&self, room_id: &RoomId, position: u64) -> Result<u64> {
         // Read the current group first: an event committed after this read shows up in the
         // scan below, whose state_before then answers.
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        match self.events.room_events(room_id, Some(position), Direction::Forward, 1)?.first() {
-            Some(next) => self.states.state_of_group(next.state_before),
-            None => self.states.state_of_group(room.state_group),
-        }
+        Ok(match self.events.room_events(room_id, Some(position), Direction::Forward, 1)?.first() {
+            Some(next) => next.state_before,
+            None => room.state_group,
+        })
+    }
+
+    /// A state group's map.
+    pub fn state_of_group(&self, group: u64) -> Result<Arc<StateMap>> {
+        self.states.state_of_group(group)
     }
 
     /// The state just before `event`.
@@ -369,7 +379,7 @@ impl History {
         let ignored = self.ignored_users(user_id)?;
         let which = WindowFilter { filter: room_filter, ignored: &ignored };
         let window = self.window(user_id, room_id, from, to, direction, &which, limit)?;
-        let state = self.lazy_members_for(room_id, &window.events, room_filter, viewer)?;
+        let state = self.lazy_members_for(&window.events, room_filter, viewer)?;
         Ok(MessagesPage {
             start: from,
             end: window.more.then_some(window.next),
@@ -382,7 +392,6 @@ impl History {
     /// filter asks for lazy loading.
     fn lazy_members_for(
         &self,
-        room_id: &RoomId,
         events: &[Arc<StoredEvent>],
         room_filter: &RoomEventFilter,
         viewer: Viewer<'_>,
@@ -396,9 +405,9 @@ impl History {
         let mut members = Vec::new();
         for sender in &senders {
             let key = (StateEventType::RoomMember, sender.to_string());
-            let id =
-                state.get(&key).cloned().or(self.states.current_state_event_id(room_id, &key.0, &key.1)?);
-            if let Some(event) = id.map(|id| self.events.get(&id)).transpose()?.flatten() {
+            // Only the state within the page: a later member event could postdate what the
+            // user may see.
+            if let Some(event) = state.get(&key).map(|id| self.events.get(id)).transpose()?.flatten() {
                 members.push(self.renderer.raw(viewer, &event, Rendering::CLIENT)?);
             }
         }

@@ -262,6 +262,44 @@ impl MembershipActions {
     }
 
     /// Append `target`'s member event with `membership`, sent by `sender`.
+    /// Carry a changed profile into every room the user is joined to: a new member event
+    /// with the current display name and avatar, as Synapse does, so members see the change.
+    /// A room that refuses the event is skipped (logged), not a failure of the change.
+    pub async fn profile_changed(&self, user_id: &UserId) -> Result<()> {
+        let profile = self.users.profile(user_id)?.unwrap_or_default();
+        for room_id in self.members.rooms_of_user(user_id, &MembershipState::Join)? {
+            let lock = self.timeline.lock_room(&room_id).await;
+            let Some(current) =
+                self.timeline.state_event(&room_id, &StateEventType::RoomMember, user_id.as_str())?
+            else {
+                continue;
+            };
+            let mut content = current.pdu.content_value();
+            let Some(map) = content.as_object_mut() else { continue };
+            if map.get("membership").and_then(|m| m.as_str()) != Some("join") {
+                continue;
+            }
+            let name = profile.displayname.clone().map(serde_json::Value::from);
+            let avatar = profile.avatar_url.as_ref().map(|u| serde_json::Value::from(u.as_str()));
+            if map.get("displayname") == name.as_ref() && map.get("avatar_url") == avatar.as_ref() {
+                continue;
+            }
+            for (key, value) in [("displayname", name), ("avatar_url", avatar)] {
+                match value {
+                    Some(value) => map.insert(key.to_owned(), value),
+                    None => map.remove(key),
+                };
+            }
+            // The join reason belongs to the join, not to the profile change.
+            map.remove("reason");
+            let template = EventTemplate::state(TimelineEventType::RoomMember, user_id.as_str(), content);
+            if let Err(error) = self.timeline.append(&lock, user_id, template, None) {
+                tracing::warn!(%room_id, %error, "profile change not carried into room");
+            }
+        }
+        Ok(())
+    }
+
     fn set_membership(
         &self,
         lock: &RoomLock,

@@ -321,11 +321,20 @@ impl Timeline {
                     .and_then(JsonValue::as_str)
                     .unwrap_or_default()
                     .to_owned();
+                let joined_at = if membership == "join" {
+                    match self.members.get(room_id, &user_id)? {
+                        Some(previous) if previous.membership == "join" => Some(previous.joined_since()),
+                        _ => Some(event.stream),
+                    }
+                } else {
+                    None
+                };
                 let row = MembershipRecord {
                     membership,
                     event_id: pdu.event_id.clone(),
                     stream: event.stream,
                     forgotten: false,
+                    joined_at,
                 };
                 self.members.set_in(&mut batch, room_id, &user_id, &row)?;
                 // The member's own syncs may not be watching this room yet (an invite, a
