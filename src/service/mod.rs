@@ -92,6 +92,13 @@ impl Services {
         let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
         let room_states = Arc::new(rooms::state::RoomStates::new(&store)?);
         let memberships = Arc::new(rooms::members::Memberships::new(&store));
+        let visibility = Arc::new(rooms::visibility::Visibility::new(
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+        ));
+        let relations =
+            Arc::new(rooms::relations::Relations::new(&store, Arc::clone(&events), Arc::clone(&visibility)));
         let account_data = Arc::new(account_data::AccountData::new(&store, Arc::clone(&stream)));
         let receipts = Arc::new(rooms::receipts::Receipts::new(
             &store,
@@ -107,12 +114,6 @@ impl Services {
             Arc::clone(&events),
             Arc::clone(&memberships),
             Arc::clone(&receipts),
-        ));
-        let relations = Arc::new(rooms::relations::Relations::new(&store, Arc::clone(&events)));
-        let visibility = Arc::new(rooms::visibility::Visibility::new(
-            Arc::clone(&events),
-            Arc::clone(&room_states),
-            Arc::clone(&memberships),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));

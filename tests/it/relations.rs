@@ -179,3 +179,28 @@ async fn threads_summaries_relations_and_thread_list() {
         "M_FORBIDDEN",
     );
 }
+
+#[tokio::test]
+async fn bundles_show_only_what_the_viewer_may_see() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat", "initial_state": [{"type": "m.room.history_visibility", "content": {"history_visibility": "joined"}}]})).await;
+    join(&s, &bob, &room).await;
+    let root = send_text(&s, &alice, &room, "root", "root").await;
+    let seen =
+        send(&s, &alice, &room, "r1", "m.room.message", reply_in_thread(&root, "while bob was here")).await;
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    send(&s, &alice, &room, "r2", "m.room.message", reply_in_thread(&root, "after bob left")).await;
+    // Bob may still read the root, but the thread's latest reply he may see is the first.
+    let (status, event) = s.get(&format!("{V3}/rooms/{room}/event/{root}"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"], seen);
+
+    // A "reply" in another room to this room's event is not a relation of it.
+    let elsewhere = create_room(&s, &bob, json!({})).await;
+    send(&s, &bob, &elsewhere, "x", "m.room.message", json!({"msgtype": "m.text", "body": "fake", "m.relates_to": {"rel_type": "m.reference", "event_id": root}})).await;
+    let (_, event) = s.get(&format!("{V3}/rooms/{room}/event/{root}"), Some(&alice.token)).await;
+    assert!(event["unsigned"]["m.relations"].get("m.reference").is_none(), "{event}");
+}

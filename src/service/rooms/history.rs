@@ -136,6 +136,7 @@ impl History {
         let mut parents = vec![parent.to_owned()];
         let mut found: Vec<(u64, OwnedEventId)> = Vec::new();
         let depth = if recurse { MAX_RELATION_DEPTH } else { 1 };
+        let mut reached = 0;
         for _ in 0..depth {
             let mut next_parents = Vec::new();
             for p in &parents {
@@ -148,6 +149,7 @@ impl History {
             if next_parents.is_empty() {
                 break;
             }
+            reached += 1;
             parents = next_parents;
         }
         found.sort_by_key(|(stream, _)| *stream);
@@ -166,15 +168,16 @@ impl History {
                 continue;
             }
             if chunk.len() >= limit {
+                // The first event not returned starts the next page.
                 next_batch = Some(match direction {
                     Direction::Forward => stream - 1,
-                    Direction::Reverse => stream + 1,
+                    Direction::Reverse => stream,
                 });
                 break;
             }
             chunk.push(self.renderer.raw(viewer, &event, Rendering::CLIENT)?);
         }
-        Ok(RelationsPage { chunk, next_batch, recursion_depth: recurse.then_some(depth) })
+        Ok(RelationsPage { chunk, next_batch, recursion_depth: recurse.then_some(reached) })
     }
 
     /// `GET /rooms/{roomId}/threads`: thread roots by latest activity, newest first.

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value as JsonValue, json};
 
-use super::events::{Events, StoredEvent};
+use super::{
+    events::{Events, StoredEvent},
+    visibility::Visibility,
+};
 use crate::{
     Result,
     storage::{
@@ -54,21 +57,28 @@ pub struct Relations {
     /// Each thread root's latest activity position, to move its activity row.
     thread_latest: Table<OwnedEventId, u64>,
     events: Arc<Events>,
+    visibility: Arc<Visibility>,
 }
 
 impl Relations {
-    pub fn new(store: &Arc<dyn KvStore>, events: Arc<Events>) -> Self {
+    pub fn new(store: &Arc<dyn KvStore>, events: Arc<Events>, visibility: Arc<Visibility>) -> Self {
         Self {
             relations: RELATIONS.open(store),
             thread_activity: THREAD_ACTIVITY.open(store),
             thread_latest: THREAD_LATEST.open(store),
             events,
+            visibility,
         }
     }
 
     /// Queue the index rows of a new event (called by the append path, in its batch).
     pub fn index_in(&self, batch: &mut WriteBatch, event: &StoredEvent) -> Result<()> {
         let Some(relation) = relates_to(&event.pdu.content_value()) else { return Ok(()) };
+        // A relation to an event of another room (or none) would let one room's members
+        // attach replies and edits to another room's events.
+        if self.events.get(&relation.parent)?.is_none_or(|parent| parent.pdu.room_id != event.pdu.room_id) {
+            return Ok(());
+        }
         let record = RelationRecord {
             event_id: event.pdu.event_id.clone(),
             kind: event.pdu.kind.to_string(),
@@ -90,8 +100,9 @@ impl Relations {
         Ok(())
     }
 
-    /// Children of `parent` (optionally of one relation type), paged by stream position:
-    /// after `from` (exclusive) in `direction`, stopping at `to` (inclusive), at most `limit`.
+    /// Children of `parent` (optionally of one relation type), paged by stream token (a
+    /// token lies after its position): forward, those after `from` up to `to`; backward,
+    /// those at or before `from` and after `to`; at most `limit`.
     pub fn children(
         &self,
         parent: &EventId,
@@ -118,10 +129,10 @@ impl Relations {
                     }
                     Direction::Reverse => {
                         if let Some(from) = from {
-                            range = range.before(bound(from));
+                            range = range.before(bound(from.saturating_add(1)));
                         }
                         if let Some(to) = to {
-                            range.start = std::ops::Bound::Included(bound(to));
+                            range = range.after(bound(to));
                         }
                     }
                 }
@@ -150,7 +161,7 @@ impl Relations {
                             from.is_none_or(|f| r.stream > f) && to.is_none_or(|t| r.stream <= t)
                         }
                         Direction::Reverse => {
-                            from.is_none_or(|f| r.stream < f) && to.is_none_or(|t| r.stream >= t)
+                            from.is_none_or(|f| r.stream <= f) && to.is_none_or(|t| r.stream > t)
                         }
                     })
                     .take(limit)
@@ -194,56 +205,78 @@ impl Relations {
         Ok(false)
     }
 
-    /// The bundled aggregations of an event (`unsigned.m.relations`), if it has any.
+    /// The bundled aggregations of an event (`unsigned.m.relations`), if it has any, as
+    /// `viewer` may see them: the latest edit and the latest thread reply are ones they may
+    /// see. Bounded work: relation rows carry sender and type, so only the events shown are
+    /// loaded.
     pub fn bundle(&self, viewer: &UserId, event: &StoredEvent) -> Result<Option<JsonValue>> {
         if event.pdu.is_redacted() {
             return Ok(None);
         }
-        let mut latest_edit: Option<Arc<StoredEvent>> = None;
-        let mut thread_count = 0u64;
-        let mut thread_latest: Option<Arc<StoredEvent>> = None;
-        let mut participated = event.pdu.sender == viewer;
-        let mut references = Vec::new();
-        for row in self.relations.scan_prefix(&event.pdu.event_id, Direction::Forward)? {
-            let ((_, rel_type, _), record) = row?;
-            match rel_type.as_str() {
-                // Only the original sender's edits of the same type replace content.
-                REPLACE if record.sender == event.pdu.sender && record.kind == event.pdu.kind.to_string() => {
-                    if let Some(edit) = self.events.get(&record.event_id)?.filter(|e| !e.pdu.is_redacted()) {
-                        latest_edit = Some(edit);
-                    }
-                }
-                THREAD => {
-                    if let Some(reply) = self.events.get(&record.event_id)?.filter(|e| !e.pdu.is_redacted()) {
-                        thread_count += 1;
-                        participated |= reply.pdu.sender == viewer;
-                        thread_latest = Some(reply);
-                    }
-                }
-                REFERENCE if references.len() < MAX_BUNDLED_REFERENCES => {
-                    references.push(json!({ "event_id": record.event_id }));
-                }
-                _ => {}
-            }
-        }
         let mut bundle = Map::new();
-        if let Some(edit) = latest_edit {
+        if let Some(edit) = self.latest_edit(viewer, event)? {
             bundle.insert(REPLACE.to_owned(), edit.pdu.to_client_event(None));
         }
-        if let Some(latest) = thread_latest {
-            // The latest reply is shown with its own edit applied by clients, so bundle it.
-            let mut latest_json = latest.pdu.to_client_event(None);
-            if let Some(inner) = self.bundle(viewer, &latest)? {
-                latest_json["unsigned"]["m.relations"] = inner;
+        let parent = event.pdu.event_id.clone();
+        let mut count = 0u64;
+        let mut participated = event.pdu.sender == viewer;
+        for row in self.relations.scan_prefix(&(parent.clone(), THREAD.to_owned()), Direction::Forward)? {
+            let (_, record) = row?;
+            count += 1;
+            participated |= record.sender == viewer;
+        }
+        if count > 0 {
+            let mut latest_json = None;
+            for row in self.relations.scan_prefix(&(parent.clone(), THREAD.to_owned()), Direction::Reverse)? {
+                let (_, record) = row?;
+                let Some(reply) = self.events.get(&record.event_id)? else { continue };
+                if reply.pdu.is_redacted() || !self.visibility.may_see_event(viewer, &reply)? {
+                    continue;
+                }
+                let mut json = reply.pdu.to_client_event(None);
+                // The reply shows with its own latest edit; one level, never further.
+                if let Some(edit) = self.latest_edit(viewer, &reply)? {
+                    json["unsigned"]["m.relations"] = json!({ REPLACE: edit.pdu.to_client_event(None) });
+                }
+                latest_json = Some(json);
+                break;
             }
-            bundle.insert(
-                THREAD.to_owned(),
-                json!({ "latest_event": latest_json, "count": thread_count, "current_user_participated": participated }),
-            );
+            if let Some(latest) = latest_json {
+                bundle.insert(
+                    THREAD.to_owned(),
+                    json!({ "latest_event": latest, "count": count, "current_user_participated": participated }),
+                );
+            }
+        }
+        let mut references = Vec::new();
+        for row in self.relations.scan_prefix(&(parent, REFERENCE.to_owned()), Direction::Forward)? {
+            if references.len() >= MAX_BUNDLED_REFERENCES {
+                break;
+            }
+            references.push(json!({ "event_id": row?.1.event_id }));
         }
         if !references.is_empty() {
             bundle.insert(REFERENCE.to_owned(), json!({ "chunk": references }));
         }
         Ok((!bundle.is_empty()).then_some(JsonValue::Object(bundle)))
+    }
+
+    /// The newest edit of `event` by its own sender, of its own type, that the viewer may see.
+    fn latest_edit(&self, viewer: &UserId, event: &StoredEvent) -> Result<Option<Arc<StoredEvent>>> {
+        let kind = event.pdu.kind.to_string();
+        for row in self
+            .relations
+            .scan_prefix(&(event.pdu.event_id.clone(), REPLACE.to_owned()), Direction::Reverse)?
+        {
+            let (_, record) = row?;
+            if record.sender != event.pdu.sender || record.kind != kind {
+                continue;
+            }
+            let Some(edit) = self.events.get(&record.event_id)? else { continue };
+            if !edit.pdu.is_redacted() && self.visibility.may_see_event(viewer, &edit)? {
+                return Ok(Some(edit));
+            }
+        }
+        Ok(None)
     }
 }
