@@ -37,6 +37,8 @@ pub struct AccountData {
     changes: Table<(OwnedUserId, u64), AccountDataChange>,
     stream: Arc<Stream>,
     store: Arc<dyn KvStore>,
+    /// Serialises read-modify-write changes (tags), so concurrent ones do not lose each other.
+    modify: std::sync::Mutex<()>,
 }
 
 fn room_key(room_id: Option<&RoomId>) -> String {
@@ -50,6 +52,7 @@ impl AccountData {
             changes: ACCOUNT_DATA_CHANGES.open(store),
             stream,
             store: Arc::clone(store),
+            modify: std::sync::Mutex::new(()),
         }
     }
 
@@ -130,6 +133,7 @@ impl AccountData {
         tag: &str,
         info: Option<JsonValue>,
     ) -> Result<()> {
+        let _modifying = self.modify.lock().unwrap_or_else(|p| p.into_inner());
         let mut tags = self.tags(user_id, room_id)?;
         match info {
             Some(info) => {

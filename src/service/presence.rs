@@ -107,8 +107,11 @@ impl Presence {
         if unchanged {
             return Ok(());
         }
+        // A refresh of `last_active` alone is written quietly: it wakes nobody's long-poll
+        // (it would, for every room mate, once a minute per online user).
+        let announce = current.as_ref().is_none_or(|c| c.state != state);
         let status_msg = current.and_then(|c| c.status_msg);
-        self.write(user_id, state, status_msg, now)
+        self.write_with(user_id, state, status_msg, now, announce)
     }
 
     /// The user's presence; `None` if it was never set (or presence is off).
@@ -179,6 +182,17 @@ impl Presence {
         status_msg: Option<String>,
         last_active_ms: u64,
     ) -> Result<()> {
+        self.write_with(user_id, state, status_msg, last_active_ms, true)
+    }
+
+    fn write_with(
+        &self,
+        user_id: &UserId,
+        state: &str,
+        status_msg: Option<String>,
+        last_active_ms: u64,
+        announce: bool,
+    ) -> Result<()> {
         let user = user_id.to_owned();
         let previous = self.records.get(&user)?;
         let reservation = self.stream.reserve()?;
@@ -192,7 +206,9 @@ impl Presence {
         self.changes.put(&mut batch, &position, &user)?;
         self.store.write(batch)?;
         drop(reservation);
-        self.stream.announce(position, [Change::Presence(user.clone()), Change::User(user)]);
+        if announce {
+            self.stream.announce(position, [Change::Presence(user.clone()), Change::User(user)]);
+        }
         Ok(())
     }
 

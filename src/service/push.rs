@@ -17,7 +17,7 @@ use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::sync::sync_events::UnreadNotificationsCount,
     events::{
-        StateEventType,
+        StateEventType, TimelineEventType,
         room::{member::MembershipState, power_levels::RoomPowerLevels},
     },
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
@@ -37,6 +37,7 @@ use super::{
 };
 use crate::{
     Error, Result,
+    matrix::pdu::Pdu,
     storage::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
@@ -62,6 +63,14 @@ pub struct UnreadCounts {
     pub threads: BTreeMap<OwnedEventId, UnreadNotificationsCount>,
 }
 
+/// The outcome of evaluating an event for one user who is notified.
+pub struct PendingNotification {
+    user_id: OwnedUserId,
+    highlight: bool,
+    thread: Option<String>,
+    actions: JsonValue,
+}
+
 /// One entry of `/notifications`.
 pub struct NotificationEntry {
     pub stream: u64,
@@ -82,6 +91,9 @@ pub struct Notifications {
     receipts: Arc<Receipts>,
     store: Arc<dyn KvStore>,
     rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Serialises rule changes with loads into the cache, so two changes cannot lose one
+    /// another and a load cannot put back rules a change just replaced.
+    rules_write: Mutex<()>,
 }
 
 impl Notifications {
@@ -102,6 +114,7 @@ impl Notifications {
             receipts,
             store: Arc::clone(store),
             rulesets: Mutex::new(HashMap::new()),
+            rules_write: Mutex::new(()),
         }
     }
 
@@ -112,8 +125,8 @@ impl Notifications {
         if let Some(cached) = self.lock_rulesets().get(user_id) {
             return Ok(Arc::clone(cached));
         }
-        let stored: Option<PushRulesContent> = self.account_data.get_as(user_id, None, PUSH_RULES)?;
-        let ruleset = Arc::new(stored.map_or_else(|| Ruleset::server_default(user_id), |c| c.global));
+        let _writing = self.rules_write.lock().unwrap_or_else(|p| p.into_inner());
+        let ruleset = Arc::new(self.stored_ruleset(user_id)?);
         let mut cache = self.lock_rulesets();
         if cache.len() >= RULESET_CACHE_ENTRIES {
             cache.clear();
@@ -122,17 +135,22 @@ impl Notifications {
         Ok(ruleset)
     }
 
+    fn stored_ruleset(&self, user_id: &UserId) -> Result<Ruleset> {
+        let stored: Option<PushRulesContent> = self.account_data.get_as(user_id, None, PUSH_RULES)?;
+        Ok(stored.map_or_else(|| Ruleset::server_default(user_id), |c| c.global))
+    }
+
     /// Change the user's rules with `change` and store the result (announced through sync).
     pub fn update_ruleset(
         &self,
         user_id: &UserId,
         change: impl FnOnce(&mut Ruleset) -> Result<()>,
     ) -> Result<()> {
-        let mut ruleset = (*self.ruleset(user_id)?).clone();
+        let _writing = self.rules_write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ruleset = self.stored_ruleset(user_id)?;
         change(&mut ruleset)?;
         let content = serde_json::value::to_raw_value(&PushRulesContent { global: ruleset })
             .map_err(|e| Error::internal(format!("serialising push rules: {e}")))?;
-        self.lock_rulesets().remove(user_id);
         self.account_data.set(user_id, None, PUSH_RULES, content)?;
         self.lock_rulesets().remove(user_id);
         Ok(())
@@ -151,34 +169,41 @@ impl Notifications {
 
     // ---- evaluation ----
 
-    /// Evaluate a new event for every joined member but its sender and queue the
-    /// notification rows (called by the append path, in the event's batch). `state` is
-    /// the room state after the event.
-    pub fn evaluate_in(
+    /// Evaluate an event about to be appended for every joined member but its sender (and
+    /// for the invitee of an invite), with the room state before it. Done before the event
+    /// takes a stream position, so a large room's evaluation holds back no one's sync.
+    pub fn evaluate(
         &self,
-        batch: &mut WriteBatch,
-        event: &StoredEvent,
+        pdu: &Pdu,
         state: &StateMap,
         power_levels: RoomPowerLevels,
-    ) -> Result<()> {
-        let pdu = &event.pdu;
-        let joined = self.members.members_with(&pdu.room_id, &MembershipState::Join)?;
-        if joined.len() <= 1 && pdu.state_key.is_none() {
-            return Ok(());
+    ) -> Result<Vec<PendingNotification>> {
+        let mut recipients = self.members.members_with(&pdu.room_id, &MembershipState::Join)?;
+        let member_count = UInt::new_saturating(recipients.len() as u64);
+        if pdu.kind == TimelineEventType::RoomMember {
+            let invited = pdu.content_value().get("membership").and_then(JsonValue::as_str) == Some("invite");
+            if let Some(invitee) =
+                pdu.state_key.as_deref().filter(|_| invited).and_then(|k| UserId::parse(k).ok())
+            {
+                if !recipients.contains(&invitee) {
+                    recipients.push(invitee);
+                }
+            }
+        }
+        recipients.retain(|user| *user != pdu.sender);
+        if recipients.is_empty() {
+            return Ok(Vec::new());
         }
         let raw: Raw<JsonValue> =
             Raw::from_json(crate::service::rooms::render::to_raw(&pdu.to_client_event(None))?);
         // Flattened once for every member, rather than once per member inside ruma.
         let flattened = FlattenedJson::from_raw(&raw);
         let power: PushConditionPowerLevelsCtx = power_levels.into();
-        let member_count = UInt::new_saturating(joined.len() as u64);
         let thread = relations::relates_to(&pdu.content_value())
             .filter(|r| r.rel_type == THREAD)
             .map(|r| r.parent.to_string());
-        for user_id in joined {
-            if user_id == pdu.sender {
-                continue;
-            }
+        let mut pending = Vec::new();
+        for user_id in recipients {
             let ruleset = self.ruleset(&user_id)?;
             let display_name = self.display_name(state, &user_id)?;
             let mut context =
@@ -188,24 +213,41 @@ impl Notifications {
                 // Only thread-subscription conditions suspend, and none is configured.
                 continue;
             };
-            let notify = actions.iter().any(Action::should_notify);
-            if !notify {
+            if !actions.iter().any(Action::should_notify) {
                 continue;
             }
             let highlight = actions.iter().any(|a| a.is_highlight());
-            let record =
-                PushActionRecord { event_id: pdu.event_id.clone(), highlight, thread: thread.clone() };
-            self.actions.put(batch, &(user_id.clone(), pdu.room_id.clone(), event.stream), &record)?;
-            let actions_json = serde_json::to_value(actions)
+            let actions = serde_json::to_value(actions)
                 .map_err(|e| Error::internal(format!("serialising actions: {e}")))?;
+            pending.push(PendingNotification { user_id, highlight, thread: thread.clone(), actions });
+        }
+        Ok(pending)
+    }
+
+    /// Queue the notification rows of an appended event (in the event's batch).
+    pub fn put_in(
+        &self,
+        batch: &mut WriteBatch,
+        event: &StoredEvent,
+        pending: Vec<PendingNotification>,
+    ) -> Result<()> {
+        let pdu = &event.pdu;
+        for notification in pending {
+            let record = PushActionRecord {
+                event_id: pdu.event_id.clone(),
+                highlight: notification.highlight,
+                thread: notification.thread,
+            };
+            let user = notification.user_id;
+            self.actions.put(batch, &(user.clone(), pdu.room_id.clone(), event.stream), &record)?;
             let entry = NotificationRecord {
                 room_id: pdu.room_id.clone(),
                 event_id: pdu.event_id.clone(),
-                actions: actions_json,
-                highlight,
+                actions: notification.actions,
+                highlight: notification.highlight,
                 ts: pdu.origin_server_ts.get().into(),
             };
-            self.notifications.put(batch, &(user_id, event.stream), &entry)?;
+            self.notifications.put(batch, &(user, event.stream), &entry)?;
         }
         Ok(())
     }
@@ -230,7 +272,11 @@ impl Notifications {
 
     /// Where the user has read up to in a room: the unthreaded receipt, and per thread.
     fn read_positions(&self, user_id: &UserId, room_id: &RoomId) -> Result<(u64, HashMap<String, u64>)> {
-        let mut unthreaded = 0;
+        // Nothing from before the user joined counts (their invite, say), as in Synapse.
+        let mut unthreaded = match self.members.get(room_id, user_id)? {
+            Some(record) if record.membership == "join" => record.joined_since(),
+            _ => 0,
+        };
         let mut threads: HashMap<String, u64> = HashMap::new();
         for receipt in self.receipts.of_user(room_id, user_id)? {
             if receipt.receipt_type != receipts::READ && receipt.receipt_type != receipts::READ_PRIVATE {
@@ -302,7 +348,8 @@ impl Notifications {
             if only_highlight && !record.highlight {
                 continue;
             }
-            if !self.members.is_joined(&record.room_id, user_id)? {
+            let membership = self.members.membership(&record.room_id, user_id)?;
+            if !matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
                 continue;
             }
             if !read_cache.contains_key(&record.room_id) {

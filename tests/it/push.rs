@@ -182,9 +182,12 @@ async fn notification_counts_follow_rules_and_reset_on_receipts() {
     let (status, list_all) = s.get(&format!("{V3}/notifications"), Some(&bob.token)).await;
     assert_eq!(status, StatusCode::OK, "{list_all}");
     let all = list_all["notifications"].as_array().unwrap();
-    assert_eq!(all.len(), 3, "{list_all}");
+    // Newest first: the DM message (read), the mention, the plain group message, and the
+    // DM invite itself (.m.rule.invite_for_me).
+    assert_eq!(all.len(), 4, "{list_all}");
     assert_eq!(all[0]["room_id"], dm);
     assert_eq!(all[0]["read"], true);
+    assert_eq!(all[3]["event"]["content"]["membership"], "invite");
     let (_, highlights) = s.get(&format!("{V3}/notifications?only=highlight"), Some(&bob.token)).await;
     let highlights = highlights["notifications"].as_array().unwrap();
     assert_eq!(highlights.len(), 1);
@@ -194,7 +197,8 @@ async fn notification_counts_follow_rules_and_reset_on_receipts() {
     assert_eq!(page["notifications"].as_array().unwrap().len(), 2);
     let next = page["next_token"].as_str().unwrap();
     let (_, rest) = s.get(&format!("{V3}/notifications?from={next}"), Some(&bob.token)).await;
-    assert_eq!(rest["notifications"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["notifications"].as_array().unwrap().len(), 2);
+    assert!(rest.get("next_token").is_none_or(|t| t.is_null()));
 }
 
 async fn last_in(s: &TestServer, who: &Session, room: &str) -> String {

@@ -290,8 +290,14 @@ impl Timeline {
         txn: Option<Txn<'_>>,
         redacted: Option<Arc<StoredEvent>>,
     ) -> Result<Arc<StoredEvent>> {
-        let reservation = self.stream.reserve()?;
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
+        let notified = if is_create {
+            Vec::new()
+        } else {
+            let state_before = self.states.state_of_group(record.state_group)?;
+            self.notifications.evaluate(&pdu, &state_before, self.power_levels(room_id)?)?
+        };
+        let reservation = self.stream.reserve()?;
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
         let origin =
             txn.map(|t| TxnOrigin { device_id: t.device_id.to_owned(), txn_id: t.txn_id.to_owned() });
@@ -346,13 +352,7 @@ impl Timeline {
             self.events.replace_in(&mut batch, redacted)?;
             self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
         }
-        if !is_create {
-            let state_after = match &new_group {
-                Some((_, state)) => Arc::clone(state),
-                None => self.states.state_of_group(record.state_group)?,
-            };
-            self.notifications.evaluate_in(&mut batch, &event, &state_after, self.power_levels(room_id)?)?;
-        }
+        self.notifications.put_in(&mut batch, &event, notified)?;
         if let Some(txn) = txn {
             let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.txn_id.to_owned());
             self.txn_ids.put(&mut batch, &key, &pdu.event_id)?;
