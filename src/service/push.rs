@@ -339,9 +339,12 @@ impl Notifications {
         let mut read_cache: HashMap<OwnedRoomId, (u64, HashMap<String, u64>)> = HashMap::new();
         let mut found = Vec::new();
         let mut next = None;
-        for row in self.notifications.scan(range, Direction::Reverse)? {
+        // A page examines a bounded number of rows (only=highlight or left rooms can skip
+        // many); a short page with a `next_token` is valid and the client continues.
+        let budget = limit.saturating_mul(20).saturating_add(200);
+        for (examined, row) in self.notifications.scan(range, Direction::Reverse)?.enumerate() {
             let ((_, stream), record) = row?;
-            if found.len() >= limit {
+            if found.len() >= limit || examined >= budget {
                 next = Some(stream + 1);
                 break;
             }

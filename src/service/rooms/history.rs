@@ -194,15 +194,18 @@ impl History {
         let limit = limit.clamp(1, MAX_LIMIT);
         let mut chunk = Vec::new();
         let mut cursor = from;
+        // Threads examined per page: `participated` can skip many.
+        let mut budget = limit.saturating_mul(20).saturating_add(200);
         loop {
             let roots = self.relations.threads(room_id, cursor, SCAN_CHUNK)?;
             if roots.is_empty() {
                 return Ok((chunk, None));
             }
             for (root_id, activity) in roots {
-                if chunk.len() >= limit {
+                if chunk.len() >= limit || budget == 0 {
                     return Ok((chunk, Some(activity + 1)));
                 }
+                budget -= 1;
                 cursor = Some(activity);
                 let Some(root) = self.events.get(&root_id)? else { continue };
                 if root.pdu.room_id != room_id || !self.visibility.may_see_event(user_id, &root)? {
