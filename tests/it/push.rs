@@ -76,7 +76,7 @@ async fn push_rules_crud() {
     let (_, got) = s.get(&format!("{rule}/actions"), Some(&alice.token)).await;
     assert_eq!(got["actions"][1]["set_tweak"], "highlight");
 
-    // before/after place a rule relative to another; unknown anchors are M_NOT_FOUND.
+    // before/after place a rule relative to another; an unknown anchor is a bad request.
     let pie = format!("{V3}/pushrules/global/content/pie?before=cake");
     let (status, _) = s.put(&pie, Some(&alice.token), json!({"pattern": "pie", "actions": []})).await;
     assert_eq!(status, StatusCode::OK);
@@ -89,8 +89,8 @@ async fn push_rules_crud() {
     let bad = format!("{V3}/pushrules/global/content/tart?after=nothing");
     expect_error(
         s.put(&bad, Some(&alice.token), json!({"pattern": "t", "actions": []})).await,
-        StatusCode::NOT_FOUND,
-        "M_NOT_FOUND",
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
     );
 
     // Server-default rules can be disabled but not deleted; custom ones can be deleted.

@@ -7,7 +7,7 @@ use ruma::{
         get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule,
         set_pushrule_actions, set_pushrule_enabled,
     },
-    push::{InsertPushRuleError, RemovePushRuleError},
+    push::RemovePushRuleError,
     serde::Raw,
 };
 
@@ -62,7 +62,8 @@ pub async fn set_pushrule(
     let body = req.body;
     services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
         ruleset.insert(body.rule, body.after.as_deref(), body.before.as_deref()).map_err(|e| match e {
-            InsertPushRuleError::UnknownRuleId => Error::not_found("The before or after rule does not exist"),
+            // A missing anchor is "a problem configuring this push rule" (400), not a
+            // missing rule being updated (404).
             other => Error::invalid_param(other.to_string()),
         })
     })?;
