@@ -282,13 +282,28 @@ impl Sync {
         }
 
         response.account_data.events = global_account_data;
-        for view in self.presence.changes(since, upto)? {
+        let changes = self.presence.changes(since, upto)?;
+        // Many changes (an initial sync, a long gap): gather everyone sharing a room once;
+        // few: look up each changed user's rooms.
+        let co_members: Option<HashSet<OwnedUserId>> = if changes.len() > joined_rooms.len() {
+            let mut all = HashSet::new();
+            for room in &joined_rooms {
+                all.extend(self.members.members_with(room, &MembershipState::Join)?);
+            }
+            Some(all)
+        } else {
+            None
+        };
+        for view in changes {
             let shares_room = view.user_id == user_id
-                || self
-                    .members
-                    .rooms_of_user(&view.user_id, &MembershipState::Join)?
-                    .iter()
-                    .any(|room| joined_rooms.contains(room));
+                || match &co_members {
+                    Some(all) => all.contains(&view.user_id),
+                    None => self
+                        .members
+                        .rooms_of_user(&view.user_id, &MembershipState::Join)?
+                        .iter()
+                        .any(|room| joined_rooms.contains(room)),
+                };
             if !shares_room || !filter::event_allowed(&filter.presence, Some(&view.user_id), "m.presence") {
                 continue;
             }
