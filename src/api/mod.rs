@@ -101,9 +101,9 @@ impl RouterExt for Router<AppState> {
 /// Every route the server answers.
 pub fn router(services: AppState) -> Router {
     use client::{
-        account, alias, config, context, device, directory, discovery, knock, membership, message, presence,
-        profile, push, read_marker, receipt, redact, relations, reporting, room, search, session, space,
-        state, sync, tag, threads, typing, user_directory,
+        account, alias, config, context, device, directory, discovery, keys, knock, membership, message,
+        presence, profile, push, read_marker, receipt, redact, relations, reporting, room, search, session,
+        space, state, sync, tag, threads, to_device, typing, user_directory,
     };
 
     Router::new()
@@ -189,6 +189,14 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(tag::delete_tag)
         .ruma_route(presence::get_presence)
         .ruma_route(presence::set_presence)
+        // End-to-end encryption
+        .ruma_route(keys::upload_keys)
+        .ruma_route(keys::get_keys)
+        .ruma_route(keys::claim_keys)
+        .ruma_route(keys::get_key_changes)
+        .ruma_route(keys::upload_signing_keys)
+        .ruma_route(keys::upload_signatures)
+        .ruma_route(to_device::send_event_to_device)
         // Push rules and notifications
         .ruma_route(push::get_pushrules_all)
         .ruma_route(push::get_pushrules_global_scope)

@@ -17,7 +17,9 @@ use ruma::api::error::ErrorKind;
 
 use super::{
     devices::{DeviceIdentity, Devices, WriteGuard},
+    keys::Keys,
     passwords::random_string,
+    to_device::ToDevice,
     uiaa::{Uiaa, UiaaRequirement},
     users::Users,
 };
@@ -37,6 +39,8 @@ pub struct Accounts {
     users: Arc<Users>,
     devices: Arc<Devices>,
     uiaa: Arc<Uiaa>,
+    keys: Arc<Keys>,
+    to_device: Arc<ToDevice>,
 }
 
 fn check_password_len(password: &str) -> Result<()> {
@@ -53,8 +57,40 @@ impl Accounts {
         users: Arc<Users>,
         devices: Arc<Devices>,
         uiaa: Arc<Uiaa>,
+        keys: Arc<Keys>,
+        to_device: Arc<ToDevice>,
     ) -> Self {
-        Self { store, config, users, devices, uiaa }
+        Self { store, config, users, devices, uiaa, keys, to_device }
+    }
+
+    /// Queue removal of devices with their tokens, keys and waiting to-device messages.
+    /// `None` removes every device but `keep`. Returns whether any device was removed (the
+    /// caller then announces the device-list change, after committing).
+    fn remove_devices_in(
+        &self,
+        guard: &WriteGuard<'_>,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        which: Option<&[OwnedDeviceId]>,
+        keep: Option<&DeviceId>,
+    ) -> Result<bool> {
+        let existing: Vec<OwnedDeviceId> =
+            self.devices.list(user_id)?.into_iter().map(|d| d.device_id).collect();
+        let removed: Vec<OwnedDeviceId> = match which {
+            Some(named) => existing.into_iter().filter(|d| named.contains(d)).collect(),
+            None => existing.into_iter().filter(|d| Some(d.as_ref()) != keep).collect(),
+        };
+        for device_id in &removed {
+            self.devices.remove_in(guard, batch, user_id, device_id)?;
+            self.keys.remove_device_in(batch, user_id, device_id)?;
+            self.to_device.remove_device_in(batch, user_id, device_id)?;
+        }
+        Ok(!removed.is_empty())
+    }
+
+    /// After devices went: tell room mates to re-fetch the user's device list.
+    fn devices_removed(&self, user_id: &UserId, removed: bool) -> Result<()> {
+        if removed { self.keys.device_list_changed(user_id) } else { Ok(()) }
     }
 
     /// Under the device write lock, let `build` check what may have changed and fill one batch,
@@ -280,6 +316,17 @@ impl Accounts {
         }
     }
 
+    /// Make the user authenticate again with their password (user-interactive auth) before a
+    /// sensitive change elsewhere, such as replacing cross-signing keys.
+    pub async fn reauthenticate(
+        &self,
+        who: &DeviceIdentity,
+        endpoint: &'static str,
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        self.uiaa.authenticate(&Self::password_requirement(endpoint, who), auth).await
+    }
+
     /// `POST /account/password`.
     pub async fn change_password(
         &self,
@@ -290,13 +337,14 @@ impl Accounts {
         let requirement = Self::password_requirement("change_password", who);
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
         let hash = self.users.hash_password(&req.new_password).await?;
-        self.write_locked(|guard, batch| {
+        let removed = self.write_locked(|guard, batch| {
             self.users.set_password_hash_in(batch, &who.user_id, hash)?;
             if req.logout_devices {
-                self.devices.remove_all_in(guard, batch, &who.user_id, Some(&who.device_id))?;
+                return self.remove_devices_in(guard, batch, &who.user_id, None, Some(&who.device_id));
             }
-            Ok(())
+            Ok(false)
         })?;
+        self.devices_removed(&who.user_id, removed)?;
         Ok(change_password::v3::Response::new())
     }
 
@@ -308,10 +356,11 @@ impl Accounts {
     ) -> Result<deactivate::v3::Response> {
         let requirement = Self::password_requirement("deactivate", who);
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
-        self.write_locked(|guard, batch| {
+        let removed = self.write_locked(|guard, batch| {
             self.users.deactivate_in(batch, &who.user_id, req.erase)?;
-            self.devices.remove_all_in(guard, batch, &who.user_id, None)
+            self.remove_devices_in(guard, batch, &who.user_id, None, None)
         })?;
+        self.devices_removed(&who.user_id, removed)?;
         tracing::info!(user_id = %who.user_id, "deactivated account");
         // No third-party identifiers are ever bound here, so there is nothing to unbind.
         Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success))
@@ -327,20 +376,25 @@ impl Accounts {
     ) -> Result<()> {
         let requirement = Self::password_requirement("delete_devices", who);
         self.uiaa.authenticate(&requirement, auth).await?;
-        self.write_locked(|guard, batch| {
-            device_ids
-                .iter()
-                .try_for_each(|device_id| self.devices.remove_in(guard, batch, &who.user_id, device_id))
-        })
+        let removed = self.write_locked(|guard, batch| {
+            self.remove_devices_in(guard, batch, &who.user_id, Some(device_ids), None)
+        })?;
+        self.devices_removed(&who.user_id, removed)
     }
 
     /// `POST /logout`: this device and its tokens go.
     pub fn logout(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
-        self.write_locked(|guard, batch| self.devices.remove_in(guard, batch, user_id, device_id))
+        let devices = [device_id.to_owned()];
+        let removed = self.write_locked(|guard, batch| {
+            self.remove_devices_in(guard, batch, user_id, Some(&devices), None)
+        })?;
+        self.devices_removed(user_id, removed)
     }
 
     /// `POST /logout/all`: every device of the user goes.
     pub fn logout_all(&self, user_id: &UserId) -> Result<()> {
-        self.write_locked(|guard, batch| self.devices.remove_all_in(guard, batch, user_id, None))
+        let removed =
+            self.write_locked(|guard, batch| self.remove_devices_in(guard, batch, user_id, None, None))?;
+        self.devices_removed(user_id, removed)
     }
 }

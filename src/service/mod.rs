@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod devices;
 pub mod filters;
+pub mod keys;
 pub mod passwords;
 pub mod presence;
 pub mod push;
@@ -14,6 +15,7 @@ pub mod rooms;
 pub mod server_keys;
 pub mod stream;
 pub mod sync;
+pub mod to_device;
 pub mod uiaa;
 pub mod user_directory;
 pub mod users;
@@ -29,6 +31,8 @@ pub struct Services {
     pub devices: Arc<devices::Devices>,
     pub uiaa: Arc<uiaa::Uiaa>,
     pub accounts: Arc<accounts::Accounts>,
+    pub keys: Arc<keys::Keys>,
+    pub to_device: Arc<to_device::ToDevice>,
     pub server_keys: Arc<server_keys::ServerKeys>,
     pub stream: Arc<stream::Stream>,
     pub events: Arc<rooms::events::Events>,
@@ -69,6 +73,10 @@ impl Services {
             Arc::clone(&clock),
             Duration::from_secs(config.refreshable_access_token_lifetime_secs),
         ));
+        let events = Arc::new(rooms::events::Events::new(&store));
+        let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
+        let keys = Arc::new(keys::Keys::new(&store, Arc::clone(&stream)));
+        let to_device = Arc::new(to_device::ToDevice::new(&store, Arc::clone(&devices), Arc::clone(&stream)));
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
@@ -82,14 +90,14 @@ impl Services {
             Arc::clone(&users),
             Arc::clone(&devices),
             Arc::clone(&uiaa),
+            Arc::clone(&keys),
+            Arc::clone(&to_device),
         ));
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
             &store,
             config.server_name.clone(),
             clock.as_ref(),
         )?);
-        let events = Arc::new(rooms::events::Events::new(&store));
-        let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
         let room_states = Arc::new(rooms::state::RoomStates::new(&store)?);
         let memberships = Arc::new(rooms::members::Memberships::new(&store));
         let visibility = Arc::new(rooms::visibility::Visibility::new(
@@ -168,6 +176,8 @@ impl Services {
             Arc::clone(&presence),
             Arc::clone(&notifications),
             Arc::clone(&renderer),
+            Arc::clone(&keys),
+            Arc::clone(&to_device),
         ));
         let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
         let directory = Arc::new(rooms::directory::Directory::new(
@@ -231,6 +241,8 @@ impl Services {
             devices,
             uiaa,
             accounts,
+            keys,
+            to_device,
             server_keys,
             stream,
             events,

@@ -207,7 +207,7 @@ impl Presence {
         self.store.write(batch)?;
         drop(reservation);
         if announce {
-            self.stream.announce(position, [Change::Presence(user.clone()), Change::User(user)]);
+            self.stream.announce(position, [Change::RoomMates(user.clone()), Change::User(user)]);
         }
         Ok(())
     }

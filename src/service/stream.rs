@@ -38,8 +38,9 @@ pub enum Change {
     /// Something for one user only: their account data, an invite or knock, their presence
     /// as seen by themselves.
     User(OwnedUserId),
-    /// A user's presence, relevant to everyone sharing a room with them.
-    Presence(OwnedUserId),
+    /// Something about a user that everyone sharing a room with them needs: their
+    /// presence, their device list.
+    RoomMates(OwnedUserId),
 }
 
 /// A change with the position it was committed at.

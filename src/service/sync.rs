@@ -35,6 +35,7 @@ use crate::{
     matrix::filter,
     service::{
         account_data::{AccountData, AccountDataEntry},
+        keys::Keys,
         presence::Presence,
         push::Notifications,
         rooms::{
@@ -47,6 +48,7 @@ use crate::{
             typing::Typing,
         },
         stream::{Change, Heard, Stream},
+        to_device::ToDevice,
     },
     storage::{Direction, tables::MembershipRecord},
 };
@@ -101,7 +103,52 @@ pub struct Sync {
     presence: Arc<Presence>,
     notifications: Arc<Notifications>,
     renderer: Arc<EventRenderer>,
+    keys: Arc<Keys>,
+    to_device: Arc<ToDevice>,
     sent_members: Mutex<SentMembers>,
+}
+
+/// Members who joined or left the user's rooms in this pass, for device-list tracking.
+#[derive(Default)]
+struct MemberMoves {
+    joined: BTreeSet<OwnedUserId>,
+    left: BTreeSet<OwnedUserId>,
+}
+
+/// Whether other users share a room with the syncing user, answered per user from their
+/// rooms, or from everyone in the user's rooms gathered once when many are asked.
+struct RoomMates<'a> {
+    members: &'a Memberships,
+    me: &'a UserId,
+    rooms: &'a HashSet<OwnedRoomId>,
+    everyone: Option<HashSet<OwnedUserId>>,
+}
+
+impl RoomMates<'_> {
+    fn expect_many(&mut self, asks: usize) -> Result<()> {
+        if self.everyone.is_none() && asks > self.rooms.len() {
+            let mut all = HashSet::new();
+            for room in self.rooms {
+                all.extend(self.members.members_with(room, &MembershipState::Join)?);
+            }
+            self.everyone = Some(all);
+        }
+        Ok(())
+    }
+
+    fn share(&self, user: &UserId) -> Result<bool> {
+        if user == self.me {
+            return Ok(true);
+        }
+        Ok(match &self.everyone {
+            Some(all) => all.contains(user),
+            None => self
+                .members
+                .rooms_of_user(user, &MembershipState::Join)?
+                .iter()
+                .any(|r| self.rooms.contains(r)),
+        })
+    }
 }
 
 /// What one pass over the user's rooms found.
@@ -125,6 +172,8 @@ impl Sync {
         presence: Arc<Presence>,
         notifications: Arc<Notifications>,
         renderer: Arc<EventRenderer>,
+        keys: Arc<Keys>,
+        to_device: Arc<ToDevice>,
     ) -> Self {
         Self {
             stream,
@@ -138,6 +187,8 @@ impl Sync {
             presence,
             notifications,
             renderer,
+            keys,
+            to_device,
             sent_members: Mutex::new(HashMap::new()),
         }
     }
@@ -178,11 +229,28 @@ impl Sync {
         }
     }
 
+    /// `GET /keys/changes`: users sharing a room with `user_id` (or themselves) whose devices
+    /// or cross-signing keys changed between two sync tokens.
+    pub fn key_changes(&self, user_id: &UserId, from: u64, to: u64) -> Result<Vec<OwnedUserId>> {
+        let rooms: HashSet<OwnedRoomId> =
+            self.members.rooms_of_user(user_id, &MembershipState::Join)?.into_iter().collect();
+        let changed = self.keys.changed_users(from, to.min(self.stream.committed()))?;
+        let mut mates = RoomMates { members: &self.members, me: user_id, rooms: &rooms, everyone: None };
+        mates.expect_many(changed.len())?;
+        let mut shared = Vec::new();
+        for user in changed {
+            if mates.share(&user)? {
+                shared.push(user);
+            }
+        }
+        Ok(shared)
+    }
+
     fn concerns(&self, user_id: &UserId, watched: &HashSet<OwnedRoomId>, change: &Change) -> Result<bool> {
         Ok(match change {
             Change::Room(room_id) => watched.contains(room_id),
             Change::User(other) => other == user_id,
-            Change::Presence(other) => {
+            Change::RoomMates(other) => {
                 other != user_id
                     && self
                         .members
@@ -227,6 +295,7 @@ impl Sync {
 
         let ignored = self.history.ignored_users(user_id)?;
         let mut response = Response::new(format!("s{upto}"));
+        let mut moves = MemberMoves::default();
         let mut watched = HashSet::new();
         let mut joined_rooms = HashSet::new();
         for (room_id, record) in self.members.memberships_of_user(user_id)? {
@@ -246,9 +315,9 @@ impl Sync {
                 // A join committed after `upto` shows on the next pass, with its join event.
                 MembershipState::Join if record.joined_since() <= upto => {
                     let account = room_account_data.remove(&room_id).unwrap_or_default();
-                    if let Some(joined) =
-                        self.joined_room(request, viewer, &room_id, &record, since, upto, &ignored, &account)?
-                    {
+                    if let Some(joined) = self.joined_room(
+                        request, viewer, &room_id, &record, since, upto, &ignored, &account, &mut moves,
+                    )? {
                         response.rooms.join.insert(room_id, joined);
                     }
                 }
@@ -275,6 +344,7 @@ impl Sync {
                         } =>
                 {
                     let left = self.left_room(request, viewer, &room_id, &record, since, &ignored)?;
+                    moves.left.extend(self.members.members_with(&room_id, &MembershipState::Join)?);
                     response.rooms.leave.insert(room_id, left);
                 }
                 _ => {}
@@ -283,27 +353,11 @@ impl Sync {
 
         response.account_data.events = global_account_data;
         let changes = self.presence.changes(since, upto)?;
-        // Many changes (an initial sync, a long gap): gather everyone sharing a room once;
-        // few: look up each changed user's rooms.
-        let co_members: Option<HashSet<OwnedUserId>> = if changes.len() > joined_rooms.len() {
-            let mut all = HashSet::new();
-            for room in &joined_rooms {
-                all.extend(self.members.members_with(room, &MembershipState::Join)?);
-            }
-            Some(all)
-        } else {
-            None
-        };
+        let mut mates =
+            RoomMates { members: &self.members, me: user_id, rooms: &joined_rooms, everyone: None };
+        mates.expect_many(changes.len())?;
         for view in changes {
-            let shares_room = view.user_id == user_id
-                || match &co_members {
-                    Some(all) => all.contains(&view.user_id),
-                    None => self
-                        .members
-                        .rooms_of_user(&view.user_id, &MembershipState::Join)?
-                        .iter()
-                        .any(|room| joined_rooms.contains(room)),
-                };
+            let shares_room = mates.share(&view.user_id)?;
             if !shares_room || !filter::event_allowed(&filter.presence, Some(&view.user_id), "m.presence") {
                 continue;
             }
@@ -317,6 +371,41 @@ impl Sync {
             }
             let event = json!({ "type": "m.presence", "sender": view.user_id, "content": content });
             response.presence.events.push(Raw::from_json(to_raw(&event)?));
+        }
+        // End-to-end encryption: this device's messages and key counts, and whose devices
+        // to re-fetch.
+        let to_device = self.to_device.take(user_id, &request.device_id, since, upto)?;
+        response.to_device.events =
+            to_device.iter().map(|e| to_raw(e).map(Raw::from_json)).collect::<Result<_>>()?;
+        for (algorithm, count) in self.keys.one_time_key_counts(user_id, &request.device_id)? {
+            response
+                .device_one_time_keys_count
+                .insert(algorithm.as_str().into(), UInt::new_saturating(count));
+        }
+        response.device_unused_fallback_key_types = Some(
+            self.keys
+                .unused_fallback_types(user_id, &request.device_id)?
+                .iter()
+                .map(|a| a.as_str().into())
+                .collect(),
+        );
+        if let Some(since) = since {
+            let changed_keys = self.keys.changed_users(since, upto)?;
+            mates.expect_many(changed_keys.len() + moves.joined.len() + moves.left.len())?;
+            let mut changed = BTreeSet::new();
+            for user in changed_keys.into_iter().chain(moves.joined) {
+                if mates.share(&user)? {
+                    changed.insert(user);
+                }
+            }
+            let mut left = BTreeSet::new();
+            for user in moves.left {
+                if !mates.share(&user)? {
+                    left.insert(user);
+                }
+            }
+            response.device_lists.changed = changed.into_iter().collect();
+            response.device_lists.left = left.into_iter().collect();
         }
         Ok(Pass { response, watched })
     }
@@ -332,6 +421,7 @@ impl Sync {
         upto: u64,
         ignored: &HashSet<OwnedUserId>,
         account: &[&AccountDataEntry],
+        moves: &mut MemberMoves,
     ) -> Result<Option<JoinedRoom>> {
         let user_id = viewer.user_id;
         let room_filter = &request.filter.room;
@@ -422,6 +512,25 @@ impl Sync {
             }
         }
         let state_events = self.drop_redundant_members(request, room_id, state_events);
+        if since.is_some() {
+            if room_since.is_none() {
+                // Newly joined: everyone in it may be someone to encrypt for.
+                moves.joined.extend(self.members.members_with(room_id, &MembershipState::Join)?);
+            }
+            for event in timeline_events.iter().chain(&state_events) {
+                if event.pdu.kind != TimelineEventType::RoomMember {
+                    continue;
+                }
+                let Some(member) = event.pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
+                    continue;
+                };
+                match event.pdu.content_value().get("membership").and_then(JsonValue::as_str) {
+                    Some("join") => moves.joined.insert(member),
+                    Some("leave" | "ban") => moves.left.insert(member),
+                    _ => false,
+                };
+            }
+        }
 
         let mut joined = JoinedRoom::new();
         let rendering = self.rendering(&request.filter);
@@ -734,6 +843,8 @@ fn is_empty(response: &Response) -> bool {
         && response.account_data.events.is_empty()
         && response.presence.events.is_empty()
         && response.to_device.events.is_empty()
+        && response.device_lists.changed.is_empty()
+        && response.device_lists.left.is_empty()
 }
 
 /// Only the member entries of a state map.

@@ -112,6 +112,24 @@ catalogue! {
     NOTIFICATIONS = "notifications", key "user_id, stream": (OwnedUserId, u64) => NotificationRecord, version 1;
     /// Pushers as clients set them, per user, app ID and push key.
     PUSHERS = "pushers", key "user_id, app_id, pushkey": (OwnedUserId, String, String) => Box<RawJsonValue>, version 1;
+    /// Each device's identity keys as uploaded (signed by the device).
+    DEVICE_KEYS = "device_keys", key "user_id, device_id": (OwnedUserId, OwnedDeviceId) => Box<RawJsonValue>, version 1;
+    /// Unclaimed one-time keys per device, by `<algorithm>:<key id>`.
+    ONE_TIME_KEYS = "one_time_keys", key "user_id, device_id, key_id": (OwnedUserId, OwnedDeviceId, String) => Box<RawJsonValue>, version 1;
+    /// Each device's fallback key per algorithm, and whether it was handed out.
+    FALLBACK_KEYS = "fallback_keys", key "user_id, device_id, algorithm": (OwnedUserId, OwnedDeviceId, String) => FallbackKeyRecord, version 1;
+    /// Cross-signing keys per user and usage (master, self_signing, user_signing).
+    CROSS_SIGNING_KEYS = "cross_signing_keys", key "user_id, usage": (OwnedUserId, String) => Box<RawJsonValue>, version 1;
+    /// Signatures added to keys after upload: on a device (by ID) or cross-signing key (by public key).
+    KEY_SIGNATURES = "key_signatures", key "target_user, target_key, signer_user, signer_key_id": (OwnedUserId, String, OwnedUserId, String) => String, version 1;
+    /// The device-list change feed: each user's latest change, by position.
+    DEVICE_LIST_CHANGES = "device_list_changes", key "stream": u64 => OwnedUserId, version 1;
+    /// Each user's latest device-list change position.
+    DEVICE_LIST_LATEST = "device_list_latest", key "user_id": OwnedUserId => u64, version 1;
+    /// To-device messages waiting for their device, in stream order.
+    TO_DEVICE = "to_device", key "user_id, device_id, stream": (OwnedUserId, OwnedDeviceId, u64) => ToDeviceRecord, version 1;
+    /// To-device transactions already sent, per sending device.
+    TO_DEVICE_TXNS = "to_device_txns", key "user_id, device_id, txn_id": (OwnedUserId, OwnedDeviceId, String) => (), version 1;
     /// Saved sync filters per user.
     FILTERS = "filters", key "user_id, filter_id": (OwnedUserId, String) => Box<RawJsonValue>, version 1;
     /// Last known presence of each local user.
@@ -449,4 +467,20 @@ pub struct NotificationRecord {
     pub actions: serde_json::Value,
     pub highlight: bool,
     pub ts: u64,
+}
+
+/// A device's fallback key for one algorithm.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FallbackKeyRecord {
+    pub key_id: String,
+    pub key: Box<RawJsonValue>,
+    pub used: bool,
+}
+
+/// A to-device message waiting for delivery.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ToDeviceRecord {
+    pub sender: OwnedUserId,
+    pub kind: String,
+    pub content: Box<RawJsonValue>,
 }

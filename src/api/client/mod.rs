@@ -8,6 +8,7 @@ pub mod context;
 pub mod device;
 pub mod directory;
 pub mod discovery;
+pub mod keys;
 pub mod knock;
 pub mod membership;
 pub mod message;
@@ -27,6 +28,7 @@ pub mod state;
 pub mod sync;
 pub mod tag;
 pub mod threads;
+pub mod to_device;
 pub mod typing;
 pub mod user_directory;
 
