@@ -12,6 +12,7 @@ mod edge;
 mod ephemeral;
 mod harness;
 mod history;
+mod keys;
 mod membership;
 mod profile;
 mod push;
