@@ -1,5 +1,5 @@
 //! A real client SDK (matrix-nio, from PyPI) against a booted server: the account and
-//! session flow, and the rooms and sync flow.
+//! session flow, the rooms and sync flow, and an end-to-end encrypted round trip.
 
 use crate::harness::TestServer;
 
@@ -34,4 +34,9 @@ async fn matrix_nio_session_flow() {
 #[tokio::test]
 async fn matrix_nio_rooms_and_sync_flow() {
     run_nio("nio_rooms.py").await;
+}
+
+#[tokio::test]
+async fn matrix_nio_encrypted_round_trip() {
+    run_nio("nio_e2ee.py").await;
 }
