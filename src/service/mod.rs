@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod devices;
 pub mod filters;
+pub mod key_backup;
 pub mod passwords;
 pub mod presence;
 pub mod push;
@@ -56,6 +57,7 @@ pub struct Services {
     pub upgrades: Arc<rooms::upgrade::RoomUpgrades>,
     pub hierarchy: Arc<rooms::hierarchy::Hierarchy>,
     pub user_directory: Arc<user_directory::UserDirectory>,
+    pub key_backup: Arc<key_backup::KeyBackup>,
     store: Arc<dyn KvStore>,
 }
 
@@ -225,6 +227,7 @@ impl Services {
             Arc::clone(&visibility),
             Arc::clone(&directory),
         ));
+        let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
         Ok(Self {
             config,
             users,
@@ -258,6 +261,7 @@ impl Services {
             upgrades,
             hierarchy,
             user_directory,
+            key_backup,
             store,
         })
     }
