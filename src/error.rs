@@ -4,7 +4,7 @@
 
 use ruma::api::{
     client::uiaa::UiaaInfo,
-    error::{ErrorKind, UnknownTokenErrorData},
+    error::{ErrorKind, UnknownTokenErrorData, WrongRoomKeysVersionErrorData},
 };
 
 use crate::storage::StorageError;
@@ -73,6 +73,13 @@ impl Error {
         let mut data = UnknownTokenErrorData::new();
         data.soft_logout = soft_logout;
         Self::new(ErrorKind::UnknownToken(data), message)
+    }
+
+    /// A write to a key backup version that is not the current one; the body names the
+    /// current version so the client can switch to it.
+    pub fn wrong_room_keys_version(current_version: impl Into<String>) -> Self {
+        let data = WrongRoomKeysVersionErrorData::new(current_version.into());
+        Self::new(ErrorKind::WrongRoomKeysVersion(data), "Wrong backup version")
     }
 
     pub fn unrecognized(message: impl Into<String>) -> Self {

@@ -19,7 +19,8 @@ fn status_for(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::GuestAccessForbidden
         | ErrorKind::UserDeactivated
         | ErrorKind::ThreepidDenied
-        | ErrorKind::ServerNotTrusted => StatusCode::FORBIDDEN,
+        | ErrorKind::ServerNotTrusted
+        | ErrorKind::WrongRoomKeysVersion(_) => StatusCode::FORBIDDEN,
         ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
             StatusCode::UNAUTHORIZED
         }

@@ -100,6 +100,7 @@ impl RouterExt for Router<AppState> {
 
 /// Every route the server answers.
 pub fn router(services: AppState) -> Router {
+    use client::backup;
     use client::{
         account, alias, config, context, device, directory, discovery, keys, knock, membership, message,
         presence, profile, push, read_marker, receipt, redact, relations, reporting, room, search, session,
@@ -210,6 +211,21 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(push::get_pushers)
         .ruma_route(push::set_pusher)
         .ruma_route(push::get_notifications)
+        // Server-side key backups
+        .ruma_route(backup::create_backup_version)
+        .ruma_route(backup::get_latest_backup_info)
+        .ruma_route(backup::get_backup_info)
+        .ruma_route(backup::update_backup_version)
+        .ruma_route(backup::delete_backup_version)
+        .ruma_route(backup::add_backup_keys)
+        .ruma_route(backup::add_backup_keys_for_room)
+        .ruma_route(backup::add_backup_keys_for_session)
+        .ruma_route(backup::get_backup_keys)
+        .ruma_route(backup::get_backup_keys_for_room)
+        .ruma_route(backup::get_backup_keys_for_session)
+        .ruma_route(backup::delete_backup_keys)
+        .ruma_route(backup::delete_backup_keys_for_room)
+        .ruma_route(backup::delete_backup_keys_for_session)
         // Aliases and the directory
         .ruma_route(alias::create_alias)
         .ruma_route(alias::get_alias)

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod devices;
 pub mod filters;
+pub mod key_backup;
 pub mod keys;
 pub mod passwords;
 pub mod presence;
@@ -60,6 +61,7 @@ pub struct Services {
     pub upgrades: Arc<rooms::upgrade::RoomUpgrades>,
     pub hierarchy: Arc<rooms::hierarchy::Hierarchy>,
     pub user_directory: Arc<user_directory::UserDirectory>,
+    pub key_backup: Arc<key_backup::KeyBackup>,
     store: Arc<dyn KvStore>,
 }
 
@@ -235,6 +237,7 @@ impl Services {
             Arc::clone(&visibility),
             Arc::clone(&directory),
         ));
+        let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
         Ok(Self {
             config,
             users,
@@ -270,6 +273,7 @@ impl Services {
             upgrades,
             hierarchy,
             user_directory,
+            key_backup,
             store,
         })
     }

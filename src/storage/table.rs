@@ -120,6 +120,18 @@ impl<K: KeyCodec, V: Serialize + DeserializeOwned> Table<K, V> {
         self.scan(KeyRange::prefix(prefix.to_key_bytes()), direction)
     }
 
+    /// Queue a delete of every row whose key starts with the encoding of `prefix` into
+    /// `batch`, without decoding values; returns how many rows that is.
+    pub fn delete_prefix<P: KeyCodec>(&self, batch: &mut WriteBatch, prefix: &P) -> StorageResult<u64> {
+        let mut deleted = 0;
+        for row in self.store.scan(self.name, KeyRange::prefix(prefix.to_key_bytes()), Direction::Forward)? {
+            let (key, _) = row?;
+            batch.delete(self.name, key);
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
     /// Every row whose raw key lies in `range`.
     pub fn scan(
         &self,

@@ -142,6 +142,13 @@ catalogue! {
     SEARCH_TERMS = "search_terms", key "room_id, term, stream": (OwnedRoomId, String, u64) => SearchPostingRecord, version 1;
     /// The terms each indexed event wrote, so a redaction can remove exactly those rows.
     SEARCH_EVENTS = "search_events", key "event_id": OwnedEventId => SearchedEventRecord, version 1;
+    /// Each user's server-side key backup versions that are not deleted; the highest is current.
+    BACKUP_VERSIONS = "backup_versions", key "user_id, version": (OwnedUserId, u64) => BackupVersionRecord, version 1;
+    /// The highest backup version each user was ever given, so a deleted version's number is
+    /// never handed out again (a client still holding it must not write into a new backup).
+    BACKUP_LAST_VERSIONS = "backup_last_versions", key "user_id": OwnedUserId => u64, version 1;
+    /// Backed-up room keys: deleting a version or a room's keys is one prefix delete.
+    BACKUP_KEYS = "backup_keys", key "user_id, version, room_id, session_id": (OwnedUserId, u64, OwnedRoomId, String) => BackupKeyRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -377,6 +384,28 @@ pub struct SearchedEventRecord {
     pub room_id: OwnedRoomId,
     pub stream: u64,
     pub terms: Vec<String>,
+}
+
+/// A key backup version: what clients need to encrypt into it, and how many keys it holds
+/// (kept here so uploads need not count rows).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupVersionRecord {
+    pub algorithm: String,
+    /// Algorithm-dependent JSON object (the backup's public key and its signatures).
+    pub auth_data: Box<RawJsonValue>,
+    pub count: u64,
+    /// Bumped whenever the version's keys change; clients compare it to skip a download.
+    pub etag: u64,
+}
+
+/// One backed-up session key: the client's JSON as sent, and the metadata that decides
+/// whether a later upload replaces it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupKeyRecord {
+    pub first_message_index: u64,
+    pub forwarded_count: u64,
+    pub is_verified: bool,
+    pub data: Box<RawJsonValue>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 mod account;
 mod architecture;
+mod backup;
 mod cli;
 mod concurrency;
 mod device;

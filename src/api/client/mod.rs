@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod alias;
+pub mod backup;
 pub mod config;
 pub mod context;
 pub mod device;
