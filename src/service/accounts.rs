@@ -17,6 +17,7 @@ use ruma::api::error::ErrorKind;
 
 use super::{
     devices::{DeviceIdentity, Devices, WriteGuard},
+    key_backup::KeyBackup,
     keys::Keys,
     passwords::random_string,
     to_device::ToDevice,
@@ -41,6 +42,7 @@ pub struct Accounts {
     uiaa: Arc<Uiaa>,
     keys: Arc<Keys>,
     to_device: Arc<ToDevice>,
+    key_backup: Arc<KeyBackup>,
 }
 
 fn check_password_len(password: &str) -> Result<()> {
@@ -59,8 +61,9 @@ impl Accounts {
         uiaa: Arc<Uiaa>,
         keys: Arc<Keys>,
         to_device: Arc<ToDevice>,
+        key_backup: Arc<KeyBackup>,
     ) -> Self {
-        Self { store, config, users, devices, uiaa, keys, to_device }
+        Self { store, config, users, devices, uiaa, keys, to_device, key_backup }
     }
 
     /// Queue removal of devices with their tokens, keys and waiting to-device messages.
@@ -358,6 +361,8 @@ impl Accounts {
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
         let removed = self.write_locked(|guard, batch| {
             self.users.deactivate_in(batch, &who.user_id, req.erase)?;
+            // Nobody can ever restore these keys: the account cannot log in again.
+            self.key_backup.remove_user_in(batch, &who.user_id)?;
             self.remove_devices_in(guard, batch, &who.user_id, None, None)
         })?;
         self.devices_removed(&who.user_id, removed)?;

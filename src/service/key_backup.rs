@@ -234,6 +234,15 @@ impl KeyBackup {
         Ok(())
     }
 
+    /// Queue removal of every backup of a user (deactivation): versions and keys. The
+    /// version counter stays, so numbers are never reused.
+    pub fn remove_user_in(&self, batch: &mut WriteBatch, user_id: &UserId) -> Result<()> {
+        let user = user_id.to_owned();
+        self.versions.delete_prefix(batch, &user)?;
+        self.keys.delete_prefix(batch, &user)?;
+        Ok(())
+    }
+
     /// Store uploaded keys in the current version. A session already backed up keeps its
     /// stored key unless the new one ranks higher; the etag moves only if something was
     /// written. Writing to an older version is `M_WRONG_ROOM_KEYS_VERSION`, naming the

@@ -79,6 +79,7 @@ impl Services {
         let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
         let keys = Arc::new(keys::Keys::new(&store, Arc::clone(&stream)));
         let to_device = Arc::new(to_device::ToDevice::new(&store, Arc::clone(&devices), Arc::clone(&stream)));
+        let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
@@ -94,6 +95,7 @@ impl Services {
             Arc::clone(&uiaa),
             Arc::clone(&keys),
             Arc::clone(&to_device),
+            Arc::clone(&key_backup),
         ));
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
             &store,
@@ -237,7 +239,6 @@ impl Services {
             Arc::clone(&visibility),
             Arc::clone(&directory),
         ));
-        let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
         Ok(Self {
             config,
             users,

@@ -497,3 +497,24 @@ async fn users_see_only_their_own_backups() {
         "M_MISSING_TOKEN",
     );
 }
+
+#[tokio::test]
+async fn deactivation_deletes_the_users_backups() {
+    let s = TestServer::start().await;
+    let kim = s.register("kim", "pw-kim-12345").await;
+    let version = create_version(&s, &kim, "pk-kim").await;
+    let (status, _) = put_session(&s, &kim, &version, "!room:localhost", "sess", key(true, 0, 0, "k")).await;
+    assert_eq!(status, StatusCode::OK);
+    let path = "/_matrix/client/v3/account/deactivate";
+    let (_, body) = s.post(path, Some(&kim.token), json!({})).await;
+    let auth = crate::harness::password_auth("kim", "pw-kim-12345", body["session"].as_str());
+    let (status, body) = s.post(path, Some(&kim.token), json!({"auth": auth})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let user: ruma::OwnedUserId = kim.user_id.as_str().try_into().unwrap();
+    // The account cannot log in again, so look at the store directly.
+    assert!(s.services.key_backup.version_info(&user, None).is_err(), "the backup outlived the account");
+    // Its keys went too: reading the (deleted) version finds none.
+    if let Ok(keys) = s.services.key_backup.keys(&user, &version, None) {
+        assert!(keys.is_empty(), "backed-up keys outlived the account");
+    }
+}
