@@ -102,9 +102,9 @@ impl RouterExt for Router<AppState> {
 pub fn router(services: AppState) -> Router {
     use client::backup;
     use client::{
-        account, alias, config, context, device, directory, discovery, keys, knock, membership, message,
-        presence, profile, push, read_marker, receipt, redact, relations, reporting, room, search, session,
-        space, state, sync, tag, threads, to_device, typing, user_directory,
+        account, alias, config, context, dehydrated_device, device, directory, discovery, keys, knock,
+        membership, message, presence, profile, push, read_marker, receipt, redact, relations, reporting,
+        room, search, session, space, state, sync, tag, threads, to_device, typing, user_directory,
     };
 
     Router::new()
@@ -198,6 +198,10 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(keys::upload_signing_keys)
         .ruma_route(keys::upload_signatures)
         .ruma_route(to_device::send_event_to_device)
+        .ruma_route(dehydrated_device::put_dehydrated_device)
+        .ruma_route(dehydrated_device::get_dehydrated_device)
+        .ruma_route(dehydrated_device::delete_dehydrated_device)
+        .ruma_route(dehydrated_device::get_events)
         // Push rules and notifications
         .ruma_route(push::get_pushrules_all)
         .ruma_route(push::get_pushrules_global_scope)

@@ -28,7 +28,10 @@ use crate::{
     Error, Result,
     config::Config,
     matrix::user_id::{registrable_user_id, resolve_login_user},
-    storage::{KvStore, WriteBatch},
+    storage::{
+        KvStore, Table, WriteBatch,
+        tables::{DEHYDRATED_DEVICES, DehydratedDeviceRecord},
+    },
 };
 
 /// Longest password accepted, in bytes (as Synapse), so hashing cost stays bounded.
@@ -43,6 +46,7 @@ pub struct Accounts {
     keys: Arc<Keys>,
     to_device: Arc<ToDevice>,
     key_backup: Arc<KeyBackup>,
+    dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
 }
 
 fn check_password_len(password: &str) -> Result<()> {
@@ -63,7 +67,8 @@ impl Accounts {
         to_device: Arc<ToDevice>,
         key_backup: Arc<KeyBackup>,
     ) -> Self {
-        Self { store, config, users, devices, uiaa, keys, to_device, key_backup }
+        let dehydrated = DEHYDRATED_DEVICES.open(&store);
+        Self { store, config, users, devices, uiaa, keys, to_device, key_backup, dehydrated }
     }
 
     /// Queue removal of devices with their tokens, keys and waiting to-device messages.
@@ -83,7 +88,11 @@ impl Accounts {
             Some(named) => existing.into_iter().filter(|d| named.contains(d)).collect(),
             None => existing.into_iter().filter(|d| Some(d.as_ref()) != keep).collect(),
         };
+        let dehydrated = self.dehydrated.get(&user_id.to_owned())?;
         for device_id in &removed {
+            if dehydrated.as_ref().is_some_and(|d| d.device_id == *device_id) {
+                self.dehydrated.delete(batch, &user_id.to_owned());
+            }
             self.devices.remove_in(guard, batch, user_id, device_id)?;
             self.keys.remove_device_in(batch, user_id, device_id)?;
             self.to_device.remove_device_in(batch, user_id, device_id)?;
@@ -385,6 +394,60 @@ impl Accounts {
             self.remove_devices_in(guard, batch, &who.user_id, Some(device_ids), None)
         })?;
         self.devices_removed(&who.user_id, removed)
+    }
+
+    /// `PUT /dehydrated_device` (MSC3814): create the user's dehydrated device — a device
+    /// without a token that holds keys and receives to-device messages while every client
+    /// is offline — replacing (and deleting) any previous one. Returns its device ID.
+    pub fn put_dehydrated_device(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+        device_data: Box<serde_json::value::RawValue>,
+        keys: crate::service::keys::Upload,
+    ) -> Result<()> {
+        let previous = self.dehydrated.get(&user_id.to_owned())?;
+        self.write_locked(|guard, batch| {
+            if let Some(previous) = &previous {
+                self.remove_devices_in(
+                    guard,
+                    batch,
+                    user_id,
+                    Some(std::slice::from_ref(&previous.device_id)),
+                    None,
+                )?;
+            }
+            self.devices.add_tokenless_in(guard, batch, user_id, device_id, display_name)?;
+            let record = DehydratedDeviceRecord { device_id: device_id.to_owned(), device_data };
+            Ok(self.dehydrated.put(batch, &user_id.to_owned(), &record)?)
+        })?;
+        // The device exists now, so its keys can be uploaded like any device's (which checks
+        // them and announces the device-list change).
+        self.keys.upload(user_id, device_id, keys)?;
+        if previous.is_some() {
+            self.keys.device_list_changed(user_id)?;
+        }
+        Ok(())
+    }
+
+    /// The user's dehydrated device, if any.
+    pub fn dehydrated_device(&self, user_id: &UserId) -> Result<Option<DehydratedDeviceRecord>> {
+        Ok(self.dehydrated.get(&user_id.to_owned())?)
+    }
+
+    /// `DELETE /dehydrated_device`: the device, its keys and messages go. Returns its ID.
+    pub fn delete_dehydrated_device(&self, user_id: &UserId) -> Result<OwnedDeviceId> {
+        let record = self
+            .dehydrated
+            .get(&user_id.to_owned())?
+            .ok_or_else(|| Error::not_found("No dehydrated device"))?;
+        let removed = self.write_locked(|guard, batch| {
+            self.dehydrated.delete(batch, &user_id.to_owned());
+            self.remove_devices_in(guard, batch, user_id, Some(std::slice::from_ref(&record.device_id)), None)
+        })?;
+        self.devices_removed(user_id, removed)?;
+        Ok(record.device_id)
     }
 
     /// `POST /logout`: this device and its tokens go.

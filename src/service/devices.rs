@@ -194,6 +194,32 @@ impl Devices {
         Ok(issued)
     }
 
+    /// Queue a device that has no access token: a dehydrated device, which holds keys and
+    /// receives to-device messages until a client rehydrates it. An existing device of that
+    /// ID is refused.
+    pub fn add_tokenless_in(
+        &self,
+        _proof: &WriteGuard<'_>,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        if self.devices.contains(&key)? {
+            return Err(Error::invalid_param("A device with this ID already exists"));
+        }
+        let record = DeviceRecord {
+            display_name,
+            created_ms: self.clock.now_ms(),
+            last_seen_ip: None,
+            last_seen_ms: None,
+            access_token: None,
+            refresh_token: None,
+        };
+        Ok(self.devices.put(batch, &key, &record)?)
+    }
+
     fn issue_tokens_in(
         &self,
         batch: &mut WriteBatch,

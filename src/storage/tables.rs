@@ -130,6 +130,8 @@ catalogue! {
     TO_DEVICE = "to_device", key "user_id, device_id, stream": (OwnedUserId, OwnedDeviceId, u64) => ToDeviceRecord, version 1;
     /// To-device transactions already sent, per sending device.
     TO_DEVICE_TXNS = "to_device_txns", key "user_id, device_id, txn_id": (OwnedUserId, OwnedDeviceId, String) => (), version 1;
+    /// Each user's dehydrated device (MSC3814): its ID and the client's encrypted pickle.
+    DEHYDRATED_DEVICES = "dehydrated_devices", key "user_id": OwnedUserId => DehydratedDeviceRecord, version 1;
     /// Saved sync filters per user.
     FILTERS = "filters", key "user_id, filter_id": (OwnedUserId, String) => Box<RawJsonValue>, version 1;
     /// Last known presence of each local user.
@@ -512,4 +514,12 @@ pub struct ToDeviceRecord {
     pub sender: OwnedUserId,
     pub kind: String,
     pub content: Box<RawJsonValue>,
+}
+
+/// A user's dehydrated device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DehydratedDeviceRecord {
+    pub device_id: OwnedDeviceId,
+    /// The client's `device_data`, kept opaque.
+    pub device_data: Box<RawJsonValue>,
 }

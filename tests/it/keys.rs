@@ -337,3 +337,98 @@ async fn device_list_changes_reach_room_mates_and_deleted_devices_lose_their_key
     let body = sync(&s, &bob, &format!("since={next}&timeout=0")).await;
     assert!(list(&body["device_lists"]["left"]).contains(&json!(alice.user_id)), "{body}");
 }
+
+const DEHYDRATED: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+
+/// A dehydrated device's PUT body for `device_id`, its keys signed by `pair`.
+fn dehydrated_body(owner: &Session, device_id: &str, pair: &Ed25519KeyPair, pickle: &str) -> Value {
+    let as_device = Session { device_id: device_id.to_owned(), ..owner.clone() };
+    json!({
+        "device_id": device_id,
+        "initial_device_display_name": "Dehydrated device",
+        "device_data": {"algorithm": "org.matrix.msc3814.v1.olm", "device_pickle": pickle},
+        "device_keys": device_keys(&as_device, pair),
+        "one_time_keys": {"signed_curve25519:D1": {"key": "dehydrated-otk"}},
+        "fallback_keys": {}
+    })
+}
+
+#[tokio::test]
+async fn dehydrated_devices_hold_keys_and_messages_while_clients_are_offline() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    expect_error(s.get(DEHYDRATED, Some(&bob.token)).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+
+    let (status, body) = s
+        .put(
+            DEHYDRATED,
+            Some(&bob.token),
+            dehydrated_body(&bob, "DEHYDRATED1", &key_pair("DEHYDRATED1"), "pickle-1"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["device_id"], "DEHYDRATED1");
+    let (status, got) = s.get(DEHYDRATED, Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (got["device_id"].as_str(), got["device_data"]["device_pickle"].as_str()),
+        (Some("DEHYDRATED1"), Some("pickle-1"))
+    );
+
+    // Others see it as one of bob's devices and can claim its key and message it.
+    let keys = query(&s, &alice, &[&bob]).await;
+    assert!(keys["device_keys"][&bob.user_id].get("DEHYDRATED1").is_some(), "{keys}");
+    let dehydrated = Session { device_id: "DEHYDRATED1".to_owned(), ..bob.clone() };
+    assert_eq!(claim(&s, &alice, &dehydrated).await["signed_curve25519:D1"]["key"], "dehydrated-otk");
+    let (status, _) = s
+        .put(
+            &format!("{V3}/sendToDevice/m.room.encrypted/d1"),
+            Some(&alice.token),
+            json!({"messages": {bob.user_id.clone(): {"DEHYDRATED1": {"ciphertext": "for later"}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A rehydrating client fetches the messages page by page; a page's token acknowledges it.
+    let events = format!("{DEHYDRATED}/DEHYDRATED1/events");
+    let (status, page) = s.post(&events, Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["events"][0]["content"]["ciphertext"], "for later");
+    let next = page["next_batch"].as_str().unwrap();
+    let (_, page) = s.post(&events, Some(&bob.token), json!({"next_batch": next})).await;
+    assert_eq!(page["events"], json!([]));
+    // Only the owner's own dehydrated device can be read.
+    expect_error(
+        s.post(&format!("{DEHYDRATED}/{}/events", bob.device_id), Some(&bob.token), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    expect_error(s.post(&events, Some(&alice.token), json!({})).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+
+    // A new dehydrated device replaces the old one, keys and all.
+    let (status, _) = s
+        .put(
+            DEHYDRATED,
+            Some(&bob.token),
+            dehydrated_body(&bob, "DEHYDRATED2", &key_pair("DEHYDRATED2"), "pickle-2"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let keys = query(&s, &alice, &[&bob]).await;
+    assert!(keys["device_keys"][&bob.user_id].get("DEHYDRATED1").is_none());
+    assert!(keys["device_keys"][&bob.user_id].get("DEHYDRATED2").is_some());
+    // An ID already used by a real device is refused.
+    let taken = dehydrated_body(&bob, &bob.device_id, &key_pair(&bob.device_id), "p");
+    expect_error(
+        s.put(DEHYDRATED, Some(&bob.token), taken).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+
+    let (status, body) = s.call(Method::DELETE, DEHYDRATED, Some(&bob.token), None).await;
+    assert_eq!((status, body["device_id"].as_str()), (StatusCode::OK, Some("DEHYDRATED2")));
+    expect_error(s.get(DEHYDRATED, Some(&bob.token)).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    let keys = query(&s, &alice, &[&bob]).await;
+    assert!(keys["device_keys"][&bob.user_id].get("DEHYDRATED2").is_none());
+}

@@ -6,6 +6,7 @@ pub mod alias;
 pub mod backup;
 pub mod config;
 pub mod context;
+pub mod dehydrated_device;
 pub mod device;
 pub mod directory;
 pub mod discovery;
