@@ -1,5 +1,6 @@
 //! A real client SDK (matrix-nio, from PyPI) against a booted server: the account and
-//! session flow, the rooms and sync flow, and an end-to-end encrypted round trip.
+//! session flow, the rooms and sync flow, and an end-to-end encrypted round trip; and
+//! matrix-rust-sdk (crates.io) for encryption and cross-signing.
 
 use crate::harness::TestServer;
 
@@ -39,4 +40,28 @@ async fn matrix_nio_rooms_and_sync_flow() {
 #[tokio::test]
 async fn matrix_nio_encrypted_round_trip() {
     run_nio("nio_e2ee.py").await;
+}
+
+/// matrix-rust-sdk (Element X's engine), built in its own crate (`tests/sdk/rust`) by
+/// scripts/test, which passes the binary in `CONDUIT_RUST_SDK_BIN`.
+#[tokio::test]
+async fn matrix_rust_sdk_encryption_and_cross_signing() {
+    let Some(binary) = std::env::var_os("CONDUIT_RUST_SDK_BIN") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CONDUIT_RUST_SDK_BIN must be set in CI (run scripts/test)"
+        );
+        eprintln!("skipping: CONDUIT_RUST_SDK_BIN not set (scripts/test builds it)");
+        return;
+    };
+    let s = TestServer::start().await;
+    let base = s.base.clone();
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(binary).arg(base).output())
+        .await
+        .unwrap()
+        .expect("the SDK check runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "matrix-rust-sdk flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
 }

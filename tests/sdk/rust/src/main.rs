@@ -1,0 +1,165 @@
+//! Drives matrix-rust-sdk (the crate Element X is built on) against a running conduit:
+//! `conduit-rust-sdk-check BASE_URL`. Prints one line per step and `OK` at the end; exits
+//! non-zero on the first failure. Run by `tests/it/sdk.rs` against a server it boots.
+//!
+//! Covered: registration and login with crypto stores, an encrypted room message that the
+//! other user decrypts (keys uploaded, queried and claimed, the room key sent to-device),
+//! the server holding only ciphertext, and cross-signing bootstrap with the identity
+//! visible to the other user.
+
+#![recursion_limit = "256"]
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail, ensure};
+use matrix_sdk::{
+    Client,
+    config::SyncSettings,
+    ruma::{
+        OwnedRoomId, RoomId,
+        api::client::{
+            account::register,
+            room::create_room,
+            uiaa::{AuthData, Dummy},
+        },
+        events::{
+            InitialStateEvent,
+            room::{
+                encryption::RoomEncryptionEventContent,
+                message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent},
+            },
+        },
+    },
+};
+use tokio::sync::Mutex;
+
+fn step(message: &str) {
+    println!("ok   {message}");
+}
+
+/// A registered, logged-in client with its own crypto store.
+async fn client(base: &str, store: &std::path::Path, name: &str, password: &str) -> Result<Client> {
+    let client = Client::builder().homeserver_url(base).sqlite_store(store, None).build().await?;
+    let mut request = register::v3::Request::new();
+    request.username = Some(name.to_owned());
+    request.password = Some(password.to_owned());
+    request.auth = Some(AuthData::Dummy(Dummy::new()));
+    request.inhibit_login = true;
+    client.matrix_auth().register(request).await.context("register")?;
+    client
+        .matrix_auth()
+        .login_username(name, password)
+        .initial_device_display_name(name)
+        .send()
+        .await
+        .context("login")?;
+    Ok(client)
+}
+
+async fn sync_once(client: &Client) -> Result<()> {
+    client.sync_once(SyncSettings::default().timeout(Duration::from_millis(0))).await.context("sync")?;
+    Ok(())
+}
+
+async fn encrypted_round_trip(base: &str, alice: &Client, bob: &Client) -> Result<OwnedRoomId> {
+    let mut request = create_room::v3::Request::new();
+    request.name = Some("secret".to_owned());
+    request.invite = vec![bob.user_id().context("bob's user id")?.to_owned()];
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults())
+            .to_raw_any(),
+    ];
+    let room = alice.create_room(request).await.context("createRoom")?;
+    let room_id = room.room_id().to_owned();
+    sync_once(bob).await?;
+    bob.join_room_by_id(&room_id).await.context("join")?;
+    sync_once(bob).await?;
+    sync_once(alice).await?;
+    ensure!(room.latest_encryption_state().await?.is_encrypted(), "alice's room is not encrypted");
+    step("encrypted room created and joined");
+
+    let received: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    bob.add_event_handler(move |event: OriginalSyncRoomMessageEvent| {
+        let sink = Arc::clone(&sink);
+        async move {
+            sink.lock().await.push(event.content.body().to_owned());
+        }
+    });
+    let sent = room.send(RoomMessageEventContent::text_plain("the secret plan")).await.context("send")?;
+    step("alice sent an encrypted message (bob's keys queried and claimed, room key shared)");
+
+    let stored = raw_event(base, bob, &room_id, sent.response.event_id.as_str()).await?;
+    ensure!(stored["type"] == "m.room.encrypted", "stored event type {}", stored["type"]);
+    ensure!(!stored.to_string().contains("the secret plan"), "plaintext reached the server");
+    step("the server holds only ciphertext");
+
+    for _ in 0..10 {
+        sync_once(bob).await?;
+        if received.lock().await.iter().any(|b| b == "the secret plan") {
+            step("bob decrypted the message");
+            return Ok(room_id);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("bob never decrypted the message; got {:?}", received.lock().await)
+}
+
+/// The event as the server stores it, read with plain HTTP.
+async fn raw_event(
+    base: &str,
+    client: &Client,
+    room_id: &RoomId,
+    event_id: &str,
+) -> Result<serde_json::Value> {
+    let token = client.access_token().context("token")?;
+    let url = format!("{base}/_matrix/client/v3/rooms/{room_id}/event/{event_id}");
+    Ok(reqwest::Client::new().get(url).bearer_auth(token).send().await?.error_for_status()?.json().await?)
+}
+
+async fn cross_signing(alice: &Client, bob: &Client) -> Result<()> {
+    // The first upload of cross-signing keys needs no password.
+    alice.encryption().bootstrap_cross_signing(None).await.context("bootstrap cross-signing")?;
+    let status = alice.encryption().cross_signing_status().await.context("cross-signing status")?;
+    ensure!(status.is_complete(), "alice's cross-signing is incomplete: {status:?}");
+    // The device's new signature comes back through a key query, which a sync triggers.
+    sync_once(alice).await?;
+    let own = alice.encryption().get_own_device().await?.context("own device")?;
+    ensure!(own.is_cross_signed_by_owner(), "alice's device is not signed by her self-signing key");
+    step("alice bootstrapped cross-signing; her device is signed by her identity");
+
+    let alice_id = alice.user_id().context("alice's id")?.to_owned();
+    sync_once(bob).await?;
+    let identity = bob.encryption().request_user_identity(&alice_id).await.context("query identity")?;
+    ensure!(identity.is_some(), "bob cannot see alice's identity");
+    step("bob sees alice's cross-signing identity");
+    Ok(())
+}
+
+async fn run(base: &str) -> Result<()> {
+    let tag = std::process::id();
+    let (a_store, b_store) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let alice = client(base, a_store.path(), &format!("sdk_alice_{tag}"), "pw-sdk-alice").await?;
+    let bob = client(base, b_store.path(), &format!("sdk_bob_{tag}"), "pw-sdk-bob1").await?;
+    sync_once(&alice).await?;
+    sync_once(&bob).await?;
+    step("registered, logged in and uploaded device keys");
+    encrypted_round_trip(base, &alice, &bob).await?;
+    cross_signing(&alice, &bob).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let Some(base) = std::env::args().nth(1) else {
+        eprintln!("usage: conduit-rust-sdk-check BASE_URL");
+        std::process::exit(2);
+    };
+    match run(&base).await {
+        Ok(()) => println!("OK"),
+        Err(error) => {
+            println!("FAIL {error:#}");
+            std::process::exit(1);
+        }
+    }
+}
