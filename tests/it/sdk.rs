@@ -62,6 +62,8 @@ async fn matrix_rust_sdk_encryption_and_cross_signing() {
         .expect("the SDK check runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The steps it passed, for the test log.
+    eprintln!("{stdout}");
     assert!(out.status.success(), "matrix-rust-sdk flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
 }

@@ -5,7 +5,8 @@
 //! Covered: registration and login with crypto stores, an encrypted room message that the
 //! other user decrypts (keys uploaded, queried and claimed, the room key sent to-device),
 //! the server holding only ciphertext, and cross-signing bootstrap with the identity
-//! visible to the other user.
+//! visible to the other user, and key backup: recovery enabled on one device, history
+//! decrypted on a fresh device after recovering with the recovery key.
 
 #![recursion_limit = "256"]
 
@@ -15,6 +16,8 @@ use anyhow::{Context, Result, bail, ensure};
 use matrix_sdk::{
     Client,
     config::SyncSettings,
+    encryption::{BackupDownloadStrategy, EncryptionSettings},
+    room::MessagesOptions,
     ruma::{
         OwnedRoomId, RoomId,
         api::client::{
@@ -136,16 +139,57 @@ async fn cross_signing(alice: &Client, bob: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Alice turns on recovery (secret storage and key backup); a message's room key goes to
+/// the backup; a fresh device of hers recovers with the recovery key and decrypts history.
+async fn key_backup(base: &str, alice: &Client, name: &str, password: &str, room_id: &RoomId) -> Result<()> {
+    let recovery_key = alice.encryption().recovery().enable().await.context("enable recovery")?;
+    let room = alice.get_room(room_id).context("alice's room")?;
+    room.send(RoomMessageEventContent::text_plain("from the past")).await.context("send")?;
+    alice.encryption().backups().wait_for_steady_state().await.context("back up room keys")?;
+    step("alice enabled recovery and backed up the room key");
+
+    let store = tempfile::tempdir()?;
+    let settings = EncryptionSettings {
+        backup_download_strategy: BackupDownloadStrategy::OneShot,
+        ..Default::default()
+    };
+    let fresh = Client::builder()
+        .homeserver_url(base)
+        .sqlite_store(store.path(), None)
+        .with_encryption_settings(settings)
+        .build()
+        .await?;
+    fresh.matrix_auth().login_username(name, password).initial_device_display_name("fresh").send().await?;
+    sync_once(&fresh).await?;
+    fresh.encryption().recovery().recover(&recovery_key).await.context("recover")?;
+    step("a fresh device recovered the backup key from secret storage");
+
+    for _ in 0..30 {
+        sync_once(&fresh).await?;
+        if let Some(room) = fresh.get_room(room_id) {
+            let page = room.messages(MessagesOptions::backward()).await.context("messages")?;
+            if page.chunk.iter().any(|event| event.raw().json().get().contains("from the past")) {
+                step("the fresh device decrypted history with keys from the backup");
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the fresh device never decrypted the message from the backup")
+}
+
 async fn run(base: &str) -> Result<()> {
     let tag = std::process::id();
     let (a_store, b_store) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let alice = client(base, a_store.path(), &format!("sdk_alice_{tag}"), "pw-sdk-alice").await?;
+    let alice_name = format!("sdk_alice_{tag}");
+    let alice = client(base, a_store.path(), &alice_name, "pw-sdk-alice").await?;
     let bob = client(base, b_store.path(), &format!("sdk_bob_{tag}"), "pw-sdk-bob1").await?;
     sync_once(&alice).await?;
     sync_once(&bob).await?;
     step("registered, logged in and uploaded device keys");
-    encrypted_round_trip(base, &alice, &bob).await?;
+    let room_id = encrypted_round_trip(base, &alice, &bob).await?;
     cross_signing(&alice, &bob).await?;
+    key_backup(base, &alice, &alice_name, "pw-sdk-alice", &room_id).await?;
     Ok(())
 }
 
