@@ -1,6 +1,6 @@
 //! A real client SDK (matrix-nio, from PyPI) against a booted server: the account and
 //! session flow, the rooms and sync flow, and an end-to-end encrypted round trip; and
-//! matrix-rust-sdk (crates.io) for encryption and cross-signing.
+//! matrix-rust-sdk (crates.io) for encryption, cross-signing, key backup and verification.
 
 use crate::harness::TestServer;
 
@@ -45,7 +45,7 @@ async fn matrix_nio_encrypted_round_trip() {
 /// matrix-rust-sdk (Element X's engine), built in its own crate (`tests/sdk/rust`) by
 /// scripts/test, which passes the binary in `CONDUIT_RUST_SDK_BIN`.
 #[tokio::test]
-async fn matrix_rust_sdk_encryption_and_cross_signing() {
+async fn matrix_rust_sdk_encryption_cross_signing_backup_and_verification() {
     let Some(binary) = std::env::var_os("CONDUIT_RUST_SDK_BIN") else {
         assert!(
             std::env::var_os("CI").is_none(),

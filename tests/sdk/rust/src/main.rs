@@ -6,7 +6,8 @@
 //! other user decrypts (keys uploaded, queried and claimed, the room key sent to-device),
 //! the server holding only ciphertext, and cross-signing bootstrap with the identity
 //! visible to the other user, and key backup: recovery enabled on one device, history
-//! decrypted on a fresh device after recovering with the recovery key.
+//! decrypted on a fresh device after recovering with the recovery key; and interactive SAS
+//! verification between two devices of the same user, completing on both.
 
 #![recursion_limit = "256"]
 
@@ -16,7 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use matrix_sdk::{
     Client,
     config::SyncSettings,
-    encryption::{BackupDownloadStrategy, EncryptionSettings},
+    encryption::{BackupDownloadStrategy, EncryptionSettings, verification::Verification},
     room::MessagesOptions,
     ruma::{
         OwnedRoomId, RoomId,
@@ -178,6 +179,92 @@ async fn key_backup(base: &str, alice: &Client, name: &str, password: &str, room
     bail!("the fresh device never decrypted the message from the backup")
 }
 
+/// Sync several clients once each.
+async fn sync_all(clients: &[&Client]) -> Result<()> {
+    for client in clients {
+        sync_once(client).await?;
+    }
+    Ok(())
+}
+
+/// Interactive SAS (emoji) verification between two devices of the same user, carried by
+/// to-device messages: request, accept, start, accept, compare, confirm on both sides.
+async fn sas_verification(base: &str, alice: &Client, name: &str, password: &str) -> Result<()> {
+    let store = tempfile::tempdir()?;
+    let second = Client::builder().homeserver_url(base).sqlite_store(store.path(), None).build().await?;
+    second.matrix_auth().login_username(name, password).initial_device_display_name("second").send().await?;
+    sync_all(&[alice, &second]).await?;
+    sync_all(&[alice, &second]).await?;
+    let user = alice.user_id().context("alice's id")?.to_owned();
+    let first_id = alice.device_id().context("first device id")?.to_owned();
+    let second_id = second.device_id().context("second device id")?.to_owned();
+
+    let first_seen = second
+        .encryption()
+        .get_device(&user, &first_id)
+        .await?
+        .context("the second device sees the first")?;
+    let request_second = first_seen.request_verification().await.context("request verification")?;
+    let flow = request_second.flow_id().to_owned();
+    let mut request_first = None;
+    for _ in 0..30 {
+        sync_once(alice).await?;
+        request_first = alice.encryption().get_verification_request(&user, &flow).await;
+        if request_first.is_some() {
+            break;
+        }
+    }
+    let request_first = request_first.context("the request never reached the first device")?;
+    request_first.accept().await.context("accept request")?;
+    for _ in 0..30 {
+        if request_second.is_ready() {
+            break;
+        }
+        sync_once(&second).await?;
+    }
+    ensure!(request_second.is_ready(), "the request was never accepted");
+    step("verification requested by the second device and accepted by the first");
+
+    let sas_second = request_second.start_sas().await.context("start SAS")?.context("no SAS")?;
+    let mut sas_first = None;
+    for _ in 0..30 {
+        sync_once(alice).await?;
+        if let Some(Verification::SasV1(sas)) = alice.encryption().get_verification(&user, &flow).await {
+            sas_first = Some(sas);
+            break;
+        }
+    }
+    let sas_first = sas_first.context("SAS never started on the first device")?;
+    sas_first.accept().await.context("accept SAS")?;
+    for _ in 0..30 {
+        if sas_first.can_be_presented() && sas_second.can_be_presented() {
+            break;
+        }
+        sync_all(&[alice, &second]).await?;
+    }
+    let (emoji_first, emoji_second) = (sas_first.emoji(), sas_second.emoji());
+    ensure!(emoji_first.is_some(), "no emoji to compare");
+    let symbols = |e: &Option<[matrix_sdk::encryption::verification::Emoji; 7]>| {
+        e.as_ref().map(|e| e.iter().map(|x| x.symbol).collect::<String>())
+    };
+    ensure!(symbols(&emoji_first) == symbols(&emoji_second), "the two devices show different emoji");
+    step("both devices show the same seven emoji");
+
+    sas_first.confirm().await.context("confirm on the first")?;
+    sas_second.confirm().await.context("confirm on the second")?;
+    for _ in 0..30 {
+        if sas_first.is_done() && sas_second.is_done() {
+            break;
+        }
+        sync_all(&[alice, &second]).await?;
+    }
+    ensure!(sas_first.is_done() && sas_second.is_done(), "verification did not complete on both sides");
+    let verified = alice.encryption().get_device(&user, &second_id).await?.context("second device")?;
+    ensure!(verified.is_verified(), "the first device does not trust the second");
+    step("SAS verification completed on both devices");
+    Ok(())
+}
+
 async fn run(base: &str) -> Result<()> {
     let tag = std::process::id();
     let (a_store, b_store) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -190,6 +277,7 @@ async fn run(base: &str) -> Result<()> {
     let room_id = encrypted_round_trip(base, &alice, &bob).await?;
     cross_signing(&alice, &bob).await?;
     key_backup(base, &alice, &alice_name, "pw-sdk-alice", &room_id).await?;
+    sas_verification(base, &alice, &alice_name, "pw-sdk-alice").await?;
     Ok(())
 }
 
