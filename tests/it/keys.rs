@@ -432,3 +432,43 @@ async fn dehydrated_devices_hold_keys_and_messages_while_clients_are_offline() {
     let keys = query(&s, &alice, &[&bob]).await;
     assert!(keys["device_keys"][&bob.user_id].get("DEHYDRATED2").is_none());
 }
+
+#[tokio::test]
+async fn users_sign_each_others_master_keys_with_their_user_signing_key() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let upload_identity = |who: &Session, master: &Ed25519KeyPair, user_signing: &Ed25519KeyPair| {
+        let key = |pair: &Ed25519KeyPair, usage: &str| json!({"user_id": who.user_id, "usage": [usage], "keys": {format!("ed25519:{}", public(pair)): public(pair)}});
+        json!({
+            "master_key": key(master, "master"),
+            "user_signing_key": signed(&who.user_id, master, key(user_signing, "user_signing")),
+        })
+    };
+    let (alice_master, alice_user) = (cross_pair(), cross_pair());
+    let (bob_master, bob_user) = (cross_pair(), cross_pair());
+    let path = format!("{V3}/keys/device_signing/upload");
+    let (status, _) =
+        s.post(&path, Some(&alice.token), upload_identity(&alice, &alice_master, &alice_user)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s.post(&path, Some(&bob.token), upload_identity(&bob, &bob_master, &bob_user)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Bob verified Alice: his user-signing key signs her master key.
+    let theirs = query(&s, &bob, &[&alice]).await;
+    let mut master = theirs["master_keys"][&alice.user_id].clone();
+    master.as_object_mut().unwrap().remove("signatures");
+    let signed_master = signed(&bob.user_id, &bob_user, master);
+    let (status, body) = s
+        .post(
+            &format!("{V3}/keys/signatures/upload"),
+            Some(&bob.token),
+            json!({alice.user_id.clone(): {public(&alice_master): signed_master}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("failures").is_none_or(|f| f.as_object().unwrap().is_empty()), "{body}");
+    let after = query(&s, &alice, &[&alice]).await;
+    let signatures = &after["master_keys"][&alice.user_id]["signatures"][&bob.user_id];
+    assert!(signatures.get(format!("ed25519:{}", public(&bob_user))).is_some(), "{after}");
+}

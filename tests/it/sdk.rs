@@ -67,3 +67,27 @@ async fn matrix_rust_sdk_encryption_cross_signing_backup_and_verification() {
     assert!(out.status.success(), "matrix-rust-sdk flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
 }
+
+/// matrix-js-sdk with its Rust crypto (Element Web's stack), installed from npm into
+/// `tests/sdk/js` by scripts/test, which passes `node` in `CONDUIT_TEST_NODE`.
+#[tokio::test]
+async fn matrix_js_sdk_encrypted_round_trip() {
+    let Some(node) = std::env::var_os("CONDUIT_TEST_NODE") else {
+        assert!(std::env::var_os("CI").is_none(), "CONDUIT_TEST_NODE must be set in CI (run scripts/test)");
+        eprintln!("skipping: CONDUIT_TEST_NODE not set (scripts/test sets it up)");
+        return;
+    };
+    let s = TestServer::start().await;
+    let script = format!("{}/tests/sdk/js/e2ee.mjs", env!("CARGO_MANIFEST_DIR"));
+    let base = s.base.clone();
+    let out =
+        tokio::task::spawn_blocking(move || std::process::Command::new(node).arg(script).arg(base).output())
+            .await
+            .unwrap()
+            .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "matrix-js-sdk flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+}
