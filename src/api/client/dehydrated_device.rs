@@ -7,18 +7,12 @@ use ruma::{
     },
     serde::Raw,
 };
-use serde_json::Value as JsonValue;
 
 use super::parse_stream_token;
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
-    service::keys::Upload,
 };
-
-fn json_of<T>(raw: &Raw<T>) -> Result<JsonValue> {
-    serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("Invalid key: {e}")))
-}
 
 /// `PUT /_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device`
 pub async fn put_dehydrated_device(
@@ -26,19 +20,7 @@ pub async fn put_dehydrated_device(
     req: Ruma<put_dehydrated_device::unstable::Request>,
 ) -> Result<put_dehydrated_device::unstable::Response> {
     let body = req.body;
-    let keys = Upload {
-        device_keys: Some(json_of(&body.device_keys)?),
-        one_time_keys: body
-            .one_time_keys
-            .iter()
-            .map(|(id, k)| Ok((id.to_string(), json_of(k)?)))
-            .collect::<Result<_>>()?,
-        fallback_keys: body
-            .fallback_keys
-            .iter()
-            .map(|(id, k)| Ok((id.to_string(), json_of(k)?)))
-            .collect::<Result<_>>()?,
-    };
+    let keys = super::keys::key_upload(Some(&body.device_keys), &body.one_time_keys, &body.fallback_keys)?;
     services.accounts.put_dehydrated_device(
         &req.identity.user_id,
         &body.device_id,

@@ -7,6 +7,7 @@ use ruma::{
     api::client::keys::{
         claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
     },
+    encryption::OneTimeKey,
     serde::Raw,
 };
 use serde_json::Value as JsonValue;
@@ -22,6 +23,22 @@ fn json_of<T>(raw: &Raw<T>) -> Result<JsonValue> {
     serde_json::from_str(raw.json().get()).map_err(|e| Error::bad_json(format!("Invalid key: {e}")))
 }
 
+/// The keys of an upload (`/keys/upload`, or a dehydrated device's) as the service takes them.
+pub(super) fn key_upload<K, T: std::fmt::Display>(
+    device_keys: Option<&Raw<K>>,
+    one_time_keys: &BTreeMap<T, Raw<OneTimeKey>>,
+    fallback_keys: &BTreeMap<T, Raw<OneTimeKey>>,
+) -> Result<Upload> {
+    let by_id = |keys: &BTreeMap<T, Raw<OneTimeKey>>| -> Result<BTreeMap<String, JsonValue>> {
+        keys.iter().map(|(id, key)| Ok((id.to_string(), json_of(key)?))).collect()
+    };
+    Ok(Upload {
+        device_keys: device_keys.map(json_of).transpose()?,
+        one_time_keys: by_id(one_time_keys)?,
+        fallback_keys: by_id(fallback_keys)?,
+    })
+}
+
 fn raw_of<T>(value: &JsonValue) -> Result<Raw<T>> {
     Ok(Raw::from_json(
         serde_json::value::to_raw_value(value)
@@ -35,19 +52,7 @@ pub async fn upload_keys(
     req: Ruma<upload_keys::v3::Request>,
 ) -> Result<upload_keys::v3::Response> {
     let body = req.body;
-    let upload = Upload {
-        device_keys: body.device_keys.as_ref().map(json_of).transpose()?,
-        one_time_keys: body
-            .one_time_keys
-            .iter()
-            .map(|(id, k)| Ok((id.to_string(), json_of(k)?)))
-            .collect::<Result<_>>()?,
-        fallback_keys: body
-            .fallback_keys
-            .iter()
-            .map(|(id, k)| Ok((id.to_string(), json_of(k)?)))
-            .collect::<Result<_>>()?,
-    };
+    let upload = key_upload(body.device_keys.as_ref(), &body.one_time_keys, &body.fallback_keys)?;
     let counts = services.keys.upload(&req.identity.user_id, &req.identity.device_id, upload)?;
     let counts =
         counts.into_iter().map(|(alg, n)| (alg.as_str().into(), ruma::UInt::new_saturating(n))).collect();
