@@ -294,8 +294,11 @@ impl Timeline {
         let notified = if is_create {
             Vec::new()
         } else {
+            // The state before the event is cached; reading power levels from it saves the
+            // current-state reads on every send.
             let state_before = self.states.state_of_group(record.state_group)?;
-            self.notifications.evaluate(&pdu, &state_before, self.power_levels(room_id)?)?
+            let power_levels = self.power_levels_in(&rules_of(&record.version)?, &state_before)?;
+            self.notifications.evaluate(&pdu, &state_before, power_levels)?
         };
         let reservation = self.stream.reserve()?;
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
@@ -404,9 +407,19 @@ impl Timeline {
     /// The room's current power levels, with the version's creator rules applied.
     pub fn power_levels(&self, room_id: &RoomId) -> Result<RoomPowerLevels> {
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        let rules = rules_of(&room.version)?;
-        let create = self
-            .state_event(room_id, &StateEventType::RoomCreate, "")?
+        let state = self.states.state_of_group(room.state_group)?;
+        self.power_levels_in(&rules_of(&room.version)?, &state)
+    }
+
+    /// The power levels a room state gives, with the version's creator rules applied.
+    fn power_levels_in(&self, rules: &RoomVersionRules, state: &StateMap) -> Result<RoomPowerLevels> {
+        let event_of = |kind: StateEventType| -> Result<Option<Arc<StoredEvent>>> {
+            match state.get(&(kind, String::new())) {
+                Some(id) => self.events.get(id),
+                None => Ok(None),
+            }
+        };
+        let create = event_of(StateEventType::RoomCreate)?
             .ok_or_else(|| Error::internal("room without create event"))?;
         let mut creators = vec![create.pdu.sender.clone()];
         if rules.authorization.additional_room_creators {
@@ -414,7 +427,7 @@ impl Timeline {
                 creators.extend(content.additional_creators);
             }
         }
-        let source = match self.state_event(room_id, &StateEventType::RoomPowerLevels, "")? {
+        let source = match event_of(StateEventType::RoomPowerLevels)? {
             Some(event) => match event.pdu.content_as::<RoomPowerLevelsEventContent>() {
                 Ok(content) => RoomPowerLevelsSource::Original(content),
                 Err(_) => RoomPowerLevelsSource::None,
