@@ -49,6 +49,37 @@ trait RouterExt {
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
 }
 
+/// Register every path of a ruma endpoint, turning the handler's response into HTTP with
+/// `wrap`.
+fn route_all_paths<Req, F, Fut, W, R>(router: Router<AppState>, handler: F, wrap: W) -> Router<AppState>
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: Identify,
+    Req::OutgoingResponse: Send,
+    F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
+    W: Fn(Req::OutgoingResponse) -> R + Copy + Send + Sync + 'static,
+    R: IntoResponse + Send + 'static,
+{
+    let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+    let builder = Req::PATH_BUILDER;
+    let paths = builder.all_paths().flat_map(|path| {
+        // The empty state key: clients send `/state/{type}` or `/state/{type}/`, which a
+        // `{state_key}` segment cannot match.
+        let short = path.strip_suffix("/{state_key}").map(|p| [p.to_owned(), format!("{p}/")]);
+        std::iter::once(path.to_owned()).chain(short.into_iter().flatten())
+    });
+    paths.fold(router, |router, path| {
+        let handler = handler.clone();
+        router.route(
+            &path,
+            on(filter, move |State(services): State<AppState>, req: Ruma<Req>| async move {
+                handler(services, req).await.map(wrap)
+            }),
+        )
+    })
+}
+
 impl RouterExt for Router<AppState> {
     fn ruma_route<Req, F, Fut>(self, handler: F) -> Self
     where
@@ -58,23 +89,7 @@ impl RouterExt for Router<AppState> {
         F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
     {
-        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
-        let builder = Req::PATH_BUILDER;
-        let paths = builder.all_paths().flat_map(|path| {
-            // The empty state key: clients send `/state/{type}` or `/state/{type}/`, which a
-            // `{state_key}` segment cannot match.
-            let short = path.strip_suffix("/{state_key}").map(|p| [p.to_owned(), format!("{p}/")]);
-            std::iter::once(path.to_owned()).chain(short.into_iter().flatten())
-        });
-        paths.fold(self, |router, path| {
-            let handler = handler.clone();
-            router.route(
-                &path,
-                on(filter, move |State(services): State<AppState>, req: Ruma<Req>| async move {
-                    handler(services, req).await.map(RumaResponse)
-                }),
-            )
-        })
+        route_all_paths(self, handler, RumaResponse)
     }
 
     fn ruma_route_filled<Req, F, Fut>(self, handler: F, fill: fn(&mut serde_json::Value)) -> Self
@@ -85,16 +100,7 @@ impl RouterExt for Router<AppState> {
         F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
     {
-        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
-        Req::PATH_BUILDER.all_paths().fold(self, |router, path| {
-            let handler = handler.clone();
-            router.route(
-                path,
-                on(filter, move |State(services): State<AppState>, req: Ruma<Req>| async move {
-                    handler(services, req).await.map(|response| FilledResponse { response, fill })
-                }),
-            )
-        })
+        route_all_paths(self, handler, move |response| FilledResponse { response, fill })
     }
 }
 
