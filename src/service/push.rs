@@ -158,9 +158,14 @@ impl Notifications {
 
     /// The `m.push_rules` account data event.
     pub fn push_rules_event<T>(&self, user_id: &UserId) -> Result<Raw<T>> {
-        let ruleset = self.ruleset(user_id)?;
-        let value = json!({ "type": PUSH_RULES, "content": { "global": &*ruleset } });
+        let value = json!({ "type": PUSH_RULES, "content": self.push_rules_content(user_id)? });
         Ok(Raw::from_json(crate::service::rooms::render::to_raw(&value)?))
+    }
+
+    /// The `m.push_rules` account data content: the user's rules, defaults included.
+    pub fn push_rules_content(&self, user_id: &UserId) -> Result<Box<RawJsonValue>> {
+        let ruleset = self.ruleset(user_id)?;
+        crate::service::rooms::render::to_raw(&json!({ "global": &*ruleset }))
     }
 
     fn lock_rulesets(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, Arc<Ruleset>>> {

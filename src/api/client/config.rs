@@ -31,9 +31,7 @@ pub async fn get_global_account_data(
     let kind = body.event_type.to_string();
     let content = if kind == crate::service::push::PUSH_RULES {
         // The defaults count as set, as in sync.
-        let event: Raw<serde_json::Value> = services.notifications.push_rules_event(&body.user_id)?;
-        let value: serde_json::Value = event.deserialize().map_err(|e| Error::internal(e.to_string()))?;
-        serde_json::value::to_raw_value(&value["content"]).map_err(|e| Error::internal(e.to_string()))?
+        services.notifications.push_rules_content(&body.user_id)?
     } else {
         services
             .account_data
