@@ -251,12 +251,10 @@ impl Sync {
             Change::Room(room_id) => watched.contains(room_id),
             Change::User(other) => other == user_id,
             Change::RoomMates(other) => {
+                // The user's own changes come as `User` too.
                 other != user_id
-                    && self
-                        .members
-                        .rooms_of_user(other, &MembershipState::Join)?
-                        .iter()
-                        .any(|room| watched.contains(room))
+                    && RoomMates { members: &self.members, me: user_id, rooms: watched, everyone: None }
+                        .share(other)?
             }
         })
     }
