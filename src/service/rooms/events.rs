@@ -1,5 +1,6 @@
-//! Accepted events: storage by ID, each room's timeline, and the global stream that orders
-//! every event the server accepts. Owns the `pdus`, `timeline` and `stream` tables.
+//! Accepted events: storage by ID, each room's timeline (by position and by timestamp),
+//! each room's latest position, and the global stream that orders every event the server
+//! accepts. Owns the `pdus`, `timeline`, `stream` and `room_timestamps` tables.
 
 use std::{
     collections::HashMap,

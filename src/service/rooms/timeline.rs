@@ -1,8 +1,9 @@
 //! The append path: how an event joins a room. Under the room's lock it picks the graph
 //! position and auth events from the current state, builds and signs the event, checks it
-//! against the room version's authorization rules, and commits the event, its stream
-//! position, the new state group, current state, membership indexes and any redaction in
-//! one atomic batch. A rejected event is never written. Owns the `txn_ids` table.
+//! against the room version's authorization rules, evaluates push rules for the members,
+//! and commits the event, its stream position, the new state group, current state,
+//! membership indexes, relation and search index rows, notification rows and any redaction
+//! in one atomic batch. A rejected event is never written. Owns the `txn_ids` table.
 
 use std::{
     collections::HashMap,
