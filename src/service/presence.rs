@@ -72,10 +72,6 @@ impl Presence {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
     /// Set the user's presence (`PUT /presence/{userId}/status`).
     pub fn set(&self, user_id: &UserId, state: &PresenceState, status_msg: Option<String>) -> Result<()> {
         if !self.enabled {
