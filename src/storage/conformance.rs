@@ -85,5 +85,19 @@ pub fn run(store: &dyn KvStore) {
     store.write(batch).unwrap();
     assert_eq!(store.get("conf_b", b"").unwrap(), Some(Vec::new()));
 
+    // A buffered write is visible at once, atomically, and a failed one applies nothing.
+    let mut batch = WriteBatch::new();
+    batch.put("conf_a", b"buffered".to_vec(), b"1".to_vec());
+    batch.put("conf_b", b"buffered".to_vec(), b"2".to_vec());
+    store.write_buffered(batch).unwrap();
+    assert_eq!(store.get("conf_a", b"buffered").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.get("conf_b", b"buffered").unwrap(), Some(b"2".to_vec()));
+    let mut batch = WriteBatch::new();
+    batch.put("conf_a", b"buffered2".to_vec(), b"x".to_vec());
+    batch.put("no_such_table", b"k".to_vec(), b"x".to_vec());
+    assert!(store.write_buffered(batch).is_err());
+    assert_eq!(store.get("conf_a", b"buffered2").unwrap(), None);
+    store.sync().unwrap();
+
     store.flush().unwrap();
 }

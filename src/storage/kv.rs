@@ -160,6 +160,14 @@ pub trait KvStore: Send + Sync + 'static {
     /// survives a crash or power loss (RocksDB: WAL synced).
     fn write(&self, batch: WriteBatch) -> StorageResult<()>;
 
+    /// Apply every write in `batch` atomically and make it visible at once, without waiting
+    /// for stable storage: it survives the process being killed, and a power loss only once
+    /// a later `sync` has returned (RocksDB: written to the WAL, not yet synced).
+    fn write_buffered(&self, batch: WriteBatch) -> StorageResult<()>;
+
+    /// Make every write that returned before this call durable (RocksDB: sync the WAL).
+    fn sync(&self) -> StorageResult<()>;
+
     /// Persist everything written so far; called on graceful shutdown.
     fn flush(&self) -> StorageResult<()>;
 }

@@ -76,6 +76,14 @@ impl KvStore for MemoryStore {
         Ok(())
     }
 
+    fn write_buffered(&self, batch: WriteBatch) -> StorageResult<()> {
+        self.write(batch)
+    }
+
+    fn sync(&self) -> StorageResult<()> {
+        Ok(())
+    }
+
     fn flush(&self) -> StorageResult<()> {
         Ok(())
     }

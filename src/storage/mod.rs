@@ -4,6 +4,7 @@
 pub mod codec;
 #[doc(hidden)]
 pub mod conformance;
+pub mod group_sync;
 pub mod kv;
 pub mod memory;
 pub mod migrations;
@@ -13,6 +14,7 @@ pub mod tables;
 
 use std::{path::Path, sync::Arc};
 
+pub use group_sync::GroupSync;
 pub use kv::{Direction, KvStore, StorageError, StorageResult, WriteBatch};
 pub use table::Table;
 

@@ -64,6 +64,19 @@ impl RocksDbStore {
         Ok(Self { db })
     }
 
+    fn apply(&self, batch: WriteBatch, sync: bool) -> StorageResult<()> {
+        let mut rb = rocksdb::WriteBatch::default();
+        for op in batch.ops {
+            match op {
+                WriteOp::Put { table, key, value } => rb.put_cf(self.cf(table)?, key, value),
+                WriteOp::Delete { table, key } => rb.delete_cf(self.cf(table)?, key),
+            }
+        }
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(rb, &opts).map_err(backend)
+    }
+
     fn cf(&self, table: &'static str) -> StorageResult<&ColumnFamily> {
         self.db.cf_handle(table).ok_or_else(|| StorageError::UnknownTable(table.to_owned()))
     }
@@ -118,18 +131,19 @@ impl KvStore for RocksDbStore {
     }
 
     fn write(&self, batch: WriteBatch) -> StorageResult<()> {
-        let mut rb = rocksdb::WriteBatch::default();
-        for op in batch.ops {
-            match op {
-                WriteOp::Put { table, key, value } => rb.put_cf(self.cf(table)?, key, value),
-                WriteOp::Delete { table, key } => rb.delete_cf(self.cf(table)?, key),
-            }
-        }
         // Synced: a logout, password change or deactivation must survive a power loss, not
         // only a process crash.
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(rb, &opts).map_err(backend)
+        self.apply(batch, true)
+    }
+
+    fn write_buffered(&self, batch: WriteBatch) -> StorageResult<()> {
+        // The WAL record is written to the file (the OS holds it) before this returns, so a
+        // killed process loses nothing; `sync` makes it survive a power loss.
+        self.apply(batch, false)
+    }
+
+    fn sync(&self) -> StorageResult<()> {
+        self.db.flush_wal(true).map_err(backend)
     }
 
     fn flush(&self) -> StorageResult<()> {
