@@ -23,7 +23,11 @@ pub mod users;
 
 use std::{sync::Arc, time::Duration};
 
-use crate::{Result, config::Config, storage::KvStore};
+use crate::{
+    Result,
+    config::Config,
+    storage::{GroupSync, KvStore},
+};
 
 /// Every service, built once per server.
 pub struct Services {
@@ -149,6 +153,7 @@ impl Services {
             Arc::clone(&notifications),
             Arc::clone(&search),
             Arc::clone(&clock),
+            Arc::new(GroupSync::start(Arc::clone(&store))?),
         ));
         let history = Arc::new(rooms::history::History::new(
             Arc::clone(&events),

@@ -175,15 +175,16 @@ impl Notifications {
     // ---- evaluation ----
 
     /// Evaluate an event about to be appended for every joined member but its sender (and
-    /// for the invitee of an invite), with the room state before it. Done before the event
+    /// for the invitee of an invite), with the room state before it and its joined members. Done before the event
     /// takes a stream position, so a large room's evaluation holds back no one's sync.
     pub fn evaluate(
         &self,
         pdu: &Pdu,
         state: &StateMap,
         power_levels: RoomPowerLevels,
+        joined: &[OwnedUserId],
     ) -> Result<Vec<PendingNotification>> {
-        let mut recipients = self.members.members_with(&pdu.room_id, &MembershipState::Join)?;
+        let mut recipients = joined.to_vec();
         let member_count = UInt::new_saturating(recipients.len() as u64);
         if pdu.kind == TimelineEventType::RoomMember {
             let invited = pdu.content_value().get("membership").and_then(JsonValue::as_str) == Some("invite");

@@ -96,6 +96,16 @@ impl Stream {
 
     /// Reserve the next position for a write about to be committed.
     pub fn reserve(&self) -> Result<Reservation<'_>> {
+        Ok(Reservation { stream: self, position: self.take_position()? })
+    }
+
+    /// Reserve a position that may outlive the caller's borrow of the stream: a write
+    /// that finishes after its lock is released (the append path's group commit).
+    pub fn reserve_owned(self: &Arc<Self>) -> Result<OwnedReservation> {
+        Ok(OwnedReservation { stream: Arc::clone(self), position: self.take_position()? })
+    }
+
+    fn take_position(&self) -> Result<u64> {
         let mut inner = self.lock();
         let position = inner.last_reserved + 1;
         if position > inner.high_water {
@@ -108,7 +118,7 @@ impl Stream {
         }
         inner.last_reserved = position;
         inner.in_flight.insert(position);
-        Ok(Reservation { stream: self, position })
+        Ok(position)
     }
 
     fn release(&self, position: u64) {
@@ -144,6 +154,18 @@ impl Stream {
 }
 
 impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.stream.release(self.position);
+    }
+}
+
+/// A reserved position holding its own handle on the stream; released when dropped.
+pub struct OwnedReservation {
+    stream: Arc<Stream>,
+    pub position: u64,
+}
+
+impl Drop for OwnedReservation {
     fn drop(&mut self) {
         self.stream.release(self.position);
     }

@@ -4,6 +4,10 @@
 //! and commits the event, its stream position, the new state group, current state,
 //! membership indexes, relation and search index rows, notification rows and any redaction
 //! in one atomic batch. A rejected event is never written. Owns the `txn_ids` table.
+//!
+//! The batch is written buffered under the lock, so the next event of the room can be built
+//! on it at once; it becomes durable in a group sync shared with other writers, after the
+//! lock is released and before the event is announced or acknowledged (`PendingEvent`).
 
 use std::{
     collections::HashMap,
@@ -16,6 +20,7 @@ use ruma::{
     api::error::ErrorKind,
     events::{
         StateEventType, TimelineEventType,
+        room::member::MembershipState,
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
     },
     room_version_rules::RoomVersionRules,
@@ -38,16 +43,20 @@ use crate::{
         room_version,
     },
     service::{
+        cache::BoundedCache,
         clock::Clock,
         push::Notifications,
         server_keys::ServerKeys,
-        stream::{Change, Stream},
+        stream::{Change, OwnedReservation, Stream},
     },
     storage::{
-        KvStore, Table, WriteBatch,
+        GroupSync, KvStore, Table, WriteBatch,
         tables::{MembershipRecord, RoomRecord, TXN_IDS, TxnOrigin},
     },
 };
+
+/// Rooms whose joined members are cached for the append path.
+const JOINED_CACHE_ROOMS: usize = 4_096;
 
 /// Proof that the caller holds a room's append lock. Events of one room are appended one at
 /// a time, so their stream order, depth and `prev_events` agree.
@@ -60,6 +69,16 @@ impl RoomLock {
     pub fn room_id(&self) -> &RoomId {
         &self.room_id
     }
+}
+
+/// An event written and visible in this process but not yet durable. Its stream position
+/// stays in flight, so no sync hands it out, until `Timeline::finish` has synced and
+/// announced it.
+#[must_use = "an appended event is announced only once it is made durable"]
+pub struct PendingEvent {
+    event: Arc<StoredEvent>,
+    reservation: OwnedReservation,
+    changes: Vec<Change>,
 }
 
 /// A client transaction: the device that sent it and its ID.
@@ -80,7 +99,12 @@ pub struct Timeline {
     search: Arc<Search>,
     clock: Arc<dyn Clock>,
     store: Arc<dyn KvStore>,
+    group_sync: Arc<GroupSync>,
     txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
+    /// Each room's joined members, for push evaluation on every send. Read, filled and
+    /// dropped only under the room's lock (membership changes only there), so an entry
+    /// never goes stale.
+    joined: BoundedCache<OwnedRoomId, Arc<[OwnedUserId]>>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -96,6 +120,7 @@ impl Timeline {
         notifications: Arc<Notifications>,
         search: Arc<Search>,
         clock: Arc<dyn Clock>,
+        group_sync: Arc<GroupSync>,
     ) -> Self {
         Self {
             keys,
@@ -108,7 +133,9 @@ impl Timeline {
             search,
             clock,
             store: Arc::clone(store),
+            group_sync,
             txn_ids: TXN_IDS.open(store),
+            joined: BoundedCache::new(JOINED_CACHE_ROOMS),
             room_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -142,10 +169,14 @@ impl Timeline {
                 return Ok(event_id);
             }
         }
-        Ok(self.append(&lock, sender, template, txn)?.pdu.event_id.clone())
+        let pending = self.append_pending(&lock, sender, template, txn)?;
+        // The next event of the room is built while this one waits for its sync.
+        drop(lock);
+        Ok(self.finish(pending).await?.pdu.event_id.clone())
     }
 
-    /// Build, authorize and commit one event in a room whose lock the caller holds.
+    /// Build, authorize and commit one event in a room whose lock the caller holds; durable
+    /// and announced when this returns.
     pub fn append(
         &self,
         lock: &RoomLock,
@@ -153,6 +184,32 @@ impl Timeline {
         template: EventTemplate,
         txn: Option<Txn<'_>>,
     ) -> Result<Arc<StoredEvent>> {
+        let pending = self.append_pending(lock, sender, template, txn)?;
+        self.store.sync()?;
+        Ok(self.announce(pending))
+    }
+
+    /// Make an appended event durable in a group sync, then announce it.
+    pub async fn finish(&self, pending: PendingEvent) -> Result<Arc<StoredEvent>> {
+        self.group_sync.synced().await?;
+        Ok(self.announce(pending))
+    }
+
+    fn announce(&self, pending: PendingEvent) -> Arc<StoredEvent> {
+        let PendingEvent { event, reservation, changes } = pending;
+        drop(reservation);
+        self.stream.announce(event.stream, changes);
+        event
+    }
+
+    /// Build, authorize and write one event in a room whose lock the caller holds.
+    fn append_pending(
+        &self,
+        lock: &RoomLock,
+        sender: &UserId,
+        template: EventTemplate,
+        txn: Option<Txn<'_>>,
+    ) -> Result<PendingEvent> {
         let room_id = lock.room_id();
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = rules_of(&room.version)?;
@@ -277,8 +334,9 @@ impl Timeline {
                 state_group: EMPTY_GROUP,
             };
             let room_id = pdu.room_id.clone();
-            let event = self.commit(&room_id, record, pdu, None, None)?;
-            return Ok((lock, event));
+            let pending = self.commit(&room_id, record, pdu, None, None)?;
+            self.store.sync()?;
+            return Ok((lock, self.announce(pending)));
         }
     }
 
@@ -290,7 +348,7 @@ impl Timeline {
         pdu: Pdu,
         txn: Option<Txn<'_>>,
         redacted: Option<Arc<StoredEvent>>,
-    ) -> Result<Arc<StoredEvent>> {
+    ) -> Result<PendingEvent> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
         let notified = if is_create {
             Vec::new()
@@ -299,9 +357,10 @@ impl Timeline {
             // current-state reads on every send.
             let state_before = self.states.state_of_group(record.state_group)?;
             let power_levels = self.power_levels_in(&rules_of(&record.version)?, &state_before)?;
-            self.notifications.evaluate(&pdu, &state_before, power_levels)?
+            let joined = self.joined_members(room_id)?;
+            self.notifications.evaluate(&pdu, &state_before, power_levels, &joined)?
         };
-        let reservation = self.stream.reserve()?;
+        let reservation = self.stream.reserve_owned()?;
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
         let origin =
             txn.map(|t| TxnOrigin { device_id: t.device_id.to_owned(), txn_id: t.txn_id.to_owned() });
@@ -362,16 +421,28 @@ impl Timeline {
             self.txn_ids.put(&mut batch, &key, &pdu.event_id)?;
         }
         self.states.put_room_in(&mut batch, room_id, &record)?;
-        self.store.write(batch)?;
+        self.store.write_buffered(batch)?;
 
         if let Some((group, state)) = new_group {
             self.states.committed_group(group, state);
         }
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
-        drop(reservation);
-        self.stream.announce(event.stream, changes);
+        if pdu.kind == TimelineEventType::RoomMember {
+            self.joined.remove(&room_id.to_owned());
+        }
         tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event appended");
-        Ok(event)
+        Ok(PendingEvent { event, reservation, changes })
+    }
+
+    /// The room's joined members; the caller holds the room's lock.
+    fn joined_members(&self, room_id: &RoomId) -> Result<Arc<[OwnedUserId]>> {
+        let key = room_id.to_owned();
+        if let Some(joined) = self.joined.get(&key) {
+            return Ok(joined);
+        }
+        let joined: Arc<[OwnedUserId]> = self.members.members_with(room_id, &MembershipState::Join)?.into();
+        self.joined.insert(key, Arc::clone(&joined));
+        Ok(joined)
     }
 
     /// The redaction target rewritten to its redacted form, if it is an event of this room
