@@ -136,3 +136,93 @@ async fn sigterm_finishes_cleanly_and_keeps_the_data() {
     let (ok, text) = run(conduit(&db).args(["create-user", "sig"]));
     assert!(!ok && text.contains("taken"), "{text}");
 }
+
+/// Start the binary on `db` with registration open; returns it and its address.
+fn spawn_serving(db: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = conduit(db)
+        .env("CONDUIT_PORT", "0")
+        .env("CONDUIT_ALLOW_REGISTRATION", "true")
+        .env("CONDUIT_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server logs before exiting").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+#[tokio::test]
+async fn every_acknowledged_event_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let (mut child, addr) = spawn_serving(&db);
+    let api = format!("http://{addr}/_matrix/client/v3");
+    let http = reqwest::Client::new();
+    let body =
+        serde_json::json!({"username": "k9", "password": "pw-k9-12345", "auth": {"type": "m.login.dummy"}});
+    let registered: serde_json::Value =
+        http.post(format!("{api}/register")).json(&body).send().await.unwrap().json().await.unwrap();
+    let token = registered["access_token"].as_str().unwrap().to_owned();
+    let created: serde_json::Value = http
+        .post(format!("{api}/createRoom"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let room = created["room_id"].as_str().unwrap().replace('!', "%21").replace(':', "%3A");
+
+    // Eight senders keep sending (so group syncs are shared) until the process is killed.
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let senders: Vec<_> = (0..8)
+        .map(|s| {
+            let (http, api, token, room, acked) =
+                (http.clone(), api.clone(), token.clone(), room.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                for m in 0.. {
+                    let url = format!("{api}/rooms/{room}/send/m.room.message/t{s}-{m}");
+                    let sent = http
+                        .put(url)
+                        .bearer_auth(&token)
+                        .json(&serde_json::json!({"msgtype": "m.text", "body": "durable?"}))
+                        .send()
+                        .await;
+                    let Ok(response) = sent else { break };
+                    let Ok(value) = response.json::<serde_json::Value>().await else { break };
+                    let Some(id) = value["event_id"].as_str() else { break };
+                    acked.lock().unwrap().push(id.to_owned());
+                }
+            })
+        })
+        .collect();
+    while acknowledged.lock().unwrap().len() < 300 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    child.wait().unwrap();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let (mut child, addr) = spawn_serving(&db);
+    let api = format!("http://{addr}/_matrix/client/v3");
+    for id in &acknowledged {
+        let url = format!("{api}/rooms/{room}/event/{}", id.replace('$', "%24"));
+        let status = http.get(url).bearer_auth(&token).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::OK, "acknowledged event {id} lost by kill -9");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
