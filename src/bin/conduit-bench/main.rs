@@ -1,0 +1,258 @@
+//! `conduit-bench`: a load generator for any Matrix homeserver's client-server API, so the
+//! same run can measure conduit and Synapse side by side. See `docs/benchmarks.md`.
+
+mod client;
+mod process;
+mod report;
+mod scenarios;
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Instant};
+
+use clap::{Parser, Subcommand};
+use client::Http;
+use report::{Outcome, Run};
+use scenarios::Plan;
+
+const SCENARIOS: &[&str] = &[
+    "register",
+    "login",
+    "whoami",
+    "send",
+    "send-concurrent",
+    "send-rooms",
+    "send-sync",
+    "initial-sync",
+    "messages",
+];
+
+#[derive(Parser)]
+#[command(about = "Load generator for a Matrix homeserver's client-server API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a markdown table comparing two runs saved with --json.
+    Compare { first: PathBuf, second: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Base URL of the homeserver, e.g. http://127.0.0.1:6167
+    #[arg(long)]
+    url: Option<String>,
+    /// Name of the server in the output and JSON.
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// The server's process ID, for its memory; found by the URL's port when omitted.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Comma-separated scenarios to run, in this order: register, login, whoami, send,
+    /// send-concurrent, send-rooms, send-sync, initial-sync, messages. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Users to register (at least as many as --clients and --members - 1 are registered).
+    #[arg(long, default_value_t = 20)]
+    users: usize,
+    /// whoami requests.
+    #[arg(long, default_value_t = 2000)]
+    whoami: usize,
+    /// Messages the single sequential client sends.
+    #[arg(long, default_value_t = 2000)]
+    messages: usize,
+    /// Concurrent clients (also the concurrency of set-up work).
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Messages each concurrent client sends.
+    #[arg(long, default_value_t = 500)]
+    per_client: usize,
+    /// Send → sync rounds.
+    #[arg(long, default_value_t = 200)]
+    sync_rounds: usize,
+    /// Rooms of the initial-sync user.
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    /// Members of each of those rooms, the user included.
+    #[arg(long, default_value_t = 20)]
+    members: usize,
+    /// Messages in each of those rooms.
+    #[arg(long, default_value_t = 50)]
+    room_messages: usize,
+    /// Initial syncs timed, with and without lazy-loaded members each.
+    #[arg(long, default_value_t = 5)]
+    sync_runs: usize,
+    /// Messages in the room that /messages pages back through.
+    #[arg(long, default_value_t = 100_000)]
+    history: usize,
+    /// Events per /messages page.
+    #[arg(long, default_value_t = 100)]
+    page: u32,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Exit with failure when sequential sending is slower than this many messages per second
+    /// (the CI smoke check).
+    #[arg(long)]
+    min_send_rate: Option<f64>,
+    /// Allow a URL that is not loopback. A load generator should not be pointed at someone
+    /// else's server by accident.
+    #[arg(long)]
+    allow_remote: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Compare { first, second }) => compare(&first, &second),
+        None => run(cli.run).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("conduit-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn compare(first: &PathBuf, second: &PathBuf) -> Result<(), String> {
+    let read = |path: &PathBuf| -> Result<Run, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    print!("{}", report::compare(&read(first)?, &read(second)?));
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let url = args.url.clone().ok_or("--url is required")?;
+    let port = check_target(&url, args.allow_remote)?;
+    let selected: Vec<String> = if args.scenarios.is_empty() {
+        SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        args.scenarios.clone()
+    };
+    if let Some(unknown) = selected.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        return Err(format!("unknown scenario {unknown:?}; known: {}", SCENARIOS.join(", ")));
+    }
+    if args.clients == 0 || args.members == 0 || args.page == 0 {
+        return Err("--clients, --members and --page must be at least 1".to_owned());
+    }
+    let wants = |s: &str| selected.iter().any(|x| x == s);
+    let pid = args.pid.or_else(|| port.and_then(process::pid_listening_on));
+    let rss = || pid.and_then(process::rss_mib);
+    if pid.is_none() {
+        eprintln!("note: server process not found (pass --pid); memory is not reported");
+    }
+    let plan = Plan {
+        run_id: format!("b{:08x}", rand_u32()),
+        users: args.users,
+        whoami: args.whoami,
+        messages: args.messages,
+        clients: args.clients,
+        per_client: args.per_client,
+        sync_rounds: args.sync_rounds,
+        rooms: args.rooms,
+        members: args.members,
+        room_messages: args.room_messages,
+        sync_runs: args.sync_runs,
+        history: args.history,
+        page: args.page,
+    };
+    let http = Http::new(&url)?;
+    let mut run =
+        Run { label: args.label.clone(), url: url.clone(), idle_rss_mib: rss(), outcomes: Vec::new() };
+    if let Some(idle) = run.idle_rss_mib {
+        println!("{}: idle RSS {idle:.1} MiB", args.label);
+    }
+    report::print_header();
+    let record = |mut outcome: Outcome, run: &mut Run| {
+        outcome.rss_mib = rss();
+        report::print_outcome(&outcome);
+        run.outcomes.push(outcome);
+    };
+
+    // Every scenario needs users; registering them is timed only when asked for.
+    let needed = plan.users.max(plan.clients).max(plan.members.saturating_sub(1)).max(2);
+    let started = Instant::now();
+    let (users, mut latencies) = scenarios::register_users(&http, &plan, 0, needed, plan.clients).await?;
+    if wants("register") {
+        let note = format!("{} clients; UIA dummy, 2 requests; includes password hashing", plan.clients);
+        record(Outcome::new("register", &mut latencies, started.elapsed(), note), &mut run);
+    }
+    if wants("login") {
+        record(scenarios::login(&http, &plan, &users).await?, &mut run);
+    }
+    if wants("whoami") {
+        record(scenarios::whoami(&plan, &users).await?, &mut run);
+    }
+    if wants("send") {
+        record(scenarios::send_sequential(&plan, &users[0]).await?, &mut run);
+    }
+    if wants("send-concurrent") {
+        record(scenarios::send_concurrent(&plan, &users, true).await?, &mut run);
+    }
+    if wants("send-rooms") {
+        record(scenarios::send_concurrent(&plan, &users, false).await?, &mut run);
+    }
+    if wants("send-sync") {
+        record(scenarios::send_to_sync(&plan, &users[0], &users[1]).await?, &mut run);
+    }
+    if wants("initial-sync") {
+        let started = Instant::now();
+        let owner = scenarios::populate_rooms(&http, &plan, &users).await?;
+        eprintln!(
+            "set-up: {} rooms × {} members × {} messages in {:.1} s",
+            plan.rooms,
+            plan.members,
+            plan.room_messages,
+            started.elapsed().as_secs_f64()
+        );
+        record(scenarios::initial_sync(&plan, &owner, false).await?, &mut run);
+        record(scenarios::initial_sync(&plan, &owner, true).await?, &mut run);
+    }
+    if wants("messages") {
+        record(scenarios::back_paginate(&plan, &users).await?, &mut run);
+    }
+
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(floor) = args.min_send_rate {
+        let send = run
+            .outcomes
+            .iter()
+            .find(|o| o.scenario == "send, 1 client")
+            .ok_or("--min-send-rate needs the send scenario")?;
+        if send.per_second < floor {
+            return Err(format!(
+                "sequential send ran at {:.0} msg/s, below the floor of {floor:.0}",
+                send.per_second
+            ));
+        }
+        println!("sequential send {:.0} msg/s ≥ floor {floor:.0}", send.per_second);
+    }
+    Ok(())
+}
+
+/// The URL's port, after refusing targets that are not loopback unless allowed.
+fn check_target(url: &str, allow_remote: bool) -> Result<Option<u16>, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("bad --url {url:?}: {e}"))?;
+    let host = parsed.host_str().ok_or_else(|| format!("--url {url:?} has no host"))?;
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback && !allow_remote {
+        return Err(format!("refusing {host}: not loopback (pass --allow-remote to load another machine)"));
+    }
+    Ok(parsed.port_or_known_default())
+}
+
+fn rand_u32() -> u32 {
+    rand::random()
+}
