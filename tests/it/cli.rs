@@ -100,24 +100,9 @@ async fn create_user_and_reset_password_work_offline_and_refuse_while_serving() 
 
 #[tokio::test]
 async fn sigterm_finishes_cleanly_and_keeps_the_data() {
-    use std::io::{BufRead, BufReader};
-
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    let mut child = conduit(&db)
-        .env("CONDUIT_PORT", "0")
-        .env("CONDUIT_ALLOW_REGISTRATION", "true")
-        .env("CONDUIT_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server logs before exiting").unwrap();
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (mut child, addr, lines) = spawn_serving(&db);
     let http = reqwest::Client::new();
     let body =
         serde_json::json!({"username": "sig", "password": "pw-sig-1234", "auth": {"type": "m.login.dummy"}});
@@ -137,8 +122,11 @@ async fn sigterm_finishes_cleanly_and_keeps_the_data() {
     assert!(!ok && text.contains("taken"), "{text}");
 }
 
-/// Start the binary on `db` with registration open; returns it and its address.
-fn spawn_serving(db: &std::path::Path) -> (std::process::Child, String) {
+type LogLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// Start the binary on `db` with registration open; returns it, its address and the rest of
+/// its log.
+fn spawn_serving(db: &std::path::Path) -> (std::process::Child, String, LogLines) {
     use std::io::{BufRead, BufReader};
     let mut child = conduit(db)
         .env("CONDUIT_PORT", "0")
@@ -154,7 +142,12 @@ fn spawn_serving(db: &std::path::Path) -> (std::process::Child, String) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
     };
-    // Keep draining the log so the server never blocks on a full pipe.
+    (child, addr, lines)
+}
+
+/// Start the binary and drain its log, so the server never blocks on a full pipe.
+fn spawn_serving_quietly(db: &std::path::Path) -> (std::process::Child, String) {
+    let (child, addr, lines) = spawn_serving(db);
     std::thread::spawn(move || lines.for_each(drop));
     (child, addr)
 }
@@ -163,7 +156,7 @@ fn spawn_serving(db: &std::path::Path) -> (std::process::Child, String) {
 async fn every_acknowledged_event_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
-    let (mut child, addr) = spawn_serving(&db);
+    let (mut child, addr) = spawn_serving_quietly(&db);
     let api = format!("http://{addr}/_matrix/client/v3");
     let http = reqwest::Client::new();
     let body =
@@ -216,7 +209,7 @@ async fn every_acknowledged_event_survives_kill_9() {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
 
-    let (mut child, addr) = spawn_serving(&db);
+    let (mut child, addr) = spawn_serving_quietly(&db);
     let api = format!("http://{addr}/_matrix/client/v3");
     for id in &acknowledged {
         let url = format!("{api}/rooms/{room}/event/{}", id.replace('$', "%24"));

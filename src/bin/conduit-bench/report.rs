@@ -93,27 +93,20 @@ pub fn compare(a: &Run, b: &Run) -> String {
     }
     for x in &a.outcomes {
         let Some(y) = b.outcomes.iter().find(|o| o.scenario == x.scenario) else { continue };
-        out += &format!(
-            "| {} | ops/s | {:.1} | {:.1} | {} |\n",
-            x.scenario,
-            x.per_second,
-            y.per_second,
-            ratio(true, x.per_second, y.per_second)
-        );
-        out += &format!(
-            "| {} | p50 ms | {:.2} | {:.2} | {} |\n",
-            x.scenario,
-            x.p50_ms,
-            y.p50_ms,
-            ratio(false, x.p50_ms, y.p50_ms)
-        );
-        out += &format!(
-            "| {} | p99 ms | {:.2} | {:.2} | {} |\n",
-            x.scenario,
-            x.p99_ms,
-            y.p99_ms,
-            ratio(false, x.p99_ms, y.p99_ms)
-        );
+        // (metric, digits, higher is better, value)
+        let metrics: [(&str, usize, bool, fn(&Outcome) -> f64); 3] = [
+            ("ops/s", 1, true, |o| o.per_second),
+            ("p50 ms", 2, false, |o| o.p50_ms),
+            ("p99 ms", 2, false, |o| o.p99_ms),
+        ];
+        for (metric, digits, higher_is_better, value) in metrics {
+            let (vx, vy) = (value(x), value(y));
+            out += &format!(
+                "| {} | {metric} | {vx:.digits$} | {vy:.digits$} | {} |\n",
+                x.scenario,
+                ratio(higher_is_better, vx, vy)
+            );
+        }
         if let (Some(rx), Some(ry)) = (x.rss_mib, y.rss_mib) {
             out += &format!(
                 "| {} | RSS MiB after | {rx:.1} | {ry:.1} | {} |\n",
