@@ -9,6 +9,7 @@ pub mod devices;
 pub mod filters;
 pub mod key_backup;
 pub mod keys;
+pub mod media;
 pub mod passwords;
 pub mod presence;
 pub mod push;
@@ -62,6 +63,7 @@ pub struct Services {
     pub hierarchy: Arc<rooms::hierarchy::Hierarchy>,
     pub user_directory: Arc<user_directory::UserDirectory>,
     pub key_backup: Arc<key_backup::KeyBackup>,
+    pub media: Arc<media::Media>,
     store: Arc<dyn KvStore>,
 }
 
@@ -80,6 +82,7 @@ impl Services {
         let keys = Arc::new(keys::Keys::new(&store, Arc::clone(&stream)));
         let to_device = Arc::new(to_device::ToDevice::new(&store, Arc::clone(&devices), Arc::clone(&stream)));
         let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
+        let media = Arc::new(media::Media::new(&store, Arc::clone(&clock), &config)?);
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
@@ -275,6 +278,7 @@ impl Services {
             hierarchy,
             user_directory,
             key_backup,
+            media,
             store,
         })
     }
