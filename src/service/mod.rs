@@ -64,6 +64,7 @@ pub struct Services {
     pub user_directory: Arc<user_directory::UserDirectory>,
     pub key_backup: Arc<key_backup::KeyBackup>,
     pub media: Arc<media::Media>,
+    pub url_previews: Arc<media::preview::UrlPreviews>,
     store: Arc<dyn KvStore>,
 }
 
@@ -83,6 +84,12 @@ impl Services {
         let to_device = Arc::new(to_device::ToDevice::new(&store, Arc::clone(&devices), Arc::clone(&stream)));
         let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
         let media = Arc::new(media::Media::new(&store, Arc::clone(&clock), &config)?);
+        let url_previews = Arc::new(media::preview::UrlPreviews::new(
+            &store,
+            Arc::clone(&media),
+            Arc::clone(&clock),
+            &config,
+        )?);
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
@@ -279,6 +286,7 @@ impl Services {
             user_directory,
             key_backup,
             media,
+            url_previews,
             store,
         })
     }
