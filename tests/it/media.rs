@@ -639,6 +639,38 @@ async fn thumbnails_of_every_format() {
     }
 }
 
+/// Every member's client asks for the thumbnail of a newly posted image at once: it is
+/// decoded once, and everyone gets the same stored thumbnail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_a_new_thumbnail_decode_once() {
+    let s = Arc::new(TestServer::start().await);
+    let alice = new_user(&s, "alice").await;
+    let mxc = upload(&s, &alice, image_bytes(ImageFormat::Jpeg, 2000, 1500), "image/jpeg", None).await;
+    let before = s.services.media.thumbnails_made();
+    let requests: Vec<_> = (0..12)
+        .map(|_| {
+            let (s, token, path) = (Arc::clone(&s), alice.token.clone(), media_path(&mxc).to_owned());
+            tokio::spawn(async move {
+                let resp = get(
+                    &s,
+                    &format!("{V1}/thumbnail/{path}?width=800&height=600&method=scale"),
+                    Some(&token),
+                )
+                .await;
+                assert_eq!(resp.status(), StatusCode::OK);
+                resp.bytes().await.unwrap()
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for request in requests {
+        bodies.push(request.await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]));
+    assert_eq!(image::load_from_memory(&bodies[0]).unwrap().width(), 800);
+    assert_eq!(s.services.media.thumbnails_made() - before, 1, "the image was decoded more than once");
+}
+
 /// A WebP animation of `frames` solid frames, assembled from still lossless frames.
 fn animated_webp(width: u32, height: u32, frames: usize) -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, fourcc: &[u8], payload: &[u8]) {

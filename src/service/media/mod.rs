@@ -18,15 +18,19 @@ pub mod preview;
 pub mod thumbnail;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
+    hash::Hash,
     io,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use bytes::Bytes;
 use ruma::{OwnedMxcUri, OwnedServerName, OwnedUserId, ServerName, UserId};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
 
 use self::{
     files::{FileStore, SinkError, StagedFile, UploadSink},
@@ -36,7 +40,7 @@ use super::clock::Clock;
 use crate::{
     Error, Result,
     config::Config,
-    matrix::media::{ResizeMethod, is_valid_media_id, original_fits, thumbnail_box},
+    matrix::media::{ResizeMethod, ThumbnailBox, is_valid_media_id, original_fits, thumbnail_box},
     service::passwords::random_string,
     storage::{
         Direction, KvStore, Table, WriteBatch,
@@ -138,6 +142,44 @@ pub struct Media {
     /// Bounds concurrent image decoding to the cores there are, so thumbnails can neither
     /// starve the runtime's blocking pool nor multiply decoder memory.
     thumbnailers: Semaphore,
+    /// Held while a stored thumbnail is being made, per thumbnail.
+    making: KeyedLocks<ThumbnailKey>,
+    thumbnails_made: AtomicU64,
+}
+
+/// Async locks by key, made on first use and dropped when nobody holds or waits for them.
+struct KeyedLocks<K> {
+    locks: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K: Eq + Hash + Clone> KeyedLocks<K> {
+    fn new() -> Self {
+        Self { locks: Mutex::new(HashMap::new()) }
+    }
+
+    async fn lock(&self, key: &K) -> KeyedGuard<'_, K> {
+        let lock = Arc::clone(
+            self.locks.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default(),
+        );
+        let guard = lock.lock_owned().await;
+        KeyedGuard { locks: self, key: key.clone(), _guard: guard }
+    }
+}
+
+struct KeyedGuard<'a, K: Eq + Hash> {
+    locks: &'a KeyedLocks<K>,
+    key: K,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl<K: Eq + Hash> Drop for KeyedGuard<'_, K> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's handle and this guard's: nobody else holds or waits for the lock.
+        if locks.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) <= 2) {
+            locks.remove(&self.key);
+        }
+    }
 }
 
 fn io_error(context: &str) -> impl FnOnce(io::Error) -> Error + '_ {
@@ -267,6 +309,8 @@ impl Media {
             uploaded: Notify::new(),
             uploading: Mutex::new(HashSet::new()),
             thumbnailers: Semaphore::new(cores),
+            making: KeyedLocks::new(),
+            thumbnails_made: AtomicU64::new(0),
         })
     }
 
@@ -545,23 +589,44 @@ impl Media {
         }
         let record = self.visible_record(server_name, media_id, timeout, access).await?;
         let (target, stored) = thumbnail_box(request.width, request.height, request.method);
+        if !stored {
+            return self.make_thumbnail(&record, request, target, None).await;
+        }
         let key = (
             media_id.to_owned(),
             u64::from(target.width),
             u64::from(target.height),
             target.method.as_str().to_owned(),
         );
-        if stored && let Some(thumb) = self.core.thumbnails.get(&key)? {
-            return Ok(thumbnail_content(
-                ContentBody::File(self.open(&thumb.sha256).await?),
-                thumb.size,
-                &thumb.content_type,
-            ));
+        if let Some(thumb) = self.core.thumbnails.get(&key)? {
+            return self.stored_thumbnail(&thumb).await;
         }
+        // An image posted to a busy room is asked for by every member's client at once: one
+        // request makes the thumbnail, the others wait for it and then read it.
+        let _making = self.making.lock(&key).await;
+        if let Some(thumb) = self.core.thumbnails.get(&key)? {
+            return self.stored_thumbnail(&thumb).await;
+        }
+        self.make_thumbnail(&record, request, target, Some(key)).await
+    }
+
+    async fn stored_thumbnail(&self, thumb: &ThumbnailRecord) -> Result<Content> {
+        let file = self.open(&thumb.sha256).await?;
+        Ok(thumbnail_content(ContentBody::File(file), thumb.size, &thumb.content_type))
+    }
+
+    /// Serve the original where it will do, or decode it and make the thumbnail, storing it
+    /// under `key` when there is one.
+    async fn make_thumbnail(
+        &self,
+        record: &MediaRecord,
+        request: ThumbnailRequest,
+        target: ThumbnailBox,
+        key: Option<ThumbnailKey>,
+    ) -> Result<Content> {
         let info = self.probe(record.sha256).await?.map_err(thumbnail_error)?;
-        let animation_wanted = request.animated == Some(true);
         let serve_original = if info.animated {
-            animation_wanted && record.size <= MAX_ANIMATED_ORIGINAL
+            request.animated == Some(true) && record.size <= MAX_ANIMATED_ORIGINAL
         } else {
             original_fits(info.width, info.height, target)
         };
@@ -577,14 +642,15 @@ impl Media {
             blocking(move || Ok(thumbnail::make(&core.files.path(&hash), info, target, max_pixels))).await?
         }
         .map_err(thumbnail_error)?;
-        if !stored {
+        self.thumbnails_made.fetch_add(1, Ordering::Relaxed);
+        let Some(key) = key else {
             let size = made.bytes.len() as u64;
             return Ok(thumbnail_content(
                 ContentBody::Bytes(Bytes::from(made.bytes)),
                 size,
                 made.content_type,
             ));
-        }
+        };
         let core = Arc::clone(&self.core);
         let reference = thumbnail_ref(&key);
         let (content_type, size) = (made.content_type, made.bytes.len() as u64);
@@ -603,11 +669,13 @@ impl Media {
             Ok(thumb)
         })
         .await?;
-        Ok(thumbnail_content(
-            ContentBody::File(self.open(&thumb.sha256).await?),
-            thumb.size,
-            &thumb.content_type,
-        ))
+        self.stored_thumbnail(&thumb).await
+    }
+
+    /// How many thumbnails were decoded and made since start (stored ones served again do
+    /// not count).
+    pub fn thumbnails_made(&self) -> u64 {
+        self.thumbnails_made.load(Ordering::Relaxed)
     }
 
     /// Delete local media created before `cutoff_ms` (milliseconds since the epoch), with
