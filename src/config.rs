@@ -11,6 +11,7 @@ use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
+use ipnet::IpNet;
 use ruma::{OwnedServerName, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,39 @@ pub struct Config {
     /// user finds only users who share a room with them or are joined to a published, public
     /// or world-readable room.
     pub user_directory_search_all_local_users: bool,
+    /// Directory of uploaded media files; unset means `media` inside `database_path`.
+    pub media_path: Option<PathBuf>,
+    /// Largest accepted upload, in bytes.
+    pub max_upload_size: u64,
+    /// The spec's v1.11 "freeze" of unauthenticated media: media uploaded while this is on is
+    /// served only by the authenticated `/_matrix/client/v1/media/*` endpoints; the legacy
+    /// `/_matrix/media/v3/{download,thumbnail}` answer 404 for it. Media uploaded while it was
+    /// off stays available on both (Synapse's `enable_authenticated_media`).
+    pub media_legacy_freeze: bool,
+    /// Local media older than this many days is deleted by the periodic sweep; unset keeps
+    /// media for ever.
+    pub media_retention_days: Option<u32>,
+    /// How many media IDs from `POST /media/v1/create` a user may hold without content.
+    pub max_pending_media_uploads: u32,
+    /// How long such an ID waits for its content, in seconds.
+    pub media_unused_expiration_secs: u64,
+    /// Images with more pixels than this are not thumbnailed (413 `M_TOO_LARGE`).
+    pub max_image_pixels: u64,
+    /// Whether `/preview_url` fetches pages. Off by default: the server then makes requests
+    /// to any address users post.
+    pub url_preview_enabled: bool,
+    /// Address ranges previews may not reach, in addition to the built-in internal ranges.
+    pub url_preview_ip_range_blacklist: Vec<IpNet>,
+    /// Address ranges previews may reach even though they are internal or listed above.
+    pub url_preview_ip_range_whitelist: Vec<IpNet>,
+    /// Hosts never previewed: `example.com` matches that host, `*.example.com` its subdomains.
+    pub url_preview_domain_blacklist: Vec<String>,
+    /// When not empty, only hosts matching one of these patterns are previewed.
+    pub url_preview_domain_whitelist: Vec<String>,
+    /// Most bytes read from a previewed page or its image.
+    pub url_preview_max_spider_size: u64,
+    /// Time limit for fetching a preview (all redirects and the image included), seconds.
+    pub url_preview_timeout_secs: u64,
 }
 
 /// Discovery information served to clients and servers.
@@ -99,6 +133,20 @@ impl Default for Config {
             argon2_iterations: 2,
             argon2_parallelism: 1,
             user_directory_search_all_local_users: false,
+            media_path: None,
+            max_upload_size: 50 * 1024 * 1024,
+            media_legacy_freeze: true,
+            media_retention_days: None,
+            max_pending_media_uploads: 5,
+            media_unused_expiration_secs: 24 * 3600,
+            max_image_pixels: 32 * 1024 * 1024,
+            url_preview_enabled: false,
+            url_preview_ip_range_blacklist: Vec::new(),
+            url_preview_ip_range_whitelist: Vec::new(),
+            url_preview_domain_blacklist: Vec::new(),
+            url_preview_domain_whitelist: Vec::new(),
+            url_preview_max_spider_size: 10 * 1024 * 1024,
+            url_preview_timeout_secs: 10,
         }
     }
 }
@@ -175,7 +223,43 @@ impl Config {
         if !(10..=YEAR_SECS).contains(&self.uiaa_session_lifetime_secs) {
             return Err("invalid value for key `uiaa_session_lifetime_secs`: must be 10 to 31536000".into());
         }
+        if self.max_upload_size < 1024 {
+            return Err("invalid value for key `max_upload_size`: must be at least 1024 bytes".into());
+        }
+        if !(60..=YEAR_SECS).contains(&self.media_unused_expiration_secs) {
+            return Err("invalid value for key `media_unused_expiration_secs`: must be 60 to 31536000".into());
+        }
+        if self.media_retention_days == Some(0) {
+            return Err("invalid value for key `media_retention_days`: must be at least 1 (or unset)".into());
+        }
+        // A decoded image takes four bytes a pixel; past a gigapixel no server should try.
+        if !(1..=1 << 30).contains(&self.max_image_pixels) {
+            return Err("invalid value for key `max_image_pixels`: must be 1 to 1073741824".into());
+        }
+        if self.url_preview_max_spider_size < 1024 {
+            return Err(
+                "invalid value for key `url_preview_max_spider_size`: must be at least 1024 bytes".into()
+            );
+        }
+        if !(1..=300).contains(&self.url_preview_timeout_secs) {
+            return Err("invalid value for key `url_preview_timeout_secs`: must be 1 to 300".into());
+        }
+        for (key, patterns) in [
+            ("url_preview_domain_blacklist", &self.url_preview_domain_blacklist),
+            ("url_preview_domain_whitelist", &self.url_preview_domain_whitelist),
+        ] {
+            if let Some(bad) = patterns.iter().find(|p| !valid_domain_pattern(p)) {
+                return Err(format!(
+                    "invalid value for key `{key}`: `{bad}` is not a host name or `*.` followed by one"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Where media files live.
+    pub fn media_dir(&self) -> PathBuf {
+        self.media_path.clone().unwrap_or_else(|| self.database_path.join("media"))
     }
 
     /// Fold the flat aliases into their tables.
@@ -188,6 +272,15 @@ impl Config {
         }
         self
     }
+}
+
+/// `host.name` or `*.host.name`: letters, digits, `-` and dots, no empty labels.
+fn valid_domain_pattern(pattern: &str) -> bool {
+    let host = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !host.is_empty()
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 fn describe_figment_error(error: &figment::Error) -> String {
@@ -234,6 +327,26 @@ mod tests {
             Config::from_toml_str("[global]\nport = 1\nprot = 2\n[global.well_known]\nclinet = \"x\"")
                 .unwrap();
         assert_eq!(loaded.unknown_keys, vec!["prot".to_owned(), "well_known.clinet".to_owned()]);
+    }
+
+    #[test]
+    fn media_keys_are_checked() {
+        let loaded = Config::from_toml_str(
+            "[global]\nurl_preview_ip_range_whitelist = [\"127.0.0.1/32\", \"::1/128\"]\n\
+             url_preview_domain_blacklist = [\"*.internal.example\"]",
+        )
+        .unwrap();
+        assert_eq!(loaded.config.url_preview_ip_range_whitelist.len(), 2);
+        assert_eq!(loaded.config.media_dir(), PathBuf::from("./data/media"));
+        let err = Config::from_toml_str("[global]\nurl_preview_ip_range_whitelist = [\"10.0.0.0/33\"]")
+            .err()
+            .unwrap();
+        assert!(err.contains("url_preview_ip_range_whitelist"), "{err}");
+        let err =
+            Config::from_toml_str("[global]\nurl_preview_domain_whitelist = [\"http://x\"]").err().unwrap();
+        assert!(err.contains("url_preview_domain_whitelist"), "{err}");
+        let err = Config::from_toml_str("[global]\nmax_upload_size = 10").err().unwrap();
+        assert!(err.contains("max_upload_size"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use ruma::api::{
     client::uiaa::UiaaInfo,
-    error::{ErrorKind, UnknownTokenErrorData, WrongRoomKeysVersionErrorData},
+    error::{ErrorKind, LimitExceededErrorData, UnknownTokenErrorData, WrongRoomKeysVersionErrorData},
 };
 
 use crate::storage::StorageError;
@@ -26,6 +26,10 @@ pub enum Error {
     /// for a taken room alias).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Something this server fetched on the client's behalf (a page to preview) failed or
+    /// answered an error (502, `M_UNKNOWN`); the message says what.
+    #[error("upstream: {0}")]
+    Upstream(String),
     /// The storage engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -80,6 +84,33 @@ impl Error {
     pub fn wrong_room_keys_version(current_version: impl Into<String>) -> Self {
         let data = WrongRoomKeysVersionErrorData::new(current_version.into());
         Self::new(ErrorKind::WrongRoomKeysVersion(data), "Wrong backup version")
+    }
+
+    /// A body or piece of content beyond a configured size (413).
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::TooLarge, message)
+    }
+
+    /// A per-user limit reached (429); without a retry time, since it lifts when the user's
+    /// earlier requests complete or expire rather than after a fixed delay.
+    pub fn limit_exceeded(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::LimitExceeded(LimitExceededErrorData::new()), message)
+    }
+
+    /// An upload to a media ID that already has content (409).
+    pub fn cannot_overwrite_media() -> Self {
+        Self::new(ErrorKind::CannotOverwriteMedia, "Media already uploaded")
+    }
+
+    /// A download of a media ID whose content did not arrive in time (504).
+    pub fn not_yet_uploaded() -> Self {
+        Self::new(ErrorKind::NotYetUploaded, "Media has not been uploaded yet")
+    }
+
+    /// A failure the client should see as `M_UNKNOWN` with 400, such as content the server
+    /// cannot thumbnail (the status the spec gives that case).
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unknown, message)
     }
 
     pub fn unrecognized(message: impl Into<String>) -> Self {

@@ -34,6 +34,13 @@ enum Command {
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
+    /// Delete local media (and its thumbnails) uploaded longer ago than a given age. Stop the
+    /// server first.
+    PurgeMedia {
+        /// The age, as a number and a unit: `90d`, `12h`, `30m` or `45s`.
+        #[arg(long, value_parser = parse_age)]
+        older_than: std::time::Duration,
+    },
     /// Set a new password for an account and log out all its devices. Stop the server first.
     ResetPassword {
         /// The localpart or full user ID.
@@ -42,6 +49,25 @@ enum Command {
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
+}
+
+/// `<number><unit>` with unit `d`, `h`, `m` or `s`.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` does not start with a number"))?;
+    let unit_secs: u64 = match unit {
+        "d" => 86400,
+        "h" => 3600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(format!("`{text}`: the unit must be d, h, m or s (e.g. 30d)")),
+    };
+    number
+        .checked_mul(unit_secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too long an age"))
 }
 
 fn read_password(file: Option<&PathBuf>) -> Result<(String, bool), String> {
@@ -115,6 +141,14 @@ async fn run(cli: Cli) -> Result<(), String> {
             if generated {
                 println!("password: {password}");
             }
+            Ok(())
+        }
+        Command::PurgeMedia { older_than } => {
+            let server = Server::build(config).map_err(|e| e.to_string())?;
+            let report =
+                server.services().media.purge_older_than(older_than).await.map_err(|e| e.to_string())?;
+            server.services().shutdown().map_err(|e| e.to_string())?;
+            println!("purged {} media ({} bytes of files freed)", report.media, report.bytes_freed);
             Ok(())
         }
         Command::ResetPassword { name, password_file } => {

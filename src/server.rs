@@ -17,8 +17,11 @@ use crate::{
 
 /// How often last-seen updates held in memory are written out.
 const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
-/// Expired UIA sessions are swept every this many flush intervals (10 minutes).
+/// Expired UIA sessions, reserved media IDs and cached URL previews are swept every this
+/// many flush intervals (10 minutes).
 const UIAA_SWEEP_EVERY: u32 = 20;
+/// Media past the retention age is purged every this many flush intervals (an hour).
+const MEDIA_RETENTION_EVERY: u32 = 120;
 
 /// A built server: storage open, services wired, not yet serving.
 pub struct Server {
@@ -68,7 +71,7 @@ impl Server {
 }
 
 /// Background upkeep: persist last-seen times, mark idle users offline, sweep expired UIA
-/// sessions.
+/// sessions, reserved media IDs and cached previews, purge media past its retention.
 async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
     let mut ticks: u32 = 0;
@@ -89,6 +92,25 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                         Ok(n) if n > 0 => tracing::debug!(removed = n, "swept expired UIA sessions"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "sweeping UIA sessions failed"),
+                    }
+                    match services.media.sweep_expired_pending() {
+                        Ok(n) if n > 0 => tracing::debug!(removed = n, "swept unused media IDs"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "sweeping unused media IDs failed"),
+                    }
+                    if let Err(e) = services.url_previews.sweep() {
+                        tracing::warn!(error = %e, "sweeping cached URL previews failed");
+                    }
+                }
+                if ticks % MEDIA_RETENTION_EVERY == 0 {
+                    match services.media.apply_retention().await {
+                        Ok(report) if report.media > 0 => tracing::info!(
+                            media = report.media,
+                            bytes_freed = report.bytes_freed,
+                            "purged media past its retention"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "purging media past its retention failed"),
                     }
                 }
             }

@@ -27,6 +27,8 @@ fn status_for(kind: &ErrorKind) -> StatusCode {
         ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
         ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::CannotOverwriteMedia => StatusCode::CONFLICT,
+        ErrorKind::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_REQUEST,
     }
 }
@@ -78,6 +80,7 @@ impl IntoResponse for Error {
             }
             Error::Uiaa(info) => uiaa(&info),
             Error::Conflict(message) => standard(StatusCode::CONFLICT, ErrorKind::Unknown, &message),
+            Error::Upstream(message) => standard(StatusCode::BAD_GATEWAY, ErrorKind::Unknown, &message),
             Error::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 standard(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error")

@@ -2,6 +2,7 @@
 //! layers around it, the request extractor and the error mapping.
 
 pub mod client;
+pub mod content;
 pub mod error;
 pub mod ruma;
 
@@ -11,6 +12,7 @@ use ::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use axum::{
     Router,
     extract::State,
+    handler::Handler,
     http::{HeaderName, Method, Request, header},
     response::{IntoResponse, Response},
     routing::{MethodFilter, get, on},
@@ -47,6 +49,14 @@ trait RouterExt {
         Req::OutgoingResponse: Send,
         F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+
+    /// Every path of a ruma endpoint, for a plain axum handler: media endpoints whose request
+    /// ruma describes (and `Ruma<Req>` or `RumaStream<Req>` parses) but whose bodies stream.
+    fn endpoint_route<Req, H, T>(self, handler: H) -> Self
+    where
+        Req: IncomingRequest,
+        H: Handler<T, AppState>,
+        T: 'static;
 }
 
 /// Register every path of a ruma endpoint, turning the handler's response into HTTP with
@@ -102,15 +112,28 @@ impl RouterExt for Router<AppState> {
     {
         route_all_paths(self, handler, move |response| FilledResponse { response, fill })
     }
+
+    fn endpoint_route<Req, H, T>(self, handler: H) -> Self
+    where
+        Req: IncomingRequest,
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+        let builder = Req::PATH_BUILDER;
+        builder.all_paths().fold(self, |router, path| router.route(path, on(filter, handler.clone())))
+    }
 }
 
 /// Every route the server answers.
 pub fn router(services: AppState) -> Router {
+    use ::ruma::api::client::{authenticated_media as authed, media as legacy};
     use client::backup;
     use client::{
-        account, alias, config, context, dehydrated_device, device, directory, discovery, keys, knock,
-        membership, message, presence, profile, push, read_marker, receipt, redact, relations, reporting,
-        room, search, session, space, state, sync, tag, threads, to_device, typing, user_directory,
+        account, alias, authenticated_media, config, context, dehydrated_device, device, directory,
+        discovery, keys, knock, media, membership, message, presence, profile, push, read_marker, receipt,
+        redact, relations, reporting, room, search, session, space, state, sync, tag, threads, to_device,
+        typing, user_directory,
     };
 
     Router::new()
@@ -247,6 +270,25 @@ pub fn router(services: AppState) -> Router {
         // Search
         .ruma_route_filled(search::search_events, search::fill_empty_lists)
         .ruma_route(user_directory::search_users)
+        // Media: uploads stream in and downloads stream out, so those are plain axum
+        // handlers on the endpoints' paths.
+        .endpoint_route::<legacy::create_content::v3::Request, _, _>(media::create_content)
+        .endpoint_route::<legacy::create_content_async::v3::Request, _, _>(media::create_content_async)
+        .ruma_route(media::create_mxc_uri)
+        .ruma_route(media::get_media_config)
+        .endpoint_route::<media::GetContentRequest, _, _>(media::get_content)
+        .endpoint_route::<media::GetContentAsFilenameRequest, _, _>(media::get_content_as_filename)
+        .endpoint_route::<media::GetContentThumbnailRequest, _, _>(media::get_content_thumbnail)
+        .ruma_route(media::get_media_preview)
+        .ruma_route(authenticated_media::get_media_config)
+        .endpoint_route::<authed::get_content::v1::Request, _, _>(authenticated_media::get_content)
+        .endpoint_route::<authed::get_content_as_filename::v1::Request, _, _>(
+            authenticated_media::get_content_as_filename,
+        )
+        .endpoint_route::<authed::get_content_thumbnail::v1::Request, _, _>(
+            authenticated_media::get_content_thumbnail,
+        )
+        .ruma_route(authenticated_media::get_media_preview)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

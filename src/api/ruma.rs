@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::{
     body::Body,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Path},
-    http::{Method, Request, header},
+    http::{Method, Request, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use bytes::BytesMut;
@@ -141,24 +141,10 @@ where
     async fn from_request(request: Request<Body>, services: &Arc<Services>) -> Result<Self> {
         let (mut parts, body) = request.into_parts();
         let limit = services.config.max_request_size as usize;
-        let declared_too_large = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .is_some_and(|len| len > limit);
-        if declared_too_large {
+        if declared_length(&parts).is_some_and(|len| len > limit as u64) {
             return Err(Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"));
         }
-        // Path parameters, percent-decoded by axum; ruma takes them decoded.
-        let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, &()).await {
-            Ok(Path(args)) => args,
-            Err(_) => Vec::new(),
-        };
-        let client_ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string())
-            .unwrap_or_default();
+        let (path_args, client_ip) = path_args_and_ip(&mut parts).await;
         let bytes = axum::body::to_bytes(body, limit)
             .await
             .map_err(|_| Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"))?;
@@ -173,29 +159,94 @@ where
         } else {
             bytes.as_ref()
         };
-        let http_request = Request::from_parts(parts, body_bytes);
-        let token = <T::Authentication as AuthScheme>::extract_authentication(&http_request);
-        let identity = <T::Authentication as Identify>::identify(services, token, &client_ip)?;
-        let mut args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        // Routes registered without a trailing empty parameter (`/state/{type}` for the empty
-        // state key) hand ruma an empty string for it.
-        let builder = T::PATH_BUILDER;
-        let expected = ::ruma::api::path_builder::PathBuilder::all_paths(&builder)
-            .next()
-            .map_or(0, |path| path.matches('{').count());
-        while args.len() < expected {
-            args.push("");
-        }
-        // Some of ruma's deserialisers index JSON maps without checking (login's `{}` panics
-        // with "no entry found for key"); parsing touches only this request, so a panic
-        // there is a malformed body, not a broken server.
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            T::try_from_http_request(http_request, &args)
-        }))
-        .map_err(|_| Error::bad_json("Malformed request body"))?;
-        let body = parsed.map_err(parse_error)?;
+        let (body, identity) =
+            authenticate_and_parse::<T>(services, parts, body_bytes, &path_args, &client_ip)?;
         Ok(Self { body, identity, client_ip })
     }
+}
+
+/// A request whose body is left unread, for uploads that must stream to disk: authenticated
+/// and parsed from its head (path, query, headers) exactly as `Ruma<T>` is, with the body
+/// handed to the handler as it arrives. The parsed request's body fields are empty.
+pub struct RumaStream<T: IncomingRequest>
+where
+    T::Authentication: Identify,
+{
+    pub head: T,
+    pub identity: <T::Authentication as Identify>::Identity,
+    /// The `Content-Length` the client declared, if any.
+    pub declared_length: Option<u64>,
+    pub body: Body,
+}
+
+impl<T> FromRequest<Arc<Services>> for RumaStream<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: Identify,
+{
+    type Rejection = Error;
+
+    async fn from_request(request: Request<Body>, services: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = request.into_parts();
+        let declared_length = declared_length(&parts);
+        let (path_args, client_ip) = path_args_and_ip(&mut parts).await;
+        let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &client_ip)?;
+        Ok(Self { head, identity, declared_length, body })
+    }
+}
+
+fn declared_length(parts: &Parts) -> Option<u64> {
+    parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// Path parameters (percent-decoded by axum; ruma takes them decoded) and the peer address.
+async fn path_args_and_ip(parts: &mut Parts) -> (Vec<String>, String) {
+    let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(parts, &()).await {
+        Ok(Path(args)) => args,
+        Err(_) => Vec::new(),
+    };
+    let client_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string())
+        .unwrap_or_default();
+    (path_args, client_ip)
+}
+
+/// Authenticate by the endpoint's scheme, then parse the ruma request from the head and
+/// `body_bytes`.
+fn authenticate_and_parse<T>(
+    services: &Services,
+    parts: Parts,
+    body_bytes: &[u8],
+    path_args: &[String],
+    client_ip: &str,
+) -> Result<(T, <T::Authentication as Identify>::Identity)>
+where
+    T: IncomingRequest,
+    T::Authentication: Identify,
+{
+    let http_request = Request::from_parts(parts, body_bytes);
+    let token = <T::Authentication as AuthScheme>::extract_authentication(&http_request);
+    let identity = <T::Authentication as Identify>::identify(services, token, client_ip)?;
+    let mut args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+    // Routes registered without a trailing empty parameter (`/state/{type}` for the empty
+    // state key) hand ruma an empty string for it.
+    let builder = T::PATH_BUILDER;
+    let expected = ::ruma::api::path_builder::PathBuilder::all_paths(&builder)
+        .next()
+        .map_or(0, |path| path.matches('{').count());
+    while args.len() < expected {
+        args.push("");
+    }
+    // Some of ruma's deserialisers index JSON maps without checking (login's `{}` panics
+    // with "no entry found for key"); parsing touches only this request, so a panic
+    // there is a malformed body, not a broken server.
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        T::try_from_http_request(http_request, &args)
+    }))
+    .map_err(|_| Error::bad_json("Malformed request body"))?;
+    Ok((parsed.map_err(parse_error)?, identity))
 }
 
 /// A ruma response serialised for axum.

@@ -9,6 +9,7 @@ pub mod devices;
 pub mod filters;
 pub mod key_backup;
 pub mod keys;
+pub mod media;
 pub mod passwords;
 pub mod presence;
 pub mod push;
@@ -66,6 +67,8 @@ pub struct Services {
     pub hierarchy: Arc<rooms::hierarchy::Hierarchy>,
     pub user_directory: Arc<user_directory::UserDirectory>,
     pub key_backup: Arc<key_backup::KeyBackup>,
+    pub media: Arc<media::Media>,
+    pub url_previews: Arc<media::preview::UrlPreviews>,
     store: Arc<dyn KvStore>,
 }
 
@@ -84,6 +87,13 @@ impl Services {
         let keys = Arc::new(keys::Keys::new(&store, Arc::clone(&stream)));
         let to_device = Arc::new(to_device::ToDevice::new(&store, Arc::clone(&devices), Arc::clone(&stream)));
         let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
+        let media = Arc::new(media::Media::new(&store, Arc::clone(&clock), &config)?);
+        let url_previews = Arc::new(media::preview::UrlPreviews::new(
+            &store,
+            Arc::clone(&media),
+            Arc::clone(&clock),
+            &config,
+        )?);
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
@@ -280,6 +290,8 @@ impl Services {
             hierarchy,
             user_directory,
             key_backup,
+            media,
+            url_previews,
             store,
         })
     }

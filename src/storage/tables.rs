@@ -151,6 +151,20 @@ catalogue! {
     BACKUP_LAST_VERSIONS = "backup_last_versions", key "user_id": OwnedUserId => u64, version 1;
     /// Backed-up room keys: deleting a version or a room's keys is one prefix delete.
     BACKUP_KEYS = "backup_keys", key "user_id, version, room_id, session_id": (OwnedUserId, u64, OwnedRoomId, String) => BackupKeyRecord, version 1;
+    /// Local media with content, by media ID (the path part of `mxc://<server>/<media_id>`).
+    /// The bytes live in the media directory under their SHA-256, so equal content is stored once.
+    MEDIA = "media", key "media_id": String => MediaRecord, version 1;
+    /// Media IDs handed out by `POST /media/v1/create` whose content has not arrived yet.
+    MEDIA_PENDING = "media_pending", key "media_id": String => PendingMediaRecord, version 1;
+    /// The same pending IDs by uploader, to count a user's pending uploads with a prefix scan.
+    MEDIA_PENDING_BY_USER = "media_pending_by_user", key "user_id, media_id": (OwnedUserId, String) => u64, version 1;
+    /// Stored thumbnails of local media, by size and method.
+    MEDIA_THUMBNAILS = "media_thumbnails", key "media_id, width, height, method": (String, u64, u64, String) => ThumbnailRecord, version 1;
+    /// Who uses each content file: a row per media or thumbnail naming it. A file is deleted
+    /// only when its last row goes.
+    MEDIA_FILE_REFS = "media_file_refs", key "sha256, user (media:<id> or thumbnail:<id>:<w>x<h>:<method>)": (ContentHash, String) => (), version 1;
+    /// URL preview results, kept for a while so a link posted in a busy room is fetched once.
+    URL_PREVIEWS = "url_previews", key "url": String => UrlPreviewRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -193,6 +207,68 @@ impl<'de> Deserialize<'de> for TokenHash {
         let bytes =
             base64::engine::general_purpose::STANDARD_NO_PAD.decode(s).map_err(serde::de::Error::custom)?;
         bytes.try_into().map(TokenHash).map_err(|_| serde::de::Error::custom("hash length"))
+    }
+}
+
+/// SHA-256 of a media file's content: its name in the media directory.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContentHash(pub [u8; 32]);
+
+impl ContentHash {
+    /// Lower-case hex, as the file is named.
+    pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.0 {
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        }
+        out
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl std::fmt::Debug for ContentHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContentHash({})", self.to_hex())
+    }
+}
+
+impl KeyCodec for ContentHash {
+    fn encode_key(&self, out: &mut Vec<u8>) {
+        self.0.encode_key(out);
+    }
+    fn decode_key(input: &mut &[u8]) -> Result<Self, String> {
+        <[u8; 32]>::decode_key(input).map(ContentHash)
+    }
+}
+
+impl Serialize for ContentHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ContentHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::from_hex(&s).ok_or_else(|| serde::de::Error::custom("bad content hash"))
     }
 }
 
@@ -410,9 +486,66 @@ pub struct BackupKeyRecord {
     pub data: Box<RawJsonValue>,
 }
 
+/// A local media item with content.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// The content file.
+    pub sha256: ContentHash,
+    pub size: u64,
+    /// As the uploader declared it (`Content-Type` of the upload).
+    pub content_type: Option<String>,
+    /// As the uploader named it (`filename` of the upload).
+    pub filename: Option<String>,
+    /// The uploading user; for URL preview images, the user who asked for the preview.
+    pub uploader: OwnedUserId,
+    pub created_ms: u64,
+    /// Uploaded while unauthenticated media was frozen: the legacy `/_matrix/media/*`
+    /// download and thumbnail endpoints do not serve it.
+    #[serde(default)]
+    pub frozen: bool,
+    /// For images fetched for a URL preview, the URL they came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+}
+
+/// A media ID reserved for a later upload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingMediaRecord {
+    pub uploader: OwnedUserId,
+    pub created_ms: u64,
+    /// After this the ID is no longer accepted for upload and is swept.
+    pub expires_ms: u64,
+}
+
+/// A stored thumbnail.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThumbnailRecord {
+    pub sha256: ContentHash,
+    pub size: u64,
+    pub content_type: String,
+    /// The thumbnail's real dimensions (never more than the original's).
+    pub width: u32,
+    pub height: u32,
+}
+
+/// A URL preview as served: the OpenGraph object, and when it was fetched.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UrlPreviewRecord {
+    pub fetched_ms: u64,
+    pub og: Box<RawJsonValue>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_hashes_round_trip_through_hex() {
+        let hash = ContentHash(std::array::from_fn(|i| (i * 7) as u8));
+        assert_eq!(ContentHash::from_hex(&hash.to_hex()), Some(hash));
+        assert_eq!(ContentHash::from_hex("zz"), None);
+        assert_eq!(ContentHash::from_hex(&"g".repeat(64)), None);
+    }
 
     #[test]
     fn table_names_are_unique_and_plain() {

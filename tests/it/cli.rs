@@ -1,4 +1,4 @@
-//! The binary: help, version, config errors and the operator commands.
+//! The binary: help, version, config errors and the operator commands (accounts, media purge).
 
 use std::process::Command;
 
@@ -27,7 +27,10 @@ fn help_and_version() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, text) = run(conduit(dir.path()).arg("--help"));
     assert!(
-        ok && text.contains("create-user") && text.contains("reset-password") && text.contains("--config"),
+        ok && text.contains("create-user")
+            && text.contains("reset-password")
+            && text.contains("purge-media")
+            && text.contains("--config"),
         "{text}"
     );
     let (ok, text) = run(conduit(dir.path()).arg("--version"));
@@ -218,4 +221,42 @@ async fn every_acknowledged_event_survives_kill_9() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn purge_media_deletes_old_media_offline_and_refuses_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let config = test_config(dir.path());
+    let s = TestServer::boot(config.clone(), dir).await;
+    let alice = s.register("alice", "password-1234").await;
+    let resp = s
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", s.base))
+        .bearer_auth(&alice.token)
+        .header("content-type", "text/plain")
+        .body("old news")
+        .send()
+        .await
+        .unwrap();
+    let mxc = resp.json::<serde_json::Value>().await.unwrap()["content_uri"].as_str().unwrap().to_owned();
+    let download = format!("/_matrix/client/v1/media/download/{}", mxc.trim_start_matches("mxc://"));
+
+    let (ok, text) = run(conduit(&db).args(["purge-media", "--older-than", "1d"]));
+    assert!(!ok && text.contains("in use by another process"), "{text}");
+    let dir = s.stop().await;
+
+    let (ok, text) = run(conduit(&db).args(["purge-media", "--older-than", "soon"]));
+    assert!(!ok && text.contains("number"), "{text}");
+    let (ok, text) = run(conduit(&db).args(["purge-media", "--older-than", "1d"]));
+    assert!(ok && text.contains("purged 0 media"), "{text}");
+    let s = TestServer::boot(config.clone(), dir).await;
+    assert_eq!(s.get(&download, Some(&alice.token)).await.0, StatusCode::OK);
+    let dir = s.stop().await;
+
+    // The upload is older than zero seconds.
+    let (ok, text) = run(conduit(&db).args(["purge-media", "--older-than", "0s"]));
+    assert!(ok && text.contains("purged 1 media (8 bytes of files freed)"), "{text}");
+    let s = TestServer::boot(config, dir).await;
+    assert_eq!(s.get(&download, Some(&alice.token)).await.0, StatusCode::NOT_FOUND);
 }

@@ -12,6 +12,8 @@ async fn versions_lists_implemented_spec_versions_without_auth() {
     let versions: Vec<&str> =
         body["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(versions.contains(&"v1.1") && versions.contains(&"v1.3"), "{versions:?}");
+    // Authenticated media is there before v1.11 is: clients look for this flag.
+    assert_eq!(body["unstable_features"]["org.matrix.msc3916.stable"], true, "{body}");
     // A token that is present must be valid.
     expect_error(
         s.get("/_matrix/client/versions", Some("nope")).await,

@@ -1,5 +1,5 @@
 //! A real client SDK (matrix-nio, from PyPI) against a booted server: the account and
-//! session flow, the rooms and sync flow, and an end-to-end encrypted round trip; and
+//! session flow, the rooms and sync flow, media, and an end-to-end encrypted round trip; and
 //! matrix-rust-sdk (crates.io) for encryption, cross-signing, key backup and verification.
 
 use crate::harness::TestServer;
@@ -35,6 +35,11 @@ async fn matrix_nio_session_flow() {
 #[tokio::test]
 async fn matrix_nio_rooms_and_sync_flow() {
     run_nio("nio_rooms.py").await;
+}
+
+#[tokio::test]
+async fn matrix_nio_media_upload_download_and_thumbnails() {
+    run_nio("nio_media.py").await;
 }
 
 #[tokio::test]

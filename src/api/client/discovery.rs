@@ -26,13 +26,21 @@ use crate::{
 /// require land (see docs/features.md).
 pub const SUPPORTED_VERSIONS: &[&str] = &["r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3"];
 
+/// Features from later spec versions this server has, advertised the way clients look for
+/// them before the whole version is listed: authenticated media (MSC3916, Matrix 1.11), which
+/// matrix-rust-sdk (and Element Web) use only when they see it here — without it they fall
+/// back to the legacy media endpoints, which do not serve media uploaded during the freeze.
+pub const UNSTABLE_FEATURES: &[&str] = &["org.matrix.msc3916.stable"];
+
 /// `GET /_matrix/client/versions`
 pub async fn get_supported_versions(
     _: AppState,
     _: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
     let versions = SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect();
-    Ok(get_supported_versions::Response::new(versions))
+    let mut response = get_supported_versions::Response::new(versions);
+    response.unstable_features = UNSTABLE_FEATURES.iter().map(|f| ((*f).to_owned(), true)).collect();
+    Ok(response)
 }
 
 /// `GET /.well-known/matrix/client`

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod alias;
+pub mod authenticated_media;
 pub mod backup;
 pub mod config;
 pub mod context;
@@ -12,6 +13,7 @@ pub mod directory;
 pub mod discovery;
 pub mod keys;
 pub mod knock;
+pub mod media;
 pub mod membership;
 pub mod message;
 pub mod presence;

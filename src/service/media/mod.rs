@@ -1,0 +1,764 @@
+//! The content repository: local media uploaded in one piece or reserved first and uploaded
+//! later, served whole or as thumbnails, purged by age. Owns the `media`, `media_pending`,
+//! `media_pending_by_user`, `media_thumbnails` and `media_file_refs` tables and the media
+//! directory (`files`).
+//!
+//! Bytes never pass through memory whole: uploads stream to a temporary file while they are
+//! hashed, downloads stream from the file. Content is stored once per SHA-256; each media
+//! item and thumbnail holds a reference row on its file, and a file is deleted only with its
+//! last reference, under the lock that also orders placing files.
+//!
+//! Remote media (another server's `mxc://`) needs federation, which this server does not do
+//! yet: it answers `M_NOT_FOUND`.
+
+pub mod files;
+pub mod ip_guard;
+pub mod opengraph;
+pub mod preview;
+pub mod thumbnail;
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+    io,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use ruma::{OwnedMxcUri, OwnedServerName, OwnedUserId, ServerName, UserId};
+use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
+
+use self::{
+    files::{FileStore, SinkError, StagedFile, UploadSink},
+    thumbnail::{ImageInfo, ThumbnailError},
+};
+use super::clock::Clock;
+use crate::{
+    Error, Result,
+    config::Config,
+    matrix::media::{ResizeMethod, ThumbnailBox, is_valid_media_id, original_fits, thumbnail_box},
+    service::passwords::random_string,
+    storage::{
+        Direction, KvStore, Table, WriteBatch,
+        tables::{
+            ContentHash, MEDIA, MEDIA_FILE_REFS, MEDIA_PENDING, MEDIA_PENDING_BY_USER, MEDIA_THUMBNAILS,
+            MediaRecord, PendingMediaRecord, ThumbnailRecord,
+        },
+    },
+};
+
+/// Length of new media IDs: 24 alphanumerics, about 143 bits, not guessable.
+const MEDIA_ID_LEN: usize = 24;
+/// Longest wait for a reserved ID's content that a download may ask for.
+const MAX_DOWNLOAD_WAIT: Duration = Duration::from_secs(60);
+/// An animated original at most this large is served as its own animated thumbnail when a
+/// client asks for `animated=true`; larger ones get a still thumbnail of the first frame.
+pub const MAX_ANIMATED_ORIGINAL: u64 = 4 * 1024 * 1024;
+/// Longest accepted content type and file name of an upload.
+const MAX_CONTENT_TYPE_LEN: usize = 255;
+const MAX_FILENAME_LEN: usize = 1024;
+/// Media deleted per batch by a purge.
+const PURGE_BATCH: usize = 256;
+
+/// Which family of endpoints asks: the authenticated `/_matrix/client/v1/media/*` ones, or
+/// the legacy unauthenticated `/_matrix/media/v3/*` ones, which do not serve frozen media.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Authenticated,
+    Legacy,
+}
+
+/// Content ready to send.
+pub struct Content {
+    pub body: ContentBody,
+    pub size: u64,
+    pub content_type: String,
+    pub filename: Option<String>,
+}
+
+/// Where the bytes come from: a file opened at its start, or memory (thumbnails made for a
+/// size that is not stored).
+pub enum ContentBody {
+    File(tokio::fs::File),
+    Bytes(Bytes),
+}
+
+/// A thumbnail request, as the client worded it.
+#[derive(Clone, Copy, Debug)]
+pub struct ThumbnailRequest {
+    pub width: u32,
+    pub height: u32,
+    pub method: ResizeMethod,
+    /// `Some(true)`: an animated thumbnail is welcome; otherwise it must not be animated.
+    pub animated: Option<bool>,
+}
+
+/// What a purge removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub media: u64,
+    /// Bytes of content files deleted (content still used by other media stays).
+    pub bytes_freed: u64,
+}
+
+/// The media settings read from the configuration.
+struct Settings {
+    server_name: OwnedServerName,
+    max_upload_size: u64,
+    legacy_freeze: bool,
+    max_pending: u32,
+    unused_expiration_ms: u64,
+    max_image_pixels: u64,
+    retention_ms: Option<u64>,
+}
+
+/// The tables and the directory, shared with blocking threads.
+struct Core {
+    store: Arc<dyn KvStore>,
+    media: Table<String, MediaRecord>,
+    pending: Table<String, PendingMediaRecord>,
+    pending_by_user: Table<(OwnedUserId, String), u64>,
+    thumbnails: Table<ThumbnailKey, ThumbnailRecord>,
+    refs: Table<(ContentHash, String), ()>,
+    files: FileStore,
+    /// Held while a file is placed or deleted together with its reference rows, so content
+    /// is never deleted between another upload finding it present and referencing it.
+    file_lock: Mutex<()>,
+}
+
+pub struct Media {
+    core: Arc<Core>,
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    /// Woken whenever a reserved ID receives its content; downloads waiting for it re-check.
+    uploaded: Notify,
+    /// Reserved IDs whose upload is streaming now: a second upload to the same ID is refused
+    /// while the first runs.
+    uploading: Mutex<HashSet<String>>,
+    /// Bounds concurrent image decoding to the cores there are, so thumbnails can neither
+    /// starve the runtime's blocking pool nor multiply decoder memory.
+    thumbnailers: Semaphore,
+    /// Held while a stored thumbnail is being made, per thumbnail.
+    making: KeyedLocks<ThumbnailKey>,
+    thumbnails_made: AtomicU64,
+}
+
+/// Async locks by key, made on first use and dropped when nobody holds or waits for them.
+struct KeyedLocks<K> {
+    locks: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K: Eq + Hash + Clone> KeyedLocks<K> {
+    fn new() -> Self {
+        Self { locks: Mutex::new(HashMap::new()) }
+    }
+
+    async fn lock(&self, key: &K) -> KeyedGuard<'_, K> {
+        let lock = Arc::clone(
+            self.locks.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default(),
+        );
+        let guard = lock.lock_owned().await;
+        KeyedGuard { locks: self, key: key.clone(), _guard: guard }
+    }
+}
+
+struct KeyedGuard<'a, K: Eq + Hash> {
+    locks: &'a KeyedLocks<K>,
+    key: K,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl<K: Eq + Hash> Drop for KeyedGuard<'_, K> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's handle and this guard's: nobody else holds or waits for the lock.
+        if locks.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) <= 2) {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+fn io_error(context: &str) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |e| Error::internal(format!("{context}: {e}"))
+}
+
+fn media_ref(media_id: &str) -> String {
+    format!("media:{media_id}")
+}
+
+/// The reference a stored thumbnail holds on its file, from its `media_thumbnails` key.
+fn thumbnail_ref((media_id, width, height, method): &ThumbnailKey) -> String {
+    format!("thumbnail:{media_id}:{width}x{height}:{method}")
+}
+
+/// `media_thumbnails` key: media ID, width, height, method.
+type ThumbnailKey = (String, u64, u64, String);
+
+fn not_found() -> Error {
+    Error::not_found("Media not found")
+}
+
+fn sink_error(e: SinkError) -> Error {
+    match e {
+        SinkError::TooLarge => Error::too_large("Content is larger than the server accepts"),
+        SinkError::Io(e) => Error::internal(format!("writing media: {e}")),
+    }
+}
+
+fn thumbnail_error(e: ThumbnailError) -> Error {
+    match e {
+        ThumbnailError::Unsupported => Error::unknown("Cannot generate thumbnails for the requested content"),
+        ThumbnailError::TooLarge => Error::too_large("Content is too large to thumbnail"),
+        ThumbnailError::Corrupt(detail) => {
+            Error::unknown(format!("Cannot generate thumbnails for the requested content: {detail}"))
+        }
+        ThumbnailError::Io(e) => Error::internal(format!("reading an image: {e}")),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("blocking task: {e}")))?
+}
+
+impl Core {
+    /// Place a staged file and commit `batch` with a reference row for it, under the file
+    /// lock. A file placed for a batch that then fails to commit is removed again.
+    fn commit_with_file(&self, staged: StagedFile, reference: String, mut batch: WriteBatch) -> Result<()> {
+        let _guard = self.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let hash = staged.hash;
+        self.refs.put(&mut batch, &(hash, reference), &())?;
+        let placed = self.files.place(staged).map_err(io_error("placing media file"))?;
+        if let Err(e) = self.store.write(batch) {
+            if placed {
+                let _ = self.files.remove(&hash);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn is_referenced(&self, hash: &ContentHash) -> Result<bool> {
+        Ok(self.refs.scan_prefix(hash, Direction::Forward)?.next().transpose()?.is_some())
+    }
+
+    /// Delete media items, their thumbnails and every file no longer referenced.
+    fn delete_media(&self, ids: &[String]) -> Result<PurgeReport> {
+        let _guard = self.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = WriteBatch::new();
+        let mut hashes = Vec::new();
+        let mut report = PurgeReport::default();
+        for id in ids {
+            let Some(record) = self.media.get(id)? else { continue };
+            self.media.delete(&mut batch, id);
+            self.refs.delete(&mut batch, &(record.sha256, media_ref(id)));
+            hashes.push((record.sha256, record.size));
+            for row in self.thumbnails.scan_prefix(id, Direction::Forward)? {
+                let (key, thumb) = row?;
+                self.refs.delete(&mut batch, &(thumb.sha256, thumbnail_ref(&key)));
+                self.thumbnails.delete(&mut batch, &key);
+                hashes.push((thumb.sha256, thumb.size));
+            }
+            report.media += 1;
+        }
+        self.store.write(batch)?;
+        hashes.sort_by_key(|(hash, _)| hash.0);
+        hashes.dedup_by_key(|(hash, _)| hash.0);
+        for (hash, size) in hashes {
+            if !self.is_referenced(&hash)? {
+                self.files.remove(&hash).map_err(io_error("deleting media file"))?;
+                report.bytes_freed += size;
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl Media {
+    pub fn new(store: &Arc<dyn KvStore>, clock: Arc<dyn Clock>, config: &Config) -> Result<Self> {
+        let dir = config.media_dir();
+        let files = FileStore::open(&dir)
+            .map_err(|e| Error::internal(format!("cannot open media directory {}: {e}", dir.display())))?;
+        let core = Core {
+            store: Arc::clone(store),
+            media: MEDIA.open(store),
+            pending: MEDIA_PENDING.open(store),
+            pending_by_user: MEDIA_PENDING_BY_USER.open(store),
+            thumbnails: MEDIA_THUMBNAILS.open(store),
+            refs: MEDIA_FILE_REFS.open(store),
+            files,
+            file_lock: Mutex::new(()),
+        };
+        let settings = Settings {
+            server_name: config.server_name.clone(),
+            max_upload_size: config.max_upload_size,
+            legacy_freeze: config.media_legacy_freeze,
+            max_pending: config.max_pending_media_uploads,
+            unused_expiration_ms: config.media_unused_expiration_secs.saturating_mul(1000),
+            max_image_pixels: config.max_image_pixels,
+            retention_ms: config.media_retention_days.map(|d| u64::from(d) * 24 * 3600 * 1000),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Self {
+            core: Arc::new(core),
+            settings,
+            clock,
+            uploaded: Notify::new(),
+            uploading: Mutex::new(HashSet::new()),
+            thumbnailers: Semaphore::new(cores),
+            making: KeyedLocks::new(),
+            thumbnails_made: AtomicU64::new(0),
+        })
+    }
+
+    /// The largest upload accepted, in bytes.
+    pub fn max_upload_size(&self) -> u64 {
+        self.settings.max_upload_size
+    }
+
+    fn mxc(&self, media_id: &str) -> OwnedMxcUri {
+        OwnedMxcUri::from(format!("mxc://{}/{media_id}", self.settings.server_name))
+    }
+
+    /// The media ID of a local `mxc://` URI's parts; other servers' media is not found here.
+    fn local_id<'a>(&self, server_name: &ServerName, media_id: &'a str) -> Result<&'a str> {
+        if server_name != self.settings.server_name {
+            return Err(Error::not_found("Remote media is not available: this server does not federate"));
+        }
+        if !is_valid_media_id(media_id) {
+            return Err(not_found());
+        }
+        Ok(media_id)
+    }
+
+    /// A sink for new content of at most `limit` bytes.
+    pub async fn sink(&self, limit: u64) -> Result<UploadSink> {
+        let core = Arc::clone(&self.core);
+        blocking(move || core.files.temp_file().map_err(io_error("creating a temporary media file")))
+            .await
+            .map(|(file, path)| UploadSink::new(file, path, limit))
+    }
+
+    /// Write a body into `sink` and stage it; the sink's limit answers `M_TOO_LARGE`.
+    pub async fn write(&self, sink: &mut UploadSink, data: &[u8]) -> Result<()> {
+        sink.write(data).await.map_err(sink_error)
+    }
+
+    /// Finish a sink's content.
+    pub async fn stage(&self, sink: UploadSink) -> Result<StagedFile> {
+        sink.finish().await.map_err(sink_error)
+    }
+
+    fn check_upload_fields(content_type: &Option<String>, filename: &Option<String>) -> Result<()> {
+        if content_type.as_ref().is_some_and(|c| c.len() > MAX_CONTENT_TYPE_LEN) {
+            return Err(Error::invalid_param("Content-Type is too long"));
+        }
+        if filename.as_ref().is_some_and(|f| f.len() > MAX_FILENAME_LEN) {
+            return Err(Error::invalid_param("File name is too long"));
+        }
+        Ok(())
+    }
+
+    fn record(
+        &self,
+        uploader: &UserId,
+        staged: &StagedFile,
+        content_type: Option<String>,
+        filename: Option<String>,
+        source_url: Option<String>,
+    ) -> MediaRecord {
+        MediaRecord {
+            sha256: staged.hash,
+            size: staged.size,
+            // An empty header is no content type.
+            content_type: content_type.filter(|c| !c.trim().is_empty()),
+            filename: filename.filter(|f| !f.is_empty()),
+            uploader: uploader.to_owned(),
+            created_ms: self.clock.now_ms(),
+            frozen: self.settings.legacy_freeze,
+            source_url,
+        }
+    }
+
+    /// Store staged content as a new media item (`POST /upload`, preview images).
+    pub async fn create(
+        &self,
+        uploader: &UserId,
+        content_type: Option<String>,
+        filename: Option<String>,
+        source_url: Option<String>,
+        staged: StagedFile,
+    ) -> Result<(OwnedMxcUri, String)> {
+        Self::check_upload_fields(&content_type, &filename)?;
+        let media_id = random_string(MEDIA_ID_LEN);
+        let record = self.record(uploader, &staged, content_type, filename, source_url);
+        let core = Arc::clone(&self.core);
+        let id = media_id.clone();
+        blocking(move || {
+            let mut batch = WriteBatch::new();
+            core.media.put(&mut batch, &id, &record)?;
+            core.commit_with_file(staged, media_ref(&id), batch)
+        })
+        .await?;
+        Ok((self.mxc(&media_id), media_id))
+    }
+
+    /// Reserve a media ID for a later upload (`POST /media/v1/create`); returns it with the
+    /// time it expires unused. A user may hold only so many unused IDs at once.
+    pub fn create_pending(&self, uploader: &UserId) -> Result<(OwnedMxcUri, u64)> {
+        let now = self.clock.now_ms();
+        let mut live = 0u32;
+        for row in self.core.pending_by_user.scan_prefix(&uploader.to_owned(), Direction::Forward)? {
+            let (_, expires_ms) = row?;
+            if expires_ms > now {
+                live += 1;
+            }
+        }
+        if live >= self.settings.max_pending {
+            return Err(Error::limit_exceeded(
+                "Too many pending media uploads; upload to or let some expire first",
+            ));
+        }
+        let media_id = random_string(MEDIA_ID_LEN);
+        let expires_ms = now.saturating_add(self.settings.unused_expiration_ms);
+        let mut batch = WriteBatch::new();
+        let record = PendingMediaRecord { uploader: uploader.to_owned(), created_ms: now, expires_ms };
+        self.core.pending.put(&mut batch, &media_id, &record)?;
+        self.core.pending_by_user.put(&mut batch, &(uploader.to_owned(), media_id.clone()), &expires_ms)?;
+        self.core.store.write(batch)?;
+        Ok((self.mxc(&media_id), expires_ms))
+    }
+
+    /// Check that `uploader` may upload to a reserved ID now, and hold it for them while the
+    /// content streams: unknown or expired IDs are `M_NOT_FOUND`, another user's
+    /// `M_FORBIDDEN`, IDs with content (or an upload running) `M_CANNOT_OVERWRITE_MEDIA`.
+    pub fn reserve_upload(
+        &self,
+        uploader: &UserId,
+        server_name: &ServerName,
+        media_id: &str,
+    ) -> Result<UploadReservation<'_>> {
+        let media_id = self.local_id(server_name, media_id)?;
+        if self.core.media.contains(&media_id.to_owned())? {
+            return Err(Error::cannot_overwrite_media());
+        }
+        let pending = self.core.pending.get(&media_id.to_owned())?.ok_or_else(not_found)?;
+        if pending.expires_ms <= self.clock.now_ms() {
+            return Err(Error::not_found("This media ID has expired"));
+        }
+        if pending.uploader != uploader {
+            return Err(Error::forbidden("This media ID was created by another user"));
+        }
+        let mut uploading = self.uploading.lock().unwrap_or_else(PoisonError::into_inner);
+        if !uploading.insert(media_id.to_owned()) {
+            return Err(Error::cannot_overwrite_media());
+        }
+        Ok(UploadReservation { media: self, media_id: media_id.to_owned() })
+    }
+
+    /// Store the content of a reserved ID (`PUT /upload/{serverName}/{mediaId}`).
+    pub async fn complete_upload(
+        &self,
+        reservation: UploadReservation<'_>,
+        content_type: Option<String>,
+        filename: Option<String>,
+        staged: StagedFile,
+    ) -> Result<()> {
+        Self::check_upload_fields(&content_type, &filename)?;
+        let media_id = reservation.media_id.clone();
+        let now = self.clock.now_ms();
+        let core = Arc::clone(&self.core);
+        if core.media.contains(&media_id)? {
+            return Err(Error::cannot_overwrite_media());
+        }
+        let pending = core.pending.get(&media_id)?.ok_or_else(not_found)?;
+        if pending.expires_ms <= now {
+            return Err(Error::not_found("This media ID expired during the upload"));
+        }
+        let record = self.record(&pending.uploader, &staged, content_type, filename, None);
+        blocking(move || {
+            let mut batch = WriteBatch::new();
+            core.media.put(&mut batch, &media_id, &record)?;
+            core.pending.delete(&mut batch, &media_id);
+            core.pending_by_user.delete(&mut batch, &(pending.uploader.clone(), media_id.clone()));
+            core.commit_with_file(staged, media_ref(&media_id), batch)
+        })
+        .await?;
+        drop(reservation);
+        self.uploaded.notify_waiters();
+        Ok(())
+    }
+
+    /// A local media item's record, waiting up to `timeout` for the content of a reserved
+    /// ID (then `M_NOT_YET_UPLOADED`).
+    async fn wait_for_record(&self, media_id: &str, timeout: Duration) -> Result<MediaRecord> {
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_DOWNLOAD_WAIT);
+        let key = media_id.to_owned();
+        loop {
+            // Subscribed before looking, so an upload finishing in between is not missed.
+            let notified = self.uploaded.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(record) = self.core.media.get(&key)? {
+                return Ok(record);
+            }
+            match self.core.pending.get(&key)? {
+                Some(p) if p.expires_ms > self.clock.now_ms() => {}
+                _ => return Err(not_found()),
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Error::not_yet_uploaded());
+            }
+        }
+    }
+
+    async fn visible_record(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        timeout: Duration,
+        access: Access,
+    ) -> Result<MediaRecord> {
+        let media_id = self.local_id(server_name, media_id)?;
+        let record = self.wait_for_record(media_id, timeout).await?;
+        // Frozen media does not exist as far as the legacy endpoints are concerned.
+        if access == Access::Legacy && record.frozen {
+            return Err(not_found());
+        }
+        Ok(record)
+    }
+
+    async fn open(&self, hash: &ContentHash) -> Result<tokio::fs::File> {
+        match tokio::fs::File::open(self.core.files.path(hash)).await {
+            Ok(file) => Ok(file),
+            // Purged between reading the record and opening the file.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found()),
+            Err(e) => Err(Error::internal(format!("opening media file: {e}"))),
+        }
+    }
+
+    /// A media item's content, streamed from its file.
+    pub async fn content(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        timeout: Duration,
+        access: Access,
+    ) -> Result<Content> {
+        let record = self.visible_record(server_name, media_id, timeout, access).await?;
+        let file = self.open(&record.sha256).await?;
+        Ok(Content {
+            body: ContentBody::File(file),
+            size: record.size,
+            content_type: record.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
+            filename: record.filename,
+        })
+    }
+
+    /// Probe a stored image under the thumbnailing bound.
+    async fn probe(&self, hash: ContentHash) -> Result<std::result::Result<ImageInfo, ThumbnailError>> {
+        let _permit = self.thumbnailers.acquire().await.map_err(|e| Error::internal(e.to_string()))?;
+        let core = Arc::clone(&self.core);
+        let max_pixels = self.settings.max_image_pixels;
+        blocking(move || Ok(thumbnail::probe(&core.files.path(&hash), max_pixels))).await
+    }
+
+    /// Dimensions and format of a stored image, for link previews; `None` if it is not an
+    /// image this server reads.
+    pub async fn image_info(&self, media_id: &str) -> Result<Option<ImageInfo>> {
+        let Some(record) = self.core.media.get(&media_id.to_owned())? else { return Ok(None) };
+        Ok(self.probe(record.sha256).await?.ok())
+    }
+
+    /// A thumbnail of a media item: a stored one for the recommended sizes (made on first
+    /// request), one made for this request for other sizes, or the original itself when it
+    /// is no larger than asked or is an animation the client asked for.
+    pub async fn thumbnail(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        request: ThumbnailRequest,
+        timeout: Duration,
+        access: Access,
+    ) -> Result<Content> {
+        if request.width == 0 || request.height == 0 {
+            return Err(Error::unknown("Thumbnail width and height must be positive"));
+        }
+        let record = self.visible_record(server_name, media_id, timeout, access).await?;
+        let (target, stored) = thumbnail_box(request.width, request.height, request.method);
+        if !stored {
+            return self.make_thumbnail(&record, request, target, None).await;
+        }
+        let key = (
+            media_id.to_owned(),
+            u64::from(target.width),
+            u64::from(target.height),
+            target.method.as_str().to_owned(),
+        );
+        if let Some(thumb) = self.core.thumbnails.get(&key)? {
+            return self.stored_thumbnail(&thumb).await;
+        }
+        // An image posted to a busy room is asked for by every member's client at once: one
+        // request makes the thumbnail, the others wait for it and then read it.
+        let _making = self.making.lock(&key).await;
+        if let Some(thumb) = self.core.thumbnails.get(&key)? {
+            return self.stored_thumbnail(&thumb).await;
+        }
+        self.make_thumbnail(&record, request, target, Some(key)).await
+    }
+
+    async fn stored_thumbnail(&self, thumb: &ThumbnailRecord) -> Result<Content> {
+        let file = self.open(&thumb.sha256).await?;
+        Ok(thumbnail_content(ContentBody::File(file), thumb.size, &thumb.content_type))
+    }
+
+    /// Serve the original where it will do, or decode it and make the thumbnail, storing it
+    /// under `key` when there is one.
+    async fn make_thumbnail(
+        &self,
+        record: &MediaRecord,
+        request: ThumbnailRequest,
+        target: ThumbnailBox,
+        key: Option<ThumbnailKey>,
+    ) -> Result<Content> {
+        let info = self.probe(record.sha256).await?.map_err(thumbnail_error)?;
+        let serve_original = if info.animated {
+            request.animated == Some(true) && record.size <= MAX_ANIMATED_ORIGINAL
+        } else {
+            original_fits(info.width, info.height, target)
+        };
+        if serve_original {
+            let file = self.open(&record.sha256).await?;
+            return Ok(thumbnail_content(ContentBody::File(file), record.size, info.format.content_type()));
+        }
+
+        let made = {
+            let _permit = self.thumbnailers.acquire().await.map_err(|e| Error::internal(e.to_string()))?;
+            let core = Arc::clone(&self.core);
+            let (hash, max_pixels) = (record.sha256, self.settings.max_image_pixels);
+            blocking(move || Ok(thumbnail::make(&core.files.path(&hash), info, target, max_pixels))).await?
+        }
+        .map_err(thumbnail_error)?;
+        self.thumbnails_made.fetch_add(1, Ordering::Relaxed);
+        let Some(key) = key else {
+            let size = made.bytes.len() as u64;
+            return Ok(thumbnail_content(
+                ContentBody::Bytes(Bytes::from(made.bytes)),
+                size,
+                made.content_type,
+            ));
+        };
+        let core = Arc::clone(&self.core);
+        let reference = thumbnail_ref(&key);
+        let (content_type, size) = (made.content_type, made.bytes.len() as u64);
+        let thumb = blocking(move || {
+            let staged = core.files.stage_bytes(&made.bytes).map_err(io_error("writing a thumbnail"))?;
+            let thumb = ThumbnailRecord {
+                sha256: staged.hash,
+                size,
+                content_type: content_type.to_owned(),
+                width: made.width,
+                height: made.height,
+            };
+            let mut batch = WriteBatch::new();
+            core.thumbnails.put(&mut batch, &key, &thumb)?;
+            core.commit_with_file(staged, reference, batch)?;
+            Ok(thumb)
+        })
+        .await?;
+        self.stored_thumbnail(&thumb).await
+    }
+
+    /// How many thumbnails were decoded and made since start (stored ones served again do
+    /// not count).
+    pub fn thumbnails_made(&self) -> u64 {
+        self.thumbnails_made.load(Ordering::Relaxed)
+    }
+
+    /// Delete local media created before `cutoff_ms` (milliseconds since the epoch), with
+    /// its thumbnails and the files nothing else uses.
+    pub async fn purge_created_before(&self, cutoff_ms: u64) -> Result<PurgeReport> {
+        let core = Arc::clone(&self.core);
+        blocking(move || {
+            let mut old = Vec::new();
+            for row in core.media.scan(crate::storage::kv::KeyRange::all(), Direction::Forward)? {
+                let (id, record) = row?;
+                if record.created_ms < cutoff_ms {
+                    old.push(id);
+                }
+            }
+            let mut report = PurgeReport::default();
+            for chunk in old.chunks(PURGE_BATCH) {
+                let done = core.delete_media(chunk)?;
+                report.media += done.media;
+                report.bytes_freed += done.bytes_freed;
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Delete local media uploaded more than `age` ago (the operator's `purge-media`).
+    pub async fn purge_older_than(&self, age: Duration) -> Result<PurgeReport> {
+        let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        self.purge_created_before(self.clock.now_ms().saturating_sub(age_ms)).await
+    }
+
+    /// Apply the retention setting, if there is one.
+    pub async fn apply_retention(&self) -> Result<PurgeReport> {
+        match self.settings.retention_ms {
+            Some(age) => self.purge_created_before(self.clock.now_ms().saturating_sub(age)).await,
+            None => Ok(PurgeReport::default()),
+        }
+    }
+
+    /// Forget reserved IDs whose time ran out; returns how many.
+    pub fn sweep_expired_pending(&self) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let mut batch = WriteBatch::new();
+        let mut swept = 0;
+        for row in self.core.pending.scan(crate::storage::kv::KeyRange::all(), Direction::Forward)? {
+            let (id, record) = row?;
+            if record.expires_ms <= now {
+                self.core.pending.delete(&mut batch, &id);
+                self.core.pending_by_user.delete(&mut batch, &(record.uploader, id));
+                swept += 1;
+            }
+        }
+        if swept > 0 {
+            self.core.store.write(batch)?;
+        }
+        Ok(swept)
+    }
+}
+
+fn thumbnail_content(body: ContentBody, size: u64, content_type: &str) -> Content {
+    let extension = match content_type {
+        "image/jpeg" => "jpg",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        _ => "png",
+    };
+    Content {
+        body,
+        size,
+        content_type: content_type.to_owned(),
+        filename: Some(format!("thumbnail.{extension}")),
+    }
+}
+
+/// A reserved ID held for one running upload; released when dropped, whether the upload
+/// completed or failed half-way (the client may then try again).
+pub struct UploadReservation<'a> {
+    media: &'a Media,
+    media_id: String,
+}
+
+impl Drop for UploadReservation<'_> {
+    fn drop(&mut self) {
+        self.media.uploading.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.media_id);
+    }
+}
