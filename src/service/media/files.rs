@@ -15,11 +15,13 @@ use std::{
 
 use bytes::BytesMut;
 use sha2::{Digest as _, Sha256};
+use tokio::task::JoinHandle;
 
 use crate::storage::tables::ContentHash;
 
 /// Bytes gathered before each write: large writes keep the per-write cost (a hop to a
-/// blocking thread) small against the copying, and bound what an upload holds in memory.
+/// blocking thread) small against hashing and copying, and bound what an upload holds in
+/// memory.
 const WRITE_CHUNK: usize = 1024 * 1024;
 
 /// The media directory.
@@ -132,19 +134,28 @@ pub enum SinkError {
 }
 
 /// Receives content piece by piece (an upload's body, a fetched image), hashing and writing
-/// it to a temporary file as it comes. Holds at most one write chunk in memory; the file and
-/// the hasher move to a blocking thread for each write, so the runtime never waits on disk.
+/// it to a temporary file as it comes. The file and the hasher move to a blocking thread for
+/// each chunk, so the runtime never waits on disk, and one chunk is hashed and written while
+/// the next arrives: at most two chunks are held in memory.
 pub struct UploadSink {
+    /// The file and hasher, when no write is running.
     state: Option<(File, Sha256)>,
+    /// The write running now; it hands the file and hasher back.
+    writing: Option<JoinHandle<io::Result<(File, Sha256)>>>,
     path: TempPath,
     buffer: BytesMut,
     size: u64,
     limit: u64,
 }
 
+fn join_error(e: tokio::task::JoinError) -> SinkError {
+    SinkError::Io(io::Error::other(e))
+}
+
 impl UploadSink {
     pub fn new(file: File, path: TempPath, limit: u64) -> Self {
-        Self { state: Some((file, Sha256::new())), path, buffer: BytesMut::new(), size: 0, limit }
+        let state = Some((file, Sha256::new()));
+        Self { state, writing: None, path, buffer: BytesMut::new(), size: 0, limit }
     }
 
     /// Bytes received so far.
@@ -165,32 +176,35 @@ impl UploadSink {
         Ok(())
     }
 
+    /// Wait for the running write, if any, and take the file and hasher back.
+    async fn settle(&mut self) -> Result<(File, Sha256), SinkError> {
+        if let Some(writing) = self.writing.take() {
+            return writing.await.map_err(join_error)?.map_err(SinkError::Io);
+        }
+        self.state.take().ok_or_else(|| SinkError::Io(io::Error::other("sink failed earlier")))
+    }
+
+    /// Start writing the buffered bytes, once the previous chunk is written.
     async fn flush(&mut self) -> Result<(), SinkError> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         let chunk = self.buffer.split().freeze();
-        let (mut file, mut hasher) =
-            self.state.take().ok_or_else(|| SinkError::Io(io::Error::other("sink failed earlier")))?;
-        let (file, hasher) = tokio::task::spawn_blocking(move || {
+        let (mut file, mut hasher) = self.settle().await?;
+        self.writing = Some(tokio::task::spawn_blocking(move || {
             hasher.update(&chunk);
             file.write_all(&chunk).map(|()| (file, hasher))
-        })
-        .await
-        .map_err(|e| SinkError::Io(io::Error::other(e)))?
-        .map_err(SinkError::Io)?;
-        self.state = Some((file, hasher));
+        }));
         Ok(())
     }
 
     /// Write what is buffered, make it durable and hand over the staged file.
     pub async fn finish(mut self) -> Result<StagedFile, SinkError> {
         self.flush().await?;
-        let (file, hasher) =
-            self.state.take().ok_or_else(|| SinkError::Io(io::Error::other("sink failed earlier")))?;
+        let (file, hasher) = self.settle().await?;
         tokio::task::spawn_blocking(move || file.sync_data())
             .await
-            .map_err(|e| SinkError::Io(io::Error::other(e)))?
+            .map_err(join_error)?
             .map_err(SinkError::Io)?;
         let path = TempPath(self.path.0.take());
         Ok(StagedFile { path, hash: ContentHash(hasher.finalize().into()), size: self.size })

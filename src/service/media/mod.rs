@@ -227,8 +227,26 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 impl Core {
     /// Place a staged file and commit `batch` with a reference row for it, under the file
     /// lock. A file placed for a batch that then fails to commit is removed again.
-    fn commit_with_file(&self, staged: StagedFile, reference: String, mut batch: WriteBatch) -> Result<()> {
+    fn commit_with_file(&self, staged: StagedFile, reference: String, batch: WriteBatch) -> Result<()> {
+        self.commit_with_file_for(staged, reference, batch, None).map(drop)
+    }
+
+    /// As `commit_with_file`, for something that belongs to media item `owner` (a thumbnail):
+    /// nothing is committed, and `false` returned, if the item was deleted meanwhile, so a
+    /// purge racing with thumbnailing leaves no row or file behind.
+    fn commit_with_file_for(
+        &self,
+        staged: StagedFile,
+        reference: String,
+        mut batch: WriteBatch,
+        owner: Option<&String>,
+    ) -> Result<bool> {
         let _guard = self.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(owner) = owner
+            && !self.media.contains(owner)?
+        {
+            return Ok(false);
+        }
         let hash = staged.hash;
         self.refs.put(&mut batch, &(hash, reference), &())?;
         let placed = self.files.place(staged).map_err(io_error("placing media file"))?;
@@ -238,7 +256,7 @@ impl Core {
             }
             return Err(e.into());
         }
-        Ok(())
+        Ok(true)
     }
 
     fn is_referenced(&self, hash: &ContentHash) -> Result<bool> {
@@ -665,8 +683,10 @@ impl Media {
             };
             let mut batch = WriteBatch::new();
             core.thumbnails.put(&mut batch, &key, &thumb)?;
-            core.commit_with_file(staged, reference, batch)?;
-            Ok(thumb)
+            match core.commit_with_file_for(staged, reference, batch, Some(&key.0))? {
+                true => Ok(thumb),
+                false => Err(not_found()),
+            }
         })
         .await?;
         self.stored_thumbnail(&thumb).await
