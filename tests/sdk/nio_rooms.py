@@ -16,36 +16,13 @@ import secrets
 import sys
 import time
 
-from nio import (AsyncClient, AsyncClientConfig, InviteMemberEvent, JoinResponse, PresenceGetResponse,
+from nio import (AsyncClient, InviteMemberEvent, JoinResponse, PresenceGetResponse,
                  PresenceSetResponse, RegisterResponse, RoomContextResponse, RoomCreateResponse,
                  RoomInviteResponse, RoomMessagesResponse, RoomMessageText, RoomReadMarkersResponse,
                  RoomSendResponse, RoomTypingResponse, SyncResponse, TypingNoticeEvent,
                  ReceiptEvent)
 
-CONFIG = AsyncClientConfig(max_timeouts=2, max_limit_exceeded=0, request_timeout=20,
-                           backoff_factor=0.1, max_timeout_retry_wait_time=2,
-                           encryption_enabled=False, store_sync_tokens=False)
-
-
-class Failure(Exception):
-    pass
-
-
-def expect(resp, cls, what):
-    if not isinstance(resp, cls):
-        status = getattr(getattr(resp, "transport_response", None), "status", "?")
-        raise Failure(f"{what}: expected {cls.__name__}, got {type(resp).__name__} (HTTP {status}): {resp}")
-    return resp
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def step(msg):
-    print(f"ok   {msg}", flush=True)
-
+from nio_common import CONFIG, Failure, check, expect, step
 
 async def sync(client, what, timeout=0):
     return expect(await client.sync(timeout=timeout), SyncResponse, what)
