@@ -26,6 +26,7 @@ from nio import (AsyncClient, DownloadResponse, JoinResponse, RegisterResponse,
 
 from nio_common import CONFIG, Failure, check, expect, step
 
+
 def png(width, height):
     """An RGB PNG with a gradient, written by hand (no imaging library in the venv)."""
     rows = b"".join(

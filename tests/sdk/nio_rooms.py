@@ -24,6 +24,7 @@ from nio import (AsyncClient, InviteMemberEvent, JoinResponse, PresenceGetRespon
 
 from nio_common import CONFIG, Failure, check, expect, step
 
+
 async def sync(client, what, timeout=0):
     return expect(await client.sync(timeout=timeout), SyncResponse, what)
 
