@@ -54,6 +54,57 @@ pub fn cross_signing_key(key: &JsonValue) -> Option<(String, String)> {
     id.starts_with("ed25519:").then(|| Some((id.clone(), value.as_str()?.to_owned())))?
 }
 
+/// A map of strings, the shape `keys` takes.
+fn string_map(value: Option<&JsonValue>) -> bool {
+    value.and_then(JsonValue::as_object).is_some_and(|m| m.values().all(JsonValue::is_string))
+}
+
+/// The shape of `signatures`: signer → key ID → signature.
+fn signatures_shape(value: Option<&JsonValue>) -> bool {
+    value.and_then(JsonValue::as_object).is_some_and(|m| m.values().all(|keys| string_map(Some(keys))))
+}
+
+/// Whether a device keys object has the spec's shape (`user_id`, `device_id`, `algorithms`,
+/// `keys`, `signatures`); the reason when not. Only the shape: as Synapse, the server leaves
+/// checking the device's signature to the clients, which do.
+pub fn device_keys_shape(keys: &JsonValue) -> Result<(), String> {
+    let object = keys.as_object().ok_or("device keys must be an object")?;
+    for field in ["user_id", "device_id"] {
+        if !object.get(field).is_some_and(JsonValue::is_string) {
+            return Err(format!("device keys need a string {field}"));
+        }
+    }
+    let algorithms = object.get("algorithms").and_then(JsonValue::as_array);
+    if !algorithms.is_some_and(|a| a.iter().all(JsonValue::is_string)) {
+        return Err("device keys need a list of algorithms".to_owned());
+    }
+    if !string_map(object.get("keys")) {
+        return Err("device keys need `keys`, an object of strings".to_owned());
+    }
+    if !signatures_shape(object.get("signatures")) {
+        return Err("device keys need `signatures`, signer to key ID to signature".to_owned());
+    }
+    Ok(())
+}
+
+/// Whether a one-time or fallback key has a shape clients use: the bare key (a string), or
+/// a key object with a string `key` and, when signed, `signatures` of the usual shape.
+pub fn one_time_key_shape(key: &JsonValue) -> Result<(), String> {
+    match key {
+        JsonValue::String(_) => Ok(()),
+        JsonValue::Object(object) => {
+            if !object.get("key").is_some_and(JsonValue::is_string) {
+                return Err("a key object needs a string `key`".to_owned());
+            }
+            if object.get("signatures").is_some() && !signatures_shape(object.get("signatures")) {
+                return Err("a key object's `signatures` map signer to key ID to signature".to_owned());
+            }
+            Ok(())
+        }
+        _ => Err("a one-time key is a string or a key object".to_owned()),
+    }
+}
+
 /// Merge the signatures of `extra` (signer → key ID → signature) into `object`.
 pub fn merge_signatures(object: &mut JsonValue, extra: &serde_json::Map<String, JsonValue>) {
     let Some(map) = object.as_object_mut() else { return };
@@ -65,6 +116,63 @@ pub fn merge_signatures(object: &mut JsonValue, extra: &serde_json::Map<String, 
             for (key_id, signature) in keys {
                 entry.insert(key_id.clone(), signature.clone());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use serde_json::json;
+
+    use super::{device_keys_shape, one_time_key_shape};
+
+    #[test]
+    fn device_keys_shapes() {
+        let good = json!({
+            "user_id": "@a:x", "device_id": "D", "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {"ed25519:D": "k"}, "signatures": {"@a:x": {"ed25519:D": "not checked"}}
+        });
+        assert_eq!(device_keys_shape(&good), Ok(()));
+        let with = |field: &str, value: serde_json::Value| {
+            let mut keys = good.clone();
+            keys[field] = value;
+            keys
+        };
+        for (field, value) in [
+            ("user_id", json!(7)),
+            ("device_id", json!(null)),
+            ("algorithms", json!("m.olm")),
+            ("algorithms", json!([1])),
+            ("keys", json!("x")),
+            ("keys", json!({"ed25519:D": 5})),
+            ("signatures", json!([])),
+            ("signatures", json!({"@a:x": "sig"})),
+            ("signatures", json!({"@a:x": {"ed25519:D": 1}})),
+        ] {
+            assert!(device_keys_shape(&with(field, value.clone())).is_err(), "{field} = {value}");
+        }
+        let mut unsigned = good.clone();
+        unsigned.as_object_mut().unwrap().remove("signatures");
+        assert!(device_keys_shape(&unsigned).is_err());
+        assert!(device_keys_shape(&json!("keys")).is_err());
+    }
+
+    #[test]
+    fn one_time_key_shapes() {
+        assert_eq!(one_time_key_shape(&json!("base64key")), Ok(()));
+        assert_eq!(one_time_key_shape(&json!({"key": "k", "fallback": true})), Ok(()));
+        assert_eq!(
+            one_time_key_shape(&json!({"key": "k", "signatures": {"@a:x": {"ed25519:D": "s"}}})),
+            Ok(())
+        );
+        for bad in [
+            json!(5),
+            json!(null),
+            json!({"signatures": {}}),
+            json!({"key": 1, "signatures": {}}),
+            json!({"key": "k", "signatures": {"@a:x": "s"}}),
+        ] {
+            assert!(one_time_key_shape(&bad).is_err(), "{bad}");
         }
     }
 }

@@ -229,21 +229,57 @@ impl Sync {
         }
     }
 
-    /// `GET /keys/changes`: users sharing a room with `user_id` (or themselves) whose devices
-    /// or cross-signing keys changed between two sync tokens.
-    pub fn key_changes(&self, user_id: &UserId, from: u64, to: u64) -> Result<Vec<OwnedUserId>> {
-        let rooms: HashSet<OwnedRoomId> =
-            self.members.rooms_of_user(user_id, &MembershipState::Join)?.into_iter().collect();
-        let changed = self.keys.changed_users(from, to.min(self.stream.committed()))?;
-        let mut mates = RoomMates { members: &self.members, me: user_id, rooms: &rooms, everyone: None };
-        mates.expect_many(changed.len())?;
-        let mut shared = Vec::new();
-        for user in changed {
-            if mates.share(&user)? {
-                shared.push(user);
+    /// `GET /keys/changes`: between two sync tokens, the users sharing a room with `user_id`
+    /// (or themselves) whose devices or cross-signing keys changed or who came to share a
+    /// room with them (they joined one of its rooms, or it joined theirs: their keys are
+    /// new to it), and the users who no longer share any room with it (`left`).
+    pub fn key_changes(
+        &self,
+        user_id: &UserId,
+        from: u64,
+        to: u64,
+    ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+        let to = to.min(self.stream.committed());
+        let in_range = |position: u64| position > from && position <= to;
+        let mut rooms = HashSet::new();
+        let mut came = BTreeSet::new();
+        let mut went = BTreeSet::new();
+        for (room_id, record) in self.members.memberships_of_user(user_id)? {
+            match record.membership.as_str() {
+                "join" if record.joined_at.is_some_and(in_range) => {
+                    came.extend(self.members.members_with(&room_id, &MembershipState::Join)?);
+                    rooms.insert(room_id);
+                }
+                "join" => {
+                    if self.events.last_position(&room_id)? > from {
+                        let moves = self.members.moves(&room_id, from, to)?;
+                        came.extend(moves.joined);
+                        went.extend(moves.left);
+                    }
+                    rooms.insert(room_id);
+                }
+                "leave" | "ban" if in_range(record.stream) => {
+                    went.extend(self.members.members_with(&room_id, &MembershipState::Join)?);
+                }
+                _ => {}
             }
         }
-        Ok(shared)
+        let changed_keys = self.keys.changed_users(from, to)?;
+        let mut mates = RoomMates { members: &self.members, me: user_id, rooms: &rooms, everyone: None };
+        mates.expect_many(changed_keys.len() + came.len() + went.len())?;
+        let mut changed = BTreeSet::new();
+        for user in changed_keys.into_iter().chain(came) {
+            if mates.share(&user)? {
+                changed.insert(user);
+            }
+        }
+        let mut left = Vec::new();
+        for user in went {
+            if !mates.share(&user)? {
+                left.push(user);
+            }
+        }
+        Ok((changed.into_iter().collect(), left))
     }
 
     fn concerns(&self, user_id: &UserId, watched: &HashSet<OwnedRoomId>, change: &Change) -> Result<bool> {

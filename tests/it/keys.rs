@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::{
     harness::{Session, TestServer, expect_error, password_auth},
     rooms::{V3, create_room, join},
-    sync::{list, sync, token},
+    sync::{list, sync, token, urlencode},
 };
 
 fn key_pair(name: &str) -> Ed25519KeyPair {
@@ -87,23 +87,25 @@ async fn device_and_one_time_keys_upload_query_claim() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 2);
 
-    // The same keys again are fine; different ones for the same device are not.
+    // The same keys again are fine; as on Synapse, new keys for the device replace the old
+    // ones (clients check signatures; the server stores what has the right shape).
     let (status, _) = upload(&s, &alice, json!({"device_keys": keys})).await;
     assert_eq!(status, StatusCode::OK);
     let other = device_keys(&alice, &key_pair(&alice.device_id));
-    expect_error(
-        upload(&s, &alice, json!({"device_keys": other})).await,
-        StatusCode::BAD_REQUEST,
-        "M_INVALID_PARAM",
-    );
-    // Keys not signed by the device, or for another device, are refused.
-    let mut unsigned = keys.clone();
-    unsigned["signatures"] = json!({});
+    let (status, body) = upload(&s, &alice, json!({"device_keys": other})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stored = &query(&s, &alice, &[&alice]).await["device_keys"][&alice.user_id][&alice.device_id];
+    assert_eq!(stored["keys"], other["keys"], "{stored}");
+    let (status, _) = upload(&s, &alice, json!({"device_keys": keys})).await;
+    assert_eq!(status, StatusCode::OK);
+    // Keys for another device are refused.
     let bob_pair = key_pair(&bob.device_id);
+    let mut elsewhere = device_keys(&bob, &bob_pair);
+    elsewhere["device_id"] = json!("SOMEONEELSE");
     expect_error(
-        upload(&s, &bob, json!({"device_keys": unsigned})).await,
+        upload(&s, &bob, json!({"device_keys": elsewhere})).await,
         StatusCode::BAD_REQUEST,
-        "M_INVALID_PARAM",
+        "M_BAD_JSON",
     );
     let (status, _) = upload(&s, &bob, json!({"device_keys": device_keys(&bob, &bob_pair)})).await;
     assert_eq!(status, StatusCode::OK);
@@ -471,4 +473,109 @@ async fn users_sign_each_others_master_keys_with_their_user_signing_key() {
     let after = query(&s, &alice, &[&alice]).await;
     let signatures = &after["master_keys"][&alice.user_id]["signatures"][&bob.user_id];
     assert!(signatures.get(format!("ed25519:{}", public(&bob_user))).is_some(), "{after}");
+}
+
+#[tokio::test]
+async fn device_keys_are_stored_by_shape_and_bad_key_objects_are_bad_json() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let device = format!("ed25519:{}", alice.device_id);
+    // A signature the server cannot verify is still stored, as on Synapse: clients verify.
+    let unverifiable = json!({
+        "user_id": alice.user_id, "device_id": alice.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+        "keys": {format!("curve25519:{}", alice.device_id): "c", device.clone(): "e"},
+        "signatures": {alice.user_id.clone(): {device.clone(): "not-a-real-signature"}}
+    });
+    let (status, body) = upload(&s, &alice, json!({"device_keys": unverifiable})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stored = &query(&s, &alice, &[&alice]).await["device_keys"][&alice.user_id][&alice.device_id];
+    assert_eq!(stored["signatures"][&alice.user_id][&device], "not-a-real-signature", "{stored}");
+
+    let with = |field: &str, value: Value| {
+        let mut keys = unverifiable.clone();
+        keys[field] = value;
+        json!({ "device_keys": keys })
+    };
+    let mut unsigned = unverifiable.clone();
+    unsigned.as_object_mut().unwrap().remove("signatures");
+    for bad in [
+        json!({"device_keys": "keys"}),
+        with("keys", json!("x")),
+        with("keys", json!({"ed25519:D": 7})),
+        with("algorithms", json!("m.olm.v1.curve25519-aes-sha2")),
+        with("signatures", json!({alice.user_id.clone(): "sig"})),
+        json!({"device_keys": unsigned}),
+        json!({"one_time_keys": {"signed_curve25519:AAAA": 5}}),
+        json!({"one_time_keys": {"signed_curve25519:AAAA": {"signatures": {}}}}),
+        json!({"one_time_keys": {"no-algorithm": {"key": "k", "signatures": {}}}}),
+        json!({"fallback_keys": {"signed_curve25519:FFFF": [1]}}),
+    ] {
+        expect_error(upload(&s, &alice, bad.clone()).await, StatusCode::BAD_REQUEST, "M_BAD_JSON");
+    }
+    // Nothing of the refused uploads was kept.
+    let counts = upload(&s, &alice, json!({})).await.1;
+    assert_eq!(
+        counts["one_time_key_counts"].get("signed_curve25519").and_then(Value::as_u64).unwrap_or(0),
+        0
+    );
+    // A bare string one-time key is a shape clients use (and Synapse accepts).
+    let (status, body) = upload(&s, &alice, json!({"one_time_keys": {"curve25519:AAAA": "bare"}})).await;
+    assert_eq!((status, &body["one_time_key_counts"]["curve25519"]), (StatusCode::OK, &json!(1)), "{body}");
+}
+
+#[tokio::test]
+async fn a_master_key_uploaded_without_signatures_is_served_with_a_signatures_object() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let master = cross_pair();
+    let key = json!({"user_id": alice.user_id, "usage": ["master"], "keys": {format!("ed25519:{}", public(&master)): public(&master)}});
+    let (status, body) = s
+        .post(&format!("{V3}/keys/device_signing/upload"), Some(&alice.token), json!({"master_key": key}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for viewer in [&alice, &bob] {
+        let result = query(&s, viewer, &[&alice]).await;
+        let served = &result["master_keys"][&alice.user_id];
+        assert_eq!(served["keys"], key["keys"], "{result}");
+        assert!(served["signatures"].is_object(), "{served}");
+    }
+}
+
+#[tokio::test]
+async fn new_room_mates_appear_in_key_changes_and_sync_and_leavers_in_left() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let (status, _) =
+        upload(&s, &bob, json!({"device_keys": device_keys(&bob, &key_pair(&bob.device_id))})).await;
+    assert_eq!(status, StatusCode::OK);
+    let since = token(&s, &alice).await;
+
+    // Bob uploaded his keys before sharing a room; joining makes his keys alice's concern.
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    // Alice's filter shows only messages, so no member event tells her of the join.
+    let filter = urlencode(
+        &json!({"room": {"timeline": {"types": ["m.room.message"]}, "state": {"types": []}}}).to_string(),
+    );
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0&filter={filter}")).await;
+    assert!(list(&body["device_lists"]["changed"]).contains(&json!(bob.user_id)), "{body}");
+    let next = body["next_batch"].as_str().unwrap().to_owned();
+    let (status, changes) =
+        s.get(&format!("{V3}/keys/changes?from={since}&to={next}"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{changes}");
+    assert!(list(&changes["changed"]).contains(&json!(bob.user_id)), "{changes}");
+    // Bob, who joined, must fetch alice's keys too.
+    let (_, changes) = s.get(&format!("{V3}/keys/changes?from={since}&to={next}"), Some(&bob.token)).await;
+    assert!(list(&changes["changed"]).contains(&json!(alice.user_id)), "{changes}");
+
+    // Bob leaves the only room they shared: alice stops tracking him.
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let after = token(&s, &alice).await;
+    let (_, changes) = s.get(&format!("{V3}/keys/changes?from={next}&to={after}"), Some(&alice.token)).await;
+    assert!(list(&changes["left"]).contains(&json!(bob.user_id)), "{changes}");
+    assert!(!list(&changes["changed"]).contains(&json!(bob.user_id)), "{changes}");
 }

@@ -145,8 +145,8 @@ pub async fn get_key_changes(
 ) -> Result<get_key_changes::v3::Response> {
     let from = parse_stream_token(&req.body.from)?;
     let to = parse_stream_token(&req.body.to)?;
-    let changed = services.sync.key_changes(&req.identity.user_id, from, to)?;
-    Ok(get_key_changes::v3::Response::new(changed, Vec::new()))
+    let (changed, left) = services.sync.key_changes(&req.identity.user_id, from, to)?;
+    Ok(get_key_changes::v3::Response::new(changed, left))
 }
 
 /// `POST /_matrix/client/v3/keys/device_signing/upload`

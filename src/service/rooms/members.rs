@@ -14,6 +14,15 @@ use crate::{
     },
 };
 
+/// Who joined and who left a room within a range of stream positions.
+#[derive(Default, Debug)]
+pub struct MemberMoves {
+    /// Members whose join (not a later profile change) falls in the range.
+    pub joined: Vec<OwnedUserId>,
+    /// Users who left or were kicked or banned in the range.
+    pub left: Vec<OwnedUserId>,
+}
+
 pub struct Memberships {
     room_members: Table<(OwnedRoomId, OwnedUserId), MembershipRecord>,
     user_rooms: Table<(OwnedUserId, OwnedRoomId), MembershipRecord>,
@@ -98,6 +107,22 @@ impl Memberships {
             .filter(|(_, r)| r.membership == membership.as_str())
             .map(|(u, _)| u)
             .collect())
+    }
+
+    /// Who joined and who left `room_id` after `since` up to `upto`, from the indexes (so a
+    /// client's filter cannot hide a move, as it can hide the member events themselves).
+    /// Only the latest move of each user counts: one who joined and left again left.
+    pub fn moves(&self, room_id: &RoomId, since: u64, upto: u64) -> Result<MemberMoves> {
+        let in_range = |position: u64| position > since && position <= upto;
+        let mut moves = MemberMoves::default();
+        for (user_id, record) in self.members(room_id)? {
+            match record.membership.as_str() {
+                "join" if record.joined_at.is_some_and(in_range) => moves.joined.push(user_id),
+                "leave" | "ban" if in_range(record.stream) => moves.left.push(user_id),
+                _ => {}
+            }
+        }
+        Ok(moves)
     }
 
     /// Mark the room forgotten for the user (only meaningful after they left).
