@@ -1,6 +1,6 @@
 //! The user directory: finding local users by user ID or display name. Owns no table: the
 //! users a requester may find come from the membership indexes (users sharing a room with
-//! them, users joined to published, public or world-readable rooms) or, when the operator
+//! them, users joined to public or world-readable rooms) or, when the operator
 //! makes every local user searchable, from the profiles; names come from the profiles.
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -13,9 +13,7 @@ use ruma::{
 use serde_json::Value as JsonValue;
 
 use super::{
-    rooms::{
-        directory::Directory, events::Events, members::Memberships, state::RoomStates, visibility::Visibility,
-    },
+    rooms::{events::Events, members::Memberships, state::RoomStates, visibility::Visibility},
     users::Users,
 };
 use crate::{
@@ -35,7 +33,6 @@ pub struct UserDirectory {
     states: Arc<RoomStates>,
     events: Arc<Events>,
     visibility: Arc<Visibility>,
-    directory: Arc<Directory>,
 }
 
 /// Found users and whether more matched than were returned.
@@ -63,9 +60,8 @@ impl UserDirectory {
         states: Arc<RoomStates>,
         events: Arc<Events>,
         visibility: Arc<Visibility>,
-        directory: Arc<Directory>,
     ) -> Self {
-        Self { server_name, search_all_local_users, users, members, states, events, visibility, directory }
+        Self { server_name, search_all_local_users, users, members, states, events, visibility }
     }
 
     /// `POST /user_directory/search`: local, live users whose localpart or display name has a
@@ -139,11 +135,13 @@ impl UserDirectory {
         Ok(DirectoryPage { users, limited })
     }
 
-    /// Whether anyone may see who is in the room (the spec's minimum for the directory):
-    /// it is published in the room directory, anyone may join it, or its history is
-    /// world-readable.
+    /// Whether the room is public for the directory, as the spec defines it (Matrix 1.15):
+    /// anyone may join it, or its history is world-readable. Being published in the room
+    /// directory does not count: a published room whose join rule became `invite` stops
+    /// exposing its members, as on Synapse. Decided from current state on every search, so
+    /// users drop out as soon as they leave the room or it stops being public.
     fn is_public(&self, room: &ruma::RoomId) -> Result<bool> {
-        if self.directory.is_published(room)? || self.visibility.world_readable_now(room)? {
+        if self.visibility.world_readable_now(room)? {
             return Ok(true);
         }
         let Some(id) = self.states.current_state_event_id(room, &StateEventType::RoomJoinRules, "")? else {

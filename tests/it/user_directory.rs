@@ -123,3 +123,43 @@ async fn search_all_local_users_finds_everyone_but_the_deactivated() {
     assert_eq!(s.post(&path, Some(&caroline.token), json!({"auth": auth})).await.0, StatusCode::OK);
     assert_eq!(found_ids(&s, &alice, "carol").await, [carol.user_id.as_str()]);
 }
+
+#[tokio::test]
+async fn users_drop_out_when_they_leave_the_public_room_or_it_stops_being_public() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    // Bob is in one public room (published in the directory too); Carol in another.
+    let bobs = create_room(&s, &bob, json!({"preset": "public_chat", "visibility": "public"})).await;
+    let carols = create_room(&s, &carol, json!({"preset": "public_chat"})).await;
+    assert_eq!(found_ids(&s, &alice, "bob").await, [bob.user_id.as_str()]);
+    assert_eq!(found_ids(&s, &alice, "carol").await, [carol.user_id.as_str()]);
+
+    // Carol leaves her public room: nobody outside her rooms finds her any more.
+    let (status, _) = s.post(&format!("{V3}/rooms/{carols}/leave"), Some(&carol.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(found_ids(&s, &alice, "carol").await.is_empty());
+
+    // Bob's room turns invite-only, though it is still listed in the directory: by the
+    // spec's definition (join rule and history visibility) it is no longer public.
+    let (status, body) = s
+        .put(
+            &format!("{V3}/rooms/{bobs}/state/m.room.join_rules"),
+            Some(&bob.token),
+            json!({"join_rule": "invite"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(found_ids(&s, &alice, "bob").await.is_empty());
+    // World-readable history makes it public again.
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{bobs}/state/m.room.history_visibility"),
+            Some(&bob.token),
+            json!({"history_visibility": "world_readable"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(found_ids(&s, &alice, "bob").await, [bob.user_id.as_str()]);
+}
