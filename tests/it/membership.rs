@@ -227,7 +227,7 @@ async fn member_lists() {
 
     let (status, joined) = s.get(&format!("{V3}/rooms/{room}/joined_members"), Some(&bob.token)).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(joined["joined"]["@alice:localhost"], json!({"display_name": "alice"}));
+    assert_eq!(joined["joined"]["@alice:localhost"], json!({"display_name": "alice", "avatar_url": null}));
     assert_eq!(joined["joined"].as_object().unwrap().len(), 2);
     expect_error(
         s.get(&format!("{V3}/rooms/{room}/joined_members"), Some(&carol.token)).await,
@@ -245,4 +245,165 @@ async fn member_lists() {
     let (status, members) = s.get(&format!("{V3}/rooms/{room}/members"), Some(&bob.token)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!who(&members).contains(&"@dave:localhost".to_owned()), "{members}");
+}
+
+#[tokio::test]
+async fn writing_ones_own_member_event_joins_with_the_content_given() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+
+    // As on Synapse: a join written as a state event, with a display name for this room.
+    let path = format!("{V3}/rooms/{room}/state/m.room.member/{}", bob.user_id);
+    let (status, body) = s
+        .put(&path, Some(&bob.token), json!({"membership": "join", "displayname": "Bob here", "x": 1}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let event_id = body["event_id"].as_str().unwrap().to_owned();
+    let members = state_map(&s, &alice, &room).await;
+    let member = &members[&format!("m.room.member|{}", bob.user_id)];
+    assert_eq!(member["event_id"], event_id.as_str());
+    assert_eq!(member["content"], json!({"membership": "join", "displayname": "Bob here", "x": 1}));
+    // The same again is the same event; nobody may join for someone else.
+    let (_, again) = s
+        .put(&path, Some(&bob.token), json!({"membership": "join", "displayname": "Bob here", "x": 1}))
+        .await;
+    assert_eq!(again["event_id"], event_id.as_str());
+    expect_error(
+        s.put(
+            &format!("{V3}/rooms/{room}/state/m.room.member/{}", carol.user_id),
+            Some(&bob.token),
+            json!({"membership": "join"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    // Leaving the same way; a kick by someone without the power is refused by the auth rules.
+    let (status, _) = s.put(&path, Some(&bob.token), json!({"membership": "leave"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(membership_of(&s, &alice, &room, &bob.user_id).await.as_deref(), Some("leave"));
+    assert_eq!(join(&s, &carol, &room).await.0, StatusCode::OK);
+    expect_error(
+        s.put(
+            &format!("{V3}/rooms/{room}/state/m.room.member/{}", alice.user_id),
+            Some(&carol.token),
+            json!({"membership": "leave"}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    expect_error(
+        s.put(&path, Some(&bob.token), json!({"displayname": "no membership"})).await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+}
+
+#[tokio::test]
+async fn extra_content_given_to_join_is_kept_in_the_member_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let (status, body) = post(
+        &s,
+        &bob,
+        &format!("/join/{room}"),
+        json!({"reason": "hello", "displayname": "Robert", "org.example.custom": true, "membership": "leave"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let members = state_map(&s, &alice, &room).await;
+    let content = &members[&format!("m.room.member|{}", bob.user_id)]["content"];
+    assert_eq!(
+        content,
+        &json!({"membership": "join", "reason": "hello", "displayname": "Robert", "org.example.custom": true}),
+    );
+    // A body that is not an object is refused.
+    let resp = s
+        .http
+        .post(format!("{}{V3}/join/{room}", s.base))
+        .bearer_auth(&bob.token)
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn events_of_rooms_one_is_not_in_are_not_found_and_members_list_null_avatars() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    for preset in ["public_chat", "private_chat"] {
+        let room = create_room(&s, &alice, json!({"preset": preset})).await;
+        let event = send_text(&s, &alice, &room, "t1", "hi").await;
+        // Not 403: the answer must not tell a stranger which event IDs exist.
+        expect_error(
+            s.get(&format!("{V3}/rooms/{room}/event/{event}"), Some(&bob.token)).await,
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        );
+    }
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    let (status, _) = s
+        .put(
+            &format!("{V3}/profile/{}/avatar_url", alice.user_id),
+            Some(&alice.token),
+            json!({"avatar_url": "mxc://localhost/a"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s.get(&format!("{V3}/rooms/{room}/joined_members"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["joined"][&alice.user_id]["avatar_url"], "mxc://localhost/a", "{body}");
+    // A member without an avatar has the key, as `null`, as on Synapse.
+    let bob_entry = body["joined"][&bob.user_id].as_object().unwrap();
+    assert_eq!(bob_entry.get("avatar_url"), Some(&Value::Null), "{body}");
+    assert_eq!(bob_entry.get("display_name"), Some(&json!("bob")), "{body}");
+}
+
+#[tokio::test]
+async fn create_room_inviting_an_unknown_local_user_still_creates_the_room() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let (status, body) = post(
+        &s,
+        &alice,
+        "/createRoom",
+        json!({"preset": "private_chat", "invite": ["@nosuchuser:localhost", bob.user_id]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let room = body["room_id"].as_str().unwrap();
+    // The known invitee is invited; the unknown one left out.
+    assert_eq!(membership_of(&s, &alice, room, &bob.user_id).await.as_deref(), Some("invite"));
+    assert_eq!(membership_of(&s, &alice, room, "@nosuchuser:localhost").await, None);
+    // Users of other servers still cannot be invited while federation is off.
+    expect_error(
+        post(&s, &alice, "/createRoom", json!({"invite": ["@someone:other.example"]})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}
+
+#[tokio::test]
+async fn someone_who_never_set_a_presence_is_offline() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    for (reader, target) in [(&alice, &alice), (&bob, &alice)] {
+        let (status, body) =
+            s.get(&format!("{V3}/presence/{}/status", target.user_id), Some(&reader.token)).await;
+        assert_eq!((status, &body["presence"]), (StatusCode::OK, &json!("offline")), "{body}");
+    }
 }

@@ -20,7 +20,11 @@ pub async fn get_presence(
     {
         return Err(Error::forbidden("You do not share a room with this user"));
     }
-    let view = services.presence.get(target)?.ok_or_else(|| Error::not_found("Presence not found"))?;
+    let Some(view) = services.presence.get(target)? else {
+        // Someone who never set a presence (or any user, with presence switched off) is
+        // offline, as Synapse answers.
+        return Ok(get_presence::v3::Response::new(ruma::presence::PresenceState::Offline));
+    };
     let mut response = get_presence::v3::Response::new(view.state);
     response.status_msg = view.status_msg;
     response.currently_active = Some(view.currently_active);

@@ -2,6 +2,7 @@
 
 use ruma::{
     api::client::state::{get_state_event_for_key, get_state_events, send_state_event},
+    events::StateEventType,
     serde::Raw,
 };
 
@@ -52,6 +53,19 @@ pub async fn send_state_event(
     let content = json_body(body.body.json())?;
     if body.timestamp.is_some() {
         return Err(Error::forbidden("Only application services may set the timestamp"));
+    }
+    if body.event_type == StateEventType::RoomMember {
+        // A membership change goes through the membership flow its `membership` names,
+        // as on Synapse: joining by writing one's own member event works, and invites,
+        // kicks and bans get the same checks as through their endpoints.
+        let target = ruma::UserId::parse(&body.state_key).map_err(|e| {
+            Error::invalid_param(format!("The state key of a member event is a user ID: {e}"))
+        })?;
+        let event_id = services
+            .membership
+            .set_member_state(&req.identity.user_id, &body.room_id, &target, content)
+            .await?;
+        return Ok(send_state_event::v3::Response::new(event_id));
     }
     let event_id = services
         .room_actions

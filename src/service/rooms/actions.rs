@@ -145,9 +145,14 @@ impl RoomActions {
     }
 
     /// `GET /event/{eventId}`: the event, if the user may see it.
+    /// Someone who may not see the event (a non-member of a room that is not
+    /// world-readable included) gets the answer for an unknown event, as on Synapse, so the
+    /// answer does not tell which event IDs exist.
     pub fn event(&self, user_id: &UserId, room_id: &RoomId, event_id: &EventId) -> Result<Arc<StoredEvent>> {
-        self.ensure_can_peek(room_id, user_id)?;
         let not_found = || Error::not_found("Event not found");
+        if self.ensure_can_peek(room_id, user_id).is_err() {
+            return Err(not_found());
+        }
         let event = self.events.get(event_id)?.ok_or_else(not_found)?;
         if event.pdu.room_id != room_id || !self.visibility.may_see_event(user_id, &event)? {
             return Err(not_found());

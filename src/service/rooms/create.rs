@@ -200,7 +200,9 @@ impl RoomCreation {
         Ok(alias)
     }
 
-    /// Invitees must be local accounts (federation is off) and not the sender.
+    /// Invitees must be local accounts (federation is off) and not the sender. An invitee
+    /// with no account here is left out and logged, and the room is still created, as
+    /// Synapse does: one mistyped name must not cost the client the whole room.
     fn checked_invitees(&self, sender: &UserId, invite: &[OwnedUserId]) -> Result<Vec<OwnedUserId>> {
         let mut seen = HashSet::new();
         let mut invitees = Vec::new();
@@ -212,7 +214,8 @@ impl RoomCreation {
                 return Err(Error::forbidden(format!("Cannot invite {user}: federation is disabled")));
             }
             if !self.users.exists(user)? {
-                return Err(Error::not_found(format!("Unknown user {user}")));
+                tracing::warn!(%sender, invitee = %user, "createRoom: not inviting an unknown user");
+                continue;
             }
             invitees.push(user.clone());
         }

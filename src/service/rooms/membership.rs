@@ -15,7 +15,7 @@ use ruma::{
         },
     },
 };
-use serde_json::json;
+use serde_json::{Map as JsonMap, Value as JsonValue, json};
 
 use super::{
     aliases::Aliases,
@@ -23,6 +23,7 @@ use super::{
     timeline::{RoomLock, Timeline},
 };
 use crate::{Error, Result, matrix::pdu::EventTemplate, service::users::Users};
+use ruma::OwnedEventId;
 
 /// The `m.room.member` template for `user_id`, with their profile for joins and invites.
 pub fn member_template(
@@ -32,26 +33,55 @@ pub fn member_template(
     reason: Option<&str>,
     is_direct: bool,
 ) -> Result<EventTemplate> {
-    let mut content = json!({ "membership": membership });
-    let map = content.as_object_mut().expect("json! object literal");
+    member_template_with(users, user_id, membership, reason, is_direct, JsonMap::new())
+}
+
+/// As `member_template`, starting from content the client gave: its keys are kept (a display
+/// name or avatar for this room only, custom keys), as Synapse keeps them; the profile fills
+/// in only the display name and avatar the client left out. The membership, and the
+/// restricted-join authoriser (which only this server may choose), are never the client's.
+pub fn member_template_with(
+    users: &Users,
+    user_id: &UserId,
+    membership: &str,
+    reason: Option<&str>,
+    is_direct: bool,
+    mut content: JsonMap<String, JsonValue>,
+) -> Result<EventTemplate> {
+    content.insert("membership".to_owned(), membership.into());
+    content.remove(JOIN_AUTHORISER);
     if matches!(membership, "join" | "invite" | "knock") {
         if let Some(profile) = users.profile(user_id)? {
             if let Some(name) = profile.displayname {
-                map.insert("displayname".to_owned(), name.into());
+                content.entry("displayname").or_insert_with(|| name.into());
             }
             if let Some(url) = profile.avatar_url {
-                map.insert("avatar_url".to_owned(), url.as_str().into());
+                content.entry("avatar_url").or_insert_with(|| url.as_str().into());
             }
         }
     }
     if let Some(reason) = reason {
-        map.insert("reason".to_owned(), reason.into());
+        content.insert("reason".to_owned(), reason.into());
     }
     if is_direct {
-        map.insert("is_direct".to_owned(), true.into());
+        content.insert("is_direct".to_owned(), true.into());
     }
-    Ok(EventTemplate::state(TimelineEventType::RoomMember, user_id.as_str(), content))
+    Ok(EventTemplate::state(TimelineEventType::RoomMember, user_id.as_str(), JsonValue::Object(content)))
 }
+
+/// The key naming who authorised a join to a restricted room.
+const JOIN_AUTHORISER: &str = "join_authorised_via_users_server";
+
+/// One page of the rooms two users share.
+pub struct MutualRooms {
+    /// How many rooms they share in all.
+    pub count: u64,
+    pub rooms: Vec<OwnedRoomId>,
+    pub next_batch: Option<String>,
+}
+
+/// Rooms per page of `mutual_rooms`.
+const MUTUAL_ROOMS_PAGE: usize = 100;
 
 pub struct MembershipActions {
     server_name: OwnedServerName,
@@ -80,30 +110,78 @@ impl MembershipActions {
         }
     }
 
-    /// Join a room. Joining again is a no-op that answers the room ID.
+    /// Join a room. `content` is what the client gave for the member event beyond the
+    /// membership (kept, see `member_template_with`). Joining again with the same content is
+    /// a no-op; with other content (a new display name for this room) it is a new event, as
+    /// on Synapse. Answers the join event's ID.
     pub async fn join(
         &self,
         user_id: &UserId,
         room_id: &RoomId,
         reason: Option<&str>,
-    ) -> Result<OwnedRoomId> {
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             // The room is unknown here; joining it would need another server.
             return Err(Error::not_found("No known servers to join this room through"));
         }
         let membership = self.members.membership(room_id, user_id)?;
+        let mut template = member_template_with(&self.users, user_id, "join", reason, false, content)?;
         if membership == Some(MembershipState::Join) {
-            return Ok(room_id.to_owned());
-        }
-        let mut template = member_template(&self.users, user_id, "join", reason, false)?;
-        if membership != Some(MembershipState::Invite) {
+            let current =
+                self.timeline.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?;
+            if let Some(current) = current {
+                let mut current_content = current.pdu.content_value();
+                if let Some(map) = current_content.as_object_mut() {
+                    map.remove(JOIN_AUTHORISER);
+                }
+                if current_content == template.content {
+                    return Ok(current.pdu.event_id.clone());
+                }
+            }
+        } else if membership != Some(MembershipState::Invite) {
             if let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)? {
-                template.content["join_authorised_via_users_server"] = json!(authoriser);
+                template.content[JOIN_AUTHORISER] = json!(authoriser);
             }
         }
-        self.timeline.append(&lock, user_id, template, None)?;
-        Ok(room_id.to_owned())
+        Ok(self.timeline.append(&lock, user_id, template, None)?.pdu.event_id.clone())
+    }
+
+    /// `PUT /rooms/{roomId}/state/m.room.member/{userId}`: a membership change written as a
+    /// state event, taken through the same flow as the dedicated endpoint for its
+    /// `membership`, with the rest of `content` kept in the event (as Synapse does). Answers
+    /// the member event's ID.
+    pub async fn set_member_state(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        content: JsonValue,
+    ) -> Result<OwnedEventId> {
+        let JsonValue::Object(mut content) = content else {
+            return Err(Error::bad_json("Member event content must be an object"));
+        };
+        let membership = match content.remove("membership") {
+            Some(JsonValue::String(membership)) => membership,
+            _ => return Err(Error::bad_json("Member event content needs a membership string")),
+        };
+        let own = sender == target;
+        match membership.as_str() {
+            "join" if own => self.join(sender, room_id, None, content).await,
+            "knock" if own => self.knock_with(sender, room_id, None, content).await,
+            "join" | "knock" => {
+                Err(Error::forbidden(format!("Only {target} can {membership} for themselves")))
+            }
+            "invite" => self.invite_with(sender, room_id, target, None, content).await,
+            "leave" if own => self.leave_with(sender, room_id, None, content).await,
+            "leave" => match self.members.membership(room_id, target)? {
+                Some(MembershipState::Ban) => self.unban_with(sender, room_id, target, None, content).await,
+                _ => self.kick_with(sender, room_id, target, None, content).await,
+            },
+            "ban" => self.ban_with(sender, room_id, target, None, content).await,
+            other => Err(Error::bad_json(format!("Unknown membership {other:?}"))),
+        }
     }
 
     /// For a restricted room the user is not invited to: a local member who may invite, if
@@ -151,6 +229,17 @@ impl MembershipActions {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
+        self.invite_with(sender, room_id, target, reason, JsonMap::new()).await.map(drop)
+    }
+
+    async fn invite_with(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
         if target.server_name() != self.server_name {
             return Err(Error::forbidden(format!("Cannot invite {target}: federation is disabled")));
         }
@@ -166,21 +255,33 @@ impl MembershipActions {
             Some(MembershipState::Ban) => {
                 return Err(Error::forbidden(format!("{target} is banned from the room")));
             }
-            Some(MembershipState::Invite) => return Ok(()),
+            Some(MembershipState::Invite) => return self.current_member_event(room_id, target),
             _ => {}
         }
-        self.set_membership(&lock, sender, target, "invite", reason)
+        self.set_membership(&lock, sender, target, "invite", reason, content)
     }
 
     /// Leave a room, reject an invite or retract a knock.
     pub async fn leave(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
+        self.leave_with(user_id, room_id, reason, JsonMap::new()).await.map(drop)
+    }
+
+    async fn leave_with(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
         let lock = self.timeline.lock_room(room_id).await;
         match self.members.membership(room_id, user_id)? {
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
-            Some(MembershipState::Leave | MembershipState::Ban) => return Ok(()),
+            Some(MembershipState::Leave | MembershipState::Ban) => {
+                return self.current_member_event(room_id, user_id);
+            }
             _ => return Err(Error::forbidden(format!("{user_id} is not in room {room_id}"))),
         }
-        self.set_membership(&lock, user_id, user_id, "leave", reason)
+        self.set_membership(&lock, user_id, user_id, "leave", reason, content)
     }
 
     /// Kick `target` (who must be in the room, invited or knocking).
@@ -191,6 +292,17 @@ impl MembershipActions {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
+        self.kick_with(sender, room_id, target, reason, JsonMap::new()).await.map(drop)
+    }
+
+    async fn kick_with(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
         let lock = self.timeline.lock_room(room_id).await;
         self.ensure_joined(room_id, sender)?;
         if !matches!(
@@ -199,7 +311,7 @@ impl MembershipActions {
         ) {
             return Err(Error::forbidden(format!("{target} is not in the room")));
         }
-        self.set_membership(&lock, sender, target, "leave", reason)
+        self.set_membership(&lock, sender, target, "leave", reason, content)
     }
 
     /// Ban `target`, whether or not they are in the room.
@@ -210,9 +322,20 @@ impl MembershipActions {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
+        self.ban_with(sender, room_id, target, reason, JsonMap::new()).await.map(drop)
+    }
+
+    async fn ban_with(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
         let lock = self.timeline.lock_room(room_id).await;
         self.ensure_joined(room_id, sender)?;
-        self.set_membership(&lock, sender, target, "ban", reason)
+        self.set_membership(&lock, sender, target, "ban", reason, content)
     }
 
     /// Lift a ban; `target` must be banned.
@@ -223,16 +346,37 @@ impl MembershipActions {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
+        self.unban_with(sender, room_id, target, reason, JsonMap::new()).await.map(drop)
+    }
+
+    async fn unban_with(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
         let lock = self.timeline.lock_room(room_id).await;
         self.ensure_joined(room_id, sender)?;
         if self.members.membership(room_id, target)? != Some(MembershipState::Ban) {
             return Err(Error::forbidden(format!("{target} is not banned")));
         }
-        self.set_membership(&lock, sender, target, "leave", reason)
+        self.set_membership(&lock, sender, target, "leave", reason, content)
     }
 
     /// Ask to join a room whose join rule is `knock` or `knock_restricted`.
     pub async fn knock(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
+        self.knock_with(user_id, room_id, reason, JsonMap::new()).await.map(drop)
+    }
+
+    async fn knock_with(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        reason: Option<&str>,
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             return Err(Error::not_found("No known servers to knock on this room through"));
@@ -243,10 +387,37 @@ impl MembershipActions {
                 return Err(Error::forbidden("You are already invited to the room"));
             }
             Some(MembershipState::Ban) => return Err(Error::forbidden("You are banned from the room")),
-            Some(MembershipState::Knock) => return Ok(()),
+            Some(MembershipState::Knock) => return self.current_member_event(room_id, user_id),
             _ => {}
         }
-        self.set_membership(&lock, user_id, user_id, "knock", reason)
+        self.set_membership(&lock, user_id, user_id, "knock", reason, content)
+    }
+
+    /// The rooms `user_id` and `other` are both joined to, ordered by room ID, a page at a
+    /// time; `from` is the room ID a previous page ended after. Asking about oneself is
+    /// refused, as the spec says; an unknown user shares no room.
+    pub fn mutual_rooms(&self, user_id: &UserId, other: &UserId, from: Option<&str>) -> Result<MutualRooms> {
+        if user_id == other {
+            return Err(Error::invalid_param("You cannot ask which rooms you share with yourself"));
+        }
+        let after = from
+            .map(|token| RoomId::parse(token).map_err(|_| Error::invalid_param("Invalid pagination token")))
+            .transpose()?;
+        let theirs: std::collections::HashSet<OwnedRoomId> =
+            self.members.rooms_of_user(other, &MembershipState::Join)?.into_iter().collect();
+        let mut shared: Vec<OwnedRoomId> = self
+            .members
+            .rooms_of_user(user_id, &MembershipState::Join)?
+            .into_iter()
+            .filter(|room| theirs.contains(room))
+            .collect();
+        shared.sort();
+        let count = shared.len() as u64;
+        let start = after.map_or(0, |after| shared.partition_point(|room| *room <= after));
+        let rooms: Vec<OwnedRoomId> = shared.iter().skip(start).take(MUTUAL_ROOMS_PAGE).cloned().collect();
+        let next_batch =
+            (start + rooms.len() < shared.len()).then(|| rooms.last().map(ToString::to_string)).flatten();
+        Ok(MutualRooms { count, rooms, next_batch })
     }
 
     /// Forget a room the user has left: it stops appearing to them.
@@ -261,7 +432,6 @@ impl MembershipActions {
         }
     }
 
-    /// Append `target`'s member event with `membership`, sent by `sender`.
     /// Carry a changed profile into every room the user is joined to: a new member event
     /// with the current display name and avatar, as Synapse does, so members see the change.
     /// A room that refuses the event is skipped (logged), not a failure of the change.
@@ -300,6 +470,7 @@ impl MembershipActions {
         Ok(())
     }
 
+    /// Append `target`'s member event with `membership`, sent by `sender`.
     fn set_membership(
         &self,
         lock: &RoomLock,
@@ -307,10 +478,18 @@ impl MembershipActions {
         target: &UserId,
         membership: &str,
         reason: Option<&str>,
-    ) -> Result<()> {
-        let template = member_template(&self.users, target, membership, reason, false)?;
-        self.timeline.append(lock, sender, template, None)?;
-        Ok(())
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
+        let template = member_template_with(&self.users, target, membership, reason, false, content)?;
+        Ok(self.timeline.append(lock, sender, template, None)?.pdu.event_id.clone())
+    }
+
+    /// The ID of `user_id`'s member event, for a change that was already in place.
+    fn current_member_event(&self, room_id: &RoomId, user_id: &UserId) -> Result<OwnedEventId> {
+        self.timeline
+            .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
+            .map(|event| event.pdu.event_id.clone())
+            .ok_or_else(|| Error::internal(format!("membership of {user_id} without a member event")))
     }
 
     fn ensure_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
