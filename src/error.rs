@@ -19,6 +19,11 @@ pub enum Error {
     /// The path exists but not for this HTTP method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A path under a known family of endpoints that names none of them (a push rule path
+    /// with another scope or an unknown kind): 400 `M_UNRECOGNIZED`, as Synapse answers,
+    /// rather than the 404 of an unknown endpoint.
+    #[error("malformed path: {0}")]
+    MalformedPath(String),
     /// User-interactive authentication is needed or a stage failed; the body says what next.
     #[error("user-interactive authentication required")]
     Uiaa(Box<UiaaInfo>),

@@ -19,12 +19,13 @@ fn status_for(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::GuestAccessForbidden
         | ErrorKind::UserDeactivated
         | ErrorKind::ThreepidDenied
-        | ErrorKind::ServerNotTrusted
         | ErrorKind::WrongRoomKeysVersion(_) => StatusCode::FORBIDDEN,
         ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
             StatusCode::UNAUTHORIZED
         }
         ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
+        // `M_SERVER_NOT_TRUSTED` and the other third-party identifier errors are 400s in
+        // the spec (its request-token endpoints); `M_THREEPID_DENIED` alone is a 403.
         ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::CannotOverwriteMedia => StatusCode::CONFLICT,
@@ -77,6 +78,9 @@ impl IntoResponse for Error {
             Error::Matrix { kind, message } => standard(status_for(&kind), kind, &message),
             Error::MethodNotAllowed => {
                 standard(StatusCode::METHOD_NOT_ALLOWED, ErrorKind::Unrecognized, "Unrecognized request")
+            }
+            Error::MalformedPath(message) => {
+                standard(StatusCode::BAD_REQUEST, ErrorKind::Unrecognized, &message)
             }
             Error::Uiaa(info) => uiaa(&info),
             Error::Conflict(message) => standard(StatusCode::CONFLICT, ErrorKind::Unknown, &message),

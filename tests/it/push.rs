@@ -283,3 +283,91 @@ async fn pushers_are_stored() {
     let (_, got) = s.get(&format!("{V3}/pushers"), Some(&bob.token)).await;
     assert_eq!(got["pushers"], json!([]));
 }
+
+#[tokio::test]
+async fn room_rules_are_named_by_room_ids_and_listed_by_kind() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({"preset": "private_chat"})).await;
+    let encoded = crate::sync::urlencode(&room);
+    // The room ID percent-encoded (as clients send it) and raw (`!` and `:` are allowed).
+    for path in
+        [format!("{V3}/pushrules/global/room/{encoded}"), format!("{V3}/pushrules/global/room/{room}")]
+    {
+        let (status, body) = s.put(&path, Some(&alice.token), json!({"actions": ["dont_notify"]})).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let (status, rule) = s.get(&path, Some(&alice.token)).await;
+        assert_eq!(status, StatusCode::OK, "{rule}");
+        assert_eq!(rule["rule_id"], room.as_str());
+        assert_eq!(rule["actions"], json!(["dont_notify"]));
+    }
+    let (status, _) = s
+        .put(
+            &format!("{V3}/pushrules/global/room/{encoded}/enabled"),
+            Some(&alice.token),
+            json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The rules of one kind, as a list in priority order.
+    let (status, rooms) = s.get(&format!("{V3}/pushrules/global/room/"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{rooms}");
+    assert_eq!(
+        rooms,
+        json!([{"rule_id": room, "actions": ["dont_notify"], "default": false, "enabled": false}])
+    );
+    let (status, overrides) = s.get(&format!("{V3}/pushrules/global/override/"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(overrides[0]["rule_id"], ".m.rule.master", "{overrides}");
+    expect_error(
+        s.get(&format!("{V3}/pushrules/global/room/"), None).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+}
+
+#[tokio::test]
+async fn malformed_push_rule_paths_are_bad_requests() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let token = Some(alice.token.as_str());
+    for (method, path) in [
+        (Method::GET, "/pushrules/global"),
+        (Method::GET, "/pushrules/global/room"),
+        (Method::GET, "/pushrules/global/nokind/"),
+        (Method::GET, "/pushrules/notglobal/"),
+        (Method::GET, "/pushrules/notglobal/room/x"),
+        (Method::PUT, "/pushrules/global/room/x/notathing"),
+        (Method::GET, "/pushrules/global/room/x/y/z"),
+    ] {
+        let (status, body) = s.call(method.clone(), &format!("{V3}{path}"), token, Some(json!({}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        assert!(body["errcode"].is_string(), "{body}");
+    }
+    // An unknown kind under a rule ID is a bad request too.
+    let (status, body) = s.get(&format!("{V3}/pushrules/global/nokind/x"), token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn notifications_carry_a_profile_tag() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(
+        &s,
+        &alice,
+        json!({"preset": "private_chat", "is_direct": true, "invite": [bob.user_id]}),
+    )
+    .await;
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    send_text(&s, &alice, &room, "t1", "hello bob").await;
+    let (status, body) = s.get(&format!("{V3}/notifications"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let entries = body["notifications"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{body}");
+    for entry in entries {
+        assert_eq!(entry.as_object().unwrap().get("profile_tag"), Some(&Value::Null), "{entry}");
+    }
+}

@@ -7,14 +7,22 @@ use ruma::{
         get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule,
         set_pushrule_actions, set_pushrule_enabled,
     },
-    push::RemovePushRuleError,
+    push::{RemovePushRuleError, RuleKind},
     serde::Raw,
+};
+
+use axum::{
+    Json,
+    extract::{Path, State},
 };
 
 use super::parse_stream_token;
 use crate::{
     Error, Result,
-    api::{AppState, ruma::Ruma},
+    api::{
+        AppState,
+        ruma::{Authenticated, Ruma},
+    },
     service::rooms::render::{Rendering, Shape, Viewer},
 };
 
@@ -24,6 +32,16 @@ const MAX_NOTIFICATIONS: usize = 100;
 
 fn not_found() -> Error {
     Error::not_found("Push rule not found")
+}
+
+/// A kind outside the spec's five is a malformed path (400, as Synapse), not a missing rule.
+fn known(kind: &RuleKind) -> Result<()> {
+    match kind {
+        RuleKind::Override | RuleKind::Underride | RuleKind::Sender | RuleKind::Room | RuleKind::Content => {
+            Ok(())
+        }
+        other => Err(Error::MalformedPath(format!("Unknown push rule kind {:?}", other.as_str()))),
+    }
 }
 
 /// `GET /_matrix/client/v3/pushrules/`
@@ -44,12 +62,41 @@ pub async fn get_pushrules_global_scope(
     Ok(get_pushrules_global_scope::v3::Response::new((*ruleset).clone()))
 }
 
+/// `GET /_matrix/client/v3/pushrules/global/{kind}/`: the rules of one kind, highest
+/// priority first. Not in ruma (the spec describes the whole set and single rules); Synapse
+/// answers it, and clients and scripts use it.
+pub async fn get_pushrules_of_kind(
+    State(services): State<AppState>,
+    Path(kind): Path<String>,
+    caller: Authenticated,
+) -> Result<Json<serde_json::Value>> {
+    let ruleset = services.notifications.ruleset(&caller.identity.user_id)?;
+    let key = match kind.as_str() {
+        "override" => "override",
+        "content" => "content",
+        "room" => "room",
+        "sender" => "sender",
+        "underride" => "underride",
+        _ => return Err(Error::MalformedPath(format!("Unknown push rule kind {kind:?}"))),
+    };
+    let mut all = serde_json::to_value(&*ruleset).map_err(|e| Error::internal(format!("push rules: {e}")))?;
+    Ok(Json(all.get_mut(key).map(serde_json::Value::take).unwrap_or_else(|| serde_json::json!([]))))
+}
+
+/// Any other path under `/pushrules/` (another scope, an unknown kind, a missing trailing
+/// slash, an unknown rule attribute): a malformed request, answered 400 `M_UNRECOGNIZED` as
+/// Synapse does, rather than the 404 of an unknown endpoint.
+pub async fn malformed_pushrule_path() -> Error {
+    Error::MalformedPath("Unrecognized push rule request".to_owned())
+}
+
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 pub async fn get_pushrule(
     services: AppState,
     req: Ruma<get_pushrule::v3::Request>,
 ) -> Result<get_pushrule::v3::Response> {
     let ruleset = services.notifications.ruleset(&req.identity.user_id)?;
+    known(&req.body.kind)?;
     let rule = ruleset.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
     Ok(get_pushrule::v3::Response::new(rule.into()))
 }
@@ -76,6 +123,7 @@ pub async fn delete_pushrule(
     req: Ruma<delete_pushrule::v3::Request>,
 ) -> Result<delete_pushrule::v3::Response> {
     let body = req.body;
+    known(&body.kind)?;
     services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
         ruleset.remove(body.kind, &body.rule_id).map_err(|e| match e {
             RemovePushRuleError::ServerDefault => {
@@ -93,6 +141,7 @@ pub async fn get_pushrule_enabled(
     req: Ruma<get_pushrule_enabled::v3::Request>,
 ) -> Result<get_pushrule_enabled::v3::Response> {
     let ruleset = services.notifications.ruleset(&req.identity.user_id)?;
+    known(&req.body.kind)?;
     let rule = ruleset.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
     Ok(get_pushrule_enabled::v3::Response::new(rule.enabled()))
 }
@@ -103,6 +152,7 @@ pub async fn set_pushrule_enabled(
     req: Ruma<set_pushrule_enabled::v3::Request>,
 ) -> Result<set_pushrule_enabled::v3::Response> {
     let body = req.body;
+    known(&body.kind)?;
     services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
         ruleset.set_enabled(body.kind, &body.rule_id, body.enabled).map_err(|_| not_found())
     })?;
@@ -115,6 +165,7 @@ pub async fn get_pushrule_actions(
     req: Ruma<get_pushrule_actions::v3::Request>,
 ) -> Result<get_pushrule_actions::v3::Response> {
     let ruleset = services.notifications.ruleset(&req.identity.user_id)?;
+    known(&req.body.kind)?;
     let rule = ruleset.get(req.body.kind.clone(), &req.body.rule_id).ok_or_else(not_found)?;
     Ok(get_pushrule_actions::v3::Response::new(rule.actions().to_vec()))
 }
@@ -125,6 +176,7 @@ pub async fn set_pushrule_actions(
     req: Ruma<set_pushrule_actions::v3::Request>,
 ) -> Result<set_pushrule_actions::v3::Response> {
     let body = req.body;
+    known(&body.kind)?;
     services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
         ruleset.set_actions(body.kind, &body.rule_id, body.actions).map_err(|_| not_found())
     })?;
@@ -212,4 +264,15 @@ pub async fn get_notifications(
     let mut response = get_notifications::v3::Response::new(notifications);
     response.next_token = next.map(|n| format!("s{n}"));
     Ok(response)
+}
+
+/// `/notifications` entries carry `profile_tag` even when there is none (`null`), as Synapse
+/// sends them; ruma leaves the key out.
+pub fn fill_notifications(json: &mut serde_json::Value) {
+    let Some(entries) = json.get_mut("notifications").and_then(serde_json::Value::as_array_mut) else {
+        return;
+    };
+    for entry in entries.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+        entry.entry("profile_tag").or_insert(serde_json::Value::Null);
+    }
 }
