@@ -1,6 +1,7 @@
 //! The HTTP edge, and the only code that knows axum: the router with every route, the tower
 //! layers around it, the request extractor and the error mapping.
 
+pub mod admin;
 pub mod client;
 pub mod content;
 pub mod error;
@@ -15,7 +16,7 @@ use axum::{
     handler::Handler,
     http::{HeaderName, Method, Request, header},
     response::{IntoResponse, Response},
-    routing::{MethodFilter, get, on},
+    routing::{MethodFilter, any, get, on},
 };
 use tower::ServiceBuilder;
 use tower_http::{
@@ -132,15 +133,15 @@ pub fn router(services: AppState) -> Router {
     use client::{
         account, alias, authenticated_media, config, context, dehydrated_device, device, directory,
         discovery, keys, knock, media, membership, message, presence, profile, push, read_marker, receipt,
-        redact, relations, reporting, room, search, session, space, state, sync, tag, threads, to_device,
-        typing, user_directory,
+        redact, relations, reporting, room, search, session, space, state, sync, tag, thirdparty, threads,
+        to_device, typing, user_directory, voip,
     };
 
     Router::new()
         // Discovery
         .ruma_route(discovery::get_supported_versions)
         .ruma_route(discovery::discover_homeserver)
-        .ruma_route(discovery::get_capabilities)
+        .ruma_route_filled(discovery::get_capabilities, discovery::fill_capabilities)
         .route("/.well-known/matrix/server", get(discovery::well_known_server))
         // Accounts
         .ruma_route(account::register)
@@ -149,6 +150,18 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(account::whoami)
         .ruma_route(account::change_password)
         .ruma_route(account::deactivate)
+        // Third-party identifiers: none are supported (see `service::threepids`)
+        .ruma_route_filled(account::get_3pids, account::fill_3pids)
+        .ruma_route(account::add_3pid)
+        .ruma_route(account::bind_3pid)
+        .ruma_route(account::delete_3pid)
+        .ruma_route(account::unbind_3pid)
+        .ruma_route(account::request_3pid_management_token_via_email)
+        .ruma_route(account::request_3pid_management_token_via_msisdn)
+        .ruma_route(account::request_registration_token_via_email)
+        .ruma_route(account::request_registration_token_via_msisdn)
+        .ruma_route(account::request_password_change_token_via_email)
+        .ruma_route(account::request_password_change_token_via_msisdn)
         // Sessions
         .ruma_route(session::get_login_types)
         .ruma_route(session::login)
@@ -175,6 +188,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(room::report_room)
         .ruma_route(room::upgrade_room)
         .ruma_route(space::get_hierarchy)
+        .ruma_route_filled(room::get_summary, room::fill_summary)
         .ruma_route(reporting::report_user)
         // Membership
         .ruma_route(membership::join_room_by_id)
@@ -187,7 +201,9 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(membership::unban_user)
         .ruma_route(membership::joined_rooms)
         .ruma_route(membership::get_member_events)
-        .ruma_route(membership::joined_members)
+        .ruma_route_filled(membership::joined_members, membership::fill_joined_members)
+        .ruma_route(membership::get_mutual_rooms)
+        .ruma_route(membership::get_mutual_rooms_unstable)
         .ruma_route(knock::knock_room)
         // State and messages
         .ruma_route(state::get_state_events)
@@ -243,7 +259,11 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(push::set_pushrule_actions)
         .ruma_route(push::get_pushers)
         .ruma_route(push::set_pusher)
-        .ruma_route(push::get_notifications)
+        .ruma_route_filled(push::get_notifications, push::fill_notifications)
+        .route("/_matrix/client/v3/pushrules/global/{kind}/", get(push::get_pushrules_of_kind))
+        .route("/_matrix/client/r0/pushrules/global/{kind}/", get(push::get_pushrules_of_kind))
+        .route("/_matrix/client/v3/pushrules/{*rest}", any(push::malformed_pushrule_path))
+        .route("/_matrix/client/r0/pushrules/{*rest}", any(push::malformed_pushrule_path))
         // Server-side key backups
         .ruma_route(backup::create_backup_version)
         .ruma_route(backup::get_latest_backup_info)
@@ -259,6 +279,16 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(backup::delete_backup_keys)
         .ruma_route(backup::delete_backup_keys_for_room)
         .ruma_route(backup::delete_backup_keys_for_session)
+        // Third-party networks and VoIP
+        .ruma_route(thirdparty::get_protocols)
+        .ruma_route(thirdparty::get_protocol)
+        .ruma_route(thirdparty::get_location_for_protocol)
+        .ruma_route(thirdparty::get_location_for_room_alias)
+        .ruma_route(thirdparty::get_user_for_protocol)
+        .ruma_route(thirdparty::get_user_for_user_id)
+        .endpoint_route::<::ruma::api::client::voip::get_turn_server_info::v3::Request, _, _>(
+            voip::get_turn_server_info,
+        )
         // Aliases and the directory
         .ruma_route(alias::create_alias)
         .ruma_route(alias::get_alias)
@@ -289,6 +319,11 @@ pub fn router(services: AppState) -> Router {
             authenticated_media::get_content_thumbnail,
         )
         .ruma_route(authenticated_media::get_media_preview)
+        // Synapse's admin API (admins only)
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/admin",
+            get(admin::users::get_admin).put(admin::users::set_admin),
+        )
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

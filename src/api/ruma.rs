@@ -9,7 +9,7 @@ use axum::{
     http::{Method, Request, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ruma::api::{
     IncomingRequest, IncomingRequestExt as _, OutgoingResponse, OutgoingResponseExt as _,
     auth_scheme::{
@@ -33,6 +33,9 @@ where
     pub identity: <T::Authentication as Identify>::Identity,
     /// The peer address the request came from.
     pub client_ip: String,
+    /// The JSON body as received, for the few endpoints whose clients send keys ruma's
+    /// request type does not keep (Synapse keeps extra content given to `/join`).
+    pub raw_body: Bytes,
 }
 
 /// What each auth scheme proves about the caller, as a type handlers can rely on.
@@ -152,16 +155,14 @@ where
         // An empty POST/PUT body reads as `{}`: clients send none where every field is
         // optional (matrix-nio's join), and Synapse accepts that. Endpoints with required
         // fields still answer M_BAD_JSON for the missing field.
-        let empty_object: &[u8] = b"{}";
-        let body_bytes = if bytes.is_empty() && (parts.method == Method::POST || parts.method == Method::PUT)
-        {
-            empty_object
+        let raw_body = if bytes.is_empty() && (parts.method == Method::POST || parts.method == Method::PUT) {
+            Bytes::from_static(b"{}")
         } else {
-            bytes.as_ref()
+            bytes
         };
         let (body, identity) =
-            authenticate_and_parse::<T>(services, parts, body_bytes, &path_args, &client_ip)?;
-        Ok(Self { body, identity, client_ip })
+            authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &client_ip)?;
+        Ok(Self { body, identity, client_ip, raw_body })
     }
 }
 
@@ -192,6 +193,32 @@ where
         let (path_args, client_ip) = path_args_and_ip(&mut parts).await;
         let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &client_ip)?;
         Ok(Self { head, identity, declared_length, body })
+    }
+}
+
+/// The caller of an endpoint ruma has no type for (Synapse's admin API, the push rules of
+/// one kind), authenticated by access token exactly as `Ruma<T>` authenticates endpoints
+/// declaring `AccessToken`: the same token places (header or `access_token` query), the
+/// same identity, the same last-seen record.
+pub struct Authenticated {
+    pub identity: DeviceIdentity,
+    /// The peer address the request came from.
+    pub client_ip: String,
+}
+
+impl FromRequestParts<Arc<Services>> for Authenticated {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, services: &Arc<Services>) -> Result<Self> {
+        let (_, client_ip) = path_args_and_ip(parts).await;
+        // ruma reads the token from the head alone; the body stays with the handler.
+        let mut head = Request::new(());
+        *head.method_mut() = parts.method.clone();
+        *head.uri_mut() = parts.uri.clone();
+        *head.headers_mut() = parts.headers.clone();
+        let token = <AccessToken as AuthScheme>::extract_authentication(&head);
+        let identity = <AccessToken as Identify>::identify(services, token, &client_ip)?;
+        Ok(Self { identity, client_ip })
     }
 }
 

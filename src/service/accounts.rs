@@ -241,6 +241,32 @@ impl Accounts {
         Err(Error::internal("could not generate a free user ID"))
     }
 
+    /// Whether `user_id` is a live server admin.
+    pub fn is_admin(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.users.get(user_id)?.is_some_and(|record| record.admin && !record.deactivated))
+    }
+
+    /// The admin flag of a local account (the admin API's view; the caller checked that
+    /// the requester is an admin).
+    pub fn admin_flag(&self, user_id: &UserId) -> Result<bool> {
+        if user_id.server_name() != self.config.server_name {
+            return Err(Error::invalid_param("Only local users can be admins of this server"));
+        }
+        Ok(self.users.get(user_id)?.ok_or_else(|| Error::not_found("User not found"))?.admin)
+    }
+
+    /// Grant or revoke the admin flag of a local account. An admin cannot revoke their own
+    /// flag, so a server cannot lose its last admin by a slip (as Synapse refuses it).
+    pub fn set_admin(&self, actor: &UserId, user_id: &UserId, admin: bool) -> Result<()> {
+        if user_id.server_name() != self.config.server_name {
+            return Err(Error::invalid_param("Only local users can be admins of this server"));
+        }
+        if actor == user_id && !admin {
+            return Err(Error::invalid_param("You may not demote yourself"));
+        }
+        self.write_locked(|_, batch| self.users.set_admin_in(batch, user_id, admin))
+    }
+
     /// Create an account from the command line, bypassing registration policy.
     pub async fn create_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
         check_password_len(password)?;

@@ -17,6 +17,7 @@ pub mod rooms;
 pub mod server_keys;
 pub mod stream;
 pub mod sync;
+pub mod threepids;
 pub mod to_device;
 pub mod uiaa;
 pub mod user_directory;
@@ -69,6 +70,7 @@ pub struct Services {
     pub key_backup: Arc<key_backup::KeyBackup>,
     pub media: Arc<media::Media>,
     pub url_previews: Arc<media::preview::UrlPreviews>,
+    pub threepids: Arc<threepids::ThirdPartyIds>,
     store: Arc<dyn KvStore>,
 }
 
@@ -252,7 +254,6 @@ impl Services {
             Arc::clone(&room_states),
             Arc::clone(&events),
             Arc::clone(&visibility),
-            Arc::clone(&directory),
         ));
         Ok(Self {
             config,
@@ -292,6 +293,7 @@ impl Services {
             key_backup,
             media,
             url_previews,
+            threepids: Arc::new(threepids::ThirdPartyIds::new()),
             store,
         })
     }

@@ -85,6 +85,13 @@ impl Users {
         self.users.put(batch, &user_id.to_owned(), &record).map_err(Error::from)
     }
 
+    /// Queue a change of the admin flag. Fails if the account does not exist.
+    pub fn set_admin_in(&self, batch: &mut WriteBatch, user_id: &UserId, admin: bool) -> Result<()> {
+        let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("User not found"))?;
+        record.admin = admin;
+        self.users.put(batch, &user_id.to_owned(), &record).map_err(Error::from)
+    }
+
     /// Queue deactivation: the password is dropped and the record kept so the name stays taken.
     /// With `erase`, the profile is cleared too.
     pub fn deactivate_in(&self, batch: &mut WriteBatch, user_id: &UserId, erase: bool) -> Result<()> {

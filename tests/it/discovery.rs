@@ -11,9 +11,20 @@ async fn versions_lists_implemented_spec_versions_without_auth() {
     assert_eq!(status, StatusCode::OK);
     let versions: Vec<&str> =
         body["versions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert!(versions.contains(&"v1.1") && versions.contains(&"v1.3"), "{versions:?}");
-    // Authenticated media is there before v1.11 is: clients look for this flag.
-    assert_eq!(body["unstable_features"]["org.matrix.msc3916.stable"], true, "{body}");
+    for version in ["v1.1", "v1.3", "v1.4", "v1.11", "v1.15"] {
+        assert!(versions.contains(&version), "{version} missing: {versions:?}");
+    }
+    // Element offers cross-signing, verification and key backup only when it sees this flag;
+    // clients probe the others too before they use the features.
+    for flag in [
+        "org.matrix.e2e_cross_signing",
+        "org.matrix.msc3916.stable",
+        "org.matrix.msc3440.stable",
+        "org.matrix.msc2285.stable",
+        "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    ] {
+        assert_eq!(body["unstable_features"][flag], true, "{flag}: {body}");
+    }
     // A token that is present must be valid.
     expect_error(
         s.get("/_matrix/client/versions", Some("nope")).await,
@@ -53,7 +64,8 @@ async fn capabilities_need_a_token_and_describe_the_server() {
     let (status, body) = s.get("/_matrix/client/v3/capabilities", Some(&alice.token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let caps = &body["capabilities"];
-    // Absent means the spec default (enabled); present must say enabled.
-    assert!(caps.get("m.change_password").is_none_or(|c| c["enabled"] == true), "{caps}");
+    // Spelled out, though enabled is the default: Element reads it there.
+    assert_eq!(caps["m.change_password"]["enabled"], true, "{caps}");
     assert_eq!(caps["m.3pid_changes"]["enabled"], false);
+    assert_eq!(caps["m.room_versions"]["default"], "12", "{caps}");
 }

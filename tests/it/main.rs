@@ -23,6 +23,7 @@ mod rooms;
 mod sdk;
 mod search;
 mod session;
+mod settings;
 mod sync;
 mod timeline;
 mod upgrade;

@@ -1,14 +1,18 @@
 //! Accounts: registration, availability, whoami, password change, deactivation.
 
 use ruma::api::client::account::{
-    change_password, check_registration_token_validity, deactivate, get_username_availability, register,
-    whoami,
+    ThirdPartyIdRemovalStatus, add_3pid, bind_3pid, change_password, check_registration_token_validity,
+    deactivate, delete_3pid, get_3pids, get_username_availability, register,
+    request_3pid_management_token_via_email, request_3pid_management_token_via_msisdn,
+    request_password_change_token_via_email, request_password_change_token_via_msisdn,
+    request_registration_token_via_email, request_registration_token_via_msisdn, unbind_3pid, whoami,
 };
 
 use super::required;
 use crate::{
     Result,
     api::{AppState, ruma::Ruma},
+    service::threepids::{Medium, TokenPurpose},
 };
 
 /// `POST /_matrix/client/v3/register`
@@ -60,4 +64,108 @@ pub async fn deactivate(
 ) -> Result<deactivate::v3::Response> {
     let who = required(req.identity)?;
     services.accounts.deactivate(&who, req.body).await
+}
+
+/// `GET /_matrix/client/v3/account/3pid`
+pub async fn get_3pids(
+    services: AppState,
+    req: Ruma<get_3pids::v3::Request>,
+) -> Result<get_3pids::v3::Response> {
+    Ok(get_3pids::v3::Response::new(services.threepids.list(&req.identity.user_id)?))
+}
+
+/// `/account/3pid` always carries its list, empty too (ruma leaves an empty one out); Element
+/// reads it without checking.
+pub fn fill_3pids(json: &mut serde_json::Value) {
+    if let Some(object) = json.as_object_mut() {
+        object.entry("threepids").or_insert_with(|| serde_json::json!([]));
+    }
+}
+
+/// `POST /_matrix/client/v3/account/3pid/add`
+pub async fn add_3pid(
+    services: AppState,
+    req: Ruma<add_3pid::v3::Request>,
+) -> Result<add_3pid::v3::Response> {
+    services.threepids.add(&req.identity.user_id)?;
+    Ok(add_3pid::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/account/3pid/bind`
+pub async fn bind_3pid(
+    services: AppState,
+    req: Ruma<bind_3pid::v3::Request>,
+) -> Result<bind_3pid::v3::Response> {
+    services.threepids.bind(&req.identity.user_id)?;
+    Ok(bind_3pid::v3::Response::new())
+}
+
+fn removal_status(unbound: bool) -> ThirdPartyIdRemovalStatus {
+    if unbound { ThirdPartyIdRemovalStatus::Success } else { ThirdPartyIdRemovalStatus::NoSupport }
+}
+
+/// `POST /_matrix/client/v3/account/3pid/delete`
+pub async fn delete_3pid(
+    services: AppState,
+    req: Ruma<delete_3pid::v3::Request>,
+) -> Result<delete_3pid::v3::Response> {
+    let unbound = services.threepids.remove(&req.identity.user_id)?;
+    Ok(delete_3pid::v3::Response::new(removal_status(unbound)))
+}
+
+/// `POST /_matrix/client/v3/account/3pid/unbind`
+pub async fn unbind_3pid(
+    services: AppState,
+    req: Ruma<unbind_3pid::v3::Request>,
+) -> Result<unbind_3pid::v3::Response> {
+    let unbound = services.threepids.remove(&req.identity.user_id)?;
+    Ok(unbind_3pid::v3::Response::new(removal_status(unbound)))
+}
+
+/// `POST /_matrix/client/v3/account/3pid/email/requestToken`
+pub async fn request_3pid_management_token_via_email(
+    services: AppState,
+    _: Ruma<request_3pid_management_token_via_email::v3::Request>,
+) -> Result<request_3pid_management_token_via_email::v3::Response> {
+    match services.threepids.request_token(Medium::Email, TokenPurpose::AddToAccount)? {}
+}
+
+/// `POST /_matrix/client/v3/account/3pid/msisdn/requestToken`
+pub async fn request_3pid_management_token_via_msisdn(
+    services: AppState,
+    _: Ruma<request_3pid_management_token_via_msisdn::v3::Request>,
+) -> Result<request_3pid_management_token_via_msisdn::v3::Response> {
+    match services.threepids.request_token(Medium::PhoneNumber, TokenPurpose::AddToAccount)? {}
+}
+
+/// `POST /_matrix/client/v3/register/email/requestToken`
+pub async fn request_registration_token_via_email(
+    services: AppState,
+    _: Ruma<request_registration_token_via_email::v3::Request>,
+) -> Result<request_registration_token_via_email::v3::Response> {
+    match services.threepids.request_token(Medium::Email, TokenPurpose::Registration)? {}
+}
+
+/// `POST /_matrix/client/v3/register/msisdn/requestToken`
+pub async fn request_registration_token_via_msisdn(
+    services: AppState,
+    _: Ruma<request_registration_token_via_msisdn::v3::Request>,
+) -> Result<request_registration_token_via_msisdn::v3::Response> {
+    match services.threepids.request_token(Medium::PhoneNumber, TokenPurpose::Registration)? {}
+}
+
+/// `POST /_matrix/client/v3/account/password/email/requestToken`
+pub async fn request_password_change_token_via_email(
+    services: AppState,
+    _: Ruma<request_password_change_token_via_email::v3::Request>,
+) -> Result<request_password_change_token_via_email::v3::Response> {
+    match services.threepids.request_token(Medium::Email, TokenPurpose::PasswordReset)? {}
+}
+
+/// `POST /_matrix/client/v3/account/password/msisdn/requestToken`
+pub async fn request_password_change_token_via_msisdn(
+    services: AppState,
+    _: Ruma<request_password_change_token_via_msisdn::v3::Request>,
+) -> Result<request_password_change_token_via_msisdn::v3::Response> {
+    match services.threepids.request_token(Medium::PhoneNumber, TokenPurpose::PasswordReset)? {}
 }

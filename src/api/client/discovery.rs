@@ -21,16 +21,44 @@ use crate::{
 };
 
 /// Spec versions advertised. A version is listed once every endpoint it adds or changes in
-/// the areas this server implements exists here: v1.1 (the `v3` paths), v1.2 (registration
-/// token validity), v1.3 (refresh tokens). Later versions are added as the features they
-/// require land (see docs/features.md).
-pub const SUPPORTED_VERSIONS: &[&str] = &["r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3"];
+/// the areas this server implements exists here (optional modules a server may leave out,
+/// such as third-party identifiers, SSO, OAuth 2.0 and `login/get_token`, answer as the spec
+/// says a server without them does):
+/// - v1.1 the `v3` paths; v1.2 registration token validity; v1.3 refresh tokens;
+/// - v1.4 threads, edits, private and threaded receipts; v1.5 references;
+/// - v1.6 `/timestamp_to_event`; v1.7 asynchronous uploads, reactions, mentions;
+/// - v1.8 room version 11; v1.9 `suppress_edits`; v1.10 recursive `/relations`;
+/// - v1.11 authenticated media, cross-signing keys first uploaded without UIA;
+/// - v1.12 `via` on joins, marked-unread account data; v1.13 room reports and the
+///   request-token error codes; v1.14 user reports; v1.15 `/room_summary`.
+pub const SUPPORTED_VERSIONS: &[&str] = &[
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9",
+    "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15",
+];
 
-/// Features from later spec versions this server has, advertised the way clients look for
-/// them before the whole version is listed: authenticated media (MSC3916, Matrix 1.11), which
-/// matrix-rust-sdk (and Element Web) use only when they see it here — without it they fall
-/// back to the legacy media endpoints, which do not serve media uploaded during the freeze.
-pub const UNSTABLE_FEATURES: &[&str] = &["org.matrix.msc3916.stable"];
+/// Features advertised the way clients look for them: each works here. Element reads
+/// `org.matrix.e2e_cross_signing` before it offers cross-signing, verification and key backup
+/// at all; the others are features of the versions above that clients still probe by flag.
+pub const UNSTABLE_FEATURES: &[&str] = &[
+    // Cross-signing keys and signatures (`/keys/device_signing/upload`, `/keys/signatures/upload`).
+    "org.matrix.e2e_cross_signing",
+    // Authenticated media (Matrix 1.11): without it matrix-rust-sdk and Element fall back to
+    // the legacy endpoints, which do not serve media uploaded during the freeze.
+    "org.matrix.msc3916.stable",
+    // Private read receipts.
+    "org.matrix.msc2285.stable",
+    // Threads and threaded receipts.
+    "org.matrix.msc3440.stable",
+    "org.matrix.msc3771",
+    // `room_types` on `/publicRooms`.
+    "org.matrix.msc3827.stable",
+    // `recurse` on `/relations`.
+    "org.matrix.msc3981",
+    // Alias semantics: `/rooms/{roomId}/aliases` and checked canonical aliases.
+    "org.matrix.msc2432",
+    // Rooms shared with another user.
+    "uk.half-shot.msc2666.query_mutual_rooms.stable",
+];
 
 /// `GET /_matrix/client/versions`
 pub async fn get_supported_versions(
@@ -86,4 +114,12 @@ pub async fn get_capabilities(
     capabilities.room_versions =
         RoomVersionsCapability::new(services.config.default_room_version.clone(), available);
     Ok(get_capabilities::v3::Response::new(capabilities))
+}
+
+/// `/capabilities` spells out `m.change_password` even when enabled (ruma leaves a default
+/// capability out): Element and the spec's examples read it there.
+pub fn fill_capabilities(json: &mut serde_json::Value) {
+    if let Some(capabilities) = json.get_mut("capabilities").and_then(serde_json::Value::as_object_mut) {
+        capabilities.entry("m.change_password").or_insert_with(|| serde_json::json!({ "enabled": true }));
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use ruma::{
     api::client::membership::{
-        Invite3pid, ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+        Invite3pid, ban_user, forget_room, get_member_events, get_mutual_rooms, invite_user, join_room_by_id,
         join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
     serde::Raw,
@@ -22,20 +22,25 @@ pub async fn join_room_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response> {
     let body = req.body;
-    let room_id =
-        services.membership.join(&req.identity.user_id, &body.room_id, body.reason.as_deref()).await?;
-    Ok(join_room_by_id::v3::Response::new(room_id))
+    let user_id = &req.identity.user_id;
+    services.membership.join(user_id, &body.room_id, body.reason.as_deref(), Default::default()).await?;
+    Ok(join_room_by_id::v3::Response::new(body.room_id))
 }
 
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`. `via` names servers to join through,
-/// which only matters with federation.
+/// which only matters with federation. The body's other keys (a display name for this room,
+/// custom keys) go into the member event, as on Synapse.
 pub async fn join_room_by_id_or_alias(
     services: AppState,
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
+    let mut content: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&req.raw_body)
+        .map_err(|e| Error::bad_json(format!("The body must be a JSON object: {e}")))?;
+    // Not member content: the signed third-party invite is checked, not stored.
+    content.remove("third_party_signed");
     let body = req.body;
     let room_id = services.membership.resolve(&body.room_id_or_alias)?;
-    let room_id = services.membership.join(&req.identity.user_id, &room_id, body.reason.as_deref()).await?;
+    services.membership.join(&req.identity.user_id, &room_id, body.reason.as_deref(), content).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -160,4 +165,43 @@ pub async fn joined_members(
         joined.insert(member.user_id, entry);
     }
     Ok(joined_members::v3::Response::new(joined))
+}
+
+/// `joined_members` spells out a member without a display name or avatar as `null`, as
+/// Synapse does (ruma leaves the keys out); clients index both keys without checking.
+pub fn fill_joined_members(json: &mut serde_json::Value) {
+    let Some(joined) = json.get_mut("joined").and_then(serde_json::Value::as_object_mut) else { return };
+    for member in joined.values_mut().filter_map(serde_json::Value::as_object_mut) {
+        for key in ["display_name", "avatar_url"] {
+            member.entry(key).or_insert(serde_json::Value::Null);
+        }
+    }
+}
+
+/// `GET /_matrix/client/v1/mutual_rooms` (and MSC2666's unstable path): the rooms the
+/// requester and `user_id` are both joined to, a page at a time.
+pub async fn get_mutual_rooms(
+    services: AppState,
+    req: Ruma<get_mutual_rooms::v1::Request>,
+) -> Result<get_mutual_rooms::v1::Response> {
+    let body = req.body;
+    let page =
+        services.membership.mutual_rooms(&req.identity.user_id, &body.user_id, body.from.as_deref())?;
+    let mut response =
+        get_mutual_rooms::v1::Response::new(ruma::UInt::new_saturating(page.count), page.rooms);
+    response.next_batch = page.next_batch;
+    Ok(response)
+}
+
+/// `GET /_matrix/client/unstable/uk.half-shot.msc2666/user/mutual_rooms`
+pub async fn get_mutual_rooms_unstable(
+    services: AppState,
+    req: Ruma<get_mutual_rooms::unstable::Request>,
+) -> Result<get_mutual_rooms::unstable::Response> {
+    let body = req.body;
+    let page =
+        services.membership.mutual_rooms(&req.identity.user_id, &body.user_id, body.from.as_deref())?;
+    let mut response = get_mutual_rooms::unstable::Response::new(page.rooms);
+    response.next_batch = page.next_batch;
+    Ok(response)
 }

@@ -31,10 +31,12 @@ pub mod space;
 pub mod state;
 pub mod sync;
 pub mod tag;
+pub mod thirdparty;
 pub mod threads;
 pub mod to_device;
 pub mod typing;
 pub mod user_directory;
+pub mod voip;
 
 use serde_json::value::RawValue as RawJsonValue;
 

@@ -5,8 +5,8 @@ use ruma::{
     api::{
         Direction as ApiDirection,
         client::room::{
-            aliases, create_room, get_event_by_timestamp, get_room_event, report_content, report_room,
-            upgrade_room,
+            aliases, create_room, get_event_by_timestamp, get_room_event, get_summary, report_content,
+            report_room, upgrade_room,
         },
     },
     serde::Raw,
@@ -14,7 +14,7 @@ use ruma::{
 
 use super::event_json;
 use crate::{
-    Result,
+    Error, Result,
     api::{AppState, ruma::Ruma},
 };
 
@@ -102,4 +102,26 @@ pub async fn get_event_by_timestamp(
     )?;
     let ts = MilliSecondsSinceUnixEpoch(event.pdu.origin_server_ts.0);
     Ok(get_event_by_timestamp::v1::Response::new(event.pdu.event_id.clone(), ts))
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}`
+pub async fn get_summary(
+    services: AppState,
+    req: Ruma<get_summary::v1::Request>,
+) -> Result<get_summary::v1::Response> {
+    let room_id = services.membership.resolve(&req.body.room_id_or_alias)?;
+    let viewer = req.identity.as_ref().map(|identity| identity.user_id.as_ref());
+    let (summary, membership) = services.hierarchy.room_summary(viewer, &room_id)?;
+    let summary =
+        serde_json::from_value(summary).map_err(|e| Error::internal(format!("room summary: {e}")))?;
+    let mut response = get_summary::v1::Response::new(summary);
+    response.membership = membership;
+    Ok(response)
+}
+
+/// A summary always names its join rule; ruma leaves out `public`, its default.
+pub fn fill_summary(json: &mut serde_json::Value) {
+    if let Some(object) = json.as_object_mut() {
+        object.entry("join_rule").or_insert_with(|| serde_json::json!("public"));
+    }
 }

@@ -1,5 +1,6 @@
 //! The space hierarchy (`GET /rooms/{roomId}/hierarchy`): a breadth-first walk of
-//! `m.space.child` events from a space, showing only rooms the requester may see or join.
+//! `m.space.child` events from a space, showing only rooms the requester may see or join;
+//! and the summary of one such room (`GET /room_summary/{roomIdOrAlias}`).
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -57,7 +58,7 @@ impl Hierarchy {
         max_depth: Option<usize>,
         suggested_only: bool,
     ) -> Result<HierarchyPage> {
-        if self.states.room(root)?.is_none() || !self.may_preview(user_id, root)? {
+        if self.states.room(root)?.is_none() || !self.may_preview(Some(user_id), root)? {
             return Err(Error::forbidden("You may not view this space"));
         }
         let skip = match from {
@@ -76,12 +77,12 @@ impl Hierarchy {
         let mut rooms = Vec::new();
         let mut visible = 0usize;
         while let Some((room_id, depth)) = queue.pop_front() {
-            if self.states.room(&room_id)?.is_none() || !self.may_preview(user_id, &room_id)? {
+            if self.states.room(&room_id)?.is_none() || !self.may_preview(Some(user_id), &room_id)? {
                 continue;
             }
             let children = self.children(&room_id, suggested_only)?;
             if visible >= skip && rooms.len() < limit {
-                let mut entry = self.directory.summary(&room_id)?;
+                let mut entry = self.detailed_summary(&room_id)?;
                 entry["children_state"] =
                     JsonValue::Array(children.iter().map(|(_, event)| event.clone()).collect());
                 rooms.push(entry);
@@ -100,6 +101,51 @@ impl Hierarchy {
         }
         let next_batch = (visible > skip + rooms.len()).then(|| format!("h{}", skip + rooms.len()));
         Ok(HierarchyPage { rooms, next_batch })
+    }
+
+    /// `GET /room_summary`: the summary of a room the caller may preview, and the caller's
+    /// membership in it. `None` is an unauthenticated caller, who may preview rooms anyone
+    /// may join, knock on or read. A room that does not exist and one the caller may not
+    /// preview answer alike, so the answer does not reveal which rooms exist.
+    pub fn room_summary(
+        &self,
+        viewer: Option<&UserId>,
+        room_id: &RoomId,
+    ) -> Result<(JsonValue, Option<MembershipState>)> {
+        if self.states.room(room_id)?.is_none() || !self.may_preview(viewer, room_id)? {
+            return Err(Error::not_found("Room not found"));
+        }
+        let membership = viewer.map(|user| self.members.membership(room_id, user)).transpose()?.flatten();
+        Ok((self.detailed_summary(room_id)?, membership))
+    }
+
+    /// The directory's summary of a room plus what the hierarchy and room summaries add
+    /// (Matrix 1.15): the room version, the encryption algorithm and, for restricted join
+    /// rules, the rooms whose members may join.
+    fn detailed_summary(&self, room_id: &RoomId) -> Result<JsonValue> {
+        let mut entry = self.directory.summary(room_id)?;
+        if let Some(record) = self.states.room(room_id)? {
+            entry["room_version"] = json!(record.version);
+        }
+        let content = |kind: StateEventType| -> Result<Option<JsonValue>> {
+            let id = self.states.current_state_event_id(room_id, &kind, "")?;
+            Ok(id.map(|id| self.events.get(&id)).transpose()?.flatten().map(|e| e.pdu.content_value()))
+        };
+        if let Some(algorithm) = content(StateEventType::RoomEncryption)?
+            .and_then(|c| c.get("algorithm").filter(|a| a.is_string()).cloned())
+        {
+            entry["encryption"] = algorithm;
+        }
+        let allowed: Vec<JsonValue> = content(StateEventType::RoomJoinRules)?
+            .and_then(|c| c.get("allow").and_then(JsonValue::as_array).cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|rule| rule.get("room_id").filter(|r| r.is_string()).cloned())
+            .collect();
+        if matches!(entry["join_rule"].as_str(), Some("restricted" | "knock_restricted")) {
+            entry["allowed_room_ids"] = JsonValue::Array(allowed);
+        }
+        Ok(entry)
     }
 
     /// A room's `m.space.child` events with a non-empty `via`, ordered by `order` then
@@ -141,12 +187,13 @@ impl Hierarchy {
     }
 
     /// Whether the requester may see a room's summary: they are in it or invited, it is
-    /// world-readable, or its join rule would let them in or knock.
-    fn may_preview(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
-        if matches!(
-            self.members.membership(room_id, user_id)?,
-            Some(MembershipState::Join | MembershipState::Invite)
-        ) || self.visibility.world_readable_now(room_id)?
+    /// world-readable, or its join rule would let them in or knock. An unauthenticated
+    /// requester (`None`) may see rooms that are world-readable or that anyone may join or
+    /// knock on.
+    fn may_preview(&self, user_id: Option<&UserId>, room_id: &RoomId) -> Result<bool> {
+        let membership = user_id.map(|user| self.members.membership(room_id, user)).transpose()?.flatten();
+        if matches!(membership, Some(MembershipState::Join | MembershipState::Invite))
+            || self.visibility.world_readable_now(room_id)?
         {
             return Ok(true);
         }
@@ -158,6 +205,7 @@ impl Hierarchy {
         match content.get("join_rule").and_then(JsonValue::as_str) {
             Some("public" | "knock" | "knock_restricted") => Ok(true),
             Some("restricted") => {
+                let Some(user_id) = user_id else { return Ok(false) };
                 let allow = content.get("allow").and_then(JsonValue::as_array).cloned().unwrap_or_default();
                 for rule in allow {
                     let Some(allowed) = rule.get("room_id").and_then(JsonValue::as_str) else { continue };
