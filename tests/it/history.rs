@@ -196,7 +196,7 @@ async fn every_way_of_sending_a_redaction_is_held_to_the_same_rule() {
 
         // An event of another room is refused (400), even to its room's moderator.
         let other = create_room(&s, &alice, json!({"room_version": version})).await;
-        let elsewhere = send_text(&s, &alice, &other, &format!("o{version}"), "elsewhere").await;
+        let elsewhere = send_text(&s, &alice, &other, &format!("e{version}"), "elsewhere").await;
         let refused = expect_error(
             redact(&s, &alice, &room, &elsewhere, &format!("o{version}")).await,
             StatusCode::BAD_REQUEST,
