@@ -21,7 +21,11 @@ use ruma::api::{
 
 use crate::{
     Error, Result,
-    service::{Services, devices::DeviceIdentity},
+    service::{
+        Services,
+        context::{self, RequestContext},
+        devices::DeviceIdentity,
+    },
 };
 
 /// A parsed request and who sent it.
@@ -31,8 +35,8 @@ where
 {
     pub body: T,
     pub identity: <T::Authentication as Identify>::Identity,
-    /// The peer address the request came from.
-    pub client_ip: String,
+    /// How the request was made and from where, for services that tie decisions to it.
+    pub context: RequestContext,
 }
 
 /// What each auth scheme proves about the caller, as a type handlers can rely on.
@@ -159,9 +163,14 @@ where
         } else {
             bytes.as_ref()
         };
+        let context = RequestContext {
+            method: method_of(&parts.method),
+            path: parts.uri.path().to_owned(),
+            client_ip,
+        };
         let (body, identity) =
-            authenticate_and_parse::<T>(services, parts, body_bytes, &path_args, &client_ip)?;
-        Ok(Self { body, identity, client_ip })
+            authenticate_and_parse::<T>(services, parts, body_bytes, &path_args, &context.client_ip)?;
+        Ok(Self { body, identity, context })
     }
 }
 
@@ -192,6 +201,16 @@ where
         let (path_args, client_ip) = path_args_and_ip(&mut parts).await;
         let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &client_ip)?;
         Ok(Self { head, identity, declared_length, body })
+    }
+}
+
+fn method_of(method: &Method) -> context::Method {
+    match *method {
+        Method::GET => context::Method::Get,
+        Method::POST => context::Method::Post,
+        Method::PUT => context::Method::Put,
+        Method::DELETE => context::Method::Delete,
+        _ => context::Method::Other,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod cache;
 pub mod clock;
+pub mod context;
 pub mod devices;
 pub mod filters;
 pub mod key_backup;

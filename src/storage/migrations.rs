@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    kv::{KvStore, StorageError, StorageResult, WriteBatch},
-    tables::{META, SCHEMA_VERSION_KEY},
+    kv::{Direction, KeyRange, KvStore, StorageError, StorageResult, WriteBatch},
+    tables::{META, SCHEMA_VERSION_KEY, UIAA_SESSIONS},
 };
 
 /// One step from `to_version - 1` to `to_version`. It returns the writes to make; they land in
@@ -17,10 +17,27 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Version 1 is the initial layout and needs none.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    to_version: 2,
+    description: "user-interactive auth sessions are bound to their request: drop sessions in progress",
+    run: drop_uiaa_sessions,
+}];
 
 /// The schema version this build writes.
-pub const CURRENT_SCHEMA_VERSION: u64 = 1;
+pub const CURRENT_SCHEMA_VERSION: u64 = 2;
+
+/// Version 2 binds each user-interactive auth session to the method, path and parameters of
+/// its request; a version-1 session names only its endpoint, so it cannot be bound. Sessions
+/// live minutes, so they are dropped: a client that was in the middle of one is told the
+/// session is unknown and starts again.
+fn drop_uiaa_sessions(store: &dyn KvStore) -> StorageResult<WriteBatch> {
+    let mut batch = WriteBatch::new();
+    for entry in store.scan(UIAA_SESSIONS.name, KeyRange::all(), Direction::Forward)? {
+        let (key, _) = entry?;
+        batch.delete(UIAA_SESSIONS.name, key);
+    }
+    Ok(batch)
+}
 
 /// Bring the database to `CURRENT_SCHEMA_VERSION`, stamping a fresh database directly.
 pub fn migrate(store: &Arc<dyn KvStore>) -> StorageResult<()> {
@@ -81,6 +98,19 @@ mod tests {
         META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &(CURRENT_SCHEMA_VERSION + 1)).unwrap();
         let err = migrate(&s).unwrap_err().to_string();
         assert!(err.contains("newer conduit"), "{err}");
+    }
+
+    #[test]
+    fn version_2_drops_sessions_bound_only_to_an_endpoint() {
+        let s = store();
+        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &1).unwrap();
+        let old = serde_json::json!({"user_id": null, "endpoint": "register", "completed": [], "expires_ms": 1});
+        let mut batch = WriteBatch::new();
+        batch.put(UIAA_SESSIONS.name, b"session".to_vec(), crate::storage::codec::encode_value(1, &old).unwrap());
+        s.write(batch).unwrap();
+        migrate(&s).unwrap();
+        assert_eq!(version(&s), Some(CURRENT_SCHEMA_VERSION));
+        assert_eq!(UIAA_SESSIONS.open(&s).get(&"session".to_owned()).unwrap(), None);
     }
 
     #[test]

@@ -58,7 +58,7 @@ catalogue! {
     /// Live refresh tokens, keyed by the SHA-256 of the token.
     REFRESH_TOKENS = "refresh_tokens", key "sha256(token)": TokenHash => RefreshTokenRecord, version 1;
     /// User-interactive authentication sessions in progress.
-    UIAA_SESSIONS = "uiaa_sessions", key "session_id": String => UiaaSessionRecord, version 1;
+    UIAA_SESSIONS = "uiaa_sessions", key "session_id": String => UiaaSessionRecord, version 2;
     /// This server's signing key pairs; `current` signs new events.
     SERVER_SIGNING_KEYS = "server_signing_keys", key "name": String => SigningKeyRecord, version 1;
     /// Every room this server takes part in: version, graph tip and current state group.
@@ -320,16 +320,26 @@ pub struct RefreshTokenRecord {
     pub device_id: OwnedDeviceId,
 }
 
-/// Progress of one user-interactive authentication session.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Progress of one user-interactive authentication session, and the request it is bound to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UiaaSessionRecord {
     /// The account being authenticated, when the endpoint is called with a token.
     pub user_id: Option<OwnedUserId>,
-    /// The endpoint the session was started for; it cannot be used for another.
-    pub endpoint: String,
+    /// The method of the request the session was started for.
+    pub method: String,
+    /// The path of the request the session was started for.
+    pub path: String,
+    /// The request's parameters given so far: its body without `auth` and without secrets.
+    pub params: serde_json::Map<String, serde_json::Value>,
     /// Stage types completed so far.
     pub completed: Vec<String>,
     pub expires_ms: u64,
+    /// Registration: the argon2id hash of the password a request of the session gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// Registration: the account the session created once complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_user: Option<OwnedUserId>,
 }
 
 /// An ed25519 signing key pair of this server.
