@@ -24,6 +24,7 @@ use super::{
     key_backup::KeyBackup,
     keys::{CrossSigningUpload, Keys},
     passwords::random_string,
+    push::Notifications,
     to_device::ToDevice,
     uiaa::{Params, Uiaa, UiaaRequest},
     users::Users,
@@ -50,6 +51,7 @@ pub struct Accounts {
     keys: Arc<Keys>,
     to_device: Arc<ToDevice>,
     key_backup: Arc<KeyBackup>,
+    notifications: Arc<Notifications>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
 }
 
@@ -107,13 +109,14 @@ impl Accounts {
         keys: Arc<Keys>,
         to_device: Arc<ToDevice>,
         key_backup: Arc<KeyBackup>,
+        notifications: Arc<Notifications>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
-        Self { store, config, users, devices, uiaa, keys, to_device, key_backup, dehydrated }
+        Self { store, config, users, devices, uiaa, keys, to_device, key_backup, notifications, dehydrated }
     }
 
-    /// Queue removal of devices with their tokens, keys and waiting to-device messages.
-    /// `None` removes every device but `keep`. Returns whether any device was removed (the
+    /// Queue removal of devices with their tokens, keys, pushers and waiting to-device
+    /// messages. `None` removes every device but `keep`. Returns whether any device was removed (the
     /// caller then announces the device-list change, after committing).
     fn remove_devices_in(
         &self,
@@ -129,6 +132,9 @@ impl Accounts {
             Some(named) => existing.into_iter().filter(|d| named.contains(d)).collect(),
             None => existing.into_iter().filter(|d| Some(d.as_ref()) != keep).collect(),
         };
+        // Pushers go with the devices that set them (those of unknown origin when every
+        // other device goes).
+        self.notifications.remove_device_pushers_in(batch, user_id, which.map(|_| removed.as_slice()), keep)?;
         let dehydrated = self.dehydrated.get(&user_id.to_owned())?;
         for device_id in &removed {
             if dehydrated.as_ref().is_some_and(|d| d.device_id == *device_id) {

@@ -110,8 +110,8 @@ catalogue! {
     PUSH_ACTIONS = "push_actions", key "user_id, room_id, stream": (OwnedUserId, OwnedRoomId, u64) => PushActionRecord, version 1;
     /// The same notifications per user across rooms, for `/notifications`.
     NOTIFICATIONS = "notifications", key "user_id, stream": (OwnedUserId, u64) => NotificationRecord, version 1;
-    /// Pushers as clients set them, per user, app ID and push key.
-    PUSHERS = "pushers", key "user_id, app_id, pushkey": (OwnedUserId, String, String) => Box<RawJsonValue>, version 1;
+    /// Pushers as clients set them, per user, app ID and push key, with the device that set them.
+    PUSHERS = "pushers", key "user_id, app_id, pushkey": (OwnedUserId, String, String) => PusherRecord, version 2;
     /// Each device's identity keys as uploaded (signed by the device).
     DEVICE_KEYS = "device_keys", key "user_id, device_id": (OwnedUserId, OwnedDeviceId) => Box<RawJsonValue>, version 1;
     /// Unclaimed one-time keys per device, by `<algorithm>:<key id>`.
@@ -641,6 +641,15 @@ pub struct NotificationRecord {
     pub actions: serde_json::Value,
     pub highlight: bool,
     pub ts: u64,
+}
+
+/// A pusher, and the device whose access token set it: the pusher goes with that device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PusherRecord {
+    /// `None` for pushers stored before devices were recorded (schema version 2 and older).
+    pub device_id: Option<OwnedDeviceId>,
+    /// The pusher as the client set it.
+    pub pusher: Box<RawJsonValue>,
 }
 
 /// A device's fallback key for one algorithm.
