@@ -163,11 +163,8 @@ where
         } else {
             bytes.as_ref()
         };
-        let context = RequestContext {
-            method: method_of(&parts.method),
-            path: parts.uri.path().to_owned(),
-            client_ip,
-        };
+        let context =
+            RequestContext { method: method_of(&parts.method), path: parts.uri.path().to_owned(), client_ip };
         let (body, identity) =
             authenticate_and_parse::<T>(services, parts, body_bytes, &path_args, &context.client_ip)?;
         Ok(Self { body, identity, context })

@@ -147,7 +147,11 @@ mod tests {
         let rules = version.rules().unwrap().authorization;
         let mut content = RoomPowerLevelsEventContent::new(&rules);
         content.users.insert(owned_user_id!("@mod:example.org"), 50.into());
-        RoomPowerLevels::new(RoomPowerLevelsSource::Original(content), &rules, Vec::<ruma::OwnedUserId>::new())
+        RoomPowerLevels::new(
+            RoomPowerLevelsSource::Original(content),
+            &rules,
+            Vec::<ruma::OwnedUserId>::new(),
+        )
     }
 
     #[test]
@@ -156,7 +160,10 @@ mod tests {
         let template = template.unwrap();
         assert_eq!(template.redacts.as_deref().map(EventId::as_str), Some("$e"));
         assert_eq!(template.content, json!({ "reason": "r" }));
-        assert_eq!(client_template("m.room.redaction", Some(""), json!({})).unwrap_err(), TargetError::Missing);
+        assert_eq!(
+            client_template("m.room.redaction", Some(""), json!({})).unwrap_err(),
+            TargetError::Missing
+        );
         for bad in [json!({ "redacts": 5 }), json!({ "redacts": "not an id" })] {
             assert_eq!(client_template("m.room.redaction", None, bad).unwrap_err(), TargetError::Invalid);
         }
@@ -213,7 +220,8 @@ mod tests {
         let moderator = UserId::parse("@mod:example.org").unwrap();
         let bob = UserId::parse("@bob:example.org").unwrap();
         let message = event("$m", ROOM, alice.as_str(), "m.room.message");
-        let check = |sender: &UserId, target: Option<&Pdu>| check_local_redaction(sender, &room, target, &power);
+        let check =
+            |sender: &UserId, target: Option<&Pdu>| check_local_redaction(sender, &room, target, &power);
 
         assert_eq!(check(&alice, Some(&message)), Ok(()));
         assert_eq!(check(&moderator, Some(&message)), Ok(()));

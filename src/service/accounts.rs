@@ -134,7 +134,12 @@ impl Accounts {
         };
         // Pushers go with the devices that set them (those of unknown origin when every
         // other device goes).
-        self.notifications.remove_device_pushers_in(batch, user_id, which.map(|_| removed.as_slice()), keep)?;
+        self.notifications.remove_device_pushers_in(
+            batch,
+            user_id,
+            which.map(|_| removed.as_slice()),
+            keep,
+        )?;
         let dehydrated = self.dehydrated.get(&user_id.to_owned())?;
         for device_id in &removed {
             if dehydrated.as_ref().is_some_and(|d| d.device_id == *device_id) {

@@ -272,7 +272,8 @@ fn bind(mut record: UiaaSessionRecord, req: &UiaaRequest<'_>) -> Result<UiaaSess
     if record.user_id.as_deref() != req.user {
         return Err(Error::forbidden("UIA session was started by another user"));
     }
-    let changed = || Error::forbidden("Requested operation has changed during the UI authentication session.");
+    let changed =
+        || Error::forbidden("Requested operation has changed during the UI authentication session.");
     if record.method != req.context.method.as_str() || record.path != req.context.path {
         return Err(changed());
     }

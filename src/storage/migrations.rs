@@ -129,7 +129,8 @@ mod tests {
     fn version_2_drops_sessions_bound_only_to_an_endpoint() {
         let s = store();
         META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &1).unwrap();
-        let old = serde_json::json!({"user_id": null, "endpoint": "register", "completed": [], "expires_ms": 1});
+        let old =
+            serde_json::json!({"user_id": null, "endpoint": "register", "completed": [], "expires_ms": 1});
         let mut batch = WriteBatch::new();
         batch.put(UIAA_SESSIONS.name, b"session".to_vec(), encode_value(1, &old).unwrap());
         s.write(batch).unwrap();
@@ -145,7 +146,11 @@ mod tests {
         let pusher = serde_json::json!({"app_id": "a", "pushkey": "k", "kind": "http"});
         let key = (ruma::owned_user_id!("@u:example.org"), "a".to_owned(), "k".to_owned());
         let mut batch = WriteBatch::new();
-        batch.put(PUSHERS.name, crate::storage::codec::KeyCodec::to_key_bytes(&key), encode_value(1, &pusher).unwrap());
+        batch.put(
+            PUSHERS.name,
+            crate::storage::codec::KeyCodec::to_key_bytes(&key),
+            encode_value(1, &pusher).unwrap(),
+        );
         s.write(batch).unwrap();
         migrate(&s).unwrap();
         let record = PUSHERS.open(&s).get(&key).unwrap().unwrap();

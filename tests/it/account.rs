@@ -402,8 +402,12 @@ async fn uiaa_sessions_expire_and_completed_ones_can_be_replayed() {
 
 async fn device_ids(s: &TestServer, who: &Session) -> Vec<String> {
     let (_, body) = s.get("/_matrix/client/v3/devices", Some(&who.token)).await;
-    let mut ids: Vec<String> =
-        body["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap().to_owned()).collect();
+    let mut ids: Vec<String> = body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap().to_owned())
+        .collect();
     ids.sort();
     ids
 }
@@ -432,7 +436,15 @@ async fn uiaa_sessions_are_bound_to_method_path_and_body() {
 
     // A session started to delete D1 does not delete D2 (another path).
     let session = start_session(&s, &max, Method::DELETE, "/_matrix/client/v3/devices/D1", json!({})).await;
-    changed(s.call(Method::DELETE, "/_matrix/client/v3/devices/D2", Some(&max.token), Some(json!({"auth": auth(&session)}))).await);
+    changed(
+        s.call(
+            Method::DELETE,
+            "/_matrix/client/v3/devices/D2",
+            Some(&max.token),
+            Some(json!({"auth": auth(&session)})),
+        )
+        .await,
+    );
     // Nor anything through `/delete_devices` (another method and path).
     let body = json!({"devices": ["D2"], "auth": auth(&session)});
     changed(s.post("/_matrix/client/v3/delete_devices", Some(&max.token), body).await);
@@ -443,10 +455,12 @@ async fn uiaa_sessions_are_bound_to_method_path_and_body() {
     changed(s.post(path, Some(&max.token), json!({"devices": ["D2"], "auth": auth(&session)})).await);
     assert_eq!(device_ids(&s, &max).await, everyone);
     // ...and once completed for D1, its replay deletes D1 again but nothing else.
-    let (status, body) = s.post(path, Some(&max.token), json!({"devices": ["D1"], "auth": auth(&session)})).await;
+    let (status, body) =
+        s.post(path, Some(&max.token), json!({"devices": ["D1"], "auth": auth(&session)})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     changed(s.post(path, Some(&max.token), json!({"devices": ["D3"], "auth": {"session": session}})).await);
-    let replay = s.post(path, Some(&max.token), json!({"devices": ["D1"], "auth": {"session": session}})).await;
+    let replay =
+        s.post(path, Some(&max.token), json!({"devices": ["D1"], "auth": {"session": session}})).await;
     assert_eq!(replay.0, StatusCode::OK, "{}", replay.1);
     let mut left = vec!["D2".to_owned(), "D3".to_owned(), max.device_id.clone()];
     left.sort();
@@ -461,9 +475,7 @@ async fn another_users_password_is_refused_by_every_endpoint_that_asks_for_one()
     s.login("nora", "pw-nora-12345", Some("SPARE")).await;
     // A master key, so that replacing it asks for the password.
     let signing = "/_matrix/client/v3/keys/device_signing/upload";
-    let master = |key: &str| {
-        json!({"master_key": {"user_id": nora.user_id, "usage": ["master"], "keys": {format!("ed25519:{key}"): key}}})
-    };
+    let master = |key: &str| json!({"master_key": {"user_id": nora.user_id, "usage": ["master"], "keys": {format!("ed25519:{key}"): key}}});
     let (status, body) = s.post(signing, Some(&nora.token), master(&"A".repeat(43))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
@@ -482,13 +494,20 @@ async fn another_users_password_is_refused_by_every_endpoint_that_asks_for_one()
         };
         // Otto's right password: 403, not a stage to retry.
         let session = start_session(&s, &nora, method.clone(), path, body.clone()).await;
-        let result = s.call(method.clone(), path, Some(&nora.token), with_auth("otto", "pw-otto-12345", &session)).await;
+        let result = s
+            .call(method.clone(), path, Some(&nora.token), with_auth("otto", "pw-otto-12345", &session))
+            .await;
         expect_error(result, StatusCode::FORBIDDEN, "M_FORBIDDEN");
         // A wrong password (Otto's or an unknown user's) fails the stage: 401, try again.
         for user in ["otto", "nobody"] {
-            let (status, failed) =
-                s.call(method.clone(), path, Some(&nora.token), with_auth(user, "wrong-password", &session)).await;
-            assert_eq!((status, failed["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")), "{path}");
+            let (status, failed) = s
+                .call(method.clone(), path, Some(&nora.token), with_auth(user, "wrong-password", &session))
+                .await;
+            assert_eq!(
+                (status, failed["errcode"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")),
+                "{path}"
+            );
             assert_eq!(failed["session"], session.as_str(), "{path}");
         }
     }
@@ -496,7 +515,11 @@ async fn another_users_password_is_refused_by_every_endpoint_that_asks_for_one()
     assert!(device_ids(&s, &nora).await.contains(&"SPARE".to_owned()));
     s.login("nora", "pw-nora-12345", None).await;
     let (_, keys) = s
-        .post("/_matrix/client/v3/keys/query", Some(&nora.token), json!({"device_keys": {nora.user_id.clone(): []}}))
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&nora.token),
+            json!({"device_keys": {nora.user_id.clone(): []}}),
+        )
         .await;
     assert_eq!(keys["master_keys"][&nora.user_id]["keys"], master(&"A".repeat(43))["master_key"]["keys"]);
 }
@@ -513,7 +536,10 @@ async fn registration_remembers_its_parameters_and_answers_a_retry_with_the_same
     let dummy = json!({"auth": {"type": "m.login.dummy", "session": session}});
     let (status, body) = s.post(REGISTER, None, dummy.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!((body["user_id"].as_str(), body["device_id"].as_str()), (Some("@pia:localhost"), Some("DEVX")));
+    assert_eq!(
+        (body["user_id"].as_str(), body["device_id"].as_str()),
+        (Some("@pia:localhost"), Some("DEVX"))
+    );
     let token = body["access_token"].as_str().unwrap().to_owned();
     let (_, device) = s.get("/_matrix/client/v3/devices/DEVX", Some(&token)).await;
     assert_eq!(device["display_name"], "My Phone");
@@ -522,7 +548,10 @@ async fn registration_remembers_its_parameters_and_answers_a_retry_with_the_same
     // A retry of the completed session answers the same account, logged in again.
     let (status, again) = s.post(REGISTER, None, dummy.clone()).await;
     assert_eq!(status, StatusCode::OK, "{again}");
-    assert_eq!((again["user_id"].as_str(), again["device_id"].as_str()), (Some("@pia:localhost"), Some("DEVX")));
+    assert_eq!(
+        (again["user_id"].as_str(), again["device_id"].as_str()),
+        (Some("@pia:localhost"), Some("DEVX"))
+    );
     assert_ne!(again["access_token"], token.as_str());
     let with_name = json!({"username": "pia", "auth": {"type": "m.login.dummy", "session": session}});
     assert_eq!(s.post(REGISTER, None, with_name).await.1["user_id"], "@pia:localhost");
@@ -533,7 +562,9 @@ async fn registration_remembers_its_parameters_and_answers_a_retry_with_the_same
     assert_eq!(free.0, StatusCode::UNAUTHORIZED, "quinn was not registered: {}", free.1);
 
     // `inhibit_login` is remembered too, and a retry logs in no more than the first did.
-    let (_, body) = s.post(REGISTER, None, json!({"username": "rex", "password": "pw-rex-12345", "inhibit_login": true})).await;
+    let (_, body) = s
+        .post(REGISTER, None, json!({"username": "rex", "password": "pw-rex-12345", "inhibit_login": true}))
+        .await;
     let dummy = json!({"auth": {"type": "m.login.dummy", "session": body["session"]}});
     for _ in 0..2 {
         let (status, body) = s.post(REGISTER, None, dummy.clone()).await;

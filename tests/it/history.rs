@@ -165,7 +165,11 @@ async fn every_way_of_sending_a_redaction_is_held_to_the_same_rule() {
         };
 
         // Bob (power 0) may not redact Alice's event through `/send` either, and it stays.
-        expect_error(send(&bob, "b1", json!({"redacts": &alices})).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        expect_error(
+            send(&bob, "b1", json!({"redacts": &alices})).await,
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
         assert_eq!(content_of(&s, &alice, &room, &alices).await["body"], "mine");
         // Nor through `/state`, even where he may send state but not redact (50 < 100).
         let (_, mut levels) =
@@ -175,7 +179,11 @@ async fn every_way_of_sending_a_redaction_is_held_to_the_same_rule() {
         let path = format!("{V3}/rooms/{room}/state/m.room.power_levels/");
         assert_eq!(s.put(&path, Some(&alice.token), levels).await.0, StatusCode::OK);
         let state = s
-            .put(&format!("{V3}/rooms/{room}/state/m.room.redaction/x"), Some(&bob.token), json!({"redacts": &alices}))
+            .put(
+                &format!("{V3}/rooms/{room}/state/m.room.redaction/x"),
+                Some(&bob.token),
+                json!({"redacts": &alices}),
+            )
             .await;
         expect_error(state, StatusCode::FORBIDDEN, "M_FORBIDDEN");
         assert_eq!(content_of(&s, &alice, &room, &alices).await["body"], "mine");
@@ -203,21 +211,36 @@ async fn every_way_of_sending_a_redaction_is_held_to_the_same_rule() {
             "M_UNKNOWN",
         );
         assert!(refused["error"].as_str().unwrap().contains("different room"), "{refused}");
-        expect_error(send(&alice, "a1", json!({"redacts": &elsewhere})).await, StatusCode::BAD_REQUEST, "M_UNKNOWN");
+        expect_error(
+            send(&alice, "a1", json!({"redacts": &elsewhere})).await,
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+        );
         assert_eq!(content_of(&s, &alice, &other, &elsewhere).await["body"], "elsewhere");
 
         // An unknown event: not found for Bob; a moderator's redaction is stored and changes nothing.
         let unknown = "$unknown-event";
-        expect_error(send(&bob, "b3", json!({"redacts": unknown})).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+        expect_error(
+            send(&bob, "b3", json!({"redacts": unknown})).await,
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        );
         let (status, body) = send(&alice, "a2", json!({"redacts": unknown})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
 
         // A redaction must name its target, and the create event cannot be redacted.
-        expect_error(send(&alice, "a3", json!({"reason": "x"})).await, StatusCode::BAD_REQUEST, "M_MISSING_PARAM");
-        let (_, create) = s
-            .get(&format!("{V3}/rooms/{room}/state/m.room.create/?format=event"), Some(&alice.token))
-            .await;
+        expect_error(
+            send(&alice, "a3", json!({"reason": "x"})).await,
+            StatusCode::BAD_REQUEST,
+            "M_MISSING_PARAM",
+        );
+        let (_, create) =
+            s.get(&format!("{V3}/rooms/{room}/state/m.room.create/?format=event"), Some(&alice.token)).await;
         let create = create["event_id"].as_str().unwrap().to_owned();
-        expect_error(redact(&s, &alice, &room, &create, &format!("c{version}")).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        expect_error(
+            redact(&s, &alice, &room, &create, &format!("c{version}")).await,
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        );
     }
 }

@@ -295,8 +295,12 @@ fn pusher_for(key: &str) -> Value {
 async fn pushkeys(s: &TestServer, who: &Session) -> Vec<String> {
     let (status, body) = s.get(&format!("{V3}/pushers"), Some(&who.token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let mut keys: Vec<String> =
-        body["pushers"].as_array().unwrap().iter().map(|p| p["pushkey"].as_str().unwrap().to_owned()).collect();
+    let mut keys: Vec<String> = body["pushers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+        .collect();
     keys.sort();
     keys
 }

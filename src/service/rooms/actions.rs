@@ -106,7 +106,8 @@ impl RoomActions {
                 return Ok(current.pdu.event_id.clone());
             }
         }
-        let event = self.timeline.append(&lock, sender, client_template(kind, Some(state_key), content)?, None)?;
+        let event =
+            self.timeline.append(&lock, sender, client_template(kind, Some(state_key), content)?, None)?;
         Ok(event.pdu.event_id.clone())
     }
 

@@ -17,8 +17,8 @@ use std::{
 };
 
 use ruma::{
-    DeviceId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId,
-    RoomId, RoomVersionId, UInt, UserId,
+    DeviceId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, UInt, UserId,
     api::error::ErrorKind,
     events::{
         StateEventType, TimelineEventType,
@@ -220,7 +220,9 @@ impl Timeline {
         // A redaction is checked against its target before it is built, whichever endpoint
         // asked for it (`/redact`, or `/send` and `/state` with the redaction type).
         let redaction = match template.kind {
-            TimelineEventType::RoomRedaction => Some(self.check_local_redaction(&rules, lock, sender, &template, &state)?),
+            TimelineEventType::RoomRedaction => {
+                Some(self.check_local_redaction(&rules, lock, sender, &template, &state)?)
+            }
             _ => None,
         };
 
