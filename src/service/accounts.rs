@@ -100,6 +100,7 @@ fn check_password_len(password: &str) -> Result<()> {
 }
 
 impl Accounts {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn KvStore>,
         config: Arc<Config>,
