@@ -21,7 +21,11 @@ use ruma::api::{
 
 use crate::{
     Error, Result,
-    service::{Services, devices::DeviceIdentity},
+    service::{
+        Services,
+        context::{self, RequestContext},
+        devices::DeviceIdentity,
+    },
 };
 
 /// A parsed request and who sent it.
@@ -31,8 +35,8 @@ where
 {
     pub body: T,
     pub identity: <T::Authentication as Identify>::Identity,
-    /// The peer address the request came from.
-    pub client_ip: String,
+    /// How the request was made and from where, for services that tie decisions to it.
+    pub context: RequestContext,
     /// The JSON body as received, for the few endpoints whose clients send keys ruma's
     /// request type does not keep (Synapse keeps extra content given to `/join`).
     pub raw_body: Bytes,
@@ -160,9 +164,11 @@ where
         } else {
             bytes
         };
+        let context =
+            RequestContext { method: method_of(&parts.method), path: parts.uri.path().to_owned(), client_ip };
         let (body, identity) =
-            authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &client_ip)?;
-        Ok(Self { body, identity, client_ip, raw_body })
+            authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &context.client_ip)?;
+        Ok(Self { body, identity, context, raw_body })
     }
 }
 
@@ -219,6 +225,16 @@ impl FromRequestParts<Arc<Services>> for Authenticated {
         let token = <AccessToken as AuthScheme>::extract_authentication(&head);
         let identity = <AccessToken as Identify>::identify(services, token, &client_ip)?;
         Ok(Self { identity, client_ip })
+    }
+}
+
+fn method_of(method: &Method) -> context::Method {
+    match *method {
+        Method::GET => context::Method::Get,
+        Method::POST => context::Method::Post,
+        Method::PUT => context::Method::Put,
+        Method::DELETE => context::Method::Delete,
+        _ => context::Method::Other,
     }
 }
 

@@ -15,13 +15,18 @@ use ruma::{
 
 use ruma::api::error::ErrorKind;
 
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as JsonValue, json};
+
 use super::{
+    context::RequestContext,
     devices::{DeviceIdentity, Devices, WriteGuard},
     key_backup::KeyBackup,
-    keys::Keys,
+    keys::{CrossSigningUpload, Keys},
     passwords::random_string,
+    push::Notifications,
     to_device::ToDevice,
-    uiaa::{Uiaa, UiaaRequirement},
+    uiaa::{Params, Uiaa, UiaaRequest},
     users::Users,
 };
 use crate::{
@@ -46,7 +51,45 @@ pub struct Accounts {
     keys: Arc<Keys>,
     to_device: Arc<ToDevice>,
     key_backup: Arc<KeyBackup>,
+    notifications: Arc<Notifications>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
+}
+
+/// What a registration asks for, besides the password: the parameters its user-interactive
+/// auth session remembers, so later requests of the session may leave them out.
+#[derive(Default, Serialize, Deserialize)]
+struct RegistrationParams {
+    /// Lower-cased, as Synapse does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device_id: Option<OwnedDeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    initial_device_display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    inhibit_login: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    refresh_token: bool,
+}
+
+impl RegistrationParams {
+    fn of(req: &register::v3::Request) -> Self {
+        Self {
+            username: req.username.as_ref().map(|n| n.to_lowercase()),
+            device_id: req.device_id.clone(),
+            initial_device_display_name: req.initial_device_display_name.clone(),
+            inhibit_login: req.inhibit_login,
+            refresh_token: req.refresh_token,
+        }
+    }
+
+    fn to_params(&self) -> Result<Params> {
+        match serde_json::to_value(self) {
+            Ok(JsonValue::Object(params)) => Ok(params),
+            Ok(_) => Err(Error::internal("registration parameters are not an object")),
+            Err(e) => Err(Error::internal(format!("registration parameters: {e}"))),
+        }
+    }
 }
 
 fn check_password_len(password: &str) -> Result<()> {
@@ -57,6 +100,7 @@ fn check_password_len(password: &str) -> Result<()> {
 }
 
 impl Accounts {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn KvStore>,
         config: Arc<Config>,
@@ -66,13 +110,14 @@ impl Accounts {
         keys: Arc<Keys>,
         to_device: Arc<ToDevice>,
         key_backup: Arc<KeyBackup>,
+        notifications: Arc<Notifications>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
-        Self { store, config, users, devices, uiaa, keys, to_device, key_backup, dehydrated }
+        Self { store, config, users, devices, uiaa, keys, to_device, key_backup, notifications, dehydrated }
     }
 
-    /// Queue removal of devices with their tokens, keys and waiting to-device messages.
-    /// `None` removes every device but `keep`. Returns whether any device was removed (the
+    /// Queue removal of devices with their tokens, keys, pushers and waiting to-device
+    /// messages. `None` removes every device but `keep`. Returns whether any device was removed (the
     /// caller then announces the device-list change, after committing).
     fn remove_devices_in(
         &self,
@@ -88,6 +133,14 @@ impl Accounts {
             Some(named) => existing.into_iter().filter(|d| named.contains(d)).collect(),
             None => existing.into_iter().filter(|d| Some(d.as_ref()) != keep).collect(),
         };
+        // Pushers go with the devices that set them (those of unknown origin when every
+        // other device goes).
+        self.notifications.remove_device_pushers_in(
+            batch,
+            user_id,
+            which.map(|_| removed.as_slice()),
+            keep,
+        )?;
         let dehydrated = self.dehydrated.get(&user_id.to_owned())?;
         for device_id in &removed {
             if dehydrated.as_ref().is_some_and(|d| d.device_id == *device_id) {
@@ -134,12 +187,17 @@ impl Accounts {
 
     /// The user ID `localpart` would get, if it is valid and free.
     fn available_user_id(&self, localpart: &str) -> Result<OwnedUserId> {
-        let user_id = registrable_user_id(localpart, &self.config.server_name)
-            .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))?;
+        let user_id = self.registrable(localpart)?;
         if self.users.exists(&user_id)? {
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
         }
         Ok(user_id)
+    }
+
+    /// The user ID `localpart` would get, if it is valid (taken or not).
+    fn registrable(&self, localpart: &str) -> Result<OwnedUserId> {
+        registrable_user_id(localpart, &self.config.server_name)
+            .map_err(|e| Error::new(ErrorKind::InvalidUsername, e.to_string()))
     }
 
     /// `GET /register/available`. Refused while registration is closed, so it cannot be used
@@ -158,54 +216,97 @@ impl Accounts {
         vec![AuthFlow::new(vec![stage])]
     }
 
-    /// `POST /register` for a person (application services come later).
+    /// `POST /register` for a person (application services come later). The parameters are
+    /// remembered by the user-interactive auth session, so a client may send them in its first
+    /// request only (the password as its hash); a completed session retried answers the
+    /// account it created, with a new login unless `inhibit_login`, as Synapse does.
     pub async fn register(
         &self,
         req: register::v3::Request,
-        client_ip: String,
+        context: &RequestContext,
     ) -> Result<register::v3::Response> {
         if req.kind == register::RegistrationKind::Guest {
             return Err(Error::forbidden("Guest access is disabled"));
         }
         self.ensure_registration_open()?;
-        // Names are lower-cased (as Synapse does), and problems with them reported before
-        // authentication, so a client learns them at once.
-        let username = req.username.as_ref().map(|n| n.to_lowercase());
-        if let Some(name) = &username {
-            self.available_user_id(name)?;
-        }
-        let requirement =
-            UiaaRequirement { endpoint: "register", flows: self.registration_flows(), user: None };
-        self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
-
-        // Checked after authentication: a client may probe the flows with an empty body.
-        let password = req.password.as_deref().ok_or_else(|| Error::missing_param("Missing password"))?;
-        check_password_len(password)?;
-        let password_hash = self.users.hash_password(password).await?;
-
-        let (user_id, issued) = self.write_locked(|guard, batch| {
-            let user_id = match &username {
-                // Checked again under the lock: the name may have been taken meanwhile.
-                Some(name) => self.available_user_id(name)?,
-                None => self.generate_user_id()?,
+        let given = RegistrationParams::of(&req);
+        // Problems with a name are reported before authentication, so a client learns them at
+        // once; the account a retried session already created is not one.
+        if let Some(name) = &given.username {
+            let user_id = self.registrable(name)?;
+            let session = req.auth.as_ref().and_then(AuthData::session);
+            let ours = match session {
+                Some(session) => self.uiaa.registered_user(session)?.is_some_and(|u| u == user_id),
+                None => false,
             };
-            self.create_account_in(batch, &user_id, password_hash, false)?;
-            let issued = if req.inhibit_login {
+            if !ours && self.users.exists(&user_id)? {
+                return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
+            }
+        }
+        let password_hash = match req.password.as_deref() {
+            Some(password) => {
+                check_password_len(password)?;
+                Some(self.users.hash_password(password).await?)
+            }
+            None => None,
+        };
+        let requirement = UiaaRequest {
+            flows: self.registration_flows(),
+            user: None,
+            context,
+            params: given.to_params()?,
+            password_hash,
+        };
+        let completed = self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
+        let params: RegistrationParams = serde_json::from_value(JsonValue::Object(completed.params))
+            .map_err(|e| Error::bad_json(format!("Invalid registration parameters: {e}")))?;
+
+        let (user_id, issued, created) = self.write_locked(|guard, batch| {
+            // Read under the lock: a retry racing the first completion sees its account.
+            let (user_id, created) = match self.uiaa.registered_user(&completed.session_id)? {
+                Some(existing) => {
+                    if params.username.as_deref().is_some_and(|name| name != existing.localpart()) {
+                        return Err(Error::unknown(
+                            "A different user ID has already been registered for this session",
+                        ));
+                    }
+                    (existing, false)
+                }
+                None => {
+                    // Checked after authentication: a client may probe the flows with an
+                    // empty body.
+                    let hash = completed
+                        .password_hash
+                        .clone()
+                        .ok_or_else(|| Error::missing_param("Missing params: password"))?;
+                    let user_id = match &params.username {
+                        // Checked again under the lock: the name may have been taken meanwhile.
+                        Some(name) => self.available_user_id(name)?,
+                        None => self.generate_user_id()?,
+                    };
+                    self.create_account_in(batch, &user_id, hash, false)?;
+                    self.uiaa.set_registered_user_in(batch, &completed.session_id, &user_id)?;
+                    (user_id, true)
+                }
+            };
+            let issued = if params.inhibit_login {
                 None
             } else {
                 Some(self.devices.create_session_in(
                     guard,
                     batch,
                     &user_id,
-                    req.device_id.clone(),
-                    req.initial_device_display_name.clone(),
-                    req.refresh_token,
-                    client_ip,
+                    params.device_id.clone(),
+                    params.initial_device_display_name.clone(),
+                    params.refresh_token,
+                    context.client_ip.clone(),
                 )?)
             };
-            Ok((user_id, issued))
+            Ok((user_id, issued, created))
         })?;
-        tracing::info!(%user_id, "registered account");
+        if created {
+            tracing::info!(%user_id, "registered account");
+        }
 
         let mut response = register::v3::Response::new(user_id);
         if let Some(issued) = issued {
@@ -345,35 +446,62 @@ impl Accounts {
         Ok(response)
     }
 
-    /// Re-authentication of the signed-in user by password, for the sensitive endpoints.
-    fn password_requirement<'a>(endpoint: &'static str, who: &'a DeviceIdentity) -> UiaaRequirement<'a> {
-        UiaaRequirement {
-            endpoint,
-            flows: vec![AuthFlow::new(vec![AuthType::Password])],
-            user: Some(&who.user_id),
-        }
-    }
-
-    /// Make the user authenticate again with their password (user-interactive auth) before a
-    /// sensitive change elsewhere, such as replacing cross-signing keys.
-    pub async fn reauthenticate(
+    /// Re-authenticate the signed-in user by password (user-interactive auth) for a
+    /// sensitive request, bound to the request and its parameters.
+    async fn reauthenticate(
         &self,
         who: &DeviceIdentity,
-        endpoint: &'static str,
+        context: &RequestContext,
+        params: JsonValue,
         auth: Option<&AuthData>,
     ) -> Result<()> {
-        self.uiaa.authenticate(&Self::password_requirement(endpoint, who), auth).await
+        let JsonValue::Object(params) = params else {
+            return Err(Error::internal("request parameters must be a JSON object"));
+        };
+        let requirement = UiaaRequest {
+            flows: vec![AuthFlow::new(vec![AuthType::Password])],
+            user: Some(&who.user_id),
+            context,
+            params,
+            password_hash: None,
+        };
+        self.uiaa.authenticate(&requirement, auth).await.map(|_| ())
+    }
+
+    /// Make the user authenticate again with their password before their cross-signing keys
+    /// are replaced (an identity reset), bound to the keys being uploaded.
+    pub async fn reauthenticate_cross_signing(
+        &self,
+        who: &DeviceIdentity,
+        context: &RequestContext,
+        upload: &CrossSigningUpload,
+        auth: Option<&AuthData>,
+    ) -> Result<()> {
+        let mut params = serde_json::Map::new();
+        let keys = [
+            ("master_key", &upload.master),
+            ("self_signing_key", &upload.self_signing),
+            ("user_signing_key", &upload.user_signing),
+        ];
+        for (name, key) in keys {
+            if let Some(key) = key {
+                params.insert(name.to_owned(), key.clone());
+            }
+        }
+        self.reauthenticate(who, context, JsonValue::Object(params), auth).await
     }
 
     /// `POST /account/password`.
     pub async fn change_password(
         &self,
         who: &DeviceIdentity,
+        context: &RequestContext,
         req: change_password::v3::Request,
     ) -> Result<change_password::v3::Response> {
         check_password_len(&req.new_password)?;
-        let requirement = Self::password_requirement("change_password", who);
-        self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
+        // The new password is a secret: it is not kept in the session, nor bound.
+        let params = json!({ "logout_devices": req.logout_devices });
+        self.reauthenticate(who, context, params, req.auth.as_ref()).await?;
         let hash = self.users.hash_password(&req.new_password).await?;
         let removed = self.write_locked(|guard, batch| {
             self.users.set_password_hash_in(batch, &who.user_id, hash)?;
@@ -390,10 +518,11 @@ impl Accounts {
     pub async fn deactivate(
         &self,
         who: &DeviceIdentity,
+        context: &RequestContext,
         req: deactivate::v3::Request,
     ) -> Result<deactivate::v3::Response> {
-        let requirement = Self::password_requirement("deactivate", who);
-        self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
+        let params = json!({ "erase": req.erase, "id_server": req.id_server });
+        self.reauthenticate(who, context, params, req.auth.as_ref()).await?;
         let removed = self.write_locked(|guard, batch| {
             self.users.deactivate_in(batch, &who.user_id, req.erase)?;
             // Nobody can ever restore these keys: the account cannot log in again.
@@ -411,11 +540,11 @@ impl Accounts {
     pub async fn delete_devices(
         &self,
         who: &DeviceIdentity,
+        context: &RequestContext,
         device_ids: &[OwnedDeviceId],
         auth: Option<&AuthData>,
     ) -> Result<()> {
-        let requirement = Self::password_requirement("delete_devices", who);
-        self.uiaa.authenticate(&requirement, auth).await?;
+        self.reauthenticate(who, context, json!({ "devices": device_ids }), auth).await?;
         let removed = self.write_locked(|guard, batch| {
             self.remove_devices_in(guard, batch, &who.user_id, Some(device_ids), None)
         })?;

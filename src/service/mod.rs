@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod cache;
 pub mod clock;
+pub mod context;
 pub mod devices;
 pub mod filters;
 pub mod key_backup;
@@ -103,16 +104,6 @@ impl Services {
             config.registration_token.clone(),
             config.uiaa_session_lifetime_secs,
         ));
-        let accounts = Arc::new(accounts::Accounts::new(
-            Arc::clone(&store),
-            Arc::clone(&config),
-            Arc::clone(&users),
-            Arc::clone(&devices),
-            Arc::clone(&uiaa),
-            Arc::clone(&keys),
-            Arc::clone(&to_device),
-            Arc::clone(&key_backup),
-        ));
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
             &store,
             config.server_name.clone(),
@@ -142,6 +133,18 @@ impl Services {
             Arc::clone(&events),
             Arc::clone(&memberships),
             Arc::clone(&receipts),
+        ));
+        // After `Notifications`: pushers go with the devices that set them.
+        let accounts = Arc::new(accounts::Accounts::new(
+            Arc::clone(&store),
+            Arc::clone(&config),
+            Arc::clone(&users),
+            Arc::clone(&devices),
+            Arc::clone(&uiaa),
+            Arc::clone(&keys),
+            Arc::clone(&to_device),
+            Arc::clone(&key_backup),
+            Arc::clone(&notifications),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));

@@ -14,7 +14,7 @@ use std::{
 };
 
 use ruma::{
-    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::sync::sync_events::UnreadNotificationsCount,
     events::{
         StateEventType, TimelineEventType,
@@ -42,7 +42,7 @@ use crate::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
-        tables::{NOTIFICATIONS, NotificationRecord, PUSH_ACTIONS, PUSHERS, PushActionRecord},
+        tables::{NOTIFICATIONS, NotificationRecord, PUSH_ACTIONS, PUSHERS, PushActionRecord, PusherRecord},
     },
 };
 
@@ -84,7 +84,7 @@ pub struct NotificationEntry {
 pub struct Notifications {
     actions: Table<(OwnedUserId, OwnedRoomId, u64), PushActionRecord>,
     notifications: Table<(OwnedUserId, u64), NotificationRecord>,
-    pushers: Table<(OwnedUserId, String, String), Box<RawJsonValue>>,
+    pushers: Table<(OwnedUserId, String, String), PusherRecord>,
     account_data: Arc<AccountData>,
     events: Arc<Events>,
     members: Arc<Memberships>,
@@ -392,15 +392,16 @@ impl Notifications {
     pub fn pushers(&self, user_id: &UserId) -> Result<Vec<Box<RawJsonValue>>> {
         self.pushers
             .scan_prefix(&user_id.to_owned(), Direction::Forward)?
-            .map(|row| row.map(|(_, pusher)| pusher).map_err(Into::into))
+            .map(|row| row.map(|(_, record)| record.pusher).map_err(Into::into))
             .collect()
     }
 
-    /// Add or replace a pusher (`append` false also removes other users' pushers with the
-    /// same app ID and push key), or delete one.
+    /// Add or replace a pusher, recording the device that set it (`append` false also
+    /// removes other users' pushers with the same app ID and push key), or delete one.
     pub fn set_pusher(
         &self,
         user_id: &UserId,
+        device_id: &DeviceId,
         app_id: &str,
         pushkey: &str,
         pusher: Option<Box<RawJsonValue>>,
@@ -419,10 +420,36 @@ impl Notifications {
                         }
                     }
                 }
-                self.pushers.put(&mut batch, &key, &pusher)?;
+                let record = PusherRecord { device_id: Some(device_id.to_owned()), pusher };
+                self.pushers.put(&mut batch, &key, &record)?;
             }
         }
         Ok(self.store.write(batch)?)
+    }
+
+    /// Queue the removal of the user's pushers that go with removed devices: those set by one
+    /// of `devices`, or, when `devices` is `None` (every device but `keep` is going), every
+    /// pusher not set by `keep` — pushers of unknown origin included. Pushers follow their
+    /// device's access token, as Synapse's do.
+    pub fn remove_device_pushers_in(
+        &self,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        devices: Option<&[OwnedDeviceId]>,
+        keep: Option<&DeviceId>,
+    ) -> Result<()> {
+        for row in self.pushers.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
+            let (key, record) = row?;
+            let set_by = record.device_id.as_deref();
+            let goes = match devices {
+                Some(devices) => set_by.is_some_and(|d| devices.iter().any(|r| r == d)),
+                None => set_by.is_none() || set_by != keep,
+            };
+            if goes {
+                self.pushers.delete(batch, &key);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! User-interactive authentication, done once for every endpoint that needs it: sessions,
-//! completed stages, the 401 body with `flows`/`params`/`session`, and stage checks.
-//! Owns the `uiaa_sessions` table.
+//! completed stages, the 401 body with `flows`/`params`/`session`, and stage checks. Each
+//! session is bound to the request that started it — user, method, path and parameters — so
+//! authenticating one operation never authorises another. Owns the `uiaa_sessions` table.
 
 use std::sync::Arc;
 
@@ -11,25 +12,45 @@ use ruma::{
         error::{ErrorKind, StandardErrorBody},
     },
 };
-use serde_json::value::to_raw_value;
+use serde_json::{Value as JsonValue, value::to_raw_value};
 
-use super::{clock::Clock, passwords::random_string, users::Users};
+use super::{clock::Clock, context::RequestContext, passwords::random_string, users::Users};
 use crate::{
     Error, Result,
     matrix::user_id::resolve_login_user,
     storage::{
-        KvStore, Table,
+        KvStore, Table, WriteBatch,
         tables::{UIAA_SESSIONS, UiaaSessionRecord},
     },
 };
 
-/// What an endpoint demands: the flows it accepts, and who is asking (for password stages).
-pub struct UiaaRequirement<'a> {
-    /// A stable name of the endpoint; a session started for one endpoint cannot serve another.
-    pub endpoint: &'static str,
+/// Parameters of a request: its JSON body without `auth` and without secrets.
+pub type Params = serde_json::Map<String, JsonValue>;
+
+/// What an endpoint demands, and the request it guards.
+pub struct UiaaRequest<'a> {
     pub flows: Vec<AuthFlow>,
     /// The authenticated user, for endpoints called with an access token.
     pub user: Option<&'a UserId>,
+    /// The request: a session started for one method and path serves no other.
+    pub context: &'a RequestContext,
+    /// The operation's parameters, without secrets (passwords). A later request of the same
+    /// session may leave parameters out (they are remembered) or add new ones, but may not
+    /// change one already given: that would be another operation.
+    pub params: Params,
+    /// Registration: the hash of a password this request gave, kept in the session so the
+    /// client need not send the password again.
+    pub password_hash: Option<String>,
+}
+
+/// A completed authentication: what the session remembers of its requests.
+#[derive(Debug)]
+pub struct Completed {
+    pub session_id: String,
+    /// The parameters given over the session's requests, merged.
+    pub params: Params,
+    /// Registration: the latest password hash given in the session.
+    pub password_hash: Option<String>,
 }
 
 pub struct Uiaa {
@@ -72,30 +93,33 @@ impl Uiaa {
             .is_some_and(|expected| constant_time_eq(expected.as_bytes(), token.as_bytes()))
     }
 
-    /// Advance authentication with the request's `auth`. `Ok(())` once a flow is complete;
-    /// otherwise `Error::Uiaa` with what the client must do next.
-    pub async fn authenticate(&self, req: &UiaaRequirement<'_>, auth: Option<&AuthData>) -> Result<()> {
+    /// Advance authentication with the request's `auth`. `Ok` once a flow is complete;
+    /// otherwise `Error::Uiaa` with what the client must do next. A session used for another
+    /// request than the one it was started for, or by another user, is refused with 403.
+    pub async fn authenticate(&self, req: &UiaaRequest<'_>, auth: Option<&AuthData>) -> Result<Completed> {
         let now = self.clock.now_ms();
         let Some(auth) = auth else {
-            let session = self.start(req, now)?;
-            return Err(self.challenge(req, &session.0, &session.1, None));
+            let (session_id, record) = self.start(req, now)?;
+            return Err(self.challenge(req, &session_id, &record, None));
         };
 
-        let (session_id, mut record) = match auth.session() {
+        let (session_id, record) = match auth.session() {
             Some(id) => {
-                let record = self
+                let stored = self
                     .sessions
                     .get(&id.to_owned())?
                     .filter(|r| r.expires_ms > now)
                     .ok_or_else(|| Error::new(ErrorKind::Unknown, "Unknown or expired UIA session"))?;
-                if record.endpoint != req.endpoint || record.user_id.as_deref() != req.user {
-                    return Err(Error::forbidden("UIA session was started for another request"));
+                let record = bind(stored.clone(), req)?;
+                if record != stored {
+                    self.sessions.insert(&id.to_owned(), &record)?;
                 }
                 (id.to_owned(), record)
             }
             // A first request may carry a stage without a session; start one for it.
             None => self.start(req, now)?,
         };
+        let mut record = record;
 
         if let Some(stage) = auth.auth_type() {
             let allowed = req.flows.iter().any(|f| f.stages.contains(&stage));
@@ -111,6 +135,7 @@ impl Uiaa {
             }
             if !record.completed.contains(&stage.to_string()) {
                 record.completed.push(stage.to_string());
+                self.sessions.insert(&session_id, &record)?;
             }
         }
 
@@ -118,13 +143,31 @@ impl Uiaa {
             .flows
             .iter()
             .any(|flow| flow.stages.iter().all(|s| record.completed.iter().any(|c| c == s.as_str())));
-        self.sessions.insert(&session_id, &record)?;
         if done {
             // The session is kept until it expires, so a client retrying after a lost
             // response gets the result again instead of an unknown-session error.
-            return Ok(());
+            return Ok(Completed { session_id, params: record.params, password_hash: record.password_hash });
         }
         Err(self.challenge(req, &session_id, &record, None))
+    }
+
+    /// The account a completed registration session created, if it created one.
+    pub fn registered_user(&self, session_id: &str) -> Result<Option<OwnedUserId>> {
+        Ok(self.sessions.get(&session_id.to_owned())?.and_then(|r| r.registered_user))
+    }
+
+    /// Queue the record that the session created `user_id`, in the batch that creates it, so
+    /// a retry of the session answers that account instead of registering another.
+    pub fn set_registered_user_in(
+        &self,
+        batch: &mut WriteBatch,
+        session_id: &str,
+        user_id: &UserId,
+    ) -> Result<()> {
+        let key = session_id.to_owned();
+        let Some(mut record) = self.sessions.get(&key)? else { return Ok(()) };
+        record.registered_user = Some(user_id.to_owned());
+        Ok(self.sessions.put(batch, &key, &record)?)
     }
 
     /// Delete sessions past their expiry; run periodically. Returns how many went.
@@ -145,13 +188,17 @@ impl Uiaa {
         Ok(expired.len())
     }
 
-    fn start(&self, req: &UiaaRequirement<'_>, now: u64) -> Result<(String, UiaaSessionRecord)> {
+    fn start(&self, req: &UiaaRequest<'_>, now: u64) -> Result<(String, UiaaSessionRecord)> {
         let id = random_string(32);
         let record = UiaaSessionRecord {
             user_id: req.user.map(ToOwned::to_owned),
-            endpoint: req.endpoint.to_owned(),
+            method: req.context.method.as_str().to_owned(),
+            path: req.context.path.clone(),
+            params: req.params.clone(),
             completed: Vec::new(),
             expires_ms: now + self.session_lifetime_ms,
+            password_hash: req.password_hash.clone(),
+            registered_user: None,
         };
         self.sessions.insert(&id, &record)?;
         Ok((id, record))
@@ -160,7 +207,7 @@ impl Uiaa {
     /// The 401 body: flows, stages done, session, and the failure of the last stage if any.
     fn challenge(
         &self,
-        req: &UiaaRequirement<'_>,
+        req: &UiaaRequest<'_>,
         session_id: &str,
         record: &UiaaSessionRecord,
         failure: Option<StandardErrorBody>,
@@ -177,7 +224,7 @@ impl Uiaa {
     /// whether the stage passed, and why not.
     async fn check_stage(
         &self,
-        req: &UiaaRequirement<'_>,
+        req: &UiaaRequest<'_>,
         auth: &AuthData,
     ) -> Result<Result<(), StandardErrorBody>> {
         let forbidden = |msg: &str| Ok(Err(StandardErrorBody::new(ErrorKind::Forbidden, msg.to_owned())));
@@ -198,14 +245,16 @@ impl Uiaa {
                     UserIdentifier::Matrix(id) => resolve_login_user(&id.user, user.server_name()),
                     _ => None,
                 };
-                if claimed.as_deref() != Some(user) {
+                let Some(claimed) = claimed else { return forbidden("Invalid username or password") };
+                if self.users.check_password(&claimed, &p.password).await?.is_none() {
                     return forbidden("Invalid username or password");
                 }
-                if self.users.check_password(user, &p.password).await?.is_some() {
-                    Ok(Ok(()))
-                } else {
-                    forbidden("Invalid password")
+                // Proving to be someone else is no stage to retry: it is refused outright,
+                // as Synapse does.
+                if claimed != user {
+                    return Err(Error::forbidden("Invalid auth"));
                 }
+                Ok(Ok(()))
             }
             _ => Ok(Err(StandardErrorBody::new(
                 ErrorKind::Unrecognized,
@@ -213,4 +262,32 @@ impl Uiaa {
             ))),
         }
     }
+}
+
+/// The session's record with this request bound in: refused (403) if the request has another
+/// user, method or path than the one the session was started for, or changes a parameter an
+/// earlier request gave; parameters given for the first time are added, and a new password
+/// hash replaces the old one.
+fn bind(mut record: UiaaSessionRecord, req: &UiaaRequest<'_>) -> Result<UiaaSessionRecord> {
+    if record.user_id.as_deref() != req.user {
+        return Err(Error::forbidden("UIA session was started by another user"));
+    }
+    let changed =
+        || Error::forbidden("Requested operation has changed during the UI authentication session.");
+    if record.method != req.context.method.as_str() || record.path != req.context.path {
+        return Err(changed());
+    }
+    for (key, value) in &req.params {
+        match record.params.get(key) {
+            Some(earlier) if earlier != value => return Err(changed()),
+            Some(_) => {}
+            None => {
+                record.params.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    if let Some(hash) = &req.password_hash {
+        record.password_hash = Some(hash.clone());
+    }
+    Ok(record)
 }

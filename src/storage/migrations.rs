@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
+use serde_json::value::RawValue as RawJsonValue;
+
 use super::{
-    kv::{KvStore, StorageError, StorageResult, WriteBatch},
-    tables::{META, SCHEMA_VERSION_KEY},
+    codec::{decode_value, encode_value},
+    kv::{Direction, KeyRange, KvStore, StorageError, StorageResult, WriteBatch},
+    tables::{META, PUSHERS, PusherRecord, SCHEMA_VERSION_KEY, UIAA_SESSIONS},
 };
 
 /// One step from `to_version - 1` to `to_version`. It returns the writes to make; they land in
@@ -17,10 +20,34 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Version 1 is the initial layout and needs none.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        to_version: 2,
+        description: "user-interactive auth sessions are bound to their request: drop sessions in progress",
+        run: drop_uiaa_sessions,
+    },
+    Migration {
+        to_version: 3,
+        description: "pushers record the device that set them",
+        run: pushers_with_devices,
+    },
+];
 
 /// The schema version this build writes.
-pub const CURRENT_SCHEMA_VERSION: u64 = 1;
+pub const CURRENT_SCHEMA_VERSION: u64 = 3;
+
+/// Version 2 binds each user-interactive auth session to the method, path and parameters of
+/// its request; a version-1 session names only its endpoint, so it cannot be bound. Sessions
+/// live minutes, so they are dropped: a client that was in the middle of one is told the
+/// session is unknown and starts again.
+fn drop_uiaa_sessions(store: &dyn KvStore) -> StorageResult<WriteBatch> {
+    let mut batch = WriteBatch::new();
+    for entry in store.scan(UIAA_SESSIONS.name, KeyRange::all(), Direction::Forward)? {
+        let (key, _) = entry?;
+        batch.delete(UIAA_SESSIONS.name, key);
+    }
+    Ok(batch)
+}
 
 /// Bring the database to `CURRENT_SCHEMA_VERSION`, stamping a fresh database directly.
 pub fn migrate(store: &Arc<dyn KvStore>) -> StorageResult<()> {
@@ -54,6 +81,21 @@ fn migrate_with(store: &Arc<dyn KvStore>, migrations: &[Migration], current: u64
     Ok(())
 }
 
+/// Version 3 stores each pusher with the device that set it, so the pusher goes when the
+/// device does. Which device set an older pusher is unknown: it is kept with no device, and
+/// goes when all of the user's other devices are logged out.
+fn pushers_with_devices(store: &dyn KvStore) -> StorageResult<WriteBatch> {
+    let mut batch = WriteBatch::new();
+    for entry in store.scan(PUSHERS.name, KeyRange::all(), Direction::Forward)? {
+        let (key, value) = entry?;
+        let corrupt = |detail: String| StorageError::Corrupt { table: PUSHERS.name, detail };
+        let pusher: Box<RawJsonValue> = decode_value(1, &value).map_err(corrupt)?;
+        let record = PusherRecord { device_id: None, pusher };
+        batch.put(PUSHERS.name, key, encode_value(PUSHERS.value_version, &record).map_err(corrupt)?);
+    }
+    Ok(batch)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +123,39 @@ mod tests {
         META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &(CURRENT_SCHEMA_VERSION + 1)).unwrap();
         let err = migrate(&s).unwrap_err().to_string();
         assert!(err.contains("newer conduit"), "{err}");
+    }
+
+    #[test]
+    fn version_2_drops_sessions_bound_only_to_an_endpoint() {
+        let s = store();
+        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &1).unwrap();
+        let old =
+            serde_json::json!({"user_id": null, "endpoint": "register", "completed": [], "expires_ms": 1});
+        let mut batch = WriteBatch::new();
+        batch.put(UIAA_SESSIONS.name, b"session".to_vec(), encode_value(1, &old).unwrap());
+        s.write(batch).unwrap();
+        migrate(&s).unwrap();
+        assert_eq!(version(&s), Some(CURRENT_SCHEMA_VERSION));
+        assert_eq!(UIAA_SESSIONS.open(&s).get(&"session".to_owned()).unwrap(), None);
+    }
+
+    #[test]
+    fn version_3_keeps_pushers_with_no_device() {
+        let s = store();
+        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &2).unwrap();
+        let pusher = serde_json::json!({"app_id": "a", "pushkey": "k", "kind": "http"});
+        let key = (ruma::owned_user_id!("@u:example.org"), "a".to_owned(), "k".to_owned());
+        let mut batch = WriteBatch::new();
+        batch.put(
+            PUSHERS.name,
+            crate::storage::codec::KeyCodec::to_key_bytes(&key),
+            encode_value(1, &pusher).unwrap(),
+        );
+        s.write(batch).unwrap();
+        migrate(&s).unwrap();
+        let record = PUSHERS.open(&s).get(&key).unwrap().unwrap();
+        assert_eq!(record.device_id, None);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(record.pusher.get()).unwrap(), pusher);
     }
 
     #[test]

@@ -58,7 +58,7 @@ catalogue! {
     /// Live refresh tokens, keyed by the SHA-256 of the token.
     REFRESH_TOKENS = "refresh_tokens", key "sha256(token)": TokenHash => RefreshTokenRecord, version 1;
     /// User-interactive authentication sessions in progress.
-    UIAA_SESSIONS = "uiaa_sessions", key "session_id": String => UiaaSessionRecord, version 1;
+    UIAA_SESSIONS = "uiaa_sessions", key "session_id": String => UiaaSessionRecord, version 2;
     /// This server's signing key pairs; `current` signs new events.
     SERVER_SIGNING_KEYS = "server_signing_keys", key "name": String => SigningKeyRecord, version 1;
     /// Every room this server takes part in: version, graph tip and current state group.
@@ -110,8 +110,8 @@ catalogue! {
     PUSH_ACTIONS = "push_actions", key "user_id, room_id, stream": (OwnedUserId, OwnedRoomId, u64) => PushActionRecord, version 1;
     /// The same notifications per user across rooms, for `/notifications`.
     NOTIFICATIONS = "notifications", key "user_id, stream": (OwnedUserId, u64) => NotificationRecord, version 1;
-    /// Pushers as clients set them, per user, app ID and push key.
-    PUSHERS = "pushers", key "user_id, app_id, pushkey": (OwnedUserId, String, String) => Box<RawJsonValue>, version 1;
+    /// Pushers as clients set them, per user, app ID and push key, with the device that set them.
+    PUSHERS = "pushers", key "user_id, app_id, pushkey": (OwnedUserId, String, String) => PusherRecord, version 2;
     /// Each device's identity keys as uploaded (signed by the device).
     DEVICE_KEYS = "device_keys", key "user_id, device_id": (OwnedUserId, OwnedDeviceId) => Box<RawJsonValue>, version 1;
     /// Unclaimed one-time keys per device, by `<algorithm>:<key id>`.
@@ -320,16 +320,26 @@ pub struct RefreshTokenRecord {
     pub device_id: OwnedDeviceId,
 }
 
-/// Progress of one user-interactive authentication session.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Progress of one user-interactive authentication session, and the request it is bound to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UiaaSessionRecord {
     /// The account being authenticated, when the endpoint is called with a token.
     pub user_id: Option<OwnedUserId>,
-    /// The endpoint the session was started for; it cannot be used for another.
-    pub endpoint: String,
+    /// The method of the request the session was started for.
+    pub method: String,
+    /// The path of the request the session was started for.
+    pub path: String,
+    /// The request's parameters given so far: its body without `auth` and without secrets.
+    pub params: serde_json::Map<String, serde_json::Value>,
     /// Stage types completed so far.
     pub completed: Vec<String>,
     pub expires_ms: u64,
+    /// Registration: the argon2id hash of the password a request of the session gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// Registration: the account the session created once complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_user: Option<OwnedUserId>,
 }
 
 /// An ed25519 signing key pair of this server.
@@ -631,6 +641,15 @@ pub struct NotificationRecord {
     pub actions: serde_json::Value,
     pub highlight: bool,
     pub ts: u64,
+}
+
+/// A pusher, and the device whose access token set it: the pusher goes with that device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PusherRecord {
+    /// `None` for pushers stored before devices were recorded (schema version 2 and older).
+    pub device_id: Option<OwnedDeviceId>,
+    /// The pusher as the client set it.
+    pub pusher: Box<RawJsonValue>,
 }
 
 /// A device's fallback key for one algorithm.

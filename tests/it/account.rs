@@ -1,9 +1,9 @@
 //! Registration, availability, password change, deactivation.
 
-use reqwest::StatusCode;
-use serde_json::json;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 
-use crate::harness::{TestServer, expect_error, password_auth, race_posts};
+use crate::harness::{Session, TestServer, expect_error, password_auth, race_posts};
 
 const REGISTER: &str = "/_matrix/client/v3/register";
 
@@ -288,10 +288,21 @@ async fn uiaa_sessions_cannot_be_moved_between_endpoints_or_users() {
         .post(
             "/_matrix/client/v3/account/password",
             Some(&jack.token),
-            json!({"new_password": "y-y-y-y", "auth": password_auth("ivy", "pw-ivy-12345", Some(session))}),
+            json!({"new_password": "y-y-y-y", "auth": password_auth("ivy", "pw-wrong-999", Some(session))}),
         )
         .await;
     assert_eq!((status, body["errcode"].as_str()), (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")));
+    // With her right password it is no stage to retry: refused outright, as Synapse does.
+    expect_error(
+        s.post(
+            "/_matrix/client/v3/account/password",
+            Some(&jack.token),
+            json!({"new_password": "y-y-y-y", "auth": password_auth("ivy", "pw-ivy-12345", Some(session))}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
     expect_error(
         s.post(
             "/_matrix/client/v3/account/password",
@@ -387,4 +398,197 @@ async fn uiaa_sessions_expire_and_completed_ones_can_be_replayed() {
     s.clock.advance_ms(601_000);
     let late = json!({"devices": [], "auth": password_auth("lee", "pw-lee-12345", Some(&session))});
     expect_error(s.post(path, Some(&lee.token), late).await, StatusCode::BAD_REQUEST, "M_UNKNOWN");
+}
+
+async fn device_ids(s: &TestServer, who: &Session) -> Vec<String> {
+    let (_, body) = s.get("/_matrix/client/v3/devices", Some(&who.token)).await;
+    let mut ids: Vec<String> = body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Start a user-interactive auth session with `body`; returns its ID.
+async fn start_session(s: &TestServer, who: &Session, method: Method, path: &str, body: Value) -> String {
+    let (status, body) = s.call(method, path, Some(&who.token), Some(body)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    body["session"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn uiaa_sessions_are_bound_to_method_path_and_body() {
+    let s = TestServer::start().await;
+    let max = s.register("max", "pw-max-12345").await;
+    for device in ["D1", "D2", "D3"] {
+        s.login("max", "pw-max-12345", Some(device)).await;
+    }
+    let mut everyone = vec!["D1".to_owned(), "D2".to_owned(), "D3".to_owned(), max.device_id.clone()];
+    everyone.sort();
+    let changed = |result| {
+        let body = expect_error(result, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        assert!(body["error"].as_str().unwrap().contains("changed"), "{body}");
+    };
+    let auth = |session: &str| password_auth("max", "pw-max-12345", Some(session));
+
+    // A session started to delete D1 does not delete D2 (another path).
+    let session = start_session(&s, &max, Method::DELETE, "/_matrix/client/v3/devices/D1", json!({})).await;
+    changed(
+        s.call(
+            Method::DELETE,
+            "/_matrix/client/v3/devices/D2",
+            Some(&max.token),
+            Some(json!({"auth": auth(&session)})),
+        )
+        .await,
+    );
+    // Nor anything through `/delete_devices` (another method and path).
+    let body = json!({"devices": ["D2"], "auth": auth(&session)});
+    changed(s.post("/_matrix/client/v3/delete_devices", Some(&max.token), body).await);
+
+    // A session started for `/delete_devices` of D1 does not delete D2 (another body)...
+    let path = "/_matrix/client/v3/delete_devices";
+    let session = start_session(&s, &max, Method::POST, path, json!({"devices": ["D1"]})).await;
+    changed(s.post(path, Some(&max.token), json!({"devices": ["D2"], "auth": auth(&session)})).await);
+    assert_eq!(device_ids(&s, &max).await, everyone);
+    // ...and once completed for D1, its replay deletes D1 again but nothing else.
+    let (status, body) =
+        s.post(path, Some(&max.token), json!({"devices": ["D1"], "auth": auth(&session)})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    changed(s.post(path, Some(&max.token), json!({"devices": ["D3"], "auth": {"session": session}})).await);
+    let replay =
+        s.post(path, Some(&max.token), json!({"devices": ["D1"], "auth": {"session": session}})).await;
+    assert_eq!(replay.0, StatusCode::OK, "{}", replay.1);
+    let mut left = vec!["D2".to_owned(), "D3".to_owned(), max.device_id.clone()];
+    left.sort();
+    assert_eq!(device_ids(&s, &max).await, left);
+}
+
+#[tokio::test]
+async fn another_users_password_is_refused_by_every_endpoint_that_asks_for_one() {
+    let s = TestServer::start().await;
+    let nora = s.register("nora", "pw-nora-12345").await;
+    s.register("otto", "pw-otto-12345").await;
+    s.login("nora", "pw-nora-12345", Some("SPARE")).await;
+    // A master key, so that replacing it asks for the password.
+    let signing = "/_matrix/client/v3/keys/device_signing/upload";
+    let master = |key: &str| json!({"master_key": {"user_id": nora.user_id, "usage": ["master"], "keys": {format!("ed25519:{key}"): key}}});
+    let (status, body) = s.post(signing, Some(&nora.token), master(&"A".repeat(43))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let endpoints = [
+        (Method::DELETE, "/_matrix/client/v3/devices/SPARE", json!({})),
+        (Method::POST, "/_matrix/client/v3/delete_devices", json!({"devices": ["SPARE"]})),
+        (Method::POST, "/_matrix/client/v3/account/password", json!({"new_password": "pw-new-123456"})),
+        (Method::POST, "/_matrix/client/v3/account/deactivate", json!({})),
+        (Method::POST, signing, master(&"B".repeat(43))),
+    ];
+    for (method, path, body) in endpoints {
+        let with_auth = |user: &str, password: &str, session: &str| {
+            let mut body = body.clone();
+            body["auth"] = password_auth(user, password, Some(session));
+            Some(body)
+        };
+        // Otto's right password: 403, not a stage to retry.
+        let session = start_session(&s, &nora, method.clone(), path, body.clone()).await;
+        let result = s
+            .call(method.clone(), path, Some(&nora.token), with_auth("otto", "pw-otto-12345", &session))
+            .await;
+        expect_error(result, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        // A wrong password (Otto's or an unknown user's) fails the stage: 401, try again.
+        for user in ["otto", "nobody"] {
+            let (status, failed) = s
+                .call(method.clone(), path, Some(&nora.token), with_auth(user, "wrong-password", &session))
+                .await;
+            assert_eq!(
+                (status, failed["errcode"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("M_FORBIDDEN")),
+                "{path}"
+            );
+            assert_eq!(failed["session"], session.as_str(), "{path}");
+        }
+    }
+    // Nothing happened: the device, the password, the account and the key are as they were.
+    assert!(device_ids(&s, &nora).await.contains(&"SPARE".to_owned()));
+    s.login("nora", "pw-nora-12345", None).await;
+    let (_, keys) = s
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&nora.token),
+            json!({"device_keys": {nora.user_id.clone(): []}}),
+        )
+        .await;
+    assert_eq!(keys["master_keys"][&nora.user_id]["keys"], master(&"A".repeat(43))["master_key"]["keys"]);
+}
+
+#[tokio::test]
+async fn registration_remembers_its_parameters_and_answers_a_retry_with_the_same_account() {
+    let s = TestServer::start().await;
+    // Everything in the first request; the stage alone in the second.
+    let first = json!({"username": "Pia", "password": "pw-pia-12345", "device_id": "DEVX",
+        "initial_device_display_name": "My Phone"});
+    let (status, body) = s.post(REGISTER, None, first).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+    let dummy = json!({"auth": {"type": "m.login.dummy", "session": session}});
+    let (status, body) = s.post(REGISTER, None, dummy.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["user_id"].as_str(), body["device_id"].as_str()),
+        (Some("@pia:localhost"), Some("DEVX"))
+    );
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let (_, device) = s.get("/_matrix/client/v3/devices/DEVX", Some(&token)).await;
+    assert_eq!(device["display_name"], "My Phone");
+    s.login("pia", "pw-pia-12345", None).await;
+
+    // A retry of the completed session answers the same account, logged in again.
+    let (status, again) = s.post(REGISTER, None, dummy.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (again["user_id"].as_str(), again["device_id"].as_str()),
+        (Some("@pia:localhost"), Some("DEVX"))
+    );
+    assert_ne!(again["access_token"], token.as_str());
+    let with_name = json!({"username": "pia", "auth": {"type": "m.login.dummy", "session": session}});
+    assert_eq!(s.post(REGISTER, None, with_name).await.1["user_id"], "@pia:localhost");
+    // It cannot be turned into another registration.
+    let other = json!({"username": "quinn", "password": "pw-quinn-1234", "auth": {"session": session}});
+    expect_error(s.post(REGISTER, None, other).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let free = s.post(REGISTER, None, json!({"username": "quinn", "password": "pw-quinn-1234"})).await;
+    assert_eq!(free.0, StatusCode::UNAUTHORIZED, "quinn was not registered: {}", free.1);
+
+    // `inhibit_login` is remembered too, and a retry logs in no more than the first did.
+    let (_, body) = s
+        .post(REGISTER, None, json!({"username": "rex", "password": "pw-rex-12345", "inhibit_login": true}))
+        .await;
+    let dummy = json!({"auth": {"type": "m.login.dummy", "session": body["session"]}});
+    for _ in 0..2 {
+        let (status, body) = s.post(REGISTER, None, dummy.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["user_id"], "@rex:localhost");
+        assert!(body["access_token"].is_null() && body["device_id"].is_null(), "{body}");
+    }
+
+    // A generated name is remembered as well.
+    let (_, body) = s.post(REGISTER, None, json!({"password": "pw-anon-12345"})).await;
+    let dummy = json!({"auth": {"type": "m.login.dummy", "session": body["session"]}});
+    let generated = s.post(REGISTER, None, dummy.clone()).await.1["user_id"].clone();
+    assert!(generated.is_string());
+    assert_eq!(s.post(REGISTER, None, dummy).await.1["user_id"], generated);
+
+    // A client may fill in the parameters after probing the flows with a bare request.
+    let (_, body) = s.post(REGISTER, None, json!({"initial_device_display_name": "Web"})).await;
+    let full = json!({"username": "sam", "password": "pw-sam-12345", "initial_device_display_name": "Web",
+        "auth": {"type": "m.login.dummy", "session": body["session"]}});
+    let (status, body) = s.post(REGISTER, None, full).await;
+    assert_eq!((status, body["user_id"].as_str()), (StatusCode::OK, Some("@sam:localhost")), "{body}");
+
+    // Without a password anywhere in the session there is no account.
+    let (_, body) = s.post(REGISTER, None, json!({"username": "tia"})).await;
+    let dummy = json!({"auth": {"type": "m.login.dummy", "session": body["session"]}});
+    expect_error(s.post(REGISTER, None, dummy).await, StatusCode::BAD_REQUEST, "M_MISSING_PARAM");
 }

@@ -284,7 +284,9 @@ async fn presence_can_be_switched_off() {
         "M_FORBIDDEN",
     );
     sync(&s, &alice, "set_presence=online").await;
-    expect_error(s.get(&path, Some(&alice.token)).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    // Nothing is tracked: everyone reads as offline, as on Synapse with presence off.
+    let (status, body) = s.get(&path, Some(&alice.token)).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"presence": "offline"})));
 }
 
 #[tokio::test]

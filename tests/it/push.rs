@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{Session, TestServer, expect_error},
+    harness::{Session, TestServer, expect_error, password_auth},
     rooms::{V3, create_room, join, send_text},
     sync::{list, sync},
 };
@@ -370,4 +370,77 @@ async fn notifications_carry_a_profile_tag() {
     for entry in entries {
         assert_eq!(entry.as_object().unwrap().get("profile_tag"), Some(&Value::Null), "{entry}");
     }
+}
+
+fn pusher_for(key: &str) -> Value {
+    json!({
+        "kind": "http", "app_id": format!("app.{key}"), "pushkey": key,
+        "app_display_name": "Example", "device_display_name": key, "lang": "en",
+        "data": {"url": "https://push.example.com/_matrix/push/v1/notify"}
+    })
+}
+
+async fn pushkeys(s: &TestServer, who: &Session) -> Vec<String> {
+    let (status, body) = s.get(&format!("{V3}/pushers"), Some(&who.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut keys: Vec<String> = body["pushers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Three devices of `name`, each with a pusher named after it.
+async fn devices_with_pushers(s: &TestServer, name: &str) -> [Session; 3] {
+    let first = s.register(name, "pw-old-12345").await;
+    let second = s.login(name, "pw-old-12345", Some("TWO")).await;
+    let third = s.login(name, "pw-old-12345", Some("THREE")).await;
+    for (who, key) in [(&first, "one"), (&second, "two"), (&third, "three")] {
+        let (status, body) = s.post(&format!("{V3}/pushers/set"), Some(&who.token), pusher_for(key)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    [first, second, third]
+}
+
+async fn change_password(s: &TestServer, who: &Session, name: &str, logout_devices: Option<bool>) {
+    let path = format!("{V3}/account/password");
+    let mut body = json!({"new_password": "pw-new-12345"});
+    if let Some(logout) = logout_devices {
+        body["logout_devices"] = json!(logout);
+    }
+    let (_, challenge) = s.post(&path, Some(&who.token), body.clone()).await;
+    body["auth"] = password_auth(name, "pw-old-12345", challenge["session"].as_str());
+    let (status, answer) = s.post(&path, Some(&who.token), body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+#[tokio::test]
+async fn pushers_go_with_the_devices_that_set_them() {
+    let s = TestServer::start().await;
+    // A password change that logs out the other devices deletes their pushers.
+    let [first, ..] = devices_with_pushers(&s, "ann").await;
+    change_password(&s, &first, "ann", None).await;
+    assert_eq!(pushkeys(&s, &first).await, ["one"]);
+    // One that keeps them keeps their pushers (as Synapse does).
+    let [first, ..] = devices_with_pushers(&s, "ben").await;
+    change_password(&s, &first, "ben", Some(false)).await;
+    assert_eq!(pushkeys(&s, &first).await, ["one", "three", "two"]);
+
+    // Logging out or deleting a device deletes its pushers; logging out everywhere, all.
+    let [first, second, _] = devices_with_pushers(&s, "cat").await;
+    assert_eq!(s.post(&format!("{V3}/logout"), Some(&second.token), json!({})).await.0, StatusCode::OK);
+    assert_eq!(pushkeys(&s, &first).await, ["one", "three"]);
+    let path = format!("{V3}/delete_devices");
+    let (_, challenge) = s.post(&path, Some(&first.token), json!({"devices": ["THREE"]})).await;
+    let auth = password_auth("cat", "pw-old-12345", challenge["session"].as_str());
+    let (status, body) = s.post(&path, Some(&first.token), json!({"devices": ["THREE"], "auth": auth})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(pushkeys(&s, &first).await, ["one"]);
+    let other = s.login("cat", "pw-old-12345", None).await;
+    assert_eq!(s.post(&format!("{V3}/logout/all"), Some(&other.token), json!({})).await.0, StatusCode::OK);
+    let again = s.login("cat", "pw-old-12345", None).await;
+    assert_eq!(pushkeys(&s, &again).await, Vec::<String>::new());
 }

@@ -20,7 +20,7 @@ pub async fn register(
     services: AppState,
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response> {
-    services.accounts.register(req.body, req.client_ip).await
+    services.accounts.register(req.body, &req.context).await
 }
 
 /// `GET /_matrix/client/v3/register/available`
@@ -54,7 +54,7 @@ pub async fn change_password(
     req: Ruma<change_password::v3::Request>,
 ) -> Result<change_password::v3::Response> {
     let who = required(req.identity)?;
-    services.accounts.change_password(&who, req.body).await
+    services.accounts.change_password(&who, &req.context, req.body).await
 }
 
 /// `POST /_matrix/client/v3/account/deactivate`
@@ -63,7 +63,7 @@ pub async fn deactivate(
     req: Ruma<deactivate::v3::Request>,
 ) -> Result<deactivate::v3::Response> {
     let who = required(req.identity)?;
-    services.accounts.deactivate(&who, req.body).await
+    services.accounts.deactivate(&who, &req.context, req.body).await
 }
 
 /// `GET /_matrix/client/v3/account/3pid`

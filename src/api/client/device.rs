@@ -55,7 +55,7 @@ pub async fn delete_device(
     req: Ruma<delete_device::v3::Request>,
 ) -> Result<delete_device::v3::Response> {
     let devices = [req.body.device_id];
-    services.accounts.delete_devices(&req.identity, &devices, req.body.auth.as_ref()).await?;
+    services.accounts.delete_devices(&req.identity, &req.context, &devices, req.body.auth.as_ref()).await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -64,6 +64,7 @@ pub async fn delete_devices(
     services: AppState,
     req: Ruma<delete_devices::v3::Request>,
 ) -> Result<delete_devices::v3::Response> {
-    services.accounts.delete_devices(&req.identity, &req.body.devices, req.body.auth.as_ref()).await?;
+    let auth = req.body.auth.as_ref();
+    services.accounts.delete_devices(&req.identity, &req.context, &req.body.devices, auth).await?;
     Ok(delete_devices::v3::Response::new())
 }

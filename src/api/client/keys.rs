@@ -163,7 +163,8 @@ pub async fn upload_signing_keys(
     // The first keys, or the same again, need no password; replacing them (an identity
     // reset) does.
     if services.keys.upload_replaces_master(&req.identity.user_id, &upload)? {
-        services.accounts.reauthenticate(&req.identity, "device_signing_upload", body.auth.as_ref()).await?;
+        let auth = body.auth.as_ref();
+        services.accounts.reauthenticate_cross_signing(&req.identity, &req.context, &upload, auth).await?;
     }
     services.keys.upload_cross_signing(&req.identity.user_id, upload)?;
     Ok(upload_signing_keys::v3::Response::new())

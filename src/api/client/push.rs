@@ -217,6 +217,7 @@ pub async fn set_pusher(
                 serde_json::value::to_raw_value(&pusher).map_err(|e| Error::bad_json(e.to_string()))?;
             services.notifications.set_pusher(
                 user_id,
+                &req.identity.device_id,
                 &pusher.ids.app_id,
                 &pusher.ids.pushkey,
                 Some(json),
@@ -224,7 +225,8 @@ pub async fn set_pusher(
             )?;
         }
         set_pusher::v3::PusherAction::Delete(ids) => {
-            services.notifications.set_pusher(user_id, &ids.app_id, &ids.pushkey, None, false)?;
+            let device_id = &req.identity.device_id;
+            services.notifications.set_pusher(user_id, device_id, &ids.app_id, &ids.pushkey, None, false)?;
         }
         _ => return Err(Error::invalid_param("Unsupported pusher action")),
     }

@@ -23,7 +23,7 @@ pub async fn get_login_types(
 
 /// `POST /_matrix/client/v3/login`
 pub async fn login(services: AppState, req: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
-    services.accounts.login(req.body, req.client_ip).await
+    services.accounts.login(req.body, req.context.client_ip).await
 }
 
 /// `POST /_matrix/client/v3/refresh`

@@ -1,8 +1,8 @@
 //! What clients do inside a room besides membership: send messages and state, redact, read
 //! events, state and member lists, manage aliases and directory visibility, and report.
-//! Policy Synapse applies before the auth rules lives here (joined-sender checks, redaction
-//! power, canonical alias validation, state deduplication); every read goes through
-//! `Visibility`.
+//! Policy Synapse applies before the auth rules lives here (joined-sender checks, canonical
+//! alias validation, state deduplication); what a redaction may target is checked on the
+//! append path (`Timeline`), whichever endpoint sent it. Every read goes through `Visibility`.
 
 use std::sync::Arc;
 
@@ -25,7 +25,10 @@ use super::{
 };
 use crate::{
     Error, Result,
-    matrix::pdu::EventTemplate,
+    matrix::{
+        pdu::EventTemplate,
+        redaction::{self, TargetError},
+    },
     storage::{Direction, tables::ReportRecord},
 };
 
@@ -78,7 +81,8 @@ impl RoomActions {
             return Ok(event_id);
         }
         self.ensure_joined(room_id, sender)?;
-        self.timeline.send(room_id, sender, EventTemplate::message(kind, content), Some(txn)).await
+        let template = client_template(kind, None, content)?;
+        self.timeline.send(room_id, sender, template, Some(txn)).await
     }
 
     /// `PUT /state`: a state event. Sending the content already in place answers the
@@ -103,12 +107,12 @@ impl RoomActions {
             }
         }
         let event =
-            self.timeline.append(&lock, sender, EventTemplate::state(kind, state_key, content), None)?;
+            self.timeline.append(&lock, sender, client_template(kind, Some(state_key), content)?, None)?;
         Ok(event.pdu.event_id.clone())
     }
 
-    /// `PUT /redact`: redact an event. Others' events need the `redact` power level; the
-    /// auth rules check the power to send the redaction itself.
+    /// `PUT /redact`: redact an event. What may be redacted is checked on the append path,
+    /// for every way of sending a redaction.
     pub async fn redact(
         &self,
         sender: &UserId,
@@ -121,16 +125,6 @@ impl RoomActions {
             return Ok(event_id);
         }
         self.ensure_joined(room_id, sender)?;
-        if let Some(original) = self.events.get(target)? {
-            if original.pdu.room_id == room_id && original.pdu.sender != sender {
-                let power = self.timeline.power_levels(room_id)?;
-                if !power.user_can_redact_event_of_other(sender) {
-                    return Err(Error::forbidden(
-                        "You don't have permission to redact events of other users",
-                    ));
-                }
-            }
-        }
         let content = match reason {
             Some(reason) => json!({ "reason": reason }),
             None => json!({}),
@@ -449,6 +443,14 @@ impl RoomActions {
         }
         Err(Error::forbidden("You don't have permission to view this room"))
     }
+}
+
+/// The template for an event a client sends; a redaction must name its target.
+fn client_template(kind: &str, state_key: Option<&str>, content: JsonValue) -> Result<EventTemplate> {
+    redaction::client_template(kind, state_key, content).map_err(|e| match e {
+        TargetError::Missing => Error::missing_param("A redaction needs `redacts`"),
+        TargetError::Invalid => Error::invalid_param("`redacts` must be an event ID"),
+    })
 }
 
 fn ensure_object(content: &JsonValue) -> Result<()> {

@@ -1,6 +1,8 @@
-//! The append path: how an event joins a room. Under the room's lock it picks the graph
-//! position and auth events from the current state, builds and signs the event, checks it
-//! against the room version's authorization rules, evaluates push rules for the members,
+//! The append path: how an event joins a room. Under the room's lock it checks a redaction
+//! against its target (`matrix::redaction`: every client path that sends one comes here),
+//! picks the graph position and auth events from the current state, builds and signs the
+//! event, checks it against the room version's authorization rules, evaluates push rules
+//! for the members,
 //! and commits the event, its stream position, the new state group, current state,
 //! membership indexes, relation and search index rows, notification rows and any redaction
 //! in one atomic batch. A rejected event is never written. Owns the `txn_ids` table.
@@ -15,8 +17,8 @@ use std::{
 };
 
 use ruma::{
-    DeviceId, EventId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId,
-    RoomId, RoomVersionId, UInt, UserId,
+    DeviceId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    RoomVersionId, UInt, UserId,
     api::error::ErrorKind,
     events::{
         StateEventType, TimelineEventType,
@@ -40,6 +42,7 @@ use crate::{
     matrix::{
         auth,
         pdu::{self, BuildError, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
+        redaction::{self, LocalRefusal},
         room_version,
     },
     service::{
@@ -214,6 +217,14 @@ impl Timeline {
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = rules_of(&room.version)?;
         let state = self.states.state_of_group(room.state_group)?;
+        // A redaction is checked against its target before it is built, whichever endpoint
+        // asked for it (`/redact`, or `/send` and `/state` with the redaction type).
+        let redaction = match template.kind {
+            TimelineEventType::RoomRedaction => {
+                Some(self.check_local_redaction(&rules, lock, sender, &template, &state)?)
+            }
+            _ => None,
+        };
 
         let content = serde_json::value::to_raw_value(&template.content)
             .map_err(|e| Error::bad_json(format!("content: {e}")))?;
@@ -274,9 +285,9 @@ impl Timeline {
             }
         }
 
-        let redacted = match (&pdu.kind, &pdu.redacts) {
-            (TimelineEventType::RoomRedaction, Some(target)) => {
-                self.redacted_target(&rules, room_id, target, &pdu)?
+        let redacted = match redaction {
+            Some(RedactionCheck { target: Some(target), power }) => {
+                redacted_target(&rules, &target, &pdu, &power)?
             }
             _ => None,
         };
@@ -445,22 +456,29 @@ impl Timeline {
         Ok(joined)
     }
 
-    /// The redaction target rewritten to its redacted form, if it is an event of this room
-    /// that is not redacted yet.
-    fn redacted_target(
+    /// Refuse a local user's redaction that this server would not let them make (another
+    /// user's event without the `redact` level, another room's event, an unknown event
+    /// without that level, the create event or server ACL), as Synapse answers its users.
+    /// Returns the target, if known, and the power levels in force, for applying it.
+    fn check_local_redaction(
         &self,
         rules: &RoomVersionRules,
-        room_id: &RoomId,
-        target: &EventId,
-        redaction: &Pdu,
-    ) -> Result<Option<Arc<StoredEvent>>> {
-        let Some(original) = self.events.get(target)? else { return Ok(None) };
-        if original.pdu.room_id != room_id || original.pdu.is_redacted() {
-            return Ok(None);
-        }
-        let mut pdu = original.pdu.clone();
-        pdu.redact(rules, redaction).map_err(Error::internal)?;
-        Ok(Some(Arc::new(StoredEvent { pdu, ..StoredEvent::clone(&original) })))
+        lock: &RoomLock,
+        sender: &UserId,
+        template: &EventTemplate,
+        state: &StateMap,
+    ) -> Result<RedactionCheck> {
+        let target_id =
+            template.redacts.as_deref().ok_or_else(|| Error::missing_param("A redaction needs `redacts`"))?;
+        let target = self.events.get(target_id)?;
+        let power = self.power_levels_in(rules, state)?;
+        redaction::check_local_redaction(sender, lock.room_id(), target.as_ref().map(|t| &t.pdu), &power)
+            .map_err(|refusal| match refusal {
+                LocalRefusal::UnknownTarget => Error::not_found(format!("Could not find event {target_id}")),
+                LocalRefusal::OtherRoom => Error::unknown("Cannot redact event from a different room"),
+                LocalRefusal::Forbidden(reason) => Error::forbidden(reason),
+            })?;
+        Ok(RedactionCheck { target, power })
     }
 
     /// The event holding `(kind, state_key)` in the room's current state.
@@ -512,6 +530,31 @@ impl Timeline {
     fn now(&self) -> MilliSecondsSinceUnixEpoch {
         MilliSecondsSinceUnixEpoch(uint(self.clock.now_ms()))
     }
+}
+
+/// A redaction's target as it was before the redaction, and the power levels in force for it.
+struct RedactionCheck {
+    target: Option<Arc<StoredEvent>>,
+    power: RoomPowerLevels,
+}
+
+/// The redaction target rewritten to its redacted form, if the room version's rule lets the
+/// redaction take effect and the target is not redacted yet. A redaction that may not take
+/// effect is stored all the same and changes nothing: the auth rules accepted it.
+fn redacted_target(
+    rules: &RoomVersionRules,
+    original: &Arc<StoredEvent>,
+    redaction: &Pdu,
+    power: &RoomPowerLevels,
+) -> Result<Option<Arc<StoredEvent>>> {
+    if original.pdu.is_redacted()
+        || !redaction::redaction_applies(&rules.authorization, redaction, &original.pdu, power)
+    {
+        return Ok(None);
+    }
+    let mut pdu = original.pdu.clone();
+    pdu.redact(rules, redaction).map_err(Error::internal)?;
+    Ok(Some(Arc::new(StoredEvent { pdu, ..StoredEvent::clone(original) })))
 }
 
 #[derive(serde::Deserialize)]
