@@ -130,7 +130,7 @@ pub fn router(services: AppState) -> Router {
     use ::ruma::api::client::{authenticated_media as authed, media as legacy};
     use client::backup;
     use client::{
-        account, alias, authenticated_media, config, context, dehydrated_device, device, directory,
+        account, admin, alias, authenticated_media, config, context, dehydrated_device, device, directory,
         discovery, keys, knock, media, membership, message, presence, profile, push, read_marker, receipt,
         redact, relations, reporting, room, search, session, space, state, sync, tag, threads, to_device,
         typing, user_directory,
@@ -289,6 +289,8 @@ pub fn router(services: AppState) -> Router {
             authenticated_media::get_content_thumbnail,
         )
         .ruma_route(authenticated_media::get_media_preview)
+        // Deprecated endpoints that old bots and scripts still call.
+        .ruma_route(admin::get_user_info)
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

@@ -2,6 +2,7 @@
 //! endpoint, named after it.
 
 pub mod account;
+pub mod admin;
 pub mod alias;
 pub mod authenticated_media;
 pub mod backup;
