@@ -15,7 +15,7 @@ use axum::{
     handler::Handler,
     http::{HeaderName, Method, Request, header},
     response::{IntoResponse, Response},
-    routing::{MethodFilter, get, on},
+    routing::{MethodFilter, MethodRouter, get, on, post},
 };
 use tower::ServiceBuilder;
 use tower_http::{
@@ -49,6 +49,10 @@ trait RouterExt {
         Req::OutgoingResponse: Send,
         F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+
+    /// A client-server endpoint ruma has no type for (the deprecated ones), on its `r0` and
+    /// `v3` paths; `path` follows the version, as in `/events`.
+    fn client_route(self, path: &str, route: MethodRouter<AppState>) -> Self;
 
     /// Every path of a ruma endpoint, for a plain axum handler: media endpoints whose request
     /// ruma describes (and `Ruma<Req>` or `RumaStream<Req>` parses) but whose bodies stream.
@@ -111,6 +115,12 @@ impl RouterExt for Router<AppState> {
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
     {
         route_all_paths(self, handler, move |response| FilledResponse { response, fill })
+    }
+
+    fn client_route(self, path: &str, route: MethodRouter<AppState>) -> Self {
+        ["r0", "v3"].iter().fold(self, |router, version| {
+            router.route(&format!("/_matrix/client/{version}{path}"), route.clone())
+        })
     }
 
     fn endpoint_route<Req, H, T>(self, handler: H) -> Self
@@ -289,8 +299,11 @@ pub fn router(services: AppState) -> Router {
             authenticated_media::get_content_thumbnail,
         )
         .ruma_route(authenticated_media::get_media_preview)
-        // Deprecated endpoints that old bots and scripts still call.
+        // Deprecated endpoints that old bots and scripts still call. ruma has types for
+        // `whois` only; the others are plain handlers authenticated by `Authenticated`.
         .ruma_route(admin::get_user_info)
+        .client_route("/events/{event_id}", get(client::legacy::get_event))
+        .client_route("/rooms/{room_id}/send/{event_type}", post(client::legacy::send_message_event))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

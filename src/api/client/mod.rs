@@ -14,6 +14,7 @@ pub mod directory;
 pub mod discovery;
 pub mod keys;
 pub mod knock;
+pub mod legacy;
 pub mod media;
 pub mod membership;
 pub mod message;
