@@ -302,7 +302,10 @@ pub fn router(services: AppState) -> Router {
         // Deprecated endpoints that old bots and scripts still call. ruma has types for
         // `whois` only; the others are plain handlers authenticated by `Authenticated`.
         .ruma_route(admin::get_user_info)
+        .client_route("/events", get(client::legacy::get_events))
         .client_route("/events/{event_id}", get(client::legacy::get_event))
+        .client_route("/initialSync", get(client::legacy::initial_sync))
+        .client_route("/rooms/{room_id}/initialSync", get(client::legacy::room_initial_sync))
         .client_route("/rooms/{room_id}/send/{event_type}", post(client::legacy::send_message_event))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
