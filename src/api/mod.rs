@@ -16,7 +16,7 @@ use axum::{
     handler::Handler,
     http::{HeaderName, Method, Request, header},
     response::{IntoResponse, Response},
-    routing::{MethodFilter, any, get, on},
+    routing::{MethodFilter, MethodRouter, any, get, on, post},
 };
 use tower::ServiceBuilder;
 use tower_http::{
@@ -50,6 +50,10 @@ trait RouterExt {
         Req::OutgoingResponse: Send,
         F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+
+    /// A client-server endpoint ruma has no type for (the deprecated ones), on its `r0` and
+    /// `v3` paths; `path` follows the version, as in `/events`.
+    fn client_route(self, path: &str, route: MethodRouter<AppState>) -> Self;
 
     /// Every path of a ruma endpoint, for a plain axum handler: media endpoints whose request
     /// ruma describes (and `Ruma<Req>` or `RumaStream<Req>` parses) but whose bodies stream.
@@ -114,6 +118,12 @@ impl RouterExt for Router<AppState> {
         route_all_paths(self, handler, move |response| FilledResponse { response, fill })
     }
 
+    fn client_route(self, path: &str, route: MethodRouter<AppState>) -> Self {
+        ["r0", "v3"].iter().fold(self, |router, version| {
+            router.route(&format!("/_matrix/client/{version}{path}"), route.clone())
+        })
+    }
+
     fn endpoint_route<Req, H, T>(self, handler: H) -> Self
     where
         Req: IncomingRequest,
@@ -131,7 +141,7 @@ pub fn router(services: AppState) -> Router {
     use ::ruma::api::client::{authenticated_media as authed, media as legacy};
     use client::backup;
     use client::{
-        account, alias, authenticated_media, config, context, dehydrated_device, device, directory,
+        account, admin, alias, authenticated_media, config, context, dehydrated_device, device, directory,
         discovery, keys, knock, media, membership, message, presence, profile, push, read_marker, receipt,
         redact, relations, reporting, room, search, session, space, state, sync, tag, thirdparty, threads,
         to_device, typing, user_directory, voip,
@@ -260,10 +270,8 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(push::get_pushers)
         .ruma_route(push::set_pusher)
         .ruma_route_filled(push::get_notifications, push::fill_notifications)
-        .route("/_matrix/client/v3/pushrules/global/{kind}/", get(push::get_pushrules_of_kind))
-        .route("/_matrix/client/r0/pushrules/global/{kind}/", get(push::get_pushrules_of_kind))
-        .route("/_matrix/client/v3/pushrules/{*rest}", any(push::malformed_pushrule_path))
-        .route("/_matrix/client/r0/pushrules/{*rest}", any(push::malformed_pushrule_path))
+        .client_route("/pushrules/global/{kind}/", get(push::get_pushrules_of_kind))
+        .client_route("/pushrules/{*rest}", any(push::malformed_pushrule_path))
         // Server-side key backups
         .ruma_route(backup::create_backup_version)
         .ruma_route(backup::get_latest_backup_info)
@@ -322,8 +330,16 @@ pub fn router(services: AppState) -> Router {
         // Synapse's admin API (admins only)
         .route(
             "/_synapse/admin/v1/users/{user_id}/admin",
-            get(admin::users::get_admin).put(admin::users::set_admin),
+            get(self::admin::users::get_admin).put(self::admin::users::set_admin),
         )
+        // Deprecated endpoints that old bots and scripts still call. ruma has types for
+        // `whois` only; the others are plain handlers authenticated by `Authenticated`.
+        .ruma_route(admin::get_user_info)
+        .client_route("/events", get(client::legacy::get_events))
+        .client_route("/events/{event_id}", get(client::legacy::get_event))
+        .client_route("/initialSync", get(client::legacy::initial_sync))
+        .client_route("/rooms/{room_id}/initialSync", get(client::legacy::room_initial_sync))
+        .client_route("/rooms/{room_id}/send/{event_type}", post(client::legacy::send_message_event))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(services)

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::{
     body::Body,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Path},
-    http::{Method, Request, header, request::Parts},
+    http::{HeaderMap, Method, Request, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use bytes::{Bytes, BytesMut};
@@ -42,6 +42,14 @@ where
     pub raw_body: Bytes,
 }
 
+/// Where a request came from, as a device's last-seen record keeps it.
+pub struct Client {
+    /// The peer address.
+    pub ip: String,
+    /// The `User-Agent` header, if the client sent a readable one.
+    pub user_agent: Option<String>,
+}
+
 /// What each auth scheme proves about the caller, as a type handlers can rely on.
 pub trait Identify: AuthScheme {
     type Identity: Send + 'static;
@@ -50,7 +58,7 @@ pub trait Identify: AuthScheme {
     fn identify(
         services: &Services,
         token: std::result::Result<Self::Output, Self::ExtractAuthenticationError>,
-        client_ip: &str,
+        client: &Client,
     ) -> Result<Self::Identity>;
 }
 
@@ -61,9 +69,9 @@ fn token_error(error: ExtractTokenError) -> Error {
     }
 }
 
-fn user_from_token(services: &Services, token: &str, client_ip: &str) -> Result<DeviceIdentity> {
+fn user_from_token(services: &Services, token: &str, client: &Client) -> Result<DeviceIdentity> {
     let identity = services.devices.authenticate(token)?;
-    services.devices.touch(&identity, client_ip.to_owned());
+    services.devices.touch(&identity, client.ip.clone(), client.user_agent.clone());
     Ok(identity)
 }
 
@@ -73,9 +81,9 @@ impl Identify for AccessToken {
     fn identify(
         services: &Services,
         token: std::result::Result<String, ExtractTokenError>,
-        ip: &str,
+        client: &Client,
     ) -> Result<DeviceIdentity> {
-        user_from_token(services, &token.map_err(token_error)?, ip)
+        user_from_token(services, &token.map_err(token_error)?, client)
     }
 }
 
@@ -86,9 +94,9 @@ impl Identify for AccessTokenOptional {
     fn identify(
         services: &Services,
         token: std::result::Result<Option<String>, ExtractTokenError>,
-        ip: &str,
+        client: &Client,
     ) -> Result<Option<DeviceIdentity>> {
-        token.map_err(token_error)?.map(|t| user_from_token(services, &t, ip)).transpose()
+        token.map_err(token_error)?.map(|t| user_from_token(services, &t, client)).transpose()
     }
 }
 
@@ -101,7 +109,7 @@ impl Identify for AppserviceTokenOptional {
     fn identify(
         _: &Services,
         _: std::result::Result<Option<String>, ExtractTokenError>,
-        _: &str,
+        _: &Client,
     ) -> Result<()> {
         Ok(())
     }
@@ -110,7 +118,11 @@ impl Identify for AppserviceTokenOptional {
 impl Identify for NoAccessToken {
     type Identity = ();
 
-    fn identify(_: &Services, _: std::result::Result<(), std::convert::Infallible>, _: &str) -> Result<()> {
+    fn identify(
+        _: &Services,
+        _: std::result::Result<(), std::convert::Infallible>,
+        _: &Client,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -118,7 +130,11 @@ impl Identify for NoAccessToken {
 impl Identify for NoAuthentication {
     type Identity = ();
 
-    fn identify(_: &Services, _: std::result::Result<(), std::convert::Infallible>, _: &str) -> Result<()> {
+    fn identify(
+        _: &Services,
+        _: std::result::Result<(), std::convert::Infallible>,
+        _: &Client,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -151,10 +167,8 @@ where
         if declared_length(&parts).is_some_and(|len| len > limit as u64) {
             return Err(Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"));
         }
-        let (path_args, client_ip) = path_args_and_ip(&mut parts).await;
-        let bytes = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|_| Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"))?;
+        let (path_args, client) = path_args_and_client(&mut parts).await;
+        let bytes = limited_body(services, body).await?;
 
         // An empty POST/PUT body reads as `{}`: clients send none where every field is
         // optional (matrix-nio's join), and Synapse accepts that. Endpoints with required
@@ -164,10 +178,12 @@ where
         } else {
             bytes
         };
-        let context =
-            RequestContext { method: method_of(&parts.method), path: parts.uri.path().to_owned(), client_ip };
-        let (body, identity) =
-            authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &context.client_ip)?;
+        let context = RequestContext {
+            method: method_of(&parts.method),
+            path: parts.uri.path().to_owned(),
+            client_ip: client.ip.clone(),
+        };
+        let (body, identity) = authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &client)?;
         Ok(Self { body, identity, context, raw_body })
     }
 }
@@ -196,36 +212,18 @@ where
     async fn from_request(request: Request<Body>, services: &Arc<Services>) -> Result<Self> {
         let (mut parts, body) = request.into_parts();
         let declared_length = declared_length(&parts);
-        let (path_args, client_ip) = path_args_and_ip(&mut parts).await;
-        let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &client_ip)?;
+        let (path_args, client) = path_args_and_client(&mut parts).await;
+        let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &client)?;
         Ok(Self { head, identity, declared_length, body })
     }
 }
 
-/// The caller of an endpoint ruma has no type for (Synapse's admin API, the push rules of
-/// one kind), authenticated by access token exactly as `Ruma<T>` authenticates endpoints
-/// declaring `AccessToken`: the same token places (header or `access_token` query), the
-/// same identity, the same last-seen record.
-pub struct Authenticated {
-    pub identity: DeviceIdentity,
-    /// The peer address the request came from.
-    pub client_ip: String,
-}
-
-impl FromRequestParts<Arc<Services>> for Authenticated {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, services: &Arc<Services>) -> Result<Self> {
-        let (_, client_ip) = path_args_and_ip(parts).await;
-        // ruma reads the token from the head alone; the body stays with the handler.
-        let mut head = Request::new(());
-        *head.method_mut() = parts.method.clone();
-        *head.uri_mut() = parts.uri.clone();
-        *head.headers_mut() = parts.headers.clone();
-        let token = <AccessToken as AuthScheme>::extract_authentication(&head);
-        let identity = <AccessToken as Identify>::identify(services, token, &client_ip)?;
-        Ok(Self { identity, client_ip })
-    }
+/// A request body read whole, refused past the configured `max_request_size`.
+pub async fn limited_body(services: &Services, body: Body) -> Result<bytes::Bytes> {
+    let limit = services.config.max_request_size as usize;
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"))
 }
 
 fn method_of(method: &Method) -> context::Method {
@@ -242,18 +240,46 @@ fn declared_length(parts: &Parts) -> Option<u64> {
     parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
-/// Path parameters (percent-decoded by axum; ruma takes them decoded) and the peer address.
-async fn path_args_and_ip(parts: &mut Parts) -> (Vec<String>, String) {
+/// Path parameters (percent-decoded by axum; ruma takes them decoded) and where the request
+/// came from.
+async fn path_args_and_client(parts: &mut Parts) -> (Vec<String>, Client) {
     let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(parts, &()).await {
         Ok(Path(args)) => args,
         Err(_) => Vec::new(),
     };
-    let client_ip = parts
+    (path_args, client_of(parts))
+}
+
+/// The peer address and user agent of a request.
+fn client_of(parts: &Parts) -> Client {
+    let ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip().to_string())
         .unwrap_or_default();
-    (path_args, client_ip)
+    Client { ip, user_agent: user_agent(&parts.headers) }
+}
+
+/// Longest user agent kept for a device's last-seen record; longer ones are cut.
+const MAX_USER_AGENT_LEN: usize = 512;
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    let mut end = agent.len().min(MAX_USER_AGENT_LEN);
+    while !agent.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(agent[..end].to_owned()).filter(|a| !a.is_empty())
+}
+
+/// The identity a request proves under auth scheme `S`: the token `S` extracts from the
+/// request's head, checked by `S`'s `Identify` impl. Every authenticated request passes here.
+fn authenticate<S: Identify, B>(
+    services: &Services,
+    head: &Request<B>,
+    client: &Client,
+) -> Result<S::Identity> {
+    S::identify(services, S::extract_authentication(head), client)
 }
 
 /// Authenticate by the endpoint's scheme, then parse the ruma request from the head and
@@ -263,15 +289,14 @@ fn authenticate_and_parse<T>(
     parts: Parts,
     body_bytes: &[u8],
     path_args: &[String],
-    client_ip: &str,
+    client: &Client,
 ) -> Result<(T, <T::Authentication as Identify>::Identity)>
 where
     T: IncomingRequest,
     T::Authentication: Identify,
 {
     let http_request = Request::from_parts(parts, body_bytes);
-    let token = <T::Authentication as AuthScheme>::extract_authentication(&http_request);
-    let identity = <T::Authentication as Identify>::identify(services, token, client_ip)?;
+    let identity = authenticate::<T::Authentication, _>(services, &http_request, client)?;
     let mut args: Vec<&str> = path_args.iter().map(String::as_str).collect();
     // Routes registered without a trailing empty parameter (`/state/{type}` for the empty
     // state key) hand ruma an empty string for it.
@@ -290,6 +315,28 @@ where
     }))
     .map_err(|_| Error::bad_json("Malformed request body"))?;
     Ok((parsed.map_err(parse_error)?, identity))
+}
+
+/// The user behind a request to an endpoint ruma has no type for (the deprecated `/events`,
+/// `/initialSync` and their kin, Synapse's admin API, one kind of push rules): authenticated exactly as `Ruma<T>` authenticates an
+/// `AccessToken` endpoint — the `Authorization` header or the `access_token` query
+/// parameter, through the same `Identify` impl, with the same last-seen touch. Handlers read
+/// the rest of the request with axum's extractors.
+pub struct Authenticated {
+    pub identity: DeviceIdentity,
+}
+
+impl FromRequestParts<Arc<Services>> for Authenticated {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, services: &Arc<Services>) -> Result<Self> {
+        // The scheme reads only the URI and headers; the body stays with the request.
+        let mut head = Request::new(());
+        *head.uri_mut() = parts.uri.clone();
+        *head.headers_mut() = parts.headers.clone();
+        let identity = authenticate::<AccessToken, _>(services, &head, &client_of(parts))?;
+        Ok(Self { identity })
+    }
 }
 
 /// A ruma response serialised for axum.

@@ -5,9 +5,13 @@
 use std::sync::Arc;
 
 use ruma::{
-    DeviceId, OwnedDeviceId, OwnedUserId, UserId,
+    DeviceId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedUserId, UInt, UserId,
     api::client::{
         account::{ThirdPartyIdRemovalStatus, change_password, deactivate, register},
+        admin::get_user_info::{
+            self,
+            v3::{ConnectionInfo, DeviceInfo, SessionInfo},
+        },
         session::login,
         uiaa::{AuthData, AuthFlow, AuthType, UserIdentifier},
     },
@@ -612,6 +616,35 @@ impl Accounts {
             self.remove_devices_in(guard, batch, user_id, Some(&devices), None)
         })?;
         self.devices_removed(user_id, removed)
+    }
+
+    /// `GET /admin/whois/{userId}`: the user's devices, each as one session (a device holds
+    /// one live access token) with one connection, its last sighting. Users may look
+    /// themselves up; only server admins may look up others, and only local users.
+    pub fn whois(&self, requester: &UserId, target: &UserId) -> Result<get_user_info::v3::Response> {
+        if requester != target && !self.users.get(requester)?.is_some_and(|u| u.admin) {
+            return Err(Error::forbidden("You are not a server admin"));
+        }
+        if target.server_name() != self.config.server_name {
+            return Err(Error::invalid_param("Can only whois a local user"));
+        }
+        let mut response = get_user_info::v3::Response::new();
+        response.user_id = Some(target.to_owned());
+        for device in self.devices.list(target)? {
+            let mut session = SessionInfo::new();
+            if device.last_seen_ip.is_some() || device.last_seen_ms.is_some() {
+                let mut connection = ConnectionInfo::new();
+                connection.ip = device.last_seen_ip;
+                connection.last_seen =
+                    device.last_seen_ms.map(|ms| MilliSecondsSinceUnixEpoch(UInt::new_saturating(ms)));
+                connection.user_agent = device.last_seen_user_agent;
+                session.connections.push(connection);
+            }
+            let mut info = DeviceInfo::new();
+            info.sessions.push(session);
+            response.devices.insert(device.device_id.to_string(), info);
+        }
+        Ok(response)
     }
 
     /// `POST /logout/all`: every device of the user goes.

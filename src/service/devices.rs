@@ -47,6 +47,15 @@ pub struct DeviceView {
     pub display_name: Option<String>,
     pub last_seen_ip: Option<String>,
     pub last_seen_ms: Option<u64>,
+    pub last_seen_user_agent: Option<String>,
+}
+
+/// A device's last sighting held in memory until the next flush.
+#[derive(Clone)]
+struct Sighting {
+    ip: String,
+    user_agent: Option<String>,
+    at_ms: u64,
 }
 
 type DeviceKey = (OwnedUserId, OwnedDeviceId);
@@ -64,7 +73,7 @@ pub struct Devices {
     refreshable_lifetime: Duration,
     /// Last-seen updates held in memory and written in bulk by `flush_last_seen`, so that an
     /// authenticated request costs a map insert rather than a database write.
-    last_seen: Mutex<HashMap<DeviceKey, (String, u64)>>,
+    last_seen: Mutex<HashMap<DeviceKey, Sighting>>,
     /// Serialises every read-modify-write of device records and the tokens they point at
     /// (and the account flows in `Accounts` that commit with them), so two writers can never
     /// leave a token that no device record knows about and so nothing revokes.
@@ -126,11 +135,11 @@ impl Devices {
         Ok(DeviceIdentity { user_id: record.user_id, device_id: record.device_id })
     }
 
-    /// Note that a device was just used from `ip`; cheap, persisted later.
-    pub fn touch(&self, identity: &DeviceIdentity, ip: String) {
-        let now = self.clock.now_ms();
+    /// Note that a device was just used from `ip` by `user_agent`; cheap, persisted later.
+    pub fn touch(&self, identity: &DeviceIdentity, ip: String, user_agent: Option<String>) {
+        let sighting = Sighting { ip, user_agent, at_ms: self.clock.now_ms() };
         if let Ok(mut pending) = self.last_seen.lock() {
-            pending.insert((identity.user_id.clone(), identity.device_id.clone()), (ip, now));
+            pending.insert((identity.user_id.clone(), identity.device_id.clone()), sighting);
         }
     }
 
@@ -150,9 +159,10 @@ impl Devices {
         for (key, record) in keys.iter().zip(records) {
             // A device deleted meanwhile stays deleted.
             let Some(mut record) = record else { continue };
-            let (ip, ts) = &pending[key];
-            record.last_seen_ip = Some(ip.clone());
-            record.last_seen_ms = Some(*ts);
+            let sighting = &pending[key];
+            record.last_seen_ip = Some(sighting.ip.clone());
+            record.last_seen_ms = Some(sighting.at_ms);
+            record.last_seen_user_agent = sighting.user_agent.clone();
             self.devices.put(&mut batch, key, &record)?;
         }
         Ok(self.store.write(batch)?)
@@ -177,7 +187,13 @@ impl Devices {
         let mut record = match self.devices.get(&key)? {
             Some(existing) => {
                 self.revoke_tokens_in(batch, &existing);
-                DeviceRecord { last_seen_ip: Some(client_ip), last_seen_ms: Some(now), ..existing }
+                DeviceRecord {
+                    last_seen_ip: Some(client_ip),
+                    last_seen_ms: Some(now),
+                    // The agent is learnt from the session's first authenticated request.
+                    last_seen_user_agent: None,
+                    ..existing
+                }
             }
             None => DeviceRecord {
                 display_name,
@@ -185,6 +201,7 @@ impl Devices {
                 // The login itself is the first sighting.
                 last_seen_ip: Some(client_ip),
                 last_seen_ms: Some(now),
+                last_seen_user_agent: None,
                 access_token: None,
                 refresh_token: None,
             },
@@ -214,6 +231,7 @@ impl Devices {
             created_ms: self.clock.now_ms(),
             last_seen_ip: None,
             last_seen_ms: None,
+            last_seen_user_agent: None,
             access_token: None,
             refresh_token: None,
         };
@@ -314,11 +332,17 @@ impl Devices {
 
     fn view(&self, key: &DeviceKey, record: DeviceRecord) -> DeviceView {
         let pending = self.last_seen.lock().ok().and_then(|m| m.get(key).cloned());
-        let (last_seen_ip, last_seen_ms) = match pending {
-            Some((ip, ts)) => (Some(ip), Some(ts)),
-            None => (record.last_seen_ip, record.last_seen_ms),
+        let (last_seen_ip, last_seen_ms, last_seen_user_agent) = match pending {
+            Some(seen) => (Some(seen.ip), Some(seen.at_ms), seen.user_agent),
+            None => (record.last_seen_ip, record.last_seen_ms, record.last_seen_user_agent),
         };
-        DeviceView { device_id: key.1.clone(), display_name: record.display_name, last_seen_ip, last_seen_ms }
+        DeviceView {
+            device_id: key.1.clone(),
+            display_name: record.display_name,
+            last_seen_ip,
+            last_seen_ms,
+            last_seen_user_agent,
+        }
     }
 
     /// All devices of a user, in device-id order.

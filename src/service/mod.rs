@@ -10,6 +10,7 @@ pub mod devices;
 pub mod filters;
 pub mod key_backup;
 pub mod keys;
+pub mod legacy_sync;
 pub mod media;
 pub mod passwords;
 pub mod presence;
@@ -59,6 +60,7 @@ pub struct Services {
     pub presence: Arc<presence::Presence>,
     pub filters: Arc<filters::Filters>,
     pub sync: Arc<sync::Sync>,
+    pub legacy_sync: Arc<legacy_sync::LegacySync>,
     pub aliases: Arc<rooms::aliases::Aliases>,
     pub directory: Arc<rooms::directory::Directory>,
     pub reports: Arc<rooms::reports::Reports>,
@@ -210,6 +212,19 @@ impl Services {
             Arc::clone(&room_states),
             Arc::clone(&memberships),
         ));
+        let legacy_sync = Arc::new(legacy_sync::LegacySync::new(
+            Arc::clone(&stream),
+            Arc::clone(&events),
+            Arc::clone(&memberships),
+            Arc::clone(&visibility),
+            Arc::clone(&history),
+            Arc::clone(&account_data),
+            Arc::clone(&receipts),
+            Arc::clone(&typing),
+            Arc::clone(&presence),
+            Arc::clone(&directory),
+            Arc::clone(&renderer),
+        ));
         let reports = Arc::new(rooms::reports::Reports::new(&store, Arc::clone(&clock))?);
         let room_creation = Arc::new(rooms::create::RoomCreation::new(
             Arc::clone(&config),
@@ -284,6 +299,7 @@ impl Services {
             presence,
             filters,
             sync,
+            legacy_sync,
             aliases,
             directory,
             reports,

@@ -110,6 +110,11 @@ impl Presence {
         self.write_with(user_id, state, status_msg, now, announce)
     }
 
+    /// Whether the server tracks presence at all (`presence_enabled`).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The user's presence; `None` if it was never set (or presence is off).
     pub fn get(&self, user_id: &UserId) -> Result<Option<PresenceView>> {
         if !self.enabled {

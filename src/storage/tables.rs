@@ -298,6 +298,9 @@ pub struct DeviceRecord {
     pub created_ms: u64,
     pub last_seen_ip: Option<String>,
     pub last_seen_ms: Option<u64>,
+    /// The `User-Agent` of the last sighting; absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_user_agent: Option<String>,
     /// The device's one live access token.
     pub access_token: Option<TokenHash>,
     /// The device's one live refresh token, if it logged in with refresh tokens.

@@ -29,7 +29,7 @@ pub async fn send_message_event(
     let txn = Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str() };
     let event_id = services
         .room_actions
-        .send_message(&req.identity.user_id, &body.room_id, &body.event_type.to_string(), content, txn)
+        .send_message(&req.identity.user_id, &body.room_id, &body.event_type.to_string(), content, Some(txn))
         .await?;
     Ok(send_message_event::v3::Response::new(event_id))
 }

@@ -2,6 +2,7 @@
 //! endpoint, named after it.
 
 pub mod account;
+pub mod admin;
 pub mod alias;
 pub mod authenticated_media;
 pub mod backup;
@@ -13,6 +14,7 @@ pub mod directory;
 pub mod discovery;
 pub mod keys;
 pub mod knock;
+pub mod legacy;
 pub mod media;
 pub mod membership;
 pub mod message;

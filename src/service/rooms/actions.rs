@@ -65,24 +65,27 @@ impl RoomActions {
         Self { timeline, events, states, members, visibility, aliases, directory, reports }
     }
 
-    /// `PUT /send`: a message event, idempotent per device and transaction ID.
+    /// `PUT /send`: a message event, idempotent per device and transaction ID; or, without
+    /// a transaction (the deprecated `POST /send`), a new event on every call.
     pub async fn send_message(
         &self,
         sender: &UserId,
         room_id: &RoomId,
         kind: &str,
         content: JsonValue,
-        txn: Txn<'_>,
+        txn: Option<Txn<'_>>,
     ) -> Result<OwnedEventId> {
         ensure_object(&content)?;
         // A retried transaction is answered before the membership check, so a client that
         // retries after leaving still learns its event ID. `send` checks again under the lock.
-        if let Some(event_id) = self.timeline.txn_event(sender, txn)? {
+        if let Some(txn) = txn
+            && let Some(event_id) = self.timeline.txn_event(sender, txn)?
+        {
             return Ok(event_id);
         }
         self.ensure_joined(room_id, sender)?;
         let template = client_template(kind, None, content)?;
-        self.timeline.send(room_id, sender, template, Some(txn)).await
+        self.timeline.send(room_id, sender, template, txn).await
     }
 
     /// `PUT /state`: a state event. Sending the content already in place answers the
@@ -144,11 +147,23 @@ impl RoomActions {
     /// answer does not tell which event IDs exist.
     pub fn event(&self, user_id: &UserId, room_id: &RoomId, event_id: &EventId) -> Result<Arc<StoredEvent>> {
         let not_found = || Error::not_found("Event not found");
-        if self.ensure_can_peek(room_id, user_id).is_err() {
+        if !self.can_peek(room_id, user_id)? {
             return Err(not_found());
         }
         let event = self.events.get(event_id)?.ok_or_else(not_found)?;
         if event.pdu.room_id != room_id || !self.visibility.may_see_event(user_id, &event)? {
+            return Err(not_found());
+        }
+        Ok(event)
+    }
+
+    /// `GET /events/{eventId}` (deprecated): an event of any room, by the same rules as
+    /// `event`. Every refusal is `M_NOT_FOUND`, as the spec gives this endpoint no other
+    /// answer, so it tells a stranger nothing about which events exist.
+    pub fn event_by_id(&self, user_id: &UserId, event_id: &EventId) -> Result<Arc<StoredEvent>> {
+        let not_found = || Error::not_found("Event not found");
+        let event = self.events.get(event_id)?.ok_or_else(not_found)?;
+        if !self.can_peek(&event.pdu.room_id, user_id)? || !self.visibility.may_see_event(user_id, &event)? {
             return Err(not_found());
         }
         Ok(event)
@@ -438,10 +453,14 @@ impl RoomActions {
     /// Readers of single events: anyone who ever had a membership, or anyone at all in a
     /// world-readable room. Which events they see is then up to `Visibility`.
     fn ensure_can_peek(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
-        if self.members.get(room_id, user_id)?.is_some() || self.visibility.world_readable_now(room_id)? {
+        if self.can_peek(room_id, user_id)? {
             return Ok(());
         }
         Err(Error::forbidden("You don't have permission to view this room"))
+    }
+
+    fn can_peek(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.members.get(room_id, user_id)?.is_some() || self.visibility.world_readable_now(room_id)?)
     }
 }
 

@@ -28,7 +28,15 @@ pub enum Shape {
     Sync,
     /// The event as the room graph holds it (`event_format: federation`).
     Federation,
+    /// The client format with the pre-r0 fields that clients of the deprecated endpoints
+    /// (`/events`, `/initialSync`) read, as Synapse serves them: `user_id` (the sender) and
+    /// `age`, `prev_content`, `replaces_state` and `redacted_because` copied up from
+    /// `unsigned`.
+    Legacy,
 }
+
+/// The `unsigned` fields the pre-r0 format also carries at the top level.
+const LEGACY_TOP_LEVEL: &[&str] = &["age", "prev_content", "replaces_state", "redacted_because"];
 
 /// How a list of events should be rendered.
 #[derive(Clone, Copy)]
@@ -39,6 +47,7 @@ pub struct Rendering<'a> {
 
 impl Rendering<'_> {
     pub const CLIENT: Rendering<'static> = Rendering { shape: Shape::Client, fields: None };
+    pub const LEGACY: Rendering<'static> = Rendering { shape: Shape::Legacy, fields: None };
 }
 
 pub struct EventRenderer {
@@ -68,7 +77,7 @@ impl EventRenderer {
             unsigned.insert("m.relations".to_owned(), bundle);
         }
         let mut value = match how.shape {
-            Shape::Client | Shape::Sync => pdu.to_client_event(Some(unsigned)),
+            Shape::Client | Shape::Sync | Shape::Legacy => pdu.to_client_event(Some(unsigned)),
             Shape::Federation => {
                 let mut value = serde_json::to_value(pdu)
                     .map_err(|e| Error::internal(format!("serialising event: {e}")))?;
@@ -85,9 +94,26 @@ impl EventRenderer {
                 value
             }
         };
-        if how.shape == Shape::Sync {
-            if let Some(map) = value.as_object_mut() {
-                map.remove("room_id");
+        if let Some(map) = value.as_object_mut() {
+            match how.shape {
+                Shape::Sync => {
+                    map.remove("room_id");
+                }
+                Shape::Legacy => {
+                    let copied: Vec<(String, JsonValue)> = map
+                        .get("unsigned")
+                        .and_then(JsonValue::as_object)
+                        .map(|unsigned| {
+                            LEGACY_TOP_LEVEL
+                                .iter()
+                                .filter_map(|key| Some(((*key).to_owned(), unsigned.get(*key)?.clone())))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    map.extend(copied);
+                    map.insert("user_id".to_owned(), pdu.sender.as_str().into());
+                }
+                Shape::Client | Shape::Federation => {}
             }
         }
         Ok(filter::select_fields(value, how.fields))
