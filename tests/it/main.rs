@@ -14,6 +14,7 @@ mod ephemeral;
 mod harness;
 mod history;
 mod keys;
+mod limits;
 mod media;
 mod membership;
 mod profile;
