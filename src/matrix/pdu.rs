@@ -228,7 +228,7 @@ impl Pdu {
             serde_json::from_str(self.content.get()).map_err(|e| format!("content is not canonical: {e}"))?;
         redact_content_in_place(&mut content, &rules.redaction, self.kind.to_string());
         self.content = serde_json::value::to_raw_value(&content).map_err(|e| e.to_string())?;
-        let because = serde_json::to_value(redaction.to_client_event(None)).map_err(|e| e.to_string())?;
+        let because = redaction.to_client_event(None)?;
         self.unsigned.get_or_insert_with(Default::default).insert("redacted_because".to_owned(), because);
         Ok(())
     }
@@ -239,17 +239,21 @@ impl Pdu {
     }
 
     /// The event in the client-server format. `unsigned` extras (such as `prev_content`) are
-    /// merged over what the event carries.
-    pub fn to_client_event(&self, extra_unsigned: Option<serde_json::Map<String, JsonValue>>) -> JsonValue {
-        let mut event = serde_json::json!({
-            "content": self.content,
-            "event_id": self.event_id,
-            "origin_server_ts": self.origin_server_ts,
-            "room_id": self.room_id,
-            "sender": self.sender,
-            "type": self.kind,
-        });
-        let map = event.as_object_mut().expect("json! object literal");
+    /// merged over what the event carries. Fails (where `json!` would panic) on content
+    /// serde_json cannot read into a value, such as content nested 128 levels deep.
+    pub fn to_client_event(
+        &self,
+        extra_unsigned: Option<serde_json::Map<String, JsonValue>>,
+    ) -> Result<JsonValue, String> {
+        let content: JsonValue =
+            serde_json::from_str(self.content.get()).map_err(|e| format!("event content: {e}"))?;
+        let mut map = serde_json::Map::new();
+        map.insert("content".to_owned(), content);
+        map.insert("event_id".to_owned(), self.event_id.as_str().into());
+        map.insert("origin_server_ts".to_owned(), u64::from(self.origin_server_ts.get()).into());
+        map.insert("room_id".to_owned(), self.room_id.as_str().into());
+        map.insert("sender".to_owned(), self.sender.as_str().into());
+        map.insert("type".to_owned(), self.kind.to_string().into());
         if let Some(state_key) = &self.state_key {
             map.insert("state_key".to_owned(), state_key.as_str().into());
         }
@@ -261,7 +265,7 @@ impl Pdu {
         if !unsigned.is_empty() {
             map.insert("unsigned".to_owned(), JsonValue::Object(unsigned));
         }
-        event
+        Ok(JsonValue::Object(map))
     }
 
     /// The content parsed as a generic JSON object.

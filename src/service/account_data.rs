@@ -1,6 +1,9 @@
 //! Per-user account data, global and per room (tags, `m.fully_read`, ignored users, direct
 //! chats, push rules...), with a change feed so sync sends only what changed.
 //! Owns the `account_data` and `account_data_changes` tables.
+//!
+//! What cannot be read back safely (stored by an older version without the nesting limit)
+//! is left out of syncs with a log line rather than failing them.
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 
 use crate::{
     Error, Result,
+    matrix::limits::{self, MAX_JSON_DEPTH},
     service::stream::{Change, Stream},
     storage::{
         Direction, KvStore, Table, WriteBatch,
@@ -173,6 +177,15 @@ impl AccountData {
             let (_, change) = row?;
             let key = (user.clone(), change.room.clone(), change.kind.clone());
             let Some(record) = self.data.get(&key)? else { continue };
+            if limits::json_too_deep(record.content.get().as_bytes(), MAX_JSON_DEPTH) {
+                // Stored before the nesting limit; clients that parse it would fail as this
+                // server once did. Still readable on its own through GET account_data.
+                tracing::warn!(
+                    %user_id, room = %change.room, kind = %change.kind,
+                    "account data nested more than {MAX_JSON_DEPTH} levels deep left out of sync"
+                );
+                continue;
+            }
             let room_id = if change.room == GLOBAL {
                 None
             } else {

@@ -200,8 +200,9 @@ impl Notifications {
         if recipients.is_empty() {
             return Ok(Vec::new());
         }
-        let raw: Raw<JsonValue> =
-            Raw::from_json(crate::service::rooms::render::to_raw(&pdu.to_client_event(None))?);
+        let raw: Raw<JsonValue> = Raw::from_json(crate::service::rooms::render::to_raw(
+            &pdu.to_client_event(None).map_err(Error::internal)?,
+        )?);
         // Flattened once for every member, rather than once per member inside ruma.
         let flattened = FlattenedJson::from_raw(&raw);
         let power: PushConditionPowerLevelsCtx = power_levels.into();

@@ -38,7 +38,7 @@ use super::{
 use crate::{
     Error, Result,
     matrix::{
-        auth,
+        auth, limits,
         pdu::{self, BuildError, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
         room_version,
     },
@@ -269,7 +269,12 @@ impl Timeline {
             let unsigned = pdu.unsigned.get_or_insert_with(Default::default);
             unsigned.insert("replaces_state".to_owned(), replaced.as_str().into());
             if let Some(previous) = previous {
-                unsigned.insert("prev_content".to_owned(), previous.pdu.content_value());
+                // Content stored before the nesting limit may be too deep to carry two levels
+                // further down: serde_json (here, in push rule evaluation, in clients) stops
+                // reading at 128.
+                if !limits::json_too_deep(previous.pdu.content.get().as_bytes(), limits::MAX_JSON_DEPTH) {
+                    unsigned.insert("prev_content".to_owned(), previous.pdu.content_value());
+                }
                 unsigned.insert("prev_sender".to_owned(), previous.pdu.sender.as_str().into());
             }
         }
