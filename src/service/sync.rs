@@ -372,9 +372,12 @@ impl Sync {
         }
         // End-to-end encryption: this device's messages and key counts, and whose devices
         // to re-fetch.
-        let to_device = self.to_device.take(user_id, &request.device_id, since, upto)?;
-        response.to_device.events =
-            to_device.iter().map(|e| to_raw(e).map(Raw::from_json)).collect::<Result<_>>()?;
+        response.to_device.events = self
+            .to_device
+            .take(user_id, &request.device_id, since, upto)?
+            .into_iter()
+            .map(Raw::from_json)
+            .collect();
         for (algorithm, count) in self.keys.one_time_key_counts(user_id, &request.device_id)? {
             response
                 .device_one_time_keys_count

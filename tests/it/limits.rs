@@ -103,6 +103,52 @@ async fn json_nested_past_the_limit_is_refused_before_it_is_stored() {
 
 /// Messages and account data nested too deep to re-read, as versions before the limit stored
 /// them: the owner's syncs still answer, across a restart, without the unreadable parts.
+#[tokio::test]
+async fn deep_data_stored_before_the_limit_does_not_break_sync() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let bob_id: OwnedUserId = bob.user_id.parse().unwrap();
+    let alice_id: OwnedUserId = alice.user_id.parse().unwrap();
+    let alice_device: OwnedDeviceId = alice.device_id.as_str().into();
+    let bob_device: OwnedDeviceId = bob.device_id.as_str().into();
+
+    // Straight into the services, past the edge: 200 levels, which serde_json cannot read
+    // into a value (it stops at 128).
+    let deep = RawValue::from_string(nested(200)).unwrap();
+    let to_bob = |content: Box<RawValue>| {
+        BTreeMap::from([(
+            bob_id.clone(),
+            vec![(conduit::service::to_device::Target::Device(bob_device.clone()), content)],
+        )])
+    };
+    s.services.to_device.send(&alice_id, &alice_device, "m.deep", "old-1", to_bob(deep.clone())).unwrap();
+    s.services.account_data.set(&bob_id, None, "m.deep", deep).unwrap();
+    // A readable message after them.
+    let path = format!("{V3}/sendToDevice/m.fine/new-1");
+    assert_eq!(
+        s.put(&path, Some(&alice.token), json!({"messages": {&bob.user_id: {&bob.device_id: {"ok": 1}}}}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let dir = s.stop().await;
+    let s = TestServer::boot(test_config(dir.path()), dir).await;
+    let body = sync(&s, &bob, "").await;
+    let events = list(&body["to_device"]["events"]);
+    assert_eq!(events.iter().map(|e| e["type"].clone()).collect::<Vec<_>>(), [json!("m.fine")]);
+    assert!(!list(&body["account_data"]["events"]).iter().any(|e| e["type"] == "m.deep"), "{body}");
+    // The unreadable message is acknowledged with the rest, and the next sync is empty.
+    let next = body["next_batch"].as_str().unwrap();
+    let after = sync(&s, &bob, &format!("since={next}&timeout=0")).await;
+    assert!(list(&after["to_device"]["events"]).is_empty());
+    // The account data itself is still there for the owner to read or replace.
+    let (status, _) =
+        s.get(&format!("{V3}/user/{}/account_data/m.deep", bob.user_id), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 fn urlencoding(s: &str) -> String {
     s.bytes()
         .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
@@ -120,6 +166,127 @@ async fn login_without_a_type_is_bad_json_not_a_panic() {
         );
         assert_eq!(body["error"], "missing field `type`");
     }
+}
+
+#[tokio::test]
+async fn to_device_messages_are_limited_to_64_kib() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let since = crate::sync::token(&s, &bob).await;
+    let path = format!("{V3}/sendToDevice/m.test/at-limit");
+    assert_eq!(
+        put_raw(&s, &path, &alice, to_device_body(&bob, &bob.device_id, &sized(65_536))).await.0,
+        StatusCode::OK
+    );
+    let path = format!("{V3}/sendToDevice/m.test/past-limit");
+    let refused = put_raw(&s, &path, &alice, to_device_body(&bob, "*", &sized(65_537))).await;
+    let body = expect_error(refused, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    assert!(body["error"].as_str().unwrap().contains("65537 > 65536"), "{body}");
+    let batches = drain_to_device(&s, &bob, since).await;
+    assert_eq!(batches.concat().len(), 1);
+    assert_eq!(batches[0][0]["content"]["p"].as_str().unwrap().len(), 65_528);
+}
+
+#[tokio::test]
+async fn one_sync_carries_at_most_100_to_device_messages_and_loses_none() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let since = crate::sync::token(&s, &bob).await;
+    for n in 0..101 {
+        let body = json!({"messages": {&bob.user_id: {&bob.device_id: {"n": n}}}});
+        assert_eq!(
+            s.put(&format!("{V3}/sendToDevice/m.test/t{n}"), Some(&alice.token), body).await.0,
+            StatusCode::OK
+        );
+    }
+    let first = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    assert_eq!(list(&first["to_device"]["events"]).len(), 100);
+    // A lost response: the same token gets the same messages again.
+    let again = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    assert_eq!(again["to_device"], first["to_device"]);
+    // Across a restart too; then the token acknowledges the hundred, and the last one comes.
+    let dir = s.stop().await;
+    let s = TestServer::boot(test_config(dir.path()), dir).await;
+    let next = again["next_batch"].as_str().unwrap().to_owned();
+    let rest = drain_to_device(&s, &bob, next).await;
+    let ns: Vec<u64> = list(&first["to_device"]["events"])
+        .iter()
+        .chain(rest.concat().iter())
+        .map(|e| e["content"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..101).collect::<Vec<_>>());
+    assert_eq!(rest.len(), 1);
+}
+
+#[tokio::test]
+async fn one_sync_carries_about_a_mebibyte_of_to_device_messages() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let since = crate::sync::token(&s, &bob).await;
+    // 60,000 bytes each: 17 fit in 1 MiB (1,020,000 bytes), 18 do not.
+    for n in 0..20 {
+        let path = format!("{V3}/sendToDevice/m.test/big{n}");
+        let body = to_device_body(&bob, &bob.device_id, &sized(60_000));
+        assert_eq!(put_raw(&s, &path, &alice, body).await.0, StatusCode::OK);
+    }
+    let batches = drain_to_device(&s, &bob, since).await;
+    assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [17, 3]);
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_what_would_overflow_it() {
+    let s = TestServer::start_with(|c| {
+        c.to_device_queue_max_messages = 3;
+        c.to_device_queue_max_bytes = 100_000;
+    })
+    .await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let bob_phone = s.login("bob", "pw-bob-12345", Some("PHONE")).await;
+    let since = crate::sync::token(&s, &bob).await;
+    let phone_since = crate::sync::token(&s, &bob_phone).await;
+    for n in 0..4 {
+        let body = json!({"messages": {&bob.user_id: {&bob.device_id: {"n": n}}}});
+        assert_eq!(
+            s.put(&format!("{V3}/sendToDevice/m.test/n{n}"), Some(&alice.token), body).await.0,
+            StatusCode::OK
+        );
+    }
+    // The phone's queue is separate; by bytes, 100,000 hold one message of 60,000, not two.
+    for n in 0..2 {
+        let path = format!("{V3}/sendToDevice/m.test/big{n}");
+        let body = to_device_body(&bob, "PHONE", &sized(60_000));
+        assert_eq!(put_raw(&s, &path, &alice, body).await.0, StatusCode::OK);
+    }
+    let got: Vec<Value> = drain_to_device(&s, &bob, since).await.concat();
+    assert_eq!(got.iter().map(|e| e["content"]["n"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(drain_to_device(&s, &bob_phone, phone_since).await.concat().len(), 1);
+    // Acknowledged messages free the queue again.
+    let body = json!({"messages": {&bob.user_id: {&bob.device_id: {"n": 4}}}});
+    assert_eq!(
+        s.put(&format!("{V3}/sendToDevice/m.test/n4"), Some(&alice.token), body).await.0,
+        StatusCode::OK
+    );
+    let latest = sync(&s, &bob, "").await;
+    assert_eq!(list(&latest["to_device"]["events"]).len(), 1);
+}
+
+#[tokio::test]
+async fn to_device_messages_for_unknown_devices_are_not_kept() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let body = json!({"messages": {&bob.user_id: {"LATER": {"early": true}}}});
+    assert_eq!(
+        s.put(&format!("{V3}/sendToDevice/m.test/early"), Some(&alice.token), body).await.0,
+        StatusCode::OK
+    );
+    // A device that logs in later under that ID never had those messages waiting.
+    let later = s.login("bob", "pw-bob-12345", Some("LATER")).await;
+    assert!(list(&sync(&s, &later, "").await["to_device"]["events"]).is_empty());
 }
 
 /// Register with a chosen device ID, through the dummy stage as clients do; the last answer.
