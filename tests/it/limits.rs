@@ -301,6 +301,37 @@ async fn register(s: &TestServer, name: &str, device: String) -> (StatusCode, Va
 }
 
 #[tokio::test]
+async fn account_data_is_limited_per_user() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let mib = 1024 * 1024;
+    async fn put_sized(s: &TestServer, who: &Session, kind: &str, size: usize) -> (StatusCode, Value) {
+        let path = format!("{V3}/user/{}/account_data/{kind}", who.user_id);
+        put_raw(s, &path, who, sized(size)).await
+    }
+    // 16 MiB in all, exactly.
+    for n in 0..15 {
+        assert_eq!(put_sized(&s, &alice, &format!("big.{n}"), mib).await.0, StatusCode::OK);
+    }
+    assert_eq!(put_sized(&s, &alice, "big.15", mib).await.0, StatusCode::OK);
+    let refused = put_sized(&s, &alice, "one.more", 8 + 1).await;
+    let body = expect_error(refused, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    assert!(body["error"].as_str().unwrap().contains("per user"), "{body}");
+    // Replacing a piece with a smaller one is always possible, and frees room.
+    assert_eq!(put_sized(&s, &alice, "big.0", 1024).await.0, StatusCode::OK);
+    assert_eq!(put_sized(&s, &alice, "one.more", 9).await.0, StatusCode::OK);
+    // The bound is per user.
+    assert_eq!(put_sized(&s, &bob, "big.0", mib).await.0, StatusCode::OK);
+    // And it is counted from what is stored after a restart.
+    let dir = s.stop().await;
+    let s = TestServer::boot(test_config(dir.path()), dir).await;
+    let path = format!("{V3}/user/{}/account_data/big.0", alice.user_id);
+    expect_error(put_raw(&s, &path, &alice, sized(mib)).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    assert_eq!(put_raw(&s, &path, &alice, sized(mib - 9)).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn tags_written_whole_in_a_wrong_shape_do_not_break_reading_tags() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "pw-alice-123").await;
