@@ -15,6 +15,8 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 
+use super::limits::{MAX_EVENT_TYPE_BYTES, MAX_STATE_KEY_BYTES};
+
 /// The most `prev_events` a new event names; the spec caps it at 20.
 pub const MAX_PREV_EVENTS: usize = 20;
 /// The spec's limit on a PDU's size in bytes, signatures included.
@@ -27,6 +29,8 @@ const SIGNING_OVERHEAD_BYTES: usize = 256;
 pub enum BuildError {
     /// The signed event would exceed [`MAX_PDU_BYTES`].
     TooLarge,
+    /// A key the spec limits on its own (`type`, `state_key`) is longer than that.
+    KeyTooLarge(&'static str),
     /// Anything else: malformed input or a failure in hashing or signing.
     Invalid(String),
 }
@@ -102,6 +106,12 @@ pub fn build_pdu(
     template: &EventTemplate,
     position: GraphPosition<'_>,
 ) -> Result<Pdu, BuildError> {
+    if template.kind.to_string().len() > MAX_EVENT_TYPE_BYTES {
+        return Err(BuildError::KeyTooLarge("type"));
+    }
+    if template.state_key.as_ref().is_some_and(|key| key.len() > MAX_STATE_KEY_BYTES) {
+        return Err(BuildError::KeyTooLarge("state_key"));
+    }
     let mut content = template.content.clone();
     let content_field_redacts = rules.redaction.content_field_redacts;
     if let (Some(redacts), true) = (&template.redacts, content_field_redacts) {

@@ -16,7 +16,7 @@ use ruma::{
 use ruma::api::error::ErrorKind;
 
 use super::{
-    devices::{DeviceIdentity, Devices, WriteGuard},
+    devices::{self, DeviceIdentity, Devices, WriteGuard},
     key_backup::KeyBackup,
     keys::Keys,
     passwords::random_string,
@@ -174,6 +174,7 @@ impl Accounts {
         if let Some(name) = &username {
             self.available_user_id(name)?;
         }
+        devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
         let requirement =
             UiaaRequirement { endpoint: "register", flows: self.registration_flows(), user: None };
         self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
@@ -284,6 +285,8 @@ impl Accounts {
             (None, Some(user)) => Some(user.as_str()),
             (None, None) => return Err(Error::missing_param("Missing identifier")),
         };
+        // Before the password is hashed: the answer does not depend on it.
+        devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
         let user_id = claimed.and_then(|c| resolve_login_user(c, &self.config.server_name));
         // A missing account is checked too (against a decoy hash): same effort, same answer.
         let placeholder = || resolve_login_user("_", &self.config.server_name);

@@ -289,6 +289,78 @@ async fn to_device_messages_for_unknown_devices_are_not_kept() {
     assert!(list(&sync(&s, &later, "").await["to_device"]["events"]).is_empty());
 }
 
+#[tokio::test]
+async fn event_types_and_state_keys_are_limited_to_255_bytes() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({})).await;
+    let (ok, long) = ("k".repeat(255), "k".repeat(256));
+    let put = |path: String| put(&s, path, &alice.token, json!({}));
+    assert_eq!(put(format!("{V3}/rooms/{room}/state/m.test/{ok}")).await.0, StatusCode::OK);
+    let body = expect_error(
+        put(format!("{V3}/rooms/{room}/state/m.test/{long}")).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    );
+    assert_eq!(body["error"], "'state_key' too large");
+    assert_eq!(put(format!("{V3}/rooms/{room}/state/{ok}")).await.0, StatusCode::OK);
+    let body = expect_error(
+        put(format!("{V3}/rooms/{room}/state/{long}")).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    );
+    assert_eq!(body["error"], "'type' too large");
+    assert_eq!(put(format!("{V3}/rooms/{room}/send/{ok}/t1")).await.0, StatusCode::OK);
+    expect_error(
+        put(format!("{V3}/rooms/{room}/send/{long}/t2")).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    );
+    // Initial state of a new room goes through the same check.
+    let initial = |key: &str| json!({"initial_state": [{"type": "m.test", "state_key": key, "content": {}}]});
+    let (status, _) = s.post(&format!("{V3}/createRoom"), Some(&alice.token), initial(&ok)).await;
+    assert_eq!(status, StatusCode::OK);
+    expect_error(
+        s.post(&format!("{V3}/createRoom"), Some(&alice.token), initial(&long)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    );
+    // Nothing of the refused ones was stored.
+    let (status, _) = s.get(&format!("{V3}/rooms/{room}/state/m.test/{long}"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn device_ids_and_initial_names_chosen_by_clients_are_bounded() {
+    let s = TestServer::start().await;
+    s.register("alice", "pw-alice-123").await;
+    let login = |device: String, name: String| {
+        let body = json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": "alice"},
+            "password": "pw-alice-123",
+            "device_id": device,
+            "initial_device_display_name": name,
+        });
+        post(&s, format!("{V3}/login"), None, body)
+    };
+    let (status, body) = login("D".repeat(512), "n".repeat(100)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["device_id"].as_str().unwrap().len(), 512);
+    let body =
+        expect_error(login("D".repeat(513), "n".into()).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    assert!(body["error"].as_str().unwrap().contains("device_id"), "{body}");
+    expect_error(login("D".repeat(100_000), "n".into()).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    expect_error(login("E".into(), "n".repeat(101)).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+
+    let (status, body) = register(&s, "bob", "D".repeat(512)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    expect_error(register(&s, "carol", "D".repeat(513)).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    // Refused before the account was made: the name is still free.
+    let (status, body) = register(&s, "carol", "D".into()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// Register with a chosen device ID, through the dummy stage as clients do; the last answer.
 async fn register(s: &TestServer, name: &str, device: String) -> (StatusCode, Value) {
     let mut body = json!({"username": name, "password": "pw-12345678", "device_id": device});
@@ -298,6 +370,133 @@ async fn register(s: &TestServer, name: &str, device: String) -> (StatusCode, Va
     }
     body["auth"] = json!({"type": "m.login.dummy", "session": challenge["session"]});
     s.post(&format!("{V3}/register"), None, body).await
+}
+
+#[tokio::test]
+async fn transaction_ids_are_limited_to_255_bytes() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({})).await;
+    let (ok, long) = ("t".repeat(255), "t".repeat(256));
+    let message = json!({"msgtype": "m.text", "body": "hi"});
+    let send = |txn: &str| {
+        put(&s, format!("{V3}/rooms/{room}/send/m.room.message/{txn}"), &alice.token, message.clone())
+    };
+    let (status, sent) = send(&ok).await;
+    assert_eq!(status, StatusCode::OK);
+    // The stored transaction still answers a retry with the same event.
+    assert_eq!(send(&ok).await.1["event_id"], sent["event_id"]);
+    expect_error(send(&long).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let event = sent["event_id"].as_str().unwrap();
+    let redact =
+        |txn: &str| put(&s, format!("{V3}/rooms/{room}/redact/{event}/{txn}"), &alice.token, json!({}));
+    expect_error(redact(&long).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    assert_eq!(redact(&ok).await.0, StatusCode::OK);
+    let to_device = |txn: &str| {
+        let body = json!({"messages": {&alice.user_id: {&alice.device_id: {}}}});
+        put(&s, format!("{V3}/sendToDevice/m.test/{txn}"), &alice.token, body)
+    };
+    assert_eq!(to_device(&ok).await.0, StatusCode::OK);
+    expect_error(to_device(&long).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+}
+
+#[tokio::test]
+async fn filter_ids_tags_and_data_types_are_limited_to_255_bytes() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({})).await;
+    let user = &alice.user_id;
+    let (ok, long) = ("f".repeat(255), "f".repeat(256));
+    let token = alice.token.as_str();
+
+    let filter = |id: &str| get(&s, format!("{V3}/user/{user}/filter/{id}"), token);
+    expect_error(filter(&ok).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    expect_error(filter(&long).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let body = expect_error(
+        get(&s, format!("{V3}/sync?filter={long}"), token).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert!(body["error"].as_str().unwrap().contains("255"), "{body}");
+
+    let tag = |name: &str| {
+        put(&s, format!("{V3}/user/{user}/rooms/{room}/tags/{name}"), token, json!({"order": 0.5}))
+    };
+    assert_eq!(tag(&ok).await.0, StatusCode::OK);
+    expect_error(tag(&long).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let (_, tags) = get(&s, format!("{V3}/user/{user}/rooms/{room}/tags"), token).await;
+    assert_eq!(tags["tags"].as_object().unwrap().keys().collect::<Vec<_>>(), [&ok]);
+
+    let global =
+        |kind: &str| put(&s, format!("{V3}/user/{user}/account_data/{kind}"), token, json!({"a": 1}));
+    assert_eq!(global(&ok).await.0, StatusCode::OK);
+    expect_error(global(&long).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let in_room = |kind: &str| {
+        put(&s, format!("{V3}/user/{user}/rooms/{room}/account_data/{kind}"), token, json!({"a": 1}))
+    };
+    assert_eq!(in_room(&ok).await.0, StatusCode::OK);
+    expect_error(in_room(&long).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+
+    let to_device = |kind: &str| {
+        let body = json!({"messages": {user: {&alice.device_id: {}}}});
+        put(&s, format!("{V3}/sendToDevice/{kind}/{}", kind.len()), token, body)
+    };
+    assert_eq!(to_device(&ok).await.0, StatusCode::OK);
+    expect_error(to_device(&long).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+}
+
+#[tokio::test]
+async fn room_aliases_are_limited_to_255_bytes() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    // `#` + localpart + `:localhost` (10 bytes): 244 bytes of localpart make 255.
+    let server = alice.user_id.split(':').nth(1).unwrap().to_owned();
+    let fits = 255 - 2 - server.len();
+    let create = |name: String| {
+        post(&s, format!("{V3}/createRoom"), Some(&alice.token), json!({"room_alias_name": name}))
+    };
+    let (status, body) = create("a".repeat(fits)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    expect_error(create("b".repeat(fits + 1)).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let room = body["room_id"].as_str().unwrap();
+    let alias = |localpart: String| format!("{V3}/directory/room/%23{localpart}:{server}");
+    let put_alias = |localpart: String| put(&s, alias(localpart), &alice.token, json!({"room_id": room}));
+    assert_eq!(put_alias("c".repeat(fits)).await.0, StatusCode::OK);
+    let (status, _) = put_alias("d".repeat(fits + 1)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn pusher_keys_and_avatar_urls_have_the_lengths_the_spec_and_synapse_give() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let pusher = |app_id: String, pushkey: String| {
+        let body = json!({
+            "kind": "http", "app_id": app_id, "pushkey": pushkey, "app_display_name": "App",
+            "device_display_name": "Phone", "lang": "en",
+            "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+        });
+        post(&s, format!("{V3}/pushers/set"), Some(&alice.token), body)
+    };
+    // app_id: 64 characters (two bytes each here).
+    assert_eq!(pusher("é".repeat(64), "k".into()).await.0, StatusCode::OK);
+    expect_error(pusher("é".repeat(65), "k".into()).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    assert_eq!(pusher("a".into(), "k".repeat(512)).await.0, StatusCode::OK);
+    expect_error(pusher("a".into(), "k".repeat(513)).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let (_, pushers) = s.get(&format!("{V3}/pushers"), Some(&alice.token)).await;
+    assert_eq!(list(&pushers["pushers"]).len(), 2);
+
+    let avatar = |len: usize| {
+        let url = format!("mxc://localhost/{}", "m".repeat(len - "mxc://localhost/".len()));
+        put(
+            &s,
+            format!("{V3}/profile/{}/avatar_url", alice.user_id),
+            &alice.token,
+            json!({"avatar_url": url}),
+        )
+    };
+    assert_eq!(avatar(1000).await.0, StatusCode::OK);
+    expect_error(avatar(1001).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
 }
 
 #[tokio::test]

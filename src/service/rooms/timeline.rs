@@ -210,6 +210,11 @@ impl Timeline {
         template: EventTemplate,
         txn: Option<Txn<'_>>,
     ) -> Result<PendingEvent> {
+        if let Some(txn) = &txn {
+            // Every transaction ID is stored; the spec sets no limit, clients use short ones.
+            limits::check_len(txn.txn_id, limits::MAX_TXN_ID_BYTES, "The transaction ID")
+                .map_err(Error::invalid_param)?;
+        }
         let room_id = lock.room_id();
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = rules_of(&room.version)?;
@@ -538,6 +543,8 @@ fn uint(n: u64) -> UInt {
 fn build_error(error: BuildError) -> Error {
     match error {
         BuildError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is too large"),
+        // 413, as Synapse answers.
+        BuildError::KeyTooLarge(key) => Error::new(ErrorKind::TooLarge, format!("'{key}' too large")),
         BuildError::Invalid(reason) => Error::bad_json(format!("Cannot build event: {reason}")),
     }
 }
