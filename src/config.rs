@@ -30,6 +30,10 @@ pub struct Config {
     pub database_path: PathBuf,
     /// Largest accepted request body, in bytes.
     pub max_request_size: u32,
+    /// To-device messages one device may have waiting; past it new ones are dropped.
+    pub to_device_queue_max_messages: u64,
+    /// Bytes of to-device content one device may have waiting; past it new ones are dropped.
+    pub to_device_queue_max_bytes: u64,
     /// Whether anyone may register an account through the API.
     pub allow_registration: bool,
     /// When set (and registration is allowed), registering requires this token.
@@ -116,6 +120,10 @@ impl Default for Config {
             port: 6167,
             database_path: PathBuf::from("./data"),
             max_request_size: 20 * 1024 * 1024,
+            // Room keys for a device offline for weeks in many encrypted rooms run to
+            // thousands, at 1–3 kB each.
+            to_device_queue_max_messages: 20_000,
+            to_device_queue_max_bytes: 32 * 1024 * 1024,
             allow_registration: false,
             registration_token: None,
             allow_federation: false,
@@ -192,6 +200,14 @@ impl Config {
     fn check(&self) -> Result<(), String> {
         if self.max_request_size < 1024 {
             return Err("invalid value for key `max_request_size`: must be at least 1024 bytes".into());
+        }
+        if self.to_device_queue_max_messages < 1 {
+            return Err("invalid value for key `to_device_queue_max_messages`: must be at least 1".into());
+        }
+        if self.to_device_queue_max_bytes < crate::matrix::limits::MAX_TO_DEVICE_CONTENT_BYTES as u64 {
+            return Err("invalid value for key `to_device_queue_max_bytes`: must be at least 65536 (one \
+                        message of the largest size)"
+                .into());
         }
         if self.allow_federation {
             return Err("invalid value for key `allow_federation`: federation is not implemented \

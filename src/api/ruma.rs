@@ -21,6 +21,7 @@ use ruma::api::{
 
 use crate::{
     Error, Result,
+    matrix::limits,
     service::{
         Services,
         context::{self, RequestContext},
@@ -218,12 +219,19 @@ where
     }
 }
 
-/// A request body read whole, refused past the configured `max_request_size`.
+/// A request body read whole, refused past the configured `max_request_size`, and refused
+/// when it nests JSON deeper than `MAX_JSON_DEPTH`: before anything parses it, since content
+/// nested deeper than the limit would be stored as sent and break every later read of it.
+/// Every endpoint that takes a JSON body reads it here, ruma's and the others alike.
 pub async fn limited_body(services: &Services, body: Body) -> Result<bytes::Bytes> {
     let limit = services.config.max_request_size as usize;
-    axum::body::to_bytes(body, limit)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"))
+        .map_err(|_| Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"))?;
+    if limits::json_too_deep(&bytes, limits::MAX_JSON_DEPTH) {
+        return Err(Error::bad_json(format!("JSON nested more than {} levels deep", limits::MAX_JSON_DEPTH)));
+    }
+    Ok(bytes)
 }
 
 fn method_of(method: &Method) -> context::Method {
@@ -292,7 +300,7 @@ fn authenticate_and_parse<T>(
     client: &Client,
 ) -> Result<(T, <T::Authentication as Identify>::Identity)>
 where
-    T: IncomingRequest,
+    T: IncomingRequest + 'static,
     T::Authentication: Identify,
 {
     let http_request = Request::from_parts(parts, body_bytes);
@@ -307,14 +315,47 @@ where
     while args.len() < expected {
         args.push("");
     }
-    // Some of ruma's deserialisers index JSON maps without checking (login's `{}` panics
-    // with "no entry found for key"); parsing touches only this request, so a panic
-    // there is a malformed body, not a broken server.
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        T::try_from_http_request(http_request, &args)
-    }))
-    .map_err(|_| Error::bad_json("Malformed request body"))?;
-    Ok((parsed.map_err(parse_error)?, identity))
+    Ok((parse_request::<T>(http_request, &args)?, identity))
+}
+
+/// Parse a ruma request. Bodies whose shape would make one of ruma's deserialisers panic are
+/// refused first (see [`check_shape`]); the `catch_unwind` stays as a last resort for any
+/// such path not yet known, since parsing touches only this request.
+fn parse_request<T: IncomingRequest + 'static>(http_request: Request<&[u8]>, args: &[&str]) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_unguarded::<T>(http_request, args)))
+        .unwrap_or_else(|_| {
+            tracing::warn!(endpoint = std::any::type_name::<T>(), "request parser panicked");
+            Err(Error::bad_json("Malformed request body"))
+        })
+}
+
+fn parse_unguarded<T: IncomingRequest + 'static>(http_request: Request<&[u8]>, args: &[&str]) -> Result<T> {
+    check_shape::<T>(http_request.body())?;
+    T::try_from_http_request(http_request, args).map_err(parse_error)
+}
+
+/// Refuse bodies that ruma's parser for `T` would panic on rather than reject. Each case is
+/// a deserialiser that indexes a JSON map without checking the key is there; found by
+/// reading ruma (0.17) for `map["key"]` on client input. Today that is login's
+/// `LoginInfo`, which reads `data["type"]`: `{}` panicked with "no entry found for key",
+/// and with backtraces on, each such request wrote a 48 kB backtrace to the log.
+fn check_shape<T: 'static>(body: &[u8]) -> Result<()> {
+    use std::any::TypeId;
+
+    /// Only whether `type` is there; everything else is ruma's to judge.
+    #[derive(serde::Deserialize)]
+    struct HasType {
+        #[serde(rename = "type")]
+        kind: Option<serde::de::IgnoredAny>,
+    }
+
+    if TypeId::of::<T>() == TypeId::of::<ruma::api::client::session::login::v3::Request>() {
+        // A body that is not an object is left to ruma, which rejects it without panicking.
+        if let Ok(HasType { kind: None }) = serde_json::from_slice::<HasType>(body) {
+            return Err(Error::bad_json("missing field `type`"));
+        }
+    }
+    Ok(())
 }
 
 /// The user behind a request to an endpoint ruma has no type for (the deprecated `/events`,
@@ -376,6 +417,43 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
         match self.0.try_into_http_response::<BytesMut>() {
             Ok(response) => response.map(|b| Body::from(b.freeze())).into_response(),
             Err(e) => Error::internal(format!("serialising response: {e}")).into_response(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::api::{client::session::login, error::ErrorKind};
+
+    use super::*;
+
+    fn login_request(body: &[u8]) -> Request<&[u8]> {
+        Request::builder().method(Method::POST).uri("/_matrix/client/v3/login").body(body).unwrap()
+    }
+
+    /// Called without the `catch_unwind`: a panic inside ruma's parser fails this test, as it
+    /// did before the shape check (ruma 0.17 indexes `data["type"]`).
+    #[test]
+    fn login_bodies_without_a_type_are_refused_without_a_panic() {
+        for body in [&b"{}"[..], br#"{"identifier":{"type":"m.id.user","user":"a"},"password":"p"}"#] {
+            match parse_unguarded::<login::v3::Request>(login_request(body), &[]) {
+                Err(Error::Matrix { kind: ErrorKind::BadJson, message }) => {
+                    assert_eq!(message, "missing field `type`");
+                }
+                Err(other) => panic!("unexpected error {other:?}"),
+                Ok(_) => panic!("a login without a type parsed"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_login_bodies_are_ruma_s_to_judge() {
+        let ok =
+            br#"{"type":"m.login.password","identifier":{"type":"m.id.user","user":"a"},"password":"p"}"#;
+        assert!(parse_unguarded::<login::v3::Request>(login_request(ok), &[]).is_ok());
+        // Not an object, or a type that is not a string: ruma's own errors, no panic.
+        for body in [&b"[1]"[..], br#"{"type":5}"#, b"{not json"] {
+            assert!(parse_unguarded::<login::v3::Request>(login_request(body), &[]).is_err());
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod filter;
 pub mod keys;
+pub mod limits;
 pub mod media;
 pub mod pdu;
 pub mod redaction;

@@ -15,6 +15,8 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 
+use super::limits::{MAX_EVENT_TYPE_BYTES, MAX_STATE_KEY_BYTES};
+
 /// The most `prev_events` a new event names; the spec caps it at 20.
 pub const MAX_PREV_EVENTS: usize = 20;
 /// The spec's limit on a PDU's size in bytes, signatures included.
@@ -27,6 +29,8 @@ const SIGNING_OVERHEAD_BYTES: usize = 256;
 pub enum BuildError {
     /// The signed event would exceed [`MAX_PDU_BYTES`].
     TooLarge,
+    /// A key the spec limits on its own (`type`, `state_key`) is longer than that.
+    KeyTooLarge(&'static str),
     /// Anything else: malformed input or a failure in hashing or signing.
     Invalid(String),
 }
@@ -102,6 +106,12 @@ pub fn build_pdu(
     template: &EventTemplate,
     position: GraphPosition<'_>,
 ) -> Result<Pdu, BuildError> {
+    if template.kind.to_string().len() > MAX_EVENT_TYPE_BYTES {
+        return Err(BuildError::KeyTooLarge("type"));
+    }
+    if template.state_key.as_ref().is_some_and(|key| key.len() > MAX_STATE_KEY_BYTES) {
+        return Err(BuildError::KeyTooLarge("state_key"));
+    }
     let mut content = template.content.clone();
     let content_field_redacts = rules.redaction.content_field_redacts;
     if let (Some(redacts), true) = (&template.redacts, content_field_redacts) {
@@ -228,7 +238,7 @@ impl Pdu {
             serde_json::from_str(self.content.get()).map_err(|e| format!("content is not canonical: {e}"))?;
         redact_content_in_place(&mut content, &rules.redaction, self.kind.to_string());
         self.content = serde_json::value::to_raw_value(&content).map_err(|e| e.to_string())?;
-        let because = serde_json::to_value(redaction.to_client_event(None)).map_err(|e| e.to_string())?;
+        let because = redaction.to_client_event(None)?;
         self.unsigned.get_or_insert_with(Default::default).insert("redacted_because".to_owned(), because);
         Ok(())
     }
@@ -239,17 +249,21 @@ impl Pdu {
     }
 
     /// The event in the client-server format. `unsigned` extras (such as `prev_content`) are
-    /// merged over what the event carries.
-    pub fn to_client_event(&self, extra_unsigned: Option<serde_json::Map<String, JsonValue>>) -> JsonValue {
-        let mut event = serde_json::json!({
-            "content": self.content,
-            "event_id": self.event_id,
-            "origin_server_ts": self.origin_server_ts,
-            "room_id": self.room_id,
-            "sender": self.sender,
-            "type": self.kind,
-        });
-        let map = event.as_object_mut().expect("json! object literal");
+    /// merged over what the event carries. Fails (where `json!` would panic) on content
+    /// serde_json cannot read into a value, such as content nested 128 levels deep.
+    pub fn to_client_event(
+        &self,
+        extra_unsigned: Option<serde_json::Map<String, JsonValue>>,
+    ) -> Result<JsonValue, String> {
+        let content: JsonValue =
+            serde_json::from_str(self.content.get()).map_err(|e| format!("event content: {e}"))?;
+        let mut map = serde_json::Map::new();
+        map.insert("content".to_owned(), content);
+        map.insert("event_id".to_owned(), self.event_id.as_str().into());
+        map.insert("origin_server_ts".to_owned(), u64::from(self.origin_server_ts.get()).into());
+        map.insert("room_id".to_owned(), self.room_id.as_str().into());
+        map.insert("sender".to_owned(), self.sender.as_str().into());
+        map.insert("type".to_owned(), self.kind.to_string().into());
         if let Some(state_key) = &self.state_key {
             map.insert("state_key".to_owned(), state_key.as_str().into());
         }
@@ -261,7 +275,7 @@ impl Pdu {
         if !unsigned.is_empty() {
             map.insert("unsigned".to_owned(), JsonValue::Object(unsigned));
         }
-        event
+        Ok(JsonValue::Object(map))
     }
 
     /// The content parsed as a generic JSON object.

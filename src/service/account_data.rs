@@ -1,14 +1,23 @@
 //! Per-user account data, global and per room (tags, `m.fully_read`, ignored users, direct
 //! chats, push rules...), with a change feed so sync sends only what changed.
 //! Owns the `account_data` and `account_data_changes` tables.
+//!
+//! What one user stores is bounded ([`MAX_BYTES_PER_USER`]), because an initial sync sends
+//! all of it in one response; and what cannot be read back safely (stored by an older
+//! version without the nesting limit) is left out of syncs with a log line rather than
+//! failing them.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 
 use crate::{
     Error, Result,
+    matrix::limits::{self, MAX_EVENT_TYPE_BYTES, MAX_JSON_DEPTH, MAX_TAG_BYTES},
     service::stream::{Change, Stream},
     storage::{
         Direction, KvStore, Table, WriteBatch,
@@ -23,6 +32,12 @@ pub const TAGS: &str = "m.tag";
 
 /// The room key of global account data (room IDs are never empty).
 const GLOBAL: &str = "";
+
+/// The most content one user may keep in account data, global and per room together, in
+/// bytes. An initial sync carries all of it in one response, so without a bound one user
+/// could make the server hold gigabytes for a single request. Synapse sets none; real
+/// clients stay far below (a large `m.direct` is tens of kilobytes).
+pub const MAX_BYTES_PER_USER: u64 = 16 * 1024 * 1024;
 
 /// One piece of account data: where it lives, its type and content.
 #[derive(Clone, Debug)]
@@ -39,6 +54,9 @@ pub struct AccountData {
     store: Arc<dyn KvStore>,
     /// Serialises read-modify-write changes (tags), so concurrent ones do not lose each other.
     modify: std::sync::Mutex<()>,
+    /// Bytes of content each user keeps, counted from the table the first time it is needed
+    /// and kept current by every write here.
+    usage: Mutex<HashMap<OwnedUserId, u64>>,
 }
 
 fn room_key(room_id: Option<&RoomId>) -> String {
@@ -53,6 +71,7 @@ impl AccountData {
             stream,
             store: Arc::clone(store),
             modify: std::sync::Mutex::new(()),
+            usage: Mutex::new(HashMap::new()),
         }
     }
 
@@ -78,7 +97,9 @@ impl AccountData {
         Ok(self.get(user_id, room_id, kind)?.and_then(|raw| serde_json::from_str(raw.get()).ok()))
     }
 
-    /// Store (replace) a piece of account data and announce it to the user's syncs.
+    /// Store (replace) a piece of account data the server manages (push rules, the
+    /// fully-read marker) and announce it to the user's syncs. It counts towards the user's
+    /// bound but is never refused by it: the client did not choose its size.
     pub fn set(
         &self,
         user_id: &UserId,
@@ -86,11 +107,50 @@ impl AccountData {
         kind: &str,
         content: Box<RawJsonValue>,
     ) -> Result<u64> {
+        self.write(user_id, room_id, kind, content, false)
+    }
+
+    fn write(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        kind: &str,
+        content: Box<RawJsonValue>,
+        bounded: bool,
+    ) -> Result<u64> {
         if !content.get().trim_start().starts_with('{') {
             return Err(Error::bad_json("Account data content must be a JSON object"));
         }
         let key = (user_id.to_owned(), room_key(room_id), kind.to_owned());
         let previous = self.data.get(&key)?;
+        let old_size = previous.as_ref().map_or(0, |p| p.content.get().len() as u64);
+        let new_size = content.get().len() as u64;
+        {
+            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            let total = self.usage_of(&mut usage, user_id)?;
+            let after = total.saturating_sub(old_size).saturating_add(new_size);
+            if bounded && new_size > old_size && after > MAX_BYTES_PER_USER {
+                return Err(Error::too_large(format!(
+                    "Account data is limited to {MAX_BYTES_PER_USER} bytes per user"
+                )));
+            }
+            *total = after;
+        }
+        let written = self.commit(user_id, key, previous, content);
+        if written.is_err() {
+            // Counted again from the table next time.
+            self.usage.lock().unwrap_or_else(|p| p.into_inner()).remove(user_id);
+        }
+        written
+    }
+
+    fn commit(
+        &self,
+        user_id: &UserId,
+        key: (OwnedUserId, String, String),
+        previous: Option<AccountDataRecord>,
+        content: Box<RawJsonValue>,
+    ) -> Result<u64> {
         let reservation = self.stream.reserve()?;
         let position = reservation.position;
         let mut batch = WriteBatch::new();
@@ -116,12 +176,15 @@ impl AccountData {
         kind: &str,
         content: Box<RawJsonValue>,
     ) -> Result<()> {
+        // The type goes out as an event's `type`, which the spec limits.
+        limits::check_len(kind, MAX_EVENT_TYPE_BYTES, "The account data type")
+            .map_err(Error::invalid_param)?;
         match (room_id, kind) {
             (None, "m.push_rules") => Err(Error::bad_json("Push rules are changed through /pushrules")),
             (Some(_), "m.fully_read") => {
                 Err(Error::bad_json("The fully-read marker is set through /read_markers"))
             }
-            _ => self.set(user_id, room_id, kind, content).map(drop),
+            _ => self.write(user_id, room_id, kind, content, true).map(drop),
         }
     }
 
@@ -133,6 +196,10 @@ impl AccountData {
         tag: &str,
         info: Option<JsonValue>,
     ) -> Result<()> {
+        if info.is_some() {
+            // Removing stays possible for tags stored before the limit.
+            limits::check_len(tag, MAX_TAG_BYTES, "The tag").map_err(Error::invalid_param)?;
+        }
         let _modifying = self.modify.lock().unwrap_or_else(|p| p.into_inner());
         let mut tags = self.tags(user_id, room_id)?;
         match info {
@@ -151,13 +218,29 @@ impl AccountData {
         }
         let content = serde_json::value::to_raw_value(&serde_json::json!({ "tags": tags }))
             .map_err(|e| Error::internal(format!("serialising tags: {e}")))?;
-        self.set(user_id, Some(room_id), TAGS, content).map(drop)
+        self.write(user_id, Some(room_id), TAGS, content, true).map(drop)
     }
 
     /// A room's tags for the user, by name.
     pub fn tags(&self, user_id: &UserId, room_id: &RoomId) -> Result<serde_json::Map<String, JsonValue>> {
         let content: Option<JsonValue> = self.get_as(user_id, Some(room_id), TAGS)?;
         Ok(content.and_then(|c| c.get("tags").and_then(JsonValue::as_object).cloned()).unwrap_or_default())
+    }
+
+    /// The bytes of content the user keeps, counted from the table on first use.
+    fn usage_of<'u>(
+        &self,
+        usage: &'u mut HashMap<OwnedUserId, u64>,
+        user_id: &UserId,
+    ) -> Result<&'u mut u64> {
+        if !usage.contains_key(user_id) {
+            let mut total = 0u64;
+            for row in self.data.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
+                total = total.saturating_add(row?.1.content.get().len() as u64);
+            }
+            usage.insert(user_id.to_owned(), total);
+        }
+        Ok(usage.entry(user_id.to_owned()).or_default())
     }
 
     /// Account data changed after `since` up to `upto` (inclusive), each with its latest
@@ -173,6 +256,15 @@ impl AccountData {
             let (_, change) = row?;
             let key = (user.clone(), change.room.clone(), change.kind.clone());
             let Some(record) = self.data.get(&key)? else { continue };
+            if limits::json_too_deep(record.content.get().as_bytes(), MAX_JSON_DEPTH) {
+                // Stored before the nesting limit; clients that parse it would fail as this
+                // server once did. Still readable on its own through GET account_data.
+                tracing::warn!(
+                    %user_id, room = %change.room, kind = %change.kind,
+                    "account data nested more than {MAX_JSON_DEPTH} levels deep left out of sync"
+                );
+                continue;
+            }
             let room_id = if change.room == GLOBAL {
                 None
             } else {

@@ -24,7 +24,7 @@ use serde_json::{Value as JsonValue, json};
 
 use super::{
     context::RequestContext,
-    devices::{DeviceIdentity, Devices, WriteGuard},
+    devices::{self, DeviceIdentity, Devices, WriteGuard},
     key_backup::KeyBackup,
     keys::{CrossSigningUpload, Keys},
     passwords::random_string,
@@ -234,6 +234,7 @@ impl Accounts {
         }
         self.ensure_registration_open()?;
         let given = RegistrationParams::of(&req);
+        devices::check_new_device(given.device_id.as_deref(), given.initial_device_display_name.as_deref())?;
         // Problems with a name are reported before authentication, so a client learns them at
         // once; the account a retried session already created is not one.
         if let Some(name) = &given.username {
@@ -415,6 +416,8 @@ impl Accounts {
             (None, Some(user)) => Some(user.as_str()),
             (None, None) => return Err(Error::missing_param("Missing identifier")),
         };
+        // Before the password is hashed: the answer does not depend on it.
+        devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
         let user_id = claimed.and_then(|c| resolve_login_user(c, &self.config.server_name));
         // A missing account is checked too (against a decoy hash): same effort, same answer.
         let placeholder = || resolve_login_user("_", &self.config.server_name);

@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 use super::clock::Clock;
 use crate::{
     Error, Result,
+    matrix::limits::{self, MAX_DEVICE_ID_BYTES},
     storage::{
         Direction, KvStore, Table, WriteBatch,
         tables::{
@@ -62,6 +63,23 @@ type DeviceKey = (OwnedUserId, OwnedDeviceId);
 
 /// Longest device display name accepted, in characters (as Synapse).
 const MAX_DISPLAY_NAME_LEN: usize = 100;
+
+/// Refuse a device ID or initial display name a client chose that is longer than allowed.
+/// Both are stored with the device and shown to everyone who queries its keys.
+pub fn check_new_device(device_id: Option<&DeviceId>, display_name: Option<&str>) -> Result<()> {
+    if let Some(device_id) = device_id {
+        limits::check_len(device_id.as_str(), MAX_DEVICE_ID_BYTES, "device_id")
+            .map_err(Error::invalid_param)?;
+    }
+    check_display_name(display_name)
+}
+
+fn check_display_name(name: Option<&str>) -> Result<()> {
+    if name.is_some_and(|n| n.chars().count() > MAX_DISPLAY_NAME_LEN) {
+        return Err(Error::invalid_param("Device display name is too long (max 100)"));
+    }
+    Ok(())
+}
 
 pub struct Devices {
     store: Arc<dyn KvStore>,
@@ -181,6 +199,7 @@ impl Devices {
         refreshable: bool,
         client_ip: String,
     ) -> Result<IssuedTokens> {
+        check_new_device(device_id.as_deref(), display_name.as_deref())?;
         let device_id = device_id.unwrap_or_else(new_device_id);
         let key = (user_id.to_owned(), device_id.clone());
         let now = self.clock.now_ms();
@@ -222,6 +241,7 @@ impl Devices {
         device_id: &DeviceId,
         display_name: Option<String>,
     ) -> Result<()> {
+        check_new_device(Some(device_id), display_name.as_deref())?;
         let key = (user_id.to_owned(), device_id.to_owned());
         if self.devices.contains(&key)? {
             return Err(Error::invalid_param("A device with this ID already exists"));
@@ -369,9 +389,7 @@ impl Devices {
         device_id: &DeviceId,
         name: Option<String>,
     ) -> Result<()> {
-        if name.as_ref().is_some_and(|n| n.chars().count() > MAX_DISPLAY_NAME_LEN) {
-            return Err(Error::invalid_param("Device display name is too long (max 100)"));
-        }
+        check_display_name(name.as_deref())?;
         let key = (user_id.to_owned(), device_id.to_owned());
         let _guard = self.write_lock()?;
         let mut record = self.devices.get(&key)?.ok_or_else(|| Error::not_found("Not found"))?;

@@ -8,6 +8,7 @@ use ruma::{OwnedUserId, UserId, api::client::filter::FilterDefinition};
 
 use crate::{
     Error, Result,
+    matrix::limits::{self, MAX_FILTER_ID_BYTES},
     storage::{KvStore, Table, tables::FILTERS},
 };
 
@@ -35,6 +36,7 @@ impl Filters {
 
     /// A saved filter of the user.
     pub fn get(&self, user_id: &UserId, filter_id: &str) -> Result<Option<FilterDefinition>> {
+        limits::check_len(filter_id, MAX_FILTER_ID_BYTES, "The filter ID").map_err(Error::invalid_param)?;
         let Some(json) = self.filters.get(&(user_id.to_owned(), filter_id.to_owned()))? else {
             return Ok(None);
         };

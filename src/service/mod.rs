@@ -90,7 +90,16 @@ impl Services {
         let events = Arc::new(rooms::events::Events::new(&store));
         let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
         let keys = Arc::new(keys::Keys::new(&store, Arc::clone(&stream)));
-        let to_device = Arc::new(to_device::ToDevice::new(&store, Arc::clone(&devices), Arc::clone(&stream)));
+        let queue_limits = to_device::QueueLimits {
+            messages: config.to_device_queue_max_messages,
+            bytes: config.to_device_queue_max_bytes,
+        };
+        let to_device = Arc::new(to_device::ToDevice::new(
+            &store,
+            queue_limits,
+            Arc::clone(&devices),
+            Arc::clone(&stream),
+        ));
         let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
         let media = Arc::new(media::Media::new(&store, Arc::clone(&clock), &config)?);
         let url_previews = Arc::new(media::preview::UrlPreviews::new(

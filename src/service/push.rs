@@ -37,7 +37,10 @@ use super::{
 };
 use crate::{
     Error, Result,
-    matrix::pdu::Pdu,
+    matrix::{
+        limits::{self, MAX_APP_ID_CHARS, MAX_PUSHKEY_BYTES},
+        pdu::Pdu,
+    },
     storage::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
@@ -200,8 +203,9 @@ impl Notifications {
         if recipients.is_empty() {
             return Ok(Vec::new());
         }
-        let raw: Raw<JsonValue> =
-            Raw::from_json(crate::service::rooms::render::to_raw(&pdu.to_client_event(None))?);
+        let raw: Raw<JsonValue> = Raw::from_json(crate::service::rooms::render::to_raw(
+            &pdu.to_client_event(None).map_err(Error::internal)?,
+        )?);
         // Flattened once for every member, rather than once per member inside ruma.
         let flattened = FlattenedJson::from_raw(&raw);
         let power: PushConditionPowerLevelsCtx = power_levels.into();
@@ -407,6 +411,15 @@ impl Notifications {
         pusher: Option<Box<RawJsonValue>>,
         append: bool,
     ) -> Result<()> {
+        if pusher.is_some() {
+            // The spec's limits; deleting stays possible for pushers stored before them.
+            if app_id.chars().count() > MAX_APP_ID_CHARS {
+                return Err(Error::invalid_param(format!(
+                    "app_id is longer than {MAX_APP_ID_CHARS} characters"
+                )));
+            }
+            limits::check_len(pushkey, MAX_PUSHKEY_BYTES, "pushkey").map_err(Error::invalid_param)?;
+        }
         let key = (user_id.to_owned(), app_id.to_owned(), pushkey.to_owned());
         let mut batch = WriteBatch::new();
         match pusher {

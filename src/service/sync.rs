@@ -31,7 +31,7 @@ use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
 use tokio::time::Instant;
 
 use crate::{
-    Result,
+    Error, Result,
     matrix::filter,
     service::{
         account_data::{AccountData, AccountDataEntry},
@@ -408,9 +408,12 @@ impl Sync {
         }
         // End-to-end encryption: this device's messages and key counts, and whose devices
         // to re-fetch.
-        let to_device = self.to_device.take(user_id, &request.device_id, since, upto)?;
-        response.to_device.events =
-            to_device.iter().map(|e| to_raw(e).map(Raw::from_json)).collect::<Result<_>>()?;
+        response.to_device.events = self
+            .to_device
+            .take(user_id, &request.device_id, since, upto)?
+            .into_iter()
+            .map(Raw::from_json)
+            .collect();
         for (algorithm, count) in self.keys.one_time_key_counts(user_id, &request.device_id)? {
             response
                 .device_one_time_keys_count
@@ -816,13 +819,22 @@ impl Sync {
         let mut stripped = Vec::new();
         for event in events.iter().map(Arc::as_ref).chain([membership_event]) {
             let pdu = &event.pdu;
-            let value = json!({
-                "type": pdu.kind,
-                "state_key": pdu.state_key,
-                "sender": pdu.sender,
-                "content": pdu.content,
-            });
-            stripped.push(Raw::from_json(to_raw(&value)?));
+            // The content is written out as stored, never re-parsed (see `account_data_event`).
+            #[derive(serde::Serialize)]
+            struct Stripped<'a> {
+                #[serde(rename = "type")]
+                kind: &'a ruma::events::TimelineEventType,
+                state_key: &'a Option<String>,
+                sender: &'a ruma::UserId,
+                content: &'a RawJsonValue,
+            }
+            let value = Stripped {
+                kind: &pdu.kind,
+                state_key: &pdu.state_key,
+                sender: &pdu.sender,
+                content: &pdu.content,
+            };
+            stripped.push(Raw::from_json(raw_of(&value)?));
         }
         Ok(stripped)
     }
@@ -859,9 +871,21 @@ fn sum<'a>(base: &Option<UInt>, more: impl Iterator<Item = &'a Option<UInt>>) ->
     total
 }
 
+/// An account data event with its content written out as stored. `json!` would re-parse the
+/// content into a `Value` and panic (it unwraps) on content serde_json refuses to read, such
+/// as content nested 128 deep that older versions stored.
 fn account_data_event<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
-    let value = json!({ "type": entry.kind, "content": entry.content });
-    Ok(Raw::from_json(to_raw(&value)?))
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        content: &'a RawJsonValue,
+    }
+    Ok(Raw::from_json(raw_of(&Event { kind: &entry.kind, content: &entry.content })?))
+}
+
+fn raw_of(value: &impl serde::Serialize) -> Result<Box<RawJsonValue>> {
+    serde_json::value::to_raw_value(value).map_err(|e| Error::internal(format!("serialising event: {e}")))
 }
 
 fn to_raw(value: &JsonValue) -> Result<Box<RawJsonValue>> {

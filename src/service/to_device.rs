@@ -1,14 +1,27 @@
 //! To-device messages: queued per recipient device in stream order, delivered by that
-//! device's syncs and deleted once it syncs past them, so none is lost across a restart or a
-//! dropped response. Owns the `to_device` and `to_device_txns` tables.
+//! device's syncs a bounded batch at a time and deleted once it syncs past them, so none is
+//! lost across a restart or a dropped response. Owns the `to_device`, `to_device_delivered`
+//! and `to_device_txns` tables.
+//!
+//! Everything here is bounded: one message's size, what one device may have waiting, and
+//! what one response carries. A message that cannot be read back (stored by an older
+//! version without those bounds) is dropped with a log line, never an error, so it cannot
+//! stop the device's syncs.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
-use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
+use serde::Serialize;
+use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{
     Error, Result,
+    matrix::limits::{
+        self, MAX_EVENT_TYPE_BYTES, MAX_JSON_DEPTH, MAX_TO_DEVICE_CONTENT_BYTES, MAX_TXN_ID_BYTES,
+    },
     service::{
         devices::Devices,
         stream::{Change, Stream},
@@ -17,13 +30,15 @@ use crate::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
-        tables::{TO_DEVICE, TO_DEVICE_TXNS, ToDeviceRecord},
+        tables::{TO_DEVICE, TO_DEVICE_DELIVERED, TO_DEVICE_TXNS, ToDeviceRecord},
     },
 };
 
-/// Messages one device may have waiting; beyond it new ones are refused rather than letting
-/// a device that never syncs fill the disk.
-const MAX_QUEUED_PER_DEVICE: usize = 100_000;
+/// Messages one response carries (Synapse's number); the rest follow on the next sync.
+pub const MAX_PER_RESPONSE: usize = 100;
+/// Bytes of content one response carries; at least one message always goes, so a full-size
+/// message is never stuck.
+pub const MAX_BYTES_PER_RESPONSE: usize = 1024 * 1024;
 
 /// Where a message goes: one device or all (`*`).
 pub enum Target {
@@ -31,27 +46,69 @@ pub enum Target {
     AllDevices,
 }
 
+/// What one device has waiting, as far as this process has counted.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    messages: u64,
+    bytes: u64,
+}
+
+type DeviceKey = (OwnedUserId, OwnedDeviceId);
+
+/// A to-device event as a sync delivers it; `content` is written out as stored, not parsed.
+#[derive(Serialize)]
+struct Delivered<'a> {
+    sender: &'a UserId,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    content: &'a RawJsonValue,
+}
+
+/// What one device may have waiting (config `to_device_queue_max_*`): a device that never
+/// syncs must not fill the disk. The byte bound holds the message bound of real messages
+/// (room keys are 1–3 kB), not of messages padded to the size limit.
+#[derive(Clone, Copy)]
+pub struct QueueLimits {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
 pub struct ToDevice {
+    limits: QueueLimits,
     queue: Table<(OwnedUserId, OwnedDeviceId, u64), ToDeviceRecord>,
+    delivered: Table<(OwnedUserId, OwnedDeviceId, u64), u64>,
     txns: Table<(OwnedUserId, OwnedDeviceId, String), ()>,
     devices: Arc<Devices>,
     stream: Arc<Stream>,
     store: Arc<dyn KvStore>,
+    /// What each device has waiting, counted from its queue the first time it is needed and
+    /// kept up to date by every write here, so a send does not scan the queue.
+    usage: Mutex<HashMap<DeviceKey, Usage>>,
 }
 
 impl ToDevice {
-    pub fn new(store: &Arc<dyn KvStore>, devices: Arc<Devices>, stream: Arc<Stream>) -> Self {
+    pub fn new(
+        store: &Arc<dyn KvStore>,
+        limits: QueueLimits,
+        devices: Arc<Devices>,
+        stream: Arc<Stream>,
+    ) -> Self {
         Self {
+            limits,
             queue: TO_DEVICE.open(store),
+            delivered: TO_DEVICE_DELIVERED.open(store),
             txns: TO_DEVICE_TXNS.open(store),
             devices,
             stream,
             store: Arc::clone(store),
+            usage: Mutex::new(HashMap::new()),
         }
     }
 
     /// `PUT /sendToDevice/{eventType}/{txnId}`: queue each message for its devices, once per
-    /// sending device and transaction.
+    /// sending device and transaction. Messages for devices that do not exist are dropped (as
+    /// Synapse does), and so are messages for a device whose queue is full: the sender cannot
+    /// empty it, and refusing would also stop its messages to every other device.
     pub fn send(
         &self,
         sender: &UserId,
@@ -60,87 +117,190 @@ impl ToDevice {
         txn_id: &str,
         messages: BTreeMap<OwnedUserId, Vec<(Target, Box<RawJsonValue>)>>,
     ) -> Result<()> {
+        limits::check_len(kind, MAX_EVENT_TYPE_BYTES, "The event type").map_err(Error::invalid_param)?;
+        limits::check_len(txn_id, MAX_TXN_ID_BYTES, "The transaction ID").map_err(Error::invalid_param)?;
+        for (user_id, targets) in &messages {
+            for (target, content) in targets {
+                let size = content.get().len();
+                if size > MAX_TO_DEVICE_CONTENT_BYTES {
+                    let device = match target {
+                        Target::Device(device) => device.as_str(),
+                        Target::AllDevices => "*",
+                    };
+                    return Err(Error::too_large(format!(
+                        "To-device message for {user_id}:{device} is too large to send \
+                         ({size} > {MAX_TO_DEVICE_CONTENT_BYTES})"
+                    )));
+                }
+            }
+        }
         let txn = (sender.to_owned(), sender_device.to_owned(), txn_id.to_owned());
         if self.txns.contains(&txn)? {
             return Ok(());
         }
-        let reservation = self.stream.reserve()?;
-        let position = reservation.position;
-        let mut batch = WriteBatch::new();
-        let mut recipients = Vec::new();
+
+        // Who gets what, before anything is counted.
+        let mut planned: Vec<(DeviceKey, Box<RawJsonValue>)> = Vec::new();
         for (user_id, targets) in messages {
             if user_id.server_name() != sender.server_name() {
                 // Remote users need federation, which is not here yet.
                 continue;
             }
+            let existing: Vec<OwnedDeviceId> =
+                self.devices.list(&user_id)?.into_iter().map(|d| d.device_id).collect();
             for (target, content) in targets {
                 let devices = match target {
-                    Target::Device(device) => vec![device],
-                    Target::AllDevices => {
-                        self.devices.list(&user_id)?.into_iter().map(|d| d.device_id).collect()
-                    }
+                    Target::Device(device) if existing.contains(&device) => vec![device],
+                    Target::Device(_) => Vec::new(),
+                    Target::AllDevices => existing.clone(),
                 };
                 for device in devices {
-                    let queued = self
-                        .queue
-                        .scan_prefix(&(user_id.clone(), device.clone()), Direction::Forward)?
-                        .count();
-                    if queued >= MAX_QUEUED_PER_DEVICE {
-                        return Err(Error::new(
-                            ruma::api::error::ErrorKind::LimitExceeded(Default::default()),
-                            "The recipient device has too many messages waiting",
-                        ));
-                    }
-                    let record = ToDeviceRecord {
-                        sender: sender.to_owned(),
-                        kind: kind.to_owned(),
-                        content: content.clone(),
-                    };
-                    self.queue.put(&mut batch, &(user_id.clone(), device, position), &record)?;
+                    planned.push(((user_id.clone(), device), content.clone()));
                 }
-                recipients.push(user_id.clone());
+            }
+        }
+
+        let reservation = self.stream.reserve()?;
+        let position = reservation.position;
+        let mut batch = WriteBatch::new();
+        let mut recipients = Vec::new();
+        let mut counted: Vec<(DeviceKey, Usage)> = Vec::new();
+        {
+            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            for (device, content) in planned {
+                let size = content.get().len() as u64;
+                let waiting = self.usage_of(&mut usage, &device)?;
+                if waiting.messages >= self.limits.messages
+                    || waiting.bytes.saturating_add(size) > self.limits.bytes
+                {
+                    tracing::warn!(
+                        user_id = %device.0, device_id = %device.1, waiting = waiting.messages,
+                        "to-device queue full; message dropped"
+                    );
+                    continue;
+                }
+                let record = ToDeviceRecord { sender: sender.to_owned(), kind: kind.to_owned(), content };
+                self.queue.put(&mut batch, &(device.0.clone(), device.1.clone(), position), &record)?;
+                let added = Usage { messages: 1, bytes: size };
+                add(waiting, added);
+                recipients.push(device.0.clone());
+                counted.push((device, added));
             }
         }
         self.txns.put(&mut batch, &txn, &())?;
-        self.store.write(batch)?;
+        if let Err(e) = self.store.write(batch) {
+            let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            for (device, added) in &counted {
+                if let Some(waiting) = usage.get_mut(device) {
+                    subtract(waiting, *added);
+                }
+            }
+            return Err(e.into());
+        }
         drop(reservation);
         recipients.dedup();
         self.stream.announce(position, recipients.into_iter().map(Change::User));
         Ok(())
     }
 
-    /// The device's messages after `since` up to `upto`; messages at or before `since` were
-    /// delivered by an earlier sync (the client came back with its token), so they go now.
+    /// The device's messages for a response answering with the token `upto`, the client
+    /// having come back with `since`. Coming back with a token acknowledges what the response
+    /// that gave it delivered: all messages up to it, or, if that response was cut short,
+    /// those up to the last it held. The rest go now, at most [`MAX_PER_RESPONSE`] messages
+    /// and about [`MAX_BYTES_PER_RESPONSE`] bytes; when that cuts them short, the cut is
+    /// recorded under `upto` for the next call, and the stream moves past `upto` so that no
+    /// other response answers with the same token.
     pub fn take(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         since: Option<u64>,
         upto: u64,
-    ) -> Result<Vec<JsonValue>> {
+    ) -> Result<Vec<Box<RawJsonValue>>> {
         let device = (user_id.to_owned(), device_id.to_owned());
-        if let Some(since) = since {
-            let delivered = KeyRange::prefix(device.to_key_bytes())
-                .up_to((user_id.to_owned(), device_id.to_owned(), since).to_key_bytes());
-            let mut batch = WriteBatch::new();
-            for row in self.queue.scan(delivered, Direction::Forward)? {
-                self.queue.delete(&mut batch, &row?.0);
+        let key = |position: u64| (user_id.to_owned(), device_id.to_owned(), position);
+        let acknowledged = match since {
+            Some(since) => {
+                let cut = self.delivered.get(&key(since))?;
+                let through = cut.map_or(since, |last| last.min(since));
+                self.acknowledge(&device, through, since)?;
+                if cut.is_some() && upto <= since {
+                    // The rest of a cut-short response would go out under the same token
+                    // again, and coming back with it could then not say which of the two
+                    // the client holds. The token moves on (see below); wait for it.
+                    return Ok(Vec::new());
+                }
+                Some(through)
             }
-            if !batch.is_empty() {
-                self.store.write(batch)?;
-            }
-        }
-        let mut range = KeyRange::prefix(device.to_key_bytes())
-            .up_to((user_id.to_owned(), device_id.to_owned(), upto).to_key_bytes());
-        if let Some(since) = since {
-            range = range.after((user_id.to_owned(), device_id.to_owned(), since).to_key_bytes());
+            None => None,
+        };
+
+        let mut range = KeyRange::prefix(device.to_key_bytes()).up_to(key(upto).to_key_bytes());
+        if let Some(acknowledged) = acknowledged {
+            range = range.after(key(acknowledged).to_key_bytes());
         }
         let mut events = Vec::new();
+        let mut bytes = 0usize;
+        let mut last = None;
+        let mut cut_short = false;
         for row in self.queue.scan(range, Direction::Forward)? {
-            let (_, record) = row?;
-            events.push(json!({ "sender": record.sender, "type": record.kind, "content": record.content }));
+            let ((_, _, position), record) = row?;
+            let size = record.content.get().len();
+            if events.len() >= MAX_PER_RESPONSE
+                || (!events.is_empty() && bytes.saturating_add(size) > MAX_BYTES_PER_RESPONSE)
+            {
+                cut_short = true;
+                break;
+            }
+            last = Some(position);
+            match deliverable(&record) {
+                Ok(event) => {
+                    bytes = bytes.saturating_add(size);
+                    events.push(event);
+                }
+                Err(reason) => tracing::warn!(
+                    %user_id, %device_id, position, sender = %record.sender, reason,
+                    "stored to-device message cannot be delivered; dropped"
+                ),
+            }
+        }
+        if cut_short && let Some(last) = last {
+            self.delivered.insert(&key(upto), &last)?;
+            // Move the stream on, so the response with the rest answers with a later token
+            // than this one, and wake this device's long-poll for it.
+            let position = self.stream.reserve()?.position;
+            self.stream.announce(position, [Change::User(user_id.to_owned())]);
         }
         Ok(events)
+    }
+
+    /// Delete the device's messages up to `through` and the records of cut-short responses
+    /// before the token `since` (acknowledged, or from responses the client never used).
+    fn acknowledge(&self, device: &DeviceKey, through: u64, since: u64) -> Result<()> {
+        let (user_id, device_id) = device;
+        let prefix = KeyRange::prefix(device.to_key_bytes());
+        let mut batch = WriteBatch::new();
+        let mut removed = Usage::default();
+        let messages = prefix.clone().up_to((user_id.clone(), device_id.clone(), through).to_key_bytes());
+        for row in self.queue.scan(messages, Direction::Forward)? {
+            let (key, record) = row?;
+            add(&mut removed, Usage { messages: 1, bytes: record.content.get().len() as u64 });
+            self.queue.delete(&mut batch, &key);
+        }
+        // The record under `since` itself stays: if this response is lost, the client comes
+        // back with the same token and must get the same answer.
+        let cuts = prefix.before((user_id.clone(), device_id.clone(), since).to_key_bytes());
+        for row in self.delivered.scan(cuts, Direction::Forward)? {
+            self.delivered.delete(&mut batch, &row?.0);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.write(batch)?;
+        if let Some(waiting) = self.usage.lock().unwrap_or_else(|p| p.into_inner()).get_mut(device) {
+            subtract(waiting, removed);
+        }
+        Ok(())
     }
 
     /// Queue removal of a deleted device's waiting messages.
@@ -150,9 +310,49 @@ impl ToDevice {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> Result<()> {
-        for row in self.queue.scan_prefix(&(user_id.to_owned(), device_id.to_owned()), Direction::Forward)? {
-            self.queue.delete(batch, &row?.0);
-        }
+        let device = (user_id.to_owned(), device_id.to_owned());
+        self.queue.delete_prefix(batch, &device)?;
+        self.delivered.delete_prefix(batch, &device)?;
+        // Counted again from the queue if the device comes back (or the batch fails).
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).remove(&device);
         Ok(())
     }
+
+    /// The device's usage, counted from its queue on first use in this process.
+    fn usage_of<'u>(
+        &self,
+        usage: &'u mut HashMap<DeviceKey, Usage>,
+        device: &DeviceKey,
+    ) -> Result<&'u mut Usage> {
+        if !usage.contains_key(device) {
+            let mut counted = Usage::default();
+            for row in self.queue.scan_prefix(device, Direction::Forward)? {
+                let (_, record) = row?;
+                add(&mut counted, Usage { messages: 1, bytes: record.content.get().len() as u64 });
+            }
+            usage.insert(device.clone(), counted);
+        }
+        Ok(usage.entry(device.clone()).or_default())
+    }
+}
+
+fn add(usage: &mut Usage, more: Usage) {
+    usage.messages = usage.messages.saturating_add(more.messages);
+    usage.bytes = usage.bytes.saturating_add(more.bytes);
+}
+
+fn subtract(usage: &mut Usage, less: Usage) {
+    usage.messages = usage.messages.saturating_sub(less.messages);
+    usage.bytes = usage.bytes.saturating_sub(less.bytes);
+}
+
+/// A stored message as the event a sync delivers, or why it cannot be: content nested
+/// beyond what this server now accepts (stored before the limit existed) would break
+/// clients that parse it, as it once broke this server.
+fn deliverable(record: &ToDeviceRecord) -> Result<Box<RawJsonValue>, String> {
+    if limits::json_too_deep(record.content.get().as_bytes(), MAX_JSON_DEPTH) {
+        return Err(format!("content nested more than {MAX_JSON_DEPTH} levels deep"));
+    }
+    let event = Delivered { sender: &record.sender, kind: &record.kind, content: &record.content };
+    serde_json::value::to_raw_value(&event).map_err(|e| e.to_string())
 }

@@ -17,6 +17,8 @@ use crate::{
 
 /// Longest display name accepted, in bytes (as Synapse).
 const MAX_DISPLAYNAME_LEN: usize = 256;
+/// Longest avatar URL accepted, in bytes (as Synapse).
+const MAX_AVATAR_URL_LEN: usize = 1000;
 
 pub struct Users {
     users: Table<OwnedUserId, UserRecord>,
@@ -132,6 +134,11 @@ impl Users {
 
     /// Set (or clear, with `None`) the avatar URL.
     pub fn set_avatar_url(&self, user_id: &UserId, avatar_url: Option<OwnedMxcUri>) -> Result<()> {
+        // An MXC URI's media ID has no length of its own; the profile goes to everyone who
+        // looks the user up.
+        if avatar_url.as_ref().is_some_and(|u| u.as_str().len() > MAX_AVATAR_URL_LEN) {
+            return Err(Error::invalid_param(format!("Avatar URL is too long (max {MAX_AVATAR_URL_LEN})")));
+        }
         self.update_profile(user_id, |p| p.avatar_url = avatar_url)
     }
 

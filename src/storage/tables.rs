@@ -128,6 +128,10 @@ catalogue! {
     DEVICE_LIST_LATEST = "device_list_latest", key "user_id": OwnedUserId => u64, version 1;
     /// To-device messages waiting for their device, in stream order.
     TO_DEVICE = "to_device", key "user_id, device_id, stream": (OwnedUserId, OwnedDeviceId, u64) => ToDeviceRecord, version 1;
+    /// A to-device delivery cut short by the per-sync limit: under the token that response
+    /// answered with, the position of the last message it held, so coming back with that
+    /// token acknowledges only what was delivered.
+    TO_DEVICE_DELIVERED = "to_device_delivered", key "user_id, device_id, next_batch": (OwnedUserId, OwnedDeviceId, u64) => u64, version 1;
     /// To-device transactions already sent, per sending device.
     TO_DEVICE_TXNS = "to_device_txns", key "user_id, device_id, txn_id": (OwnedUserId, OwnedDeviceId, String) => (), version 1;
     /// Each user's dehydrated device (MSC3814): its ID and the client's encrypted pickle.

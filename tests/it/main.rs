@@ -15,6 +15,7 @@ mod harness;
 mod history;
 mod keys;
 mod legacy;
+mod limits;
 mod media;
 mod membership;
 mod profile;

@@ -8,7 +8,10 @@ use ruma::OwnedUserId;
 use serde_json::{Value as JsonValue, json};
 
 use super::AdminCaller;
-use crate::{Error, Result, api::AppState};
+use crate::{
+    Error, Result,
+    api::{AppState, ruma::limited_body},
+};
 
 fn user_id(raw: &str) -> Result<OwnedUserId> {
     OwnedUserId::try_from(raw).map_err(|e| Error::invalid_param(format!("Invalid user ID: {e}")))

@@ -66,12 +66,12 @@ pub async fn get_events(
     }
     let since = req.body.next_batch.as_deref().map(parse_stream_token).transpose()?;
     let upto = services.stream.committed();
-    let events = services.to_device.take(user_id, &req.body.device_id, since, upto)?;
-    let events = events
-        .iter()
-        .map(|e| serde_json::value::to_raw_value(e).map(Raw::from_json))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::internal(format!("serialising event: {e}")))?;
+    let events = services
+        .to_device
+        .take(user_id, &req.body.device_id, since, upto)?
+        .into_iter()
+        .map(Raw::from_json)
+        .collect();
     let mut response = get_events::unstable::Response::new(events);
     response.next_batch = Some(format!("s{upto}"));
     Ok(response)

@@ -21,9 +21,14 @@ pub async fn get_tags(
 ) -> Result<get_tags::v3::Response> {
     let body = req.body;
     own(&req.identity.user_id, &body.user_id)?;
-    let tags = services.account_data.tags(&body.user_id, &body.room_id)?;
-    let tags = serde_json::from_value(serde_json::Value::Object(tags))
-        .map_err(|e| Error::internal(format!("stored tags: {e}")))?;
+    // `m.tag` can also be written whole as room account data, so a stored tag may not have
+    // the shape of one; such a tag is left out rather than failing every read of the others.
+    let tags = services
+        .account_data
+        .tags(&body.user_id, &body.room_id)?
+        .into_iter()
+        .filter_map(|(name, info)| Some((name.into(), serde_json::from_value(info).ok()?)))
+        .collect();
     Ok(get_tags::v3::Response::new(tags))
 }
 

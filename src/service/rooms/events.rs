@@ -3,15 +3,19 @@
 //! accepts. Owns the `pdus`, `timeline`, `stream` and `room_timestamps` tables.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId};
+use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{
     Error, Result,
-    matrix::pdu::Pdu,
+    matrix::{
+        limits::{self, MAX_JSON_DEPTH},
+        pdu::Pdu,
+    },
     service::cache::BoundedCache,
     storage::{
         Direction, KvStore, Table, WriteBatch,
@@ -230,7 +234,65 @@ fn encode(event: &StoredEvent) -> Result<PduRecord> {
 }
 
 fn decode(record: PduRecord) -> Result<StoredEvent> {
-    let pdu =
-        serde_json::from_str(record.pdu.get()).map_err(|e| Error::internal(format!("stored event: {e}")))?;
+    let pdu = parse_pdu(record.pdu.get()).map_err(|e| Error::internal(format!("stored event: {e}")))?;
     Ok(StoredEvent { pdu, stream: record.stream, state_before: record.state_before, txn: record.txn })
+}
+
+/// Parse a stored event. Before request bodies had a nesting limit, a state event's
+/// `unsigned.prev_content` (the content it replaced, nested two levels down) could go past
+/// the 128 levels serde_json reads, and the event then failed every read of it, breaking
+/// the room's syncs for all its members. Such an event is read without the `unsigned`
+/// entries nested beyond [`MAX_JSON_DEPTH`]: it still shows, without that extra.
+fn parse_pdu(json: &str) -> Result<Pdu, serde_json::Error> {
+    let parsed = serde_json::from_str(json);
+    if parsed.is_ok() || !limits::json_too_deep(json.as_bytes(), MAX_JSON_DEPTH) {
+        return parsed;
+    }
+    // Raw values are read without recursion, at any depth.
+    let mut object: BTreeMap<String, Box<RawJsonValue>> = serde_json::from_str(json)?;
+    if let Some(unsigned) = object.get("unsigned") {
+        let mut entries: BTreeMap<String, Box<RawJsonValue>> = serde_json::from_str(unsigned.get())?;
+        entries.retain(|key, value| {
+            let keep = !limits::json_too_deep(value.get().as_bytes(), MAX_JSON_DEPTH);
+            if !keep {
+                tracing::warn!(key, "stored event: unsigned entry nested too deep left out");
+            }
+            keep
+        });
+        object.insert("unsigned".to_owned(), serde_json::value::to_raw_value(&entries)?);
+    }
+    serde_json::from_str(&serde_json::to_string(&object)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(unsigned: &str) -> String {
+        format!(
+            r#"{{"event_id":"$e","room_id":"!r:x","sender":"@a:x","origin_server_ts":1,"type":"m.x","content":{{}},"state_key":"","prev_events":[],"auth_events":[],"depth":2,"unsigned":{unsigned}}}"#
+        )
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn an_event_with_an_unreadably_deep_prev_content_is_read_without_it() {
+        // 126 levels two levels down: 128, which serde_json refuses.
+        let json = event(&format!(r#"{{"prev_content":{},"prev_sender":"@a:x"}}"#, nested(126)));
+        assert!(serde_json::from_str::<Pdu>(&json).is_err());
+        let pdu = parse_pdu(&json).unwrap();
+        let unsigned = pdu.unsigned.unwrap();
+        assert!(!unsigned.contains_key("prev_content"));
+        assert_eq!(unsigned["prev_sender"], "@a:x");
+    }
+
+    #[test]
+    fn readable_events_and_other_failures_are_unchanged() {
+        let json = event(&format!(r#"{{"prev_content":{}}}"#, nested(60)));
+        assert!(parse_pdu(&json).unwrap().unsigned.unwrap().contains_key("prev_content"));
+        assert!(parse_pdu(r#"{"event_id":"$e"}"#).is_err());
+    }
 }

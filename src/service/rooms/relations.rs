@@ -13,7 +13,7 @@ use super::{
     visibility::Visibility,
 };
 use crate::{
-    Result,
+    Error, Result,
     storage::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
@@ -215,7 +215,7 @@ impl Relations {
         }
         let mut bundle = Map::new();
         if let Some(edit) = self.latest_edit(viewer, event)? {
-            bundle.insert(REPLACE.to_owned(), edit.pdu.to_client_event(None));
+            bundle.insert(REPLACE.to_owned(), edit.pdu.to_client_event(None).map_err(Error::internal)?);
         }
         let parent = event.pdu.event_id.clone();
         let mut count = 0u64;
@@ -233,10 +233,11 @@ impl Relations {
                 if reply.pdu.is_redacted() || !self.visibility.may_see_event(viewer, &reply)? {
                     continue;
                 }
-                let mut json = reply.pdu.to_client_event(None);
+                let mut json = reply.pdu.to_client_event(None).map_err(Error::internal)?;
                 // The reply shows with its own latest edit; one level, never further.
                 if let Some(edit) = self.latest_edit(viewer, &reply)? {
-                    json["unsigned"]["m.relations"] = json!({ REPLACE: edit.pdu.to_client_event(None) });
+                    let edit = edit.pdu.to_client_event(None).map_err(Error::internal)?;
+                    json["unsigned"]["m.relations"] = json!({ REPLACE: edit });
                 }
                 latest_json = Some(json);
                 break;

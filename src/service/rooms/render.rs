@@ -77,7 +77,9 @@ impl EventRenderer {
             unsigned.insert("m.relations".to_owned(), bundle);
         }
         let mut value = match how.shape {
-            Shape::Client | Shape::Sync | Shape::Legacy => pdu.to_client_event(Some(unsigned)),
+            Shape::Client | Shape::Sync | Shape::Legacy => {
+                pdu.to_client_event(Some(unsigned)).map_err(Error::internal)?
+            }
             Shape::Federation => {
                 let mut value = serde_json::to_value(pdu)
                     .map_err(|e| Error::internal(format!("serialising event: {e}")))?;

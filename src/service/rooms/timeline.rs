@@ -40,7 +40,7 @@ use super::{
 use crate::{
     Error, Result,
     matrix::{
-        auth,
+        auth, limits,
         pdu::{self, BuildError, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
         redaction::{self, LocalRefusal},
         room_version,
@@ -213,6 +213,11 @@ impl Timeline {
         template: EventTemplate,
         txn: Option<Txn<'_>>,
     ) -> Result<PendingEvent> {
+        if let Some(txn) = &txn {
+            // Every transaction ID is stored; the spec sets no limit, clients use short ones.
+            limits::check_len(txn.txn_id, limits::MAX_TXN_ID_BYTES, "The transaction ID")
+                .map_err(Error::invalid_param)?;
+        }
         let room_id = lock.room_id();
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = rules_of(&room.version)?;
@@ -280,7 +285,12 @@ impl Timeline {
             let unsigned = pdu.unsigned.get_or_insert_with(Default::default);
             unsigned.insert("replaces_state".to_owned(), replaced.as_str().into());
             if let Some(previous) = previous {
-                unsigned.insert("prev_content".to_owned(), previous.pdu.content_value());
+                // Content stored before the nesting limit may be too deep to carry two levels
+                // further down: serde_json (here, in push rule evaluation, in clients) stops
+                // reading at 128.
+                if !limits::json_too_deep(previous.pdu.content.get().as_bytes(), limits::MAX_JSON_DEPTH) {
+                    unsigned.insert("prev_content".to_owned(), previous.pdu.content_value());
+                }
                 unsigned.insert("prev_sender".to_owned(), previous.pdu.sender.as_str().into());
             }
         }
@@ -576,6 +586,8 @@ fn uint(n: u64) -> UInt {
 fn build_error(error: BuildError) -> Error {
     match error {
         BuildError::TooLarge => Error::new(ErrorKind::TooLarge, "Event is too large"),
+        // 413, as Synapse answers.
+        BuildError::KeyTooLarge(key) => Error::new(ErrorKind::TooLarge, format!("'{key}' too large")),
         BuildError::Invalid(reason) => Error::bad_json(format!("Cannot build event: {reason}")),
     }
 }
