@@ -24,7 +24,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use self::ruma::{FilledResponse, Identify, Ruma, RumaResponse};
+use self::ruma::{FilledResponse, Identify, RewrittenResponse, Ruma, RumaResponse};
 use crate::{Error, Result, service::Services};
 
 /// The shared state every handler receives.
@@ -43,6 +43,19 @@ trait RouterExt {
 
     /// As `ruma_route`, with `fill` completing the JSON body of a successful response.
     fn ruma_route_filled<Req, F, Fut>(self, handler: F, fill: fn(&mut serde_json::Value)) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: Identify,
+        Req::OutgoingResponse: Send,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
+
+    /// As `ruma_route`, with `rewrite` completing the serialised body of a successful response.
+    fn ruma_route_rewritten<Req, F, Fut>(
+        self,
+        handler: F,
+        rewrite: fn(&[u8]) -> serde_json::Result<Vec<u8>>,
+    ) -> Self
     where
         Req: IncomingRequest + Send + 'static,
         Req::Authentication: Identify,
@@ -111,6 +124,21 @@ impl RouterExt for Router<AppState> {
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
     {
         route_all_paths(self, handler, move |response| FilledResponse { response, fill })
+    }
+
+    fn ruma_route_rewritten<Req, F, Fut>(
+        self,
+        handler: F,
+        rewrite: fn(&[u8]) -> serde_json::Result<Vec<u8>>,
+    ) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: Identify,
+        Req::OutgoingResponse: Send,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
+    {
+        route_all_paths(self, handler, move |response| RewrittenResponse { response, rewrite })
     }
 
     fn endpoint_route<Req, H, T>(self, handler: H) -> Self
@@ -196,7 +224,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(message::send_message_event)
         .ruma_route(redact::redact_event)
         // Sync and history
-        .ruma_route(sync::sync_events)
+        .ruma_route_rewritten(sync::sync_events, sync::fill_limited)
         .ruma_route(sync::create_filter)
         .ruma_route(sync::get_filter)
         .ruma_route(message::get_message_events)

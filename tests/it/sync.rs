@@ -492,3 +492,32 @@ async fn lazy_loading_sends_changed_members_and_heroes() {
         .unwrap_or_else(|| panic!("bob's renamed member event: {joined}"));
     assert_eq!(bob_member["content"]["displayname"], "Bobby");
 }
+
+/// The events of a room section's timeline in a sync body, and whether it was limited
+/// (`None` when the field is missing).
+fn timeline_of(body: &Value, section: &str, room: &str) -> (Vec<Value>, Option<bool>) {
+    let timeline = &body["rooms"][section][room]["timeline"];
+    (list(&timeline["events"]), timeline["limited"].as_bool())
+}
+
+#[tokio::test]
+async fn limited_is_always_present() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &room).await;
+    let initial = sync(&s, &bob, "").await;
+    assert_eq!(timeline_of(&initial, "join", &room).1, Some(false), "{initial}");
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    send_text(&s, &alice, &room, "t1", "one").await;
+    let next = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    assert_eq!(timeline_of(&next, "join", &room).1, Some(false), "{next}");
+
+    // A left room's timeline says it too.
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let left = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    assert_eq!(timeline_of(&left, "leave", &room).1, Some(false), "{left}");
+}
