@@ -612,6 +612,7 @@ impl Sync {
 
         if room_since.is_some()
             && joined.timeline.events.is_empty()
+            && !joined.timeline.limited
             && joined.state.is_empty()
             && joined.ephemeral.events.is_empty()
             && joined.account_data.events.is_empty()
@@ -800,11 +801,13 @@ impl Sync {
     }
 }
 
+/// Timeline events per room the filter asks for. 0 is allowed, as Synapse allows it: an empty
+/// timeline whose `limited` says whether events were left out.
 fn timeline_limit(filter: &RoomEventFilter) -> usize {
     filter
         .limit
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT))
-        .clamp(1, MAX_TIMELINE_LIMIT)
+        .min(MAX_TIMELINE_LIMIT)
 }
 
 fn timeline(events: Vec<Box<RawJsonValue>>, limited: bool, prev: u64) -> Timeline {

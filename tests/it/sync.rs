@@ -521,3 +521,31 @@ async fn limited_is_always_present() {
     let left = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
     assert_eq!(timeline_of(&left, "leave", &room).1, Some(false), "{left}");
 }
+
+#[tokio::test]
+async fn a_timeline_limit_of_zero_sends_no_events_but_says_some_were_left_out() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    send_text(&s, &alice, &room, "t1", "one").await;
+    let zero = urlencode(&json!({"room": {"timeline": {"limit": 0}}}).to_string());
+    let initial = sync(&s, &alice, &format!("filter={zero}")).await;
+    assert_eq!(timeline_of(&initial, "join", &room), (vec![], Some(true)), "{initial}");
+    // The state still comes, and prev_batch pages back to the events.
+    let state = state_types(&initial["rooms"]["join"][&room]["state"]["events"]);
+    assert!(state.contains(&"m.room.create|".to_owned()), "{state:?}");
+    let prev = initial["rooms"]["join"][&room]["timeline"]["prev_batch"].as_str().unwrap();
+    let (_, page) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=b&from={prev}&limit=1"), Some(&alice.token)).await;
+    assert_eq!(bodies(&page["chunk"]), ["one"]);
+
+    // An incremental sync with a new event shows the room, empty and limited.
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    send_text(&s, &alice, &room, "t2", "two").await;
+    let next = sync(&s, &alice, &format!("since={since}&timeout=0&filter={zero}")).await;
+    assert_eq!(timeline_of(&next, "join", &room), (vec![], Some(true)), "{next}");
+    // Nothing new: no room at all.
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    let idle = sync(&s, &alice, &format!("since={since}&timeout=0&filter={zero}")).await;
+    assert!(idle["rooms"]["join"].get(&room).is_none(), "{idle}");
+}

@@ -251,8 +251,10 @@ impl History {
 
     /// Up to `limit` events `user_id` may see, reading from token `from` in `direction` and
     /// stopping at token `stop` (exclusive for backward reads: events after it; inclusive for
-    /// forward reads: events up to it). At most `budget` rows are examined, so a filter that
-    /// matches little cannot make one request scan a whole room.
+    /// forward reads: events up to it). `more` says whether a further event the user may see
+    /// passes the filter, so a limit of 0 asks only that. At most a budget of rows is
+    /// examined, so a filter that matches little cannot make one request scan a whole room;
+    /// running out of it counts as `more`.
     #[allow(clippy::too_many_arguments)]
     pub fn window(
         &self,
@@ -286,16 +288,22 @@ impl History {
                 if beyond {
                     return Ok(Window { events: picked, more: false, next });
                 }
-                if picked.len() >= limit || examined >= budget {
+                if examined >= budget {
+                    // Unknown: the next page will tell.
                     return Ok(Window { events: picked, more: true, next });
                 }
                 examined += 1;
+                let wanted = self.admits(which, &event) && self.visibility.may_see_event(user_id, &event)?;
+                if wanted && picked.len() >= limit {
+                    // An event the window leaves out, so `more` is known, not guessed.
+                    return Ok(Window { events: picked, more: true, next });
+                }
                 cursor = event.stream;
                 next = match direction {
                     Direction::Reverse => event.stream - 1,
                     Direction::Forward => event.stream,
                 };
-                if self.admits(which, &event) && self.visibility.may_see_event(user_id, &event)? {
+                if wanted {
                     picked.push(event);
                 }
             }
