@@ -394,9 +394,13 @@ impl History {
         let which = WindowFilter { filter: room_filter, ignored: &ignored };
         let window = self.window(user_id, room_id, from, to, direction, &which, limit)?;
         let state = self.lazy_members_for(&window.events, room_filter, viewer)?;
+        // Backward, `end` is left out once nothing is left (the room's start, or history the
+        // user may not see). Forward, events may still arrive after the last one: a page with
+        // events always says where to continue, as Synapse's does.
+        let open_ended = direction == Direction::Forward && !window.events.is_empty();
         Ok(MessagesPage {
             start: from,
-            end: window.more.then_some(window.next),
+            end: (window.more || open_ended).then_some(window.next),
             chunk: self.renderer.raw_all(viewer, &window.events, Rendering::CLIENT)?,
             state,
         })
