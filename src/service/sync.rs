@@ -487,12 +487,17 @@ impl Sync {
             _ => self.history.state_events(&state_at_start, None, &room_filter.state, &senders)?,
         };
 
-        let membership_changed = room_since.is_none()
-            || timeline_events
-                .iter()
-                .chain(&state_events)
-                .any(|e| e.pdu.kind == TimelineEventType::RoomMember);
-        let summary = if membership_changed { Some(self.summary(room_id, user_id)?) } else { None };
+        // Counts follow membership; heroes also come and go with the room's name.
+        let summary_changed = room_since.is_none()
+            || timeline_events.iter().chain(&state_events).any(|e| {
+                matches!(
+                    e.pdu.kind,
+                    TimelineEventType::RoomMember
+                        | TimelineEventType::RoomName
+                        | TimelineEventType::RoomCanonicalAlias
+                )
+            });
+        let summary = if summary_changed { Some(self.summary(room_id, user_id, upto)?) } else { None };
         if lazy {
             // Clients name rooms after their heroes, so their member events must be there.
             if let Some(summary) = &summary {
@@ -740,29 +745,62 @@ impl Sync {
         sent.remove(&(user_id.to_owned(), device_id.to_owned()));
     }
 
-    /// Heroes and member counts.
-    fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
+    /// Member counts, and heroes for a room that has no name.
+    fn summary(&self, room_id: &RoomId, user_id: &UserId, upto: u64) -> Result<RoomSummary> {
         let mut joined = 0u64;
         let mut invited = 0u64;
-        let mut heroes = Vec::new();
+        // (whether they are gone, position of their member event, user)
+        let mut candidates = Vec::new();
         for (member, record) in self.members.members(room_id)? {
-            let membership = MembershipState::from(record.membership.as_str());
-            match membership {
-                MembershipState::Join => joined += 1,
-                MembershipState::Invite => invited += 1,
+            let gone = match MembershipState::from(record.membership.as_str()) {
+                MembershipState::Join => {
+                    joined += 1;
+                    false
+                }
+                MembershipState::Invite => {
+                    invited += 1;
+                    false
+                }
+                MembershipState::Leave | MembershipState::Ban => true,
                 _ => continue,
-            }
-            if member != user_id && heroes.len() < MAX_HEROES {
-                heroes.push(member);
+            };
+            if member != user_id {
+                candidates.push((gone, record.stream, member));
             }
         }
         let mut summary = RoomSummary::new();
         summary.joined_member_count = Some(UInt::new_saturating(joined));
         summary.invited_member_count = Some(UInt::new_saturating(invited));
-        // Heroes matter only to rooms without a name or canonical alias, but clients accept
-        // them always; Synapse sends them always.
-        summary.heroes = heroes;
+        if !self.is_named(room_id, upto)? {
+            // The spec's heroes: the first members by stream order who are joined or invited;
+            // the ones who left or were banned only when there is nobody else.
+            candidates.sort();
+            let present = candidates.first().is_some_and(|(gone, _, _)| !gone);
+            summary.heroes = candidates
+                .into_iter()
+                .take_while(|(gone, _, _)| !present || !gone)
+                .take(MAX_HEROES)
+                .map(|(_, _, member)| member)
+                .collect();
+        }
         Ok(summary)
+    }
+
+    /// Whether clients name the room from its state (a non-empty `m.room.name` or
+    /// `m.room.canonical_alias`) rather than from its heroes.
+    fn is_named(&self, room_id: &RoomId, upto: u64) -> Result<bool> {
+        let state = self.history.state_at(room_id, upto)?;
+        for (kind, field) in
+            [(StateEventType::RoomName, "name"), (StateEventType::RoomCanonicalAlias, "alias")]
+        {
+            let Some(id) = state.get(&(kind, String::new())) else { continue };
+            let Some(event) = self.events.get(id)? else { continue };
+            if event.pdu.content_value().get(field).and_then(JsonValue::as_str).is_some_and(|v| !v.is_empty())
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The stripped state an invitee or knocker sees: a few state events of the room as of

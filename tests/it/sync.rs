@@ -82,7 +82,8 @@ async fn initial_and_incremental_sync() {
         .count();
     assert!(timeline_state + state.len() >= 6, "{state:?}");
     assert_eq!(joined["summary"]["m.joined_member_count"], 2);
-    assert_eq!(joined["summary"]["m.heroes"], json!(["@alice:localhost"]));
+    // The room has a name, so clients need no heroes to name it.
+    assert!(joined["summary"].get("m.heroes").is_none(), "{}", joined["summary"]);
     // Sync events carry no room_id; the room is the key.
     assert!(joined["timeline"]["events"][0].get("room_id").is_none());
     assert!(
@@ -548,4 +549,53 @@ async fn a_timeline_limit_of_zero_sends_no_events_but_says_some_were_left_out() 
     let since = next["next_batch"].as_str().unwrap().to_owned();
     let idle = sync(&s, &alice, &format!("since={since}&timeout=0&filter={zero}")).await;
     assert!(idle["rooms"]["join"].get(&room).is_none(), "{idle}");
+}
+
+#[tokio::test]
+async fn heroes_only_for_rooms_without_a_name() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let zoe = s.register("zoe", "pw-zoe-123456").await;
+    let named = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Named"})).await;
+    let aliased =
+        create_room(&s, &alice, json!({"preset": "public_chat", "room_alias_name": "aliased"})).await;
+    let plain = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let blank = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let (status, _) = s
+        .put(&format!("{V3}/rooms/{blank}/state/m.room.name/"), Some(&alice.token), json!({"name": ""}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Heroes come in the order members arrived, not by name.
+    for room in [&named, &aliased, &plain, &blank] {
+        join(&s, &zoe, room).await;
+        join(&s, &carol, room).await;
+        join(&s, &bob, room).await;
+    }
+    let body = sync(&s, &bob, "").await;
+    let summary = |room: &str| body["rooms"]["join"][room]["summary"].clone();
+    for room in [&named, &aliased] {
+        assert!(summary(room).get("m.heroes").is_none(), "{}", summary(room));
+        assert_eq!(summary(room)["m.joined_member_count"], 4);
+    }
+    for room in [&plain, &blank] {
+        let heroes = json!(["@alice:localhost", "@zoe:localhost", "@carol:localhost"]);
+        assert_eq!(summary(room)["m.heroes"], heroes, "{}", summary(room));
+    }
+
+    // Naming a room takes its heroes away in the next sync.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{plain}/state/m.room.name/"),
+            Some(&alice.token),
+            json!({"name": "Now named"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let next = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let summary = &next["rooms"]["join"][&plain]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 4, "{next}");
+    assert!(summary.get("m.heroes").is_none(), "{summary}");
 }
