@@ -115,6 +115,37 @@ struct MemberMoves {
     left: BTreeSet<OwnedUserId>,
 }
 
+impl MemberMoves {
+    /// Count the joins and leaves among member events. A join that follows a join is a
+    /// profile change, not an arrival.
+    fn note<'e>(&mut self, events: impl Iterator<Item = &'e Arc<StoredEvent>>) {
+        for event in events {
+            let Some(member) = member_of(event) else { continue };
+            match membership_of(event).as_deref() {
+                Some("join") if !was_joined_before(event) => self.joined.insert(member),
+                Some("leave" | "ban") => self.left.insert(member),
+                _ => false,
+            };
+        }
+    }
+}
+
+/// A room's timeline window and the state sent with it.
+struct Slice {
+    /// Oldest first.
+    timeline: Vec<Arc<StoredEvent>>,
+    /// Whether events were left out before the timeline.
+    limited: bool,
+    /// The token the timeline starts after.
+    prev_batch: u64,
+    /// The state the client lacks: what changed since the token, or all of it.
+    state: Vec<Arc<StoredEvent>>,
+    /// With lazy loading and a state delta: the member events of the timeline's senders,
+    /// which the client may lack although they did not change.
+    senders_members: Vec<Arc<StoredEvent>>,
+    state_at_start: Arc<StateMap>,
+}
+
 /// Whether other users share a room with the syncing user, answered per user from their
 /// rooms, or from everyone in the user's rooms gathered once when many are asked.
 struct RoomMates<'a> {
@@ -436,56 +467,26 @@ impl Sync {
             }
         }
 
-        let limit = timeline_limit(&room_filter.timeline);
-        let which = WindowFilter { filter: &room_filter.timeline, ignored };
-        let window =
-            self.history.window(user_id, room_id, upto, room_since, Direction::Reverse, &which, limit)?;
-        let mut timeline_events = window.events;
-        timeline_events.reverse();
-        let limited = window.more;
-
-        let senders: BTreeSet<OwnedUserId> =
-            timeline_events.iter().map(|e| e.pdu.sender.clone()).chain([user_id.to_owned()]).collect();
-        let (start_group, state_at_start) = match timeline_events.first() {
-            Some(first) => (first.state_before, self.history.state_before(first)?),
-            None => {
-                let group = self.history.group_at(room_id, upto)?;
-                (group, self.history.state_of_group(group)?)
-            }
-        };
+        let Slice {
+            timeline: timeline_events,
+            limited,
+            prev_batch,
+            state: mut state_events,
+            senders_members,
+            state_at_start,
+        } = self.slice(request, user_id, room_id, upto, room_since, ignored)?;
         let lazy = matches!(room_filter.state.lazy_load_options, LazyLoadOptions::Enabled { .. });
-        let mut state_events = match room_since {
-            Some(s) if !request.full_state => {
-                // What changed between the token and the timeline's start: state events the
-                // timeline left out (limited, or filtered away). The usual case, a complete
-                // timeline starting right after the token, shares the token's state group.
-                let token_group = self.history.group_at(room_id, s)?;
-                let mut changed = if token_group == start_group {
-                    Vec::new()
-                } else {
-                    let at_token = self.history.state_of_group(token_group)?;
-                    self.history.state_events(
-                        &state_at_start,
-                        Some(&at_token),
-                        &room_filter.state,
-                        &senders,
-                    )?
-                };
-                if lazy {
-                    // Lazy clients may lack the members of this timeline's senders even when
-                    // those did not change; the redundancy check below drops known ones.
-                    let members =
-                        self.senders_members(&state_at_start, &room_filter.state, &timeline_events)?;
-                    for member in members {
-                        if !changed.iter().any(|c| c.pdu.event_id == member.pdu.event_id) {
-                            changed.push(member);
-                        }
-                    }
-                }
-                changed
+
+        if since.is_some() {
+            if room_since.is_none() {
+                // Newly joined: everyone in it may be someone to encrypt for.
+                moves.joined.extend(self.members.members_with(room_id, &MembershipState::Join)?);
             }
-            _ => self.history.state_events(&state_at_start, None, &room_filter.state, &senders)?,
-        };
+            // Member events that changed something: the timeline's, and the state delta's
+            // (not the unchanged members lazy loading adds below).
+            let delta = if request.full_state { &[][..] } else { &state_events[..] };
+            moves.note(timeline_events.iter().chain(delta));
+        }
 
         // Counts follow membership; heroes also come and go with the room's name.
         let summary_changed = room_since.is_none()
@@ -498,57 +499,23 @@ impl Sync {
                 )
             });
         let summary = if summary_changed { Some(self.summary(room_id, user_id, upto)?) } else { None };
-        if lazy {
+        add_missing(&mut state_events, senders_members);
+        if let Some(summary) = summary.as_ref().filter(|_| lazy) {
             // Clients name rooms after their heroes, so their member events must be there.
-            if let Some(summary) = &summary {
-                let heroes: BTreeSet<OwnedUserId> = summary.heroes.iter().cloned().collect();
-                for hero in self.history.state_events(
-                    &member_state(&state_at_start),
-                    None,
-                    &room_filter.state,
-                    &heroes,
-                )? {
-                    if !state_events.iter().any(|e| e.pdu.event_id == hero.pdu.event_id) {
-                        state_events.push(hero);
-                    }
-                }
-            }
+            let heroes: BTreeSet<OwnedUserId> = summary.heroes.iter().cloned().collect();
+            let members = member_state(&state_at_start);
+            add_missing(
+                &mut state_events,
+                self.history.state_events(&members, None, &room_filter.state, &heroes)?,
+            );
         }
         let state_events = self.drop_redundant_members(request, room_id, state_events);
-        if since.is_some() {
-            if room_since.is_none() {
-                // Newly joined: everyone in it may be someone to encrypt for.
-                moves.joined.extend(self.members.members_with(room_id, &MembershipState::Join)?);
-            }
-            for event in timeline_events.iter().chain(&state_events) {
-                if event.pdu.kind != TimelineEventType::RoomMember {
-                    continue;
-                }
-                let Some(member) = event.pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
-                    continue;
-                };
-                match event.pdu.content_value().get("membership").and_then(JsonValue::as_str) {
-                    Some("join") => moves.joined.insert(member),
-                    Some("leave" | "ban") => moves.left.insert(member),
-                    _ => false,
-                };
-            }
-        }
 
         let mut joined = JoinedRoom::new();
         let rendering = self.rendering(&request.filter);
-        joined.timeline = timeline(
-            self.renderer.raw_all(viewer, &timeline_events, rendering)?,
-            limited,
-            timeline_events.first().map_or(upto, |e| e.stream - 1),
-        );
-        joined.state = State::Before(StateEvents::from(
-            self.renderer
-                .raw_all(viewer, &state_events, Rendering { shape: Shape::Sync, fields: rendering.fields })?
-                .into_iter()
-                .map(Raw::from_json)
-                .collect::<Vec<_>>(),
-        ));
+        joined.timeline =
+            timeline(self.renderer.raw_all(viewer, &timeline_events, rendering)?, limited, prev_batch);
+        joined.state = self.render_state(viewer, &state_events, rendering)?;
 
         // Ephemeral: typing and receipts.
         let ephemeral_filter = &room_filter.ephemeral;
@@ -629,6 +596,8 @@ impl Sync {
         Ok(Some(joined))
     }
 
+    /// A room the user left (or was kicked or banned from): the timeline up to their leave
+    /// and the state before it, as a delta when the client knew the room at the token.
     fn left_room(
         &self,
         request: &SyncRequest,
@@ -638,45 +607,123 @@ impl Sync {
         since: Option<u64>,
         ignored: &HashSet<OwnedUserId>,
     ) -> Result<LeftRoom> {
-        let room_filter = &request.filter.room;
-        let limit = timeline_limit(&room_filter.timeline);
-        let which = WindowFilter { filter: &room_filter.timeline, ignored };
+        let user_id = viewer.user_id;
+        // A room the user joined after the token and left again is new to the client: it
+        // comes whole. Otherwise (left after being joined at the token, an invite declined,
+        // a ban after leaving) the state is what changed since the token.
+        let room_since = match since {
+            Some(s) if self.left_a_join(record)? && !self.was_joined_at(room_id, user_id, s)? => None,
+            since => since,
+        };
         // The timeline runs up to the leave, never past it.
-        let window = self.history.window(
-            viewer.user_id,
-            room_id,
-            record.stream,
-            since,
-            Direction::Reverse,
-            &which,
-            limit,
-        )?;
-        let mut events = window.events;
-        events.reverse();
+        let slice = self.slice(request, user_id, room_id, record.stream, room_since, ignored)?;
+        let mut state = slice.state;
+        add_missing(&mut state, slice.senders_members);
+        let state = self.drop_redundant_members(request, room_id, state);
         let rendering = self.rendering(&request.filter);
         let mut left = LeftRoom::new();
         left.timeline = timeline(
-            self.renderer.raw_all(viewer, &events, rendering)?,
-            window.more,
-            events.first().map_or(record.stream, |e| e.stream - 1),
+            self.renderer.raw_all(viewer, &slice.timeline, rendering)?,
+            slice.limited,
+            slice.prev_batch,
         );
-        if let Some(first) = events.first() {
-            let state = self.history.state_before(first)?;
-            let senders = events.iter().map(|e| e.pdu.sender.clone()).collect();
-            let state_events = self.history.state_events(&state, None, &room_filter.state, &senders)?;
-            left.state = State::Before(StateEvents::from(
-                self.renderer
-                    .raw_all(
-                        viewer,
-                        &state_events,
-                        Rendering { shape: Shape::Sync, fields: rendering.fields },
-                    )?
-                    .into_iter()
-                    .map(Raw::from_json)
-                    .collect::<Vec<_>>(),
-            ));
-        }
+        left.state = self.render_state(viewer, &state, rendering)?;
         Ok(left)
+    }
+
+    /// Whether the membership event of `record` ended a join (a leave or kick, not a declined
+    /// invite or a ban after leaving).
+    fn left_a_join(&self, record: &MembershipRecord) -> Result<bool> {
+        Ok(self.events.get(&record.event_id)?.is_some_and(|e| was_joined_before(&e)))
+    }
+
+    /// Whether the user's membership in the room was `join` at stream position `at`.
+    fn was_joined_at(&self, room_id: &RoomId, user_id: &UserId, at: u64) -> Result<bool> {
+        let state = self.history.state_at(room_id, at)?;
+        let Some(id) = state.get(&(StateEventType::RoomMember, user_id.to_string())) else {
+            return Ok(false);
+        };
+        Ok(self.events.get(id)?.is_some_and(|e| membership_of(&e).as_deref() == Some("join")))
+    }
+
+    /// The timeline window ending at `end` and the state before it: what changed since
+    /// `room_since`, or all of it for a room new to the client (or a full-state sync).
+    fn slice(
+        &self,
+        request: &SyncRequest,
+        user_id: &UserId,
+        room_id: &RoomId,
+        end: u64,
+        room_since: Option<u64>,
+        ignored: &HashSet<OwnedUserId>,
+    ) -> Result<Slice> {
+        let room_filter = &request.filter.room;
+        let limit = timeline_limit(&room_filter.timeline);
+        let which = WindowFilter { filter: &room_filter.timeline, ignored };
+        let window =
+            self.history.window(user_id, room_id, end, room_since, Direction::Reverse, &which, limit)?;
+        let mut timeline_events = window.events;
+        timeline_events.reverse();
+
+        let senders: BTreeSet<OwnedUserId> =
+            timeline_events.iter().map(|e| e.pdu.sender.clone()).chain([user_id.to_owned()]).collect();
+        let (start_group, state_at_start) = match timeline_events.first() {
+            Some(first) => (first.state_before, self.history.state_before(first)?),
+            None => {
+                let group = self.history.group_at(room_id, end)?;
+                (group, self.history.state_of_group(group)?)
+            }
+        };
+        let lazy = matches!(room_filter.state.lazy_load_options, LazyLoadOptions::Enabled { .. });
+        let (state, senders_members) = match room_since {
+            Some(s) if !request.full_state => {
+                // What changed between the token and the timeline's start: state events the
+                // timeline left out (limited, or filtered away). The usual case, a complete
+                // timeline starting right after the token, shares the token's state group.
+                let token_group = self.history.group_at(room_id, s)?;
+                let changed = if token_group == start_group {
+                    Vec::new()
+                } else {
+                    let at_token = self.history.state_of_group(token_group)?;
+                    self.history.state_events(
+                        &state_at_start,
+                        Some(&at_token),
+                        &room_filter.state,
+                        &senders,
+                    )?
+                };
+                // Lazy clients may lack the members of this timeline's senders even when
+                // those did not change; the redundancy check drops known ones.
+                let members = if lazy {
+                    self.senders_members(&state_at_start, &room_filter.state, &timeline_events)?
+                } else {
+                    Vec::new()
+                };
+                (changed, members)
+            }
+            _ => {
+                (self.history.state_events(&state_at_start, None, &room_filter.state, &senders)?, Vec::new())
+            }
+        };
+        Ok(Slice {
+            prev_batch: timeline_events.first().map_or(end, |e| e.stream - 1),
+            timeline: timeline_events,
+            limited: window.more,
+            state,
+            senders_members,
+            state_at_start,
+        })
+    }
+
+    /// State events as a sync response carries them.
+    fn render_state(
+        &self,
+        viewer: Viewer<'_>,
+        events: &[Arc<StoredEvent>],
+        rendering: Rendering<'_>,
+    ) -> Result<State> {
+        let raw = self.renderer.raw_all(viewer, events, rendering)?;
+        Ok(State::Before(StateEvents::from(raw.into_iter().map(Raw::from_json).collect::<Vec<_>>())))
     }
 
     /// The member events, as of the timeline's start, of the timeline's senders whose
@@ -884,6 +931,41 @@ fn is_empty(response: &Response) -> bool {
         && response.to_device.events.is_empty()
         && response.device_lists.changed.is_empty()
         && response.device_lists.left.is_empty()
+}
+
+/// Append the events of `more` that `events` does not hold yet.
+fn add_missing(events: &mut Vec<Arc<StoredEvent>>, more: Vec<Arc<StoredEvent>>) {
+    for event in more {
+        if !events.iter().any(|e| e.pdu.event_id == event.pdu.event_id) {
+            events.push(event);
+        }
+    }
+}
+
+/// The user a member event is about; `None` for other events.
+fn member_of(event: &StoredEvent) -> Option<OwnedUserId> {
+    if event.pdu.kind != TimelineEventType::RoomMember {
+        return None;
+    }
+    event.pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+}
+
+/// The `membership` of a member event.
+fn membership_of(event: &StoredEvent) -> Option<String> {
+    event.pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned)
+}
+
+/// Whether a member event replaced a join (from `unsigned.prev_content`, which local events
+/// carry; without it, the event counts as a new join).
+fn was_joined_before(event: &StoredEvent) -> bool {
+    event
+        .pdu
+        .unsigned
+        .as_ref()
+        .and_then(|u| u.get("prev_content"))
+        .and_then(|c| c.get("membership"))
+        .and_then(JsonValue::as_str)
+        == Some("join")
 }
 
 /// Only the member entries of a state map.

@@ -599,3 +599,155 @@ async fn heroes_only_for_rooms_without_a_name() {
     assert_eq!(summary["m.joined_member_count"], 4, "{next}");
     assert!(summary.get("m.heroes").is_none(), "{summary}");
 }
+
+#[tokio::test]
+async fn left_rooms_come_with_the_timeline_to_the_leave_and_the_state_that_changed() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Lobby"})).await;
+    join(&s, &bob, &room).await;
+    let since = token(&s, &bob).await;
+    send_text(&s, &alice, &room, "t1", "between").await;
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &alice, &room, "t2", "after").await;
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let (timeline, limited) = timeline_of(&body, "leave", &room);
+    assert_eq!(bodies(&json!(timeline)), ["between"]);
+    assert_eq!(timeline.last().unwrap()["content"]["membership"], "leave");
+    // The client had the room's state at the token and nothing changed since.
+    assert!(list(&body["rooms"]["leave"][&room]["state"]["events"]).is_empty(), "{body}");
+    assert_eq!(limited, Some(false));
+
+    // After a gap, only what changed in it: the new topic, not the whole room again.
+    let gap = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Gap"})).await;
+    join(&s, &bob, &gap).await;
+    let since = token(&s, &bob).await;
+    let (status, _) = s
+        .put(&format!("{V3}/rooms/{gap}/state/m.room.topic/"), Some(&alice.token), json!({"topic": "new"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..4 {
+        send_text(&s, &alice, &gap, &format!("g{i}"), &format!("g{i}")).await;
+    }
+    let (status, _) = s.post(&format!("{V3}/rooms/{gap}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let two = urlencode(&json!({"room": {"timeline": {"limit": 2}}}).to_string());
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0&filter={two}")).await;
+    let (timeline, limited) = timeline_of(&body, "leave", &gap);
+    assert_eq!(bodies(&json!(timeline)), ["g3"]);
+    assert_eq!(state_types(&body["rooms"]["leave"][&gap]["state"]["events"]), ["m.room.topic|"], "{body}");
+    assert_eq!(limited, Some(true));
+
+    // Kicked and banned users see their room under `leave` too, ending with the kick or ban.
+    for (action, membership) in [("kick", "leave"), ("ban", "ban")] {
+        let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+        join(&s, &bob, &room).await;
+        let since = token(&s, &bob).await;
+        let (status, _) = s
+            .post(&format!("{V3}/rooms/{room}/{action}"), Some(&alice.token), json!({"user_id": bob.user_id}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let body = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+        let (timeline, _) = timeline_of(&body, "leave", &room);
+        let last = timeline.last().unwrap_or_else(|| panic!("{action}: {body}"));
+        assert_eq!(
+            (last["content"]["membership"].as_str(), last["sender"].as_str()),
+            (Some(membership), Some(alice.user_id.as_str()))
+        );
+    }
+
+    // Joined and left again since the token: the room is new to the client, so it comes whole.
+    let brief = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Brief"})).await;
+    let since = token(&s, &bob).await;
+    join(&s, &bob, &brief).await;
+    send_text(&s, &bob, &brief, "b1", "hello").await;
+    let (status, _) = s.post(&format!("{V3}/rooms/{brief}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let state = state_types(&body["rooms"]["leave"][&brief]["state"]["events"]);
+    for kind in ["m.room.create|", "m.room.name|", "m.room.power_levels|"] {
+        assert!(state.contains(&kind.to_owned()), "{kind}: {state:?}");
+    }
+    assert!(body["rooms"]["join"].get(&brief).is_none());
+}
+
+#[tokio::test]
+async fn a_room_joined_since_the_token_comes_with_its_full_state() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room =
+        create_room(&s, &alice, json!({"preset": "public_chat", "name": "Full", "topic": "old"})).await;
+    for i in 0..3 {
+        send_text(&s, &alice, &room, &format!("m{i}"), &format!("m{i}")).await;
+    }
+    let one = urlencode(&json!({"room": {"timeline": {"limit": 1}}}).to_string());
+    let since = token(&s, &bob).await;
+    join(&s, &bob, &room).await;
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0&filter={one}")).await;
+    let state = state_types(&body["rooms"]["join"][&room]["state"]["events"]);
+    for kind in ["m.room.create|", "m.room.name|", "m.room.topic|", "m.room.member|@alice:localhost"] {
+        assert!(state.contains(&kind.to_owned()), "{kind}: {state:?}");
+    }
+
+    // Left and joined again within one range: full state again, with what changed meanwhile.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .put(&format!("{V3}/rooms/{room}/state/m.room.topic/"), Some(&alice.token), json!({"topic": "new"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    join(&s, &bob, &room).await;
+    send_text(&s, &alice, &room, "m3", "m3").await;
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0&filter={one}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]["events"]), ["m3"]);
+    let state = list(&joined["state"]["events"]);
+    let topic = state.iter().find(|e| e["type"] == "m.room.topic").unwrap_or_else(|| panic!("{joined}"));
+    assert_eq!(topic["content"]["topic"], "new");
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{joined}");
+    assert!(body["rooms"]["leave"].get(&room).is_none());
+}
+
+#[tokio::test]
+async fn federation_format_applies_to_room_events_and_leaves_ephemeral_alone() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &room).await;
+    let message = send_text(&s, &alice, &room, "t1", "hello").await;
+    let (status, _) =
+        s.post(&format!("{V3}/rooms/{room}/receipt/m.read/{message}"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{room}/typing/{}", alice.user_id),
+            Some(&alice.token),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let federation =
+        urlencode(&json!({"event_format": "federation", "room": {"timeline": {"limit": 1}}}).to_string());
+    let body = sync(&s, &bob, &format!("filter={federation}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    // Room events, in the timeline and in the state, are PDUs.
+    let event = &list(&joined["timeline"]["events"])[0];
+    assert_eq!(event["content"]["body"], "hello");
+    assert!(event["auth_events"].is_array() && event["room_id"] == room.as_str(), "{event}");
+    let state = list(&joined["state"]["events"]);
+    assert!(!state.is_empty());
+    for event in &state {
+        assert!(event["auth_events"].is_array() && event["room_id"] == room.as_str(), "{event}");
+    }
+    // Receipts and typing are not room events: they keep their one shape.
+    let ephemeral = list(&joined["ephemeral"]["events"]);
+    let typing = ephemeral.iter().find(|e| e["type"] == "m.typing").unwrap_or_else(|| panic!("{joined}"));
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
+    let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").unwrap_or_else(|| panic!("{joined}"));
+    assert!(receipt["content"][&message]["m.read"][&bob.user_id]["ts"].is_u64(), "{receipt}");
+}
