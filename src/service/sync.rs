@@ -509,7 +509,7 @@ impl Sync {
                 self.history.state_events(&members, None, &room_filter.state, &heroes)?,
             );
         }
-        let state_events = self.drop_redundant_members(request, room_id, state_events);
+        let state_events = self.drop_redundant_members(request, room_id, &timeline_events, state_events);
 
         let mut joined = JoinedRoom::new();
         let rendering = self.rendering(&request.filter);
@@ -619,7 +619,7 @@ impl Sync {
         let slice = self.slice(request, user_id, room_id, record.stream, room_since, ignored)?;
         let mut state = slice.state;
         add_missing(&mut state, slice.senders_members);
-        let state = self.drop_redundant_members(request, room_id, state);
+        let state = self.drop_redundant_members(request, room_id, &slice.timeline, state);
         let rendering = self.rendering(&request.filter);
         let mut left = LeftRoom::new();
         left.timeline = timeline(
@@ -747,13 +747,16 @@ impl Sync {
         self.history.state_events(&member_state(state_at_start), None, state_filter, &senders)
     }
 
-    /// Drop member events this device was already sent (the same event: a changed
-    /// membership or profile is a new event and goes out), unless the filter wants them
-    /// again; remember the ones being sent.
+    /// With lazy loading, drop from `state_events` the member events this device already
+    /// has: those of members whose member event is in this timeline (within one response),
+    /// and, unless the filter wants them again, those it was sent before (the same event: a
+    /// changed membership or profile is a new event and goes out). Remember the members of
+    /// both the state and the timeline being sent.
     fn drop_redundant_members(
         &self,
         request: &SyncRequest,
         room_id: &RoomId,
+        timeline_events: &[Arc<StoredEvent>],
         state_events: Vec<Arc<StoredEvent>>,
     ) -> Vec<Arc<StoredEvent>> {
         let LazyLoadOptions::Enabled { include_redundant_members } =
@@ -761,6 +764,7 @@ impl Sync {
         else {
             return state_events;
         };
+        let in_timeline: HashSet<OwnedUserId> = timeline_events.iter().filter_map(|e| member_of(e)).collect();
         let mut sent = self.sent_members.lock().unwrap_or_else(|p| p.into_inner());
         let key = (request.user_id.clone(), request.device_id.clone());
         if !sent.contains_key(&key) && sent.len() >= SENT_MEMBERS_DEVICES {
@@ -768,23 +772,24 @@ impl Sync {
             sent.clear();
         }
         let room = sent.entry(key).or_default().entry(room_id.to_owned()).or_default();
-        state_events
+        let kept = state_events
             .into_iter()
             .filter(|event| {
-                let Some(member) = event
-                    .pdu
-                    .state_key
-                    .as_deref()
-                    .filter(|_| event.pdu.kind == TimelineEventType::RoomMember)
-                    .and_then(|k| UserId::parse(k).ok())
-                else {
-                    return true;
-                };
+                let Some(member) = member_of(event) else { return true };
+                if in_timeline.contains(&member) {
+                    return false;
+                }
                 let known =
                     room.insert(member, event.pdu.event_id.clone()).as_ref() == Some(&event.pdu.event_id);
                 !known || include_redundant_members
             })
-            .collect()
+            .collect();
+        for event in timeline_events {
+            if let Some(member) = member_of(event) {
+                room.insert(member, event.pdu.event_id.clone());
+            }
+        }
+        kept
     }
 
     fn forget_sent_members(&self, user_id: &UserId, device_id: &DeviceId) {

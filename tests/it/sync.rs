@@ -501,6 +501,15 @@ fn timeline_of(body: &Value, section: &str, room: &str) -> (Vec<Value>, Option<b
     (list(&timeline["events"]), timeline["limited"].as_bool())
 }
 
+/// Member events in a list of events, as (user, event ID).
+fn members_in(events: &Value) -> Vec<(String, String)> {
+    list(events)
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| (e["state_key"].as_str().unwrap().to_owned(), e["event_id"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
 #[tokio::test]
 async fn limited_is_always_present() {
     let s = TestServer::start().await;
@@ -598,6 +607,55 @@ async fn heroes_only_for_rooms_without_a_name() {
     let summary = &next["rooms"]["join"][&plain]["summary"];
     assert_eq!(summary["m.joined_member_count"], 4, "{next}");
     assert!(summary.get("m.heroes").is_none(), "{summary}");
+}
+
+#[tokio::test]
+async fn lazy_members_are_not_sent_twice() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let dave = s.register("dave", "pw-dave-12345").await;
+    let erin = s.register("erin", "pw-erin-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Lazy"})).await;
+    let lazy = urlencode(
+        &json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 2}}}).to_string(),
+    );
+    let since = sync(&s, &alice, &format!("filter={lazy}")).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Dave's join comes in a timeline...
+    join(&s, &dave, &room).await;
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0&filter={lazy}")).await;
+    let (timeline, _) = timeline_of(&body, "join", &room);
+    let dave_join = timeline.iter().find(|e| e["state_key"] == dave.user_id.as_str()).expect("dave's join");
+    let dave_join = dave_join["event_id"].as_str().unwrap().to_owned();
+    // ...so when he then speaks after a gap, the same event is not sent again as state.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        send_text(&s, &dave, &room, &format!("d{i}"), "hi").await;
+    }
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0&filter={lazy}")).await;
+    assert_eq!(timeline_of(&body, "join", &room).1, Some(true));
+    let state = members_in(&body["rooms"]["join"][&room]["state"]["events"]);
+    assert!(!state.iter().any(|(_, id)| *id == dave_join), "dave's join sent twice: {state:?}");
+
+    // Within one response: Erin renames herself and speaks; her new member event is in the
+    // timeline, so the state does not repeat her as well.
+    join(&s, &erin, &room).await;
+    let (status, _) = s
+        .put(
+            &format!("{V3}/profile/{}/displayname", erin.user_id),
+            Some(&erin.token),
+            json!({"displayname": "Erin E."}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &erin, &room, "e1", "hello").await;
+    let body = sync(&s, &alice, &format!("filter={lazy}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    let in_timeline = members_in(&joined["timeline"]["events"]);
+    assert!(in_timeline.iter().any(|(user, _)| *user == erin.user_id), "{joined}");
+    let state = members_in(&joined["state"]["events"]);
+    assert!(!state.iter().any(|(user, _)| *user == erin.user_id), "erin twice in one response: {state:?}");
+    assert!(state.iter().any(|(user, _)| *user == alice.user_id), "{state:?}");
 }
 
 #[tokio::test]
