@@ -381,26 +381,10 @@ impl Sync {
         }
 
         response.account_data.events = global_account_data;
-        let changes = self.presence.changes(since, upto)?;
         let mut mates =
             RoomMates { members: &self.members, me: user_id, rooms: &joined_rooms, everyone: None };
-        mates.expect_many(changes.len())?;
-        for view in changes {
-            let shares_room = mates.share(&view.user_id)?;
-            if !shares_room || !filter::event_allowed(&filter.presence, Some(&view.user_id), "m.presence") {
-                continue;
-            }
-            let mut content = json!({
-                "presence": view.state.as_str(),
-                "last_active_ago": view.last_active_ago_ms,
-                "currently_active": view.currently_active,
-            });
-            if let Some(msg) = &view.status_msg {
-                content["status_msg"] = msg.as_str().into();
-            }
-            let event = json!({ "type": "m.presence", "sender": view.user_id, "content": content });
-            response.presence.events.push(Raw::from_json(to_raw(&event)?));
-        }
+        response.presence.events =
+            self.presence_events(&filter.presence, since, upto, &mut mates, &moves.joined)?;
         // End-to-end encryption: this device's messages and key counts, and whose devices
         // to re-fetch.
         let to_device = self.to_device.take(user_id, &request.device_id, since, upto)?;
@@ -437,6 +421,46 @@ impl Sync {
             response.device_lists.left = left.into_iter().collect();
         }
         Ok(Pass { response, watched })
+    }
+
+    /// Presence of the user's room mates: those whose presence changed since the token, and
+    /// those who came to share a room with the user since (`newcomers`), whatever the age
+    /// of their presence, as Synapse sends them.
+    fn presence_events(
+        &self,
+        filter: &ruma::api::client::filter::Filter,
+        since: Option<u64>,
+        upto: u64,
+        mates: &mut RoomMates<'_>,
+        newcomers: &BTreeSet<OwnedUserId>,
+    ) -> Result<Vec<Raw<ruma::events::presence::PresenceEvent>>> {
+        let mut views = self.presence.changes(since, upto)?;
+        let changed: HashSet<OwnedUserId> = views.iter().map(|v| v.user_id.clone()).collect();
+        for newcomer in newcomers {
+            if newcomer != mates.me && !changed.contains(newcomer) {
+                views.extend(self.presence.get(newcomer)?);
+            }
+        }
+        mates.expect_many(views.len())?;
+        let mut events = Vec::new();
+        for view in views {
+            if !mates.share(&view.user_id)?
+                || !filter::event_allowed(filter, Some(&view.user_id), "m.presence")
+            {
+                continue;
+            }
+            let mut content = json!({
+                "presence": view.state.as_str(),
+                "last_active_ago": view.last_active_ago_ms,
+                "currently_active": view.currently_active,
+            });
+            if let Some(msg) = &view.status_msg {
+                content["status_msg"] = msg.as_str().into();
+            }
+            let event = json!({ "type": "m.presence", "sender": view.user_id, "content": content });
+            events.push(Raw::from_json(to_raw(&event)?));
+        }
+        Ok(events)
     }
 
     #[allow(clippy::too_many_arguments)]

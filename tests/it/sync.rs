@@ -659,6 +659,52 @@ async fn lazy_members_are_not_sent_twice() {
 }
 
 #[tokio::test]
+async fn newcomers_presence_comes_with_their_join() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let carols = create_room(&s, &carol, json!({"preset": "public_chat"})).await;
+    for (who, status) in [(&bob, "online"), (&carol, "unavailable")] {
+        let (code, _) = s
+            .put(
+                &format!("{V3}/presence/{}/status", who.user_id),
+                Some(&who.token),
+                json!({"presence": status, "status_msg": format!("{status} msg")}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK);
+    }
+    let presence_of = |body: &Value, user: &str| {
+        list(&body["presence"]["events"])
+            .into_iter()
+            .find(|e| e["sender"] == user)
+            .map(|e| e["content"].clone())
+    };
+    let since = token(&s, &alice).await;
+    // Their presence changed before the token, but alice shares no room with them yet.
+    let idle = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
+    assert!(presence_of(&idle, &bob.user_id).is_none(), "{idle}");
+
+    // Bob joins alice's room: his presence comes along.
+    join(&s, &bob, &room).await;
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
+    let bobs = presence_of(&body, &bob.user_id).unwrap_or_else(|| panic!("bob's presence: {body}"));
+    assert_eq!(bobs["presence"], "online");
+    assert_eq!(bobs["status_msg"], "online msg");
+    assert!(presence_of(&body, &carol.user_id).is_none());
+
+    // Alice joins carol's room: carol's presence comes along.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    join(&s, &alice, &carols).await;
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
+    let carols_presence =
+        presence_of(&body, &carol.user_id).unwrap_or_else(|| panic!("carol's presence: {body}"));
+    assert_eq!(carols_presence["presence"], "unavailable");
+}
+
+#[tokio::test]
 async fn left_rooms_come_with_the_timeline_to_the_leave_and_the_state_that_changed() {
     let s = TestServer::start().await;
     let alice = s.register("alice", "pw-alice-123").await;
