@@ -392,23 +392,45 @@ pub struct FilledResponse<T> {
 
 impl<T: OutgoingResponse> IntoResponse for FilledResponse<T> {
     fn into_response(self) -> Response {
-        let response = match self.response.try_into_http_response::<Vec<u8>>() {
-            Ok(response) => response,
-            Err(e) => return Error::internal(format!("serialising response: {e}")).into_response(),
-        };
-        let (mut parts, body) = response.into_parts();
-        let mut json = match serde_json::from_slice(&body) {
-            Ok(json) => json,
-            Err(e) => return Error::internal(format!("re-reading response: {e}")).into_response(),
-        };
-        (self.fill)(&mut json);
-        match serde_json::to_vec(&json) {
-            Ok(bytes) => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                Response::from_parts(parts, Body::from(bytes))
-            }
-            Err(e) => Error::internal(format!("serialising response: {e}")).into_response(),
+        let fill = self.fill;
+        rewritten(self.response, |body| {
+            let mut json = serde_json::from_slice(body)?;
+            fill(&mut json);
+            serde_json::to_vec(&json)
+        })
+    }
+}
+
+/// A ruma response whose serialised body `rewrite` completes before it is sent, for bodies
+/// too large to re-read as a `serde_json::Value` (`/sync`): the rewrite can keep the parts
+/// it does not touch as raw JSON.
+pub struct RewrittenResponse<T> {
+    pub response: T,
+    pub rewrite: fn(&[u8]) -> serde_json::Result<Vec<u8>>,
+}
+
+impl<T: OutgoingResponse> IntoResponse for RewrittenResponse<T> {
+    fn into_response(self) -> Response {
+        rewritten(self.response, self.rewrite)
+    }
+}
+
+/// Serialise a ruma response and pass its body through `rewrite`.
+fn rewritten<T: OutgoingResponse>(
+    response: T,
+    rewrite: impl FnOnce(&[u8]) -> serde_json::Result<Vec<u8>>,
+) -> Response {
+    let response = match response.try_into_http_response::<Vec<u8>>() {
+        Ok(response) => response,
+        Err(e) => return Error::internal(format!("serialising response: {e}")).into_response(),
+    };
+    let (mut parts, body) = response.into_parts();
+    match rewrite(&body) {
+        Ok(bytes) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(bytes))
         }
+        Err(e) => Error::internal(format!("completing response: {e}")).into_response(),
     }
 }
 

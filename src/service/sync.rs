@@ -115,6 +115,37 @@ struct MemberMoves {
     left: BTreeSet<OwnedUserId>,
 }
 
+impl MemberMoves {
+    /// Count the joins and leaves among member events. A join that follows a join is a
+    /// profile change, not an arrival.
+    fn note<'e>(&mut self, events: impl Iterator<Item = &'e Arc<StoredEvent>>) {
+        for event in events {
+            let Some(member) = member_of(event) else { continue };
+            match membership_of(event).as_deref() {
+                Some("join") if !was_joined_before(event) => self.joined.insert(member),
+                Some("leave" | "ban") => self.left.insert(member),
+                _ => false,
+            };
+        }
+    }
+}
+
+/// A room's timeline window and the state sent with it.
+struct Slice {
+    /// Oldest first.
+    timeline: Vec<Arc<StoredEvent>>,
+    /// Whether events were left out before the timeline.
+    limited: bool,
+    /// The token the timeline starts after.
+    prev_batch: u64,
+    /// The state the client lacks: what changed since the token, or all of it.
+    state: Vec<Arc<StoredEvent>>,
+    /// With lazy loading and a state delta: the member events of the timeline's senders,
+    /// which the client may lack although they did not change.
+    senders_members: Vec<Arc<StoredEvent>>,
+    state_at_start: Arc<StateMap>,
+}
+
 /// Whether other users share a room with the syncing user, answered per user from their
 /// rooms, or from everyone in the user's rooms gathered once when many are asked.
 struct RoomMates<'a> {
@@ -386,26 +417,10 @@ impl Sync {
         }
 
         response.account_data.events = global_account_data;
-        let changes = self.presence.changes(since, upto)?;
         let mut mates =
             RoomMates { members: &self.members, me: user_id, rooms: &joined_rooms, everyone: None };
-        mates.expect_many(changes.len())?;
-        for view in changes {
-            let shares_room = mates.share(&view.user_id)?;
-            if !shares_room || !filter::event_allowed(&filter.presence, Some(&view.user_id), "m.presence") {
-                continue;
-            }
-            let mut content = json!({
-                "presence": view.state.as_str(),
-                "last_active_ago": view.last_active_ago_ms,
-                "currently_active": view.currently_active,
-            });
-            if let Some(msg) = &view.status_msg {
-                content["status_msg"] = msg.as_str().into();
-            }
-            let event = json!({ "type": "m.presence", "sender": view.user_id, "content": content });
-            response.presence.events.push(Raw::from_json(to_raw(&event)?));
-        }
+        response.presence.events =
+            self.presence_events(&filter.presence, since, upto, &mut mates, &moves.joined)?;
         // End-to-end encryption: this device's messages and key counts, and whose devices
         // to re-fetch.
         response.to_device.events = self
@@ -447,6 +462,46 @@ impl Sync {
         Ok(Pass { response, watched })
     }
 
+    /// Presence of the user's room mates: those whose presence changed since the token, and
+    /// those who came to share a room with the user since (`newcomers`), whatever the age
+    /// of their presence, as Synapse sends them.
+    fn presence_events(
+        &self,
+        filter: &ruma::api::client::filter::Filter,
+        since: Option<u64>,
+        upto: u64,
+        mates: &mut RoomMates<'_>,
+        newcomers: &BTreeSet<OwnedUserId>,
+    ) -> Result<Vec<Raw<ruma::events::presence::PresenceEvent>>> {
+        let mut views = self.presence.changes(since, upto)?;
+        let changed: HashSet<OwnedUserId> = views.iter().map(|v| v.user_id.clone()).collect();
+        for newcomer in newcomers {
+            if newcomer != mates.me && !changed.contains(newcomer) {
+                views.extend(self.presence.get(newcomer)?);
+            }
+        }
+        mates.expect_many(views.len())?;
+        let mut events = Vec::new();
+        for view in views {
+            if !mates.share(&view.user_id)?
+                || !filter::event_allowed(filter, Some(&view.user_id), "m.presence")
+            {
+                continue;
+            }
+            let mut content = json!({
+                "presence": view.state.as_str(),
+                "last_active_ago": view.last_active_ago_ms,
+                "currently_active": view.currently_active,
+            });
+            if let Some(msg) = &view.status_msg {
+                content["status_msg"] = msg.as_str().into();
+            }
+            let event = json!({ "type": "m.presence", "sender": view.user_id, "content": content });
+            events.push(Raw::from_json(to_raw(&event)?));
+        }
+        Ok(events)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn joined_room(
         &self,
@@ -475,114 +530,55 @@ impl Sync {
             }
         }
 
-        let limit = timeline_limit(&room_filter.timeline);
-        let which = WindowFilter { filter: &room_filter.timeline, ignored };
-        let window =
-            self.history.window(user_id, room_id, upto, room_since, Direction::Reverse, &which, limit)?;
-        let mut timeline_events = window.events;
-        timeline_events.reverse();
-        let limited = window.more;
-
-        let senders: BTreeSet<OwnedUserId> =
-            timeline_events.iter().map(|e| e.pdu.sender.clone()).chain([user_id.to_owned()]).collect();
-        let (start_group, state_at_start) = match timeline_events.first() {
-            Some(first) => (first.state_before, self.history.state_before(first)?),
-            None => {
-                let group = self.history.group_at(room_id, upto)?;
-                (group, self.history.state_of_group(group)?)
-            }
-        };
+        let Slice {
+            timeline: timeline_events,
+            limited,
+            prev_batch,
+            state: mut state_events,
+            senders_members,
+            state_at_start,
+        } = self.slice(request, user_id, room_id, upto, room_since, ignored)?;
         let lazy = matches!(room_filter.state.lazy_load_options, LazyLoadOptions::Enabled { .. });
-        let mut state_events = match room_since {
-            Some(s) if !request.full_state => {
-                // What changed between the token and the timeline's start: state events the
-                // timeline left out (limited, or filtered away). The usual case, a complete
-                // timeline starting right after the token, shares the token's state group.
-                let token_group = self.history.group_at(room_id, s)?;
-                let mut changed = if token_group == start_group {
-                    Vec::new()
-                } else {
-                    let at_token = self.history.state_of_group(token_group)?;
-                    self.history.state_events(
-                        &state_at_start,
-                        Some(&at_token),
-                        &room_filter.state,
-                        &senders,
-                    )?
-                };
-                if lazy {
-                    // Lazy clients may lack the members of this timeline's senders even when
-                    // those did not change; the redundancy check below drops known ones.
-                    let members =
-                        self.senders_members(&state_at_start, &room_filter.state, &timeline_events)?;
-                    for member in members {
-                        if !changed.iter().any(|c| c.pdu.event_id == member.pdu.event_id) {
-                            changed.push(member);
-                        }
-                    }
-                }
-                changed
-            }
-            _ => self.history.state_events(&state_at_start, None, &room_filter.state, &senders)?,
-        };
 
-        let membership_changed = room_since.is_none()
-            || timeline_events
-                .iter()
-                .chain(&state_events)
-                .any(|e| e.pdu.kind == TimelineEventType::RoomMember);
-        let summary = if membership_changed { Some(self.summary(room_id, user_id)?) } else { None };
-        if lazy {
-            // Clients name rooms after their heroes, so their member events must be there.
-            if let Some(summary) = &summary {
-                let heroes: BTreeSet<OwnedUserId> = summary.heroes.iter().cloned().collect();
-                for hero in self.history.state_events(
-                    &member_state(&state_at_start),
-                    None,
-                    &room_filter.state,
-                    &heroes,
-                )? {
-                    if !state_events.iter().any(|e| e.pdu.event_id == hero.pdu.event_id) {
-                        state_events.push(hero);
-                    }
-                }
-            }
-        }
-        let state_events = self.drop_redundant_members(request, room_id, state_events);
         if since.is_some() {
             if room_since.is_none() {
                 // Newly joined: everyone in it may be someone to encrypt for.
                 moves.joined.extend(self.members.members_with(room_id, &MembershipState::Join)?);
             }
-            for event in timeline_events.iter().chain(&state_events) {
-                if event.pdu.kind != TimelineEventType::RoomMember {
-                    continue;
-                }
-                let Some(member) = event.pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
-                    continue;
-                };
-                match event.pdu.content_value().get("membership").and_then(JsonValue::as_str) {
-                    Some("join") => moves.joined.insert(member),
-                    Some("leave" | "ban") => moves.left.insert(member),
-                    _ => false,
-                };
-            }
+            // Member events that changed something: the timeline's, and the state delta's
+            // (not the unchanged members lazy loading adds below).
+            let delta = if request.full_state { &[][..] } else { &state_events[..] };
+            moves.note(timeline_events.iter().chain(delta));
         }
+
+        // Counts follow membership; heroes also come and go with the room's name.
+        let summary_changed = room_since.is_none()
+            || timeline_events.iter().chain(&state_events).any(|e| {
+                matches!(
+                    e.pdu.kind,
+                    TimelineEventType::RoomMember
+                        | TimelineEventType::RoomName
+                        | TimelineEventType::RoomCanonicalAlias
+                )
+            });
+        let summary = if summary_changed { Some(self.summary(room_id, user_id, upto)?) } else { None };
+        add_missing(&mut state_events, senders_members);
+        if let Some(summary) = summary.as_ref().filter(|_| lazy) {
+            // Clients name rooms after their heroes, so their member events must be there.
+            let heroes: BTreeSet<OwnedUserId> = summary.heroes.iter().cloned().collect();
+            let members = member_state(&state_at_start);
+            add_missing(
+                &mut state_events,
+                self.history.state_events(&members, None, &room_filter.state, &heroes)?,
+            );
+        }
+        let state_events = self.drop_redundant_members(request, room_id, &timeline_events, state_events);
 
         let mut joined = JoinedRoom::new();
         let rendering = self.rendering(&request.filter);
-        joined.timeline = timeline(
-            self.renderer.raw_all(viewer, &timeline_events, rendering)?,
-            limited,
-            timeline_events.first().map_or(upto, |e| e.stream - 1),
-        );
-        joined.state = State::Before(StateEvents::from(
-            self.renderer
-                .raw_all(viewer, &state_events, Rendering { shape: Shape::Sync, fields: rendering.fields })?
-                .into_iter()
-                .map(Raw::from_json)
-                .collect::<Vec<_>>(),
-        ));
+        joined.timeline =
+            timeline(self.renderer.raw_all(viewer, &timeline_events, rendering)?, limited, prev_batch);
+        joined.state = self.render_state(viewer, &state_events, rendering)?;
 
         // Ephemeral: typing and receipts.
         let ephemeral_filter = &room_filter.ephemeral;
@@ -651,6 +647,7 @@ impl Sync {
 
         if room_since.is_some()
             && joined.timeline.events.is_empty()
+            && !joined.timeline.limited
             && joined.state.is_empty()
             && joined.ephemeral.events.is_empty()
             && joined.account_data.events.is_empty()
@@ -662,6 +659,8 @@ impl Sync {
         Ok(Some(joined))
     }
 
+    /// A room the user left (or was kicked or banned from): the timeline up to their leave
+    /// and the state before it, as a delta when the client knew the room at the token.
     fn left_room(
         &self,
         request: &SyncRequest,
@@ -671,45 +670,123 @@ impl Sync {
         since: Option<u64>,
         ignored: &HashSet<OwnedUserId>,
     ) -> Result<LeftRoom> {
-        let room_filter = &request.filter.room;
-        let limit = timeline_limit(&room_filter.timeline);
-        let which = WindowFilter { filter: &room_filter.timeline, ignored };
+        let user_id = viewer.user_id;
+        // A room the user joined after the token and left again is new to the client: it
+        // comes whole. Otherwise (left after being joined at the token, an invite declined,
+        // a ban after leaving) the state is what changed since the token.
+        let room_since = match since {
+            Some(s) if self.left_a_join(record)? && !self.was_joined_at(room_id, user_id, s)? => None,
+            since => since,
+        };
         // The timeline runs up to the leave, never past it.
-        let window = self.history.window(
-            viewer.user_id,
-            room_id,
-            record.stream,
-            since,
-            Direction::Reverse,
-            &which,
-            limit,
-        )?;
-        let mut events = window.events;
-        events.reverse();
+        let slice = self.slice(request, user_id, room_id, record.stream, room_since, ignored)?;
+        let mut state = slice.state;
+        add_missing(&mut state, slice.senders_members);
+        let state = self.drop_redundant_members(request, room_id, &slice.timeline, state);
         let rendering = self.rendering(&request.filter);
         let mut left = LeftRoom::new();
         left.timeline = timeline(
-            self.renderer.raw_all(viewer, &events, rendering)?,
-            window.more,
-            events.first().map_or(record.stream, |e| e.stream - 1),
+            self.renderer.raw_all(viewer, &slice.timeline, rendering)?,
+            slice.limited,
+            slice.prev_batch,
         );
-        if let Some(first) = events.first() {
-            let state = self.history.state_before(first)?;
-            let senders = events.iter().map(|e| e.pdu.sender.clone()).collect();
-            let state_events = self.history.state_events(&state, None, &room_filter.state, &senders)?;
-            left.state = State::Before(StateEvents::from(
-                self.renderer
-                    .raw_all(
-                        viewer,
-                        &state_events,
-                        Rendering { shape: Shape::Sync, fields: rendering.fields },
-                    )?
-                    .into_iter()
-                    .map(Raw::from_json)
-                    .collect::<Vec<_>>(),
-            ));
-        }
+        left.state = self.render_state(viewer, &state, rendering)?;
         Ok(left)
+    }
+
+    /// Whether the membership event of `record` ended a join (a leave or kick, not a declined
+    /// invite or a ban after leaving).
+    fn left_a_join(&self, record: &MembershipRecord) -> Result<bool> {
+        Ok(self.events.get(&record.event_id)?.is_some_and(|e| was_joined_before(&e)))
+    }
+
+    /// Whether the user's membership in the room was `join` at stream position `at`.
+    fn was_joined_at(&self, room_id: &RoomId, user_id: &UserId, at: u64) -> Result<bool> {
+        let state = self.history.state_at(room_id, at)?;
+        let Some(id) = state.get(&(StateEventType::RoomMember, user_id.to_string())) else {
+            return Ok(false);
+        };
+        Ok(self.events.get(id)?.is_some_and(|e| membership_of(&e).as_deref() == Some("join")))
+    }
+
+    /// The timeline window ending at `end` and the state before it: what changed since
+    /// `room_since`, or all of it for a room new to the client (or a full-state sync).
+    fn slice(
+        &self,
+        request: &SyncRequest,
+        user_id: &UserId,
+        room_id: &RoomId,
+        end: u64,
+        room_since: Option<u64>,
+        ignored: &HashSet<OwnedUserId>,
+    ) -> Result<Slice> {
+        let room_filter = &request.filter.room;
+        let limit = timeline_limit(&room_filter.timeline);
+        let which = WindowFilter { filter: &room_filter.timeline, ignored };
+        let window =
+            self.history.window(user_id, room_id, end, room_since, Direction::Reverse, &which, limit)?;
+        let mut timeline_events = window.events;
+        timeline_events.reverse();
+
+        let senders: BTreeSet<OwnedUserId> =
+            timeline_events.iter().map(|e| e.pdu.sender.clone()).chain([user_id.to_owned()]).collect();
+        let (start_group, state_at_start) = match timeline_events.first() {
+            Some(first) => (first.state_before, self.history.state_before(first)?),
+            None => {
+                let group = self.history.group_at(room_id, end)?;
+                (group, self.history.state_of_group(group)?)
+            }
+        };
+        let lazy = matches!(room_filter.state.lazy_load_options, LazyLoadOptions::Enabled { .. });
+        let (state, senders_members) = match room_since {
+            Some(s) if !request.full_state => {
+                // What changed between the token and the timeline's start: state events the
+                // timeline left out (limited, or filtered away). The usual case, a complete
+                // timeline starting right after the token, shares the token's state group.
+                let token_group = self.history.group_at(room_id, s)?;
+                let changed = if token_group == start_group {
+                    Vec::new()
+                } else {
+                    let at_token = self.history.state_of_group(token_group)?;
+                    self.history.state_events(
+                        &state_at_start,
+                        Some(&at_token),
+                        &room_filter.state,
+                        &senders,
+                    )?
+                };
+                // Lazy clients may lack the members of this timeline's senders even when
+                // those did not change; the redundancy check drops known ones.
+                let members = if lazy {
+                    self.senders_members(&state_at_start, &room_filter.state, &timeline_events)?
+                } else {
+                    Vec::new()
+                };
+                (changed, members)
+            }
+            _ => {
+                (self.history.state_events(&state_at_start, None, &room_filter.state, &senders)?, Vec::new())
+            }
+        };
+        Ok(Slice {
+            prev_batch: timeline_events.first().map_or(end, |e| e.stream - 1),
+            timeline: timeline_events,
+            limited: window.more,
+            state,
+            senders_members,
+            state_at_start,
+        })
+    }
+
+    /// State events as a sync response carries them.
+    fn render_state(
+        &self,
+        viewer: Viewer<'_>,
+        events: &[Arc<StoredEvent>],
+        rendering: Rendering<'_>,
+    ) -> Result<State> {
+        let raw = self.renderer.raw_all(viewer, events, rendering)?;
+        Ok(State::Before(StateEvents::from(raw.into_iter().map(Raw::from_json).collect::<Vec<_>>())))
     }
 
     /// The member events, as of the timeline's start, of the timeline's senders whose
@@ -733,13 +810,16 @@ impl Sync {
         self.history.state_events(&member_state(state_at_start), None, state_filter, &senders)
     }
 
-    /// Drop member events this device was already sent (the same event: a changed
-    /// membership or profile is a new event and goes out), unless the filter wants them
-    /// again; remember the ones being sent.
+    /// With lazy loading, drop from `state_events` the member events this device already
+    /// has: those of members whose member event is in this timeline (within one response),
+    /// and, unless the filter wants them again, those it was sent before (the same event: a
+    /// changed membership or profile is a new event and goes out). Remember the members of
+    /// both the state and the timeline being sent.
     fn drop_redundant_members(
         &self,
         request: &SyncRequest,
         room_id: &RoomId,
+        timeline_events: &[Arc<StoredEvent>],
         state_events: Vec<Arc<StoredEvent>>,
     ) -> Vec<Arc<StoredEvent>> {
         let LazyLoadOptions::Enabled { include_redundant_members } =
@@ -747,6 +827,7 @@ impl Sync {
         else {
             return state_events;
         };
+        let in_timeline: HashSet<OwnedUserId> = timeline_events.iter().filter_map(|e| member_of(e)).collect();
         let mut sent = self.sent_members.lock().unwrap_or_else(|p| p.into_inner());
         let key = (request.user_id.clone(), request.device_id.clone());
         if !sent.contains_key(&key) && sent.len() >= SENT_MEMBERS_DEVICES {
@@ -754,23 +835,24 @@ impl Sync {
             sent.clear();
         }
         let room = sent.entry(key).or_default().entry(room_id.to_owned()).or_default();
-        state_events
+        let kept = state_events
             .into_iter()
             .filter(|event| {
-                let Some(member) = event
-                    .pdu
-                    .state_key
-                    .as_deref()
-                    .filter(|_| event.pdu.kind == TimelineEventType::RoomMember)
-                    .and_then(|k| UserId::parse(k).ok())
-                else {
-                    return true;
-                };
+                let Some(member) = member_of(event) else { return true };
+                if in_timeline.contains(&member) {
+                    return false;
+                }
                 let known =
                     room.insert(member, event.pdu.event_id.clone()).as_ref() == Some(&event.pdu.event_id);
                 !known || include_redundant_members
             })
-            .collect()
+            .collect();
+        for event in timeline_events {
+            if let Some(member) = member_of(event) {
+                room.insert(member, event.pdu.event_id.clone());
+            }
+        }
+        kept
     }
 
     fn forget_sent_members(&self, user_id: &UserId, device_id: &DeviceId) {
@@ -778,29 +860,62 @@ impl Sync {
         sent.remove(&(user_id.to_owned(), device_id.to_owned()));
     }
 
-    /// Heroes and member counts.
-    fn summary(&self, room_id: &RoomId, user_id: &UserId) -> Result<RoomSummary> {
+    /// Member counts, and heroes for a room that has no name.
+    fn summary(&self, room_id: &RoomId, user_id: &UserId, upto: u64) -> Result<RoomSummary> {
         let mut joined = 0u64;
         let mut invited = 0u64;
-        let mut heroes = Vec::new();
+        // (whether they are gone, position of their member event, user)
+        let mut candidates = Vec::new();
         for (member, record) in self.members.members(room_id)? {
-            let membership = MembershipState::from(record.membership.as_str());
-            match membership {
-                MembershipState::Join => joined += 1,
-                MembershipState::Invite => invited += 1,
+            let gone = match MembershipState::from(record.membership.as_str()) {
+                MembershipState::Join => {
+                    joined += 1;
+                    false
+                }
+                MembershipState::Invite => {
+                    invited += 1;
+                    false
+                }
+                MembershipState::Leave | MembershipState::Ban => true,
                 _ => continue,
-            }
-            if member != user_id && heroes.len() < MAX_HEROES {
-                heroes.push(member);
+            };
+            if member != user_id {
+                candidates.push((gone, record.stream, member));
             }
         }
         let mut summary = RoomSummary::new();
         summary.joined_member_count = Some(UInt::new_saturating(joined));
         summary.invited_member_count = Some(UInt::new_saturating(invited));
-        // Heroes matter only to rooms without a name or canonical alias, but clients accept
-        // them always; Synapse sends them always.
-        summary.heroes = heroes;
+        if !self.is_named(room_id, upto)? {
+            // The spec's heroes: the first members by stream order who are joined or invited;
+            // the ones who left or were banned only when there is nobody else.
+            candidates.sort();
+            let present = candidates.first().is_some_and(|(gone, _, _)| !gone);
+            summary.heroes = candidates
+                .into_iter()
+                .take_while(|(gone, _, _)| !present || !gone)
+                .take(MAX_HEROES)
+                .map(|(_, _, member)| member)
+                .collect();
+        }
         Ok(summary)
+    }
+
+    /// Whether clients name the room from its state (a non-empty `m.room.name` or
+    /// `m.room.canonical_alias`) rather than from its heroes.
+    fn is_named(&self, room_id: &RoomId, upto: u64) -> Result<bool> {
+        let state = self.history.state_at(room_id, upto)?;
+        for (kind, field) in
+            [(StateEventType::RoomName, "name"), (StateEventType::RoomCanonicalAlias, "alias")]
+        {
+            let Some(id) = state.get(&(kind, String::new())) else { continue };
+            let Some(event) = self.events.get(id)? else { continue };
+            if event.pdu.content_value().get(field).and_then(JsonValue::as_str).is_some_and(|v| !v.is_empty())
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The stripped state an invitee or knocker sees: a few state events of the room as of
@@ -848,11 +963,13 @@ impl Sync {
     }
 }
 
+/// Timeline events per room the filter asks for. 0 is allowed, as Synapse allows it: an empty
+/// timeline whose `limited` says whether events were left out.
 fn timeline_limit(filter: &RoomEventFilter) -> usize {
     filter
         .limit
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_TIMELINE_LIMIT))
-        .clamp(1, MAX_TIMELINE_LIMIT)
+        .min(MAX_TIMELINE_LIMIT)
 }
 
 fn timeline(events: Vec<Box<RawJsonValue>>, limited: bool, prev: u64) -> Timeline {
@@ -903,6 +1020,41 @@ fn is_empty(response: &Response) -> bool {
         && response.to_device.events.is_empty()
         && response.device_lists.changed.is_empty()
         && response.device_lists.left.is_empty()
+}
+
+/// Append the events of `more` that `events` does not hold yet.
+fn add_missing(events: &mut Vec<Arc<StoredEvent>>, more: Vec<Arc<StoredEvent>>) {
+    for event in more {
+        if !events.iter().any(|e| e.pdu.event_id == event.pdu.event_id) {
+            events.push(event);
+        }
+    }
+}
+
+/// The user a member event is about; `None` for other events.
+fn member_of(event: &StoredEvent) -> Option<OwnedUserId> {
+    if event.pdu.kind != TimelineEventType::RoomMember {
+        return None;
+    }
+    event.pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+}
+
+/// The `membership` of a member event.
+fn membership_of(event: &StoredEvent) -> Option<String> {
+    event.pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned)
+}
+
+/// Whether a member event replaced a join (from `unsigned.prev_content`, which local events
+/// carry; without it, the event counts as a new join).
+fn was_joined_before(event: &StoredEvent) -> bool {
+    event
+        .pdu
+        .unsigned
+        .as_ref()
+        .and_then(|u| u.get("prev_content"))
+        .and_then(|c| c.get("membership"))
+        .and_then(JsonValue::as_str)
+        == Some("join")
 }
 
 /// Only the member entries of a state map.

@@ -82,7 +82,8 @@ async fn initial_and_incremental_sync() {
         .count();
     assert!(timeline_state + state.len() >= 6, "{state:?}");
     assert_eq!(joined["summary"]["m.joined_member_count"], 2);
-    assert_eq!(joined["summary"]["m.heroes"], json!(["@alice:localhost"]));
+    // The room has a name, so clients need no heroes to name it.
+    assert!(joined["summary"].get("m.heroes").is_none(), "{}", joined["summary"]);
     // Sync events carry no room_id; the room is the key.
     assert!(joined["timeline"]["events"][0].get("room_id").is_none());
     assert!(
@@ -491,4 +492,366 @@ async fn lazy_loading_sends_changed_members_and_heroes() {
         .find(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:localhost")
         .unwrap_or_else(|| panic!("bob's renamed member event: {joined}"));
     assert_eq!(bob_member["content"]["displayname"], "Bobby");
+}
+
+/// The events of a room section's timeline in a sync body, and whether it was limited
+/// (`None` when the field is missing).
+fn timeline_of(body: &Value, section: &str, room: &str) -> (Vec<Value>, Option<bool>) {
+    let timeline = &body["rooms"][section][room]["timeline"];
+    (list(&timeline["events"]), timeline["limited"].as_bool())
+}
+
+/// Member events in a list of events, as (user, event ID).
+fn members_in(events: &Value) -> Vec<(String, String)> {
+    list(events)
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| (e["state_key"].as_str().unwrap().to_owned(), e["event_id"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn limited_is_always_present() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &room).await;
+    let initial = sync(&s, &bob, "").await;
+    assert_eq!(timeline_of(&initial, "join", &room).1, Some(false), "{initial}");
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    send_text(&s, &alice, &room, "t1", "one").await;
+    let next = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    assert_eq!(timeline_of(&next, "join", &room).1, Some(false), "{next}");
+
+    // A left room's timeline says it too.
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let left = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    assert_eq!(timeline_of(&left, "leave", &room).1, Some(false), "{left}");
+}
+
+#[tokio::test]
+async fn a_timeline_limit_of_zero_sends_no_events_but_says_some_were_left_out() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    send_text(&s, &alice, &room, "t1", "one").await;
+    let zero = urlencode(&json!({"room": {"timeline": {"limit": 0}}}).to_string());
+    let initial = sync(&s, &alice, &format!("filter={zero}")).await;
+    assert_eq!(timeline_of(&initial, "join", &room), (vec![], Some(true)), "{initial}");
+    // The state still comes, and prev_batch pages back to the events.
+    let state = state_types(&initial["rooms"]["join"][&room]["state"]["events"]);
+    assert!(state.contains(&"m.room.create|".to_owned()), "{state:?}");
+    let prev = initial["rooms"]["join"][&room]["timeline"]["prev_batch"].as_str().unwrap();
+    let (_, page) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=b&from={prev}&limit=1"), Some(&alice.token)).await;
+    assert_eq!(bodies(&page["chunk"]), ["one"]);
+
+    // An incremental sync with a new event shows the room, empty and limited.
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    send_text(&s, &alice, &room, "t2", "two").await;
+    let next = sync(&s, &alice, &format!("since={since}&timeout=0&filter={zero}")).await;
+    assert_eq!(timeline_of(&next, "join", &room), (vec![], Some(true)), "{next}");
+    // Nothing new: no room at all.
+    let since = next["next_batch"].as_str().unwrap().to_owned();
+    let idle = sync(&s, &alice, &format!("since={since}&timeout=0&filter={zero}")).await;
+    assert!(idle["rooms"]["join"].get(&room).is_none(), "{idle}");
+}
+
+#[tokio::test]
+async fn heroes_only_for_rooms_without_a_name() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let zoe = s.register("zoe", "pw-zoe-123456").await;
+    let named = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Named"})).await;
+    let aliased =
+        create_room(&s, &alice, json!({"preset": "public_chat", "room_alias_name": "aliased"})).await;
+    let plain = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let blank = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let (status, _) = s
+        .put(&format!("{V3}/rooms/{blank}/state/m.room.name/"), Some(&alice.token), json!({"name": ""}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Heroes come in the order members arrived, not by name.
+    for room in [&named, &aliased, &plain, &blank] {
+        join(&s, &zoe, room).await;
+        join(&s, &carol, room).await;
+        join(&s, &bob, room).await;
+    }
+    let body = sync(&s, &bob, "").await;
+    let summary = |room: &str| body["rooms"]["join"][room]["summary"].clone();
+    for room in [&named, &aliased] {
+        assert!(summary(room).get("m.heroes").is_none(), "{}", summary(room));
+        assert_eq!(summary(room)["m.joined_member_count"], 4);
+    }
+    for room in [&plain, &blank] {
+        let heroes = json!(["@alice:localhost", "@zoe:localhost", "@carol:localhost"]);
+        assert_eq!(summary(room)["m.heroes"], heroes, "{}", summary(room));
+    }
+
+    // Naming a room takes its heroes away in the next sync.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{plain}/state/m.room.name/"),
+            Some(&alice.token),
+            json!({"name": "Now named"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let next = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let summary = &next["rooms"]["join"][&plain]["summary"];
+    assert_eq!(summary["m.joined_member_count"], 4, "{next}");
+    assert!(summary.get("m.heroes").is_none(), "{summary}");
+}
+
+#[tokio::test]
+async fn lazy_members_are_not_sent_twice() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let dave = s.register("dave", "pw-dave-12345").await;
+    let erin = s.register("erin", "pw-erin-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Lazy"})).await;
+    let lazy = urlencode(
+        &json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 2}}}).to_string(),
+    );
+    let since = sync(&s, &alice, &format!("filter={lazy}")).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Dave's join comes in a timeline...
+    join(&s, &dave, &room).await;
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0&filter={lazy}")).await;
+    let (timeline, _) = timeline_of(&body, "join", &room);
+    let dave_join = timeline.iter().find(|e| e["state_key"] == dave.user_id.as_str()).expect("dave's join");
+    let dave_join = dave_join["event_id"].as_str().unwrap().to_owned();
+    // ...so when he then speaks after a gap, the same event is not sent again as state.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        send_text(&s, &dave, &room, &format!("d{i}"), "hi").await;
+    }
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0&filter={lazy}")).await;
+    assert_eq!(timeline_of(&body, "join", &room).1, Some(true));
+    let state = members_in(&body["rooms"]["join"][&room]["state"]["events"]);
+    assert!(!state.iter().any(|(_, id)| *id == dave_join), "dave's join sent twice: {state:?}");
+
+    // Within one response: Erin renames herself and speaks; her new member event is in the
+    // timeline, so the state does not repeat her as well.
+    join(&s, &erin, &room).await;
+    let (status, _) = s
+        .put(
+            &format!("{V3}/profile/{}/displayname", erin.user_id),
+            Some(&erin.token),
+            json!({"displayname": "Erin E."}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &erin, &room, "e1", "hello").await;
+    let body = sync(&s, &alice, &format!("filter={lazy}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    let in_timeline = members_in(&joined["timeline"]["events"]);
+    assert!(in_timeline.iter().any(|(user, _)| *user == erin.user_id), "{joined}");
+    let state = members_in(&joined["state"]["events"]);
+    assert!(!state.iter().any(|(user, _)| *user == erin.user_id), "erin twice in one response: {state:?}");
+    assert!(state.iter().any(|(user, _)| *user == alice.user_id), "{state:?}");
+}
+
+#[tokio::test]
+async fn newcomers_presence_comes_with_their_join() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    let carols = create_room(&s, &carol, json!({"preset": "public_chat"})).await;
+    for (who, status) in [(&bob, "online"), (&carol, "unavailable")] {
+        let (code, _) = s
+            .put(
+                &format!("{V3}/presence/{}/status", who.user_id),
+                Some(&who.token),
+                json!({"presence": status, "status_msg": format!("{status} msg")}),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK);
+    }
+    let presence_of = |body: &Value, user: &str| {
+        list(&body["presence"]["events"])
+            .into_iter()
+            .find(|e| e["sender"] == user)
+            .map(|e| e["content"].clone())
+    };
+    let since = token(&s, &alice).await;
+    // Their presence changed before the token, but alice shares no room with them yet.
+    let idle = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
+    assert!(presence_of(&idle, &bob.user_id).is_none(), "{idle}");
+
+    // Bob joins alice's room: his presence comes along.
+    join(&s, &bob, &room).await;
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
+    let bobs = presence_of(&body, &bob.user_id).unwrap_or_else(|| panic!("bob's presence: {body}"));
+    assert_eq!(bobs["presence"], "online");
+    assert_eq!(bobs["status_msg"], "online msg");
+    assert!(presence_of(&body, &carol.user_id).is_none());
+
+    // Alice joins carol's room: carol's presence comes along.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    join(&s, &alice, &carols).await;
+    let body = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
+    let carols_presence =
+        presence_of(&body, &carol.user_id).unwrap_or_else(|| panic!("carol's presence: {body}"));
+    assert_eq!(carols_presence["presence"], "unavailable");
+}
+
+#[tokio::test]
+async fn left_rooms_come_with_the_timeline_to_the_leave_and_the_state_that_changed() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Lobby"})).await;
+    join(&s, &bob, &room).await;
+    let since = token(&s, &bob).await;
+    send_text(&s, &alice, &room, "t1", "between").await;
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &alice, &room, "t2", "after").await;
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let (timeline, limited) = timeline_of(&body, "leave", &room);
+    assert_eq!(bodies(&json!(timeline)), ["between"]);
+    assert_eq!(timeline.last().unwrap()["content"]["membership"], "leave");
+    // The client had the room's state at the token and nothing changed since.
+    assert!(list(&body["rooms"]["leave"][&room]["state"]["events"]).is_empty(), "{body}");
+    assert_eq!(limited, Some(false));
+
+    // After a gap, only what changed in it: the new topic, not the whole room again.
+    let gap = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Gap"})).await;
+    join(&s, &bob, &gap).await;
+    let since = token(&s, &bob).await;
+    let (status, _) = s
+        .put(&format!("{V3}/rooms/{gap}/state/m.room.topic/"), Some(&alice.token), json!({"topic": "new"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for i in 0..4 {
+        send_text(&s, &alice, &gap, &format!("g{i}"), &format!("g{i}")).await;
+    }
+    let (status, _) = s.post(&format!("{V3}/rooms/{gap}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let two = urlencode(&json!({"room": {"timeline": {"limit": 2}}}).to_string());
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0&filter={two}")).await;
+    let (timeline, limited) = timeline_of(&body, "leave", &gap);
+    assert_eq!(bodies(&json!(timeline)), ["g3"]);
+    assert_eq!(state_types(&body["rooms"]["leave"][&gap]["state"]["events"]), ["m.room.topic|"], "{body}");
+    assert_eq!(limited, Some(true));
+
+    // Kicked and banned users see their room under `leave` too, ending with the kick or ban.
+    for (action, membership) in [("kick", "leave"), ("ban", "ban")] {
+        let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+        join(&s, &bob, &room).await;
+        let since = token(&s, &bob).await;
+        let (status, _) = s
+            .post(&format!("{V3}/rooms/{room}/{action}"), Some(&alice.token), json!({"user_id": bob.user_id}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let body = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+        let (timeline, _) = timeline_of(&body, "leave", &room);
+        let last = timeline.last().unwrap_or_else(|| panic!("{action}: {body}"));
+        assert_eq!(
+            (last["content"]["membership"].as_str(), last["sender"].as_str()),
+            (Some(membership), Some(alice.user_id.as_str()))
+        );
+    }
+
+    // Joined and left again since the token: the room is new to the client, so it comes whole.
+    let brief = create_room(&s, &alice, json!({"preset": "public_chat", "name": "Brief"})).await;
+    let since = token(&s, &bob).await;
+    join(&s, &bob, &brief).await;
+    send_text(&s, &bob, &brief, "b1", "hello").await;
+    let (status, _) = s.post(&format!("{V3}/rooms/{brief}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0")).await;
+    let state = state_types(&body["rooms"]["leave"][&brief]["state"]["events"]);
+    for kind in ["m.room.create|", "m.room.name|", "m.room.power_levels|"] {
+        assert!(state.contains(&kind.to_owned()), "{kind}: {state:?}");
+    }
+    assert!(body["rooms"]["join"].get(&brief).is_none());
+}
+
+#[tokio::test]
+async fn a_room_joined_since_the_token_comes_with_its_full_state() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room =
+        create_room(&s, &alice, json!({"preset": "public_chat", "name": "Full", "topic": "old"})).await;
+    for i in 0..3 {
+        send_text(&s, &alice, &room, &format!("m{i}"), &format!("m{i}")).await;
+    }
+    let one = urlencode(&json!({"room": {"timeline": {"limit": 1}}}).to_string());
+    let since = token(&s, &bob).await;
+    join(&s, &bob, &room).await;
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0&filter={one}")).await;
+    let state = state_types(&body["rooms"]["join"][&room]["state"]["events"]);
+    for kind in ["m.room.create|", "m.room.name|", "m.room.topic|", "m.room.member|@alice:localhost"] {
+        assert!(state.contains(&kind.to_owned()), "{kind}: {state:?}");
+    }
+
+    // Left and joined again within one range: full state again, with what changed meanwhile.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .put(&format!("{V3}/rooms/{room}/state/m.room.topic/"), Some(&alice.token), json!({"topic": "new"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    join(&s, &bob, &room).await;
+    send_text(&s, &alice, &room, "m3", "m3").await;
+    let body = sync(&s, &bob, &format!("since={since}&timeout=0&filter={one}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]["events"]), ["m3"]);
+    let state = list(&joined["state"]["events"]);
+    let topic = state.iter().find(|e| e["type"] == "m.room.topic").unwrap_or_else(|| panic!("{joined}"));
+    assert_eq!(topic["content"]["topic"], "new");
+    assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{joined}");
+    assert!(body["rooms"]["leave"].get(&room).is_none());
+}
+
+#[tokio::test]
+async fn federation_format_applies_to_room_events_and_leaves_ephemeral_alone() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    join(&s, &bob, &room).await;
+    let message = send_text(&s, &alice, &room, "t1", "hello").await;
+    let (status, _) =
+        s.post(&format!("{V3}/rooms/{room}/receipt/m.read/{message}"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{room}/typing/{}", alice.user_id),
+            Some(&alice.token),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let federation =
+        urlencode(&json!({"event_format": "federation", "room": {"timeline": {"limit": 1}}}).to_string());
+    let body = sync(&s, &bob, &format!("filter={federation}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    // Room events, in the timeline and in the state, are PDUs.
+    let event = &list(&joined["timeline"]["events"])[0];
+    assert_eq!(event["content"]["body"], "hello");
+    assert!(event["auth_events"].is_array() && event["room_id"] == room.as_str(), "{event}");
+    let state = list(&joined["state"]["events"]);
+    assert!(!state.is_empty());
+    for event in &state {
+        assert!(event["auth_events"].is_array() && event["room_id"] == room.as_str(), "{event}");
+    }
+    // Receipts and typing are not room events: they keep their one shape.
+    let ephemeral = list(&joined["ephemeral"]["events"]);
+    let typing = ephemeral.iter().find(|e| e["type"] == "m.typing").unwrap_or_else(|| panic!("{joined}"));
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
+    let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").unwrap_or_else(|| panic!("{joined}"));
+    assert!(receipt["content"][&message]["m.read"][&bob.user_id]["ts"].is_u64(), "{receipt}");
 }

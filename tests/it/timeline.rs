@@ -158,3 +158,39 @@ async fn history_visibility_applies_to_every_read() {
         "M_FORBIDDEN",
     );
 }
+
+#[tokio::test]
+async fn forward_pages_say_where_to_continue() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({})).await;
+    send_text(&s, &alice, &room, "t1", "one").await;
+    // From the start (no `from`), the whole room in one page: still an `end`, since events
+    // may come after it.
+    let (status, page) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=f&limit=100"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["start"], "s0");
+    assert_eq!(bodies(&page["chunk"]), ["one"]);
+    let end = page["end"].as_str().unwrap_or_else(|| panic!("no end: {page}")).to_owned();
+    // Nothing newer yet: an empty page without `end`.
+    let (_, empty) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=f&from={end}&limit=100"), Some(&alice.token)).await;
+    assert!(list(&empty["chunk"]).is_empty() && empty.get("end").is_none(), "{empty}");
+    assert_eq!(empty["start"], end.as_str());
+    // Then a newer event is found from the same token.
+    send_text(&s, &alice, &room, "t2", "two").await;
+    let (_, newer) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=f&from={end}&limit=100"), Some(&alice.token)).await;
+    assert_eq!(bodies(&newer["chunk"]), ["two"]);
+
+    // Backward from the present (no `from`): the room's start ends the paging, no `end`.
+    let (_, back) = s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=100"), Some(&alice.token)).await;
+    assert_eq!(bodies(&back["chunk"]), ["two", "one"]);
+    assert_eq!(list(&back["chunk"]).last().unwrap()["type"], "m.room.create");
+    assert!(back.get("end").is_none(), "{back}");
+    // A page that stops short of the start carries `end`.
+    let (_, short) = s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=1"), Some(&alice.token)).await;
+    assert_eq!(bodies(&short["chunk"]), ["two"]);
+    assert!(short["end"].is_string(), "{short}");
+}

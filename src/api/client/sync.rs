@@ -1,11 +1,12 @@
 //! `/sync` and the filters it uses.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use ruma::api::client::{
     filter::{FilterDefinition, create_filter, get_filter},
     sync::sync_events::{self, v3::Filter},
 };
+use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
 
 use super::parse_stream_token;
 use crate::{
@@ -41,6 +42,31 @@ pub async fn sync_events(
         set_presence: body.set_presence,
     };
     services.sync.sync(request).await
+}
+
+/// A JSON object whose members stay as they were serialised.
+type RawObject = BTreeMap<String, Box<RawJsonValue>>;
+
+/// Ruma leaves `limited` out of a timeline when it is false, but the spec lists it and
+/// clients read it (Synapse always sends it): put it back in every joined and left room's
+/// timeline. Only the objects on the way to a timeline are parsed; events stay raw, so a
+/// large sync is not re-read as a tree.
+pub fn fill_limited(body: &[u8]) -> serde_json::Result<Vec<u8>> {
+    let mut top: RawObject = serde_json::from_slice(body)?;
+    let Some(rooms) = top.get_mut("rooms") else { return Ok(body.to_vec()) };
+    let mut sections: BTreeMap<String, BTreeMap<String, RawObject>> = serde_json::from_str(rooms.get())?;
+    for section in ["join", "leave"] {
+        for room in sections.get_mut(section).into_iter().flat_map(BTreeMap::values_mut) {
+            let Some(timeline) = room.get_mut("timeline") else { continue };
+            let mut fields: RawObject = serde_json::from_str(timeline.get())?;
+            if !fields.contains_key("limited") {
+                fields.insert("limited".to_owned(), to_raw_value(&false)?);
+                *timeline = to_raw_value(&fields)?;
+            }
+        }
+    }
+    *rooms = to_raw_value(&sections)?;
+    serde_json::to_vec(&top)
 }
 
 /// `POST /_matrix/client/v3/user/{userId}/filter`

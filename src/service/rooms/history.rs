@@ -251,8 +251,10 @@ impl History {
 
     /// Up to `limit` events `user_id` may see, reading from token `from` in `direction` and
     /// stopping at token `stop` (exclusive for backward reads: events after it; inclusive for
-    /// forward reads: events up to it). At most `budget` rows are examined, so a filter that
-    /// matches little cannot make one request scan a whole room.
+    /// forward reads: events up to it). `more` says whether a further event the user may see
+    /// passes the filter, so a limit of 0 asks only that. At most a budget of rows is
+    /// examined, so a filter that matches little cannot make one request scan a whole room;
+    /// running out of it counts as `more`.
     #[allow(clippy::too_many_arguments)]
     pub fn window(
         &self,
@@ -286,16 +288,22 @@ impl History {
                 if beyond {
                     return Ok(Window { events: picked, more: false, next });
                 }
-                if picked.len() >= limit || examined >= budget {
+                if examined >= budget {
+                    // Unknown: the next page will tell.
                     return Ok(Window { events: picked, more: true, next });
                 }
                 examined += 1;
+                let wanted = self.admits(which, &event) && self.visibility.may_see_event(user_id, &event)?;
+                if wanted && picked.len() >= limit {
+                    // An event the window leaves out, so `more` is known, not guessed.
+                    return Ok(Window { events: picked, more: true, next });
+                }
                 cursor = event.stream;
                 next = match direction {
                     Direction::Reverse => event.stream - 1,
                     Direction::Forward => event.stream,
                 };
-                if self.admits(which, &event) && self.visibility.may_see_event(user_id, &event)? {
+                if wanted {
                     picked.push(event);
                 }
             }
@@ -386,9 +394,13 @@ impl History {
         let which = WindowFilter { filter: room_filter, ignored: &ignored };
         let window = self.window(user_id, room_id, from, to, direction, &which, limit)?;
         let state = self.lazy_members_for(&window.events, room_filter, viewer)?;
+        // Backward, `end` is left out once nothing is left (the room's start, or history the
+        // user may not see). Forward, events may still arrive after the last one: a page with
+        // events always says where to continue, as Synapse's does.
+        let open_ended = direction == Direction::Forward && !window.events.is_empty();
         Ok(MessagesPage {
             start: from,
-            end: window.more.then_some(window.next),
+            end: (window.more || open_ended).then_some(window.next),
             chunk: self.renderer.raw_all(viewer, &window.events, Rendering::CLIENT)?,
             state,
         })
