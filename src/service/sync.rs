@@ -116,6 +116,21 @@ struct MemberMoves {
 }
 
 impl MemberMoves {
+    /// Count the joins and leaves between two states of a room: each member entry that
+    /// differs. Only changed entries are read, so a room whose members stayed costs a walk
+    /// over its state map in memory.
+    fn note_state_change(&mut self, before: &StateMap, after: &StateMap, events: &Events) -> Result<()> {
+        for (key, id) in after {
+            if key.0 != StateEventType::RoomMember || before.get(key) == Some(id) {
+                continue;
+            }
+            if let Some(event) = events.get(id)? {
+                self.note(std::iter::once(&event));
+            }
+        }
+        Ok(())
+    }
+
     /// Count the joins and leaves among member events. A join that follows a join is a
     /// profile change, not an arrival.
     fn note<'e>(&mut self, events: impl Iterator<Item = &'e Arc<StoredEvent>>) {
@@ -545,10 +560,18 @@ impl Sync {
                 // Newly joined: everyone in it may be someone to encrypt for.
                 moves.joined.extend(self.members.members_with(room_id, &MembershipState::Join)?);
             }
-            // Member events that changed something: the timeline's, and the state delta's
-            // (not the unchanged members lazy loading adds below).
-            let delta = if request.full_state { &[][..] } else { &state_events[..] };
-            moves.note(timeline_events.iter().chain(delta));
+            // Every member who came or went since the token, from the room's state rather than
+            // from the events sent: filters and lazy loading hide member events, not the moves
+            // a client must follow to encrypt for the right devices.
+            if let Some(room_since) = room_since {
+                let before = self.history.group_at(room_id, room_since)?;
+                let after = self.history.group_at(room_id, upto)?;
+                if before != after {
+                    let (before, after) =
+                        (self.history.state_of_group(before)?, self.history.state_of_group(after)?);
+                    moves.note_state_change(&before, &after, &self.events)?;
+                }
+            }
         }
 
         // Counts follow membership; heroes also come and go with the room's name.

@@ -39,8 +39,9 @@ pub async fn set_admin(
     State(services): State<AppState>,
     Path(target): Path<String>,
     AdminCaller { caller }: AdminCaller,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<JsonValue>> {
+    let body = limited_body(&services, body).await?;
     let SetAdmin { admin } = serde_json::from_slice(&body)
         .map_err(|e| Error::bad_json(format!("Expected {{\"admin\": bool}}: {e}")))?;
     services.accounts.set_admin(&caller.identity.user_id, &user_id(&target)?, admin)?;

@@ -452,13 +452,6 @@ impl RoomActions {
 
     /// Readers of single events: anyone who ever had a membership, or anyone at all in a
     /// world-readable room. Which events they see is then up to `Visibility`.
-    fn ensure_can_peek(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
-        if self.can_peek(room_id, user_id)? {
-            return Ok(());
-        }
-        Err(Error::forbidden("You don't have permission to view this room"))
-    }
-
     fn can_peek(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
         Ok(self.members.get(room_id, user_id)?.is_some() || self.visibility.world_readable_now(room_id)?)
     }
