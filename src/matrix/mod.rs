@@ -6,6 +6,7 @@ pub mod filter;
 pub mod keys;
 pub mod media;
 pub mod pdu;
+pub mod power_levels;
 pub mod room_presets;
 pub mod room_version;
 pub mod search;

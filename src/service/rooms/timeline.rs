@@ -40,7 +40,7 @@ use crate::{
     matrix::{
         auth,
         pdu::{self, BuildError, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
-        room_version,
+        power_levels, room_version,
     },
     service::{
         cache::BoundedCache,
@@ -215,6 +215,11 @@ impl Timeline {
         let rules = rules_of(&room.version)?;
         let state = self.states.state_of_group(room.state_group)?;
 
+        if template.kind == TimelineEventType::RoomPowerLevels {
+            // The v1–v9 auth rules would take string levels; local users send integers.
+            power_levels::check_integers(&template.content)
+                .map_err(|reason| Error::bad_json(format!("Invalid power levels: {reason}")))?;
+        }
         let content = serde_json::value::to_raw_value(&template.content)
             .map_err(|e| Error::bad_json(format!("content: {e}")))?;
         let auth_keys = auth::auth_event_keys(
