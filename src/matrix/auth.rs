@@ -57,7 +57,7 @@ mod tests {
     use serde_json::{Value as JsonValue, json};
 
     use super::*;
-    use crate::matrix::pdu::{EventTemplate, GraphPosition, build_pdu};
+    use crate::matrix::pdu::{EventTemplate, GraphPosition, build_pdu, origin_picks_event_id};
 
     const ALICE: &str = "@alice:example.org";
     const BOB: &str = "@bob:example.org";
@@ -131,6 +131,14 @@ mod tests {
                 }
                 (None, _) => None,
             };
+            let prev_events: Vec<OwnedEventId> = self.last.iter().cloned().collect();
+            let picks_id = origin_picks_event_id(&self.rules);
+            let reference_hashes = prev_events
+                .iter()
+                .chain(&auth_events)
+                .filter(|_| picks_id)
+                .map(|id| (id.clone(), self.events[id].reference_hash(&self.rules).unwrap()))
+                .collect();
             build_pdu(
                 &self.rules,
                 server_name!("example.org"),
@@ -140,8 +148,10 @@ mod tests {
                 template,
                 GraphPosition {
                     room_id,
-                    prev_events: self.last.iter().cloned().collect(),
+                    event_id: picks_id.then(|| ruma::EventId::new_v1(server_name!("example.org"))),
+                    prev_events,
                     auth_events,
+                    reference_hashes,
                     depth: UInt::new_saturating(self.depth + 1),
                 },
             )
