@@ -52,7 +52,7 @@ pub struct Config {
     pub refreshable_access_token_lifetime_secs: u64,
     /// How long a user-interactive authentication session stays valid, seconds.
     pub uiaa_session_lifetime_secs: u64,
-    /// Room version of new rooms when the client names none (6 to 12; Synapse 1.163's
+    /// Room version of new rooms when the client names none (1 to 12; Synapse 1.163's
     /// default, 12, unless set).
     pub default_room_version: RoomVersionId,
     /// Whether users' presence (online, unavailable, offline) is tracked and shared.
@@ -216,7 +216,7 @@ impl Config {
         }
         if crate::matrix::room_version::rules(&self.default_room_version).is_none() {
             return Err(format!(
-                "invalid value for key `default_room_version`: `{}` is not supported (6 to 12 are)",
+                "invalid value for key `default_room_version`: `{}` is not supported (1 to 12 are)",
                 self.default_room_version
             ));
         }

@@ -44,8 +44,8 @@ pub fn select_auth_events<'a>(
 }
 
 /// The authorization rules, rule by rule: for each, an event it allows and one it forbids,
-/// in each room version family (v6–v10, v11, v12). Rooms are built in memory with the real
-/// event builder, so the events are exactly what the server would sign.
+/// in every supported room version (v1–v12). Rooms are built in memory with the real event
+/// builder, so the events are exactly what the server would sign, in each version's format.
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -57,7 +57,10 @@ mod tests {
     use serde_json::{Value as JsonValue, json};
 
     use super::*;
-    use crate::matrix::pdu::{EventTemplate, GraphPosition, build_pdu};
+    use crate::matrix::{
+        pdu::{EventTemplate, GraphPosition, build_pdu, origin_picks_event_id},
+        room_version::SUPPORTED,
+    };
 
     const ALICE: &str = "@alice:example.org";
     const BOB: &str = "@bob:example.org";
@@ -131,6 +134,14 @@ mod tests {
                 }
                 (None, _) => None,
             };
+            let prev_events: Vec<OwnedEventId> = self.last.iter().cloned().collect();
+            let picks_id = origin_picks_event_id(&self.rules);
+            let reference_hashes = prev_events
+                .iter()
+                .chain(&auth_events)
+                .filter(|_| picks_id)
+                .map(|id| (id.clone(), self.events[id].reference_hash(&self.rules).unwrap()))
+                .collect();
             build_pdu(
                 &self.rules,
                 server_name!("example.org"),
@@ -140,8 +151,10 @@ mod tests {
                 template,
                 GraphPosition {
                     room_id,
-                    prev_events: self.last.iter().cloned().collect(),
+                    event_id: picks_id.then(|| ruma::EventId::new_v1(server_name!("example.org"))),
+                    prev_events,
                     auth_events,
+                    reference_hashes,
                     depth: UInt::new_saturating(self.depth + 1),
                 },
             )
@@ -196,10 +209,12 @@ mod tests {
         EventTemplate::message("m.room.message", json!({ "msgtype": "m.text", "body": "hi" }))
     }
 
-    /// One representative version per family of auth rules.
-    const FAMILIES: [RoomVersionId; 3] = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+    /// The supported versions whose authorization rules pass `filter`.
+    fn versions_where(filter: impl Fn(&AuthorizationRules) -> bool) -> Vec<RoomVersionId> {
+        SUPPORTED.iter().filter(|v| filter(&v.rules().unwrap().authorization)).cloned().collect()
+    }
 
-    /// `setup` prepares a room; `allowed` must pass and `forbidden` must fail, in every family.
+    /// `setup` prepares a room; `allowed` must pass and `forbidden` must fail, in every version.
     fn check_rule(
         rule: &str,
         join_rule: &str,
@@ -207,7 +222,19 @@ mod tests {
         allowed: impl Fn(&Room) -> (&'static str, EventTemplate),
         forbidden: impl Fn(&Room) -> (&'static str, EventTemplate),
     ) {
-        for version in FAMILIES {
+        check_rule_in(&SUPPORTED, rule, join_rule, setup, allowed, forbidden);
+    }
+
+    /// As `check_rule`, in the given versions only.
+    fn check_rule_in(
+        versions: &[RoomVersionId],
+        rule: &str,
+        join_rule: &str,
+        setup: impl Fn(&mut Room),
+        allowed: impl Fn(&Room) -> (&'static str, EventTemplate),
+        forbidden: impl Fn(&Room) -> (&'static str, EventTemplate),
+    ) {
+        for version in versions {
             let mut room = Room::new(version.clone(), join_rule);
             setup(&mut room);
             let (sender, template) = allowed(&room);
@@ -307,16 +334,21 @@ mod tests {
 
     #[test]
     fn knocking_needs_a_knock_join_rule() {
-        check_rule(
+        let knocking = versions_where(|rules| rules.knocking);
+        assert_eq!(knocking.first(), Some(&RoomVersionId::V7));
+        check_rule_in(
+            &knocking,
             "knock",
             "knock",
             |_| {},
             |_| (BOB, member(BOB, "knock")),
             |_| (BOB, member(ALICE, "knock")),
         );
-        // Room version 6 predates knocking.
-        let room = Room::new(RoomVersionId::V6, "knock");
-        assert!(room.check(&room.build(BOB, &member(BOB, "knock"))).is_err());
+        // Versions 1–6 predate knocking: the join rule can be set, but nobody can knock.
+        for version in versions_where(|rules| !rules.knocking) {
+            let room = Room::new(version.clone(), "knock");
+            assert!(room.check(&room.build(BOB, &member(BOB, "knock"))).is_err(), "v{version}");
+        }
     }
 
     #[test]
@@ -328,7 +360,10 @@ mod tests {
             });
             room.accept(ALICE, state("m.room.join_rules", "", content)).unwrap();
         };
-        check_rule(
+        let restricted = versions_where(|rules| rules.restricted_join_rule);
+        assert_eq!(restricted.first(), Some(&RoomVersionId::V8));
+        check_rule_in(
+            &restricted,
             "restricted join",
             "public",
             allow,
@@ -344,11 +379,19 @@ mod tests {
             },
             |_| (BOB, member(BOB, "join")),
         );
+        // Before v8 a restricted room is joined by nobody, authorised or not.
+        for version in versions_where(|rules| !rules.restricted_join_rule) {
+            let mut room = Room::new(version.clone(), "public");
+            allow(&mut room);
+            let content = json!({ "membership": "join", "join_authorised_via_users_server": ALICE });
+            let join = room.build(BOB, &state("m.room.member", BOB, content));
+            assert!(room.check(&join).is_err(), "v{version}");
+        }
     }
 
     #[test]
     fn unfederated_rooms_refuse_other_servers() {
-        for version in FAMILIES {
+        for version in SUPPORTED {
             let room = Room::with_create(version.clone(), json!({ "m.federate": false }), "public");
             assert_eq!(room.check(&room.build(BOB, &member(BOB, "join"))), Ok(()), "v{version}");
             let remote = "@mallory:evil.example";
@@ -358,16 +401,20 @@ mod tests {
 
     #[test]
     fn version_specific_rules() {
-        // v6–v9 accept string power levels; v10+ require integers.
-        for (version, allowed) in
-            [(RoomVersionId::V9, true), (RoomVersionId::V10, false), (RoomVersionId::V12, false)]
-        {
+        // v1–v9 accept string power levels; v10+ require integers.
+        for version in SUPPORTED {
             let room = Room::new(version.clone(), "public");
             let pdu = room.build(ALICE, &state("m.room.power_levels", "", json!({ "users_default": "0" })));
+            let allowed = !room.rules.authorization.integer_power_levels;
             assert_eq!(room.check(&pdu).is_ok(), allowed, "string power level in v{version}");
         }
         // v1–v10 create events need `creator`; v11+ do not.
-        for (version, needs_creator) in [(RoomVersionId::V10, true), (RoomVersionId::V11, false)] {
+        for (version, needs_creator) in [
+            (RoomVersionId::V1, true),
+            (RoomVersionId::V3, true),
+            (RoomVersionId::V10, true),
+            (RoomVersionId::V11, false),
+        ] {
             let room = Room::new(version.clone(), "public");
             let mut bare = Room {
                 events: HashMap::new(),
@@ -395,9 +442,72 @@ mod tests {
             |sender| room.check(&room.build(sender, &state("m.room.topic", "", json!({ "topic": "t" }))));
         assert_eq!(topic(BOB), Ok(()));
         assert!(topic("@carol:example.org").is_err());
+        // From v6, changing `notifications` levels needs the power to set them.
+        for version in [RoomVersionId::V5, RoomVersionId::V6] {
+            let mut room = Room::new(version.clone(), "public");
+            room.accept(BOB, member(BOB, "join")).unwrap();
+            let pl_power =
+                json!({ "events": { "m.room.power_levels": 50 }, "notifications": { "room": 100 } });
+            let levels = power_levels(&room, json!({ BOB: 50 }), pl_power);
+            room.accept(ALICE, levels).unwrap();
+            let lowered = json!({ "events": { "m.room.power_levels": 50 }, "notifications": { "room": 0 } });
+            let pdu = room.build(BOB, &power_levels(&room, json!({ BOB: 50 }), lowered));
+            let allowed = !room.rules.authorization.limit_notifications_power_levels;
+            assert_eq!(room.check(&pdu).is_ok(), allowed, "notifications level in v{version}");
+        }
         // A create event may not cite previous events.
         let room = Room::new(RoomVersionId::V11, "public");
         let create = room.build(ALICE, &state("m.room.create", "", json!({ "room_version": "11" })));
         assert!(room.check(&create).is_err(), "a create event after others has prev_events");
+    }
+
+    #[test]
+    fn room_aliases_events_before_v6() {
+        // v1–v5: an `m.room.aliases` event is allowed when its state key is the sender's
+        // server, whatever the sender's power; from v6 it is an ordinary state event.
+        let aliases = |key: &str| state("m.room.aliases", key, json!({ "aliases": ["#a:example.org"] }));
+        for version in SUPPORTED {
+            let mut room = Room::new(version.clone(), "public");
+            room.accept(BOB, member(BOB, "join")).unwrap();
+            let special = room.rules.authorization.special_case_room_aliases;
+            assert_eq!(special, version_number(&version) <= 5, "v{version}");
+            let own_server = room.check(&room.build(BOB, &aliases("example.org")));
+            assert_eq!(own_server.is_ok(), special, "v{version}: Bob lacks state_default");
+            assert!(room.check(&room.build(BOB, &aliases("elsewhere.org"))).is_err(), "v{version}");
+            assert_eq!(
+                room.check(&room.build(ALICE, &aliases("elsewhere.org"))).is_ok(),
+                !special,
+                "v{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn redactions_need_the_redact_level_in_v1_and_v2() {
+        // v1–v2 authorize a redaction by the redact level, or when the redacted event's ID has
+        // the redaction's server; from v3 the auth rules leave redactions to the server.
+        let redaction = |target: &str| EventTemplate {
+            kind: TimelineEventType::RoomRedaction,
+            content: json!({}),
+            state_key: None,
+            redacts: Some(ruma::EventId::parse(target).unwrap()),
+        };
+        for version in SUPPORTED {
+            let mut room = Room::new(version.clone(), "public");
+            room.accept(BOB, member(BOB, "join")).unwrap();
+            let special = room.rules.authorization.special_case_room_redaction;
+            assert_eq!(special, version_number(&version) <= 2, "v{version}");
+            // An event ID of another server: only the redact level allows it in v1–v2.
+            let remote = "$remote:elsewhere.org";
+            assert_eq!(room.check(&room.build(ALICE, &redaction(remote))), Ok(()), "v{version}");
+            assert_eq!(room.check(&room.build(BOB, &redaction(remote))).is_ok(), !special, "v{version}");
+            // An event of this server: the shared server allows it.
+            let local = room.last.clone().unwrap();
+            assert_eq!(room.check(&room.build(BOB, &redaction(local.as_str()))), Ok(()), "v{version}");
+        }
+    }
+
+    fn version_number(version: &RoomVersionId) -> u32 {
+        version.as_str().parse().unwrap()
     }
 }

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod limits;
 pub mod media;
 pub mod pdu;
+pub mod power_levels;
 pub mod redaction;
 pub mod room_presets;
 pub mod room_version;

@@ -21,6 +21,7 @@ mod membership;
 mod profile;
 mod push;
 mod relations;
+mod room_versions;
 mod rooms;
 mod sdk;
 mod search;

@@ -14,7 +14,7 @@ async fn upgrade(s: &TestServer, who: &Session, room: &str, version: &str) -> (S
 
 #[tokio::test]
 async fn upgrade_carries_state_bans_invites_and_aliases() {
-    for (from, to) in [("10", "11"), ("11", "12"), ("12", "12")] {
+    for (from, to) in [("1", "12"), ("5", "12"), ("10", "11"), ("11", "12"), ("12", "12"), ("12", "3")] {
         let s = TestServer::start().await;
         let alice = s.register("alice", "pw-alice-123").await;
         let bob = s.register("bob", "pw-bob-12345").await;
@@ -76,7 +76,7 @@ async fn upgrade_errors() {
     let bob = s.register("bob", "pw-bob-12345").await;
     let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
     expect_error(
-        upgrade(&s, &alice, &room, "4").await,
+        upgrade(&s, &alice, &room, "13").await,
         StatusCode::BAD_REQUEST,
         "M_UNSUPPORTED_ROOM_VERSION",
     );

@@ -12,13 +12,13 @@
 //! lock is released and before the event is announced or acknowledged (`PendingEvent`).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
 use ruma::{
-    DeviceId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
-    RoomVersionId, UInt, UserId,
+    DeviceId, EventId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, RoomVersionId, UInt, UserId,
     api::error::ErrorKind,
     events::{
         StateEventType, TimelineEventType,
@@ -42,6 +42,7 @@ use crate::{
     matrix::{
         auth, limits,
         pdu::{self, BuildError, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
+        power_levels,
         redaction::{self, LocalRefusal},
         room_version,
     },
@@ -231,6 +232,11 @@ impl Timeline {
             _ => None,
         };
 
+        if template.kind == TimelineEventType::RoomPowerLevels {
+            // The v1–v9 auth rules would take string levels; local users send integers.
+            power_levels::check_integers(&template.content)
+                .map_err(|reason| Error::bad_json(format!("Invalid power levels: {reason}")))?;
+        }
         let content = serde_json::value::to_raw_value(&template.content)
             .map_err(|e| Error::bad_json(format!("content: {e}")))?;
         let auth_keys = auth::auth_event_keys(
@@ -243,17 +249,25 @@ impl Timeline {
         .map_err(|reason| Error::bad_json(format!("Invalid event content: {reason}")))?;
         let auth_events =
             auth::select_auth_events(&auth_keys, |kind, key| state.get(&(kind.clone(), key.to_owned())));
-        // The checks read the auth events and the create event (not an auth event in v12).
+        let mut prev_events = room.forward_extremities.clone();
+        prev_events.truncate(MAX_PREV_EVENTS);
+        // The checks read the auth events and the create event (not an auth event in v12);
+        // v1–v2 events also sign the reference hashes of their prev events.
         let create_id = state.get(&(StateEventType::RoomCreate, String::new()));
+        let picks_id = pdu::origin_picks_event_id(&rules);
+        let prev_to_hash = prev_events.iter().filter(|_| picks_id);
         let loaded: HashMap<OwnedEventId, Arc<StoredEvent>> = self
             .events
-            .get_many(auth_events.iter().chain(create_id))?
+            .get_many(auth_events.iter().chain(create_id).chain(prev_to_hash))?
             .into_iter()
             .map(|e| (e.pdu.event_id.clone(), e))
             .collect();
+        let reference_hashes = if picks_id {
+            self.reference_hashes(&rules, prev_events.iter().chain(&auth_events), &loaded)?
+        } else {
+            BTreeMap::new()
+        };
 
-        let mut prev_events = room.forward_extremities.clone();
-        prev_events.truncate(MAX_PREV_EVENTS);
         let depth = room.depth.saturating_add(1);
         let mut pdu = pdu::build_pdu(
             &rules,
@@ -262,7 +276,14 @@ impl Timeline {
             sender,
             self.now(),
             &template,
-            GraphPosition { room_id: Some(room_id), prev_events, auth_events, depth: uint(depth) },
+            GraphPosition {
+                room_id: Some(room_id),
+                event_id: self.new_event_id(&rules),
+                prev_events,
+                auth_events,
+                reference_hashes,
+                depth: uint(depth),
+            },
         )
         .map_err(build_error)?;
 
@@ -333,8 +354,10 @@ impl Timeline {
                 &template,
                 GraphPosition {
                     room_id: chosen_id.as_deref(),
+                    event_id: self.new_event_id(&rules),
                     prev_events: vec![],
                     auth_events: vec![],
+                    reference_hashes: BTreeMap::new(),
                     depth: uint(1),
                 },
             )
@@ -535,6 +558,25 @@ impl Timeline {
             None => RoomPowerLevelsSource::None,
         };
         Ok(RoomPowerLevels::new(source, &rules.authorization, creators))
+    }
+
+    /// A fresh `$opaque:server` ID for versions whose origin picks event IDs (v1, v2).
+    fn new_event_id(&self, rules: &RoomVersionRules) -> Option<OwnedEventId> {
+        pdu::origin_picks_event_id(rules).then(|| EventId::new_v1(self.keys.server_name()))
+    }
+
+    /// The reference hashes of `ids`, which v1–v2 events sign next to the IDs they cite.
+    fn reference_hashes<'a>(
+        &self,
+        rules: &RoomVersionRules,
+        ids: impl Iterator<Item = &'a OwnedEventId>,
+        loaded: &HashMap<OwnedEventId, Arc<StoredEvent>>,
+    ) -> Result<BTreeMap<OwnedEventId, String>> {
+        ids.map(|id| {
+            let event = loaded.get(id).ok_or_else(|| Error::internal(format!("missing event {id}")))?;
+            Ok((id.clone(), event.pdu.reference_hash(rules).map_err(Error::internal)?))
+        })
+        .collect()
     }
 
     fn now(&self) -> MilliSecondsSinceUnixEpoch {

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     Error, Result,
-    matrix::{pdu::EventTemplate, room_version},
+    matrix::{pdu::EventTemplate, power_levels, room_version},
     service::users::Users,
 };
 
@@ -113,7 +113,17 @@ impl RoomUpgrades {
 
         // Power levels: the old ones, with creators unlisted where the version privileges
         // them, and the upgrader listed where it does not.
-        let mut power_levels = content_of("m.room.power_levels")?.unwrap_or_else(|| json!({}));
+        // Older rooms may hold levels written as strings, which the new version may refuse.
+        let old_power_levels = match content_of("m.room.power_levels")? {
+            Some(content) => Some(power_levels::to_integers(&content).map_err(|reason| {
+                Error::new(
+                    ErrorKind::InvalidRoomState,
+                    format!("The room's power levels cannot be carried over: {reason}"),
+                )
+            })?),
+            None => None,
+        };
+        let mut power_levels = old_power_levels.clone().unwrap_or_else(|| json!({}));
         let users = power_levels.as_object_mut().map(|pl| pl.entry("users").or_insert_with(|| json!({})));
         if let Some(JsonValue::Object(users)) = users {
             if new_rules.authorization.explicitly_privilege_room_creators {
@@ -191,7 +201,7 @@ impl RoomUpgrades {
                 None,
             )?;
         }
-        if let Some(mut old_pl) = content_of("m.room.power_levels")? {
+        if let Some(mut old_pl) = old_power_levels {
             let users_default = old_pl.get("users_default").and_then(JsonValue::as_i64).unwrap_or(0);
             let restricted = std::cmp::max(50, users_default + 1);
             old_pl["events_default"] = json!(restricted);
