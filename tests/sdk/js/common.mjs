@@ -116,7 +116,10 @@ export async function sharedEncryptedRoom(alice, bob) {
   });
   await waitFor("bob's invite", () => bob.getRoom(roomId));
   await bob.joinRoom(roomId);
-  await waitFor("alice seeing bob join", () => alice.getRoom(roomId)?.getMember(bob.getUserId())?.membership === "join");
+  await waitFor(
+    "alice seeing bob join",
+    () => alice.getRoom(roomId)?.getMember(bob.getUserId())?.membership === "join",
+  );
   await waitFor("the room being encrypted for alice", () => alice.getCrypto().isEncryptionEnabledInRoom(roomId));
   await waitFor("the room being encrypted for bob", () => bob.getCrypto().isEncryptionEnabledInRoom(roomId));
   return roomId;

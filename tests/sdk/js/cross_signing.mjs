@@ -89,7 +89,10 @@ function uiaDanceCallback(client, password, seen) {
     try {
       await makeRequest(null);
     } catch (error) {
-      ensure(error?.httpStatus === 401, `replacing keys without auth: ${error?.httpStatus} ${JSON.stringify(error?.data)}`);
+      ensure(
+        error?.httpStatus === 401,
+        `replacing keys without auth: ${error?.httpStatus} ${JSON.stringify(error?.data)}`,
+      );
       const { session, flows } = error.data;
       ensure(typeof session === "string" && session, `the 401 carries no session: ${JSON.stringify(error.data)}`);
       ensure(
@@ -114,7 +117,10 @@ async function bootstrapCrossSigning(client, password) {
   await crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: elementAuthCallback(client, password) });
   ensure(await crypto.isCrossSigningReady(), `${client.getUserId()}: cross-signing not ready after bootstrap`);
   const status = await crypto.getCrossSigningStatus();
-  ensure(status.publicKeysOnDevice, `${client.getUserId()}: public cross-signing keys missing: ${JSON.stringify(status)}`);
+  ensure(
+    status.publicKeysOnDevice,
+    `${client.getUserId()}: public cross-signing keys missing: ${JSON.stringify(status)}`,
+  );
   await waitFor(`${client.getUserId()}'s device signed by its own identity`, async () => {
     const own = await crypto.getDeviceVerificationStatus(client.getUserId(), client.getDeviceId());
     return own?.signedByOwner && own.crossSigningVerified;
@@ -145,13 +151,21 @@ async function bootstrapSecretStorage(client) {
     client.getAccessToken(),
   );
   ensure(defaultKey.status === 200 && defaultKey.body.key, `default key: ${JSON.stringify(defaultKey.body)}`);
-  for (const secret of ["m.cross_signing.master", "m.cross_signing.self_signing", "m.cross_signing.user_signing", "m.megolm_backup.v1"]) {
+  for (const secret of [
+    "m.cross_signing.master",
+    "m.cross_signing.self_signing",
+    "m.cross_signing.user_signing",
+    "m.megolm_backup.v1",
+  ]) {
     const stored = await http(
       "GET",
       `/_matrix/client/v3/user/${encodeURIComponent(client.getUserId())}/account_data/${secret}`,
       client.getAccessToken(),
     );
-    ensure(stored.status === 200 && stored.body.encrypted?.[defaultKey.body.key], `${secret} not in secret storage: ${JSON.stringify(stored.body)}`);
+    ensure(
+      stored.status === 200 && stored.body.encrypted?.[defaultKey.body.key],
+      `${secret} not in secret storage: ${JSON.stringify(stored.body)}`,
+    );
   }
   return version;
 }
@@ -171,7 +185,9 @@ async function verifyByEmoji(alice, bob, roomId) {
   const aliceRequest = await alice.getCrypto().requestVerificationDM(bob.getUserId(), roomId);
   const bobRequest = await Promise.race([
     incoming,
-    new Promise((_, reject) => setTimeout(() => reject(new Error("bob never received the verification request")), 20000)),
+    new Promise((_, reject) =>
+      setTimeout(() => reject(new Error("bob never received the verification request")), 20000),
+    ),
   ]);
   ensure(bobRequest.otherUserId === alice.getUserId(), `request from ${bobRequest.otherUserId}`);
   await bobRequest.accept();
@@ -193,8 +209,9 @@ async function verifyByEmoji(alice, bob, roomId) {
 
   await Promise.all([aliceShows.confirm(), bobShows.confirm()]);
   await Promise.all([aliceDone, bobDone]);
-  await waitFor("both requests to be done", () =>
-    aliceRequest.phase === VerificationPhase.Done && bobRequest.phase === VerificationPhase.Done,
+  await waitFor(
+    "both requests to be done",
+    () => aliceRequest.phase === VerificationPhase.Done && bobRequest.phase === VerificationPhase.Done,
   );
   step("both confirmed; the verification is done on both sides");
 }
@@ -236,13 +253,18 @@ await main(async () => {
       authUploadDeviceSigningKeys: uiaDanceCallback(bob, password, seen),
     });
     const newMaster = await bob.getCrypto().getCrossSigningKeyId();
-    ensure(seen.challenged && newMaster && newMaster !== oldMaster, `bob's reset: challenged ${seen.challenged}, ${oldMaster} -> ${newMaster}`);
+    ensure(
+      seen.challenged && newMaster && newMaster !== oldMaster,
+      `bob's reset: challenged ${seen.challenged}, ${oldMaster} -> ${newMaster}`,
+    );
     ensure(await bob.getCrypto().isCrossSigningReady(), "bob's cross-signing not ready after the reset");
     step("bob reset his identity: the server demanded his password (401, session) and took the new keys");
 
     const aliceBackup = await bootstrapSecretStorage(alice);
     const bobBackup = await bootstrapSecretStorage(bob);
-    step(`both set up secret storage (cross-signing keys stored) and key backup (versions ${aliceBackup}, ${bobBackup})`);
+    step(
+      `both set up secret storage (cross-signing keys stored) and key backup (versions ${aliceBackup}, ${bobBackup})`,
+    );
 
     const roomId = await sharedEncryptedRoom(alice, bob);
     step("encrypted room created and joined");
