@@ -27,3 +27,4 @@ mod sync;
 mod timeline;
 mod upgrade;
 mod user_directory;
+mod web;

@@ -407,12 +407,17 @@ async function registerThroughElement(site) {
     await page.locator("#mx_RegistrationForm_password").fill(password);
     await page.locator("#mx_RegistrationForm_passwordConfirm").fill(password);
     await page.getByRole("button", { name: "Register" }).click();
-    await page.getByText("You're in").waitFor({ timeout: 30000 });
+    // Element shows its "You're in" onboarding, or goes straight on to its home page.
+    await page
+      .getByText("You're in")
+      .or(page.getByRole("button", { name: "User menu" }))
+      .first()
+      .waitFor({ timeout: 30000 });
     await settle(page);
     await shot("01-welcome");
     const after = await visibleErrors(page);
     ensure(after.length === 0, `error text after registering: ${after.join(" | ")}`);
-    step(`registered ${user} on Element's registration page; it welcomes the new user`);
+    step(`registered ${user} on Element's registration page; Element signed the new user in`);
 
     const { access_token: token, user_id: id } = await loginThroughApi(user, password);
     await waitFor("Element to upload cross-signing keys", async () => {
