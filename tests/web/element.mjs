@@ -55,6 +55,15 @@ const EXPECTED_ERRORS = [
     errcode: undefined,
   },
   {
+    // Element's user panel asks Synapse's admin API whether the signed-in user is a server
+    // admin; for a user who is not, Synapse answers 403 M_FORBIDDEN ("You are not a server
+    // admin") and Element offers no server-admin tools.
+    method: "GET",
+    path: /^\/_synapse\/admin\/v1\/users\/[^/]+\/admin$/,
+    status: 403,
+    errcode: "M_FORBIDDEN",
+  },
+  {
     // Element checks for an existing key backup before creating one; a new account has
     // none, which the spec says is 404 M_NOT_FOUND.
     method: "GET",
@@ -165,6 +174,7 @@ async function register(name, password) {
     auth: { type: "m.login.dummy", session: first.body.session },
   });
   ensure(done.status === 200, `register ${name}: ${done.status} ${JSON.stringify(done.body)}`);
+  return done.body.user_id;
 }
 
 async function loginThroughApi(name, password) {
@@ -319,8 +329,8 @@ async function signInAndVisitSettings(site) {
   const tag = Math.random().toString(16).slice(2, 10);
   const user = `web_${tag}`;
   const password = `pw-${tag}-Element`;
-  await register(user, password);
-  step(`registered ${user} through the API`);
+  const userId = await register(user, password);
+  step(`registered ${userId} through the API`);
 
   await withBrowser(site, "login", async (page, watcher, shot) => {
     await page.goto(`${site.url}/#/login`);
@@ -381,6 +391,20 @@ async function signInAndVisitSettings(site) {
         .map((wanted) => `does not show ${wanted}`);
       if (await check(`the ${label} tab`, missing)) step(`${label}: no error shown, no unexpected failed request`);
     }
+
+    // The user's own profile panel: Element asks the server whether the user is a server
+    // admin (Synapse's admin API) to decide which moderation tools to offer.
+    await page.keyboard.press("Escape");
+    await page.goto(`${site.url}/#/user/${userId}`);
+    const panel = page.locator(".mx_UserInfo");
+    await panel.waitFor({ timeout: 10000 });
+    await settle(page);
+    await shot("13-own-profile");
+    const profile = await panel.innerText();
+    const unverified = /verified session/.test(profile) ? [] : ["does not show the user's verified session"];
+    if (await check("the user's own profile panel", unverified))
+      step("own profile panel: a verified session, no error");
+
     ensure(failures.length === 0, `Element showed problems:\n${failures.join("\n")}`);
   });
 }
