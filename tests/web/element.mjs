@@ -235,7 +235,15 @@ function watch(page) {
         }),
     );
   });
+  // Requests to the homeserver still unanswered, but the long-polling sync.
+  const inFlight = new Set();
+  const isHomeserver = (request) => request.url().startsWith(base) && !request.url().includes("/sync?");
+  page.on("request", (request) => {
+    if (isHomeserver(request)) inFlight.add(request);
+  });
+  page.on("requestfinished", (request) => inFlight.delete(request));
   page.on("requestfailed", (request) => {
+    inFlight.delete(request);
     if (!request.url().startsWith(base)) return;
     const reason = request.failure()?.errorText;
     found.push(`request to the homeserver failed: ${request.method()} ${request.url()}: ${reason}`);
@@ -243,6 +251,16 @@ function watch(page) {
   return {
     loaded: () => {
       appLoaded = true;
+    },
+    /** Resolves once no request to the homeserver (but sync) has been pending for 300 ms. */
+    quiet: async (timeoutMs = 10000) => {
+      const started = Date.now();
+      let quietSince = Date.now();
+      while (Date.now() - started < timeoutMs) {
+        if (inFlight.size) quietSince = Date.now();
+        else if (Date.now() - quietSince >= 300) return;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
     },
     /** What went wrong so far; `take` also forgets it, so that it is reported once. */
     problems: async ({ take = false } = {}) => {
@@ -261,13 +279,16 @@ async function visibleErrors(page) {
     .filter((line) => ERROR_TEXT.some((pattern) => pattern.test(line)));
 }
 
-/** Waits for spinners to go and the page to be quiet. */
-async function settle(page) {
+/**
+ * Waits for spinners to go and for every request to the homeserver but the long-polling
+ * sync to have been answered, then for the page to render what came back.
+ */
+async function settle(page, watcher) {
   await page
     .waitForFunction(() => !document.querySelector(".mx_Spinner, .mx_InlineSpinner"), null, { timeout: 10000 })
     .catch(() => {});
-  await page.waitForLoadState("networkidle", { timeout: 5000 }).catch(() => {});
-  await page.waitForTimeout(300);
+  await watcher.quiet();
+  await page.waitForTimeout(500);
 }
 
 function fileName(label) {
@@ -343,7 +364,7 @@ async function signInAndVisitSettings(site) {
     await page.locator("#mx_LoginForm_password").fill(password);
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.getByRole("button", { name: "User menu" }).waitFor({ timeout: 30000 });
-    await settle(page);
+    await settle(page, watcher);
     await shot("01-home");
     // Problems are gathered through the visit rather than thrown at once, so that one run
     // lists every one.
@@ -383,12 +404,17 @@ async function signInAndVisitSettings(site) {
     for (const [index, label] of tabs.entries()) {
       await labels.nth(index).click();
       await page.locator(".mx_TabbedView_tabLabel_active", { hasText: label }).waitFor({ timeout: 5000 });
-      await settle(page);
+      await settle(page, watcher);
       await shot(`${String(index + 2).padStart(2, "0")}-${fileName(label)}`);
-      const text = await page.locator(".mx_TabbedView_tabPanel").innerText();
-      const missing = (MUST_SHOW[label] ?? [])
-        .filter((wanted) => !wanted.test(text))
-        .map((wanted) => `does not show ${wanted}`);
+      // Element finishes its encryption setup in the background after signing in: give
+      // what it must show a few seconds to appear.
+      const panel = page.locator(".mx_TabbedView_tabPanel");
+      const absent = async () => {
+        const text = await panel.innerText();
+        return (MUST_SHOW[label] ?? []).filter((wanted) => !wanted.test(text));
+      };
+      await waitFor(`the ${label} tab's content`, async () => (await absent()).length === 0, 10000).catch(() => {});
+      const missing = (await absent()).map((wanted) => `does not show ${wanted}`);
       if (await check(`the ${label} tab`, missing)) step(`${label}: no error shown, no unexpected failed request`);
     }
 
@@ -398,7 +424,7 @@ async function signInAndVisitSettings(site) {
     await page.goto(`${site.url}/#/user/${userId}`);
     const panel = page.locator(".mx_UserInfo");
     await panel.waitFor({ timeout: 10000 });
-    await settle(page);
+    await settle(page, watcher);
     await shot("13-own-profile");
     const profile = await panel.innerText();
     const unverified = /verified session/.test(profile) ? [] : ["does not show the user's verified session"];
@@ -437,7 +463,7 @@ async function registerThroughElement(site) {
       .or(page.getByRole("button", { name: "User menu" }))
       .first()
       .waitFor({ timeout: 30000 });
-    await settle(page);
+    await settle(page, watcher);
     await shot("01-welcome");
     const after = await visibleErrors(page);
     ensure(after.length === 0, `error text after registering: ${after.join(" | ")}`);
