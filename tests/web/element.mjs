@@ -96,6 +96,15 @@ const MUST_SHOW = {
   "Security & Privacy": [/This session is backing up your keys\./, /Cross-signing is ready/],
 };
 
+/**
+ * Switches a tab must offer enabled: Element greys them out when the server lacks what they
+ * need. "Send read receipts" needs private read receipts (`m.read.private`, Matrix 1.4, or
+ * the `org.matrix.msc2285.stable` flag); Synapse enables it.
+ */
+const MUST_BE_ENABLED = {
+  Preferences: ["Send read receipts"],
+};
+
 /** Element's prebuilt static files, copied per run with a config naming the server. */
 function prepareElement() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), "conduit-element-"));
@@ -415,6 +424,11 @@ async function signInAndVisitSettings(site) {
       };
       await waitFor(`the ${label} tab's content`, async () => (await absent()).length === 0, 10000).catch(() => {});
       const missing = (await absent()).map((wanted) => `does not show ${wanted}`);
+      for (const name of MUST_BE_ENABLED[label] ?? []) {
+        const toggle = panel.getByRole("switch", { name, exact: true });
+        if (!(await toggle.count())) missing.push(`has no "${name}" switch`);
+        else if ((await toggle.getAttribute("aria-disabled")) === "true") missing.push(`"${name}" is greyed out`);
+      }
       if (await check(`the ${label} tab`, missing)) step(`${label}: no error shown, no unexpected failed request`);
     }
 
