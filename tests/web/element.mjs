@@ -64,6 +64,15 @@ const EXPECTED_ERRORS = [
     errcode: "M_FORBIDDEN",
   },
   {
+    // This server sends no email or SMS: asking for a token to add an email address or a
+    // phone number is refused with the spec's M_THREEPID_MEDIUM_NOT_SUPPORTED (Synapse says
+    // the same without email or SMS configured); Element shows the refusal.
+    method: "POST",
+    path: /^\/_matrix\/client\/v3\/account\/3pid\/(email|msisdn)\/requestToken$/,
+    status: 400,
+    errcode: "M_THREEPID_MEDIUM_NOT_SUPPORTED",
+  },
+  {
     // Element checks for an existing key backup before creating one; a new account has
     // none, which the spec says is 404 M_NOT_FOUND.
     method: "GET",
@@ -432,9 +441,53 @@ async function signInAndVisitSettings(site) {
       if (await check(`the ${label} tab`, missing)) step(`${label}: no error shown, no unexpected failed request`);
     }
 
+    // Adding an email address or a phone number: this server sends no email or SMS, so it
+    // must refuse the request for a token the way the spec says (and Synapse does, without
+    // email configured), and Element shows the refusal instead of waiting for a code.
+    await labels.filter({ hasText: "Account" }).first().click();
+    await settle(page, watcher);
+    const refusals = [];
+    for (const { field, value, medium } of [
+      { field: "Email Address", value: "alice@example.org", medium: "email" },
+      { field: "Phone Number", value: "7700900123", medium: "msisdn" },
+    ]) {
+      const input = page.getByRole("textbox", { name: field, exact: true });
+      if (!(await input.count())) {
+        refusals.push(`the Account tab has no "${field}" field`);
+        continue;
+      }
+      const answer = page
+        .waitForResponse((r) => r.url().endsWith(`/account/3pid/${medium}/requestToken`), { timeout: 10000 })
+        .catch(() => null);
+      await input.fill(value);
+      await input.locator("xpath=ancestor::form").getByRole("button", { name: "Add" }).click();
+      const response = await answer;
+      const body = response ? await response.json().catch(() => ({})) : {};
+      if (response?.status() !== 400 || body.errcode !== "M_THREEPID_MEDIUM_NOT_SUPPORTED") {
+        refusals.push(
+          `adding a ${medium}: ${response?.status()} ${JSON.stringify(body)}, not 400 M_THREEPID_MEDIUM_NOT_SUPPORTED`,
+        );
+      }
+      const dialog = page.locator(".mx_ErrorDialog, .mx_QuestionDialog").last();
+      await dialog.waitFor({ timeout: 5000 }).catch(() => {});
+      await shot(`14-add-${medium}`);
+      if (!(await dialog.count())) {
+        refusals.push(`adding a ${medium}: Element showed no dialog`);
+        continue;
+      }
+      const shown = await dialog.innerText();
+      if (body.error && !shown.includes(body.error)) {
+        refusals.push(`adding a ${medium}: the dialog does not give the server's reason: ${shown}`);
+      }
+      await dialog.getByRole("button", { name: "OK" }).click();
+    }
+    if (await check("adding an email address and a phone number", refusals)) {
+      step("adding an email or phone number: refused with M_THREEPID_MEDIUM_NOT_SUPPORTED, and Element says so");
+    }
+    await page.keyboard.press("Escape");
+
     // The user's own profile panel: Element asks the server whether the user is a server
     // admin (Synapse's admin API) to decide which moderation tools to offer.
-    await page.keyboard.press("Escape");
     await page.goto(`${site.url}/#/user/${userId}`);
     const panel = page.locator(".mx_UserInfo");
     await panel.waitFor({ timeout: 10000 });
