@@ -7,8 +7,9 @@
 //    `unstable_features["org.matrix.e2e_cross_signing"]`); without it Element says "Your
 //    homeserver does not support cross-signing" and offers none of what follows.
 // 2. Alice and Bob each bootstrap cross-signing with Element's own auth callback: it probes
-//    the upload without auth and expects a 401 offering a one-stage password flow, then sends
-//    the password without a session. Bob then resets his identity, which the server must
+//    with an upload of no keys and no auth, which must succeed (Synapse: 200) or answer 401
+//    offering a one-stage password flow (any other answer sends Element users to an extra
+//    dialog), then sends the password without a session. Bob then resets his identity, which the server must
 //    guard with user-interactive auth (401 with a session, then the password).
 // 3. Each sets up secret storage and a new key backup (Element's "Set up Secure Backup").
 // 4. In a shared encrypted room, Alice verifies Bob by emoji: both see the same seven emoji
