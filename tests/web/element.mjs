@@ -228,7 +228,18 @@ function watch(page) {
     found.push(`uncaught page error: ${error.stack ?? error.message}`);
   });
   const pending = [];
+  let capabilities = null;
   page.on("response", (response) => {
+    if (response.url().startsWith(`${base}/_matrix/client/v3/capabilities`) && response.status() === 200) {
+      pending.push(
+        response
+          .json()
+          .then((body) => {
+            capabilities = body.capabilities;
+          })
+          .catch(() => {}),
+      );
+    }
     if (!response.url().startsWith(base) || response.status() < 400) return;
     const url = new URL(response.url());
     const method = response.request().method();
@@ -269,6 +280,11 @@ function watch(page) {
   return {
     loaded: () => {
       appLoaded = true;
+    },
+    /** The capabilities the server last gave Element. */
+    capabilities: async () => {
+      await Promise.all(pending);
+      return capabilities;
     },
     /** Resolves once no request to the homeserver (but sync) has been pending for 300 ms. */
     quiet: async (timeoutMs = 10000) => {
@@ -441,12 +457,15 @@ async function signInAndVisitSettings(site) {
       if (await check(`the ${label} tab`, missing)) step(`${label}: no error shown, no unexpected failed request`);
     }
 
-    // Adding an email address or a phone number: this server sends no email or SMS, so it
-    // must refuse the request for a token the way the spec says (and Synapse does, without
-    // email configured), and Element shows the refusal instead of waiting for a code.
+    // Adding an email address or a phone number. A server that sends no email or SMS either
+    // says so in its capabilities (`m.3pid_changes` disabled: Element greys the fields out)
+    // or refuses the request for a token as the spec says, with M_THREEPID_MEDIUM_NOT_SUPPORTED
+    // (Synapse without email or SMS configured), and Element shows the refusal instead of
+    // waiting for a code that never comes.
     await labels.filter({ hasText: "Account" }).first().click();
     await settle(page, watcher);
     const refusals = [];
+    const changes = (await watcher.capabilities())?.["m.3pid_changes"]?.enabled ?? true;
     for (const { field, value, medium } of [
       { field: "Email Address", value: "alice@example.org", medium: "email" },
       { field: "Phone Number", value: "7700900123", medium: "msisdn" },
@@ -454,6 +473,10 @@ async function signInAndVisitSettings(site) {
       const input = page.getByRole("textbox", { name: field, exact: true });
       if (!(await input.count())) {
         refusals.push(`the Account tab has no "${field}" field`);
+        continue;
+      }
+      if (!changes) {
+        if (await input.isEnabled()) refusals.push(`"${field}" is editable though m.3pid_changes is disabled`);
         continue;
       }
       const answer = page
@@ -481,8 +504,13 @@ async function signInAndVisitSettings(site) {
       }
       await dialog.getByRole("button", { name: "OK" }).click();
     }
+    await shot("14-contact-fields");
     if (await check("adding an email address and a phone number", refusals)) {
-      step("adding an email or phone number: refused with M_THREEPID_MEDIUM_NOT_SUPPORTED, and Element says so");
+      step(
+        changes
+          ? "adding an email or phone number: refused with M_THREEPID_MEDIUM_NOT_SUPPORTED, and Element says so"
+          : "email and phone fields greyed out, as the server's m.3pid_changes capability says",
+      );
     }
     await page.keyboard.press("Escape");
 
