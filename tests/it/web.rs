@@ -1,7 +1,9 @@
 //! Element Web (the prebuilt app in the shared webapps folder) in Debian's headless Chromium,
 //! driven by playwright-core from `tests/web/element.mjs`: sign in on its login page, let it
-//! set up encryption, and visit every User Settings tab, failing on any error it shows, any
-//! uncaught page error and any failed request to the server it does not expect.
+//! set up encryption, visit every User Settings tab, add an email address and a phone
+//! number, open the user's profile panel, and register a second account on Element's own
+//! page; failing on any error it shows, any uncaught page error and any failed request to the
+//! server it does not expect.
 //!
 //! `scripts/test` installs Chromium and playwright-core and passes `CONDUIT_TEST_NODE`,
 //! `CONDUIT_TEST_CHROMIUM` and `CONDUIT_ELEMENT_WEB`; a missing one fails the test.
@@ -12,7 +14,7 @@ use crate::{
 };
 
 #[tokio::test]
-async fn element_web_signs_in_and_every_settings_tab_loads_without_errors() {
+async fn element_web_sign_in_settings_tabs_and_registration_show_no_errors() {
     let node = provided_by_scripts_test("CONDUIT_TEST_NODE", "Node.js, for playwright-core");
     let chromium = provided_by_scripts_test("CONDUIT_TEST_CHROMIUM", "Debian's chromium");
     let element = provided_by_scripts_test("CONDUIT_ELEMENT_WEB", "Element Web's built static files");
