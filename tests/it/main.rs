@@ -31,3 +31,4 @@ mod sync;
 mod timeline;
 mod upgrade;
 mod user_directory;
+mod web;

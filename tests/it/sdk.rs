@@ -1,30 +1,66 @@
-//! A real client SDK (matrix-nio, from PyPI) against a booted server: the account and
-//! session flow, the rooms and sync flow, media, and an end-to-end encrypted round trip; and
-//! matrix-rust-sdk (crates.io) for encryption, cross-signing, key backup and verification.
+//! Real client SDKs against a booted server: matrix-nio (PyPI) for the account and session
+//! flow, the rooms and sync flow, media and an encrypted round trip; matrix-rust-sdk
+//! (crates.io) for encryption, cross-signing, key backup and verification; matrix-js-sdk
+//! (npm, Element Web's engine) for an encrypted round trip and for cross-signing, secret
+//! storage, key backup and emoji verification as Element drives them.
+//!
+//! `scripts/test` installs the SDKs and passes their programs in environment variables. A
+//! missing variable fails the test, in CI or not: a run without the SDKs must not pass for
+//! one that ran them.
+
+use std::ffi::OsString;
 
 use crate::harness::TestServer;
 
-/// Run one nio script against a fresh server; it must print `OK` last.
-async fn run_nio(script: &str) {
-    let Some(python) = std::env::var_os("CONDUIT_TEST_PYTHON") else {
-        // scripts/test provides the interpreter; in CI its absence is a failure, not a skip.
-        assert!(std::env::var_os("CI").is_none(), "CONDUIT_TEST_PYTHON must be set in CI (run scripts/test)");
-        eprintln!("skipping: CONDUIT_TEST_PYTHON not set (scripts/test sets it up)");
-        return;
-    };
-    let s = TestServer::start().await;
-    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
-    let base = s.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python).arg(script).arg(base).output()
+/// The program or path `scripts/test` provides in `var`, or a failure saying how to get it.
+pub fn provided_by_scripts_test(var: &str, what: &str) -> OsString {
+    std::env::var_os(var).unwrap_or_else(|| {
+        panic!("{var} is not set: it names {what}; run the tests with scripts/test, which installs it and sets {var}")
     })
-    .await
-    .unwrap()
-    .expect("python runs");
+}
+
+/// Runs `program args…` (a client check that prints one line per step and `OK` last); the
+/// error carries its whole output unless it succeeded.
+pub async fn client_check(what: &str, program: OsString, args: Vec<OsString>) -> Result<(), String> {
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new(program).args(args).output())
+        .await
+        .unwrap()
+        .map_err(|e| format!("{what} could not start: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "nio flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+    // The steps it passed, for the test log.
+    eprintln!("{stdout}");
+    if !out.status.success() {
+        return Err(format!("{what} failed\nstdout:\n{stdout}\nstderr:\n{stderr}"));
+    }
+    if !stdout.trim_end().ends_with("OK") {
+        return Err(format!("{what} did not finish\nstdout:\n{stdout}\nstderr:\n{stderr}"));
+    }
+    Ok(())
+}
+
+/// [`client_check`], failing the test on error.
+pub async fn run_client_check(what: &str, program: OsString, args: Vec<OsString>) {
+    if let Err(failure) = client_check(what, program, args).await {
+        panic!("{failure}");
+    }
+}
+
+/// A file under `tests/`.
+pub fn script(path: &str) -> OsString {
+    format!("{}/tests/{path}", env!("CARGO_MANIFEST_DIR")).into()
+}
+
+/// Run one nio script against a fresh server.
+async fn run_nio(name: &str) {
+    let python = provided_by_scripts_test("CONDUIT_TEST_PYTHON", "a Python with matrix-nio");
+    let s = TestServer::start().await;
+    run_client_check(
+        &format!("matrix-nio {name}"),
+        python,
+        vec![script(&format!("sdk/{name}")), s.base.clone().into()],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -51,48 +87,33 @@ async fn matrix_nio_encrypted_round_trip() {
 /// scripts/test, which passes the binary in `CONDUIT_RUST_SDK_BIN`.
 #[tokio::test]
 async fn matrix_rust_sdk_encryption_cross_signing_backup_and_verification() {
-    let Some(binary) = std::env::var_os("CONDUIT_RUST_SDK_BIN") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CONDUIT_RUST_SDK_BIN must be set in CI (run scripts/test)"
-        );
-        eprintln!("skipping: CONDUIT_RUST_SDK_BIN not set (scripts/test builds it)");
-        return;
-    };
+    let binary = provided_by_scripts_test("CONDUIT_RUST_SDK_BIN", "the matrix-rust-sdk check binary");
     let s = TestServer::start().await;
-    let base = s.base.clone();
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new(binary).arg(base).output())
-        .await
-        .unwrap()
-        .expect("the SDK check runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // The steps it passed, for the test log.
-    eprintln!("{stdout}");
-    assert!(out.status.success(), "matrix-rust-sdk flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+    run_client_check("matrix-rust-sdk check", binary, vec![s.base.clone().into()]).await;
 }
 
-/// matrix-js-sdk with its Rust crypto (Element Web's stack), installed from npm into
-/// `tests/sdk/js` by scripts/test, which passes `node` in `CONDUIT_TEST_NODE`.
+/// Run one matrix-js-sdk script (Rust crypto, as in Element Web) from `tests/sdk/js`, where
+/// scripts/test installs the SDK from npm; it passes `node` in `CONDUIT_TEST_NODE`.
+async fn run_js(name: &str) {
+    let node = provided_by_scripts_test("CONDUIT_TEST_NODE", "Node.js, for matrix-js-sdk");
+    let s = TestServer::start().await;
+    run_client_check(
+        &format!("matrix-js-sdk {name}"),
+        node,
+        vec![script(&format!("sdk/js/{name}")), s.base.clone().into()],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn matrix_js_sdk_encrypted_round_trip() {
-    let Some(node) = std::env::var_os("CONDUIT_TEST_NODE") else {
-        assert!(std::env::var_os("CI").is_none(), "CONDUIT_TEST_NODE must be set in CI (run scripts/test)");
-        eprintln!("skipping: CONDUIT_TEST_NODE not set (scripts/test sets it up)");
-        return;
-    };
-    let s = TestServer::start().await;
-    let script = format!("{}/tests/sdk/js/e2ee.mjs", env!("CARGO_MANIFEST_DIR"));
-    let base = s.base.clone();
-    let out =
-        tokio::task::spawn_blocking(move || std::process::Command::new(node).arg(script).arg(base).output())
-            .await
-            .unwrap()
-            .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}");
-    assert!(out.status.success(), "matrix-js-sdk flow failed\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stdout.trim_end().ends_with("OK"), "{stdout}");
+    run_js("e2ee.mjs").await;
+}
+
+/// What Element needs for cross-signing, checked through its own SDK: the `/versions` flag it
+/// reads, cross-signing bootstrap with its password auth, secret storage and key backup, and
+/// emoji verification between two users, after which a message shows no warning.
+#[tokio::test]
+async fn matrix_js_sdk_cross_signing_backup_and_emoji_verification() {
+    run_js("cross_signing.mjs").await;
 }
