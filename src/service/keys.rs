@@ -346,7 +346,12 @@ impl Keys {
     }
 
     /// `POST /keys/device_signing/upload` after any authentication: check and store the keys.
+    /// An upload of no keys changes nothing and succeeds, as on Synapse (every key in the
+    /// request is optional): Element sends one first to learn whether a password is needed.
     pub fn upload_cross_signing(&self, user_id: &UserId, upload: CrossSigningUpload) -> Result<()> {
+        if upload.master.is_none() && upload.self_signing.is_none() && upload.user_signing.is_none() {
+            return Ok(());
+        }
         let master = match &upload.master {
             Some(master) => master.clone(),
             None => self

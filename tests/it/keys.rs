@@ -221,12 +221,18 @@ async fn cross_signing_and_signatures() {
     let user_key = signed(&alice.user_id, &master, cross_key(&user_signing, "user_signing"));
     let path = format!("{V3}/keys/device_signing/upload");
     let keys = json!({"master_key": master_key, "self_signing_key": self_key, "user_signing_key": user_key});
+    // An upload of no keys is Element's probe for whether a password will be needed: it
+    // changes nothing and succeeds (as on Synapse), before and after keys exist.
+    let (status, body) = s.post(&path, Some(&alice.token), json!({})).await;
+    assert_eq!((status, &body), (StatusCode::OK, &json!({})), "{body}");
+    assert!(query(&s, &bob, &[&alice]).await["master_keys"].get(&alice.user_id).is_none());
     // The first upload needs no password.
     let (status, body) = s.post(&path, Some(&alice.token), keys.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    // The same keys again neither.
+    // The same keys again neither, nor an empty probe.
     let (status, _) = s.post(&path, Some(&alice.token), keys.clone()).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.post(&path, Some(&alice.token), json!({})).await.0, StatusCode::OK);
 
     // Others see master and self-signing keys; only alice sees her user-signing key.
     let theirs = query(&s, &bob, &[&alice]).await;
