@@ -87,7 +87,7 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                     Err(e) => tracing::warn!(error = %e, "presence sweep failed"),
                 }
                 ticks = ticks.wrapping_add(1);
-                if ticks % UIAA_SWEEP_EVERY == 0 {
+                if ticks.is_multiple_of(UIAA_SWEEP_EVERY) {
                     match services.uiaa.remove_expired() {
                         Ok(n) if n > 0 => tracing::debug!(removed = n, "swept expired UIA sessions"),
                         Ok(_) => {}
@@ -102,7 +102,7 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                         tracing::warn!(error = %e, "sweeping cached URL previews failed");
                     }
                 }
-                if ticks % MEDIA_RETENTION_EVERY == 0 {
+                if ticks.is_multiple_of(MEDIA_RETENTION_EVERY) {
                     match services.media.apply_retention().await {
                         Ok(report) if report.media > 0 => tracing::info!(
                             media = report.media,

@@ -137,10 +137,10 @@ pub fn build_pdu(
     }
     let mut content = template.content.clone();
     let content_field_redacts = rules.redaction.content_field_redacts;
-    if let (Some(redacts), true) = (&template.redacts, content_field_redacts) {
-        if let JsonValue::Object(map) = &mut content {
-            map.insert("redacts".to_owned(), JsonValue::String(redacts.to_string()));
-        }
+    if let (Some(redacts), true) = (&template.redacts, content_field_redacts)
+        && let JsonValue::Object(map) = &mut content
+    {
+        map.insert("redacts".to_owned(), JsonValue::String(redacts.to_string()));
     }
     let invalid = BuildError::Invalid;
     let references = |ids: &[OwnedEventId]| references_json(ids, &position.reference_hashes, rules);
@@ -267,10 +267,10 @@ fn from_canonical(
     }
     map.insert("event_id".to_owned(), event_id.as_str().into());
     map.insert("room_id".to_owned(), room_id.as_str().into());
-    if map.get("redacts").is_none() {
-        if let Some(redacts) = map.get("content").and_then(|c| c.get("redacts")).cloned() {
-            map.insert("redacts".to_owned(), redacts);
-        }
+    if map.get("redacts").is_none()
+        && let Some(redacts) = map.get("content").and_then(|c| c.get("redacts")).cloned()
+    {
+        map.insert("redacts".to_owned(), redacts);
     }
     let mut pdu: Pdu = serde_json::from_value(value).map_err(|e| format!("malformed event: {e}"))?;
     pdu.signed_extras = signed_extras;

@@ -189,6 +189,8 @@ impl Devices {
     /// Queue a new login session for `user_id`: the device is created, or, if `device_id`
     /// names an existing device, its old tokens are revoked and replaced (and its display
     /// name kept: the spec ignores `initial_device_display_name` for a known device).
+    // The guard and batch tie it to the caller's locked write; the rest is the session.
+    #[allow(clippy::too_many_arguments)]
     pub fn create_session_in(
         &self,
         _proof: &WriteGuard<'_>,

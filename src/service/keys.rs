@@ -41,6 +41,9 @@ pub struct Upload {
     pub fallback_keys: BTreeMap<String, JsonValue>,
 }
 
+/// Keys handed out by a claim: user → device → key ID → key.
+pub type ClaimedKeys = BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<String, JsonValue>>>;
+
 /// A user's cross-signing keys as one upload carries them.
 #[derive(Default)]
 pub struct CrossSigningUpload {
@@ -201,10 +204,9 @@ impl Keys {
     pub fn claim(
         &self,
         wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
-    ) -> Result<BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<String, JsonValue>>>> {
+    ) -> Result<ClaimedKeys> {
         let _claiming = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut claimed: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<String, JsonValue>>> =
-            BTreeMap::new();
+        let mut claimed: ClaimedKeys = BTreeMap::new();
         let mut batch = WriteBatch::new();
         for (user_id, devices) in wanted {
             for (device_id, algorithm) in devices {
@@ -477,12 +479,11 @@ impl Keys {
             return Ok(key_rules::device_ed25519(&keys, name));
         }
         for usage in [MASTER, SELF_SIGNING, USER_SIGNING] {
-            if let Some(key) = self.cross_signing_key(signer, usage)? {
-                if let Some((id, public)) = key_rules::cross_signing_key(&key) {
-                    if id == key_id {
-                        return Ok(Some(public));
-                    }
-                }
+            if let Some(key) = self.cross_signing_key(signer, usage)?
+                && let Some((id, public)) = key_rules::cross_signing_key(&key)
+                && id == key_id
+            {
+                return Ok(Some(public));
             }
         }
         Ok(None)

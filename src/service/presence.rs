@@ -162,11 +162,11 @@ impl Presence {
         };
         let mut marked = 0;
         for user_id in stale {
-            if let Some(record) = self.records.get(&user_id)? {
-                if record.state != "offline" {
-                    self.write(&user_id, "offline", record.status_msg, record.last_active_ms)?;
-                    marked += 1;
-                }
+            if let Some(record) = self.records.get(&user_id)?
+                && record.state != "offline"
+            {
+                self.write(&user_id, "offline", record.status_msg, record.last_active_ms)?;
+                marked += 1;
             }
         }
         Ok(marked)

@@ -193,10 +193,9 @@ impl Notifications {
             let invited = pdu.content_value().get("membership").and_then(JsonValue::as_str) == Some("invite");
             if let Some(invitee) =
                 pdu.state_key.as_deref().filter(|_| invited).and_then(|k| UserId::parse(k).ok())
+                && !recipients.contains(&invitee)
             {
-                if !recipients.contains(&invitee) {
-                    recipients.push(invitee);
-                }
+                recipients.push(invitee);
             }
         }
         recipients.retain(|user| *user != pdu.sender);

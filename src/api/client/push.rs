@@ -108,10 +108,10 @@ pub async fn set_pushrule(
 ) -> Result<set_pushrule::v3::Response> {
     let body = req.body;
     services.notifications.update_ruleset(&req.identity.user_id, |ruleset| {
-        ruleset.insert(body.rule, body.after.as_deref(), body.before.as_deref()).map_err(|e| match e {
+        ruleset.insert(body.rule, body.after.as_deref(), body.before.as_deref()).map_err(|e| {
             // A missing anchor is "a problem configuring this push rule" (400), not a
             // missing rule being updated (404).
-            other => Error::invalid_param(other.to_string()),
+            Error::invalid_param(e.to_string())
         })
     })?;
     Ok(set_pushrule::v3::Response::new())
@@ -208,10 +208,10 @@ pub async fn set_pusher(
     match req.body.action {
         set_pusher::v3::PusherAction::Post(data) => {
             let pusher = data.pusher;
-            if let PusherKind::Http(http) = &pusher.kind {
-                if !http.url.ends_with("/_matrix/push/v1/notify") {
-                    return Err(Error::invalid_param("The pusher URL must end in /_matrix/push/v1/notify"));
-                }
+            if let PusherKind::Http(http) = &pusher.kind
+                && !http.url.ends_with("/_matrix/push/v1/notify")
+            {
+                return Err(Error::invalid_param("The pusher URL must end in /_matrix/push/v1/notify"));
             }
             let json =
                 serde_json::value::to_raw_value(&pusher).map_err(|e| Error::bad_json(e.to_string()))?;

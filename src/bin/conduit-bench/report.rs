@@ -84,6 +84,8 @@ pub fn compare(a: &Run, b: &Run) -> String {
         "| scenario | metric | {} | {} | {} better by |\n|---|---|---|---|---|\n",
         a.label, b.label, a.label
     );
+    /// A compared metric: its name, digits shown, whether higher is better, and its value.
+    type Metric = (&'static str, usize, bool, fn(&Outcome) -> f64);
     let ratio = |higher_is_better: bool, x: f64, y: f64| -> String {
         let r = if higher_is_better { x / y } else { y / x };
         if r.is_finite() { format!("{r:.1}×") } else { "-".to_owned() }
@@ -93,8 +95,7 @@ pub fn compare(a: &Run, b: &Run) -> String {
     }
     for x in &a.outcomes {
         let Some(y) = b.outcomes.iter().find(|o| o.scenario == x.scenario) else { continue };
-        // (metric, digits, higher is better, value)
-        let metrics: [(&str, usize, bool, fn(&Outcome) -> f64); 3] = [
+        let metrics: [Metric; 3] = [
             ("ops/s", 1, true, |o| o.per_second),
             ("p50 ms", 2, false, |o| o.p50_ms),
             ("p99 ms", 2, false, |o| o.p99_ms),

@@ -69,10 +69,13 @@ impl PageMeta {
         // Sites put OpenGraph keys in `property` (the standard) or `name` (common anyway).
         let key = attr("property").or_else(|| attr("name")).map(str::to_ascii_lowercase);
         match key.as_deref() {
-            Some(key) if key.starts_with("og:") && key.len() > 3 => {
-                if self.og.len() < MAX_PROPERTIES && !content.is_empty() {
-                    self.og.entry(key.to_owned()).or_insert(content);
-                }
+            Some(key)
+                if key.starts_with("og:")
+                    && key.len() > 3
+                    && self.og.len() < MAX_PROPERTIES
+                    && !content.is_empty() =>
+            {
+                self.og.entry(key.to_owned()).or_insert(content);
             }
             Some("description") if self.description.is_none() && !content.is_empty() => {
                 self.description = Some(content);

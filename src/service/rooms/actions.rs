@@ -104,10 +104,11 @@ impl RoomActions {
             self.check_canonical_alias(room_id, &content)?;
         }
         let lock = self.timeline.lock_room(room_id).await;
-        if let Some(current) = self.timeline.state_event(room_id, &kind.into(), state_key)? {
-            if current.pdu.sender == sender && current.pdu.content_value() == content {
-                return Ok(current.pdu.event_id.clone());
-            }
+        if let Some(current) = self.timeline.state_event(room_id, &kind.into(), state_key)?
+            && current.pdu.sender == sender
+            && current.pdu.content_value() == content
+        {
+            return Ok(current.pdu.event_id.clone());
         }
         let event =
             self.timeline.append(&lock, sender, client_template(kind, Some(state_key), content)?, None)?;

@@ -110,17 +110,16 @@ impl RoomCreation {
         if let Some(raw) = &req.power_level_content_override {
             power_levels.extend(object(raw.json().get(), "power_level_content_override")?);
         }
-        if rules.authorization.explicitly_privilege_room_creators {
-            if let Some(users) = power_levels.get("users").and_then(JsonValue::as_object) {
-                if let Some(creator) = users.keys().find(|u| creators.contains(u.as_str())) {
-                    return Err(Error::new(
-                        ErrorKind::InvalidRoomState,
-                        format!(
-                            "Room creators have unlimited power in room version {version}; {creator} cannot be listed in power levels"
-                        ),
-                    ));
-                }
-            }
+        if rules.authorization.explicitly_privilege_room_creators
+            && let Some(users) = power_levels.get("users").and_then(JsonValue::as_object)
+            && let Some(creator) = users.keys().find(|u| creators.contains(u.as_str()))
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidRoomState,
+                format!(
+                    "Room creators have unlimited power in room version {version}; {creator} cannot be listed in power levels"
+                ),
+            ));
         }
 
         let (lock, create_event) =
@@ -226,10 +225,8 @@ impl RoomCreation {
 /// The room's creators: the sender plus `additional_creators` (v12+ only).
 fn creators_of(sender: &UserId, create: &Map<String, JsonValue>, v12: bool) -> HashSet<String> {
     let mut creators = HashSet::from([sender.to_string()]);
-    if v12 {
-        if let Some(extra) = create.get("additional_creators").and_then(JsonValue::as_array) {
-            creators.extend(extra.iter().filter_map(|u| u.as_str().map(str::to_owned)));
-        }
+    if v12 && let Some(extra) = create.get("additional_creators").and_then(JsonValue::as_array) {
+        creators.extend(extra.iter().filter_map(|u| u.as_str().map(str::to_owned)));
     }
     creators
 }

@@ -209,10 +209,10 @@ impl Hierarchy {
                 let allow = content.get("allow").and_then(JsonValue::as_array).cloned().unwrap_or_default();
                 for rule in allow {
                     let Some(allowed) = rule.get("room_id").and_then(JsonValue::as_str) else { continue };
-                    if let Ok(allowed) = RoomId::parse(allowed) {
-                        if self.members.is_joined(&allowed, user_id)? {
-                            return Ok(true);
-                        }
+                    if let Ok(allowed) = RoomId::parse(allowed)
+                        && self.members.is_joined(&allowed, user_id)?
+                    {
+                        return Ok(true);
                     }
                 }
                 Ok(false)

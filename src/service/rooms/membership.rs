@@ -50,14 +50,14 @@ pub fn member_template_with(
 ) -> Result<EventTemplate> {
     content.insert("membership".to_owned(), membership.into());
     content.remove(JOIN_AUTHORISER);
-    if matches!(membership, "join" | "invite" | "knock") {
-        if let Some(profile) = users.profile(user_id)? {
-            if let Some(name) = profile.displayname {
-                content.entry("displayname").or_insert_with(|| name.into());
-            }
-            if let Some(url) = profile.avatar_url {
-                content.entry("avatar_url").or_insert_with(|| url.as_str().into());
-            }
+    if matches!(membership, "join" | "invite" | "knock")
+        && let Some(profile) = users.profile(user_id)?
+    {
+        if let Some(name) = profile.displayname {
+            content.entry("displayname").or_insert_with(|| name.into());
+        }
+        if let Some(url) = profile.avatar_url {
+            content.entry("avatar_url").or_insert_with(|| url.as_str().into());
         }
     }
     if let Some(reason) = reason {
@@ -140,10 +140,10 @@ impl MembershipActions {
                     return Ok(current.pdu.event_id.clone());
                 }
             }
-        } else if membership != Some(MembershipState::Invite) {
-            if let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)? {
-                template.content[JOIN_AUTHORISER] = json!(authoriser);
-            }
+        } else if membership != Some(MembershipState::Invite)
+            && let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)?
+        {
+            template.content[JOIN_AUTHORISER] = json!(authoriser);
         }
         Ok(self.timeline.append(&lock, user_id, template, None)?.pdu.event_id.clone())
     }
@@ -198,11 +198,11 @@ impl MembershipActions {
         };
         let mut allowed = false;
         for rule in allow {
-            if let AllowRule::RoomMembership(membership) = rule {
-                if self.members.is_joined(&membership.room_id, user_id)? {
-                    allowed = true;
-                    break;
-                }
+            if let AllowRule::RoomMembership(membership) = rule
+                && self.members.is_joined(&membership.room_id, user_id)?
+            {
+                allowed = true;
+                break;
             }
         }
         if !allowed {

@@ -93,10 +93,10 @@ impl Receipts {
         if receipt_type != READ && receipt_type != READ_PRIVATE {
             return Err(Error::invalid_param(format!("Unsupported receipt type {receipt_type}")));
         }
-        if let Some(thread) = thread_id {
-            if thread.is_empty() || (thread != "main" && EventId::parse(thread).is_err()) {
-                return Err(Error::invalid_param("thread_id must be \"main\" or an event ID"));
-            }
+        if let Some(thread) = thread_id
+            && (thread.is_empty() || (thread != "main" && EventId::parse(thread).is_err()))
+        {
+            return Err(Error::invalid_param("thread_id must be \"main\" or an event ID"));
         }
         if !self.members.is_joined(room_id, user_id)? {
             return Err(Error::forbidden("You are not joined to this room"));
@@ -112,10 +112,10 @@ impl Receipts {
             receipt_type.to_owned(),
             thread_id.unwrap_or(UNTHREADED).to_owned(),
         );
-        if let Some(current) = self.receipts.get(&key)? {
-            if current.event_stream >= event.stream {
-                return Ok(());
-            }
+        if let Some(current) = self.receipts.get(&key)?
+            && current.event_stream >= event.stream
+        {
+            return Ok(());
         }
         let reservation = self.stream.reserve()?;
         let position = reservation.position;

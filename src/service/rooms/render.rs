@@ -68,10 +68,11 @@ impl EventRenderer {
             "age".to_owned(),
             self.clock.now_ms().saturating_sub(pdu.origin_server_ts.get().into()).into(),
         );
-        if let Some(origin) = &event.txn {
-            if pdu.sender == viewer.user_id && viewer.device_id == Some(origin.device_id.as_ref()) {
-                unsigned.insert("transaction_id".to_owned(), origin.txn_id.as_str().into());
-            }
+        if let Some(origin) = &event.txn
+            && pdu.sender == viewer.user_id
+            && viewer.device_id == Some(origin.device_id.as_ref())
+        {
+            unsigned.insert("transaction_id".to_owned(), origin.txn_id.as_str().into());
         }
         if let Some(bundle) = self.relations.bundle(viewer.user_id, event)? {
             unsigned.insert("m.relations".to_owned(), bundle);

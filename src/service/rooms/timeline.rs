@@ -113,6 +113,8 @@ pub struct Timeline {
 }
 
 impl Timeline {
+    // Every service the append path writes through, passed in as the house style asks.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: &Arc<dyn KvStore>,
         keys: Arc<ServerKeys>,
@@ -168,10 +170,10 @@ impl Timeline {
         txn: Option<Txn<'_>>,
     ) -> Result<OwnedEventId> {
         let lock = self.lock_room(room_id).await;
-        if let Some(txn) = txn {
-            if let Some(event_id) = self.txn_event(sender, txn)? {
-                return Ok(event_id);
-            }
+        if let Some(txn) = txn
+            && let Some(event_id) = self.txn_event(sender, txn)?
+        {
+            return Ok(event_id);
         }
         let pending = self.append_pending(&lock, sender, template, txn)?;
         // The next event of the room is built while this one waits for its sync.
@@ -545,10 +547,10 @@ impl Timeline {
         let create = event_of(StateEventType::RoomCreate)?
             .ok_or_else(|| Error::internal("room without create event"))?;
         let mut creators = vec![create.pdu.sender.clone()];
-        if rules.authorization.additional_room_creators {
-            if let Ok(content) = create.pdu.content_as::<AdditionalCreators>() {
-                creators.extend(content.additional_creators);
-            }
+        if rules.authorization.additional_room_creators
+            && let Ok(content) = create.pdu.content_as::<AdditionalCreators>()
+        {
+            creators.extend(content.additional_creators);
         }
         let source = match event_of(StateEventType::RoomPowerLevels)? {
             Some(event) => match event.pdu.content_as::<RoomPowerLevelsEventContent>() {

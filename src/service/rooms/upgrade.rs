@@ -91,10 +91,10 @@ impl RoomUpgrades {
         // The create event: predecessor, and the type and federation flag of the old room.
         let old_create = content_of("m.room.create")?.unwrap_or_default();
         let mut predecessor = json!({ "room_id": old_room });
-        if !new_rules.authorization.room_create_event_id_as_room_id {
-            if let Some(last) = old_record.forward_extremities.first() {
-                predecessor["event_id"] = json!(last);
-            }
+        if !new_rules.authorization.room_create_event_id_as_room_id
+            && let Some(last) = old_record.forward_extremities.first()
+        {
+            predecessor["event_id"] = json!(last);
         }
         let mut create = json!({ "room_version": new_version, "predecessor": predecessor });
         for key in ["type", "m.federate"] {

@@ -48,10 +48,10 @@ impl Visibility {
         }
         let state = self.states.state_of_group(event.state_before)?;
         let mut history_visibility = self.history_visibility_in(&state)?;
-        if pdu.kind == TimelineEventType::RoomHistoryVisibility {
-            if let Ok(content) = pdu.content_as::<VisibilityContent>() {
-                history_visibility = visibility::stricter(history_visibility, content.history_visibility);
-            }
+        if pdu.kind == TimelineEventType::RoomHistoryVisibility
+            && let Ok(content) = pdu.content_as::<VisibilityContent>()
+        {
+            history_visibility = visibility::stricter(history_visibility, content.history_visibility);
         }
         let membership_at_event = self.membership_in(&state, user_id)?;
         Ok(visibility::may_see_event(&VisibilityInput {
