@@ -39,7 +39,7 @@ pub fn may_see_event(input: &VisibilityInput) -> bool {
     }
 }
 
-/// How open a setting is, for picking the stricter of two.
+/// How open a setting is, for picking the more open of two.
 fn openness(visibility: &HistoryVisibility) -> u8 {
     match visibility {
         HistoryVisibility::WorldReadable => 3,
@@ -49,9 +49,11 @@ fn openness(visibility: &HistoryVisibility) -> u8 {
     }
 }
 
-/// The stricter of two settings.
-pub fn stricter(a: HistoryVisibility, b: HistoryVisibility) -> HistoryVisibility {
-    if openness(&a) <= openness(&b) { a } else { b }
+/// The more open of two settings. A history-visibility event may be seen by whoever the
+/// setting before it or the one it sets would let see it (the spec's rule), and since each
+/// setting lets see everyone a closer one does, that is whoever the more open one lets see.
+pub fn more_open(a: HistoryVisibility, b: HistoryVisibility) -> HistoryVisibility {
+    if openness(&a) >= openness(&b) { a } else { b }
 }
 
 #[cfg(test)]
@@ -106,9 +108,10 @@ mod tests {
     }
 
     #[test]
-    fn stricter_picks_the_closed_one() {
+    fn more_open_picks_the_open_one() {
         use HistoryVisibility::*;
-        assert_eq!(stricter(WorldReadable, Joined), Joined);
-        assert_eq!(stricter(Invited, Shared), Invited);
+        assert_eq!(more_open(WorldReadable, Joined), WorldReadable);
+        assert_eq!(more_open(Joined, WorldReadable), WorldReadable);
+        assert_eq!(more_open(Invited, Shared), Shared);
     }
 }

@@ -51,7 +51,7 @@ impl Visibility {
         if pdu.kind == TimelineEventType::RoomHistoryVisibility
             && let Ok(content) = pdu.content_as::<VisibilityContent>()
         {
-            history_visibility = visibility::stricter(history_visibility, content.history_visibility);
+            history_visibility = visibility::more_open(history_visibility, content.history_visibility);
         }
         let membership_at_event = self.membership_in(&state, user_id)?;
         Ok(visibility::may_see_event(&VisibilityInput {
