@@ -267,7 +267,9 @@ fn from_canonical(
     }
     map.insert("event_id".to_owned(), event_id.as_str().into());
     map.insert("room_id".to_owned(), room_id.as_str().into());
+    // Only a redaction names its target: `redacts` in another event's content is just content.
     if map.get("redacts").is_none()
+        && map.get("type").and_then(JsonValue::as_str) == Some("m.room.redaction")
         && let Some(redacts) = map.get("content").and_then(|c| c.get("redacts")).cloned()
     {
         map.insert("redacts".to_owned(), redacts);
