@@ -79,7 +79,7 @@ catalogue! {
     /// User → rooms, the same rows as `room_members` seen from the user.
     USER_ROOMS = "user_rooms", key "user_id, room_id": (OwnedUserId, OwnedRoomId) => MembershipRecord, version 1;
     /// Client transaction IDs already used, per device, and the event each produced.
-    TXN_IDS = "txn_ids", key "user_id, device_id, txn_id": (OwnedUserId, OwnedDeviceId, String) => OwnedEventId, version 1;
+    TXN_IDS = "txn_ids", key "user_id, device_id, request path": (OwnedUserId, OwnedDeviceId, String) => OwnedEventId, version 1;
     /// Local room aliases.
     ROOM_ALIASES = "room_aliases", key "alias": OwnedRoomAliasId => AliasRecord, version 1;
     /// The same aliases by room, to list or move them.

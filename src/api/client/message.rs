@@ -26,7 +26,8 @@ pub async fn send_message_event(
     if body.timestamp.is_some() {
         return Err(Error::forbidden("Only application services may set the timestamp"));
     }
-    let txn = Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str() };
+    let txn =
+        Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str(), path: &req.context.path };
     let event_id = services
         .room_actions
         .send_message(&req.identity.user_id, &body.room_id, &body.event_type.to_string(), content, Some(txn))

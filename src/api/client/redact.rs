@@ -14,7 +14,8 @@ pub async fn redact_event(
     req: Ruma<redact_event::v3::Request>,
 ) -> Result<redact_event::v3::Response> {
     let body = req.body;
-    let txn = Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str() };
+    let txn =
+        Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str(), path: &req.context.path };
     let event_id = services
         .room_actions
         .redact(&req.identity.user_id, &body.room_id, &body.event_id, body.reason.as_deref(), txn)

@@ -90,6 +90,10 @@ pub struct PendingEvent {
 pub struct Txn<'a> {
     pub device_id: &'a DeviceId,
     pub txn_id: &'a str,
+    /// The request's path, which names the endpoint and the transaction: the spec scopes a
+    /// transaction ID to one device and one endpoint (the same ID in another room, or for a
+    /// redaction, is another request), and Synapse tells a retransmission by its path.
+    pub path: &'a str,
 }
 
 pub struct Timeline {
@@ -157,7 +161,7 @@ impl Timeline {
 
     /// The event a transaction already produced, if it was sent before.
     pub fn txn_event(&self, sender: &UserId, txn: Txn<'_>) -> Result<Option<OwnedEventId>> {
-        Ok(self.txn_ids.get(&(sender.to_owned(), txn.device_id.to_owned(), txn.txn_id.to_owned()))?)
+        Ok(self.txn_ids.get(&(sender.to_owned(), txn.device_id.to_owned(), txn.path.to_owned()))?)
     }
 
     /// Send an event: lock the room, answer a repeated transaction with its first event,
@@ -463,7 +467,7 @@ impl Timeline {
         }
         self.notifications.put_in(&mut batch, &event, notified)?;
         if let Some(txn) = txn {
-            let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.txn_id.to_owned());
+            let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.path.to_owned());
             self.txn_ids.put(&mut batch, &key, &pdu.event_id)?;
         }
         self.states.put_room_in(&mut batch, room_id, &record)?;
