@@ -14,6 +14,9 @@ pub async fn knock_room(
 ) -> Result<knock_room::v3::Response> {
     let body = req.body;
     let room_id = services.membership.resolve(&body.room_id_or_alias)?;
-    services.membership.knock(&req.identity.user_id, &room_id, body.reason.as_deref()).await?;
+    services
+        .membership
+        .knock(&req.identity.user_id, &room_id, body.reason.as_deref(), Default::default())
+        .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }

@@ -54,7 +54,13 @@ pub async fn invite_user(
         invite_user::v3::InvitationRecipient::UserId(invite) => {
             services
                 .membership
-                .invite(&req.identity.user_id, &body.room_id, &invite.user_id, invite.reason.as_deref())
+                .invite(
+                    &req.identity.user_id,
+                    &body.room_id,
+                    &invite.user_id,
+                    invite.reason.as_deref(),
+                    Default::default(),
+                )
                 .await?;
         }
         invite_user::v3::InvitationRecipient::ThirdPartyId(Invite3pid { .. }) => {
@@ -71,7 +77,10 @@ pub async fn leave_room(
     req: Ruma<leave_room::v3::Request>,
 ) -> Result<leave_room::v3::Response> {
     let body = req.body;
-    services.membership.leave(&req.identity.user_id, &body.room_id, body.reason.as_deref()).await?;
+    services
+        .membership
+        .leave(&req.identity.user_id, &body.room_id, body.reason.as_deref(), Default::default())
+        .await?;
     Ok(leave_room::v3::Response::new())
 }
 
@@ -92,7 +101,7 @@ pub async fn kick_user(
     let body = req.body;
     services
         .membership
-        .kick(&req.identity.user_id, &body.room_id, &body.user_id, body.reason.as_deref())
+        .kick(&req.identity.user_id, &body.room_id, &body.user_id, body.reason.as_deref(), Default::default())
         .await?;
     Ok(kick_user::v3::Response::new())
 }
@@ -105,7 +114,7 @@ pub async fn ban_user(
     let body = req.body;
     services
         .membership
-        .ban(&req.identity.user_id, &body.room_id, &body.user_id, body.reason.as_deref())
+        .ban(&req.identity.user_id, &body.room_id, &body.user_id, body.reason.as_deref(), Default::default())
         .await?;
     Ok(ban_user::v3::Response::new())
 }
@@ -118,7 +127,13 @@ pub async fn unban_user(
     let body = req.body;
     services
         .membership
-        .unban(&req.identity.user_id, &body.room_id, &body.user_id, body.reason.as_deref())
+        .unban(
+            &req.identity.user_id,
+            &body.room_id,
+            &body.user_id,
+            body.reason.as_deref(),
+            Default::default(),
+        )
         .await?;
     Ok(unban_user::v3::Response::new())
 }

@@ -169,17 +169,17 @@ impl MembershipActions {
         let own = sender == target;
         match membership.as_str() {
             "join" if own => self.join(sender, room_id, None, content).await,
-            "knock" if own => self.knock_with(sender, room_id, None, content).await,
+            "knock" if own => self.knock(sender, room_id, None, content).await,
             "join" | "knock" => {
                 Err(Error::forbidden(format!("Only {target} can {membership} for themselves")))
             }
-            "invite" => self.invite_with(sender, room_id, target, None, content).await,
-            "leave" if own => self.leave_with(sender, room_id, None, content).await,
+            "invite" => self.invite(sender, room_id, target, None, content).await,
+            "leave" if own => self.leave(sender, room_id, None, content).await,
             "leave" => match self.members.membership(room_id, target)? {
-                Some(MembershipState::Ban) => self.unban_with(sender, room_id, target, None, content).await,
-                _ => self.kick_with(sender, room_id, target, None, content).await,
+                Some(MembershipState::Ban) => self.unban(sender, room_id, target, None, content).await,
+                _ => self.kick(sender, room_id, target, None, content).await,
             },
-            "ban" => self.ban_with(sender, room_id, target, None, content).await,
+            "ban" => self.ban(sender, room_id, target, None, content).await,
             other => Err(Error::bad_json(format!("Unknown membership {other:?}"))),
         }
     }
@@ -228,16 +228,6 @@ impl MembershipActions {
         room_id: &RoomId,
         target: &UserId,
         reason: Option<&str>,
-    ) -> Result<()> {
-        self.invite_with(sender, room_id, target, reason, JsonMap::new()).await.map(drop)
-    }
-
-    async fn invite_with(
-        &self,
-        sender: &UserId,
-        room_id: &RoomId,
-        target: &UserId,
-        reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
         if target.server_name() != self.server_name {
@@ -261,12 +251,10 @@ impl MembershipActions {
         self.set_membership(&lock, sender, target, "invite", reason, content)
     }
 
-    /// Leave a room, reject an invite or retract a knock.
-    pub async fn leave(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
-        self.leave_with(user_id, room_id, reason, JsonMap::new()).await.map(drop)
-    }
-
-    async fn leave_with(
+    /// Leave a room, reject an invite or retract a knock. Like every membership change
+    /// here, it takes the content the client gave beyond the membership (kept in the event,
+    /// see `member_template_with`) and answers the member event's ID.
+    pub async fn leave(
         &self,
         user_id: &UserId,
         room_id: &RoomId,
@@ -286,16 +274,6 @@ impl MembershipActions {
 
     /// Kick `target` (who must be in the room, invited or knocking).
     pub async fn kick(
-        &self,
-        sender: &UserId,
-        room_id: &RoomId,
-        target: &UserId,
-        reason: Option<&str>,
-    ) -> Result<()> {
-        self.kick_with(sender, room_id, target, reason, JsonMap::new()).await.map(drop)
-    }
-
-    async fn kick_with(
         &self,
         sender: &UserId,
         room_id: &RoomId,
@@ -321,16 +299,6 @@ impl MembershipActions {
         room_id: &RoomId,
         target: &UserId,
         reason: Option<&str>,
-    ) -> Result<()> {
-        self.ban_with(sender, room_id, target, reason, JsonMap::new()).await.map(drop)
-    }
-
-    async fn ban_with(
-        &self,
-        sender: &UserId,
-        room_id: &RoomId,
-        target: &UserId,
-        reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
         let lock = self.timeline.lock_room(room_id).await;
@@ -340,16 +308,6 @@ impl MembershipActions {
 
     /// Lift a ban; `target` must be banned.
     pub async fn unban(
-        &self,
-        sender: &UserId,
-        room_id: &RoomId,
-        target: &UserId,
-        reason: Option<&str>,
-    ) -> Result<()> {
-        self.unban_with(sender, room_id, target, reason, JsonMap::new()).await.map(drop)
-    }
-
-    async fn unban_with(
         &self,
         sender: &UserId,
         room_id: &RoomId,
@@ -366,11 +324,7 @@ impl MembershipActions {
     }
 
     /// Ask to join a room whose join rule is `knock` or `knock_restricted`.
-    pub async fn knock(&self, user_id: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
-        self.knock_with(user_id, room_id, reason, JsonMap::new()).await.map(drop)
-    }
-
-    async fn knock_with(
+    pub async fn knock(
         &self,
         user_id: &UserId,
         room_id: &RoomId,
