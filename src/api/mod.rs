@@ -182,7 +182,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route_filled(discovery::get_capabilities, discovery::fill_capabilities)
         .route("/.well-known/matrix/server", get(discovery::well_known_server))
         // Accounts
-        .ruma_route(account::register)
+        .ruma_route_filled(account::register, account::fill_register)
         .ruma_route(account::get_username_availability)
         .ruma_route(account::check_registration_token_validity)
         .ruma_route(account::whoami)

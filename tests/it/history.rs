@@ -247,3 +247,65 @@ async fn every_way_of_sending_a_redaction_is_held_to_the_same_rule() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_history_visibility_change_is_seen_by_whoever_either_setting_lets_see() {
+    use StatusCode as S;
+    let (s, alice, _bob, room, _) = scenario("joined").await;
+    let eve = s.register("eve", "pw-eve-123456").await;
+    let set = |visibility: &'static str| {
+        let (s, alice, room) = (&s, &alice, room.clone());
+        async move {
+            let path = format!("{V3}/rooms/{room}/state/m.room.history_visibility/");
+            let (status, body) =
+                s.put(&path, Some(&alice.token), json!({"history_visibility": visibility})).await;
+            assert_eq!(status, S::OK, "{body}");
+            body["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    // joined → world_readable: the setting after it lets a stranger see it (the spec's
+    // example); so does world_readable → joined, by the setting before it.
+    let opened = set("world_readable").await;
+    let closed = set("joined").await;
+    for event in [&opened, &closed] {
+        assert_eq!(event_status(&s, &eve, &room, event).await, S::NOT_FOUND, "not world-readable now");
+    }
+    set("world_readable").await;
+    for event in [&opened, &closed] {
+        assert_eq!(event_status(&s, &eve, &room, event).await, S::OK, "{event}");
+    }
+    // An event sent while the room was `joined` stays hidden.
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{room}/state/m.room.history_visibility/"),
+            Some(&alice.token),
+            json!({"history_visibility": "joined"}),
+        )
+        .await;
+    assert_eq!(status, S::OK);
+    let hidden = send_text(&s, &alice, &room, "h1", "members only").await;
+    set("world_readable").await;
+    assert_eq!(event_status(&s, &eve, &room, &hidden).await, S::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn redacts_in_the_content_of_another_event_type_is_only_content() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let room = create_room(&s, &alice, json!({"preset": "private_chat"})).await;
+    let target = send_text(&s, &alice, &room, "t1", "keep me").await;
+    let (status, body) = s
+        .put(
+            &format!("{V3}/rooms/{room}/send/m.room.message/t2"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "not a redaction", "redacts": target}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["event_id"].as_str().unwrap();
+    let (_, event) = s.get(&format!("{V3}/rooms/{room}/event/{id}"), Some(&alice.token)).await;
+    assert!(event.get("redacts").is_none(), "{event}");
+    assert_eq!(event["content"]["redacts"], target.as_str());
+    let (_, kept) = s.get(&format!("{V3}/rooms/{room}/event/{target}"), Some(&alice.token)).await;
+    assert_eq!(kept["content"]["body"], "keep me");
+}

@@ -322,3 +322,26 @@ async fn state_endpoints_with_and_without_state_key() {
         "M_BAD_JSON",
     );
 }
+
+#[tokio::test]
+async fn a_transaction_id_is_scoped_to_its_endpoint() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let first = create_room(&s, &alice, json!({"preset": "private_chat"})).await;
+    let second = create_room(&s, &alice, json!({"preset": "private_chat"})).await;
+    // The same ID in two rooms is two requests (the spec: one device, one endpoint).
+    let a = send_text(&s, &alice, &first, "same-txn", "one").await;
+    let b = send_text(&s, &alice, &second, "same-txn", "two").await;
+    assert_ne!(a, b);
+    let (_, event) = s.get(&format!("{V3}/rooms/{second}/event/{b}"), Some(&alice.token)).await;
+    assert_eq!(event["content"]["body"], "two", "{event}");
+    // A retry is still the same event.
+    assert_eq!(send_text(&s, &alice, &first, "same-txn", "one").await, a);
+    // And a redaction with that ID is a redaction, not the message sent with it.
+    let (status, body) =
+        s.put(&format!("{V3}/rooms/{first}/redact/{a}/same-txn"), Some(&alice.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_ne!(body["event_id"], a.as_str());
+    let (_, redacted) = s.get(&format!("{V3}/rooms/{first}/event/{a}"), Some(&alice.token)).await;
+    assert_eq!(redacted["content"], json!({}), "{redacted}");
+}

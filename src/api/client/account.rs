@@ -23,6 +23,16 @@ pub async fn register(
     services.accounts.register(req.body, &req.context).await
 }
 
+/// Without a login (`inhibit_login`) a registration answer has no device: the key is left out,
+/// as Synapse leaves it, rather than sent as the `null` ruma writes.
+pub fn fill_register(json: &mut serde_json::Value) {
+    if let Some(object) = json.as_object_mut()
+        && object.get("device_id").is_some_and(serde_json::Value::is_null)
+    {
+        object.remove("device_id");
+    }
+}
+
 /// `GET /_matrix/client/v3/register/available`
 pub async fn get_username_availability(
     services: AppState,
