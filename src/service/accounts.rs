@@ -248,23 +248,26 @@ impl Accounts {
                 return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
             }
         }
-        let password_hash = match req.password.as_deref() {
-            Some(password) => {
-                check_password_len(password)?;
-                Some(self.users.hash_password(password).await?)
-            }
-            None => None,
-        };
+        if let Some(password) = req.password.as_deref() {
+            check_password_len(password)?;
+        }
         let requirement = UiaaRequest {
             flows: self.registration_flows(),
             user: None,
             context,
             params: given.to_params()?,
-            password_hash,
+            password: req.password.as_deref(),
         };
         let completed = self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
         let params: RegistrationParams = serde_json::from_value(JsonValue::Object(completed.params))
             .map_err(|e| Error::bad_json(format!("Invalid registration parameters: {e}")))?;
+        // Hashed once, now that the session is complete: the requests before it (the flow
+        // probe clients start with) cost no argon2id run. A retry of a session that already
+        // created its account needs no hash at all.
+        let password_hash = match (&completed.password, self.uiaa.registered_user(&completed.session_id)?) {
+            (Some(password), None) => Some(self.users.hash_password(password).await?),
+            _ => None,
+        };
 
         let (user_id, issued, created) = self.write_locked(|guard, batch| {
             // Read under the lock: a retry racing the first completion sees its account.
@@ -280,8 +283,10 @@ impl Accounts {
                 None => {
                     // Checked after authentication: a client may probe the flows with an
                     // empty body.
-                    let hash = completed
-                        .password_hash
+                    // The hash is missing if the account appeared between the check above and
+                    // this lock (a racing retry), which the branch above catches; or if no
+                    // request of the session gave a password.
+                    let hash = password_hash
                         .clone()
                         .ok_or_else(|| Error::missing_param("Missing params: password"))?;
                     let user_id = match &params.username {
@@ -470,7 +475,7 @@ impl Accounts {
             user: Some(&who.user_id),
             context,
             params,
-            password_hash: None,
+            password: None,
         };
         self.uiaa.authenticate(&requirement, auth).await.map(|_| ())
     }

@@ -3,7 +3,10 @@
 //! session is bound to the request that started it — user, method, path and parameters — so
 //! authenticating one operation never authorises another. Owns the `uiaa_sessions` table.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use ruma::{
     OwnedUserId, UserId,
@@ -38,9 +41,9 @@ pub struct UiaaRequest<'a> {
     /// session may leave parameters out (they are remembered) or add new ones, but may not
     /// change one already given: that would be another operation.
     pub params: Params,
-    /// Registration: the hash of a password this request gave, kept in the session so the
-    /// client need not send the password again.
-    pub password_hash: Option<String>,
+    /// Registration: a password this request gave, remembered for the session (in memory
+    /// only) so the client need not send it again.
+    pub password: Option<&'a str>,
 }
 
 /// A completed authentication: what the session remembers of its requests.
@@ -49,12 +52,21 @@ pub struct Completed {
     pub session_id: String,
     /// The parameters given over the session's requests, merged.
     pub params: Params,
-    /// Registration: the latest password hash given in the session.
-    pub password_hash: Option<String>,
+    /// Registration: the latest password given in the session.
+    pub password: Option<String>,
 }
+
+/// Most registration passwords remembered at once; past it, a session's password is not
+/// remembered and its client must send it again when it completes the session.
+const MAX_REMEMBERED_PASSWORDS: usize = 10_000;
 
 pub struct Uiaa {
     sessions: Table<String, UiaaSessionRecord>,
+    /// Registration passwords given before their session completed, by session, with their
+    /// expiry: hashing one costs as much as an argon2id run, so it is hashed once, when the
+    /// account is created, and it is never written to disk in the clear. Lost on restart,
+    /// when a client completing such a session must send its password again.
+    passwords: Mutex<HashMap<String, (String, u64)>>,
     users: Arc<Users>,
     clock: Arc<dyn Clock>,
     registration_token: Option<String>,
@@ -79,6 +91,7 @@ impl Uiaa {
     ) -> Self {
         Self {
             sessions: UIAA_SESSIONS.open(store),
+            passwords: Mutex::new(HashMap::new()),
             users,
             clock,
             registration_token,
@@ -100,6 +113,7 @@ impl Uiaa {
         let now = self.clock.now_ms();
         let Some(auth) = auth else {
             let (session_id, record) = self.start(req, now)?;
+            self.remember_password(&session_id, req.password, record.expires_ms);
             return Err(self.challenge(req, &session_id, &record, None));
         };
 
@@ -120,6 +134,7 @@ impl Uiaa {
             None => self.start(req, now)?,
         };
         let mut record = record;
+        self.remember_password(&session_id, req.password, record.expires_ms);
 
         if let Some(stage) = auth.auth_type() {
             let allowed = req.flows.iter().any(|f| f.stages.contains(&stage));
@@ -146,9 +161,29 @@ impl Uiaa {
         if done {
             // The session is kept until it expires, so a client retrying after a lost
             // response gets the result again instead of an unknown-session error.
-            return Ok(Completed { session_id, params: record.params, password_hash: record.password_hash });
+            let password =
+                req.password.map(str::to_owned).or_else(|| self.remembered_password(&session_id, now));
+            return Ok(Completed { session_id, params: record.params, password });
         }
         Err(self.challenge(req, &session_id, &record, None))
+    }
+
+    fn remember_password(&self, session_id: &str, password: Option<&str>, expires_ms: u64) {
+        let Some(password) = password else { return };
+        let mut passwords = self.passwords.lock().unwrap_or_else(|p| p.into_inner());
+        if passwords.len() >= MAX_REMEMBERED_PASSWORDS && !passwords.contains_key(session_id) {
+            let now = self.clock.now_ms();
+            passwords.retain(|_, (_, expires)| *expires > now);
+            if passwords.len() >= MAX_REMEMBERED_PASSWORDS {
+                return;
+            }
+        }
+        passwords.insert(session_id.to_owned(), (password.to_owned(), expires_ms));
+    }
+
+    fn remembered_password(&self, session_id: &str, now: u64) -> Option<String> {
+        let passwords = self.passwords.lock().unwrap_or_else(|p| p.into_inner());
+        passwords.get(session_id).filter(|(_, expires)| *expires > now).map(|(password, _)| password.clone())
     }
 
     /// The account a completed registration session created, if it created one.
@@ -185,6 +220,7 @@ impl Uiaa {
         for id in &expired {
             self.sessions.remove(id)?;
         }
+        self.passwords.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (_, expires)| *expires > now);
         Ok(expired.len())
     }
 
@@ -197,7 +233,6 @@ impl Uiaa {
             params: req.params.clone(),
             completed: Vec::new(),
             expires_ms: now + self.session_lifetime_ms,
-            password_hash: req.password_hash.clone(),
             registered_user: None,
         };
         self.sessions.insert(&id, &record)?;
@@ -285,9 +320,6 @@ fn bind(mut record: UiaaSessionRecord, req: &UiaaRequest<'_>) -> Result<UiaaSess
                 record.params.insert(key.clone(), value.clone());
             }
         }
-    }
-    if let Some(hash) = &req.password_hash {
-        record.password_hash = Some(hash.clone());
     }
     Ok(record)
 }

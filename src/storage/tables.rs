@@ -341,9 +341,6 @@ pub struct UiaaSessionRecord {
     /// Stage types completed so far.
     pub completed: Vec<String>,
     pub expires_ms: u64,
-    /// Registration: the argon2id hash of the password a request of the session gave.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_hash: Option<String>,
     /// Registration: the account the session created once complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_user: Option<OwnedUserId>,
