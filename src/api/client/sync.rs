@@ -1,12 +1,11 @@
 //! `/sync` and the filters it uses.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use ruma::api::client::{
     filter::{FilterDefinition, create_filter, get_filter},
     sync::sync_events::{self, v3::Filter},
 };
-use serde_json::value::{RawValue as RawJsonValue, to_raw_value};
 
 use super::parse_stream_token;
 use crate::{
@@ -44,29 +43,94 @@ pub async fn sync_events(
     services.sync.sync(request).await
 }
 
-/// A JSON object whose members stay as they were serialised.
-type RawObject = BTreeMap<String, Box<RawJsonValue>>;
-
 /// Ruma leaves `limited` out of a timeline when it is false, but the spec lists it and
 /// clients read it (Synapse always sends it): put it back in every joined and left room's
-/// timeline. Only the objects on the way to a timeline are parsed; events stay raw, so a
-/// large sync is not re-read as a tree.
+/// timeline. One pass over the serialised bytes, copying them and inserting
+/// `"limited":false` at the start of each such timeline object that lacks the key (ruma
+/// writes `limited` first when it writes it). Events stay untouched: the scanner only
+/// tracks strings, nesting and the keys on the way to a timeline, so a large initial sync
+/// costs one copy rather than being re-read as a tree.
 pub fn fill_limited(body: &[u8]) -> serde_json::Result<Vec<u8>> {
-    let mut top: RawObject = serde_json::from_slice(body)?;
-    let Some(rooms) = top.get_mut("rooms") else { return Ok(body.to_vec()) };
-    let mut sections: BTreeMap<String, BTreeMap<String, RawObject>> = serde_json::from_str(rooms.get())?;
-    for section in ["join", "leave"] {
-        for room in sections.get_mut(section).into_iter().flat_map(BTreeMap::values_mut) {
-            let Some(timeline) = room.get_mut("timeline") else { continue };
-            let mut fields: RawObject = serde_json::from_str(timeline.get())?;
-            if !fields.contains_key("limited") {
-                fields.insert("limited".to_owned(), to_raw_value(&false)?);
-                *timeline = to_raw_value(&fields)?;
+    Ok(insert_false_limited(body))
+}
+
+/// One open object or array while scanning: for objects, the key of the member being read
+/// (a byte range of the input) and whether a key comes next.
+struct Frame {
+    object: bool,
+    key: Option<(usize, usize)>,
+    expect_key: bool,
+}
+
+fn insert_false_limited(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut stack: Vec<Frame> = Vec::new();
+    let key_is = |stack: &[Frame], depth: usize, names: &[&[u8]]| {
+        stack[depth].key.is_some_and(|(from, to)| names.contains(&&body[from..to]))
+    };
+    let mut i = 0;
+    while i < body.len() {
+        let byte = body[i];
+        match byte {
+            b'"' => {
+                // A string, copied whole; a key when its object expects one.
+                let start = i + 1;
+                let mut end = start;
+                while end < body.len() && body[end] != b'"' {
+                    end += if body[end] == b'\\' { 2 } else { 1 };
+                }
+                let end = end.min(body.len());
+                if let Some(top) = stack.last_mut()
+                    && top.object
+                    && top.expect_key
+                {
+                    top.key = Some((start, end));
+                    top.expect_key = false;
+                }
+                out.extend_from_slice(&body[i..(end + 1).min(body.len())]);
+                i = end + 1;
+                continue;
             }
+            b'{' => {
+                out.push(byte);
+                // rooms → join|leave → room ID → timeline: the fourth open object's member.
+                let is_timeline = stack.len() == 4
+                    && stack.iter().all(|f| f.object)
+                    && key_is(&stack, 0, &[b"rooms"])
+                    && key_is(&stack, 1, &[b"join", b"leave"])
+                    && key_is(&stack, 3, &[b"timeline"]);
+                if is_timeline {
+                    let next = body[i + 1..].iter().position(|b| !b.is_ascii_whitespace()).map(|p| i + 1 + p);
+                    let rest = next.map_or(&b""[..], |n| &body[n..]);
+                    if rest.starts_with(b"}") {
+                        out.extend_from_slice(b"\"limited\":false");
+                    } else if !rest.starts_with(b"\"limited\"") {
+                        out.extend_from_slice(b"\"limited\":false,");
+                    }
+                }
+                stack.push(Frame { object: true, key: None, expect_key: true });
+            }
+            b'[' => {
+                out.push(byte);
+                stack.push(Frame { object: false, key: None, expect_key: false });
+            }
+            b'}' | b']' => {
+                out.push(byte);
+                stack.pop();
+            }
+            b',' => {
+                out.push(byte);
+                if let Some(top) = stack.last_mut()
+                    && top.object
+                {
+                    top.expect_key = true;
+                }
+            }
+            _ => out.push(byte),
         }
+        i += 1;
     }
-    *rooms = to_raw_value(&sections)?;
-    serde_json::to_vec(&top)
+    out
 }
 
 /// `POST /_matrix/client/v3/user/{userId}/filter`
@@ -94,4 +158,54 @@ pub async fn get_filter(
         .get(&req.identity.user_id, &req.body.filter_id)?
         .ok_or_else(|| Error::not_found("No such filter"))?;
     Ok(get_filter::v3::Response::new(filter))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::fill_limited;
+
+    fn filled(value: &Value) -> Value {
+        serde_json::from_slice(&fill_limited(&serde_json::to_vec(value).unwrap()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn limited_is_added_to_joined_and_left_timelines_only() {
+        let body = json!({
+            "next_batch": "s1",
+            "rooms": {
+                "join": {
+                    "!a:x": {"timeline": {"prev_batch": "s0", "events": [
+                        {"type": "m.room.message", "content": {"body": "\"timeline\": {\"x\": [}", "timeline": {"events": []}}}
+                    ]}, "state": {"events": []}},
+                    "!b:x": {"timeline": {"limited": true, "events": []}},
+                    "!c:x": {"timeline": {}}
+                },
+                "leave": {"!d:x": {"timeline": {"events": []}}},
+                "invite": {"!e:x": {"invite_state": {"events": []}, "timeline": {"events": []}}}
+            },
+            "timeline": {"events": []}
+        });
+        let out = filled(&body);
+        assert_eq!(out["rooms"]["join"]["!a:x"]["timeline"]["limited"], false);
+        assert_eq!(out["rooms"]["join"]["!b:x"]["timeline"]["limited"], true);
+        assert_eq!(out["rooms"]["join"]["!c:x"]["timeline"], json!({"limited": false}));
+        assert_eq!(out["rooms"]["leave"]["!d:x"]["timeline"]["limited"], false);
+        // Nothing else changes: not event content that looks like a timeline, not other sections.
+        let mut expected = body.clone();
+        for (section, room) in [("join", "!a:x"), ("join", "!c:x"), ("leave", "!d:x")] {
+            expected["rooms"][section][room]["timeline"]["limited"] = json!(false);
+        }
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn bodies_without_rooms_and_raw_whitespace_pass_through() {
+        assert_eq!(fill_limited(br#"{"next_batch":"s1"}"#).unwrap(), br#"{"next_batch":"s1"}"#);
+        let spaced = br#"{"rooms": {"join": {"!a:x": {"timeline": { "events": [ { "content": {"a\\": "}"} } ] } } } } }"#;
+        let out: Value = serde_json::from_slice(&fill_limited(spaced).unwrap()).unwrap();
+        assert_eq!(out["rooms"]["join"]["!a:x"]["timeline"]["limited"], false);
+        assert_eq!(out["rooms"]["join"]["!a:x"]["timeline"]["events"][0]["content"]["a\\"], "}");
+    }
 }
