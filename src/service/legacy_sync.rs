@@ -672,16 +672,12 @@ impl LegacySync {
 /// An `m.presence` event as the old endpoints send it: the user in `content.user_id`, and
 /// `currently_active` only for online users (Synapse's format).
 fn presence_event(view: &PresenceView) -> JsonValue {
-    let mut content = json!({
-        "presence": view.state.as_str(),
-        "user_id": view.user_id,
-        "last_active_ago": view.last_active_ago_ms,
-    });
-    if let Some(msg) = &view.status_msg {
-        content["status_msg"] = msg.as_str().into();
-    }
-    if view.state == PresenceState::Online {
-        content["currently_active"] = view.currently_active.into();
+    let mut content = view.event_content();
+    content["user_id"] = view.user_id.as_str().into();
+    if view.state != PresenceState::Online
+        && let Some(fields) = content.as_object_mut()
+    {
+        fields.remove("currently_active");
     }
     json!({ "type": "m.presence", "content": content })
 }

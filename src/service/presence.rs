@@ -9,6 +9,7 @@ use std::{
 };
 
 use ruma::{OwnedUserId, UserId, presence::PresenceState};
+use serde_json::{Value as JsonValue, json};
 
 use crate::{
     Error, Result,
@@ -38,6 +39,22 @@ pub struct PresenceView {
     pub status_msg: Option<String>,
     pub last_active_ago_ms: u64,
     pub currently_active: bool,
+}
+
+impl PresenceView {
+    /// The content of the user's `m.presence` event: `presence`, `last_active_ago`,
+    /// `currently_active` and, when set, `status_msg`.
+    pub fn event_content(&self) -> JsonValue {
+        let mut content = json!({
+            "presence": self.state.as_str(),
+            "last_active_ago": self.last_active_ago_ms,
+            "currently_active": self.currently_active,
+        });
+        if let Some(msg) = &self.status_msg {
+            content["status_msg"] = msg.as_str().into();
+        }
+        content
+    }
 }
 
 pub struct Presence {

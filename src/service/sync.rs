@@ -503,15 +503,11 @@ impl Sync {
             {
                 continue;
             }
-            let mut content = json!({
-                "presence": view.state.as_str(),
-                "last_active_ago": view.last_active_ago_ms,
-                "currently_active": view.currently_active,
+            let event = json!({
+                "type": "m.presence",
+                "sender": view.user_id,
+                "content": view.event_content(),
             });
-            if let Some(msg) = &view.status_msg {
-                content["status_msg"] = msg.as_str().into();
-            }
-            let event = json!({ "type": "m.presence", "sender": view.user_id, "content": content });
             events.push(Raw::from_json(to_raw(&event)?));
         }
         Ok(events)
