@@ -52,10 +52,15 @@ impl TestServer {
     }
 
     pub async fn boot(config: Config, dir: tempfile::TempDir) -> Self {
+        Self::boot_at(config, dir, "127.0.0.1:0").await
+    }
+
+    /// [`Self::boot`] listening on `addr`.
+    async fn boot_at(config: Config, dir: tempfile::TempDir, addr: &str) -> Self {
         let clock = Arc::new(ManualClock::new());
         let server = Server::build_with_clock(config, clock.clone()).expect("server builds");
         let services = Arc::clone(server.services());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, async move {
@@ -81,6 +86,15 @@ impl TestServer {
             task.await.expect("server task").expect("server ran cleanly");
         }
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Stops the server and boots it again on the same database and port (with the test
+    /// config): clients keep their URL and tokens, and lose whatever the server held only in
+    /// memory.
+    pub async fn restart(self) -> Self {
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        let dir = self.stop().await;
+        Self::boot_at(test_config(dir.path()), dir, &addr).await
     }
 
     /// Send a request; returns status and JSON body (`Null` when the body is not JSON).

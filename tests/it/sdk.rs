@@ -1,6 +1,7 @@
 //! Real client SDKs against a booted server: matrix-nio (PyPI) for the account and session
 //! flow, the rooms and sync flow, media and an encrypted round trip; matrix-rust-sdk
-//! (crates.io) for encryption, cross-signing, key backup and verification; matrix-js-sdk
+//! (crates.io) for encryption, cross-signing, key backup and verification, and, with
+//! matrix-sdk-ui, for Element X's sync stack over simplified sliding sync; matrix-js-sdk
 //! (npm, Element Web's engine) for an encrypted round trip and for cross-signing, secret
 //! storage, key backup and emoji verification as Element drives them.
 //!
@@ -8,7 +9,12 @@
 //! missing variable fails the test, in CI or not: a run without the SDKs must not pass for
 //! one that ran them.
 
-use std::ffi::OsString;
+use std::{
+    ffi::OsString,
+    io::{BufRead, BufReader, Read, Write},
+    process::Stdio,
+    time::Duration,
+};
 
 use crate::harness::TestServer;
 
@@ -90,6 +96,85 @@ async fn matrix_rust_sdk_encryption_cross_signing_backup_and_verification() {
     let binary = provided_by_scripts_test("CONDUIT_RUST_SDK_BIN", "the matrix-rust-sdk check binary");
     let s = TestServer::start().await;
     run_client_check("matrix-rust-sdk check", binary, vec![s.base.clone().into()]).await;
+}
+
+/// Element X's sync stack, matrix-sdk-ui's `SyncService`, `RoomListService` and `Timeline`,
+/// over simplified sliding sync (MSC4186): the room list with names, counts and bump order,
+/// invites, timelines paginating back and receiving live events in a plain and an encrypted
+/// room, to-device messages across a reconnect, a second device, and recovery from an
+/// unknown `pos` (`conduit-rust-sdk-check ui`, see tests/sdk/rust/src/ui.rs).
+///
+/// The check asks the test to act on the server mid-run: a line `REQUEST expire-sliding-sync`
+/// on its stdout makes the test restart the server on the same port, which forgets the
+/// sliding sync connections; `REQUEST advance-clock` moves the server's clock on a second.
+/// Each is answered `done` on its stdin.
+#[tokio::test]
+async fn matrix_rust_sdk_ui_sliding_sync_room_list_timelines_and_recovery() {
+    let binary = provided_by_scripts_test("CONDUIT_RUST_SDK_BIN", "the matrix-rust-sdk check binary");
+    let mut server = TestServer::start().await;
+    let mut command = std::process::Command::new(binary);
+    command.arg("ui").arg(&server.base).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if std::env::var_os("RUST_LOG").is_none() {
+        command.env("RUST_LOG", "warn");
+    }
+    let mut child = command.spawn().expect("matrix-rust-sdk ui check starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    // Every wait inside the check is bounded; this bounds the whole run.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+    let mut transcript = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let line = match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(_) => {
+                timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+        };
+        eprintln!("{line}");
+        let answer = match line.as_str() {
+            "REQUEST expire-sliding-sync" => {
+                server = server.restart().await;
+                true
+            }
+            "REQUEST advance-clock" => {
+                server.clock.advance_ms(1_000);
+                true
+            }
+            _ => false,
+        };
+        if answer {
+            writeln!(stdin, "done").and_then(|()| stdin.flush()).expect("answering the check");
+        }
+        transcript.push(line);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().expect("the check exits");
+    let stderr = stderr_reader.join().unwrap_or_default();
+    let stdout = transcript.join("\n");
+    assert!(
+        !timed_out && status.success() && transcript.last().is_some_and(|l| l == "OK"),
+        "matrix-rust-sdk ui check failed{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        if timed_out { " (timed out)" } else { "" }
+    );
 }
 
 /// Run one matrix-js-sdk script (Rust crypto, as in Element Web) from `tests/sdk/js`, where

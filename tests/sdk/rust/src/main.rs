@@ -1,6 +1,8 @@
 //! Drives matrix-rust-sdk (the crate Element X is built on) against a running conduit:
-//! `conduit-rust-sdk-check BASE_URL`. Prints one line per step and `OK` at the end; exits
-//! non-zero on the first failure. Run by `tests/it/sdk.rs` against a server it boots.
+//! `conduit-rust-sdk-check BASE_URL` runs the encryption scenario below;
+//! `conduit-rust-sdk-check ui BASE_URL` runs Element X's sync stack (matrix-sdk-ui over
+//! simplified sliding sync, see `ui.rs`). Prints one line per step and `OK` at the end; exits
+//! non-zero on the first failure, naming it. Run by `tests/it/sdk.rs` against a server it boots.
 //!
 //! Covered: registration and login with crypto stores, an encrypted room message that the
 //! other user decrypts (keys uploaded, queried and claimed, the room key sent to-device),
@@ -36,6 +38,8 @@ use matrix_sdk::{
     },
 };
 use tokio::sync::Mutex;
+
+mod ui;
 
 fn step(message: &str) {
     println!("ok   {message}");
@@ -283,11 +287,23 @@ async fn run(base: &str) -> Result<()> {
 
 #[tokio::main]
 async fn main() {
-    let Some(base) = std::env::args().nth(1) else {
-        eprintln!("usage: conduit-rust-sdk-check BASE_URL");
-        std::process::exit(2);
+    // The SDK's own logs on stderr, when RUST_LOG asks for them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [base] => run(base).await,
+        ["ui", base] => ui::run(base).await,
+        _ => {
+            eprintln!("usage: conduit-rust-sdk-check [ui] BASE_URL");
+            std::process::exit(2);
+        }
     };
-    match run(&base).await {
+    match outcome {
         Ok(()) => println!("OK"),
         Err(error) => {
             println!("FAIL {error:#}");
