@@ -224,13 +224,18 @@ impl Ui {
             .rooms()
             .iter()
             .map(|r| {
+                let counts = r.unread_notification_counts();
                 format!(
-                    "{}({:?}, {:?}, joined {}, stamp {:?})",
+                    "{}({}, {:?}, joined {}, stamp {:?}, server notifications {}/{}, client unread {}/{})",
                     r.cached_display_name().map(|n| n.to_string()).unwrap_or_default(),
                     r.room_id(),
                     r.state(),
                     r.joined_members_count(),
-                    r.recency_stamp(),
+                    stamp(r),
+                    counts.notification_count,
+                    counts.highlight_count,
+                    r.num_unread_messages(),
+                    r.num_unread_notifications(),
                 )
             })
             .collect();
