@@ -199,10 +199,17 @@ impl Services {
             config.presence_offline_timeout_secs,
         ));
         let filters = Arc::new(filters::Filters::new(&store));
+        let room_views = Arc::new(rooms::view::RoomViews::new(
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&receipts),
+            Arc::clone(&typing),
+            Arc::clone(&notifications),
+        ));
         let sync = Arc::new(sync::Sync::new(
             Arc::clone(&stream),
             Arc::clone(&events),
-            Arc::clone(&room_states),
             Arc::clone(&memberships),
             Arc::clone(&history),
             Arc::clone(&account_data),
@@ -213,6 +220,7 @@ impl Services {
             Arc::clone(&renderer),
             Arc::clone(&keys),
             Arc::clone(&to_device),
+            Arc::clone(&room_views),
         ));
         let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
         let directory = Arc::new(rooms::directory::Directory::new(
