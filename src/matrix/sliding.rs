@@ -136,7 +136,7 @@ impl RequiredState {
         &self,
         state: &'s HashMap<(StateEventType, String), V>,
         senders: &BTreeSet<&str>,
-    ) -> Vec<&'s V> {
+    ) -> Vec<(&'s (StateEventType, String), &'s V)> {
         let lazy = |kind: &StateEventType, key: &str| {
             self.lazy_members && *kind == StateEventType::RoomMember && senders.contains(key)
         };
@@ -145,7 +145,6 @@ impl RequiredState {
             return state
                 .iter()
                 .filter(|((kind, key), _)| self.wants(&kind.to_string(), key) || lazy(kind, key))
-                .map(|(_, value)| value)
                 .collect();
         }
         let mut picked = Vec::new();
@@ -158,10 +157,10 @@ impl RequiredState {
             .filter(|_| self.lazy_members)
             .map(|sender| (StateEventType::RoomMember, (*sender).to_owned()));
         for key in wanted.chain(lazy_keys) {
-            if let Some(value) = state.get(&key)
+            if let Some((key, value)) = state.get_key_value(&key)
                 && seen.insert(key)
             {
-                picked.push(value);
+                picked.push((key, value));
             }
         }
         picked
@@ -263,7 +262,8 @@ mod tests {
         senders: &[&str],
     ) -> Vec<String> {
         let senders: BTreeSet<&str> = senders.iter().copied().collect();
-        let mut picked: Vec<String> = required.select(state, &senders).into_iter().cloned().collect();
+        let mut picked: Vec<String> =
+            required.select(state, &senders).into_iter().map(|(_, v)| v.clone()).collect();
         picked.sort();
         picked
     }

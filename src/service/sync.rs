@@ -45,7 +45,7 @@ use crate::{
             typing::Typing,
             view::RoomViews,
         },
-        stream::{Change, Heard, Stream},
+        stream::{Change, Stream},
         to_device::ToDevice,
     },
     storage::{Direction, tables::MembershipRecord},
@@ -129,6 +129,26 @@ impl MemberMoves {
             };
         }
     }
+}
+
+/// Whether a change announced on the stream concerns a long-poll of `user_id` watching the
+/// rooms `watched`: one of those rooms, the user, or a room mate (whose keys or presence
+/// changed).
+pub fn concerns(
+    members: &Memberships,
+    user_id: &UserId,
+    watched: &HashSet<OwnedRoomId>,
+    change: &Change,
+) -> Result<bool> {
+    Ok(match change {
+        Change::Room(room_id) => watched.contains(room_id),
+        Change::User(other) => other == user_id,
+        Change::RoomMates(other) => {
+            // The user's own changes come as `User` too.
+            other != user_id
+                && RoomMates { members, me: user_id, rooms: watched, everyone: None }.share(other)?
+        }
+    })
 }
 
 /// A room's timeline window and the state sent with it.
@@ -239,24 +259,9 @@ impl Sync {
                 return Ok(pass.response);
             }
             // Wait for a change that concerns this user, then look again.
-            loop {
-                let heard = tokio::select! {
-                    heard = listener.next() => heard,
-                    () = tokio::time::sleep_until(deadline) => return Ok(pass.response),
-                };
-                match heard {
-                    Heard::Change(announced) => {
-                        if self.concerns(&request.user_id, &pass.watched, &announced.change)? {
-                            tokio::select! {
-                                () = listener.committed_to(announced.position) => {}
-                                () = tokio::time::sleep_until(deadline) => {}
-                            }
-                            break;
-                        }
-                    }
-                    Heard::Missed => break,
-                    Heard::Closed => return Ok(pass.response),
-                }
+            let concerns = |change: &Change| concerns(&self.members, &request.user_id, &pass.watched, change);
+            if !listener.wait_for_change(deadline, concerns).await? {
+                return Ok(pass.response);
             }
         }
     }
@@ -312,19 +317,6 @@ impl Sync {
             }
         }
         Ok((changed.into_iter().collect(), left))
-    }
-
-    fn concerns(&self, user_id: &UserId, watched: &HashSet<OwnedRoomId>, change: &Change) -> Result<bool> {
-        Ok(match change {
-            Change::Room(room_id) => watched.contains(room_id),
-            Change::User(other) => other == user_id,
-            Change::RoomMates(other) => {
-                // The user's own changes come as `User` too.
-                other != user_id
-                    && RoomMates { members: &self.members, me: user_id, rooms: watched, everyone: None }
-                        .share(other)?
-            }
-        })
     }
 
     fn pass(&self, request: &SyncRequest, upto: u64) -> Result<Pass> {

@@ -245,6 +245,16 @@ impl RoomViews {
         Ok(Some(Raw::from_json(raw_of(&event)?)))
     }
 
+    /// The room's current state.
+    pub fn current_state(&self, room_id: &RoomId) -> Result<Arc<StateMap>> {
+        self.states.current_state(room_id)
+    }
+
+    /// Whether the room's receipts moved after `at` (a read changes unread counts).
+    pub fn receipts_moved(&self, room_id: &RoomId, at: u64) -> Result<bool> {
+        Ok(self.receipts.last_position(room_id)? > at)
+    }
+
     /// The room's unread counts; with `per_thread`, threads apart (as the room's and each
     /// thread's), else threads counted in the room's.
     pub fn unread(
