@@ -251,6 +251,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(redact::redact_event)
         // Sync and history
         .ruma_route_rewritten(sync::sync_events, sync::fill_limited)
+        .ruma_route(sync::sliding_sync)
         .ruma_route(sync::create_filter)
         .ruma_route(sync::get_filter)
         .ruma_route(message::get_message_events)

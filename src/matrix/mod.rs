@@ -12,5 +12,6 @@ pub mod redaction;
 pub mod room_presets;
 pub mod room_version;
 pub mod search;
+pub mod sliding;
 pub mod user_id;
 pub mod visibility;

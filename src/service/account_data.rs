@@ -47,6 +47,23 @@ pub struct AccountDataEntry {
     pub content: Box<RawJsonValue>,
 }
 
+impl AccountDataEntry {
+    /// The entry as a sync response's event, its content written out as stored. `json!`
+    /// would re-parse the content into a `Value` and panic (it unwraps) on content serde_json
+    /// refuses to read, such as content nested 128 deep that older versions stored.
+    pub fn sync_event<T>(&self) -> Result<ruma::serde::Raw<T>> {
+        #[derive(serde::Serialize)]
+        struct Event<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            content: &'a RawJsonValue,
+        }
+        let raw = serde_json::value::to_raw_value(&Event { kind: &self.kind, content: &self.content })
+            .map_err(|e| Error::internal(format!("serialising account data: {e}")))?;
+        Ok(ruma::serde::Raw::from_json(raw))
+    }
+}
+
 pub struct AccountData {
     data: Table<(OwnedUserId, String, String), AccountDataRecord>,
     changes: Table<(OwnedUserId, u64), AccountDataChange>,

@@ -17,6 +17,7 @@ pub mod presence;
 pub mod push;
 pub mod rooms;
 pub mod server_keys;
+pub mod sliding_sync;
 pub mod stream;
 pub mod sync;
 pub mod threepids;
@@ -60,6 +61,7 @@ pub struct Services {
     pub presence: Arc<presence::Presence>,
     pub filters: Arc<filters::Filters>,
     pub sync: Arc<sync::Sync>,
+    pub sliding_sync: Arc<sliding_sync::SlidingSync>,
     pub legacy_sync: Arc<legacy_sync::LegacySync>,
     pub aliases: Arc<rooms::aliases::Aliases>,
     pub directory: Arc<rooms::directory::Directory>,
@@ -199,10 +201,17 @@ impl Services {
             config.presence_offline_timeout_secs,
         ));
         let filters = Arc::new(filters::Filters::new(&store));
+        let room_views = Arc::new(rooms::view::RoomViews::new(
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&receipts),
+            Arc::clone(&typing),
+            Arc::clone(&notifications),
+        ));
         let sync = Arc::new(sync::Sync::new(
             Arc::clone(&stream),
             Arc::clone(&events),
-            Arc::clone(&room_states),
             Arc::clone(&memberships),
             Arc::clone(&history),
             Arc::clone(&account_data),
@@ -213,6 +222,21 @@ impl Services {
             Arc::clone(&renderer),
             Arc::clone(&keys),
             Arc::clone(&to_device),
+            Arc::clone(&room_views),
+        ));
+        let sliding_sync = Arc::new(sliding_sync::SlidingSync::new(
+            Arc::clone(&stream),
+            Arc::clone(&events),
+            Arc::clone(&memberships),
+            Arc::clone(&history),
+            Arc::clone(&account_data),
+            Arc::clone(&presence),
+            Arc::clone(&notifications),
+            Arc::clone(&renderer),
+            Arc::clone(&keys),
+            Arc::clone(&to_device),
+            Arc::clone(&room_views),
+            Arc::clone(&sync),
         ));
         let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
         let directory = Arc::new(rooms::directory::Directory::new(
@@ -308,6 +332,7 @@ impl Services {
             presence,
             filters,
             sync,
+            sliding_sync,
             legacy_sync,
             aliases,
             directory,

@@ -201,6 +201,35 @@ impl Listener {
         // An error means the stream is gone (shutdown): stop waiting.
         let _ = self.committed.wait_for(|committed| *committed >= position).await;
     }
+
+    /// A long-poll's wait: until a change `concerns` accepts is committed (or changes were
+    /// missed, which may hide one), answering true; false when `deadline` passes or the
+    /// stream closes first.
+    pub async fn wait_for_change(
+        &mut self,
+        deadline: tokio::time::Instant,
+        mut concerns: impl FnMut(&Change) -> crate::Result<bool>,
+    ) -> crate::Result<bool> {
+        loop {
+            let heard = tokio::select! {
+                heard = self.next() => heard,
+                () = tokio::time::sleep_until(deadline) => return Ok(false),
+            };
+            match heard {
+                Heard::Change(announced) => {
+                    if concerns(&announced.change)? {
+                        tokio::select! {
+                            () = self.committed_to(announced.position) => {}
+                            () = tokio::time::sleep_until(deadline) => {}
+                        }
+                        return Ok(true);
+                    }
+                }
+                Heard::Missed => return Ok(true),
+                Heard::Closed => return Ok(false),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

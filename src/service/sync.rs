@@ -15,12 +15,9 @@ use ruma::{
     DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     api::client::{
         filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
-        sync::sync_events::{
-            UnreadNotificationsCount,
-            v3::{
-                InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, Response,
-                RoomSummary, State, StateEvents, Timeline,
-            },
+        sync::sync_events::v3::{
+            InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, Response, State,
+            StateEvents, Timeline,
         },
     },
     events::{StateEventType, TimelineEventType, room::member::MembershipState},
@@ -31,7 +28,7 @@ use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
 use tokio::time::Instant;
 
 use crate::{
-    Error, Result,
+    Result,
     matrix::filter,
     service::{
         account_data::{AccountData, AccountDataEntry},
@@ -42,12 +39,13 @@ use crate::{
             events::{Events, StoredEvent},
             history::{History, WindowFilter},
             members::Memberships,
-            receipts::{self, Receipts},
+            receipts::Receipts,
             render::{EventRenderer, Rendering, Shape, Viewer},
-            state::{RoomStates, StateMap},
+            state::StateMap,
             typing::Typing,
+            view::RoomViews,
         },
-        stream::{Change, Heard, Stream},
+        stream::{Change, Stream},
         to_device::ToDevice,
     },
     storage::{Direction, tables::MembershipRecord},
@@ -59,18 +57,6 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 const MAX_TIMELINE_LIMIT: usize = 500;
 /// Longest long-poll.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
-/// Heroes listed in a room summary.
-const MAX_HEROES: usize = 5;
-/// State event types shown to invitees and knockers (stripped state).
-const STRIPPED_STATE_TYPES: &[&str] = &[
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-];
 
 /// One `/sync` request, parsed.
 pub struct SyncRequest {
@@ -94,7 +80,6 @@ const SENT_MEMBERS_DEVICES: usize = 10_000;
 pub struct Sync {
     stream: Arc<Stream>,
     events: Arc<Events>,
-    states: Arc<RoomStates>,
     members: Arc<Memberships>,
     history: Arc<History>,
     account_data: Arc<AccountData>,
@@ -105,6 +90,7 @@ pub struct Sync {
     renderer: Arc<EventRenderer>,
     keys: Arc<Keys>,
     to_device: Arc<ToDevice>,
+    views: Arc<RoomViews>,
     sent_members: Mutex<SentMembers>,
 }
 
@@ -143,6 +129,26 @@ impl MemberMoves {
             };
         }
     }
+}
+
+/// Whether a change announced on the stream concerns a long-poll of `user_id` watching the
+/// rooms `watched`: one of those rooms, the user, or a room mate (whose keys or presence
+/// changed).
+pub fn concerns(
+    members: &Memberships,
+    user_id: &UserId,
+    watched: &HashSet<OwnedRoomId>,
+    change: &Change,
+) -> Result<bool> {
+    Ok(match change {
+        Change::Room(room_id) => watched.contains(room_id),
+        Change::User(other) => other == user_id,
+        Change::RoomMates(other) => {
+            // The user's own changes come as `User` too.
+            other != user_id
+                && RoomMates { members, me: user_id, rooms: watched, everyone: None }.share(other)?
+        }
+    })
 }
 
 /// A room's timeline window and the state sent with it.
@@ -209,7 +215,6 @@ impl Sync {
     pub fn new(
         stream: Arc<Stream>,
         events: Arc<Events>,
-        states: Arc<RoomStates>,
         members: Arc<Memberships>,
         history: Arc<History>,
         account_data: Arc<AccountData>,
@@ -220,11 +225,11 @@ impl Sync {
         renderer: Arc<EventRenderer>,
         keys: Arc<Keys>,
         to_device: Arc<ToDevice>,
+        views: Arc<RoomViews>,
     ) -> Self {
         Self {
             stream,
             events,
-            states,
             members,
             history,
             account_data,
@@ -235,6 +240,7 @@ impl Sync {
             renderer,
             keys,
             to_device,
+            views,
             sent_members: Mutex::new(HashMap::new()),
         }
     }
@@ -253,24 +259,9 @@ impl Sync {
                 return Ok(pass.response);
             }
             // Wait for a change that concerns this user, then look again.
-            loop {
-                let heard = tokio::select! {
-                    heard = listener.next() => heard,
-                    () = tokio::time::sleep_until(deadline) => return Ok(pass.response),
-                };
-                match heard {
-                    Heard::Change(announced) => {
-                        if self.concerns(&request.user_id, &pass.watched, &announced.change)? {
-                            tokio::select! {
-                                () = listener.committed_to(announced.position) => {}
-                                () = tokio::time::sleep_until(deadline) => {}
-                            }
-                            break;
-                        }
-                    }
-                    Heard::Missed => break,
-                    Heard::Closed => return Ok(pass.response),
-                }
+            let concerns = |change: &Change| concerns(&self.members, &request.user_id, &pass.watched, change);
+            if !listener.wait_for_change(deadline, concerns).await? {
+                return Ok(pass.response);
             }
         }
     }
@@ -328,19 +319,6 @@ impl Sync {
         Ok((changed.into_iter().collect(), left))
     }
 
-    fn concerns(&self, user_id: &UserId, watched: &HashSet<OwnedRoomId>, change: &Change) -> Result<bool> {
-        Ok(match change {
-            Change::Room(room_id) => watched.contains(room_id),
-            Change::User(other) => other == user_id,
-            Change::RoomMates(other) => {
-                // The user's own changes come as `User` too.
-                other != user_id
-                    && RoomMates { members: &self.members, me: user_id, rooms: watched, everyone: None }
-                        .share(other)?
-            }
-        })
-    }
-
     fn pass(&self, request: &SyncRequest, upto: u64) -> Result<Pass> {
         let user_id = request.user_id.as_ref();
         let since = request.since.map(|s| s.min(upto));
@@ -359,7 +337,7 @@ impl Sync {
                 Some(room) => room_account_data.entry(room.clone()).or_default().push(entry),
                 None => {
                     if filter::event_allowed(&filter.account_data, None, &entry.kind) {
-                        global_account_data.push(account_data_event(entry)?);
+                        global_account_data.push(entry.sync_event()?);
                     }
                 }
             }
@@ -404,14 +382,14 @@ impl Sync {
                 MembershipState::Invite if changed_since_token && record.stream <= upto => {
                     let invite = self.events.get(&record.event_id)?;
                     if let Some(invite) = invite.filter(|i| !ignored.contains(&i.pdu.sender)) {
-                        let state = self.stripped_state(&invite)?;
+                        let state = self.views.stripped_state(&invite)?;
                         response.rooms.invite.insert(room_id, InvitedRoom::from(InviteState::from(state)));
                     }
                 }
                 MembershipState::Knock if changed_since_token && record.stream <= upto => {
                     if let Some(knock) = self.events.get(&record.event_id)? {
                         let mut state = KnockState::new();
-                        state.events = self.stripped_state(&knock)?;
+                        state.events = self.views.stripped_state(&knock)?;
                         response.rooms.knock.insert(room_id, KnockedRoom::from(state));
                     }
                 }
@@ -580,7 +558,11 @@ impl Sync {
                         | TimelineEventType::RoomCanonicalAlias
                 )
             });
-        let summary = if summary_changed { Some(self.summary(room_id, user_id, upto)?) } else { None };
+        let summary = if summary_changed {
+            Some(self.views.summary(room_id, user_id, &*self.history.state_at(room_id, upto)?)?.v3())
+        } else {
+            None
+        };
         add_missing(&mut state_events, senders_members);
         if let Some(summary) = summary.as_ref().filter(|_| lazy) {
             // Clients name rooms after their heroes, so their member events must be there.
@@ -604,20 +586,14 @@ impl Sync {
         let ephemeral_ok = |kind: &str| {
             filter::room_event_allowed(ephemeral_filter, room_id, user_id, kind, &JsonValue::Null)
         };
-        if ephemeral_ok("m.typing") && room_since.is_none_or(|s| self.typing.last_position(room_id) > s) {
-            let users = self.typing.typing_users(room_id);
-            if room_since.is_some() || !users.is_empty() {
-                let event = json!({ "type": "m.typing", "content": { "user_ids": users } });
-                joined.ephemeral.events.push(Raw::from_json(to_raw(&event)?));
-            }
+        if ephemeral_ok("m.typing") {
+            joined.ephemeral.events.extend(self.views.typing_event(room_id, room_since)?);
         }
         if ephemeral_ok("m.receipt") {
-            let changed = self.receipts.changed(user_id, room_id, room_since, upto)?;
-            let changed: Vec<_> = changed.into_iter().filter(|r| !ignored.contains(&r.user_id)).collect();
-            if !changed.is_empty() {
-                let event = json!({ "type": "m.receipt", "content": receipts::receipt_content(&changed) });
-                joined.ephemeral.events.push(Raw::from_json(to_raw(&event)?));
-            }
+            joined
+                .ephemeral
+                .events
+                .extend(self.views.receipt_event(user_id, room_id, room_since, upto, ignored)?);
         }
 
         // Room account data: what changed, or everything on a first sight of the room.
@@ -638,7 +614,7 @@ impl Sync {
                 &entry.kind,
                 &JsonValue::Null,
             ) {
-                joined.account_data.events.push(account_data_event(&entry)?);
+                joined.account_data.events.push(entry.sync_event()?);
             }
         }
 
@@ -646,23 +622,9 @@ impl Sync {
             joined.summary = summary;
         }
 
-        let counts = self.notifications.unread_counts(user_id, room_id)?;
-        joined.unread_notifications = counts.room;
-        if room_filter.timeline.unread_thread_notifications {
-            joined.unread_thread_notifications = counts.threads;
-        } else {
-            // Without the opt-in, thread notifications count towards the room.
-            let mut total = UnreadNotificationsCount::new();
-            total.notification_count = Some(sum(
-                &joined.unread_notifications.notification_count,
-                counts.threads.values().map(|c| &c.notification_count),
-            ));
-            total.highlight_count = Some(sum(
-                &joined.unread_notifications.highlight_count,
-                counts.threads.values().map(|c| &c.highlight_count),
-            ));
-            joined.unread_notifications = total;
-        }
+        let per_thread = room_filter.timeline.unread_thread_notifications;
+        (joined.unread_notifications, joined.unread_thread_notifications) =
+            self.views.unread(user_id, room_id, per_thread)?;
 
         if room_since.is_some()
             && joined.timeline.events.is_empty()
@@ -879,100 +841,6 @@ impl Sync {
         sent.remove(&(user_id.to_owned(), device_id.to_owned()));
     }
 
-    /// Member counts, and heroes for a room that has no name.
-    fn summary(&self, room_id: &RoomId, user_id: &UserId, upto: u64) -> Result<RoomSummary> {
-        let mut joined = 0u64;
-        let mut invited = 0u64;
-        // (whether they are gone, position of their member event, user)
-        let mut candidates = Vec::new();
-        for (member, record) in self.members.members(room_id)? {
-            let gone = match MembershipState::from(record.membership.as_str()) {
-                MembershipState::Join => {
-                    joined += 1;
-                    false
-                }
-                MembershipState::Invite => {
-                    invited += 1;
-                    false
-                }
-                MembershipState::Leave | MembershipState::Ban => true,
-                _ => continue,
-            };
-            if member != user_id {
-                candidates.push((gone, record.stream, member));
-            }
-        }
-        let mut summary = RoomSummary::new();
-        summary.joined_member_count = Some(UInt::new_saturating(joined));
-        summary.invited_member_count = Some(UInt::new_saturating(invited));
-        if !self.is_named(room_id, upto)? {
-            // The spec's heroes: the first members by stream order who are joined or invited;
-            // the ones who left or were banned only when there is nobody else.
-            candidates.sort();
-            let present = candidates.first().is_some_and(|(gone, _, _)| !gone);
-            summary.heroes = candidates
-                .into_iter()
-                .take_while(|(gone, _, _)| !present || !gone)
-                .take(MAX_HEROES)
-                .map(|(_, _, member)| member)
-                .collect();
-        }
-        Ok(summary)
-    }
-
-    /// Whether clients name the room from its state (a non-empty `m.room.name` or
-    /// `m.room.canonical_alias`) rather than from its heroes.
-    fn is_named(&self, room_id: &RoomId, upto: u64) -> Result<bool> {
-        let state = self.history.state_at(room_id, upto)?;
-        for (kind, field) in
-            [(StateEventType::RoomName, "name"), (StateEventType::RoomCanonicalAlias, "alias")]
-        {
-            let Some(id) = state.get(&(kind, String::new())) else { continue };
-            let Some(event) = self.events.get(id)? else { continue };
-            if event.pdu.content_value().get(field).and_then(JsonValue::as_str).is_some_and(|v| !v.is_empty())
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
-    /// The stripped state an invitee or knocker sees: a few state events of the room as of
-    /// their membership event, and the membership event itself.
-    fn stripped_state(
-        &self,
-        membership_event: &StoredEvent,
-    ) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
-        let state = self.states.state_of_group(membership_event.state_before)?;
-        let mut events: Vec<Arc<StoredEvent>> = Vec::new();
-        for kind in STRIPPED_STATE_TYPES {
-            if let Some(id) = state.get(&(StateEventType::from(*kind), String::new())) {
-                events.extend(self.events.get(id)?);
-            }
-        }
-        let mut stripped = Vec::new();
-        for event in events.iter().map(Arc::as_ref).chain([membership_event]) {
-            let pdu = &event.pdu;
-            // The content is written out as stored, never re-parsed (see `account_data_event`).
-            #[derive(serde::Serialize)]
-            struct Stripped<'a> {
-                #[serde(rename = "type")]
-                kind: &'a ruma::events::TimelineEventType,
-                state_key: &'a Option<String>,
-                sender: &'a ruma::UserId,
-                content: &'a RawJsonValue,
-            }
-            let value = Stripped {
-                kind: &pdu.kind,
-                state_key: &pdu.state_key,
-                sender: &pdu.sender,
-                content: &pdu.content,
-            };
-            stripped.push(Raw::from_json(raw_of(&value)?));
-        }
-        Ok(stripped)
-    }
-
     fn rendering<'f>(&self, filter: &'f FilterDefinition) -> Rendering<'f> {
         let shape = match filter.event_format {
             ruma::api::client::filter::EventFormat::Federation => Shape::Federation,
@@ -997,31 +865,6 @@ fn timeline(events: Vec<Box<RawJsonValue>>, limited: bool, prev: u64) -> Timelin
     timeline.limited = limited;
     timeline.prev_batch = Some(format!("s{prev}"));
     timeline
-}
-
-fn sum<'a>(base: &Option<UInt>, more: impl Iterator<Item = &'a Option<UInt>>) -> UInt {
-    let mut total = base.unwrap_or_default();
-    for n in more {
-        total = total.saturating_add(n.unwrap_or_default());
-    }
-    total
-}
-
-/// An account data event with its content written out as stored. `json!` would re-parse the
-/// content into a `Value` and panic (it unwraps) on content serde_json refuses to read, such
-/// as content nested 128 deep that older versions stored.
-fn account_data_event<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
-    #[derive(serde::Serialize)]
-    struct Event<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        content: &'a RawJsonValue,
-    }
-    Ok(Raw::from_json(raw_of(&Event { kind: &entry.kind, content: &entry.content })?))
-}
-
-fn raw_of(value: &impl serde::Serialize) -> Result<Box<RawJsonValue>> {
-    serde_json::value::to_raw_value(value).map_err(|e| Error::internal(format!("serialising event: {e}")))
 }
 
 fn to_raw(value: &JsonValue) -> Result<Box<RawJsonValue>> {

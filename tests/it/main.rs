@@ -27,6 +27,7 @@ mod sdk;
 mod search;
 mod session;
 mod settings;
+mod sliding_sync;
 mod sync;
 mod timeline;
 mod upgrade;

@@ -58,6 +58,8 @@ pub const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.msc2432",
     // Rooms shared with another user.
     "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    // Simplified sliding sync (MSC4186): Element X refuses a server without it.
+    "org.matrix.simplified_msc3575",
 ];
 
 /// `GET /_matrix/client/versions`

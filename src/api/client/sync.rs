@@ -1,6 +1,6 @@
 //! `/sync` and the filters it uses.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use ruma::api::client::{
     filter::{FilterDefinition, create_filter, get_filter},
@@ -11,7 +11,7 @@ use super::parse_stream_token;
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
-    service::sync::SyncRequest,
+    service::{sliding_sync::SlidingRequest, sync::SyncRequest},
 };
 
 /// `GET /_matrix/client/v3/sync`
@@ -41,6 +41,46 @@ pub async fn sync_events(
         set_presence: body.set_presence,
     };
     services.sync.sync(request).await
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (MSC4186)
+pub async fn sliding_sync(
+    services: AppState,
+    req: Ruma<sync_events::v5::Request>,
+) -> Result<sync_events::v5::Response> {
+    let list_spaces = list_spaces(&req.raw_body)?;
+    let request = SlidingRequest {
+        user_id: req.identity.user_id,
+        device_id: req.identity.device_id,
+        body: req.body,
+        list_spaces,
+    };
+    services.sliding_sync.sync(request).await
+}
+
+/// Each list's `filters.spaces`, which ruma's request type does not keep.
+fn list_spaces(body: &[u8]) -> Result<BTreeMap<String, Vec<ruma::OwnedRoomId>>> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        lists: BTreeMap<String, List>,
+    }
+    #[derive(serde::Deserialize)]
+    struct List {
+        #[serde(default)]
+        filters: Option<Filters>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Filters {
+        #[serde(default)]
+        spaces: Option<Vec<ruma::OwnedRoomId>>,
+    }
+    if body.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let parsed: Body =
+        serde_json::from_slice(body).map_err(|e| Error::bad_json(format!("Bad list filters: {e}")))?;
+    Ok(parsed.lists.into_iter().filter_map(|(name, list)| Some((name, list.filters?.spaces?))).collect())
 }
 
 /// Ruma leaves `limited` out of a timeline when it is false, but the spec lists it and

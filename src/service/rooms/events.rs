@@ -1,6 +1,7 @@
 //! Accepted events: storage by ID, each room's timeline (by position and by timestamp),
-//! each room's latest position, and the global stream that orders every event the server
-//! accepts. Owns the `pdus`, `timeline`, `stream` and `room_timestamps` tables.
+//! each room's latest position and bump stamp, and the global stream that orders every event
+//! the server accepts. Owns the `pdus`, `timeline`, `stream`, `room_timestamps` and
+//! `room_bumps` tables.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,13 +16,14 @@ use crate::{
     matrix::{
         limits::{self, MAX_JSON_DEPTH},
         pdu::Pdu,
+        sliding,
     },
     service::cache::BoundedCache,
     storage::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
-        tables::{PDUS, PduRecord, ROOM_TIMESTAMPS, STREAM, StreamRecord, TIMELINE, TxnOrigin},
+        tables::{PDUS, PduRecord, ROOM_BUMPS, ROOM_TIMESTAMPS, STREAM, StreamRecord, TIMELINE, TxnOrigin},
     },
 };
 
@@ -45,9 +47,12 @@ pub struct Events {
     timeline: Table<(OwnedRoomId, u64), OwnedEventId>,
     stream: Table<u64, StreamRecord>,
     timestamps: Table<(OwnedRoomId, u64, u64), OwnedEventId>,
+    bumps: Table<OwnedRoomId, u64>,
     cache: BoundedCache<OwnedEventId, Arc<StoredEvent>>,
     /// Each room's latest stream position, filled on first ask and kept by commits.
     last_positions: Mutex<HashMap<OwnedRoomId, u64>>,
+    /// Each room's bump stamp, the same way.
+    bump_positions: Mutex<HashMap<OwnedRoomId, u64>>,
 }
 
 impl Events {
@@ -57,8 +62,10 @@ impl Events {
             timeline: TIMELINE.open(store),
             stream: STREAM.open(store),
             timestamps: ROOM_TIMESTAMPS.open(store),
+            bumps: ROOM_BUMPS.open(store),
             cache: BoundedCache::new(EVENT_CACHE_ENTRIES),
             last_positions: Mutex::new(HashMap::new()),
+            bump_positions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -97,6 +104,9 @@ impl Events {
         self.stream.put(batch, &event.stream, &position)?;
         let ts = u64::from(event.pdu.origin_server_ts.get());
         self.timestamps.put(batch, &(event.pdu.room_id.clone(), ts, event.stream), &event.pdu.event_id)?;
+        if sliding::bumps_event(&event.pdu.kind) {
+            self.bumps.put(batch, &event.pdu.room_id, &event.stream)?;
+        }
         Ok(())
     }
 
@@ -111,6 +121,11 @@ impl Events {
             {
                 let mut last = self.lock_last();
                 let entry = last.entry(event.pdu.room_id.clone()).or_insert(0);
+                *entry = (*entry).max(event.stream);
+            }
+            if sliding::bumps_event(&event.pdu.kind) {
+                let mut bumps = lock(&self.bump_positions);
+                let entry = bumps.entry(event.pdu.room_id.clone()).or_insert(0);
                 *entry = (*entry).max(event.stream);
             }
             self.cache.insert(event.pdu.event_id.clone(), event);
@@ -214,6 +229,47 @@ impl Events {
         Ok(*entry)
     }
 
+    /// The room's bump stamp: the position of its latest event of a type that moves a room up
+    /// a room list (see [`sliding::bumps`]), 0 if none. Answered from memory once known;
+    /// rooms whose events predate the `room_bumps` table are looked up once in their
+    /// latest events.
+    pub fn bump_position(&self, room_id: &RoomId) -> Result<u64> {
+        if let Some(known) = lock(&self.bump_positions).get(room_id) {
+            return Ok(*known);
+        }
+        let room = room_id.to_owned();
+        let stored = match self.bumps.get(&room)? {
+            Some(position) => position,
+            None => self.find_bump(room_id)?,
+        };
+        let mut known = lock(&self.bump_positions);
+        let entry = known.entry(room).or_insert(stored);
+        *entry = (*entry).max(stored);
+        Ok(*entry)
+    }
+
+    /// The latest bumping event among a room's last events, for rooms without a stored bump
+    /// stamp; past the look-back, the oldest event looked at stands in.
+    fn find_bump(&self, room_id: &RoomId) -> Result<u64> {
+        const LOOK_BACK: usize = 500;
+        let mut oldest = 0;
+        let mut cursor = None;
+        let mut seen = 0;
+        while seen < LOOK_BACK {
+            let events = self.room_events(room_id, cursor, Direction::Reverse, 100)?;
+            let Some(last) = events.last() else { break };
+            cursor = Some(last.stream);
+            seen += events.len();
+            for event in &events {
+                if sliding::bumps_event(&event.pdu.kind) {
+                    return Ok(event.stream);
+                }
+                oldest = event.stream;
+            }
+        }
+        Ok(oldest)
+    }
+
     /// The highest position stored in the global stream, for opening the counter.
     pub fn last_stored_position(&self) -> Result<u64> {
         Ok(match self.stream.scan(KeyRange::all(), Direction::Reverse)?.next() {
@@ -223,8 +279,12 @@ impl Events {
     }
 
     fn lock_last(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedRoomId, u64>> {
-        self.last_positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.last_positions)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn encode(event: &StoredEvent) -> Result<PduRecord> {

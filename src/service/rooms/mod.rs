@@ -21,4 +21,5 @@ pub mod state;
 pub mod timeline;
 pub mod typing;
 pub mod upgrade;
+pub mod view;
 pub mod visibility;

@@ -1,0 +1,864 @@
+//! Simplified sliding sync (MSC4186), the sync Element X uses: the user's rooms sorted by
+//! recency (bump stamp), windows (`ranges`) of filtered lists of them, rooms subscribed to
+//! by ID, and extensions for to-device messages, keys, account data, receipts and typing.
+//!
+//! A connection (user, device, `conn_id`) remembers, per response it gave (`pos`), which
+//! rooms it sent up to which stream position and with which `required_state` and timeline
+//! limit, so the next response carries only what changed: a room sent before comes back
+//! only when something happened in it, with the events since. The two latest positions of a
+//! connection are kept, so a client whose response was lost can repeat its request;
+//! older or unknown positions answer `M_UNKNOWN_POS` and the client starts over.
+//! Connections live in memory: after a restart every client starts over once.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use ruma::{
+    JsOption, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    api::{
+        client::{
+            filter::RoomEventFilter,
+            sync::sync_events::{
+                DeviceLists,
+                v5::{Request, Response, request, response},
+            },
+        },
+        error::ErrorKind,
+    },
+    events::{StateEventType, room::member::MembershipState},
+    serde::Raw,
+};
+use serde_json::Value as JsonValue;
+use tokio::time::Instant;
+
+use crate::{
+    Error, Result,
+    matrix::sliding::{self, ListFilter, RequiredState, RoomFacts},
+    service::{
+        account_data::AccountData,
+        keys::Keys,
+        presence::Presence,
+        push::Notifications,
+        rooms::{
+            events::Events,
+            history::{History, WindowFilter},
+            members::Memberships,
+            render::{EventRenderer, Rendering, Shape, Viewer},
+            state::StateMap,
+            view::RoomViews,
+        },
+        stream::{Change, Stream},
+        sync::{self, Sync},
+        to_device::ToDevice,
+    },
+    storage::{Direction, tables::MembershipRecord},
+};
+
+/// Longest long-poll.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connections one device may hold; opening one more forgets its least recently used.
+const MAX_CONNECTIONS_PER_DEVICE: usize = 16;
+/// Connections the server holds; past it, the least recently used go.
+const MAX_CONNECTIONS: usize = 100_000;
+/// Longest `conn_id`.
+const MAX_CONN_ID_BYTES: usize = 64;
+
+/// One sliding sync request, parsed.
+pub struct SlidingRequest {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub body: Request,
+    /// Each list's `filters.spaces` (ruma's filter type has no field for it).
+    pub list_spaces: BTreeMap<String, Vec<OwnedRoomId>>,
+}
+
+/// What a connection sent of one room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Sent {
+    /// The stream position the client has the room up to.
+    at: u64,
+    /// The `required_state` it was sent under.
+    required: u64,
+    timeline_limit: usize,
+    /// Whether it was an invite (stripped state) rather than a room the user is in.
+    invite: bool,
+}
+
+/// A connection's state as of one response.
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    upto: u64,
+    rooms: HashMap<OwnedRoomId, Sent>,
+    counts: BTreeMap<String, usize>,
+}
+
+struct Connection {
+    /// The positions the client may continue from, oldest first (at most two).
+    snapshots: Vec<(u64, Arc<Snapshot>)>,
+    last_used: Instant,
+}
+
+type ConnectionKey = (OwnedUserId, OwnedDeviceId, String);
+
+/// A room as the user's lists see it.
+struct Candidate {
+    room_id: OwnedRoomId,
+    record: MembershipRecord,
+    membership: MembershipState,
+    bump: u64,
+}
+
+/// How a room is asked for: the union over the lists and subscriptions that show it.
+#[derive(Default)]
+struct RoomAsk {
+    required: RequiredState,
+    timeline_limit: usize,
+}
+
+pub struct SlidingSync {
+    stream: Arc<Stream>,
+    events: Arc<Events>,
+    members: Arc<Memberships>,
+    history: Arc<History>,
+    account_data: Arc<AccountData>,
+    presence: Arc<Presence>,
+    notifications: Arc<Notifications>,
+    renderer: Arc<EventRenderer>,
+    keys: Arc<Keys>,
+    to_device: Arc<ToDevice>,
+    views: Arc<RoomViews>,
+    sync: Arc<Sync>,
+    connections: Mutex<HashMap<ConnectionKey, Connection>>,
+    next_pos: AtomicU64,
+}
+
+impl SlidingSync {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stream: Arc<Stream>,
+        events: Arc<Events>,
+        members: Arc<Memberships>,
+        history: Arc<History>,
+        account_data: Arc<AccountData>,
+        presence: Arc<Presence>,
+        notifications: Arc<Notifications>,
+        renderer: Arc<EventRenderer>,
+        keys: Arc<Keys>,
+        to_device: Arc<ToDevice>,
+        views: Arc<RoomViews>,
+        sync: Arc<Sync>,
+    ) -> Self {
+        // Positions from before a restart must not name a new connection's state: they
+        // start from the wall clock's microseconds (not the server's clock, which tests
+        // hold still).
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        Self {
+            stream,
+            events,
+            members,
+            history,
+            account_data,
+            presence,
+            notifications,
+            renderer,
+            keys,
+            to_device,
+            views,
+            sync,
+            connections: Mutex::new(HashMap::new()),
+            next_pos: AtomicU64::new(start),
+        }
+    }
+
+    /// Answer a request: at once for a new connection or when something changed since
+    /// `pos`, else when something concerning the connection arrives or the timeout passes.
+    pub async fn sync(&self, request: SlidingRequest) -> Result<Response> {
+        check_request(&request)?;
+        let body = &request.body;
+        self.presence.syncing(&request.user_id, &body.set_presence)?;
+        let conn_id = body.conn_id.clone().unwrap_or_default();
+        let key = (request.user_id.clone(), request.device_id.clone(), conn_id);
+        let from = match &body.pos {
+            None => None,
+            Some(pos) => Some(self.snapshot(&key, pos)?),
+        };
+        let timeout = if from.is_some() {
+            body.timeout.unwrap_or(Duration::ZERO).min(MAX_TIMEOUT)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + timeout;
+        let mut listener = self.stream.listen();
+        let mut last_round = timeout.is_zero();
+        loop {
+            let upto = self.stream.committed();
+            let (mut response, snapshot, watched) =
+                self.pass(&request, from.as_ref().map(|(_, s)| s.as_ref()), upto)?;
+            let changed =
+                from.as_ref().is_none_or(|(_, s)| !is_empty(&response) || s.counts != snapshot.counts);
+            if changed || last_round {
+                let pos = self.remember(key, from.as_ref().map(|(p, _)| *p), snapshot);
+                response.pos = pos.to_string();
+                response.txn_id = body.txn_id.clone();
+                return Ok(response);
+            }
+            let members = &self.members;
+            let user_id = &request.user_id;
+            let concerns = |change: &Change| sync::concerns(members, user_id, &watched, change);
+            if !listener.wait_for_change(deadline, concerns).await? {
+                // Timed out (or shutting down): one more look, then answer whatever it finds.
+                last_round = true;
+            }
+        }
+    }
+
+    /// Forget a device's connections (the device was deleted or logged out).
+    pub fn forget_device(&self, user_id: &UserId, device_id: &ruma::DeviceId) {
+        let mut connections = self.lock();
+        connections.retain(|(user, device, _), _| user != user_id || device != device_id);
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionKey, Connection>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state a connection had when it answered with `pos`.
+    fn snapshot(&self, key: &ConnectionKey, pos: &str) -> Result<(u64, Arc<Snapshot>)> {
+        let unknown =
+            || Error::new(ErrorKind::UnknownPos, "Unknown or expired position; start a new connection");
+        let pos: u64 = pos.parse().map_err(|_| unknown())?;
+        let mut connections = self.lock();
+        let connection = connections.get_mut(key).ok_or_else(unknown)?;
+        connection.last_used = Instant::now();
+        let snapshot = connection.snapshots.iter().find(|(p, _)| *p == pos).ok_or_else(unknown)?;
+        Ok((pos, Arc::clone(&snapshot.1)))
+    }
+
+    /// Record a response's state under a new position, keeping the one the client came
+    /// from (in case this response is lost) and forgetting older ones.
+    fn remember(&self, key: ConnectionKey, from: Option<u64>, snapshot: Snapshot) -> u64 {
+        let pos = self.next_pos.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut connections = self.lock();
+        if !connections.contains_key(&key) {
+            let (user, device, _) = &key;
+            let mine: Vec<(ConnectionKey, Instant)> = connections
+                .iter()
+                .filter(|((u, d, _), _)| u == user && d == device)
+                .map(|(k, c)| (k.clone(), c.last_used))
+                .collect();
+            if mine.len() >= MAX_CONNECTIONS_PER_DEVICE
+                && let Some((oldest, _)) = mine.iter().min_by_key(|(_, used)| *used)
+            {
+                connections.remove(oldest);
+            }
+            if connections.len() >= MAX_CONNECTIONS
+                && let Some(oldest) =
+                    connections.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| k.clone())
+            {
+                connections.remove(&oldest);
+            }
+        }
+        let connection =
+            connections.entry(key).or_insert_with(|| Connection { snapshots: Vec::new(), last_used: now });
+        connection.last_used = now;
+        match from {
+            // A new connection (no `pos`) starts over.
+            None => connection.snapshots.clear(),
+            Some(from) => connection.snapshots.retain(|(p, _)| *p == from),
+        }
+        connection.snapshots.push((pos, Arc::new(snapshot)));
+        pos
+    }
+
+    /// One pass: the response for the connection as of `upto`, its new state, and the rooms
+    /// whose changes concern it.
+    fn pass(
+        &self,
+        request: &SlidingRequest,
+        from: Option<&Snapshot>,
+        upto: u64,
+    ) -> Result<(Response, Snapshot, HashSet<OwnedRoomId>)> {
+        let user_id = request.user_id.as_ref();
+        let body = &request.body;
+        let since = from.map(|s| s.upto.min(upto));
+        let mut snapshot = from.cloned().unwrap_or_default();
+        snapshot.upto = upto;
+        snapshot.counts.clear();
+
+        // The user's rooms, most recent first.
+        let mut candidates = Vec::new();
+        let mut watched = HashSet::new();
+        for (room_id, record) in self.members.memberships_of_user(user_id)? {
+            let membership = MembershipState::from(record.membership.as_str());
+            let bump = match membership {
+                MembershipState::Join => {
+                    if record.joined_since() > upto {
+                        continue;
+                    }
+                    self.events.bump_position(&room_id)?.max(record.stream.min(upto))
+                }
+                MembershipState::Invite | MembershipState::Knock if record.stream <= upto => record.stream,
+                // A room the client knew that the user left since: once more, with the leave.
+                MembershipState::Leave | MembershipState::Ban
+                    if !record.forgotten
+                        && record.stream <= upto
+                        && since.is_some_and(|s| record.stream > s)
+                        && snapshot.rooms.contains_key(&room_id) =>
+                {
+                    record.stream
+                }
+                _ => continue,
+            };
+            if matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
+            {
+                watched.insert(room_id.clone());
+            }
+            candidates.push(Candidate { room_id, record, membership, bump: bump.min(upto) });
+        }
+        candidates.sort_by(|a, b| b.bump.cmp(&a.bump).then_with(|| a.room_id.cmp(&b.room_id)));
+        let by_id: HashMap<&RoomId, &Candidate> =
+            candidates.iter().map(|c| (c.room_id.as_ref(), c)).collect();
+
+        // Which rooms to show, and how.
+        let mut asks: BTreeMap<OwnedRoomId, RoomAsk> = BTreeMap::new();
+        let mut response = Response::new(String::new());
+        let mut facts = FactsCache::new(self, user_id)?;
+        for (name, list) in &body.lists {
+            let filter = list_filter(list.filters.as_ref(), request.list_spaces.contains_key(name));
+            let spaces = match request.list_spaces.get(name) {
+                Some(spaces) => self.space_children(user_id, spaces)?,
+                None => HashSet::new(),
+            };
+            let mut kept = Vec::new();
+            for candidate in &candidates {
+                if matches!(candidate.membership, MembershipState::Leave | MembershipState::Ban) {
+                    // Shown once in the lists that showed it, to deliver the leave.
+                    if snapshot.rooms.contains_key(&candidate.room_id) {
+                        kept.push(candidate);
+                    }
+                    continue;
+                }
+                if filter.is_dm.is_none()
+                    && filter.is_encrypted.is_none()
+                    && filter.is_invite.is_none()
+                    && filter.room_types.is_none()
+                    && filter.not_room_types.is_empty()
+                    && !filter.spaces
+                {
+                    kept.push(candidate);
+                    continue;
+                }
+                if filter.allows(&facts.of(candidate, &spaces)?) {
+                    kept.push(candidate);
+                }
+            }
+            let ranges = sliding::ranges(&list.ranges, kept.len()).map_err(|e| match e {
+                sliding::BadRanges::TooMany => {
+                    Error::invalid_param(format!("List {name} has too many ranges"))
+                }
+                sliding::BadRanges::Backwards => {
+                    Error::invalid_param(format!("List {name} has a range whose start is after its end"))
+                }
+            })?;
+            for range in ranges {
+                for candidate in &kept[range] {
+                    let ask = asks.entry(candidate.room_id.clone()).or_default();
+                    add_ask(
+                        ask,
+                        &list.room_details.required_state,
+                        list.room_details.timeline_limit,
+                        user_id,
+                    )?;
+                }
+            }
+            snapshot.counts.insert(name.clone(), kept.len());
+            let mut out = response::List::default();
+            out.count = UInt::new_saturating(kept.len() as u64);
+            response.lists.insert(name.clone(), out);
+        }
+        for (room_id, subscription) in &body.room_subscriptions {
+            if by_id.contains_key(&**room_id) {
+                let ask = asks.entry(room_id.clone()).or_default();
+                add_ask(ask, &subscription.required_state, subscription.timeline_limit, user_id)?;
+            }
+        }
+
+        // The rooms, each as far as the client lacks it.
+        let viewer = Viewer { user_id, device_id: Some(request.device_id.as_ref()) };
+        let ignored = self.history.ignored_users(user_id)?;
+        let dms = facts.dms.clone();
+        for (room_id, ask) in &asks {
+            let Some(candidate) = by_id.get(&**room_id) else { continue };
+            let sent = snapshot.rooms.get(room_id).copied();
+            if let Some(room) = self.room(viewer, candidate, ask, sent, since, upto, &ignored, &dms)? {
+                response.rooms.insert(room_id.clone(), room);
+            }
+            let left = matches!(candidate.membership, MembershipState::Leave | MembershipState::Ban);
+            if left {
+                snapshot.rooms.remove(room_id);
+            } else {
+                snapshot.rooms.insert(
+                    room_id.clone(),
+                    Sent {
+                        at: upto,
+                        required: ask.required.fingerprint(),
+                        timeline_limit: ask.timeline_limit,
+                        invite: candidate.membership != MembershipState::Join,
+                    },
+                );
+            }
+        }
+        // Rooms the user is no longer in are forgotten once delivered.
+        snapshot.rooms.retain(|room_id, _| by_id.contains_key(&**room_id));
+
+        self.extensions(request, &mut response, &asks, from, since, upto, &ignored, &watched)?;
+        Ok((response, snapshot, watched))
+    }
+
+    /// One room of the response: all of it for a room the connection has not sent (or sent
+    /// under a smaller `required_state` or timeline), what happened since for one it has,
+    /// `None` for one that did not change.
+    #[allow(clippy::too_many_arguments)]
+    fn room(
+        &self,
+        viewer: Viewer<'_>,
+        candidate: &Candidate,
+        ask: &RoomAsk,
+        sent: Option<Sent>,
+        since: Option<u64>,
+        upto: u64,
+        ignored: &HashSet<OwnedUserId>,
+        dms: &HashSet<OwnedRoomId>,
+    ) -> Result<Option<response::Room>> {
+        let room_id = candidate.room_id.as_ref();
+        let user_id = viewer.user_id;
+        let mut room = response::Room::new();
+        room.bump_stamp = Some(UInt::new_saturating(candidate.bump));
+        if matches!(candidate.membership, MembershipState::Invite | MembershipState::Knock) {
+            if sent.is_some_and(|s| s.invite && s.at >= candidate.record.stream) {
+                return Ok(None);
+            }
+            let Some(event) = self.events.get(&candidate.record.event_id)? else { return Ok(None) };
+            if ignored.contains(&event.pdu.sender) {
+                return Ok(None);
+            }
+            let stripped = self.views.stripped_state(&event)?;
+            room.name = stripped_name(&stripped);
+            room.invite_state = Some(stripped);
+            room.initial = Some(true);
+            room.is_dm = Some(
+                event.pdu.content_value().get("is_direct").and_then(JsonValue::as_bool).unwrap_or(false)
+                    || dms.contains(room_id),
+            );
+            return Ok(Some(room));
+        }
+
+        let required_fingerprint = ask.required.fingerprint();
+        // How far back the client has the room: nowhere for a room not sent, or sent as an
+        // invite, or now asked with a longer timeline.
+        let room_since = sent.filter(|s| !s.invite && s.timeline_limit >= ask.timeline_limit).map(|s| s.at);
+        let end = match candidate.membership {
+            MembershipState::Join => upto,
+            _ => candidate.record.stream.min(upto),
+        };
+        let state_changed_config = sent.is_some_and(|s| s.required != required_fingerprint);
+        if let Some(at) = room_since {
+            let moved = self.events.last_position(room_id)?.min(end) > at;
+            let read = self.views.receipts_moved(room_id, at)?;
+            if !moved && !read && !state_changed_config {
+                return Ok(None);
+            }
+        }
+
+        // Timeline: the latest events, after what the client has.
+        let filter = RoomEventFilter::default();
+        let which = WindowFilter { filter: &filter, ignored };
+        let window = self.history.window(
+            user_id,
+            room_id,
+            end,
+            room_since,
+            Direction::Reverse,
+            &which,
+            ask.timeline_limit,
+        )?;
+        let mut timeline = window.events;
+        timeline.reverse();
+        room.limited = window.more;
+        room.prev_batch = Some(format!("s{}", timeline.first().map_or(end, |e| e.stream - 1)));
+        room.num_live = Some(UInt::new_saturating(
+            since.map_or(0, |s| timeline.iter().filter(|e| e.stream > s).count() as u64),
+        ));
+
+        // State: what is asked for, as of the timeline's end; for a room the client has,
+        // only what changed (unless it now asks for other state).
+        let state = self.history.state_at(room_id, end)?;
+        let senders: BTreeSet<&str> = timeline.iter().map(|e| e.pdu.sender.as_str()).collect();
+        let mut picked = ask.required.select(&state, &senders);
+        let previous = match room_since {
+            Some(at) if !state_changed_config => Some(self.history.state_at(room_id, at)?),
+            _ => None,
+        };
+        if let Some(previous) = &previous {
+            picked.retain(|(key, id)| {
+                // Changed since, or the member event of a sender the client may lack.
+                previous.get(*key) != Some(*id)
+                    || (key.0 == StateEventType::RoomMember && senders.contains(key.1.as_str()))
+            });
+        }
+        let mut state_events = self.events.get_many(picked.into_iter().map(|(_, id)| id))?;
+        state_events.sort_by_key(|e| e.stream);
+
+        let rendering = Rendering { shape: Shape::Sync, fields: None };
+        room.timeline =
+            self.renderer.raw_all(viewer, &timeline, rendering)?.into_iter().map(Raw::from_json).collect();
+        room.required_state = self
+            .renderer
+            .raw_all(viewer, &state_events, rendering)?
+            .into_iter()
+            .map(Raw::from_json)
+            .collect();
+
+        // Name, avatar, heroes and counts: on first sight, or when members or names moved.
+        let summary_moved = room_since.is_none()
+            || timeline.iter().chain(&state_events).any(|e| {
+                matches!(
+                    e.pdu.kind,
+                    ruma::events::TimelineEventType::RoomMember
+                        | ruma::events::TimelineEventType::RoomName
+                        | ruma::events::TimelineEventType::RoomCanonicalAlias
+                        | ruma::events::TimelineEventType::RoomAvatar
+                )
+            });
+        if room_since.is_none() {
+            room.initial = Some(true);
+        }
+        if summary_moved {
+            room.name = self.views.name(&state)?;
+            room.avatar = match self.views.avatar(&state)? {
+                Some(Some(url)) => JsOption::Some(url),
+                Some(None) if room_since.is_some() => JsOption::Null,
+                _ => JsOption::Undefined,
+            };
+            let summary = self.views.summary(room_id, user_id, &state)?;
+            room.joined_count = Some(UInt::new_saturating(summary.joined));
+            room.invited_count = Some(UInt::new_saturating(summary.invited));
+            if !summary.heroes.is_empty() {
+                let mut heroes = Vec::new();
+                for hero in summary.heroes {
+                    let (name, avatar) = self.views.member_profile(&state, &hero)?;
+                    let mut entry = response::Hero::new(hero);
+                    entry.name = name;
+                    entry.avatar = avatar;
+                    heroes.push(entry);
+                }
+                room.heroes = Some(heroes);
+            }
+            room.is_dm = Some(dms.contains(room_id));
+        }
+        let (counts, _) = self.views.unread(user_id, room_id, false)?;
+        room.unread_notifications = counts;
+        Ok(Some(room))
+    }
+
+    /// The children of the given spaces the user is joined to (`m.space.child` with `via`).
+    fn space_children(&self, user_id: &UserId, spaces: &[OwnedRoomId]) -> Result<HashSet<OwnedRoomId>> {
+        let mut children = HashSet::new();
+        for space in spaces.iter().take(sliding::MAX_LISTS) {
+            if !self.members.is_joined(space, user_id)? {
+                continue;
+            }
+            let state = self.history.state_at(space, self.stream.committed())?;
+            for ((kind, key), id) in state.iter() {
+                if *kind != StateEventType::SpaceChild {
+                    continue;
+                }
+                let Some(event) = self.events.get(id)? else { continue };
+                let has_via = event
+                    .pdu
+                    .content_value()
+                    .get("via")
+                    .and_then(JsonValue::as_array)
+                    .is_some_and(|v| !v.is_empty());
+                if has_via && let Ok(child) = OwnedRoomId::try_from(key.as_str()) {
+                    children.insert(child);
+                }
+            }
+        }
+        Ok(children)
+    }
+
+    /// The extensions the request enables.
+    #[allow(clippy::too_many_arguments)]
+    fn extensions(
+        &self,
+        request: &SlidingRequest,
+        response: &mut Response,
+        asks: &BTreeMap<OwnedRoomId, RoomAsk>,
+        from: Option<&Snapshot>,
+        since: Option<u64>,
+        upto: u64,
+        ignored: &HashSet<OwnedUserId>,
+        watched: &HashSet<OwnedRoomId>,
+    ) -> Result<()> {
+        let user_id = request.user_id.as_ref();
+        let device_id = request.device_id.as_ref();
+        let extensions = &request.body.extensions;
+        let out = &mut response.extensions;
+        // Since when the client has a room's ephemeral data and account data: from the
+        // connection's last position for rooms it had, from the start for new ones.
+        let room_since = |room_id: &RoomId| -> Option<u64> {
+            from.and_then(|f| f.rooms.get(room_id)).map(|_| since.unwrap_or_default())
+        };
+
+        if extensions.to_device.enabled == Some(true) {
+            let to_device_since = match extensions.to_device.since.as_deref() {
+                Some(token) => Some(
+                    token.parse::<u64>().map_err(|_| Error::invalid_param("Bad to_device since token"))?,
+                ),
+                None => None,
+            };
+            // The client's `limit` is a wish: the queue hands out at most its own bound per
+            // response (100 messages, about 1 MiB), the rest on the next.
+            let events = self.to_device.take(user_id, device_id, to_device_since, upto)?;
+            let mut to_device = response::ToDevice::default();
+            to_device.next_batch = upto.to_string();
+            to_device.events = events.into_iter().map(Raw::from_json).collect();
+            out.to_device = Some(to_device);
+        }
+
+        if extensions.e2ee.enabled == Some(true) {
+            let e2ee = &mut out.e2ee;
+            if let Some(since) = since {
+                let (changed, left) = self.sync.key_changes(user_id, since, upto)?;
+                let mut lists = DeviceLists::new();
+                lists.changed = changed;
+                lists.left = left;
+                e2ee.device_lists = lists;
+            }
+            for (algorithm, count) in self.keys.one_time_key_counts(user_id, device_id)? {
+                e2ee.device_one_time_keys_count
+                    .insert(algorithm.as_str().into(), UInt::new_saturating(count));
+            }
+            e2ee.device_unused_fallback_key_types = Some(
+                self.keys
+                    .unused_fallback_types(user_id, device_id)?
+                    .iter()
+                    .map(|a| a.as_str().into())
+                    .collect(),
+            );
+        }
+
+        if extensions.account_data.enabled == Some(true) {
+            let changes = self.account_data.changes(user_id, since, upto)?;
+            let mut pushed_rules = false;
+            for entry in &changes {
+                match &entry.room_id {
+                    None => {
+                        pushed_rules |= entry.kind == "m.push_rules";
+                        out.account_data.global.push(entry.sync_event()?);
+                    }
+                    Some(room) if asks.contains_key(room) && room_since(room).is_some() => {
+                        out.account_data.rooms.entry(room.clone()).or_default().push(entry.sync_event()?);
+                    }
+                    Some(_) => {}
+                }
+            }
+            if since.is_none() && !pushed_rules {
+                out.account_data.global.push(self.notifications.push_rules_event(user_id)?);
+            }
+            // Rooms new to the connection get all their account data.
+            let new_rooms: Vec<&OwnedRoomId> = asks.keys().filter(|r| room_since(r).is_none()).collect();
+            if !new_rooms.is_empty() {
+                let all =
+                    if since.is_none() { changes } else { self.account_data.changes(user_id, None, upto)? };
+                for entry in all {
+                    if let Some(room) = &entry.room_id
+                        && new_rooms.contains(&room)
+                    {
+                        out.account_data.rooms.entry(room.clone()).or_default().push(entry.sync_event()?);
+                    }
+                }
+            }
+        }
+
+        let receipts = extensions.receipts.enabled == Some(true);
+        let typing = extensions.typing.enabled == Some(true);
+        if receipts || typing {
+            for room_id in asks.keys().filter(|r| watched.contains(*r)) {
+                let since = room_since(room_id);
+                if receipts
+                    && let Some(event) = self.views.receipt_event(user_id, room_id, since, upto, ignored)?
+                {
+                    out.receipts.rooms.insert(room_id.clone(), event);
+                }
+                if typing && let Some(event) = self.views.typing_event(room_id, since)? {
+                    out.typing.rooms.insert(room_id.clone(), event);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A room's facts for list filters, read once per pass.
+struct RoomFactsOwned {
+    invite: bool,
+    dm: bool,
+    encrypted: bool,
+    room_type: Option<String>,
+    in_spaces: bool,
+}
+
+impl RoomFactsOwned {
+    fn facts(&self) -> RoomFacts<'_> {
+        RoomFacts {
+            invite: self.invite,
+            dm: self.dm,
+            encrypted: self.encrypted,
+            room_type: self.room_type.as_deref(),
+            in_spaces: self.in_spaces,
+        }
+    }
+}
+
+/// Facts about the user's rooms, read once per pass as list filters need them.
+struct FactsCache<'s> {
+    service: &'s SlidingSync,
+    /// Rooms in the user's `m.direct`.
+    dms: HashSet<OwnedRoomId>,
+    known: HashMap<OwnedRoomId, RoomFactsOwned>,
+}
+
+impl<'s> FactsCache<'s> {
+    fn new(service: &'s SlidingSync, user_id: &UserId) -> Result<Self> {
+        let direct: Option<BTreeMap<String, Vec<String>>> =
+            service.account_data.get_as(user_id, None, "m.direct")?;
+        let dms = direct
+            .unwrap_or_default()
+            .into_values()
+            .flatten()
+            .filter_map(|room| OwnedRoomId::try_from(room).ok())
+            .collect();
+        Ok(Self { service, dms, known: HashMap::new() })
+    }
+
+    fn of(&mut self, candidate: &Candidate, spaces: &HashSet<OwnedRoomId>) -> Result<RoomFacts<'_>> {
+        if !self.known.contains_key(&candidate.room_id) {
+            let facts = self.read(candidate)?;
+            self.known.insert(candidate.room_id.clone(), facts);
+        }
+        let mut facts = self.known[&candidate.room_id].facts();
+        facts.in_spaces = spaces.contains(&candidate.room_id);
+        Ok(facts)
+    }
+
+    fn read(&self, candidate: &Candidate) -> Result<RoomFactsOwned> {
+        let service = self.service;
+        let invite = matches!(candidate.membership, MembershipState::Invite | MembershipState::Knock);
+        let state: Arc<StateMap> = if invite {
+            match service.events.get(&candidate.record.event_id)? {
+                Some(event) => service.history.state_before(&event)?,
+                None => Arc::default(),
+            }
+        } else {
+            service.views.current_state(&candidate.room_id)?
+        };
+        let mut dm = self.dms.contains(&candidate.room_id);
+        if invite && let Some(event) = service.events.get(&candidate.record.event_id)? {
+            dm |= event.pdu.content_value().get("is_direct").and_then(JsonValue::as_bool).unwrap_or(false);
+        }
+        Ok(RoomFactsOwned {
+            invite,
+            dm,
+            encrypted: state.contains_key(&(StateEventType::RoomEncryption, String::new())),
+            room_type: service.views.room_type(&state)?,
+            in_spaces: false,
+        })
+    }
+}
+
+fn list_filter(filters: Option<&request::ListFilters>, spaces: bool) -> ListFilter {
+    let Some(filters) = filters else { return ListFilter { spaces, ..Default::default() } };
+    let types = |list: &[ruma::directory::RoomTypeFilter]| -> Vec<Option<String>> {
+        list.iter().map(|t| t.as_str().map(str::to_owned)).collect()
+    };
+    ListFilter {
+        is_dm: filters.is_dm,
+        is_encrypted: filters.is_encrypted,
+        is_invite: filters.is_invite,
+        room_types: (!filters.room_types.is_empty()).then(|| types(&filters.room_types)),
+        not_room_types: types(&filters.not_room_types),
+        spaces,
+    }
+}
+
+fn add_ask(
+    ask: &mut RoomAsk,
+    required_state: &[(StateEventType, String)],
+    timeline_limit: UInt,
+    user_id: &UserId,
+) -> Result<()> {
+    ask.required.add(required_state, user_id).map_err(|_| {
+        Error::invalid_param(format!("At most {} required_state entries", sliding::MAX_REQUIRED_STATE))
+    })?;
+    ask.timeline_limit = ask.timeline_limit.max(sliding::timeline_limit(timeline_limit));
+    Ok(())
+}
+
+/// The name of an invited room from its stripped state.
+fn stripped_name(stripped: &[Raw<ruma::events::AnyStrippedStateEvent>]) -> Option<String> {
+    stripped.iter().find_map(|event| {
+        let value: JsonValue = serde_json::from_str(event.json().get()).ok()?;
+        (value.get("type")?.as_str()? == "m.room.name")
+            .then(|| value.get("content")?.get("name")?.as_str().map(str::to_owned))
+            .flatten()
+            .filter(|name| !name.is_empty())
+    })
+}
+
+fn check_request(request: &SlidingRequest) -> Result<()> {
+    let body = &request.body;
+    if body.conn_id.as_ref().is_some_and(|c| c.len() > MAX_CONN_ID_BYTES) {
+        return Err(Error::invalid_param(format!("conn_id is longer than {MAX_CONN_ID_BYTES} bytes")));
+    }
+    if body.lists.len() > sliding::MAX_LISTS {
+        return Err(Error::invalid_param(format!("At most {} lists", sliding::MAX_LISTS)));
+    }
+    if body.room_subscriptions.len() > sliding::MAX_SUBSCRIPTIONS {
+        return Err(Error::invalid_param(format!(
+            "At most {} room subscriptions",
+            sliding::MAX_SUBSCRIPTIONS
+        )));
+    }
+    if request.list_spaces.values().any(|spaces| spaces.len() > sliding::MAX_LISTS) {
+        return Err(Error::invalid_param(format!("At most {} spaces per list", sliding::MAX_LISTS)));
+    }
+    Ok(())
+}
+
+/// Whether a response carries nothing new (rooms, or extension data).
+fn is_empty(response: &Response) -> bool {
+    let ext = &response.extensions;
+    response.rooms.is_empty()
+        && ext.to_device.as_ref().is_none_or(|t| t.events.is_empty())
+        && ext.e2ee.device_lists.is_empty()
+        && ext.account_data.global.is_empty()
+        && ext.account_data.rooms.is_empty()
+        && ext.receipts.rooms.is_empty()
+        && ext.typing.rooms.is_empty()
+}
