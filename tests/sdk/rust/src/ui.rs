@@ -306,9 +306,25 @@ async fn paginate_to_start(timeline: &Timeline) -> Result<()> {
     bail!("30 pages back and still not at the start: {:?}", bodies(timeline).await)
 }
 
+/// After paginating to the start: waits until the timeline shows the room's creation and
+/// `expected` in order, once each (the timeline applies a page after the pagination returns).
+async fn timeline_complete(ui: &Ui, timeline: &Timeline, expected: &[String]) -> Result<()> {
+    eventually("the whole history, from the room's creation, in order", || async {
+        ui.ensure_running()?;
+        let all = bodies(timeline).await;
+        Ok(if !shows_creation(timeline).await {
+            Err(format!("no m.room.create; messages {all:?}"))
+        } else {
+            ensure_in_order(&all, expected).map_err(|e| e.to_string())
+        })
+    })
+    .await
+}
+
 /// Waits until the timeline's last message is `body`.
-async fn wait_last_message(timeline: &Timeline, body: &str) -> Result<()> {
+async fn wait_last_message(ui: &Ui, timeline: &Timeline, body: &str) -> Result<()> {
     eventually(&format!("`{body}` at the end of the timeline"), || async {
+        ui.ensure_running()?;
         let all = bodies(timeline).await;
         Ok(if all.last().map(String::as_str) == Some(body) {
             Ok(())
@@ -520,13 +536,14 @@ async fn room_list_loads(ui: &Ui, setup: &Setup) -> Result<()> {
         Ok(if wrong.is_empty() { Ok(()) } else { Err(format!("{}; {}", wrong.join("; "), ui.describe())) })
     })
     .await?;
-    let loading = ui.room_list.loading_state().get();
-    ensure!(
-        loading == RoomListLoadingState::Loaded { maximum_number_of_rooms: Some(expected.len() as u32) },
-        "the list's loading state is {loading:?}, not Loaded with {} rooms",
-        expected.len()
-    );
-    Ok(())
+    // The loading state follows the list's count in a task of its own: wait for it too.
+    let loaded = RoomListLoadingState::Loaded { maximum_number_of_rooms: Some(expected.len() as u32) };
+    eventually("the list's loading state to count the rooms", || async {
+        ui.ensure_running()?;
+        let loading = ui.room_list.loading_state().get();
+        Ok(if loading == loaded { Ok(()) } else { Err(format!("{loading:?}")) })
+    })
+    .await
 }
 
 /// Check 3: a message bumps its room to the top; a reaction does not move anything.
@@ -617,13 +634,12 @@ async fn invite(ui: &Ui, alice: &Client, bob: &Client) -> Result<OwnedRoomId> {
 async fn timeline_plain(ui: &Ui, bob: &Client, setup: &Setup) -> Result<()> {
     let timeline = ui.timeline(&setup.history).await?;
     paginate_to_start(&timeline).await?;
-    ensure!(shows_creation(&timeline).await, "paginated to the start without reaching m.room.create");
     let expected: Vec<String> = (0..HISTORY).map(|i| format!("history-{i:02}")).collect();
-    ensure_in_order(&bodies(&timeline).await, &expected)?;
+    timeline_complete(ui, &timeline, &expected).await?;
     step("timeline plain: paginated back to the room's creation, in order");
     let history = bob.get_room(&setup.history).context("bob's History")?;
     send_text(&history, "history-live").await?;
-    wait_last_message(&timeline, "history-live").await
+    wait_last_message(ui, &timeline, "history-live").await
 }
 
 /// Check 6: an encrypted room: history and live messages decrypt; Alice's reply reaches Bob.
@@ -652,15 +668,10 @@ async fn timeline_encrypted(
     let expected: Vec<String> = (0..SECRETS).map(|i| format!("secret-{i:02}")).collect();
     paginate_to_start(&timeline).await?;
     // Room keys travel to-device on the other connection: decryption may lag the events.
-    eventually("every encrypted message decrypted, in order", || async {
-        let all = bodies(&timeline).await;
-        Ok(ensure_in_order(&all, &expected).map_err(|e| e.to_string()))
-    })
-    .await?;
-    ensure!(shows_creation(&timeline).await, "paginated to the start without reaching m.room.create");
+    timeline_complete(ui, &timeline, &expected).await?;
     step("timeline encrypted: history paginated and decrypted");
     send_text(&secret, "secret-live").await?;
-    wait_last_message(&timeline, "secret-live").await?;
+    wait_last_message(ui, &timeline, "secret-live").await?;
     step("timeline encrypted: a live message decrypted");
     bounded("timeline send", timeline.send(RoomMessageEventContent::text_plain("from-alice").into()))
         .await?
@@ -705,7 +716,7 @@ async fn reconnect(
         })
     })
     .await?;
-    wait_last_message(timeline, "while-away").await?;
+    wait_last_message(ui, timeline, "while-away").await?;
     Ok(())
 }
 
@@ -741,7 +752,7 @@ async fn second_device(
     })
     .await?;
     let other = second_ui.timeline(secret_id).await?;
-    wait_last_message(&other, "to-my-other-device").await?;
+    wait_last_message(&second_ui, &other, "to-my-other-device").await?;
     Ok(second_ui)
 }
 
