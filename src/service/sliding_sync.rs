@@ -106,120 +106,7 @@ struct Connection {
 
 type ConnectionKey = (OwnedUserId, OwnedDeviceId, String);
 
-/// A room as the user's lists see it.
-struct Candidate {
-    room_id: OwnedRoomId,
-    record: MembershipRecord,
-    membership: MembershipState,
-    bump: u64,
-}
-
-/// How a room is asked for: the union over the lists and subscriptions that show it.
-#[derive(Default)]
-struct RoomAsk {
-    required: RequiredState,
-    timeline_limit: usize,
-}
-
-pub struct SlidingSync {
-    stream: Arc<Stream>,
-    events: Arc<Events>,
-    members: Arc<Memberships>,
-    history: Arc<History>,
-    account_data: Arc<AccountData>,
-    presence: Arc<Presence>,
-    notifications: Arc<Notifications>,
-    renderer: Arc<EventRenderer>,
-    keys: Arc<Keys>,
-    to_device: Arc<ToDevice>,
-    views: Arc<RoomViews>,
-    sync: Arc<Sync>,
-    connections: Mutex<HashMap<ConnectionKey, Connection>>,
-    next_pos: AtomicU64,
-}
-
-impl SlidingSync {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        stream: Arc<Stream>,
-        events: Arc<Events>,
-        members: Arc<Memberships>,
-        history: Arc<History>,
-        account_data: Arc<AccountData>,
-        presence: Arc<Presence>,
-        notifications: Arc<Notifications>,
-        renderer: Arc<EventRenderer>,
-        keys: Arc<Keys>,
-        to_device: Arc<ToDevice>,
-        views: Arc<RoomViews>,
-        sync: Arc<Sync>,
-    ) -> Self {
-        // Positions from before a restart must not name a new connection's state: they
-        // start from the wall clock's microseconds (not the server's clock, which tests
-        // hold still).
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
-        Self {
-            stream,
-            events,
-            members,
-            history,
-            account_data,
-            presence,
-            notifications,
-            renderer,
-            keys,
-            to_device,
-            views,
-            sync,
-            connections: Mutex::new(HashMap::new()),
-            next_pos: AtomicU64::new(start),
-        }
-    }
-
-    /// Answer a request: at once for a new connection or when something changed since
-    /// `pos`, else when something concerning the connection arrives or the timeout passes.
-    pub async fn sync(&self, request: SlidingRequest) -> Result<Response> {
-        check_request(&request)?;
-        let body = &request.body;
-        self.presence.syncing(&request.user_id, &body.set_presence)?;
-        let conn_id = body.conn_id.clone().unwrap_or_default();
-        let key = (request.user_id.clone(), request.device_id.clone(), conn_id);
-        let from = match &body.pos {
-            None => None,
-            Some(pos) => Some(self.snapshot(&key, pos)?),
-        };
-        let timeout = if from.is_some() {
-            body.timeout.unwrap_or(Duration::ZERO).min(MAX_TIMEOUT)
-        } else {
-            Duration::ZERO
-        };
-        let deadline = Instant::now() + timeout;
-        let mut listener = self.stream.listen();
-        let mut last_round = timeout.is_zero();
-        loop {
-            let upto = self.stream.committed();
-            let (mut response, snapshot, watched) =
-                self.pass(&request, from.as_ref().map(|(_, s)| s.as_ref()), upto)?;
-            let changed =
-                from.as_ref().is_none_or(|(_, s)| !is_empty(&response) || s.counts != snapshot.counts);
-            if changed || last_round {
-                let pos = self.remember(key, from.as_ref().map(|(p, _)| *p), snapshot);
-                response.pos = pos.to_string();
-                response.txn_id = body.txn_id.clone();
-                return Ok(response);
-            }
-            let members = &self.members;
-            let user_id = &request.user_id;
-            let concerns = |change: &Change| sync::concerns(members, user_id, &watched, change);
-            if !listener.wait_for_change(deadline, concerns).await? {
-                // Timed out (or shutting down): one more look, then answer whatever it finds.
-                last_round = true;
-            }
-        }
-    }
-
+impl Connections {
     /// Forget a device's connections (the device was deleted or logged out).
     pub fn forget_device(&self, user_id: &UserId, device_id: &ruma::DeviceId) {
         let mut connections = self.lock();
@@ -232,7 +119,7 @@ impl SlidingSync {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionKey, Connection>> {
-        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The state a connection had when it answered with `pos`.
@@ -282,6 +169,132 @@ impl SlidingSync {
         }
         connection.snapshots.push((pos, Arc::new(snapshot)));
         pos
+    }
+}
+
+/// A room as the user's lists see it.
+struct Candidate {
+    room_id: OwnedRoomId,
+    record: MembershipRecord,
+    membership: MembershipState,
+    bump: u64,
+}
+
+/// How a room is asked for: the union over the lists and subscriptions that show it.
+#[derive(Default)]
+struct RoomAsk {
+    required: RequiredState,
+    timeline_limit: usize,
+}
+
+pub struct SlidingSync {
+    stream: Arc<Stream>,
+    events: Arc<Events>,
+    members: Arc<Memberships>,
+    history: Arc<History>,
+    account_data: Arc<AccountData>,
+    presence: Arc<Presence>,
+    notifications: Arc<Notifications>,
+    renderer: Arc<EventRenderer>,
+    keys: Arc<Keys>,
+    to_device: Arc<ToDevice>,
+    views: Arc<RoomViews>,
+    sync: Arc<Sync>,
+    connections: Arc<Connections>,
+}
+
+/// The open connections, in memory. Accounts forget a device's connections with the device.
+pub struct Connections {
+    open: Mutex<HashMap<ConnectionKey, Connection>>,
+    next_pos: AtomicU64,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        // Positions from before a restart must not name a new connection's state: they
+        // start from the wall clock's microseconds (not the server's clock, which tests
+        // hold still).
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        Self { open: Mutex::new(HashMap::new()), next_pos: AtomicU64::new(start) }
+    }
+}
+
+impl SlidingSync {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stream: Arc<Stream>,
+        events: Arc<Events>,
+        members: Arc<Memberships>,
+        history: Arc<History>,
+        account_data: Arc<AccountData>,
+        presence: Arc<Presence>,
+        notifications: Arc<Notifications>,
+        renderer: Arc<EventRenderer>,
+        keys: Arc<Keys>,
+        to_device: Arc<ToDevice>,
+        views: Arc<RoomViews>,
+        sync: Arc<Sync>,
+        connections: Arc<Connections>,
+    ) -> Self {
+        Self {
+            stream,
+            events,
+            members,
+            history,
+            account_data,
+            presence,
+            notifications,
+            renderer,
+            keys,
+            to_device,
+            views,
+            sync,
+            connections,
+        }
+    }
+
+    /// Answer a request: at once for a new connection or when something changed since
+    /// `pos`, else when something concerning the connection arrives or the timeout passes.
+    pub async fn sync(&self, request: SlidingRequest) -> Result<Response> {
+        check_request(&request)?;
+        let body = &request.body;
+        self.presence.syncing(&request.user_id, &body.set_presence)?;
+        let conn_id = body.conn_id.clone().unwrap_or_default();
+        let key = (request.user_id.clone(), request.device_id.clone(), conn_id);
+        let from = match &body.pos {
+            None => None,
+            Some(pos) => Some(self.connections.snapshot(&key, pos)?),
+        };
+        let timeout = if from.is_some() {
+            body.timeout.unwrap_or(Duration::ZERO).min(MAX_TIMEOUT)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + timeout;
+        let mut listener = self.stream.listen();
+        let mut last_round = timeout.is_zero();
+        loop {
+            let upto = self.stream.committed();
+            let (mut response, snapshot, watched) =
+                self.pass(&request, from.as_ref().map(|(_, s)| s.as_ref()), upto)?;
+            let changed =
+                from.as_ref().is_none_or(|(_, s)| !is_empty(&response) || s.counts != snapshot.counts);
+            if changed || last_round {
+                let pos = self.connections.remember(key, from.as_ref().map(|(p, _)| *p), snapshot);
+                response.pos = pos.to_string();
+                response.txn_id = body.txn_id.clone();
+                return Ok(response);
+            }
+            let members = &self.members;
+            let user_id = &request.user_id;
+            let concerns = |change: &Change| sync::concerns(members, user_id, &watched, change);
+            if !listener.wait_for_change(deadline, concerns).await? {
+                // Timed out (or shutting down): one more look, then answer whatever it finds.
+                last_round = true;
+            }
+        }
     }
 
     /// One pass: the response for the connection as of `upto`, its new state, and the rooms

@@ -188,6 +188,19 @@ async fn positions_repeat_once_and_are_per_connection() {
         "M_UNKNOWN_POS",
     );
 
+    // A connection goes with its device: logged out and back in with the same device ID,
+    // the old position is unknown.
+    let on_other = sss(&s, &other_device, None, room_list(9, 1)).await;
+    sss(&s, &other_device, Some(&pos(&on_other)), room_list(9, 1)).await;
+    let (status, _) = s.post(&format!("{V3}/logout"), Some(&other_device.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let back = s.login("alice", "pw-alice-123", Some("OTHER")).await;
+    expect_error(
+        sss_call(&s, &back, Some(&pos(&on_other)), room_list(9, 1)).await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_POS",
+    );
+
     // After a restart every connection starts over.
     let current = sss(&s, &alice, Some(&pos(&again)), room_list(9, 1)).await;
     let dir = s.stop().await;
