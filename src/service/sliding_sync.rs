@@ -5,9 +5,10 @@
 //! A connection (user, device, `conn_id`) remembers, per response it gave (`pos`), which
 //! rooms it sent up to which stream position and with which `required_state` and timeline
 //! limit, so the next response carries only what changed: a room sent before comes back
-//! only when something happened in it, with the events since. The two latest positions of a
-//! connection are kept, so a client whose response was lost can repeat its request;
-//! older or unknown positions answer `M_UNKNOWN_POS` and the client starts over.
+//! only when something happened in it, with the events since. A connection keeps the position
+//! the client last used and those answered since, so a client whose response was lost (or
+//! that abandoned a long-poll) can go on from either; older or unknown positions answer
+//! `M_UNKNOWN_POS` and the client starts over.
 //! Connections live in memory: after a restart every client starts over once.
 
 use std::{
@@ -66,6 +67,9 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_CONNECTIONS_PER_DEVICE: usize = 16;
 /// Connections the server holds; past it, the least recently used go.
 const MAX_CONNECTIONS: usize = 100_000;
+/// Positions of one connection the client may continue from: the one it last used and
+/// those answered since (long-polls the client abandoned still answer).
+const MAX_POSITIONS: usize = 8;
 /// Longest `conn_id`.
 const MAX_CONN_ID_BYTES: usize = 64;
 
@@ -99,7 +103,7 @@ struct Snapshot {
 }
 
 struct Connection {
-    /// The positions the client may continue from, oldest first (at most two).
+    /// The positions the client may continue from, oldest first.
     snapshots: Vec<(u64, Arc<Snapshot>)>,
     last_used: Instant,
 }
@@ -131,7 +135,11 @@ impl Connections {
         let connection = connections.get_mut(key).ok_or_else(unknown)?;
         connection.last_used = Instant::now();
         let snapshot = connection.snapshots.iter().find(|(p, _)| *p == pos).ok_or_else(unknown)?;
-        Ok((pos, Arc::clone(&snapshot.1)))
+        let snapshot = Arc::clone(&snapshot.1);
+        // Using a position proves the client saw its response: older ones can go. Later ones
+        // stay, for a response it never saw (an abandoned long-poll still answers).
+        connection.snapshots.retain(|(p, _)| *p >= pos);
+        Ok((pos, snapshot))
     }
 
     /// Record a response's state under a new position, keeping the one the client came
@@ -162,12 +170,14 @@ impl Connections {
         let connection =
             connections.entry(key).or_insert_with(|| Connection { snapshots: Vec::new(), last_used: now });
         connection.last_used = now;
-        match from {
+        if from.is_none() {
             // A new connection (no `pos`) starts over.
-            None => connection.snapshots.clear(),
-            Some(from) => connection.snapshots.retain(|(p, _)| *p == from),
+            connection.snapshots.clear();
         }
         connection.snapshots.push((pos, Arc::new(snapshot)));
+        if connection.snapshots.len() > MAX_POSITIONS {
+            connection.snapshots.remove(0);
+        }
         pos
     }
 }
