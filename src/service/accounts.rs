@@ -29,6 +29,7 @@ use super::{
     keys::{CrossSigningUpload, Keys},
     passwords::random_string,
     push::Notifications,
+    sliding_sync::Connections,
     to_device::ToDevice,
     uiaa::{Params, Uiaa, UiaaRequest},
     users::Users,
@@ -56,6 +57,8 @@ pub struct Accounts {
     to_device: Arc<ToDevice>,
     key_backup: Arc<KeyBackup>,
     notifications: Arc<Notifications>,
+    /// Sliding sync connections, which go with their device.
+    sliding_connections: Arc<Connections>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
 }
 
@@ -115,9 +118,22 @@ impl Accounts {
         to_device: Arc<ToDevice>,
         key_backup: Arc<KeyBackup>,
         notifications: Arc<Notifications>,
+        sliding_connections: Arc<Connections>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
-        Self { store, config, users, devices, uiaa, keys, to_device, key_backup, notifications, dehydrated }
+        Self {
+            store,
+            config,
+            users,
+            devices,
+            uiaa,
+            keys,
+            to_device,
+            key_backup,
+            notifications,
+            sliding_connections,
+            dehydrated,
+        }
     }
 
     /// Queue removal of devices with their tokens, keys, pushers and waiting to-device
@@ -153,6 +169,7 @@ impl Accounts {
             self.devices.remove_in(guard, batch, user_id, device_id)?;
             self.keys.remove_device_in(batch, user_id, device_id)?;
             self.to_device.remove_device_in(batch, user_id, device_id)?;
+            self.sliding_connections.forget_device(user_id, device_id);
         }
         Ok(!removed.is_empty())
     }

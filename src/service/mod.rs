@@ -148,6 +148,7 @@ impl Services {
             Arc::clone(&receipts),
         ));
         // After `Notifications`: pushers go with the devices that set them.
+        let sliding_connections = Arc::new(sliding_sync::Connections::default());
         let accounts = Arc::new(accounts::Accounts::new(
             Arc::clone(&store),
             Arc::clone(&config),
@@ -158,6 +159,7 @@ impl Services {
             Arc::clone(&to_device),
             Arc::clone(&key_backup),
             Arc::clone(&notifications),
+            Arc::clone(&sliding_connections),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -237,6 +239,7 @@ impl Services {
             Arc::clone(&to_device),
             Arc::clone(&room_views),
             Arc::clone(&sync),
+            sliding_connections,
         ));
         let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
         let directory = Arc::new(rooms::directory::Directory::new(

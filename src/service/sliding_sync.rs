@@ -5,9 +5,10 @@
 //! A connection (user, device, `conn_id`) remembers, per response it gave (`pos`), which
 //! rooms it sent up to which stream position and with which `required_state` and timeline
 //! limit, so the next response carries only what changed: a room sent before comes back
-//! only when something happened in it, with the events since. The two latest positions of a
-//! connection are kept, so a client whose response was lost can repeat its request;
-//! older or unknown positions answer `M_UNKNOWN_POS` and the client starts over.
+//! only when something happened in it, with the events since. A connection keeps the position
+//! the client last used and those answered since, so a client whose response was lost (or
+//! that abandoned a long-poll) can go on from either; older or unknown positions answer
+//! `M_UNKNOWN_POS` and the client starts over.
 //! Connections live in memory: after a restart every client starts over once.
 
 use std::{
@@ -66,6 +67,9 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_CONNECTIONS_PER_DEVICE: usize = 16;
 /// Connections the server holds; past it, the least recently used go.
 const MAX_CONNECTIONS: usize = 100_000;
+/// Positions of one connection the client may continue from: the one it last used and
+/// those answered since (long-polls the client abandoned still answer).
+const MAX_POSITIONS: usize = 8;
 /// Longest `conn_id`.
 const MAX_CONN_ID_BYTES: usize = 64;
 
@@ -99,127 +103,14 @@ struct Snapshot {
 }
 
 struct Connection {
-    /// The positions the client may continue from, oldest first (at most two).
+    /// The positions the client may continue from, oldest first.
     snapshots: Vec<(u64, Arc<Snapshot>)>,
     last_used: Instant,
 }
 
 type ConnectionKey = (OwnedUserId, OwnedDeviceId, String);
 
-/// A room as the user's lists see it.
-struct Candidate {
-    room_id: OwnedRoomId,
-    record: MembershipRecord,
-    membership: MembershipState,
-    bump: u64,
-}
-
-/// How a room is asked for: the union over the lists and subscriptions that show it.
-#[derive(Default)]
-struct RoomAsk {
-    required: RequiredState,
-    timeline_limit: usize,
-}
-
-pub struct SlidingSync {
-    stream: Arc<Stream>,
-    events: Arc<Events>,
-    members: Arc<Memberships>,
-    history: Arc<History>,
-    account_data: Arc<AccountData>,
-    presence: Arc<Presence>,
-    notifications: Arc<Notifications>,
-    renderer: Arc<EventRenderer>,
-    keys: Arc<Keys>,
-    to_device: Arc<ToDevice>,
-    views: Arc<RoomViews>,
-    sync: Arc<Sync>,
-    connections: Mutex<HashMap<ConnectionKey, Connection>>,
-    next_pos: AtomicU64,
-}
-
-impl SlidingSync {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        stream: Arc<Stream>,
-        events: Arc<Events>,
-        members: Arc<Memberships>,
-        history: Arc<History>,
-        account_data: Arc<AccountData>,
-        presence: Arc<Presence>,
-        notifications: Arc<Notifications>,
-        renderer: Arc<EventRenderer>,
-        keys: Arc<Keys>,
-        to_device: Arc<ToDevice>,
-        views: Arc<RoomViews>,
-        sync: Arc<Sync>,
-    ) -> Self {
-        // Positions from before a restart must not name a new connection's state: they
-        // start from the wall clock's microseconds (not the server's clock, which tests
-        // hold still).
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
-        Self {
-            stream,
-            events,
-            members,
-            history,
-            account_data,
-            presence,
-            notifications,
-            renderer,
-            keys,
-            to_device,
-            views,
-            sync,
-            connections: Mutex::new(HashMap::new()),
-            next_pos: AtomicU64::new(start),
-        }
-    }
-
-    /// Answer a request: at once for a new connection or when something changed since
-    /// `pos`, else when something concerning the connection arrives or the timeout passes.
-    pub async fn sync(&self, request: SlidingRequest) -> Result<Response> {
-        check_request(&request)?;
-        let body = &request.body;
-        self.presence.syncing(&request.user_id, &body.set_presence)?;
-        let conn_id = body.conn_id.clone().unwrap_or_default();
-        let key = (request.user_id.clone(), request.device_id.clone(), conn_id);
-        let from = match &body.pos {
-            None => None,
-            Some(pos) => Some(self.snapshot(&key, pos)?),
-        };
-        let timeout = if from.is_some() {
-            body.timeout.unwrap_or(Duration::ZERO).min(MAX_TIMEOUT)
-        } else {
-            Duration::ZERO
-        };
-        let deadline = Instant::now() + timeout;
-        let mut listener = self.stream.listen();
-        let mut last_round = timeout.is_zero();
-        loop {
-            let upto = self.stream.committed();
-            let (mut response, snapshot, watched) =
-                self.pass(&request, from.as_ref().map(|(_, s)| s.as_ref()), upto)?;
-            let changed =
-                from.as_ref().is_none_or(|(_, s)| !is_empty(&response) || s.counts != snapshot.counts);
-            if changed || last_round {
-                let pos = self.remember(key, from.as_ref().map(|(p, _)| *p), snapshot);
-                response.pos = pos.to_string();
-                response.txn_id = body.txn_id.clone();
-                return Ok(response);
-            }
-            let members = &self.members;
-            let user_id = &request.user_id;
-            let concerns = |change: &Change| sync::concerns(members, user_id, &watched, change);
-            if !listener.wait_for_change(deadline, concerns).await? {
-                // Timed out (or shutting down): one more look, then answer whatever it finds.
-                last_round = true;
-            }
-        }
-    }
-
+impl Connections {
     /// Forget a device's connections (the device was deleted or logged out).
     pub fn forget_device(&self, user_id: &UserId, device_id: &ruma::DeviceId) {
         let mut connections = self.lock();
@@ -232,7 +123,7 @@ impl SlidingSync {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionKey, Connection>> {
-        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The state a connection had when it answered with `pos`.
@@ -244,7 +135,11 @@ impl SlidingSync {
         let connection = connections.get_mut(key).ok_or_else(unknown)?;
         connection.last_used = Instant::now();
         let snapshot = connection.snapshots.iter().find(|(p, _)| *p == pos).ok_or_else(unknown)?;
-        Ok((pos, Arc::clone(&snapshot.1)))
+        let snapshot = Arc::clone(&snapshot.1);
+        // Using a position proves the client saw its response: older ones can go. Later ones
+        // stay, for a response it never saw (an abandoned long-poll still answers).
+        connection.snapshots.retain(|(p, _)| *p >= pos);
+        Ok((pos, snapshot))
     }
 
     /// Record a response's state under a new position, keeping the one the client came
@@ -275,13 +170,141 @@ impl SlidingSync {
         let connection =
             connections.entry(key).or_insert_with(|| Connection { snapshots: Vec::new(), last_used: now });
         connection.last_used = now;
-        match from {
+        if from.is_none() {
             // A new connection (no `pos`) starts over.
-            None => connection.snapshots.clear(),
-            Some(from) => connection.snapshots.retain(|(p, _)| *p == from),
+            connection.snapshots.clear();
         }
         connection.snapshots.push((pos, Arc::new(snapshot)));
+        if connection.snapshots.len() > MAX_POSITIONS {
+            connection.snapshots.remove(0);
+        }
         pos
+    }
+}
+
+/// A room as the user's lists see it.
+struct Candidate {
+    room_id: OwnedRoomId,
+    record: MembershipRecord,
+    membership: MembershipState,
+    bump: u64,
+}
+
+/// How a room is asked for: the union over the lists and subscriptions that show it.
+#[derive(Default)]
+struct RoomAsk {
+    required: RequiredState,
+    timeline_limit: usize,
+}
+
+pub struct SlidingSync {
+    stream: Arc<Stream>,
+    events: Arc<Events>,
+    members: Arc<Memberships>,
+    history: Arc<History>,
+    account_data: Arc<AccountData>,
+    presence: Arc<Presence>,
+    notifications: Arc<Notifications>,
+    renderer: Arc<EventRenderer>,
+    keys: Arc<Keys>,
+    to_device: Arc<ToDevice>,
+    views: Arc<RoomViews>,
+    sync: Arc<Sync>,
+    connections: Arc<Connections>,
+}
+
+/// The open connections, in memory. Accounts forget a device's connections with the device.
+pub struct Connections {
+    open: Mutex<HashMap<ConnectionKey, Connection>>,
+    next_pos: AtomicU64,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        // Positions from before a restart must not name a new connection's state: they
+        // start from the wall clock's microseconds (not the server's clock, which tests
+        // hold still).
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        Self { open: Mutex::new(HashMap::new()), next_pos: AtomicU64::new(start) }
+    }
+}
+
+impl SlidingSync {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stream: Arc<Stream>,
+        events: Arc<Events>,
+        members: Arc<Memberships>,
+        history: Arc<History>,
+        account_data: Arc<AccountData>,
+        presence: Arc<Presence>,
+        notifications: Arc<Notifications>,
+        renderer: Arc<EventRenderer>,
+        keys: Arc<Keys>,
+        to_device: Arc<ToDevice>,
+        views: Arc<RoomViews>,
+        sync: Arc<Sync>,
+        connections: Arc<Connections>,
+    ) -> Self {
+        Self {
+            stream,
+            events,
+            members,
+            history,
+            account_data,
+            presence,
+            notifications,
+            renderer,
+            keys,
+            to_device,
+            views,
+            sync,
+            connections,
+        }
+    }
+
+    /// Answer a request: at once for a new connection or when something changed since
+    /// `pos`, else when something concerning the connection arrives or the timeout passes.
+    pub async fn sync(&self, request: SlidingRequest) -> Result<Response> {
+        check_request(&request)?;
+        let body = &request.body;
+        self.presence.syncing(&request.user_id, &body.set_presence)?;
+        let conn_id = body.conn_id.clone().unwrap_or_default();
+        let key = (request.user_id.clone(), request.device_id.clone(), conn_id);
+        let from = match &body.pos {
+            None => None,
+            Some(pos) => Some(self.connections.snapshot(&key, pos)?),
+        };
+        let timeout = if from.is_some() {
+            body.timeout.unwrap_or(Duration::ZERO).min(MAX_TIMEOUT)
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + timeout;
+        let mut listener = self.stream.listen();
+        let mut last_round = timeout.is_zero();
+        loop {
+            let upto = self.stream.committed();
+            let (mut response, snapshot, watched) =
+                self.pass(&request, from.as_ref().map(|(_, s)| s.as_ref()), upto)?;
+            let changed =
+                from.as_ref().is_none_or(|(_, s)| !is_empty(&response) || s.counts != snapshot.counts);
+            if changed || last_round {
+                let pos = self.connections.remember(key, from.as_ref().map(|(p, _)| *p), snapshot);
+                response.pos = pos.to_string();
+                response.txn_id = body.txn_id.clone();
+                return Ok(response);
+            }
+            let members = &self.members;
+            let user_id = &request.user_id;
+            let concerns = |change: &Change| sync::concerns(members, user_id, &watched, change);
+            if !listener.wait_for_change(deadline, concerns).await? {
+                // Timed out (or shutting down): one more look, then answer whatever it finds.
+                last_round = true;
+            }
+        }
     }
 
     /// One pass: the response for the connection as of `upto`, its new state, and the rooms

@@ -160,8 +160,11 @@ async fn positions_repeat_once_and_are_per_connection() {
     // The response was lost: the same request again gets the same room again.
     let again = sss(&s, &alice, Some(&pos(&first)), room_list(9, 1)).await;
     assert_eq!(bodies(&again["rooms"][&room]["timeline"]), ["one"]);
-    // Once the client moved on, the older position is gone.
+    // A response the client abandoned does not take away the one it goes on from (Element X
+    // cancels its long-poll when it opens a room and repeats the request).
+    sss(&s, &alice, Some(&pos(&first)), room_list(9, 1)).await;
     sss(&s, &alice, Some(&pos(&again)), room_list(9, 1)).await;
+    // Once the client moved on, the older position is gone.
     expect_error(
         sss_call(&s, &alice, Some(&pos(&first)), room_list(9, 1)).await,
         StatusCode::BAD_REQUEST,
@@ -184,6 +187,19 @@ async fn positions_repeat_once_and_are_per_connection() {
     other_conn["conn_id"] = json!("encryption");
     expect_error(
         sss_call(&s, &alice, Some(&pos(&again)), other_conn).await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_POS",
+    );
+
+    // A connection goes with its device: logged out and back in with the same device ID,
+    // the old position is unknown.
+    let on_other = sss(&s, &other_device, None, room_list(9, 1)).await;
+    sss(&s, &other_device, Some(&pos(&on_other)), room_list(9, 1)).await;
+    let (status, _) = s.post(&format!("{V3}/logout"), Some(&other_device.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let back = s.login("alice", "pw-alice-123", Some("OTHER")).await;
+    expect_error(
+        sss_call(&s, &back, Some(&pos(&on_other)), room_list(9, 1)).await,
         StatusCode::BAD_REQUEST,
         "M_UNKNOWN_POS",
     );

@@ -41,8 +41,13 @@ impl Http {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> CallResult<(StatusCode, Value)> {
-        let mut request =
-            self.client.request(method.clone(), format!("{}/_matrix/client/v3{path}", self.base));
+        // Paths are under the client-server API's v3 unless they name their own prefix.
+        let url = if path.starts_with("/_matrix/") {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/_matrix/client/v3{path}", self.base)
+        };
+        let mut request = self.client.request(method.clone(), url);
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -121,6 +126,25 @@ impl User {
         let path = format!("/rooms/{}/send/m.room.message/{}", encode(room_id), encode(txn_id));
         let sent = self.ok(Method::PUT, &path, Some(&json!({"msgtype": "m.text", "body": body}))).await?;
         sent["event_id"].as_str().map(str::to_owned).ok_or_else(|| format!("send: no event_id in {sent}"))
+    }
+
+    /// Create a room with a name.
+    pub async fn create_named_room(&self, name: &str) -> CallResult<String> {
+        let created = self.ok(Method::POST, "/createRoom", Some(&json!({"name": name}))).await?;
+        created["room_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("createRoom: no room_id in {created}"))
+    }
+
+    /// A simplified sliding sync request (MSC4186) from `pos`, answering at once.
+    pub async fn sliding_sync(&self, pos: Option<&str>, body: &Value) -> CallResult<Value> {
+        let mut path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0".to_owned();
+        if let Some(pos) = pos {
+            path.push_str("&pos=");
+            path.push_str(&encode(pos));
+        }
+        self.ok(Method::POST, &path, Some(body)).await
     }
 
     /// `GET /sync` with the given query string (already encoded).

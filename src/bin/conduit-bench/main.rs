@@ -23,6 +23,7 @@ const SCENARIOS: &[&str] = &[
     "send-sync",
     "initial-sync",
     "messages",
+    "sliding-sync",
 ];
 
 #[derive(Parser)]
@@ -52,7 +53,7 @@ struct RunArgs {
     #[arg(long)]
     pid: Option<u32>,
     /// Comma-separated scenarios to run, in this order: register, login, whoami, send,
-    /// send-concurrent, send-rooms, send-sync, initial-sync, messages. Default: all.
+    /// send-concurrent, send-rooms, send-sync, initial-sync, messages, sliding-sync. Default: all.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Users to register (at least as many as --clients and --members - 1 are registered).
@@ -91,6 +92,15 @@ struct RunArgs {
     /// Events per /messages page.
     #[arg(long, default_value_t = 100)]
     page: u32,
+    /// Rooms of the sliding-sync user (named, one message each).
+    #[arg(long, default_value_t = 1000)]
+    sss_rooms: usize,
+    /// Sliding-sync requests timed per kind.
+    #[arg(long, default_value_t = 20)]
+    sss_runs: usize,
+    /// Sliding-sync connections opened to measure the memory each holds.
+    #[arg(long, default_value_t = 1000)]
+    sss_connections: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -163,6 +173,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         sync_runs: args.sync_runs,
         history: args.history,
         page: args.page,
+        sss_rooms: args.sss_rooms,
+        sss_runs: args.sss_runs,
+        sss_connections: args.sss_connections,
     };
     let http = Http::new(&url)?;
     let mut run =
@@ -218,6 +231,25 @@ async fn run(args: RunArgs) -> Result<(), String> {
     }
     if wants("messages") {
         record(scenarios::back_paginate(&plan, &users).await?, &mut run);
+    }
+
+    if wants("sliding-sync") {
+        let started = Instant::now();
+        let (owner, rooms) = scenarios::populate_sliding(&http, &plan).await?;
+        eprintln!(
+            "set-up: {} rooms with a message each in {:.1} s",
+            plan.sss_rooms,
+            started.elapsed().as_secs_f64()
+        );
+        record(scenarios::sliding_first(&plan, &owner).await?, &mut run);
+        record(scenarios::sliding_incremental(&plan, &owner, &rooms).await?, &mut run);
+        let before = rss();
+        let mut opened = scenarios::sliding_connections(&plan, &owner).await?;
+        if let (Some(before), Some(after)) = (before, rss()) {
+            let per = (after - before) * 1024.0 / plan.sss_connections.max(1) as f64;
+            opened.note = format!("{} connections: {per:.1} KiB each (RSS delta)", plan.sss_connections);
+        }
+        record(opened, &mut run);
     }
 
     if let Some(path) = &args.json {

@@ -27,6 +27,9 @@ pub struct Plan {
     pub sync_runs: usize,
     pub history: usize,
     pub page: u32,
+    pub sss_rooms: usize,
+    pub sss_runs: usize,
+    pub sss_connections: usize,
 }
 
 pub const PASSWORD: &str = "bench-password-a1b2c3";
@@ -257,6 +260,122 @@ pub async fn initial_sync(plan: &Plan, owner: &User, lazy: bool) -> CallResult<O
     }
     let name = if lazy { "initial sync, lazy members" } else { "initial sync" };
     Ok(Outcome::new(name, &mut latencies, started.elapsed(), note))
+}
+
+/// The request Element X's room list opens with (matrix-sdk-ui 0.18): the 17 state entries,
+/// the first 20 rooms, one event each, and the extensions the room list enables.
+pub fn room_list_request(conn_id: &str) -> Value {
+    json!({
+        "conn_id": conn_id,
+        "lists": {"all_rooms": {
+            "ranges": [[0, 19]],
+            "required_state": [
+                ["m.room.name", ""], ["m.room.encryption", ""], ["m.room.member", "$LAZY"],
+                ["m.room.member", "$ME"], ["m.room.topic", ""], ["m.room.avatar", ""],
+                ["m.room.canonical_alias", ""], ["m.room.power_levels", ""],
+                ["org.matrix.msc3401.call.member", "*"], ["m.room.join_rules", ""],
+                ["m.room.tombstone", ""], ["m.room.create", ""], ["m.room.history_visibility", ""],
+                ["io.element.functional_members", ""], ["m.space.parent", "*"],
+                ["m.space.child", "*"], ["org.matrix.msc3672.beacon_info", "*"]
+            ],
+            "timeline_limit": 1,
+            "filters": {}
+        }},
+        "extensions": {
+            "account_data": {"enabled": true},
+            "receipts": {"enabled": true, "rooms": ["*"]},
+            "typing": {"enabled": true}
+        }
+    })
+}
+
+/// A user in `sss_rooms` named rooms with one message each, for the sliding-sync scenarios.
+pub async fn populate_sliding(http: &Http, plan: &Plan) -> CallResult<(User, Vec<String>)> {
+    let (owner, _) = register_users(http, plan, 2_000_000, 1, 1).await?;
+    let owner = owner.into_iter().next().ok_or("no owner")?;
+    let rooms = bounded(plan.clients, (0..plan.sss_rooms).collect(), |i| {
+        let owner = owner.clone();
+        async move { owner.create_named_room(&format!("Room {i}")).await }
+    })
+    .await
+    .into_iter()
+    .collect::<CallResult<Vec<String>>>()?;
+    let sends: Vec<(String, usize)> = rooms.iter().cloned().zip(0..).collect();
+    let run_id = plan.run_id.clone();
+    for sent in bounded(plan.clients, sends, |(room, i)| {
+        let (owner, txn) = (owner.clone(), format!("{run_id}s{i}"));
+        async move { owner.send_text(&room, &txn, &message_body(i)).await }
+    })
+    .await
+    {
+        sent?;
+    }
+    Ok((owner, rooms))
+}
+
+/// Element X's first room-list request, on a new connection each time.
+pub async fn sliding_first(plan: &Plan, owner: &User) -> CallResult<Outcome> {
+    let mut latencies = Vec::new();
+    let mut note = String::new();
+    let started = Instant::now();
+    for run in 0..plan.sss_runs {
+        let body = room_list_request(&format!("room-list-{run}"));
+        let (response, took) = timed(owner.sliding_sync(None, &body)).await;
+        let response = response?;
+        latencies.push(took);
+        let rooms = response["rooms"].as_object().map_or(0, |r| r.len());
+        let count = &response["lists"]["all_rooms"]["count"];
+        if rooms != 20.min(plan.sss_rooms) {
+            return Err(format!("first room-list response held {rooms} rooms: {response}"));
+        }
+        note = format!("{rooms} of {count} rooms, {} KiB", response.to_string().len() / 1024);
+    }
+    Ok(Outcome::new("sliding sync, first room list", &mut latencies, started.elapsed(), note))
+}
+
+/// On one connection: a message into one of the rooms (untimed), then the incremental
+/// response that brings it.
+pub async fn sliding_incremental(plan: &Plan, owner: &User, rooms: &[String]) -> CallResult<Outcome> {
+    let body = room_list_request("room-list-incremental");
+    let mut pos = owner.sliding_sync(None, &body).await?["pos"].as_str().ok_or("no pos")?.to_owned();
+    let mut latencies = Vec::new();
+    // Only the sync requests are timed, not the sends between them.
+    let mut wall = Duration::ZERO;
+    for run in 0..plan.sss_runs {
+        let room = &rooms[run % rooms.len()];
+        let event = owner.send_text(room, &format!("{}i{run}", plan.run_id), "one more").await?;
+        let (response, took) = timed(owner.sliding_sync(Some(&pos), &body)).await;
+        let response = response?;
+        wall += took;
+        latencies.push(took);
+        let delivered = response["rooms"][room]["timeline"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["event_id"] == event.as_str()));
+        if !delivered {
+            return Err(format!("incremental response lacks the new message: {response}"));
+        }
+        pos = response["pos"].as_str().ok_or("no pos")?.to_owned();
+    }
+    Ok(Outcome::new(
+        "sliding sync, after one message",
+        &mut latencies,
+        wall,
+        "room-list connection, timeout 0".to_owned(),
+    ))
+}
+
+/// Open `sss_connections` room-list connections; the caller reads the server's memory
+/// before and after.
+pub async fn sliding_connections(plan: &Plan, owner: &User) -> CallResult<Outcome> {
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for run in 0..plan.sss_connections {
+        let body = room_list_request(&format!("memory-{run}"));
+        let (response, took) = timed(owner.sliding_sync(None, &body)).await;
+        response?;
+        latencies.push(took);
+    }
+    Ok(Outcome::new("sliding sync, open connections", &mut latencies, started.elapsed(), String::new()))
 }
 
 /// Back-paginate with `/messages` through a room of `history` messages, from the end to the
