@@ -264,9 +264,14 @@ async fn invites_filters_and_subscriptions() {
     let invite = &alices["rooms"][&dm];
     assert_eq!(invite["is_dm"], true);
     let stripped = list(&invite["invite_state"]);
-    let member = stripped.iter().find(|e| e["type"] == "m.room.member").expect("invite member event");
+    let member_of =
+        |user: &str| stripped.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == user);
+    let member = member_of(&alice.user_id).expect("invite member event");
     assert_eq!(member["sender"], bob.user_id.as_str());
     assert_eq!(member["content"]["membership"], "invite");
+    // The inviter's own membership, for "Bob invited you" with Bob's name.
+    let inviter = member_of(&bob.user_id).expect("the inviter's member event");
+    assert_eq!(inviter["content"]["membership"], "join");
     assert!(invite.get("timeline").is_none());
 
     // Joining turns it into a joined room, sent whole.

@@ -174,7 +174,8 @@ impl RoomViews {
     }
 
     /// The stripped state an invitee or knocker sees: a few state events of the room as of
-    /// their membership event, and the membership event itself.
+    /// their membership event, the membership of whoever sent it (an inviter: clients show
+    /// "Bob invited you" from it, as Synapse provides), and the membership event itself.
     pub fn stripped_state(
         &self,
         membership_event: &StoredEvent,
@@ -185,6 +186,12 @@ impl RoomViews {
             if let Some(id) = state.get(&(StateEventType::from(*kind), String::new())) {
                 events.extend(self.events.get(id)?);
             }
+        }
+        let sender = membership_event.pdu.sender.as_str();
+        if membership_event.pdu.state_key.as_deref() != Some(sender)
+            && let Some(id) = state.get(&(StateEventType::RoomMember, sender.to_owned()))
+        {
+            events.extend(self.events.get(id)?);
         }
         let mut stripped = Vec::new();
         for event in events.iter().map(Arc::as_ref).chain([membership_event]) {
