@@ -11,7 +11,8 @@
 //!    notification counts; the list's loading state counts them.
 //! 3. `bump`: a message moves its room to the top (higher bump stamp), a reaction moves
 //!    nothing.
-//! 4. `invite`: an invite shows with its name and inviter, and can be joined.
+//! 4. `invite`: an invite shows with its name and its inviter's display name, and can be
+//!    joined.
 //! 5. `timeline plain`: a room's timeline paginates back to the room's creation, in order and
 //!    without duplicates, and receives a live message.
 //! 6. `timeline encrypted`: the same in an encrypted room, every message decrypted; Alice's own
@@ -634,6 +635,13 @@ async fn invite(ui: &Ui, alice: &Client, bob: &Client) -> Result<OwnedRoomId> {
     .await?;
     let details = bounded("invite_details", room.invite_details()).await?.context("invite details")?;
     ensure!(details.inviter_id == bob_id, "the inviter is {}, not {bob_id}", details.inviter_id);
+    // Element X writes "Bob Builder invited you" from the inviter's membership in the invite's
+    // stripped state (Synapse includes it); without it only the user ID is known.
+    let inviter_name = details.inviter.as_ref().and_then(|m| m.display_name().map(str::to_owned));
+    ensure!(
+        inviter_name.as_deref() == Some("Bob Builder"),
+        "the inviter's display name is {inviter_name:?}, not \"Bob Builder\" (is the inviter's m.room.member in invite_state?)"
+    );
     step("invite: shown with its name and inviter");
     bounded("join", room.join()).await?.context("join the invite")?;
     eventually("the joined room in the list", || async {
