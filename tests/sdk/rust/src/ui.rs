@@ -25,6 +25,8 @@
 //!    the connections (the test driver does this when asked, see below), the SDK gets
 //!    `M_UNKNOWN_POS`, and once restarted it syncs a fresh session: new messages and a
 //!    to-device message sent meanwhile arrive.
+//! 10. `leave`: a room Alice leaves goes from the list (it is Left, not shown by the non-left
+//!    filter Element X uses).
 //!
 //! Talking to the driver (tests/it/sdk.rs): the binary prints `REQUEST <what>` and waits for a
 //! line `done` on stdin. `expire-sliding-sync`: make the server forget its sliding sync
@@ -873,6 +875,23 @@ async fn unknown_pos(
     Ok(())
 }
 
+/// Check 10: leaving a room takes it off the list.
+async fn leave(ui: &Ui, setup: &Setup) -> Result<()> {
+    let charlie = ui.room(&setup.charlie).context("Charlie listed")?;
+    bounded("leave", charlie.leave()).await?.context("leave Charlie")?;
+    eventually("Charlie gone from the list, left", || async {
+        ui.ensure_running()?;
+        let gone = ui.position(&setup.charlie).is_none();
+        let left = ui.client.get_room(&setup.charlie).map(|r| r.state());
+        Ok(if gone && left == Some(RoomState::Left) {
+            Ok(())
+        } else {
+            Err(format!("{left:?}; {}", ui.describe()))
+        })
+    })
+    .await
+}
+
 pub async fn run(base: &str) -> Result<()> {
     let tag = tag();
     let (a_store, b_store) = (tempfile::tempdir()?, tempfile::tempdir()?);
@@ -903,6 +922,7 @@ pub async fn run(base: &str) -> Result<()> {
     // Only the first device goes through the expiry; the second would just see the restart.
     bounded("stopping the second device", second.sync.stop()).await?;
     check("unknown pos", unknown_pos(base, &ui, &bob, &setup, &pings, &alice_seen)).await?;
+    check("leave", leave(&ui, &setup)).await?;
     bounded("stopping", ui.sync.stop()).await?;
     Ok(())
 }
