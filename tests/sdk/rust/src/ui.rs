@@ -26,7 +26,7 @@
 //!    `M_UNKNOWN_POS`, and once restarted it syncs a fresh session: new messages and a
 //!    to-device message sent meanwhile arrive.
 //! 10. `leave`: a room Alice leaves goes from the list (it is Left, not shown by the non-left
-//!    filter Element X uses).
+//!     filter Element X uses).
 //!
 //! Talking to the driver (tests/it/sdk.rs): the binary prints `REQUEST <what>` and waits for a
 //! line `done` on stdin. `expire-sliding-sync`: make the server forget its sliding sync
