@@ -101,8 +101,8 @@ async fn matrix_rust_sdk_encryption_cross_signing_backup_and_verification() {
 /// Element X's sync stack, matrix-sdk-ui's `SyncService`, `RoomListService` and `Timeline`,
 /// over simplified sliding sync (MSC4186): the room list with names, counts and bump order,
 /// invites, timelines paginating back and receiving live events in a plain and an encrypted
-/// room, to-device messages across a reconnect, a second device, and recovery from an
-/// unknown `pos` (`conduit-rust-sdk-check ui`, see tests/sdk/rust/src/ui.rs).
+/// room, to-device messages across a reconnect, a second device, recovery from an unknown
+/// `pos`, and leaving (`conduit-rust-sdk-check ui`, see tests/sdk/rust/src/ui.rs).
 ///
 /// The check asks the test to act on the server mid-run: a line `REQUEST expire-sliding-sync`
 /// on its stdout makes the test restart the server on the same port, which forgets the
