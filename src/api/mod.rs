@@ -5,6 +5,7 @@ pub mod admin;
 pub mod client;
 pub mod content;
 pub mod error;
+pub mod federation;
 pub mod ruma;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -171,8 +172,8 @@ pub fn router(services: AppState) -> Router {
     use client::{
         account, admin, alias, authenticated_media, config, context, dehydrated_device, device, directory,
         discovery, keys, knock, media, membership, message, presence, profile, push, read_marker, receipt,
-        redact, relations, reporting, room, search, session, space, state, sync, tag, thirdparty, threads,
-        to_device, typing, user_directory, voip,
+        redact, relations, reporting, room, rtc, search, session, space, state, sync, tag, thirdparty,
+        threads, to_device, typing, user_directory, voip,
     };
 
     Router::new()
@@ -188,6 +189,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(account::whoami)
         .ruma_route(account::change_password)
         .ruma_route(account::deactivate)
+        .ruma_route(account::request_openid_token)
         // Third-party identifiers: none are supported (see `service::threepids`)
         .ruma_route_filled(account::get_3pids, account::fill_3pids)
         .ruma_route(account::add_3pid)
@@ -326,6 +328,11 @@ pub fn router(services: AppState) -> Router {
         .endpoint_route::<::ruma::api::client::voip::get_turn_server_info::v3::Request, _, _>(
             voip::get_turn_server_info,
         )
+        // MatrixRTC (Element Call): the transports, on MSC4143's path and the stable one
+        .endpoint_route::<::ruma::api::client::rtc::transports::v1::Request, _, _>(rtc::get_rtc_transports)
+        .route(rtc::STABLE_TRANSPORTS_PATH, get(rtc::get_rtc_transports))
+        // Federation: only OpenID's userinfo, which call services need even without federation
+        .ruma_route(self::federation::openid::get_openid_userinfo)
         // Aliases and the directory
         .ruma_route(alias::create_alias)
         .ruma_route(alias::get_alias)

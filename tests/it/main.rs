@@ -23,6 +23,7 @@ mod push;
 mod relations;
 mod room_versions;
 mod rooms;
+mod rtc;
 mod sdk;
 mod search;
 mod session;
