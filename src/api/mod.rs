@@ -26,7 +26,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use self::ruma::{FilledResponse, Identify, RewrittenResponse, Ruma, RumaResponse};
+use self::ruma::{FilledResponse, Identify, Ruma, RumaResponse};
 use crate::{Error, Result, service::Services};
 
 /// The shared state every handler receives.
@@ -56,19 +56,6 @@ trait RouterExt {
     /// rules), on its `r0` and
     /// `v3` paths; `path` follows the version, as in `/events`.
     fn client_route(self, path: &str, route: MethodRouter<AppState>) -> Self;
-    /// As `ruma_route`, with `rewrite` completing the serialised body of a successful response.
-    fn ruma_route_rewritten<Req, F, Fut>(
-        self,
-        handler: F,
-        rewrite: fn(&[u8]) -> serde_json::Result<Vec<u8>>,
-    ) -> Self
-    where
-        Req: IncomingRequest + Send + 'static,
-        Req::Authentication: Identify,
-        Req::OutgoingResponse: Send,
-        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
-
     /// Every path of a ruma endpoint, for a plain axum handler: media endpoints whose request
     /// ruma describes (and `Ruma<Req>` or `RumaStream<Req>` parses) but whose bodies stream.
     fn endpoint_route<Req, H, T>(self, handler: H) -> Self
@@ -136,21 +123,6 @@ impl RouterExt for Router<AppState> {
         ["r0", "v3"].iter().fold(self, |router, version| {
             router.route(&format!("/_matrix/client/{version}{path}"), route.clone())
         })
-    }
-
-    fn ruma_route_rewritten<Req, F, Fut>(
-        self,
-        handler: F,
-        rewrite: fn(&[u8]) -> serde_json::Result<Vec<u8>>,
-    ) -> Self
-    where
-        Req: IncomingRequest + Send + 'static,
-        Req::Authentication: Identify,
-        Req::OutgoingResponse: Send,
-        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
-    {
-        route_all_paths(self, handler, move |response| RewrittenResponse { response, rewrite })
     }
 
     fn endpoint_route<Req, H, T>(self, handler: H) -> Self
@@ -252,7 +224,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(message::send_message_event)
         .ruma_route(redact::redact_event)
         // Sync and history
-        .ruma_route_rewritten(sync::sync_events, sync::fill_limited)
+        .endpoint_route::<::ruma::api::client::sync::sync_events::v3::Request, _, _>(sync::sync_events)
         .ruma_route(sync::sliding_sync)
         .ruma_route(sync::create_filter)
         .ruma_route(sync::get_filter)

@@ -29,6 +29,7 @@ mod search;
 mod session;
 mod settings;
 mod sliding_sync;
+mod state_after;
 mod sync;
 mod timeline;
 mod upgrade;

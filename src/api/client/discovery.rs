@@ -62,6 +62,8 @@ pub const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.simplified_msc3575",
     // MatrixRTC transports (`/rtc/transports`; `{}` when none are configured, as Synapse).
     "org.matrix.msc4143",
+    // `use_state_after` on `/sync` (also under its unstable name, which matrix-js-sdk sends).
+    "org.matrix.msc4222",
 ];
 
 /// `GET /_matrix/client/versions`
