@@ -18,6 +18,7 @@ mod legacy;
 mod limits;
 mod media;
 mod membership;
+mod probes;
 mod profile;
 mod push;
 mod relations;
