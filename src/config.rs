@@ -100,6 +100,43 @@ pub struct Config {
     pub url_preview_max_spider_size: u64,
     /// Time limit for fetching a preview (all redirects and the image included), seconds.
     pub url_preview_timeout_secs: u64,
+    /// MatrixRTC (Element Call): the transports offered to clients.
+    pub matrix_rtc: MatrixRtcConfig,
+    /// TURN servers handed to clients for VoIP calls (`turn:`, `turns:`, `stun:` or `stuns:`
+    /// URIs). Empty: `/voip/turnServer` answers `{}`.
+    pub turn_uris: Vec<String>,
+    /// The TURN server's shared secret (coturn's `static-auth-secret` with
+    /// `use-auth-secret`): each user gets a username and password valid for `turn_ttl`.
+    pub turn_secret: Option<String>,
+    /// Fixed TURN credentials, for a TURN server without a shared secret; every user gets
+    /// the same ones. Not together with `turn_secret`.
+    pub turn_username: Option<String>,
+    pub turn_password: Option<String>,
+    /// How long TURN credentials are valid, in seconds.
+    pub turn_ttl: u64,
+}
+
+/// MatrixRTC settings (Synapse's `matrix_rtc`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MatrixRtcConfig {
+    /// The transports clients may use for calls, most preferred first. Served by
+    /// `GET /_matrix/client/v1/rtc/transports` (and MSC4143's unstable path) and as
+    /// `org.matrix.msc4143.rtc_foci` in `/.well-known/matrix/client`.
+    pub transports: Vec<RtcTransportConfig>,
+}
+
+/// One MatrixRTC transport: its `type` and the fields of that type, which are passed to
+/// clients exactly as written, so types this server knows nothing of work too.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RtcTransportConfig {
+    /// The transport type, e.g. `livekit`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Every other field (for `livekit`: `livekit_service_url`, the URL of the LiveKit JWT
+    /// service).
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Discovery information served to clients and servers.
@@ -155,6 +192,12 @@ impl Default for Config {
             url_preview_domain_whitelist: Vec::new(),
             url_preview_max_spider_size: 10 * 1024 * 1024,
             url_preview_timeout_secs: 10,
+            matrix_rtc: MatrixRtcConfig::default(),
+            turn_uris: Vec::new(),
+            turn_secret: None,
+            turn_username: None,
+            turn_password: None,
+            turn_ttl: 24 * 3600,
         }
     }
 }
@@ -270,6 +313,67 @@ impl Config {
                 ));
             }
         }
+        self.check_matrix_rtc()?;
+        self.check_turn()?;
+        Ok(())
+    }
+
+    fn check_matrix_rtc(&self) -> Result<(), String> {
+        for transport in &self.matrix_rtc.transports {
+            if transport.kind.is_empty() {
+                return Err("invalid value for key `matrix_rtc.transports`: `type` must not be empty".into());
+            }
+            if transport.kind == "livekit" {
+                let url = transport.fields.get("livekit_service_url").and_then(serde_json::Value::as_str);
+                let valid = url
+                    .and_then(|u| url::Url::parse(u).ok())
+                    .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+                if !valid {
+                    return Err(
+                        "invalid value for key `matrix_rtc.transports`: a `livekit` transport needs \
+                                `livekit_service_url`, an http(s) URL"
+                            .into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_turn(&self) -> Result<(), String> {
+        const SCHEMES: [&str; 4] = ["turn:", "turns:", "stun:", "stuns:"];
+        if let Some(bad) =
+            self.turn_uris.iter().find(|u| !SCHEMES.iter().any(|s| u.starts_with(s) && u.len() > s.len()))
+        {
+            return Err(format!(
+                "invalid value for key `turn_uris`: `{bad}` is not a turn:, turns:, stun: or stuns: URI"
+            ));
+        }
+        for (key, value) in [
+            ("turn_secret", &self.turn_secret),
+            ("turn_username", &self.turn_username),
+            ("turn_password", &self.turn_password),
+        ] {
+            if matches!(value, Some(v) if v.is_empty()) {
+                return Err(format!("invalid value for key `{key}`: must not be empty"));
+            }
+        }
+        if self.turn_username.is_some() != self.turn_password.is_some() {
+            return Err("invalid value for keys `turn_username`/`turn_password`: set both or neither".into());
+        }
+        if self.turn_secret.is_some() && self.turn_username.is_some() {
+            return Err("invalid value for key `turn_secret`: set either `turn_secret` or \
+                        `turn_username`/`turn_password`, not both"
+                .into());
+        }
+        if !self.turn_uris.is_empty() && self.turn_secret.is_none() && self.turn_username.is_none() {
+            return Err("invalid value for key `turn_uris`: TURN needs credentials: set `turn_secret` or \
+                        `turn_username`/`turn_password`"
+                .into());
+        }
+        if !(1..=365 * 24 * 3600).contains(&self.turn_ttl) {
+            return Err("invalid value for key `turn_ttl`: must be 1 to 31536000".into());
+        }
         Ok(())
     }
 
@@ -369,6 +473,69 @@ mod tests {
     fn flat_well_known_aliases_fold_into_the_table() {
         let loaded = Config::from_toml_str("[global]\nwell_known_client = \"https://m.example\"").unwrap();
         assert_eq!(loaded.config.well_known.client.as_deref(), Some("https://m.example"));
+    }
+
+    #[test]
+    fn rtc_transports_keep_every_field() {
+        let loaded = Config::from_toml_str(
+            "[global.matrix_rtc]\ntransports = [\n  { type = \"livekit\", livekit_service_url = \"https://rtc.example.com/livekit/jwt\" },\n  { type = \"org.example.sfu\", url = \"wss://sfu.example\", region = \"eu\", weight = 2 },\n]",
+        )
+        .unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let transports = &loaded.config.matrix_rtc.transports;
+        assert_eq!(transports.len(), 2);
+        assert_eq!(transports[0].kind, "livekit");
+        assert_eq!(transports[0].fields["livekit_service_url"], "https://rtc.example.com/livekit/jwt");
+        assert_eq!(transports[1].fields["region"], "eu");
+        assert_eq!(transports[1].fields["weight"], 2);
+
+        let err = Config::from_toml_str("[global.matrix_rtc]\ntransports = [{ type = \"livekit\" }]")
+            .err()
+            .unwrap();
+        assert!(err.contains("livekit_service_url"), "{err}");
+        let err = Config::from_toml_str(
+            "[global.matrix_rtc]\ntransports = [{ type = \"livekit\", livekit_service_url = \"rtc.example.com\" }]",
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("livekit_service_url"), "{err}");
+        let err = Config::from_toml_str("[global.matrix_rtc]\ntransports = [{ url = \"x\" }]").err().unwrap();
+        assert!(err.contains("matrix_rtc.transports") || err.contains("type"), "{err}");
+    }
+
+    /// `CONDUIT_MATRIX_RTC__TRANSPORTS='[{type="livekit",...}]'`: figment parses an
+    /// environment value as it parses this string, and nests it under the `__`-split key.
+    #[test]
+    fn rtc_transports_parse_from_an_environment_value() {
+        let value: figment::value::Value =
+            r#"[{type="livekit",livekit_service_url="https://rtc.example.com/jwt"}]"#.parse().unwrap();
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::global("matrix_rtc.transports", value));
+        let loaded = Config::extract(figment).unwrap();
+        let transports = &loaded.config.matrix_rtc.transports;
+        assert_eq!(transports.len(), 1);
+        assert_eq!(transports[0].kind, "livekit");
+        assert_eq!(transports[0].fields["livekit_service_url"], "https://rtc.example.com/jwt");
+    }
+
+    #[test]
+    fn turn_keys_are_checked() {
+        let loaded = Config::from_toml_str(
+            "[global]\nturn_uris = [\"turn:turn.example.com:3478?transport=udp\", \"turns:turn.example.com\"]\nturn_secret = \"s\"",
+        )
+        .unwrap();
+        assert_eq!(loaded.config.turn_ttl, 86400);
+        for (toml, key) in [
+            ("turn_uris = [\"http://turn.example.com\"]\nturn_secret = \"s\"", "turn_uris"),
+            ("turn_uris = [\"turn:turn.example.com\"]", "turn_uris"),
+            ("turn_username = \"u\"", "turn_username"),
+            ("turn_secret = \"s\"\nturn_username = \"u\"\nturn_password = \"p\"", "turn_secret"),
+            ("turn_secret = \"\"", "turn_secret"),
+            ("turn_ttl = 0", "turn_ttl"),
+        ] {
+            let err = Config::from_toml_str(&format!("[global]\n{toml}")).err().unwrap();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     /// The shipped example must parse cleanly and mention every key the server reads.

@@ -17,8 +17,8 @@ use crate::{
 
 /// How often last-seen updates held in memory are written out.
 const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
-/// Expired UIA sessions, reserved media IDs and cached URL previews are swept every this
-/// many flush intervals (10 minutes).
+/// Expired UIA sessions, reserved media IDs, cached URL previews and OpenID tokens are swept
+/// every this many flush intervals (10 minutes).
 const UIAA_SWEEP_EVERY: u32 = 20;
 /// Media past the retention age is purged every this many flush intervals (an hour).
 const MEDIA_RETENTION_EVERY: u32 = 120;
@@ -71,7 +71,8 @@ impl Server {
 }
 
 /// Background upkeep: persist last-seen times, mark idle users offline, sweep expired UIA
-/// sessions, reserved media IDs and cached previews, purge media past its retention.
+/// sessions, reserved media IDs, cached previews and OpenID tokens, purge media past its
+/// retention.
 async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
     let mut ticks: u32 = 0;
@@ -100,6 +101,11 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                     }
                     if let Err(e) = services.url_previews.sweep() {
                         tracing::warn!(error = %e, "sweeping cached URL previews failed");
+                    }
+                    match services.openid.remove_expired() {
+                        Ok(n) if n > 0 => tracing::debug!(removed = n, "swept expired OpenID tokens"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "sweeping OpenID tokens failed"),
                     }
                 }
                 if ticks.is_multiple_of(MEDIA_RETENTION_EVERY) {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod client;
 pub mod content;
 pub mod error;
+pub mod federation;
 pub mod ruma;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -25,7 +26,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use self::ruma::{FilledResponse, Identify, RewrittenResponse, Ruma, RumaResponse};
+use self::ruma::{FilledResponse, Identify, Ruma, RumaResponse};
 use crate::{Error, Result, service::Services};
 
 /// The shared state every handler receives.
@@ -55,19 +56,6 @@ trait RouterExt {
     /// rules), on its `r0` and
     /// `v3` paths; `path` follows the version, as in `/events`.
     fn client_route(self, path: &str, route: MethodRouter<AppState>) -> Self;
-    /// As `ruma_route`, with `rewrite` completing the serialised body of a successful response.
-    fn ruma_route_rewritten<Req, F, Fut>(
-        self,
-        handler: F,
-        rewrite: fn(&[u8]) -> serde_json::Result<Vec<u8>>,
-    ) -> Self
-    where
-        Req: IncomingRequest + Send + 'static,
-        Req::Authentication: Identify,
-        Req::OutgoingResponse: Send,
-        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
-
     /// Every path of a ruma endpoint, for a plain axum handler: media endpoints whose request
     /// ruma describes (and `Ruma<Req>` or `RumaStream<Req>` parses) but whose bodies stream.
     fn endpoint_route<Req, H, T>(self, handler: H) -> Self
@@ -137,21 +125,6 @@ impl RouterExt for Router<AppState> {
         })
     }
 
-    fn ruma_route_rewritten<Req, F, Fut>(
-        self,
-        handler: F,
-        rewrite: fn(&[u8]) -> serde_json::Result<Vec<u8>>,
-    ) -> Self
-    where
-        Req: IncomingRequest + Send + 'static,
-        Req::Authentication: Identify,
-        Req::OutgoingResponse: Send,
-        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
-    {
-        route_all_paths(self, handler, move |response| RewrittenResponse { response, rewrite })
-    }
-
     fn endpoint_route<Req, H, T>(self, handler: H) -> Self
     where
         Req: IncomingRequest,
@@ -171,8 +144,8 @@ pub fn router(services: AppState) -> Router {
     use client::{
         account, admin, alias, authenticated_media, config, context, dehydrated_device, device, directory,
         discovery, keys, knock, media, membership, message, presence, profile, push, read_marker, receipt,
-        redact, relations, reporting, room, search, session, space, state, sync, tag, thirdparty, threads,
-        to_device, typing, user_directory, voip,
+        redact, relations, reporting, room, rtc, search, session, space, state, sync, tag, thirdparty,
+        threads, to_device, typing, user_directory, voip,
     };
 
     Router::new()
@@ -188,6 +161,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(account::whoami)
         .ruma_route(account::change_password)
         .ruma_route(account::deactivate)
+        .ruma_route(account::request_openid_token)
         // Third-party identifiers: none are supported (see `service::threepids`)
         .ruma_route_filled(account::get_3pids, account::fill_3pids)
         .ruma_route(account::add_3pid)
@@ -250,7 +224,7 @@ pub fn router(services: AppState) -> Router {
         .ruma_route(message::send_message_event)
         .ruma_route(redact::redact_event)
         // Sync and history
-        .ruma_route_rewritten(sync::sync_events, sync::fill_limited)
+        .endpoint_route::<::ruma::api::client::sync::sync_events::v3::Request, _, _>(sync::sync_events)
         .ruma_route(sync::sliding_sync)
         .ruma_route(sync::create_filter)
         .ruma_route(sync::get_filter)
@@ -326,6 +300,11 @@ pub fn router(services: AppState) -> Router {
         .endpoint_route::<::ruma::api::client::voip::get_turn_server_info::v3::Request, _, _>(
             voip::get_turn_server_info,
         )
+        // MatrixRTC (Element Call): the transports, on MSC4143's path and the stable one
+        .endpoint_route::<::ruma::api::client::rtc::transports::v1::Request, _, _>(rtc::get_rtc_transports)
+        .route(rtc::STABLE_TRANSPORTS_PATH, get(rtc::get_rtc_transports))
+        // Federation: only OpenID's userinfo, which call services need even without federation
+        .ruma_route(self::federation::openid::get_openid_userinfo)
         // Aliases and the directory
         .ruma_route(alias::create_alias)
         .ruma_route(alias::get_alias)

@@ -12,6 +12,7 @@ pub mod key_backup;
 pub mod keys;
 pub mod legacy_sync;
 pub mod media;
+pub mod openid;
 pub mod passwords;
 pub mod presence;
 pub mod push;
@@ -25,6 +26,7 @@ pub mod to_device;
 pub mod uiaa;
 pub mod user_directory;
 pub mod users;
+pub mod voip;
 
 use std::{sync::Arc, time::Duration};
 
@@ -76,6 +78,8 @@ pub struct Services {
     pub media: Arc<media::Media>,
     pub url_previews: Arc<media::preview::UrlPreviews>,
     pub threepids: Arc<threepids::ThirdPartyIds>,
+    pub openid: Arc<openid::OpenId>,
+    pub turn: Arc<voip::Turn>,
     store: Arc<dyn KvStore>,
 }
 
@@ -110,6 +114,8 @@ impl Services {
             Arc::clone(&clock),
             &config,
         )?);
+        let openid = Arc::new(openid::OpenId::new(&store, Arc::clone(&users), Arc::clone(&clock)));
+        let turn = Arc::new(voip::Turn::new(&config, Arc::clone(&clock)));
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
@@ -350,6 +356,8 @@ impl Services {
             media,
             url_previews,
             threepids: Arc::new(threepids::ThirdPartyIds::new()),
+            openid,
+            turn,
             store,
         })
     }

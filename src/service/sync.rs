@@ -67,6 +67,10 @@ pub struct SyncRequest {
     pub full_state: bool,
     pub timeout: Duration,
     pub set_presence: PresenceState,
+    /// `use_state_after` (MSC4222, Matrix 1.16): each room's state section is the state at the
+    /// end of its timeline (`state_after`) instead of at its start, and timeline events are
+    /// not counted as state the client has.
+    pub use_state_after: bool,
 }
 
 /// Which members' events each device has already been sent, per room, so lazy loading
@@ -164,6 +168,8 @@ struct Slice {
     /// With lazy loading and a state delta: the member events of the timeline's senders,
     /// which the client may lack although they did not change.
     senders_members: Vec<Arc<StoredEvent>>,
+    /// The room state `state` is taken from: at the timeline's start, or with
+    /// `use_state_after` at its end.
     state_at_start: Arc<StateMap>,
 }
 
@@ -579,7 +585,7 @@ impl Sync {
         let rendering = self.rendering(&request.filter);
         joined.timeline =
             timeline(self.renderer.raw_all(viewer, &timeline_events, rendering)?, limited, prev_batch);
-        joined.state = self.render_state(viewer, &state_events, rendering)?;
+        joined.state = self.render_state(request, viewer, &state_events, rendering)?;
 
         // Ephemeral: typing and receipts.
         let ephemeral_filter = &room_filter.ephemeral;
@@ -671,7 +677,7 @@ impl Sync {
             slice.limited,
             slice.prev_batch,
         );
-        left.state = self.render_state(viewer, &state, rendering)?;
+        left.state = self.render_state(request, viewer, &state, rendering)?;
         Ok(left)
     }
 
@@ -711,6 +717,18 @@ impl Sync {
 
         let senders: BTreeSet<OwnedUserId> =
             timeline_events.iter().map(|e| e.pdu.sender.clone()).chain([user_id.to_owned()]).collect();
+        if request.use_state_after {
+            let (state, state_at_end) =
+                self.state_after(request, room_id, end, room_since, &timeline_events, &senders)?;
+            return Ok(Slice {
+                prev_batch: timeline_events.first().map_or(end, |e| e.stream - 1),
+                timeline: timeline_events,
+                limited: window.more,
+                state,
+                senders_members: Vec::new(),
+                state_at_start: state_at_end,
+            });
+        }
         let (start_group, state_at_start) = match timeline_events.first() {
             Some(first) => (first.state_before, self.history.state_before(first)?),
             None => {
@@ -759,15 +777,59 @@ impl Sync {
         })
     }
 
-    /// State events as a sync response carries them.
+    /// `use_state_after`: the state at the end of the timeline (after every event up to
+    /// `end`), whole for a room new to the client or a full-state sync, otherwise what differs
+    /// from the state at the token, state events in the timeline included (the client takes
+    /// no state from the timeline). With lazy loading, members only for the timeline's
+    /// senders and the user, and every sender's member event, changed or not (the redundancy
+    /// check drops those the device has). Also returns the state at the end.
+    fn state_after(
+        &self,
+        request: &SyncRequest,
+        room_id: &RoomId,
+        end: u64,
+        room_since: Option<u64>,
+        timeline_events: &[Arc<StoredEvent>],
+        senders: &BTreeSet<OwnedUserId>,
+    ) -> Result<(Vec<Arc<StoredEvent>>, Arc<StateMap>)> {
+        let state_filter = &request.filter.room.state;
+        let end_group = self.history.group_at(room_id, end)?;
+        let state_at_end = self.history.state_of_group(end_group)?;
+        let Some(since) = room_since.filter(|_| !request.full_state) else {
+            let state = self.history.state_events(&state_at_end, None, state_filter, senders)?;
+            return Ok((state, state_at_end));
+        };
+        let token_group = self.history.group_at(room_id, since)?;
+        let mut state = if token_group == end_group {
+            Vec::new()
+        } else {
+            let at_token = self.history.state_of_group(token_group)?;
+            self.history.state_events(&state_at_end, Some(&at_token), state_filter, senders)?
+        };
+        if matches!(state_filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
+            let timeline_senders: BTreeSet<OwnedUserId> =
+                timeline_events.iter().map(|e| e.pdu.sender.clone()).collect();
+            let members = member_state(&state_at_end);
+            add_missing(
+                &mut state,
+                self.history.state_events(&members, None, state_filter, &timeline_senders)?,
+            );
+        }
+        Ok((state, state_at_end))
+    }
+
+    /// State events as a sync response carries them: `state`, or `state_after` with
+    /// `use_state_after`.
     fn render_state(
         &self,
+        request: &SyncRequest,
         viewer: Viewer<'_>,
         events: &[Arc<StoredEvent>],
         rendering: Rendering<'_>,
     ) -> Result<State> {
         let raw = self.renderer.raw_all(viewer, events, rendering)?;
-        Ok(State::Before(StateEvents::from(raw.into_iter().map(Raw::from_json).collect::<Vec<_>>())))
+        let events = StateEvents::from(raw.into_iter().map(Raw::from_json).collect::<Vec<_>>());
+        Ok(if request.use_state_after { State::After(events) } else { State::Before(events) })
     }
 
     /// The member events, as of the timeline's start, of the timeline's senders whose
@@ -795,7 +857,8 @@ impl Sync {
     /// has: those of members whose member event is in this timeline (within one response),
     /// and, unless the filter wants them again, those it was sent before (the same event: a
     /// changed membership or profile is a new event and goes out). Remember the members of
-    /// both the state and the timeline being sent.
+    /// both the state and the timeline being sent. With `use_state_after` the client takes no
+    /// state from the timeline, so the timeline neither replaces nor counts as sent state.
     fn drop_redundant_members(
         &self,
         request: &SyncRequest,
@@ -820,7 +883,7 @@ impl Sync {
             .into_iter()
             .filter(|event| {
                 let Some(member) = member_of(event) else { return true };
-                if in_timeline.contains(&member) {
+                if in_timeline.contains(&member) && !request.use_state_after {
                     return false;
                 }
                 let known =
@@ -828,9 +891,11 @@ impl Sync {
                 !known || include_redundant_members
             })
             .collect();
-        for event in timeline_events {
-            if let Some(member) = member_of(event) {
-                room.insert(member, event.pdu.event_id.clone());
+        if !request.use_state_after {
+            for event in timeline_events {
+                if let Some(member) = member_of(event) {
+                    room.insert(member, event.pdu.event_id.clone());
+                }
             }
         }
         kept

@@ -171,6 +171,8 @@ catalogue! {
     MEDIA_FILE_REFS = "media_file_refs", key "sha256, user (media:<id> or thumbnail:<id>:<w>x<h>:<method>)": (ContentHash, String) => (), version 1;
     /// URL preview results, kept for a while so a link posted in a busy room is fetched once.
     URL_PREVIEWS = "url_previews", key "url": String => UrlPreviewRecord, version 1;
+    /// OpenID tokens a user asked for, keyed by the SHA-256 of the token; each lives an hour.
+    OPENID_TOKENS = "openid_tokens", key "sha256(token)": TokenHash => OpenIdTokenRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -549,6 +551,13 @@ pub struct ThumbnailRecord {
 pub struct UrlPreviewRecord {
     pub fetched_ms: u64,
     pub og: Box<RawJsonValue>,
+}
+
+/// Whose identity an OpenID token vouches for, and until when.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OpenIdTokenRecord {
+    pub user_id: OwnedUserId,
+    pub expires_ms: u64,
 }
 
 #[cfg(test)]

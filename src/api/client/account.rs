@@ -1,16 +1,17 @@
-//! Accounts: registration, availability, whoami, password change, deactivation.
+//! Accounts: registration, availability, whoami, password change, deactivation, OpenID tokens.
 
 use ruma::api::client::account::{
     ThirdPartyIdRemovalStatus, add_3pid, bind_3pid, change_password, check_registration_token_validity,
     deactivate, delete_3pid, get_3pids, get_username_availability, register,
-    request_3pid_management_token_via_email, request_3pid_management_token_via_msisdn,
+    request_3pid_management_token_via_email, request_3pid_management_token_via_msisdn, request_openid_token,
     request_password_change_token_via_email, request_password_change_token_via_msisdn,
     request_registration_token_via_email, request_registration_token_via_msisdn, unbind_3pid, whoami,
 };
+use ruma::authentication::TokenType;
 
 use super::required;
 use crate::{
-    Result,
+    Error, Result,
     api::{AppState, ruma::Ruma},
     service::threepids::{Medium, TokenPurpose},
 };
@@ -49,6 +50,25 @@ pub async fn check_registration_token_validity(
 ) -> Result<check_registration_token_validity::v1::Response> {
     let valid = services.accounts.registration_token_valid(&req.body.token)?;
     Ok(check_registration_token_validity::v1::Response::new(valid))
+}
+
+/// `POST /_matrix/client/v3/user/{userId}/openid/request_token`: a token a third party (Element
+/// Call's LiveKit JWT service) exchanges at `/_matrix/federation/v1/openid/userinfo` for the
+/// user's ID. Only for oneself.
+pub async fn request_openid_token(
+    services: AppState,
+    req: Ruma<request_openid_token::v3::Request>,
+) -> Result<request_openid_token::v3::Response> {
+    if req.body.user_id != req.identity.user_id {
+        return Err(Error::forbidden("Cannot request OpenID tokens for other users"));
+    }
+    let issued = services.openid.issue(&req.identity.user_id)?;
+    Ok(request_openid_token::v3::Response::new(
+        issued.token,
+        TokenType::Bearer,
+        services.config.server_name.clone(),
+        issued.expires_in,
+    ))
 }
 
 /// `GET /_matrix/client/v3/account/whoami`

@@ -60,6 +60,10 @@ pub const UNSTABLE_FEATURES: &[&str] = &[
     "uk.half-shot.msc2666.query_mutual_rooms.stable",
     // Simplified sliding sync (MSC4186): Element X refuses a server without it.
     "org.matrix.simplified_msc3575",
+    // MatrixRTC transports (`/rtc/transports`; `{}` when none are configured, as Synapse).
+    "org.matrix.msc4143",
+    // `use_state_after` on `/sync` (also under its unstable name, which matrix-js-sdk sends).
+    "org.matrix.msc4222",
 ];
 
 /// `GET /_matrix/client/versions`
@@ -84,7 +88,11 @@ pub async fn discover_homeserver(
         .client
         .clone()
         .ok_or_else(|| Error::not_found(".well-known not available"))?;
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(base_url)))
+    let mut response = discover_homeserver::Response::new(HomeserverInfo::new(base_url));
+    // matrix-rust-sdk falls back to these when `/rtc/transports` is not served; left out
+    // when none are configured.
+    response.rtc_foci = super::rtc::configured_transports(&services.config)?;
+    Ok(response)
 }
 
 /// `GET /.well-known/matrix/server`. Served by hand: it belongs to the federation API, whose

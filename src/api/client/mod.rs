@@ -27,6 +27,7 @@ pub mod redact;
 pub mod relations;
 pub mod reporting;
 pub mod room;
+pub mod rtc;
 pub mod search;
 pub mod session;
 pub mod space;

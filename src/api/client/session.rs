@@ -5,7 +5,11 @@ use ruma::api::client::session::{
         self,
         v3::{LoginType, PasswordLoginType},
     },
-    login, logout, logout_all, refresh_token,
+    login::{
+        self,
+        v3::{DiscoveryInfo, HomeserverInfo},
+    },
+    logout, logout_all, refresh_token,
 };
 
 use crate::{
@@ -21,9 +25,14 @@ pub async fn get_login_types(
     Ok(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
 }
 
-/// `POST /_matrix/client/v3/login`
+/// `POST /_matrix/client/v3/login`. With a client base URL configured the answer carries it as
+/// `well_known`, as Synapse's does, so a client that found the server by another name
+/// (Element X after typing the server name) reconfigures itself.
 pub async fn login(services: AppState, req: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
-    services.accounts.login(req.body, req.context.client_ip).await
+    let mut response = services.accounts.login(req.body, req.context.client_ip).await?;
+    response.well_known =
+        services.config.well_known.client.clone().map(|url| DiscoveryInfo::new(HomeserverInfo::new(url)));
+    Ok(response)
 }
 
 /// `POST /_matrix/client/v3/refresh`

@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use axum::extract::{RawQuery, State};
 use ruma::api::client::{
     filter::{FilterDefinition, create_filter, get_filter},
     sync::sync_events::{self, v3::Filter},
@@ -10,16 +11,29 @@ use ruma::api::client::{
 use super::parse_stream_token;
 use crate::{
     Error, Result,
-    api::{AppState, ruma::Ruma},
+    api::{
+        AppState,
+        ruma::{RewrittenResponse, Ruma},
+    },
     service::{sliding_sync::SlidingRequest, sync::SyncRequest},
 };
 
-/// `GET /_matrix/client/v3/sync`
+/// MSC4222's unstable name of `use_state_after`; matrix-js-sdk sends it on every sync and
+/// then reads only `org.matrix.msc4222.state_after` (or else `state`).
+const UNSTABLE_USE_STATE_AFTER: &str = "org.matrix.msc4222.use_state_after";
+
+/// `GET /_matrix/client/v3/sync`. A plain handler rather than a ruma route: ruma reads the
+/// stable `use_state_after` only, and the unstable spelling, which it ignores, also decides
+/// the name of the answer's state section (`org.matrix.msc4222.state_after`).
 pub async fn sync_events(
-    services: AppState,
+    State(services): State<AppState>,
+    RawQuery(query): RawQuery,
     req: Ruma<sync_events::v3::Request>,
-) -> Result<sync_events::v3::Response> {
+) -> Result<RewrittenResponse<sync_events::v3::Response>> {
     let body = req.body;
+    let unstable_state_after = unstable_use_state_after(query.as_deref())?;
+    // The stable parameter wins: a client that sends it reads the stable `state_after`.
+    let rename_state_after = unstable_state_after && !body.use_state_after;
     let identity = req.identity;
     let filter = match body.filter {
         None => FilterDefinition::default(),
@@ -39,8 +53,31 @@ pub async fn sync_events(
         full_state: body.full_state,
         timeout: body.timeout.unwrap_or(Duration::ZERO),
         set_presence: body.set_presence,
+        use_state_after: body.use_state_after || unstable_state_after,
     };
-    services.sync.sync(request).await
+    let response = services.sync.sync(request).await?;
+    let rewrite = if rename_state_after { fill_limited_unstable_state_after } else { fill_limited };
+    Ok(RewrittenResponse { response, rewrite })
+}
+
+/// The unstable `use_state_after` query parameter: `true` or `false` (Synapse's booleans),
+/// anything else is refused.
+fn unstable_use_state_after(query: Option<&str>) -> Result<bool> {
+    let mut value = false;
+    for (key, given) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if key == UNSTABLE_USE_STATE_AFTER {
+            value = match given.as_ref() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(Error::invalid_param(format!(
+                        "Query parameter {UNSTABLE_USE_STATE_AFTER} must be true or false"
+                    )));
+                }
+            };
+        }
+    }
+    Ok(value)
 }
 
 /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (MSC4186)
@@ -91,7 +128,13 @@ fn list_spaces(body: &[u8]) -> Result<BTreeMap<String, Vec<ruma::OwnedRoomId>>> 
 /// tracks strings, nesting and the keys on the way to a timeline, so a large initial sync
 /// costs one copy rather than being re-read as a tree.
 pub fn fill_limited(body: &[u8]) -> serde_json::Result<Vec<u8>> {
-    Ok(insert_false_limited(body))
+    Ok(rewrite_rooms(body, false))
+}
+
+/// As `fill_limited`, and each joined and left room's `state_after` is renamed to MSC4222's
+/// unstable `org.matrix.msc4222.state_after`, for clients that asked with the unstable name.
+pub fn fill_limited_unstable_state_after(body: &[u8]) -> serde_json::Result<Vec<u8>> {
+    Ok(rewrite_rooms(body, true))
 }
 
 /// One open object or array while scanning: for objects, the key of the member being read
@@ -102,7 +145,7 @@ struct Frame {
     expect_key: bool,
 }
 
-fn insert_false_limited(body: &[u8]) -> Vec<u8> {
+fn rewrite_rooms(body: &[u8], rename_state_after: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 64);
     let mut stack: Vec<Frame> = Vec::new();
     let key_is = |stack: &[Frame], depth: usize, names: &[&[u8]]| {
@@ -120,14 +163,28 @@ fn insert_false_limited(body: &[u8]) -> Vec<u8> {
                     end += if body[end] == b'\\' { 2 } else { 1 };
                 }
                 let end = end.min(body.len());
-                if let Some(top) = stack.last_mut()
+                let mut renamed = false;
+                if let Some(top) = stack.last()
                     && top.object
                     && top.expect_key
                 {
+                    // rooms → join|leave → room ID → `state_after`: a key of the fourth open
+                    // object.
+                    renamed = rename_state_after
+                        && &body[start..end] == b"state_after"
+                        && stack.len() == 4
+                        && stack.iter().all(|f| f.object)
+                        && key_is(&stack, 0, &[b"rooms"])
+                        && key_is(&stack, 1, &[b"join", b"leave"]);
+                    let top = stack.last_mut().expect("checked above");
                     top.key = Some((start, end));
                     top.expect_key = false;
                 }
-                out.extend_from_slice(&body[i..(end + 1).min(body.len())]);
+                if renamed {
+                    out.extend_from_slice(b"\"org.matrix.msc4222.state_after\"");
+                } else {
+                    out.extend_from_slice(&body[i..(end + 1).min(body.len())]);
+                }
                 i = end + 1;
                 continue;
             }
@@ -204,7 +261,7 @@ pub async fn get_filter(
 mod tests {
     use serde_json::{Value, json};
 
-    use super::fill_limited;
+    use super::{fill_limited, fill_limited_unstable_state_after, unstable_use_state_after};
 
     fn filled(value: &Value) -> Value {
         serde_json::from_slice(&fill_limited(&serde_json::to_vec(value).unwrap()).unwrap()).unwrap()
@@ -238,6 +295,44 @@ mod tests {
             expected["rooms"][section][room]["timeline"]["limited"] = json!(false);
         }
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn state_after_is_renamed_in_joined_and_left_rooms_only() {
+        let body = json!({
+            "rooms": {
+                "join": {"!a:x": {"state_after": {"events": [
+                    {"type": "m.room.topic", "state_key": "", "content": {"state_after": 1}}
+                ]}, "timeline": {"events": []}}},
+                "leave": {"!b:x": {"state_after": {}}},
+                "invite": {"!c:x": {"state_after": {}}}
+            },
+            "state_after": {}
+        });
+        let out: Value = serde_json::from_slice(
+            &fill_limited_unstable_state_after(&serde_json::to_vec(&body).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let joined = &out["rooms"]["join"]["!a:x"];
+        assert!(joined.get("state_after").is_none(), "{out}");
+        assert_eq!(joined["org.matrix.msc4222.state_after"]["events"][0]["content"]["state_after"], 1);
+        assert_eq!(joined["timeline"]["limited"], false);
+        assert_eq!(out["rooms"]["leave"]["!b:x"], json!({"org.matrix.msc4222.state_after": {}}));
+        assert_eq!(out["rooms"]["invite"]["!c:x"], json!({"state_after": {}}));
+        assert_eq!(out["state_after"], json!({}));
+        // The stable rewrite leaves the name alone.
+        assert_eq!(
+            filled(&body)["rooms"]["join"]["!a:x"]["state_after"]["events"][0]["type"],
+            "m.room.topic"
+        );
+    }
+
+    #[test]
+    fn the_unstable_parameter_is_a_boolean() {
+        assert!(!unstable_use_state_after(None).unwrap());
+        assert!(unstable_use_state_after(Some("timeout=0&org.matrix.msc4222.use_state_after=true")).unwrap());
+        assert!(!unstable_use_state_after(Some("org.matrix.msc4222.use_state_after=false")).unwrap());
+        assert!(unstable_use_state_after(Some("org.matrix.msc4222.use_state_after=yes")).is_err());
     }
 
     #[test]
