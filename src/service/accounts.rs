@@ -24,6 +24,7 @@ use serde_json::{Value as JsonValue, json};
 
 use super::{
     context::RequestContext,
+    delayed_events::DelayedEvents,
     devices::{self, DeviceIdentity, Devices, WriteGuard},
     key_backup::KeyBackup,
     keys::{CrossSigningUpload, Keys},
@@ -56,6 +57,8 @@ pub struct Accounts {
     to_device: Arc<ToDevice>,
     key_backup: Arc<KeyBackup>,
     notifications: Arc<Notifications>,
+    /// Deactivation cancels the account's delayed events.
+    delayed_events: Arc<DelayedEvents>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
 }
 
@@ -115,9 +118,22 @@ impl Accounts {
         to_device: Arc<ToDevice>,
         key_backup: Arc<KeyBackup>,
         notifications: Arc<Notifications>,
+        delayed_events: Arc<DelayedEvents>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
-        Self { store, config, users, devices, uiaa, keys, to_device, key_backup, notifications, dehydrated }
+        Self {
+            store,
+            config,
+            users,
+            devices,
+            uiaa,
+            keys,
+            to_device,
+            key_backup,
+            notifications,
+            delayed_events,
+            dehydrated,
+        }
     }
 
     /// Queue removal of devices with their tokens, keys, pushers and waiting to-device
@@ -542,6 +558,8 @@ impl Accounts {
             self.remove_devices_in(guard, batch, &who.user_id, None, None)
         })?;
         self.devices_removed(&who.user_id, removed)?;
+        // Nothing is sent in a deactivated account's name any more (Synapse cancels them too).
+        self.delayed_events.cancel_all_for_user(&who.user_id)?;
         tracing::info!(user_id = %who.user_id, "deactivated account");
         // No third-party identifiers are ever bound here, so there is nothing to unbind.
         Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success))
