@@ -52,7 +52,12 @@ impl TestServer {
     }
 
     pub async fn boot(config: Config, dir: tempfile::TempDir) -> Self {
-        let clock = Arc::new(ManualClock::new());
+        Self::boot_with_clock(config, dir, Arc::new(ManualClock::new())).await
+    }
+
+    /// As `boot`, on a given clock: a test that restarts a server keeps its time, and may
+    /// move it while the server is down.
+    pub async fn boot_with_clock(config: Config, dir: tempfile::TempDir, clock: Arc<ManualClock>) -> Self {
         let server = Server::build_with_clock(config, clock.clone()).expect("server builds");
         let services = Arc::clone(server.services());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
