@@ -85,7 +85,10 @@ pub struct DelayedEvents {
     by_state: Table<(OwnedRoomId, String, String, String), OwnedUserId>,
     txns: Table<(OwnedUserId, OwnedDeviceId, String), String>,
     /// Delay IDs being sent now. The lock also serialises every read-check-write on the
-    /// tables, so two operations never both act on one delayed event.
+    /// tables, so two operations never both act on one delayed event. Writes under it are
+    /// buffered (visible at once); the fsync that makes them durable, before the caller is
+    /// answered, happens after it is released, so the append path (which takes it for every
+    /// state event) never waits for a disk.
     in_flight: Mutex<HashSet<String>>,
     /// Woken whenever the soonest due time may have changed.
     changed: Notify,
@@ -184,8 +187,9 @@ impl DelayedEvents {
         if let Some(key) = &txn_key {
             self.txns.put(&mut batch, key, &delay_id)?;
         }
-        self.store.write(batch)?;
+        self.store.write_buffered(batch)?;
         drop(in_flight);
+        self.store.sync()?;
         tracing::debug!(user_id = %new.user_id, room_id = %new.room_id, delay_ms = new.delay_ms, "delayed event scheduled");
         self.changed.notify_one();
         Ok(delay_id)
@@ -212,8 +216,9 @@ impl DelayedEvents {
         let record = self.waiting(&in_flight, delay_id, caller)?;
         let mut batch = WriteBatch::new();
         self.delete_in(&mut batch, delay_id, &record);
-        self.store.write(batch)?;
+        self.store.write_buffered(batch)?;
         drop(in_flight);
+        self.store.sync()?;
         self.changed.notify_one();
         Ok(())
     }
@@ -227,8 +232,9 @@ impl DelayedEvents {
         record.running_since_ms = self.clock.now_ms();
         self.records.put(&mut batch, &delay_id.to_owned(), &record)?;
         self.due.put(&mut batch, &(record.send_ts(), delay_id.to_owned()), &())?;
-        self.store.write(batch)?;
+        self.store.write_buffered(batch)?;
         drop(in_flight);
+        self.store.sync()?;
         self.changed.notify_one();
         Ok(())
     }
@@ -310,7 +316,7 @@ impl DelayedEvents {
             Ok(Some(record)) => {
                 let mut batch = WriteBatch::new();
                 self.delete_in(&mut batch, delay_id, &record);
-                self.store.write(batch).map_err(Error::from)
+                self.store.write_buffered(batch).map_err(Error::from)
             }
             Ok(None) => Ok(()),
             Err(e) => Err(e.into()),
@@ -319,7 +325,8 @@ impl DelayedEvents {
         in_flight.remove(delay_id);
         drop(in_flight);
         self.changed.notify_one();
-        removed
+        removed?;
+        Ok(self.store.sync()?)
     }
 
     /// State `(kind, state_key)` of a room was just written by `sender`: cancel other users'
@@ -371,8 +378,9 @@ impl DelayedEvents {
                 count += 1;
             }
         }
-        self.store.write(batch)?;
+        self.store.write_buffered(batch)?;
         drop(in_flight);
+        self.store.sync()?;
         self.changed.notify_one();
         Ok(count)
     }
