@@ -100,6 +100,13 @@ pub struct Config {
     pub url_preview_max_spider_size: u64,
     /// Time limit for fetching a preview (all redirects and the image included), seconds.
     pub url_preview_timeout_secs: u64,
+    /// The longest delay a client may give a delayed event (MSC4140, which Element Call
+    /// needs), as a duration: `"24h"`, `"90s"`, `"500ms"`, `"7d"` (see [`ConfigDuration`]).
+    /// Unset (the default) turns delayed events off: scheduling one is `403 M_FORBIDDEN`.
+    pub max_event_delay_duration: Option<ConfigDuration>,
+    /// How many delayed events one user may have waiting; scheduling another is
+    /// `429 M_LIMIT_EXCEEDED`. 0 turns delayed events off, as in Synapse.
+    pub max_delayed_events_per_user: u32,
     /// MatrixRTC (Element Call): the transports offered to clients.
     pub matrix_rtc: MatrixRtcConfig,
     /// TURN servers handed to clients for VoIP calls (`turn:`, `turns:`, `stun:` or `stuns:`
@@ -192,6 +199,9 @@ impl Default for Config {
             url_preview_domain_whitelist: Vec::new(),
             url_preview_max_spider_size: 10 * 1024 * 1024,
             url_preview_timeout_secs: 10,
+            max_event_delay_duration: None,
+            // Synapse's `msc4140_max_delayed_events_per_user`.
+            max_delayed_events_per_user: 100,
             matrix_rtc: MatrixRtcConfig::default(),
             turn_uris: Vec::new(),
             turn_secret: None,
@@ -303,6 +313,11 @@ impl Config {
         if !(1..=300).contains(&self.url_preview_timeout_secs) {
             return Err("invalid value for key `url_preview_timeout_secs`: must be 1 to 300".into());
         }
+        if self.max_event_delay_duration.is_some_and(|d| d.as_millis() == 0) {
+            return Err("invalid value for key `max_event_delay_duration`: must be longer than 0 \
+                        (leave it unset to turn delayed events off)"
+                .into());
+        }
         for (key, patterns) in [
             ("url_preview_domain_blacklist", &self.url_preview_domain_blacklist),
             ("url_preview_domain_whitelist", &self.url_preview_domain_whitelist),
@@ -394,6 +409,85 @@ impl Config {
     }
 }
 
+/// A length of time as operators write it, as Synapse reads durations: a whole number
+/// followed by a unit — `ms`, `s`, `m` (minutes), `h`, `d`, `w` (weeks) or `y` (365 days) —
+/// or a number without a unit, which counts milliseconds (also as a TOML integer). `"24h"`,
+/// `"90s"`, `"500ms"`, `"7d"`, `86400000`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration {
+    ms: u64,
+}
+
+impl ConfigDuration {
+    pub fn from_millis(ms: u64) -> Self {
+        Self { ms }
+    }
+
+    pub fn as_millis(self) -> u64 {
+        self.ms
+    }
+}
+
+/// Parse a [`ConfigDuration`] written as text; the error says what is wrong.
+pub fn parse_duration(text: &str) -> Result<ConfigDuration, String> {
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    if number.is_empty() {
+        return Err(format!("`{text}` is not a duration: expected a whole number and a unit, like `24h`"));
+    }
+    const SECOND: u64 = 1_000;
+    let unit_ms = match unit {
+        "" | "ms" => 1,
+        "s" => SECOND,
+        "m" => 60 * SECOND,
+        "h" => 3_600 * SECOND,
+        "d" => 86_400 * SECOND,
+        "w" => 7 * 86_400 * SECOND,
+        "y" => 365 * 86_400 * SECOND,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration: the unit must be one of ms, s, m, h, d, w, y (or none, for milliseconds)"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_ms))
+        .map(ConfigDuration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long a duration"))
+}
+
+impl Serialize for ConfigDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", self.ms))
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as \"24h\", or a number of milliseconds")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ConfigDuration, E> {
+                parse_duration(v).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ConfigDuration, E> {
+                Ok(ConfigDuration::from_millis(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ConfigDuration, E> {
+                u64::try_from(v)
+                    .map(ConfigDuration::from_millis)
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// `host.name` or `*.host.name`: letters, digits, `-` and dots, no empty labels.
 fn valid_domain_pattern(pattern: &str) -> bool {
     let host = pattern.strip_prefix("*.").unwrap_or(pattern);
@@ -467,6 +561,46 @@ mod tests {
         assert!(err.contains("url_preview_domain_whitelist"), "{err}");
         let err = Config::from_toml_str("[global]\nmax_upload_size = 10").err().unwrap();
         assert!(err.contains("max_upload_size"), "{err}");
+    }
+
+    #[test]
+    fn durations_read_as_synapse_reads_them() {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("90s", 90_000),
+            ("5m", 300_000),
+            ("24h", 86_400_000),
+            ("7d", 604_800_000),
+            ("2w", 1_209_600_000),
+            ("1y", 31_536_000_000),
+            ("1500", 1_500),
+            ("0s", 0),
+        ] {
+            assert_eq!(parse_duration(text), Ok(ConfigDuration::from_millis(ms)), "{text}");
+        }
+        for bad in ["", "h", "24 h", "-5s", "1.5h", "24H", "10x", "5sec", "s5", " 5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
+        }
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("999999999999999y").is_err(), "overflow must not wrap");
+        let d = parse_duration("36h").unwrap();
+        assert_eq!(parse_duration(serde_json::to_value(d).unwrap().as_str().unwrap()), Ok(d));
+    }
+
+    #[test]
+    fn delayed_event_keys_are_read_and_checked() {
+        let loaded = Config::from_toml_str("").unwrap().config;
+        assert_eq!((loaded.max_event_delay_duration, loaded.max_delayed_events_per_user), (None, 100));
+        let loaded = Config::from_toml_str("[global]\nmax_event_delay_duration = \"24h\"").unwrap().config;
+        assert_eq!(loaded.max_event_delay_duration, Some(ConfigDuration::from_millis(86_400_000)));
+        let loaded = Config::from_toml_str("[global]\nmax_event_delay_duration = 90000").unwrap().config;
+        assert_eq!(loaded.max_event_delay_duration, Some(ConfigDuration::from_millis(90_000)));
+        for bad in ["\"0s\"", "\"1 day\"", "-5", "true"] {
+            let err = Config::from_toml_str(&format!("[global]\nmax_event_delay_duration = {bad}"))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(err.contains("max_event_delay_duration"), "{err}");
+        }
     }
 
     #[test]

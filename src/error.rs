@@ -4,7 +4,9 @@
 
 use ruma::api::{
     client::uiaa::UiaaInfo,
-    error::{ErrorKind, LimitExceededErrorData, UnknownTokenErrorData, WrongRoomKeysVersionErrorData},
+    error::{
+        ErrorKind, LimitExceededErrorData, RetryAfter, UnknownTokenErrorData, WrongRoomKeysVersionErrorData,
+    },
 };
 
 use crate::storage::StorageError;
@@ -100,6 +102,28 @@ impl Error {
     /// earlier requests complete or expire rather than after a fixed delay.
     pub fn limit_exceeded(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::LimitExceeded(LimitExceededErrorData::new()), message)
+    }
+
+    /// A per-user limit reached (429) that lifts at a known time: the body's
+    /// `retry_after_ms` and the `Retry-After` header say when.
+    pub fn limit_exceeded_for(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let mut data = LimitExceededErrorData::new();
+        data.retry_after = Some(RetryAfter::Delay(retry_after));
+        Self::new(ErrorKind::LimitExceeded(data), message)
+    }
+
+    /// A 400 with an error code ruma has no variant for (an MSC's unstable code) and the
+    /// extra fields it defines.
+    pub fn unstable_code(
+        errcode: &str,
+        message: impl Into<String>,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        let mut body = fields;
+        body.insert("errcode".to_owned(), errcode.into());
+        // ruma builds its catch-all kind only by parsing; a code it knows parses to its kind.
+        let kind = serde_json::from_value(serde_json::Value::Object(body)).unwrap_or(ErrorKind::Unknown);
+        Self::new(kind, message)
     }
 
     /// An upload to a media ID that already has content (409).

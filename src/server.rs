@@ -1,5 +1,6 @@
-//! Boot and serve: open storage, build services, start background workers, serve HTTP on a
-//! given listener until a shutdown signal, then finish in-flight requests and flush.
+//! Boot and serve: open storage, build services, start background workers (periodic upkeep,
+//! the delayed-event timer), serve HTTP on a given listener until a shutdown signal, then
+//! finish in-flight requests and flush.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -54,6 +55,10 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let (stop_workers, workers_stopped) = watch::channel(false);
+        // The delayed-event timer starts with the server, so events that fell due while it
+        // was down are sent at once.
+        let delayed_timer =
+            tokio::spawn(Arc::clone(&self.services.delayed_actions).run(workers_stopped.clone()));
         let flusher = tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped));
 
         let app = api::router(Arc::clone(&self.services));
@@ -64,6 +69,7 @@ impl Server {
 
         let _ = stop_workers.send(true);
         let _ = flusher.await;
+        let _ = delayed_timer.await;
         self.services.shutdown()?;
         tracing::info!("shut down cleanly");
         served

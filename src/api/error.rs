@@ -7,7 +7,7 @@ use axum::{
 };
 use ruma::api::{
     client::uiaa::UiaaInfo,
-    error::{ErrorKind, StandardErrorBody},
+    error::{ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody},
 };
 
 use crate::Error;
@@ -49,6 +49,15 @@ fn standard(status: StatusCode, kind: ErrorKind, message: &str) -> Response {
         ErrorKind::UnknownToken(data) => Some(data.soft_logout),
         _ => None,
     };
+    // A limit that lifts at a known time says so in the header too, rounded up to whole
+    // seconds (the body's `retry_after_ms` keeps the milliseconds), as Synapse does.
+    let retry_after = match &kind {
+        ErrorKind::LimitExceeded(LimitExceededErrorData {
+            retry_after: Some(RetryAfter::Delay(delay)),
+            ..
+        }) => Some(u64::try_from(delay.as_millis().div_ceil(1000)).unwrap_or(u64::MAX)),
+        _ => None,
+    };
     let mut body = match serde_json::to_value(StandardErrorBody::new(kind, message.to_owned())) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
@@ -57,7 +66,11 @@ fn standard(status: StatusCode, kind: ErrorKind, message: &str) -> Response {
     if let Some(soft_logout) = soft_logout {
         body.insert("soft_logout".to_owned(), soft_logout.into());
     }
-    json(status, &body)
+    let mut response = json(status, &body);
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, secs.into());
+    }
+    response
 }
 
 /// The 401 body of user-interactive auth: the info object (ruma flattens the failed stage's

@@ -52,6 +52,17 @@ trait RouterExt {
         F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static;
 
+    /// As `ruma_route`, for a handler that may answer with something other than the
+    /// endpoint's ruma response: `PUT /send` and `PUT /state` answer `{"delay_id"}` for a
+    /// delayed event (MSC4140 reuses those endpoints with a query parameter).
+    fn ruma_route_answering<Req, F, Fut, R>(self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: Identify,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: IntoResponse + Send + 'static;
+
     /// A client-server endpoint ruma has no type for (the deprecated ones, one kind of push
     /// rules), on its `r0` and
     /// `v3` paths; `path` follows the version, as in `/events`.
@@ -65,16 +76,15 @@ trait RouterExt {
         T: 'static;
 }
 
-/// Register every path of a ruma endpoint, turning the handler's response into HTTP with
+/// Register every path of a ruma endpoint, turning the handler's answer into HTTP with
 /// `wrap`.
-fn route_all_paths<Req, F, Fut, W, R>(router: Router<AppState>, handler: F, wrap: W) -> Router<AppState>
+fn route_all_paths<Req, F, Fut, O, W, R>(router: Router<AppState>, handler: F, wrap: W) -> Router<AppState>
 where
     Req: IncomingRequest + Send + 'static,
     Req::Authentication: Identify,
-    Req::OutgoingResponse: Send,
     F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
-    W: Fn(Req::OutgoingResponse) -> R + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Result<O>> + Send + 'static,
+    W: Fn(O) -> R + Copy + Send + Sync + 'static,
     R: IntoResponse + Send + 'static,
 {
     let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
@@ -119,6 +129,17 @@ impl RouterExt for Router<AppState> {
         route_all_paths(self, handler, move |response| FilledResponse { response, fill })
     }
 
+    fn ruma_route_answering<Req, F, Fut, R>(self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: Identify,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        R: IntoResponse + Send + 'static,
+    {
+        route_all_paths(self, handler, |answer: R| answer)
+    }
+
     fn client_route(self, path: &str, route: MethodRouter<AppState>) -> Self {
         ["r0", "v3"].iter().fold(self, |router, version| {
             router.route(&format!("/_matrix/client/{version}{path}"), route.clone())
@@ -142,10 +163,10 @@ pub fn router(services: AppState) -> Router {
     use ::ruma::api::client::{authenticated_media as authed, media as legacy};
     use client::backup;
     use client::{
-        account, admin, alias, authenticated_media, config, context, dehydrated_device, device, directory,
-        discovery, keys, knock, media, membership, message, presence, profile, push, read_marker, receipt,
-        redact, relations, reporting, room, rtc, search, session, space, state, sync, tag, thirdparty,
-        threads, to_device, typing, user_directory, voip,
+        account, admin, alias, authenticated_media, config, context, dehydrated_device, delayed_events,
+        device, directory, discovery, keys, knock, media, membership, message, presence, profile, push,
+        read_marker, receipt, redact, relations, reporting, room, rtc, search, session, space, state, sync,
+        tag, thirdparty, threads, to_device, typing, user_directory, voip,
     };
 
     Router::new()
@@ -220,9 +241,14 @@ pub fn router(services: AppState) -> Router {
         // State and messages
         .ruma_route(state::get_state_events)
         .ruma_route(state::get_state_event_for_key)
-        .ruma_route(state::send_state_event)
-        .ruma_route(message::send_message_event)
+        .ruma_route_answering(state::send_state_event)
+        .ruma_route_answering(message::send_message_event)
         .ruma_route(redact::redact_event)
+        // Delayed events (MSC4140): scheduled through `PUT /send` and `PUT /state` above
+        .ruma_route_filled(delayed_events::get_all_delayed_events, delayed_events::fill_synapse_fields)
+        .ruma_route_filled(delayed_events::get_delayed_event, delayed_events::fill_synapse_fields)
+        .ruma_route(delayed_events::update_delayed_event)
+        .ruma_route(delayed_events::update_delayed_event_by_path)
         // Sync and history
         .endpoint_route::<::ruma::api::client::sync::sync_events::v3::Request, _, _>(sync::sync_events)
         .ruma_route(sync::sliding_sync)

@@ -41,6 +41,10 @@ where
     /// The JSON body as received, for the few endpoints whose clients send keys ruma's
     /// request type does not keep (Synapse keeps extra content given to `/join`).
     pub raw_body: Bytes,
+    /// The query string as received (still percent-encoded), for the query parameters of
+    /// unstable extensions to an endpoint ruma's request type does not read (MSC4140's
+    /// `org.matrix.msc4140.delay` on `PUT /send`). It may hold an access token: never log it.
+    pub query: Option<String>,
 }
 
 /// Where a request came from, as a device's last-seen record keeps it.
@@ -184,8 +188,9 @@ where
             path: parts.uri.path().to_owned(),
             client_ip: client.ip.clone(),
         };
+        let query = parts.uri.query().map(str::to_owned);
         let (body, identity) = authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &client)?;
-        Ok(Self { body, identity, context, raw_body })
+        Ok(Self { body, identity, context, raw_body, query })
     }
 }
 

@@ -24,6 +24,7 @@ use serde_json::{Value as JsonValue, json};
 
 use super::{
     context::RequestContext,
+    delayed_events::DelayedEvents,
     devices::{self, DeviceIdentity, Devices, WriteGuard},
     key_backup::KeyBackup,
     keys::{CrossSigningUpload, Keys},
@@ -59,6 +60,8 @@ pub struct Accounts {
     notifications: Arc<Notifications>,
     /// Sliding sync connections, which go with their device.
     sliding_connections: Arc<Connections>,
+    /// Deactivation cancels the account's delayed events.
+    delayed_events: Arc<DelayedEvents>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
 }
 
@@ -119,6 +122,7 @@ impl Accounts {
         key_backup: Arc<KeyBackup>,
         notifications: Arc<Notifications>,
         sliding_connections: Arc<Connections>,
+        delayed_events: Arc<DelayedEvents>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
         Self {
@@ -132,6 +136,7 @@ impl Accounts {
             key_backup,
             notifications,
             sliding_connections,
+            delayed_events,
             dehydrated,
         }
     }
@@ -559,6 +564,8 @@ impl Accounts {
             self.remove_devices_in(guard, batch, &who.user_id, None, None)
         })?;
         self.devices_removed(&who.user_id, removed)?;
+        // Nothing is sent in a deactivated account's name any more (Synapse cancels them too).
+        self.delayed_events.cancel_all_for_user(&who.user_id)?;
         tracing::info!(user_id = %who.user_id, "deactivated account");
         // No third-party identifiers are ever bound here, so there is nothing to unbind.
         Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success))

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod cache;
 pub mod clock;
 pub mod context;
+pub mod delayed_events;
 pub mod devices;
 pub mod filters;
 pub mod key_backup;
@@ -80,6 +81,8 @@ pub struct Services {
     pub threepids: Arc<threepids::ThirdPartyIds>,
     pub openid: Arc<openid::OpenId>,
     pub turn: Arc<voip::Turn>,
+    pub delayed_events: Arc<delayed_events::DelayedEvents>,
+    pub delayed_actions: Arc<rooms::delayed::DelayedActions>,
     store: Arc<dyn KvStore>,
 }
 
@@ -146,6 +149,14 @@ impl Services {
             Arc::clone(&stream),
             Arc::clone(&clock),
         ));
+        let delayed_events = Arc::new(delayed_events::DelayedEvents::new(
+            &store,
+            Arc::clone(&clock),
+            delayed_events::Limits {
+                max_delay_ms: config.max_event_delay_duration.map(|d| d.as_millis()),
+                max_per_user: config.max_delayed_events_per_user.into(),
+            },
+        ));
         let notifications = Arc::new(push::Notifications::new(
             &store,
             Arc::clone(&account_data),
@@ -166,6 +177,7 @@ impl Services {
             Arc::clone(&key_backup),
             Arc::clone(&notifications),
             Arc::clone(&sliding_connections),
+            Arc::clone(&delayed_events),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -188,6 +200,7 @@ impl Services {
             Arc::clone(&relations),
             Arc::clone(&notifications),
             Arc::clone(&search),
+            Arc::clone(&delayed_events),
             Arc::clone(&clock),
             Arc::new(GroupSync::start(Arc::clone(&store))?),
         ));
@@ -292,6 +305,13 @@ impl Services {
             Arc::clone(&directory),
             Arc::clone(&reports),
         ));
+        let delayed_actions = Arc::new(rooms::delayed::DelayedActions::new(
+            Arc::clone(&delayed_events),
+            Arc::clone(&timeline),
+            Arc::clone(&room_actions),
+            Arc::clone(&membership),
+            Arc::clone(&clock),
+        ));
         let upgrades = Arc::new(rooms::upgrade::RoomUpgrades::new(
             Arc::clone(&timeline),
             Arc::clone(&room_states),
@@ -358,6 +378,8 @@ impl Services {
             threepids: Arc::new(threepids::ThirdPartyIds::new()),
             openid,
             turn,
+            delayed_events,
+            delayed_actions,
             store,
         })
     }

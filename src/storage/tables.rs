@@ -173,6 +173,18 @@ catalogue! {
     URL_PREVIEWS = "url_previews", key "url": String => UrlPreviewRecord, version 1;
     /// OpenID tokens a user asked for, keyed by the SHA-256 of the token; each lives an hour.
     OPENID_TOKENS = "openid_tokens", key "sha256(token)": TokenHash => OpenIdTokenRecord, version 1;
+    /// Delayed events (MSC4140) waiting to be sent, by delay ID.
+    DELAYED_EVENTS = "delayed_events", key "delay_id": String => DelayedEventRecord, version 1;
+    /// The same events by the time they are due, for the timer that sends them.
+    DELAYED_EVENTS_DUE = "delayed_events_due", key "send_ts, delay_id": (u64, String) => (), version 1;
+    /// The same events by owner, to list and count a user's.
+    DELAYED_EVENTS_BY_USER = "delayed_events_by_user", key "user_id, delay_id": (OwnedUserId, String) => (), version 1;
+    /// Delayed state events by the state they would set, with their owner: another user's
+    /// write to that state cancels them.
+    DELAYED_EVENTS_BY_STATE = "delayed_events_by_state", key "room_id, type, state_key, delay_id": (OwnedRoomId, String, String, String) => OwnedUserId, version 1;
+    /// Transaction IDs of delayed sends, per device and request path, and the delay ID each
+    /// produced, so a retransmission gets the same delay ID.
+    DELAYED_EVENT_TXNS = "delayed_event_txns", key "user_id, device_id, request path": (OwnedUserId, OwnedDeviceId, String) => String, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -390,6 +402,9 @@ pub struct PduRecord {
     /// The sending device and its transaction ID, echoed to that device only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<TxnOrigin>,
+    /// The delayed event (MSC4140) it was sent from, echoed to its sender only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_id: Option<String>,
 }
 
 /// Which device sent an event, under which transaction ID.
@@ -397,6 +412,31 @@ pub struct PduRecord {
 pub struct TxnOrigin {
     pub device_id: OwnedDeviceId,
     pub txn_id: String,
+}
+
+/// A delayed event waiting to be sent: what to send, as whom, and its timer. It is due at
+/// `running_since_ms + delay_ms`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DelayedEventRecord {
+    pub user_id: OwnedUserId,
+    /// The device that scheduled it (gone devices do not stop it).
+    pub device_id: Option<OwnedDeviceId>,
+    pub room_id: OwnedRoomId,
+    pub kind: String,
+    /// Present for a state event.
+    pub state_key: Option<String>,
+    /// The content as the client sent it.
+    pub content: Box<RawJsonValue>,
+    pub delay_ms: u64,
+    /// When it was scheduled or last restarted.
+    pub running_since_ms: u64,
+}
+
+impl DelayedEventRecord {
+    /// When the event is due.
+    pub fn send_ts(&self) -> u64 {
+        self.running_since_ms.saturating_add(self.delay_ms)
+    }
 }
 
 /// One position of the global stream.

@@ -52,12 +52,17 @@ impl TestServer {
     }
 
     pub async fn boot(config: Config, dir: tempfile::TempDir) -> Self {
-        Self::boot_at(config, dir, "127.0.0.1:0").await
+        Self::boot_with_clock(config, dir, Arc::new(ManualClock::new())).await
     }
 
-    /// [`Self::boot`] listening on `addr`.
-    async fn boot_at(config: Config, dir: tempfile::TempDir, addr: &str) -> Self {
-        let clock = Arc::new(ManualClock::new());
+    /// As `boot`, on a given clock: a test that restarts a server keeps its time, and may
+    /// move it while the server is down.
+    pub async fn boot_with_clock(config: Config, dir: tempfile::TempDir, clock: Arc<ManualClock>) -> Self {
+        Self::boot_at(config, dir, clock, "127.0.0.1:0").await
+    }
+
+    /// [`Self::boot_with_clock`] listening on `addr`.
+    async fn boot_at(config: Config, dir: tempfile::TempDir, clock: Arc<ManualClock>, addr: &str) -> Self {
         let server = Server::build_with_clock(config, clock.clone()).expect("server builds");
         let services = Arc::clone(server.services());
         let listener = TcpListener::bind(addr).await.expect("bind");
@@ -88,13 +93,14 @@ impl TestServer {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
-    /// Stops the server and boots it again on the same database and port (with the test
-    /// config): clients keep their URL and tokens, and lose whatever the server held only in
-    /// memory.
+    /// Stops the server and boots it again on the same database, port and clock (with the
+    /// test config): clients keep their URL and tokens, and lose whatever the server held
+    /// only in memory.
     pub async fn restart(self) -> Self {
         let addr = self.base.trim_start_matches("http://").to_owned();
+        let clock = Arc::clone(&self.clock);
         let dir = self.stop().await;
-        Self::boot_at(test_config(dir.path()), dir, &addr).await
+        Self::boot_at(test_config(dir.path()), dir, clock, &addr).await
     }
 
     /// Send a request; returns status and JSON body (`Null` when the body is not JSON).

@@ -6,6 +6,7 @@ mod architecture;
 mod backup;
 mod cli;
 mod concurrency;
+mod delayed_events;
 mod device;
 mod directory;
 mod discovery;

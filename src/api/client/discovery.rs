@@ -66,14 +66,18 @@ pub const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.msc4222",
 ];
 
-/// `GET /_matrix/client/versions`
+/// `GET /_matrix/client/versions`. Delayed events (MSC4140) are advertised only when the
+/// configuration turns them on: Element Call looks for the flag before it relies on them.
 pub async fn get_supported_versions(
-    _: AppState,
+    services: AppState,
     _: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
     let versions = SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect();
     let mut response = get_supported_versions::Response::new(versions);
     response.unstable_features = UNSTABLE_FEATURES.iter().map(|f| ((*f).to_owned(), true)).collect();
+    if services.delayed_events.enabled() {
+        response.unstable_features.insert("org.matrix.msc4140".to_owned(), true);
+    }
     Ok(response)
 }
 
@@ -123,6 +127,16 @@ pub async fn get_capabilities(
         room_version::SUPPORTED.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect();
     capabilities.room_versions =
         RoomVersionsCapability::new(services.config.default_room_version.clone(), available);
+    // Delayed events (MSC4140), always listed as Synapse lists them: a maximum delay of 0
+    // says they are off.
+    let limits = services.delayed_events.limits();
+    let max_delay_ms = if services.delayed_events.enabled() { limits.max_delay_ms.unwrap_or(0) } else { 0 };
+    capabilities
+        .set(
+            "org.matrix.msc4140.delayed_events",
+            serde_json::json!({ "max_delay_ms": max_delay_ms, "max_scheduled": limits.max_per_user }),
+        )
+        .map_err(|e| Error::internal(format!("delayed events capability: {e}")))?;
     Ok(get_capabilities::v3::Response::new(capabilities))
 }
 

@@ -8,19 +8,28 @@ use ruma::{
     serde::Raw,
 };
 
-use super::{json_body, parse_stream_token};
+use super::{
+    delayed_events::{SendAnswer, delay_param},
+    json_body, parse_stream_token,
+};
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
-    service::rooms::{render::Viewer, timeline::Txn},
+    service::rooms::{
+        delayed::{DelayRequest, Scheduled},
+        render::Viewer,
+        timeline::Txn,
+    },
     storage::Direction,
 };
 
-/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`; with
+/// `?org.matrix.msc4140.delay=<ms>`, schedules a delayed event (MSC4140) and answers its
+/// `delay_id`.
 pub async fn send_message_event(
     services: AppState,
     req: Ruma<send_message_event::v3::Request>,
-) -> Result<send_message_event::v3::Response> {
+) -> Result<SendAnswer<send_message_event::v3::Response>> {
     let body = req.body;
     let content = json_body(body.body.json())?;
     if body.timestamp.is_some() {
@@ -28,11 +37,34 @@ pub async fn send_message_event(
     }
     let txn =
         Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str(), path: &req.context.path };
+    if let Some(delay_ms) = delay_param(req.query.as_deref())? {
+        let kind = body.event_type.to_string();
+        let request = DelayRequest {
+            room_id: &body.room_id,
+            kind: &kind,
+            state_key: None,
+            content,
+            delay_ms,
+            txn: Some(txn),
+        };
+        return Ok(
+            match services.delayed_actions.schedule(
+                &req.identity.user_id,
+                &req.identity.device_id,
+                request,
+            )? {
+                Scheduled::Delayed(delay_id) => SendAnswer::Delayed(delay_id),
+                Scheduled::AlreadySent(event_id) => {
+                    SendAnswer::Sent(send_message_event::v3::Response::new(event_id))
+                }
+            },
+        );
+    }
     let event_id = services
         .room_actions
         .send_message(&req.identity.user_id, &body.room_id, &body.event_type.to_string(), content, Some(txn))
         .await?;
-    Ok(send_message_event::v3::Response::new(event_id))
+    Ok(SendAnswer::Sent(send_message_event::v3::Response::new(event_id)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`

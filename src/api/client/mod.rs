@@ -9,6 +9,7 @@ pub mod backup;
 pub mod config;
 pub mod context;
 pub mod dehydrated_device;
+pub mod delayed_events;
 pub mod device;
 pub mod directory;
 pub mod discovery;

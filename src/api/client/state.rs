@@ -6,10 +6,14 @@ use ruma::{
     serde::Raw,
 };
 
-use super::{event_json, json_body};
+use super::{
+    delayed_events::{SendAnswer, delay_param},
+    event_json, json_body,
+};
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
+    service::rooms::delayed::{DelayRequest, Scheduled},
 };
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
@@ -44,15 +48,36 @@ pub async fn get_state_event_for_key(
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}` (also without the
-/// state key).
+/// state key); with `?org.matrix.msc4140.delay=<ms>`, schedules a delayed state event
+/// (MSC4140) and answers its `delay_id` (every such request schedules one: this endpoint has
+/// no transaction ID).
 pub async fn send_state_event(
     services: AppState,
     req: Ruma<send_state_event::v3::Request>,
-) -> Result<send_state_event::v3::Response> {
+) -> Result<SendAnswer<send_state_event::v3::Response>> {
     let body = req.body;
     let content = json_body(body.body.json())?;
     if body.timestamp.is_some() {
         return Err(Error::forbidden("Only application services may set the timestamp"));
+    }
+    if let Some(delay_ms) = delay_param(req.query.as_deref())? {
+        let kind = body.event_type.to_string();
+        let request = DelayRequest {
+            room_id: &body.room_id,
+            kind: &kind,
+            state_key: Some(&body.state_key),
+            content,
+            delay_ms,
+            txn: None,
+        };
+        return match services.delayed_actions.schedule(
+            &req.identity.user_id,
+            &req.identity.device_id,
+            request,
+        )? {
+            Scheduled::Delayed(delay_id) => Ok(SendAnswer::Delayed(delay_id)),
+            Scheduled::AlreadySent(_) => Err(Error::internal("a state event has no transaction")),
+        };
     }
     if body.event_type == StateEventType::RoomMember {
         // A membership change goes through the membership flow its `membership` names,
@@ -65,7 +90,7 @@ pub async fn send_state_event(
             .membership
             .set_member_state(&req.identity.user_id, &body.room_id, &target, content)
             .await?;
-        return Ok(send_state_event::v3::Response::new(event_id));
+        return Ok(SendAnswer::Sent(send_state_event::v3::Response::new(event_id)));
     }
     let event_id = services
         .room_actions
@@ -77,5 +102,5 @@ pub async fn send_state_event(
             content,
         )
         .await?;
-    Ok(send_state_event::v3::Response::new(event_id))
+    Ok(SendAnswer::Sent(send_state_event::v3::Response::new(event_id)))
 }

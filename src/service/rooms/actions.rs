@@ -98,6 +98,54 @@ impl RoomActions {
         state_key: &str,
         content: JsonValue,
     ) -> Result<OwnedEventId> {
+        self.send_state_from(sender, room_id, kind, state_key, content, None).await
+    }
+
+    /// A message or (non-member) state event from the delayed event `delay_id`, by the same
+    /// checks as `PUT /send` and `PUT /state` (MSC4140: they apply when it is sent); the
+    /// delayed event is removed in the event's batch.
+    pub async fn send_from_delay(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: Option<&str>,
+        content: JsonValue,
+        delay_id: &str,
+    ) -> Result<OwnedEventId> {
+        if let Some(state_key) = state_key {
+            return self.send_state_from(sender, room_id, kind, state_key, content, Some(delay_id)).await;
+        }
+        ensure_object(&content)?;
+        self.ensure_joined(room_id, sender)?;
+        let template = client_template(kind, None, content)?;
+        self.timeline.send_from_delay(room_id, sender, template, delay_id).await
+    }
+
+    /// Check what a client wants sent later, as far as it can be before it is sent (see
+    /// `Timeline::check_template`): bad content gets the answer `PUT /send` or `PUT /state`
+    /// would give it now.
+    pub fn check_delayed(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: Option<&str>,
+        content: JsonValue,
+    ) -> Result<()> {
+        ensure_object(&content)?;
+        self.timeline.check_template(room_id, sender, &client_template(kind, state_key, content)?)
+    }
+
+    async fn send_state_from(
+        &self,
+        sender: &UserId,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+        content: JsonValue,
+        delay_id: Option<&str>,
+    ) -> Result<OwnedEventId> {
         ensure_object(&content)?;
         self.ensure_joined(room_id, sender)?;
         if kind == "m.room.canonical_alias" {
@@ -110,8 +158,11 @@ impl RoomActions {
         {
             return Ok(current.pdu.event_id.clone());
         }
-        let event =
-            self.timeline.append(&lock, sender, client_template(kind, Some(state_key), content)?, None)?;
+        let template = client_template(kind, Some(state_key), content)?;
+        let event = match delay_id {
+            Some(delay_id) => self.timeline.append_from_delay(&lock, sender, template, delay_id)?,
+            None => self.timeline.append(&lock, sender, template, None)?,
+        };
         Ok(event.pdu.event_id.clone())
     }
 

@@ -40,6 +40,8 @@ pub struct StoredEvent {
     pub state_before: u64,
     /// The device and transaction that sent it, if sent by a local client with one.
     pub txn: Option<TxnOrigin>,
+    /// The delayed event it was sent from, if any.
+    pub delay_id: Option<String>,
 }
 
 pub struct Events {
@@ -290,12 +292,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn encode(event: &StoredEvent) -> Result<PduRecord> {
     let pdu = serde_json::value::to_raw_value(&event.pdu)
         .map_err(|e| Error::internal(format!("encode event: {e}")))?;
-    Ok(PduRecord { stream: event.stream, state_before: event.state_before, pdu, txn: event.txn.clone() })
+    Ok(PduRecord {
+        stream: event.stream,
+        state_before: event.state_before,
+        pdu,
+        txn: event.txn.clone(),
+        delay_id: event.delay_id.clone(),
+    })
 }
 
 fn decode(record: PduRecord) -> Result<StoredEvent> {
     let pdu = parse_pdu(record.pdu.get()).map_err(|e| Error::internal(format!("stored event: {e}")))?;
-    Ok(StoredEvent { pdu, stream: record.stream, state_before: record.state_before, txn: record.txn })
+    Ok(StoredEvent {
+        pdu,
+        stream: record.stream,
+        state_before: record.state_before,
+        txn: record.txn,
+        delay_id: record.delay_id,
+    })
 }
 
 /// Parse a stored event. Before request bodies had a nesting limit, a state event's

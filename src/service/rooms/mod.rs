@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod aliases;
 pub mod create;
+pub mod delayed;
 pub mod directory;
 pub mod events;
 pub mod hierarchy;

@@ -1,5 +1,6 @@
 //! How an event is shown to one client: the client format (or the federation format when a
-//! filter asks), `unsigned.age`, the sending device's `transaction_id`, bundled
+//! filter asks), `unsigned.age`, the sending device's `transaction_id`, the sender's
+//! `org.matrix.msc4140.delay_id` (events sent from a delayed event), bundled
 //! aggregations of its relations, and the filter's `event_fields`. Every path that serves
 //! events to clients renders through here so they all agree.
 
@@ -73,6 +74,12 @@ impl EventRenderer {
             && viewer.device_id == Some(origin.device_id.as_ref())
         {
             unsigned.insert("transaction_id".to_owned(), origin.txn_id.as_str().into());
+        }
+        // MSC4140: the delay ID is shown to the event's sender (any of their devices) only.
+        if let Some(delay_id) = &event.delay_id
+            && pdu.sender == viewer.user_id
+        {
+            unsigned.insert("org.matrix.msc4140.delay_id".to_owned(), delay_id.as_str().into());
         }
         if let Some(bundle) = self.relations.bundle(viewer.user_id, event)? {
             unsigned.insert("m.relations".to_owned(), bundle);

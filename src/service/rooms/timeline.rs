@@ -5,7 +5,9 @@
 //! for the members,
 //! and commits the event, its stream position, the new state group, current state,
 //! membership indexes, relation and search index rows, notification rows and any redaction
-//! in one atomic batch. A rejected event is never written. Owns the `txn_ids` table.
+//! in one atomic batch (with, for an event sent from a delayed event, that delayed event's
+//! removal). A rejected event is never written. Owns the `txn_ids` table. A state event
+//! also cancels other users' delayed events for its state (`DelayedEvents`).
 //!
 //! The batch is written buffered under the lock, so the next event of the room can be built
 //! on it at once; it becomes durable in a group sync shared with other writers, after the
@@ -49,6 +51,7 @@ use crate::{
     service::{
         cache::BoundedCache,
         clock::Clock,
+        delayed_events::DelayedEvents,
         push::Notifications,
         server_keys::ServerKeys,
         stream::{Change, OwnedReservation, Stream},
@@ -105,6 +108,7 @@ pub struct Timeline {
     relations: Arc<Relations>,
     notifications: Arc<Notifications>,
     search: Arc<Search>,
+    delayed: Arc<DelayedEvents>,
     clock: Arc<dyn Clock>,
     store: Arc<dyn KvStore>,
     group_sync: Arc<GroupSync>,
@@ -129,6 +133,7 @@ impl Timeline {
         relations: Arc<Relations>,
         notifications: Arc<Notifications>,
         search: Arc<Search>,
+        delayed: Arc<DelayedEvents>,
         clock: Arc<dyn Clock>,
         group_sync: Arc<GroupSync>,
     ) -> Self {
@@ -141,6 +146,7 @@ impl Timeline {
             relations,
             notifications,
             search,
+            delayed,
             clock,
             store: Arc::clone(store),
             group_sync,
@@ -179,8 +185,23 @@ impl Timeline {
         {
             return Ok(event_id);
         }
-        let pending = self.append_pending(&lock, sender, template, txn)?;
+        let pending = self.append_pending(&lock, sender, template, txn, None)?;
         // The next event of the room is built while this one waits for its sync.
+        drop(lock);
+        Ok(self.finish(pending).await?.pdu.event_id.clone())
+    }
+
+    /// Send an event from the delayed event `delay_id`, which is removed in the event's
+    /// batch; the event carries the delay ID for its sender to see.
+    pub async fn send_from_delay(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: EventTemplate,
+        delay_id: &str,
+    ) -> Result<OwnedEventId> {
+        let lock = self.lock_room(room_id).await;
+        let pending = self.append_pending(&lock, sender, template, None, Some(delay_id))?;
         drop(lock);
         Ok(self.finish(pending).await?.pdu.event_id.clone())
     }
@@ -194,9 +215,53 @@ impl Timeline {
         template: EventTemplate,
         txn: Option<Txn<'_>>,
     ) -> Result<Arc<StoredEvent>> {
-        let pending = self.append_pending(lock, sender, template, txn)?;
+        let pending = self.append_pending(lock, sender, template, txn, None)?;
         self.store.sync()?;
         Ok(self.announce(pending))
+    }
+
+    /// As `append`, for an event sent from the delayed event `delay_id` (see
+    /// `send_from_delay`).
+    pub fn append_from_delay(
+        &self,
+        lock: &RoomLock,
+        sender: &UserId,
+        template: EventTemplate,
+        delay_id: &str,
+    ) -> Result<Arc<StoredEvent>> {
+        let pending = self.append_pending(lock, sender, template, None, Some(delay_id))?;
+        self.store.sync()?;
+        Ok(self.announce(pending))
+    }
+
+    /// Check an event a client wants sent later as far as it can be before it is sent: the
+    /// room exists, and the type, state key and content pass the checks the append path
+    /// makes before the auth rules (sizes, canonical JSON, integer power levels, content the
+    /// auth rules read). Whether the sender may send it is decided when it is sent, against
+    /// the state then (MSC4140). The size is checked without the event's references, which
+    /// add a few hundred bytes when it is sent.
+    pub fn check_template(&self, room_id: &RoomId, sender: &UserId, template: &EventTemplate) -> Result<()> {
+        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = rules_of(&room.version)?;
+        checked_content(&rules, sender, template)?;
+        pdu::build_pdu(
+            &rules,
+            self.keys.server_name(),
+            self.keys.key_pair(),
+            sender,
+            self.now(),
+            template,
+            GraphPosition {
+                room_id: Some(room_id),
+                event_id: self.new_event_id(&rules),
+                prev_events: Vec::new(),
+                auth_events: Vec::new(),
+                reference_hashes: BTreeMap::new(),
+                depth: uint(room.depth.saturating_add(1)),
+            },
+        )
+        .map_err(build_error)?;
+        Ok(())
     }
 
     /// Make an appended event durable in a group sync, then announce it.
@@ -219,6 +284,7 @@ impl Timeline {
         sender: &UserId,
         template: EventTemplate,
         txn: Option<Txn<'_>>,
+        delay_id: Option<&str>,
     ) -> Result<PendingEvent> {
         if let Some(txn) = &txn {
             // Every transaction ID is stored; the spec sets no limit, clients use short ones.
@@ -238,21 +304,7 @@ impl Timeline {
             _ => None,
         };
 
-        if template.kind == TimelineEventType::RoomPowerLevels {
-            // The v1–v9 auth rules would take string levels; local users send integers.
-            power_levels::check_integers(&template.content)
-                .map_err(|reason| Error::bad_json(format!("Invalid power levels: {reason}")))?;
-        }
-        let content = serde_json::value::to_raw_value(&template.content)
-            .map_err(|e| Error::bad_json(format!("content: {e}")))?;
-        let auth_keys = auth::auth_event_keys(
-            &rules.authorization,
-            &template.kind,
-            sender,
-            template.state_key.as_deref(),
-            &content,
-        )
-        .map_err(|reason| Error::bad_json(format!("Invalid event content: {reason}")))?;
+        let auth_keys = checked_content(&rules, sender, &template)?;
         let auth_events =
             auth::select_auth_events(&auth_keys, |kind, key| state.get(&(kind.clone(), key.to_owned())));
         let mut prev_events = room.forward_extremities.clone();
@@ -330,7 +382,7 @@ impl Timeline {
         };
 
         let record = RoomRecord { forward_extremities: vec![pdu.event_id.clone()], depth, ..room };
-        self.commit(room_id, record, pdu, txn, redacted)
+        self.commit(room_id, record, pdu, txn, delay_id, redacted)
     }
 
     /// Create a room: build and commit its `m.room.create` event. Returns the room's lock
@@ -384,7 +436,7 @@ impl Timeline {
                 state_group: EMPTY_GROUP,
             };
             let room_id = pdu.room_id.clone();
-            let pending = self.commit(&room_id, record, pdu, None, None)?;
+            let pending = self.commit(&room_id, record, pdu, None, None, None)?;
             self.store.sync()?;
             return Ok((lock, self.announce(pending)));
         }
@@ -397,6 +449,7 @@ impl Timeline {
         mut record: RoomRecord,
         pdu: Pdu,
         txn: Option<Txn<'_>>,
+        delay_id: Option<&str>,
         redacted: Option<Arc<StoredEvent>>,
     ) -> Result<PendingEvent> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
@@ -414,7 +467,13 @@ impl Timeline {
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
         let origin =
             txn.map(|t| TxnOrigin { device_id: t.device_id.to_owned(), txn_id: t.txn_id.to_owned() });
-        let event = Arc::new(StoredEvent { pdu, stream: reservation.position, state_before, txn: origin });
+        let event = Arc::new(StoredEvent {
+            pdu,
+            stream: reservation.position,
+            state_before,
+            txn: origin,
+            delay_id: delay_id.map(str::to_owned),
+        });
         let pdu = &event.pdu;
         let mut batch = WriteBatch::new();
         self.events.put_in(&mut batch, &event)?;
@@ -470,8 +529,21 @@ impl Timeline {
             let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.path.to_owned());
             self.txn_ids.put(&mut batch, &key, &pdu.event_id)?;
         }
+        if let Some(delay_id) = delay_id {
+            self.delayed.remove_in(&mut batch, delay_id)?;
+        }
         self.states.put_room_in(&mut batch, room_id, &record)?;
         self.store.write_buffered(batch)?;
+        if let Some(state_key) = &pdu.state_key
+            && !is_create
+        {
+            // The event is written; failing to cancel delayed events must not fail it.
+            if let Err(e) =
+                self.delayed.state_written(room_id, pdu.kind.to_string().as_str(), state_key, &pdu.sender)
+            {
+                tracing::warn!(room_id = %room_id, error = %e, "cancelling delayed events for overwritten state failed");
+            }
+        }
 
         if let Some((group, state)) = new_group {
             self.states.committed_group(group, state);
@@ -613,6 +685,30 @@ fn redacted_target(
     let mut pdu = original.pdu.clone();
     pdu.redact(rules, redaction).map_err(Error::internal)?;
     Ok(Some(Arc::new(StoredEvent { pdu, ..StoredEvent::clone(original) })))
+}
+
+/// The checks on a template's content made before it is built: integer power levels and
+/// content the auth rules read. Returns the auth events it needs.
+fn checked_content(
+    rules: &RoomVersionRules,
+    sender: &UserId,
+    template: &EventTemplate,
+) -> Result<Vec<(StateEventType, String)>> {
+    if template.kind == TimelineEventType::RoomPowerLevels {
+        // The v1–v9 auth rules would take string levels; local users send integers.
+        power_levels::check_integers(&template.content)
+            .map_err(|reason| Error::bad_json(format!("Invalid power levels: {reason}")))?;
+    }
+    let content = serde_json::value::to_raw_value(&template.content)
+        .map_err(|e| Error::bad_json(format!("content: {e}")))?;
+    auth::auth_event_keys(
+        &rules.authorization,
+        &template.kind,
+        sender,
+        template.state_key.as_deref(),
+        &content,
+    )
+    .map_err(|reason| Error::bad_json(format!("Invalid event content: {reason}")))
 }
 
 #[derive(serde::Deserialize)]
