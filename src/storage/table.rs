@@ -120,6 +120,16 @@ impl<K: KeyCodec, V: Serialize + DeserializeOwned> Table<K, V> {
         self.scan(KeyRange::prefix(prefix.to_key_bytes()), direction)
     }
 
+    /// Whether any row's key starts with the encoding of `prefix` (one seek; nothing is
+    /// decoded).
+    pub fn has_prefix<P: KeyCodec>(&self, prefix: &P) -> StorageResult<bool> {
+        match self.store.scan(self.name, KeyRange::prefix(prefix.to_key_bytes()), Direction::Forward)?.next()
+        {
+            Some(row) => row.map(|_| true),
+            None => Ok(false),
+        }
+    }
+
     /// Queue a delete of every row whose key starts with the encoding of `prefix` into
     /// `batch`, without decoding values; returns how many rows that is.
     pub fn delete_prefix<P: KeyCodec>(&self, batch: &mut WriteBatch, prefix: &P) -> StorageResult<u64> {
