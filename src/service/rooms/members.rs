@@ -2,7 +2,10 @@
 //! Written in the same batch as the member event, so they never disagree with the state.
 //! Owns the `room_members` and `user_rooms` tables.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
 
@@ -23,10 +26,27 @@ pub struct MemberMoves {
     pub left: Vec<OwnedUserId>,
 }
 
+/// One user's membership rows, by room.
+pub type UserMemberships = Arc<[(OwnedRoomId, MembershipRecord)]>;
+
+/// Users whose rows are kept in memory at most; past it the cache starts over.
+const MAX_CACHED_USERS: usize = 10_000;
+
 pub struct Memberships {
     room_members: Table<(OwnedRoomId, OwnedUserId), MembershipRecord>,
     user_rooms: Table<(OwnedUserId, OwnedRoomId), MembershipRecord>,
     store: Arc<dyn KvStore>,
+    /// Users' rows as last read: every sync reads all of a user's rooms, and they change
+    /// rarely. Dropped for a user once a change to their rows is committed.
+    by_user: Mutex<UserCache>,
+}
+
+#[derive(Default)]
+struct UserCache {
+    rows: HashMap<OwnedUserId, UserMemberships>,
+    /// Moves on every committed change: a read that began before a change does not fill
+    /// the cache with what it read.
+    generation: u64,
 }
 
 impl Memberships {
@@ -35,6 +55,21 @@ impl Memberships {
             room_members: ROOM_MEMBERS.open(store),
             user_rooms: USER_ROOMS.open(store),
             store: Arc::clone(store),
+            by_user: Mutex::default(),
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, UserCache> {
+        self.by_user.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes queued with [`Self::set_in`] for these users are committed: their rows are
+    /// read afresh from now on.
+    pub fn committed<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
+        let mut cache = self.cache();
+        cache.generation += 1;
+        for user_id in users {
+            cache.rows.remove(user_id);
         }
     }
 
@@ -67,25 +102,45 @@ impl Memberships {
 
     /// Rooms in which the user's latest membership is `membership`.
     pub fn rooms_of_user(&self, user_id: &UserId, membership: &MembershipState) -> Result<Vec<OwnedRoomId>> {
-        let mut rooms = Vec::new();
-        for row in self.user_rooms.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
-            let ((_, room_id), record) = row?;
-            if record.membership == membership.as_str() {
-                rooms.push(room_id);
-            }
-        }
-        Ok(rooms)
+        Ok(self
+            .user_memberships(user_id)?
+            .iter()
+            .filter(|(_, record)| record.membership == membership.as_str())
+            .map(|(room_id, _)| room_id.clone())
+            .collect())
     }
 
     /// Every room the user has a membership row in, with that row.
     pub fn memberships_of_user(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, MembershipRecord)>> {
-        self.user_rooms
+        Ok(self.user_memberships(user_id)?.to_vec())
+    }
+
+    /// [`Self::memberships_of_user`] shared, without copying the rows.
+    pub fn user_memberships(&self, user_id: &UserId) -> Result<UserMemberships> {
+        let generation = {
+            let cache = self.cache();
+            if let Some(rows) = cache.rows.get(user_id) {
+                return Ok(Arc::clone(rows));
+            }
+            cache.generation
+        };
+        let rows: UserMemberships = self
+            .user_rooms
             .scan_prefix(&user_id.to_owned(), Direction::Forward)?
             .map(|row| {
                 let ((_, room_id), record) = row?;
                 Ok((room_id, record))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?
+            .into();
+        let mut cache = self.cache();
+        if cache.generation == generation {
+            if cache.rows.len() >= MAX_CACHED_USERS {
+                cache.rows.clear();
+            }
+            cache.rows.insert(user_id.to_owned(), Arc::clone(&rows));
+        }
+        Ok(rows)
     }
 
     /// Every user with a membership row in the room, and that row.
@@ -130,6 +185,8 @@ impl Memberships {
         record.forgotten = true;
         let mut batch = WriteBatch::new();
         self.set_in(&mut batch, room_id, user_id, &record)?;
-        Ok(self.store.write(batch)?)
+        self.store.write(batch)?;
+        self.committed([user_id]);
+        Ok(())
     }
 }

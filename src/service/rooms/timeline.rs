@@ -551,6 +551,9 @@ impl Timeline {
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
         if pdu.kind == TimelineEventType::RoomMember {
             self.joined.remove(&room_id.to_owned());
+            if let Some(member) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) {
+                self.members.committed([member.as_ref()]);
+            }
         }
         tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event appended");
         Ok(PendingEvent { event, reservation, changes })
