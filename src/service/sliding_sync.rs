@@ -98,8 +98,70 @@ struct Sent {
 #[derive(Clone, Debug, Default)]
 struct Snapshot {
     upto: u64,
-    rooms: HashMap<OwnedRoomId, Sent>,
+    rooms: RoomsSent,
     counts: BTreeMap<String, usize>,
+}
+
+/// What a connection sent of each room, as a map shared between the connection's positions
+/// plus what each position changed: a response usually changes a few rooms of hundreds, so
+/// the positions a connection keeps cost one map, not one each.
+#[derive(Clone, Debug, Default)]
+struct RoomsSent {
+    base: Arc<HashMap<OwnedRoomId, Sent>>,
+    /// Changes over `base`; `None` removes a room.
+    changes: HashMap<OwnedRoomId, Option<Sent>>,
+}
+
+impl RoomsSent {
+    fn get(&self, room_id: &RoomId) -> Option<Sent> {
+        match self.changes.get(room_id) {
+            Some(changed) => *changed,
+            None => self.base.get(room_id).copied(),
+        }
+    }
+
+    fn contains_key(&self, room_id: &RoomId) -> bool {
+        self.get(room_id).is_some()
+    }
+
+    fn insert(&mut self, room_id: &RoomId, sent: Sent) {
+        if self.get(room_id) != Some(sent) {
+            self.changes.insert(room_id.to_owned(), Some(sent));
+        }
+    }
+
+    fn remove(&mut self, room_id: &RoomId) {
+        if self.base.contains_key(room_id) {
+            self.changes.insert(room_id.to_owned(), None);
+        } else {
+            self.changes.remove(room_id);
+        }
+    }
+
+    /// Keep only the rooms `keep` says yes to.
+    fn retain(&mut self, keep: impl Fn(&RoomId) -> bool) {
+        let gone: Vec<OwnedRoomId> =
+            self.base.keys().filter(|r| !keep(r) && self.changes.get(*r) != Some(&None)).cloned().collect();
+        for room_id in gone {
+            self.changes.insert(room_id, None);
+        }
+        self.changes.retain(|room_id, changed| changed.is_none() || keep(room_id));
+    }
+
+    /// Fold the changes into a new shared map once they are a sizeable part of it.
+    fn settle(&mut self) {
+        if self.changes.len() <= 16 || self.changes.len() * 4 <= self.base.len() {
+            return;
+        }
+        let mut merged = (*self.base).clone();
+        for (room_id, changed) in self.changes.drain() {
+            match changed {
+                Some(sent) => merged.insert(room_id, sent),
+                None => merged.remove(&room_id),
+            };
+        }
+        self.base = Arc::new(merged);
+    }
 }
 
 struct Connection {
@@ -110,19 +172,58 @@ struct Connection {
 
 type ConnectionKey = (OwnedUserId, OwnedDeviceId, String);
 
+/// A device's connections, by `conn_id`.
+type DeviceConnections = HashMap<String, Connection>;
+
+/// The open connections by device: the per-device cap and forgetting a device look at that
+/// device's connections only.
+#[derive(Default)]
+struct Open {
+    devices: HashMap<(OwnedUserId, OwnedDeviceId), DeviceConnections>,
+    count: usize,
+}
+
+impl Open {
+    /// Forget the least recently used connection of all (the server holds too many).
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .devices
+            .iter()
+            .flat_map(|(device, conns)| conns.iter().map(move |(id, c)| (device, id, c.last_used)))
+            .min_by_key(|(_, _, used)| *used)
+            .map(|(device, id, _)| (device.clone(), id.clone()));
+        if let Some((device, conn_id)) = oldest {
+            self.remove(&device, &conn_id);
+        }
+    }
+
+    fn remove(&mut self, device: &(OwnedUserId, OwnedDeviceId), conn_id: &str) {
+        if let Some(conns) = self.devices.get_mut(device) {
+            if conns.remove(conn_id).is_some() {
+                self.count -= 1;
+            }
+            if conns.is_empty() {
+                self.devices.remove(device);
+            }
+        }
+    }
+}
+
 impl Connections {
     /// Forget a device's connections (the device was deleted or logged out).
     pub fn forget_device(&self, user_id: &UserId, device_id: &ruma::DeviceId) {
-        let mut connections = self.lock();
-        connections.retain(|(user, device, _), _| user != user_id || device != device_id);
+        let mut open = self.lock();
+        if let Some(conns) = open.devices.remove(&(user_id.to_owned(), device_id.to_owned())) {
+            open.count -= conns.len();
+        }
     }
 
     /// Open connections.
     pub fn connection_count(&self) -> usize {
-        self.lock().len()
+        self.lock().count
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionKey, Connection>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -131,8 +232,13 @@ impl Connections {
         let unknown =
             || Error::new(ErrorKind::UnknownPos, "Unknown or expired position; start a new connection");
         let pos: u64 = pos.parse().map_err(|_| unknown())?;
-        let mut connections = self.lock();
-        let connection = connections.get_mut(key).ok_or_else(unknown)?;
+        let (user, device, conn_id) = key;
+        let mut open = self.lock();
+        let connection = open
+            .devices
+            .get_mut(&(user.clone(), device.clone()))
+            .and_then(|conns| conns.get_mut(conn_id))
+            .ok_or_else(unknown)?;
         connection.last_used = Instant::now();
         let snapshot = connection.snapshots.iter().find(|(p, _)| *p == pos).ok_or_else(unknown)?;
         let snapshot = Arc::clone(&snapshot.1);
@@ -147,28 +253,29 @@ impl Connections {
     fn remember(&self, key: ConnectionKey, from: Option<u64>, snapshot: Snapshot) -> u64 {
         let pos = self.next_pos.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
-        let mut connections = self.lock();
-        if !connections.contains_key(&key) {
-            let (user, device, _) = &key;
-            let mine: Vec<(ConnectionKey, Instant)> = connections
-                .iter()
-                .filter(|((u, d, _), _)| u == user && d == device)
-                .map(|(k, c)| (k.clone(), c.last_used))
-                .collect();
-            if mine.len() >= MAX_CONNECTIONS_PER_DEVICE
-                && let Some((oldest, _)) = mine.iter().min_by_key(|(_, used)| *used)
-            {
-                connections.remove(oldest);
-            }
-            if connections.len() >= MAX_CONNECTIONS
+        let (user, device, conn_id) = key;
+        let device = (user, device);
+        let mut open = self.lock();
+        let known = open.devices.get(&device).is_some_and(|conns| conns.contains_key(&conn_id));
+        if !known {
+            let mine = open.devices.get(&device).map_or(0, HashMap::len);
+            if mine >= MAX_CONNECTIONS_PER_DEVICE
                 && let Some(oldest) =
-                    connections.iter().min_by_key(|(_, c)| c.last_used).map(|(k, _)| k.clone())
+                    open.devices[&device].iter().min_by_key(|(_, c)| c.last_used).map(|(id, _)| id.clone())
             {
-                connections.remove(&oldest);
+                open.remove(&device, &oldest);
             }
+            if open.count >= MAX_CONNECTIONS {
+                open.evict_oldest();
+            }
+            open.count += 1;
         }
-        let connection =
-            connections.entry(key).or_insert_with(|| Connection { snapshots: Vec::new(), last_used: now });
+        let connection = open
+            .devices
+            .entry(device)
+            .or_default()
+            .entry(conn_id)
+            .or_insert_with(|| Connection { snapshots: Vec::new(), last_used: now });
         connection.last_used = now;
         if from.is_none() {
             // A new connection (no `pos`) starts over.
@@ -183,9 +290,9 @@ impl Connections {
 }
 
 /// A room as the user's lists see it.
-struct Candidate {
-    room_id: OwnedRoomId,
-    record: MembershipRecord,
+struct Candidate<'a> {
+    room_id: &'a OwnedRoomId,
+    record: &'a MembershipRecord,
     membership: MembershipState,
     bump: u64,
 }
@@ -215,7 +322,7 @@ pub struct SlidingSync {
 
 /// The open connections, in memory. Accounts forget a device's connections with the device.
 pub struct Connections {
-    open: Mutex<HashMap<ConnectionKey, Connection>>,
+    open: Mutex<Open>,
     next_pos: AtomicU64,
 }
 
@@ -227,7 +334,7 @@ impl Default for Connections {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
-        Self { open: Mutex::new(HashMap::new()), next_pos: AtomicU64::new(start) }
+        Self { open: Mutex::new(Open::default()), next_pos: AtomicU64::new(start) }
     }
 }
 
@@ -325,14 +432,15 @@ impl SlidingSync {
         // The user's rooms, most recent first.
         let mut candidates = Vec::new();
         let mut watched = HashSet::new();
-        for (room_id, record) in self.members.memberships_of_user(user_id)? {
+        let memberships = self.members.user_memberships(user_id)?;
+        for (room_id, record) in memberships.iter() {
             let membership = MembershipState::from(record.membership.as_str());
             let bump = match membership {
                 MembershipState::Join => {
                     if record.joined_since() > upto {
                         continue;
                     }
-                    self.events.bump_position(&room_id)?.max(record.stream.min(upto))
+                    self.events.bump_position(room_id)?.max(record.stream.min(upto))
                 }
                 MembershipState::Invite | MembershipState::Knock if record.stream <= upto => record.stream,
                 // A room the client knew that the user left since: once more, with the leave.
@@ -340,7 +448,7 @@ impl SlidingSync {
                     if !record.forgotten
                         && record.stream <= upto
                         && since.is_some_and(|s| record.stream > s)
-                        && snapshot.rooms.contains_key(&room_id) =>
+                        && snapshot.rooms.contains_key(room_id) =>
                 {
                     record.stream
                 }
@@ -352,7 +460,7 @@ impl SlidingSync {
             }
             candidates.push(Candidate { room_id, record, membership, bump: bump.min(upto) });
         }
-        candidates.sort_by(|a, b| b.bump.cmp(&a.bump).then_with(|| a.room_id.cmp(&b.room_id)));
+        candidates.sort_by(|a, b| b.bump.cmp(&a.bump).then_with(|| a.room_id.cmp(b.room_id)));
         let by_id: HashMap<&RoomId, &Candidate> =
             candidates.iter().map(|c| (c.room_id.as_ref(), c)).collect();
 
@@ -370,7 +478,7 @@ impl SlidingSync {
             for candidate in &candidates {
                 if matches!(candidate.membership, MembershipState::Leave | MembershipState::Ban) {
                     // Shown once in the lists that showed it, to deliver the leave.
-                    if snapshot.rooms.contains_key(&candidate.room_id) {
+                    if snapshot.rooms.contains_key(candidate.room_id) {
                         kept.push(candidate);
                     }
                     continue;
@@ -426,16 +534,18 @@ impl SlidingSync {
         let dms = facts.dms.clone();
         for (room_id, ask) in &asks {
             let Some(candidate) = by_id.get(&**room_id) else { continue };
-            let sent = snapshot.rooms.get(room_id).copied();
-            if let Some(room) = self.room(viewer, candidate, ask, sent, since, upto, &ignored, &dms)? {
-                response.rooms.insert(room_id.clone(), room);
-            }
+            let sent = snapshot.rooms.get(room_id);
+            let Some(room) = self.room(viewer, candidate, ask, sent, since, upto, &ignored, &dms)? else {
+                // Unchanged: what the connection has of the room still holds.
+                continue;
+            };
+            response.rooms.insert(room_id.clone(), room);
             let left = matches!(candidate.membership, MembershipState::Leave | MembershipState::Ban);
             if left {
                 snapshot.rooms.remove(room_id);
             } else {
                 snapshot.rooms.insert(
-                    room_id.clone(),
+                    room_id,
                     Sent {
                         at: upto,
                         required: ask.required.fingerprint(),
@@ -446,7 +556,8 @@ impl SlidingSync {
             }
         }
         // Rooms the user is no longer in are forgotten once delivered.
-        snapshot.rooms.retain(|room_id, _| by_id.contains_key(&**room_id));
+        snapshot.rooms.retain(|room_id| by_id.contains_key(room_id));
+        snapshot.rooms.settle();
 
         self.extensions(request, &mut response, &asks, from, since, upto, &ignored, &watched)?;
         Ok((response, snapshot, watched))
@@ -781,12 +892,12 @@ impl<'s> FactsCache<'s> {
     }
 
     fn of(&mut self, candidate: &Candidate, spaces: &HashSet<OwnedRoomId>) -> Result<RoomFacts<'_>> {
-        if !self.known.contains_key(&candidate.room_id) {
+        if !self.known.contains_key(candidate.room_id) {
             let facts = self.read(candidate)?;
             self.known.insert(candidate.room_id.clone(), facts);
         }
-        let mut facts = self.known[&candidate.room_id].facts();
-        facts.in_spaces = spaces.contains(&candidate.room_id);
+        let mut facts = self.known[candidate.room_id].facts();
+        facts.in_spaces = spaces.contains(candidate.room_id);
         Ok(facts)
     }
 
@@ -799,9 +910,9 @@ impl<'s> FactsCache<'s> {
                 None => Arc::default(),
             }
         } else {
-            service.views.current_state(&candidate.room_id)?
+            service.views.current_state(candidate.room_id)?
         };
-        let mut dm = self.dms.contains(&candidate.room_id);
+        let mut dm = self.dms.contains(candidate.room_id);
         if invite && let Some(event) = service.events.get(&candidate.record.event_id)? {
             dm |= event.pdu.content_value().get("is_direct").and_then(JsonValue::as_bool).unwrap_or(false);
         }
@@ -884,4 +995,88 @@ fn is_empty(response: &Response) -> bool {
         && ext.account_data.rooms.is_empty()
         && ext.receipts.rooms.is_empty()
         && ext.typing.rooms.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(at: u64) -> Sent {
+        Sent { at, required: 7, timeline_limit: 1, invite: false }
+    }
+
+    fn room(n: usize) -> OwnedRoomId {
+        OwnedRoomId::try_from(format!("!r{n}:example.org")).unwrap()
+    }
+
+    #[test]
+    fn positions_share_one_room_map_and_see_their_own_changes() {
+        let mut first = RoomsSent::default();
+        for n in 0..100 {
+            first.insert(&room(n), sent(1));
+        }
+        first.settle();
+        assert!(first.changes.is_empty(), "100 new rooms are folded into the shared map");
+
+        let mut second = first.clone();
+        assert!(Arc::ptr_eq(&first.base, &second.base));
+        second.insert(&room(3), sent(2));
+        second.remove(&room(4));
+        second.insert(&room(200), sent(2));
+        second.remove(&room(201)); // never there
+        second.settle();
+        assert_eq!(second.changes.len(), 3, "a few changes stay beside the shared map");
+        assert_eq!(second.get(&room(3)), Some(sent(2)));
+        assert_eq!(second.get(&room(4)), None);
+        assert_eq!(second.get(&room(200)), Some(sent(2)));
+        assert_eq!(first.get(&room(3)), Some(sent(1)), "the earlier position is untouched");
+        assert!(first.contains_key(&room(4)));
+
+        // Inserting what is already there changes nothing.
+        let mut third = second.clone();
+        third.insert(&room(5), sent(1));
+        assert_eq!(third.changes.len(), 3);
+
+        third.retain(|r| r != room(6) && r != room(200));
+        assert!(!third.contains_key(&room(6)) && !third.contains_key(&room(200)));
+        assert!(third.contains_key(&room(7)));
+        assert!(second.contains_key(&room(6)));
+
+        // Many changes are folded into a new map for that position alone.
+        for n in 0..60 {
+            third.insert(&room(n), sent(3));
+        }
+        third.settle();
+        assert!(third.changes.is_empty());
+        assert!(!Arc::ptr_eq(&third.base, &second.base));
+        assert_eq!(third.get(&room(10)), Some(sent(3)));
+        assert_eq!(third.get(&room(4)), Some(sent(3)));
+        assert_eq!(third.get(&room(6)), Some(sent(3)), "inserted again after it went");
+        assert_eq!(third.get(&room(200)), None);
+        assert_eq!(third.get(&room(99)), Some(sent(1)));
+        assert_eq!(second.get(&room(10)), Some(sent(1)));
+    }
+
+    #[test]
+    fn a_device_holds_a_bounded_number_of_connections_and_goes_with_them() {
+        let connections = Connections::default();
+        let user = OwnedUserId::try_from("@a:example.org").unwrap();
+        let key = |device: &str, conn: usize| (user.clone(), OwnedDeviceId::from(device), format!("c{conn}"));
+        let mut first_pos = None;
+        for conn in 0..MAX_CONNECTIONS_PER_DEVICE + 3 {
+            let pos = connections.remember(key("D1", conn), None, Snapshot::default());
+            first_pos.get_or_insert(pos);
+        }
+        connections.remember(key("D2", 0), None, Snapshot::default());
+        assert_eq!(connections.connection_count(), MAX_CONNECTIONS_PER_DEVICE + 1);
+        // The least recently used of D1 went.
+        let oldest = first_pos.unwrap().to_string();
+        assert!(connections.snapshot(&key("D1", 0), &oldest).is_err());
+
+        connections.forget_device(&user, "D1".into());
+        assert_eq!(connections.connection_count(), 1);
+        let pos = connections.remember(key("D1", 0), None, Snapshot::default());
+        assert!(connections.snapshot(&key("D1", 0), &pos.to_string()).is_ok());
+        assert_eq!(connections.connection_count(), 2);
+    }
 }
