@@ -204,12 +204,15 @@ async fn positions_repeat_once_and_are_per_connection() {
         "M_UNKNOWN_POS",
     );
 
-    // After a restart every connection starts over.
+    // After a restart every connection starts over: the same device's last position is
+    // unknown, and a new connection sends every room whole.
     let current = sss(&s, &alice, Some(&pos(&again)), room_list(9, 1)).await;
-    let dir = s.stop().await;
-    let s = TestServer::boot(crate::harness::test_config(dir.path()), dir).await;
-    let alice = s.login("alice", "pw-alice-123", None).await;
-    let _ = current;
+    let s = s.restart().await;
+    expect_error(
+        sss_call(&s, &alice, Some(&pos(&current)), room_list(9, 1)).await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN_POS",
+    );
     let fresh = sss(&s, &alice, None, room_list(9, 1)).await;
     assert_eq!(fresh["rooms"][&room]["initial"], true);
 }
@@ -446,6 +449,24 @@ async fn bad_requests_get_clear_errors() {
     expect_error(sss_call(&s, &alice, None, malformed_state).await, StatusCode::BAD_REQUEST, "M_BAD_JSON");
     let long_conn = json!({"conn_id": "x".repeat(65)});
     expect_error(sss_call(&s, &alice, None, long_conn).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let subscriptions: serde_json::Map<String, Value> =
+        (0..1001).map(|i| (format!("!r{i}:localhost"), json!({"timeline_limit": 1}))).collect();
+    expect_error(
+        sss_call(&s, &alice, None, json!({"room_subscriptions": subscriptions})).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    // A refused request costs the connection nothing: its position still answers.
+    let good = sss(&s, &alice, None, room_list(9, 1)).await;
+    let backwards =
+        json!({"conn_id": "room-list", "lists": {"all": {"ranges": [[5, 1]], "timeline_limit": 1}}});
+    expect_error(
+        sss_call(&s, &alice, Some(&pos(&good)), backwards).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    let next = sss(&s, &alice, Some(&pos(&good)), room_list(9, 1)).await;
+    assert_eq!(next["lists"]["all"]["count"], 1);
     // A huge range is clamped to the rooms there are; a huge timeline limit is lowered.
     let huge = sss(
         &s,

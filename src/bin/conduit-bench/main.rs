@@ -243,11 +243,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
         );
         record(scenarios::sliding_first(&plan, &owner).await?, &mut run);
         record(scenarios::sliding_incremental(&plan, &owner, &rooms).await?, &mut run);
+        let devices = scenarios::sliding_devices(&http, &plan).await?;
         let before = rss();
-        let mut opened = scenarios::sliding_connections(&plan, &owner).await?;
+        let mut opened = scenarios::sliding_connections(&plan, &devices).await?;
         if let (Some(before), Some(after)) = (before, rss()) {
             let per = (after - before) * 1024.0 / plan.sss_connections.max(1) as f64;
-            opened.note = format!("{} connections: {per:.1} KiB each (RSS delta)", plan.sss_connections);
+            opened.note = format!(
+                "{} connections on {} devices: {per:.1} KiB each (RSS delta)",
+                plan.sss_connections,
+                devices.len()
+            );
         }
         record(opened, &mut run);
     }

@@ -290,8 +290,11 @@ pub fn room_list_request(conn_id: &str) -> Value {
 }
 
 /// A user in `sss_rooms` named rooms with one message each, for the sliding-sync scenarios.
+/// The number in the sliding-sync owner's name (apart from the other scenarios' users).
+const SLIDING_OWNER: usize = 2_000_000;
+
 pub async fn populate_sliding(http: &Http, plan: &Plan) -> CallResult<(User, Vec<String>)> {
-    let (owner, _) = register_users(http, plan, 2_000_000, 1, 1).await?;
+    let (owner, _) = register_users(http, plan, SLIDING_OWNER, 1, 1).await?;
     let owner = owner.into_iter().next().ok_or("no owner")?;
     let rooms = bounded(plan.clients, (0..plan.sss_rooms).collect(), |i| {
         let owner = owner.clone();
@@ -364,14 +367,33 @@ pub async fn sliding_incremental(plan: &Plan, owner: &User, rooms: &[String]) ->
     ))
 }
 
-/// Open `sss_connections` room-list connections; the caller reads the server's memory
-/// before and after.
-pub async fn sliding_connections(plan: &Plan, owner: &User) -> CallResult<Outcome> {
+/// Connections one device may hold on conduit (its `MAX_CONNECTIONS_PER_DEVICE`): more on
+/// one device would replace each other, so the connections are spread over devices.
+pub const CONNECTIONS_PER_DEVICE: usize = 16;
+
+/// Log the sliding-sync owner in on enough devices for `sss_connections` connections;
+/// logging in is not part of the measurement (the caller reads memory after this).
+pub async fn sliding_devices(http: &Http, plan: &Plan) -> CallResult<Vec<User>> {
+    let owner = format!("{}u{SLIDING_OWNER}", plan.run_id);
+    let devices = plan.sss_connections.div_ceil(CONNECTIONS_PER_DEVICE);
+    bounded(plan.clients, (0..devices).collect(), |_| {
+        let (http, owner) = (http.clone(), owner.clone());
+        async move { http.login(&owner, PASSWORD).await }
+    })
+    .await
+    .into_iter()
+    .collect()
+}
+
+/// Open `sss_connections` room-list connections, `CONNECTIONS_PER_DEVICE` on each of
+/// `devices`; the caller reads the server's memory before and after.
+pub async fn sliding_connections(plan: &Plan, devices: &[User]) -> CallResult<Outcome> {
     let mut latencies = Vec::new();
     let started = Instant::now();
     for run in 0..plan.sss_connections {
-        let body = room_list_request(&format!("memory-{run}"));
-        let (response, took) = timed(owner.sliding_sync(None, &body)).await;
+        let device = &devices[run / CONNECTIONS_PER_DEVICE];
+        let body = room_list_request(&format!("memory-{}", run % CONNECTIONS_PER_DEVICE));
+        let (response, took) = timed(device.sliding_sync(None, &body)).await;
         response?;
         latencies.push(took);
     }
