@@ -248,11 +248,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let mut opened = scenarios::sliding_connections(&plan, &devices).await?;
         if let (Some(before), Some(after)) = (before, rss()) {
             let per = (after - before) * 1024.0 / plan.sss_connections.max(1) as f64;
-            opened.note = format!(
-                "{} connections on {} devices: {per:.1} KiB each (RSS delta)",
-                plan.sss_connections,
-                devices.len()
-            );
+            opened.note = if per > 0.0 {
+                format!(
+                    "{} connections on {} devices: {per:.1} KiB each (RSS delta)",
+                    plan.sss_connections,
+                    devices.len()
+                )
+            } else {
+                // Memory freed by earlier scenarios was reused: the delta says nothing.
+                format!(
+                    "{} connections on {} devices: RSS did not grow; run --scenarios sliding-sync alone for the figure",
+                    plan.sss_connections,
+                    devices.len()
+                )
+            };
         }
         record(opened, &mut run);
     }

@@ -289,10 +289,10 @@ pub fn room_list_request(conn_id: &str) -> Value {
     })
 }
 
-/// A user in `sss_rooms` named rooms with one message each, for the sliding-sync scenarios.
 /// The number in the sliding-sync owner's name (apart from the other scenarios' users).
 const SLIDING_OWNER: usize = 2_000_000;
 
+/// A user in `sss_rooms` named rooms with one message each, for the sliding-sync scenarios.
 pub async fn populate_sliding(http: &Http, plan: &Plan) -> CallResult<(User, Vec<String>)> {
     let (owner, _) = register_users(http, plan, SLIDING_OWNER, 1, 1).await?;
     let owner = owner.into_iter().next().ok_or("no owner")?;
