@@ -192,6 +192,16 @@ async fn room_summaries_show_what_the_caller_may_preview() {
     }
     let (_, body) = s.get(&summary(&public), Some(&alice.token)).await;
     assert_eq!(body["membership"], "join", "{body}");
+    // MSC3266's unstable path, which clients use when `im.nheko.summary` is advertised.
+    let unstable = format!("/_matrix/client/unstable/im.nheko.summary/rooms/{}/summary", urlencode(&public));
+    let (status, body) = s.get(&unstable, Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["room_id"].as_str(), body["membership"].as_str()),
+        (Some(public.as_str()), Some("join"))
+    );
+    let (_, versions) = s.get("/_matrix/client/versions", None).await;
+    assert_eq!(versions["unstable_features"]["im.nheko.summary"], true, "{versions}");
 
     // A private room is previewed by its members and invitees only; to others it is unknown.
     expect_error(s.get(&summary(&private), Some(&bob.token)).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");

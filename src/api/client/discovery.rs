@@ -58,6 +58,8 @@ pub const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.msc2432",
     // Rooms shared with another user.
     "uk.half-shot.msc2666.query_mutual_rooms.stable",
+    // Room summaries (MSC3266, stable in 1.15) under the unstable path too.
+    "im.nheko.summary",
     // Simplified sliding sync (MSC4186): Element X refuses a server without it.
     "org.matrix.simplified_msc3575",
     // MatrixRTC transports (`/rtc/transports`; `{}` when none are configured, as Synapse).
