@@ -100,6 +100,22 @@ pub struct Config {
     pub url_preview_max_spider_size: u64,
     /// Time limit for fetching a preview (all redirects and the image included), seconds.
     pub url_preview_timeout_secs: u64,
+    /// Address ranges refused to every outbound request the server makes to addresses
+    /// users name (push gateways now, federation later), on top of the built-in ones
+    /// (loopback, private, link-local, CGNAT, unique-local, multicast and the other
+    /// special-purpose blocks, which are always refused). URL previews keep their own
+    /// `url_preview_*` lists.
+    pub ip_range_denylist: Vec<IpNet>,
+    /// Ranges allowed anyway, built in or denied: an on-premises push gateway (Sygnal, ntfy)
+    /// usually lives on the LAN, e.g. `["10.1.2.0/24"]`.
+    pub ip_range_allowlist: Vec<IpNet>,
+    /// Push gateways: how long one delivery may take (connecting, sending, the answer), in
+    /// seconds.
+    pub push_timeout_secs: u64,
+    /// Push gateways: the longest wait between retries of a failing gateway, in seconds
+    /// (waits start at 1 s and double). Notifications that have failed for 24 hours are
+    /// given up, as in Synapse.
+    pub push_backoff_max_secs: u64,
     /// The longest delay a client may give a delayed event (MSC4140, which Element Call
     /// needs), as a duration: `"24h"`, `"90s"`, `"500ms"`, `"7d"` (see [`ConfigDuration`]).
     /// Unset (the default) turns delayed events off: scheduling one is `403 M_FORBIDDEN`.
@@ -199,6 +215,10 @@ impl Default for Config {
             url_preview_domain_whitelist: Vec::new(),
             url_preview_max_spider_size: 10 * 1024 * 1024,
             url_preview_timeout_secs: 10,
+            ip_range_denylist: Vec::new(),
+            ip_range_allowlist: Vec::new(),
+            push_timeout_secs: 15,
+            push_backoff_max_secs: 3600,
             max_event_delay_duration: None,
             // Synapse's `msc4140_max_delayed_events_per_user`.
             max_delayed_events_per_user: 100,

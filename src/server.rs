@@ -60,6 +60,9 @@ impl Server {
         let delayed_timer =
             tokio::spawn(Arc::clone(&self.services.delayed_actions).run(workers_stopped.clone()));
         let flusher = tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped));
+        // Pushers' queues resume where they stopped: notifications written while the server
+        // was down (or under way at a crash) are delivered now.
+        self.services.push_gateways.start()?;
 
         let app = api::router(Arc::clone(&self.services));
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -68,6 +71,7 @@ impl Server {
             .map_err(|e| Error::internal(format!("HTTP server: {e}")));
 
         let _ = stop_workers.send(true);
+        self.services.outbox.stop();
         let _ = flusher.await;
         let _ = delayed_timer.await;
         self.services.shutdown()?;

@@ -14,9 +14,12 @@ pub mod keys;
 pub mod legacy_sync;
 pub mod media;
 pub mod openid;
+pub mod outbound;
+pub mod outbox;
 pub mod passwords;
 pub mod presence;
 pub mod push;
+pub mod push_gateway;
 pub mod rooms;
 pub mod server_keys;
 pub mod sliding_sync;
@@ -82,6 +85,8 @@ pub struct Services {
     pub openid: Arc<openid::OpenId>,
     pub turn: Arc<voip::Turn>,
     pub delayed_events: Arc<delayed_events::DelayedEvents>,
+    pub outbox: Arc<outbox::Outbox>,
+    pub push_gateways: Arc<push_gateway::PushGateways>,
     pub delayed_actions: Arc<rooms::delayed::DelayedActions>,
     store: Arc<dyn KvStore>,
 }
@@ -190,6 +195,21 @@ impl Services {
             Arc::clone(&visibility),
             Arc::clone(&renderer),
         )?);
+        // Before `Timeline`, which rings the pushers' queues after each commit.
+        let outbox = Arc::new(outbox::Outbox::new(
+            &store,
+            Arc::clone(&clock),
+            Duration::from_secs(config.push_backoff_max_secs),
+        ));
+        let push_gateways = Arc::new(push_gateway::PushGateways::new(
+            &config,
+            Arc::clone(&outbox),
+            Arc::clone(&notifications),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&stream),
+            Arc::clone(&clock),
+        )?);
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
             Arc::clone(&server_keys),
@@ -199,6 +219,7 @@ impl Services {
             Arc::clone(&memberships),
             Arc::clone(&relations),
             Arc::clone(&notifications),
+            Arc::clone(&push_gateways),
             Arc::clone(&search),
             Arc::clone(&delayed_events),
             Arc::clone(&clock),
@@ -379,6 +400,8 @@ impl Services {
             openid,
             turn,
             delayed_events,
+            outbox,
+            push_gateways,
             delayed_actions,
             store,
         })

@@ -3,7 +3,7 @@
 //! through sync. Every new event is evaluated against the rules of every joined member
 //! but its sender, in the event's own write batch; the resulting notify/highlight rows
 //! give unread counts (reset by receipts) and `/notifications`. Pushers are stored here;
-//! delivery to push gateways is not implemented yet. Owns the `push_actions`,
+//! `PushGateways` delivers the notifications to them. Owns the `push_actions`,
 //! `notifications` and `pushers` tables.
 
 use std::{
@@ -68,7 +68,7 @@ pub struct UnreadCounts {
 
 /// The outcome of evaluating an event for one user who is notified.
 pub struct PendingNotification {
-    user_id: OwnedUserId,
+    pub user_id: OwnedUserId,
     highlight: bool,
     thread: Option<String>,
     actions: JsonValue,
@@ -389,7 +389,68 @@ impl Notifications {
         Ok((found, next))
     }
 
+    /// The user's notifications after `after`, oldest first, at most `limit`, each with
+    /// whether the user has read its room past it (a push for it would be stale).
+    pub fn pending_after(
+        &self,
+        user_id: &UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, NotificationRecord, bool)>> {
+        let user = user_id.to_owned();
+        let range = KeyRange::prefix(user.to_key_bytes()).after((user.clone(), after).to_key_bytes());
+        let mut read: HashMap<OwnedRoomId, u64> = HashMap::new();
+        let mut found = Vec::new();
+        for row in self.notifications.scan(range, Direction::Forward)?.take(limit) {
+            let ((_, stream), record) = row?;
+            let read_to = match read.get(&record.room_id) {
+                Some(position) => *position,
+                None => {
+                    let (unthreaded, _) = self.read_positions(user_id, &record.room_id)?;
+                    read.insert(record.room_id.clone(), unthreaded);
+                    unthreaded
+                }
+            };
+            found.push((stream, record, stream <= read_to));
+        }
+        Ok(found)
+    }
+
+    /// How many of the user's joined rooms have unread notifications (an app's badge, as
+    /// Synapse counts it by default).
+    pub fn unread_rooms(&self, user_id: &UserId) -> Result<u64> {
+        let mut rooms = 0;
+        for room_id in self.members.rooms_of_user(user_id, &MembershipState::Join)? {
+            let counts = self.unread_counts(user_id, &room_id)?;
+            let notified = counts.room.notification_count.is_some_and(|n| n > UInt::MIN)
+                || counts.threads.values().any(|t| t.notification_count.is_some_and(|n| n > UInt::MIN));
+            rooms += u64::from(notified);
+        }
+        Ok(rooms)
+    }
+
     // ---- pushers ----
+
+    /// One pusher of the user, with the device that set it.
+    pub fn pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<Option<PusherRecord>> {
+        Ok(self.pushers.get(&(user_id.to_owned(), app_id.to_owned(), pushkey.to_owned()))?)
+    }
+
+    /// Every pusher on the server: user, app ID and push key.
+    pub fn all_pushers(&self) -> Result<Vec<(OwnedUserId, String, String)>> {
+        self.pushers
+            .scan(KeyRange::all(), Direction::Forward)?
+            .map(|row| row.map(|(key, _)| key).map_err(Into::into))
+            .collect()
+    }
+
+    /// The user's pushers' app IDs and push keys.
+    pub fn pusher_ids(&self, user_id: &UserId) -> Result<Vec<(String, String)>> {
+        self.pushers
+            .scan_prefix(&user_id.to_owned(), Direction::Forward)?
+            .map(|row| row.map(|((_, app, key), _)| (app, key)).map_err(Into::into))
+            .collect()
+    }
 
     /// The user's pushers, as clients set them.
     pub fn pushers(&self, user_id: &UserId) -> Result<Vec<Box<RawJsonValue>>> {
@@ -399,8 +460,10 @@ impl Notifications {
             .collect()
     }
 
-    /// Add or replace a pusher, recording the device that set it (`append` false also
-    /// removes other users' pushers with the same app ID and push key), or delete one.
+    /// Add or replace a pusher, recording the device that set it and when (`append` false
+    /// also removes other users' pushers with the same app ID and push key), or delete one.
+    /// Answers whether a new pusher was added (not one replaced or deleted).
+    #[allow(clippy::too_many_arguments)]
     pub fn set_pusher(
         &self,
         user_id: &UserId,
@@ -409,7 +472,8 @@ impl Notifications {
         pushkey: &str,
         pusher: Option<Box<RawJsonValue>>,
         append: bool,
-    ) -> Result<()> {
+        now_ms: u64,
+    ) -> Result<bool> {
         if pusher.is_some() {
             // The spec's limits; deleting stays possible for pushers stored before them.
             if app_id.chars().count() > MAX_APP_ID_CHARS {
@@ -420,7 +484,9 @@ impl Notifications {
             limits::check_len(pushkey, MAX_PUSHKEY_BYTES, "pushkey").map_err(Error::invalid_param)?;
         }
         let key = (user_id.to_owned(), app_id.to_owned(), pushkey.to_owned());
+        let existing = self.pushers.get(&key)?;
         let mut batch = WriteBatch::new();
+        let added = pusher.is_some() && existing.is_none();
         match pusher {
             None => self.pushers.delete(&mut batch, &key),
             Some(pusher) => {
@@ -432,11 +498,19 @@ impl Notifications {
                         }
                     }
                 }
-                let record = PusherRecord { device_id: Some(device_id.to_owned()), pusher };
+                // An update keeps the time the pusher was first set (`pushkey_ts`).
+                let created_ms = existing.map_or(now_ms, |e| e.created_ms);
+                let record = PusherRecord { device_id: Some(device_id.to_owned()), created_ms, pusher };
                 self.pushers.put(&mut batch, &key, &record)?;
             }
         }
-        Ok(self.store.write(batch)?)
+        self.store.write(batch)?;
+        Ok(added)
+    }
+
+    /// Remove a pusher a push gateway rejected.
+    pub fn remove_pusher(&self, user_id: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
+        Ok(self.pushers.remove(&(user_id.to_owned(), app_id.to_owned(), pushkey.to_owned()))?)
     }
 
     /// Queue the removal of the user's pushers that go with removed devices: those set by one

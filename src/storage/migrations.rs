@@ -90,7 +90,7 @@ fn pushers_with_devices(store: &dyn KvStore) -> StorageResult<WriteBatch> {
         let (key, value) = entry?;
         let corrupt = |detail: String| StorageError::Corrupt { table: PUSHERS.name, detail };
         let pusher: Box<RawJsonValue> = decode_value(1, &value).map_err(corrupt)?;
-        let record = PusherRecord { device_id: None, pusher };
+        let record = PusherRecord { device_id: None, created_ms: 0, pusher };
         batch.put(PUSHERS.name, key, encode_value(PUSHERS.value_version, &record).map_err(corrupt)?);
     }
     Ok(batch)

@@ -185,6 +185,9 @@ catalogue! {
     /// Transaction IDs of delayed sends, per device and request path, and the delay ID each
     /// produced, so a retransmission gets the same delay ID.
     DELAYED_EVENT_TXNS = "delayed_event_txns", key "user_id, device_id, request path": (OwnedUserId, OwnedDeviceId, String) => String, version 1;
+    /// The outbox's queues: per kind of destination and destination, the stream position
+    /// delivered up to.
+    OUTBOX_QUEUES = "outbox_queues", key "kind, destination": (String, String) => OutboxQueueRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -586,6 +589,13 @@ pub struct ThumbnailRecord {
     pub height: u32,
 }
 
+/// One outbox queue's place in the stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutboxQueueRecord {
+    /// Everything at or before this stream position was delivered (or given up).
+    pub delivered: u64,
+}
+
 /// A URL preview as served: the OpenGraph object, and when it was fetched.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct UrlPreviewRecord {
@@ -703,6 +713,10 @@ pub struct NotificationRecord {
 pub struct PusherRecord {
     /// `None` for pushers stored before devices were recorded (schema version 2 and older).
     pub device_id: Option<OwnedDeviceId>,
+    /// When the pusher was set, milliseconds since the epoch (0 for pushers stored before
+    /// this was recorded); gateways receive it as `pushkey_ts`.
+    #[serde(default)]
+    pub created_ms: u64,
     /// The pusher as the client set it.
     pub pusher: Box<RawJsonValue>,
 }

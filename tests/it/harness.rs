@@ -97,10 +97,17 @@ impl TestServer {
     /// test config): clients keep their URL and tokens, and lose whatever the server held
     /// only in memory.
     pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`Self::restart`] with the test config adjusted as the server was started.
+    pub async fn restart_with(self, adjust: impl FnOnce(&mut Config)) -> Self {
         let addr = self.base.trim_start_matches("http://").to_owned();
         let clock = Arc::clone(&self.clock);
         let dir = self.stop().await;
-        Self::boot_at(test_config(dir.path()), dir, clock, &addr).await
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        Self::boot_at(config, dir, clock, &addr).await
     }
 
     /// Send a request; returns status and JSON body (`Null` when the body is not JSON).

@@ -22,6 +22,7 @@ mod membership;
 mod probes;
 mod profile;
 mod push;
+mod push_delivery;
 mod relations;
 mod room_versions;
 mod rooms;

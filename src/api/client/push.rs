@@ -3,7 +3,7 @@
 use ruma::{
     MilliSecondsSinceUnixEpoch, UInt,
     api::client::push::{
-        PusherKind, delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions,
+        delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions,
         get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule,
         set_pushrule_actions, set_pushrule_enabled,
     },
@@ -208,14 +208,9 @@ pub async fn set_pusher(
     match req.body.action {
         set_pusher::v3::PusherAction::Post(data) => {
             let pusher = data.pusher;
-            if let PusherKind::Http(http) = &pusher.kind
-                && !http.url.ends_with("/_matrix/push/v1/notify")
-            {
-                return Err(Error::invalid_param("The pusher URL must end in /_matrix/push/v1/notify"));
-            }
             let json =
                 serde_json::value::to_raw_value(&pusher).map_err(|e| Error::bad_json(e.to_string()))?;
-            services.notifications.set_pusher(
+            services.push_gateways.set_pusher(
                 user_id,
                 &req.identity.device_id,
                 &pusher.ids.app_id,
@@ -226,7 +221,7 @@ pub async fn set_pusher(
         }
         set_pusher::v3::PusherAction::Delete(ids) => {
             let device_id = &req.identity.device_id;
-            services.notifications.set_pusher(user_id, device_id, &ids.app_id, &ids.pushkey, None, false)?;
+            services.push_gateways.set_pusher(user_id, device_id, &ids.app_id, &ids.pushkey, None, false)?;
         }
         _ => return Err(Error::invalid_param("Unsupported pusher action")),
     }

@@ -24,5 +24,8 @@ pub async fn set_read_marker(
     if let Some(event_id) = &body.private_read_receipt {
         services.receipts.set(user_id, &body.room_id, receipts::READ_PRIVATE, event_id, None)?;
     }
+    if body.read_receipt.is_some() || body.private_read_receipt.is_some() {
+        services.push_gateways.read_moved(user_id)?;
+    }
     Ok(set_read_marker::v3::Response::new())
 }

@@ -47,5 +47,9 @@ pub async fn create_receipt(
         )?,
         _ => return Err(Error::invalid_param("Unsupported receipt type")),
     }
+    if body.receipt_type != ReceiptType::FullyRead {
+        // Apps showing a badge learn that it went down.
+        services.push_gateways.read_moved(user_id)?;
+    }
     Ok(create_receipt::v3::Response::new())
 }

@@ -12,7 +12,6 @@
 //! yet: it answers `M_NOT_FOUND`.
 
 pub mod files;
-pub mod ip_guard;
 pub mod opengraph;
 pub mod preview;
 pub mod thumbnail;

@@ -2,38 +2,27 @@
 //! its image as media, and cache the answer. Owns the `url_previews` table.
 //!
 //! Off unless configured: a preview makes this server fetch any URL a user names, so every
-//! fetch goes through the SSRF guard. Names are resolved by the HTTP client's resolver, which
-//! is this module's `GuardedResolver`: it vets every address a name resolves to and hands the
-//! client only those, so the connection goes to exactly the address that was checked (no
-//! second lookup an attacker's DNS could answer differently). Addresses written literally in
-//! URLs are checked before the request. Redirects are followed here, one hop at a time, each
-//! hop checked again. Bodies are read up to a size limit, the whole fetch under a time limit,
+//! fetch goes through the SSRF guard (`service::outbound`), with the preview's own lists.
+//! Redirects are followed here, one hop at a time, each hop checked again. Bodies are read up to a size limit, the whole fetch under a time limit,
 //! and nothing is decompressed.
 
-use std::{
-    error::Error as StdError,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use reqwest::{
-    StatusCode, Url,
-    dns::{Addrs, Name, Resolve, Resolving},
-    header,
-};
+use reqwest::{StatusCode, Url, header};
 use ruma::UserId;
 use serde_json::{Map, Value, value::RawValue as RawJsonValue};
 
-use super::{
-    Media,
-    ip_guard::{Policy, Refusal},
-    opengraph,
-};
+use super::{Media, opengraph};
 use crate::{
     Error, Result,
     config::Config,
-    service::clock::Clock,
+    service::{
+        clock::Clock,
+        outbound::{
+            self, UrlRefusal, blocked_cause,
+            ip_guard::{Policy, Refusal},
+        },
+    },
     storage::{
         Direction, KvStore, Table, WriteBatch,
         kv::KeyRange,
@@ -48,55 +37,6 @@ const CACHE_TTL_MS: u64 = 3600 * 1000;
 /// Longest URL previewed.
 const MAX_URL_LEN: usize = 2048;
 const USER_AGENT: &str = concat!("conduit/", env!("CARGO_PKG_VERSION"), " (Matrix URL preview)");
-
-type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// A refusal by the guard, carried through the HTTP client's error chain.
-#[derive(Debug)]
-struct Blocked(Refusal);
-
-impl std::fmt::Display for Blocked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl StdError for Blocked {}
-
-/// The HTTP client's only way from a name to addresses: resolve, then refuse the name if any
-/// address it has is not allowed (a name that also points inside is not trusted at all).
-struct GuardedResolver {
-    policy: Arc<Policy>,
-}
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = Arc::clone(&self.policy);
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addrs.is_empty() {
-                return Err(BoxError::from(format!("{host} has no addresses")));
-            }
-            for addr in &addrs {
-                policy.check_ip(addr.ip()).map_err(|r| Box::new(Blocked(r)) as BoxError)?;
-            }
-            Ok::<Addrs, BoxError>(Box::new(addrs.into_iter()))
-        })
-    }
-}
-
-/// The guard's refusal behind a client error, if that is what stopped it.
-fn blocked_cause(error: &reqwest::Error) -> Option<&Refusal> {
-    let mut cause: Option<&(dyn StdError + 'static)> = error.source();
-    while let Some(e) = cause {
-        if let Some(Blocked(refusal)) = e.downcast_ref::<Blocked>() {
-            return Some(refusal);
-        }
-        cause = e.source();
-    }
-    None
-}
 
 fn refused(refusal: &Refusal) -> Error {
     Error::forbidden(format!("URL blocked: {refusal}"))
@@ -135,14 +75,7 @@ impl UrlPreviews {
             allow_hosts: config.url_preview_domain_whitelist.clone(),
         });
         let timeout = Duration::from_secs(config.url_preview_timeout_secs);
-        let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver { policy: Arc::clone(&policy) }))
-            // A proxy would make the connection somewhere the guard never saw.
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout)
-            .user_agent(USER_AGENT)
-            .build()
+        let client = outbound::guarded_client(&policy, timeout, USER_AGENT)
             .map_err(|e| Error::internal(format!("building the preview HTTP client: {e}")))?;
         Ok(Self {
             enabled: config.url_preview_enabled,
@@ -265,15 +198,11 @@ impl UrlPreviews {
     /// The checks a URL passes before any connection: scheme, host lists, and the address
     /// itself when it is written as one.
     fn check_url(&self, url: &Url) -> Result<()> {
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(Error::forbidden("URL blocked: only http and https are fetched"));
-        }
-        match url.host() {
-            Some(url::Host::Domain(domain)) => self.policy.check_host(domain).map_err(|r| refused(&r)),
-            Some(url::Host::Ipv4(ip)) => self.policy.check_ip(IpAddr::V4(ip)).map_err(|r| refused(&r)),
-            Some(url::Host::Ipv6(ip)) => self.policy.check_ip(IpAddr::V6(ip)).map_err(|r| refused(&r)),
-            None => Err(Error::invalid_param("URL has no host")),
-        }
+        outbound::check_url(&self.policy, url).map_err(|refusal| match refusal {
+            UrlRefusal::Scheme => Error::forbidden("URL blocked: only http and https are fetched"),
+            UrlRefusal::NoHost => Error::invalid_param("URL has no host"),
+            UrlRefusal::Guard(refusal) => refused(&refusal),
+        })
     }
 
     /// A body, up to the size limit: what lies beyond it is not read.
@@ -365,7 +294,7 @@ fn describe(error: &reqwest::Error) -> String {
     } else {
         "request failed".to_owned()
     };
-    let mut cause = error.source();
+    let mut cause = std::error::Error::source(error);
     while let Some(e) = cause {
         text = format!("{text}: {e}");
         cause = e.source();

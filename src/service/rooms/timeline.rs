@@ -53,6 +53,7 @@ use crate::{
         clock::Clock,
         delayed_events::DelayedEvents,
         push::Notifications,
+        push_gateway::PushGateways,
         server_keys::ServerKeys,
         stream::{Change, OwnedReservation, Stream},
     },
@@ -107,6 +108,7 @@ pub struct Timeline {
     members: Arc<Memberships>,
     relations: Arc<Relations>,
     notifications: Arc<Notifications>,
+    push: Arc<PushGateways>,
     search: Arc<Search>,
     delayed: Arc<DelayedEvents>,
     clock: Arc<dyn Clock>,
@@ -132,6 +134,7 @@ impl Timeline {
         members: Arc<Memberships>,
         relations: Arc<Relations>,
         notifications: Arc<Notifications>,
+        push: Arc<PushGateways>,
         search: Arc<Search>,
         delayed: Arc<DelayedEvents>,
         clock: Arc<dyn Clock>,
@@ -145,6 +148,7 @@ impl Timeline {
             members,
             relations,
             notifications,
+            push,
             search,
             delayed,
             clock,
@@ -524,6 +528,7 @@ impl Timeline {
             self.events.replace_in(&mut batch, redacted)?;
             self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
         }
+        let notified_users: Vec<OwnedUserId> = notified.iter().map(|n| n.user_id.clone()).collect();
         self.notifications.put_in(&mut batch, &event, notified)?;
         if let Some(txn) = txn {
             let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.path.to_owned());
@@ -549,6 +554,8 @@ impl Timeline {
             self.states.committed_group(group, state);
         }
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
+        // Push gateways learn of it after the commit; only a bell is rung here.
+        self.push.notified(notified_users.iter().map(AsRef::as_ref));
         if pdu.kind == TimelineEventType::RoomMember {
             self.joined.remove(&room_id.to_owned());
             if let Some(member) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) {

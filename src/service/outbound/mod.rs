@@ -1,0 +1,117 @@
+//! Requests this server makes to addresses that users or clients name (URL previews, push
+//! gateways; federation later): one HTTP client shape whose only name resolver is the SSRF
+//! guard. The resolver vets every address a name resolves to and hands the client only
+//! those, so the connection goes to exactly the address that was checked (no second lookup
+//! an attacker's DNS could answer differently); addresses written literally in URLs are
+//! checked by [`check_url`] before the request. Callers follow redirects themselves (or not
+//! at all) and bound bodies and time.
+
+pub mod ip_guard;
+
+use std::{error::Error as StdError, net::SocketAddr, sync::Arc, time::Duration};
+
+use reqwest::{
+    Url,
+    dns::{Addrs, Name, Resolve, Resolving},
+};
+
+use ip_guard::{Policy, Refusal};
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A refusal by the guard, carried through the HTTP client's error chain.
+#[derive(Debug)]
+struct Blocked(Refusal);
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for Blocked {}
+
+/// The HTTP client's only way from a name to addresses: resolve, then refuse the name if any
+/// address it has is not allowed (a name that also points inside is not trusted at all).
+struct GuardedResolver {
+    policy: Arc<Policy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = Arc::clone(&self.policy);
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if addrs.is_empty() {
+                return Err(BoxError::from(format!("{host} has no addresses")));
+            }
+            for addr in &addrs {
+                policy.check_ip(addr.ip()).map_err(|r| Box::new(Blocked(r)) as BoxError)?;
+            }
+            Ok::<Addrs, BoxError>(Box::new(addrs.into_iter()))
+        })
+    }
+}
+
+/// An HTTP client that connects only where `policy` allows, follows no redirects, uses no
+/// proxy (a proxy would connect somewhere the guard never saw) and gives up connecting after
+/// `connect_timeout`.
+pub fn guarded_client(
+    policy: &Arc<Policy>,
+    connect_timeout: Duration,
+    user_agent: &str,
+) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver { policy: Arc::clone(policy) }))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(connect_timeout)
+        .user_agent(user_agent)
+        .build()
+}
+
+/// Why a URL may not be requested before any connection: not http(s), no host, a host the
+/// lists refuse, or a literal address the guard refuses.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UrlRefusal {
+    Scheme,
+    NoHost,
+    Guard(Refusal),
+}
+
+impl std::fmt::Display for UrlRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Scheme => f.write_str("only http and https are allowed"),
+            Self::NoHost => f.write_str("the URL has no host"),
+            Self::Guard(refusal) => refusal.fmt(f),
+        }
+    }
+}
+
+/// The checks a URL passes before any connection: scheme, host lists, and the address
+/// itself when it is written as one.
+pub fn check_url(policy: &Policy, url: &Url) -> Result<(), UrlRefusal> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(UrlRefusal::Scheme);
+    }
+    match url.host() {
+        Some(url::Host::Domain(domain)) => policy.check_host(domain).map_err(UrlRefusal::Guard),
+        Some(url::Host::Ipv4(ip)) => policy.check_ip(ip.into()).map_err(UrlRefusal::Guard),
+        Some(url::Host::Ipv6(ip)) => policy.check_ip(ip.into()).map_err(UrlRefusal::Guard),
+        None => Err(UrlRefusal::NoHost),
+    }
+}
+
+/// The guard's refusal behind a client error, if that is what stopped it.
+pub fn blocked_cause(error: &reqwest::Error) -> Option<&Refusal> {
+    let mut cause: Option<&(dyn StdError + 'static)> = error.source();
+    while let Some(e) = cause {
+        if let Some(Blocked(refusal)) = e.downcast_ref::<Blocked>() {
+            return Some(refusal);
+        }
+        cause = e.source();
+    }
+    None
+}
