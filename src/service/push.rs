@@ -421,12 +421,27 @@ impl Notifications {
     pub fn unread_rooms(&self, user_id: &UserId) -> Result<u64> {
         let mut rooms = 0;
         for room_id in self.members.rooms_of_user(user_id, &MembershipState::Join)? {
-            let counts = self.unread_counts(user_id, &room_id)?;
-            let notified = counts.room.notification_count.is_some_and(|n| n > UInt::MIN)
-                || counts.threads.values().any(|t| t.notification_count.is_some_and(|n| n > UInt::MIN));
-            rooms += u64::from(notified);
+            rooms += u64::from(self.has_unread(user_id, &room_id)?);
         }
         Ok(rooms)
+    }
+
+    /// Whether the room has a notification the user has not read: the first one after
+    /// their receipts answers, without counting the rest (every push computes the badge).
+    fn has_unread(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
+        let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
+        let lowest = threads.values().copied().chain([unthreaded]).min().unwrap_or(0).min(unthreaded);
+        let prefix = (user_id.to_owned(), room_id.to_owned());
+        let range = KeyRange::prefix(prefix.to_key_bytes())
+            .after((user_id.to_owned(), room_id.to_owned(), lowest).to_key_bytes());
+        for row in self.actions.scan(range, Direction::Forward)? {
+            let ((_, _, stream), record) = row?;
+            let thread_key = record.thread.as_deref().unwrap_or(MAIN);
+            if stream > unthreaded.max(threads.get(thread_key).copied().unwrap_or(0)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     // ---- pushers ----
