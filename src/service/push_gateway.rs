@@ -168,7 +168,7 @@ impl PushGateways {
     /// Start every pusher's queue (at server start). Pushers from before queues existed
     /// start from now.
     pub fn start(self: &Arc<Self>) -> Result<()> {
-        self.outbox.start();
+        self.outbox.start()?;
         let now = self.stream.committed();
         for (user_id, app_id, pushkey) in self.notifications.all_pushers()? {
             let destination = destination(&user_id, &app_id, &pushkey);
