@@ -137,6 +137,16 @@ impl User {
             .ok_or_else(|| format!("createRoom: no room_id in {created}"))
     }
 
+    /// Set an HTTP pusher sending to `url` (`event_id_only`, as Element X asks).
+    pub async fn set_pusher(&self, url: &str, pushkey: &str) -> CallResult<()> {
+        let body = json!({
+            "kind": "http", "app_id": "org.example.bench", "pushkey": pushkey,
+            "app_display_name": "bench", "device_display_name": "bench", "lang": "en",
+            "data": {"url": url, "format": "event_id_only"},
+        });
+        self.ok(Method::POST, "/pushers/set", Some(&body)).await.map(drop)
+    }
+
     /// A simplified sliding sync request (MSC4186) from `pos`, answering at once.
     pub async fn sliding_sync(&self, pos: Option<&str>, body: &Value) -> CallResult<Value> {
         let mut path = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0".to_owned();

@@ -2,11 +2,17 @@
 //! same run can measure conduit and Synapse side by side. See `docs/benchmarks.md`.
 
 mod client;
+mod gateway;
 mod process;
 mod report;
 mod scenarios;
 
-use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Instant};
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, Subcommand};
 use client::Http;
@@ -24,6 +30,7 @@ const SCENARIOS: &[&str] = &[
     "initial-sync",
     "messages",
     "sliding-sync",
+    "push",
 ];
 
 #[derive(Parser)]
@@ -101,6 +108,15 @@ struct RunArgs {
     /// Sliding-sync connections opened to measure the memory each holds.
     #[arg(long, default_value_t = 1000)]
     sss_connections: usize,
+    /// Members of the push scenario's room; all but the sender set a pusher.
+    #[arg(long, default_value_t = 1001)]
+    push_members: usize,
+    /// Messages sent one after another into the push room, without and then with pushers.
+    #[arg(long, default_value_t = 100)]
+    push_messages: usize,
+    /// Messages timed from the send to the last member's notification.
+    #[arg(long, default_value_t = 5)]
+    push_runs: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -176,6 +192,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         sss_rooms: args.sss_rooms,
         sss_runs: args.sss_runs,
         sss_connections: args.sss_connections,
+        push_members: args.push_members,
+        push_runs: args.push_runs,
+        push_messages: args.push_messages,
     };
     let http = Http::new(&url)?;
     let mut run =
@@ -264,6 +283,38 @@ async fn run(args: RunArgs) -> Result<(), String> {
             };
         }
         record(opened, &mut run);
+    }
+
+    if wants("push") {
+        let started = Instant::now();
+        let (sender, members, room) = scenarios::populate_push(&http, &plan).await?;
+        eprintln!(
+            "set-up: a room of {} members in {:.1} s",
+            members.len() + 1,
+            started.elapsed().as_secs_f64()
+        );
+        let (without, _) =
+            scenarios::push_room_sends(&plan, &sender, &room, "send, big room, no pushers", "p").await?;
+        record(without, &mut run);
+        let (gateway, url) = gateway::Gateway::start().await?;
+        scenarios::set_pushers(&plan, &members, &url).await?;
+        let before = gateway.total();
+        let (mut with, events) =
+            scenarios::push_room_sends(&plan, &sender, &room, "send, big room, every member a pusher", "q")
+                .await?;
+        // The sends are timed alone; then how long the pushes they caused take to arrive.
+        let drained = Instant::now();
+        let expected = before + events.len() * members.len();
+        let all = gateway.wait_total(expected, Duration::from_secs(600)).await;
+        with.note = format!(
+            "{} pushers; their {} notifications arrived {} {:.1} s after the last send",
+            members.len(),
+            events.len() * members.len(),
+            if all { "all" } else { "NOT all" },
+            drained.elapsed().as_secs_f64()
+        );
+        record(with, &mut run);
+        record(scenarios::push_fan_out(&plan, &sender, &room, members.len(), &gateway).await?, &mut run);
     }
 
     if let Some(path) = &args.json {

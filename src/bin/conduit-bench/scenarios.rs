@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 
 use crate::{
     client::{CallResult, Http, User, encode, timed},
+    gateway::Gateway,
     report::Outcome,
 };
 
@@ -30,6 +31,9 @@ pub struct Plan {
     pub sss_rooms: usize,
     pub sss_runs: usize,
     pub sss_connections: usize,
+    pub push_members: usize,
+    pub push_runs: usize,
+    pub push_messages: usize,
 }
 
 pub const PASSWORD: &str = "bench-password-a1b2c3";
@@ -491,4 +495,85 @@ where
     }
     out.sort_unstable_by_key(|(index, _)| *index);
     out.into_iter().map(|(_, t)| t).collect()
+}
+
+/// The number in the push scenario's users' names (apart from the other scenarios' users).
+const PUSH_USERS: usize = 3_000_000;
+
+/// A room of `push_members` users (the first is the sender); answers the sender, the others
+/// and the room.
+pub async fn populate_push(http: &Http, plan: &Plan) -> CallResult<(User, Vec<User>, String)> {
+    let (mut users, _) =
+        register_users(http, plan, PUSH_USERS, plan.push_members.max(2), plan.clients).await?;
+    let sender = users.remove(0);
+    let room = sender.create_public_room().await?;
+    for joined in bounded(plan.clients, users.clone(), |user| {
+        let room = room.clone();
+        async move { user.join(&room).await }
+    })
+    .await
+    {
+        joined?;
+    }
+    Ok((sender, users, room))
+}
+
+/// Sequential sends into the push room, `messages` of them, as `label`.
+pub async fn push_room_sends(
+    plan: &Plan,
+    sender: &User,
+    room: &str,
+    label: &str,
+    tag: &str,
+) -> CallResult<(Outcome, Vec<String>)> {
+    let mut latencies = Vec::with_capacity(plan.push_messages);
+    let mut events = Vec::with_capacity(plan.push_messages);
+    let started = Instant::now();
+    for i in 0..plan.push_messages {
+        let (sent, took) =
+            timed(sender.send_text(room, &format!("{}{tag}{i}", plan.run_id), &message_body(i))).await;
+        events.push(sent?);
+        latencies.push(took);
+    }
+    let note = format!("sequential, one room of {} members", plan.push_members.max(2));
+    Ok((Outcome::new(label, &mut latencies, started.elapsed(), note), events))
+}
+
+/// Every member but the sender sets a pusher to `url`.
+pub async fn set_pushers(plan: &Plan, members: &[User], url: &str) -> CallResult<()> {
+    let work: Vec<(User, usize)> = members.iter().cloned().zip(0..).collect();
+    for set in bounded(plan.clients, work, |(user, i)| {
+        let url = url.to_owned();
+        async move { user.set_pusher(&url, &format!("bench-{i}")).await }
+    })
+    .await
+    {
+        set?;
+    }
+    Ok(())
+}
+
+/// One message at a time: from the send request to the gateway holding a notification for
+/// every other member.
+pub async fn push_fan_out(
+    plan: &Plan,
+    sender: &User,
+    room: &str,
+    members: usize,
+    gateway: &Gateway,
+) -> CallResult<Outcome> {
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for run in 0..plan.push_runs {
+        let begun = Instant::now();
+        let event =
+            sender.send_text(room, &format!("{}f{run}", plan.run_id), "a message for everyone").await?;
+        if !gateway.wait_for(&event, members, Duration::from_secs(120)).await {
+            return Err(format!("{event} did not reach all {members} pushers within 120 s"));
+        }
+        latencies.push(begun.elapsed());
+    }
+    let note =
+        format!("{members} pushers, event_id_only, send request start → last notification at the gateway");
+    Ok(Outcome::new("push, one message to every member", &mut latencies, started.elapsed(), note))
 }
