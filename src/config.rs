@@ -137,6 +137,80 @@ pub struct Config {
     pub turn_password: Option<String>,
     /// How long TURN credentials are valid, in seconds.
     pub turn_ttl: u64,
+    /// Email notifications (`kind: "email"` pushers), sent through an SMTP server. Off
+    /// unless `smtp.host` is set: then such pushers are refused.
+    pub smtp: SmtpConfig,
+}
+
+/// The SMTP server email notifications go through, and what the emails say (Synapse's
+/// `email` section, in this server's spelling).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SmtpConfig {
+    /// The SMTP server's host name. Unset (the default): no emails are sent.
+    pub host: Option<String>,
+    /// Its port; unset means the usual one for `tls`: 25, 587 or 465.
+    pub port: Option<u16>,
+    /// `none` (plain text, for a relay on the same machine), `starttls` (upgrade before
+    /// anything is sent; refused if the server cannot) or `tls` (TLS from the start).
+    pub tls: SmtpTls,
+    /// Credentials, when the SMTP server wants them (both or neither).
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// The sender of notification emails, e.g. `"Example Chat <noreply@example.com>"`.
+    pub from: Option<String>,
+    /// How long a notification stays unread before an email tells of it (Synapse's
+    /// `notif_delay_before_mail`), as a duration such as `"10m"` (see [`ConfigDuration`]).
+    pub notif_delay_before_mail: ConfigDuration,
+    /// The name emails give the service, in their subject and text.
+    pub app_name: String,
+    /// This server's client-API URL as mail readers reach it, for the unsubscribe link;
+    /// unset means `well_known.client`, else `https://<server_name>`.
+    pub public_baseurl: Option<String>,
+    /// Where links to rooms point: `https://matrix.to` (the default) links `#/<room>`, any
+    /// other client `#/room/<room>` (Element Web's form).
+    pub client_base_url: String,
+    /// How long one attempt to hand an email over may take, in seconds.
+    pub timeout_secs: u64,
+}
+
+/// How the connection to the SMTP server is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            host: None,
+            port: None,
+            tls: SmtpTls::Starttls,
+            user: None,
+            password: None,
+            from: None,
+            // Synapse's default.
+            notif_delay_before_mail: ConfigDuration::from_millis(10 * 60 * 1000),
+            app_name: "Matrix".to_owned(),
+            public_baseurl: None,
+            client_base_url: "https://matrix.to".to_owned(),
+            timeout_secs: 30,
+        }
+    }
+}
+
+impl SmtpConfig {
+    /// The port connected to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        })
+    }
 }
 
 /// MatrixRTC settings (Synapse's `matrix_rtc`).
@@ -228,6 +302,7 @@ impl Default for Config {
             turn_username: None,
             turn_password: None,
             turn_ttl: 24 * 3600,
+            smtp: SmtpConfig::default(),
         }
     }
 }
@@ -350,6 +425,51 @@ impl Config {
         }
         self.check_matrix_rtc()?;
         self.check_turn()?;
+        self.check_smtp()?;
+        Ok(())
+    }
+
+    fn check_smtp(&self) -> Result<(), String> {
+        let smtp = &self.smtp;
+        let Some(host) = &smtp.host else { return Ok(()) };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(format!("invalid value for key `smtp.host`: `{host}` is not a host name"));
+        }
+        if smtp.port == Some(0) {
+            return Err("invalid value for key `smtp.port`: must be 1 to 65535".into());
+        }
+        if smtp.user.is_some() != smtp.password.is_some() {
+            return Err("invalid value for keys `smtp.user`/`smtp.password`: set both or neither".into());
+        }
+        match &smtp.from {
+            None => {
+                return Err("invalid value for key `smtp.from`: emails need a sender, such as \
+                            `\"Example Chat <noreply@example.com>\"`"
+                    .into());
+            }
+            Some(from) if from.parse::<lettre::message::Mailbox>().is_err() => {
+                return Err(format!("invalid value for key `smtp.from`: `{from}` is not an email address"));
+            }
+            Some(_) => {}
+        }
+        // A week is far past any digest worth sending; the bound keeps the arithmetic small.
+        if smtp.notif_delay_before_mail.as_millis() > 7 * 24 * 3600 * 1000 {
+            return Err("invalid value for key `smtp.notif_delay_before_mail`: at most a week".into());
+        }
+        for (key, url) in [
+            ("smtp.public_baseurl", smtp.public_baseurl.as_deref()),
+            ("smtp.client_base_url", Some(&*smtp.client_base_url)),
+        ] {
+            let Some(url) = url else { continue };
+            let valid =
+                url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !valid {
+                return Err(format!("invalid value for key `{key}`: `{url}` is not an http(s) URL"));
+            }
+        }
+        if !(1..=600).contains(&smtp.timeout_secs) {
+            return Err("invalid value for key `smtp.timeout_secs`: must be 1 to 600".into());
+        }
         Ok(())
     }
 
@@ -688,6 +808,37 @@ mod tests {
             ("turn_ttl = 0", "turn_ttl"),
         ] {
             let err = Config::from_toml_str(&format!("[global]\n{toml}")).err().unwrap();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn smtp_keys_are_read_and_checked() {
+        let off = Config::from_toml_str("").unwrap().config.smtp;
+        assert_eq!((off.host, off.notif_delay_before_mail.as_millis()), (None, 600_000));
+        let on = Config::from_toml_str(
+            "[global.smtp]\nhost = \"mail.example.com\"\ntls = \"tls\"\nfrom = \"Chat <noreply@example.com>\"\n\
+             notif_delay_before_mail = \"2m\"",
+        )
+        .unwrap();
+        assert!(on.unknown_keys.is_empty(), "{:?}", on.unknown_keys);
+        let smtp = on.config.smtp;
+        assert_eq!(
+            (smtp.tls, smtp.port(), smtp.notif_delay_before_mail.as_millis()),
+            (SmtpTls::Tls, 465, 120_000)
+        );
+        for (toml, key) in [
+            ("host = \"m\"", "smtp.from"),
+            ("host = \"m\"\nfrom = \"not an address\"", "smtp.from"),
+            ("host = \"m\"\nfrom = \"a@b.c\"\nuser = \"u\"", "smtp.user"),
+            ("host = \"m\"\nfrom = \"a@b.c\"\ntls = \"ssl\"", "smtp.tls"),
+            ("host = \"m\"\nfrom = \"a@b.c\"\npublic_baseurl = \"example.com\"", "smtp.public_baseurl"),
+            (
+                "host = \"m\"\nfrom = \"a@b.c\"\nnotif_delay_before_mail = \"30d\"",
+                "smtp.notif_delay_before_mail",
+            ),
+        ] {
+            let err = Config::from_toml_str(&format!("[global.smtp]\n{toml}")).err().unwrap();
             assert!(err.contains(key), "{toml}: {err}");
         }
     }

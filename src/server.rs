@@ -71,7 +71,7 @@ impl Server {
             .map_err(|e| Error::internal(format!("HTTP server: {e}")));
 
         let _ = stop_workers.send(true);
-        self.services.outbox.stop();
+        self.services.outbox.stop().await;
         let _ = flusher.await;
         let _ = delayed_timer.await;
         self.services.shutdown()?;

@@ -301,6 +301,10 @@ pub fn router(services: AppState) -> Router {
         .ruma_route_filled(push::get_notifications, push::fill_notifications)
         .client_route("/pushrules/global/{kind}/", get(push::get_pushrules_of_kind))
         .client_route("/pushrules/{*rest}", any(push::malformed_pushrule_path))
+        .route(
+            crate::service::email_notifier::UNSUBSCRIBE_PATH,
+            get(push::remove_email_pusher).post(push::remove_email_pusher),
+        )
         // Server-side key backups
         .ruma_route(backup::create_backup_version)
         .ruma_route(backup::get_latest_backup_info)

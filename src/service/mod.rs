@@ -8,6 +8,7 @@ pub mod clock;
 pub mod context;
 pub mod delayed_events;
 pub mod devices;
+pub mod email_notifier;
 pub mod filters;
 pub mod key_backup;
 pub mod keys;
@@ -87,6 +88,8 @@ pub struct Services {
     pub delayed_events: Arc<delayed_events::DelayedEvents>,
     pub outbox: Arc<outbox::Outbox>,
     pub push_gateways: Arc<push_gateway::PushGateways>,
+    /// Email notifications; `None` unless `smtp.host` is configured.
+    pub email_notifier: Option<Arc<email_notifier::EmailNotifier>>,
     pub delayed_actions: Arc<rooms::delayed::DelayedActions>,
     store: Arc<dyn KvStore>,
 }
@@ -201,6 +204,17 @@ impl Services {
             Arc::clone(&clock),
             Duration::from_secs(config.push_backoff_max_secs),
         ));
+        let email_notifier = email_notifier::EmailNotifier::new(
+            &config,
+            &store,
+            Arc::clone(&outbox),
+            Arc::clone(&notifications),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&stream),
+            Arc::clone(&clock),
+        )?
+        .map(Arc::new);
         let push_gateways = Arc::new(push_gateway::PushGateways::new(
             &config,
             Arc::clone(&outbox),
@@ -209,6 +223,7 @@ impl Services {
             Arc::clone(&room_states),
             Arc::clone(&stream),
             Arc::clone(&clock),
+            email_notifier.clone(),
         )?);
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
@@ -402,6 +417,7 @@ impl Services {
             delayed_events,
             outbox,
             push_gateways,
+            email_notifier,
             delayed_actions,
             store,
         })

@@ -7,8 +7,10 @@
 //! once). A failing destination is retried after 1 s, then twice as long each time up to a
 //! configured maximum; what has failed for 24 hours is given up, as in Synapse. Queues run
 //! as their own tasks, woken by the write path, which only rings a bell: sending never waits
-//! for a delivery. The tasks run on the outbox's own runtime, one thread at a lower
-//! scheduling priority than the request workers: when sending and delivering compete for the
+//! for a delivery. A courier may answer that nothing is due before a time (an email digest
+//! waits for its delay): the queue keeps its place and sleeps until then, or until its bell
+//! rings. The tasks run on the outbox's own runtime, one thread at a lower scheduling
+//! priority than the request workers: when sending and delivering compete for the
 //! processor, sending wins, and deliveries use what is left (a message to a room of 1,000
 //! pushers makes 1,000 requests). Time is the server's clock, so tests move it by hand.
 //!
@@ -40,6 +42,8 @@ use crate::{
 const FIRST_RETRY_MS: u64 = 1000;
 /// How long a destination may fail before what it failed on is given up.
 const GIVE_UP_AFTER_MS: u64 = 24 * 3600 * 1000;
+/// How long a stop waits for the queues' tasks to end.
+const STOP_WAIT: Duration = Duration::from_secs(5);
 /// The wait before reading a queue again after the database failed to answer.
 const STORAGE_RETRY: Duration = Duration::from_secs(5);
 
@@ -55,6 +59,10 @@ pub enum Delivery {
     Retry(String),
     /// The destination is gone (it asked to be removed): its queue ends.
     Gone(String),
+    /// Not due yet (an email digest waits for its delay): nothing was sent and nothing
+    /// failed. The queue keeps its place and asks again at this time on the server's clock
+    /// (at least a millisecond from now), or sooner when its bell rings.
+    NotBefore(u64),
 }
 
 pub type Delivering<'a> = Pin<Box<dyn Future<Output = Delivery> + Send + 'a>>;
@@ -155,11 +163,15 @@ impl Outbox {
         Ok(())
     }
 
-    /// Stop every queue; what is under way is delivered again after the next start.
-    pub fn stop(&self) {
+    /// Stop every queue and wait (up to a few seconds) until their tasks are gone, so that
+    /// nothing of theirs holds the database any more; what was under way is delivered again
+    /// after the next start.
+    pub async fn stop(&self) {
         let _ = self.stop.send(true);
-        if let Some(runtime) = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            runtime.shutdown_background();
+        let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(runtime) = runtime {
+            // Waiting for a runtime blocks, which async code may not do.
+            let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(STOP_WAIT)).await;
         }
     }
 
@@ -310,6 +322,17 @@ impl Outbox {
                     }
                     tracing::warn!(kind, destination, reason = %why, "failing for 24 hours; skipped");
                 }
+                Delivery::NotBefore(at_ms) => {
+                    failing_since = None;
+                    failures = 0;
+                    // Never a busy loop, whatever the courier answers.
+                    let at_ms = at_ms.max(self.clock.now_ms().saturating_add(1));
+                    tokio::select! {
+                        () = self.clock.sleep_until(at_ms) => continue,
+                        () = queue.bell.notified() => continue,
+                        _ = stop.changed() => return true,
+                    }
+                }
             }
             failing_since = None;
             failures = 0;
@@ -338,5 +361,100 @@ impl Outbox {
         if let Err(e) = self.queues.remove(&(kind.to_owned(), destination.to_owned())) {
             tracing::warn!(kind, destination, error = %e, "removing an outbox queue failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::{
+        service::clock::ManualClock,
+        storage::{memory::MemoryStore, tables::ALL_TABLES},
+    };
+
+    /// A courier whose parcels are stream positions, due only from a given time: before it,
+    /// `deliver` answers `NotBefore`.
+    struct Timed {
+        clock: Arc<ManualClock>,
+        parcels: Mutex<Vec<u64>>,
+        due_at: Mutex<u64>,
+        delivered: Mutex<Vec<u64>>,
+        asked: AtomicUsize,
+    }
+
+    impl Courier for Timed {
+        type Parcel = ();
+        const KIND: &'static str = "timed";
+        const BATCH: usize = 10;
+
+        fn pending(&self, _: &str, after: u64, limit: usize) -> Result<Option<Parcels<()>>> {
+            let parcels = self.parcels.lock().unwrap();
+            Ok(Some(parcels.iter().filter(|p| **p > after).take(limit).map(|p| (*p, ())).collect()))
+        }
+
+        fn deliver<'a>(&'a self, _: &'a str, parcels: &'a [(u64, ())]) -> Delivering<'a> {
+            Box::pin(async move {
+                self.asked.fetch_add(1, Ordering::SeqCst);
+                let due_at = *self.due_at.lock().unwrap();
+                if self.clock.now_ms() < due_at {
+                    return Delivery::NotBefore(due_at);
+                }
+                self.delivered.lock().unwrap().extend(parcels.iter().map(|(p, _)| *p));
+                Delivery::Done
+            })
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_parcel_not_due_waits_for_the_clock_or_the_bell_without_failing() {
+        let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new(ALL_TABLES));
+        let clock = Arc::new(ManualClock::new());
+        let outbox = Arc::new(Outbox::new(&store, clock.clone(), Duration::from_secs(3600)));
+        let start = clock.now_ms();
+        let courier = Arc::new(Timed {
+            clock: Arc::clone(&clock),
+            parcels: Mutex::new(vec![5, 7]),
+            due_at: Mutex::new(start + 600_000),
+            delivered: Mutex::new(Vec::new()),
+            asked: AtomicUsize::new(0),
+        });
+        outbox.start().expect("the outbox starts");
+        outbox.open(Timed::KIND, "d", 0, false).unwrap();
+        outbox.run(&courier, "d");
+        until("a first ask", || courier.asked.load(Ordering::SeqCst) >= 1).await;
+        // Short of the time: still waiting, its place unmoved, and no retry backoff grew.
+        clock.advance_ms(599_999);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(courier.delivered.lock().unwrap().is_empty());
+        assert_eq!(outbox.delivered(Timed::KIND, "d").unwrap(), Some(0));
+        clock.advance_ms(1);
+        until("the delivery at its time", || courier.delivered.lock().unwrap().len() == 2).await;
+        until("the place moved", || outbox.delivered(Timed::KIND, "d").unwrap() == Some(7)).await;
+
+        // A new parcel due later; the bell (the write path) makes the queue ask again at
+        // once, and a due time moved earlier is met without moving the clock.
+        *courier.due_at.lock().unwrap() = clock.now_ms() + 60_000;
+        courier.parcels.lock().unwrap().push(9);
+        outbox.ring(Timed::KIND, "d");
+        let asked = courier.asked.load(Ordering::SeqCst);
+        until("an ask after the bell", || courier.asked.load(Ordering::SeqCst) > asked).await;
+        assert_eq!(courier.delivered.lock().unwrap().len(), 2);
+        *courier.due_at.lock().unwrap() = 0;
+        outbox.ring(Timed::KIND, "d");
+        until("the delivery after the bell", || courier.delivered.lock().unwrap().len() == 3).await;
+        assert_eq!(*courier.delivered.lock().unwrap(), vec![5, 7, 9]);
+        outbox.stop().await;
     }
 }

@@ -554,6 +554,36 @@ impl Notifications {
     }
 }
 
+/// A pusher's outbox queue name: its user, app ID and push key, as a JSON array
+/// (unambiguous whatever the IDs hold, and starting with the user's part, so a user's queues
+/// share a prefix). Every kind of pusher delivery names its queues so.
+pub fn pusher_queue(user_id: &UserId, app_id: &str, pushkey: &str) -> String {
+    json!([user_id, app_id, pushkey]).to_string()
+}
+
+/// The prefix of every pusher queue of `user_id`.
+pub fn user_queues(user_id: &UserId) -> String {
+    let mut prefix = json!([user_id]).to_string();
+    prefix.pop(); // the closing bracket
+    prefix.push(',');
+    prefix
+}
+
+/// The user, app ID and push key a [`pusher_queue`] name stands for.
+pub fn parse_pusher_queue(queue: &str) -> Option<(OwnedUserId, String, String)> {
+    let (user, app_id, pushkey): (String, String, String) = serde_json::from_str(queue).ok()?;
+    Some((UserId::parse(user).ok()?, app_id, pushkey))
+}
+
+/// A stored pusher's `kind` (`http`, `email`).
+pub fn pusher_kind(record: &PusherRecord) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        kind: String,
+    }
+    serde_json::from_str::<Kind>(record.pusher.get()).ok().map(|k| k.kind)
+}
+
 fn counts((notify, highlight): (u64, u64)) -> UnreadNotificationsCount {
     let mut count = UnreadNotificationsCount::new();
     count.notification_count = Some(UInt::new_saturating(notify));

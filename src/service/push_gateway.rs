@@ -7,7 +7,8 @@
 //! key the gateway lists in `rejected` removes that pusher; a `4xx` drops the notification;
 //! anything else failing (`5xx`, no answer in time, no connection) is retried by the outbox.
 //! Every request goes through the outbound address guard, with the server-wide
-//! `ip_range_denylist` / `ip_range_allowlist`.
+//! `ip_range_denylist` / `ip_range_allowlist`. Pushers are set, checked and started here
+//! whatever their kind; email pushers are delivered by `EmailNotifier`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,15 +17,16 @@ use std::{
 };
 
 use reqwest::{StatusCode, Url};
-use ruma::{DeviceId, OwnedUserId, UserId, events::StateEventType};
+use ruma::{DeviceId, UserId, events::StateEventType};
 use serde_json::{Map, Value as JsonValue, json, value::RawValue as RawJsonValue};
 use tokio::sync::Semaphore;
 
 use super::{
     clock::Clock,
+    email_notifier::EmailNotifier,
     outbound::{self, UrlRefusal, ip_guard::Policy},
     outbox::{Courier, Delivering, Delivery, Outbox, Parcels},
-    push::Notifications,
+    push::{Notifications, parse_pusher_queue, pusher_kind, pusher_queue, user_queues},
     rooms::{events::Events, state::RoomStates},
     stream::Stream,
 };
@@ -43,6 +45,13 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The most of a pusher's `data` that is stored.
 const MAX_DATA_BYTES: usize = 16 * 1024;
 const USER_AGENT: &str = concat!("conduit/", env!("CARGO_PKG_VERSION"), " (Matrix push)");
+
+/// The kinds of pusher delivered.
+#[derive(Clone, Copy)]
+enum PusherKind {
+    Http,
+    Email,
+}
 
 /// What one queue delivers.
 pub enum PushParcel {
@@ -69,26 +78,8 @@ pub struct PushGateways {
     badges_owed: Mutex<HashSet<String>>,
     /// The badge each pusher was last sent, so an unchanged one is not sent again.
     badges_sent: Mutex<HashMap<String, u64>>,
-}
-
-/// A pusher's queue name: its user, app ID and push key, as a JSON array (unambiguous
-/// whatever the IDs hold, and starting with the user's part, so a user's queues share a
-/// prefix).
-fn destination(user_id: &UserId, app_id: &str, pushkey: &str) -> String {
-    json!([user_id, app_id, pushkey]).to_string()
-}
-
-/// The prefix of every queue of `user_id`.
-fn user_prefix(user_id: &UserId) -> String {
-    let mut prefix = json!([user_id]).to_string();
-    prefix.pop(); // the closing bracket
-    prefix.push(',');
-    prefix
-}
-
-fn parse_destination(destination: &str) -> Option<(OwnedUserId, String, String)> {
-    let (user, app_id, pushkey): (String, String, String) = serde_json::from_str(destination).ok()?;
-    Some((UserId::parse(user).ok()?, app_id, pushkey))
+    /// Email pushers' delivery, when SMTP is configured.
+    email: Option<Arc<EmailNotifier>>,
 }
 
 /// The parts of a stored pusher delivery needs.
@@ -132,6 +123,7 @@ fn tweaks(actions: &JsonValue) -> Map<String, JsonValue> {
 }
 
 impl PushGateways {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
         outbox: Arc<Outbox>,
@@ -140,6 +132,7 @@ impl PushGateways {
         states: Arc<RoomStates>,
         stream: Arc<Stream>,
         clock: Arc<dyn Clock>,
+        email: Option<Arc<EmailNotifier>>,
     ) -> Result<Self> {
         let policy = Arc::new(Policy {
             deny_ranges: config.ip_range_denylist.clone(),
@@ -162,18 +155,27 @@ impl PushGateways {
             permits: Semaphore::new(CONCURRENT_DELIVERIES),
             badges_owed: Mutex::new(HashSet::new()),
             badges_sent: Mutex::new(HashMap::new()),
+            email,
         })
     }
 
-    /// Start every pusher's queue (at server start). Pushers from before queues existed
-    /// start from now.
+    /// Start every pusher's queue (at server start): HTTP pushers here, email pushers in
+    /// `EmailNotifier` (unless SMTP is off, when they wait). Pushers from before queues
+    /// existed start from now.
     pub fn start(self: &Arc<Self>) -> Result<()> {
         self.outbox.start()?;
         let now = self.stream.committed();
         for (user_id, app_id, pushkey) in self.notifications.all_pushers()? {
-            let destination = destination(&user_id, &app_id, &pushkey);
-            self.outbox.open(Self::KIND, &destination, now, false)?;
-            self.outbox.run(self, &destination);
+            let Some(record) = self.notifications.pusher(&user_id, &app_id, &pushkey)? else { continue };
+            match (pusher_kind(&record).as_deref(), &self.email) {
+                (Some("http"), _) => {
+                    let destination = pusher_queue(&user_id, &app_id, &pushkey);
+                    self.outbox.open(Self::KIND, &destination, now, false)?;
+                    self.outbox.run(self, &destination);
+                }
+                (Some("email"), Some(email)) => email.open(&user_id, &app_id, &pushkey, false)?,
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -189,10 +191,10 @@ impl PushGateways {
         pusher: Option<Box<RawJsonValue>>,
         append: bool,
     ) -> Result<()> {
-        if let Some(pusher) = &pusher {
-            self.check(pusher)?;
-        }
-        let http = pusher.is_some();
+        let kind = match &pusher {
+            Some(pusher) => Some(self.check(pushkey, pusher)?),
+            None => None,
+        };
         let added = self.notifications.set_pusher(
             user_id,
             device_id,
@@ -202,21 +204,32 @@ impl PushGateways {
             append,
             self.clock.now_ms(),
         )?;
-        let destination = destination(user_id, app_id, pushkey);
-        if http {
-            // A new pusher gets what is notified from now on; an updated one keeps its place.
-            self.outbox.open(Self::KIND, &destination, self.stream.committed(), added)?;
-            self.outbox.run(self, &destination);
-        } else {
-            // Its queue finds the pusher gone and ends.
-            self.outbox.ring(Self::KIND, &destination);
+        let destination = pusher_queue(user_id, app_id, pushkey);
+        // A new pusher gets what is notified from now on; an updated one keeps its place.
+        // A queue of another kind (the pusher deleted, or changed kind) finds it gone and
+        // ends.
+        match kind {
+            Some(PusherKind::Http) => {
+                self.outbox.open(Self::KIND, &destination, self.stream.committed(), added)?;
+                self.outbox.run(self, &destination);
+            }
+            _ => {
+                self.outbox.ring(Self::KIND, &destination);
+            }
+        }
+        if let Some(email) = &self.email {
+            match kind {
+                Some(PusherKind::Email) => email.open(user_id, app_id, pushkey, added)?,
+                _ => email.ring(user_id, app_id, pushkey),
+            }
         }
         Ok(())
     }
 
     /// What `POST /pushers/set` refuses: a kind this server does not deliver, an HTTP
-    /// pusher without a gateway URL it may call, `data` beyond its bound.
-    fn check(&self, pusher: &RawJsonValue) -> Result<()> {
+    /// pusher without a gateway URL it may call, an email pusher whose push key is not an
+    /// address, `data` beyond its bound.
+    fn check(&self, pushkey: &str, pusher: &RawJsonValue) -> Result<PusherKind> {
         let value: JsonValue =
             serde_json::from_str(pusher.get()).map_err(|e| Error::bad_json(e.to_string()))?;
         let data = value.get("data").cloned().unwrap_or_default();
@@ -226,9 +239,13 @@ impl PushGateways {
         match value.get("kind").and_then(JsonValue::as_str) {
             Some("http") => {}
             Some("email") => {
-                return Err(Error::invalid_param(
-                    "Email notifications are not available: this server has no SMTP server configured",
-                ));
+                let Some(email) = &self.email else {
+                    return Err(Error::invalid_param(
+                        "Email notifications are not available: this server has no SMTP server configured",
+                    ));
+                };
+                email.check(pushkey)?;
+                return Ok(PusherKind::Email);
             }
             _ => return Err(Error::invalid_param("Unsupported pusher kind")),
         }
@@ -246,13 +263,17 @@ impl PushGateways {
             UrlRefusal::Guard(refusal) => {
                 Error::invalid_param(format!("The server may not send to this push gateway: {refusal}"))
             }
-        })
+        })?;
+        Ok(PusherKind::Http)
     }
 
     /// Events notified these users (the write path, after the commit): ring their queues.
     pub fn notified<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
         for user_id in users {
-            self.outbox.ring(Self::KIND, &user_prefix(user_id));
+            self.outbox.ring(Self::KIND, &user_queues(user_id));
+            if let Some(email) = &self.email {
+                email.notified(user_id);
+            }
         }
     }
 
@@ -265,10 +286,10 @@ impl PushGateways {
         {
             let mut owed = self.badges_owed.lock().unwrap_or_else(|p| p.into_inner());
             for (app_id, pushkey) in &ids {
-                owed.insert(destination(user_id, app_id, pushkey));
+                owed.insert(pusher_queue(user_id, app_id, pushkey));
             }
         }
-        self.outbox.ring(Self::KIND, &user_prefix(user_id));
+        self.outbox.ring(Self::KIND, &user_queues(user_id));
         Ok(())
     }
 
@@ -405,7 +426,7 @@ impl Courier for PushGateways {
     const BATCH: usize = 1;
 
     fn pending(&self, destination: &str, after: u64, limit: usize) -> Result<Option<Parcels<PushParcel>>> {
-        let Some((user_id, app_id, pushkey)) = parse_destination(destination) else { return Ok(None) };
+        let Some((user_id, app_id, pushkey)) = parse_pusher_queue(destination) else { return Ok(None) };
         let Some(record) = self.notifications.pusher(&user_id, &app_id, &pushkey)? else { return Ok(None) };
         if http_pusher(&record).is_none() {
             return Ok(None);
@@ -426,7 +447,7 @@ impl Courier for PushGateways {
 
     fn deliver<'a>(&'a self, destination: &'a str, parcels: &'a [(u64, PushParcel)]) -> Delivering<'a> {
         Box::pin(async move {
-            let Some((user_id, app_id, pushkey)) = parse_destination(destination) else {
+            let Some((user_id, app_id, pushkey)) = parse_pusher_queue(destination) else {
                 return Delivery::Gone("not a pusher".to_owned());
             };
             let pusher = match self.notifications.pusher(&user_id, &app_id, &pushkey) {

@@ -188,6 +188,9 @@ catalogue! {
     /// The outbox's queues: per kind of destination and destination, the stream position
     /// delivered up to.
     OUTBOX_QUEUES = "outbox_queues", key "kind, destination": (String, String) => OutboxQueueRecord, version 1;
+    /// Email notifications' secrets, by name: `unsubscribe`, the HMAC key of the unsubscribe
+    /// links' tokens (base64), made on first start with SMTP configured.
+    EMAIL_SECRETS = "email_secrets", key "name": String => String, version 1;
 }
 
 /// The key under `META` that holds the schema version.

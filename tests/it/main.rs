@@ -23,6 +23,7 @@ mod probes;
 mod profile;
 mod push;
 mod push_delivery;
+mod push_email;
 mod relations;
 mod room_versions;
 mod rooms;

@@ -1,7 +1,7 @@
 //! Push rules, pushers and the notification list.
 
 use ruma::{
-    MilliSecondsSinceUnixEpoch, UInt,
+    MilliSecondsSinceUnixEpoch, UInt, UserId,
     api::client::push::{
         delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions,
         get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule,
@@ -13,7 +13,8 @@ use ruma::{
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::{Path, RawQuery, State},
+    response::Html,
 };
 
 use super::parse_stream_token;
@@ -226,6 +227,37 @@ pub async fn set_pusher(
         _ => return Err(Error::invalid_param("Unsupported pusher action")),
     }
     Ok(set_pusher::v3::Response::new())
+}
+
+/// `GET /_matrix/client/unstable/pushers/remove?user_id=…&app_id=…&pushkey=…&token=…` (and
+/// `POST`, for RFC 8058's one-click unsubscribe): the link in notification emails, which
+/// deletes that email pusher without a login; the token authorises it. Answers a page for
+/// the browser.
+pub async fn remove_email_pusher(
+    State(services): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Html<String>> {
+    let Some(email) = &services.email_notifier else {
+        return Err(Error::unrecognized("Email notifications are not enabled on this server"));
+    };
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).into_owned().collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+            .ok_or_else(|| Error::missing_param(format!("Missing parameter {name}")))
+    };
+    let user_id =
+        UserId::parse(param("user_id")?).map_err(|e| Error::invalid_param(format!("user_id: {e}")))?;
+    let pushkey = param("pushkey")?;
+    email.unsubscribe(&user_id, param("app_id")?, pushkey, param("token")?)?;
+    let address = pushkey.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    Ok(Html(format!(
+        "<!DOCTYPE html>\n<html><head><title>Unsubscribed</title></head><body>\n\
+         <p>{address} will get no more email notifications.</p>\n</body></html>\n"
+    )))
 }
 
 /// `GET /_matrix/client/v3/notifications`
