@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 
 use crate::harness::{TestServer, test_config};
 
-fn conduit(db: &std::path::Path) -> Command {
+pub(crate) fn conduit(db: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_conduit"));
     cmd.env_clear()
         .env("CONDUIT_DATABASE_PATH", db)
@@ -125,13 +125,22 @@ async fn sigterm_finishes_cleanly_and_keeps_the_data() {
     assert!(!ok && text.contains("taken"), "{text}");
 }
 
-type LogLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+pub(crate) type LogLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
 
 /// Start the binary on `db` with registration open; returns it, its address and the rest of
 /// its log.
 fn spawn_serving(db: &std::path::Path) -> (std::process::Child, String, LogLines) {
+    spawn_serving_with(db, &[])
+}
+
+/// [`spawn_serving`] with more environment variables.
+pub(crate) fn spawn_serving_with(
+    db: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, LogLines) {
     use std::io::{BufRead, BufReader};
     let mut child = conduit(db)
+        .envs(env.iter().copied())
         .env("CONDUIT_PORT", "0")
         .env("CONDUIT_ALLOW_REGISTRATION", "true")
         .env("CONDUIT_LOG", "info")

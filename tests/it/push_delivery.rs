@@ -28,6 +28,8 @@ enum Mode {
     Unavailable,
     Hang,
     Garbage,
+    /// A 10 MB answer.
+    Huge,
 }
 
 #[derive(Default)]
@@ -62,6 +64,10 @@ async fn notify(State(gateway): State<Gateway>, Json(body): Json<Value>) -> axum
         Mode::Garbage => {
             gateway.seen.lock().unwrap().accepted.push(body["notification"].clone());
             (AxumStatus::OK, "<html>not json".repeat(10_000)).into_response()
+        }
+        Mode::Huge => {
+            gateway.seen.lock().unwrap().accepted.push(body["notification"].clone());
+            (AxumStatus::OK, vec![b'x'; 10 * 1024 * 1024]).into_response()
         }
     }
 }
@@ -290,7 +296,7 @@ async fn a_delivery_under_way_at_a_stop_is_made_after_the_restart() {
 }
 
 #[tokio::test]
-async fn a_gateway_answering_garbage_still_counts_as_delivered() {
+async fn a_gateway_answering_garbage_or_10_mb_still_counts_as_delivered() {
     let s = server().await;
     let gateway = Gateway::start(Mode::Garbage).await;
     let (alice, bob, room) = dm(&s).await;
@@ -299,6 +305,12 @@ async fn a_gateway_answering_garbage_still_counts_as_delivered() {
     send_text(&s, &alice, &room, "g2", "two").await;
     gateway.until("both", |g| g.accepted().len() >= 2).await;
     assert_eq!(gateway.attempts(), 2, "no retries for a 200 with a body that is not JSON");
+    // A 10 MB answer is read no further than its first 64 KiB, and the queue goes on.
+    gateway.set(Mode::Huge);
+    send_text(&s, &alice, &room, "g3", "three").await;
+    send_text(&s, &alice, &room, "g4", "four").await;
+    gateway.until("the two after the huge answers", |g| g.accepted().len() >= 4).await;
+    assert_eq!(gateway.attempts(), 4);
 }
 
 #[tokio::test]
@@ -346,4 +358,72 @@ async fn pushers_are_checked_when_set() {
     expect_error(email, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
     let (_, body) = guarded.get(&format!("{V3}/pushers"), Some(&bob.token)).await;
     assert_eq!(body["pushers"], json!([]), "nothing refused was stored");
+}
+
+/// The binary, killed with SIGKILL while a delivery is under way, delivers it after it starts
+/// again: the queue's place moves only after the gateway answered.
+#[tokio::test]
+async fn a_delivery_under_way_at_a_kill_9_is_made_after_the_restart() {
+    let gateway = Gateway::start(Mode::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let env = [("CONDUIT_IP_RANGE_ALLOWLIST", "[\"127.0.0.0/8\"]"), ("CONDUIT_PUSH_TIMEOUT_SECS", "60")];
+    let serve = |db: std::path::PathBuf| {
+        let (child, addr, lines) = crate::cli::spawn_serving_with(&db, &env);
+        std::thread::spawn(move || lines.for_each(drop));
+        (child, format!("http://{addr}/_matrix/client/v3"))
+    };
+    let (mut child, api) = serve(db.clone());
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, url: String, token: Option<String>, body: Value| {
+        let request = http.request(method, url).json(&body);
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let body = json!({"username": name, "password": format!("pw-{name}-123"), "auth": {"type": "m.login.dummy"}});
+        let registered = call(reqwest::Method::POST, format!("{api}/register"), None, body).await;
+        tokens.push(registered["access_token"].as_str().unwrap().to_owned());
+    }
+    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
+    let created = call(
+        reqwest::Method::POST,
+        format!("{api}/createRoom"),
+        Some(alice.clone()),
+        json!({"invite": ["@bob:localhost"], "is_direct": true}),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    call(reqwest::Method::POST, format!("{api}/join/{room}"), Some(bob.clone()), json!({})).await;
+    let pusher = json!({"kind": "http", "app_id": "app", "pushkey": "key", "app_display_name": "App",
+        "device_display_name": "Phone", "lang": "en", "data": {"url": gateway.url}});
+    call(reqwest::Method::POST, format!("{api}/pushers/set"), Some(bob.clone()), pusher).await;
+    let sent = call(
+        reqwest::Method::PUT,
+        format!("{api}/rooms/{room}/send/m.room.message/k9"),
+        Some(alice.clone()),
+        json!({"msgtype": "m.text", "body": "before the kill"}),
+    )
+    .await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    gateway.until("the delivery under way", |g| g.attempts() >= 1).await;
+
+    child.kill().unwrap(); // SIGKILL
+    tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    gateway.set(Mode::Accept);
+    let (mut child, _) = serve(db);
+    gateway.until("the delivery after the restart", |g| !g.accepted().is_empty()).await;
+    assert_eq!(gateway.accepted()[0]["event_id"], json!(event_id));
+    child.kill().unwrap();
+    let _ = child.wait();
 }

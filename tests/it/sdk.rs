@@ -180,8 +180,13 @@ async fn matrix_rust_sdk_ui_sliding_sync_room_list_timelines_and_recovery() {
 /// Run one matrix-js-sdk script (Rust crypto, as in Element Web) from `tests/sdk/js`, where
 /// scripts/test installs the SDK from npm; it passes `node` in `CONDUIT_TEST_NODE`.
 async fn run_js(name: &str) {
+    run_js_with(name, |_| {}).await;
+}
+
+/// [`run_js`] against a server with its test config adjusted.
+async fn run_js_with(name: &str, adjust: impl FnOnce(&mut conduit::config::Config)) {
     let node = provided_by_scripts_test("CONDUIT_TEST_NODE", "Node.js, for matrix-js-sdk");
-    let s = TestServer::start().await;
+    let s = TestServer::start_with(adjust).await;
     run_client_check(
         &format!("matrix-js-sdk {name}"),
         node,
@@ -201,4 +206,13 @@ async fn matrix_js_sdk_encrypted_round_trip() {
 #[tokio::test]
 async fn matrix_js_sdk_cross_signing_backup_and_emoji_verification() {
     run_js("cross_signing.mjs").await;
+}
+
+/// Push notifications as Element's apps set them up: `setPusher` with `event_id_only`, read
+/// back with `getPushers`; a message from another user reaches the script's own gateway (on
+/// loopback, which the server is told to allow); a deleted pusher is sent nothing more.
+#[tokio::test]
+async fn matrix_js_sdk_sets_a_pusher_and_its_gateway_is_notified() {
+    run_js_with("pusher.mjs", |config| config.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()])
+        .await;
 }
