@@ -427,3 +427,31 @@ async fn a_delivery_under_way_at_a_kill_9_is_made_after_the_restart() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// A gateway that never answers holds up its own pusher only: another user's notification of
+/// the same message arrives meanwhile.
+#[tokio::test]
+async fn a_hanging_gateway_does_not_hold_up_other_pushers() {
+    let s = server().await;
+    let hanging = Gateway::start(Mode::Hang).await;
+    let working = Gateway::start(Mode::Accept).await;
+    let (alice, bob, room) = dm(&s).await;
+    let carol = s.register("carol", "pw-carol-123").await;
+    let (status, _) = s
+        .post(&format!("{V3}/rooms/{room}/invite"), Some(&alice.token), json!({"user_id": carol.user_id}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(join(&s, &carol, &room).await.0, StatusCode::OK);
+    // Different push keys: one pusher set with `append: false` removes other users' pushers
+    // with the same app ID and key (the spec's rule).
+    assert_eq!(set_pusher(&s, &bob, "bob-app", &hanging.url, json!({})).await.0, StatusCode::OK);
+    assert_eq!(set_pusher(&s, &carol, "carol-app", &working.url, json!({})).await.0, StatusCode::OK);
+    for n in 0..3 {
+        let event_id = send_text(&s, &alice, &room, &format!("h{n}"), "hello both").await;
+        working
+            .until("carol's notification", |g| g.accepted().iter().any(|x| x["event_id"] == event_id))
+            .await;
+    }
+    hanging.until("bob's first delivery", |g| g.attempts() >= 1).await;
+    assert_eq!(hanging.attempts(), 1, "bob's queue is still on its first delivery");
+}
