@@ -140,6 +140,27 @@ pub struct Config {
     /// Email notifications (`kind: "email"` pushers), sent through an SMTP server. Off
     /// unless `smtp.host` is set: then such pushers are refused.
     pub smtp: SmtpConfig,
+    /// Reverse proxies whose `X-Forwarded-For` is believed: for a request from one of these
+    /// ranges, the client address (in logs, device last-seen records, rate limits and the
+    /// audit log) is the nearest address in that header not itself in these ranges. Loopback
+    /// by default, for a proxy on the same host; `[]` believes no header.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The audit log: who did what, security-wise (see [`AuditConfig`]).
+    pub audit: AuditConfig,
+}
+
+/// `[global.audit]`: the audit log is always kept in the database (admins read it at
+/// `GET /_conduit/admin/v1/audit_log`); these settings copy it elsewhere and bound it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AuditConfig {
+    /// Append each record, as one JSON line, to this file too (created if missing).
+    pub file: Option<PathBuf>,
+    /// Send each record, as one JSON line, to the local syslog (`/dev/log`, facility
+    /// `authpriv`) too; journald reads it there.
+    pub syslog: bool,
+    /// Delete records older than this many days (checked daily); unset keeps them forever.
+    pub retention_days: Option<u32>,
 }
 
 /// The SMTP server email notifications go through, and what the emails say (Synapse's
@@ -303,6 +324,11 @@ impl Default for Config {
             turn_password: None,
             turn_ttl: 24 * 3600,
             smtp: SmtpConfig::default(),
+            trusted_proxies: vec![
+                IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+            ],
+            audit: AuditConfig::default(),
         }
     }
 }

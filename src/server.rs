@@ -128,6 +128,11 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "purging media past its retention failed"),
                     }
+                    match services.audit.prune() {
+                        Ok(n) if n > 0 => tracing::info!(deleted = n, "deleted audit records past their retention"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "deleting old audit records failed"),
+                    }
                 }
             }
             _ = stop.changed() => return,

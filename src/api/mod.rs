@@ -6,6 +6,7 @@ pub mod client;
 pub mod content;
 pub mod error;
 pub mod federation;
+pub mod request;
 pub mod ruma;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -378,11 +379,20 @@ pub fn router(services: AppState) -> Router {
         .client_route("/initialSync", get(client::legacy::initial_sync))
         .client_route("/rooms/{room_id}/initialSync", get(client::legacy::room_initial_sync))
         .client_route("/rooms/{room_id}/send/{event_type}", post(client::legacy::send_message_event))
+        // The audit log (admins only)
+        .route("/_conduit/admin/v1/audit_log", get(self::admin::audit::audit_log))
+        .route("/_conduit/admin/v1/audit_log/verify", get(self::admin::audit::verify))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(services)
+        // Inside the routes, so that it sees which route matched.
+        .route_layer(axum::middleware::from_fn_with_state(
+            services.clone(),
+            self::admin::audit::record_admin_calls,
+        ))
+        .with_state(services.clone())
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(services, request::meta))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(cors())
                 .layer(CatchPanicLayer::custom(panic_response)),
@@ -411,9 +421,17 @@ fn cors() -> CorsLayer {
         .max_age(Duration::from_secs(86400))
 }
 
-/// One span per request. Only method and path: the query may carry an access token.
+/// One span per request: its ID, the client's address, method and path (not the query,
+/// which may carry an access token).
 fn request_span<B>(request: &Request<B>) -> tracing::Span {
-    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+    let meta = request.extensions().get::<request::RequestMeta>();
+    tracing::info_span!(
+        "request",
+        id = meta.map_or("", |m| m.request_id.as_str()),
+        client = meta.map_or("", |m| m.client_ip.as_str()),
+        method = %request.method(),
+        path = %request.uri().path(),
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

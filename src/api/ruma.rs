@@ -1,12 +1,12 @@
 //! The extractor: one path from an HTTP request to a typed ruma request plus the identity its
 //! endpoint's declared auth scheme yields. Body limit, then authentication, then parsing.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     body::Body,
-    extract::{ConnectInfo, FromRequest, FromRequestParts, Path},
-    http::{HeaderMap, Method, Request, header, request::Parts},
+    extract::{FromRequest, FromRequestParts, Path},
+    http::{Method, Request, header, request::Parts},
     response::{IntoResponse, Response},
 };
 use bytes::{Bytes, BytesMut};
@@ -21,10 +21,11 @@ use ruma::api::{
 
 use crate::{
     Error, Result,
+    api::request::context_of,
     matrix::limits,
     service::{
         Services,
-        context::{self, RequestContext},
+        context::{Actor, RequestContext},
         devices::DeviceIdentity,
     },
 };
@@ -65,6 +66,13 @@ pub trait Identify: AuthScheme {
         token: std::result::Result<Self::Output, Self::ExtractAuthenticationError>,
         client: &Client,
     ) -> Result<Self::Identity>;
+
+    /// Who the identity says is acting, for the request's context.
+    fn actor(identity: &Self::Identity) -> Actor;
+}
+
+fn device_actor(identity: &DeviceIdentity) -> Actor {
+    Actor::User { user_id: identity.user_id.clone(), device_id: Some(identity.device_id.clone()) }
 }
 
 fn token_error(error: ExtractTokenError) -> Error {
@@ -90,6 +98,10 @@ impl Identify for AccessToken {
     ) -> Result<DeviceIdentity> {
         user_from_token(services, &token.map_err(token_error)?, client)
     }
+
+    fn actor(identity: &DeviceIdentity) -> Actor {
+        device_actor(identity)
+    }
 }
 
 impl Identify for AccessTokenOptional {
@@ -102,6 +114,10 @@ impl Identify for AccessTokenOptional {
         client: &Client,
     ) -> Result<Option<DeviceIdentity>> {
         token.map_err(token_error)?.map(|t| user_from_token(services, &t, client)).transpose()
+    }
+
+    fn actor(identity: &Option<DeviceIdentity>) -> Actor {
+        identity.as_ref().map_or(Actor::Anonymous, device_actor)
     }
 }
 
@@ -118,6 +134,10 @@ impl Identify for AppserviceTokenOptional {
     ) -> Result<()> {
         Ok(())
     }
+
+    fn actor(_: &()) -> Actor {
+        Actor::Anonymous
+    }
 }
 
 impl Identify for NoAccessToken {
@@ -130,6 +150,10 @@ impl Identify for NoAccessToken {
     ) -> Result<()> {
         Ok(())
     }
+
+    fn actor(_: &()) -> Actor {
+        Actor::Anonymous
+    }
 }
 
 impl Identify for NoAuthentication {
@@ -141,6 +165,10 @@ impl Identify for NoAuthentication {
         _: &Client,
     ) -> Result<()> {
         Ok(())
+    }
+
+    fn actor(_: &()) -> Actor {
+        Actor::Anonymous
     }
 }
 
@@ -172,7 +200,7 @@ where
         if declared_length(&parts).is_some_and(|len| len > limit as u64) {
             return Err(Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"));
         }
-        let (path_args, client) = path_args_and_client(&mut parts).await;
+        let (path_args, mut context) = path_args_and_context(&mut parts).await;
         let bytes = limited_body(services, body).await?;
 
         // An empty POST/PUT body reads as `{}`: clients send none where every field is
@@ -183,13 +211,9 @@ where
         } else {
             bytes
         };
-        let context = RequestContext {
-            method: method_of(&parts.method),
-            path: parts.uri.path().to_owned(),
-            client_ip: client.ip.clone(),
-        };
         let query = parts.uri.query().map(str::to_owned);
-        let (body, identity) = authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &client)?;
+        let (body, identity) = authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &context)?;
+        context.actor = T::Authentication::actor(&identity);
         Ok(Self { body, identity, context, raw_body, query })
     }
 }
@@ -203,6 +227,7 @@ where
 {
     pub head: T,
     pub identity: <T::Authentication as Identify>::Identity,
+    pub context: RequestContext,
     /// The `Content-Length` the client declared, if any.
     pub declared_length: Option<u64>,
     pub body: Body,
@@ -218,9 +243,10 @@ where
     async fn from_request(request: Request<Body>, services: &Arc<Services>) -> Result<Self> {
         let (mut parts, body) = request.into_parts();
         let declared_length = declared_length(&parts);
-        let (path_args, client) = path_args_and_client(&mut parts).await;
-        let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &client)?;
-        Ok(Self { head, identity, declared_length, body })
+        let (path_args, mut context) = path_args_and_context(&mut parts).await;
+        let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &context)?;
+        context.actor = T::Authentication::actor(&identity);
+        Ok(Self { head, identity, context, declared_length, body })
     }
 }
 
@@ -239,50 +265,23 @@ pub async fn limited_body(services: &Services, body: Body) -> Result<bytes::Byte
     Ok(bytes)
 }
 
-fn method_of(method: &Method) -> context::Method {
-    match *method {
-        Method::GET => context::Method::Get,
-        Method::POST => context::Method::Post,
-        Method::PUT => context::Method::Put,
-        Method::DELETE => context::Method::Delete,
-        _ => context::Method::Other,
-    }
-}
-
 fn declared_length(parts: &Parts) -> Option<u64> {
     parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
-/// Path parameters (percent-decoded by axum; ruma takes them decoded) and where the request
-/// came from.
-async fn path_args_and_client(parts: &mut Parts) -> (Vec<String>, Client) {
+/// Path parameters (percent-decoded by axum; ruma takes them decoded) and the request's
+/// context before authentication.
+async fn path_args_and_context(parts: &mut Parts) -> (Vec<String>, RequestContext) {
     let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(parts, &()).await {
         Ok(Path(args)) => args,
         Err(_) => Vec::new(),
     };
-    (path_args, client_of(parts))
+    (path_args, context_of(parts))
 }
 
-/// The peer address and user agent of a request.
-fn client_of(parts: &Parts) -> Client {
-    let ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string())
-        .unwrap_or_default();
-    Client { ip, user_agent: user_agent(&parts.headers) }
-}
-
-/// Longest user agent kept for a device's last-seen record; longer ones are cut.
-const MAX_USER_AGENT_LEN: usize = 512;
-
-fn user_agent(headers: &HeaderMap) -> Option<String> {
-    let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
-    let mut end = agent.len().min(MAX_USER_AGENT_LEN);
-    while !agent.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(agent[..end].to_owned()).filter(|a| !a.is_empty())
+/// Where a request came from, as the device's last-seen record keeps it.
+fn client_of(context: &RequestContext) -> Client {
+    Client { ip: context.client_ip.clone(), user_agent: context.user_agent.clone() }
 }
 
 /// The identity a request proves under auth scheme `S`: the token `S` extracts from the
@@ -290,9 +289,9 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
 fn authenticate<S: Identify, B>(
     services: &Services,
     head: &Request<B>,
-    client: &Client,
+    context: &RequestContext,
 ) -> Result<S::Identity> {
-    S::identify(services, S::extract_authentication(head), client)
+    S::identify(services, S::extract_authentication(head), &client_of(context))
 }
 
 /// Authenticate by the endpoint's scheme, then parse the ruma request from the head and
@@ -302,14 +301,14 @@ fn authenticate_and_parse<T>(
     parts: Parts,
     body_bytes: &[u8],
     path_args: &[String],
-    client: &Client,
+    context: &RequestContext,
 ) -> Result<(T, <T::Authentication as Identify>::Identity)>
 where
     T: IncomingRequest + 'static,
     T::Authentication: Identify,
 {
     let http_request = Request::from_parts(parts, body_bytes);
-    let identity = authenticate::<T::Authentication, _>(services, &http_request, client)?;
+    let identity = authenticate::<T::Authentication, _>(services, &http_request, context)?;
     let mut args: Vec<&str> = path_args.iter().map(String::as_str).collect();
     // Routes registered without a trailing empty parameter (`/state/{type}` for the empty
     // state key) hand ruma an empty string for it.
@@ -370,6 +369,7 @@ fn check_shape<T: 'static>(body: &[u8]) -> Result<()> {
 /// the rest of the request with axum's extractors.
 pub struct Authenticated {
     pub identity: DeviceIdentity,
+    pub context: RequestContext,
 }
 
 impl FromRequestParts<Arc<Services>> for Authenticated {
@@ -380,8 +380,10 @@ impl FromRequestParts<Arc<Services>> for Authenticated {
         let mut head = Request::new(());
         *head.uri_mut() = parts.uri.clone();
         *head.headers_mut() = parts.headers.clone();
-        let identity = authenticate::<AccessToken, _>(services, &head, &client_of(parts))?;
-        Ok(Self { identity })
+        let mut context = context_of(parts);
+        let identity = authenticate::<AccessToken, _>(services, &head, &context)?;
+        context.actor = device_actor(&identity);
+        Ok(Self { identity, context })
     }
 }
 

@@ -6,6 +6,7 @@ pub mod filter;
 pub mod keys;
 pub mod limits;
 pub mod media;
+pub mod moderation;
 pub mod pdu;
 pub mod power_levels;
 pub mod redaction;

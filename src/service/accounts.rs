@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
 use super::{
-    context::RequestContext,
+    audit::{self, Audit},
+    context::{Actor, RequestContext},
     delayed_events::DelayedEvents,
     devices::{self, DeviceIdentity, Devices, WriteGuard},
     key_backup::KeyBackup,
@@ -58,6 +59,7 @@ pub struct Accounts {
     to_device: Arc<ToDevice>,
     key_backup: Arc<KeyBackup>,
     notifications: Arc<Notifications>,
+    audit: Arc<Audit>,
     /// Sliding sync connections, which go with their device.
     sliding_connections: Arc<Connections>,
     /// Deactivation cancels the account's delayed events.
@@ -123,6 +125,7 @@ impl Accounts {
         notifications: Arc<Notifications>,
         sliding_connections: Arc<Connections>,
         delayed_events: Arc<DelayedEvents>,
+        audit: Arc<Audit>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
         Self {
@@ -137,6 +140,7 @@ impl Accounts {
             notifications,
             sliding_connections,
             delayed_events,
+            audit,
             dehydrated,
         }
     }
@@ -195,6 +199,23 @@ impl Accounts {
         let mut batch = WriteBatch::new();
         let outcome = build(&guard, &mut batch)?;
         self.store.write(batch)?;
+        Ok(outcome)
+    }
+
+    /// As `write_locked`, with the audit record of the write in the same batch: `entry` sees
+    /// what `build` returned (to name the device it created, say).
+    fn write_audited<T>(
+        &self,
+        context: &RequestContext,
+        build: impl FnOnce(&WriteGuard<'_>, &mut WriteBatch) -> Result<T>,
+        entry: impl FnOnce(&T) -> audit::Entry,
+    ) -> Result<T> {
+        let guard = self.devices.write_lock()?;
+        let mut batch = WriteBatch::new();
+        let outcome = build(&guard, &mut batch)?;
+        let staged = self.audit.stage(&mut batch, context, entry(&outcome))?;
+        self.store.write(batch)?;
+        staged.committed();
         Ok(outcome)
     }
 
@@ -291,51 +312,59 @@ impl Accounts {
             _ => None,
         };
 
-        let (user_id, issued, created) = self.write_locked(|guard, batch| {
-            // Read under the lock: a retry racing the first completion sees its account.
-            let (user_id, created) = match self.uiaa.registered_user(&completed.session_id)? {
-                Some(existing) => {
-                    if params.username.as_deref().is_some_and(|name| name != existing.localpart()) {
-                        return Err(Error::unknown(
-                            "A different user ID has already been registered for this session",
-                        ));
+        let (user_id, issued, created) = self.write_audited(
+            context,
+            |guard, batch| {
+                // Read under the lock: a retry racing the first completion sees its account.
+                let (user_id, created) = match self.uiaa.registered_user(&completed.session_id)? {
+                    Some(existing) => {
+                        if params.username.as_deref().is_some_and(|name| name != existing.localpart()) {
+                            return Err(Error::unknown(
+                                "A different user ID has already been registered for this session",
+                            ));
+                        }
+                        (existing, false)
                     }
-                    (existing, false)
-                }
-                None => {
-                    // Checked after authentication: a client may probe the flows with an
-                    // empty body.
-                    // The hash is missing if the account appeared between the check above and
-                    // this lock (a racing retry), which the branch above catches; or if no
-                    // request of the session gave a password.
-                    let hash = password_hash
-                        .clone()
-                        .ok_or_else(|| Error::missing_param("Missing params: password"))?;
-                    let user_id = match &params.username {
-                        // Checked again under the lock: the name may have been taken meanwhile.
-                        Some(name) => self.available_user_id(name)?,
-                        None => self.generate_user_id()?,
-                    };
-                    self.create_account_in(batch, &user_id, hash, false)?;
-                    self.uiaa.set_registered_user_in(batch, &completed.session_id, &user_id)?;
-                    (user_id, true)
-                }
-            };
-            let issued = if params.inhibit_login {
-                None
-            } else {
-                Some(self.devices.create_session_in(
-                    guard,
-                    batch,
-                    &user_id,
-                    params.device_id.clone(),
-                    params.initial_device_display_name.clone(),
-                    params.refresh_token,
-                    context.client_ip.clone(),
-                )?)
-            };
-            Ok((user_id, issued, created))
-        })?;
+                    None => {
+                        // Checked after authentication: a client may probe the flows with an
+                        // empty body.
+                        // The hash is missing if the account appeared between the check above and
+                        // this lock (a racing retry), which the branch above catches; or if no
+                        // request of the session gave a password.
+                        let hash = password_hash
+                            .clone()
+                            .ok_or_else(|| Error::missing_param("Missing params: password"))?;
+                        let user_id = match &params.username {
+                            // Checked again under the lock: the name may have been taken meanwhile.
+                            Some(name) => self.available_user_id(name)?,
+                            None => self.generate_user_id()?,
+                        };
+                        self.create_account_in(batch, &user_id, hash, false)?;
+                        self.uiaa.set_registered_user_in(batch, &completed.session_id, &user_id)?;
+                        (user_id, true)
+                    }
+                };
+                let issued = if params.inhibit_login {
+                    None
+                } else {
+                    Some(self.devices.create_session_in(
+                        guard,
+                        batch,
+                        &user_id,
+                        params.device_id.clone(),
+                        params.initial_device_display_name.clone(),
+                        params.refresh_token,
+                        context.client_ip.clone(),
+                    )?)
+                };
+                Ok((user_id, issued, created))
+            },
+            |(user_id, issued, created)| {
+                let device = issued.as_ref().map(|i| i.device_id.to_string());
+                let action = if *created { "register" } else { "register.retry" };
+                audit::Entry::success(action).target(user_id).params(json!({ "device_id": device }))
+            },
+        )?;
         if created {
             tracing::info!(%user_id, "registered account");
         }
@@ -390,25 +419,34 @@ impl Accounts {
 
     /// Grant or revoke the admin flag of a local account. An admin cannot revoke their own
     /// flag, so a server cannot lose its last admin by a slip (as Synapse refuses it).
-    pub fn set_admin(&self, actor: &UserId, user_id: &UserId, admin: bool) -> Result<()> {
+    pub fn set_admin(&self, context: &RequestContext, user_id: &UserId, admin: bool) -> Result<()> {
         if user_id.server_name() != self.config.server_name {
             return Err(Error::invalid_param("Only local users can be admins of this server"));
         }
-        if actor == user_id && !admin {
+        if context.actor.user_id().is_some_and(|actor| actor == user_id) && !admin {
             return Err(Error::invalid_param("You may not demote yourself"));
         }
-        self.write_locked(|_, batch| self.users.set_admin_in(batch, user_id, admin))
+        self.write_audited(
+            context,
+            |_, batch| self.users.set_admin_in(batch, user_id, admin),
+            |_| audit::Entry::success("user.admin").target(user_id).params(json!({ "admin": admin })),
+        )
     }
 
     /// Create an account from the command line, bypassing registration policy.
     pub async fn create_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
         check_password_len(password)?;
         let password_hash = self.users.hash_password(password).await?;
-        self.write_locked(|_, batch| {
-            let user_id = self.available_user_id(localpart)?;
-            self.create_account_in(batch, &user_id, password_hash, admin)?;
-            Ok(user_id)
-        })
+        let operator = RequestContext::internal(Actor::Operator, "create-user");
+        self.write_audited(
+            &operator,
+            |_, batch| {
+                let user_id = self.available_user_id(localpart)?;
+                self.create_account_in(batch, &user_id, password_hash, admin)?;
+                Ok(user_id)
+            },
+            |user_id| audit::Entry::success("user.create").target(user_id).params(json!({ "admin": admin })),
+        )
     }
 
     /// Set a password from the command line; every device is logged out.
@@ -418,16 +456,29 @@ impl Accounts {
             .filter(|u| self.users.get(u).ok().flatten().is_some_and(|r| !r.deactivated))
             .ok_or_else(|| Error::not_found("No such active user"))?;
         let hash = self.users.hash_password(password).await?;
-        self.write_locked(|guard, batch| {
-            self.users.set_password_hash_in(batch, &user_id, hash)?;
-            self.devices.remove_all_in(guard, batch, &user_id, None)
-        })?;
+        let operator = RequestContext::internal(Actor::Operator, "reset-password");
+        self.write_audited(
+            &operator,
+            |guard, batch| {
+                self.users.set_password_hash_in(batch, &user_id, hash)?;
+                self.devices.remove_all_in(guard, batch, &user_id, None)
+            },
+            |_| {
+                audit::Entry::success("password.reset")
+                    .target(&user_id)
+                    .params(json!({ "logout_devices": true }))
+            },
+        )?;
         Ok(user_id)
     }
 
     /// `POST /login`. Every failure to identify the account answers the same way, after the
     /// same work, so the endpoint does not reveal which accounts exist.
-    pub async fn login(&self, req: login::v3::Request, client_ip: String) -> Result<login::v3::Response> {
+    pub async fn login(
+        &self,
+        req: login::v3::Request,
+        context: &RequestContext,
+    ) -> Result<login::v3::Response> {
         let login::v3::LoginInfo::Password(info) = &req.login_info else {
             return Err(Error::new(
                 ErrorKind::Unknown,
@@ -454,25 +505,42 @@ impl Accounts {
         };
         let invalid = || Error::forbidden("Invalid username or password.");
         let (Some(matched_hash), Some(user_id)) = (matched_hash, user_id) else {
+            let entry = audit::Entry::failure("login")
+                .params(json!({ "type": "m.login.password", "reason": "invalid username or password" }));
+            // The name as claimed: it may name no account.
+            let entry = match claimed {
+                Some(claimed) => entry.target(claimed),
+                None => entry,
+            };
+            self.audit.record_or_log(context, entry);
             return Err(invalid());
         };
 
-        let issued = self.write_locked(|guard, batch| {
-            // A deactivation or password change may have committed while the hash was checked.
-            let current = self.users.get(&user_id)?;
-            if !current.is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash)) {
-                return Err(invalid());
-            }
-            self.devices.create_session_in(
-                guard,
-                batch,
-                &user_id,
-                req.device_id.clone(),
-                req.initial_device_display_name.clone(),
-                req.refresh_token,
-                client_ip,
-            )
-        })?;
+        let issued = self.write_audited(
+            context,
+            |guard, batch| {
+                // A deactivation or password change may have committed while the hash was checked.
+                let current = self.users.get(&user_id)?;
+                if !current.is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash))
+                {
+                    return Err(invalid());
+                }
+                self.devices.create_session_in(
+                    guard,
+                    batch,
+                    &user_id,
+                    req.device_id.clone(),
+                    req.initial_device_display_name.clone(),
+                    req.refresh_token,
+                    context.client_ip.clone(),
+                )
+            },
+            |issued| {
+                audit::Entry::success("login")
+                    .target(&user_id)
+                    .params(json!({ "type": "m.login.password", "device_id": issued.device_id }))
+            },
+        )?;
         tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
         let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
         response.refresh_token = issued.refresh_token;
@@ -537,13 +605,21 @@ impl Accounts {
         let params = json!({ "logout_devices": req.logout_devices });
         self.reauthenticate(who, context, params, req.auth.as_ref()).await?;
         let hash = self.users.hash_password(&req.new_password).await?;
-        let removed = self.write_locked(|guard, batch| {
-            self.users.set_password_hash_in(batch, &who.user_id, hash)?;
-            if req.logout_devices {
-                return self.remove_devices_in(guard, batch, &who.user_id, None, Some(&who.device_id));
-            }
-            Ok(false)
-        })?;
+        let removed = self.write_audited(
+            context,
+            |guard, batch| {
+                self.users.set_password_hash_in(batch, &who.user_id, hash)?;
+                if req.logout_devices {
+                    return self.remove_devices_in(guard, batch, &who.user_id, None, Some(&who.device_id));
+                }
+                Ok(false)
+            },
+            |_| {
+                audit::Entry::success("password.change")
+                    .target(&who.user_id)
+                    .params(json!({ "logout_devices": req.logout_devices }))
+            },
+        )?;
         self.devices_removed(&who.user_id, removed)?;
         Ok(change_password::v3::Response::new())
     }
@@ -557,12 +633,20 @@ impl Accounts {
     ) -> Result<deactivate::v3::Response> {
         let params = json!({ "erase": req.erase, "id_server": req.id_server });
         self.reauthenticate(who, context, params, req.auth.as_ref()).await?;
-        let removed = self.write_locked(|guard, batch| {
-            self.users.deactivate_in(batch, &who.user_id, req.erase)?;
-            // Nobody can ever restore these keys: the account cannot log in again.
-            self.key_backup.remove_user_in(batch, &who.user_id)?;
-            self.remove_devices_in(guard, batch, &who.user_id, None, None)
-        })?;
+        let removed = self.write_audited(
+            context,
+            |guard, batch| {
+                self.users.deactivate_in(batch, &who.user_id, req.erase)?;
+                // Nobody can ever restore these keys: the account cannot log in again.
+                self.key_backup.remove_user_in(batch, &who.user_id)?;
+                self.remove_devices_in(guard, batch, &who.user_id, None, None)
+            },
+            |_| {
+                audit::Entry::success("account.deactivate")
+                    .target(&who.user_id)
+                    .params(json!({ "erase": req.erase }))
+            },
+        )?;
         self.devices_removed(&who.user_id, removed)?;
         // Nothing is sent in a deactivated account's name any more (Synapse cancels them too).
         self.delayed_events.cancel_all_for_user(&who.user_id)?;
@@ -581,9 +665,15 @@ impl Accounts {
         auth: Option<&AuthData>,
     ) -> Result<()> {
         self.reauthenticate(who, context, json!({ "devices": device_ids }), auth).await?;
-        let removed = self.write_locked(|guard, batch| {
-            self.remove_devices_in(guard, batch, &who.user_id, Some(device_ids), None)
-        })?;
+        let removed = self.write_audited(
+            context,
+            |guard, batch| self.remove_devices_in(guard, batch, &who.user_id, Some(device_ids), None),
+            |_| {
+                audit::Entry::success("device.delete")
+                    .target(&who.user_id)
+                    .params(json!({ "devices": device_ids }))
+            },
+        )?;
         self.devices_removed(&who.user_id, removed)
     }
 
@@ -642,11 +732,13 @@ impl Accounts {
     }
 
     /// `POST /logout`: this device and its tokens go.
-    pub fn logout(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+    pub fn logout(&self, context: &RequestContext, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
         let devices = [device_id.to_owned()];
-        let removed = self.write_locked(|guard, batch| {
-            self.remove_devices_in(guard, batch, user_id, Some(&devices), None)
-        })?;
+        let removed = self.write_audited(
+            context,
+            |guard, batch| self.remove_devices_in(guard, batch, user_id, Some(&devices), None),
+            |_| audit::Entry::success("logout").target(user_id).params(json!({ "device_id": device_id })),
+        )?;
         self.devices_removed(user_id, removed)
     }
 
@@ -680,9 +772,12 @@ impl Accounts {
     }
 
     /// `POST /logout/all`: every device of the user goes.
-    pub fn logout_all(&self, user_id: &UserId) -> Result<()> {
-        let removed =
-            self.write_locked(|guard, batch| self.remove_devices_in(guard, batch, user_id, None, None))?;
+    pub fn logout_all(&self, context: &RequestContext, user_id: &UserId) -> Result<()> {
+        let removed = self.write_audited(
+            context,
+            |guard, batch| self.remove_devices_in(guard, batch, user_id, None, None),
+            |_| audit::Entry::success("logout.all").target(user_id),
+        )?;
         self.devices_removed(user_id, removed)
     }
 }

@@ -350,7 +350,13 @@ impl Keys {
     /// `POST /keys/device_signing/upload` after any authentication: check and store the keys.
     /// An upload of no keys changes nothing and succeeds, as on Synapse (every key in the
     /// request is optional): Element sends one first to learn whether a password is needed.
-    pub fn upload_cross_signing(&self, user_id: &UserId, upload: CrossSigningUpload) -> Result<()> {
+    /// With `audit`, the upload is an identity reset and is recorded in its batch.
+    pub fn upload_cross_signing(
+        &self,
+        user_id: &UserId,
+        upload: CrossSigningUpload,
+        audit: Option<(&super::audit::Audit, &super::context::RequestContext)>,
+    ) -> Result<()> {
         if upload.master.is_none() && upload.self_signing.is_none() && upload.user_signing.is_none() {
             return Ok(());
         }
@@ -375,7 +381,19 @@ impl Keys {
         if let Some(master) = &upload.master {
             self.cross_signing.put(&mut batch, &(user_id.to_owned(), MASTER.to_owned()), &to_raw(master)?)?;
         }
+        let staged = match audit {
+            Some((audit, context)) => {
+                let entry = super::audit::Entry::success("keys.cross_signing.reset")
+                    .target(user_id)
+                    .params(serde_json::json!({ "master_key_id": master_id }));
+                Some(audit.stage(&mut batch, context, entry)?)
+            }
+            None => None,
+        };
         self.store.write(batch)?;
+        if let Some(staged) = staged {
+            staged.committed();
+        }
         self.device_list_changed(user_id)
     }
 

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod audit;
 pub mod cache;
 pub mod clock;
 pub mod context;
@@ -48,6 +49,7 @@ pub struct Services {
     pub devices: Arc<devices::Devices>,
     pub uiaa: Arc<uiaa::Uiaa>,
     pub accounts: Arc<accounts::Accounts>,
+    pub audit: Arc<audit::Audit>,
     pub keys: Arc<keys::Keys>,
     pub to_device: Arc<to_device::ToDevice>,
     pub server_keys: Arc<server_keys::ServerKeys>,
@@ -174,6 +176,7 @@ impl Services {
         ));
         // After `Notifications`: pushers go with the devices that set them.
         let sliding_connections = Arc::new(sliding_sync::Connections::default());
+        let audit = Arc::new(audit::Audit::new(&store, Arc::clone(&clock), config.audit.clone())?);
         let accounts = Arc::new(accounts::Accounts::new(
             Arc::clone(&store),
             Arc::clone(&config),
@@ -186,6 +189,7 @@ impl Services {
             Arc::clone(&notifications),
             Arc::clone(&sliding_connections),
             Arc::clone(&delayed_events),
+            Arc::clone(&audit),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -239,6 +243,7 @@ impl Services {
             Arc::clone(&delayed_events),
             Arc::clone(&clock),
             Arc::new(GroupSync::start(Arc::clone(&store))?),
+            Arc::clone(&audit),
         ));
         let history = Arc::new(rooms::history::History::new(
             Arc::clone(&events),
@@ -377,6 +382,7 @@ impl Services {
             devices,
             uiaa,
             accounts,
+            audit,
             keys,
             to_device,
             server_keys,

@@ -191,6 +191,8 @@ catalogue! {
     /// Email notifications' secrets, by name: `unsubscribe`, the HMAC key of the unsubscribe
     /// links' tokens (base64), made on first start with SMTP configured.
     EMAIL_SECRETS = "email_secrets", key "name": String => String, version 1;
+    /// The audit log, by sequence number: each record's JSON exactly as its hash covers it.
+    AUDIT_LOG = "audit_log", key "seq": u64 => String, version 1;
 }
 
 /// The key under `META` that holds the schema version.

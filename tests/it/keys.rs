@@ -20,7 +20,7 @@ fn key_pair(name: &str) -> Ed25519KeyPair {
 }
 
 /// A cross-signing key pair: its key ID is its own public key.
-fn cross_pair() -> Ed25519KeyPair {
+pub fn cross_pair() -> Ed25519KeyPair {
     let der = Ed25519KeyPair::generate();
     let public = public(&Ed25519KeyPair::from_der(&der, String::new()).unwrap());
     Ed25519KeyPair::from_der(&der, public).unwrap()
@@ -28,6 +28,11 @@ fn cross_pair() -> Ed25519KeyPair {
 
 fn public(pair: &Ed25519KeyPair) -> String {
     base64::engine::general_purpose::STANDARD_NO_PAD.encode(pair.public_key())
+}
+
+/// An unsigned cross-signing key of `usage` for `user_id`.
+pub fn cross_signing_key(user_id: &str, pair: &Ed25519KeyPair, usage: &str) -> Value {
+    json!({"user_id": user_id, "usage": [usage], "keys": {format!("ed25519:{}", public(pair)): public(pair)}})
 }
 
 fn signed(signer: &str, pair: &Ed25519KeyPair, object: Value) -> Value {

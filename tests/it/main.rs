@@ -3,6 +3,7 @@
 
 mod account;
 mod architecture;
+mod audit;
 mod backup;
 mod cli;
 mod concurrency;

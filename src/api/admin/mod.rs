@@ -3,6 +3,7 @@
 //! access-token endpoint and then checks the admin flag, once for every handler here. ruma
 //! has no types for these endpoints, so handlers take and answer plain JSON.
 
+pub mod audit;
 pub mod users;
 
 use std::sync::Arc;
@@ -22,6 +23,10 @@ impl FromRequestParts<Arc<Services>> for AdminCaller {
 
     async fn from_request_parts(parts: &mut Parts, services: &Arc<Services>) -> Result<Self> {
         let caller = Authenticated::from_request_parts(parts, services).await?;
+        // The audit layer records the call under this caller, admin or not.
+        if let Some(slot) = parts.extensions.get::<audit::CallerSlot>() {
+            slot.fill(&caller.context);
+        }
         if !services.accounts.is_admin(&caller.identity.user_id)? {
             return Err(Error::forbidden("You are not a server admin"));
         }

@@ -44,6 +44,6 @@ pub async fn set_admin(
     let body = limited_body(&services, body).await?;
     let SetAdmin { admin } = serde_json::from_slice(&body)
         .map_err(|e| Error::bad_json(format!("Expected {{\"admin\": bool}}: {e}")))?;
-    services.accounts.set_admin(&caller.identity.user_id, &user_id(&target)?, admin)?;
+    services.accounts.set_admin(&caller.context, &user_id(&target)?, admin)?;
     Ok(Json(json!({})))
 }

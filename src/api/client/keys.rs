@@ -162,11 +162,13 @@ pub async fn upload_signing_keys(
     };
     // The first keys, or the same again, need no password; replacing them (an identity
     // reset) does.
-    if services.keys.upload_replaces_master(&req.identity.user_id, &upload)? {
+    let reset = services.keys.upload_replaces_master(&req.identity.user_id, &upload)?;
+    if reset {
         let auth = body.auth.as_ref();
         services.accounts.reauthenticate_cross_signing(&req.identity, &req.context, &upload, auth).await?;
     }
-    services.keys.upload_cross_signing(&req.identity.user_id, upload)?;
+    let audit = reset.then_some((services.audit.as_ref(), &req.context));
+    services.keys.upload_cross_signing(&req.identity.user_id, upload, audit)?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 

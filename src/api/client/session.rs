@@ -29,7 +29,7 @@ pub async fn get_login_types(
 /// `well_known`, as Synapse's does, so a client that found the server by another name
 /// (Element X after typing the server name) reconfigures itself.
 pub async fn login(services: AppState, req: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
-    let mut response = services.accounts.login(req.body, req.context.client_ip).await?;
+    let mut response = services.accounts.login(req.body, &req.context).await?;
     response.well_known =
         services.config.well_known.client.clone().map(|url| DiscoveryInfo::new(HomeserverInfo::new(url)));
     Ok(response)
@@ -49,7 +49,7 @@ pub async fn refresh_token(
 
 /// `POST /_matrix/client/v3/logout`
 pub async fn logout(services: AppState, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
-    services.accounts.logout(&req.identity.user_id, &req.identity.device_id)?;
+    services.accounts.logout(&req.context, &req.identity.user_id, &req.identity.device_id)?;
     Ok(logout::v3::Response::new())
 }
 
@@ -58,6 +58,6 @@ pub async fn logout_all(
     services: AppState,
     req: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response> {
-    services.accounts.logout_all(&req.identity.user_id)?;
+    services.accounts.logout_all(&req.context, &req.identity.user_id)?;
     Ok(logout_all::v3::Response::new())
 }

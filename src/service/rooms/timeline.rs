@@ -42,15 +42,17 @@ use super::{
 use crate::{
     Error, Result,
     matrix::{
-        auth, limits,
+        auth, limits, moderation,
         pdu::{self, BuildError, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
         power_levels,
         redaction::{self, LocalRefusal},
         room_version,
     },
     service::{
+        audit::{self, Audit},
         cache::BoundedCache,
         clock::Clock,
+        context::{Actor, RequestContext},
         delayed_events::DelayedEvents,
         push::Notifications,
         push_gateway::PushGateways,
@@ -114,6 +116,7 @@ pub struct Timeline {
     clock: Arc<dyn Clock>,
     store: Arc<dyn KvStore>,
     group_sync: Arc<GroupSync>,
+    audit: Arc<Audit>,
     txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
     /// Each room's joined members, for push evaluation on every send. Read, filled and
     /// dropped only under the room's lock (membership changes only there), so an entry
@@ -139,6 +142,7 @@ impl Timeline {
         delayed: Arc<DelayedEvents>,
         clock: Arc<dyn Clock>,
         group_sync: Arc<GroupSync>,
+        audit: Arc<Audit>,
     ) -> Self {
         Self {
             keys,
@@ -154,6 +158,7 @@ impl Timeline {
             clock,
             store: Arc::clone(store),
             group_sync,
+            audit,
             txn_ids: TXN_IDS.open(store),
             joined: BoundedCache::new(JOINED_CACHE_ROOMS),
             room_locks: Mutex::new(HashMap::new()),
@@ -538,7 +543,21 @@ impl Timeline {
             self.delayed.remove_in(&mut batch, delay_id)?;
         }
         self.states.put_room_in(&mut batch, room_id, &record)?;
+        // Moderation is audited in the event's own batch.
+        let audited = match moderation_entry(room_id, pdu, redacted.as_deref()) {
+            Some(entry) => {
+                let actor = Actor::User {
+                    user_id: pdu.sender.clone(),
+                    device_id: event.txn.as_ref().map(|t| t.device_id.clone()),
+                };
+                Some(self.audit.stage(&mut batch, &RequestContext::internal(actor, "room event"), entry)?)
+            }
+            None => None,
+        };
         self.store.write_buffered(batch)?;
+        if let Some(audited) = audited {
+            audited.committed();
+        }
         if let Some(state_key) = &pdu.state_key
             && !is_create
         {
@@ -744,4 +763,42 @@ fn build_error(error: BuildError) -> Error {
         BuildError::KeyTooLarge(key) => Error::new(ErrorKind::TooLarge, format!("'{key}' too large")),
         BuildError::Invalid(reason) => Error::bad_json(format!("Cannot build event: {reason}")),
     }
+}
+
+/// The audit record of an event that moderates the room (a kick, ban, unban, power change,
+/// or redaction of someone else's event), if it is one.
+fn moderation_entry(room_id: &RoomId, pdu: &Pdu, redacted: Option<&StoredEvent>) -> Option<audit::Entry> {
+    let content = pdu.content_value();
+    let unsigned = pdu.unsigned.as_ref();
+    let previous_membership = unsigned
+        .and_then(|u| u.get("prev_content"))
+        .and_then(|c| c.get("membership"))
+        .and_then(JsonValue::as_str);
+    let kind = pdu.kind.to_string();
+    let facts = moderation::EventFacts {
+        kind: &kind,
+        sender: pdu.sender.as_str(),
+        state_key: pdu.state_key.as_deref(),
+        membership: content.get("membership").and_then(JsonValue::as_str),
+        previous_membership,
+        redacted_sender: redacted.map(|r| r.pdu.sender.as_str()),
+        first_of_its_kind: unsigned.is_none_or(|u| !u.contains_key("replaces_state")),
+    };
+    let action = moderation::classify(&facts)?;
+    let mut params = serde_json::Map::new();
+    params.insert("event_id".to_owned(), pdu.event_id.as_str().into());
+    if let Some(key) = pdu.state_key.as_deref().filter(|k| !k.is_empty()) {
+        params.insert("user_id".to_owned(), key.into());
+    }
+    if let Some(redacted) = redacted {
+        params.insert("redacts".to_owned(), redacted.pdu.event_id.as_str().into());
+        params.insert("redacted_sender".to_owned(), redacted.pdu.sender.as_str().into());
+    }
+    if let Some(reason) = content.get("reason").and_then(JsonValue::as_str) {
+        params.insert("reason".to_owned(), reason.into());
+    }
+    if action == moderation::Moderation::PowerLevels {
+        params.insert("users".to_owned(), content.get("users").cloned().unwrap_or_default());
+    }
+    Some(audit::Entry::success(action.action()).target(room_id).params(JsonValue::Object(params)))
 }
