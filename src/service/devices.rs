@@ -412,6 +412,17 @@ impl Devices {
         Ok(self.list(user_id)?.into_iter().filter(|d| !d.hidden).collect())
     }
 
+    /// Refuse end-to-end keys from an admin's "login as" session: on Synapse such a session
+    /// has no device and cannot upload them, so the user's contacts never see a device the
+    /// user did not make.
+    pub fn ensure_may_upload_keys(&self, user_id: &UserId, device_id: &DeviceId) -> Result<()> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        if self.devices.get(&key)?.is_some_and(|d| d.hidden) {
+            return Err(Error::invalid_param("An admin's login-as session cannot upload keys"));
+        }
+        Ok(())
+    }
+
     /// All devices of a user, hidden ones included, in device-id order.
     pub fn list(&self, user_id: &UserId) -> Result<Vec<DeviceView>> {
         self.devices

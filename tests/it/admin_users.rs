@@ -128,10 +128,10 @@ async fn users_are_listed_filtered_sorted_and_paged() {
     let with = ok(s.get(&format!("{V2}/users?deactivated=true&locked=true"), t).await);
     assert_eq!(with["total"], 5);
     // v3: deactivated is tri-state.
-    let only = ok(s.get(&format!("/_synapse/admin/v3/users?deactivated=true"), t).await);
+    let only = ok(s.get("/_synapse/admin/v3/users?deactivated=true", t).await);
     assert_eq!(names(&only), ["@dave:localhost"]);
     assert_eq!(only["users"][0]["deactivated"], true);
-    let none = ok(s.get(&format!("/_synapse/admin/v3/users?deactivated=false&locked=true"), t).await);
+    let none = ok(s.get("/_synapse/admin/v3/users?deactivated=false&locked=true", t).await);
     assert_eq!(names(&none), ["@bob:localhost", "@carol:localhost", "@eve:localhost", "@root:localhost"]);
 
     // Filters: admins, name (localpart or display name), user_id.
@@ -256,8 +256,10 @@ async fn deactivate_with_erase_clears_the_profile_and_leaves_rooms() {
     let t = Some(root.token.as_str());
     let alice = s.register("alice", "pw-alice-123").await;
     let bob = s.register("bob", "pw-bob-12345").await;
-    let room = create_room(&s, &alice, json!({})).await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
     assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    // An invite he has not answered is rejected too.
+    let other = create_room(&s, &alice, json!({"invite": [bob.user_id]})).await;
 
     expect_error(
         s.post(&format!("{V1}/deactivate/@nobody:localhost"), t, json!({})).await,
@@ -293,6 +295,13 @@ async fn deactivate_with_erase_clears_the_profile_and_leaves_rooms() {
     assert!(members["joined"].get(&bob.user_id).is_none(), "{members}");
     let rooms = ok(s.get(&format!("{V1}/users/{}/joined_rooms", bob.user_id), t).await);
     assert_eq!(rooms, json!({"joined_rooms": [], "total": 0}));
+    // Both rooms were left (and forgotten); his account data is gone.
+    let (status, members) = s.get(&format!("{V3}/rooms/{other}/members"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    let bobs = members["chunk"].as_array().unwrap().iter().find(|e| e["state_key"] == bob.user_id).cloned();
+    assert_eq!(bobs.unwrap()["content"]["membership"], "leave");
+    let data = ok(s.get(&format!("{V1}/users/{}/accountdata", bob.user_id), t).await);
+    assert_eq!(data, json!({"account_data": {"global": {}, "rooms": {}}}));
     let logged = s
         .post(
             &format!("{V3}/login"),
@@ -422,6 +431,14 @@ async fn login_as_gives_a_hidden_session_that_expires() {
     let own = ok(s.get(&format!("{V3}/devices"), Some(&alice.token)).await);
     assert_eq!(own["devices"].as_array().unwrap().len(), 1, "{own}");
     assert_eq!(ok(s.get(&format!("{V2}/users/{}/devices", alice.user_id), t).await)["total"], 1);
+
+    // It cannot upload keys, so alice's contacts never see a device she did not make.
+    let upload = json!({"one_time_keys": {"signed_curve25519:AAAA": {"key": "x", "signatures": {}}}});
+    expect_error(
+        s.post(&format!("{V3}/keys/upload"), Some(&token), upload).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
 
     // It ends at valid_until_ms.
     s.clock.advance_ms(61000);
