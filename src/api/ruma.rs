@@ -54,6 +54,8 @@ pub struct Client {
     pub ip: String,
     /// The `User-Agent` header, if the client sent a readable one.
     pub user_agent: Option<String>,
+    /// Whether a locked account may make this request: only logging out (as Synapse).
+    pub allow_locked: bool,
 }
 
 /// What each auth scheme proves about the caller, as a type handlers can rely on.
@@ -84,6 +86,9 @@ fn token_error(error: ExtractTokenError) -> Error {
 
 fn user_from_token(services: &Services, token: &str, client: &Client) -> Result<DeviceIdentity> {
     let identity = services.devices.authenticate(token)?;
+    if !client.allow_locked {
+        services.users.ensure_not_locked(&identity.user_id)?;
+    }
     services.devices.touch(&identity, client.ip.clone(), client.user_agent.clone());
     Ok(identity)
 }
@@ -281,7 +286,9 @@ async fn path_args_and_context(parts: &mut Parts) -> (Vec<String>, RequestContex
 
 /// Where a request came from, as the device's last-seen record keeps it.
 fn client_of(context: &RequestContext) -> Client {
-    Client { ip: context.client_ip.clone(), user_agent: context.user_agent.clone() }
+    let path = context.path.as_str();
+    let allow_locked = path.ends_with("/logout") || path.ends_with("/logout/all");
+    Client { ip: context.client_ip.clone(), user_agent: context.user_agent.clone(), allow_locked }
 }
 
 /// The identity a request proves under auth scheme `S`: the token `S` extracts from the

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod audit;
+pub mod admin;
 pub mod cache;
 pub mod clock;
 pub mod context;
@@ -22,6 +23,7 @@ pub mod passwords;
 pub mod presence;
 pub mod push;
 pub mod push_gateway;
+pub mod registration_tokens;
 pub mod rooms;
 pub mod server_keys;
 pub mod sliding_sync;
@@ -93,6 +95,9 @@ pub struct Services {
     /// Email notifications; `None` unless `smtp.host` is configured.
     pub email_notifier: Option<Arc<email_notifier::EmailNotifier>>,
     pub delayed_actions: Arc<rooms::delayed::DelayedActions>,
+    pub registration_tokens: Arc<registration_tokens::RegistrationTokens>,
+    /// The admin API's user flows and server notices, at the top of the graph.
+    pub admin: Arc<admin::Admin>,
     store: Arc<dyn KvStore>,
 }
 
@@ -129,11 +134,16 @@ impl Services {
         )?);
         let openid = Arc::new(openid::OpenId::new(&store, Arc::clone(&users), Arc::clone(&clock)));
         let turn = Arc::new(voip::Turn::new(&config, Arc::clone(&clock)));
+        let registration_tokens = Arc::new(registration_tokens::RegistrationTokens::new(
+            &store,
+            Arc::clone(&clock),
+            config.registration_token.clone(),
+        ));
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
             Arc::clone(&clock),
-            config.registration_token.clone(),
+            Arc::clone(&registration_tokens),
             config.uiaa_session_lifetime_secs,
         ));
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
@@ -190,6 +200,7 @@ impl Services {
             Arc::clone(&sliding_connections),
             Arc::clone(&delayed_events),
             Arc::clone(&audit),
+            Arc::clone(&registration_tokens),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -335,6 +346,7 @@ impl Services {
             Arc::clone(&memberships),
             Arc::clone(&users),
             Arc::clone(&aliases),
+            config.server_notices_user(),
         ));
         let room_actions = Arc::new(rooms::actions::RoomActions::new(
             Arc::clone(&timeline),
@@ -345,6 +357,7 @@ impl Services {
             Arc::clone(&aliases),
             Arc::clone(&directory),
             Arc::clone(&reports),
+            Arc::clone(&users),
         ));
         let delayed_actions = Arc::new(rooms::delayed::DelayedActions::new(
             Arc::clone(&delayed_events),
@@ -375,6 +388,19 @@ impl Services {
             Arc::clone(&room_states),
             Arc::clone(&events),
             Arc::clone(&visibility),
+        ));
+        let admin = Arc::new(admin::Admin::new(
+            &store,
+            Arc::clone(&config),
+            Arc::clone(&users),
+            Arc::clone(&devices),
+            Arc::clone(&accounts),
+            Arc::clone(&memberships),
+            Arc::clone(&account_data),
+            Arc::clone(&notifications),
+            Arc::clone(&room_creation),
+            Arc::clone(&membership),
+            Arc::clone(&room_actions),
         ));
         Ok(Self {
             config,
@@ -425,6 +451,8 @@ impl Services {
             push_gateways,
             email_notifier,
             delayed_actions,
+            registration_tokens,
+            admin,
             store,
         })
     }

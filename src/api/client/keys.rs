@@ -52,6 +52,7 @@ pub async fn upload_keys(
     req: Ruma<upload_keys::v3::Request>,
 ) -> Result<upload_keys::v3::Response> {
     let body = req.body;
+    services.devices.ensure_may_upload_keys(&req.identity.user_id, &req.identity.device_id)?;
     let upload = key_upload(body.device_keys.as_ref(), &body.one_time_keys, &body.fallback_keys)?;
     let counts = services.keys.upload(&req.identity.user_id, &req.identity.device_id, upload)?;
     let counts =
