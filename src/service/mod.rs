@@ -91,6 +91,7 @@ pub struct Services {
     /// Email notifications; `None` unless `smtp.host` is configured.
     pub email_notifier: Option<Arc<email_notifier::EmailNotifier>>,
     pub delayed_actions: Arc<rooms::delayed::DelayedActions>,
+    group_sync: Arc<GroupSync>,
     store: Arc<dyn KvStore>,
 }
 
@@ -198,6 +199,7 @@ impl Services {
             Arc::clone(&visibility),
             Arc::clone(&renderer),
         )?);
+        let group_sync = Arc::new(GroupSync::start(Arc::clone(&store))?);
         // Before `Timeline`, which rings the pushers' queues after each commit.
         let outbox = Arc::new(outbox::Outbox::new(
             &store,
@@ -238,7 +240,7 @@ impl Services {
             Arc::clone(&search),
             Arc::clone(&delayed_events),
             Arc::clone(&clock),
-            Arc::new(GroupSync::start(Arc::clone(&store))?),
+            Arc::clone(&group_sync),
         ));
         let history = Arc::new(rooms::history::History::new(
             Arc::clone(&events),
@@ -419,8 +421,28 @@ impl Services {
             push_gateways,
             email_notifier,
             delayed_actions,
+            group_sync,
             store,
         })
+    }
+
+    /// The storage engine's numbers (for the metrics).
+    pub fn store_stats(&self) -> crate::storage::StoreStats {
+        self.store.stats()
+    }
+
+    /// Group commit's rounds and batch sizes (for the metrics).
+    pub fn group_sync_stats(&self) -> crate::storage::group_sync::GroupSyncStats {
+        self.group_sync.stats()
+    }
+
+    /// Each in-memory cache's counters, by name (for the metrics).
+    pub fn cache_stats(&self) -> Vec<(&'static str, cache::CacheStats)> {
+        vec![
+            ("events", self.events.cache_stats()),
+            ("state_groups", self.room_states.cache_stats()),
+            ("joined_members", self.timeline.cache_stats()),
+        ]
     }
 
     /// Persist what is held in memory and flush storage; called once at shutdown.
