@@ -277,9 +277,10 @@ impl Collector for ScrapeCollector {
 
         // Group commit.
         let group = services.group_sync_stats();
+        // Per-bucket counts: the encoder makes them cumulative.
         let mut buckets: Vec<(f64, u64)> =
             BATCH_BUCKETS.iter().zip(group.buckets.iter()).map(|(&b, &n)| (b as f64, n)).collect();
-        buckets.push((f64::INFINITY, group.rounds));
+        buckets.push((f64::INFINITY, group.buckets[BATCH_BUCKETS.len()]));
         let mut histogram = e.encode_descriptor(
             "conduit_group_commit_batch_size",
             "Writers made durable by one sync of the write-ahead log",

@@ -25,8 +25,8 @@ pub struct GroupSync {
 pub const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
 /// Group commit's counters since start (for the metrics): rounds run, writers they
-/// covered, and how many rounds covered at most each `BATCH_BUCKETS` bound (cumulative, as
-/// a histogram's buckets; the last entry counts every round).
+/// covered, and how many rounds fell in each `BATCH_BUCKETS` bucket (above the previous
+/// bound, at most this one; not cumulative); the last entry counts rounds above them all.
 #[derive(Clone, Debug, Default)]
 pub struct GroupSyncStats {
     pub rounds: u64,
@@ -127,9 +127,7 @@ impl Shared {
                 rounds.stats.rounds += 1;
                 rounds.stats.writers += batch;
                 let bucket = BATCH_BUCKETS.iter().position(|&b| batch <= b).unwrap_or(BATCH_BUCKETS.len());
-                for count in &mut rounds.stats.buckets[bucket..] {
-                    *count += 1;
-                }
+                rounds.stats.buckets[bucket] += 1;
                 rounds.started
             };
             let error = store.sync().err().map(|e| Arc::from(e.to_string()));
@@ -221,6 +219,10 @@ mod tests {
         }
         let syncs = store.syncs.load(Ordering::SeqCst) - 1;
         assert!((1..50).contains(&syncs), "50 waiters took {syncs} syncs");
+        // The metrics' numbers: every round counted once, with the writers it covered.
+        let stats = group.stats();
+        assert_eq!((stats.rounds, stats.writers), (syncs + 1, 51));
+        assert_eq!(stats.buckets.iter().sum::<u64>(), stats.rounds);
     }
 
     #[tokio::test]
