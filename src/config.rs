@@ -22,10 +22,31 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// The server's Matrix name: the part after `:` in user IDs. Cannot change later.
     pub server_name: OwnedServerName,
-    /// Address to listen on.
+    /// Address to listen on (the one listener serving `client` and `federation` when no
+    /// `[[global.listeners]]` are configured).
     pub address: IpAddr,
-    /// Port to listen on.
+    /// Port to listen on (as `address`).
     pub port: u16,
+    /// The listeners, each with its address, port, what it serves and optional TLS. Empty
+    /// (the default): one listener on `address`:`port` serving `client` and `federation`,
+    /// without TLS. Sockets passed by systemd socket activation are served as
+    /// `client` and `federation` listeners in addition to these.
+    pub listeners: Vec<ListenerConfig>,
+    /// Most connections open at once over all listeners that serve `client` or
+    /// `federation` (listeners serving only `metrics` are not counted, so monitoring still
+    /// sees an overloaded server); a connection past it is closed as soon as it is accepted.
+    pub max_connections: u32,
+    /// How long a client may take to send a request's head (request line and headers); an
+    /// idle keep-alive connection is closed after this long too. A connection that takes
+    /// longer is closed.
+    pub request_header_timeout: ConfigDuration,
+    /// How long a request body may stall: a body that sends nothing for this long is
+    /// abandoned (`408`, and the connection closed). A slow but moving upload is not cut off.
+    pub request_body_timeout: ConfigDuration,
+    /// How long a connection may stay open with no request in flight and nothing sent or
+    /// received. Never applies while a request is being answered, so long-polls (`/sync`,
+    /// sliding sync, `/events`) are not cut off.
+    pub keep_alive_timeout: ConfigDuration,
     /// Directory of the RocksDB database.
     pub database_path: PathBuf,
     /// Largest accepted request body, in bytes.
@@ -198,6 +219,45 @@ pub struct AuditConfig {
     pub retention_days: Option<u32>,
 }
 
+/// One `[[global.listeners]]` entry.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to bind, e.g. `"0.0.0.0"`, `"::"` or `"127.0.0.1"`.
+    pub address: IpAddr,
+    /// Port to bind (0: the system picks one).
+    pub port: u16,
+    /// What it serves: `client` (the client-server API, media, the admin API and
+    /// `/.well-known/matrix/client`), `federation` (`/_matrix/federation`, `/_matrix/key`,
+    /// `/.well-known/matrix/server`), `openid` (only `/_matrix/federation/v1/openid/userinfo`,
+    /// which call services use; `federation` includes it), `metrics` (`/metrics`). Other
+    /// requests answer `404 M_UNRECOGNIZED`.
+    pub resources: Vec<ListenerResource>,
+    /// PEM certificate chain (leaf first) for TLS on this listener; with
+    /// `tls_private_key_path`. Both unset: plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate_path: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_private_key_path: Option<PathBuf>,
+}
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerResource {
+    Client,
+    Federation,
+    Openid,
+    Metrics,
+}
+
+impl ListenerConfig {
+    pub fn serves(&self, resource: ListenerResource) -> bool {
+        self.resources.contains(&resource)
+    }
+}
+
 /// The SMTP server email notifications go through, and what the emails say (Synapse's
 /// `email` section, in this server's spelling).
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -308,6 +368,11 @@ impl Default for Config {
             server_name: "localhost".try_into().expect("valid literal server name"),
             address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 6167,
+            listeners: Vec::new(),
+            max_connections: 10_000,
+            request_header_timeout: ConfigDuration::from_millis(30_000),
+            request_body_timeout: ConfigDuration::from_millis(60_000),
+            keep_alive_timeout: ConfigDuration::from_millis(75_000),
             database_path: PathBuf::from("./data"),
             max_request_size: 20 * 1024 * 1024,
             // Room keys for a device offline for weeks in many encrypted rooms run to
@@ -512,10 +577,72 @@ impl Config {
                 ));
             }
         }
+        self.check_listeners()?;
         self.check_matrix_rtc()?;
         self.check_turn()?;
         self.check_smtp()?;
         Ok(())
+    }
+
+    fn check_listeners(&self) -> Result<(), String> {
+        let mut bound = std::collections::HashSet::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let name = format!("listeners[{i}] ({}:{})", listener.address, listener.port);
+            if listener.resources.is_empty() {
+                return Err(format!(
+                    "invalid value for key `listeners`: {name} serves nothing; give it `resources`, \
+                     some of \"client\", \"federation\", \"openid\", \"metrics\""
+                ));
+            }
+            if listener.serves(ListenerResource::Metrics)
+                && listener.serves(ListenerResource::Client)
+                && !listener.address.is_loopback()
+            {
+                return Err(format!(
+                    "invalid value for key `listeners`: {name} serves both `client` and `metrics` \
+                     on a non-loopback address, which would publish the server's metrics to every \
+                     client; serve `metrics` on a listener of its own (for example on 127.0.0.1), \
+                     or bind this one to a loopback address"
+                ));
+            }
+            if listener.tls_certificate_path.is_some() != listener.tls_private_key_path.is_some() {
+                return Err(format!(
+                    "invalid value for key `listeners`: {name} needs both `tls_certificate_path` and \
+                     `tls_private_key_path` for TLS, or neither"
+                ));
+            }
+            if listener.port != 0 && !bound.insert((listener.address, listener.port)) {
+                return Err(format!("invalid value for key `listeners`: {name} is listed twice"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err("invalid value for key `max_connections`: must be at least 1".into());
+        }
+        for (key, value) in [
+            ("request_header_timeout", self.request_header_timeout),
+            ("request_body_timeout", self.request_body_timeout),
+            ("keep_alive_timeout", self.keep_alive_timeout),
+        ] {
+            // Milliseconds below 100 are a typo, an hour is past any sane client.
+            if !(100..=3_600_000).contains(&value.as_millis()) {
+                return Err(format!("invalid value for key `{key}`: must be 100ms to 1h"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listeners to bind: the configured ones, or the one of `address` and `port`.
+    pub fn effective_listeners(&self) -> Vec<ListenerConfig> {
+        if !self.listeners.is_empty() {
+            return self.listeners.clone();
+        }
+        vec![ListenerConfig {
+            address: self.address,
+            port: self.port,
+            resources: vec![ListenerResource::Client, ListenerResource::Federation],
+            tls_certificate_path: None,
+            tls_private_key_path: None,
+        }]
     }
 
     fn check_smtp(&self) -> Result<(), String> {
@@ -654,6 +781,33 @@ impl ConfigDuration {
 
     pub fn as_millis(self) -> u64 {
         self.ms
+    }
+
+    pub fn as_duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ms)
+    }
+}
+
+/// The listening sockets systemd passed by socket activation (`LISTEN_PID` naming this
+/// process and `LISTEN_FDS` counting descriptors from 3), as raw descriptors; empty when
+/// none were passed. The variables are removed, so no child process takes them as its own.
+#[cfg(unix)]
+pub fn systemd_listen_fds() -> Vec<std::os::fd::RawFd> {
+    const FIRST: std::os::fd::RawFd = 3;
+    let pid = std::env::var("LISTEN_PID").ok().and_then(|p| p.trim().parse::<u32>().ok());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.trim().parse::<i32>().ok());
+    // SAFETY: removing variables while no other thread reads the environment: this runs
+    // once at start, before the server spawns anything that does.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    match (pid, count) {
+        (Some(pid), Some(count)) if pid == std::process::id() && count > 0 => {
+            (FIRST..FIRST.saturating_add(count)).collect()
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -952,6 +1106,58 @@ mod tests {
         ] {
             let err = Config::from_toml_str(&format!("[global.smtp]\n{toml}")).err().unwrap();
             assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn listeners_are_read_and_checked() {
+        let loaded = Config::from_toml_str("").unwrap().config;
+        let default = loaded.effective_listeners();
+        assert_eq!(default.len(), 1);
+        assert_eq!((default[0].port, default[0].resources.len()), (6167, 2));
+        assert!(
+            default[0].serves(ListenerResource::Client) && default[0].serves(ListenerResource::Federation)
+        );
+        assert!(!default[0].serves(ListenerResource::Metrics));
+
+        let loaded = Config::from_toml_str(
+            "[global]\nmax_connections = 50\nrequest_header_timeout = \"5s\"\n\
+             [[global.listeners]]\naddress = \"0.0.0.0\"\nport = 8448\nresources = [\"client\", \"federation\"]\n\
+             tls_certificate_path = \"/c.pem\"\ntls_private_key_path = \"/k.pem\"\n\
+             [[global.listeners]]\naddress = \"127.0.0.1\"\nport = 9090\nresources = [\"metrics\", \"client\"]",
+        )
+        .unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let config = loaded.config;
+        assert_eq!(config.effective_listeners().len(), 2);
+        assert_eq!(config.listeners[0].tls_certificate_path.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!((config.max_connections, config.request_header_timeout.as_millis()), (50, 5000));
+
+        for (toml, needle) in [
+            // Metrics beside the client API on a public address.
+            ("address = \"0.0.0.0\"\nport = 1\nresources = [\"client\", \"metrics\"]", "loopback"),
+            (
+                "address = \"::\"\nport = 1\nresources = [\"metrics\", \"client\"]",
+                "serves both `client` and `metrics`",
+            ),
+            ("address = \"127.0.0.1\"\nport = 1\nresources = []", "serves nothing"),
+            (
+                "address = \"127.0.0.1\"\nport = 1\nresources = [\"client\"]\ntls_certificate_path = \"/c\"",
+                "neither",
+            ),
+            ("address = \"127.0.0.1\"\nport = 1\nresources = [\"gopher\"]", "listeners"),
+            ("address = \"127.0.0.1\"\nport = 1\nresources = [\"client\"]\ntls = true", "listeners"),
+        ] {
+            let err = Config::from_toml_str(&format!("[[global.listeners]]\n{toml}"))
+                .err()
+                .unwrap_or_else(|| panic!("{toml} accepted"));
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        let twice = "[[global.listeners]]\naddress = \"127.0.0.1\"\nport = 5\nresources = [\"client\"]\n";
+        let err = Config::from_toml_str(&format!("{twice}{twice}")).err().unwrap();
+        assert!(err.contains("listed twice"), "{err}");
+        for bad in ["max_connections = 0", "request_body_timeout = \"10ms\"", "keep_alive_timeout = \"2h\""] {
+            assert!(Config::from_toml_str(&format!("[global]\n{bad}")).is_err(), "{bad} accepted");
         }
     }
 

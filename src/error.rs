@@ -37,6 +37,9 @@ pub enum Error {
     /// answered an error (502, `M_UNKNOWN`); the message says what.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// The request body stalled past `request_body_timeout` (408, `M_UNKNOWN`).
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// The storage engine failed.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -4,6 +4,8 @@
 //! - [`config`]: the one `Config`, loaded from `conduit.toml` and `CONDUIT_*` variables;
 //! - [`error`]: the one `Error` type with its Matrix errcode;
 //! - [`server`]: builds storage and services, serves HTTP until told to stop;
+//! - [`net`]: listeners, TLS, the connection cap and the connection timeouts, below routing;
+//! - [`metrics`]: the Prometheus registry and what it reads at scrape time;
 //! - [`api`]: the HTTP edge (router, extractor, error mapping, one handler per endpoint);
 //! - [`service`]: the logic, one service per concern, each owning its tables;
 //! - [`matrix`]: pure protocol rules, no I/O;
@@ -16,6 +18,8 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod matrix;
+pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use conduit::{config::Config, server::Server, service::passwords::random_string};
+use conduit::{config::Config, net::Listeners, server::Server, service::passwords::random_string};
 
 /// A Matrix homeserver for companies that host their own chat.
 #[derive(Parser)]
@@ -113,6 +113,11 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    // Taken (and the variables removed) first, before anything else reads the environment.
+    #[cfg(unix)]
+    let inherited_sockets = conduit::config::systemd_listen_fds();
+    #[cfg(not(unix))]
+    let inherited_sockets: Vec<i32> = Vec::new();
     let loaded = Config::load(cli.config.as_deref())?;
     let config = loaded.config;
     tracing_subscriber::fmt()
@@ -126,15 +131,13 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let addr = std::net::SocketAddr::new(config.address, config.port);
             let server = Server::build(config).map_err(|e| e.to_string())?;
-            let listener = tokio::net::TcpListener::bind(addr)
+            let listeners = Listeners::bind(&server.services().config, &inherited_sockets)
                 .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            // The bound address, not the configured one: with port 0 the OS picks the port.
-            let bound = listener.local_addr().map_err(|e| e.to_string())?;
-            tracing::info!(addr = %bound, "listening");
-            server.run(listener, shutdown_signal()).await.map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            // The SIGHUP handler reloads certificates through `listeners.tls_reloader()`
+            // (`TlsReloader::reload`, which re-reads every TLS listener's files).
+            server.serve(listeners, shutdown_signal()).await.map_err(|e| e.to_string())
         }
         Command::CreateUser { name, admin, password_file } => {
             let (password, generated) = read_password(password_file.as_ref())?;

@@ -1,14 +1,18 @@
 //! Boot and serve: open storage, build services, start background workers (periodic upkeep,
-//! the delayed-event timer), serve HTTP on a given listener until a shutdown signal, then
-//! finish in-flight requests and flush.
+//! the delayed-event timer), serve HTTP on the bound listeners (each with the router of the
+//! resources it serves) until a shutdown signal, then finish in-flight requests and flush.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::extract::ConnectInfo;
+use hyper::Request;
 use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
-    Error, Result, api,
+    Result, api,
     config::Config,
+    metrics::Metrics,
+    net::{self, Listeners, NetStats, TimedBody},
     service::{
         Services,
         clock::{Clock, SystemClock},
@@ -27,6 +31,8 @@ const MEDIA_RETENTION_EVERY: u32 = 120;
 /// A built server: storage open, services wired, not yet serving.
 pub struct Server {
     services: Arc<Services>,
+    metrics: Arc<Metrics>,
+    net_stats: Arc<NetStats>,
 }
 
 impl Server {
@@ -38,8 +44,10 @@ impl Server {
     /// As `build`, with a chosen clock (tests move time instead of sleeping).
     pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
         let store = storage::open_rocksdb(&config.database_path)?;
-        let services = Services::build(Arc::new(config), store, clock)?;
-        Ok(Self { services: Arc::new(services) })
+        let services = Arc::new(Services::build(Arc::new(config), store, clock)?);
+        let net_stats = Arc::new(NetStats::default());
+        let metrics = Arc::new(Metrics::new(Arc::clone(&services), Arc::clone(&net_stats)));
+        Ok(Self { services, metrics, net_stats })
     }
 
     /// The services, for operator commands that run without HTTP.
@@ -47,11 +55,27 @@ impl Server {
         &self.services
     }
 
-    /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
-    /// requests finish, persist in-memory state and flush storage.
+    /// The metrics registry (what `/metrics` serves).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serve on `listener` (plain HTTP, `client` and `federation`) until `shutdown`
+    /// resolves; see [`Self::serve`].
     pub async fn run(
         self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let listeners = Listeners::from_tcp(listener)?;
+        self.serve(listeners, shutdown).await
+    }
+
+    /// Serve on every bound listener until `shutdown` resolves; then stop accepting, let
+    /// in-flight requests finish, persist in-memory state and flush storage.
+    pub async fn serve(
+        self,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let (stop_workers, workers_stopped) = watch::channel(false);
@@ -64,11 +88,36 @@ impl Server {
         // was down (or under way at a crash) are delivered now.
         self.services.push_gateways.start()?;
 
-        let app = api::router(Arc::clone(&self.services));
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::internal(format!("HTTP server: {e}")));
+        let router = api::router(Arc::clone(&self.services), Arc::clone(&self.metrics));
+        let apps: Vec<axum::Router> = listeners
+            .iter()
+            .map(|listener| {
+                tracing::info!(
+                    addr = %listener.local_addr,
+                    resources = ?listener.config.resources,
+                    tls = listener.uses_tls(),
+                    socket_activation = listener.inherited,
+                    "listening"
+                );
+                api::for_listener(router.clone(), &listener.config.resources)
+            })
+            .collect();
+        // Each connection's requests carry its peer address, as the extractor expects.
+        let make = move |index: usize, peer: SocketAddr| {
+            tower::util::MapRequest::new(apps[index].clone(), move |mut request: Request<TimedBody>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            })
+        };
+        let (stop_serving, serving_stopped) = watch::channel(false);
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_serving.send(true);
+        });
+        let settings = net::Settings::from_config(&self.services.config);
+        net::serve(listeners, settings, Arc::clone(&self.net_stats), make, serving_stopped).await;
+        signal.abort();
+        let served = Ok(());
 
         let _ = stop_workers.send(true);
         self.services.outbox.stop().await;

@@ -42,7 +42,13 @@ pub async fn receive_upload(
     }
     let mut sink = services.media.sink(limit).await?;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Error::unknown(format!("Upload interrupted: {e}")))?;
+        let frame = frame.map_err(|e| {
+            if crate::net::is_body_timeout(&e) {
+                super::ruma::body_error(&e)
+            } else {
+                Error::unknown(format!("Upload interrupted: {e}"))
+            }
+        })?;
         if let Ok(data) = frame.into_data() {
             services.media.write(&mut sink, &data).await?;
         }

@@ -100,6 +100,9 @@ impl IntoResponse for Error {
             }
             Error::Uiaa(info) => uiaa(&info),
             Error::Conflict(message) => standard(StatusCode::CONFLICT, ErrorKind::Unknown, &message),
+            Error::RequestTimeout(message) => {
+                standard(StatusCode::REQUEST_TIMEOUT, ErrorKind::Unknown, &message)
+            }
             Error::Upstream(message) => standard(StatusCode::BAD_GATEWAY, ErrorKind::Unknown, &message),
             Error::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");

@@ -9,14 +9,19 @@ pub mod federation;
 pub mod request;
 pub mod ruma;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use ::ruma::api::{IncomingRequest, path_builder::PathBuilder};
 use axum::{
     Router,
-    extract::State,
+    extract::{MatchedPath, State},
     handler::Handler,
-    http::{HeaderName, Method, Request, header},
+    http::{HeaderName, Method, Request, StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{MethodFilter, MethodRouter, any, get, on, post},
 };
@@ -28,7 +33,12 @@ use tower_http::{
 };
 
 use self::ruma::{FilledResponse, Identify, Ruma, RumaResponse};
-use crate::{Error, Result, service::Services};
+use crate::{
+    Error, Result,
+    config::ListenerResource,
+    metrics::{self as prometheus, HttpMethod, Metrics, Route},
+    service::Services,
+};
 
 /// The shared state every handler receives.
 pub type AppState = Arc<Services>;
@@ -159,8 +169,9 @@ impl RouterExt for Router<AppState> {
     }
 }
 
-/// Every route the server answers.
-pub fn router(services: AppState) -> Router {
+/// Every route the server answers, with the request metrics kept in `metrics` (which
+/// `/metrics` serves).
+pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
     use ::ruma::api::client::{authenticated_media as authed, media as legacy};
     use client::backup;
     use client::{
@@ -391,6 +402,8 @@ pub fn router(services: AppState) -> Router {
             self::admin::audit::record_admin_calls,
         ))
         .with_state(services.clone())
+        // Only on listeners with the `metrics` resource (see `for_listener`).
+        .route(METRICS_PATH, get(serve_metrics).with_state(Arc::clone(&metrics)))
         .layer(
             ServiceBuilder::new()
                 .layer(axum::middleware::from_fn_with_state(services, request::meta))
@@ -398,6 +411,99 @@ pub fn router(services: AppState) -> Router {
                 .layer(cors())
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
+        .layer(middleware::from_fn_with_state(metrics, track_request))
+}
+
+/// Where Prometheus scrapes.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The router as one listener serves it: requests for a resource it does not serve answer
+/// `404 M_UNRECOGNIZED`, as a path that does not exist would.
+pub fn for_listener(router: Router, resources: &[ListenerResource]) -> Router {
+    let resources: Arc<[ListenerResource]> = resources.into();
+    router.layer(middleware::from_fn(move |request: axum::extract::Request, next: Next| {
+        let served = match resource_of(request.uri().path()) {
+            ListenerResource::Openid => {
+                resources.contains(&ListenerResource::Openid)
+                    || resources.contains(&ListenerResource::Federation)
+            }
+            resource => resources.contains(&resource),
+        };
+        async move { if served { next.run(request).await } else { unrecognized().await.into_response() } }
+    }))
+}
+
+/// Which listener resource a path belongs to.
+pub fn resource_of(path: &str) -> ListenerResource {
+    if path == METRICS_PATH {
+        ListenerResource::Metrics
+    } else if path == "/_matrix/federation/v1/openid/userinfo" {
+        ListenerResource::Openid
+    } else if path.starts_with("/_matrix/federation/")
+        || path.starts_with("/_matrix/key/")
+        || path == "/.well-known/matrix/server"
+    {
+        ListenerResource::Federation
+    } else {
+        ListenerResource::Client
+    }
+}
+
+async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], text).into_response(),
+        Err(_) => Error::internal("encoding the metrics failed").into_response(),
+    }
+}
+
+/// Count a request in flight while it is answered, then by method, route template and
+/// status, with its latency.
+async fn track_request(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = method_label(request.method());
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(path) => Route(Arc::from(path.as_str())),
+        None => Route(Arc::from("unmatched")),
+    };
+    let in_flight = InFlight::new(&metrics);
+    let response = next.run(request).await;
+    drop(in_flight);
+    let status: StatusCode = response.status();
+    metrics.http.observe(method, route, status.as_u16(), started.elapsed());
+    response
+}
+
+/// A request counted in flight while this lives (a client may leave mid-request).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.http.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.http.in_flight.dec();
+    }
+}
+
+fn method_label(method: &Method) -> HttpMethod {
+    match *method {
+        Method::GET => HttpMethod::GET,
+        Method::HEAD => HttpMethod::HEAD,
+        Method::POST => HttpMethod::POST,
+        Method::PUT => HttpMethod::PUT,
+        Method::DELETE => HttpMethod::DELETE,
+        Method::OPTIONS => HttpMethod::OPTIONS,
+        Method::PATCH => HttpMethod::PATCH,
+        _ => HttpMethod::OTHER,
+    }
 }
 
 /// CORS as the client-server spec requires for browser clients: any origin, the methods and

@@ -261,13 +261,21 @@ where
 /// Every endpoint that takes a JSON body reads it here, ruma's and the others alike.
 pub async fn limited_body(services: &Services, body: Body) -> Result<bytes::Bytes> {
     let limit = services.config.max_request_size as usize;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"))?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| body_error(&e))?;
     if limits::json_too_deep(&bytes, limits::MAX_JSON_DEPTH) {
         return Err(Error::bad_json(format!("JSON nested more than {} levels deep", limits::MAX_JSON_DEPTH)));
     }
     Ok(bytes)
+}
+
+/// What a failed body read answers: 408 for a body that stalled past the body timeout, else
+/// too large (the limit, or a connection cut mid-body, which no one reads the answer to).
+pub fn body_error(error: &axum::Error) -> Error {
+    if crate::net::is_body_timeout(error) {
+        Error::RequestTimeout("The request body stalled; send it again".to_owned())
+    } else {
+        Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large")
+    }
 }
 
 fn declared_length(parts: &Parts) -> Option<u64> {

@@ -342,6 +342,7 @@ impl LegacySync {
                 return Ok(page());
             }
             // Wait for a change that concerns this request, then look again.
+            let _waiting = listener.waiting();
             loop {
                 let heard = tokio::select! {
                     heard = listener.next() => heard,

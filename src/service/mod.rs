@@ -98,6 +98,7 @@ pub struct Services {
     pub registration_tokens: Arc<registration_tokens::RegistrationTokens>,
     /// The admin API's user flows and server notices, at the top of the graph.
     pub admin: Arc<admin::Admin>,
+    group_sync: Arc<GroupSync>,
     store: Arc<dyn KvStore>,
 }
 
@@ -213,6 +214,7 @@ impl Services {
             Arc::clone(&visibility),
             Arc::clone(&renderer),
         )?);
+        let group_sync = Arc::new(GroupSync::start(Arc::clone(&store))?);
         // Before `Timeline`, which rings the pushers' queues after each commit.
         let outbox = Arc::new(outbox::Outbox::new(
             &store,
@@ -253,7 +255,7 @@ impl Services {
             Arc::clone(&search),
             Arc::clone(&delayed_events),
             Arc::clone(&clock),
-            Arc::new(GroupSync::start(Arc::clone(&store))?),
+            Arc::clone(&group_sync),
             Arc::clone(&audit),
         ));
         let history = Arc::new(rooms::history::History::new(
@@ -453,8 +455,28 @@ impl Services {
             delayed_actions,
             registration_tokens,
             admin,
+            group_sync,
             store,
         })
+    }
+
+    /// The storage engine's numbers (for the metrics).
+    pub fn store_stats(&self) -> crate::storage::StoreStats {
+        self.store.stats()
+    }
+
+    /// Group commit's rounds and batch sizes (for the metrics).
+    pub fn group_sync_stats(&self) -> crate::storage::group_sync::GroupSyncStats {
+        self.group_sync.stats()
+    }
+
+    /// Each in-memory cache's counters, by name (for the metrics).
+    pub fn cache_stats(&self) -> Vec<(&'static str, cache::CacheStats)> {
+        vec![
+            ("events", self.events.cache_stats()),
+            ("state_groups", self.room_states.cache_stats()),
+            ("joined_members", self.timeline.cache_stats()),
+        ]
     }
 
     /// Persist what is held in memory and flush storage; called once at shutdown.

@@ -104,6 +104,24 @@ pub struct Outbox {
     stop: watch::Sender<bool>,
     /// The runtime the queues run on, from `start` to `stop`.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// Delivery outcomes by kind since start (for the metrics).
+    outcomes: Mutex<BTreeMap<&'static str, DeliveryStats>>,
+}
+
+/// One kind's delivery outcomes since start, and its queues running now.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeliveryStats {
+    pub queues: u64,
+    /// Deliveries done (each may carry several parcels).
+    pub delivered: u64,
+    /// Refused for good by the destination, and skipped.
+    pub dropped: u64,
+    /// Failed for now, to be tried again.
+    pub retried: u64,
+    /// Given up after failing for 24 hours.
+    pub given_up: u64,
+    /// Queues ended because their destination asked to be removed.
+    pub gone: u64,
 }
 
 /// The nice value of the outbox's thread: below the request workers (0), so deliveries
@@ -140,7 +158,22 @@ impl Outbox {
             running: Mutex::new(BTreeMap::new()),
             stop: watch::channel(false).0,
             runtime: Mutex::new(None),
+            outcomes: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn count(&self, kind: &'static str, field: fn(&mut DeliveryStats) -> &mut u64) {
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(|p| p.into_inner());
+        *field(outcomes.entry(kind).or_default()) += 1;
+    }
+
+    /// Each kind's delivery outcomes since start and its queues running now.
+    pub fn stats(&self) -> Vec<(&'static str, DeliveryStats)> {
+        let mut stats = self.outcomes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (kind, _) in self.lock().keys() {
+            stats.entry(kind).or_default().queues += 1;
+        }
+        stats.into_iter().collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(&'static str, String), Arc<Queue>>> {
@@ -298,16 +331,19 @@ impl Outbox {
                 _ = stop.changed() => return true,
             };
             match outcome {
-                Delivery::Done => {}
+                Delivery::Done => self.count(kind, |s| &mut s.delivered),
                 Delivery::Dropped(why) => {
+                    self.count(kind, |s| &mut s.dropped);
                     tracing::warn!(kind, destination, reason = %why, "delivery refused for good; skipped");
                 }
                 Delivery::Gone(why) => {
+                    self.count(kind, |s| &mut s.gone);
                     tracing::info!(kind, destination, reason = %why, "destination gone; its queue ends");
                     self.close(kind, destination);
                     return false;
                 }
                 Delivery::Retry(why) => {
+                    self.count(kind, |s| &mut s.retried);
                     let now = self.clock.now_ms();
                     let since = *failing_since.get_or_insert(now);
                     if now.saturating_sub(since) < GIVE_UP_AFTER_MS {
@@ -320,6 +356,7 @@ impl Outbox {
                             _ = stop.changed() => return true,
                         }
                     }
+                    self.count(kind, |s| &mut s.given_up);
                     tracing::warn!(kind, destination, reason = %why, "failing for 24 hours; skipped");
                 }
                 Delivery::NotBefore(at_ms) => {

@@ -12,7 +12,10 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use ruma::{OwnedRoomId, OwnedUserId};
@@ -56,6 +59,8 @@ pub struct Stream {
     changes: broadcast::Sender<Announced>,
     counters: Table<String, u64>,
     store: Arc<dyn KvStore>,
+    /// Long-polls waiting for a change now (for the metrics).
+    long_polls: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -86,6 +91,7 @@ impl Stream {
             changes: broadcast::channel(CHANGE_BACKLOG).0,
             counters,
             store: Arc::clone(store),
+            long_polls: Arc::new(AtomicU64::new(0)),
         };
         Ok(stream)
     }
@@ -149,7 +155,23 @@ impl Stream {
     /// Listen for changes. Subscribe before reading `committed()`, so no change after the
     /// read can be missed.
     pub fn listen(&self) -> Listener {
-        Listener { changes: self.changes.subscribe(), committed: self.committed.subscribe() }
+        Listener {
+            changes: self.changes.subscribe(),
+            committed: self.committed.subscribe(),
+            long_polls: Arc::clone(&self.long_polls),
+        }
+    }
+
+    /// The last position handed out and the committed one (the difference is the writes in
+    /// flight), for the metrics.
+    pub fn positions(&self) -> (u64, u64) {
+        let reserved = self.lock().last_reserved;
+        (reserved, self.committed())
+    }
+
+    /// How many long-polls wait for a change now.
+    pub fn long_polls_waiting(&self) -> u64 {
+        self.long_polls.load(Ordering::Relaxed)
     }
 }
 
@@ -175,6 +197,16 @@ impl Drop for OwnedReservation {
 pub struct Listener {
     changes: broadcast::Receiver<Announced>,
     committed: watch::Receiver<u64>,
+    long_polls: Arc<AtomicU64>,
+}
+
+/// A long-poll counted as waiting while this lives.
+pub struct Waiting(Arc<AtomicU64>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a listener heard.
@@ -186,6 +218,12 @@ pub enum Heard {
 }
 
 impl Listener {
+    /// Count this listener as a waiting long-poll until the answer is dropped.
+    pub fn waiting(&self) -> Waiting {
+        self.long_polls.fetch_add(1, Ordering::Relaxed);
+        Waiting(Arc::clone(&self.long_polls))
+    }
+
     /// The next announced change.
     pub async fn next(&mut self) -> Heard {
         match self.changes.recv().await {
@@ -210,6 +248,7 @@ impl Listener {
         deadline: tokio::time::Instant,
         mut concerns: impl FnMut(&Change) -> crate::Result<bool>,
     ) -> crate::Result<bool> {
+        let _waiting = self.waiting();
         loop {
             let heard = tokio::select! {
                 heard = self.next() => heard,

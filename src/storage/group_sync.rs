@@ -21,6 +21,19 @@ pub struct GroupSync {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Upper bounds of the batch-size buckets (writers covered by one sync).
+pub const BATCH_BUCKETS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// Group commit's counters since start (for the metrics): rounds run, writers they
+/// covered, and how many rounds fell in each `BATCH_BUCKETS` bucket (above the previous
+/// bound, at most this one; not cumulative); the last entry counts rounds above them all.
+#[derive(Clone, Debug, Default)]
+pub struct GroupSyncStats {
+    pub rounds: u64,
+    pub writers: u64,
+    pub buckets: [u64; BATCH_BUCKETS.len() + 1],
+}
+
 struct Shared {
     rounds: Mutex<Rounds>,
     wake: Condvar,
@@ -34,6 +47,9 @@ struct Rounds {
     /// The last round the syncer began.
     started: u64,
     stopping: bool,
+    /// Writers that asked since the last round began (the next round's batch).
+    asking: u64,
+    stats: GroupSyncStats,
 }
 
 /// The outcome of the latest finished round.
@@ -68,6 +84,7 @@ impl GroupSync {
             // certainly covers it.
             let round = rounds.started + 1;
             rounds.requested = rounds.requested.max(round);
+            rounds.asking += 1;
             round
         };
         self.shared.wake.notify_one();
@@ -80,6 +97,13 @@ impl GroupSync {
             None => Ok(()),
             Some(error) => Err(StorageError::Backend(format!("syncing writes: {error}"))),
         }
+    }
+}
+
+impl GroupSync {
+    /// Rounds and batch sizes so far.
+    pub fn stats(&self) -> GroupSyncStats {
+        self.shared.lock().stats.clone()
     }
 }
 
@@ -99,6 +123,11 @@ impl Shared {
                     return;
                 }
                 rounds.started += 1;
+                let batch = std::mem::take(&mut rounds.asking);
+                rounds.stats.rounds += 1;
+                rounds.stats.writers += batch;
+                let bucket = BATCH_BUCKETS.iter().position(|&b| batch <= b).unwrap_or(BATCH_BUCKETS.len());
+                rounds.stats.buckets[bucket] += 1;
                 rounds.started
             };
             let error = store.sync().err().map(|e| Arc::from(e.to_string()));
@@ -190,6 +219,10 @@ mod tests {
         }
         let syncs = store.syncs.load(Ordering::SeqCst) - 1;
         assert!((1..50).contains(&syncs), "50 waiters took {syncs} syncs");
+        // The metrics' numbers: every round counted once, with the writers it covered.
+        let stats = group.stats();
+        assert_eq!((stats.rounds, stats.writers), (syncs + 1, 51));
+        assert_eq!(stats.buckets.iter().sum::<u64>(), stats.rounds);
     }
 
     #[tokio::test]

@@ -170,6 +170,44 @@ pub trait KvStore: Send + Sync + 'static {
 
     /// Persist everything written so far; called on graceful shutdown.
     fn flush(&self) -> StorageResult<()>;
+
+    /// The engine's numbers (sizes, operation counts) for monitoring, read when asked; a
+    /// backend without any answers the empty default.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+}
+
+/// What a backend tells about itself for monitoring: plain numbers, read on demand.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    /// Per table (column family), in catalogue order.
+    pub tables: Vec<TableStats>,
+    /// Bytes the block cache holds now.
+    pub block_cache_bytes: u64,
+    /// Compactions running now.
+    pub running_compactions: u64,
+    /// Point reads (`get`), keys read by `get_many`, and scans begun, since start.
+    pub gets: u64,
+    pub multi_get_keys: u64,
+    pub scans: u64,
+    /// Write batches applied synced and buffered, and the bytes of keys and values they
+    /// carried, since start.
+    pub synced_writes: u64,
+    pub buffered_writes: u64,
+    pub written_bytes: u64,
+    /// Syncs of the write-ahead log (group commits), since start.
+    pub syncs: u64,
+}
+
+/// One table's sizes, as the engine estimates them.
+#[derive(Clone, Debug, Default)]
+pub struct TableStats {
+    pub name: &'static str,
+    pub estimated_keys: u64,
+    pub live_sst_bytes: u64,
+    pub memtable_bytes: u64,
+    pub pending_compaction_bytes: u64,
 }
 
 #[cfg(test)]

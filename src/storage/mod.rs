@@ -15,7 +15,7 @@ pub mod tables;
 use std::{path::Path, sync::Arc};
 
 pub use group_sync::GroupSync;
-pub use kv::{Direction, KvStore, StorageError, StorageResult, WriteBatch};
+pub use kv::{Direction, KvStore, StorageError, StorageResult, StoreStats, TableStats, WriteBatch};
 pub use table::Table;
 
 /// Open the RocksDB database at `path` with every catalogue table and migrate it.

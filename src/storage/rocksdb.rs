@@ -1,6 +1,10 @@
 //! The embedded default backend: RocksDB, one column family per catalogue table, WAL on.
 
-use std::{ops::Bound, path::Path};
+use std::{
+    ops::Bound,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
@@ -8,13 +12,30 @@ use rocksdb::{
 };
 
 use super::{
-    kv::{Direction, KeyRange, KvStore, RawEntry, StorageError, StorageResult, WriteBatch, WriteOp},
+    kv::{
+        Direction, KeyRange, KvStore, RawEntry, StorageError, StorageResult, StoreStats, TableStats,
+        WriteBatch, WriteOp,
+    },
     tables::TableInfo,
 };
 
 /// A RocksDB database holding the given tables.
 pub struct RocksDbStore {
     db: DB,
+    tables: Vec<&'static str>,
+    counts: Counts,
+}
+
+/// Operation counters for the metrics (relaxed atomics: one add per operation).
+#[derive(Default)]
+struct Counts {
+    gets: AtomicU64,
+    multi_get_keys: AtomicU64,
+    scans: AtomicU64,
+    synced_writes: AtomicU64,
+    buffered_writes: AtomicU64,
+    written_bytes: AtomicU64,
+    syncs: AtomicU64,
 }
 
 fn backend(e: rocksdb::Error) -> StorageError {
@@ -67,10 +88,16 @@ impl RocksDbStore {
                 StorageError::Backend(msg)
             }
         })?;
-        Ok(Self { db })
+        Ok(Self { db, tables: tables.iter().map(|t| t.name).collect(), counts: Counts::default() })
+    }
+
+    fn property(&self, cf: &ColumnFamily, name: &str) -> u64 {
+        self.db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0)
     }
 
     fn apply(&self, batch: WriteBatch, sync: bool) -> StorageResult<()> {
+        let counter = if sync { &self.counts.synced_writes } else { &self.counts.buffered_writes };
+        counter.fetch_add(1, Ordering::Relaxed);
         let mut rb = rocksdb::WriteBatch::default();
         for op in batch.ops {
             match op {
@@ -80,6 +107,7 @@ impl RocksDbStore {
         }
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(sync);
+        self.counts.written_bytes.fetch_add(rb.size_in_bytes() as u64, Ordering::Relaxed);
         self.db.write_opt(rb, &opts).map_err(backend)
     }
 
@@ -90,11 +118,13 @@ impl RocksDbStore {
 
 impl KvStore for RocksDbStore {
     fn get(&self, table: &'static str, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        self.counts.gets.fetch_add(1, Ordering::Relaxed);
         self.db.get_cf(self.cf(table)?, key).map_err(backend)
     }
 
     fn get_many(&self, table: &'static str, keys: &[Vec<u8>]) -> StorageResult<Vec<Option<Vec<u8>>>> {
         let cf = self.cf(table)?;
+        self.counts.multi_get_keys.fetch_add(keys.len() as u64, Ordering::Relaxed);
         self.db
             .batched_multi_get_cf(cf, keys, false)
             .into_iter()
@@ -109,6 +139,7 @@ impl KvStore for RocksDbStore {
         direction: Direction,
     ) -> StorageResult<Box<dyn Iterator<Item = StorageResult<RawEntry>> + 'a>> {
         let cf = self.cf(table)?;
+        self.counts.scans.fetch_add(1, Ordering::Relaxed);
         let mut read_opts = ReadOptions::default();
         // Let RocksDB stop at the bounds instead of us filtering past them.
         if let Bound::Included(start) | Bound::Excluded(start) = &range.start {
@@ -149,12 +180,41 @@ impl KvStore for RocksDbStore {
     }
 
     fn sync(&self) -> StorageResult<()> {
+        self.counts.syncs.fetch_add(1, Ordering::Relaxed);
         self.db.flush_wal(true).map_err(backend)
     }
 
     fn flush(&self) -> StorageResult<()> {
         self.db.flush_wal(true).map_err(backend)?;
         self.db.flush().map_err(backend)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let mut stats = StoreStats::default();
+        for &name in &self.tables {
+            let Some(cf) = self.db.cf_handle(name) else { continue };
+            stats.tables.push(TableStats {
+                name,
+                estimated_keys: self.property(cf, "rocksdb.estimate-num-keys"),
+                live_sst_bytes: self.property(cf, "rocksdb.live-sst-files-size"),
+                memtable_bytes: self.property(cf, "rocksdb.cur-size-all-mem-tables"),
+                pending_compaction_bytes: self.property(cf, "rocksdb.estimate-pending-compaction-bytes"),
+            });
+            // The tables share one block cache (one table factory): any table tells its usage.
+            stats.block_cache_bytes =
+                stats.block_cache_bytes.max(self.property(cf, "rocksdb.block-cache-usage"));
+        }
+        stats.running_compactions =
+            self.db.property_int_value("rocksdb.num-running-compactions").ok().flatten().unwrap_or(0);
+        let c = &self.counts;
+        stats.gets = c.gets.load(Ordering::Relaxed);
+        stats.multi_get_keys = c.multi_get_keys.load(Ordering::Relaxed);
+        stats.scans = c.scans.load(Ordering::Relaxed);
+        stats.synced_writes = c.synced_writes.load(Ordering::Relaxed);
+        stats.buffered_writes = c.buffered_writes.load(Ordering::Relaxed);
+        stats.written_bytes = c.written_bytes.load(Ordering::Relaxed);
+        stats.syncs = c.syncs.load(Ordering::Relaxed);
+        stats
     }
 }
 

@@ -2,7 +2,12 @@
 
 use std::sync::Arc;
 
-use conduit::{config::Config, server::Server, service::clock::ManualClock};
+use conduit::{
+    config::{Config, ListenerResource},
+    net::{Listeners, TlsReloader},
+    server::Server,
+    service::clock::ManualClock,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -14,6 +19,10 @@ pub struct TestServer {
     /// wait for in real time.
     pub services: Arc<conduit::service::Services>,
     pub http: reqwest::Client,
+    /// Every listener: its base URL (`http://` or `https://`) and what it serves.
+    pub listeners: Vec<(String, Vec<ListenerResource>)>,
+    /// Reloads the TLS listeners' certificates.
+    pub tls: TlsReloader,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<conduit::Result<()>>>,
     pub dir: tempfile::TempDir,
@@ -76,10 +85,64 @@ impl TestServer {
             clock,
             services,
             http: reqwest::Client::new(),
+            listeners: vec![(
+                format!("http://{addr}"),
+                vec![ListenerResource::Client, ListenerResource::Federation],
+            )],
+            tls: TlsReloader::default(),
             shutdown: Some(tx),
             task: Some(task),
             dir,
         }
+    }
+
+    /// Boot with the listeners the config lists (`[[global.listeners]]`, ports 0 for the
+    /// system to pick), as the binary binds them; `base` is the first that serves `client`.
+    pub async fn start_listening(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let clock = Arc::new(ManualClock::new());
+        let server = Server::build_with_clock(config, clock.clone()).expect("server builds");
+        let services = Arc::clone(server.services());
+        let listeners = Listeners::bind(&services.config, &[]).await.expect("listeners bind");
+        let tls = listeners.tls_reloader();
+        let bound: Vec<(String, Vec<ListenerResource>)> = listeners
+            .iter()
+            .map(|l| {
+                let scheme = if l.uses_tls() { "https" } else { "http" };
+                (format!("{scheme}://{}", l.local_addr), l.config.resources.clone())
+            })
+            .collect();
+        let base = bound
+            .iter()
+            .find(|(_, resources)| resources.contains(&ListenerResource::Client))
+            .map_or_else(|| bound[0].0.clone(), |(url, _)| url.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(listeners, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            clock,
+            services,
+            http: reqwest::Client::new(),
+            listeners: bound,
+            tls,
+            shutdown: Some(tx),
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// The base URL of the first listener serving `resource`.
+    pub fn listener_serving(&self, resource: ListenerResource) -> &str {
+        let (url, _) = self
+            .listeners
+            .iter()
+            .find(|(_, resources)| resources.contains(&resource))
+            .unwrap_or_else(|| panic!("no listener serves {resource:?}"));
+        url
     }
 
     /// Graceful shutdown; returns the temp dir so a test can reopen the database.

@@ -21,6 +21,8 @@ mod legacy;
 mod limits;
 mod media;
 mod membership;
+mod metrics;
+mod net;
 mod probes;
 mod profile;
 mod push;

@@ -58,6 +58,11 @@ pub struct Events {
 }
 
 impl Events {
+    /// The event cache's counters (for the metrics).
+    pub fn cache_stats(&self) -> crate::service::cache::CacheStats {
+        self.cache.stats()
+    }
+
     pub fn new(store: &Arc<dyn KvStore>) -> Self {
         Self {
             pdus: PDUS.open(store),

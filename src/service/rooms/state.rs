@@ -49,6 +49,11 @@ pub struct RoomStates {
 }
 
 impl RoomStates {
+    /// The state-group cache's counters (for the metrics).
+    pub fn cache_stats(&self) -> crate::service::cache::CacheStats {
+        self.group_cache.stats()
+    }
+
     pub fn new(store: &Arc<dyn KvStore>) -> Result<Self> {
         let groups = STATE_GROUPS.open(store);
         let last = match groups.scan(KeyRange::all(), Direction::Reverse)?.next() {

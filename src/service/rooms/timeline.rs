@@ -126,6 +126,11 @@ pub struct Timeline {
 }
 
 impl Timeline {
+    /// The joined-members cache's counters (for the metrics).
+    pub fn cache_stats(&self) -> crate::service::cache::CacheStats {
+        self.joined.stats()
+    }
+
     // Every service the append path writes through, passed in as the house style asks.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
