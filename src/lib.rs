@@ -4,6 +4,9 @@
 //! - [`config`]: the one `Config`, loaded from `conduit.toml` and `CONDUIT_*` variables;
 //! - [`error`]: the one `Error` type with its Matrix errcode;
 //! - [`server`]: builds storage and services, serves HTTP until told to stop;
+//! - [`reload`]: the live-reload hook (SIGHUP) and its parts, [`logging`] the first;
+//! - [`control`]: operator commands over a Unix socket to the running server;
+//! - [`systemd`]: readiness, reload, stop and watchdog notices to systemd;
 //! - [`api`]: the HTTP edge (router, extractor, error mapping, one handler per endpoint);
 //! - [`service`]: the logic, one service per concern, each owning its tables;
 //! - [`matrix`]: pure protocol rules, no I/O;
@@ -14,10 +17,14 @@
 
 pub mod api;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod logging;
 pub mod matrix;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod systemd;
 
 pub use error::{Error, Result};

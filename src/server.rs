@@ -1,6 +1,7 @@
 //! Boot and serve: open storage, build services, start background workers (periodic upkeep,
-//! the delayed-event timer), serve HTTP on a given listener until a shutdown signal, then
-//! finish in-flight requests and flush.
+//! the delayed-event timer) and the operator control socket, serve HTTP on a given listener
+//! until a shutdown signal, then finish in-flight requests and flush. Holds the [`Reloader`]
+//! that takes new configurations while the server runs.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -9,6 +10,8 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     Error, Result, api,
     config::Config,
+    control,
+    reload::{ReloadReport, Reloader},
     service::{
         Services,
         clock::{Clock, SystemClock},
@@ -27,6 +30,7 @@ const MEDIA_RETENTION_EVERY: u32 = 120;
 /// A built server: storage open, services wired, not yet serving.
 pub struct Server {
     services: Arc<Services>,
+    reloader: Arc<Reloader>,
 }
 
 impl Server {
@@ -38,13 +42,29 @@ impl Server {
     /// As `build`, with a chosen clock (tests move time instead of sleeping).
     pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
         let store = storage::open_rocksdb(&config.database_path)?;
+        let reloader = Arc::new(Reloader::new(&config));
         let services = Services::build(Arc::new(config), store, clock)?;
-        Ok(Self { services: Arc::new(services) })
+        // Live-reloadable parts that services own are registered here
+        // (`reloader.register(...)`); see `reload.rs`.
+        Ok(Self { services: Arc::new(services), reloader })
     }
 
     /// The services, for operator commands that run without HTTP.
     pub fn services(&self) -> &Arc<Services> {
         &self.services
+    }
+
+    /// The live-reload hook, to register parts built outside (the log filter, listeners) and
+    /// to reload after `run` has taken the server.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// Hand a new configuration to every live-reloadable part (see `reload.rs`); keys that
+    /// cannot change live are listed in the report. An error rejects the configuration and
+    /// changes nothing.
+    pub async fn reload(&self, config: &Config) -> std::result::Result<ReloadReport, String> {
+        self.reloader.reload(config).await
     }
 
     /// Serve on `listener` until `shutdown` resolves; then stop accepting, let in-flight
@@ -59,10 +79,29 @@ impl Server {
         // was down are sent at once.
         let delayed_timer =
             tokio::spawn(Arc::clone(&self.services.delayed_actions).run(workers_stopped.clone()));
-        let flusher = tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped));
+        let flusher =
+            tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped.clone()));
         // Pushers' queues resume where they stopped: notifications written while the server
         // was down (or under way at a crash) are delivered now.
         self.services.push_gateways.start()?;
+        // Operator commands reach the running server here; without the socket they refuse
+        // (the database is locked), as before it existed.
+        let socket_path = control::socket_path(&self.services.config);
+        let control_task = match control::bind(&socket_path) {
+            Ok(socket) => Some(tokio::spawn(control::serve(
+                socket,
+                Arc::clone(&self.services),
+                workers_stopped.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(
+                    path = %socket_path.display(),
+                    error = %e,
+                    "no control socket: operator commands need the server stopped"
+                );
+                None
+            }
+        };
 
         let app = api::router(Arc::clone(&self.services));
         let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -74,6 +113,9 @@ impl Server {
         self.services.outbox.stop().await;
         let _ = flusher.await;
         let _ = delayed_timer.await;
+        if let Some(task) = control_task {
+            let _ = task.await;
+        }
         self.services.shutdown()?;
         tracing::info!("shut down cleanly");
         served
