@@ -6,6 +6,9 @@
 //! - [`server`]: builds storage and services, serves HTTP until told to stop;
 //! - [`net`]: listeners, TLS, the connection cap and the connection timeouts, below routing;
 //! - [`metrics`]: the Prometheus registry and what it reads at scrape time;
+//! - [`reload`]: the live-reload hook (SIGHUP) and its parts, [`logging`] the first;
+//! - [`control`]: operator commands over a Unix socket to the running server;
+//! - [`systemd`]: readiness, reload, stop and watchdog notices to systemd;
 //! - [`api`]: the HTTP edge (router, extractor, error mapping, one handler per endpoint);
 //! - [`service`]: the logic, one service per concern, each owning its tables;
 //! - [`matrix`]: pure protocol rules, no I/O;
@@ -16,12 +19,16 @@
 
 pub mod api;
 pub mod config;
+pub mod control;
 pub mod error;
+pub mod logging;
 pub mod matrix;
 pub mod metrics;
 pub mod net;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod systemd;
 
 pub use error::{Error, Result};

@@ -1,10 +1,24 @@
 //! The `conduit` binary: parse the command line, load the config, set up logging, then either
 //! serve or run an operator command.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
-use conduit::{config::Config, net::Listeners, server::Server, service::passwords::random_string};
+use conduit::{
+    config::Config,
+    control,
+    logging::{self, LogFilter},
+    net::Listeners,
+    reload::Reloader,
+    server::Server,
+    service::{
+        audit::{self, Audit},
+        context::{Actor, RequestContext},
+        passwords::random_string,
+    },
+    systemd::Notifier,
+};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// A Matrix homeserver for companies that host their own chat.
 #[derive(Parser)]
@@ -23,7 +37,8 @@ struct Cli {
 enum Command {
     /// Serve the homeserver (the default).
     Serve,
-    /// Create an account without opening registration. Stop the server first.
+    /// Create an account without opening registration. Sent to the running server, or done on
+    /// the database when none runs.
     CreateUser {
         /// The localpart of the new account, e.g. `alice`.
         name: String,
@@ -34,15 +49,21 @@ enum Command {
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
-    /// Delete local media (and its thumbnails) uploaded longer ago than a given age. Stop the
-    /// server first.
+    /// Delete local media (and its thumbnails) uploaded longer ago than a given age.
     PurgeMedia {
         /// The age, as a number and a unit: `90d`, `12h`, `30m` or `45s`.
         #[arg(long, value_parser = parse_age)]
         older_than: std::time::Duration,
     },
-    /// Make an account a server admin (or, with `--revoke`, no longer one). Stop the server
-    /// first; while it runs, admins use the admin API.
+    /// Set a new password for an account and log out all its devices.
+    ResetPassword {
+        /// The localpart or full user ID.
+        name: String,
+        /// Read the password from this file (first line). Without it, one is generated and printed.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Make an account a server admin (admin API, admin tools in clients).
     MakeAdmin {
         /// The localpart or full user ID.
         name: String,
@@ -50,13 +71,12 @@ enum Command {
         #[arg(long)]
         revoke: bool,
     },
-    /// Set a new password for an account and log out all its devices. Stop the server first.
-    ResetPassword {
-        /// The localpart or full user ID.
-        name: String,
-        /// Read the password from this file (first line). Without it, one is generated and printed.
-        #[arg(long)]
-        password_file: Option<PathBuf>,
+    /// Write a consistent copy of the database and media into DIR (new or empty), which a
+    /// server with `database_path = DIR` serves as it is. Works while the server runs.
+    Backup {
+        /// Where to write the backup; the running server writes it, so its user must be able
+        /// to create it.
+        dir: PathBuf,
     },
 }
 
@@ -94,22 +114,76 @@ fn read_password(file: Option<&PathBuf>) -> Result<(String, bool), String> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+/// Resolves at SIGTERM (or Ctrl-C), after telling systemd the server is stopping.
+async fn shutdown_signal(mut term: Signal, notifier: Notifier) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    notifier.stopping();
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// Reload the configuration at every SIGHUP (`systemctl reload`): read it again as start-up
+/// did and hand it to the live-reloadable parts; systemd hears `RELOADING=1`, then `READY=1`
+/// with the outcome. A rejected configuration leaves the running one in place.
+async fn reload_on_sighup(
+    mut hup: Signal,
+    reloader: Arc<Reloader>,
+    path: Option<PathBuf>,
+    notifier: Notifier,
+    audit: Arc<Audit>,
+) {
+    let operator = RequestContext::internal(Actor::Operator, "SIGHUP");
+    while hup.recv().await.is_some() {
+        notifier.reloading();
+        tracing::info!("SIGHUP: reloading the configuration");
+        match reloader.reload_from(path.as_deref()).await {
+            Ok(report) => {
+                tracing::info!(applied = ?report.applied, "configuration reloaded");
+                if !report.needs_restart.is_empty() {
+                    tracing::warn!(
+                        keys = ?report.needs_restart,
+                        "changed configuration keys need a restart to take effect"
+                    );
+                }
+                let entry = audit::Entry::success("config.reload").params(serde_json::json!({
+                    "applied": report.applied,
+                    "needs_restart": report.needs_restart,
+                }));
+                audit.record_or_log(&operator, entry);
+                notifier.ready("Configuration reloaded");
+            }
+            Err(reason) => {
+                tracing::error!(reason = %reason, "configuration rejected; the running one is kept");
+                let entry =
+                    audit::Entry::failure("config.reload").params(serde_json::json!({ "reason": reason }));
+                audit.record_or_log(&operator, entry);
+                notifier.ready(&format!("Configuration rejected: {reason}"));
+            }
         }
     }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
-    tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// An operator command: sent to the running server through its control socket, or, when no
+/// server answers there, run here on the database.
+async fn operator_command(config: Config, request: control::Request) -> Result<String, String> {
+    let socket = control::socket_path(&config);
+    match control::send(&socket, &request).await {
+        Ok(Some(reply)) if reply.ok => return Ok(reply.message),
+        Ok(Some(reply)) => return Err(reply.message),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(format!(
+                "cannot talk to the running server at {}: {e} (run this as the server's user or root)",
+                socket.display()
+            ));
+        }
+    }
+    let server = Server::build(config).map_err(|e| e.to_string())?;
+    let result = control::execute(server.services(), request).await.map_err(|e| e.to_string());
+    server.services().shutdown().map_err(|e| e.to_string())?;
+    result
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
@@ -120,74 +194,90 @@ async fn run(cli: Cli) -> Result<(), String> {
     let inherited_sockets: Vec<i32> = Vec::new();
     let loaded = Config::load(cli.config.as_deref())?;
     let config = loaded.config;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
-        // Colour codes only for a terminal; the journal and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .init();
+    let log_filter = logging::init(&config.log);
     for key in &loaded.unknown_keys {
         tracing::warn!(key = %key, "unknown configuration key ignored");
     }
 
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let server = Server::build(config).map_err(|e| e.to_string())?;
-            let listeners = Listeners::bind(&server.services().config, &inherited_sockets)
-                .await
-                .map_err(|e| e.to_string())?;
-            // The SIGHUP handler reloads certificates through `listeners.tls_reloader()`
-            // (`TlsReloader::reload`, which re-reads every TLS listener's files).
-            server.serve(listeners, shutdown_signal()).await.map_err(|e| e.to_string())
-        }
+    let request = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => return serve(config, log_filter, cli.config, inherited_sockets).await,
         Command::CreateUser { name, admin, password_file } => {
             let (password, generated) = read_password(password_file.as_ref())?;
-            let server = Server::build(config).map_err(|e| e.to_string())?;
-            let user_id = server
-                .services()
-                .accounts
-                .create_user(&name, &password, admin)
-                .await
-                .map_err(|e| e.to_string())?;
-            server.services().shutdown().map_err(|e| e.to_string())?;
-            println!("created {user_id}{}", if admin { " (admin)" } else { "" });
+            let message = operator_command(
+                config,
+                control::Request::CreateUser { name, password: password.clone(), admin },
+            )
+            .await?;
+            println!("{message}");
             if generated {
                 println!("password: {password}");
             }
-            Ok(())
-        }
-        Command::PurgeMedia { older_than } => {
-            let server = Server::build(config).map_err(|e| e.to_string())?;
-            let report =
-                server.services().media.purge_older_than(older_than).await.map_err(|e| e.to_string())?;
-            server.services().shutdown().map_err(|e| e.to_string())?;
-            println!("purged {} media ({} bytes of files freed)", report.media, report.bytes_freed);
-            Ok(())
-        }
-        Command::MakeAdmin { name, revoke } => {
-            let server = Server::build(config).map_err(|e| e.to_string())?;
-            let user_id =
-                server.services().accounts.set_admin_offline(&name, !revoke).map_err(|e| e.to_string())?;
-            server.services().shutdown().map_err(|e| e.to_string())?;
-            println!("{user_id} is {}a server admin", if revoke { "no longer " } else { "" });
-            Ok(())
+            return Ok(());
         }
         Command::ResetPassword { name, password_file } => {
             let (password, generated) = read_password(password_file.as_ref())?;
-            let server = Server::build(config).map_err(|e| e.to_string())?;
-            let user_id = server
-                .services()
-                .accounts
-                .reset_password(&name, &password)
-                .await
-                .map_err(|e| e.to_string())?;
-            server.services().shutdown().map_err(|e| e.to_string())?;
-            println!("password reset for {user_id}; all its devices were logged out");
+            let message = operator_command(
+                config,
+                control::Request::ResetPassword { name, password: password.clone() },
+            )
+            .await?;
+            println!("{message}");
             if generated {
                 println!("password: {password}");
             }
-            Ok(())
+            return Ok(());
         }
+        Command::PurgeMedia { older_than } => {
+            control::Request::PurgeMedia { older_than_secs: older_than.as_secs() }
+        }
+        Command::MakeAdmin { name, revoke } => control::Request::MakeAdmin { name, revoke },
+        Command::Backup { dir } => {
+            // The server resolves paths from its own working directory: send an absolute one.
+            let dir = std::path::absolute(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            control::Request::Backup { dir }
+        }
+    };
+    println!("{}", operator_command(config, request).await?);
+    Ok(())
+}
+
+/// Open the database (telling systemd start-up is still under way), bind, tell systemd the
+/// server is ready, serve until SIGTERM.
+async fn serve(
+    config: Config,
+    log_filter: LogFilter,
+    config_path: Option<PathBuf>,
+    inherited_sockets: Vec<i32>,
+) -> Result<(), String> {
+    let notifier = Notifier::from_env();
+    let server = notifier
+        .extend_timeout_while("Opening the database", move || Server::build(config))
+        .await
+        .map_err(|e| e.to_string())?;
+    server.reloader().register(Arc::new(log_filter));
+    let listeners =
+        Listeners::bind(&server.services().config, &inherited_sockets).await.map_err(|e| e.to_string())?;
+    // Certificates are re-read at every reload.
+    server.reloader().register(Arc::new(listeners.tls_reloader()));
+    let bound: Vec<String> = listeners.iter().map(|l| l.local_addr.to_string()).collect();
+
+    // Both handlers are in place before systemd hears READY=1: until a handler is installed,
+    // SIGHUP and SIGTERM would end the process.
+    let term = signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let hup = signal(SignalKind::hangup()).map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let audit = Arc::clone(&server.services().audit);
+    let reloads =
+        tokio::spawn(reload_on_sighup(hup, Arc::clone(server.reloader()), config_path, notifier, audit));
+    let watchdog = notifier.spawn_watchdog();
+    // The listeners are bound and the database open: connections are queued from here on,
+    // and served as soon as `serve` starts.
+    notifier.ready(&format!("Serving on {}", bound.join(", ")));
+    let served = server.serve(listeners, shutdown_signal(term, notifier)).await.map_err(|e| e.to_string());
+    reloads.abort();
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
     }
+    served
 }
 
 #[tokio::main]

@@ -1,6 +1,8 @@
 //! Boot and serve: open storage, build services, start background workers (periodic upkeep,
 //! the delayed-event timer), serve HTTP on the bound listeners (each with the router of the
 //! resources it serves) until a shutdown signal, then finish in-flight requests and flush.
+//! Also the operator control socket, and the [`Reloader`] that takes new configurations while
+//! the server runs.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -13,6 +15,8 @@ use crate::{
     config::Config,
     metrics::Metrics,
     net::{self, Listeners, NetStats, TimedBody},
+    control,
+    reload::{ReloadReport, Reloader},
     service::{
         Services,
         clock::{Clock, SystemClock},
@@ -33,6 +37,7 @@ pub struct Server {
     services: Arc<Services>,
     metrics: Arc<Metrics>,
     net_stats: Arc<NetStats>,
+    reloader: Arc<Reloader>,
 }
 
 impl Server {
@@ -44,10 +49,13 @@ impl Server {
     /// As `build`, with a chosen clock (tests move time instead of sleeping).
     pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
         let store = storage::open_rocksdb(&config.database_path)?;
+        let reloader = Arc::new(Reloader::new(&config));
         let services = Arc::new(Services::build(Arc::new(config), store, clock)?);
         let net_stats = Arc::new(NetStats::default());
         let metrics = Arc::new(Metrics::new(Arc::clone(&services), Arc::clone(&net_stats)));
-        Ok(Self { services, metrics, net_stats })
+        // Live-reloadable parts that services own are registered here
+        // (`reloader.register(...)`); see `reload.rs`.
+        Ok(Self { services, metrics, net_stats, reloader })
     }
 
     /// The services, for operator commands that run without HTTP.
@@ -59,6 +67,20 @@ impl Server {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+
+    /// The live-reload hook, to register parts built outside (the log filter, listeners) and
+    /// to reload after `run` has taken the server.
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
+    }
+
+    /// Hand a new configuration to every live-reloadable part (see `reload.rs`); keys that
+    /// cannot change live are listed in the report. An error rejects the configuration and
+    /// changes nothing.
+    pub async fn reload(&self, config: &Config) -> std::result::Result<ReloadReport, String> {
+        self.reloader.reload(config).await
+    }
+
 
     /// Serve on `listener` (plain HTTP, `client` and `federation`) until `shutdown`
     /// resolves; see [`Self::serve`].
@@ -83,10 +105,29 @@ impl Server {
         // was down are sent at once.
         let delayed_timer =
             tokio::spawn(Arc::clone(&self.services.delayed_actions).run(workers_stopped.clone()));
-        let flusher = tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped));
+        let flusher =
+            tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped.clone()));
         // Pushers' queues resume where they stopped: notifications written while the server
         // was down (or under way at a crash) are delivered now.
         self.services.push_gateways.start()?;
+        // Operator commands reach the running server here; without the socket they refuse
+        // (the database is locked), as before it existed.
+        let socket_path = control::socket_path(&self.services.config);
+        let control_task = match control::bind(&socket_path) {
+            Ok(socket) => Some(tokio::spawn(control::serve(
+                socket,
+                Arc::clone(&self.services),
+                workers_stopped.clone(),
+            ))),
+            Err(e) => {
+                tracing::warn!(
+                    path = %socket_path.display(),
+                    error = %e,
+                    "no control socket: operator commands need the server stopped"
+                );
+                None
+            }
+        };
 
         let router = api::router(Arc::clone(&self.services), Arc::clone(&self.metrics));
         let apps: Vec<axum::Router> = listeners
@@ -123,6 +164,9 @@ impl Server {
         self.services.outbox.stop().await;
         let _ = flusher.await;
         let _ = delayed_timer.await;
+        if let Some(task) = control_task {
+            let _ = task.await;
+        }
         self.services.shutdown()?;
         tracing::info!("shut down cleanly");
         served

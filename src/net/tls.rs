@@ -145,3 +145,20 @@ impl TlsReloader {
         self.certs.is_empty()
     }
 }
+
+/// At every reload (SIGHUP), each TLS listener re-reads its certificate and key files; files
+/// that do not load leave that listener's certificate as it was and fail the reload's report.
+/// Which files a listener uses is part of `listeners`, which needs a restart.
+impl crate::reload::LiveReload for TlsReloader {
+    fn name(&self) -> &'static str {
+        "TLS certificates"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn apply(&self, _new: &crate::config::Config) -> Result<(), String> {
+        self.reload().map(drop).map_err(|e| e.to_string())
+    }
+}

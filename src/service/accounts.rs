@@ -445,6 +445,17 @@ impl Accounts {
         )
     }
 
+    /// Grant or revoke the admin flag from the command line (`conduit make-admin`): the
+    /// operator acts, not a user, so there is no self-demotion to refuse. `name` is a
+    /// localpart or a full user ID of an existing local account.
+    pub fn set_admin_by_operator(&self, name: &str, admin: bool) -> Result<OwnedUserId> {
+        let user_id = resolve_login_user(name, &self.config.server_name)
+            .filter(|u| self.users.get(u).ok().flatten().is_some())
+            .ok_or_else(|| Error::not_found("No such user"))?;
+        self.write_locked(|_, batch| self.users.set_admin_in(batch, &user_id, admin))?;
+        Ok(user_id)
+    }
+
     /// Create an account from the command line, bypassing registration policy.
     pub async fn create_user(&self, localpart: &str, password: &str, admin: bool) -> Result<OwnedUserId> {
         check_password_len(password)?;

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod audit;
 pub mod admin;
+pub mod backup;
 pub mod cache;
 pub mod clock;
 pub mod context;
@@ -86,6 +87,7 @@ pub struct Services {
     pub key_backup: Arc<key_backup::KeyBackup>,
     pub media: Arc<media::Media>,
     pub url_previews: Arc<media::preview::UrlPreviews>,
+    pub backups: Arc<backup::Backups>,
     pub threepids: Arc<threepids::ThirdPartyIds>,
     pub openid: Arc<openid::OpenId>,
     pub turn: Arc<voip::Turn>,
@@ -133,6 +135,7 @@ impl Services {
             Arc::clone(&clock),
             &config,
         )?);
+        let backups = Arc::new(backup::Backups::new(&store, Arc::clone(&media)));
         let openid = Arc::new(openid::OpenId::new(&store, Arc::clone(&users), Arc::clone(&clock)));
         let turn = Arc::new(voip::Turn::new(&config, Arc::clone(&clock)));
         let registration_tokens = Arc::new(registration_tokens::RegistrationTokens::new(
@@ -445,6 +448,7 @@ impl Services {
             key_backup,
             media,
             url_previews,
+            backups,
             threepids: Arc::new(threepids::ThirdPartyIds::new()),
             openid,
             turn,

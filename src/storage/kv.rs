@@ -171,6 +171,16 @@ pub trait KvStore: Send + Sync + 'static {
     /// Persist everything written so far; called on graceful shutdown.
     fn flush(&self) -> StorageResult<()>;
 
+    /// Write a consistent copy of the whole database, as of this call, into the directory
+    /// `dir` (which must not exist yet), in a form the same backend opens as a database.
+    /// Every write that returned before the call is in it. Backends that cannot (the
+    /// in-memory one) say so.
+    fn checkpoint(&self, dir: &std::path::Path) -> StorageResult<()> {
+        Err(StorageError::Backend(format!(
+            "this storage backend cannot write a copy of itself to {}",
+            dir.display()
+        )))
+    }
     /// The engine's numbers (sizes, operation counts) for monitoring, read when asked; a
     /// backend without any answers the empty default.
     fn stats(&self) -> StoreStats {

@@ -91,6 +91,17 @@ impl FileStore {
         Ok(true)
     }
 
+    /// Copy every content file into the media directory `dest` (laid out as this one, so a
+    /// server whose media directory is `dest` serves them). Each file is hard-linked when
+    /// `dest` is on the same filesystem (content files are never changed once placed) and
+    /// copied otherwise. Returns the number of files and their bytes.
+    pub fn copy_all_to(&self, dest: &Path) -> io::Result<(u64, u64)> {
+        let mut totals = (0, 0);
+        fs::create_dir_all(dest.join("tmp"))?;
+        copy_tree(&self.content, &dest.join("content"), &mut totals)?;
+        Ok(totals)
+    }
+
     /// Delete a content file; one already gone is not an error.
     pub fn remove(&self, hash: &ContentHash) -> io::Result<()> {
         match fs::remove_file(self.path(hash)) {
@@ -98,6 +109,27 @@ impl FileStore {
             _ => Ok(()),
         }
     }
+}
+
+/// Recursively link or copy the files under `from` into `to`.
+fn copy_tree(from: &Path, to: &Path, totals: &mut (u64, u64)) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target, totals)?;
+        } else if kind.is_file() {
+            let size = entry.metadata()?.len();
+            if fs::hard_link(entry.path(), &target).is_err() {
+                fs::copy(entry.path(), &target)?;
+            }
+            totals.0 += 1;
+            totals.1 += size;
+        }
+    }
+    Ok(())
 }
 
 /// A temporary file's path, deleted on drop unless it was moved into place.

@@ -20,6 +20,7 @@ use std::{
     collections::{HashMap, HashSet},
     hash::Hash,
     io,
+    path::Path,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -329,6 +330,21 @@ impl Media {
             making: KeyedLocks::new(),
             thumbnails_made: AtomicU64::new(0),
         })
+    }
+
+    /// For a backup: run `snapshot` (which copies the database) and then copy every media
+    /// file into the media directory `dest`, while no file is placed or deleted, so every
+    /// media row the snapshot holds has its file in `dest`. Uploads wait to place their file
+    /// meanwhile (the copy hard-links when it can, so this is short on one filesystem).
+    /// Returns the files and bytes copied.
+    pub fn copy_files_with_snapshot(
+        &self,
+        dest: &Path,
+        snapshot: impl FnOnce() -> Result<()>,
+    ) -> Result<(u64, u64)> {
+        let _guard = self.core.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        snapshot()?;
+        self.core.files.copy_all_to(dest).map_err(io_error("copying media files"))
     }
 
     /// The largest upload accepted, in bytes.
