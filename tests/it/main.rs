@@ -2,6 +2,7 @@
 //! RocksDB and speaks HTTP to it.
 
 mod account;
+mod admin_rooms;
 mod architecture;
 mod backup;
 mod cli;

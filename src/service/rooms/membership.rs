@@ -19,6 +19,7 @@ use serde_json::{Map as JsonMap, Value as JsonValue, json};
 
 use super::{
     aliases::Aliases,
+    blocked::BlockedRooms,
     members::Memberships,
     timeline::{RoomLock, Timeline},
 };
@@ -89,6 +90,7 @@ pub struct MembershipActions {
     members: Arc<Memberships>,
     users: Arc<Users>,
     aliases: Arc<Aliases>,
+    blocked: Arc<BlockedRooms>,
 }
 
 impl MembershipActions {
@@ -98,8 +100,9 @@ impl MembershipActions {
         members: Arc<Memberships>,
         users: Arc<Users>,
         aliases: Arc<Aliases>,
+        blocked: Arc<BlockedRooms>,
     ) -> Self {
-        Self { server_name, timeline, members, users, aliases }
+        Self { server_name, timeline, members, users, aliases, blocked }
     }
 
     /// The room an ID or alias names. Rooms this server is not in would need federation.
@@ -121,6 +124,7 @@ impl MembershipActions {
         reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
+        self.blocked.ensure_not_blocked(room_id)?;
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             // The room is unknown here; joining it would need another server.
@@ -236,6 +240,7 @@ impl MembershipActions {
         if !self.users.exists(target)? {
             return Err(Error::not_found(format!("Unknown user {target}")));
         }
+        self.blocked.ensure_not_blocked(room_id)?;
         let lock = self.timeline.lock_room(room_id).await;
         self.ensure_joined(room_id, sender)?;
         match self.members.membership(room_id, target)? {
@@ -331,6 +336,7 @@ impl MembershipActions {
         reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
+        self.blocked.ensure_not_blocked(room_id)?;
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             return Err(Error::not_found("No known servers to knock on this room through"));
@@ -377,6 +383,11 @@ impl MembershipActions {
     /// Forget a room the user has left: it stops appearing to them.
     pub fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
         let Some(record) = self.members.get(room_id, user_id)? else { return Ok(()) };
+        if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
+            // A purged room: the row that told the user's clients of the leave was all that
+            // was left of it.
+            return self.members.remove_user_row(room_id, user_id);
+        }
         match MembershipState::from(record.membership.as_str()) {
             MembershipState::Leave | MembershipState::Ban => self.members.forget(room_id, user_id, record),
             _ => Err(Error::new(
