@@ -419,7 +419,10 @@ fn admin_rooms_media_routes() -> Router<AppState> {
         .route(&format!("{V1}/room/{{room_id}}/media"), get(media::room_media))
         .route(&format!("{V1}/room/{{room_id}}/media/quarantine"), post(media::quarantine_room))
         .route(&format!("{V1}/user/{{user_id}}/media/quarantine"), post(media::quarantine_user))
-        .route(&format!("{V1}/media/{{server_name}}/{{media_id}}"), axum::routing::delete(media::delete_media))
+        .route(
+            &format!("{V1}/media/{{server_name}}/{{media_id}}"),
+            axum::routing::delete(media::delete_media),
+        )
         .route(&format!("{V1}/media/{{server_name}}/delete"), post(media::delete_old_media_of))
         .route(&format!("{V1}/media/delete"), post(media::delete_old_media))
         .route(&format!("{V1}/media/protect/{{media_id}}"), post(media::protect))

@@ -262,7 +262,12 @@ impl AccountData {
 
     /// Queue the removal of what `users` keep for a purged room (tags, read markers, any
     /// room account data). Their change feeds may still name it; sync skips what is gone.
-    pub fn purge_room_in(&self, batch: &mut WriteBatch, room_id: &RoomId, users: &[OwnedUserId]) -> Result<()> {
+    pub fn purge_room_in(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        users: &[OwnedUserId],
+    ) -> Result<()> {
         let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         for user_id in users {
             self.data.delete_prefix(batch, &(user_id.clone(), room_key(Some(room_id))))?;

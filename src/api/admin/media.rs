@@ -147,7 +147,12 @@ pub async fn unquarantine(
     Path((server, media_id)): Path<(String, String)>,
     AdminCaller { caller }: AdminCaller,
 ) -> Result<Json<JsonValue>> {
-    services.media_admin.quarantine_one(&caller.identity.user_id, &server_name(&server)?, &media_id, false)?;
+    services.media_admin.quarantine_one(
+        &caller.identity.user_id,
+        &server_name(&server)?,
+        &media_id,
+        false,
+    )?;
     Ok(Json(json!({})))
 }
 

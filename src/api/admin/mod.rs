@@ -34,7 +34,11 @@ impl Params {
 
     pub fn u64(&self, key: &str) -> Result<Option<u64>> {
         self.str(key)
-            .map(|v| v.parse::<u64>().map_err(|_| Error::invalid_param(format!("Query parameter {key:?} must be a non-negative integer"))))
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    Error::invalid_param(format!("Query parameter {key:?} must be a non-negative integer"))
+                })
+            })
             .transpose()
     }
 
@@ -68,10 +72,9 @@ impl Params {
     fn offset(&self, key: &str) -> Result<Option<usize>> {
         match self.str(key) {
             None => Ok(None),
-            Some(v) => v
-                .parse::<usize>()
-                .map(Some)
-                .map_err(|_| Error::invalid_param(format!("Query parameter {key:?} must be a non-negative integer"))),
+            Some(v) => v.parse::<usize>().map(Some).map_err(|_| {
+                Error::invalid_param(format!("Query parameter {key:?} must be a non-negative integer"))
+            }),
         }
     }
 }
@@ -86,7 +89,10 @@ pub fn room_id(raw: &str) -> Result<OwnedRoomId> {
 
 /// A JSON body (or `{}` for an empty one, as Synapse takes it for the endpoints whose
 /// fields are all optional).
-pub async fn json_body<T: serde::de::DeserializeOwned>(services: &Services, body: axum::body::Body) -> Result<T> {
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    services: &Services,
+    body: axum::body::Body,
+) -> Result<T> {
     let bytes = super::ruma::limited_body(services, body).await?;
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
     serde_json::from_slice(bytes).map_err(|e| Error::bad_json(format!("Invalid JSON body: {e}")))

@@ -21,7 +21,11 @@ fn report_id(raw: &str) -> Result<u64> {
 }
 
 /// `GET /_synapse/admin/v1/event_reports`: newest first unless `dir=f`.
-pub async fn list(State(services): State<AppState>, _: AdminCaller, query: RawQuery) -> Result<Json<JsonValue>> {
+pub async fn list(
+    State(services): State<AppState>,
+    _: AdminCaller,
+    query: RawQuery,
+) -> Result<Json<JsonValue>> {
     let params = Params::parse(query);
     let (from, limit, _) = params.paging(REPORT_LIST_LIMIT)?;
     let query = ReportQuery {

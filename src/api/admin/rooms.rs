@@ -145,7 +145,8 @@ pub async fn room_context(
 ) -> Result<Json<JsonValue>> {
     let params = Params::parse(query);
     let viewer = Viewer { user_id: &caller.identity.user_id, device_id: Some(&caller.identity.device_id) };
-    let event_id = OwnedEventId::try_from(event).map_err(|e| Error::invalid_param(format!("Invalid event ID: {e}")))?;
+    let event_id =
+        OwnedEventId::try_from(event).map_err(|e| Error::invalid_param(format!("Invalid event ID: {e}")))?;
     let page = services.room_admin.context(
         viewer,
         &room_id(&room)?,
@@ -266,7 +267,8 @@ pub async fn delete_room_v1(
     body: Body,
 ) -> Result<Json<JsonValue>> {
     let options: DeleteOptions = json_body(&services, body).await?;
-    let outcome = services.room_admin.delete_room(&caller.identity.user_id, &room_id(&room)?, options).await?;
+    let outcome =
+        services.room_admin.delete_room(&caller.identity.user_id, &room_id(&room)?, options).await?;
     Ok(Json(outcome_json(outcome)))
 }
 
@@ -278,7 +280,8 @@ pub async fn delete_room_v2(
     body: Body,
 ) -> Result<Json<JsonValue>> {
     let options: DeleteOptions = json_body(&services, body).await?;
-    let delete_id = services.room_admin.schedule_delete(&caller.identity.user_id, &room_id(&room)?, options)?;
+    let delete_id =
+        services.room_admin.schedule_delete(&caller.identity.user_id, &room_id(&room)?, options)?;
     Ok(Json(json!({ "delete_id": delete_id })))
 }
 

@@ -146,11 +146,8 @@ impl MediaAdmin {
     /// uploads that the same parameters would list. Answers the IDs deleted.
     pub async fn delete_user_media(&self, user_id: &UserId, page: &Page) -> Result<Vec<String>> {
         let listing = self.user_media(user_id, page)?;
-        let ids = listing
-            .items
-            .iter()
-            .filter_map(|item| item["media_id"].as_str().map(str::to_owned))
-            .collect();
+        let ids =
+            listing.items.iter().filter_map(|item| item["media_id"].as_str().map(str::to_owned)).collect();
         self.media.delete_ids(ids).await
     }
 
@@ -183,18 +180,22 @@ impl MediaAdmin {
     fn avatars(&self) -> Result<HashSet<String>> {
         let mut ids = HashSet::new();
         for (_, profile) in self.users.all_profiles()? {
-            if let Some(id) = profile.avatar_url.as_ref().and_then(|u| self.media.local_media_id(u.as_str())) {
+            if let Some(id) = profile.avatar_url.as_ref().and_then(|u| self.media.local_media_id(u.as_str()))
+            {
                 ids.insert(id.to_owned());
             }
         }
         for room_id in self.states.room_ids()? {
-            let Some(event_id) = self.states.current_state_event_id(&room_id, &StateEventType::RoomAvatar, "")?
+            let Some(event_id) =
+                self.states.current_state_event_id(&room_id, &StateEventType::RoomAvatar, "")?
             else {
                 continue;
             };
             if let Some(event) = self.events.get(&event_id)? {
                 let content = event.pdu.content_value();
-                if let Some(id) = content.get("url").and_then(JsonValue::as_str).and_then(|u| self.media.local_media_id(u)) {
+                if let Some(id) =
+                    content.get("url").and_then(JsonValue::as_str).and_then(|u| self.media.local_media_id(u))
+                {
                     ids.insert(id.to_owned());
                 }
             }

@@ -744,7 +744,10 @@ impl Media {
     /// Every local media item passing `keep`, by media ID (for admins: listing a user's
     /// uploads, statistics, sweeps). There is no index by uploader, so this reads the whole
     /// table; admin calls are rare.
-    pub fn records_where(&self, keep: impl Fn(&str, &MediaRecord) -> bool) -> Result<Vec<(String, MediaRecord)>> {
+    pub fn records_where(
+        &self,
+        keep: impl Fn(&str, &MediaRecord) -> bool,
+    ) -> Result<Vec<(String, MediaRecord)>> {
         let mut found = Vec::new();
         for row in self.core.media.scan(crate::storage::kv::KeyRange::all(), Direction::Forward)? {
             let (id, record) = row?;

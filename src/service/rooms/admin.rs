@@ -275,7 +275,8 @@ impl RoomAdmin {
         let creator = create.as_ref().map(|(sender, _)| json!(sender)).unwrap_or(JsonValue::Null);
         let create_content = create.map(|(_, c)| c).unwrap_or_default();
         let federatable = create_content.get("m.federate").and_then(JsonValue::as_bool).unwrap_or(true);
-        let room_type = create_content.get("type").filter(|t| t.is_string()).cloned().unwrap_or(JsonValue::Null);
+        let room_type =
+            create_content.get("type").filter(|t| t.is_string()).cloned().unwrap_or(JsonValue::Null);
         let mut json = JsonMap::new();
         json.insert("room_id".to_owned(), json!(room_id));
         json.insert("name".to_owned(), field(StateEventType::RoomName, "name")?);
@@ -325,13 +326,16 @@ impl RoomAdmin {
             if query.public_rooms.is_some_and(|public| entry.get("public").as_bool() != Some(public)) {
                 continue;
             }
-            if query.empty_rooms.is_some_and(|empty| (entry.get("joined_members").as_u64() == Some(0)) != empty)
+            if query
+                .empty_rooms
+                .is_some_and(|empty| (entry.get("joined_members").as_u64() == Some(0)) != empty)
             {
                 continue;
             }
             entries.push(entry);
         }
-        let descending = matches!(order, "joined_members" | "joined_local_members" | "state_events" | "version");
+        let descending =
+            matches!(order, "joined_members" | "joined_local_members" | "state_events" | "version");
         entries.sort_by(|a, b| {
             let mut by = compare_json(a.get(order), b.get(order));
             if descending {
@@ -496,16 +500,20 @@ impl RoomAdmin {
     }
 
     fn join_rule(&self, room_id: &RoomId) -> Result<Option<String>> {
-        Ok(self
-            .timeline
-            .state_event(room_id, &StateEventType::RoomJoinRules, "")?
-            .and_then(|e| e.pdu.content_value().get("join_rule").and_then(JsonValue::as_str).map(str::to_owned)))
+        Ok(self.timeline.state_event(room_id, &StateEventType::RoomJoinRules, "")?.and_then(|e| {
+            e.pdu.content_value().get("join_rule").and_then(JsonValue::as_str).map(str::to_owned)
+        }))
     }
 
     /// `POST /_synapse/admin/v1/join/{roomIdOrAlias}`: make a local user join a room. A
     /// room that is not public needs the calling admin joined with the power to invite:
     /// they invite the user first, as on Synapse.
-    pub async fn join_user(&self, admin: &UserId, room: &RoomOrAliasId, user_id: &UserId) -> Result<OwnedRoomId> {
+    pub async fn join_user(
+        &self,
+        admin: &UserId,
+        room: &RoomOrAliasId,
+        user_id: &UserId,
+    ) -> Result<OwnedRoomId> {
         self.local_user(user_id)?;
         let room_id = self.membership.resolve(room)?;
         self.ensure_room(&room_id)?;
@@ -576,7 +584,12 @@ impl RoomAdmin {
     // ---- deleting rooms ----
 
     /// `DELETE /_synapse/admin/v1/rooms/{roomId}`: delete a room now (see `shutdown`).
-    pub async fn delete_room(&self, admin: &UserId, room_id: &RoomId, options: DeleteOptions) -> Result<ShutdownOutcome> {
+    pub async fn delete_room(
+        &self,
+        admin: &UserId,
+        room_id: &RoomId,
+        options: DeleteOptions,
+    ) -> Result<ShutdownOutcome> {
         self.check_delete(room_id, &options)?;
         self.shutdown(admin, room_id, &options, None).await
     }
@@ -615,12 +628,21 @@ impl RoomAdmin {
             let mut request = create_room::v3::Request::new();
             request.preset = Some(create_room::v3::RoomPreset::PublicChat);
             request.name = Some(options.room_name.clone().unwrap_or_else(|| DEFAULT_ROOM_NAME.to_owned()));
-            request.power_level_content_override =
-                Some(Raw::new(&json!({ "users_default": -10 })).map_err(|e| Error::internal(e.to_string()))?.cast_unchecked());
+            request.power_level_content_override = Some(
+                Raw::new(&json!({ "users_default": -10 }))
+                    .map_err(|e| Error::internal(e.to_string()))?
+                    .cast_unchecked(),
+            );
             let new_room = self.creation.create_room(owner, request).await?;
             let message = options.message.clone().unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
             self.actions
-                .send_message(owner, &new_room, "m.room.message", json!({"msgtype": "m.text", "body": message}), None)
+                .send_message(
+                    owner,
+                    &new_room,
+                    "m.room.message",
+                    json!({"msgtype": "m.text", "body": message}),
+                    None,
+                )
                 .await?;
             outcome.new_room_id = Some(new_room);
         }
@@ -650,7 +672,8 @@ impl RoomAdmin {
             self.aliases.move_all(room_id, new_room)?;
         }
         if options.purge {
-            if !options.force_purge && !self.members.members_with(room_id, &MembershipState::Join)?.is_empty() {
+            if !options.force_purge && !self.members.members_with(room_id, &MembershipState::Join)?.is_empty()
+            {
                 return Err(Error::invalid_param("Users are still joined to this room"));
             }
             if let Some(task) = task {
@@ -664,7 +687,12 @@ impl RoomAdmin {
 
     /// `DELETE /_synapse/admin/v2/rooms/{roomId}`: schedule a deletion and answer its ID at
     /// once; the deletion runs as a task whose progress `delete_status` reports.
-    pub fn schedule_delete(self: &Arc<Self>, admin: &UserId, room_id: &RoomId, options: DeleteOptions) -> Result<String> {
+    pub fn schedule_delete(
+        self: &Arc<Self>,
+        admin: &UserId,
+        room_id: &RoomId,
+        options: DeleteOptions,
+    ) -> Result<String> {
         self.check_delete(room_id, &options)?;
         let delete_id = random_string(16);
         {
@@ -672,7 +700,9 @@ impl RoomAdmin {
             for row in self.deletions.scan(KeyRange::all(), Direction::Forward)? {
                 let (_, record) = row?;
                 if record.room_id == room_id && !matches!(record.status.as_str(), "complete" | "failed") {
-                    return Err(Error::invalid_param(format!("History purge already in progress for {room_id}")));
+                    return Err(Error::invalid_param(format!(
+                        "History purge already in progress for {room_id}"
+                    )));
                 }
             }
             let record = RoomDeletionRecord {
@@ -829,7 +859,11 @@ impl RoomAdmin {
 
     /// A report as the admin API shows it (`None` for room and user reports, which are
     /// not event reports).
-    fn report_json(&self, id: u64, record: &crate::storage::tables::ReportRecord) -> Result<Option<JsonValue>> {
+    fn report_json(
+        &self,
+        id: u64,
+        record: &crate::storage::tables::ReportRecord,
+    ) -> Result<Option<JsonValue>> {
         let (Some(room_id), Some(event_id)) = (&record.room_id, &record.event_id) else { return Ok(None) };
         let (mut name, mut alias) = (JsonValue::Null, JsonValue::Null);
         if self.states.room(room_id)?.is_some() {
@@ -898,7 +932,9 @@ impl RoomAdmin {
             None => None,
         };
         json["event_json"] = match event {
-            Some(event) => self.renderer.value(viewer, &event, Rendering { shape: Shape::Federation, fields: None })?,
+            Some(event) => {
+                self.renderer.value(viewer, &event, Rendering { shape: Shape::Federation, fields: None })?
+            }
             None => JsonValue::Null,
         };
         Ok(json)
