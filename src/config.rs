@@ -38,6 +38,10 @@ pub struct Config {
     pub allow_registration: bool,
     /// When set (and registration is allowed), registering requires this token.
     pub registration_token: Option<String>,
+    /// Whether registering requires a registration token: the configured one or one an
+    /// admin made through the admin API (Synapse's key). Setting `registration_token`
+    /// implies it.
+    pub registration_requires_token: bool,
     /// Whether to talk to other Matrix servers. Federation is not implemented yet; the key is
     /// accepted so that configurations stay valid when it lands, and must stay false.
     pub allow_federation: bool,
@@ -140,6 +144,37 @@ pub struct Config {
     /// Email notifications (`kind: "email"` pushers), sent through an SMTP server. Off
     /// unless `smtp.host` is set: then such pushers are refused.
     pub smtp: SmtpConfig,
+    /// Server notices: messages admins send to users through the admin API, from a system
+    /// user into a room per user (Synapse's `server_notices`). Off unless
+    /// `server_notices.system_mxid_localpart` is set.
+    pub server_notices: ServerNoticesConfig,
+}
+
+/// Who sends server notices, and what their rooms are called.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ServerNoticesConfig {
+    /// The localpart of the system user notices come from, e.g. `notices`; unset (the
+    /// default): notices are off and `send_server_notice` answers 400.
+    pub system_mxid_localpart: Option<String>,
+    /// The system user's display name.
+    pub system_mxid_display_name: Option<String>,
+    /// The system user's avatar, an `mxc://` URI.
+    pub system_mxid_avatar_url: Option<String>,
+    /// The name of each user's notices room.
+    pub room_name: String,
+}
+
+impl Default for ServerNoticesConfig {
+    fn default() -> Self {
+        Self {
+            system_mxid_localpart: None,
+            system_mxid_display_name: None,
+            system_mxid_avatar_url: None,
+            // Synapse's default.
+            room_name: "Server Notices".to_owned(),
+        }
+    }
 }
 
 /// The SMTP server email notifications go through, and what the emails say (Synapse's
@@ -260,6 +295,7 @@ impl Default for Config {
             to_device_queue_max_bytes: 32 * 1024 * 1024,
             allow_registration: false,
             registration_token: None,
+            registration_requires_token: false,
             allow_federation: false,
             log: "info".to_owned(),
             well_known: WellKnownConfig::default(),
@@ -303,6 +339,7 @@ impl Default for Config {
             turn_password: None,
             turn_ttl: 24 * 3600,
             smtp: SmtpConfig::default(),
+            server_notices: ServerNoticesConfig::default(),
         }
     }
 }
@@ -314,6 +351,17 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// The server notices user, when notices are on.
+    pub fn server_notices_user(&self) -> Option<ruma::OwnedUserId> {
+        let localpart = self.server_notices.system_mxid_localpart.as_deref()?;
+        crate::matrix::user_id::registrable_user_id(localpart, &self.server_name).ok()
+    }
+
+    /// Whether registering needs a registration token.
+    pub fn registration_needs_token(&self) -> bool {
+        self.registration_requires_token || self.registration_token.is_some()
+    }
+
     /// Load from an optional TOML file (its `[global]` table) and `CONDUIT_*` variables, which
     /// win. A missing file path given explicitly is an error; no path at all means defaults.
     pub fn load(path: Option<&Path>) -> Result<Loaded, String> {
@@ -370,6 +418,21 @@ impl Config {
         }
         if matches!(&self.registration_token, Some(t) if t.is_empty()) {
             return Err("invalid value for key `registration_token`: must not be empty".into());
+        }
+        if let Some(localpart) = &self.server_notices.system_mxid_localpart
+            && crate::matrix::user_id::registrable_user_id(localpart, &self.server_name).is_err()
+        {
+            return Err(format!(
+                "invalid value for key `server_notices.system_mxid_localpart`: `{localpart}` is not \
+                 a valid user ID localpart"
+            ));
+        }
+        if let Some(url) = &self.server_notices.system_mxid_avatar_url
+            && !url.starts_with("mxc://")
+        {
+            return Err("invalid value for key `server_notices.system_mxid_avatar_url`: must be an \
+                        mxc:// URI"
+                .into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(format!("invalid value for key `log`: `{}` is not a log filter", self.log));
@@ -808,6 +871,29 @@ mod tests {
             ("turn_ttl = 0", "turn_ttl"),
         ] {
             let err = Config::from_toml_str(&format!("[global]\n{toml}")).err().unwrap();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn server_notice_keys_are_read_and_checked() {
+        let off = Config::from_toml_str("").unwrap().config;
+        assert_eq!(off.server_notices_user(), None);
+        assert!(!off.registration_needs_token());
+        let on = Config::from_toml_str(
+            "[global]\nregistration_requires_token = true\n[global.server_notices]\nsystem_mxid_localpart = \"notices\"\n\
+             system_mxid_display_name = \"Notices\"",
+        )
+        .unwrap()
+        .config;
+        assert_eq!(on.server_notices_user().unwrap().as_str(), "@notices:localhost");
+        assert_eq!(on.server_notices.room_name, "Server Notices");
+        assert!(on.registration_needs_token());
+        for (toml, key) in [
+            ("system_mxid_localpart = \"Not Valid\"", "system_mxid_localpart"),
+            ("system_mxid_avatar_url = \"https://example.com/a.png\"", "system_mxid_avatar_url"),
+        ] {
+            let err = Config::from_toml_str(&format!("[global.server_notices]\n{toml}")).err().unwrap();
             assert!(err.contains(key), "{toml}: {err}");
         }
     }

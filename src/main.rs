@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, value_parser = parse_age)]
         older_than: std::time::Duration,
     },
+    /// Make an account a server admin (or, with `--revoke`, no longer one). Stop the server
+    /// first; while it runs, admins use the admin API.
+    MakeAdmin {
+        /// The localpart or full user ID.
+        name: String,
+        /// Take the admin flag away instead.
+        #[arg(long)]
+        revoke: bool,
+    },
     /// Set a new password for an account and log out all its devices. Stop the server first.
     ResetPassword {
         /// The localpart or full user ID.
@@ -149,6 +158,14 @@ async fn run(cli: Cli) -> Result<(), String> {
                 server.services().media.purge_older_than(older_than).await.map_err(|e| e.to_string())?;
             server.services().shutdown().map_err(|e| e.to_string())?;
             println!("purged {} media ({} bytes of files freed)", report.media, report.bytes_freed);
+            Ok(())
+        }
+        Command::MakeAdmin { name, revoke } => {
+            let server = Server::build(config).map_err(|e| e.to_string())?;
+            let user_id =
+                server.services().accounts.set_admin_offline(&name, !revoke).map_err(|e| e.to_string())?;
+            server.services().shutdown().map_err(|e| e.to_string())?;
+            println!("{user_id} is {}a server admin", if revoke { "no longer " } else { "" });
             Ok(())
         }
         Command::ResetPassword { name, password_file } => {

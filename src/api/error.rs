@@ -18,11 +18,14 @@ fn status_for(kind: &ErrorKind) -> StatusCode {
         ErrorKind::Forbidden
         | ErrorKind::GuestAccessForbidden
         | ErrorKind::UserDeactivated
+        | ErrorKind::UserSuspended
+        | ErrorKind::CannotLeaveServerNoticeRoom
         | ErrorKind::ThreepidDenied
         | ErrorKind::WrongRoomKeysVersion(_) => StatusCode::FORBIDDEN,
-        ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
-            StatusCode::UNAUTHORIZED
-        }
+        ErrorKind::UnknownToken(_)
+        | ErrorKind::MissingToken
+        | ErrorKind::Unauthorized
+        | ErrorKind::UserLocked => StatusCode::UNAUTHORIZED,
         ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
         // `M_SERVER_NOT_TRUSTED` and the other third-party identifier errors are 400s in
         // the spec (its request-token endpoints); `M_THREEPID_DENIED` alone is a 403.

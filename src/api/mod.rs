@@ -365,15 +365,17 @@ pub fn router(services: AppState) -> Router {
             authenticated_media::get_content_thumbnail,
         )
         .ruma_route(authenticated_media::get_media_preview)
-        // Synapse's admin API (admins only)
-        .route(
-            "/_synapse/admin/v1/users/{user_id}/admin",
-            get(self::admin::users::get_admin).put(self::admin::users::set_admin),
-        )
+        // Synapse's admin API (admins only): users, devices, registration tokens, notices;
+        // rooms, media, event reports and background jobs
+        .merge(self::admin::user_routes())
         .merge(admin_rooms_media_routes())
         // Deprecated endpoints that old bots and scripts still call. ruma has types for
         // `whois` only; the others are plain handlers authenticated by `Authenticated`.
         .ruma_route(admin::get_user_info)
+        .ruma_route(admin::is_user_locked)
+        .ruma_route(admin::lock_user)
+        .ruma_route(admin::is_user_suspended)
+        .ruma_route(admin::suspend_user)
         .client_route("/events", get(client::legacy::get_events))
         .client_route("/events/{event_id}", get(client::legacy::get_event))
         .client_route("/initialSync", get(client::legacy::initial_sync))

@@ -53,6 +53,8 @@ pub struct Client {
     pub ip: String,
     /// The `User-Agent` header, if the client sent a readable one.
     pub user_agent: Option<String>,
+    /// Whether a locked account may make this request: only logging out (as Synapse).
+    pub allow_locked: bool,
 }
 
 /// What each auth scheme proves about the caller, as a type handlers can rely on.
@@ -76,6 +78,9 @@ fn token_error(error: ExtractTokenError) -> Error {
 
 fn user_from_token(services: &Services, token: &str, client: &Client) -> Result<DeviceIdentity> {
     let identity = services.devices.authenticate(token)?;
+    if !client.allow_locked {
+        services.users.ensure_not_locked(&identity.user_id)?;
+    }
     services.devices.touch(&identity, client.ip.clone(), client.user_agent.clone());
     Ok(identity)
 }
@@ -270,7 +275,9 @@ fn client_of(parts: &Parts) -> Client {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip().to_string())
         .unwrap_or_default();
-    Client { ip, user_agent: user_agent(&parts.headers) }
+    let path = parts.uri.path();
+    let allow_locked = path.ends_with("/logout") || path.ends_with("/logout/all");
+    Client { ip, user_agent: user_agent(&parts.headers), allow_locked }
 }
 
 /// Longest user agent kept for a device's last-seen record; longer ones are cut.

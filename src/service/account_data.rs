@@ -184,6 +184,20 @@ impl AccountData {
         Ok(position)
     }
 
+    /// Delete every piece of the user's account data (global and per room, push rules and
+    /// tags included), as deactivation does on Synapse. Nothing is announced: the account
+    /// has no device left to sync.
+    pub fn remove_all(&self, user_id: &UserId) -> Result<()> {
+        let _modifying = self.modify.lock().unwrap_or_else(|p| p.into_inner());
+        let user = user_id.to_owned();
+        let mut batch = WriteBatch::new();
+        self.data.delete_prefix(&mut batch, &user)?;
+        self.changes.delete_prefix(&mut batch, &user)?;
+        self.store.write(batch)?;
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).remove(user_id);
+        Ok(())
+    }
+
     /// Store account data a client sent. Types the server manages through their own
     /// endpoints are refused, as Synapse does.
     pub fn set_by_client(

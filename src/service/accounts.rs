@@ -30,6 +30,7 @@ use super::{
     keys::{CrossSigningUpload, Keys},
     passwords::random_string,
     push::Notifications,
+    registration_tokens::RegistrationTokens,
     sliding_sync::Connections,
     to_device::ToDevice,
     uiaa::{Params, Uiaa, UiaaRequest},
@@ -62,6 +63,8 @@ pub struct Accounts {
     sliding_connections: Arc<Connections>,
     /// Deactivation cancels the account's delayed events.
     delayed_events: Arc<DelayedEvents>,
+    /// Registration tokens, whose uses registrations count.
+    registration_tokens: Arc<RegistrationTokens>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
 }
 
@@ -123,6 +126,7 @@ impl Accounts {
         notifications: Arc<Notifications>,
         sliding_connections: Arc<Connections>,
         delayed_events: Arc<DelayedEvents>,
+        registration_tokens: Arc<RegistrationTokens>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
         Self {
@@ -137,6 +141,7 @@ impl Accounts {
             notifications,
             sliding_connections,
             delayed_events,
+            registration_tokens,
             dehydrated,
         }
     }
@@ -208,7 +213,7 @@ impl Accounts {
     /// `GET /register/m.login.registration_token/validity`.
     pub fn registration_token_valid(&self, token: &str) -> Result<bool> {
         self.ensure_registration_open()?;
-        Ok(self.uiaa.registration_token_valid(token))
+        self.registration_tokens.is_valid(token)
     }
 
     /// The user ID `localpart` would get, if it is valid and free.
@@ -234,7 +239,7 @@ impl Accounts {
     }
 
     fn registration_flows(&self) -> Vec<AuthFlow> {
-        let stage = if self.config.registration_token.is_some() {
+        let stage = if self.config.registration_needs_token() {
             AuthType::RegistrationToken
         } else {
             AuthType::Dummy
@@ -291,6 +296,13 @@ impl Accounts {
             _ => None,
         };
 
+        // The token stage's pending use becomes a completed one in the account's batch; the
+        // token lock is held until it commits, so no other count change is lost.
+        let token = self.uiaa.session_registration_token(&completed.session_id)?;
+        let token_guard = match &token {
+            Some(_) => Some(self.registration_tokens.write_lock()?),
+            None => None,
+        };
         let (user_id, issued, created) = self.write_locked(|guard, batch| {
             // Read under the lock: a retry racing the first completion sees its account.
             let (user_id, created) = match self.uiaa.registered_user(&completed.session_id)? {
@@ -318,6 +330,9 @@ impl Accounts {
                     };
                     self.create_account_in(batch, &user_id, hash, false)?;
                     self.uiaa.set_registered_user_in(batch, &completed.session_id, &user_id)?;
+                    if let (Some(token), Some(token_guard)) = (&token, &token_guard) {
+                        self.registration_tokens.complete_in(token_guard, batch, token)?;
+                    }
                     (user_id, true)
                 }
             };
@@ -336,6 +351,7 @@ impl Accounts {
             };
             Ok((user_id, issued, created))
         })?;
+        drop(token_guard);
         if created {
             tracing::info!(%user_id, "registered account");
         }
@@ -417,11 +433,17 @@ impl Accounts {
         let user_id = resolve_login_user(localpart, &self.config.server_name)
             .filter(|u| self.users.get(u).ok().flatten().is_some_and(|r| !r.deactivated))
             .ok_or_else(|| Error::not_found("No such active user"))?;
-        let hash = self.users.hash_password(password).await?;
-        self.write_locked(|guard, batch| {
-            self.users.set_password_hash_in(batch, &user_id, hash)?;
-            self.devices.remove_all_in(guard, batch, &user_id, None)
-        })?;
+        // Devices go with their keys, pushers and messages, as on every other path.
+        self.set_password_by_admin(&user_id, password, true).await?;
+        Ok(user_id)
+    }
+
+    /// Grant or revoke the admin flag from the command line.
+    pub fn set_admin_offline(&self, name: &str, admin: bool) -> Result<OwnedUserId> {
+        let user_id = resolve_login_user(name, &self.config.server_name)
+            .filter(|u| self.users.get(u).ok().flatten().is_some())
+            .ok_or_else(|| Error::not_found("No such user"))?;
+        self.update_by_admin(&user_id, |r| r.admin = admin)?;
         Ok(user_id)
     }
 
@@ -460,8 +482,15 @@ impl Accounts {
         let issued = self.write_locked(|guard, batch| {
             // A deactivation or password change may have committed while the hash was checked.
             let current = self.users.get(&user_id)?;
-            if !current.is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash)) {
+            if !current
+                .as_ref()
+                .is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash))
+            {
                 return Err(invalid());
+            }
+            // Only with the right password does a caller learn that the account is locked.
+            if current.is_some_and(|u| u.locked) {
+                return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
             }
             self.devices.create_session_in(
                 guard,
@@ -557,18 +586,129 @@ impl Accounts {
     ) -> Result<deactivate::v3::Response> {
         let params = json!({ "erase": req.erase, "id_server": req.id_server });
         self.reauthenticate(who, context, params, req.auth.as_ref()).await?;
-        let removed = self.write_locked(|guard, batch| {
-            self.users.deactivate_in(batch, &who.user_id, req.erase)?;
-            // Nobody can ever restore these keys: the account cannot log in again.
-            self.key_backup.remove_user_in(batch, &who.user_id)?;
-            self.remove_devices_in(guard, batch, &who.user_id, None, None)
-        })?;
-        self.devices_removed(&who.user_id, removed)?;
-        // Nothing is sent in a deactivated account's name any more (Synapse cancels them too).
-        self.delayed_events.cancel_all_for_user(&who.user_id)?;
-        tracing::info!(user_id = %who.user_id, "deactivated account");
+        self.deactivate_account(&who.user_id, req.erase)?;
         // No third-party identifiers are ever bound here, so there is nothing to unbind.
         Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success))
+    }
+
+    /// Deactivate an account, by its owner or an admin: its devices (hidden ones too), key
+    /// backup and delayed events go; with `erase`, its profile too.
+    pub fn deactivate_account(&self, user_id: &UserId, erase: bool) -> Result<()> {
+        let removed = self.write_locked(|guard, batch| {
+            self.users.deactivate_in(batch, user_id, erase)?;
+            // Nobody can ever restore these keys: the account cannot log in again.
+            self.key_backup.remove_user_in(batch, user_id)?;
+            self.remove_devices_in(guard, batch, user_id, None, None)
+        })?;
+        self.devices_removed(user_id, removed)?;
+        // Nothing is sent in a deactivated account's name any more (Synapse cancels them too).
+        self.delayed_events.cancel_all_for_user(user_id)?;
+        tracing::info!(%user_id, erase, "deactivated account");
+        Ok(())
+    }
+
+    /// Admin API: a local account's record, or 404.
+    pub fn local_account(&self, user_id: &UserId, what: &str) -> Result<crate::storage::tables::UserRecord> {
+        if user_id.server_name() != self.config.server_name {
+            return Err(Error::invalid_param(format!("Can only {what} local users")));
+        }
+        self.users.get(user_id)?.ok_or_else(|| Error::not_found("User not found"))
+    }
+
+    /// Admin API: create an account with the name an admin chose (registration policy does
+    /// not apply). Without a password it cannot log in until one is set.
+    pub async fn create_by_admin(
+        &self,
+        user_id: &UserId,
+        password: Option<&str>,
+        admin: bool,
+        displayname: Option<String>,
+        user_type: Option<String>,
+    ) -> Result<()> {
+        if user_id.server_name() != self.config.server_name {
+            return Err(Error::invalid_param("This endpoint can only be used with local users"));
+        }
+        self.registrable(user_id.localpart())?;
+        let hash = match password {
+            Some(password) => {
+                check_password_len(password)?;
+                Some(self.users.hash_password(password).await?)
+            }
+            None => None,
+        };
+        self.write_locked(|_, batch| {
+            if self.users.exists(user_id)? {
+                return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
+            }
+            let displayname = displayname.or_else(|| Some(user_id.localpart().to_owned()));
+            self.users.create_in(batch, user_id, hash, admin, displayname)?;
+            Ok(())
+        })?;
+        if user_type.is_some() {
+            self.update_by_admin(user_id, |r| r.user_type = user_type)?;
+        }
+        tracing::info!(%user_id, "account created by an admin");
+        Ok(())
+    }
+
+    /// Admin API: set a user's password; with `logout_devices`, every device goes (hidden
+    /// ones too).
+    pub async fn set_password_by_admin(
+        &self,
+        user_id: &UserId,
+        password: &str,
+        logout_devices: bool,
+    ) -> Result<()> {
+        check_password_len(password)?;
+        let hash = self.users.hash_password(password).await?;
+        let removed = self.write_locked(|guard, batch| {
+            self.users.set_password_hash_in(batch, user_id, hash)?;
+            if logout_devices {
+                return self.remove_devices_in(guard, batch, user_id, None, None);
+            }
+            Ok(false)
+        })?;
+        self.devices_removed(user_id, removed)
+    }
+
+    /// Admin API: change an account's flags (admin, locked, suspended, shadow-banned, user
+    /// type, reactivation).
+    pub fn update_by_admin(
+        &self,
+        user_id: &UserId,
+        change: impl FnOnce(&mut crate::storage::tables::UserRecord),
+    ) -> Result<crate::storage::tables::UserRecord> {
+        self.write_locked(|_, batch| self.users.update_in(batch, user_id, change))
+    }
+
+    /// Admin API "login as": a token for a new hidden device of `user_id` (left out of the
+    /// user's device list, as Synapse's puppet tokens belong to no device of theirs), valid
+    /// until `valid_until_ms` if given.
+    pub fn login_as(&self, actor: &UserId, user_id: &UserId, valid_until_ms: Option<u64>) -> Result<String> {
+        if user_id.server_name() != self.config.server_name {
+            return Err(Error::invalid_param("Only local users can be logged in as"));
+        }
+        let record = self.users.get(user_id)?.ok_or_else(|| Error::not_found("User not found"))?;
+        if actor == user_id {
+            return Err(Error::invalid_param("Cannot use admin API to login as self"));
+        }
+        if record.deactivated {
+            return Err(Error::invalid_param("Cannot log in as a deactivated user"));
+        }
+        let issued = self.write_locked(|guard, batch| {
+            self.devices.create_hidden_session_in(guard, batch, user_id, valid_until_ms)
+        })?;
+        tracing::info!(%actor, %user_id, device_id = %issued.device_id, "admin logged in as user");
+        Ok(issued.access_token)
+    }
+
+    /// Admin API: remove devices of a user without re-authentication. Unknown IDs are
+    /// skipped.
+    pub fn delete_devices_by_admin(&self, user_id: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+        let removed = self.write_locked(|guard, batch| {
+            self.remove_devices_in(guard, batch, user_id, Some(device_ids), None)
+        })?;
+        self.devices_removed(user_id, removed)
     }
 
     /// `DELETE /devices/{id}` and `POST /delete_devices`: after password re-authentication,
@@ -662,7 +802,7 @@ impl Accounts {
         }
         let mut response = get_user_info::v3::Response::new();
         response.user_id = Some(target.to_owned());
-        for device in self.devices.list(target)? {
+        for device in self.devices.list_visible(target)? {
             let mut session = SessionInfo::new();
             if device.last_seen_ip.is_some() || device.last_seen_ms.is_some() {
                 let mut connection = ConnectionInfo::new();

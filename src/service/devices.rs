@@ -49,6 +49,8 @@ pub struct DeviceView {
     pub last_seen_ip: Option<String>,
     pub last_seen_ms: Option<u64>,
     pub last_seen_user_agent: Option<String>,
+    /// An admin's "login as" session, which the user's own device list leaves out.
+    pub hidden: bool,
 }
 
 /// A device's last sighting held in memory until the next flush.
@@ -225,6 +227,7 @@ impl Devices {
                 last_seen_user_agent: None,
                 access_token: None,
                 refresh_token: None,
+                hidden: false,
             },
         };
         let issued = self.issue_tokens_in(batch, &key, &mut record, refreshable)?;
@@ -256,8 +259,43 @@ impl Devices {
             last_seen_user_agent: None,
             access_token: None,
             refresh_token: None,
+            hidden: false,
         };
         Ok(self.devices.put(batch, &key, &record)?)
+    }
+
+    /// Queue a hidden device for an admin acting as `user_id` ("login as", as Synapse's
+    /// puppet tokens): a new device ID, left out of the user's device list, whose access
+    /// token expires at `valid_until_ms` if given.
+    pub fn create_hidden_session_in(
+        &self,
+        _proof: &WriteGuard<'_>,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        valid_until_ms: Option<u64>,
+    ) -> Result<IssuedTokens> {
+        let key = (user_id.to_owned(), new_device_id());
+        let mut record = DeviceRecord {
+            display_name: None,
+            created_ms: self.clock.now_ms(),
+            last_seen_ip: None,
+            last_seen_ms: None,
+            last_seen_user_agent: None,
+            access_token: None,
+            refresh_token: None,
+            hidden: true,
+        };
+        let access_token = new_token();
+        let access_hash = hash_token(&access_token);
+        let token_record = AccessTokenRecord {
+            user_id: key.0.clone(),
+            device_id: key.1.clone(),
+            expires_ms: valid_until_ms,
+        };
+        self.access_tokens.put(batch, &access_hash, &token_record)?;
+        record.access_token = Some(access_hash);
+        self.devices.put(batch, &key, &record)?;
+        Ok(IssuedTokens { device_id: key.1, access_token, refresh_token: None, expires_in: None })
     }
 
     fn issue_tokens_in(
@@ -364,10 +402,17 @@ impl Devices {
             last_seen_ip,
             last_seen_ms,
             last_seen_user_agent,
+            hidden: record.hidden,
         }
     }
 
-    /// All devices of a user, in device-id order.
+    /// The devices a user sees as theirs, in device-id order: all but admins' hidden
+    /// "login as" sessions.
+    pub fn list_visible(&self, user_id: &UserId) -> Result<Vec<DeviceView>> {
+        Ok(self.list(user_id)?.into_iter().filter(|d| !d.hidden).collect())
+    }
+
+    /// All devices of a user, hidden ones included, in device-id order.
     pub fn list(&self, user_id: &UserId) -> Result<Vec<DeviceView>> {
         self.devices
             .scan_prefix(&user_id.to_owned(), Direction::Forward)?

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod admin;
 pub mod cache;
 pub mod clock;
 pub mod context;
@@ -21,6 +22,7 @@ pub mod passwords;
 pub mod presence;
 pub mod push;
 pub mod push_gateway;
+pub mod registration_tokens;
 pub mod rooms;
 pub mod server_keys;
 pub mod sliding_sync;
@@ -94,6 +96,9 @@ pub struct Services {
     pub blocked_rooms: Arc<rooms::blocked::BlockedRooms>,
     pub room_admin: Arc<rooms::admin::RoomAdmin>,
     pub media_admin: Arc<media::admin::MediaAdmin>,
+    pub registration_tokens: Arc<registration_tokens::RegistrationTokens>,
+    /// The admin API's user flows and server notices, at the top of the graph.
+    pub admin: Arc<admin::Admin>,
     store: Arc<dyn KvStore>,
 }
 
@@ -130,11 +135,16 @@ impl Services {
         )?);
         let openid = Arc::new(openid::OpenId::new(&store, Arc::clone(&users), Arc::clone(&clock)));
         let turn = Arc::new(voip::Turn::new(&config, Arc::clone(&clock)));
+        let registration_tokens = Arc::new(registration_tokens::RegistrationTokens::new(
+            &store,
+            Arc::clone(&clock),
+            config.registration_token.clone(),
+        ));
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
             Arc::clone(&clock),
-            config.registration_token.clone(),
+            Arc::clone(&registration_tokens),
             config.uiaa_session_lifetime_secs,
         ));
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
@@ -189,6 +199,7 @@ impl Services {
             Arc::clone(&notifications),
             Arc::clone(&sliding_connections),
             Arc::clone(&delayed_events),
+            Arc::clone(&registration_tokens),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -335,6 +346,7 @@ impl Services {
             Arc::clone(&users),
             Arc::clone(&aliases),
             Arc::clone(&blocked_rooms),
+            config.server_notices_user(),
         ));
         let room_actions = Arc::new(rooms::actions::RoomActions::new(
             Arc::clone(&timeline),
@@ -345,6 +357,7 @@ impl Services {
             Arc::clone(&aliases),
             Arc::clone(&directory),
             Arc::clone(&reports),
+            Arc::clone(&users),
         ));
         let delayed_actions = Arc::new(rooms::delayed::DelayedActions::new(
             Arc::clone(&delayed_events),
@@ -419,6 +432,19 @@ impl Services {
             Arc::clone(&events),
             Arc::clone(&room_states),
         ));
+        let admin = Arc::new(admin::Admin::new(
+            &store,
+            Arc::clone(&config),
+            Arc::clone(&users),
+            Arc::clone(&devices),
+            Arc::clone(&accounts),
+            Arc::clone(&memberships),
+            Arc::clone(&account_data),
+            Arc::clone(&notifications),
+            Arc::clone(&room_creation),
+            Arc::clone(&membership),
+            Arc::clone(&room_actions),
+        ));
         Ok(Self {
             config,
             users,
@@ -470,6 +496,8 @@ impl Services {
             blocked_rooms,
             room_admin,
             media_admin,
+            registration_tokens,
+            admin,
             store,
         })
     }

@@ -17,7 +17,13 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, value::to_raw_value};
 
-use super::{clock::Clock, context::RequestContext, passwords::random_string, users::Users};
+use super::{
+    clock::Clock,
+    context::RequestContext,
+    passwords::random_string,
+    registration_tokens::{Accepted, RegistrationTokens},
+    users::Users,
+};
 use crate::{
     Error, Result,
     matrix::user_id::resolve_login_user,
@@ -69,16 +75,8 @@ pub struct Uiaa {
     passwords: Mutex<HashMap<String, (String, u64)>>,
     users: Arc<Users>,
     clock: Arc<dyn Clock>,
-    registration_token: Option<String>,
+    registration_tokens: Arc<RegistrationTokens>,
     session_lifetime_ms: u64,
-}
-
-/// Compare secrets in time independent of where, and whether in length, they differ: the
-/// digests compared are always 32 bytes.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use sha2::{Digest as _, Sha256};
-    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Uiaa {
@@ -86,7 +84,7 @@ impl Uiaa {
         store: &Arc<dyn KvStore>,
         users: Arc<Users>,
         clock: Arc<dyn Clock>,
-        registration_token: Option<String>,
+        registration_tokens: Arc<RegistrationTokens>,
         session_lifetime_secs: u64,
     ) -> Self {
         Self {
@@ -94,16 +92,14 @@ impl Uiaa {
             passwords: Mutex::new(HashMap::new()),
             users,
             clock,
-            registration_token,
+            registration_tokens,
             session_lifetime_ms: session_lifetime_secs.saturating_mul(1000),
         }
     }
 
-    /// Whether `token` is the configured registration token.
-    pub fn registration_token_valid(&self, token: &str) -> bool {
-        self.registration_token
-            .as_deref()
-            .is_some_and(|expected| constant_time_eq(expected.as_bytes(), token.as_bytes()))
+    /// The stored registration token whose pending use the session holds, if any.
+    pub fn session_registration_token(&self, session_id: &str) -> Result<Option<String>> {
+        Ok(self.sessions.get(&session_id.to_owned())?.and_then(|r| r.registration_token))
     }
 
     /// Advance authentication with the request's `auth`. `Ok` once a flow is complete;
@@ -145,7 +141,24 @@ impl Uiaa {
                 );
                 return Err(self.challenge(req, &session_id, &record, Some(error)));
             }
-            if let Err(failure) = self.check_stage(req, auth).await? {
+            let outcome = match auth {
+                // A token stage already passed in this session holds its use: it is not
+                // counted again.
+                AuthData::RegistrationToken(_) if record.completed.contains(&stage.to_string()) => Ok(()),
+                AuthData::RegistrationToken(t) => match self.registration_tokens.take_pending(&t.token)? {
+                    Some(Accepted::Stored) => {
+                        record.registration_token = Some(t.token.clone());
+                        Ok(())
+                    }
+                    Some(Accepted::Configured) => Ok(()),
+                    None => Err(StandardErrorBody::new(
+                        ErrorKind::Forbidden,
+                        "Invalid registration token".to_owned(),
+                    )),
+                },
+                _ => self.check_stage(req, auth).await?,
+            };
+            if let Err(failure) = outcome {
                 return Err(self.challenge(req, &session_id, &record, Some(failure)));
             }
             if !record.completed.contains(&stage.to_string()) {
@@ -208,17 +221,21 @@ impl Uiaa {
     /// Delete sessions past their expiry; run periodically. Returns how many went.
     pub fn remove_expired(&self) -> Result<usize> {
         let now = self.clock.now_ms();
-        let expired: Vec<String> = self
+        let expired: Vec<(String, UiaaSessionRecord)> = self
             .sessions
             .scan(crate::storage::kv::KeyRange::all(), crate::storage::Direction::Forward)?
             .filter_map(|row| match row {
-                Ok((id, record)) if record.expires_ms <= now => Some(Ok(id)),
+                Ok((id, record)) if record.expires_ms <= now => Some(Ok((id, record))),
                 Ok(_) => None,
                 Err(e) => Some(Err(e)),
             })
             .collect::<Result<_, _>>()?;
-        for id in &expired {
+        for (id, record) in &expired {
             self.sessions.remove(id)?;
+            // A registration that never finished gives its token's pending use back.
+            if let (Some(token), None) = (&record.registration_token, &record.registered_user) {
+                self.registration_tokens.release(token)?;
+            }
         }
         self.passwords.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (_, expires)| *expires > now);
         Ok(expired.len())
@@ -234,6 +251,7 @@ impl Uiaa {
             completed: Vec::new(),
             expires_ms: now + self.session_lifetime_ms,
             registered_user: None,
+            registration_token: None,
         };
         self.sessions.insert(&id, &record)?;
         Ok((id, record))
@@ -265,13 +283,6 @@ impl Uiaa {
         let forbidden = |msg: &str| Ok(Err(StandardErrorBody::new(ErrorKind::Forbidden, msg.to_owned())));
         match auth {
             AuthData::Dummy(_) => Ok(Ok(())),
-            AuthData::RegistrationToken(t) => {
-                if self.registration_token_valid(&t.token) {
-                    Ok(Ok(()))
-                } else {
-                    forbidden("Invalid registration token")
-                }
-            }
             AuthData::Password(p) => {
                 let Some(user) = req.user else {
                     return forbidden("Password authentication needs an authenticated user");

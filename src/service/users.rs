@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedMxcUri, OwnedUserId, UserId};
+use ruma::{OwnedMxcUri, OwnedUserId, UserId, api::error::ErrorKind};
 
 use super::{clock::Clock, passwords::Passwords};
 use crate::{
@@ -59,7 +59,17 @@ impl Users {
         admin: bool,
         displayname: Option<String>,
     ) -> Result<()> {
-        let record = UserRecord { password_hash, created_ms: self.clock.now_ms(), deactivated: false, admin };
+        let record = UserRecord {
+            password_hash,
+            created_ms: self.clock.now_ms(),
+            deactivated: false,
+            admin,
+            locked: false,
+            suspended: false,
+            shadow_banned: false,
+            erased: false,
+            user_type: None,
+        };
         self.users.put(batch, &user_id.to_owned(), &record)?;
         let profile = ProfileRecord { displayname, avatar_url: None };
         self.profiles.put(batch, &user_id.to_owned(), &profile)?;
@@ -95,16 +105,70 @@ impl Users {
     }
 
     /// Queue deactivation: the password is dropped and the record kept so the name stays taken.
-    /// With `erase`, the profile is cleared too.
+    /// With `erase`, the profile is cleared too and the account marked erased.
     pub fn deactivate_in(&self, batch: &mut WriteBatch, user_id: &UserId, erase: bool) -> Result<()> {
         let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
         record.deactivated = true;
         record.password_hash = None;
+        // A deactivated account is neither locked nor suspended: it is gone (Synapse refuses
+        // both at once).
+        record.locked = false;
+        record.erased |= erase;
         self.users.put(batch, &user_id.to_owned(), &record)?;
         if erase {
             self.profiles.put(batch, &user_id.to_owned(), &ProfileRecord::default())?;
         }
         Ok(())
+    }
+
+    /// Queue a change to an account's record (the admin API's flags). Fails if the account
+    /// does not exist.
+    pub fn update_in(
+        &self,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<UserRecord> {
+        let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("User not found"))?;
+        change(&mut record);
+        self.users.put(batch, &user_id.to_owned(), &record)?;
+        Ok(record)
+    }
+
+    /// Every account ever created, in user ID order.
+    pub fn all(&self) -> Result<Vec<(OwnedUserId, UserRecord)>> {
+        Ok(self.users.scan(KeyRange::all(), Direction::Forward)?.collect::<Result<_, _>>()?)
+    }
+
+    /// The stored profile of any account, deactivated ones included (the admin API's view).
+    pub fn stored_profile(&self, user_id: &UserId) -> Result<ProfileRecord> {
+        Ok(self.profiles.get(&user_id.to_owned())?.unwrap_or_default())
+    }
+
+    /// Refuse a request of a locked account (`M_USER_LOCKED`, a soft logout: the client
+    /// keeps its session for when the account is unlocked).
+    pub fn ensure_not_locked(&self, user_id: &UserId) -> Result<()> {
+        if self.get(user_id)?.is_some_and(|u| u.locked) {
+            return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
+        }
+        Ok(())
+    }
+
+    /// Refuse an action a suspended account may not take (MSC3823: `M_USER_SUSPENDED`).
+    pub fn ensure_not_suspended(&self, user_id: &UserId, action: &str) -> Result<()> {
+        if self.get(user_id)?.is_some_and(|u| u.suspended) {
+            return Err(Error::new(
+                ErrorKind::UserSuspended,
+                format!("{action} while account is suspended is not allowed."),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the account is shadow-banned: what it sends, invites and creates seems to
+    /// succeed and reaches nobody.
+    pub fn is_shadow_banned(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.get(user_id)?.is_some_and(|u| u.shadow_banned))
     }
 
     /// The profile of a live local account; `None` for unknown or deactivated users.

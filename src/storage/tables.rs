@@ -196,6 +196,10 @@ catalogue! {
     /// Room deletions asked for through the admin API (`DELETE /_synapse/admin/v2/rooms`),
     /// by delete ID: what was asked, how far it got and what it did.
     ROOM_DELETIONS = "room_deletions", key "delete_id": String => RoomDeletionRecord, version 1;
+    /// Registration tokens the admin API made, with their use counts and expiry.
+    REGISTRATION_TOKENS = "registration_tokens", key "token": String => RegistrationTokenRecord, version 1;
+    /// Each user's server notices room, made on their first notice.
+    SERVER_NOTICE_ROOMS = "server_notice_rooms", key "user_id": OwnedUserId => OwnedRoomId, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -313,6 +317,23 @@ pub struct UserRecord {
     pub deactivated: bool,
     #[serde(default)]
     pub admin: bool,
+    /// Locked by an admin: every request with the account's tokens is refused (soft logout)
+    /// until unlocked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub locked: bool,
+    /// Suspended by an admin (MSC3823): the account may read and leave, not act.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspended: bool,
+    /// Shadow-banned by an admin: sends, invites and room creation seem to succeed and do
+    /// nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shadow_banned: bool,
+    /// Deactivated with erasure: the profile was cleared.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
+    /// Synapse's user type (`bot`, `support`), set by an admin; `None` for ordinary users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_type: Option<String>,
 }
 
 /// Profile fields shown to other users.
@@ -336,6 +357,10 @@ pub struct DeviceRecord {
     pub access_token: Option<TokenHash>,
     /// The device's one live refresh token, if it logged in with refresh tokens.
     pub refresh_token: Option<TokenHash>,
+    /// A session an admin opened as the user ("login as"): not listed among the user's own
+    /// devices.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
 }
 
 /// What an access token proves.
@@ -371,6 +396,10 @@ pub struct UiaaSessionRecord {
     /// Registration: the account the session created once complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_user: Option<OwnedUserId>,
+    /// Registration: the stored registration token the session's token stage used, counted
+    /// as a pending use of it until the session registers or expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_token: Option<String>,
 }
 
 /// An ed25519 signing key pair of this server.
@@ -646,6 +675,20 @@ pub struct UrlPreviewRecord {
 pub struct OpenIdTokenRecord {
     pub user_id: OwnedUserId,
     pub expires_ms: u64,
+}
+
+/// A registration token: how often it may be used, how often it is being and has been used,
+/// and until when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationTokenRecord {
+    /// `None`: any number of times.
+    pub uses_allowed: Option<u64>,
+    /// Registrations that passed the token stage and have not finished (or expired) yet.
+    pub pending: u64,
+    /// Registrations completed with it.
+    pub completed: u64,
+    /// Milliseconds since the epoch after which it is refused; `None`: never.
+    pub expiry_time: Option<u64>,
 }
 
 #[cfg(test)]

@@ -102,6 +102,37 @@ async fn create_user_and_reset_password_work_offline_and_refuse_while_serving() 
 }
 
 #[tokio::test]
+async fn make_admin_grants_and_revokes_the_flag_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let pw = dir.path().join("pw");
+    std::fs::write(
+        &pw,
+        "a-password-1
+",
+    )
+    .unwrap();
+    let (ok, text) = run(conduit(&db).args(["create-user", "ops", "--password-file"]).arg(&pw));
+    assert!(ok, "{text}");
+    let (ok, text) = run(conduit(&db).args(["make-admin", "ops"]));
+    assert!(ok && text.contains("@ops:localhost is a server admin"), "{text}");
+    let (ok, text) = run(conduit(&db).args(["make-admin", "ghost"]));
+    assert!(!ok && text.contains("No such"), "{text}");
+
+    let s = TestServer::boot(test_config(dir.path()), dir).await;
+    let ops = s.login("ops", "a-password-1", None).await;
+    let (status, body) = s.get("/_synapse/admin/v2/users/@ops:localhost", Some(&ops.token)).await;
+    assert_eq!((status, &body["admin"]), (StatusCode::OK, &serde_json::json!(true)), "{body}");
+    let dir = s.stop().await;
+
+    let (ok, text) = run(conduit(&db).args(["make-admin", "@ops:localhost", "--revoke"]));
+    assert!(ok && text.contains("no longer"), "{text}");
+    let s = TestServer::boot(test_config(dir.path()), dir).await;
+    let (status, _) = s.get("/_synapse/admin/v2/users/@ops:localhost", Some(&ops.token)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
 async fn sigterm_finishes_cleanly_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");

@@ -3,6 +3,7 @@
 
 mod account;
 mod admin_rooms;
+mod admin_users;
 mod architecture;
 mod backup;
 mod cli;

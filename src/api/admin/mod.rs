@@ -5,19 +5,24 @@
 
 pub mod jobs;
 pub mod media;
+pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
+pub mod server_notices;
 pub mod users;
 
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
+    Json, Router,
     extract::{FromRequestParts, RawQuery},
     http::request::Parts,
+    routing::{get, post, put},
 };
 use ruma::{OwnedRoomId, OwnedUserId};
+use serde_json::{Map as JsonMap, Value as JsonValue, json};
 
-use super::ruma::Authenticated;
+use super::{AppState, ruma::Authenticated};
 use crate::{Error, Result, service::Services};
 
 /// The query parameters of an admin request, read with Matrix errors for bad values.
@@ -96,6 +101,78 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(
     let bytes = super::ruma::limited_body(services, body).await?;
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
     serde_json::from_slice(bytes).map_err(|e| Error::bad_json(format!("Invalid JSON body: {e}")))
+}
+
+/// The admin API's user, device, registration token and server notice routes.
+pub fn user_routes() -> Router<AppState> {
+    const V1: &str = "/_synapse/admin/v1";
+    const V2: &str = "/_synapse/admin/v2";
+    Router::new()
+        .route(&format!("{V1}/server_version"), get(server_version))
+        .route(&format!("{V1}/users/{{user_id}}/admin"), get(users::get_admin).put(users::set_admin))
+        .route(&format!("{V2}/users"), get(users::list_users_v2))
+        .route("/_synapse/admin/v3/users", get(users::list_users_v3))
+        .route(&format!("{V2}/users/{{user_id}}"), get(users::get_user).put(users::put_user))
+        .route(&format!("{V1}/deactivate/{{user_id}}"), post(users::deactivate))
+        .route(&format!("{V1}/reset_password/{{user_id}}"), post(users::reset_password))
+        .route(&format!("{V1}/whois/{{user_id}}"), get(users::whois))
+        .route(&format!("{V1}/users/{{user_id}}/login"), post(users::login_as))
+        .route(&format!("{V1}/users/{{user_id}}/joined_rooms"), get(users::joined_rooms))
+        .route(&format!("{V1}/users/{{user_id}}/memberships"), get(users::memberships))
+        .route(&format!("{V1}/users/{{user_id}}/pushers"), get(users::pushers))
+        .route(&format!("{V1}/users/{{user_id}}/accountdata"), get(users::account_data))
+        .route(&format!("{V1}/username_available"), get(users::username_available))
+        .route(
+            &format!("{V1}/users/{{user_id}}/shadow_ban"),
+            post(users::shadow_ban).delete(users::unshadow_ban),
+        )
+        .route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
+        .route(&format!("{V2}/users/{{user_id}}/devices"), get(users::devices))
+        .route(
+            &format!("{V2}/users/{{user_id}}/devices/{{device_id}}"),
+            get(users::get_device).put(users::put_device).delete(users::delete_device),
+        )
+        .route(&format!("{V2}/users/{{user_id}}/delete_devices"), post(users::delete_devices))
+        .route(&format!("{V1}/registration_tokens"), get(registration_tokens::list))
+        .route(&format!("{V1}/registration_tokens/new"), post(registration_tokens::create))
+        .route(
+            &format!("{V1}/registration_tokens/{{token}}"),
+            get(registration_tokens::get)
+                .put(registration_tokens::update)
+                .delete(registration_tokens::delete),
+        )
+        .route(&format!("{V1}/send_server_notice"), post(server_notices::send))
+        .route(&format!("{V1}/send_server_notice/{{txn_id}}"), put(server_notices::send_with_txn))
+}
+
+/// `GET /_synapse/admin/v1/server_version`: which server this is, for admin tools. Like
+/// Synapse's, it needs no authentication (admin tools ask it before logging in).
+pub async fn server_version() -> Json<JsonValue> {
+    Json(json!({ "server_version": concat!("conduit ", env!("CARGO_PKG_VERSION")) }))
+}
+
+/// A request body that must be a JSON object; with `allow_empty`, no body reads as `{}`.
+pub fn json_object(body: &[u8], allow_empty: bool) -> Result<JsonMap<String, JsonValue>> {
+    if allow_empty && body.is_empty() {
+        return Ok(JsonMap::new());
+    }
+    match serde_json::from_slice(body) {
+        Ok(JsonValue::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::bad_json("Content must be a JSON object.")),
+        Err(_) => Err(Error::not_json("Content not JSON.")),
+    }
+}
+
+/// A boolean query parameter, `true` or `false`, as Synapse parses them.
+pub fn bool_param(value: Option<&str>, name: &str) -> Result<Option<bool>> {
+    match value {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(Error::invalid_param(format!(
+            "Boolean query parameter {name:?} must be one of ['true', 'false']"
+        ))),
+    }
 }
 
 /// A server admin calling the admin API.

@@ -24,7 +24,7 @@ pub async fn get_devices(
     services: AppState,
     req: Ruma<get_devices::v3::Request>,
 ) -> Result<get_devices::v3::Response> {
-    let devices = services.devices.list(&req.identity.user_id)?.into_iter().map(to_ruma).collect();
+    let devices = services.devices.list_visible(&req.identity.user_id)?.into_iter().map(to_ruma).collect();
     Ok(get_devices::v3::Response::new(devices))
 }
 

@@ -54,6 +54,7 @@ pub async fn set_display_name(
     req: Ruma<set_display_name::v3::Request>,
 ) -> Result<set_display_name::v3::Response> {
     ensure_self(&req.identity.user_id, &req.body.user_id)?;
+    services.users.ensure_not_suspended(&req.identity.user_id, "Updating profile")?;
     services.users.set_displayname(&req.body.user_id, req.body.displayname)?;
     services.membership.profile_changed(&req.body.user_id).await?;
     Ok(set_display_name::v3::Response::new())
@@ -73,6 +74,7 @@ pub async fn set_avatar_url(
     req: Ruma<set_avatar_url::v3::Request>,
 ) -> Result<set_avatar_url::v3::Response> {
     ensure_self(&req.identity.user_id, &req.body.user_id)?;
+    services.users.ensure_not_suspended(&req.identity.user_id, "Updating profile")?;
     services.users.set_avatar_url(&req.body.user_id, req.body.avatar_url)?;
     services.membership.profile_changed(&req.body.user_id).await?;
     Ok(set_avatar_url::v3::Response::new())

@@ -29,6 +29,7 @@ use crate::{
         pdu::EventTemplate,
         redaction::{self, TargetError},
     },
+    service::{passwords::random_string, users::Users},
     storage::{Direction, tables::ReportRecord},
 };
 
@@ -41,6 +42,15 @@ pub struct RoomActions {
     aliases: Arc<Aliases>,
     directory: Arc<Directory>,
     reports: Arc<Reports>,
+    /// Account standing: suspended and shadow-banned senders.
+    users: Arc<Users>,
+}
+
+/// An event ID for what a shadow-banned user sent: shaped like a real one, naming nothing
+/// (as Synapse answers them).
+pub fn fake_event_id() -> Result<OwnedEventId> {
+    OwnedEventId::try_from(format!("${}", random_string(43)))
+        .map_err(|e| Error::internal(format!("fake event ID: {e}")))
 }
 
 /// A joined member's profile as the room shows it.
@@ -61,8 +71,9 @@ impl RoomActions {
         aliases: Arc<Aliases>,
         directory: Arc<Directory>,
         reports: Arc<Reports>,
+        users: Arc<Users>,
     ) -> Self {
-        Self { timeline, events, states, members, visibility, aliases, directory, reports }
+        Self { timeline, events, states, members, visibility, aliases, directory, reports, users }
     }
 
     /// `PUT /send`: a message event, idempotent per device and transaction ID; or, without
@@ -84,6 +95,13 @@ impl RoomActions {
             return Ok(event_id);
         }
         self.ensure_joined(room_id, sender)?;
+        // A suspended account may still redact (its own events: checked in `redact`).
+        if kind != "m.room.redaction" {
+            self.users.ensure_not_suspended(sender, "Sending messages")?;
+        }
+        if self.users.is_shadow_banned(sender)? {
+            return fake_event_id();
+        }
         let template = client_template(kind, None, content)?;
         self.timeline.send(room_id, sender, template, txn).await
     }
@@ -98,6 +116,12 @@ impl RoomActions {
         state_key: &str,
         content: JsonValue,
     ) -> Result<OwnedEventId> {
+        self.users.ensure_not_suspended(sender, "Sending messages")?;
+        if self.users.is_shadow_banned(sender)? {
+            ensure_object(&content)?;
+            self.ensure_joined(room_id, sender)?;
+            return fake_event_id();
+        }
         self.send_state_from(sender, room_id, kind, state_key, content, None).await
     }
 
@@ -180,6 +204,11 @@ impl RoomActions {
             return Ok(event_id);
         }
         self.ensure_joined(room_id, sender)?;
+        if let Some(event) = self.events.get(target)?
+            && event.pdu.sender != sender
+        {
+            self.users.ensure_not_suspended(sender, "Redacting others' events")?;
+        }
         let content = match reason {
             Some(reason) => json!({ "reason": reason }),
             None => json!({}),

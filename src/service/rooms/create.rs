@@ -75,7 +75,14 @@ impl RoomCreation {
         if !req.invite_3pid.is_empty() {
             return Err(Error::invalid_param("Third-party invites are not supported by this server"));
         }
-        let invitees = self.checked_invitees(sender, &req.invite)?;
+        // Room creation writes events in the sender's name, which a suspended account may
+        // not do (MSC3823).
+        self.users.ensure_not_suspended(sender, "Creating rooms")?;
+        let mut invitees = self.checked_invitees(sender, &req.invite)?;
+        // A shadow-banned creator gets the room without its invites (as Synapse).
+        if self.users.is_shadow_banned(sender)? {
+            invitees.clear();
+        }
         let initial_state = parse_initial_state(&req)?;
 
         // m.room.create content: the caller's extra fields, then what the server decides.

@@ -91,6 +91,9 @@ pub struct MembershipActions {
     users: Arc<Users>,
     aliases: Arc<Aliases>,
     blocked: Arc<BlockedRooms>,
+    /// The server notices user, when notices are on: a room it is in is a server notices
+    /// room, whose invite cannot be rejected (as Synapse).
+    notices_user: Option<ruma::OwnedUserId>,
 }
 
 impl MembershipActions {
@@ -101,8 +104,9 @@ impl MembershipActions {
         users: Arc<Users>,
         aliases: Arc<Aliases>,
         blocked: Arc<BlockedRooms>,
+        notices_user: Option<ruma::OwnedUserId>,
     ) -> Self {
-        Self { server_name, timeline, members, users, aliases, blocked }
+        Self { server_name, timeline, members, users, aliases, blocked, notices_user }
     }
 
     /// The room an ID or alias names. Rooms this server is not in would need federation.
@@ -125,6 +129,7 @@ impl MembershipActions {
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
         self.blocked.ensure_not_blocked(room_id)?;
+        self.users.ensure_not_suspended(user_id, "Joining rooms")?;
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             // The room is unknown here; joining it would need another server.
@@ -241,8 +246,13 @@ impl MembershipActions {
             return Err(Error::not_found(format!("Unknown user {target}")));
         }
         self.blocked.ensure_not_blocked(room_id)?;
+        self.users.ensure_not_suspended(sender, "Sending invites")?;
         let lock = self.timeline.lock_room(room_id).await;
         self.ensure_joined(room_id, sender)?;
+        if self.users.is_shadow_banned(sender)? {
+            // It seems to work; nobody is invited.
+            return super::actions::fake_event_id();
+        }
         match self.members.membership(room_id, target)? {
             Some(MembershipState::Join) => {
                 return Err(Error::forbidden(format!("{target} is already in the room")));
@@ -267,7 +277,17 @@ impl MembershipActions {
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
         let lock = self.timeline.lock_room(room_id).await;
-        match self.members.membership(room_id, user_id)? {
+        let membership = self.members.membership(room_id, user_id)?;
+        if membership == Some(MembershipState::Invite)
+            && let Some(notices) = &self.notices_user
+            && self.members.is_joined(room_id, notices)?
+        {
+            return Err(Error::new(
+                ruma::api::error::ErrorKind::CannotLeaveServerNoticeRoom,
+                "You cannot reject this invite",
+            ));
+        }
+        match membership {
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
             Some(MembershipState::Leave | MembershipState::Ban) => {
                 return self.current_member_event(room_id, user_id);
@@ -337,6 +357,7 @@ impl MembershipActions {
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
         self.blocked.ensure_not_blocked(room_id)?;
+        self.users.ensure_not_suspended(user_id, "Knocking on rooms")?;
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             return Err(Error::not_found("No known servers to knock on this room through"));
