@@ -377,8 +377,10 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
             authenticated_media::get_content_thumbnail,
         )
         .ruma_route(authenticated_media::get_media_preview)
-        // Synapse's admin API (admins only): users, devices, registration tokens, notices
+        // Synapse's admin API (admins only): users, devices, registration tokens, notices;
+        // rooms, media, event reports and background jobs
         .merge(self::admin::user_routes())
+        .merge(admin_rooms_media_routes())
         // Deprecated endpoints that old bots and scripts still call. ruma has types for
         // `whois` only; the others are plain handlers authenticated by `Authenticated`.
         .ruma_route(admin::get_user_info)
@@ -504,6 +506,53 @@ fn method_label(method: &Method) -> HttpMethod {
         Method::PATCH => HttpMethod::PATCH,
         _ => HttpMethod::OTHER,
     }
+}
+
+/// The admin API's rooms, media, event reports and background jobs.
+fn admin_rooms_media_routes() -> Router<AppState> {
+    use self::admin::{jobs, media, reports, rooms};
+    const V1: &str = "/_synapse/admin/v1";
+    const V2: &str = "/_synapse/admin/v2";
+    Router::new()
+        .route(&format!("{V1}/rooms"), get(rooms::list_rooms))
+        .route(&format!("{V1}/rooms/{{room_id}}"), get(rooms::room_details).delete(rooms::delete_room_v1))
+        .route(&format!("{V1}/rooms/{{room_id}}/members"), get(rooms::room_members))
+        .route(&format!("{V1}/rooms/{{room_id}}/state"), get(rooms::room_state))
+        .route(&format!("{V1}/rooms/{{room_id}}/messages"), get(rooms::room_messages))
+        .route(&format!("{V1}/rooms/{{room_id}}/context/{{event_id}}"), get(rooms::room_context))
+        .route(&format!("{V1}/rooms/{{room_id}}/block"), get(rooms::get_block).put(rooms::set_block))
+        .route(&format!("{V1}/rooms/{{room_id}}/make_room_admin"), post(rooms::make_room_admin))
+        .route(
+            &format!("{V1}/rooms/{{room_id}}/forward_extremities"),
+            get(rooms::get_forward_extremities).delete(rooms::delete_forward_extremities),
+        )
+        .route(&format!("{V1}/join/{{room}}"), post(rooms::join_user))
+        .route(&format!("{V2}/rooms/{{room_id}}"), axum::routing::delete(rooms::delete_room_v2))
+        .route(&format!("{V2}/rooms/{{room_id}}/delete_status"), get(rooms::room_delete_status))
+        .route(&format!("{V2}/rooms/delete_status/{{delete_id}}"), get(rooms::delete_status))
+        .route(
+            &format!("{V1}/users/{{user_id}}/media"),
+            get(media::user_media).delete(media::delete_user_media),
+        )
+        .route(&format!("{V1}/room/{{room_id}}/media"), get(media::room_media))
+        .route(&format!("{V1}/room/{{room_id}}/media/quarantine"), post(media::quarantine_room))
+        .route(&format!("{V1}/user/{{user_id}}/media/quarantine"), post(media::quarantine_user))
+        .route(
+            &format!("{V1}/media/{{server_name}}/{{media_id}}"),
+            axum::routing::delete(media::delete_media),
+        )
+        .route(&format!("{V1}/media/{{server_name}}/delete"), post(media::delete_old_media_of))
+        .route(&format!("{V1}/media/delete"), post(media::delete_old_media))
+        .route(&format!("{V1}/media/protect/{{media_id}}"), post(media::protect))
+        .route(&format!("{V1}/media/unprotect/{{media_id}}"), post(media::unprotect))
+        .route(&format!("{V1}/media/quarantine/{{server_name}}/{{media_id}}"), post(media::quarantine))
+        .route(&format!("{V1}/media/unquarantine/{{server_name}}/{{media_id}}"), post(media::unquarantine))
+        .route(&format!("{V1}/purge_media_cache"), post(media::purge_media_cache))
+        .route(&format!("{V1}/statistics/users/media"), get(media::media_statistics))
+        .route(&format!("{V1}/event_reports"), get(reports::list))
+        .route(&format!("{V1}/event_reports/{{report_id}}"), get(reports::get).delete(reports::delete))
+        .route(&format!("{V1}/background_updates/status"), get(jobs::background_updates_status))
+        .route(&format!("{V1}/scheduled_tasks"), get(jobs::scheduled_tasks))
 }
 
 /// CORS as the client-server spec requires for browser clients: any origin, the methods and

@@ -274,6 +274,23 @@ impl AccountData {
         Ok(usage.entry(user_id.to_owned()).or_default())
     }
 
+    /// Queue the removal of what `users` keep for a purged room (tags, read markers, any
+    /// room account data). Their change feeds may still name it; sync skips what is gone.
+    pub fn purge_room_in(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        users: &[OwnedUserId],
+    ) -> Result<()> {
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        for user_id in users {
+            self.data.delete_prefix(batch, &(user_id.clone(), room_key(Some(room_id))))?;
+            // Counted again from the table when next needed.
+            usage.remove(user_id);
+        }
+        Ok(())
+    }
+
     /// Account data changed after `since` up to `upto` (inclusive), each with its latest
     /// content; every piece when `since` is None.
     pub fn changes(&self, user_id: &UserId, since: Option<u64>, upto: u64) -> Result<Vec<AccountDataEntry>> {

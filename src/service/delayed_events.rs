@@ -385,6 +385,25 @@ impl DelayedEvents {
         Ok(count)
     }
 
+    /// Drop every waiting delayed event for a room that is being purged.
+    pub fn cancel_all_for_room(&self, room_id: &RoomId) -> Result<usize> {
+        let in_flight = self.lock();
+        let mut batch = WriteBatch::new();
+        let mut count = 0;
+        for row in self.records.scan(crate::storage::kv::KeyRange::all(), Direction::Forward)? {
+            let (delay_id, record) = row?;
+            if record.room_id == room_id && !in_flight.contains(&delay_id) {
+                self.delete_in(&mut batch, &delay_id, &record);
+                count += 1;
+            }
+        }
+        self.store.write_buffered(batch)?;
+        drop(in_flight);
+        self.store.sync()?;
+        self.changed.notify_one();
+        Ok(count)
+    }
+
     /// A waiting delayed event the caller may act on; `404` otherwise (unknown, being
     /// sent, or another user's), as Synapse answers for all three.
     fn waiting(

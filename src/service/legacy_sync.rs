@@ -225,7 +225,10 @@ impl LegacySync {
                     }
                 }
                 membership @ (MembershipState::Leave | MembershipState::Ban)
-                    if archived && !record.forgotten && record.stream <= upto =>
+                    if archived
+                        && !record.forgotten
+                        && record.stream <= upto
+                        && self.history.room_exists(&room_id)? =>
                 {
                     self.left_snapshot(viewer, &room_id, membership, &record, limit, &ignored)?
                 }

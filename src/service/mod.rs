@@ -97,6 +97,9 @@ pub struct Services {
     /// Email notifications; `None` unless `smtp.host` is configured.
     pub email_notifier: Option<Arc<email_notifier::EmailNotifier>>,
     pub delayed_actions: Arc<rooms::delayed::DelayedActions>,
+    pub blocked_rooms: Arc<rooms::blocked::BlockedRooms>,
+    pub room_admin: Arc<rooms::admin::RoomAdmin>,
+    pub media_admin: Arc<media::admin::MediaAdmin>,
     pub registration_tokens: Arc<registration_tokens::RegistrationTokens>,
     /// The admin API's user flows and server notices, at the top of the graph.
     pub admin: Arc<admin::Admin>,
@@ -345,12 +348,14 @@ impl Services {
             Arc::clone(&aliases),
             Arc::clone(&directory),
         ));
+        let blocked_rooms = Arc::new(rooms::blocked::BlockedRooms::new(&store, Arc::clone(&clock)));
         let membership = Arc::new(rooms::membership::MembershipActions::new(
             config.server_name.clone(),
             Arc::clone(&timeline),
             Arc::clone(&memberships),
             Arc::clone(&users),
             Arc::clone(&aliases),
+            Arc::clone(&blocked_rooms),
             config.server_notices_user(),
         ));
         let room_actions = Arc::new(rooms::actions::RoomActions::new(
@@ -393,6 +398,49 @@ impl Services {
             Arc::clone(&room_states),
             Arc::clone(&events),
             Arc::clone(&visibility),
+        ));
+        let room_purge = Arc::new(rooms::purge::RoomPurge::new(
+            config.server_name.clone(),
+            &store,
+            Arc::clone(&timeline),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&receipts),
+            Arc::clone(&relations),
+            Arc::clone(&search),
+            Arc::clone(&notifications),
+            Arc::clone(&account_data),
+            Arc::clone(&aliases),
+            Arc::clone(&directory),
+            Arc::clone(&delayed_events),
+        ));
+        let room_admin = Arc::new(rooms::admin::RoomAdmin::new(
+            config.server_name.clone(),
+            &store,
+            Arc::clone(&timeline),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&aliases),
+            Arc::clone(&directory),
+            Arc::clone(&history),
+            Arc::clone(&renderer),
+            Arc::clone(&blocked_rooms),
+            Arc::clone(&reports),
+            Arc::clone(&room_creation),
+            Arc::clone(&membership),
+            Arc::clone(&room_actions),
+            room_purge,
+            Arc::clone(&users),
+            Arc::clone(&devices),
+            Arc::clone(&clock),
+        )?);
+        let media_admin = Arc::new(media::admin::MediaAdmin::new(
+            Arc::clone(&media),
+            Arc::clone(&users),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
         ));
         let admin = Arc::new(admin::Admin::new(
             &store,
@@ -457,6 +505,9 @@ impl Services {
             push_gateways,
             email_notifier,
             delayed_actions,
+            blocked_rooms,
+            room_admin,
+            media_admin,
             registration_tokens,
             admin,
             group_sync,

@@ -332,6 +332,25 @@ impl Notifications {
         })
     }
 
+    /// Queue the removal of a purged room's notification rows for each of `users`.
+    pub fn purge_room_in(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        users: &[OwnedUserId],
+    ) -> Result<()> {
+        for user_id in users {
+            self.actions.delete_prefix(batch, &(user_id.clone(), room_id.to_owned()))?;
+            for row in self.notifications.scan_prefix(user_id, Direction::Forward)? {
+                let (key, record) = row?;
+                if record.room_id == room_id {
+                    self.notifications.delete(batch, &key);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The user's notifications, newest first, before position `from`.
     pub fn list(
         &self,

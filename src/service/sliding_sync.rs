@@ -600,6 +600,16 @@ impl SlidingSync {
             );
             return Ok(Some(room));
         }
+        if !self.history.room_exists(room_id)? {
+            // Purged by an admin after the user left: only the leave is left to deliver.
+            let Some(event) = self.events.get(&candidate.record.event_id)? else { return Ok(None) };
+            let rendering = Rendering { shape: Shape::Sync, fields: None };
+            room.timeline =
+                self.renderer.raw_all(viewer, [&event], rendering)?.into_iter().map(Raw::from_json).collect();
+            room.limited = true;
+            room.prev_batch = Some(format!("s{}", candidate.record.stream.saturating_sub(1)));
+            return Ok(Some(room));
+        }
 
         let required_fingerprint = ask.required.fingerprint();
         // How far back the client has the room: nowhere for a room not sent, or sent as an

@@ -657,6 +657,17 @@ impl Sync {
         since: Option<u64>,
         ignored: &HashSet<OwnedUserId>,
     ) -> Result<LeftRoom> {
+        if !self.history.room_exists(room_id)? {
+            // Purged by an admin: all that is left is the user's leave, which the client
+            // still needs to hear of.
+            let mut left = LeftRoom::new();
+            if let Some(event) = self.events.get(&record.event_id)? {
+                let rendering = self.rendering(&request.filter);
+                left.timeline =
+                    timeline(self.renderer.raw_all(viewer, [&event], rendering)?, true, record.stream);
+            }
+            return Ok(left);
+        }
         let user_id = viewer.user_id;
         // A room the user joined after the token and left again is new to the client: it
         // comes whole. Otherwise (left after being joined at the token, an invite declined,

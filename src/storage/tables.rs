@@ -193,6 +193,11 @@ catalogue! {
     EMAIL_SECRETS = "email_secrets", key "name": String => String, version 1;
     /// The audit log, by sequence number: each record's JSON exactly as its hash covers it.
     AUDIT_LOG = "audit_log", key "seq": u64 => String, version 1;
+    /// Rooms an admin blocked: local users may not join, be invited to or knock on them.
+    BLOCKED_ROOMS = "blocked_rooms", key "room_id": OwnedRoomId => BlockedRoomRecord, version 1;
+    /// Room deletions asked for through the admin API (`DELETE /_synapse/admin/v2/rooms`),
+    /// by delete ID: what was asked, how far it got and what it did.
+    ROOM_DELETIONS = "room_deletions", key "delete_id": String => RoomDeletionRecord, version 1;
     /// Registration tokens the admin API made, with their use counts and expiry.
     REGISTRATION_TOKENS = "registration_tokens", key "token": String => RegistrationTokenRecord, version 1;
     /// Each user's server notices room, made on their first notice.
@@ -601,6 +606,36 @@ pub struct MediaRecord {
     /// For images fetched for a URL preview, the URL they came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_url: Option<String>,
+    /// The admin who quarantined it: nobody may download it or its thumbnails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_by: Option<OwnedUserId>,
+    /// Protected by an admin: exempt from quarantine by room or user and from bulk deletion.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
+}
+
+/// A blocked room: who blocked it and when.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BlockedRoomRecord {
+    pub user_id: OwnedUserId,
+    pub blocked_ms: u64,
+}
+
+/// One room deletion: its request, status and outcome.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomDeletionRecord {
+    pub room_id: OwnedRoomId,
+    pub requested_by: OwnedUserId,
+    pub requested_ms: u64,
+    /// `scheduled`, `active`, `complete` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    /// The request's options, as JSON (`block`, `purge`, `force_purge`, `new_room_user_id`,
+    /// `room_name`, `message`).
+    pub options: serde_json::Value,
+    /// What the shutdown did: `kicked_users`, `failed_to_kick_users`, `local_aliases`,
+    /// `new_room_id`.
+    pub outcome: serde_json::Value,
 }
 
 /// A media ID reserved for a later upload.

@@ -2,6 +2,7 @@
 //! RocksDB and speaks HTTP to it.
 
 mod account;
+mod admin_rooms;
 mod admin_users;
 mod architecture;
 mod audit;

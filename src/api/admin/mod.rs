@@ -4,22 +4,105 @@
 //! has no types for these endpoints, so handlers take and answer plain JSON.
 
 pub mod audit;
+pub mod jobs;
+pub mod media;
 pub mod registration_tokens;
+pub mod reports;
+pub mod rooms;
 pub mod server_notices;
 pub mod users;
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::FromRequestParts,
+    extract::{FromRequestParts, RawQuery},
     http::request::Parts,
     routing::{get, post, put},
 };
+use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::{Map as JsonMap, Value as JsonValue, json};
 
 use super::{AppState, ruma::Authenticated};
 use crate::{Error, Result, service::Services};
+
+/// The query parameters of an admin request, read with Matrix errors for bad values.
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn parse(query: RawQuery) -> Self {
+        Self(url::form_urlencoded::parse(query.0.unwrap_or_default().as_bytes()).into_owned().collect())
+    }
+
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    pub fn u64(&self, key: &str) -> Result<Option<u64>> {
+        self.str(key)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    Error::invalid_param(format!("Query parameter {key:?} must be a non-negative integer"))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.str(key) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(Error::invalid_param(format!("Query parameter {key:?} must be true or false"))),
+        }
+    }
+
+    /// `from` (an offset), `limit` (default `default_limit`) and `dir` (`f` or `b`, default
+    /// `f`): whether the listing goes backwards.
+    pub fn paging(&self, default_limit: usize) -> Result<(usize, usize, bool)> {
+        let from = self.offset("from")?.unwrap_or(0);
+        let limit = self.offset("limit")?.unwrap_or(default_limit);
+        let backwards = self.backwards()?.unwrap_or(false);
+        Ok((from, limit, backwards))
+    }
+
+    pub fn backwards(&self) -> Result<Option<bool>> {
+        match self.str("dir") {
+            None => Ok(None),
+            Some("f") => Ok(Some(false)),
+            Some("b") => Ok(Some(true)),
+            Some(_) => Err(Error::invalid_param("Unknown direction: dir must be f or b")),
+        }
+    }
+
+    fn offset(&self, key: &str) -> Result<Option<usize>> {
+        match self.str(key) {
+            None => Ok(None),
+            Some(v) => v.parse::<usize>().map(Some).map_err(|_| {
+                Error::invalid_param(format!("Query parameter {key:?} must be a non-negative integer"))
+            }),
+        }
+    }
+}
+
+pub fn user_id(raw: &str) -> Result<OwnedUserId> {
+    OwnedUserId::try_from(raw).map_err(|e| Error::invalid_param(format!("Invalid user ID: {e}")))
+}
+
+pub fn room_id(raw: &str) -> Result<OwnedRoomId> {
+    OwnedRoomId::try_from(raw).map_err(|e| Error::invalid_param(format!("Invalid room ID: {e}")))
+}
+
+/// A JSON body (or `{}` for an empty one, as Synapse takes it for the endpoints whose
+/// fields are all optional).
+pub async fn json_body<T: serde::de::DeserializeOwned>(
+    services: &Services,
+    body: axum::body::Body,
+) -> Result<T> {
+    let bytes = super::ruma::limited_body(services, body).await?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+    serde_json::from_slice(bytes).map_err(|e| Error::bad_json(format!("Invalid JSON body: {e}")))
+}
 
 /// The admin API's user, device, registration token and server notice routes.
 pub fn user_routes() -> Router<AppState> {

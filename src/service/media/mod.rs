@@ -11,6 +11,7 @@
 //! Remote media (another server's `mxc://`) needs federation, which this server does not do
 //! yet: it answers `M_NOT_FOUND`.
 
+pub mod admin;
 pub mod files;
 pub mod opengraph;
 pub mod preview;
@@ -413,6 +414,8 @@ impl Media {
             created_ms: self.clock.now_ms(),
             frozen: self.settings.legacy_freeze,
             source_url,
+            quarantined_by: None,
+            protected: false,
         }
     }
 
@@ -559,6 +562,10 @@ impl Media {
         let record = self.wait_for_record(media_id, timeout).await?;
         // Frozen media does not exist as far as the legacy endpoints are concerned.
         if access == Access::Legacy && record.frozen {
+            return Err(not_found());
+        }
+        // Quarantined media is gone for everyone, its thumbnails too.
+        if record.quarantined_by.is_some() {
             return Err(not_found());
         }
         Ok(record)
@@ -748,6 +755,90 @@ impl Media {
             Some(age) => self.purge_created_before(self.clock.now_ms().saturating_sub(age)).await,
             None => Ok(PurgeReport::default()),
         }
+    }
+
+    /// Every local media item passing `keep`, by media ID (for admins: listing a user's
+    /// uploads, statistics, sweeps). There is no index by uploader, so this reads the whole
+    /// table; admin calls are rare.
+    pub fn records_where(
+        &self,
+        keep: impl Fn(&str, &MediaRecord) -> bool,
+    ) -> Result<Vec<(String, MediaRecord)>> {
+        let mut found = Vec::new();
+        for row in self.core.media.scan(crate::storage::kv::KeyRange::all(), Direction::Forward)? {
+            let (id, record) = row?;
+            if keep(id.as_str(), &record) {
+                found.push((id, record));
+            }
+        }
+        Ok(found)
+    }
+
+    /// A local media item's record by its `mxc://` parts (for admins: any state).
+    pub fn record_of(&self, server_name: &ServerName, media_id: &str) -> Result<MediaRecord> {
+        let media_id = self.local_id(server_name, media_id)?;
+        self.core.media.get(&media_id.to_owned())?.ok_or_else(not_found)
+    }
+
+    /// The media ID of a local `mxc://` URI, if it is one.
+    pub fn local_media_id<'a>(&self, mxc: &'a str) -> Option<&'a str> {
+        let rest = mxc.strip_prefix("mxc://")?;
+        let (server, id) = rest.split_once('/')?;
+        (server == self.settings.server_name.as_str() && is_valid_media_id(id)).then_some(id)
+    }
+
+    /// Quarantine (`by` set) or release (`by` None) media items; with `spare_protected`,
+    /// protected items are left alone. Returns how many changed.
+    pub fn set_quarantine(&self, ids: &[String], by: Option<&UserId>, spare_protected: bool) -> Result<u64> {
+        let _guard = self.core.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = WriteBatch::new();
+        let mut changed = 0;
+        for id in ids {
+            let Some(mut record) = self.core.media.get(id)? else { continue };
+            if spare_protected && record.protected && by.is_some() {
+                continue;
+            }
+            if record.quarantined_by.as_deref() == by {
+                continue;
+            }
+            record.quarantined_by = by.map(ToOwned::to_owned);
+            self.core.media.put(&mut batch, id, &record)?;
+            changed += 1;
+        }
+        self.core.store.write(batch)?;
+        Ok(changed)
+    }
+
+    /// Protect a media item from quarantine by room or user and from bulk deletion, or lift
+    /// that; `M_NOT_FOUND` for unknown local media.
+    pub fn set_protected(&self, media_id: &str, protected: bool) -> Result<()> {
+        let _guard = self.core.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = media_id.to_owned();
+        let mut record = self.core.media.get(&key)?.ok_or_else(not_found)?;
+        if record.protected != protected {
+            record.protected = protected;
+            self.core.media.insert(&key, &record)?;
+        }
+        Ok(())
+    }
+
+    /// Delete media items (their thumbnails, and files nothing else uses); answers the IDs
+    /// that existed and are gone.
+    pub async fn delete_ids(&self, ids: Vec<String>) -> Result<Vec<String>> {
+        let core = Arc::clone(&self.core);
+        blocking(move || {
+            let mut deleted = Vec::new();
+            for chunk in ids.chunks(PURGE_BATCH) {
+                for id in chunk {
+                    if core.media.contains(id)? {
+                        deleted.push(id.clone());
+                    }
+                }
+                core.delete_media(chunk)?;
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     /// Forget reserved IDs whose time ran out; returns how many.

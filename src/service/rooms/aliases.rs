@@ -86,6 +86,19 @@ impl Aliases {
         self.by_room.scan_prefix(&room_id.to_owned(), Direction::Forward)?.map(|row| Ok(row?.0.1)).collect()
     }
 
+    /// Remove every local alias of a room; answers them.
+    pub fn delete_all(&self, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
+        let _guard = self.writes.lock().unwrap_or_else(|p| p.into_inner());
+        let aliases = self.of_room(room_id)?;
+        let mut batch = WriteBatch::new();
+        for alias in &aliases {
+            self.aliases.delete(&mut batch, alias);
+            self.by_room.delete(&mut batch, &(room_id.to_owned(), alias.clone()));
+        }
+        self.store.write(batch)?;
+        Ok(aliases)
+    }
+
     /// Point every local alias of `from` at `to` (room upgrades).
     pub fn move_all(&self, from: &RoomId, to: &RoomId) -> Result<()> {
         let _guard = self.writes.lock().unwrap_or_else(|p| p.into_inner());

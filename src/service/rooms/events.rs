@@ -277,6 +277,39 @@ impl Events {
         Ok(oldest)
     }
 
+    /// Queue the removal of one event of a purged room: its timeline, stream and timestamp
+    /// rows, and (unless `keep_event`, for the leave a member's client must still be shown)
+    /// the event itself.
+    pub fn purge_event_in(&self, batch: &mut WriteBatch, event: &StoredEvent, keep_event: bool) {
+        let room = event.pdu.room_id.clone();
+        if !keep_event {
+            self.pdus.delete(batch, &event.pdu.event_id);
+        }
+        self.timeline.delete(batch, &(room.clone(), event.stream));
+        self.stream.delete(batch, &event.stream);
+        let ts = u64::from(event.pdu.origin_server_ts.get());
+        self.timestamps.delete(batch, &(room, ts, event.stream));
+    }
+
+    /// Queue the removal of a purged room's own rows (its bump stamp, any timestamp rows
+    /// left).
+    pub fn purge_room_in(&self, batch: &mut WriteBatch, room_id: &RoomId) -> Result<()> {
+        let room = room_id.to_owned();
+        self.bumps.delete(batch, &room);
+        self.timestamps.delete_prefix(batch, &room)?;
+        self.timeline.delete_prefix(batch, &room)?;
+        Ok(())
+    }
+
+    /// A purge was committed: forget what memory holds of the room and its events.
+    pub fn purged(&self, room_id: &RoomId, event_ids: &[OwnedEventId]) {
+        self.lock_last().remove(room_id);
+        lock(&self.bump_positions).remove(room_id);
+        for id in event_ids {
+            self.cache.remove(id);
+        }
+    }
+
     /// The highest position stored in the global stream, for opening the counter.
     pub fn last_stored_position(&self) -> Result<u64> {
         Ok(match self.stream.scan(KeyRange::all(), Direction::Reverse)?.next() {

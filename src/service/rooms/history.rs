@@ -266,6 +266,24 @@ impl History {
         which: &WindowFilter<'_>,
         limit: usize,
     ) -> Result<Window> {
+        self.window_by(room_id, from, stop, direction, which, limit, &|event| {
+            self.visibility.may_see_event(user_id, event)
+        })
+    }
+
+    /// As `window`, with `may_see` deciding which events the reader may see (every one, for
+    /// a server admin).
+    #[allow(clippy::too_many_arguments)]
+    fn window_by(
+        &self,
+        room_id: &RoomId,
+        from: u64,
+        stop: Option<u64>,
+        direction: Direction,
+        which: &WindowFilter<'_>,
+        limit: usize,
+        may_see: &dyn Fn(&StoredEvent) -> Result<bool>,
+    ) -> Result<Window> {
         let budget = limit.saturating_mul(20).saturating_add(200);
         let mut picked = Vec::new();
         let mut examined = 0;
@@ -293,7 +311,7 @@ impl History {
                     return Ok(Window { events: picked, more: true, next });
                 }
                 examined += 1;
-                let wanted = self.admits(which, &event) && self.visibility.may_see_event(user_id, &event)?;
+                let wanted = self.admits(which, &event) && may_see(&event)?;
                 if wanted && picked.len() >= limit {
                     // An event the window leaves out, so `more` is known, not guessed.
                     return Ok(Window { events: picked, more: true, next });
@@ -486,6 +504,92 @@ impl History {
             after: self.renderer.raw_all(viewer, &after.events, Rendering::CLIENT)?,
             state: self.renderer.raw_all(viewer, &state, Rendering::CLIENT)?,
         })
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/messages`: `/messages` for a server admin,
+    /// whatever their membership: every event of the room, paged the same way (the
+    /// client's filter applies; history visibility and ignored users do not).
+    #[allow(clippy::too_many_arguments)]
+    pub fn admin_messages(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        from: Option<u64>,
+        to: Option<u64>,
+        direction: Direction,
+        limit: usize,
+        room_filter: &RoomEventFilter,
+    ) -> Result<MessagesPage> {
+        if self.states.room(room_id)?.is_none() {
+            return Err(Error::not_found("Room not found"));
+        }
+        let limit = limit.clamp(1, MAX_LIMIT);
+        let from = from.unwrap_or(match direction {
+            Direction::Reverse => self.stream.committed(),
+            Direction::Forward => 0,
+        });
+        let ignored = HashSet::new();
+        let which = WindowFilter { filter: room_filter, ignored: &ignored };
+        let window = self.window_by(room_id, from, to, direction, &which, limit, &|_| Ok(true))?;
+        let state = self.lazy_members_for(&window.events, room_filter, viewer)?;
+        let open_ended = direction == Direction::Forward && !window.events.is_empty();
+        Ok(MessagesPage {
+            start: from,
+            end: (window.more || open_ended).then_some(window.next),
+            chunk: self.renderer.raw_all(viewer, &window.events, Rendering::CLIENT)?,
+            state,
+        })
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{roomId}/context/{eventId}`: `/context` for a server
+    /// admin, whatever their membership.
+    pub fn admin_context(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        event_id: &EventId,
+        limit: usize,
+        room_filter: &RoomEventFilter,
+    ) -> Result<ContextPage> {
+        let event = self.event_in(room_id, event_id)?;
+        let limit = limit.min(MAX_LIMIT);
+        let ignored = HashSet::new();
+        let which = WindowFilter { filter: room_filter, ignored: &ignored };
+        let all = |_: &StoredEvent| -> Result<bool> { Ok(true) };
+        let before_limit = limit / 2;
+        let after_limit = limit - before_limit;
+        let before = if before_limit == 0 {
+            Window { events: Vec::new(), more: true, next: event.stream - 1 }
+        } else {
+            self.window_by(room_id, event.stream - 1, None, Direction::Reverse, &which, before_limit, &all)?
+        };
+        let after = if after_limit == 0 {
+            Window { events: Vec::new(), more: true, next: event.stream }
+        } else {
+            let upto = Some(self.stream.committed());
+            self.window_by(room_id, event.stream, upto, Direction::Forward, &which, after_limit, &all)?
+        };
+        let last = after.events.last().unwrap_or(&event);
+        let state_map = self.state_at(room_id, last.stream)?;
+        let mut around: Vec<Arc<StoredEvent>> = before.events.clone();
+        around.push(Arc::clone(&event));
+        around.extend(after.events.iter().cloned());
+        let senders: BTreeSet<OwnedUserId> = around.iter().map(|e| e.pdu.sender.clone()).collect();
+        let state = self.state_events(&state_map, None, room_filter, &senders)?;
+        Ok(ContextPage {
+            start: before.next,
+            end: after.next,
+            before: self.renderer.raw_all(viewer, &before.events, Rendering::CLIENT)?,
+            event: self.renderer.raw(viewer, &event, Rendering::CLIENT)?,
+            after: self.renderer.raw_all(viewer, &after.events, Rendering::CLIENT)?,
+            state: self.renderer.raw_all(viewer, &state, Rendering::CLIENT)?,
+        })
+    }
+
+    /// Whether the room is known here (a purged room is not, though its members may still
+    /// hold a row naming their leave).
+    pub fn room_exists(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.states.room(room_id)?.is_some())
     }
 
     /// `GET /rooms/{roomId}/timestamp_to_event`: the visible event nearest to `ts` in

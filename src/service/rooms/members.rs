@@ -180,6 +180,32 @@ impl Memberships {
         Ok(moves)
     }
 
+    /// Queue the removal of a purged room's membership rows, except the user-side rows of
+    /// `keep` (local users who left, whose clients must still be told). Returns every user
+    /// whose rows changed, to pass to [`Self::committed`] once written.
+    pub fn purge_room_in(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        keep: &std::collections::HashSet<OwnedUserId>,
+    ) -> Result<Vec<OwnedUserId>> {
+        let members = self.members(room_id)?;
+        self.room_members.delete_prefix(batch, &room_id.to_owned())?;
+        for (user_id, _) in &members {
+            if !keep.contains(user_id) {
+                self.user_rooms.delete(batch, &(user_id.clone(), room_id.to_owned()));
+            }
+        }
+        Ok(members.into_iter().map(|(user_id, _)| user_id).collect())
+    }
+
+    /// Remove the user's last row of a purged room (they forgot it).
+    pub fn remove_user_row(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        self.user_rooms.remove(&(user_id.to_owned(), room_id.to_owned()))?;
+        self.committed([user_id]);
+        Ok(())
+    }
+
     /// Mark the room forgotten for the user (only meaningful after they left).
     pub fn forget(&self, room_id: &RoomId, user_id: &UserId, mut record: MembershipRecord) -> Result<()> {
         record.forgotten = true;

@@ -19,6 +19,7 @@ use serde_json::{Map as JsonMap, Value as JsonValue, json};
 
 use super::{
     aliases::Aliases,
+    blocked::BlockedRooms,
     members::Memberships,
     timeline::{RoomLock, Timeline},
 };
@@ -89,6 +90,7 @@ pub struct MembershipActions {
     members: Arc<Memberships>,
     users: Arc<Users>,
     aliases: Arc<Aliases>,
+    blocked: Arc<BlockedRooms>,
     /// The server notices user, when notices are on: a room it is in is a server notices
     /// room, whose invite cannot be rejected (as Synapse).
     notices_user: Option<ruma::OwnedUserId>,
@@ -101,9 +103,10 @@ impl MembershipActions {
         members: Arc<Memberships>,
         users: Arc<Users>,
         aliases: Arc<Aliases>,
+        blocked: Arc<BlockedRooms>,
         notices_user: Option<ruma::OwnedUserId>,
     ) -> Self {
-        Self { server_name, timeline, members, users, aliases, notices_user }
+        Self { server_name, timeline, members, users, aliases, blocked, notices_user }
     }
 
     /// The room an ID or alias names. Rooms this server is not in would need federation.
@@ -125,6 +128,7 @@ impl MembershipActions {
         reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
+        self.blocked.ensure_not_blocked(room_id)?;
         self.users.ensure_not_suspended(user_id, "Joining rooms")?;
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
@@ -241,6 +245,7 @@ impl MembershipActions {
         if !self.users.exists(target)? {
             return Err(Error::not_found(format!("Unknown user {target}")));
         }
+        self.blocked.ensure_not_blocked(room_id)?;
         self.users.ensure_not_suspended(sender, "Sending invites")?;
         let lock = self.timeline.lock_room(room_id).await;
         self.ensure_joined(room_id, sender)?;
@@ -351,6 +356,7 @@ impl MembershipActions {
         reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
+        self.blocked.ensure_not_blocked(room_id)?;
         self.users.ensure_not_suspended(user_id, "Knocking on rooms")?;
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
@@ -398,6 +404,11 @@ impl MembershipActions {
     /// Forget a room the user has left: it stops appearing to them.
     pub fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
         let Some(record) = self.members.get(room_id, user_id)? else { return Ok(()) };
+        if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
+            // A purged room: the row that told the user's clients of the leave was all that
+            // was left of it.
+            return self.members.remove_user_row(room_id, user_id);
+        }
         match MembershipState::from(record.membership.as_str()) {
             MembershipState::Leave | MembershipState::Ban => self.members.forget(room_id, user_id, record),
             _ => Err(Error::new(

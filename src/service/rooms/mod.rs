@@ -4,7 +4,9 @@
 //! (`RoomCreation`, `MembershipActions`, `RoomActions`, `RoomUpgrades`, `Hierarchy`) sit above it.
 
 pub mod actions;
+pub mod admin;
 pub mod aliases;
+pub mod blocked;
 pub mod create;
 pub mod delayed;
 pub mod directory;
@@ -13,6 +15,7 @@ pub mod hierarchy;
 pub mod history;
 pub mod members;
 pub mod membership;
+pub mod purge;
 pub mod receipts;
 pub mod relations;
 pub mod render;

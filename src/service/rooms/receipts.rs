@@ -160,6 +160,19 @@ impl Receipts {
         Ok(())
     }
 
+    /// Queue the removal of a purged room's receipts and receipt feed.
+    pub fn purge_room_in(&self, batch: &mut WriteBatch, room_id: &RoomId) -> Result<()> {
+        let room = room_id.to_owned();
+        self.receipts.delete_prefix(batch, &room)?;
+        self.changes.delete_prefix(batch, &room)?;
+        Ok(())
+    }
+
+    /// A purge was committed: forget the room's receipt position.
+    pub fn purged(&self, room_id: &RoomId) {
+        self.lock_last().remove(room_id);
+    }
+
     /// The position of the room's latest receipt change, 0 if none.
     pub fn last_position(&self, room_id: &RoomId) -> Result<u64> {
         if let Some(known) = self.lock_last().get(room_id) {

@@ -100,6 +100,22 @@ impl Relations {
         Ok(())
     }
 
+    /// Queue the removal of a purged room's relation rows: those under each of its events
+    /// (as parent or thread root), and its thread list.
+    pub fn purge_room_in<'a>(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        event_ids: impl IntoIterator<Item = &'a OwnedEventId>,
+    ) -> Result<()> {
+        for event_id in event_ids {
+            self.relations.delete_prefix(batch, event_id)?;
+            self.thread_latest.delete(batch, event_id);
+        }
+        self.thread_activity.delete_prefix(batch, &room_id.to_owned())?;
+        Ok(())
+    }
+
     /// Children of `parent` (optionally of one relation type), paged by stream token (a
     /// token lies after its position): forward, those after `from` up to `to`; backward,
     /// those at or before `from` and after `to`; at most `limit`.

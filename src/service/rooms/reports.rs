@@ -40,6 +40,20 @@ impl Reports {
         Ok(id)
     }
 
+    /// One report.
+    pub fn get(&self, id: u64) -> Result<Option<ReportRecord>> {
+        Ok(self.reports.get(&id)?)
+    }
+
+    /// Remove a report (an admin dealt with it); `false` if there was none.
+    pub fn remove(&self, id: u64) -> Result<bool> {
+        if !self.reports.contains(&id)? {
+            return Ok(false);
+        }
+        self.reports.remove(&id)?;
+        Ok(true)
+    }
+
     /// Every report, oldest first (for admin tooling).
     pub fn all(&self) -> Result<Vec<(u64, ReportRecord)>> {
         self.reports.scan(KeyRange::all(), Direction::Forward)?.map(|row| Ok(row?)).collect()

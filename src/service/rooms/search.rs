@@ -225,6 +225,21 @@ impl Search {
         Ok(())
     }
 
+    /// Queue the removal of a purged room's index: every term row of the room, and the
+    /// per-event records of `event_ids`.
+    pub fn purge_room_in<'a>(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &ruma::RoomId,
+        event_ids: impl IntoIterator<Item = &'a ruma::OwnedEventId>,
+    ) -> Result<()> {
+        self.terms.delete_prefix(batch, &room_id.to_owned())?;
+        for event_id in event_ids {
+            self.indexed.delete(batch, event_id);
+        }
+        Ok(())
+    }
+
     fn rebuild_if_stale(&self, store: &Arc<dyn KvStore>) -> Result<()> {
         let meta = META.open(store);
         let key = SEARCH_INDEX_VERSION_KEY.to_owned();

@@ -186,6 +186,25 @@ impl RoomStates {
         Ok(())
     }
 
+    /// Queue the removal of a purged room's record, current state rows and state groups.
+    /// Group IDs are never reused, so cached maps of removed groups are never asked for.
+    pub fn purge_room_in(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        groups: impl IntoIterator<Item = u64>,
+    ) -> Result<()> {
+        let room = room_id.to_owned();
+        self.rooms.delete(batch, &room);
+        self.room_state.delete_prefix(batch, &room)?;
+        for group in groups {
+            if group != EMPTY_GROUP {
+                self.groups.delete(batch, &group);
+            }
+        }
+        Ok(())
+    }
+
     /// Remember a group written by a committed batch.
     pub fn committed_group(&self, id: u64, state: Arc<StateMap>) {
         self.group_cache.insert(id, state);
