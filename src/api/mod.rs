@@ -6,6 +6,7 @@ pub mod client;
 pub mod content;
 pub mod error;
 pub mod federation;
+pub mod rate_limit;
 pub mod ruma;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -369,6 +370,12 @@ pub fn router(services: AppState) -> Router {
         .route(
             "/_synapse/admin/v1/users/{user_id}/admin",
             get(self::admin::users::get_admin).put(self::admin::users::set_admin),
+        )
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/override_ratelimit",
+            get(self::admin::ratelimit::get_override)
+                .post(self::admin::ratelimit::set_override)
+                .delete(self::admin::ratelimit::delete_override),
         )
         // Deprecated endpoints that old bots and scripts still call. ruma has types for
         // `whois` only; the others are plain handlers authenticated by `Authenticated`.

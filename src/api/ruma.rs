@@ -173,6 +173,7 @@ where
             return Err(Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"));
         }
         let (path_args, client) = path_args_and_client(&mut parts).await;
+        super::rate_limit::check_before_body::<T>(services, &client.ip)?;
         let bytes = limited_body(services, body).await?;
 
         // An empty POST/PUT body reads as `{}`: clients send none where every field is

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod media;
 pub mod pdu;
 pub mod power_levels;
+pub mod rate_limit;
 pub mod redaction;
 pub mod room_presets;
 pub mod room_version;

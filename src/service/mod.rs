@@ -21,6 +21,7 @@ pub mod passwords;
 pub mod presence;
 pub mod push;
 pub mod push_gateway;
+pub mod rate_limits;
 pub mod rooms;
 pub mod server_keys;
 pub mod sliding_sync;
@@ -91,6 +92,7 @@ pub struct Services {
     /// Email notifications; `None` unless `smtp.host` is configured.
     pub email_notifier: Option<Arc<email_notifier::EmailNotifier>>,
     pub delayed_actions: Arc<rooms::delayed::DelayedActions>,
+    pub rate_limits: Arc<rate_limits::RateLimits>,
     store: Arc<dyn KvStore>,
 }
 
@@ -99,6 +101,8 @@ impl Services {
     pub fn build(config: Arc<Config>, store: Arc<dyn KvStore>, clock: Arc<dyn clock::Clock>) -> Result<Self> {
         let passwords = Arc::new(passwords::Passwords::new(&config)?);
         let users = Arc::new(users::Users::new(&store, passwords, Arc::clone(&clock)));
+        let rate_limits =
+            Arc::new(rate_limits::RateLimits::new(&store, &config, Arc::clone(&clock), Arc::clone(&users))?);
         let devices = Arc::new(devices::Devices::new(
             &store,
             Arc::clone(&clock),
@@ -186,6 +190,7 @@ impl Services {
             Arc::clone(&notifications),
             Arc::clone(&sliding_connections),
             Arc::clone(&delayed_events),
+            Arc::clone(&rate_limits),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -419,6 +424,7 @@ impl Services {
             push_gateways,
             email_notifier,
             delayed_actions,
+            rate_limits,
             store,
         })
     }

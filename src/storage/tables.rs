@@ -191,6 +191,8 @@ catalogue! {
     /// Email notifications' secrets, by name: `unsubscribe`, the HMAC key of the unsubscribe
     /// links' tokens (base64), made on first start with SMTP configured.
     EMAIL_SECRETS = "email_secrets", key "name": String => String, version 1;
+    /// Per-user rate-limit overrides (Synapse's `ratelimit_override`), set by admins.
+    RATELIMIT_OVERRIDES = "ratelimit_overrides", key "user_id": OwnedUserId => RateLimitOverrideRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -490,6 +492,13 @@ impl MembershipRecord {
 pub struct AliasRecord {
     pub room_id: OwnedRoomId,
     pub creator: OwnedUserId,
+}
+
+/// A user's own rate limit: `messages_per_second` 0 exempts them from every limit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RateLimitOverrideRecord {
+    pub messages_per_second: u64,
+    pub burst_count: u64,
 }
 
 /// A report about an event, a room or a user.
