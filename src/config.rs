@@ -7,12 +7,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use crate::matrix::rate_limit::Rate;
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
 use ipnet::IpNet;
-pub use crate::matrix::rate_limit::Rate;
 use ruma::{OwnedServerName, RoomVersionId};
 use serde::{Deserialize, Serialize};
 

@@ -74,8 +74,9 @@ impl Bucket {
             }
             return Ok(());
         }
-        // The count must drain to `burst - n`: `left - (burst - n)` more actions' worth.
-        let wait_s = (left - (rate.burst_count - n)) / rate.per_second;
+        // The count must drain to `burst - n` (give or take the slack the comparison above
+        // allows, so the wait named is exactly the one after which that comparison passes).
+        let wait_s = (left - (rate.burst_count - n) - EPSILON) / rate.per_second;
         let wait_ms = (wait_s * 1000.0).ceil();
         Err(if wait_ms >= u64::MAX as f64 { u64::MAX } else { (wait_ms as u64).max(1) })
     }
@@ -120,7 +121,8 @@ mod tests {
     /// rounding the rate brings.
     #[test]
     fn the_named_wait_is_always_enough() {
-        for (per_second, burst) in [(0.003, 5.0), (0.17, 3.0), (0.016, 10.0), (1.0 / 3.0, 1.0), (10.0, 50.0), (7.7, 2.5)]
+        for (per_second, burst) in
+            [(0.003, 5.0), (0.17, 3.0), (0.016, 10.0), (1.0 / 3.0, 1.0), (10.0, 50.0), (7.7, 2.5)]
         {
             let rate = Rate::new(per_second, burst);
             let mut bucket = Bucket::empty(0);
@@ -134,7 +136,11 @@ mod tests {
                             assert!(bucket.take(rate, now + wait - 1, 1.0, true).is_err(), "{rate:?}: early");
                         }
                         now += wait;
-                        assert_eq!(bucket.take(rate, now, 1.0, false), Ok(()), "{rate:?}: the wait was short");
+                        assert_eq!(
+                            bucket.take(rate, now, 1.0, false),
+                            Ok(()),
+                            "{rate:?}: the wait was short"
+                        );
                     }
                 }
             }

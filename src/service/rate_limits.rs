@@ -171,7 +171,10 @@ struct LiveRate {
 
 impl LiveRate {
     fn new(rate: Rate) -> Self {
-        Self { per_second: AtomicU64::new(rate.per_second.to_bits()), burst_count: AtomicU64::new(rate.burst_count.to_bits()) }
+        Self {
+            per_second: AtomicU64::new(rate.per_second.to_bits()),
+            burst_count: AtomicU64::new(rate.burst_count.to_bits()),
+        }
     }
 
     fn get(&self) -> Rate {
@@ -240,10 +243,17 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(store: &Arc<dyn KvStore>, config: &Config, clock: Arc<dyn Clock>, users: Arc<Users>) -> Result<Self> {
+    pub fn new(
+        store: &Arc<dyn KvStore>,
+        config: &Config,
+        clock: Arc<dyn Clock>,
+        users: Arc<Users>,
+    ) -> Result<Self> {
         let overrides_table = RATELIMIT_OVERRIDES.open(store);
         let mut overrides = HashMap::new();
-        for row in overrides_table.scan(crate::storage::kv::KeyRange::all(), crate::storage::Direction::Forward)? {
+        for row in
+            overrides_table.scan(crate::storage::kv::KeyRange::all(), crate::storage::Direction::Forward)?
+        {
             let (user_id, record) = row?;
             overrides.insert(
                 user_id,
@@ -391,8 +401,10 @@ impl RateLimits {
     /// Set a user's override (the caller checked that the user is a local account).
     pub fn set_override(&self, user_id: &UserId, over: Override) -> Result<()> {
         let mut overrides = self.overrides.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let record =
-            RateLimitOverrideRecord { messages_per_second: over.messages_per_second, burst_count: over.burst_count };
+        let record = RateLimitOverrideRecord {
+            messages_per_second: over.messages_per_second,
+            burst_count: over.burst_count,
+        };
         self.overrides_table.insert(&user_id.to_owned(), &record)?;
         overrides.insert(user_id.to_owned(), over);
         self.any_override.store(true, Ordering::Relaxed);

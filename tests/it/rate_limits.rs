@@ -90,7 +90,9 @@ async fn send(
 fn expect_limited(answer: &Answer) -> u64 {
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{}", answer.body);
     assert_eq!(answer.body["errcode"], "M_LIMIT_EXCEEDED", "{}", answer.body);
-    let wait = answer.body["retry_after_ms"].as_u64().unwrap_or_else(|| panic!("no retry_after_ms: {}", answer.body));
+    let wait = answer.body["retry_after_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no retry_after_ms: {}", answer.body));
     assert!(wait > 0, "{}", answer.body);
     let header = answer.retry_after.as_deref().expect("Retry-After header");
     assert_eq!(header, wait.div_ceil(1000).to_string(), "Retry-After is the wait in seconds, rounded up");
@@ -134,8 +136,15 @@ async fn join(s: &TestServer, who: &Session, room: &str) -> Answer {
 
 async fn message(s: &TestServer, who: &Session, room: &str, txn: &str) -> Answer {
     let body = json!({"msgtype": "m.text", "body": format!("message {txn}")});
-    send(s, Method::PUT, format!("{V3}/rooms/{room}/send/m.room.message/{txn}"), Some(&who.token), Some(body), None)
-        .await
+    send(
+        s,
+        Method::PUT,
+        format!("{V3}/rooms/{room}/send/m.room.message/{txn}"),
+        Some(&who.token),
+        Some(body),
+        None,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -171,14 +180,24 @@ async fn messages_state_and_redactions_are_limited_per_user() {
     // State events share the bucket (membership aside).
     s.clock.advance_ms(2_000);
     let path = format!("{V3}/rooms/{room}/state/m.room.topic/");
-    let first = send(&s, Method::PUT, path.clone(), Some(&alice.token), Some(json!({"topic": "one"})), None).await;
+    let first =
+        send(&s, Method::PUT, path.clone(), Some(&alice.token), Some(json!({"topic": "one"})), None).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.body);
-    expect_limited(&send(&s, Method::PUT, path, Some(&alice.token), Some(json!({"topic": "two"})), None).await);
+    expect_limited(
+        &send(&s, Method::PUT, path, Some(&alice.token), Some(json!({"topic": "two"})), None).await,
+    );
     // Alice's messages are used up, but redacting bob's events (as the room's admin)
     // counts under rc_admin_redaction.
     burst_then_wait(&s, 2, StatusCode::OK, |call, accepted| {
         let target = &bob_events[accepted];
-        send(&s, Method::PUT, format!("{V3}/rooms/{room}/redact/{target}/r{call}"), Some(&alice.token), Some(json!({})), None)
+        send(
+            &s,
+            Method::PUT,
+            format!("{V3}/rooms/{room}/redact/{target}/r{call}"),
+            Some(&alice.token),
+            Some(json!({})),
+            None,
+        )
     })
     .await;
 }
@@ -195,8 +214,15 @@ async fn registration_and_token_validity_are_limited_per_address() {
     // The address is full: the next /register is refused before its body is read, even the
     // first request of a session that only asks for the flows.
     let wait = expect_limited(
-        &send(&s, Method::POST, format!("{V3}/register"), None, Some(json!({"username": "third", "password": "pw-third-123"})), None)
-            .await,
+        &send(
+            &s,
+            Method::POST,
+            format!("{V3}/register"),
+            None,
+            Some(json!({"username": "third", "password": "pw-third-123"})),
+            None,
+        )
+        .await,
     );
     s.clock.advance_ms(wait);
     s.register("third", "pw-third-123").await;
@@ -314,7 +340,10 @@ async fn invites_are_limited_per_room_per_invitee_and_per_inviter() {
     for _ in 0..3 {
         rooms.push(create_room(&s, &alice, json!({})).await);
     }
-    burst_then_wait(&s, 2, StatusCode::OK, |_, accepted| invite(&s, &alice, &rooms[accepted], &guest.user_id)).await;
+    burst_then_wait(&s, 2, StatusCode::OK, |_, accepted| {
+        invite(&s, &alice, &rooms[accepted], &guest.user_id)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -350,7 +379,14 @@ async fn per_user_actions_are_limited() {
     })
     .await;
     burst_then_wait(&s, 2, StatusCode::OK, |_, _| {
-        send(&s, Method::GET, "/_matrix/client/unstable/org.matrix.msc4140/delayed_events".to_owned(), token, None, None)
+        send(
+            &s,
+            Method::GET,
+            "/_matrix/client/unstable/org.matrix.msc4140/delayed_events".to_owned(),
+            token,
+            None,
+            None,
+        )
     })
     .await;
     burst_then_wait(&s, 1, StatusCode::OK, |_, _| {
@@ -368,12 +404,14 @@ async fn presence_from_sync_past_the_limit_is_ignored() {
     let presence_path = format!("{V3}/presence/{}/status", alice.user_id);
     let (status, _) = s.put(&presence_path, Some(&alice.token), json!({"presence": "online"})).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = s.get(&format!("{V3}/sync?timeout=0&set_presence=unavailable"), Some(&alice.token)).await;
+    let (status, body) =
+        s.get(&format!("{V3}/sync?timeout=0&set_presence=unavailable"), Some(&alice.token)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, now) = s.get(&presence_path, Some(&alice.token)).await;
     assert_eq!(now["presence"], "online", "the sync's presence was dropped");
     s.clock.advance_ms(2_000);
-    let (status, _) = s.get(&format!("{V3}/sync?timeout=0&set_presence=unavailable"), Some(&alice.token)).await;
+    let (status, _) =
+        s.get(&format!("{V3}/sync?timeout=0&set_presence=unavailable"), Some(&alice.token)).await;
     assert_eq!(status, StatusCode::OK);
     let (_, now) = s.get(&presence_path, Some(&alice.token)).await;
     assert_eq!(now["presence"], "unavailable", "once the bucket drained, the sync sets it");
@@ -396,11 +434,16 @@ async fn room_key_requests_past_the_limit_are_dropped() {
     }
     s.clock.advance_ms(2_000);
     let body = json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"n": 4}}}});
-    let (status, _) = s.put(&format!("{V3}/sendToDevice/m.room_key_request/k4"), Some(&alice.token), body).await;
+    let (status, _) =
+        s.put(&format!("{V3}/sendToDevice/m.room_key_request/k4"), Some(&alice.token), body).await;
     assert_eq!(status, StatusCode::OK);
     let (_, sync) = s.get(&format!("{V3}/sync?timeout=0&since={since}"), Some(&bob.token)).await;
-    let ns: Vec<u64> =
-        sync["to_device"]["events"].as_array().unwrap().iter().map(|e| e["content"]["n"].as_u64().unwrap()).collect();
+    let ns: Vec<u64> = sync["to_device"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["n"].as_u64().unwrap())
+        .collect();
     assert_eq!(ns, [0, 1, 4]);
 }
 
@@ -510,13 +553,18 @@ async fn overrides_set_through_the_admin_api_exempt_or_rate_a_user() {
     // Only admins may read or set overrides; only of local accounts that exist.
     expect_error(s.get(&path, Some(&bot.token)).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
     expect_error(
-        s.post(&format!("{ADMIN}/users/@bot:elsewhere.example/override_ratelimit"), Some(&root.token), json!({}))
-            .await,
+        s.post(
+            &format!("{ADMIN}/users/@bot:elsewhere.example/override_ratelimit"),
+            Some(&root.token),
+            json!({}),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
         "M_INVALID_PARAM",
     );
     expect_error(
-        s.post(&format!("{ADMIN}/users/@nobody:localhost/override_ratelimit"), Some(&root.token), json!({})).await,
+        s.post(&format!("{ADMIN}/users/@nobody:localhost/override_ratelimit"), Some(&root.token), json!({}))
+            .await,
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
     );
@@ -533,7 +581,8 @@ async fn overrides_set_through_the_admin_api_exempt_or_rate_a_user() {
         assert_eq!(message(&s, &bot, &room, &format!("free{n}")).await.status, StatusCode::OK);
     }
     // A rate of its own replaces the configured one for the bot's own buckets.
-    let (status, body) = s.post(&path, Some(&root.token), json!({"messages_per_second": 1, "burst_count": 5})).await;
+    let (status, body) =
+        s.post(&path, Some(&root.token), json!({"messages_per_second": 1, "burst_count": 5})).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"messages_per_second": 1, "burst_count": 5})));
     let (_, body) = s.get(&path, Some(&root.token)).await;
     assert_eq!(body, json!({"messages_per_second": 1, "burst_count": 5}));
@@ -587,7 +636,8 @@ async fn rate_limiting_off_turns_every_limit_off() {
     create_room(&s, &alice, json!({})).await;
     for n in 0..20 {
         let body = json!({"msgtype": "m.text", "body": "free"});
-        let (status, _) = s.put(&format!("{V3}/rooms/{room}/send/m.room.message/t{n}"), Some(&alice.token), body).await;
+        let (status, _) =
+            s.put(&format!("{V3}/rooms/{room}/send/m.room.message/t{n}"), Some(&alice.token), body).await;
         assert_eq!(status, StatusCode::OK);
     }
     assert!(s.services.rate_limits.rejections().iter().all(|(_, n)| *n == 0));

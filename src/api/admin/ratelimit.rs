@@ -68,12 +68,13 @@ pub async fn set_override(
     let field = |name: &str| -> Result<u64> {
         match fields.get(name) {
             None | Some(JsonValue::Null) => Ok(0),
-            Some(value) => value.as_u64().ok_or_else(|| {
-                Error::invalid_param(format!("{name} must be a positive integer"))
-            }),
+            Some(value) => value
+                .as_u64()
+                .ok_or_else(|| Error::invalid_param(format!("{name} must be a positive integer"))),
         }
     };
-    let over = Override { messages_per_second: field("messages_per_second")?, burst_count: field("burst_count")? };
+    let over =
+        Override { messages_per_second: field("messages_per_second")?, burst_count: field("burst_count")? };
     services.rate_limits.set_override(&user_id, over)?;
     Ok(answer(over))
 }

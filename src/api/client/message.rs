@@ -15,11 +15,14 @@ use super::{
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
-    service::{rate_limits::Limiter, rooms::{
-        delayed::{DelayRequest, Scheduled},
-        render::Viewer,
-        timeline::Txn,
-    }},
+    service::{
+        rate_limits::Limiter,
+        rooms::{
+            delayed::{DelayRequest, Scheduled},
+            render::Viewer,
+            timeline::Txn,
+        },
+    },
     storage::Direction,
 };
 

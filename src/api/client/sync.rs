@@ -3,10 +3,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use axum::extract::{RawQuery, State};
-use ruma::{presence::PresenceState, api::client::{
-    filter::{FilterDefinition, create_filter, get_filter},
-    sync::sync_events::{self, v3::Filter},
-}};
+use ruma::{
+    api::client::{
+        filter::{FilterDefinition, create_filter, get_filter},
+        sync::sync_events::{self, v3::Filter},
+    },
+    presence::PresenceState,
+};
 
 use super::parse_stream_token;
 use crate::{
