@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use crate::matrix::rate_limit::Rate;
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
@@ -176,6 +177,52 @@ pub struct Config {
     /// user into a room per user (Synapse's `server_notices`). Off unless
     /// `server_notices.system_mxid_localpart` is set.
     pub server_notices: ServerNoticesConfig,
+    /// Master switch of every rate limit below (`rc_*`). On by default.
+    pub rate_limiting: bool,
+    /// Whether server admins (and so the bots an admin account runs) are exempt from every
+    /// rate limit. On by default; Synapse exempts no one by the admin flag alone (its
+    /// `override_ratelimit` admin endpoint exempts single users, and works here too).
+    pub rate_limit_exempt_admins: bool,
+    /// Rate limits, Synapse's `rc_*` keys with Synapse's defaults: each a leaky bucket of
+    /// `burst_count` actions that drains at `per_second` (see `docs/rate-limits.md`).
+    /// Messages and other room events a user sends (and delayed events scheduled), per user.
+    pub rc_message: Rate,
+    /// Registrations, per client address.
+    pub rc_registration: Rate,
+    /// Registration-token validity checks, per client address.
+    pub rc_registration_token_validity: Rate,
+    /// Logins: per client address, per account logged into, and failed attempts per account.
+    pub rc_login: LoginRates,
+    /// Redactions of other users' events (by room admins and moderators); unset means the
+    /// values of `rc_message`, counted apart from messages.
+    pub rc_admin_redaction: Option<Rate>,
+    /// Joins per user: to rooms this server is in (`local`), and to rooms it is not
+    /// (`remote`, which needs federation; kept so configurations carry over).
+    pub rc_joins: JoinRates,
+    /// Joins per room, of all users together.
+    pub rc_joins_per_room: Rate,
+    /// Invites: per room, per invited user, per inviting user.
+    pub rc_invites: InviteRates,
+    /// Third-party identifier validation, per user or address (this server supports no
+    /// third-party identifiers yet, so nothing is counted).
+    pub rc_3pid_validation: Rate,
+    /// `POST /_matrix/media/v1/create`, per user.
+    pub rc_media_create: Rate,
+    /// Presence updates per user: `PUT /presence` past it is refused; presence set by
+    /// `/sync`'s `set_presence` past it is ignored.
+    pub rc_presence: PresenceRates,
+    /// Delayed-event management (MSC4140: list, cancel, restart, send), per user, or per
+    /// address for the unauthenticated endpoints.
+    pub rc_delayed_event_mgmt: Rate,
+    /// Reports of events, rooms and users, per user.
+    pub rc_reports: Rate,
+    /// `createRoom`, per user.
+    pub rc_room_creation: Rate,
+    /// User directory searches, per user.
+    pub rc_user_directory: Rate,
+    /// `m.room_key_request` to-device messages to other users, per sending device; past it
+    /// they are dropped (as Synapse drops them).
+    pub rc_key_requests: Rate,
 }
 
 /// Who sends server notices, and what their rooms are called.
@@ -256,6 +303,35 @@ impl ListenerConfig {
     pub fn serves(&self, resource: ListenerResource) -> bool {
         self.resources.contains(&resource)
     }
+}
+
+/// `rc_login`'s three limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct LoginRates {
+    pub address: Rate,
+    pub account: Rate,
+    pub failed_attempts: Rate,
+}
+
+/// `rc_joins`' two limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JoinRates {
+    pub local: Rate,
+    pub remote: Rate,
+}
+
+/// `rc_invites`' three limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct InviteRates {
+    pub per_room: Rate,
+    pub per_user: Rate,
+    pub per_issuer: Rate,
+}
+
+/// `rc_presence`'s limit.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct PresenceRates {
+    pub per_user: Rate,
 }
 
 /// The SMTP server email notifications go through, and what the emails say (Synapse's
@@ -431,6 +507,33 @@ impl Default for Config {
             ],
             audit: AuditConfig::default(),
             server_notices: ServerNoticesConfig::default(),
+            rate_limiting: true,
+            rate_limit_exempt_admins: true,
+            // Synapse's defaults (`synapse/config/ratelimiting.py`).
+            rc_message: Rate::new(0.2, 10.0),
+            rc_registration: Rate::new(0.17, 3.0),
+            rc_registration_token_validity: Rate::new(0.1, 5.0),
+            rc_login: LoginRates {
+                address: Rate::new(0.003, 5.0),
+                account: Rate::new(0.003, 5.0),
+                failed_attempts: Rate::new(0.17, 3.0),
+            },
+            rc_admin_redaction: None,
+            rc_joins: JoinRates { local: Rate::new(0.1, 10.0), remote: Rate::new(0.01, 10.0) },
+            rc_joins_per_room: Rate::new(1.0, 10.0),
+            rc_invites: InviteRates {
+                per_room: Rate::new(0.3, 10.0),
+                per_user: Rate::new(0.003, 5.0),
+                per_issuer: Rate::new(0.3, 10.0),
+            },
+            rc_3pid_validation: Rate::new(0.003, 5.0),
+            rc_media_create: Rate::new(10.0, 50.0),
+            rc_presence: PresenceRates { per_user: Rate::new(0.1, 1.0) },
+            rc_delayed_event_mgmt: Rate::new(1.0, 5.0),
+            rc_reports: Rate::new(1.0, 5.0),
+            rc_room_creation: Rate::new(0.016, 10.0),
+            rc_user_directory: Rate::new(0.016, 200.0),
+            rc_key_requests: Rate::new(20.0, 100.0),
         }
     }
 }
@@ -581,6 +684,44 @@ impl Config {
         self.check_matrix_rtc()?;
         self.check_turn()?;
         self.check_smtp()?;
+        self.check_rates()?;
+        Ok(())
+    }
+
+    /// Every rate limit with its key, as `rate_limits` reads them (`rc_admin_redaction`
+    /// resolved to `rc_message` when unset).
+    pub fn rates(&self) -> [(&'static str, Rate); 21] {
+        [
+            ("rc_message", self.rc_message),
+            ("rc_admin_redaction", self.rc_admin_redaction.unwrap_or(self.rc_message)),
+            ("rc_registration", self.rc_registration),
+            ("rc_registration_token_validity", self.rc_registration_token_validity),
+            ("rc_login.address", self.rc_login.address),
+            ("rc_login.account", self.rc_login.account),
+            ("rc_login.failed_attempts", self.rc_login.failed_attempts),
+            ("rc_joins.local", self.rc_joins.local),
+            ("rc_joins.remote", self.rc_joins.remote),
+            ("rc_joins_per_room", self.rc_joins_per_room),
+            ("rc_invites.per_room", self.rc_invites.per_room),
+            ("rc_invites.per_user", self.rc_invites.per_user),
+            ("rc_invites.per_issuer", self.rc_invites.per_issuer),
+            ("rc_3pid_validation", self.rc_3pid_validation),
+            ("rc_media_create", self.rc_media_create),
+            ("rc_presence.per_user", self.rc_presence.per_user),
+            ("rc_delayed_event_mgmt", self.rc_delayed_event_mgmt),
+            ("rc_reports", self.rc_reports),
+            ("rc_room_creation", self.rc_room_creation),
+            ("rc_user_directory", self.rc_user_directory),
+            ("rc_key_requests", self.rc_key_requests),
+        ]
+    }
+
+    fn check_rates(&self) -> Result<(), String> {
+        for (key, rate) in self.rates() {
+            if let Some(problem) = rate.problem() {
+                return Err(format!("invalid value for key `{key}`: {problem}"));
+            }
+        }
         Ok(())
     }
 
@@ -1158,6 +1299,39 @@ mod tests {
         assert!(err.contains("listed twice"), "{err}");
         for bad in ["max_connections = 0", "request_body_timeout = \"10ms\"", "keep_alive_timeout = \"2h\""] {
             assert!(Config::from_toml_str(&format!("[global]\n{bad}")).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn rate_limits_read_as_synapse_writes_them() {
+        let defaults = Config::from_toml_str("").unwrap().config;
+        assert!(defaults.rate_limiting && defaults.rate_limit_exempt_admins);
+        assert_eq!(defaults.rc_message, Rate::new(0.2, 10.0));
+        assert_eq!(defaults.rc_login.failed_attempts, Rate::new(0.17, 3.0));
+        assert_eq!(defaults.rc_admin_redaction, None);
+        // A table may set one field; the other keeps its default. Integers are numbers too.
+        let loaded = Config::from_toml_str(
+            "[global]\nrc_message = { per_second = 1, burst_count = 30 }\n\
+             rc_admin_redaction = { per_second = 2, burst_count = 50 }\n\
+             [global.rc_login.address]\nburst_count = 20\n[global.rc_joins]\nlocal = { per_second = 0.5, burst_count = 5 }",
+        )
+        .unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let c = loaded.config;
+        assert_eq!(c.rc_message, Rate::new(1.0, 30.0));
+        assert_eq!(c.rc_login.address, Rate::new(0.003, 20.0));
+        assert_eq!(c.rc_joins.local, Rate::new(0.5, 5.0));
+        assert_eq!(c.rc_joins.remote, Rate::new(0.01, 10.0));
+        let rates = c.rates();
+        assert_eq!(rates[1], ("rc_admin_redaction", Rate::new(2.0, 50.0)));
+        for (toml, key) in [
+            ("rc_message = { per_second = 0, burst_count = 3 }", "rc_message"),
+            ("rc_reports = { per_second = 1, burst_count = 0 }", "rc_reports"),
+            ("rc_admin_redaction = { per_second = 1 }", "rc_admin_redaction"),
+            ("[global.rc_invites.per_user]\nper_second = -1", "rc_invites.per_user"),
+        ] {
+            let err = Config::from_toml_str(&format!("[global]\n{toml}")).err().unwrap();
+            assert!(err.contains(key), "{toml}: {err}");
         }
     }
 

@@ -7,6 +7,7 @@ pub mod content;
 pub mod error;
 pub mod federation;
 pub mod request;
+pub mod rate_limit;
 pub mod ruma;
 
 use std::{
@@ -381,6 +382,12 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         // rooms, media, event reports and background jobs
         .merge(self::admin::user_routes())
         .merge(admin_rooms_media_routes())
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/override_ratelimit",
+            get(self::admin::ratelimit::get_override)
+                .post(self::admin::ratelimit::set_override)
+                .delete(self::admin::ratelimit::delete_override),
+        )
         // Deprecated endpoints that old bots and scripts still call. ruma has types for
         // `whois` only; the others are plain handlers authenticated by `Authenticated`.
         .ruma_route(admin::get_user_info)

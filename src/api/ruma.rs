@@ -206,6 +206,7 @@ where
             return Err(Error::new(ruma::api::error::ErrorKind::TooLarge, "Request body too large"));
         }
         let (path_args, mut context) = path_args_and_context(&mut parts).await;
+        super::rate_limit::check_before_body::<T>(services, &context.client_ip)?;
         let bytes = limited_body(services, body).await?;
 
         // An empty POST/PUT body reads as `{}`: clients send none where every field is

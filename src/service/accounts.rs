@@ -32,6 +32,7 @@ use super::{
     passwords::random_string,
     push::Notifications,
     registration_tokens::RegistrationTokens,
+    rate_limits::{Limiter, RateLimits},
     sliding_sync::Connections,
     to_device::ToDevice,
     uiaa::{Params, Uiaa, UiaaRequest},
@@ -67,6 +68,8 @@ pub struct Accounts {
     delayed_events: Arc<DelayedEvents>,
     /// Registration tokens, whose uses registrations count.
     registration_tokens: Arc<RegistrationTokens>,
+    /// Logins and registrations are counted here, before passwords are hashed.
+    rate_limits: Arc<RateLimits>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
 }
 
@@ -130,6 +133,7 @@ impl Accounts {
         delayed_events: Arc<DelayedEvents>,
         audit: Arc<Audit>,
         registration_tokens: Arc<RegistrationTokens>,
+        rate_limits: Arc<RateLimits>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
         Self {
@@ -146,6 +150,7 @@ impl Accounts {
             delayed_events,
             audit,
             registration_tokens,
+            rate_limits,
             dehydrated,
         }
     }
@@ -313,7 +318,12 @@ impl Accounts {
         // probe clients start with) cost no argon2id run. A retry of a session that already
         // created its account needs no hash at all.
         let password_hash = match (&completed.password, self.uiaa.registered_user(&completed.session_id)?) {
-            (Some(password), None) => Some(self.users.hash_password(password).await?),
+            (Some(password), None) => {
+                // An account is about to be made: counted per client address (refused
+                // early, before the body is read, once the address is over the limit).
+                self.rate_limits.check(Limiter::Registration, &context.client_ip, None)?;
+                Some(self.users.hash_password(password).await?)
+            }
             _ => None,
         };
 
@@ -520,6 +530,16 @@ impl Accounts {
         // Before the password is hashed: the answer does not depend on it.
         devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
         let user_id = claimed.and_then(|c| resolve_login_user(c, &self.config.server_name));
+        // Limited per account before the password is hashed, so a flood of guesses costs no
+        // hashing once it is refused: the attempt takes a place among the failed ones now
+        // and gives it back if the password was right. (Synapse keys on the user ID in
+        // lower case; a name that is no user ID is counted as it was given.)
+        let account_key = match &user_id {
+            Some(id) => id.as_str().to_lowercase(),
+            None => claimed.unwrap_or_default().to_lowercase(),
+        };
+        self.rate_limits.peek(Limiter::LoginAccount, &account_key, None)?;
+        self.rate_limits.check(Limiter::LoginFailedAttempts, &account_key, None)?;
         // A missing account is checked too (against a decoy hash): same effort, same answer.
         let placeholder = || resolve_login_user("_", &self.config.server_name);
         let matched_hash = match user_id.clone().or_else(placeholder) {
@@ -538,6 +558,8 @@ impl Accounts {
             self.audit.record_or_log(context, entry);
             return Err(invalid());
         };
+        self.rate_limits.give_back(Limiter::LoginFailedAttempts, &account_key);
+        self.rate_limits.check(Limiter::LoginAccount, &account_key, None)?;
 
         let issued = self.write_audited(context, |guard, batch| {
             // A deactivation or password change may have committed while the hash was checked.

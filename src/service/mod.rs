@@ -25,6 +25,7 @@ pub mod presence;
 pub mod push;
 pub mod push_gateway;
 pub mod registration_tokens;
+pub mod rate_limits;
 pub mod rooms;
 pub mod server_keys;
 pub mod sliding_sync;
@@ -104,6 +105,7 @@ pub struct Services {
     /// The admin API's user flows and server notices, at the top of the graph.
     pub admin: Arc<admin::Admin>,
     group_sync: Arc<GroupSync>,
+    pub rate_limits: Arc<rate_limits::RateLimits>,
     store: Arc<dyn KvStore>,
 }
 
@@ -112,6 +114,8 @@ impl Services {
     pub fn build(config: Arc<Config>, store: Arc<dyn KvStore>, clock: Arc<dyn clock::Clock>) -> Result<Self> {
         let passwords = Arc::new(passwords::Passwords::new(&config)?);
         let users = Arc::new(users::Users::new(&store, passwords, Arc::clone(&clock)));
+        let rate_limits =
+            Arc::new(rate_limits::RateLimits::new(&store, &config, Arc::clone(&clock), Arc::clone(&users))?);
         let devices = Arc::new(devices::Devices::new(
             &store,
             Arc::clone(&clock),
@@ -208,6 +212,7 @@ impl Services {
             Arc::clone(&delayed_events),
             Arc::clone(&audit),
             Arc::clone(&registration_tokens),
+            Arc::clone(&rate_limits),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -511,6 +516,7 @@ impl Services {
             registration_tokens,
             admin,
             group_sync,
+            rate_limits,
             store,
         })
     }

@@ -202,6 +202,8 @@ catalogue! {
     REGISTRATION_TOKENS = "registration_tokens", key "token": String => RegistrationTokenRecord, version 1;
     /// Each user's server notices room, made on their first notice.
     SERVER_NOTICE_ROOMS = "server_notice_rooms", key "user_id": OwnedUserId => OwnedRoomId, version 1;
+    /// Per-user rate-limit overrides (Synapse's `ratelimit_override`), set by admins.
+    RATELIMIT_OVERRIDES = "ratelimit_overrides", key "user_id": OwnedUserId => RateLimitOverrideRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -526,6 +528,13 @@ impl MembershipRecord {
 pub struct AliasRecord {
     pub room_id: OwnedRoomId,
     pub creator: OwnedUserId,
+}
+
+/// A user's own rate limit: `messages_per_second` 0 exempts them from every limit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RateLimitOverrideRecord {
+    pub messages_per_second: u64,
+    pub burst_count: u64,
 }
 
 /// A report about an event, a room or a user.

@@ -44,6 +44,8 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         // Cheap hashing keeps tests fast; production defaults are tested in the config tests.
         argon2_memory_kib: 64,
         argon2_iterations: 1,
+        // Tests send hundreds of requests at once; rate_limits.rs turns the limits on.
+        rate_limiting: false,
         ..Config::default()
     }
 }

@@ -31,6 +31,7 @@ mod profile;
 mod push;
 mod push_delivery;
 mod push_email;
+mod rate_limits;
 mod relations;
 mod room_versions;
 mod rooms;

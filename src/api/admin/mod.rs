@@ -10,6 +10,7 @@ pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
 pub mod server_notices;
+pub mod ratelimit;
 pub mod users;
 
 use std::{collections::HashMap, sync::Arc};

@@ -24,7 +24,7 @@ use crate::{
         AppState,
         ruma::{Ruma, RumaResponse},
     },
-    service::{delayed_events::Caller, rooms::delayed::Action},
+    service::{delayed_events::Caller, rate_limits::Limiter, rooms::delayed::Action},
     storage::tables::DelayedEventRecord,
 };
 
@@ -78,6 +78,7 @@ pub async fn get_all_delayed_events(
     services: AppState,
     req: Ruma<get_all_delayed_events::unstable::Request>,
 ) -> Result<get_all_delayed_events::unstable::Response> {
+    services.rate_limits.check_user(Limiter::DelayedEventMgmt, &req.identity.user_id)?;
     let events = services.delayed_actions.list(&req.identity.user_id)?;
     let data = events.into_iter().map(|(delay_id, record)| data_of(delay_id, record)).collect();
     Ok(get_all_delayed_events::unstable::Response::new(data))
@@ -89,6 +90,7 @@ pub async fn get_delayed_event(
     services: AppState,
     req: Ruma<get_delayed_event::unstable::Request>,
 ) -> Result<get_delayed_event::unstable::Response> {
+    services.rate_limits.check_user(Limiter::DelayedEventMgmt, &req.identity.user_id)?;
     let record = services.delayed_actions.get(&req.identity.user_id, &req.body.delay_id)?;
     Ok(get_delayed_event::unstable::Response::new(data_of(req.body.delay_id, record)))
 }
@@ -99,6 +101,7 @@ pub async fn update_delayed_event(
     services: AppState,
     req: Ruma<unstable_v1::Request>,
 ) -> Result<unstable_v1::Response> {
+    services.rate_limits.check_user(Limiter::DelayedEventMgmt, &req.identity.user_id)?;
     let action = action_of(&req.body.action)
         .ok_or_else(|| Error::invalid_param("'action' is not one of 'cancel', 'restart', 'send'"))?;
     let caller = Caller::Owner(&req.identity.user_id);

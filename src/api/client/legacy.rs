@@ -24,6 +24,7 @@ use crate::{
     },
     service::{
         legacy_sync::{self, EventsPage, EventsRequest, InitialSync, RoomSnapshot},
+        rate_limits::Limiter,
         rooms::render::{Rendering, Viewer},
     },
 };
@@ -153,6 +154,7 @@ pub async fn send_message_event(
 ) -> Result<RumaResponse<send_message_event::v3::Response>> {
     let room_id = room_id(path_arg(&path, 0)?)?;
     let event_type = path_arg(&path, 1)?;
+    services.rate_limits.check_user(Limiter::Message, &auth.identity.user_id)?;
     let bytes = limited_body(&services, body).await?;
     // As for the `PUT` form, an empty body is empty content.
     let content: JsonValue = if bytes.is_empty() {

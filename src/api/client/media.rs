@@ -22,7 +22,7 @@ use crate::{
         content::receive_upload,
         ruma::{Ruma, RumaResponse, RumaStream},
     },
-    service::media::Access,
+    service::{media::Access, rate_limits::Limiter},
 };
 
 /// The legacy requests the router registers, named here, where their deprecation is expected.
@@ -48,6 +48,7 @@ pub async fn create_mxc_uri(
     services: AppState,
     req: Ruma<create_mxc_uri::v1::Request>,
 ) -> Result<create_mxc_uri::v1::Response> {
+    services.rate_limits.check_user(Limiter::MediaCreate, &req.identity.user_id)?;
     let (content_uri, expires_ms) = services.media.create_pending(&req.identity.user_id)?;
     let mut response = create_mxc_uri::v1::Response::new(content_uri);
     response.unused_expires_at = Some(MilliSecondsSinceUnixEpoch(UInt::new_saturating(expires_ms)));

@@ -14,7 +14,14 @@ use super::{event_json, parse_stream_token};
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
+    service::rate_limits::Limiter,
 };
+
+/// Joins are limited per user and per room (Synapse's `rc_joins.local`, `rc_joins_per_room`).
+fn limit_join(services: &AppState, user_id: &ruma::UserId, room_id: &ruma::RoomId) -> Result<()> {
+    services.rate_limits.check_user(Limiter::JoinsLocal, user_id)?;
+    services.rate_limits.check(Limiter::JoinsPerRoom, room_id.as_str(), Some(user_id))
+}
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 pub async fn join_room_by_id(
@@ -23,6 +30,7 @@ pub async fn join_room_by_id(
 ) -> Result<join_room_by_id::v3::Response> {
     let body = req.body;
     let user_id = &req.identity.user_id;
+    limit_join(&services, user_id, &body.room_id)?;
     services.membership.join(user_id, &body.room_id, body.reason.as_deref(), Default::default()).await?;
     Ok(join_room_by_id::v3::Response::new(body.room_id))
 }
@@ -40,6 +48,7 @@ pub async fn join_room_by_id_or_alias(
     content.remove("third_party_signed");
     let body = req.body;
     let room_id = services.membership.resolve(&body.room_id_or_alias)?;
+    limit_join(&services, &req.identity.user_id, &room_id)?;
     services.membership.join(&req.identity.user_id, &room_id, body.reason.as_deref(), content).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
@@ -52,6 +61,12 @@ pub async fn invite_user(
     let body = req.body;
     match body.recipient {
         invite_user::v3::InvitationRecipient::UserId(invite) => {
+            // Per room, per invitee and per inviter (Synapse's `rc_invites`).
+            let inviter = &req.identity.user_id;
+            let limits = &services.rate_limits;
+            limits.check(Limiter::InvitesPerRoom, body.room_id.as_str(), Some(inviter))?;
+            limits.check(Limiter::InvitesPerUser, invite.user_id.as_str(), Some(inviter))?;
+            limits.check_user(Limiter::InvitesPerIssuer, inviter)?;
             services
                 .membership
                 .invite(

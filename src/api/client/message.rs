@@ -15,10 +15,13 @@ use super::{
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
-    service::rooms::{
-        delayed::{DelayRequest, Scheduled},
-        render::Viewer,
-        timeline::Txn,
+    service::{
+        rate_limits::Limiter,
+        rooms::{
+            delayed::{DelayRequest, Scheduled},
+            render::Viewer,
+            timeline::Txn,
+        },
     },
     storage::Direction,
 };
@@ -35,6 +38,8 @@ pub async fn send_message_event(
     if body.timestamp.is_some() {
         return Err(Error::forbidden("Only application services may set the timestamp"));
     }
+    // Scheduling a delayed event counts as sending it (as Synapse counts it).
+    services.rate_limits.check_user(Limiter::Message, &req.identity.user_id)?;
     let txn =
         Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str(), path: &req.context.path };
     if let Some(delay_ms) = delay_param(req.query.as_deref())? {

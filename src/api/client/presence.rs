@@ -7,6 +7,7 @@ use ruma::api::client::presence::{get_presence, set_presence};
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
+    service::rate_limits::Limiter,
 };
 
 /// `GET /_matrix/client/v3/presence/{userId}/status`
@@ -41,6 +42,7 @@ pub async fn set_presence(
     if body.user_id != req.identity.user_id {
         return Err(Error::forbidden("You can only set your own presence"));
     }
+    services.rate_limits.check_user(Limiter::Presence, &body.user_id)?;
     services.presence.set(&body.user_id, &body.presence, body.status_msg)?;
     Ok(set_presence::v3::Response::new())
 }

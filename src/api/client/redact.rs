@@ -5,7 +5,7 @@ use ruma::api::client::redact::redact_event;
 use crate::{
     Result,
     api::{AppState, ruma::Ruma},
-    service::rooms::timeline::Txn,
+    service::{rate_limits::Limiter, rooms::timeline::Txn},
 };
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
@@ -14,6 +14,13 @@ pub async fn redact_event(
     req: Ruma<redact_event::v3::Request>,
 ) -> Result<redact_event::v3::Response> {
     let body = req.body;
+    let user_id = &req.identity.user_id;
+    let limiter = if services.room_actions.redacts_others(user_id, &body.event_id)? {
+        Limiter::AdminRedaction
+    } else {
+        Limiter::Message
+    };
+    services.rate_limits.check_user(limiter, user_id)?;
     let txn =
         Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str(), path: &req.context.path };
     let event_id = services

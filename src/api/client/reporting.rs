@@ -5,6 +5,7 @@ use ruma::api::client::reporting::report_user;
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
+    service::rate_limits::Limiter,
 };
 
 /// `POST /_matrix/client/v3/users/{userId}/report`
@@ -13,6 +14,7 @@ pub async fn report_user(
     req: Ruma<report_user::v3::Request>,
 ) -> Result<report_user::v3::Response> {
     let body = req.body;
+    services.rate_limits.check_user(Limiter::Reports, &req.identity.user_id)?;
     if !services.users.exists(&body.user_id)? {
         return Err(Error::not_found("User not found"));
     }

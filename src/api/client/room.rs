@@ -16,6 +16,7 @@ use super::event_json;
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
+    service::rate_limits::Limiter,
 };
 
 /// `POST /_matrix/client/v3/createRoom`
@@ -23,6 +24,7 @@ pub async fn create_room(
     services: AppState,
     req: Ruma<create_room::v3::Request>,
 ) -> Result<create_room::v3::Response> {
+    services.rate_limits.check_user(Limiter::RoomCreation, &req.identity.user_id)?;
     let room_id = services.room_creation.create_room(&req.identity.user_id, req.body).await?;
     Ok(create_room::v3::Response::new(room_id))
 }
@@ -51,6 +53,7 @@ pub async fn report_content(
     req: Ruma<report_content::v3::Request>,
 ) -> Result<report_content::v3::Response> {
     let body = req.body;
+    services.rate_limits.check_user(Limiter::Reports, &req.identity.user_id)?;
     services.room_actions.report_event(
         &req.identity.user_id,
         &body.room_id,
@@ -67,6 +70,7 @@ pub async fn report_room(
     req: Ruma<report_room::v3::Request>,
 ) -> Result<report_room::v3::Response> {
     let body = req.body;
+    services.rate_limits.check_user(Limiter::Reports, &req.identity.user_id)?;
     services.room_actions.report_room(&req.identity.user_id, &body.room_id, Some(body.reason))?;
     Ok(report_room::v3::Response::new())
 }

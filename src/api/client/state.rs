@@ -13,7 +13,10 @@ use super::{
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
-    service::rooms::delayed::{DelayRequest, Scheduled},
+    service::{
+        rate_limits::Limiter,
+        rooms::delayed::{DelayRequest, Scheduled},
+    },
 };
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
@@ -60,7 +63,13 @@ pub async fn send_state_event(
     if body.timestamp.is_some() {
         return Err(Error::forbidden("Only application services may set the timestamp"));
     }
-    if let Some(delay_ms) = delay_param(req.query.as_deref())? {
+    let delay = delay_param(req.query.as_deref())?;
+    // State counts as messages do, except membership, which the join and invite limits
+    // count (scheduling a delayed event counts as sending it).
+    if delay.is_some() || body.event_type != StateEventType::RoomMember {
+        services.rate_limits.check_user(Limiter::Message, &req.identity.user_id)?;
+    }
+    if let Some(delay_ms) = delay {
         let kind = body.event_type.to_string();
         let request = DelayRequest {
             room_id: &body.room_id,

@@ -3,9 +3,12 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use axum::extract::{RawQuery, State};
-use ruma::api::client::{
-    filter::{FilterDefinition, create_filter, get_filter},
-    sync::sync_events::{self, v3::Filter},
+use ruma::{
+    api::client::{
+        filter::{FilterDefinition, create_filter, get_filter},
+        sync::sync_events::{self, v3::Filter},
+    },
+    presence::PresenceState,
 };
 
 use super::parse_stream_token;
@@ -15,8 +18,19 @@ use crate::{
         AppState,
         ruma::{RewrittenResponse, Ruma},
     },
-    service::{sliding_sync::SlidingRequest, sync::SyncRequest},
+    service::{rate_limits::Limiter, sliding_sync::SlidingRequest, sync::SyncRequest},
 };
+
+/// The presence a sync sets, or none (`offline` sets nothing) once the user is over
+/// `rc_presence.per_user`: dropped without a word, as Synapse drops it; the sync goes on.
+fn presence_to_set(services: &AppState, user_id: &ruma::UserId, asked: PresenceState) -> PresenceState {
+    if asked != PresenceState::Offline
+        && !services.rate_limits.allows(Limiter::Presence, user_id.as_str(), Some(user_id))
+    {
+        return PresenceState::Offline;
+    }
+    asked
+}
 
 /// MSC4222's unstable name of `use_state_after`; matrix-js-sdk sends it on every sync and
 /// then reads only `org.matrix.msc4222.state_after` (or else `state`).
@@ -45,6 +59,7 @@ pub async fn sync_events(
         Some(_) => return Err(Error::invalid_param("Unsupported filter")),
     };
     let since = body.since.as_deref().map(parse_stream_token).transpose()?;
+    let set_presence = presence_to_set(&services, &identity.user_id, body.set_presence);
     let request = SyncRequest {
         user_id: identity.user_id,
         device_id: identity.device_id,
@@ -52,7 +67,7 @@ pub async fn sync_events(
         filter,
         full_state: body.full_state,
         timeout: body.timeout.unwrap_or(Duration::ZERO),
-        set_presence: body.set_presence,
+        set_presence,
         use_state_after: body.use_state_after || unstable_state_after,
     };
     let response = services.sync.sync(request).await?;
@@ -86,10 +101,12 @@ pub async fn sliding_sync(
     req: Ruma<sync_events::v5::Request>,
 ) -> Result<sync_events::v5::Response> {
     let list_spaces = list_spaces(&req.raw_body)?;
+    let mut body = req.body;
+    body.set_presence = presence_to_set(&services, &req.identity.user_id, body.set_presence);
     let request = SlidingRequest {
         user_id: req.identity.user_id,
         device_id: req.identity.device_id,
-        body: req.body,
+        body,
         list_spaces,
     };
     services.sliding_sync.sync(request).await

@@ -7,7 +7,7 @@ use ruma::{api::client::to_device::send_event_to_device, to_device::DeviceIdOrAl
 use crate::{
     Result,
     api::{AppState, ruma::Ruma},
-    service::to_device::Target,
+    service::{rate_limits::Limiter, to_device::Target},
 };
 
 /// `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}`
@@ -16,8 +16,20 @@ pub async fn send_event_to_device(
     req: Ruma<send_event_to_device::v3::Request>,
 ) -> Result<send_event_to_device::v3::Response> {
     let body = req.body;
+    let event_type = body.event_type.to_string();
+    let sender = &req.identity.user_id;
+    // Key requests to other users past `rc_key_requests` (per sending device, one per
+    // recipient) are dropped, as Synapse drops them: the sender is not told.
+    let sender_device = format!("{sender}|{}", req.identity.device_id);
     let mut messages = BTreeMap::new();
     for (user, devices) in body.messages {
+        if event_type == "m.room_key_request"
+            && user != *sender
+            && !services.rate_limits.allows(Limiter::KeyRequests, &sender_device, Some(sender))
+        {
+            tracing::debug!(%sender, recipient = %user, "room key request dropped by rc_key_requests");
+            continue;
+        }
         let targets = devices
             .into_iter()
             .map(|(device, content)| {
@@ -33,7 +45,7 @@ pub async fn send_event_to_device(
     services.to_device.send(
         &req.identity.user_id,
         &req.identity.device_id,
-        &body.event_type.to_string(),
+        &event_type,
         body.txn_id.as_str(),
         messages,
     )?;

@@ -222,6 +222,12 @@ impl RoomActions {
         self.timeline.send(room_id, sender, template, Some(txn)).await
     }
 
+    /// Whether a redaction by `sender` would remove another user's event (which only room
+    /// admins and moderators may do, so Synapse counts it under `rc_admin_redaction`).
+    pub fn redacts_others(&self, sender: &UserId, target: &EventId) -> Result<bool> {
+        Ok(self.events.get(target)?.is_some_and(|event| event.pdu.sender != sender))
+    }
+
     /// `GET /event/{eventId}`: the event, if the user may see it.
     /// Someone who may not see the event (a non-member of a room that is not
     /// world-readable included) gets the answer for an unknown event, as on Synapse, so the
