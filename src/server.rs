@@ -13,9 +13,9 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::{
     Result, api,
     config::Config,
+    control,
     metrics::Metrics,
     net::{self, Listeners, NetStats, TimedBody},
-    control,
     reload::{ReloadReport, Reloader},
     service::{
         Services,
@@ -53,8 +53,8 @@ impl Server {
         let services = Arc::new(Services::build(Arc::new(config), store, clock)?);
         let net_stats = Arc::new(NetStats::default());
         let metrics = Arc::new(Metrics::new(Arc::clone(&services), Arc::clone(&net_stats)));
-        // Live-reloadable parts that services own are registered here
-        // (`reloader.register(...)`); see `reload.rs`.
+        // Live-reloadable parts that services own are registered here; see `reload.rs`.
+        reloader.register(Arc::clone(&services.rate_limits) as Arc<dyn crate::reload::LiveReload>);
         Ok(Self { services, metrics, net_stats, reloader })
     }
 
@@ -80,7 +80,6 @@ impl Server {
     pub async fn reload(&self, config: &Config) -> std::result::Result<ReloadReport, String> {
         self.reloader.reload(config).await
     }
-
 
     /// Serve on `listener` (plain HTTP, `client` and `federation`) until `shutdown`
     /// resolves; see [`Self::serve`].

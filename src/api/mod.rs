@@ -6,8 +6,8 @@ pub mod client;
 pub mod content;
 pub mod error;
 pub mod federation;
-pub mod request;
 pub mod rate_limit;
+pub mod request;
 pub mod ruma;
 
 use std::{

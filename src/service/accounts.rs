@@ -31,8 +31,8 @@ use super::{
     keys::{CrossSigningUpload, Keys},
     passwords::random_string,
     push::Notifications,
-    registration_tokens::RegistrationTokens,
     rate_limits::{Limiter, RateLimits},
+    registration_tokens::RegistrationTokens,
     sliding_sync::Connections,
     to_device::ToDevice,
     uiaa::{Params, Uiaa, UiaaRequest},
@@ -334,58 +334,62 @@ impl Accounts {
             Some(_) => Some(self.registration_tokens.write_lock()?),
             None => None,
         };
-        let (user_id, issued, created) = self.write_audited(context, |guard, batch| {
-            // Read under the lock: a retry racing the first completion sees its account.
-            let (user_id, created) = match self.uiaa.registered_user(&completed.session_id)? {
-                Some(existing) => {
-                    if params.username.as_deref().is_some_and(|name| name != existing.localpart()) {
-                        return Err(Error::unknown(
-                            "A different user ID has already been registered for this session",
-                        ));
+        let (user_id, issued, created) = self.write_audited(
+            context,
+            |guard, batch| {
+                // Read under the lock: a retry racing the first completion sees its account.
+                let (user_id, created) = match self.uiaa.registered_user(&completed.session_id)? {
+                    Some(existing) => {
+                        if params.username.as_deref().is_some_and(|name| name != existing.localpart()) {
+                            return Err(Error::unknown(
+                                "A different user ID has already been registered for this session",
+                            ));
+                        }
+                        (existing, false)
                     }
-                    (existing, false)
-                }
-                None => {
-                    // Checked after authentication: a client may probe the flows with an
-                    // empty body.
-                    // The hash is missing if the account appeared between the check above and
-                    // this lock (a racing retry), which the branch above catches; or if no
-                    // request of the session gave a password.
-                    let hash = password_hash
-                        .clone()
-                        .ok_or_else(|| Error::missing_param("Missing params: password"))?;
-                    let user_id = match &params.username {
-                        // Checked again under the lock: the name may have been taken meanwhile.
-                        Some(name) => self.available_user_id(name)?,
-                        None => self.generate_user_id()?,
-                    };
-                    self.create_account_in(batch, &user_id, hash, false)?;
-                    self.uiaa.set_registered_user_in(batch, &completed.session_id, &user_id)?;
-                    if let (Some(token), Some(token_guard)) = (&token, &token_guard) {
-                        self.registration_tokens.complete_in(token_guard, batch, token)?;
+                    None => {
+                        // Checked after authentication: a client may probe the flows with an
+                        // empty body.
+                        // The hash is missing if the account appeared between the check above and
+                        // this lock (a racing retry), which the branch above catches; or if no
+                        // request of the session gave a password.
+                        let hash = password_hash
+                            .clone()
+                            .ok_or_else(|| Error::missing_param("Missing params: password"))?;
+                        let user_id = match &params.username {
+                            // Checked again under the lock: the name may have been taken meanwhile.
+                            Some(name) => self.available_user_id(name)?,
+                            None => self.generate_user_id()?,
+                        };
+                        self.create_account_in(batch, &user_id, hash, false)?;
+                        self.uiaa.set_registered_user_in(batch, &completed.session_id, &user_id)?;
+                        if let (Some(token), Some(token_guard)) = (&token, &token_guard) {
+                            self.registration_tokens.complete_in(token_guard, batch, token)?;
+                        }
+                        (user_id, true)
                     }
-                    (user_id, true)
-                }
-            };
-            let issued = if params.inhibit_login {
-                None
-            } else {
-                Some(self.devices.create_session_in(
-                    guard,
-                    batch,
-                    &user_id,
-                    params.device_id.clone(),
-                    params.initial_device_display_name.clone(),
-                    params.refresh_token,
-                    context.client_ip.clone(),
-                )?)
-            };
-            Ok((user_id, issued, created))
-        }, |(user_id, issued, created)| {
-            let device = issued.as_ref().map(|i| i.device_id.to_string());
-            let action = if *created { "register" } else { "register.retry" };
-            audit::Entry::success(action).target(user_id).params(json!({ "device_id": device }))
-        })?;
+                };
+                let issued = if params.inhibit_login {
+                    None
+                } else {
+                    Some(self.devices.create_session_in(
+                        guard,
+                        batch,
+                        &user_id,
+                        params.device_id.clone(),
+                        params.initial_device_display_name.clone(),
+                        params.refresh_token,
+                        context.client_ip.clone(),
+                    )?)
+                };
+                Ok((user_id, issued, created))
+            },
+            |(user_id, issued, created)| {
+                let device = issued.as_ref().map(|i| i.device_id.to_string());
+                let action = if *created { "register" } else { "register.retry" };
+                audit::Entry::success(action).target(user_id).params(json!({ "device_id": device }))
+            },
+        )?;
         drop(token_guard);
         if created {
             tracing::info!(%user_id, "registered account");
@@ -462,7 +466,12 @@ impl Accounts {
         let user_id = resolve_login_user(name, &self.config.server_name)
             .filter(|u| self.users.get(u).ok().flatten().is_some())
             .ok_or_else(|| Error::not_found("No such user"))?;
-        self.write_locked(|_, batch| self.users.set_admin_in(batch, &user_id, admin))?;
+        let operator = RequestContext::internal(Actor::Operator, "make-admin");
+        self.write_audited(
+            &operator,
+            |_, batch| self.users.set_admin_in(batch, &user_id, admin),
+            |_| audit::Entry::success("user.admin").target(&user_id).params(json!({ "admin": admin })),
+        )?;
         Ok(user_id)
     }
 
@@ -491,7 +500,9 @@ impl Accounts {
         // Devices go with their keys, pushers and messages, as on every other path.
         self.set_password_by_admin(&user_id, password, true).await?;
         let operator = RequestContext::internal(Actor::Operator, "reset-password");
-        let entry = audit::Entry::success("password.reset").target(&user_id).params(json!({ "logout_devices": true }));
+        let entry = audit::Entry::success("password.reset")
+            .target(&user_id)
+            .params(json!({ "logout_devices": true }));
         self.audit.record_or_log(&operator, entry);
         Ok(user_id)
     }
@@ -561,33 +572,37 @@ impl Accounts {
         self.rate_limits.give_back(Limiter::LoginFailedAttempts, &account_key);
         self.rate_limits.check(Limiter::LoginAccount, &account_key, None)?;
 
-        let issued = self.write_audited(context, |guard, batch| {
-            // A deactivation or password change may have committed while the hash was checked.
-            let current = self.users.get(&user_id)?;
-            if !current
-                .as_ref()
-                .is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash))
-            {
-                return Err(invalid());
-            }
-            // Only with the right password does a caller learn that the account is locked.
-            if current.is_some_and(|u| u.locked) {
-                return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
-            }
-            self.devices.create_session_in(
-                guard,
-                batch,
-                &user_id,
-                req.device_id.clone(),
-                req.initial_device_display_name.clone(),
-                req.refresh_token,
-                context.client_ip.clone(),
-            )
-        }, |issued| {
-            audit::Entry::success("login")
-                .target(&user_id)
-                .params(json!({ "type": "m.login.password", "device_id": issued.device_id }))
-        })?;
+        let issued = self.write_audited(
+            context,
+            |guard, batch| {
+                // A deactivation or password change may have committed while the hash was checked.
+                let current = self.users.get(&user_id)?;
+                if !current
+                    .as_ref()
+                    .is_some_and(|u| !u.deactivated && u.password_hash.as_ref() == Some(&matched_hash))
+                {
+                    return Err(invalid());
+                }
+                // Only with the right password does a caller learn that the account is locked.
+                if current.is_some_and(|u| u.locked) {
+                    return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
+                }
+                self.devices.create_session_in(
+                    guard,
+                    batch,
+                    &user_id,
+                    req.device_id.clone(),
+                    req.initial_device_display_name.clone(),
+                    req.refresh_token,
+                    context.client_ip.clone(),
+                )
+            },
+            |issued| {
+                audit::Entry::success("login")
+                    .target(&user_id)
+                    .params(json!({ "type": "m.login.password", "device_id": issued.device_id }))
+            },
+        )?;
         tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
         let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
         response.refresh_token = issued.refresh_token;
@@ -681,7 +696,9 @@ impl Accounts {
         let params = json!({ "erase": req.erase, "id_server": req.id_server });
         self.reauthenticate(who, context, params, req.auth.as_ref()).await?;
         self.deactivate_account(&who.user_id, req.erase)?;
-        let entry = audit::Entry::success("account.deactivate").target(&who.user_id).params(json!({ "erase": req.erase }));
+        let entry = audit::Entry::success("account.deactivate")
+            .target(&who.user_id)
+            .params(json!({ "erase": req.erase }));
         self.audit.record_or_log(context, entry);
         // No third-party identifiers are ever bound here, so there is nothing to unbind.
         Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::Success))

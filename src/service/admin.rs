@@ -350,7 +350,11 @@ impl Admin {
         if let Some(admin) = changes.admin
             && admin != current.admin
         {
-            self.accounts.set_admin(actor, user_id, admin)?;
+            let context = super::context::RequestContext::internal(
+                super::context::Actor::User { user_id: actor.to_owned(), device_id: None },
+                "admin API",
+            );
+            self.accounts.set_admin(&context, user_id, admin)?;
         }
         if let Some(password) = &changes.password {
             self.accounts.set_password_by_admin(user_id, password, changes.logout_devices).await?;

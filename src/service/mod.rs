@@ -3,8 +3,8 @@
 
 pub mod account_data;
 pub mod accounts;
-pub mod audit;
 pub mod admin;
+pub mod audit;
 pub mod backup;
 pub mod cache;
 pub mod clock;
@@ -24,8 +24,8 @@ pub mod passwords;
 pub mod presence;
 pub mod push;
 pub mod push_gateway;
-pub mod registration_tokens;
 pub mod rate_limits;
+pub mod registration_tokens;
 pub mod rooms;
 pub mod server_keys;
 pub mod sliding_sync;

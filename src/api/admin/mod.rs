@@ -6,11 +6,11 @@
 pub mod audit;
 pub mod jobs;
 pub mod media;
+pub mod ratelimit;
 pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
 pub mod server_notices;
-pub mod ratelimit;
 pub mod users;
 
 use std::{collections::HashMap, sync::Arc};
