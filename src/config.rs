@@ -184,7 +184,7 @@ pub struct Config {
     /// `override_ratelimit` admin endpoint exempts single users, and works here too).
     pub rate_limit_exempt_admins: bool,
     /// Rate limits, Synapse's `rc_*` keys with Synapse's defaults: each a leaky bucket of
-    /// `burst_count` actions that drains at `per_second` (see `docs/rate-limits.md`).
+    /// `burst_count` actions that drains at `per_second` (see `docs/operations.md`, "Rate limits").
     /// Messages and other room events a user sends (and delayed events scheduled), per user.
     pub rc_message: Rate,
     /// Registrations, per client address.

@@ -144,6 +144,41 @@ impl Reloader {
     }
 }
 
+/// Rate limits change live: the master switch, the admin exemption and every `rc_*` rate.
+impl LiveReload for crate::service::rate_limits::RateLimits {
+    fn name(&self) -> &'static str {
+        "rate limits"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &[
+            "rate_limiting",
+            "rate_limit_exempt_admins",
+            "rc_message",
+            "rc_registration",
+            "rc_registration_token_validity",
+            "rc_login",
+            "rc_admin_redaction",
+            "rc_joins",
+            "rc_joins_per_room",
+            "rc_invites",
+            "rc_3pid_validation",
+            "rc_media_create",
+            "rc_presence",
+            "rc_delayed_event_mgmt",
+            "rc_reports",
+            "rc_room_creation",
+            "rc_user_directory",
+            "rc_key_requests",
+        ]
+    }
+
+    fn apply(&self, new: &Config) -> Result<(), String> {
+        self.reload(new);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -199,40 +234,5 @@ mod tests {
         let mut renamed = changed;
         renamed.server_name = "other.example".try_into().unwrap();
         assert!(reloader.reload(&renamed).await.unwrap_err().contains("server_name"));
-    }
-}
-
-/// Rate limits change live: the master switch, the admin exemption and every `rc_*` rate.
-impl LiveReload for crate::service::rate_limits::RateLimits {
-    fn name(&self) -> &'static str {
-        "rate limits"
-    }
-
-    fn keys(&self) -> &'static [&'static str] {
-        &[
-            "rate_limiting",
-            "rate_limit_exempt_admins",
-            "rc_message",
-            "rc_registration",
-            "rc_registration_token_validity",
-            "rc_login",
-            "rc_admin_redaction",
-            "rc_joins",
-            "rc_joins_per_room",
-            "rc_invites",
-            "rc_3pid_validation",
-            "rc_media_create",
-            "rc_presence",
-            "rc_delayed_event_mgmt",
-            "rc_reports",
-            "rc_room_creation",
-            "rc_user_directory",
-            "rc_key_requests",
-        ]
-    }
-
-    fn apply(&self, new: &Config) -> Result<(), String> {
-        self.reload(new);
-        Ok(())
     }
 }

@@ -183,7 +183,7 @@ async fn metrics_parse_and_move_with_traffic() {
                     .contains(&family.as_str())
             })
     };
-    let unknown: Vec<&&str> = queried.iter().filter(|name| !known(**name)).collect();
+    let unknown: Vec<&&str> = queried.iter().filter(|name| !known(name)).collect();
     assert!(queried.len() > 15 && unknown.is_empty(), "the dashboard queries unknown metrics: {unknown:?}");
 
     // The long-poll ends when the server stops waiting for it (a message wakes it).
