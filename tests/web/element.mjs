@@ -15,11 +15,12 @@
 // screenshotted into ARTIFACT_DIR.
 
 import fs from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 
 import { chromium } from "playwright-core";
+
+import { apiAt, serve } from "./site.mjs";
 
 const print = (line) => process.stdout.write(line + "\n");
 const [base, elementDir, artifacts, chromiumPath = "/usr/bin/chromium"] = process.argv.slice(2);
@@ -27,6 +28,7 @@ if (!base || !elementDir || !artifacts) {
   print("usage: node element.mjs BASE_URL ELEMENT_DIR ARTIFACT_DIR [CHROMIUM]");
   process.exit(2);
 }
+const api = apiAt(base);
 const step = (message) => print(`ok   ${message}`);
 function ensure(condition, message) {
   if (!condition) throw new Error(message);
@@ -122,64 +124,6 @@ function prepareElement() {
   config.default_server_config = { "m.homeserver": { base_url: base, server_name: "localhost" } };
   fs.writeFileSync(path.join(root, "config.json"), JSON.stringify(config, null, 1));
   return root;
-}
-
-const CONTENT_TYPES = {
-  ".html": "text/html",
-  ".js": "text/javascript",
-  ".mjs": "text/javascript",
-  ".json": "application/json",
-  ".css": "text/css",
-  ".wasm": "application/wasm",
-  ".svg": "image/svg+xml",
-  ".png": "image/png",
-  ".webp": "image/webp",
-  ".ico": "image/x-icon",
-  ".woff2": "font/woff2",
-  ".woff": "font/woff",
-  ".ttf": "font/ttf",
-  ".mp3": "audio/mpeg",
-  ".ogg": "audio/ogg",
-};
-
-/** A static file server on loopback; resolves to its base URL and a close function. */
-async function serve(root) {
-  const server = http.createServer((request, response) => {
-    let file = decodeURIComponent(new URL(request.url, "http://localhost").pathname);
-    if (file.endsWith("/")) file += "index.html";
-    const full = path.join(root, path.normalize(file));
-    if (!full.startsWith(root)) {
-      response.writeHead(403);
-      return response.end();
-    }
-    fs.readFile(full, (error, data) => {
-      if (error) {
-        response.writeHead(404);
-        return response.end();
-      }
-      response.writeHead(200, { "Content-Type": CONTENT_TYPES[path.extname(full)] ?? "application/octet-stream" });
-      response.end(data);
-    });
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return { url: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
-}
-
-/** A request to the homeserver with a JSON body; resolves to status and JSON. */
-async function api(method, path, token, body) {
-  const response = await fetch(base + path, {
-    method,
-    headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = { unparsed: text };
-  }
-  return { status: response.status, body: json };
 }
 
 /** Registers through the API the way clients do: ask for the flows, then the dummy stage. */

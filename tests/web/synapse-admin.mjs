@@ -12,11 +12,12 @@
 // gone.
 
 import fs from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 
 import { chromium } from "playwright-core";
+
+import { apiAt, serve } from "./site.mjs";
 
 const print = (line) => process.stdout.write(line + "\n");
 const [base, appDir, artifacts, adminName, adminPassword, roomId, chromiumPath = "/usr/bin/chromium"] =
@@ -25,6 +26,7 @@ if (!base || !appDir || !artifacts || !adminName || !adminPassword || !roomId) {
   print("usage: node synapse-admin.mjs BASE_URL APP_DIR ARTIFACT_DIR ADMIN PASSWORD ROOM_ID [CHROMIUM]");
   process.exit(2);
 }
+const api = apiAt(base);
 const step = (message) => print(`ok   ${message}`);
 function ensure(condition, message) {
   if (!condition) throw new Error(message);
@@ -36,59 +38,6 @@ function prepareApp() {
   fs.cpSync(appDir, root, { recursive: true });
   fs.writeFileSync(path.join(root, "config.json"), JSON.stringify({ restrictBaseUrl: base }));
   return root;
-}
-
-const CONTENT_TYPES = {
-  ".html": "text/html",
-  ".js": "text/javascript",
-  ".json": "application/json",
-  ".css": "text/css",
-  ".svg": "image/svg+xml",
-  ".png": "image/png",
-  ".ico": "image/x-icon",
-  ".woff2": "font/woff2",
-  ".woff": "font/woff",
-  ".ttf": "font/ttf",
-};
-
-/** A static file server on loopback. */
-async function serve(root) {
-  const server = http.createServer((request, response) => {
-    let file = decodeURIComponent(new URL(request.url, "http://localhost").pathname);
-    if (file.endsWith("/")) file += "index.html";
-    const full = path.join(root, path.normalize(file));
-    if (!full.startsWith(root)) {
-      response.writeHead(403);
-      return response.end();
-    }
-    fs.readFile(full, (error, data) => {
-      if (error) {
-        response.writeHead(404);
-        return response.end();
-      }
-      response.writeHead(200, { "Content-Type": CONTENT_TYPES[path.extname(full)] ?? "application/octet-stream" });
-      response.end(data);
-    });
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return { url: `http://127.0.0.1:${server.address().port}`, close: () => server.close() };
-}
-
-/** A request to the homeserver with a JSON body; resolves to status and JSON. */
-async function api(method, apiPath, token, body) {
-  const response = await fetch(base + apiPath, {
-    method,
-    headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  let json;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = { unparsed: text };
-  }
-  return { status: response.status, body: json };
 }
 
 async function login(name, password) {
