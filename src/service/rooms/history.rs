@@ -61,6 +61,14 @@ pub struct MessagesPage {
     pub state: Vec<Box<RawJsonValue>>,
 }
 
+/// Where a page of `/messages` starts and ends, which way it goes, and its size.
+struct Page {
+    from: Option<u64>,
+    to: Option<u64>,
+    direction: Direction,
+    limit: usize,
+}
+
 /// The answer of `/context`.
 pub struct ContextPage {
     pub start: u64,
@@ -403,15 +411,32 @@ impl History {
         let user_id = viewer.user_id;
         // Strangers to a room that is not world-readable learn nothing, not even its size.
         self.visibility.readable_state(user_id, room_id)?;
+        let ignored = self.ignored_users(user_id)?;
+        let which = WindowFilter { filter: room_filter, ignored: &ignored };
+        let page = Page { from, to, direction, limit };
+        self.messages_page(viewer, room_id, page, &which, &|event| {
+            self.visibility.may_see_event(user_id, event)
+        })
+    }
+
+    /// One page of `/messages` (or of the admin API's messages) over the events `which` admits
+    /// and `may_see` lets the reader see.
+    fn messages_page(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &RoomId,
+        page: Page,
+        which: &WindowFilter<'_>,
+        may_see: &dyn Fn(&StoredEvent) -> Result<bool>,
+    ) -> Result<MessagesPage> {
+        let Page { from, to, direction, limit } = page;
         let limit = limit.clamp(1, MAX_LIMIT);
         let from = from.unwrap_or(match direction {
             Direction::Reverse => self.stream.committed(),
             Direction::Forward => 0,
         });
-        let ignored = self.ignored_users(user_id)?;
-        let which = WindowFilter { filter: room_filter, ignored: &ignored };
-        let window = self.window(user_id, room_id, from, to, direction, &which, limit)?;
-        let state = self.lazy_members_for(&window.events, room_filter, viewer)?;
+        let window = self.window_by(room_id, from, to, direction, which, limit, may_see)?;
+        let state = self.lazy_members_for(&window.events, which.filter, viewer)?;
         // Backward, `end` is left out once nothing is left (the room's start, or history the
         // user may not see). Forward, events may still arrive after the last one: a page with
         // events always says where to continue, as Synapse's does.
@@ -523,22 +548,10 @@ impl History {
         if self.states.room(room_id)?.is_none() {
             return Err(Error::not_found("Room not found"));
         }
-        let limit = limit.clamp(1, MAX_LIMIT);
-        let from = from.unwrap_or(match direction {
-            Direction::Reverse => self.stream.committed(),
-            Direction::Forward => 0,
-        });
         let ignored = HashSet::new();
         let which = WindowFilter { filter: room_filter, ignored: &ignored };
-        let window = self.window_by(room_id, from, to, direction, &which, limit, &|_| Ok(true))?;
-        let state = self.lazy_members_for(&window.events, room_filter, viewer)?;
-        let open_ended = direction == Direction::Forward && !window.events.is_empty();
-        Ok(MessagesPage {
-            start: from,
-            end: (window.more || open_ended).then_some(window.next),
-            chunk: self.renderer.raw_all(viewer, &window.events, Rendering::CLIENT)?,
-            state,
-        })
+        let page = Page { from, to, direction, limit };
+        self.messages_page(viewer, room_id, page, &which, &|_| Ok(true))
     }
 
     /// `GET /_synapse/admin/v1/rooms/{roomId}/context/{eventId}`: `/context` for a server
