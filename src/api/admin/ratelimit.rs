@@ -18,8 +18,7 @@ use crate::{
 
 /// The target of an override: a local account that exists (Synapse's answers).
 fn local_user(services: &AppState, raw: &str) -> Result<OwnedUserId> {
-    let user_id =
-        OwnedUserId::try_from(raw).map_err(|e| Error::invalid_param(format!("Invalid user ID: {e}")))?;
+    let user_id = super::user_id(raw)?;
     if user_id.server_name() != services.config.server_name {
         return Err(Error::invalid_param("Can only look up local users"));
     }

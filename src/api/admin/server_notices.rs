@@ -7,7 +7,7 @@ use axum::{
 };
 use serde_json::{Value as JsonValue, json};
 
-use super::{AdminCaller, json_object, users::user_id};
+use super::{AdminCaller, json_object, user_id};
 use crate::{
     Error, Result,
     api::{AppState, ruma::limited_body},

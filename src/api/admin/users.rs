@@ -9,20 +9,16 @@ use axum::{
     extract::{Path, Query, State},
     http::StatusCode,
 };
-use ruma::{OwnedDeviceId, OwnedUserId};
+use ruma::OwnedDeviceId;
 use serde::Deserialize;
 use serde_json::{Map as JsonMap, Value as JsonValue, json};
 
-use super::{AdminCaller, bool_param, json_object};
+use super::{AdminCaller, bool_param, json_object, user_id};
 use crate::{
     Error, Result,
     api::{AppState, ruma::limited_body},
     service::admin::{USER_ORDERS, UserChanges, UserListQuery},
 };
-
-pub fn user_id(raw: &str) -> Result<OwnedUserId> {
-    OwnedUserId::try_from(raw).map_err(|e| Error::invalid_param(format!("Invalid user ID: {e}")))
-}
 
 /// `GET /_synapse/admin/v1/users/{userId}/admin`. Element asks this for the logged-in user
 /// to decide whether to show admin tools; a user who is not an admin gets 403, as on
