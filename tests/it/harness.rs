@@ -1,6 +1,6 @@
 //! Boots a real server (RocksDB in a temp dir, port 0) and offers terse HTTP helpers.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use conduit::{
     config::{Config, ListenerResource},
@@ -51,6 +51,21 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 }
 
 impl TestServer {
+    /// Advance the manual clock by `step_ms` every 10 ms of wall-clock time until `done`
+    /// holds (a deadline of 5 s). For a retry that the server schedules from the moment it
+    /// saw a failure: the test cannot observe that moment, so one advance could land before
+    /// the retry is scheduled and leave it waiting for good.
+    pub async fn advance_until(&self, step_ms: u64, what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            self.clock.advance_ms(step_ms);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never saw {what} while the clock advanced");
+    }
+
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
     }

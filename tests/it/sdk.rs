@@ -106,7 +106,8 @@ async fn matrix_rust_sdk_encryption_cross_signing_backup_and_verification() {
 ///
 /// The check asks the test to act on the server mid-run: a line `REQUEST expire-sliding-sync`
 /// on its stdout makes the test restart the server on the same port, which forgets the
-/// sliding sync connections; `REQUEST advance-clock` moves the server's clock on a second.
+/// sliding sync connections; `REQUEST advance-clock` moves the server's clock to a second past
+/// the wall clock (or its own time, if later).
 /// Each is answered `done` on its stdin.
 #[tokio::test]
 async fn matrix_rust_sdk_ui_sliding_sync_room_list_timelines_and_recovery() {
@@ -157,7 +158,16 @@ async fn matrix_rust_sdk_ui_sliding_sync_room_list_timelines_and_recovery() {
                 true
             }
             "REQUEST advance-clock" => {
-                server.clock.advance_ms(1_000);
+                // A second past the later of the server's clock and the wall clock: the SDK
+                // stamps events it sent itself with the device's time (its event cache holds
+                // that copy until the server's replaces it, and keeps it when the server's copy
+                // arrived first), so a server clock left behind the device's would sort a room
+                // where Alice last wrote above rooms with newer messages.
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let now = conduit::service::clock::Clock::now_ms(server.clock.as_ref());
+                server.clock.advance_ms(wall.saturating_sub(now) + 1_000);
                 true
             }
             _ => false,

@@ -31,8 +31,9 @@
 //! Talking to the driver (tests/it/sdk.rs): the binary prints `REQUEST <what>` and waits for a
 //! line `done` on stdin. `expire-sliding-sync`: make the server forget its sliding sync
 //! connections (the driver restarts it on the same port). `advance-clock`: move the server's
-//! clock on by a second, as the test server's clock stands still and the SDK sorts the room
-//! list by the latest event's timestamp before the bump stamp.
+//! clock to a second past the wall clock, as the test server's clock stands still, the SDK
+//! sorts the room list by the latest event's timestamp before the bump stamp, and it stamps
+//! events it sent itself with the device's clock.
 
 use std::{
     future::{Future, IntoFuture},
@@ -223,13 +224,25 @@ impl Ui {
     }
 
     fn describe(&self) -> String {
+        fn latest_kind(r: &Room) -> String {
+            use matrix_sdk::latest_events::LatestEventValue as V;
+            let kind = match matrix_sdk::BaseRoom::latest_event(r) {
+                V::None => "none",
+                V::Remote(_) => "remote",
+                V::RemoteInvite { .. } => "invite",
+                V::LocalIsSending(_) => "sending",
+                V::LocalHasBeenSent { .. } => "sent, no remote echo yet",
+                V::LocalCannotBeSent(_) => "cannot be sent",
+            };
+            format!(", latest event {kind} at {:?}", r.latest_event_timestamp().map(|t| t.get()))
+        }
         let rows: Vec<String> = self
             .rooms()
             .iter()
             .map(|r| {
                 let counts = r.unread_notification_counts();
                 format!(
-                    "{}({}, {:?}, joined {}, stamp {:?}, server notifications {}/{}, client unread {}/{})",
+                    "{}({}, {:?}, joined {}, stamp {:?}, server notifications {}/{}, client unread {}/{}{})",
                     r.cached_display_name().map(|n| n.to_string()).unwrap_or_default(),
                     r.room_id(),
                     r.state(),
@@ -239,6 +252,7 @@ impl Ui {
                     counts.highlight_count,
                     r.num_unread_messages(),
                     r.num_unread_notifications(),
+                    latest_kind(r),
                 )
             })
             .collect();
@@ -287,6 +301,17 @@ async fn bodies(timeline: &Timeline) -> Vec<String> {
         .collect()
 }
 
+/// The last few event items with their IDs, for a failure message.
+async fn last_items(timeline: &Timeline) -> String {
+    let items = timeline.items().await;
+    let events: Vec<String> = items
+        .iter()
+        .filter_map(|item| item.as_event())
+        .map(|e| format!("{:?}/{:?}", e.event_id(), e.transaction_id()))
+        .collect();
+    format!("{:?}", &events[events.len().saturating_sub(4)..])
+}
+
 /// Whether the timeline shows the room's creation (its start).
 async fn shows_creation(timeline: &Timeline) -> bool {
     timeline.items().await.iter().filter_map(|item| item.as_event()).any(|event| {
@@ -315,10 +340,11 @@ async fn timeline_complete(ui: &Ui, timeline: &Timeline, expected: &[String]) ->
     eventually("the whole history, from the room's creation, in order", || async {
         ui.ensure_running()?;
         let all = bodies(timeline).await;
+        let last = last_items(timeline).await;
         Ok(if !shows_creation(timeline).await {
             Err(format!("no m.room.create; messages {all:?}"))
         } else {
-            ensure_in_order(&all, expected).map_err(|e| e.to_string())
+            ensure_in_order(&all, expected).map_err(|e| format!("{e}; last items {last}"))
         })
     })
     .await
@@ -582,6 +608,18 @@ async fn bump_order(ui: &Ui, alice: &Client, bob: &Client, setup: &Setup) -> Res
     .await?;
     step("bump: a message moved its room to the top");
 
+    // The SDK works out each room's latest event in the background, and a room without one
+    // sorts below rooms with one: let the list settle first. Charlie has no message, so none.
+    eventually("every room but Charlie showing its latest event", || async {
+        ui.ensure_running()?;
+        let settled = ui
+            .rooms()
+            .iter()
+            .filter(|r| r.room_id() != setup.charlie)
+            .all(|r| !matrix_sdk::BaseRoom::latest_event(r).is_none());
+        Ok(if settled { Ok(()) } else { Err(ui.describe()) })
+    })
+    .await?;
     let order_before: Vec<OwnedRoomId> = ui.rooms().iter().map(|r| r.room_id().to_owned()).collect();
     let stamp_before = ui.room(&setup.history).context("History listed")?.recency_stamp();
     let reactions: Arc<StdMutex<Vec<OwnedRoomId>>> = Arc::default();
