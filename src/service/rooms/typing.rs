@@ -55,10 +55,13 @@ impl Typing {
                     self.changed(room_id)?;
                 }
                 let rooms = Arc::clone(&self.rooms);
-                let stream = Arc::clone(&self.stream);
+                // Weak: a timer must not keep the stream (and with it the database) open
+                // after the server stops.
+                let stream = Arc::downgrade(&self.stream);
                 let room_id = room_id.to_owned();
                 tokio::spawn(async move {
                     tokio::time::sleep_until(deadline).await;
+                    let Some(stream) = stream.upgrade() else { return };
                     let now = Instant::now();
                     let expired = update(&rooms, &room_id, |room| {
                         let before = room.users.len();
