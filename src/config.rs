@@ -64,6 +64,9 @@ pub struct Config {
     /// admin made through the admin API (Synapse's key). Setting `registration_token`
     /// implies it.
     pub registration_requires_token: bool,
+    /// Application service registration files (YAML, Synapse's format), read at start-up and
+    /// on reload (SIGHUP).
+    pub app_service_config_files: Vec<std::path::PathBuf>,
     /// Whether to talk to other Matrix servers. Federation is not implemented yet; the key is
     /// accepted so that configurations stay valid when it lands, and must stay false.
     pub allow_federation: bool,
@@ -445,6 +448,7 @@ impl Default for Config {
             address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 6167,
             listeners: Vec::new(),
+            app_service_config_files: Vec::new(),
             max_connections: 10_000,
             request_header_timeout: ConfigDuration::from_millis(30_000),
             request_body_timeout: ConfigDuration::from_millis(60_000),

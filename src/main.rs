@@ -78,6 +78,46 @@ enum Command {
         /// to create it.
         dir: PathBuf,
     },
+    /// Application service registrations: list those the configuration names, or check a
+    /// file before adding it. Neither needs the server (nor touches its database).
+    Appservice {
+        #[command(subcommand)]
+        action: AppserviceAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppserviceAction {
+    /// Read every file in `app_service_config_files` and show what each registers.
+    List,
+    /// Read one registration file and say what is wrong with it, field by field.
+    Check {
+        /// The registration file (YAML).
+        file: PathBuf,
+    },
+}
+
+/// `conduit appservice list|check`: the registrations as the server would read them.
+fn appservice_command(config: &Config, action: AppserviceAction) -> Result<(), String> {
+    use conduit::service::appservices::{load_file, load_files};
+    let registrations = match action {
+        AppserviceAction::List => load_files(&config.app_service_config_files, &config.server_name)?,
+        AppserviceAction::Check { file } => vec![load_file(&file, &config.server_name)?],
+    };
+    if registrations.is_empty() {
+        println!("no application services are configured (app_service_config_files)");
+    }
+    for r in registrations {
+        let url = r.url.as_ref().map_or_else(|| "none (receives nothing)".to_owned(), ToString::to_string);
+        println!("{}: sender {}, url {url}, rate limited: {}", r.id, r.sender, r.rate_limited);
+        for (kind, list) in [("users", &r.users), ("aliases", &r.aliases), ("rooms", &r.rooms)] {
+            for ns in list {
+                let exclusive = if ns.exclusive { "exclusive" } else { "shared" };
+                println!("  {kind}: {} ({exclusive})", ns.pattern);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `<number><unit>` with unit `d`, `h`, `m` or `s`.
@@ -231,6 +271,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             control::Request::PurgeMedia { older_than_secs: older_than.as_secs() }
         }
         Command::MakeAdmin { name, revoke } => control::Request::MakeAdmin { name, revoke },
+        Command::Appservice { action } => return appservice_command(&config, action),
         Command::Backup { dir } => {
             // The server resolves paths from its own working directory: send an absolute one.
             let dir = std::path::absolute(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

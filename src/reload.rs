@@ -179,6 +179,30 @@ impl LiveReload for crate::service::rate_limits::RateLimits {
     }
 }
 
+/// Application service registrations are read again from their files at every reload
+/// (their contents may change while the list of files does not); a file that fails its
+/// checks rejects the reload and the registrations in force stay. Queues of appservices
+/// new to the set start from now.
+impl LiveReload for crate::service::appservice_sender::AppserviceSender {
+    fn name(&self) -> &'static str {
+        "application services"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["app_service_config_files"]
+    }
+
+    fn check(&self, new: &Config) -> Result<(), String> {
+        self.appservices().check(&new.app_service_config_files).map(|_| ())
+    }
+
+    fn apply(&self, new: &Config) -> Result<(), String> {
+        let loaded = self.appservices().check(&new.app_service_config_files)?;
+        self.appservices().replace(loaded);
+        self.open_queues().map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

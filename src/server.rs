@@ -55,6 +55,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new(Arc::clone(&services), Arc::clone(&net_stats)));
         // Live-reloadable parts that services own are registered here; see `reload.rs`.
         reloader.register(Arc::clone(&services.rate_limits) as Arc<dyn crate::reload::LiveReload>);
+        reloader.register(Arc::clone(&services.appservice_sender) as Arc<dyn crate::reload::LiveReload>);
         Ok(Self { services, metrics, net_stats, reloader })
     }
 
@@ -109,6 +110,8 @@ impl Server {
         // Pushers' queues resume where they stopped: notifications written while the server
         // was down (or under way at a crash) are delivered now.
         self.services.push_gateways.start()?;
+        self.services.appservice_sender.start()?;
+        self.services.appservice_ephemeral.start();
         // Operator commands reach the running server here; without the socket they refuse
         // (the database is locked), as before it existed.
         let socket_path = control::socket_path(&self.services.config);
@@ -161,6 +164,7 @@ impl Server {
 
         let _ = stop_workers.send(true);
         self.services.outbox.stop().await;
+        self.services.appservice_ephemeral.stop();
         let _ = flusher.await;
         let _ = delayed_timer.await;
         if let Some(task) = control_task {

@@ -32,7 +32,8 @@ fn status_for(kind: &ErrorKind) -> StatusCode {
         ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::CannotOverwriteMedia => StatusCode::CONFLICT,
-        ErrorKind::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::NotYetUploaded | ErrorKind::ConnectionTimeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::BadStatus(_) | ErrorKind::ConnectionFailed => StatusCode::BAD_GATEWAY,
         _ => StatusCode::BAD_REQUEST,
     }
 }

@@ -176,10 +176,10 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
     use ::ruma::api::client::{authenticated_media as authed, media as legacy};
     use client::backup;
     use client::{
-        account, admin, alias, authenticated_media, config, context, dehydrated_device, delayed_events,
-        device, directory, discovery, keys, knock, media, membership, message, presence, profile, push,
-        read_marker, receipt, redact, relations, reporting, room, rtc, search, session, space, state, sync,
-        tag, thirdparty, threads, to_device, typing, user_directory, voip,
+        account, admin, alias, appservice, authenticated_media, config, context, dehydrated_device,
+        delayed_events, device, directory, discovery, keys, knock, media, membership, message, presence,
+        profile, push, read_marker, receipt, redact, relations, reporting, room, rtc, search, session, space,
+        state, sync, tag, thirdparty, threads, to_device, typing, user_directory, voip,
     };
 
     Router::new()
@@ -193,6 +193,8 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .ruma_route(account::get_username_availability)
         .ruma_route(account::check_registration_token_validity)
         .ruma_route(account::whoami)
+        // Application services
+        .ruma_route(appservice::request_ping)
         .ruma_route(account::change_password)
         .ruma_route(account::deactivate)
         .ruma_route(account::request_openid_token)

@@ -13,20 +13,21 @@ use bytes::{Bytes, BytesMut};
 use ruma::api::{
     IncomingRequest, IncomingRequestExt as _, OutgoingResponse, OutgoingResponseExt as _,
     auth_scheme::{
-        AccessToken, AccessTokenOptional, AppserviceTokenOptional, AuthScheme, ExtractTokenError,
-        NoAccessToken, NoAuthentication,
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme,
+        ExtractTokenError, NoAccessToken, NoAuthentication,
     },
     error::{DeserializationError, FromHttpRequestError},
 };
+use ruma::{OwnedDeviceId, UserId};
 
 use crate::{
     Error, Result,
     api::request::context_of,
+    matrix::appservice::Registration,
     matrix::limits,
     service::{
         Services,
-        context::{Actor, RequestContext},
-        devices::DeviceIdentity,
+        context::{Actor, Caller, RequestContext},
     },
 };
 
@@ -48,7 +49,8 @@ where
     pub query: Option<String>,
 }
 
-/// Where a request came from, as a device's last-seen record keeps it.
+/// Where a request came from, as a device's last-seen record keeps it, and whom an
+/// application service's request names.
 pub struct Client {
     /// The peer address.
     pub ip: String,
@@ -56,6 +58,13 @@ pub struct Client {
     pub user_agent: Option<String>,
     /// Whether a locked account may make this request: only logging out (as Synapse).
     pub allow_locked: bool,
+    /// The `user_id` query parameter: the user an application service acts as.
+    pub masquerade_user: Option<String>,
+    /// The `device_id` query parameter: the device of that user an application service acts
+    /// through.
+    pub masquerade_device: Option<String>,
+    /// The same under MSC3202's name, for registrations that ask for MSC3202.
+    pub msc3202_device: Option<String>,
 }
 
 /// What each auth scheme proves about the caller, as a type handlers can rely on.
@@ -73,10 +82,6 @@ pub trait Identify: AuthScheme {
     fn actor(identity: &Self::Identity) -> Actor;
 }
 
-fn device_actor(identity: &DeviceIdentity) -> Actor {
-    Actor::User { user_id: identity.user_id.clone(), device_id: Some(identity.device_id.clone()) }
-}
-
 fn token_error(error: ExtractTokenError) -> Error {
     match error {
         ExtractTokenError::MissingAccessToken => Error::missing_token(),
@@ -84,64 +89,134 @@ fn token_error(error: ExtractTokenError) -> Error {
     }
 }
 
-fn user_from_token(services: &Services, token: &str, client: &Client) -> Result<DeviceIdentity> {
+/// Who a token (an appservice's `as_token`, or a device's access token) acts as.
+fn caller_from_token(services: &Services, token: &str, client: &Client) -> Result<Caller> {
+    if let Some(appservice) = services.appservices.registry().by_as_token(token).cloned() {
+        return appservice_caller(services, appservice, client);
+    }
     let identity = services.devices.authenticate(token)?;
     if !client.allow_locked {
         services.users.ensure_not_locked(&identity.user_id)?;
     }
     services.devices.touch(&identity, client.ip.clone(), client.user_agent.clone());
-    Ok(identity)
+    Ok(Caller { user_id: identity.user_id, device_id: Some(identity.device_id), appservice: None })
+}
+
+/// An application service acting as its sender, or as the registered user in its namespace
+/// that `user_id` names (through one of that user's devices when `device_id` names one), as
+/// Synapse checks them.
+fn appservice_caller(services: &Services, appservice: Arc<Registration>, client: &Client) -> Result<Caller> {
+    let user_id = match client.masquerade_user.as_deref() {
+        None => appservice.sender.clone(),
+        Some(raw) => {
+            let user_id =
+                UserId::parse(raw).map_err(|_| Error::invalid_param("user_id is not a valid user ID"))?;
+            if user_id.server_name() != services.config.server_name || !appservice.may_act_as(&user_id) {
+                return Err(Error::forbidden("Application service cannot masquerade as this user."));
+            }
+            if user_id != appservice.sender && !services.users.exists(&user_id)? {
+                return Err(Error::forbidden("Application service has not registered this user."));
+            }
+            user_id
+        }
+    };
+    let named_device = client
+        .masquerade_device
+        .as_deref()
+        .or_else(|| client.msc3202_device.as_deref().filter(|_| appservice.msc3202));
+    let device_id = match named_device {
+        None => None,
+        Some(raw) => {
+            let device_id = OwnedDeviceId::from(raw);
+            if services.devices.get(&user_id, &device_id)?.is_none() {
+                return Err(Error::forbidden("Application service has not registered this device."));
+            }
+            Some(device_id)
+        }
+    };
+    Ok(Caller { user_id, device_id, appservice: Some(appservice) })
 }
 
 impl Identify for AccessToken {
-    type Identity = DeviceIdentity;
+    type Identity = Caller;
 
     fn identify(
         services: &Services,
         token: std::result::Result<String, ExtractTokenError>,
         client: &Client,
-    ) -> Result<DeviceIdentity> {
-        user_from_token(services, &token.map_err(token_error)?, client)
+    ) -> Result<Caller> {
+        caller_from_token(services, &token.map_err(token_error)?, client)
     }
 
-    fn actor(identity: &DeviceIdentity) -> Actor {
-        device_actor(identity)
+    fn actor(identity: &Caller) -> Actor {
+        identity.actor()
     }
 }
 
 impl Identify for AccessTokenOptional {
-    type Identity = Option<DeviceIdentity>;
+    type Identity = Option<Caller>;
 
     /// A token that is present must be valid; only its absence is optional.
     fn identify(
         services: &Services,
         token: std::result::Result<Option<String>, ExtractTokenError>,
         client: &Client,
-    ) -> Result<Option<DeviceIdentity>> {
-        token.map_err(token_error)?.map(|t| user_from_token(services, &t, client)).transpose()
+    ) -> Result<Option<Caller>> {
+        token.map_err(token_error)?.map(|t| caller_from_token(services, &t, client)).transpose()
     }
 
-    fn actor(identity: &Option<DeviceIdentity>) -> Actor {
-        identity.as_ref().map_or(Actor::Anonymous, device_actor)
+    fn actor(identity: &Option<Caller>) -> Actor {
+        identity.as_ref().map_or(Actor::Anonymous, Caller::actor)
     }
 }
 
-/// `/register` and `/login`, where a token only matters to application services. None are
-/// registered yet, so a token is ignored: clients that still hold an old or expired token
-/// (matrix-js-sdk sends it) must still be able to log in again.
+/// `/register` and `/login`, where a token only matters to application services: an
+/// `as_token` names its appservice; any other token is ignored, since clients that still
+/// hold an old or expired token (matrix-js-sdk sends it) must still be able to log in again.
 impl Identify for AppserviceTokenOptional {
-    type Identity = ();
+    type Identity = Option<Arc<Registration>>;
 
     fn identify(
-        _: &Services,
-        _: std::result::Result<Option<String>, ExtractTokenError>,
+        services: &Services,
+        token: std::result::Result<Option<String>, ExtractTokenError>,
         _: &Client,
-    ) -> Result<()> {
-        Ok(())
+    ) -> Result<Option<Arc<Registration>>> {
+        let Ok(Some(token)) = token else { return Ok(None) };
+        Ok(services.appservices.registry().by_as_token(&token).cloned())
     }
 
-    fn actor(_: &()) -> Actor {
-        Actor::Anonymous
+    fn actor(identity: &Option<Arc<Registration>>) -> Actor {
+        match identity {
+            Some(appservice) => Actor::Appservice {
+                id: appservice.id.clone(),
+                user_id: appservice.sender.clone(),
+                device_id: None,
+            },
+            None => Actor::Anonymous,
+        }
+    }
+}
+
+/// Endpoints only application services call (the ping, the appservice room directory).
+impl Identify for AppserviceToken {
+    type Identity = Arc<Registration>;
+
+    fn identify(
+        services: &Services,
+        token: std::result::Result<String, ExtractTokenError>,
+        _: &Client,
+    ) -> Result<Arc<Registration>> {
+        let token = token.map_err(token_error)?;
+        services
+            .appservices
+            .registry()
+            .by_as_token(&token)
+            .cloned()
+            .ok_or_else(|| Error::unknown_token(false, "Unknown application service token"))
+    }
+
+    fn actor(appservice: &Arc<Registration>) -> Actor {
+        Actor::Appservice { id: appservice.id.clone(), user_id: appservice.sender.clone(), device_id: None }
     }
 }
 
@@ -293,11 +368,31 @@ async fn path_args_and_context(parts: &mut Parts) -> (Vec<String>, RequestContex
     (path_args, context_of(parts))
 }
 
-/// Where a request came from, as the device's last-seen record keeps it.
-fn client_of(context: &RequestContext) -> Client {
+/// Where a request came from, as the device's last-seen record keeps it, and the users and
+/// devices an application service's request names in its query string.
+fn client_of(context: &RequestContext, query: Option<&str>) -> Client {
     let path = context.path.as_str();
     let allow_locked = path.ends_with("/logout") || path.ends_with("/logout/all");
-    Client { ip: context.client_ip.clone(), user_agent: context.user_agent.clone(), allow_locked }
+    let (mut masquerade_user, mut masquerade_device, mut msc3202_device) = (None, None, None);
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "user_id" => masquerade_user = Some(value.into_owned()),
+            "device_id" => masquerade_device = Some(value.into_owned()),
+            // matrix-bot-sdk adds MSC3202's name to every request of its users; Synapse reads it
+            // only where device masquerading is on, so it counts only for registrations
+            // asking for MSC3202 (checked where the appservice is known).
+            "org.matrix.msc3202.device_id" => msc3202_device = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Client {
+        ip: context.client_ip.clone(),
+        user_agent: context.user_agent.clone(),
+        allow_locked,
+        masquerade_user,
+        masquerade_device,
+        msc3202_device,
+    }
 }
 
 /// The identity a request proves under auth scheme `S`: the token `S` extracts from the
@@ -307,7 +402,7 @@ fn authenticate<S: Identify, B>(
     head: &Request<B>,
     context: &RequestContext,
 ) -> Result<S::Identity> {
-    S::identify(services, S::extract_authentication(head), &client_of(context))
+    S::identify(services, S::extract_authentication(head), &client_of(context, head.uri().query()))
 }
 
 /// Authenticate by the endpoint's scheme, then parse the ruma request from the head and
@@ -384,7 +479,7 @@ fn check_shape<T: 'static>(body: &[u8]) -> Result<()> {
 /// parameter, through the same `Identify` impl, with the same last-seen touch. Handlers read
 /// the rest of the request with axum's extractors.
 pub struct Authenticated {
-    pub identity: DeviceIdentity,
+    pub identity: Caller,
     pub context: RequestContext,
 }
 
@@ -398,7 +493,7 @@ impl FromRequestParts<Arc<Services>> for Authenticated {
         *head.headers_mut() = parts.headers.clone();
         let mut context = context_of(parts);
         let identity = authenticate::<AccessToken, _>(services, &head, &context)?;
-        context.actor = device_actor(&identity);
+        context.actor = identity.actor();
         Ok(Self { identity, context })
     }
 }

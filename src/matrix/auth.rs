@@ -491,6 +491,7 @@ mod tests {
             content: json!({}),
             state_key: None,
             redacts: Some(ruma::EventId::parse(target).unwrap()),
+            origin_server_ts: None,
         };
         for version in SUPPORTED {
             let mut room = Room::new(version.clone(), "public");

@@ -81,11 +81,14 @@ pub struct EventTemplate {
     pub content: JsonValue,
     pub state_key: Option<String>,
     pub redacts: Option<OwnedEventId>,
+    /// The event's `origin_server_ts` when the sender may choose it (an application
+    /// service importing history with `ts`); otherwise the server's clock.
+    pub origin_server_ts: Option<u64>,
 }
 
 impl EventTemplate {
     pub fn message(kind: impl Into<TimelineEventType>, content: JsonValue) -> Self {
-        Self { kind: kind.into(), content, state_key: None, redacts: None }
+        Self { kind: kind.into(), content, state_key: None, redacts: None, origin_server_ts: None }
     }
 
     pub fn state(
@@ -93,7 +96,13 @@ impl EventTemplate {
         state_key: impl Into<String>,
         content: JsonValue,
     ) -> Self {
-        Self { kind: kind.into(), content, state_key: Some(state_key.into()), redacts: None }
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+            origin_server_ts: None,
+        }
     }
 }
 
@@ -687,6 +696,7 @@ mod tests {
                 content: json!({ "reason": "r" }),
                 state_key: None,
                 redacts: Some(EventId::parse("$target:example.org").unwrap()),
+                origin_server_ts: None,
             };
             let redaction = build(&rules, &key, &redaction_template, room, "$r:example.org", &[]).unwrap();
             for (kind, content, kept) in &cases {

@@ -43,7 +43,13 @@ pub fn client_template(
     } else {
         None
     };
-    Ok(EventTemplate { kind, content, state_key: state_key.map(str::to_owned), redacts })
+    Ok(EventTemplate {
+        kind,
+        content,
+        state_key: state_key.map(str::to_owned),
+        redacts,
+        origin_server_ts: None,
+    })
 }
 
 /// The spec's rule for applying a redaction to its target ("Handling redactions" in room

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as JsonValue, json};
 
 use super::{
+    appservices::Appservices,
     audit::{self, Audit},
     context::{Actor, RequestContext},
     delayed_events::DelayedEvents,
@@ -41,7 +42,10 @@ use super::{
 use crate::{
     Error, Result,
     config::Config,
-    matrix::user_id::{registrable_user_id, resolve_login_user},
+    matrix::{
+        appservice::Registration,
+        user_id::{registrable_user_id, resolve_login_user},
+    },
     storage::{
         KvStore, Table, WriteBatch,
         tables::{DEHYDRATED_DEVICES, DehydratedDeviceRecord},
@@ -70,6 +74,7 @@ pub struct Accounts {
     registration_tokens: Arc<RegistrationTokens>,
     /// Logins and registrations are counted here, before passwords are hashed.
     rate_limits: Arc<RateLimits>,
+    appservices: Arc<Appservices>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
 }
 
@@ -134,6 +139,7 @@ impl Accounts {
         audit: Arc<Audit>,
         registration_tokens: Arc<RegistrationTokens>,
         rate_limits: Arc<RateLimits>,
+        appservices: Arc<Appservices>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
         Self {
@@ -151,6 +157,7 @@ impl Accounts {
             audit,
             registration_tokens,
             rate_limits,
+            appservices,
             dehydrated,
         }
     }
@@ -243,8 +250,11 @@ impl Accounts {
     }
 
     /// The user ID `localpart` would get, if it is valid and free.
+    /// A user ID a person may register: valid, outside every appservice's exclusive
+    /// namespace, and free.
     fn available_user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         let user_id = self.registrable(localpart)?;
+        self.appservices.ensure_user_not_exclusive(&user_id, None)?;
         if self.users.exists(&user_id)? {
             return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
         }
@@ -280,8 +290,15 @@ impl Accounts {
     pub async fn register(
         &self,
         req: register::v3::Request,
+        appservice: Option<&Arc<Registration>>,
         context: &RequestContext,
     ) -> Result<register::v3::Response> {
+        if let Some(appservice) = appservice {
+            return self.register_for_appservice(req, appservice, context);
+        }
+        if req.login_type == Some(register::LoginType::ApplicationService) {
+            return Err(Error::missing_token());
+        }
         if req.kind == register::RegistrationKind::Guest {
             return Err(Error::forbidden("Guest access is disabled"));
         }
@@ -292,6 +309,7 @@ impl Accounts {
         // once; the account a retried session already created is not one.
         if let Some(name) = &given.username {
             let user_id = self.registrable(name)?;
+            self.appservices.ensure_user_not_exclusive(&user_id, None)?;
             let session = req.auth.as_ref().and_then(AuthData::session);
             let ours = match session {
                 Some(session) => self.uiaa.registered_user(session)?.is_some_and(|u| u == user_id),
@@ -403,6 +421,96 @@ impl Accounts {
             response.expires_in = issued.expires_in;
         }
         Ok(response)
+    }
+
+    /// `POST /register` by an application service for a user in its namespace: no
+    /// user-interactive auth, no password, open even while registration is closed (as
+    /// Synapse); a device and token unless `inhibit_login`.
+    fn register_for_appservice(
+        &self,
+        req: register::v3::Request,
+        appservice: &Arc<Registration>,
+        context: &RequestContext,
+    ) -> Result<register::v3::Response> {
+        let name = req.username.as_deref().ok_or_else(|| Error::missing_param("Missing params: username"))?;
+        let user_id = self.registrable(name)?;
+        if !appservice.may_act_as(&user_id) {
+            return Err(Error::new(
+                ErrorKind::Exclusive,
+                "Invalid user localpart for this application service.",
+            ));
+        }
+        devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
+        let context = &RequestContext {
+            actor: Actor::Appservice {
+                id: appservice.id.clone(),
+                user_id: appservice.sender.clone(),
+                device_id: None,
+            },
+            ..context.clone()
+        };
+        let issued = self.write_audited(
+            context,
+            |guard, batch| {
+                if self.users.exists(&user_id)? {
+                    return Err(Error::new(ErrorKind::UserInUse, "User ID already taken."));
+                }
+                let displayname = Some(user_id.localpart().to_owned());
+                self.users.create_in(batch, &user_id, None, false, displayname)?;
+                if req.inhibit_login {
+                    return Ok(None);
+                }
+                Ok(Some(self.devices.create_session_in(
+                    guard,
+                    batch,
+                    &user_id,
+                    req.device_id.clone(),
+                    req.initial_device_display_name.clone(),
+                    req.refresh_token,
+                    context.client_ip.clone(),
+                )?))
+            },
+            |issued| {
+                let device = issued.as_ref().map(|i| i.device_id.to_string());
+                audit::Entry::success("register")
+                    .target(&user_id)
+                    .params(json!({ "type": "m.login.application_service", "device_id": device }))
+            },
+        )?;
+        tracing::info!(%user_id, appservice = %appservice.id, "registered application service user");
+        let mut response = register::v3::Response::new(user_id);
+        if let Some(issued) = issued {
+            response.access_token = Some(issued.access_token);
+            response.device_id = Some(issued.device_id);
+            response.refresh_token = issued.refresh_token;
+            response.expires_in = issued.expires_in;
+        }
+        Ok(response)
+    }
+
+    /// Create the account of an application service's sender if it does not exist yet (at
+    /// start-up and when a registration is added), as Synapse does, so the bot can join
+    /// rooms and have a profile without registering itself. Answers whether it was created.
+    pub fn ensure_appservice_sender(&self, appservice: &Registration) -> Result<bool> {
+        if self.users.exists(&appservice.sender)? {
+            return Ok(false);
+        }
+        let context = RequestContext::internal(Actor::Server, "application service registration");
+        let user_id = &appservice.sender;
+        self.write_audited(
+            &context,
+            |_, batch| {
+                let displayname = Some(user_id.localpart().to_owned());
+                self.users.create_in(batch, user_id, None, false, displayname)
+            },
+            |()| {
+                audit::Entry::success("register")
+                    .target(user_id)
+                    .params(json!({ "type": "m.login.application_service", "appservice": appservice.id }))
+            },
+        )?;
+        tracing::info!(user_id = %user_id, appservice = %appservice.id, "created the application service's sender");
+        Ok(true)
     }
 
     /// Queue a new account whose display name starts as its localpart (as Synapse).
@@ -521,8 +629,22 @@ impl Accounts {
     pub async fn login(
         &self,
         req: login::v3::Request,
+        appservice: Option<&Arc<Registration>>,
         context: &RequestContext,
     ) -> Result<login::v3::Response> {
+        if let login::v3::LoginInfo::ApplicationService(info) = &req.login_info {
+            let appservice = appservice.ok_or_else(Error::missing_token)?;
+            #[allow(deprecated)]
+            let claimed = match (&info.identifier, &info.user) {
+                (Some(UserIdentifier::Matrix(id)), _) => id.user.as_str(),
+                (Some(_), _) => {
+                    return Err(Error::new(ErrorKind::Unknown, "Only m.id.user identifiers are supported"));
+                }
+                (None, Some(user)) => user.as_str(),
+                (None, None) => return Err(Error::missing_param("Missing identifier")),
+            };
+            return self.login_for_appservice(&req, claimed, appservice, context);
+        }
         let login::v3::LoginInfo::Password(info) = &req.login_info else {
             return Err(Error::new(
                 ErrorKind::Unknown,
@@ -604,6 +726,61 @@ impl Accounts {
             },
         )?;
         tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
+        let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
+        response.refresh_token = issued.refresh_token;
+        response.expires_in = issued.expires_in;
+        Ok(response)
+    }
+
+    /// `m.login.application_service`: a new device for a registered user in the
+    /// appservice's namespace, without a password.
+    fn login_for_appservice(
+        &self,
+        req: &login::v3::Request,
+        claimed: &str,
+        appservice: &Arc<Registration>,
+        context: &RequestContext,
+    ) -> Result<login::v3::Response> {
+        devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
+        let user_id = resolve_login_user(claimed, &self.config.server_name)
+            .ok_or_else(|| Error::invalid_param("Not a user on this server"))?;
+        if !appservice.may_act_as(&user_id) {
+            return Err(Error::new(
+                ErrorKind::Exclusive,
+                "This user is not in the application service's namespace.",
+            ));
+        }
+        let context = &RequestContext {
+            actor: Actor::Appservice {
+                id: appservice.id.clone(),
+                user_id: appservice.sender.clone(),
+                device_id: None,
+            },
+            ..context.clone()
+        };
+        let issued = self.write_audited(
+            context,
+            |guard, batch| {
+                match self.users.get(&user_id)? {
+                    Some(user) if !user.deactivated => {}
+                    _ => return Err(Error::forbidden("Invalid username or password.")),
+                }
+                self.devices.create_session_in(
+                    guard,
+                    batch,
+                    &user_id,
+                    req.device_id.clone(),
+                    req.initial_device_display_name.clone(),
+                    req.refresh_token,
+                    context.client_ip.clone(),
+                )
+            },
+            |issued| {
+                audit::Entry::success("login")
+                    .target(&user_id)
+                    .params(json!({ "type": "m.login.application_service", "device_id": issued.device_id }))
+            },
+        )?;
         let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
         response.refresh_token = issued.refresh_token;
         response.expires_in = issued.expires_in;

@@ -583,7 +583,7 @@ impl Admin {
         let _one_at_a_time = self.notice_lock.lock().await;
         self.ensure_notices_user(&notices).await?;
         let room_id = self.notice_room(&notices, user_id).await?;
-        self.room_actions.send_message(&notices, &room_id, kind, content, txn).await
+        self.room_actions.send_message(&notices, &room_id, kind, content, txn, None).await
     }
 
     /// The server notices user, created (without a password: nobody logs in as it) on

@@ -83,8 +83,11 @@ impl Entry {
 /// Who acted, as a record keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordActor {
-    /// `user`, `anonymous`, `operator` (the command line) or `server`.
+    /// `user`, `appservice`, `anonymous`, `operator` (the command line) or `server`.
     pub kind: String,
+    /// The application service that acted (as `user_id`, one of its users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appservice: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -374,10 +377,15 @@ fn matches(record: &Record, query: &Query) -> bool {
 }
 
 fn record_actor(context: &RequestContext) -> RecordActor {
+    let mut appservice = None;
     let (kind, user_id, device_id) = match &context.actor {
         Actor::Anonymous => ("anonymous", None, None),
         Actor::User { user_id, device_id } => {
             ("user", Some(user_id.to_string()), device_id.as_ref().map(ToString::to_string))
+        }
+        Actor::Appservice { id, user_id, device_id } => {
+            appservice = Some(id.clone());
+            ("appservice", Some(user_id.to_string()), device_id.as_ref().map(ToString::to_string))
         }
         Actor::Operator => ("operator", None, None),
         Actor::Server => ("server", None, None),
@@ -385,6 +393,7 @@ fn record_actor(context: &RequestContext) -> RecordActor {
     let nonempty = |s: &str| Some(s.to_owned()).filter(|s| !s.is_empty());
     RecordActor {
         kind: kind.to_owned(),
+        appservice,
         user_id,
         device_id,
         ip: nonempty(&context.client_ip),
@@ -512,6 +521,7 @@ mod tests {
             action: "login".into(),
             outcome: Outcome::Success,
             actor: RecordActor {
+                appservice: None,
                 kind: "user".into(),
                 user_id: Some("@a:x".into()),
                 device_id: None,

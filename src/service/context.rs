@@ -6,7 +6,12 @@
 //! trusted proxies), with what (the user agent), and the ID its log lines and audit records
 //! share.
 
-use ruma::{OwnedDeviceId, OwnedUserId};
+use std::sync::Arc;
+
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId};
+
+use super::devices::DeviceIdentity;
+use crate::{Error, matrix::appservice::Registration};
 
 /// The request method, as far as a service needs to tell requests apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,10 +42,12 @@ impl Method {
 pub enum Actor {
     /// A request without credentials (login, registration, public endpoints).
     Anonymous,
-    /// A local user through one of their devices' access tokens.
     /// A local user: through one of their devices' access tokens, or (without a device) as the
     /// sender of an event whose request is not at hand.
     User { user_id: OwnedUserId, device_id: Option<OwnedDeviceId> },
+    /// An application service (its `id`) acting as one of its users, with one of their
+    /// devices when it masquerades one.
+    Appservice { id: String, user_id: OwnedUserId, device_id: Option<OwnedDeviceId> },
     /// An operator command run on the server's host (the `conduit` command line).
     Operator,
     /// The server itself (sweeps, timers, delayed events coming due).
@@ -51,7 +58,7 @@ impl Actor {
     /// The user behind the action, when there is one.
     pub fn user_id(&self) -> Option<&OwnedUserId> {
         match self {
-            Actor::User { user_id, .. } => Some(user_id),
+            Actor::User { user_id, .. } | Actor::Appservice { user_id, .. } => Some(user_id),
             _ => None,
         }
     }
@@ -85,6 +92,59 @@ impl RequestContext {
             user_agent: None,
             request_id: String::new(),
             actor,
+        }
+    }
+}
+
+/// Who an authenticated client-server request acts as: a user through one of their devices'
+/// tokens, or an application service acting as its sender or one of its users (with a
+/// device only when it names one it may use).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: OwnedUserId,
+    pub device_id: Option<OwnedDeviceId>,
+    /// The application service behind the request, if it came with an `as_token`.
+    pub appservice: Option<Arc<Registration>>,
+}
+
+impl Caller {
+    /// The device the request came from; endpoints that act on a device (keys, to-device,
+    /// sync, logout) refuse an appservice request that names none.
+    pub fn device(&self) -> Result<&DeviceId, Error> {
+        self.device_id.as_deref().ok_or_else(|| {
+            Error::missing_param(
+                "This endpoint acts on a device: an application service names one with the device_id query parameter",
+            )
+        })
+    }
+
+    /// The user and device, for flows that act on the calling device (password change,
+    /// deactivation, device deletion: each needs the device to keep or re-authenticate).
+    pub fn device_identity(&self) -> Result<DeviceIdentity, Error> {
+        Ok(DeviceIdentity { user_id: self.user_id.clone(), device_id: self.device()?.to_owned() })
+    }
+
+    /// What scopes the request's transaction IDs: its device, or for an appservice request
+    /// without one, the appservice. The appservice scope is not a device ID any client is
+    /// given; a client that chose exactly this string as its device ID would share
+    /// transaction IDs with the appservice, and only for a user the appservice controls.
+    pub fn txn_scope(&self) -> OwnedDeviceId {
+        match (&self.device_id, &self.appservice) {
+            (Some(device_id), _) => device_id.clone(),
+            (None, Some(appservice)) => format!("{} (application service)", appservice.id).into(),
+            (None, None) => OwnedDeviceId::from(""),
+        }
+    }
+
+    /// Who acts, for the request's context.
+    pub fn actor(&self) -> Actor {
+        match &self.appservice {
+            Some(appservice) => Actor::Appservice {
+                id: appservice.id.clone(),
+                user_id: self.user_id.clone(),
+                device_id: self.device_id.clone(),
+            },
+            None => Actor::User { user_id: self.user_id.clone(), device_id: self.device_id.clone() },
         }
     }
 }

@@ -4,6 +4,9 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin;
+pub mod appservice_ephemeral;
+pub mod appservice_sender;
+pub mod appservices;
 pub mod audit;
 pub mod backup;
 pub mod cache;
@@ -49,6 +52,9 @@ use crate::{
 /// Every service, built once per server.
 pub struct Services {
     pub config: Arc<Config>,
+    pub appservices: Arc<appservices::Appservices>,
+    pub appservice_sender: Arc<appservice_sender::AppserviceSender>,
+    pub appservice_ephemeral: Arc<appservice_ephemeral::AppserviceEphemeral>,
     pub users: Arc<users::Users>,
     pub devices: Arc<devices::Devices>,
     pub uiaa: Arc<uiaa::Uiaa>,
@@ -113,9 +119,18 @@ impl Services {
     /// Wire the services over an opened, migrated store.
     pub fn build(config: Arc<Config>, store: Arc<dyn KvStore>, clock: Arc<dyn clock::Clock>) -> Result<Self> {
         let passwords = Arc::new(passwords::Passwords::new(&config)?);
+        let appservices = Arc::new(appservices::Appservices::new(
+            config.server_name.clone(),
+            config.app_service_config_files.clone(),
+        )?);
         let users = Arc::new(users::Users::new(&store, passwords, Arc::clone(&clock)));
-        let rate_limits =
-            Arc::new(rate_limits::RateLimits::new(&store, &config, Arc::clone(&clock), Arc::clone(&users))?);
+        let rate_limits = Arc::new(rate_limits::RateLimits::new(
+            &store,
+            &config,
+            Arc::clone(&clock),
+            Arc::clone(&users),
+            Arc::clone(&appservices),
+        )?);
         let devices = Arc::new(devices::Devices::new(
             &store,
             Arc::clone(&clock),
@@ -213,6 +228,7 @@ impl Services {
             Arc::clone(&audit),
             Arc::clone(&registration_tokens),
             Arc::clone(&rate_limits),
+            Arc::clone(&appservices),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -253,6 +269,17 @@ impl Services {
             Arc::clone(&clock),
             email_notifier.clone(),
         )?);
+        let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
+        let appservice_sender = Arc::new(appservice_sender::AppserviceSender::new(
+            Arc::clone(&appservices),
+            Arc::clone(&accounts),
+            Arc::clone(&outbox),
+            Arc::clone(&events),
+            Arc::clone(&memberships),
+            Arc::clone(&aliases),
+            Arc::clone(&renderer),
+            Arc::clone(&stream),
+        ));
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
             Arc::clone(&server_keys),
@@ -263,6 +290,7 @@ impl Services {
             Arc::clone(&relations),
             Arc::clone(&notifications),
             Arc::clone(&push_gateways),
+            Arc::clone(&appservice_sender),
             Arc::clone(&search),
             Arc::clone(&delayed_events),
             Arc::clone(&clock),
@@ -279,6 +307,14 @@ impl Services {
             Arc::clone(&stream),
         ));
         let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
+        let appservice_ephemeral = Arc::new(appservice_ephemeral::AppserviceEphemeral::new(
+            Arc::clone(&appservices),
+            Arc::clone(&typing),
+            Arc::clone(&receipts),
+            Arc::clone(&memberships),
+            Arc::clone(&stream),
+            Arc::clone(&clock),
+        ));
         let presence = Arc::new(presence::Presence::new(
             &store,
             Arc::clone(&stream),
@@ -325,7 +361,6 @@ impl Services {
             Arc::clone(&sync),
             sliding_connections,
         ));
-        let aliases = Arc::new(rooms::aliases::Aliases::new(&store, config.server_name.clone()));
         let directory = Arc::new(rooms::directory::Directory::new(
             &store,
             Arc::clone(&events),
@@ -362,6 +397,7 @@ impl Services {
             Arc::clone(&aliases),
             Arc::clone(&blocked_rooms),
             config.server_notices_user(),
+            Arc::clone(&appservices),
         ));
         let room_actions = Arc::new(rooms::actions::RoomActions::new(
             Arc::clone(&timeline),
@@ -462,6 +498,9 @@ impl Services {
         ));
         Ok(Self {
             config,
+            appservices,
+            appservice_sender,
+            appservice_ephemeral,
             users,
             devices,
             uiaa,

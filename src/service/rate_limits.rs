@@ -25,7 +25,7 @@ use crate::{
     Error, Result,
     config::Config,
     matrix::rate_limit::{Bucket, Rate},
-    service::{clock::Clock, users::Users},
+    service::{appservices::Appservices, clock::Clock, users::Users},
     storage::{
         KvStore, Table,
         tables::{RATELIMIT_OVERRIDES, RateLimitOverrideRecord},
@@ -230,6 +230,7 @@ enum Mode {
 pub struct RateLimits {
     clock: Arc<dyn Clock>,
     users: Arc<Users>,
+    appservices: Arc<Appservices>,
     enabled: AtomicBool,
     exempt_admins: AtomicBool,
     rates: [LiveRate; LIMITERS],
@@ -248,6 +249,7 @@ impl RateLimits {
         config: &Config,
         clock: Arc<dyn Clock>,
         users: Arc<Users>,
+        appservices: Arc<Appservices>,
     ) -> Result<Self> {
         let overrides_table = RATELIMIT_OVERRIDES.open(store);
         let mut overrides = HashMap::new();
@@ -264,6 +266,7 @@ impl RateLimits {
         let limits = Self {
             clock,
             users,
+            appservices,
             enabled: AtomicBool::new(config.rate_limiting),
             exempt_admins: AtomicBool::new(config.rate_limit_exempt_admins),
             rates: std::array::from_fn(|i| LiveRate::new(rates[i].1)),
@@ -373,9 +376,14 @@ impl RateLimits {
     }
 
     /// Whether a user is exempt from every limit whatever their buckets say: an admin while
-    /// `rate_limit_exempt_admins` is on. Appservice users registered with
-    /// `rate_limited: false` belong here when appservices exist.
+    /// `rate_limit_exempt_admins` is on, or a user of an application service registered
+    /// with `rate_limited: false` (its sender or a user in its namespaces).
     fn exempt(&self, user_id: &UserId) -> bool {
+        if self.appservices.any()
+            && self.appservices.registry().list.iter().any(|a| !a.rate_limited && a.may_act_as(user_id))
+        {
+            return true;
+        }
         if self.exempt_admins.load(Ordering::Relaxed) {
             match self.users.get(user_id) {
                 Ok(Some(record)) if record.admin && !record.deactivated => return true,

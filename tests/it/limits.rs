@@ -555,7 +555,7 @@ async fn a_state_event_too_deep_to_carry_is_replaced_without_it() {
     let room_id: ruma::OwnedRoomId = room.parse().unwrap();
     // Content nested 126 deep, as versions before the limit accepted (past the edge here).
     let content: Value = serde_json::from_str(&nested(126)).unwrap();
-    s.services.room_actions.send_state(&alice_id, &room_id, "m.deep", "", content).await.unwrap();
+    s.services.room_actions.send_state(&alice_id, &room_id, "m.deep", "", content, None).await.unwrap();
     let (status, body) =
         s.put(&format!("{V3}/rooms/{room}/state/m.deep"), Some(&alice.token), json!({"x": 1})).await;
     assert_eq!(status, StatusCode::OK, "{body}");

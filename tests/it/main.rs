@@ -4,6 +4,8 @@
 mod account;
 mod admin_rooms;
 mod admin_users;
+mod appservice;
+
 mod architecture;
 mod audit;
 mod backup;

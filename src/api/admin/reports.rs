@@ -50,7 +50,8 @@ pub async fn get(
     Path(id): Path<String>,
     AdminCaller { caller }: AdminCaller,
 ) -> Result<Json<JsonValue>> {
-    let viewer = Viewer { user_id: &caller.identity.user_id, device_id: Some(&caller.identity.device_id) };
+    let viewer =
+        Viewer { user_id: &caller.identity.user_id, device_id: caller.identity.device_id.as_deref() };
     Ok(Json(services.room_admin.event_report(viewer, report_id(&id)?)?))
 }
 

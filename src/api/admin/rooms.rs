@@ -78,7 +78,8 @@ pub async fn room_state(
     Path(room): Path<String>,
     AdminCaller { caller }: AdminCaller,
 ) -> Result<Json<JsonValue>> {
-    let viewer = Viewer { user_id: &caller.identity.user_id, device_id: Some(&caller.identity.device_id) };
+    let viewer =
+        Viewer { user_id: &caller.identity.user_id, device_id: caller.identity.device_id.as_deref() };
     let state = services.room_admin.state(viewer, &room_id(&room)?)?;
     Ok(Json(json!({ "state": state })))
 }
@@ -115,7 +116,8 @@ pub async fn room_messages(
     query: RawQuery,
 ) -> Result<Json<JsonValue>> {
     let params = Params::parse(query);
-    let viewer = Viewer { user_id: &caller.identity.user_id, device_id: Some(&caller.identity.device_id) };
+    let viewer =
+        Viewer { user_id: &caller.identity.user_id, device_id: caller.identity.device_id.as_deref() };
     let direction = if params.backwards()?.unwrap_or(true) { Direction::Reverse } else { Direction::Forward };
     let page = services.room_admin.messages(
         viewer,
@@ -144,7 +146,8 @@ pub async fn room_context(
     query: RawQuery,
 ) -> Result<Json<JsonValue>> {
     let params = Params::parse(query);
-    let viewer = Viewer { user_id: &caller.identity.user_id, device_id: Some(&caller.identity.device_id) };
+    let viewer =
+        Viewer { user_id: &caller.identity.user_id, device_id: caller.identity.device_id.as_deref() };
     let event_id =
         OwnedEventId::try_from(event).map_err(|e| Error::invalid_param(format!("Invalid event ID: {e}")))?;
     let page = services.room_admin.context(

@@ -58,6 +58,7 @@ pub async fn send_with_txn(
     uri: axum::http::Uri,
     body: axum::body::Body,
 ) -> Result<Json<JsonValue>> {
-    let txn = Txn { device_id: &caller.identity.device_id, txn_id: &txn_id, path: uri.path() };
+    let scope = caller.identity.txn_scope();
+    let txn = Txn { device_id: &scope, txn_id: &txn_id, path: uri.path() };
     send_notice(&services, body, Some(txn)).await
 }

@@ -21,7 +21,7 @@ pub async fn register(
     services: AppState,
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response> {
-    services.accounts.register(req.body, &req.context).await
+    services.accounts.register(req.body, req.identity.as_ref(), &req.context).await
 }
 
 /// Without a login (`inhibit_login`) a registration answer has no device: the key is left out,
@@ -74,7 +74,7 @@ pub async fn request_openid_token(
 /// `GET /_matrix/client/v3/account/whoami`
 pub async fn whoami(_: AppState, req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
     let mut response = whoami::v3::Response::new(req.identity.user_id, false);
-    response.device_id = Some(req.identity.device_id);
+    response.device_id = req.identity.device_id;
     Ok(response)
 }
 
@@ -83,7 +83,7 @@ pub async fn change_password(
     services: AppState,
     req: Ruma<change_password::v3::Request>,
 ) -> Result<change_password::v3::Response> {
-    let who = required(req.identity)?;
+    let who = required(req.identity)?.device_identity()?;
     services.accounts.change_password(&who, &req.context, req.body).await
 }
 
@@ -92,7 +92,7 @@ pub async fn deactivate(
     services: AppState,
     req: Ruma<deactivate::v3::Request>,
 ) -> Result<deactivate::v3::Response> {
-    let who = required(req.identity)?;
+    let who = required(req.identity)?.device_identity()?;
     services.accounts.deactivate(&who, &req.context, req.body).await
 }
 

@@ -13,6 +13,7 @@ pub async fn create_alias(
     req: Ruma<create_alias::v3::Request>,
 ) -> Result<create_alias::v3::Response> {
     let body = req.body;
+    services.appservices.ensure_alias_not_exclusive(&body.room_alias, req.identity.appservice.as_deref())?;
     services.room_actions.create_alias(&req.identity.user_id, &body.room_alias, &body.room_id)?;
     Ok(create_alias::v3::Response::new())
 }
@@ -22,7 +23,7 @@ pub async fn get_alias(
     services: AppState,
     req: Ruma<get_alias::v3::Request>,
 ) -> Result<get_alias::v3::Response> {
-    let room_id = services.aliases.resolve(&req.body.room_alias)?;
+    let room_id = services.membership.resolve_alias(&req.body.room_alias).await?;
     Ok(get_alias::v3::Response::new(room_id, vec![services.config.server_name.clone()]))
 }
 

@@ -55,7 +55,10 @@ pub async fn delete_device(
     req: Ruma<delete_device::v3::Request>,
 ) -> Result<delete_device::v3::Response> {
     let devices = [req.body.device_id];
-    services.accounts.delete_devices(&req.identity, &req.context, &devices, req.body.auth.as_ref()).await?;
+    services
+        .accounts
+        .delete_devices(&req.identity.device_identity()?, &req.context, &devices, req.body.auth.as_ref())
+        .await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -65,6 +68,9 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> Result<delete_devices::v3::Response> {
     let auth = req.body.auth.as_ref();
-    services.accounts.delete_devices(&req.identity, &req.context, &req.body.devices, auth).await?;
+    services
+        .accounts
+        .delete_devices(&req.identity.device_identity()?, &req.context, &req.body.devices, auth)
+        .await?;
     Ok(delete_devices::v3::Response::new())
 }

@@ -52,9 +52,10 @@ pub async fn upload_keys(
     req: Ruma<upload_keys::v3::Request>,
 ) -> Result<upload_keys::v3::Response> {
     let body = req.body;
-    services.devices.ensure_may_upload_keys(&req.identity.user_id, &req.identity.device_id)?;
+    let device_id = req.identity.device()?;
+    services.devices.ensure_may_upload_keys(&req.identity.user_id, device_id)?;
     let upload = key_upload(body.device_keys.as_ref(), &body.one_time_keys, &body.fallback_keys)?;
-    let counts = services.keys.upload(&req.identity.user_id, &req.identity.device_id, upload)?;
+    let counts = services.keys.upload(&req.identity.user_id, device_id, upload)?;
     let counts =
         counts.into_iter().map(|(alg, n)| (alg.as_str().into(), ruma::UInt::new_saturating(n))).collect();
     Ok(upload_keys::v3::Response::new(counts))
@@ -166,7 +167,10 @@ pub async fn upload_signing_keys(
     let reset = services.keys.upload_replaces_master(&req.identity.user_id, &upload)?;
     if reset {
         let auth = body.auth.as_ref();
-        services.accounts.reauthenticate_cross_signing(&req.identity, &req.context, &upload, auth).await?;
+        services
+            .accounts
+            .reauthenticate_cross_signing(&req.identity.device_identity()?, &req.context, &upload, auth)
+            .await?;
     }
     let audit = reset.then_some((services.audit.as_ref(), &req.context));
     services.keys.upload_cross_signing(&req.identity.user_id, upload, audit)?;

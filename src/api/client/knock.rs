@@ -13,7 +13,7 @@ pub async fn knock_room(
     req: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response> {
     let body = req.body;
-    let room_id = services.membership.resolve(&body.room_id_or_alias)?;
+    let room_id = services.membership.resolve(&body.room_id_or_alias).await?;
     services
         .membership
         .knock(&req.identity.user_id, &room_id, body.reason.as_deref(), Default::default())

@@ -94,8 +94,8 @@ pub async fn get_events(
     let timeout = query.number::<u64>("timeout")?.map_or(legacy_sync::DEFAULT_TIMEOUT, Duration::from_millis);
     let room_id = query.get("room_id").map(room_id).transpose()?;
     let request = EventsRequest {
+        device_id: auth.identity.device()?.to_owned(),
         user_id: auth.identity.user_id,
-        device_id: auth.identity.device_id,
         from,
         timeout,
         room_id,
@@ -114,7 +114,7 @@ pub async fn get_event(
     let event_id = EventId::parse(raw).map_err(|e| Error::invalid_param(format!("Invalid event ID: {e}")))?;
     let identity = &auth.identity;
     let event = services.room_actions.event_by_id(&identity.user_id, &event_id)?;
-    let viewer = Viewer { user_id: &identity.user_id, device_id: Some(&identity.device_id) };
+    let viewer = Viewer { user_id: &identity.user_id, device_id: identity.device_id.as_deref() };
     Ok(Json(services.renderer.value(viewer, &event, Rendering::LEGACY)?))
 }
 
@@ -127,7 +127,7 @@ pub async fn initial_sync(
     let query = Query::parse(raw.as_deref());
     let archived = query.boolean("archived")?.unwrap_or(false);
     let identity = &auth.identity;
-    let viewer = Viewer { user_id: &identity.user_id, device_id: Some(&identity.device_id) };
+    let viewer = Viewer { user_id: &identity.user_id, device_id: identity.device_id.as_deref() };
     Ok(Json(services.legacy_sync.initial_sync(viewer, query.limit()?, archived)?))
 }
 
@@ -141,7 +141,7 @@ pub async fn room_initial_sync(
     let room_id = room_id(path_arg(&path, 0)?)?;
     let query = Query::parse(raw.as_deref());
     let identity = &auth.identity;
-    let viewer = Viewer { user_id: &identity.user_id, device_id: Some(&identity.device_id) };
+    let viewer = Viewer { user_id: &identity.user_id, device_id: identity.device_id.as_deref() };
     Ok(Json(services.legacy_sync.room_initial_sync(viewer, &room_id, query.limit()?)?))
 }
 
@@ -164,7 +164,7 @@ pub async fn send_message_event(
     };
     let event_id = services
         .room_actions
-        .send_message(&auth.identity.user_id, &room_id, event_type, content, None)
+        .send_message(&auth.identity.user_id, &room_id, event_type, content, None, None)
         .await?;
     Ok(RumaResponse(send_message_event::v3::Response::new(event_id)))
 }

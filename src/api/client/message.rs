@@ -35,13 +35,13 @@ pub async fn send_message_event(
 ) -> Result<SendAnswer<send_message_event::v3::Response>> {
     let body = req.body;
     let content = json_body(body.body.json())?;
-    if body.timestamp.is_some() {
+    if body.timestamp.is_some() && req.identity.appservice.is_none() {
         return Err(Error::forbidden("Only application services may set the timestamp"));
     }
     // Scheduling a delayed event counts as sending it (as Synapse counts it).
     services.rate_limits.check_user(Limiter::Message, &req.identity.user_id)?;
-    let txn =
-        Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str(), path: &req.context.path };
+    let scope = req.identity.txn_scope();
+    let txn = Txn { device_id: &scope, txn_id: body.txn_id.as_str(), path: &req.context.path };
     if let Some(delay_ms) = delay_param(req.query.as_deref())? {
         let kind = body.event_type.to_string();
         let request = DelayRequest {
@@ -52,22 +52,23 @@ pub async fn send_message_event(
             delay_ms,
             txn: Some(txn),
         };
-        return Ok(
-            match services.delayed_actions.schedule(
-                &req.identity.user_id,
-                &req.identity.device_id,
-                request,
-            )? {
-                Scheduled::Delayed(delay_id) => SendAnswer::Delayed(delay_id),
-                Scheduled::AlreadySent(event_id) => {
-                    SendAnswer::Sent(send_message_event::v3::Response::new(event_id))
-                }
-            },
-        );
+        return Ok(match services.delayed_actions.schedule(&req.identity.user_id, &scope, request)? {
+            Scheduled::Delayed(delay_id) => SendAnswer::Delayed(delay_id),
+            Scheduled::AlreadySent(event_id) => {
+                SendAnswer::Sent(send_message_event::v3::Response::new(event_id))
+            }
+        });
     }
     let event_id = services
         .room_actions
-        .send_message(&req.identity.user_id, &body.room_id, &body.event_type.to_string(), content, Some(txn))
+        .send_message(
+            &req.identity.user_id,
+            &body.room_id,
+            &body.event_type.to_string(),
+            content,
+            Some(txn),
+            body.timestamp.map(|ts| ts.get().into()),
+        )
         .await?;
     Ok(SendAnswer::Sent(send_message_event::v3::Response::new(event_id)))
 }
@@ -78,7 +79,7 @@ pub async fn get_message_events(
     req: Ruma<get_message_events::v3::Request>,
 ) -> Result<get_message_events::v3::Response> {
     let body = &req.body;
-    let viewer = Viewer { user_id: &req.identity.user_id, device_id: Some(&req.identity.device_id) };
+    let viewer = Viewer { user_id: &req.identity.user_id, device_id: req.identity.device_id.as_deref() };
     let direction = match body.dir {
         ApiDirection::Forward => Direction::Forward,
         _ => Direction::Reverse,

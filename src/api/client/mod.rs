@@ -4,6 +4,7 @@
 pub mod account;
 pub mod admin;
 pub mod alias;
+pub mod appservice;
 pub mod authenticated_media;
 pub mod backup;
 pub mod config;
@@ -48,7 +49,7 @@ use crate::{
     Error, Result,
     service::{
         Services,
-        devices::DeviceIdentity,
+        context::Caller,
         rooms::{
             events::StoredEvent,
             render::{Rendering, Viewer},
@@ -58,12 +59,8 @@ use crate::{
 
 /// An event in the client format as the requesting device sees it (age, its own
 /// transaction ID, bundled relations), as raw JSON for a ruma response.
-fn event_json(
-    services: &Services,
-    identity: &DeviceIdentity,
-    event: &StoredEvent,
-) -> Result<Box<RawJsonValue>> {
-    let viewer = Viewer { user_id: &identity.user_id, device_id: Some(&identity.device_id) };
+fn event_json(services: &Services, identity: &Caller, event: &StoredEvent) -> Result<Box<RawJsonValue>> {
+    let viewer = Viewer { user_id: &identity.user_id, device_id: identity.device_id.as_deref() };
     services.renderer.raw(viewer, event, Rendering::CLIENT)
 }
 
@@ -83,6 +80,6 @@ fn parse_stream_token(token: &str) -> Result<u64> {
 
 /// Endpoints declared with optional auth (so a password reset by email could work without a
 /// token) still need a user here, since that reset path is not offered.
-fn required(identity: Option<DeviceIdentity>) -> Result<DeviceIdentity> {
+fn required(identity: Option<Caller>) -> Result<Caller> {
     identity.ok_or_else(Error::missing_token)
 }

@@ -213,7 +213,7 @@ pub async fn set_pusher(
                 serde_json::value::to_raw_value(&pusher).map_err(|e| Error::bad_json(e.to_string()))?;
             services.push_gateways.set_pusher(
                 user_id,
-                &req.identity.device_id,
+                req.identity.device()?,
                 &pusher.ids.app_id,
                 &pusher.ids.pushkey,
                 Some(json),
@@ -221,7 +221,7 @@ pub async fn set_pusher(
             )?;
         }
         set_pusher::v3::PusherAction::Delete(ids) => {
-            let device_id = &req.identity.device_id;
+            let device_id = req.identity.device()?;
             services.push_gateways.set_pusher(user_id, device_id, &ids.app_id, &ids.pushkey, None, false)?;
         }
         _ => return Err(Error::invalid_param("Unsupported pusher action")),
@@ -274,7 +274,7 @@ pub async fn get_notifications(
         .clamp(1, MAX_NOTIFICATIONS);
     let only_highlight = body.only.as_deref() == Some("highlight");
     let (entries, next) = services.notifications.list(user_id, from, limit, only_highlight)?;
-    let viewer = Viewer { user_id, device_id: Some(&req.identity.device_id) };
+    let viewer = Viewer { user_id, device_id: req.identity.device_id.as_deref() };
     let mut notifications = Vec::new();
     for entry in entries {
         let Some(event) = services.events.get(&entry.event_id)? else { continue };

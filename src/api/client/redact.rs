@@ -21,8 +21,8 @@ pub async fn redact_event(
         Limiter::Message
     };
     services.rate_limits.check_user(limiter, user_id)?;
-    let txn =
-        Txn { device_id: &req.identity.device_id, txn_id: body.txn_id.as_str(), path: &req.context.path };
+    let scope = req.identity.txn_scope();
+    let txn = Txn { device_id: &scope, txn_id: body.txn_id.as_str(), path: &req.context.path };
     let event_id = services
         .room_actions
         .redact(&req.identity.user_id, &body.room_id, &body.event_id, body.reason.as_deref(), txn)

@@ -17,7 +17,7 @@ use crate::{
     Result,
     api::{AppState, ruma::Ruma},
     service::{
-        devices::DeviceIdentity,
+        context::Caller,
         rooms::{history::RelationsPage, render::Viewer},
     },
     storage::Direction,
@@ -39,8 +39,8 @@ struct RelationsQuery<'a> {
     recurse: bool,
 }
 
-fn page(services: &AppState, identity: &DeviceIdentity, query: RelationsQuery<'_>) -> Result<RelationsPage> {
-    let viewer = Viewer { user_id: &identity.user_id, device_id: Some(&identity.device_id) };
+fn page(services: &AppState, identity: &Caller, query: RelationsQuery<'_>) -> Result<RelationsPage> {
+    let viewer = Viewer { user_id: &identity.user_id, device_id: identity.device_id.as_deref() };
     let direction = match query.dir {
         ApiDirection::Forward => Direction::Forward,
         _ => Direction::Reverse,

@@ -25,6 +25,11 @@ pub async fn create_room(
     req: Ruma<create_room::v3::Request>,
 ) -> Result<create_room::v3::Response> {
     services.rate_limits.check_user(Limiter::RoomCreation, &req.identity.user_id)?;
+    if let Some(name) = &req.body.room_alias_name
+        && let Ok(alias) = ruma::RoomAliasId::parse(format!("#{name}:{}", services.config.server_name))
+    {
+        services.appservices.ensure_alias_not_exclusive(&alias, req.identity.appservice.as_deref())?;
+    }
     let room_id = services.room_creation.create_room(&req.identity.user_id, req.body).await?;
     Ok(create_room::v3::Response::new(room_id))
 }
@@ -113,7 +118,7 @@ pub async fn get_summary(
     services: AppState,
     req: Ruma<get_summary::v1::Request>,
 ) -> Result<get_summary::v1::Response> {
-    let room_id = services.membership.resolve(&req.body.room_id_or_alias)?;
+    let room_id = services.membership.resolve(&req.body.room_id_or_alias).await?;
     let viewer = req.identity.as_ref().map(|identity| identity.user_id.as_ref());
     let (summary, membership) = services.hierarchy.room_summary(viewer, &room_id)?;
     let summary =

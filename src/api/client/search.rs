@@ -20,7 +20,8 @@ pub async fn search_events(
     let body = req.body;
     let room_events = match &body.search_categories.room_events {
         Some(criteria) => {
-            let viewer = Viewer { user_id: &req.identity.user_id, device_id: Some(&req.identity.device_id) };
+            let viewer =
+                Viewer { user_id: &req.identity.user_id, device_id: req.identity.device_id.as_deref() };
             services.search.search(viewer, criteria, body.next_batch.as_deref())?
         }
         None => ResultRoomEvents::new(),

@@ -19,17 +19,21 @@ use crate::{
 
 /// `GET /_matrix/client/v3/login`
 pub async fn get_login_types(
-    _: AppState,
+    services: AppState,
     _: Ruma<get_login_types::v3::Request>,
 ) -> Result<get_login_types::v3::Response> {
-    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+    let mut types = vec![LoginType::Password(PasswordLoginType::new())];
+    if services.appservices.any() {
+        types.push(LoginType::ApplicationService(Default::default()));
+    }
+    Ok(get_login_types::v3::Response::new(types))
 }
 
 /// `POST /_matrix/client/v3/login`. With a client base URL configured the answer carries it as
 /// `well_known`, as Synapse's does, so a client that found the server by another name
 /// (Element X after typing the server name) reconfigures itself.
 pub async fn login(services: AppState, req: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
-    let mut response = services.accounts.login(req.body, &req.context).await?;
+    let mut response = services.accounts.login(req.body, req.identity.as_ref(), &req.context).await?;
     response.well_known =
         services.config.well_known.client.clone().map(|url| DiscoveryInfo::new(HomeserverInfo::new(url)));
     Ok(response)
@@ -49,7 +53,7 @@ pub async fn refresh_token(
 
 /// `POST /_matrix/client/v3/logout`
 pub async fn logout(services: AppState, req: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
-    services.accounts.logout(&req.context, &req.identity.user_id, &req.identity.device_id)?;
+    services.accounts.logout(&req.context, &req.identity.user_id, req.identity.device()?)?;
     Ok(logout::v3::Response::new())
 }
 

@@ -60,7 +60,7 @@ pub async fn send_state_event(
 ) -> Result<SendAnswer<send_state_event::v3::Response>> {
     let body = req.body;
     let content = json_body(body.body.json())?;
-    if body.timestamp.is_some() {
+    if body.timestamp.is_some() && req.identity.appservice.is_none() {
         return Err(Error::forbidden("Only application services may set the timestamp"));
     }
     let delay = delay_param(req.query.as_deref())?;
@@ -81,7 +81,7 @@ pub async fn send_state_event(
         };
         return match services.delayed_actions.schedule(
             &req.identity.user_id,
-            &req.identity.device_id,
+            &req.identity.txn_scope(),
             request,
         )? {
             Scheduled::Delayed(delay_id) => Ok(SendAnswer::Delayed(delay_id)),
@@ -109,6 +109,7 @@ pub async fn send_state_event(
             &body.event_type.to_string(),
             &body.state_key,
             content,
+            body.timestamp.map(|ts| ts.get().into()),
         )
         .await?;
     Ok(SendAnswer::Sent(send_state_event::v3::Response::new(event_id)))

@@ -61,8 +61,8 @@ pub async fn sync_events(
     let since = body.since.as_deref().map(parse_stream_token).transpose()?;
     let set_presence = presence_to_set(&services, &identity.user_id, body.set_presence);
     let request = SyncRequest {
+        device_id: identity.device()?.to_owned(),
         user_id: identity.user_id,
-        device_id: identity.device_id,
         since,
         filter,
         full_state: body.full_state,
@@ -104,8 +104,8 @@ pub async fn sliding_sync(
     let mut body = req.body;
     body.set_presence = presence_to_set(&services, &req.identity.user_id, body.set_presence);
     let request = SlidingRequest {
+        device_id: req.identity.device()?.to_owned(),
         user_id: req.identity.user_id,
-        device_id: req.identity.device_id,
         body,
         list_spaces,
     };

@@ -21,7 +21,7 @@ pub async fn get_threads(
     req: Ruma<get_threads::v1::Request>,
 ) -> Result<get_threads::v1::Response> {
     let body = &req.body;
-    let viewer = Viewer { user_id: &req.identity.user_id, device_id: Some(&req.identity.device_id) };
+    let viewer = Viewer { user_id: &req.identity.user_id, device_id: req.identity.device_id.as_deref() };
     let participated = matches!(body.include, IncludeThreads::Participated);
     let from = body.from.as_deref().map(parse_stream_token).transpose()?;
     let limit = body.limit.map_or(DEFAULT_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX));

@@ -20,7 +20,8 @@ pub async fn send_event_to_device(
     let sender = &req.identity.user_id;
     // Key requests to other users past `rc_key_requests` (per sending device, one per
     // recipient) are dropped, as Synapse drops them: the sender is not told.
-    let sender_device = format!("{sender}|{}", req.identity.device_id);
+    let scope = req.identity.txn_scope();
+    let sender_device = format!("{sender}|{scope}");
     let mut messages = BTreeMap::new();
     for (user, devices) in body.messages {
         if event_type == "m.room_key_request"
@@ -42,12 +43,6 @@ pub async fn send_event_to_device(
             .collect();
         messages.insert(user, targets);
     }
-    services.to_device.send(
-        &req.identity.user_id,
-        &req.identity.device_id,
-        &event_type,
-        body.txn_id.as_str(),
-        messages,
-    )?;
+    services.to_device.send(&req.identity.user_id, &scope, &event_type, body.txn_id.as_str(), messages)?;
     Ok(send_event_to_device::v3::Response::new())
 }

@@ -33,6 +33,13 @@ use crate::{
     storage::{Direction, tables::ReportRecord},
 };
 
+/// Where a state event comes from: a client now (an application service may set its
+/// timestamp), or a delayed event coming due.
+enum StateOrigin<'a> {
+    Client { origin_server_ts: Option<u64> },
+    Delay(&'a str),
+}
+
 pub struct RoomActions {
     timeline: Arc<Timeline>,
     events: Arc<Events>,
@@ -85,6 +92,7 @@ impl RoomActions {
         kind: &str,
         content: JsonValue,
         txn: Option<Txn<'_>>,
+        origin_server_ts: Option<u64>,
     ) -> Result<OwnedEventId> {
         ensure_object(&content)?;
         // A retried transaction is answered before the membership check, so a client that
@@ -102,7 +110,8 @@ impl RoomActions {
         if self.users.is_shadow_banned(sender)? {
             return fake_event_id();
         }
-        let template = client_template(kind, None, content)?;
+        let mut template = client_template(kind, None, content)?;
+        template.origin_server_ts = origin_server_ts;
         self.timeline.send(room_id, sender, template, txn).await
     }
 
@@ -115,6 +124,7 @@ impl RoomActions {
         kind: &str,
         state_key: &str,
         content: JsonValue,
+        origin_server_ts: Option<u64>,
     ) -> Result<OwnedEventId> {
         self.users.ensure_not_suspended(sender, "Sending messages")?;
         if self.users.is_shadow_banned(sender)? {
@@ -122,7 +132,15 @@ impl RoomActions {
             self.ensure_joined(room_id, sender)?;
             return fake_event_id();
         }
-        self.send_state_from(sender, room_id, kind, state_key, content, None).await
+        self.send_state_from(
+            sender,
+            room_id,
+            kind,
+            state_key,
+            content,
+            StateOrigin::Client { origin_server_ts },
+        )
+        .await
     }
 
     /// A message or (non-member) state event from the delayed event `delay_id`, by the same
@@ -138,7 +156,9 @@ impl RoomActions {
         delay_id: &str,
     ) -> Result<OwnedEventId> {
         if let Some(state_key) = state_key {
-            return self.send_state_from(sender, room_id, kind, state_key, content, Some(delay_id)).await;
+            return self
+                .send_state_from(sender, room_id, kind, state_key, content, StateOrigin::Delay(delay_id))
+                .await;
         }
         ensure_object(&content)?;
         self.ensure_joined(room_id, sender)?;
@@ -168,7 +188,7 @@ impl RoomActions {
         kind: &str,
         state_key: &str,
         content: JsonValue,
-        delay_id: Option<&str>,
+        origin: StateOrigin<'_>,
     ) -> Result<OwnedEventId> {
         ensure_object(&content)?;
         self.ensure_joined(room_id, sender)?;
@@ -182,10 +202,15 @@ impl RoomActions {
         {
             return Ok(current.pdu.event_id.clone());
         }
-        let template = client_template(kind, Some(state_key), content)?;
-        let event = match delay_id {
-            Some(delay_id) => self.timeline.append_from_delay(&lock, sender, template, delay_id)?,
-            None => self.timeline.append(&lock, sender, template, None)?,
+        let mut template = client_template(kind, Some(state_key), content)?;
+        let event = match origin {
+            StateOrigin::Delay(delay_id) => {
+                self.timeline.append_from_delay(&lock, sender, template, delay_id)?
+            }
+            StateOrigin::Client { origin_server_ts } => {
+                template.origin_server_ts = origin_server_ts;
+                self.timeline.append(&lock, sender, template, None)?
+            }
         };
         Ok(event.pdu.event_id.clone())
     }
@@ -218,6 +243,7 @@ impl RoomActions {
             content,
             state_key: None,
             redacts: Some(target.to_owned()),
+            origin_server_ts: None,
         };
         self.timeline.send(room_id, sender, template, Some(txn)).await
     }
@@ -406,7 +432,7 @@ impl RoomActions {
             changed |= alt.len() != before;
         }
         if changed {
-            self.send_state(user_id, room_id, "m.room.canonical_alias", "", content).await?;
+            self.send_state(user_id, room_id, "m.room.canonical_alias", "", content, None).await?;
         }
         Ok(())
     }

@@ -515,7 +515,7 @@ impl RoomAdmin {
         user_id: &UserId,
     ) -> Result<OwnedRoomId> {
         self.local_user(user_id)?;
-        let room_id = self.membership.resolve(room)?;
+        let room_id = self.membership.resolve(room).await?;
         self.ensure_room(&room_id)?;
         if self.members.is_joined(&room_id, user_id)? {
             return Ok(room_id);
@@ -577,7 +577,7 @@ impl RoomAdmin {
         if let Some(users) = users.as_object_mut() {
             users.insert(user_id.to_string(), json!(level));
         }
-        self.actions.send_state(&admin, room_id, "m.room.power_levels", "", content).await?;
+        self.actions.send_state(&admin, room_id, "m.room.power_levels", "", content, None).await?;
         Ok(())
     }
 
@@ -641,6 +641,7 @@ impl RoomAdmin {
                     &new_room,
                     "m.room.message",
                     json!({"msgtype": "m.text", "body": message}),
+                    None,
                     None,
                 )
                 .await?;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    OwnedRoomId, OwnedServerName, RoomId, RoomOrAliasId, UserId,
+    OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, RoomOrAliasId, UserId,
     events::{
         StateEventType, TimelineEventType,
         room::{
@@ -23,7 +23,11 @@ use super::{
     members::Memberships,
     timeline::{RoomLock, Timeline},
 };
-use crate::{Error, Result, matrix::pdu::EventTemplate, service::users::Users};
+use crate::{
+    Error, Result,
+    matrix::pdu::EventTemplate,
+    service::{appservices::Appservices, users::Users},
+};
 use ruma::OwnedEventId;
 
 /// The `m.room.member` template for `user_id`, with their profile for joins and invites.
@@ -94,9 +98,11 @@ pub struct MembershipActions {
     /// The server notices user, when notices are on: a room it is in is a server notices
     /// room, whose invite cannot be rejected (as Synapse).
     notices_user: Option<ruma::OwnedUserId>,
+    appservices: Arc<Appservices>,
 }
 
 impl MembershipActions {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         server_name: OwnedServerName,
         timeline: Arc<Timeline>,
@@ -105,15 +111,29 @@ impl MembershipActions {
         aliases: Arc<Aliases>,
         blocked: Arc<BlockedRooms>,
         notices_user: Option<ruma::OwnedUserId>,
+        appservices: Arc<Appservices>,
     ) -> Self {
-        Self { server_name, timeline, members, users, aliases, blocked, notices_user }
+        Self { server_name, timeline, members, users, aliases, blocked, notices_user, appservices }
     }
 
     /// The room an ID or alias names. Rooms this server is not in would need federation.
-    pub fn resolve(&self, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    pub async fn resolve(&self, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
         match <&RoomId>::try_from(room) {
             Ok(room_id) => Ok(room_id.to_owned()),
-            Err(alias) => self.aliases.resolve(alias),
+            Err(alias) => self.resolve_alias(alias).await,
+        }
+    }
+
+    /// The room an alias names. An unknown alias in an application service's namespace is
+    /// asked of the appservice, which may create the room there and then (the spec's room
+    /// alias query).
+    pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {
+        match self.aliases.get(alias)? {
+            Some(record) => Ok(record.room_id),
+            None if alias.server_name() == self.server_name && self.appservices.query_alias(alias).await => {
+                self.aliases.resolve(alias)
+            }
+            None => Err(Error::not_found("Room alias not found")),
         }
     }
 
@@ -242,7 +262,11 @@ impl MembershipActions {
         if target.server_name() != self.server_name {
             return Err(Error::forbidden(format!("Cannot invite {target}: federation is disabled")));
         }
-        if !self.users.exists(target)? {
+        // An unknown user in an application service's namespace is asked of the appservice
+        // (the user query), which may register it there and then.
+        let known = self.users.exists(target)?
+            || (self.appservices.query_user(target).await && self.users.exists(target)?);
+        if !known {
             return Err(Error::not_found(format!("Unknown user {target}")));
         }
         self.blocked.ensure_not_blocked(room_id)?;

@@ -49,6 +49,7 @@ use crate::{
         room_version,
     },
     service::{
+        appservice_sender::AppserviceSender,
         audit::{self, Audit},
         cache::BoundedCache,
         clock::Clock,
@@ -111,6 +112,7 @@ pub struct Timeline {
     relations: Arc<Relations>,
     notifications: Arc<Notifications>,
     push: Arc<PushGateways>,
+    appservice_sender: Arc<AppserviceSender>,
     search: Arc<Search>,
     delayed: Arc<DelayedEvents>,
     clock: Arc<dyn Clock>,
@@ -143,6 +145,7 @@ impl Timeline {
         relations: Arc<Relations>,
         notifications: Arc<Notifications>,
         push: Arc<PushGateways>,
+        appservice_sender: Arc<AppserviceSender>,
         search: Arc<Search>,
         delayed: Arc<DelayedEvents>,
         clock: Arc<dyn Clock>,
@@ -158,6 +161,7 @@ impl Timeline {
             relations,
             notifications,
             push,
+            appservice_sender,
             search,
             delayed,
             clock,
@@ -341,12 +345,14 @@ impl Timeline {
         };
 
         let depth = room.depth.saturating_add(1);
+        let ts =
+            template.origin_server_ts.map_or_else(|| self.now(), |ts| MilliSecondsSinceUnixEpoch(uint(ts)));
         let mut pdu = pdu::build_pdu(
             &rules,
             self.keys.server_name(),
             self.keys.key_pair(),
             sender,
-            self.now(),
+            ts,
             &template,
             GraphPosition {
                 room_id: Some(room_id),
@@ -580,6 +586,7 @@ impl Timeline {
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
         // Push gateways learn of it after the commit; only a bell is rung here.
         self.push.notified(notified_users.iter().map(AsRef::as_ref));
+        self.appservice_sender.committed();
         if pdu.kind == TimelineEventType::RoomMember {
             self.joined.remove(&room_id.to_owned());
             if let Some(member) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) {

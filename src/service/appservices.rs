@@ -1,0 +1,251 @@
+//! Application services: the registrations the server serves, read from the files named in
+//! `app_service_config_files` at start-up and again on reload, and the questions the rest of
+//! the server asks of them (whose token is this, who owns this user or alias exclusively,
+//! which appservices care about this room). A reload that fails keeps the registrations in
+//! force and says which file and field are wrong.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use ruma::{OwnedServerName, RoomAliasId, UserId};
+
+use crate::{
+    Error, Result,
+    matrix::appservice::{self, NamespaceKind, Registration},
+};
+
+/// The registrations in force.
+#[derive(Default)]
+pub struct Registry {
+    pub list: Vec<Arc<Registration>>,
+}
+
+impl Registry {
+    /// The appservice whose `as_token` this is.
+    pub fn by_as_token(&self, token: &str) -> Option<&Arc<Registration>> {
+        self.list.iter().find(|r| constant_time_eq(r.as_token.as_bytes(), token.as_bytes()))
+    }
+
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Registration>> {
+        self.list.iter().find(|r| r.id == id)
+    }
+
+    /// The appservice that claims `id` in an exclusive namespace of `kind`.
+    pub fn exclusive_owner(&self, kind: NamespaceKind, id: &str) -> Option<&Arc<Registration>> {
+        self.list.iter().find(|r| {
+            r.claims_exclusively(kind, id) || (kind == NamespaceKind::Users && r.sender.as_str() == id)
+        })
+    }
+}
+
+/// Compare secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Read and check each file, and the set together. The error names the file and the field.
+pub fn load_files(
+    files: &[PathBuf],
+    server: &OwnedServerName,
+) -> std::result::Result<Vec<Registration>, String> {
+    let mut loaded = Vec::with_capacity(files.len());
+    for path in files {
+        loaded.push(load_file(path, server)?);
+    }
+    if let Some(conflict) = appservice::conflicts(&loaded.iter().collect::<Vec<_>>()) {
+        return Err(format!("application service registrations: {conflict}"));
+    }
+    Ok(loaded)
+}
+
+/// Read and check one registration file.
+pub fn load_file(path: &Path, server: &OwnedServerName) -> std::result::Result<Registration, String> {
+    let shown = path.display();
+    let metadata = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if metadata.len() > appservice::MAX_REGISTRATION_BYTES as u64 {
+        return Err(format!("{shown}: larger than {} bytes", appservice::MAX_REGISTRATION_BYTES));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+    appservice::parse_registration(&text, server).map_err(|e| format!("{shown}: {e}"))
+}
+
+/// How long a query or ping to an appservice may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to an appservice may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most of an appservice's answer to a query or ping that is read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+pub struct Appservices {
+    server_name: OwnedServerName,
+    current: RwLock<Arc<Registry>>,
+    /// Requests to appservices. Their URLs come from the operator's registration files, not
+    /// from users, so the address guard that keeps user-named URLs off internal addresses
+    /// does not apply (bridges run on loopback or the LAN, as with Synapse); the client
+    /// follows no redirects and uses no proxy.
+    http: reqwest::Client,
+}
+
+impl Appservices {
+    /// Read the configured registration files; any error stops the server from starting.
+    pub fn new(server_name: OwnedServerName, files: Vec<PathBuf>) -> Result<Self> {
+        let loaded = load_files(&files, &server_name)
+            .map_err(|e| Error::internal(format!("app_service_config_files: {e}")))?;
+        let registry = Registry { list: loaded.into_iter().map(Arc::new).collect() };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("conduit/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::internal(format!("building the appservice HTTP client: {e}")))?;
+        Ok(Self { server_name, current: RwLock::new(Arc::new(registry)), http })
+    }
+
+    /// The HTTP client for requests to appservices (transactions use it too).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `url` of `appservice` with `path` appended to its path.
+    pub fn endpoint(appservice: &Registration, path: &str) -> Option<url::Url> {
+        let mut url = appservice.url.clone()?;
+        let joined = format!("{}{}", url.path().trim_end_matches('/'), path);
+        url.set_path(&joined);
+        Some(url)
+    }
+
+    /// Ask the appservices whose namespaces hold `alias` (exclusive or not) whether it
+    /// exists, as the spec's room alias query: one that answers 200 has created it. Whether
+    /// any did.
+    pub async fn query_alias(&self, alias: &RoomAliasId) -> bool {
+        let path = format!("/_matrix/app/v1/rooms/{}", encode_segment(alias.as_str()));
+        self.query(NamespaceKind::Aliases, alias.as_str(), &path).await
+    }
+
+    /// Ask the appservices whose namespaces hold `user_id` whether the user exists (the
+    /// user query): one that answers 200 has registered it. Whether any did.
+    pub async fn query_user(&self, user_id: &UserId) -> bool {
+        let path = format!("/_matrix/app/v1/users/{}", encode_segment(user_id.as_str()));
+        self.query(NamespaceKind::Users, user_id.as_str(), &path).await
+    }
+
+    async fn query(&self, kind: NamespaceKind, id: &str, path: &str) -> bool {
+        let registry = self.registry();
+        for appservice in registry.list.iter().filter(|a| a.claims(kind, id)) {
+            let Some(url) = Self::endpoint(appservice, path) else { continue };
+            let answer =
+                self.http.get(url).bearer_auth(&appservice.hs_token).timeout(QUERY_TIMEOUT).send().await;
+            match answer {
+                Ok(response) if response.status().is_success() => return true,
+                Ok(response) => {
+                    tracing::debug!(appservice = %appservice.id, id, status = %response.status(), "appservice query: not found");
+                }
+                Err(e) => {
+                    tracing::warn!(appservice = %appservice.id, id, error = %e, "appservice query failed")
+                }
+            }
+        }
+        false
+    }
+
+    /// `POST /_matrix/client/v1/appservice/{id}/ping`: ping the appservice's
+    /// `/_matrix/app/v1/ping` with `transaction_id`; the time it took, or the error the spec
+    /// names for how it failed.
+    pub async fn ping(&self, appservice: &Registration, transaction_id: Option<&str>) -> Result<Duration> {
+        use ruma::api::error::{BadStatusErrorData, ErrorKind};
+        let url = Self::endpoint(appservice, "/_matrix/app/v1/ping")
+            .ok_or_else(|| Error::new(ErrorKind::UrlNotSet, "The application service has no URL to ping"))?;
+        let mut body = serde_json::Map::new();
+        if let Some(txn) = transaction_id {
+            body.insert("transaction_id".into(), txn.into());
+        }
+        let started = std::time::Instant::now();
+        let answer = self
+            .http
+            .post(url)
+            .bearer_auth(&appservice.hs_token)
+            .json(&body)
+            .timeout(QUERY_TIMEOUT)
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status().is_success() => Ok(started.elapsed()),
+            Ok(response) => {
+                let mut data = BadStatusErrorData::new();
+                data.status = Some(response.status());
+                let bytes = response.bytes().await.unwrap_or_default();
+                data.body =
+                    Some(String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ANSWER_BYTES)]).into_owned());
+                Err(Error::new(ErrorKind::BadStatus(data), "The application service answered an error"))
+            }
+            Err(e) if e.is_timeout() => Err(Error::new(
+                ErrorKind::ConnectionTimeout,
+                "The application service did not answer in time",
+            )),
+            Err(e) => Err(Error::new(
+                ErrorKind::ConnectionFailed,
+                format!("Could not reach the application service: {e}"),
+            )),
+        }
+    }
+
+    /// The registrations in force now.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether any appservice is registered (most servers have none: callers skip work).
+    pub fn any(&self) -> bool {
+        !self.registry().list.is_empty()
+    }
+
+    /// Read and check `files` without putting them in force (a reload's first step).
+    pub fn check(&self, files: &[PathBuf]) -> std::result::Result<Vec<Registration>, String> {
+        load_files(files, &self.server_name)
+    }
+
+    /// Put a checked set of registrations in force.
+    pub fn replace(&self, loaded: Vec<Registration>) {
+        let registry = Registry { list: loaded.into_iter().map(Arc::new).collect() };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
+    }
+
+    /// Refuse `user_id` to anyone but the appservice that claims it exclusively (`caller`,
+    /// when the request is an appservice's).
+    pub fn ensure_user_not_exclusive(&self, user_id: &UserId, caller: Option<&Registration>) -> Result<()> {
+        let registry = self.registry();
+        match registry.exclusive_owner(NamespaceKind::Users, user_id.as_str()) {
+            Some(owner) if caller.is_none_or(|c| c.id != owner.id) => Err(Error::new(
+                ruma::api::error::ErrorKind::Exclusive,
+                "This user ID is reserved by an application service",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuse `alias` to anyone but the appservice that claims it exclusively.
+    pub fn ensure_alias_not_exclusive(
+        &self,
+        alias: &RoomAliasId,
+        caller: Option<&Registration>,
+    ) -> Result<()> {
+        let registry = self.registry();
+        match registry.exclusive_owner(NamespaceKind::Aliases, alias.as_str()) {
+            Some(owner) if caller.is_none_or(|c| c.id != owner.id) => Err(Error::new(
+                ruma::api::error::ErrorKind::Exclusive,
+                "This alias is reserved by an application service",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `id` as one path segment (`#`, `:`, `@` and everything else outside the unreserved set
+/// percent-encoded).
+pub fn encode_segment(id: &str) -> String {
+    url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>().replace('+', "%20")
+}
