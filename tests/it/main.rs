@@ -5,7 +5,7 @@ mod account;
 mod admin_rooms;
 mod admin_users;
 mod appservice;
-
+mod appservice_sdk;
 mod architecture;
 mod audit;
 mod backup;
