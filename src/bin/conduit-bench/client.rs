@@ -34,7 +34,7 @@ impl Http {
         Ok(Self { client, base: base.trim_end_matches('/').to_owned() })
     }
 
-    async fn call(
+    pub async fn call(
         &self,
         method: Method,
         path: &str,

@@ -1,6 +1,7 @@
 //! `conduit-bench`: a load generator for any Matrix homeserver's client-server API, so the
 //! same run can measure conduit and Synapse side by side. See `docs/benchmarks.md`.
 
+mod appservice;
 mod client;
 mod gateway;
 mod process;
@@ -31,6 +32,7 @@ const SCENARIOS: &[&str] = &[
     "messages",
     "sliding-sync",
     "push",
+    "appservice",
 ];
 
 #[derive(Parser)]
@@ -60,7 +62,8 @@ struct RunArgs {
     #[arg(long)]
     pid: Option<u32>,
     /// Comma-separated scenarios to run, in this order: register, login, whoami, send,
-    /// send-concurrent, send-rooms, send-sync, initial-sync, messages, sliding-sync. Default: all.
+    /// send-concurrent, send-rooms, send-sync, initial-sync, messages, sliding-sync, push,
+    /// appservice. Default: all (appservice only with --appservice).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Users to register (at least as many as --clients and --members - 1 are registered).
@@ -117,6 +120,23 @@ struct RunArgs {
     /// Messages timed from the send to the last member's notification.
     #[arg(long, default_value_t = 5)]
     push_runs: usize,
+    /// The registration file of the appservice conduit-bench plays in the `appservice`
+    /// scenario (the server must have been started with it; its users namespace must hold
+    /// `@bench_…`). Without it that scenario is not run by default.
+    #[arg(long)]
+    appservice: Option<PathBuf>,
+    /// The server's name, for the appservice's user IDs.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Messages the appservice imports one after another (with `?ts=`).
+    #[arg(long, default_value_t = 10_000)]
+    import_messages: usize,
+    /// Messages a second sent for the appservice delivery timing.
+    #[arg(long, default_value_t = 1000)]
+    as_rate: u32,
+    /// For how many seconds.
+    #[arg(long, default_value_t = 5.0)]
+    as_seconds: f64,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -159,7 +179,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let url = args.url.clone().ok_or("--url is required")?;
     let port = check_target(&url, args.allow_remote)?;
     let selected: Vec<String> = if args.scenarios.is_empty() {
-        SCENARIOS.iter().map(|s| (*s).to_owned()).collect()
+        SCENARIOS
+            .iter()
+            .filter(|s| **s != "appservice" || args.appservice.is_some())
+            .map(|s| (*s).to_owned())
+            .collect()
     } else {
         args.scenarios.clone()
     };
@@ -195,6 +219,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         push_members: args.push_members,
         push_runs: args.push_runs,
         push_messages: args.push_messages,
+        import_messages: args.import_messages,
+        as_rate: args.as_rate.max(1),
+        as_seconds: args.as_seconds,
     };
     let http = Http::new(&url)?;
     let mut run =
@@ -315,6 +342,22 @@ async fn run(args: RunArgs) -> Result<(), String> {
         );
         record(with, &mut run);
         record(scenarios::push_fan_out(&plan, &sender, &room, members.len(), &gateway).await?, &mut run);
+    }
+
+    if wants("appservice") {
+        let path = args.appservice.as_ref().ok_or("the appservice scenario needs --appservice FILE")?;
+        let reg = appservice::Registration::read(path, &args.server_name)?;
+        let listener = appservice::Listener::start(&reg).await?;
+        let mut imported = appservice::import(&http, &plan, &reg).await?;
+        if let Some(send) = run.outcomes.iter().find(|o| o.scenario == "send, 1 client") {
+            imported.note = format!(
+                "{}; {:.0} % of sequential send",
+                imported.note,
+                100.0 * imported.per_second / send.per_second
+            );
+        }
+        record(imported, &mut run);
+        record(appservice::delivery(&http, &plan, &reg, &listener, &users).await?, &mut run);
     }
 
     if let Some(path) = &args.json {

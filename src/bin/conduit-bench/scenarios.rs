@@ -34,6 +34,9 @@ pub struct Plan {
     pub push_members: usize,
     pub push_runs: usize,
     pub push_messages: usize,
+    pub import_messages: usize,
+    pub as_rate: u32,
+    pub as_seconds: f64,
 }
 
 pub const PASSWORD: &str = "bench-password-a1b2c3";
