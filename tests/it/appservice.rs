@@ -35,6 +35,10 @@ pub const HS_TOKEN: &str = "hs-token-for-tests";
 pub enum Mode {
     Accept,
     Unavailable,
+    /// Never answers.
+    Hang,
+    /// Answers 200 with a body that is not JSON (still a success, as the spec counts it).
+    Garbage,
 }
 
 #[derive(Default)]
@@ -56,10 +60,15 @@ pub struct FakeAppservice {
     mode: Arc<Mutex<Mode>>,
     /// Where the fake creates rooms for alias queries.
     homeserver: Arc<Mutex<Option<String>>>,
+    /// The token the server must send.
+    hs_token: String,
 }
 
-fn authorized(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {HS_TOKEN}"))
+impl FakeAppservice {
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(&format!("Bearer {}", self.hs_token))
+    }
 }
 
 async fn transaction(
@@ -68,20 +77,30 @@ async fn transaction(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> axum::response::Response {
-    let mut seen = fake.seen.lock().unwrap();
-    seen.attempts += 1;
-    if !authorized(&headers) {
-        seen.unauthorized += 1;
-        return (AxumStatus::FORBIDDEN, Json(json!({"errcode": "M_FORBIDDEN"}))).into_response();
+    let mode = *fake.mode.lock().unwrap();
+    {
+        let mut seen = fake.seen.lock().unwrap();
+        seen.attempts += 1;
+        if !fake.authorized(&headers) {
+            seen.unauthorized += 1;
+            return (AxumStatus::FORBIDDEN, Json(json!({"errcode": "M_FORBIDDEN"}))).into_response();
+        }
+        match mode {
+            Mode::Unavailable => return AxumStatus::SERVICE_UNAVAILABLE.into_response(),
+            Mode::Hang => {}
+            // A transaction seen before is acknowledged again without counting it twice.
+            Mode::Accept | Mode::Garbage => {
+                if !seen.transactions.iter().any(|(id, _)| *id == txn_id) {
+                    seen.transactions.push((txn_id, body));
+                }
+            }
+        }
     }
-    if *fake.mode.lock().unwrap() == Mode::Unavailable {
-        return AxumStatus::SERVICE_UNAVAILABLE.into_response();
+    match mode {
+        Mode::Hang => std::future::pending().await,
+        Mode::Garbage => (AxumStatus::OK, "<html>not json").into_response(),
+        _ => Json(json!({})).into_response(),
     }
-    // A transaction seen before is acknowledged again without counting it twice.
-    if !seen.transactions.iter().any(|(id, _)| *id == txn_id) {
-        seen.transactions.push((txn_id, body));
-    }
-    Json(json!({})).into_response()
 }
 
 async fn ping(
@@ -89,7 +108,7 @@ async fn ping(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> impl IntoResponse {
-    if !authorized(&headers) {
+    if !fake.authorized(&headers) {
         fake.seen.lock().unwrap().unauthorized += 1;
         return (AxumStatus::FORBIDDEN, Json(json!({"errcode": "M_FORBIDDEN"})));
     }
@@ -104,7 +123,7 @@ async fn alias_query(
     Path(alias): Path<String>,
     headers: HeaderMap,
 ) -> axum::response::Response {
-    if !authorized(&headers) {
+    if !fake.authorized(&headers) {
         return AxumStatus::FORBIDDEN.into_response();
     }
     fake.seen.lock().unwrap().alias_queries.push(alias.clone());
@@ -133,6 +152,11 @@ async fn user_query(
 
 impl FakeAppservice {
     pub async fn start() -> Self {
+        Self::expecting(HS_TOKEN).await
+    }
+
+    /// A fake that accepts only `hs_token`.
+    pub async fn expecting(hs_token: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let fake = FakeAppservice {
@@ -140,6 +164,7 @@ impl FakeAppservice {
             seen: Arc::default(),
             mode: Arc::new(Mutex::new(Mode::Accept)),
             homeserver: Arc::default(),
+            hs_token: hs_token.to_owned(),
         };
         let app = Router::new()
             .route("/_matrix/app/v1/transactions/{txn}", put(transaction))
@@ -196,6 +221,17 @@ pub fn registration(url: Option<&str>, rate_limited: bool) -> String {
          rate_limited: {rate_limited}\nnamespaces:\n  users:\n    - exclusive: true\n      regex: '@bridge_.*:localhost'\n  \
          aliases:\n    - exclusive: true\n      regex: '#bridge_.*:localhost'\n  rooms: []\n"
     )
+}
+
+/// A second bridge beside `registration`'s: its own ID, tokens, sender and `@other_*` users.
+fn other_registration(url: &str) -> String {
+    registration(Some(url), true)
+        .replace("id: bridge", "id: other")
+        .replace(AS_TOKEN, "other-as-token")
+        .replace(HS_TOKEN, "other-hs-token")
+        .replace("bridgebot", "otherbot")
+        .replace("@bridge_.*", "@other_.*")
+        .replace("#bridge_.*", "#other_.*")
 }
 
 /// A server with `text` as its one registration file (kept in `dir`).
@@ -565,4 +601,80 @@ async fn an_appservice_registered_without_rate_limits_is_not_limited() {
         limited_seen |= status == StatusCode::TOO_MANY_REQUESTS;
     }
     assert!(limited_seen, "bob was never limited");
+}
+
+#[tokio::test]
+async fn a_hanging_appservice_holds_up_only_itself_and_garbage_counts_as_taken() {
+    let hanging = FakeAppservice::start().await;
+    hanging.set(Mode::Hang);
+    let garbage = FakeAppservice::expecting("other-hs-token").await;
+    garbage.set(Mode::Garbage);
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("bridge.yaml");
+    let second = dir.path().join("other.yaml");
+    std::fs::write(&first, registration(Some(&hanging.url), true)).unwrap();
+    std::fs::write(&second, other_registration(&garbage.url)).unwrap();
+    let s = TestServer::start_with(|c| c.app_service_config_files = vec![first, second]).await;
+    let bob = s.register("bob", "pw-bob-123").await;
+    let room = create_room(&s, &bob, json!({"preset": "public_chat"})).await;
+    for bot in ["@bridgebot:localhost", "@otherbot:localhost"] {
+        let (status, body) =
+            s.post(&format!("{V3}/rooms/{room}/invite"), Some(&bob.token), json!({"user_id": bot})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        s.post(&format!("{V3}/join/{room}"), Some("other-as-token"), json!({})).await.0,
+        StatusCode::OK
+    );
+    for n in 0..3 {
+        send_text(&s, &bob, &room, &format!("g{n}"), &format!("message {n}")).await;
+    }
+    // The other bridge gets everything while the first hangs on its first transaction.
+    garbage.until("all three", |f| f.bodies_in(&room).len() == 3).await;
+    assert_eq!(garbage.bodies_in(&room), ["message 0", "message 1", "message 2"]);
+    assert!(hanging.events().is_empty());
+    assert!(hanging.attempts() >= 1, "the hanging bridge was tried");
+}
+
+#[tokio::test]
+async fn a_reload_reads_the_files_again_and_a_bad_one_keeps_the_set_in_force() {
+    use conduit::reload::LiveReload;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with(with_registration(&dir, &registration(None, true))).await;
+    let other = dir.path().join("other.yaml");
+    let mut config = (*s.services.config).clone();
+    config.app_service_config_files = vec![dir.path().join("bridge.yaml"), other.clone()];
+
+    // A broken second file: refused, naming it and the field; the first stays in force.
+    std::fs::write(
+        &other,
+        other_registration("http://127.0.0.1:9").replace("sender_localpart: otherbot\n", ""),
+    )
+    .unwrap();
+    let error = s.services.appservice_sender.check(&config).unwrap_err();
+    assert!(error.contains("other.yaml") && error.contains("sender_localpart"), "{error}");
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await.0, StatusCode::OK);
+    expect_error(
+        s.get(&format!("{V3}/account/whoami"), Some("other-as-token")).await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+    );
+
+    // Mended: both serve, and the new sender's account exists.
+    std::fs::write(&other, other_registration("http://127.0.0.1:9")).unwrap();
+    s.services.appservice_sender.check(&config).unwrap();
+    s.services.appservice_sender.apply(&config).unwrap();
+    let (status, me) = s.get(&format!("{V3}/account/whoami"), Some("other-as-token")).await;
+    assert_eq!((status, me["user_id"].as_str()), (StatusCode::OK, Some("@otherbot:localhost")), "{me}");
+    let (status, _) = s.get(&format!("{V3}/profile/@otherbot:localhost"), Some(AS_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Removed from the list: its token stops working at once.
+    config.app_service_config_files = vec![dir.path().join("bridge.yaml")];
+    s.services.appservice_sender.apply(&config).unwrap();
+    expect_error(
+        s.get(&format!("{V3}/account/whoami"), Some("other-as-token")).await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+    );
 }

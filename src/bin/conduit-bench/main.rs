@@ -36,7 +36,7 @@ const SCENARIOS: &[&str] = &[
 ];
 
 #[derive(Parser)]
-#[command(about = "Load generator for a Matrix homeserver's client-server API")]
+#[command(about = "Load generator for a Matrix homeserver's client-server API", args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
