@@ -27,7 +27,7 @@ use super::{
     audit::{self, Audit},
     context::{Actor, RequestContext},
     delayed_events::DelayedEvents,
-    devices::{self, DeviceIdentity, Devices, WriteGuard},
+    devices::{self, DeviceIdentity, Devices, IssuedTokens, WriteGuard},
     key_backup::KeyBackup,
     keys::{CrossSigningUpload, Keys},
     passwords::random_string,
@@ -112,6 +112,38 @@ impl RegistrationParams {
             Ok(_) => Err(Error::internal("registration parameters are not an object")),
             Err(e) => Err(Error::internal(format!("registration parameters: {e}"))),
         }
+    }
+}
+
+/// A login's answer: the user, the new device and its tokens.
+fn login_response(user_id: OwnedUserId, issued: IssuedTokens) -> login::v3::Response {
+    let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
+    response.refresh_token = issued.refresh_token;
+    response.expires_in = issued.expires_in;
+    response
+}
+
+/// A registration's answer: the user, and the device and tokens unless `inhibit_login`.
+fn register_response(user_id: OwnedUserId, issued: Option<IssuedTokens>) -> register::v3::Response {
+    let mut response = register::v3::Response::new(user_id);
+    if let Some(issued) = issued {
+        response.access_token = Some(issued.access_token);
+        response.device_id = Some(issued.device_id);
+        response.refresh_token = issued.refresh_token;
+        response.expires_in = issued.expires_in;
+    }
+    response
+}
+
+/// The request's context with the appservice (as its sender) as the actor.
+fn acting_appservice(context: &RequestContext, appservice: &Registration) -> RequestContext {
+    RequestContext {
+        actor: Actor::Appservice {
+            id: appservice.id.clone(),
+            user_id: appservice.sender.clone(),
+            device_id: None,
+        },
+        ..context.clone()
     }
 }
 
@@ -413,14 +445,7 @@ impl Accounts {
             tracing::info!(%user_id, "registered account");
         }
 
-        let mut response = register::v3::Response::new(user_id);
-        if let Some(issued) = issued {
-            response.access_token = Some(issued.access_token);
-            response.device_id = Some(issued.device_id);
-            response.refresh_token = issued.refresh_token;
-            response.expires_in = issued.expires_in;
-        }
-        Ok(response)
+        Ok(register_response(user_id, issued))
     }
 
     /// `POST /register` by an application service for a user in its namespace: no
@@ -441,14 +466,7 @@ impl Accounts {
             ));
         }
         devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
-        let context = &RequestContext {
-            actor: Actor::Appservice {
-                id: appservice.id.clone(),
-                user_id: appservice.sender.clone(),
-                device_id: None,
-            },
-            ..context.clone()
-        };
+        let context = &acting_appservice(context, appservice);
         let issued = self.write_audited(
             context,
             |guard, batch| {
@@ -478,14 +496,7 @@ impl Accounts {
             },
         )?;
         tracing::info!(%user_id, appservice = %appservice.id, "registered application service user");
-        let mut response = register::v3::Response::new(user_id);
-        if let Some(issued) = issued {
-            response.access_token = Some(issued.access_token);
-            response.device_id = Some(issued.device_id);
-            response.refresh_token = issued.refresh_token;
-            response.expires_in = issued.expires_in;
-        }
-        Ok(response)
+        Ok(register_response(user_id, issued))
     }
 
     /// Create the account of an application service's sender if it does not exist yet (at
@@ -709,15 +720,7 @@ impl Accounts {
                 if current.is_some_and(|u| u.locked) {
                     return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
                 }
-                self.devices.create_session_in(
-                    guard,
-                    batch,
-                    &user_id,
-                    req.device_id.clone(),
-                    req.initial_device_display_name.clone(),
-                    req.refresh_token,
-                    context.client_ip.clone(),
-                )
+                self.login_session_in(guard, batch, &user_id, &req, context)
             },
             |issued| {
                 audit::Entry::success("login")
@@ -726,10 +729,27 @@ impl Accounts {
             },
         )?;
         tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
-        let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
-        response.refresh_token = issued.refresh_token;
-        response.expires_in = issued.expires_in;
-        Ok(response)
+        Ok(login_response(user_id, issued))
+    }
+
+    /// The device and tokens a login asks for (device ID, display name, refresh token).
+    fn login_session_in(
+        &self,
+        guard: &WriteGuard<'_>,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        req: &login::v3::Request,
+        context: &RequestContext,
+    ) -> Result<IssuedTokens> {
+        self.devices.create_session_in(
+            guard,
+            batch,
+            user_id,
+            req.device_id.clone(),
+            req.initial_device_display_name.clone(),
+            req.refresh_token,
+            context.client_ip.clone(),
+        )
     }
 
     /// `m.login.application_service`: a new device for a registered user in the
@@ -750,14 +770,7 @@ impl Accounts {
                 "This user is not in the application service's namespace.",
             ));
         }
-        let context = &RequestContext {
-            actor: Actor::Appservice {
-                id: appservice.id.clone(),
-                user_id: appservice.sender.clone(),
-                device_id: None,
-            },
-            ..context.clone()
-        };
+        let context = &acting_appservice(context, appservice);
         let issued = self.write_audited(
             context,
             |guard, batch| {
@@ -765,15 +778,7 @@ impl Accounts {
                     Some(user) if !user.deactivated => {}
                     _ => return Err(Error::forbidden("Invalid username or password.")),
                 }
-                self.devices.create_session_in(
-                    guard,
-                    batch,
-                    &user_id,
-                    req.device_id.clone(),
-                    req.initial_device_display_name.clone(),
-                    req.refresh_token,
-                    context.client_ip.clone(),
-                )
+                self.login_session_in(guard, batch, &user_id, req, context)
             },
             |issued| {
                 audit::Entry::success("login")
@@ -781,10 +786,7 @@ impl Accounts {
                     .params(json!({ "type": "m.login.application_service", "device_id": issued.device_id }))
             },
         )?;
-        let mut response = login::v3::Response::new(user_id, issued.access_token, issued.device_id);
-        response.refresh_token = issued.refresh_token;
-        response.expires_in = issued.expires_in;
-        Ok(response)
+        Ok(login_response(user_id, issued))
     }
 
     /// Re-authenticate the signed-in user by password (user-interactive auth) for a
