@@ -9,17 +9,12 @@
 //! same database), and this driver answers `done` on its stdin once it is back. The server's
 //! clock runs twenty times as fast as the wall clock meanwhile (see `run_bridge`).
 
-use std::{
-    ffi::OsString,
-    io::{BufRead, BufReader, Read, Write},
-    process::Stdio,
-    time::Duration,
-};
+use std::{ffi::OsString, time::Duration};
 
 use crate::{
     appservice::with_registration,
     harness::TestServer,
-    sdk::{provided_by_scripts_test, script},
+    sdk::{Acting, drive_check, provided_by_scripts_test, script},
 };
 
 /// The registration both checks expect (see `tests/appservice/synapse_driver.py`), with
@@ -44,34 +39,10 @@ fn free_port() -> u16 {
 async fn run_bridge(what: &str, program: OsString, args: Vec<OsString>) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = TestServer::start_with(with_registration(&dir, &registration(port))).await;
+    let server = TestServer::start_with(with_registration(&dir, &registration(port))).await;
     let registration_path = dir.path().join("bridge.yaml");
     let mut command = std::process::Command::new(program);
-    command
-        .args(args)
-        .arg(&server.base)
-        .arg(&registration_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("{what} did not start: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    command.args(args).arg(&server.base).arg(&registration_path);
     // The bridge runs on the wall clock, and the server retries transactions on its own: the
     // server's clock runs twenty times as fast as the wall clock while the bridge runs (the
     // same clock across the restart), so a retry after a backoff comes within the bridge's
@@ -84,37 +55,19 @@ async fn run_bridge(what: &str, program: OsString, args: Vec<OsString>) {
         }
     });
     // The checks bound each wait and their whole run (300 s); this bounds the driver too.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    let mut transcript = Vec::new();
-    let mut timed_out = false;
-    loop {
-        let line = match tokio::time::timeout_at(deadline, lines.recv()).await {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(_) => {
-                timed_out = true;
-                let _ = child.kill();
-                break;
-            }
-        };
-        eprintln!("{line}");
-        if line.trim() == "REQUEST restart-server" {
-            server =
-                server.restart_with(|c| c.app_service_config_files = vec![registration_path.clone()]).await;
-            writeln!(stdin, "done").and_then(|()| stdin.flush()).expect("answering the check");
-        }
-        transcript.push(line);
-    }
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().expect("the check exits");
+    let (_server, outcome) =
+        drive_check(command, Duration::from_secs(600), server, |server, request| -> Acting {
+            let path = registration_path.clone();
+            Box::pin(async move {
+                assert_eq!(request, "restart-server", "the check asked for {request:?}");
+                Some(server.restart_with(|c| c.app_service_config_files = vec![path]).await)
+            })
+        })
+        .await;
     ticker.abort();
-    let stderr = stderr_reader.join().unwrap_or_default();
-    let stdout = transcript.join("\n");
-    assert!(
-        !timed_out && status.success() && stdout.trim_end().ends_with("OK"),
-        "{what} failed ({status}{})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        if timed_out { ", timed out" } else { "" }
-    );
-    drop(server);
+    if let Err(failure) = outcome {
+        panic!("{what} failed{failure}");
+    }
 }
 
 #[tokio::test]

@@ -112,13 +112,57 @@ async fn matrix_rust_sdk_encryption_cross_signing_backup_and_verification() {
 #[tokio::test]
 async fn matrix_rust_sdk_ui_sliding_sync_room_list_timelines_and_recovery() {
     let binary = provided_by_scripts_test("CONDUIT_RUST_SDK_BIN", "the matrix-rust-sdk check binary");
-    let mut server = TestServer::start().await;
+    let server = TestServer::start().await;
     let mut command = std::process::Command::new(binary);
-    command.arg("ui").arg(&server.base).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.arg("ui").arg(&server.base);
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "warn");
     }
-    let mut child = command.spawn().expect("matrix-rust-sdk ui check starts");
+    // Every wait inside the check is bounded; this bounds the whole run.
+    let (_server, outcome) =
+        drive_check(command, Duration::from_secs(900), server, |server, request| -> Acting {
+            Box::pin(async move {
+                match request.as_str() {
+                    "expire-sliding-sync" => Some(server.restart().await),
+                    "advance-clock" => {
+                        // A second past the later of the server's clock and the wall clock:
+                        // the SDK stamps events it sent itself with the device's time (its
+                        // event cache holds that copy until the server's replaces it, and
+                        // keeps it when the server's copy arrived first), so a server clock
+                        // left behind the device's would sort a room where Alice last wrote
+                        // above rooms with newer messages.
+                        let wall = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        let now = conduit::service::clock::Clock::now_ms(server.clock.as_ref());
+                        server.clock.advance_ms(wall.saturating_sub(now) + 1_000);
+                        Some(server)
+                    }
+                    _ => panic!("the check asked for {request:?}, which this test does not do"),
+                }
+            })
+        })
+        .await;
+    if let Err(failure) = outcome {
+        panic!("matrix-rust-sdk ui check failed{failure}");
+    }
+}
+
+/// What a check's request does to the test's state: the state after it (`Some`).
+pub type Acting = std::pin::Pin<Box<dyn std::future::Future<Output = Option<TestServer>> + Send>>;
+
+/// Run `command`, a check that may ask the test to act mid-run: it prints a line
+/// `REQUEST <what>` and waits for `done` on its stdin, which this sends once `act` has done
+/// it (handing the server on, since a restart replaces it). The check passes when it exits
+/// successfully with `OK` as its last line; the error carries its whole output.
+pub async fn drive_check(
+    mut command: std::process::Command,
+    limit: Duration,
+    server: TestServer,
+    mut act: impl FnMut(TestServer, String) -> Acting,
+) -> (TestServer, Result<(), String>) {
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("the check did not start: {e}"));
     let mut stdin = child.stdin.take().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
@@ -136,9 +180,8 @@ async fn matrix_rust_sdk_ui_sliding_sync_room_list_timelines_and_recovery() {
         let _ = stderr.read_to_string(&mut text);
         text
     });
-
-    // Every wait inside the check is bounded; this bounds the whole run.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut server = Some(server);
     let mut transcript = Vec::new();
     let mut timed_out = false;
     loop {
@@ -152,27 +195,9 @@ async fn matrix_rust_sdk_ui_sliding_sync_room_list_timelines_and_recovery() {
             }
         };
         eprintln!("{line}");
-        let answer = match line.as_str() {
-            "REQUEST expire-sliding-sync" => {
-                server = server.restart().await;
-                true
-            }
-            "REQUEST advance-clock" => {
-                // A second past the later of the server's clock and the wall clock: the SDK
-                // stamps events it sent itself with the device's time (its event cache holds
-                // that copy until the server's replaces it, and keeps it when the server's copy
-                // arrived first), so a server clock left behind the device's would sort a room
-                // where Alice last wrote above rooms with newer messages.
-                let wall = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let now = conduit::service::clock::Clock::now_ms(server.clock.as_ref());
-                server.clock.advance_ms(wall.saturating_sub(now) + 1_000);
-                true
-            }
-            _ => false,
-        };
-        if answer {
+        if let Some(request) = line.strip_prefix("REQUEST ") {
+            let current = server.take().expect("the server is back after each request");
+            server = act(current, request.trim().to_owned()).await;
             writeln!(stdin, "done").and_then(|()| stdin.flush()).expect("answering the check");
         }
         transcript.push(line);
@@ -180,11 +205,16 @@ async fn matrix_rust_sdk_ui_sliding_sync_room_list_timelines_and_recovery() {
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().expect("the check exits");
     let stderr = stderr_reader.join().unwrap_or_default();
     let stdout = transcript.join("\n");
-    assert!(
-        !timed_out && status.success() && transcript.last().is_some_and(|l| l == "OK"),
-        "matrix-rust-sdk ui check failed{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        if timed_out { " (timed out)" } else { "" }
-    );
+    let passed = !timed_out && status.success() && transcript.last().is_some_and(|l| l.trim() == "OK");
+    let outcome = if passed {
+        Ok(())
+    } else {
+        Err(format!(
+            " ({status}{})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            if timed_out { ", timed out" } else { "" }
+        ))
+    };
+    (server.expect("the server is back"), outcome)
 }
 
 /// Run one matrix-js-sdk script (Rust crypto, as in Element Web) from `tests/sdk/js`, where
