@@ -303,6 +303,17 @@ pub enum ListenerResource {
 }
 
 impl ListenerConfig {
+    /// A plain-HTTP listener on `address:port` serving `resources`.
+    pub fn plain(address: IpAddr, port: u16, resources: &[ListenerResource]) -> Self {
+        Self {
+            address,
+            port,
+            resources: resources.to_vec(),
+            tls_certificate_path: None,
+            tls_private_key_path: None,
+        }
+    }
+
     pub fn serves(&self, resource: ListenerResource) -> bool {
         self.resources.contains(&resource)
     }
@@ -781,13 +792,11 @@ impl Config {
         if !self.listeners.is_empty() {
             return self.listeners.clone();
         }
-        vec![ListenerConfig {
-            address: self.address,
-            port: self.port,
-            resources: vec![ListenerResource::Client, ListenerResource::Federation],
-            tls_certificate_path: None,
-            tls_private_key_path: None,
-        }]
+        vec![ListenerConfig::plain(
+            self.address,
+            self.port,
+            &[ListenerResource::Client, ListenerResource::Federation],
+        )]
     }
 
     fn check_smtp(&self) -> Result<(), String> {

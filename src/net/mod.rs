@@ -33,8 +33,12 @@ use crate::{
     config::{Config, ListenerConfig, ListenerResource},
 };
 
+/// What a listener serves when it is not configured (inherited sockets, a bound socket).
+const CLIENT_AND_FEDERATION: &[ListenerResource] = &[ListenerResource::Client, ListenerResource::Federation];
+
 /// Counters of the connection layer, read by the metrics at scrape time.
 #[derive(Debug, Default)]
+
 pub struct NetStats {
     /// Connections open now (all listeners).
     pub open: AtomicU64,
@@ -93,13 +97,7 @@ impl Listeners {
         for &fd in inherited {
             let listener = inherited_listener(fd)?;
             let local = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
-            let listener_config = ListenerConfig {
-                address: local.ip(),
-                port: local.port(),
-                resources: vec![ListenerResource::Client, ListenerResource::Federation],
-                tls_certificate_path: None,
-                tls_private_key_path: None,
-            };
+            let listener_config = ListenerConfig::plain(local.ip(), local.port(), CLIENT_AND_FEDERATION);
             listeners.add(listener, listener_config, true)?;
         }
         Ok(listeners)
@@ -109,13 +107,7 @@ impl Listeners {
     pub fn from_tcp(listener: TcpListener) -> Result<Self> {
         let local = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
         let mut listeners = Self { bound: Vec::new(), tls: TlsReloader::default() };
-        let listener_config = ListenerConfig {
-            address: local.ip(),
-            port: local.port(),
-            resources: vec![ListenerResource::Client, ListenerResource::Federation],
-            tls_certificate_path: None,
-            tls_private_key_path: None,
-        };
+        let listener_config = ListenerConfig::plain(local.ip(), local.port(), CLIENT_AND_FEDERATION);
         listeners.add(listener, listener_config, false)?;
         Ok(listeners)
     }

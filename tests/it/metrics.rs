@@ -63,13 +63,7 @@ async fn scrape(url: &str) -> Samples {
 }
 
 fn listener(resources: &[ListenerResource]) -> ListenerConfig {
-    ListenerConfig {
-        address: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        resources: resources.to_vec(),
-        tls_certificate_path: None,
-        tls_private_key_path: None,
-    }
+    ListenerConfig::plain("127.0.0.1".parse().unwrap(), 0, resources)
 }
 
 const SEND_ROUTE: &str = "/_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}";

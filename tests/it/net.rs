@@ -19,13 +19,7 @@ use tokio::{
 use crate::harness::{TestServer, expect_error};
 
 fn listener(resources: &[ListenerResource]) -> ListenerConfig {
-    ListenerConfig {
-        address: "127.0.0.1".parse().unwrap(),
-        port: 0,
-        resources: resources.to_vec(),
-        tls_certificate_path: None,
-        tls_private_key_path: None,
-    }
+    ListenerConfig::plain("127.0.0.1".parse().unwrap(), 0, resources)
 }
 
 async fn get(url: &str) -> (StatusCode, Value) {
