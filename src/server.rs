@@ -164,7 +164,6 @@ impl Server {
 
         let _ = stop_workers.send(true);
         self.services.outbox.stop().await;
-        self.services.appservice_ephemeral.stop();
         let _ = flusher.await;
         let _ = delayed_timer.await;
         if let Some(task) = control_task {

@@ -1,99 +1,85 @@
 //! Typing notices and read receipts for application services that ask for them
 //! (`receive_ephemeral`, MSC2409): a listener on the stream's change feed turns each typing or
-//! receipt change in a room an appservice is interested in into an ephemeral event, and a
-//! task per appservice sends them in transactions of their own (`ephemeral` and
-//! `de.sorunome.msc2409.ephemeral`, no `events`), retried on the server's clock while the
-//! appservice is down. Unlike room events they are not kept on disk: they describe a moment
-//! (who types now) or a state the appservice can read again (receipts), so what is waiting
-//! when the server stops, or beyond the last `MAX_WAITING` per appservice, is dropped.
+//! receipt change in a room an appservice is interested in into an ephemeral event, queued in
+//! memory for that appservice; a courier on the outbox (its own queue per appservice, so room
+//! events never wait behind them) sends them in transactions of their own (`ephemeral` and
+//! `de.sorunome.msc2409.ephemeral`, no `events`), with the outbox's retries. Unlike room
+//! events they are not kept on disk: they describe a moment (who types now) or a state the
+//! appservice can read again (receipts), so what is waiting when the server stops, or beyond
+//! the last `MAX_WAITING` per appservice, is dropped. Their sequence numbers start again at
+//! each start, and so do their queues' places.
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use ruma::{RoomId, events::room::member::MembershipState};
 use serde_json::{Value as JsonValue, json};
-use tokio::sync::{Notify, watch};
 
 use super::{
-    appservices::{Appservices, encode_segment},
-    clock::Clock,
+    appservices::Appservices,
+    outbox::{Courier, Delivering, Delivery, Outbox, Parcels},
     rooms::{
         members::Memberships,
-        receipts::{Receipts, receipt_content},
+        receipts::{READ, Receipts, receipt_content},
         typing::Typing,
     },
     stream::{Change, Heard, Stream},
 };
-use crate::matrix::appservice::Registration;
+use crate::{Result, matrix::appservice::Registration};
 
 /// Ephemeral events kept per appservice while it does not take them.
 const MAX_WAITING: usize = 1000;
-/// Ephemeral events per transaction.
-const BATCH: usize = 100;
-const FIRST_RETRY_MS: u64 = 1000;
-const MAX_RETRY_MS: u64 = 60_000;
-
-#[derive(Default)]
-struct Waiting {
-    events: VecDeque<JsonValue>,
-    /// Whether a task sends for this appservice.
-    running: bool,
-}
 
 pub struct AppserviceEphemeral {
     appservices: Arc<Appservices>,
+    outbox: Arc<Outbox>,
     typing: Arc<Typing>,
     receipts: Arc<Receipts>,
     members: Arc<Memberships>,
     stream: Arc<Stream>,
-    clock: Arc<dyn Clock>,
-    waiting: Mutex<HashMap<String, Waiting>>,
-    bell: Arc<Notify>,
-    /// Transactions sent since start, for unique transaction IDs.
-    sent: std::sync::atomic::AtomicU64,
-    started_ms: u64,
-    /// Set when the server stops: the listener and the sending tasks end.
-    stop: watch::Sender<bool>,
+    /// What waits for each appservice, by sequence number.
+    waiting: Mutex<HashMap<String, VecDeque<(u64, JsonValue)>>>,
+    /// The last sequence number handed out since start.
+    sequence: AtomicU64,
+    /// Random per start, so that transaction IDs are not reused across starts.
+    run_id: String,
 }
 
 impl AppserviceEphemeral {
     pub fn new(
         appservices: Arc<Appservices>,
+        outbox: Arc<Outbox>,
         typing: Arc<Typing>,
         receipts: Arc<Receipts>,
         members: Arc<Memberships>,
         stream: Arc<Stream>,
-        clock: Arc<dyn Clock>,
     ) -> Self {
-        let started_ms = clock.now_ms();
         Self {
             appservices,
+            outbox,
             typing,
             receipts,
             members,
             stream,
-            clock,
             waiting: Mutex::default(),
-            bell: Arc::new(Notify::new()),
-            sent: Default::default(),
-            started_ms,
-            stop: watch::channel(false).0,
+            sequence: AtomicU64::new(0),
+            run_id: super::passwords::random_string(8),
         }
     }
 
-    /// Listen to the change feed (called once the server serves, inside its runtime).
+    /// Listen to the change feed (called once the server serves, inside its runtime). The
+    /// task holds the service weakly and ends with the stream.
     pub fn start(self: &Arc<Self>) {
         let mut listener = self.stream.listen();
         let me = Arc::downgrade(self);
-        let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
             loop {
-                let heard = tokio::select! {
-                    heard = listener.next() => heard,
-                    _ = stop.changed() => return,
-                };
+                let heard = listener.next().await;
                 let Some(me) = me.upgrade() else { return };
                 match heard {
                     Heard::Change(announced) => {
@@ -108,14 +94,7 @@ impl AppserviceEphemeral {
         });
     }
 
-    /// End the listener and the sending tasks (at shutdown): what waits is dropped, and
-    /// nothing of theirs holds the database any more.
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-        self.lock().clear();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<(u64, JsonValue)>>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -156,10 +135,7 @@ impl AppserviceEphemeral {
                 position,
             ) {
                 Ok(receipts) => {
-                    let public: Vec<_> = receipts
-                        .into_iter()
-                        .filter(|r| r.receipt_type == super::rooms::receipts::READ)
-                        .collect();
+                    let public: Vec<_> = receipts.into_iter().filter(|r| r.receipt_type == READ).collect();
                     if !public.is_empty() {
                         these.push(json!({ "type": "m.receipt", "room_id": room_id, "content": receipt_content(&public) }));
                     }
@@ -174,7 +150,7 @@ impl AppserviceEphemeral {
         }
     }
 
-    fn interested(&self, appservice: &Registration, room_id: &RoomId) -> crate::Result<bool> {
+    fn interested(&self, appservice: &Registration, room_id: &RoomId) -> Result<bool> {
         if appservice.claims_room(room_id) {
             return Ok(true);
         }
@@ -185,115 +161,67 @@ impl AppserviceEphemeral {
             .any(|u| appservice.may_act_as(u)))
     }
 
-    fn queue(self: &Arc<Self>, appservice: &Arc<Registration>, events: Vec<JsonValue>) {
-        let spawn = {
+    fn queue(self: &Arc<Self>, appservice: &Registration, events: Vec<JsonValue>) {
+        let first_for_it = {
             let mut waiting = self.lock();
-            let entry = waiting.entry(appservice.id.clone()).or_default();
+            let first_for_it = !waiting.contains_key(&appservice.id);
+            let queue = waiting.entry(appservice.id.clone()).or_default();
             for event in events {
-                if entry.events.len() >= MAX_WAITING {
-                    entry.events.pop_front();
+                if queue.len() >= MAX_WAITING {
+                    queue.pop_front();
                 }
-                entry.events.push_back(event);
+                queue.push_back((self.sequence.fetch_add(1, Ordering::Relaxed) + 1, event));
             }
-            !std::mem::replace(&mut entry.running, true)
+            first_for_it
         };
-        if spawn {
-            tokio::spawn(Self::send_for(Arc::downgrade(self), self.stop.subscribe(), appservice.id.clone()));
-        } else {
-            self.bell.notify_waiters();
+        // The first event for an appservice since start opens its queue from nothing (a place
+        // kept from an earlier run counted sequence numbers that are gone).
+        if first_for_it && let Err(e) = self.outbox.open(Self::KIND, &appservice.id, 0, true) {
+            tracing::warn!(appservice = %appservice.id, error = %e, "opening an ephemeral queue failed");
+            return;
         }
+        self.outbox.run(self, &appservice.id);
+    }
+}
+
+impl Courier for AppserviceEphemeral {
+    type Parcel = JsonValue;
+    const KIND: &'static str = "appservice-ephemeral";
+    const BATCH: usize = 100;
+
+    fn pending(&self, destination: &str, after: u64, limit: usize) -> Result<Option<Parcels<JsonValue>>> {
+        let registry = self.appservices.registry();
+        if !registry.by_id(destination).is_some_and(|a| a.receive_ephemeral && a.url.is_some()) {
+            self.lock().remove(destination);
+            return Ok(None);
+        }
+        let mut waiting = self.lock();
+        let Some(queue) = waiting.get_mut(destination) else { return Ok(Some(Vec::new())) };
+        // What the queue has moved past was delivered.
+        while queue.front().is_some_and(|(seq, _)| *seq <= after) {
+            queue.pop_front();
+        }
+        Ok(Some(queue.iter().take(limit).cloned().collect()))
     }
 
-    /// Send what waits for one appservice until nothing does, or the server stops. It holds
-    /// the service only while it works, never while it waits.
-    async fn send_for(me: std::sync::Weak<Self>, mut stop: watch::Receiver<bool>, id: String) {
-        let mut failures: u32 = 0;
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let Some(this) = me.upgrade() else { return };
-            let Some(wait) = this.send_once(&id, &mut failures).await else { return };
-            let (clock, bell, at) = (Arc::clone(&this.clock), Arc::clone(&this.bell), wait);
-            drop(this);
-            if at == 0 {
-                continue;
-            }
-            tokio::select! {
-                () = clock.sleep_until(at) => {}
-                () = bell.notified() => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
-    /// One transaction of what waits for `id`: `None` when nothing waits (the task ends),
-    /// `Some(0)` to go on at once, `Some(at)` to try again at `at` on the server's clock.
-    async fn send_once(&self, id: &str, failures: &mut u32) -> Option<u64> {
-        let id = id.to_owned();
-        {
-            let batch: Vec<JsonValue> = {
-                let mut waiting = self.lock();
-                let entry = waiting.get_mut(&id)?;
-                if entry.events.is_empty() {
-                    entry.running = false;
-                    return None;
-                }
-                let n = entry.events.len().min(BATCH);
-                entry.events.iter().take(n).cloned().collect()
-            };
+    fn deliver<'a>(&'a self, destination: &'a str, parcels: &'a [(u64, JsonValue)]) -> Delivering<'a> {
+        Box::pin(async move {
             let registry = self.appservices.registry();
-            let Some(appservice) = registry.by_id(&id).cloned() else {
-                self.lock().remove(&id);
-                return None;
+            let Some(appservice) = registry.by_id(destination) else {
+                return Delivery::Gone("the application service is no longer registered".to_owned());
             };
-            drop(registry);
-            if self.put(&appservice, &batch).await {
-                *failures = 0;
-                let mut waiting = self.lock();
-                if let Some(entry) = waiting.get_mut(&id) {
-                    // What was sent is at the front, unless the queue overflowed meanwhile
-                    // and dropped it already.
-                    let n = batch.len().min(entry.events.len());
-                    entry.events.drain(..n);
-                }
-                return Some(0);
-            }
-            let wait = FIRST_RETRY_MS.saturating_mul(1 << (*failures).min(16)).min(MAX_RETRY_MS);
-            *failures = failures.saturating_add(1);
-            Some(self.clock.now_ms().saturating_add(wait))
-        }
-    }
-
-    async fn put(&self, appservice: &Registration, events: &[JsonValue]) -> bool {
-        let n = self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let txn_id = format!("ephemeral-{}-{n}", self.started_ms);
-        let path = format!("/_matrix/app/v1/transactions/{}", encode_segment(&txn_id));
-        let Some(url) = Appservices::endpoint(appservice, &path) else { return true };
-        let body = json!({
-            "events": [],
-            "ephemeral": events,
-            "de.sorunome.msc2409.ephemeral": events,
-        });
-        match self
-            .appservices
-            .http()
-            .put(url)
-            .bearer_auth(&appservice.hs_token)
-            .json(&body)
-            .timeout(std::time::Duration::from_secs(30))
-            .send()
-            .await
-        {
-            Ok(response) if response.status().is_success() => true,
-            Ok(response) => {
-                tracing::debug!(appservice = %appservice.id, status = %response.status(), "ephemeral transaction refused");
-                false
-            }
-            Err(e) => {
-                tracing::debug!(appservice = %appservice.id, error = %e, "ephemeral transaction failed");
-                false
-            }
-        }
+            let (Some((first, _)), Some((last, _))) = (parcels.first(), parcels.last()) else {
+                return Delivery::Done;
+            };
+            let events: Vec<&JsonValue> = parcels.iter().map(|(_, event)| event).collect();
+            let body = json!({
+                "events": [],
+                "ephemeral": events,
+                "de.sorunome.msc2409.ephemeral": events,
+            });
+            // Sequence numbers start again at each start: the run's ID keeps IDs apart.
+            let txn_id = format!("ephemeral.{}.{first}.{last}", self.run_id);
+            self.appservices.send_transaction(appservice, &txn_id, &body).await
+        })
     }
 }

@@ -12,7 +12,6 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
-    time::Duration,
 };
 
 use ruma::{OwnedRoomId, RoomId, UserId, events::TimelineEventType};
@@ -20,7 +19,7 @@ use serde_json::{Value as JsonValue, json};
 
 use super::{
     accounts::Accounts,
-    appservices::{Appservices, encode_segment},
+    appservices::Appservices,
     outbox::{Courier, Delivering, Delivery, Outbox, Parcels},
     rooms::{
         aliases::Aliases,
@@ -35,8 +34,6 @@ use crate::{Result, matrix::appservice::Registration};
 /// Stream positions read per look at the stream: a queue that finds nothing of interest in
 /// them still moves past them.
 const SCAN: usize = 1000;
-/// How long an appservice may take to accept a transaction.
-const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One stream position for an appservice: an event it is interested in, or only a place
 /// to move past.
@@ -171,29 +168,6 @@ impl AppserviceSender {
         }
         Ok(value)
     }
-
-    async fn put(&self, appservice: &Registration, txn_id: &str, body: &JsonValue) -> Delivery {
-        let path = format!("/_matrix/app/v1/transactions/{}", encode_segment(txn_id));
-        let Some(url) = Appservices::endpoint(appservice, &path) else {
-            return Delivery::Gone("the application service has no URL".to_owned());
-        };
-        let answer = self
-            .appservices
-            .http()
-            .put(url)
-            .bearer_auth(&appservice.hs_token)
-            .json(body)
-            .timeout(TRANSACTION_TIMEOUT)
-            .send()
-            .await;
-        match answer {
-            Ok(response) if response.status().is_success() => Delivery::Done,
-            Ok(response) => {
-                Delivery::Retry(format!("the application service answered {}", response.status()))
-            }
-            Err(e) => Delivery::Retry(format!("the application service could not be reached: {e}")),
-        }
-    }
 }
 
 impl Courier for AppserviceSender {
@@ -254,7 +228,7 @@ impl Courier for AppserviceSender {
             }
             // The same positions make the same transaction, so a retry keeps its ID.
             let txn_id = format!("{first}.{last}");
-            self.put(appservice, &txn_id, &json!({ "events": events })).await
+            self.appservices.send_transaction(appservice, &txn_id, &json!({ "events": events })).await
         })
     }
 }

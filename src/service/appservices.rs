@@ -12,6 +12,9 @@ use std::{
 
 use ruma::{OwnedServerName, RoomAliasId, UserId};
 
+use serde_json::Value as JsonValue;
+
+use super::outbox::Delivery;
 use crate::{
     Error, Result,
     matrix::appservice::{self, NamespaceKind, Registration},
@@ -72,6 +75,8 @@ pub fn load_file(path: &Path, server: &OwnedServerName) -> std::result::Result<R
     appservice::parse_registration(&text, server).map_err(|e| format!("{shown}: {e}"))
 }
 
+/// How long an appservice may take to accept a transaction.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a query or ping to an appservice may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to an appservice may take.
@@ -116,6 +121,36 @@ impl Appservices {
         let joined = format!("{}{}", url.path().trim_end_matches('/'), path);
         url.set_path(&joined);
         Some(url)
+    }
+
+    /// `PUT` one transaction (`txn_id`, `body`) to the appservice, with its `hs_token`: what
+    /// became of it, as the outbox's couriers answer (any 2xx takes it; anything else, or no
+    /// answer within a minute, is tried again later).
+    pub async fn send_transaction(
+        &self,
+        appservice: &Registration,
+        txn_id: &str,
+        body: &JsonValue,
+    ) -> Delivery {
+        let path = format!("/_matrix/app/v1/transactions/{}", encode_segment(txn_id));
+        let Some(url) = Self::endpoint(appservice, &path) else {
+            return Delivery::Gone("the application service has no URL".to_owned());
+        };
+        let answer = self
+            .http
+            .put(url)
+            .bearer_auth(&appservice.hs_token)
+            .json(body)
+            .timeout(TRANSACTION_TIMEOUT)
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status().is_success() => Delivery::Done,
+            Ok(response) => {
+                Delivery::Retry(format!("the application service answered {}", response.status()))
+            }
+            Err(e) => Delivery::Retry(format!("the application service could not be reached: {e}")),
+        }
     }
 
     /// Ask the appservices whose namespaces hold `alias` (exclusive or not) whether it

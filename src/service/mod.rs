@@ -309,11 +309,11 @@ impl Services {
         let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
         let appservice_ephemeral = Arc::new(appservice_ephemeral::AppserviceEphemeral::new(
             Arc::clone(&appservices),
+            Arc::clone(&outbox),
             Arc::clone(&typing),
             Arc::clone(&receipts),
             Arc::clone(&memberships),
             Arc::clone(&stream),
-            Arc::clone(&clock),
         ));
         let presence = Arc::new(presence::Presence::new(
             &store,
