@@ -7,6 +7,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+mod sso;
+
+pub use self::sso::{
+    AttributeRequirement, ClaimTemplate, ClientAuthMethod, IdentityProviderConfig,
+    LoginViaExistingSessionConfig, PkceMethod, SsoConfig, UserMappingConfig, UserProfileMethod,
+};
 pub use crate::matrix::rate_limit::Rate;
 use figment::{
     Figment,
@@ -180,6 +186,17 @@ pub struct Config {
     /// user into a room per user (Synapse's `server_notices`). Off unless
     /// `server_notices.system_mxid_localpart` is set.
     pub server_notices: ServerNoticesConfig,
+    /// OpenID Connect providers users sign in with (single sign-on, `m.login.sso`); see
+    /// [`IdentityProviderConfig`] and `docs/sso.md`.
+    pub identity_providers: Vec<IdentityProviderConfig>,
+    /// Turn password login off: users sign in only through the identity providers
+    /// (`m.login.password` is no longer offered, and registering or changing a password
+    /// through the API is refused). Application services still log in.
+    pub sso_only: bool,
+    /// Single sign-on settings shared by the providers (see [`SsoConfig`]).
+    pub sso: SsoConfig,
+    /// `POST /_matrix/client/v1/login/get_token` (see [`LoginViaExistingSessionConfig`]).
+    pub login_via_existing_session: LoginViaExistingSessionConfig,
     /// Master switch of every rate limit below (`rc_*`). On by default.
     pub rate_limiting: bool,
     /// Whether server admins (and so the bots an admin account runs) are exempt from every
@@ -522,6 +539,10 @@ impl Default for Config {
             ],
             audit: AuditConfig::default(),
             server_notices: ServerNoticesConfig::default(),
+            identity_providers: Vec::new(),
+            sso_only: false,
+            sso: SsoConfig::default(),
+            login_via_existing_session: LoginViaExistingSessionConfig::default(),
             rate_limiting: true,
             rate_limit_exempt_admins: true,
             // Synapse's defaults (`synapse/config/ratelimiting.py`).
@@ -700,6 +721,7 @@ impl Config {
         self.check_turn()?;
         self.check_smtp()?;
         self.check_rates()?;
+        self.check_sso()?;
         Ok(())
     }
 

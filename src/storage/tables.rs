@@ -173,6 +173,19 @@ catalogue! {
     URL_PREVIEWS = "url_previews", key "url": String => UrlPreviewRecord, version 1;
     /// OpenID tokens a user asked for, keyed by the SHA-256 of the token; each lives an hour.
     OPENID_TOKENS = "openid_tokens", key "sha256(token)": TokenHash => OpenIdTokenRecord, version 1;
+    /// One-time login tokens (`m.login.token`): made by single sign-on and by
+    /// `login/get_token`, keyed by the SHA-256 of the token; each lives minutes.
+    LOGIN_TOKENS = "login_tokens", key "sha256(token)": TokenHash => LoginTokenRecord, version 1;
+    /// Accounts at identity providers linked to local accounts (Synapse's
+    /// `user_external_ids`): the provider's ID and subject (`sub`) → the local user.
+    USER_EXTERNAL_IDS = "user_external_ids", key "idp_id, subject": (String, String) => ExternalIdRecord, version 1;
+    /// The same links by local user, to find a user's providers.
+    EXTERNAL_IDS_BY_USER = "external_ids_by_user", key "user_id, idp_id, subject": (OwnedUserId, String, String) => (), version 1;
+    /// Devices signed in through an identity provider, by the provider session they came
+    /// from (`sid`, or "" when the provider named none), for back-channel logout.
+    SSO_SESSIONS = "sso_sessions", key "idp_id, subject, sid, (user_id, device_id)": (String, String, String, (OwnedUserId, OwnedDeviceId)) => u64, version 1;
+    /// The same by device, so a device that goes (or logs in again) takes its row along.
+    SSO_SESSIONS_BY_DEVICE = "sso_sessions_by_device", key "user_id, device_id": (OwnedUserId, OwnedDeviceId) => SsoSessionRecord, version 1;
     /// Delayed events (MSC4140) waiting to be sent, by delay ID.
     DELAYED_EVENTS = "delayed_events", key "delay_id": String => DelayedEventRecord, version 1;
     /// The same events by the time they are due, for the timer that sends them.
@@ -686,6 +699,36 @@ pub struct UrlPreviewRecord {
 pub struct OpenIdTokenRecord {
     pub user_id: OwnedUserId,
     pub expires_ms: u64,
+}
+
+/// What a one-time login token logs into, until when, and, for one made by single sign-on,
+/// the provider session it came from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginTokenRecord {
+    pub user_id: OwnedUserId,
+    pub expires_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<SsoSessionRecord>,
+}
+
+/// A sign-in at an identity provider: the provider, the subject and the provider's session
+/// ID (`sid`; empty when it gave none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SsoSessionRecord {
+    pub idp_id: String,
+    pub subject: String,
+    #[serde(default)]
+    pub sid: String,
+}
+
+/// The local account a provider account is linked to, since when, and the email address the
+/// provider gave at the time (when the mapping names one).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExternalIdRecord {
+    pub user_id: OwnedUserId,
+    pub linked_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// A registration token: how often it may be used, how often it is being and has been used,
