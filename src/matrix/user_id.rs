@@ -75,9 +75,43 @@ pub fn resolve_login_user(identifier: &str, server: &ServerName) -> Option<Owned
     UserId::parse(format!("@{}:{server}", localpart.to_lowercase())).ok()
 }
 
+/// A localpart for a name from elsewhere (an identity provider's user name), as the spec's
+/// appendix "Mapping from other character sets" suggests: lower-cased, and every byte of its
+/// UTF-8 form outside `a-z 0-9 . _ - / +`, and `=` itself, written as `=` and two hex digits
+/// (`Jörg` becomes `j=c3=b6rg`). A leading `_`, reserved for application services, becomes
+/// `=5f`. The result may still be refused (empty, all digits, too long).
+pub fn localpart_from_external(name: &str) -> String {
+    let mut out = String::new();
+    for byte in name.to_lowercase().bytes() {
+        match byte {
+            b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'/' | b'+' => out.push(char::from(byte)),
+            other => out.push_str(&format!("={other:02x}")),
+        }
+    }
+    if let Some(rest) = out.strip_prefix('_') {
+        out = format!("=5f{rest}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_names_map_to_registrable_localparts() {
+        for (name, expected) in [
+            ("Alice.Smith", "alice.smith"),
+            ("Jörg", "j=c3=b6rg"),
+            ("a b=c", "a=20b=3dc"),
+            ("_bot", "=5fbot"),
+            ("DOMAIN\\user", "domain=5cuser"),
+        ] {
+            let localpart = localpart_from_external(name);
+            assert_eq!(localpart, expected, "{name}");
+            assert!(registrable_user_id(&localpart, server()).is_ok(), "{localpart}");
+        }
+    }
 
     fn server() -> &'static ServerName {
         <&ServerName>::try_from("example.org").unwrap()
