@@ -1,6 +1,13 @@
 //! Account life-cycle flows that span several services: registration, login, password
 //! change, deactivation and device removal. Each flow checks policy, runs user-interactive
 //! auth where the spec demands it, and commits its writes to users and devices in one batch.
+//! The single sign-on side of accounts (one-time login tokens, accounts of identity-provider
+//! users, the devices each provider session signed in) is in `accounts/sso.rs`, which owns
+//! the `sso_sessions` tables.
+
+mod sso;
+
+pub use self::sso::SsoPolicy;
 
 use std::sync::Arc;
 
@@ -30,6 +37,7 @@ use super::{
     devices::{self, DeviceIdentity, Devices, IssuedTokens, WriteGuard},
     key_backup::KeyBackup,
     keys::{CrossSigningUpload, Keys},
+    login_tokens::LoginTokens,
     passwords::random_string,
     push::Notifications,
     rate_limits::{Limiter, RateLimits},
@@ -76,6 +84,10 @@ pub struct Accounts {
     rate_limits: Arc<RateLimits>,
     appservices: Arc<Appservices>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
+    /// One-time login tokens (`m.login.token`).
+    login_tokens: Arc<LoginTokens>,
+    /// Devices signed in through an identity provider, by provider session and by device.
+    sso_sessions: sso::SessionTables,
 }
 
 /// What a registration asks for, besides the password: the parameters its user-interactive
@@ -172,8 +184,10 @@ impl Accounts {
         registration_tokens: Arc<RegistrationTokens>,
         rate_limits: Arc<RateLimits>,
         appservices: Arc<Appservices>,
+        login_tokens: Arc<LoginTokens>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
+        let sso_sessions = sso::SessionTables::open(&store);
         Self {
             store,
             config,
@@ -191,6 +205,8 @@ impl Accounts {
             rate_limits,
             appservices,
             dehydrated,
+            login_tokens,
+            sso_sessions,
         }
     }
 
@@ -225,6 +241,7 @@ impl Accounts {
                 self.dehydrated.delete(batch, &user_id.to_owned());
             }
             self.devices.remove_in(guard, batch, user_id, device_id)?;
+            self.sso_sessions.forget_device_in(batch, user_id, device_id)?;
             self.keys.remove_device_in(batch, user_id, device_id)?;
             self.to_device.remove_device_in(batch, user_id, device_id)?;
             self.sliding_connections.forget_device(user_id, device_id);
@@ -269,6 +286,9 @@ impl Accounts {
     }
 
     fn ensure_registration_open(&self) -> Result<()> {
+        if self.config.sso_only {
+            return Err(Error::forbidden("Accounts are made by signing in with single sign-on"));
+        }
         if !self.config.allow_registration {
             return Err(Error::forbidden("Registration has been disabled"));
         }
@@ -656,6 +676,9 @@ impl Accounts {
             };
             return self.login_for_appservice(&req, claimed, appservice, context);
         }
+        if let login::v3::LoginInfo::Token(info) = &req.login_info {
+            return self.login_with_token(&req, &info.token, context);
+        }
         let login::v3::LoginInfo::Password(info) = &req.login_info else {
             return Err(Error::new(
                 ErrorKind::Unknown,
@@ -671,6 +694,9 @@ impl Accounts {
             (None, Some(user)) => Some(user.as_str()),
             (None, None) => return Err(Error::missing_param("Missing identifier")),
         };
+        if self.config.sso_only {
+            return Err(self.password_login_off(context, claimed));
+        }
         // Before the password is hashed: the answer does not depend on it.
         devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
         let user_id = claimed.and_then(|c| resolve_login_user(c, &self.config.server_name));
@@ -741,6 +767,10 @@ impl Accounts {
         req: &login::v3::Request,
         context: &RequestContext,
     ) -> Result<IssuedTokens> {
+        // A device logging in again is no longer the provider session it came from.
+        if let Some(device_id) = &req.device_id {
+            self.sso_sessions.forget_device_in(batch, user_id, device_id)?;
+        }
         self.devices.create_session_in(
             guard,
             batch,
@@ -802,7 +832,7 @@ impl Accounts {
             return Err(Error::internal("request parameters must be a JSON object"));
         };
         let requirement = UiaaRequest {
-            flows: vec![AuthFlow::new(vec![AuthType::Password])],
+            flows: self.reauthentication_flows(&who.user_id)?,
             user: Some(&who.user_id),
             context,
             params,
@@ -841,6 +871,11 @@ impl Accounts {
         context: &RequestContext,
         req: change_password::v3::Request,
     ) -> Result<change_password::v3::Response> {
+        if self.config.sso_only {
+            return Err(Error::forbidden(
+                "Passwords are not used on this server: sign in with single sign-on",
+            ));
+        }
         check_password_len(&req.new_password)?;
         // The new password is a secret: it is not kept in the session, nor bound.
         let params = json!({ "logout_devices": req.logout_devices });

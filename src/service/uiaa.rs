@@ -145,6 +145,15 @@ impl Uiaa {
                 // A token stage already passed in this session holds its use: it is not
                 // counted again.
                 AuthData::RegistrationToken(_) if record.completed.contains(&stage.to_string()) => Ok(()),
+                // Single sign-on is done out of band, through the fallback page; naming it
+                // afterwards (rather than sending the session alone) is fine.
+                _ if stage == AuthType::Sso => match record.completed.contains(&stage.to_string()) {
+                    true => Ok(()),
+                    false => Err(StandardErrorBody::new(
+                        ErrorKind::Forbidden,
+                        "Sign in with single sign-on through the fallback page first".to_owned(),
+                    )),
+                },
                 AuthData::RegistrationToken(t) => match self.registration_tokens.take_pending(&t.token)? {
                     Some(Accepted::Stored) => {
                         record.registration_token = Some(t.token.clone());
@@ -197,6 +206,46 @@ impl Uiaa {
     fn remembered_password(&self, session_id: &str, now: u64) -> Option<String> {
         let passwords = self.passwords.lock().unwrap_or_else(|p| p.into_inner());
         passwords.get(session_id).filter(|(_, expires)| *expires > now).map(|(password, _)| password.clone())
+    }
+
+    /// The user and request (method, path) of a live session, for a page that asks the user
+    /// to confirm it out of band.
+    pub fn session_request(&self, session_id: &str) -> Result<Option<(Option<OwnedUserId>, String, String)>> {
+        let now = self.clock.now_ms();
+        Ok(self
+            .sessions
+            .get(&session_id.to_owned())?
+            .filter(|r| r.expires_ms > now)
+            .map(|r| (r.user_id, r.method, r.path)))
+    }
+
+    /// Mark a stage done outside the API (single sign-on through the fallback page) for a
+    /// live session of `user_id`; the client then retries its request with the session.
+    pub fn complete_out_of_band(&self, session_id: &str, user_id: &UserId, stage: AuthType) -> Result<()> {
+        let now = self.clock.now_ms();
+        let key = session_id.to_owned();
+        let mut record = self
+            .sessions
+            .get(&key)?
+            .filter(|r| r.expires_ms > now)
+            .ok_or_else(|| Error::new(ErrorKind::Unknown, "Unknown or expired UIA session"))?;
+        if record.user_id.as_deref() != Some(user_id) {
+            return Err(Error::forbidden(
+                "You signed in as another user than the one this confirmation is for",
+            ));
+        }
+        if !record.completed.contains(&stage.to_string()) {
+            record.completed.push(stage.to_string());
+            self.sessions.insert(&key, &record)?;
+        }
+        Ok(())
+    }
+
+    /// Forget a session now, for operations whose authentication may serve once only
+    /// (`login/get_token`).
+    pub fn forget(&self, session_id: &str) -> Result<()> {
+        self.passwords.lock().unwrap_or_else(|p| p.into_inner()).remove(session_id);
+        Ok(self.sessions.remove(&session_id.to_owned())?)
     }
 
     /// The account a completed registration session created, if it created one.

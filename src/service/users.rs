@@ -1,5 +1,6 @@
 //! Accounts and their profiles: existence, password hashes, deactivation, admin flag,
-//! display name and avatar. Owns the `users` and `profiles` tables.
+//! display name and avatar, and the identity-provider accounts linked to them. Owns the
+//! `users`, `profiles`, `user_external_ids` and `external_ids_by_user` tables.
 
 use std::sync::Arc;
 
@@ -11,7 +12,10 @@ use crate::{
     storage::{
         Direction, KvStore, Table, WriteBatch,
         kv::KeyRange,
-        tables::{PROFILES, ProfileRecord, USERS, UserRecord},
+        tables::{
+            EXTERNAL_IDS_BY_USER, ExternalIdRecord, PROFILES, ProfileRecord, USER_EXTERNAL_IDS, USERS,
+            UserRecord,
+        },
     },
 };
 
@@ -26,6 +30,9 @@ pub struct Users {
     profiles: Table<OwnedUserId, ProfileRecord>,
     passwords: Arc<Passwords>,
     clock: Arc<dyn Clock>,
+    /// Provider accounts (identity provider ID, subject) linked to local accounts.
+    external_ids: Table<(String, String), ExternalIdRecord>,
+    external_ids_by_user: Table<(OwnedUserId, String, String), ()>,
 }
 
 impl Users {
@@ -36,7 +43,41 @@ impl Users {
             profiles: PROFILES.open(store),
             passwords,
             clock,
+            external_ids: USER_EXTERNAL_IDS.open(store),
+            external_ids_by_user: EXTERNAL_IDS_BY_USER.open(store),
         }
+    }
+
+    /// The local account a provider account is linked to, if any.
+    pub fn by_external_id(&self, idp_id: &str, subject: &str) -> Result<Option<ExternalIdRecord>> {
+        Ok(self.external_ids.get(&(idp_id.to_owned(), subject.to_owned()))?)
+    }
+
+    /// The providers (ID, subject) linked to a local account.
+    pub fn external_ids(&self, user_id: &UserId) -> Result<Vec<(String, String)>> {
+        self.external_ids_by_user
+            .scan_prefix(&user_id.to_owned(), Direction::Forward)?
+            .map(|row| row.map(|((_, idp, subject), ())| (idp, subject)).map_err(Error::from))
+            .collect()
+    }
+
+    /// Queue a link from a provider account to a local account.
+    pub fn link_external_id_in(
+        &self,
+        batch: &mut WriteBatch,
+        idp_id: &str,
+        subject: &str,
+        user_id: &UserId,
+        email: Option<String>,
+    ) -> Result<()> {
+        let record = ExternalIdRecord { user_id: user_id.to_owned(), linked_ms: self.clock.now_ms(), email };
+        self.external_ids.put(batch, &(idp_id.to_owned(), subject.to_owned()), &record)?;
+        self.external_ids_by_user.put(
+            batch,
+            &(user_id.to_owned(), idp_id.to_owned(), subject.to_owned()),
+            &(),
+        )?;
+        Ok(())
     }
 
     /// The account record, if the user ID was ever registered here.
