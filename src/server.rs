@@ -176,7 +176,7 @@ impl Server {
 }
 
 /// Background upkeep: persist last-seen times, mark idle users offline, sweep expired UIA
-/// sessions, reserved media IDs, cached previews and OpenID tokens, purge media past its
+/// sessions, reserved media IDs, cached previews, OpenID and login tokens, purge media past its
 /// retention.
 async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
@@ -211,6 +211,11 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                         Ok(n) if n > 0 => tracing::debug!(removed = n, "swept expired OpenID tokens"),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "sweeping OpenID tokens failed"),
+                    }
+                    match services.login_tokens.remove_expired() {
+                        Ok(n) if n > 0 => tracing::debug!(removed = n, "swept expired login tokens"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "sweeping login tokens failed"),
                     }
                 }
                 if ticks.is_multiple_of(MEDIA_RETENTION_EVERY) {

@@ -116,3 +116,39 @@ impl IntoResponse for Error {
         }
     }
 }
+
+/// An error as a page for a browser (single sign-on's redirects and callback): the status
+/// the JSON answer would have, the errcode and the message. Internal causes are logged and
+/// replaced, as for JSON.
+pub fn error_page(error: Error) -> Response {
+    let (status, kind, message) = match error {
+        Error::Matrix { kind, message } => (status_for(&kind), kind, message),
+        Error::Upstream(message) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown, message),
+        Error::Uiaa(_)
+        | Error::MethodNotAllowed
+        | Error::MalformedPath(_)
+        | Error::Conflict(_)
+        | Error::RequestTimeout(_) => {
+            return error.into_response();
+        }
+        Error::Storage(e) => {
+            tracing::error!(error = %e, "storage failure");
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error".to_owned())
+        }
+        Error::Internal(e) => {
+            tracing::error!(error = %e, "internal failure");
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error".to_owned())
+        }
+    };
+    let errcode = serde_json::to_value(StandardErrorBody::new(kind, String::new()))
+        .ok()
+        .and_then(|body| body.get("errcode").and_then(|c| c.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "M_UNKNOWN".to_owned());
+    let body = format!(
+        "<p>{}</p>\n<p><small>{} ({})</small></p>",
+        super::sso::escape(&message),
+        super::sso::escape(&errcode),
+        status.as_u16()
+    );
+    super::sso::page(status, "Sign-in failed", &body, None)
+}

@@ -9,6 +9,7 @@ pub mod federation;
 pub mod rate_limit;
 pub mod request;
 pub mod ruma;
+pub mod sso;
 
 use std::{
     future::Future,
@@ -211,11 +212,22 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .ruma_route(account::request_password_change_token_via_email)
         .ruma_route(account::request_password_change_token_via_msisdn)
         // Sessions
-        .ruma_route(session::get_login_types)
+        .ruma_route_filled(session::get_login_types, session::fill_login_types)
         .ruma_route(session::login)
         .ruma_route(session::refresh_token)
         .ruma_route(session::logout)
         .ruma_route(session::logout_all)
+        // Single sign-on: the redirects (a redirect with a cookie, or a page), login tokens,
+        // the provider's callback and back-channel logout, and the `m.login.sso` fallback
+        .endpoint_route::<::ruma::api::client::session::sso_login::v3::Request, _, _>(session::sso_login)
+        .endpoint_route::<::ruma::api::client::session::sso_login_with_provider::v3::Request, _, _>(
+            session::sso_login_with_provider,
+        )
+        .route("/_matrix/client/r0/login/sso/redirect/{idp_id}", get(session::sso_login_with_provider))
+        .ruma_route(session::get_login_token)
+        .route(crate::service::oidc::CALLBACK_PATH, get(self::sso::callback))
+        .route(crate::service::oidc::BACKCHANNEL_LOGOUT_PATH, post(self::sso::backchannel_logout))
+        .client_route("/auth/{auth_type}/fallback/web", get(self::sso::ui_auth_fallback))
         // Devices
         .ruma_route(device::get_devices)
         .ruma_route(device::get_device)

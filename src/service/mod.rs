@@ -19,7 +19,9 @@ pub mod filters;
 pub mod key_backup;
 pub mod keys;
 pub mod legacy_sync;
+pub mod login_tokens;
 pub mod media;
+pub mod oidc;
 pub mod openid;
 pub mod outbound;
 pub mod outbox;
@@ -32,6 +34,7 @@ pub mod registration_tokens;
 pub mod rooms;
 pub mod server_keys;
 pub mod sliding_sync;
+pub mod sso;
 pub mod stream;
 pub mod sync;
 pub mod threepids;
@@ -108,6 +111,12 @@ pub struct Services {
     pub room_admin: Arc<rooms::admin::RoomAdmin>,
     pub media_admin: Arc<media::admin::MediaAdmin>,
     pub registration_tokens: Arc<registration_tokens::RegistrationTokens>,
+    /// One-time login tokens (`m.login.token`).
+    pub login_tokens: Arc<login_tokens::LoginTokens>,
+    /// The OpenID Connect identity providers (the relying-party side).
+    pub oidc: Arc<oidc::Oidc>,
+    /// Legacy single sign-on over those providers.
+    pub sso: Arc<sso::Sso>,
     /// The admin API's user flows and server notices, at the top of the graph.
     pub admin: Arc<admin::Admin>,
     group_sync: Arc<GroupSync>,
@@ -213,6 +222,7 @@ impl Services {
         // After `Notifications`: pushers go with the devices that set them.
         let sliding_connections = Arc::new(sliding_sync::Connections::default());
         let audit = Arc::new(audit::Audit::new(&store, Arc::clone(&clock), config.audit.clone())?);
+        let login_tokens = Arc::new(login_tokens::LoginTokens::new(&store, Arc::clone(&clock)));
         let accounts = Arc::new(accounts::Accounts::new(
             Arc::clone(&store),
             Arc::clone(&config),
@@ -229,6 +239,17 @@ impl Services {
             Arc::clone(&registration_tokens),
             Arc::clone(&rate_limits),
             Arc::clone(&appservices),
+            Arc::clone(&login_tokens),
+        ));
+        let oidc = Arc::new(oidc::Oidc::new(&config, Arc::clone(&clock))?);
+        let sso = Arc::new(sso::Sso::new(
+            Arc::clone(&config),
+            Arc::clone(&oidc),
+            Arc::clone(&accounts),
+            Arc::clone(&users),
+            Arc::clone(&uiaa),
+            Arc::clone(&login_tokens),
+            Arc::clone(&audit),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -553,6 +574,9 @@ impl Services {
             room_admin,
             media_admin,
             registration_tokens,
+            login_tokens,
+            oidc,
+            sso,
             admin,
             group_sync,
             rate_limits,

@@ -119,12 +119,12 @@ pub async fn get_capabilities(
     _: Ruma<get_capabilities::v3::Request>,
 ) -> Result<get_capabilities::v3::Response> {
     let mut capabilities = Capabilities::new();
-    capabilities.change_password.enabled = true;
+    capabilities.change_password.enabled = !services.config.sso_only;
     capabilities.set_displayname.enabled = true;
     capabilities.set_avatar_url.enabled = true;
     // Third-party identifiers (email, phone) are not supported.
     capabilities.thirdparty_id_changes.enabled = false;
-    capabilities.get_login_token.enabled = false;
+    capabilities.get_login_token.enabled = services.config.login_via_existing_session.enabled;
     let available =
         room_version::SUPPORTED.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect();
     capabilities.room_versions =

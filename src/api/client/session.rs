@@ -1,9 +1,19 @@
-//! Sessions: login flows, login, token refresh, logout.
+//! Sessions: login flows, login, single sign-on redirects, login tokens, token refresh,
+//! logout.
 
+use axum::{
+    extract::{Path, RawQuery, State},
+    http::HeaderMap,
+    response::Response,
+};
 use ruma::api::client::session::{
+    get_login_token,
     get_login_types::{
         self,
-        v3::{LoginType, PasswordLoginType},
+        v3::{
+            IdentityProvider, IdentityProviderBrand, LoginType, PasswordLoginType, SsoLoginType,
+            TokenLoginType,
+        },
     },
     login::{
         self,
@@ -13,20 +23,112 @@ use ruma::api::client::session::{
 };
 
 use crate::{
-    Result,
-    api::{AppState, ruma::Ruma},
+    Error, Result,
+    api::{AppState, ruma::Ruma, sso},
 };
 
-/// `GET /_matrix/client/v3/login`
+/// `GET /_matrix/client/v3/login`, in Synapse's order: `m.login.sso` with the identity
+/// providers, `m.login.token` (with single sign-on, or `get_login_token` when
+/// `login/get_token` is on), `m.login.password` (unless `sso_only`), and
+/// `m.login.application_service` when appservices are registered.
 pub async fn get_login_types(
     services: AppState,
     _: Ruma<get_login_types::v3::Request>,
 ) -> Result<get_login_types::v3::Response> {
-    let mut types = vec![LoginType::Password(PasswordLoginType::new())];
+    let config = &services.config;
+    let mut types = Vec::new();
+    if config.sso_enabled() {
+        let mut sso = SsoLoginType::new();
+        sso.identity_providers = services
+            .oidc
+            .providers()
+            .map(|p| {
+                let mut idp = IdentityProvider::new(p.id.clone(), p.display_name().to_owned());
+                idp.icon = p.icon.clone();
+                idp.brand = p.brand.as_deref().map(IdentityProviderBrand::from);
+                idp
+            })
+            .collect();
+        types.push(LoginType::Sso(sso));
+    }
+    let get_token = config.login_via_existing_session.enabled;
+    if config.sso_enabled() || get_token {
+        let mut token = TokenLoginType::new();
+        token.get_login_token = get_token;
+        types.push(LoginType::Token(token));
+    }
+    if !config.sso_only {
+        types.push(LoginType::Password(PasswordLoginType::new()));
+    }
     if services.appservices.any() {
         types.push(LoginType::ApplicationService(Default::default()));
     }
     Ok(get_login_types::v3::Response::new(types))
+}
+
+/// ruma writes an identity provider's missing `icon` and `brand` as `null`; Synapse leaves
+/// them out, as the spec's optional fields are.
+pub fn fill_login_types(json: &mut serde_json::Value) {
+    let Some(flows) = json.get_mut("flows").and_then(serde_json::Value::as_array_mut) else { return };
+    for flow in flows {
+        let providers = flow.get_mut("identity_providers").and_then(serde_json::Value::as_array_mut);
+        for provider in providers.into_iter().flatten() {
+            if let Some(provider) = provider.as_object_mut() {
+                provider.retain(|_, value| !value.is_null());
+            }
+        }
+    }
+}
+
+/// The `redirectUrl` query parameter.
+fn redirect_url(query: Option<String>) -> Result<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "redirectUrl")
+        .map(|(_, value)| value.into_owned())
+        .ok_or_else(|| Error::missing_param("Missing redirectUrl"))
+}
+
+/// `GET /_matrix/client/v3/login/sso/redirect?redirectUrl=`: to the one identity provider,
+/// or a page to choose one. A plain handler: it answers a redirect with a cookie, or a page.
+pub async fn sso_login(
+    State(services): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let redirect = match redirect_url(query) {
+        Ok(url) => url,
+        Err(error) => return sso::answer_error(&headers, error),
+    };
+    let browser = sso::browser_cookie(&headers);
+    let start = services.sso.start_login(None, &redirect, browser.as_deref()).await;
+    sso::login_start(&services, &headers, start, &redirect)
+}
+
+/// `GET /_matrix/client/v3/login/sso/redirect/{idpId}?redirectUrl=`
+pub async fn sso_login_with_provider(
+    State(services): State<AppState>,
+    Path(idp_id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let redirect = match redirect_url(query) {
+        Ok(url) => url,
+        Err(error) => return sso::answer_error(&headers, error),
+    };
+    let browser = sso::browser_cookie(&headers);
+    let start = services.sso.start_login(Some(&idp_id), &redirect, browser.as_deref()).await;
+    sso::login_start(&services, &headers, start, &redirect)
+}
+
+/// `POST /_matrix/client/v1/login/get_token`
+pub async fn get_login_token(
+    services: AppState,
+    req: Ruma<get_login_token::v1::Request>,
+) -> Result<get_login_token::v1::Response> {
+    let who = req.identity.device_identity()?;
+    let (token, lifetime) =
+        services.accounts.get_login_token(&who, &req.context, req.body.auth.as_ref()).await?;
+    Ok(get_login_token::v1::Response::new(lifetime, token))
 }
 
 /// `POST /_matrix/client/v3/login`. With a client base URL configured the answer carries it as
