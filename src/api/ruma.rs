@@ -292,6 +292,7 @@ where
         } else {
             bytes
         };
+        let raw_body = without_empty_auth(raw_body);
         let query = parts.uri.query().map(str::to_owned);
         let (body, identity) = authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &context)?;
         context.actor = T::Authentication::actor(&identity);
@@ -447,6 +448,25 @@ fn parse_request<T: IncomingRequest + 'static>(http_request: Request<&[u8]>, arg
 fn parse_unguarded<T: IncomingRequest + 'static>(http_request: Request<&[u8]>, args: &[&str]) -> Result<T> {
     check_shape::<T>(http_request.body())?;
     T::try_from_http_request(http_request, args).map_err(parse_error)
+}
+
+/// A body whose `auth` is an empty object, without it: Synapse reads `"auth": {}` as no
+/// authentication given (a 401 with the flows, or nothing to do where no UIA is needed), and
+/// Element sends it after a token login, hoping no stage is needed (its first cross-signing
+/// upload); ruma would refuse it (an auth object must name a type or a session).
+fn without_empty_auth(body: Bytes) -> Bytes {
+    if !body.windows(6).any(|w| w == b"\"auth\"") {
+        return body;
+    }
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body) {
+        Ok(mut map)
+            if map.get("auth").and_then(serde_json::Value::as_object).is_some_and(|a| a.is_empty()) =>
+        {
+            map.remove("auth");
+            serde_json::to_vec(&map).map(Bytes::from).unwrap_or(body)
+        }
+        _ => body,
+    }
 }
 
 /// Refuse bodies that ruma's parser for `T` would panic on rather than reject. Each case is
