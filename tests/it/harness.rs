@@ -28,6 +28,13 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
+/// A port bound for a server not built yet (see [`TestServer::reserve`]).
+pub struct Reserved {
+    listener: TcpListener,
+    /// The URL the server will answer at.
+    pub base: String,
+}
+
 /// A logged-in device.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -89,9 +96,35 @@ impl TestServer {
 
     /// [`Self::boot_with_clock`] listening on `addr`.
     async fn boot_at(config: Config, dir: tempfile::TempDir, clock: Arc<ManualClock>, addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind");
+        Self::boot_on(config, dir, clock, listener).await
+    }
+
+    /// A port bound before the server is built, for a test whose configuration names the
+    /// server's own URL (single sign-on: the identity provider must know the callback URL
+    /// before the server is configured with the provider).
+    pub async fn reserve() -> Reserved {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        Reserved { listener, base }
+    }
+
+    /// Boot the test config, adjusted, on a reserved port.
+    pub async fn boot_reserved(reserved: Reserved, adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        Self::boot_on(config, dir, Arc::new(ManualClock::new()), reserved.listener).await
+    }
+
+    async fn boot_on(
+        config: Config,
+        dir: tempfile::TempDir,
+        clock: Arc<ManualClock>,
+        listener: TcpListener,
+    ) -> Self {
         let server = Server::build_with_clock(config, clock.clone()).expect("server builds");
         let services = Arc::clone(server.services());
-        let listener = TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(listener, async move {
