@@ -32,3 +32,37 @@ async fn element_web_sign_in_settings_tabs_and_registration_show_no_errors() {
         panic!("{failure}\nscreenshots: {}", kept.display());
     }
 }
+
+/// Element Web's single sign-on as a person does it: the "Continue with …" button on its
+/// login page, the provider's login form (node-oidc-provider), back to Element signed in.
+#[tokio::test]
+async fn element_web_signs_in_with_single_sign_on() {
+    let node = provided_by_scripts_test("CONDUIT_TEST_NODE", "Node.js, for playwright-core");
+    let chromium = provided_by_scripts_test("CONDUIT_TEST_CHROMIUM", "Debian's chromium");
+    let element = provided_by_scripts_test("CONDUIT_ELEMENT_WEB", "Element Web's built static files");
+    // Element is served from a loopback port the script picks: its URLs receive the login
+    // token without the confirmation page.
+    let (_provider, s) =
+        crate::sso::corp_server(|c| c.sso.client_whitelist.push("http://127.0.0.1:".to_owned())).await;
+    let artifacts = tempfile::Builder::new().prefix("conduit-element-sso-").tempdir().expect("temp dir");
+    let result = client_check(
+        "Element Web single sign-on",
+        node,
+        vec![
+            script("web/element_sso.mjs"),
+            s.base.clone().into(),
+            element,
+            artifacts.path().into(),
+            chromium,
+            "Continue with corp SSO".into(),
+            "alice".into(),
+            "alice-pw".into(),
+            "@alice:localhost".into(),
+        ],
+    )
+    .await;
+    if let Err(failure) = result {
+        let kept = artifacts.keep();
+        panic!("{failure}\nscreenshots: {}", kept.display());
+    }
+}
