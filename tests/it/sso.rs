@@ -201,6 +201,7 @@ async fn first_sign_in_creates_the_mapped_account_and_its_token_logs_in_once() {
     // A token works once.
     expect_error(token_login(&s, &token).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
     expect_error(token_login(&s, "not-a-token").await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    expect_error(token_login(&s, &"x".repeat(100_000)).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
 
     // The next sign-in finds the account through its link (a new browser, new provider
     // session); an expired token is refused on the server's clock.
@@ -404,7 +405,7 @@ async fn tampered_replayed_and_foreign_callbacks_are_refused() {
 
 #[tokio::test]
 async fn hostile_redirect_urls_are_refused_and_unknown_clients_get_a_confirmation_page() {
-    let (_op, s) = corp_server(|_| {}).await;
+    let (op, s) = corp_server(|_| {}).await;
     let b = Browser::new();
     for (url, errcode) in [
         ("javascript:alert(document.cookie)", "M_INVALID_PARAM"),
@@ -458,7 +459,7 @@ async fn hostile_redirect_urls_are_refused_and_unknown_clients_get_a_confirmatio
         .get(&format!("{}{V3}/login/sso/redirect?redirectUrl=https%3A%2F%2Fclient.example%2Fapp%2F", s.base))
         .await;
     assert_eq!(page.status, StatusCode::FOUND);
-    assert!(page.location.unwrap().starts_with(&_op.issuer));
+    assert!(page.location.unwrap().starts_with(&op.issuer));
     let (_op2, two) =
         sso_server(&[("a", "ca", "RS256", json!({})), ("b", "cb", "RS256", json!({}))], |_| {}).await;
     let page = b
@@ -665,18 +666,47 @@ async fn backchannel_logout_ends_the_sessions_of_that_provider_session() {
 
     // Forged, malformed or missing logout tokens are refused with 400.
     let path = format!("{}/_synapse/client/oidc/backchannel_logout", s.base);
-    for body in ["logout_token=not.a.token", "logout_token=", "other=1"] {
+    let oversized =
+        format!("logout_token={}.{}.{}", "a".repeat(10_000), "b".repeat(10_000), "c".repeat(10_000));
+    for body in ["logout_token=not.a.token", "logout_token=", "other=1", oversized.as_str()] {
         let response = s
             .http
             .post(&path)
             .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body)
+            .body(body.to_owned())
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{}", &body[..body.len().min(40)]);
     }
-    // An ID token is no logout token (no logout event, a nonce).
+    // A token the provider signed for this client, but an ID token, is no logout token (no
+    // logout event, a nonce): the test gets one by exchanging a code itself.
+    let b = Browser::new();
+    let redirect_uri = format!("{}/_synapse/client/oidc/callback", s.base);
+    let encoded: String = url::form_urlencoded::byte_serialize(redirect_uri.as_bytes()).collect();
+    let authorize = format!(
+        "{}/auth?client_id={CLIENT_ID}&response_type=code&scope=openid&state=s1&nonce=n1&redirect_uri={encoded}",
+        op.issuer
+    );
+    let callback = b.sign_in(&authorize, &s.base, "alice", "alice-pw").await;
+    let exchange = s
+        .http
+        .post(format!("{}/token", op.issuer))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &query_param(&callback, "code").unwrap()),
+            ("redirect_uri", &redirect_uri),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let tokens: Value = exchange.json().await.unwrap();
+    let id_token = tokens["id_token"].as_str().expect("an ID token").to_owned();
+    let response = s.http.post(&path).form(&[("logout_token", id_token.as_str())]).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("logout event"), "{body}");
     assert_eq!(whoami(a2.token).await, StatusCode::OK);
 }
 
