@@ -357,6 +357,14 @@ async fn tampered_replayed_and_foreign_callbacks_are_refused() {
     assert_eq!(other.get(&callback2).await.status, StatusCode::FORBIDDEN);
     assert_eq!(b2.get(&callback2).await.status, StatusCode::FORBIDDEN);
 
+    // A sign-in that took longer than 15 minutes on the server's clock.
+    let slow = Browser::new();
+    let late = slow.sign_in(&start("corp"), &s.base, "alice", "alice-pw").await;
+    s.clock.advance_ms(15 * 60 * 1000 + 1);
+    let answer = slow.get(&late).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{answer:?}");
+    assert!(answer.json()["error"].as_str().unwrap().contains("expired"));
+
     // A replay of a callback that worked.
     let b3 = Browser::new();
     let callback3 = b3.sign_in(&start("corp"), &s.base, "alice", "alice-pw").await;

@@ -503,3 +503,42 @@ impl Oidc {
         Ok(LogoutRequest { idp_id: provider.config.id.clone(), subject, sid })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::clock::ManualClock;
+
+    fn pending(purpose: &str, expires_ms: u64) -> Pending {
+        Pending {
+            idp_id: "corp".to_owned(),
+            nonce: String::new(),
+            verifier: None,
+            browser_hash: sha256("browser"),
+            purpose: Purpose::UiAuth { session_id: purpose.to_owned() },
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn authorizations_in_flight_are_bounded_and_expire() {
+        let clock = Arc::new(ManualClock::new());
+        let oidc = Oidc::new(&Config::default(), clock.clone()).unwrap();
+        let now = clock.now_ms();
+        for i in 0..MAX_PENDING + 5 {
+            oidc.remember(format!("state{i}"), pending("s", now + AUTHORIZATION_LIFETIME_MS), now);
+        }
+        // Past the bound the oldest went first.
+        assert_eq!(oidc.pending_authorizations(), MAX_PENDING);
+        let store = oidc.pending.lock().unwrap();
+        assert!(
+            !store.by_state.contains_key("state0")
+                && store.by_state.contains_key(&format!("state{}", MAX_PENDING + 4))
+        );
+        drop(store);
+        // Once they expired, the next one sweeps them away.
+        let later = now + AUTHORIZATION_LIFETIME_MS + 1;
+        oidc.remember("fresh".to_owned(), pending("s", later + AUTHORIZATION_LIFETIME_MS), later);
+        assert_eq!(oidc.pending_authorizations(), 1);
+    }
+}
