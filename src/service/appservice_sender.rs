@@ -245,7 +245,7 @@ impl AppserviceSender {
         upto: u64,
         events: impl Iterator<Item = &'e StoredEvent>,
     ) -> Result<(BTreeSet<OwnedUserId>, BTreeSet<OwnedUserId>)> {
-        let mut mates = AppserviceMates { members: &self.members, appservice, rooms: HashMap::new() };
+        let mut mates = AppserviceMates::new(&self.members, appservice);
         let mut came = Vec::new();
         let mut went = Vec::new();
         for event in events {
@@ -360,15 +360,19 @@ impl AppserviceSender {
 }
 
 /// Whether users share a joined room with an appservice's users, with the answer per room
-/// kept for one look at the stream.
-struct AppserviceMates<'a> {
+/// kept while it lives (one look at the stream).
+pub(super) struct AppserviceMates<'a> {
     members: &'a Memberships,
     appservice: &'a Registration,
     rooms: HashMap<OwnedRoomId, bool>,
 }
 
-impl AppserviceMates<'_> {
-    fn share(&mut self, user: &UserId) -> Result<bool> {
+impl<'a> AppserviceMates<'a> {
+    pub(super) fn new(members: &'a Memberships, appservice: &'a Registration) -> Self {
+        Self { members, appservice, rooms: HashMap::new() }
+    }
+
+    pub(super) fn share(&mut self, user: &UserId) -> Result<bool> {
         for (room_id, record) in self.members.memberships_of_user(user)? {
             if record.membership != "join" {
                 continue;

@@ -312,20 +312,21 @@ impl Services {
             Arc::clone(&stream),
         ));
         let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
-        let appservice_ephemeral = Arc::new(appservice_ephemeral::AppserviceEphemeral::new(
-            Arc::clone(&appservices),
-            Arc::clone(&outbox),
-            Arc::clone(&typing),
-            Arc::clone(&receipts),
-            Arc::clone(&memberships),
-            Arc::clone(&stream),
-        ));
         let presence = Arc::new(presence::Presence::new(
             &store,
             Arc::clone(&stream),
             Arc::clone(&clock),
             config.presence_enabled,
             config.presence_offline_timeout_secs,
+        ));
+        let appservice_ephemeral = Arc::new(appservice_ephemeral::AppserviceEphemeral::new(
+            Arc::clone(&appservices),
+            Arc::clone(&outbox),
+            Arc::clone(&typing),
+            Arc::clone(&receipts),
+            Arc::clone(&memberships),
+            Arc::clone(&presence),
+            Arc::clone(&stream),
         ));
         let filters = Arc::new(filters::Filters::new(&store));
         let room_views = Arc::new(rooms::view::RoomViews::new(

@@ -826,3 +826,45 @@ async fn an_encrypting_appservice_manages_its_devices_and_gets_their_messages_ke
     let (status, _) = s.get(&as_alice(&format!("{V3}/devices/BRIDGEDEV")), Some(AS_TOKEN)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn presence_of_users_sharing_a_room_with_its_users_reaches_an_ephemeral_appservice() {
+    let fake = FakeAppservice::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = registration(Some(&fake.url), true) + "receive_ephemeral: true\n";
+    let s = TestServer::start_with(with_registration(&dir, &text)).await;
+    let bob = s.register("bob", "pw-bob-123").await;
+    let carol = s.register("carol", "pw-carol-123").await;
+    assert_eq!(register_as(&s, "bridge_alice").await.0, StatusCode::OK);
+    let alice = "@bridge_alice:localhost";
+    let room = create_room(&s, &bob, json!({"preset": "public_chat"})).await;
+    let (status, body) =
+        s.post(&as_path(&format!("{V3}/join/{room}"), Some(alice)), Some(AS_TOKEN), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let presence = |fake: &FakeAppservice| -> Vec<Value> {
+        carried(fake, "ephemeral")
+            .iter()
+            .flat_map(|batch| batch.as_array().cloned().unwrap_or_default())
+            .filter(|e| e["type"] == "m.presence")
+            .collect()
+    };
+    let status_path =
+        |who: &str| format!("{V3}/presence/{}/status", who.replace('@', "%40").replace(':', "%3A"));
+    let body = |state: &str| json!({"presence": state, "status_msg": "at work"});
+    // Carol shares no room with the bridge's users; the bridge's own user is its own doing.
+    let (status, _) = s.put(&status_path(&carol.user_id), Some(&carol.token), body("online")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, reply) =
+        s.put(&as_path(&status_path(alice), Some(alice)), Some(AS_TOKEN), body("online")).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (status, _) = s.put(&status_path(&bob.user_id), Some(&bob.token), body("unavailable")).await;
+    assert_eq!(status, StatusCode::OK);
+    fake.until("Bob's presence", |f| !presence(f).is_empty()).await;
+    let seen = presence(&fake);
+    assert_eq!(seen.len(), 1, "only Bob's: {seen:?}");
+    assert_eq!(seen[0]["sender"], bob.user_id.as_str());
+    assert_eq!(seen[0]["content"]["presence"], "unavailable");
+    assert_eq!(seen[0]["content"]["status_msg"], "at work");
+    assert_eq!(carried(&fake, "de.sorunome.msc2409.ephemeral").len(), carried(&fake, "ephemeral").len());
+}
