@@ -195,6 +195,7 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .ruma_route(account::whoami)
         // Application services
         .ruma_route(appservice::request_ping)
+        .ruma_route(appservice::set_room_visibility)
         .ruma_route(account::change_password)
         .ruma_route(account::deactivate)
         .ruma_route(account::request_openid_token)

@@ -244,6 +244,19 @@ impl Registration {
     }
 }
 
+/// The instance ID a client names one appservice network by (in `/thirdparty/protocols` and
+/// `third_party_instance_id`): `{appservice_id}|{network_id}`, as Synapse builds it.
+pub fn instance_id(appservice_id: &str, network_id: &str) -> String {
+    format!("{appservice_id}|{network_id}")
+}
+
+/// The appservice ID and network ID an instance ID names: exactly one `|` between them, as
+/// Synapse splits it.
+pub fn parse_instance_id(instance_id: &str) -> Option<(&str, &str)> {
+    let (appservice_id, network_id) = instance_id.split_once('|')?;
+    (!network_id.contains('|')).then_some((appservice_id, network_id))
+}
+
 /// Why a set of registrations cannot be served together.
 pub fn conflicts(registrations: &[&Registration]) -> Option<String> {
     for (i, a) in registrations.iter().enumerate() {
@@ -331,6 +344,16 @@ namespaces:
         assert!(!reg.claims(NamespaceKind::Users, &long));
         let huge = GOOD.replace(r"'@bridge_.*:example\.org'", "'(\\w{1000}){1000}'");
         assert_eq!(parse_registration(&huge, server()).unwrap_err().field, "namespaces.users[0].regex");
+    }
+
+    #[test]
+    fn instance_ids_join_and_split_as_synapse_s() {
+        assert_eq!(instance_id("irc", "libera"), "irc|libera");
+        assert_eq!(parse_instance_id("irc|libera"), Some(("irc", "libera")));
+        assert_eq!(parse_instance_id("irc|"), Some(("irc", "")));
+        for bad in ["irc", "a|b|c", ""] {
+            assert_eq!(parse_instance_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

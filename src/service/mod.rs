@@ -366,6 +366,7 @@ impl Services {
             Arc::clone(&events),
             Arc::clone(&room_states),
             Arc::clone(&memberships),
+            Arc::clone(&appservices),
         ));
         let legacy_sync = Arc::new(legacy_sync::LegacySync::new(
             Arc::clone(&stream),

@@ -86,6 +86,9 @@ catalogue! {
     ALIASES_BY_ROOM = "aliases_by_room", key "room_id, alias": (OwnedRoomId, OwnedRoomAliasId) => (), version 1;
     /// Rooms published in the room directory.
     PUBLIC_ROOMS = "public_rooms", key "room_id": OwnedRoomId => (), version 1;
+    /// Rooms application services published in their own directories, one list per
+    /// (appservice, third-party network): the spec's application service room directory.
+    APPSERVICE_ROOMS = "appservice_rooms", key "appservice_id, network_id, room_id": (String, String, OwnedRoomId) => (), version 1;
     /// Reports of events, rooms and users, for admins.
     REPORTS = "reports", key "report_id": u64 => ReportRecord, version 1;
     /// Named counters; `stream_high_water` bounds every stream position ever handed out.
