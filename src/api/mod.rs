@@ -337,12 +337,12 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .ruma_route(backup::delete_backup_keys_for_room)
         .ruma_route(backup::delete_backup_keys_for_session)
         // Third-party networks and VoIP
-        .ruma_route(thirdparty::get_protocols)
-        .ruma_route(thirdparty::get_protocol)
-        .ruma_route(thirdparty::get_location_for_protocol)
-        .ruma_route(thirdparty::get_location_for_room_alias)
-        .ruma_route(thirdparty::get_user_for_protocol)
-        .ruma_route(thirdparty::get_user_for_user_id)
+        .ruma_route_answering(thirdparty::get_protocols)
+        .ruma_route_answering(thirdparty::get_protocol)
+        .ruma_route_answering(thirdparty::get_location_for_protocol)
+        .ruma_route_answering(thirdparty::get_location_for_room_alias)
+        .ruma_route_answering(thirdparty::get_user_for_protocol)
+        .ruma_route_answering(thirdparty::get_user_for_user_id)
         .endpoint_route::<::ruma::api::client::voip::get_turn_server_info::v3::Request, _, _>(
             voip::get_turn_server_info,
         )

@@ -77,12 +77,15 @@ pub fn load_file(path: &Path, server: &OwnedServerName) -> std::result::Result<R
 
 /// How long an appservice may take to accept a transaction.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a query or ping to an appservice may take.
+/// How long a query, ping or third-party lookup to an appservice may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to an appservice may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most of an appservice's answer to a query or ping that is read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The largest answer to a third-party lookup taken (a bridge to many networks describes
+/// each of them in its protocol's metadata).
+const MAX_LOOKUP_BYTES: usize = 1024 * 1024;
 
 pub struct Appservices {
     server_name: OwnedServerName,
@@ -187,6 +190,58 @@ impl Appservices {
         false
     }
 
+    /// `GET` `path` with `query` from each of `appservices` at once (with its `hs_token`),
+    /// each bounded by the query timeout, so one that hangs holds up the answer by that much
+    /// and no more: the JSON each answered, in the order given. One without a URL, that
+    /// answers an error (404: it knows nothing), fails, times out or answers something that
+    /// is not JSON is left out (and logged).
+    pub async fn get_json_from_each(
+        &self,
+        appservices: &[Arc<Registration>],
+        path: &str,
+        query: &[(String, String)],
+    ) -> Vec<(Arc<Registration>, JsonValue)> {
+        let mut asked = tokio::task::JoinSet::new();
+        for (index, appservice) in appservices.iter().enumerate() {
+            let Some(url) = Self::endpoint(appservice, path) else { continue };
+            let request =
+                self.http.get(url).query(query).bearer_auth(&appservice.hs_token).timeout(QUERY_TIMEOUT);
+            let id = appservice.id.clone();
+            let path = path.to_owned();
+            asked.spawn(async move {
+                let answer = match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        read_limited(response, MAX_LOOKUP_BYTES).await.and_then(|bytes| {
+                            serde_json::from_slice::<JsonValue>(&bytes).map_err(|e| format!("not JSON: {e}"))
+                        })
+                    }
+                    Ok(response) if response.status() == reqwest::StatusCode::NOT_FOUND => {
+                        tracing::debug!(appservice = %id, path, "appservice lookup: nothing found");
+                        return None;
+                    }
+                    Ok(response) => Err(format!("answered {}", response.status())),
+                    Err(e) if e.is_timeout() => Err("did not answer in time".to_owned()),
+                    Err(e) => Err(format!("could not be reached: {e}")),
+                };
+                match answer {
+                    Ok(json) => Some((index, json)),
+                    Err(why) => {
+                        tracing::warn!(appservice = %id, path, reason = %why, "appservice lookup failed");
+                        None
+                    }
+                }
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = asked.join_next().await {
+            if let Ok(Some(answer)) = joined {
+                answers.push(answer);
+            }
+        }
+        answers.sort_by_key(|(index, _)| *index);
+        answers.into_iter().map(|(index, json)| (Arc::clone(&appservices[index]), json)).collect()
+    }
+
     /// `POST /_matrix/client/v1/appservice/{id}/ping`: ping the appservice's
     /// `/_matrix/app/v1/ping` with `transaction_id`; the time it took, or the error the spec
     /// names for how it failed.
@@ -277,6 +332,18 @@ impl Appservices {
             _ => Ok(()),
         }
     }
+}
+
+/// The body of `response`, refused past `limit` bytes.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> std::result::Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| format!("reading the answer: {e}"))? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("answered more than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// `id` as one path segment (`#`, `:`, `@` and everything else outside the unreserved set

@@ -34,6 +34,7 @@ pub mod server_keys;
 pub mod sliding_sync;
 pub mod stream;
 pub mod sync;
+pub mod thirdparty;
 pub mod threepids;
 pub mod to_device;
 pub mod uiaa;
@@ -98,6 +99,8 @@ pub struct Services {
     pub threepids: Arc<threepids::ThirdPartyIds>,
     pub openid: Arc<openid::OpenId>,
     pub turn: Arc<voip::Turn>,
+    /// Third-party networks, answered by the appservices that bridge them.
+    pub thirdparty: Arc<thirdparty::ThirdParty>,
     pub delayed_events: Arc<delayed_events::DelayedEvents>,
     pub outbox: Arc<outbox::Outbox>,
     pub push_gateways: Arc<push_gateway::PushGateways>,
@@ -160,6 +163,7 @@ impl Services {
         let backups = Arc::new(backup::Backups::new(&store, Arc::clone(&media)));
         let openid = Arc::new(openid::OpenId::new(&store, Arc::clone(&users), Arc::clone(&clock)));
         let turn = Arc::new(voip::Turn::new(&config, Arc::clone(&clock)));
+        let thirdparty = Arc::new(thirdparty::ThirdParty::new(Arc::clone(&appservices)));
         let registration_tokens = Arc::new(registration_tokens::RegistrationTokens::new(
             &store,
             Arc::clone(&clock),
@@ -545,6 +549,7 @@ impl Services {
             threepids: Arc::new(threepids::ThirdPartyIds::new()),
             openid,
             turn,
+            thirdparty,
             delayed_events,
             outbox,
             push_gateways,

@@ -1,11 +1,26 @@
 //! The rest of the application service API through HTTP: the application service room
-//! directory and `/publicRooms` across networks.
+//! directory and `/publicRooms` across networks, and third-party lookups answered by
+//! appservices over HTTP.
 
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path as AxumPath, Query, State},
+    http::{HeaderMap, StatusCode as AxumStatus},
+    response::IntoResponse,
+    routing::get,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
 
 use crate::{
-    appservice::{AS_TOKEN, other_registration, registration},
+    appservice::{AS_TOKEN, HS_TOKEN, other_registration, registration},
     harness::{TestServer, expect_error},
     rooms::{V3, create_room},
 };
@@ -169,5 +184,298 @@ async fn appservices_publish_rooms_per_network_and_public_rooms_lists_them() {
     assert_eq!(
         public_rooms(&s, &bob.token, json!({"include_all_networks": true})).await,
         sorted(&[&main, &libera])
+    );
+}
+
+/// An appservice that answers third-party lookups over HTTP, as a bridge to the `chat`
+/// network would: its protocol's metadata with one instance named `network`, portal rooms
+/// for `?channel=`, users for `?nick=`, and the reverse lookups for its own aliases and
+/// users. It checks the `hs_token` and records what it was asked.
+#[derive(Clone)]
+struct LookupBridge {
+    url: String,
+    hs_token: String,
+    network: String,
+    behaviour: Arc<Mutex<Behaviour>>,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    Answer,
+    /// Never answers.
+    Hang,
+    /// Answers 500 to everything.
+    Fail,
+}
+
+impl LookupBridge {
+    async fn start(hs_token: &str, network: &str, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bridge = Self {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            hs_token: hs_token.to_owned(),
+            network: network.to_owned(),
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            asked: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/_matrix/app/v1/thirdparty/protocol/{protocol}", get(protocol_metadata))
+            .route("/_matrix/app/v1/thirdparty/location/{protocol}", get(find_locations))
+            .route("/_matrix/app/v1/thirdparty/user/{protocol}", get(find_users))
+            .route("/_matrix/app/v1/thirdparty/location", get(location_of_alias))
+            .route("/_matrix/app/v1/thirdparty/user", get(user_of_user_id))
+            .with_state(bridge.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        bridge
+    }
+
+    /// Records the request; `None` when the answer is to be refused or never given.
+    async fn heard(&self, headers: &HeaderMap, what: String) -> Option<axum::response::Response> {
+        self.asked.lock().unwrap().push(what);
+        let behaviour = *self.behaviour.lock().unwrap();
+        match behaviour {
+            Behaviour::Hang => std::future::pending::<()>().await,
+            Behaviour::Fail => return Some(AxumStatus::INTERNAL_SERVER_ERROR.into_response()),
+            Behaviour::Answer => {}
+        }
+        let authorized = headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(&format!("Bearer {}", self.hs_token));
+        (!authorized)
+            .then(|| (AxumStatus::FORBIDDEN, Json(json!({"errcode": "M_FORBIDDEN"}))).into_response())
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+fn not_found() -> axum::response::Response {
+    (AxumStatus::NOT_FOUND, Json(json!({"errcode": "M_NOT_FOUND", "error": "nothing"}))).into_response()
+}
+
+async fn protocol_metadata(
+    State(bridge): State<LookupBridge>,
+    AxumPath(protocol): AxumPath<String>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if let Some(refused) = bridge.heard(&headers, format!("protocol {protocol}")).await {
+        return refused;
+    }
+    if protocol != "chat" {
+        return not_found();
+    }
+    Json(json!({
+        "user_fields": ["nick"],
+        "location_fields": ["channel"],
+        "icon": "mxc://localhost/chat",
+        "field_types": {
+            "nick": {"regexp": "[a-z]+", "placeholder": "nick"},
+            "channel": {"regexp": "#[a-z]+", "placeholder": "#channel"},
+        },
+        "instances": [{
+            "network_id": bridge.network,
+            "desc": format!("the {} network", bridge.network),
+            "fields": {"network": bridge.network},
+        }],
+        // A field the spec does not name is passed on as the appservice sent it.
+        "org.example.extra": true,
+    }))
+    .into_response()
+}
+
+async fn find_locations(
+    State(bridge): State<LookupBridge>,
+    AxumPath(protocol): AxumPath<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if let Some(refused) = bridge.heard(&headers, format!("location {protocol} {query:?}")).await {
+        return refused;
+    }
+    let Some(channel) = query.get("channel") else { return not_found() };
+    let name = channel.trim_start_matches('#');
+    Json(json!([
+        {"alias": format!("#bridge_{name}:localhost"), "protocol": protocol, "fields": {"channel": channel}},
+        // A result of the wrong shape, which the server leaves out.
+        {"alias": 42, "protocol": protocol, "fields": {}},
+    ]))
+    .into_response()
+}
+
+async fn find_users(
+    State(bridge): State<LookupBridge>,
+    AxumPath(protocol): AxumPath<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if let Some(refused) = bridge.heard(&headers, format!("user {protocol} {query:?}")).await {
+        return refused;
+    }
+    let Some(nick) = query.get("nick") else { return not_found() };
+    Json(json!([{"userid": format!("@bridge_{nick}:localhost"), "protocol": protocol, "fields": {"nick": nick}}]))
+        .into_response()
+}
+
+async fn location_of_alias(
+    State(bridge): State<LookupBridge>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let alias = query.get("alias").cloned().unwrap_or_default();
+    if let Some(refused) = bridge.heard(&headers, format!("alias {alias}")).await {
+        return refused;
+    }
+    let Some(name) = alias.strip_prefix("#bridge_").and_then(|a| a.strip_suffix(":localhost")) else {
+        return not_found();
+    };
+    Json(json!([{"alias": alias, "protocol": "chat", "fields": {"channel": format!("#{name}")}}]))
+        .into_response()
+}
+
+async fn user_of_user_id(
+    State(bridge): State<LookupBridge>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    let user_id = query.get("userid").cloned().unwrap_or_default();
+    if let Some(refused) = bridge.heard(&headers, format!("userid {user_id}")).await {
+        return refused;
+    }
+    let Some(nick) = user_id.strip_prefix("@bridge_").and_then(|u| u.strip_suffix(":localhost")) else {
+        return not_found();
+    };
+    Json(json!([{"userid": user_id, "protocol": "chat", "fields": {"nick": nick}}])).into_response()
+}
+
+/// `text` (a registration) offering `protocols`.
+fn offering(text: String, protocols: &str) -> String {
+    format!("{text}protocols: [{protocols}]\n")
+}
+
+#[tokio::test]
+async fn third_party_lookups_ask_the_bridges_and_merge_their_answers() {
+    let bridge = LookupBridge::start(HS_TOKEN, "libera", Behaviour::Answer).await;
+    let other = LookupBridge::start("other-hs-token", "oftc", Behaviour::Answer).await;
+    let hanging = LookupBridge::start("slow-hs-token", "efnet", Behaviour::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = [
+        ("bridge.yaml", offering(registration(Some(&bridge.url), true), "chat, gateway")),
+        ("other.yaml", offering(other_registration(&other.url), "chat")),
+        (
+            "slow.yaml",
+            offering(
+                other_registration(&hanging.url)
+                    .replace("id: other", "id: slow")
+                    .replace("other-as-token", "slow-as-token")
+                    .replace("other-hs-token", "slow-hs-token")
+                    .replace("otherbot", "slowbot")
+                    .replace("@other_.*", "@slow_.*")
+                    .replace("#other_.*", "#slow_.*"),
+                "chat",
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, text)| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+    .collect();
+    let s = TestServer::start_with(move |c| c.app_service_config_files = files).await;
+    let bob = s.register("bob", "pw-bob-123").await;
+    let token = Some(bob.token.as_str());
+
+    // Every protocol: `chat` merged from both bridges that answer, each instance named
+    // `{appservice}|{network}`; `gateway`, which no bridge knows, is left out. The hanging
+    // bridge holds the answer up by the query timeout and no more.
+    let started = std::time::Instant::now();
+    let (status, protocols) = s.get(&format!("{V3}/thirdparty/protocols"), token).await;
+    assert_eq!(status, StatusCode::OK, "{protocols}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(protocols.as_object().unwrap().keys().collect::<Vec<_>>(), ["chat"], "{protocols}");
+    let chat = &protocols["chat"];
+    assert_eq!(chat["location_fields"], json!(["channel"]), "{chat}");
+    assert_eq!(chat["org.example.extra"], true, "{chat}");
+    let instances: Vec<(&str, &str)> = chat["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["instance_id"].as_str().unwrap(), i["network_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(instances, [("bridge|libera", "libera"), ("other|oftc", "oftc")], "{chat}");
+    assert!(hanging.asked().contains(&"protocol chat".to_owned()), "the hanging bridge was asked");
+    assert!(bridge.asked().contains(&"protocol gateway".to_owned()));
+    // From here on it fails at once instead: left out the same way.
+    *hanging.behaviour.lock().unwrap() = Behaviour::Fail;
+
+    // One protocol; an unknown one, and one no bridge answers for, are not found.
+    let (status, one) = s.get(&format!("{V3}/thirdparty/protocol/chat"), token).await;
+    assert_eq!((status, &one["instances"]), (StatusCode::OK, &chat["instances"]), "{one}");
+    for unknown in ["irc", "gateway"] {
+        expect_error(
+            s.get(&format!("{V3}/thirdparty/protocol/{unknown}"), token).await,
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        );
+    }
+
+    // Lookups pass the fields on and list what the bridges found, in their shape.
+    let (status, rooms) = s.get(&format!("{V3}/thirdparty/location/chat?channel=%23lobby"), token).await;
+    assert_eq!(status, StatusCode::OK, "{rooms}");
+    let aliases: Vec<&str> = rooms.as_array().unwrap().iter().map(|r| r["alias"].as_str().unwrap()).collect();
+    assert_eq!(aliases, ["#bridge_lobby:localhost", "#bridge_lobby:localhost"], "both bridges: {rooms}");
+    assert_eq!(
+        rooms[0],
+        json!({"alias": "#bridge_lobby:localhost", "protocol": "chat", "fields": {"channel": "#lobby"}})
+    );
+    assert!(
+        bridge.asked().iter().any(|a| a.contains("location chat") && a.contains("\"channel\": \"#lobby\""))
+    );
+    assert!(hanging.asked().iter().any(|a| a.starts_with("location chat")), "the failing bridge was asked");
+    let (status, users) = s.get(&format!("{V3}/thirdparty/user/chat?nick=alice"), token).await;
+    assert_eq!(status, StatusCode::OK, "{users}");
+    assert_eq!(users[0]["userid"], "@bridge_alice:localhost", "{users}");
+    // Nothing found, or a protocol nobody offers: not found.
+    expect_error(
+        s.get(&format!("{V3}/thirdparty/location/chat"), token).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    expect_error(
+        s.get(&format!("{V3}/thirdparty/user/irc?nick=alice"), token).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    // Reverse lookups ask the bridge whose namespace holds the alias or user.
+    let (status, found) =
+        s.get(&format!("{V3}/thirdparty/location?alias=%23bridge_lobby:localhost"), token).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(
+        found,
+        json!([{"alias": "#bridge_lobby:localhost", "protocol": "chat", "fields": {"channel": "#lobby"}}])
+    );
+    assert!(bridge.asked().contains(&"alias #bridge_lobby:localhost".to_owned()));
+    assert!(!other.asked().iter().any(|a| a.starts_with("alias")), "{:?}", other.asked());
+    let (status, found) =
+        s.get(&format!("{V3}/thirdparty/user?userid=%40bridge_alice:localhost"), token).await;
+    assert_eq!((status, &found[0]["fields"]), (StatusCode::OK, &json!({"nick": "alice"})), "{found}");
+    expect_error(
+        s.get(&format!("{V3}/thirdparty/user?userid=%40bob:localhost"), token).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    expect_error(
+        s.get(&format!("{V3}/thirdparty/location?alias=not-an-alias"), token).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    // Only for users of the server.
+    expect_error(
+        s.get(&format!("{V3}/thirdparty/protocols"), None).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
     );
 }
