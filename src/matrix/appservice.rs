@@ -141,13 +141,18 @@ fn required(field: &str, value: Option<String>) -> Result<String, RegistrationEr
     }
 }
 
-/// Read and check a registration from its YAML text, for a server named `server`.
+/// Read and check a registration from its text, for a server named `server`: YAML, as
+/// registration files are written, or JSON (a text that starts with `{`, as the admin API
+/// may be sent it).
 pub fn parse_registration(text: &str, server: &ServerName) -> Result<Registration, RegistrationError> {
     if text.len() > MAX_REGISTRATION_BYTES {
         return Err(wrong("", format!("larger than {MAX_REGISTRATION_BYTES} bytes")));
     }
-    let file: RegistrationFile =
-        serde_saphyr::from_str(text).map_err(|e| wrong("", format!("not a registration in YAML: {e}")))?;
+    let file: RegistrationFile = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| wrong("", format!("not a registration in JSON: {e}")))?
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| wrong("", format!("not a registration in YAML: {e}")))?
+    };
     check(file, server)
 }
 
@@ -334,6 +339,19 @@ namespaces:
             assert_eq!(error.field, field, "{error}");
         }
         assert!(parse_registration("- just\n- a list\n", server()).unwrap_err().field.is_empty());
+    }
+
+    #[test]
+    fn json_reads_as_yaml_does() {
+        let json = r#"{"id": "bridge", "url": null, "as_token": "a", "hs_token": "h",
+            "sender_localpart": "bridgebot", "protocols": ["irc"],
+            "namespaces": {"users": [{"exclusive": true, "regex": "@irc_.*"}]}}"#;
+        let reg = parse_registration(json, server()).unwrap();
+        assert_eq!((reg.id.as_str(), reg.protocols.as_slice()), ("bridge", &["irc".to_owned()][..]));
+        assert!(reg.url.is_none() && reg.claims(NamespaceKind::Users, "@irc_x:example.org"));
+        let missing = json.replace(r#""as_token": "a", "#, "");
+        assert_eq!(parse_registration(&missing, server()).unwrap_err().field, "as_token");
+        assert!(parse_registration("{not json", server()).unwrap_err().problem.contains("JSON"));
     }
 
     #[test]
