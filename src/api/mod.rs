@@ -406,6 +406,15 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         // The audit log (admins only)
         .route("/_conduit/admin/v1/audit_log", get(self::admin::audit::audit_log))
         .route("/_conduit/admin/v1/audit_log/verify", get(self::admin::audit::verify))
+        // Application services registered without a restart (admins only)
+        .route(
+            "/_conduit/admin/v1/appservices",
+            get(self::admin::appservices::list).post(self::admin::appservices::register),
+        )
+        .route(
+            "/_conduit/admin/v1/appservices/{id}",
+            get(self::admin::appservices::get).delete(self::admin::appservices::remove),
+        )
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the routes, so that it sees which route matched.

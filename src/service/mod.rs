@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin;
+pub mod appservice_admin;
 pub mod appservice_ephemeral;
 pub mod appservice_sender;
 pub mod appservices;
@@ -56,6 +57,8 @@ pub struct Services {
     pub appservices: Arc<appservices::Appservices>,
     pub appservice_sender: Arc<appservice_sender::AppserviceSender>,
     pub appservice_ephemeral: Arc<appservice_ephemeral::AppserviceEphemeral>,
+    /// Appservices registered and removed at run time (admin API, command line).
+    pub appservice_admin: Arc<appservice_admin::AppserviceAdmin>,
     pub users: Arc<users::Users>,
     pub devices: Arc<devices::Devices>,
     pub uiaa: Arc<uiaa::Uiaa>,
@@ -122,7 +125,11 @@ impl Services {
     /// Wire the services over an opened, migrated store.
     pub fn build(config: Arc<Config>, store: Arc<dyn KvStore>, clock: Arc<dyn clock::Clock>) -> Result<Self> {
         let passwords = Arc::new(passwords::Passwords::new(&config)?);
+        let audit = Arc::new(audit::Audit::new(&store, Arc::clone(&clock), config.audit.clone())?);
         let appservices = Arc::new(appservices::Appservices::new(
+            &store,
+            Arc::clone(&clock),
+            Arc::clone(&audit),
             config.server_name.clone(),
             config.app_service_config_files.clone(),
         )?);
@@ -216,7 +223,6 @@ impl Services {
         ));
         // After `Notifications`: pushers go with the devices that set them.
         let sliding_connections = Arc::new(sliding_sync::Connections::default());
-        let audit = Arc::new(audit::Audit::new(&store, Arc::clone(&clock), config.audit.clone())?);
         let accounts = Arc::new(accounts::Accounts::new(
             Arc::clone(&store),
             Arc::clone(&config),
@@ -318,6 +324,11 @@ impl Services {
             Arc::clone(&receipts),
             Arc::clone(&memberships),
             Arc::clone(&stream),
+        ));
+        let appservice_admin = Arc::new(appservice_admin::AppserviceAdmin::new(
+            Arc::clone(&appservices),
+            Arc::clone(&appservice_sender),
+            Arc::clone(&outbox),
         ));
         let presence = Arc::new(presence::Presence::new(
             &store,
@@ -506,6 +517,7 @@ impl Services {
             appservices,
             appservice_sender,
             appservice_ephemeral,
+            appservice_admin,
             users,
             devices,
             uiaa,

@@ -207,6 +207,9 @@ catalogue! {
     SERVER_NOTICE_ROOMS = "server_notice_rooms", key "user_id": OwnedUserId => OwnedRoomId, version 1;
     /// Per-user rate-limit overrides (Synapse's `ratelimit_override`), set by admins.
     RATELIMIT_OVERRIDES = "ratelimit_overrides", key "user_id": OwnedUserId => RateLimitOverrideRecord, version 1;
+    /// Application service registrations added through the admin API (or `conduit
+    /// appservice add`), by ID; those in `app_service_config_files` are read from their files.
+    APPSERVICE_REGISTRATIONS = "appservice_registrations", key "id": String => AppserviceRegistrationRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -703,6 +706,17 @@ pub struct RegistrationTokenRecord {
     pub completed: u64,
     /// Milliseconds since the epoch after which it is refused; `None`: never.
     pub expiry_time: Option<u64>,
+}
+
+/// An application service registration added at run time: the text as the admin sent it
+/// (YAML or JSON), read with the same checks as a registration file at every start. It holds
+/// the appservice's tokens as written: the `hs_token` is sent to the appservice as it is, as
+/// a registration file holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppserviceRegistrationRecord {
+    pub text: String,
+    /// Milliseconds since the epoch.
+    pub added_ms: u64,
 }
 
 #[cfg(test)]

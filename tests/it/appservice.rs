@@ -176,16 +176,16 @@ impl FakeAppservice {
         fake
     }
 
-    fn set(&self, mode: Mode) {
+    pub fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
     }
 
-    fn attempts(&self) -> usize {
+    pub fn attempts(&self) -> usize {
         self.seen.lock().unwrap().attempts
     }
 
     /// Every event of every accepted transaction, in order.
-    fn events(&self) -> Vec<Value> {
+    pub fn events(&self) -> Vec<Value> {
         let seen = self.seen.lock().unwrap();
         seen.transactions
             .iter()
@@ -193,7 +193,7 @@ impl FakeAppservice {
             .collect()
     }
 
-    fn bodies_in(&self, room: &str) -> Vec<String> {
+    pub fn bodies_in(&self, room: &str) -> Vec<String> {
         self.events()
             .iter()
             .filter(|e| e["room_id"] == room && e["type"] == "m.room.message")
@@ -201,7 +201,7 @@ impl FakeAppservice {
             .collect()
     }
 
-    async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+    pub async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
         for _ in 0..500 {
             if done(self) {
                 return;

@@ -1,6 +1,7 @@
 //! The rest of the application service API through HTTP: the application service room
-//! directory and `/publicRooms` across networks, and third-party lookups answered by
-//! appservices over HTTP.
+//! directory and `/publicRooms` across networks, third-party lookups answered by
+//! appservices over HTTP, and appservices registered, listed and removed through the admin
+//! API without a restart.
 
 use std::{
     collections::BTreeMap,
@@ -15,14 +16,15 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::{
-    appservice::{AS_TOKEN, HS_TOKEN, other_registration, registration},
-    harness::{TestServer, expect_error},
-    rooms::{V3, create_room},
+    appservice::{AS_TOKEN, FakeAppservice, HS_TOKEN, Mode, other_registration, registration},
+    cli::{conduit, run, run_beside},
+    harness::{Session, TestServer, expect_error},
+    rooms::{V3, create_room, send_text},
 };
 
 /// The room IDs of a `/publicRooms` answer, sorted.
@@ -478,4 +480,328 @@ async fn third_party_lookups_ask_the_bridges_and_merge_their_answers() {
         StatusCode::UNAUTHORIZED,
         "M_MISSING_TOKEN",
     );
+}
+
+const APPSERVICES: &str = "/_conduit/admin/v1/appservices";
+
+async fn server_admin(s: &TestServer) -> Session {
+    s.services.accounts.create_user("root", "pw-root-12345", true).await.unwrap();
+    s.login("root", "pw-root-12345", None).await
+}
+
+/// `POST` a registration as its text (YAML or JSON), as an operator's script sends a file.
+async fn post_registration(s: &TestServer, token: &str, text: &str) -> (StatusCode, Value) {
+    let response = s
+        .http
+        .post(format!("{}{APPSERVICES}", s.base))
+        .bearer_auth(token)
+        .body(text.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn ids(listed: &Value) -> Vec<(String, String, bool)> {
+    listed["appservices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list: {listed}"))
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap().to_owned(),
+                a["source"].as_str().unwrap().to_owned(),
+                a["in_force"] == true,
+            )
+        })
+        .collect()
+}
+
+fn third_registration(url: &str) -> String {
+    other_registration(url)
+        .replace("id: other", "id: third")
+        .replace("other-as-token", "third-as-token")
+        .replace("other-hs-token", "third-hs-token")
+        .replace("otherbot", "thirdbot")
+        .replace("@other_.*", "@third_.*")
+        .replace("#other_.*", "#third_.*")
+}
+
+#[tokio::test]
+async fn appservices_are_added_listed_and_removed_through_the_admin_api_without_a_restart() {
+    let fake = FakeAppservice::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("other.yaml");
+    std::fs::write(&file, other_registration("http://127.0.0.1:9")).unwrap();
+    let files = vec![file.clone()];
+    let s = TestServer::start_with({
+        let files = files.clone();
+        move |c| c.app_service_config_files = files
+    })
+    .await;
+    let root = server_admin(&s).await;
+    let bob = s.register("bob", "pw-bob-123").await;
+    // Before it is added, its token is unknown; only admins may add it.
+    expect_error(
+        s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+    );
+    let text = registration(Some(&fake.url), true);
+    expect_error(post_registration(&s, &bob.token, &text).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    expect_error(s.get(APPSERVICES, Some(&bob.token)).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+
+    // Added (as YAML): in force at once, its sender exists, its token acts, and transactions
+    // start; the answer never shows its tokens.
+    let (status, added) = post_registration(&s, &root.token, &text).await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    assert_eq!(
+        (added["id"].as_str(), added["source"].as_str()),
+        (Some("bridge"), Some("admin_api")),
+        "{added}"
+    );
+    assert_eq!(added["namespaces"]["users"][0]["regex"], "@bridge_.*:localhost", "{added}");
+    assert!(!added.to_string().contains(AS_TOKEN) && !added.to_string().contains(HS_TOKEN), "{added}");
+    let (status, me) = s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await;
+    assert_eq!((status, me["user_id"].as_str()), (StatusCode::OK, Some("@bridgebot:localhost")), "{me}");
+    let room = create_room(&s, &bob, json!({"preset": "public_chat"})).await;
+    let (status, body) = s
+        .post(
+            &format!("{V3}/rooms/{room}/invite"),
+            Some(&bob.token),
+            json!({"user_id": "@bridgebot:localhost"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(s.post(&format!("{V3}/join/{room}"), Some(AS_TOKEN), json!({})).await.0, StatusCode::OK);
+    send_text(&s, &bob, &room, "t1", "hello added bridge").await;
+    fake.until("the message", |f| f.bodies_in(&room) == ["hello added bridge"]).await;
+
+    // Listed beside the file's, and one by one.
+    let (status, listed) = s.get(APPSERVICES, Some(&root.token)).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(
+        ids(&listed),
+        [("other".to_owned(), "file".to_owned(), true), ("bridge".to_owned(), "admin_api".to_owned(), true)]
+    );
+    assert_eq!(listed["appservices"][0]["file"], file.display().to_string());
+    assert!(!listed.to_string().contains("other-as-token"), "{listed}");
+    let (status, one) = s.get(&format!("{APPSERVICES}/bridge"), Some(&root.token)).await;
+    assert_eq!((status, &one["sender"]), (StatusCode::OK, &json!("@bridgebot:localhost")), "{one}");
+    assert!(one["added_ts"].is_u64(), "{one}");
+    expect_error(
+        s.get(&format!("{APPSERVICES}/nobody"), Some(&root.token)).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+
+    // Refused with the same checks and errors as a file, and conflicts named.
+    let broken = third_registration("http://127.0.0.1:9").replace("'@third_.*:localhost'", "'@third_(.*'");
+    let error = expect_error(
+        post_registration(&s, &root.token, &broken).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert!(error["error"].as_str().unwrap().contains("namespaces.users[0].regex"), "{error}");
+    let error = expect_error(
+        post_registration(
+            &s,
+            &root.token,
+            &third_registration("http://127.0.0.1:9").replace("id: third", "id: other"),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert!(error["error"].as_str().unwrap().contains("other.yaml"), "names the file: {error}");
+    let error = expect_error(
+        post_registration(
+            &s,
+            &root.token,
+            &third_registration("http://127.0.0.1:9").replace("third-as-token", AS_TOKEN),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert!(error["error"].as_str().unwrap().contains("token"), "{error}");
+    expect_error(post_registration(&s, &root.token, &text).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    expect_error(post_registration(&s, &root.token, "").await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+
+    // JSON is taken too (a registration is YAML, which JSON is).
+    let json_registration = json!({
+        "id": "third", "url": null, "as_token": "third-as-token", "hs_token": "third-hs-token",
+        "sender_localpart": "thirdbot", "namespaces": {"users": [{"exclusive": true, "regex": "@third_.*:localhost"}]},
+    });
+    let (status, added) = post_registration(&s, &root.token, &json_registration.to_string()).await;
+    assert_eq!((status, added["id"].as_str()), (StatusCode::OK, Some("third")), "{added}");
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some("third-as-token")).await.0, StatusCode::OK);
+
+    // A file's registration cannot be removed here; it says which file.
+    let error = expect_error(
+        s.call(Method::DELETE, &format!("{APPSERVICES}/other"), Some(&root.token), None).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert!(error["error"].as_str().unwrap().contains("other.yaml"), "{error}");
+
+    // Each change is audited, by whom and to what, and no token reaches the log.
+    let (status, log) = s.get("/_conduit/admin/v1/audit_log?limit=1000", Some(&root.token)).await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let records = log["records"].as_array().unwrap();
+    let added: Vec<&Value> = records.iter().filter(|r| r["action"] == "appservice.add").collect();
+    assert_eq!(added.len(), 2, "{log}");
+    assert!(added.iter().any(|r| r["target"] == "bridge" && r["actor"]["user_id"] == root.user_id.as_str()));
+    assert!(
+        records.iter().any(|r| r["action"] == "admin.request"
+            && r["target"] == APPSERVICES
+            && r["params"]["method"] == "POST"),
+        "the calls themselves: {log}"
+    );
+    for secret in [AS_TOKEN, HS_TOKEN, "third-as-token", "third-hs-token"] {
+        assert!(!log.to_string().contains(secret), "{secret} in the audit log");
+    }
+
+    // A restart keeps what was added.
+    let s = s.restart_with(move |c| c.app_service_config_files = files).await;
+    let (_, listed) = s.get(APPSERVICES, Some(&root.token)).await;
+    assert_eq!(ids(&listed).len(), 3, "{listed}");
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await.0, StatusCode::OK);
+    send_text(&s, &bob, &room, "t2", "after the restart").await;
+    fake.until("the message after the restart", |f| f.bodies_in(&room).len() == 2).await;
+
+    // Removed while it is down: its token stops working at once, and its queue ends without
+    // waiting for its backoff, so nothing more is sent to it.
+    fake.set(Mode::Unavailable);
+    send_text(&s, &bob, &room, "t3", "while it is down").await;
+    let tried = fake.attempts();
+    s.advance_until(1_000, "a failed delivery", || fake.attempts() > tried).await;
+    let (status, body) =
+        s.call(Method::DELETE, &format!("{APPSERVICES}/bridge"), Some(&root.token), None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+    expect_error(
+        s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+    );
+    for _ in 0..500 {
+        if !s.services.outbox.is_running("appservice", "bridge") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!s.services.outbox.is_running("appservice", "bridge"), "its queue still runs");
+    let tried = fake.attempts();
+    s.clock.advance_ms(3_600_000);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(fake.attempts(), tried, "nothing is sent to a removed appservice");
+    expect_error(
+        s.call(Method::DELETE, &format!("{APPSERVICES}/bridge"), Some(&root.token), None).await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    let (_, listed) = s.get(APPSERVICES, Some(&root.token)).await;
+    assert_eq!(ids(&listed).iter().map(|(id, _, _)| id.as_str()).collect::<Vec<_>>(), ["other", "third"]);
+
+    // Added again, it starts from now: what it missed while removed is not sent.
+    fake.set(Mode::Accept);
+    assert_eq!(post_registration(&s, &root.token, &text).await.0, StatusCode::OK);
+    send_text(&s, &bob, &room, "t4", "after adding it again").await;
+    fake.until("the message after adding it again", |f| f.bodies_in(&room).len() == 3).await;
+    assert_eq!(fake.bodies_in(&room), ["hello added bridge", "after the restart", "after adding it again"]);
+}
+
+#[tokio::test]
+async fn an_added_registration_and_a_file_that_conflict_never_stop_the_server() {
+    use conduit::reload::LiveReload;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start().await;
+    let root = server_admin(&s).await;
+    assert_eq!(post_registration(&s, &root.token, &registration(None, true)).await.0, StatusCode::OK);
+
+    // A reload that brings a file with the same ID is refused; the added one stays.
+    let clash = dir.path().join("clash.yaml");
+    std::fs::write(&clash, third_registration("http://127.0.0.1:9").replace("id: third", "id: bridge"))
+        .unwrap();
+    let mut config = (*s.services.config).clone();
+    config.app_service_config_files = vec![clash.clone()];
+    let error = s.services.appservice_sender.check(&config).unwrap_err();
+    assert!(error.contains("bridge") && error.contains("admin API"), "{error}");
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await.0, StatusCode::OK);
+
+    // Started with that file anyway: the server starts, the file's registration serves, and
+    // the added one is listed as not in force, with why, until one of them goes.
+    let s = s.restart_with(move |c| c.app_service_config_files = vec![clash]).await;
+    let (status, listed) = s.get(APPSERVICES, Some(&root.token)).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(
+        ids(&listed),
+        [
+            ("bridge".to_owned(), "file".to_owned(), true),
+            ("bridge".to_owned(), "admin_api".to_owned(), false)
+        ]
+    );
+    assert!(listed["appservices"][1]["problem"].as_str().unwrap().contains("id `bridge`"), "{listed}");
+    expect_error(
+        s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+    );
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some("third-as-token")).await.0, StatusCode::OK);
+
+    // The file goes (a reload): the added one is in force again.
+    let mut config = (*s.services.config).clone();
+    config.app_service_config_files = Vec::new();
+    s.services.appservice_sender.check(&config).unwrap();
+    s.services.appservice_sender.apply(&config).unwrap();
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await.0, StatusCode::OK);
+    let (_, listed) = s.get(APPSERVICES, Some(&root.token)).await;
+    assert_eq!(ids(&listed), [("bridge".to_owned(), "admin_api".to_owned(), true)]);
+}
+
+#[tokio::test]
+async fn the_command_line_adds_lists_and_removes_appservices_on_the_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let registration_file = dir.path().join("bridge.yaml");
+    std::fs::write(&registration_file, registration(None, true)).unwrap();
+    let mut config = crate::harness::test_config(dir.path());
+    config.database_path = db.clone();
+    let s = TestServer::boot(config.clone(), tempfile::tempdir().unwrap()).await;
+
+    let mut cmd = conduit(&db);
+    cmd.args(["appservice", "add"]).arg(&registration_file);
+    let (ok, text) = run_beside(cmd).await;
+    assert!(ok && text.contains("registered bridge: added at run time"), "{text}");
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await.0, StatusCode::OK);
+    let mut cmd = conduit(&db);
+    cmd.args(["appservice", "list"]);
+    let (ok, text) = run_beside(cmd).await;
+    assert!(
+        ok && text.contains("bridge: added at run time") && text.contains("@bridge_.*:localhost (exclusive)"),
+        "{text}"
+    );
+    let mut cmd = conduit(&db);
+    cmd.args(["appservice", "add"]).arg(&registration_file);
+    let (ok, text) = run_beside(cmd).await;
+    assert!(!ok && text.contains("id `bridge`"), "errors come back from the server: {text}");
+    let mut cmd = conduit(&db);
+    cmd.args(["appservice", "remove", "bridge"]);
+    let (ok, text) = run_beside(cmd).await;
+    assert!(ok && text.contains("removed bridge"), "{text}");
+    expect_error(
+        s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await,
+        StatusCode::UNAUTHORIZED,
+        "M_UNKNOWN_TOKEN",
+    );
+    s.stop().await;
+
+    // With no server running, on the database itself.
+    let (ok, text) = run(conduit(&db).args(["appservice", "add"]).arg(&registration_file));
+    assert!(ok && text.contains("registered bridge"), "{text}");
+    let (ok, text) = run(conduit(&db).args(["appservice", "list"]));
+    assert!(ok && text.contains("bridge: added at run time"), "{text}");
+    let s = TestServer::boot(config, tempfile::tempdir().unwrap()).await;
+    assert_eq!(s.get(&format!("{V3}/account/whoami"), Some(AS_TOKEN)).await.0, StatusCode::OK);
 }
