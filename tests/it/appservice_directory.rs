@@ -114,16 +114,16 @@ async fn appservices_publish_rooms_per_network_and_public_rooms_lists_them() {
 
     // The server's list alone by default; one network's by instance ID; all with
     // include_all_networks.
-    assert_eq!(public_rooms(&s, &bob.token, json!({})).await, [main.clone()]);
+    assert_eq!(public_rooms(&s, &bob.token, json!({})).await, vec![main.clone()]);
     let (status, listed) = s.get(&format!("{V3}/publicRooms"), Some(&bob.token)).await;
     assert_eq!((status, rooms_of(&listed)), (StatusCode::OK, vec![main.clone()]));
     assert_eq!(
         public_rooms(&s, &bob.token, json!({"third_party_instance_id": "bridge|libera"})).await,
-        [libera.clone()]
+        vec![libera.clone()]
     );
     assert_eq!(
         public_rooms(&s, &bob.token, json!({"third_party_instance_id": "other|libera"})).await,
-        [oftc.clone()]
+        vec![oftc.clone()]
     );
     assert_eq!(
         public_rooms(&s, &bob.token, json!({"include_all_networks": true})).await,
@@ -170,7 +170,7 @@ async fn appservices_publish_rooms_per_network_and_public_rooms_lists_them() {
     assert!(public_rooms(&s, &bob.token, json!({"third_party_instance_id": "bridge|oftc"})).await.is_empty());
     assert_eq!(
         public_rooms(&s, &bob.token, json!({"third_party_instance_id": "other|libera"})).await,
-        [oftc.clone()]
+        vec![oftc.clone()]
     );
 
     // The lists are kept across a restart; those of an appservice no longer registered are
@@ -178,7 +178,7 @@ async fn appservices_publish_rooms_per_network_and_public_rooms_lists_them() {
     let s = s.restart_with(move |c| c.app_service_config_files = vec![kept[0].clone()]).await;
     assert_eq!(
         public_rooms(&s, &bob.token, json!({"third_party_instance_id": "bridge|libera"})).await,
-        [libera.clone()]
+        vec![libera.clone()]
     );
     assert!(
         public_rooms(&s, &bob.token, json!({"third_party_instance_id": "other|libera"})).await.is_empty()
