@@ -220,7 +220,7 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         // Devices
         .ruma_route(device::get_devices)
         .ruma_route(device::get_device)
-        .ruma_route(device::update_device)
+        .ruma_route_answering(device::update_device)
         .ruma_route(device::delete_device)
         .ruma_route(device::delete_devices)
         // Profiles

@@ -25,7 +25,7 @@ use serde_json::{Value as JsonValue, json};
 use super::{
     appservices::Appservices,
     audit::{self, Audit},
-    context::{Actor, RequestContext},
+    context::{Actor, Caller, RequestContext},
     delayed_events::DelayedEvents,
     devices::{self, DeviceIdentity, Devices, IssuedTokens, WriteGuard},
     key_backup::KeyBackup,
@@ -1005,24 +1005,54 @@ impl Accounts {
 
     /// `DELETE /devices/{id}` and `POST /delete_devices`: after password re-authentication,
     /// remove the devices and their tokens. Unknown device IDs are skipped.
+    /// `DELETE /devices/{deviceId}` and `POST /delete_devices`: with user-interactive auth,
+    /// except for an application service (spec 1.17, MSC4190), which manages its users'
+    /// devices with its own token.
     pub async fn delete_devices(
         &self,
-        who: &DeviceIdentity,
+        caller: &Caller,
         context: &RequestContext,
         device_ids: &[OwnedDeviceId],
         auth: Option<&AuthData>,
     ) -> Result<()> {
-        self.reauthenticate(who, context, json!({ "devices": device_ids }), auth).await?;
+        if caller.appservice.is_none() {
+            let who = caller.device_identity()?;
+            self.reauthenticate(&who, context, json!({ "devices": device_ids }), auth).await?;
+        }
+        let user_id = &caller.user_id;
         let removed = self.write_audited(
             context,
-            |guard, batch| self.remove_devices_in(guard, batch, &who.user_id, Some(device_ids), None),
+            |guard, batch| self.remove_devices_in(guard, batch, user_id, Some(device_ids), None),
             |_| {
                 audit::Entry::success("device.delete")
-                    .target(&who.user_id)
+                    .target(user_id)
                     .params(json!({ "devices": device_ids }))
             },
         )?;
-        self.devices_removed(&who.user_id, removed)
+        self.devices_removed(user_id, removed)
+    }
+
+    /// `PUT /devices/{deviceId}` naming a device the user does not have, from an application
+    /// service (spec 1.17, MSC4190): the device is created without an access token (the
+    /// appservice acts for it with its own token and `device_id`), and the user's room mates
+    /// are told the device list changed.
+    pub fn create_appservice_device(
+        &self,
+        context: &RequestContext,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        self.write_audited(
+            context,
+            |guard, batch| self.devices.add_tokenless_in(guard, batch, user_id, device_id, display_name),
+            |_| {
+                audit::Entry::success("device.create")
+                    .target(user_id)
+                    .params(json!({ "device_id": device_id }))
+            },
+        )?;
+        self.keys.device_list_changed(user_id)
     }
 
     /// `PUT /dehydrated_device` (MSC3814): create the user's dehydrated device — a device

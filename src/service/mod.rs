@@ -157,6 +157,7 @@ impl Services {
             &store,
             queue_limits,
             Arc::clone(&devices),
+            Arc::clone(&appservices),
             Arc::clone(&stream),
         ));
         let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
@@ -289,6 +290,11 @@ impl Services {
             Arc::clone(&aliases),
             Arc::clone(&renderer),
             Arc::clone(&stream),
+            appservice_sender::DeviceSources {
+                keys: Arc::clone(&keys),
+                devices: Arc::clone(&devices),
+                to_device: Arc::clone(&to_device),
+            },
         ));
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
@@ -300,7 +306,6 @@ impl Services {
             Arc::clone(&relations),
             Arc::clone(&notifications),
             Arc::clone(&push_gateways),
-            Arc::clone(&appservice_sender),
             Arc::clone(&search),
             Arc::clone(&delayed_events),
             Arc::clone(&clock),

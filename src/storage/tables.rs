@@ -139,6 +139,10 @@ catalogue! {
     TO_DEVICE_DELIVERED = "to_device_delivered", key "user_id, device_id, next_batch": (OwnedUserId, OwnedDeviceId, u64) => u64, version 1;
     /// To-device transactions already sent, per sending device.
     TO_DEVICE_TXNS = "to_device_txns", key "user_id, device_id, txn_id": (OwnedUserId, OwnedDeviceId, String) => (), version 1;
+    /// To-device messages for devices of an application service's users that the appservice
+    /// takes in its transactions (MSC2409, for registrations with `org.matrix.msc3202`): the
+    /// place of each in its device's queue (`to_device`), in the appservice's stream order.
+    APPSERVICE_TO_DEVICE = "appservice_to_device", key "appservice_id, stream, user_id, device_id": (String, u64, OwnedUserId, OwnedDeviceId) => (), version 1;
     /// Each user's dehydrated device (MSC3814): its ID and the client's encrypted pickle.
     DEHYDRATED_DEVICES = "dehydrated_devices", key "user_id": OwnedUserId => DehydratedDeviceRecord, version 1;
     /// Saved sync filters per user.
