@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin;
+pub mod appservice_admin;
 pub mod appservice_ephemeral;
 pub mod appservice_sender;
 pub mod appservices;
@@ -34,6 +35,7 @@ pub mod server_keys;
 pub mod sliding_sync;
 pub mod stream;
 pub mod sync;
+pub mod thirdparty;
 pub mod threepids;
 pub mod to_device;
 pub mod uiaa;
@@ -55,6 +57,8 @@ pub struct Services {
     pub appservices: Arc<appservices::Appservices>,
     pub appservice_sender: Arc<appservice_sender::AppserviceSender>,
     pub appservice_ephemeral: Arc<appservice_ephemeral::AppserviceEphemeral>,
+    /// Appservices registered and removed at run time (admin API, command line).
+    pub appservice_admin: Arc<appservice_admin::AppserviceAdmin>,
     pub users: Arc<users::Users>,
     pub devices: Arc<devices::Devices>,
     pub uiaa: Arc<uiaa::Uiaa>,
@@ -98,6 +102,8 @@ pub struct Services {
     pub threepids: Arc<threepids::ThirdPartyIds>,
     pub openid: Arc<openid::OpenId>,
     pub turn: Arc<voip::Turn>,
+    /// Third-party networks, answered by the appservices that bridge them.
+    pub thirdparty: Arc<thirdparty::ThirdParty>,
     pub delayed_events: Arc<delayed_events::DelayedEvents>,
     pub outbox: Arc<outbox::Outbox>,
     pub push_gateways: Arc<push_gateway::PushGateways>,
@@ -119,7 +125,11 @@ impl Services {
     /// Wire the services over an opened, migrated store.
     pub fn build(config: Arc<Config>, store: Arc<dyn KvStore>, clock: Arc<dyn clock::Clock>) -> Result<Self> {
         let passwords = Arc::new(passwords::Passwords::new(&config)?);
+        let audit = Arc::new(audit::Audit::new(&store, Arc::clone(&clock), config.audit.clone())?);
         let appservices = Arc::new(appservices::Appservices::new(
+            &store,
+            Arc::clone(&clock),
+            Arc::clone(&audit),
             config.server_name.clone(),
             config.app_service_config_files.clone(),
         )?);
@@ -161,6 +171,7 @@ impl Services {
         let backups = Arc::new(backup::Backups::new(&store, Arc::clone(&media)));
         let openid = Arc::new(openid::OpenId::new(&store, Arc::clone(&users), Arc::clone(&clock)));
         let turn = Arc::new(voip::Turn::new(&config, Arc::clone(&clock)));
+        let thirdparty = Arc::new(thirdparty::ThirdParty::new(Arc::clone(&appservices)));
         let registration_tokens = Arc::new(registration_tokens::RegistrationTokens::new(
             &store,
             Arc::clone(&clock),
@@ -213,7 +224,6 @@ impl Services {
         ));
         // After `Notifications`: pushers go with the devices that set them.
         let sliding_connections = Arc::new(sliding_sync::Connections::default());
-        let audit = Arc::new(audit::Audit::new(&store, Arc::clone(&clock), config.audit.clone())?);
         let accounts = Arc::new(accounts::Accounts::new(
             Arc::clone(&store),
             Arc::clone(&config),
@@ -328,6 +338,11 @@ impl Services {
             Arc::clone(&presence),
             Arc::clone(&stream),
         ));
+        let appservice_admin = Arc::new(appservice_admin::AppserviceAdmin::new(
+            Arc::clone(&appservices),
+            Arc::clone(&appservice_sender),
+            Arc::clone(&outbox),
+        ));
         let filters = Arc::new(filters::Filters::new(&store));
         let room_views = Arc::new(rooms::view::RoomViews::new(
             Arc::clone(&events),
@@ -372,6 +387,7 @@ impl Services {
             Arc::clone(&events),
             Arc::clone(&room_states),
             Arc::clone(&memberships),
+            Arc::clone(&appservices),
         ));
         let legacy_sync = Arc::new(legacy_sync::LegacySync::new(
             Arc::clone(&stream),
@@ -507,6 +523,7 @@ impl Services {
             appservices,
             appservice_sender,
             appservice_ephemeral,
+            appservice_admin,
             users,
             devices,
             uiaa,
@@ -550,6 +567,7 @@ impl Services {
             threepids: Arc::new(threepids::ThirdPartyIds::new()),
             openid,
             turn,
+            thirdparty,
             delayed_events,
             outbox,
             push_gateways,

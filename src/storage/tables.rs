@@ -86,6 +86,9 @@ catalogue! {
     ALIASES_BY_ROOM = "aliases_by_room", key "room_id, alias": (OwnedRoomId, OwnedRoomAliasId) => (), version 1;
     /// Rooms published in the room directory.
     PUBLIC_ROOMS = "public_rooms", key "room_id": OwnedRoomId => (), version 1;
+    /// Rooms application services published in their own directories, one list per
+    /// (appservice, third-party network): the spec's application service room directory.
+    APPSERVICE_ROOMS = "appservice_rooms", key "appservice_id, network_id, room_id": (String, String, OwnedRoomId) => (), version 1;
     /// Reports of events, rooms and users, for admins.
     REPORTS = "reports", key "report_id": u64 => ReportRecord, version 1;
     /// Named counters; `stream_high_water` bounds every stream position ever handed out.
@@ -208,6 +211,9 @@ catalogue! {
     SERVER_NOTICE_ROOMS = "server_notice_rooms", key "user_id": OwnedUserId => OwnedRoomId, version 1;
     /// Per-user rate-limit overrides (Synapse's `ratelimit_override`), set by admins.
     RATELIMIT_OVERRIDES = "ratelimit_overrides", key "user_id": OwnedUserId => RateLimitOverrideRecord, version 1;
+    /// Application service registrations added through the admin API (or `conduit
+    /// appservice add`), by ID; those in `app_service_config_files` are read from their files.
+    APPSERVICE_REGISTRATIONS = "appservice_registrations", key "id": String => AppserviceRegistrationRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -704,6 +710,17 @@ pub struct RegistrationTokenRecord {
     pub completed: u64,
     /// Milliseconds since the epoch after which it is refused; `None`: never.
     pub expiry_time: Option<u64>,
+}
+
+/// An application service registration added at run time: the text as the admin sent it
+/// (YAML or JSON), read with the same checks as a registration file at every start. It holds
+/// the appservice's tokens as written: the `hs_token` is sent to the appservice as it is, as
+/// a registration file holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppserviceRegistrationRecord {
+    pub text: String,
+    /// Milliseconds since the epoch.
+    pub added_ms: u64,
 }
 
 #[cfg(test)]

@@ -176,16 +176,16 @@ impl FakeAppservice {
         fake
     }
 
-    fn set(&self, mode: Mode) {
+    pub fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
     }
 
-    fn attempts(&self) -> usize {
+    pub fn attempts(&self) -> usize {
         self.seen.lock().unwrap().attempts
     }
 
     /// Every event of every accepted transaction, in order.
-    fn events(&self) -> Vec<Value> {
+    pub fn events(&self) -> Vec<Value> {
         let seen = self.seen.lock().unwrap();
         seen.transactions
             .iter()
@@ -193,7 +193,7 @@ impl FakeAppservice {
             .collect()
     }
 
-    fn bodies_in(&self, room: &str) -> Vec<String> {
+    pub fn bodies_in(&self, room: &str) -> Vec<String> {
         self.events()
             .iter()
             .filter(|e| e["room_id"] == room && e["type"] == "m.room.message")
@@ -201,7 +201,7 @@ impl FakeAppservice {
             .collect()
     }
 
-    async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+    pub async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
         for _ in 0..500 {
             if done(self) {
                 return;
@@ -224,7 +224,7 @@ pub fn registration(url: Option<&str>, rate_limited: bool) -> String {
 }
 
 /// A second bridge beside `registration`'s: its own ID, tokens, sender and `@other_*` users.
-fn other_registration(url: &str) -> String {
+pub fn other_registration(url: &str) -> String {
     registration(Some(url), true)
         .replace("id: bridge", "id: other")
         .replace(AS_TOKEN, "other-as-token")
@@ -494,8 +494,14 @@ async fn the_ping_reaches_the_appservice_and_says_how_it_failed() {
         "M_FORBIDDEN",
     );
     let bob = s.register("bob", "pw-bob-123").await;
+    // A user's token is refused, not unknown (clients log out on M_UNKNOWN_TOKEN).
     expect_error(
         s.post("/_matrix/client/v1/appservice/bridge/ping", Some(&bob.token), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    expect_error(
+        s.post("/_matrix/client/v1/appservice/bridge/ping", Some("no-such-token"), json!({})).await,
         StatusCode::UNAUTHORIZED,
         "M_UNKNOWN_TOKEN",
     );

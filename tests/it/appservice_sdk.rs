@@ -3,7 +3,8 @@
 //! with `tests/appservice/synapse_driver.py`): ping both ways, the bot joining on invite, a
 //! namespaced user replying, exclusive namespaces, refused masquerading, alias and user
 //! queries, typing and receipts, and every event missed while the bridge was down arriving in
-//! order, across a restart of the server.
+//! order, across a restart of the server; matrix-appservice-bridge also answers third-party
+//! lookups and publishes a room in its network's directory.
 //!
 //! An encrypting bridge (`mautrix_e2ee_check.py`: mautrix-python's OlmMachine in appservice
 //! mode, with its device made through MSC4190 and its to-device messages, key counts and
@@ -27,7 +28,7 @@ fn registration(port: u16, extra: &str) -> String {
     let token = |prefix: &str| format!("{prefix}_{}", conduit::service::passwords::random_string(32));
     format!(
         "id: bridge\nurl: http://127.0.0.1:{port}\nas_token: {}\nhs_token: {}\nsender_localpart: bridgebot\n\
-         rate_limited: false\nreceive_ephemeral: true\nde.sorunome.msc2409.push_ephemeral: true\n\
+         rate_limited: false\nreceive_ephemeral: true\nde.sorunome.msc2409.push_ephemeral: true\nprotocols: [checknet]\n\
          namespaces:\n  users:\n    - exclusive: true\n      regex: '@bridge_.*:localhost'\n  \
          aliases:\n    - exclusive: true\n      regex: '#bridge_.*:localhost'\n  rooms: []\n{extra}",
         token("as"),

@@ -5,6 +5,7 @@ mod account;
 mod admin_rooms;
 mod admin_users;
 mod appservice;
+mod appservice_directory;
 mod appservice_sdk;
 mod architecture;
 mod audit;
