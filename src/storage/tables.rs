@@ -204,6 +204,11 @@ catalogue! {
     SERVER_NOTICE_ROOMS = "server_notice_rooms", key "user_id": OwnedUserId => OwnedRoomId, version 1;
     /// Per-user rate-limit overrides (Synapse's `ratelimit_override`), set by admins.
     RATELIMIT_OVERRIDES = "ratelimit_overrides", key "user_id": OwnedUserId => RateLimitOverrideRecord, version 1;
+    /// Accounts whose password lives in the LDAP directory: the directory entry each was
+    /// made from (or linked to at its first LDAP login).
+    LDAP_ACCOUNTS = "ldap_accounts", key "user_id": OwnedUserId => LdapAccountRecord, version 1;
+    /// Third-party identifiers on accounts, by medium (`email`, `msisdn`) and address.
+    THREEPIDS = "threepids", key "user_id, medium, address": (OwnedUserId, String, String) => ThreepidRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -700,6 +705,24 @@ pub struct RegistrationTokenRecord {
     pub completed: u64,
     /// Milliseconds since the epoch after which it is refused; `None`: never.
     pub expiry_time: Option<u64>,
+}
+
+/// The directory entry an account belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapAccountRecord {
+    /// The entry's login name as the directory spells it (its `uid_attribute`).
+    pub uid: String,
+    /// The entry's DN when it was linked.
+    pub dn: String,
+    pub linked_ms: u64,
+}
+
+/// A third-party identifier on an account: when it was added and validated (the same
+/// moment for addresses the company directory vouches for).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreepidRecord {
+    pub added_ms: u64,
+    pub validated_ms: u64,
 }
 
 #[cfg(test)]
