@@ -878,13 +878,7 @@ impl Accounts {
         context: &RequestContext,
         req: change_password::v3::Request,
     ) -> Result<change_password::v3::Response> {
-        // Synapse's answer when passwords cannot be changed, with the reason.
-        if self.password_managed_elsewhere(&who.user_id)? {
-            return Err(Error::forbidden(
-                "Password change disabled: this account's password is kept by the company directory \
-                 (LDAP); change it there",
-            ));
-        }
+        self.ensure_password_kept_here(&who.user_id)?;
         check_password_len(&req.new_password)?;
         // The new password is a secret: it is not kept in the session, nor bound.
         let params = json!({ "logout_devices": req.logout_devices });
@@ -995,6 +989,8 @@ impl Accounts {
         password: &str,
         logout_devices: bool,
     ) -> Result<()> {
+        // A password set here would let a directory account in after it left the directory.
+        self.ensure_password_kept_here(user_id)?;
         check_password_len(password)?;
         let hash = self.users.hash_password(password).await?;
         let removed = self.write_locked(|guard, batch| {

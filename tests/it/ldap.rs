@@ -385,6 +385,11 @@ async fn ldap_first_login_creates_the_account_and_the_directory_decides_every_lo
         "M_FORBIDDEN",
     );
     assert!(body["error"].as_str().unwrap().contains("LDAP"), "{body}");
+    // Nor can an admin set one for her: it would let her in after she left the directory.
+    let reset = json!({"new_password": "backdoor-pw", "logout_devices": false});
+    let path = "/_synapse/admin/v1/reset_password/@alice:localhost";
+    expect_error(s.post(path, Some(&root.token), reset).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    expect_error(try_login(&s, "alice", "backdoor-pw").await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
 
     // User-interactive auth asks the directory: deleting a device takes her LDAP password.
     let path = format!("{V3}/delete_devices");

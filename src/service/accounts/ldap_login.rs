@@ -141,4 +141,17 @@ impl Accounts {
     pub fn password_managed_elsewhere(&self, user_id: &UserId) -> Result<bool> {
         Ok(self.logins.ldap.account(user_id)?.is_some())
     }
+
+    /// Refuse to set a password here for a directory account, with Synapse's answer when
+    /// passwords cannot be changed (`403 M_FORBIDDEN` "Password change disabled") and why:
+    /// for the user's own change, an admin's reset and the command line alike.
+    pub(super) fn ensure_password_kept_here(&self, user_id: &UserId) -> Result<()> {
+        if self.password_managed_elsewhere(user_id)? {
+            return Err(Error::forbidden(
+                "Password change disabled: this account's password is kept by the company directory \
+                 (LDAP); change it there",
+            ));
+        }
+        Ok(())
+    }
 }
