@@ -496,3 +496,42 @@ impl Ldap {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_escaped_into_filters_and_every_user_is_a_wildcard() {
+        let config = LdapConfig {
+            uri: Some("ldap://127.0.0.1:389".to_owned()),
+            filter: "(|(memberOf=cn=chat,dc=x)(uid={username}))".to_owned(),
+            ..LdapConfig::default()
+        };
+        let directory = Directory::load(&config).unwrap().unwrap();
+        for (name, filter) in [
+            ("alice", "(&(|(memberOf=cn=chat,dc=x)(uid=alice))(uid=alice))"),
+            ("*", "(&(|(memberOf=cn=chat,dc=x)(uid=\\2a))(uid=\\2a))"),
+            ("a)(uid=*", "(&(|(memberOf=cn=chat,dc=x)(uid=a\\29\\28uid=\\2a))(uid=a\\29\\28uid=\\2a))"),
+            ("a\\b\0", "(&(|(memberOf=cn=chat,dc=x)(uid=a\\5cb\\00))(uid=a\\5cb\\00))"),
+        ] {
+            assert_eq!(directory.user_filter(&config.filter, Some(name)), filter, "{name:?}");
+        }
+        assert_eq!(
+            directory.user_filter(&config.filter, None),
+            "(&(|(memberOf=cn=chat,dc=x)(uid=*))(uid=*))"
+        );
+    }
+
+    #[test]
+    fn tls_settings_need_a_readable_ca_file() {
+        let config = LdapConfig {
+            uri: Some("ldaps://ldap.example.org".to_owned()),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..LdapConfig::default()
+        };
+        let error = Directory::load(&config).err().unwrap();
+        assert!(error.contains("ldap.ca_file"), "{error}");
+        assert!(Directory::load(&LdapConfig::default()).unwrap().is_none(), "no uri, no directory");
+    }
+}

@@ -482,6 +482,18 @@ async fn ldap_periodic_sync_deactivates_users_gone_from_the_directory() {
     assert!(targets.contains(&"@alice:localhost") && targets.contains(&"@bob:localhost"), "{records:?}");
     assert!(records.iter().all(|r| r["actor"]["kind"] == "server"), "{records:?}");
 
+    // A directory that lists nobody (a base DN with no people under it) deactivates nobody.
+    {
+        use conduit::reload::LiveReload;
+        let mut config = (*s.services.config).clone();
+        config.ldap = slapd.search_config();
+        config.ldap.base_dn = format!("ou=groups,{BASE}");
+        s.services.ldap.apply(&config).unwrap();
+        let report = s.services.ldap_sync.sync_once().await.unwrap();
+        assert!(report.deactivated.is_empty() && report.checked == 0, "{report:?}");
+        assert!(!deactivated("dave"));
+    }
+
     // A directory that answers nothing deactivates nobody (a stopped slapd here).
     drop(slapd);
     let report = s.services.ldap_sync.sync_once().await;
