@@ -202,6 +202,27 @@ impl LiveReload for crate::service::appservice_sender::AppserviceSender {
     }
 }
 
+/// LDAP login's settings change live: the directory's address, search, filters and TLS,
+/// the service account's password file and the CA file read again; a file that cannot be
+/// read rejects the reload. A sync interval newly set starts within a minute.
+impl LiveReload for crate::service::ldap::Ldap {
+    fn name(&self) -> &'static str {
+        "LDAP login"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["ldap"]
+    }
+
+    fn check(&self, new: &Config) -> Result<(), String> {
+        Self::check_config(&new.ldap)
+    }
+
+    fn apply(&self, new: &Config) -> Result<(), String> {
+        self.replace_config(&new.ldap)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,11 @@
 //! Account life-cycle flows that span several services: registration, login, password
 //! change, deactivation and device removal. Each flow checks policy, runs user-interactive
 //! auth where the spec demands it, and commits its writes to users and devices in one batch.
+//! Logins through the company's systems live beside it: `ldap_login` (passwords the LDAP
+//! directory keeps) and `jwt_login` (`org.matrix.login.jwt`).
+
+mod jwt_login;
+mod ldap_login;
 
 use std::sync::Arc;
 
@@ -76,6 +81,16 @@ pub struct Accounts {
     rate_limits: Arc<RateLimits>,
     appservices: Arc<Appservices>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
+    logins: Logins,
+}
+
+/// The company's systems logins go through besides local passwords, and where the accounts
+/// they make keep what those systems say of them.
+pub struct Logins {
+    pub ldap: Arc<super::ldap::Ldap>,
+    pub jwt: Arc<super::jwt::JwtLogin>,
+    /// Where a directory account's email address is kept.
+    pub threepids: Arc<super::threepids::ThirdPartyIds>,
 }
 
 /// What a registration asks for, besides the password: the parameters its user-interactive
@@ -172,6 +187,7 @@ impl Accounts {
         registration_tokens: Arc<RegistrationTokens>,
         rate_limits: Arc<RateLimits>,
         appservices: Arc<Appservices>,
+        logins: Logins,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
         Self {
@@ -191,6 +207,7 @@ impl Accounts {
             rate_limits,
             appservices,
             dehydrated,
+            logins,
         }
     }
 
@@ -656,6 +673,9 @@ impl Accounts {
             };
             return self.login_for_appservice(&req, claimed, appservice, context);
         }
+        if req.login_info.login_type() == jwt_login::LOGIN_TYPE && self.logins.jwt.enabled() {
+            return self.login_with_jwt(&req, context);
+        }
         let login::v3::LoginInfo::Password(info) = &req.login_info else {
             return Err(Error::new(
                 ErrorKind::Unknown,
@@ -684,6 +704,17 @@ impl Accounts {
         };
         self.rate_limits.peek(Limiter::LoginAccount, &account_key, None)?;
         self.rate_limits.check(Limiter::LoginFailedAttempts, &account_key, None)?;
+        // The directory is asked first; a name it does not know, or a password it refuses,
+        // is then checked here, so local accounts keep working (as Synapse's LDAP module
+        // with its local database on). Directory accounts have no password here.
+        let ldap_unavailable = match &user_id {
+            Some(id) => match self.login_with_ldap(id, &info.password, &req, context, &account_key).await? {
+                ldap_login::Attempt::LoggedIn(response) => return Ok(*response),
+                ldap_login::Attempt::NotHere => None,
+                ldap_login::Attempt::Unavailable(error) => Some(error),
+            },
+            None => None,
+        };
         // A missing account is checked too (against a decoy hash): same effort, same answer.
         let placeholder = || resolve_login_user("_", &self.config.server_name);
         let matched_hash = match user_id.clone().or_else(placeholder) {
@@ -692,15 +723,21 @@ impl Accounts {
         };
         let invalid = || Error::forbidden("Invalid username or password.");
         let (Some(matched_hash), Some(user_id)) = (matched_hash, user_id) else {
+            let reason = match ldap_unavailable {
+                Some(_) => "LDAP unavailable",
+                None => "invalid username or password",
+            };
             let entry = audit::Entry::failure("login")
-                .params(json!({ "type": "m.login.password", "reason": "invalid username or password" }));
+                .params(json!({ "type": "m.login.password", "reason": reason }));
             // The name as claimed: it may name no account.
             let entry = match claimed {
                 Some(claimed) => entry.target(claimed),
                 None => entry,
             };
             self.audit.record_or_log(context, entry);
-            return Err(invalid());
+            // While the directory is down, only a local password gets in; everyone else
+            // learns why they did not (which says nothing of whether the name exists).
+            return Err(ldap_unavailable.unwrap_or_else(invalid));
         };
         self.rate_limits.give_back(Limiter::LoginFailedAttempts, &account_key);
         self.rate_limits.check(Limiter::LoginAccount, &account_key, None)?;
@@ -841,6 +878,7 @@ impl Accounts {
         context: &RequestContext,
         req: change_password::v3::Request,
     ) -> Result<change_password::v3::Response> {
+        self.ensure_password_kept_here(&who.user_id)?;
         check_password_len(&req.new_password)?;
         // The new password is a secret: it is not kept in the session, nor bound.
         let params = json!({ "logout_devices": req.logout_devices });
@@ -951,6 +989,8 @@ impl Accounts {
         password: &str,
         logout_devices: bool,
     ) -> Result<()> {
+        // A password set here would let a directory account in after it left the directory.
+        self.ensure_password_kept_here(user_id)?;
         check_password_len(password)?;
         let hash = self.users.hash_password(password).await?;
         let removed = self.write_locked(|guard, batch| {

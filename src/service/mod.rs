@@ -17,8 +17,11 @@ pub mod delayed_events;
 pub mod devices;
 pub mod email_notifier;
 pub mod filters;
+pub mod jwt;
 pub mod key_backup;
 pub mod keys;
+pub mod ldap;
+pub mod ldap_sync;
 pub mod legacy_sync;
 pub mod media;
 pub mod openid;
@@ -100,6 +103,12 @@ pub struct Services {
     pub url_previews: Arc<media::preview::UrlPreviews>,
     pub backups: Arc<backup::Backups>,
     pub threepids: Arc<threepids::ThirdPartyIds>,
+    /// The LDAP directory, for password logins and the directory sync.
+    pub ldap: Arc<ldap::Ldap>,
+    /// `org.matrix.login.jwt`.
+    pub jwt: Arc<jwt::JwtLogin>,
+    /// Deactivates directory accounts the directory no longer lists.
+    pub ldap_sync: Arc<ldap_sync::LdapSync>,
     pub openid: Arc<openid::OpenId>,
     pub turn: Arc<voip::Turn>,
     /// Third-party networks, answered by the appservices that bridge them.
@@ -177,11 +186,15 @@ impl Services {
             Arc::clone(&clock),
             config.registration_token.clone(),
         ));
+        let threepids = Arc::new(threepids::ThirdPartyIds::new(&store, Arc::clone(&clock)));
+        let ldap = Arc::new(ldap::Ldap::new(&store, &config.ldap, Arc::clone(&clock))?);
+        let jwt = Arc::new(jwt::JwtLogin::new(&config.jwt, Arc::clone(&clock))?);
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
             Arc::clone(&clock),
             Arc::clone(&registration_tokens),
+            Arc::clone(&ldap),
             config.uiaa_session_lifetime_secs,
         ));
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
@@ -240,6 +253,11 @@ impl Services {
             Arc::clone(&registration_tokens),
             Arc::clone(&rate_limits),
             Arc::clone(&appservices),
+            accounts::Logins {
+                ldap: Arc::clone(&ldap),
+                jwt: Arc::clone(&jwt),
+                threepids: Arc::clone(&threepids),
+            },
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -518,6 +536,14 @@ impl Services {
             Arc::clone(&membership),
             Arc::clone(&room_actions),
         ));
+        let ldap_sync = Arc::new(ldap_sync::LdapSync::new(
+            Arc::clone(&ldap),
+            Arc::clone(&admin),
+            Arc::clone(&users),
+            Arc::clone(&accounts),
+            Arc::clone(&audit),
+            Arc::clone(&clock),
+        ));
         Ok(Self {
             config,
             appservices,
@@ -564,7 +590,10 @@ impl Services {
             media,
             url_previews,
             backups,
-            threepids: Arc::new(threepids::ThirdPartyIds::new()),
+            threepids,
+            ldap,
+            jwt,
+            ldap_sync,
             openid,
             turn,
             thirdparty,

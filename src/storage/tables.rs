@@ -214,6 +214,11 @@ catalogue! {
     /// Application service registrations added through the admin API (or `conduit
     /// appservice add`), by ID; those in `app_service_config_files` are read from their files.
     APPSERVICE_REGISTRATIONS = "appservice_registrations", key "id": String => AppserviceRegistrationRecord, version 1;
+    /// Accounts whose password lives in the LDAP directory: the directory entry each was
+    /// made from (or linked to at its first LDAP login).
+    LDAP_ACCOUNTS = "ldap_accounts", key "user_id": OwnedUserId => LdapAccountRecord, version 1;
+    /// Third-party identifiers on accounts, by medium (`email`, `msisdn`) and address.
+    THREEPIDS = "threepids", key "user_id, medium, address": (OwnedUserId, String, String) => ThreepidRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -721,6 +726,24 @@ pub struct AppserviceRegistrationRecord {
     pub text: String,
     /// Milliseconds since the epoch.
     pub added_ms: u64,
+}
+
+/// The directory entry an account belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapAccountRecord {
+    /// The entry's login name as the directory spells it (its `uid_attribute`).
+    pub uid: String,
+    /// The entry's DN when it was linked.
+    pub dn: String,
+    pub linked_ms: u64,
+}
+
+/// A third-party identifier on an account: when it was added and validated (the same
+/// moment for addresses the company directory vouches for).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreepidRecord {
+    pub added_ms: u64,
+    pub validated_ms: u64,
 }
 
 #[cfg(test)]

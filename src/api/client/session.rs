@@ -22,7 +22,14 @@ pub async fn get_login_types(
     services: AppState,
     _: Ruma<get_login_types::v3::Request>,
 ) -> Result<get_login_types::v3::Response> {
-    let mut types = vec![LoginType::Password(PasswordLoginType::new())];
+    let mut types = Vec::new();
+    // Listed first when on, as Synapse lists it.
+    if services.jwt.enabled() {
+        let jwt = LoginType::new("org.matrix.login.jwt", serde_json::Map::new())
+            .map_err(|e| crate::Error::internal(format!("JWT login type: {e}")))?;
+        types.push(jwt);
+    }
+    types.push(LoginType::Password(PasswordLoginType::new()));
     if services.appservices.any() {
         types.push(LoginType::ApplicationService(Default::default()));
     }
