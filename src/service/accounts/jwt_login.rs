@@ -2,10 +2,11 @@
 //! account its subject claim names, made at the first login (with the display name claim),
 //! as Synapse does. Refusals are `403 M_FORBIDDEN` with Synapse's reasons, and audited.
 
-use ruma::{api::client::session::login, api::error::ErrorKind};
+use ruma::api::client::session::login;
 use serde_json::{Value as JsonValue, json};
 
 use super::{Accounts, audit, login_response};
+use crate::service::users::Users;
 use crate::{
     Error, Result,
     matrix::user_id::{registrable_user_id, resolve_login_user},
@@ -54,22 +55,15 @@ impl Accounts {
         let (issued, created) = self.write_audited(
             context,
             |guard, batch| {
-                let created = match self.users.get(&user_id)? {
+                let existing = self.users.get(&user_id)?;
+                Users::ensure_may_log_in(existing.as_ref())?;
+                let created = match existing {
                     None => {
                         self.appservices.ensure_user_not_exclusive(&user_id, None)?;
                         let displayname =
                             claims.display_name.clone().or_else(|| Some(user_id.localpart().to_owned()));
                         self.users.create_in(batch, &user_id, None, false, displayname)?;
                         true
-                    }
-                    Some(record) if record.deactivated => {
-                        return Err(Error::new(
-                            ErrorKind::UserDeactivated,
-                            "This account has been deactivated",
-                        ));
-                    }
-                    Some(record) if record.locked => {
-                        return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
                     }
                     Some(_) => false,
                 };

@@ -5,10 +5,11 @@
 //! every login. An existing local account of that name is linked at its first directory
 //! login and loses its local password: from then on the directory alone decides.
 
-use ruma::{OwnedUserId, UserId, api::client::session::login, api::error::ErrorKind};
+use ruma::{OwnedUserId, UserId, api::client::session::login};
 use serde_json::json;
 
 use super::{Accounts, audit, login_response};
+use crate::service::users::Users;
 use crate::{
     Error, Result,
     matrix::user_id::registrable_user_id,
@@ -81,7 +82,9 @@ impl Accounts {
         let (issued, created) = self.write_audited(
             context,
             |guard, batch| {
-                let created = match self.users.get(&user_id)? {
+                let existing = self.users.get(&user_id)?;
+                Users::ensure_may_log_in(existing.as_ref())?;
+                let created = match existing {
                     None => {
                         self.appservices.ensure_user_not_exclusive(&user_id, None)?;
                         let displayname = entry.display_name.clone().or_else(|| Some(localpart.clone()));
@@ -92,15 +95,6 @@ impl Accounts {
                         }
                         self.logins.ldap.link_in(batch, &user_id, entry)?;
                         true
-                    }
-                    Some(record) if record.deactivated => {
-                        return Err(Error::new(
-                            ErrorKind::UserDeactivated,
-                            "This account has been deactivated",
-                        ));
-                    }
-                    Some(record) if record.locked => {
-                        return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
                     }
                     Some(record) => {
                         let linked = self.logins.ldap.account(&user_id)?;
