@@ -175,6 +175,12 @@ pub struct Config {
     /// Email notifications (`kind: "email"` pushers), sent through an SMTP server. Off
     /// unless `smtp.host` is set: then such pushers are refused.
     pub smtp: SmtpConfig,
+    /// Password login against the company directory (see [`LdapConfig`]); off unless
+    /// `ldap.uri` is set.
+    pub ldap: LdapConfig,
+    /// `org.matrix.login.jwt`: login with a JSON Web Token a company portal signed (see
+    /// [`JwtConfig`]); off unless `jwt.enabled`.
+    pub jwt: JwtConfig,
     /// Reverse proxies whose `X-Forwarded-For` is believed: for a request from one of these
     /// ranges, the client address (in logs, device last-seen records, rate limits and the
     /// audit log) is the nearest address in that header not itself in these ranges. Loopback
@@ -436,6 +442,138 @@ impl SmtpConfig {
     }
 }
 
+/// `[global.ldap]`: `m.login.password` checked against an LDAP directory (OpenLDAP, Active
+/// Directory, ...), accounts created at the first login. The key names are Tuwunel's.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct LdapConfig {
+    /// The directory server, `ldap://host[:port]` or `ldaps://host[:port]`. Unset (the
+    /// default): LDAP is off.
+    pub uri: Option<String>,
+    /// Where users are searched for, e.g. `ou=people,dc=example,dc=org`.
+    pub base_dn: String,
+    /// With `{username}` in it (`uid={username},ou=people,dc=example,dc=org`): direct bind,
+    /// the user's DN made from the name they typed. Without: the service account that
+    /// searches for the user before binding as them (search-then-bind); unset: the search
+    /// binds anonymously.
+    pub bind_dn: Option<String>,
+    /// A file holding the service account's password (trailing newline ignored).
+    pub bind_password_file: Option<PathBuf>,
+    /// Which entries may log in, e.g. `(memberOf=cn=chat,ou=groups,dc=example,dc=org)`;
+    /// `{username}` is replaced by the (escaped) name. Combined with `uid_attribute`.
+    pub filter: String,
+    /// The attribute holding the login name, which becomes the Matrix localpart (lowercased).
+    pub uid_attribute: String,
+    /// The attribute holding the display name set at account creation.
+    pub name_attribute: String,
+    /// The attribute holding the email address recorded on the account at creation.
+    pub mail_attribute: String,
+    /// Entries matching this filter (and the user's `uid_attribute`) are server admins;
+    /// checked at every login and sync. Unset: the admin flag is left alone.
+    pub admin_filter: Option<String>,
+    /// Upgrade an `ldap://` connection with StartTLS before anything is sent.
+    pub start_tls: bool,
+    /// PEM file of the CA(s) the server's certificate must chain to (`ldaps://` and
+    /// StartTLS); unset: the system's trusted CAs.
+    pub ca_file: Option<PathBuf>,
+    /// How long one directory conversation (connect, TLS, binds, searches) may take before
+    /// the login is answered `503` (see [`ConfigDuration`]).
+    pub timeout: ConfigDuration,
+    /// How often accounts made from the directory are compared with it: those no longer
+    /// found (or no longer matching `filter`) are deactivated, admin flags follow
+    /// `admin_filter`. Unset (the default): no periodic sync; such users are only refused at
+    /// login.
+    pub sync_interval: Option<ConfigDuration>,
+}
+
+impl Default for LdapConfig {
+    fn default() -> Self {
+        Self {
+            uri: None,
+            base_dn: String::new(),
+            bind_dn: None,
+            bind_password_file: None,
+            filter: "(objectClass=*)".to_owned(),
+            uid_attribute: "uid".to_owned(),
+            name_attribute: "cn".to_owned(),
+            mail_attribute: "mail".to_owned(),
+            admin_filter: None,
+            start_tls: false,
+            ca_file: None,
+            timeout: ConfigDuration::from_millis(5_000),
+            sync_interval: None,
+        }
+    }
+}
+
+impl LdapConfig {
+    /// Whether LDAP login is configured.
+    pub fn enabled(&self) -> bool {
+        self.uri.is_some()
+    }
+
+    /// Direct bind: `bind_dn` is the user's DN template.
+    pub fn direct_bind(&self) -> bool {
+        self.bind_dn.as_deref().is_some_and(|dn| dn.contains("{username}"))
+    }
+}
+
+/// `[global.jwt]`: login with a JSON Web Token (`org.matrix.login.jwt`), with Synapse's
+/// `jwt_config` key names.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct JwtConfig {
+    pub enabled: bool,
+    /// The shared secret (HS256/384/512), or the PEM public key (RS*, PS*, ES*, EdDSA).
+    pub secret: Option<String>,
+    /// The one JWS algorithm accepted, e.g. `HS256` or `RS256`.
+    pub algorithm: Option<String>,
+    /// The claim holding the localpart; unset means `sub`.
+    pub subject_claim: Option<String>,
+    /// The claim holding the display name set when the account is created.
+    pub display_name_claim: Option<String>,
+    /// When set, `iss` must be present and equal to it.
+    pub issuer: Option<String>,
+    /// When set, `aud` must be present and name one of them; when unset, a token with an
+    /// `aud` is refused.
+    pub audiences: Option<Vec<String>>,
+}
+
+impl JwtConfig {
+    /// The claim holding the localpart.
+    pub fn subject_claim(&self) -> &str {
+        self.subject_claim.as_deref().unwrap_or("sub")
+    }
+
+    /// The algorithm and the key tokens must be signed with; the error names the key at fault.
+    pub fn decoding_key(&self) -> Result<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey), String> {
+        use jsonwebtoken::{Algorithm, DecodingKey};
+        let name = self.algorithm.as_deref().unwrap_or_default();
+        let algorithm: Algorithm = name.parse().map_err(|_| {
+            format!(
+                "invalid value for key `jwt.algorithm`: `{name}` is not \
+                one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+            )
+        })?;
+        let secret = self.secret.as_deref().unwrap_or_default().as_bytes();
+        let pem_error = |e: jsonwebtoken::errors::Error| {
+            format!("invalid value for key `jwt.secret`: {name} needs a PEM public key ({e})")
+        };
+        let key = match algorithm {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => DecodingKey::from_secret(secret),
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => DecodingKey::from_rsa_pem(secret).map_err(pem_error)?,
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(secret).map_err(pem_error)?,
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(secret).map_err(pem_error)?,
+        };
+        Ok((algorithm, key))
+    }
+}
+
 /// MatrixRTC settings (Synapse's `matrix_rtc`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
@@ -533,6 +671,8 @@ impl Default for Config {
             turn_password: None,
             turn_ttl: 24 * 3600,
             smtp: SmtpConfig::default(),
+            ldap: LdapConfig::default(),
+            jwt: JwtConfig::default(),
             trusted_proxies: vec![
                 IpNet::from(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 IpNet::from(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
@@ -720,6 +860,8 @@ impl Config {
         self.check_matrix_rtc()?;
         self.check_turn()?;
         self.check_smtp()?;
+        self.check_ldap()?;
+        self.check_jwt()?;
         self.check_rates()?;
         self.check_sso()?;
         Ok(())
@@ -861,6 +1003,86 @@ impl Config {
         }
         if !(1..=600).contains(&smtp.timeout_secs) {
             return Err("invalid value for key `smtp.timeout_secs`: must be 1 to 600".into());
+        }
+        Ok(())
+    }
+
+    fn check_ldap(&self) -> Result<(), String> {
+        let ldap = &self.ldap;
+        let Some(uri) = &ldap.uri else { return Ok(()) };
+        let scheme = url::Url::parse(uri).ok().filter(|u| u.has_host()).map(|u| u.scheme().to_owned());
+        match scheme.as_deref() {
+            Some("ldap") => {}
+            Some("ldaps") if ldap.start_tls => {
+                return Err("invalid value for key `ldap.start_tls`: `ldaps://` is TLS from the start; \
+                            StartTLS is for `ldap://`"
+                    .into());
+            }
+            Some("ldaps") => {}
+            _ => {
+                return Err(format!(
+                    "invalid value for key `ldap.uri`: `{uri}` is not an ldap:// or ldaps:// URL with a host"
+                ));
+            }
+        }
+        let filters =
+            [("ldap.filter", Some(&ldap.filter)), ("ldap.admin_filter", ldap.admin_filter.as_ref())];
+        for (key, filter) in filters {
+            let Some(filter) = filter else { continue };
+            if !(filter.starts_with('(') && filter.ends_with(')')) {
+                return Err(format!(
+                    "invalid value for key `{key}`: `{filter}` is not an LDAP filter in parentheses"
+                ));
+            }
+        }
+        for (key, value) in [
+            ("ldap.uid_attribute", &ldap.uid_attribute),
+            ("ldap.name_attribute", &ldap.name_attribute),
+            ("ldap.mail_attribute", &ldap.mail_attribute),
+        ] {
+            if value.is_empty() || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ';') {
+                return Err(format!("invalid value for key `{key}`: `{value}` is not an attribute name"));
+            }
+        }
+        if ldap.direct_bind() && ldap.bind_password_file.is_some() {
+            return Err(
+                "invalid value for key `ldap.bind_password_file`: with `{username}` in `ldap.bind_dn` \
+                        each user binds with their own password; leave it unset"
+                    .into(),
+            );
+        }
+        if ldap.bind_dn.is_some() && !ldap.direct_bind() && ldap.bind_password_file.is_none() {
+            return Err("invalid value for key `ldap.bind_password_file`: the service account in \
+                        `ldap.bind_dn` needs its password file"
+                .into());
+        }
+        if !(100..=300_000).contains(&ldap.timeout.as_millis()) {
+            return Err("invalid value for key `ldap.timeout`: must be 100ms to 5m".into());
+        }
+        if ldap.sync_interval.is_some_and(|d| d.as_millis() < 60_000) {
+            return Err("invalid value for key `ldap.sync_interval`: must be at least 1m (or unset)".into());
+        }
+        Ok(())
+    }
+
+    fn check_jwt(&self) -> Result<(), String> {
+        let jwt = &self.jwt;
+        if !jwt.enabled {
+            return Ok(());
+        }
+        if jwt.secret.as_deref().is_none_or(str::is_empty) {
+            return Err(
+                "invalid value for key `jwt.secret`: JWT login needs the shared secret or public key".into(),
+            );
+        }
+        if jwt.algorithm.is_none() {
+            return Err(
+                "invalid value for key `jwt.algorithm`: JWT login needs the algorithm, e.g. `HS256`".into()
+            );
+        }
+        jwt.decoding_key()?;
+        if jwt.subject_claim.as_deref().is_some_and(str::is_empty) {
+            return Err("invalid value for key `jwt.subject_claim`: must not be empty".into());
         }
         Ok(())
     }

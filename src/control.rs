@@ -1,5 +1,5 @@
 //! The control channel: operator commands (`conduit create-user`, `reset-password`,
-//! `purge-media`, `make-admin`, `backup`) carried out by the running server, which holds the
+//! `purge-media`, `make-admin`, `backup`, `appservice list|add|remove`) carried out by the running server, which holds the
 //! database exclusively. The server listens on a Unix socket in its database directory
 //! (`conduit.sock`, mode 0600, so only its own user and root can connect; removed at stop);
 //! the command line sends one JSON line ([`Request`]) and reads one back ([`Reply`]). When
@@ -20,7 +20,14 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{Error, Result, config::Config, service::Services};
+use crate::{
+    Error, Result,
+    config::Config,
+    service::{
+        Services,
+        context::{Actor, RequestContext},
+    },
+};
 
 /// The socket's file name inside `database_path`.
 pub const SOCKET_NAME: &str = "conduit.sock";
@@ -48,6 +55,12 @@ pub enum Request {
     MakeAdmin { name: String, revoke: bool },
     /// Write a backup into this absolute directory (new or empty).
     Backup { dir: PathBuf },
+    /// List the application services in force and those added at run time.
+    AppserviceList,
+    /// Register an application service from the text of its registration (YAML or JSON).
+    AppserviceAdd { text: String },
+    /// Remove an application service added at run time.
+    AppserviceRemove { id: String },
 }
 
 /// The answer: `ok` with the text to print, or not with the error.
@@ -79,6 +92,17 @@ pub async fn execute(services: &Arc<Services>, request: Request) -> Result<Strin
             } else {
                 format!("{user_id} is a server admin")
             })
+        }
+        Request::AppserviceList => Ok(appservice_lines(&services.appservice_admin.list())),
+        Request::AppserviceAdd { text } => {
+            let operator = RequestContext::internal(Actor::Operator, "appservice-add");
+            let added = services.appservice_admin.register(&operator, &text)?;
+            Ok(format!("registered {}", appservice_lines(&[added])))
+        }
+        Request::AppserviceRemove { id } => {
+            let operator = RequestContext::internal(Actor::Operator, "appservice-remove");
+            services.appservice_admin.remove(&operator, &id)?;
+            Ok(format!("removed {id}: its token no longer works and nothing more is sent to it"))
         }
         Request::Backup { dir } => {
             // Last-seen times held in memory go into the copy too.
@@ -183,7 +207,47 @@ fn command_name(request: &Request) -> &'static str {
         Request::PurgeMedia { .. } => "purge-media",
         Request::MakeAdmin { .. } => "make-admin",
         Request::Backup { .. } => "backup",
+        Request::AppserviceList => "appservice list",
+        Request::AppserviceAdd { .. } => "appservice add",
+        Request::AppserviceRemove { .. } => "appservice remove",
     }
+}
+
+/// Application services as the admin API describes them, a few lines each.
+fn appservice_lines(entries: &[serde_json::Value]) -> String {
+    if entries.is_empty() {
+        return "no application services are registered".to_owned();
+    }
+    let text = |value: &serde_json::Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+    let mut lines = Vec::new();
+    for entry in entries {
+        let source = match entry["source"].as_str() {
+            Some("file") => format!("file {}", text(&entry["file"])),
+            _ => "added at run time".to_owned(),
+        };
+        if entry["in_force"] == false {
+            lines.push(format!(
+                "{}: {source}, NOT IN FORCE: {}",
+                text(&entry["id"]),
+                text(&entry["problem"])
+            ));
+            continue;
+        }
+        let url = entry["url"].as_str().unwrap_or("none (receives nothing)");
+        lines.push(format!(
+            "{}: {source}; sender {}, url {url}, rate limited: {}",
+            text(&entry["id"]),
+            text(&entry["sender"]),
+            entry["rate_limited"]
+        ));
+        for kind in ["users", "aliases", "rooms"] {
+            for ns in entry["namespaces"][kind].as_array().into_iter().flatten() {
+                let exclusive = if ns["exclusive"] == true { "exclusive" } else { "shared" };
+                lines.push(format!("  {kind}: {} ({exclusive})", text(&ns["regex"])));
+            }
+        }
+    }
+    lines.join("\n")
 }
 
 /// Send `request` to the server listening at `path` and wait for its reply. `Ok(None)` when

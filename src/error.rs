@@ -37,6 +37,11 @@ pub enum Error {
     /// answered an error (502, `M_UNKNOWN`); the message says what.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// A service this server depends on to answer (the LDAP directory) cannot be reached or
+    /// did not answer in time (503, `M_UNKNOWN`); the message names it, and says nothing
+    /// the log does not.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The request body stalled past `request_body_timeout` (408, `M_UNKNOWN`).
     #[error("request timeout: {0}")]
     RequestTimeout(String),

@@ -78,8 +78,9 @@ enum Command {
         /// to create it.
         dir: PathBuf,
     },
-    /// Application service registrations: list those the configuration names, or check a
-    /// file before adding it. Neither needs the server (nor touches its database).
+    /// Application service registrations: list those in force, check a file (without the
+    /// server), register one or remove one added that way, without a restart (sent to the
+    /// running server, or done on the database when none runs).
     Appservice {
         #[command(subcommand)]
         action: AppserviceAction,
@@ -88,36 +89,51 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AppserviceAction {
-    /// Read every file in `app_service_config_files` and show what each registers.
+    /// Show every registration in force (from `app_service_config_files` and added at run
+    /// time) and those added at run time that are not.
     List,
     /// Read one registration file and say what is wrong with it, field by field.
     Check {
         /// The registration file (YAML).
         file: PathBuf,
     },
+    /// Register the appservice a registration file describes, stored in the database and in
+    /// force at once (as the admin API's `POST /_conduit/admin/v1/appservices`).
+    Add {
+        /// The registration file (YAML or JSON).
+        file: PathBuf,
+    },
+    /// Remove an appservice registered with `add` (or the admin API): its token stops
+    /// working at once.
+    Remove {
+        /// Its `id`.
+        id: String,
+    },
 }
 
-/// `conduit appservice list|check`: the registrations as the server would read them.
-fn appservice_command(config: &Config, action: AppserviceAction) -> Result<(), String> {
-    use conduit::service::appservices::{load_file, load_files};
-    let registrations = match action {
-        AppserviceAction::List => load_files(&config.app_service_config_files, &config.server_name)?,
-        AppserviceAction::Check { file } => vec![load_file(&file, &config.server_name)?],
+/// `conduit appservice …`: `check` reads a registration file as the server would, here and
+/// now; the other actions are operator commands for the server.
+fn appservice_request(config: &Config, action: AppserviceAction) -> Result<Option<control::Request>, String> {
+    let file = match action {
+        AppserviceAction::List => return Ok(Some(control::Request::AppserviceList)),
+        AppserviceAction::Add { file } => {
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            return Ok(Some(control::Request::AppserviceAdd { text }));
+        }
+        AppserviceAction::Remove { id } => return Ok(Some(control::Request::AppserviceRemove { id })),
+        AppserviceAction::Check { file } => file,
     };
-    if registrations.is_empty() {
-        println!("no application services are configured (app_service_config_files)");
-    }
-    for r in registrations {
-        let url = r.url.as_ref().map_or_else(|| "none (receives nothing)".to_owned(), ToString::to_string);
-        println!("{}: sender {}, url {url}, rate limited: {}", r.id, r.sender, r.rate_limited);
-        for (kind, list) in [("users", &r.users), ("aliases", &r.aliases), ("rooms", &r.rooms)] {
-            for ns in list {
-                let exclusive = if ns.exclusive { "exclusive" } else { "shared" };
-                println!("  {kind}: {} ({exclusive})", ns.pattern);
-            }
+    let r = conduit::service::appservices::load_file(&file, &config.server_name)?;
+    let url = r.url.as_ref().map_or_else(|| "none (receives nothing)".to_owned(), ToString::to_string);
+    println!("{}: sender {}, url {url}, rate limited: {}", r.id, r.sender, r.rate_limited);
+    for (kind, list) in [("users", &r.users), ("aliases", &r.aliases), ("rooms", &r.rooms)] {
+        for ns in list {
+            let exclusive = if ns.exclusive { "exclusive" } else { "shared" };
+            println!("  {kind}: {} ({exclusive})", ns.pattern);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// `<number><unit>` with unit `d`, `h`, `m` or `s`.
@@ -271,7 +287,10 @@ async fn run(cli: Cli) -> Result<(), String> {
             control::Request::PurgeMedia { older_than_secs: older_than.as_secs() }
         }
         Command::MakeAdmin { name, revoke } => control::Request::MakeAdmin { name, revoke },
-        Command::Appservice { action } => return appservice_command(&config, action),
+        Command::Appservice { action } => match appservice_request(&config, action)? {
+            Some(request) => request,
+            None => return Ok(()),
+        },
         Command::Backup { dir } => {
             // The server resolves paths from its own working directory: send an absolute one.
             let dir = std::path::absolute(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -181,8 +181,8 @@ impl LiveReload for crate::service::rate_limits::RateLimits {
 
 /// Application service registrations are read again from their files at every reload
 /// (their contents may change while the list of files does not); a file that fails its
-/// checks rejects the reload and the registrations in force stay. Queues of appservices
-/// new to the set start from now.
+/// checks, or conflicts with a registration added through the admin API, rejects the reload
+/// and the registrations in force stay. Queues of appservices new to the set start from now.
 impl LiveReload for crate::service::appservice_sender::AppserviceSender {
     fn name(&self) -> &'static str {
         "application services"
@@ -193,13 +193,33 @@ impl LiveReload for crate::service::appservice_sender::AppserviceSender {
     }
 
     fn check(&self, new: &Config) -> Result<(), String> {
-        self.appservices().check(&new.app_service_config_files).map(|_| ())
+        self.appservices().check_files(&new.app_service_config_files)
     }
 
     fn apply(&self, new: &Config) -> Result<(), String> {
-        let loaded = self.appservices().check(&new.app_service_config_files)?;
-        self.appservices().replace(loaded);
+        self.appservices().reload_files(&new.app_service_config_files)?;
         self.open_queues().map_err(|e| e.to_string())
+    }
+}
+
+/// LDAP login's settings change live: the directory's address, search, filters and TLS,
+/// the service account's password file and the CA file read again; a file that cannot be
+/// read rejects the reload. A sync interval newly set starts within a minute.
+impl LiveReload for crate::service::ldap::Ldap {
+    fn name(&self) -> &'static str {
+        "LDAP login"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["ldap"]
+    }
+
+    fn check(&self, new: &Config) -> Result<(), String> {
+        Self::check_config(&new.ldap)
+    }
+
+    fn apply(&self, new: &Config) -> Result<(), String> {
+        self.replace_config(&new.ldap)
     }
 }
 

@@ -56,6 +56,7 @@ impl Server {
         // Live-reloadable parts that services own are registered here; see `reload.rs`.
         reloader.register(Arc::clone(&services.rate_limits) as Arc<dyn crate::reload::LiveReload>);
         reloader.register(Arc::clone(&services.appservice_sender) as Arc<dyn crate::reload::LiveReload>);
+        reloader.register(Arc::clone(&services.ldap) as Arc<dyn crate::reload::LiveReload>);
         Ok(Self { services, metrics, net_stats, reloader })
     }
 
@@ -107,6 +108,7 @@ impl Server {
             tokio::spawn(Arc::clone(&self.services.delayed_actions).run(workers_stopped.clone()));
         let flusher =
             tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped.clone()));
+        let ldap_sync = tokio::spawn(Arc::clone(&self.services.ldap_sync).run(workers_stopped.clone()));
         // Pushers' queues resume where they stopped: notifications written while the server
         // was down (or under way at a crash) are delivered now.
         self.services.push_gateways.start()?;
@@ -166,6 +168,7 @@ impl Server {
         self.services.outbox.stop().await;
         let _ = flusher.await;
         let _ = delayed_timer.await;
+        let _ = ldap_sync.await;
         if let Some(task) = control_task {
             let _ = task.await;
         }

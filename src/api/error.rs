@@ -105,6 +105,9 @@ impl IntoResponse for Error {
                 standard(StatusCode::REQUEST_TIMEOUT, ErrorKind::Unknown, &message)
             }
             Error::Upstream(message) => standard(StatusCode::BAD_GATEWAY, ErrorKind::Unknown, &message),
+            Error::Unavailable(message) => {
+                standard(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unknown, &message)
+            }
             Error::Storage(e) => {
                 tracing::error!(error = %e, "storage failure");
                 standard(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Unknown, "Internal server error")
@@ -124,6 +127,7 @@ pub fn error_page(error: Error) -> Response {
     let (status, kind, message) = match error {
         Error::Matrix { kind, message } => (status_for(&kind), kind, message),
         Error::Upstream(message) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown, message),
+        Error::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unknown, message),
         Error::Uiaa(_)
         | Error::MethodNotAllowed
         | Error::MalformedPath(_)

@@ -196,6 +196,7 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .ruma_route(account::whoami)
         // Application services
         .ruma_route(appservice::request_ping)
+        .ruma_route(appservice::set_room_visibility)
         .ruma_route(account::change_password)
         .ruma_route(account::deactivate)
         .ruma_route(account::request_openid_token)
@@ -231,7 +232,7 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         // Devices
         .ruma_route(device::get_devices)
         .ruma_route(device::get_device)
-        .ruma_route(device::update_device)
+        .ruma_route_answering(device::update_device)
         .ruma_route(device::delete_device)
         .ruma_route(device::delete_devices)
         // Profiles
@@ -348,12 +349,12 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .ruma_route(backup::delete_backup_keys_for_room)
         .ruma_route(backup::delete_backup_keys_for_session)
         // Third-party networks and VoIP
-        .ruma_route(thirdparty::get_protocols)
-        .ruma_route(thirdparty::get_protocol)
-        .ruma_route(thirdparty::get_location_for_protocol)
-        .ruma_route(thirdparty::get_location_for_room_alias)
-        .ruma_route(thirdparty::get_user_for_protocol)
-        .ruma_route(thirdparty::get_user_for_user_id)
+        .ruma_route_answering(thirdparty::get_protocols)
+        .ruma_route_answering(thirdparty::get_protocol)
+        .ruma_route_answering(thirdparty::get_location_for_protocol)
+        .ruma_route_answering(thirdparty::get_location_for_room_alias)
+        .ruma_route_answering(thirdparty::get_user_for_protocol)
+        .ruma_route_answering(thirdparty::get_user_for_user_id)
         .endpoint_route::<::ruma::api::client::voip::get_turn_server_info::v3::Request, _, _>(
             voip::get_turn_server_info,
         )
@@ -417,6 +418,15 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         // The audit log (admins only)
         .route("/_conduit/admin/v1/audit_log", get(self::admin::audit::audit_log))
         .route("/_conduit/admin/v1/audit_log/verify", get(self::admin::audit::verify))
+        // Application services registered without a restart (admins only)
+        .route(
+            "/_conduit/admin/v1/appservices",
+            get(self::admin::appservices::list).post(self::admin::appservices::register),
+        )
+        .route(
+            "/_conduit/admin/v1/appservices/{id}",
+            get(self::admin::appservices::get).delete(self::admin::appservices::remove),
+        )
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the routes, so that it sees which route matched.

@@ -207,12 +207,13 @@ impl Identify for AppserviceToken {
         _: &Client,
     ) -> Result<Arc<Registration>> {
         let token = token.map_err(token_error)?;
-        services
-            .appservices
-            .registry()
-            .by_as_token(&token)
-            .cloned()
-            .ok_or_else(|| Error::unknown_token(false, "Unknown application service token"))
+        if let Some(appservice) = services.appservices.registry().by_as_token(&token) {
+            return Ok(Arc::clone(appservice));
+        }
+        // A user's valid token is not unknown (clients log out on `M_UNKNOWN_TOKEN`): it is
+        // refused, as Synapse refuses it.
+        services.devices.authenticate(&token)?;
+        Err(Error::forbidden("Only application services may use this endpoint"))
     }
 
     fn actor(appservice: &Arc<Registration>) -> Actor {

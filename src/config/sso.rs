@@ -147,8 +147,8 @@ pub struct UserMappingConfig {
     pub localpart_template: ClaimTemplate,
     /// The new account's display name; empty: the localpart.
     pub display_name_template: ClaimTemplate,
-    /// The email address kept with the link to the provider account (this server stores
-    /// no third-party identifiers on accounts yet); empty: none.
+    /// An email address for the account: added to it as a verified third-party identifier
+    /// when the account is made or linked, and kept with the link; empty: none.
     pub email_template: Option<ClaimTemplate>,
 }
 

@@ -141,13 +141,18 @@ fn required(field: &str, value: Option<String>) -> Result<String, RegistrationEr
     }
 }
 
-/// Read and check a registration from its YAML text, for a server named `server`.
+/// Read and check a registration from its text, for a server named `server`: YAML, as
+/// registration files are written, or JSON (a text that starts with `{`, as the admin API
+/// may be sent it).
 pub fn parse_registration(text: &str, server: &ServerName) -> Result<Registration, RegistrationError> {
     if text.len() > MAX_REGISTRATION_BYTES {
         return Err(wrong("", format!("larger than {MAX_REGISTRATION_BYTES} bytes")));
     }
-    let file: RegistrationFile =
-        serde_saphyr::from_str(text).map_err(|e| wrong("", format!("not a registration in YAML: {e}")))?;
+    let file: RegistrationFile = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| wrong("", format!("not a registration in JSON: {e}")))?
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| wrong("", format!("not a registration in YAML: {e}")))?
+    };
     check(file, server)
 }
 
@@ -244,6 +249,19 @@ impl Registration {
     }
 }
 
+/// The instance ID a client names one appservice network by (in `/thirdparty/protocols` and
+/// `third_party_instance_id`): `{appservice_id}|{network_id}`, as Synapse builds it.
+pub fn instance_id(appservice_id: &str, network_id: &str) -> String {
+    format!("{appservice_id}|{network_id}")
+}
+
+/// The appservice ID and network ID an instance ID names: exactly one `|` between them, as
+/// Synapse splits it.
+pub fn parse_instance_id(instance_id: &str) -> Option<(&str, &str)> {
+    let (appservice_id, network_id) = instance_id.split_once('|')?;
+    (!network_id.contains('|')).then_some((appservice_id, network_id))
+}
+
 /// Why a set of registrations cannot be served together.
 pub fn conflicts(registrations: &[&Registration]) -> Option<String> {
     for (i, a) in registrations.iter().enumerate() {
@@ -324,6 +342,19 @@ namespaces:
     }
 
     #[test]
+    fn json_reads_as_yaml_does() {
+        let json = r#"{"id": "bridge", "url": null, "as_token": "a", "hs_token": "h",
+            "sender_localpart": "bridgebot", "protocols": ["irc"],
+            "namespaces": {"users": [{"exclusive": true, "regex": "@irc_.*"}]}}"#;
+        let reg = parse_registration(json, server()).unwrap();
+        assert_eq!((reg.id.as_str(), reg.protocols.as_slice()), ("bridge", &["irc".to_owned()][..]));
+        assert!(reg.url.is_none() && reg.claims(NamespaceKind::Users, "@irc_x:example.org"));
+        let missing = json.replace(r#""as_token": "a", "#, "");
+        assert_eq!(parse_registration(&missing, server()).unwrap_err().field, "as_token");
+        assert!(parse_registration("{not json", server()).unwrap_err().problem.contains("JSON"));
+    }
+
+    #[test]
     fn a_pattern_that_backtracks_elsewhere_runs_in_linear_time_here() {
         let text = GOOD.replace(r"'@bridge_.*:example\.org'", "'(a+)+$'");
         let reg = parse_registration(&text, server()).unwrap();
@@ -331,6 +362,16 @@ namespaces:
         assert!(!reg.claims(NamespaceKind::Users, &long));
         let huge = GOOD.replace(r"'@bridge_.*:example\.org'", "'(\\w{1000}){1000}'");
         assert_eq!(parse_registration(&huge, server()).unwrap_err().field, "namespaces.users[0].regex");
+    }
+
+    #[test]
+    fn instance_ids_join_and_split_as_synapse_s() {
+        assert_eq!(instance_id("irc", "libera"), "irc|libera");
+        assert_eq!(parse_instance_id("irc|libera"), Some(("irc", "libera")));
+        assert_eq!(parse_instance_id("irc|"), Some(("irc", "")));
+        for bad in ["irc", "a|b|c", ""] {
+            assert_eq!(parse_instance_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

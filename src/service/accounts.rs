@@ -1,10 +1,13 @@
 //! Account life-cycle flows that span several services: registration, login, password
 //! change, deactivation and device removal. Each flow checks policy, runs user-interactive
 //! auth where the spec demands it, and commits its writes to users and devices in one batch.
-//! The single sign-on side of accounts (one-time login tokens, accounts of identity-provider
-//! users, the devices each provider session signed in) is in `accounts/sso.rs`, which owns
-//! the `sso_sessions` tables.
+//! Logins through the company's systems live beside it: `ldap_login` (passwords the LDAP
+//! directory keeps), `jwt_login` (`org.matrix.login.jwt`) and `sso` (single sign-on's side:
+//! one-time login tokens, accounts of identity-provider users, the devices each provider
+//! session signed in, in the `sso_sessions` tables it owns).
 
+mod jwt_login;
+mod ldap_login;
 mod sso;
 
 pub use self::sso::SsoPolicy;
@@ -32,7 +35,7 @@ use serde_json::{Value as JsonValue, json};
 use super::{
     appservices::Appservices,
     audit::{self, Audit},
-    context::{Actor, RequestContext},
+    context::{Actor, Caller, RequestContext},
     delayed_events::DelayedEvents,
     devices::{self, DeviceIdentity, Devices, IssuedTokens, WriteGuard},
     key_backup::KeyBackup,
@@ -84,10 +87,20 @@ pub struct Accounts {
     rate_limits: Arc<RateLimits>,
     appservices: Arc<Appservices>,
     dehydrated: Table<OwnedUserId, DehydratedDeviceRecord>,
+    logins: Logins,
     /// One-time login tokens (`m.login.token`).
     login_tokens: Arc<LoginTokens>,
     /// Devices signed in through an identity provider, by provider session and by device.
     sso_sessions: sso::SessionTables,
+}
+
+/// The company's systems logins go through besides local passwords, and where the accounts
+/// they make keep what those systems say of them.
+pub struct Logins {
+    pub ldap: Arc<super::ldap::Ldap>,
+    pub jwt: Arc<super::jwt::JwtLogin>,
+    /// Where a directory account's email address is kept.
+    pub threepids: Arc<super::threepids::ThirdPartyIds>,
 }
 
 /// What a registration asks for, besides the password: the parameters its user-interactive
@@ -184,6 +197,7 @@ impl Accounts {
         registration_tokens: Arc<RegistrationTokens>,
         rate_limits: Arc<RateLimits>,
         appservices: Arc<Appservices>,
+        logins: Logins,
         login_tokens: Arc<LoginTokens>,
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
@@ -205,6 +219,7 @@ impl Accounts {
             rate_limits,
             appservices,
             dehydrated,
+            logins,
             login_tokens,
             sso_sessions,
         }
@@ -679,6 +694,9 @@ impl Accounts {
         if let login::v3::LoginInfo::Token(info) = &req.login_info {
             return self.login_with_token(&req, &info.token, context);
         }
+        if req.login_info.login_type() == jwt_login::LOGIN_TYPE && self.logins.jwt.enabled() {
+            return self.login_with_jwt(&req, context);
+        }
         let login::v3::LoginInfo::Password(info) = &req.login_info else {
             return Err(Error::new(
                 ErrorKind::Unknown,
@@ -710,6 +728,17 @@ impl Accounts {
         };
         self.rate_limits.peek(Limiter::LoginAccount, &account_key, None)?;
         self.rate_limits.check(Limiter::LoginFailedAttempts, &account_key, None)?;
+        // The directory is asked first; a name it does not know, or a password it refuses,
+        // is then checked here, so local accounts keep working (as Synapse's LDAP module
+        // with its local database on). Directory accounts have no password here.
+        let ldap_unavailable = match &user_id {
+            Some(id) => match self.login_with_ldap(id, &info.password, &req, context, &account_key).await? {
+                ldap_login::Attempt::LoggedIn(response) => return Ok(*response),
+                ldap_login::Attempt::NotHere => None,
+                ldap_login::Attempt::Unavailable(error) => Some(error),
+            },
+            None => None,
+        };
         // A missing account is checked too (against a decoy hash): same effort, same answer.
         let placeholder = || resolve_login_user("_", &self.config.server_name);
         let matched_hash = match user_id.clone().or_else(placeholder) {
@@ -718,15 +747,21 @@ impl Accounts {
         };
         let invalid = || Error::forbidden("Invalid username or password.");
         let (Some(matched_hash), Some(user_id)) = (matched_hash, user_id) else {
+            let reason = match ldap_unavailable {
+                Some(_) => "LDAP unavailable",
+                None => "invalid username or password",
+            };
             let entry = audit::Entry::failure("login")
-                .params(json!({ "type": "m.login.password", "reason": "invalid username or password" }));
+                .params(json!({ "type": "m.login.password", "reason": reason }));
             // The name as claimed: it may name no account.
             let entry = match claimed {
                 Some(claimed) => entry.target(claimed),
                 None => entry,
             };
             self.audit.record_or_log(context, entry);
-            return Err(invalid());
+            // While the directory is down, only a local password gets in; everyone else
+            // learns why they did not (which says nothing of whether the name exists).
+            return Err(ldap_unavailable.unwrap_or_else(invalid));
         };
         self.rate_limits.give_back(Limiter::LoginFailedAttempts, &account_key);
         self.rate_limits.check(Limiter::LoginAccount, &account_key, None)?;
@@ -876,6 +911,7 @@ impl Accounts {
                 "Passwords are not used on this server: sign in with single sign-on",
             ));
         }
+        self.ensure_password_kept_here(&who.user_id)?;
         check_password_len(&req.new_password)?;
         // The new password is a secret: it is not kept in the session, nor bound.
         let params = json!({ "logout_devices": req.logout_devices });
@@ -986,6 +1022,8 @@ impl Accounts {
         password: &str,
         logout_devices: bool,
     ) -> Result<()> {
+        // A password set here would let a directory account in after it left the directory.
+        self.ensure_password_kept_here(user_id)?;
         check_password_len(password)?;
         let hash = self.users.hash_password(password).await?;
         let removed = self.write_locked(|guard, batch| {
@@ -1040,24 +1078,54 @@ impl Accounts {
 
     /// `DELETE /devices/{id}` and `POST /delete_devices`: after password re-authentication,
     /// remove the devices and their tokens. Unknown device IDs are skipped.
+    /// `DELETE /devices/{deviceId}` and `POST /delete_devices`: with user-interactive auth,
+    /// except for an application service (spec 1.17, MSC4190), which manages its users'
+    /// devices with its own token.
     pub async fn delete_devices(
         &self,
-        who: &DeviceIdentity,
+        caller: &Caller,
         context: &RequestContext,
         device_ids: &[OwnedDeviceId],
         auth: Option<&AuthData>,
     ) -> Result<()> {
-        self.reauthenticate(who, context, json!({ "devices": device_ids }), auth).await?;
+        if caller.appservice.is_none() {
+            let who = caller.device_identity()?;
+            self.reauthenticate(&who, context, json!({ "devices": device_ids }), auth).await?;
+        }
+        let user_id = &caller.user_id;
         let removed = self.write_audited(
             context,
-            |guard, batch| self.remove_devices_in(guard, batch, &who.user_id, Some(device_ids), None),
+            |guard, batch| self.remove_devices_in(guard, batch, user_id, Some(device_ids), None),
             |_| {
                 audit::Entry::success("device.delete")
-                    .target(&who.user_id)
+                    .target(user_id)
                     .params(json!({ "devices": device_ids }))
             },
         )?;
-        self.devices_removed(&who.user_id, removed)
+        self.devices_removed(user_id, removed)
+    }
+
+    /// `PUT /devices/{deviceId}` naming a device the user does not have, from an application
+    /// service (spec 1.17, MSC4190): the device is created without an access token (the
+    /// appservice acts for it with its own token and `device_id`), and the user's room mates
+    /// are told the device list changed.
+    pub fn create_appservice_device(
+        &self,
+        context: &RequestContext,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        self.write_audited(
+            context,
+            |guard, batch| self.devices.add_tokenless_in(guard, batch, user_id, device_id, display_name),
+            |_| {
+                audit::Entry::success("device.create")
+                    .target(user_id)
+                    .params(json!({ "device_id": device_id }))
+            },
+        )?;
+        self.keys.device_list_changed(user_id)
     }
 
     /// `PUT /dehydrated_device` (MSC3814): create the user's dehydrated device — a device

@@ -1,7 +1,8 @@
-//! Typing notices and read receipts for application services that ask for them
+//! Typing notices, read receipts and presence for application services that ask for them
 //! (`receive_ephemeral`, MSC2409): a listener on the stream's change feed turns each typing or
-//! receipt change in a room an appservice is interested in into an ephemeral event, queued in
-//! memory for that appservice; a courier on the outbox (its own queue per appservice, so room
+//! receipt change in a room an appservice is interested in, and each presence change of a
+//! user sharing a room with its users, into an ephemeral event, queued in memory for that
+//! appservice; a courier on the outbox (its own queue per appservice, so room
 //! events never wait behind them) sends them in transactions of their own (`ephemeral` and
 //! `de.sorunome.msc2409.ephemeral`, no `events`), with the outbox's retries. Unlike room
 //! events they are not kept on disk: they describe a moment (who types now) or a state the
@@ -17,12 +18,14 @@ use std::{
     },
 };
 
-use ruma::{RoomId, events::room::member::MembershipState};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Value as JsonValue, json};
 
 use super::{
+    appservice_sender::AppserviceMates,
     appservices::Appservices,
     outbox::{Courier, Delivering, Delivery, Outbox, Parcels},
+    presence::Presence,
     rooms::{
         members::Memberships,
         receipts::{READ, Receipts, receipt_content},
@@ -41,6 +44,7 @@ pub struct AppserviceEphemeral {
     typing: Arc<Typing>,
     receipts: Arc<Receipts>,
     members: Arc<Memberships>,
+    presence: Arc<Presence>,
     stream: Arc<Stream>,
     /// What waits for each appservice, by sequence number.
     waiting: Mutex<HashMap<String, VecDeque<(u64, JsonValue)>>>,
@@ -57,6 +61,7 @@ impl AppserviceEphemeral {
         typing: Arc<Typing>,
         receipts: Arc<Receipts>,
         members: Arc<Memberships>,
+        presence: Arc<Presence>,
         stream: Arc<Stream>,
     ) -> Self {
         Self {
@@ -65,6 +70,7 @@ impl AppserviceEphemeral {
             typing,
             receipts,
             members,
+            presence,
             stream,
             waiting: Mutex::default(),
             sequence: AtomicU64::new(0),
@@ -82,11 +88,11 @@ impl AppserviceEphemeral {
                 let heard = listener.next().await;
                 let Some(me) = me.upgrade() else { return };
                 match heard {
-                    Heard::Change(announced) => {
-                        if let Change::Room(room_id) = announced.change {
-                            me.room_changed(&room_id, announced.position);
-                        }
-                    }
+                    Heard::Change(announced) => match announced.change {
+                        Change::Room(room_id) => me.room_changed(&room_id, announced.position),
+                        Change::RoomMates(user_id) => me.room_mate_changed(&user_id, announced.position),
+                        Change::User(_) => {}
+                    },
                     Heard::Missed => tracing::debug!("appservice ephemeral listener fell behind"),
                     Heard::Closed => return,
                 }
@@ -146,6 +152,39 @@ impl AppserviceEphemeral {
             }
             if !these.is_empty() {
                 self.queue(appservice, these);
+            }
+        }
+    }
+
+    /// A change at `position` that the user's room mates see: if it was their presence, queue
+    /// it for each appservice that wants it and has a user sharing a room with them (its own
+    /// users' presence is its own doing, and is not sent back).
+    fn room_mate_changed(self: &Arc<Self>, user_id: &UserId, position: u64) {
+        let registry = self.appservices.registry();
+        let wanting: Vec<&Arc<Registration>> = registry
+            .list
+            .iter()
+            .filter(|a| a.receive_ephemeral && a.url.is_some() && !a.may_act_as(user_id))
+            .collect();
+        if wanting.is_empty() {
+            return;
+        }
+        // A device-list change is announced the same way: only a presence change at this
+        // position is news here.
+        let view = match self.presence.changes(Some(position.saturating_sub(1)), position) {
+            Ok(changes) => changes.into_iter().find(|view| view.user_id == user_id),
+            Err(e) => {
+                tracing::warn!(%user_id, error = %e, "reading presence for an appservice failed");
+                return;
+            }
+        };
+        let Some(view) = view else { return };
+        let event = json!({ "type": "m.presence", "sender": user_id, "content": view.event_content() });
+        for appservice in wanting {
+            match AppserviceMates::new(&self.members, appservice).share(user_id) {
+                Ok(true) => self.queue(appservice, vec![event.clone()]),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%user_id, error = %e, "reading rooms for an appservice failed"),
             }
         }
     }

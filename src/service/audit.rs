@@ -39,8 +39,19 @@ use crate::{
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Parameter names whose values are never recorded, wherever they appear.
-const SECRET_KEYS: &[&str] =
-    &["password", "new_password", "access_token", "refresh_token", "token", "session", "auth", "secret"];
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "new_password",
+    "access_token",
+    "refresh_token",
+    "token",
+    "session",
+    "auth",
+    "secret",
+    // An application service registration's tokens (the admin API takes registrations).
+    "as_token",
+    "hs_token",
+];
 
 /// Whether the action did what was asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -552,11 +552,14 @@ impl Keys {
 
     /// Users whose device lists changed after `since` up to `upto`.
     pub fn changed_users(&self, since: u64, upto: u64) -> Result<Vec<OwnedUserId>> {
+        Ok(self.changes_between(since, upto)?.into_iter().map(|(_, user)| user).collect())
+    }
+
+    /// The device-list changes after `since` up to `upto`, each with its stream position
+    /// (only a user's latest change is kept).
+    pub fn changes_between(&self, since: u64, upto: u64) -> Result<Vec<(u64, OwnedUserId)>> {
         let range = KeyRange::all().after(since.to_key_bytes()).up_to(upto.to_key_bytes());
-        self.changes
-            .scan(range, Direction::Forward)?
-            .map(|row| row.map(|(_, u)| u).map_err(Into::into))
-            .collect()
+        self.changes.scan(range, Direction::Forward)?.map(|row| row.map_err(Into::into)).collect()
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin;
+pub mod appservice_admin;
 pub mod appservice_ephemeral;
 pub mod appservice_sender;
 pub mod appservices;
@@ -16,8 +17,11 @@ pub mod delayed_events;
 pub mod devices;
 pub mod email_notifier;
 pub mod filters;
+pub mod jwt;
 pub mod key_backup;
 pub mod keys;
+pub mod ldap;
+pub mod ldap_sync;
 pub mod legacy_sync;
 pub mod login_tokens;
 pub mod media;
@@ -37,6 +41,7 @@ pub mod sliding_sync;
 pub mod sso;
 pub mod stream;
 pub mod sync;
+pub mod thirdparty;
 pub mod threepids;
 pub mod to_device;
 pub mod uiaa;
@@ -58,6 +63,8 @@ pub struct Services {
     pub appservices: Arc<appservices::Appservices>,
     pub appservice_sender: Arc<appservice_sender::AppserviceSender>,
     pub appservice_ephemeral: Arc<appservice_ephemeral::AppserviceEphemeral>,
+    /// Appservices registered and removed at run time (admin API, command line).
+    pub appservice_admin: Arc<appservice_admin::AppserviceAdmin>,
     pub users: Arc<users::Users>,
     pub devices: Arc<devices::Devices>,
     pub uiaa: Arc<uiaa::Uiaa>,
@@ -99,8 +106,16 @@ pub struct Services {
     pub url_previews: Arc<media::preview::UrlPreviews>,
     pub backups: Arc<backup::Backups>,
     pub threepids: Arc<threepids::ThirdPartyIds>,
+    /// The LDAP directory, for password logins and the directory sync.
+    pub ldap: Arc<ldap::Ldap>,
+    /// `org.matrix.login.jwt`.
+    pub jwt: Arc<jwt::JwtLogin>,
+    /// Deactivates directory accounts the directory no longer lists.
+    pub ldap_sync: Arc<ldap_sync::LdapSync>,
     pub openid: Arc<openid::OpenId>,
     pub turn: Arc<voip::Turn>,
+    /// Third-party networks, answered by the appservices that bridge them.
+    pub thirdparty: Arc<thirdparty::ThirdParty>,
     pub delayed_events: Arc<delayed_events::DelayedEvents>,
     pub outbox: Arc<outbox::Outbox>,
     pub push_gateways: Arc<push_gateway::PushGateways>,
@@ -128,7 +143,11 @@ impl Services {
     /// Wire the services over an opened, migrated store.
     pub fn build(config: Arc<Config>, store: Arc<dyn KvStore>, clock: Arc<dyn clock::Clock>) -> Result<Self> {
         let passwords = Arc::new(passwords::Passwords::new(&config)?);
+        let audit = Arc::new(audit::Audit::new(&store, Arc::clone(&clock), config.audit.clone())?);
         let appservices = Arc::new(appservices::Appservices::new(
+            &store,
+            Arc::clone(&clock),
+            Arc::clone(&audit),
             config.server_name.clone(),
             config.app_service_config_files.clone(),
         )?);
@@ -156,6 +175,7 @@ impl Services {
             &store,
             queue_limits,
             Arc::clone(&devices),
+            Arc::clone(&appservices),
             Arc::clone(&stream),
         ));
         let key_backup = Arc::new(key_backup::KeyBackup::new(&store));
@@ -169,16 +189,21 @@ impl Services {
         let backups = Arc::new(backup::Backups::new(&store, Arc::clone(&media)));
         let openid = Arc::new(openid::OpenId::new(&store, Arc::clone(&users), Arc::clone(&clock)));
         let turn = Arc::new(voip::Turn::new(&config, Arc::clone(&clock)));
+        let thirdparty = Arc::new(thirdparty::ThirdParty::new(Arc::clone(&appservices)));
         let registration_tokens = Arc::new(registration_tokens::RegistrationTokens::new(
             &store,
             Arc::clone(&clock),
             config.registration_token.clone(),
         ));
+        let threepids = Arc::new(threepids::ThirdPartyIds::new(&store, Arc::clone(&clock)));
+        let ldap = Arc::new(ldap::Ldap::new(&store, &config.ldap, Arc::clone(&clock))?);
+        let jwt = Arc::new(jwt::JwtLogin::new(&config.jwt, Arc::clone(&clock))?);
         let uiaa = Arc::new(uiaa::Uiaa::new(
             &store,
             Arc::clone(&users),
             Arc::clone(&clock),
             Arc::clone(&registration_tokens),
+            Arc::clone(&ldap),
             config.uiaa_session_lifetime_secs,
         ));
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
@@ -221,7 +246,6 @@ impl Services {
         ));
         // After `Notifications`: pushers go with the devices that set them.
         let sliding_connections = Arc::new(sliding_sync::Connections::default());
-        let audit = Arc::new(audit::Audit::new(&store, Arc::clone(&clock), config.audit.clone())?);
         let login_tokens = Arc::new(login_tokens::LoginTokens::new(&store, Arc::clone(&clock)));
         let accounts = Arc::new(accounts::Accounts::new(
             Arc::clone(&store),
@@ -239,6 +263,11 @@ impl Services {
             Arc::clone(&registration_tokens),
             Arc::clone(&rate_limits),
             Arc::clone(&appservices),
+            accounts::Logins {
+                ldap: Arc::clone(&ldap),
+                jwt: Arc::clone(&jwt),
+                threepids: Arc::clone(&threepids),
+            },
             Arc::clone(&login_tokens),
         ));
         let oidc = Arc::new(oidc::Oidc::new(&config, Arc::clone(&clock))?);
@@ -300,6 +329,11 @@ impl Services {
             Arc::clone(&aliases),
             Arc::clone(&renderer),
             Arc::clone(&stream),
+            appservice_sender::DeviceSources {
+                keys: Arc::clone(&keys),
+                devices: Arc::clone(&devices),
+                to_device: Arc::clone(&to_device),
+            },
         ));
         let timeline = Arc::new(rooms::timeline::Timeline::new(
             &store,
@@ -311,7 +345,6 @@ impl Services {
             Arc::clone(&relations),
             Arc::clone(&notifications),
             Arc::clone(&push_gateways),
-            Arc::clone(&appservice_sender),
             Arc::clone(&search),
             Arc::clone(&delayed_events),
             Arc::clone(&clock),
@@ -328,20 +361,26 @@ impl Services {
             Arc::clone(&stream),
         ));
         let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
-        let appservice_ephemeral = Arc::new(appservice_ephemeral::AppserviceEphemeral::new(
-            Arc::clone(&appservices),
-            Arc::clone(&outbox),
-            Arc::clone(&typing),
-            Arc::clone(&receipts),
-            Arc::clone(&memberships),
-            Arc::clone(&stream),
-        ));
         let presence = Arc::new(presence::Presence::new(
             &store,
             Arc::clone(&stream),
             Arc::clone(&clock),
             config.presence_enabled,
             config.presence_offline_timeout_secs,
+        ));
+        let appservice_ephemeral = Arc::new(appservice_ephemeral::AppserviceEphemeral::new(
+            Arc::clone(&appservices),
+            Arc::clone(&outbox),
+            Arc::clone(&typing),
+            Arc::clone(&receipts),
+            Arc::clone(&memberships),
+            Arc::clone(&presence),
+            Arc::clone(&stream),
+        ));
+        let appservice_admin = Arc::new(appservice_admin::AppserviceAdmin::new(
+            Arc::clone(&appservices),
+            Arc::clone(&appservice_sender),
+            Arc::clone(&outbox),
         ));
         let filters = Arc::new(filters::Filters::new(&store));
         let room_views = Arc::new(rooms::view::RoomViews::new(
@@ -387,6 +426,7 @@ impl Services {
             Arc::clone(&events),
             Arc::clone(&room_states),
             Arc::clone(&memberships),
+            Arc::clone(&appservices),
         ));
         let legacy_sync = Arc::new(legacy_sync::LegacySync::new(
             Arc::clone(&stream),
@@ -517,11 +557,20 @@ impl Services {
             Arc::clone(&membership),
             Arc::clone(&room_actions),
         ));
+        let ldap_sync = Arc::new(ldap_sync::LdapSync::new(
+            Arc::clone(&ldap),
+            Arc::clone(&admin),
+            Arc::clone(&users),
+            Arc::clone(&accounts),
+            Arc::clone(&audit),
+            Arc::clone(&clock),
+        ));
         Ok(Self {
             config,
             appservices,
             appservice_sender,
             appservice_ephemeral,
+            appservice_admin,
             users,
             devices,
             uiaa,
@@ -562,9 +611,13 @@ impl Services {
             media,
             url_previews,
             backups,
-            threepids: Arc::new(threepids::ThirdPartyIds::new()),
+            threepids,
+            ldap,
+            jwt,
+            ldap_sync,
             openid,
             turn,
+            thirdparty,
             delayed_events,
             outbox,
             push_gateways,

@@ -93,6 +93,9 @@ struct Queue {
     bell: Notify,
     /// Rung since the queue last read what is pending.
     rung: AtomicBool,
+    /// Cuts short whatever the queue waits for (a retry's backoff, a delivery under way) so
+    /// that it asks its courier again: its destination may be gone.
+    recheck: Notify,
 }
 
 pub struct Outbox {
@@ -238,7 +241,8 @@ impl Outbox {
                 queue.bell.notify_one();
                 return;
             }
-            let queue = Arc::new(Queue { bell: Notify::new(), rung: AtomicBool::new(false) });
+            let queue =
+                Arc::new(Queue { bell: Notify::new(), rung: AtomicBool::new(false), recheck: Notify::new() });
             running.insert(key, Arc::clone(&queue));
             queue
         };
@@ -259,6 +263,30 @@ impl Outbox {
             rung += 1;
         }
         rung
+    }
+
+    /// Make `destination`'s queue ask its courier again at once, cutting short any backoff
+    /// or delivery under way: its destination was removed, and the courier's answer that it
+    /// is gone ends the queue now rather than after its wait. A destination whose queue does
+    /// not run has its place dropped (nothing else would drop it).
+    pub fn recheck(&self, kind: &'static str, destination: &str) {
+        let running = self.lock();
+        match running.get(&(kind, destination.to_owned())) {
+            Some(queue) => {
+                queue.rung.store(true, Ordering::SeqCst);
+                queue.bell.notify_one();
+                queue.recheck.notify_one();
+            }
+            None => {
+                drop(running);
+                self.close(kind, destination);
+            }
+        }
+    }
+
+    /// Whether `destination`'s queue runs now.
+    pub fn is_running(&self, kind: &'static str, destination: &str) -> bool {
+        self.lock().contains_key(&(kind, destination.to_owned()))
     }
 
     /// Queues running now.
@@ -316,6 +344,7 @@ impl Outbox {
                     tracing::warn!(kind, destination, error = %e, "reading an outbox queue failed");
                     tokio::select! {
                         () = tokio::time::sleep(STORAGE_RETRY) => continue,
+                        () = queue.recheck.notified() => continue,
                         _ = stop.changed() => return true,
                     }
                 }
@@ -328,6 +357,7 @@ impl Outbox {
             };
             let outcome = tokio::select! {
                 outcome = courier.deliver(destination, &parcels) => outcome,
+                () = queue.recheck.notified() => continue,
                 _ = stop.changed() => return true,
             };
             match outcome {
@@ -353,6 +383,7 @@ impl Outbox {
                         tracing::debug!(kind, destination, reason = %why, wait_ms = wait, "delivery failed; retrying");
                         tokio::select! {
                             () = self.clock.sleep_until(now.saturating_add(wait)) => continue,
+                            () = queue.recheck.notified() => continue,
                             _ = stop.changed() => return true,
                         }
                     }
@@ -493,6 +524,53 @@ mod tests {
         outbox.ring(Timed::KIND, "d");
         until("the delivery after the bell", || courier.delivered.lock().unwrap().len() == 3).await;
         assert_eq!(*courier.delivered.lock().unwrap(), vec![5, 7, 9]);
+        outbox.stop().await;
+    }
+
+    /// A courier whose destination is down (every delivery fails for now) until it is
+    /// removed; then it is gone.
+    struct Failing {
+        removed: AtomicBool,
+        tries: AtomicUsize,
+    }
+
+    impl Courier for Failing {
+        type Parcel = ();
+        const KIND: &'static str = "failing";
+        const BATCH: usize = 10;
+
+        fn pending(&self, _: &str, _: u64, _: usize) -> Result<Option<Parcels<()>>> {
+            Ok((!self.removed.load(Ordering::SeqCst)).then(|| vec![(1, ())]))
+        }
+
+        fn deliver<'a>(&'a self, _: &'a str, _: &'a [(u64, ())]) -> Delivering<'a> {
+            Box::pin(async move {
+                self.tries.fetch_add(1, Ordering::SeqCst);
+                Delivery::Retry("down".to_owned())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recheck_ends_a_removed_destination_s_queue_in_the_middle_of_its_backoff() {
+        let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new(ALL_TABLES));
+        let clock = Arc::new(ManualClock::new());
+        let outbox = Arc::new(Outbox::new(&store, clock.clone(), Duration::from_secs(3600)));
+        let courier = Arc::new(Failing { removed: AtomicBool::new(false), tries: AtomicUsize::new(0) });
+        outbox.start().expect("the outbox starts");
+        outbox.open(Failing::KIND, "d", 0, false).unwrap();
+        outbox.run(&courier, "d");
+        until("a first try", || courier.tries.load(Ordering::SeqCst) >= 1).await;
+        // In its backoff, which the clock never ends here: the recheck ends the queue.
+        courier.removed.store(true, Ordering::SeqCst);
+        outbox.recheck(Failing::KIND, "d");
+        until("the queue ended", || !outbox.is_running(Failing::KIND, "d")).await;
+        assert_eq!(outbox.delivered(Failing::KIND, "d").unwrap(), None, "its place is dropped");
+        assert_eq!(courier.tries.load(Ordering::SeqCst), 1);
+        // A destination without a running queue has its place dropped at once.
+        outbox.open(Failing::KIND, "idle", 0, false).unwrap();
+        outbox.recheck(Failing::KIND, "idle");
+        assert_eq!(outbox.delivered(Failing::KIND, "idle").unwrap(), None);
         outbox.stop().await;
     }
 }

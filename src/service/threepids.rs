@@ -1,13 +1,27 @@
 //! Third-party identifiers (email addresses and phone numbers) on accounts. This server
-//! sends no email or SMS and talks to no identity server, so no account has one: the list is
-//! empty, and every way of adding or binding one ends in the error the spec gives a server
-//! that does not support the medium. Clients (Element's settings pages among them) load the
-//! list unconditionally and read these errors to hide what the server does not offer. Owns
-//! no table; the place where stored identifiers will live when a medium is supported.
+//! sends no validation email or SMS and talks to no identity server: the only identifiers
+//! accounts have are those a trusted source vouched for when the account was made (the
+//! email address in the company directory, for accounts made at an LDAP login). Every way
+//! for a client to add or bind one ends in the error the spec gives a server that does not
+//! support the medium; clients (Element's settings pages among them) load the list
+//! unconditionally and read these errors to hide what the server does not offer. A user may
+//! delete their own. Owns the `threepids` table.
 
-use ruma::{UserId, thirdparty::ThirdPartyIdentifier};
+use std::sync::Arc;
 
-use crate::{Error, Result};
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedUserId, UInt, UserId,
+    thirdparty::{Medium as RumaMedium, ThirdPartyIdentifier, ThirdPartyIdentifierInit},
+};
+
+use super::clock::Clock;
+use crate::{
+    Error, Result,
+    storage::{
+        Direction, KvStore, Table, WriteBatch,
+        tables::{THREEPIDS, ThreepidRecord},
+    },
+};
 
 /// What a validation token would have been requested for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,17 +50,61 @@ impl Medium {
     }
 }
 
-#[derive(Default)]
-pub struct ThirdPartyIds;
+pub struct ThirdPartyIds {
+    table: Table<(OwnedUserId, String, String), ThreepidRecord>,
+    clock: Arc<dyn Clock>,
+}
+
+fn ruma_time(ms: u64) -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch(UInt::new(ms).unwrap_or_default())
+}
 
 impl ThirdPartyIds {
-    pub fn new() -> Self {
-        Self
+    pub fn new(store: &Arc<dyn KvStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { table: THREEPIDS.open(store), clock }
     }
 
     /// The identifiers on `user_id`'s account.
-    pub fn list(&self, _user_id: &UserId) -> Result<Vec<ThirdPartyIdentifier>> {
-        Ok(Vec::new())
+    pub fn list(&self, user_id: &UserId) -> Result<Vec<ThirdPartyIdentifier>> {
+        let mut found = Vec::new();
+        let rows = self.table.scan_prefix(&user_id.to_owned(), Direction::Forward)?;
+        for row in rows {
+            let ((_, medium, address), record) = row?;
+            found.push(
+                ThirdPartyIdentifierInit {
+                    address,
+                    medium: RumaMedium::from(medium.as_str()),
+                    validated_at: ruma_time(record.validated_ms),
+                    added_at: ruma_time(record.added_ms),
+                }
+                .into(),
+            );
+        }
+        Ok(found)
+    }
+
+    /// Queue an email address a trusted source vouched for (the company directory) onto an
+    /// account, validated now. Addresses are kept lowercased, as Synapse keeps them.
+    pub fn add_verified_email_in(
+        &self,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        address: &str,
+    ) -> Result<()> {
+        let now_ms = self.clock.now_ms();
+        let key = (user_id.to_owned(), "email".to_owned(), address.trim().to_lowercase());
+        let record = ThreepidRecord { added_ms: now_ms, validated_ms: now_ms };
+        Ok(self.table.put(batch, &key, &record)?)
+    }
+
+    /// `POST /account/3pid/delete`: the identifier goes from the account. Returns whether an
+    /// identity server unbound it: none is ever used, so never.
+    pub fn delete(&self, user_id: &UserId, medium: &str, address: &str) -> Result<bool> {
+        let key = (user_id.to_owned(), medium.to_owned(), address.trim().to_lowercase());
+        if self.table.get(&key)?.is_some() {
+            self.table.remove(&key)?;
+        }
+        Ok(false)
     }
 
     /// A `requestToken` call: the server would send a token to the identifier. No medium is

@@ -1,7 +1,12 @@
 //! To-device messages: queued per recipient device in stream order, delivered by that
 //! device's syncs a bounded batch at a time and deleted once it syncs past them, so none is
-//! lost across a restart or a dropped response. Owns the `to_device`, `to_device_delivered`
-//! and `to_device_txns` tables.
+//! lost across a restart or a dropped response. Owns the `to_device`, `to_device_delivered`,
+//! `to_device_txns` and `appservice_to_device` tables.
+//!
+//! Messages for the devices of an application service's users, when its registration asks
+//! for encryption support (`org.matrix.msc3202`), are also listed for that appservice, which
+//! takes them in its transactions (MSC2409) instead of a sync: once its queue on the outbox
+//! moves past them they are deleted like synced ones.
 //!
 //! Everything here is bounded: one message's size, what one device may have waiting, and
 //! what one response carries. A message that cannot be read back (stored by an older
@@ -23,6 +28,7 @@ use crate::{
         self, MAX_EVENT_TYPE_BYTES, MAX_JSON_DEPTH, MAX_TO_DEVICE_CONTENT_BYTES, MAX_TXN_ID_BYTES,
     },
     service::{
+        appservices::Appservices,
         devices::Devices,
         stream::{Change, Stream},
     },
@@ -30,7 +36,7 @@ use crate::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
-        tables::{TO_DEVICE, TO_DEVICE_DELIVERED, TO_DEVICE_TXNS, ToDeviceRecord},
+        tables::{APPSERVICE_TO_DEVICE, TO_DEVICE, TO_DEVICE_DELIVERED, TO_DEVICE_TXNS, ToDeviceRecord},
     },
 };
 
@@ -64,6 +70,19 @@ struct Delivered<'a> {
     content: &'a RawJsonValue,
 }
 
+/// A to-device event as an appservice's transaction carries it: it also names the device.
+#[derive(Serialize)]
+struct ForAppservice<'a> {
+    sender: &'a UserId,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    content: &'a RawJsonValue,
+    to_user_id: &'a UserId,
+    to_device_id: &'a DeviceId,
+}
+
+type AppserviceRow = (String, u64, OwnedUserId, OwnedDeviceId);
+
 /// What one device may have waiting (config `to_device_queue_max_*`): a device that never
 /// syncs must not fill the disk. The byte bound holds the message bound of real messages
 /// (room keys are 1–3 kB), not of messages padded to the size limit.
@@ -78,7 +97,9 @@ pub struct ToDevice {
     queue: Table<(OwnedUserId, OwnedDeviceId, u64), ToDeviceRecord>,
     delivered: Table<(OwnedUserId, OwnedDeviceId, u64), u64>,
     txns: Table<(OwnedUserId, OwnedDeviceId, String), ()>,
+    for_appservices: Table<AppserviceRow, ()>,
     devices: Arc<Devices>,
+    appservices: Arc<Appservices>,
     stream: Arc<Stream>,
     store: Arc<dyn KvStore>,
     /// What each device has waiting, counted from its queue the first time it is needed and
@@ -91,6 +112,7 @@ impl ToDevice {
         store: &Arc<dyn KvStore>,
         limits: QueueLimits,
         devices: Arc<Devices>,
+        appservices: Arc<Appservices>,
         stream: Arc<Stream>,
     ) -> Self {
         Self {
@@ -98,7 +120,9 @@ impl ToDevice {
             queue: TO_DEVICE.open(store),
             delivered: TO_DEVICE_DELIVERED.open(store),
             txns: TO_DEVICE_TXNS.open(store),
+            for_appservices: APPSERVICE_TO_DEVICE.open(store),
             devices,
+            appservices,
             stream,
             store: Arc::clone(store),
             usage: Mutex::new(HashMap::new()),
@@ -160,6 +184,7 @@ impl ToDevice {
             }
         }
 
+        let registry = self.appservices.registry();
         let reservation = self.stream.reserve()?;
         let position = reservation.position;
         let mut batch = WriteBatch::new();
@@ -181,6 +206,12 @@ impl ToDevice {
                 }
                 let record = ToDeviceRecord { sender: sender.to_owned(), kind: kind.to_owned(), content };
                 self.queue.put(&mut batch, &(device.0.clone(), device.1.clone(), position), &record)?;
+                if let Some(appservice) =
+                    registry.list.iter().find(|a| a.msc3202 && a.url.is_some() && a.may_act_as(&device.0))
+                {
+                    let row = (appservice.id.clone(), position, device.0.clone(), device.1.clone());
+                    self.for_appservices.put(&mut batch, &row, &())?;
+                }
                 let added = Usage { messages: 1, bytes: size };
                 add(waiting, added);
                 recipients.push(device.0.clone());
@@ -274,6 +305,79 @@ impl ToDevice {
         Ok(events)
     }
 
+    /// Messages listed for an appservice after `after` up to `upto`, in order, as its
+    /// transactions carry them: about `limit`, never splitting the messages of one stream
+    /// position (the appservice's queue moves by positions). One deleted meanwhile (its
+    /// device synced it, or was deleted) is left out.
+    pub fn for_appservice(
+        &self,
+        appservice_id: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, serde_json::Value)>> {
+        let mut found = Vec::new();
+        for row in
+            self.for_appservices.scan(appservice_range(appservice_id, after, upto), Direction::Forward)?
+        {
+            let ((_, position, user_id, device_id), ()) = row?;
+            if found.len() >= limit && found.last().is_some_and(|(last, _)| *last != position) {
+                break;
+            }
+            let Some(record) = self.queue.get(&(user_id.clone(), device_id.clone(), position))? else {
+                continue;
+            };
+            if limits::json_too_deep(record.content.get().as_bytes(), MAX_JSON_DEPTH) {
+                tracing::warn!(
+                    %user_id, %device_id, position,
+                    "stored to-device message nested too deep; not sent to the appservice"
+                );
+                continue;
+            }
+            let event = ForAppservice {
+                sender: &record.sender,
+                kind: &record.kind,
+                content: &record.content,
+                to_user_id: &user_id,
+                to_device_id: &device_id,
+            };
+            let value = serde_json::to_value(&event).map_err(|e| Error::internal(e.to_string()))?;
+            found.push((position, value));
+        }
+        Ok(found)
+    }
+
+    /// The appservice's queue has moved past `through`: delete what was listed for it up to
+    /// there, with the messages themselves.
+    pub fn appservice_took(&self, appservice_id: &str, through: u64) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        let mut removed: Vec<(DeviceKey, Usage)> = Vec::new();
+        for row in
+            self.for_appservices.scan(appservice_range(appservice_id, 0, through), Direction::Forward)?
+        {
+            let (key, ()) = row?;
+            let (_, position, user_id, device_id) = &key;
+            let message = (user_id.clone(), device_id.clone(), *position);
+            if let Some(record) = self.queue.get(&message)? {
+                self.queue.delete(&mut batch, &message);
+                let size = record.content.get().len() as u64;
+                removed.push(((user_id.clone(), device_id.clone()), Usage { messages: 1, bytes: size }));
+            }
+            self.for_appservices.delete(&mut batch, &key);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.store.write(batch)?;
+        let mut usage = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        for (device, less) in removed {
+            if let Some(waiting) = usage.get_mut(&device) {
+                subtract(waiting, less);
+            }
+        }
+        Ok(())
+    }
+
     /// Delete the device's messages up to `through` and the records of cut-short responses
     /// before the token `since` (acknowledged, or from responses the client never used).
     fn acknowledge(&self, device: &DeviceKey, through: u64, since: u64) -> Result<()> {
@@ -334,6 +438,15 @@ impl ToDevice {
         }
         Ok(usage.entry(device.clone()).or_default())
     }
+}
+
+/// The rows listed for an appservice at positions after `after` up to `upto`.
+fn appservice_range(appservice_id: &str, after: u64, upto: u64) -> KeyRange {
+    let id = appservice_id.to_owned();
+    let mut range =
+        KeyRange::prefix(id.to_key_bytes()).before((id.clone(), upto.saturating_add(1)).to_key_bytes());
+    range.start = std::ops::Bound::Included((id, after.saturating_add(1)).to_key_bytes());
+    range
 }
 
 fn add(usage: &mut Usage, more: Usage) {

@@ -20,6 +20,7 @@ use serde_json::{Value as JsonValue, value::to_raw_value};
 use super::{
     clock::Clock,
     context::RequestContext,
+    ldap::{Check, Ldap},
     passwords::random_string,
     registration_tokens::{Accepted, RegistrationTokens},
     users::Users,
@@ -76,6 +77,8 @@ pub struct Uiaa {
     users: Arc<Users>,
     clock: Arc<dyn Clock>,
     registration_tokens: Arc<RegistrationTokens>,
+    /// Password stages of directory accounts are checked by the directory.
+    ldap: Arc<Ldap>,
     session_lifetime_ms: u64,
 }
 
@@ -85,6 +88,7 @@ impl Uiaa {
         users: Arc<Users>,
         clock: Arc<dyn Clock>,
         registration_tokens: Arc<RegistrationTokens>,
+        ldap: Arc<Ldap>,
         session_lifetime_secs: u64,
     ) -> Self {
         Self {
@@ -93,6 +97,7 @@ impl Uiaa {
             users,
             clock,
             registration_tokens,
+            ldap,
             session_lifetime_ms: session_lifetime_secs.saturating_mul(1000),
         }
     }
@@ -341,7 +346,7 @@ impl Uiaa {
                     _ => None,
                 };
                 let Some(claimed) = claimed else { return forbidden("Invalid username or password") };
-                if self.users.check_password(&claimed, &p.password).await?.is_none() {
+                if !self.password_matches(&claimed, &p.password).await? {
                     return forbidden("Invalid username or password");
                 }
                 // Proving to be someone else is no stage to retry: it is refused outright,
@@ -356,6 +361,23 @@ impl Uiaa {
                 "Unsupported authentication stage".to_owned(),
             ))),
         }
+    }
+}
+
+impl Uiaa {
+    /// Whether `password` is the live account `user_id`'s: asked of the directory for a
+    /// directory account (an error when it cannot be asked), checked here otherwise.
+    async fn password_matches(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        if let Some(linked) = self.ldap.account(user_id)?
+            && self.ldap.enabled()
+        {
+            let live = self.users.get(user_id)?.is_some_and(|u| !u.deactivated);
+            return Ok(match self.ldap.authenticate(&linked.uid.to_lowercase(), password).await? {
+                Check::Authenticated(entry) => live && entry.uid.eq_ignore_ascii_case(&linked.uid),
+                Check::Refused(_) => false,
+            });
+        }
+        Ok(self.users.check_password(user_id, password).await?.is_some())
     }
 }
 

@@ -186,6 +186,20 @@ impl Users {
         Ok(self.profiles.get(&user_id.to_owned())?.unwrap_or_default())
     }
 
+    /// Refuse a login by another proof than a local password (a JWT, the company directory)
+    /// into a deactivated or locked account; `None` (no account yet) may log in.
+    pub fn ensure_may_log_in(record: Option<&UserRecord>) -> Result<()> {
+        match record {
+            Some(record) if record.deactivated => {
+                Err(Error::new(ErrorKind::UserDeactivated, "This account has been deactivated"))
+            }
+            Some(record) if record.locked => {
+                Err(Error::new(ErrorKind::UserLocked, "User account has been locked"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Refuse a request of a locked account (`M_USER_LOCKED`, a soft logout: the client
     /// keeps its session for when the account is unlocked).
     pub fn ensure_not_locked(&self, user_id: &UserId) -> Result<()> {

@@ -86,6 +86,9 @@ catalogue! {
     ALIASES_BY_ROOM = "aliases_by_room", key "room_id, alias": (OwnedRoomId, OwnedRoomAliasId) => (), version 1;
     /// Rooms published in the room directory.
     PUBLIC_ROOMS = "public_rooms", key "room_id": OwnedRoomId => (), version 1;
+    /// Rooms application services published in their own directories, one list per
+    /// (appservice, third-party network): the spec's application service room directory.
+    APPSERVICE_ROOMS = "appservice_rooms", key "appservice_id, network_id, room_id": (String, String, OwnedRoomId) => (), version 1;
     /// Reports of events, rooms and users, for admins.
     REPORTS = "reports", key "report_id": u64 => ReportRecord, version 1;
     /// Named counters; `stream_high_water` bounds every stream position ever handed out.
@@ -136,6 +139,10 @@ catalogue! {
     TO_DEVICE_DELIVERED = "to_device_delivered", key "user_id, device_id, next_batch": (OwnedUserId, OwnedDeviceId, u64) => u64, version 1;
     /// To-device transactions already sent, per sending device.
     TO_DEVICE_TXNS = "to_device_txns", key "user_id, device_id, txn_id": (OwnedUserId, OwnedDeviceId, String) => (), version 1;
+    /// To-device messages for devices of an application service's users that the appservice
+    /// takes in its transactions (MSC2409, for registrations with `org.matrix.msc3202`): the
+    /// place of each in its device's queue (`to_device`), in the appservice's stream order.
+    APPSERVICE_TO_DEVICE = "appservice_to_device", key "appservice_id, stream, user_id, device_id": (String, u64, OwnedUserId, OwnedDeviceId) => (), version 1;
     /// Each user's dehydrated device (MSC3814): its ID and the client's encrypted pickle.
     DEHYDRATED_DEVICES = "dehydrated_devices", key "user_id": OwnedUserId => DehydratedDeviceRecord, version 1;
     /// Saved sync filters per user.
@@ -217,6 +224,14 @@ catalogue! {
     SERVER_NOTICE_ROOMS = "server_notice_rooms", key "user_id": OwnedUserId => OwnedRoomId, version 1;
     /// Per-user rate-limit overrides (Synapse's `ratelimit_override`), set by admins.
     RATELIMIT_OVERRIDES = "ratelimit_overrides", key "user_id": OwnedUserId => RateLimitOverrideRecord, version 1;
+    /// Application service registrations added through the admin API (or `conduit
+    /// appservice add`), by ID; those in `app_service_config_files` are read from their files.
+    APPSERVICE_REGISTRATIONS = "appservice_registrations", key "id": String => AppserviceRegistrationRecord, version 1;
+    /// Accounts whose password lives in the LDAP directory: the directory entry each was
+    /// made from (or linked to at its first LDAP login).
+    LDAP_ACCOUNTS = "ldap_accounts", key "user_id": OwnedUserId => LdapAccountRecord, version 1;
+    /// Third-party identifiers on accounts, by medium (`email`, `msisdn`) and address.
+    THREEPIDS = "threepids", key "user_id, medium, address": (OwnedUserId, String, String) => ThreepidRecord, version 1;
 }
 
 /// The key under `META` that holds the schema version.
@@ -743,6 +758,35 @@ pub struct RegistrationTokenRecord {
     pub completed: u64,
     /// Milliseconds since the epoch after which it is refused; `None`: never.
     pub expiry_time: Option<u64>,
+}
+
+/// An application service registration added at run time: the text as the admin sent it
+/// (YAML or JSON), read with the same checks as a registration file at every start. It holds
+/// the appservice's tokens as written: the `hs_token` is sent to the appservice as it is, as
+/// a registration file holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppserviceRegistrationRecord {
+    pub text: String,
+    /// Milliseconds since the epoch.
+    pub added_ms: u64,
+}
+
+/// The directory entry an account belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapAccountRecord {
+    /// The entry's login name as the directory spells it (its `uid_attribute`).
+    pub uid: String,
+    /// The entry's DN when it was linked.
+    pub dn: String,
+    pub linked_ms: u64,
+}
+
+/// A third-party identifier on an account: when it was added and validated (the same
+/// moment for addresses the company directory vouches for).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreepidRecord {
+    pub added_ms: u64,
+    pub validated_ms: u64,
 }
 
 #[cfg(test)]

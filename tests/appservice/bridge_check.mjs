@@ -12,7 +12,11 @@
 // `REQUEST restart-server` and waits for a line `done` on stdin. Library logs go to stderr
 // (warnings only; BRIDGE_CHECK_DEBUG=1 for all of them).
 //
-// Covers every step of the mautrix check, (a) to (h), with these library gaps filled in:
+// Covers every step of the mautrix check, (a) to (h), and (i) the library's third-party
+// lookup handlers (Bridge's controller.thirdPartyLookup) answering the homeserver's protocol,
+// location and user lookups, and the appservice room directory (Intent's
+// setRoomDirectoryVisibilityAppService) listed by /publicRooms for the bridge's network. The
+// registration must list one protocol (`protocols: [name]`). Library gaps filled in:
 // - (a) neither matrix-appservice 2.x nor matrix-bot-sdk knows the ping API, so the check
 //   sends POST /_matrix/client/v1/appservice/{id}/ping through the bot client's generic
 //   doRequest, and answers the homeserver's POST /_matrix/app/v1/ping with a route added
@@ -254,6 +258,9 @@ async function run(hsUrl, regPath) {
   const port = Number(listenUrl.port);
   const hsToken = registration.getHomeserverToken();
   const { userPrefix, aliasPrefix, server } = namespaceParts(raw);
+  const protocol = raw.protocols?.[0];
+  expect(typeof protocol === "string", "a protocol in the registration's `protocols`", raw.protocols);
+  const network = `${protocol}-main`;
   const botId = `@${registration.getSenderLocalpart()}:${server}`;
   const aliceId = `@${userPrefix}alice:${server}`;
   const bobId = `@${userPrefix}bob:${server}`;
@@ -264,7 +271,7 @@ async function run(hsUrl, regPath) {
   const sdkEvents = [];
   const sdkEphemeral = [];
   const handlerErrors = [];
-  const state = {};
+  const state = { lookups: [] };
 
   const bridge = new Bridge({
     homeserverUrl: hsUrl,
@@ -317,6 +324,32 @@ async function run(hsUrl, regPath) {
       onLog: (text, isError) => {
         if (isError || process.env.BRIDGE_CHECK_DEBUG) process.stderr.write(`${text}\n`);
       },
+      // The bridge's third-party network: one instance, portal rooms by channel, users by
+      // nick. Each call is recorded, to check the homeserver asked.
+      thirdPartyLookup: {
+        protocols: [protocol],
+        getProtocol: async () => {
+          state.lookups.push("protocol");
+          return {
+            user_fields: ["nick"],
+            location_fields: ["channel"],
+            icon: "mxc://localhost/check",
+            field_types: {
+              nick: { regexp: "[a-z]+", placeholder: "nick" },
+              channel: { regexp: "#[a-z]+", placeholder: "#channel" },
+            },
+            instances: [{ network_id: network, desc: "The check's network", fields: {} }],
+          };
+        },
+        getLocation: async (proto, fields) => {
+          state.lookups.push(`location ${JSON.stringify(fields)}`);
+          return fields.channel === "#lobby" ? [{ alias: lobbyAlias, protocol: proto, fields: { channel: "#lobby" } }] : [];
+        },
+        getUser: async (proto, fields) => {
+          state.lookups.push(`user ${JSON.stringify(fields)}`);
+          return fields.nick ? [{ userid: `@${userPrefix}${fields.nick}:${server}`, protocol: proto, fields: { nick: fields.nick } }] : [];
+        },
+      },
     },
   });
 
@@ -343,7 +376,7 @@ async function run(hsUrl, regPath) {
   const stdin = stdinLines();
   try {
     await steps({ hsUrl, bridge, registration, recorder, pings, sdkEvents, sdkEphemeral, handlerErrors, state,
-      hsToken, botId, aliceId, bobId, lobbyAlias, userPrefix, server, listen, stdin });
+      hsToken, botId, aliceId, bobId, lobbyAlias, userPrefix, server, listen, stdin, protocol, network });
   } finally {
     stdin.close();
     await bridge.close().catch(() => {});
@@ -352,7 +385,7 @@ async function run(hsUrl, regPath) {
 
 async function steps(ctx) {
   const { hsUrl, bridge, registration, recorder, pings, sdkEvents, sdkEphemeral, handlerErrors, state, hsToken,
-    botId, aliceId, bobId, lobbyAlias, userPrefix, server, listen, stdin } = ctx;
+    botId, aliceId, bobId, lobbyAlias, userPrefix, server, listen, stdin, protocol, network } = ctx;
   const authed = (r) => r.authorization === `Bearer ${hsToken}` || r.query.access_token === hsToken;
   const showRecent = () => ({ requests: recorder.summary(), handlerErrors });
 
@@ -454,6 +487,37 @@ async function steps(ctx) {
   { show: lastBodies });
   ok("read receipt reached the appservice");
   await human.okCall("PUT", human.roomPath(room, "typing", human.userId), { typing: false });
+
+  // (i) Third-party lookups reach the bridge's handlers, and the room it publishes in its
+  // directory for its network is listed there (and only there).
+  const protocols = await human.okCall("GET", "/_matrix/client/v3/thirdparty/protocols");
+  const instance = protocols[protocol]?.instances?.find((i) => i.network_id === network);
+  expect(instance && typeof instance.instance_id === "string" && protocols[protocol].location_fields?.[0] === "channel",
+    `${protocol} with the instance ${network} and its instance_id in /thirdparty/protocols`, protocols);
+  expect(state.lookups.includes("protocol"), "the bridge's getProtocol called", state.lookups);
+  ok(`/thirdparty/protocols lists ${protocol}, instance ${instance.instance_id}`);
+  const locations = await human.okCall("GET",
+    `/_matrix/client/v3/thirdparty/location/${encodeURIComponent(protocol)}?channel=${encodeURIComponent("#lobby")}`);
+  expect(Array.isArray(locations) && locations.some((l) => l.alias === lobbyAlias && l.protocol === protocol),
+    `the portal ${lobbyAlias} for #lobby`, locations);
+  const users = await human.okCall("GET", `/_matrix/client/v3/thirdparty/user/${encodeURIComponent(protocol)}?nick=carol`);
+  expect(Array.isArray(users) && users.some((u) => u.userid === `@${userPrefix}carol:${server}`),
+    `@${userPrefix}carol:${server} for the nick carol`, users);
+  expect(state.lookups.some((l) => l.startsWith("location") && l.includes("#lobby")) &&
+    state.lookups.some((l) => l.startsWith("user") && l.includes("carol")), "the bridge's getLocation and getUser called with the fields", state.lookups);
+  ok(`location and user lookups answered by the bridge (${lobbyAlias}, @${userPrefix}carol:${server})`);
+  // The lobby: a public room (Synapse lists only rooms anyone may join or read), not in the
+  // server's own list.
+  const portal = state.lobbyRoom;
+  await bot.setRoomDirectoryVisibilityAppService(portal, network, "public");
+  const listedIn = async (body) => ((await human.okCall("POST", "/_matrix/client/v3/publicRooms", body)).chunk ?? [])
+    .some((r) => r.room_id === portal);
+  expect(await listedIn({ third_party_instance_id: instance.instance_id }), `${portal} in /publicRooms for ${instance.instance_id}`, portal);
+  expect(await listedIn({ include_all_networks: true }), `${portal} in /publicRooms with include_all_networks`, portal);
+  expect(!(await listedIn({})), `${portal} not in the server's own list`, portal);
+  await bot.setRoomDirectoryVisibilityAppService(portal, network, "private");
+  expect(!(await listedIn({ third_party_instance_id: instance.instance_id })), `${portal} gone from the network's list`, portal);
+  ok(`the bridge's room directory for ${network}: published, listed for its instance only, withdrawn`);
 
   // (h) Events missed while the appservice is down, across a homeserver restart, arrive
   // later, each once and in order.

@@ -7,7 +7,7 @@ against conduit, to show the check passes on the reference homeserver.
 What it does, as the Rust driver does:
   1. picks a free loopback port P for the appservice's listener and writes the registration
      (id bridge, url http://127.0.0.1:P, random as/hs tokens, sender bridgebot, ephemeral on,
-     exclusive namespaces @bridge_.*:localhost and #bridge_.*:localhost);
+     exclusive namespaces @bridge_.*:localhost and #bridge_.*:localhost, protocol checknet);
   2. starts a fresh Synapse (server_name localhost, RESET=1) with that file in
      app_service_config_files, through /work/shared/peers/synapse/synapse.sh;
   3. runs the check as `PROGRAM CHECK <homeserver URL> <registration path>` with piped stdin and
@@ -49,6 +49,7 @@ sender_localpart: bridgebot
 rate_limited: false
 receive_ephemeral: true
 de.sorunome.msc2409.push_ephemeral: true
+protocols: [checknet]
 namespaces:
   users: [{{exclusive: true, regex: '@bridge_.*:localhost'}}]
   aliases: [{{exclusive: true, regex: '#bridge_.*:localhost'}}]

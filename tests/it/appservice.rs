@@ -176,16 +176,16 @@ impl FakeAppservice {
         fake
     }
 
-    fn set(&self, mode: Mode) {
+    pub fn set(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
     }
 
-    fn attempts(&self) -> usize {
+    pub fn attempts(&self) -> usize {
         self.seen.lock().unwrap().attempts
     }
 
     /// Every event of every accepted transaction, in order.
-    fn events(&self) -> Vec<Value> {
+    pub fn events(&self) -> Vec<Value> {
         let seen = self.seen.lock().unwrap();
         seen.transactions
             .iter()
@@ -193,7 +193,7 @@ impl FakeAppservice {
             .collect()
     }
 
-    fn bodies_in(&self, room: &str) -> Vec<String> {
+    pub fn bodies_in(&self, room: &str) -> Vec<String> {
         self.events()
             .iter()
             .filter(|e| e["room_id"] == room && e["type"] == "m.room.message")
@@ -201,7 +201,7 @@ impl FakeAppservice {
             .collect()
     }
 
-    async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+    pub async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
         for _ in 0..500 {
             if done(self) {
                 return;
@@ -224,7 +224,7 @@ pub fn registration(url: Option<&str>, rate_limited: bool) -> String {
 }
 
 /// A second bridge beside `registration`'s: its own ID, tokens, sender and `@other_*` users.
-fn other_registration(url: &str) -> String {
+pub fn other_registration(url: &str) -> String {
     registration(Some(url), true)
         .replace("id: bridge", "id: other")
         .replace(AS_TOKEN, "other-as-token")
@@ -494,8 +494,14 @@ async fn the_ping_reaches_the_appservice_and_says_how_it_failed() {
         "M_FORBIDDEN",
     );
     let bob = s.register("bob", "pw-bob-123").await;
+    // A user's token is refused, not unknown (clients log out on M_UNKNOWN_TOKEN).
     expect_error(
         s.post("/_matrix/client/v1/appservice/bridge/ping", Some(&bob.token), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    expect_error(
+        s.post("/_matrix/client/v1/appservice/bridge/ping", Some("no-such-token"), json!({})).await,
         StatusCode::UNAUTHORIZED,
         "M_UNKNOWN_TOKEN",
     );
@@ -677,4 +683,194 @@ async fn a_reload_reads_the_files_again_and_a_bad_one_keeps_the_set_in_force() {
         StatusCode::UNAUTHORIZED,
         "M_UNKNOWN_TOKEN",
     );
+}
+
+/// Every value of `key` in the accepted transactions, in order.
+fn carried(fake: &FakeAppservice, key: &str) -> Vec<Value> {
+    fake.seen.lock().unwrap().transactions.iter().filter_map(|(_, body)| body.get(key).cloned()).collect()
+}
+
+fn device_lists(fake: &FakeAppservice, which: &str) -> BTreeSet<String> {
+    carried(fake, "org.matrix.msc3202.device_lists")
+        .iter()
+        .flat_map(|lists| lists[which].as_array().cloned().unwrap_or_default())
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_encrypting_appservice_manages_its_devices_and_gets_their_messages_keys_and_device_lists() {
+    let fake = FakeAppservice::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = registration(Some(&fake.url), true) + "org.matrix.msc3202: true\nio.element.msc4190: true\n";
+    let s = TestServer::start_with(with_registration(&dir, &text)).await;
+    let bob = s.register("bob", "pw-bob-123").await;
+    assert_eq!(register_as(&s, "bridge_alice").await.0, StatusCode::OK);
+    let alice = "@bridge_alice:localhost";
+    let as_alice = |path: &str| as_path(path, Some(alice));
+    let as_device = |path: &str| format!("{}&device_id=BRIDGEDEV", as_path(path, Some(alice)));
+
+    // The appservice creates a device for its user (201), renames it (200); a user cannot
+    // create one.
+    let path = as_alice(&format!("{V3}/devices/BRIDGEDEV"));
+    let (status, body) = s.put(&path, Some(AS_TOKEN), json!({"display_name": "Bridge"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = s.put(&path, Some(AS_TOKEN), json!({"display_name": "Bridge 2"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = s.get(&as_alice(&format!("{V3}/devices/BRIDGEDEV")), Some(AS_TOKEN)).await;
+    assert_eq!((status, body["display_name"].as_str()), (StatusCode::OK, Some("Bridge 2")), "{body}");
+    let (status, _) = s.put(&format!("{V3}/devices/NEWDEV"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a user only updates devices");
+
+    // Keys for the device, uploaded as it.
+    let device_keys = json!({
+        "user_id": alice, "device_id": "BRIDGEDEV",
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {"curve25519:BRIDGEDEV": "curve", "ed25519:BRIDGEDEV": "ed"},
+        "signatures": {alice: {"ed25519:BRIDGEDEV": "sig"}},
+    });
+    let one_time: serde_json::Map<String, Value> =
+        (1..=3).map(|n| (format!("signed_curve25519:k{n}"), json!({"key": format!("otk{n}")}))).collect();
+    let upload = json!({
+        "device_keys": device_keys,
+        "one_time_keys": one_time,
+        "fallback_keys": {"signed_curve25519:fb": {"key": "fallback", "fallback": true}},
+    });
+    let (status, body) = s.post(&as_device(&format!("{V3}/keys/upload")), Some(AS_TOKEN), upload).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Bob's room: when the bridge's user joins, Bob comes to share a room with it.
+    let room = create_room(&s, &bob, json!({"preset": "public_chat"})).await;
+    let (status, body) = s.post(&as_alice(&format!("{V3}/join/{room}")), Some(AS_TOKEN), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    fake.until("Bob's device list", |f| device_lists(f, "changed").contains(&bob.user_id)).await;
+    assert!(!device_lists(&fake, "changed").contains(alice), "its own users are not news to it");
+
+    // Bob claims a one-time key of the bridge's device and sends it a message: the
+    // transaction carries the message, naming the device, and the device's key counts.
+    let (status, body) = s
+        .post(
+            &format!("{V3}/keys/claim"),
+            Some(&bob.token),
+            json!({"one_time_keys": {alice: {"BRIDGEDEV": "signed_curve25519"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let message = json!({"messages": {alice: {"BRIDGEDEV": {"ciphertext": "for the bridge"}}}});
+    let (status, body) =
+        s.put(&format!("{V3}/sendToDevice/m.room.encrypted/t1"), Some(&bob.token), message).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let to_device = || {
+        carried(&fake, "de.sorunome.msc2409.to_device")
+            .into_iter()
+            .flat_map(|l| l.as_array().cloned().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    fake.until("the to-device message", |_| !to_device().is_empty()).await;
+    let delivered = to_device();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    let m = &delivered[0];
+    assert_eq!(
+        (m["type"].as_str(), m["sender"].as_str(), m["to_user_id"].as_str(), m["to_device_id"].as_str()),
+        (Some("m.room.encrypted"), Some(bob.user_id.as_str()), Some(alice), Some("BRIDGEDEV")),
+        "{m}"
+    );
+    assert_eq!(m["content"]["ciphertext"], "for the bridge");
+    let counts = carried(&fake, "org.matrix.msc3202.device_one_time_keys_count");
+    let last = counts.last().expect("key counts with the message");
+    assert_eq!(last[alice]["BRIDGEDEV"]["signed_curve25519"], 2, "{last}");
+    let fallbacks = carried(&fake, "org.matrix.msc3202.device_unused_fallback_key_types");
+    assert_eq!(fallbacks.last().unwrap()[alice]["BRIDGEDEV"], json!(["signed_curve25519"]));
+
+    // Messages wait for the appservice through an outage and a restart, and come once.
+    fake.set(Mode::Unavailable);
+    for n in 2..=3 {
+        let message = json!({"messages": {alice: {"BRIDGEDEV": {"n": n}}}});
+        let path = format!("{V3}/sendToDevice/m.room.encrypted/t{n}");
+        assert_eq!(s.put(&path, Some(&bob.token), message).await.0, StatusCode::OK);
+    }
+    let before = fake.attempts();
+    s.advance_until(60_000, "a retry", || fake.attempts() > before).await;
+    let s = s.restart_with(|c| c.app_service_config_files = vec![dir.path().join("bridge.yaml")]).await;
+    let bob = s.login("bob", "pw-bob-123", None).await;
+    fake.set(Mode::Accept);
+    s.advance_until(60_000, "the waiting messages", || to_device().len() >= 3).await;
+    let numbers: Vec<Value> = to_device().iter().skip(1).map(|m| m["content"]["n"].clone()).collect();
+    assert_eq!(numbers, [json!(2), json!(3)]);
+
+    // Bob's new device and his leaving are news for the bridge.
+    let changed_before = carried(&fake, "org.matrix.msc3202.device_lists").len();
+    assert_eq!(
+        s.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await.0,
+        StatusCode::OK
+    );
+    fake.until("Bob leaving", |f| device_lists(f, "left").contains(&bob.user_id)).await;
+    assert!(carried(&fake, "org.matrix.msc3202.device_lists").len() > changed_before);
+
+    // Its device goes without user-interactive auth, and so do cross-signing resets.
+    let master =
+        |k: &str| json!({"user_id": alice, "usage": ["master"], "keys": {format!("ed25519:{k}"): k}});
+    for key in ["m1", "m2"] {
+        let (status, body) = s
+            .post(
+                &as_alice(&format!("{V3}/keys/device_signing/upload")),
+                Some(AS_TOKEN),
+                json!({"master_key": master(key)}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{key}: {body}");
+    }
+    let (status, body) = s
+        .call(
+            reqwest::Method::DELETE,
+            &as_alice(&format!("{V3}/devices/BRIDGEDEV")),
+            Some(AS_TOKEN),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = s.get(&as_alice(&format!("{V3}/devices/BRIDGEDEV")), Some(AS_TOKEN)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn presence_of_users_sharing_a_room_with_its_users_reaches_an_ephemeral_appservice() {
+    let fake = FakeAppservice::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = registration(Some(&fake.url), true) + "receive_ephemeral: true\n";
+    let s = TestServer::start_with(with_registration(&dir, &text)).await;
+    let bob = s.register("bob", "pw-bob-123").await;
+    let carol = s.register("carol", "pw-carol-123").await;
+    assert_eq!(register_as(&s, "bridge_alice").await.0, StatusCode::OK);
+    let alice = "@bridge_alice:localhost";
+    let room = create_room(&s, &bob, json!({"preset": "public_chat"})).await;
+    let (status, body) =
+        s.post(&as_path(&format!("{V3}/join/{room}"), Some(alice)), Some(AS_TOKEN), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let presence = |fake: &FakeAppservice| -> Vec<Value> {
+        carried(fake, "ephemeral")
+            .iter()
+            .flat_map(|batch| batch.as_array().cloned().unwrap_or_default())
+            .filter(|e| e["type"] == "m.presence")
+            .collect()
+    };
+    let status_path =
+        |who: &str| format!("{V3}/presence/{}/status", who.replace('@', "%40").replace(':', "%3A"));
+    let body = |state: &str| json!({"presence": state, "status_msg": "at work"});
+    // Carol shares no room with the bridge's users; the bridge's own user is its own doing.
+    let (status, _) = s.put(&status_path(&carol.user_id), Some(&carol.token), body("online")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, reply) =
+        s.put(&as_path(&status_path(alice), Some(alice)), Some(AS_TOKEN), body("online")).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let (status, _) = s.put(&status_path(&bob.user_id), Some(&bob.token), body("unavailable")).await;
+    assert_eq!(status, StatusCode::OK);
+    fake.until("Bob's presence", |f| !presence(f).is_empty()).await;
+    let seen = presence(&fake);
+    assert_eq!(seen.len(), 1, "only Bob's: {seen:?}");
+    assert_eq!(seen[0]["sender"], bob.user_id.as_str());
+    assert_eq!(seen[0]["content"]["presence"], "unavailable");
+    assert_eq!(seen[0]["content"]["status_msg"], "at work");
+    assert_eq!(carried(&fake, "de.sorunome.msc2409.ephemeral").len(), carried(&fake, "ephemeral").len());
 }

@@ -3,7 +3,12 @@
 //! with `tests/appservice/synapse_driver.py`): ping both ways, the bot joining on invite, a
 //! namespaced user replying, exclusive namespaces, refused masquerading, alias and user
 //! queries, typing and receipts, and every event missed while the bridge was down arriving in
-//! order, across a restart of the server.
+//! order, across a restart of the server; matrix-appservice-bridge also answers third-party
+//! lookups and publishes a room in its network's directory.
+//!
+//! An encrypting bridge (`mautrix_e2ee_check.py`: mautrix-python's OlmMachine in appservice
+//! mode, with its device made through MSC4190 and its to-device messages, key counts and
+//! device lists from transactions) answers a matrix-nio user's encrypted message.
 //!
 //! The check prints `REQUEST restart-server` when it wants the server restarted (same port,
 //! same database), and this driver answers `done` on its stdin once it is back. The server's
@@ -17,15 +22,15 @@ use crate::{
     sdk::{Acting, drive_check, provided_by_scripts_test, script},
 };
 
-/// The registration both checks expect (see `tests/appservice/synapse_driver.py`), with
-/// random tokens, for a bridge listening on `port`.
-fn registration(port: u16) -> String {
+/// The registration the checks expect (see `tests/appservice/synapse_driver.py`), with
+/// random tokens, for a bridge listening on `port`; `extra` adds lines.
+fn registration(port: u16, extra: &str) -> String {
     let token = |prefix: &str| format!("{prefix}_{}", conduit::service::passwords::random_string(32));
     format!(
         "id: bridge\nurl: http://127.0.0.1:{port}\nas_token: {}\nhs_token: {}\nsender_localpart: bridgebot\n\
-         rate_limited: false\nreceive_ephemeral: true\nde.sorunome.msc2409.push_ephemeral: true\n\
+         rate_limited: false\nreceive_ephemeral: true\nde.sorunome.msc2409.push_ephemeral: true\nprotocols: [checknet]\n\
          namespaces:\n  users:\n    - exclusive: true\n      regex: '@bridge_.*:localhost'\n  \
-         aliases:\n    - exclusive: true\n      regex: '#bridge_.*:localhost'\n  rooms: []\n",
+         aliases:\n    - exclusive: true\n      regex: '#bridge_.*:localhost'\n  rooms: []\n{extra}",
         token("as"),
         token("hs"),
     )
@@ -36,10 +41,10 @@ fn free_port() -> u16 {
 }
 
 /// Run `program args… <base> <registration>` as a bridge, restarting the server when asked.
-async fn run_bridge(what: &str, program: OsString, args: Vec<OsString>) {
+async fn run_bridge(what: &str, program: OsString, args: Vec<OsString>, extra: &str) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = TestServer::start_with(with_registration(&dir, &registration(port))).await;
+    let server = TestServer::start_with(with_registration(&dir, &registration(port, extra))).await;
     let registration_path = dir.path().join("bridge.yaml");
     let mut command = std::process::Command::new(program);
     command.args(args).arg(&server.base).arg(&registration_path);
@@ -76,13 +81,29 @@ async fn mautrix_python_bridge() {
         "CONDUIT_TEST_PYTHON",
         "a Python with mautrix (scripts/requirements-test.txt)",
     );
-    run_bridge("the mautrix-python bridge", python, vec![script("appservice/mautrix_check.py")]).await;
+    run_bridge("the mautrix-python bridge", python, vec![script("appservice/mautrix_check.py")], "").await;
 }
 
 #[tokio::test]
 async fn matrix_appservice_bridge() {
     let node =
         provided_by_scripts_test("CONDUIT_TEST_NODE", "node, with tests/appservice's packages installed");
-    run_bridge("the matrix-appservice-bridge bridge", node, vec![script("appservice/bridge_check.mjs")])
+    run_bridge("the matrix-appservice-bridge bridge", node, vec![script("appservice/bridge_check.mjs")], "")
         .await;
+}
+
+#[tokio::test]
+async fn mautrix_python_encrypting_bridge_and_a_nio_user() {
+    let python = provided_by_scripts_test(
+        "CONDUIT_TEST_PYTHON",
+        "a Python with mautrix, python-olm and matrix-nio (scripts/requirements-test.txt)",
+    );
+    let extra = "org.matrix.msc3202: true\nio.element.msc4190: true\n";
+    run_bridge(
+        "the encrypting mautrix-python bridge",
+        python,
+        vec![script("appservice/mautrix_e2ee_check.py")],
+        extra,
+    )
+    .await;
 }

@@ -164,10 +164,21 @@ async fn public_room_directory() {
     let (_, all) =
         s.post(&format!("{V3}/publicRooms"), Some(&bob.token), json!({"include_all_networks": true})).await;
     assert_eq!(all["chunk"].as_array().unwrap().len(), 5);
+    // No appservice published anything; an instance ID is `appservice|network`, as Synapse's.
     let (_, bridged) = s
-        .post(&format!("{V3}/publicRooms"), Some(&bob.token), json!({"third_party_instance_id": "irc"}))
+        .post(
+            &format!("{V3}/publicRooms"),
+            Some(&bob.token),
+            json!({"third_party_instance_id": "irc|libera"}),
+        )
         .await;
     assert_eq!(bridged["chunk"], json!([]));
+    expect_error(
+        s.post(&format!("{V3}/publicRooms"), Some(&bob.token), json!({"third_party_instance_id": "irc"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
     expect_error(
         s.get(&format!("{V3}/publicRooms?server=other.example"), None).await,
         StatusCode::FORBIDDEN,

@@ -197,6 +197,10 @@ async fn first_sign_in_creates_the_mapped_account_and_its_token_logs_in_once() {
     assert_eq!(whoami["user_id"], "@alice:localhost");
     let (_, profile) = s.get(&format!("{V3}/profile/@alice:localhost"), None).await;
     assert_eq!(profile["displayname"], "Alice Liddell");
+    // The mapped email address is on the account, verified.
+    let (_, threepids) = s.get(&format!("{V3}/account/3pid"), Some(&alice.token)).await;
+    assert_eq!(threepids["threepids"][0]["address"], "alice@example.com", "{threepids}");
+    assert_eq!(threepids["threepids"][0]["medium"], "email");
 
     // A token works once.
     expect_error(token_login(&s, &token).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");

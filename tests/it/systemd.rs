@@ -304,3 +304,58 @@ async fn the_server_runs_with_memory_deny_write_execute() {
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// At `info`, a message costs no log line: ruma's per-event authorization chatter is kept to
+/// warnings unless the filter asks for it (it was two lines, about 530 bytes, per event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_logs_no_line_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = NotifySocket::bind(dir.path());
+    let config = dir.path().join("conduit.toml");
+    std::fs::write(
+        &config,
+        "[global]\nlog = \"info\"\nallow_registration = true\nrate_limiting = false\nargon2_memory_kib = 64\nargon2_iterations = 1\n",
+    )
+    .unwrap();
+    let (child, log) = spawn_notifying(dir.path(), &config, &notify);
+    let _reaper = Reaper(Some(child));
+    let (ready, _) = notify.wait_for("READY=1", |m| m.lines().any(|l| l == "READY=1"));
+    let addr = ready.lines().find_map(|l| l.strip_prefix("STATUS=Serving on ")).unwrap().to_owned();
+    let base = format!("http://{addr}/_matrix/client/v3");
+    let http = reqwest::Client::new();
+    let post = |path: String, token: Option<String>, body: serde_json::Value| {
+        let mut request = http.post(format!("{base}{path}")).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let body = serde_json::json!({"username": "logger", "password": "pw-logger-1"});
+    let session = post("/register".into(), None, body.clone()).await["session"].as_str().unwrap().to_owned();
+    let mut body = body;
+    body["auth"] = serde_json::json!({"type": "m.login.dummy", "session": session});
+    let token = post("/register".into(), None, body).await["access_token"].as_str().unwrap().to_owned();
+    let room = post("/createRoom".into(), Some(token.clone()), serde_json::json!({})).await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lines_before = log.lock().unwrap().len();
+    for n in 0..20 {
+        let url = format!("{base}/rooms/{room}/send/m.room.message/t{n}");
+        let response = http
+            .put(url)
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"msgtype": "m.text", "body": "quiet"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let log = log.lock().unwrap();
+    let added: Vec<&String> = log[lines_before..].iter().collect();
+    assert!(added.len() < 5, "20 messages wrote {} log lines: {added:?}", added.len());
+    assert!(!log.iter().any(|l| l.contains("allowing event passed all checks")), "{log:?}");
+}

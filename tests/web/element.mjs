@@ -2,13 +2,20 @@
 // `node element.mjs BASE_URL ELEMENT_DIR ARTIFACT_DIR [CHROMIUM]`. Prints one line per step
 // and "OK"; exits non-zero at the first step that does not hold.
 //
-// Two scenarios, each in a fresh browser profile:
+// `node element.mjs BASE_URL ELEMENT_DIR ARTIFACT_DIR CHROMIUM ldap USER PASSWORD NAME EMAIL`
+// runs the third scenario alone, against a server whose passwords the LDAP directory keeps.
+//
+// Scenarios, each in a fresh browser profile:
 // 1. A fresh account (registered through the API) signs in on Element's login page; Element
 //    then sets up its encryption by itself (cross-signing and key backup, with the password
 //    just typed). The script opens User Settings and visits every tab; the Sessions and
 //    Security & Privacy tabs must show that setup as done.
 // 2. A new account registers on Element's own registration page; Element must then have
 //    uploaded cross-signing keys and created a key backup (checked through the API).
+// 3. (ldap) A person the directory knows, with no account yet, signs in on the login page
+//    with the directory's password; the account is made then: Element shows the directory's
+//    display name, lists the directory's email address on the Account tab, and offers no
+//    password change (the server's `m.change_password` capability is off for them).
 // Both fail on any visible error text, any uncaught page error after the app has loaded, any
 // request to the homeserver that failed at the network level (CORS included), and any
 // homeserver answer of 4xx/5xx that is not in the commented allow-list below. Every step is
@@ -23,7 +30,7 @@ import { chromium } from "playwright-core";
 import { apiAt, serve } from "./site.mjs";
 
 const print = (line) => process.stdout.write(line + "\n");
-const [base, elementDir, artifacts, chromiumPath = "/usr/bin/chromium"] = process.argv.slice(2);
+const [base, elementDir, artifacts, chromiumPath = "/usr/bin/chromium", mode, ...modeArgs] = process.argv.slice(2);
 if (!base || !elementDir || !artifacts) {
   print("usage: node element.mjs BASE_URL ELEMENT_DIR ARTIFACT_DIR [CHROMIUM]");
   process.exit(2);
@@ -523,13 +530,61 @@ async function registerThroughElement(site) {
   });
 }
 
+/** A directory user signs in with the directory's password; the account is made then. */
+async function signInWithDirectoryPassword(site) {
+  const [user, password, name, email] = modeArgs;
+  await withBrowser(site, "ldap", async (page, watcher, shot) => {
+    await page.goto(`${site.url}/#/login`);
+    await page.locator("#mx_LoginForm_username").waitFor({ timeout: 30000 });
+    watcher.loaded();
+    await page.locator("#mx_LoginForm_username").fill(user);
+    await page.locator("#mx_LoginForm_password").fill(password);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("button", { name: "User menu" }).waitFor({ timeout: 30000 });
+    await settle(page, watcher);
+    await shot("01-home");
+    const errors = await visibleErrors(page);
+    ensure(errors.length === 0, `error text after signing in: ${errors.join(" | ")}`);
+    step(`signed in as ${user} with the directory's password`);
+
+    await dismissNotices(page);
+    await page.getByRole("button", { name: "User menu" }).click();
+    const menu = page.locator(".mx_UserMenu_contextMenu");
+    await menu.waitFor({ timeout: 10000 });
+    const menuText = await menu.innerText();
+    ensure(menuText.includes(name), `the user menu does not show the directory's name "${name}": ${menuText}`);
+    step(`the user menu shows the directory's display name "${name}"`);
+
+    await page.getByRole("menuitem", { name: "All settings" }).click();
+    const labels = page.locator(".mx_TabbedView_tabLabel");
+    await labels.first().waitFor({ timeout: 10000 });
+    await labels.filter({ hasText: "Account" }).first().click();
+    await settle(page, watcher);
+    await shot("02-account");
+    const panel = page.locator(".mx_TabbedView_tabPanel");
+    const text = await panel.innerText();
+    ensure(text.includes(email), `the Account tab does not list the directory's email ${email}:\n${text}`);
+    step(`the Account tab lists the directory's email address ${email}`);
+    const passwordFields = await panel.getByLabel("Current password").count();
+    const capabilities = await watcher.capabilities();
+    ensure(
+      capabilities?.["m.change_password"]?.enabled === false,
+      `m.change_password is not off: ${JSON.stringify(capabilities?.["m.change_password"])}`,
+    );
+    ensure(passwordFields === 0, "Element offers a password change to a directory account");
+    step("no password change offered (m.change_password off for a directory account)");
+    await page.keyboard.press("Escape");
+  });
+}
+
 async function run() {
   fs.mkdirSync(artifacts, { recursive: true });
   const root = prepareElement();
   const site = await serve(root);
-  // Both scenarios run even when the first fails, so that one run reports both.
+  // Every scenario runs even when one fails, so that one run reports them all.
   const failures = [];
-  for (const scenario of [signInAndVisitSettings, registerThroughElement]) {
+  const scenarios = mode === "ldap" ? [signInWithDirectoryPassword] : [signInAndVisitSettings, registerThroughElement];
+  for (const scenario of scenarios) {
     try {
       await scenario(site);
     } catch (error) {

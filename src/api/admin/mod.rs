@@ -3,6 +3,7 @@
 //! access-token endpoint and then checks the admin flag, once for every handler here. ruma
 //! has no types for these endpoints, so handlers take and answer plain JSON.
 
+pub mod appservices;
 pub mod audit;
 pub mod jobs;
 pub mod media;

@@ -139,7 +139,8 @@ pub async fn delete_3pid(
     services: AppState,
     req: Ruma<delete_3pid::v3::Request>,
 ) -> Result<delete_3pid::v3::Response> {
-    let unbound = services.threepids.remove(&req.identity.user_id)?;
+    let medium = req.body.medium.as_str();
+    let unbound = services.threepids.delete(&req.identity.user_id, medium, &req.body.address)?;
     Ok(delete_3pid::v3::Response::new(removal_status(unbound)))
 }
 

@@ -1,6 +1,7 @@
-//! The client-server endpoints only application services call.
+//! The client-server endpoints only application services call: the ping and the
+//! application service room directory.
 
-use ruma::api::client::appservice::request_ping;
+use ruma::api::client::{appservice::request_ping, appservice::set_room_visibility, room::Visibility};
 
 use crate::{
     Error, Result,
@@ -21,4 +22,24 @@ pub async fn request_ping(
         .ping(&req.identity, req.body.transaction_id.as_ref().map(|t| t.as_str()))
         .await?;
     Ok(request_ping::v1::Response::new(duration))
+}
+
+/// `PUT /_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}`: the appservice
+/// publishes a room in (or withdraws it from) its own directory for one of its networks.
+pub async fn set_room_visibility(
+    services: AppState,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> Result<set_room_visibility::v3::Response> {
+    let public = match req.body.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
+        _ => return Err(Error::invalid_param("visibility must be public or private")),
+    };
+    services.directory.publish_for_appservice(
+        &req.identity.id,
+        &req.body.network_id,
+        &req.body.room_id,
+        public,
+    )?;
+    Ok(set_room_visibility::v3::Response::new())
 }

@@ -5,9 +5,14 @@ use ruma::api::client::device::{
     self, delete_device, delete_devices, get_device, get_devices, update_device,
 };
 
+use axum::http::StatusCode;
+
 use crate::{
     Error, Result,
-    api::{AppState, ruma::Ruma},
+    api::{
+        AppState,
+        ruma::{Ruma, RumaResponse},
+    },
     service::devices::DeviceView,
 };
 
@@ -40,13 +45,27 @@ pub async fn get_device(
     Ok(get_device::v3::Response::new(to_ruma(view)))
 }
 
-/// `PUT /_matrix/client/v3/devices/{deviceId}`
+/// `PUT /_matrix/client/v3/devices/{deviceId}`: rename a device; an application service
+/// may also create one for its user (spec 1.17, MSC4190), answered with 201.
 pub async fn update_device(
     services: AppState,
     req: Ruma<update_device::v3::Request>,
-) -> Result<update_device::v3::Response> {
-    services.devices.set_display_name(&req.identity.user_id, &req.body.device_id, req.body.display_name)?;
-    Ok(update_device::v3::Response::new())
+) -> Result<(StatusCode, RumaResponse<update_device::v3::Response>)> {
+    let user_id = &req.identity.user_id;
+    let device_id = &req.body.device_id;
+    let status = if req.identity.appservice.is_some() && services.devices.get(user_id, device_id)?.is_none() {
+        services.accounts.create_appservice_device(
+            &req.context,
+            user_id,
+            device_id,
+            req.body.display_name,
+        )?;
+        StatusCode::CREATED
+    } else {
+        services.devices.set_display_name(user_id, device_id, req.body.display_name)?;
+        StatusCode::OK
+    };
+    Ok((status, RumaResponse(update_device::v3::Response::new())))
 }
 
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
@@ -55,10 +74,7 @@ pub async fn delete_device(
     req: Ruma<delete_device::v3::Request>,
 ) -> Result<delete_device::v3::Response> {
     let devices = [req.body.device_id];
-    services
-        .accounts
-        .delete_devices(&req.identity.device_identity()?, &req.context, &devices, req.body.auth.as_ref())
-        .await?;
+    services.accounts.delete_devices(&req.identity, &req.context, &devices, req.body.auth.as_ref()).await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -68,9 +84,6 @@ pub async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> Result<delete_devices::v3::Response> {
     let auth = req.body.auth.as_ref();
-    services
-        .accounts
-        .delete_devices(&req.identity.device_identity()?, &req.context, &req.body.devices, auth)
-        .await?;
+    services.accounts.delete_devices(&req.identity, &req.context, &req.body.devices, auth).await?;
     Ok(delete_devices::v3::Response::new())
 }

@@ -12,7 +12,10 @@ use ruma::{
 use crate::{
     Error, Result,
     api::{AppState, ruma::Ruma},
-    service::{Services, rooms::directory::PublicRoomsPage},
+    service::{
+        Services,
+        rooms::directory::{Network, PublicRoomsPage},
+    },
 };
 
 /// `GET /_matrix/client/v3/directory/list/room/{roomId}`
@@ -45,7 +48,8 @@ pub async fn get_public_rooms(
 ) -> Result<get_public_rooms::v3::Response> {
     let body = req.body;
     ensure_local(&services, body.server.as_ref())?;
-    let page = services.directory.list(limit(body.limit), body.since.as_deref(), None, None)?;
+    let page =
+        services.directory.list(Network::Matrix, limit(body.limit), body.since.as_deref(), None, None)?;
     let (chunk, next, prev, total) = page_parts(page)?;
     let mut response = get_public_rooms::v3::Response::new(chunk);
     response.next_batch = next;
@@ -54,19 +58,19 @@ pub async fn get_public_rooms(
     Ok(response)
 }
 
-/// `POST /_matrix/client/v3/publicRooms`: with a search filter and room network.
+/// `POST /_matrix/client/v3/publicRooms`: with a search filter, and the server's list, one
+/// appservice network's (`third_party_instance_id`) or all of them (`include_all_networks`).
 pub async fn get_public_rooms_filtered(
     services: AppState,
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     let body = req.body;
     ensure_local(&services, body.server.as_ref())?;
-    let mut response = get_public_rooms_filtered::v3::Response::new();
-    if let RoomNetwork::ThirdParty(_) = body.room_network {
-        // No third-party networks are bridged into this directory.
-        response.total_room_count_estimate = Some(0u32.into());
-        return Ok(response);
-    }
+    let network = match &body.room_network {
+        RoomNetwork::All => Network::All,
+        RoomNetwork::ThirdParty(instance_id) => Network::Instance(instance_id),
+        _ => Network::Matrix,
+    };
     let room_types: Option<Vec<Option<String>>> = (!body.filter.room_types.is_empty()).then(|| {
         body.filter
             .room_types
@@ -75,12 +79,14 @@ pub async fn get_public_rooms_filtered(
             .collect()
     });
     let page = services.directory.list(
+        network,
         limit(body.limit),
         body.since.as_deref(),
         body.filter.generic_search_term.as_deref(),
         room_types.as_deref(),
     )?;
     let (chunk, next, prev, total) = page_parts(page)?;
+    let mut response = get_public_rooms_filtered::v3::Response::new();
     response.chunk = chunk;
     response.next_batch = next;
     response.prev_batch = prev;

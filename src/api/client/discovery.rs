@@ -116,10 +116,12 @@ pub async fn well_known_server(State(services): State<AppState>) -> Response {
 #[allow(deprecated)]
 pub async fn get_capabilities(
     services: AppState,
-    _: Ruma<get_capabilities::v3::Request>,
+    req: Ruma<get_capabilities::v3::Request>,
 ) -> Result<get_capabilities::v3::Response> {
     let mut capabilities = Capabilities::new();
-    capabilities.change_password.enabled = !services.config.sso_only;
+    // Not with passwords off, nor for accounts whose password the company directory keeps.
+    capabilities.change_password.enabled =
+        !services.config.sso_only && !services.accounts.password_managed_elsewhere(&req.identity.user_id)?;
     capabilities.set_displayname.enabled = true;
     capabilities.set_avatar_url.enabled = true;
     // Third-party identifiers (email, phone) are not supported.

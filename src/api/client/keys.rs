@@ -163,9 +163,9 @@ pub async fn upload_signing_keys(
         user_signing: body.user_signing_key.as_ref().map(json_of).transpose()?,
     };
     // The first keys, or the same again, need no password; replacing them (an identity
-    // reset) does.
+    // reset) does, except for an application service (spec 1.17, MSC4190).
     let reset = services.keys.upload_replaces_master(&req.identity.user_id, &upload)?;
-    if reset {
+    if reset && req.identity.appservice.is_none() {
         let auth = body.auth.as_ref();
         services
             .accounts

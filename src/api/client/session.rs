@@ -27,8 +27,8 @@ use crate::{
     api::{AppState, ruma::Ruma, sso},
 };
 
-/// `GET /_matrix/client/v3/login`, in Synapse's order: `m.login.sso` with the identity
-/// providers, `m.login.token` (with single sign-on, or `get_login_token` when
+/// `GET /_matrix/client/v3/login`, in Synapse's order: `org.matrix.login.jwt` when JWT login
+/// is on, `m.login.sso` with the identity providers, `m.login.token` (with single sign-on, or `get_login_token` when
 /// `login/get_token` is on), `m.login.password` (unless `sso_only`), and
 /// `m.login.application_service` when appservices are registered.
 pub async fn get_login_types(
@@ -37,6 +37,12 @@ pub async fn get_login_types(
 ) -> Result<get_login_types::v3::Response> {
     let config = &services.config;
     let mut types = Vec::new();
+    // Listed first when on, as Synapse lists it.
+    if services.jwt.enabled() {
+        let jwt = LoginType::new("org.matrix.login.jwt", serde_json::Map::new())
+            .map_err(|e| Error::internal(format!("JWT login type: {e}")))?;
+        types.push(jwt);
+    }
     if config.sso_enabled() {
         let mut sso = SsoLoginType::new();
         sso.identity_providers = services

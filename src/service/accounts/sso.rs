@@ -28,6 +28,7 @@ use crate::{
         oidc::Identity,
         rate_limits::Limiter,
         uiaa::UiaaRequest,
+        users::Users,
     },
     storage::{
         Direction, KvStore, Table, WriteBatch,
@@ -139,19 +140,11 @@ impl Accounts {
         let issued = self.write_audited(
             context,
             |guard, batch| {
-                match self.users.get(&user_id)? {
-                    Some(user) if user.deactivated => {
-                        return Err(Error::new(
-                            ErrorKind::UserDeactivated,
-                            "This account has been deactivated",
-                        ));
-                    }
-                    Some(user) if user.locked => {
-                        return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
-                    }
-                    Some(_) => {}
-                    None => return Err(Error::forbidden("Invalid login token")),
+                let record = self.users.get(&user_id)?;
+                if record.is_none() {
+                    return Err(Error::forbidden("Invalid login token"));
                 }
+                Users::ensure_may_log_in(record.as_ref())?;
                 let issued = self.login_session_in(guard, batch, &user_id, req, context)?;
                 if let Some(session) = &sso {
                     self.sso_sessions.record_in(batch, session, &user_id, &issued.device_id, now)?;
@@ -207,12 +200,14 @@ impl Accounts {
         Ok((token, lifetime))
     }
 
-    /// The stages a user may re-authenticate with: their password (unless passwords are
-    /// off), and single sign-on when their account is linked to a configured provider, as
+    /// The stages a user may re-authenticate with: their password, local or the directory's
+    /// (unless passwords are off), and single sign-on when their account is linked to a configured provider, as
     /// Synapse offers them. A user with neither is asked for a password, which fails.
     pub(super) fn reauthentication_flows(&self, user_id: &UserId) -> Result<Vec<AuthFlow>> {
         let mut flows = Vec::new();
-        let has_password = self.users.get(user_id)?.is_some_and(|u| u.password_hash.is_some());
+        // A directory account's password is checked by the directory.
+        let has_password = self.users.get(user_id)?.is_some_and(|u| u.password_hash.is_some())
+            || self.password_managed_elsewhere(user_id)?;
         if has_password && !self.config.sso_only {
             flows.push(AuthFlow::new(vec![AuthType::Password]));
         }
@@ -293,13 +288,7 @@ impl Accounts {
                     if self.users.get(&user_id)?.is_none_or(|u| u.deactivated) {
                         return Err(deactivated());
                     }
-                    self.users.link_external_id_in(
-                        batch,
-                        &identity.idp_id,
-                        &identity.subject,
-                        &user_id,
-                        identity.email.clone(),
-                    )
+                    self.link_in(batch, identity, &user_id)
                 },
                 |_| audit::Entry::success("sso.link").target(&user_id).params(entry_params.clone()),
             )?;
@@ -323,18 +312,28 @@ impl Accounts {
                 let displayname =
                     identity.display_name.clone().or_else(|| Some(user_id.localpart().to_owned()));
                 self.users.create_in(batch, &user_id, None, false, displayname)?;
-                self.users.link_external_id_in(
-                    batch,
-                    &identity.idp_id,
-                    &identity.subject,
-                    &user_id,
-                    identity.email.clone(),
-                )
+                self.link_in(batch, identity, &user_id)
             },
             |_| audit::Entry::success("register").target(&user_id).params(entry_params.clone()),
         )?;
         tracing::info!(%user_id, idp = %identity.idp_id, "created an account on its first single sign-on");
         Ok(user_id)
+    }
+
+    /// Queue the link from the provider account to `user_id`, and the mapped email address
+    /// onto the account as a verified one (as the directory's are).
+    fn link_in(&self, batch: &mut WriteBatch, identity: &Identity, user_id: &UserId) -> Result<()> {
+        self.users.link_external_id_in(
+            batch,
+            &identity.idp_id,
+            &identity.subject,
+            user_id,
+            identity.email.clone(),
+        )?;
+        if let Some(email) = &identity.email {
+            self.logins.threepids.add_verified_email_in(batch, user_id, email)?;
+        }
+        Ok(())
     }
 
     /// Back-channel logout: remove the devices a provider session (or every session of a

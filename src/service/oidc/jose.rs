@@ -1,12 +1,17 @@
 //! Signed JSON Web Tokens as OpenID providers send them (ID tokens, logout tokens): compact
-//! JWS decoding and signature verification against the provider's JSON Web Key Set, or the
-//! client secret for the HMAC algorithms. The signature math is ring's (the crypto library
-//! rustls already builds); this module only maps JOSE's names and encodings onto it. No
-//! unsigned (`none`) or encrypted tokens, no `crit` extensions: each is refused. Claims are
-//! checked by the caller, on the server's clock.
+//! JWS decoding, and signature verification against the provider's JSON Web Key Set, or the
+//! client secret for the HMAC algorithms. The signature itself is checked by jsonwebtoken (on
+//! ring), as JWT login checks its tokens; this module picks the key (by `kid`, key type,
+//! curve and use) and refuses what neither should accept: unsigned (`none`) and encrypted
+//! tokens, and `crit` extensions. Claims are checked by the caller, on the server's clock.
+
+use std::{collections::HashSet, str::FromStr};
 
 use base64::Engine as _;
-use ring::signature::{self, RsaParameters, UnparsedPublicKey, VerificationAlgorithm};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse},
+};
 use serde::Deserialize;
 use serde_json::{Map, Value as JsonValue};
 
@@ -36,28 +41,6 @@ impl std::fmt::Display for JoseError {
             Self::BadSignature => f.write_str("the signature does not verify"),
         }
     }
-}
-
-/// One JSON Web Key, as far as verification needs it (RFC 7517/7518, RFC 8037).
-#[derive(Clone, Debug, Deserialize)]
-pub struct Jwk {
-    pub kty: String,
-    #[serde(default)]
-    pub kid: Option<String>,
-    #[serde(default)]
-    pub alg: Option<String>,
-    #[serde(default, rename = "use")]
-    pub usage: Option<String>,
-    #[serde(default)]
-    pub crv: Option<String>,
-    #[serde(default)]
-    pub n: Option<String>,
-    #[serde(default)]
-    pub e: Option<String>,
-    #[serde(default)]
-    pub x: Option<String>,
-    #[serde(default)]
-    pub y: Option<String>,
 }
 
 /// A provider's key set (`jwks_uri`). Keys this server cannot read are left out.
@@ -95,8 +78,7 @@ pub struct Header {
 pub struct Jws {
     pub header: Header,
     pub claims: Map<String, JsonValue>,
-    signing_input: String,
-    signature: Vec<u8>,
+    token: String,
 }
 
 fn b64(part: &str, what: &str) -> Result<Vec<u8>, JoseError> {
@@ -128,116 +110,70 @@ pub fn decode(token: &str) -> Result<Jws, JoseError> {
         Ok(JsonValue::Object(claims)) => claims,
         _ => return Err(JoseError::Malformed("the payload is not a JSON object".to_owned())),
     };
-    Ok(Jws {
-        header: header_json,
-        claims,
-        signing_input: format!("{header}.{payload}"),
-        signature: b64(signature, "signature")?,
-    })
+    b64(signature, "signature")?;
+    Ok(Jws { header: header_json, claims, token: token.to_owned() })
 }
 
-/// How an algorithm verifies: with a key of a type (and curve), or with the shared secret.
-enum Method {
-    Rsa(&'static RsaParameters),
-    Ec(&'static str, &'static signature::EcdsaVerificationAlgorithm),
-    Ed25519,
-    Hmac(ring::hmac::Algorithm),
-}
-
-fn method(alg: &str) -> Result<Method, JoseError> {
-    Ok(match alg {
-        "RS256" => Method::Rsa(&signature::RSA_PKCS1_2048_8192_SHA256),
-        "RS384" => Method::Rsa(&signature::RSA_PKCS1_2048_8192_SHA384),
-        "RS512" => Method::Rsa(&signature::RSA_PKCS1_2048_8192_SHA512),
-        "PS256" => Method::Rsa(&signature::RSA_PSS_2048_8192_SHA256),
-        "PS384" => Method::Rsa(&signature::RSA_PSS_2048_8192_SHA384),
-        "PS512" => Method::Rsa(&signature::RSA_PSS_2048_8192_SHA512),
-        "ES256" => Method::Ec("P-256", &signature::ECDSA_P256_SHA256_FIXED),
-        "ES384" => Method::Ec("P-384", &signature::ECDSA_P384_SHA384_FIXED),
-        // RFC 8037's name, and the fully specified one of RFC 9864.
-        "EdDSA" | "Ed25519" => Method::Ed25519,
-        "HS256" => Method::Hmac(ring::hmac::HMAC_SHA256),
-        "HS384" => Method::Hmac(ring::hmac::HMAC_SHA384),
-        "HS512" => Method::Hmac(ring::hmac::HMAC_SHA512),
-        other => return Err(JoseError::UnsupportedAlgorithm(other.to_owned())),
-    })
+/// Whether `key` can verify a signature of `alg`: the key type (and curve) the algorithm
+/// needs, not an encryption key, and the algorithm the key names if it names one.
+fn fits(key: &Jwk, alg: Algorithm) -> bool {
+    let family = match (&key.algorithm, alg) {
+        (
+            AlgorithmParameters::RSA(_),
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512,
+        ) => true,
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES256) => ec.curve == EllipticCurve::P256,
+        (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => ec.curve == EllipticCurve::P384,
+        (AlgorithmParameters::OctetKeyPair(okp), Algorithm::EdDSA) => okp.curve == EllipticCurve::Ed25519,
+        _ => false,
+    };
+    let named = key.common.key_algorithm.is_none_or(|named| format!("{named:?}") == format!("{alg:?}"));
+    family && named && key.common.public_key_use != Some(PublicKeyUse::Encryption)
 }
 
 impl Jws {
-    /// Verify the signature with a key of `keys` (chosen by `kid`, else every key of the
-    /// algorithm's type is tried), or with `secret` for the HMAC algorithms.
+    /// Verify the signature with a key of `keys` (chosen by `kid`, else every key that fits
+    /// the algorithm is tried), or with `secret` for the HMAC algorithms.
     pub fn verify(&self, keys: &JwkSet, secret: Option<&[u8]>) -> Result<(), JoseError> {
-        let message = self.signing_input.as_bytes();
-        let alg = self.header.alg.as_str();
-        let (kty, curve) = match method(alg)? {
-            Method::Hmac(algorithm) => {
-                let secret = secret.ok_or_else(|| JoseError::UnsupportedAlgorithm(alg.to_owned()))?;
-                let key = ring::hmac::Key::new(algorithm, secret);
-                return ring::hmac::verify(&key, message, &self.signature)
-                    .map_err(|_| JoseError::BadSignature);
-            }
-            Method::Rsa(_) => ("RSA", None),
-            Method::Ec(curve, _) => ("EC", Some(curve)),
-            Method::Ed25519 => ("OKP", Some("Ed25519")),
-        };
+        let unsupported = || JoseError::UnsupportedAlgorithm(self.header.alg.clone());
+        let alg = Algorithm::from_str(&self.header.alg).map_err(|_| unsupported())?;
+        // Only the signature: every claim is the caller's to check, on the server's clock.
+        let mut validation = Validation::new(alg);
+        validation.required_spec_claims = HashSet::new();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let check =
+            |key: &DecodingKey| jsonwebtoken::decode::<JsonValue>(&self.token, key, &validation).is_ok();
+        if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            let secret = secret.ok_or_else(unsupported)?;
+            return if check(&DecodingKey::from_secret(secret)) {
+                Ok(())
+            } else {
+                Err(JoseError::BadSignature)
+            };
+        }
         let candidates: Vec<&Jwk> = keys
             .keys
             .iter()
-            .filter(|k| k.kty == kty && k.usage.as_deref() != Some("enc"))
-            .filter(|k| curve.is_none() || k.crv.as_deref() == curve)
-            .filter(|k| k.alg.as_deref().is_none_or(|a| a == alg || (is_eddsa(a) && is_eddsa(alg))))
-            .filter(|k| match (&self.header.kid, &k.kid) {
+            .filter(|k| fits(k, alg))
+            .filter(|k| match (&self.header.kid, &k.common.key_id) {
                 (Some(wanted), Some(kid)) => wanted == kid,
-                (Some(_), None) => true,
-                (None, _) => true,
+                _ => true,
             })
             .collect();
         if candidates.is_empty() {
             return Err(JoseError::NoKey);
         }
-        for key in candidates {
-            if verify_with(key, alg, message, &self.signature).unwrap_or(false) {
-                return Ok(());
-            }
-        }
-        Err(JoseError::BadSignature)
+        let verified =
+            candidates.into_iter().filter_map(|k| DecodingKey::from_jwk(k).ok()).any(|key| check(&key));
+        if verified { Ok(()) } else { Err(JoseError::BadSignature) }
     }
-}
-
-fn is_eddsa(alg: &str) -> bool {
-    matches!(alg, "EdDSA" | "Ed25519")
-}
-
-/// Whether `signature` verifies with `key`; `Err` when the key is not readable.
-fn verify_with(key: &Jwk, alg: &str, message: &[u8], signature: &[u8]) -> Result<bool, JoseError> {
-    let field = |value: &Option<String>, name: &str| match value {
-        Some(v) => b64(v, &format!("key's `{name}`")),
-        None => Err(JoseError::Malformed(format!("key without `{name}`"))),
-    };
-    Ok(match method(alg)? {
-        Method::Rsa(params) => {
-            let components =
-                signature::RsaPublicKeyComponents { n: field(&key.n, "n")?, e: field(&key.e, "e")? };
-            components.verify(params, message, signature).is_ok()
-        }
-        Method::Ec(_, algorithm) => {
-            let mut point = vec![0x04];
-            point.extend(field(&key.x, "x")?);
-            point.extend(field(&key.y, "y")?);
-            verify_public(algorithm, &point, message, signature)
-        }
-        Method::Ed25519 => verify_public(&signature::ED25519, &field(&key.x, "x")?, message, signature),
-        Method::Hmac(_) => false,
-    })
-}
-
-fn verify_public(
-    algorithm: &'static dyn VerificationAlgorithm,
-    key: &[u8],
-    message: &[u8],
-    signature: &[u8],
-) -> bool {
-    UnparsedPublicKey::new(algorithm, key).verify(message, signature).is_ok()
 }
 
 #[cfg(test)]
@@ -287,10 +223,14 @@ mod tests {
         assert_eq!(jws.claims["sub"], "alice");
         jws.verify(&keys, None).unwrap();
         // Another key with the same kid: the signature fails.
-        let wrong = JwkSet { keys: vec![Jwk { kid: Some("ec1".into()), ..other.clone() }] };
+        let mut other = other;
+        other.common.key_id = Some("ec1".into());
+        let wrong = JwkSet { keys: vec![other] };
         assert_eq!(jws.verify(&wrong, None), Err(JoseError::BadSignature));
         // A kid the set does not hold: the set may be stale.
-        let rotated = JwkSet { keys: vec![Jwk { kid: Some("ec2".into()), ..jwk.clone() }] };
+        let mut renamed = jwk.clone();
+        renamed.common.key_id = Some("ec2".into());
+        let rotated = JwkSet { keys: vec![renamed] };
         assert_eq!(jws.verify(&rotated, None), Err(JoseError::NoKey));
         // A changed payload under the original signature.
         let mut parts: Vec<&str> = token.split('.').collect();

@@ -623,7 +623,7 @@ impl RoomAdmin {
         if self.states.room(room_id)?.is_none() {
             return Ok(outcome);
         }
-        self.directory.publish(room_id, false)?;
+        self.directory.withdraw(room_id)?;
         if let Some(owner) = &options.new_room_user_id {
             let mut request = create_room::v3::Request::new();
             request.preset = Some(create_room::v3::RoomPreset::PublicChat);

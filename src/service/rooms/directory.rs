@@ -1,7 +1,11 @@
-//! The public room directory: which rooms are published, and the `/publicRooms` listing with
-//! search and pagination. Owns the `public_rooms` table.
+//! The published room directory: the rooms published in the server's own list, the rooms
+//! application services published in theirs (one list per appservice and third-party
+//! network, the spec's application service room directory), and the `/publicRooms` listing
+//! of either or both with search and pagination. Owns the `public_rooms` and
+//! `appservice_rooms` tables. The lists of appservices no longer registered are kept (they
+//! come back if it is registered again) but not listed.
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{
     OwnedRoomId, RoomId,
@@ -11,15 +15,36 @@ use serde_json::{Map, Value as JsonValue, json};
 
 use super::{events::Events, members::Memberships, state::RoomStates};
 use crate::{
-    Result,
-    storage::{Direction, KvStore, Table, kv::KeyRange, tables::PUBLIC_ROOMS},
+    Error, Result,
+    matrix::appservice::parse_instance_id,
+    service::appservices::Appservices,
+    storage::{
+        Direction, KvStore, Table,
+        kv::KeyRange,
+        tables::{APPSERVICE_ROOMS, PUBLIC_ROOMS},
+    },
 };
 
 pub struct Directory {
     public: Table<OwnedRoomId, ()>,
+    /// (appservice ID, network ID, room ID).
+    appservice_rooms: Table<(String, String, OwnedRoomId), ()>,
     events: Arc<Events>,
     states: Arc<RoomStates>,
     members: Arc<Memberships>,
+    appservices: Arc<Appservices>,
+}
+
+/// Which lists a listing shows (`/publicRooms`' `third_party_instance_id` and
+/// `include_all_networks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network<'a> {
+    /// The server's own list (the default).
+    Matrix,
+    /// The server's list and every registered appservice's.
+    All,
+    /// One appservice network's list, by its instance ID (`{appservice_id}|{network_id}`).
+    Instance(&'a str),
 }
 
 /// One page of the listing.
@@ -36,8 +61,16 @@ impl Directory {
         events: Arc<Events>,
         states: Arc<RoomStates>,
         members: Arc<Memberships>,
+        appservices: Arc<Appservices>,
     ) -> Self {
-        Self { public: PUBLIC_ROOMS.open(store), events, states, members }
+        Self {
+            public: PUBLIC_ROOMS.open(store),
+            appservice_rooms: APPSERVICE_ROOMS.open(store),
+            events,
+            states,
+            members,
+            appservices,
+        }
     }
 
     pub fn is_published(&self, room_id: &RoomId) -> Result<bool> {
@@ -52,19 +85,96 @@ impl Directory {
         }
     }
 
+    /// `PUT /directory/list/appservice/{networkId}/{roomId}`: publish (or withdraw) a room in
+    /// `appservice_id`'s list for `network_id`. Only rooms the server knows may be published;
+    /// withdrawing is always accepted.
+    pub fn publish_for_appservice(
+        &self,
+        appservice_id: &str,
+        network_id: &str,
+        room_id: &RoomId,
+        public: bool,
+    ) -> Result<()> {
+        let key = (appservice_id.to_owned(), network_id.to_owned(), room_id.to_owned());
+        if !public {
+            return Ok(self.appservice_rooms.remove(&key)?);
+        }
+        if self.states.room(room_id)?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        Ok(self.appservice_rooms.insert(&key, &())?)
+    }
+
+    /// Take a room off every list: the server's and each appservice's (a room shut down or
+    /// purged).
+    pub fn withdraw(&self, room_id: &RoomId) -> Result<()> {
+        self.public.remove(&room_id.to_owned())?;
+        let mut listed = Vec::new();
+        for row in self.appservice_rooms.scan(KeyRange::all(), Direction::Forward)? {
+            let (key, ()) = row?;
+            if key.2 == room_id {
+                listed.push(key);
+            }
+        }
+        for key in listed {
+            self.appservice_rooms.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// The rooms on the lists `network` names. An instance ID that is not of the form
+    /// `{appservice_id}|{network_id}` is refused; one of an appservice not registered (or a
+    /// network it published nothing in) lists nothing.
+    fn published(&self, network: Network<'_>) -> Result<BTreeSet<OwnedRoomId>> {
+        let mut rooms = BTreeSet::new();
+        let own = |rooms: &mut BTreeSet<OwnedRoomId>| -> Result<()> {
+            for row in self.public.scan(KeyRange::all(), Direction::Forward)? {
+                rooms.insert(row?.0);
+            }
+            Ok(())
+        };
+        match network {
+            Network::Matrix => own(&mut rooms)?,
+            Network::All => {
+                own(&mut rooms)?;
+                let registry = self.appservices.registry();
+                for row in self.appservice_rooms.scan(KeyRange::all(), Direction::Forward)? {
+                    let ((appservice_id, _, room_id), ()) = row?;
+                    if registry.by_id(&appservice_id).is_some() {
+                        rooms.insert(room_id);
+                    }
+                }
+            }
+            Network::Instance(instance_id) => {
+                let (appservice_id, network_id) = parse_instance_id(instance_id).ok_or_else(|| {
+                    Error::invalid_param(format!(
+                        "Invalid third_party_instance_id {instance_id:?}: expected \"appservice|network\""
+                    ))
+                })?;
+                if self.appservices.registry().by_id(appservice_id).is_some() {
+                    let prefix = (appservice_id.to_owned(), network_id.to_owned());
+                    for row in self.appservice_rooms.scan_prefix(&prefix, Direction::Forward)? {
+                        rooms.insert(row?.0.2);
+                    }
+                }
+            }
+        }
+        Ok(rooms)
+    }
+
     /// Published rooms, most members first (then by room ID, so pages are stable), filtered
     /// by a case-insensitive search over name, topic and canonical alias and by room type.
     /// Tokens are offsets into that order.
     pub fn list(
         &self,
+        network: Network<'_>,
         limit: Option<usize>,
         since: Option<&str>,
         search: Option<&str>,
         room_types: Option<&[Option<String>]>,
     ) -> Result<PublicRoomsPage> {
         let mut rooms = Vec::new();
-        for row in self.public.scan(KeyRange::all(), Direction::Forward)? {
-            let (room_id, ()) = row?;
+        for room_id in self.published(network)? {
             if self.states.room(&room_id)?.is_none() {
                 continue;
             }

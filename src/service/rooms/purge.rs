@@ -118,7 +118,7 @@ impl RoomPurge {
         self.members.committed(changed.iter().map(AsRef::as_ref));
         self.receipts.purged(room_id);
         self.aliases.delete_all(room_id)?;
-        self.directory.publish(room_id, false)?;
+        self.directory.withdraw(room_id)?;
         self.delayed.cancel_all_for_room(room_id)?;
 
         // Its events, a batch at a time; each scan starts afresh, as the last one's rows

@@ -49,7 +49,6 @@ use crate::{
         room_version,
     },
     service::{
-        appservice_sender::AppserviceSender,
         audit::{self, Audit},
         cache::BoundedCache,
         clock::Clock,
@@ -112,7 +111,6 @@ pub struct Timeline {
     relations: Arc<Relations>,
     notifications: Arc<Notifications>,
     push: Arc<PushGateways>,
-    appservice_sender: Arc<AppserviceSender>,
     search: Arc<Search>,
     delayed: Arc<DelayedEvents>,
     clock: Arc<dyn Clock>,
@@ -145,7 +143,6 @@ impl Timeline {
         relations: Arc<Relations>,
         notifications: Arc<Notifications>,
         push: Arc<PushGateways>,
-        appservice_sender: Arc<AppserviceSender>,
         search: Arc<Search>,
         delayed: Arc<DelayedEvents>,
         clock: Arc<dyn Clock>,
@@ -161,7 +158,6 @@ impl Timeline {
             relations,
             notifications,
             push,
-            appservice_sender,
             search,
             delayed,
             clock,
@@ -586,7 +582,6 @@ impl Timeline {
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
         // Push gateways learn of it after the commit; only a bell is rung here.
         self.push.notified(notified_users.iter().map(AsRef::as_ref));
-        self.appservice_sender.committed();
         if pdu.kind == TimelineEventType::RoomMember {
             self.joined.remove(&room_id.to_owned());
             if let Some(member) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) {
