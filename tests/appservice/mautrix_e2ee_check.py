@@ -19,6 +19,7 @@ Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -31,6 +32,9 @@ import urllib.parse
 import aiohttp
 import yaml
 from aiohttp import web
+
+import mautrix_check as check
+from mautrix_check import CheckFailed, expect, ok
 from mautrix.api import Method, Path
 from mautrix.appservice import AppService
 from mautrix.client import Client
@@ -51,41 +55,14 @@ NIO = AsyncClientConfig(max_timeouts=2, max_limit_exceeded=0, request_timeout=20
                         backoff_factor=0.1, max_timeout_retry_wait_time=2,
                         encryption_enabled=True, store_sync_tokens=True)
 
-last_step = "(none yet)"
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def ok(step: str) -> None:
-    global last_step
-    last_step = step
-    print(f"ok   {step}", flush=True)
-
-
-def expect(cond: bool, what: str, seen) -> None:
-    if not cond:
-        raise CheckFailed(f"expected {what}; saw {seen!r}")
+# The step log, failure type and bounded wait are the plain bridge check's.
+wait_for = functools.partial(check.wait_for, timeout=WAIT)
 
 
 def nio_expect(resp, cls, what):
     if not isinstance(resp, cls):
         raise CheckFailed(f"{what}: expected {cls.__name__}, got {type(resp).__name__}: {resp}")
     return resp
-
-
-async def wait_for(what: str, probe, timeout: float = WAIT, show=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        await asyncio.sleep(0.1)
-    raise CheckFailed(f"timed out after {timeout:.0f}s waiting for {what}"
-                      + (f"; last seen: {show()!r}" if show else ""))
 
 
 class Recorder:
@@ -315,11 +292,11 @@ def main() -> None:
         sys.exit(1)
     except asyncio.TimeoutError:
         print(f"FAIL: the check did not finish within {OVERALL:.0f}s; the last passed step was "
-              f"{last_step!r}", flush=True)
+              f"{check.last_step!r}", flush=True)
         sys.exit(1)
     except Exception as e:
         traceback.print_exc(file=sys.stderr)
-        print(f"FAIL: {type(e).__name__}: {e} (after step {last_step!r})", flush=True)
+        print(f"FAIL: {type(e).__name__}: {e} (after step {check.last_step!r})", flush=True)
         sys.exit(1)
     print("OK", flush=True)
 

@@ -1,7 +1,7 @@
 //! The client-server endpoints only application services call: the ping and the
 //! application service room directory.
 
-use ruma::api::client::{appservice::request_ping, appservice::set_room_visibility, room::Visibility};
+use ruma::api::client::{appservice::request_ping, appservice::set_room_visibility};
 
 use crate::{
     Error, Result,
@@ -30,11 +30,7 @@ pub async fn set_room_visibility(
     services: AppState,
     req: Ruma<set_room_visibility::v3::Request>,
 ) -> Result<set_room_visibility::v3::Response> {
-    let public = match req.body.visibility {
-        Visibility::Public => true,
-        Visibility::Private => false,
-        _ => return Err(Error::invalid_param("visibility must be public or private")),
-    };
+    let public = super::directory::is_public(&req.body.visibility)?;
     services.directory.publish_for_appservice(
         &req.identity.id,
         &req.body.network_id,

@@ -32,11 +32,7 @@ pub async fn set_room_visibility(
     services: AppState,
     req: Ruma<set_room_visibility::v3::Request>,
 ) -> Result<set_room_visibility::v3::Response> {
-    let public = match req.body.visibility {
-        Visibility::Public => true,
-        Visibility::Private => false,
-        _ => return Err(Error::invalid_param("visibility must be public or private")),
-    };
+    let public = is_public(&req.body.visibility)?;
     services.room_actions.set_published(&req.identity.user_id, &req.body.room_id, public)?;
     Ok(set_room_visibility::v3::Response::new())
 }
@@ -118,4 +114,13 @@ fn page_parts(page: PublicRoomsPage) -> Result<PageParts> {
         .collect::<Result<_, _>>()
         .map_err(|e| Error::internal(format!("directory entry: {e}")))?;
     Ok((chunk, page.next_batch, page.prev_batch, ruma::UInt::new(page.total as u64)))
+}
+
+/// A directory visibility as whether the room is listed; other values are refused.
+pub(super) fn is_public(visibility: &Visibility) -> Result<bool> {
+    match visibility {
+        Visibility::Public => Ok(true),
+        Visibility::Private => Ok(false),
+        _ => Err(Error::invalid_param("visibility must be public or private")),
+    }
 }
