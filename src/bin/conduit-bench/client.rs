@@ -97,6 +97,11 @@ impl Http {
 }
 
 impl User {
+    /// A user whose access token was obtained elsewhere (an appservice registration).
+    pub fn with_token(http: &Http, token: String) -> Self {
+        Self { http: http.clone(), token }
+    }
+
     async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> CallResult<Value> {
         let (status, value) = self.http.call(method.clone(), path, Some(&self.token), body).await?;
         if status != StatusCode::OK {

@@ -2,6 +2,7 @@
 //! same run can measure conduit and Synapse side by side. See `docs/benchmarks.md`.
 
 mod appservice;
+mod bigroom;
 mod client;
 mod gateway;
 mod process;
@@ -33,6 +34,8 @@ const SCENARIOS: &[&str] = &[
     "sliding-sync",
     "push",
     "appservice",
+    "fan-out",
+    "big-room",
 ];
 
 #[derive(Parser)]
@@ -48,6 +51,15 @@ struct Cli {
 enum Command {
     /// Print a markdown table comparing two runs saved with --json.
     Compare { first: PathBuf, second: PathBuf },
+    /// Write the median of several runs saved with --json (each number's median, the spread
+    /// in the notes) as one run.
+    Median {
+        /// Where to write the median run.
+        #[arg(long)]
+        out: PathBuf,
+        /// The runs.
+        runs: Vec<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -63,7 +75,8 @@ struct RunArgs {
     pid: Option<u32>,
     /// Comma-separated scenarios to run, in this order: register, login, whoami, send,
     /// send-concurrent, send-rooms, send-sync, initial-sync, messages, sliding-sync, push,
-    /// appservice. Default: all (appservice only with --appservice).
+    /// appservice, fan-out, big-room. Default: all but fan-out and big-room (appservice only
+    /// with --appservice).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Users to register (at least as many as --clients and --members - 1 are registered).
@@ -137,6 +150,18 @@ struct RunArgs {
     /// For how many seconds.
     #[arg(long, default_value_t = 5.0)]
     as_seconds: f64,
+    /// Members of the fan-out room, each long-polling `/sync` (besides the sender).
+    #[arg(long, default_value_t = 2000)]
+    fanout_members: usize,
+    /// Messages sent to the fan-out room, each timed to every poller's response.
+    #[arg(long, default_value_t = 5)]
+    fanout_runs: usize,
+    /// Members of the big room (its creator included); at least 42.
+    #[arg(long, default_value_t = 10_000)]
+    big_members: usize,
+    /// Messages sent one after another into the big room once it is full.
+    #[arg(long, default_value_t = 200)]
+    big_messages: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -155,6 +180,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Compare { first, second }) => compare(&first, &second),
+        Some(Command::Median { out, runs }) => median(&out, &runs),
         None => run(cli.run).await,
     };
     match result {
@@ -166,13 +192,21 @@ async fn main() -> ExitCode {
     }
 }
 
+fn read_run(path: &PathBuf) -> Result<Run, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn compare(first: &PathBuf, second: &PathBuf) -> Result<(), String> {
-    let read = |path: &PathBuf| -> Result<Run, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-    };
-    print!("{}", report::compare(&read(first)?, &read(second)?));
+    print!("{}", report::compare(&read_run(first)?, &read_run(second)?));
     Ok(())
+}
+
+fn median(out: &PathBuf, runs: &[PathBuf]) -> Result<(), String> {
+    let runs = runs.iter().map(read_run).collect::<Result<Vec<_>, _>>()?;
+    let median = report::median(&runs)?;
+    let text = serde_json::to_string_pretty(&median).map_err(|e| e.to_string())?;
+    std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))
 }
 
 async fn run(args: RunArgs) -> Result<(), String> {
@@ -182,6 +216,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         SCENARIOS
             .iter()
             .filter(|s| **s != "appservice" || args.appservice.is_some())
+            // The big-room scenarios take minutes to set up (and far longer on Synapse).
+            .filter(|s| !matches!(**s, "fan-out" | "big-room"))
             .map(|s| (*s).to_owned())
             .collect()
     } else {
@@ -222,6 +258,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         import_messages: args.import_messages,
         as_rate: args.as_rate.max(1),
         as_seconds: args.as_seconds,
+        fanout_members: args.fanout_members,
+        fanout_runs: args.fanout_runs,
+        big_members: args.big_members,
+        big_messages: args.big_messages,
+    };
+    let registration = match &args.appservice {
+        Some(path) => Some(appservice::Registration::read(path, &args.server_name)?),
+        None => None,
     };
     let http = Http::new(&url)?;
     let mut run =
@@ -344,11 +388,18 @@ async fn run(args: RunArgs) -> Result<(), String> {
         record(scenarios::push_fan_out(&plan, &sender, &room, members.len(), &gateway).await?, &mut run);
     }
 
+    // The appservice's transactions are answered whichever scenario made its users: the
+    // server sends it every event of rooms they are in.
+    let listener = match &registration {
+        Some(reg) if wants("appservice") || wants("fan-out") || wants("big-room") => {
+            Some(appservice::Listener::start(reg).await?)
+        }
+        _ => None,
+    };
     if wants("appservice") {
-        let path = args.appservice.as_ref().ok_or("the appservice scenario needs --appservice FILE")?;
-        let reg = appservice::Registration::read(path, &args.server_name)?;
-        let listener = appservice::Listener::start(&reg).await?;
-        let mut imported = appservice::import(&http, &plan, &reg).await?;
+        let reg = registration.as_ref().ok_or("the appservice scenario needs --appservice FILE")?;
+        let listener = listener.as_ref().ok_or("no appservice listener")?;
+        let mut imported = appservice::import(&http, &plan, reg).await?;
         if let Some(send) = run.outcomes.iter().find(|o| o.scenario == "send, 1 client") {
             imported.note = format!(
                 "{}; {:.0} % of sequential send",
@@ -357,7 +408,16 @@ async fn run(args: RunArgs) -> Result<(), String> {
             );
         }
         record(imported, &mut run);
-        record(appservice::delivery(&http, &plan, &reg, &listener, &users).await?, &mut run);
+        record(appservice::delivery(&http, &plan, reg, listener, &users).await?, &mut run);
+    }
+
+    if wants("fan-out") {
+        record(bigroom::fan_out(&http, &plan, registration.as_ref(), pid).await?, &mut run);
+    }
+    if wants("big-room") {
+        for outcome in bigroom::big_room(&http, &plan, registration.as_ref(), pid).await? {
+            record(outcome, &mut run);
+        }
     }
 
     if let Some(path) = &args.json {
@@ -395,4 +455,30 @@ fn check_target(url: &str, allow_remote: bool) -> Result<Option<u16>, String> {
 
 fn rand_u32() -> u32 {
     rand::random()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn a_repeated_option_takes_its_last_value() {
+        // scripts/bench-vs-synapse puts its defaults first and the caller's options after.
+        let cli = Cli::try_parse_from([
+            "conduit-bench",
+            "--history",
+            "20000",
+            "--scenarios",
+            "send,messages",
+            "--history",
+            "5000",
+            "--scenarios",
+            "fan-out",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.history, 5000);
+        assert_eq!(cli.run.scenarios, ["fan-out"]);
+    }
 }

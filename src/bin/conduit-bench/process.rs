@@ -17,6 +17,18 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time (user and system) `pid` has used, in seconds, from `/proc/<pid>/stat` (in
+/// clock ticks, 100 a second on Linux).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it follow its `)`.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// The process listening on TCP `port` (IPv4 or IPv6), if this user may see it: the socket's
 /// inode from `/proc/net/tcp*`, then the process holding a descriptor to that socket.
 pub fn pid_listening_on(port: u16) -> Option<u32> {
@@ -64,5 +76,15 @@ mod tests {
     #[test]
     fn this_process_has_a_resident_size() {
         assert!(rss_mib(std::process::id()).is_some_and(|r| r > 0.0));
+    }
+
+    #[test]
+    fn this_process_has_used_cpu() {
+        let mut spent = 0u64;
+        for i in 0..20_000_000u64 {
+            spent = spent.wrapping_add(i.rotate_left(7));
+        }
+        assert!(spent > 0);
+        assert!(cpu_seconds(std::process::id()).is_some_and(|s| s >= 0.0));
     }
 }

@@ -77,6 +77,58 @@ pub fn print_outcome(o: &Outcome) {
     );
 }
 
+/// The median of several runs of the same scenarios: per scenario (those every run has),
+/// the median of each number, with how far the runs spread in its note.
+pub fn median(runs: &[Run]) -> Result<Run, String> {
+    let first = runs.first().ok_or("no runs to take the median of")?;
+    let mid = |mut values: Vec<f64>| -> f64 {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 }
+    };
+    let spread = |values: &[f64]| -> (f64, f64) {
+        values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+    };
+    let mut outcomes = Vec::new();
+    for scenario in &first.outcomes {
+        let all: Vec<&Outcome> = runs
+            .iter()
+            .filter_map(|run| run.outcomes.iter().find(|o| o.scenario == scenario.scenario))
+            .collect();
+        if all.len() != runs.len() {
+            continue;
+        }
+        let of = |f: fn(&Outcome) -> f64| all.iter().map(|o| f(o)).collect::<Vec<f64>>();
+        let rates = of(|o| o.per_second);
+        let p50s = of(|o| o.p50_ms);
+        let (rate_lo, rate_hi) = spread(&rates);
+        let (p50_lo, p50_hi) = spread(&p50s);
+        let rss: Vec<f64> = all.iter().filter_map(|o| o.rss_mib).collect();
+        outcomes.push(Outcome {
+            scenario: scenario.scenario.clone(),
+            count: scenario.count,
+            seconds: mid(of(|o| o.seconds)),
+            per_second: mid(rates),
+            p50_ms: mid(p50s),
+            p90_ms: mid(of(|o| o.p90_ms)),
+            p99_ms: mid(of(|o| o.p99_ms)),
+            rss_mib: (rss.len() == all.len()).then(|| mid(rss)),
+            note: format!(
+                "median of {} runs (ops/s {rate_lo:.1}–{rate_hi:.1}, p50 {p50_lo:.2}–{p50_hi:.2} ms); {}",
+                all.len(),
+                scenario.note
+            ),
+        });
+    }
+    let idle: Vec<f64> = runs.iter().filter_map(|r| r.idle_rss_mib).collect();
+    Ok(Run {
+        label: first.label.clone(),
+        url: first.url.clone(),
+        idle_rss_mib: (idle.len() == runs.len()).then(|| mid(idle)),
+        outcomes,
+    })
+}
+
 /// A markdown table of two runs, scenario by scenario, with the ratio by which the first
 /// is better: throughput first/second, latency and memory second/first.
 pub fn compare(a: &Run, b: &Run) -> String {
@@ -131,6 +183,37 @@ mod tests {
         assert_eq!(o.per_second, 50.0);
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
         assert_eq!(percentile(&[Duration::from_millis(7)], 99.0), Duration::from_millis(7));
+    }
+
+    #[test]
+    fn the_median_run_takes_each_numbers_median_and_notes_the_spread() {
+        let run = |rate: f64, p50: f64| Run {
+            label: "x".to_owned(),
+            url: String::new(),
+            idle_rss_mib: Some(rate / 10.0),
+            outcomes: vec![Outcome {
+                scenario: "send".to_owned(),
+                count: 5,
+                seconds: 1.0,
+                per_second: rate,
+                p50_ms: p50,
+                p90_ms: p50,
+                p99_ms: p50,
+                rss_mib: Some(1.0),
+                note: "n".to_owned(),
+            }],
+        };
+        let m = median(&[run(100.0, 3.0), run(300.0, 1.0), run(200.0, 2.0)]).unwrap();
+        assert_eq!(m.outcomes[0].per_second, 200.0);
+        assert_eq!(m.outcomes[0].p50_ms, 2.0);
+        assert_eq!(m.idle_rss_mib, Some(20.0));
+        assert!(
+            m.outcomes[0].note.contains("median of 3 runs (ops/s 100.0–300.0, p50 1.00–3.00 ms)"),
+            "{}",
+            m.outcomes[0].note
+        );
+        let even = median(&[run(100.0, 1.0), run(200.0, 3.0)]).unwrap();
+        assert_eq!((even.outcomes[0].per_second, even.outcomes[0].p50_ms), (150.0, 2.0));
     }
 
     #[test]

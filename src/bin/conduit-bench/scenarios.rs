@@ -37,6 +37,10 @@ pub struct Plan {
     pub import_messages: usize,
     pub as_rate: u32,
     pub as_seconds: f64,
+    pub fanout_members: usize,
+    pub fanout_runs: usize,
+    pub big_members: usize,
+    pub big_messages: usize,
 }
 
 pub const PASSWORD: &str = "bench-password-a1b2c3";
@@ -475,7 +479,7 @@ fn collect(
 }
 
 /// Run `f` over `items` with at most `limit` in flight; results in item order.
-async fn bounded<I, F, Fut, T>(limit: usize, items: Vec<I>, f: F) -> Vec<T>
+pub async fn bounded<I, F, Fut, T>(limit: usize, items: Vec<I>, f: F) -> Vec<T>
 where
     F: Fn(I) -> Fut,
     Fut: Future<Output = T> + Send + 'static,
