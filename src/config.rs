@@ -94,6 +94,9 @@ pub struct Config {
     pub presence_enabled: bool,
     /// A user whose clients have neither synced nor set presence for this long goes offline.
     pub presence_offline_timeout_secs: u64,
+    /// Memory the in-memory caches (state maps, events, room member lists) may hold
+    /// together, MiB: half for state maps, a quarter each for events and member lists.
+    pub cache_memory_mib: u64,
     /// Argon2id parameters for new password hashes (existing hashes keep their own).
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
@@ -638,6 +641,7 @@ impl Default for Config {
             default_room_version: crate::matrix::room_version::DEFAULT,
             presence_enabled: true,
             presence_offline_timeout_secs: 300,
+            cache_memory_mib: 128,
             // OWASP's first recommended argon2id setting.
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
@@ -721,6 +725,12 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// Bytes of the in-memory caches: (state maps, events, room member lists).
+    pub fn cache_budgets(&self) -> (usize, usize, usize) {
+        let total = usize::try_from(self.cache_memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        (total / 2, total / 4, total / 4)
+    }
+
     /// The server notices user, when notices are on.
     pub fn server_notices_user(&self) -> Option<ruma::OwnedUserId> {
         let localpart = self.server_notices.system_mxid_localpart.as_deref()?;
@@ -766,6 +776,9 @@ impl Config {
     fn check(&self) -> Result<(), String> {
         if self.max_request_size < 1024 {
             return Err("invalid value for key `max_request_size`: must be at least 1024 bytes".into());
+        }
+        if !(8..=1_048_576).contains(&self.cache_memory_mib) {
+            return Err("invalid value for key `cache_memory_mib`: must be 8 to 1048576".into());
         }
         if self.to_device_queue_max_messages < 1 {
             return Err("invalid value for key `to_device_queue_max_messages`: must be at least 1".into());

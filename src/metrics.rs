@@ -386,6 +386,22 @@ impl Collector for ScrapeCollector {
             MetricType::Gauge,
             caches.iter().map(|(name, s)| ([("cache", *name)], s.entries)),
         )?;
+        family(
+            e,
+            "conduit_cache_size",
+            "Bytes an in-memory cache holds now, as its entries are weighed",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            caches.iter().map(|(name, s)| ([("cache", *name)], s.bytes)),
+        )?;
+        family(
+            e,
+            "conduit_cache_budget",
+            "Bytes an in-memory cache may hold (its share of cache_memory_mib)",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            caches.iter().map(|(name, s)| ([("cache", *name)], s.budget)),
+        )?;
 
         // Outbound deliveries (push gateways, email).
         let outbox = services.outbox.stats();

@@ -27,8 +27,17 @@ use crate::{
     },
 };
 
-/// Events kept parsed in memory; state events are read on every append for auth.
-const EVENT_CACHE_ENTRIES: usize = 20_000;
+/// Bytes an event kept parsed in memory is counted as, besides its content and `unsigned`:
+/// its IDs, hashes, signature and the cache's own share.
+const EVENT_OVERHEAD_BYTES: usize = 640;
+
+/// The bytes a cached event holds, roughly.
+fn event_weight(event: &Arc<StoredEvent>) -> usize {
+    // State events carry the content they replaced (`prev_content`) in `unsigned`.
+    let unsigned =
+        event.pdu.unsigned.as_ref().map_or(0, |u| serde_json::to_string(u).map_or(0, |s| s.len() * 2));
+    EVENT_OVERHEAD_BYTES + event.pdu.content.get().len() * 2 + unsigned
+}
 
 /// An accepted event with where it sits.
 #[derive(Clone, Debug)]
@@ -63,14 +72,15 @@ impl Events {
         self.cache.stats()
     }
 
-    pub fn new(store: &Arc<dyn KvStore>) -> Self {
+    /// `cache_bytes`: memory the parsed events kept in memory may hold.
+    pub fn new(store: &Arc<dyn KvStore>, cache_bytes: usize) -> Self {
         Self {
             pdus: PDUS.open(store),
             timeline: TIMELINE.open(store),
             stream: STREAM.open(store),
             timestamps: ROOM_TIMESTAMPS.open(store),
             bumps: ROOM_BUMPS.open(store),
-            cache: BoundedCache::new(EVENT_CACHE_ENTRIES),
+            cache: BoundedCache::new(cache_bytes, event_weight),
             last_positions: Mutex::new(HashMap::new()),
             bump_positions: Mutex::new(HashMap::new()),
         }
@@ -147,6 +157,19 @@ impl Events {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<Arc<StoredEvent>>> {
+        self.room_events_until(room_id, from, None, direction, limit)
+    }
+
+    /// As [`Self::room_events`], stopping at `until`: backwards, the events after it;
+    /// forwards, those at or before it. A sync of a busy room reads only what is new.
+    pub fn room_events_until(
+        &self,
+        room_id: &RoomId,
+        from: Option<u64>,
+        until: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>> {
         let room = room_id.to_owned();
         let range = match (from, direction) {
             (None, _) => KeyRange::prefix(room.to_key_bytes()),
@@ -160,6 +183,18 @@ impl Events {
                 range.end = std::ops::Bound::Excluded((room.clone(), from).to_key_bytes());
                 range
             }
+        };
+        let range = match (until, direction) {
+            (None, _) => range,
+            (Some(until), Direction::Reverse) => {
+                KeyRange { start: std::ops::Bound::Excluded((room.clone(), until).to_key_bytes()), ..range }
+            }
+            (Some(until), Direction::Forward) => match until.checked_add(1) {
+                Some(past) => {
+                    KeyRange { end: std::ops::Bound::Excluded((room.clone(), past).to_key_bytes()), ..range }
+                }
+                None => range,
+            },
         };
         let mut events = Vec::new();
         for row in self.timeline.scan(range, direction)?.take(limit) {

@@ -29,8 +29,16 @@ use crate::{
 
 /// Deltas between full snapshots.
 const SNAPSHOT_INTERVAL: u32 = 64;
-/// State maps kept in memory; a room's current state is read on every event sent to it.
-const GROUP_CACHE_ENTRIES: usize = 4_096;
+/// Bytes one entry of a cached state map is counted as, besides its state key and event ID:
+/// the key's type, the strings' headers and the map's own share.
+const STATE_ENTRY_BYTES: usize = 112;
+
+/// The bytes a cached state map holds, roughly. A room's state maps are kept in memory
+/// because its current state is read on every event sent to it; a big room's maps are big
+/// (one entry per member), so the cache is bounded by bytes, not by maps.
+fn state_weight(state: &Arc<StateMap>) -> usize {
+    64 + state.iter().map(|((_, key), id)| STATE_ENTRY_BYTES + key.len() + id.as_str().len()).sum::<usize>()
+}
 
 /// The state before a room's create event: no group is stored for it (IDs start at 1).
 pub const EMPTY_GROUP: u64 = 0;
@@ -54,7 +62,8 @@ impl RoomStates {
         self.group_cache.stats()
     }
 
-    pub fn new(store: &Arc<dyn KvStore>) -> Result<Self> {
+    /// `cache_bytes`: memory the state maps kept in memory may hold.
+    pub fn new(store: &Arc<dyn KvStore>, cache_bytes: usize) -> Result<Self> {
         let groups = STATE_GROUPS.open(store);
         let last = match groups.scan(KeyRange::all(), Direction::Reverse)?.next() {
             Some(row) => row?.0,
@@ -64,7 +73,7 @@ impl RoomStates {
             rooms: ROOMS.open(store),
             groups,
             room_state: ROOM_STATE.open(store),
-            group_cache: BoundedCache::new(GROUP_CACHE_ENTRIES),
+            group_cache: BoundedCache::new(cache_bytes, state_weight),
             last_group: AtomicU64::new(last),
         })
     }
