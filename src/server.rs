@@ -29,8 +29,11 @@ const LAST_SEEN_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
 /// Expired UIA sessions, reserved media IDs, cached URL previews and OpenID tokens are swept
 /// every this many flush intervals (10 minutes).
 const UIAA_SWEEP_EVERY: u32 = 20;
-/// Media past the retention age is purged every this many flush intervals (an hour).
+/// Media past the retention age is purged every this many flush intervals (an hour), and
+/// `/notifications` rows past their keeping time are deleted.
 const MEDIA_RETENTION_EVERY: u32 = 120;
+/// Notification rows deleted at most per hourly sweep (the next sweep goes on).
+const EXPIRE_NOTIFICATIONS_BUDGET: usize = 200_000;
 
 /// A built server: storage open, services wired, not yet serving.
 pub struct Server {
@@ -230,6 +233,11 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                         ),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "purging media past its retention failed"),
+                    }
+                    match services.notifications.expire(EXPIRE_NOTIFICATIONS_BUDGET) {
+                        Ok(n) if n > 0 => tracing::debug!(deleted = n, "deleted notifications past their keeping time"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "deleting old notifications failed"),
                     }
                     match services.audit.prune() {
                         Ok(n) if n > 0 => tracing::info!(deleted = n, "deleted audit records past their retention"),

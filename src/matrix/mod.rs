@@ -10,6 +10,7 @@ pub mod media;
 pub mod moderation;
 pub mod pdu;
 pub mod power_levels;
+pub mod push;
 pub mod rate_limit;
 pub mod redaction;
 pub mod room_presets;

@@ -1,20 +1,23 @@
 //! Push rules, notifications and pushers. Each user's rules live in their account data
 //! (`m.push_rules`, the spec's server defaults until changed), so clients see changes
-//! through sync. Every new event is evaluated against the rules of every joined member
-//! but its sender, in the event's own write batch; the resulting notify/highlight rows
-//! give unread counts (reset by receipts) and `/notifications`. Pushers are stored here;
-//! `PushGateways` delivers the notifications to them. Owns the `push_actions`,
+//! through sync. Every new event is evaluated for every joined member but its sender, in
+//! the event's own write batch: once per class of members whose rules differ only in their
+//! own user ID (`matrix::push`; most members share the defaults), and on their own for the
+//! members the event names. Each notification is a row with the user's running totals in
+//! its room and thread (unread counts are the latest totals less those at the read position:
+//! two lookups per thread, however long the history; rows a receipt passes are removed, and
+//! a room's when the user leaves it), and a row for `/notifications` and the pushers (kept a
+//! day, highlights thirty, as Synapse keeps them). Pushers are stored here; `PushGateways`
+//! delivers the notifications to them. Owns the `push_counts`, `push_count_bases`,
 //! `notifications` and `pushers` tables.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    future::Future,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
-    task::{Context, Poll, Waker},
 };
 
 use ruma::{
-    DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    DeviceId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, UInt, UserId,
     api::client::sync::sync_events::UnreadNotificationsCount,
     events::{
         StateEventType, TimelineEventType,
@@ -29,7 +32,7 @@ use super::{
     account_data::AccountData,
     rooms::{
         events::{Events, StoredEvent},
-        members::Memberships,
+        members::{Memberships, Roster},
         receipts::{self, Receipts},
         relations::{self, THREAD},
         state::StateMap,
@@ -40,20 +43,39 @@ use crate::{
     matrix::{
         limits::{self, MAX_APP_ID_CHARS, MAX_PUSHKEY_BYTES},
         pdu::Pdu,
+        push::{self as rules, Template},
     },
     storage::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
-        tables::{NOTIFICATIONS, NotificationRecord, PUSH_ACTIONS, PUSHERS, PushActionRecord, PusherRecord},
+        tables::{
+            NOTIFICATIONS, NotificationRecord, PUSH_COUNT_BASES, PUSH_COUNTS, PUSHERS, PushCountBase,
+            PushCountRecord, PusherRecord,
+        },
     },
 };
 
 pub const PUSH_RULES: &str = "m.push_rules";
 /// Thread key of events outside any thread.
 const MAIN: &str = "main";
-/// Rulesets kept parsed; evaluation reads one per member per event.
-const RULESET_CACHE_ENTRIES: usize = 10_000;
+/// Users whose rules (or the fact that they have the defaults) are kept in memory: every
+/// event reads every member's. A user with the defaults costs an entry of about 80 bytes.
+const RULE_CACHE_USERS: usize = 200_000;
+/// Distinct rule templates shared by classes of users; users whose rules would make more are
+/// evaluated on their own.
+const MAX_CLASSES: usize = 1_024;
+/// The class of the server-default rules.
+const DEFAULT_CLASS: usize = 0;
+/// Members' latest notification totals kept in memory for the append path (about 120 bytes
+/// each); past it they are read again from the rows.
+const TOTALS_CACHE_ENTRIES: usize = 200_000;
+/// Stripes of the lock that serialises removing a user's read rows.
+const READ_LOCK_STRIPES: usize = 64;
+/// How long `/notifications` keeps a notification that does not highlight, and one that
+/// does (Synapse's day and month).
+const KEEP_NOTIFICATION_MS: u64 = 24 * 3600 * 1000;
+const KEEP_HIGHLIGHT_MS: u64 = 30 * 24 * 3600 * 1000;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PushRulesContent {
@@ -85,7 +107,8 @@ pub struct NotificationEntry {
 }
 
 pub struct Notifications {
-    actions: Table<(OwnedUserId, OwnedRoomId, u64), PushActionRecord>,
+    counts: Table<(OwnedUserId, OwnedRoomId, String, u64), PushCountRecord>,
+    bases: Table<(OwnedUserId, OwnedRoomId, String), PushCountBase>,
     notifications: Table<(OwnedUserId, u64), NotificationRecord>,
     pushers: Table<(OwnedUserId, String, String), PusherRecord>,
     account_data: Arc<AccountData>,
@@ -93,22 +116,115 @@ pub struct Notifications {
     members: Arc<Memberships>,
     receipts: Arc<Receipts>,
     store: Arc<dyn KvStore>,
-    rulesets: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    clock: Arc<dyn crate::service::clock::Clock>,
+    server_name: OwnedServerName,
+    /// A user ID no event names (random per process), for whom each class's rules are
+    /// evaluated.
+    neutral: OwnedUserId,
+    rules: Mutex<RuleCache>,
     /// Serialises rule changes with loads into the cache, so two changes cannot lose one
     /// another and a load cannot put back rules a change just replaced.
     rules_write: Mutex<()>,
+    /// Each room's members' latest totals per thread, for the append path: read and changed
+    /// only under the room's append lock (after the event's batch is written).
+    totals: Mutex<TotalsCache>,
+    /// Serialises the removal of one user's read rows (striped by user).
+    read_locks: Vec<Mutex<()>>,
+}
+
+/// A user's notification totals in a room and thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Totals {
+    notified: u64,
+    highlighted: u64,
+}
+
+#[derive(Default)]
+struct TotalsCache {
+    rooms: HashMap<OwnedRoomId, HashMap<(OwnedUserId, String), Totals>>,
+    entries: usize,
+}
+
+/// The totals an appended event's notifications brought, to remember once its batch is
+/// written ([`Notifications::counted`]).
+#[must_use]
+pub struct Counted {
+    room_id: OwnedRoomId,
+    totals: Vec<((OwnedUserId, String), Totals)>,
+    /// Members whose rows in the room went (they left): their totals are forgotten.
+    left: Option<OwnedUserId>,
+}
+
+/// Users' rules as evaluation reads them, and the classes they fall in.
+struct RuleCache {
+    users: HashMap<OwnedUserId, UserRules>,
+    /// Templates to classes; `classes[DEFAULT_CLASS]` is the defaults'.
+    templates: HashMap<Template, usize>,
+    classes: Vec<Class>,
+}
+
+/// One user's rules, as kept in memory.
+#[derive(Clone)]
+enum UserRules {
+    /// The server defaults (no rules stored): the rules are made when needed.
+    Default,
+    /// Stored rules, and their class (`None`: evaluated on their own).
+    Stored { ruleset: Arc<Ruleset>, class: Option<usize> },
+}
+
+/// Users whose rules share one template.
+struct Class {
+    /// The template's rules for the neutral user.
+    rules: Ruleset,
+    /// Its members are always evaluated on their own (`Template::personal`).
+    personal: bool,
+}
+
+/// What evaluating an event gave one class or member: the actions, if they notify.
+#[derive(Clone)]
+struct Outcome {
+    actions: JsonValue,
+    highlight: bool,
+}
+
+impl RuleCache {
+    /// The class of a user's stored rules, made if new; `None` when there are too many.
+    fn class_of(&mut self, ruleset: &Ruleset, user_id: &UserId, neutral: &UserId) -> Option<usize> {
+        let template = rules::template_of(ruleset, user_id);
+        if let Some(class) = self.templates.get(&template) {
+            return Some(*class);
+        }
+        if self.classes.len() >= MAX_CLASSES {
+            return None;
+        }
+        let class = Class { rules: rules::instantiate(&template, neutral)?, personal: template.personal };
+        self.classes.push(class);
+        self.templates.insert(template, self.classes.len() - 1);
+        Some(self.classes.len() - 1)
+    }
 }
 
 impl Notifications {
     pub fn new(
         store: &Arc<dyn KvStore>,
+        clock: Arc<dyn crate::service::clock::Clock>,
+        server_name: OwnedServerName,
         account_data: Arc<AccountData>,
         events: Arc<Events>,
         members: Arc<Memberships>,
         receipts: Arc<Receipts>,
     ) -> Self {
+        let neutral = UserId::parse(format!("@conduit-push-{:016x}:{server_name}", rand::random::<u64>()))
+            .unwrap_or_else(|_| UserId::parse("@conduit-push-neutral:invalid").expect("a valid user ID"));
+        let default_template = rules::template_of(&Ruleset::server_default(&neutral), &neutral);
+        let default_class = Class {
+            rules: rules::instantiate(&default_template, &neutral)
+                .unwrap_or_else(|| Ruleset::server_default(&neutral)),
+            personal: default_template.personal,
+        };
         Self {
-            actions: PUSH_ACTIONS.open(store),
+            counts: PUSH_COUNTS.open(store),
+            bases: PUSH_COUNT_BASES.open(store),
             notifications: NOTIFICATIONS.open(store),
             pushers: PUSHERS.open(store),
             account_data,
@@ -116,8 +232,17 @@ impl Notifications {
             members,
             receipts,
             store: Arc::clone(store),
-            rulesets: Mutex::new(HashMap::new()),
+            clock,
+            server_name,
+            neutral,
+            rules: Mutex::new(RuleCache {
+                users: HashMap::new(),
+                templates: HashMap::from([(default_template, DEFAULT_CLASS)]),
+                classes: vec![default_class],
+            }),
             rules_write: Mutex::new(()),
+            totals: Mutex::default(),
+            read_locks: (0..READ_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 
@@ -125,22 +250,42 @@ impl Notifications {
 
     /// The user's push rules: as stored, or the spec's defaults.
     pub fn ruleset(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
-        if let Some(cached) = self.lock_rulesets().get(user_id) {
-            return Ok(Arc::clone(cached));
+        Ok(match self.user_rules(user_id)? {
+            UserRules::Default => Arc::new(Ruleset::server_default(user_id)),
+            UserRules::Stored { ruleset, .. } => ruleset,
+        })
+    }
+
+    /// The user's rules as evaluation reads them, from memory or read and classed.
+    fn user_rules(&self, user_id: &UserId) -> Result<UserRules> {
+        if let Some(cached) = self.lock_rules().users.get(user_id) {
+            return Ok(cached.clone());
         }
         let _writing = self.rules_write.lock().unwrap_or_else(|p| p.into_inner());
-        let ruleset = Arc::new(self.stored_ruleset(user_id)?);
-        let mut cache = self.lock_rulesets();
-        if cache.len() >= RULESET_CACHE_ENTRIES {
-            cache.clear();
+        let stored = self.stored(user_id)?;
+        let mut cache = self.lock_rules();
+        let rules = match stored {
+            None => UserRules::Default,
+            Some(ruleset) => {
+                let class = cache.class_of(&ruleset, user_id, &self.neutral);
+                UserRules::Stored { ruleset: Arc::new(ruleset), class }
+            }
+        };
+        if cache.users.len() >= RULE_CACHE_USERS {
+            cache.users.clear();
         }
-        cache.insert(user_id.to_owned(), Arc::clone(&ruleset));
-        Ok(ruleset)
+        cache.users.insert(user_id.to_owned(), rules.clone());
+        Ok(rules)
+    }
+
+    /// The user's stored rules; `None` for the defaults.
+    fn stored(&self, user_id: &UserId) -> Result<Option<Ruleset>> {
+        let stored: Option<PushRulesContent> = self.account_data.get_as(user_id, None, PUSH_RULES)?;
+        Ok(stored.map(|c| c.global))
     }
 
     fn stored_ruleset(&self, user_id: &UserId) -> Result<Ruleset> {
-        let stored: Option<PushRulesContent> = self.account_data.get_as(user_id, None, PUSH_RULES)?;
-        Ok(stored.map_or_else(|| Ruleset::server_default(user_id), |c| c.global))
+        Ok(self.stored(user_id)?.unwrap_or_else(|| Ruleset::server_default(user_id)))
     }
 
     /// Change the user's rules with `change` and store the result (announced through sync).
@@ -155,7 +300,8 @@ impl Notifications {
         let content = serde_json::value::to_raw_value(&PushRulesContent { global: ruleset })
             .map_err(|e| Error::internal(format!("serialising push rules: {e}")))?;
         self.account_data.set(user_id, None, PUSH_RULES, content)?;
-        self.lock_rulesets().remove(user_id);
+        // The next event is evaluated with the new rules.
+        self.lock_rules().users.remove(user_id);
         Ok(())
     }
 
@@ -171,84 +317,195 @@ impl Notifications {
         crate::service::rooms::render::to_raw(&json!({ "global": &*ruleset }))
     }
 
-    fn lock_rulesets(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUserId, Arc<Ruleset>>> {
-        self.rulesets.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_rules(&self) -> std::sync::MutexGuard<'_, RuleCache> {
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     // ---- evaluation ----
 
     /// Evaluate an event about to be appended for every joined member but its sender (and
-    /// for the invitee of an invite), with the room state before it and its joined members. Done before the event
-    /// takes a stream position, so a large room's evaluation holds back no one's sync.
+    /// for the invitee of an invite), with the room state before it and its roster (joined
+    /// members). Each class of members (the same rules but for their own user ID) is
+    /// evaluated once, for a neutral user; the members the event names (`@<localpart>:` in
+    /// any of its strings), the members of personal classes and members with unusual IDs are
+    /// evaluated with their own rules. Done before the event takes a stream position, so a
+    /// large room's evaluation holds back no one's sync.
     pub fn evaluate(
         &self,
         pdu: &Pdu,
         state: &StateMap,
         power_levels: RoomPowerLevels,
-        joined: &[OwnedUserId],
+        roster: &Roster,
     ) -> Result<Vec<PendingNotification>> {
-        let mut recipients = joined.to_vec();
-        let member_count = UInt::new_saturating(recipients.len() as u64);
-        if pdu.kind == TimelineEventType::RoomMember {
-            let invited = pdu.content_value().get("membership").and_then(JsonValue::as_str) == Some("invite");
-            if let Some(invitee) =
-                pdu.state_key.as_deref().filter(|_| invited).and_then(|k| UserId::parse(k).ok())
-                && !recipients.contains(&invitee)
-            {
-                recipients.push(invitee);
-            }
+        let member_count = UInt::new_saturating(roster.joined_count());
+        let mut invitee = None;
+        if pdu.kind == TimelineEventType::RoomMember
+            && pdu.content_value().get("membership").and_then(JsonValue::as_str) == Some("invite")
+            && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+            && !roster.is_joined(&user)
+            && user != pdu.sender
+        {
+            invitee = Some(user);
         }
-        recipients.retain(|user| *user != pdu.sender);
-        if recipients.is_empty() {
+        if roster.joined_count() == u64::from(roster.is_joined(&pdu.sender)) && invitee.is_none() {
             return Ok(Vec::new());
         }
-        let raw: Raw<JsonValue> = Raw::from_json(crate::service::rooms::render::to_raw(
-            &pdu.to_client_event(None).map_err(Error::internal)?,
-        )?);
+        let value = pdu.to_client_event(None).map_err(Error::internal)?;
+        let raw: Raw<JsonValue> = Raw::from_json(crate::service::rooms::render::to_raw(&value)?);
         // Flattened once for every member, rather than once per member inside ruma.
         let flattened = FlattenedJson::from_raw(&raw);
         let power: PushConditionPowerLevelsCtx = power_levels.into();
         let thread = relations::relates_to(&pdu.content_value())
             .filter(|r| r.rel_type == THREAD)
             .map(|r| r.parent.to_string());
-        let mut pending = Vec::new();
-        for user_id in recipients {
-            let ruleset = self.ruleset(&user_id)?;
-            let display_name = self.display_name(state, &user_id)?;
+        // The members the event names (by lowercased localpart: `event_match` ignores case).
+        let mut alone: HashSet<OwnedUserId> = HashSet::new();
+        for localpart in rules::named_localparts(&value) {
+            if let Ok(user) = UserId::parse(format!("@{localpart}:{}", self.server_name))
+                && roster.is_joined(&user)
+            {
+                alone.insert(user);
+            }
+        }
+        alone.extend(invitee.iter().cloned());
+
+        // Every recipient's rules: read from storage for those not in memory yet (outside the
+        // cache's lock), then taken under one lock for the whole room.
+        let recipients: Vec<&OwnedUserId> =
+            roster.joined().iter().chain(invitee.iter()).filter(|u| **u != pdu.sender).collect();
+        let missing: Vec<&OwnedUserId> = {
+            let cache = self.lock_rules();
+            recipients.iter().copied().filter(|u| !cache.users.contains_key(*u)).collect()
+        };
+        for user in missing {
+            self.user_rules(user)?;
+        }
+        let context_for = |user: &UserId, name: String| {
             let mut context =
-                PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, user_id.clone(), display_name);
+                PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, user.to_owned(), name);
             context.power_levels = Some(power.clone());
-            let Some(actions) = now_or_never(first_match(&ruleset, &flattened, &context)) else {
-                // Only thread-subscription conditions suspend, and none is configured.
-                continue;
-            };
+            context
+        };
+        let outcome_of = |actions: &[Action]| -> Result<Option<Outcome>> {
             if !actions.iter().any(Action::should_notify) {
-                continue;
+                return Ok(None);
             }
             let highlight = actions.iter().any(|a| a.is_highlight());
             let actions = serde_json::to_value(actions)
                 .map_err(|e| Error::internal(format!("serialising actions: {e}")))?;
-            pending.push(PendingNotification { user_id, highlight, thread: thread.clone(), actions });
+            Ok(Some(Outcome { actions, highlight }))
+        };
+        let neutral_context = context_for(&self.neutral, self.neutral.localpart().to_owned());
+        let mut class_outcomes: HashMap<usize, Option<Outcome>> = HashMap::new();
+        let mut own: Vec<(OwnedUserId, UserRules)> = Vec::new();
+        let mut pending = Vec::new();
+        {
+            let cache = self.lock_rules();
+            for user in recipients {
+                let rules = match cache.users.get(user) {
+                    Some(rules) => rules,
+                    // Dropped from memory meanwhile (the cache started over): read again below.
+                    None => {
+                        own.push((user.clone(), UserRules::Default));
+                        continue;
+                    }
+                };
+                let class = match rules {
+                    UserRules::Default => Some(DEFAULT_CLASS),
+                    UserRules::Stored { class, .. } => *class,
+                };
+                // Members with an ID a lowercased name does not stand for (capitals, another
+                // server) are evaluated on their own too.
+                let unusual = user.server_name() != self.server_name
+                    || user.localpart().bytes().any(|b| b.is_ascii_uppercase());
+                let shared =
+                    class.filter(|c| !unusual && !alone.contains(user) && !cache.classes[*c].personal);
+                let Some(class) = shared else {
+                    own.push((user.clone(), rules.clone()));
+                    continue;
+                };
+                if let std::collections::hash_map::Entry::Vacant(entry) = class_outcomes.entry(class) {
+                    // `None` also when a condition would wait (thread subscriptions, which are
+                    // not configured): nobody of the class is notified.
+                    let outcome =
+                        match rules::first_match(&cache.classes[class].rules, &flattened, &neutral_context) {
+                            Some(actions) => outcome_of(actions)?,
+                            None => None,
+                        };
+                    entry.insert(outcome);
+                }
+                if let Some(outcome) = &class_outcomes[&class] {
+                    pending.push(PendingNotification {
+                        user_id: user.clone(),
+                        highlight: outcome.highlight,
+                        thread: thread.clone(),
+                        actions: outcome.actions.clone(),
+                    });
+                }
+            }
+        }
+        for (user_id, rules) in own {
+            let ruleset = match rules {
+                UserRules::Default => match self.user_rules(&user_id)? {
+                    UserRules::Default => Arc::new(Ruleset::server_default(&user_id)),
+                    UserRules::Stored { ruleset, .. } => ruleset,
+                },
+                UserRules::Stored { ruleset, .. } => ruleset,
+            };
+            let context = context_for(&user_id, self.display_name(state, &user_id)?);
+            let Some(actions) = rules::first_match(&ruleset, &flattened, &context) else { continue };
+            if let Some(outcome) = outcome_of(actions)? {
+                pending.push(PendingNotification {
+                    user_id,
+                    highlight: outcome.highlight,
+                    thread: thread.clone(),
+                    actions: outcome.actions,
+                });
+            }
         }
         Ok(pending)
     }
 
-    /// Queue the notification rows of an appended event (in the event's batch).
+    /// Queue the notification rows of an appended event (in the event's batch), each with
+    /// the member's totals in the room and thread; `left` is a member the event takes out
+    /// of the room, whose rows there go. The caller holds the room's append lock and passes
+    /// the answer to [`Self::counted`] once the batch is written.
     pub fn put_in(
         &self,
         batch: &mut WriteBatch,
         event: &StoredEvent,
         pending: Vec<PendingNotification>,
-    ) -> Result<()> {
+        left: Option<&UserId>,
+    ) -> Result<Counted> {
         let pdu = &event.pdu;
+        let room_id = &pdu.room_id;
+        let mut counted =
+            Counted { room_id: room_id.clone(), totals: Vec::new(), left: left.map(ToOwned::to_owned) };
+        if let Some(user) = left {
+            // Counts show for joined rooms only, and a later join starts after every row.
+            self.counts.delete_prefix(batch, &(user.to_owned(), room_id.clone()))?;
+            self.bases.delete_prefix(batch, &(user.to_owned(), room_id.clone()))?;
+        }
         for notification in pending {
-            let record = PushActionRecord {
+            let user = notification.user_id;
+            let thread_key = notification.thread.unwrap_or_else(|| MAIN.to_owned());
+            let previous = self.latest_totals(batch, room_id, &user, &thread_key)?;
+            let totals = Totals {
+                notified: previous.notified + 1,
+                highlighted: previous.highlighted + u64::from(notification.highlight),
+            };
+            let record = PushCountRecord {
                 event_id: pdu.event_id.clone(),
                 highlight: notification.highlight,
-                thread: notification.thread,
+                notified: totals.notified,
+                highlighted: totals.highlighted,
             };
-            let user = notification.user_id;
-            self.actions.put(batch, &(user.clone(), pdu.room_id.clone(), event.stream), &record)?;
+            self.counts.put(
+                batch,
+                &(user.clone(), room_id.clone(), thread_key.clone(), event.stream),
+                &record,
+            )?;
+            counted.totals.push(((user.clone(), thread_key), totals));
             let entry = NotificationRecord {
                 room_id: pdu.room_id.clone(),
                 event_id: pdu.event_id.clone(),
@@ -258,7 +515,60 @@ impl Notifications {
             };
             self.notifications.put(batch, &(user, event.stream), &entry)?;
         }
-        Ok(())
+        Ok(counted)
+    }
+
+    /// An appended event's batch is written: remember the totals its notifications brought.
+    pub fn counted(&self, counted: Counted) {
+        let mut cache = self.lock_totals();
+        if cache.entries + counted.totals.len() > TOTALS_CACHE_ENTRIES {
+            *cache = TotalsCache::default();
+        }
+        let TotalsCache { rooms, entries } = &mut *cache;
+        let room = rooms.entry(counted.room_id).or_default();
+        if let Some(user) = &counted.left {
+            let before = room.len();
+            room.retain(|(member, _), _| member != user);
+            *entries -= before - room.len();
+        }
+        for (key, totals) in counted.totals {
+            if room.insert(key, totals).is_none() {
+                *entries += 1;
+            }
+        }
+    }
+
+    fn lock_totals(&self) -> std::sync::MutexGuard<'_, TotalsCache> {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The member's latest totals in the room and thread: remembered, or read from their
+    /// last row (or the base, when every row was read and removed); a thread without either
+    /// gets its zero base in `batch`. Called under the room's append lock.
+    fn latest_totals(
+        &self,
+        batch: &mut WriteBatch,
+        room_id: &RoomId,
+        user_id: &UserId,
+        thread: &str,
+    ) -> Result<Totals> {
+        let key = (user_id.to_owned(), thread.to_owned());
+        if let Some(known) = self.lock_totals().rooms.get(room_id).and_then(|r| r.get(&key)) {
+            return Ok(*known);
+        }
+        let prefix = (user_id.to_owned(), room_id.to_owned(), thread.to_owned());
+        // The rows before the base: a removal writes both in one batch.
+        if let Some(row) = self.counts.scan_prefix(&prefix, Direction::Reverse)?.next() {
+            let (_, record) = row?;
+            return Ok(Totals { notified: record.notified, highlighted: record.highlighted });
+        }
+        Ok(match self.bases.get(&prefix)? {
+            Some(base) => Totals { notified: base.notified, highlighted: base.highlighted },
+            None => {
+                self.bases.put(batch, &prefix, &PushCountBase::default())?;
+                Totals::default()
+            }
+        })
     }
 
     fn display_name(&self, state: &StateMap, user_id: &UserId) -> Result<String> {
@@ -303,33 +613,186 @@ impl Notifications {
     }
 
     /// Notifying and highlighting events after the user's receipts, outside threads and per
-    /// thread.
+    /// thread: per thread the latest totals less the totals at the read position.
     pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
         let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
-        let lowest = threads.values().copied().chain([unthreaded]).min().unwrap_or(0).min(unthreaded);
-        let prefix = (user_id.to_owned(), room_id.to_owned());
-        let range = KeyRange::prefix(prefix.to_key_bytes())
-            .after((user_id.to_owned(), room_id.to_owned(), lowest).to_key_bytes());
         let mut room = (0u64, 0u64);
         let mut per_thread: BTreeMap<OwnedEventId, (u64, u64)> = BTreeMap::new();
-        for row in self.actions.scan(range, Direction::Forward)? {
-            let ((_, _, stream), record) = row?;
-            let thread_key = record.thread.as_deref().unwrap_or(MAIN);
-            let read_to = unthreaded.max(threads.get(thread_key).copied().unwrap_or(0));
-            if stream <= read_to {
-                continue;
-            }
-            let counter = match record.thread.as_deref().and_then(|t| ruma::EventId::parse(t).ok()) {
+        for (thread, unread) in self.unread_by_thread(user_id, room_id, unthreaded, &threads, false)? {
+            let counter = match ruma::EventId::parse(&thread).ok().filter(|_| thread != MAIN) {
                 Some(root) => per_thread.entry(root).or_default(),
                 None => &mut room,
             };
-            counter.0 += 1;
-            counter.1 += u64::from(record.highlight);
+            counter.0 += unread.notified;
+            counter.1 += unread.highlighted;
         }
         Ok(UnreadCounts {
             room: counts(room),
             threads: per_thread.into_iter().map(|(root, c)| (root, counts(c))).collect(),
         })
+    }
+
+    /// Per thread key with notifications after the read positions, how many (and highlights);
+    /// with `first_only`, stop at the first such thread.
+    fn unread_by_thread(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        unthreaded: u64,
+        threads: &HashMap<String, u64>,
+        first_only: bool,
+    ) -> Result<Vec<(String, Totals)>> {
+        let mut found = Vec::new();
+        for row in self.bases.scan_prefix(&(user_id.to_owned(), room_id.to_owned()), Direction::Forward)? {
+            let ((_, _, thread), base) = row?;
+            let read_to = unthreaded.max(threads.get(&thread).copied().unwrap_or(0));
+            let prefix = (user_id.to_owned(), room_id.to_owned(), thread.clone());
+            let from_base = Totals { notified: base.notified, highlighted: base.highlighted };
+            let latest = match self.counts.scan_prefix(&prefix, Direction::Reverse)?.next() {
+                Some(row) => {
+                    let ((_, _, _, stream), record) = row?;
+                    if stream <= read_to {
+                        continue;
+                    }
+                    Totals { notified: record.notified, highlighted: record.highlighted }
+                }
+                None => continue,
+            };
+            let at_read = KeyRange::prefix(prefix.to_key_bytes())
+                .up_to((user_id.to_owned(), room_id.to_owned(), thread.clone(), read_to).to_key_bytes());
+            let read = match self.counts.scan(at_read, Direction::Reverse)?.next() {
+                Some(row) => {
+                    let (_, record) = row?;
+                    Totals { notified: record.notified, highlighted: record.highlighted }
+                }
+                None => from_base,
+            };
+            let unread = Totals {
+                notified: latest.notified.saturating_sub(read.notified),
+                highlighted: latest.highlighted.saturating_sub(read.highlighted),
+            };
+            if unread.notified > 0 || unread.highlighted > 0 {
+                found.push((thread, unread));
+                if first_only {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Record a read receipt (`Receipts::set`), then remove the user's notification rows the
+    /// receipts now cover, keeping their totals in the bases.
+    pub fn read(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        receipt_type: &str,
+        event_id: &ruma::EventId,
+        thread_id: Option<&str>,
+    ) -> Result<()> {
+        self.receipts.set(user_id, room_id, receipt_type, event_id, thread_id)?;
+        // The receipt is stored: failing to tidy up only leaves rows for the next receipt.
+        if let Err(e) = self.remove_read(user_id, room_id) {
+            tracing::warn!(%user_id, %room_id, error = %e, "removing read notification rows failed");
+        }
+        Ok(())
+    }
+
+    /// Remove the user's notification rows at or before their read positions in the room,
+    /// each thread's base taking the totals of its last removed row. Rows after the read
+    /// positions are untouched, and appends only add rows after them (the receipted event is
+    /// committed, and the room appends in order), so this runs beside the append path.
+    fn remove_read(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            user_id.hash(&mut hasher);
+            (hasher.finish() as usize) % READ_LOCK_STRIPES
+        };
+        let _removing = self.read_locks[stripe].lock().unwrap_or_else(|p| p.into_inner());
+        let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
+        let mut batch = WriteBatch::new();
+        for row in self.bases.scan_prefix(&(user_id.to_owned(), room_id.to_owned()), Direction::Forward)? {
+            let ((_, _, thread), base) = row?;
+            let read_to = unthreaded.max(threads.get(&thread).copied().unwrap_or(0));
+            if read_to <= base.upto {
+                continue;
+            }
+            let prefix = (user_id.to_owned(), room_id.to_owned(), thread.clone());
+            let covered = KeyRange::prefix(prefix.to_key_bytes())
+                .up_to((user_id.to_owned(), room_id.to_owned(), thread.clone(), read_to).to_key_bytes());
+            let mut last = None;
+            for row in self.counts.scan(covered, Direction::Forward)? {
+                let (key, record) = row?;
+                self.counts.delete(&mut batch, &key);
+                last = Some(record);
+            }
+            if let Some(last) = last {
+                let base =
+                    PushCountBase { notified: last.notified, highlighted: last.highlighted, upto: read_to };
+                self.bases.put(&mut batch, &prefix, &base)?;
+            }
+        }
+        if !batch.is_empty() {
+            self.store.write_buffered(batch)?;
+        }
+        Ok(())
+    }
+
+    /// A purged room's rows are gone: forget its members' totals.
+    pub fn purged_room(&self, room_id: &RoomId) {
+        let mut cache = self.lock_totals();
+        if let Some(room) = cache.rooms.remove(room_id) {
+            cache.entries -= room.len();
+        }
+    }
+
+    /// Remove `/notifications` rows past their keeping time (a day, a month for highlights,
+    /// as Synapse keeps them), at most `budget` rows a call; answers how many went. Each
+    /// user's rows are in position order, so the walk leaves a user at their first row
+    /// young enough to keep and seeks to the next user.
+    pub fn expire(&self, budget: usize) -> Result<usize> {
+        let now_ms = self.clock.now_ms();
+        let plain_before = now_ms.saturating_sub(KEEP_NOTIFICATION_MS);
+        let highlight_before = now_ms.saturating_sub(KEEP_HIGHLIGHT_MS);
+        let mut removed = 0;
+        let mut batch = WriteBatch::new();
+        let mut from = KeyRange::all();
+        'users: loop {
+            let mut rows = self.notifications.scan(from.clone(), Direction::Forward)?;
+            let Some(first) = rows.next() else { break };
+            let first = first?;
+            let user = first.0.0.clone();
+            let next_user = KeyRange::prefix(user.to_key_bytes()).end;
+            for row in std::iter::once(Ok(first)).chain(rows) {
+                let ((owner, stream), record) = row?;
+                if owner != user {
+                    break;
+                }
+                if record.ts >= plain_before {
+                    // Every later row of this user is at least as young.
+                    break;
+                }
+                if !record.highlight || record.ts < highlight_before {
+                    self.notifications.delete(&mut batch, &(owner, stream));
+                    removed += 1;
+                    if removed >= budget {
+                        break 'users;
+                    }
+                }
+            }
+            match next_user {
+                std::ops::Bound::Excluded(next) => {
+                    from = KeyRange { start: std::ops::Bound::Included(next), ..KeyRange::all() }
+                }
+                _ => break,
+            }
+        }
+        if !batch.is_empty() {
+            self.store.write(batch)?;
+        }
+        Ok(removed)
     }
 
     /// Queue the removal of a purged room's notification rows for each of `users`.
@@ -340,7 +803,8 @@ impl Notifications {
         users: &[OwnedUserId],
     ) -> Result<()> {
         for user_id in users {
-            self.actions.delete_prefix(batch, &(user_id.clone(), room_id.to_owned()))?;
+            self.counts.delete_prefix(batch, &(user_id.clone(), room_id.to_owned()))?;
+            self.bases.delete_prefix(batch, &(user_id.clone(), room_id.to_owned()))?;
             for row in self.notifications.scan_prefix(user_id, Direction::Forward)? {
                 let (key, record) = row?;
                 if record.room_id == room_id {
@@ -449,18 +913,7 @@ impl Notifications {
     /// their receipts answers, without counting the rest (every push computes the badge).
     fn has_unread(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
         let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
-        let lowest = threads.values().copied().chain([unthreaded]).min().unwrap_or(0).min(unthreaded);
-        let prefix = (user_id.to_owned(), room_id.to_owned());
-        let range = KeyRange::prefix(prefix.to_key_bytes())
-            .after((user_id.to_owned(), room_id.to_owned(), lowest).to_key_bytes());
-        for row in self.actions.scan(range, Direction::Forward)? {
-            let ((_, _, stream), record) = row?;
-            let thread_key = record.thread.as_deref().unwrap_or(MAIN);
-            if stream > unthreaded.max(threads.get(thread_key).copied().unwrap_or(0)) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(!self.unread_by_thread(user_id, room_id, unthreaded, &threads, true)?.is_empty())
     }
 
     // ---- pushers ----
@@ -608,29 +1061,4 @@ fn counts((notify, highlight): (u64, u64)) -> UnreadNotificationsCount {
     count.notification_count = Some(UInt::new_saturating(notify));
     count.highlight_count = Some(UInt::new_saturating(highlight));
     count
-}
-
-/// The actions of the first enabled rule that matches, as ruma's `get_actions` does, over an
-/// event flattened once. The event's sender never gets here (the caller skips them).
-async fn first_match<'r>(
-    ruleset: &'r Ruleset,
-    event: &FlattenedJson,
-    context: &PushConditionRoomCtx,
-) -> &'r [Action] {
-    for rule in ruleset {
-        if rule.applies(event, context).await {
-            return rule.actions();
-        }
-    }
-    &[]
-}
-
-/// Run a future that does not wait on anything to completion (push rule evaluation is
-/// async only for conditions this server does not configure).
-fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
 }

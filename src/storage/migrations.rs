@@ -6,9 +6,13 @@ use std::sync::Arc;
 use serde_json::value::RawValue as RawJsonValue;
 
 use super::{
+    codec::KeyCodec,
     codec::{decode_value, encode_value},
     kv::{Direction, KeyRange, KvStore, StorageError, StorageResult, WriteBatch},
-    tables::{META, PUSHERS, PusherRecord, SCHEMA_VERSION_KEY, UIAA_SESSIONS},
+    tables::{
+        META, PUSH_ACTIONS, PUSH_COUNT_BASES, PUSH_COUNTS, PUSHERS, PushActionRecord, PushCountBase,
+        PushCountRecord, PusherRecord, SCHEMA_VERSION_KEY, UIAA_SESSIONS,
+    },
 };
 
 /// One step from `to_version - 1` to `to_version`. It returns the writes to make; they land in
@@ -31,10 +35,15 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "pushers record the device that set them",
         run: pushers_with_devices,
     },
+    Migration {
+        to_version: 4,
+        description: "notification rows carry running totals per room and thread (push_counts)",
+        run: push_counts_from_actions,
+    },
 ];
 
 /// The schema version this build writes.
-pub const CURRENT_SCHEMA_VERSION: u64 = 3;
+pub const CURRENT_SCHEMA_VERSION: u64 = 4;
 
 /// Version 2 binds each user-interactive auth session to the method, path and parameters of
 /// its request; a version-1 session names only its endpoint, so it cannot be bound. Sessions
@@ -92,6 +101,49 @@ fn pushers_with_devices(store: &dyn KvStore) -> StorageResult<WriteBatch> {
         let pusher: Box<RawJsonValue> = decode_value(1, &value).map_err(corrupt)?;
         let record = PusherRecord { device_id: None, created_ms: 0, pusher };
         batch.put(PUSHERS.name, key, encode_value(PUSHERS.value_version, &record).map_err(corrupt)?);
+    }
+    Ok(batch)
+}
+
+/// Version 4 counts unread notifications from running totals: each `push_actions` row
+/// becomes a `push_counts` row under its thread key with the user's totals in its room and
+/// thread up to it (rows are read in position order per user and room), and each user, room
+/// and thread with rows gets its zero base.
+fn push_counts_from_actions(store: &dyn KvStore) -> StorageResult<WriteBatch> {
+    let mut batch = WriteBatch::new();
+    let corrupt = |table: &'static str| move |detail: String| StorageError::Corrupt { table, detail };
+    let mut totals: std::collections::HashMap<(ruma::OwnedUserId, ruma::OwnedRoomId, String), (u64, u64)> =
+        std::collections::HashMap::new();
+    for entry in store.scan(PUSH_ACTIONS.name, KeyRange::all(), Direction::Forward)? {
+        let (key, value) = entry?;
+        let (user, room, stream) = <(ruma::OwnedUserId, ruma::OwnedRoomId, u64)>::from_key_bytes(&key)
+            .map_err(corrupt(PUSH_ACTIONS.name))?;
+        let record: PushActionRecord =
+            decode_value(PUSH_ACTIONS.value_version, &value).map_err(corrupt(PUSH_ACTIONS.name))?;
+        let thread = record.thread.unwrap_or_else(|| "main".to_owned());
+        let total = totals.entry((user.clone(), room.clone(), thread.clone())).or_default();
+        total.0 += 1;
+        total.1 += u64::from(record.highlight);
+        let row = PushCountRecord {
+            event_id: record.event_id,
+            highlight: record.highlight,
+            notified: total.0,
+            highlighted: total.1,
+        };
+        batch.put(
+            PUSH_COUNTS.name,
+            (user, room, thread, stream).to_key_bytes(),
+            encode_value(PUSH_COUNTS.value_version, &row).map_err(corrupt(PUSH_COUNTS.name))?,
+        );
+        batch.delete(PUSH_ACTIONS.name, key);
+    }
+    for key in totals.into_keys() {
+        batch.put(
+            PUSH_COUNT_BASES.name,
+            key.to_key_bytes(),
+            encode_value(PUSH_COUNT_BASES.value_version, &PushCountBase::default())
+                .map_err(corrupt(PUSH_COUNT_BASES.name))?,
+        );
     }
     Ok(batch)
 }
@@ -156,6 +208,42 @@ mod tests {
         let record = PUSHERS.open(&s).get(&key).unwrap().unwrap();
         assert_eq!(record.device_id, None);
         assert_eq!(serde_json::from_str::<serde_json::Value>(record.pusher.get()).unwrap(), pusher);
+    }
+
+    #[test]
+    fn version_4_gives_notification_rows_running_totals_per_thread() {
+        let s = store();
+        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &3).unwrap();
+        let user = ruma::owned_user_id!("@u:example.org");
+        let room = ruma::owned_room_id!("!r:example.org");
+        let root = "$root".to_owned();
+        let rows = [(5u64, None, false), (6, Some(root.clone()), true), (7, None, true), (9, None, false)];
+        let mut batch = WriteBatch::new();
+        for (stream, thread, highlight) in &rows {
+            let record = PushActionRecord {
+                event_id: ruma::OwnedEventId::try_from(format!("$e{stream}")).unwrap(),
+                highlight: *highlight,
+                thread: thread.clone(),
+            };
+            batch.put(
+                PUSH_ACTIONS.name,
+                (user.clone(), room.clone(), *stream).to_key_bytes(),
+                encode_value(1, &record).unwrap(),
+            );
+        }
+        s.write(batch).unwrap();
+        migrate(&s).unwrap();
+        let counts = PUSH_COUNTS.open(&s);
+        let totals = |thread: &str, stream: u64| {
+            let row = counts.get(&(user.clone(), room.clone(), thread.to_owned(), stream)).unwrap().unwrap();
+            (row.notified, row.highlighted)
+        };
+        assert_eq!([totals("main", 5), totals("main", 7), totals("main", 9)], [(1, 0), (2, 1), (3, 1)]);
+        assert_eq!(totals(&root, 6), (1, 1));
+        let bases = PUSH_COUNT_BASES.open(&s);
+        assert!(bases.get(&(user.clone(), room.clone(), "main".to_owned())).unwrap().is_some());
+        assert!(bases.get(&(user.clone(), room.clone(), root)).unwrap().is_some());
+        assert!(s.scan(PUSH_ACTIONS.name, KeyRange::all(), Direction::Forward).unwrap().next().is_none());
     }
 
     #[test]

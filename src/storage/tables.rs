@@ -111,8 +111,18 @@ catalogue! {
     ROOM_BUMPS = "room_bumps", key "room_id": OwnedRoomId => u64, version 1;
     /// A room's events by origin timestamp, for `timestamp_to_event`.
     ROOM_TIMESTAMPS = "room_timestamps", key "room_id, origin_server_ts, stream": (OwnedRoomId, u64, u64) => OwnedEventId, version 1;
-    /// Events that notify a user, per room, by position: unread counts after a receipt.
+    /// Retired in schema version 4 (its rows moved to `push_counts`); read only by that migration.
     PUSH_ACTIONS = "push_actions", key "user_id, room_id, stream": (OwnedUserId, OwnedRoomId, u64) => PushActionRecord, version 1;
+    /// Events that notify a user and that the user has not read yet, per room, thread key
+    /// (`main` outside threads) and position, each with the user's notification and
+    /// highlight totals in that room and thread up to it: unread counts are the latest totals
+    /// less the totals at the read position, two lookups however long the history. Rows at or
+    /// before the read position go when a receipt passes them, and all of a room's when the
+    /// user leaves it.
+    PUSH_COUNTS = "push_counts", key "user_id, room_id, thread, stream": (OwnedUserId, OwnedRoomId, String, u64) => PushCountRecord, version 1;
+    /// Per user, room and thread key with notifications: the totals up to the rows removed,
+    /// and the read position they were removed at.
+    PUSH_COUNT_BASES = "push_count_bases", key "user_id, room_id, thread": (OwnedUserId, OwnedRoomId, String) => PushCountBase, version 1;
     /// The same notifications per user across rooms, for `/notifications`.
     NOTIFICATIONS = "notifications", key "user_id, stream": (OwnedUserId, u64) => NotificationRecord, version 1;
     /// Pushers as clients set them, per user, app ID and push key, with the device that set them.
@@ -874,6 +884,26 @@ pub struct PushActionRecord {
     pub highlight: bool,
     /// The thread root, for events in a thread.
     pub thread: Option<String>,
+}
+
+/// One unread notification of a user, with the user's totals in its room and thread up to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushCountRecord {
+    pub event_id: OwnedEventId,
+    pub highlight: bool,
+    /// Notifications (this one included) and highlights of the user in this room and thread
+    /// up to this one, since the room's first.
+    pub notified: u64,
+    pub highlighted: u64,
+}
+
+/// The totals at the last of a user's notification rows removed in a room and thread.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct PushCountBase {
+    pub notified: u64,
+    pub highlighted: u64,
+    /// The read position the rows were removed at: none at or before it is left.
+    pub upto: u64,
 }
 
 /// A notification as `/notifications` lists it.

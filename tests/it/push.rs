@@ -444,3 +444,256 @@ async fn pushers_go_with_the_devices_that_set_them() {
     let again = s.login("cat", "pw-old-12345", None).await;
     assert_eq!(pushkeys(&s, &again).await, Vec::<String>::new());
 }
+
+/// Push evaluation keeps the inputs it reads for every event in memory (members' rules and
+/// classes, the roster, power levels read from the state): a change to any of them counts
+/// from the very next event, through `/sync`'s counts and `/notifications`.
+#[tokio::test]
+async fn rule_name_and_power_changes_count_from_the_next_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let dave = s.register("dave", "pw-dave-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    for who in [&bob, &carol, &dave] {
+        assert_eq!(join(&s, who, &room).await.0, StatusCode::OK);
+    }
+    let send = |who: &Session, txn: &str, content: Value| {
+        let path = format!("{V3}/rooms/{room}/send/m.room.message/{txn}");
+        let token = who.token.clone();
+        let s = &s;
+        async move {
+            let (status, body) = s.put(&path, Some(&token), content).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    let text = |body: &str| json!({"msgtype": "m.text", "body": body});
+    let counts_of = |who: &Session| {
+        let (s, room) = (&s, room.clone());
+        let who = who.clone();
+        async move { counts(&sync(s, &who, "").await, &room) }
+    };
+
+    // Four members with the default rules: one class. A plain message notifies everyone.
+    send(&alice, "m1", text("cake?")).await;
+    assert_eq!(counts_of(&bob).await, (1, 0));
+    // A keyword rule of bob's takes effect on the next message, for bob alone.
+    let (status, body) = s
+        .put(
+            &format!("{V3}/pushrules/global/content/cake"),
+            Some(&bob.token),
+            json!({"pattern": "cake", "actions": ["notify", {"set_tweak": "highlight"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    send(&alice, "m2", text("cake!")).await;
+    assert_eq!(counts_of(&bob).await, (2, 1));
+    assert_eq!(counts_of(&dave).await, (2, 0));
+    // Muting the room, then unmuting it.
+    let mute = format!("{V3}/pushrules/global/room/{}", room.replace('!', "%21").replace(':', "%3A"));
+    let (status, body) = s.put(&mute, Some(&bob.token), json!({"actions": []})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    send(&alice, "m3", text("quiet")).await;
+    assert_eq!(counts_of(&bob).await, (2, 1));
+    let (status, _) = s.call(Method::DELETE, &mute, Some(&bob.token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    send(&alice, "m4", text("loud again")).await;
+    assert_eq!(counts_of(&bob).await, (3, 1));
+
+    // A rule reading the display name (as older clients set them): the name bob takes is
+    // matched from the next message on.
+    let (status, body) = s
+        .put(
+            &format!("{V3}/pushrules/global/override/by_name"),
+            Some(&bob.token),
+            json!({"conditions": [{"kind": "contains_display_name"}], "actions": ["notify", {"set_tweak": "highlight"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    send(&alice, "m5", text("hello Robert")).await;
+    assert_eq!(counts_of(&bob).await, (4, 1));
+    set_display_name(&s, &bob, "Robert").await;
+    send(&alice, "m6", text("hello Robert")).await;
+    assert_eq!(counts_of(&bob).await, (5, 2));
+    // A mention names its member only: dave, with the default rules, is not highlighted by
+    // bob's mention, and is by his own.
+    send(
+        &alice,
+        "m7",
+        json!({"msgtype": "m.text", "body": "bob?", "m.mentions": {"user_ids": [bob.user_id]}}),
+    )
+    .await;
+    assert_eq!((counts_of(&bob).await, counts_of(&dave).await), ((6, 3), (7, 0)));
+    send(
+        &alice,
+        "m8",
+        json!({"msgtype": "m.text", "body": "dave?", "m.mentions": {"user_ids": [dave.user_id]}}),
+    )
+    .await;
+    assert_eq!((counts_of(&bob).await, counts_of(&dave).await), ((7, 3), (8, 1)));
+
+    // Power: carol may not notify the room (the default `room` level is 50)...
+    let room_mention = |body: &str| json!({"msgtype": "m.text", "body": body, "m.mentions": {"room": true}});
+    send(&carol, "c1", room_mention("@room listen")).await;
+    assert_eq!(counts_of(&dave).await, (9, 1));
+    // ... until she is given 50, which counts from her next message.
+    let power_path = format!("{V3}/rooms/{room}/state/m.room.power_levels/");
+    let (status, mut power) = s.get(&power_path, Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{power}");
+    power["users"][&carol.user_id] = json!(50);
+    let (status, body) = s.put(&power_path, Some(&alice.token), power).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    send(&carol, "c2", room_mention("@room listen now")).await;
+    assert_eq!(counts_of(&dave).await, (10, 2));
+    assert_eq!(counts_of(&bob).await, (9, 4));
+    // A sender is never notified of her own messages: carol counts alice's eight.
+    assert_eq!(counts_of(&carol).await, (8, 0));
+
+    // /notifications agrees: dave's newest is carol's room mention, highlighted.
+    let (status, list) = s.get(&format!("{V3}/notifications?limit=1"), Some(&dave.token)).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let newest = &list["notifications"][0];
+    assert_eq!(newest["event"]["content"]["body"], "@room listen now");
+    assert!(newest["actions"].as_array().unwrap().iter().any(|a| a["set_tweak"] == "highlight"), "{newest}");
+}
+
+async fn receipt(s: &TestServer, who: &Session, room: &str, event: &str, body: Value) {
+    let (status, answer) =
+        s.post(&format!("{V3}/rooms/{room}/receipt/m.read/{event}"), Some(&who.token), body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+/// Unread counts come from running totals, and the rows a receipt covers are removed: the
+/// counts stay exact through receipts in the middle of what was sent, threaded and
+/// unthreaded receipts, and a leave and a join again.
+#[tokio::test]
+async fn counts_stay_exact_as_receipts_remove_what_they_cover() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    assert_eq!(join(&s, &carol, &room).await.0, StatusCode::OK);
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(send_text(&s, &alice, &room, &format!("m{i}"), &format!("message {i}")).await);
+    }
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (5, 0));
+    // A receipt in the middle leaves what follows it.
+    receipt(&s, &bob, &room, &sent[2], json!({})).await;
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (2, 0));
+    // An older receipt changes nothing (receipts do not move back).
+    receipt(&s, &bob, &room, &sent[0], json!({})).await;
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (2, 0));
+    sent.push(send_text(&s, &alice, &room, "m5", "message 5").await);
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (3, 0));
+    receipt(&s, &bob, &room, &sent[5], json!({})).await;
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (0, 0));
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{room}/send/m.room.message/m6"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "bob!", "m.mentions": {"user_ids": [bob.user_id]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (1, 1));
+    // Carol, who read nothing, still counts everything.
+    assert_eq!(counts(&sync(&s, &carol, "").await, &room), (7, 0));
+
+    // Threads: two replies; a threaded receipt on the first leaves one, and an unthreaded
+    // receipt past both clears the thread too.
+    let root = sent[5].clone();
+    let reply = |txn: &str| {
+        let (s, room, alice, root) = (&s, room.clone(), alice.clone(), root.clone());
+        let txn = txn.to_owned();
+        async move {
+            let (status, body) = s
+                .put(
+                    &format!("{V3}/rooms/{room}/send/m.room.message/{txn}"),
+                    Some(&alice.token),
+                    json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let t1 = reply("t1").await;
+    reply("t2").await;
+    let filter = crate::sync::urlencode(
+        &json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string(),
+    );
+    let thread_count = |body: &Value| {
+        body["rooms"]["join"][&room]["unread_thread_notifications"][&root]["notification_count"].as_u64()
+    };
+    assert_eq!(thread_count(&sync(&s, &bob, &format!("filter={filter}")).await), Some(2));
+    receipt(&s, &bob, &room, &t1, json!({"thread_id": root})).await;
+    let body = sync(&s, &bob, &format!("filter={filter}")).await;
+    assert_eq!((thread_count(&body), counts(&body, &room)), (Some(1), (1, 1)));
+    let last = send_text(&s, &alice, &room, "m7", "after the thread").await;
+    receipt(&s, &bob, &room, &last, json!({})).await;
+    let body = sync(&s, &bob, &format!("filter={filter}")).await;
+    assert_eq!((thread_count(&body), counts(&body, &room)), (None, (0, 0)));
+
+    // Leaving drops the room's counts; what was sent meanwhile does not count after a join.
+    assert_eq!(
+        s.post(&format!("{V3}/rooms/{room}/leave"), Some(&carol.token), json!({})).await.0,
+        StatusCode::OK
+    );
+    send_text(&s, &alice, &room, "m8", "while carol was away").await;
+    assert_eq!(join(&s, &carol, &room).await.0, StatusCode::OK);
+    assert_eq!(counts(&sync(&s, &carol, "").await, &room), (0, 0));
+    send_text(&s, &alice, &room, "m9", "welcome back").await;
+    assert_eq!(counts(&sync(&s, &carol, "").await, &room), (1, 0));
+}
+
+/// `/notifications` keeps a notification a day and a highlight thirty days, as Synapse does;
+/// unread counts do not depend on those rows.
+#[tokio::test]
+async fn notifications_expire_a_day_after_and_highlights_a_month_after() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    assert_eq!(join(&s, &carol, &room).await.0, StatusCode::OK);
+    send_text(&s, &alice, &room, "p", "plain").await;
+    let (status, _) = s
+        .put(
+            &format!("{V3}/rooms/{room}/send/m.room.message/h"),
+            Some(&alice.token),
+            json!({"msgtype": "m.text", "body": "bob!", "m.mentions": {"user_ids": [bob.user_id]}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = |who: &Session| {
+        let (s, token) = (&s, who.token.clone());
+        async move {
+            let (status, body) = s.get(&format!("{V3}/notifications"), Some(&token)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["event"]["content"]["body"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed(&bob).await, ["bob!", "plain"]);
+    // Within a day nothing goes.
+    s.clock.advance_ms(23 * 3600 * 1000);
+    assert_eq!(s.services.notifications.expire(1000).unwrap(), 0);
+    s.clock.advance_ms(2 * 3600 * 1000);
+    // Bob's plain one and both of carol's (neither highlights her) go.
+    assert_eq!(s.services.notifications.expire(1000).unwrap(), 3);
+    assert_eq!(listed(&bob).await, ["bob!"]);
+    assert!(listed(&carol).await.is_empty());
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (2, 1));
+    s.clock.advance_ms(30 * 24 * 3600 * 1000);
+    assert_eq!(s.services.notifications.expire(1000).unwrap(), 1);
+    assert!(listed(&bob).await.is_empty());
+}

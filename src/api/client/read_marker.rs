@@ -19,10 +19,10 @@ pub async fn set_read_marker(
         services.receipts.set_fully_read(user_id, &body.room_id, event_id)?;
     }
     if let Some(event_id) = &body.read_receipt {
-        services.receipts.set(user_id, &body.room_id, receipts::READ, event_id, None)?;
+        services.notifications.read(user_id, &body.room_id, receipts::READ, event_id, None)?;
     }
     if let Some(event_id) = &body.private_read_receipt {
-        services.receipts.set(user_id, &body.room_id, receipts::READ_PRIVATE, event_id, None)?;
+        services.notifications.read(user_id, &body.room_id, receipts::READ_PRIVATE, event_id, None)?;
     }
     if body.read_receipt.is_some() || body.private_read_receipt.is_some() {
         services.push_gateways.read_moved(user_id)?;

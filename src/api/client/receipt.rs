@@ -31,14 +31,14 @@ pub async fn create_receipt(
             }
             services.receipts.set_fully_read(user_id, &body.room_id, &body.event_id)?;
         }
-        ReceiptType::Read => services.receipts.set(
+        ReceiptType::Read => services.notifications.read(
             user_id,
             &body.room_id,
             receipts::READ,
             &body.event_id,
             thread.as_deref(),
         )?,
-        ReceiptType::ReadPrivate => services.receipts.set(
+        ReceiptType::ReadPrivate => services.notifications.read(
             user_id,
             &body.room_id,
             receipts::READ_PRIVATE,
