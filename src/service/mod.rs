@@ -164,7 +164,8 @@ impl Services {
             Arc::clone(&clock),
             Duration::from_secs(config.refreshable_access_token_lifetime_secs),
         ));
-        let events = Arc::new(rooms::events::Events::new(&store));
+        let (state_cache, event_cache, roster_cache) = config.cache_budgets();
+        let events = Arc::new(rooms::events::Events::new(&store, event_cache));
         let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
         let keys = Arc::new(keys::Keys::new(&store, Arc::clone(&stream)));
         let queue_limits = to_device::QueueLimits {
@@ -211,8 +212,8 @@ impl Services {
             config.server_name.clone(),
             clock.as_ref(),
         )?);
-        let room_states = Arc::new(rooms::state::RoomStates::new(&store)?);
-        let memberships = Arc::new(rooms::members::Memberships::new(&store));
+        let room_states = Arc::new(rooms::state::RoomStates::new(&store, state_cache)?);
+        let memberships = Arc::new(rooms::members::Memberships::new(&store, roster_cache));
         let visibility = Arc::new(rooms::visibility::Visibility::new(
             Arc::clone(&events),
             Arc::clone(&room_states),
@@ -239,6 +240,8 @@ impl Services {
         ));
         let notifications = Arc::new(push::Notifications::new(
             &store,
+            Arc::clone(&clock),
+            config.server_name.clone(),
             Arc::clone(&account_data),
             Arc::clone(&events),
             Arc::clone(&memberships),
@@ -652,7 +655,7 @@ impl Services {
         vec![
             ("events", self.events.cache_stats()),
             ("state_groups", self.room_states.cache_stats()),
-            ("joined_members", self.timeline.cache_stats()),
+            ("room_rosters", self.memberships.cache_stats()),
         ]
     }
 

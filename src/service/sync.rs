@@ -38,7 +38,7 @@ use crate::{
         rooms::{
             events::{Events, StoredEvent},
             history::{History, WindowFilter},
-            members::Memberships,
+            members::{Memberships, Roster},
             receipts::Receipts,
             render::{EventRenderer, Rendering, Shape, Viewer},
             state::StateMap,
@@ -149,8 +149,7 @@ pub fn concerns(
         Change::User(other) => other == user_id,
         Change::RoomMates(other) => {
             // The user's own changes come as `User` too.
-            other != user_id
-                && RoomMates { members, me: user_id, rooms: watched, everyone: None }.share(other)?
+            other != user_id && RoomMates::new(members, user_id, watched).share(other)?
         }
     })
 }
@@ -173,39 +172,39 @@ struct Slice {
     state_at_start: Arc<StateMap>,
 }
 
-/// Whether other users share a room with the syncing user, answered per user from their
-/// rooms, or from everyone in the user's rooms gathered once when many are asked.
+/// Rooms of the syncing user up to which a room mate is looked up in the rooms' rosters;
+/// past it, in the other user's rooms.
+const FEW_ROOMS: usize = 8;
+
+/// Whether other users share a room with the syncing user: looked up in the rosters (joined
+/// members, kept in memory) of the user's rooms when they are few, else in the other user's
+/// rooms (kept in memory too). No member list is read from storage per question.
 struct RoomMates<'a> {
     members: &'a Memberships,
     me: &'a UserId,
     rooms: &'a HashSet<OwnedRoomId>,
-    everyone: Option<HashSet<OwnedUserId>>,
+    rosters: Option<Vec<Arc<Roster>>>,
 }
 
-impl RoomMates<'_> {
-    fn expect_many(&mut self, asks: usize) -> Result<()> {
-        if self.everyone.is_none() && asks > self.rooms.len() {
-            let mut all = HashSet::new();
-            for room in self.rooms {
-                all.extend(self.members.members_with(room, &MembershipState::Join)?);
-            }
-            self.everyone = Some(all);
-        }
-        Ok(())
+impl<'a> RoomMates<'a> {
+    fn new(members: &'a Memberships, me: &'a UserId, rooms: &'a HashSet<OwnedRoomId>) -> Self {
+        Self { members, me, rooms, rosters: None }
     }
 
-    fn share(&self, user: &UserId) -> Result<bool> {
+    fn share(&mut self, user: &UserId) -> Result<bool> {
         if user == self.me {
             return Ok(true);
         }
-        Ok(match &self.everyone {
-            Some(all) => all.contains(user),
-            None => self
-                .members
-                .rooms_of_user(user, &MembershipState::Join)?
-                .iter()
-                .any(|r| self.rooms.contains(r)),
-        })
+        if self.rooms.len() <= FEW_ROOMS {
+            if self.rosters.is_none() {
+                let rosters = self.rooms.iter().map(|r| self.members.roster(r)).collect::<Result<_>>()?;
+                self.rosters = Some(rosters);
+            }
+            return Ok(self.rosters.iter().flatten().any(|r| r.is_joined(user)));
+        }
+        Ok(self.members.user_memberships(user)?.iter().any(|(room, record)| {
+            record.membership == MembershipState::Join.as_str() && self.rooms.contains(room)
+        }))
     }
 }
 
@@ -308,8 +307,7 @@ impl Sync {
             }
         }
         let changed_keys = self.keys.changed_users(from, to)?;
-        let mut mates = RoomMates { members: &self.members, me: user_id, rooms: &rooms, everyone: None };
-        mates.expect_many(changed_keys.len() + came.len() + went.len())?;
+        let mut mates = RoomMates::new(&self.members, user_id, &rooms);
         let mut changed = BTreeSet::new();
         for user in changed_keys.into_iter().chain(came) {
             if mates.share(&user)? {
@@ -416,8 +414,7 @@ impl Sync {
         }
 
         response.account_data.events = global_account_data;
-        let mut mates =
-            RoomMates { members: &self.members, me: user_id, rooms: &joined_rooms, everyone: None };
+        let mut mates = RoomMates::new(&self.members, user_id, &joined_rooms);
         response.presence.events =
             self.presence_events(&filter.presence, since, upto, &mut mates, &moves.joined)?;
         // End-to-end encryption: this device's messages and key counts, and whose devices
@@ -442,7 +439,6 @@ impl Sync {
         );
         if let Some(since) = since {
             let changed_keys = self.keys.changed_users(since, upto)?;
-            mates.expect_many(changed_keys.len() + moves.joined.len() + moves.left.len())?;
             let mut changed = BTreeSet::new();
             for user in changed_keys.into_iter().chain(moves.joined) {
                 if mates.share(&user)? {
@@ -472,6 +468,10 @@ impl Sync {
         mates: &mut RoomMates<'_>,
         newcomers: &BTreeSet<OwnedUserId>,
     ) -> Result<Vec<Raw<ruma::events::presence::PresenceEvent>>> {
+        // A client that filters presence out (or a server without it) costs nothing here.
+        if !self.presence.is_enabled() || !filter::event_allowed(filter, None, "m.presence") {
+            return Ok(Vec::new());
+        }
         let mut views = self.presence.changes(since, upto)?;
         let changed: HashSet<OwnedUserId> = views.iter().map(|v| v.user_id.clone()).collect();
         for newcomer in newcomers {
@@ -479,7 +479,6 @@ impl Sync {
                 views.extend(self.presence.get(newcomer)?);
             }
         }
-        mates.expect_many(views.len())?;
         let mut events = Vec::new();
         for view in views {
             if !mates.share(&view.user_id)?
@@ -572,11 +571,9 @@ impl Sync {
         add_missing(&mut state_events, senders_members);
         if let Some(summary) = summary.as_ref().filter(|_| lazy) {
             // Clients name rooms after their heroes, so their member events must be there.
-            let heroes: BTreeSet<OwnedUserId> = summary.heroes.iter().cloned().collect();
-            let members = member_state(&state_at_start);
             add_missing(
                 &mut state_events,
-                self.history.state_events(&members, None, &room_filter.state, &heroes)?,
+                self.history.member_events(&state_at_start, &room_filter.state, &summary.heroes)?,
             );
         }
         let state_events = self.drop_redundant_members(request, room_id, &timeline_events, state_events);
@@ -820,10 +817,9 @@ impl Sync {
         if matches!(state_filter.lazy_load_options, LazyLoadOptions::Enabled { .. }) {
             let timeline_senders: BTreeSet<OwnedUserId> =
                 timeline_events.iter().map(|e| e.pdu.sender.clone()).collect();
-            let members = member_state(&state_at_end);
             add_missing(
                 &mut state,
-                self.history.state_events(&members, None, state_filter, &timeline_senders)?,
+                self.history.member_events(&state_at_end, state_filter, &timeline_senders)?,
             );
         }
         Ok((state, state_at_end))
@@ -861,7 +857,7 @@ impl Sync {
             })
             .map(|e| e.pdu.sender.clone())
             .collect();
-        self.history.state_events(&member_state(state_at_start), None, state_filter, &senders)
+        self.history.member_events(state_at_start, state_filter, &senders)
     }
 
     /// With lazy loading, drop from `state_events` the member events this device already
@@ -993,13 +989,4 @@ fn was_joined_before(event: &StoredEvent) -> bool {
         .and_then(|c| c.get("membership"))
         .and_then(JsonValue::as_str)
         == Some("join")
-}
-
-/// Only the member entries of a state map.
-fn member_state(state: &StateMap) -> StateMap {
-    state
-        .iter()
-        .filter(|(key, _)| key.0 == StateEventType::RoomMember)
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
 }

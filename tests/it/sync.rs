@@ -855,3 +855,60 @@ async fn federation_format_applies_to_room_events_and_leaves_ephemeral_alone() {
     let receipt = ephemeral.iter().find(|e| e["type"] == "m.receipt").unwrap_or_else(|| panic!("{joined}"));
     assert!(receipt["content"][&message]["m.read"][&bob.user_id]["ts"].is_u64(), "{receipt}");
 }
+
+/// Member counts and heroes come from each room's roster, kept in memory once read and
+/// changed in place by every membership change: each change shows in the next incremental
+/// sync.
+#[tokio::test]
+async fn member_counts_and_heroes_follow_every_membership_change() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let room = create_room(&s, &alice, json!({"preset": "private_chat"})).await;
+    assert_eq!(
+        s.post(&format!("{V3}/rooms/{room}/invite"), Some(&alice.token), json!({"user_id": bob.user_id}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    let first = sync(&s, &bob, "").await;
+    let summary = &first["rooms"]["join"][&room]["summary"];
+    assert_eq!(
+        (summary["m.joined_member_count"].as_u64(), summary["m.invited_member_count"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(summary["m.heroes"], json!([alice.user_id]));
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    let step = |from: String, expect_joined: u64, expect_invited: u64, heroes: Value| {
+        let (s, bob, room) = (&s, bob.clone(), room.clone());
+        async move {
+            let next = sync(s, &bob, &format!("since={from}&timeout=0")).await;
+            let summary = &next["rooms"]["join"][&room]["summary"];
+            assert_eq!(summary["m.joined_member_count"].as_u64(), Some(expect_joined), "{next}");
+            assert_eq!(summary["m.invited_member_count"].as_u64(), Some(expect_invited), "{next}");
+            assert_eq!(summary["m.heroes"], heroes, "{next}");
+            next["next_batch"].as_str().unwrap().to_owned()
+        }
+    };
+    let invite = json!({"user_id": carol.user_id});
+    assert_eq!(
+        s.post(&format!("{V3}/rooms/{room}/invite"), Some(&alice.token), invite).await.0,
+        StatusCode::OK
+    );
+    since = step(since.clone(), 2, 1, json!([alice.user_id, carol.user_id])).await;
+    assert_eq!(join(&s, &carol, &room).await.0, StatusCode::OK);
+    since = step(since.clone(), 3, 0, json!([alice.user_id, carol.user_id])).await;
+    assert_eq!(
+        s.post(&format!("{V3}/rooms/{room}/leave"), Some(&alice.token), json!({})).await.0,
+        StatusCode::OK
+    );
+    since = step(since.clone(), 2, 0, json!([carol.user_id])).await;
+    assert_eq!(
+        s.post(&format!("{V3}/rooms/{room}/leave"), Some(&carol.token), json!({})).await.0,
+        StatusCode::OK
+    );
+    // Alone, bob sees those who left, in the order they came.
+    step(since.clone(), 1, 0, json!([alice.user_id, carol.user_id])).await;
+}

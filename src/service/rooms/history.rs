@@ -301,7 +301,7 @@ impl History {
         };
         let mut next = from;
         loop {
-            let rows = self.events.room_events(room_id, Some(cursor), direction, SCAN_CHUNK)?;
+            let rows = self.events.room_events_until(room_id, Some(cursor), stop, direction, SCAN_CHUNK)?;
             if rows.is_empty() {
                 return Ok(Window { events: picked, more: false, next });
             }
@@ -360,6 +360,33 @@ impl History {
     /// The state just before `event`.
     pub fn state_before(&self, event: &StoredEvent) -> Result<Arc<StateMap>> {
         self.states.state_of_group(event.state_before)
+    }
+
+    /// The member events of `users` in `state` that the filter lets through, oldest first:
+    /// looked up one by one, so a big room's member list is not walked for a few senders.
+    pub fn member_events<'u>(
+        &self,
+        state: &StateMap,
+        state_filter: &RoomEventFilter,
+        users: impl IntoIterator<Item = &'u OwnedUserId>,
+    ) -> Result<Vec<Arc<StoredEvent>>> {
+        let ids: Vec<&OwnedEventId> = users
+            .into_iter()
+            .filter_map(|user| state.get(&(StateEventType::RoomMember, user.to_string())))
+            .collect();
+        let mut events = self.events.get_many(ids)?;
+        events.retain(|e| {
+            filter::room_event_allowed(
+                state_filter,
+                &e.pdu.room_id,
+                &e.pdu.sender,
+                &e.pdu.kind.to_string(),
+                &e.pdu.content_value(),
+            )
+        });
+        events.sort_by_key(|e| e.stream);
+        events.dedup_by(|a, b| a.pdu.event_id == b.pdu.event_id);
+        Ok(events)
     }
 
     /// The events of a state map, optionally only those differing from `previous`, passing

@@ -3,8 +3,8 @@
 //! Owns the `room_members` and `user_rooms` tables.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
@@ -31,6 +31,75 @@ pub type UserMemberships = Arc<[(OwnedRoomId, MembershipRecord)]>;
 
 /// Users whose rows are kept in memory at most; past it the cache starts over.
 const MAX_CACHED_USERS: usize = 10_000;
+/// Heroes a room summary lists.
+pub const MAX_HEROES: usize = 5;
+/// Rooms whose membership changes are counted (for rosters being read) before the count
+/// starts over.
+const MAX_COUNTED_ROOMS: usize = 100_000;
+
+/// A room's joined and invited members, as every sync, push evaluation and appservice
+/// transaction reads them: kept in memory per room after a first read, and changed in place
+/// by each committed membership change, so a big room's member list is decoded once, not
+/// on every event or poll.
+#[derive(Clone, Default, Debug)]
+pub struct Roster {
+    joined: HashSet<OwnedUserId>,
+    invited: HashSet<OwnedUserId>,
+    /// The first members by stream order, for heroes: read from the rows the first time an
+    /// unnamed room's summary asks, forgotten at the next change.
+    heroes: OnceLock<HeroCandidates>,
+}
+
+/// Who a room's summary may name as heroes, in the spec's order.
+#[derive(Clone, Debug, Default)]
+struct HeroCandidates {
+    /// The first joined or invited members by the position of their member event, and the
+    /// first who left or were banned; `MAX_HEROES + 1` of each, so that leaving out the
+    /// user asking still leaves enough.
+    present: Vec<OwnedUserId>,
+    gone: Vec<OwnedUserId>,
+}
+
+impl Roster {
+    pub fn joined(&self) -> &HashSet<OwnedUserId> {
+        &self.joined
+    }
+
+    pub fn is_joined(&self, user_id: &UserId) -> bool {
+        self.joined.contains(user_id)
+    }
+
+    pub fn joined_count(&self) -> u64 {
+        self.joined.len() as u64
+    }
+
+    pub fn invited_count(&self) -> u64 {
+        self.invited.len() as u64
+    }
+
+    /// Bytes it holds, roughly (for the cache's bound).
+    fn weight(&self) -> usize {
+        let per_user = |u: &OwnedUserId| u.as_str().len() + 48;
+        64 + self.joined.iter().map(per_user).sum::<usize>()
+            + self.invited.iter().map(per_user).sum::<usize>()
+    }
+
+    /// Apply one member's new membership (idempotent: applying it twice changes nothing).
+    fn apply(&mut self, user_id: &UserId, membership: &str) {
+        self.joined.remove(user_id);
+        self.invited.remove(user_id);
+        match membership {
+            "join" => {
+                self.joined.insert(user_id.to_owned());
+            }
+            "invite" => {
+                self.invited.insert(user_id.to_owned());
+            }
+            _ => {}
+        }
+        self.heroes = OnceLock::new();
+    }
+}
 
 pub struct Memberships {
     room_members: Table<(OwnedRoomId, OwnedUserId), MembershipRecord>,
@@ -39,6 +108,66 @@ pub struct Memberships {
     /// Users' rows as last read: every sync reads all of a user's rooms, and they change
     /// rarely. Dropped for a user once a change to their rows is committed.
     by_user: Mutex<UserCache>,
+    rosters: Mutex<RosterCache>,
+    /// Bytes of rosters kept at most.
+    roster_budget: usize,
+}
+
+#[derive(Default)]
+struct RosterCache {
+    rooms: HashMap<OwnedRoomId, (Arc<Roster>, usize)>,
+    /// Bytes held by `rooms`.
+    bytes: usize,
+    /// Membership changes committed per room, so that a roster read from the rows while one
+    /// was committed is not kept; `epoch` moves when these counts start over.
+    changes: HashMap<OwnedRoomId, u64>,
+    epoch: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl RosterCache {
+    fn mark(&self, room_id: &RoomId) -> (u64, u64) {
+        (self.epoch, self.changes.get(room_id).copied().unwrap_or(0))
+    }
+
+    fn note_change(&mut self, room_id: &RoomId) {
+        if self.changes.len() >= MAX_COUNTED_ROOMS && !self.changes.contains_key(room_id) {
+            self.changes.clear();
+            self.epoch += 1;
+        }
+        *self.changes.entry(room_id.to_owned()).or_default() += 1;
+    }
+
+    fn insert(&mut self, room_id: OwnedRoomId, roster: Arc<Roster>, budget: usize) {
+        let weight = roster.weight();
+        if weight > budget {
+            return;
+        }
+        if let Some((_, old)) = self.rooms.remove(&room_id) {
+            self.bytes -= old;
+        }
+        if self.bytes + weight > budget {
+            // Make room for a quarter of the budget at once: entries go in the map's own
+            // (arbitrary) order, so no recency bookkeeping is paid on reads.
+            let target = (budget - weight).min(budget / 4 * 3);
+            let mut gone = Vec::new();
+            let mut bytes = self.bytes;
+            for (room, (_, w)) in &self.rooms {
+                if bytes <= target {
+                    break;
+                }
+                bytes -= w;
+                gone.push(room.clone());
+            }
+            for room in gone {
+                self.rooms.remove(&room);
+            }
+            self.bytes = bytes;
+        }
+        self.bytes += weight;
+        self.rooms.insert(room_id, (roster, weight));
+    }
 }
 
 #[derive(Default)]
@@ -50,12 +179,15 @@ struct UserCache {
 }
 
 impl Memberships {
-    pub fn new(store: &Arc<dyn KvStore>) -> Self {
+    /// `roster_budget`: bytes of room rosters kept in memory at most.
+    pub fn new(store: &Arc<dyn KvStore>, roster_budget: usize) -> Self {
         Self {
             room_members: ROOM_MEMBERS.open(store),
             user_rooms: USER_ROOMS.open(store),
             store: Arc::clone(store),
             by_user: Mutex::default(),
+            rosters: Mutex::default(),
+            roster_budget,
         }
     }
 
@@ -63,14 +195,129 @@ impl Memberships {
         self.by_user.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_rosters(&self) -> std::sync::MutexGuard<'_, RosterCache> {
+        self.rosters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The roster cache's counters (for the metrics).
+    pub fn cache_stats(&self) -> crate::service::cache::CacheStats {
+        let rosters = self.lock_rosters();
+        crate::service::cache::CacheStats {
+            hits: rosters.hits,
+            misses: rosters.misses,
+            entries: rosters.rooms.len() as u64,
+            capacity: 0,
+            bytes: rosters.bytes as u64,
+            budget: self.roster_budget as u64,
+        }
+    }
+
     /// Changes queued with [`Self::set_in`] for these users are committed: their rows are
-    /// read afresh from now on.
+    /// read afresh from now on. (A change to someone's membership of a room goes through
+    /// [`Self::committed_member`], which also keeps the room's roster.)
     pub fn committed<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
         let mut cache = self.cache();
         cache.generation += 1;
         for user_id in users {
             cache.rows.remove(user_id);
         }
+    }
+
+    /// A membership change queued with [`Self::set_in`] is committed: the user's rows are
+    /// read afresh, and the room's roster, if kept, changes in place. Called by the room's
+    /// only writer (under its lock), after the batch is written.
+    pub fn committed_member(&self, room_id: &RoomId, user_id: &UserId, membership: &str) {
+        self.committed([user_id]);
+        let mut rosters = self.lock_rosters();
+        rosters.note_change(room_id);
+        let budget = self.roster_budget;
+        if let Some((roster, _)) = rosters.rooms.get_mut(room_id) {
+            // Copied only when a reader still holds the old one.
+            Arc::make_mut(roster).apply(user_id, membership);
+            let roster = Arc::clone(roster);
+            rosters.insert(room_id.to_owned(), roster, budget);
+        }
+    }
+
+    /// A room's rows were removed (purged): forget its roster.
+    pub fn purged_room(&self, room_id: &RoomId) {
+        let mut rosters = self.lock_rosters();
+        rosters.note_change(room_id);
+        if let Some((_, weight)) = rosters.rooms.remove(room_id) {
+            rosters.bytes -= weight;
+        }
+    }
+
+    /// The room's joined and invited members.
+    pub fn roster(&self, room_id: &RoomId) -> Result<Arc<Roster>> {
+        let mark = {
+            let mut rosters = self.lock_rosters();
+            if let Some((roster, _)) = rosters.rooms.get(room_id) {
+                let roster = Arc::clone(roster);
+                rosters.hits += 1;
+                return Ok(roster);
+            }
+            rosters.misses += 1;
+            rosters.mark(room_id)
+        };
+        let mut roster = Roster::default();
+        for row in self.room_members.scan_prefix(&room_id.to_owned(), Direction::Forward)? {
+            let ((_, user_id), record) = row?;
+            match record.membership.as_str() {
+                "join" => {
+                    roster.joined.insert(user_id);
+                }
+                "invite" => {
+                    roster.invited.insert(user_id);
+                }
+                _ => {}
+            }
+        }
+        let roster = Arc::new(roster);
+        let mut rosters = self.lock_rosters();
+        // A change committed while the rows were read may be missing from them.
+        if rosters.mark(room_id) == mark {
+            rosters.insert(room_id.to_owned(), Arc::clone(&roster), self.roster_budget);
+        }
+        Ok(roster)
+    }
+
+    /// The heroes a summary of the room names for `user_id`: the first members by the
+    /// position of their member event who are joined or invited, or, when there are none
+    /// besides the user, the first who left or were banned; `MAX_HEROES` at most.
+    pub fn heroes(&self, room_id: &RoomId, user_id: &UserId) -> Result<Vec<OwnedUserId>> {
+        let roster = self.roster(room_id)?;
+        let candidates = match roster.heroes.get() {
+            Some(candidates) => candidates.clone(),
+            None => {
+                // (whether they are gone, position of their member event, user)
+                let mut rows = Vec::new();
+                for (member, record) in self.members(room_id)? {
+                    let gone = match record.membership.as_str() {
+                        "join" | "invite" => false,
+                        "leave" | "ban" => true,
+                        _ => continue,
+                    };
+                    rows.push((gone, record.stream, member));
+                }
+                rows.sort();
+                let mut candidates = HeroCandidates::default();
+                for (gone, _, member) in rows {
+                    let list = if gone { &mut candidates.gone } else { &mut candidates.present };
+                    if list.len() <= MAX_HEROES {
+                        list.push(member);
+                    }
+                }
+                // Kept only if the roster is still the room's (no change since).
+                let _ = roster.heroes.set(candidates.clone());
+                candidates
+            }
+        };
+        let others = |list: Vec<OwnedUserId>| -> Vec<OwnedUserId> {
+            list.into_iter().filter(|u| u != user_id).take(MAX_HEROES).collect()
+        };
+        let present = others(candidates.present);
+        Ok(if present.is_empty() { others(candidates.gone) } else { present })
     }
 
     /// Queue a membership change in both indexes.
@@ -156,6 +403,11 @@ impl Memberships {
 
     /// Users whose latest membership is `membership`.
     pub fn members_with(&self, room_id: &RoomId, membership: &MembershipState) -> Result<Vec<OwnedUserId>> {
+        match membership {
+            MembershipState::Join => return Ok(self.roster(room_id)?.joined.iter().cloned().collect()),
+            MembershipState::Invite => return Ok(self.roster(room_id)?.invited.iter().cloned().collect()),
+            _ => {}
+        }
         Ok(self
             .members(room_id)?
             .into_iter()

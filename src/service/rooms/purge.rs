@@ -116,6 +116,8 @@ impl RoomPurge {
         self.account_data.purge_room_in(&mut batch, room_id, &users)?;
         self.store.write(batch)?;
         self.members.committed(changed.iter().map(AsRef::as_ref));
+        self.members.purged_room(room_id);
+        self.notifications.purged_room(room_id);
         self.receipts.purged(room_id);
         self.aliases.delete_all(room_id)?;
         self.directory.withdraw(room_id)?;

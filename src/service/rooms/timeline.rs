@@ -24,7 +24,6 @@ use ruma::{
     api::error::ErrorKind,
     events::{
         StateEventType, TimelineEventType,
-        room::member::MembershipState,
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
     },
     room_version_rules::RoomVersionRules,
@@ -50,7 +49,6 @@ use crate::{
     },
     service::{
         audit::{self, Audit},
-        cache::BoundedCache,
         clock::Clock,
         context::{Actor, RequestContext},
         delayed_events::DelayedEvents,
@@ -64,9 +62,6 @@ use crate::{
         tables::{MembershipRecord, RoomRecord, TXN_IDS, TxnOrigin},
     },
 };
-
-/// Rooms whose joined members are cached for the append path.
-const JOINED_CACHE_ROOMS: usize = 4_096;
 
 /// Proof that the caller holds a room's append lock. Events of one room are appended one at
 /// a time, so their stream order, depth and `prev_events` agree.
@@ -118,19 +113,10 @@ pub struct Timeline {
     group_sync: Arc<GroupSync>,
     audit: Arc<Audit>,
     txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
-    /// Each room's joined members, for push evaluation on every send. Read, filled and
-    /// dropped only under the room's lock (membership changes only there), so an entry
-    /// never goes stale.
-    joined: BoundedCache<OwnedRoomId, Arc<[OwnedUserId]>>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Timeline {
-    /// The joined-members cache's counters (for the metrics).
-    pub fn cache_stats(&self) -> crate::service::cache::CacheStats {
-        self.joined.stats()
-    }
-
     // Every service the append path writes through, passed in as the house style asks.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -165,7 +151,6 @@ impl Timeline {
             group_sync,
             audit,
             txn_ids: TXN_IDS.open(store),
-            joined: BoundedCache::new(JOINED_CACHE_ROOMS),
             room_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -476,8 +461,8 @@ impl Timeline {
             // current-state reads on every send.
             let state_before = self.states.state_of_group(record.state_group)?;
             let power_levels = self.power_levels_in(&rules_of(&record.version)?, &state_before)?;
-            let joined = self.joined_members(room_id)?;
-            self.notifications.evaluate(&pdu, &state_before, power_levels, &joined)?
+            let roster = self.members.roster(room_id)?;
+            self.notifications.evaluate(&pdu, &state_before, power_levels, &roster)?
         };
         let reservation = self.stream.reserve_owned()?;
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
@@ -497,6 +482,7 @@ impl Timeline {
         self.search.index_in(&mut batch, &event)?;
 
         let mut new_group: Option<(u64, Arc<StateMap>)> = None;
+        let mut member_change: Option<(OwnedUserId, String)> = None;
         let mut changes = vec![Change::Room(room_id.to_owned())];
         if let Some(state_key) = &pdu.state_key {
             let change: [(StateKey, OwnedEventId); 1] =
@@ -531,6 +517,7 @@ impl Timeline {
                     joined_at,
                 };
                 self.members.set_in(&mut batch, room_id, &user_id, &row)?;
+                member_change = Some((user_id.clone(), row.membership.clone()));
                 // The member's own syncs may not be watching this room yet (an invite, a
                 // join from elsewhere).
                 changes.push(Change::User(user_id));
@@ -541,7 +528,11 @@ impl Timeline {
             self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
         }
         let notified_users: Vec<OwnedUserId> = notified.iter().map(|n| n.user_id.clone()).collect();
-        self.notifications.put_in(&mut batch, &event, notified)?;
+        let left = member_change
+            .as_ref()
+            .filter(|(_, membership)| matches!(membership.as_str(), "leave" | "ban"))
+            .map(|(user, _)| user.as_ref());
+        let counted = self.notifications.put_in(&mut batch, &event, notified, left)?;
         if let Some(txn) = txn {
             let key = (pdu.sender.clone(), txn.device_id.to_owned(), txn.path.to_owned());
             self.txn_ids.put(&mut batch, &key, &pdu.event_id)?;
@@ -562,6 +553,7 @@ impl Timeline {
             None => None,
         };
         self.store.write_buffered(batch)?;
+        self.notifications.counted(counted);
         if let Some(audited) = audited {
             audited.committed();
         }
@@ -582,25 +574,11 @@ impl Timeline {
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
         // Push gateways learn of it after the commit; only a bell is rung here.
         self.push.notified(notified_users.iter().map(AsRef::as_ref));
-        if pdu.kind == TimelineEventType::RoomMember {
-            self.joined.remove(&room_id.to_owned());
-            if let Some(member) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) {
-                self.members.committed([member.as_ref()]);
-            }
+        if let Some((member, membership)) = &member_change {
+            self.members.committed_member(room_id, member, membership);
         }
         tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event appended");
         Ok(PendingEvent { event, reservation, changes })
-    }
-
-    /// The room's joined members; the caller holds the room's lock.
-    fn joined_members(&self, room_id: &RoomId) -> Result<Arc<[OwnedUserId]>> {
-        let key = room_id.to_owned();
-        if let Some(joined) = self.joined.get(&key) {
-            return Ok(joined);
-        }
-        let joined: Arc<[OwnedUserId]> = self.members.members_with(room_id, &MembershipState::Join)?.into();
-        self.joined.insert(key, Arc::clone(&joined));
-        Ok(joined)
     }
 
     /// Refuse a local user's redaction that this server would not let them make (another

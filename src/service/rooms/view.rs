@@ -8,7 +8,7 @@ use std::{collections::HashSet, sync::Arc};
 use ruma::{
     OwnedMxcUri, OwnedUserId, RoomId, UInt, UserId,
     api::client::sync::sync_events::{UnreadNotificationsCount, v3::RoomSummary},
-    events::{StateEventType, room::member::MembershipState},
+    events::StateEventType,
     serde::Raw,
 };
 use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
@@ -27,8 +27,6 @@ use crate::{
     },
 };
 
-/// Heroes listed in a room summary.
-const MAX_HEROES: usize = 5;
 /// State event types shown to invitees and knockers (stripped state).
 const STRIPPED_STATE_TYPES: &[&str] = &[
     "m.room.create",
@@ -80,43 +78,16 @@ impl RoomViews {
         Self { events, states, members, receipts, typing, notifications }
     }
 
-    /// Member counts, and heroes for a room that has no name in `state`.
+    /// Member counts, and heroes for a room that has no name in `state`. The counts come
+    /// from the room's roster (in memory); only an unnamed room's heroes read its rows, once
+    /// per change of its members.
     pub fn summary(&self, room_id: &RoomId, user_id: &UserId, state: &StateMap) -> Result<Summary> {
-        let mut joined = 0u64;
-        let mut invited = 0u64;
-        // (whether they are gone, position of their member event, user)
-        let mut candidates = Vec::new();
-        for (member, record) in self.members.members(room_id)? {
-            let gone = match MembershipState::from(record.membership.as_str()) {
-                MembershipState::Join => {
-                    joined += 1;
-                    false
-                }
-                MembershipState::Invite => {
-                    invited += 1;
-                    false
-                }
-                MembershipState::Leave | MembershipState::Ban => true,
-                _ => continue,
-            };
-            if member != user_id {
-                candidates.push((gone, record.stream, member));
-            }
-        }
-        let mut heroes = Vec::new();
-        if !self.is_named(state)? {
-            // The spec's heroes: the first members by stream order who are joined or invited;
-            // the ones who left or were banned only when there is nobody else.
-            candidates.sort();
-            let present = candidates.first().is_some_and(|(gone, _, _)| !gone);
-            heroes = candidates
-                .into_iter()
-                .take_while(|(gone, _, _)| !present || !gone)
-                .take(MAX_HEROES)
-                .map(|(_, _, member)| member)
-                .collect();
-        }
-        Ok(Summary { joined, invited, heroes })
+        let roster = self.members.roster(room_id)?;
+        // The spec's heroes: the first members by stream order who are joined or invited;
+        // the ones who left or were banned only when there is nobody else.
+        let heroes =
+            if self.is_named(state)? { Vec::new() } else { self.members.heroes(room_id, user_id)? };
+        Ok(Summary { joined: roster.joined_count(), invited: roster.invited_count(), heroes })
     }
 
     /// Whether clients name the room from its state (a non-empty `m.room.name` or
