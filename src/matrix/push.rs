@@ -194,7 +194,9 @@ mod tests {
     fn with_rules(user: &UserId, content: JsonValue, overrides: JsonValue) -> Ruleset {
         let mut value = serde_json::to_value(Ruleset::server_default(user)).unwrap();
         for (kind, rules) in [("content", content), ("override", overrides)] {
-            let list = value[kind].as_array_mut().unwrap();
+            // Empty kinds are left out of the JSON.
+            let list = value.as_object_mut().unwrap().entry(kind).or_insert_with(|| json!([]));
+            let list = list.as_array_mut().unwrap();
             for rule in rules.as_array().unwrap().iter().rev() {
                 list.insert(0, rule.clone());
             }

@@ -76,8 +76,8 @@ struct RunArgs {
     /// Comma-separated scenarios to run, in this order: register, login, whoami, send,
     /// send-concurrent, send-rooms, send-sync, initial-sync, messages, sliding-sync, push,
     /// appservice, fan-out, big-room. Default: all but fan-out and big-room (appservice only
-    /// with --appservice).
-    #[arg(long, value_delimiter = ',')]
+    /// with --appservice). Given twice, the last one counts, as for every option.
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     scenarios: Vec<String>,
     /// Users to register (at least as many as --clients and --members - 1 are registered).
     #[arg(long, default_value_t = 20)]
