@@ -262,23 +262,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksDbStore::open_with_wal_limit(dir.path(), super::super::conformance::TABLES, 1 << 20)
             .unwrap();
-        // One write to a table that is never written again: its memtable holds the oldest
-        // log file until something makes it flush.
-        let mut b = WriteBatch::new();
-        b.put("conf_a", b"once".to_vec(), b"v".to_vec());
-        store.write(b).unwrap();
-        // 8 MiB into another table, below its memtable size, so nothing flushes on its own.
-        for i in 0..80u32 {
+        // Each round: one row into a table written rarely (its memtable never fills, so it
+        // holds every log file it has a row in), then enough into another table to fill
+        // its memtable, which flushes and starts a new log file. Without the bound every
+        // round's file stays (about 36 MiB here); with it the oldest files' tables are
+        // flushed and the files go.
+        for round in 0..4u32 {
             let mut b = WriteBatch::new();
-            b.put("conf_b", i.to_be_bytes().to_vec(), vec![i as u8; 100 << 10]);
-            store.write_buffered(b).unwrap();
+            b.put("conf_a", round.to_be_bytes().to_vec(), b"v".to_vec());
+            store.write(b).unwrap();
+            for i in 0..90u32 {
+                let mut b = WriteBatch::new();
+                b.put("conf_b", (round * 1000 + i).to_be_bytes().to_vec(), vec![i as u8; 100 << 10]);
+                store.write_buffered(b).unwrap();
+            }
         }
         store.sync().unwrap();
         let kept = wal_bytes(dir.path());
-        assert!(kept < 4 << 20, "{kept} bytes of write-ahead log kept");
+        assert!(kept < 20 << 20, "{kept} bytes of write-ahead log kept");
         // Nothing was lost by flushing.
-        assert_eq!(store.get("conf_a", b"once").unwrap(), Some(b"v".to_vec()));
-        assert_eq!(store.get("conf_b", &79u32.to_be_bytes()).unwrap().map(|v| v.len()), Some(100 << 10));
+        assert_eq!(store.get("conf_a", &0u32.to_be_bytes()).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.get("conf_b", &3089u32.to_be_bytes()).unwrap().map(|v| v.len()), Some(100 << 10));
     }
 
     #[test]
