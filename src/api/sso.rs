@@ -187,6 +187,9 @@ pub async fn callback(State(services): State<AppState>, parts: Parts, RawQuery(q
             None,
         ),
         Ok(CallbackOutcome::UiAuthDone) => ui_auth_done(),
+        Ok(CallbackOutcome::SignedIn { user_id, session, then }) => {
+            super::oauth::signed_in_through_provider(&services, &parts, &user_id, session, &then)
+        }
         Err(error) => answer_error(&parts.headers, error),
     }
 }
@@ -215,7 +218,14 @@ pub async fn backchannel_logout(State(services): State<AppState>, parts: Parts, 
     let Some(token) = token else {
         return Error::missing_param("Missing logout_token").into_response();
     };
-    match services.sso.backchannel_logout(&token, &context).await {
+    let ended = services.sso.backchannel_logout(&token, &context).await.and_then(|(_, request)| {
+        services.oauth.end_provider_sessions(
+            &request.idp_id,
+            request.subject.as_deref(),
+            request.sid.as_deref(),
+        )
+    });
+    match ended {
         Ok(_) => {
             let mut response = StatusCode::OK.into_response();
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod limits;
 pub mod media;
 pub mod moderation;
+pub mod oauth;
 pub mod pdu;
 pub mod power_levels;
 pub mod rate_limit;

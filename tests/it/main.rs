@@ -29,6 +29,7 @@ mod media;
 mod membership;
 mod metrics;
 mod net;
+mod oauth;
 mod oidc_provider;
 mod operations;
 mod packaging;
