@@ -19,7 +19,7 @@ use serde_json::json;
 use super::{
     AppState,
     request::context_of,
-    sso::{answer_error, escape, page, redirect_to_provider},
+    sso::{answer_error, cookie, escape, page, redirect, redirect_to_provider, set_cookie},
 };
 use crate::{
     Error,
@@ -40,43 +40,9 @@ const SIGN_IN_COOKIE: &str = "conduit_sign_in";
 /// Longest form body read.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.to_owned())
-}
-
-fn set_cookie(
-    services: &AppState,
-    response: &mut Response,
-    name: &str,
-    value: &str,
-    path: &str,
-    max_age: u64,
-) {
-    let secure = if services.config.public_base_url().starts_with("https://") { "; Secure" } else { "" };
-    let cookie = format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
-    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, cookie);
-    }
-}
-
 /// A redirect after a form (303: the browser follows with GET).
 fn see_other(location: &str) -> Response {
-    match HeaderValue::from_str(location) {
-        Ok(location) => {
-            let mut response = StatusCode::SEE_OTHER.into_response();
-            response.headers_mut().insert(header::LOCATION, location);
-            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(_) => Error::internal("a redirect location is not a header value").into_response(),
-    }
+    redirect(StatusCode::SEE_OTHER, location)
 }
 
 /// Parse a form body or a query, refusing repeated parameters (RFC 6749 §3.1).
@@ -307,17 +273,24 @@ fn sign_in_page(services: &AppState, then: &str, error: Option<&str>, status: St
     response
 }
 
-/// `GET /_conduit/sign-in?then=`.
-pub async fn sign_in(State(services): State<AppState>, parts: Parts, RawQuery(query): RawQuery) -> Response {
+/// Where a sign-in leads on to (`then`, by default the account page), checked to be a page
+/// of this server; `404` while the OAuth 2.0 server is off.
+fn then_of(services: &AppState, query: Option<String>) -> Result<String, Error> {
     if !services.oauth.enabled() {
-        return answer_error(&parts.headers, Error::unrecognized("Unrecognized request"));
+        return Err(Error::unrecognized("Unrecognized request"));
     }
     let then = form(query.unwrap_or_default().as_bytes()).ok().and_then(|f| f.get("then").cloned());
     let then = then.unwrap_or_else(|| ACCOUNT_PATH.to_owned());
-    if let Err(error) = check_then(&then) {
-        return answer_error(&parts.headers, error);
+    check_then(&then)?;
+    Ok(then)
+}
+
+/// `GET /_conduit/sign-in?then=`.
+pub async fn sign_in(State(services): State<AppState>, parts: Parts, RawQuery(query): RawQuery) -> Response {
+    match then_of(&services, query) {
+        Ok(then) => sign_in_page(&services, &then, None, StatusCode::OK),
+        Err(error) => answer_error(&parts.headers, error),
     }
-    sign_in_page(&services, &then, None, StatusCode::OK)
 }
 
 /// `POST /_conduit/sign-in`: the password form.
@@ -364,14 +337,10 @@ pub async fn sign_in_with_provider(
     parts: Parts,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if !services.oauth.enabled() {
-        return answer_error(&parts.headers, Error::unrecognized("Unrecognized request"));
-    }
-    let then = form(query.unwrap_or_default().as_bytes()).ok().and_then(|f| f.get("then").cloned());
-    let then = then.unwrap_or_else(|| ACCOUNT_PATH.to_owned());
-    if let Err(error) = check_then(&then) {
-        return answer_error(&parts.headers, error);
-    }
+    let then = match then_of(&services, query) {
+        Ok(then) => then,
+        Err(error) => return answer_error(&parts.headers, error),
+    };
     let browser = super::sso::browser_cookie(&parts.headers);
     match services.sso.start_sign_in(&idp_id, &then, browser.as_deref()).await {
         Ok(started) => redirect_to_provider(&services, &started),
