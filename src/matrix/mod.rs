@@ -17,5 +17,6 @@ pub mod room_presets;
 pub mod room_version;
 pub mod search;
 pub mod sliding;
+pub mod state_resolution;
 pub mod user_id;
 pub mod visibility;
