@@ -500,6 +500,43 @@ pub struct PduRecord {
     /// The delayed event (MSC4140) it was sent from, echoed to its sender only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_id: Option<String>,
+    /// What the room engine decided about it; absent (accepted) for every event stored
+    /// before statuses existed and for every local send.
+    #[serde(default, skip_serializing_if = "EventStatus::is_accepted")]
+    pub status: EventStatus,
+    /// The state group of the room state after this event, for a state event (a message's
+    /// state after is its `state_before`). Absent on events stored before it was recorded,
+    /// where it is `state_before` plus the event itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_after: Option<u64>,
+    /// The room's current-state group just before this event took its stream position, when
+    /// that is not `state_before` (an event on a fork, whose own state is its fork's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_before: Option<u64>,
+}
+
+/// Where an event stands in the room graph (the spec's checks on receipt of a PDU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Passed every check: part of the room's graph and its state.
+    #[default]
+    Accepted,
+    /// Failed the authorization rules against its auth events or the state before it: kept
+    /// so that it is not fetched again, never part of any state or timeline.
+    Rejected,
+    /// Passed against the state before it but not against the room's current state: part
+    /// of the graph (a later event may cite it), not shown to clients, not a forward
+    /// extremity.
+    SoftFailed,
+    /// Known only as another event's auth or state event, with no place in the timeline.
+    Outlier,
+}
+
+impl EventStatus {
+    pub fn is_accepted(&self) -> bool {
+        *self == EventStatus::Accepted
+    }
 }
 
 /// Which device sent an event, under which transaction ID.
@@ -549,6 +586,10 @@ pub struct StateGroupRecord {
     pub chain_len: u32,
     /// `(type, state_key, event_id)`.
     pub changes: Vec<(String, String, OwnedEventId)>,
+    /// `(type, state_key)` entries of the parent this group no longer has (a resolved state
+    /// can drop keys, which one event never does). Always empty in a snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<(String, String)>,
 }
 
 /// A user's latest membership in a room.

@@ -40,6 +40,7 @@ mod push_delivery;
 mod push_email;
 mod rate_limits;
 mod relations;
+mod room_engine;
 mod room_versions;
 mod rooms;
 mod rtc;

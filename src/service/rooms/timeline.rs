@@ -13,6 +13,10 @@
 //! on it at once; it becomes durable in a group sync shared with other writers, after the
 //! lock is released and before the event is announced or acknowledged (`PendingEvent`).
 
+mod engine;
+
+pub use engine::Outcome;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -61,7 +65,7 @@ use crate::{
     },
     storage::{
         GroupSync, KvStore, Table, WriteBatch,
-        tables::{MembershipRecord, RoomRecord, TXN_IDS, TxnOrigin},
+        tables::{EventStatus, MembershipRecord, RoomRecord, TXN_IDS, TxnOrigin},
     },
 };
 
@@ -483,21 +487,10 @@ impl Timeline {
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
         let origin =
             txn.map(|t| TxnOrigin { device_id: t.device_id.to_owned(), txn_id: t.txn_id.to_owned() });
-        let event = Arc::new(StoredEvent {
-            pdu,
-            stream: reservation.position,
-            state_before,
-            txn: origin,
-            delay_id: delay_id.map(str::to_owned),
-        });
-        let pdu = &event.pdu;
         let mut batch = WriteBatch::new();
-        self.events.put_in(&mut batch, &event)?;
-        self.relations.index_in(&mut batch, &event)?;
-        self.search.index_in(&mut batch, &event)?;
-
+        // A state event's group is the state after it, and (on this single line) the room's
+        // new current state.
         let mut new_group: Option<(u64, Arc<StateMap>)> = None;
-        let mut changes = vec![Change::Room(room_id.to_owned())];
         if let Some(state_key) = &pdu.state_key {
             let change: [(StateKey, OwnedEventId); 1] =
                 [((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone())];
@@ -506,6 +499,24 @@ impl Timeline {
             self.states.set_current_in(&mut batch, room_id, &change)?;
             record.state_group = group;
             new_group = Some((group, state));
+        }
+        let event = Arc::new(StoredEvent {
+            pdu,
+            stream: reservation.position,
+            state_before,
+            txn: origin,
+            delay_id: delay_id.map(str::to_owned),
+            status: EventStatus::Accepted,
+            state_after: new_group.as_ref().map(|(group, _)| *group),
+            head_before: None,
+        });
+        let pdu = &event.pdu;
+        self.events.put_in(&mut batch, &event)?;
+        self.relations.index_in(&mut batch, &event)?;
+        self.search.index_in(&mut batch, &event)?;
+
+        let mut changes = vec![Change::Room(room_id.to_owned())];
+        if let Some(state_key) = &pdu.state_key {
             if pdu.kind == TimelineEventType::RoomMember {
                 let user_id = UserId::parse(state_key.as_str())
                     .map_err(|_| Error::bad_json("The state key of a member event must be a user ID"))?;
