@@ -134,6 +134,10 @@ async fn a_join_rule_change_on_a_fork_undoes_a_join() {
     let dave_join = extremities(&s, &room).remove(0);
     let since = sync(&s, &alice, "timeout=0").await["next_batch"].as_str().unwrap().to_owned();
 
+    // Both join rules (the room's first, and the fork's) are power events of the creator: the
+    // reverse topological power ordering falls back to `origin_server_ts`, and the later one
+    // is applied last. The clock moves so that the fork's is the later, as it would be.
+    s.clock.advance_ms(1_000);
     let rule = on_fork(
         &s,
         &room,
