@@ -77,11 +77,8 @@ pub fn auth_chain<'a, 'b>(
     event: impl Fn(&EventId) -> Option<&'a Pdu>,
 ) -> HashSet<OwnedEventId> {
     let mut chain = HashSet::new();
-    let mut todo: Vec<OwnedEventId> = starts
-        .into_iter()
-        .filter_map(|id| event(id))
-        .flat_map(|pdu| pdu.auth_events.iter().cloned())
-        .collect();
+    let mut todo: Vec<OwnedEventId> =
+        starts.into_iter().filter_map(&event).flat_map(|pdu| pdu.auth_events.iter().cloned()).collect();
     while let Some(id) = todo.pop() {
         if chain.contains(&id) {
             continue;
@@ -407,7 +404,10 @@ mod tests {
     fn trivial_inputs_and_refusals() {
         let (mut g, base) = Graph::new(&RoomVersionId::V11, json!({}));
         let none = |_: &EventId| None::<&Pdu>;
-        assert_eq!(resolve(&g.rules, &[base.state.clone()], &[HashSet::new()], none).unwrap(), base.state);
+        assert_eq!(
+            resolve(&g.rules, std::slice::from_ref(&base.state), &[HashSet::new()], none).unwrap(),
+            base.state
+        );
         let same = [base.state.clone(), base.state.clone()];
         assert_eq!(resolve(&g.rules, &same, &[HashSet::new(), HashSet::new()], none).unwrap(), base.state);
         assert_eq!(resolve(&g.rules, &same, &[HashSet::new()], none), Err(ResolveError::Mismatched));

@@ -79,7 +79,7 @@ async fn a_fork_merges_into_the_head() {
         &room,
         &alice.user_id,
         state("m.room.name", "", json!({ "name": "fork B" })),
-        &[parent.clone()],
+        std::slice::from_ref(&parent),
     )
     .await;
     assert_eq!(name.status, EventStatus::Accepted, "{:?}", name.reason);
@@ -143,7 +143,7 @@ async fn a_join_rule_change_on_a_fork_undoes_a_join() {
         &room,
         &alice.user_id,
         state("m.room.join_rules", "", json!({ "join_rule": "invite" })),
-        &[parent.clone()],
+        std::slice::from_ref(&parent),
     )
     .await;
     assert_eq!(rule.status, EventStatus::Accepted, "{:?}", rule.reason);
@@ -179,10 +179,10 @@ async fn a_join_rule_change_on_a_fork_undoes_a_join() {
         "m.room.message",
         json!({ "msgtype": "m.text", "body": "from my fork" }),
     );
-    let soft = on_fork(&s, &room, &dave.user_id, message.clone(), &[dave_join.clone()]).await;
+    let soft = on_fork(&s, &room, &dave.user_id, message.clone(), std::slice::from_ref(&dave_join)).await;
     assert_eq!(soft.status, EventStatus::SoftFailed);
     // Before his join: rejected.
-    let rejected = on_fork(&s, &room, &dave.user_id, message, &[parent.clone()]).await;
+    let rejected = on_fork(&s, &room, &dave.user_id, message, std::slice::from_ref(&parent)).await;
     assert_eq!(rejected.status, EventStatus::Rejected);
     for id in [&soft.event.pdu.event_id, &rejected.event.pdu.event_id] {
         let (status, _) = s.get(&format!("{V3}/rooms/{room}/event/{id}"), Some(&alice.token)).await;

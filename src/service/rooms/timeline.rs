@@ -516,36 +516,36 @@ impl Timeline {
         self.search.index_in(&mut batch, &event)?;
 
         let mut changes = vec![Change::Room(room_id.to_owned())];
-        if let Some(state_key) = &pdu.state_key {
-            if pdu.kind == TimelineEventType::RoomMember {
-                let user_id = UserId::parse(state_key.as_str())
-                    .map_err(|_| Error::bad_json("The state key of a member event must be a user ID"))?;
-                let membership = pdu
-                    .content_value()
-                    .get("membership")
-                    .and_then(JsonValue::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let joined_at = if membership == "join" {
-                    match self.members.get(room_id, &user_id)? {
-                        Some(previous) if previous.membership == "join" => Some(previous.joined_since()),
-                        _ => Some(event.stream),
-                    }
-                } else {
-                    None
-                };
-                let row = MembershipRecord {
-                    membership,
-                    event_id: pdu.event_id.clone(),
-                    stream: event.stream,
-                    forgotten: false,
-                    joined_at,
-                };
-                self.members.set_in(&mut batch, room_id, &user_id, &row)?;
-                // The member's own syncs may not be watching this room yet (an invite, a
-                // join from elsewhere).
-                changes.push(Change::User(user_id));
-            }
+        if let Some(state_key) = &pdu.state_key
+            && pdu.kind == TimelineEventType::RoomMember
+        {
+            let user_id = UserId::parse(state_key.as_str())
+                .map_err(|_| Error::bad_json("The state key of a member event must be a user ID"))?;
+            let membership = pdu
+                .content_value()
+                .get("membership")
+                .and_then(JsonValue::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let joined_at = if membership == "join" {
+                match self.members.get(room_id, &user_id)? {
+                    Some(previous) if previous.membership == "join" => Some(previous.joined_since()),
+                    _ => Some(event.stream),
+                }
+            } else {
+                None
+            };
+            let row = MembershipRecord {
+                membership,
+                event_id: pdu.event_id.clone(),
+                stream: event.stream,
+                forgotten: false,
+                joined_at,
+            };
+            self.members.set_in(&mut batch, room_id, &user_id, &row)?;
+            // The member's own syncs may not be watching this room yet (an invite, a
+            // join from elsewhere).
+            changes.push(Change::User(user_id));
         }
         if let Some(redacted) = &redacted {
             self.events.replace_in(&mut batch, redacted)?;
