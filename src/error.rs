@@ -76,6 +76,12 @@ impl Error {
         Self::new(ErrorKind::NotFound, message)
     }
 
+    /// `what` (a user, alias or room) lives on another server, and this one does not
+    /// federate: `404 M_NOT_FOUND` saying so, rather than a bare "not found".
+    pub fn on_another_server(what: impl std::fmt::Display) -> Self {
+        Self::not_found(format!("{what} is on another server, and this server does not federate"))
+    }
+
     pub fn bad_json(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadJson, message)
     }

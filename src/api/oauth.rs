@@ -406,11 +406,11 @@ pub async fn account(State(services): State<AppState>, parts: Parts, RawQuery(qu
     let device_id = fields.get("device_id").map(String::as_str);
     let result = match action {
         "org.matrix.cross_signing_reset" => Ok(cross_signing_reset_section(&session)),
-        "org.matrix.device_view" | "org.matrix.device_delete" => match device_id {
-            Some(device_id) => devices_section(&services, &session, Some(device_id)),
-            None => devices_section(&services, &session, None),
-        },
-        "org.matrix.devices_list" => devices_section(&services, &session, None),
+        "org.matrix.device_view"
+        | "org.matrix.device_delete"
+        | "org.matrix.session_view"
+        | "org.matrix.session_end" => devices_section(&services, &session, device_id),
+        "org.matrix.devices_list" | "org.matrix.sessions_list" => devices_section(&services, &session, None),
         _ => profile_section(&services, &session),
     };
     match result {

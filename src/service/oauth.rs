@@ -66,13 +66,18 @@ const MAX_COOKIE_LEN: usize = 128;
 /// Characters of a code, a cookie and an authorization ID: about 190 bits.
 const SECRET_LEN: usize = 32;
 
-/// The account management actions the account page supports.
+/// The account management actions the account page supports: the spec's names, then
+/// MSC4191's first names for the same three device actions, which clients built before the
+/// rename still send.
 pub const ACCOUNT_ACTIONS: &[&str] = &[
     "org.matrix.profile",
     "org.matrix.devices_list",
     "org.matrix.device_view",
     "org.matrix.device_delete",
     "org.matrix.cross_signing_reset",
+    "org.matrix.sessions_list",
+    "org.matrix.session_view",
+    "org.matrix.session_end",
 ];
 
 /// The authorization request's parameters (RFC 6749 §4.1.1, RFC 7636 §4.3), as given.

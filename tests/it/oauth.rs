@@ -714,6 +714,9 @@ async fn an_oauth_session_resets_cross_signing_after_approval_on_the_account_pag
     let list = walk(&b, &format!("{}{ACCOUNT}?action=org.matrix.devices_list", s.base)).await.unwrap();
     assert!(list.body.contains("id=\"device-DAVEPHONE1\""), "{}", list.body);
     assert!(list.body.contains(&format!("id=\"device-{}\"", dave.device_id)), "{}", list.body);
+    // MSC4191's first name of the action, which older clients send, shows the same list.
+    let unstable = walk(&b, &format!("{}{ACCOUNT}?action=org.matrix.sessions_list", s.base)).await.unwrap();
+    assert!(unstable.body.contains("id=\"device-DAVEPHONE1\""), "{}", unstable.body);
     let view = walk(&b, &format!("{}{ACCOUNT}?action=org.matrix.device_delete&device_id=DAVEPHONE1", s.base))
         .await
         .unwrap();
