@@ -11,7 +11,7 @@ mod sso;
 
 pub use self::sso::{
     AttributeRequirement, ClaimTemplate, ClientAuthMethod, IdentityProviderConfig,
-    LoginViaExistingSessionConfig, PkceMethod, SsoConfig, UserMappingConfig, UserProfileMethod,
+    LoginViaExistingSessionConfig, OAuthConfig, PkceMethod, SsoConfig, UserMappingConfig, UserProfileMethod,
 };
 pub use crate::matrix::rate_limit::Rate;
 use figment::{
@@ -206,6 +206,9 @@ pub struct Config {
     pub sso: SsoConfig,
     /// `POST /_matrix/client/v1/login/get_token` (see [`LoginViaExistingSessionConfig`]).
     pub login_via_existing_session: LoginViaExistingSessionConfig,
+    /// The built-in OAuth 2.0 authorization server, for Element X (see [`OAuthConfig`] and
+    /// `docs/sso.md`).
+    pub oauth: OAuthConfig,
     /// Master switch of every rate limit below (`rc_*`). On by default.
     pub rate_limiting: bool,
     /// Whether server admins (and so the bots an admin account runs) are exempt from every
@@ -687,6 +690,7 @@ impl Default for Config {
             sso_only: false,
             sso: SsoConfig::default(),
             login_via_existing_session: LoginViaExistingSessionConfig::default(),
+            oauth: OAuthConfig::default(),
             rate_limiting: true,
             rate_limit_exempt_admins: true,
             // Synapse's defaults (`synapse/config/ratelimiting.py`).

@@ -42,6 +42,11 @@ pub enum Error {
     /// the log does not.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// An OAuth 2.0 endpoint refused the request (RFC 6749 §5.2, RFC 7591 §3.2.2): the
+    /// RFC's error code and a description, answered as `{"error", "error_description"}`
+    /// with 400, or 401 for `invalid_client`.
+    #[error("oauth: {code}: {description}")]
+    OAuth { code: &'static str, description: String },
     /// The request body stalled past `request_body_timeout` (408, `M_UNKNOWN`).
     #[error("request timeout: {0}")]
     RequestTimeout(String),
@@ -54,6 +59,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// An OAuth 2.0 refusal with the RFC's `code`.
+    pub fn oauth(code: &'static str, description: impl Into<String>) -> Self {
+        Error::OAuth { code, description: description.into() }
+    }
+
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self::Matrix { kind, message: message.into() }
     }
@@ -64,6 +74,12 @@ impl Error {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, message)
+    }
+
+    /// `what` (a user, alias or room) lives on another server, and this one does not
+    /// federate: `404 M_NOT_FOUND` saying so, rather than a bare "not found".
+    pub fn on_another_server(what: impl std::fmt::Display) -> Self {
+        Self::not_found(format!("{what} is on another server, and this server does not federate"))
     }
 
     pub fn bad_json(message: impl Into<String>) -> Self {

@@ -223,6 +223,11 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "sweeping login tokens failed"),
                     }
+                    match services.oauth.remove_expired_sessions() {
+                        Ok(n) if n > 0 => tracing::debug!(removed = n, "swept expired browser sessions"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "sweeping browser sessions failed"),
+                    }
                 }
                 if ticks.is_multiple_of(MEDIA_RETENTION_EVERY) {
                     match services.media.apply_retention().await {

@@ -13,7 +13,7 @@ use ruma::api::{
 use crate::Error;
 
 /// The status the spec (or Synapse, where the spec is silent) gives each errcode.
-fn status_for(kind: &ErrorKind) -> StatusCode {
+pub fn status_for(kind: &ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::Forbidden
         | ErrorKind::GuestAccessForbidden
@@ -100,6 +100,17 @@ impl IntoResponse for Error {
                 standard(StatusCode::BAD_REQUEST, ErrorKind::Unrecognized, &message)
             }
             Error::Uiaa(info) => uiaa(&info),
+            Error::OAuth { code, description } => {
+                let status =
+                    if code == "invalid_client" { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+                let mut response =
+                    json(status, &serde_json::json!({ "error": code, "error_description": description }));
+                response.headers_mut().insert(
+                    axum::http::header::CACHE_CONTROL,
+                    axum::http::HeaderValue::from_static("no-store"),
+                );
+                response
+            }
             Error::Conflict(message) => standard(StatusCode::CONFLICT, ErrorKind::Unknown, &message),
             Error::RequestTimeout(message) => {
                 standard(StatusCode::REQUEST_TIMEOUT, ErrorKind::Unknown, &message)
@@ -128,6 +139,7 @@ pub fn error_page(error: Error) -> Response {
         Error::Matrix { kind, message } => (status_for(&kind), kind, message),
         Error::Upstream(message) => (StatusCode::BAD_GATEWAY, ErrorKind::Unknown, message),
         Error::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unknown, message),
+        Error::OAuth { description, .. } => (StatusCode::BAD_REQUEST, ErrorKind::InvalidParam, description),
         Error::Uiaa(_)
         | Error::MethodNotAllowed
         | Error::MalformedPath(_)

@@ -6,6 +6,7 @@ pub mod client;
 pub mod content;
 pub mod error;
 pub mod federation;
+pub mod oauth;
 pub mod rate_limit;
 pub mod request;
 pub mod ruma;
@@ -183,6 +184,8 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         state, sync, tag, thirdparty, threads, to_device, typing, user_directory, voip,
     };
 
+    use crate::service::oauth as oauth_paths;
+
     Router::new()
         // Discovery
         .ruma_route(discovery::get_supported_versions)
@@ -229,6 +232,25 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .route(crate::service::oidc::CALLBACK_PATH, get(self::sso::callback))
         .route(crate::service::oidc::BACKCHANNEL_LOGOUT_PATH, post(self::sso::backchannel_logout))
         .client_route("/auth/{auth_type}/fallback/web", get(self::sso::ui_auth_fallback))
+        // The OAuth 2.0 API: discovery, the authorization server's endpoints, and the pages
+        // a browser signs in, consents and manages the account on
+        .endpoint_route::<::ruma::api::client::discovery::get_authorization_server_metadata::v1::Request, _, _>(
+            self::oauth::auth_metadata,
+        )
+        .route(oauth_paths::REGISTER_PATH, post(self::oauth::register))
+        .route(oauth_paths::TOKEN_PATH, post(self::oauth::token))
+        .route(oauth_paths::REVOKE_PATH, post(self::oauth::revoke))
+        .route(oauth_paths::AUTHORIZE_PATH, get(self::oauth::authorize))
+        .route(oauth_paths::CONSENT_PATH, get(self::oauth::consent).post(self::oauth::decide))
+        .route(oauth_paths::SIGN_IN_PATH, get(self::oauth::sign_in).post(self::oauth::sign_in_with_password))
+        .route(&format!("{}/idp/{{idp_id}}", oauth_paths::SIGN_IN_PATH), get(self::oauth::sign_in_with_provider))
+        .route(oauth_paths::ACCOUNT_PATH, get(self::oauth::account))
+        .route(&format!("{}/devices/delete", oauth_paths::ACCOUNT_PATH), post(self::oauth::delete_device))
+        .route(
+            &format!("{}/cross-signing-reset", oauth_paths::ACCOUNT_PATH),
+            post(self::oauth::approve_cross_signing_reset),
+        )
+        .route(&format!("{}/sign-out", oauth_paths::ACCOUNT_PATH), post(self::oauth::sign_out))
         // Devices
         .ruma_route(device::get_devices)
         .ruma_route(device::get_device)

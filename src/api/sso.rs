@@ -83,16 +83,21 @@ pub fn answer_error(headers: &HeaderMap, error: Error) -> Response {
     if wants_html { super::error::error_page(error) } else { error.into_response() }
 }
 
-/// The browser cookie's value, if the request carries one.
-pub fn browser_cookie(headers: &HeaderMap) -> Option<String> {
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == BROWSER_COOKIE)
+        .find(|(key, _)| *key == name)
         .map(|(_, value)| value.to_owned())
+}
+
+/// The browser cookie's value, if the request carries one.
+pub fn browser_cookie(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, BROWSER_COOKIE)
 }
 
 /// A redirect to the provider, setting the browser cookie.
@@ -103,19 +108,35 @@ pub fn redirect_to_provider(services: &AppState, started: &Started) -> Response 
 }
 
 fn set_browser_cookie(services: &AppState, response: &mut Response, value: &str) {
+    set_cookie(services, response, BROWSER_COOKIE, value, COOKIE_PATH, COOKIE_MAX_AGE_SECS);
+}
+
+/// Set an HttpOnly, `SameSite=Lax` cookie for `path`, `Secure` when the server is reached
+/// over https; a `max_age` of 0 deletes it.
+pub fn set_cookie(
+    services: &AppState,
+    response: &mut Response,
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: u64,
+) {
     let secure = if services.config.public_base_url().starts_with("https://") { "; Secure" } else { "" };
-    let cookie = format!(
-        "{BROWSER_COOKIE}={value}; Path={COOKIE_PATH}; Max-Age={COOKIE_MAX_AGE_SECS}; HttpOnly; SameSite=Lax{secure}"
-    );
+    let cookie = format!("{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}");
     if let Ok(cookie) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
 }
 
 fn found(location: &str) -> Response {
+    redirect(StatusCode::FOUND, location)
+}
+
+/// A redirect (`302`, or `303` after a form) that no cache keeps.
+pub fn redirect(status: StatusCode, location: &str) -> Response {
     match HeaderValue::from_str(location) {
         Ok(location) => {
-            let mut response = StatusCode::FOUND.into_response();
+            let mut response = status.into_response();
             response.headers_mut().insert(header::LOCATION, location);
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
@@ -187,6 +208,9 @@ pub async fn callback(State(services): State<AppState>, parts: Parts, RawQuery(q
             None,
         ),
         Ok(CallbackOutcome::UiAuthDone) => ui_auth_done(),
+        Ok(CallbackOutcome::SignedIn { user_id, session, then }) => {
+            super::oauth::signed_in_through_provider(&services, &parts, &user_id, session, &then)
+        }
         Err(error) => answer_error(&parts.headers, error),
     }
 }
@@ -215,7 +239,14 @@ pub async fn backchannel_logout(State(services): State<AppState>, parts: Parts, 
     let Some(token) = token else {
         return Error::missing_param("Missing logout_token").into_response();
     };
-    match services.sso.backchannel_logout(&token, &context).await {
+    let ended = services.sso.backchannel_logout(&token, &context).await.and_then(|(_, request)| {
+        services.oauth.end_provider_sessions(
+            &request.idp_id,
+            request.subject.as_deref(),
+            request.sid.as_deref(),
+        )
+    });
+    match ended {
         Ok(_) => {
             let mut response = StatusCode::OK.into_response();
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

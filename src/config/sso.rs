@@ -219,6 +219,25 @@ pub struct LoginViaExistingSessionConfig {
     pub token_timeout: ConfigDuration,
 }
 
+/// `[global.oauth]`: the built-in OAuth 2.0 authorization server of the spec's OAuth 2.0
+/// API (MSC3861 and companions), which Element X signs in with. Users sign in on this
+/// server's own page with their password (local or the directory's) or through one of the
+/// `identity_providers`; each client session is a device. Off by default: then
+/// `GET /_matrix/client/v1/auth_metadata` answers 404 and only the legacy API is offered.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthConfig {
+    pub enabled: bool,
+    /// How long a browser stays signed in to the sign-in and account pages, e.g. `"12h"`.
+    pub browser_session_lifetime: ConfigDuration,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self { enabled: false, browser_session_lifetime: ConfigDuration::from_millis(12 * 3_600_000) }
+    }
+}
+
 impl Default for LoginViaExistingSessionConfig {
     fn default() -> Self {
         Self {
@@ -369,6 +388,10 @@ impl Config {
         }
         if let Some(bad) = self.sso.client_whitelist.iter().find(|p| url::Url::parse(p).is_err()) {
             return Err(format!("invalid value for key `sso.client_whitelist`: `{bad}` is not a URL"));
+        }
+        let lifetime = self.oauth.browser_session_lifetime.as_millis();
+        if !(60_000..=30 * 86_400_000).contains(&lifetime) {
+            return Err("invalid value for key `oauth.browser_session_lifetime`: must be 1m to 30d".into());
         }
         Ok(())
     }

@@ -4,10 +4,12 @@
 //! Logins through the company's systems live beside it: `ldap_login` (passwords the LDAP
 //! directory keeps), `jwt_login` (`org.matrix.login.jwt`) and `sso` (single sign-on's side:
 //! one-time login tokens, accounts of identity-provider users, the devices each provider
-//! session signed in, in the `sso_sessions` tables it owns).
+//! session signed in, in the `sso_sessions` tables it owns) and `oauth` (the devices of OAuth
+//! 2.0 sessions, token revocation, and approved identity resets in `cross_signing_resets`).
 
 mod jwt_login;
 mod ldap_login;
+mod oauth;
 mod sso;
 
 pub use self::sso::SsoPolicy;
@@ -59,7 +61,7 @@ use crate::{
     },
     storage::{
         KvStore, Table, WriteBatch,
-        tables::{DEHYDRATED_DEVICES, DehydratedDeviceRecord},
+        tables::{CROSS_SIGNING_RESETS, DEHYDRATED_DEVICES, DehydratedDeviceRecord},
     },
 };
 
@@ -92,6 +94,8 @@ pub struct Accounts {
     login_tokens: Arc<LoginTokens>,
     /// Devices signed in through an identity provider, by provider session and by device.
     sso_sessions: sso::SessionTables,
+    /// Until when each user approved replacing their cross-signing keys (`m.oauth`).
+    cross_signing_resets: Table<OwnedUserId, u64>,
 }
 
 /// The company's systems logins go through besides local passwords, and where the accounts
@@ -172,6 +176,24 @@ fn acting_appservice(context: &RequestContext, appservice: &Registration) -> Req
     }
 }
 
+/// What a password sign-in is for.
+pub(super) enum SignIn<'a> {
+    /// `POST /login`: a device and its tokens.
+    Device(&'a login::v3::Request),
+    /// This server's own web pages: the user, and no device.
+    Browser,
+}
+
+impl SignIn<'_> {
+    /// An audit record's parameters, saying when the sign-in was a browser's.
+    fn mark(&self, mut params: JsonValue) -> JsonValue {
+        if matches!(self, SignIn::Browser) {
+            params["for"] = json!("browser");
+        }
+        params
+    }
+}
+
 fn check_password_len(password: &str) -> Result<()> {
     if password.len() > MAX_PASSWORD_LEN {
         return Err(Error::invalid_param("Password too long"));
@@ -202,6 +224,7 @@ impl Accounts {
     ) -> Self {
         let dehydrated = DEHYDRATED_DEVICES.open(&store);
         let sso_sessions = sso::SessionTables::open(&store);
+        let cross_signing_resets = CROSS_SIGNING_RESETS.open(&store);
         Self {
             store,
             config,
@@ -222,6 +245,7 @@ impl Accounts {
             logins,
             login_tokens,
             sso_sessions,
+            cross_signing_resets,
         }
     }
 
@@ -395,6 +419,7 @@ impl Accounts {
             context,
             params: given.to_params()?,
             password: req.password.as_deref(),
+            stage_params: serde_json::Map::new(),
         };
         let completed = self.uiaa.authenticate(&requirement, req.auth.as_ref()).await?;
         let params: RegistrationParams = serde_json::from_value(JsonValue::Object(completed.params))
@@ -712,11 +737,39 @@ impl Accounts {
             (None, Some(user)) => Some(user.as_str()),
             (None, None) => return Err(Error::missing_param("Missing identifier")),
         };
+        // Before the password is hashed: the answer does not depend on it.
+        devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
+        let (user_id, issued) =
+            self.password_sign_in(claimed, &info.password, SignIn::Device(&req), context).await?;
+        let issued = issued.ok_or_else(|| Error::internal("a device login made no device"))?;
+        tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
+        Ok(login_response(user_id, issued))
+    }
+
+    /// A user signing in with their password on this server's own pages (the OAuth 2.0
+    /// server's sign-in and account pages): the same checks, limits and directory as
+    /// `m.login.password`, and no device; the answer is who they are.
+    pub async fn browser_sign_in(
+        &self,
+        name: &str,
+        password: &str,
+        context: &RequestContext,
+    ) -> Result<OwnedUserId> {
+        Ok(self.password_sign_in(Some(name), password, SignIn::Browser, context).await?.0)
+    }
+
+    /// The password check of every password sign-in: limits, the directory first, then the
+    /// local password, locks; then what `target` asks for, in the same write.
+    async fn password_sign_in(
+        &self,
+        claimed: Option<&str>,
+        password: &str,
+        target: SignIn<'_>,
+        context: &RequestContext,
+    ) -> Result<(OwnedUserId, Option<IssuedTokens>)> {
         if self.config.sso_only {
             return Err(self.password_login_off(context, claimed));
         }
-        // Before the password is hashed: the answer does not depend on it.
-        devices::check_new_device(req.device_id.as_deref(), req.initial_device_display_name.as_deref())?;
         let user_id = claimed.and_then(|c| resolve_login_user(c, &self.config.server_name));
         // Limited per account before the password is hashed, so a flood of guesses costs no
         // hashing once it is refused: the attempt takes a place among the failed ones now
@@ -732,8 +785,8 @@ impl Accounts {
         // is then checked here, so local accounts keep working (as Synapse's LDAP module
         // with its local database on). Directory accounts have no password here.
         let ldap_unavailable = match &user_id {
-            Some(id) => match self.login_with_ldap(id, &info.password, &req, context, &account_key).await? {
-                ldap_login::Attempt::LoggedIn(response) => return Ok(*response),
+            Some(id) => match self.login_with_ldap(id, password, &target, context, &account_key).await? {
+                ldap_login::Attempt::SignedIn(user_id, issued) => return Ok((user_id, issued)),
                 ldap_login::Attempt::NotHere => None,
                 ldap_login::Attempt::Unavailable(error) => Some(error),
             },
@@ -742,7 +795,7 @@ impl Accounts {
         // A missing account is checked too (against a decoy hash): same effort, same answer.
         let placeholder = || resolve_login_user("_", &self.config.server_name);
         let matched_hash = match user_id.clone().or_else(placeholder) {
-            Some(id) => self.users.check_password(&id, &info.password).await?,
+            Some(id) => self.users.check_password(&id, password).await?,
             None => None,
         };
         let invalid = || Error::forbidden("Invalid username or password.");
@@ -752,7 +805,7 @@ impl Accounts {
                 None => "invalid username or password",
             };
             let entry = audit::Entry::failure("login")
-                .params(json!({ "type": "m.login.password", "reason": reason }));
+                .params(target.mark(json!({ "type": "m.login.password", "reason": reason })));
             // The name as claimed: it may name no account.
             let entry = match claimed {
                 Some(claimed) => entry.target(claimed),
@@ -781,16 +834,32 @@ impl Accounts {
                 if current.is_some_and(|u| u.locked) {
                     return Err(Error::new(ErrorKind::UserLocked, "User account has been locked"));
                 }
-                self.login_session_in(guard, batch, &user_id, &req, context)
+                self.sign_in_session_in(guard, batch, &user_id, &target, context)
             },
             |issued| {
-                audit::Entry::success("login")
-                    .target(&user_id)
-                    .params(json!({ "type": "m.login.password", "device_id": issued.device_id }))
+                let params = match issued {
+                    Some(issued) => json!({ "type": "m.login.password", "device_id": issued.device_id }),
+                    None => json!({ "type": "m.login.password" }),
+                };
+                audit::Entry::success("login").target(&user_id).params(target.mark(params))
             },
         )?;
-        tracing::info!(%user_id, device_id = %issued.device_id, "logged in");
-        Ok(login_response(user_id, issued))
+        Ok((user_id, issued))
+    }
+
+    /// What a sign-in makes: a device with its tokens, or nothing (a browser sign-in).
+    fn sign_in_session_in(
+        &self,
+        guard: &WriteGuard<'_>,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        target: &SignIn<'_>,
+        context: &RequestContext,
+    ) -> Result<Option<IssuedTokens>> {
+        match target {
+            SignIn::Device(req) => self.login_session_in(guard, batch, user_id, req, context).map(Some),
+            SignIn::Browser => Ok(None),
+        }
     }
 
     /// The device and tokens a login asks for (device ID, display name, refresh token).
@@ -872,6 +941,7 @@ impl Accounts {
             context,
             params,
             password: None,
+            stage_params: serde_json::Map::new(),
         };
         self.uiaa.authenticate(&requirement, auth).await.map(|_| ())
     }
@@ -895,6 +965,21 @@ impl Accounts {
             if let Some(key) = key {
                 params.insert(name.to_owned(), key.clone());
             }
+        }
+        // Approved on the account page (the `m.oauth` stage, or an admin): no more to ask.
+        if self.cross_signing_reset_allowed(&who.user_id)? {
+            return Ok(());
+        }
+        if let Some((flows, stage_params)) = self.oauth_reset_stages(who)? {
+            let requirement = UiaaRequest {
+                flows,
+                user: Some(&who.user_id),
+                context,
+                params,
+                password: None,
+                stage_params,
+            };
+            return self.uiaa.authenticate(&requirement, auth).await.map(|_| ());
         }
         self.reauthenticate(who, context, JsonValue::Object(params), auth).await
     }

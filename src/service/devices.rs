@@ -20,8 +20,8 @@ use crate::{
     storage::{
         Direction, KvStore, Table, WriteBatch,
         tables::{
-            ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord,
-            TokenHash,
+            ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, PreviousRefreshToken, REFRESH_TOKENS,
+            RefreshTokenRecord, TokenHash,
         },
     },
 };
@@ -51,6 +51,8 @@ pub struct DeviceView {
     pub last_seen_user_agent: Option<String>,
     /// An admin's "login as" session, which the user's own device list leaves out.
     pub hidden: bool,
+    /// The OAuth 2.0 client whose session it is, if any.
+    pub oauth_client: Option<String>,
 }
 
 /// A device's last sighting held in memory until the next flush.
@@ -62,6 +64,9 @@ struct Sighting {
 }
 
 type DeviceKey = (OwnedUserId, OwnedDeviceId);
+
+/// How long a spent refresh token of an OAuth 2.0 session may be used again.
+pub const OAUTH_REFRESH_GRACE: Duration = Duration::from_secs(60);
 
 /// Longest device display name accepted, in characters (as Synapse).
 const MAX_DISPLAY_NAME_LEN: usize = 100;
@@ -195,6 +200,38 @@ impl Devices {
     #[allow(clippy::too_many_arguments)]
     pub fn create_session_in(
         &self,
+        proof: &WriteGuard<'_>,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        refreshable: bool,
+        client_ip: String,
+    ) -> Result<IssuedTokens> {
+        self.new_session_in(proof, batch, user_id, device_id, display_name, refreshable, client_ip, None)
+    }
+
+    /// Queue a new session of an OAuth 2.0 client: as a login, always with a refresh token,
+    /// and the device remembers the client.
+    // The guard and batch tie it to the caller's locked write; the rest is the session.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_oauth_session_in(
+        &self,
+        proof: &WriteGuard<'_>,
+        batch: &mut WriteBatch,
+        user_id: &UserId,
+        device_id: OwnedDeviceId,
+        display_name: Option<String>,
+        client_id: &str,
+        client_ip: String,
+    ) -> Result<IssuedTokens> {
+        let client = Some(client_id.to_owned());
+        self.new_session_in(proof, batch, user_id, Some(device_id), display_name, true, client_ip, client)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_session_in(
+        &self,
         _proof: &WriteGuard<'_>,
         batch: &mut WriteBatch,
         user_id: &UserId,
@@ -202,6 +239,7 @@ impl Devices {
         display_name: Option<String>,
         refreshable: bool,
         client_ip: String,
+        oauth_client: Option<String>,
     ) -> Result<IssuedTokens> {
         check_new_device(device_id.as_deref(), display_name.as_deref())?;
         let device_id = device_id.unwrap_or_else(new_device_id);
@@ -215,6 +253,7 @@ impl Devices {
                     last_seen_ms: Some(now),
                     // The agent is learnt from the session's first authenticated request.
                     last_seen_user_agent: None,
+                    previous_refresh_token: None,
                     ..existing
                 }
             }
@@ -228,8 +267,12 @@ impl Devices {
                 access_token: None,
                 refresh_token: None,
                 hidden: false,
+                oauth_client: None,
+                previous_refresh_token: None,
             },
         };
+        // A device that logs in again is the session of whoever logged it in last.
+        record.oauth_client = oauth_client;
         let issued = self.issue_tokens_in(batch, &key, &mut record, refreshable)?;
         self.devices.put(batch, &key, &record)?;
         Ok(issued)
@@ -260,6 +303,8 @@ impl Devices {
             access_token: None,
             refresh_token: None,
             hidden: false,
+            oauth_client: None,
+            previous_refresh_token: None,
         };
         Ok(self.devices.put(batch, &key, &record)?)
     }
@@ -284,6 +329,8 @@ impl Devices {
             access_token: None,
             refresh_token: None,
             hidden: true,
+            oauth_client: None,
+            previous_refresh_token: None,
         };
         let access_token = new_token();
         let access_hash = hash_token(&access_token);
@@ -334,26 +381,85 @@ impl Devices {
         if let Some(hash) = &record.refresh_token {
             self.refresh_tokens.delete(batch, hash);
         }
+        if let Some(previous) = &record.previous_refresh_token {
+            self.refresh_tokens.delete(batch, &previous.hash);
+        }
     }
 
-    /// Spend a refresh token: the device gets a new access token and a new refresh token, and
-    /// both old ones stop working.
+    /// Spend a refresh token of the legacy API (`POST /refresh`): the device gets a new
+    /// access token and a new refresh token, and both old ones stop working at once. The
+    /// tokens of an OAuth 2.0 session are refreshed at its token endpoint instead.
     pub fn refresh(&self, refresh_token: &str) -> Result<IssuedTokens> {
+        self.refresh_for(refresh_token, None)
+    }
+
+    /// Spend a refresh token of an OAuth 2.0 session of `client_id`. The token spent stays
+    /// good for `OAUTH_REFRESH_GRACE` (the spec: a client whose answer was lost must be able
+    /// to repeat the request); using it again within that time replaces the tokens the first
+    /// use gave.
+    pub fn refresh_oauth(&self, refresh_token: &str, client_id: &str) -> Result<IssuedTokens> {
+        self.refresh_for(refresh_token, Some(client_id))
+    }
+
+    fn refresh_for(&self, refresh_token: &str, client_id: Option<&str>) -> Result<IssuedTokens> {
         let _guard = self.write_lock()?;
         let hash = hash_token(refresh_token);
         let unknown = || Error::unknown_token(false, "Unknown refresh token");
         let owner = self.refresh_tokens.get(&hash)?.ok_or_else(unknown)?;
         let key = (owner.user_id, owner.device_id);
         let mut record = self.devices.get(&key)?.ok_or_else(unknown)?;
-        if record.refresh_token != Some(hash) {
+        if record.oauth_client.as_deref() != client_id {
+            return Err(unknown());
+        }
+        let now = self.clock.now_ms();
+        let current = record.refresh_token == Some(hash);
+        let repeated =
+            record.previous_refresh_token.as_ref().is_some_and(|p| p.hash == hash && now < p.until_ms);
+        if !current && !repeated {
             return Err(unknown());
         }
         let mut batch = WriteBatch::new();
-        self.revoke_tokens_in(&mut batch, &record);
+        if let Some(hash) = &record.access_token {
+            self.access_tokens.delete(&mut batch, hash);
+        }
+        if let Some(spent) = record.refresh_token.take() {
+            if current && client_id.is_some() {
+                // The token just spent becomes the one that may be repeated; the one before
+                // it goes for good.
+                if let Some(older) = record.previous_refresh_token.take() {
+                    self.refresh_tokens.delete(&mut batch, &older.hash);
+                }
+                let until_ms = now.saturating_add(OAUTH_REFRESH_GRACE.as_millis() as u64);
+                record.previous_refresh_token = Some(PreviousRefreshToken { hash: spent, until_ms });
+            } else {
+                self.refresh_tokens.delete(&mut batch, &spent);
+            }
+        }
         let issued = self.issue_tokens_in(&mut batch, &key, &mut record, true)?;
         self.devices.put(&mut batch, &key, &record)?;
         self.store.write(batch)?;
         Ok(issued)
+    }
+
+    /// The user and device a token (access or refresh) of an OAuth 2.0 session belongs to,
+    /// and the client, for token revocation.
+    pub fn oauth_token_owner(&self, token: &str) -> Result<Option<(DeviceIdentity, String)>> {
+        let hash = hash_token(token);
+        let owner = match self.access_tokens.get(&hash)? {
+            Some(record) => Some((record.user_id, record.device_id)),
+            None => self.refresh_tokens.get(&hash)?.map(|record| (record.user_id, record.device_id)),
+        };
+        let Some(key) = owner else { return Ok(None) };
+        let Some(client) = self.devices.get(&key)?.and_then(|record| record.oauth_client) else {
+            return Ok(None);
+        };
+        Ok(Some((DeviceIdentity { user_id: key.0, device_id: key.1 }, client)))
+    }
+
+    /// The OAuth 2.0 client a device is the session of, if any.
+    pub fn oauth_client_of(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<String>> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        Ok(self.devices.get(&key)?.and_then(|record| record.oauth_client))
     }
 
     /// Queue removal of one device and its tokens. Unknown devices are ignored.
@@ -403,6 +509,7 @@ impl Devices {
             last_seen_ms,
             last_seen_user_agent,
             hidden: record.hidden,
+            oauth_client: record.oauth_client,
         }
     }
 

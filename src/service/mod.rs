@@ -25,6 +25,7 @@ pub mod ldap_sync;
 pub mod legacy_sync;
 pub mod login_tokens;
 pub mod media;
+pub mod oauth;
 pub mod oidc;
 pub mod openid;
 pub mod outbound;
@@ -132,6 +133,8 @@ pub struct Services {
     pub oidc: Arc<oidc::Oidc>,
     /// Legacy single sign-on over those providers.
     pub sso: Arc<sso::Sso>,
+    /// The built-in OAuth 2.0 authorization server (the OAuth 2.0 API).
+    pub oauth: Arc<oauth::OAuthServer>,
     /// The admin API's user flows and server notices, at the top of the graph.
     pub admin: Arc<admin::Admin>,
     group_sync: Arc<GroupSync>,
@@ -282,6 +285,16 @@ impl Services {
             Arc::clone(&uiaa),
             Arc::clone(&login_tokens),
             Arc::clone(&audit),
+        ));
+        let oauth = Arc::new(oauth::OAuthServer::new(
+            &store,
+            Arc::clone(&config),
+            Arc::clone(&clock),
+            Arc::clone(&accounts),
+            Arc::clone(&devices),
+            Arc::clone(&users),
+            Arc::clone(&audit),
+            Arc::clone(&rate_limits),
         ));
         let renderer =
             Arc::new(rooms::render::EventRenderer::new(Arc::clone(&relations), Arc::clone(&clock)));
@@ -633,6 +646,7 @@ impl Services {
             login_tokens,
             oidc,
             sso,
+            oauth,
             admin,
             group_sync,
             rate_limits,

@@ -16,7 +16,7 @@ use super::{
     audit::{self, Audit},
     context::RequestContext,
     login_tokens::{LoginTokens, SSO_LOGIN_TOKEN_LIFETIME},
-    oidc::{CallbackParams, Finished, Identity, Oidc, Purpose, Refused, Started},
+    oidc::{CallbackParams, Finished, Identity, LogoutRequest, Oidc, Purpose, Refused, Started},
     uiaa::Uiaa,
     users::Users,
 };
@@ -47,6 +47,8 @@ pub enum CallbackOutcome {
     Confirm { url: String, client: String, user_id: OwnedUserId },
     /// The user-interactive auth stage is done; the page tells the client.
     UiAuthDone,
+    /// A browser signed in to this server's own pages as `user_id`; on to `then`.
+    SignedIn { user_id: OwnedUserId, session: SsoSessionRecord, then: String },
 }
 
 /// The `m.login.sso` fallback page's content.
@@ -66,6 +68,15 @@ pub struct Sso {
     uiaa: Arc<Uiaa>,
     login_tokens: Arc<LoginTokens>,
     audit: Arc<Audit>,
+}
+
+/// The provider session a sign-in came from, which back-channel logout ends.
+fn session_of(identity: &Identity) -> SsoSessionRecord {
+    SsoSessionRecord {
+        idp_id: identity.idp_id.clone(),
+        subject: identity.subject.clone(),
+        sid: identity.sid.clone().unwrap_or_default(),
+    }
 }
 
 /// `redirectUrl` with `loginToken` set (replacing any the URL had, as the spec says).
@@ -198,34 +209,9 @@ impl Sso {
         let Finished { purpose, identity } = finished;
         match purpose {
             Purpose::Login { redirect_url } => {
-                let policy = self
-                    .oidc
-                    .providers()
-                    .find(|p| p.id == identity.idp_id)
-                    .map(|p| SsoPolicy {
-                        allow_existing_users: p.allow_existing_users,
-                        enable_registration: p.enable_registration,
-                    })
-                    .ok_or_else(|| Error::internal("the provider of a finished sign-in is gone"))?;
-                let user_id = match self.accounts.sso_account(context, &identity, policy) {
-                    Ok(user_id) => user_id,
-                    Err(error) => {
-                        let purpose = Purpose::Login { redirect_url };
-                        self.record_failure(
-                            context,
-                            Some(&identity.idp_id),
-                            Some(&purpose),
-                            Some(&identity.subject),
-                            &error,
-                        );
-                        return Err(error);
-                    }
-                };
-                let session = SsoSessionRecord {
-                    idp_id: identity.idp_id.clone(),
-                    subject: identity.subject.clone(),
-                    sid: identity.sid.clone().unwrap_or_default(),
-                };
+                let purpose = Purpose::Login { redirect_url: redirect_url.clone() };
+                let user_id = self.account_of(context, &identity, &purpose)?;
+                let session = session_of(&identity);
                 let token = self.login_tokens.issue(&user_id, SSO_LOGIN_TOKEN_LIFETIME, Some(session))?;
                 let url = with_login_token(&redirect_url, &token)?;
                 tracing::info!(%user_id, idp = %identity.idp_id, "single sign-on succeeded; login token sent to the client");
@@ -240,6 +226,12 @@ impl Sso {
                 } else {
                     Ok(CallbackOutcome::Confirm { url, client: client_name(&redirect_url), user_id })
                 }
+            }
+            Purpose::SignIn { then } => {
+                let purpose = Purpose::SignIn { then: then.clone() };
+                let user_id = self.account_of(context, &identity, &purpose)?;
+                tracing::info!(%user_id, idp = %identity.idp_id, "signed in to this server's pages through single sign-on");
+                Ok(CallbackOutcome::SignedIn { user_id, session: session_of(&identity), then })
             }
             Purpose::UiAuth { session_id } => {
                 let purpose = Purpose::UiAuth { session_id: session_id.clone() };
@@ -256,6 +248,40 @@ impl Sso {
                 outcome
             }
         }
+    }
+
+    /// The account the provider's user signs in to (linked, existing or made, as the
+    /// provider's policy allows); a refusal is recorded.
+    fn account_of(
+        &self,
+        context: &RequestContext,
+        identity: &Identity,
+        purpose: &Purpose,
+    ) -> Result<OwnedUserId> {
+        let policy = self
+            .oidc
+            .providers()
+            .find(|p| p.id == identity.idp_id)
+            .map(|p| SsoPolicy {
+                allow_existing_users: p.allow_existing_users,
+                enable_registration: p.enable_registration,
+            })
+            .ok_or_else(|| Error::internal("the provider of a finished sign-in is gone"))?;
+        self.accounts.sso_account(context, identity, policy).inspect_err(|error| {
+            self.record_failure(
+                context,
+                Some(&identity.idp_id),
+                Some(purpose),
+                Some(&identity.subject),
+                error,
+            );
+        })
+    }
+
+    /// `/_conduit/sign-in/idp/{idpId}`: sign in to this server's pages through a provider,
+    /// then go on to `then`.
+    pub async fn start_sign_in(&self, idp_id: &str, then: &str, browser: Option<&str>) -> Result<Started> {
+        self.oidc.start(idp_id, Purpose::SignIn { then: then.to_owned() }, browser).await
     }
 
     /// The `m.login.sso` stage of a user-interactive auth session, done if the provider's
@@ -322,8 +348,13 @@ impl Sso {
     }
 
     /// A back-channel logout token from a provider: end the sessions it names. Returns how
-    /// many devices went.
-    pub async fn backchannel_logout(&self, logout_token: &str, context: &RequestContext) -> Result<usize> {
+    /// many devices went, and what the token asked to end (whose browser sessions of this
+    /// server's own pages go too).
+    pub async fn backchannel_logout(
+        &self,
+        logout_token: &str,
+        context: &RequestContext,
+    ) -> Result<(usize, LogoutRequest)> {
         let request = self.oidc.logout_request(logout_token).await.inspect_err(|error| {
             let entry = audit::Entry::failure("logout").params(json!({
                 "type": "backchannel_logout",
@@ -331,12 +362,13 @@ impl Sso {
             }));
             self.audit.record_or_log(context, entry);
         })?;
-        self.accounts.end_sso_sessions(
+        let removed = self.accounts.end_sso_sessions(
             context,
             &request.idp_id,
             request.subject.as_deref(),
             request.sid.as_deref(),
-        )
+        )?;
+        Ok((removed, request))
     }
 }
 

@@ -738,7 +738,7 @@ impl Sync {
             });
         }
         let (start_group, state_at_start) = match timeline_events.first() {
-            Some(first) => (first.state_before, self.history.state_before(first)?),
+            Some(first) => (first.head_before(), self.history.state_of_group(first.head_before())?),
             None => {
                 let group = self.history.group_at(room_id, end)?;
                 (group, self.history.state_of_group(group)?)

@@ -51,6 +51,8 @@ pub struct UiaaRequest<'a> {
     /// Registration: a password this request gave, remembered for the session (in memory
     /// only) so the client need not send it again.
     pub password: Option<&'a str>,
+    /// The `params` of the 401 answer, by stage (`m.oauth`'s URL); empty for most.
+    pub stage_params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A completed authentication: what the session remembers of its requests.
@@ -322,7 +324,7 @@ impl Uiaa {
         let mut info = UiaaInfo::new(req.flows.clone());
         info.completed = record.completed.iter().map(|s| AuthType::from(s.as_str())).collect();
         info.session = Some(session_id.to_owned());
-        info.params = to_raw_value(&serde_json::json!({})).ok();
+        info.params = to_raw_value(&req.stage_params).ok();
         info.auth_error = failure.map(Box::new);
         Error::Uiaa(Box::new(info))
     }

@@ -203,6 +203,14 @@ catalogue! {
     SSO_SESSIONS = "sso_sessions", key "idp_id, subject, sid, (user_id, device_id)": (String, String, String, (OwnedUserId, OwnedDeviceId)) => u64, version 1;
     /// The same by device, so a device that goes (or logs in again) takes its row along.
     SSO_SESSIONS_BY_DEVICE = "sso_sessions_by_device", key "user_id, device_id": (OwnedUserId, OwnedDeviceId) => SsoSessionRecord, version 1;
+    /// Until when a user approved, on the account page, that their cross-signing keys may be
+    /// replaced without user-interactive auth (the `m.oauth` stage).
+    CROSS_SIGNING_RESETS = "cross_signing_resets", key "user_id": OwnedUserId => u64, version 1;
+    /// OAuth 2.0 clients registered dynamically (RFC 7591), by client ID.
+    OAUTH_CLIENTS = "oauth_clients", key "client_id": String => OAuthClientRecord, version 1;
+    /// Browser sessions of this server's own pages (OAuth 2.0 sign-in and the account page),
+    /// keyed by the SHA-256 of the cookie.
+    BROWSER_SESSIONS = "browser_sessions", key "sha256(cookie)": TokenHash => BrowserSessionRecord, version 1;
     /// Delayed events (MSC4140) waiting to be sent, by delay ID.
     DELAYED_EVENTS = "delayed_events", key "delay_id": String => DelayedEventRecord, version 1;
     /// The same events by the time they are due, for the timer that sends them.
@@ -403,6 +411,21 @@ pub struct DeviceRecord {
     /// devices.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hidden: bool,
+    /// The OAuth 2.0 client whose session this device is, if it signed in through the OAuth
+    /// 2.0 API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_client: Option<String>,
+    /// The refresh token spent last, still accepted until `until_ms`, so a client whose
+    /// refresh answer was lost can repeat it (OAuth 2.0 sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_refresh_token: Option<PreviousRefreshToken>,
+}
+
+/// A spent refresh token kept valid for a moment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousRefreshToken {
+    pub hash: TokenHash,
+    pub until_ms: u64,
 }
 
 /// What an access token proves.
@@ -487,6 +510,43 @@ pub struct PduRecord {
     /// The delayed event (MSC4140) it was sent from, echoed to its sender only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_id: Option<String>,
+    /// What the room engine decided about it; absent (accepted) for every event stored
+    /// before statuses existed and for every local send.
+    #[serde(default, skip_serializing_if = "EventStatus::is_accepted")]
+    pub status: EventStatus,
+    /// The state group of the room state after this event, for a state event (a message's
+    /// state after is its `state_before`). Absent on events stored before it was recorded,
+    /// where it is `state_before` plus the event itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_after: Option<u64>,
+    /// The room's current-state group just before this event took its stream position, when
+    /// that is not `state_before` (an event on a fork, whose own state is its fork's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_before: Option<u64>,
+}
+
+/// Where an event stands in the room graph (the spec's checks on receipt of a PDU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Passed every check: part of the room's graph and its state.
+    #[default]
+    Accepted,
+    /// Failed the authorization rules against its auth events or the state before it: kept
+    /// so that it is not fetched again, never part of any state or timeline.
+    Rejected,
+    /// Passed against the state before it but not against the room's current state: part
+    /// of the graph (a later event may cite it), not shown to clients, not a forward
+    /// extremity.
+    SoftFailed,
+    /// Known only as another event's auth or state event, with no place in the timeline.
+    Outlier,
+}
+
+impl EventStatus {
+    pub fn is_accepted(&self) -> bool {
+        *self == EventStatus::Accepted
+    }
 }
 
 /// Which device sent an event, under which transaction ID.
@@ -536,6 +596,10 @@ pub struct StateGroupRecord {
     pub chain_len: u32,
     /// `(type, state_key, event_id)`.
     pub changes: Vec<(String, String, OwnedEventId)>,
+    /// `(type, state_key)` entries of the parent this group no longer has (a resolved state
+    /// can drop keys, which one event never does). Always empty in a snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<(String, String)>,
 }
 
 /// A user's latest membership in a room.
@@ -731,6 +795,25 @@ pub struct OpenIdTokenRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoginTokenRecord {
     pub user_id: OwnedUserId,
+    pub expires_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sso: Option<SsoSessionRecord>,
+}
+
+/// A registered OAuth 2.0 client: its metadata as registered (RFC 7591's answer, without
+/// the ID), read again through the protocol rules when used.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OAuthClientRecord {
+    pub metadata: serde_json::Value,
+    pub registered_ms: u64,
+}
+
+/// A signed-in browser: who, since and until when, and how they signed in (the provider
+/// session, when an identity provider vouched for them).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BrowserSessionRecord {
+    pub user_id: OwnedUserId,
+    pub created_ms: u64,
     pub expires_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sso: Option<SsoSessionRecord>,

@@ -14,6 +14,9 @@ use crate::{
 };
 
 fn profile_of(services: &Services, user_id: &UserId) -> Result<ProfileRecord> {
+    if user_id.server_name() != services.config.server_name {
+        return Err(Error::on_another_server(user_id));
+    }
     services.users.profile(user_id)?.ok_or_else(|| Error::not_found("Profile was not found"))
 }
 

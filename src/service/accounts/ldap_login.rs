@@ -5,16 +5,17 @@
 //! every login. An existing local account of that name is linked at its first directory
 //! login and loses its local password: from then on the directory alone decides.
 
-use ruma::{OwnedUserId, UserId, api::client::session::login};
+use ruma::{OwnedUserId, UserId};
 use serde_json::json;
 
-use super::{Accounts, audit, login_response};
+use super::{Accounts, SignIn, audit};
 use crate::service::users::Users;
 use crate::{
     Error, Result,
     matrix::user_id::registrable_user_id,
     service::{
         context::RequestContext,
+        devices::IssuedTokens,
         ldap::{Check, DirectoryUser},
         rate_limits::Limiter,
     },
@@ -22,8 +23,9 @@ use crate::{
 
 /// What asking the directory came to.
 pub(super) enum Attempt {
-    /// The directory accepted the password: the login is done.
-    LoggedIn(Box<login::v3::Response>),
+    /// The directory accepted the password: the sign-in is done (with the device it made,
+    /// for a device login).
+    SignedIn(OwnedUserId, Option<IssuedTokens>),
     /// Not the directory's user, or a password it refused: the local password decides.
     NotHere,
     /// The directory could not be asked; the error to answer unless a local password fits.
@@ -36,7 +38,7 @@ impl Accounts {
         &self,
         user_id: &UserId,
         password: &str,
-        req: &login::v3::Request,
+        target: &SignIn<'_>,
         context: &RequestContext,
         account_key: &str,
     ) -> Result<Attempt> {
@@ -56,17 +58,17 @@ impl Accounts {
         };
         self.rate_limits.give_back(Limiter::LoginFailedAttempts, account_key);
         self.rate_limits.check(Limiter::LoginAccount, account_key, None)?;
-        let response = self.login_directory_user(&entry, req, context)?;
-        Ok(Attempt::LoggedIn(Box::new(response)))
+        let (user_id, issued) = self.login_directory_user(&entry, target, context)?;
+        Ok(Attempt::SignedIn(user_id, issued))
     }
 
-    /// Log the directory's user `entry` in, making or linking their account.
+    /// Sign the directory's user `entry` in, making or linking their account.
     fn login_directory_user(
         &self,
         entry: &DirectoryUser,
-        req: &login::v3::Request,
+        target: &SignIn<'_>,
         context: &RequestContext,
-    ) -> Result<login::v3::Response> {
+    ) -> Result<(OwnedUserId, Option<IssuedTokens>)> {
         let localpart = entry.uid.to_lowercase();
         let user_id: OwnedUserId =
             registrable_user_id(&localpart, &self.config.server_name).map_err(|e| {
@@ -75,10 +77,6 @@ impl Accounts {
                     entry.uid
                 ))
             })?;
-        super::devices::check_new_device(
-            req.device_id.as_deref(),
-            req.initial_device_display_name.as_deref(),
-        )?;
         let (issued, created) = self.write_audited(
             context,
             |guard, batch| {
@@ -111,23 +109,26 @@ impl Accounts {
                         false
                     }
                 };
-                Ok((self.login_session_in(guard, batch, &user_id, req, context)?, created))
+                Ok((self.sign_in_session_in(guard, batch, &user_id, target, context)?, created))
             },
             |(issued, created)| {
-                audit::Entry::success("login").target(&user_id).params(json!({
+                let mut params = json!({
                     "type": "m.login.password",
                     "auth_provider": "ldap",
-                    "device_id": issued.device_id,
                     "created": created,
                     "admin": entry.admin,
-                }))
+                });
+                if let Some(issued) = issued {
+                    params["device_id"] = json!(issued.device_id);
+                }
+                audit::Entry::success("login").target(&user_id).params(target.mark(params))
             },
         )?;
         if created {
             tracing::info!(%user_id, dn = %entry.dn, "account made from the LDAP directory");
         }
-        tracing::info!(%user_id, device_id = %issued.device_id, "logged in through LDAP");
-        Ok(login_response(user_id, issued))
+        tracing::info!(%user_id, "signed in through LDAP");
+        Ok((user_id, issued))
     }
 
     /// Whether `user_id`'s password is kept by the company directory, so it cannot be

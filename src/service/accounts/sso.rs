@@ -57,7 +57,7 @@ impl SessionTables {
         Self { by_session: SSO_SESSIONS.open(store), by_device: SSO_SESSIONS_BY_DEVICE.open(store) }
     }
 
-    fn record_in(
+    pub(super) fn record_in(
         &self,
         batch: &mut WriteBatch,
         session: &SsoSessionRecord,
@@ -186,6 +186,7 @@ impl Accounts {
                 context,
                 params: serde_json::Map::new(),
                 password: None,
+                stage_params: serde_json::Map::new(),
             };
             let completed = self.uiaa.authenticate(&requirement, auth).await?;
             self.uiaa.forget(&completed.session_id)?;

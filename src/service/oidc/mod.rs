@@ -51,6 +51,9 @@ pub enum Purpose {
     Login { redirect_url: String },
     /// User-interactive auth: complete the `m.login.sso` stage of this session.
     UiAuth { session_id: String },
+    /// Sign in to this server's own pages (OAuth 2.0 authorization, the account page), then
+    /// go on to `then`, a path on this server.
+    SignIn { then: String },
 }
 
 /// An authorization started: where to send the browser, and the value of the cookie that

@@ -66,7 +66,16 @@ impl Aliases {
 
     /// The room an alias names, or `M_NOT_FOUND`.
     pub fn resolve(&self, alias: &RoomAliasId) -> Result<OwnedRoomId> {
-        self.get(alias)?.map(|r| r.room_id).ok_or_else(|| Error::not_found("Room alias not found"))
+        self.get(alias)?.map(|r| r.room_id).ok_or_else(|| self.missing(alias))
+    }
+
+    /// The error for an alias that names no room here: another server's alias says so.
+    pub fn missing(&self, alias: &RoomAliasId) -> Error {
+        if alias.server_name() == self.server_name {
+            Error::not_found("Room alias not found")
+        } else {
+            Error::on_another_server(alias)
+        }
     }
 
     /// Remove an alias (the caller checked permission).

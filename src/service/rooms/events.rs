@@ -23,7 +23,10 @@ use crate::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
-        tables::{PDUS, PduRecord, ROOM_BUMPS, ROOM_TIMESTAMPS, STREAM, StreamRecord, TIMELINE, TxnOrigin},
+        tables::{
+            EventStatus, PDUS, PduRecord, ROOM_BUMPS, ROOM_TIMESTAMPS, STREAM, StreamRecord, TIMELINE,
+            TxnOrigin,
+        },
     },
 };
 
@@ -51,6 +54,21 @@ pub struct StoredEvent {
     pub txn: Option<TxnOrigin>,
     /// The delayed event it was sent from, if any.
     pub delay_id: Option<String>,
+    /// What the room engine decided about it (local sends: accepted).
+    pub status: EventStatus,
+    /// The state group after it, for a state event written since this was recorded.
+    pub state_after: Option<u64>,
+    /// The room's current state group just before it took its position, when that differs
+    /// from `state_before` (it sits on a fork); see [`StoredEvent::head_before`].
+    pub head_before: Option<u64>,
+}
+
+impl StoredEvent {
+    /// The room's current state just before this event in stream order: what a client that
+    /// synced up to the previous position holds.
+    pub fn head_before(&self) -> u64 {
+        self.head_before.unwrap_or(self.state_before)
+    }
 }
 
 pub struct Events {
@@ -88,6 +106,12 @@ impl Events {
 
     /// An accepted event, if this server has it.
     pub fn get(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>> {
+        Ok(self.get_any(event_id)?.filter(|e| e.status.is_accepted()))
+    }
+
+    /// An event this server stored, whatever its status (rejected, soft-failed, outlier):
+    /// for the room engine, which must not fetch or judge such an event twice.
+    pub fn get_any(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>> {
         let key = event_id.to_owned();
         if let Some(hit) = self.cache.get(&key) {
             return Ok(Some(hit));
@@ -127,9 +151,20 @@ impl Events {
         Ok(())
     }
 
+    /// Queue an event that takes no place in the timeline or the stream (rejected,
+    /// soft-failed, outlier): only its row by ID.
+    pub fn put_unlisted_in(&self, batch: &mut WriteBatch, event: &StoredEvent) -> Result<()> {
+        Ok(self.pdus.put(batch, &event.pdu.event_id, &encode(event)?)?)
+    }
+
     /// Queue a rewrite of an already stored event (redaction), keeping its place.
     pub fn replace_in(&self, batch: &mut WriteBatch, event: &StoredEvent) -> Result<()> {
         Ok(self.pdus.put(batch, &event.pdu.event_id, &encode(event)?)?)
+    }
+
+    /// Make a committed unlisted event (see [`Self::put_unlisted_in`]) visible to readers.
+    pub fn committed_unlisted(&self, event: Arc<StoredEvent>) {
+        self.cache.insert(event.pdu.event_id.clone(), event);
     }
 
     /// Make committed events visible to readers of the cache and of room positions.
@@ -371,6 +406,9 @@ fn encode(event: &StoredEvent) -> Result<PduRecord> {
         pdu,
         txn: event.txn.clone(),
         delay_id: event.delay_id.clone(),
+        status: event.status,
+        state_after: event.state_after,
+        head_before: event.head_before,
     })
 }
 
@@ -382,6 +420,9 @@ fn decode(record: PduRecord) -> Result<StoredEvent> {
         state_before: record.state_before,
         txn: record.txn,
         delay_id: record.delay_id,
+        status: record.status,
+        state_after: record.state_after,
+        head_before: record.head_before,
     })
 }
 

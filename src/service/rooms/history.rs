@@ -347,7 +347,7 @@ impl History {
         // scan below, whose state_before then answers.
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         Ok(match self.events.room_events(room_id, Some(position), Direction::Forward, 1)?.first() {
-            Some(next) => next.state_before,
+            Some(next) => next.head_before(),
             None => room.state_group,
         })
     }

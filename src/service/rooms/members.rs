@@ -333,6 +333,13 @@ impl Memberships {
         Ok(())
     }
 
+    /// Queue the removal of a user's rows in both indexes (a resolved state in which they
+    /// have no member event at all).
+    pub fn remove_in(&self, batch: &mut WriteBatch, room_id: &RoomId, user_id: &UserId) {
+        self.room_members.delete(batch, &(room_id.to_owned(), user_id.to_owned()));
+        self.user_rooms.delete(batch, &(user_id.to_owned(), room_id.to_owned()));
+    }
+
     /// The user's latest membership record in the room.
     pub fn get(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
         Ok(self.user_rooms.get(&(user_id.to_owned(), room_id.to_owned()))?)

@@ -133,7 +133,7 @@ impl MembershipActions {
             None if alias.server_name() == self.server_name && self.appservices.query_alias(alias).await => {
                 self.aliases.resolve(alias)
             }
-            None => Err(Error::not_found("Room alias not found")),
+            None => Err(self.aliases.missing(alias)),
         }
     }
 
@@ -153,7 +153,7 @@ impl MembershipActions {
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             // The room is unknown here; joining it would need another server.
-            return Err(Error::not_found("No known servers to join this room through"));
+            return Err(Error::on_another_server(format!("Room {room_id}")));
         }
         let membership = self.members.membership(room_id, user_id)?;
         let mut template = member_template_with(&self.users, user_id, "join", reason, false, content)?;

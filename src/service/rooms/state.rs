@@ -131,6 +131,9 @@ impl RoomStates {
             chain.push(record);
         }
         for record in chain.into_iter().rev() {
+            for (kind, state_key) in record.removed {
+                base.remove(&(kind.into(), state_key));
+            }
             for (kind, state_key, event_id) in record.changes {
                 base.insert((kind.into(), state_key), event_id);
             }
@@ -148,6 +151,18 @@ impl RoomStates {
         parent: Option<u64>,
         changes: &[(StateKey, OwnedEventId)],
     ) -> Result<(u64, Arc<StateMap>)> {
+        self.new_group_with_removals_in(batch, parent, changes, &[])
+    }
+
+    /// As [`Self::new_group_in`], also dropping `removed` keys of the parent (a resolved
+    /// state stored as a delta against one fork).
+    pub fn new_group_with_removals_in(
+        &self,
+        batch: &mut WriteBatch,
+        parent: Option<u64>,
+        changes: &[(StateKey, OwnedEventId)],
+        removed: &[StateKey],
+    ) -> Result<(u64, Arc<StateMap>)> {
         let (mut state, parent_chain) = match parent {
             Some(parent) => {
                 let parent_record = self
@@ -158,6 +173,9 @@ impl RoomStates {
             }
             None => (StateMap::new(), None),
         };
+        for key in removed {
+            state.remove(key);
+        }
         for (key, event_id) in changes {
             state.insert(key.clone(), event_id.clone());
         }
@@ -167,11 +185,13 @@ impl RoomStates {
                 parent: Some(parent),
                 chain_len: chain_len + 1,
                 changes: changes.iter().map(|((k, s), e)| (k.to_string(), s.clone(), e.clone())).collect(),
+                removed: removed.iter().map(|(k, s)| (k.to_string(), s.clone())).collect(),
             },
             _ => StateGroupRecord {
                 parent: None,
                 chain_len: 0,
                 changes: state.iter().map(|((k, s), e)| (k.to_string(), s.clone(), e.clone())).collect(),
+                removed: Vec::new(),
             },
         };
         self.groups.put(batch, &id, &record)?;
@@ -193,6 +213,13 @@ impl RoomStates {
             )?;
         }
         Ok(())
+    }
+
+    /// Queue the removal of current-state rows of a room (keys a resolved state dropped).
+    pub fn remove_current_in(&self, batch: &mut WriteBatch, room_id: &RoomId, removed: &[StateKey]) {
+        for (kind, state_key) in removed {
+            self.room_state.delete(batch, &(room_id.to_owned(), kind.to_string(), state_key.clone()));
+        }
     }
 
     /// Queue the removal of a purged room's record, current state rows and state groups.

@@ -13,6 +13,10 @@
 //! on it at once; it becomes durable in a group sync shared with other writers, after the
 //! lock is released and before the event is announced or acknowledged (`PendingEvent`).
 
+mod engine;
+
+pub use engine::Outcome;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
@@ -59,7 +63,7 @@ use crate::{
     },
     storage::{
         GroupSync, KvStore, Table, WriteBatch,
-        tables::{MembershipRecord, RoomRecord, TXN_IDS, TxnOrigin},
+        tables::{EventStatus, MembershipRecord, RoomRecord, TXN_IDS, TxnOrigin},
     },
 };
 
@@ -468,22 +472,10 @@ impl Timeline {
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
         let origin =
             txn.map(|t| TxnOrigin { device_id: t.device_id.to_owned(), txn_id: t.txn_id.to_owned() });
-        let event = Arc::new(StoredEvent {
-            pdu,
-            stream: reservation.position,
-            state_before,
-            txn: origin,
-            delay_id: delay_id.map(str::to_owned),
-        });
-        let pdu = &event.pdu;
         let mut batch = WriteBatch::new();
-        self.events.put_in(&mut batch, &event)?;
-        self.relations.index_in(&mut batch, &event)?;
-        self.search.index_in(&mut batch, &event)?;
-
+        // A state event's group is the state after it, and (on this single line) the room's
+        // new current state.
         let mut new_group: Option<(u64, Arc<StateMap>)> = None;
-        let mut member_change: Option<(OwnedUserId, String)> = None;
-        let mut changes = vec![Change::Room(room_id.to_owned())];
         if let Some(state_key) = &pdu.state_key {
             let change: [(StateKey, OwnedEventId); 1] =
                 [((pdu.kind.to_string().into(), state_key.clone()), pdu.event_id.clone())];
@@ -492,36 +484,55 @@ impl Timeline {
             self.states.set_current_in(&mut batch, room_id, &change)?;
             record.state_group = group;
             new_group = Some((group, state));
-            if pdu.kind == TimelineEventType::RoomMember {
-                let user_id = UserId::parse(state_key.as_str())
-                    .map_err(|_| Error::bad_json("The state key of a member event must be a user ID"))?;
-                let membership = pdu
-                    .content_value()
-                    .get("membership")
-                    .and_then(JsonValue::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let joined_at = if membership == "join" {
-                    match self.members.get(room_id, &user_id)? {
-                        Some(previous) if previous.membership == "join" => Some(previous.joined_since()),
-                        _ => Some(event.stream),
-                    }
-                } else {
-                    None
-                };
-                let row = MembershipRecord {
-                    membership,
-                    event_id: pdu.event_id.clone(),
-                    stream: event.stream,
-                    forgotten: false,
-                    joined_at,
-                };
-                self.members.set_in(&mut batch, room_id, &user_id, &row)?;
-                member_change = Some((user_id.clone(), row.membership.clone()));
-                // The member's own syncs may not be watching this room yet (an invite, a
-                // join from elsewhere).
-                changes.push(Change::User(user_id));
-            }
+        }
+        let event = Arc::new(StoredEvent {
+            pdu,
+            stream: reservation.position,
+            state_before,
+            txn: origin,
+            delay_id: delay_id.map(str::to_owned),
+            status: EventStatus::Accepted,
+            state_after: new_group.as_ref().map(|(group, _)| *group),
+            head_before: None,
+        });
+        let pdu = &event.pdu;
+        self.events.put_in(&mut batch, &event)?;
+        self.relations.index_in(&mut batch, &event)?;
+        self.search.index_in(&mut batch, &event)?;
+
+        let mut member_change: Option<(OwnedUserId, String)> = None;
+        let mut changes = vec![Change::Room(room_id.to_owned())];
+        if let Some(state_key) = &pdu.state_key
+            && pdu.kind == TimelineEventType::RoomMember
+        {
+            let user_id = UserId::parse(state_key.as_str())
+                .map_err(|_| Error::bad_json("The state key of a member event must be a user ID"))?;
+            let membership = pdu
+                .content_value()
+                .get("membership")
+                .and_then(JsonValue::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let joined_at = if membership == "join" {
+                match self.members.get(room_id, &user_id)? {
+                    Some(previous) if previous.membership == "join" => Some(previous.joined_since()),
+                    _ => Some(event.stream),
+                }
+            } else {
+                None
+            };
+            let row = MembershipRecord {
+                membership,
+                event_id: pdu.event_id.clone(),
+                stream: event.stream,
+                forgotten: false,
+                joined_at,
+            };
+            self.members.set_in(&mut batch, room_id, &user_id, &row)?;
+            member_change = Some((user_id.clone(), row.membership.clone()));
+            // The member's own syncs may not be watching this room yet (an invite, a
+            // join from elsewhere).
+            changes.push(Change::User(user_id));
         }
         if let Some(redacted) = &redacted {
             self.events.replace_in(&mut batch, redacted)?;

@@ -39,6 +39,7 @@ use matrix_sdk::{
 };
 use tokio::sync::Mutex;
 
+mod oauth;
 mod ui;
 
 fn step(message: &str) {
@@ -298,8 +299,9 @@ async fn main() {
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         [base] => run(base).await,
         ["ui", base] => ui::run(base).await,
+        ["oauth", base, answer_file] => oauth::run(base, answer_file).await,
         _ => {
-            eprintln!("usage: conduit-rust-sdk-check [ui] BASE_URL");
+            eprintln!("usage: conduit-rust-sdk-check [ui] BASE_URL | oauth BASE_URL ANSWER_FILE");
             std::process::exit(2);
         }
     };

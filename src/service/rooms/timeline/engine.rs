@@ -1,0 +1,454 @@
+//! The room engine for an event graph: an event whose `prev_events` need not be the room's
+//! forward extremities (an event on a fork, as other servers send them).
+//!
+//! Two steps, under the room's lock:
+//! - *persist the event*: its state before is the resolution of the states after its
+//!   `prev_events` (`matrix::state_resolution`), stored as a state group; it is checked
+//!   against its auth events and that state (failing: stored as rejected), then against the
+//!   room's current state (failing: stored as soft-failed, not part of the head);
+//! - *advance the room's head*: the forward extremities lose the event's `prev_events` and
+//!   gain the event; the new current state is the resolution of the extremities' states,
+//!   applied to the current state rows, the membership indexes and the caches as a delta of
+//!   puts and deletes, so a member event on a losing fork changes nobody's membership.
+//!
+//! Local sends keep their own path (`Timeline::append`): they always cite every extremity,
+//! so their state before is the current state, which is by construction the resolution of
+//! the extremities' states.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, UserId,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::Value as JsonValue;
+
+use super::{RoomLock, Timeline, rules_of, uint};
+use crate::{
+    Error, Result,
+    matrix::{
+        auth,
+        pdu::{self, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
+        state_resolution,
+    },
+    service::{
+        rooms::{
+            events::StoredEvent,
+            state::{StateKey, StateMap},
+        },
+        stream::Change,
+    },
+    storage::{
+        WriteBatch,
+        tables::{EventStatus, MembershipRecord, RoomRecord},
+    },
+};
+
+/// Events loaded for one resolution, by ID (the forks' state events and their auth chains).
+type Loaded = HashMap<OwnedEventId, Arc<StoredEvent>>;
+
+/// What happened to an event handed to [`Timeline::accept_event`].
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: EventStatus,
+    pub event: Arc<StoredEvent>,
+    /// For a rejected or soft-failed event, the rule it failed.
+    pub reason: Option<String>,
+}
+
+impl Timeline {
+    /// Build and sign an event of a local user on the room graph at `prev_events` rather than
+    /// at the forward extremities, its auth events picked from the resolved state there.
+    /// Hand it to [`Self::accept_event`]. This is how tests and tools make a fork; clients
+    /// never choose `prev_events`.
+    pub fn build_at(
+        &self,
+        lock: &RoomLock,
+        sender: &UserId,
+        template: &EventTemplate,
+        prev_events: &[OwnedEventId],
+        ts: MilliSecondsSinceUnixEpoch,
+    ) -> Result<Pdu> {
+        let room_id = lock.room_id();
+        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = rules_of(&room.version)?;
+        if prev_events.is_empty() || prev_events.len() > MAX_PREV_EVENTS {
+            return Err(Error::invalid_param("An event needs between 1 and 20 prev_events"));
+        }
+        let prevs = self.known_prevs(prev_events)?;
+        let (_, state) = self.state_before_prevs(&rules, &prevs, None)?;
+        let depth = prevs.iter().map(|p| u64::from(p.pdu.depth)).max().unwrap_or(0).saturating_add(1);
+        let auth_keys = super::checked_content(&rules, sender, template)?;
+        let auth_events =
+            auth::select_auth_events(&auth_keys, |kind, key| state.get(&(kind.clone(), key.to_owned())));
+        let picks_id = pdu::origin_picks_event_id(&rules);
+        let reference_hashes = if picks_id {
+            let loaded: HashMap<OwnedEventId, Arc<StoredEvent>> = self
+                .events
+                .get_many(prev_events.iter().chain(&auth_events))?
+                .into_iter()
+                .map(|e| (e.pdu.event_id.clone(), e))
+                .collect();
+            self.reference_hashes(&rules, prev_events.iter().chain(&auth_events), &loaded)?
+        } else {
+            Default::default()
+        };
+        pdu::build_pdu(
+            &rules,
+            self.keys.server_name(),
+            self.keys.key_pair(),
+            sender,
+            ts,
+            template,
+            GraphPosition {
+                room_id: Some(room_id),
+                event_id: self.new_event_id(&rules),
+                prev_events: prev_events.to_vec(),
+                auth_events,
+                reference_hashes,
+                depth: uint(depth),
+            },
+        )
+        .map_err(super::build_error)
+    }
+
+    /// Persist an event of the room's graph and advance the room's head (see the module's
+    /// documentation). The event's `prev_events` must all be stored already (missing
+    /// ancestors are fetched before). An event stored before is answered as it was.
+    pub async fn accept_event(&self, lock: &RoomLock, pdu: Pdu) -> Result<Outcome> {
+        let room_id = lock.room_id();
+        if pdu.room_id != room_id {
+            return Err(Error::invalid_param("The event belongs to another room"));
+        }
+        if let Some(known) = self.events.get_any(&pdu.event_id)? {
+            return Ok(Outcome { status: known.status, event: known, reason: None });
+        }
+        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = rules_of(&room.version)?;
+        if pdu.kind == TimelineEventType::RoomCreate || pdu.prev_events.is_empty() {
+            return Err(Error::invalid_param("The room already has its create event"));
+        }
+        let prevs = self.known_prevs(&pdu.prev_events)?;
+        let mut batch = WriteBatch::new();
+        let (before_group, before) = self.state_before_prevs(&rules, &prevs, Some(&mut batch))?;
+
+        // The auth events the event cites, and the events of the state before it.
+        let mut loaded: Loaded = HashMap::new();
+        for event in self.events.get_many(pdu.auth_events.iter().chain(before.values()))? {
+            loaded.insert(event.pdu.event_id.clone(), event);
+        }
+        let checked = auth::check_event(
+            &rules.authorization,
+            &pdu,
+            |id| loaded.get(id).map(|e| &e.pdu),
+            |kind, key| {
+                before.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).map(|e| &e.pdu)
+            },
+        );
+        if let Err(reason) = checked {
+            return self.store_unlisted(batch, pdu, before_group, EventStatus::Rejected, reason);
+        }
+        let current = self.states.state_of_group(room.state_group)?;
+        for event in self.events.get_many(current.values().filter(|id| !loaded.contains_key(*id)))? {
+            loaded.insert(event.pdu.event_id.clone(), event);
+        }
+        let soft =
+            ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |kind, key| {
+                current.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).map(|e| &e.pdu)
+            });
+        if let Err(reason) = soft {
+            return self.store_unlisted(batch, pdu, before_group, EventStatus::SoftFailed, reason);
+        }
+        let pending = self.advance(lock, &rules, room, batch, pdu, before_group)?;
+        let event = self.finish(pending).await?;
+        Ok(Outcome { status: EventStatus::Accepted, event, reason: None })
+    }
+
+    /// The stored events `ids` names, all of them, or an error naming the first missing.
+    fn known_prevs(&self, ids: &[OwnedEventId]) -> Result<Vec<Arc<StoredEvent>>> {
+        ids.iter()
+            .map(|id| match self.events.get_any(id)? {
+                Some(event) if matches!(event.status, EventStatus::Accepted | EventStatus::SoftFailed) => {
+                    Ok(event)
+                }
+                _ => Err(Error::not_found(format!("Unknown prev event {id}"))),
+            })
+            .collect()
+    }
+
+    /// The group and state after an event: its own group for a state event written since it
+    /// was recorded, `state_before` for a message; otherwise the state computed, without a
+    /// group.
+    fn state_after(&self, event: &StoredEvent) -> Result<(Option<u64>, Arc<StateMap>)> {
+        match (&event.pdu.state_key, event.state_after) {
+            (_, Some(group)) => Ok((Some(group), self.states.state_of_group(group)?)),
+            (None, None) => Ok((Some(event.state_before), self.states.state_of_group(event.state_before)?)),
+            (Some(key), None) => {
+                let mut state = (*self.states.state_of_group(event.state_before)?).clone();
+                state.insert((event.pdu.kind.to_string().into(), key.clone()), event.pdu.event_id.clone());
+                Ok((None, Arc::new(state)))
+            }
+        }
+    }
+
+    /// The state before an event citing `prevs`: the resolution of the states after them.
+    /// With `batch`, the state is given a group (an existing one when it is one prev's),
+    /// written into it and remembered by the cache once the batch is committed.
+    fn state_before_prevs(
+        &self,
+        rules: &RoomVersionRules,
+        prevs: &[Arc<StoredEvent>],
+        batch: Option<&mut WriteBatch>,
+    ) -> Result<(u64, Arc<StateMap>)> {
+        let afters = prevs.iter().map(|p| self.state_after(p)).collect::<Result<Vec<_>>>()?;
+        let forks: Vec<Arc<StateMap>> = afters.iter().map(|(_, s)| Arc::clone(s)).collect();
+        let state = self.resolve(rules, &forks, &HashMap::new())?;
+        // Reuse the group of a fork whose state is the resolved one.
+        if let Some((Some(group), _)) = afters.iter().find(|(_, s)| **s == *state) {
+            return Ok((*group, state));
+        }
+        let Some(batch) = batch else { return Ok((0, state)) };
+        let (base_group, base) = match afters.iter().find_map(|(g, s)| g.map(|g| (g, s))) {
+            Some((g, s)) => (Some(g), Arc::clone(s)),
+            None => (None, Arc::new(StateMap::new())),
+        };
+        let (changes, removed) = delta(&base, &state);
+        let (group, stored) =
+            self.states.new_group_with_removals_in(batch, base_group, &changes, &removed)?;
+        // Cached now: the event and its group are written in the same batch, and a failure
+        // to write it fails the whole acceptance, leaving an unreferenced cache entry only.
+        self.states.committed_group(group, Arc::clone(&stored));
+        Ok((group, stored))
+    }
+
+    /// Resolve `forks` by the room version's rules, loading their events and auth chains;
+    /// `extra` holds events not yet stored (the one being accepted).
+    fn resolve(
+        &self,
+        rules: &RoomVersionRules,
+        forks: &[Arc<StateMap>],
+        extra: &Loaded,
+    ) -> Result<Arc<StateMap>> {
+        match forks {
+            [] => return Ok(Arc::new(StateMap::new())),
+            [first, rest @ ..] if rest.iter().all(|f| f == first) => return Ok(Arc::clone(first)),
+            _ => {}
+        }
+        // Load every event reachable from the forks' state through `auth_events`.
+        let mut loaded: Loaded = extra.clone();
+        let mut todo: Vec<OwnedEventId> = forks.iter().flat_map(|f| f.values().cloned()).collect();
+        let mut seen: HashSet<OwnedEventId> = HashSet::new();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let event = match loaded.get(&id) {
+                Some(event) => Arc::clone(event),
+                None => match self.events.get_any(&id)? {
+                    Some(event) => event,
+                    None => continue,
+                },
+            };
+            todo.extend(event.pdu.auth_events.iter().filter(|a| !seen.contains(*a)).cloned());
+            loaded.insert(id, event);
+        }
+        let fetch =
+            |id: &EventId| loaded.get(id).filter(|e| e.status != EventStatus::Rejected).map(|e| &e.pdu);
+        let maps: Vec<StateMap> = forks.iter().map(|f| (**f).clone()).collect();
+        let chains: Vec<HashSet<OwnedEventId>> =
+            maps.iter().map(|m| state_resolution::auth_chain(m.values().map(|id| &**id), fetch)).collect();
+        let resolved = state_resolution::resolve(rules, &maps, &chains, fetch)
+            .map_err(|e| Error::internal(format!("state resolution failed: {e:?}")))?;
+        Ok(Arc::new(resolved))
+    }
+
+    /// Store an event that takes no place in the timeline (rejected, soft-failed).
+    fn store_unlisted(
+        &self,
+        mut batch: WriteBatch,
+        pdu: Pdu,
+        before_group: u64,
+        status: EventStatus,
+        reason: String,
+    ) -> Result<Outcome> {
+        let event = Arc::new(StoredEvent {
+            pdu,
+            stream: 0,
+            state_before: before_group,
+            txn: None,
+            delay_id: None,
+            status,
+            state_after: None,
+            head_before: None,
+        });
+        self.events.put_unlisted_in(&mut batch, &event)?;
+        self.store.write(batch)?;
+        self.events.committed_unlisted(Arc::clone(&event));
+        tracing::info!(event_id = %event.pdu.event_id, ?status, %reason, "event not accepted");
+        Ok(Outcome { status, event, reason: Some(reason) })
+    }
+
+    /// Persist an accepted event and advance the room's head to the resolution of the new
+    /// forward extremities, applied as a delta to the current state and membership.
+    fn advance(
+        &self,
+        lock: &RoomLock,
+        rules: &RoomVersionRules,
+        room: RoomRecord,
+        mut batch: WriteBatch,
+        pdu: Pdu,
+        before_group: u64,
+    ) -> Result<super::PendingEvent> {
+        let room_id = lock.room_id();
+        let event_key: Option<StateKey> =
+            pdu.state_key.as_ref().map(|k| (pdu.kind.to_string().into(), k.clone()));
+        let (after_group, after) = match &event_key {
+            Some(key) => {
+                let change = [(key.clone(), pdu.event_id.clone())];
+                let (group, state) = self.states.new_group_in(&mut batch, Some(before_group), &change)?;
+                self.states.committed_group(group, Arc::clone(&state));
+                (group, state)
+            }
+            None => (before_group, self.states.state_of_group(before_group)?),
+        };
+
+        // The new extremities: the old ones the event does not cite, and the event.
+        let cited: HashSet<&OwnedEventId> = pdu.prev_events.iter().collect();
+        let mut extremities: Vec<OwnedEventId> =
+            room.forward_extremities.iter().filter(|id| !cited.contains(id)).cloned().collect();
+        extremities.push(pdu.event_id.clone());
+
+        let head = if extremities.len() == 1 {
+            Arc::clone(&after)
+        } else {
+            let others = self.events.get_many(extremities.iter().filter(|id| **id != pdu.event_id))?;
+            let mut forks = vec![Arc::clone(&after)];
+            for other in &others {
+                forks.push(self.state_after(other)?.1);
+            }
+            let mut extra = Loaded::new();
+            // The event is not stored yet; resolution may need it as a state event.
+            extra.insert(
+                pdu.event_id.clone(),
+                Arc::new(StoredEvent {
+                    pdu: pdu.clone(),
+                    stream: 0,
+                    state_before: before_group,
+                    txn: None,
+                    delay_id: None,
+                    status: EventStatus::Accepted,
+                    state_after: Some(after_group),
+                    head_before: None,
+                }),
+            );
+            self.resolve(rules, &forks, &extra)?
+        };
+
+        let current = self.states.state_of_group(room.state_group)?;
+        let (puts, removed) = delta(&current, &head);
+        let head_group = if *head == *after {
+            after_group
+        } else if puts.is_empty() && removed.is_empty() {
+            room.state_group
+        } else {
+            let (group, state) = self.states.new_group_with_removals_in(
+                &mut batch,
+                Some(room.state_group),
+                &puts,
+                &removed,
+            )?;
+            self.states.committed_group(group, state);
+            group
+        };
+        self.states.set_current_in(&mut batch, room_id, &puts)?;
+        self.states.remove_current_in(&mut batch, room_id, &removed);
+
+        let reservation = self.stream.reserve_owned()?;
+        let event = Arc::new(StoredEvent {
+            pdu,
+            stream: reservation.position,
+            state_before: before_group,
+            txn: None,
+            delay_id: None,
+            status: EventStatus::Accepted,
+            state_after: event_key.is_some().then_some(after_group),
+            head_before: (room.state_group != before_group).then_some(room.state_group),
+        });
+        self.events.put_in(&mut batch, &event)?;
+        self.relations.index_in(&mut batch, &event)?;
+        self.search.index_in(&mut batch, &event)?;
+
+        // Membership follows the change of current state, not the event.
+        let mut changes = vec![Change::Room(room_id.to_owned())];
+        let mut moved: Vec<(OwnedUserId, String)> = Vec::new();
+        for ((kind, state_key), event_id) in &puts {
+            if *kind != StateEventType::RoomMember {
+                continue;
+            }
+            let Ok(user_id) = UserId::parse(state_key.as_str()) else { continue };
+            let member = if *event_id == event.pdu.event_id {
+                Arc::clone(&event)
+            } else {
+                self.events
+                    .get(event_id)?
+                    .ok_or_else(|| Error::internal(format!("missing member event {event_id}")))?
+            };
+            let membership = member
+                .pdu
+                .content_value()
+                .get("membership")
+                .and_then(JsonValue::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let joined_at = match (membership.as_str(), self.members.get(room_id, &user_id)?) {
+                ("join", Some(previous)) if previous.membership == "join" => Some(previous.joined_since()),
+                ("join", _) => Some(event.stream),
+                _ => None,
+            };
+            let row = MembershipRecord {
+                membership,
+                event_id: member.pdu.event_id.clone(),
+                stream: event.stream,
+                forgotten: false,
+                joined_at,
+            };
+            self.members.set_in(&mut batch, room_id, &user_id, &row)?;
+            moved.push((user_id, row.membership));
+        }
+        for (kind, state_key) in &removed {
+            if *kind == StateEventType::RoomMember
+                && let Ok(user_id) = UserId::parse(state_key.as_str())
+            {
+                self.members.remove_in(&mut batch, room_id, &user_id);
+                // No member event at all: neither joined nor invited.
+                moved.push((user_id, "leave".to_owned()));
+            }
+        }
+        let depth = room.depth.max(u64::from(event.pdu.depth));
+        let record = RoomRecord { forward_extremities: extremities, depth, state_group: head_group, ..room };
+        self.states.put_room_in(&mut batch, room_id, &record)?;
+        self.store.write_buffered(batch)?;
+
+        self.events.committed([Arc::clone(&event)]);
+        if !moved.is_empty() {
+            for (user_id, membership) in &moved {
+                self.members.committed_member(room_id, user_id, membership);
+            }
+            changes.extend(moved.into_iter().map(|(user_id, _)| Change::User(user_id)));
+        }
+        tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event accepted on the graph");
+        Ok(super::PendingEvent { event, reservation, changes })
+    }
+}
+
+/// The changes turning `from` into `to`: entries to put, keys to delete.
+fn delta(from: &StateMap, to: &StateMap) -> (Vec<(StateKey, OwnedEventId)>, Vec<StateKey>) {
+    let puts =
+        to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let removed = from.keys().filter(|k| !to.contains_key(*k)).cloned().collect();
+    (puts, removed)
+}
