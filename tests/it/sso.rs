@@ -781,3 +781,58 @@ async fn login_get_token_signs_in_another_device_once() {
     let (_, flows) = s.get(&format!("{V3}/login"), None).await;
     assert_eq!(flows["flows"], json!([{"type": "m.login.password"}]));
 }
+
+/// The provider's client goes through the outbound address guard: the configured issuer's
+/// host is trusted (a company's provider lives on its own network, here loopback), but an
+/// endpoint its discovery document points at another internal address is refused before any
+/// connection, with an error naming the address.
+#[tokio::test]
+async fn a_discovery_document_cannot_send_the_server_to_internal_addresses() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let document = json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/auth"),
+        "token_endpoint": "http://10.255.255.1/token",
+        "jwks_uri": format!("{issuer}/jwks"),
+        "code_challenge_methods_supported": ["S256"],
+    });
+    let app = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move { axum::Json(document) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let reserved = TestServer::reserve().await;
+    let base = reserved.base.clone();
+    let s = TestServer::boot_reserved(reserved, |c| {
+        c.well_known.client = Some(base);
+        c.identity_providers = vec![provider(&issuer, "corp", CLIENT_ID, json!({"name": "Company SSO"}))];
+        c.sso.client_whitelist = vec![CLIENT.to_owned()];
+    })
+    .await;
+    let b = Browser::new();
+    // Discovery at the trusted issuer works: the redirect goes to its authorization endpoint.
+    let page = b.get(&format!("{}{}", s.base, redirect_path("corp", CLIENT))).await;
+    let location = page.location.clone().unwrap_or_else(|| panic!("no redirect: {page:?}"));
+    assert!(location.starts_with(&format!("{issuer}/auth?")), "{location}");
+    let state = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("a state parameter");
+    // The code exchange would go to 10.255.255.1: refused without a connection attempt.
+    let callback = format!("{}/_synapse/client/oidc/callback?code=abc&state={state}", s.base);
+    let page = b.get(&callback).await;
+    assert_eq!(page.status, StatusCode::BAD_GATEWAY, "{page:?}");
+    let error = page.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("Company SSO names an address")
+            && error.contains("10.255.255.1 is not a public address"),
+        "{error}"
+    );
+}

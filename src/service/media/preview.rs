@@ -73,6 +73,7 @@ impl UrlPreviews {
             allow_ranges: config.url_preview_ip_range_whitelist.clone(),
             deny_hosts: config.url_preview_domain_blacklist.clone(),
             allow_hosts: config.url_preview_domain_whitelist.clone(),
+            trusted_hosts: Vec::new(),
         });
         let timeout = Duration::from_secs(config.url_preview_timeout_secs);
         let client = outbound::guarded_client(&policy, timeout, USER_AGENT)

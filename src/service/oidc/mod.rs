@@ -168,8 +168,12 @@ fn audience(claims: &Map<String, JsonValue>, client_id: &str) -> (bool, usize) {
 
 impl Oidc {
     pub fn new(config: &Config, clock: Arc<dyn Clock>) -> Result<Self> {
-        let providers =
-            config.identity_providers.iter().cloned().map(ProviderClient::new).collect::<Result<Vec<_>>>()?;
+        let providers = config
+            .identity_providers
+            .iter()
+            .cloned()
+            .map(|provider| ProviderClient::new(provider, config))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             providers,
             clock,

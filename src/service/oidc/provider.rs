@@ -1,8 +1,11 @@
 //! The HTTP side of one OpenID provider: its discovery document and key set (fetched when
 //! first needed and kept for an hour), the authorization code exchange and the userinfo
-//! request. The provider's URLs are the operator's (its issuer, or what its discovery
-//! document names), so requests go straight there, not through the guard for addresses users
-//! name; every answer is read up to a bounded size, within a time limit.
+//! request. Requests go through the outbound address guard: the hosts the operator configured
+//! (the issuer's, and any endpoint set in the config) are trusted wherever they resolve to,
+//! since a company's provider usually lives on its own network; any other host a discovery
+//! document names is vetted like an address a user names (`ip_range_denylist` and
+//! `ip_range_allowlist`). No redirects are followed; every answer is read up to a bounded
+//! size, within a time limit.
 
 use std::{
     sync::{Arc, Mutex},
@@ -16,7 +19,8 @@ use serde_json::{Map, Value as JsonValue};
 use super::jose::JwkSet;
 use crate::{
     Error, Result,
-    config::{ClientAuthMethod, IdentityProviderConfig},
+    config::{ClientAuthMethod, Config, IdentityProviderConfig},
+    service::outbound::{self, ip_guard::Policy},
 };
 
 /// The largest answer read from a provider.
@@ -59,6 +63,7 @@ pub struct ProviderClient {
     /// The client secret (from the config or its file).
     pub secret: Option<String>,
     http: reqwest::Client,
+    policy: Arc<Policy>,
     metadata: Mutex<Option<Cached<Metadata>>>,
     keys: Mutex<Option<Cached<JwkSet>>>,
 }
@@ -66,7 +71,7 @@ pub struct ProviderClient {
 impl ProviderClient {
     /// The client for one configured provider: reads its secret file and CA file, so a
     /// missing file stops the server at start-up with the key's name.
-    pub fn new(config: IdentityProviderConfig) -> Result<Self> {
+    pub fn new(config: IdentityProviderConfig, global: &Config) -> Result<Self> {
         let key = |name: &str| format!("identity_providers[{}].{name}", config.id);
         let secret = match (&config.client_secret, &config.client_secret_path) {
             (Some(secret), _) => Some(secret.clone()),
@@ -84,11 +89,34 @@ impl ProviderClient {
             ),
             (None, None) => None,
         };
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("conduit/", env!("CARGO_PKG_VERSION")));
+        let configured = std::iter::once(Some(&config.issuer)).chain(
+            [
+                &config.authorization_endpoint,
+                &config.token_endpoint,
+                &config.userinfo_endpoint,
+                &config.jwks_uri,
+            ]
+            .map(Option::as_ref),
+        );
+        let trusted_hosts = configured
+            .flatten()
+            .filter_map(|url| url::Url::parse(url).ok())
+            .filter_map(|url| {
+                url.host_str().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            })
+            .collect();
+        let policy = Arc::new(Policy {
+            deny_ranges: global.ip_range_denylist.clone(),
+            allow_ranges: global.ip_range_allowlist.clone(),
+            trusted_hosts,
+            ..Policy::default()
+        });
+        let mut builder = outbound::guarded_builder(
+            &policy,
+            CONNECT_TIMEOUT,
+            concat!("conduit/", env!("CARGO_PKG_VERSION")),
+        )
+        .timeout(REQUEST_TIMEOUT);
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 Error::internal(format!("{}: cannot read {}: {e}", key("ca_file"), path.display()))
@@ -101,7 +129,7 @@ impl ProviderClient {
         }
         let http =
             builder.build().map_err(|e| Error::internal(format!("HTTP client for {}: {e}", config.id)))?;
-        Ok(Self { config, secret, http, metadata: Mutex::new(None), keys: Mutex::new(None) })
+        Ok(Self { config, secret, http, policy, metadata: Mutex::new(None), keys: Mutex::new(None) })
     }
 
     fn unreachable(&self, what: &str, error: impl std::fmt::Display) -> Error {
@@ -224,6 +252,7 @@ impl ProviderClient {
         if let Some(verifier) = verifier {
             form.push(("code_verifier", verifier));
         }
+        self.vet(&metadata.token_endpoint, "the token request")?;
         let secret = self.secret.as_deref().unwrap_or_default();
         let mut request =
             self.http.post(&metadata.token_endpoint).header(reqwest::header::ACCEPT, "application/json");
@@ -283,7 +312,22 @@ impl ProviderClient {
         }
     }
 
+    /// Refuse a URL the guard would not let the client reach (before any connection: the
+    /// resolver vets names again when it connects).
+    fn vet(&self, url: &str, what: &str) -> Result<()> {
+        let parsed = url::Url::parse(url).map_err(|e| self.unreachable(what, format!("{url}: {e}")))?;
+        outbound::check_url(&self.policy, &parsed).map_err(|refusal| {
+            tracing::warn!(idp = %self.config.id, %url, %refusal, "{what} refused by the outbound address guard");
+            Error::Upstream(format!(
+                "The identity provider {} names an address this server does not connect to ({refusal}). \
+                 Tell your administrator: ip_range_allowlist can allow it.",
+                self.config.display_name()
+            ))
+        })
+    }
+
     async fn get_body(&self, url: &str, bearer: Option<&str>, what: &str) -> Result<Vec<u8>> {
+        self.vet(url, what)?;
         let mut request = self.http.get(url).header(reqwest::header::ACCEPT, "application/json");
         if let Some(token) = bearer {
             request = request.bearer_auth(token);

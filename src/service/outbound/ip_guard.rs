@@ -44,6 +44,10 @@ pub struct Policy {
     pub deny_hosts: Vec<String>,
     /// When not empty, the only host patterns fetched.
     pub allow_hosts: Vec<String>,
+    /// Hosts the operator configured as services of their own (an identity provider's
+    /// issuer): every address they resolve to is allowed, internal ones included. Other
+    /// hosts, such as those a provider's documents name, are vetted as usual.
+    pub trusted_hosts: Vec<String>,
 }
 
 impl Policy {
@@ -60,6 +64,12 @@ impl Policy {
             return Err(Refusal::InternalAddress(ip));
         }
         Ok(())
+    }
+
+    /// Whether the operator named `host` as their own service ([`Self::trusted_hosts`]).
+    pub fn trusts(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        self.trusted_hosts.iter().any(|t| t.trim_end_matches('.').eq_ignore_ascii_case(host))
     }
 
     /// Whether the fetcher may ask for `host` (a DNS name, lower-cased by the URL parser).
@@ -290,5 +300,17 @@ mod tests {
         assert_eq!(policy.check_host("wiki.corp.example"), Err(Refusal::DeniedHost));
         assert_eq!(policy.check_host("other.org"), Err(Refusal::DeniedHost));
         assert_eq!(Policy::default().check_host("other.org"), Ok(()));
+    }
+
+    #[test]
+    fn trusted_hosts_match_whole_names_in_any_case() {
+        let policy =
+            Policy { trusted_hosts: vec!["sso.corp.example".into(), "10.0.0.5".into()], ..Policy::default() };
+        assert!(policy.trusts("SSO.corp.example."));
+        assert!(policy.trusts("10.0.0.5"));
+        assert!(!policy.trusts("evil.sso.corp.example"));
+        assert!(!policy.trusts("corp.example"));
+        // Trust is for names; the address check itself is unchanged.
+        assert!(policy.check_ip("10.0.0.5".parse().unwrap()).is_err());
     }
 }

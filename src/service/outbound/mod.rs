@@ -46,6 +46,9 @@ impl Resolve for GuardedResolver {
             if addrs.is_empty() {
                 return Err(BoxError::from(format!("{host} has no addresses")));
             }
+            if policy.trusts(&host) {
+                return Ok::<Addrs, BoxError>(Box::new(addrs.into_iter()));
+            }
             for addr in &addrs {
                 policy.check_ip(addr.ip()).map_err(|r| Box::new(Blocked(r)) as BoxError)?;
             }
@@ -62,13 +65,22 @@ pub fn guarded_client(
     connect_timeout: Duration,
     user_agent: &str,
 ) -> Result<reqwest::Client, reqwest::Error> {
+    guarded_builder(policy, connect_timeout, user_agent).build()
+}
+
+/// The builder of [`guarded_client`], for callers that add to it (root certificates, an
+/// overall timeout) without changing how it connects.
+pub fn guarded_builder(
+    policy: &Arc<Policy>,
+    connect_timeout: Duration,
+    user_agent: &str,
+) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .dns_resolver(Arc::new(GuardedResolver { policy: Arc::clone(policy) }))
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect_timeout)
         .user_agent(user_agent)
-        .build()
 }
 
 /// Why a URL may not be requested before any connection: not http(s), no host, a host the
@@ -97,6 +109,7 @@ pub fn check_url(policy: &Policy, url: &Url) -> Result<(), UrlRefusal> {
         return Err(UrlRefusal::Scheme);
     }
     match url.host() {
+        Some(host) if policy.trusts(host.to_string().trim_start_matches('[').trim_end_matches(']')) => Ok(()),
         Some(url::Host::Domain(domain)) => policy.check_host(domain).map_err(UrlRefusal::Guard),
         Some(url::Host::Ipv4(ip)) => policy.check_ip(ip.into()).map_err(UrlRefusal::Guard),
         Some(url::Host::Ipv6(ip)) => policy.check_ip(ip.into()).map_err(UrlRefusal::Guard),
@@ -114,4 +127,28 @@ pub fn blocked_cause(error: &reqwest::Error) -> Option<&Refusal> {
         cause = e.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_at_trusted_hosts_pass_even_when_internal() {
+        let policy = Policy {
+            trusted_hosts: vec!["127.0.0.1".into(), "[::1]".into(), "::1".into()],
+            ..Policy::default()
+        };
+        let check = |url: &str| check_url(&policy, &Url::parse(url).unwrap());
+        assert_eq!(check("http://127.0.0.1:8080/.well-known/openid-configuration"), Ok(()));
+        assert_eq!(check("http://[::1]/jwks"), Ok(()));
+        assert!(matches!(
+            check("http://10.255.255.1/token"),
+            Err(UrlRefusal::Guard(Refusal::InternalAddress(_)))
+        ));
+        assert!(matches!(
+            check("http://127.0.0.2/token"),
+            Err(UrlRefusal::Guard(Refusal::InternalAddress(_)))
+        ));
+    }
 }
