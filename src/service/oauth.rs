@@ -33,8 +33,7 @@ use crate::{
     config::Config,
     matrix::oauth::{self as protocol, ClientMetadata},
     storage::{
-        Direction, KvStore, Table,
-        kv::KeyRange,
+        KvStore, Table,
         tables::{
             BROWSER_SESSIONS, BrowserSessionRecord, OAUTH_CLIENTS, OAuthClientRecord, SsoSessionRecord,
             TokenHash,
@@ -670,17 +669,7 @@ impl OAuthServer {
 
     /// Forget the browser sessions `gone` picks; returns how many.
     fn remove_sessions_where(&self, gone: impl Fn(&BrowserSessionRecord) -> bool) -> Result<usize> {
-        let mut doomed = Vec::new();
-        for row in self.sessions.scan(KeyRange::all(), Direction::Forward)? {
-            let (hash, record) = row?;
-            if gone(&record) {
-                doomed.push(hash);
-            }
-        }
-        for hash in &doomed {
-            self.sessions.remove(hash)?;
-        }
-        Ok(doomed.len())
+        Ok(self.sessions.remove_where(gone)?)
     }
 
     /// Delete browser sessions that expired (the upkeep's sweep).

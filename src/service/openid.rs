@@ -75,17 +75,7 @@ impl OpenId {
     /// the last hour), so a scan is cheap.
     pub fn remove_expired(&self) -> Result<usize> {
         let now = self.clock.now_ms();
-        let mut expired = Vec::new();
-        for row in self.tokens.scan(KeyRange::all(), Direction::Forward)? {
-            let (hash, record) = row?;
-            if record.expires_ms <= now {
-                expired.push(hash);
-            }
-        }
-        for hash in &expired {
-            self.tokens.remove(hash)?;
-        }
-        Ok(expired.len())
+        Ok(self.tokens.remove_where(|record| record.expires_ms <= now)?)
     }
 
     /// Live and expired tokens not yet swept, for tests of the sweep.

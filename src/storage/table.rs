@@ -142,6 +142,25 @@ impl<K: KeyCodec, V: Serialize + DeserializeOwned> Table<K, V> {
         Ok(deleted)
     }
 
+    /// Delete, in one batch, every row whose value `doomed` picks (the sweeps of expired
+    /// rows); returns how many. Keys are not decoded. A row rewritten between the scan and
+    /// the write goes too, so callers sweep rows that nobody revives (expired ones).
+    pub fn remove_where(&self, doomed: impl Fn(&V) -> bool) -> StorageResult<usize> {
+        let mut batch = WriteBatch::new();
+        let mut removed = 0;
+        for row in self.store.scan(self.name, KeyRange::all(), Direction::Forward)? {
+            let (key, value) = row?;
+            if doomed(&self.decode(&value)?) {
+                batch.delete(self.name, key);
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.store.write(batch)?;
+        }
+        Ok(removed)
+    }
+
     /// Every row whose raw key lies in `range`.
     pub fn scan(
         &self,
