@@ -225,9 +225,9 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         // the provider's callback and back-channel logout, and the `m.login.sso` fallback
         .endpoint_route::<::ruma::api::client::session::sso_login::v3::Request, _, _>(session::sso_login)
         .endpoint_route::<::ruma::api::client::session::sso_login_with_provider::v3::Request, _, _>(
-            session::sso_login_with_provider,
+            session::sso_login,
         )
-        .route("/_matrix/client/r0/login/sso/redirect/{idp_id}", get(session::sso_login_with_provider))
+        .route("/_matrix/client/r0/login/sso/redirect/{idp_id}", get(session::sso_login))
         .ruma_route(session::get_login_token)
         .route(crate::service::oidc::CALLBACK_PATH, get(self::sso::callback))
         .route(crate::service::oidc::BACKCHANNEL_LOGOUT_PATH, post(self::sso::backchannel_logout))

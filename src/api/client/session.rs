@@ -94,10 +94,12 @@ fn redirect_url(query: Option<String>) -> Result<String> {
         .ok_or_else(|| Error::missing_param("Missing redirectUrl"))
 }
 
-/// `GET /_matrix/client/v3/login/sso/redirect?redirectUrl=`: to the one identity provider,
-/// or a page to choose one. A plain handler: it answers a redirect with a cookie, or a page.
+/// `GET /_matrix/client/v3/login/sso/redirect[/{idpId}]?redirectUrl=`: to the provider named
+/// (or the one there is), or a page to choose one. A plain handler: it answers a redirect
+/// with a cookie, or a page.
 pub async fn sso_login(
     State(services): State<AppState>,
+    idp_id: Option<Path<String>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -106,23 +108,8 @@ pub async fn sso_login(
         Err(error) => return sso::answer_error(&headers, error),
     };
     let browser = sso::browser_cookie(&headers);
-    let start = services.sso.start_login(None, &redirect, browser.as_deref()).await;
-    sso::login_start(&services, &headers, start, &redirect)
-}
-
-/// `GET /_matrix/client/v3/login/sso/redirect/{idpId}?redirectUrl=`
-pub async fn sso_login_with_provider(
-    State(services): State<AppState>,
-    Path(idp_id): Path<String>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Response {
-    let redirect = match redirect_url(query) {
-        Ok(url) => url,
-        Err(error) => return sso::answer_error(&headers, error),
-    };
-    let browser = sso::browser_cookie(&headers);
-    let start = services.sso.start_login(Some(&idp_id), &redirect, browser.as_deref()).await;
+    let idp_id = idp_id.map(|Path(id)| id);
+    let start = services.sso.start_login(idp_id.as_deref(), &redirect, browser.as_deref()).await;
     sso::login_start(&services, &headers, start, &redirect)
 }
 
