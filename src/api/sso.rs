@@ -30,21 +30,7 @@ const COOKIE_PATH: &str = "/_synapse/client/oidc";
 /// As long as an authorization may take.
 const COOKIE_MAX_AGE_SECS: u64 = 15 * 60;
 
-/// Text for HTML.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::matrix::html::escape;
 
 /// A page: `body` is HTML already escaped. Never cached, never framed (a confirmation page
 /// in another site's frame could be clicked through), no referrer sent on.

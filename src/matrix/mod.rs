@@ -4,6 +4,7 @@
 pub mod appservice;
 pub mod auth;
 pub mod filter;
+pub mod html;
 pub mod keys;
 pub mod limits;
 pub mod media;

@@ -42,6 +42,7 @@ use super::{
 use crate::{
     Error, Result,
     config::{Config, SmtpTls},
+    matrix::html::{escape, escape_lines},
     storage::{
         KvStore, Table,
         tables::{EMAIL_SECRETS, NotificationRecord, PusherRecord},
@@ -415,22 +416,6 @@ fn shorten(body: &str) -> String {
     }
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            '\n' => out.push_str("<br>"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 impl Digest {
     fn count(&self) -> usize {
         self.rooms.iter().map(|r| r.messages.len()).sum()
@@ -469,7 +454,7 @@ impl Digest {
             let _ =
                 writeln!(out, "<h3><a href=\"{}\">{}</a></h3>\n<ul>", escape(&room.link), escape(&room.name));
             for (sender, text) in &room.messages {
-                let _ = writeln!(out, "<li><b>{}</b>: {}</li>", escape(sender), escape(text));
+                let _ = writeln!(out, "<li><b>{}</b>: {}</li>", escape(sender), escape_lines(text));
             }
             out.push_str("</ul>\n");
         }
