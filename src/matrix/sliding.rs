@@ -3,7 +3,7 @@
 //! them it shows (`ranges`). Pure functions of the request and of facts about a room.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     hash::{DefaultHasher, Hash, Hasher},
     ops::RangeInclusive,
 };
@@ -132,9 +132,9 @@ impl RequiredState {
 
     /// The entries of `state` asked for, `senders` being the timeline's senders whose
     /// member events `$LAZY` asks for. Exact entries are looked up; wildcards walk the map.
-    pub fn select<'s, V>(
+    pub fn select<'s, V: Clone>(
         &self,
-        state: &'s HashMap<(StateEventType, String), V>,
+        state: &'s imbl::HashMap<(StateEventType, String), V>,
         senders: &BTreeSet<&str>,
     ) -> Vec<(&'s (StateEventType, String), &'s V)> {
         let lazy = |kind: &StateEventType, key: &str| {
@@ -252,13 +252,13 @@ mod tests {
         required
     }
 
-    fn state(keys: &[(&str, &str)]) -> HashMap<(StateEventType, String), String> {
+    fn state(keys: &[(&str, &str)]) -> imbl::HashMap<(StateEventType, String), String> {
         keys.iter().map(|(k, s)| ((StateEventType::from(*k), (*s).to_owned()), format!("{k}|{s}"))).collect()
     }
 
     fn picked(
         required: &RequiredState,
-        state: &HashMap<(StateEventType, String), String>,
+        state: &imbl::HashMap<(StateEventType, String), String>,
         senders: &[&str],
     ) -> Vec<String> {
         let senders: BTreeSet<&str> = senders.iter().copied().collect();

@@ -409,7 +409,10 @@ impl RoomAdmin {
     /// `GET /_synapse/admin/v1/rooms/{roomId}/members`: the joined members.
     pub fn members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
         self.ensure_room(room_id)?;
-        self.members.members_with(room_id, &MembershipState::Join)
+        // In user ID order, as Synapse lists them (the roster keeps no order).
+        let mut members = self.members.members_with(room_id, &MembershipState::Join)?;
+        members.sort_unstable();
+        Ok(members)
     }
 
     /// `GET /_synapse/admin/v1/rooms/{roomId}/state`: the whole current state.

@@ -7,12 +7,9 @@
 //! Every `SNAPSHOT_INTERVAL` links a group is written whole, so loading one never walks a
 //! long chain.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
 };
 
 use ruma::{OwnedEventId, OwnedRoomId, RoomId, events::StateEventType};
@@ -45,8 +42,10 @@ pub const EMPTY_GROUP: u64 = 0;
 
 /// `(event type, state key)`.
 pub type StateKey = (StateEventType, String);
-/// A room state: which event holds each `(type, state_key)`.
-pub type StateMap = HashMap<StateKey, OwnedEventId>;
+/// A room state: which event holds each `(type, state_key)`. A persistent map: cloning it
+/// costs nothing and a changed copy shares all unchanged entries with the original, so the
+/// state after a change in a big room is not a copy of its member list.
+pub type StateMap = imbl::HashMap<StateKey, OwnedEventId>;
 
 pub struct RoomStates {
     rooms: Table<OwnedRoomId, RoomRecord>,

@@ -258,12 +258,14 @@ impl Timeline {
         }
         let fetch =
             |id: &EventId| loaded.get(id).filter(|e| e.status != EventStatus::Rejected).map(|e| &e.pdu);
-        let maps: Vec<StateMap> = forks.iter().map(|f| (**f).clone()).collect();
+        // ruma's algorithm takes standard maps.
+        let maps: Vec<HashMap<StateKey, OwnedEventId>> =
+            forks.iter().map(|f| f.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).collect();
         let chains: Vec<HashSet<OwnedEventId>> =
             maps.iter().map(|m| state_resolution::auth_chain(m.values().map(|id| &**id), fetch)).collect();
         let resolved = state_resolution::resolve(rules, &maps, &chains, fetch)
             .map_err(|e| Error::internal(format!("state resolution failed: {e:?}")))?;
-        Ok(Arc::new(resolved))
+        Ok(Arc::new(resolved.into_iter().collect()))
     }
 
     /// Store an event that takes no place in the timeline (rejected, soft-failed).
