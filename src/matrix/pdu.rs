@@ -274,8 +274,11 @@ pub(crate) fn pdu_from_canonical(
     rules: &RoomVersionRules,
 ) -> Result<Pdu, String> {
     object.remove("unsigned");
-    let extra_keys: Vec<String> =
-        object.keys().filter(|k| !TYPED_FIELDS.contains(&k.as_str())).cloned().collect();
+    // From v11 a redaction's target is in its content; a top-level `redacts` is then just
+    // another signed field (the typed one is mirrored from the content below).
+    let content_field_redacts = rules.redaction.content_field_redacts;
+    let typed = |key: &str| TYPED_FIELDS.contains(&key) && !(content_field_redacts && key == "redacts");
+    let extra_keys: Vec<String> = object.keys().filter(|k| !typed(k)).cloned().collect();
     let mut signed_extras = BTreeMap::new();
     for key in extra_keys {
         if let Some(value) = object.remove(&key) {
@@ -322,12 +325,13 @@ impl Pdu {
             map.remove("event_id");
         }
         map.remove("unsigned");
+        if rules.redaction.content_field_redacts {
+            // The typed copy of `content.redacts`; a signed top-level one is among the extras.
+            map.remove("redacts");
+        }
         let extras = map.remove("signed_extras");
         if let Some(JsonValue::Object(extras)) = extras {
             map.extend(extras);
-        }
-        if rules.redaction.content_field_redacts {
-            map.remove("redacts");
         }
         if self.kind == TimelineEventType::RoomCreate && rules.authorization.room_create_event_id_as_room_id {
             map.remove("room_id");

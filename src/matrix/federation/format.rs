@@ -175,7 +175,7 @@ pub fn check_object(
     if auth > MAX_AUTH_EVENTS {
         return Err(FormatError::TooManyAuthEvents(auth));
     }
-    if let Some(redacts) = object.get("redacts") {
+    if let (Some(redacts), false) = (object.get("redacts"), rules.redaction.content_field_redacts) {
         let CanonicalJsonValue::String(redacts) = redacts else {
             return Err(wrong_type("redacts", "a string"));
         };
@@ -398,6 +398,19 @@ mod tests {
         let back = pdu.to_federation_object(&builder.rules).unwrap();
         assert_eq!(back, wire.object);
         assert!(back.contains_key("prev_state"));
+
+        // From v11 a top-level `redacts` is an ordinary signed field; the target a redaction
+        // names is the one in its content.
+        let version = RoomVersionId::V11;
+        let mut builder = Builder::new(&version);
+        let content = json!({ "redacts": builder.create.event_id });
+        let mut object = builder.unsigned_object(content, "m.room.redaction", None);
+        object.insert("redacts".to_owned(), CanonicalJsonValue::String("$elsewhere:example.org".to_owned()));
+        let json = builder.sign_object(object);
+        let wire = parse(&json, &version).unwrap();
+        let pdu = wire.clone().into_pdu(&builder.rules).unwrap();
+        assert_eq!(pdu.redacts.as_ref(), Some(&builder.create.event_id));
+        assert_eq!(pdu.to_federation_object(&builder.rules).unwrap(), wire.object);
     }
 
     #[test]
@@ -514,7 +527,6 @@ mod tests {
             ("prev_events", json!([1])),
             ("auth_events", json!([["$a:b", { "sha256": "x" }]])),
             ("room_id", json!(1)),
-            ("redacts", json!(1)),
         ];
         for (field, value) in cases {
             let mut bad = json.clone();
@@ -524,6 +536,9 @@ mod tests {
         }
         // v1 references are pairs; a plain ID is the wrong shape there.
         let (_, json) = message(&RoomVersionId::V1);
+        let mut bad = json.clone();
+        bad["redacts"] = json!(1);
+        assert!(matches!(parse(&bad, &RoomVersionId::V1), Err(FormatError::WrongType { .. })));
         let mut bad = json.clone();
         bad["prev_events"] = json!(["$a:example.org"]);
         assert!(matches!(parse(&bad, &RoomVersionId::V1), Err(FormatError::WrongType { .. })));
@@ -592,7 +607,8 @@ mod tests {
             (RoomVersionId::V11, "room_id", json!("not a room"), false),
             (RoomVersionId::V12, "room_id", json!(format!("!{hash}")), true),
             (RoomVersionId::V12, "room_id", json!("!room:example.org"), false),
-            (RoomVersionId::V12, "redacts", json!("$x:example.org"), false),
+            (RoomVersionId::V10, "redacts", json!("$x:example.org"), false),
+            (RoomVersionId::V1, "redacts", json!("$x:example.org"), true),
             (RoomVersionId::V11, "sender", json!("alice"), false),
         ];
         for (version, field, value, valid) in cases {
