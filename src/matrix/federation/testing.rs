@@ -82,7 +82,8 @@ impl Builder {
         Builder { rules, key, last: create.clone(), create, counter: 0 }
     }
 
-    /// A message with `body`, following the last event and authorized by the create event.
+    /// A message with `body`, following the last event and authorized by the create event
+    /// (cited before v12).
     pub fn message(&mut self, body: &str) -> Pdu {
         let template = EventTemplate::message("m.room.message", json!({ "body": body }));
         self.add(&template)
@@ -94,14 +95,17 @@ impl Builder {
         self.wire_json(&pdu)
     }
 
-    /// An event of `template`, following the last event and authorized by the create event.
+    /// An event of `template`, following the last event and authorized by the create event
+    /// (cited before v12).
     pub fn add(&mut self, template: &EventTemplate) -> Pdu {
         self.counter += 1;
         let id = format!("${}:example.org", self.counter);
         let depth = u64::from(self.last.depth) + 1;
         let (room, last, create) = (self.create.room_id.clone(), self.last.clone(), self.create.clone());
-        let pdu =
-            build_cited(&self.rules, &self.key, template, Some(&room), &id, &[&last], &[&create], depth);
+        // From v12 the create event is implied by the room ID and not cited.
+        let auth: &[&Pdu] =
+            if self.rules.authorization.room_create_event_id_as_room_id { &[] } else { &[&create] };
+        let pdu = build_cited(&self.rules, &self.key, template, Some(&room), &id, &[&last], auth, depth);
         self.last = pdu.clone();
         pdu
     }
