@@ -3,6 +3,7 @@
 
 pub mod appservice;
 pub mod auth;
+pub mod federation;
 pub mod filter;
 pub mod html;
 pub mod keys;

@@ -65,7 +65,8 @@ pub struct Pdu {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redacts: Option<OwnedEventId>,
     /// The signed fields the typed ones do not carry verbatim, kept for federation:
-    /// `hashes`, `signatures`, (pre-v11) `origin`, and in v1–v2 the `prev_events` and
+    /// `hashes`, `signatures`, (pre-v11) `origin`, any other top-level field a remote server
+    /// signed (legacy `membership`, `prev_state`...), and in v1–v2 the `prev_events` and
     /// `auth_events` as signed (`[event_id, hashes]` pairs; the typed fields hold the IDs).
     #[serde(default)]
     pub signed_extras: BTreeMap<String, JsonValue>,
@@ -200,7 +201,7 @@ pub fn build_pdu(
         Some(room_id) => room_id.to_owned(),
         None => room_id_from_create(&event_id, rules).map_err(invalid)?,
     };
-    from_canonical(canonical, event_id, room_id, rules).map_err(invalid)
+    pdu_from_canonical(canonical, event_id, room_id, rules).map_err(invalid)
 }
 
 /// `prev_events` or `auth_events` in the version's format: plain IDs, or in v1–v2
@@ -245,17 +246,43 @@ fn room_id_from_create(create_event_id: &EventId, rules: &RoomVersionRules) -> R
     }
 }
 
-/// Split a signed canonical object into a [`Pdu`].
-fn from_canonical(
+/// The top-level fields [`Pdu`] holds typed; every other field of a signed event is kept as
+/// it was signed in [`Pdu::signed_extras`].
+const TYPED_FIELDS: [&str; 12] = [
+    "event_id",
+    "room_id",
+    "sender",
+    "origin_server_ts",
+    "type",
+    "content",
+    "state_key",
+    "prev_events",
+    "auth_events",
+    "depth",
+    "redacts",
+    "unsigned",
+];
+
+/// Split a signed canonical object into a [`Pdu`]. Fields the `Pdu` does not type (`hashes`,
+/// `signatures`, `origin`, and whatever else a remote server signed, such as the legacy
+/// `membership` and `prev_state`) are kept in `signed_extras`, so the event can be served
+/// again exactly as signed. `unsigned` is dropped.
+pub(crate) fn pdu_from_canonical(
     mut object: CanonicalJsonObject,
     event_id: OwnedEventId,
     room_id: OwnedRoomId,
     rules: &RoomVersionRules,
 ) -> Result<Pdu, String> {
+    object.remove("unsigned");
+    // From v11 a redaction's target is in its content; a top-level `redacts` is then just
+    // another signed field (the typed one is mirrored from the content below).
+    let content_field_redacts = rules.redaction.content_field_redacts;
+    let typed = |key: &str| TYPED_FIELDS.contains(&key) && !(content_field_redacts && key == "redacts");
+    let extra_keys: Vec<String> = object.keys().filter(|k| !typed(k)).cloned().collect();
     let mut signed_extras = BTreeMap::new();
-    for key in ["hashes", "signatures", "origin"] {
-        if let Some(value) = object.remove(key) {
-            signed_extras.insert(key.to_owned(), JsonValue::from(value));
+    for key in extra_keys {
+        if let Some(value) = object.remove(&key) {
+            signed_extras.insert(key, JsonValue::from(value));
         }
     }
     let mut value = JsonValue::from(CanonicalJsonValue::Object(object));
@@ -298,12 +325,13 @@ impl Pdu {
             map.remove("event_id");
         }
         map.remove("unsigned");
+        if rules.redaction.content_field_redacts {
+            // The typed copy of `content.redacts`; a signed top-level one is among the extras.
+            map.remove("redacts");
+        }
         let extras = map.remove("signed_extras");
         if let Some(JsonValue::Object(extras)) = extras {
             map.extend(extras);
-        }
-        if rules.redaction.content_field_redacts {
-            map.remove("redacts");
         }
         if self.kind == TimelineEventType::RoomCreate && rules.authorization.room_create_event_id_as_room_id {
             map.remove("room_id");

@@ -381,6 +381,64 @@ mod tests {
         }
     }
 
+    /// The v2.1 change (room version 12): the first round of iterative auth checks starts
+    /// from an empty state map instead of the unconflicted state. Bob (50, enough to ban) bans
+    /// Carol (B), and on the same fork Alice then demotes Bob to 0 (PL2). The other fork holds
+    /// PL2 with Carol still joined (J), as a server that got PL2 but not the ban would. PL2 is
+    /// in both forks, so it is unconflicted; only Carol's membership conflicts, B against J.
+    /// The full conflicted set is {B, J} (J is in B's auth chain, as B's target membership, and
+    /// in no auth chain of the other fork). B is a power event (a ban of another user), and J
+    /// joins it in step 1 as an event of B's auth chain in the full conflicted set; the reverse
+    /// topological power ordering puts J first (B cites it).
+    /// - v10, v11 (state resolution v2): the checks start from the unconflicted state, which
+    ///   holds PL2. J passes (the room is public); B is checked with PL2, where Bob has 0, less
+    ///   than the ban level 50: rejected. Carol stays joined.
+    /// - v12 (v2.1): the checks start empty. J passes against its own auth events; B is checked
+    ///   against J (from the partial state) and, for the power levels, against its own auth
+    ///   events, where Bob has 50: it passes and replaces J. The final step adds the
+    ///   unconflicted state (PL2) back: Carol is banned, and Bob is demoted after the fact.
+    #[test]
+    fn v12_starts_the_first_auth_checks_from_an_empty_state() {
+        for version in &VERSIONS {
+            let (mut g, base) = Graph::new(version, json!({ BOB: 50 }));
+            let ban = g.send(&base, BOB, member(CAROL, "ban"), 2000).unwrap();
+            let demote = g.levels(json!({ BOB: 0 }), json!({}));
+            let a = g.send(&ban, ALICE, demote, 2001).unwrap();
+            let mut b = base.clone();
+            b.state.insert(key("m.room.power_levels", ""), a.id.clone());
+            let resolved = g.resolve(&[&a, &b]);
+            assert_eq!(resolved[&key("m.room.power_levels", "")], a.id, "{version}");
+            let carol = &resolved[&key("m.room.member", CAROL)];
+            let expected = if *version == RoomVersionId::V12 {
+                &ban.id
+            } else {
+                &base.state[&key("m.room.member", CAROL)]
+            };
+            assert_eq!(carol, expected, "{version}");
+            assert_eq!(resolved.len(), base.state.len(), "{version}");
+        }
+    }
+
+    /// Two power level changes racing, each allowed on its own fork: Alice (100; infinite as
+    /// creator in v12) raises Carol to 50, while Bob (50) raises `events_default` from 0 to
+    /// 10. Both are power events; the reverse topological power ordering puts the sender of
+    /// greater power (read from the power levels among each event's auth events) first, so
+    /// Alice's is applied first and Bob's is then checked against it: Bob's event, made
+    /// without Carol's entry, would lower Carol from 50 to 0, and a user at the sender's own
+    /// level may not be changed by him. Bob's is rejected; Alice's wins in every version.
+    #[test]
+    fn power_level_changes_racing() {
+        for version in &VERSIONS {
+            let (mut g, base) = Graph::new(version, json!({ BOB: 50 }));
+            let raise = g.levels(json!({ BOB: 50, CAROL: 50 }), json!({}));
+            let a = g.send(&base, ALICE, raise, 2000).unwrap();
+            let lower = g.levels(json!({ BOB: 50 }), json!({ "events_default": 10 }));
+            let b = g.send(&base, BOB, lower, 1000).unwrap();
+            let resolved = g.resolve(&[&a, &b]);
+            assert_eq!(resolved[&key("m.room.power_levels", "")], a.id, "{version}");
+        }
+    }
+
     /// A chain of power levels PL1 → PL2 → PL3 (each citing the one before as an auth event):
     /// with PL1 and PL3 conflicted, the subgraph is the path between them, PL2 included, and
     /// nothing off that path (the create event, Alice's join).
