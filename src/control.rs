@@ -55,6 +55,8 @@ pub enum Request {
     MakeAdmin { name: String, revoke: bool },
     /// Write a backup into this absolute directory (new or empty).
     Backup { dir: PathBuf },
+    /// Replace the server's signing key; the old one is published as expired.
+    RotateSigningKey,
     /// List the application services in force and those added at run time.
     AppserviceList,
     /// Register an application service from the text of its registration (YAML or JSON).
@@ -92,6 +94,10 @@ pub async fn execute(services: &Arc<Services>, request: Request) -> Result<Strin
             } else {
                 format!("{user_id} is a server admin")
             })
+        }
+        Request::RotateSigningKey => {
+            let (old, new) = services.server_keys.rotate()?;
+            Ok(format!("the server now signs with {new}; {old} is published under old_verify_keys as expired"))
         }
         Request::AppserviceList => Ok(appservice_lines(&services.appservice_admin.list())),
         Request::AppserviceAdd { text } => {
@@ -207,6 +213,7 @@ fn command_name(request: &Request) -> &'static str {
         Request::PurgeMedia { .. } => "purge-media",
         Request::MakeAdmin { .. } => "make-admin",
         Request::Backup { .. } => "backup",
+        Request::RotateSigningKey => "rotate-signing-key",
         Request::AppserviceList => "appservice list",
         Request::AppserviceAdd { .. } => "appservice add",
         Request::AppserviceRemove { .. } => "appservice remove",
