@@ -97,7 +97,9 @@ pub async fn execute(services: &Arc<Services>, request: Request) -> Result<Strin
         }
         Request::RotateSigningKey => {
             let (old, new) = services.server_keys.rotate()?;
-            Ok(format!("the server now signs with {new}; {old} is published under old_verify_keys as expired"))
+            Ok(format!(
+                "the server now signs with {new}; {old} is published under old_verify_keys as expired"
+            ))
         }
         Request::AppserviceList => Ok(appservice_lines(&services.appservice_admin.list())),
         Request::AppserviceAdd { text } => {

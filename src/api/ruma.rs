@@ -432,7 +432,11 @@ async fn path_args_and_context(parts: &mut Parts) -> (Vec<String>, RequestContex
 
 /// Where a request came from, as the device's last-seen record keeps it, and the users and
 /// devices an application service's request names in its query string.
-fn client_of(context: &RequestContext, query: Option<&str>, signed: Option<axum::http::Request<Vec<u8>>>) -> Client {
+fn client_of(
+    context: &RequestContext,
+    query: Option<&str>,
+    signed: Option<axum::http::Request<Vec<u8>>>,
+) -> Client {
     let path = context.path.as_str();
     let allow_locked = path.ends_with("/logout") || path.ends_with("/logout/all");
     let (mut masquerade_user, mut masquerade_device, mut msc3202_device) = (None, None, None);

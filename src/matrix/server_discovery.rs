@@ -4,7 +4,8 @@
 //! the `Host` header, TLS name and port each step gives. The service does the lookups (HTTP,
 //! DNS) and feeds their results back here.
 
-use std::net::IpAddr;
+// `core::net`: the address value type only (this module does no I/O).
+use core::net::IpAddr;
 
 /// The port when neither the name, the delegation nor an SRV record gives one.
 pub const DEFAULT_PORT: u16 = 8448;
@@ -67,7 +68,8 @@ pub struct Destination {
 impl Destination {
     /// The base URL of the server's federation API.
     pub fn base_url(&self) -> String {
-        let host = if self.tls_name.contains(':') { format!("[{}]", self.tls_name) } else { self.tls_name.clone() };
+        let host =
+            if self.tls_name.contains(':') { format!("[{}]", self.tls_name) } else { self.tls_name.clone() };
         format!("https://{host}:{}", self.port)
     }
 }
@@ -143,7 +145,9 @@ pub struct SrvRecord {
 pub fn from_srv(host: &str, records: &[SrvRecord]) -> Option<Destination> {
     let mut usable: Vec<&SrvRecord> =
         records.iter().filter(|r| !r.target.is_empty() && r.target != ".").collect();
-    usable.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.weight.cmp(&a.weight)).then(a.target.cmp(&b.target)));
+    usable.sort_by(|a, b| {
+        a.priority.cmp(&b.priority).then(b.weight.cmp(&a.weight)).then(a.target.cmp(&b.target))
+    });
     let best = usable.first()?;
     Some(Destination {
         tls_name: host.to_owned(),
@@ -155,17 +159,20 @@ pub fn from_srv(host: &str, records: &[SrvRecord]) -> Option<Destination> {
 
 /// Step 6 (and 3.5): the host itself on 8448.
 pub fn fallback(host: &str) -> Destination {
-    Destination { tls_name: host.to_owned(), port: DEFAULT_PORT, host_header: host.to_owned(), srv_target: None }
+    Destination {
+        tls_name: host.to_owned(),
+        port: DEFAULT_PORT,
+        host_header: host.to_owned(),
+        srv_target: None,
+    }
 }
 
 /// The `m.server` of a `/.well-known/matrix/server` body, if the body is valid: a JSON object
 /// whose `m.server` is a server name.
 pub fn parse_well_known(body: &[u8]) -> Result<String, String> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let server = value
-        .get("m.server")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| "no `m.server` string".to_owned())?;
+    let server =
+        value.get("m.server").and_then(|v| v.as_str()).ok_or_else(|| "no `m.server` string".to_owned())?;
     if ruma::ServerName::parse(server).is_err() || split(server).is_none() {
         return Err(format!("`m.server` is not a server name: {server:?}"));
     }
@@ -181,7 +188,9 @@ pub fn well_known_lifetime_ms(cache_control: Option<&str>) -> u64 {
         if directive == "no-store" || directive == "no-cache" {
             return 0;
         }
-        if let Some(secs) = directive.strip_prefix("max-age=").and_then(|s| s.trim_matches('"').parse::<u64>().ok()) {
+        if let Some(secs) =
+            directive.strip_prefix("max-age=").and_then(|s| s.trim_matches('"').parse::<u64>().ok())
+        {
             lifetime = secs.saturating_mul(1000);
         }
     }
@@ -215,7 +224,10 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let ip = d("127.0.0.1");
-        assert_eq!((ip.tls_name.as_str(), ip.port, ip.host_header.as_str()), ("127.0.0.1", 8448, "127.0.0.1"));
+        assert_eq!(
+            (ip.tls_name.as_str(), ip.port, ip.host_header.as_str()),
+            ("127.0.0.1", 8448, "127.0.0.1")
+        );
         let ip_port = d("127.0.0.1:9000");
         assert_eq!((ip_port.port, ip_port.host_header.as_str()), (9000, "127.0.0.1:9000"));
         assert_eq!(ip_port.base_url(), "https://127.0.0.1:9000");
@@ -223,7 +235,10 @@ mod tests {
         assert_eq!((v6.tls_name.as_str(), v6.base_url().as_str()), ("::1", "https://[::1]:9000"));
         let named = d("matrix.example.org:443");
         assert_eq!((named.tls_name.as_str(), named.port), ("matrix.example.org", 443));
-        assert_eq!(first_step("example.org", &parts("example.org")), FirstStep::WellKnown("example.org".into()));
+        assert_eq!(
+            first_step("example.org", &parts("example.org")),
+            FirstStep::WellKnown("example.org".into())
+        );
     }
 
     #[test]
@@ -232,19 +247,33 @@ mod tests {
         assert_eq!(after_delegation("example.org", None), Some(Srv("example.org".into())));
         let Some(Direct(ip)) = after_delegation("example.org", Some("10.0.0.1")) else { panic!() };
         assert_eq!((ip.port, ip.host_header.as_str()), (8448, "10.0.0.1"));
-        let Some(Direct(port)) = after_delegation("example.org", Some("matrix.example.org:443")) else { panic!() };
+        let Some(Direct(port)) = after_delegation("example.org", Some("matrix.example.org:443")) else {
+            panic!()
+        };
         assert_eq!(
             (port.tls_name.as_str(), port.port, port.host_header.as_str()),
             ("matrix.example.org", 443, "matrix.example.org:443")
         );
-        assert_eq!(after_delegation("example.org", Some("matrix.example.org")), Some(Srv("matrix.example.org".into())));
+        assert_eq!(
+            after_delegation("example.org", Some("matrix.example.org")),
+            Some(Srv("matrix.example.org".into()))
+        );
         assert_eq!(after_delegation("example.org", Some("bad:port")), None);
     }
 
     #[test]
     fn srv_records_are_taken_by_priority_then_weight() {
-        let rec = |priority, weight, port, target: &str| SrvRecord { priority, weight, port, target: target.into() };
-        let records = [rec(20, 100, 1, "late.example."), rec(10, 1, 2, "light.example."), rec(10, 50, 3, "heavy.example.")];
+        let rec = |priority, weight, port, target: &str| SrvRecord {
+            priority,
+            weight,
+            port,
+            target: target.into(),
+        };
+        let records = [
+            rec(20, 100, 1, "late.example."),
+            rec(10, 1, 2, "light.example."),
+            rec(10, 50, 3, "heavy.example."),
+        ];
         let d = from_srv("example.org", &records).unwrap();
         assert_eq!(d.srv_target.as_deref(), Some("heavy.example"));
         assert_eq!((d.port, d.tls_name.as_str(), d.host_header.as_str()), (3, "example.org", "example.org"));
@@ -255,7 +284,10 @@ mod tests {
 
     #[test]
     fn well_known_bodies_are_checked() {
-        assert_eq!(parse_well_known(br#"{"m.server": "matrix.example.org:443"}"#).unwrap(), "matrix.example.org:443");
+        assert_eq!(
+            parse_well_known(br#"{"m.server": "matrix.example.org:443"}"#).unwrap(),
+            "matrix.example.org:443"
+        );
         assert!(parse_well_known(b"<html>").is_err());
         assert!(parse_well_known(br#"{"m.server": 5}"#).is_err());
         assert!(parse_well_known(br#"{"m.server": "bad name with spaces"}"#).is_err());

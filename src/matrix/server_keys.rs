@@ -39,10 +39,8 @@ pub fn check_key_response(server_name: &str, response: &JsonValue) -> Result<Ser
     if response.get("server_name").and_then(JsonValue::as_str) != Some(server_name) {
         return Err(format!("the keys are not {server_name}'s"));
     }
-    let valid_until_ms = response
-        .get("valid_until_ts")
-        .and_then(JsonValue::as_u64)
-        .ok_or("no `valid_until_ts`")?;
+    let valid_until_ms =
+        response.get("valid_until_ts").and_then(JsonValue::as_u64).ok_or("no `valid_until_ts`")?;
     let mut verify_keys = BTreeMap::new();
     for (id, entry) in response.get("verify_keys").and_then(JsonValue::as_object).ok_or("no `verify_keys`")? {
         let key = entry.get("key").and_then(JsonValue::as_str).ok_or_else(|| format!("{id} has no `key`"))?;

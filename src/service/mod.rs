@@ -219,8 +219,11 @@ impl Services {
             config.server_name.clone(),
             Arc::clone(&clock),
         )?);
-        let federation =
-            Arc::new(federation::FederationClient::new(&config, Arc::clone(&server_keys), Arc::clone(&clock))?);
+        let federation = Arc::new(federation::FederationClient::new(
+            &config,
+            Arc::clone(&server_keys),
+            Arc::clone(&clock),
+        )?);
         let remote_keys = Arc::new(federation::RemoteKeys::new(
             &store,
             Arc::clone(&federation),

@@ -49,7 +49,8 @@ fn new_record(now_ms: u64) -> SigningKeyRecord {
 }
 
 fn key_pair_of(record: &SigningKeyRecord) -> Result<&'static Ed25519KeyPair> {
-    let der = STANDARD.decode(&record.pkcs8).map_err(|e| Error::internal(format!("stored signing key: {e}")))?;
+    let der =
+        STANDARD.decode(&record.pkcs8).map_err(|e| Error::internal(format!("stored signing key: {e}")))?;
     let pair = Ed25519KeyPair::from_der(&der, record.version.clone())
         .map_err(|e| Error::internal(format!("stored signing key: {e}")))?;
     Ok(Box::leak(Box::new(pair)))

@@ -18,6 +18,7 @@ mod directory;
 mod discovery;
 mod edge;
 mod ephemeral;
+mod federation;
 mod federation_off;
 mod harness;
 mod history;

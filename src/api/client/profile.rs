@@ -56,7 +56,9 @@ pub async fn get_display_name(
     services: AppState,
     req: Ruma<get_display_name::v3::Request>,
 ) -> Result<get_display_name::v3::Response> {
-    Ok(get_display_name::v3::Response::new(profile_of(&services, &req.body.user_id, Some("displayname")).await?.displayname))
+    Ok(get_display_name::v3::Response::new(
+        profile_of(&services, &req.body.user_id, Some("displayname")).await?.displayname,
+    ))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/displayname`
@@ -76,7 +78,9 @@ pub async fn get_avatar_url(
     services: AppState,
     req: Ruma<get_avatar_url::v3::Request>,
 ) -> Result<get_avatar_url::v3::Response> {
-    Ok(get_avatar_url::v3::Response::new(profile_of(&services, &req.body.user_id, Some("avatar_url")).await?.avatar_url))
+    Ok(get_avatar_url::v3::Response::new(
+        profile_of(&services, &req.body.user_id, Some("avatar_url")).await?.avatar_url,
+    ))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/avatar_url`

@@ -16,7 +16,8 @@ use crate::{
 };
 
 fn raw<T>(value: &JsonValue) -> Result<Raw<T>> {
-    let text = serde_json::value::to_raw_value(value).map_err(|e| Error::internal(format!("key response: {e}")))?;
+    let text =
+        serde_json::value::to_raw_value(value).map_err(|e| Error::internal(format!("key response: {e}")))?;
     Ok(Raw::from_json(text))
 }
 

@@ -18,7 +18,8 @@ pub async fn get_profile_information(
     if user_id.server_name() != services.config.server_name {
         return Err(Error::not_found(format!("{user_id} is not a user of this server")));
     }
-    let profile = services.users.profile(user_id)?.ok_or_else(|| Error::not_found("Profile was not found"))?;
+    let profile =
+        services.users.profile(user_id)?.ok_or_else(|| Error::not_found("Profile was not found"))?;
     let field = req.body.field.as_ref().map(|f| f.as_str().to_owned());
     let wants = |name: &str| field.as_deref().is_none_or(|f| f == name);
     let mut response = get_profile_information::v1::Response::new();

@@ -14,8 +14,8 @@ use std::{
     time::Duration,
 };
 
-use axum::http::{self, HeaderValue};
 use hickory_resolver::TokioResolver;
+use http::HeaderValue;
 use ruma::{
     OwnedServerName, ServerName,
     api::federation::authentication::{XMatrix, XMatrixSigningInput},
@@ -98,7 +98,10 @@ impl FederationClient {
             let certificates = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|e| Error::internal(format!("federation_ca_file {}: {e}", path.display())))?;
             if certificates.is_empty() {
-                return Err(Error::internal(format!("federation_ca_file {} holds no certificate", path.display())));
+                return Err(Error::internal(format!(
+                    "federation_ca_file {} holds no certificate",
+                    path.display()
+                )));
             }
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
@@ -213,8 +216,11 @@ impl FederationClient {
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
-        let cache_control =
-            response.headers().get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let cache_control = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = read_limited(response, WELL_KNOWN_MAX_BYTES).await?;
         let server = discovery::parse_well_known(&body)?;
         Ok((server, discovery::well_known_lifetime_ms(cache_control.as_deref())))
@@ -275,7 +281,9 @@ impl FederationClient {
                 .map_err(|refusal| Error::Upstream(format!("{server} cannot be reached: {refusal}")))?;
         }
         let body_bytes = match body {
-            Some(value) => serde_json::to_vec(value).map_err(|e| Error::internal(format!("request body: {e}")))?,
+            Some(value) => {
+                serde_json::to_vec(value).map_err(|e| Error::internal(format!("request body: {e}")))?
+            }
             None => Vec::new(),
         };
         let url = format!("{}{path_and_query}", destination.base_url());
@@ -288,7 +296,10 @@ impl FederationClient {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
         if signed {
-            builder = builder.header(http::header::AUTHORIZATION, self.x_matrix(server, &method, path_and_query, &body_bytes)?);
+            builder = builder.header(
+                http::header::AUTHORIZATION,
+                self.x_matrix(server, &method, path_and_query, &body_bytes)?,
+            );
         }
         if body.is_some() {
             builder = builder.body(body_bytes);
@@ -303,8 +314,9 @@ impl FederationClient {
         let json: JsonValue = if bytes.is_empty() {
             JsonValue::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|_| Error::Upstream(format!("{server} answered something that is not JSON ({status})")))?
+            serde_json::from_slice(&bytes).map_err(|_| {
+                Error::Upstream(format!("{server} answered something that is not JSON ({status})"))
+            })?
         };
         if status.is_success() {
             Ok(Ok(json))
@@ -326,10 +338,12 @@ impl FederationClient {
             .uri(path_and_query)
             .body(body)
             .map_err(|e| Error::internal(format!("signing a request: {e}")))?;
-        let input = XMatrixSigningInput::new(self.server_name.clone(), destination.to_owned(), self.keys.key_pair());
+        let input =
+            XMatrixSigningInput::new(self.server_name.clone(), destination.to_owned(), self.keys.key_pair());
         let header = XMatrix::sign_http_request(&request, input)
             .map_err(|e| Error::internal(format!("signing a request: {e}")))?;
-        HeaderValue::from_str(&header.to_string()).map_err(|e| Error::internal(format!("X-Matrix header: {e}")))
+        HeaderValue::from_str(&header.to_string())
+            .map_err(|e| Error::internal(format!("X-Matrix header: {e}")))
     }
 
     /// A signed GET whose success is JSON; a remote 404 is `M_NOT_FOUND` with its words, any
@@ -340,7 +354,6 @@ impl FederationClient {
             Err(refusal) => Err(refusal_error(server, &refusal)),
         }
     }
-
 }
 
 /// The error for a remote server's refusal.
@@ -391,7 +404,8 @@ mod tests {
         let mut config = Config { allow_federation: true, ..Config::default() };
         adjust(&mut config);
         let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new(ALL_TABLES));
-        let keys = Arc::new(ServerKeys::load_or_create(&store, config.server_name.clone(), clock.clone()).unwrap());
+        let keys =
+            Arc::new(ServerKeys::load_or_create(&store, config.server_name.clone(), clock.clone()).unwrap());
         FederationClient::new(&config, keys, clock).unwrap()
     }
 
@@ -409,7 +423,10 @@ mod tests {
 
         // Past its lifetime the answer is no longer used (the next resolution asks again).
         clock.advance_ms(599_999);
-        assert_eq!(c.fresh_well_known("example.org", clock.now_ms()), Some((Some("matrix.example.org:443".into()), 1)));
+        assert_eq!(
+            c.fresh_well_known("example.org", clock.now_ms()),
+            Some((Some("matrix.example.org:443".into()), 1))
+        );
         clock.advance_ms(1);
         assert_eq!(c.fresh_well_known("example.org", clock.now_ms()), None);
         // A remembered failure delegates nothing: SRV and the fallback decide.
@@ -429,7 +446,8 @@ mod tests {
         let error = c.get_json(&loopback, "/_matrix/federation/v1/version").await.unwrap_err();
         assert!(error.to_string().contains("not a public address"), "{error}");
 
-        let only = client(clock, |config| config.federation_domain_allowlist = vec!["partner.example".into()]);
+        let only =
+            client(clock, |config| config.federation_domain_allowlist = vec!["partner.example".into()]);
         assert!(only.check_server(&ServerName::parse("partner.example:8448").unwrap()).is_ok());
         assert!(only.check_server(&evil).is_err());
     }

@@ -29,7 +29,10 @@ impl FederationClient {
         };
         let answer = self.get_json(user_id.server_name(), &path).await?;
         if !answer.is_object() {
-            return Err(Error::Upstream(format!("{} answered a profile that is not an object", user_id.server_name())));
+            return Err(Error::Upstream(format!(
+                "{} answered a profile that is not an object",
+                user_id.server_name()
+            )));
         }
         Ok(answer)
     }
@@ -37,13 +40,19 @@ impl FederationClient {
     /// `GET /_matrix/federation/v1/query/directory` of a remote alias: its room and the
     /// servers that can join it.
     pub async fn query_directory(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
-        let query: String = url::form_urlencoded::Serializer::new(String::new()).append_pair("room_alias", alias.as_str()).finish();
-        let answer = self.get_json(alias.server_name(), &format!("/_matrix/federation/v1/query/directory?{query}")).await?;
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("room_alias", alias.as_str())
+            .finish();
+        let answer = self
+            .get_json(alias.server_name(), &format!("/_matrix/federation/v1/query/directory?{query}"))
+            .await?;
         let room_id = answer
             .get("room_id")
             .and_then(JsonValue::as_str)
             .and_then(|r| OwnedRoomId::try_from(r).ok())
-            .ok_or_else(|| Error::Upstream(format!("{} answered no valid room_id for {alias}", alias.server_name())))?;
+            .ok_or_else(|| {
+                Error::Upstream(format!("{} answered no valid room_id for {alias}", alias.server_name()))
+            })?;
         let servers = answer
             .get("servers")
             .and_then(JsonValue::as_array)

@@ -9,12 +9,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use axum::http;
 use ruma::{
-    CanonicalJsonObject, OwnedServerName, ServerName,
-    api::federation::authentication::XMatrix,
-    serde::Base64,
-    signatures::PublicKeyMap,
+    CanonicalJsonObject, OwnedServerName, ServerName, api::federation::authentication::XMatrix,
+    serde::Base64, signatures::PublicKeyMap,
 };
 use serde_json::{Value as JsonValue, json};
 
@@ -90,7 +87,8 @@ impl RemoteKeys {
         minimum_valid_until_ms: u64,
     ) -> Result<ServerKeySet> {
         if let Some(set) = self.held(server)? {
-            let has_key = key_id.is_none_or(|id| set.verify_keys.contains_key(id) || set.old_verify_keys.contains_key(id));
+            let has_key = key_id
+                .is_none_or(|id| set.verify_keys.contains_key(id) || set.old_verify_keys.contains_key(id));
             if has_key && set.valid_until_ms >= minimum_valid_until_ms {
                 return Ok(set);
             }
@@ -118,7 +116,11 @@ impl RemoteKeys {
     }
 
     async fn fetch_from_origin(&self, server: &ServerName) -> Result<ServerKeySet> {
-        let answer = match self.client.request(server, http::Method::GET, "/_matrix/key/v2/server", None, false).await? {
+        let answer = match self
+            .client
+            .request(server, http::Method::GET, "/_matrix/key/v2/server", None, false)
+            .await?
+        {
             Ok(json) => json,
             Err(refusal) => return Err(refusal_error(server, &refusal)),
         };
@@ -182,7 +184,11 @@ impl RemoteKeys {
 
     /// The notary's answer for `server`: its key response as we hold or fetch it (ours for
     /// our own name), with our signature added.
-    pub async fn notary_answer(&self, server: &ServerName, minimum_valid_until_ms: u64) -> Result<Vec<JsonValue>> {
+    pub async fn notary_answer(
+        &self,
+        server: &ServerName,
+        minimum_valid_until_ms: u64,
+    ) -> Result<Vec<JsonValue>> {
         if server == self.own.server_name() {
             return Ok(vec![self.own.key_response()?]);
         }
@@ -200,7 +206,11 @@ impl RemoteKeys {
     /// `keys_of`): the origin federated with, the request meant for this server, signed by a
     /// key of the origin valid now. Answers the origin; every failure is `401 M_UNAUTHORIZED`
     /// saying what was wrong (a refused origin `403`).
-    pub fn verify_request(&self, x_matrix: &XMatrix, request: &http::Request<&[u8]>) -> Result<OwnedServerName> {
+    pub fn verify_request(
+        &self,
+        x_matrix: &XMatrix,
+        request: &http::Request<&[u8]>,
+    ) -> Result<OwnedServerName> {
         let origin = &x_matrix.origin;
         self.client.check_server(origin)?;
         let ours = self.own.server_name();

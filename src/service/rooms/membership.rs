@@ -116,7 +116,17 @@ impl MembershipActions {
         appservices: Arc<Appservices>,
         federation: Option<Arc<FederationClient>>,
     ) -> Self {
-        Self { server_name, timeline, members, users, aliases, blocked, notices_user, appservices, federation }
+        Self {
+            server_name,
+            timeline,
+            members,
+            users,
+            aliases,
+            blocked,
+            notices_user,
+            appservices,
+            federation,
+        }
     }
 
     /// The room an ID or alias names. Rooms this server is not in would need federation.
