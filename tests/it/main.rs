@@ -53,6 +53,7 @@ mod settings;
 mod sliding_sync;
 mod sso;
 mod state_after;
+mod synapse_federation;
 mod sync;
 mod systemd;
 mod timeline;
