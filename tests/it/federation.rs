@@ -151,6 +151,30 @@ async fn profiles_and_aliases_are_queried_both_ways_and_remote_joins_refused_cle
         "M_NOT_FOUND",
     );
     assert!(refused["error"].as_str().unwrap().contains("cannot yet join"), "{refused}");
+    let room_id = room["room_id"].as_str().unwrap();
+    let refused = expect_error(
+        b.post(
+            &format!("{V3}/join/{}?via={}", encode(room_id), encode(&a.name())),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "M_NOT_FOUND",
+    );
+    assert!(refused["error"].as_str().unwrap().contains("cannot yet join"), "{refused}");
+    // Inviting a remote user is refused saying why, not that federation is off.
+    let refused = expect_error(
+        a.post(
+            &format!("{V3}/rooms/{}/invite", encode(room_id)),
+            Some(&alice.token),
+            json!({"user_id": bob.user_id}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert!(refused["error"].as_str().unwrap().contains("do not federate yet"), "{refused}");
 }
 
 #[tokio::test]

@@ -282,7 +282,11 @@ impl MembershipActions {
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
         if target.server_name() != self.server_name {
-            return Err(Error::forbidden(format!("Cannot invite {target}: federation is disabled")));
+            return Err(Error::forbidden(if self.federation.is_some() {
+                format!("Cannot invite {target}: rooms do not federate yet on this server")
+            } else {
+                format!("Cannot invite {target}: federation is disabled")
+            }));
         }
         // An unknown user in an application service's namespace is asked of the appservice
         // (the user query), which may register it there and then.
