@@ -1,5 +1,5 @@
 //! The control channel: operator commands (`conduit create-user`, `reset-password`,
-//! `purge-media`, `make-admin`, `backup`, `appservice list|add|remove`) carried out by the running server, which holds the
+//! `purge-media`, `make-admin`, `rotate-signing-key`, `backup`, `appservice list|add|remove`) carried out by the running server, which holds the
 //! database exclusively. The server listens on a Unix socket in its database directory
 //! (`conduit.sock`, mode 0600, so only its own user and root can connect; removed at stop);
 //! the command line sends one JSON line ([`Request`]) and reads one back ([`Reply`]). When
