@@ -1557,6 +1557,16 @@ mod tests {
         assert_eq!(config.effective_listeners().len(), 2);
         assert_eq!(config.listeners[0].tls_certificate_path.as_deref(), Some(Path::new("/c.pem")));
         assert_eq!((config.max_connections, config.request_header_timeout.as_millis()), (50, 5000));
+        // The short names of the TLS keys, and the media resource.
+        let loaded = Config::from_toml_str(
+            "[[global.listeners]]\naddress = \"0.0.0.0\"\nport = 8448\nresources = [\"federation\", \"media\"]\n\
+             tls_certs = \"/c.pem\"\ntls_key = \"/k.pem\"",
+        )
+        .unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let listener = &loaded.config.listeners[0];
+        assert_eq!(listener.tls_private_key_path.as_deref(), Some(Path::new("/k.pem")));
+        assert!(listener.serves(ListenerResource::Media));
 
         for (toml, needle) in [
             // Metrics beside the client API on a public address.

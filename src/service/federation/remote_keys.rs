@@ -35,7 +35,15 @@ pub struct RemoteKeys {
     /// Checked key sets by server, so a request's signature check does not re-read and
     /// re-check the stored answer.
     checked: Mutex<HashMap<OwnedServerName, ServerKeySet>>,
+    /// When each server's keys were last fetched (or tried): requests naming an unknown
+    /// key, or from a server that cannot be reached, do not each cause a fetch.
+    attempts: Mutex<HashMap<OwnedServerName, u64>>,
 }
+
+/// How soon keys held are fetched again for a key they do not list.
+const REFETCH_AFTER_MS: u64 = 60_000;
+/// How soon a failed fetch is tried again.
+const RETRY_FAILED_AFTER_MS: u64 = 10_000;
 
 impl RemoteKeys {
     pub fn new(
@@ -52,6 +60,7 @@ impl RemoteKeys {
             trusted,
             clock,
             checked: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -79,20 +88,30 @@ impl RemoteKeys {
     }
 
     /// The keys of `server`, fetched when none valid are held, when `key_id` is not among
-    /// them, or when they expire before `minimum_valid_until_ms`.
+    /// them, or when they expire before `minimum_valid_until_ms` — but not again within a
+    /// minute of the last fetch when keys are held (then those are answered), nor within ten
+    /// seconds of a failure, so requests naming unknown keys cannot each cause a fetch.
     pub async fn keys_of(
         &self,
         server: &ServerName,
         key_id: Option<&str>,
         minimum_valid_until_ms: u64,
     ) -> Result<ServerKeySet> {
+        let now = self.clock.now_ms();
+        let last_attempt = self.attempts.lock().unwrap_or_else(|p| p.into_inner()).get(server).copied();
+        let recently = |within: u64| last_attempt.is_some_and(|at| now < at.saturating_add(within));
         if let Some(set) = self.held(server)? {
             let has_key = key_id
                 .is_none_or(|id| set.verify_keys.contains_key(id) || set.old_verify_keys.contains_key(id));
-            if has_key && set.valid_until_ms >= minimum_valid_until_ms {
+            if (has_key && set.valid_until_ms >= minimum_valid_until_ms) || recently(REFETCH_AFTER_MS) {
                 return Ok(set);
             }
+        } else if recently(RETRY_FAILED_AFTER_MS) {
+            return Err(Error::Upstream(format!(
+                "The signing keys of {server} could not be fetched a moment ago; not tried again yet"
+            )));
         }
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner()).insert(server.to_owned(), now);
         self.fetch(server).await
     }
 
