@@ -254,6 +254,15 @@ async fn the_guard_refuses_loopback_unless_allowed_and_domain_lists_hold() {
     let body =
         expect_error(denying.get(&alice_url, Some(&dave.token)).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
     assert!(body["error"].as_str().unwrap().contains("does not federate with"), "{body}");
+    // Inbound too: A's correctly signed request is refused by the server that denies A.
+    let path = format!("/_matrix/federation/v1/query/profile?user_id={}", encode(&dave.user_id));
+    let header = x_matrix(&a.name(), &denying.name(), a.services.server_keys.key_pair(), &path);
+    let body = expect_error(
+        get_json(&pki.client(), &format!("{}{path}", denying.federation_base()), Some(header)).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert!(body["error"].as_str().unwrap().contains("does not federate with"), "{body}");
 
     // An allowlist naming another domain refuses the rest too.
     let partial = TestServer::start_federating(&pki, |config| {
