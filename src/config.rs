@@ -73,9 +73,25 @@ pub struct Config {
     /// Application service registration files (YAML, Synapse's format), read at start-up and
     /// on reload (SIGHUP).
     pub app_service_config_files: Vec<std::path::PathBuf>,
-    /// Whether to talk to other Matrix servers. Federation is not implemented yet; the key is
-    /// accepted so that configurations stay valid when it lands, and must stay false.
+    /// Whether to talk to other Matrix servers. What federates so far: server keys (our
+    /// key server, fetching others' keys, the notary key query), signed requests both ways,
+    /// and profile and room-alias queries; rooms themselves do not federate yet (joining a
+    /// room on another server is refused with a clear error). Off by default: no federation
+    /// route is served and no connection to another server is ever made.
     pub allow_federation: bool,
+    /// Notary servers asked for another server's keys when that server cannot be reached
+    /// directly (e.g. `["matrix.org"]`). Empty by default: keys come only from their servers.
+    pub trusted_servers: Vec<OwnedServerName>,
+    /// A PEM file of extra CA certificates trusted for federation TLS (a private PKI), on top
+    /// of the public roots.
+    pub federation_ca_file: Option<PathBuf>,
+    /// When not empty, the only servers federated with: `example.com` matches that server
+    /// name's host, `*.example.com` its subdomains.
+    pub federation_domain_allowlist: Vec<String>,
+    /// Servers never federated with (same patterns); requests from them are refused too.
+    pub federation_domain_denylist: Vec<String>,
+    /// How long one federation request may take (connecting, sending, the answer), seconds.
+    pub federation_timeout_secs: u64,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `conduit=debug`).
     pub log: String,
     /// Answers for `/.well-known/matrix/{client,server}`.
@@ -139,7 +155,7 @@ pub struct Config {
     /// Time limit for fetching a preview (all redirects and the image included), seconds.
     pub url_preview_timeout_secs: u64,
     /// Address ranges refused to every outbound request the server makes to addresses
-    /// users name (push gateways now, federation later), on top of the built-in ones
+    /// users name (push gateways, other Matrix servers, IP-literal server names included), on top of the built-in ones
     /// (loopback, private, link-local, CGNAT, unique-local, multicast and the other
     /// special-purpose blocks, which are always refused). URL previews keep their own
     /// `url_preview_*` lists.
@@ -309,15 +325,16 @@ pub struct ListenerConfig {
     /// What it serves: `client` (the client-server API, media, the admin API and
     /// `/.well-known/matrix/client`), `federation` (`/_matrix/federation`, `/_matrix/key`,
     /// `/.well-known/matrix/server`), `openid` (only `/_matrix/federation/v1/openid/userinfo`,
-    /// which call services use; `federation` includes it), `metrics` (`/metrics`). Other
-    /// requests answer `404 M_UNRECOGNIZED`.
+    /// which call services use; `federation` includes it), `media` (only the media
+    /// endpoints, `/_matrix/media/*` and `/_matrix/client/v1/media/*`; `client` includes
+    /// them), `metrics` (`/metrics`). Other requests answer `404 M_UNRECOGNIZED`.
     pub resources: Vec<ListenerResource>,
     /// PEM certificate chain (leaf first) for TLS on this listener; with
-    /// `tls_private_key_path`. Both unset: plain HTTP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `tls_private_key_path`. Both unset: plain HTTP. Also read as `tls_certs`.
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "tls_certs")]
     pub tls_certificate_path: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate. Also read as `tls_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "tls_key")]
     pub tls_private_key_path: Option<PathBuf>,
 }
 
@@ -328,6 +345,7 @@ pub enum ListenerResource {
     Client,
     Federation,
     Openid,
+    Media,
     Metrics,
 }
 
@@ -635,6 +653,11 @@ impl Default for Config {
             registration_token: None,
             registration_requires_token: false,
             allow_federation: false,
+            trusted_servers: Vec::new(),
+            federation_ca_file: None,
+            federation_domain_allowlist: Vec::new(),
+            federation_domain_denylist: Vec::new(),
+            federation_timeout_secs: 30,
             log: "info".to_owned(),
             well_known: WellKnownConfig::default(),
             well_known_client: None,
@@ -792,10 +815,8 @@ impl Config {
                         message of the largest size)"
                 .into());
         }
-        if self.allow_federation {
-            return Err("invalid value for key `allow_federation`: federation is not implemented \
-                        in this version of conduit; set it to false"
-                .into());
+        if !(1..=600).contains(&self.federation_timeout_secs) {
+            return Err("invalid value for key `federation_timeout_secs`: must be 1 to 600".into());
         }
         if crate::matrix::room_version::rules(&self.default_room_version).is_none() {
             return Err(format!(
@@ -866,6 +887,8 @@ impl Config {
         for (key, patterns) in [
             ("url_preview_domain_blacklist", &self.url_preview_domain_blacklist),
             ("url_preview_domain_whitelist", &self.url_preview_domain_whitelist),
+            ("federation_domain_allowlist", &self.federation_domain_allowlist),
+            ("federation_domain_denylist", &self.federation_domain_denylist),
         ] {
             if let Some(bad) = patterns.iter().find(|p| !valid_domain_pattern(p)) {
                 return Err(format!(
@@ -928,7 +951,7 @@ impl Config {
             if listener.resources.is_empty() {
                 return Err(format!(
                     "invalid value for key `listeners`: {name} serves nothing; give it `resources`, \
-                     some of \"client\", \"federation\", \"openid\", \"metrics\""
+                     some of \"client\", \"federation\", \"openid\", \"media\", \"metrics\""
                 ));
             }
             if listener.serves(ListenerResource::Metrics)
@@ -1547,6 +1570,16 @@ mod tests {
         assert_eq!(config.effective_listeners().len(), 2);
         assert_eq!(config.listeners[0].tls_certificate_path.as_deref(), Some(Path::new("/c.pem")));
         assert_eq!((config.max_connections, config.request_header_timeout.as_millis()), (50, 5000));
+        // The short names of the TLS keys, and the media resource.
+        let loaded = Config::from_toml_str(
+            "[[global.listeners]]\naddress = \"0.0.0.0\"\nport = 8448\nresources = [\"federation\", \"media\"]\n\
+             tls_certs = \"/c.pem\"\ntls_key = \"/k.pem\"",
+        )
+        .unwrap();
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let listener = &loaded.config.listeners[0];
+        assert_eq!(listener.tls_private_key_path.as_deref(), Some(Path::new("/k.pem")));
+        assert!(listener.serves(ListenerResource::Media));
 
         for (toml, needle) in [
             // Metrics beside the client API on a public address.

@@ -1,5 +1,5 @@
 //! The control channel: operator commands (`conduit create-user`, `reset-password`,
-//! `purge-media`, `make-admin`, `backup`, `appservice list|add|remove`) carried out by the running server, which holds the
+//! `purge-media`, `make-admin`, `rotate-signing-key`, `backup`, `appservice list|add|remove`) carried out by the running server, which holds the
 //! database exclusively. The server listens on a Unix socket in its database directory
 //! (`conduit.sock`, mode 0600, so only its own user and root can connect; removed at stop);
 //! the command line sends one JSON line ([`Request`]) and reads one back ([`Reply`]). When
@@ -55,6 +55,8 @@ pub enum Request {
     MakeAdmin { name: String, revoke: bool },
     /// Write a backup into this absolute directory (new or empty).
     Backup { dir: PathBuf },
+    /// Replace the server's signing key; the old one is published as expired.
+    RotateSigningKey,
     /// List the application services in force and those added at run time.
     AppserviceList,
     /// Register an application service from the text of its registration (YAML or JSON).
@@ -92,6 +94,12 @@ pub async fn execute(services: &Arc<Services>, request: Request) -> Result<Strin
             } else {
                 format!("{user_id} is a server admin")
             })
+        }
+        Request::RotateSigningKey => {
+            let (old, new) = services.server_keys.rotate()?;
+            Ok(format!(
+                "the server now signs with {new}; {old} is published under old_verify_keys as expired"
+            ))
         }
         Request::AppserviceList => Ok(appservice_lines(&services.appservice_admin.list())),
         Request::AppserviceAdd { text } => {
@@ -207,6 +215,7 @@ fn command_name(request: &Request) -> &'static str {
         Request::PurgeMedia { .. } => "purge-media",
         Request::MakeAdmin { .. } => "make-admin",
         Request::Backup { .. } => "backup",
+        Request::RotateSigningKey => "rotate-signing-key",
         Request::AppserviceList => "appservice list",
         Request::AppserviceAdd { .. } => "appservice add",
         Request::AppserviceRemove { .. } => "appservice remove",

@@ -71,6 +71,10 @@ enum Command {
         #[arg(long)]
         revoke: bool,
     },
+    /// Replace the server's signing key (federation): a new key signs from now on, and the
+    /// old one is published under `old_verify_keys` with the time it stopped being used.
+    /// Sent to the running server, or done on the database when none runs.
+    RotateSigningKey,
     /// Write a consistent copy of the database and media into DIR (new or empty), which a
     /// server with `database_path = DIR` serves as it is. Works while the server runs.
     Backup {
@@ -287,6 +291,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             control::Request::PurgeMedia { older_than_secs: older_than.as_secs() }
         }
         Command::MakeAdmin { name, revoke } => control::Request::MakeAdmin { name, revoke },
+        Command::RotateSigningKey => control::Request::RotateSigningKey,
         Command::Appservice { action } => match appservice_request(&config, action)? {
             Some(request) => request,
             None => return Ok(()),

@@ -449,6 +449,7 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
             "/_conduit/admin/v1/appservices/{id}",
             get(self::admin::appservices::get).delete(self::admin::appservices::remove),
         )
+        .merge(federation_routes(&services))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         // Inside the routes, so that it sees which route matched.
@@ -469,6 +470,22 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .layer(middleware::from_fn_with_state(metrics, track_request))
 }
 
+/// The server-server routes, only with `allow_federation = true` (otherwise their paths
+/// answer `404 M_UNRECOGNIZED` like any unknown path).
+fn federation_routes(services: &AppState) -> Router<AppState> {
+    use self::federation::{discovery, query};
+    if !services.config.allow_federation {
+        return Router::new();
+    }
+    Router::new()
+        .ruma_route(discovery::get_server_keys)
+        .ruma_route(discovery::get_remote_server_keys_batch)
+        .ruma_route(discovery::get_remote_server_keys)
+        .ruma_route(discovery::get_server_version)
+        .ruma_route(query::get_profile_information)
+        .ruma_route(query::get_room_information)
+}
+
 /// Where Prometheus scrapes.
 pub const METRICS_PATH: &str = "/metrics";
 
@@ -482,6 +499,9 @@ pub fn for_listener(router: Router, resources: &[ListenerResource]) -> Router {
                 resources.contains(&ListenerResource::Openid)
                     || resources.contains(&ListenerResource::Federation)
             }
+            ListenerResource::Media => {
+                resources.contains(&ListenerResource::Media) || resources.contains(&ListenerResource::Client)
+            }
             resource => resources.contains(&resource),
         };
         async move { if served { next.run(request).await } else { unrecognized().await.into_response() } }
@@ -494,6 +514,8 @@ pub fn resource_of(path: &str) -> ListenerResource {
         ListenerResource::Metrics
     } else if path == "/_matrix/federation/v1/openid/userinfo" {
         ListenerResource::Openid
+    } else if path.starts_with("/_matrix/media/") || path.starts_with("/_matrix/client/v1/media/") {
+        ListenerResource::Media
     } else if path.starts_with("/_matrix/federation/")
         || path.starts_with("/_matrix/key/")
         || path == "/.well-known/matrix/server"

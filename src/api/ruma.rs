@@ -17,6 +17,7 @@ use ruma::api::{
         ExtractTokenError, NoAccessToken, NoAuthentication,
     },
     error::{DeserializationError, FromHttpRequestError},
+    federation::authentication::{ServerSignatures, XMatrix, XMatrixExtractError},
 };
 use ruma::{OwnedDeviceId, UserId};
 
@@ -27,7 +28,7 @@ use crate::{
     matrix::limits,
     service::{
         Services,
-        context::{Actor, Caller, RequestContext},
+        context::{Actor, Caller, RemoteServer, RequestContext},
     },
 };
 
@@ -65,6 +66,9 @@ pub struct Client {
     pub masquerade_device: Option<String>,
     /// The same under MSC3202's name, for registrations that ask for MSC3202.
     pub msc3202_device: Option<String>,
+    /// The request as an X-Matrix signature covers it (method, path and query, body), for
+    /// the server-signature scheme only.
+    pub signed: Option<axum::http::Request<Vec<u8>>>,
 }
 
 /// What each auth scheme proves about the caller, as a type handlers can rely on.
@@ -80,6 +84,59 @@ pub trait Identify: AuthScheme {
 
     /// Who the identity says is acting, for the request's context.
     fn actor(identity: &Self::Identity) -> Actor;
+
+    /// Whether the scheme checks a server's signature over the whole request: its
+    /// `identify` then needs the request in `Client::signed`, and the origin's keys fetched
+    /// first ([`prefetch_origin_keys`]).
+    const SERVER_SIGNED: bool = false;
+}
+
+/// Server-server requests: the X-Matrix signature, checked against the origin's keys
+/// (fetched before by [`prefetch_origin_keys`]), names the calling server.
+impl Identify for ServerSignatures {
+    type Identity = RemoteServer;
+    const SERVER_SIGNED: bool = true;
+
+    fn identify(
+        services: &Services,
+        token: std::result::Result<XMatrix, XMatrixExtractError>,
+        client: &Client,
+    ) -> Result<RemoteServer> {
+        if !services.federation.enabled() {
+            return Err(Error::forbidden("This server does not federate"));
+        }
+        let x_matrix = token.map_err(|e| {
+            Error::new(
+                ruma::api::error::ErrorKind::Unauthorized,
+                format!("Missing or malformed X-Matrix Authorization header: {e}"),
+            )
+        })?;
+        let signed = client.signed.as_ref().ok_or_else(|| Error::internal("signed request not kept"))?;
+        let (parts, body) = (signed.method().clone(), signed.body().as_slice());
+        let mut request = Request::new(body);
+        *request.method_mut() = parts;
+        *request.uri_mut() = signed.uri().clone();
+        let server_name = services.remote_keys.verify_request(&x_matrix, &request)?;
+        Ok(RemoteServer { server_name })
+    }
+
+    fn actor(identity: &RemoteServer) -> Actor {
+        identity.actor()
+    }
+}
+
+/// Before a server-signed request is checked: fetch the keys of the origin its X-Matrix
+/// header names, unless held (a header that does not parse is refused by `identify`).
+async fn prefetch_origin_keys(services: &Services, parts: &Parts) -> Result<()> {
+    let Ok(x_matrix) = XMatrix::extract_from_http_headers(&parts.headers) else { return Ok(()) };
+    if !services.federation.enabled() {
+        return Ok(());
+    }
+    services.federation.check_server(&x_matrix.origin)?;
+    if let Err(e) = services.remote_keys.keys_of(&x_matrix.origin, Some(x_matrix.key.as_str()), 0).await {
+        tracing::info!(origin = %x_matrix.origin, error = %e, "the keys of a requesting server could not be fetched");
+    }
+    Ok(())
 }
 
 fn token_error(error: ExtractTokenError) -> Error {
@@ -284,6 +341,9 @@ where
         let (path_args, mut context) = path_args_and_context(&mut parts).await;
         super::rate_limit::check_before_body::<T>(services, &context.client_ip)?;
         let bytes = limited_body(services, body).await?;
+        if <T::Authentication as Identify>::SERVER_SIGNED {
+            prefetch_origin_keys(services, &parts).await?;
+        }
 
         // An empty POST/PUT body reads as `{}`: clients send none where every field is
         // optional (matrix-nio's join), and Synapse accepts that. Endpoints with required
@@ -372,7 +432,11 @@ async fn path_args_and_context(parts: &mut Parts) -> (Vec<String>, RequestContex
 
 /// Where a request came from, as the device's last-seen record keeps it, and the users and
 /// devices an application service's request names in its query string.
-fn client_of(context: &RequestContext, query: Option<&str>) -> Client {
+fn client_of(
+    context: &RequestContext,
+    query: Option<&str>,
+    signed: Option<axum::http::Request<Vec<u8>>>,
+) -> Client {
     let path = context.path.as_str();
     let allow_locked = path.ends_with("/logout") || path.ends_with("/logout/all");
     let (mut masquerade_user, mut masquerade_device, mut msc3202_device) = (None, None, None);
@@ -394,6 +458,7 @@ fn client_of(context: &RequestContext, query: Option<&str>) -> Client {
         masquerade_user,
         masquerade_device,
         msc3202_device,
+        signed,
     }
 }
 
@@ -402,9 +467,16 @@ fn client_of(context: &RequestContext, query: Option<&str>) -> Client {
 fn authenticate<S: Identify, B>(
     services: &Services,
     head: &Request<B>,
+    body: &[u8],
     context: &RequestContext,
 ) -> Result<S::Identity> {
-    S::identify(services, S::extract_authentication(head), &client_of(context, head.uri().query()))
+    let signed = S::SERVER_SIGNED.then(|| {
+        let mut request = Request::new(body.to_vec());
+        *request.method_mut() = head.method().clone();
+        *request.uri_mut() = head.uri().clone();
+        request
+    });
+    S::identify(services, S::extract_authentication(head), &client_of(context, head.uri().query(), signed))
 }
 
 /// Authenticate by the endpoint's scheme, then parse the ruma request from the head and
@@ -421,7 +493,7 @@ where
     T::Authentication: Identify,
 {
     let http_request = Request::from_parts(parts, body_bytes);
-    let identity = authenticate::<T::Authentication, _>(services, &http_request, context)?;
+    let identity = authenticate::<T::Authentication, _>(services, &http_request, body_bytes, context)?;
     let mut args: Vec<&str> = path_args.iter().map(String::as_str).collect();
     // Routes registered without a trailing empty parameter (`/state/{type}` for the empty
     // state key) hand ruma an empty string for it.
@@ -513,7 +585,7 @@ impl FromRequestParts<Arc<Services>> for Authenticated {
         *head.uri_mut() = parts.uri.clone();
         *head.headers_mut() = parts.headers.clone();
         let mut context = context_of(parts);
-        let identity = authenticate::<AccessToken, _>(services, &head, &context)?;
+        let identity = authenticate::<AccessToken, _>(services, &head, &[], &context)?;
         context.actor = identity.actor();
         Ok(Self { identity, context })
     }

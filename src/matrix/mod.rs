@@ -19,6 +19,8 @@ pub mod redaction;
 pub mod room_presets;
 pub mod room_version;
 pub mod search;
+pub mod server_discovery;
+pub mod server_keys;
 pub mod sliding;
 pub mod state_resolution;
 pub mod user_id;

@@ -398,6 +398,7 @@ fn record_actor(context: &RequestContext) -> RecordActor {
             appservice = Some(id.clone());
             ("appservice", Some(user_id.to_string()), device_id.as_ref().map(ToString::to_string))
         }
+        Actor::RemoteServer { server_name } => ("remote_server", Some(server_name.to_string()), None),
         Actor::Operator => ("operator", None, None),
         Actor::Server => ("server", None, None),
     };

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use ruma::{DeviceId, OwnedDeviceId, OwnedUserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedServerName, OwnedUserId};
 
 use super::devices::DeviceIdentity;
 use crate::{Error, matrix::appservice::Registration};
@@ -48,6 +48,8 @@ pub enum Actor {
     /// An application service (its `id`) acting as one of its users, with one of their
     /// devices when it masquerades one.
     Appservice { id: String, user_id: OwnedUserId, device_id: Option<OwnedDeviceId> },
+    /// Another Matrix server, by the X-Matrix signature of its request.
+    RemoteServer { server_name: OwnedServerName },
     /// An operator command run on the server's host (the `conduit` command line).
     Operator,
     /// The server itself (sweeps, timers, delayed events coming due).
@@ -146,5 +148,19 @@ impl Caller {
             },
             None => Actor::User { user_id: self.user_id.clone(), device_id: self.device_id.clone() },
         }
+    }
+}
+
+/// Who an authenticated server-server request comes from: the server whose key signed its
+/// X-Matrix `Authorization` header, checked against the request's method, path, body and
+/// destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteServer {
+    pub server_name: OwnedServerName,
+}
+
+impl RemoteServer {
+    pub fn actor(&self) -> Actor {
+        Actor::RemoteServer { server_name: self.server_name.clone() }
     }
 }

@@ -16,6 +16,7 @@ pub mod context;
 pub mod delayed_events;
 pub mod devices;
 pub mod email_notifier;
+pub mod federation;
 pub mod filters;
 pub mod jwt;
 pub mod key_backup;
@@ -74,6 +75,10 @@ pub struct Services {
     pub keys: Arc<keys::Keys>,
     pub to_device: Arc<to_device::ToDevice>,
     pub server_keys: Arc<server_keys::ServerKeys>,
+    /// Requests to other servers (inert when federation is off).
+    pub federation: Arc<federation::FederationClient>,
+    /// Other servers' signing keys, and the notary answers.
+    pub remote_keys: Arc<federation::RemoteKeys>,
     pub stream: Arc<stream::Stream>,
     pub events: Arc<rooms::events::Events>,
     pub room_states: Arc<rooms::state::RoomStates>,
@@ -213,8 +218,20 @@ impl Services {
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
             &store,
             config.server_name.clone(),
-            clock.as_ref(),
+            Arc::clone(&clock),
         )?);
+        let federation = Arc::new(federation::FederationClient::new(
+            &config,
+            Arc::clone(&server_keys),
+            Arc::clone(&clock),
+        )?);
+        let remote_keys = Arc::new(federation::RemoteKeys::new(
+            &store,
+            Arc::clone(&federation),
+            Arc::clone(&server_keys),
+            config.trusted_servers.clone(),
+            Arc::clone(&clock),
+        ));
         let room_states = Arc::new(rooms::state::RoomStates::new(&store, state_cache)?);
         let memberships = Arc::new(rooms::members::Memberships::new(&store, roster_cache));
         let visibility = Arc::new(rooms::visibility::Visibility::new(
@@ -475,6 +492,7 @@ impl Services {
             Arc::clone(&blocked_rooms),
             config.server_notices_user(),
             Arc::clone(&appservices),
+            config.allow_federation.then(|| Arc::clone(&federation)),
         ));
         let room_actions = Arc::new(rooms::actions::RoomActions::new(
             Arc::clone(&timeline),
@@ -595,6 +613,8 @@ impl Services {
             keys,
             to_device,
             server_keys,
+            federation,
+            remote_keys,
             stream,
             events,
             room_states,

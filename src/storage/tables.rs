@@ -61,6 +61,11 @@ catalogue! {
     UIAA_SESSIONS = "uiaa_sessions", key "session_id": String => UiaaSessionRecord, version 2;
     /// This server's signing key pairs; `current` signs new events.
     SERVER_SIGNING_KEYS = "server_signing_keys", key "name": String => SigningKeyRecord, version 1;
+    /// This server's former signing keys (public halves), by key ID, with when each was
+    /// retired: `old_verify_keys` of its key response.
+    OLD_SIGNING_KEYS = "old_signing_keys", key "key_id": String => OldSigningKeyRecord, version 1;
+    /// Other servers' key responses as fetched (from them or a notary), by server name.
+    REMOTE_SERVER_KEYS = "remote_server_keys", key "server_name": String => RemoteServerKeysRecord, version 1;
     /// Every room this server takes part in: version, graph tip and current state group.
     ROOMS = "rooms", key "room_id": OwnedRoomId => RoomRecord, version 1;
     /// Every accepted event, by ID, with its place in the stream and the state before it.
@@ -481,6 +486,26 @@ impl std::fmt::Debug for SigningKeyRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SigningKeyRecord").field("version", &self.version).finish_non_exhaustive()
     }
+}
+
+/// A retired signing key of this server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OldSigningKeyRecord {
+    /// The public key, unpadded base64.
+    pub public_key: String,
+    /// When it was replaced (ms since the epoch): `expired_ts`.
+    pub expired_ms: u64,
+}
+
+/// Another server's keys as last fetched.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteServerKeysRecord {
+    /// The key response as received, with its signatures (a notary serves it on).
+    pub response: String,
+    /// Its `valid_until_ts`.
+    pub valid_until_ms: u64,
+    /// When it was fetched.
+    pub fetched_ms: u64,
 }
 
 /// A room: its version and where its graph and state stand now.

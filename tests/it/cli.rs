@@ -157,6 +157,24 @@ async fn make_admin_grants_and_revokes_the_flag_offline() {
 }
 
 #[tokio::test]
+async fn rotate_signing_key_offline_keeps_the_old_key_published_as_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let s = TestServer::boot(test_config(dir.path()), dir).await;
+    let first = s.services.server_keys.key_id();
+    let dir = s.stop().await;
+
+    let (ok, text) = run(conduit(&db).args(["rotate-signing-key"]));
+    assert!(ok && text.contains(&first) && text.contains("old_verify_keys"), "{text}");
+    let s = TestServer::boot(test_config(dir.path()), dir).await;
+    let now = s.services.server_keys.key_id();
+    assert_ne!(now, first);
+    let response = s.services.server_keys.key_response().unwrap();
+    assert!(response["verify_keys"][&now].is_object(), "{response}");
+    assert!(response["old_verify_keys"][&first]["expired_ts"].is_u64(), "{response}");
+}
+
+#[tokio::test]
 async fn sigterm_finishes_cleanly_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");

@@ -336,3 +336,108 @@ pub async fn race_posts(
     }
     won
 }
+
+/// A private certificate authority made for one test: its certificate in a PEM file (for
+/// `federation_ca_file`, Synapse's `federation_custom_ca_list`, and test clients) and
+/// server certificates it signs.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca_path: std::path::PathBuf,
+    pub ca_pem: String,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "conduit test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let ca_pem = issuer.pem();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &ca_pem).unwrap();
+        Self { dir, ca_path, ca_pem, issuer }
+    }
+
+    /// A certificate for `name` (a DNS name or an IP address) signed by the CA: the paths of
+    /// its PEM chain and key.
+    pub fn server_cert(&self, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let stem = format!("{}-{}", name.replace([':', '.'], "_"), rand_suffix());
+        let (cert_path, key_path) =
+            (self.dir.path().join(format!("{stem}.pem")), self.dir.path().join(format!("{stem}.key")));
+        std::fs::write(&cert_path, format!("{}{}", cert.pem(), self.ca_pem)).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    /// An HTTPS client trusting only this CA.
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .build()
+            .unwrap()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A free port on loopback (bound and released; the server binds it again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl TestServer {
+    /// A federating server named `127.0.0.1:<port>` (an IP literal with a port, which
+    /// discovery connects to directly): federation on a TLS listener with a certificate from
+    /// `pki` on that port, the client API on a plain listener (`base`), the CA trusted for
+    /// federation and loopback allowed through the outbound guard; then `adjust`.
+    pub async fn start_federating(pki: &Pki, adjust: impl FnOnce(&mut Config)) -> Self {
+        use conduit::config::ListenerConfig;
+        let port = free_port();
+        let (cert, key) = pki.server_cert("127.0.0.1");
+        let ca = pki.ca_path.clone();
+        let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        Self::start_listening(move |config| {
+            config.server_name = format!("127.0.0.1:{port}").try_into().unwrap();
+            config.allow_federation = true;
+            config.federation_ca_file = Some(ca);
+            config.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+            config.federation_timeout_secs = 10;
+            let mut federation = ListenerConfig::plain(loopback, port, &[ListenerResource::Federation]);
+            federation.tls_certificate_path = Some(cert);
+            federation.tls_private_key_path = Some(key);
+            config.listeners =
+                vec![ListenerConfig::plain(loopback, 0, &[ListenerResource::Client]), federation];
+            adjust(config);
+        })
+        .await
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> String {
+        self.services.config.server_name.to_string()
+    }
+
+    /// The base URL of its federation listener.
+    pub fn federation_base(&self) -> &str {
+        self.listener_serving(ListenerResource::Federation)
+    }
+}

@@ -33,6 +33,30 @@ fn addr_of(base: &str) -> SocketAddr {
 }
 
 #[tokio::test]
+async fn a_media_listener_serves_only_the_media_endpoints() {
+    use ListenerResource::*;
+    let s =
+        TestServer::start_listening(|c| c.listeners = vec![listener(&[Client]), listener(&[Media])]).await;
+    let media = s.listener_serving(Media).to_owned();
+    // Routed (the media endpoints ask for a token), where the client API is not served.
+    for path in ["/_matrix/client/v1/media/config", "/_matrix/media/v3/config"] {
+        expect_error(get(&format!("{media}{path}")).await, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN");
+    }
+    expect_error(
+        get(&format!("{media}/_matrix/client/versions")).await,
+        StatusCode::NOT_FOUND,
+        "M_UNRECOGNIZED",
+    );
+    // `client` includes media.
+    let client = s.listener_serving(Client).to_owned();
+    expect_error(
+        get(&format!("{client}/_matrix/client/v1/media/config")).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+}
+
+#[tokio::test]
 async fn each_listener_serves_only_its_resources() {
     use ListenerResource::*;
     let s =

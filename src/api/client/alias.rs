@@ -23,7 +23,12 @@ pub async fn get_alias(
     services: AppState,
     req: Ruma<get_alias::v3::Request>,
 ) -> Result<get_alias::v3::Response> {
-    let room_id = services.membership.resolve_alias(&req.body.room_alias).await?;
+    let alias = &req.body.room_alias;
+    if alias.server_name() != services.config.server_name && services.federation.enabled() {
+        let (room_id, servers) = services.federation.query_directory(alias).await?;
+        return Ok(get_alias::v3::Response::new(room_id, servers));
+    }
+    let room_id = services.membership.resolve_alias(alias).await?;
     Ok(get_alias::v3::Response::new(room_id, vec![services.config.server_name.clone()]))
 }
 

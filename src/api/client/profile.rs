@@ -1,4 +1,5 @@
-//! Profiles: display name and avatar of local users.
+//! Profiles: display name and avatar of local users, and of remote users through their
+//! server's profile query when federation is on.
 
 use ruma::{
     UserId,
@@ -13,9 +14,16 @@ use crate::{
     storage::tables::ProfileRecord,
 };
 
-fn profile_of(services: &Services, user_id: &UserId) -> Result<ProfileRecord> {
+async fn profile_of(services: &Services, user_id: &UserId, field: Option<&str>) -> Result<ProfileRecord> {
     if user_id.server_name() != services.config.server_name {
-        return Err(Error::on_another_server(user_id));
+        if !services.federation.enabled() {
+            return Err(Error::on_another_server(user_id));
+        }
+        let answer = services.federation.query_profile(user_id, field).await?;
+        return Ok(ProfileRecord {
+            displayname: answer.get("displayname").and_then(|v| v.as_str()).map(str::to_owned),
+            avatar_url: answer.get("avatar_url").and_then(|v| v.as_str()).map(Into::into),
+        });
     }
     services.users.profile(user_id)?.ok_or_else(|| Error::not_found("Profile was not found"))
 }
@@ -32,7 +40,7 @@ pub async fn get_profile(
     services: AppState,
     req: Ruma<get_profile::v3::Request>,
 ) -> Result<get_profile::v3::Response> {
-    let profile = profile_of(&services, &req.body.user_id)?;
+    let profile = profile_of(&services, &req.body.user_id, None).await?;
     let mut fields = Vec::new();
     if let Some(name) = profile.displayname {
         fields.push(ProfileFieldValue::DisplayName(name));
@@ -48,7 +56,9 @@ pub async fn get_display_name(
     services: AppState,
     req: Ruma<get_display_name::v3::Request>,
 ) -> Result<get_display_name::v3::Response> {
-    Ok(get_display_name::v3::Response::new(profile_of(&services, &req.body.user_id)?.displayname))
+    Ok(get_display_name::v3::Response::new(
+        profile_of(&services, &req.body.user_id, Some("displayname")).await?.displayname,
+    ))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/displayname`
@@ -68,7 +78,9 @@ pub async fn get_avatar_url(
     services: AppState,
     req: Ruma<get_avatar_url::v3::Request>,
 ) -> Result<get_avatar_url::v3::Response> {
-    Ok(get_avatar_url::v3::Response::new(profile_of(&services, &req.body.user_id)?.avatar_url))
+    Ok(get_avatar_url::v3::Response::new(
+        profile_of(&services, &req.body.user_id, Some("avatar_url")).await?.avatar_url,
+    ))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/avatar_url`

@@ -111,10 +111,11 @@ impl ProviderClient {
             trusted_hosts,
             ..Policy::default()
         });
-        let mut builder = outbound::guarded_builder(
+        let mut builder = outbound::guarded_client_builder(
             &policy,
             CONNECT_TIMEOUT,
             concat!("conduit/", env!("CARGO_PKG_VERSION")),
+            None,
         )
         .timeout(REQUEST_TIMEOUT);
         if let Some(path) = &config.ca_file {

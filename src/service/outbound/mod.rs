@@ -8,7 +8,13 @@
 
 pub mod ip_guard;
 
-use std::{error::Error as StdError, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    error::Error as StdError,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use reqwest::{
     Url,
@@ -35,12 +41,33 @@ impl StdError for Blocked {}
 /// address it has is not allowed (a name that also points inside is not trusted at all).
 struct GuardedResolver {
     policy: Arc<Policy>,
+    targets: Option<Arc<HostTargets>>,
+}
+
+/// Names whose addresses are those of another host: federation's SRV records, which keep
+/// the server's name for TLS and the `Host` header but point the connection elsewhere. The
+/// target's addresses pass the same guard.
+#[derive(Default)]
+pub struct HostTargets(RwLock<HashMap<String, String>>);
+
+impl HostTargets {
+    /// Connect to `target`'s addresses when a URL names `name`.
+    pub fn set(&self, name: &str, target: &str) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), target.to_owned());
+    }
+
+    fn target_of(&self, name: &str) -> Option<String> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = Arc::clone(&self.policy);
-        let host = name.as_str().to_owned();
+        let host = match self.targets.as_ref().and_then(|t| t.target_of(name.as_str())) {
+            Some(target) => target,
+            None => name.as_str().to_owned(),
+        };
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if addrs.is_empty() {
@@ -65,18 +92,19 @@ pub fn guarded_client(
     connect_timeout: Duration,
     user_agent: &str,
 ) -> Result<reqwest::Client, reqwest::Error> {
-    guarded_builder(policy, connect_timeout, user_agent).build()
+    guarded_client_builder(policy, connect_timeout, user_agent, None).build()
 }
 
-/// The builder of [`guarded_client`], for callers that add to it (root certificates, an
-/// overall timeout) without changing how it connects.
-pub fn guarded_builder(
+/// [`guarded_client`]'s builder, for callers that add trusted CAs, with `targets` for names
+/// whose connections go to another host (resolved and checked the same way).
+pub fn guarded_client_builder(
     policy: &Arc<Policy>,
     connect_timeout: Duration,
     user_agent: &str,
+    targets: Option<Arc<HostTargets>>,
 ) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver { policy: Arc::clone(policy) }))
+        .dns_resolver(Arc::new(GuardedResolver { policy: Arc::clone(policy), targets }))
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(connect_timeout)

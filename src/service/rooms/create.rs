@@ -217,7 +217,11 @@ impl RoomCreation {
                 continue;
             }
             if user.server_name() != self.config.server_name {
-                return Err(Error::forbidden(format!("Cannot invite {user}: federation is disabled")));
+                return Err(Error::forbidden(if self.config.allow_federation {
+                    format!("Cannot invite {user}: rooms do not federate yet on this server")
+                } else {
+                    format!("Cannot invite {user}: federation is disabled")
+                }));
             }
             if !self.users.exists(user)? {
                 tracing::warn!(%sender, invitee = %user, "createRoom: not inviting an unknown user");

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     Error, Result,
     matrix::pdu::EventTemplate,
-    service::{appservices::Appservices, users::Users},
+    service::{appservices::Appservices, federation::FederationClient, users::Users},
 };
 use ruma::OwnedEventId;
 
@@ -99,6 +99,8 @@ pub struct MembershipActions {
     /// room, whose invite cannot be rejected (as Synapse).
     notices_user: Option<ruma::OwnedUserId>,
     appservices: Arc<Appservices>,
+    /// Set when federation is on: remote aliases are looked up through their server.
+    federation: Option<Arc<FederationClient>>,
 }
 
 impl MembershipActions {
@@ -112,8 +114,19 @@ impl MembershipActions {
         blocked: Arc<BlockedRooms>,
         notices_user: Option<ruma::OwnedUserId>,
         appservices: Arc<Appservices>,
+        federation: Option<Arc<FederationClient>>,
     ) -> Self {
-        Self { server_name, timeline, members, users, aliases, blocked, notices_user, appservices }
+        Self {
+            server_name,
+            timeline,
+            members,
+            users,
+            aliases,
+            blocked,
+            notices_user,
+            appservices,
+            federation,
+        }
     }
 
     /// The room an ID or alias names. Rooms this server is not in would need federation.
@@ -132,6 +145,11 @@ impl MembershipActions {
             Some(record) => Ok(record.room_id),
             None if alias.server_name() == self.server_name && self.appservices.query_alias(alias).await => {
                 self.aliases.resolve(alias)
+            }
+            None if alias.server_name() != self.server_name
+                && let Some(federation) = &self.federation =>
+            {
+                Ok(federation.query_directory(alias).await?.0)
             }
             None => Err(self.aliases.missing(alias)),
         }
@@ -153,7 +171,11 @@ impl MembershipActions {
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             // The room is unknown here; joining it would need another server.
-            return Err(Error::on_another_server(format!("Room {room_id}")));
+            return Err(if self.federation.is_some() {
+                Error::room_on_another_server(format!("Room {room_id}"))
+            } else {
+                Error::on_another_server(format!("Room {room_id}"))
+            });
         }
         let membership = self.members.membership(room_id, user_id)?;
         let mut template = member_template_with(&self.users, user_id, "join", reason, false, content)?;
@@ -260,7 +282,11 @@ impl MembershipActions {
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
         if target.server_name() != self.server_name {
-            return Err(Error::forbidden(format!("Cannot invite {target}: federation is disabled")));
+            return Err(Error::forbidden(if self.federation.is_some() {
+                format!("Cannot invite {target}: rooms do not federate yet on this server")
+            } else {
+                format!("Cannot invite {target}: federation is disabled")
+            }));
         }
         // An unknown user in an application service's namespace is asked of the appservice
         // (the user query), which may register it there and then.

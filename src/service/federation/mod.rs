@@ -1,0 +1,63 @@
+//! Federation, the part built so far: this server's identity towards other servers (keys,
+//! signed requests), finding and reaching them (`client`), their keys (`remote_keys`), and
+//! the queries that need no room protocol (profiles, room aliases). Rooms do not federate
+//! yet. Everything here is inert with `allow_federation = false`: the client refuses before
+//! any connection.
+
+pub mod client;
+pub mod remote_keys;
+
+use ruma::{OwnedRoomId, OwnedServerName, RoomAliasId, UserId};
+use serde_json::Value as JsonValue;
+
+use crate::{Error, Result};
+
+pub use client::FederationClient;
+pub use remote_keys::RemoteKeys;
+
+impl FederationClient {
+    /// `GET /_matrix/federation/v1/query/profile` of a remote user: the profile fields the
+    /// user's server answers (`field` limits them to one).
+    pub async fn query_profile(&self, user_id: &UserId, field: Option<&str>) -> Result<JsonValue> {
+        let path = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("user_id", user_id.as_str());
+            if let Some(field) = field {
+                query.append_pair("field", field);
+            }
+            format!("/_matrix/federation/v1/query/profile?{}", query.finish())
+        };
+        let answer = self.get_json(user_id.server_name(), &path).await?;
+        if !answer.is_object() {
+            return Err(Error::Upstream(format!(
+                "{} answered a profile that is not an object",
+                user_id.server_name()
+            )));
+        }
+        Ok(answer)
+    }
+
+    /// `GET /_matrix/federation/v1/query/directory` of a remote alias: its room and the
+    /// servers that can join it.
+    pub async fn query_directory(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("room_alias", alias.as_str())
+            .finish();
+        let answer = self
+            .get_json(alias.server_name(), &format!("/_matrix/federation/v1/query/directory?{query}"))
+            .await?;
+        let room_id = answer
+            .get("room_id")
+            .and_then(JsonValue::as_str)
+            .and_then(|r| OwnedRoomId::try_from(r).ok())
+            .ok_or_else(|| {
+                Error::Upstream(format!("{} answered no valid room_id for {alias}", alias.server_name()))
+            })?;
+        let servers = answer
+            .get("servers")
+            .and_then(JsonValue::as_array)
+            .map(|list| list.iter().filter_map(|s| s.as_str()?.try_into().ok()).collect())
+            .unwrap_or_default();
+        Ok((room_id, servers))
+    }
+}

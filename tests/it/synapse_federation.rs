@@ -1,0 +1,279 @@
+//! conduit ↔ Synapse (from PyPI, installed by `scripts/test`): both on loopback, each named by
+//! an IP literal with a port, federating over TLS with certificates from a CA the test makes
+//! (Synapse trusts it through `federation_custom_ca_list`, conduit through
+//! `federation_ca_file`; both allow loopback as an outbound address). Synapse fetches
+//! conduit's keys and queries a conduit profile and alias; conduit fetches Synapse's keys
+//! (to check its signed requests, and as a notary) and queries a Synapse profile and alias,
+//! each through the client API a user has.
+
+use std::{process::Stdio, time::Duration};
+
+use conduit::matrix::server_keys::check_key_response;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{Pki, TestServer, free_port},
+    sdk::provided_by_scripts_test,
+};
+
+const V3: &str = "/_matrix/client/v3";
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A Synapse running in a temp dir, stopped (killed) when dropped.
+struct Synapse {
+    child: std::process::Child,
+    name: String,
+    client_base: String,
+    federation_base: String,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Synapse {
+    async fn start(pki: &Pki) -> Self {
+        let python = provided_by_scripts_test("CONDUIT_TEST_SYNAPSE_PYTHON", "a Python with matrix-synapse");
+        let dir = tempfile::tempdir().unwrap();
+        let (fed_port, client_port) = (free_port(), free_port());
+        let name = format!("127.0.0.1:{fed_port}");
+        let (cert, key) = pki.server_cert("127.0.0.1");
+        let d = dir.path();
+        std::fs::write(
+            d.join("log.yaml"),
+            format!(
+                "version: 1\nformatters:\n  f:\n    format: '%(asctime)s %(name)s %(levelname)s %(message)s'\n\
+                 handlers:\n  file:\n    class: logging.FileHandler\n    filename: {}\n    formatter: f\n\
+                 root:\n  level: INFO\n  handlers: [file]\ndisable_existing_loggers: false\n",
+                d.join("synapse.log").display()
+            ),
+        )
+        .unwrap();
+        let config = json!({
+            "server_name": name,
+            "pid_file": d.join("homeserver.pid"),
+            "listeners": [
+                {"port": fed_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": true,
+                 "resources": [{"names": ["federation"], "compress": false}]},
+                {"port": client_port, "bind_addresses": ["127.0.0.1"], "type": "http", "tls": false,
+                 "resources": [{"names": ["client"], "compress": false}]},
+            ],
+            "tls_certificate_path": cert,
+            "tls_private_key_path": key,
+            "federation_custom_ca_list": [pki.ca_path],
+            "federation_verify_certificates": true,
+            "ip_range_whitelist": ["127.0.0.0/8"],
+            "federation_ip_range_blacklist": [],
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": true,
+            "database": {"name": "sqlite3", "args": {"database": d.join("homeserver.db")}},
+            "log_config": d.join("log.yaml"),
+            "media_store_path": d.join("media"),
+            "signing_key_path": d.join("signing.key"),
+            "report_stats": false,
+            "enable_registration": true,
+            "enable_registration_without_verification": true,
+            "macaroon_secret_key": "conduit-test-macaroon",
+            "form_secret": "conduit-test-form",
+            "rc_registration": {"per_second": 1000, "burst_count": 1000},
+            "rc_login": {"address": {"per_second": 1000, "burst_count": 1000}},
+            "rc_message": {"per_second": 1000, "burst_count": 1000},
+        });
+        // JSON is YAML.
+        let config_path = d.join("homeserver.yaml");
+        std::fs::write(&config_path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+        let generated = std::process::Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "--generate-keys", "-c"])
+            .arg(&config_path)
+            .output()
+            .expect("running Synapse to generate its signing key");
+        assert!(
+            generated.status.success(),
+            "Synapse could not generate its keys: {}{}",
+            String::from_utf8_lossy(&generated.stdout),
+            String::from_utf8_lossy(&generated.stderr)
+        );
+        let child = std::process::Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(&config_path)
+            .stdout(Stdio::from(std::fs::File::create(d.join("stdout")).unwrap()))
+            .stderr(Stdio::from(std::fs::File::create(d.join("stderr")).unwrap()))
+            .spawn()
+            .expect("Synapse starts");
+        let mut synapse = Self {
+            child,
+            name,
+            client_base: format!("http://127.0.0.1:{client_port}"),
+            federation_base: format!("https://127.0.0.1:{fed_port}"),
+            dir,
+            http: reqwest::Client::new(),
+        };
+        synapse.wait_until_up().await;
+        synapse
+    }
+
+    fn logs(&self) -> String {
+        // (Synapse's own log, its stderr: what a failure needs.)
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        let log = read("synapse.log");
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        format!(
+            "stderr:\n{}\nlog (last lines):\n{}",
+            read("stderr"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+
+    async fn wait_until_up(&mut self) {
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("Synapse exited ({status}) before answering:\n{}", self.logs());
+            }
+            let url = format!("{}/_matrix/client/versions", self.client_base);
+            if self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("Synapse did not answer within 60 s:\n{}", self.logs());
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.client_base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Register `name` (the dummy stage); answers (user ID, access token).
+    async fn register(&self, name: &str) -> (String, String) {
+        let body =
+            json!({"username": name, "password": "pw-synapse-1234", "auth": {"type": "m.login.dummy"}});
+        let (status, answer) =
+            self.call(reqwest::Method::POST, &format!("{V3}/register"), None, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "registering on Synapse: {answer}\n{}", self.logs());
+        (answer["user_id"].as_str().unwrap().to_owned(), answer["access_token"].as_str().unwrap().to_owned())
+    }
+}
+
+#[tokio::test]
+async fn conduit_and_synapse_fetch_each_others_keys_and_query_profiles_and_aliases() {
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |_| {}).await;
+
+    let alice = conduit.register("alice", "pw-alice-123").await;
+    let (status, body) = conduit
+        .put(
+            &format!("{V3}/profile/{}/displayname", encode(&alice.user_id)),
+            Some(&alice.token),
+            json!({"displayname": "Alice on conduit"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, room) = conduit
+        .post(&format!("{V3}/createRoom"), Some(&alice.token), json!({"room_alias_name": "conduit-lobby"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{room}");
+
+    let (bob, bob_token) = synapse.register("bob").await;
+    let (status, body) = synapse
+        .call(
+            reqwest::Method::PUT,
+            &format!("{V3}/profile/{}/displayname", encode(&bob)),
+            Some(&bob_token),
+            Some(json!({"displayname": "Bob on Synapse"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, synapse_room) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("{V3}/createRoom"),
+            Some(&bob_token),
+            Some(json!({"room_alias_name": "synapse-lobby"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{synapse_room}");
+
+    // Synapse's user asks for conduit's user: Synapse queries conduit (signed), conduit
+    // fetches Synapse's keys to check the signature.
+    let (status, profile) = synapse
+        .call(
+            reqwest::Method::GET,
+            &format!("{V3}/profile/{}", encode(&alice.user_id)),
+            Some(&bob_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{profile}\n{}", synapse.logs());
+    assert_eq!(profile["displayname"], json!("Alice on conduit"), "{profile}");
+    let alias = format!("#conduit-lobby:{}", conduit.name());
+    let (status, found) = synapse
+        .call(
+            reqwest::Method::GET,
+            &format!("{V3}/directory/room/{}", encode(&alias)),
+            Some(&bob_token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &found["room_id"]),
+        (StatusCode::OK, &room["room_id"]),
+        "{found}\n{}",
+        synapse.logs()
+    );
+
+    // Conduit's user asks for Synapse's user and alias: Synapse fetches conduit's keys to
+    // check conduit's signature.
+    let (status, profile) = conduit.get(&format!("{V3}/profile/{}", encode(&bob)), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{profile}\n{}", synapse.logs());
+    assert_eq!(profile["displayname"], json!("Bob on Synapse"), "{profile}");
+    let synapse_alias = format!("#synapse-lobby:{}", synapse.name);
+    let (status, found) =
+        conduit.get(&format!("{V3}/directory/room/{}", encode(&synapse_alias)), Some(&alice.token)).await;
+    assert_eq!((status, &found["room_id"]), (StatusCode::OK, &synapse_room["room_id"]), "{found}");
+
+    // Each holds the other's keys: Synapse as a notary answers conduit's keys (from its
+    // cache, or fetched now), conduit as a notary answers Synapse's, each signed by both.
+    let https = pki.client();
+    let url = format!(
+        "{}/_matrix/key/v2/query/{}?minimum_valid_until_ts=0",
+        synapse.federation_base,
+        conduit.name()
+    );
+    let answer: Value = https.get(&url).send().await.unwrap().json().await.unwrap();
+    let entry = &answer["server_keys"][0];
+    check_key_response(&conduit.name(), entry).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert!(entry["signatures"][&synapse.name].is_object(), "{answer}");
+    let url = format!(
+        "{}/_matrix/key/v2/query/{}?minimum_valid_until_ts=0",
+        conduit.federation_base(),
+        synapse.name
+    );
+    let answer: Value = https.get(&url).send().await.unwrap().json().await.unwrap();
+    let entry = &answer["server_keys"][0];
+    check_key_response(&synapse.name, entry).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert!(entry["signatures"][conduit.name()].is_object(), "{answer}");
+}
