@@ -482,8 +482,11 @@ impl History {
         let from = match (from, direction) {
             (Some(from), _) => from,
             (None, Direction::Reverse) => position(self.stream.committed()),
-            // Before the oldest backfilled event, if any.
-            (None, Direction::Forward) => -position(self.events.last_backfill(room_id)?) - 1,
+            // The room's start: before the oldest backfilled event, if any.
+            (None, Direction::Forward) => match self.events.last_backfill(room_id)? {
+                0 => 0,
+                oldest => -position(oldest) - 1,
+            },
         };
         let window = self.window_by(room_id, from, to, direction, which, limit, may_see)?;
         let state = self.lazy_members_for(&window.events, which.filter, viewer)?;
