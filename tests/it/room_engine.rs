@@ -598,9 +598,13 @@ async fn backfilled_history_sorts_before_a_late_join() {
     let stored = s.services.events.get_any(rita_join).unwrap().unwrap();
     assert_eq!((stored.status, stored.stream, stored.backfill.is_some()), (EventStatus::Accepted, 0, true));
 
-    // Nothing new for sync.
+    // Nothing new for sync, and no notification: Rita's messages in a room of two would
+    // notify Alice if they were live.
     let body = sync(&s, &alice, &format!("since={since}&timeout=0")).await;
     assert!(list(&body["rooms"]["join"][&room]["timeline"]["events"]).is_empty(), "{body}");
+    let (status, body) = s.get(&format!("{V3}/notifications"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(list(&body["notifications"]).is_empty(), "{body}");
 
     // The whole history, backwards then forwards, in pages that cross from the stream into
     // the backfilled positions.
@@ -624,4 +628,50 @@ async fn backfilled_history_sorts_before_a_late_join() {
     drop(timeline);
     let s = s.restart().await;
     assert_eq!(page_through(&s, &alice, &room, "b", 4).await, expected);
+}
+
+/// An event accepted on a fork is live: push rules are evaluated for it (Bob is notified of
+/// Alice's message, in their room of two), and a redaction that arrives on a fork takes
+/// effect on its target, which clients then see redacted.
+#[tokio::test]
+async fn a_live_event_on_a_fork_notifies_and_redacts() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "password-alice").await;
+    let bob = s.register("bob", "password-bob").await;
+    let room = create_room(&s, &alice, json!({ "preset": "public_chat" })).await;
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    let parent = set_state(&s, &alice, &room, "m.room.topic", json!({ "topic": "parent" })).await;
+    let message = send_text(&s, &alice, &room, "t1", "to be redacted").await;
+    let message = OwnedEventId::try_from(message.as_str()).unwrap();
+
+    s.clock.advance_ms(1_000);
+    let ping = conduit::matrix::pdu::EventTemplate::message(
+        "m.room.message",
+        json!({ "msgtype": "m.text", "body": "ping from a fork" }),
+    );
+    let ping = on_fork(&s, &room, &alice.user_id, ping, std::slice::from_ref(&parent)).await;
+    assert_eq!(ping.status, EventStatus::Accepted, "{:?}", ping.reason);
+    let (status, body) = s.get(&format!("{V3}/notifications"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let notified: Vec<Value> =
+        list(&body["notifications"]).iter().map(|n| n["event"]["event_id"].clone()).collect();
+    assert!(notified.contains(&json!(ping.event.pdu.event_id)), "{body}");
+
+    let redaction = conduit::matrix::pdu::EventTemplate {
+        kind: "m.room.redaction".into(),
+        content: json!({ "reason": "from a fork" }),
+        state_key: None,
+        redacts: Some(message.clone()),
+        origin_server_ts: None,
+    };
+    let redaction = on_fork(&s, &room, &alice.user_id, redaction, std::slice::from_ref(&parent)).await;
+    assert_eq!(redaction.status, EventStatus::Accepted, "{:?}", redaction.reason);
+    let (status, body) = s.get(&format!("{V3}/rooms/{room}/event/{message}"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["content"], json!({}), "{body}");
+    assert_eq!(
+        body["unsigned"]["redacted_because"]["event_id"],
+        json!(redaction.event.pdu.event_id),
+        "{body}"
+    );
 }

@@ -9,7 +9,10 @@
 //! - *advance the room's head*: the forward extremities lose the event's `prev_events` and
 //!   gain the event; the new current state is the resolution of the extremities' states,
 //!   applied to the current state rows, the membership indexes and the caches as a delta of
-//!   puts and deletes, so a member event on a losing fork changes nobody's membership.
+//!   puts and deletes, so a member event on a losing fork changes nobody's membership. The
+//!   event is live: push rules are evaluated for it against the state before it, and a
+//!   redaction takes effect on its target (when this server has it) by the power levels
+//!   there.
 //!
 //! Local sends keep their own path (`Timeline::append`): they always cite every extremity,
 //! so their state before is the current state, which is by construction the resolution of
@@ -682,6 +685,33 @@ impl Timeline {
         self.states.set_current_in(&mut batch, room_id, &puts)?;
         self.states.remove_current_in(&mut batch, room_id, &removed);
 
+        // The event is live (backfilled history never comes here): push rules are evaluated
+        // for the room's members against the state before it, and a redaction takes effect on
+        // its target by the power levels there.
+        let state_before = self.states.state_of_group(before_group)?;
+        let power = match state_before.contains_key(&(StateEventType::RoomCreate, String::new())) {
+            true => Some(self.power_levels_in(rules, &state_before)?),
+            false => None,
+        };
+        let notified = match &power {
+            Some(power) => {
+                let roster = self.members.roster(room_id)?;
+                self.notifications.evaluate(&pdu, &state_before, power.clone(), &roster)?
+            }
+            None => Vec::new(),
+        };
+        let redacted = match (&pdu.redacts, &power) {
+            (Some(target_id), Some(power)) if pdu.kind == TimelineEventType::RoomRedaction => {
+                match self.events.get(target_id)? {
+                    Some(target) if target.pdu.room_id == room_id && target.status.is_accepted() => {
+                        super::redacted_target(rules, &target, &pdu, power)?
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+
         let reservation = self.stream.reserve_owned()?;
         let event = Arc::new(StoredEvent {
             pdu,
@@ -749,12 +779,28 @@ impl Timeline {
                 moved.push((user_id, "leave".to_owned()));
             }
         }
+        if let Some(redacted) = &redacted {
+            self.events.replace_in(&mut batch, redacted)?;
+            self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
+        }
+        let notified_users: Vec<OwnedUserId> = notified.iter().map(|n| n.user_id.clone()).collect();
+        // A member who left with this event has their counts in the room dropped.
+        let left = moved
+            .iter()
+            .find(|(user, membership)| {
+                matches!(membership.as_str(), "leave" | "ban")
+                    && event.pdu.state_key.as_deref() == Some(user.as_str())
+            })
+            .map(|(user, _)| user.clone());
+        let counted = self.notifications.put_in(&mut batch, &event, notified, left.as_deref())?;
         let depth = room.depth.max(u64::from(event.pdu.depth));
         let record = RoomRecord { forward_extremities: extremities, depth, state_group: head_group, ..room };
         self.states.put_room_in(&mut batch, room_id, &record)?;
         self.store.write_buffered(batch)?;
 
-        self.events.committed([Arc::clone(&event)]);
+        self.notifications.counted(counted);
+        self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
+        self.push.notified(notified_users.iter().map(AsRef::as_ref));
         if let Some(chain) = chain {
             self.auth_chains.committed(&event.pdu.event_id, chain);
         }
