@@ -118,7 +118,7 @@ async fn a_fork_merges_into_the_head() {
 /// invite-only. Resolution applies the join rule first and then rejects Dave's join against
 /// it, so the head has no member event for Dave: he is removed from the members (the
 /// membership index follows the resolved state, not the last event appended), cannot send,
-/// and his rooms no longer list it. An event of Dave's on his own fork then passes against
+/// his rooms no longer list it, and his sync shows the room left. An event of Dave's on his own fork then passes against
 /// the state before it but not the current state (soft-failed), and one from before his join
 /// is rejected; neither is visible.
 #[tokio::test]
@@ -133,6 +133,7 @@ async fn a_join_rule_change_on_a_fork_undoes_a_join() {
     assert_eq!(joined(&s, &alice, &room).await.len(), 2);
     let dave_join = extremities(&s, &room).remove(0);
     let since = sync(&s, &alice, "timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let dave_since = sync(&s, &dave, "timeout=0").await["next_batch"].as_str().unwrap().to_owned();
 
     // Both join rules (the room's first, and the fork's) are power events of the creator: the
     // reverse topological power ordering falls back to `origin_server_ts`, and the later one
@@ -166,6 +167,18 @@ async fn a_join_rule_change_on_a_fork_undoes_a_join() {
     let (status, body) = s.get(&format!("{V3}/joined_rooms"), Some(&dave.token)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!list(&body["joined_rooms"]).contains(&json!(room)), "{body}");
+    // Dave's sync tells his client he is out: the room is under `leave`, with the join rule
+    // that reset his membership in its state (the event itself sits on a fork from before
+    // his join, which he may not see in the timeline).
+    let body = sync(&s, &dave, &format!("since={dave_since}&timeout=0")).await;
+    assert!(body["rooms"]["join"][&room].is_null(), "{body}");
+    let left = &body["rooms"]["leave"][&room];
+    let shown: Vec<Value> = list(&left["state"]["events"])
+        .into_iter()
+        .chain(list(&left["timeline"]["events"]))
+        .map(|e| e["event_id"].clone())
+        .collect();
+    assert!(shown.contains(&json!(rule.event.pdu.event_id)), "{body}");
 
     // Alice's sync carries the join rule, and its state after the timeline (MSC4222) is the
     // resolved head.

@@ -774,9 +774,17 @@ impl Timeline {
             if *kind == StateEventType::RoomMember
                 && let Ok(user_id) = UserId::parse(state_key.as_str())
             {
-                self.members.remove_in(&mut batch, room_id, &user_id);
-                // No member event at all: neither joined nor invited.
-                moved.push((user_id, "leave".to_owned()));
+                // No member event at all (a state reset): neither joined nor invited. The row
+                // says `leave` at this event, so the member's sync shows the room left.
+                let row = MembershipRecord {
+                    membership: "leave".to_owned(),
+                    event_id: event.pdu.event_id.clone(),
+                    stream: event.stream,
+                    forgotten: false,
+                    joined_at: None,
+                };
+                self.members.set_in(&mut batch, room_id, &user_id, &row)?;
+                moved.push((user_id, row.membership));
             }
         }
         if let Some(redacted) = &redacted {
