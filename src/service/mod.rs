@@ -173,7 +173,11 @@ impl Services {
             Duration::from_secs(config.refreshable_access_token_lifetime_secs),
         ));
         let (state_cache, event_cache, roster_cache) = config.cache_budgets();
-        let events = Arc::new(rooms::events::Events::new(&store, event_cache));
+        // Auth chains take an eighth of the events' share.
+        let chain_cache = event_cache / 8;
+        let events = Arc::new(rooms::events::Events::new(&store, event_cache - chain_cache));
+        let auth_chains =
+            Arc::new(rooms::auth_chains::AuthChains::new(&store, Arc::clone(&events), chain_cache));
         let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
         let keys = Arc::new(keys::Keys::new(&store, Arc::clone(&stream)));
         let queue_limits = to_device::QueueLimits {
@@ -373,6 +377,7 @@ impl Services {
             Arc::clone(&server_keys),
             Arc::clone(&stream),
             Arc::clone(&events),
+            Arc::clone(&auth_chains),
             Arc::clone(&room_states),
             Arc::clone(&memberships),
             Arc::clone(&relations),

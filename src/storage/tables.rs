@@ -72,6 +72,14 @@ catalogue! {
     PDUS = "pdus", key "event_id": OwnedEventId => PduRecord, version 1;
     /// A room's events in stream order: history paging scans a room prefix.
     TIMELINE = "timeline", key "room_id, stream": (OwnedRoomId, u64) => OwnedEventId, version 1;
+    /// Events fetched backwards from other servers (history older than anything the room
+    /// had here), by backfill position: 1 is the newest such event, higher ones are older.
+    /// `/messages` reads them after the room's `timeline`, as the positions below 0.
+    BACKFILL = "backfill", key "room_id, backfill": (OwnedRoomId, u64) => OwnedEventId, version 1;
+    /// The auth chain of state events (and of other events given to the room engine): every
+    /// event reachable through `auth_events`, the event itself not included. Written once the
+    /// whole chain is stored; missing rows are computed from the auth events' chains.
+    AUTH_CHAINS = "auth_chains", key "event_id": OwnedEventId => Vec<OwnedEventId>, version 1;
     /// The global stream: every event in the order it was accepted; sync tokens are positions.
     STREAM = "stream", key "stream": u64 => StreamRecord, version 1;
     /// Room state as deduplicated deltas: a group is its parent plus a few changes, with a
@@ -548,6 +556,10 @@ pub struct PduRecord {
     /// that is not `state_before` (an event on a fork, whose own state is its fork's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_before: Option<u64>,
+    /// For an event fetched backwards from another server, its backfill position (see the
+    /// `backfill` table); its `stream` is then 0: it never entered the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<u64>,
 }
 
 /// Where an event stands in the room graph (the spec's checks on receipt of a PDU).

@@ -91,7 +91,7 @@ fn filter_param(params: &Params) -> Result<RoomEventFilter> {
     }
 }
 
-fn token(params: &Params, key: &str) -> Result<Option<u64>> {
+fn token(params: &Params, key: &str) -> Result<Option<i64>> {
     params
         .str(key)
         .map(|t| {

@@ -10,7 +10,7 @@ use ruma::{
 
 use super::{
     delayed_events::{SendAnswer, delay_param},
-    json_body, parse_stream_token,
+    json_body, parse_position_token,
 };
 use crate::{
     Error, Result,
@@ -84,8 +84,8 @@ pub async fn get_message_events(
         ApiDirection::Forward => Direction::Forward,
         _ => Direction::Reverse,
     };
-    let from = body.from.as_deref().map(parse_stream_token).transpose()?;
-    let to = body.to.as_deref().map(parse_stream_token).transpose()?;
+    let from = body.from.as_deref().map(parse_position_token).transpose()?;
+    let to = body.to.as_deref().map(parse_position_token).transpose()?;
     let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
     let page = services.history.messages(viewer, &body.room_id, from, to, direction, limit, &body.filter)?;
     let mut response = get_message_events::v3::Response::new();

@@ -78,6 +78,16 @@ fn parse_stream_token(token: &str) -> Result<u64> {
         .map_err(|_| Error::invalid_param(format!("Invalid stream token {token:?}")))
 }
 
+/// A token of a room's history as `/messages` takes it: a stream position, or below the
+/// stream's start a backfilled event's (negative) position, `s<position>` or a bare number.
+fn parse_position_token(token: &str) -> Result<i64> {
+    token
+        .strip_prefix('s')
+        .unwrap_or(token)
+        .parse()
+        .map_err(|_| Error::invalid_param(format!("Invalid stream token {token:?}")))
+}
+
 /// Endpoints declared with optional auth (so a password reset by email could work without a
 /// token) still need a user here, since that reset path is not offered.
 fn required(identity: Option<Caller>) -> Result<Caller> {

@@ -263,7 +263,8 @@ impl RoomActions {
         if !self.can_peek(room_id, user_id)? {
             return Err(not_found());
         }
-        let event = self.events.get(event_id)?.ok_or_else(not_found)?;
+        // An outlier has no place in the history to be seen at.
+        let event = self.events.get(event_id)?.filter(|e| e.status.is_accepted()).ok_or_else(not_found)?;
         if event.pdu.room_id != room_id || !self.visibility.may_see_event(user_id, &event)? {
             return Err(not_found());
         }
@@ -275,7 +276,7 @@ impl RoomActions {
     /// answer, so it tells a stranger nothing about which events exist.
     pub fn event_by_id(&self, user_id: &UserId, event_id: &EventId) -> Result<Arc<StoredEvent>> {
         let not_found = || Error::not_found("Event not found");
-        let event = self.events.get(event_id)?.ok_or_else(not_found)?;
+        let event = self.events.get(event_id)?.filter(|e| e.status.is_accepted()).ok_or_else(not_found)?;
         if !self.can_peek(&event.pdu.room_id, user_id)? || !self.visibility.may_see_event(user_id, &event)? {
             return Err(not_found());
         }

@@ -1,7 +1,14 @@
 //! Accepted events: storage by ID, each room's timeline (by position and by timestamp),
 //! each room's latest position and bump stamp, and the global stream that orders every event
-//! the server accepts. Owns the `pdus`, `timeline`, `stream`, `room_timestamps` and
-//! `room_bumps` tables.
+//! the server accepts. Owns the `pdus`, `timeline`, `backfill`, `stream`, `room_timestamps`
+//! and `room_bumps` tables.
+//!
+//! A room's history is ordered by *position*, a signed number: an event that entered the
+//! stream sits at its stream position (1 and up); an event fetched backwards from another
+//! server (backfilled: older than anything the room had here) sits at minus its backfill
+//! position, which counts down from -1 as history is fetched further back. Backfilled events
+//! never enter the stream, so sync never announces them, and `/messages` paging backwards
+//! reaches them after the room's first stream position.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,8 +31,8 @@ use crate::{
         codec::KeyCodec,
         kv::KeyRange,
         tables::{
-            EventStatus, PDUS, PduRecord, ROOM_BUMPS, ROOM_TIMESTAMPS, STREAM, StreamRecord, TIMELINE,
-            TxnOrigin,
+            BACKFILL, EventStatus, PDUS, PduRecord, ROOM_BUMPS, ROOM_TIMESTAMPS, STREAM, StreamRecord,
+            TIMELINE, TxnOrigin,
         },
     },
 };
@@ -61,9 +68,20 @@ pub struct StoredEvent {
     /// The room's current state group just before it took its position, when that differs
     /// from `state_before` (it sits on a fork); see [`StoredEvent::head_before`].
     pub head_before: Option<u64>,
+    /// For a backfilled event, its backfill position (its `stream` is then 0).
+    pub backfill: Option<u64>,
 }
 
 impl StoredEvent {
+    /// The event's place in its room's history (see the module's documentation): its stream
+    /// position, or minus its backfill position.
+    pub fn position(&self) -> i64 {
+        match self.backfill {
+            Some(backfill) => i64::try_from(backfill).map_or(i64::MIN, |b| -b),
+            None => i64::try_from(self.stream).unwrap_or(i64::MAX),
+        }
+    }
+
     /// The room's current state just before this event in stream order: what a client that
     /// synced up to the previous position holds.
     pub fn head_before(&self) -> u64 {
@@ -74,6 +92,7 @@ impl StoredEvent {
 pub struct Events {
     pdus: Table<OwnedEventId, PduRecord>,
     timeline: Table<(OwnedRoomId, u64), OwnedEventId>,
+    backfill: Table<(OwnedRoomId, u64), OwnedEventId>,
     stream: Table<u64, StreamRecord>,
     timestamps: Table<(OwnedRoomId, u64, u64), OwnedEventId>,
     bumps: Table<OwnedRoomId, u64>,
@@ -95,6 +114,7 @@ impl Events {
         Self {
             pdus: PDUS.open(store),
             timeline: TIMELINE.open(store),
+            backfill: BACKFILL.open(store),
             stream: STREAM.open(store),
             timestamps: ROOM_TIMESTAMPS.open(store),
             bumps: ROOM_BUMPS.open(store),
@@ -104,9 +124,13 @@ impl Events {
         }
     }
 
-    /// An accepted event, if this server has it.
+    /// An accepted event or an outlier (an event known as another's auth event or as part
+    /// of a state fetched from another server), if this server has it: the events a room's
+    /// state may name. Rejected and soft-failed events are left out.
     pub fn get(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>> {
-        Ok(self.get_any(event_id)?.filter(|e| e.status.is_accepted()))
+        Ok(self
+            .get_any(event_id)?
+            .filter(|e| matches!(e.status, EventStatus::Accepted | EventStatus::Outlier)))
     }
 
     /// An event this server stored, whatever its status (rejected, soft-failed, outlier):
@@ -149,6 +173,108 @@ impl Events {
             self.bumps.put(batch, &event.pdu.room_id, &event.stream)?;
         }
         Ok(())
+    }
+
+    /// Queue a backfilled event's rows: the event and its backfill position (see the module's
+    /// documentation). It takes no stream position.
+    pub fn put_backfilled_in(&self, batch: &mut WriteBatch, event: &StoredEvent) -> Result<()> {
+        let backfill =
+            event.backfill.ok_or_else(|| Error::internal("a backfilled event needs a backfill position"))?;
+        self.pdus.put(batch, &event.pdu.event_id, &encode(event)?)?;
+        self.backfill.put(batch, &(event.pdu.room_id.clone(), backfill), &event.pdu.event_id)?;
+        Ok(())
+    }
+
+    /// The room's highest backfill position (its oldest backfilled event), 0 if none.
+    pub fn last_backfill(&self, room_id: &RoomId) -> Result<u64> {
+        let room = room_id.to_owned();
+        Ok(match self.backfill.scan(KeyRange::prefix(room.to_key_bytes()), Direction::Reverse)?.next() {
+            Some(row) => row?.0.1,
+            None => 0,
+        })
+    }
+
+    /// A room's events by position (see the module's documentation), from `from` (exclusive;
+    /// none: the newest, or the oldest going forwards) in `direction`, stopping at `until`
+    /// as [`Self::room_events_until`] does, at most `limit`: the stream's events, then
+    /// backwards the backfilled ones; forwards the other way round.
+    pub fn room_events_by_position(
+        &self,
+        room_id: &RoomId,
+        from: Option<i64>,
+        until: Option<i64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>> {
+        // Stream positions are the positive positions; backfill position `b` is `-b`.
+        let live = |p: i64| u64::try_from(p).unwrap_or(0);
+        let back = |p: i64| p.checked_neg().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        let mut events = Vec::new();
+        match direction {
+            Direction::Reverse => {
+                // Positions below `from`, above `until`: first those of the stream ...
+                if from.is_none_or(|f| f > 1) {
+                    let live_until = until.filter(|u| *u > 0).map(live);
+                    events = self.room_events_until(room_id, from.map(live), live_until, direction, limit)?;
+                }
+                // ... then the backfilled ones, newest first.
+                if events.len() < limit && until.is_none_or(|u| u < -1) {
+                    let above = from.filter(|f| *f < 0).map_or(0, back);
+                    let below = until.map(back);
+                    let rest = limit - events.len();
+                    events.extend(self.backfilled(room_id, above, below, Direction::Forward, rest)?);
+                }
+            }
+            Direction::Forward => {
+                // Positions above `from`, at or below `until`: first the backfilled ones,
+                // oldest first ...
+                if from.is_none_or(|f| f < -1) {
+                    let lowest = until.filter(|u| *u < 0).map_or(1, back);
+                    let below = from.map(back);
+                    events = self.backfilled(room_id, lowest - 1, below, Direction::Reverse, limit)?;
+                }
+                // ... then those of the stream.
+                if events.len() < limit && until.is_none_or(|u| u > 0) {
+                    let start = from.map(|f| live(f.max(0)));
+                    let rest = limit - events.len();
+                    events.extend(self.room_events_until(
+                        room_id,
+                        start,
+                        until.map(live),
+                        direction,
+                        rest,
+                    )?);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    /// A room's backfilled events with backfill positions above `above` and below `below`
+    /// (none: no bound), in `direction` of backfill position (forward: newest first).
+    fn backfilled(
+        &self,
+        room_id: &RoomId,
+        above: u64,
+        below: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>> {
+        let room = room_id.to_owned();
+        let mut range = KeyRange::prefix(room.to_key_bytes());
+        range.start = std::ops::Bound::Excluded((room.clone(), above).to_key_bytes());
+        if let Some(below) = below {
+            range.end = std::ops::Bound::Excluded((room.clone(), below).to_key_bytes());
+        }
+        let mut events = Vec::new();
+        for row in self.backfill.scan(range, direction)?.take(limit) {
+            let (_, event_id) = row?;
+            let event = self
+                .get(&event_id)?
+                .ok_or_else(|| Error::internal(format!("backfill names missing {event_id}")))?;
+            events.push(event);
+        }
+        Ok(events)
     }
 
     /// Queue an event that takes no place in the timeline or the stream (rejected,
@@ -355,6 +481,10 @@ impl Events {
         if !keep_event {
             self.pdus.delete(batch, &event.pdu.event_id);
         }
+        if let Some(backfill) = event.backfill {
+            self.backfill.delete(batch, &(room, backfill));
+            return;
+        }
         self.timeline.delete(batch, &(room.clone(), event.stream));
         self.stream.delete(batch, &event.stream);
         let ts = u64::from(event.pdu.origin_server_ts.get());
@@ -368,6 +498,7 @@ impl Events {
         self.bumps.delete(batch, &room);
         self.timestamps.delete_prefix(batch, &room)?;
         self.timeline.delete_prefix(batch, &room)?;
+        self.backfill.delete_prefix(batch, &room)?;
         Ok(())
     }
 
@@ -409,6 +540,7 @@ fn encode(event: &StoredEvent) -> Result<PduRecord> {
         status: event.status,
         state_after: event.state_after,
         head_before: event.head_before,
+        backfill: event.backfill,
     })
 }
 
@@ -423,6 +555,7 @@ fn decode(record: PduRecord) -> Result<StoredEvent> {
         status: record.status,
         state_after: record.state_after,
         head_before: record.head_before,
+        backfill: record.backfill,
     })
 }
 

@@ -3,8 +3,11 @@
 //! lazy-loaded members; and the endpoints built on them (`/messages`, `/context`,
 //! `/timestamp_to_event`). Sync reads timelines through here too.
 //!
-//! Tokens name a point between stream positions: token `t` lies after position `t`, so a
-//! backward read from `t` starts at `t` itself and a forward read at `t + 1`.
+//! Tokens name a point between positions: token `t` lies after position `t`, so a backward
+//! read from `t` starts at `t` itself and a forward read at `t + 1`. Positions are stream
+//! positions, and below them (as negative numbers) the positions of history backfilled from
+//! other servers (see `events`): `/messages` and `/context` page through both; sync's windows
+//! stay within the stream.
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -29,7 +32,7 @@ use crate::{
     Error, Result,
     matrix::filter,
     service::{account_data::AccountData, stream::Stream},
-    storage::Direction,
+    storage::{Direction, tables::EventStatus},
 };
 
 /// Rows read per storage scan while filling a window.
@@ -53,26 +56,33 @@ pub struct Window {
     pub next: u64,
 }
 
+/// Events read from a room by position, backfilled history included.
+struct PositionWindow {
+    events: Vec<Arc<StoredEvent>>,
+    more: bool,
+    next: i64,
+}
+
 /// A page of `/messages`.
 pub struct MessagesPage {
-    pub start: u64,
-    pub end: Option<u64>,
+    pub start: i64,
+    pub end: Option<i64>,
     pub chunk: Vec<Box<RawJsonValue>>,
     pub state: Vec<Box<RawJsonValue>>,
 }
 
 /// Where a page of `/messages` starts and ends, which way it goes, and its size.
 struct Page {
-    from: Option<u64>,
-    to: Option<u64>,
+    from: Option<i64>,
+    to: Option<i64>,
     direction: Direction,
     limit: usize,
 }
 
 /// The answer of `/context`.
 pub struct ContextPage {
-    pub start: u64,
-    pub end: u64,
+    pub start: i64,
+    pub end: i64,
     pub before: Vec<Box<RawJsonValue>>,
     pub event: Box<RawJsonValue>,
     pub after: Vec<Box<RawJsonValue>>,
@@ -227,11 +237,12 @@ impl History {
         }
     }
 
-    /// An event of this room, or `M_NOT_FOUND` (also for an event of another room).
+    /// An event of this room's history, or `M_NOT_FOUND` (also for an event of another room,
+    /// or an outlier, which has no place in the history).
     fn event_in(&self, room_id: &RoomId, event_id: &EventId) -> Result<Arc<StoredEvent>> {
         self.events
             .get(event_id)?
-            .filter(|e| e.pdu.room_id == room_id)
+            .filter(|e| e.pdu.room_id == room_id && e.status == EventStatus::Accepted)
             .ok_or_else(|| Error::not_found("Event not found"))
     }
 
@@ -274,24 +285,32 @@ impl History {
         which: &WindowFilter<'_>,
         limit: usize,
     ) -> Result<Window> {
-        self.window_by(room_id, from, stop, direction, which, limit, &|event| {
-            self.visibility.may_see_event(user_id, event)
-        })
+        // Within the stream: backward, at the stream's start (token 0); backfilled history
+        // is for `/messages` to page into.
+        let stop = match direction {
+            Direction::Reverse => Some(stop.unwrap_or(0)),
+            Direction::Forward => stop,
+        };
+        let window =
+            self.window_by(room_id, position(from), stop.map(position), direction, which, limit, &|event| {
+                self.visibility.may_see_event(user_id, event)
+            })?;
+        Ok(Window { events: window.events, more: window.more, next: u64::try_from(window.next).unwrap_or(0) })
     }
 
-    /// As `window`, with `may_see` deciding which events the reader may see (every one, for
-    /// a server admin).
+    /// As `window`, by position (backfilled history included), with `may_see` deciding which
+    /// events the reader may see (every one, for a server admin).
     #[allow(clippy::too_many_arguments)]
     fn window_by(
         &self,
         room_id: &RoomId,
-        from: u64,
-        stop: Option<u64>,
+        from: i64,
+        stop: Option<i64>,
         direction: Direction,
         which: &WindowFilter<'_>,
         limit: usize,
         may_see: &dyn Fn(&StoredEvent) -> Result<bool>,
-    ) -> Result<Window> {
+    ) -> Result<PositionWindow> {
         let budget = limit.saturating_mul(20).saturating_add(200);
         let mut picked = Vec::new();
         let mut examined = 0;
@@ -301,33 +320,35 @@ impl History {
         };
         let mut next = from;
         loop {
-            let rows = self.events.room_events_until(room_id, Some(cursor), stop, direction, SCAN_CHUNK)?;
+            let rows =
+                self.events.room_events_by_position(room_id, Some(cursor), stop, direction, SCAN_CHUNK)?;
             if rows.is_empty() {
-                return Ok(Window { events: picked, more: false, next });
+                return Ok(PositionWindow { events: picked, more: false, next });
             }
             for event in rows {
+                let at = event.position();
                 let beyond = match (direction, stop) {
-                    (Direction::Reverse, Some(stop)) => event.stream <= stop,
-                    (Direction::Forward, Some(stop)) => event.stream > stop,
+                    (Direction::Reverse, Some(stop)) => at <= stop,
+                    (Direction::Forward, Some(stop)) => at > stop,
                     (_, None) => false,
                 };
                 if beyond {
-                    return Ok(Window { events: picked, more: false, next });
+                    return Ok(PositionWindow { events: picked, more: false, next });
                 }
                 if examined >= budget {
                     // Unknown: the next page will tell.
-                    return Ok(Window { events: picked, more: true, next });
+                    return Ok(PositionWindow { events: picked, more: true, next });
                 }
                 examined += 1;
                 let wanted = self.admits(which, &event) && may_see(&event)?;
                 if wanted && picked.len() >= limit {
                     // An event the window leaves out, so `more` is known, not guessed.
-                    return Ok(Window { events: picked, more: true, next });
+                    return Ok(PositionWindow { events: picked, more: true, next });
                 }
-                cursor = event.stream;
+                cursor = at;
                 next = match direction {
-                    Direction::Reverse => event.stream - 1,
-                    Direction::Forward => event.stream,
+                    Direction::Reverse => at - 1,
+                    Direction::Forward => at,
                 };
                 if wanted {
                     picked.push(event);
@@ -429,8 +450,8 @@ impl History {
         &self,
         viewer: Viewer<'_>,
         room_id: &RoomId,
-        from: Option<u64>,
-        to: Option<u64>,
+        from: Option<i64>,
+        to: Option<i64>,
         direction: Direction,
         limit: usize,
         room_filter: &RoomEventFilter,
@@ -458,10 +479,15 @@ impl History {
     ) -> Result<MessagesPage> {
         let Page { from, to, direction, limit } = page;
         let limit = limit.clamp(1, MAX_LIMIT);
-        let from = from.unwrap_or(match direction {
-            Direction::Reverse => self.stream.committed(),
-            Direction::Forward => 0,
-        });
+        let from = match (from, direction) {
+            (Some(from), _) => from,
+            (None, Direction::Reverse) => position(self.stream.committed()),
+            // The room's start: before the oldest backfilled event, if any.
+            (None, Direction::Forward) => match self.events.last_backfill(room_id)? {
+                0 => 0,
+                oldest => -position(oldest) - 1,
+            },
+        };
         let window = self.window_by(room_id, from, to, direction, which, limit, may_see)?;
         let state = self.lazy_members_for(&window.events, which.filter, viewer)?;
         // Backward, `end` is left out once nothing is left (the room's start, or history the
@@ -488,7 +514,7 @@ impl History {
             return Ok(Vec::new());
         }
         let senders: BTreeSet<OwnedUserId> = events.iter().map(|e| e.pdu.sender.clone()).collect();
-        let earliest = events.iter().min_by_key(|e| e.stream).expect("events is not empty");
+        let earliest = events.iter().min_by_key(|e| e.position()).expect("events is not empty");
         let state = self.state_before(earliest)?;
         let mut members = Vec::new();
         for sender in &senders {
@@ -520,29 +546,11 @@ impl History {
         let limit = limit.min(MAX_LIMIT);
         let ignored = self.ignored_users(user_id)?;
         let which = WindowFilter { filter: room_filter, ignored: &ignored };
-        let before_limit = limit / 2;
-        let after_limit = limit - before_limit;
-        let before = if before_limit == 0 {
-            Window { events: Vec::new(), more: true, next: event.stream - 1 }
-        } else {
-            self.window(user_id, room_id, event.stream - 1, None, Direction::Reverse, &which, before_limit)?
-        };
-        let after = if after_limit == 0 {
-            Window { events: Vec::new(), more: true, next: event.stream }
-        } else {
-            self.window(
-                user_id,
-                room_id,
-                event.stream,
-                Some(self.stream.committed()),
-                Direction::Forward,
-                &which,
-                after_limit,
-            )?
-        };
+        let may_see = |e: &StoredEvent| self.visibility.may_see_event(user_id, e);
+        let (before, after) = self.around(room_id, &event, &which, limit, &may_see)?;
         // The state at the last event returned.
         let last = after.events.last().unwrap_or(&event);
-        let state_map = self.state_at(room_id, last.stream)?;
+        let state_map = self.state_after_event(room_id, last)?;
         let mut around: Vec<Arc<StoredEvent>> = before.events.clone();
         around.push(Arc::clone(&event));
         around.extend(after.events.iter().cloned());
@@ -566,8 +574,8 @@ impl History {
         &self,
         viewer: Viewer<'_>,
         room_id: &RoomId,
-        from: Option<u64>,
-        to: Option<u64>,
+        from: Option<i64>,
+        to: Option<i64>,
         direction: Direction,
         limit: usize,
         room_filter: &RoomEventFilter,
@@ -596,21 +604,9 @@ impl History {
         let ignored = HashSet::new();
         let which = WindowFilter { filter: room_filter, ignored: &ignored };
         let all = |_: &StoredEvent| -> Result<bool> { Ok(true) };
-        let before_limit = limit / 2;
-        let after_limit = limit - before_limit;
-        let before = if before_limit == 0 {
-            Window { events: Vec::new(), more: true, next: event.stream - 1 }
-        } else {
-            self.window_by(room_id, event.stream - 1, None, Direction::Reverse, &which, before_limit, &all)?
-        };
-        let after = if after_limit == 0 {
-            Window { events: Vec::new(), more: true, next: event.stream }
-        } else {
-            let upto = Some(self.stream.committed());
-            self.window_by(room_id, event.stream, upto, Direction::Forward, &which, after_limit, &all)?
-        };
+        let (before, after) = self.around(room_id, &event, &which, limit, &all)?;
         let last = after.events.last().unwrap_or(&event);
-        let state_map = self.state_at(room_id, last.stream)?;
+        let state_map = self.state_after_event(room_id, last)?;
         let mut around: Vec<Arc<StoredEvent>> = before.events.clone();
         around.push(Arc::clone(&event));
         around.extend(after.events.iter().cloned());
@@ -624,6 +620,41 @@ impl History {
             after: self.renderer.raw_all(viewer, &after.events, Rendering::CLIENT)?,
             state: self.renderer.raw_all(viewer, &state, Rendering::CLIENT)?,
         })
+    }
+
+    /// The windows before and after `event` for `/context`, half of `limit` each.
+    fn around(
+        &self,
+        room_id: &RoomId,
+        event: &StoredEvent,
+        which: &WindowFilter<'_>,
+        limit: usize,
+        may_see: &dyn Fn(&StoredEvent) -> Result<bool>,
+    ) -> Result<(PositionWindow, PositionWindow)> {
+        let at = event.position();
+        let before_limit = limit / 2;
+        let after_limit = limit - before_limit;
+        let before = if before_limit == 0 {
+            PositionWindow { events: Vec::new(), more: true, next: at - 1 }
+        } else {
+            self.window_by(room_id, at - 1, None, Direction::Reverse, which, before_limit, may_see)?
+        };
+        let after = if after_limit == 0 {
+            PositionWindow { events: Vec::new(), more: true, next: at }
+        } else {
+            let upto = Some(position(self.stream.committed()));
+            self.window_by(room_id, at, upto, Direction::Forward, which, after_limit, may_see)?
+        };
+        Ok((before, after))
+    }
+
+    /// The room's state after `event`, as clients are shown it around the event: the room's
+    /// state after everything up to its stream position, or for a backfilled event its own.
+    fn state_after_event(&self, room_id: &RoomId, event: &StoredEvent) -> Result<Arc<StateMap>> {
+        match event.backfill {
+            Some(_) => self.states.state_of_group(event.state_after.unwrap_or(event.state_before)),
+            None => self.state_at(room_id, event.stream),
+        }
     }
 
     /// Whether the room is known here (a purged room is not, though its members may still
@@ -666,4 +697,9 @@ impl History {
             };
         }
     }
+}
+
+/// A stream position as a position of the room's history.
+fn position(stream: u64) -> i64 {
+    i64::try_from(stream).unwrap_or(i64::MAX)
 }

@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod admin;
 pub mod aliases;
+pub mod auth_chains;
 pub mod blocked;
 pub mod create;
 pub mod delayed;

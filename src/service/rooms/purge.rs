@@ -128,7 +128,9 @@ impl RoomPurge {
         let mut groups = HashSet::new();
         let mut removed = 0u64;
         loop {
-            let events = self.events.room_events(room_id, None, Direction::Forward, CHUNK)?;
+            // Backfilled history first, then the stream's events.
+            let events =
+                self.events.room_events_by_position(room_id, None, None, Direction::Forward, CHUNK)?;
             if events.is_empty() {
                 break;
             }
@@ -136,6 +138,7 @@ impl RoomPurge {
             let ids: Vec<OwnedEventId> = events.iter().map(|e| e.pdu.event_id.clone()).collect();
             for event in &events {
                 groups.insert(event.state_before);
+                groups.extend(event.state_after);
                 self.events.purge_event_in(&mut batch, event, kept_events.contains(&event.pdu.event_id));
             }
             self.relations.purge_room_in(&mut batch, room_id, &ids)?;

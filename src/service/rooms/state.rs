@@ -47,11 +47,17 @@ pub type StateKey = (StateEventType, String);
 /// state after a change in a big room is not a copy of its member list.
 pub type StateMap = imbl::HashMap<StateKey, OwnedEventId>;
 
+/// Memory for the chain lengths of recently made groups.
+const CHAIN_LENS_BYTES: usize = 256 * 1024;
+
 pub struct RoomStates {
     rooms: Table<OwnedRoomId, RoomRecord>,
     groups: Table<u64, StateGroupRecord>,
     room_state: Table<(OwnedRoomId, String, String), OwnedEventId>,
     group_cache: BoundedCache<u64, Arc<StateMap>>,
+    /// The delta chain length of groups made by this process, so a group can be made on a
+    /// parent queued in the same batch (not readable from the table yet).
+    chain_lens: BoundedCache<u64, u32>,
     last_group: AtomicU64,
 }
 
@@ -73,6 +79,7 @@ impl RoomStates {
             groups,
             room_state: ROOM_STATE.open(store),
             group_cache: BoundedCache::new(cache_bytes, state_weight),
+            chain_lens: BoundedCache::new(CHAIN_LENS_BYTES, |_| 32),
             last_group: AtomicU64::new(last),
         })
     }
@@ -164,11 +171,16 @@ impl RoomStates {
     ) -> Result<(u64, Arc<StateMap>)> {
         let (mut state, parent_chain) = match parent {
             Some(parent) => {
-                let parent_record = self
-                    .groups
-                    .get(&parent)?
-                    .ok_or_else(|| Error::internal(format!("missing state group {parent}")))?;
-                ((*self.state_of_group(parent)?).clone(), Some((parent, parent_record.chain_len)))
+                let chain_len = match self.chain_lens.get(&parent) {
+                    Some(len) => len,
+                    None => {
+                        self.groups
+                            .get(&parent)?
+                            .ok_or_else(|| Error::internal(format!("missing state group {parent}")))?
+                            .chain_len
+                    }
+                };
+                ((*self.state_of_group(parent)?).clone(), Some((parent, chain_len)))
             }
             None => (StateMap::new(), None),
         };
@@ -194,6 +206,7 @@ impl RoomStates {
             },
         };
         self.groups.put(batch, &id, &record)?;
+        self.chain_lens.insert(id, record.chain_len);
         Ok((id, Arc::new(state)))
     }
 

@@ -36,6 +36,7 @@ use serde_json::Value as JsonValue;
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
+    auth_chains::AuthChains,
     events::{Events, StoredEvent},
     members::Memberships,
     relations::Relations,
@@ -105,6 +106,7 @@ pub struct Timeline {
     keys: Arc<ServerKeys>,
     stream: Arc<Stream>,
     events: Arc<Events>,
+    auth_chains: Arc<AuthChains>,
     states: Arc<RoomStates>,
     members: Arc<Memberships>,
     relations: Arc<Relations>,
@@ -128,6 +130,7 @@ impl Timeline {
         keys: Arc<ServerKeys>,
         stream: Arc<Stream>,
         events: Arc<Events>,
+        auth_chains: Arc<AuthChains>,
         states: Arc<RoomStates>,
         members: Arc<Memberships>,
         relations: Arc<Relations>,
@@ -143,6 +146,7 @@ impl Timeline {
             keys,
             stream,
             events,
+            auth_chains,
             states,
             members,
             relations,
@@ -494,6 +498,7 @@ impl Timeline {
             status: EventStatus::Accepted,
             state_after: new_group.as_ref().map(|(group, _)| *group),
             head_before: None,
+            backfill: None,
         });
         let pdu = &event.pdu;
         self.events.put_in(&mut batch, &event)?;

@@ -9,11 +9,28 @@
 //! - *advance the room's head*: the forward extremities lose the event's `prev_events` and
 //!   gain the event; the new current state is the resolution of the extremities' states,
 //!   applied to the current state rows, the membership indexes and the caches as a delta of
-//!   puts and deletes, so a member event on a losing fork changes nobody's membership.
+//!   puts and deletes, so a member event on a losing fork changes nobody's membership. The
+//!   event is live: push rules are evaluated for it against the state before it, and a
+//!   redaction takes effect on its target (when this server has it) by the power levels
+//!   there.
 //!
 //! Local sends keep their own path (`Timeline::append`): they always cite every extremity,
 //! so their state before is the current state, which is by construction the resolution of
 //! the extremities' states.
+//!
+//! Besides the graph's own events, the engine stores:
+//! - *outliers* ([`Timeline::store_outlier`]): events known only as another event's auth
+//!   event or as part of a state another server sent, checked against their auth events
+//!   only; no stream position, no place in the timeline or in any state of their own. One
+//!   accepted later (as an ancestor fetched after all) becomes a normal event in place;
+//! - *backfilled* events ([`Timeline::backfill_event`]): history older than anything the room
+//!   has here, fetched backwards from another server with the state before each, placed
+//!   below the room's first stream position (see `events`);
+//! - a room's first event when another server runs the room
+//!   ([`Timeline::accept_first_event`], the join that `send_join` answers with the state).
+//!
+//! State resolution reads the forks' auth chains from the `AuthChains` index rather than
+//! walking `auth_events` through the stored events each time.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,7 +38,7 @@ use std::{
 };
 
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
 };
@@ -33,12 +50,12 @@ use crate::{
     matrix::{
         auth,
         pdu::{self, EventTemplate, GraphPosition, MAX_PREV_EVENTS, Pdu},
-        state_resolution,
+        room_version, state_resolution,
     },
     service::{
         rooms::{
             events::StoredEvent,
-            state::{StateKey, StateMap},
+            state::{EMPTY_GROUP, StateKey, StateMap},
         },
         stream::Change,
     },
@@ -124,7 +141,11 @@ impl Timeline {
         if pdu.room_id != room_id {
             return Err(Error::invalid_param("The event belongs to another room"));
         }
-        if let Some(known) = self.events.get_any(&pdu.event_id)? {
+        // An outlier becomes a normal event in place; any other stored event is answered as
+        // it was.
+        if let Some(known) = self.events.get_any(&pdu.event_id)?
+            && known.status != EventStatus::Outlier
+        {
             return Ok(Outcome { status: known.status, event: known, reason: None });
         }
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -136,9 +157,9 @@ impl Timeline {
         let mut batch = WriteBatch::new();
         let (before_group, before) = self.state_before_prevs(&rules, &prevs, Some(&mut batch))?;
 
-        // The auth events the event cites, and the events of the state before it.
-        let mut loaded: Loaded = HashMap::new();
-        for event in self.events.get_many(pdu.auth_events.iter().chain(before.values()))? {
+        // The auth events the event cites (outliers too), and the events of the state before it.
+        let mut loaded = self.auth_events_of(&rules, &pdu)?;
+        for event in self.events.get_many(before.values().filter(|id| !loaded.contains_key(*id)))? {
             loaded.insert(event.pdu.event_id.clone(), event);
         }
         let checked = auth::check_event(
@@ -166,6 +187,272 @@ impl Timeline {
         let pending = self.advance(lock, &rules, room, batch, pdu, before_group)?;
         let event = self.finish(pending).await?;
         Ok(Outcome { status: EventStatus::Accepted, event, reason: None })
+    }
+
+    /// Store an event as an outlier: an event this server needs as another event's auth event,
+    /// or as part of a room state another server sent (`/state`, `send_join`), without its
+    /// place in the graph. It is checked against its auth events alone (the spec's checks on
+    /// receipt up to the fourth), and stored rejected when it fails them; it takes no stream
+    /// position and no place in the timeline, changes no state, and is not announced. Its auth
+    /// events must be stored first (an auth chain is stored oldest first). An event stored
+    /// before is answered as it was.
+    pub fn store_outlier(&self, lock: &RoomLock, pdu: Pdu) -> Result<Outcome> {
+        if pdu.room_id != lock.room_id() {
+            return Err(Error::invalid_param("The event belongs to another room"));
+        }
+        if let Some(known) = self.events.get_any(&pdu.event_id)? {
+            return Ok(Outcome { status: known.status, event: known, reason: None });
+        }
+        let rules = self.rules_for(&pdu)?;
+        let loaded = self.auth_events_of(&rules, &pdu)?;
+        if let Some(missing) =
+            pdu.auth_events.iter().find(|id| !self.events.get_any(id).is_ok_and(|e| e.is_some()))
+        {
+            return Err(Error::not_found(format!("Unknown auth event {missing}")));
+        }
+        let mut batch = WriteBatch::new();
+        let (status, reason) = match check_against_auth_events(&rules, &pdu, &loaded) {
+            Ok(()) => (EventStatus::Outlier, None),
+            Err(reason) => (EventStatus::Rejected, Some(reason)),
+        };
+        let chain = self.auth_chains.put_in(&mut batch, &pdu)?;
+        let event = Arc::new(StoredEvent {
+            pdu,
+            stream: 0,
+            state_before: EMPTY_GROUP,
+            txn: None,
+            delay_id: None,
+            status,
+            state_after: None,
+            head_before: None,
+            backfill: None,
+        });
+        self.events.put_unlisted_in(&mut batch, &event)?;
+        self.store.write(batch)?;
+        self.events.committed_unlisted(Arc::clone(&event));
+        self.auth_chains.committed(&event.pdu.event_id, chain);
+        if let Some(reason) = &reason {
+            tracing::info!(event_id = %event.pdu.event_id, %reason, "outlier rejected");
+        }
+        Ok(Outcome { status, event, reason })
+    }
+
+    /// The auth chain of `event_ids`: every event reachable from them through `auth_events`,
+    /// recursively (themselves not included unless one authorizes another), as `/event_auth`
+    /// and `/state_ids` answer it. Events this server does not have end the chain there.
+    pub fn auth_chain(&self, event_ids: &[OwnedEventId]) -> Result<Vec<OwnedEventId>> {
+        let mut ids: Vec<OwnedEventId> = self.auth_chains.chain_of_all(event_ids)?.into_iter().collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The room's first event here when another server runs the room: the join (or
+    /// knock) that `send_join` answers, with `state_before`, the room state before it as that
+    /// server sent it (event IDs, stored as outliers first). The event is checked against
+    /// its auth events and that state; accepted, it takes a stream position, and the room is
+    /// created here with the state after it as current state (membership indexes included)
+    /// and the event as its forward extremity. A room this server already has is refused.
+    pub async fn accept_first_event(
+        &self,
+        lock: &RoomLock,
+        version: &RoomVersionId,
+        pdu: Pdu,
+        state_before: &StateMap,
+    ) -> Result<Outcome> {
+        let room_id = lock.room_id();
+        if pdu.room_id != room_id {
+            return Err(Error::invalid_param("The event belongs to another room"));
+        }
+        if self.states.room(room_id)?.is_some() {
+            return Err(Error::invalid_param("This server already has the room"));
+        }
+        let rules = rules_of(version)?;
+        let mut batch = WriteBatch::new();
+        let (before_group, loaded) = self.given_state_in(&mut batch, &rules, &pdu, None, state_before)?;
+        let checked = auth::check_event(
+            &rules.authorization,
+            &pdu,
+            |id| loaded.get(id).map(|e| &e.pdu),
+            |kind, key| {
+                state_before
+                    .get(&(kind.clone(), key.to_owned()))
+                    .and_then(|id| loaded.get(id))
+                    .map(|e| &e.pdu)
+            },
+        );
+        if let Err(reason) = checked {
+            return Err(Error::forbidden(format!("The event is not authorized: {reason}")));
+        }
+        // An empty room (no state, no extremities) that the event's state then fills.
+        let room = RoomRecord {
+            version: version.clone(),
+            forward_extremities: Vec::new(),
+            depth: 0,
+            state_group: EMPTY_GROUP,
+        };
+        let pending = self.advance(lock, &rules, room, batch, pdu, before_group)?;
+        let event = self.finish(pending).await?;
+        Ok(Outcome { status: EventStatus::Accepted, event, reason: None })
+    }
+
+    /// Store an event fetched backwards from another server (`/backfill`): history older
+    /// than every event the room has here, with `state_before`, the state before it as that
+    /// server sent it (event IDs, stored first, as outliers or otherwise). It is checked
+    /// against its auth events and that state (failing: stored as rejected), never against
+    /// the current state: it is history. It takes the next backfill position, below every
+    /// event of the room known so far, so events are backfilled newest first, as they are
+    /// fetched. It changes no current state, membership or forward extremity, is not
+    /// announced (sync never shows it as new), and notifies nobody. An outlier becomes a
+    /// backfilled event in place; any other stored event is answered as it was.
+    pub fn backfill_event(&self, lock: &RoomLock, pdu: Pdu, state_before: &StateMap) -> Result<Outcome> {
+        let room_id = lock.room_id();
+        if pdu.room_id != room_id {
+            return Err(Error::invalid_param("The event belongs to another room"));
+        }
+        if let Some(known) = self.events.get_any(&pdu.event_id)?
+            && known.status != EventStatus::Outlier
+        {
+            return Ok(Outcome { status: known.status, event: known, reason: None });
+        }
+        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = rules_of(&room.version)?;
+        let mut batch = WriteBatch::new();
+        let (before_group, loaded) =
+            self.given_state_in(&mut batch, &rules, &pdu, Some(room.state_group), state_before)?;
+        let checked = auth::check_event(
+            &rules.authorization,
+            &pdu,
+            |id| loaded.get(id).map(|e| &e.pdu),
+            |kind, key| {
+                state_before
+                    .get(&(kind.clone(), key.to_owned()))
+                    .and_then(|id| loaded.get(id))
+                    .map(|e| &e.pdu)
+            },
+        );
+        if let Err(reason) = checked {
+            return self.store_unlisted(batch, pdu, before_group, EventStatus::Rejected, reason);
+        }
+        let state_after = match &pdu.state_key {
+            Some(key) => {
+                let change = [((pdu.kind.to_string().into(), key.clone()), pdu.event_id.clone())];
+                let (group, state) = self.states.new_group_in(&mut batch, Some(before_group), &change)?;
+                self.states.committed_group(group, state);
+                Some(group)
+            }
+            None => None,
+        };
+        let chain = match &pdu.state_key {
+            Some(_) => Some(self.auth_chains.put_in(&mut batch, &pdu)?),
+            None => None,
+        };
+        let event = Arc::new(StoredEvent {
+            pdu,
+            stream: 0,
+            state_before: before_group,
+            txn: None,
+            delay_id: None,
+            status: EventStatus::Accepted,
+            state_after,
+            head_before: None,
+            backfill: Some(self.events.last_backfill(room_id)?.saturating_add(1)),
+        });
+        self.events.put_backfilled_in(&mut batch, &event)?;
+        self.store.write(batch)?;
+        self.events.committed_unlisted(Arc::clone(&event));
+        if let Some(chain) = chain {
+            self.auth_chains.committed(&event.pdu.event_id, chain);
+        }
+        tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, backfill = ?event.backfill, "event backfilled");
+        Ok(Outcome { status: EventStatus::Accepted, event, reason: None })
+    }
+
+    /// A state another server sent for an event (`state_before`), checked to name only
+    /// stored events of the room, stored as a state group (its changes against `base`, a
+    /// group of the room's near it), with the events it names and the event's auth events
+    /// loaded for the checks.
+    fn given_state_in(
+        &self,
+        batch: &mut WriteBatch,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        base: Option<u64>,
+        state_before: &StateMap,
+    ) -> Result<(u64, Loaded)> {
+        let mut loaded = self.auth_events_of(rules, pdu)?;
+        for ((kind, key), id) in state_before {
+            let event = self
+                .events
+                .get(id)?
+                .filter(|e| e.pdu.room_id == pdu.room_id)
+                .ok_or_else(|| Error::not_found(format!("Unknown state event {id}")))?;
+            if event.pdu.kind.to_string() != kind.to_string() || event.pdu.state_key.as_ref() != Some(key) {
+                return Err(Error::invalid_param(format!("State event {id} is not at ({kind}, {key})")));
+            }
+            loaded.insert(id.clone(), event);
+        }
+        let base_state = match base {
+            Some(group) => self.states.state_of_group(group)?,
+            None => Arc::new(StateMap::new()),
+        };
+        let (changes, removed) = delta(&base_state, state_before);
+        let (group, stored) = self.states.new_group_with_removals_in(batch, base, &changes, &removed)?;
+        self.states.committed_group(group, stored);
+        Ok((group, loaded))
+    }
+
+    /// The room version's rules for an event of a room this server may not have yet (an
+    /// outlier of a room being joined): the room's, else those its create event names.
+    fn rules_for(&self, pdu: &Pdu) -> Result<RoomVersionRules> {
+        if let Some(room) = self.states.room(&pdu.room_id)? {
+            return rules_of(&room.version);
+        }
+        let create = if pdu.kind == TimelineEventType::RoomCreate {
+            Some(pdu.clone())
+        } else {
+            let mut found = None;
+            for id in &pdu.auth_events {
+                if let Some(event) = self.events.get_any(id)?
+                    && event.pdu.kind == TimelineEventType::RoomCreate
+                {
+                    found = Some(event.pdu.clone());
+                }
+            }
+            if found.is_none()
+                && let Ok(id) = EventId::parse(format!("${}", pdu.room_id.strip_sigil()))
+                && let Some(event) = self.events.get_any(&id)?
+            {
+                found = Some(event.pdu.clone());
+            }
+            found
+        };
+        let version = create
+            .and_then(|c| {
+                c.content_value().get("room_version").and_then(JsonValue::as_str).map(str::to_owned)
+            })
+            .unwrap_or_else(|| "1".to_owned());
+        let version = RoomVersionId::try_from(version.as_str())
+            .map_err(|_| Error::invalid_param("Unknown room version"))?;
+        room_version::rules(&version).ok_or_else(|| Error::invalid_param("Unsupported room version"))
+    }
+
+    /// An event's auth events that this server has, rejected ones left out (outliers and
+    /// soft-failed ones in), and for versions whose room ID names the create event, that event.
+    fn auth_events_of(&self, rules: &RoomVersionRules, pdu: &Pdu) -> Result<Loaded> {
+        let mut loaded = Loaded::new();
+        let create = rules
+            .authorization
+            .room_create_event_id_as_room_id
+            .then(|| EventId::parse(format!("${}", pdu.room_id.strip_sigil())).ok())
+            .flatten();
+        for id in pdu.auth_events.iter().chain(&create) {
+            if let Some(event) = self.events.get_any(id)?
+                && event.status != EventStatus::Rejected
+            {
+                loaded.insert(id.clone(), event);
+            }
+        }
+        Ok(loaded)
     }
 
     /// The stored events `ids` names, all of them, or an error naming the first missing.
@@ -238,31 +525,58 @@ impl Timeline {
             [first, rest @ ..] if rest.iter().all(|f| f == first) => return Ok(Arc::clone(first)),
             _ => {}
         }
-        // Load every event reachable from the forks' state through `auth_events`.
+        // The forks' auth chains, from the index.
+        let chain_of = |id: &OwnedEventId| match extra.get(id) {
+            Some(event) => self.auth_chains.chain_of_pdu(&event.pdu),
+            None => self.auth_chains.chain_of(id),
+        };
+        let mut chains: Vec<HashSet<OwnedEventId>> = Vec::with_capacity(forks.len());
+        for fork in forks {
+            let mut chain = HashSet::new();
+            for id in fork.values() {
+                chain.extend(chain_of(id)?.iter().cloned());
+            }
+            chains.push(chain);
+        }
+        // The events the algorithm reads: the forks' state events; the full conflicted set
+        // (conflicted events and the auth difference) and the auth chains of its events, which
+        // the ordering and the iterative auth checks walk; and the auth chains of the power
+        // levels events, whose mainline orders the rest.
+        let mut wanted: HashSet<OwnedEventId> = forks.iter().flat_map(|f| f.values().cloned()).collect();
+        let conflicted: HashSet<OwnedEventId> = forks[0]
+            .keys()
+            .chain(forks[1..].iter().flat_map(|f| f.keys()))
+            .filter(|key| {
+                let first = forks[0].get(*key);
+                forks[1..].iter().any(|f| f.get(*key) != first)
+            })
+            .flat_map(|key| forks.iter().filter_map(|f| f.get(key).cloned()))
+            .collect();
+        let union: HashSet<&OwnedEventId> = chains.iter().flatten().collect();
+        let difference: Vec<OwnedEventId> =
+            union.into_iter().filter(|id| !chains.iter().all(|c| c.contains(*id))).cloned().collect();
+        let power_levels =
+            forks.iter().filter_map(|f| f.get(&(StateEventType::RoomPowerLevels, String::new())).cloned());
+        let walked: Vec<OwnedEventId> =
+            conflicted.iter().cloned().chain(difference.iter().cloned()).chain(power_levels).collect();
+        wanted.extend(difference);
+        for id in &walked {
+            wanted.extend(chain_of(id)?.iter().cloned());
+        }
         let mut loaded: Loaded = extra.clone();
-        let mut todo: Vec<OwnedEventId> = forks.iter().flat_map(|f| f.values().cloned()).collect();
-        let mut seen: HashSet<OwnedEventId> = HashSet::new();
-        while let Some(id) = todo.pop() {
-            if !seen.insert(id.clone()) {
+        for id in wanted {
+            if loaded.contains_key(&id) {
                 continue;
             }
-            let event = match loaded.get(&id) {
-                Some(event) => Arc::clone(event),
-                None => match self.events.get_any(&id)? {
-                    Some(event) => event,
-                    None => continue,
-                },
-            };
-            todo.extend(event.pdu.auth_events.iter().filter(|a| !seen.contains(*a)).cloned());
-            loaded.insert(id, event);
+            if let Some(event) = self.events.get_any(&id)? {
+                loaded.insert(id, event);
+            }
         }
         let fetch =
             |id: &EventId| loaded.get(id).filter(|e| e.status != EventStatus::Rejected).map(|e| &e.pdu);
         // ruma's algorithm takes standard maps.
         let maps: Vec<HashMap<StateKey, OwnedEventId>> =
             forks.iter().map(|f| f.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).collect();
-        let chains: Vec<HashSet<OwnedEventId>> =
-            maps.iter().map(|m| state_resolution::auth_chain(m.values().map(|id| &**id), fetch)).collect();
         let resolved = state_resolution::resolve(rules, &maps, &chains, fetch)
             .map_err(|e| Error::internal(format!("state resolution failed: {e:?}")))?;
         Ok(Arc::new(resolved.into_iter().collect()))
@@ -286,6 +600,7 @@ impl Timeline {
             status,
             state_after: None,
             head_before: None,
+            backfill: None,
         });
         self.events.put_unlisted_in(&mut batch, &event)?;
         self.store.write(batch)?;
@@ -345,6 +660,7 @@ impl Timeline {
                     status: EventStatus::Accepted,
                     state_after: Some(after_group),
                     head_before: None,
+                    backfill: None,
                 }),
             );
             self.resolve(rules, &forks, &extra)?
@@ -369,6 +685,33 @@ impl Timeline {
         self.states.set_current_in(&mut batch, room_id, &puts)?;
         self.states.remove_current_in(&mut batch, room_id, &removed);
 
+        // The event is live (backfilled history never comes here): push rules are evaluated
+        // for the room's members against the state before it, and a redaction takes effect on
+        // its target by the power levels there.
+        let state_before = self.states.state_of_group(before_group)?;
+        let power = match state_before.contains_key(&(StateEventType::RoomCreate, String::new())) {
+            true => Some(self.power_levels_in(rules, &state_before)?),
+            false => None,
+        };
+        let notified = match &power {
+            Some(power) => {
+                let roster = self.members.roster(room_id)?;
+                self.notifications.evaluate(&pdu, &state_before, power.clone(), &roster)?
+            }
+            None => Vec::new(),
+        };
+        let redacted = match (&pdu.redacts, &power) {
+            (Some(target_id), Some(power)) if pdu.kind == TimelineEventType::RoomRedaction => {
+                match self.events.get(target_id)? {
+                    Some(target) if target.pdu.room_id == room_id && target.status.is_accepted() => {
+                        super::redacted_target(rules, &target, &pdu, power)?
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+
         let reservation = self.stream.reserve_owned()?;
         let event = Arc::new(StoredEvent {
             pdu,
@@ -379,8 +722,14 @@ impl Timeline {
             status: EventStatus::Accepted,
             state_after: event_key.is_some().then_some(after_group),
             head_before: (room.state_group != before_group).then_some(room.state_group),
+            backfill: None,
         });
         self.events.put_in(&mut batch, &event)?;
+        // A state event's auth chain is kept for the resolutions to come.
+        let chain = match &event_key {
+            Some(_) => Some(self.auth_chains.put_in(&mut batch, &event.pdu)?),
+            None => None,
+        };
         self.relations.index_in(&mut batch, &event)?;
         self.search.index_in(&mut batch, &event)?;
 
@@ -425,17 +774,44 @@ impl Timeline {
             if *kind == StateEventType::RoomMember
                 && let Ok(user_id) = UserId::parse(state_key.as_str())
             {
-                self.members.remove_in(&mut batch, room_id, &user_id);
-                // No member event at all: neither joined nor invited.
-                moved.push((user_id, "leave".to_owned()));
+                // No member event at all (a state reset): neither joined nor invited. The row
+                // says `leave` at this event, so the member's sync shows the room left.
+                let row = MembershipRecord {
+                    membership: "leave".to_owned(),
+                    event_id: event.pdu.event_id.clone(),
+                    stream: event.stream,
+                    forgotten: false,
+                    joined_at: None,
+                };
+                self.members.set_in(&mut batch, room_id, &user_id, &row)?;
+                moved.push((user_id, row.membership));
             }
         }
+        if let Some(redacted) = &redacted {
+            self.events.replace_in(&mut batch, redacted)?;
+            self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
+        }
+        let notified_users: Vec<OwnedUserId> = notified.iter().map(|n| n.user_id.clone()).collect();
+        // A member who left with this event has their counts in the room dropped.
+        let left = moved
+            .iter()
+            .find(|(user, membership)| {
+                matches!(membership.as_str(), "leave" | "ban")
+                    && event.pdu.state_key.as_deref() == Some(user.as_str())
+            })
+            .map(|(user, _)| user.clone());
+        let counted = self.notifications.put_in(&mut batch, &event, notified, left.as_deref())?;
         let depth = room.depth.max(u64::from(event.pdu.depth));
         let record = RoomRecord { forward_extremities: extremities, depth, state_group: head_group, ..room };
         self.states.put_room_in(&mut batch, room_id, &record)?;
         self.store.write_buffered(batch)?;
 
-        self.events.committed([Arc::clone(&event)]);
+        self.notifications.counted(counted);
+        self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
+        self.push.notified(notified_users.iter().map(AsRef::as_ref));
+        if let Some(chain) = chain {
+            self.auth_chains.committed(&event.pdu.event_id, chain);
+        }
         if !moved.is_empty() {
             for (user_id, membership) in &moved {
                 self.members.committed_member(room_id, user_id, membership);
@@ -453,4 +829,20 @@ fn delta(from: &StateMap, to: &StateMap) -> (Vec<(StateKey, OwnedEventId)>, Vec<
         to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let removed = from.keys().filter(|k| !to.contains_key(*k)).cloned().collect();
     (puts, removed)
+}
+
+/// The spec's fourth check on receipt of a PDU: the authorization rules with the event's auth
+/// events as the state (for an outlier, which has no state of its own).
+fn check_against_auth_events(rules: &RoomVersionRules, pdu: &Pdu, loaded: &Loaded) -> Result<(), String> {
+    // The auth events, and from v12 the create event the room ID names (in `loaded` too).
+    let by_key: HashMap<(String, String), &Pdu> = loaded
+        .values()
+        .filter_map(|e| e.pdu.state_key.clone().map(|key| ((e.pdu.kind.to_string(), key), &e.pdu)))
+        .collect();
+    auth::check_event(
+        &rules.authorization,
+        pdu,
+        |id| loaded.get(id).map(|e| &e.pdu),
+        |kind, key| by_key.get(&(kind.to_string(), key.to_owned())).copied(),
+    )
 }
