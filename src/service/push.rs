@@ -369,17 +369,6 @@ impl Notifications {
         }
         alone.extend(invitee.iter().cloned());
 
-        // Every recipient's rules: read from storage for those not in memory yet (outside the
-        // cache's lock), then taken under one lock for the whole room.
-        let recipients: Vec<&OwnedUserId> =
-            roster.joined().iter().chain(invitee.iter()).filter(|u| **u != pdu.sender).collect();
-        let missing: Vec<&OwnedUserId> = {
-            let cache = self.lock_rules();
-            recipients.iter().copied().filter(|u| !cache.users.contains_key(*u)).collect()
-        };
-        for user in missing {
-            self.user_rules(user)?;
-        }
         let context_for = |user: &UserId, name: String| {
             let mut context =
                 PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, user.to_owned(), name);
@@ -396,54 +385,73 @@ impl Notifications {
             Ok(Some(Outcome { actions, highlight }))
         };
         let neutral_context = context_for(&self.neutral, self.neutral.localpart().to_owned());
-        let mut class_outcomes: HashMap<usize, Option<Outcome>> = HashMap::new();
+        // Per class (by index): not evaluated yet, or its outcome.
+        let mut class_outcomes: Vec<Option<Option<Outcome>>> = Vec::new();
         let mut own: Vec<(OwnedUserId, UserRules)> = Vec::new();
         let mut pending = Vec::new();
+        // Give a recipient whose rules are known their class's outcome, or set them aside to
+        // be evaluated on their own. One lookup per recipient: in a big room this loop is
+        // most of the cost of an event that notifies nobody (a join).
+        let mut place = |cache: &RuleCache, user: &OwnedUserId, rules: &UserRules| -> Result<()> {
+            let class = match rules {
+                UserRules::Default => Some(DEFAULT_CLASS),
+                UserRules::Stored { class, .. } => *class,
+            };
+            // Members with an ID a lowercased name does not stand for (capitals, another
+            // server) are evaluated on their own too.
+            let unusual = user.server_name() != self.server_name
+                || user.localpart().bytes().any(|b| b.is_ascii_uppercase());
+            let shared = class.filter(|c| {
+                !unusual && (alone.is_empty() || !alone.contains(user)) && !cache.classes[*c].personal
+            });
+            let Some(class) = shared else {
+                own.push((user.clone(), rules.clone()));
+                return Ok(());
+            };
+            if class_outcomes.len() <= class {
+                class_outcomes.resize(class + 1, None);
+            }
+            if class_outcomes[class].is_none() {
+                // `None` also when a condition would wait (thread subscriptions, which are
+                // not configured): nobody of the class is notified.
+                let outcome =
+                    match rules::first_match(&cache.classes[class].rules, &flattened, &neutral_context) {
+                        Some(actions) => outcome_of(actions)?,
+                        None => None,
+                    };
+                class_outcomes[class] = Some(outcome);
+            }
+            if let Some(Some(outcome)) = &class_outcomes[class] {
+                pending.push(PendingNotification {
+                    user_id: user.clone(),
+                    highlight: outcome.highlight,
+                    thread: thread.clone(),
+                    actions: outcome.actions.clone(),
+                });
+            }
+            Ok(())
+        };
+        // Every recipient under one lock of the rules cache; those whose rules are not in
+        // memory yet are read from storage afterwards (outside the lock) and placed then.
+        let mut missing: Vec<OwnedUserId> = Vec::new();
         {
             let cache = self.lock_rules();
-            for user in recipients {
-                let rules = match cache.users.get(user) {
-                    Some(rules) => rules,
-                    // Dropped from memory meanwhile (the cache started over): read again below.
-                    None => {
-                        own.push((user.clone(), UserRules::Default));
-                        continue;
-                    }
-                };
-                let class = match rules {
-                    UserRules::Default => Some(DEFAULT_CLASS),
-                    UserRules::Stored { class, .. } => *class,
-                };
-                // Members with an ID a lowercased name does not stand for (capitals, another
-                // server) are evaluated on their own too.
-                let unusual = user.server_name() != self.server_name
-                    || user.localpart().bytes().any(|b| b.is_ascii_uppercase());
-                let shared =
-                    class.filter(|c| !unusual && !alone.contains(user) && !cache.classes[*c].personal);
-                let Some(class) = shared else {
-                    own.push((user.clone(), rules.clone()));
+            for user in roster.joined().iter().chain(invitee.iter()) {
+                if *user == pdu.sender {
                     continue;
-                };
-                if let std::collections::hash_map::Entry::Vacant(entry) = class_outcomes.entry(class) {
-                    // `None` also when a condition would wait (thread subscriptions, which are
-                    // not configured): nobody of the class is notified.
-                    let outcome =
-                        match rules::first_match(&cache.classes[class].rules, &flattened, &neutral_context) {
-                            Some(actions) => outcome_of(actions)?,
-                            None => None,
-                        };
-                    entry.insert(outcome);
                 }
-                if let Some(outcome) = &class_outcomes[&class] {
-                    pending.push(PendingNotification {
-                        user_id: user.clone(),
-                        highlight: outcome.highlight,
-                        thread: thread.clone(),
-                        actions: outcome.actions.clone(),
-                    });
+                match cache.users.get(user) {
+                    Some(rules) => place(&*cache, user, rules)?,
+                    None => missing.push(user.clone()),
                 }
             }
         }
+        for user in missing {
+            let rules = self.user_rules(&user)?;
+            let cache = self.lock_rules();
+            place(&*cache, &user, &rules)?;
+        }
+        drop(place);
         for (user_id, rules) in own {
             let ruleset = match rules {
                 UserRules::Default => match self.user_rules(&user_id)? {
