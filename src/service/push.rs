@@ -441,7 +441,7 @@ impl Notifications {
                     continue;
                 }
                 match cache.users.get(user) {
-                    Some(rules) => place(&*cache, user, rules)?,
+                    Some(rules) => place(&cache, user, rules)?,
                     None => missing.push(user.clone()),
                 }
             }
@@ -449,9 +449,8 @@ impl Notifications {
         for user in missing {
             let rules = self.user_rules(&user)?;
             let cache = self.lock_rules();
-            place(&*cache, &user, &rules)?;
+            place(&cache, &user, &rules)?;
         }
-        drop(place);
         for (user_id, rules) in own {
             let ruleset = match rules {
                 UserRules::Default => match self.user_rules(&user_id)? {
