@@ -137,19 +137,10 @@ impl Timeline {
     /// documentation). The event's `prev_events` must all be stored already (missing
     /// ancestors are fetched before). An event stored before is answered as it was.
     pub async fn accept_event(&self, lock: &RoomLock, pdu: Pdu) -> Result<Outcome> {
-        let room_id = lock.room_id();
-        if pdu.room_id != room_id {
-            return Err(Error::invalid_param("The event belongs to another room"));
-        }
-        // An outlier becomes a normal event in place; any other stored event is answered as
-        // it was.
-        if let Some(known) = self.events.get_any(&pdu.event_id)?
-            && known.status != EventStatus::Outlier
-        {
-            return Ok(Outcome { status: known.status, event: known, reason: None });
-        }
-        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        let rules = rules_of(&room.version)?;
+        let (room, rules) = match self.graph_entry(lock, &pdu)? {
+            Entry::Known(outcome) => return Ok(outcome),
+            Entry::New(room, rules) => (room, rules),
+        };
         if pdu.kind == TimelineEventType::RoomCreate || pdu.prev_events.is_empty() {
             return Err(Error::invalid_param("The room already has its create event"));
         }
@@ -197,9 +188,7 @@ impl Timeline {
     /// events must be stored first (an auth chain is stored oldest first). An event stored
     /// before is answered as it was.
     pub fn store_outlier(&self, lock: &RoomLock, pdu: Pdu) -> Result<Outcome> {
-        if pdu.room_id != lock.room_id() {
-            return Err(Error::invalid_param("The event belongs to another room"));
-        }
+        of_locked_room(lock, &pdu)?;
         if let Some(known) = self.events.get_any(&pdu.event_id)? {
             return Ok(Outcome { status: known.status, event: known, reason: None });
         }
@@ -259,10 +248,8 @@ impl Timeline {
         pdu: Pdu,
         state_before: &StateMap,
     ) -> Result<Outcome> {
+        of_locked_room(lock, &pdu)?;
         let room_id = lock.room_id();
-        if pdu.room_id != room_id {
-            return Err(Error::invalid_param("The event belongs to another room"));
-        }
         if self.states.room(room_id)?.is_some() {
             return Err(Error::invalid_param("This server already has the room"));
         }
@@ -306,16 +293,10 @@ impl Timeline {
     /// backfilled event in place; any other stored event is answered as it was.
     pub fn backfill_event(&self, lock: &RoomLock, pdu: Pdu, state_before: &StateMap) -> Result<Outcome> {
         let room_id = lock.room_id();
-        if pdu.room_id != room_id {
-            return Err(Error::invalid_param("The event belongs to another room"));
-        }
-        if let Some(known) = self.events.get_any(&pdu.event_id)?
-            && known.status != EventStatus::Outlier
-        {
-            return Ok(Outcome { status: known.status, event: known, reason: None });
-        }
-        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        let rules = rules_of(&room.version)?;
+        let (room, rules) = match self.graph_entry(lock, &pdu)? {
+            Entry::Known(outcome) => return Ok(outcome),
+            Entry::New(room, rules) => (room, rules),
+        };
         let mut batch = WriteBatch::new();
         let (before_group, loaded) =
             self.given_state_in(&mut batch, &rules, &pdu, Some(room.state_group), state_before)?;
@@ -434,6 +415,21 @@ impl Timeline {
         let version = RoomVersionId::try_from(version.as_str())
             .map_err(|_| Error::invalid_param("Unknown room version"))?;
         room_version::rules(&version).ok_or_else(|| Error::invalid_param("Unsupported room version"))
+    }
+
+    /// Where accepting and backfilling start: the event must be of the locked room; an
+    /// event stored before is answered as it was, except an outlier, which takes its place
+    /// in the graph now; otherwise the room's record and rules.
+    fn graph_entry(&self, lock: &RoomLock, pdu: &Pdu) -> Result<Entry> {
+        of_locked_room(lock, pdu)?;
+        if let Some(known) = self.events.get_any(&pdu.event_id)?
+            && known.status != EventStatus::Outlier
+        {
+            return Ok(Entry::Known(Outcome { status: known.status, event: known, reason: None }));
+        }
+        let room = self.states.room(lock.room_id())?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = rules_of(&room.version)?;
+        Ok(Entry::New(room, rules))
     }
 
     /// An event's auth events that this server has, rejected ones left out (outliers and
@@ -821,6 +817,20 @@ impl Timeline {
         tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event accepted on the graph");
         Ok(super::PendingEvent { event, reservation, changes })
     }
+}
+
+/// What [`Timeline::graph_entry`] found.
+enum Entry {
+    Known(Outcome),
+    New(RoomRecord, RoomVersionRules),
+}
+
+/// Refuse an event of another room than the one whose lock is held.
+fn of_locked_room(lock: &RoomLock, pdu: &Pdu) -> Result<()> {
+    if pdu.room_id != lock.room_id() {
+        return Err(Error::invalid_param("The event belongs to another room"));
+    }
+    Ok(())
 }
 
 /// The changes turning `from` into `to`: entries to put, keys to delete.
