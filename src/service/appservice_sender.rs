@@ -42,7 +42,7 @@ use super::{
         members::Memberships,
         render::{EventRenderer, Rendering, Viewer},
     },
-    stream::{Change, Heard, Stream},
+    stream::{Change, Stream},
     to_device::ToDevice,
 };
 use crate::{Result, matrix::appservice::Registration};
@@ -122,36 +122,12 @@ impl AppserviceSender {
         self.open_queues()
     }
 
-    /// Ring the queues for what the stream commits: room events for every appservice,
-    /// to-device messages and device-list changes for those that take them. The ring waits
-    /// until the change's position is committed, so the queue, which reads only committed
-    /// positions, finds it (and does not move past an earlier position still being
-    /// written). The task holds the sender weakly and ends with the stream.
+    /// Ring the queues for what the stream commits (once committed): room events for every
+    /// appservice, to-device messages and device-list changes for those that take them.
     fn listen(self: &Arc<Self>) {
-        let mut listener = self.stream.listen();
         let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let heard = listener.next().await;
-                let position = {
-                    let Some(me) = me.upgrade() else { return };
-                    match &heard {
-                        Heard::Change(announced) if me.rings_for(&announced.change) => {
-                            Some(announced.position)
-                        }
-                        Heard::Change(_) => continue,
-                        // Something may have been missed: look.
-                        Heard::Missed => None,
-                        Heard::Closed => return,
-                    }
-                };
-                if let Some(position) = position {
-                    listener.committed_to(position).await;
-                }
-                let Some(me) = me.upgrade() else { return };
-                me.outbox.ring(Self::KIND, "");
-            }
-        });
+        let wanted = move |change: &Change| me.upgrade().is_some_and(|me| me.rings_for(change));
+        self.outbox.ring_on_commits(&self.stream, Self::KIND, wanted);
     }
 
     /// Whether a change may concern an appservice's queue.

@@ -34,6 +34,7 @@ pub mod outbox;
 pub mod passwords;
 pub mod presence;
 pub mod push;
+pub mod push_fanout;
 pub mod push_gateway;
 pub mod rate_limits;
 pub mod registration_tokens;
@@ -270,7 +271,7 @@ impl Services {
             Arc::clone(&events),
             Arc::clone(&memberships),
             Arc::clone(&receipts),
-        ));
+        )?);
         // After `Notifications`: pushers go with the devices that set them.
         let sliding_connections = Arc::new(sliding_sync::Connections::default());
         let login_tokens = Arc::new(login_tokens::LoginTokens::new(&store, Arc::clone(&clock)));
@@ -382,7 +383,6 @@ impl Services {
             Arc::clone(&memberships),
             Arc::clone(&relations),
             Arc::clone(&notifications),
-            Arc::clone(&push_gateways),
             Arc::clone(&search),
             Arc::clone(&delayed_events),
             Arc::clone(&clock),

@@ -29,7 +29,10 @@ use std::{
 
 use tokio::sync::{Notify, watch};
 
-use super::clock::Clock;
+use super::{
+    clock::Clock,
+    stream::{Change, Heard, Stream},
+};
 use crate::{
     Result,
     storage::{
@@ -263,6 +266,37 @@ impl Outbox {
             rung += 1;
         }
         rung
+    }
+
+    /// Ring the queues of kind `kind` after each change the stream commits that `wanted`
+    /// picks (and after missed changes). The ring waits until the change's position is
+    /// committed, so a queue, which reads only committed positions, finds it (and does not
+    /// move past an earlier position still being written). The task holds the outbox weakly
+    /// and ends with the stream.
+    pub fn ring_on_commits(
+        self: &Arc<Self>,
+        stream: &Stream,
+        kind: &'static str,
+        wanted: impl Fn(&Change) -> bool + Send + 'static,
+    ) {
+        let mut listener = stream.listen();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let position = match listener.next().await {
+                    Heard::Change(announced) if wanted(&announced.change) => Some(announced.position),
+                    Heard::Change(_) => continue,
+                    // Something may have been missed: look.
+                    Heard::Missed => None,
+                    Heard::Closed => return,
+                };
+                if let Some(position) = position {
+                    listener.committed_to(position).await;
+                }
+                let Some(me) = me.upgrade() else { return };
+                me.ring(kind, "");
+            }
+        });
     }
 
     /// Make `destination`'s queue ask its courier again at once, cutting short any backoff

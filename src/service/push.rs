@@ -1,19 +1,37 @@
 //! Push rules, notifications and pushers. Each user's rules live in their account data
 //! (`m.push_rules`, the spec's server defaults until changed), so clients see changes
-//! through sync. Every new event is evaluated for every joined member but its sender, in
-//! the event's own write batch: once per class of members whose rules differ only in their
-//! own user ID (`matrix::push`; most members share the defaults), and on their own for the
-//! members the event names. Each notification is a row with the user's running totals in
-//! its room and thread (unread counts are the latest totals less those at the read position:
-//! two lookups per thread, however long the history; rows a receipt passes are removed, and
-//! a room's when the user leaves it), and a row for `/notifications` and the pushers (kept a
-//! day, highlights thirty, as Synapse keeps them). Pushers are stored here; `PushGateways`
-//! delivers the notifications to them. Owns the `push_counts`, `push_count_bases`,
-//! `notifications` and `pushers` tables.
+//! through sync.
+//!
+//! Every new event is evaluated for the room's joined members but its sender, in the
+//! event's own write batch, at a cost that does not grow with the members notified: members
+//! whose rules differ only in their own user ID form a class (`matrix::push`; most members
+//! share the defaults, class 0), and each class present in the room is evaluated once, for a
+//! neutral user; the members the event names, those of personal classes and those with
+//! unusual IDs are evaluated on their own. What is stored per event is per class and per
+//! member evaluated alone, never per member notified:
+//! - the class's running totals in the room and thread (`push_class_counts`, with the
+//!   latest in `push_class_heads`) when the event notifies the class;
+//! - for a member evaluated alone (the sender too) whose outcome differs from their class's,
+//!   a `push_counts` row with their running totals of both (their own, and what their class
+//!   counted for them);
+//! - one `push_log` row naming the actions of each notified class and the members evaluated
+//!   alone, for `/notifications` and the push fan-out.
+//!
+//! A member's class over time is recorded in `push_epochs` when their rules change (under a
+//! gate that no evaluation is inside, so every event on one side of the change's position
+//! was evaluated with the old rules and every event on the other with the new). Unread
+//! counts in a thread are the member's classes' totals between their read position and now,
+//! plus their own totals and less what their class counted for them over the same span:
+//! a few lookups per thread, however long the history and however big the room.
+//!
+//! Pushers are stored here; their notifications (`notifications`, kept a day, highlights
+//! thirty, as Synapse keeps them) are written after the event by the push fan-out
+//! ([`Notifications::fan_out`]) for the members who have pushers, and delivered by
+//! `PushGateways` and `EmailNotifier`.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, BinaryHeap, HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
 };
 
 use ruma::{
@@ -50,8 +68,10 @@ use crate::{
         codec::KeyCodec,
         kv::KeyRange,
         tables::{
-            NOTIFICATIONS, NotificationRecord, PUSH_COUNT_BASES, PUSH_COUNTS, PUSHERS, PushCountBase,
-            PushCountRecord, PusherRecord,
+            NOTIFICATIONS, NotificationRecord, PUSH_CLASS_COUNTS, PUSH_CLASS_HEADS, PUSH_CLASSES,
+            PUSH_COUNT_BASES, PUSH_COUNTS, PUSH_EPOCHS, PUSH_LOG, PUSH_LOG_ORDER, PUSHERS, PushClassCount,
+            PushClassHead, PushClassRecord, PushCountBase, PushCountRecord, PushEpochRecord, PushLogClass,
+            PushLogMember, PushLogRecord, PusherRecord,
         },
     },
 };
@@ -65,8 +85,8 @@ const RULE_CACHE_USERS: usize = 200_000;
 /// Distinct rule templates shared by classes of users; users whose rules would make more are
 /// evaluated on their own.
 const MAX_CLASSES: usize = 1_024;
-/// The class of the server-default rules.
-const DEFAULT_CLASS: usize = 0;
+/// The class of the server-default rules (users without stored rules).
+const DEFAULT_CLASS: u64 = 0;
 /// Members' latest notification totals kept in memory for the append path (about 120 bytes
 /// each); past it they are read again from the rows.
 const TOTALS_CACHE_ENTRIES: usize = 200_000;
@@ -88,12 +108,25 @@ pub struct UnreadCounts {
     pub threads: BTreeMap<OwnedEventId, UnreadNotificationsCount>,
 }
 
-/// The outcome of evaluating an event for one user who is notified.
-pub struct PendingNotification {
-    pub user_id: OwnedUserId,
-    highlight: bool,
+/// What evaluating an event gave, for [`Notifications::put_in`]: the outcome of each class
+/// a joined member counts in, and the members evaluated on their own.
+#[derive(Default)]
+pub struct Evaluation {
     thread: Option<String>,
-    actions: JsonValue,
+    /// By class: `None` when the event does not notify the class.
+    classes: Vec<(u64, Option<Outcome>)>,
+    alone: Vec<Alone>,
+}
+
+/// A member evaluated on their own.
+struct Alone {
+    user_id: OwnedUserId,
+    /// The class their unread counts follow (`None`: none), whose outcome their own replaces.
+    counted: Option<u64>,
+    /// Their own outcome (`None`: not notified; always for the sender).
+    own: Option<Outcome>,
+    /// A joined member (not the invitee of an invite), whose unread counts this event may move.
+    joined: bool,
 }
 
 /// One entry of `/notifications`.
@@ -109,6 +142,12 @@ pub struct NotificationEntry {
 pub struct Notifications {
     counts: Table<(OwnedUserId, OwnedRoomId, String, u64), PushCountRecord>,
     bases: Table<(OwnedUserId, OwnedRoomId, String), PushCountBase>,
+    classes: Table<u64, PushClassRecord>,
+    epochs: Table<(OwnedUserId, u64), PushEpochRecord>,
+    class_counts: Table<(OwnedRoomId, u64, String, u64), PushClassCount>,
+    class_heads: Table<(OwnedRoomId, u64, String), PushClassHead>,
+    log: Table<(OwnedRoomId, u64), PushLogRecord>,
+    log_order: Table<u64, OwnedRoomId>,
     notifications: Table<(OwnedUserId, u64), NotificationRecord>,
     pushers: Table<(OwnedUserId, String, String), PusherRecord>,
     account_data: Arc<AccountData>,
@@ -125,32 +164,78 @@ pub struct Notifications {
     /// Serialises rule changes with loads into the cache, so two changes cannot lose one
     /// another and a load cannot put back rules a change just replaced.
     rules_write: Mutex<()>,
+    /// Held (shared) by the append path from evaluating an event until it has its stream
+    /// position, and (alone) by a rule change while it takes its position: events on either
+    /// side of a change's position were evaluated with the rules of that side.
+    gate: RwLock<()>,
     /// Each room's members' latest totals per thread, for the append path: read and changed
     /// only under the room's append lock (after the event's batch is written).
     totals: Mutex<TotalsCache>,
     /// Serialises the removal of one user's read rows (striped by user).
     read_locks: Vec<Mutex<()>>,
+    /// Users who have (or had, since start) a pusher: the push fan-out's candidates, each
+    /// checked against the pushers table.
+    pusher_users: Mutex<HashSet<OwnedUserId>>,
 }
 
-/// A user's notification totals in a room and thread.
+/// Notification and highlight totals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Totals {
     notified: u64,
     highlighted: u64,
 }
 
+impl Totals {
+    fn of(outcome: Option<&Outcome>) -> Self {
+        match outcome {
+            Some(o) => Totals { notified: 1, highlighted: u64::from(o.highlight) },
+            None => Totals::default(),
+        }
+    }
+
+    fn plus(self, other: Totals) -> Totals {
+        Totals { notified: self.notified + other.notified, highlighted: self.highlighted + other.highlighted }
+    }
+}
+
+/// A member's running totals in a room and thread over the events they were evaluated alone
+/// for: their own, and what their class counted for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    own: Totals,
+    class: Totals,
+}
+
+impl From<&PushCountRecord> for Tally {
+    fn from(r: &PushCountRecord) -> Self {
+        Tally {
+            own: Totals { notified: r.notified, highlighted: r.highlighted },
+            class: Totals { notified: r.class_notified, highlighted: r.class_highlighted },
+        }
+    }
+}
+
+impl From<&PushCountBase> for Tally {
+    fn from(b: &PushCountBase) -> Self {
+        Tally {
+            own: Totals { notified: b.notified, highlighted: b.highlighted },
+            class: Totals { notified: b.class_notified, highlighted: b.class_highlighted },
+        }
+    }
+}
+
 #[derive(Default)]
 struct TotalsCache {
-    rooms: HashMap<OwnedRoomId, HashMap<(OwnedUserId, String), Totals>>,
+    rooms: HashMap<OwnedRoomId, HashMap<(OwnedUserId, String), Tally>>,
     entries: usize,
 }
 
-/// The totals an appended event's notifications brought, to remember once its batch is
-/// written ([`Notifications::counted`]).
+/// The tallies an appended event's rows brought, to remember once its batch is written
+/// ([`Notifications::counted`]).
 #[must_use]
 pub struct Counted {
     room_id: OwnedRoomId,
-    totals: Vec<((OwnedUserId, String), Totals)>,
+    totals: Vec<((OwnedUserId, String), Tally)>,
     /// Members whose rows in the room went (they left): their totals are forgotten.
     left: Option<OwnedUserId>,
 }
@@ -159,7 +244,8 @@ pub struct Counted {
 struct RuleCache {
     users: HashMap<OwnedUserId, UserRules>,
     /// Templates to classes; `classes[DEFAULT_CLASS]` is the defaults'.
-    templates: HashMap<Template, usize>,
+    templates: HashMap<Template, u64>,
+    /// By durable class ID.
     classes: Vec<Class>,
 }
 
@@ -169,7 +255,7 @@ enum UserRules {
     /// The server defaults (no rules stored): the rules are made when needed.
     Default,
     /// Stored rules, and their class (`None`: evaluated on their own).
-    Stored { ruleset: Arc<Ruleset>, class: Option<usize> },
+    Stored { ruleset: Arc<Ruleset>, class: Option<u64> },
 }
 
 /// Users whose rules share one template.
@@ -187,23 +273,6 @@ struct Outcome {
     highlight: bool,
 }
 
-impl RuleCache {
-    /// The class of a user's stored rules, made if new; `None` when there are too many.
-    fn class_of(&mut self, ruleset: &Ruleset, user_id: &UserId, neutral: &UserId) -> Option<usize> {
-        let template = rules::template_of(ruleset, user_id);
-        if let Some(class) = self.templates.get(&template) {
-            return Some(*class);
-        }
-        if self.classes.len() >= MAX_CLASSES {
-            return None;
-        }
-        let class = Class { rules: rules::instantiate(&template, neutral)?, personal: template.personal };
-        self.classes.push(class);
-        self.templates.insert(template, self.classes.len() - 1);
-        Some(self.classes.len() - 1)
-    }
-}
-
 impl Notifications {
     pub fn new(
         store: &Arc<dyn KvStore>,
@@ -213,7 +282,7 @@ impl Notifications {
         events: Arc<Events>,
         members: Arc<Memberships>,
         receipts: Arc<Receipts>,
-    ) -> Self {
+    ) -> Result<Self> {
         let neutral = UserId::parse(format!("@conduit-push-{:016x}:{server_name}", rand::random::<u64>()))
             .unwrap_or_else(|_| UserId::parse("@conduit-push-neutral:invalid").expect("a valid user ID"));
         let default_template = rules::template_of(&Ruleset::server_default(&neutral), &neutral);
@@ -222,11 +291,39 @@ impl Notifications {
                 .unwrap_or_else(|| Ruleset::server_default(&neutral)),
             personal: default_template.personal,
         };
-        Self {
+        let classes_table = PUSH_CLASSES.open(store);
+        // The stored classes keep their IDs: notification rows name them. Class 0, the
+        // defaults, is whatever this build's defaults are, and is not stored.
+        let mut cache =
+            RuleCache { users: HashMap::new(), templates: HashMap::new(), classes: vec![default_class] };
+        for row in classes_table.scan(KeyRange::all(), Direction::Forward)? {
+            let (id, record) = row?;
+            let template = Template { text: record.template, personal: record.personal };
+            if id != cache.classes.len() as u64 {
+                return Err(Error::internal(format!("push class {id} is out of sequence")));
+            }
+            let rules = rules::instantiate(&template, &neutral)
+                .ok_or_else(|| Error::internal(format!("push class {id} is not a ruleset")))?;
+            cache.classes.push(Class { rules, personal: template.personal });
+            cache.templates.insert(template, id);
+        }
+        let pushers = PUSHERS.open(store);
+        let mut pusher_users = HashSet::new();
+        for row in pushers.scan(KeyRange::all(), Direction::Forward)? {
+            let ((user, _, _), _) = row?;
+            pusher_users.insert(user);
+        }
+        Ok(Self {
             counts: PUSH_COUNTS.open(store),
             bases: PUSH_COUNT_BASES.open(store),
+            classes: classes_table,
+            epochs: PUSH_EPOCHS.open(store),
+            class_counts: PUSH_CLASS_COUNTS.open(store),
+            class_heads: PUSH_CLASS_HEADS.open(store),
+            log: PUSH_LOG.open(store),
+            log_order: PUSH_LOG_ORDER.open(store),
             notifications: NOTIFICATIONS.open(store),
-            pushers: PUSHERS.open(store),
+            pushers,
             account_data,
             events,
             members,
@@ -235,15 +332,13 @@ impl Notifications {
             clock,
             server_name,
             neutral,
-            rules: Mutex::new(RuleCache {
-                users: HashMap::new(),
-                templates: HashMap::from([(default_template, DEFAULT_CLASS)]),
-                classes: vec![default_class],
-            }),
+            rules: Mutex::new(cache),
             rules_write: Mutex::new(()),
+            gate: RwLock::new(()),
             totals: Mutex::default(),
             read_locks: (0..READ_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-        }
+            pusher_users: Mutex::new(pusher_users),
+        })
     }
 
     // ---- push rules ----
@@ -263,19 +358,63 @@ impl Notifications {
         }
         let _writing = self.rules_write.lock().unwrap_or_else(|p| p.into_inner());
         let stored = self.stored(user_id)?;
-        let mut cache = self.lock_rules();
         let rules = match stored {
             None => UserRules::Default,
             Some(ruleset) => {
-                let class = cache.class_of(&ruleset, user_id, &self.neutral);
+                let class = self.class_of(&ruleset, user_id)?;
                 UserRules::Stored { ruleset: Arc::new(ruleset), class }
             }
         };
+        let mut cache = self.lock_rules();
         if cache.users.len() >= RULE_CACHE_USERS {
             cache.users.clear();
         }
         cache.users.insert(user_id.to_owned(), rules.clone());
         Ok(rules)
+    }
+
+    /// The class of a user's stored rules, made (and stored, for good) if new; `None` when
+    /// there are too many. Called under `rules_write`.
+    fn class_of(&self, ruleset: &Ruleset, user_id: &UserId) -> Result<Option<u64>> {
+        let template = rules::template_of(ruleset, user_id);
+        let mut cache = self.lock_rules();
+        if let Some(class) = cache.templates.get(&template) {
+            return Ok(Some(*class));
+        }
+        if cache.classes.len() >= MAX_CLASSES {
+            return Ok(None);
+        }
+        let Some(rules) = rules::instantiate(&template, &self.neutral) else { return Ok(None) };
+        let id = cache.classes.len() as u64;
+        let record = PushClassRecord { template: template.text.clone(), personal: template.personal };
+        self.classes.insert(&id, &record)?;
+        cache.classes.push(Class { rules, personal: template.personal });
+        cache.templates.insert(template, id);
+        Ok(Some(id))
+    }
+
+    /// The class a user's unread counts follow with these rules: `None` for a user of
+    /// another server, one whose ID a lowercased name does not stand for, or one whose rules
+    /// are evaluated on their own.
+    fn counted_class(&self, cache: &RuleCache, user_id: &UserId, rules: &UserRules) -> Option<u64> {
+        if user_id.server_name() != self.server_name
+            || user_id.localpart().bytes().any(|b| b.is_ascii_uppercase())
+        {
+            return None;
+        }
+        match rules {
+            UserRules::Default => Some(DEFAULT_CLASS),
+            UserRules::Stored { class: Some(class), .. } => {
+                (!cache.classes[*class as usize].personal).then_some(*class)
+            }
+            UserRules::Stored { class: None, .. } => None,
+        }
+    }
+
+    /// The class the user's unread counts follow now.
+    fn class_now(&self, user_id: &UserId) -> Result<Option<u64>> {
+        let rules = self.user_rules(user_id)?;
+        Ok(self.counted_class(&self.lock_rules(), user_id, &rules))
     }
 
     /// The user's stored rules; `None` for the defaults.
@@ -289,20 +428,54 @@ impl Notifications {
     }
 
     /// Change the user's rules with `change` and store the result (announced through sync).
+    /// When the class their counts follow changes, the change's position starts a new epoch.
     pub fn update_ruleset(
         &self,
         user_id: &UserId,
         change: impl FnOnce(&mut Ruleset) -> Result<()>,
     ) -> Result<()> {
-        let _writing = self.rules_write.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ruleset = self.stored_ruleset(user_id)?;
-        change(&mut ruleset)?;
-        let content = serde_json::value::to_raw_value(&PushRulesContent { global: ruleset })
-            .map_err(|e| Error::internal(format!("serialising push rules: {e}")))?;
-        self.account_data.set(user_id, None, PUSH_RULES, content)?;
-        // The next event is evaluated with the new rules.
-        self.lock_rules().users.remove(user_id);
+        // No event is between its evaluation and its position while the change takes its own.
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let before = self.class_now(user_id)?;
+        let position = {
+            let _writing = self.rules_write.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ruleset = self.stored_ruleset(user_id)?;
+            change(&mut ruleset)?;
+            let content = serde_json::value::to_raw_value(&PushRulesContent { global: ruleset })
+                .map_err(|e| Error::internal(format!("serialising push rules: {e}")))?;
+            let position = self.account_data.set(user_id, None, PUSH_RULES, content)?;
+            // The next event is evaluated with the new rules.
+            self.lock_rules().users.remove(user_id);
+            position
+        };
+        let after = self.class_now(user_id)?;
+        if before != after {
+            let mut batch = WriteBatch::new();
+            if !self.epochs.has_prefix(&user_id.to_owned())? {
+                self.epochs.put(&mut batch, &(user_id.to_owned(), 0), &PushEpochRecord { class: before })?;
+            }
+            self.epochs.put(
+                &mut batch,
+                &(user_id.to_owned(), position),
+                &PushEpochRecord { class: after },
+            )?;
+            self.store.write(batch)?;
+        }
         Ok(())
+    }
+
+    /// The classes the user's counts followed: each from a position on (after it), oldest
+    /// first.
+    fn epochs_of(&self, user_id: &UserId) -> Result<Vec<(u64, Option<u64>)>> {
+        let mut epochs = Vec::new();
+        for row in self.epochs.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
+            let ((_, from), record) = row?;
+            epochs.push((from, record.class));
+        }
+        if epochs.is_empty() {
+            epochs.push((0, self.class_now(user_id)?));
+        }
+        Ok(epochs)
     }
 
     /// The `m.push_rules` account data event.
@@ -323,51 +496,118 @@ impl Notifications {
 
     // ---- evaluation ----
 
-    /// Evaluate an event about to be appended for every joined member but its sender (and
-    /// for the invitee of an invite), with the room state before it and its roster (joined
-    /// members). Each class of members (the same rules but for their own user ID) is
-    /// evaluated once, for a neutral user; the members the event names (`@<localpart>:` in
-    /// any of its strings), the members of personal classes and members with unusual IDs are
-    /// evaluated with their own rules. Done before the event takes a stream position, so a
-    /// large room's evaluation holds back no one's sync.
+    /// Held by the append path from evaluating an event until the event has its stream
+    /// position (see `gate`).
+    pub fn evaluating(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Evaluate an event about to be appended for the room's joined local members but its
+    /// sender (and for the invitee of an invite), with the room state before it and its
+    /// roster (joined members). Each class present among the members is evaluated once, for
+    /// a neutral user; the members the event names (`@<localpart>:` in any of its strings),
+    /// the members of personal classes and members with unusual IDs are evaluated with
+    /// their own rules. Done before the event takes a stream position (under
+    /// [`Self::evaluating`]), so a large room's evaluation holds back no one's sync.
     pub fn evaluate(
         &self,
         pdu: &Pdu,
         state: &StateMap,
         power_levels: RoomPowerLevels,
         roster: &Roster,
-    ) -> Result<Vec<PendingNotification>> {
+    ) -> Result<Evaluation> {
         let member_count = UInt::new_saturating(roster.joined_count());
+        let local = |user: &UserId| user.server_name() == self.server_name;
         let mut invitee = None;
         if pdu.kind == TimelineEventType::RoomMember
             && pdu.content_value().get("membership").and_then(JsonValue::as_str) == Some("invite")
             && let Some(user) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
             && !roster.is_joined(&user)
             && user != pdu.sender
+            && local(&user)
         {
             invitee = Some(user);
         }
-        if roster.joined_count() == u64::from(roster.is_joined(&pdu.sender)) && invitee.is_none() {
-            return Ok(Vec::new());
+        let thread = relations::relates_to(&pdu.content_value())
+            .filter(|r| r.rel_type == THREAD)
+            .map(|r| r.parent.to_string());
+        let sender_joined = roster.is_joined(&pdu.sender);
+        if roster.joined_count() == u64::from(sender_joined) && invitee.is_none() {
+            return Ok(Evaluation { thread, ..Evaluation::default() });
         }
         let value = pdu.to_client_event(None).map_err(Error::internal)?;
         let raw: Raw<JsonValue> = Raw::from_json(crate::service::rooms::render::to_raw(&value)?);
         // Flattened once for every member, rather than once per member inside ruma.
         let flattened = FlattenedJson::from_raw(&raw);
         let power: PushConditionPowerLevelsCtx = power_levels.into();
-        let thread = relations::relates_to(&pdu.content_value())
-            .filter(|r| r.rel_type == THREAD)
-            .map(|r| r.parent.to_string());
         // The members the event names (by lowercased localpart: `event_match` ignores case).
-        let mut alone: HashSet<OwnedUserId> = HashSet::new();
+        let mut named: HashSet<OwnedUserId> = HashSet::new();
         for localpart in rules::named_localparts(&value) {
             if let Ok(user) = UserId::parse(format!("@{localpart}:{}", self.server_name))
                 && roster.is_joined(&user)
             {
-                alone.insert(user);
+                named.insert(user);
             }
         }
-        alone.extend(invitee.iter().cloned());
+
+        // Per class (by ID): whether a member counts in it.
+        let mut present: Vec<bool> = Vec::new();
+        let mut alone: Vec<(OwnedUserId, UserRules, Option<u64>)> = Vec::new();
+        // Give a recipient whose rules are known their class, or set them aside to be
+        // evaluated on their own. One lookup per recipient: in a big room this loop is most
+        // of the cost of an event that notifies nobody (a join).
+        let mut place = |cache: &RuleCache, user: &OwnedUserId, rules: &UserRules| {
+            let counted = self.counted_class(cache, user, rules);
+            match counted {
+                Some(class) if named.is_empty() || !named.contains(user) => {
+                    let index = class as usize;
+                    if present.len() <= index {
+                        present.resize(index + 1, false);
+                    }
+                    present[index] = true;
+                }
+                _ => alone.push((user.clone(), rules.clone(), counted)),
+            }
+        };
+        // Every recipient under one lock of the rules cache; those whose rules are not in
+        // memory yet are read from storage afterwards (outside the lock) and placed then.
+        let mut missing: Vec<OwnedUserId> = Vec::new();
+        {
+            let cache = self.lock_rules();
+            for user in roster.joined() {
+                if *user == pdu.sender || !local(user) {
+                    continue;
+                }
+                match cache.users.get(user) {
+                    Some(rules) => place(&cache, user, rules),
+                    None => missing.push(user.clone()),
+                }
+            }
+        }
+        for user in missing {
+            let rules = self.user_rules(&user)?;
+            let cache = self.lock_rules();
+            place(&cache, &user, &rules);
+        }
+        // The sender is not notified, but their class counts the event for everyone in it:
+        // their own row takes it back.
+        let mut evaluation = Evaluation { thread, ..Evaluation::default() };
+        if sender_joined && local(&pdu.sender) {
+            let counted = self.class_now(&pdu.sender)?;
+            if let Some(class) = counted {
+                let index = class as usize;
+                if present.len() <= index {
+                    present.resize(index + 1, false);
+                }
+                present[index] = true;
+                evaluation.alone.push(Alone {
+                    user_id: pdu.sender.clone(),
+                    counted,
+                    own: None,
+                    joined: true,
+                });
+            }
+        }
 
         let context_for = |user: &UserId, name: String| {
             let mut context =
@@ -385,33 +625,9 @@ impl Notifications {
             Ok(Some(Outcome { actions, highlight }))
         };
         let neutral_context = context_for(&self.neutral, self.neutral.localpart().to_owned());
-        // Per class (by index): not evaluated yet, or its outcome.
-        let mut class_outcomes: Vec<Option<Option<Outcome>>> = Vec::new();
-        let mut own: Vec<(OwnedUserId, UserRules)> = Vec::new();
-        let mut pending = Vec::new();
-        // Give a recipient whose rules are known their class's outcome, or set them aside to
-        // be evaluated on their own. One lookup per recipient: in a big room this loop is
-        // most of the cost of an event that notifies nobody (a join).
-        let mut place = |cache: &RuleCache, user: &OwnedUserId, rules: &UserRules| -> Result<()> {
-            let class = match rules {
-                UserRules::Default => Some(DEFAULT_CLASS),
-                UserRules::Stored { class, .. } => *class,
-            };
-            // Members with an ID a lowercased name does not stand for (capitals, another
-            // server) are evaluated on their own too.
-            let unusual = user.server_name() != self.server_name
-                || user.localpart().bytes().any(|b| b.is_ascii_uppercase());
-            let shared = class.filter(|c| {
-                !unusual && (alone.is_empty() || !alone.contains(user)) && !cache.classes[*c].personal
-            });
-            let Some(class) = shared else {
-                own.push((user.clone(), rules.clone()));
-                return Ok(());
-            };
-            if class_outcomes.len() <= class {
-                class_outcomes.resize(class + 1, None);
-            }
-            if class_outcomes[class].is_none() {
+        {
+            let cache = self.lock_rules();
+            for (class, _) in present.iter().enumerate().filter(|(_, here)| **here) {
                 // `None` also when a condition would wait (thread subscriptions, which are
                 // not configured): nobody of the class is notified.
                 let outcome =
@@ -419,39 +635,12 @@ impl Notifications {
                         Some(actions) => outcome_of(actions)?,
                         None => None,
                     };
-                class_outcomes[class] = Some(outcome);
-            }
-            if let Some(Some(outcome)) = &class_outcomes[class] {
-                pending.push(PendingNotification {
-                    user_id: user.clone(),
-                    highlight: outcome.highlight,
-                    thread: thread.clone(),
-                    actions: outcome.actions.clone(),
-                });
-            }
-            Ok(())
-        };
-        // Every recipient under one lock of the rules cache; those whose rules are not in
-        // memory yet are read from storage afterwards (outside the lock) and placed then.
-        let mut missing: Vec<OwnedUserId> = Vec::new();
-        {
-            let cache = self.lock_rules();
-            for user in roster.joined().iter().chain(invitee.iter()) {
-                if *user == pdu.sender {
-                    continue;
-                }
-                match cache.users.get(user) {
-                    Some(rules) => place(&cache, user, rules)?,
-                    None => missing.push(user.clone()),
-                }
+                evaluation.classes.push((class as u64, outcome));
             }
         }
-        for user in missing {
-            let rules = self.user_rules(&user)?;
-            let cache = self.lock_rules();
-            place(&cache, &user, &rules)?;
-        }
-        for (user_id, rules) in own {
+        let members = alone.into_iter().map(|(user, rules, counted)| (user, rules, counted, true));
+        let invited = invitee.map(|user| (user, UserRules::Default, None, false));
+        for (user_id, rules, counted, joined) in members.chain(invited) {
             let ruleset = match rules {
                 UserRules::Default => match self.user_rules(&user_id)? {
                     UserRules::Default => Arc::new(Ruleset::server_default(&user_id)),
@@ -460,28 +649,25 @@ impl Notifications {
                 UserRules::Stored { ruleset, .. } => ruleset,
             };
             let context = context_for(&user_id, self.display_name(state, &user_id)?);
-            let Some(actions) = rules::first_match(&ruleset, &flattened, &context) else { continue };
-            if let Some(outcome) = outcome_of(actions)? {
-                pending.push(PendingNotification {
-                    user_id,
-                    highlight: outcome.highlight,
-                    thread: thread.clone(),
-                    actions: outcome.actions,
-                });
-            }
+            let own = match rules::first_match(&ruleset, &flattened, &context) {
+                Some(actions) => outcome_of(actions)?,
+                None => None,
+            };
+            evaluation.alone.push(Alone { user_id, counted, own, joined });
         }
-        Ok(pending)
+        Ok(evaluation)
     }
 
-    /// Queue the notification rows of an appended event (in the event's batch), each with
-    /// the member's totals in the room and thread; `left` is a member the event takes out
-    /// of the room, whose rows there go. The caller holds the room's append lock and passes
-    /// the answer to [`Self::counted`] once the batch is written.
+    /// Queue the notification rows of an appended event (in the event's batch): its
+    /// classes' running totals, the rows of members evaluated alone whose outcome differs
+    /// from their class's, and its `push_log` row; `left` is a member the event takes out of
+    /// the room, whose rows there go. The caller holds the room's append lock and passes the
+    /// answer to [`Self::counted`] once the batch is written.
     pub fn put_in(
         &self,
         batch: &mut WriteBatch,
         event: &StoredEvent,
-        pending: Vec<PendingNotification>,
+        evaluation: Evaluation,
         left: Option<&UserId>,
     ) -> Result<Counted> {
         let pdu = &event.pdu;
@@ -493,45 +679,95 @@ impl Notifications {
             self.counts.delete_prefix(batch, &(user.to_owned(), room_id.clone()))?;
             self.bases.delete_prefix(batch, &(user.to_owned(), room_id.clone()))?;
         }
-        for notification in pending {
-            let user = notification.user_id;
-            let thread_key = notification.thread.unwrap_or_else(|| MAIN.to_owned());
-            let previous = self.latest_totals(batch, room_id, &user, &thread_key)?;
-            let totals = Totals {
-                notified: previous.notified + 1,
-                highlighted: previous.highlighted + u64::from(notification.highlight),
+        let thread_key = evaluation.thread.clone().unwrap_or_else(|| MAIN.to_owned());
+        let class_outcome = |class: Option<u64>| {
+            class
+                .and_then(|c| evaluation.classes.iter().find(|(id, _)| *id == c))
+                .and_then(|(_, o)| o.as_ref())
+        };
+        let mut logged_classes = Vec::new();
+        for (class, outcome) in &evaluation.classes {
+            let Some(outcome) = outcome else { continue };
+            let key = (room_id.clone(), *class, thread_key.clone());
+            let head = self.class_heads.get(&key)?.unwrap_or_default();
+            let totals = PushClassCount {
+                notified: head.notified + 1,
+                highlighted: head.highlighted + u64::from(outcome.highlight),
             };
-            let record = PushCountRecord {
-                event_id: pdu.event_id.clone(),
-                highlight: notification.highlight,
+            self.class_counts.put(
+                batch,
+                &(room_id.clone(), *class, thread_key.clone(), event.stream),
+                &totals,
+            )?;
+            let head = PushClassHead {
+                stream: event.stream,
                 notified: totals.notified,
                 highlighted: totals.highlighted,
+            };
+            self.class_heads.put(batch, &key, &head)?;
+            logged_classes.push(PushLogClass {
+                class: *class,
+                actions: outcome.actions.clone(),
+                highlight: outcome.highlight,
+            });
+        }
+        let mut logged_members = Vec::new();
+        for member in &evaluation.alone {
+            let by_class = class_outcome(member.counted);
+            if member.own.is_some() || by_class.is_some() {
+                logged_members.push(PushLogMember {
+                    user_id: member.user_id.clone(),
+                    actions: member.own.as_ref().map(|o| o.actions.clone()),
+                    highlight: member.own.as_ref().is_some_and(|o| o.highlight),
+                });
+            }
+            let (own, class) = (Totals::of(member.own.as_ref()), Totals::of(by_class));
+            if !member.joined || own == class {
+                continue;
+            }
+            let user = &member.user_id;
+            let previous = self.latest_tally(batch, room_id, user, &thread_key)?;
+            let tally = Tally { own: previous.own.plus(own), class: previous.class.plus(class) };
+            let record = PushCountRecord {
+                event_id: pdu.event_id.clone(),
+                highlight: member.own.as_ref().is_some_and(|o| o.highlight),
+                notified: tally.own.notified,
+                highlighted: tally.own.highlighted,
+                class_notified: tally.class.notified,
+                class_highlighted: tally.class.highlighted,
             };
             self.counts.put(
                 batch,
                 &(user.clone(), room_id.clone(), thread_key.clone(), event.stream),
                 &record,
             )?;
-            counted.totals.push(((user.clone(), thread_key), totals));
-            let entry = NotificationRecord {
-                room_id: pdu.room_id.clone(),
+            counted.totals.push(((user.clone(), thread_key.clone()), tally));
+        }
+        if !logged_classes.is_empty() || logged_members.iter().any(|m| m.actions.is_some()) {
+            let record = PushLogRecord {
                 event_id: pdu.event_id.clone(),
-                actions: notification.actions,
-                highlight: notification.highlight,
+                sender: Some(pdu.sender.clone()),
+                thread: evaluation.thread,
                 ts: pdu.origin_server_ts.get().into(),
+                classes: logged_classes,
+                alone: logged_members,
             };
-            self.notifications.put(batch, &(user, event.stream), &entry)?;
+            self.log.put(batch, &(room_id.clone(), event.stream), &record)?;
+            self.log_order.put(batch, &event.stream, room_id)?;
         }
         Ok(counted)
     }
 
-    /// An appended event's batch is written: remember the totals its notifications brought.
+    /// An appended event's batch is written: remember the totals its rows brought.
     pub fn counted(&self, counted: Counted) {
         let mut cache = self.lock_totals();
         if cache.entries + counted.totals.len() > TOTALS_CACHE_ENTRIES {
             *cache = TotalsCache::default();
         }
         let TotalsCache { rooms, entries } = &mut *cache;
+        if counted.totals.is_empty() && counted.left.is_none() {
+            return;
+        }
         let room = rooms.entry(counted.room_id).or_default();
         if let Some(user) = &counted.left {
             let before = room.len();
@@ -549,16 +785,16 @@ impl Notifications {
         self.totals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The member's latest totals in the room and thread: remembered, or read from their
+    /// The member's latest tally in the room and thread: remembered, or read from their
     /// last row (or the base, when every row was read and removed); a thread without either
     /// gets its zero base in `batch`. Called under the room's append lock.
-    fn latest_totals(
+    fn latest_tally(
         &self,
         batch: &mut WriteBatch,
         room_id: &RoomId,
         user_id: &UserId,
         thread: &str,
-    ) -> Result<Totals> {
+    ) -> Result<Tally> {
         let key = (user_id.to_owned(), thread.to_owned());
         if let Some(known) = self.lock_totals().rooms.get(room_id).and_then(|r| r.get(&key)) {
             return Ok(*known);
@@ -567,13 +803,13 @@ impl Notifications {
         // The rows before the base: a removal writes both in one batch.
         if let Some(row) = self.counts.scan_prefix(&prefix, Direction::Reverse)?.next() {
             let (_, record) = row?;
-            return Ok(Totals { notified: record.notified, highlighted: record.highlighted });
+            return Ok(Tally::from(&record));
         }
         Ok(match self.bases.get(&prefix)? {
-            Some(base) => Totals { notified: base.notified, highlighted: base.highlighted },
+            Some(base) => Tally::from(&base),
             None => {
                 self.bases.put(batch, &prefix, &PushCountBase::default())?;
-                Totals::default()
+                Tally::default()
             }
         })
     }
@@ -620,12 +856,15 @@ impl Notifications {
     }
 
     /// Notifying and highlighting events after the user's receipts, outside threads and per
-    /// thread: per thread the latest totals less the totals at the read position.
+    /// thread.
     pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
         let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
+        let epochs = self.epochs_of(user_id)?;
         let mut room = (0u64, 0u64);
         let mut per_thread: BTreeMap<OwnedEventId, (u64, u64)> = BTreeMap::new();
-        for (thread, unread) in self.unread_by_thread(user_id, room_id, unthreaded, &threads, false)? {
+        for (thread, unread) in
+            self.unread_by_thread(user_id, room_id, &epochs, unthreaded, &threads, false)?
+        {
             let counter = match ruma::EventId::parse(&thread).ok().filter(|_| thread != MAIN) {
                 Some(root) => per_thread.entry(root).or_default(),
                 None => &mut room,
@@ -639,44 +878,100 @@ impl Notifications {
         })
     }
 
-    /// Per thread key with notifications after the read positions, how many (and highlights);
-    /// with `first_only`, stop at the first such thread.
+    /// A class's totals in a room and thread at position `at` (its last row at or before).
+    fn class_totals_at(&self, room_id: &RoomId, class: u64, thread: &str, at: u64) -> Result<Totals> {
+        let prefix = (room_id.to_owned(), class, thread.to_owned());
+        let range = KeyRange::prefix(prefix.to_key_bytes())
+            .up_to((room_id.to_owned(), class, thread.to_owned(), at).to_key_bytes());
+        Ok(match self.class_counts.scan(range, Direction::Reverse)?.next() {
+            Some(row) => {
+                let (_, c) = row?;
+                Totals { notified: c.notified, highlighted: c.highlighted }
+            }
+            None => Totals::default(),
+        })
+    }
+
+    /// The member's tally in a room and thread at position `at`: their last row at or
+    /// before it, or the base.
+    fn tally_at(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        thread: &str,
+        at: u64,
+        base: Tally,
+    ) -> Result<Tally> {
+        let prefix = (user_id.to_owned(), room_id.to_owned(), thread.to_owned());
+        let range = KeyRange::prefix(prefix.to_key_bytes())
+            .up_to((user_id.to_owned(), room_id.to_owned(), thread.to_owned(), at).to_key_bytes());
+        Ok(match self.counts.scan(range, Direction::Reverse)?.next() {
+            Some(row) => Tally::from(&row?.1),
+            None => base,
+        })
+    }
+
+    /// Per thread key with notifications after the read positions, how many (and
+    /// highlights); with `first_only`, stop at the first such thread. Per thread: the
+    /// totals of the member's classes over the unread span (one class, usually), plus their
+    /// own rows' totals over it less what their class counted in those rows.
     fn unread_by_thread(
         &self,
         user_id: &UserId,
         room_id: &RoomId,
+        epochs: &[(u64, Option<u64>)],
         unthreaded: u64,
         threads: &HashMap<String, u64>,
         first_only: bool,
     ) -> Result<Vec<(String, Totals)>> {
-        let mut found = Vec::new();
+        // Every thread key the member's classes or own rows have, with the heads and base.
+        let mut keys: BTreeMap<String, (Vec<(u64, PushClassHead)>, Option<PushCountBase>)> = BTreeMap::new();
+        let mut classes: Vec<u64> = epochs.iter().filter_map(|(_, class)| *class).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        for class in classes {
+            for row in self.class_heads.scan_prefix(&(room_id.to_owned(), class), Direction::Forward)? {
+                let ((_, _, thread), head) = row?;
+                keys.entry(thread).or_default().0.push((class, head));
+            }
+        }
         for row in self.bases.scan_prefix(&(user_id.to_owned(), room_id.to_owned()), Direction::Forward)? {
             let ((_, _, thread), base) = row?;
+            keys.entry(thread).or_default().1 = Some(base);
+        }
+        let mut found = Vec::new();
+        for (thread, (heads, base)) in keys {
             let read_to = unthreaded.max(threads.get(&thread).copied().unwrap_or(0));
-            let prefix = (user_id.to_owned(), room_id.to_owned(), thread.clone());
-            let from_base = Totals { notified: base.notified, highlighted: base.highlighted };
-            let latest = match self.counts.scan_prefix(&prefix, Direction::Reverse)?.next() {
-                Some(row) => {
-                    let ((_, _, _, stream), record) = row?;
-                    if stream <= read_to {
-                        continue;
-                    }
-                    Totals { notified: record.notified, highlighted: record.highlighted }
+            let (mut notified, mut highlighted) = (0i128, 0i128);
+            for (index, (from, class)) in epochs.iter().enumerate() {
+                let to = epochs.get(index + 1).map(|(next, _)| *next);
+                let Some(class) = class else { continue };
+                let Some((_, head)) = heads.iter().find(|(c, _)| c == class) else { continue };
+                let low = (*from).max(read_to);
+                let high = to.unwrap_or(u64::MAX).min(head.stream);
+                if high <= low {
+                    continue;
                 }
-                None => continue,
-            };
-            let at_read = KeyRange::prefix(prefix.to_key_bytes())
-                .up_to((user_id.to_owned(), room_id.to_owned(), thread.clone(), read_to).to_key_bytes());
-            let read = match self.counts.scan(at_read, Direction::Reverse)?.next() {
-                Some(row) => {
-                    let (_, record) = row?;
-                    Totals { notified: record.notified, highlighted: record.highlighted }
-                }
-                None => from_base,
-            };
+                let at_high = match to {
+                    Some(to) if to < head.stream => self.class_totals_at(room_id, *class, &thread, to)?,
+                    _ => Totals { notified: head.notified, highlighted: head.highlighted },
+                };
+                let at_low = self.class_totals_at(room_id, *class, &thread, low)?;
+                notified += i128::from(at_high.notified) - i128::from(at_low.notified);
+                highlighted += i128::from(at_high.highlighted) - i128::from(at_low.highlighted);
+            }
+            if let Some(base) = base {
+                let base = Tally::from(&base);
+                let latest = self.tally_at(user_id, room_id, &thread, u64::MAX, base)?;
+                let at_read = self.tally_at(user_id, room_id, &thread, read_to, base)?;
+                notified += i128::from(latest.own.notified) - i128::from(at_read.own.notified);
+                notified -= i128::from(latest.class.notified) - i128::from(at_read.class.notified);
+                highlighted += i128::from(latest.own.highlighted) - i128::from(at_read.own.highlighted);
+                highlighted -= i128::from(latest.class.highlighted) - i128::from(at_read.class.highlighted);
+            }
             let unread = Totals {
-                notified: latest.notified.saturating_sub(read.notified),
-                highlighted: latest.highlighted.saturating_sub(read.highlighted),
+                notified: u64::try_from(notified.max(0)).unwrap_or(u64::MAX),
+                highlighted: u64::try_from(highlighted.max(0)).unwrap_or(u64::MAX),
             };
             if unread.notified > 0 || unread.highlighted > 0 {
                 found.push((thread, unread));
@@ -707,7 +1002,7 @@ impl Notifications {
     }
 
     /// Remove the user's notification rows at or before their read positions in the room,
-    /// each thread's base taking the totals of its last removed row. Rows after the read
+    /// each thread's base taking the tally of its last removed row. Rows after the read
     /// positions are untouched, and appends only add rows after them (the receipted event is
     /// committed, and the room appends in order), so this runs beside the append path.
     fn remove_read(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
@@ -736,8 +1031,13 @@ impl Notifications {
                 last = Some(record);
             }
             if let Some(last) = last {
-                let base =
-                    PushCountBase { notified: last.notified, highlighted: last.highlighted, upto: read_to };
+                let base = PushCountBase {
+                    notified: last.notified,
+                    highlighted: last.highlighted,
+                    class_notified: last.class_notified,
+                    class_highlighted: last.class_highlighted,
+                    upto: read_to,
+                };
                 self.bases.put(&mut batch, &prefix, &base)?;
             }
         }
@@ -758,7 +1058,7 @@ impl Notifications {
     /// Remove `/notifications` rows past their keeping time (a day, a month for highlights,
     /// as Synapse keeps them), at most `budget` rows a call; answers how many went. Each
     /// user's rows are in position order, so the walk leaves a user at their first row
-    /// young enough to keep and seeks to the next user.
+    /// young enough to keep and seeks to the next user. The push log's rows go after a month.
     pub fn expire(&self, budget: usize) -> Result<usize> {
         let now_ms = self.clock.now_ms();
         let plain_before = now_ms.saturating_sub(KEEP_NOTIFICATION_MS);
@@ -796,13 +1096,30 @@ impl Notifications {
                 _ => break,
             }
         }
+        // The log in position order: it stops at the first row young enough to keep (near
+        // enough: origin timestamps are not quite in position order).
+        for row in self.log_order.scan(KeyRange::all(), Direction::Forward)? {
+            if removed >= budget {
+                break;
+            }
+            let (stream, room_id) = row?;
+            if let Some(record) = self.log.get(&(room_id.clone(), stream))?
+                && record.ts >= highlight_before
+            {
+                break;
+            }
+            self.log.delete(&mut batch, &(room_id, stream));
+            self.log_order.delete(&mut batch, &stream);
+            removed += 1;
+        }
         if !batch.is_empty() {
             self.store.write(batch)?;
         }
         Ok(removed)
     }
 
-    /// Queue the removal of a purged room's notification rows for each of `users`.
+    /// Queue the removal of a purged room's notification rows: its classes' totals, its
+    /// log, and each of `users`' rows in it.
     pub fn purge_room_in(
         &self,
         batch: &mut WriteBatch,
@@ -819,10 +1136,39 @@ impl Notifications {
                 }
             }
         }
+        self.class_counts.delete_prefix(batch, &room_id.to_owned())?;
+        self.class_heads.delete_prefix(batch, &room_id.to_owned())?;
+        for row in self.log.scan_prefix(&room_id.to_owned(), Direction::Forward)? {
+            let (key, _) = row?;
+            self.log_order.delete(batch, &key.1);
+            self.log.delete(batch, &key);
+        }
         Ok(())
     }
 
-    /// The user's notifications, newest first, before position `from`.
+    /// What a logged event does for `user_id`: the actions and whether it highlights, if
+    /// it notifies them. `joined_since` is where their present membership began (`None`: not
+    /// joined), `epochs` their classes over time.
+    fn outcome_for(
+        user_id: &UserId,
+        stream: u64,
+        record: &PushLogRecord,
+        joined_since: Option<u64>,
+        epochs: &[(u64, Option<u64>)],
+    ) -> Option<(JsonValue, bool)> {
+        if let Some(member) = record.alone.iter().find(|m| m.user_id == user_id) {
+            return member.actions.clone().map(|actions| (actions, member.highlight));
+        }
+        if record.sender.as_deref() == Some(user_id) || joined_since.is_none_or(|since| since >= stream) {
+            return None;
+        }
+        let class = epochs.iter().rev().find(|(from, _)| *from < stream).and_then(|(_, class)| *class)?;
+        let logged = record.classes.iter().find(|c| c.class == class)?;
+        Some((logged.actions.clone(), logged.highlight))
+    }
+
+    /// The user's notifications, newest first, before position `from`: the push log of
+    /// their joined and invited rooms, merged by position.
     pub fn list(
         &self,
         user_id: &UserId,
@@ -830,46 +1176,76 @@ impl Notifications {
         limit: usize,
         only_highlight: bool,
     ) -> Result<(Vec<NotificationEntry>, Option<u64>)> {
-        let user = user_id.to_owned();
-        let mut range = KeyRange::prefix(user.to_key_bytes());
-        if let Some(from) = from {
-            range = range.before((user.clone(), from).to_key_bytes());
+        let now_ms = self.clock.now_ms();
+        let epochs = self.epochs_of(user_id)?;
+        let mut rooms: Vec<(OwnedRoomId, Option<u64>)> = Vec::new();
+        for room_id in self.members.rooms_of_user(user_id, &MembershipState::Join)? {
+            let since = self.members.get(&room_id, user_id)?.map(|r| r.joined_since());
+            rooms.push((room_id, since));
         }
-        let mut read_cache: HashMap<OwnedRoomId, (u64, HashMap<String, u64>)> = HashMap::new();
+        for room_id in self.members.rooms_of_user(user_id, &MembershipState::Invite)? {
+            rooms.push((room_id, None));
+        }
+        let mut cursors = Vec::with_capacity(rooms.len());
+        let mut heap = BinaryHeap::new();
+        for (index, (room_id, _)) in rooms.iter().enumerate() {
+            let mut range = KeyRange::prefix(room_id.to_key_bytes());
+            if let Some(from) = from {
+                range = range.before((room_id.clone(), from).to_key_bytes());
+            }
+            let mut rows = self.log.scan(range, Direction::Reverse)?;
+            if let Some(row) = rows.next() {
+                let ((_, stream), record) = row?;
+                heap.push((stream, index));
+                cursors.push((rows, Some(record)));
+            } else {
+                cursors.push((rows, None));
+            }
+        }
+        let mut read_cache: HashMap<usize, (u64, HashMap<String, u64>)> = HashMap::new();
         let mut found = Vec::new();
         let mut next = None;
-        // A page examines a bounded number of rows (only=highlight or left rooms can skip
-        // many); a short page with a `next_token` is valid and the client continues.
+        // A page examines a bounded number of rows (only=highlight or events that notify
+        // others can skip many); a short page with a `next_token` is valid and the client
+        // continues.
         let budget = limit.saturating_mul(20).saturating_add(200);
-        for (examined, row) in self.notifications.scan(range, Direction::Reverse)?.enumerate() {
-            let ((_, stream), record) = row?;
+        let mut examined = 0;
+        while let Some((stream, index)) = heap.pop() {
             if found.len() >= limit || examined >= budget {
                 next = Some(stream + 1);
                 break;
             }
-            if only_highlight && !record.highlight {
+            examined += 1;
+            let (rows, current) = &mut cursors[index];
+            let record = current.take().ok_or_else(|| Error::internal("push log cursor out of step"))?;
+            if let Some(row) = rows.next() {
+                let ((_, later), next_record) = row?;
+                *current = Some(next_record);
+                heap.push((later, index));
+            }
+            let (room_id, joined_since) = &rooms[index];
+            let Some((actions, highlight)) =
+                Self::outcome_for(user_id, stream, &record, *joined_since, &epochs)
+            else {
+                continue;
+            };
+            if only_highlight && !highlight {
                 continue;
             }
-            let membership = self.members.membership(&record.room_id, user_id)?;
-            if !matches!(membership, Some(MembershipState::Join | MembershipState::Invite)) {
+            let keep_ms = if highlight { KEEP_HIGHLIGHT_MS } else { KEEP_NOTIFICATION_MS };
+            if record.ts < now_ms.saturating_sub(keep_ms) {
                 continue;
             }
-            if !read_cache.contains_key(&record.room_id) {
-                let positions = self.read_positions(user_id, &record.room_id)?;
-                read_cache.insert(record.room_id.clone(), positions);
+            if let std::collections::hash_map::Entry::Vacant(entry) = read_cache.entry(index) {
+                entry.insert(self.read_positions(user_id, room_id)?);
             }
-            let (unthreaded, threads) = &read_cache[&record.room_id];
-            let event = self.events.get(&record.event_id)?;
-            let thread_key = event
-                .as_ref()
-                .and_then(|e| relations::relates_to(&e.pdu.content_value()))
-                .filter(|r| r.rel_type == THREAD)
-                .map_or_else(|| MAIN.to_owned(), |r| r.parent.to_string());
+            let (unthreaded, threads) = &read_cache[&index];
+            let thread_key = record.thread.clone().unwrap_or_else(|| MAIN.to_owned());
             let read_to = (*unthreaded).max(threads.get(&thread_key).copied().unwrap_or(0));
-            let actions: Vec<Action> = serde_json::from_value(record.actions).unwrap_or_default();
+            let actions: Vec<Action> = serde_json::from_value(actions).unwrap_or_default();
             found.push(NotificationEntry {
                 stream,
-                room_id: record.room_id,
+                room_id: room_id.clone(),
                 event_id: record.event_id,
                 actions,
                 ts: record.ts,
@@ -877,6 +1253,72 @@ impl Notifications {
             });
         }
         Ok((found, next))
+    }
+
+    // ---- the push fan-out ----
+
+    /// Positions of logged events after `after`, oldest first, at most `limit`.
+    pub fn logged_after(&self, after: u64, limit: usize) -> Result<Vec<u64>> {
+        let range = KeyRange::all().after(after.to_key_bytes());
+        self.log_order
+            .scan(range, Direction::Forward)?
+            .take(limit)
+            .map(|row| row.map(|(stream, _)| stream).map_err(Into::into))
+            .collect()
+    }
+
+    /// Write the `notifications` rows of the logged event at `stream` for the members it
+    /// notifies who have pushers (members then and now), and answer who they are. Run after
+    /// the event by the push fan-out, so an event in a big room costs its sender nothing per
+    /// member; a member who left since is not pushed.
+    pub fn fan_out(&self, stream: u64) -> Result<Vec<OwnedUserId>> {
+        let Some(room_id) = self.log_order.get(&stream)? else { return Ok(Vec::new()) };
+        let Some(record) = self.log.get(&(room_id.clone(), stream))? else { return Ok(Vec::new()) };
+        let roster = self.members.roster(&room_id)?;
+        let candidates: Vec<OwnedUserId> = {
+            let with_pushers = self.pusher_users.lock().unwrap_or_else(|p| p.into_inner());
+            let invited = record.alone.iter().map(|m| &m.user_id).filter(|u| !roster.is_joined(u));
+            if with_pushers.len() < roster.joined().len() {
+                let joined = with_pushers.iter().filter(|u| roster.is_joined(u));
+                joined.chain(invited.filter(|u| with_pushers.contains(*u))).cloned().collect()
+            } else {
+                let joined = roster.joined().iter().filter(|u| with_pushers.contains(*u));
+                joined.chain(invited.filter(|u| with_pushers.contains(*u))).cloned().collect()
+            }
+        };
+        let mut batch = WriteBatch::new();
+        let mut notified = Vec::new();
+        for user_id in candidates {
+            if !self.pushers.has_prefix(&user_id)? {
+                continue;
+            }
+            let joined_since = match self.members.get(&room_id, &user_id)? {
+                Some(m) if m.membership == "join" => Some(m.joined_since()),
+                _ => None,
+            };
+            let epochs = match record.alone.iter().any(|m| m.user_id == user_id) {
+                true => Vec::new(),
+                false => self.epochs_of(&user_id)?,
+            };
+            let Some((actions, highlight)) =
+                Self::outcome_for(&user_id, stream, &record, joined_since, &epochs)
+            else {
+                continue;
+            };
+            let entry = NotificationRecord {
+                room_id: room_id.clone(),
+                event_id: record.event_id.clone(),
+                actions,
+                highlight,
+                ts: record.ts,
+            };
+            self.notifications.put(&mut batch, &(user_id.clone(), stream), &entry)?;
+            notified.push(user_id);
+        }
+        if !batch.is_empty() {
+            self.store.write(batch)?;
+        }
+        Ok(notified)
     }
 
     /// The user's notifications after `after`, oldest first, at most `limit`, each with
@@ -909,18 +1351,14 @@ impl Notifications {
     /// How many of the user's joined rooms have unread notifications (an app's badge, as
     /// Synapse counts it by default).
     pub fn unread_rooms(&self, user_id: &UserId) -> Result<u64> {
+        let epochs = self.epochs_of(user_id)?;
         let mut rooms = 0;
         for room_id in self.members.rooms_of_user(user_id, &MembershipState::Join)? {
-            rooms += u64::from(self.has_unread(user_id, &room_id)?);
+            let (unthreaded, threads) = self.read_positions(user_id, &room_id)?;
+            let first = self.unread_by_thread(user_id, &room_id, &epochs, unthreaded, &threads, true)?;
+            rooms += u64::from(!first.is_empty());
         }
         Ok(rooms)
-    }
-
-    /// Whether the room has a notification the user has not read: the first one after
-    /// their receipts answers, without counting the rest (every push computes the badge).
-    fn has_unread(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
-        let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
-        Ok(!self.unread_by_thread(user_id, room_id, unthreaded, &threads, true)?.is_empty())
     }
 
     // ---- pushers ----
@@ -996,6 +1434,7 @@ impl Notifications {
                 let created_ms = existing.map_or(now_ms, |e| e.created_ms);
                 let record = PusherRecord { device_id: Some(device_id.to_owned()), created_ms, pusher };
                 self.pushers.put(&mut batch, &key, &record)?;
+                self.pusher_users.lock().unwrap_or_else(|p| p.into_inner()).insert(user_id.to_owned());
             }
         }
         self.store.write(batch)?;

@@ -27,6 +27,7 @@ use super::{
     outbound::{self, UrlRefusal, ip_guard::Policy},
     outbox::{Courier, Delivering, Delivery, Outbox, Parcels},
     push::{Notifications, parse_pusher_queue, pusher_kind, pusher_queue, user_queues},
+    push_fanout::PushFanout,
     rooms::{events::Events, state::RoomStates},
     stream::Stream,
 };
@@ -164,6 +165,8 @@ impl PushGateways {
     /// existed start from now.
     pub fn start(self: &Arc<Self>) -> Result<()> {
         self.outbox.start()?;
+        // The queue that writes pushers' notification rows; it rings their queues.
+        PushFanout::start(Arc::clone(&self.notifications), Arc::clone(self), &self.outbox, &self.stream)?;
         let now = self.stream.committed();
         for (user_id, app_id, pushkey) in self.notifications.all_pushers()? {
             let Some(record) = self.notifications.pusher(&user_id, &app_id, &pushkey)? else { continue };

@@ -10,8 +10,9 @@ use super::{
     codec::{decode_value, encode_value},
     kv::{Direction, KeyRange, KvStore, StorageError, StorageResult, WriteBatch},
     tables::{
-        META, PUSH_ACTIONS, PUSH_COUNT_BASES, PUSH_COUNTS, PUSHERS, PushActionRecord, PushCountBase,
-        PushCountRecord, PusherRecord, SCHEMA_VERSION_KEY, UIAA_SESSIONS,
+        META, NOTIFICATIONS, NotificationRecord, PUSH_ACTIONS, PUSH_COUNT_BASES, PUSH_COUNTS, PUSH_LOG,
+        PUSH_LOG_ORDER, PUSHERS, PushActionRecord, PushCountBase, PushCountRecord, PushLogMember,
+        PushLogRecord, PusherRecord, SCHEMA_VERSION_KEY, UIAA_SESSIONS,
     },
 };
 
@@ -40,10 +41,15 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "notification rows carry running totals per room and thread (push_counts)",
         run: push_counts_from_actions,
     },
+    Migration {
+        to_version: 5,
+        description: "notifications are logged per room and event (push_log), not per member",
+        run: push_log_from_notifications,
+    },
 ];
 
 /// The schema version this build writes.
-pub const CURRENT_SCHEMA_VERSION: u64 = 4;
+pub const CURRENT_SCHEMA_VERSION: u64 = 5;
 
 /// Version 2 binds each user-interactive auth session to the method, path and parameters of
 /// its request; a version-1 session names only its endpoint, so it cannot be bound. Sessions
@@ -129,6 +135,8 @@ fn push_counts_from_actions(store: &dyn KvStore) -> StorageResult<WriteBatch> {
             highlight: record.highlight,
             notified: total.0,
             highlighted: total.1,
+            class_notified: 0,
+            class_highlighted: 0,
         };
         batch.put(
             PUSH_COUNTS.name,
@@ -143,6 +151,52 @@ fn push_counts_from_actions(store: &dyn KvStore) -> StorageResult<WriteBatch> {
             key.to_key_bytes(),
             encode_value(PUSH_COUNT_BASES.value_version, &PushCountBase::default())
                 .map_err(corrupt(PUSH_COUNT_BASES.name))?,
+        );
+    }
+    Ok(batch)
+}
+
+/// Version 5 logs who an event notifies once per room and event (`push_log`) and keeps
+/// per-member rows only for members with pushers. `/notifications` reads the log, so each
+/// event's per-member rows of version 4 become one log row naming those members (the
+/// thread is not in those rows: their read state follows the room's receipt). The rows
+/// stay as they are for the pushers' queues; `push_counts` needs nothing (its rows count
+/// the members' own notifications, with nothing counted by a class).
+fn push_log_from_notifications(store: &dyn KvStore) -> StorageResult<WriteBatch> {
+    let mut batch = WriteBatch::new();
+    let corrupt = |table: &'static str| move |detail: String| StorageError::Corrupt { table, detail };
+    let mut logged: std::collections::BTreeMap<(ruma::OwnedRoomId, u64), PushLogRecord> =
+        std::collections::BTreeMap::new();
+    for entry in store.scan(NOTIFICATIONS.name, KeyRange::all(), Direction::Forward)? {
+        let (key, value) = entry?;
+        let (user, stream) =
+            <(ruma::OwnedUserId, u64)>::from_key_bytes(&key).map_err(corrupt(NOTIFICATIONS.name))?;
+        let record: NotificationRecord =
+            decode_value(NOTIFICATIONS.value_version, &value).map_err(corrupt(NOTIFICATIONS.name))?;
+        let row = logged.entry((record.room_id.clone(), stream)).or_insert_with(|| PushLogRecord {
+            event_id: record.event_id.clone(),
+            sender: None,
+            thread: None,
+            ts: record.ts,
+            classes: Vec::new(),
+            alone: Vec::new(),
+        });
+        row.alone.push(PushLogMember {
+            user_id: user,
+            actions: Some(record.actions),
+            highlight: record.highlight,
+        });
+    }
+    for ((room, stream), row) in logged {
+        batch.put(
+            PUSH_LOG_ORDER.name,
+            stream.to_key_bytes(),
+            encode_value(PUSH_LOG_ORDER.value_version, &room).map_err(corrupt(PUSH_LOG_ORDER.name))?,
+        );
+        batch.put(
+            PUSH_LOG.name,
+            (room, stream).to_key_bytes(),
+            encode_value(PUSH_LOG.value_version, &row).map_err(corrupt(PUSH_LOG.name))?,
         );
     }
     Ok(batch)
@@ -244,6 +298,37 @@ mod tests {
         assert!(bases.get(&(user.clone(), room.clone(), "main".to_owned())).unwrap().is_some());
         assert!(bases.get(&(user.clone(), room.clone(), root)).unwrap().is_some());
         assert!(s.scan(PUSH_ACTIONS.name, KeyRange::all(), Direction::Forward).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn version_5_logs_each_notified_event_once_with_its_members() {
+        let s = store();
+        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &4).unwrap();
+        let (u, v) = (ruma::owned_user_id!("@u:example.org"), ruma::owned_user_id!("@v:example.org"));
+        let room = ruma::owned_room_id!("!r:example.org");
+        let row = |event: &str, highlight: bool| NotificationRecord {
+            room_id: room.clone(),
+            event_id: ruma::OwnedEventId::try_from(event).unwrap(),
+            actions: serde_json::json!(["notify"]),
+            highlight,
+            ts: 1_000,
+        };
+        let notifications = NOTIFICATIONS.open(&s);
+        let mut batch = WriteBatch::new();
+        notifications.put(&mut batch, &(u.clone(), 7), &row("$seven", false)).unwrap();
+        notifications.put(&mut batch, &(v.clone(), 7), &row("$seven", true)).unwrap();
+        notifications.put(&mut batch, &(v.clone(), 9), &row("$nine", false)).unwrap();
+        s.write(batch).unwrap();
+        migrate(&s).unwrap();
+        let log = PUSH_LOG.open(&s);
+        let seven = log.get(&(room.clone(), 7)).unwrap().unwrap();
+        let members: Vec<_> = seven.alone.iter().map(|m| (m.user_id.clone(), m.highlight)).collect();
+        assert_eq!(members, [(u.clone(), false), (v.clone(), true)]);
+        assert!(seven.classes.is_empty() && seven.sender.is_none());
+        assert_eq!(log.get(&(room.clone(), 9)).unwrap().unwrap().alone.len(), 1);
+        assert_eq!(PUSH_LOG_ORDER.open(&s).get(&9).unwrap(), Some(room.clone()));
+        // The pushers' rows stay.
+        assert!(notifications.get(&(u, 7)).unwrap().is_some());
     }
 
     #[test]

@@ -136,8 +136,28 @@ catalogue! {
     /// Per user, room and thread key with notifications: the totals up to the rows removed,
     /// and the read position they were removed at.
     PUSH_COUNT_BASES = "push_count_bases", key "user_id, room_id, thread": (OwnedUserId, OwnedRoomId, String) => PushCountBase, version 1;
-    /// The same notifications per user across rooms, for `/notifications`.
+    /// Notifications per user across rooms for the users who have pushers (their pushers'
+    /// and email's queue), written after the event by the push fan-out from `push_log`.
     NOTIFICATIONS = "notifications", key "user_id, stream": (OwnedUserId, u64) => NotificationRecord, version 1;
+    /// Classes of push rules (rules that differ only in their owner's user ID), by durable
+    /// ID: the template text and whether it reads what a class cannot stand in for. Class 0
+    /// is the server defaults and has no row.
+    PUSH_CLASSES = "push_classes", key "class": u64 => PushClassRecord, version 1;
+    /// Per user, the class their notifications count in from a stream position on (after
+    /// it), written when their rules change; a user without rows is in the class of their
+    /// current rules for all time.
+    PUSH_EPOCHS = "push_epochs", key "user_id, from": (OwnedUserId, u64) => PushEpochRecord, version 1;
+    /// Per room, class and thread key, the class's running notification and highlight
+    /// totals at each event that notifies it: a member's unread counts are their class's
+    /// totals between their read position and now, corrected by their own `push_counts` rows.
+    PUSH_CLASS_COUNTS = "push_class_counts", key "room_id, class, thread, stream": (OwnedRoomId, u64, String, u64) => PushClassCount, version 1;
+    /// The latest row of `push_class_counts` per room, class and thread key.
+    PUSH_CLASS_HEADS = "push_class_heads", key "room_id, class, thread": (OwnedRoomId, u64, String) => PushClassHead, version 1;
+    /// Per room and event that notifies anyone: each class's actions and the members
+    /// evaluated on their own, for `/notifications` and the push fan-out.
+    PUSH_LOG = "push_log", key "room_id, stream": (OwnedRoomId, u64) => PushLogRecord, version 1;
+    /// The rooms of `push_log` in stream order, for the push fan-out.
+    PUSH_LOG_ORDER = "push_log_order", key "stream": u64 => OwnedRoomId, version 1;
     /// Pushers as clients set them, per user, app ID and push key, with the device that set them.
     PUSHERS = "pushers", key "user_id, app_id, pushkey": (OwnedUserId, String, String) => PusherRecord, version 2;
     /// Each device's identity keys as uploaded (signed by the device).
@@ -1015,6 +1035,71 @@ pub struct PushCountRecord {
     /// up to this one, since the room's first.
     pub notified: u64,
     pub highlighted: u64,
+    /// The same totals of what the user's class counted for these events (rows written
+    /// before classes were counted have none): unread counts add the user's own totals and
+    /// take away these from their class's.
+    #[serde(default)]
+    pub class_notified: u64,
+    #[serde(default)]
+    pub class_highlighted: u64,
+}
+
+/// A class of push rules: a user's rules with their user ID and localpart as placeholders.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushClassRecord {
+    pub template: String,
+    pub personal: bool,
+}
+
+/// The class a user's notifications count in from a position on; `None`: in none (every
+/// event is evaluated for them on their own).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct PushEpochRecord {
+    pub class: Option<u64>,
+}
+
+/// A class's running totals in a room and thread up to an event.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct PushClassCount {
+    pub notified: u64,
+    pub highlighted: u64,
+}
+
+/// The latest of a class's totals in a room and thread, and its position.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct PushClassHead {
+    pub stream: u64,
+    pub notified: u64,
+    pub highlighted: u64,
+}
+
+/// Who an event notifies: the actions of each class that it notifies, and the members
+/// evaluated on their own (with their actions, if it notifies them).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushLogRecord {
+    pub event_id: OwnedEventId,
+    /// `None` in rows from before schema version 5, which name every member notified.
+    pub sender: Option<OwnedUserId>,
+    /// The thread root, for an event in a thread.
+    pub thread: Option<String>,
+    pub ts: u64,
+    pub classes: Vec<PushLogClass>,
+    pub alone: Vec<PushLogMember>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushLogClass {
+    pub class: u64,
+    pub actions: serde_json::Value,
+    pub highlight: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushLogMember {
+    pub user_id: OwnedUserId,
+    /// The actions, when the event notifies them; `None`: it does not.
+    pub actions: Option<serde_json::Value>,
+    pub highlight: bool,
 }
 
 /// The totals at the last of a user's notification rows removed in a room and thread.
@@ -1022,6 +1107,11 @@ pub struct PushCountRecord {
 pub struct PushCountBase {
     pub notified: u64,
     pub highlighted: u64,
+    /// What the user's class counted for the same events (see `PushCountRecord`).
+    #[serde(default)]
+    pub class_notified: u64,
+    #[serde(default)]
+    pub class_highlighted: u64,
     /// The read position the rows were removed at: none at or before it is left.
     pub upto: u64,
 }

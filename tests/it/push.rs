@@ -688,12 +688,123 @@ async fn notifications_expire_a_day_after_and_highlights_a_month_after() {
     s.clock.advance_ms(23 * 3600 * 1000);
     assert_eq!(s.services.notifications.expire(1000).unwrap(), 0);
     s.clock.advance_ms(2 * 3600 * 1000);
-    // Bob's plain one and both of carol's (neither highlights her) go.
-    assert_eq!(s.services.notifications.expire(1000).unwrap(), 3);
+    // Bob's plain one and both of carol's (neither highlights her) are no longer listed; the
+    // log's rows (one per event, not per member) stay for the highlight.
+    assert_eq!(s.services.notifications.expire(1000).unwrap(), 0);
     assert_eq!(listed(&bob).await, ["bob!"]);
     assert!(listed(&carol).await.is_empty());
     assert_eq!(counts(&sync(&s, &bob, "").await, &room), (2, 1));
     s.clock.advance_ms(30 * 24 * 3600 * 1000);
-    assert_eq!(s.services.notifications.expire(1000).unwrap(), 1);
+    // A month on, both events' log rows go.
+    assert_eq!(s.services.notifications.expire(1000).unwrap(), 2);
     assert!(listed(&bob).await.is_empty());
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (2, 1));
+}
+
+/// Counts follow a member's class of rules as it was at each event: a rule change moves only
+/// what comes after it, members with the same custom rules share a class that outlives a
+/// restart, and each member's thread and main counts stay exact in a room where only the
+/// classes are counted.
+#[tokio::test]
+async fn counts_follow_each_members_rules_as_they_were_at_each_event() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let dave = s.register("dave", "pw-dave-12345").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    for who in [&bob, &carol, &dave] {
+        assert_eq!(join(&s, who, &room).await.0, StatusCode::OK);
+    }
+    // Bob and carol add the same keyword rule: one class for both (their rules differ only
+    // in their own IDs).
+    for who in [&bob, &carol] {
+        let (status, body) = s
+            .put(
+                &format!("{V3}/pushrules/global/content/lunch"),
+                Some(&who.token),
+                json!({"pattern": "lunch", "actions": ["notify", {"set_tweak": "highlight"}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    send_text(&s, &alice, &room, "a1", "lunch?").await;
+    send_text(&s, &alice, &room, "a2", "anyone").await;
+    let members = [bob.clone(), carol.clone(), dave.clone(), alice.clone()];
+    assert_eq!(all_counts(&s, &members, &room).await, [(2, 1), (2, 1), (2, 0), (0, 0)]);
+
+    // Bob mutes plain messages: what he has not read yet keeps counting as it did, later
+    // messages do not count for him; carol keeps the shared rules.
+    let (status, body) = s
+        .put(
+            &format!("{V3}/pushrules/global/override/quiet"),
+            Some(&bob.token),
+            json!({"conditions": [{"kind": "event_match", "key": "type", "pattern": "m.room.message"}], "actions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    send_text(&s, &alice, &room, "a3", "lunch now").await;
+    // Dave answers: alice counts it, dave (the sender) does not.
+    send_text(&s, &dave, &room, "d1", "coming").await;
+    assert_eq!(all_counts(&s, &members, &room).await, [(2, 1), (4, 2), (3, 0), (1, 0)]);
+
+    // After a restart the classes are the same ones (their IDs are stored).
+    let s = s.restart().await;
+    assert_eq!(all_counts(&s, &members, &room).await, [(2, 1), (4, 2), (3, 0), (1, 0)]);
+    send_text(&s, &alice, &room, "a4", "lunch is over").await;
+    assert_eq!(all_counts(&s, &members, &room).await, [(2, 1), (5, 3), (4, 0), (1, 0)]);
+
+    // Bob unmutes: from then on he counts again.
+    let (status, _) = s
+        .call(Method::DELETE, &format!("{V3}/pushrules/global/override/quiet"), Some(&bob.token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &alice, &room, "a5", "lunch tomorrow").await;
+    assert_eq!(all_counts(&s, &members, &room).await, [(3, 2), (6, 4), (5, 0), (1, 0)]);
+
+    // /notifications lists each member's own: bob's are a1, a2 and a5; dave's everything
+    // but his own message.
+    let bodies = |who: &Session| {
+        let (s, token) = (&s, who.token.clone());
+        async move {
+            let (status, body) = s.get(&format!("{V3}/notifications"), Some(&token)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["event"]["content"]["body"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(bodies(&bob).await, ["lunch tomorrow", "anyone", "lunch?"]);
+    assert_eq!(bodies(&dave).await, ["lunch tomorrow", "lunch is over", "lunch now", "anyone", "lunch?"]);
+    assert_eq!(bodies(&alice).await, ["coming"]);
+
+    // A receipt on a3 clears carol's count up to it.
+    let a3 = {
+        let (_, page) = s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=5"), Some(&carol.token)).await;
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["content"]["body"] == "lunch now")
+            .unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (status, _) =
+        s.post(&format!("{V3}/rooms/{room}/receipt/m.read/{a3}"), Some(&carol.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(counts(&sync(&s, &carol, "").await, &room), (3, 2));
+}
+
+/// Each member's unread counts in the room.
+async fn all_counts(s: &TestServer, members: &[Session], room: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for who in members {
+        out.push(counts(&sync(s, who, "").await, room));
+    }
+    out
 }

@@ -57,8 +57,7 @@ use crate::{
         clock::Clock,
         context::{Actor, RequestContext},
         delayed_events::DelayedEvents,
-        push::Notifications,
-        push_gateway::PushGateways,
+        push::{Evaluation, Notifications},
         server_keys::ServerKeys,
         stream::{Change, OwnedReservation, Stream},
     },
@@ -111,7 +110,6 @@ pub struct Timeline {
     members: Arc<Memberships>,
     relations: Arc<Relations>,
     notifications: Arc<Notifications>,
-    push: Arc<PushGateways>,
     search: Arc<Search>,
     delayed: Arc<DelayedEvents>,
     clock: Arc<dyn Clock>,
@@ -135,7 +133,6 @@ impl Timeline {
         members: Arc<Memberships>,
         relations: Arc<Relations>,
         notifications: Arc<Notifications>,
-        push: Arc<PushGateways>,
         search: Arc<Search>,
         delayed: Arc<DelayedEvents>,
         clock: Arc<dyn Clock>,
@@ -151,7 +148,6 @@ impl Timeline {
             members,
             relations,
             notifications,
-            push,
             search,
             delayed,
             clock,
@@ -462,8 +458,10 @@ impl Timeline {
         redacted: Option<Arc<StoredEvent>>,
     ) -> Result<PendingEvent> {
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
+        // Push rule changes wait until the event has its position (see `evaluating`).
+        let evaluating = self.notifications.evaluating();
         let notified = if is_create {
-            Vec::new()
+            Evaluation::default()
         } else {
             // The state before the event is cached; reading power levels from it saves the
             // current-state reads on every send.
@@ -473,6 +471,7 @@ impl Timeline {
             self.notifications.evaluate(&pdu, &state_before, power_levels, &roster)?
         };
         let reservation = self.stream.reserve_owned()?;
+        drop(evaluating);
         let state_before = if is_create { EMPTY_GROUP } else { record.state_group };
         let origin =
             txn.map(|t| TxnOrigin { device_id: t.device_id.to_owned(), txn_id: t.txn_id.to_owned() });
@@ -543,7 +542,6 @@ impl Timeline {
             self.events.replace_in(&mut batch, redacted)?;
             self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
         }
-        let notified_users: Vec<OwnedUserId> = notified.iter().map(|n| n.user_id.clone()).collect();
         let left = member_change
             .as_ref()
             .filter(|(_, membership)| matches!(membership.as_str(), "leave" | "ban"))
@@ -587,9 +585,8 @@ impl Timeline {
         if let Some((group, state)) = new_group {
             self.states.committed_group(group, state);
         }
+        // Pushers learn of it from the push fan-out, which the commit rings.
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
-        // Push gateways learn of it after the commit; only a bell is rung here.
-        self.push.notified(notified_users.iter().map(AsRef::as_ref));
         if let Some((member, membership)) = &member_change {
             self.members.committed_member(room_id, member, membership);
         }

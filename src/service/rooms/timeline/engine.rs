@@ -53,6 +53,7 @@ use crate::{
         room_version, state_resolution,
     },
     service::{
+        push::Evaluation,
         rooms::{
             events::StoredEvent,
             state::{EMPTY_GROUP, StateKey, StateMap},
@@ -689,12 +690,14 @@ impl Timeline {
             true => Some(self.power_levels_in(rules, &state_before)?),
             false => None,
         };
+        // Push rule changes wait until the event has its position (see `evaluating`).
+        let evaluating = self.notifications.evaluating();
         let notified = match &power {
             Some(power) => {
                 let roster = self.members.roster(room_id)?;
                 self.notifications.evaluate(&pdu, &state_before, power.clone(), &roster)?
             }
-            None => Vec::new(),
+            None => Evaluation::default(),
         };
         let redacted = match (&pdu.redacts, &power) {
             (Some(target_id), Some(power)) if pdu.kind == TimelineEventType::RoomRedaction => {
@@ -709,6 +712,7 @@ impl Timeline {
         };
 
         let reservation = self.stream.reserve_owned()?;
+        drop(evaluating);
         let event = Arc::new(StoredEvent {
             pdu,
             stream: reservation.position,
@@ -787,7 +791,6 @@ impl Timeline {
             self.events.replace_in(&mut batch, redacted)?;
             self.search.remove_in(&mut batch, &redacted.pdu.event_id)?;
         }
-        let notified_users: Vec<OwnedUserId> = notified.iter().map(|n| n.user_id.clone()).collect();
         // A member who left with this event has their counts in the room dropped.
         let left = moved
             .iter()
@@ -804,7 +807,6 @@ impl Timeline {
 
         self.notifications.counted(counted);
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
-        self.push.notified(notified_users.iter().map(AsRef::as_ref));
         if let Some(chain) = chain {
             self.auth_chains.committed(&event.pdu.event_id, chain);
         }
