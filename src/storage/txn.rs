@@ -72,6 +72,10 @@ impl Stripes {
 }
 
 type TableKey = (&'static str, Vec<u8>);
+/// A backend's point read, used by the commit's check.
+pub type CheckGet<'a> = &'a dyn Fn(&'static str, &[u8]) -> StorageResult<Option<Vec<u8>>>;
+/// A backend's range read (forward), used by the commit's check.
+pub type CheckScan<'a> = &'a dyn Fn(&'static str, &KeyRange) -> StorageResult<Vec<RawEntry>>;
 
 /// One run of a transaction body: what it read and what it wants to write.
 pub struct Recorded<'s> {
@@ -107,11 +111,7 @@ impl<'s> Recorded<'s> {
 
     /// Whether every read still holds, checked with the backend's own reads (the caller
     /// holds the stripes).
-    pub fn still_holds(
-        &self,
-        get: &dyn Fn(&'static str, &[u8]) -> StorageResult<Option<Vec<u8>>>,
-        scan: &dyn Fn(&'static str, &KeyRange) -> StorageResult<Vec<RawEntry>>,
-    ) -> StorageResult<bool> {
+    pub fn still_holds(&self, get: CheckGet<'_>, scan: CheckScan<'_>) -> StorageResult<bool> {
         for ((table, key), seen) in &self.reads {
             if get(table, key)? != *seen {
                 return Ok(false);
