@@ -181,6 +181,23 @@ impl<K: KeyCodec, V: Serialize + DeserializeOwned> Table<K, V> {
         tx.delete(self.name, key.to_key_bytes());
     }
 
+    /// Every row whose raw key lies in `range`, read inside transaction `tx` (the commit
+    /// checks the whole range still holds the same rows, so keep it small).
+    pub fn scan_in(
+        &self,
+        tx: &mut dyn Transaction,
+        range: KeyRange,
+        direction: Direction,
+    ) -> StorageResult<Vec<(K, V)>> {
+        tx.scan(self.name, range, direction)?
+            .into_iter()
+            .map(|(k, v)| {
+                let key = K::from_key_bytes(&k).map_err(|e| self.corrupt(format!("key: {e}")))?;
+                Ok((key, self.decode(&v)?))
+            })
+            .collect()
+    }
+
     /// Remove the row under `key` and return it, at most once: of several callers taking
     /// the same row concurrently exactly one gets it (compare-and-delete). Synced.
     pub fn take(&self, key: &K) -> StorageResult<Option<V>> {

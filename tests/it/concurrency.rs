@@ -242,3 +242,53 @@ async fn racing_presence_updates_leave_one_change_row() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listed[0]["content"]["status_msg"], stored["status_msg"]);
 }
+
+/// Many clients claim one device's one-time keys at once: each key is handed out exactly
+/// once, and once they are gone a claim gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_key_claims_hand_out_each_one_time_key_once() {
+    const KEYS: usize = 30;
+    const CLAIMERS: usize = 8;
+    const CLAIMS: usize = 6;
+    let s = Arc::new(TestServer::start().await);
+    let alice = s.register("alice", "pw-alice-123").await;
+    let otks: serde_json::Map<String, serde_json::Value> = (0..KEYS)
+        .map(|i| (format!("signed_curve25519:K{i:03}"), json!({"key": format!("key-{i}")})))
+        .collect();
+    let (status, body) =
+        s.post(&format!("{V3}/keys/upload"), Some(&alice.token), json!({"one_time_keys": otks})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut claimers = Vec::new();
+    for i in 0..CLAIMERS {
+        claimers.push(s.register(&format!("claimer{i}"), "pw-claimer-123").await);
+    }
+    let wanted =
+        json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}});
+    let tasks: Vec<_> = claimers
+        .into_iter()
+        .map(|who| {
+            let (s, wanted, alice) = (Arc::clone(&s), wanted.clone(), alice.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..CLAIMS {
+                    let (status, body) =
+                        s.post(&format!("{V3}/keys/claim"), Some(&who.token), wanted.clone()).await;
+                    assert_eq!(status, StatusCode::OK, "{body}");
+                    if let Some(keys) = body["one_time_keys"][&alice.user_id][&alice.device_id].as_object() {
+                        got.extend(keys.keys().cloned());
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut handed_out = Vec::new();
+    for task in tasks {
+        handed_out.extend(task.await.unwrap());
+    }
+    let total = handed_out.len();
+    handed_out.sort();
+    handed_out.dedup();
+    assert_eq!(handed_out.len(), total, "a one-time key was handed out twice");
+    assert_eq!(total, KEYS, "every key handed out, and no more");
+}
