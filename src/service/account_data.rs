@@ -20,7 +20,7 @@ use crate::{
     matrix::limits::{self, MAX_EVENT_TYPE_BYTES, MAX_JSON_DEPTH, MAX_TAG_BYTES},
     service::stream::{Change, Stream},
     storage::{
-        Direction, KvStore, Table, WriteBatch,
+        Direction, Durability, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
         tables::{ACCOUNT_DATA, ACCOUNT_DATA_CHANGES, AccountDataChange, AccountDataRecord},
@@ -153,7 +153,7 @@ impl AccountData {
             }
             *total = after;
         }
-        let written = self.commit(user_id, key, previous, content);
+        let written = self.commit(user_id, key, content);
         if written.is_err() {
             // Counted again from the table next time.
             self.usage.lock().unwrap_or_else(|p| p.into_inner()).remove(user_id);
@@ -161,24 +161,35 @@ impl AccountData {
         written
     }
 
+    /// Write `content` under `key` with a new position, replacing the previous change row.
+    /// The read of the previous record and the write are one transaction, so two writes
+    /// racing on one key leave one change row (the later one's), never a stale duplicate.
     fn commit(
         &self,
         user_id: &UserId,
         key: (OwnedUserId, String, String),
-        previous: Option<AccountDataRecord>,
         content: Box<RawJsonValue>,
     ) -> Result<u64> {
-        let reservation = self.stream.reserve()?;
-        let position = reservation.position;
-        let mut batch = WriteBatch::new();
-        if let Some(previous) = previous {
-            // The feed keeps one row per piece of data: its latest change.
-            self.changes.delete(&mut batch, &(user_id.to_owned(), previous.stream));
-        }
-        self.data.put(&mut batch, &key, &AccountDataRecord { content, stream: position })?;
-        let change = AccountDataChange { room: key.1.clone(), kind: key.2.clone() };
-        self.changes.put(&mut batch, &(user_id.to_owned(), position), &change)?;
-        self.store.write(batch)?;
+        let mut reservation = None;
+        let position =
+            crate::storage::transaction::<_, crate::Error>(self.store.as_ref(), Durability::Synced, |tx| {
+                let previous = self.data.get_in(tx, &key)?;
+                let reserved = self.stream.reserve()?;
+                let position = reserved.position;
+                if let Some(previous) = previous {
+                    // The feed keeps one row per piece of data: its latest change.
+                    self.changes.delete_in(tx, &(user_id.to_owned(), previous.stream));
+                }
+                self.data.put_in(
+                    tx,
+                    &key,
+                    &AccountDataRecord { content: content.clone(), stream: position },
+                )?;
+                let change = AccountDataChange { room: key.1.clone(), kind: key.2.clone() };
+                self.changes.put_in(tx, &(user_id.to_owned(), position), &change)?;
+                reservation = Some(reserved);
+                Ok((position, true))
+            })?;
         drop(reservation);
         self.stream.announce(position, [Change::User(user_id.to_owned())]);
         Ok(position)

@@ -6,12 +6,7 @@
 //! Everything is keyed by the requesting user first, so one user's requests can only ever
 //! reach their own rows.
 
-use std::{
-    cmp::Reverse,
-    collections::{BTreeMap, hash_map::DefaultHasher},
-    hash::{Hash, Hasher},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-};
+use std::{cmp::Reverse, collections::BTreeMap, sync::Arc};
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UInt, UserId};
 use serde::{Deserialize, de::IgnoredAny};
@@ -23,14 +18,10 @@ use crate::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
+        locks::{KeyedMutexGuard, KeyedMutexes},
         tables::{BACKUP_KEYS, BACKUP_LAST_VERSIONS, BACKUP_VERSIONS, BackupKeyRecord, BackupVersionRecord},
     },
 };
-
-/// How many locks the users' writes are spread over. Writes of one user are serialised (an
-/// upload reads the stored keys, then writes the better ones and the new count); writes of
-/// different users rarely wait for each other.
-const LOCK_STRIPES: usize = 64;
 
 /// A backup version as clients see it.
 #[derive(Debug)]
@@ -86,7 +77,9 @@ pub struct KeyBackup {
     last_versions: Table<OwnedUserId, u64>,
     keys: Table<(OwnedUserId, u64, OwnedRoomId, String), BackupKeyRecord>,
     store: Arc<dyn KvStore>,
-    locks: Box<[Mutex<()>]>,
+    /// One writer at a time per user's backups (an upload reads the stored keys, then
+    /// writes the better ones and the new count); other users' writes never wait.
+    locks: KeyedMutexes<OwnedUserId>,
 }
 
 impl BackupKeyRecord {
@@ -143,16 +136,13 @@ impl KeyBackup {
             last_versions: BACKUP_LAST_VERSIONS.open(store),
             keys: BACKUP_KEYS.open(store),
             store: Arc::clone(store),
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: KeyedMutexes::new(),
         }
     }
 
     /// The write lock of a user's backups. Held only around synchronous storage work.
-    fn lock(&self, user_id: &UserId) -> MutexGuard<'_, ()> {
-        let mut hasher = DefaultHasher::new();
-        user_id.hash(&mut hasher);
-        let stripe = (hasher.finish() % LOCK_STRIPES as u64) as usize;
-        self.locks[stripe].lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self, user_id: &UserId) -> KeyedMutexGuard<'_, OwnedUserId> {
+        self.locks.lock(&user_id.to_owned())
     }
 
     /// The user's current version: the newest one not deleted.

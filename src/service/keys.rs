@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
@@ -16,8 +16,9 @@ use crate::{
     Error, Result,
     matrix::keys as key_rules,
     service::stream::{Change, Stream},
+    storage::transaction,
     storage::{
-        Direction, KvStore, Table, WriteBatch,
+        Direction, Durability, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
         tables::{
@@ -71,8 +72,6 @@ pub struct Keys {
     latest_change: Table<OwnedUserId, u64>,
     stream: Arc<Stream>,
     store: Arc<dyn KvStore>,
-    /// Claims take a key and delete it; one at a time so no key is handed out twice.
-    claim_lock: Mutex<()>,
 }
 
 fn parse_raw(raw: &RawJsonValue) -> Result<JsonValue> {
@@ -95,7 +94,6 @@ impl Keys {
             latest_change: DEVICE_LIST_LATEST.open(store),
             stream,
             store: Arc::clone(store),
-            claim_lock: Mutex::new(()),
         }
     }
 
@@ -205,47 +203,49 @@ impl Keys {
         &self,
         wanted: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
     ) -> Result<ClaimedKeys> {
-        let _claiming = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut claimed: ClaimedKeys = BTreeMap::new();
-        let mut batch = WriteBatch::new();
-        for (user_id, devices) in wanted {
-            for (device_id, algorithm) in devices {
-                let prefix = (user_id.clone(), device_id.clone(), format!("{algorithm}:"));
-                let mut range = KeyRange::prefix((user_id.clone(), device_id.clone()).to_key_bytes());
-                range.start = std::ops::Bound::Included(prefix.to_key_bytes());
-                let found = self
-                    .one_time_keys
-                    .scan(range, Direction::Forward)?
-                    .next()
-                    .transpose()?
-                    .filter(|((_, _, key_id), _)| key_id.starts_with(&prefix.2));
-                let (key_id, key) = match found {
-                    Some((row, key)) => {
-                        self.one_time_keys.delete(&mut batch, &row);
-                        (row.2, parse_raw(&key)?)
-                    }
-                    None => {
-                        let row = (user_id.clone(), device_id.clone(), algorithm.clone());
-                        let Some(mut fallback) = self.fallback_keys.get(&row)? else { continue };
-                        let key = parse_raw(&fallback.key)?;
-                        let key_id = fallback.key_id.clone();
-                        if !fallback.used {
-                            fallback.used = true;
-                            self.fallback_keys.put(&mut batch, &row, &fallback)?;
+        // One transaction: a key read here is deleted only if no other claim took it
+        // first (the commit checks the rows read), so no key is handed out twice, within
+        // this process or across processes sharing the database.
+        transaction::<_, Error>(self.store.as_ref(), Durability::Synced, |tx| {
+            let mut claimed: ClaimedKeys = BTreeMap::new();
+            for (user_id, devices) in wanted {
+                for (device_id, algorithm) in devices {
+                    let mut prefix = (user_id.clone(), device_id.clone()).to_key_bytes();
+                    // Key IDs are `<algorithm>:<id>`; a string's bytes are escaped only for
+                    // NUL, which no algorithm name holds.
+                    prefix.extend_from_slice(format!("{algorithm}:").as_bytes());
+                    let found = self
+                        .one_time_keys
+                        .scan_in(tx, KeyRange::prefix(prefix), Direction::Forward)?
+                        .into_iter()
+                        .next();
+                    let (key_id, key) = match found {
+                        Some((row, key)) => {
+                            self.one_time_keys.delete_in(tx, &row);
+                            (row.2, parse_raw(&key)?)
                         }
-                        (key_id, key)
-                    }
-                };
-                claimed
-                    .entry(user_id.clone())
-                    .or_default()
-                    .entry(device_id.clone())
-                    .or_default()
-                    .insert(key_id, key);
+                        None => {
+                            let row = (user_id.clone(), device_id.clone(), algorithm.clone());
+                            let Some(mut fallback) = self.fallback_keys.get_in(tx, &row)? else { continue };
+                            let key = parse_raw(&fallback.key)?;
+                            let key_id = fallback.key_id.clone();
+                            if !fallback.used {
+                                fallback.used = true;
+                                self.fallback_keys.put_in(tx, &row, &fallback)?;
+                            }
+                            (key_id, key)
+                        }
+                    };
+                    claimed
+                        .entry(user_id.clone())
+                        .or_default()
+                        .entry(device_id.clone())
+                        .or_default()
+                        .insert(key_id, key);
+                }
             }
-        }
-        self.store.write(batch)?;
-        Ok(claimed)
+            Ok((claimed, true))
+        })
     }
 
     // ---- queries ----

@@ -179,7 +179,7 @@ impl Services {
         let events = Arc::new(rooms::events::Events::new(&store, event_cache - chain_cache));
         let auth_chains =
             Arc::new(rooms::auth_chains::AuthChains::new(&store, Arc::clone(&events), chain_cache));
-        let stream = Arc::new(stream::Stream::new(&store, events.last_stored_position()?)?);
+        let stream = Arc::new(stream::Stream::new(&store)?);
         let keys = Arc::new(keys::Keys::new(&store, Arc::clone(&stream)));
         let queue_limits = to_device::QueueLimits {
             messages: config.to_device_queue_max_messages,

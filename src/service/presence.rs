@@ -18,7 +18,7 @@ use crate::{
         stream::{Change, Stream},
     },
     storage::{
-        Direction, KvStore, Table, WriteBatch,
+        Direction, Durability, KvStore, Table,
         codec::KeyCodec,
         kv::KeyRange,
         tables::{PRESENCE, PRESENCE_CHANGES, PresenceRecord},
@@ -212,17 +212,28 @@ impl Presence {
         announce: bool,
     ) -> Result<()> {
         let user = user_id.to_owned();
-        let previous = self.records.get(&user)?;
-        let reservation = self.stream.reserve()?;
-        let position = reservation.position;
-        let mut batch = WriteBatch::new();
-        if let Some(previous) = previous {
-            self.changes.delete(&mut batch, &previous.stream);
-        }
-        let record = PresenceRecord { state: state.to_owned(), status_msg, last_active_ms, stream: position };
-        self.records.put(&mut batch, &user, &record)?;
-        self.changes.put(&mut batch, &position, &user)?;
-        self.store.write(batch)?;
+        // One transaction from the read of the previous record to the write: two updates
+        // racing leave one change row (the later one's), not a stale duplicate.
+        let mut reservation = None;
+        let position =
+            crate::storage::transaction::<_, crate::Error>(self.store.as_ref(), Durability::Synced, |tx| {
+                let previous = self.records.get_in(tx, &user)?;
+                let reserved = self.stream.reserve()?;
+                let position = reserved.position;
+                if let Some(previous) = previous {
+                    self.changes.delete_in(tx, &previous.stream);
+                }
+                let record = PresenceRecord {
+                    state: state.to_owned(),
+                    status_msg: status_msg.clone(),
+                    last_active_ms,
+                    stream: position,
+                };
+                self.records.put_in(tx, &user, &record)?;
+                self.changes.put_in(tx, &position, &user)?;
+                reservation = Some(reserved);
+                Ok((position, true))
+            })?;
         drop(reservation);
         if announce {
             self.stream.announce(position, [Change::RoomMates(user.clone()), Change::User(user)]);

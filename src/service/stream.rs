@@ -4,11 +4,13 @@
 //! its position from this one counter, so a sync token is a single number: "everything at or
 //! below it has been seen". Positions are handed out in order but writers commit
 //! independently, so the published `committed` position never passes a position still in
-//! flight. The counter's high-water mark is persisted in blocks, so positions are never
-//! reused after a restart even for kinds that are never stored (typing).
+//! flight. Positions come from the store's durable `stream` sequence in blocks, so they are
+//! never reused after a restart even for kinds that are never stored (typing), and a second
+//! process sharing the database would take blocks of its own.
 //!
 //! Writers announce what they changed (`Change`) after committing; a long-polling sync
-//! listens and wakes only for changes that concern its user. Owns the `counters` table.
+//! listens and wakes only for changes that concern its user. Owns the `stream` sequence (the
+//! `counters` table's `stream_high_water`, its predecessor, is read only by migration 5).
 
 use std::{
     collections::BTreeSet,
@@ -21,14 +23,12 @@ use std::{
 use ruma::{OwnedRoomId, OwnedUserId};
 use tokio::sync::{broadcast, watch};
 
-use crate::{
-    Result,
-    storage::{KvStore, Table, WriteBatch, tables::COUNTERS},
-};
+use crate::{Result, storage::KvStore};
 
-/// Positions reserved per persisted high-water step: one synced write per this many.
+/// Positions taken from the sequence at a time: one synced transaction per this many.
 const BLOCK: u64 = 1_000;
-const HIGH_WATER_KEY: &str = "stream_high_water";
+/// The store's sequence of stream positions.
+pub const SEQUENCE: &str = "stream";
 /// Changes a slow listener may fall behind by before it must re-check from its token.
 const CHANGE_BACKLOG: usize = 4_096;
 
@@ -57,7 +57,6 @@ pub struct Stream {
     inner: Mutex<Inner>,
     committed: watch::Sender<u64>,
     changes: broadcast::Sender<Announced>,
-    counters: Table<String, u64>,
     store: Arc<dyn KvStore>,
     /// Long-polls waiting for a change now (for the metrics).
     long_polls: Arc<AtomicU64>,
@@ -65,8 +64,8 @@ pub struct Stream {
 
 struct Inner {
     last_reserved: u64,
-    /// Positions below this are covered by the persisted high-water mark.
-    high_water: u64,
+    /// The last position of the block taken from the sequence.
+    block_end: u64,
     in_flight: BTreeSet<u64>,
 }
 
@@ -77,19 +76,19 @@ pub struct Reservation<'a> {
 }
 
 impl Stream {
-    /// Open the counter. `last_used` is the highest position found in stored data, for
-    /// databases written before the high-water mark existed.
-    pub fn new(store: &Arc<dyn KvStore>, last_used: u64) -> Result<Self> {
-        let counters = COUNTERS.open(store);
-        let persisted = counters.get(&HIGH_WATER_KEY.to_owned())?.unwrap_or(0);
-        // Positions up to the persisted mark may have been handed out before a crash;
-        // start after it so none is reused.
-        let start = persisted.max(last_used);
+    /// Open the stream: its first block is taken now, and everything before it counts as
+    /// committed (every position handed out before lies below it).
+    pub fn new(store: &Arc<dyn KvStore>) -> Result<Self> {
+        let block = store.next_ids(SEQUENCE, BLOCK)?;
+        let start = block.start - 1;
         let stream = Self {
-            inner: Mutex::new(Inner { last_reserved: start, high_water: start, in_flight: BTreeSet::new() }),
+            inner: Mutex::new(Inner {
+                last_reserved: start,
+                block_end: block.end - 1,
+                in_flight: BTreeSet::new(),
+            }),
             committed: watch::channel(start).0,
             changes: broadcast::channel(CHANGE_BACKLOG).0,
-            counters,
             store: Arc::clone(store),
             long_polls: Arc::new(AtomicU64::new(0)),
         };
@@ -113,14 +112,13 @@ impl Stream {
 
     fn take_position(&self) -> Result<u64> {
         let mut inner = self.lock();
-        let position = inner.last_reserved + 1;
-        if position > inner.high_water {
-            // Persist the next block's end before handing out any of it.
-            let high_water = position + BLOCK;
-            let mut batch = WriteBatch::new();
-            self.counters.put(&mut batch, &HIGH_WATER_KEY.to_owned(), &high_water)?;
-            self.store.write(batch)?;
-            inner.high_water = high_water;
+        let mut position = inner.last_reserved + 1;
+        if position > inner.block_end {
+            // The next block; another process sharing the store may have taken the ones
+            // between, so positions jump to its start.
+            let block = self.store.next_ids(SEQUENCE, BLOCK)?;
+            position = block.start;
+            inner.block_end = block.end - 1;
         }
         inner.last_reserved = position;
         inner.in_flight.insert(position);
@@ -284,7 +282,9 @@ mod tests {
 
     #[test]
     fn committed_position_never_passes_a_write_in_flight() {
-        let stream = Stream::new(&store(), 10).unwrap();
+        let store = store();
+        store.raise_sequence(super::SEQUENCE, 10).unwrap();
+        let stream = Stream::new(&store).unwrap();
         let first = stream.reserve().unwrap();
         let second = stream.reserve().unwrap();
         assert_eq!((first.position, second.position), (11, 12));
@@ -299,15 +299,31 @@ mod tests {
     fn positions_are_not_reused_after_a_restart() {
         let store = store();
         let before = {
-            let stream = Stream::new(&store, 0).unwrap();
+            let stream = Stream::new(&store).unwrap();
             let reserved = stream.reserve().unwrap().position;
             stream.reserve().unwrap();
             reserved + 1
         };
         // Nothing that used these positions was stored, yet a new process must not hand
         // them out again (a client may hold a token naming them).
-        let reopened = Stream::new(&store, 0).unwrap();
+        let reopened = Stream::new(&store).unwrap();
         assert!(reopened.reserve().unwrap().position > before);
         assert!(reopened.committed() >= before);
+    }
+
+    #[test]
+    fn a_block_used_up_moves_on_to_the_next() {
+        let store = store();
+        let stream = Stream::new(&store).unwrap();
+        let mut last = 0;
+        for _ in 0..super::BLOCK + 5 {
+            let position = stream.reserve().unwrap().position;
+            assert!(position > last);
+            last = position;
+        }
+        assert_eq!(last, super::BLOCK + 5);
+        // Another writer on the same store gets positions of its own.
+        let other = Stream::new(&store).unwrap();
+        assert!(other.reserve().unwrap().position > 2 * super::BLOCK);
     }
 }

@@ -10,7 +10,7 @@ use super::{clock::Clock, passwords::Passwords};
 use crate::{
     Error, Result,
     storage::{
-        Direction, KvStore, Table, WriteBatch,
+        Direction, Durability, KvStore, Table, WriteBatch,
         kv::KeyRange,
         tables::{
             EXTERNAL_IDS_BY_USER, ExternalIdRecord, PROFILES, ProfileRecord, USER_EXTERNAL_IDS, USERS,
@@ -26,7 +26,6 @@ const MAX_AVATAR_URL_LEN: usize = 1000;
 
 pub struct Users {
     users: Table<OwnedUserId, UserRecord>,
-    profile_writes: std::sync::Mutex<()>,
     profiles: Table<OwnedUserId, ProfileRecord>,
     passwords: Arc<Passwords>,
     clock: Arc<dyn Clock>,
@@ -39,7 +38,6 @@ impl Users {
     pub fn new(store: &Arc<dyn KvStore>, passwords: Arc<Passwords>, clock: Arc<dyn Clock>) -> Self {
         Self {
             users: USERS.open(store),
-            profile_writes: std::sync::Mutex::new(()),
             profiles: PROFILES.open(store),
             passwords,
             clock,
@@ -248,7 +246,7 @@ impl Users {
             return Err(Error::invalid_param("Display name is too long (max 256)"));
         }
         let displayname = displayname.filter(|n| !n.is_empty());
-        self.update_profile(user_id, |p| p.displayname = displayname)
+        self.update_profile(user_id, |p| p.displayname.clone_from(&displayname))
     }
 
     /// Set (or clear, with `None`) the avatar URL.
@@ -258,14 +256,21 @@ impl Users {
         if avatar_url.as_ref().is_some_and(|u| u.as_str().len() > MAX_AVATAR_URL_LEN) {
             return Err(Error::invalid_param(format!("Avatar URL is too long (max {MAX_AVATAR_URL_LEN})")));
         }
-        self.update_profile(user_id, |p| p.avatar_url = avatar_url)
+        self.update_profile(user_id, |p| p.avatar_url.clone_from(&avatar_url))
     }
 
-    fn update_profile(&self, user_id: &UserId, change: impl FnOnce(&mut ProfileRecord)) -> Result<()> {
-        // Without the lock, setting name and avatar at once could drop one of them.
-        let _guard = self.profile_writes.lock().map_err(|_| Error::internal("profile lock poisoned"))?;
-        let mut profile = self.profile(user_id)?.ok_or_else(|| Error::not_found("Profile not found"))?;
-        change(&mut profile);
-        Ok(self.profiles.insert(&user_id.to_owned(), &profile)?)
+    fn update_profile(&self, user_id: &UserId, change: impl Fn(&mut ProfileRecord)) -> Result<()> {
+        if self.profile(user_id)?.is_none() {
+            return Err(Error::not_found("Profile not found"));
+        }
+        // Read and write in one transaction: setting name and avatar at once (or from two
+        // processes) cannot drop one of them.
+        let user = user_id.to_owned();
+        crate::storage::transaction::<_, Error>(self.profiles.store(), Durability::Synced, |tx| {
+            let mut profile = self.profiles.get_in(tx, &user)?.unwrap_or_default();
+            change(&mut profile);
+            self.profiles.put_in(tx, &user, &profile)?;
+            Ok(((), true))
+        })
     }
 }

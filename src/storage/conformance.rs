@@ -3,8 +3,13 @@
 
 use std::ops::Bound;
 
+use std::sync::{
+    Arc, Barrier,
+    atomic::{AtomicU64, Ordering},
+};
+
 use super::{
-    kv::{Direction, KeyRange, KvStore, WriteBatch},
+    kv::{Direction, Durability, KeyRange, KvStore, SEQUENCES_TABLE, StorageError, WriteBatch, transaction},
     tables::TableInfo,
 };
 
@@ -12,6 +17,7 @@ use super::{
 pub const TABLES: &[TableInfo] = &[
     TableInfo { name: "conf_a", key_layout: "bytes", value_type: "bytes", value_version: 1 },
     TableInfo { name: "conf_b", key_layout: "bytes", value_type: "bytes", value_version: 1 },
+    TableInfo { name: SEQUENCES_TABLE, key_layout: "name", value_type: "u64", value_version: 1 },
 ];
 
 fn keys(store: &dyn KvStore, range: KeyRange, dir: Direction) -> Vec<Vec<u8>> {
@@ -99,5 +105,194 @@ pub fn run(store: &dyn KvStore) {
     assert_eq!(store.get("conf_a", b"buffered2").unwrap(), None);
     store.sync().unwrap();
 
+    // A transaction reads its own writes, an abort writes nothing, and an error aborts.
+    let got = transaction::<_, StorageError>(store, Durability::Synced, |tx| {
+        tx.put("conf_a", b"tx".to_vec(), b"1".to_vec());
+        tx.delete("conf_a", b"a".to_vec());
+        let own = tx.get("conf_a", b"tx")?;
+        let deleted = tx.get("conf_a", b"a")?;
+        let scanned = tx.scan("conf_a", KeyRange::prefix(b"a".to_vec()), Direction::Forward)?;
+        Ok(((own, deleted, scanned), true))
+    })
+    .unwrap();
+    assert_eq!(got, (Some(b"1".to_vec()), None, vec![(b"ab".to_vec(), b"v-ab".to_vec())]));
+    assert_eq!(store.get("conf_a", b"tx").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(store.get("conf_a", b"a").unwrap(), None);
+    transaction::<_, StorageError>(store, Durability::Synced, |tx| {
+        tx.put("conf_a", b"aborted".to_vec(), b"1".to_vec());
+        Ok(((), false))
+    })
+    .unwrap();
+    assert_eq!(store.get("conf_a", b"aborted").unwrap(), None);
+    let failed = transaction::<(), StorageError>(store, Durability::Synced, |tx| {
+        tx.put("conf_a", b"failed".to_vec(), b"1".to_vec());
+        Err(StorageError::Backend("the body gave up".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(store.get("conf_a", b"failed").unwrap(), None);
+    // A transaction writing to an unknown table fails and applies nothing.
+    let bad = transaction::<_, StorageError>(store, Durability::Synced, |tx| {
+        tx.put("conf_a", b"half".to_vec(), b"1".to_vec());
+        tx.put("no_such_table", b"k".to_vec(), b"1".to_vec());
+        Ok(((), true))
+    });
+    assert!(bad.is_err());
+    assert_eq!(store.get("conf_a", b"half").unwrap(), None);
+    // Reverse scans inside a transaction.
+    let rev = transaction::<_, StorageError>(store, Durability::Buffered, |tx| {
+        Ok((tx.scan("conf_a", KeyRange::prefix(b"buffered".to_vec()), Direction::Reverse)?, false))
+    })
+    .unwrap();
+    assert_eq!(rev.into_iter().map(|(k, _)| k).collect::<Vec<_>>(), vec![b"buffered".to_vec()]);
+
+    // Sequences start at 1 and hand out consecutive blocks.
+    assert_eq!(store.next_ids("single", 3).unwrap(), 1..4);
+    assert_eq!(store.next_ids("single", 1).unwrap(), 4..5);
+    assert_eq!(store.next_ids("other", 2).unwrap(), 1..3);
+
     store.flush().unwrap();
+}
+
+/// Threads per concurrent check, and rounds per thread.
+const THREADS: usize = 8;
+const ROUNDS: u64 = 200;
+
+fn counter(bytes: Option<Vec<u8>>) -> u64 {
+    bytes.map_or(0, |b| u64::from_be_bytes(b.try_into().expect("an 8-byte counter")))
+}
+
+/// Run `work(thread)` on `THREADS` threads started together.
+fn together(store: &Arc<dyn KvStore>, work: impl Fn(&dyn KvStore, usize) + Send + Sync + 'static) {
+    let work = Arc::new(work);
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (store, work, start) = (Arc::clone(store), Arc::clone(&work), Arc::clone(&start));
+            std::thread::spawn(move || {
+                start.wait();
+                work(store.as_ref(), t);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a worker thread panicked");
+    }
+}
+
+/// The promises of transactions and sequences under concurrency: every backend must pass
+/// this with a fresh store on `TABLES` (a PostgreSQL backend included). Panics on the first
+/// broken promise.
+pub fn run_concurrent(store: Arc<dyn KvStore>) {
+    // Read-modify-write increments in transactions lose no update, even with blind writes to
+    // other keys of the same table going on.
+    together(&store, |store, t| {
+        for i in 0..ROUNDS {
+            transaction::<_, StorageError>(store, Durability::Buffered, |tx| {
+                let n = counter(tx.get("conf_a", b"counter")?);
+                tx.put("conf_a", b"counter".to_vec(), (n + 1).to_be_bytes().to_vec());
+                Ok(((), true))
+            })
+            .unwrap();
+            let mut blind = WriteBatch::new();
+            blind.put("conf_a", format!("blind-{t}-{i}").into_bytes(), Vec::new());
+            store.write_buffered(blind).unwrap();
+        }
+    });
+    assert_eq!(counter(store.get("conf_a", b"counter").unwrap()), THREADS as u64 * ROUNDS, "lost updates");
+
+    // Compare-and-set: a value only moves forward. Each thread proposes its own values; a
+    // transaction writes only if its value is higher than the stored one, and the stored
+    // value never goes down (the rule receipts follow).
+    together(&store, move |store, t| {
+        for i in 0..ROUNDS {
+            let proposal = i * THREADS as u64 + t as u64 + 1;
+            transaction::<_, StorageError>(store, Durability::Buffered, |tx| {
+                let current = counter(tx.get("conf_b", b"high")?);
+                if current >= proposal {
+                    return Ok(((), false));
+                }
+                tx.put("conf_b", b"high".to_vec(), proposal.to_be_bytes().to_vec());
+                Ok(((), true))
+            })
+            .unwrap();
+            let now = counter(store.get("conf_b", b"high").unwrap());
+            assert!(now >= proposal, "the value went back below a proposal: {now} < {proposal}");
+        }
+    });
+    assert_eq!(counter(store.get("conf_b", b"high").unwrap()), ROUNDS * THREADS as u64);
+
+    // Take once: every token is handed out to exactly one taker.
+    let mut batch = WriteBatch::new();
+    for k in 0..ROUNDS {
+        batch.put("conf_b", format!("token-{k:05}").into_bytes(), k.to_be_bytes().to_vec());
+    }
+    store.write(batch).unwrap();
+    let taken: Arc<Vec<AtomicU64>> = Arc::new((0..ROUNDS).map(|_| AtomicU64::new(0)).collect());
+    let tally = Arc::clone(&taken);
+    together(&store, move |store, _| {
+        for k in 0..ROUNDS {
+            let key = format!("token-{k:05}").into_bytes();
+            let got = transaction::<_, StorageError>(store, Durability::Synced, |tx| {
+                let value = tx.get("conf_b", &key)?;
+                if value.is_some() {
+                    tx.delete("conf_b", key.clone());
+                }
+                let found = value.is_some();
+                Ok((value, found))
+            })
+            .unwrap();
+            if let Some(value) = got {
+                assert_eq!(counter(Some(value)), k);
+                tally[k as usize].fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    for (k, n) in taken.iter().enumerate() {
+        assert_eq!(n.load(Ordering::SeqCst), 1, "token {k} taken {} times", n.load(Ordering::SeqCst));
+    }
+
+    // A transaction that scanned a range conflicts with a write into that range: counting
+    // rows and adding one more under a cap never passes the cap.
+    together(&store, |store, t| {
+        for i in 0..ROUNDS / 4 {
+            transaction::<_, StorageError>(store, Durability::Buffered, |tx| {
+                let rows = tx.scan("conf_a", KeyRange::prefix(b"capped-".to_vec()), Direction::Forward)?;
+                if rows.len() >= 50 {
+                    return Ok(((), false));
+                }
+                tx.put("conf_a", format!("capped-{t}-{i}").into_bytes(), Vec::new());
+                Ok(((), true))
+            })
+            .unwrap();
+        }
+    });
+    let capped =
+        store.scan("conf_a", KeyRange::prefix(b"capped-".to_vec()), Direction::Forward).unwrap().count();
+    assert_eq!(capped, 50, "the cap held exactly");
+
+    // Sequences: every value handed out once, blocks of mixed sizes interleaved.
+    let ids: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
+    let collected = Arc::clone(&ids);
+    together(&store, move |store, t| {
+        let mut mine = Vec::new();
+        for _ in 0..ROUNDS / 4 {
+            let n = (t as u64 % 3) + 1;
+            let range = store.next_ids("conformance", n).unwrap();
+            assert_eq!(range.end - range.start, n);
+            mine.extend(range);
+        }
+        collected.lock().unwrap().extend(mine);
+    });
+    let mut ids = ids.lock().unwrap().clone();
+    let total = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "a sequence value was handed out twice");
+    assert_eq!(ids.first(), Some(&1));
+    assert_eq!(ids.last(), Some(&(total as u64)), "a sequence without holes when nothing is lost");
+    // Raising a sequence skips past the floor, and never lowers it.
+    store.raise_sequence("conformance", 10_000).unwrap();
+    assert_eq!(store.next_ids("conformance", 1).unwrap().start, 10_001);
+    store.raise_sequence("conformance", 5).unwrap();
+    assert_eq!(store.next_ids("conformance", 1).unwrap().start, 10_002);
 }

@@ -199,6 +199,13 @@ mod tests {
         fn flush(&self) -> StorageResult<()> {
             Ok(())
         }
+        fn transact(
+            &self,
+            _: crate::storage::Durability,
+            _: &mut dyn FnMut(&mut dyn crate::storage::Transaction) -> StorageResult<bool>,
+        ) -> StorageResult<()> {
+            Err(StorageError::Backend("this test store has no transactions".to_owned()))
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,150 @@ pub trait KvStore: Send + Sync + 'static {
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+
+    /// Run `body` as one serializable transaction: its reads (`get`, `scan`) see the
+    /// database plus its own earlier writes, and its writes land atomically only if nothing
+    /// it read changed before the commit. On a conflict the writes are dropped and `body`
+    /// runs again from the start, so it must do nothing outside the transaction that cannot
+    /// be repeated. `body` answers `Ok(true)` to commit and `Ok(false)` to abort (nothing is
+    /// written); an error aborts too and is returned. Reads during one run may mix states
+    /// from before and after another writer's commit, but such a run never commits.
+    ///
+    /// Blind writes (`write`, `write_buffered`) and transactions are serialised against
+    /// each other on the keys they share, so a blind write cannot slip between a
+    /// transaction's check and its write. Most callers use [`transaction`] instead.
+    fn transact(
+        &self,
+        durability: Durability,
+        body: &mut dyn FnMut(&mut dyn Transaction) -> StorageResult<bool>,
+    ) -> StorageResult<()>;
+
+    /// Hand out the next `n` values of the durable sequence `name` (values start at 1):
+    /// every value is handed out once, across restarts and across every process sharing
+    /// the database. The sequence lives in the `sequences` table; callers that need IDs
+    /// often take them in blocks ([`super::sequence::Sequence`]).
+    fn next_ids(&self, name: &str, n: u64) -> StorageResult<std::ops::Range<u64>> {
+        let key = sequence_key(name);
+        let mut first = 0;
+        self.transact(Durability::Synced, &mut |tx| {
+            let last = match tx.get(SEQUENCES_TABLE, &key)? {
+                Some(bytes) => decode_sequence(&bytes)?,
+                None => 0,
+            };
+            let end = last.checked_add(n).ok_or_else(|| {
+                StorageError::Backend(format!("sequence `{name}` would pass the largest value"))
+            })?;
+            tx.put(SEQUENCES_TABLE, key.clone(), encode_sequence(end)?);
+            first = last + 1;
+            Ok(true)
+        })?;
+        Ok(first..first + n)
+    }
+
+    /// Raise the sequence `name` so that it never hands out a value at or below `floor`
+    /// (seeding from data written before the sequence existed); a sequence already past
+    /// it is left alone.
+    fn raise_sequence(&self, name: &str, floor: u64) -> StorageResult<()> {
+        let key = sequence_key(name);
+        self.transact(Durability::Synced, &mut |tx| {
+            let last = match tx.get(SEQUENCES_TABLE, &key)? {
+                Some(bytes) => decode_sequence(&bytes)?,
+                None => 0,
+            };
+            if last >= floor {
+                return Ok(false);
+            }
+            tx.put(SEQUENCES_TABLE, key.clone(), encode_sequence(floor)?);
+            Ok(true)
+        })
+    }
+}
+
+/// The table holding every sequence's last value handed out (declared in the catalogue as
+/// `sequences`; a backend under test opens it too).
+pub const SEQUENCES_TABLE: &str = "sequences";
+
+fn sequence_key(name: &str) -> Vec<u8> {
+    super::codec::KeyCodec::to_key_bytes(&name.to_owned())
+}
+
+fn encode_sequence(value: u64) -> StorageResult<Vec<u8>> {
+    super::codec::encode_value(1, &value)
+        .map_err(|detail| StorageError::Corrupt { table: SEQUENCES_TABLE, detail })
+}
+
+fn decode_sequence(bytes: &[u8]) -> StorageResult<u64> {
+    super::codec::decode_value(1, bytes)
+        .map_err(|detail| StorageError::Corrupt { table: SEQUENCES_TABLE, detail })
+}
+
+/// When a committed transaction must be on stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Durable once `transact` returns, as [`KvStore::write`].
+    Synced,
+    /// Visible at once and surviving a killed process, as [`KvStore::write_buffered`].
+    Buffered,
+}
+
+/// The reads and writes of one transaction in progress (see [`KvStore::transact`]).
+pub trait Transaction {
+    /// The value under `key`, including this transaction's own writes.
+    fn get(&mut self, table: &'static str, key: &[u8]) -> StorageResult<Option<Vec<u8>>>;
+
+    /// Every entry in `range`, in `direction` order, including this transaction's own
+    /// writes. The whole range is checked again at commit, so keep it small.
+    fn scan(
+        &mut self,
+        table: &'static str,
+        range: KeyRange,
+        direction: Direction,
+    ) -> StorageResult<Vec<RawEntry>>;
+
+    /// Queue a write; later reads in this transaction see it.
+    fn put(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>);
+
+    /// Queue a delete; later reads in this transaction see it.
+    fn delete(&mut self, table: &'static str, key: Vec<u8>);
+
+    /// Queue every write of `batch`, in order.
+    fn extend(&mut self, batch: WriteBatch) {
+        for op in batch.ops {
+            match op {
+                WriteOp::Put { table, key, value } => self.put(table, key, value),
+                WriteOp::Delete { table, key } => self.delete(table, key),
+            }
+        }
+    }
+}
+
+/// Run `body` as a transaction on `store` (see [`KvStore::transact`]) and return what it
+/// returns. `body` answers `Ok((value, true))` to commit, `Ok((value, false))` to return
+/// `value` without writing anything, and any error aborts. `E` is the caller's error type.
+pub fn transaction<T, E: From<StorageError>>(
+    store: &dyn KvStore,
+    durability: Durability,
+    mut body: impl FnMut(&mut dyn Transaction) -> Result<(T, bool), E>,
+) -> Result<T, E> {
+    let mut outcome: Option<Result<T, E>> = None;
+    let ran = store.transact(durability, &mut |tx| {
+        match body(tx) {
+            Ok((value, commit)) => {
+                outcome = Some(Ok(value));
+                Ok(commit)
+            }
+            Err(e) => {
+                outcome = Some(Err(e));
+                // Abort; the caller's error is returned below.
+                Ok(false)
+            }
+        }
+    });
+    if let Err(e) = ran {
+        return Err(E::from(e));
+    }
+    outcome
+        .unwrap_or_else(|| Err(E::from(StorageError::Backend("a transaction ended without running".into()))))
 }
 
 /// What a backend tells about itself for monitoring: plain numbers, read on demand.

@@ -7,8 +7,12 @@ use std::{
 };
 
 use super::{
-    kv::{Direction, KeyRange, KvStore, RawEntry, StorageError, StorageResult, WriteBatch, WriteOp},
+    kv::{
+        Direction, Durability, KeyRange, KvStore, RawEntry, StorageError, StorageResult, Transaction,
+        WriteBatch, WriteOp,
+    },
     tables::TableInfo,
+    txn,
 };
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -56,24 +60,7 @@ impl KvStore for MemoryStore {
 
     fn write(&self, batch: WriteBatch) -> StorageResult<()> {
         let mut guard = self.tables.write().map_err(|_| StorageError::Backend("poisoned".into()))?;
-        // Validate every table first so a bad op cannot leave half a batch applied.
-        for op in &batch.ops {
-            let (WriteOp::Put { table, .. } | WriteOp::Delete { table, .. }) = op;
-            if !guard.contains_key(table) {
-                return Err(StorageError::UnknownTable((*table).to_owned()));
-            }
-        }
-        for op in batch.ops {
-            match op {
-                WriteOp::Put { table, key, value } => {
-                    guard.get_mut(table).map(|t| t.insert(key, value));
-                }
-                WriteOp::Delete { table, key } => {
-                    guard.get_mut(table).map(|t| t.remove(&key));
-                }
-            }
-        }
-        Ok(())
+        apply(&mut guard, batch)
     }
 
     fn write_buffered(&self, batch: WriteBatch) -> StorageResult<()> {
@@ -87,6 +74,54 @@ impl KvStore for MemoryStore {
     fn flush(&self) -> StorageResult<()> {
         Ok(())
     }
+
+    /// Optimistic, like RocksDB's: the body reads under short read locks; the commit checks
+    /// and applies under the one write lock, which every blind write also takes.
+    fn transact(
+        &self,
+        _durability: Durability,
+        body: &mut dyn FnMut(&mut dyn Transaction) -> StorageResult<bool>,
+    ) -> StorageResult<()> {
+        txn::run(self, body, &mut |recorded| {
+            let mut guard = self.tables.write().map_err(|_| StorageError::Backend("poisoned".into()))?;
+            let tables = &*guard;
+            let tree = |table: &'static str| {
+                tables.get(table).ok_or_else(|| StorageError::UnknownTable(table.to_owned()))
+            };
+            let holds =
+                recorded.still_holds(&|table, key| Ok(tree(table)?.get(key).cloned()), &|table, range| {
+                    Ok(tree(table)?
+                        .range((range.start.clone(), range.end.clone()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect())
+                })?;
+            if holds {
+                apply(&mut guard, recorded.take_batch())?;
+            }
+            Ok(holds)
+        })
+    }
+}
+
+fn apply(guard: &mut HashMap<&'static str, Tree>, batch: WriteBatch) -> StorageResult<()> {
+    // Validate every table first so a bad op cannot leave half a batch applied.
+    for op in &batch.ops {
+        let (WriteOp::Put { table, .. } | WriteOp::Delete { table, .. }) = op;
+        if !guard.contains_key(table) {
+            return Err(StorageError::UnknownTable((*table).to_owned()));
+        }
+    }
+    for op in batch.ops {
+        match op {
+            WriteOp::Put { table, key, value } => {
+                guard.get_mut(table).map(|t| t.insert(key, value));
+            }
+            WriteOp::Delete { table, key } => {
+                guard.get_mut(table).map(|t| t.remove(&key));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -95,5 +130,11 @@ mod tests {
     fn memory_store_passes_the_conformance_suite() {
         let store = super::MemoryStore::new(super::super::conformance::TABLES);
         super::super::conformance::run(&store);
+    }
+
+    #[test]
+    fn memory_store_passes_the_concurrency_conformance_suite() {
+        let store = super::MemoryStore::new(super::super::conformance::TABLES);
+        super::super::conformance::run_concurrent(std::sync::Arc::new(store));
     }
 }

@@ -10,9 +10,10 @@ use super::{
     codec::{decode_value, encode_value},
     kv::{Direction, KeyRange, KvStore, StorageError, StorageResult, WriteBatch},
     tables::{
-        META, NOTIFICATIONS, NotificationRecord, PUSH_ACTIONS, PUSH_COUNT_BASES, PUSH_COUNTS, PUSH_LOG,
-        PUSH_LOG_ORDER, PUSHERS, PushActionRecord, PushCountBase, PushCountRecord, PushLogMember,
-        PushLogRecord, PusherRecord, SCHEMA_VERSION_KEY, UIAA_SESSIONS,
+        COUNTERS, META, NOTIFICATIONS, NotificationRecord, PUSH_ACTIONS, PUSH_COUNT_BASES, PUSH_COUNTS,
+        PUSH_LOG, PUSH_LOG_ORDER, PUSHERS, PushActionRecord, PushCountBase, PushCountRecord, PushLogMember,
+        PushLogRecord, PusherRecord, REPORTS, SCHEMA_VERSION_KEY, SEQUENCES, STATE_GROUPS, STREAM,
+        UIAA_SESSIONS,
     },
 };
 
@@ -43,13 +44,49 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         to_version: 5,
+        description: "stream positions, state-group IDs and report IDs come from durable sequences",
+        run: sequences_from_stored_ids,
+    },
+    Migration {
+        to_version: 6,
         description: "notifications are logged per room and event (push_log), not per member",
         run: push_log_from_notifications,
     },
 ];
 
 /// The schema version this build writes.
-pub const CURRENT_SCHEMA_VERSION: u64 = 5;
+pub const CURRENT_SCHEMA_VERSION: u64 = 6;
+
+/// Version 5 hands out stream positions, state-group IDs and report IDs from durable
+/// sequences (`sequences`) instead of counters kept in memory and seeded at start: each
+/// sequence starts past every ID already used (for the stream, past the persisted
+/// high-water mark, which covers positions of kinds never stored, such as typing).
+fn sequences_from_stored_ids(store: &dyn KvStore) -> StorageResult<WriteBatch> {
+    let last_key = |table: &'static str| -> StorageResult<u64> {
+        match store.scan(table, KeyRange::all(), Direction::Reverse)?.next() {
+            Some(row) => {
+                u64::from_key_bytes(&row?.0).map_err(|detail| StorageError::Corrupt { table, detail })
+            }
+            None => Ok(0),
+        }
+    };
+    let high_water = match store.get(COUNTERS.name, &"stream_high_water".to_owned().to_key_bytes())? {
+        Some(bytes) => decode_value::<u64>(COUNTERS.value_version, &bytes)
+            .map_err(|detail| StorageError::Corrupt { table: COUNTERS.name, detail })?,
+        None => 0,
+    };
+    let mut batch = WriteBatch::new();
+    for (name, last) in [
+        ("stream", high_water.max(last_key(STREAM.name)?)),
+        ("state_group", last_key(STATE_GROUPS.name)?),
+        ("report", last_key(REPORTS.name)?),
+    ] {
+        let value = encode_value(SEQUENCES.value_version, &last)
+            .map_err(|detail| StorageError::Corrupt { table: SEQUENCES.name, detail })?;
+        batch.put(SEQUENCES.name, name.to_owned().to_key_bytes(), value);
+    }
+    Ok(batch)
+}
 
 /// Version 2 binds each user-interactive auth session to the method, path and parameters of
 /// its request; a version-1 session names only its endpoint, so it cannot be bound. Sessions
@@ -156,7 +193,7 @@ fn push_counts_from_actions(store: &dyn KvStore) -> StorageResult<WriteBatch> {
     Ok(batch)
 }
 
-/// Version 5 logs who an event notifies once per room and event (`push_log`) and keeps
+/// Version 6 logs who an event notifies once per room and event (`push_log`) and keeps
 /// per-member rows only for members with pushers. `/notifications` reads the log, so each
 /// event's per-member rows of version 4 become one log row naming those members (the
 /// thread is not in those rows: their read state follows the room's receipt). The rows
@@ -246,6 +283,23 @@ mod tests {
     }
 
     #[test]
+    fn version_5_starts_each_sequence_past_the_ids_in_use() {
+        let s = store();
+        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &4).unwrap();
+        let mut batch = WriteBatch::new();
+        COUNTERS.open(&s).put(&mut batch, &"stream_high_water".to_owned(), &2_000).unwrap();
+        batch.put(STREAM.name, 1_500u64.to_key_bytes(), Vec::new());
+        batch.put(STATE_GROUPS.name, 41u64.to_key_bytes(), Vec::new());
+        batch.put(STATE_GROUPS.name, 7u64.to_key_bytes(), Vec::new());
+        s.write(batch).unwrap();
+        migrate(&s).unwrap();
+        assert_eq!(version(&s), Some(CURRENT_SCHEMA_VERSION));
+        assert_eq!(s.next_ids("stream", 1).unwrap().start, 2_001);
+        assert_eq!(s.next_ids("state_group", 1).unwrap().start, 42);
+        assert_eq!(s.next_ids("report", 1).unwrap().start, 1);
+    }
+
+    #[test]
     fn version_3_keeps_pushers_with_no_device() {
         let s = store();
         META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &2).unwrap();
@@ -301,9 +355,9 @@ mod tests {
     }
 
     #[test]
-    fn version_5_logs_each_notified_event_once_with_its_members() {
+    fn version_6_logs_each_notified_event_once_with_its_members() {
         let s = store();
-        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &4).unwrap();
+        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &5).unwrap();
         let (u, v) = (ruma::owned_user_id!("@u:example.org"), ruma::owned_user_id!("@v:example.org"));
         let room = ruma::owned_room_id!("!r:example.org");
         let row = |event: &str, highlight: bool| NotificationRecord {

@@ -6,16 +6,22 @@ pub mod codec;
 pub mod conformance;
 pub mod group_sync;
 pub mod kv;
+pub mod locks;
 pub mod memory;
 pub mod migrations;
 pub mod rocksdb;
+pub mod sequence;
 pub mod table;
 pub mod tables;
+pub mod txn;
 
 use std::{path::Path, sync::Arc};
 
 pub use group_sync::GroupSync;
-pub use kv::{Direction, KvStore, StorageError, StorageResult, StoreStats, TableStats, WriteBatch};
+pub use kv::{
+    Direction, Durability, KvStore, StorageError, StorageResult, StoreStats, TableStats, Transaction,
+    WriteBatch, transaction,
+};
 pub use table::Table;
 
 /// Open the RocksDB database at `path` with every catalogue table and migrate it.

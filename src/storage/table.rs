@@ -7,7 +7,10 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     codec::{KeyCodec, decode_value, encode_value},
-    kv::{Direction, KeyRange, KvStore, StorageError, StorageResult, WriteBatch},
+    kv::{
+        Direction, Durability, KeyRange, KvStore, StorageError, StorageResult, Transaction, WriteBatch,
+        transaction,
+    },
 };
 
 /// A table's declaration in the catalogue: its name, documented key layout and value version.
@@ -159,6 +162,58 @@ impl<K: KeyCodec, V: Serialize + DeserializeOwned> Table<K, V> {
             self.store.write(batch)?;
         }
         Ok(removed)
+    }
+
+    /// The value under `key`, read inside transaction `tx` (the commit checks it still holds).
+    pub fn get_in(&self, tx: &mut dyn Transaction, key: &K) -> StorageResult<Option<V>> {
+        tx.get(self.name, &key.to_key_bytes())?.map(|bytes| self.decode(&bytes)).transpose()
+    }
+
+    /// Queue a write of `value` under `key` into transaction `tx`.
+    pub fn put_in(&self, tx: &mut dyn Transaction, key: &K, value: &V) -> StorageResult<()> {
+        let bytes = encode_value(self.value_version, value).map_err(|e| self.corrupt(e))?;
+        tx.put(self.name, key.to_key_bytes(), bytes);
+        Ok(())
+    }
+
+    /// Queue a delete of `key` into transaction `tx`.
+    pub fn delete_in(&self, tx: &mut dyn Transaction, key: &K) {
+        tx.delete(self.name, key.to_key_bytes());
+    }
+
+    /// Every row whose raw key lies in `range`, read inside transaction `tx` (the commit
+    /// checks the whole range still holds the same rows, so keep it small).
+    pub fn scan_in(
+        &self,
+        tx: &mut dyn Transaction,
+        range: KeyRange,
+        direction: Direction,
+    ) -> StorageResult<Vec<(K, V)>> {
+        tx.scan(self.name, range, direction)?
+            .into_iter()
+            .map(|(k, v)| {
+                let key = K::from_key_bytes(&k).map_err(|e| self.corrupt(format!("key: {e}")))?;
+                Ok((key, self.decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// Remove the row under `key` and return it, at most once: of several callers taking
+    /// the same row concurrently exactly one gets it (compare-and-delete). Synced.
+    pub fn take(&self, key: &K) -> StorageResult<Option<V>> {
+        transaction(self.store.as_ref(), Durability::Synced, |tx| {
+            let value = self.get_in(tx, key)?;
+            if value.is_some() {
+                self.delete_in(tx, key);
+            }
+            let found = value.is_some();
+            Ok((value, found))
+        })
+    }
+
+    /// The store this table lives in (to run transactions spanning tables).
+    pub fn store(&self) -> &dyn KvStore {
+        self.store.as_ref()
     }
 
     /// Every row whose raw key lies in `range`.

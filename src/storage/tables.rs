@@ -106,6 +106,9 @@ catalogue! {
     REPORTS = "reports", key "report_id": u64 => ReportRecord, version 1;
     /// Named counters; `stream_high_water` bounds every stream position ever handed out.
     COUNTERS = "counters", key "name": String => u64, version 1;
+    /// Durable ID sequences: the last value each has handed out (`stream`, `state_group`,
+    /// `report`). Written only through `KvStore::next_ids` and `raise_sequence`.
+    SEQUENCES = "sequences", key "name": String => u64, version 1;
     /// Account data per user: global (room "") or per room, by type.
     ACCOUNT_DATA = "account_data", key "user_id, room_id (empty: global), type": (OwnedUserId, String, String) => AccountDataRecord, version 1;
     /// Each user's account data change feed: the latest change of each piece, by position.

@@ -18,8 +18,7 @@ pub mod preview;
 pub mod thumbnail;
 
 use std::{
-    collections::{HashMap, HashSet},
-    hash::Hash,
+    collections::HashSet,
     io,
     path::Path,
     sync::{
@@ -31,7 +30,7 @@ use std::{
 
 use bytes::Bytes;
 use ruma::{OwnedMxcUri, OwnedServerName, OwnedUserId, ServerName, UserId};
-use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use self::{
     files::{FileStore, SinkError, StagedFile, UploadSink},
@@ -45,6 +44,7 @@ use crate::{
     service::passwords::random_string,
     storage::{
         Direction, KvStore, Table, WriteBatch,
+        locks::KeyedLocks,
         tables::{
             ContentHash, MEDIA, MEDIA_FILE_REFS, MEDIA_PENDING, MEDIA_PENDING_BY_USER, MEDIA_THUMBNAILS,
             MediaRecord, PendingMediaRecord, ThumbnailRecord,
@@ -146,41 +146,6 @@ pub struct Media {
     /// Held while a stored thumbnail is being made, per thumbnail.
     making: KeyedLocks<ThumbnailKey>,
     thumbnails_made: AtomicU64,
-}
-
-/// Async locks by key, made on first use and dropped when nobody holds or waits for them.
-struct KeyedLocks<K> {
-    locks: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl<K: Eq + Hash + Clone> KeyedLocks<K> {
-    fn new() -> Self {
-        Self { locks: Mutex::new(HashMap::new()) }
-    }
-
-    async fn lock(&self, key: &K) -> KeyedGuard<'_, K> {
-        let lock = Arc::clone(
-            self.locks.lock().unwrap_or_else(PoisonError::into_inner).entry(key.clone()).or_default(),
-        );
-        let guard = lock.lock_owned().await;
-        KeyedGuard { locks: self, key: key.clone(), _guard: guard }
-    }
-}
-
-struct KeyedGuard<'a, K: Eq + Hash> {
-    locks: &'a KeyedLocks<K>,
-    key: K,
-    _guard: OwnedMutexGuard<()>,
-}
-
-impl<K: Eq + Hash> Drop for KeyedGuard<'_, K> {
-    fn drop(&mut self) {
-        let mut locks = self.locks.locks.lock().unwrap_or_else(PoisonError::into_inner);
-        // The map's handle and this guard's: nobody else holds or waits for the lock.
-        if locks.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) <= 2) {
-            locks.remove(&self.key);
-        }
-    }
 }
 
 fn io_error(context: &str) -> impl FnOnce(io::Error) -> Error + '_ {

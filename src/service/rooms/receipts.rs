@@ -19,10 +19,11 @@ use crate::{
         stream::{Change, Stream},
     },
     storage::{
-        Direction, KvStore, Table, WriteBatch,
+        Direction, Durability, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
         tables::{RECEIPT_CHANGES, RECEIPTS, ReceiptChange, ReceiptRecord},
+        transaction,
     },
 };
 
@@ -112,29 +113,35 @@ impl Receipts {
             receipt_type.to_owned(),
             thread_id.unwrap_or(UNTHREADED).to_owned(),
         );
-        if let Some(current) = self.receipts.get(&key)?
-            && current.event_stream >= event.stream
-        {
-            return Ok(());
-        }
-        let reservation = self.stream.reserve()?;
-        let position = reservation.position;
-        let record = ReceiptRecord {
-            event_id: event_id.to_owned(),
-            ts: self.clock.now_ms(),
-            stream: position,
-            event_stream: event.stream,
-        };
-        let previous = self.receipts.get(&key)?;
-        let mut batch = WriteBatch::new();
-        if let Some(previous) = previous {
-            self.changes.delete(&mut batch, &(room_id.to_owned(), previous.stream));
-        }
-        self.receipts.put(&mut batch, &key, &record)?;
-        let change =
-            ReceiptChange { user_id: key.1.clone(), receipt_type: key.2.clone(), thread: key.3.clone() };
-        self.changes.put(&mut batch, &(room_id.to_owned(), position), &change)?;
-        self.store.write(batch)?;
+        // Read, check and write in one transaction: of two receipts racing (two devices),
+        // the one that commits second sees the first and never moves the receipt back, and
+        // each change row it replaces is the one really stored.
+        let mut reservation = None;
+        let written = transaction::<_, crate::Error>(self.store.as_ref(), Durability::Synced, |tx| {
+            let previous = self.receipts.get_in(tx, &key)?;
+            if previous.as_ref().is_some_and(|current| current.event_stream >= event.stream) {
+                return Ok((None, false));
+            }
+            let reserved = self.stream.reserve()?;
+            let position = reserved.position;
+            let record = ReceiptRecord {
+                event_id: event_id.to_owned(),
+                ts: self.clock.now_ms(),
+                stream: position,
+                event_stream: event.stream,
+            };
+            if let Some(previous) = previous {
+                self.changes.delete_in(tx, &(room_id.to_owned(), previous.stream));
+            }
+            self.receipts.put_in(tx, &key, &record)?;
+            let change =
+                ReceiptChange { user_id: key.1.clone(), receipt_type: key.2.clone(), thread: key.3.clone() };
+            self.changes.put_in(tx, &(room_id.to_owned(), position), &change)?;
+            // A run that conflicts drops its position here (a hole readers skip).
+            reservation = Some(reserved);
+            Ok((Some(position), true))
+        })?;
+        let Some(position) = written else { return Ok(()) };
         {
             let mut last = self.lock_last();
             let entry = last.entry(room_id.to_owned()).or_insert(0);

@@ -1,9 +1,6 @@
 //! Reports of events, rooms and users, kept for the server's admins. Owns the `reports` table.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use crate::{
     Result,
@@ -11,30 +8,30 @@ use crate::{
     storage::{
         Direction, KvStore, Table,
         kv::KeyRange,
+        sequence::Sequence,
         tables::{REPORTS, ReportRecord},
     },
 };
 
+/// The store's sequence of report IDs.
+pub const SEQUENCE: &str = "report";
+
 pub struct Reports {
     reports: Table<u64, ReportRecord>,
-    last_id: AtomicU64,
+    /// Report IDs, one at a time (reports are rare).
+    ids: Sequence,
     clock: Arc<dyn Clock>,
 }
 
 impl Reports {
     pub fn new(store: &Arc<dyn KvStore>, clock: Arc<dyn Clock>) -> Result<Self> {
-        let reports = REPORTS.open(store);
-        let last = match reports.scan(KeyRange::all(), Direction::Reverse)?.next() {
-            Some(row) => row?.0,
-            None => 0,
-        };
-        Ok(Self { reports, last_id: AtomicU64::new(last), clock })
+        Ok(Self { reports: REPORTS.open(store), ids: Sequence::new(store, SEQUENCE, 1), clock })
     }
 
     /// Store a report (the caller checked that its subject exists and is visible).
     pub fn file(&self, mut report: ReportRecord) -> Result<u64> {
         report.received_ms = self.clock.now_ms();
-        let id = self.last_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self.ids.next()?;
         self.reports.insert(&id, &report)?;
         tracing::info!(report_id = id, reporter = %report.reporter, "report received");
         Ok(id)

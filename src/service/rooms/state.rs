@@ -7,10 +7,7 @@
 //! Every `SNAPSHOT_INTERVAL` links a group is written whole, so loading one never walks a
 //! long chain.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::Arc;
 
 use ruma::{OwnedEventId, OwnedRoomId, RoomId, events::StateEventType};
 
@@ -20,9 +17,14 @@ use crate::{
     storage::{
         Direction, KvStore, Table, WriteBatch,
         kv::KeyRange,
+        sequence::Sequence,
         tables::{ROOM_STATE, ROOMS, RoomRecord, STATE_GROUPS, StateGroupRecord},
     },
 };
+
+/// The store's sequence of state-group IDs, and how many this process takes at a time.
+pub const GROUP_SEQUENCE: &str = "state_group";
+const GROUP_ID_BLOCK: u64 = 100;
 
 /// Deltas between full snapshots.
 const SNAPSHOT_INTERVAL: u32 = 64;
@@ -63,7 +65,8 @@ pub struct RoomStates {
     /// The delta chain length of groups made by this process, so a group can be made on a
     /// parent queued in the same batch (not readable from the table yet).
     chain_lens: BoundedCache<u64, u32>,
-    last_group: AtomicU64,
+    /// State-group IDs, from the store's durable `state_group` sequence.
+    group_ids: Sequence,
 }
 
 impl RoomStates {
@@ -75,17 +78,13 @@ impl RoomStates {
     /// `cache_bytes`: memory the state maps kept in memory may hold.
     pub fn new(store: &Arc<dyn KvStore>, cache_bytes: usize) -> Result<Self> {
         let groups = STATE_GROUPS.open(store);
-        let last = match groups.scan(KeyRange::all(), Direction::Reverse)?.next() {
-            Some(row) => row?.0,
-            None => 0,
-        };
         Ok(Self {
             rooms: ROOMS.open(store),
             groups,
             room_state: ROOM_STATE.open(store),
             group_cache: BoundedCache::new(cache_bytes, state_weight),
             chain_lens: BoundedCache::new(CHAIN_LENS_BYTES, |_| 32),
-            last_group: AtomicU64::new(last),
+            group_ids: Sequence::new(store, GROUP_SEQUENCE, GROUP_ID_BLOCK),
         })
     }
 
@@ -195,7 +194,7 @@ impl RoomStates {
         for (key, event_id) in changes {
             state.insert(key.clone(), event_id.clone());
         }
-        let id = self.last_group.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = self.group_ids.next()?;
         let record = match parent_chain {
             Some((parent, chain_len)) if chain_len + 1 < SNAPSHOT_INTERVAL => StateGroupRecord {
                 parent: Some(parent),
