@@ -92,6 +92,9 @@ pub struct Config {
     pub federation_domain_denylist: Vec<String>,
     /// How long one federation request may take (connecting, sending, the answer), seconds.
     pub federation_timeout_secs: u64,
+    /// The longest wait between retries of a transaction to a server that is down, seconds
+    /// (the wait starts at 1 s and doubles).
+    pub federation_max_backoff_secs: u64,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `conduit=debug`).
     pub log: String,
     /// Answers for `/.well-known/matrix/{client,server}`.
@@ -658,6 +661,7 @@ impl Default for Config {
             federation_domain_allowlist: Vec::new(),
             federation_domain_denylist: Vec::new(),
             federation_timeout_secs: 30,
+            federation_max_backoff_secs: 3600,
             log: "info".to_owned(),
             well_known: WellKnownConfig::default(),
             well_known_client: None,
@@ -817,6 +821,9 @@ impl Config {
         }
         if !(1..=600).contains(&self.federation_timeout_secs) {
             return Err("invalid value for key `federation_timeout_secs`: must be 1 to 600".into());
+        }
+        if !(1..=86_400).contains(&self.federation_max_backoff_secs) {
+            return Err("invalid value for key `federation_max_backoff_secs`: must be 1 to 86400".into());
         }
         if crate::matrix::room_version::rules(&self.default_room_version).is_none() {
             return Err(format!(

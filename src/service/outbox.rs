@@ -86,6 +86,12 @@ pub trait Courier: Send + Sync + 'static {
 
     /// Deliver `parcels` to `destination`.
     fn deliver<'a>(&'a self, destination: &'a str, parcels: &'a [(u64, Self::Parcel)]) -> Delivering<'a>;
+
+    /// The longest wait between retries for this kind, when it has its own setting
+    /// (federation's `federation_max_backoff_secs`); otherwise the outbox's.
+    fn max_backoff_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A running queue's bell.
@@ -214,6 +220,16 @@ impl Outbox {
     /// Where a destination's queue stands, if it has one.
     pub fn delivered(&self, kind: &str, destination: &str) -> Result<Option<u64>> {
         Ok(self.queues.get(&(kind.to_owned(), destination.to_owned()))?.map(|r| r.delivered))
+    }
+
+    /// The destinations of kind `kind` that have a queue (running or not).
+    pub fn destinations(&self, kind: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for row in self.queues.scan_prefix(&kind.to_owned(), crate::storage::Direction::Forward)? {
+            let ((_, destination), _) = row?;
+            out.push(destination);
+        }
+        Ok(out)
     }
 
     /// Give a destination a queue starting after `start`, unless it has one (or, with
@@ -377,8 +393,8 @@ impl Outbox {
                     let now = self.clock.now_ms();
                     let since = *failing_since.get_or_insert(now);
                     if now.saturating_sub(since) < GIVE_UP_AFTER_MS {
-                        let wait =
-                            FIRST_RETRY_MS.saturating_mul(1 << failures.min(32)).min(self.max_retry_ms);
+                        let cap = courier.max_backoff_ms().unwrap_or(self.max_retry_ms).max(FIRST_RETRY_MS);
+                        let wait = FIRST_RETRY_MS.saturating_mul(1 << failures.min(32)).min(cap);
                         failures = failures.saturating_add(1);
                         tracing::debug!(kind, destination, reason = %why, wait_ms = wait, "delivery failed; retrying");
                         tokio::select! {
