@@ -75,8 +75,8 @@ pub struct Config {
     pub app_service_config_files: Vec<std::path::PathBuf>,
     /// Whether to talk to other Matrix servers. What federates so far: server keys (our
     /// key server, fetching others' keys, the notary key query), signed requests both ways,
-    /// and profile and room-alias queries; rooms themselves do not federate yet (joining a
-    /// room on another server is refused with a clear error). Off by default: no federation
+    /// profile and room-alias queries, and rooms (joins both ways, transactions in and
+    /// out; inviting remote users is not supported yet). Off by default: no federation
     /// route is served and no connection to another server is ever made.
     pub allow_federation: bool,
     /// Notary servers asked for another server's keys when that server cannot be reached

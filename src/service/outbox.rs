@@ -1,6 +1,6 @@
 //! The outbox: durable, ordered delivery of what the server's stream produces to
 //! destinations outside it. One queue per destination (a pusher, an email pusher, an
-//! application service; federation peers later) keeps its place in the stream in the
+//! application service, a federation peer) keeps its place in the stream in the
 //! `outbox_queues` table, asks its [`Courier`] for what is pending after that place, delivers
 //! it in order, and moves its place only once the courier says the delivery is done. So nothing is lost
 //! across a restart or a `kill -9`: a delivery that was under way is made again (at least

@@ -74,6 +74,13 @@ const REMOTE_TYPING: Duration = Duration::from_secs(30);
 /// The answer to a transaction: each PDU's event ID and why it was refused, if it was.
 pub type PduResults = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
 
+/// A transaction's key: its origin and ID.
+type TxnKey = (OwnedServerName, String);
+/// Answers of recent transactions, and their keys oldest first.
+type RememberedTxns = (HashMap<TxnKey, PduResults>, VecDeque<TxnKey>);
+/// A state as PDUs, with its auth chain.
+pub type StateAndChain = (Vec<Box<RawJsonValue>>, Vec<Box<RawJsonValue>>);
+
 /// What `send_join` answers.
 pub struct JoinAnswer {
     pub state: Vec<Box<RawJsonValue>>,
@@ -94,7 +101,7 @@ pub struct RoomFederation {
     receipts: Arc<Receipts>,
     clock: Arc<dyn Clock>,
     /// Answers of recent transactions by (origin, transaction ID), oldest first in the queue.
-    txns: Mutex<(HashMap<(OwnedServerName, String), PduResults>, VecDeque<(OwnedServerName, String)>)>,
+    txns: Mutex<RememberedTxns>,
     /// One transaction of an origin at a time, as the spec has servers send them.
     origins: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -792,7 +799,7 @@ impl RoomFederation {
         origin: &ServerName,
         room_id: &RoomId,
         event_id: &EventId,
-    ) -> Result<(Vec<Box<RawJsonValue>>, Vec<Box<RawJsonValue>>)> {
+    ) -> Result<StateAndChain> {
         let (state, chain) = self.state_ids(origin, room_id, event_id)?;
         Ok((self.pdus_of(&state)?, self.pdus_of(&chain)?))
     }
@@ -809,7 +816,7 @@ impl RoomFederation {
         if event.pdu.room_id != room_id {
             return Err(Error::not_found(format!("Event {event_id} is not in {room_id}")));
         }
-        self.pdus_of(&self.timeline.auth_chain(&[event.pdu.event_id.clone()])?)
+        self.pdus_of(&self.timeline.auth_chain(std::slice::from_ref(&event.pdu.event_id))?)
     }
 
     /// The events before `latest` back to `earliest` (not included), walking `prev_events`,
