@@ -2,7 +2,8 @@
 //! `federation.rs`): a user of B joins a room of A by its ID through A, messages go both ways
 //! and show in `/sync` and `/messages` on each side, a leave reaches the other server, and a
 //! server that was down gets what it missed once it is back (the sender's retries moved on
-//! the manual clock).
+//! the manual clock); a forged PDU is refused by name, and a replayed transaction is answered
+//! as the first time without being done again.
 
 use std::time::Duration;
 
@@ -185,4 +186,117 @@ async fn a_server_that_was_down_catches_up() {
         message_bodies(&a, &alice, &room).await.contains(&"back".to_owned())
     })
     .await;
+}
+
+/// A PDU as B would send it in `room` on A: Bob's message citing A's latest event, signed
+/// (and hashed) with `key` under B's name.
+async fn bobs_message(
+    a: &TestServer,
+    alice: &Session,
+    room: &str,
+    bob: &str,
+    b_name: &str,
+    key: &ruma::signatures::Ed25519KeyPair,
+    text: &str,
+) -> Value {
+    let (_, state) = a.get(&format!("{V3}/rooms/{}/state", encode(room)), Some(&alice.token)).await;
+    let state = state.as_array().unwrap();
+    let id_of = |kind: &str, key: &str| {
+        state.iter().find(|e| e["type"] == kind && e["state_key"] == key).unwrap()["event_id"].clone()
+    };
+    let (_, page) =
+        a.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=1", encode(room)), Some(&alice.token)).await;
+    let latest = page["chunk"][0]["event_id"].clone();
+    let event = json!({
+        "room_id": room,
+        "sender": bob,
+        "type": "m.room.message",
+        "content": {"msgtype": "m.text", "body": text},
+        "origin_server_ts": 1_700_000_000_000_u64,
+        "depth": 1000,
+        "prev_events": [latest],
+        "auth_events": [id_of("m.room.power_levels", ""), id_of("m.room.member", bob)],
+    });
+    let ruma::CanonicalJsonValue::Object(mut object) = ruma::CanonicalJsonValue::try_from(event).unwrap()
+    else {
+        unreachable!()
+    };
+    let rules = conduit::matrix::room_version::rules(&ruma::RoomVersionId::V12).unwrap();
+    ruma::signatures::hash_and_sign_event(b_name, key, &mut object, &rules.redaction).unwrap();
+    serde_json::to_value(&object).unwrap()
+}
+
+/// `PUT /send/{txnId}` to A, signed as B with B's real key.
+async fn put_transaction(
+    pki: &Pki,
+    a: &TestServer,
+    b: &TestServer,
+    txn: &str,
+    pdus: Vec<Value>,
+) -> (StatusCode, Value) {
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    let path = format!("/_matrix/federation/v1/send/{txn}");
+    let body = serde_json::to_vec(&json!({"origin": b.name(), "origin_server_ts": 1, "pdus": pdus})).unwrap();
+    let request = axum::http::Request::builder().method("PUT").uri(&path).body(body.clone()).unwrap();
+    let header = XMatrix::sign_http_request(
+        &request,
+        XMatrixSigningInput::new(
+            b.name().try_into().unwrap(),
+            a.name().try_into().unwrap(),
+            b.services.server_keys.key_pair(),
+        ),
+    )
+    .unwrap()
+    .to_string();
+    let response = pki
+        .client()
+        .put(format!("{}{path}", a.federation_base()))
+        .header("authorization", header)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_forged_pdu_is_refused_by_name_and_a_replayed_transaction_is_answered_once() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let room = shared_room(&a, &b, &alice, &bob).await;
+
+    // Signed under B's key ID by another key: refused, named in the answer, not stored.
+    let b_key = b.services.server_keys.key_pair();
+    let forger = ruma::signatures::Ed25519KeyPair::from_der(
+        &ruma::signatures::Ed25519KeyPair::generate(),
+        b_key.version().to_owned(),
+    )
+    .unwrap();
+    let forged = bobs_message(&a, &alice, &room, &bob.user_id, &b.name(), &forger, "forged").await;
+    let (status, answer) = put_transaction(&pki, &a, &b, "t1", vec![forged]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let results = answer["pdus"].as_object().unwrap();
+    assert_eq!(results.len(), 1, "{answer}");
+    let (_, result) = results.iter().next().unwrap();
+    assert!(result["error"].as_str().unwrap().contains("does not verify"), "{answer}");
+    assert!(!message_bodies(&a, &alice, &room).await.contains(&"forged".to_owned()));
+
+    // The same transaction ID again, now with a genuine PDU: answered as the first time,
+    // and nothing of it is done.
+    let genuine = bobs_message(&a, &alice, &room, &bob.user_id, &b.name(), b_key, "genuine").await;
+    let (status, replayed) = put_transaction(&pki, &a, &b, "t1", vec![genuine.clone()]).await;
+    assert_eq!((status, &replayed), (StatusCode::OK, &answer));
+    assert!(!message_bodies(&a, &alice, &room).await.contains(&"genuine".to_owned()));
+
+    // Under a new ID the genuine PDU is accepted and Alice reads it.
+    let (status, accepted) = put_transaction(&pki, &a, &b, "t2", vec![genuine]).await;
+    assert_eq!(status, StatusCode::OK, "{accepted}");
+    let (_, result) = accepted["pdus"].as_object().unwrap().iter().next().unwrap();
+    assert!(result.get("error").is_none(), "{accepted}");
+    assert!(message_bodies(&a, &alice, &room).await.contains(&"genuine".to_owned()));
 }
