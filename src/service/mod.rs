@@ -412,6 +412,8 @@ impl Services {
             Arc::clone(&memberships),
             Arc::clone(&stream),
             Arc::clone(&clock),
+            Arc::clone(&typing),
+            Arc::clone(&receipts),
             config.federation_max_backoff_secs,
         ));
         let room_federation = Arc::new(federation::RoomFederation::new(

@@ -300,3 +300,68 @@ async fn a_forged_pdu_is_refused_by_name_and_a_replayed_transaction_is_answered_
     assert!(result.get("error").is_none(), "{accepted}");
     assert!(message_bodies(&a, &alice, &room).await.contains(&"genuine".to_owned()));
 }
+
+/// The room's ephemeral event of `kind` in a fresh sync.
+async fn ephemeral(s: &TestServer, who: &Session, room: &str, kind: &str) -> Value {
+    let synced = sync(s, who, "").await;
+    synced["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["type"] == kind).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn typing_and_read_receipts_cross_to_the_other_server() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let room = shared_room(&a, &b, &alice, &bob).await;
+    let message = send_text(&b, &bob, &room, "b1", "read me").await;
+    eventually("Bob's message on A", || async {
+        message_bodies(&a, &alice, &room).await.contains(&"read me".to_owned())
+    })
+    .await;
+
+    // Alice types on A: Bob's sync on B shows it; she stops: it goes away.
+    let typing = |on: bool| json!({"typing": on, "timeout": 30000});
+    let path = format!("{V3}/rooms/{}/typing/{}", encode(&room), encode(&alice.user_id));
+    let (status, body) = a.put(&path, Some(&alice.token), typing(true)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Alice typing on B", || async {
+        ephemeral(&b, &bob, &room, "m.typing").await["content"]["user_ids"] == json!([alice.user_id])
+    })
+    .await;
+    let (status, body) = a.put(&path, Some(&alice.token), typing(false)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Alice no longer typing on B", || async {
+        let typing = ephemeral(&b, &bob, &room, "m.typing").await;
+        typing.is_null() || typing["content"]["user_ids"] == json!([])
+    })
+    .await;
+
+    // Bob types on B: Alice's sync on A shows it.
+    let path = format!("{V3}/rooms/{}/typing/{}", encode(&room), encode(&bob.user_id));
+    let (status, body) = b.put(&path, Some(&bob.token), typing(true)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Bob typing on A", || async {
+        ephemeral(&a, &alice, &room, "m.typing").await["content"]["user_ids"] == json!([bob.user_id])
+    })
+    .await;
+
+    // Alice reads Bob's message: B learns her read receipt.
+    let (status, body) = a
+        .post(
+            &format!("{V3}/rooms/{}/receipt/m.read/{}", encode(&room), encode(&message)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Alice's receipt on B", || async {
+        ephemeral(&b, &bob, &room, "m.receipt").await["content"][&message]["m.read"][&alice.user_id]
+            .is_object()
+    })
+    .await;
+}

@@ -794,12 +794,7 @@ impl RoomFederation {
     }
 
     /// The state before an event and its auth chain, as PDUs.
-    pub fn state(
-        &self,
-        origin: &ServerName,
-        room_id: &RoomId,
-        event_id: &EventId,
-    ) -> Result<StateAndChain> {
+    pub fn state(&self, origin: &ServerName, room_id: &RoomId, event_id: &EventId) -> Result<StateAndChain> {
         let (state, chain) = self.state_ids(origin, room_id, event_id)?;
         Ok((self.pdus_of(&state)?, self.pdus_of(&chain)?))
     }

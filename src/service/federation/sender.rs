@@ -1,7 +1,8 @@
 //! The outbound half of room federation: one outbox queue per destination server, each
 //! following the server's stream from its place and sending, in order, the PDUs of the rooms
 //! that server has joined members in, as `PUT /_matrix/federation/v1/send/{txnId}`
-//! transactions of at most 50 PDUs (the spec's limit; EDUs are not sent yet).
+//! transactions of at most 50 PDUs and 100 EDUs (the spec's limits): the typing
+//! notifications and read receipts of this server's users in those rooms ride along.
 //!
 //! What a destination is sent: every event of this server's users in a room where the
 //! destination has a joined member, and member events of other servers' users too (a join
@@ -16,13 +17,21 @@
 //! down gets everything it missed, in order, once it answers again (the outbox's retries,
 //! backoff capped by `federation_max_backoff_secs`). Events are signed and hashed PDUs:
 //! local events are built that way (`matrix::pdu::build_pdu`), others are sent as received.
+//!
+//! EDUs are not durable: the rooms whose typing or receipts changed are remembered in memory
+//! per destination until a transaction carrying them is acknowledged; typing notifications
+//! are sent as they are when the transaction is made (a stop for a user no longer typing),
+//! receipts as changed since the room was last sent. A restart forgets what was not sent,
+//! as typing expires anyway and the next receipt carries the latest read position.
 
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, Weak},
 };
 
-use ruma::{OwnedRoomId, OwnedServerName, RoomId, ServerName, UserId, events::TimelineEventType};
+use ruma::{
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId, events::TimelineEventType,
+};
 use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
 
 use super::FederationClient;
@@ -34,8 +43,10 @@ use crate::{
         rooms::{
             events::{Events, StoredEvent},
             members::Memberships,
+            receipts::Receipts,
             state::RoomStates,
             timeline::rules_of,
+            typing::Typing,
         },
         stream::{Change, Heard, Stream},
     },
@@ -43,10 +54,24 @@ use crate::{
 
 /// Stream positions read per look at the stream.
 const SCAN: usize = 1000;
+/// EDUs per transaction (the spec's limit).
+const MAX_EDUS: usize = 100;
+/// How long a typing notification sent to another server lasts there unless renewed.
+const TYPING_TIMEOUT_MS: u64 = 30_000;
+
+/// A room whose ephemeral data changed for a destination: from which position its
+/// receipts are unsent, and the position of its latest change.
+#[derive(Clone, Copy)]
+struct Dirty {
+    since: u64,
+    latest: u64,
+}
 
 /// One stream position for a destination: a PDU to send, or only a place to move past.
 pub enum FederationParcel {
     Pdu(Box<RawJsonValue>),
+    /// The EDUs due up to this position, and the rooms they cover.
+    Edus(Vec<JsonValue>, Vec<OwnedRoomId>),
     Skip,
 }
 
@@ -59,8 +84,14 @@ pub struct FederationSender {
     members: Arc<Memberships>,
     stream: Arc<Stream>,
     clock: Arc<dyn Clock>,
+    typing: Arc<Typing>,
+    receipts: Arc<Receipts>,
     max_backoff_ms: u64,
     me: Mutex<Weak<Self>>,
+    /// Per destination, the rooms whose typing or receipts changed since last sent.
+    dirty: Mutex<HashMap<OwnedServerName, HashMap<OwnedRoomId, Dirty>>>,
+    /// Per destination and room, the local users last said to be typing there.
+    typing_sent: Mutex<HashMap<(OwnedServerName, OwnedRoomId), BTreeSet<OwnedUserId>>>,
 }
 
 impl FederationSender {
@@ -74,6 +105,8 @@ impl FederationSender {
         members: Arc<Memberships>,
         stream: Arc<Stream>,
         clock: Arc<dyn Clock>,
+        typing: Arc<Typing>,
+        receipts: Arc<Receipts>,
         max_backoff_secs: u64,
     ) -> Self {
         Self {
@@ -85,8 +118,12 @@ impl FederationSender {
             members,
             stream,
             clock,
+            typing,
+            receipts,
             max_backoff_ms: max_backoff_secs.saturating_mul(1000),
             me: Mutex::new(Weak::new()),
+            dirty: Mutex::new(HashMap::new()),
+            typing_sent: Mutex::new(HashMap::new()),
         }
     }
 
@@ -120,6 +157,15 @@ impl FederationSender {
     /// `position`.
     fn room_changed(self: &Arc<Self>, room_id: &RoomId, position: u64) -> Result<()> {
         for server in self.servers_in_room(room_id)? {
+            {
+                let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = dirty
+                    .entry(server.clone())
+                    .or_default()
+                    .entry(room_id.to_owned())
+                    .or_insert(Dirty { since: position.saturating_sub(1), latest: position });
+                entry.latest = entry.latest.max(position);
+            }
             self.outbox.open(Self::KIND, server.as_str(), position.saturating_sub(1), false)?;
             self.outbox.run(self, server.as_str());
         }
@@ -186,6 +232,82 @@ impl FederationSender {
         Ok(servers.contains(destination))
     }
 
+    /// The typing and receipt EDUs of this server's users due to `destination` up to
+    /// `upto`, and the rooms they cover.
+    fn edus(&self, destination: &ServerName, upto: u64) -> Result<(Vec<JsonValue>, Vec<OwnedRoomId>)> {
+        let rooms: Vec<(OwnedRoomId, Dirty)> = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(destination)
+            .map(|rooms| rooms.iter().map(|(room, dirty)| (room.clone(), *dirty)).collect())
+            .unwrap_or_default();
+        // Private receipts are nobody else's: a viewer of the destination sees none.
+        let viewer = UserId::parse(format!("@_conduit_federation:{destination}"))
+            .map_err(|e| Error::internal(format!("viewer of {destination}: {e}")))?;
+        let mut edus = Vec::new();
+        let mut covered = Vec::new();
+        for (room_id, dirty) in rooms {
+            if edus.len() >= MAX_EDUS {
+                break;
+            }
+            let local = |user: &UserId| user.server_name() == self.server_name;
+            let typing: BTreeSet<OwnedUserId> =
+                self.typing.typing_users(&room_id).into_iter().filter(|u| local(u)).collect();
+            let key = (destination.to_owned(), room_id.clone());
+            let before = self
+                .typing_sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            for user in typing.iter() {
+                edus.push(json!({"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": user, "typing": true, "timeout": TYPING_TIMEOUT_MS}}));
+            }
+            for user in before.difference(&typing) {
+                edus.push(json!({"edu_type": "m.typing", "content": {"room_id": room_id, "user_id": user, "typing": false}}));
+            }
+            self.typing_sent.lock().unwrap_or_else(|p| p.into_inner()).insert(key, typing);
+            let mut read = serde_json::Map::new();
+            for receipt in self.receipts.changed(&viewer, &room_id, Some(dirty.since), upto)? {
+                if receipt.receipt_type != "m.read" || !local(&receipt.user_id) {
+                    continue;
+                }
+                let mut data = json!({"ts": receipt.ts});
+                if let Some(thread) = &receipt.thread_id {
+                    data["thread_id"] = thread.as_str().into();
+                }
+                read.insert(
+                    receipt.user_id.to_string(),
+                    json!({"event_ids": [receipt.event_id], "data": data}),
+                );
+            }
+            if !read.is_empty() {
+                edus.push(json!({"edu_type": "m.receipt", "content": {room_id.as_str(): {"m.read": read}}}));
+            }
+            covered.push(room_id);
+        }
+        edus.truncate(MAX_EDUS);
+        Ok((edus, covered))
+    }
+
+    /// A transaction carrying the EDUs of `rooms` up to `upto` was acknowledged: those
+    /// rooms are clean unless they changed after it.
+    fn edus_sent(&self, destination: &ServerName, rooms: &[OwnedRoomId], upto: u64) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(of_server) = dirty.get_mut(destination) else { return };
+        for room in rooms {
+            if let Some(entry) = of_server.get_mut(room) {
+                if entry.latest <= upto {
+                    of_server.remove(room);
+                } else {
+                    entry.since = upto;
+                }
+            }
+        }
+    }
+
     /// An event as it travels between servers.
     fn federation_json(&self, event: &StoredEvent) -> Result<Box<RawJsonValue>> {
         pdu_json(&self.states, event)
@@ -233,7 +355,10 @@ impl Courier for FederationSender {
                 }
             }
         }
-        if upto > after && parcels.last().is_none_or(|(position, _)| *position < upto) {
+        let (edus, rooms) = self.edus(server, upto)?;
+        if !rooms.is_empty() {
+            parcels.push((upto.max(after), FederationParcel::Edus(edus, rooms)));
+        } else if upto > after && parcels.last().is_none_or(|(position, _)| *position < upto) {
             parcels.push((upto, FederationParcel::Skip));
         }
         Ok(Some(parcels))
@@ -244,28 +369,39 @@ impl Courier for FederationSender {
             let Ok(server) = <&ServerName>::try_from(destination) else {
                 return Delivery::Gone("not a server name".to_owned());
             };
-            let pdus: Vec<&RawJsonValue> = parcels
-                .iter()
-                .filter_map(|(_, parcel)| match parcel {
-                    FederationParcel::Pdu(pdu) => Some(&**pdu),
-                    FederationParcel::Skip => None,
-                })
-                .collect();
+            let mut pdus: Vec<&RawJsonValue> = Vec::new();
+            let mut edus: Vec<&JsonValue> = Vec::new();
+            let mut rooms: Vec<OwnedRoomId> = Vec::new();
+            for (_, parcel) in parcels {
+                match parcel {
+                    FederationParcel::Pdu(pdu) => pdus.push(pdu),
+                    FederationParcel::Edus(list, covered) => {
+                        edus.extend(list);
+                        rooms.extend(covered.iter().cloned());
+                    }
+                    FederationParcel::Skip => {}
+                }
+            }
             let (Some((first, _)), Some((last, _))) = (parcels.first(), parcels.last()) else {
                 return Delivery::Done;
             };
-            if pdus.is_empty() {
+            if pdus.is_empty() && edus.is_empty() {
+                self.edus_sent(server, &rooms, *last);
                 return Delivery::Done;
             }
             let body = json!({
                 "origin": self.server_name,
                 "origin_server_ts": self.clock.now_ms(),
                 "pdus": pdus,
-                "edus": [],
+                "edus": edus,
             });
             // The same positions make the same transaction, so a retry keeps its ID and the
-            // receiver answers it once.
-            let path = format!("/_matrix/federation/v1/send/{first}.{last}");
+            // receiver answers it once; EDUs sent again at the same positions get a new one.
+            let path = if edus.is_empty() {
+                format!("/_matrix/federation/v1/send/{first}.{last}")
+            } else {
+                format!("/_matrix/federation/v1/send/{first}.{last}.{}", self.clock.now_ms())
+            };
             match self.client.request(server, http::Method::PUT, &path, Some(&body), true).await {
                 Ok(Ok(answer)) => {
                     if let Some(results) = answer.get("pdus").and_then(JsonValue::as_object) {
@@ -275,6 +411,7 @@ impl Courier for FederationSender {
                             }
                         }
                     }
+                    self.edus_sent(server, &rooms, *last);
                     Delivery::Done
                 }
                 Ok(Err(refusal)) if refusal.status >= 500 || matches!(refusal.status, 401 | 408 | 429) => {
