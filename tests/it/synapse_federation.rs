@@ -4,7 +4,9 @@
 //! `federation_ca_file`; both allow loopback as an outbound address). Synapse fetches
 //! conduit's keys and queries a conduit profile and alias; conduit fetches Synapse's keys
 //! (to check its signed requests, and as a notary) and queries a Synapse profile and alias,
-//! each through the client API a user has.
+//! each through the client API a user has. Rooms: a Synapse user joins a conduit room and a
+//! conduit user a Synapse room, messages go both ways, and a conduit user's typing shows
+//! on Synapse.
 
 use std::{process::Stdio, time::Duration};
 
@@ -382,6 +384,25 @@ async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room()
     crate::rooms::send_text(&conduit, &alice, &room, "a1", "hello from conduit").await;
     eventually("Alice's message on Synapse", &synapse, || async {
         synapse.message_bodies(&sam_token, &room).await.contains(&"hello from conduit".to_owned())
+    })
+    .await;
+    // Alice types on conduit: Sam's sync on Synapse shows it.
+    let (status, body) = conduit
+        .put(
+            &format!("{V3}/rooms/{}/typing/{}", encode(&room), encode(&alice.user_id)),
+            Some(&alice.token),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Alice typing on Synapse", &synapse, || async {
+        let (_, synced) =
+            synapse.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(&sam_token), None).await;
+        synced["rooms"]["join"][&room]["ephemeral"]["events"].as_array().is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([alice.user_id]))
+        })
     })
     .await;
 
