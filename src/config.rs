@@ -75,8 +75,8 @@ pub struct Config {
     pub app_service_config_files: Vec<std::path::PathBuf>,
     /// Whether to talk to other Matrix servers. What federates so far: server keys (our
     /// key server, fetching others' keys, the notary key query), signed requests both ways,
-    /// and profile and room-alias queries; rooms themselves do not federate yet (joining a
-    /// room on another server is refused with a clear error). Off by default: no federation
+    /// profile and room-alias queries, and rooms (joins both ways, transactions in and
+    /// out; inviting remote users is not supported yet). Off by default: no federation
     /// route is served and no connection to another server is ever made.
     pub allow_federation: bool,
     /// Notary servers asked for another server's keys when that server cannot be reached
@@ -92,6 +92,9 @@ pub struct Config {
     pub federation_domain_denylist: Vec<String>,
     /// How long one federation request may take (connecting, sending, the answer), seconds.
     pub federation_timeout_secs: u64,
+    /// The longest wait between retries of a transaction to a server that is down, seconds
+    /// (the wait starts at 1 s and doubles).
+    pub federation_max_backoff_secs: u64,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `conduit=debug`).
     pub log: String,
     /// Answers for `/.well-known/matrix/{client,server}`.
@@ -658,6 +661,7 @@ impl Default for Config {
             federation_domain_allowlist: Vec::new(),
             federation_domain_denylist: Vec::new(),
             federation_timeout_secs: 30,
+            federation_max_backoff_secs: 3600,
             log: "info".to_owned(),
             well_known: WellKnownConfig::default(),
             well_known_client: None,
@@ -817,6 +821,9 @@ impl Config {
         }
         if !(1..=600).contains(&self.federation_timeout_secs) {
             return Err("invalid value for key `federation_timeout_secs`: must be 1 to 600".into());
+        }
+        if !(1..=86_400).contains(&self.federation_max_backoff_secs) {
+            return Err("invalid value for key `federation_max_backoff_secs`: must be 1 to 86400".into());
         }
         if crate::matrix::room_version::rules(&self.default_room_version).is_none() {
             return Err(format!(

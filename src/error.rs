@@ -82,15 +82,6 @@ impl Error {
         Self::not_found(format!("{what} is on another server, and this server does not federate"))
     }
 
-    /// `what` (a room) lives on another server, and although this server federates, rooms do
-    /// not federate yet: `404 M_NOT_FOUND` saying so.
-    pub fn room_on_another_server(what: impl std::fmt::Display) -> Self {
-        Self::not_found(format!(
-            "{what} is on another server; this server federates server keys and profile and \
-             room alias lookups, but cannot yet join or take part in rooms on other servers"
-        ))
-    }
-
     pub fn bad_json(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadJson, message)
     }

@@ -116,6 +116,7 @@ impl Server {
         // was down (or under way at a crash) are delivered now.
         self.services.push_gateways.start()?;
         self.services.appservice_sender.start()?;
+        self.services.federation_sender.start()?;
         self.services.appservice_ephemeral.start();
         // Operator commands reach the running server here; without the socket they refuse
         // (the database is locked), as before it existed.

@@ -473,7 +473,7 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
 /// The server-server routes, only with `allow_federation = true` (otherwise their paths
 /// answer `404 M_UNRECOGNIZED` like any unknown path).
 fn federation_routes(services: &AppState) -> Router<AppState> {
-    use self::federation::{discovery, query};
+    use self::federation::{authorization, discovery, event, membership, query, transactions};
     if !services.config.allow_federation {
         return Router::new();
     }
@@ -484,6 +484,14 @@ fn federation_routes(services: &AppState) -> Router<AppState> {
         .ruma_route(discovery::get_server_version)
         .ruma_route(query::get_profile_information)
         .ruma_route(query::get_room_information)
+        .ruma_route(transactions::send_transaction_message)
+        .ruma_route(membership::prepare_join_event)
+        .ruma_route(membership::create_join_event)
+        .ruma_route(event::get_event)
+        .ruma_route(event::get_room_state_ids)
+        .ruma_route(event::get_room_state)
+        .ruma_route(event::get_missing_events)
+        .ruma_route(authorization::get_event_authorization)
 }
 
 /// Where Prometheus scrapes.

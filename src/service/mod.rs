@@ -80,6 +80,10 @@ pub struct Services {
     pub federation: Arc<federation::FederationClient>,
     /// Other servers' signing keys, and the notary answers.
     pub remote_keys: Arc<federation::RemoteKeys>,
+    /// Outbound transactions to the servers of shared rooms (started with federation on).
+    pub federation_sender: Arc<federation::FederationSender>,
+    /// Rooms shared with other servers: inbound transactions, joins, reads.
+    pub room_federation: Arc<federation::RoomFederation>,
     pub stream: Arc<stream::Stream>,
     pub events: Arc<rooms::events::Events>,
     pub room_states: Arc<rooms::state::RoomStates>,
@@ -399,6 +403,31 @@ impl Services {
             Arc::clone(&stream),
         ));
         let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
+        let federation_sender = Arc::new(federation::FederationSender::new(
+            config.server_name.clone(),
+            Arc::clone(&federation),
+            Arc::clone(&outbox),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&stream),
+            Arc::clone(&clock),
+            Arc::clone(&typing),
+            Arc::clone(&receipts),
+            config.federation_max_backoff_secs,
+        ));
+        let room_federation = Arc::new(federation::RoomFederation::new(
+            Arc::clone(&federation),
+            Arc::clone(&remote_keys),
+            Arc::clone(&server_keys),
+            Arc::clone(&timeline),
+            Arc::clone(&events),
+            Arc::clone(&room_states),
+            Arc::clone(&memberships),
+            Arc::clone(&typing),
+            Arc::clone(&receipts),
+            Arc::clone(&clock),
+        ));
         let presence = Arc::new(presence::Presence::new(
             &store,
             Arc::clone(&stream),
@@ -498,6 +527,7 @@ impl Services {
             config.server_notices_user(),
             Arc::clone(&appservices),
             config.allow_federation.then(|| Arc::clone(&federation)),
+            config.allow_federation.then(|| Arc::clone(&room_federation)),
         ));
         let room_actions = Arc::new(rooms::actions::RoomActions::new(
             Arc::clone(&timeline),
@@ -619,6 +649,8 @@ impl Services {
             to_device,
             server_keys,
             federation,
+            federation_sender,
+            room_federation,
             remote_keys,
             stream,
             events,

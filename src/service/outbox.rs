@@ -1,6 +1,6 @@
 //! The outbox: durable, ordered delivery of what the server's stream produces to
 //! destinations outside it. One queue per destination (a pusher, an email pusher, an
-//! application service; federation peers later) keeps its place in the stream in the
+//! application service, a federation peer) keeps its place in the stream in the
 //! `outbox_queues` table, asks its [`Courier`] for what is pending after that place, delivers
 //! it in order, and moves its place only once the courier says the delivery is done. So nothing is lost
 //! across a restart or a `kill -9`: a delivery that was under way is made again (at least
@@ -89,6 +89,12 @@ pub trait Courier: Send + Sync + 'static {
 
     /// Deliver `parcels` to `destination`.
     fn deliver<'a>(&'a self, destination: &'a str, parcels: &'a [(u64, Self::Parcel)]) -> Delivering<'a>;
+
+    /// The longest wait between retries for this kind, when it has its own setting
+    /// (federation's `federation_max_backoff_secs`); otherwise the outbox's.
+    fn max_backoff_ms(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A running queue's bell.
@@ -217,6 +223,16 @@ impl Outbox {
     /// Where a destination's queue stands, if it has one.
     pub fn delivered(&self, kind: &str, destination: &str) -> Result<Option<u64>> {
         Ok(self.queues.get(&(kind.to_owned(), destination.to_owned()))?.map(|r| r.delivered))
+    }
+
+    /// The destinations of kind `kind` that have a queue (running or not).
+    pub fn destinations(&self, kind: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for row in self.queues.scan_prefix(&kind.to_owned(), crate::storage::Direction::Forward)? {
+            let ((_, destination), _) = row?;
+            out.push(destination);
+        }
+        Ok(out)
     }
 
     /// Give a destination a queue starting after `start`, unless it has one (or, with
@@ -411,8 +427,8 @@ impl Outbox {
                     let now = self.clock.now_ms();
                     let since = *failing_since.get_or_insert(now);
                     if now.saturating_sub(since) < GIVE_UP_AFTER_MS {
-                        let wait =
-                            FIRST_RETRY_MS.saturating_mul(1 << failures.min(32)).min(self.max_retry_ms);
+                        let cap = courier.max_backoff_ms().unwrap_or(self.max_retry_ms).max(FIRST_RETRY_MS);
+                        let wait = FIRST_RETRY_MS.saturating_mul(1 << failures.min(32)).min(cap);
                         failures = failures.saturating_add(1);
                         tracing::debug!(kind, destination, reason = %why, wait_ms = wait, "delivery failed; retrying");
                         tokio::select! {

@@ -2,7 +2,8 @@
 //! port and serving federation over TLS with a certificate from a CA the test makes: keys
 //! published, fetched and notarised, key rotation, profile and alias queries both ways,
 //! X-Matrix refusals (forged, unknown key, another destination, none), the outbound address
-//! guard and the domain lists, and the clear refusal of joining a room on another server.
+//! guard and the domain lists, joining a room through a remote alias, and the clear refusal
+//! of inviting a user of another server.
 
 use axum::http;
 use conduit::{control, matrix::server_keys::check_key_response, service::clock::Clock};
@@ -93,7 +94,7 @@ async fn keys_are_published_fetched_notarised_and_rotated() {
 }
 
 #[tokio::test]
-async fn profiles_and_aliases_are_queried_both_ways_and_remote_joins_refused_clearly() {
+async fn profiles_and_aliases_are_queried_both_ways_and_a_remote_alias_joins() {
     let pki = Pki::new();
     let a = TestServer::start_federating(&pki, |_| {}).await;
     let b = TestServer::start_federating(&pki, |_| {}).await;
@@ -131,8 +132,13 @@ async fn profiles_and_aliases_are_queried_both_ways_and_remote_joins_refused_cle
     );
 
     // An alias on A, looked up from B; joining through it is refused with the reason.
-    let (status, room) =
-        a.post(&format!("{V3}/createRoom"), Some(&alice.token), json!({"room_alias_name": "lobby"})).await;
+    let (status, room) = a
+        .post(
+            &format!("{V3}/createRoom"),
+            Some(&alice.token),
+            json!({"room_alias_name": "lobby", "preset": "public_chat"}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{room}");
     let alias = format!("#lobby:{}", a.name());
     let (status, found) = b.get(&format!("{V3}/directory/room/{}", encode(&alias)), Some(&bob.token)).await;
@@ -145,36 +151,28 @@ async fn profiles_and_aliases_are_queried_both_ways_and_remote_joins_refused_cle
         StatusCode::NOT_FOUND,
         "M_NOT_FOUND",
     );
-    let refused = expect_error(
-        b.post(&format!("{V3}/join/{}", encode(&alias)), Some(&bob.token), json!({})).await,
-        StatusCode::NOT_FOUND,
-        "M_NOT_FOUND",
-    );
-    assert!(refused["error"].as_str().unwrap().contains("cannot yet join"), "{refused}");
+    // Joining through the remote alias works: B asks A's directory, then joins through A.
+    let (status, joined) =
+        b.post(&format!("{V3}/join/{}", encode(&alias)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(joined["room_id"], room["room_id"]);
     let room_id = room["room_id"].as_str().unwrap();
-    let refused = expect_error(
-        b.post(
-            &format!("{V3}/join/{}?via={}", encode(room_id), encode(&a.name())),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await,
-        StatusCode::NOT_FOUND,
-        "M_NOT_FOUND",
-    );
-    assert!(refused["error"].as_str().unwrap().contains("cannot yet join"), "{refused}");
+    let (status, members) =
+        a.get(&format!("{V3}/rooms/{}/joined_members", encode(room_id)), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert!(members["joined"][&bob.user_id].is_object(), "{members}");
     // Inviting a remote user is refused saying why, not that federation is off.
     let refused = expect_error(
         a.post(
             &format!("{V3}/rooms/{}/invite", encode(room_id)),
             Some(&alice.token),
-            json!({"user_id": bob.user_id}),
+            json!({"user_id": format!("@carol:{}", b.name())}),
         )
         .await,
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
-    assert!(refused["error"].as_str().unwrap().contains("do not federate yet"), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("not supported yet"), "{refused}");
 }
 
 #[tokio::test]

@@ -152,7 +152,14 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(dir.path());
         adjust(&mut config);
-        let clock = Arc::new(ManualClock::new());
+        Self::listen_on(config, dir, Arc::new(ManualClock::new())).await
+    }
+
+    /// Boot a server on `config` (its listeners), an existing database directory and a
+    /// clock: a server started with [`Self::start_listening`] and stopped comes back with
+    /// `(*services.config).clone()`, its directory and its clock (listeners on fixed ports
+    /// keep them).
+    pub async fn listen_on(config: Config, dir: tempfile::TempDir, clock: Arc<ManualClock>) -> Self {
         let server = Server::build_with_clock(config, clock.clone()).expect("server builds");
         let services = Arc::clone(server.services());
         let listeners = Listeners::bind(&services.config, &[]).await.expect("listeners bind");

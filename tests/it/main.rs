@@ -20,6 +20,7 @@ mod edge;
 mod ephemeral;
 mod federation;
 mod federation_off;
+mod federation_rooms;
 mod harness;
 mod history;
 mod jwt;

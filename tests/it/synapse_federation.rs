@@ -4,7 +4,9 @@
 //! `federation_ca_file`; both allow loopback as an outbound address). Synapse fetches
 //! conduit's keys and queries a conduit profile and alias; conduit fetches Synapse's keys
 //! (to check its signed requests, and as a notary) and queries a Synapse profile and alias,
-//! each through the client API a user has.
+//! each through the client API a user has. Rooms: a Synapse user joins a conduit room and a
+//! conduit user a Synapse room, messages go both ways, and a conduit user's typing shows
+//! on Synapse.
 
 use std::{process::Stdio, time::Duration};
 
@@ -276,4 +278,176 @@ async fn conduit_and_synapse_fetch_each_others_keys_and_query_profiles_and_alias
     let entry = &answer["server_keys"][0];
     check_key_response(&synapse.name, entry).unwrap_or_else(|e| panic!("{e}: {answer}"));
     assert!(entry["signatures"][conduit.name()].is_object(), "{answer}");
+}
+
+impl Synapse {
+    /// The bodies of the text messages of a room as a Synapse user reads them, oldest first.
+    async fn message_bodies(&self, token: &str, room: &str) -> Vec<String> {
+        let (status, page) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("{V3}/rooms/{}/messages?dir=b&limit=100", encode(room)),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        bodies_of(&page)
+    }
+
+    async fn send_text(&self, token: &str, room: &str, txn: &str, text: &str) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("{V3}/rooms/{}/send/m.room.message/{txn}", encode(room)),
+                Some(token),
+                Some(json!({"msgtype": "m.text", "body": text})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}\n{}", self.logs());
+    }
+}
+
+fn bodies_of(page: &Value) -> Vec<String> {
+    let mut bodies: Vec<String> = page["chunk"]
+        .as_array()
+        .map(|chunk| {
+            chunk
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    bodies.reverse();
+    bodies
+}
+
+async fn conduit_bodies(conduit: &TestServer, token: &str, room: &str) -> Vec<String> {
+    let (status, page) =
+        conduit.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=100", encode(room)), Some(token)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    bodies_of(&page)
+}
+
+/// Wait (wall-clock: delivery runs in the background on both sides) until `check` holds.
+async fn eventually<F, Fut>(what: &str, synapse: &Synapse, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never saw {what}\n{}", synapse.logs());
+}
+
+#[tokio::test]
+async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room() {
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = conduit.register("alice", "pw-alice-123").await;
+    let (sam, sam_token) = synapse.register("sam").await;
+
+    // Sam (Synapse) joins Alice's conduit room through conduit.
+    let (status, room) =
+        conduit.post(&format!("{V3}/createRoom"), Some(&alice.token), json!({"preset": "public_chat"})).await;
+    assert_eq!(status, StatusCode::OK, "{room}");
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    let (status, joined) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "{V3}/join/{}?server_name={}&via={}",
+                encode(&room),
+                encode(&conduit.name()),
+                encode(&conduit.name())
+            ),
+            Some(&sam_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    let (_, members) =
+        conduit.get(&format!("{V3}/rooms/{}/joined_members", encode(&room)), Some(&alice.token)).await;
+    assert!(members["joined"][&sam].is_object(), "{members}");
+
+    synapse.send_text(&sam_token, &room, "s1", "hello from Synapse").await;
+    eventually("Sam's message on conduit", &synapse, || async {
+        conduit_bodies(&conduit, &alice.token, &room).await.contains(&"hello from Synapse".to_owned())
+    })
+    .await;
+    crate::rooms::send_text(&conduit, &alice, &room, "a1", "hello from conduit").await;
+    eventually("Alice's message on Synapse", &synapse, || async {
+        synapse.message_bodies(&sam_token, &room).await.contains(&"hello from conduit".to_owned())
+    })
+    .await;
+    // Alice types on conduit: Sam's sync on Synapse shows it.
+    let (status, body) = conduit
+        .put(
+            &format!("{V3}/rooms/{}/typing/{}", encode(&room), encode(&alice.user_id)),
+            Some(&alice.token),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Alice typing on Synapse", &synapse, || async {
+        let (_, synced) =
+            synapse.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(&sam_token), None).await;
+        synced["rooms"]["join"][&room]["ephemeral"]["events"].as_array().is_some_and(|events| {
+            events
+                .iter()
+                .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([alice.user_id]))
+        })
+    })
+    .await;
+
+    // Alice (conduit) joins Sam's Synapse room through Synapse.
+    let (status, synapse_room) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("{V3}/createRoom"),
+            Some(&sam_token),
+            Some(json!({"preset": "public_chat"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{synapse_room}");
+    let synapse_room = synapse_room["room_id"].as_str().unwrap().to_owned();
+    let (status, joined) = conduit
+        .post(
+            &format!("{V3}/join/{}?via={}", encode(&synapse_room), encode(&synapse.name)),
+            Some(&alice.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    eventually("Alice joined on Synapse", &synapse, || async {
+        let (_, members) = synapse
+            .call(
+                reqwest::Method::GET,
+                &format!("{V3}/rooms/{}/joined_members", encode(&synapse_room)),
+                Some(&sam_token),
+                None,
+            )
+            .await;
+        members["joined"][&alice.user_id].is_object()
+    })
+    .await;
+    crate::rooms::send_text(&conduit, &alice, &synapse_room, "a2", "conduit in Synapse's room").await;
+    eventually("Alice's message in Synapse's room", &synapse, || async {
+        synapse
+            .message_bodies(&sam_token, &synapse_room)
+            .await
+            .contains(&"conduit in Synapse's room".to_owned())
+    })
+    .await;
+    synapse.send_text(&sam_token, &synapse_room, "s2", "Synapse answers").await;
+    eventually("Sam's answer on conduit", &synapse, || async {
+        conduit_bodies(&conduit, &alice.token, &synapse_room).await.contains(&"Synapse answers".to_owned())
+    })
+    .await;
 }

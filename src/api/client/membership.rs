@@ -47,9 +47,12 @@ pub async fn join_room_by_id_or_alias(
     // Not member content: the signed third-party invite is checked, not stored.
     content.remove("third_party_signed");
     let body = req.body;
-    let room_id = services.membership.resolve(&body.room_id_or_alias).await?;
+    let (room_id, via) = services.membership.resolve_with_servers(&body.room_id_or_alias, &body.via).await?;
     limit_join(&services, &req.identity.user_id, &room_id)?;
-    services.membership.join(&req.identity.user_id, &room_id, body.reason.as_deref(), content).await?;
+    services
+        .membership
+        .join_via(&req.identity.user_id, &room_id, &via, body.reason.as_deref(), content)
+        .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

@@ -1,11 +1,14 @@
-//! Federation, the part built so far: this server's identity towards other servers (keys,
-//! signed requests), finding and reaching them (`client`), their keys (`remote_keys`), and
-//! the queries that need no room protocol (profiles, room aliases). Rooms do not federate
-//! yet. Everything here is inert with `allow_federation = false`: the client refuses before
-//! any connection.
+//! Federation: this server's identity towards other servers (keys, signed requests),
+//! finding and reaching them (`client`), their keys (`remote_keys`), the queries that need
+//! no room protocol (profiles, room aliases), rooms shared with them (`rooms`: inbound
+//! transactions, joins both ways, the reads servers in a room make) and the outbound
+//! transactions (`sender`). Everything here is inert with `allow_federation = false`: the
+//! client refuses before any connection, and the sender does not start.
 
 pub mod client;
 pub mod remote_keys;
+pub mod rooms;
+pub mod sender;
 
 use ruma::{OwnedRoomId, OwnedServerName, RoomAliasId, UserId};
 use serde_json::Value as JsonValue;
@@ -14,6 +17,8 @@ use crate::{Error, Result};
 
 pub use client::FederationClient;
 pub use remote_keys::RemoteKeys;
+pub use rooms::RoomFederation;
+pub use sender::FederationSender;
 
 impl FederationClient {
     /// `GET /_matrix/federation/v1/query/profile` of a remote user: the profile fields the

@@ -218,7 +218,7 @@ impl RoomCreation {
             }
             if user.server_name() != self.config.server_name {
                 return Err(Error::forbidden(if self.config.allow_federation {
-                    format!("Cannot invite {user}: rooms do not federate yet on this server")
+                    format!("Cannot invite {user}: inviting users of other servers is not supported yet")
                 } else {
                     format!("Cannot invite {user}: federation is disabled")
                 }));

@@ -26,7 +26,11 @@ use super::{
 use crate::{
     Error, Result,
     matrix::pdu::EventTemplate,
-    service::{appservices::Appservices, federation::FederationClient, users::Users},
+    service::{
+        appservices::Appservices,
+        federation::{FederationClient, RoomFederation},
+        users::Users,
+    },
 };
 use ruma::OwnedEventId;
 
@@ -101,6 +105,8 @@ pub struct MembershipActions {
     appservices: Arc<Appservices>,
     /// Set when federation is on: remote aliases are looked up through their server.
     federation: Option<Arc<FederationClient>>,
+    /// Set when federation is on: rooms on other servers are joined through them.
+    rooms: Option<Arc<RoomFederation>>,
 }
 
 impl MembershipActions {
@@ -115,8 +121,10 @@ impl MembershipActions {
         notices_user: Option<ruma::OwnedUserId>,
         appservices: Arc<Appservices>,
         federation: Option<Arc<FederationClient>>,
+        rooms: Option<Arc<RoomFederation>>,
     ) -> Self {
         Self {
+            rooms,
             server_name,
             timeline,
             members,
@@ -135,6 +143,31 @@ impl MembershipActions {
             Ok(room_id) => Ok(room_id.to_owned()),
             Err(alias) => self.resolve_alias(alias).await,
         }
+    }
+
+    /// The room an ID or alias names, with the servers to join it through: those given
+    /// (`via`), and for a remote alias those its server answered.
+    pub async fn resolve_with_servers(
+        &self,
+        room: &RoomOrAliasId,
+        via: &[OwnedServerName],
+    ) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        let mut servers = via.to_vec();
+        let room_id = match <&RoomId>::try_from(room) {
+            Ok(room_id) => room_id.to_owned(),
+            Err(alias) => match self.aliases.get(alias)? {
+                None if alias.server_name() != self.server_name
+                    && let Some(federation) = &self.federation =>
+                {
+                    let (room_id, found) = federation.query_directory(alias).await?;
+                    servers.extend(found);
+                    servers.push(alias.server_name().to_owned());
+                    room_id
+                }
+                _ => self.resolve_alias(alias).await?,
+            },
+        };
+        Ok((room_id, servers))
     }
 
     /// The room an alias names. An unknown alias in an application service's namespace is
@@ -166,16 +199,31 @@ impl MembershipActions {
         reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
+        self.join_via(user_id, room_id, &[], reason, content).await
+    }
+
+    /// `join`, with the servers to join through when the room is on another server (the
+    /// client's `via`, a remote alias's servers; the server the room ID names is tried last).
+    pub async fn join_via(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+        reason: Option<&str>,
+        content: JsonMap<String, JsonValue>,
+    ) -> Result<OwnedEventId> {
         self.blocked.ensure_not_blocked(room_id)?;
         self.users.ensure_not_suspended(user_id, "Joining rooms")?;
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
-            // The room is unknown here; joining it would need another server.
-            return Err(if self.federation.is_some() {
-                Error::room_on_another_server(format!("Room {room_id}"))
-            } else {
-                Error::on_another_server(format!("Room {room_id}"))
-            });
+            // The room is unknown here: join it through a server that has it.
+            let Some(rooms) = &self.rooms else {
+                return Err(Error::on_another_server(format!("Room {room_id}")));
+            };
+            let template = member_template_with(&self.users, user_id, "join", reason, false, content)?;
+            // The remote join takes the room's lock itself, for as long as it seats the room.
+            drop(lock);
+            return rooms.join_remote(user_id, room_id, via, &template.content).await;
         }
         let membership = self.members.membership(room_id, user_id)?;
         let mut template = member_template_with(&self.users, user_id, "join", reason, false, content)?;
@@ -283,7 +331,7 @@ impl MembershipActions {
     ) -> Result<OwnedEventId> {
         if target.server_name() != self.server_name {
             return Err(Error::forbidden(if self.federation.is_some() {
-                format!("Cannot invite {target}: rooms do not federate yet on this server")
+                format!("Cannot invite {target}: inviting users of other servers is not supported yet")
             } else {
                 format!("Cannot invite {target}: federation is disabled")
             }));

@@ -134,6 +134,43 @@ impl Timeline {
         .map_err(super::build_error)
     }
 
+    /// The template of a member event another server's user asks this server to make
+    /// (`make_join`, `make_leave`): the event built at the room's forward extremities with
+    /// its auth events picked from the current state, checked against the auth rules there
+    /// (so a user who may not join hears why now), and answered without hashes and
+    /// signatures, for the user's server to sign and send back. Answers the room's version.
+    pub fn member_template(
+        &self,
+        lock: &RoomLock,
+        sender: &UserId,
+        template: &EventTemplate,
+    ) -> Result<(RoomVersionId, ruma::CanonicalJsonObject)> {
+        let room_id = lock.room_id();
+        let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = rules_of(&room.version)?;
+        let mut prevs = room.forward_extremities.clone();
+        prevs.truncate(MAX_PREV_EVENTS);
+        let pdu = self.build_at(lock, sender, template, &prevs, self.now())?;
+        let current = self.states.state_of_group(room.state_group)?;
+        let mut loaded = self.auth_events_of(&rules, &pdu)?;
+        for event in self.events.get_many(current.values().filter(|id| !loaded.contains_key(*id)))? {
+            loaded.insert(event.pdu.event_id.clone(), event);
+        }
+        auth::check_event(
+            &rules.authorization,
+            &pdu,
+            |id| loaded.get(id).map(|e| &e.pdu),
+            |kind, key| {
+                current.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).map(|e| &e.pdu)
+            },
+        )
+        .map_err(|reason| Error::forbidden(format!("The room's rules refuse it: {reason}")))?;
+        let mut object = pdu.to_federation_object(&rules).map_err(Error::internal)?;
+        object.remove("hashes");
+        object.remove("signatures");
+        Ok((room.version, object))
+    }
+
     /// Persist an event of the room's graph and advance the room's head (see the module's
     /// documentation). The event's `prev_events` must all be stored already (missing
     /// ancestors are fetched before). An event stored before is answered as it was.

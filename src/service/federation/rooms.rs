@@ -1,0 +1,875 @@
+//! Rooms shared with other servers: what this server does with the room protocol's requests
+//! and what it asks of other servers.
+//!
+//! - *Inbound transactions* (`PUT /send/{txnId}`): answered once per origin and transaction
+//!   ID (a repeat gets the first answer); each PDU goes through the spec's checks in order:
+//!   the format of the room's version (`matrix::federation::format`), the signatures of the
+//!   servers that must sign it and the content hash (`verify`: a bad hash means the redacted
+//!   copy is used), missing `prev_events` fetched with `get_missing_events` (bounded), then
+//!   the room engine (`Timeline::accept_event`: auth events, state before, current state →
+//!   soft fail). Typing and read receipts EDUs of the origin's users are applied.
+//! - *Resident server*: `make_join` (a join template at the room's forward extremities,
+//!   checked against the auth rules) and `send_join` (the signed join accepted through the
+//!   engine, answered with the state before it and its auth chain).
+//! - *Joining server*: a local user joins a room this server does not have through a server
+//!   that has it (`make_join`, sign, `send_join`), the state and auth chain received are
+//!   checked and stored as outliers, and the room is seated with `Timeline::accept_first_event`.
+//! - *Reads for servers in a room*: an event, the state (or its IDs) before an event, an
+//!   event's auth chain, and the events between two points of the graph.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
+    api::error::{ErrorKind, IncompatibleRoomVersionErrorData},
+    events::{StateEventType, TimelineEventType, room::member::MembershipState},
+    room_version_rules::RoomVersionRules,
+    serde::Base64,
+};
+use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
+
+use super::{FederationClient, RemoteKeys, client::refusal_error, sender::pdu_json};
+use crate::{
+    Error, Result,
+    matrix::{
+        federation::{
+            format::{claimed_room_id, parse_pdu},
+            sign,
+            verify::{self, ServerKeys as VerifyKeys, Verdict, VerifyKey},
+        },
+        pdu::{EventTemplate, Pdu},
+        room_version,
+    },
+    service::{
+        clock::Clock,
+        rooms::{
+            events::{Events, StoredEvent},
+            members::Memberships,
+            receipts::Receipts,
+            state::{RoomStates, StateMap},
+            timeline::{RoomLock, Timeline, rules_of},
+            typing::Typing,
+        },
+        server_keys::ServerKeys,
+    },
+    storage::tables::EventStatus,
+};
+
+/// Transactions remembered per origin and ID, for answering a repeat.
+const REMEMBERED_TXNS: usize = 1000;
+/// PDUs and EDUs one transaction may carry (the spec's limits).
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+/// Events asked for with `get_missing_events`, and asked for at most in one answer.
+const MISSING_EVENTS_LIMIT: u64 = 10;
+const MAX_MISSING_EVENTS_ANSWER: usize = 50;
+/// How long a typing notification from another server lasts unless renewed.
+const REMOTE_TYPING: Duration = Duration::from_secs(30);
+
+/// The answer to a transaction: each PDU's event ID and why it was refused, if it was.
+pub type PduResults = BTreeMap<OwnedEventId, std::result::Result<(), String>>;
+
+/// A transaction's key: its origin and ID.
+type TxnKey = (OwnedServerName, String);
+/// Answers of recent transactions, and their keys oldest first.
+type RememberedTxns = (HashMap<TxnKey, PduResults>, VecDeque<TxnKey>);
+/// A state as PDUs, with its auth chain.
+pub type StateAndChain = (Vec<Box<RawJsonValue>>, Vec<Box<RawJsonValue>>);
+
+/// What `send_join` answers.
+pub struct JoinAnswer {
+    pub state: Vec<Box<RawJsonValue>>,
+    pub auth_chain: Vec<Box<RawJsonValue>>,
+    pub servers_in_room: Vec<String>,
+}
+
+pub struct RoomFederation {
+    server_name: OwnedServerName,
+    client: Arc<FederationClient>,
+    remote_keys: Arc<RemoteKeys>,
+    server_keys: Arc<ServerKeys>,
+    timeline: Arc<Timeline>,
+    events: Arc<Events>,
+    states: Arc<RoomStates>,
+    members: Arc<Memberships>,
+    typing: Arc<Typing>,
+    receipts: Arc<Receipts>,
+    clock: Arc<dyn Clock>,
+    /// Answers of recent transactions by (origin, transaction ID), oldest first in the queue.
+    txns: Mutex<RememberedTxns>,
+    /// One transaction of an origin at a time, as the spec has servers send them.
+    origins: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl RoomFederation {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Arc<FederationClient>,
+        remote_keys: Arc<RemoteKeys>,
+        server_keys: Arc<ServerKeys>,
+        timeline: Arc<Timeline>,
+        events: Arc<Events>,
+        states: Arc<RoomStates>,
+        members: Arc<Memberships>,
+        typing: Arc<Typing>,
+        receipts: Arc<Receipts>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            server_name: server_keys.server_name().to_owned(),
+            client,
+            remote_keys,
+            server_keys,
+            timeline,
+            events,
+            states,
+            members,
+            typing,
+            receipts,
+            clock,
+            txns: Mutex::new((HashMap::new(), VecDeque::new())),
+            origins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The servers with a joined member in the room, this one included when it has one.
+    fn servers_in_room(&self, room_id: &RoomId) -> Result<BTreeSet<OwnedServerName>> {
+        Ok(self
+            .members
+            .members_with(room_id, &MembershipState::Join)?
+            .iter()
+            .map(|user| user.server_name().to_owned())
+            .collect())
+    }
+
+    /// Refuse a server that has no joined member in the room (or a room this server does
+    /// not have).
+    fn ensure_in_room(&self, origin: &ServerName, room_id: &RoomId) -> Result<()> {
+        if self.states.room(room_id)?.is_none() {
+            return Err(Error::not_found(format!("This server does not have room {room_id}")));
+        }
+        if !self.servers_in_room(room_id)?.contains(origin) {
+            return Err(Error::forbidden(format!("{origin} is not in room {room_id}")));
+        }
+        Ok(())
+    }
+
+    fn rules_of_room(&self, room_id: &RoomId) -> Result<(RoomVersionId, RoomVersionRules)> {
+        let room = self
+            .states
+            .room(room_id)?
+            .ok_or_else(|| Error::not_found(format!("This server does not have room {room_id}")))?;
+        let rules = rules_of(&room.version)?;
+        Ok((room.version, rules))
+    }
+
+    // ----- checks on a received PDU -----
+
+    /// Fetch the keys of `servers` not yet in `keys` (a failure leaves them out: the
+    /// signature check then names the server).
+    async fn fetch_keys(&self, servers: &BTreeSet<OwnedServerName>, keys: &mut VerifyKeys) {
+        for server in servers {
+            if keys.contains_key(server) {
+                continue;
+            }
+            match self.remote_keys.keys_of(server, None, 0).await {
+                Ok(set) => {
+                    let mut entry = BTreeMap::new();
+                    for (id, key) in &set.verify_keys {
+                        if let Ok(public_key) = Base64::parse(key) {
+                            entry.insert(
+                                id.clone(),
+                                VerifyKey {
+                                    public_key,
+                                    valid_until_ts: ms(set.valid_until_ms),
+                                    expired_ts: None,
+                                },
+                            );
+                        }
+                    }
+                    for (id, (key, expired)) in &set.old_verify_keys {
+                        if let Ok(public_key) = Base64::parse(key) {
+                            entry.insert(
+                                id.clone(),
+                                VerifyKey {
+                                    public_key,
+                                    valid_until_ts: ms(*expired),
+                                    expired_ts: Some(ms(*expired)),
+                                },
+                            );
+                        }
+                    }
+                    keys.insert(server.clone(), entry);
+                }
+                Err(e) => tracing::info!(%server, error = %e, "keys for a PDU could not be fetched"),
+            }
+        }
+    }
+
+    /// Checks 1 to 3 on a PDU received as text in a room of `rules`: the format, the
+    /// signatures, the content hash (a mismatch gives the redacted copy). Fails with the
+    /// event ID when it is known, and why.
+    async fn checked_pdu(
+        &self,
+        json: &str,
+        rules: &RoomVersionRules,
+        keys: &mut VerifyKeys,
+    ) -> std::result::Result<Pdu, (Option<OwnedEventId>, String)> {
+        let wire = parse_pdu(json, rules).map_err(|e| (None, format!("malformed PDU: {e}")))?;
+        let event_id = wire.event_id.clone();
+        let servers =
+            verify::required_servers(&wire, rules).map_err(|e| (Some(event_id.clone()), e.to_string()))?;
+        self.fetch_keys(&servers, keys).await;
+        let wire = match verify::check_signatures_and_hash(wire, rules, keys) {
+            Verdict::Accepted(wire) => wire,
+            Verdict::Redact(wire) => {
+                tracing::info!(%event_id, "content hash mismatch: the event is used redacted");
+                wire
+            }
+            Verdict::Reject(why) => return Err((Some(event_id), why.to_string())),
+        };
+        wire.into_pdu(rules).map_err(|e| (Some(event_id), e.to_string()))
+    }
+
+    /// Whether an event has its place in the room's graph here (accepted or soft-failed).
+    fn in_graph(&self, event_id: &EventId) -> Result<bool> {
+        Ok(self
+            .events
+            .get_any(event_id)?
+            .is_some_and(|e| matches!(e.status, EventStatus::Accepted | EventStatus::SoftFailed)))
+    }
+
+    fn missing_prevs(&self, pdu: &Pdu) -> Result<Vec<OwnedEventId>> {
+        let mut missing = Vec::new();
+        for id in &pdu.prev_events {
+            if !self.in_graph(id)? {
+                missing.push(id.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    // ----- inbound transactions -----
+
+    /// `PUT /send/{txnId}` from `origin`: each PDU's outcome. A transaction seen before is
+    /// answered as it was the first time, without doing anything again.
+    pub async fn receive_transaction(
+        &self,
+        origin: &ServerName,
+        txn_id: &str,
+        pdus: &[Box<RawJsonValue>],
+        edus: &[&RawJsonValue],
+    ) -> Result<PduResults> {
+        if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
+            return Err(Error::invalid_param(format!(
+                "A transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+            )));
+        }
+        let origin_lock = {
+            let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(origins.entry(origin.to_owned()).or_default())
+        };
+        let _serial = origin_lock.lock().await;
+        let key = (origin.to_owned(), txn_id.to_owned());
+        if let Some(answer) = self.txns.lock().unwrap_or_else(|p| p.into_inner()).0.get(&key) {
+            return Ok(answer.clone());
+        }
+        let mut keys = VerifyKeys::new();
+        let mut results = PduResults::new();
+        for pdu in pdus {
+            if let Some((event_id, result)) = self.receive_pdu(origin, pdu.get(), &mut keys).await {
+                results.insert(event_id, result);
+            }
+        }
+        for edu in edus {
+            self.receive_edu(origin, edu.get());
+        }
+        let mut txns = self.txns.lock().unwrap_or_else(|p| p.into_inner());
+        txns.0.insert(key.clone(), results.clone());
+        txns.1.push_back(key);
+        while txns.1.len() > REMEMBERED_TXNS {
+            if let Some(old) = txns.1.pop_front() {
+                txns.0.remove(&old);
+            }
+        }
+        Ok(results)
+    }
+
+    /// One PDU of a transaction: its event ID and outcome, or `None` when it names no room
+    /// this server has or is not a valid event (logged; the answer cannot name it).
+    async fn receive_pdu(
+        &self,
+        origin: &ServerName,
+        json: &str,
+        keys: &mut VerifyKeys,
+    ) -> Option<(OwnedEventId, std::result::Result<(), String>)> {
+        let Some(room_id) = claimed_room_id(json) else {
+            tracing::info!(%origin, "a PDU naming no room was dropped");
+            return None;
+        };
+        // The room's lock for the whole PDU: a join of this server under way holds it until
+        // the room is seated, so the room's first events wait for it rather than miss it.
+        let lock = self.timeline.lock_room(&room_id).await;
+        let rules = match self.rules_of_room(&room_id) {
+            Ok((_, rules)) => rules,
+            Err(e) => {
+                tracing::info!(%origin, %room_id, error = %e, "a PDU of an unknown room was dropped");
+                return None;
+            }
+        };
+        let pdu = match self.checked_pdu(json, &rules, keys).await {
+            Ok(pdu) => pdu,
+            Err((Some(event_id), why)) => return Some((event_id, Err(why))),
+            Err((None, why)) => {
+                tracing::info!(%origin, %room_id, %why, "a PDU was dropped");
+                return None;
+            }
+        };
+        let event_id = pdu.event_id.clone();
+        Some((event_id, self.accept(&lock, origin, &rules, pdu, keys).await))
+    }
+
+    /// Checks 4 to 6 through the room engine, after fetching missing `prev_events`.
+    async fn accept(
+        &self,
+        lock: &RoomLock,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        pdu: Pdu,
+        keys: &mut VerifyKeys,
+    ) -> std::result::Result<(), String> {
+        let reason = |e: Error| e.to_string();
+        if self.in_graph(&pdu.event_id).map_err(reason)? {
+            return Ok(());
+        }
+        if !self.missing_prevs(&pdu).map_err(reason)?.is_empty() {
+            self.fetch_missing(lock, origin, rules, &pdu, keys).await;
+            let missing = self.missing_prevs(&pdu).map_err(reason)?;
+            if !missing.is_empty() {
+                return Err(format!("prev_events not found: {missing:?}"));
+            }
+        }
+        let outcome = self.timeline.accept_event(lock, pdu).await.map_err(reason)?;
+        match outcome.status {
+            EventStatus::Rejected => Err(outcome.reason.unwrap_or_else(|| "rejected".to_owned())),
+            EventStatus::SoftFailed => {
+                tracing::info!(event_id = %outcome.event.pdu.event_id, reason = ?outcome.reason, "soft-failed");
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Ask `origin` for the events between the room's forward extremities and `pdu`
+    /// (`get_missing_events`, one bounded request) and accept those whose ancestors are
+    /// then all here, oldest first.
+    async fn fetch_missing(
+        &self,
+        lock: &RoomLock,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        keys: &mut VerifyKeys,
+    ) {
+        let room_id = lock.room_id();
+        let Ok(Some(room)) = self.states.room(room_id) else { return };
+        let body = json!({
+            "earliest_events": room.forward_extremities,
+            "latest_events": [pdu.event_id],
+            "limit": MISSING_EVENTS_LIMIT,
+            "min_depth": 0,
+        });
+        let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(room_id.as_str()));
+        let answer = match self.client.request(origin, http::Method::POST, &path, Some(&body), true).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(refusal)) => {
+                tracing::info!(%origin, status = refusal.status, "get_missing_events refused");
+                return;
+            }
+            Err(e) => {
+                tracing::info!(%origin, error = %e, "get_missing_events failed");
+                return;
+            }
+        };
+        let mut fetched = Vec::new();
+        for event in answer
+            .get("events")
+            .and_then(JsonValue::as_array)
+            .into_iter()
+            .flatten()
+            .take(MAX_MISSING_EVENTS_ANSWER)
+        {
+            match self.checked_pdu(&event.to_string(), rules, keys).await {
+                Ok(found) if found.room_id == room_id => fetched.push(found),
+                Ok(_) => {}
+                Err((id, why)) => tracing::info!(?id, %why, "a missing event fetched was dropped"),
+            }
+        }
+        fetched.sort_by_key(|p| u64::from(p.depth));
+        // Accept in rounds: each round takes the events whose parents are all here.
+        loop {
+            let mut progress = false;
+            let mut left = Vec::new();
+            for found in fetched {
+                let ready = self.missing_prevs(&found).is_ok_and(|m| m.is_empty());
+                if !ready {
+                    left.push(found);
+                    continue;
+                }
+                if self.in_graph(&found.event_id).unwrap_or(false) {
+                    continue;
+                }
+                let id = found.event_id.clone();
+                match self.timeline.accept_event(lock, found).await {
+                    Ok(outcome) => {
+                        tracing::debug!(event_id = %id, status = ?outcome.status, "missing event accepted")
+                    }
+                    Err(e) => tracing::info!(event_id = %id, error = %e, "missing event not accepted"),
+                }
+                progress = true;
+            }
+            fetched = left;
+            if !progress || fetched.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// An EDU of `origin`: typing and read receipts of its users are applied; other kinds
+    /// and anything malformed are ignored.
+    fn receive_edu(&self, origin: &ServerName, json: &str) {
+        let Ok(edu) = serde_json::from_str::<JsonValue>(json) else { return };
+        let content = &edu["content"];
+        let from_origin = |user: &str| UserId::parse(user).ok().filter(|u| u.server_name() == origin);
+        match edu.get("edu_type").and_then(JsonValue::as_str) {
+            Some("m.typing") => {
+                let room = content["room_id"].as_str().and_then(|r| RoomId::parse(r).ok());
+                let user = content["user_id"].as_str().and_then(from_origin);
+                if let (Some(room), Some(user)) = (room, user) {
+                    let typing = content["typing"].as_bool().unwrap_or(false);
+                    if let Err(e) = self.typing.set(&user, &room, typing.then_some(REMOTE_TYPING)) {
+                        tracing::debug!(%user, %room, error = %e, "typing EDU ignored");
+                    }
+                }
+            }
+            Some("m.receipt") => {
+                let Some(rooms) = content.as_object() else { return };
+                for (room, kinds) in rooms {
+                    let Ok(room) = RoomId::parse(room) else { continue };
+                    let Some(users) = kinds.get("m.read").and_then(JsonValue::as_object) else { continue };
+                    for (user, receipt) in users {
+                        let Some(user) = from_origin(user) else { continue };
+                        let thread = receipt["data"]["thread_id"].as_str();
+                        let last = receipt["event_ids"]
+                            .as_array()
+                            .and_then(|ids| ids.last())
+                            .and_then(JsonValue::as_str)
+                            .and_then(|id| EventId::parse(id).ok());
+                        if let Some(event_id) = last
+                            && let Err(e) = self.receipts.set(&user, &room, "m.read", &event_id, thread)
+                        {
+                            tracing::debug!(%user, %room, error = %e, "receipt EDU ignored");
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- resident server: joins -----
+
+    /// `make_join`: the join template for `user_id` of `origin`.
+    pub async fn make_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        versions: &[RoomVersionId],
+    ) -> Result<(RoomVersionId, Box<RawJsonValue>)> {
+        if user_id.server_name() != origin {
+            return Err(Error::forbidden(format!("{origin} cannot make a join for {user_id}")));
+        }
+        let lock = self.timeline.lock_room(room_id).await;
+        let (version, _) = self.rules_of_room(room_id)?;
+        let accepted = if versions.is_empty() { &[RoomVersionId::V1][..] } else { versions };
+        if !accepted.contains(&version) {
+            return Err(Error::new(
+                ErrorKind::IncompatibleRoomVersion(IncompatibleRoomVersionErrorData::new(version.clone())),
+                format!("The room is of version {version}, which {origin} does not support"),
+            ));
+        }
+        let template = EventTemplate::state(
+            TimelineEventType::RoomMember,
+            user_id.as_str(),
+            json!({"membership": "join"}),
+        );
+        let (version, object) = self.timeline.member_template(&lock, user_id, &template)?;
+        let raw = serde_json::value::to_raw_value(&object).map_err(|e| Error::internal(e.to_string()))?;
+        Ok((version, raw))
+    }
+
+    /// `send_join` (v2): the join `origin` signed, accepted through the room engine, and the
+    /// state before it with its auth chain.
+    pub async fn send_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+        pdu: &RawJsonValue,
+    ) -> Result<JoinAnswer> {
+        let (_, rules) = self.rules_of_room(room_id)?;
+        let mut keys = VerifyKeys::new();
+        let pdu =
+            self.checked_pdu(pdu.get(), &rules, &mut keys).await.map_err(|(_, why)| Error::bad_json(why))?;
+        if pdu.event_id != event_id || pdu.room_id != room_id {
+            return Err(Error::invalid_param("The event is not the one the path names"));
+        }
+        let membership = pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned);
+        if pdu.kind != TimelineEventType::RoomMember
+            || membership.as_deref() != Some("join")
+            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+            || pdu.sender.server_name() != origin
+        {
+            return Err(Error::invalid_param("Not a join of a user of the sending server"));
+        }
+        let lock = self.timeline.lock_room(room_id).await;
+        let outcome = self.timeline.accept_event(&lock, pdu).await?;
+        drop(lock);
+        if outcome.status != EventStatus::Accepted {
+            return Err(Error::forbidden(format!(
+                "The join was not accepted: {}",
+                outcome.reason.unwrap_or_else(|| format!("{:?}", outcome.status))
+            )));
+        }
+        let state = self.states.state_of_group(outcome.event.state_before)?;
+        let state_ids: Vec<OwnedEventId> = state.values().cloned().collect();
+        let state_events = self.pdus_of(&state_ids)?;
+        let mut chain_of: Vec<OwnedEventId> = state_ids;
+        chain_of.push(outcome.event.pdu.event_id.clone());
+        let auth_chain = self.pdus_of(&self.timeline.auth_chain(&chain_of)?)?;
+        let servers_in_room = self.servers_in_room(room_id)?.into_iter().map(|s| s.to_string()).collect();
+        Ok(JoinAnswer { state: state_events, auth_chain, servers_in_room })
+    }
+
+    /// The stored events `ids` names, as PDUs (those not stored left out).
+    fn pdus_of(&self, ids: &[OwnedEventId]) -> Result<Vec<Box<RawJsonValue>>> {
+        self.events.get_many(ids)?.iter().map(|event| pdu_json(&self.states, event)).collect()
+    }
+
+    // ----- joining server -----
+
+    /// Join `user_id` to a room this server does not have, through the first of `via` (or
+    /// the server the room ID names) that lets it: `make_join`, sign, `send_join`, then the
+    /// state and auth chain received checked and stored, and the room seated with the join.
+    /// `content` is the member event's content (membership, display name ...).
+    pub async fn join_remote(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+        content: &JsonValue,
+    ) -> Result<OwnedEventId> {
+        let mut servers: Vec<OwnedServerName> = Vec::new();
+        for server in via.iter().cloned().chain(room_id.server_name().map(ToOwned::to_owned)) {
+            if server != self.server_name && !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+        if servers.is_empty() {
+            return Err(Error::not_found(format!(
+                "Room {room_id} is not known here and no server to join it through was given (`via`)"
+            )));
+        }
+        // Held until the room is seated: events the resident server sends meanwhile wait.
+        let lock = self.timeline.lock_room(room_id).await;
+        if self.states.room(room_id)?.is_some() {
+            return Err(Error::invalid_param("This server has joined the room meanwhile; join again"));
+        }
+        let mut last = None;
+        for server in &servers {
+            match self.join_through(&lock, server, user_id, content).await {
+                Ok(event_id) => return Ok(event_id),
+                Err(e) => {
+                    tracing::info!(%server, %room_id, error = %e, "joining through a server failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::not_found("No server could be asked")))
+    }
+
+    async fn join_through(
+        &self,
+        lock: &RoomLock,
+        server: &ServerName,
+        user_id: &UserId,
+        content: &JsonValue,
+    ) -> Result<OwnedEventId> {
+        let room_id = lock.room_id();
+        let versions: String =
+            room_version::SUPPORTED.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{versions}",
+            encode(room_id.as_str()),
+            encode(user_id.as_str())
+        );
+        let answer = self.client.get_json(server, &path).await?;
+        let version = answer
+            .get("room_version")
+            .and_then(JsonValue::as_str)
+            .map_or(Ok(RoomVersionId::V1), RoomVersionId::try_from)
+            .map_err(|_| Error::Upstream(format!("{server} answered a bad room version")))?;
+        let rules = room_version::rules(&version).ok_or_else(|| {
+            Error::Upstream(format!("Room {room_id} is of version {version}, not supported here"))
+        })?;
+        let mut object: CanonicalJsonObject =
+            match answer.get("event").cloned().map(CanonicalJsonValue::try_from) {
+                Some(Ok(CanonicalJsonValue::Object(object))) => object,
+                _ => return Err(Error::Upstream(format!("{server} answered no join template"))),
+            };
+        // The template must be this user's join in this room.
+        let field = |object: &CanonicalJsonObject, key: &str| match object.get(key) {
+            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        if field(&object, "type").as_deref() != Some("m.room.member")
+            || field(&object, "sender").as_deref() != Some(user_id.as_str())
+            || field(&object, "state_key").as_deref() != Some(user_id.as_str())
+            || field(&object, "room_id").as_deref() != Some(room_id.as_str())
+        {
+            return Err(Error::Upstream(format!("{server} answered a template for another event")));
+        }
+        let content =
+            CanonicalJsonValue::try_from(content.clone()).map_err(|e| Error::bad_json(e.to_string()))?;
+        object.insert("content".to_owned(), content);
+        object.insert(
+            "origin_server_ts".to_owned(),
+            CanonicalJsonValue::Integer(ms(self.clock.now_ms()).0.into()),
+        );
+        if object.contains_key("origin") {
+            object.insert("origin".to_owned(), CanonicalJsonValue::String(self.server_name.to_string()));
+        }
+        let wire = sign::hash_and_sign(object, &self.server_name, self.server_keys.key_pair(), &rules)
+            .map_err(|e| Error::Upstream(format!("the join could not be signed: {e}")))?;
+        let event_id = wire.event_id.clone();
+        let body = JsonValue::from(CanonicalJsonValue::Object(wire.object.clone()));
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            encode(room_id.as_str()),
+            encode(event_id.as_str())
+        );
+        let answer = match self.client.request(server, http::Method::PUT, &path, Some(&body), true).await? {
+            Ok(answer) => answer,
+            Err(refusal) => return Err(refusal_error(server, &refusal)),
+        };
+        let mut keys = VerifyKeys::new();
+        // The resident server's copy when it signed it too (restricted joins), else ours.
+        let join = match answer.get("event") {
+            Some(event) if event.is_object() => {
+                let signed =
+                    self.checked_pdu(&event.to_string(), &rules, &mut keys).await.map_err(|(_, why)| {
+                        Error::Upstream(format!("{server} answered a join that does not check: {why}"))
+                    })?;
+                if signed.event_id != event_id {
+                    return Err(Error::Upstream(format!("{server} answered another join event")));
+                }
+                signed
+            }
+            _ => wire.into_pdu(&rules).map_err(|e| Error::internal(e.to_string()))?,
+        };
+        let list = |key: &str| answer.get(key).and_then(JsonValue::as_array).cloned().unwrap_or_default();
+        let (state_json, chain_json) = (list("state"), list("auth_chain"));
+        let mut received: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        let mut state_ids = HashSet::new();
+        for (is_state, event) in
+            state_json.iter().map(|e| (true, e)).chain(chain_json.iter().map(|e| (false, e)))
+        {
+            match self.checked_pdu(&event.to_string(), &rules, &mut keys).await {
+                Ok(pdu) if pdu.room_id == room_id => {
+                    if is_state {
+                        state_ids.insert(pdu.event_id.clone());
+                    }
+                    received.insert(pdu.event_id.clone(), pdu);
+                }
+                Ok(_) => {}
+                Err((id, why)) => tracing::info!(?id, %why, "an event of the room's state was dropped"),
+            }
+        }
+        self.store_outliers(lock, received.clone())?;
+        let mut state_before = StateMap::new();
+        for id in &state_ids {
+            let Some(pdu) = received.get(id) else { continue };
+            let Some(key) = &pdu.state_key else { continue };
+            let stored = self.events.get_any(id)?;
+            if stored.is_some_and(|e| e.status != EventStatus::Rejected) {
+                let kind: StateEventType = pdu.kind.to_string().into();
+                state_before.insert((kind, key.clone()), id.clone());
+            }
+        }
+        let outcome = self.timeline.accept_first_event(lock, &version, join, &state_before).await?;
+        Ok(outcome.event.pdu.event_id.clone())
+    }
+
+    /// Store events received as a room's state and auth chain, each after its auth events
+    /// (an event whose auth events never arrive is left out).
+    fn store_outliers(&self, lock: &RoomLock, mut pending: HashMap<OwnedEventId, Pdu>) -> Result<()> {
+        // The create event first: from v12 every other event's rules read it without citing it.
+        let creates: Vec<OwnedEventId> = pending
+            .values()
+            .filter(|p| p.kind == TimelineEventType::RoomCreate)
+            .map(|p| p.event_id.clone())
+            .collect();
+        for id in creates {
+            if let Some(pdu) = pending.remove(&id)
+                && let Err(e) = self.timeline.store_outlier(lock, pdu)
+            {
+                tracing::info!(event_id = %id, error = %e, "the room's create event was not stored");
+            }
+        }
+        loop {
+            let ready: Vec<OwnedEventId> = pending
+                .values()
+                .filter(|pdu| {
+                    pdu.auth_events.iter().all(|id| self.events.get_any(id).is_ok_and(|e| e.is_some()))
+                })
+                .map(|pdu| pdu.event_id.clone())
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for id in ready {
+                if let Some(pdu) = pending.remove(&id)
+                    && let Err(e) = self.timeline.store_outlier(lock, pdu)
+                {
+                    tracing::info!(event_id = %id, error = %e, "an event of the room's state was not stored");
+                }
+            }
+        }
+        if !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                "events of the room's state lack auth events and were left out"
+            );
+        }
+        Ok(())
+    }
+
+    // ----- reads for servers in a room -----
+
+    /// An event, for a server in its room.
+    pub fn event(&self, origin: &ServerName, event_id: &EventId) -> Result<Box<RawJsonValue>> {
+        let event = self.readable_event(event_id)?;
+        self.ensure_in_room(origin, &event.pdu.room_id)?;
+        pdu_json(&self.states, &event)
+    }
+
+    fn readable_event(&self, event_id: &EventId) -> Result<Arc<StoredEvent>> {
+        self.events
+            .get(event_id)?
+            .ok_or_else(|| Error::not_found(format!("Event {event_id} is not known here")))
+    }
+
+    /// The state before an event (IDs), and the auth chain of that state.
+    pub fn state_ids(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
+        self.ensure_in_room(origin, room_id)?;
+        let event = self.readable_event(event_id)?;
+        if event.pdu.room_id != room_id || event.status == EventStatus::Outlier {
+            return Err(Error::not_found(format!("Event {event_id} has no known state in {room_id}")));
+        }
+        let state: Vec<OwnedEventId> =
+            self.states.state_of_group(event.state_before)?.values().cloned().collect();
+        let chain = self.timeline.auth_chain(&state)?;
+        Ok((state, chain))
+    }
+
+    /// The state before an event and its auth chain, as PDUs.
+    pub fn state(&self, origin: &ServerName, room_id: &RoomId, event_id: &EventId) -> Result<StateAndChain> {
+        let (state, chain) = self.state_ids(origin, room_id, event_id)?;
+        Ok((self.pdus_of(&state)?, self.pdus_of(&chain)?))
+    }
+
+    /// An event's auth chain, as PDUs.
+    pub fn event_auth(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &EventId,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
+        self.ensure_in_room(origin, room_id)?;
+        let event = self.readable_event(event_id)?;
+        if event.pdu.room_id != room_id {
+            return Err(Error::not_found(format!("Event {event_id} is not in {room_id}")));
+        }
+        self.pdus_of(&self.timeline.auth_chain(std::slice::from_ref(&event.pdu.event_id))?)
+    }
+
+    /// The events before `latest` back to `earliest` (not included), walking `prev_events`,
+    /// at most `limit` (capped at 50) of depth `min_depth` or more, oldest first.
+    pub fn missing_events(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        earliest: &[OwnedEventId],
+        latest: &[OwnedEventId],
+        limit: u64,
+        min_depth: u64,
+    ) -> Result<Vec<Box<RawJsonValue>>> {
+        self.ensure_in_room(origin, room_id)?;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(MAX_MISSING_EVENTS_ANSWER);
+        let stop: HashSet<&OwnedEventId> = earliest.iter().collect();
+        let mut seen: HashSet<OwnedEventId> = latest.iter().cloned().collect();
+        let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
+        for id in latest {
+            if let Some(event) = self.events.get(id)?
+                && event.pdu.room_id == room_id
+            {
+                queue.extend(event.pdu.prev_events.iter().cloned());
+            }
+        }
+        let mut found: Vec<Arc<StoredEvent>> = Vec::new();
+        while let Some(id) = queue.pop_front() {
+            if found.len() >= limit {
+                break;
+            }
+            if stop.contains(&id) || !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(event) = self.events.get(&id)? else { continue };
+            if event.pdu.room_id != room_id
+                || event.status != EventStatus::Accepted
+                || u64::from(event.pdu.depth) < min_depth
+            {
+                continue;
+            }
+            queue.extend(event.pdu.prev_events.iter().cloned());
+            found.push(event);
+        }
+        found.sort_by_key(|e| u64::from(e.pdu.depth));
+        found.iter().map(|event| pdu_json(&self.states, event)).collect()
+    }
+
+    /// Whether `user_id` is a user of this server.
+    pub fn is_local(&self, user_id: &UserId) -> bool {
+        user_id.server_name() == self.server_name
+    }
+}
+
+fn ms(value: u64) -> ruma::MilliSecondsSinceUnixEpoch {
+    ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(value))
+}
+
+/// A path segment, percent-encoded.
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
