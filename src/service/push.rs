@@ -198,6 +198,9 @@ impl Totals {
     }
 }
 
+/// What one thread key has for a member: their classes' heads in the room, and their base.
+type ThreadRows = (Vec<(u64, PushClassHead)>, Option<PushCountBase>);
+
 /// A member's running totals in a room and thread over the events they were evaluated alone
 /// for: their own, and what their class counted for them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -925,7 +928,7 @@ impl Notifications {
         first_only: bool,
     ) -> Result<Vec<(String, Totals)>> {
         // Every thread key the member's classes or own rows have, with the heads and base.
-        let mut keys: BTreeMap<String, (Vec<(u64, PushClassHead)>, Option<PushCountBase>)> = BTreeMap::new();
+        let mut keys: BTreeMap<String, ThreadRows> = BTreeMap::new();
         let mut classes: Vec<u64> = epochs.iter().filter_map(|(_, class)| *class).collect();
         classes.sort_unstable();
         classes.dedup();
