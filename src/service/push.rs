@@ -164,6 +164,8 @@ pub struct Notifications {
     /// Serialises rule changes with loads into the cache, so two changes cannot lose one
     /// another and a load cannot put back rules a change just replaced.
     rules_write: Mutex<()>,
+    /// Moves on at every rule change: room partitions made before are made again.
+    rules_generation: std::sync::atomic::AtomicU64,
     /// Held (shared) by the append path from evaluating an event until it has its stream
     /// position, and (alone) by a rule change while it takes its position: events on either
     /// side of a change's position were evaluated with the rules of that side.
@@ -269,6 +271,16 @@ struct Class {
     personal: bool,
 }
 
+/// A room's joined local members as evaluation reads them: the classes they count in, and
+/// those evaluated on their own whatever the event.
+struct Partition {
+    /// The rules generation it was made under.
+    generation: u64,
+    /// By class ID: whether a member counts in it.
+    present: Vec<bool>,
+    alone: Vec<(OwnedUserId, UserRules, Option<u64>)>,
+}
+
 /// What evaluating an event gave one class or member: the actions, if they notify.
 #[derive(Clone)]
 struct Outcome {
@@ -338,6 +350,7 @@ impl Notifications {
             rules: Mutex::new(cache),
             rules_write: Mutex::new(()),
             gate: RwLock::new(()),
+            rules_generation: std::sync::atomic::AtomicU64::new(0),
             totals: Mutex::default(),
             read_locks: (0..READ_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             pusher_users: Mutex::new(pusher_users),
@@ -449,6 +462,7 @@ impl Notifications {
             let position = self.account_data.set(user_id, None, PUSH_RULES, content)?;
             // The next event is evaluated with the new rules.
             self.lock_rules().users.remove(user_id);
+            self.rules_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             position
         };
         let after = self.class_now(user_id)?;
@@ -505,6 +519,51 @@ impl Notifications {
         self.gate.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The joined local members of a room by class (the sender of an event included), as
+    /// evaluation reads them: kept with the roster until it changes or any member's rules do.
+    fn partition(&self, roster: &Roster) -> Result<Arc<Partition>> {
+        let generation = self.rules_generation.load(std::sync::atomic::Ordering::SeqCst);
+        roster.derived(
+            |known: &Partition| known.generation == generation,
+            || {
+                let mut partition = Partition { generation, present: Vec::new(), alone: Vec::new() };
+                let mut place = |cache: &RuleCache, user: &OwnedUserId, rules: &UserRules| match self
+                    .counted_class(cache, user, rules)
+                {
+                    Some(class) => {
+                        let index = class as usize;
+                        if partition.present.len() <= index {
+                            partition.present.resize(index + 1, false);
+                        }
+                        partition.present[index] = true;
+                    }
+                    None => partition.alone.push((user.clone(), rules.clone(), None)),
+                };
+                // Every member under one lock of the rules cache; those whose rules are not
+                // in memory yet are read from storage afterwards (outside the lock).
+                let mut missing: Vec<OwnedUserId> = Vec::new();
+                {
+                    let cache = self.lock_rules();
+                    for user in roster.joined() {
+                        if user.server_name() != self.server_name {
+                            continue;
+                        }
+                        match cache.users.get(user) {
+                            Some(rules) => place(&cache, user, rules),
+                            None => missing.push(user.clone()),
+                        }
+                    }
+                }
+                for user in missing {
+                    let rules = self.user_rules(&user)?;
+                    let cache = self.lock_rules();
+                    place(&cache, &user, &rules);
+                }
+                Ok::<_, Error>(partition)
+            },
+        )
+    }
+
     /// Evaluate an event about to be appended for the room's joined local members but its
     /// sender (and for the invitee of an invite), with the room state before it and its
     /// roster (joined members). Each class present among the members is evaluated once, for
@@ -553,44 +612,20 @@ impl Notifications {
             }
         }
 
-        // Per class (by ID): whether a member counts in it.
-        let mut present: Vec<bool> = Vec::new();
-        let mut alone: Vec<(OwnedUserId, UserRules, Option<u64>)> = Vec::new();
-        // Give a recipient whose rules are known their class, or set them aside to be
-        // evaluated on their own. One lookup per recipient: in a big room this loop is most
-        // of the cost of an event that notifies nobody (a join).
-        let mut place = |cache: &RuleCache, user: &OwnedUserId, rules: &UserRules| {
-            let counted = self.counted_class(cache, user, rules);
-            match counted {
-                Some(class) if named.is_empty() || !named.contains(user) => {
-                    let index = class as usize;
-                    if present.len() <= index {
-                        present.resize(index + 1, false);
-                    }
-                    present[index] = true;
-                }
-                _ => alone.push((user.clone(), rules.clone(), counted)),
+        // The room's members by class, made once per roster and rules (in a big room the
+        // walk over the members is most of the cost of an event); the members the event
+        // names leave their class for this event.
+        let partition = self.partition(roster)?;
+        let mut present = partition.present.clone();
+        let mut alone: Vec<(OwnedUserId, UserRules, Option<u64>)> =
+            partition.alone.iter().filter(|(user, _, _)| *user != pdu.sender).cloned().collect();
+        for user in named {
+            if user == pdu.sender || partition.alone.iter().any(|(u, _, _)| *u == user) {
+                continue;
             }
-        };
-        // Every recipient under one lock of the rules cache; those whose rules are not in
-        // memory yet are read from storage afterwards (outside the lock) and placed then.
-        let mut missing: Vec<OwnedUserId> = Vec::new();
-        {
-            let cache = self.lock_rules();
-            for user in roster.joined() {
-                if *user == pdu.sender || !local(user) {
-                    continue;
-                }
-                match cache.users.get(user) {
-                    Some(rules) => place(&cache, user, rules),
-                    None => missing.push(user.clone()),
-                }
-            }
-        }
-        for user in missing {
             let rules = self.user_rules(&user)?;
-            let cache = self.lock_rules();
-            place(&cache, &user, &rules);
+            let counted = self.counted_class(&self.lock_rules(), &user, &rules);
+            alone.push((user, rules, counted));
         }
         // The sender is not notified, but their class counts the event for everyone in it:
         // their own row takes it back.

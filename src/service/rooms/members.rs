@@ -48,6 +48,20 @@ pub struct Roster {
     /// The first members by stream order, for heroes: read from the rows the first time an
     /// unnamed room's summary asks, forgotten at the next change.
     heroes: OnceLock<HeroCandidates>,
+    /// What another service derives from the members (push evaluation's members by class),
+    /// made the first time it asks, forgotten at the next change.
+    derived: Derived,
+}
+
+/// A value derived from a roster, of a type only its maker knows (a new roster, or a change,
+/// starts with none).
+#[derive(Clone, Default)]
+struct Derived(Arc<Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>>);
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Derived")
+    }
 }
 
 /// Who a room's summary may name as heroes, in the spec's order.
@@ -77,6 +91,27 @@ impl Roster {
         self.invited.len() as u64
     }
 
+    /// The value `make` derives from these members, made once until they change; a kept
+    /// value that `keep` refuses (derived under other conditions) is made again and
+    /// replaces it.
+    pub fn derived<T: std::any::Any + Send + Sync, E>(
+        &self,
+        keep: impl Fn(&T) -> bool,
+        make: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<Arc<T>, E> {
+        let slot = || self.derived.0.lock().unwrap_or_else(|p| p.into_inner());
+        let known = slot().clone();
+        if let Some(value) = known
+            && let Ok(value) = value.downcast::<T>()
+            && keep(&value)
+        {
+            return Ok(value);
+        }
+        let value = Arc::new(make()?);
+        *slot() = Some(Arc::clone(&value) as Arc<dyn std::any::Any + Send + Sync>);
+        Ok(value)
+    }
+
     /// Bytes it holds, roughly (for the cache's bound).
     fn weight(&self) -> usize {
         let per_user = |u: &OwnedUserId| u.as_str().len() + 48;
@@ -98,6 +133,7 @@ impl Roster {
             _ => {}
         }
         self.heroes = OnceLock::new();
+        self.derived = Derived::default();
     }
 }
 
