@@ -670,20 +670,7 @@ async fn notifications_expire_a_day_after_and_highlights_a_month_after() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let listed = |who: &Session| {
-        let (s, token) = (&s, who.token.clone());
-        async move {
-            let (status, body) = s.get(&format!("{V3}/notifications"), Some(&token)).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            body["notifications"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n["event"]["content"]["body"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(listed(&bob).await, ["bob!", "plain"]);
+    assert_eq!(notified_bodies(&s, &bob).await, ["bob!", "plain"]);
     // Within a day nothing goes.
     s.clock.advance_ms(23 * 3600 * 1000);
     assert_eq!(s.services.notifications.expire(1000).unwrap(), 0);
@@ -691,13 +678,13 @@ async fn notifications_expire_a_day_after_and_highlights_a_month_after() {
     // Bob's plain one and both of carol's (neither highlights her) are no longer listed; the
     // log's rows (one per event, not per member) stay for the highlight.
     assert_eq!(s.services.notifications.expire(1000).unwrap(), 0);
-    assert_eq!(listed(&bob).await, ["bob!"]);
-    assert!(listed(&carol).await.is_empty());
+    assert_eq!(notified_bodies(&s, &bob).await, ["bob!"]);
+    assert!(notified_bodies(&s, &carol).await.is_empty());
     assert_eq!(counts(&sync(&s, &bob, "").await, &room), (2, 1));
     s.clock.advance_ms(30 * 24 * 3600 * 1000);
     // A month on, both events' log rows go.
     assert_eq!(s.services.notifications.expire(1000).unwrap(), 2);
-    assert!(listed(&bob).await.is_empty());
+    assert!(notified_bodies(&s, &bob).await.is_empty());
     assert_eq!(counts(&sync(&s, &bob, "").await, &room), (2, 1));
 }
 
@@ -764,22 +751,12 @@ async fn counts_follow_each_members_rules_as_they_were_at_each_event() {
 
     // /notifications lists each member's own: bob's are a1, a2 and a5; dave's everything
     // but his own message.
-    let bodies = |who: &Session| {
-        let (s, token) = (&s, who.token.clone());
-        async move {
-            let (status, body) = s.get(&format!("{V3}/notifications"), Some(&token)).await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            body["notifications"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|n| n["event"]["content"]["body"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(bodies(&bob).await, ["lunch tomorrow", "anyone", "lunch?"]);
-    assert_eq!(bodies(&dave).await, ["lunch tomorrow", "lunch is over", "lunch now", "anyone", "lunch?"]);
-    assert_eq!(bodies(&alice).await, ["coming"]);
+    assert_eq!(notified_bodies(&s, &bob).await, ["lunch tomorrow", "anyone", "lunch?"]);
+    assert_eq!(
+        notified_bodies(&s, &dave).await,
+        ["lunch tomorrow", "lunch is over", "lunch now", "anyone", "lunch?"]
+    );
+    assert_eq!(notified_bodies(&s, &alice).await, ["coming"]);
 
     // A receipt on a3 clears carol's count up to it.
     let a3 = {
@@ -807,4 +784,16 @@ async fn all_counts(s: &TestServer, members: &[Session], room: &str) -> Vec<(u64
         out.push(counts(&sync(s, who, "").await, room));
     }
     out
+}
+
+/// The bodies of the user's `/notifications`, newest first.
+async fn notified_bodies(s: &TestServer, who: &Session) -> Vec<String> {
+    let (status, body) = s.get(&format!("{V3}/notifications"), Some(&who.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["event"]["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
 }
