@@ -258,8 +258,28 @@ impl Slapd {
     }
 
     /// Freeze it (SIGSTOP): connections are accepted by the kernel and never answered.
+    /// `kill` returns before every thread has stopped, and a thread still running could
+    /// answer one more request, so this returns once each of slapd's threads shows as stopped.
     pub fn freeze(&self) {
-        unsafe_signal(self.child.as_ref().unwrap().id(), libc::SIGSTOP);
+        let pid = self.child.as_ref().unwrap().id();
+        unsafe_signal(pid, libc::SIGSTOP);
+        let stopped = || {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+            tasks.flatten().all(|task| {
+                std::fs::read_to_string(task.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                    .unwrap_or(false)
+            })
+        };
+        for _ in 0..5_000 {
+            if stopped() {
+                return;
+            }
+            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        panic!("slapd ({pid}) did not stop");
     }
 
     pub fn thaw(&self) {
