@@ -386,7 +386,11 @@ async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room()
         synapse.message_bodies(&sam_token, &room).await.contains(&"hello from conduit".to_owned())
     })
     .await;
-    // Alice types on conduit: Sam's sync on Synapse shows it.
+    // Alice types on conduit: Sam's sync on Synapse shows it. Synapse answers a repeated
+    // initial sync from its response cache for minutes, so Sam follows incremental syncs.
+    let sync_path = |since: &str| format!("{V3}/sync?timeout=2000&since={}", encode(since));
+    let (_, first) = synapse.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(&sam_token), None).await;
+    let mut since = first["next_batch"].as_str().expect("a next_batch from Synapse").to_owned();
     let (status, body) = conduit
         .put(
             &format!("{V3}/rooms/{}/typing/{}", encode(&room), encode(&alice.user_id)),
@@ -395,16 +399,23 @@ async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room()
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    eventually("Alice typing on Synapse", &synapse, || async {
+    let mut seen = false;
+    for _ in 0..10 {
         let (_, synced) =
-            synapse.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(&sam_token), None).await;
-        synced["rooms"]["join"][&room]["ephemeral"]["events"].as_array().is_some_and(|events| {
+            synapse.call(reqwest::Method::GET, &sync_path(&since), Some(&sam_token), None).await;
+        seen = synced["rooms"]["join"][&room]["ephemeral"]["events"].as_array().is_some_and(|events| {
             events
                 .iter()
                 .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([alice.user_id]))
-        })
-    })
-    .await;
+        });
+        if seen {
+            break;
+        }
+        if let Some(next) = synced["next_batch"].as_str() {
+            since = next.to_owned();
+        }
+    }
+    assert!(seen, "never saw Alice typing on Synapse\n{}", synapse.logs());
 
     // Alice (conduit) joins Sam's Synapse room through Synapse.
     let (status, synapse_room) = synapse
