@@ -391,15 +391,7 @@ impl Courier for AppserviceSender {
             // What the queue has moved past was delivered.
             self.device_sources.to_device.appservice_took(&appservice.id, after)?;
         }
-        // The positions this look covers: everything committed, or up to the last event
-        // read when there may be more.
-        let committed = self.stream.committed();
-        let mut scanned = self.events.stream_events(after, SCAN)?;
-        let mut upto = match scanned.last() {
-            Some(last) if scanned.len() >= SCAN => last.stream.min(committed),
-            _ => committed,
-        };
-        scanned.retain(|event| event.stream <= upto);
+        let (scanned, mut upto) = self.events.committed_after(after, SCAN, self.stream.committed())?;
         let mut rooms = HashMap::new();
         let mut parcels = Vec::new();
         for event in &scanned {

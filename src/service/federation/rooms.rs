@@ -57,7 +57,7 @@ use crate::{
         },
         server_keys::ServerKeys,
     },
-    storage::tables::EventStatus,
+    storage::{locks::KeyedLocks, tables::EventStatus},
 };
 
 /// Transactions remembered per origin and ID, for answering a repeat.
@@ -103,7 +103,7 @@ pub struct RoomFederation {
     /// Answers of recent transactions by (origin, transaction ID), oldest first in the queue.
     txns: Mutex<RememberedTxns>,
     /// One transaction of an origin at a time, as the spec has servers send them.
-    origins: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    origins: KeyedLocks<OwnedServerName>,
 }
 
 impl RoomFederation {
@@ -133,7 +133,7 @@ impl RoomFederation {
             receipts,
             clock,
             txns: Mutex::new((HashMap::new(), VecDeque::new())),
-            origins: Mutex::new(HashMap::new()),
+            origins: KeyedLocks::new(),
         }
     }
 
@@ -270,11 +270,7 @@ impl RoomFederation {
                 "A transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
             )));
         }
-        let origin_lock = {
-            let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(origins.entry(origin.to_owned()).or_default())
-        };
-        let _serial = origin_lock.lock().await;
+        let _serial = self.origins.lock(&origin.to_owned()).await;
         let key = (origin.to_owned(), txn_id.to_owned());
         if let Some(answer) = self.txns.lock().unwrap_or_else(|p| p.into_inner()).0.get(&key) {
             return Ok(answer.clone());

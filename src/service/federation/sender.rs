@@ -337,13 +337,7 @@ impl Courier for FederationSender {
         limit: usize,
     ) -> Result<Option<Parcels<FederationParcel>>> {
         let Ok(server) = <&ServerName>::try_from(destination) else { return Ok(None) };
-        let committed = self.stream.committed();
-        let mut scanned = self.events.stream_events(after, SCAN)?;
-        let mut upto = match scanned.last() {
-            Some(last) if scanned.len() >= SCAN => last.stream.min(committed),
-            _ => committed,
-        };
-        scanned.retain(|event| event.stream <= upto);
+        let (scanned, mut upto) = self.events.committed_after(after, SCAN, self.stream.committed())?;
         let mut rooms = HashMap::new();
         let mut parcels = Vec::new();
         for event in &scanned {

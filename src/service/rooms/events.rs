@@ -394,6 +394,24 @@ impl Events {
             .collect()
     }
 
+    /// What a courier following the stream reads in one look: the events after `after` and
+    /// up to the `committed` position, at most `limit`, and the position the look covers
+    /// (everything committed, or up to the last event read when there may be more).
+    pub fn committed_after(
+        &self,
+        after: u64,
+        limit: usize,
+        committed: u64,
+    ) -> Result<(Vec<StoredEvent>, u64)> {
+        let mut scanned = self.stream_events(after, limit)?;
+        let upto = match scanned.last() {
+            Some(last) if scanned.len() >= limit => last.stream.min(committed),
+            _ => committed,
+        };
+        scanned.retain(|event| event.stream <= upto);
+        Ok((scanned, upto))
+    }
+
     /// Events of every room in stream order after position `after`, at most `limit`, read
     /// past the cache: for rebuilding a derived index (search) from all events.
     pub fn stream_events(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
