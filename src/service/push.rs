@@ -276,9 +276,32 @@ struct Class {
 struct Partition {
     /// The rules generation it was made under.
     generation: u64,
-    /// By class ID: whether a member counts in it.
-    present: Vec<bool>,
+    /// By class ID: how many members count in it.
+    present: Vec<u32>,
     alone: Vec<(OwnedUserId, UserRules, Option<u64>)>,
+}
+
+impl Partition {
+    /// Count a member in (or, `joined` false, out of) `class`, or among those evaluated on
+    /// their own (`None`).
+    fn place(&mut self, class: Option<u64>, user: &UserId, rules: UserRules, joined: bool) {
+        match class {
+            Some(class) => {
+                let index = class as usize;
+                if self.present.len() <= index {
+                    self.present.resize(index + 1, 0);
+                }
+                let count = &mut self.present[index];
+                *count = if joined { count.saturating_add(1) } else { count.saturating_sub(1) };
+            }
+            None => {
+                self.alone.retain(|(u, _, _)| u != user);
+                if joined {
+                    self.alone.push((user.to_owned(), rules, None));
+                }
+            }
+        }
+    }
 }
 
 /// What evaluating an event gave one class or member: the actions, if they notify.
@@ -520,25 +543,31 @@ impl Notifications {
     }
 
     /// The joined local members of a room by class (the sender of an event included), as
-    /// evaluation reads them: kept with the roster until it changes or any member's rules do.
+    /// evaluation reads them: kept with the roster, brought up to date with each membership
+    /// change, and made again when any member's rules change.
     fn partition(&self, roster: &Roster) -> Result<Arc<Partition>> {
         let generation = self.rules_generation.load(std::sync::atomic::Ordering::SeqCst);
         roster.derived(
             |known: &Partition| known.generation == generation,
+            |known, changes| {
+                let mut partition =
+                    Partition { generation, present: known.present.clone(), alone: known.alone.clone() };
+                for change in changes {
+                    if change.user_id.server_name() != self.server_name {
+                        continue;
+                    }
+                    let rules = self.user_rules(&change.user_id)?;
+                    partition.place(
+                        self.counted_class(&self.lock_rules(), &change.user_id, &rules),
+                        &change.user_id,
+                        rules,
+                        change.joined,
+                    );
+                }
+                Ok(partition)
+            },
             || {
                 let mut partition = Partition { generation, present: Vec::new(), alone: Vec::new() };
-                let mut place = |cache: &RuleCache, user: &OwnedUserId, rules: &UserRules| match self
-                    .counted_class(cache, user, rules)
-                {
-                    Some(class) => {
-                        let index = class as usize;
-                        if partition.present.len() <= index {
-                            partition.present.resize(index + 1, false);
-                        }
-                        partition.present[index] = true;
-                    }
-                    None => partition.alone.push((user.clone(), rules.clone(), None)),
-                };
                 // Every member under one lock of the rules cache; those whose rules are not
                 // in memory yet are read from storage afterwards (outside the lock).
                 let mut missing: Vec<OwnedUserId> = Vec::new();
@@ -549,15 +578,20 @@ impl Notifications {
                             continue;
                         }
                         match cache.users.get(user) {
-                            Some(rules) => place(&cache, user, rules),
+                            Some(rules) => partition.place(
+                                self.counted_class(&cache, user, rules),
+                                user,
+                                rules.clone(),
+                                true,
+                            ),
                             None => missing.push(user.clone()),
                         }
                     }
                 }
                 for user in missing {
                     let rules = self.user_rules(&user)?;
-                    let cache = self.lock_rules();
-                    place(&cache, &user, &rules);
+                    let class = self.counted_class(&self.lock_rules(), &user, &rules);
+                    partition.place(class, &user, rules, true);
                 }
                 Ok::<_, Error>(partition)
             },
@@ -616,7 +650,7 @@ impl Notifications {
         // walk over the members is most of the cost of an event); the members the event
         // names leave their class for this event.
         let partition = self.partition(roster)?;
-        let mut present = partition.present.clone();
+        let mut present: Vec<bool> = partition.present.iter().map(|count| *count > 0).collect();
         let mut alone: Vec<(OwnedUserId, UserRules, Option<u64>)> =
             partition.alone.iter().filter(|(user, _, _)| *user != pdu.sender).cloned().collect();
         for user in named {

@@ -797,3 +797,68 @@ async fn notified_bodies(s: &TestServer, who: &Session) -> Vec<String> {
         .map(|n| n["event"]["content"]["body"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// The room's members by class are kept between events and brought up to date by each
+/// join and leave: a class stays evaluated while any member of it is left in the room, a
+/// member evaluated on their own is evaluated once, and a member who comes back counts
+/// again.
+#[tokio::test]
+async fn classes_follow_joins_and_leaves_between_events() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let dave = s.register("dave", "pw-dave-12345").await;
+    let erin = s.register("erin", "pw-erin-12345").await;
+    // Carol and dave share a keyword class; erin's rule names her own localpart, so she is
+    // evaluated on her own.
+    for (who, pattern) in [(&carol, "lunch"), (&dave, "lunch"), (&erin, "erin")] {
+        let (status, body) = s
+            .put(
+                &format!("{V3}/pushrules/global/content/kw"),
+                Some(&who.token),
+                json!({"pattern": pattern, "actions": ["notify", {"set_tweak": "highlight"}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+    // The first event makes the partition (alice and bob, the defaults' class).
+    send_text(&s, &alice, &room, "m0", "hello").await;
+
+    assert_eq!(join(&s, &carol, &room).await.0, StatusCode::OK);
+    send_text(&s, &alice, &room, "m1", "lunch 1").await;
+    assert_eq!(counts(&sync(&s, &carol, "").await, &room), (1, 1));
+
+    // Dave joins and carol leaves before the next event: the class keeps one member.
+    assert_eq!(join(&s, &dave, &room).await.0, StatusCode::OK);
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&carol.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &alice, &room, "m2", "lunch 2").await;
+    assert_eq!(counts(&sync(&s, &dave, "").await, &room), (1, 1));
+
+    // Erin joins: counted on her own, the keyword class still counted for dave.
+    assert_eq!(join(&s, &erin, &room).await.0, StatusCode::OK);
+    send_text(&s, &alice, &room, "m3", "lunch 3").await;
+    assert_eq!(counts(&sync(&s, &erin, "").await, &room), (1, 0));
+    assert_eq!(counts(&sync(&s, &dave, "").await, &room), (2, 2));
+    send_text(&s, &alice, &room, "m4", "is erin coming").await;
+    assert_eq!(counts(&sync(&s, &erin, "").await, &room), (2, 1));
+    assert_eq!(notified_bodies(&s, &erin).await, ["is erin coming", "lunch 3"]);
+
+    // Carol comes back: the class counts her again from her join on.
+    assert_eq!(join(&s, &carol, &room).await.0, StatusCode::OK);
+    let before = counts(&sync(&s, &carol, "").await, &room);
+    send_text(&s, &alice, &room, "m5", "lunch 5").await;
+    let after = counts(&sync(&s, &carol, "").await, &room);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1));
+
+    // Dave leaves; the last of the class in the room is carol.
+    let (status, _) = s.post(&format!("{V3}/rooms/{room}/leave"), Some(&dave.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    send_text(&s, &alice, &room, "m6", "lunch 6").await;
+    let last = counts(&sync(&s, &carol, "").await, &room);
+    assert_eq!((last.0 - after.0, last.1 - after.1), (1, 1));
+    assert_eq!(counts(&sync(&s, &bob, "").await, &room), (7, 0));
+}

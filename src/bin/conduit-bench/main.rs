@@ -318,6 +318,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         );
         record(scenarios::initial_sync(&plan, &owner, false).await?, &mut run);
         record(scenarios::initial_sync(&plan, &owner, true).await?, &mut run);
+        record(scenarios::empty_sync(&plan, &owner).await?, &mut run);
     }
     if wants("messages") {
         record(scenarios::back_paginate(&plan, &users).await?, &mut run);

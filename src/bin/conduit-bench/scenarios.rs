@@ -273,6 +273,28 @@ pub async fn initial_sync(plan: &Plan, owner: &User, lazy: bool) -> CallResult<O
     Ok(Outcome::new(name, &mut latencies, started.elapsed(), note))
 }
 
+/// Incremental syncs with nothing new (`timeout=0`, from the token of the sync before),
+/// in every one of the owner's rooms: what each idle client's poll costs when it returns.
+pub async fn empty_sync(plan: &Plan, owner: &User) -> CallResult<Outcome> {
+    let filter = json!({"room": {"timeline": {"limit": 10}}});
+    let filter = encode(&filter.to_string());
+    let first = owner.sync(&format!("filter={filter}")).await?;
+    let mut since = first["next_batch"].as_str().ok_or("no next_batch")?.to_owned();
+    let mut latencies = Vec::new();
+    let mut rooms_seen = 0;
+    let started = Instant::now();
+    for _ in 0..plan.sync_runs * 20 {
+        let query = format!("filter={filter}&timeout=0&since={}", encode(&since));
+        let (response, took) = timed(owner.sync(&query)).await;
+        let response = response?;
+        latencies.push(took);
+        rooms_seen += response["rooms"]["join"].as_object().map_or(0, |r| r.len());
+        since = response["next_batch"].as_str().ok_or("no next_batch")?.to_owned();
+    }
+    let note = format!("rooms in the responses: {rooms_seen}");
+    Ok(Outcome::new("incremental sync, nothing new", &mut latencies, started.elapsed(), note))
+}
+
 /// The request Element X's room list opens with (matrix-sdk-ui 0.18): the 17 state entries,
 /// the first 20 rooms, one event each, and the extensions the room list enables.
 pub fn room_list_request(conn_id: &str) -> Value {

@@ -48,15 +48,54 @@ pub struct Roster {
     /// The first members by stream order, for heroes: read from the rows the first time an
     /// unnamed room's summary asks, forgotten at the next change.
     heroes: OnceLock<HeroCandidates>,
+    /// Bytes the members' IDs take, roughly (kept up to date: a big room's roster is weighed
+    /// at every change).
+    member_bytes: usize,
     /// What another service derives from the members (push evaluation's members by class),
     /// made the first time it asks, forgotten at the next change.
     derived: Derived,
 }
 
-/// A value derived from a roster, of a type only its maker knows (a new roster, or a change,
-/// starts with none).
+/// A value derived from a roster, of a type only its maker knows (a new roster starts with
+/// none), and the changes to the joined members since it was made: a membership change
+/// carries the value over with the change noted, so that its maker can bring it up to date
+/// rather than make it again from every member.
 #[derive(Clone, Default)]
-struct Derived(Arc<Mutex<Option<Arc<dyn std::any::Any + Send + Sync>>>>);
+struct Derived(Arc<Mutex<DerivedSlot>>);
+
+#[derive(Default)]
+struct DerivedSlot {
+    value: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    since: Vec<JoinedChange>,
+}
+
+/// Changes carried with a derived value at most; past them it is made again.
+const MAX_CARRIED_CHANGES: usize = 256;
+
+/// A member who joined, or a joined member who no longer is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinedChange {
+    pub user_id: OwnedUserId,
+    pub joined: bool,
+}
+
+impl Derived {
+    fn slot(&self) -> std::sync::MutexGuard<'_, DerivedSlot> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot of the roster after `change` (`None`: the joined members did not change).
+    fn after(&self, change: Option<JoinedChange>) -> Self {
+        let old = self.slot();
+        let mut since = old.since.clone();
+        since.extend(change);
+        let value = if since.len() > MAX_CARRIED_CHANGES { None } else { old.value.clone() };
+        if value.is_none() {
+            since.clear();
+        }
+        Derived(Arc::new(Mutex::new(DerivedSlot { value, since })))
+    }
+}
 
 impl std::fmt::Debug for Derived {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,49 +130,71 @@ impl Roster {
         self.invited.len() as u64
     }
 
-    /// The value `make` derives from these members, made once until they change; a kept
-    /// value that `keep` refuses (derived under other conditions) is made again and
-    /// replaces it.
+    /// The value `make` derives from these members, made once and then brought up to date
+    /// by `update` with the changes to the joined members since (in order); a kept value
+    /// that `keep` refuses (derived under other conditions) is made again and replaces it.
     pub fn derived<T: std::any::Any + Send + Sync, E>(
         &self,
         keep: impl Fn(&T) -> bool,
+        update: impl FnOnce(&T, &[JoinedChange]) -> std::result::Result<T, E>,
         make: impl FnOnce() -> std::result::Result<T, E>,
     ) -> std::result::Result<Arc<T>, E> {
-        let slot = || self.derived.0.lock().unwrap_or_else(|p| p.into_inner());
-        let known = slot().clone();
-        if let Some(value) = known
-            && let Ok(value) = value.downcast::<T>()
-            && keep(&value)
         {
-            return Ok(value);
+            let mut slot = self.derived.slot();
+            if let Some(value) = slot.value.clone()
+                && let Ok(value) = value.downcast::<T>()
+                && keep(&value)
+            {
+                if slot.since.is_empty() {
+                    return Ok(value);
+                }
+                // Cheap next to making it: done under the slot's lock, once.
+                let value = Arc::new(update(&value, &slot.since)?);
+                slot.value = Some(Arc::clone(&value) as Arc<dyn std::any::Any + Send + Sync>);
+                slot.since.clear();
+                return Ok(value);
+            }
         }
         let value = Arc::new(make()?);
-        *slot() = Some(Arc::clone(&value) as Arc<dyn std::any::Any + Send + Sync>);
+        let mut slot = self.derived.slot();
+        slot.value = Some(Arc::clone(&value) as Arc<dyn std::any::Any + Send + Sync>);
+        slot.since.clear();
         Ok(value)
     }
 
     /// Bytes it holds, roughly (for the cache's bound).
     fn weight(&self) -> usize {
-        let per_user = |u: &OwnedUserId| u.as_str().len() + 48;
-        64 + self.joined.iter().map(per_user).sum::<usize>()
-            + self.invited.iter().map(per_user).sum::<usize>()
+        64 + self.member_bytes
+    }
+
+    /// What one member adds to [`Self::weight`].
+    fn member_weight(user_id: &UserId) -> usize {
+        user_id.as_str().len() + 48
+    }
+
+    fn insert(&mut self, user_id: OwnedUserId, joined: bool) {
+        let weight = Self::member_weight(&user_id);
+        let set = if joined { &mut self.joined } else { &mut self.invited };
+        if set.insert(user_id) {
+            self.member_bytes += weight;
+        }
     }
 
     /// Apply one member's new membership (idempotent: applying it twice changes nothing).
     fn apply(&mut self, user_id: &UserId, membership: &str) {
-        self.joined.remove(user_id);
-        self.invited.remove(user_id);
+        let was_joined = self.joined.remove(user_id);
+        if was_joined || self.invited.remove(user_id) {
+            self.member_bytes -= Self::member_weight(user_id);
+        }
         match membership {
-            "join" => {
-                self.joined.insert(user_id.to_owned());
-            }
-            "invite" => {
-                self.invited.insert(user_id.to_owned());
-            }
+            "join" => self.insert(user_id.to_owned(), true),
+            "invite" => self.insert(user_id.to_owned(), false),
             _ => {}
         }
         self.heroes = OnceLock::new();
-        self.derived = Derived::default();
+        let joined = membership == "join";
+        let change = (joined != was_joined).then(|| JoinedChange { user_id: user_id.to_owned(), joined });
+        self.derived = self.derived.after(change);
     }
 }
 
@@ -300,12 +361,8 @@ impl Memberships {
         for row in self.room_members.scan_prefix(&room_id.to_owned(), Direction::Forward)? {
             let ((_, user_id), record) = row?;
             match record.membership.as_str() {
-                "join" => {
-                    roster.joined.insert(user_id);
-                }
-                "invite" => {
-                    roster.invited.insert(user_id);
-                }
+                "join" => roster.insert(user_id, true),
+                "invite" => roster.insert(user_id, false),
                 _ => {}
             }
         }
