@@ -175,6 +175,9 @@ pub struct Notifications {
     totals: Mutex<TotalsCache>,
     /// Serialises the removal of one user's read rows (striped by user).
     read_locks: Vec<Mutex<()>>,
+    /// Users' epochs as last read (every room's unread counts in a sync read them), with a
+    /// generation that each epoch write moves on, so a read that raced a write is not kept.
+    epochs_cache: Mutex<EpochsCache>,
     /// Users who have (or had, since start) a pusher: the push fan-out's candidates, each
     /// checked against the pushers table.
     pusher_users: Mutex<HashSet<OwnedUserId>>,
@@ -304,6 +307,15 @@ impl Partition {
     }
 }
 
+/// Users whose epochs are kept in memory at most; past it the cache starts over.
+const MAX_CACHED_EPOCHS: usize = 50_000;
+
+#[derive(Default)]
+struct EpochsCache {
+    generation: u64,
+    users: HashMap<OwnedUserId, Arc<[(u64, Option<u64>)]>>,
+}
+
 /// What evaluating an event gave one class or member: the actions, if they notify.
 #[derive(Clone)]
 struct Outcome {
@@ -377,6 +389,7 @@ impl Notifications {
             totals: Mutex::default(),
             read_locks: (0..READ_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             pusher_users: Mutex::new(pusher_users),
+            epochs_cache: Mutex::default(),
         })
     }
 
@@ -500,13 +513,27 @@ impl Notifications {
                 &PushEpochRecord { class: after },
             )?;
             self.store.write(batch)?;
+            let mut cache = self.lock_epochs();
+            cache.generation += 1;
+            cache.users.remove(user_id);
         }
         Ok(())
     }
 
+    fn lock_epochs(&self) -> std::sync::MutexGuard<'_, EpochsCache> {
+        self.epochs_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The classes the user's counts followed: each from a position on (after it), oldest
     /// first.
-    fn epochs_of(&self, user_id: &UserId) -> Result<Vec<(u64, Option<u64>)>> {
+    fn epochs_of(&self, user_id: &UserId) -> Result<Arc<[(u64, Option<u64>)]>> {
+        let generation = {
+            let cache = self.lock_epochs();
+            if let Some(known) = cache.users.get(user_id) {
+                return Ok(Arc::clone(known));
+            }
+            cache.generation
+        };
         let mut epochs = Vec::new();
         for row in self.epochs.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
             let ((_, from), record) = row?;
@@ -514,6 +541,14 @@ impl Notifications {
         }
         if epochs.is_empty() {
             epochs.push((0, self.class_now(user_id)?));
+        }
+        let epochs: Arc<[(u64, Option<u64>)]> = epochs.into();
+        let mut cache = self.lock_epochs();
+        if cache.generation == generation {
+            if cache.users.len() >= MAX_CACHED_EPOCHS {
+                cache.users.clear();
+            }
+            cache.users.insert(user_id.to_owned(), Arc::clone(&epochs));
         }
         Ok(epochs)
     }
@@ -1369,7 +1404,7 @@ impl Notifications {
                 _ => None,
             };
             let epochs = match record.alone.iter().any(|m| m.user_id == user_id) {
-                true => Vec::new(),
+                true => Arc::from([]),
                 false => self.epochs_of(&user_id)?,
             };
             let Some((actions, highlight)) =

@@ -12,8 +12,8 @@ use super::{
     tables::{
         COUNTERS, META, NOTIFICATIONS, NotificationRecord, PUSH_ACTIONS, PUSH_COUNT_BASES, PUSH_COUNTS,
         PUSH_LOG, PUSH_LOG_ORDER, PUSHERS, PushActionRecord, PushCountBase, PushCountRecord, PushLogMember,
-        PushLogRecord, PusherRecord, REPORTS, SCHEMA_VERSION_KEY, SEQUENCES, STATE_GROUPS, STREAM,
-        UIAA_SESSIONS,
+        PushLogRecord, PusherRecord, RELATION_PARENTS, RELATIONS, REPORTS, SCHEMA_VERSION_KEY, SEQUENCES,
+        STATE_GROUPS, STREAM, UIAA_SESSIONS,
     },
 };
 
@@ -52,10 +52,34 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "notifications are logged per room and event (push_log), not per member",
         run: push_log_from_notifications,
     },
+    Migration {
+        to_version: 7,
+        description: "events with relations are listed (relation_parents) for bundling by point reads",
+        run: relation_parents_from_relations,
+    },
 ];
 
 /// The schema version this build writes.
-pub const CURRENT_SCHEMA_VERSION: u64 = 6;
+pub const CURRENT_SCHEMA_VERSION: u64 = 7;
+
+/// Version 7 lists every event that has relation rows under it, so that bundling an event
+/// with none costs a point read rather than a scan.
+fn relation_parents_from_relations(store: &dyn KvStore) -> StorageResult<WriteBatch> {
+    let mut batch = WriteBatch::new();
+    let mut last: Option<ruma::OwnedEventId> = None;
+    for entry in store.scan(RELATIONS.name, KeyRange::all(), Direction::Forward)? {
+        let (key, _) = entry?;
+        let (parent, _, _) = <(ruma::OwnedEventId, String, u64)>::from_key_bytes(&key)
+            .map_err(|detail| StorageError::Corrupt { table: RELATIONS.name, detail })?;
+        if last.as_ref() != Some(&parent) {
+            let value = encode_value(RELATION_PARENTS.value_version, &())
+                .map_err(|detail| StorageError::Corrupt { table: RELATION_PARENTS.name, detail })?;
+            batch.put(RELATION_PARENTS.name, parent.to_key_bytes(), value);
+            last = Some(parent);
+        }
+    }
+    Ok(batch)
+}
 
 /// Version 5 hands out stream positions, state-group IDs and report IDs from durable
 /// sequences (`sequences`) instead of counters kept in memory and seeded at start: each
@@ -383,6 +407,31 @@ mod tests {
         assert_eq!(PUSH_LOG_ORDER.open(&s).get(&9).unwrap(), Some(room.clone()));
         // The pushers' rows stay.
         assert!(notifications.get(&(u, 7)).unwrap().is_some());
+    }
+
+    #[test]
+    fn version_7_lists_each_parent_with_relations_once() {
+        let s = store();
+        META.open(&s).insert(&SCHEMA_VERSION_KEY.to_owned(), &6).unwrap();
+        let relations = RELATIONS.open(&s);
+        let parent = ruma::OwnedEventId::try_from("$parent").unwrap();
+        let other = ruma::OwnedEventId::try_from("$other").unwrap();
+        let record = |child: &str| crate::storage::tables::RelationRecord {
+            event_id: ruma::OwnedEventId::try_from(child).unwrap(),
+            kind: "m.room.message".to_owned(),
+            sender: ruma::owned_user_id!("@u:example.org"),
+        };
+        let mut batch = WriteBatch::new();
+        relations.put(&mut batch, &(parent.clone(), "m.thread".to_owned(), 3), &record("$a")).unwrap();
+        relations.put(&mut batch, &(parent.clone(), "m.replace".to_owned(), 4), &record("$b")).unwrap();
+        relations.put(&mut batch, &(other.clone(), "m.reference".to_owned(), 5), &record("$c")).unwrap();
+        s.write(batch).unwrap();
+        migrate(&s).unwrap();
+        let parents = RELATION_PARENTS.open(&s);
+        let listed: Vec<_> =
+            parents.scan(KeyRange::all(), Direction::Forward).unwrap().map(|r| r.unwrap().0).collect();
+        assert_eq!(listed, [other, parent]);
+        assert!(parents.get(&ruma::OwnedEventId::try_from("$a").unwrap()).unwrap().is_none());
     }
 
     #[test]

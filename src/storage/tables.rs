@@ -123,6 +123,9 @@ catalogue! {
     THREAD_ACTIVITY = "thread_activity", key "room_id, stream": (OwnedRoomId, u64) => OwnedEventId, version 1;
     /// Each thread root's latest reply position.
     THREAD_LATEST = "thread_latest", key "root_event_id": OwnedEventId => u64, version 1;
+    /// Events with a relation row under them (kept when the rows go): one point read tells
+    /// whether an event's bundled aggregations need the relation scans.
+    RELATION_PARENTS = "relation_parents", key "parent_event_id": OwnedEventId => (), version 1;
     /// Each room's bump stamp: the position of its latest event that moves it up a room list.
     ROOM_BUMPS = "room_bumps", key "room_id": OwnedRoomId => u64, version 1;
     /// A room's events by origin timestamp, for `timestamp_to_event`.

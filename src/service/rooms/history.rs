@@ -319,9 +319,12 @@ impl History {
             Direction::Forward => from,
         };
         let mut next = from;
+        // The first read asks for what the window shows and one more (most windows, a sync's
+        // timeline of ten, need no more); later reads for more at a time.
+        let mut chunk = limit.saturating_add(1).clamp(1, SCAN_CHUNK);
         loop {
-            let rows =
-                self.events.room_events_by_position(room_id, Some(cursor), stop, direction, SCAN_CHUNK)?;
+            let rows = self.events.room_events_by_position(room_id, Some(cursor), stop, direction, chunk)?;
+            chunk = chunk.saturating_mul(4).min(SCAN_CHUNK);
             if rows.is_empty() {
                 return Ok(PositionWindow { events: picked, more: false, next });
             }

@@ -18,7 +18,7 @@ use crate::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
         kv::KeyRange,
-        tables::{RELATIONS, RelationRecord, THREAD_ACTIVITY, THREAD_LATEST},
+        tables::{RELATION_PARENTS, RELATIONS, RelationRecord, THREAD_ACTIVITY, THREAD_LATEST},
     },
 };
 
@@ -52,6 +52,8 @@ pub struct Related {
 
 pub struct Relations {
     relations: Table<(OwnedEventId, String, u64), RelationRecord>,
+    /// Parents with relation rows, for a point read before the scans.
+    parents: Table<OwnedEventId, ()>,
     /// Threads of a room by latest activity: (room, position of the latest reply) → root.
     thread_activity: Table<(OwnedRoomId, u64), OwnedEventId>,
     /// Each thread root's latest activity position, to move its activity row.
@@ -64,6 +66,7 @@ impl Relations {
     pub fn new(store: &Arc<dyn KvStore>, events: Arc<Events>, visibility: Arc<Visibility>) -> Self {
         Self {
             relations: RELATIONS.open(store),
+            parents: RELATION_PARENTS.open(store),
             thread_activity: THREAD_ACTIVITY.open(store),
             thread_latest: THREAD_LATEST.open(store),
             events,
@@ -89,6 +92,7 @@ impl Relations {
             &(relation.parent.clone(), relation.rel_type.clone(), event.stream),
             &record,
         )?;
+        self.parents.put(batch, &relation.parent, &())?;
         if relation.rel_type == THREAD {
             let room = event.pdu.room_id.clone();
             if let Some(previous) = self.thread_latest.get(&relation.parent)? {
@@ -110,6 +114,7 @@ impl Relations {
     ) -> Result<()> {
         for event_id in event_ids {
             self.relations.delete_prefix(batch, event_id)?;
+            self.parents.delete(batch, event_id);
             self.thread_latest.delete(batch, event_id);
         }
         self.thread_activity.delete_prefix(batch, &room_id.to_owned())?;
@@ -226,8 +231,8 @@ impl Relations {
     /// see. Bounded work: relation rows carry sender and type, so only the events shown are
     /// loaded.
     pub fn bundle(&self, viewer: &UserId, event: &StoredEvent) -> Result<Option<JsonValue>> {
-        // Most events have no relations: one seek says so before the three lookups below.
-        if event.pdu.is_redacted() || !self.relations.has_prefix(&event.pdu.event_id)? {
+        // Most events have no relations: one point read says so before the scans below.
+        if event.pdu.is_redacted() || self.parents.get(&event.pdu.event_id)?.is_none() {
             return Ok(None);
         }
         let mut bundle = Map::new();
