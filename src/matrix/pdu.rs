@@ -393,6 +393,55 @@ impl Pdu {
         Ok(JsonValue::Object(map))
     }
 
+    /// The event in the client-server format as JSON text, written without parsing its
+    /// content (the same object as [`Self::to_client_event`], keys in sorted order);
+    /// `with_room_id` false leaves `room_id` out, as sync does.
+    pub fn to_client_raw(
+        &self,
+        with_room_id: bool,
+        extra_unsigned: Option<serde_json::Map<String, JsonValue>>,
+    ) -> Result<Box<serde_json::value::RawValue>, String> {
+        fn field(out: &mut Vec<u8>, key: &str, value: &impl serde::Serialize) -> Result<(), String> {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, key).map_err(|e| e.to_string())?;
+            out.push(b':');
+            serde_json::to_writer(&mut *out, value).map_err(|e| e.to_string())
+        }
+        let mut out = Vec::with_capacity(self.content.get().len() + 256);
+        out.push(b'{');
+        field(&mut out, "content", &self.content)?;
+        field(&mut out, "event_id", &self.event_id)?;
+        field(&mut out, "origin_server_ts", &u64::from(self.origin_server_ts.get()))?;
+        if let Some(redacts) = &self.redacts {
+            field(&mut out, "redacts", redacts)?;
+        }
+        if with_room_id {
+            field(&mut out, "room_id", &self.room_id)?;
+        }
+        field(&mut out, "sender", &self.sender)?;
+        if let Some(state_key) = &self.state_key {
+            field(&mut out, "state_key", state_key)?;
+        }
+        field(&mut out, "type", &self.kind.to_string())?;
+        let unsigned = match (&self.unsigned, extra_unsigned) {
+            (Some(own), Some(extra)) => {
+                let mut merged = own.clone();
+                merged.extend(extra);
+                Some(merged)
+            }
+            (None, extra) => extra,
+            (Some(own), None) => Some(own.clone()),
+        };
+        if let Some(unsigned) = unsigned.filter(|u| !u.is_empty()) {
+            field(&mut out, "unsigned", &unsigned)?;
+        }
+        out.push(b'}');
+        let text = String::from_utf8(out).map_err(|e| e.to_string())?;
+        serde_json::value::RawValue::from_string(text).map_err(|e| e.to_string())
+    }
+
     /// The content parsed as a generic JSON object.
     pub fn content_value(&self) -> JsonValue {
         serde_json::from_str(self.content.get()).unwrap_or(JsonValue::Null)

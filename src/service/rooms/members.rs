@@ -26,7 +26,7 @@ pub struct MemberMoves {
     pub left: Vec<OwnedUserId>,
 }
 
-/// One user's membership rows, by room.
+/// One user's membership rows, sorted by room ID.
 pub type UserMemberships = Arc<[(OwnedRoomId, MembershipRecord)]>;
 
 /// Users whose rows are kept in memory at most; past it the cache starts over.
@@ -435,6 +435,13 @@ impl Memberships {
 
     /// The user's latest membership record in the room.
     pub fn get(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
+        // A user whose rows are kept (one syncing, whose every event's visibility asks)
+        // is answered from them.
+        let kept = self.cache().rows.get(user_id).cloned();
+        if let Some(rows) = kept {
+            let found = rows.binary_search_by(|(room, _)| room.as_str().cmp(room_id.as_str()));
+            return Ok(found.ok().map(|index| rows[index].1.clone()));
+        }
         Ok(self.user_rooms.get(&(user_id.to_owned(), room_id.to_owned()))?)
     }
 
@@ -471,15 +478,17 @@ impl Memberships {
             }
             cache.generation
         };
-        let rows: UserMemberships = self
+        let mut rows = self
             .user_rooms
             .scan_prefix(&user_id.to_owned(), Direction::Forward)?
             .map(|row| {
                 let ((_, room_id), record) = row?;
                 Ok((room_id, record))
             })
-            .collect::<Result<Vec<_>>>()?
-            .into();
+            .collect::<Result<Vec<_>>>()?;
+        // By room ID, for `get`'s binary search.
+        rows.sort_unstable_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
+        let rows: UserMemberships = rows.into();
         let mut cache = self.cache();
         if cache.generation == generation {
             if cache.rows.len() >= MAX_CACHED_USERS {

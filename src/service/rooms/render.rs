@@ -63,6 +63,12 @@ impl EventRenderer {
 
     /// One event as JSON for `viewer`.
     pub fn value(&self, viewer: Viewer<'_>, event: &StoredEvent, how: Rendering<'_>) -> Result<JsonValue> {
+        let unsigned = self.unsigned(viewer, event)?;
+        self.shaped(event, unsigned, how)
+    }
+
+    /// The `unsigned` fields the server adds for `viewer`.
+    fn unsigned(&self, viewer: Viewer<'_>, event: &StoredEvent) -> Result<Map<String, JsonValue>> {
         let pdu = &event.pdu;
         let mut unsigned = Map::new();
         unsigned.insert(
@@ -84,6 +90,16 @@ impl EventRenderer {
         if let Some(bundle) = self.relations.bundle(viewer.user_id, event)? {
             unsigned.insert("m.relations".to_owned(), bundle);
         }
+        Ok(unsigned)
+    }
+
+    fn shaped(
+        &self,
+        event: &StoredEvent,
+        unsigned: Map<String, JsonValue>,
+        how: Rendering<'_>,
+    ) -> Result<JsonValue> {
+        let pdu = &event.pdu;
         let mut value = match how.shape {
             Shape::Client | Shape::Sync | Shape::Legacy => {
                 pdu.to_client_event(Some(unsigned)).map_err(Error::internal)?
@@ -136,7 +152,14 @@ impl EventRenderer {
         event: &StoredEvent,
         how: Rendering<'_>,
     ) -> Result<Box<RawJsonValue>> {
-        to_raw(&self.value(viewer, event, how)?)
+        let unsigned = self.unsigned(viewer, event)?;
+        match (how.shape, how.fields) {
+            // The common shapes are written straight from the stored content, unparsed.
+            (Shape::Client | Shape::Sync, None) => {
+                event.pdu.to_client_raw(how.shape == Shape::Client, Some(unsigned)).map_err(Error::internal)
+            }
+            _ => to_raw(&self.shaped(event, unsigned, how)?),
+        }
     }
 
     /// Several events, in order.
