@@ -401,30 +401,23 @@ impl Pdu {
         with_room_id: bool,
         extra_unsigned: Option<serde_json::Map<String, JsonValue>>,
     ) -> Result<Box<serde_json::value::RawValue>, String> {
-        fn field(out: &mut Vec<u8>, key: &str, value: &impl serde::Serialize) -> Result<(), String> {
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            serde_json::to_writer(&mut *out, key).map_err(|e| e.to_string())?;
-            out.push(b':');
-            serde_json::to_writer(&mut *out, value).map_err(|e| e.to_string())
+        #[derive(Serialize)]
+        struct ClientEvent<'a> {
+            content: &'a serde_json::value::RawValue,
+            event_id: &'a EventId,
+            origin_server_ts: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            redacts: Option<&'a EventId>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            room_id: Option<&'a RoomId>,
+            sender: &'a UserId,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            state_key: Option<&'a str>,
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            unsigned: Option<serde_json::Map<String, JsonValue>>,
         }
-        let mut out = Vec::with_capacity(self.content.get().len() + 256);
-        out.push(b'{');
-        field(&mut out, "content", &self.content)?;
-        field(&mut out, "event_id", &self.event_id)?;
-        field(&mut out, "origin_server_ts", &u64::from(self.origin_server_ts.get()))?;
-        if let Some(redacts) = &self.redacts {
-            field(&mut out, "redacts", redacts)?;
-        }
-        if with_room_id {
-            field(&mut out, "room_id", &self.room_id)?;
-        }
-        field(&mut out, "sender", &self.sender)?;
-        if let Some(state_key) = &self.state_key {
-            field(&mut out, "state_key", state_key)?;
-        }
-        field(&mut out, "type", &self.kind.to_string())?;
         let unsigned = match (&self.unsigned, extra_unsigned) {
             (Some(own), Some(extra)) => {
                 let mut merged = own.clone();
@@ -434,12 +427,19 @@ impl Pdu {
             (None, extra) => extra,
             (Some(own), None) => Some(own.clone()),
         };
-        if let Some(unsigned) = unsigned.filter(|u| !u.is_empty()) {
-            field(&mut out, "unsigned", &unsigned)?;
-        }
-        out.push(b'}');
-        let text = String::from_utf8(out).map_err(|e| e.to_string())?;
-        serde_json::value::RawValue::from_string(text).map_err(|e| e.to_string())
+        let event = ClientEvent {
+            content: &self.content,
+            event_id: &self.event_id,
+            origin_server_ts: u64::from(self.origin_server_ts.get()),
+            redacts: self.redacts.as_deref(),
+            room_id: with_room_id.then_some(&*self.room_id),
+            sender: &self.sender,
+            state_key: self.state_key.as_deref(),
+            kind: self.kind.to_string(),
+            unsigned: unsigned.filter(|u| !u.is_empty()),
+        };
+        // Written once, not parsed again.
+        serde_json::value::to_raw_value(&event).map_err(|e| e.to_string())
     }
 
     /// The content parsed as a generic JSON object.
