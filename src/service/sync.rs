@@ -215,6 +215,11 @@ struct Pass {
     watched: HashSet<OwnedRoomId>,
 }
 
+/// Joined rooms in one pass from which their rendering is split over threads.
+const PARALLEL_ROOMS: usize = 64;
+/// Threads one sync pass renders rooms on at most.
+const MAX_SYNC_THREADS: usize = 4;
+
 impl Sync {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -360,6 +365,8 @@ impl Sync {
         let mut moves = MemberMoves::default();
         let mut watched = HashSet::new();
         let mut joined_rooms = HashSet::new();
+        // Joined rooms are rendered after the loop, several at once when there are many.
+        let mut to_render: Vec<(OwnedRoomId, MembershipRecord, Vec<&AccountDataEntry>)> = Vec::new();
         for (room_id, record) in self.members.memberships_of_user(user_id)? {
             let membership = MembershipState::from(record.membership.as_str());
             if matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
@@ -377,11 +384,7 @@ impl Sync {
                 // A join committed after `upto` shows on the next pass, with its join event.
                 MembershipState::Join if record.joined_since() <= upto => {
                     let account = room_account_data.remove(&room_id).unwrap_or_default();
-                    if let Some(joined) = self.joined_room(
-                        request, viewer, &room_id, &record, since, upto, &ignored, &account, &mut moves,
-                    )? {
-                        response.rooms.join.insert(room_id, joined);
-                    }
+                    to_render.push((room_id, record, account));
                 }
                 MembershipState::Invite if changed_since_token && record.stream <= upto => {
                     let invite = self.events.get(&record.event_id)?;
@@ -410,6 +413,16 @@ impl Sync {
                     response.rooms.leave.insert(room_id, left);
                 }
                 _ => {}
+            }
+        }
+
+        for (room_id, joined, room_moves) in
+            self.joined_rooms(request, viewer, since, upto, &ignored, to_render)?
+        {
+            moves.joined.extend(room_moves.joined);
+            moves.left.extend(room_moves.left);
+            if let Some(joined) = joined {
+                response.rooms.join.insert(room_id, joined);
             }
         }
 
@@ -497,6 +510,60 @@ impl Sync {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// [`Self::joined_room`] for each room, with the moves each saw. Many rooms (an initial
+    /// sync) are split over scoped threads, one per core: the work is independent per room
+    /// and is the whole of a large initial sync, so the response comes that much sooner.
+    #[allow(clippy::type_complexity)]
+    fn joined_rooms(
+        &self,
+        request: &SyncRequest,
+        viewer: Viewer<'_>,
+        since: Option<u64>,
+        upto: u64,
+        ignored: &HashSet<OwnedUserId>,
+        rooms: Vec<(OwnedRoomId, MembershipRecord, Vec<&AccountDataEntry>)>,
+    ) -> Result<Vec<(OwnedRoomId, Option<JoinedRoom>, MemberMoves)>> {
+        let render = |part: &[(OwnedRoomId, MembershipRecord, Vec<&AccountDataEntry>)]| {
+            part.iter()
+                .map(|(room_id, record, account)| {
+                    let mut moves = MemberMoves::default();
+                    let joined = self.joined_room(
+                        request, viewer, room_id, record, since, upto, ignored, account, &mut moves,
+                    )?;
+                    Ok((room_id.clone(), joined, moves))
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_SYNC_THREADS);
+        if threads < 2 || rooms.len() < PARALLEL_ROOMS {
+            return render(&rooms);
+        }
+        let chunk = rooms.len().div_ceil(threads);
+        // Storage and other services may ask for the runtime's handle: each thread enters it.
+        let handle = tokio::runtime::Handle::try_current().ok();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = rooms
+                .chunks(chunk)
+                .skip(1)
+                .map(|part| {
+                    let handle = handle.clone();
+                    scope.spawn(move || {
+                        let _entered = handle.as_ref().map(tokio::runtime::Handle::enter);
+                        render(part)
+                    })
+                })
+                .collect();
+            // The first part on this thread.
+            let mut rendered = render(rooms.chunks(chunk).next().unwrap_or_default())?;
+            for worker in workers {
+                let part =
+                    worker.join().map_err(|_| crate::Error::internal("a sync worker thread panicked"))??;
+                rendered.extend(part);
+            }
+            Ok(rendered)
+        })
+    }
+
     fn joined_room(
         &self,
         request: &SyncRequest,

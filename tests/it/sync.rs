@@ -912,3 +912,53 @@ async fn member_counts_and_heroes_follow_every_membership_change() {
     // Alone, bob sees those who left, in the order they came.
     step(since.clone(), 1, 0, json!([alice.user_id, carol.user_id])).await;
 }
+
+/// A user in many rooms (enough that the server renders them over several threads) gets
+/// every room whole in an initial sync: its own timeline, name, unread counts and member
+/// moves, none mixed up with another room's; and the incremental sync after a message in
+/// each of some rooms carries exactly those.
+#[tokio::test]
+async fn an_initial_sync_of_many_rooms_keeps_each_room_whole() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let mut rooms = Vec::new();
+    for i in 0..80 {
+        let room =
+            create_room(&s, &alice, json!({"preset": "public_chat", "name": format!("Room {i}")})).await;
+        assert_eq!(join(&s, &bob, &room).await.0, StatusCode::OK);
+        for m in 0..=(i % 3) {
+            send_text(&s, &alice, &room, &format!("t{i}-{m}"), &format!("room {i} message {m}")).await;
+        }
+        rooms.push(room);
+    }
+    let body = sync(&s, &bob, "").await;
+    let joined = body["rooms"]["join"].as_object().unwrap();
+    assert_eq!(joined.len(), rooms.len());
+    for (i, room) in rooms.iter().enumerate() {
+        let entry = &joined[room.as_str()];
+        let expected: Vec<String> = (0..=(i % 3)).map(|m| format!("room {i} message {m}")).collect();
+        assert_eq!(bodies(&entry["timeline"]["events"]), expected, "room {i}");
+        // In the state section, or in the timeline when the room's whole history fits.
+        let events = |section: &str| entry[section]["events"].as_array().cloned().unwrap_or_default();
+        let name = events("state")
+            .into_iter()
+            .chain(events("timeline"))
+            .find(|e| e["type"] == "m.room.name")
+            .map(|e| e["content"]["name"].clone());
+        assert_eq!(name, Some(json!(format!("Room {i}"))), "room {i}");
+        assert_eq!(entry["unread_notifications"]["notification_count"], json!(i % 3 + 1), "room {i}");
+        assert_eq!(entry["summary"]["m.joined_member_count"], json!(2), "room {i}");
+    }
+    // One more message in every fifth room: the incremental sync has those rooms only.
+    let since = body["next_batch"].as_str().unwrap().to_owned();
+    for (i, room) in rooms.iter().enumerate().filter(|(i, _)| i % 5 == 0) {
+        send_text(&s, &alice, room, &format!("u{i}"), &format!("later in {i}")).await;
+    }
+    let next = sync(&s, &bob, &format!("since={since}")).await;
+    let changed = next["rooms"]["join"].as_object().unwrap();
+    assert_eq!(changed.len(), rooms.len() / 5);
+    for (i, room) in rooms.iter().enumerate().filter(|(i, _)| i % 5 == 0) {
+        assert_eq!(bodies(&changed[room.as_str()]["timeline"]["events"]), [format!("later in {i}")]);
+    }
+}
