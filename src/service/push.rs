@@ -307,13 +307,16 @@ impl Partition {
     }
 }
 
+/// A user's classes over time: each from a stream position on, oldest first.
+type Epochs = Arc<[(u64, Option<u64>)]>;
+
 /// Users whose epochs are kept in memory at most; past it the cache starts over.
 const MAX_CACHED_EPOCHS: usize = 50_000;
 
 #[derive(Default)]
 struct EpochsCache {
     generation: u64,
-    users: HashMap<OwnedUserId, Arc<[(u64, Option<u64>)]>>,
+    users: HashMap<OwnedUserId, Epochs>,
 }
 
 /// What evaluating an event gave one class or member: the actions, if they notify.
@@ -526,7 +529,7 @@ impl Notifications {
 
     /// The classes the user's counts followed: each from a position on (after it), oldest
     /// first.
-    fn epochs_of(&self, user_id: &UserId) -> Result<Arc<[(u64, Option<u64>)]>> {
+    fn epochs_of(&self, user_id: &UserId) -> Result<Epochs> {
         let generation = {
             let cache = self.lock_epochs();
             if let Some(known) = cache.users.get(user_id) {
@@ -542,7 +545,7 @@ impl Notifications {
         if epochs.is_empty() {
             epochs.push((0, self.class_now(user_id)?));
         }
-        let epochs: Arc<[(u64, Option<u64>)]> = epochs.into();
+        let epochs: Epochs = epochs.into();
         let mut cache = self.lock_epochs();
         if cache.generation == generation {
             if cache.users.len() >= MAX_CACHED_EPOCHS {

@@ -509,7 +509,6 @@ impl Sync {
         Ok(events)
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// [`Self::joined_room`] for each room, with the moves each saw. Many rooms (an initial
     /// sync) are split over scoped threads, one per core: the work is independent per room
     /// and is the whole of a large initial sync, so the response comes that much sooner.
@@ -564,6 +563,7 @@ impl Sync {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn joined_room(
         &self,
         request: &SyncRequest,
