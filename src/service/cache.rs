@@ -4,6 +4,7 @@
 //! no recency is tracked, so reads cost one lookup, and entries are cheap to reload.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
     hash::Hash,
     sync::{
@@ -115,9 +116,90 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
     }
 }
 
+/// Values read from storage and kept whole per key (a user's membership rows, a user's push
+/// epochs), for data that changes rarely and is read on every sync. A change drops the key
+/// and moves a generation; a read that began under an older generation does not keep what it
+/// read, so a value read before a change never outlives it. Bounded by count: past
+/// `capacity` keys the map starts over (values are cheap to read again).
+pub struct GuardedCache<K, V> {
+    capacity: usize,
+    inner: Mutex<Guarded<K, V>>,
+}
+
+struct Guarded<K, V> {
+    map: HashMap<K, V>,
+    generation: u64,
+}
+
+impl<K: Eq + Hash, V: Clone> GuardedCache<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, inner: Mutex::new(Guarded { map: HashMap::new(), generation: 0 }) }
+    }
+
+    /// The kept value, if any (no read on a miss).
+    pub fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.lock().map.get(key).cloned()
+    }
+
+    /// The kept value, or what `load` reads, kept unless a change came meanwhile.
+    pub fn get_or_load<Q, E>(&self, key: &Q, load: impl FnOnce() -> Result<V, E>) -> Result<V, E>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        let generation = {
+            let inner = self.lock();
+            if let Some(kept) = inner.map.get(key) {
+                return Ok(kept.clone());
+            }
+            inner.generation
+        };
+        let value = load()?;
+        let mut inner = self.lock();
+        if inner.generation == generation {
+            if inner.map.len() >= self.capacity {
+                inner.map.clear();
+            }
+            inner.map.insert(key.to_owned(), value.clone());
+        }
+        Ok(value)
+    }
+
+    /// These keys' values changed (the change is committed): they are read afresh, and reads
+    /// already under way do not keep what they saw.
+    pub fn invalidate<'a, Q>(&self, keys: impl IntoIterator<Item = &'a Q>)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized + 'a,
+    {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        for key in keys {
+            inner.map.remove(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Guarded<K, V>> {
+        // Each operation leaves the map and generation consistent before it can panic.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::BoundedCache;
+    use super::{BoundedCache, GuardedCache};
 
     #[allow(clippy::ptr_arg)] // the cache's weigher takes its value type
     fn weigh(v: &Vec<u8>) -> usize {
@@ -151,5 +233,35 @@ mod tests {
         cache.insert(3, vec![0u8; 2000]);
         assert_eq!(cache.get(&3), None);
         assert_eq!(cache.get(&2).map(|v| v.len()), Some(200));
+    }
+
+    #[test]
+    fn a_read_begun_before_a_change_is_not_kept() {
+        let cache: GuardedCache<String, u32> = GuardedCache::new(10);
+        // The change lands while the read is under way: the read's answer is returned but
+        // not kept, so the next read sees the new value.
+        let read = cache.get_or_load::<str, ()>("a", || {
+            cache.invalidate(["a"]);
+            Ok(1)
+        });
+        assert_eq!(read, Ok(1));
+        assert_eq!(cache.peek("a"), None);
+        assert_eq!(cache.get_or_load::<str, ()>("a", || Ok(2)), Ok(2));
+        assert_eq!(cache.get_or_load::<str, ()>("a", || panic!("kept, not read again")), Ok(2));
+        cache.invalidate(["a"]);
+        assert_eq!(cache.peek("a"), None);
+    }
+
+    #[test]
+    fn starts_over_past_its_capacity_and_keeps_no_failed_read() {
+        let cache: GuardedCache<String, u32> = GuardedCache::new(3);
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            cache.get_or_load::<str, ()>(key, || Ok(i as u32)).unwrap();
+        }
+        assert_eq!(cache.len(), 3);
+        cache.get_or_load::<str, ()>("d", || Ok(9)).unwrap();
+        assert_eq!((cache.len(), cache.peek("d"), cache.peek("a")), (1, Some(9), None));
+        assert_eq!(cache.get_or_load::<str, &str>("e", || Err("unreadable")), Err("unreadable"));
+        assert_eq!(cache.peek("e"), None);
     }
 }

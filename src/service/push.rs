@@ -63,6 +63,7 @@ use crate::{
         pdu::Pdu,
         push::{self as rules, Template},
     },
+    service::cache::GuardedCache,
     storage::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
@@ -177,7 +178,7 @@ pub struct Notifications {
     read_locks: Vec<Mutex<()>>,
     /// Users' epochs as last read (every room's unread counts in a sync read them), with a
     /// generation that each epoch write moves on, so a read that raced a write is not kept.
-    epochs_cache: Mutex<EpochsCache>,
+    epochs_cache: GuardedCache<OwnedUserId, Epochs>,
     /// Users who have (or had, since start) a pusher: the push fan-out's candidates, each
     /// checked against the pushers table.
     pusher_users: Mutex<HashSet<OwnedUserId>>,
@@ -313,12 +314,6 @@ type Epochs = Arc<[(u64, Option<u64>)]>;
 /// Users whose epochs are kept in memory at most; past it the cache starts over.
 const MAX_CACHED_EPOCHS: usize = 50_000;
 
-#[derive(Default)]
-struct EpochsCache {
-    generation: u64,
-    users: HashMap<OwnedUserId, Epochs>,
-}
-
 /// What evaluating an event gave one class or member: the actions, if they notify.
 #[derive(Clone)]
 struct Outcome {
@@ -392,7 +387,7 @@ impl Notifications {
             totals: Mutex::default(),
             read_locks: (0..READ_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             pusher_users: Mutex::new(pusher_users),
-            epochs_cache: Mutex::default(),
+            epochs_cache: GuardedCache::new(MAX_CACHED_EPOCHS),
         })
     }
 
@@ -516,44 +511,25 @@ impl Notifications {
                 &PushEpochRecord { class: after },
             )?;
             self.store.write(batch)?;
-            let mut cache = self.lock_epochs();
-            cache.generation += 1;
-            cache.users.remove(user_id);
+            self.epochs_cache.invalidate([user_id]);
         }
         Ok(())
-    }
-
-    fn lock_epochs(&self) -> std::sync::MutexGuard<'_, EpochsCache> {
-        self.epochs_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The classes the user's counts followed: each from a position on (after it), oldest
     /// first.
     fn epochs_of(&self, user_id: &UserId) -> Result<Epochs> {
-        let generation = {
-            let cache = self.lock_epochs();
-            if let Some(known) = cache.users.get(user_id) {
-                return Ok(Arc::clone(known));
+        self.epochs_cache.get_or_load(user_id, || {
+            let mut epochs = Vec::new();
+            for row in self.epochs.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
+                let ((_, from), record) = row?;
+                epochs.push((from, record.class));
             }
-            cache.generation
-        };
-        let mut epochs = Vec::new();
-        for row in self.epochs.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
-            let ((_, from), record) = row?;
-            epochs.push((from, record.class));
-        }
-        if epochs.is_empty() {
-            epochs.push((0, self.class_now(user_id)?));
-        }
-        let epochs: Epochs = epochs.into();
-        let mut cache = self.lock_epochs();
-        if cache.generation == generation {
-            if cache.users.len() >= MAX_CACHED_EPOCHS {
-                cache.users.clear();
+            if epochs.is_empty() {
+                epochs.push((0, self.class_now(user_id)?));
             }
-            cache.users.insert(user_id.to_owned(), Arc::clone(&epochs));
-        }
-        Ok(epochs)
+            Ok(epochs.into())
+        })
     }
 
     /// The `m.push_rules` account data event.

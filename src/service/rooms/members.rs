@@ -11,6 +11,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::Membe
 
 use crate::{
     Result,
+    service::cache::GuardedCache,
     storage::{
         Direction, KvStore, Table, WriteBatch,
         tables::{MembershipRecord, ROOM_MEMBERS, USER_ROOMS},
@@ -204,7 +205,7 @@ pub struct Memberships {
     store: Arc<dyn KvStore>,
     /// Users' rows as last read: every sync reads all of a user's rooms, and they change
     /// rarely. Dropped for a user once a change to their rows is committed.
-    by_user: Mutex<UserCache>,
+    by_user: GuardedCache<OwnedUserId, UserMemberships>,
     rosters: Mutex<RosterCache>,
     /// Bytes of rosters kept at most.
     roster_budget: usize,
@@ -267,14 +268,6 @@ impl RosterCache {
     }
 }
 
-#[derive(Default)]
-struct UserCache {
-    rows: HashMap<OwnedUserId, UserMemberships>,
-    /// Moves on every committed change: a read that began before a change does not fill
-    /// the cache with what it read.
-    generation: u64,
-}
-
 impl Memberships {
     /// `roster_budget`: bytes of room rosters kept in memory at most.
     pub fn new(store: &Arc<dyn KvStore>, roster_budget: usize) -> Self {
@@ -282,14 +275,10 @@ impl Memberships {
             room_members: ROOM_MEMBERS.open(store),
             user_rooms: USER_ROOMS.open(store),
             store: Arc::clone(store),
-            by_user: Mutex::default(),
+            by_user: GuardedCache::new(MAX_CACHED_USERS),
             rosters: Mutex::default(),
             roster_budget,
         }
-    }
-
-    fn cache(&self) -> std::sync::MutexGuard<'_, UserCache> {
-        self.by_user.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_rosters(&self) -> std::sync::MutexGuard<'_, RosterCache> {
@@ -313,11 +302,7 @@ impl Memberships {
     /// read afresh from now on. (A change to someone's membership of a room goes through
     /// [`Self::committed_member`], which also keeps the room's roster.)
     pub fn committed<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
-        let mut cache = self.cache();
-        cache.generation += 1;
-        for user_id in users {
-            cache.rows.remove(user_id);
-        }
+        self.by_user.invalidate(users);
     }
 
     /// A membership change queued with [`Self::set_in`] is committed: the user's rows are
@@ -437,7 +422,7 @@ impl Memberships {
     pub fn get(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<MembershipRecord>> {
         // A user whose rows are kept (one syncing, whose every event's visibility asks)
         // is answered from them.
-        let kept = self.cache().rows.get(user_id).cloned();
+        let kept = self.by_user.peek(user_id);
         if let Some(rows) = kept {
             let found = rows.binary_search_by(|(room, _)| room.as_str().cmp(room_id.as_str()));
             return Ok(found.ok().map(|index| rows[index].1.clone()));
@@ -471,32 +456,19 @@ impl Memberships {
 
     /// [`Self::memberships_of_user`] shared, without copying the rows.
     pub fn user_memberships(&self, user_id: &UserId) -> Result<UserMemberships> {
-        let generation = {
-            let cache = self.cache();
-            if let Some(rows) = cache.rows.get(user_id) {
-                return Ok(Arc::clone(rows));
-            }
-            cache.generation
-        };
-        let mut rows = self
-            .user_rooms
-            .scan_prefix(&user_id.to_owned(), Direction::Forward)?
-            .map(|row| {
-                let ((_, room_id), record) = row?;
-                Ok((room_id, record))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        // By room ID, for `get`'s binary search.
-        rows.sort_unstable_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
-        let rows: UserMemberships = rows.into();
-        let mut cache = self.cache();
-        if cache.generation == generation {
-            if cache.rows.len() >= MAX_CACHED_USERS {
-                cache.rows.clear();
-            }
-            cache.rows.insert(user_id.to_owned(), Arc::clone(&rows));
-        }
-        Ok(rows)
+        self.by_user.get_or_load(user_id, || {
+            let mut rows = self
+                .user_rooms
+                .scan_prefix(&user_id.to_owned(), Direction::Forward)?
+                .map(|row| {
+                    let ((_, room_id), record) = row?;
+                    Ok((room_id, record))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // By room ID, for `get`'s binary search.
+            rows.sort_unstable_by(|(a, _), (b, _)| a.as_str().cmp(b.as_str()));
+            Ok(rows.into())
+        })
     }
 
     /// Every user with a membership row in the room, and that row.
