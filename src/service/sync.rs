@@ -257,7 +257,7 @@ impl Sync {
 
     /// Answer a sync: at once if anything changed (or on an initial sync), else when a
     /// relevant change arrives or the timeout passes.
-    pub async fn sync(&self, request: SyncRequest) -> Result<Response> {
+    pub async fn sync(&self, request: Box<SyncRequest>) -> Result<Response> {
         self.presence.syncing(&request.user_id, &request.set_presence)?;
         let deadline = Instant::now() + request.timeout.min(MAX_TIMEOUT);
         // Listen before reading the committed position, so no later change is missed.
@@ -384,7 +384,12 @@ impl Sync {
                 // A join committed after `upto` shows on the next pass, with its join event.
                 MembershipState::Join if record.joined_since() <= upto => {
                     let account = room_account_data.remove(&room_id).unwrap_or_default();
-                    to_render.push((room_id, record, account));
+                    // Only rooms with something new are rendered (and counted towards
+                    // rendering on several threads): an incremental sync of a user in
+                    // hundreds of quiet rooms stays on this thread.
+                    if self.joined_room_moved(request, &room_id, &record, since, &account)? {
+                        to_render.push((room_id, record, account));
+                    }
                 }
                 MembershipState::Invite if changed_since_token && record.stream <= upto => {
                     let invite = self.events.get(&record.event_id)?;
@@ -563,6 +568,27 @@ impl Sync {
         })
     }
 
+    /// Whether a joined room has anything for this sync: always on an initial sync, with
+    /// `full_state`, or when the room was joined after the token; otherwise when its timeline,
+    /// receipts, typing or room account data moved after the token.
+    fn joined_room_moved(
+        &self,
+        request: &SyncRequest,
+        room_id: &RoomId,
+        record: &MembershipRecord,
+        since: Option<u64>,
+        account: &[&AccountDataEntry],
+    ) -> Result<bool> {
+        let Some(s) = since.filter(|s| record.joined_since() <= *s) else {
+            return Ok(true);
+        };
+        Ok(request.full_state
+            || !account.is_empty()
+            || self.events.last_position(room_id)? > s
+            || self.receipts.last_position(room_id)? > s
+            || self.typing.last_position(room_id) > s)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn joined_room(
         &self,
@@ -580,16 +606,6 @@ impl Sync {
         let room_filter = &request.filter.room;
         // A room joined after the token is new to the client: send it whole.
         let room_since = since.filter(|s| record.joined_since() <= *s);
-        if let Some(s) = room_since {
-            let moved = self.events.last_position(room_id)? > s
-                || self.receipts.last_position(room_id)? > s
-                || self.typing.last_position(room_id) > s
-                || !account.is_empty()
-                || request.full_state;
-            if !moved {
-                return Ok(None);
-            }
-        }
 
         let Slice {
             timeline: timeline_events,

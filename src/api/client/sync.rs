@@ -44,8 +44,23 @@ pub async fn sync_events(
     RawQuery(query): RawQuery,
     req: Ruma<sync_events::v3::Request>,
 ) -> Result<RewrittenResponse<sync_events::v3::Response>> {
+    // Built in a plain function: what the request held is dropped before the long-poll
+    // parks, so a parked sync keeps one copy of its filter, not one per local.
+    let (request, rename_state_after) = sync_request(&services, query.as_deref(), req)?;
+    let response = services.sync.sync(request).await?;
+    let rewrite = if rename_state_after { fill_limited_unstable_state_after } else { fill_limited };
+    Ok(RewrittenResponse { response, rewrite })
+}
+
+/// The sync service's request from the client's, and whether the answer's state section
+/// takes the unstable name.
+fn sync_request(
+    services: &AppState,
+    query: Option<&str>,
+    req: Ruma<sync_events::v3::Request>,
+) -> Result<(Box<SyncRequest>, bool)> {
     let body = req.body;
-    let unstable_state_after = unstable_use_state_after(query.as_deref())?;
+    let unstable_state_after = unstable_use_state_after(query)?;
     // The stable parameter wins: a client that sends it reads the stable `state_after`.
     let rename_state_after = unstable_state_after && !body.use_state_after;
     let identity = req.identity;
@@ -59,7 +74,7 @@ pub async fn sync_events(
         Some(_) => return Err(Error::invalid_param("Unsupported filter")),
     };
     let since = body.since.as_deref().map(parse_stream_token).transpose()?;
-    let set_presence = presence_to_set(&services, &identity.user_id, body.set_presence);
+    let set_presence = presence_to_set(services, &identity.user_id, body.set_presence);
     let request = SyncRequest {
         device_id: identity.device()?.to_owned(),
         user_id: identity.user_id,
@@ -70,9 +85,7 @@ pub async fn sync_events(
         set_presence,
         use_state_after: body.use_state_after || unstable_state_after,
     };
-    let response = services.sync.sync(request).await?;
-    let rewrite = if rename_state_after { fill_limited_unstable_state_after } else { fill_limited };
-    Ok(RewrittenResponse { response, rewrite })
+    Ok((Box::new(request), rename_state_after))
 }
 
 /// The unstable `use_state_after` query parameter: `true` or `false` (Synapse's booleans),
