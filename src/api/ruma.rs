@@ -333,6 +333,19 @@ where
     type Rejection = Error;
 
     async fn from_request(request: Request<Body>, services: &Arc<Services>) -> Result<Self> {
+        // Boxed: the extraction's state (the request's head, the body being read) lives in
+        // the box while it runs and is freed after, instead of sizing the handler's future,
+        // which a long-poll keeps for as long as it is parked.
+        Box::pin(Self::extract(request, services)).await
+    }
+}
+
+impl<T> Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: Identify,
+{
+    async fn extract(request: Request<Body>, services: &Arc<Services>) -> Result<Self> {
         let (mut parts, body) = request.into_parts();
         let limit = services.config.max_request_size as usize;
         if declared_length(&parts).is_some_and(|len| len > limit as u64) {

@@ -111,10 +111,19 @@ pub fn is_admin_path(path: &str) -> bool {
 /// JSON body with secrets masked, and the answer's status. Reads of the audit log itself are
 /// not recorded, or reading it would grow it.
 pub async fn record_admin_calls(State(services): State<AppState>, request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    if !is_admin_path(&path) || path.starts_with("/_conduit/admin/v1/audit_log") {
+    let path = request.uri().path();
+    if !is_admin_path(path) || path.starts_with("/_conduit/admin/v1/audit_log") {
         return next.run(request).await;
     }
+    // Boxed: every request passes here, and a long-poll's future should not be sized by
+    // what recording an admin call keeps.
+    Box::pin(record_admin_call(services, request, next)).await
+}
+
+/// An admin API call, answered and recorded in the audit log with its method, path, query,
+/// body and status.
+async fn record_admin_call(services: AppState, request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
     let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let method = request.method().to_string();
     let query = request.uri().query().map(query_params);
