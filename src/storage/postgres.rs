@@ -320,7 +320,7 @@ impl PgStore {
     fn apply(&self, batch: WriteBatch, durability: Durability) -> StorageResult<()> {
         for op in &batch.ops {
             let (WriteOp::Put { table, .. } | WriteOp::Delete { table, .. }) = op;
-            self.shared.check_table(*table).map_err(PgError::into_storage)?;
+            self.shared.check_table(table).map_err(PgError::into_storage)?;
         }
         let counter = match durability {
             Durability::Synced => &self.counts.synced_writes,
@@ -783,7 +783,7 @@ impl PgTx<'_> {
         let batch = std::mem::take(&mut self.batch);
         for op in &batch.ops {
             let (WriteOp::Put { table, .. } | WriteOp::Delete { table, .. }) = op;
-            if let Err(e) = self.store.shared.check_table(*table) {
+            if let Err(e) = self.store.shared.check_table(table) {
                 self.finish_without_commit();
                 return Err(e);
             }
