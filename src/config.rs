@@ -54,8 +54,20 @@ pub struct Config {
     /// received. Never applies while a request is being answered, so long-polls (`/sync`,
     /// sliding sync, `/events`) are not cut off.
     pub keep_alive_timeout: ConfigDuration,
-    /// Directory of the RocksDB database.
+    /// Directory of the RocksDB database (`database_backend = "rocksdb"`); with PostgreSQL,
+    /// the directory of the control socket (and of media, unless `media_path` is set).
     pub database_path: PathBuf,
+    /// Which storage engine holds the database: `rocksdb` (embedded, the default) or
+    /// `postgresql` (at `database_url`).
+    pub database_backend: DatabaseBackend,
+    /// The PostgreSQL database (`postgresql://user:password@host:5432/conduit`), for
+    /// `database_backend = "postgresql"`.
+    pub database_url: Option<String>,
+    /// Connections to PostgreSQL in all (half for transactions, half for the rest).
+    pub database_pool_size: u32,
+    /// PostgreSQL's `statement_timeout` for each statement, milliseconds; unset means
+    /// PostgreSQL's own setting.
+    pub database_statement_timeout_ms: Option<u64>,
     /// Largest accepted request body, in bytes.
     pub max_request_size: u32,
     /// To-device messages one device may have waiting; past it new ones are dropped.
@@ -339,6 +351,17 @@ pub struct ListenerConfig {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate. Also read as `tls_key`.
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "tls_key")]
     pub tls_private_key_path: Option<PathBuf>,
+}
+
+/// The storage engine (`database_backend`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseBackend {
+    /// RocksDB in `database_path`.
+    #[default]
+    Rocksdb,
+    /// PostgreSQL at `database_url`.
+    Postgresql,
 }
 
 /// What a listener serves.
@@ -647,6 +670,10 @@ impl Default for Config {
             request_body_timeout: ConfigDuration::from_millis(60_000),
             keep_alive_timeout: ConfigDuration::from_millis(75_000),
             database_path: PathBuf::from("./data"),
+            database_backend: DatabaseBackend::Rocksdb,
+            database_url: None,
+            database_pool_size: 16,
+            database_statement_timeout_ms: None,
             max_request_size: 20 * 1024 * 1024,
             // Room keys for a device offline for weeks in many encrypted rooms run to
             // thousands, at 1–3 kB each.
@@ -805,6 +832,7 @@ impl Config {
 
     /// Checks that need more than a type.
     fn check(&self) -> Result<(), String> {
+        self.check_database()?;
         if self.max_request_size < 1024 {
             return Err("invalid value for key `max_request_size`: must be at least 1024 bytes".into());
         }
@@ -940,6 +968,43 @@ impl Config {
             ("rc_user_directory", self.rc_user_directory),
             ("rc_key_requests", self.rc_key_requests),
         ]
+    }
+
+    fn check_database(&self) -> Result<(), String> {
+        if self.database_backend == DatabaseBackend::Postgresql {
+            match &self.database_url {
+                None => {
+                    return Err("`database_backend = \"postgresql\"` needs `database_url` (e.g. \
+                                postgresql://conduit:password@localhost/conduit)"
+                        .into());
+                }
+                Some(url) if url.parse::<tokio_postgres::Config>().is_err() => {
+                    return Err("invalid value for key `database_url`: not a PostgreSQL URL \
+                                (postgresql://user:password@host:port/database)"
+                        .into());
+                }
+                Some(_) => {}
+            }
+        }
+        if !(2..=1000).contains(&self.database_pool_size) {
+            return Err("invalid value for key `database_pool_size`: must be 2 to 1000".into());
+        }
+        if self.database_statement_timeout_ms == Some(0) {
+            return Err("invalid value for key `database_statement_timeout_ms`: must be at least 1 \
+                        (leave it unset for PostgreSQL's own)"
+                .into());
+        }
+        Ok(())
+    }
+
+    /// How to reach PostgreSQL, for `database_backend = "postgresql"`.
+    pub fn postgres_options(&self) -> Option<crate::storage::postgres::PgOptions> {
+        let url = self.database_url.clone()?;
+        Some(crate::storage::postgres::PgOptions {
+            url,
+            pool_size: self.database_pool_size as usize,
+            statement_timeout_ms: self.database_statement_timeout_ms,
+        })
     }
 
     fn check_rates(&self) -> Result<(), String> {
@@ -1353,6 +1418,39 @@ mod tests {
         assert_eq!(loaded.config.port, 6167);
         assert_eq!(loaded.config.database_path, PathBuf::from("./data"));
         assert!(!loaded.config.allow_registration);
+        assert_eq!(loaded.config.database_backend, DatabaseBackend::Rocksdb);
+        assert_eq!(loaded.config.database_pool_size, 16);
+    }
+
+    #[test]
+    fn the_postgresql_backend_needs_a_url_and_takes_pool_settings() {
+        let loaded = Config::from_toml_str(
+            "[global]\ndatabase_backend = \"postgresql\"\n\
+             database_url = \"postgresql://conduit:secret@db.internal:5433/conduit\"\n\
+             database_pool_size = 4\ndatabase_statement_timeout_ms = 2500\n",
+        )
+        .unwrap();
+        assert_eq!(loaded.config.database_backend, DatabaseBackend::Postgresql);
+        assert!(loaded.unknown_keys.is_empty(), "{:?}", loaded.unknown_keys);
+        let options = loaded.config.postgres_options().unwrap();
+        assert_eq!(options.url, "postgresql://conduit:secret@db.internal:5433/conduit");
+        assert_eq!(options.pool_size, 4);
+        assert_eq!(options.statement_timeout_ms, Some(2500));
+        let err = Config::from_toml_str("[global]\ndatabase_backend = \"postgresql\"\n").err().unwrap();
+        assert!(err.contains("database_url"), "{err}");
+        let err = Config::from_toml_str(
+            "[global]\ndatabase_backend = \"postgresql\"\ndatabase_url = \"postgresql://h/d?sslmode=sometimes\"\n",
+        )
+        .err()
+        .unwrap();
+        assert!(err.contains("database_url"), "{err}");
+        let err = Config::from_toml_str("[global]\ndatabase_pool_size = 1\n").err().unwrap();
+        assert!(err.contains("database_pool_size"), "{err}");
+        let err = Config::from_toml_str("[global]\ndatabase_backend = \"mysql\"\n").err().unwrap();
+        assert!(err.contains("database_backend"), "{err}");
+        // A URL without the PostgreSQL backend is kept but unused: RocksDB stays the engine.
+        let loaded = Config::from_toml_str("[global]\ndatabase_url = \"postgresql://h/d\"\n").unwrap();
+        assert_eq!(loaded.config.database_backend, DatabaseBackend::Rocksdb);
     }
 
     #[test]

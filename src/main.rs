@@ -82,6 +82,20 @@ enum Command {
         /// to create it.
         dir: PathBuf,
     },
+    /// Copy the whole database to another storage backend (RocksDB to PostgreSQL), table by
+    /// table with progress, each table verified by its row count and a SHA-256 of its keys
+    /// and values. Stop the server first. An interrupted copy goes on with `--resume`.
+    MigrateDb {
+        /// The database to copy: `rocksdb:PATH` (the server's `database_path`).
+        #[arg(long)]
+        from: conduit::storage::copy::Location,
+        /// Where to copy it: `postgresql:URL` (e.g. `postgresql:postgresql://conduit@db/conduit`).
+        #[arg(long)]
+        to: conduit::storage::copy::Location,
+        /// Go on with an interrupted copy into a target that already holds part of it.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Application service registrations: list those in force, check a file (without the
     /// server), register one or remove one added that way, without a restart (sent to the
     /// running server, or done on the database when none runs).
@@ -138,6 +152,42 @@ fn appservice_request(config: &Config, action: AppserviceAction) -> Result<Optio
         }
     }
     Ok(None)
+}
+
+/// `conduit migrate-db`: copy and verify, telling each table's progress on stdout.
+fn migrate_db(
+    from: &conduit::storage::copy::Location,
+    to: &conduit::storage::copy::Location,
+    resume: bool,
+    pool_size: usize,
+) -> Result<(), String> {
+    use conduit::storage::{copy, tables::ALL_TABLES};
+    if from == to {
+        return Err("--from and --to name the same database".into());
+    }
+    let source = copy::open_location(from, pool_size).map_err(|e| format!("opening {from:?}: {e}"))?;
+    let target = copy::open_location(to, pool_size).map_err(|e| format!("opening {to:?}: {e}"))?;
+    let started = std::time::Instant::now();
+    let report =
+        copy::copy_database(source.as_ref(), target.as_ref(), ALL_TABLES, resume, &mut |event| match event {
+            copy::CopyEvent::Table { name, resumed: true } => {
+                println!("{name}: resuming after the rows already copied")
+            }
+            copy::CopyEvent::Table { .. } => {}
+            copy::CopyEvent::Progress { name, rows } if rows > 0 => println!("{name}: {rows} rows copied"),
+            copy::CopyEvent::Progress { .. } => {}
+            copy::CopyEvent::Verified { name, rows, sha256 } => {
+                println!("{name}: verified, {rows} rows, sha256 {sha256}")
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let rows: u64 = report.iter().map(|t| t.rows).sum();
+    println!(
+        "copied and verified {} tables, {rows} rows, in {:.1} s",
+        report.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// `<number><unit>` with unit `d`, `h`, `m` or `s`.
@@ -296,6 +346,12 @@ async fn run(cli: Cli) -> Result<(), String> {
             Some(request) => request,
             None => return Ok(()),
         },
+        Command::MigrateDb { from, to, resume } => {
+            let pool_size = config.database_pool_size as usize;
+            return tokio::task::spawn_blocking(move || migrate_db(&from, &to, resume, pool_size))
+                .await
+                .map_err(|e| format!("the copy stopped: {e}"))?;
+        }
         Command::Backup { dir } => {
             // The server resolves paths from its own working directory: send an absolute one.
             let dir = std::path::absolute(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -12,7 +12,7 @@ use tokio::{net::TcpListener, sync::watch};
 
 use crate::{
     Result, api,
-    config::Config,
+    config::{Config, DatabaseBackend},
     control,
     metrics::Metrics,
     net::{self, Listeners, NetStats, TimedBody},
@@ -51,7 +51,24 @@ impl Server {
 
     /// As `build`, with a chosen clock (tests move time instead of sleeping).
     pub fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
-        let store = storage::open_rocksdb(&config.database_path)?;
+        let store = match config.database_backend {
+            DatabaseBackend::Rocksdb => storage::open_rocksdb(&config.database_path)?,
+            DatabaseBackend::Postgresql => {
+                // The control socket (and media, by default) still live in `database_path`.
+                std::fs::create_dir_all(&config.database_path).map_err(|e| {
+                    storage::StorageError::Backend(format!(
+                        "cannot create {}: {e}",
+                        config.database_path.display()
+                    ))
+                })?;
+                let options = config.postgres_options().ok_or_else(|| {
+                    storage::StorageError::Backend(
+                        "database_backend = \"postgresql\" needs database_url".into(),
+                    )
+                })?;
+                storage::open_postgres(&options)?
+            }
+        };
         let reloader = Arc::new(Reloader::new(&config));
         let services = Arc::new(Services::build(Arc::new(config), store, clock)?);
         let net_stats = Arc::new(NetStats::default());

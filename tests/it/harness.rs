@@ -1,7 +1,9 @@
-//! Boots a real server (RocksDB in a temp dir, port 0) and offers terse HTTP helpers.
+//! Boots a real server (RocksDB in a temp dir, or PostgreSQL with
+//! `CONDUIT_TEST_BACKEND=postgresql`; port 0) and offers terse HTTP helpers.
 
 use std::{sync::Arc, time::Duration};
 
+use conduit::storage::pg_cluster::PgCluster;
 use conduit::{
     config::{Config, ListenerResource},
     net::{Listeners, TlsReloader},
@@ -43,9 +45,11 @@ pub struct Session {
     pub token: String,
 }
 
-/// A test config: open registration, cheap password hashing.
+/// A test config: open registration, cheap password hashing. With
+/// `CONDUIT_TEST_BACKEND=postgresql` the server's database is on PostgreSQL (see
+/// [`use_postgresql`]); otherwise RocksDB in `dir`.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    Config {
+    let mut config = Config {
         database_path: dir.join("db"),
         allow_registration: true,
         // Cheap hashing keeps tests fast; production defaults are tested in the config tests.
@@ -54,7 +58,45 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         // Tests send hundreds of requests at once; rate_limits.rs turns the limits on.
         rate_limiting: false,
         ..Config::default()
+    };
+    if std::env::var("CONDUIT_TEST_BACKEND").is_ok_and(|b| b == "postgresql") {
+        use_postgresql(&mut config, dir);
     }
+    config
+}
+
+/// The test process's PostgreSQL cluster, started on first use and stopped (its directory
+/// removed) when the process exits.
+pub fn shared_cluster() -> &'static PgCluster {
+    static SHARED: std::sync::OnceLock<PgCluster> = std::sync::OnceLock::new();
+    extern "C" fn stop_at_exit() {
+        if let Some(cluster) = SHARED.get() {
+            cluster.stop_and_remove();
+        }
+    }
+    SHARED.get_or_init(|| {
+        let cluster = PgCluster::start().expect("a PostgreSQL test cluster");
+        // SAFETY: registers a plain function that only stops the cluster.
+        unsafe {
+            libc::atexit(stop_at_exit);
+        }
+        cluster
+    })
+}
+
+/// Put the server of `dir` on PostgreSQL: one cluster per test process (started on first
+/// use, stopped at exit), one database per server directory, so a restarted server finds
+/// its data again.
+pub fn use_postgresql(config: &mut Config, dir: &std::path::Path) {
+    let cluster = shared_cluster();
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut hasher);
+    let name = format!("conduit_{:016x}", hasher.finish());
+    let url = cluster.create_database(&name).expect("a test database");
+    config.database_backend = conduit::config::DatabaseBackend::Postgresql;
+    config.database_url = Some(url);
+    config.database_pool_size = 8;
 }
 
 impl TestServer {

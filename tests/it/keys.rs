@@ -15,7 +15,7 @@ use crate::{
     sync::{list, sync, token, urlencode},
 };
 
-fn key_pair(name: &str) -> Ed25519KeyPair {
+pub fn key_pair(name: &str) -> Ed25519KeyPair {
     Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), name.to_owned()).unwrap()
 }
 
@@ -42,7 +42,7 @@ fn signed(signer: &str, pair: &Ed25519KeyPair, object: Value) -> Value {
 }
 
 /// A device's keys, signed by the device's own key.
-fn device_keys(who: &Session, pair: &Ed25519KeyPair) -> Value {
+pub fn device_keys(who: &Session, pair: &Ed25519KeyPair) -> Value {
     signed(
         &who.user_id,
         pair,

@@ -36,6 +36,7 @@ mod oauth;
 mod oidc_provider;
 mod operations;
 mod packaging;
+mod postgresql;
 mod probes;
 mod profile;
 mod push;

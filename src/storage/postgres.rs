@@ -1,0 +1,983 @@
+//! The PostgreSQL backend: one table of `bytea` keys and values per catalogue table, for
+//! operators who run conduit on a database their team already replicates and backs up.
+//!
+//! The trait is synchronous and the client is asynchronous, so the store owns a small tokio
+//! runtime of its own (two threads) that drives the connections; a caller hands it a future
+//! and waits for the answer, telling its own runtime first when it is a tokio worker
+//! (`block_in_place`), so no runtime is ever nested in another and no worker queues behind
+//! the network.
+//!
+//! Every write is a SERIALIZABLE transaction, blind writes included: PostgreSQL checks a
+//! serializable reader's reads only against serializable writers, so a blind write at a
+//! weaker level could slip between a transaction's check and its commit. A transaction that
+//! loses a serialization conflict (SQLSTATE 40001, or a deadlock, 40P01) is rolled back and
+//! run again from the start, which is what [`KvStore::transact`] promises its bodies.
+//!
+//! Connections come from two pools: transactions take theirs from one, every other call from
+//! the other. A transaction's body may call the store (a plain read) while it holds its own
+//! connection; with one pool, as many such bodies as there are connections would each wait
+//! for a second connection that none gives back. Plain calls never wait for a second
+//! connection, so their pool always drains.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    future::Future,
+    ops::Bound,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, error::SqlState, types::ToSql};
+
+use super::{
+    kv::{
+        Direction, Durability, KeyRange, KvStore, RawEntry, StorageError, StorageResult, StoreStats,
+        TableStats, Transaction, WriteBatch, WriteOp,
+    },
+    tables::TableInfo,
+};
+
+/// How to reach the database.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    /// A libpq-style URL or key-value string (`postgresql://user:pass@host:5432/db`).
+    pub url: String,
+    /// Connections in all, split between transactions and other calls (at least 2).
+    pub pool_size: usize,
+    /// PostgreSQL's `statement_timeout` for every statement, when set.
+    pub statement_timeout_ms: Option<u64>,
+}
+
+/// Runs of a transaction (or a blind write) before a conflict that never clears is reported.
+const MAX_ATTEMPTS: usize = 1_000;
+/// Rows fetched by the first page of a scan (many scans read one row), and the largest page.
+const FIRST_PAGE: usize = 32;
+const MAX_PAGE: usize = 1024;
+/// The advisory lock key under which schema set-up and migrations run ("conduit!").
+const SCHEMA_LOCK: i64 = 0x636f_6e64_7569_7421;
+/// How long a caller waits for a free connection, and for a new one to be made.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL table holding catalogue table `name`.
+fn sql_table(name: &str) -> String {
+    format!("\"kv_{name}\"")
+}
+
+/// A failure inside the backend: the database's own (which may be a conflict worth
+/// retrying) or any other.
+enum PgError {
+    Db(tokio_postgres::Error),
+    Other(StorageError),
+}
+
+impl PgError {
+    fn retryable(&self) -> bool {
+        match self {
+            PgError::Db(e) => {
+                matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED)
+            }
+            PgError::Other(_) => false,
+        }
+    }
+
+    fn into_storage(self) -> StorageError {
+        match self {
+            PgError::Db(e) => StorageError::Backend(describe(&e)),
+            PgError::Other(e) => e,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Db(e)
+    }
+}
+
+impl From<StorageError> for PgError {
+    fn from(e: StorageError) -> Self {
+        PgError::Other(e)
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("postgresql: {} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = format!("postgresql: {e}");
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// Operation counters for the metrics.
+#[derive(Default)]
+struct Counts {
+    gets: AtomicU64,
+    multi_get_keys: AtomicU64,
+    scans: AtomicU64,
+    synced_writes: AtomicU64,
+    buffered_writes: AtomicU64,
+    written_bytes: AtomicU64,
+    syncs: AtomicU64,
+}
+
+/// What the futures run on the store's runtime share.
+struct Shared {
+    /// Connections for plain calls, and for transactions.
+    plain: Pool,
+    txns: Pool,
+    /// The catalogue tables this store holds.
+    tables: HashSet<&'static str>,
+}
+
+impl Shared {
+    fn check_table(&self, table: &'static str) -> Result<(), PgError> {
+        if self.tables.contains(table) {
+            Ok(())
+        } else {
+            Err(PgError::Other(StorageError::UnknownTable(table.to_owned())))
+        }
+    }
+}
+
+/// A PostgreSQL database holding the given tables.
+pub struct PgStore {
+    shared: Arc<Shared>,
+    /// Taken out on drop, and shut down without waiting (dropping a runtime inside another
+    /// would panic).
+    runtime: Option<tokio::runtime::Runtime>,
+    counts: Counts,
+    order: Vec<&'static str>,
+}
+
+async fn pooled(pool: &Pool) -> Result<Object, PgError> {
+    pool.get().await.map_err(|e| {
+        let detail = match &e {
+            deadpool_postgres::PoolError::Backend(db) => describe(db),
+            other => format!("postgresql: no connection to the database: {other}"),
+        };
+        PgError::Other(StorageError::Backend(detail))
+    })
+}
+
+impl PgStore {
+    /// Connect, create any missing table and hand the store to `prepare` (the schema
+    /// migrations) while holding the schema advisory lock, so that several processes
+    /// starting together set the schema up once.
+    pub fn open_with(
+        options: &PgOptions,
+        tables: &[TableInfo],
+        prepare: impl FnOnce(&Arc<dyn KvStore>) -> StorageResult<()>,
+    ) -> StorageResult<Arc<dyn KvStore>> {
+        let store = Arc::new(Self::connect(options, tables)?);
+        let lock = store.block_on({
+            let shared = Arc::clone(&store.shared);
+            let names: Vec<&'static str> = tables.iter().map(|t| t.name).collect();
+            async move {
+                let client = pooled(&shared.plain).await?;
+                client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK]).await?;
+                client
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS conduit_sync (id int PRIMARY KEY, n bigint NOT NULL); \
+                         INSERT INTO conduit_sync VALUES (1, 0) ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                for name in names {
+                    client
+                        .batch_execute(&format!(
+                            "CREATE TABLE IF NOT EXISTS {} (k bytea PRIMARY KEY, v bytea NOT NULL)",
+                            sql_table(name)
+                        ))
+                        .await?;
+                }
+                Ok::<_, PgError>(client)
+            }
+        })?;
+        let dyn_store: Arc<dyn KvStore> = Arc::clone(&store) as Arc<dyn KvStore>;
+        let prepared = prepare(&dyn_store);
+        // The lock is the session's: unlocking (or the connection closing) releases it.
+        let unlocked = store.block_on(async move {
+            lock.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK]).await?;
+            Ok::<(), PgError>(())
+        });
+        prepared?;
+        unlocked?;
+        Ok(dyn_store)
+    }
+
+    /// Connect to the database without touching its schema.
+    pub fn connect(options: &PgOptions, tables: &[TableInfo]) -> StorageResult<Self> {
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| StorageError::Backend(format!("database_url is not a PostgreSQL URL: {e}")))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("conduit");
+        if let Some(ms) = options.statement_timeout_ms {
+            config.options(format!("-c statement_timeout={ms}"));
+        }
+        for t in tables {
+            if !t.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+                return Err(StorageError::Backend(format!(
+                    "table name `{}` is not a plain identifier",
+                    t.name
+                )));
+            }
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("conduit-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::Backend(format!("cannot start the database runtime: {e}")))?;
+        let size = options.pool_size.max(2);
+        let txn_size = (size / 2).max(1);
+        let make_pool = |max: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                // Fast: a connection whose server went away is closed, and is replaced.
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
+            Pool::builder(manager)
+                .max_size(max)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(POOL_WAIT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .recycle_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+                .map_err(|e| StorageError::Backend(format!("cannot build the connection pool: {e}")))
+        };
+        let shared = Arc::new(Shared {
+            plain: make_pool(size - txn_size)?,
+            txns: make_pool(txn_size)?,
+            tables: tables.iter().map(|t| t.name).collect(),
+        });
+        let store = Self {
+            shared,
+            runtime: Some(runtime),
+            counts: Counts::default(),
+            order: tables.iter().map(|t| t.name).collect(),
+        };
+        // Fail now, with the reason, if the database cannot be reached.
+        store.block_on({
+            let shared = Arc::clone(&store.shared);
+            async move {
+                let client = pooled(&shared.plain).await?;
+                client.batch_execute("SELECT 1").await?;
+                Ok::<(), PgError>(())
+            }
+        })?;
+        Ok(store)
+    }
+
+    /// Run `future` on the store's runtime and wait for its answer.
+    fn block_on<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> StorageResult<T> {
+        self.block_on_raw(future).map_err(PgError::into_storage)
+    }
+
+    fn block_on_raw<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> Result<T, PgError> {
+        let Some(runtime) = &self.runtime else {
+            return Err(PgError::Other(StorageError::Backend("the database runtime has stopped".into())));
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        let wait = move || {
+            rx.recv().unwrap_or_else(|_| {
+                Err(PgError::Other(StorageError::Backend("the database runtime stopped".into())))
+            })
+        };
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+    }
+
+    /// One blind write, retried on conflicts.
+    fn apply(&self, batch: WriteBatch, durability: Durability) -> StorageResult<()> {
+        for op in &batch.ops {
+            let (WriteOp::Put { table, .. } | WriteOp::Delete { table, .. }) = op;
+            self.shared.check_table(table).map_err(PgError::into_storage)?;
+        }
+        let counter = match durability {
+            Durability::Synced => &self.counts.synced_writes,
+            Durability::Buffered => &self.counts.buffered_writes,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.counts.written_bytes.fetch_add(batch_bytes(&batch), Ordering::Relaxed);
+        let ops = Arc::new(collapse(batch));
+        for _ in 0..MAX_ATTEMPTS {
+            let shared = Arc::clone(&self.shared);
+            let ops = Arc::clone(&ops);
+            let outcome = self.block_on_raw(async move {
+                let client = pooled(&shared.plain).await?;
+                let result = async {
+                    client.batch_execute(begin_sql(durability)).await?;
+                    write_ops(&client, &ops).await?;
+                    client.batch_execute("COMMIT").await?;
+                    Ok::<(), PgError>(())
+                }
+                .await;
+                if result.is_err() {
+                    rollback(client).await;
+                }
+                result
+            });
+            match outcome {
+                Err(e) if e.retryable() => continue,
+                other => return other.map_err(PgError::into_storage),
+            }
+        }
+        Err(StorageError::Backend(format!("a write conflicted {MAX_ATTEMPTS} times in a row; giving up")))
+    }
+
+    /// Make every commit that returned so far durable: a synchronous commit flushes the
+    /// write-ahead log up to its own record, and so every earlier asynchronous commit with
+    /// it. The commit must write something (a transaction that wrote no WAL is not flushed
+    /// at all): one row of `conduit_sync` counts the syncs.
+    fn flush_wal(&self) -> StorageResult<()> {
+        self.counts.syncs.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::clone(&self.shared);
+        self.block_on(async move {
+            let client = pooled(&shared.plain).await?;
+            client
+                .batch_execute(
+                    "BEGIN; SET LOCAL synchronous_commit = on; \
+                     UPDATE conduit_sync SET n = n + 1 WHERE id = 1; COMMIT",
+                )
+                .await?;
+            Ok::<(), PgError>(())
+        })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn begin_sql(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Synced => "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL synchronous_commit = on",
+        // Visible at once and kept by the server if conduit dies; a power loss of the
+        // database host may lose the last moments until a later `sync`.
+        Durability::Buffered => "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL synchronous_commit = off",
+    }
+}
+
+async fn rollback(client: Object) {
+    if client.batch_execute("ROLLBACK").await.is_err() {
+        // A connection in an unknown state never goes back to the pool.
+        let _ = Object::take(client);
+    }
+}
+
+fn batch_bytes(batch: &WriteBatch) -> u64 {
+    batch
+        .ops
+        .iter()
+        .map(|op| match op {
+            WriteOp::Put { key, value, .. } => (key.len() + value.len()) as u64,
+            WriteOp::Delete { key, .. } => key.len() as u64,
+        })
+        .sum()
+}
+
+/// A batch's net effect per table: the keys to delete and the rows to upsert. Later writes
+/// to a key replace earlier ones, as applying the batch in order would.
+type Collapsed = Vec<(&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>)>;
+
+fn collapse(batch: WriteBatch) -> Collapsed {
+    let mut last: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
+    for op in batch.ops {
+        match op {
+            WriteOp::Put { table, key, value } => last.insert((table, key), Some(value)),
+            WriteOp::Delete { table, key } => last.insert((table, key), None),
+        };
+    }
+    let mut out: Collapsed = Vec::new();
+    for ((table, key), value) in last {
+        if out.last().is_none_or(|(t, ..)| *t != table) {
+            out.push((table, Vec::new(), Vec::new(), Vec::new()));
+        }
+        let entry = out.last_mut().expect("pushed above");
+        match value {
+            Some(v) => {
+                entry.2.push(key);
+                entry.3.push(v);
+            }
+            None => entry.1.push(key),
+        }
+    }
+    out
+}
+
+/// Apply collapsed writes on `client`, inside its open transaction: two statements per
+/// table at most.
+async fn write_ops(client: &Object, ops: &Collapsed) -> Result<(), PgError> {
+    for (table, deletes, put_keys, put_values) in ops {
+        let t = sql_table(table);
+        if !deletes.is_empty() {
+            let stmt = client.prepare_cached(&format!("DELETE FROM {t} WHERE k = ANY($1)")).await?;
+            client.execute(&stmt, &[deletes]).await?;
+        }
+        if !put_keys.is_empty() {
+            let stmt = client
+                .prepare_cached(&format!(
+                    "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                     ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+                ))
+                .await?;
+            client.execute(&stmt, &[put_keys, put_values]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The statement reading `range` of `table` in `direction` order (at most `limit` rows), and
+/// its parameters.
+fn range_query(
+    table: &str,
+    range: &KeyRange,
+    direction: Direction,
+    limit: Option<usize>,
+) -> (String, Vec<Vec<u8>>) {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    for (bound, inclusive, exclusive) in [(&range.start, ">=", ">"), (&range.end, "<=", "<")] {
+        match bound {
+            Bound::Included(key) => {
+                params.push(key.clone());
+                conditions.push(format!("k {inclusive} ${}", params.len()));
+            }
+            Bound::Excluded(key) => {
+                params.push(key.clone());
+                conditions.push(format!("k {exclusive} ${}", params.len()));
+            }
+            Bound::Unbounded => {}
+        }
+    }
+    let filter =
+        if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+    let order = match direction {
+        Direction::Forward => "ASC",
+        Direction::Reverse => "DESC",
+    };
+    let limit = limit.map_or_else(String::new, |n| format!(" LIMIT {n}"));
+    (format!("SELECT k, v FROM {}{filter} ORDER BY k {order}{limit}", sql_table(table)), params)
+}
+
+async fn query_range(
+    client: &Object,
+    table: &str,
+    range: &KeyRange,
+    direction: Direction,
+    limit: Option<usize>,
+) -> Result<Vec<RawEntry>, PgError> {
+    let (sql, params) = range_query(table, range, direction, limit);
+    let stmt = client.prepare_cached(&sql).await?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let rows = client.query(&stmt, &refs).await?;
+    Ok(rows.into_iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1))).collect())
+}
+
+async fn query_one(client: &Object, table: &str, key: Vec<u8>) -> Result<Option<Vec<u8>>, PgError> {
+    let stmt = client.prepare_cached(&format!("SELECT v FROM {} WHERE k = $1", sql_table(table))).await?;
+    Ok(client.query_opt(&stmt, &[&key]).await?.map(|r| r.get::<_, Vec<u8>>(0)))
+}
+
+/// A scan read a page at a time: the whole range is never held at once.
+struct PagedScan<'a> {
+    store: &'a PgStore,
+    table: &'static str,
+    /// What is left to read: narrowed past each page's last key.
+    range: KeyRange,
+    direction: Direction,
+    page: VecDeque<RawEntry>,
+    next_page: usize,
+    done: bool,
+}
+
+impl Iterator for PagedScan<'_> {
+    type Item = StorageResult<RawEntry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.page.is_empty() && !self.done {
+            let (shared, table, range, direction, limit) = (
+                Arc::clone(&self.store.shared),
+                self.table,
+                self.range.clone(),
+                self.direction,
+                self.next_page,
+            );
+            let fetched = self.store.block_on(async move {
+                let client = pooled(&shared.plain).await?;
+                query_range(&client, table, &range, direction, Some(limit)).await
+            });
+            let rows = match fetched {
+                Ok(rows) => rows,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            self.done = rows.len() < self.next_page;
+            self.next_page = (self.next_page * 4).min(MAX_PAGE);
+            if let Some((last, _)) = rows.last() {
+                match self.direction {
+                    Direction::Forward => self.range.start = Bound::Excluded(last.clone()),
+                    Direction::Reverse => self.range.end = Bound::Excluded(last.clone()),
+                }
+            }
+            self.page = rows.into();
+        }
+        self.page.pop_front().map(Ok)
+    }
+}
+
+impl KvStore for PgStore {
+    fn get(&self, table: &'static str, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        self.shared.check_table(table).map_err(PgError::into_storage)?;
+        self.counts.gets.fetch_add(1, Ordering::Relaxed);
+        let (shared, key) = (Arc::clone(&self.shared), key.to_vec());
+        self.block_on(async move {
+            let client = pooled(&shared.plain).await?;
+            query_one(&client, table, key).await
+        })
+    }
+
+    fn get_many(&self, table: &'static str, keys: &[Vec<u8>]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        self.shared.check_table(table).map_err(PgError::into_storage)?;
+        self.counts.multi_get_keys.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (shared, wanted) = (Arc::clone(&self.shared), keys.to_vec());
+        let found = self.block_on(async move {
+            let client = pooled(&shared.plain).await?;
+            let stmt = client
+                .prepare_cached(&format!("SELECT k, v FROM {} WHERE k = ANY($1)", sql_table(table)))
+                .await?;
+            let rows = client.query(&stmt, &[&wanted]).await?;
+            Ok::<_, PgError>(
+                rows.into_iter()
+                    .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                    .collect::<HashMap<_, _>>(),
+            )
+        })?;
+        Ok(keys.iter().map(|k| found.get(k).cloned()).collect())
+    }
+
+    fn scan<'a>(
+        &'a self,
+        table: &'static str,
+        range: KeyRange,
+        direction: Direction,
+    ) -> StorageResult<Box<dyn Iterator<Item = StorageResult<RawEntry>> + 'a>> {
+        self.shared.check_table(table).map_err(PgError::into_storage)?;
+        self.counts.scans.fetch_add(1, Ordering::Relaxed);
+        Ok(Box::new(PagedScan {
+            store: self,
+            table,
+            range,
+            direction,
+            page: VecDeque::new(),
+            next_page: FIRST_PAGE,
+            done: false,
+        }))
+    }
+
+    fn write(&self, batch: WriteBatch) -> StorageResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.apply(batch, Durability::Synced)
+    }
+
+    fn write_buffered(&self, batch: WriteBatch) -> StorageResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.apply(batch, Durability::Buffered)
+    }
+
+    fn sync(&self) -> StorageResult<()> {
+        self.flush_wal()
+    }
+
+    fn flush(&self) -> StorageResult<()> {
+        self.flush_wal()
+    }
+
+    /// A SERIALIZABLE PostgreSQL transaction: the body's reads go to the database inside it,
+    /// its writes are kept here (so its own reads see them) and sent at commit; a
+    /// serialization failure anywhere runs the body again.
+    fn transact(
+        &self,
+        durability: Durability,
+        body: &mut dyn FnMut(&mut dyn Transaction) -> StorageResult<bool>,
+    ) -> StorageResult<()> {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut tx = PgTx {
+                store: self,
+                client: None,
+                begun: false,
+                conflicted: false,
+                pending: HashMap::new(),
+                batch: WriteBatch::new(),
+                durability,
+            };
+            let outcome = body(&mut tx);
+            match outcome {
+                Ok(true) => match tx.commit() {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.retryable() => continue,
+                    Err(e) => return Err(e.into_storage()),
+                },
+                Ok(false) => {
+                    // A run that saw a conflict read nothing reliable, whatever it answered
+                    // (the typed `transaction` helper turns a body's error into an abort).
+                    let conflicted = tx.conflicted;
+                    tx.finish_without_commit();
+                    if conflicted {
+                        continue;
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    let conflicted = tx.conflicted;
+                    tx.finish_without_commit();
+                    if conflicted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(StorageError::Backend(format!(
+            "a transaction conflicted {MAX_ATTEMPTS} times in a row; giving up"
+        )))
+    }
+
+    /// Counters, and each table's size as PostgreSQL's statistics estimate it.
+    fn stats(&self) -> StoreStats {
+        let mut stats = StoreStats::default();
+        let shared = Arc::clone(&self.shared);
+        let sizes = self
+            .block_on(async move {
+                let client = pooled(&shared.plain).await?;
+                let rows = client
+                    .query(
+                        "SELECT c.relname::text, greatest(c.reltuples, 0)::bigint, \
+                         pg_total_relation_size(c.oid) FROM pg_class c \
+                         WHERE c.relkind = 'r' AND c.relname LIKE 'kv\\_%' \
+                         AND c.relnamespace = to_regnamespace(current_schema())::oid",
+                        &[],
+                    )
+                    .await?;
+                Ok::<_, PgError>(
+                    rows.into_iter()
+                        .map(|r| (r.get::<_, String>(0), (r.get::<_, i64>(1), r.get::<_, i64>(2))))
+                        .collect::<HashMap<_, _>>(),
+                )
+            })
+            .unwrap_or_default();
+        for &name in &self.order {
+            let (keys, bytes) = sizes.get(&format!("kv_{name}")).copied().unwrap_or((0, 0));
+            stats.tables.push(TableStats {
+                name,
+                estimated_keys: keys.max(0) as u64,
+                live_sst_bytes: bytes.max(0) as u64,
+                ..TableStats::default()
+            });
+        }
+        let c = &self.counts;
+        stats.gets = c.gets.load(Ordering::Relaxed);
+        stats.multi_get_keys = c.multi_get_keys.load(Ordering::Relaxed);
+        stats.scans = c.scans.load(Ordering::Relaxed);
+        stats.synced_writes = c.synced_writes.load(Ordering::Relaxed);
+        stats.buffered_writes = c.buffered_writes.load(Ordering::Relaxed);
+        stats.written_bytes = c.written_bytes.load(Ordering::Relaxed);
+        stats.syncs = c.syncs.load(Ordering::Relaxed);
+        stats
+    }
+}
+
+/// One run of a transaction body.
+struct PgTx<'s> {
+    store: &'s PgStore,
+    /// The transaction's connection, taken at its first read or at commit.
+    client: Option<Arc<Object>>,
+    begun: bool,
+    /// A read failed on a serialization conflict: the run is over and is retried.
+    conflicted: bool,
+    pending: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    batch: WriteBatch,
+    durability: Durability,
+}
+
+impl PgTx<'_> {
+    /// Run `query` on the transaction's connection, beginning the transaction first (in the
+    /// same round trip) if this is its first statement.
+    fn run<T: Send + 'static, F>(
+        &mut self,
+        query: impl FnOnce(Arc<Object>) -> F + Send + 'static,
+    ) -> Result<T, PgError>
+    where
+        F: Future<Output = Result<T, PgError>> + Send + 'static,
+    {
+        let client = self.client.clone();
+        let shared = Arc::clone(&self.store.shared);
+        let begin = (!self.begun).then_some(begin_sql(self.durability));
+        let (client, result) = self.store.block_on_raw(async move {
+            let client = match client {
+                Some(c) => c,
+                None => Arc::new(pooled(&shared.txns).await?),
+            };
+            let result = match begin {
+                Some(sql) => {
+                    let (begun, answer) = tokio::join!(client.batch_execute(sql), query(Arc::clone(&client)));
+                    begun.map_err(PgError::from).and(answer)
+                }
+                None => query(Arc::clone(&client)).await,
+            };
+            Ok::<_, PgError>((client, result))
+        })?;
+        self.client = Some(client);
+        self.begun = true;
+        if let Err(e) = &result
+            && e.retryable()
+        {
+            self.conflicted = true;
+        }
+        result
+    }
+
+    fn commit(mut self) -> Result<(), PgError> {
+        let batch = std::mem::take(&mut self.batch);
+        for op in &batch.ops {
+            let (WriteOp::Put { table, .. } | WriteOp::Delete { table, .. }) = op;
+            if let Err(e) = self.store.shared.check_table(table) {
+                self.finish_without_commit();
+                return Err(e);
+            }
+        }
+        if batch.is_empty() && !self.begun {
+            return Ok(());
+        }
+        let counter = match self.durability {
+            Durability::Synced => &self.store.counts.synced_writes,
+            Durability::Buffered => &self.store.counts.buffered_writes,
+        };
+        if !batch.is_empty() {
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.store.counts.written_bytes.fetch_add(batch_bytes(&batch), Ordering::Relaxed);
+        }
+        let ops = collapse(batch);
+        let result = self.run(move |client| async move {
+            write_ops(&client, &ops).await?;
+            client.batch_execute("COMMIT").await?;
+            Ok::<(), PgError>(())
+        });
+        if result.is_err() {
+            self.finish_without_commit();
+        } else {
+            self.client = None;
+        }
+        result
+    }
+
+    /// Roll back whatever the run began and give the connection back.
+    fn finish_without_commit(&mut self) {
+        let Some(client) = self.client.take() else { return };
+        let _ = self.store.block_on_raw(async move {
+            match Arc::try_unwrap(client) {
+                Ok(client) => rollback(client).await,
+                Err(shared) => drop(shared),
+            }
+            Ok::<(), PgError>(())
+        });
+    }
+}
+
+impl Drop for PgTx<'_> {
+    fn drop(&mut self) {
+        self.finish_without_commit();
+    }
+}
+
+impl Transaction for PgTx<'_> {
+    fn get(&mut self, table: &'static str, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        if let Some(pending) = self.pending.get(&(table, key.to_vec())) {
+            return Ok(pending.clone());
+        }
+        self.store.shared.check_table(table).map_err(PgError::into_storage)?;
+        self.store.counts.gets.fetch_add(1, Ordering::Relaxed);
+        let key = key.to_vec();
+        self.run(move |client| async move { query_one(&client, table, key).await })
+            .map_err(PgError::into_storage)
+    }
+
+    fn scan(
+        &mut self,
+        table: &'static str,
+        range: KeyRange,
+        direction: Direction,
+    ) -> StorageResult<Vec<RawEntry>> {
+        self.store.shared.check_table(table).map_err(PgError::into_storage)?;
+        self.store.counts.scans.fetch_add(1, Ordering::Relaxed);
+        let query_range_copy = range.clone();
+        let stored = self
+            .run(move |client| async move {
+                query_range(&client, table, &query_range_copy, Direction::Forward, None).await
+            })
+            .map_err(PgError::into_storage)?;
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        for ((t, key), value) in &self.pending {
+            if *t == table && range.contains(key) {
+                match value {
+                    Some(v) => merged.insert(key.clone(), v.clone()),
+                    None => merged.remove(key),
+                };
+            }
+        }
+        Ok(match direction {
+            Direction::Forward => merged.into_iter().collect(),
+            Direction::Reverse => merged.into_iter().rev().collect(),
+        })
+    }
+
+    fn put(&mut self, table: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.pending.insert((table, key.clone()), Some(value.clone()));
+        self.batch.put(table, key, value);
+    }
+
+    fn delete(&mut self, table: &'static str, key: Vec<u8>) {
+        self.pending.insert((table, key.clone()), None);
+        self.batch.delete(table, key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{conformance, pg_cluster::PgCluster};
+
+    fn store(cluster: &PgCluster, db: &str) -> Arc<dyn KvStore> {
+        let url = cluster.create_database(db).expect("database created");
+        let options = PgOptions { url, pool_size: 16, statement_timeout_ms: Some(30_000) };
+        PgStore::open_with(&options, conformance::TABLES, |_| Ok(())).expect("store opens")
+    }
+
+    #[test]
+    fn postgresql_passes_the_conformance_suite() {
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        conformance::run(store(&cluster, "conformance").as_ref());
+    }
+
+    #[test]
+    fn postgresql_passes_the_concurrency_conformance_suite() {
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        conformance::run_concurrent(store(&cluster, "concurrency"));
+    }
+
+    #[test]
+    fn a_database_with_a_newer_schema_is_refused() {
+        use crate::storage::{
+            migrations::CURRENT_SCHEMA_VERSION,
+            tables::{META, SCHEMA_VERSION_KEY},
+        };
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        let url = cluster.create_database("newer").expect("database created");
+        let options = PgOptions { url, pool_size: 4, statement_timeout_ms: None };
+        let store = crate::storage::open_postgres(&options).expect("a new database opens");
+        let meta = META.open(&store);
+        assert_eq!(meta.get(&SCHEMA_VERSION_KEY.to_owned()).unwrap(), Some(CURRENT_SCHEMA_VERSION));
+        meta.insert(&SCHEMA_VERSION_KEY.to_owned(), &(CURRENT_SCHEMA_VERSION + 1)).unwrap();
+        drop(store);
+        let err = crate::storage::open_postgres(&options).err().expect("refused").to_string();
+        assert!(err.contains("newer conduit"), "{err}");
+    }
+
+    #[test]
+    fn scans_are_paged_and_see_every_row_in_order() {
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        let store = store(&cluster, "paging");
+        let mut batch = WriteBatch::new();
+        for i in 0..3000u32 {
+            batch.put("conf_a", i.to_be_bytes().to_vec(), vec![1]);
+        }
+        store.write(batch).unwrap();
+        let forward: Vec<_> = store
+            .scan("conf_a", KeyRange::all(), Direction::Forward)
+            .unwrap()
+            .map(|r| r.unwrap().0)
+            .collect();
+        assert_eq!(forward, (0..3000u32).map(|i| i.to_be_bytes().to_vec()).collect::<Vec<_>>());
+        let reverse: Vec<_> = store
+            .scan("conf_a", KeyRange::all().after(10u32.to_be_bytes().to_vec()), Direction::Reverse)
+            .unwrap()
+            .map(|r| r.unwrap().0)
+            .collect();
+        assert_eq!(reverse, (11..3000u32).rev().map(|i| i.to_be_bytes().to_vec()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_transaction_body_may_read_the_store_while_every_connection_is_in_a_transaction() {
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        let url = cluster.create_database("nested").expect("database created");
+        // Two connections: one for transactions, one for the rest.
+        let options = PgOptions { url, pool_size: 2, statement_timeout_ms: None };
+        let store = PgStore::open_with(&options, conformance::TABLES, |_| Ok(())).unwrap();
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..20u8 {
+                        crate::storage::transaction::<_, StorageError>(
+                            store.as_ref(),
+                            Durability::Buffered,
+                            |tx| {
+                                let outside = store.get("conf_b", b"k")?;
+                                let inside = tx.get("conf_a", &[t])?;
+                                tx.put("conf_a", vec![t], vec![i]);
+                                Ok(((outside, inside), true))
+                            },
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.get("conf_a", &[3]).unwrap(), Some(vec![19]));
+    }
+}
