@@ -38,6 +38,7 @@ impl RemoteInvites {
 
     /// Record an invite of `user_id` to `room_id` received from `via` (a repeat replaces
     /// the earlier one) and announce it to the user.
+    #[allow(clippy::too_many_arguments)]
     pub fn invited(
         &self,
         user_id: &UserId,
