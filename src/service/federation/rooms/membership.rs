@@ -103,6 +103,12 @@ impl RoomFederation {
         );
         let answer = match self.client.request(&server, http::Method::PUT, &path, Some(&body), true).await? {
             Ok(answer) => answer,
+            // The invitee's server said no (an unknown user, a version it lacks): the
+            // inviter hears its words, as Synapse passes them on.
+            Err(refusal) if refusal.status == 403 || refusal.status == 400 => {
+                let why = refusal.body.get("error").and_then(JsonValue::as_str).unwrap_or("no reason given");
+                return Err(Error::forbidden(format!("{server} refused the invite: {why}")));
+            }
             Err(refusal) => return Err(refusal_error(&server, &refusal)),
         };
         let event = answer
