@@ -134,6 +134,7 @@ impl Server {
         self.services.push_gateways.start()?;
         self.services.appservice_sender.start()?;
         self.services.federation_sender.start()?;
+        self.services.remote_e2ee.start();
         self.services.appservice_ephemeral.start();
         // Operator commands reach the running server here; without the socket they refuse
         // (the database is locked), as before it existed.

@@ -473,7 +473,9 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
 /// The server-server routes, only with `allow_federation = true` (otherwise their paths
 /// answer `404 M_UNRECOGNIZED` like any unknown path).
 fn federation_routes(services: &AppState) -> Router<AppState> {
-    use self::federation::{authorization, discovery, event, membership, query, transactions};
+    use self::federation::{
+        authorization, backfill, device, discovery, event, keys, membership, query, transactions,
+    };
     if !services.config.allow_federation {
         return Router::new();
     }
@@ -487,11 +489,18 @@ fn federation_routes(services: &AppState) -> Router<AppState> {
         .ruma_route(transactions::send_transaction_message)
         .ruma_route(membership::prepare_join_event)
         .ruma_route(membership::create_join_event)
+        .ruma_route(membership::prepare_leave_event)
+        .ruma_route(membership::create_leave_event)
+        .ruma_route(membership::create_invite)
         .ruma_route(event::get_event)
         .ruma_route(event::get_room_state_ids)
         .ruma_route(event::get_room_state)
         .ruma_route(event::get_missing_events)
         .ruma_route(authorization::get_event_authorization)
+        .ruma_route(backfill::get_backfill)
+        .ruma_route(keys::get_keys)
+        .ruma_route(keys::claim_keys)
+        .ruma_route(device::get_devices)
 }
 
 /// Where Prometheus scrapes.

@@ -39,6 +39,26 @@ pub fn may_see_event(input: &VisibilityInput) -> bool {
     }
 }
 
+/// Whether another server may see an event (what `/backfill` and the other federation
+/// reads answer in full; Synapse sends the redacted form otherwise), by the visibility at
+/// the event and the memberships its users had then:
+/// - `world_readable` and `shared`: yes;
+/// - `invited`: if one of its users was invited or joined at the event;
+/// - `joined` (and any unknown setting): if one of its users was joined at the event.
+pub fn server_may_see_event<'a>(
+    history_visibility: &HistoryVisibility,
+    memberships_at_event: impl IntoIterator<Item = &'a MembershipState>,
+) -> bool {
+    let mut memberships = memberships_at_event.into_iter();
+    match history_visibility {
+        HistoryVisibility::WorldReadable | HistoryVisibility::Shared => true,
+        HistoryVisibility::Invited => {
+            memberships.any(|m| matches!(m, MembershipState::Join | MembershipState::Invite))
+        }
+        _ => memberships.any(|m| *m == MembershipState::Join),
+    }
+}
+
 /// How open a setting is, for picking the more open of two.
 fn openness(visibility: &HistoryVisibility) -> u8 {
     match visibility {
@@ -59,6 +79,31 @@ pub fn more_open(a: HistoryVisibility, b: HistoryVisibility) -> HistoryVisibilit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_another_server_may_see() {
+        use HistoryVisibility::*;
+        use MembershipState::{Ban, Invite, Join, Leave};
+        let cases: &[(HistoryVisibility, &[MembershipState], bool)] = &[
+            (WorldReadable, &[], true),
+            (Shared, &[], true),
+            (Shared, &[Leave], true),
+            (Invited, &[], false),
+            (Invited, &[Leave, Ban], false),
+            (Invited, &[Leave, Invite], true),
+            (Invited, &[Join], true),
+            (Joined, &[Invite], false),
+            (Joined, &[Leave, Join], true),
+            (Joined, &[], false),
+        ];
+        for (visibility, memberships, expected) in cases {
+            assert_eq!(
+                server_may_see_event(visibility, memberships.iter()),
+                *expected,
+                "{visibility:?} with {memberships:?}"
+            );
+        }
+    }
 
     fn check(
         visibility: HistoryVisibility,

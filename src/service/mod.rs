@@ -84,6 +84,7 @@ pub struct Services {
     pub federation_sender: Arc<federation::FederationSender>,
     /// Rooms shared with other servers: inbound transactions, joins, reads.
     pub room_federation: Arc<federation::RoomFederation>,
+    pub remote_e2ee: Arc<federation::RemoteE2ee>,
     pub stream: Arc<stream::Stream>,
     pub events: Arc<rooms::events::Events>,
     pub room_states: Arc<rooms::state::RoomStates>,
@@ -416,6 +417,17 @@ impl Services {
             Arc::clone(&receipts),
             config.federation_max_backoff_secs,
         ));
+        let remote_e2ee = Arc::new(federation::RemoteE2ee::new(
+            config.server_name.clone(),
+            Arc::clone(&federation),
+            Arc::clone(&federation_sender),
+            Arc::clone(&keys),
+            Arc::clone(&devices),
+            Arc::clone(&memberships),
+            Arc::clone(&to_device),
+            Arc::clone(&stream),
+        ));
+        let remote_invites = Arc::new(rooms::remote_invites::RemoteInvites::new(&store, Arc::clone(&stream)));
         let room_federation = Arc::new(federation::RoomFederation::new(
             Arc::clone(&federation),
             Arc::clone(&remote_keys),
@@ -427,6 +439,11 @@ impl Services {
             Arc::clone(&typing),
             Arc::clone(&receipts),
             Arc::clone(&clock),
+            Arc::clone(&users),
+            Arc::clone(&remote_invites),
+            Arc::clone(&history),
+            Arc::clone(&visibility),
+            Arc::clone(&remote_e2ee),
         ));
         let presence = Arc::new(presence::Presence::new(
             &store,
@@ -472,6 +489,7 @@ impl Services {
             Arc::clone(&keys),
             Arc::clone(&to_device),
             Arc::clone(&room_views),
+            Arc::clone(&remote_invites),
         ));
         let sliding_sync = Arc::new(sliding_sync::SlidingSync::new(
             Arc::clone(&stream),
@@ -487,6 +505,7 @@ impl Services {
             Arc::clone(&room_views),
             Arc::clone(&sync),
             sliding_connections,
+            Arc::clone(&remote_invites),
         ));
         let directory = Arc::new(rooms::directory::Directory::new(
             &store,
@@ -515,6 +534,7 @@ impl Services {
             Arc::clone(&users),
             Arc::clone(&aliases),
             Arc::clone(&directory),
+            config.allow_federation.then(|| Arc::clone(&room_federation)),
         ));
         let blocked_rooms = Arc::new(rooms::blocked::BlockedRooms::new(&store, Arc::clone(&clock)));
         let membership = Arc::new(rooms::membership::MembershipActions::new(
@@ -651,6 +671,7 @@ impl Services {
             federation,
             federation_sender,
             room_federation,
+            remote_e2ee,
             remote_keys,
             stream,
             events,

@@ -50,6 +50,7 @@ use crate::{
             events::Events,
             history::{History, WindowFilter},
             members::Memberships,
+            remote_invites::RemoteInvites,
             render::{EventRenderer, Rendering, Shape, Viewer},
             state::StateMap,
             view::RoomViews,
@@ -318,6 +319,7 @@ pub struct SlidingSync {
     views: Arc<RoomViews>,
     sync: Arc<Sync>,
     connections: Arc<Connections>,
+    remote_invites: Arc<RemoteInvites>,
 }
 
 /// The open connections, in memory. Accounts forget a device's connections with the device.
@@ -354,8 +356,10 @@ impl SlidingSync {
         views: Arc<RoomViews>,
         sync: Arc<Sync>,
         connections: Arc<Connections>,
+        remote_invites: Arc<RemoteInvites>,
     ) -> Self {
         Self {
+            remote_invites,
             stream,
             events,
             members,
@@ -433,7 +437,27 @@ impl SlidingSync {
         let mut candidates = Vec::new();
         let mut watched = HashSet::new();
         let memberships = self.members.user_memberships(user_id)?;
-        for (room_id, record) in memberships.iter() {
+        // Invites to rooms of other servers, which have no membership rows here.
+        let remote: Vec<(OwnedRoomId, MembershipRecord)> = self
+            .remote_invites
+            .of_user(user_id)?
+            .into_iter()
+            .filter(|(room, invite)| {
+                invite.membership == "invite"
+                    && !memberships.iter().any(|(r, row)| r == room && row.stream >= invite.stream)
+            })
+            .map(|(room, invite)| {
+                let record = MembershipRecord {
+                    membership: "invite".to_owned(),
+                    event_id: invite.event_id,
+                    stream: invite.stream,
+                    forgotten: false,
+                    joined_at: None,
+                };
+                (room, record)
+            })
+            .collect();
+        for (room_id, record) in memberships.iter().chain(remote.iter()) {
             let membership = MembershipState::from(record.membership.as_str());
             let bump = match membership {
                 MembershipState::Join => {
@@ -586,7 +610,9 @@ impl SlidingSync {
             if sent.is_some_and(|s| s.invite && s.at >= candidate.record.stream) {
                 return Ok(None);
             }
-            let Some(event) = self.events.get(&candidate.record.event_id)? else { return Ok(None) };
+            let Some(event) = self.events.get(&candidate.record.event_id)? else {
+                return self.remote_invite_room(room, room_id, user_id, ignored);
+            };
             if ignored.contains(&event.pdu.sender) {
                 return Ok(None);
             }
@@ -965,6 +991,27 @@ fn add_ask(
 }
 
 /// The name of an invited room from its stripped state.
+impl SlidingSync {
+    /// A pending invite to a room of another server (`RemoteInvites`), as an invited room.
+    fn remote_invite_room(
+        &self,
+        mut room: response::Room,
+        room_id: &RoomId,
+        user_id: &UserId,
+        ignored: &HashSet<OwnedUserId>,
+    ) -> Result<Option<response::Room>> {
+        let Some(invite) = self.remote_invites.pending(user_id, room_id)? else { return Ok(None) };
+        let (stripped, sender) = self.remote_invites.invite_state(&invite)?;
+        if sender.is_some_and(|s| ignored.contains(&s)) {
+            return Ok(None);
+        }
+        room.name = stripped_name(&stripped);
+        room.invite_state = Some(stripped);
+        room.initial = Some(true);
+        Ok(Some(room))
+    }
+}
+
 fn stripped_name(stripped: &[Raw<ruma::events::AnyStrippedStateEvent>]) -> Option<String> {
     stripped.iter().find_map(|event| {
         let value: JsonValue = serde_json::from_str(event.json().get()).ok()?;

@@ -40,6 +40,7 @@ use crate::{
             history::{History, WindowFilter},
             members::{Memberships, Roster},
             receipts::Receipts,
+            remote_invites::RemoteInvites,
             render::{EventRenderer, Rendering, Shape, Viewer},
             state::StateMap,
             typing::Typing,
@@ -95,6 +96,7 @@ pub struct Sync {
     keys: Arc<Keys>,
     to_device: Arc<ToDevice>,
     views: Arc<RoomViews>,
+    remote_invites: Arc<RemoteInvites>,
     sent_members: Mutex<SentMembers>,
 }
 
@@ -236,8 +238,10 @@ impl Sync {
         keys: Arc<Keys>,
         to_device: Arc<ToDevice>,
         views: Arc<RoomViews>,
+        remote_invites: Arc<RemoteInvites>,
     ) -> Self {
         Self {
+            remote_invites,
             stream,
             events,
             members,
@@ -420,6 +424,8 @@ impl Sync {
                 _ => {}
             }
         }
+
+        self.remote_invites_in(&mut response, user_id, since, upto, room_filter, &ignored)?;
 
         for (room_id, joined, room_moves) in
             self.joined_rooms(request, viewer, since, upto, &ignored, to_render)?
@@ -728,6 +734,61 @@ impl Sync {
 
     /// A room the user left (or was kicked or banned from): the timeline up to their leave
     /// and the state before it, as a delta when the client knew the room at the token.
+    /// Invites to rooms of other servers (`RemoteInvites`) that changed in the window: a
+    /// pending one as an invited room with the stripped state its server sent, a rejected
+    /// one as a left room with the leave (in an initial sync only with `include_leave`). A
+    /// room the engine holds where the user has a membership row of its own is shown from
+    /// that row instead.
+    fn remote_invites_in(
+        &self,
+        response: &mut Response,
+        user_id: &UserId,
+        since: Option<u64>,
+        upto: u64,
+        room_filter: &ruma::api::client::filter::RoomFilter,
+        ignored: &HashSet<OwnedUserId>,
+    ) -> Result<()> {
+        for (room_id, record) in self.remote_invites.of_user(user_id)? {
+            if record.stream > upto || since.is_some_and(|s| record.stream <= s) {
+                continue;
+            }
+            if !filter::room_allowed(room_filter.rooms.as_deref(), &room_filter.not_rooms, &room_id)
+                || self.members.get(&room_id, user_id)?.is_some_and(|row| row.stream >= record.stream)
+            {
+                continue;
+            }
+            match record.membership.as_str() {
+                "invite" => {
+                    let (state, sender) = self.remote_invites.invite_state(&record)?;
+                    if sender.is_some_and(|s| ignored.contains(&s)) {
+                        continue;
+                    }
+                    response.rooms.invite.insert(room_id, InvitedRoom::from(InviteState::from(state)));
+                }
+                "leave" if since.is_some() || room_filter.include_leave => {
+                    let internal =
+                        |e: serde_json::Error| crate::Error::internal(format!("remote invite: {e}"));
+                    let event: JsonValue = serde_json::from_str(record.event.get()).map_err(internal)?;
+                    let leave = json!({
+                        "type": event["type"],
+                        "state_key": event["state_key"],
+                        "sender": event["sender"],
+                        "content": event["content"],
+                        "origin_server_ts": event["origin_server_ts"],
+                        "event_id": record.event_id,
+                        "unsigned": {},
+                    });
+                    let mut left = LeftRoom::new();
+                    left.timeline.events =
+                        vec![Raw::from_json(serde_json::value::to_raw_value(&leave).map_err(internal)?)];
+                    response.rooms.leave.insert(room_id, left);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn left_room(
         &self,
         request: &SyncRequest,

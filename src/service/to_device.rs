@@ -166,10 +166,7 @@ impl ToDevice {
         // Who gets what, before anything is counted.
         let mut planned: Vec<(DeviceKey, Box<RawJsonValue>)> = Vec::new();
         for (user_id, targets) in messages {
-            if user_id.server_name() != sender.server_name() {
-                // Remote users need federation, which is not here yet.
-                continue;
-            }
+            // Users of other servers have no devices here (`RemoteE2ee` sends theirs).
             let existing: Vec<OwnedDeviceId> =
                 self.devices.list(&user_id)?.into_iter().map(|d| d.device_id).collect();
             for (target, content) in targets {

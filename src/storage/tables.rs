@@ -75,6 +75,11 @@ catalogue! {
     /// Events fetched backwards from other servers (history older than anything the room
     /// had here), by backfill position: 1 is the newest such event, higher ones are older.
     /// `/messages` reads them after the room's `timeline`, as the positions below 0.
+    /// Invites of local users to rooms this server does not have, received from the
+    /// inviting server (`PUT /invite`), and what became of them: `invite` until the user
+    /// joins through that server (the row is then removed) or rejects it (`leave`, with the
+    /// leave event the inviting server accepted). `/sync` reads them by user.
+    REMOTE_INVITES = "remote_invites", key "user_id, room_id": (OwnedUserId, OwnedRoomId) => RemoteInviteRecord, version 1;
     BACKFILL = "backfill", key "room_id, backfill": (OwnedRoomId, u64) => OwnedEventId, version 1;
     /// The auth chain of state events (and of other events given to the room engine): every
     /// event reachable through `auth_events`, the event itself not included. Written once the
@@ -540,6 +545,24 @@ pub struct RemoteServerKeysRecord {
     pub valid_until_ms: u64,
     /// When it was fetched.
     pub fetched_ms: u64,
+}
+
+/// A local user's invite to a room of another server, or its rejection.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteInviteRecord {
+    /// `invite`, or `leave` once rejected.
+    pub membership: String,
+    /// The stream position of the latest change, for sync.
+    pub stream: u64,
+    pub room_version: RoomVersionId,
+    /// The server that sent the invite: the one to join or reject through.
+    pub via: String,
+    /// The member event (the invite, then the rejection): its ID and signed PDU JSON.
+    pub event_id: OwnedEventId,
+    pub event: Box<RawJsonValue>,
+    /// The stripped state the inviting server sent (`type`, `state_key`, `sender`,
+    /// `content` of each event).
+    pub invite_state: Vec<Box<RawJsonValue>>,
 }
 
 /// A room: its version and where its graph and state stand now.

@@ -161,7 +161,7 @@ async fn profiles_and_aliases_are_queried_both_ways_and_a_remote_alias_joins() {
         a.get(&format!("{V3}/rooms/{}/joined_members", encode(room_id)), Some(&alice.token)).await;
     assert_eq!(status, StatusCode::OK, "{members}");
     assert!(members["joined"][&bob.user_id].is_object(), "{members}");
-    // Inviting a remote user is refused saying why, not that federation is off.
+    // Inviting a user the other server does not have is refused with its words.
     let refused = expect_error(
         a.post(
             &format!("{V3}/rooms/{}/invite", encode(room_id)),
@@ -172,7 +172,7 @@ async fn profiles_and_aliases_are_queried_both_ways_and_a_remote_alias_joins() {
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
-    assert!(refused["error"].as_str().unwrap().contains("not supported yet"), "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("is not a user of this server"), "{refused}");
 }
 
 #[tokio::test]

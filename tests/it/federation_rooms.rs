@@ -365,3 +365,401 @@ async fn typing_and_read_receipts_cross_to_the_other_server() {
     })
     .await;
 }
+
+/// A request to `to`, signed as `from` with its real key (X-Matrix).
+async fn signed_request(
+    pki: &Pki,
+    to: &TestServer,
+    from: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
+    let bytes = body.as_ref().map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+    let request = axum::http::Request::builder().method(method).uri(path).body(bytes.clone()).unwrap();
+    let header = XMatrix::sign_http_request(
+        &request,
+        XMatrixSigningInput::new(
+            from.name().try_into().unwrap(),
+            to.name().try_into().unwrap(),
+            from.services.server_keys.key_pair(),
+        ),
+    )
+    .unwrap()
+    .to_string();
+    let mut builder = pki
+        .client()
+        .request(method.parse().unwrap(), format!("{}{path}", to.federation_base()))
+        .header("authorization", header);
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json").body(bytes);
+    }
+    let response = builder.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Invite `user` (of another server) into `room`.
+async fn invite(s: &TestServer, who: &Session, room: &str, user: &str) {
+    let (status, body) = s
+        .post(&format!("{V3}/rooms/{}/invite", encode(room)), Some(&who.token), json!({"user_id": user}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// The stripped state of an invite in a sync, as (type, state_key) pairs.
+fn invite_state(body: &Value, room: &str) -> Vec<(String, String)> {
+    body["rooms"]["invite"][room]["invite_state"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|e| {
+                    (
+                        e["type"].as_str().unwrap_or_default().to_owned(),
+                        e["state_key"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_user_of_another_server_is_invited_and_joins_through_the_inviting_server() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    // A private room: only an invite lets Bob in.
+    let room = create_room(&a, &alice, json!({"preset": "private_chat", "name": "Secret"})).await;
+    let before = sync(&b, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    invite(&a, &alice, &room, &bob.user_id).await;
+    assert_eq!(membership_on(&a, &alice, &room, &bob.user_id).await, json!("invite"));
+    // Bob's sync on B shows the invite with the room's name, the inviter and the invite.
+    let synced = sync(&b, &bob, &format!("since={before}")).await;
+    let state = invite_state(&synced, &room);
+    assert!(state.contains(&("m.room.name".to_owned(), String::new())), "{synced}");
+    assert!(state.contains(&("m.room.member".to_owned(), alice.user_id.clone())), "{synced}");
+    assert!(state.contains(&("m.room.member".to_owned(), bob.user_id.clone())), "{synced}");
+    let own = synced["rooms"]["invite"][&room]["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["state_key"] == json!(bob.user_id))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (own["content"]["membership"].clone(), own["sender"].clone()),
+        (json!("invite"), json!(alice.user_id))
+    );
+    // An initial sync shows it too; an incremental one from after it does not again.
+    let initial = sync(&b, &bob, "").await;
+    assert!(initial["rooms"]["invite"][&room].is_object(), "{initial}");
+    let again = sync(&b, &bob, &format!("since={}", synced["next_batch"].as_str().unwrap())).await;
+    assert!(again["rooms"]["invite"].get(&room).is_none(), "{again}");
+    // Sliding sync lists it as an invited room with its name.
+    let (status, sliding) = b
+        .post(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(&bob.token),
+            json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sliding}");
+    assert_eq!(sliding["rooms"][&room]["name"], "Secret", "{sliding}");
+    assert!(sliding["rooms"][&room]["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{sliding}");
+
+    // Bob accepts: the join goes through A (no via given), and the room works both ways.
+    let (status, joined) = b.post(&format!("{V3}/join/{}", encode(&room)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    eventually("Bob's join on A", || async {
+        membership_on(&a, &alice, &room, &bob.user_id).await == json!("join")
+    })
+    .await;
+    let synced = sync(&b, &bob, "").await;
+    assert!(synced["rooms"]["join"][&room].is_object(), "{synced}");
+    assert!(synced["rooms"]["invite"].get(&room).is_none(), "{synced}");
+    send_text(&b, &bob, &room, "b1", "thanks for the invite").await;
+    eventually("Bob's message on A", || async {
+        message_bodies(&a, &alice, &room).await.contains(&"thanks for the invite".to_owned())
+    })
+    .await;
+
+    // createRoom's invite list reaches another server's user too.
+    let direct = create_room(
+        &a,
+        &alice,
+        json!({"preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true}),
+    )
+    .await;
+    assert_eq!(membership_on(&a, &alice, &direct, &bob.user_id).await, json!("invite"));
+    let synced = sync(&b, &bob, "").await;
+    assert!(synced["rooms"]["invite"][&direct].is_object(), "{synced}");
+}
+
+#[tokio::test]
+async fn a_remote_invite_is_rejected_through_the_inviting_server() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let room = create_room(&a, &alice, json!({"preset": "private_chat", "name": "Unwanted"})).await;
+    invite(&a, &alice, &room, &bob.user_id).await;
+    let invited = sync(&b, &bob, "").await;
+    assert!(invited["rooms"]["invite"][&room].is_object(), "{invited}");
+    let since = invited["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob declines on B: B asks A for a leave (make_leave/send_leave), A takes it.
+    let (status, body) =
+        b.post(&format!("{V3}/rooms/{}/leave", encode(&room)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(membership_on(&a, &alice, &room, &bob.user_id).await, json!("leave"));
+    // Bob's next sync shows the room left, with his leave; the invite is gone.
+    let synced = sync(&b, &bob, &format!("since={since}")).await;
+    let timeline =
+        synced["rooms"]["leave"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        timeline.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == json!(bob.user_id)
+            && e["content"]["membership"] == "leave"),
+        "{synced}"
+    );
+    let initial = sync(&b, &bob, "").await;
+    assert!(initial["rooms"]["invite"].get(&room).is_none(), "{initial}");
+    // He cannot join on the strength of the old invite any more.
+    let (status, _) = b.post(&format!("{V3}/join/{}", encode(&room)), Some(&bob.token), json!({})).await;
+    assert_ne!(status, StatusCode::OK);
+
+    // A joined member of another server leaves: the other side sees it (send_leave as the
+    // resident server is what the rejection above used; a joined user's leave goes out as
+    // an event of the room).
+    invite(&a, &alice, &room, &bob.user_id).await;
+    let (status, joined) = b.post(&format!("{V3}/join/{}", encode(&room)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let (status, body) =
+        b.post(&format!("{V3}/rooms/{}/leave", encode(&room)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Bob's leave on A", || async {
+        membership_on(&a, &alice, &room, &bob.user_id).await == json!("leave")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_invite_from_another_server_is_checked() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let _bob = b.register("bob", "pw-bob-12345").await;
+    let room = format!("!abcdefghijklmnop:{}", a.name());
+    let path = |event: &str| format!("/_matrix/federation/v2/invite/{}/{}", encode(&room), encode(event));
+    let event = json!({"type": "m.room.member"});
+
+    // A room version B does not know.
+    let (status, body) = signed_request(
+        &pki,
+        &b,
+        &a,
+        "PUT",
+        &path("$x"),
+        Some(json!({"room_version": "org.example.v99", "event": event, "invite_room_state": []})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_INCOMPATIBLE_ROOM_VERSION")),
+        "{body}"
+    );
+    // A malformed event.
+    let (status, body) = signed_request(
+        &pki,
+        &b,
+        &a,
+        "PUT",
+        &path("$x"),
+        Some(json!({"room_version": "11", "event": event, "invite_room_state": []})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
+    // A well-formed, signed invite of a user B does not have.
+    let alice = a.register("alice", "pw-alice-123").await;
+    let real = create_room(&a, &alice, json!({"preset": "private_chat"})).await;
+    let (_, state) = a.get(&format!("{V3}/rooms/{}/state", encode(&real)), Some(&alice.token)).await;
+    let state = state.as_array().unwrap();
+    let id_of = |kind: &str, key: &str| {
+        state.iter().find(|e| e["type"] == kind && e["state_key"] == key).unwrap()["event_id"].clone()
+    };
+    let nobody = format!("@nobody:{}", b.name());
+    let invite = json!({
+        "room_id": real,
+        "sender": alice.user_id,
+        "type": "m.room.member",
+        "state_key": nobody,
+        "content": {"membership": "invite"},
+        "origin_server_ts": 1_700_000_000_000_u64,
+        "depth": 10,
+        "prev_events": [id_of("m.room.join_rules", "")],
+        "auth_events": [id_of("m.room.power_levels", ""), id_of("m.room.join_rules", ""), id_of("m.room.member", &alice.user_id)],
+    });
+    let ruma::CanonicalJsonValue::Object(mut object) = ruma::CanonicalJsonValue::try_from(invite).unwrap()
+    else {
+        unreachable!()
+    };
+    let rules = conduit::matrix::room_version::rules(&ruma::RoomVersionId::V12).unwrap();
+    ruma::signatures::hash_and_sign_event(
+        &a.name(),
+        a.services.server_keys.key_pair(),
+        &mut object,
+        &rules.redaction,
+    )
+    .unwrap();
+    let event_id = conduit::matrix::pdu::event_id_for(&object, &rules).unwrap();
+    let (status, body) = signed_request(
+        &pki,
+        &b,
+        &a,
+        "PUT",
+        &format!("/_matrix/federation/v2/invite/{}/{}", encode(&real), encode(event_id.as_str())),
+        Some(json!({"room_version": "12", "event": object, "invite_room_state": []})),
+    )
+    .await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{body}");
+}
+
+#[tokio::test]
+async fn history_from_before_the_join_is_backfilled_on_demand_and_is_not_new_in_sync() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat", "name": "Old talk"})).await;
+    for i in 1..=5 {
+        send_text(&a, &alice, &room, &format!("e{i}"), &format!("early {i}")).await;
+    }
+    let (status, joined) = b
+        .post(&format!("{V3}/join/{}?via={}", encode(&room), encode(&a.name())), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let token = sync(&b, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    // B has only the room from Bob's join on; paging back fetches the rest from A.
+    let bodies = message_bodies(&b, &bob, &room).await;
+    assert_eq!(bodies, vec!["early 1", "early 2", "early 3", "early 4", "early 5"]);
+    let (_, page) =
+        b.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=100", encode(&room)), Some(&bob.token)).await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert_eq!(chunk.last().unwrap()["type"], "m.room.create", "{page}");
+    assert!(page.get("end").is_none(), "the room's start was reached: {page}");
+
+    // Backfilled history is old: a sync from before it shows none of it as new.
+    let synced = sync(&b, &bob, &format!("since={token}")).await;
+    assert!(synced_bodies(&synced, &room).is_empty(), "{synced}");
+    // A message after it arrives as usual.
+    send_text(&a, &alice, &room, "late", "late").await;
+    eventually("the late message in Bob's sync", || async {
+        synced_bodies(&sync(&b, &bob, &format!("since={token}")).await, &room) == vec!["late".to_owned()]
+    })
+    .await;
+}
+
+/// Upload a device's keys and one one-time key (the server stores them by shape).
+async fn upload_keys(s: &TestServer, who: &Session, tag: &str) {
+    let body = json!({
+        "device_keys": {
+            "user_id": who.user_id, "device_id": who.device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {format!("curve25519:{}", who.device_id): format!("curve-{tag}"), format!("ed25519:{}", who.device_id): format!("ed-{tag}")},
+            "signatures": {who.user_id.clone(): {format!("ed25519:{}", who.device_id): "sig"}},
+        },
+        "one_time_keys": {format!("signed_curve25519:{tag}"): {"key": format!("otk-{tag}"), "signatures": {who.user_id.clone(): {format!("ed25519:{}", who.device_id): "sig"}}}},
+    });
+    let (status, answer) = s.post(&format!("{V3}/keys/upload"), Some(&who.token), body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+#[tokio::test]
+async fn keys_to_device_messages_and_device_lists_cross_servers() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let room = shared_room(&a, &b, &alice, &bob).await;
+    upload_keys(&b, &bob, "one").await;
+
+    // Alice's server asks Bob's for his keys; an unreachable server is a failure.
+    let nowhere = format!("@ghost:127.0.0.1:{}", crate::harness::free_port());
+    let (status, keys) = a
+        .post(
+            &format!("{V3}/keys/query"),
+            Some(&alice.token),
+            json!({"device_keys": {bob.user_id.clone(): [], nowhere.clone(): []}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    let device = &keys["device_keys"][&bob.user_id][&bob.device_id];
+    assert_eq!(device["keys"][format!("curve25519:{}", bob.device_id)], "curve-one", "{keys}");
+    assert!(keys["failures"][nowhere.split_once(':').unwrap().1].is_object(), "{keys}");
+    assert!(keys["failures"].get(b.name()).is_none(), "{keys}");
+
+    // And claims one of his one-time keys through it, once.
+    let claim = json!({"one_time_keys": {bob.user_id.clone(): {bob.device_id.clone(): "signed_curve25519"}}});
+    let (status, claimed) = a.post(&format!("{V3}/keys/claim"), Some(&alice.token), claim.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(
+        claimed["one_time_keys"][&bob.user_id][&bob.device_id]["signed_curve25519:one"]["key"], "otk-one",
+        "{claimed}"
+    );
+    let (_, again) = a.post(&format!("{V3}/keys/claim"), Some(&alice.token), claim).await;
+    assert!(again["one_time_keys"][&bob.user_id].get(&bob.device_id).is_none(), "{again}");
+
+    // A to-device message from Alice reaches Bob's device on B.
+    let (status, body) = a
+        .put(
+            &format!("{V3}/sendToDevice/m.test.ping/t1"),
+            Some(&alice.token),
+            json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"hello": "from A"}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Alice's to-device message on B", || async {
+        let synced = sync(&b, &bob, "").await;
+        synced["to_device"]["events"].as_array().is_some_and(|events| {
+            events.iter().any(|e| {
+                e["type"] == "m.test.ping"
+                    && e["sender"] == json!(alice.user_id)
+                    && e["content"]["hello"] == "from A"
+            })
+        })
+    })
+    .await;
+
+    // Bob's new keys show on A as a device-list change in Alice's sync.
+    let since = sync(&a, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let bob2 = b.login("bob", "pw-bob-12345", Some("BOBTWO")).await;
+    upload_keys(&b, &bob2, "two").await;
+    eventually("Bob's device-list change in Alice's sync", || async {
+        let synced = sync(&a, &alice, &format!("since={since}")).await;
+        synced["device_lists"]["changed"].as_array().is_some_and(|c| c.contains(&json!(bob.user_id)))
+    })
+    .await;
+    let (_, keys) = a
+        .post(
+            &format!("{V3}/keys/query"),
+            Some(&alice.token),
+            json!({"device_keys": {bob.user_id.clone(): []}}),
+        )
+        .await;
+    assert!(keys["device_keys"][&bob.user_id]["BOBTWO"].is_object(), "{keys}");
+    let _ = room;
+}

@@ -462,3 +462,91 @@ async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room()
     })
     .await;
 }
+
+#[tokio::test]
+async fn invites_cross_between_conduit_and_synapse_both_ways() {
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = conduit.register("alice", "pw-alice-123").await;
+    let (sam, sam_token) = synapse.register("sam").await;
+
+    // Alice invites Sam into a private conduit room: Sam's sync on Synapse shows the invite
+    // (Synapse answers a repeated initial sync from a cache, so Sam follows incremental
+    // syncs), and his join goes through conduit.
+    let (_, first) = synapse.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(&sam_token), None).await;
+    let mut since = first["next_batch"].as_str().expect("a next_batch from Synapse").to_owned();
+    let room = crate::rooms::create_room(
+        &conduit,
+        &alice,
+        json!({"preset": "private_chat", "name": "From conduit"}),
+    )
+    .await;
+    let (status, body) = conduit
+        .post(&format!("{V3}/rooms/{}/invite", encode(&room)), Some(&alice.token), json!({"user_id": sam}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.logs());
+    let mut invited = false;
+    for _ in 0..10 {
+        let (_, synced) = synapse
+            .call(
+                reqwest::Method::GET,
+                &format!("{V3}/sync?timeout=2000&since={}", encode(&since)),
+                Some(&sam_token),
+                None,
+            )
+            .await;
+        invited = synced["rooms"]["invite"][&room].is_object();
+        if invited {
+            break;
+        }
+        if let Some(next) = synced["next_batch"].as_str() {
+            since = next.to_owned();
+        }
+    }
+    assert!(invited, "Sam never saw Alice's invite\n{}", synapse.logs());
+    let (status, joined) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("{V3}/join/{}", encode(&room)),
+            Some(&sam_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    let (_, members) =
+        conduit.get(&format!("{V3}/rooms/{}/joined_members", encode(&room)), Some(&alice.token)).await;
+    assert!(members["joined"][&sam].is_object(), "{members}");
+
+    // Sam invites Alice into a private Synapse room: her sync on conduit shows it, and she
+    // joins through Synapse.
+    let (status, synapse_room) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("{V3}/createRoom"),
+            Some(&sam_token),
+            Some(json!({"preset": "private_chat", "name": "From Synapse", "invite": [alice.user_id]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{synapse_room}\n{}", synapse.logs());
+    let synapse_room = synapse_room["room_id"].as_str().unwrap().to_owned();
+    eventually("Sam's invite in Alice's sync", &synapse, || async {
+        crate::sync::sync(&conduit, &alice, "").await["rooms"]["invite"][&synapse_room].is_object()
+    })
+    .await;
+    let (status, joined) =
+        conduit.post(&format!("{V3}/join/{}", encode(&synapse_room)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    eventually("Alice joined on Synapse", &synapse, || async {
+        let (_, members) = synapse
+            .call(
+                reqwest::Method::GET,
+                &format!("{V3}/rooms/{}/joined_members", encode(&synapse_room)),
+                Some(&sam_token),
+                None,
+            )
+            .await;
+        members["joined"][&alice.user_id].is_object()
+    })
+    .await;
+}

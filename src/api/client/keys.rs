@@ -66,24 +66,8 @@ pub async fn get_keys(
     services: AppState,
     req: Ruma<get_keys::v3::Request>,
 ) -> Result<get_keys::v3::Response> {
-    let server_name = &services.config.server_name;
-    let mut failures = BTreeMap::new();
-    let mut wanted = BTreeMap::new();
-    for (user_id, devices) in req.body.device_keys {
-        if user_id.server_name() == server_name {
-            wanted.insert(user_id, devices);
-        } else {
-            // No federation: other servers' users cannot be asked.
-            failures.insert(
-                user_id.server_name().to_string(),
-                serde_json::json!({ "status": 503, "message": "Federation is disabled" }),
-            );
-        }
-    }
-    let devices = &services.devices;
-    let result = services.keys.query(&req.identity.user_id, &wanted, |user, device| {
-        devices.get(user, device).ok().flatten().and_then(|d| d.display_name)
-    })?;
+    // Users of other servers are asked of their servers (within a time limit).
+    let (result, failures) = services.remote_e2ee.query(&req.identity.user_id, req.body.device_keys).await?;
     let mut response = get_keys::v3::Response::new();
     response.failures = failures;
     for (user, devices) in result.device_keys {
@@ -108,20 +92,16 @@ pub async fn claim_keys(
     services: AppState,
     req: Ruma<claim_keys::v3::Request>,
 ) -> Result<claim_keys::v3::Response> {
-    let server_name = &services.config.server_name;
-    let mut failures = BTreeMap::new();
-    let mut wanted: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>> = BTreeMap::new();
-    for (user_id, devices) in req.body.one_time_keys {
-        if user_id.server_name() != server_name {
-            failures.insert(
-                user_id.server_name().to_string(),
-                serde_json::json!({ "status": 503, "message": "Federation is disabled" }),
-            );
-            continue;
-        }
-        wanted.insert(user_id, devices.into_iter().map(|(d, alg)| (d, alg.as_str().to_owned())).collect());
-    }
-    let claimed = services.keys.claim(&wanted)?;
+    let wanted: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>> = req
+        .body
+        .one_time_keys
+        .into_iter()
+        .map(|(user, devices)| {
+            (user, devices.into_iter().map(|(d, alg)| (d, alg.as_str().to_owned())).collect())
+        })
+        .collect();
+    // Other servers' devices' keys are claimed from them (within a time limit).
+    let (claimed, failures) = services.remote_e2ee.claim(wanted).await?;
     let mut keys = BTreeMap::new();
     for (user, devices) in claimed {
         let mut per_device = BTreeMap::new();

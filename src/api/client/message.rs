@@ -87,7 +87,11 @@ pub async fn get_message_events(
     let from = body.from.as_deref().map(parse_position_token).transpose()?;
     let to = body.to.as_deref().map(parse_position_token).transpose()?;
     let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
-    let page = services.history.messages(viewer, &body.room_id, from, to, direction, limit, &body.filter)?;
+    // History older than this server has is fetched from another server in the room.
+    let page = services
+        .room_federation
+        .messages(viewer, &body.room_id, from, to, direction, limit, &body.filter)
+        .await?;
     let mut response = get_message_events::v3::Response::new();
     response.start = format!("s{}", page.start);
     response.end = page.end.map(|e| format!("s{e}"));

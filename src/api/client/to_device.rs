@@ -43,6 +43,13 @@ pub async fn send_event_to_device(
             .collect();
         messages.insert(user, targets);
     }
-    services.to_device.send(&req.identity.user_id, &scope, &event_type, body.txn_id.as_str(), messages)?;
+    // Messages for users of other servers leave through their servers.
+    services.remote_e2ee.send_to_device(
+        &req.identity.user_id,
+        &scope,
+        &event_type,
+        body.txn_id.as_str(),
+        messages,
+    )?;
     Ok(send_event_to_device::v3::Response::new())
 }

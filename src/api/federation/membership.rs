@@ -1,7 +1,12 @@
 //! Membership (`ruma::api::federation::membership`): this server as the resident server of
-//! a room another server's user joins (`make_join`, `send_join` v2).
+//! a room another server's user joins or leaves (`make_join`, `send_join` v2, `make_leave`,
+//! `send_leave` v2), and as the server of a user another server invites (`invite` v2).
 
-use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{
+    RawStrippedState, create_invite, create_join_event, create_leave_event, prepare_join_event,
+    prepare_leave_event,
+};
+use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{
     Result,
@@ -41,4 +46,59 @@ pub async fn create_join_event(
     state.servers_in_room = Some(answer.servers_in_room);
     state.members_omitted = false;
     Ok(create_join_event::v2::Response::new(state))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`: a leave template.
+pub async fn prepare_leave_event(
+    services: AppState,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> Result<prepare_leave_event::v1::Response> {
+    let body = &req.body;
+    let (version, event) =
+        services.room_federation.make_leave(&req.identity.server_name, &body.room_id, &body.user_id).await?;
+    Ok(prepare_leave_event::v1::Response::new(Some(version), event))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`: the leave accepted.
+pub async fn create_leave_event(
+    services: AppState,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> Result<create_leave_event::v2::Response> {
+    let body = &req.body;
+    services
+        .room_federation
+        .send_leave(&req.identity.server_name, &body.room_id, &body.event_id, &body.pdu)
+        .await?;
+    Ok(create_leave_event::v2::Response::new())
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: a local user invited by another
+/// server's user; the invite answered co-signed by this server.
+pub async fn create_invite(
+    services: AppState,
+    req: Ruma<create_invite::v2::Request>,
+) -> Result<create_invite::v2::Response> {
+    let body = &req.body;
+    let state: Vec<&RawJsonValue> = body
+        .invite_room_state
+        .iter()
+        .filter_map(|event| match event {
+            RawStrippedState::Pdu(pdu) => Some(pdu.as_ref()),
+            #[allow(deprecated)]
+            RawStrippedState::Stripped(stripped) => Some(stripped.json()),
+            _ => None,
+        })
+        .collect();
+    let event = services
+        .room_federation
+        .receive_invite(
+            &req.identity.server_name,
+            &body.room_id,
+            &body.event_id,
+            &body.room_version,
+            &body.event,
+            &state,
+        )
+        .await?;
+    Ok(create_invite::v2::Response::new(event))
 }

@@ -3,12 +3,16 @@
 //! service) call to check a user, is served whether or not federation is on; the others
 //! only with `allow_federation = true`: the key server and notary (`discovery`), the
 //! profile and directory queries (`query`), and rooms: inbound transactions
-//! (`transactions`), joins as the resident server (`membership`), and the reads of servers
-//! in a room (`event`, `authorization`).
+//! (`transactions`), joins and leaves as the resident server and invites of local users
+//! (`membership`), and the reads of servers in a room (`event`, `authorization`,
+//! `backfill`), and end-to-end encryption's keys and device lists (`keys`, `device`).
 
 pub mod authorization;
+pub mod backfill;
+pub mod device;
 pub mod discovery;
 pub mod event;
+pub mod keys;
 pub mod membership;
 pub mod openid;
 pub mod query;

@@ -1,11 +1,13 @@
 //! Federation: this server's identity towards other servers (keys, signed requests),
 //! finding and reaching them (`client`), their keys (`remote_keys`), the queries that need
 //! no room protocol (profiles, room aliases), rooms shared with them (`rooms`: inbound
-//! transactions, joins both ways, the reads servers in a room make) and the outbound
-//! transactions (`sender`). Everything here is inert with `allow_federation = false`: the
+//! transactions, joins, invites and leaves both ways, the reads servers in a room make,
+//! backfill), end-to-end encryption across servers (`e2ee`: keys, to-device messages,
+//! device lists) and the outbound transactions (`sender`). Everything here is inert with `allow_federation = false`: the
 //! client refuses before any connection, and the sender does not start.
 
 pub mod client;
+pub mod e2ee;
 pub mod remote_keys;
 pub mod rooms;
 pub mod sender;
@@ -16,6 +18,7 @@ use serde_json::Value as JsonValue;
 use crate::{Error, Result};
 
 pub use client::FederationClient;
+pub use e2ee::RemoteE2ee;
 pub use remote_keys::RemoteKeys;
 pub use rooms::RoomFederation;
 pub use sender::FederationSender;

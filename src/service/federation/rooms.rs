@@ -17,6 +17,9 @@
 //! - *Reads for servers in a room*: an event, the state (or its IDs) before an event, an
 //!   event's auth chain, and the events between two points of the graph.
 
+mod backfill;
+mod membership;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
@@ -33,7 +36,7 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
 
-use super::{FederationClient, RemoteKeys, client::refusal_error, sender::pdu_json};
+use super::{FederationClient, RemoteE2ee, RemoteKeys, client::refusal_error, sender::pdu_json};
 use crate::{
     Error, Result,
     matrix::{
@@ -49,13 +52,17 @@ use crate::{
         clock::Clock,
         rooms::{
             events::{Events, StoredEvent},
+            history::History,
             members::Memberships,
             receipts::Receipts,
+            remote_invites::RemoteInvites,
             state::{RoomStates, StateMap},
             timeline::{RoomLock, Timeline, rules_of},
             typing::Typing,
+            visibility::Visibility,
         },
         server_keys::ServerKeys,
+        users::Users,
     },
     storage::{locks::KeyedLocks, tables::EventStatus},
 };
@@ -100,6 +107,11 @@ pub struct RoomFederation {
     typing: Arc<Typing>,
     receipts: Arc<Receipts>,
     clock: Arc<dyn Clock>,
+    users: Arc<Users>,
+    remote_invites: Arc<RemoteInvites>,
+    history: Arc<History>,
+    visibility: Arc<Visibility>,
+    e2ee: Arc<RemoteE2ee>,
     /// Answers of recent transactions by (origin, transaction ID), oldest first in the queue.
     txns: Mutex<RememberedTxns>,
     /// One transaction of an origin at a time, as the spec has servers send them.
@@ -119,6 +131,11 @@ impl RoomFederation {
         typing: Arc<Typing>,
         receipts: Arc<Receipts>,
         clock: Arc<dyn Clock>,
+        users: Arc<Users>,
+        remote_invites: Arc<RemoteInvites>,
+        history: Arc<History>,
+        visibility: Arc<Visibility>,
+        e2ee: Arc<RemoteE2ee>,
     ) -> Self {
         Self {
             server_name: server_keys.server_name().to_owned(),
@@ -132,6 +149,11 @@ impl RoomFederation {
             typing,
             receipts,
             clock,
+            users,
+            remote_invites,
+            history,
+            visibility,
+            e2ee,
             txns: Mutex::new((HashMap::new(), VecDeque::new())),
             origins: KeyedLocks::new(),
         }
@@ -436,8 +458,9 @@ impl RoomFederation {
         }
     }
 
-    /// An EDU of `origin`: typing and read receipts of its users are applied; other kinds
-    /// and anything malformed are ignored.
+    /// An EDU of `origin`: typing and read receipts of its users are applied, to-device
+    /// messages queued for local devices, device-list and signing-key updates mark the user's
+    /// keys changed (`RemoteE2ee`); other kinds and anything malformed are ignored.
     fn receive_edu(&self, origin: &ServerName, json: &str) {
         let Ok(edu) = serde_json::from_str::<JsonValue>(json) else { return };
         let content = &edu["content"];
@@ -472,6 +495,16 @@ impl RoomFederation {
                             tracing::debug!(%user, %room, error = %e, "receipt EDU ignored");
                         }
                     }
+                }
+            }
+            Some("m.direct_to_device") => {
+                if let Err(e) = self.e2ee.receive_to_device(origin, content) {
+                    tracing::info!(%origin, error = %e, "to-device EDU ignored");
+                }
+            }
+            Some("m.device_list_update" | "m.signing_key_update") => {
+                if let Err(e) = self.e2ee.receive_device_change(origin, content) {
+                    tracing::info!(%origin, error = %e, "device-list EDU ignored");
                 }
             }
             _ => {}
@@ -571,8 +604,17 @@ impl RoomFederation {
         via: &[OwnedServerName],
         content: &JsonValue,
     ) -> Result<OwnedEventId> {
+        // An invite's server first: it has the room and let the user in.
+        let invited_by = self
+            .remote_invites
+            .pending(user_id, room_id)?
+            .and_then(|invite| OwnedServerName::try_from(invite.via).ok());
         let mut servers: Vec<OwnedServerName> = Vec::new();
-        for server in via.iter().cloned().chain(room_id.server_name().map(ToOwned::to_owned)) {
+        for server in invited_by
+            .into_iter()
+            .chain(via.iter().cloned())
+            .chain(room_id.server_name().map(ToOwned::to_owned))
+        {
             if server != self.server_name && !servers.contains(&server) {
                 servers.push(server);
             }
@@ -590,7 +632,11 @@ impl RoomFederation {
         let mut last = None;
         for server in &servers {
             match self.join_through(&lock, server, user_id, content).await {
-                Ok(event_id) => return Ok(event_id),
+                Ok(event_id) => {
+                    // The room's own membership rows speak for the user from now on.
+                    self.remote_invites.remove(user_id, room_id)?;
+                    return Ok(event_id);
+                }
                 Err(e) => {
                     tracing::info!(%server, %room_id, error = %e, "joining through a server failed");
                     last = Some(e);

@@ -70,8 +70,9 @@ struct Dirty {
 /// One stream position for a destination: a PDU to send, or only a place to move past.
 pub enum FederationParcel {
     Pdu(Box<RawJsonValue>),
-    /// The EDUs due up to this position, and the rooms they cover.
-    Edus(Vec<JsonValue>, Vec<OwnedRoomId>),
+    /// The EDUs due up to this position, the rooms they cover, and the queued EDUs
+    /// (`queue_edu`) among them by number.
+    Edus(Vec<JsonValue>, Vec<OwnedRoomId>, Vec<u64>),
     Skip,
 }
 
@@ -92,6 +93,10 @@ pub struct FederationSender {
     dirty: Mutex<HashMap<OwnedServerName, HashMap<OwnedRoomId, Dirty>>>,
     /// Per destination and room, the local users last said to be typing there.
     typing_sent: Mutex<HashMap<(OwnedServerName, OwnedRoomId), BTreeSet<OwnedUserId>>>,
+    /// Per destination, EDUs of no room (to-device messages, device-list updates) waiting
+    /// to be sent, numbered, until a transaction carrying them is acknowledged.
+    queued: Mutex<HashMap<OwnedServerName, Vec<(u64, JsonValue)>>>,
+    next_queued: std::sync::atomic::AtomicU64,
 }
 
 impl FederationSender {
@@ -124,6 +129,8 @@ impl FederationSender {
             me: Mutex::new(Weak::new()),
             dirty: Mutex::new(HashMap::new()),
             typing_sent: Mutex::new(HashMap::new()),
+            queued: Mutex::new(HashMap::new()),
+            next_queued: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -169,6 +176,25 @@ impl FederationSender {
             self.outbox.open(Self::KIND, server.as_str(), position.saturating_sub(1), false)?;
             self.outbox.run(self, server.as_str());
         }
+        Ok(())
+    }
+
+    /// Queue an EDU of no room for `destination` and ring its queue (with federation on;
+    /// otherwise nothing is sent). Held in memory until a transaction carrying it is
+    /// acknowledged.
+    pub fn queue_edu(&self, destination: &ServerName, edu: JsonValue) -> Result<()> {
+        let Some(me) = self.me.lock().unwrap_or_else(|p| p.into_inner()).upgrade() else {
+            return Ok(());
+        };
+        let number = self.next_queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(destination.to_owned())
+            .or_default()
+            .push((number, edu));
+        self.outbox.open(Self::KIND, destination.as_str(), self.stream.committed(), false)?;
+        self.outbox.run(&me, destination.as_str());
         Ok(())
     }
 
@@ -234,7 +260,11 @@ impl FederationSender {
 
     /// The typing and receipt EDUs of this server's users due to `destination` up to
     /// `upto`, and the rooms they cover.
-    fn edus(&self, destination: &ServerName, upto: u64) -> Result<(Vec<JsonValue>, Vec<OwnedRoomId>)> {
+    fn edus(
+        &self,
+        destination: &ServerName,
+        upto: u64,
+    ) -> Result<(Vec<JsonValue>, Vec<OwnedRoomId>, Vec<u64>)> {
         let rooms: Vec<(OwnedRoomId, Dirty)> = self
             .dirty
             .lock()
@@ -289,12 +319,24 @@ impl FederationSender {
             covered.push(room_id);
         }
         edus.truncate(MAX_EDUS);
-        Ok((edus, covered))
+        let mut numbers = Vec::new();
+        if let Some(queued) = self.queued.lock().unwrap_or_else(|p| p.into_inner()).get(destination) {
+            for (number, edu) in queued.iter().take(MAX_EDUS.saturating_sub(edus.len())) {
+                numbers.push(*number);
+                edus.push(edu.clone());
+            }
+        }
+        Ok((edus, covered, numbers))
     }
 
     /// A transaction carrying the EDUs of `rooms` up to `upto` was acknowledged: those
     /// rooms are clean unless they changed after it.
-    fn edus_sent(&self, destination: &ServerName, rooms: &[OwnedRoomId], upto: u64) {
+    fn edus_sent(&self, destination: &ServerName, rooms: &[OwnedRoomId], upto: u64, queued: &[u64]) {
+        if !queued.is_empty()
+            && let Some(waiting) = self.queued.lock().unwrap_or_else(|p| p.into_inner()).get_mut(destination)
+        {
+            waiting.retain(|(number, _)| !queued.contains(number));
+        }
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
         let Some(of_server) = dirty.get_mut(destination) else { return };
         for room in rooms {
@@ -349,9 +391,9 @@ impl Courier for FederationSender {
                 }
             }
         }
-        let (edus, rooms) = self.edus(server, upto)?;
-        if !rooms.is_empty() {
-            parcels.push((upto.max(after), FederationParcel::Edus(edus, rooms)));
+        let (edus, rooms, numbers) = self.edus(server, upto)?;
+        if !rooms.is_empty() || !numbers.is_empty() {
+            parcels.push((upto.max(after), FederationParcel::Edus(edus, rooms, numbers)));
         } else if upto > after && parcels.last().is_none_or(|(position, _)| *position < upto) {
             parcels.push((upto, FederationParcel::Skip));
         }
@@ -366,12 +408,14 @@ impl Courier for FederationSender {
             let mut pdus: Vec<&RawJsonValue> = Vec::new();
             let mut edus: Vec<&JsonValue> = Vec::new();
             let mut rooms: Vec<OwnedRoomId> = Vec::new();
+            let mut numbers: Vec<u64> = Vec::new();
             for (_, parcel) in parcels {
                 match parcel {
                     FederationParcel::Pdu(pdu) => pdus.push(pdu),
-                    FederationParcel::Edus(list, covered) => {
+                    FederationParcel::Edus(list, covered, queued) => {
                         edus.extend(list);
                         rooms.extend(covered.iter().cloned());
+                        numbers.extend(queued);
                     }
                     FederationParcel::Skip => {}
                 }
@@ -380,7 +424,7 @@ impl Courier for FederationSender {
                 return Delivery::Done;
             };
             if pdus.is_empty() && edus.is_empty() {
-                self.edus_sent(server, &rooms, *last);
+                self.edus_sent(server, &rooms, *last, &numbers);
                 return Delivery::Done;
             }
             let body = json!({
@@ -394,7 +438,10 @@ impl Courier for FederationSender {
             let path = if edus.is_empty() {
                 format!("/_matrix/federation/v1/send/{first}.{last}")
             } else {
-                format!("/_matrix/federation/v1/send/{first}.{last}.{}", self.clock.now_ms())
+                // The clock alone may not move between two such transactions (a manual
+                // clock): a number of this process's own tells them apart.
+                let number = self.next_queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("/_matrix/federation/v1/send/{first}.{last}.{}.{number}", self.clock.now_ms())
             };
             match self.client.request(server, http::Method::PUT, &path, Some(&body), true).await {
                 Ok(Ok(answer)) => {
@@ -405,17 +452,20 @@ impl Courier for FederationSender {
                             }
                         }
                     }
-                    self.edus_sent(server, &rooms, *last);
+                    self.edus_sent(server, &rooms, *last, &numbers);
                     Delivery::Done
                 }
                 Ok(Err(refusal)) if refusal.status >= 500 || matches!(refusal.status, 401 | 408 | 429) => {
                     Delivery::Retry(format!("{destination} answered {}: {}", refusal.status, refusal.body))
                 }
                 Ok(Err(refusal)) => {
+                    // Refused for good: its EDUs are not offered again either.
+                    self.edus_sent(server, &rooms, *last, &numbers);
                     Delivery::Dropped(format!("{destination} refused ({}): {}", refusal.status, refusal.body))
                 }
                 // Refused here before any request: the domain lists, federation off.
                 Err(Error::Matrix { kind: ruma::api::error::ErrorKind::Forbidden, message }) => {
+                    self.edus_sent(server, &rooms, *last, &numbers);
                     Delivery::Dropped(message)
                 }
                 Err(e) => Delivery::Retry(e.to_string()),

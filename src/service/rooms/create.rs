@@ -28,7 +28,7 @@ use crate::{
         room_presets::{default_power_levels, default_preset, preset_state},
         room_version,
     },
-    service::users::Users,
+    service::{federation::RoomFederation, users::Users},
 };
 
 pub struct RoomCreation {
@@ -37,6 +37,8 @@ pub struct RoomCreation {
     users: Arc<Users>,
     aliases: Arc<Aliases>,
     directory: Arc<Directory>,
+    /// Set when federation is on: invitees of other servers are invited through them.
+    rooms: Option<Arc<RoomFederation>>,
 }
 
 /// One `initial_state` entry, parsed loosely (content is only required to be an object).
@@ -53,8 +55,9 @@ impl RoomCreation {
         users: Arc<Users>,
         aliases: Arc<Aliases>,
         directory: Arc<Directory>,
+        rooms: Option<Arc<RoomFederation>>,
     ) -> Self {
-        Self { config, timeline, users, aliases, directory }
+        Self { config, timeline, users, aliases, directory, rooms }
     }
 
     pub async fn create_room(&self, sender: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
@@ -166,7 +169,7 @@ impl RoomCreation {
             });
             send(EventTemplate::state(TimelineEventType::RoomTopic, "", content))?;
         }
-        self.invite_all(&lock, sender, &invitees, req.is_direct)?;
+        self.invite_all(&lock, sender, &invitees, req.is_direct).await?;
         drop(lock);
 
         if let Some(alias) = &alias {
@@ -179,7 +182,10 @@ impl RoomCreation {
         Ok(room_id)
     }
 
-    fn invite_all(
+    /// Invite each invitee; one of another server goes through its server, and one whose
+    /// server refuses or cannot be reached is left out (logged), as an unknown local
+    /// invitee is: the room is still created.
+    async fn invite_all(
         &self,
         lock: &RoomLock,
         sender: &UserId,
@@ -188,6 +194,14 @@ impl RoomCreation {
     ) -> Result<()> {
         for invitee in invitees {
             let template = member_template(&self.users, invitee, "invite", None, is_direct)?;
+            if invitee.server_name() != self.config.server_name
+                && let Some(rooms) = &self.rooms
+            {
+                if let Err(error) = rooms.invite_remote(lock, sender, &template).await {
+                    tracing::warn!(%sender, %invitee, %error, "createRoom: a remote invite failed");
+                }
+                continue;
+            }
             self.timeline.append(lock, sender, template, None)?;
         }
         Ok(())
@@ -206,7 +220,7 @@ impl RoomCreation {
         Ok(alias)
     }
 
-    /// Invitees must be local accounts (federation is off) and not the sender. An invitee
+    /// Invitees must not be the sender, and with federation off must be local accounts. An invitee
     /// with no account here is left out and logged, and the room is still created, as
     /// Synapse does: one mistyped name must not cost the client the whole room.
     fn checked_invitees(&self, sender: &UserId, invite: &[OwnedUserId]) -> Result<Vec<OwnedUserId>> {
@@ -217,11 +231,11 @@ impl RoomCreation {
                 continue;
             }
             if user.server_name() != self.config.server_name {
-                return Err(Error::forbidden(if self.config.allow_federation {
-                    format!("Cannot invite {user}: inviting users of other servers is not supported yet")
-                } else {
-                    format!("Cannot invite {user}: federation is disabled")
-                }));
+                if self.rooms.is_none() {
+                    return Err(Error::forbidden(format!("Cannot invite {user}: federation is disabled")));
+                }
+                invitees.push(user.clone());
+                continue;
             }
             if !self.users.exists(user)? {
                 tracing::warn!(%sender, invitee = %user, "createRoom: not inviting an unknown user");

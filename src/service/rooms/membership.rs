@@ -329,16 +329,15 @@ impl MembershipActions {
         reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
-        if target.server_name() != self.server_name {
-            return Err(Error::forbidden(if self.federation.is_some() {
-                format!("Cannot invite {target}: inviting users of other servers is not supported yet")
-            } else {
-                format!("Cannot invite {target}: federation is disabled")
-            }));
+        let remote = target.server_name() != self.server_name;
+        if remote && self.rooms.is_none() {
+            return Err(Error::forbidden(format!("Cannot invite {target}: federation is disabled")));
         }
         // An unknown user in an application service's namespace is asked of the appservice
-        // (the user query), which may register it there and then.
-        let known = self.users.exists(target)?
+        // (the user query), which may register it there and then. A user of another server
+        // is its server's to know.
+        let known = remote
+            || self.users.exists(target)?
             || (self.appservices.query_user(target).await && self.users.exists(target)?);
         if !known {
             return Err(Error::not_found(format!("Unknown user {target}")));
@@ -360,6 +359,11 @@ impl MembershipActions {
             }
             Some(MembershipState::Invite) => return self.current_member_event(room_id, target),
             _ => {}
+        }
+        if remote && let Some(rooms) = &self.rooms {
+            // The invitee's server co-signs the invite before the room takes it.
+            let template = member_template_with(&self.users, target, "invite", reason, false, content)?;
+            return rooms.invite_remote(&lock, sender, &template).await;
         }
         self.set_membership(&lock, sender, target, "invite", reason, content)
     }
@@ -384,6 +388,16 @@ impl MembershipActions {
                 ruma::api::error::ErrorKind::CannotLeaveServerNoticeRoom,
                 "You cannot reject this invite",
             ));
+        }
+        if !matches!(
+            membership,
+            Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
+        ) && let Some(rooms) = &self.rooms
+            && rooms.has_remote_invite(user_id, room_id)?
+        {
+            // An invite to a room of another server: rejected through the inviting server.
+            drop(lock);
+            return rooms.reject_remote_invite(user_id, room_id).await;
         }
         match membership {
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
@@ -501,6 +515,9 @@ impl MembershipActions {
 
     /// Forget a room the user has left: it stops appearing to them.
     pub fn forget(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        if let Some(rooms) = &self.rooms {
+            rooms.forget_remote_invite(user_id, room_id)?;
+        }
         let Some(record) = self.members.get(room_id, user_id)? else { return Ok(()) };
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
             // A purged room: the row that told the user's clients of the leave was all that

@@ -19,6 +19,7 @@ pub mod membership;
 pub mod purge;
 pub mod receipts;
 pub mod relations;
+pub mod remote_invites;
 pub mod render;
 pub mod reports;
 pub mod search;

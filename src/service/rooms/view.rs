@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// State event types shown to invitees and knockers (stripped state).
-const STRIPPED_STATE_TYPES: &[&str] = &[
+pub const STRIPPED_STATE_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",

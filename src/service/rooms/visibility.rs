@@ -114,6 +114,27 @@ impl Visibility {
         }
     }
 
+    /// Whether `server` may see `event` (`matrix::visibility::server_may_see_event`): by the
+    /// history visibility at the event and its users' memberships in the state before it.
+    pub fn server_may_see_event(&self, server: &ruma::ServerName, event: &StoredEvent) -> Result<bool> {
+        let state = self.states.state_of_group(event.state_before)?;
+        let history_visibility = self.history_visibility_in(&state)?;
+        let mut memberships = Vec::new();
+        for ((kind, key), id) in state.iter() {
+            if *kind != StateEventType::RoomMember
+                || !UserId::parse(key.as_str()).is_ok_and(|user| user.server_name() == server)
+            {
+                continue;
+            }
+            if let Some(member) = self.events.get(id)?
+                && let Ok(content) = member.pdu.content_as::<MembershipContent>()
+            {
+                memberships.push(content.membership);
+            }
+        }
+        Ok(visibility::server_may_see_event(&history_visibility, memberships.iter()))
+    }
+
     /// Whether the room's current history visibility is `world_readable`.
     pub fn world_readable_now(&self, room_id: &RoomId) -> Result<bool> {
         let id = self.states.current_state_event_id(room_id, &StateEventType::RoomHistoryVisibility, "")?;

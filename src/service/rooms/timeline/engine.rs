@@ -145,6 +145,24 @@ impl Timeline {
         sender: &UserId,
         template: &EventTemplate,
     ) -> Result<(RoomVersionId, ruma::CanonicalJsonObject)> {
+        let (version, pdu) = self.build_checked(lock, sender, template)?;
+        let rules = rules_of(&version)?;
+        let mut object = pdu.to_federation_object(&rules).map_err(Error::internal)?;
+        object.remove("hashes");
+        object.remove("signatures");
+        Ok((version, object))
+    }
+
+    /// An event of `sender` built and signed by this server at the room's forward
+    /// extremities, checked against the auth rules and the current state, but not stored:
+    /// an invite of another server's user goes to that server to be co-signed before it is
+    /// handed to [`Self::accept_event`]. Answers the room's version with it.
+    pub fn build_checked(
+        &self,
+        lock: &RoomLock,
+        sender: &UserId,
+        template: &EventTemplate,
+    ) -> Result<(RoomVersionId, Pdu)> {
         let room_id = lock.room_id();
         let room = self.states.room(room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let rules = rules_of(&room.version)?;
@@ -165,10 +183,7 @@ impl Timeline {
             },
         )
         .map_err(|reason| Error::forbidden(format!("The room's rules refuse it: {reason}")))?;
-        let mut object = pdu.to_federation_object(&rules).map_err(Error::internal)?;
-        object.remove("hashes");
-        object.remove("signatures");
-        Ok((room.version, object))
+        Ok((room.version, pdu))
     }
 
     /// Persist an event of the room's graph and advance the room's head (see the module's
