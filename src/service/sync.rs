@@ -38,7 +38,7 @@ use crate::{
         rooms::{
             events::{Events, StoredEvent},
             history::{History, WindowFilter},
-            members::{Memberships, Roster},
+            members::{Memberships, Roster, UserMemberships},
             receipts::Receipts,
             remote_invites::RemoteInvites,
             render::{EventRenderer, Rendering, Shape, Viewer},
@@ -137,21 +137,48 @@ impl MemberMoves {
     }
 }
 
+/// The rooms a long-poll wakes for.
+pub trait WatchedRooms {
+    fn watches(&self, room_id: &RoomId) -> bool;
+}
+
+impl WatchedRooms for HashSet<OwnedRoomId> {
+    fn watches(&self, room_id: &RoomId) -> bool {
+        self.contains(room_id)
+    }
+}
+
+/// A user's membership rows as one pass read them (shared with the membership cache, not
+/// copied: a parked long-poll of a user in hundreds of rooms holds one pointer): the rooms
+/// they joined, are invited to or knock on.
+struct MembershipRows(UserMemberships);
+
+impl WatchedRooms for MembershipRows {
+    fn watches(&self, room_id: &RoomId) -> bool {
+        self.0
+            .binary_search_by(|(room, _)| room.as_str().cmp(room_id.as_str()))
+            .is_ok_and(|i| matches!(self.0[i].1.membership.as_str(), "join" | "invite" | "knock"))
+    }
+}
+
 /// Whether a change announced on the stream concerns a long-poll of `user_id` watching the
-/// rooms `watched`: one of those rooms, the user, or a room mate (whose keys or presence
-/// changed).
+/// rooms `watched`: one of those rooms, the user, or a room mate (someone joined to one of
+/// them, whose keys or presence changed).
 pub fn concerns(
     members: &Memberships,
     user_id: &UserId,
-    watched: &HashSet<OwnedRoomId>,
+    watched: &impl WatchedRooms,
     change: &Change,
 ) -> Result<bool> {
     Ok(match change {
-        Change::Room(room_id) => watched.contains(room_id),
+        Change::Room(room_id) => watched.watches(room_id),
         Change::User(other) => other == user_id,
+        // The user's own changes come as `User` too.
         Change::RoomMates(other) => {
-            // The user's own changes come as `User` too.
-            other != user_id && RoomMates::new(members, user_id, watched).share(other)?
+            other != user_id
+                && members.user_memberships(other)?.iter().any(|(room, record)| {
+                    record.membership == MembershipState::Join.as_str() && watched.watches(room)
+                })
         }
     })
 }
@@ -214,7 +241,7 @@ impl<'a> RoomMates<'a> {
 struct Pass {
     response: Response,
     /// Rooms whose changes concern this user (joined, invited, knocked).
-    watched: HashSet<OwnedRoomId>,
+    watched: MembershipRows,
 }
 
 /// Joined rooms in one pass from which their rendering is split over threads.
@@ -367,16 +394,12 @@ impl Sync {
         let ignored = self.history.ignored_users(user_id)?;
         let mut response = Response::new(format!("s{upto}"));
         let mut moves = MemberMoves::default();
-        let mut watched = HashSet::new();
         let mut joined_rooms = HashSet::new();
         // Joined rooms are rendered after the loop, several at once when there are many.
         let mut to_render: Vec<(OwnedRoomId, MembershipRecord, Vec<&AccountDataEntry>)> = Vec::new();
-        for (room_id, record) in self.members.memberships_of_user(user_id)? {
+        let rows = self.members.user_memberships(user_id)?;
+        for (room_id, record) in rows.iter().cloned() {
             let membership = MembershipState::from(record.membership.as_str());
-            if matches!(membership, MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
-            {
-                watched.insert(room_id.clone());
-            }
             if membership == MembershipState::Join {
                 joined_rooms.insert(room_id.clone());
             }
@@ -478,7 +501,7 @@ impl Sync {
             response.device_lists.changed = changed.into_iter().collect();
             response.device_lists.left = left.into_iter().collect();
         }
-        Ok(Pass { response, watched })
+        Ok(Pass { response, watched: MembershipRows(rows) })
     }
 
     /// Presence of the user's room mates: those whose presence changed since the token, and
