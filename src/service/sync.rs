@@ -755,8 +755,6 @@ impl Sync {
         Ok(Some(joined))
     }
 
-    /// A room the user left (or was kicked or banned from): the timeline up to their leave
-    /// and the state before it, as a delta when the client knew the room at the token.
     /// Invites to rooms of other servers (`RemoteInvites`) that changed in the window: a
     /// pending one as an invited room with the stripped state its server sent, a rejected
     /// one as a left room with the leave (in an initial sync only with `include_leave`). A
@@ -812,6 +810,8 @@ impl Sync {
         Ok(())
     }
 
+    /// A room the user left (or was kicked or banned from): the timeline up to their leave
+    /// and the state before it, as a delta when the client knew the room at the token.
     fn left_room(
         &self,
         request: &SyncRequest,
