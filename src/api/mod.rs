@@ -462,12 +462,11 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .route(METRICS_PATH, get(serve_metrics).with_state(Arc::clone(&metrics)))
         .layer(
             ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(services, request::meta))
+                .layer(middleware::from_fn_with_state((services, metrics), edge))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(cors())
                 .layer(CatchPanicLayer::custom(panic_response)),
         )
-        .layer(middleware::from_fn_with_state(metrics, track_request))
 }
 
 /// The server-server routes, only with `allow_federation = true` (otherwise their paths
@@ -552,9 +551,13 @@ async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
 
 /// Count a request in flight while it is answered, then by method, route template and
 /// status, with its latency.
-async fn track_request(
-    State(metrics): State<Arc<Metrics>>,
-    request: axum::extract::Request,
+/// The layer every request passes first: its ID, client address and user agent for the
+/// handlers and the log span (`request::annotate`), and its count and latency for the
+/// metrics. One layer rather than one per concern: each layer's future lives as long as the
+/// request, and a parked long-poll keeps them all.
+async fn edge(
+    State((services, metrics)): State<(AppState, Arc<Metrics>)>,
+    mut request: axum::extract::Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
@@ -563,9 +566,11 @@ async fn track_request(
         Some(path) => Route(Arc::from(path.as_str())),
         None => Route(Arc::from("unmatched")),
     };
+    let id = request::annotate(&services, &mut request);
     let in_flight = InFlight::new(&metrics);
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     drop(in_flight);
+    request::name_request(&mut response, id);
     let status: StatusCode = response.status();
     metrics.http.observe(method, route, status.as_u16(), started.elapsed());
     response

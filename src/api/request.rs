@@ -1,5 +1,5 @@
 //! What the HTTP edge learns about a request before any handler runs: its ID and the client's
-//! address (through trusted proxies) and user agent. The `meta` layer works them out once,
+//! address (through trusted proxies) and user agent. The edge layer works them out once,
 //! puts them in the request's extensions for the extractors and the log span, and names the
 //! ID in the response's `X-Request-Id` header, so an operator can find a client's complaint in
 //! the log and the audit log.
@@ -7,9 +7,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, Request},
     http::{HeaderMap, HeaderValue, header, request::Parts},
-    middleware::Next,
     response::Response,
 };
 use ipnet::IpNet;
@@ -23,7 +22,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest user agent kept; longer ones are cut.
 const MAX_USER_AGENT_LEN: usize = 512;
 
-/// A request's ID, client address and user agent, worked out by [`meta`].
+/// A request's ID, client address and user agent, worked out by [`annotate`].
 #[derive(Clone, Debug)]
 pub struct RequestMeta {
     pub request_id: String,
@@ -31,8 +30,10 @@ pub struct RequestMeta {
     pub user_agent: Option<String>,
 }
 
-/// The layer: works out the request's [`RequestMeta`] and answers with its ID.
-pub async fn meta(State(services): State<AppState>, mut request: Request, next: Next) -> Response {
+/// Works out the request's [`RequestMeta`] and puts it in the request's extensions; answers
+/// the ID to name in the response (see [`name_request`]). Part of the edge layer
+/// (`api::edge`), which every request passes first.
+pub fn annotate(services: &AppState, request: &mut Request) -> Option<HeaderValue> {
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
     let client_ip = client_address(peer, request.headers(), &services.config.trusted_proxies)
         .map(|ip| ip.to_string())
@@ -41,11 +42,14 @@ pub async fn meta(State(services): State<AppState>, mut request: Request, next: 
         RequestMeta { request_id: new_request_id(), client_ip, user_agent: user_agent(request.headers()) };
     let id = HeaderValue::from_str(&meta.request_id).ok();
     request.extensions_mut().insert(meta);
-    let mut response = next.run(request).await;
+    id
+}
+
+/// Names the request's ID in the response's `X-Request-Id` header.
+pub fn name_request(response: &mut Response, id: Option<HeaderValue>) {
     if let Some(id) = id {
         response.headers_mut().insert(REQUEST_ID_HEADER, id);
     }
-    response
 }
 
 /// 16 hex digits: unique enough to find one request in a log, short enough to read out.
