@@ -39,17 +39,22 @@ const UNSTABLE_USE_STATE_AFTER: &str = "org.matrix.msc4222.use_state_after";
 /// `GET /_matrix/client/v3/sync`. A plain handler rather than a ruma route: ruma reads the
 /// stable `use_state_after` only, and the unstable spelling, which it ignores, also decides
 /// the name of the answer's state section (`org.matrix.msc4222.state_after`).
-pub async fn sync_events(
+pub fn sync_events(
     State(services): State<AppState>,
     RawQuery(query): RawQuery,
     req: Ruma<sync_events::v3::Request>,
-) -> Result<RewrittenResponse<sync_events::v3::Response>> {
-    // Built in a plain function: what the request held is dropped before the long-poll
-    // parks, so a parked sync keeps one copy of its filter, not one per local.
-    let (request, rename_state_after) = sync_request(&services, query.as_deref(), req)?;
-    let response = services.sync.sync(request).await?;
-    let rewrite = if rename_state_after { fill_limited_unstable_state_after } else { fill_limited };
-    Ok(RewrittenResponse { response, rewrite })
+) -> impl Future<Output = Result<RewrittenResponse<sync_events::v3::Response>>> {
+    // A plain function returning the future, not an `async fn`: an async fn's arguments
+    // stay in its future until it ends, and a parked long-poll would keep the whole parsed
+    // request (its filter included) for as long as it waits. The service's request is
+    // built here, and the future holds only it.
+    let prepared = sync_request(&services, query.as_deref(), req);
+    async move {
+        let (request, rename_state_after) = prepared?;
+        let response = services.sync.sync(request).await?;
+        let rewrite = if rename_state_after { fill_limited_unstable_state_after } else { fill_limited };
+        Ok(RewrittenResponse { response, rewrite })
+    }
 }
 
 /// The sync service's request from the client's, and whether the answer's state section
