@@ -118,6 +118,30 @@ pub struct RoomFederation {
     origins: KeyedLocks<OwnedServerName>,
 }
 
+/// A membership event a server sends for one of its own users (`send_join`, `send_leave`):
+/// the event the path names, an `m.room.member` of `membership`, by its own subject, from a
+/// user of `origin`.
+fn own_membership(
+    pdu: &Pdu,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    membership: &str,
+) -> Result<()> {
+    if pdu.event_id != event_id || pdu.room_id != room_id {
+        return Err(Error::invalid_param("The event is not the one the path names"));
+    }
+    let given = pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned);
+    if pdu.kind != TimelineEventType::RoomMember
+        || given.as_deref() != Some(membership)
+        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+        || pdu.sender.server_name() != origin
+    {
+        return Err(Error::invalid_param(format!("Not a {membership} of a user of the sending server")));
+    }
+    Ok(())
+}
+
 impl RoomFederation {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -556,17 +580,7 @@ impl RoomFederation {
         let mut keys = VerifyKeys::new();
         let pdu =
             self.checked_pdu(pdu.get(), &rules, &mut keys).await.map_err(|(_, why)| Error::bad_json(why))?;
-        if pdu.event_id != event_id || pdu.room_id != room_id {
-            return Err(Error::invalid_param("The event is not the one the path names"));
-        }
-        let membership = pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned);
-        if pdu.kind != TimelineEventType::RoomMember
-            || membership.as_deref() != Some("join")
-            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
-            || pdu.sender.server_name() != origin
-        {
-            return Err(Error::invalid_param("Not a join of a user of the sending server"));
-        }
+        own_membership(&pdu, origin, room_id, event_id, "join")?;
         let lock = self.timeline.lock_room(room_id).await;
         let outcome = self.timeline.accept_event(&lock, pdu).await?;
         drop(lock);

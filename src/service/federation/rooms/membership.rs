@@ -380,17 +380,7 @@ impl RoomFederation {
             .checked_pdu(pdu.get(), &rules, &mut keys)
             .await
             .map_err(|(_, why)| Error::invalid_param(why))?;
-        if pdu.event_id != event_id || pdu.room_id != room_id {
-            return Err(Error::invalid_param("The event is not the one the path names"));
-        }
-        let membership = pdu.content_value().get("membership").and_then(JsonValue::as_str).map(str::to_owned);
-        if pdu.kind != TimelineEventType::RoomMember
-            || membership.as_deref() != Some("leave")
-            || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
-            || pdu.sender.server_name() != origin
-        {
-            return Err(Error::invalid_param("Not a leave of a user of the sending server"));
-        }
+        super::own_membership(&pdu, origin, room_id, event_id, "leave")?;
         let lock = self.timeline.lock_room(room_id).await;
         let outcome = self.timeline.accept_event(&lock, pdu).await?;
         if outcome.status != EventStatus::Accepted {
