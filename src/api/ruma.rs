@@ -667,6 +667,14 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     }
 }
 
+/// A key (or any JSON value) as the `Raw` a ruma response carries.
+pub fn raw_of<T>(value: &serde_json::Value) -> Result<ruma::serde::Raw<T>> {
+    Ok(ruma::serde::Raw::from_json(
+        serde_json::value::to_raw_value(value)
+            .map_err(|e| Error::internal(format!("serialising key: {e}")))?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use ruma::api::{client::session::login, error::ErrorKind};

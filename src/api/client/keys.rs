@@ -15,7 +15,10 @@ use serde_json::Value as JsonValue;
 use super::parse_stream_token;
 use crate::{
     Error, Result,
-    api::{AppState, ruma::Ruma},
+    api::{
+        AppState,
+        ruma::{Ruma, raw_of},
+    },
     service::keys::{CrossSigningUpload, Upload},
 };
 
@@ -37,13 +40,6 @@ pub(super) fn key_upload<K, T: std::fmt::Display>(
         one_time_keys: by_id(one_time_keys)?,
         fallback_keys: by_id(fallback_keys)?,
     })
-}
-
-fn raw_of<T>(value: &JsonValue) -> Result<Raw<T>> {
-    Ok(Raw::from_json(
-        serde_json::value::to_raw_value(value)
-            .map_err(|e| Error::internal(format!("serialising key: {e}")))?,
-    ))
 }
 
 /// `POST /_matrix/client/v3/keys/upload`

@@ -4,20 +4,15 @@
 use ruma::{
     UInt,
     api::federation::device::get_devices::{self, v1::UserDevice},
-    serde::Raw,
 };
 
 use crate::{
-    Error, Result,
-    api::{AppState, ruma::Ruma},
+    Result,
+    api::{
+        AppState,
+        ruma::{Ruma, raw_of},
+    },
 };
-
-fn raw_of<T>(value: &serde_json::Value) -> Result<Raw<T>> {
-    Ok(Raw::from_json(
-        serde_json::value::to_raw_value(value)
-            .map_err(|e| Error::internal(format!("serialising key: {e}")))?,
-    ))
-}
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`
 pub async fn get_devices(

@@ -3,23 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use ruma::{
-    api::federation::keys::{claim_keys, get_keys},
-    serde::Raw,
-};
-use serde_json::Value as JsonValue;
+use ruma::api::federation::keys::{claim_keys, get_keys};
 
 use crate::{
     Error, Result,
-    api::{AppState, ruma::Ruma},
+    api::{
+        AppState,
+        ruma::{Ruma, raw_of},
+    },
 };
-
-fn raw_of<T>(value: &JsonValue) -> Result<Raw<T>> {
-    Ok(Raw::from_json(
-        serde_json::value::to_raw_value(value)
-            .map_err(|e| Error::internal(format!("serialising key: {e}")))?,
-    ))
-}
 
 /// `POST /_matrix/federation/v1/user/keys/query`
 pub async fn get_keys(
