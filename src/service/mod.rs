@@ -481,8 +481,6 @@ impl Services {
             Arc::clone(&memberships),
             Arc::clone(&history),
             Arc::clone(&account_data),
-            Arc::clone(&receipts),
-            Arc::clone(&typing),
             Arc::clone(&presence),
             Arc::clone(&notifications),
             Arc::clone(&renderer),

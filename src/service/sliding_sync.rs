@@ -647,9 +647,8 @@ impl SlidingSync {
         };
         let state_changed_config = sent.is_some_and(|s| s.required != required_fingerprint);
         if let Some(at) = room_since {
-            let moved = self.events.last_position(room_id)?.min(end) > at;
-            let read = self.views.receipts_moved(room_id, at)?;
-            if !moved && !read && !state_changed_config {
+            // Typing travels in an extension, not in the room.
+            if !self.views.moved_since(room_id, at, end, false)? && !state_changed_config {
                 return Ok(None);
             }
         }

@@ -39,11 +39,9 @@ use crate::{
             events::{Events, StoredEvent},
             history::{History, WindowFilter},
             members::{Memberships, Roster, UserMemberships},
-            receipts::Receipts,
             remote_invites::RemoteInvites,
             render::{EventRenderer, Rendering, Shape, Viewer},
             state::StateMap,
-            typing::Typing,
             view::RoomViews,
         },
         stream::{Change, Stream},
@@ -88,8 +86,6 @@ pub struct Sync {
     members: Arc<Memberships>,
     history: Arc<History>,
     account_data: Arc<AccountData>,
-    receipts: Arc<Receipts>,
-    typing: Arc<Typing>,
     presence: Arc<Presence>,
     notifications: Arc<Notifications>,
     renderer: Arc<EventRenderer>,
@@ -257,8 +253,6 @@ impl Sync {
         members: Arc<Memberships>,
         history: Arc<History>,
         account_data: Arc<AccountData>,
-        receipts: Arc<Receipts>,
-        typing: Arc<Typing>,
         presence: Arc<Presence>,
         notifications: Arc<Notifications>,
         renderer: Arc<EventRenderer>,
@@ -274,8 +268,6 @@ impl Sync {
             members,
             history,
             account_data,
-            receipts,
-            typing,
             presence,
             notifications,
             renderer,
@@ -414,7 +406,7 @@ impl Sync {
                     // Only rooms with something new are rendered (and counted towards
                     // rendering on several threads): an incremental sync of a user in
                     // hundreds of quiet rooms stays on this thread.
-                    if self.joined_room_moved(request, &room_id, &record, since, &account)? {
+                    if self.joined_room_moved(request, &room_id, &record, since, upto, &account)? {
                         to_render.push((room_id, record, account));
                     }
                 }
@@ -606,16 +598,13 @@ impl Sync {
         room_id: &RoomId,
         record: &MembershipRecord,
         since: Option<u64>,
+        upto: u64,
         account: &[&AccountDataEntry],
     ) -> Result<bool> {
         let Some(s) = since.filter(|s| record.joined_since() <= *s) else {
             return Ok(true);
         };
-        Ok(request.full_state
-            || !account.is_empty()
-            || self.events.last_position(room_id)? > s
-            || self.receipts.last_position(room_id)? > s
-            || self.typing.last_position(room_id) > s)
+        Ok(request.full_state || !account.is_empty() || self.views.moved_since(room_id, s, upto, true)?)
     }
 
     #[allow(clippy::too_many_arguments)]

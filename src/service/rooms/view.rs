@@ -228,9 +228,13 @@ impl RoomViews {
         self.states.current_state(room_id)
     }
 
-    /// Whether the room's receipts moved after `at` (a read changes unread counts).
-    pub fn receipts_moved(&self, room_id: &RoomId, at: u64) -> Result<bool> {
-        Ok(self.receipts.last_position(room_id)? > at)
+    /// Whether a room a client has up to `at` has something new up to `upto`: an event, a
+    /// receipt (a read changes unread counts) or, when the client shows it in the room,
+    /// typing. Both syncs ask this of every room before rendering any.
+    pub fn moved_since(&self, room_id: &RoomId, at: u64, upto: u64, typing: bool) -> Result<bool> {
+        Ok(self.events.last_position(room_id)?.min(upto) > at
+            || self.receipts.last_position(room_id)? > at
+            || (typing && self.typing.last_position(room_id) > at))
     }
 
     /// The room's unread counts; with `per_thread`, threads apart (as the room's and each
