@@ -17,6 +17,12 @@ pub(crate) fn conduit(db: &std::path::Path) -> Command {
         // their own tests.
         .env("CONDUIT_RATE_LIMITING", "false")
         .env("CONDUIT_LOG", "warn");
+    // The same database as a test server of the directory holding `db` (`test_config`).
+    if crate::harness::on_postgresql() {
+        let dir = db.parent().expect("the database path is in the test's directory");
+        cmd.env("CONDUIT_DATABASE_BACKEND", "postgresql")
+            .env("CONDUIT_DATABASE_URL", crate::harness::postgresql_url(dir));
+    }
     cmd
 }
 

@@ -59,7 +59,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         rate_limiting: false,
         ..Config::default()
     };
-    if std::env::var("CONDUIT_TEST_BACKEND").is_ok_and(|b| b == "postgresql") {
+    if on_postgresql() {
         use_postgresql(&mut config, dir);
     }
     config
@@ -88,15 +88,24 @@ pub fn shared_cluster() -> &'static PgCluster {
 /// use, stopped at exit), one database per server directory, so a restarted server finds
 /// its data again.
 pub fn use_postgresql(config: &mut Config, dir: &std::path::Path) {
+    config.database_backend = conduit::config::DatabaseBackend::Postgresql;
+    config.database_url = Some(postgresql_url(dir));
+    config.database_pool_size = 8;
+}
+
+/// The URL of the PostgreSQL database of the server of `dir` (created on first use).
+pub fn postgresql_url(dir: &std::path::Path) -> String {
     let cluster = shared_cluster();
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     dir.hash(&mut hasher);
     let name = format!("conduit_{:016x}", hasher.finish());
-    let url = cluster.create_database(&name).expect("a test database");
-    config.database_backend = conduit::config::DatabaseBackend::Postgresql;
-    config.database_url = Some(url);
-    config.database_pool_size = 8;
+    cluster.create_database(&name).expect("a test database")
+}
+
+/// Whether this run puts test servers on PostgreSQL (`CONDUIT_TEST_BACKEND=postgresql`).
+pub fn on_postgresql() -> bool {
+    std::env::var("CONDUIT_TEST_BACKEND").is_ok_and(|b| b == "postgresql")
 }
 
 impl TestServer {
