@@ -1365,6 +1365,11 @@ impl Notifications {
     /// the event by the push fan-out, so an event in a big room costs its sender nothing per
     /// member; a member who left since is not pushed.
     pub fn fan_out(&self, stream: u64) -> Result<Vec<OwnedUserId>> {
+        // With nobody holding a pusher there is no candidate: the event is not even read
+        // (two round trips per event on PostgreSQL).
+        if self.pusher_users.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return Ok(Vec::new());
+        }
         let Some(room_id) = self.log_order.get(&stream)? else { return Ok(Vec::new()) };
         let Some(record) = self.log.get(&(room_id.clone(), stream))? else { return Ok(Vec::new()) };
         let roster = self.members.roster(&room_id)?;
