@@ -594,7 +594,7 @@ impl Timeline {
             }
             None => None,
         };
-        let durable = self.write_event_batch(batch)?;
+        let mut durable = self.write_event_batch(batch)?;
         self.notifications.counted(counted);
         if let Some(audited) = audited {
             audited.committed();
@@ -602,6 +602,9 @@ impl Timeline {
         if let Some(state_key) = &pdu.state_key
             && !is_create
         {
+            // The cancellations are a buffered batch of their own, made durable by the
+            // event's sync: the event waits for one even when its own batch was synced.
+            durable = false;
             // The event is written; failing to cancel delayed events must not fail it.
             if let Err(e) =
                 self.delayed.state_written(room_id, pdu.kind.to_string().as_str(), state_key, &pdu.sender)
