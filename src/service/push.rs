@@ -772,17 +772,24 @@ impl Notifications {
                 .and_then(|(_, o)| o.as_ref())
         };
         let mut logged_classes = Vec::new();
-        for (class, outcome) in &evaluation.classes {
-            let Some(outcome) = outcome else { continue };
-            let key = (room_id.clone(), *class, thread_key.clone());
-            let head = self.class_heads.get(&key)?.unwrap_or_default();
+        let notified: Vec<_> = evaluation
+            .classes
+            .iter()
+            .filter_map(|(class, outcome)| outcome.as_ref().map(|o| (*class, o)))
+            .collect();
+        let keys: Vec<_> =
+            notified.iter().map(|(class, _)| (room_id.clone(), *class, thread_key.clone())).collect();
+        // Every class's head in one read (one round trip on PostgreSQL, however many classes).
+        let heads = self.class_heads.get_many(&keys)?;
+        for (((class, outcome), key), head) in notified.into_iter().zip(keys).zip(heads) {
+            let head = head.unwrap_or_default();
             let totals = PushClassCount {
                 notified: head.notified + 1,
                 highlighted: head.highlighted + u64::from(outcome.highlight),
             };
             self.class_counts.put(
                 batch,
-                &(room_id.clone(), *class, thread_key.clone(), event.stream),
+                &(room_id.clone(), class, thread_key.clone(), event.stream),
                 &totals,
             )?;
             let head = PushClassHead {
@@ -792,7 +799,7 @@ impl Notifications {
             };
             self.class_heads.put(batch, &key, &head)?;
             logged_classes.push(PushLogClass {
-                class: *class,
+                class,
                 actions: outcome.actions.clone(),
                 highlight: outcome.highlight,
             });
@@ -1358,6 +1365,11 @@ impl Notifications {
     /// the event by the push fan-out, so an event in a big room costs its sender nothing per
     /// member; a member who left since is not pushed.
     pub fn fan_out(&self, stream: u64) -> Result<Vec<OwnedUserId>> {
+        // With nobody holding a pusher there is no candidate: the event is not even read
+        // (two round trips per event on PostgreSQL).
+        if self.pusher_users.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            return Ok(Vec::new());
+        }
         let Some(room_id) = self.log_order.get(&stream)? else { return Ok(Vec::new()) };
         let Some(record) = self.log.get(&(room_id.clone(), stream))? else { return Ok(Vec::new()) };
         let roster = self.members.roster(&room_id)?;

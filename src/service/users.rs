@@ -24,6 +24,26 @@ const MAX_DISPLAYNAME_LEN: usize = 256;
 /// Longest avatar URL accepted, in bytes (as Synapse).
 const MAX_AVATAR_URL_LEN: usize = 1000;
 
+/// An account's standing, read once: see [`Users::standing`].
+#[derive(Clone, Copy, Debug)]
+pub struct Standing {
+    pub suspended: bool,
+    pub shadow_banned: bool,
+}
+
+impl Standing {
+    /// Refuse an action a suspended account may not take (MSC3823: `M_USER_SUSPENDED`).
+    pub fn ensure_not_suspended(&self, action: &str) -> Result<()> {
+        if self.suspended {
+            return Err(Error::new(
+                ErrorKind::UserSuspended,
+                format!("{action} while account is suspended is not allowed."),
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub struct Users {
     users: Table<OwnedUserId, UserRecord>,
     profiles: Table<OwnedUserId, ProfileRecord>,
@@ -209,13 +229,17 @@ impl Users {
 
     /// Refuse an action a suspended account may not take (MSC3823: `M_USER_SUSPENDED`).
     pub fn ensure_not_suspended(&self, user_id: &UserId, action: &str) -> Result<()> {
-        if self.get(user_id)?.is_some_and(|u| u.suspended) {
-            return Err(Error::new(
-                ErrorKind::UserSuspended,
-                format!("{action} while account is suspended is not allowed."),
-            ));
-        }
-        Ok(())
+        self.standing(user_id)?.ensure_not_suspended(action)
+    }
+
+    /// What the account may do, from one read of its record (for a path that asks more than
+    /// one of `ensure_not_suspended` and `is_shadow_banned`).
+    pub fn standing(&self, user_id: &UserId) -> Result<Standing> {
+        let record = self.get(user_id)?;
+        Ok(Standing {
+            suspended: record.as_ref().is_some_and(|u| u.suspended),
+            shadow_banned: record.as_ref().is_some_and(|u| u.shadow_banned),
+        })
     }
 
     /// Whether the account is shadow-banned: what it sends, invites and creates seems to

@@ -168,6 +168,16 @@ pub trait KvStore: Send + Sync + 'static {
     /// Make every write that returned before this call durable (RocksDB: sync the WAL).
     fn sync(&self) -> StorageResult<()>;
 
+    /// Whether a writer that must be durable before it answers should `write` its batch
+    /// synced, rather than `write_buffered` and then wait for a shared `sync` (group
+    /// commit, [`super::GroupSync`]). RocksDB: no, a synced write holds an fsync of its own
+    /// and group commit is what shares it. PostgreSQL: yes, a synchronous commit costs the
+    /// one round trip a buffered commit does, and the server shares one WAL flush among
+    /// concurrent commits itself, so a separate sync would be a second transaction.
+    fn prefers_synced_writes(&self) -> bool {
+        false
+    }
+
     /// Persist everything written so far; called on graceful shutdown.
     fn flush(&self) -> StorageResult<()>;
 
@@ -352,6 +362,10 @@ pub struct StoreStats {
     pub written_bytes: u64,
     /// Syncs of the write-ahead log (group commits), since start.
     pub syncs: u64,
+    /// Requests sent to a database server and waited for, since start: each one round trip
+    /// (or two, the first time a connection prepares a statement). Zero for an embedded
+    /// engine.
+    pub requests: u64,
 }
 
 /// One table's sizes, as the engine estimates them.

@@ -131,6 +131,40 @@ struct Counts {
     buffered_writes: AtomicU64,
     written_bytes: AtomicU64,
     syncs: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// Which buffered commits of this process are known to be durable. Buffered commits are
+/// numbered as they return; a synchronous commit (a `sync`, or a synced write) flushes the
+/// write-ahead log up to its own record, so every buffered commit that returned before it
+/// began is durable once it returns.
+#[derive(Default)]
+struct Flushed {
+    /// Buffered commits returned so far.
+    buffered: AtomicU64,
+    /// How many of them (the first so many) are durable.
+    durable: AtomicU64,
+}
+
+impl Flushed {
+    /// Note a buffered commit that has returned.
+    fn buffered_committed(&self) {
+        self.buffered.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The mark to pass to [`Self::synced`] once a synchronous commit beginning now returns.
+    fn mark(&self) -> u64 {
+        self.buffered.load(Ordering::SeqCst)
+    }
+
+    fn synced(&self, mark: u64) {
+        self.durable.fetch_max(mark, Ordering::SeqCst);
+    }
+
+    /// Whether every buffered commit that returned so far is durable.
+    fn all_durable(&self) -> bool {
+        self.durable.load(Ordering::SeqCst) >= self.buffered.load(Ordering::SeqCst)
+    }
 }
 
 /// What the futures run on the store's runtime share.
@@ -159,6 +193,7 @@ pub struct PgStore {
     /// would panic).
     runtime: Option<tokio::runtime::Runtime>,
     counts: Counts,
+    flushed: Flushed,
     order: Vec<&'static str>,
 }
 
@@ -269,6 +304,7 @@ impl PgStore {
             shared,
             runtime: Some(runtime),
             counts: Counts::default(),
+            flushed: Flushed::default(),
             order: tables.iter().map(|t| t.name).collect(),
         };
         // Fail now, with the reason, if the database cannot be reached.
@@ -291,7 +327,16 @@ impl PgStore {
         self.block_on_raw(future).map_err(PgError::into_storage)
     }
 
+    /// As `block_on`, counting the request (every caller but `stats`, which reports them).
     fn block_on_raw<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> Result<T, PgError> {
+        self.counts.requests.fetch_add(1, Ordering::Relaxed);
+        self.block_on_uncounted(future)
+    }
+
+    fn block_on_uncounted<T: Send + 'static>(
         &self,
         future: impl Future<Output = Result<T, PgError>> + Send + 'static,
     ) -> Result<T, PgError> {
@@ -329,18 +374,14 @@ impl PgStore {
         counter.fetch_add(1, Ordering::Relaxed);
         self.counts.written_bytes.fetch_add(batch_bytes(&batch), Ordering::Relaxed);
         let ops = Arc::new(collapse(batch));
+        let upserted = upserts(&ops);
+        let mark = self.flushed.mark();
         for _ in 0..MAX_ATTEMPTS {
             let shared = Arc::clone(&self.shared);
             let ops = Arc::clone(&ops);
             let outcome = self.block_on_raw(async move {
                 let client = pooled(&shared.plain).await?;
-                let result = async {
-                    client.batch_execute(begin_sql(durability)).await?;
-                    write_ops(&client, &ops).await?;
-                    client.batch_execute("COMMIT").await?;
-                    Ok::<(), PgError>(())
-                }
-                .await;
+                let result = write_and_commit(&client, Some(begin_sql(durability)), &ops).await;
                 if result.is_err() {
                     rollback(client).await;
                 }
@@ -348,17 +389,42 @@ impl PgStore {
             });
             match outcome {
                 Err(e) if e.retryable() => continue,
-                other => return other.map_err(PgError::into_storage),
+                Err(e) => return Err(e.into_storage()),
+                Ok(()) => {
+                    self.committed(durability, mark, upserted);
+                    return Ok(());
+                }
             }
         }
         Err(StorageError::Backend(format!("a write conflicted {MAX_ATTEMPTS} times in a row; giving up")))
+    }
+
+    /// Account for a commit that returned: a buffered one is numbered; a synced one that
+    /// `upserted` (so wrote to the write-ahead log, which a commit waits to flush; a
+    /// transaction that wrote none, such as one deleting only absent keys, flushes nothing)
+    /// made every buffered commit before `mark` durable.
+    fn committed(&self, durability: Durability, mark: u64, upserted: bool) {
+        match durability {
+            Durability::Buffered => self.flushed.buffered_committed(),
+            Durability::Synced if upserted => self.flushed.synced(mark),
+            Durability::Synced => {}
+        }
     }
 
     /// Make every commit that returned so far durable: a synchronous commit flushes the
     /// write-ahead log up to its own record, and so every earlier asynchronous commit with
     /// it. The commit must write something (a transaction that wrote no WAL is not flushed
     /// at all): one row of `conduit_sync` counts the syncs.
+    ///
+    /// Nothing is sent when every buffered commit of this process is durable already (all
+    /// writes since the last sync were synced ones). Another process sharing the database
+    /// makes its own buffered writes durable with its own syncs, as it must: its caller
+    /// waits on that process, not this one.
     fn flush_wal(&self) -> StorageResult<()> {
+        if self.flushed.all_durable() {
+            return Ok(());
+        }
+        let mark = self.flushed.mark();
         self.counts.syncs.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::clone(&self.shared);
         self.block_on(async move {
@@ -370,7 +436,9 @@ impl PgStore {
                 )
                 .await?;
             Ok::<(), PgError>(())
-        })
+        })?;
+        self.flushed.synced(mark);
+        Ok(())
     }
 }
 
@@ -413,6 +481,11 @@ fn batch_bytes(batch: &WriteBatch) -> u64 {
 /// to a key replace earlier ones, as applying the batch in order would.
 type Collapsed = Vec<(&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<Vec<u8>>)>;
 
+/// Whether collapsed writes put any row.
+fn upserts(ops: &Collapsed) -> bool {
+    ops.iter().any(|(_, _, put_keys, _)| !put_keys.is_empty())
+}
+
 fn collapse(batch: WriteBatch) -> Collapsed {
     let mut last: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>> = BTreeMap::new();
     for op in batch.ops {
@@ -438,26 +511,95 @@ fn collapse(batch: WriteBatch) -> Collapsed {
     out
 }
 
-/// Apply collapsed writes on `client`, inside its open transaction: two statements per
-/// table at most.
-async fn write_ops(client: &Object, ops: &Collapsed) -> Result<(), PgError> {
-    for (table, deletes, put_keys, put_values) in ops {
+/// A statement of a pipeline: it sends its request at its first poll, then waits for the
+/// answer.
+type Step<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, PgError>> + Send + 'a>>;
+
+/// Run `steps` as one pipeline: each is polled once, in order, before any answer is awaited,
+/// and tokio-postgres sends a statement's messages at its first poll, so the statements
+/// reach the server in this order and back to back (one round trip for all of them, not
+/// one each). Every answer is awaited; the first error in order is returned, which is the
+/// cause: after a failed statement the server refuses the rest of its transaction (25P02)
+/// and turns its COMMIT into a rollback.
+async fn pipeline<T>(steps: Vec<Step<'_, T>>) -> Result<Vec<T>, PgError> {
+    use std::task::Poll;
+    let mut pending: Vec<Option<Step<'_, T>>> = steps.into_iter().map(Some).collect();
+    let mut results: Vec<Option<Result<T, PgError>>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut busy = false;
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(step) = slot {
+                match step.as_mut().poll(cx) {
+                    Poll::Ready(done) => {
+                        *result = Some(done);
+                        *slot = None;
+                    }
+                    Poll::Pending => busy = true,
+                }
+            }
+        }
+        if busy { Poll::Pending } else { Poll::Ready(()) }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+fn unprepared() -> PgError {
+    PgError::Other(StorageError::Backend("a write statement was not prepared".into()))
+}
+
+/// Apply collapsed writes on `client` and commit; `begin`, when given, opens the
+/// transaction first. Two statements per table at most, prepared once per connection (the
+/// ones not yet prepared there cost one round trip together), then sent as one pipeline
+/// with the BEGIN and the COMMIT: one round trip for the whole write, however many tables
+/// it touches.
+async fn write_and_commit(
+    client: &Object,
+    begin: Option<&'static str>,
+    ops: &Collapsed,
+) -> Result<(), PgError> {
+    let mut sql = Vec::new();
+    for (table, deletes, put_keys, _) in ops {
         let t = sql_table(table);
         if !deletes.is_empty() {
-            let stmt = client.prepare_cached(&format!("DELETE FROM {t} WHERE k = ANY($1)")).await?;
-            client.execute(&stmt, &[deletes]).await?;
+            sql.push(format!("DELETE FROM {t} WHERE k = ANY($1)"));
         }
         if !put_keys.is_empty() {
-            let stmt = client
-                .prepare_cached(&format!(
-                    "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-                     ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
-                ))
-                .await?;
-            client.execute(&stmt, &[put_keys, put_values]).await?;
+            sql.push(format!(
+                "INSERT INTO {t} (k, v) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"
+            ));
         }
     }
-    Ok(())
+    let prepares: Vec<Step<'_, tokio_postgres::Statement>> = sql
+        .iter()
+        .map(|text| -> Step<'_, tokio_postgres::Statement> {
+            Box::pin(async move { Ok(client.prepare_cached(text).await?) })
+        })
+        .collect();
+    let mut statements = pipeline(prepares).await?.into_iter();
+    let mut steps: Vec<Step<'_, ()>> = Vec::new();
+    if let Some(begin) = begin {
+        steps.push(Box::pin(async move { Ok(client.batch_execute(begin).await?) }));
+    }
+    for (_, deletes, put_keys, put_values) in ops {
+        if !deletes.is_empty() {
+            let stmt = statements.next().ok_or_else(unprepared)?;
+            steps.push(Box::pin(async move {
+                client.execute(&stmt, &[deletes]).await?;
+                Ok(())
+            }));
+        }
+        if !put_keys.is_empty() {
+            let stmt = statements.next().ok_or_else(unprepared)?;
+            steps.push(Box::pin(async move {
+                client.execute(&stmt, &[put_keys, put_values]).await?;
+                Ok(())
+            }));
+        }
+    }
+    steps.push(Box::pin(async move { Ok(client.batch_execute("COMMIT").await?) }));
+    pipeline(steps).await.map(drop)
 }
 
 /// The statement reading `range` of `table` in `direction` order (at most `limit` rows), and
@@ -631,6 +773,13 @@ impl KvStore for PgStore {
         self.flush_wal()
     }
 
+    /// A synchronous commit is one round trip, as an asynchronous one is, and concurrent
+    /// ones share their WAL flush in the server: a separate sync would cost a second
+    /// transaction per write.
+    fn prefers_synced_writes(&self) -> bool {
+        true
+    }
+
     fn flush(&self) -> StorageResult<()> {
         self.flush_wal()
     }
@@ -643,6 +792,7 @@ impl KvStore for PgStore {
         durability: Durability,
         body: &mut dyn FnMut(&mut dyn Transaction) -> StorageResult<bool>,
     ) -> StorageResult<()> {
+        let mark = self.flushed.mark();
         for _ in 0..MAX_ATTEMPTS {
             let mut tx = PgTx {
                 store: self,
@@ -656,7 +806,10 @@ impl KvStore for PgStore {
             let outcome = body(&mut tx);
             match outcome {
                 Ok(true) => match tx.commit() {
-                    Ok(()) => return Ok(()),
+                    Ok(upserted) => {
+                        self.committed(durability, mark, upserted);
+                        return Ok(());
+                    }
                     Err(e) if e.retryable() => continue,
                     Err(e) => return Err(e.into_storage()),
                 },
@@ -690,7 +843,7 @@ impl KvStore for PgStore {
         let mut stats = StoreStats::default();
         let shared = Arc::clone(&self.shared);
         let sizes = self
-            .block_on(async move {
+            .block_on_uncounted(async move {
                 let client = pooled(&shared.plain).await?;
                 let rows = client
                     .query(
@@ -725,6 +878,7 @@ impl KvStore for PgStore {
         stats.buffered_writes = c.buffered_writes.load(Ordering::Relaxed);
         stats.written_bytes = c.written_bytes.load(Ordering::Relaxed);
         stats.syncs = c.syncs.load(Ordering::Relaxed);
+        stats.requests = c.requests.load(Ordering::Relaxed);
         stats
     }
 }
@@ -779,7 +933,8 @@ impl PgTx<'_> {
         result
     }
 
-    fn commit(mut self) -> Result<(), PgError> {
+    /// Commit; answers whether the commit upserted a row.
+    fn commit(mut self) -> Result<bool, PgError> {
         let batch = std::mem::take(&mut self.batch);
         for op in &batch.ops {
             let (WriteOp::Put { table, .. } | WriteOp::Delete { table, .. }) = op;
@@ -789,7 +944,7 @@ impl PgTx<'_> {
             }
         }
         if batch.is_empty() && !self.begun {
-            return Ok(());
+            return Ok(false);
         }
         let counter = match self.durability {
             Durability::Synced => &self.store.counts.synced_writes,
@@ -800,17 +955,14 @@ impl PgTx<'_> {
             self.store.counts.written_bytes.fetch_add(batch_bytes(&batch), Ordering::Relaxed);
         }
         let ops = collapse(batch);
-        let result = self.run(move |client| async move {
-            write_ops(&client, &ops).await?;
-            client.batch_execute("COMMIT").await?;
-            Ok::<(), PgError>(())
-        });
+        let upserted = upserts(&ops);
+        let result = self.run(move |client| async move { write_and_commit(&client, None, &ops).await });
         if result.is_err() {
             self.finish_without_commit();
         } else {
             self.client = None;
         }
-        result
+        result.map(|()| upserted)
     }
 
     /// Roll back whatever the run began and give the connection back.

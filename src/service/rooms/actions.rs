@@ -95,20 +95,27 @@ impl RoomActions {
         origin_server_ts: Option<u64>,
     ) -> Result<OwnedEventId> {
         ensure_object(&content)?;
-        // A retried transaction is answered before the membership check, so a client that
-        // retries after leaving still learns its event ID. `send` checks again under the lock.
-        if let Some(txn) = txn
-            && let Some(event_id) = self.timeline.txn_event(sender, txn)?
-        {
-            return Ok(event_id);
-        }
-        self.ensure_joined(room_id, sender)?;
-        // A suspended account may still redact (its own events: checked in `redact`).
-        if kind != "m.room.redaction" {
-            self.users.ensure_not_suspended(sender, "Sending messages")?;
-        }
-        if self.users.is_shadow_banned(sender)? {
-            return fake_event_id();
+        let checked = (|| {
+            self.ensure_joined(room_id, sender)?;
+            let standing = self.users.standing(sender)?;
+            // A suspended account may still redact (its own events: checked in `redact`).
+            if kind != "m.room.redaction" {
+                standing.ensure_not_suspended("Sending messages")?;
+            }
+            Ok::<_, Error>(standing.shadow_banned)
+        })();
+        if !matches!(checked, Ok(false)) {
+            // A retried transaction is answered whatever the checks say, so a client that
+            // retries after leaving still learns its event ID. One that passes them is
+            // looked up once, by `send`, under the room's lock.
+            if let Some(txn) = txn
+                && let Some(event_id) = self.timeline.txn_event(sender, txn)?
+            {
+                return Ok(event_id);
+            }
+            if checked? {
+                return fake_event_id();
+            }
         }
         let mut template = client_template(kind, None, content)?;
         template.origin_server_ts = origin_server_ts;

@@ -12,6 +12,9 @@
 //! The batch is written buffered under the lock, so the next event of the room can be built
 //! on it at once; it becomes durable in a group sync shared with other writers, after the
 //! lock is released and before the event is announced or acknowledged (`PendingEvent`).
+//! On a store that prefers synced writes (PostgreSQL, where a synchronous commit costs no
+//! more round trips than a buffered one and the server shares WAL flushes itself) the batch
+//! is written synced instead, and there is nothing left to wait for.
 
 mod engine;
 
@@ -80,14 +83,16 @@ impl RoomLock {
     }
 }
 
-/// An event written and visible in this process but not yet durable. Its stream position
-/// stays in flight, so no sync hands it out, until `Timeline::finish` has synced and
-/// announced it.
+/// An event written and visible in this process, not yet announced and, unless written
+/// synced, not yet durable. Its stream position stays in flight, so no sync hands it out,
+/// until `Timeline::finish` has made it durable and announced it.
 #[must_use = "an appended event is announced only once it is made durable"]
 pub struct PendingEvent {
     event: Arc<StoredEvent>,
     reservation: OwnedReservation,
     changes: Vec<Change>,
+    /// The batch was written synced: durable already, no sync to wait for.
+    durable: bool,
 }
 
 /// A client transaction: the device that sent it and its ID.
@@ -219,7 +224,7 @@ impl Timeline {
         txn: Option<Txn<'_>>,
     ) -> Result<Arc<StoredEvent>> {
         let pending = self.append_pending(lock, sender, template, txn, None)?;
-        self.store.sync()?;
+        self.make_durable(&pending)?;
         Ok(self.announce(pending))
     }
 
@@ -233,7 +238,7 @@ impl Timeline {
         delay_id: &str,
     ) -> Result<Arc<StoredEvent>> {
         let pending = self.append_pending(lock, sender, template, None, Some(delay_id))?;
-        self.store.sync()?;
+        self.make_durable(&pending)?;
         Ok(self.announce(pending))
     }
 
@@ -269,12 +274,35 @@ impl Timeline {
 
     /// Make an appended event durable in a group sync, then announce it.
     pub async fn finish(&self, pending: PendingEvent) -> Result<Arc<StoredEvent>> {
-        self.group_sync.synced().await?;
+        if !pending.durable {
+            self.group_sync.synced().await?;
+        }
         Ok(self.announce(pending))
     }
 
+    /// Make a pending event durable at once (for a caller that holds the room's lock).
+    fn make_durable(&self, pending: &PendingEvent) -> Result<()> {
+        if !pending.durable {
+            self.store.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Write an event's batch: buffered, to be synced after the room's lock is released,
+    /// or synced at once where the store prefers that (see the module docs). Answers
+    /// whether the batch is durable already.
+    fn write_event_batch(&self, batch: WriteBatch) -> Result<bool> {
+        if self.store.prefers_synced_writes() {
+            self.store.write(batch)?;
+            Ok(true)
+        } else {
+            self.store.write_buffered(batch)?;
+            Ok(false)
+        }
+    }
+
     fn announce(&self, pending: PendingEvent) -> Arc<StoredEvent> {
-        let PendingEvent { event, reservation, changes } = pending;
+        let PendingEvent { event, reservation, changes, durable: _ } = pending;
         drop(reservation);
         self.stream.announce(event.stream, changes);
         event
@@ -442,7 +470,7 @@ impl Timeline {
             };
             let room_id = pdu.room_id.clone();
             let pending = self.commit(&room_id, record, pdu, None, None, None)?;
-            self.store.sync()?;
+            self.make_durable(&pending)?;
             return Ok((lock, self.announce(pending)));
         }
     }
@@ -566,7 +594,7 @@ impl Timeline {
             }
             None => None,
         };
-        self.store.write_buffered(batch)?;
+        let mut durable = self.write_event_batch(batch)?;
         self.notifications.counted(counted);
         if let Some(audited) = audited {
             audited.committed();
@@ -574,6 +602,9 @@ impl Timeline {
         if let Some(state_key) = &pdu.state_key
             && !is_create
         {
+            // The cancellations are a buffered batch of their own, made durable by the
+            // event's sync: the event waits for one even when its own batch was synced.
+            durable = false;
             // The event is written; failing to cancel delayed events must not fail it.
             if let Err(e) =
                 self.delayed.state_written(room_id, pdu.kind.to_string().as_str(), state_key, &pdu.sender)
@@ -591,7 +622,7 @@ impl Timeline {
             self.members.committed_member(room_id, member, membership);
         }
         tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event appended");
-        Ok(PendingEvent { event, reservation, changes })
+        Ok(PendingEvent { event, reservation, changes, durable })
     }
 
     /// Refuse a local user's redaction that this server would not let them make (another

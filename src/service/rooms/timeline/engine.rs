@@ -855,7 +855,7 @@ impl Timeline {
         let depth = room.depth.max(u64::from(event.pdu.depth));
         let record = RoomRecord { forward_extremities: extremities, depth, state_group: head_group, ..room };
         self.states.put_room_in(&mut batch, room_id, &record)?;
-        self.store.write_buffered(batch)?;
+        let durable = self.write_event_batch(batch)?;
 
         self.notifications.counted(counted);
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
@@ -869,7 +869,7 @@ impl Timeline {
             changes.extend(moved.into_iter().map(|(user_id, _)| Change::User(user_id)));
         }
         tracing::debug!(room_id = %room_id, event_id = %event.pdu.event_id, stream = event.stream, "event accepted on the graph");
-        Ok(super::PendingEvent { event, reservation, changes })
+        Ok(super::PendingEvent { event, reservation, changes, durable })
     }
 }
 
