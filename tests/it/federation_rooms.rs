@@ -763,3 +763,64 @@ async fn keys_to_device_messages_and_device_lists_cross_servers() {
     assert!(keys["device_keys"][&bob.user_id]["BOBTWO"].is_object(), "{keys}");
     let _ = room;
 }
+
+/// Whether Bob's sync on B has Alice's to-device message of type `kind`.
+async fn has_to_device(b: &TestServer, bob: &Session, kind: &str, sender: &str) -> bool {
+    let synced = sync(b, bob, "").await;
+    synced["to_device"]["events"]
+        .as_array()
+        .is_some_and(|events| events.iter().any(|e| e["type"] == kind && e["sender"] == json!(sender)))
+}
+
+#[tokio::test]
+async fn a_to_device_message_to_a_server_that_is_down_survives_a_restart_of_the_sender() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+
+    // B goes down; Alice sends Bob's device a message, which A cannot deliver.
+    let b_config = (*b.services.config).clone();
+    let b_clock = std::sync::Arc::clone(&b.clock);
+    let b_dir = b.stop().await;
+    let (status, body) = a
+        .put(
+            &format!("{V3}/sendToDevice/m.test.durable/t1"),
+            Some(&alice.token),
+            json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"kept": true}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let b_name: ruma::OwnedServerName = b_config.server_name.clone();
+    assert_eq!(a.services.federation_sender.durable_waiting(&b_name).unwrap(), 1);
+    // Give A's first delivery time to fail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A restarts (losing all it held in memory), then B comes back.
+    let a_config = (*a.services.config).clone();
+    let a_clock = std::sync::Arc::clone(&a.clock);
+    let a_dir = a.stop().await;
+    let a = TestServer::listen_on(a_config, a_dir, a_clock).await;
+    assert_eq!(
+        a.services.federation_sender.durable_waiting(&b_name).unwrap(),
+        1,
+        "still waiting after a restart"
+    );
+    let b = TestServer::listen_on(b_config, b_dir, b_clock).await;
+    let mut arrived = false;
+    for _ in 0..200 {
+        a.clock.advance_ms(30_000);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if has_to_device(&b, &bob, "m.test.durable", &alice.user_id).await {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "Alice's to-device message never reached Bob after the outage");
+    // Once acknowledged, it is no longer kept.
+    eventually("the acknowledged EDU forgotten", || async {
+        a.services.federation_sender.durable_waiting(&b_name).unwrap() == 0
+    })
+    .await;
+}
