@@ -673,6 +673,11 @@ impl RemoteE2ee {
             }
             edus.push(json!({"edu_type": "m.signing_key_update", "content": content}));
         }
+        // Nothing other servers see changed (a device without keys, a signature on another
+        // user's key): nothing is sent, and the next update follows on from the last one sent.
+        if edus.is_empty() {
+            return Ok(());
+        }
         self.sent.insert(
             &user_id.to_owned(),
             &DeviceListSentRecord {
@@ -682,9 +687,6 @@ impl RemoteE2ee {
                 self_signing_key: as_text(&self_signing),
             },
         )?;
-        if edus.is_empty() {
-            return Ok(());
-        }
         let mut servers = BTreeSet::new();
         for room in self.members.rooms_of_user(user_id, &MembershipState::Join)? {
             for member in self.members.roster(&room)?.joined() {
