@@ -1016,3 +1016,24 @@ async fn device_list_updates_that_do_not_belong_to_their_server_are_refused_and_
     assert!(!after.stale && after.devices.contains_key("NEWDEV"), "{after:?}");
     assert_eq!(after.stream_id, stream_id);
 }
+
+#[tokio::test]
+#[ignore = "fails here: after joining a room of A through A, B's sync does not make Bob's nio see the room as encrypted (m.room.encryption), so his answer goes out in plaintext; the same script passes with Synapse as B (synapse_federation)"]
+async fn matrix_nio_users_on_two_servers_decrypt_each_other_in_an_encrypted_room() {
+    let python = crate::sdk::provided_by_scripts_test("CONDUIT_TEST_PYTHON", "a Python with matrix-nio");
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    crate::sdk::run_client_check(
+        "matrix-nio across two conduit servers",
+        python,
+        vec![
+            crate::sdk::script("sdk/nio_e2ee_federated.py"),
+            a.base.clone().into(),
+            a.name().into(),
+            b.base.clone().into(),
+            b.name().into(),
+        ],
+    )
+    .await;
+}
