@@ -405,6 +405,7 @@ impl Services {
         ));
         let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
         let federation_sender = Arc::new(federation::FederationSender::new(
+            &store,
             config.server_name.clone(),
             Arc::clone(&federation),
             Arc::clone(&outbox),
@@ -416,8 +417,9 @@ impl Services {
             Arc::clone(&typing),
             Arc::clone(&receipts),
             config.federation_max_backoff_secs,
-        ));
+        )?);
         let remote_e2ee = Arc::new(federation::RemoteE2ee::new(
+            &store,
             config.server_name.clone(),
             Arc::clone(&federation),
             Arc::clone(&federation_sender),

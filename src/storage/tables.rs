@@ -270,6 +270,18 @@ catalogue! {
     /// The outbox's queues: per kind of destination and destination, the stream position
     /// delivered up to.
     OUTBOX_QUEUES = "outbox_queues", key "kind, destination": (String, String) => OutboxQueueRecord, version 1;
+    /// Federation EDUs that must not be lost (to-device messages, device-list and signing-key
+    /// updates), per destination server and sequence number, as JSON, until a transaction
+    /// carrying them is acknowledged.
+    FEDERATION_EDUS = "federation_edus", key "destination, seq": (String, u64) => String, version 1;
+    /// Other servers' users' device lists as last learnt (a `/user/devices` resync, then
+    /// the `m.device_list_update` and `m.signing_key_update` EDUs applied on top), for users
+    /// sharing a room with a local user: `/keys/query` is answered from here when fresh.
+    REMOTE_DEVICE_LISTS = "remote_device_lists", key "user_id": OwnedUserId => RemoteDeviceListRecord, version 1;
+    /// Local users' device lists as last told to other servers (the stream ID of the last
+    /// change and the keys then), so the next change sends only what changed, naming the
+    /// last stream ID as its `prev_id`.
+    DEVICE_LISTS_SENT = "device_lists_sent", key "user_id": OwnedUserId => DeviceListSentRecord, version 1;
     /// Email notifications' secrets, by name: `unsubscribe`, the HMAC key of the unsubscribe
     /// links' tokens (base64), made on first start with SMTP configured.
     EMAIL_SECRETS = "email_secrets", key "name": String => String, version 1;
@@ -860,6 +872,34 @@ pub struct ThumbnailRecord {
 pub struct OutboxQueueRecord {
     /// Everything at or before this stream position was delivered (or given up).
     pub delivered: u64,
+}
+
+/// A remote user's device list as this server holds it. Keys are JSON text as received.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RemoteDeviceListRecord {
+    /// The stream ID of the last update applied (or of the resync).
+    pub stream_id: u64,
+    /// The stream IDs applied lately, newest last: a next update naming only these as its
+    /// `prev_id` follows on without a gap.
+    pub recent: Vec<u64>,
+    /// An update could not be applied (it followed one never seen): the list is fetched
+    /// again before it is used.
+    pub stale: bool,
+    /// Device ID to the device's keys (with `unsigned.device_display_name` when known).
+    pub devices: std::collections::BTreeMap<String, String>,
+    pub master_key: Option<String>,
+    pub self_signing_key: Option<String>,
+}
+
+/// A local user's device list as last sent to other servers. Keys are JSON text.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeviceListSentRecord {
+    /// The stream position of the change last sent (the next update's `prev_id`).
+    pub stream_id: u64,
+    /// Device ID to the device's keys and display name as sent.
+    pub devices: std::collections::BTreeMap<String, String>,
+    pub master_key: Option<String>,
+    pub self_signing_key: Option<String>,
 }
 
 /// A URL preview as served: the OpenGraph object, and when it was fetched.

@@ -763,3 +763,277 @@ async fn keys_to_device_messages_and_device_lists_cross_servers() {
     assert!(keys["device_keys"][&bob.user_id]["BOBTWO"].is_object(), "{keys}");
     let _ = room;
 }
+
+/// Whether Bob's sync on B has Alice's to-device message of type `kind`.
+async fn has_to_device(b: &TestServer, bob: &Session, kind: &str, sender: &str) -> bool {
+    let synced = sync(b, bob, "").await;
+    synced["to_device"]["events"]
+        .as_array()
+        .is_some_and(|events| events.iter().any(|e| e["type"] == kind && e["sender"] == json!(sender)))
+}
+
+#[tokio::test]
+async fn a_to_device_message_to_a_server_that_is_down_survives_a_restart_of_the_sender() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+
+    // B goes down; Alice sends Bob's device a message, which A cannot deliver.
+    let b_config = (*b.services.config).clone();
+    let b_clock = std::sync::Arc::clone(&b.clock);
+    let b_dir = b.stop().await;
+    let (status, body) = a
+        .put(
+            &format!("{V3}/sendToDevice/m.test.durable/t1"),
+            Some(&alice.token),
+            json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"kept": true}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let b_name: ruma::OwnedServerName = b_config.server_name.clone();
+    assert_eq!(a.services.federation_sender.durable_waiting(&b_name).unwrap(), 1);
+    // Give A's first delivery time to fail.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A restarts (losing all it held in memory), then B comes back.
+    let a_config = (*a.services.config).clone();
+    let a_clock = std::sync::Arc::clone(&a.clock);
+    let a_dir = a.stop().await;
+    let a = TestServer::listen_on(a_config, a_dir, a_clock).await;
+    assert_eq!(
+        a.services.federation_sender.durable_waiting(&b_name).unwrap(),
+        1,
+        "still waiting after a restart"
+    );
+    let b = TestServer::listen_on(b_config, b_dir, b_clock).await;
+    let mut arrived = false;
+    for _ in 0..200 {
+        a.clock.advance_ms(30_000);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if has_to_device(&b, &bob, "m.test.durable", &alice.user_id).await {
+            arrived = true;
+            break;
+        }
+    }
+    assert!(arrived, "Alice's to-device message never reached Bob after the outage");
+    // Once acknowledged, it is no longer kept.
+    eventually("the acknowledged EDU forgotten", || async {
+        a.services.federation_sender.durable_waiting(&b_name).unwrap() == 0
+    })
+    .await;
+}
+
+/// Alice's `/keys/query` for `users` on A.
+async fn query_keys(a: &TestServer, alice: &Session, users: &[&str]) -> Value {
+    let wanted: serde_json::Map<String, Value> = users.iter().map(|u| ((*u).to_owned(), json!([]))).collect();
+    let (status, keys) =
+        a.post(&format!("{V3}/keys/query"), Some(&alice.token), json!({"device_keys": wanted})).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    keys
+}
+
+/// Upload a master and a self-signing key for `who`; answers the master key.
+async fn upload_cross_signing(s: &TestServer, who: &Session) -> Value {
+    use crate::keys::{cross_pair, cross_signing_key, signed};
+    let master = cross_pair();
+    let self_signing = cross_pair();
+    let master_key = cross_signing_key(&who.user_id, &master, "master");
+    let self_key =
+        signed(&who.user_id, &master, cross_signing_key(&who.user_id, &self_signing, "self_signing"));
+    let (status, body) = s
+        .post(
+            &format!("{V3}/keys/device_signing/upload"),
+            Some(&who.token),
+            json!({"master_key": master_key, "self_signing_key": self_key}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    master_key
+}
+
+fn cached(s: &TestServer, user: &str) -> Option<conduit::storage::tables::RemoteDeviceListRecord> {
+    s.services.remote_e2ee.cached_device_list(&ruma::OwnedUserId::try_from(user).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_remote_device_list_is_cached_kept_current_by_updates_and_answers_while_its_server_is_down() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let _room = shared_room(&a, &b, &alice, &bob).await;
+    upload_keys(&b, &bob, "one").await;
+
+    // Alice's query fills A's copy of Bob's list (he shares a room with her).
+    let keys = query_keys(&a, &alice, &[&bob.user_id]).await;
+    assert!(keys["device_keys"][&bob.user_id][&bob.device_id].is_object(), "{keys}");
+    eventually("Bob's list cached on A", || async {
+        cached(&a, &bob.user_id).is_some_and(|list| !list.stale && list.devices.contains_key(&bob.device_id))
+    })
+    .await;
+
+    // Bob's new device reaches the copy through his server's update, and Alice's sync lists
+    // him changed.
+    let since = sync(&a, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let bob2 = b.login("bob", "pw-bob-12345", Some("BOBTWO")).await;
+    upload_keys(&b, &bob2, "two").await;
+    eventually("Bob's second device in A's copy", || async {
+        cached(&a, &bob.user_id).is_some_and(|list| !list.stale && list.devices.contains_key("BOBTWO"))
+    })
+    .await;
+    eventually("Bob changed in Alice's sync", || async {
+        let synced = sync(&a, &alice, &format!("since={since}")).await;
+        synced["device_lists"]["changed"].as_array().is_some_and(|c| c.contains(&json!(bob.user_id)))
+    })
+    .await;
+
+    // His cross-signing keys arrive as an m.signing_key_update.
+    let master = upload_cross_signing(&b, &bob).await;
+    eventually("Bob's master key in A's copy", || async {
+        cached(&a, &bob.user_id)
+            .and_then(|list| list.master_key)
+            .is_some_and(|key| serde_json::from_str::<Value>(&key).unwrap()["keys"] == master["keys"])
+    })
+    .await;
+
+    // A deleted device leaves the copy.
+    let (status, body) = b
+        .post(
+            &format!("{V3}/delete_devices"),
+            Some(&bob.token),
+            json!({"devices": ["BOBTWO"], "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw-bob-12345"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Bob's deleted device gone from A's copy", || async {
+        cached(&a, &bob.user_id).is_some_and(|list| !list.stale && !list.devices.contains_key("BOBTWO"))
+    })
+    .await;
+
+    // With B down, Alice's query is answered from the copy, with no failure.
+    let _b_dir = b.stop().await;
+    let keys = query_keys(&a, &alice, &[&bob.user_id]).await;
+    assert!(keys["device_keys"][&bob.user_id][&bob.device_id].is_object(), "{keys}");
+    assert!(keys["device_keys"][&bob.user_id].get("BOBTWO").is_none(), "{keys}");
+    assert_eq!(keys["master_keys"][&bob.user_id]["keys"], master["keys"], "{keys}");
+    assert!(keys["self_signing_keys"][&bob.user_id].is_object(), "{keys}");
+    assert!(keys["failures"].as_object().is_none_or(|f| f.is_empty()), "{keys}");
+}
+
+/// `PUT /send/{txnId}` to A carrying `edus`, signed as B.
+async fn put_edus(
+    pki: &Pki,
+    a: &TestServer,
+    b: &TestServer,
+    txn: &str,
+    edus: Vec<Value>,
+) -> (StatusCode, Value) {
+    let path = format!("/_matrix/federation/v1/send/{txn}");
+    signed_request(
+        pki,
+        a,
+        b,
+        "PUT",
+        &path,
+        Some(json!({"origin": b.name(), "origin_server_ts": 1, "pdus": [], "edus": edus})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn device_list_updates_that_do_not_belong_to_their_server_are_refused_and_change_nothing() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let _room = shared_room(&a, &b, &alice, &bob).await;
+    upload_keys(&b, &bob, "one").await;
+    // B has sent its update for Bob's keys and A acknowledged it (so nothing of it comes
+    // later), then Alice's query leaves A with a fresh copy.
+    let bob_id = ruma::OwnedUserId::try_from(bob.user_id.as_str()).unwrap();
+    let a_name = ruma::OwnedServerName::try_from(a.name()).unwrap();
+    eventually("B's update for Bob's keys acknowledged", || async {
+        b.services.remote_e2ee.serve_devices(&bob_id).unwrap().stream_id > 0
+            && b.services.federation_sender.durable_waiting(&a_name).unwrap() == 0
+    })
+    .await;
+    query_keys(&a, &alice, &[&bob.user_id]).await;
+    eventually("Bob's list cached on A", || async {
+        cached(&a, &bob.user_id).is_some_and(|list| !list.stale && list.devices.contains_key(&bob.device_id))
+    })
+    .await;
+    let before = cached(&a, &bob.user_id).unwrap();
+    let update = |content: Value| json!({"edu_type": "m.device_list_update", "content": content});
+    let stream_id = before.stream_id + 1;
+    let keys_of = |user: &str, device: &str| json!({"user_id": user, "device_id": device, "algorithms": [], "keys": {format!("ed25519:{device}"): "x"}});
+    let edus = vec![
+        // A user of A, sent by B.
+        update(
+            json!({"user_id": alice.user_id, "device_id": "EVIL", "stream_id": stream_id, "prev_id": [before.stream_id], "keys": keys_of(&alice.user_id, "EVIL")}),
+        ),
+        // Bob, with keys of another user.
+        update(
+            json!({"user_id": bob.user_id, "device_id": "EVIL", "stream_id": stream_id, "prev_id": [before.stream_id], "keys": keys_of(&alice.user_id, "EVIL")}),
+        ),
+        // Bob, with keys of another device.
+        update(
+            json!({"user_id": bob.user_id, "device_id": "EVIL", "stream_id": stream_id, "prev_id": [before.stream_id], "keys": keys_of(&bob.user_id, "OTHER")}),
+        ),
+        // Malformed: no stream ID, a prev_id that is not a list, an object for a user.
+        update(
+            json!({"user_id": bob.user_id, "device_id": "EVIL", "stream_id": "soon", "prev_id": [before.stream_id]}),
+        ),
+        update(
+            json!({"user_id": bob.user_id, "device_id": "EVIL", "stream_id": stream_id, "prev_id": "all"}),
+        ),
+        update(json!({"user_id": {"not": "a user"}, "device_id": "EVIL", "stream_id": stream_id})),
+        json!({"edu_type": "m.device_list_update", "content": "nothing"}),
+        // A master key of another user.
+        json!({"edu_type": "m.signing_key_update", "content": {"user_id": bob.user_id, "master_key": {"user_id": alice.user_id, "usage": ["master"], "keys": {"ed25519:x": "x"}}}}),
+    ];
+    let (status, answer) = put_edus(&pki, &a, &b, "bad-edus", edus).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // Nothing changed: Bob's copy is as before (not even marked stale), Alice has no copy.
+    let after = cached(&a, &bob.user_id).unwrap();
+    assert_eq!(after.devices, before.devices);
+    assert_eq!((after.stream_id, after.stale, &after.master_key), (before.stream_id, false, &None));
+    assert!(cached(&a, &alice.user_id).is_none());
+    let keys = query_keys(&a, &alice, &[&bob.user_id, &alice.user_id]).await;
+    assert!(keys["device_keys"][&bob.user_id].get("EVIL").is_none(), "{keys}");
+    assert!(keys["device_keys"][&alice.user_id].get("EVIL").is_none(), "{keys}");
+
+    // A well-formed update that follows on is still applied.
+    let good = update(
+        json!({"user_id": bob.user_id, "device_id": "NEWDEV", "stream_id": stream_id, "prev_id": [before.stream_id], "keys": keys_of(&bob.user_id, "NEWDEV"), "device_display_name": "new"}),
+    );
+    let (status, answer) = put_edus(&pki, &a, &b, "good-edu", vec![good]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let after = cached(&a, &bob.user_id).unwrap();
+    assert!(!after.stale && after.devices.contains_key("NEWDEV"), "{after:?}");
+    assert_eq!(after.stream_id, stream_id);
+}
+
+#[tokio::test]
+#[ignore = "fails here: after joining a room of A through A, B's sync does not make Bob's nio see the room as encrypted (m.room.encryption), so his answer goes out in plaintext; the same script passes with Synapse as B (synapse_federation)"]
+async fn matrix_nio_users_on_two_servers_decrypt_each_other_in_an_encrypted_room() {
+    let python = crate::sdk::provided_by_scripts_test("CONDUIT_TEST_PYTHON", "a Python with matrix-nio");
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    crate::sdk::run_client_check(
+        "matrix-nio across two conduit servers",
+        python,
+        vec![
+            crate::sdk::script("sdk/nio_e2ee_federated.py"),
+            a.base.clone().into(),
+            a.name().into(),
+            b.base.clone().into(),
+            b.name().into(),
+        ],
+    )
+    .await;
+}

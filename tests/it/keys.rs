@@ -35,7 +35,7 @@ pub fn cross_signing_key(user_id: &str, pair: &Ed25519KeyPair, usage: &str) -> V
     json!({"user_id": user_id, "usage": [usage], "keys": {format!("ed25519:{}", public(pair)): public(pair)}})
 }
 
-fn signed(signer: &str, pair: &Ed25519KeyPair, object: Value) -> Value {
+pub fn signed(signer: &str, pair: &Ed25519KeyPair, object: Value) -> Value {
     let mut canonical: CanonicalJsonObject = serde_json::from_value(object).unwrap();
     sign_json(signer, pair, &mut canonical).unwrap();
     serde_json::to_value(canonical).unwrap()

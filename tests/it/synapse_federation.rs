@@ -550,3 +550,250 @@ async fn invites_cross_between_conduit_and_synapse_both_ways() {
     })
     .await;
 }
+
+/// A device's keys and one one-time key, in the shapes both servers store (neither checks
+/// the signatures: clients do).
+fn key_upload(user: &str, device: &str, tag: &str) -> Value {
+    let signatures = json!({user: {format!("ed25519:{device}"): format!("sig-{tag}")}});
+    json!({
+        "device_keys": {
+            "user_id": user, "device_id": device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {format!("curve25519:{device}"): format!("curve-{tag}"), format!("ed25519:{device}"): format!("ed-{tag}")},
+            "signatures": signatures,
+        },
+        "one_time_keys": {format!("signed_curve25519:{tag}"): {"key": format!("otk-{tag}"), "signatures": signatures}},
+    })
+}
+
+impl Synapse {
+    /// Register `name`; answers (user ID, access token, device ID).
+    async fn register_device(&self, name: &str) -> (String, String, String) {
+        let body =
+            json!({"username": name, "password": "pw-synapse-1234", "auth": {"type": "m.login.dummy"}});
+        let (status, answer) =
+            self.call(reqwest::Method::POST, &format!("{V3}/register"), None, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "registering on Synapse: {answer}\n{}", self.logs());
+        let field = |f: &str| answer[f].as_str().unwrap().to_owned();
+        (field("user_id"), field("access_token"), field("device_id"))
+    }
+
+    /// Log `name` in on a new device; answers (access token, device ID).
+    async fn login(&self, name: &str, device: &str) -> (String, String) {
+        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": name}, "password": "pw-synapse-1234", "device_id": device});
+        let (status, answer) =
+            self.call(reqwest::Method::POST, &format!("{V3}/login"), None, Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "logging in on Synapse: {answer}\n{}", self.logs());
+        (
+            answer["access_token"].as_str().unwrap().to_owned(),
+            answer["device_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Follow `token`'s incremental syncs from `since` until one satisfies `check` (Synapse
+    /// answers a repeated initial sync from a cache).
+    async fn sync_until(&self, what: &str, token: &str, since: &mut String, check: impl Fn(&Value) -> bool) {
+        for _ in 0..20 {
+            let path = format!("{V3}/sync?timeout=1000&since={}", encode(since));
+            let (_, synced) = self.call(reqwest::Method::GET, &path, Some(token), None).await;
+            if check(&synced) {
+                return;
+            }
+            if let Some(next) = synced["next_batch"].as_str() {
+                *since = next.to_owned();
+            }
+        }
+        panic!("never saw {what} on Synapse\n{}", self.logs());
+    }
+
+    async fn since(&self, token: &str) -> String {
+        let (_, first) = self.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(token), None).await;
+        first["next_batch"].as_str().expect("a next_batch from Synapse").to_owned()
+    }
+}
+
+#[tokio::test]
+async fn keys_to_device_messages_and_device_lists_cross_between_conduit_and_synapse() {
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = conduit.register("alice", "pw-alice-123").await;
+    let (sam, sam_token, sam_device) = synapse.register_device("sam").await;
+    let post = reqwest::Method::POST;
+
+    // Alice and Sam share a conduit room; each uploads keys.
+    let room = crate::rooms::create_room(&conduit, &alice, json!({"preset": "public_chat"})).await;
+    let (status, joined) = synapse
+        .call(
+            post.clone(),
+            &format!("{V3}/join/{}?server_name={}", encode(&room), encode(&conduit.name())),
+            Some(&sam_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    let (status, body) = conduit
+        .post(
+            &format!("{V3}/keys/upload"),
+            Some(&alice.token),
+            key_upload(&alice.user_id, &alice.device_id, "a1"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = synapse
+        .call(
+            post.clone(),
+            &format!("{V3}/keys/upload"),
+            Some(&sam_token),
+            Some(key_upload(&sam, &sam_device, "s1")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.logs());
+
+    // Each queries the other's keys through their server.
+    let query = json!({"device_keys": {sam.clone(): []}});
+    let (status, keys) = conduit.post(&format!("{V3}/keys/query"), Some(&alice.token), query).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(
+        keys["device_keys"][&sam][&sam_device]["keys"][format!("curve25519:{sam_device}")],
+        "curve-s1",
+        "{keys}\n{}",
+        synapse.logs()
+    );
+    let query = json!({"device_keys": {alice.user_id.clone(): []}});
+    let (status, keys) =
+        synapse.call(post.clone(), &format!("{V3}/keys/query"), Some(&sam_token), Some(query)).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert_eq!(
+        keys["device_keys"][&alice.user_id][&alice.device_id]["keys"]
+            [format!("curve25519:{}", alice.device_id)],
+        "curve-a1",
+        "{keys}\n{}",
+        synapse.logs()
+    );
+
+    // And claims one of the other's one-time keys.
+    let claim = json!({"one_time_keys": {sam.clone(): {sam_device.clone(): "signed_curve25519"}}});
+    let (status, claimed) = conduit.post(&format!("{V3}/keys/claim"), Some(&alice.token), claim).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(
+        claimed["one_time_keys"][&sam][&sam_device]["signed_curve25519:s1"]["key"],
+        "otk-s1",
+        "{claimed}\n{}",
+        synapse.logs()
+    );
+    let claim =
+        json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}});
+    let (status, claimed) =
+        synapse.call(post.clone(), &format!("{V3}/keys/claim"), Some(&sam_token), Some(claim)).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(
+        claimed["one_time_keys"][&alice.user_id][&alice.device_id]["signed_curve25519:a1"]["key"],
+        "otk-a1",
+        "{claimed}\n{}",
+        synapse.logs()
+    );
+
+    // To-device messages both ways.
+    let mut since = synapse.since(&sam_token).await;
+    let (status, body) = conduit
+        .put(
+            &format!("{V3}/sendToDevice/m.test.ping/t1"),
+            Some(&alice.token),
+            json!({"messages": {sam.clone(): {sam_device.clone(): {"hello": "from conduit"}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    synapse
+        .sync_until("Alice's to-device message", &sam_token, &mut since, |synced| {
+            synced["to_device"]["events"].as_array().is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.test.ping"
+                        && e["sender"] == json!(alice.user_id)
+                        && e["content"]["hello"] == "from conduit"
+                })
+            })
+        })
+        .await;
+    let (status, body) = synapse
+        .call(
+            reqwest::Method::PUT,
+            &format!("{V3}/sendToDevice/m.test.pong/s1"),
+            Some(&sam_token),
+            Some(json!({"messages": {alice.user_id.clone(): {alice.device_id.clone(): {"hello": "from Synapse"}}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Sam's to-device message on conduit", &synapse, || async {
+        let synced = crate::sync::sync(&conduit, &alice, "").await;
+        synced["to_device"]["events"].as_array().is_some_and(|events| {
+            events.iter().any(|e| {
+                e["type"] == "m.test.pong"
+                    && e["sender"] == json!(sam)
+                    && e["content"]["hello"] == "from Synapse"
+            })
+        })
+    })
+    .await;
+
+    // Alice's new device: Sam's sync lists her changed, and his query finds the device.
+    let alice2 = conduit.login("alice", "pw-alice-123", Some("ALICETWO")).await;
+    let (status, body) = conduit
+        .post(&format!("{V3}/keys/upload"), Some(&alice2.token), key_upload(&alice.user_id, "ALICETWO", "a2"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    synapse
+        .sync_until("Alice's device-list change", &sam_token, &mut since, |synced| {
+            synced["device_lists"]["changed"].as_array().is_some_and(|c| c.contains(&json!(alice.user_id)))
+        })
+        .await;
+    let query = json!({"device_keys": {alice.user_id.clone(): []}});
+    let (_, keys) =
+        synapse.call(post.clone(), &format!("{V3}/keys/query"), Some(&sam_token), Some(query)).await;
+    assert!(keys["device_keys"][&alice.user_id]["ALICETWO"].is_object(), "{keys}\n{}", synapse.logs());
+
+    // Sam's new device: Alice's sync lists him changed, and her query finds the device.
+    let conduit_since =
+        crate::sync::sync(&conduit, &alice, "").await["next_batch"].as_str().unwrap().to_owned();
+    let (sam2_token, sam2_device) = synapse.login("sam", "SAMTWO").await;
+    let (status, body) = synapse
+        .call(
+            post.clone(),
+            &format!("{V3}/keys/upload"),
+            Some(&sam2_token),
+            Some(key_upload(&sam, &sam2_device, "s2")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.logs());
+    eventually("Sam's device-list change in Alice's sync", &synapse, || async {
+        let synced = crate::sync::sync(&conduit, &alice, &format!("since={conduit_since}")).await;
+        synced["device_lists"]["changed"].as_array().is_some_and(|c| c.contains(&json!(sam)))
+    })
+    .await;
+    eventually("Sam's second device in Alice's query", &synapse, || async {
+        let query = json!({"device_keys": {sam.clone(): []}});
+        let (_, keys) = conduit.post(&format!("{V3}/keys/query"), Some(&alice.token), query).await;
+        keys["device_keys"][&sam]["SAMTWO"].is_object()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn matrix_nio_users_on_conduit_and_synapse_decrypt_each_other_in_an_encrypted_room() {
+    let python = provided_by_scripts_test("CONDUIT_TEST_PYTHON", "a Python with matrix-nio");
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |_| {}).await;
+    let args = vec![
+        crate::sdk::script("sdk/nio_e2ee_federated.py"),
+        conduit.base.clone().into(),
+        conduit.name().into(),
+        synapse.client_base.clone().into(),
+        synapse.name.clone().into(),
+    ];
+    if let Err(failure) =
+        crate::sdk::client_check("matrix-nio across conduit and Synapse", python, args).await
+    {
+        panic!("{failure}\nSynapse:\n{}", synapse.logs());
+    }
+}

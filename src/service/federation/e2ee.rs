@@ -5,20 +5,30 @@
 //!   (`/user/devices/{userId}`).
 //! - *Asking* other servers: a client's `/keys/query` and `/keys/claim` naming users of
 //!   other servers go to those servers, all within `REMOTE_KEYS_LIMIT`; a server that does
-//!   not answer in time, or refuses, is listed in `failures` and the rest is answered.
-//! - *To-device messages*: those for users of another server leave as `m.direct_to_device`
-//!   EDUs through the sender's EDU path; those arriving so are queued for local devices.
-//! - *Device lists*: a change of a local user's devices or cross-signing keys goes to every
-//!   server sharing a room with them as `m.device_list_update` EDUs (one per device, which
-//!   a server that tracks nothing resyncs from `/user/devices`); an update or
-//!   `m.signing_key_update` from another server marks its user changed, so the syncs of local
-//!   users sharing a room with them list the user in `device_lists.changed` and their clients
-//!   query the keys again (this server keeps no copy of remote keys: queries go to the user's
-//!   server each time).
+//!   not answer in time, or refuses, is listed in `failures` and the rest is answered. A
+//!   query for a user sharing a room with a local user is answered from the cached copy of
+//!   their device list (fetched with `/user/devices` first when none is held or it is stale).
+//! - *To-device messages*: those for users of another server leave as durable
+//!   `m.direct_to_device` EDUs (`FederationSender::queue_edu`); those arriving so are queued
+//!   for local devices.
+//! - *Device lists out*: a change of a local user's devices or cross-signing keys goes to
+//!   every server sharing a room with them: an `m.device_list_update` per device added,
+//!   changed or deleted since the list was last sent, whose `prev_id` names the last change
+//!   sent (none the first time, which makes the receiver fetch the whole list), and an
+//!   `m.signing_key_update` when the master or self-signing key changed. `device_lists_sent`
+//!   holds what was last sent; `/user/devices` answers its stream ID.
+//! - *Device lists in*: for a user sharing a room with a local user, an update that follows
+//!   on from the cached list (its `prev_id`s were seen) is applied to it; one after a gap
+//!   marks it stale and the list is fetched again in the background. Either way the user is
+//!   marked changed, so local room mates' syncs list them in `device_lists.changed`. EDUs
+//!   are checked first: a user of another server than the sender, or keys of another user
+//!   or device, are refused and change nothing.
+//!
+//! Owns the `remote_device_lists` and `device_lists_sent` tables.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Weak},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
@@ -27,7 +37,7 @@ use ruma::{
 };
 use serde_json::{Map, Value as JsonValue, json, value::RawValue as RawJsonValue};
 
-use super::{FederationClient, FederationSender};
+use super::{FederationClient, FederationSender, client::refusal_error};
 use crate::{
     Error, Result,
     service::{
@@ -36,6 +46,10 @@ use crate::{
         rooms::members::Memberships,
         stream::{Change, Heard, Stream},
         to_device::{Target, ToDevice},
+    },
+    storage::{
+        KvStore, Table,
+        tables::{DEVICE_LISTS_SENT, DeviceListSentRecord, REMOTE_DEVICE_LISTS, RemoteDeviceListRecord},
     },
 };
 
@@ -63,11 +77,19 @@ pub struct RemoteE2ee {
     members: Arc<Memberships>,
     to_device: Arc<ToDevice>,
     stream: Arc<Stream>,
+    remote_lists: Table<OwnedUserId, RemoteDeviceListRecord>,
+    sent: Table<OwnedUserId, DeviceListSentRecord>,
+    /// Serialises the read-modify-writes of cached remote lists.
+    lists_lock: Mutex<()>,
+    /// Users whose list is being fetched again.
+    resyncing: Mutex<HashSet<OwnedUserId>>,
+    me: Mutex<Weak<Self>>,
 }
 
 impl RemoteE2ee {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        store: &Arc<dyn KvStore>,
         server_name: OwnedServerName,
         client: Arc<FederationClient>,
         sender: Arc<FederationSender>,
@@ -77,7 +99,21 @@ impl RemoteE2ee {
         to_device: Arc<ToDevice>,
         stream: Arc<Stream>,
     ) -> Self {
-        Self { server_name, client, sender, keys, devices, members, to_device, stream }
+        Self {
+            server_name,
+            client,
+            sender,
+            keys,
+            devices,
+            members,
+            to_device,
+            stream,
+            remote_lists: REMOTE_DEVICE_LISTS.open(store),
+            sent: DEVICE_LISTS_SENT.open(store),
+            lists_lock: Mutex::new(()),
+            resyncing: Mutex::new(HashSet::new()),
+            me: Mutex::new(Weak::new()),
+        }
     }
 
     fn is_local(&self, user_id: &UserId) -> bool {
@@ -131,8 +167,10 @@ impl RemoteE2ee {
             let Some(keys) = self.keys.device_keys(user_id, &device.device_id)? else { continue };
             devices.push((device.device_id, keys, device.display_name));
         }
+        // The stream ID of the change last sent: the next update names it as its prev_id.
+        let stream_id = self.sent.get(&user_id.to_owned())?.map_or(0, |sent| sent.stream_id);
         Ok(DeviceList {
-            stream_id: self.stream.committed(),
+            stream_id,
             devices,
             master_key: self.keys.cross_signing_key(user_id, "master")?,
             self_signing_key: self.keys.cross_signing_key(user_id, "self_signing")?,
@@ -153,7 +191,20 @@ impl RemoteE2ee {
         let mut failures = Failures::new();
         let deadline = tokio::time::Instant::now() + REMOTE_KEYS_LIMIT;
         for (server, users) in remote {
-            let body = json!({"device_keys": users});
+            // Users sharing a room with a local user are answered from their cached lists.
+            let mut ask = BTreeMap::new();
+            for (user, devices) in users {
+                match self.tracked_list(&user, deadline).await? {
+                    Some(list) => answer_from_cache(&mut result, &user, &devices, &list),
+                    None => {
+                        ask.insert(user, devices);
+                    }
+                }
+            }
+            if ask.is_empty() {
+                continue;
+            }
+            let body = json!({"device_keys": ask});
             let answer = self.ask(&server, "/_matrix/federation/v1/user/keys/query", body, deadline).await;
             let answer = match answer {
                 Ok(answer) => answer,
@@ -345,21 +396,194 @@ impl RemoteE2ee {
         self.to_device.send(&sender, &device, kind, message_id, messages)
     }
 
-    // ----- device lists -----
+    // ----- device lists: other servers' users -----
 
-    /// A device-list EDU (`m.device_list_update`, `m.signing_key_update`) from `origin`
-    /// about one of its users: the user's keys are marked changed.
-    pub fn receive_device_change(&self, origin: &ServerName, content: &JsonValue) -> Result<()> {
-        let user = content["user_id"].as_str().and_then(|u| UserId::parse(u).ok());
-        let Some(user) = user.filter(|u| u.server_name() == origin) else {
-            return Err(Error::bad_json("a device-list EDU naming no user of its server"));
+    /// Whether a user shares a room with a local user (whose device list this server then
+    /// tracks).
+    fn shares_room_with_local(&self, user_id: &UserId) -> Result<bool> {
+        for room in self.members.rooms_of_user(user_id, &MembershipState::Join)? {
+            if self.members.roster(&room)?.joined().iter().any(|u| self.is_local(u)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn lock_lists(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lists_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An `m.device_list_update` EDU from `origin`. Checked first (a user of `origin`, its
+    /// keys of that user and device): anything else is refused and changes nothing. For a
+    /// user sharing a room with a local user, the update is applied to the cached list when
+    /// it follows on from what the cache holds (its `prev_id`s were all seen); otherwise
+    /// the cache is marked stale and the list fetched again (`/user/devices`). Local room
+    /// mates' syncs then list the user as changed.
+    pub fn receive_device_list_update(&self, origin: &ServerName, content: &JsonValue) -> Result<()> {
+        let update = DeviceUpdate::parse(origin, content)?;
+        if !self.shares_room_with_local(&update.user_id)? {
+            return Ok(());
+        }
+        let applied = {
+            let _guard = self.lock_lists();
+            match self.remote_lists.get(&update.user_id)? {
+                Some(record) if !record.stale && update.stream_id < record.stream_id => {
+                    // Older than what is held: seen already.
+                    return Ok(());
+                }
+                Some(mut record)
+                    if !record.stale
+                        && !update.prev_ids.is_empty()
+                        && update.prev_ids.iter().all(|p| record.recent.contains(p)) =>
+                {
+                    if update.deleted {
+                        record.devices.remove(&update.device_id);
+                    } else if let Some(mut keys) = update.keys {
+                        if let Some(name) = &update.display_name {
+                            keys["unsigned"] = json!({"device_display_name": name});
+                        }
+                        record.devices.insert(update.device_id.clone(), keys.to_string());
+                    }
+                    record.stream_id = update.stream_id;
+                    remember(&mut record.recent, update.stream_id);
+                    self.remote_lists.insert(&update.user_id, &record)?;
+                    true
+                }
+                Some(mut record) => {
+                    record.stale = true;
+                    self.remote_lists.insert(&update.user_id, &record)?;
+                    false
+                }
+                None => false,
+            }
         };
+        if !applied {
+            self.resync_later(&update.user_id);
+        }
+        self.keys.device_list_changed(&update.user_id)
+    }
+
+    /// An `m.signing_key_update` EDU from `origin`: the user's new master and self-signing
+    /// keys, each checked to be the user's, replace the cached ones.
+    pub fn receive_signing_key_update(&self, origin: &ServerName, content: &JsonValue) -> Result<()> {
+        let user = content.get("user_id").and_then(JsonValue::as_str).and_then(|u| UserId::parse(u).ok());
+        let Some(user) = user.filter(|u| u.server_name() == origin) else {
+            return Err(Error::bad_json("an m.signing_key_update EDU naming no user of its server"));
+        };
+        let master = cross_signing_key_of(&user, content.get("master_key"), "master")?;
+        let self_signing = cross_signing_key_of(&user, content.get("self_signing_key"), "self_signing")?;
+        if master.is_none() && self_signing.is_none() {
+            return Err(Error::bad_json("an m.signing_key_update EDU with no key"));
+        }
+        if !self.shares_room_with_local(&user)? {
+            return Ok(());
+        }
+        let held = {
+            let _guard = self.lock_lists();
+            match self.remote_lists.get(&user)? {
+                Some(mut record) if !record.stale => {
+                    if let Some(master) = master {
+                        record.master_key = Some(master.to_string());
+                    }
+                    if let Some(self_signing) = self_signing {
+                        record.self_signing_key = Some(self_signing.to_string());
+                    }
+                    self.remote_lists.insert(&user, &record)?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !held {
+            self.resync_later(&user);
+        }
         self.keys.device_list_changed(&user)
     }
+
+    /// Fetch a user's device list again in the background (once at a time per user).
+    fn resync_later(&self, user_id: &UserId) {
+        if !self.resyncing.lock().unwrap_or_else(|p| p.into_inner()).insert(user_id.to_owned()) {
+            return;
+        }
+        let me = self.me.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let user = user_id.to_owned();
+        tokio::spawn(async move {
+            let Some(me) = me.upgrade() else { return };
+            match tokio::time::timeout(REMOTE_KEYS_LIMIT, me.resync(&user)).await {
+                Ok(Ok(())) => {
+                    if let Err(e) = me.keys.device_list_changed(&user) {
+                        tracing::warn!(%user, error = %e, "marking a resynced device list changed failed");
+                    }
+                }
+                Ok(Err(e)) => tracing::info!(%user, error = %e, "device list resync failed"),
+                Err(_) => tracing::info!(%user, "device list resync timed out"),
+            }
+            me.resyncing.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+        });
+    }
+
+    /// `GET /user/devices/{userId}` of the user's server, checked, into the cache.
+    async fn resync(&self, user_id: &UserId) -> Result<()> {
+        if !self.client.enabled() {
+            return Err(Error::Upstream("Federation is disabled".to_owned()));
+        }
+        let server = user_id.server_name();
+        let encoded: String = url::form_urlencoded::byte_serialize(user_id.as_str().as_bytes()).collect();
+        let path = format!("/_matrix/federation/v1/user/devices/{encoded}");
+        let answer = match self.client.request(server, http::Method::GET, &path, None, true).await? {
+            Ok(answer) => answer,
+            Err(refusal) => return Err(refusal_error(server, &refusal)),
+        };
+        let fetched = parse_device_list(user_id, &answer)?;
+        let _guard = self.lock_lists();
+        // An update applied meanwhile, newer than the answer, is kept.
+        if let Some(held) = self.remote_lists.get(&user_id.to_owned())?
+            && !held.stale
+            && held.stream_id > fetched.stream_id
+        {
+            return Ok(());
+        }
+        self.remote_lists.insert(&user_id.to_owned(), &fetched)?;
+        Ok(())
+    }
+
+    /// The cached device list of a remote user sharing a room with a local user, fetched
+    /// first (before `deadline`) when none is held or it is stale. `None` for a user not
+    /// tracked, or whose list could not be fetched.
+    async fn tracked_list(
+        &self,
+        user_id: &UserId,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<RemoteDeviceListRecord>> {
+        if !self.shares_room_with_local(user_id)? {
+            return Ok(None);
+        }
+        if let Some(record) = self.remote_lists.get(&user_id.to_owned())?
+            && !record.stale
+        {
+            return Ok(Some(record));
+        }
+        match tokio::time::timeout_at(deadline, self.resync(user_id)).await {
+            Ok(Ok(())) => Ok(self.remote_lists.get(&user_id.to_owned())?.filter(|r| !r.stale)),
+            Ok(Err(e)) => {
+                tracing::info!(%user_id, error = %e, "device list fetch failed");
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The cached device list of a remote user, without fetching (for tests and the admin).
+    pub fn cached_device_list(&self, user_id: &UserId) -> Result<Option<RemoteDeviceListRecord>> {
+        Ok(self.remote_lists.get(&user_id.to_owned())?)
+    }
+
+    // ----- device lists: local users -----
 
     /// Follow the stream: a device-list change of a local user is sent to the servers
     /// sharing a room with them (started with federation on).
     pub fn start(self: &Arc<Self>) {
+        *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(self);
         if !self.client.enabled() {
             return;
         }
@@ -387,46 +611,242 @@ impl RemoteE2ee {
     }
 
     /// If the change at `position` was `user_id`'s device list, tell the servers sharing a
-    /// room with them.
+    /// room with them what changed since the list was last sent: an `m.device_list_update`
+    /// per device added, changed or deleted (each naming the last change sent as its
+    /// `prev_id`, none the first time, which makes the receiver fetch the whole list), and an
+    /// `m.signing_key_update` when the master or self-signing key changed.
     fn device_list_changed(&self, user_id: &UserId, position: u64) -> Result<()> {
         let changed = self.keys.changes_between(position.saturating_sub(1), position)?;
         if !changed.iter().any(|(_, user)| user == user_id) {
             return Ok(());
         }
+        let asker = UserId::parse(format!("@_conduit_federation:{}", self.server_name))
+            .map_err(|e| Error::internal(format!("asker of {}: {e}", self.server_name)))?;
+        let wanted = BTreeMap::from([(user_id.to_owned(), Vec::new())]);
+        let mut now = self.keys.query(&asker, &wanted, |user, device| self.display_name(user, device))?;
+        let devices: BTreeMap<String, String> = now
+            .device_keys
+            .remove(user_id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(device, keys)| (device.to_string(), keys.to_string()))
+            .collect();
+        let master = now.master_keys.remove(user_id);
+        let self_signing = now.self_signing_keys.remove(user_id);
+        let before = self.sent.get(&user_id.to_owned())?;
+        let prev_id: Vec<u64> = before.iter().map(|b| b.stream_id).collect();
+        let before = before.unwrap_or_default();
+        let mut edus = Vec::new();
+        for (device, keys) in &devices {
+            if before.devices.get(device) == Some(keys) {
+                continue;
+            }
+            let mut keys: JsonValue =
+                serde_json::from_str(keys).map_err(|e| Error::internal(e.to_string()))?;
+            let name = keys["unsigned"]["device_display_name"].as_str().map(str::to_owned);
+            if let Some(object) = keys.as_object_mut() {
+                object.remove("unsigned");
+            }
+            let mut content = json!({
+                "user_id": user_id, "device_id": device, "stream_id": position,
+                "prev_id": prev_id, "deleted": false, "keys": keys,
+            });
+            if let Some(name) = name {
+                content["device_display_name"] = name.into();
+            }
+            edus.push(json!({"edu_type": "m.device_list_update", "content": content}));
+        }
+        for device in before.devices.keys().filter(|d| !devices.contains_key(*d)) {
+            edus.push(json!({"edu_type": "m.device_list_update", "content": {
+                "user_id": user_id, "device_id": device, "stream_id": position,
+                "prev_id": prev_id, "deleted": true,
+            }}));
+        }
+        let as_text = |key: &Option<JsonValue>| key.as_ref().map(JsonValue::to_string);
+        if as_text(&master) != before.master_key || as_text(&self_signing) != before.self_signing_key {
+            let mut content = json!({"user_id": user_id});
+            if let Some(master) = &master {
+                content["master_key"] = master.clone();
+            }
+            if let Some(self_signing) = &self_signing {
+                content["self_signing_key"] = self_signing.clone();
+            }
+            edus.push(json!({"edu_type": "m.signing_key_update", "content": content}));
+        }
+        // Nothing other servers see changed (a device without keys, a signature on another
+        // user's key): nothing is sent, and the next update follows on from the last one sent.
+        if edus.is_empty() {
+            return Ok(());
+        }
+        self.sent.insert(
+            &user_id.to_owned(),
+            &DeviceListSentRecord {
+                stream_id: position,
+                devices,
+                master_key: as_text(&master),
+                self_signing_key: as_text(&self_signing),
+            },
+        )?;
         let mut servers = BTreeSet::new();
         for room in self.members.rooms_of_user(user_id, &MembershipState::Join)? {
-            for member in self.members.members_with(&room, &MembershipState::Join)? {
+            for member in self.members.roster(&room)?.joined() {
                 if member.server_name() != self.server_name {
                     servers.insert(member.server_name().to_owned());
                 }
             }
         }
-        if servers.is_empty() {
-            return Ok(());
-        }
-        let devices = self.devices.list(user_id)?;
-        let mut edus = Vec::new();
-        for device in &devices {
-            let mut content = json!({
-                "user_id": user_id,
-                "device_id": device.device_id,
-                "stream_id": position,
-                "prev_id": [],
-                "deleted": false,
-            });
-            if let Some(keys) = self.keys.device_keys(user_id, &device.device_id)? {
-                content["keys"] = keys;
-            }
-            if let Some(name) = &device.display_name {
-                content["device_display_name"] = name.as_str().into();
-            }
-            edus.push(json!({"edu_type": "m.device_list_update", "content": content}));
-        }
         for server in servers {
-            for edu in &edus {
-                self.sender.queue_edu(&server, edu.clone())?;
-            }
+            self.sender.queue_edus(&server, &edus)?;
         }
         Ok(())
     }
+}
+
+/// Fill a key query's answer for `user_id` from their cached list (only `devices` when any
+/// are named).
+fn answer_from_cache(
+    result: &mut QueryResult,
+    user_id: &UserId,
+    devices: &[OwnedDeviceId],
+    list: &RemoteDeviceListRecord,
+) {
+    let entry = result.device_keys.entry(user_id.to_owned()).or_default();
+    for (device, keys) in &list.devices {
+        if !devices.is_empty() && !devices.iter().any(|d| d.as_str() == device) {
+            continue;
+        }
+        if let Ok(keys) = serde_json::from_str(keys) {
+            entry.insert(OwnedDeviceId::from(device.as_str()), keys);
+        }
+    }
+    let parse = |key: &Option<String>| key.as_deref().and_then(|k| serde_json::from_str(k).ok());
+    if let Some(master) = parse(&list.master_key) {
+        result.master_keys.insert(user_id.to_owned(), master);
+    }
+    if let Some(self_signing) = parse(&list.self_signing_key) {
+        result.self_signing_keys.insert(user_id.to_owned(), self_signing);
+    }
+}
+
+/// How many recent stream IDs of a remote list are remembered.
+const RECENT_STREAM_IDS: usize = 10;
+
+fn remember(recent: &mut Vec<u64>, stream_id: u64) {
+    if !recent.contains(&stream_id) {
+        recent.push(stream_id);
+    }
+    let excess = recent.len().saturating_sub(RECENT_STREAM_IDS);
+    recent.drain(..excess);
+}
+
+/// One `m.device_list_update` EDU's content, checked.
+struct DeviceUpdate {
+    user_id: OwnedUserId,
+    device_id: String,
+    stream_id: u64,
+    prev_ids: Vec<u64>,
+    deleted: bool,
+    keys: Option<JsonValue>,
+    display_name: Option<String>,
+}
+
+impl DeviceUpdate {
+    fn parse(origin: &ServerName, content: &JsonValue) -> Result<Self> {
+        let bad = |why: &str| Error::bad_json(format!("a malformed m.device_list_update EDU: {why}"));
+        let user_id = content.get("user_id").and_then(JsonValue::as_str).and_then(|u| UserId::parse(u).ok());
+        let Some(user_id) = user_id.filter(|u| u.server_name() == origin) else {
+            return Err(bad("it names no user of its server"));
+        };
+        let device_id = match content.get("device_id").and_then(JsonValue::as_str) {
+            Some(device) if !device.is_empty() => device.to_owned(),
+            _ => return Err(bad("no device_id")),
+        };
+        let Some(stream_id) = content.get("stream_id").and_then(JsonValue::as_u64) else {
+            return Err(bad("no stream_id"));
+        };
+        let prev_ids = match content.get("prev_id") {
+            None | Some(JsonValue::Null) => Vec::new(),
+            Some(JsonValue::Array(ids)) => ids
+                .iter()
+                .map(JsonValue::as_u64)
+                .collect::<Option<Vec<u64>>>()
+                .ok_or_else(|| bad("a prev_id that is not a number"))?,
+            Some(_) => return Err(bad("prev_id is not a list")),
+        };
+        let deleted = match content.get("deleted") {
+            None | Some(JsonValue::Null) => false,
+            Some(JsonValue::Bool(deleted)) => *deleted,
+            Some(_) => return Err(bad("deleted is not a boolean")),
+        };
+        let keys = match content.get("keys") {
+            None | Some(JsonValue::Null) => None,
+            Some(keys) => {
+                if keys.get("user_id").and_then(JsonValue::as_str) != Some(user_id.as_str())
+                    || keys.get("device_id").and_then(JsonValue::as_str) != Some(device_id.as_str())
+                    || !keys.get("keys").is_some_and(JsonValue::is_object)
+                {
+                    return Err(bad("keys that are not this user's device's"));
+                }
+                Some(keys.clone())
+            }
+        };
+        let display_name = match content.get("device_display_name") {
+            None | Some(JsonValue::Null) => None,
+            Some(JsonValue::String(name)) => Some(name.clone()),
+            Some(_) => return Err(bad("device_display_name is not a string")),
+        };
+        Ok(Self { user_id, device_id, stream_id, prev_ids, deleted, keys, display_name })
+    }
+}
+
+/// A cross-signing key of `user_id` in a remote answer, when present: refused unless it is
+/// the user's and has the usage.
+fn cross_signing_key_of(user_id: &UserId, key: Option<&JsonValue>, usage: &str) -> Result<Option<JsonValue>> {
+    let Some(key) = key.filter(|k| !k.is_null()) else { return Ok(None) };
+    let usages = key.get("usage").and_then(JsonValue::as_array);
+    if key.get("user_id").and_then(JsonValue::as_str) != Some(user_id.as_str())
+        || !usages.is_some_and(|u| u.iter().any(|x| x.as_str() == Some(usage)))
+        || !key.get("keys").is_some_and(JsonValue::is_object)
+    {
+        return Err(Error::bad_json(format!("a {usage} key that is not {user_id}'s")));
+    }
+    Ok(Some(key.clone()))
+}
+
+/// A `/user/devices/{userId}` answer, checked: devices whose keys are not the user's
+/// device's are left out; a wrong user or a missing stream ID refuses the answer.
+fn parse_device_list(user_id: &UserId, answer: &JsonValue) -> Result<RemoteDeviceListRecord> {
+    let server = user_id.server_name();
+    if answer.get("user_id").and_then(JsonValue::as_str) != Some(user_id.as_str()) {
+        return Err(Error::Upstream(format!("{server} answered the device list of another user")));
+    }
+    let Some(stream_id) = answer.get("stream_id").and_then(JsonValue::as_u64) else {
+        return Err(Error::Upstream(format!("{server} answered a device list without a stream_id")));
+    };
+    let mut devices = BTreeMap::new();
+    for device in answer.get("devices").and_then(JsonValue::as_array).into_iter().flatten() {
+        let Some(device_id) = device.get("device_id").and_then(JsonValue::as_str) else { continue };
+        let Some(keys) = device.get("keys") else { continue };
+        if keys.get("user_id").and_then(JsonValue::as_str) != Some(user_id.as_str())
+            || keys.get("device_id").and_then(JsonValue::as_str) != Some(device_id)
+        {
+            continue;
+        }
+        let mut keys = keys.clone();
+        if let Some(name) = device.get("device_display_name").and_then(JsonValue::as_str) {
+            keys["unsigned"] = json!({"device_display_name": name});
+        }
+        devices.insert(device_id.to_owned(), keys.to_string());
+    }
+    let key = |field: &str, usage: &str| {
+        cross_signing_key_of(user_id, answer.get(field), usage).ok().flatten().map(|k| k.to_string())
+    };
+    Ok(RemoteDeviceListRecord {
+        stream_id,
+        recent: vec![stream_id],
+        stale: false,
+        devices,
+        master_key: key("master_key", "master"),
+        self_signing_key: key("self_signing_key", "self_signing"),
+    })
 }

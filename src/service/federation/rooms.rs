@@ -526,9 +526,14 @@ impl RoomFederation {
                     tracing::info!(%origin, error = %e, "to-device EDU ignored");
                 }
             }
-            Some("m.device_list_update" | "m.signing_key_update") => {
-                if let Err(e) = self.e2ee.receive_device_change(origin, content) {
-                    tracing::info!(%origin, error = %e, "device-list EDU ignored");
+            Some("m.device_list_update") => {
+                if let Err(e) = self.e2ee.receive_device_list_update(origin, content) {
+                    tracing::info!(%origin, error = %e, "device-list EDU refused");
+                }
+            }
+            Some("m.signing_key_update") => {
+                if let Err(e) = self.e2ee.receive_signing_key_update(origin, content) {
+                    tracing::info!(%origin, error = %e, "signing-key EDU refused");
                 }
             }
             _ => {}

@@ -18,15 +18,27 @@
 //! backoff capped by `federation_max_backoff_secs`). Events are signed and hashed PDUs:
 //! local events are built that way (`matrix::pdu::build_pdu`), others are sent as received.
 //!
-//! EDUs are not durable: the rooms whose typing or receipts changed are remembered in memory
-//! per destination until a transaction carrying them is acknowledged; typing notifications
-//! are sent as they are when the transaction is made (a stop for a user no longer typing),
-//! receipts as changed since the room was last sent. A restart forgets what was not sent,
-//! as typing expires anyway and the next receipt carries the latest read position.
+//! EDUs of no room that must not be lost (to-device messages, device-list and signing-key
+//! updates: `queue_edu`) are durable: each is stored in `federation_edus` under its
+//! destination and a sequence number, rides in the destination's next transactions (the
+//! queue's retries and backoff, as for PDUs), and is deleted once a transaction carrying it
+//! is acknowledged (or refused for good). A restart of either server loses none of them.
+//!
+//! Typing and receipts are not durable: the rooms whose typing or receipts changed are
+//! remembered in memory per destination until a transaction carrying them is acknowledged;
+//! typing notifications are sent as they are when the transaction is made (a stop for a user
+//! no longer typing), receipts as changed since the room was last sent. A restart forgets
+//! what was not sent, as typing expires anyway and the next receipt carries the latest read
+//! position.
+//!
+//! Owns the `federation_edus` table.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use ruma::{
@@ -50,6 +62,7 @@ use crate::{
         },
         stream::{Change, Heard, Stream},
     },
+    storage::{Direction, KvStore, Table, WriteBatch, tables::FEDERATION_EDUS},
 };
 
 /// Stream positions read per look at the stream.
@@ -70,8 +83,8 @@ struct Dirty {
 /// One stream position for a destination: a PDU to send, or only a place to move past.
 pub enum FederationParcel {
     Pdu(Box<RawJsonValue>),
-    /// The EDUs due up to this position, the rooms they cover, and the queued EDUs
-    /// (`queue_edu`) among them by number.
+    /// The EDUs due up to this position, the rooms they cover, and the durable EDUs
+    /// (`queue_edu`) among them by sequence number.
     Edus(Vec<JsonValue>, Vec<OwnedRoomId>, Vec<u64>),
     Skip,
 }
@@ -93,15 +106,22 @@ pub struct FederationSender {
     dirty: Mutex<HashMap<OwnedServerName, HashMap<OwnedRoomId, Dirty>>>,
     /// Per destination and room, the local users last said to be typing there.
     typing_sent: Mutex<HashMap<(OwnedServerName, OwnedRoomId), BTreeSet<OwnedUserId>>>,
-    /// Per destination, EDUs of no room (to-device messages, device-list updates) waiting
-    /// to be sent, numbered, until a transaction carrying them is acknowledged.
-    queued: Mutex<HashMap<OwnedServerName, Vec<(u64, JsonValue)>>>,
-    next_queued: std::sync::atomic::AtomicU64,
+    /// Durable EDUs waiting for their destination's acknowledgement, by destination and
+    /// sequence number, as JSON.
+    durable: Table<(String, u64), String>,
+    store: Arc<dyn KvStore>,
+    /// The next durable EDU's sequence number (past every stored one).
+    next_durable: AtomicU64,
+    /// Tells apart transactions of this process made at the same clock time; `nonce`, chosen
+    /// at start, tells them apart from those of an earlier run.
+    next_txn: AtomicU64,
+    nonce: u64,
 }
 
 impl FederationSender {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        store: &Arc<dyn KvStore>,
         server_name: OwnedServerName,
         client: Arc<FederationClient>,
         outbox: Arc<Outbox>,
@@ -113,8 +133,14 @@ impl FederationSender {
         typing: Arc<Typing>,
         receipts: Arc<Receipts>,
         max_backoff_secs: u64,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        let durable = FEDERATION_EDUS.open(store);
+        let mut last = 0;
+        for row in durable.scan(crate::storage::kv::KeyRange::all(), Direction::Forward)? {
+            let ((_, number), _) = row?;
+            last = last.max(number);
+        }
+        Ok(Self {
             server_name,
             client,
             outbox,
@@ -129,9 +155,12 @@ impl FederationSender {
             me: Mutex::new(Weak::new()),
             dirty: Mutex::new(HashMap::new()),
             typing_sent: Mutex::new(HashMap::new()),
-            queued: Mutex::new(HashMap::new()),
-            next_queued: std::sync::atomic::AtomicU64::new(1),
-        }
+            durable,
+            store: Arc::clone(store),
+            next_durable: AtomicU64::new(last.saturating_add(1)),
+            next_txn: AtomicU64::new(1),
+            nonce: rand::random::<u32>().into(),
+        })
     }
 
     /// Start sending (at server start, with federation on): every destination with a queue
@@ -143,6 +172,16 @@ impl FederationSender {
         }
         *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(self);
         self.listen();
+        // A destination with durable EDUs waiting has a queue (opened when they were queued;
+        // made sure of here).
+        let mut waiting = BTreeSet::new();
+        for row in self.durable.scan(crate::storage::kv::KeyRange::all(), Direction::Forward)? {
+            let ((destination, _), _) = row?;
+            waiting.insert(destination);
+        }
+        for destination in waiting {
+            self.outbox.open(Self::KIND, &destination, self.stream.committed(), false)?;
+        }
         for destination in self.outbox.destinations(Self::KIND)? {
             self.outbox.run(self, &destination);
         }
@@ -179,23 +218,52 @@ impl FederationSender {
         Ok(())
     }
 
-    /// Queue an EDU of no room for `destination` and ring its queue (with federation on;
-    /// otherwise nothing is sent). Held in memory until a transaction carrying it is
-    /// acknowledged.
+    /// Queue an EDU of no room that must not be lost for `destination` and ring its queue
+    /// (with federation on; otherwise nothing is sent). Stored until a transaction carrying
+    /// it is acknowledged.
     pub fn queue_edu(&self, destination: &ServerName, edu: JsonValue) -> Result<()> {
+        self.queue_edus(destination, std::slice::from_ref(&edu))
+    }
+
+    /// Queue several such EDUs for `destination`, in order, in one write.
+    pub fn queue_edus(&self, destination: &ServerName, edus: &[JsonValue]) -> Result<()> {
         let Some(me) = self.me.lock().unwrap_or_else(|p| p.into_inner()).upgrade() else {
             return Ok(());
         };
-        let number = self.next_queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.queued
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(destination.to_owned())
-            .or_default()
-            .push((number, edu));
+        if edus.is_empty() || destination == self.server_name {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::new();
+        for edu in edus {
+            let number = self.next_durable.fetch_add(1, Ordering::Relaxed);
+            self.durable.put(&mut batch, &(destination.to_string(), number), &edu.to_string())?;
+        }
+        self.store.write(batch)?;
         self.outbox.open(Self::KIND, destination.as_str(), self.stream.committed(), false)?;
         self.outbox.run(&me, destination.as_str());
         Ok(())
+    }
+
+    /// Durable EDUs waiting for `destination`, oldest first, at most `limit`. One that does
+    /// not read back as JSON (it always does) is skipped with its number, so it is deleted.
+    fn durable_edus(&self, destination: &ServerName, limit: usize) -> Result<Vec<(u64, Option<JsonValue>)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for row in self.durable.scan_prefix(&destination.to_string(), Direction::Forward)? {
+            let ((_, number), edu) = row?;
+            out.push((number, serde_json::from_str(&edu).ok()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many durable EDUs wait for `destination`.
+    pub fn durable_waiting(&self, destination: &ServerName) -> Result<usize> {
+        Ok(self.durable.scan_prefix(&destination.to_string(), Direction::Forward)?.count())
     }
 
     /// Follow the stream's change feed: a room change rings (and if need be opens) the
@@ -320,22 +388,25 @@ impl FederationSender {
         }
         edus.truncate(MAX_EDUS);
         let mut numbers = Vec::new();
-        if let Some(queued) = self.queued.lock().unwrap_or_else(|p| p.into_inner()).get(destination) {
-            for (number, edu) in queued.iter().take(MAX_EDUS.saturating_sub(edus.len())) {
-                numbers.push(*number);
-                edus.push(edu.clone());
-            }
+        for (number, edu) in self.durable_edus(destination, MAX_EDUS.saturating_sub(edus.len()))? {
+            numbers.push(number);
+            edus.extend(edu);
         }
         Ok((edus, covered, numbers))
     }
 
     /// A transaction carrying the EDUs of `rooms` up to `upto` was acknowledged: those
     /// rooms are clean unless they changed after it.
-    fn edus_sent(&self, destination: &ServerName, rooms: &[OwnedRoomId], upto: u64, queued: &[u64]) {
-        if !queued.is_empty()
-            && let Some(waiting) = self.queued.lock().unwrap_or_else(|p| p.into_inner()).get_mut(destination)
-        {
-            waiting.retain(|(number, _)| !queued.contains(number));
+    fn edus_sent(&self, destination: &ServerName, rooms: &[OwnedRoomId], upto: u64, durable: &[u64]) {
+        if !durable.is_empty() {
+            let mut batch = WriteBatch::new();
+            for number in durable {
+                self.durable.delete(&mut batch, &(destination.to_string(), *number));
+            }
+            if let Err(e) = self.store.write(batch) {
+                // They are sent again: at least once.
+                tracing::warn!(%destination, error = %e, "forgetting delivered EDUs failed");
+            }
         }
         let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
         let Some(of_server) = dirty.get_mut(destination) else { return };
@@ -439,9 +510,15 @@ impl Courier for FederationSender {
                 format!("/_matrix/federation/v1/send/{first}.{last}")
             } else {
                 // The clock alone may not move between two such transactions (a manual
-                // clock): a number of this process's own tells them apart.
-                let number = self.next_queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                format!("/_matrix/federation/v1/send/{first}.{last}.{}.{number}", self.clock.now_ms())
+                // clock): a number of this process's own tells them apart, and the run's
+                // nonce those of a run before a restart (the receiver would take one with
+                // an ID it has seen for a replay and drop its EDUs).
+                let number = self.next_txn.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "/_matrix/federation/v1/send/{first}.{last}.{}.{}.{number}",
+                    self.clock.now_ms(),
+                    self.nonce
+                )
             };
             match self.client.request(server, http::Method::PUT, &path, Some(&body), true).await {
                 Ok(Ok(answer)) => {
