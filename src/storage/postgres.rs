@@ -784,6 +784,17 @@ impl KvStore for PgStore {
         self.flush_wal()
     }
 
+    /// `conduit backup` copies a RocksDB database; PostgreSQL has its own tools, which the
+    /// operator of a replicated database already runs.
+    fn checkpoint(&self, dir: &std::path::Path) -> StorageResult<()> {
+        Err(StorageError::Backend(format!(
+            "the database is on PostgreSQL, which `conduit backup` does not copy (nothing was \
+             written to {}): back it up with PostgreSQL's own tools (pg_dump, pg_basebackup) \
+             and copy the media directory beside it",
+            dir.display()
+        )))
+    }
+
     /// A SERIALIZABLE PostgreSQL transaction: the body's reads go to the database inside it,
     /// its writes are kept here (so its own reads see them) and sent at commit; a
     /// serialization failure anywhere runs the body again.

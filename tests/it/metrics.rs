@@ -144,7 +144,10 @@ async fn metrics_parse_and_move_with_traffic() {
     assert!(after.expect("conduit_group_commit_batch_size_count", &[]) >= 6.0);
     assert!(after.expect("conduit_group_commit_batch_size_sum", &[]) >= 6.0);
     // Storage, caches, process, connections, build.
-    assert!(after.expect("conduit_rocksdb_estimated_keys", &[("table", "pdus")]) >= 1.0);
+    // RocksDB estimates each table's keys; PostgreSQL's tables have no such estimate here.
+    if !crate::harness::on_postgresql() {
+        assert!(after.expect("conduit_rocksdb_estimated_keys", &[("table", "pdus")]) >= 1.0);
+    }
     assert!(after.expect("conduit_rocksdb_writes_total", &[("kind", "buffered")]) >= 6.0);
     assert!(
         after.expect("conduit_rocksdb_reads_total", &[("op", "get")])

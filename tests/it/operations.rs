@@ -87,6 +87,9 @@ async fn make_admin_reaches_the_running_server_through_a_private_socket_removed_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_under_load_serves_every_event_acknowledged_before_it_began_and_the_media() {
+    if crate::harness::on_postgresql() {
+        return backup_is_refused_on_postgresql();
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let config = test_config(dir.path());
@@ -211,6 +214,9 @@ async fn a_backup_under_load_serves_every_event_acknowledged_before_it_began_and
 
 #[tokio::test]
 async fn backup_refuses_a_directory_in_use_and_works_with_the_server_stopped() {
+    if crate::harness::on_postgresql() {
+        return backup_is_refused_on_postgresql();
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db");
     let (ok, text) = run(conduit(&db).args(["create-user", "dora"]));
@@ -229,4 +235,17 @@ async fn backup_refuses_a_directory_in_use_and_works_with_the_server_stopped() {
     // The copy is a database: the account is there (the name is taken).
     let (ok, text) = run(conduit(&dir.path().join("empty")).args(["create-user", "dora"]));
     assert!(!ok && text.contains("taken"), "{text}");
+}
+
+/// `conduit backup` copies a RocksDB database. On PostgreSQL (the backup tests under
+/// `CONDUIT_TEST_BACKEND=postgresql`) it refuses, writes nothing and names the tools to use.
+fn backup_is_refused_on_postgresql() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let (ok, text) = run(conduit(&db).args(["create-user", "dora"]));
+    assert!(ok, "{text}");
+    let target = dir.path().join("nightly");
+    let (ok, text) = run(conduit(&db).arg("backup").arg(&target));
+    assert!(!ok && text.contains("pg_dump") && text.contains("media directory"), "{text}");
+    assert!(!target.exists(), "a refused backup left {}", target.display());
 }
