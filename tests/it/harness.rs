@@ -458,8 +458,19 @@ fn rand_suffix() -> u64 {
 }
 
 /// A free port on loopback (bound and released; the server binds it again at once).
+/// A port free now, for a listener bound later. Picked below the kernel's ephemeral range
+/// (32768–60999 by default), where every bind to port 0 and every outgoing connection of
+/// the tests running beside this one takes its port: one of those took a port picked there
+/// between the pick and the bind ("Address already in use", seen once in a PostgreSQL pass).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl TestServer {
