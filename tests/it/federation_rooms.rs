@@ -1031,7 +1031,6 @@ fn synced_state(body: &Value, room: &str) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-#[ignore = "fails here: the join of a room of another server is stored with the empty room as the head before it, so the joiner's sync renders no state for the room"]
 async fn a_room_joined_over_federation_shows_its_state_in_the_joiners_sync() {
     let pki = Pki::new();
     let a = TestServer::start_federating(&pki, |_| {}).await;
