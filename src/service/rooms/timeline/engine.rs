@@ -773,7 +773,10 @@ impl Timeline {
             delay_id: None,
             status: EventStatus::Accepted,
             state_after: event_key.is_some().then_some(after_group),
-            head_before: (room.state_group != before_group).then_some(room.state_group),
+            // A room's first event here (a remote join) has no head before it: the state
+            // the resident server sent is where a joiner's sync starts, not the empty room.
+            head_before: (room.state_group != before_group && !room.forward_extremities.is_empty())
+                .then_some(room.state_group),
             backfill: None,
         });
         self.events.put_in(&mut batch, &event)?;
