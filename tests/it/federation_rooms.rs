@@ -1099,7 +1099,6 @@ async fn a_room_joined_over_federation_shows_its_state_in_the_joiners_sync() {
 }
 
 #[tokio::test]
-#[ignore = "fails here: after joining a room of A through A, B's sync does not make Bob's nio see the room as encrypted (m.room.encryption), so his answer goes out in plaintext; the same script passes with Synapse as B (synapse_federation)"]
 async fn matrix_nio_users_on_two_servers_decrypt_each_other_in_an_encrypted_room() {
     let python = crate::sdk::provided_by_scripts_test("CONDUIT_TEST_PYTHON", "a Python with matrix-nio");
     let pki = Pki::new();
