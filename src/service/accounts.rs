@@ -1213,6 +1213,16 @@ impl Accounts {
         self.keys.device_list_changed(user_id)
     }
 
+    /// `PUT /devices/{deviceId}`: rename a device. A new name is part of the device's keys
+    /// as others see them (`unsigned.device_display_name`), so the user's device list
+    /// changes, for local room mates' syncs and for other servers, as in Synapse.
+    pub fn rename_device(&self, user_id: &UserId, device_id: &DeviceId, name: Option<String>) -> Result<()> {
+        if self.devices.set_display_name(user_id, device_id, name)? {
+            self.keys.device_list_changed(user_id)?;
+        }
+        Ok(())
+    }
+
     /// `PUT /dehydrated_device` (MSC3814): create the user's dehydrated device — a device
     /// without a token that holds keys and receives to-device messages while every client
     /// is offline — replacing (and deleting) any previous one. Returns its device ID.

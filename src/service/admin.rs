@@ -534,7 +534,7 @@ impl Admin {
     /// `PUT /_synapse/admin/v2/users/{userId}/devices/{deviceId}` with `display_name`.
     pub fn rename_device(&self, user_id: &UserId, device_id: &DeviceId, name: Option<String>) -> Result<()> {
         self.local(user_id, "look up")?;
-        self.devices.set_display_name(user_id, device_id, name)
+        self.accounts.rename_device(user_id, device_id, name)
     }
 
     /// `DELETE .../devices/{deviceId}` and `POST .../delete_devices`: the devices go with

@@ -548,20 +548,22 @@ impl Devices {
     }
 
     /// Rename a device; `M_NOT_FOUND` if the user has no such device. `None` leaves the name.
+    /// Whether the name changed.
     pub fn set_display_name(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         name: Option<String>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         check_display_name(name.as_deref())?;
         let key = (user_id.to_owned(), device_id.to_owned());
         let _guard = self.write_lock()?;
         let mut record = self.devices.get(&key)?.ok_or_else(|| Error::not_found("Not found"))?;
-        if name.is_some() {
-            record.display_name = name;
-            self.devices.insert(&key, &record)?;
+        if name.is_none() || name == record.display_name {
+            return Ok(false);
         }
-        Ok(())
+        record.display_name = name;
+        self.devices.insert(&key, &record)?;
+        Ok(true)
     }
 }

@@ -324,6 +324,29 @@ async fn device_list_changes_reach_room_mates_and_deleted_devices_lose_their_key
     let (_, changes) = s.get(&format!("{V3}/keys/changes?from={since}&to={next}"), Some(&carol.token)).await;
     assert!(!list(&changes["changed"]).contains(&json!(alice.user_id)));
 
+    // Renaming it changes what bob's key query shows, so his sync says so; giving it the
+    // same name again changes nothing.
+    let (status, body) = s
+        .put(&format!("{V3}/devices/LAPTOP"), Some(&alice.token), json!({"display_name": "Work laptop"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = sync(&s, &bob, &format!("since={next}&timeout=0")).await;
+    assert!(list(&body["device_lists"]["changed"]).contains(&json!(alice.user_id)), "{body}");
+    let result = query(&s, &bob, &[&alice]).await;
+    assert_eq!(
+        result["device_keys"][&alice.user_id]["LAPTOP"]["unsigned"]["device_display_name"],
+        json!("Work laptop"),
+        "{result}"
+    );
+    let next = body["next_batch"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .put(&format!("{V3}/devices/LAPTOP"), Some(&alice.token), json!({"display_name": "Work laptop"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let body = sync(&s, &bob, &format!("since={next}&timeout=0")).await;
+    assert!(!list(&body["device_lists"]["changed"]).contains(&json!(alice.user_id)), "{body}");
+    let next = body["next_batch"].as_str().unwrap().to_owned();
+
     // Deleting the device deletes its keys and tells bob.
     let (status, challenge) =
         s.call(Method::DELETE, &format!("{V3}/devices/LAPTOP"), Some(&alice.token), Some(json!({}))).await;

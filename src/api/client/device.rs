@@ -62,7 +62,7 @@ pub async fn update_device(
         )?;
         StatusCode::CREATED
     } else {
-        services.devices.set_display_name(user_id, device_id, req.body.display_name)?;
+        services.accounts.rename_device(user_id, device_id, req.body.display_name)?;
         StatusCode::OK
     };
     Ok((status, RumaResponse(update_device::v3::Response::new())))
