@@ -825,6 +825,81 @@ async fn a_to_device_message_to_a_server_that_is_down_survives_a_restart_of_the_
     .await;
 }
 
+#[tokio::test]
+async fn device_list_updates_for_a_server_that_is_down_are_kept_one_per_device_not_one_per_change() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let _room = shared_room(&a, &b, &alice, &bob).await;
+    upload_keys(&a, &alice, "one").await;
+    let keys = query_keys(&b, &bob, &[&alice.user_id]).await;
+    assert!(keys["device_keys"][&alice.user_id][&alice.device_id].is_object(), "{keys}");
+    let b_name: ruma::OwnedServerName = b.services.config.server_name.clone();
+    eventually("A's updates to B delivered", || async {
+        a.services.federation_sender.durable_waiting(&b_name).unwrap() == 0
+    })
+    .await;
+
+    // B goes down; Alice renames her device ten times and sets up cross-signing: eleven
+    // changes for B.
+    let b_config = (*b.services.config).clone();
+    let b_clock = std::sync::Arc::clone(&b.clock);
+    let b_dir = b.stop().await;
+    for i in 0..10 {
+        let (status, body) = a
+            .put(
+                &format!("{V3}/devices/{}", alice.device_id),
+                Some(&alice.token),
+                json!({"display_name": format!("Phone {i}")}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let master = upload_cross_signing(&a, &alice).await;
+    let alice_id = ruma::OwnedUserId::try_from(alice.user_id.as_str()).unwrap();
+    let latest =
+        a.services.keys.changes_between(0, u64::MAX).unwrap().into_iter().find(|(_, u)| *u == alice_id);
+    let latest = latest.expect("Alice's list changed").0;
+    eventually("A's sender handled Alice's last change", || async {
+        a.services.remote_e2ee.serve_devices(&alice_id).unwrap().stream_id == latest
+    })
+    .await;
+    // Only the last of each waits: her device's update and her keys' update.
+    assert_eq!(a.services.federation_sender.durable_waiting(&b_name).unwrap(), 2);
+
+    // B comes back: it sees the gap, fetches her list and has it as it is now.
+    let b = TestServer::listen_on(b_config, b_dir, b_clock).await;
+    let mut delivered = false;
+    for _ in 0..200 {
+        a.clock.advance_ms(30_000);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if a.services.federation_sender.durable_waiting(&b_name).unwrap() == 0 {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "A's waiting updates never reached B");
+    eventually("Alice's list on B as it is now", || async {
+        cached(&b, &alice.user_id).is_some_and(|list| {
+            !list.stale
+                && list.devices.get(&alice.device_id).is_some_and(|keys| keys.contains("Phone 9"))
+                && list
+                    .master_key
+                    .is_some_and(|key| serde_json::from_str::<Value>(&key).unwrap()["keys"] == master["keys"])
+        })
+    })
+    .await;
+    let keys = query_keys(&b, &bob, &[&alice.user_id]).await;
+    assert_eq!(
+        keys["device_keys"][&alice.user_id][&alice.device_id]["unsigned"]["device_display_name"],
+        json!("Phone 9"),
+        "{keys}"
+    );
+    assert_eq!(keys["master_keys"][&alice.user_id]["keys"], master["keys"], "{keys}");
+}
+
 /// Alice's `/keys/query` for `users` on A.
 async fn query_keys(a: &TestServer, alice: &Session, users: &[&str]) -> Value {
     let wanted: serde_json::Map<String, Value> = users.iter().map(|u| ((*u).to_owned(), json!([]))).collect();

@@ -23,6 +23,9 @@
 //! destination and a sequence number, rides in the destination's next transactions (the
 //! queue's retries and backoff, as for PDUs), and is deleted once a transaction carrying it
 //! is acknowledged (or refused for good). A restart of either server loses none of them.
+//! While they wait, a device-list or signing-key update replaces an earlier one about the
+//! same device or user, so a destination that stays down holds one per device rather than
+//! one per change (it fetches the whole list on seeing the gap).
 //!
 //! Typing and receipts are not durable: the rooms whose typing or receipts changed are
 //! remembered in memory per destination until a transaction carrying them is acknowledged;
@@ -234,6 +237,18 @@ impl FederationSender {
             return Ok(());
         }
         let mut batch = WriteBatch::new();
+        // A device-list or signing-key update a later one replaces is dropped while it
+        // waits, so a destination that stays down holds one per device, not one per change.
+        let replaced: BTreeSet<SupersedeKey> = edus.iter().filter_map(supersede_key).collect();
+        if !replaced.is_empty() {
+            for row in self.durable.scan_prefix(&destination.to_string(), Direction::Forward)? {
+                let (key, edu) = row?;
+                let waiting = serde_json::from_str(&edu).ok();
+                if waiting.as_ref().and_then(supersede_key).is_some_and(|k| replaced.contains(&k)) {
+                    self.durable.delete(&mut batch, &key);
+                }
+            }
+        }
         for edu in edus {
             let number = self.next_durable.fetch_add(1, Ordering::Relaxed);
             self.durable.put(&mut batch, &(destination.to_string(), number), &edu.to_string())?;
@@ -552,5 +567,23 @@ impl Courier for FederationSender {
 
     fn max_backoff_ms(&self) -> Option<u64> {
         Some(self.max_backoff_ms)
+    }
+}
+
+/// What a waiting durable EDU is about, when a later EDU about the same makes it moot: a
+/// device's update (the later one carries the device's keys as they are then, or its
+/// deletion) or a user's cross-signing keys (the later one carries both as they are then).
+/// The receiver, missing the dropped update's `stream_id` in the later one's `prev_id`,
+/// fetches the user's whole list, as the spec has it after any gap. To-device messages are
+/// never dropped.
+type SupersedeKey = (&'static str, String, String);
+
+fn supersede_key(edu: &JsonValue) -> Option<SupersedeKey> {
+    let content = &edu["content"];
+    let user = content["user_id"].as_str()?.to_owned();
+    match edu["edu_type"].as_str()? {
+        "m.device_list_update" => Some(("device", user, content["device_id"].as_str()?.to_owned())),
+        "m.signing_key_update" => Some(("signing keys", user, String::new())),
+        _ => None,
     }
 }
