@@ -998,6 +998,43 @@ async fn a_remote_device_list_is_cached_kept_current_by_updates_and_answers_whil
     assert!(keys["failures"].as_object().is_none_or(|f| f.is_empty()), "{keys}");
 }
 
+#[tokio::test]
+async fn a_remote_device_list_is_forgotten_once_no_room_is_shared_and_fetched_afresh_after() {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let first = shared_room(&a, &b, &alice, &bob).await;
+    upload_keys(&b, &bob, "one").await;
+    query_keys(&a, &alice, &[&bob.user_id]).await;
+    eventually("Bob's list cached on A", || async { cached(&a, &bob.user_id).is_some() }).await;
+
+    // Alice, A's only user in the room, leaves it: A no longer tracks Bob.
+    let (status, body) =
+        a.post(&format!("{V3}/rooms/{}/leave", encode(&first)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Bob's list forgotten after Alice left", || async { cached(&a, &bob.user_id).is_none() })
+        .await;
+
+    // Bob adds a device while untracked; a new shared room's first query has it.
+    let bob2 = b.login("bob", "pw-bob-12345", Some("BOBTWO")).await;
+    upload_keys(&b, &bob2, "two").await;
+    let second = shared_room(&a, &b, &alice, &bob).await;
+    let keys = query_keys(&a, &alice, &[&bob.user_id]).await;
+    assert!(keys["device_keys"][&bob.user_id]["BOBTWO"].is_object(), "{keys}");
+    eventually("Bob's list cached again", || async {
+        cached(&a, &bob.user_id).is_some_and(|list| list.devices.contains_key("BOBTWO"))
+    })
+    .await;
+
+    // This time Bob leaves: forgotten too.
+    let (status, body) =
+        b.post(&format!("{V3}/rooms/{}/leave", encode(&second)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Bob's list forgotten after he left", || async { cached(&a, &bob.user_id).is_none() }).await;
+}
+
 /// `PUT /send/{txnId}` to A carrying `edus`, signed as B.
 async fn put_edus(
     pki: &Pki,

@@ -22,7 +22,9 @@
 //!   marks it stale and the list is fetched again in the background. Either way the user is
 //!   marked changed, so local room mates' syncs list them in `device_lists.changed`. EDUs
 //!   are checked first: a user of another server than the sender, or keys of another user
-//!   or device, are refused and change nothing.
+//!   or device, are refused and change nothing. Once a user shares no room with a local
+//!   user (either leaves: `Memberships::departures`), their copy is forgotten, since their
+//!   server stops sending updates; a later query fetches it afresh.
 //!
 //! Owns the `remote_device_lists` and `device_lists_sent` tables.
 
@@ -33,7 +35,8 @@ use std::{
 };
 
 use ruma::{
-    OwnedDeviceId, OwnedServerName, OwnedUserId, ServerName, UserId, events::room::member::MembershipState,
+    OwnedDeviceId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId,
+    events::room::member::MembershipState,
 };
 use serde_json::{Map, Value as JsonValue, json, value::RawValue as RawJsonValue};
 
@@ -536,6 +539,10 @@ impl RemoteE2ee {
         };
         let fetched = parse_device_list(user_id, &answer)?;
         let _guard = self.lock_lists();
+        // They stopped sharing a room with local users meanwhile: nothing keeps it current.
+        if !self.shares_room_with_local(user_id)? {
+            return Ok(());
+        }
         // An update applied meanwhile, newer than the answer, is kept.
         if let Some(held) = self.remote_lists.get(&user_id.to_owned())?
             && !held.stale
@@ -573,6 +580,76 @@ impl RemoteE2ee {
         }
     }
 
+    /// Forget the cached lists of `users` who no longer share a room with a local user: their
+    /// servers stop sending updates, so a copy kept would go stale unseen. Should they share
+    /// a room again, the first query fetches the list afresh.
+    fn forget_untracked(&self, users: impl IntoIterator<Item = OwnedUserId>) -> Result<usize> {
+        let mut forgotten = 0;
+        for user in users {
+            let _guard = self.lock_lists();
+            if self.remote_lists.get(&user)?.is_some() && !self.shares_room_with_local(&user)? {
+                self.remote_lists.remove(&user)?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// Every user whose list is cached (after missing departures, and at start).
+    fn cached_users(&self) -> Result<Vec<OwnedUserId>> {
+        let mut users = Vec::new();
+        for row in
+            self.remote_lists.scan(crate::storage::kv::KeyRange::all(), crate::storage::Direction::Forward)?
+        {
+            users.push(row?.0);
+        }
+        Ok(users)
+    }
+
+    /// A membership change away from `join` in `room_id`: a remote user who left may no
+    /// longer share a room with a local user; a local user who left may leave the room's
+    /// remote members sharing none.
+    fn departed(&self, room_id: &RoomId, user_id: &UserId) -> Result<usize> {
+        if !self.is_local(user_id) {
+            return self.forget_untracked([user_id.to_owned()]);
+        }
+        let remote: Vec<OwnedUserId> =
+            self.members.roster(room_id)?.joined().iter().filter(|u| !self.is_local(u)).cloned().collect();
+        self.forget_untracked(remote)
+    }
+
+    /// Follow membership departures, forgetting the lists of users no longer tracked.
+    fn follow_departures(self: &Arc<Self>) {
+        let mut departures = self.members.departures();
+        let me: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut sweep = true;
+            loop {
+                let Some(e2ee) = me.upgrade() else { return };
+                let done = if sweep {
+                    e2ee.cached_users().and_then(|users| e2ee.forget_untracked(users))
+                } else {
+                    Ok(0)
+                };
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "forgetting untracked device lists failed");
+                }
+                drop(e2ee);
+                sweep = false;
+                match departures.recv().await {
+                    Ok((room, user)) => {
+                        let Some(e2ee) = me.upgrade() else { return };
+                        if let Err(e) = e2ee.departed(&room, &user) {
+                            tracing::warn!(%room, %user, error = %e, "forgetting untracked device lists failed");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => sweep = true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
     /// The cached device list of a remote user, without fetching (for tests and the admin).
     pub fn cached_device_list(&self, user_id: &UserId) -> Result<Option<RemoteDeviceListRecord>> {
         Ok(self.remote_lists.get(&user_id.to_owned())?)
@@ -587,6 +664,7 @@ impl RemoteE2ee {
         if !self.client.enabled() {
             return;
         }
+        self.follow_departures();
         let mut listener = self.stream.listen();
         let me: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {

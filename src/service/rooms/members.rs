@@ -8,6 +8,7 @@ use std::{
 };
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::room::member::MembershipState};
+use tokio::sync::broadcast;
 
 use crate::{
     Result,
@@ -32,6 +33,8 @@ pub type UserMemberships = Arc<[(OwnedRoomId, MembershipRecord)]>;
 
 /// Users whose rows are kept in memory at most; past it the cache starts over.
 const MAX_CACHED_USERS: usize = 10_000;
+/// Departures a slow listener may fall behind by before it must re-check everything.
+const DEPARTURE_BACKLOG: usize = 1_024;
 /// Heroes a room summary lists.
 pub const MAX_HEROES: usize = 5;
 /// Rooms whose membership changes are counted (for rosters being read) before the count
@@ -209,6 +212,9 @@ pub struct Memberships {
     rosters: Mutex<RosterCache>,
     /// Bytes of rosters kept at most.
     roster_budget: usize,
+    /// Committed membership changes away from `join` (or never to it), as (room, user),
+    /// for those who keep something only while users share a room (`departures`).
+    departures: broadcast::Sender<(OwnedRoomId, OwnedUserId)>,
 }
 
 #[derive(Default)]
@@ -278,7 +284,15 @@ impl Memberships {
             by_user: GuardedCache::new(MAX_CACHED_USERS),
             rosters: Mutex::default(),
             roster_budget,
+            departures: broadcast::channel(DEPARTURE_BACKLOG).0,
         }
+    }
+
+    /// Hear of committed membership changes to anything but `join` (leaves, kicks, bans,
+    /// invites, knocks), as (room, user). A listener that falls behind gets `Lagged` and
+    /// must re-check everything it keeps.
+    pub fn departures(&self) -> broadcast::Receiver<(OwnedRoomId, OwnedUserId)> {
+        self.departures.subscribe()
     }
 
     fn lock_rosters(&self) -> std::sync::MutexGuard<'_, RosterCache> {
@@ -310,6 +324,10 @@ impl Memberships {
     /// only writer (under its lock), after the batch is written.
     pub fn committed_member(&self, room_id: &RoomId, user_id: &UserId, membership: &str) {
         self.committed([user_id]);
+        if membership != "join" {
+            // Nobody listening (federation off) is not an error.
+            let _ = self.departures.send((room_id.to_owned(), user_id.to_owned()));
+        }
         let mut rosters = self.lock_rosters();
         rosters.note_change(room_id);
         let budget = self.roster_budget;
