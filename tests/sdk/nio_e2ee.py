@@ -17,45 +17,10 @@ import sys
 import tempfile
 import urllib.request
 
-from nio import (AsyncClient, AsyncClientConfig, JoinResponse, KeysUploadResponse, LoginResponse,
-                 MegolmEvent, RoomCreateResponse, RoomMessageText, RoomSendResponse, SyncResponse)
+from nio import (AsyncClient, JoinResponse, KeysUploadResponse, LoginResponse, MegolmEvent,
+                 RoomCreateResponse, RoomMessageText, RoomSendResponse, SyncResponse)
 
-CONFIG = AsyncClientConfig(max_timeouts=2, max_limit_exceeded=0, request_timeout=20,
-                           backoff_factor=0.1, max_timeout_retry_wait_time=2,
-                           encryption_enabled=True, store_sync_tokens=True)
-
-
-class Failure(Exception):
-    pass
-
-
-def expect(resp, cls, what):
-    if not isinstance(resp, cls):
-        raise Failure(f"{what}: expected {cls.__name__}, got {type(resp).__name__}: {resp}")
-    return resp
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def step(msg):
-    print(f"ok   {msg}", flush=True)
-
-
-def register(base, name, password):
-    """Register through the UIA dummy flow with plain HTTP (nio logs in afterwards)."""
-    url = f"{base}/_matrix/client/v3/register"
-    body = {"username": name, "password": password}
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        urllib.request.urlopen(req)
-    except urllib.error.HTTPError as e:
-        session = json.loads(e.read())["session"]
-    body["auth"] = {"type": "m.login.dummy", "session": session}
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    urllib.request.urlopen(req).read()
+from nio_common import ENCRYPTED_CONFIG as CONFIG, Failure, check, expect, register, step
 
 
 def stored_event(base, token, room_id, event_id):

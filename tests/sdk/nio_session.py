@@ -26,38 +26,12 @@ import asyncio
 import secrets
 import sys
 
-from nio import (AsyncClient, AsyncClientConfig, DeleteDevicesAuthResponse,
+from nio import (AsyncClient, DeleteDevicesAuthResponse,
                  DeleteDevicesResponse, DevicesResponse, LoginResponse, LogoutResponse,
                  ProfileGetDisplayNameResponse, ProfileSetDisplayNameResponse,
                  RegisterResponse, UpdateDeviceResponse, WhoamiError, WhoamiResponse)
 
-# nio retries timeouts/connection errors forever by default (max_timeouts=None) and
-# sleeps on 429 forever too: bound both so a dead or rate-limiting server fails fast.
-CONFIG = AsyncClientConfig(max_timeouts=2, max_limit_exceeded=0, request_timeout=20,
-                           backoff_factor=0.1, max_timeout_retry_wait_time=2,
-                           encryption_enabled=False, store_sync_tokens=False)
-
-
-class Failure(Exception):
-    pass
-
-
-def expect(resp, cls, what):
-    """Assert nio parsed `resp` as `cls`; otherwise show what nio made of the body."""
-    if not isinstance(resp, cls):
-        status = getattr(resp.transport_response, "status", "?")
-        raise Failure(f"{what}: expected {cls.__name__}, got {type(resp).__name__} "
-                      f"(HTTP {status}): {resp}")
-    return resp
-
-
-def check(cond, msg):
-    if not cond:
-        raise Failure(msg)
-
-
-def step(msg):
-    print(f"ok   {msg}", flush=True)
+from nio_common import CONFIG, Failure, check, expect, step
 
 
 async def device_map(client, what):
