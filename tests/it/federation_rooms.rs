@@ -73,6 +73,24 @@ async fn membership_on(s: &TestServer, who: &Session, room: &str, user: &str) ->
     member["membership"].clone()
 }
 
+/// Two federating servers: A with Alice, B with Bob.
+struct TwoServers {
+    pki: Pki,
+    a: TestServer,
+    b: TestServer,
+    alice: Session,
+    bob: Session,
+}
+
+async fn two_servers() -> TwoServers {
+    let pki = Pki::new();
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    TwoServers { pki, a, b, alice, bob }
+}
+
 /// A room of A that Bob of B joins through A.
 async fn shared_room(a: &TestServer, b: &TestServer, alice: &Session, bob: &Session) -> String {
     let room = create_room(a, alice, json!({"preset": "public_chat", "name": "Shared"})).await;
@@ -86,11 +104,7 @@ async fn shared_room(a: &TestServer, b: &TestServer, alice: &Session, bob: &Sess
 
 #[tokio::test]
 async fn a_room_is_shared_both_ways_and_a_leave_propagates() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let room = shared_room(&a, &b, &alice, &bob).await;
 
     // Both servers know Bob is in, and B has the room's state from A.
@@ -144,11 +158,7 @@ async fn a_room_is_shared_both_ways_and_a_leave_propagates() {
 
 #[tokio::test]
 async fn a_server_that_was_down_catches_up() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let room = shared_room(&a, &b, &alice, &bob).await;
     send_text(&a, &alice, &room, "a0", "before").await;
     eventually("the first message on B", || async {
@@ -263,11 +273,7 @@ async fn put_transaction(
 
 #[tokio::test]
 async fn a_forged_pdu_is_refused_by_name_and_a_replayed_transaction_is_answered_once() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki, a, b, alice, bob } = two_servers().await;
     let room = shared_room(&a, &b, &alice, &bob).await;
 
     // Signed under B's key ID by another key: refused, named in the answer, not stored.
@@ -312,11 +318,7 @@ async fn ephemeral(s: &TestServer, who: &Session, room: &str, kind: &str) -> Val
 
 #[tokio::test]
 async fn typing_and_read_receipts_cross_to_the_other_server() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let room = shared_room(&a, &b, &alice, &bob).await;
     let message = send_text(&b, &bob, &room, "b1", "read me").await;
     eventually("Bob's message on A", || async {
@@ -428,11 +430,7 @@ fn invite_state(body: &Value, room: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_user_of_another_server_is_invited_and_joins_through_the_inviting_server() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     // A private room: only an invite lets Bob in.
     let room = create_room(&a, &alice, json!({"preset": "private_chat", "name": "Secret"})).await;
     let before = sync(&b, &bob, "").await["next_batch"].as_str().unwrap().to_owned();
@@ -503,11 +501,7 @@ async fn a_user_of_another_server_is_invited_and_joins_through_the_inviting_serv
 
 #[tokio::test]
 async fn a_remote_invite_is_rejected_through_the_inviting_server() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let room = create_room(&a, &alice, json!({"preset": "private_chat", "name": "Unwanted"})).await;
     invite(&a, &alice, &room, &bob.user_id).await;
     let invited = sync(&b, &bob, "").await;
@@ -637,11 +631,7 @@ async fn an_invite_from_another_server_is_checked() {
 
 #[tokio::test]
 async fn history_from_before_the_join_is_backfilled_on_demand_and_is_not_new_in_sync() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let room = create_room(&a, &alice, json!({"preset": "public_chat", "name": "Old talk"})).await;
     for i in 1..=5 {
         send_text(&a, &alice, &room, &format!("e{i}"), &format!("early {i}")).await;
@@ -689,11 +679,7 @@ async fn upload_keys(s: &TestServer, who: &Session, tag: &str) {
 
 #[tokio::test]
 async fn keys_to_device_messages_and_device_lists_cross_servers() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let room = shared_room(&a, &b, &alice, &bob).await;
     upload_keys(&b, &bob, "one").await;
 
@@ -774,11 +760,7 @@ async fn has_to_device(b: &TestServer, bob: &Session, kind: &str, sender: &str) 
 
 #[tokio::test]
 async fn a_to_device_message_to_a_server_that_is_down_survives_a_restart_of_the_sender() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
 
     // B goes down; Alice sends Bob's device a message, which A cannot deliver.
     let b_config = (*b.services.config).clone();
@@ -827,11 +809,7 @@ async fn a_to_device_message_to_a_server_that_is_down_survives_a_restart_of_the_
 
 #[tokio::test]
 async fn device_list_updates_for_a_server_that_is_down_are_kept_one_per_device_not_one_per_change() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let _room = shared_room(&a, &b, &alice, &bob).await;
     upload_keys(&a, &alice, "one").await;
     let keys = query_keys(&b, &bob, &[&alice.user_id]).await;
@@ -934,11 +912,7 @@ fn cached(s: &TestServer, user: &str) -> Option<conduit::storage::tables::Remote
 
 #[tokio::test]
 async fn a_remote_device_list_is_cached_kept_current_by_updates_and_answers_while_its_server_is_down() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let _room = shared_room(&a, &b, &alice, &bob).await;
     upload_keys(&b, &bob, "one").await;
 
@@ -1000,11 +974,7 @@ async fn a_remote_device_list_is_cached_kept_current_by_updates_and_answers_whil
 
 #[tokio::test]
 async fn a_remote_device_list_is_forgotten_once_no_room_is_shared_and_fetched_afresh_after() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let first = shared_room(&a, &b, &alice, &bob).await;
     upload_keys(&b, &bob, "one").await;
     query_keys(&a, &alice, &[&bob.user_id]).await;
@@ -1057,11 +1027,7 @@ async fn put_edus(
 
 #[tokio::test]
 async fn device_list_updates_that_do_not_belong_to_their_server_are_refused_and_change_nothing() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki, a, b, alice, bob } = two_servers().await;
     let _room = shared_room(&a, &b, &alice, &bob).await;
     upload_keys(&b, &bob, "one").await;
     // B has sent its update for Bob's keys and A acknowledged it (so nothing of it comes
@@ -1144,11 +1110,7 @@ fn synced_state(body: &Value, room: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_room_joined_over_federation_shows_its_state_in_the_joiners_sync() {
-    let pki = Pki::new();
-    let a = TestServer::start_federating(&pki, |_| {}).await;
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let alice = a.register("alice", "pw-alice-123").await;
-    let bob = b.register("bob", "pw-bob-12345").await;
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
     let encryption = json!({"type": "m.room.encryption", "state_key": "",
         "content": {"algorithm": "m.megolm.v1.aes-sha2"}});
     // One room Bob joins by ID through A, one he is invited to first (as matrix-nio does).

@@ -388,9 +388,7 @@ async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room()
     .await;
     // Alice types on conduit: Sam's sync on Synapse shows it. Synapse answers a repeated
     // initial sync from its response cache for minutes, so Sam follows incremental syncs.
-    let sync_path = |since: &str| format!("{V3}/sync?timeout=2000&since={}", encode(since));
-    let (_, first) = synapse.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(&sam_token), None).await;
-    let mut since = first["next_batch"].as_str().expect("a next_batch from Synapse").to_owned();
+    let mut since = synapse.since(&sam_token).await;
     let (status, body) = conduit
         .put(
             &format!("{V3}/rooms/{}/typing/{}", encode(&room), encode(&alice.user_id)),
@@ -399,23 +397,15 @@ async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room()
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let mut seen = false;
-    for _ in 0..10 {
-        let (_, synced) =
-            synapse.call(reqwest::Method::GET, &sync_path(&since), Some(&sam_token), None).await;
-        seen = synced["rooms"]["join"][&room]["ephemeral"]["events"].as_array().is_some_and(|events| {
-            events
-                .iter()
-                .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([alice.user_id]))
-        });
-        if seen {
-            break;
-        }
-        if let Some(next) = synced["next_batch"].as_str() {
-            since = next.to_owned();
-        }
-    }
-    assert!(seen, "never saw Alice typing on Synapse\n{}", synapse.logs());
+    synapse
+        .sync_until("Alice typing", &sam_token, &mut since, |synced| {
+            synced["rooms"]["join"][&room]["ephemeral"]["events"].as_array().is_some_and(|events| {
+                events
+                    .iter()
+                    .any(|e| e["type"] == "m.typing" && e["content"]["user_ids"] == json!([alice.user_id]))
+            })
+        })
+        .await;
 
     // Alice (conduit) joins Sam's Synapse room through Synapse.
     let (status, synapse_room) = synapse
@@ -474,8 +464,7 @@ async fn invites_cross_between_conduit_and_synapse_both_ways() {
     // Alice invites Sam into a private conduit room: Sam's sync on Synapse shows the invite
     // (Synapse answers a repeated initial sync from a cache, so Sam follows incremental
     // syncs), and his join goes through conduit.
-    let (_, first) = synapse.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(&sam_token), None).await;
-    let mut since = first["next_batch"].as_str().expect("a next_batch from Synapse").to_owned();
+    let mut since = synapse.since(&sam_token).await;
     let room = crate::rooms::create_room(
         &conduit,
         &alice,
@@ -486,25 +475,11 @@ async fn invites_cross_between_conduit_and_synapse_both_ways() {
         .post(&format!("{V3}/rooms/{}/invite", encode(&room)), Some(&alice.token), json!({"user_id": sam}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", synapse.logs());
-    let mut invited = false;
-    for _ in 0..10 {
-        let (_, synced) = synapse
-            .call(
-                reqwest::Method::GET,
-                &format!("{V3}/sync?timeout=2000&since={}", encode(&since)),
-                Some(&sam_token),
-                None,
-            )
-            .await;
-        invited = synced["rooms"]["invite"][&room].is_object();
-        if invited {
-            break;
-        }
-        if let Some(next) = synced["next_batch"].as_str() {
-            since = next.to_owned();
-        }
-    }
-    assert!(invited, "Sam never saw Alice's invite\n{}", synapse.logs());
+    synapse
+        .sync_until("Alice's invite", &sam_token, &mut since, |synced| {
+            synced["rooms"]["invite"][&room].is_object()
+        })
+        .await;
     let (status, joined) = synapse
         .call(
             reqwest::Method::POST,
