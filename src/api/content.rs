@@ -167,6 +167,43 @@ pub async fn serve(
     Ok((status, headers, body).into_response())
 }
 
+/// Send content to another server as the federation media endpoints answer it: a
+/// `multipart/mixed` body whose first part is the metadata (`{}`: the spec defines no field
+/// yet) and whose second is the content with its type and disposition, streamed.
+pub fn serve_multipart(content: Content, disposition: ContentDisposition) -> Response {
+    let boundary = crate::service::passwords::random_string(32);
+    let head = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\nContent-Type: {}\r\nContent-Disposition: {disposition}\r\n\r\n",
+        header_value(&content.content_type, "application/octet-stream")
+            .to_str()
+            .unwrap_or("application/octet-stream"),
+    );
+    let tail = format!("\r\n--{boundary}--\r\n");
+    let length = head.len() as u64 + content.size + tail.len() as u64;
+    let body = match content.body {
+        ContentBody::File(file) => {
+            let reader = std::io::Cursor::new(head.into_bytes())
+                .chain(file.take(content.size))
+                .chain(std::io::Cursor::new(tail.into_bytes()));
+            Body::from_stream(ReaderStream::with_capacity(reader, READ_CHUNK))
+        }
+        ContentBody::Bytes(bytes) => {
+            let mut all = Vec::with_capacity(length as usize);
+            all.extend_from_slice(head.as_bytes());
+            all.extend_from_slice(&bytes);
+            all.extend_from_slice(tail.as_bytes());
+            Body::from(all)
+        }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header_value(&format!("multipart/mixed; boundary={boundary}"), "multipart/mixed"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    (StatusCode::OK, headers, body).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -472,8 +472,10 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
 /// The server-server routes, only with `allow_federation = true` (otherwise their paths
 /// answer `404 M_UNRECOGNIZED` like any unknown path).
 fn federation_routes(services: &AppState) -> Router<AppState> {
+    use ::ruma::api::federation::authenticated_media as federated;
+
     use self::federation::{
-        authorization, backfill, device, discovery, event, keys, membership, query, transactions,
+        authorization, backfill, device, discovery, event, keys, media, membership, query, transactions,
     };
     if !services.config.allow_federation {
         return Router::new();
@@ -500,6 +502,8 @@ fn federation_routes(services: &AppState) -> Router<AppState> {
         .ruma_route(keys::get_keys)
         .ruma_route(keys::claim_keys)
         .ruma_route(device::get_devices)
+        .endpoint_route::<federated::get_content::v1::Request, _, _>(media::get_content)
+        .endpoint_route::<federated::get_content_thumbnail::v1::Request, _, _>(media::get_content_thumbnail)
 }
 
 /// Where Prometheus scrapes.

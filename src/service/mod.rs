@@ -115,6 +115,7 @@ pub struct Services {
     pub user_directory: Arc<user_directory::UserDirectory>,
     pub key_backup: Arc<key_backup::KeyBackup>,
     pub media: Arc<media::Media>,
+    pub remote_media: Arc<media::remote::RemoteMedia>,
     pub url_previews: Arc<media::preview::UrlPreviews>,
     pub backups: Arc<backup::Backups>,
     pub threepids: Arc<threepids::ThirdPartyIds>,
@@ -235,6 +236,11 @@ impl Services {
             Arc::clone(&server_keys),
             Arc::clone(&clock),
         )?);
+        let remote_media = Arc::new(media::remote::RemoteMedia::new(
+            Arc::clone(&media),
+            Arc::clone(&federation),
+            config.server_name.clone(),
+        ));
         let remote_keys = Arc::new(federation::RemoteKeys::new(
             &store,
             Arc::clone(&federation),
@@ -703,6 +709,7 @@ impl Services {
             user_directory,
             key_backup,
             media,
+            remote_media,
             url_previews,
             backups,
             threepids,

@@ -225,7 +225,11 @@ catalogue! {
     MEDIA_PENDING = "media_pending", key "media_id": String => PendingMediaRecord, version 1;
     /// The same pending IDs by uploader, to count a user's pending uploads with a prefix scan.
     MEDIA_PENDING_BY_USER = "media_pending_by_user", key "user_id, media_id": (OwnedUserId, String) => u64, version 1;
-    /// Stored thumbnails of local media, by size and method.
+    /// Other servers' media fetched over federation, by server and media ID: its file and
+    /// metadata, kept until purged (`purge_media_cache`). Its thumbnails are stored in
+    /// `media_thumbnails` under `<server>/<media_id>`, which no local media ID can be.
+    REMOTE_MEDIA = "remote_media", key "server_name, media_id": (String, String) => RemoteMediaRecord, version 1;
+    /// Stored thumbnails of local media (and of fetched remote media), by size and method.
     MEDIA_THUMBNAILS = "media_thumbnails", key "media_id, width, height, method": (String, u64, u64, String) => ThumbnailRecord, version 1;
     /// Who uses each content file: a row per media or thumbnail naming it. A file is deleted
     /// only when its last row goes.
@@ -854,6 +858,22 @@ pub struct PendingMediaRecord {
     pub created_ms: u64,
     /// After this the ID is no longer accepted for upload and is swept.
     pub expires_ms: u64,
+}
+
+/// Another server's media item as fetched over federation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteMediaRecord {
+    /// The content file.
+    pub sha256: ContentHash,
+    pub size: u64,
+    /// As the origin sent it.
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    /// When it was fetched (ms since the epoch).
+    pub fetched_ms: u64,
+    /// The admin who quarantined it: nobody may download it or its thumbnails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_by: Option<OwnedUserId>,
 }
 
 /// A stored thumbnail.

@@ -74,15 +74,15 @@ async fn membership_on(s: &TestServer, who: &Session, room: &str, user: &str) ->
 }
 
 /// Two federating servers: A with Alice, B with Bob.
-struct TwoServers {
-    pki: Pki,
-    a: TestServer,
-    b: TestServer,
-    alice: Session,
-    bob: Session,
+pub(crate) struct TwoServers {
+    pub pki: Pki,
+    pub a: TestServer,
+    pub b: TestServer,
+    pub alice: Session,
+    pub bob: Session,
 }
 
-async fn two_servers() -> TwoServers {
+pub(crate) async fn two_servers() -> TwoServers {
     let pki = Pki::new();
     let a = TestServer::start_federating(&pki, |_| {}).await;
     let b = TestServer::start_federating(&pki, |_| {}).await;
@@ -377,6 +377,20 @@ async fn signed_request(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    let response = signed_send(pki, to, from, method, path, body).await;
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A request from `from` to `to`'s federation API, signed with X-Matrix; the raw response.
+pub(crate) async fn signed_send(
+    pki: &Pki,
+    to: &TestServer,
+    from: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
     use ruma::api::federation::authentication::{XMatrix, XMatrixSigningInput};
     let bytes = body.as_ref().map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
     let request = axum::http::Request::builder().method(method).uri(path).body(bytes.clone()).unwrap();
@@ -397,9 +411,7 @@ async fn signed_request(
     if body.is_some() {
         builder = builder.header("content-type", "application/json").body(bytes);
     }
-    let response = builder.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    builder.send().await.unwrap()
 }
 
 /// Invite `user` (of another server) into `room`.

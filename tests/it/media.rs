@@ -28,7 +28,7 @@ const V1: &str = "/_matrix/client/v1/media";
 const LEGACY: &str = "/_matrix/media/v3";
 
 /// Upload `bytes`; returns the `mxc://` URI.
-async fn upload(
+pub(crate) async fn upload(
     s: &TestServer,
     who: &Session,
     bytes: Vec<u8>,
@@ -42,7 +42,7 @@ async fn upload(
     body["content_uri"].as_str().unwrap().to_owned()
 }
 
-async fn upload_raw(
+pub(crate) async fn upload_raw(
     s: &TestServer,
     token: Option<&str>,
     bytes: Vec<u8>,
@@ -86,7 +86,7 @@ fn header_of<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
 }
 
 /// An image with some detail (so encoders cannot shrink it to nothing), in `format`.
-fn image_bytes(format: ImageFormat, width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn image_bytes(format: ImageFormat, width: u32, height: u32) -> Vec<u8> {
     let image = RgbaImage::from_fn(width, height, |x, y| {
         Rgba([(x % 251) as u8, (y % 241) as u8, ((x * y) % 239) as u8, 255])
     });
@@ -845,7 +845,7 @@ async fn corrupt_and_oversized_images_are_refused() {
     assert_eq!(dims, (96, 96));
 }
 
-fn content_files(s: &TestServer) -> usize {
+pub(crate) fn content_files(s: &TestServer) -> usize {
     fn count(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir)
             .map(|entries| {

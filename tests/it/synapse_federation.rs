@@ -772,3 +772,71 @@ async fn matrix_nio_users_on_conduit_and_synapse_decrypt_each_other_in_an_encryp
         panic!("{failure}\nSynapse:\n{}", synapse.logs());
     }
 }
+
+#[tokio::test]
+async fn media_crosses_between_conduit_and_synapse_both_ways() {
+    use image::ImageFormat;
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = conduit.register("alice", "pw-alice-123").await;
+    let (_sam, sam_token) = synapse.register("sam").await;
+
+    // Alice's image on conduit, downloaded by Sam through Synapse (which fetches it from
+    // conduit's federation media endpoint).
+    let from_conduit = crate::media::image_bytes(ImageFormat::Png, 200, 150);
+    let mxc = crate::media::upload(&conduit, &alice, from_conduit.clone(), "image/png", Some("a.png")).await;
+    let path = mxc.strip_prefix("mxc://").unwrap();
+    let response = synapse
+        .http
+        .get(format!("{}/_matrix/client/v1/media/download/{path}", synapse.client_base))
+        .bearer_auth(&sam_token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}\n{}", String::from_utf8_lossy(&bytes), synapse.logs());
+    assert_eq!(bytes.as_ref(), from_conduit.as_slice());
+
+    // Sam's image on Synapse, downloaded and thumbnailed by Alice through conduit.
+    let from_synapse = crate::media::image_bytes(ImageFormat::Png, 300, 300);
+    let response = synapse
+        .http
+        .post(format!("{}/_matrix/media/v3/upload?filename=s.png", synapse.client_base))
+        .bearer_auth(&sam_token)
+        .header(reqwest::header::CONTENT_TYPE, "image/png")
+        .body(from_synapse.clone())
+        .send()
+        .await
+        .unwrap();
+    let uploaded: Value = response.json().await.unwrap();
+    let path =
+        uploaded["content_uri"].as_str().expect("Synapse's content_uri").strip_prefix("mxc://").unwrap();
+    let response = conduit
+        .http
+        .get(format!("{}/_matrix/client/v1/media/download/{path}", conduit.base))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{}\n{}", String::from_utf8_lossy(&bytes), synapse.logs());
+    assert_eq!(bytes.as_ref(), from_synapse.as_slice());
+    assert_eq!(content_type.unwrap(), "image/png");
+    let response = conduit
+        .http
+        .get(format!(
+            "{}/_matrix/client/v1/media/thumbnail/{path}?width=32&height=32&method=crop",
+            conduit.base
+        ))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let thumb = image::load_from_memory(&response.bytes().await.unwrap()).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (32, 32));
+}

@@ -176,12 +176,17 @@ pub async fn quarantine_user(
     Ok(Json(json!({ "num_quarantined": count })))
 }
 
-/// `POST /_synapse/admin/v1/purge_media_cache?before_ts`: the cache of other servers'
-/// media. Without federation this server never fetches any, so there is nothing to delete.
-pub async fn purge_media_cache(_: AdminCaller, query: RawQuery) -> Result<Json<JsonValue>> {
+/// `POST /_synapse/admin/v1/purge_media_cache?before_ts`: forget other servers' media
+/// fetched before then (fetched again when next asked for).
+pub async fn purge_media_cache(
+    State(services): State<AppState>,
+    _: AdminCaller,
+    query: RawQuery,
+) -> Result<Json<JsonValue>> {
     let params = Params::parse(query);
-    params.u64("before_ts")?.ok_or_else(|| Error::missing_param("Missing before_ts"))?;
-    Ok(Json(json!({ "deleted": 0 })))
+    let before = params.u64("before_ts")?.ok_or_else(|| Error::missing_param("Missing before_ts"))?;
+    let report = services.media.purge_remote_fetched_before(before).await?;
+    Ok(Json(json!({ "deleted": report.media })))
 }
 
 /// `GET /_synapse/admin/v1/statistics/users/media`

@@ -48,7 +48,7 @@ pub(super) async fn serve_thumbnail(content: Content, headers: &HeaderMap) -> Re
 
 /// A thumbnail request's parameters in the service's terms. Scale is the default method, as
 /// in Synapse.
-pub(super) fn thumbnail_request(
+pub(crate) fn thumbnail_request(
     width: UInt,
     height: UInt,
     method: Option<&Method>,
@@ -72,8 +72,10 @@ pub async fn get_content(
     req: Ruma<get_content::v1::Request>,
 ) -> Result<Response> {
     let r = req.body;
-    let content =
-        services.media.content(&r.server_name, &r.media_id, r.timeout_ms, Access::Authenticated).await?;
+    let content = services
+        .remote_media
+        .content(&r.server_name, &r.media_id, r.timeout_ms, Access::Authenticated, true)
+        .await?;
     serve_download(content, None, &headers).await
 }
 
@@ -84,8 +86,10 @@ pub async fn get_content_as_filename(
     req: Ruma<get_content_as_filename::v1::Request>,
 ) -> Result<Response> {
     let r = req.body;
-    let content =
-        services.media.content(&r.server_name, &r.media_id, r.timeout_ms, Access::Authenticated).await?;
+    let content = services
+        .remote_media
+        .content(&r.server_name, &r.media_id, r.timeout_ms, Access::Authenticated, true)
+        .await?;
     serve_download(content, Some(&r.filename), &headers).await
 }
 
@@ -98,8 +102,8 @@ pub async fn get_content_thumbnail(
     let r = req.body;
     let request = thumbnail_request(r.width, r.height, r.method.as_ref(), r.animated)?;
     let content = services
-        .media
-        .thumbnail(&r.server_name, &r.media_id, request, r.timeout_ms, Access::Authenticated)
+        .remote_media
+        .thumbnail(&r.server_name, &r.media_id, request, r.timeout_ms, Access::Authenticated, true)
         .await?;
     serve_thumbnail(content, &headers).await
 }

@@ -85,7 +85,10 @@ pub async fn get_content(
     req: Ruma<get_content::v3::Request>,
 ) -> Result<Response> {
     let r = req.body;
-    let content = services.media.content(&r.server_name, &r.media_id, r.timeout_ms, Access::Legacy).await?;
+    let content = services
+        .remote_media
+        .content(&r.server_name, &r.media_id, r.timeout_ms, Access::Legacy, r.allow_remote)
+        .await?;
     serve_download(content, None, &headers).await
 }
 
@@ -96,7 +99,10 @@ pub async fn get_content_as_filename(
     req: Ruma<get_content_as_filename::v3::Request>,
 ) -> Result<Response> {
     let r = req.body;
-    let content = services.media.content(&r.server_name, &r.media_id, r.timeout_ms, Access::Legacy).await?;
+    let content = services
+        .remote_media
+        .content(&r.server_name, &r.media_id, r.timeout_ms, Access::Legacy, r.allow_remote)
+        .await?;
     serve_download(content, Some(&r.filename), &headers).await
 }
 
@@ -108,8 +114,10 @@ pub async fn get_content_thumbnail(
 ) -> Result<Response> {
     let r = req.body;
     let request = thumbnail_request(r.width, r.height, r.method.as_ref(), r.animated)?;
-    let content =
-        services.media.thumbnail(&r.server_name, &r.media_id, request, r.timeout_ms, Access::Legacy).await?;
+    let content = services
+        .remote_media
+        .thumbnail(&r.server_name, &r.media_id, request, r.timeout_ms, Access::Legacy, r.allow_remote)
+        .await?;
     serve_thumbnail(content, &headers).await
 }
 

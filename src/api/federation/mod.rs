@@ -5,7 +5,8 @@
 //! profile and directory queries (`query`), and rooms: inbound transactions
 //! (`transactions`), joins and leaves as the resident server and invites of local users
 //! (`membership`), and the reads of servers in a room (`event`, `authorization`,
-//! `backfill`), and end-to-end encryption's keys and device lists (`keys`, `device`).
+//! `backfill`), end-to-end encryption's keys and device lists (`keys`, `device`), and
+//! this server's media for other servers (`media`).
 
 pub mod authorization;
 pub mod backfill;
@@ -13,6 +14,7 @@ pub mod device;
 pub mod discovery;
 pub mod event;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;

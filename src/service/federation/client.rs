@@ -269,6 +269,57 @@ impl FederationClient {
         body: Option<&JsonValue>,
         signed: bool,
     ) -> Result<std::result::Result<JsonValue, RemoteRefusal>> {
+        let response = self.send(server, method, path_and_query, body, signed).await?;
+        let status = response.status();
+        let json = read_json(server, response).await?;
+        if status.is_success() {
+            Ok(Ok(json))
+        } else {
+            Ok(Err(RemoteRefusal { status: status.as_u16(), body: json }))
+        }
+    }
+
+    /// A signed GET whose success is read as it arrives (media): the response, or the
+    /// server's refusal.
+    pub async fn get_streamed(
+        &self,
+        server: &ServerName,
+        path_and_query: &str,
+    ) -> Result<std::result::Result<reqwest::Response, RemoteRefusal>> {
+        let response = self.send(server, http::Method::GET, path_and_query, None, true).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Ok(response));
+        }
+        // A refusal that is not JSON (a proxy's error page) still refuses.
+        let body = read_json(server, response).await.unwrap_or(JsonValue::Null);
+        Ok(Err(RemoteRefusal { status: status.as_u16(), body }))
+    }
+
+    /// A plain GET of `url` through the address guard (where another server's media answer
+    /// redirects to), unsigned.
+    pub async fn get_redirected(&self, server: &ServerName, url: &str) -> Result<reqwest::Response> {
+        let response = self.http.get(url).timeout(self.timeout).send().await.map_err(|e| {
+            Error::Upstream(format!("{server}'s media could not be fetched from {url}: {}", describe(&e)))
+        })?;
+        if !response.status().is_success() {
+            return Err(Error::Upstream(format!(
+                "{server}'s media location {url} answered {}",
+                response.status()
+            )));
+        }
+        Ok(response)
+    }
+
+    /// Send a request to `server`, signed when `signed`.
+    async fn send(
+        &self,
+        server: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&JsonValue>,
+        signed: bool,
+    ) -> Result<reqwest::Response> {
         self.check_server(server)?;
         if server == self.server_name {
             return Err(Error::invalid_param("A request to this server itself is not sent over federation"));
@@ -303,25 +354,9 @@ impl FederationClient {
         if body.is_some() {
             builder = builder.body(body_bytes);
         }
-        let response = builder.send().await.map_err(|e| {
+        builder.send().await.map_err(|e| {
             Error::Upstream(format!("{server} could not be reached over federation: {}", describe(&e)))
-        })?;
-        let status = response.status();
-        let bytes = read_limited(response, MAX_ANSWER_BYTES)
-            .await
-            .map_err(|e| Error::Upstream(format!("{server} answered badly over federation: {e}")))?;
-        let json: JsonValue = if bytes.is_empty() {
-            JsonValue::Null
-        } else {
-            serde_json::from_slice(&bytes).map_err(|_| {
-                Error::Upstream(format!("{server} answered something that is not JSON ({status})"))
-            })?
-        };
-        if status.is_success() {
-            Ok(Ok(json))
-        } else {
-            Ok(Err(RemoteRefusal { status: status.as_u16(), body: json }))
-        }
+        })
     }
 
     /// The `Authorization` header of a request to `destination`.
@@ -353,6 +388,19 @@ impl FederationClient {
             Err(refusal) => Err(refusal_error(server, &refusal)),
         }
     }
+}
+
+/// A federation answer's body as JSON (`null` when empty), read within `MAX_ANSWER_BYTES`.
+async fn read_json(server: &ServerName, response: reqwest::Response) -> Result<JsonValue> {
+    let status = response.status();
+    let bytes = read_limited(response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| Error::Upstream(format!("{server} answered badly over federation: {e}")))?;
+    if bytes.is_empty() {
+        return Ok(JsonValue::Null);
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|_| Error::Upstream(format!("{server} answered something that is not JSON ({status})")))
 }
 
 /// The error for a remote server's refusal.

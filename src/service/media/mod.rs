@@ -8,13 +8,15 @@
 //! item and thumbnail holds a reference row on its file, and a file is deleted only with its
 //! last reference, under the lock that also orders placing files.
 //!
-//! Remote media (another server's `mxc://`) needs federation, which this server does not do
-//! yet: it answers `M_NOT_FOUND`.
+//! Other servers' media (their `mxc://` URIs) is kept here once fetched (`remote_media`,
+//! `store_remote`): `remote::RemoteMedia` fetches it over federation on first request. Its
+//! thumbnails are made here from the fetched original, as for local media.
 
 pub mod admin;
 pub mod files;
 pub mod opengraph;
 pub mod preview;
+pub mod remote;
 pub mod thumbnail;
 
 use std::{
@@ -47,7 +49,7 @@ use crate::{
         locks::KeyedLocks,
         tables::{
             ContentHash, MEDIA, MEDIA_FILE_REFS, MEDIA_PENDING, MEDIA_PENDING_BY_USER, MEDIA_THUMBNAILS,
-            MediaRecord, PendingMediaRecord, ThumbnailRecord,
+            MediaRecord, PendingMediaRecord, REMOTE_MEDIA, RemoteMediaRecord, ThumbnailRecord,
         },
     },
 };
@@ -124,6 +126,7 @@ struct Core {
     pending: Table<String, PendingMediaRecord>,
     pending_by_user: Table<(OwnedUserId, String), u64>,
     thumbnails: Table<ThumbnailKey, ThumbnailRecord>,
+    remote: Table<(String, String), RemoteMediaRecord>,
     refs: Table<(ContentHash, String), ()>,
     files: FileStore,
     /// Held while a file is placed or deleted together with its reference rows, so content
@@ -150,6 +153,21 @@ pub struct Media {
 
 fn io_error(context: &str) -> impl FnOnce(io::Error) -> Error + '_ {
     move |e| Error::internal(format!("{context}: {e}"))
+}
+
+/// What a download or thumbnail needs of a visible media item, local or fetched.
+struct Found {
+    sha256: ContentHash,
+    size: u64,
+    content_type: Option<String>,
+    filename: Option<String>,
+    /// Its thumbnails' key in `media_thumbnails`.
+    thumbnails_key: String,
+}
+
+/// The `media_thumbnails` key of another server's media item.
+fn remote_key(server_name: &ServerName, media_id: &str) -> String {
+    format!("{server_name}/{media_id}")
 }
 
 fn media_ref(media_id: &str) -> String {
@@ -209,7 +227,7 @@ impl Core {
     ) -> Result<bool> {
         let _guard = self.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(owner) = owner
-            && !self.media.contains(owner)?
+            && !self.owner_exists(owner)?
         {
             return Ok(false);
         }
@@ -225,8 +243,60 @@ impl Core {
         Ok(true)
     }
 
+    /// Whether the media item a thumbnail key names is still there: a local media ID, or
+    /// `<server>/<media_id>` of fetched remote media.
+    fn owner_exists(&self, owner: &str) -> Result<bool> {
+        Ok(match owner.split_once('/') {
+            Some((server, id)) => self.remote.contains(&(server.to_owned(), id.to_owned()))?,
+            None => self.media.contains(&owner.to_owned())?,
+        })
+    }
+
     fn is_referenced(&self, hash: &ContentHash) -> Result<bool> {
         Ok(self.refs.scan_prefix(hash, Direction::Forward)?.next().transpose()?.is_some())
+    }
+
+    /// Delete other servers' media items kept here (`(server, media_id)`), their
+    /// thumbnails and every file no longer referenced.
+    fn delete_remote(&self, keys: &[(String, String)]) -> Result<PurgeReport> {
+        let _guard = self.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = WriteBatch::new();
+        let mut hashes = Vec::new();
+        let mut report = PurgeReport::default();
+        for key in keys {
+            let Some(record) = self.remote.get(key)? else { continue };
+            self.remote.delete(&mut batch, key);
+            self.refs.delete(&mut batch, &(record.sha256, format!("remote:{}/{}", key.0, key.1)));
+            hashes.push((record.sha256, record.size));
+            let owner = format!("{}/{}", key.0, key.1);
+            for row in self.thumbnails.scan_prefix(&owner, Direction::Forward)? {
+                let (thumb_key, thumb) = row?;
+                self.refs.delete(&mut batch, &(thumb.sha256, thumbnail_ref(&thumb_key)));
+                self.thumbnails.delete(&mut batch, &thumb_key);
+                hashes.push((thumb.sha256, thumb.size));
+            }
+            report.media += 1;
+        }
+        self.store.write(batch)?;
+        self.remove_unreferenced(hashes, &mut report)?;
+        Ok(report)
+    }
+
+    /// Remove the files of `hashes` nothing references any more.
+    fn remove_unreferenced(
+        &self,
+        mut hashes: Vec<(ContentHash, u64)>,
+        report: &mut PurgeReport,
+    ) -> Result<()> {
+        hashes.sort_by_key(|(hash, _)| hash.0);
+        hashes.dedup_by_key(|(hash, _)| hash.0);
+        for (hash, size) in hashes {
+            if !self.is_referenced(&hash)? {
+                self.files.remove(&hash).map_err(io_error("deleting media file"))?;
+                report.bytes_freed += size;
+            }
+        }
+        Ok(())
     }
 
     /// Delete media items, their thumbnails and every file no longer referenced.
@@ -249,14 +319,7 @@ impl Core {
             report.media += 1;
         }
         self.store.write(batch)?;
-        hashes.sort_by_key(|(hash, _)| hash.0);
-        hashes.dedup_by_key(|(hash, _)| hash.0);
-        for (hash, size) in hashes {
-            if !self.is_referenced(&hash)? {
-                self.files.remove(&hash).map_err(io_error("deleting media file"))?;
-                report.bytes_freed += size;
-            }
-        }
+        self.remove_unreferenced(hashes, &mut report)?;
         Ok(report)
     }
 }
@@ -272,6 +335,7 @@ impl Media {
             pending: MEDIA_PENDING.open(store),
             pending_by_user: MEDIA_PENDING_BY_USER.open(store),
             thumbnails: MEDIA_THUMBNAILS.open(store),
+            remote: REMOTE_MEDIA.open(store),
             refs: MEDIA_FILE_REFS.open(store),
             files,
             file_lock: Mutex::new(()),
@@ -522,7 +586,21 @@ impl Media {
         media_id: &str,
         timeout: Duration,
         access: Access,
-    ) -> Result<MediaRecord> {
+    ) -> Result<Found> {
+        if server_name != self.settings.server_name {
+            // Fetched remote media (`RemoteMedia` fetches it first).
+            let record = self.remote_record(server_name, media_id)?.ok_or_else(not_found)?;
+            if record.quarantined_by.is_some() {
+                return Err(not_found());
+            }
+            return Ok(Found {
+                sha256: record.sha256,
+                size: record.size,
+                content_type: record.content_type,
+                filename: record.filename,
+                thumbnails_key: remote_key(server_name, media_id),
+            });
+        }
         let media_id = self.local_id(server_name, media_id)?;
         let record = self.wait_for_record(media_id, timeout).await?;
         // Frozen media does not exist as far as the legacy endpoints are concerned.
@@ -533,7 +611,61 @@ impl Media {
         if record.quarantined_by.is_some() {
             return Err(not_found());
         }
-        Ok(record)
+        Ok(Found {
+            sha256: record.sha256,
+            size: record.size,
+            content_type: record.content_type,
+            filename: record.filename,
+            thumbnails_key: media_id.to_owned(),
+        })
+    }
+
+    /// Another server's media item, if it was fetched.
+    pub fn remote_record(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+    ) -> Result<Option<RemoteMediaRecord>> {
+        if !is_valid_media_id(media_id) {
+            return Err(not_found());
+        }
+        Ok(self.core.remote.get(&(server_name.to_string(), media_id.to_owned()))?)
+    }
+
+    /// Keep another server's media item, fetched into `staged`. A second fetch of the same
+    /// item (two requests racing) keeps the first.
+    pub async fn store_remote(
+        &self,
+        server_name: &ServerName,
+        media_id: &str,
+        staged: StagedFile,
+        content_type: Option<String>,
+        filename: Option<String>,
+    ) -> Result<()> {
+        if server_name == self.settings.server_name || !is_valid_media_id(media_id) {
+            return Err(Error::invalid_param("Not another server's media ID"));
+        }
+        Self::check_upload_fields(&content_type, &filename)?;
+        let key = (server_name.to_string(), media_id.to_owned());
+        let record = RemoteMediaRecord {
+            sha256: staged.hash,
+            size: staged.size,
+            content_type,
+            filename,
+            fetched_ms: self.clock.now_ms(),
+            quarantined_by: None,
+        };
+        let core = Arc::clone(&self.core);
+        blocking(move || {
+            if core.remote.contains(&key)? {
+                return Ok(());
+            }
+            let mut batch = WriteBatch::new();
+            core.remote.put(&mut batch, &key, &record)?;
+            let reference = format!("remote:{}/{}", key.0, key.1);
+            core.commit_with_file(staged, reference, batch)
+        })
+        .await
     }
 
     async fn open(&self, hash: &ContentHash) -> Result<tokio::fs::File> {
@@ -598,7 +730,7 @@ impl Media {
             return self.make_thumbnail(&record, request, target, None).await;
         }
         let key = (
-            media_id.to_owned(),
+            record.thumbnails_key.clone(),
             u64::from(target.width),
             u64::from(target.height),
             target.method.as_str().to_owned(),
@@ -624,7 +756,7 @@ impl Media {
     /// under `key` when there is one.
     async fn make_thumbnail(
         &self,
-        record: &MediaRecord,
+        record: &Found,
         request: ThumbnailRequest,
         target: ThumbnailBox,
         key: Option<ThumbnailKey>,
@@ -802,6 +934,29 @@ impl Media {
                 core.delete_media(chunk)?;
             }
             Ok(deleted)
+        })
+        .await
+    }
+
+    /// `purge_media_cache`: forget other servers' media fetched before `cutoff_ms`, with
+    /// its thumbnails and the files nothing else uses (a later request fetches it again).
+    pub async fn purge_remote_fetched_before(&self, cutoff_ms: u64) -> Result<PurgeReport> {
+        let core = Arc::clone(&self.core);
+        blocking(move || {
+            let mut old = Vec::new();
+            for row in core.remote.scan(crate::storage::kv::KeyRange::all(), Direction::Forward)? {
+                let (key, record) = row?;
+                if record.fetched_ms < cutoff_ms {
+                    old.push(key);
+                }
+            }
+            let mut report = PurgeReport::default();
+            for chunk in old.chunks(PURGE_BATCH) {
+                let done = core.delete_remote(chunk)?;
+                report.media += done.media;
+                report.bytes_freed += done.bytes_freed;
+            }
+            Ok(report)
         })
         .await
     }
