@@ -307,6 +307,71 @@ async fn a_forged_pdu_is_refused_by_name_and_a_replayed_transaction_is_answered_
     assert!(message_bodies(&a, &alice, &room).await.contains(&"genuine".to_owned()));
 }
 
+#[tokio::test]
+async fn a_server_the_rooms_acl_denies_is_refused_in_that_room() {
+    let TwoServers { pki, a, b, alice, bob } = two_servers().await;
+    let room = shared_room(&a, &b, &alice, &bob).await;
+    let b_key = b.services.server_keys.key_pair();
+    // A message of Bob's before any ACL is accepted.
+    let before = bobs_message(&a, &alice, &room, &bob.user_id, &b.name(), b_key, "before the ACL").await;
+    let (status, answer) = put_transaction(&pki, &a, &b, "t1", vec![before]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["pdus"].as_object().unwrap().values().all(|r| r.get("error").is_none()), "{answer}");
+
+    // Alice denies B's host (the test servers are IP literals with ports; the ACL matches
+    // the host). A's own requests are not checked against it.
+    let host = b.name().rsplit_once(':').map(|(host, _)| host.to_owned()).unwrap();
+    let (status, body) = a
+        .put(
+            &format!("{V3}/rooms/{}/state/m.room.server_acl/", encode(&room)),
+            Some(&alice.token),
+            json!({"allow": ["*"], "deny": [host], "allow_ip_literals": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let room_id: ruma::OwnedRoomId = room.as_str().try_into().unwrap();
+    let b_name: ruma::OwnedServerName = b.name().try_into().unwrap();
+    assert!(!a.services.room_federation.acl_allows(&b_name, &room_id).unwrap());
+
+    // B's PDUs in the room are refused by name, and not stored.
+    let after = bobs_message(&a, &alice, &room, &bob.user_id, &b.name(), b_key, "after the ACL").await;
+    let (status, answer) = put_transaction(&pki, &a, &b, "t2", vec![after]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (_, result) = answer["pdus"].as_object().unwrap().iter().next().unwrap();
+    assert!(result["error"].as_str().unwrap().contains("server ACL"), "{answer}");
+    let bodies = message_bodies(&a, &alice, &room).await;
+    assert!(bodies.contains(&"before the ACL".to_owned()) && !bodies.contains(&"after the ACL".to_owned()));
+
+    // Reads and joins about the room are refused too.
+    let (_, page) =
+        a.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=1", encode(&room)), Some(&alice.token)).await;
+    let latest = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    let reads = [
+        format!("/_matrix/federation/v1/state_ids/{}?event_id={}", encode(&room), encode(&latest)),
+        format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", encode(&room), encode(&bob.user_id)),
+        format!("/_matrix/federation/v1/backfill/{}?v={}&limit=5", encode(&room), encode(&latest)),
+    ];
+    for path in reads {
+        let (status, body) = signed_request(&pki, &a, &b, "GET", &path, None).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+            "{path}: {body}"
+        );
+    }
+
+    // Bob's typing in the room is dropped.
+    let typing =
+        json!({"edu_type": "m.typing", "content": {"room_id": room, "user_id": bob.user_id, "typing": true}});
+    let (status, answer) = put_edus(&pki, &a, &b, "t3", vec![typing]).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let seen = ephemeral(&a, &alice, &room, "m.typing").await;
+    assert!(
+        !seen["content"]["user_ids"].as_array().is_some_and(|u| u.contains(&json!(bob.user_id))),
+        "{seen}"
+    );
+}
+
 /// The room's ephemeral event of `kind` in a fresh sync.
 async fn ephemeral(s: &TestServer, who: &Session, room: &str, kind: &str) -> Value {
     let synced = sync(s, who, "").await;

@@ -30,7 +30,10 @@ use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
     ServerName, UserId,
     api::error::{ErrorKind, IncompatibleRoomVersionErrorData},
-    events::{StateEventType, TimelineEventType, room::member::MembershipState},
+    events::{
+        StateEventType, TimelineEventType,
+        room::{member::MembershipState, server_acl::RoomServerAclEventContent},
+    },
     room_version_rules::RoomVersionRules,
     serde::Base64,
 };
@@ -199,10 +202,38 @@ impl RoomFederation {
         if self.states.room(room_id)?.is_none() {
             return Err(Error::not_found(format!("This server does not have room {room_id}")));
         }
+        self.ensure_acl_allows(origin, room_id)?;
         if !self.servers_in_room(room_id)?.contains(origin) {
             return Err(Error::forbidden(format!("{origin} is not in room {room_id}")));
         }
         Ok(())
+    }
+
+    /// Whether the room's `m.room.server_acl` lets `origin` take part (no ACL, or one that
+    /// cannot be read, lets everyone, as in Synapse).
+    pub fn acl_allows(&self, origin: &ServerName, room_id: &RoomId) -> Result<bool> {
+        let Some(id) = self.states.current_state_event_id(room_id, &StateEventType::RoomServerAcl, "")?
+        else {
+            return Ok(true);
+        };
+        let Some(event) = self.events.get(&id)? else { return Ok(true) };
+        Ok(match event.pdu.content_as::<RoomServerAclEventContent>() {
+            Ok(acl) => acl.is_allowed(origin),
+            Err(e) => {
+                tracing::info!(%room_id, error = %e, "an unreadable server ACL is not applied");
+                true
+            }
+        })
+    }
+
+    /// `M_FORBIDDEN` when the room's server ACL denies `origin`: every request of a server
+    /// about a room is checked, as the spec requires.
+    fn ensure_acl_allows(&self, origin: &ServerName, room_id: &RoomId) -> Result<()> {
+        if self.acl_allows(origin, room_id)? {
+            Ok(())
+        } else {
+            Err(Error::forbidden(format!("Server {origin} is banned from room {room_id} by its server ACL")))
+        }
     }
 
     fn rules_of_room(&self, room_id: &RoomId) -> Result<(RoomVersionId, RoomVersionRules)> {
@@ -373,6 +404,13 @@ impl RoomFederation {
             }
         };
         let event_id = pdu.event_id.clone();
+        match self.acl_allows(origin, &room_id) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Some((event_id, Err(format!("{origin} is banned from the room by its server ACL"))));
+            }
+            Err(e) => return Some((event_id, Err(e.to_string()))),
+        }
         Some((event_id, self.accept(&lock, origin, &rules, pdu, keys).await))
     }
 
@@ -493,7 +531,9 @@ impl RoomFederation {
             Some("m.typing") => {
                 let room = content["room_id"].as_str().and_then(|r| RoomId::parse(r).ok());
                 let user = content["user_id"].as_str().and_then(from_origin);
-                if let (Some(room), Some(user)) = (room, user) {
+                if let (Some(room), Some(user)) = (room, user)
+                    && self.acl_allows(origin, &room).unwrap_or(false)
+                {
                     let typing = content["typing"].as_bool().unwrap_or(false);
                     if let Err(e) = self.typing.set(&user, &room, typing.then_some(REMOTE_TYPING)) {
                         tracing::debug!(%user, %room, error = %e, "typing EDU ignored");
@@ -504,6 +544,9 @@ impl RoomFederation {
                 let Some(rooms) = content.as_object() else { return };
                 for (room, kinds) in rooms {
                     let Ok(room) = RoomId::parse(room) else { continue };
+                    if !self.acl_allows(origin, &room).unwrap_or(false) {
+                        continue;
+                    }
                     let Some(users) = kinds.get("m.read").and_then(JsonValue::as_object) else { continue };
                     for (user, receipt) in users {
                         let Some(user) = from_origin(user) else { continue };
@@ -555,6 +598,7 @@ impl RoomFederation {
         }
         let lock = self.timeline.lock_room(room_id).await;
         let (version, _) = self.rules_of_room(room_id)?;
+        self.ensure_acl_allows(origin, room_id)?;
         let accepted = if versions.is_empty() { &[RoomVersionId::V1][..] } else { versions };
         if !accepted.contains(&version) {
             return Err(Error::new(
@@ -582,6 +626,7 @@ impl RoomFederation {
         pdu: &RawJsonValue,
     ) -> Result<JoinAnswer> {
         let (_, rules) = self.rules_of_room(room_id)?;
+        self.ensure_acl_allows(origin, room_id)?;
         let mut keys = VerifyKeys::new();
         let pdu =
             self.checked_pdu(pdu.get(), &rules, &mut keys).await.map_err(|(_, why)| Error::bad_json(why))?;

@@ -180,6 +180,10 @@ impl RoomFederation {
         if wire.event_id != event_id || wire.room_id != room_id {
             return Err(Error::invalid_param("The invite event is not the one the path names"));
         }
+        // A room this server is in: its server ACL decides whether `origin` may invite.
+        if self.states.room(room_id)?.is_some() {
+            self.ensure_acl_allows(origin, room_id)?;
+        }
         let object = &wire.object;
         let target = field(object, "state_key").and_then(|k| UserId::parse(k).ok());
         let membership = match object.get("content") {
@@ -357,6 +361,7 @@ impl RoomFederation {
         }
         let lock = self.timeline.lock_room(room_id).await;
         self.rules_of_room(room_id)?;
+        self.ensure_acl_allows(origin, room_id)?;
         let template = EventTemplate::state(
             TimelineEventType::RoomMember,
             user_id.as_str(),
@@ -375,6 +380,7 @@ impl RoomFederation {
         pdu: &RawJsonValue,
     ) -> Result<()> {
         let (_, rules) = self.rules_of_room(room_id)?;
+        self.ensure_acl_allows(origin, room_id)?;
         let mut keys = VerifyKeys::new();
         let pdu: Pdu = self
             .checked_pdu(pdu.get(), &rules, &mut keys)
