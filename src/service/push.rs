@@ -104,6 +104,7 @@ struct PushRulesContent {
 }
 
 /// Unread counts of a room: outside threads, and per thread root.
+#[derive(Clone)]
 pub struct UnreadCounts {
     pub room: UnreadNotificationsCount,
     pub threads: BTreeMap<OwnedEventId, UnreadNotificationsCount>,
@@ -182,7 +183,35 @@ pub struct Notifications {
     /// Users who have (or had, since start) a pusher: the push fan-out's candidates, each
     /// checked against the pushers table.
     pusher_users: Mutex<HashSet<OwnedUserId>>,
+    /// Moves on after every epoch write (once the epochs cache has forgotten the user).
+    epochs_generation: std::sync::atomic::AtomicU64,
+    /// Members' unread counts in rooms as last read, with what they were read under.
+    known_unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), KnownUnread>>,
 }
+
+/// What a member's unread counts in a room were read under: the room's last event position
+/// (an event's notification rows are written before its position is announced), its last
+/// receipt position (a receipt is written before), the epochs generation, and where the
+/// member's join began. Counts read after taking an unchanged key are the same counts: only
+/// an appended event, a receipt, a rule change that moves the member's class, or a new
+/// membership changes them (removing read rows keeps their totals in the bases), and each
+/// moves one of these on after its rows are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct UnreadKey {
+    events: u64,
+    receipts: u64,
+    epochs: u64,
+    joined_since: u64,
+}
+
+struct KnownUnread {
+    key: UnreadKey,
+    counts: UnreadCounts,
+}
+
+/// Members' unread counts kept in memory at most (a few hundred bytes each, and only for
+/// members who sync); past it they are all read again.
+const MAX_KNOWN_UNREAD: usize = 50_000;
 
 /// Notification and highlight totals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -388,6 +417,8 @@ impl Notifications {
             read_locks: (0..READ_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             pusher_users: Mutex::new(pusher_users),
             epochs_cache: GuardedCache::new(MAX_CACHED_EPOCHS),
+            epochs_generation: std::sync::atomic::AtomicU64::new(0),
+            known_unread: Mutex::default(),
         })
     }
 
@@ -512,6 +543,9 @@ impl Notifications {
             )?;
             self.store.write(batch)?;
             self.epochs_cache.invalidate([user_id]);
+            // After the cache forgot the user: counts read under the new generation read the
+            // new epochs.
+            self.epochs_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(())
     }
@@ -927,11 +961,26 @@ impl Notifications {
 
     /// Where the user has read up to in a room: the unthreaded receipt, and per thread.
     fn read_positions(&self, user_id: &UserId, room_id: &RoomId) -> Result<(u64, HashMap<String, u64>)> {
+        self.read_positions_from(user_id, room_id, self.joined_since(user_id, room_id)?)
+    }
+
+    /// Where the user's present join in the room began; 0 when not joined.
+    fn joined_since(&self, user_id: &UserId, room_id: &RoomId) -> Result<u64> {
         // Nothing from before the user joined counts (their invite, say), as in Synapse.
-        let mut unthreaded = match self.members.get(room_id, user_id)? {
+        Ok(match self.members.get(room_id, user_id)? {
             Some(record) if record.membership == "join" => record.joined_since(),
             _ => 0,
-        };
+        })
+    }
+
+    /// [`Self::read_positions`] for a member whose join began at `joined_since`.
+    fn read_positions_from(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        joined_since: u64,
+    ) -> Result<(u64, HashMap<String, u64>)> {
+        let mut unthreaded = joined_since;
         let mut threads: HashMap<String, u64> = HashMap::new();
         for receipt in self.receipts.of_user(room_id, user_id)? {
             if receipt.receipt_type != receipts::READ && receipt.receipt_type != receipts::READ_PRIVATE {
@@ -949,9 +998,45 @@ impl Notifications {
     }
 
     /// Notifying and highlighting events after the user's receipts, outside threads and per
-    /// thread.
+    /// thread. Answered from memory when nothing that moves them happened since they were
+    /// last read (see [`UnreadKey`]); otherwise read from the rows, in a few lookups per
+    /// thread however long the room's history.
     pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
-        let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
+        // The key is taken before anything it stands for is read.
+        let epochs_generation = self.epochs_generation.load(std::sync::atomic::Ordering::SeqCst);
+        let events = self.events.last_position(room_id)?;
+        let receipts = self.receipts.last_position(room_id)?;
+        let joined_since = self.joined_since(user_id, room_id)?;
+        let key = UnreadKey { events, receipts, epochs: epochs_generation, joined_since };
+        let memo_key = (user_id.to_owned(), room_id.to_owned());
+        if let Some(known) = self.lock_known_unread().get(&memo_key)
+            && known.key == key
+        {
+            return Ok(known.counts.clone());
+        }
+        let counts = self.read_unread_counts(user_id, room_id, joined_since)?;
+        let mut known = self.lock_known_unread();
+        if known.len() >= MAX_KNOWN_UNREAD {
+            known.clear();
+        }
+        known.insert(memo_key, KnownUnread { key, counts: counts.clone() });
+        Ok(counts)
+    }
+
+    fn lock_known_unread(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(OwnedUserId, OwnedRoomId), KnownUnread>> {
+        self.known_unread.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The unread counts as the rows have them.
+    fn read_unread_counts(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        joined_since: u64,
+    ) -> Result<UnreadCounts> {
+        let (unthreaded, threads) = self.read_positions_from(user_id, room_id, joined_since)?;
         let epochs = self.epochs_of(user_id)?;
         let mut room = (0u64, 0u64);
         let mut per_thread: BTreeMap<OwnedEventId, (u64, u64)> = BTreeMap::new();
@@ -1146,6 +1231,8 @@ impl Notifications {
         if let Some(room) = cache.rooms.remove(room_id) {
             cache.entries -= room.len();
         }
+        drop(cache);
+        self.lock_known_unread().retain(|(_, room), _| room != room_id);
     }
 
     /// Remove `/notifications` rows past their keeping time (a day, a month for highlights,

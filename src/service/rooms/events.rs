@@ -136,10 +136,10 @@ impl Events {
     /// An event this server stored, whatever its status (rejected, soft-failed, outlier):
     /// for the room engine, which must not fetch or judge such an event twice.
     pub fn get_any(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>> {
-        let key = event_id.to_owned();
-        if let Some(hit) = self.cache.get(&key) {
+        if let Some(hit) = self.cache.get(event_id) {
             return Ok(Some(hit));
         }
+        let key = event_id.to_owned();
         let Some(record) = self.pdus.get(&key)? else { return Ok(None) };
         let stored = Arc::new(decode(record)?);
         self.cache.insert(key, Arc::clone(&stored));
@@ -151,13 +151,32 @@ impl Events {
         &self,
         ids: impl IntoIterator<Item = &'a OwnedEventId>,
     ) -> Result<Vec<Arc<StoredEvent>>> {
-        let mut found = Vec::new();
-        for id in ids {
-            if let Some(event) = self.get(id)? {
-                found.push(event);
+        let ids: Vec<&OwnedEventId> = ids.into_iter().collect();
+        // The cached ones under one lock, the others in one read.
+        let cached = self.cache.get_each(ids.iter().map(|id| -> &EventId { id }));
+        let missing: Vec<&OwnedEventId> =
+            ids.iter().zip(&cached).filter(|(_, hit)| hit.is_none()).map(|(id, _)| *id).collect();
+        let mut read = Vec::with_capacity(missing.len());
+        if !missing.is_empty() {
+            for (id, record) in missing.iter().zip(self.pdus.get_many(missing.iter().copied())?) {
+                let Some(record) = record else {
+                    read.push(None);
+                    continue;
+                };
+                let stored = Arc::new(decode(record)?);
+                self.cache.insert((*id).clone(), Arc::clone(&stored));
+                read.push(Some(stored));
             }
         }
-        Ok(found)
+        let mut read = read.into_iter();
+        Ok(cached
+            .into_iter()
+            .filter_map(|hit| match hit {
+                Some(hit) => Some(hit),
+                None => read.next().flatten(),
+            })
+            .filter(|e| matches!(e.status, EventStatus::Accepted | EventStatus::Outlier))
+            .collect())
     }
 
     /// Queue an event's rows: the event, its timeline slot and its stream position.
