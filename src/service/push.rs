@@ -1089,6 +1089,48 @@ impl Notifications {
         })
     }
 
+    /// The member's latest tally in a room and thread, and their tally at `read_to`: one
+    /// walk back from their last row when the read position is among their last few rows
+    /// (the usual case: their own messages since they last read), a second look-up
+    /// otherwise, so the cost never grows with the history.
+    fn tallies(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        thread: &str,
+        read_to: u64,
+        base: Tally,
+    ) -> Result<(Tally, Tally)> {
+        /// Rows walked back from the latest before looking the read position up instead.
+        const NEAR_ROWS: usize = 4;
+        let prefix = (user_id.to_owned(), room_id.to_owned(), thread.to_owned());
+        let mut rows = self.counts.scan(KeyRange::prefix(prefix.to_key_bytes()), Direction::Reverse)?;
+        let latest = match rows.next() {
+            None => return Ok((base, base)),
+            Some(row) => {
+                let ((_, _, _, stream), record) = row?;
+                let latest = Tally::from(&record);
+                if stream <= read_to {
+                    return Ok((latest, latest));
+                }
+                latest
+            }
+        };
+        for _ in 0..NEAR_ROWS {
+            match rows.next() {
+                None => return Ok((latest, base)),
+                Some(row) => {
+                    let ((_, _, _, stream), record) = row?;
+                    if stream <= read_to {
+                        return Ok((latest, Tally::from(&record)));
+                    }
+                }
+            }
+        }
+        drop(rows);
+        Ok((latest, self.tally_at(user_id, room_id, thread, read_to, base)?))
+    }
+
     /// Per thread key with notifications after the read positions, how many (and
     /// highlights); with `first_only`, stop at the first such thread. Per thread: the
     /// totals of the member's classes over the unread span (one class, usually), plus their
@@ -1140,8 +1182,7 @@ impl Notifications {
             }
             if let Some(base) = base {
                 let base = Tally::from(&base);
-                let latest = self.tally_at(user_id, room_id, &thread, u64::MAX, base)?;
-                let at_read = self.tally_at(user_id, room_id, &thread, read_to, base)?;
+                let (latest, at_read) = self.tallies(user_id, room_id, &thread, read_to, base)?;
                 notified += i128::from(latest.own.notified) - i128::from(at_read.own.notified);
                 notified -= i128::from(latest.class.notified) - i128::from(at_read.class.notified);
                 highlighted += i128::from(latest.own.highlighted) - i128::from(at_read.own.highlighted);

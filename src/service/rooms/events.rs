@@ -151,8 +151,12 @@ impl Events {
         &self,
         ids: impl IntoIterator<Item = &'a OwnedEventId>,
     ) -> Result<Vec<Arc<StoredEvent>>> {
-        let ids: Vec<&OwnedEventId> = ids.into_iter().collect();
-        // The cached ones under one lock, the others in one read.
+        Ok(self.lookup(&ids.into_iter().collect::<Vec<_>>())?.into_iter().flatten().collect())
+    }
+
+    /// Events by ID, in order, as [`Self::get`] answers each: the cached ones under one lock,
+    /// the others in one read.
+    fn lookup(&self, ids: &[&OwnedEventId]) -> Result<Vec<Option<Arc<StoredEvent>>>> {
         let cached = self.cache.get_each(ids.iter().map(|id| -> &EventId { id }));
         let missing: Vec<&OwnedEventId> =
             ids.iter().zip(&cached).filter(|(_, hit)| hit.is_none()).map(|(id, _)| *id).collect();
@@ -171,11 +175,11 @@ impl Events {
         let mut read = read.into_iter();
         Ok(cached
             .into_iter()
-            .filter_map(|hit| match hit {
+            .map(|hit| match hit {
                 Some(hit) => Some(hit),
                 None => read.next().flatten(),
             })
-            .filter(|e| matches!(e.status, EventStatus::Accepted | EventStatus::Outlier))
+            .map(|e| e.filter(|e| matches!(e.status, EventStatus::Accepted | EventStatus::Outlier)))
             .collect())
     }
 
@@ -376,15 +380,17 @@ impl Events {
                 None => range,
             },
         };
-        let mut events = Vec::new();
-        for row in self.timeline.scan(range, direction)?.take(limit) {
-            let (_, event_id) = row?;
-            let event = self
-                .get(&event_id)?
-                .ok_or_else(|| Error::internal(format!("timeline names missing {event_id}")))?;
-            events.push(event);
-        }
-        Ok(events)
+        let ids: Vec<OwnedEventId> = self
+            .timeline
+            .scan(range, direction)?
+            .take(limit)
+            .map(|row| row.map(|(_, event_id)| event_id))
+            .collect::<Result<_, _>>()?;
+        let found = self.lookup(&ids.iter().collect::<Vec<_>>())?;
+        ids.iter()
+            .zip(found)
+            .map(|(id, event)| event.ok_or_else(|| Error::internal(format!("timeline names missing {id}"))))
+            .collect()
     }
 
     /// The room's events by origin timestamp: at or after `ts` (Forward) or at or before it
