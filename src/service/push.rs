@@ -22,7 +22,11 @@
 //! was evaluated with the old rules and every event on the other with the new). Unread
 //! counts in a thread are the member's classes' totals between their read position and now,
 //! plus their own totals and less what their class counted for them over the same span:
-//! a few lookups per thread, however long the history and however big the room.
+//! a few lookups per thread, however long the history and however big the room. A member's
+//! counts in a room, once read, are kept in memory under the room's last event and receipt
+//! positions, the epochs generation and their join (`UnreadKey`): a sync that finds none of
+//! them moved (a device's initial sync after another's, a room synced again for typing or
+//! account data) reads no rows for them.
 //!
 //! Pushers are stored here; their notifications (`notifications`, kept a day, highlights
 //! thirty, as Synapse keeps them) are written after the event by the push fan-out
