@@ -189,14 +189,18 @@ pub struct Notifications {
     pusher_users: Mutex<HashSet<OwnedUserId>>,
     /// Moves on after every epoch write (once the epochs cache has forgotten the user).
     epochs_generation: std::sync::atomic::AtomicU64,
+    /// Per stripe of `read_locks`: moves on after each removal of read rows, so counts read
+    /// while one was being written are not kept.
+    read_generations: Vec<std::sync::atomic::AtomicU64>,
     /// Members' unread counts in rooms as last read, with what they were read under.
     known_unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), KnownUnread>>,
 }
 
 /// What a member's unread counts in a room were read under: the room's last event position
 /// (an event's notification rows are written before its position is announced), its last
-/// receipt position (a receipt is written before), the epochs generation, and where the
-/// member's join began. Counts read after taking an unchanged key are the same counts: only
+/// receipt position (a receipt is written before), the epochs generation, the removals of
+/// read rows in the member's stripe (rows and bases are not read at one instant, so counts
+/// read while a removal was written are not kept), and where the member's join began. Counts read after taking an unchanged key are the same counts: only
 /// an appended event, a receipt, a rule change that moves the member's class, or a new
 /// membership changes them (removing read rows keeps their totals in the bases), and each
 /// moves one of these on after its rows are written.
@@ -205,6 +209,8 @@ struct UnreadKey {
     events: u64,
     receipts: u64,
     epochs: u64,
+    /// The member's stripe's removals of read rows.
+    removals: u64,
     joined_since: u64,
 }
 
@@ -422,6 +428,7 @@ impl Notifications {
             pusher_users: Mutex::new(pusher_users),
             epochs_cache: GuardedCache::new(MAX_CACHED_EPOCHS),
             epochs_generation: std::sync::atomic::AtomicU64::new(0),
+            read_generations: (0..READ_LOCK_STRIPES).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
             known_unread: Mutex::default(),
         })
     }
@@ -1008,10 +1015,11 @@ impl Notifications {
     pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
         // The key is taken before anything it stands for is read.
         let epochs_generation = self.epochs_generation.load(std::sync::atomic::Ordering::SeqCst);
+        let removals = self.read_generations[read_stripe(user_id)].load(std::sync::atomic::Ordering::SeqCst);
         let events = self.events.last_position(room_id)?;
         let receipts = self.receipts.last_position(room_id)?;
         let joined_since = self.joined_since(user_id, room_id)?;
-        let key = UnreadKey { events, receipts, epochs: epochs_generation, joined_since };
+        let key = UnreadKey { events, receipts, epochs: epochs_generation, removals, joined_since };
         let memo_key = (user_id.to_owned(), room_id.to_owned());
         if let Some(known) = self.lock_known_unread().get(&memo_key)
             && known.key == key
@@ -1229,12 +1237,7 @@ impl Notifications {
     /// positions are untouched, and appends only add rows after them (the receipted event is
     /// committed, and the room appends in order), so this runs beside the append path.
     fn remove_read(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-        let stripe = {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            user_id.hash(&mut hasher);
-            (hasher.finish() as usize) % READ_LOCK_STRIPES
-        };
+        let stripe = read_stripe(user_id);
         let _removing = self.read_locks[stripe].lock().unwrap_or_else(|p| p.into_inner());
         let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
         let mut batch = WriteBatch::new();
@@ -1266,6 +1269,8 @@ impl Notifications {
         }
         if !batch.is_empty() {
             self.store.write_buffered(batch)?;
+            // Counts read while the rows were going may have seen a part of the change.
+            self.read_generations[stripe].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(())
     }
@@ -1730,6 +1735,14 @@ pub fn pusher_kind(record: &PusherRecord) -> Option<String> {
         kind: String,
     }
     serde_json::from_str::<Kind>(record.pusher.get()).ok().map(|k| k.kind)
+}
+
+/// The stripe of `read_locks` (and `read_generations`) of a user.
+fn read_stripe(user_id: &UserId) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    user_id.hash(&mut hasher);
+    (hasher.finish() as usize) % READ_LOCK_STRIPES
 }
 
 fn counts((notify, highlight): (u64, u64)) -> UnreadNotificationsCount {
