@@ -66,6 +66,18 @@ pub fn room_event_allowed(
     kind: &str,
     content: &JsonValue,
 ) -> bool {
+    room_event_passes(filter, room_id, sender, kind, || content.get("url").is_some_and(JsonValue::is_string))
+}
+
+/// [`room_event_allowed`] for an event whose content is looked at only when the filter asks
+/// about URLs: `has_url` says whether its content has a string `url`.
+pub fn room_event_passes(
+    filter: &RoomEventFilter,
+    room_id: &RoomId,
+    sender: &UserId,
+    kind: &str,
+    has_url: impl FnOnce() -> bool,
+) -> bool {
     if !room_allowed(filter.rooms.as_deref(), &filter.not_rooms, room_id) {
         return false;
     }
@@ -74,10 +86,9 @@ pub fn room_event_allowed(
     {
         return false;
     }
-    let has_url = content.get("url").is_some_and(JsonValue::is_string);
     match filter.url_filter {
-        Some(UrlFilter::EventsWithUrl) => has_url,
-        Some(UrlFilter::EventsWithoutUrl) => !has_url,
+        Some(UrlFilter::EventsWithUrl) => has_url(),
+        Some(UrlFilter::EventsWithoutUrl) => !has_url(),
         _ => true,
     }
 }

@@ -22,7 +22,11 @@
 //! was evaluated with the old rules and every event on the other with the new). Unread
 //! counts in a thread are the member's classes' totals between their read position and now,
 //! plus their own totals and less what their class counted for them over the same span:
-//! a few lookups per thread, however long the history and however big the room.
+//! a few lookups per thread, however long the history and however big the room. A member's
+//! counts in a room, once read, are kept in memory under the room's last event and receipt
+//! positions, the epochs generation and their join (`UnreadKey`): a sync that finds none of
+//! them moved (a device's initial sync after another's, a room synced again for typing or
+//! account data) reads no rows for them.
 //!
 //! Pushers are stored here; their notifications (`notifications`, kept a day, highlights
 //! thirty, as Synapse keeps them) are written after the event by the push fan-out
@@ -104,6 +108,7 @@ struct PushRulesContent {
 }
 
 /// Unread counts of a room: outside threads, and per thread root.
+#[derive(Clone)]
 pub struct UnreadCounts {
     pub room: UnreadNotificationsCount,
     pub threads: BTreeMap<OwnedEventId, UnreadNotificationsCount>,
@@ -182,7 +187,41 @@ pub struct Notifications {
     /// Users who have (or had, since start) a pusher: the push fan-out's candidates, each
     /// checked against the pushers table.
     pusher_users: Mutex<HashSet<OwnedUserId>>,
+    /// Moves on after every epoch write (once the epochs cache has forgotten the user).
+    epochs_generation: std::sync::atomic::AtomicU64,
+    /// Per stripe of `read_locks`: moves on after each removal of read rows, so counts read
+    /// while one was being written are not kept.
+    read_generations: Vec<std::sync::atomic::AtomicU64>,
+    /// Members' unread counts in rooms as last read, with what they were read under.
+    known_unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), KnownUnread>>,
 }
+
+/// What a member's unread counts in a room were read under: the room's last event position
+/// (an event's notification rows are written before its position is announced), its last
+/// receipt position (a receipt is written before), the epochs generation, the removals of
+/// read rows in the member's stripe (rows and bases are not read at one instant, so counts
+/// read while a removal was written are not kept), and where the member's join began. Counts read after taking an unchanged key are the same counts: only
+/// an appended event, a receipt, a rule change that moves the member's class, or a new
+/// membership changes them (removing read rows keeps their totals in the bases), and each
+/// moves one of these on after its rows are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct UnreadKey {
+    events: u64,
+    receipts: u64,
+    epochs: u64,
+    /// The member's stripe's removals of read rows.
+    removals: u64,
+    joined_since: u64,
+}
+
+struct KnownUnread {
+    key: UnreadKey,
+    counts: UnreadCounts,
+}
+
+/// Members' unread counts kept in memory at most (a few hundred bytes each, and only for
+/// members who sync); past it they are all read again.
+const MAX_KNOWN_UNREAD: usize = 50_000;
 
 /// Notification and highlight totals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -388,6 +427,9 @@ impl Notifications {
             read_locks: (0..READ_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             pusher_users: Mutex::new(pusher_users),
             epochs_cache: GuardedCache::new(MAX_CACHED_EPOCHS),
+            epochs_generation: std::sync::atomic::AtomicU64::new(0),
+            read_generations: (0..READ_LOCK_STRIPES).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            known_unread: Mutex::default(),
         })
     }
 
@@ -512,6 +554,9 @@ impl Notifications {
             )?;
             self.store.write(batch)?;
             self.epochs_cache.invalidate([user_id]);
+            // After the cache forgot the user: counts read under the new generation read the
+            // new epochs.
+            self.epochs_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(())
     }
@@ -927,11 +972,26 @@ impl Notifications {
 
     /// Where the user has read up to in a room: the unthreaded receipt, and per thread.
     fn read_positions(&self, user_id: &UserId, room_id: &RoomId) -> Result<(u64, HashMap<String, u64>)> {
+        self.read_positions_from(user_id, room_id, self.joined_since(user_id, room_id)?)
+    }
+
+    /// Where the user's present join in the room began; 0 when not joined.
+    fn joined_since(&self, user_id: &UserId, room_id: &RoomId) -> Result<u64> {
         // Nothing from before the user joined counts (their invite, say), as in Synapse.
-        let mut unthreaded = match self.members.get(room_id, user_id)? {
+        Ok(match self.members.get(room_id, user_id)? {
             Some(record) if record.membership == "join" => record.joined_since(),
             _ => 0,
-        };
+        })
+    }
+
+    /// [`Self::read_positions`] for a member whose join began at `joined_since`.
+    fn read_positions_from(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        joined_since: u64,
+    ) -> Result<(u64, HashMap<String, u64>)> {
+        let mut unthreaded = joined_since;
         let mut threads: HashMap<String, u64> = HashMap::new();
         for receipt in self.receipts.of_user(room_id, user_id)? {
             if receipt.receipt_type != receipts::READ && receipt.receipt_type != receipts::READ_PRIVATE {
@@ -949,9 +1009,46 @@ impl Notifications {
     }
 
     /// Notifying and highlighting events after the user's receipts, outside threads and per
-    /// thread.
+    /// thread. Answered from memory when nothing that moves them happened since they were
+    /// last read (see [`UnreadKey`]); otherwise read from the rows, in a few lookups per
+    /// thread however long the room's history.
     pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
-        let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
+        // The key is taken before anything it stands for is read.
+        let epochs_generation = self.epochs_generation.load(std::sync::atomic::Ordering::SeqCst);
+        let removals = self.read_generations[read_stripe(user_id)].load(std::sync::atomic::Ordering::SeqCst);
+        let events = self.events.last_position(room_id)?;
+        let receipts = self.receipts.last_position(room_id)?;
+        let joined_since = self.joined_since(user_id, room_id)?;
+        let key = UnreadKey { events, receipts, epochs: epochs_generation, removals, joined_since };
+        let memo_key = (user_id.to_owned(), room_id.to_owned());
+        if let Some(known) = self.lock_known_unread().get(&memo_key)
+            && known.key == key
+        {
+            return Ok(known.counts.clone());
+        }
+        let counts = self.read_unread_counts(user_id, room_id, joined_since)?;
+        let mut known = self.lock_known_unread();
+        if known.len() >= MAX_KNOWN_UNREAD {
+            known.clear();
+        }
+        known.insert(memo_key, KnownUnread { key, counts: counts.clone() });
+        Ok(counts)
+    }
+
+    fn lock_known_unread(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(OwnedUserId, OwnedRoomId), KnownUnread>> {
+        self.known_unread.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The unread counts as the rows have them.
+    fn read_unread_counts(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        joined_since: u64,
+    ) -> Result<UnreadCounts> {
+        let (unthreaded, threads) = self.read_positions_from(user_id, room_id, joined_since)?;
         let epochs = self.epochs_of(user_id)?;
         let mut room = (0u64, 0u64);
         let mut per_thread: BTreeMap<OwnedEventId, (u64, u64)> = BTreeMap::new();
@@ -1002,6 +1099,48 @@ impl Notifications {
             Some(row) => Tally::from(&row?.1),
             None => base,
         })
+    }
+
+    /// The member's latest tally in a room and thread, and their tally at `read_to`: one
+    /// walk back from their last row when the read position is among their last few rows
+    /// (the usual case: their own messages since they last read), a second look-up
+    /// otherwise, so the cost never grows with the history.
+    fn tallies(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        thread: &str,
+        read_to: u64,
+        base: Tally,
+    ) -> Result<(Tally, Tally)> {
+        /// Rows walked back from the latest before looking the read position up instead.
+        const NEAR_ROWS: usize = 4;
+        let prefix = (user_id.to_owned(), room_id.to_owned(), thread.to_owned());
+        let mut rows = self.counts.scan(KeyRange::prefix(prefix.to_key_bytes()), Direction::Reverse)?;
+        let latest = match rows.next() {
+            None => return Ok((base, base)),
+            Some(row) => {
+                let ((_, _, _, stream), record) = row?;
+                let latest = Tally::from(&record);
+                if stream <= read_to {
+                    return Ok((latest, latest));
+                }
+                latest
+            }
+        };
+        for _ in 0..NEAR_ROWS {
+            match rows.next() {
+                None => return Ok((latest, base)),
+                Some(row) => {
+                    let ((_, _, _, stream), record) = row?;
+                    if stream <= read_to {
+                        return Ok((latest, Tally::from(&record)));
+                    }
+                }
+            }
+        }
+        drop(rows);
+        Ok((latest, self.tally_at(user_id, room_id, thread, read_to, base)?))
     }
 
     /// Per thread key with notifications after the read positions, how many (and
@@ -1055,8 +1194,7 @@ impl Notifications {
             }
             if let Some(base) = base {
                 let base = Tally::from(&base);
-                let latest = self.tally_at(user_id, room_id, &thread, u64::MAX, base)?;
-                let at_read = self.tally_at(user_id, room_id, &thread, read_to, base)?;
+                let (latest, at_read) = self.tallies(user_id, room_id, &thread, read_to, base)?;
                 notified += i128::from(latest.own.notified) - i128::from(at_read.own.notified);
                 notified -= i128::from(latest.class.notified) - i128::from(at_read.class.notified);
                 highlighted += i128::from(latest.own.highlighted) - i128::from(at_read.own.highlighted);
@@ -1099,12 +1237,7 @@ impl Notifications {
     /// positions are untouched, and appends only add rows after them (the receipted event is
     /// committed, and the room appends in order), so this runs beside the append path.
     fn remove_read(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-        let stripe = {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            user_id.hash(&mut hasher);
-            (hasher.finish() as usize) % READ_LOCK_STRIPES
-        };
+        let stripe = read_stripe(user_id);
         let _removing = self.read_locks[stripe].lock().unwrap_or_else(|p| p.into_inner());
         let (unthreaded, threads) = self.read_positions(user_id, room_id)?;
         let mut batch = WriteBatch::new();
@@ -1136,6 +1269,8 @@ impl Notifications {
         }
         if !batch.is_empty() {
             self.store.write_buffered(batch)?;
+            // Counts read while the rows were going may have seen a part of the change.
+            self.read_generations[stripe].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(())
     }
@@ -1146,6 +1281,8 @@ impl Notifications {
         if let Some(room) = cache.rooms.remove(room_id) {
             cache.entries -= room.len();
         }
+        drop(cache);
+        self.lock_known_unread().retain(|(_, room), _| room != room_id);
     }
 
     /// Remove `/notifications` rows past their keeping time (a day, a month for highlights,
@@ -1598,6 +1735,14 @@ pub fn pusher_kind(record: &PusherRecord) -> Option<String> {
         kind: String,
     }
     serde_json::from_str::<Kind>(record.pusher.get()).ok().map(|k| k.kind)
+}
+
+/// The stripe of `read_locks` (and `read_generations`) of a user.
+fn read_stripe(user_id: &UserId) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    user_id.hash(&mut hasher);
+    (hasher.finish() as usize) % READ_LOCK_STRIPES
 }
 
 fn counts((notify, highlight): (u64, u64)) -> UnreadNotificationsCount {

@@ -862,3 +862,103 @@ async fn classes_follow_joins_and_leaves_between_events() {
     assert_eq!((last.0 - after.0, last.1 - after.1), (1, 1));
     assert_eq!(counts(&sync(&s, &bob, "").await, &room), (7, 0));
 }
+
+/// Unread counts are kept in memory between reads while nothing that moves them happens:
+/// reading them again after each receipt, thread reply, rule change, message and restart
+/// gives what the rows give, including for a member who never sent a receipt in a room
+/// with a long history.
+#[tokio::test]
+async fn unread_counts_read_again_stay_exact() {
+    let s = TestServer::start().await;
+    let alice = s.register("alice", "pw-alice-123").await;
+    let bob = s.register("bob", "pw-bob-12345").await;
+    let carol = s.register("carol", "pw-carol-1234").await;
+    let room = create_room(&s, &alice, json!({"preset": "public_chat"})).await;
+    for who in [&bob, &carol] {
+        assert_eq!(join(&s, who, &room).await.0, StatusCode::OK);
+    }
+    let mut sent = Vec::new();
+    for i in 0..300 {
+        sent.push(send_text(&s, &alice, &room, &format!("h{i}"), &format!("history {i}")).await);
+    }
+    let filter = crate::sync::urlencode(
+        &json!({"room": {"timeline": {"limit": 1, "unread_thread_notifications": true}}}).to_string(),
+    );
+    let query = format!("filter={filter}");
+    // Each member's main count, and the thread's count when there is one.
+    let read = |who: Session, root: Option<String>| {
+        let (s, room, query) = (&s, room.clone(), query.clone());
+        async move {
+            let body = sync(s, &who, &query).await;
+            let thread = root.map(|root| {
+                body["rooms"]["join"][&room]["unread_thread_notifications"][&root]["notification_count"]
+                    .as_u64()
+                    .unwrap_or(0)
+            });
+            (counts(&body, &room), thread)
+        }
+    };
+    // Carol never sends a receipt: all 300 count, read after read.
+    for _ in 0..3 {
+        assert_eq!(read(carol.clone(), None).await, ((300, 0), None));
+    }
+    assert_eq!(read(bob.clone(), None).await, ((300, 0), None));
+    receipt(&s, &bob, &room, &sent[149], json!({})).await;
+    for _ in 0..2 {
+        assert_eq!(read(bob.clone(), None).await, ((150, 0), None));
+    }
+
+    // Two thread replies: counted in the thread, apart from the main timeline; a threaded
+    // receipt on the first leaves one.
+    let root = sent[299].clone();
+    let mut replies = Vec::new();
+    for txn in ["t1", "t2"] {
+        let (status, body) = s
+            .put(
+                &format!("{V3}/rooms/{room}/send/m.room.message/{txn}"),
+                Some(&alice.token),
+                json!({"msgtype": "m.text", "body": "in thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        replies.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    for _ in 0..2 {
+        assert_eq!(read(bob.clone(), Some(root.clone())).await, ((150, 0), Some(2)));
+        assert_eq!(read(carol.clone(), Some(root.clone())).await, ((300, 0), Some(2)));
+    }
+    receipt(&s, &bob, &room, &replies[0], json!({"thread_id": root})).await;
+    assert_eq!(read(bob.clone(), Some(root.clone())).await, ((150, 0), Some(1)));
+
+    // Bob mutes messages: nothing already counted changes, and the next message does not
+    // count for him; carol counts it.
+    assert_eq!(read(bob.clone(), None).await, ((150, 0), None));
+    let (status, body) = s
+        .put(
+            &format!("{V3}/pushrules/global/override/quiet"),
+            Some(&bob.token),
+            json!({"conditions": [{"kind": "event_match", "key": "type", "pattern": "m.room.message"}], "actions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(read(bob.clone(), Some(root.clone())).await, ((150, 0), Some(1)));
+    let last = send_text(&s, &alice, &room, "after", "after the rule").await;
+    assert_eq!(read(bob.clone(), Some(root.clone())).await, ((150, 0), Some(1)));
+    assert_eq!(read(carol.clone(), Some(root.clone())).await, ((301, 0), Some(2)));
+
+    // After a restart (nothing in memory) the same counts are read from the rows.
+    let s = s.restart().await;
+    let body = sync(&s, &bob, &query).await;
+    assert_eq!(counts(&body, &room), (150, 0));
+    let body = sync(&s, &carol, &query).await;
+    assert_eq!(counts(&body, &room), (301, 0));
+    assert_eq!(body["rooms"]["join"][&room]["unread_thread_notifications"][&root]["notification_count"], 2);
+
+    // A receipt on the last event clears everything for carol, read after read.
+    receipt(&s, &carol, &room, &last, json!({})).await;
+    for _ in 0..2 {
+        let body = sync(&s, &carol, &query).await;
+        assert_eq!(counts(&body, &room), (0, 0));
+        assert!(body["rooms"]["join"][&room]["unread_thread_notifications"].get(&root).is_none(), "{body}");
+    }
+}

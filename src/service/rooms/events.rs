@@ -136,10 +136,10 @@ impl Events {
     /// An event this server stored, whatever its status (rejected, soft-failed, outlier):
     /// for the room engine, which must not fetch or judge such an event twice.
     pub fn get_any(&self, event_id: &EventId) -> Result<Option<Arc<StoredEvent>>> {
-        let key = event_id.to_owned();
-        if let Some(hit) = self.cache.get(&key) {
+        if let Some(hit) = self.cache.get(event_id) {
             return Ok(Some(hit));
         }
+        let key = event_id.to_owned();
         let Some(record) = self.pdus.get(&key)? else { return Ok(None) };
         let stored = Arc::new(decode(record)?);
         self.cache.insert(key, Arc::clone(&stored));
@@ -151,13 +151,36 @@ impl Events {
         &self,
         ids: impl IntoIterator<Item = &'a OwnedEventId>,
     ) -> Result<Vec<Arc<StoredEvent>>> {
-        let mut found = Vec::new();
-        for id in ids {
-            if let Some(event) = self.get(id)? {
-                found.push(event);
+        Ok(self.lookup(&ids.into_iter().collect::<Vec<_>>())?.into_iter().flatten().collect())
+    }
+
+    /// Events by ID, in order, as [`Self::get`] answers each: the cached ones under one lock,
+    /// the others in one read.
+    fn lookup(&self, ids: &[&OwnedEventId]) -> Result<Vec<Option<Arc<StoredEvent>>>> {
+        let cached = self.cache.get_each(ids.iter().map(|id| -> &EventId { id }));
+        let missing: Vec<&OwnedEventId> =
+            ids.iter().zip(&cached).filter(|(_, hit)| hit.is_none()).map(|(id, _)| *id).collect();
+        let mut read = Vec::with_capacity(missing.len());
+        if !missing.is_empty() {
+            for (id, record) in missing.iter().zip(self.pdus.get_many(missing.iter().copied())?) {
+                let Some(record) = record else {
+                    read.push(None);
+                    continue;
+                };
+                let stored = Arc::new(decode(record)?);
+                self.cache.insert((*id).clone(), Arc::clone(&stored));
+                read.push(Some(stored));
             }
         }
-        Ok(found)
+        let mut read = read.into_iter();
+        Ok(cached
+            .into_iter()
+            .map(|hit| match hit {
+                Some(hit) => Some(hit),
+                None => read.next().flatten(),
+            })
+            .map(|e| e.filter(|e| matches!(e.status, EventStatus::Accepted | EventStatus::Outlier)))
+            .collect())
     }
 
     /// Queue an event's rows: the event, its timeline slot and its stream position.
@@ -357,15 +380,17 @@ impl Events {
                 None => range,
             },
         };
-        let mut events = Vec::new();
-        for row in self.timeline.scan(range, direction)?.take(limit) {
-            let (_, event_id) = row?;
-            let event = self
-                .get(&event_id)?
-                .ok_or_else(|| Error::internal(format!("timeline names missing {event_id}")))?;
-            events.push(event);
-        }
-        Ok(events)
+        let ids: Vec<OwnedEventId> = self
+            .timeline
+            .scan(range, direction)?
+            .take(limit)
+            .map(|row| row.map(|(_, event_id)| event_id))
+            .collect::<Result<_, _>>()?;
+        let found = self.lookup(&ids.iter().collect::<Vec<_>>())?;
+        ids.iter()
+            .zip(found)
+            .map(|(id, event)| event.ok_or_else(|| Error::internal(format!("timeline names missing {id}"))))
+            .collect()
     }
 
     /// The room's events by origin timestamp: at or after `ts` (Forward) or at or before it

@@ -235,6 +235,22 @@ impl Relations {
         if event.pdu.is_redacted() || self.parents.get(&event.pdu.event_id)?.is_none() {
             return Ok(None);
         }
+        self.bundle_of_parent(viewer, event)
+    }
+
+    /// Which of `events` have relations to bundle (the rest have none), in one read.
+    pub fn have_relations(&self, events: &[&StoredEvent]) -> Result<Vec<bool>> {
+        let ids: Vec<&OwnedEventId> =
+            events.iter().filter(|e| !e.pdu.is_redacted()).map(|e| &e.pdu.event_id).collect();
+        if ids.is_empty() {
+            return Ok(vec![false; events.len()]);
+        }
+        let mut found = self.parents.get_many(ids)?.into_iter();
+        Ok(events.iter().map(|e| !e.pdu.is_redacted() && found.next().flatten().is_some()).collect())
+    }
+
+    /// [`Self::bundle`] for an event known to have relations ([`Self::have_relations`]).
+    pub fn bundle_of_parent(&self, viewer: &UserId, event: &StoredEvent) -> Result<Option<JsonValue>> {
         let mut bundle = Map::new();
         if let Some(edit) = self.latest_edit(viewer, event)? {
             bundle.insert(REPLACE.to_owned(), edit.pdu.to_client_event(None).map_err(Error::internal)?);

@@ -69,6 +69,16 @@ impl EventRenderer {
 
     /// The `unsigned` fields the server adds for `viewer`.
     fn unsigned(&self, viewer: Viewer<'_>, event: &StoredEvent) -> Result<Map<String, JsonValue>> {
+        self.unsigned_with(viewer, event, None)
+    }
+
+    /// [`Self::unsigned`], with whether the event has relations when already known.
+    fn unsigned_with(
+        &self,
+        viewer: Viewer<'_>,
+        event: &StoredEvent,
+        related: Option<bool>,
+    ) -> Result<Map<String, JsonValue>> {
         let pdu = &event.pdu;
         let mut unsigned = Map::new();
         unsigned.insert(
@@ -87,7 +97,12 @@ impl EventRenderer {
         {
             unsigned.insert("org.matrix.msc4140.delay_id".to_owned(), delay_id.as_str().into());
         }
-        if let Some(bundle) = self.relations.bundle(viewer.user_id, event)? {
+        let bundle = match related {
+            None => self.relations.bundle(viewer.user_id, event)?,
+            Some(true) => self.relations.bundle_of_parent(viewer.user_id, event)?,
+            Some(false) => None,
+        };
+        if let Some(bundle) = bundle {
             unsigned.insert("m.relations".to_owned(), bundle);
         }
         Ok(unsigned)
@@ -152,7 +167,17 @@ impl EventRenderer {
         event: &StoredEvent,
         how: Rendering<'_>,
     ) -> Result<Box<RawJsonValue>> {
-        let unsigned = self.unsigned(viewer, event)?;
+        self.raw_with(viewer, event, how, None)
+    }
+
+    fn raw_with(
+        &self,
+        viewer: Viewer<'_>,
+        event: &StoredEvent,
+        how: Rendering<'_>,
+        related: Option<bool>,
+    ) -> Result<Box<RawJsonValue>> {
+        let unsigned = self.unsigned_with(viewer, event, related)?;
         match (how.shape, how.fields) {
             // The common shapes are written straight from the stored content, unparsed.
             (Shape::Client | Shape::Sync, None) => {
@@ -169,7 +194,10 @@ impl EventRenderer {
         events: impl IntoIterator<Item = &'e Arc<StoredEvent>>,
         how: Rendering<'_>,
     ) -> Result<Vec<Box<RawJsonValue>>> {
-        events.into_iter().map(|e| self.raw(viewer, e, how)).collect()
+        let events: Vec<&StoredEvent> = events.into_iter().map(AsRef::as_ref).collect();
+        // Which have relations, in one read rather than one per event.
+        let related = self.relations.have_relations(&events)?;
+        events.iter().zip(related).map(|(e, related)| self.raw_with(viewer, e, how, Some(related))).collect()
     }
 }
 
