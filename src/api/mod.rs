@@ -475,7 +475,8 @@ fn federation_routes(services: &AppState) -> Router<AppState> {
     use ::ruma::api::federation::authenticated_media as federated;
 
     use self::federation::{
-        authorization, backfill, device, discovery, event, keys, media, membership, query, transactions,
+        authorization, backfill, device, directory, discovery, event, keys, media, membership, query,
+        transactions,
     };
     if !services.config.allow_federation {
         return Router::new();
@@ -502,6 +503,8 @@ fn federation_routes(services: &AppState) -> Router<AppState> {
         .ruma_route(keys::get_keys)
         .ruma_route(keys::claim_keys)
         .ruma_route(device::get_devices)
+        .ruma_route(directory::get_public_rooms)
+        .ruma_route(directory::get_public_rooms_filtered)
         .endpoint_route::<federated::get_content::v1::Request, _, _>(media::get_content)
         .endpoint_route::<federated::get_content_thumbnail::v1::Request, _, _>(media::get_content_thumbnail)
 }

@@ -372,6 +372,60 @@ async fn a_server_the_rooms_acl_denies_is_refused_in_that_room() {
     );
 }
 
+#[tokio::test]
+async fn another_servers_public_rooms_are_listed_paged_and_searched_over_federation() {
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
+    let square = create_room(
+        &a,
+        &alice,
+        json!({"preset": "public_chat", "name": "Town square", "visibility": "public"}),
+    )
+    .await;
+    let yard = create_room(
+        &a,
+        &alice,
+        json!({"preset": "public_chat", "name": "Back yard", "visibility": "public"}),
+    )
+    .await;
+    let _hidden = create_room(&a, &alice, json!({"preset": "public_chat", "name": "Unlisted"})).await;
+    let server = encode(&a.name());
+    let ids = |page: &Value| -> Vec<String> {
+        page["chunk"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap().to_owned()).collect()
+    };
+
+    // Bob on B lists A's directory: the two published rooms, with their names.
+    let (status, page) = b.get(&format!("{V3}/publicRooms?server={server}"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let mut listed = ids(&page);
+    listed.sort();
+    let mut published = vec![square.clone(), yard.clone()];
+    published.sort();
+    assert_eq!(listed, published, "{page}");
+    assert_eq!(page["total_room_count_estimate"], json!(2), "{page}");
+
+    // One at a time, with A's paging token.
+    let (_, first) = b.get(&format!("{V3}/publicRooms?server={server}&limit=1"), Some(&bob.token)).await;
+    let since = first["next_batch"].as_str().expect("a next page").to_owned();
+    let (_, second) = b
+        .get(&format!("{V3}/publicRooms?server={server}&limit=1&since={}", encode(&since)), Some(&bob.token))
+        .await;
+    let mut both = [ids(&first), ids(&second)].concat();
+    both.sort();
+    assert_eq!(both, published);
+
+    // Searched with the filter A applies.
+    let (status, found) = b
+        .post(
+            &format!("{V3}/publicRooms?server={server}"),
+            Some(&bob.token),
+            json!({"filter": {"generic_search_term": "town"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(ids(&found), vec![square.clone()], "{found}");
+    assert_eq!(found["chunk"][0]["name"], json!("Town square"), "{found}");
+}
+
 /// The room's ephemeral event of `kind` in a fresh sync.
 async fn ephemeral(s: &TestServer, who: &Session, room: &str, kind: &str) -> Value {
     let synced = sync(s, who, "").await;

@@ -6,11 +6,13 @@
 //! (`transactions`), joins and leaves as the resident server and invites of local users
 //! (`membership`), and the reads of servers in a room (`event`, `authorization`,
 //! `backfill`), end-to-end encryption's keys and device lists (`keys`, `device`), and
-//! this server's media for other servers (`media`).
+//! this server's media for other servers (`media`), and its public room directory
+//! (`directory`).
 
 pub mod authorization;
 pub mod backfill;
 pub mod device;
+pub mod directory;
 pub mod discovery;
 pub mod event;
 pub mod keys;

@@ -965,6 +965,16 @@ impl RoomFederation {
         found.iter().map(|event| pdu_json(&self.states, event)).collect()
     }
 
+    /// Another server's public room directory (`POST /publicRooms` with `wanted`, the
+    /// client's limit, token and filter): its answer as sent.
+    pub async fn public_rooms(&self, server: &ServerName, wanted: &JsonValue) -> Result<JsonValue> {
+        let path = "/_matrix/federation/v1/publicRooms";
+        match self.client.request(server, http::Method::POST, path, Some(wanted), true).await? {
+            Ok(answer) => Ok(answer),
+            Err(refusal) => Err(super::client::refusal_error(server, &refusal)),
+        }
+    }
+
     /// Whether `user_id` is a user of this server.
     pub fn is_local(&self, user_id: &UserId) -> bool {
         user_id.server_name() == self.server_name
