@@ -62,10 +62,15 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "federation EDUs that must not be lost are stored (federation_edus), and device lists are cached and tracked across servers (remote_device_lists, device_lists_sent), all starting empty",
         run: nothing_to_move,
     },
+    Migration {
+        to_version: 9,
+        description: "processes sharing a PostgreSQL database publish their stream positions (stream_writers), starting empty",
+        run: nothing_to_move,
+    },
 ];
 
 /// The schema version this build writes.
-pub const CURRENT_SCHEMA_VERSION: u64 = 8;
+pub const CURRENT_SCHEMA_VERSION: u64 = 9;
 
 /// A version that adds tables starting empty: nothing stored moves.
 fn nothing_to_move(_: &dyn KvStore) -> StorageResult<WriteBatch> {

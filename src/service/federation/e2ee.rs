@@ -587,7 +587,7 @@ impl RemoteE2ee {
         if !self.client.enabled() {
             return;
         }
-        let mut listener = self.stream.listen();
+        let mut listener = self.stream.listen_here();
         let me: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
