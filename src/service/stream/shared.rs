@@ -302,3 +302,65 @@ fn listen_loop(stream: &Weak<Stream>, mut bus: broadcast::Receiver<BusMessage>, 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use crate::{
+        service::stream::Stream,
+        storage::{
+            KvStore,
+            pg_cluster::PgCluster,
+            postgres::{PgOptions, PgStore},
+            tables::ALL_TABLES,
+        },
+    };
+
+    fn member(url: &str) -> Arc<dyn KvStore> {
+        let options =
+            PgOptions { url: url.to_owned(), pool_size: 4, statement_timeout_ms: None, multi_process: true };
+        PgStore::open_with(&options, ALL_TABLES, crate::storage::migrations::migrate).expect("store opens")
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never saw {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_write_in_flight_elsewhere_holds_the_committed_position_until_it_lands_or_its_process_dies() {
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        let url = cluster.create_database("members").expect("database created");
+        let (store_a, store_b) = (member(&url), member(&url));
+        let a = Arc::new(Stream::new(&store_a).unwrap());
+        a.start_sharing(|_| {});
+        let b = Arc::new(Stream::new(&store_b).unwrap());
+        b.start_sharing(|_| {});
+        // A takes a position and holds it in flight; B commits two later ones.
+        let held = a.reserve_owned().unwrap();
+        let (first, second) = (b.reserve().unwrap().position, b.reserve().unwrap().position);
+        assert!(held.position < first && first < second);
+        // B's own writes are committed, yet B's readers stop below A's write in flight.
+        wait_until("B publishing its promise", || a.committed() >= held.position - 1);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(b.committed() < held.position, "{} passed {}", b.committed(), held.position);
+        // A's write lands: both move past all three.
+        drop(held);
+        wait_until("A's write seen on B", || b.committed() >= second);
+        wait_until("B's writes seen on A", || a.committed() >= second);
+        // A takes another position and dies with it in flight: B moves on once A is gone.
+        // (Forgotten, the reservation is never released, as in a killed process.)
+        let stuck = a.reserve().unwrap();
+        let later = b.reserve().unwrap().position;
+        std::mem::forget(stuck);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(b.committed() < later);
+        drop(a);
+        drop(store_a);
+        wait_until("B moving past the dead member", || b.committed() >= later);
+    }
+}
