@@ -68,6 +68,11 @@ pub struct Config {
     /// PostgreSQL's `statement_timeout` for each statement, milliseconds; unset means
     /// PostgreSQL's own setting.
     pub database_statement_timeout_ms: Option<u64>,
+    /// Whether several conduit processes share this PostgreSQL database (behind a load
+    /// balancer). Off: the process holds the database alone and a second one is refused at
+    /// start-up. On: every process sharing the database must set it; stream positions and
+    /// cache invalidations are coordinated through the database.
+    pub multi_process: bool,
     /// Largest accepted request body, in bytes.
     pub max_request_size: u32,
     /// To-device messages one device may have waiting; past it new ones are dropped.
@@ -674,6 +679,7 @@ impl Default for Config {
             database_url: None,
             database_pool_size: 16,
             database_statement_timeout_ms: None,
+            multi_process: false,
             max_request_size: 20 * 1024 * 1024,
             // Room keys for a device offline for weeks in many encrypted rooms run to
             // thousands, at 1–3 kB each.
@@ -985,6 +991,10 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        } else if self.multi_process {
+            return Err("`multi_process = true` needs `database_backend = \"postgresql\"`: a RocksDB \
+                        database belongs to one process"
+                .into());
         }
         if !(2..=1000).contains(&self.database_pool_size) {
             return Err("invalid value for key `database_pool_size`: must be 2 to 1000".into());
@@ -1004,6 +1014,7 @@ impl Config {
             url,
             pool_size: self.database_pool_size as usize,
             statement_timeout_ms: self.database_statement_timeout_ms,
+            multi_process: self.multi_process,
         })
     }
 

@@ -81,7 +81,7 @@ impl AppserviceEphemeral {
     /// Listen to the change feed (called once the server serves, inside its runtime). The
     /// task holds the service weakly and ends with the stream.
     pub fn start(self: &Arc<Self>) {
-        let mut listener = self.stream.listen();
+        let mut listener = self.stream.listen_here();
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

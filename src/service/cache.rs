@@ -204,6 +204,14 @@ impl<K: Eq + Hash, V: Clone> GuardedCache<K, V> {
         }
     }
 
+    /// Every value may have changed: all are read afresh, and reads under way do not keep
+    /// what they saw.
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.map.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.lock().map.len()
     }

@@ -282,6 +282,7 @@ impl Services {
             Arc::clone(&events),
             Arc::clone(&memberships),
             Arc::clone(&receipts),
+            !config.multi_process,
         )?);
         // After `Notifications`: pushers go with the devices that set them.
         let sliding_connections = Arc::new(sliding_sync::Connections::default());
@@ -660,6 +661,35 @@ impl Services {
             Arc::clone(&audit),
             Arc::clone(&clock),
         ));
+        // With other processes on the database: what they change is dropped from the
+        // caches before it is visible here (held weakly: the services end with the server).
+        let (weak_members, weak_events, weak_receipts) =
+            (Arc::downgrade(&memberships), Arc::downgrade(&events), Arc::downgrade(&receipts));
+        stream.start_sharing(move |change| {
+            use stream::Change;
+            let room = match change {
+                Some(Change::Room(room_id)) => Some(Some(room_id.as_ref())),
+                Some(Change::User(user_id)) => {
+                    if let Some(members) = weak_members.upgrade() {
+                        members.user_changed_elsewhere(user_id);
+                    }
+                    None
+                }
+                Some(Change::RoomMates(_)) => None,
+                None => Some(None),
+            };
+            if let Some(room) = room {
+                if let Some(members) = weak_members.upgrade() {
+                    members.changed_elsewhere(room);
+                }
+                if let Some(events) = weak_events.upgrade() {
+                    events.changed_elsewhere(room);
+                }
+                if let Some(receipts) = weak_receipts.upgrade() {
+                    receipts.changed_elsewhere(room);
+                }
+            }
+        });
         Ok(Self {
             config,
             appservices,

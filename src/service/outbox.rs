@@ -295,7 +295,7 @@ impl Outbox {
         kind: &'static str,
         wanted: impl Fn(&Change) -> bool + Send + 'static,
     ) {
-        let mut listener = stream.listen();
+        let mut listener = stream.listen_here();
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

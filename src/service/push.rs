@@ -194,6 +194,9 @@ pub struct Notifications {
     read_generations: Vec<std::sync::atomic::AtomicU64>,
     /// Members' unread counts in rooms as last read, with what they were read under.
     known_unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), KnownUnread>>,
+    /// Whether `known_unread` is used: not with several processes, whose rule changes and
+    /// removals of read rows this process's generations do not see.
+    keep_unread_counts: bool,
 }
 
 /// What a member's unread counts in a room were read under: the room's last event position
@@ -361,6 +364,7 @@ struct Outcome {
 }
 
 impl Notifications {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: &Arc<dyn KvStore>,
         clock: Arc<dyn crate::service::clock::Clock>,
@@ -369,6 +373,7 @@ impl Notifications {
         events: Arc<Events>,
         members: Arc<Memberships>,
         receipts: Arc<Receipts>,
+        keep_unread_counts: bool,
     ) -> Result<Self> {
         let neutral = UserId::parse(format!("@conduit-push-{:016x}:{server_name}", rand::random::<u64>()))
             .unwrap_or_else(|_| UserId::parse("@conduit-push-neutral:invalid").expect("a valid user ID"));
@@ -430,6 +435,7 @@ impl Notifications {
             epochs_generation: std::sync::atomic::AtomicU64::new(0),
             read_generations: (0..READ_LOCK_STRIPES).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
             known_unread: Mutex::default(),
+            keep_unread_counts,
         })
     }
 
@@ -1019,6 +1025,9 @@ impl Notifications {
         let events = self.events.last_position(room_id)?;
         let receipts = self.receipts.last_position(room_id)?;
         let joined_since = self.joined_since(user_id, room_id)?;
+        if !self.keep_unread_counts {
+            return self.read_unread_counts(user_id, room_id, joined_since);
+        }
         let key = UnreadKey { events, receipts, epochs: epochs_generation, removals, joined_since };
         let memo_key = (user_id.to_owned(), room_id.to_owned());
         if let Some(known) = self.lock_known_unread().get(&memo_key)

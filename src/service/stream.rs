@@ -25,6 +25,9 @@ use tokio::sync::{broadcast, watch};
 
 use crate::{Result, storage::KvStore};
 
+mod shared;
+pub use shared::Invalidate;
+
 /// Positions taken from the sequence at a time: one synced transaction per this many.
 const BLOCK: u64 = 1_000;
 /// The store's sequence of stream positions.
@@ -33,7 +36,7 @@ pub const SEQUENCE: &str = "stream";
 const CHANGE_BACKLOG: usize = 4_096;
 
 /// What a committed write touched, for waking the syncs it concerns.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     /// Something every member of (or invitee to) the room may need: an event, a receipt,
     /// typing.
@@ -57,9 +60,13 @@ pub struct Stream {
     inner: Mutex<Inner>,
     committed: watch::Sender<u64>,
     changes: broadcast::Sender<Announced>,
+    /// The changes this process committed (the same as `changes` when it is alone).
+    own_changes: broadcast::Sender<Announced>,
     store: Arc<dyn KvStore>,
     /// Long-polls waiting for a change now (for the metrics).
     long_polls: Arc<AtomicU64>,
+    /// When other processes share the database (`multi_process`).
+    shared: Option<shared::Shared>,
 }
 
 struct Inner {
@@ -77,10 +84,25 @@ pub struct Reservation<'a> {
 
 impl Stream {
     /// Open the stream: its first block is taken now, and everything before it counts as
-    /// committed (every position handed out before lies below it).
+    /// committed (every position handed out before lies below it). When the store is
+    /// shared with other processes, the stream joins theirs instead (see [`shared`]); call
+    /// [`Self::start_sharing`] once it is in its `Arc`.
     pub fn new(store: &Arc<dyn KvStore>) -> Result<Self> {
+        if let Some(member) = store.member() {
+            let (shared, start, committed) = shared::Shared::join(store, member)?;
+            return Ok(Self {
+                inner: Mutex::new(Inner { last_reserved: start, block_end: 0, in_flight: BTreeSet::new() }),
+                committed: watch::channel(committed).0,
+                changes: broadcast::channel(CHANGE_BACKLOG).0,
+                own_changes: broadcast::channel(CHANGE_BACKLOG).0,
+                store: Arc::clone(store),
+                long_polls: Arc::new(AtomicU64::new(0)),
+                shared: Some(shared),
+            });
+        }
         let block = store.next_ids(SEQUENCE, BLOCK)?;
         let start = block.start - 1;
+        let changes = broadcast::channel(CHANGE_BACKLOG).0;
         let stream = Self {
             inner: Mutex::new(Inner {
                 last_reserved: start,
@@ -88,9 +110,11 @@ impl Stream {
                 in_flight: BTreeSet::new(),
             }),
             committed: watch::channel(start).0,
-            changes: broadcast::channel(CHANGE_BACKLOG).0,
+            own_changes: changes.clone(),
+            changes,
             store: Arc::clone(store),
             long_polls: Arc::new(AtomicU64::new(0)),
+            shared: None,
         };
         Ok(stream)
     }
@@ -112,6 +136,15 @@ impl Stream {
 
     fn take_position(&self) -> Result<u64> {
         let mut inner = self.lock();
+        if self.shared.is_some() {
+            // One at a time from the shared sequence, under the lock: a position is in
+            // flight here from the moment it exists, so the position this process publishes
+            // never passes it (see `shared`).
+            let position = self.store.next_ids(SEQUENCE, 1)?.start;
+            inner.last_reserved = position;
+            inner.in_flight.insert(position);
+            return Ok(position);
+        }
         let mut position = inner.last_reserved + 1;
         if position > inner.block_end {
             // The next block; another process sharing the store may have taken the ones
@@ -128,6 +161,13 @@ impl Stream {
     fn release(&self, position: u64) {
         let mut inner = self.lock();
         inner.in_flight.remove(&position);
+        if let Some(shared) = &self.shared {
+            // Readers here, as elsewhere, see the write once this process's published
+            // position, heard back from the bus, covers it.
+            drop(inner);
+            shared.poke();
+            return;
+        }
         // A released position whose write failed is a hole, which readers simply skip.
         let safe = inner.in_flight.first().map_or(inner.last_reserved, |oldest| oldest - 1);
         self.committed.send_if_modified(|current| {
@@ -142,12 +182,64 @@ impl Stream {
         *self.committed.borrow()
     }
 
-    /// Tell listeners what a committed write at `position` touched.
+    /// Tell listeners what a committed write at `position` touched (in every process
+    /// sharing the database).
     pub fn announce(&self, position: u64, changes: impl IntoIterator<Item = Change>) {
         for change in changes {
+            if let Some(shared) = &self.shared {
+                shared.send_change(position, change.clone());
+                let _ = self.own_changes.send(Announced { position, change: change.clone() });
+            }
             // No listener is fine: nobody is long-polling.
             let _ = self.changes.send(Announced { position, change });
         }
+    }
+
+    /// Wait (until `deadline` at most) for the committed position to reach `position`: a
+    /// token another process handed out may be ahead of this one for a moment. Answers at
+    /// once for a process that holds the database alone (its tokens are its own).
+    pub async fn caught_up_to(&self, position: u64, deadline: tokio::time::Instant) {
+        if self.shared.is_none() || self.committed() >= position {
+            return;
+        }
+        let mut committed = self.committed.subscribe();
+        let _ = tokio::time::timeout_at(deadline, committed.wait_for(|c| *c >= position)).await;
+    }
+
+    /// Start the threads that publish this process's position and hear the others'
+    /// (multi-process only); `invalidate` runs for each change another process announces,
+    /// before it is visible here, to drop what the caches hold about it.
+    pub fn start_sharing(self: &Arc<Self>, invalidate: impl Fn(Option<&Change>) + Send + Sync + 'static) {
+        if let Some(shared) = &self.shared {
+            shared.start(Arc::downgrade(self), Box::new(invalidate));
+        }
+    }
+
+    /// The position this process may publish: below its oldest write in flight, or when it
+    /// has none, as high as anything it has heard (its next position comes from the shared
+    /// sequence, above every position taken so far).
+    fn promise(&self, heard_high: u64) -> u64 {
+        let inner = self.lock();
+        match inner.in_flight.first() {
+            Some(oldest) => oldest - 1,
+            None => inner.last_reserved.max(heard_high),
+        }
+    }
+
+    /// Raise the committed position to `position` (it never goes back).
+    fn raise_committed(&self, position: u64) {
+        self.committed.send_if_modified(|current| {
+            let moved = position > *current;
+            if moved {
+                *current = position;
+            }
+            moved
+        });
+    }
+
+    /// Announce a change another process committed.
+    fn announce_local(&self, position: u64, change: Change) {
+        let _ = self.changes.send(Announced { position, change });
     }
 
     /// Listen for changes. Subscribe before reading `committed()`, so no change after the
@@ -155,6 +247,18 @@ impl Stream {
     pub fn listen(&self) -> Listener {
         Listener {
             changes: self.changes.subscribe(),
+            committed: self.committed.subscribe(),
+            long_polls: Arc::clone(&self.long_polls),
+        }
+    }
+
+    /// Listen for the changes this process committed only: for the work each process does
+    /// for its own writes (federation and appservice senders, push fan-out), which another
+    /// process sharing the database does for its own. The same as [`Self::listen`] for a
+    /// process that holds the database alone.
+    pub fn listen_here(&self) -> Listener {
+        Listener {
+            changes: self.own_changes.subscribe(),
             committed: self.committed.subscribe(),
             long_polls: Arc::clone(&self.long_polls),
         }

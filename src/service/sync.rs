@@ -283,6 +283,11 @@ impl Sync {
     pub async fn sync(&self, request: Box<SyncRequest>) -> Result<Response> {
         self.presence.syncing(&request.user_id, &request.set_presence)?;
         let deadline = Instant::now() + request.timeout.min(MAX_TIMEOUT);
+        // A token from another process sharing the database may be ahead of this one for a
+        // moment: answering from below it would send the client events it has seen.
+        if let Some(since) = request.since {
+            self.stream.caught_up_to(since, deadline).await;
+        }
         // Listen before reading the committed position, so no later change is missed.
         let mut listener = self.stream.listen();
         loop {

@@ -71,8 +71,12 @@ pub fn open_location(location: &Location, pool_size: usize) -> StorageResult<std
             super::open_rocksdb(path)
         }
         Location::Postgresql(url) => {
-            let options =
-                super::postgres::PgOptions { url: url.clone(), pool_size, statement_timeout_ms: None };
+            let options = super::postgres::PgOptions {
+                url: url.clone(),
+                pool_size,
+                statement_timeout_ms: None,
+                multi_process: false,
+            };
             super::postgres::PgStore::open_with(&options, super::tables::ALL_TABLES, |_| Ok(()))
         }
     }

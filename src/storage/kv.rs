@@ -214,6 +214,32 @@ pub trait KvStore: Send + Sync + 'static {
         body: &mut dyn FnMut(&mut dyn Transaction) -> StorageResult<bool>,
     ) -> StorageResult<()>;
 
+    /// This process's id among the processes sharing the database, when several may
+    /// (PostgreSQL with `multi_process`); `None` when the process holds the database alone,
+    /// and then the bus methods below are not used.
+    fn member(&self) -> Option<u64> {
+        None
+    }
+
+    /// Send `payload` to every process sharing the database, this one included. Messages
+    /// reach each listener in the order their sends returned (across processes too), and a
+    /// message sent after a write returned arrives after every earlier message.
+    fn publish(&self, payload: &[u8]) -> StorageResult<()> {
+        let _ = payload;
+        Err(StorageError::Backend("this storage backend has no message bus".into()))
+    }
+
+    /// Listen to what the processes sharing the database publish; `None` without a bus.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<BusMessage>> {
+        None
+    }
+
+    /// The ids of the processes that have a connection to the database now (a process that
+    /// died has none once the database noticed).
+    fn live_members(&self) -> StorageResult<Vec<u64>> {
+        Ok(self.member().into_iter().collect())
+    }
+
     /// Hand out the next `n` values of the durable sequence `name` (values start at 1):
     /// every value is handed out once, across restarts and across every process sharing
     /// the database. The sequence lives in the `sequences` table; callers that need IDs
@@ -253,6 +279,16 @@ pub trait KvStore: Send + Sync + 'static {
             Ok(true)
         })
     }
+}
+
+/// What a listener on the message bus hears.
+#[derive(Clone, Debug)]
+pub enum BusMessage {
+    /// One published payload.
+    Payload(std::sync::Arc<[u8]>),
+    /// The connection carrying messages was lost and made again: messages may have been
+    /// missed, so whatever they maintain must be read again.
+    Lost,
 }
 
 /// The table holding every sequence's last value handed out (declared in the catalogue as

@@ -64,7 +64,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         to_version: 9,
-        description: "other servers' media fetched over federation is cached (remote_media), starting empty",
+        description: "other servers' media fetched over federation is cached (remote_media), and processes sharing a PostgreSQL database publish their stream positions (stream_writers), both starting empty",
         run: nothing_to_move,
     },
 ];

@@ -23,8 +23,8 @@ use std::{path::Path, sync::Arc};
 
 pub use group_sync::GroupSync;
 pub use kv::{
-    Direction, Durability, KvStore, StorageError, StorageResult, StoreStats, TableStats, Transaction,
-    WriteBatch, transaction,
+    BusMessage, Direction, Durability, KvStore, StorageError, StorageResult, StoreStats, TableStats,
+    Transaction, WriteBatch, transaction,
 };
 pub use table::Table;
 

@@ -35,8 +35,8 @@ use tokio_postgres::{NoTls, error::SqlState, types::ToSql};
 
 use super::{
     kv::{
-        Direction, Durability, KeyRange, KvStore, RawEntry, StorageError, StorageResult, StoreStats,
-        TableStats, Transaction, WriteBatch, WriteOp,
+        BusMessage, Direction, Durability, KeyRange, KvStore, RawEntry, StorageError, StorageResult,
+        StoreStats, TableStats, Transaction, WriteBatch, WriteOp,
     },
     tables::TableInfo,
 };
@@ -50,6 +50,9 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// PostgreSQL's `statement_timeout` for every statement, when set.
     pub statement_timeout_ms: Option<u64>,
+    /// Whether other conduit processes may share the database (`multi_process`): the
+    /// process lock is then taken shared, and the message bus listens.
+    pub multi_process: bool,
 }
 
 /// Runs of a transaction (or a blind write) before a conflict that never clears is reported.
@@ -59,6 +62,23 @@ const FIRST_PAGE: usize = 32;
 const MAX_PAGE: usize = 1024;
 /// The advisory lock key under which schema set-up and migrations run ("conduit!").
 const SCHEMA_LOCK: i64 = 0x636f_6e64_7569_7421;
+/// The advisory lock every conduit process serving a database holds for its life, on its
+/// session connection ("conduit."): exclusively when it holds the database alone, shared
+/// when processes share it, so neither kind starts beside the other.
+const PROCESS_LOCK: i64 = 0x636f_6e64_7569_742e;
+/// How long start-up waits for the process lock (a process that just stopped may still
+/// hold it for a moment while the database notices its connection closed).
+const PROCESS_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// The largest bus payload (PostgreSQL takes NOTIFY payloads under 8000 bytes, and these
+/// travel in hex).
+pub const MAX_PAYLOAD: usize = 3_900;
+/// The NOTIFY channel of the message bus.
+const BUS_CHANNEL: &str = "conduit_bus";
+/// What the application name of a sharing process's connections starts with (its member id
+/// follows, in hex): how `live_members` sees who is connected.
+const MEMBER_PREFIX: &str = "conduit-";
+/// How long the session connection waits before it is made again after being lost.
+const SESSION_RETRY: Duration = Duration::from_secs(1);
 /// How long a caller waits for a free connection, and for a new one to be made.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -189,6 +209,12 @@ impl Shared {
 /// A PostgreSQL database holding the given tables.
 pub struct PgStore {
     shared: Arc<Shared>,
+    /// This process's id among those sharing the database (`multi_process`).
+    member: Option<u64>,
+    /// What the session connection hears on the bus.
+    bus: tokio::sync::broadcast::Sender<BusMessage>,
+    /// Asks the session connection to close (on drop).
+    stop_session: Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>,
     /// Taken out on drop, and shut down without waiting (dropping a runtime inside another
     /// would panic).
     runtime: Option<tokio::runtime::Runtime>,
@@ -259,7 +285,11 @@ impl PgStore {
             .parse()
             .map_err(|e| StorageError::Backend(format!("database_url is not a PostgreSQL URL: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
-        config.application_name("conduit");
+        let member = options.multi_process.then(|| rand::random::<u64>() >> 1);
+        match member {
+            Some(id) => config.application_name(format!("{MEMBER_PREFIX}{id:x}")),
+            None => config.application_name("conduit"),
+        };
         if let Some(ms) = options.statement_timeout_ms {
             config.options(format!("-c statement_timeout={ms}"));
         }
@@ -300,8 +330,12 @@ impl PgStore {
             txns: make_pool(txn_size)?,
             tables: tables.iter().map(|t| t.name).collect(),
         });
+        let session_config = config.clone();
         let store = Self {
             shared,
+            member,
+            bus: tokio::sync::broadcast::channel(BUS_BACKLOG).0,
+            stop_session: None,
             runtime: Some(runtime),
             counts: Counts::default(),
             flushed: Flushed::default(),
@@ -315,6 +349,23 @@ impl PgStore {
                 client.batch_execute("SELECT 1").await?;
                 Ok::<(), PgError>(())
             }
+        })?;
+        // The process lock, held for the store's life by a connection of its own.
+        let (started, first) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop) = tokio::sync::mpsc::channel(1);
+        let session = Session {
+            config: session_config,
+            multi_process: options.multi_process,
+            bus: store.bus.clone(),
+            stop,
+        };
+        let mut store = store;
+        store.stop_session = Some(stop_tx);
+        store.block_on(async move {
+            tokio::spawn(session.run(started));
+            first.await.unwrap_or_else(|_| {
+                Err(PgError::Other(StorageError::Backend("the session connection stopped".into())))
+            })
         })?;
         Ok(store)
     }
@@ -442,8 +493,149 @@ impl PgStore {
     }
 }
 
+/// Messages the bus keeps for a listener that falls behind.
+const BUS_BACKLOG: usize = 4_096;
+
+/// The session connection: holds the process lock and, when processes share the database,
+/// listens to the bus. Made again when lost.
+struct Session {
+    config: tokio_postgres::Config,
+    multi_process: bool,
+    bus: tokio::sync::broadcast::Sender<BusMessage>,
+    /// Closed when the store is dropped: the session ends its connection (releasing the
+    /// lock at once) and answers on the sender it got.
+    stop: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Session {
+    /// Keep the session up; `started` hears how the first attempt went (an error there,
+    /// such as the lock held by another process, fails the start-up and ends the task).
+    async fn run(mut self, started: tokio::sync::oneshot::Sender<Result<(), PgError>>) {
+        let mut started = Some(started);
+        loop {
+            match self.open().await {
+                Ok((client, mut ended)) => {
+                    match started.take() {
+                        Some(started) => {
+                            let _ = started.send(Ok(()));
+                        }
+                        // Messages may have been sent while no connection listened.
+                        None => {
+                            let _ = self.bus.send(BusMessage::Lost);
+                        }
+                    }
+                    tokio::select! {
+                        _ = &mut ended => {}
+                        stop = self.stop.recv() => {
+                            // The connection closes once its client is gone.
+                            drop(client);
+                            let _ = ended.await;
+                            if let Some(done) = stop {
+                                let _ = done.send(());
+                            }
+                            return;
+                        }
+                    }
+                    tracing::warn!("the PostgreSQL session connection was lost; making it again");
+                }
+                Err(e) => match started.take() {
+                    Some(started) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                    None => {
+                        tracing::warn!(error = %e.into_storage(), "reconnecting the PostgreSQL session failed")
+                    }
+                },
+            }
+            tokio::time::sleep(SESSION_RETRY).await;
+        }
+    }
+
+    /// Connect, take the process lock and listen; answers the client and what resolves
+    /// when the connection ends.
+    async fn open(
+        &mut self,
+    ) -> Result<(tokio_postgres::Client, tokio::sync::oneshot::Receiver<()>), PgError> {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if n.channel() == BUS_CHANNEL
+                            && let Some(bytes) = unhex(n.payload())
+                        {
+                            let _ = bus.send(BusMessage::Payload(bytes.into()));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                }
+            }
+            let _ = ended_tx.send(());
+        });
+        let take = if self.multi_process {
+            "SELECT pg_try_advisory_lock_shared($1)"
+        } else {
+            "SELECT pg_try_advisory_lock($1)"
+        };
+        let deadline = tokio::time::Instant::now() + PROCESS_LOCK_WAIT;
+        loop {
+            let row = client.query_one(take, &[&PROCESS_LOCK]).await?;
+            if row.get::<_, bool>(0) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let database = self.config.get_dbname().unwrap_or("(default)");
+                let detail = if self.multi_process {
+                    format!(
+                        "the PostgreSQL database `{database}` is in use by another conduit process \
+                         that holds it alone: every process sharing a database needs \
+                         `multi_process = true`"
+                    )
+                } else {
+                    format!(
+                        "the PostgreSQL database `{database}` is in use by another process (is a \
+                         conduit server running?); several processes may share it only with \
+                         `multi_process = true` on every one"
+                    )
+                };
+                return Err(PgError::Other(StorageError::Backend(detail)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if self.multi_process {
+            client.batch_execute(&format!("LISTEN {BUS_CHANNEL}")).await?;
+        }
+        Ok((client, ended))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
 impl Drop for PgStore {
     fn drop(&mut self) {
+        // Close the session first, so the process lock is free when this returns.
+        if let Some(stop) = self.stop_session.take() {
+            let _ = self.block_on_uncounted(async move {
+                let (done, closed) = tokio::sync::oneshot::channel();
+                if stop.send(done).await.is_ok() {
+                    let _ = tokio::time::timeout(CONNECT_TIMEOUT, closed).await;
+                }
+                Ok::<(), PgError>(())
+            });
+        }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -780,6 +972,53 @@ impl KvStore for PgStore {
         true
     }
 
+    fn member(&self) -> Option<u64> {
+        self.member
+    }
+
+    /// A NOTIFY on the bus channel, in a transaction of its own: PostgreSQL delivers
+    /// notifications in the order their transactions committed.
+    fn publish(&self, payload: &[u8]) -> StorageResult<()> {
+        if self.member.is_none() {
+            return Err(StorageError::Backend("the message bus needs `multi_process = true`".into()));
+        }
+        if payload.len() > MAX_PAYLOAD {
+            return Err(StorageError::Backend(format!(
+                "a bus message of {} bytes is larger than {MAX_PAYLOAD}",
+                payload.len()
+            )));
+        }
+        let (shared, text) = (Arc::clone(&self.shared), hex(payload));
+        self.block_on(async move {
+            let client = pooled(&shared.plain).await?;
+            client.execute("SELECT pg_notify($1, $2)", &[&BUS_CHANNEL, &text]).await?;
+            Ok::<(), PgError>(())
+        })
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<BusMessage>> {
+        self.member.map(|_| self.bus.subscribe())
+    }
+
+    fn live_members(&self) -> StorageResult<Vec<u64>> {
+        let shared = Arc::clone(&self.shared);
+        let names = self.block_on(async move {
+            let client = pooled(&shared.plain).await?;
+            let rows = client
+                .query(
+                    "SELECT DISTINCT application_name FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name LIKE $1",
+                    &[&format!("{MEMBER_PREFIX}%")],
+                )
+                .await?;
+            Ok::<_, PgError>(rows.into_iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
+        })?;
+        Ok(names
+            .iter()
+            .filter_map(|n| u64::from_str_radix(n.strip_prefix(MEMBER_PREFIX)?, 16).ok())
+            .collect())
+    }
+
     fn flush(&self) -> StorageResult<()> {
         self.flush_wal()
     }
@@ -1054,7 +1293,8 @@ mod tests {
 
     fn store(cluster: &PgCluster, db: &str) -> Arc<dyn KvStore> {
         let url = cluster.create_database(db).expect("database created");
-        let options = PgOptions { url, pool_size: 16, statement_timeout_ms: Some(30_000) };
+        let options =
+            PgOptions { url, pool_size: 16, statement_timeout_ms: Some(30_000), multi_process: false };
         PgStore::open_with(&options, conformance::TABLES, |_| Ok(())).expect("store opens")
     }
 
@@ -1078,14 +1318,60 @@ mod tests {
         };
         let cluster = PgCluster::start().expect("a PostgreSQL cluster");
         let url = cluster.create_database("newer").expect("database created");
-        let options = PgOptions { url, pool_size: 4, statement_timeout_ms: None };
+        let options = PgOptions { url, pool_size: 4, statement_timeout_ms: None, multi_process: false };
         let store = crate::storage::open_postgres(&options).expect("a new database opens");
         let meta = META.open(&store);
         assert_eq!(meta.get(&SCHEMA_VERSION_KEY.to_owned()).unwrap(), Some(CURRENT_SCHEMA_VERSION));
         meta.insert(&SCHEMA_VERSION_KEY.to_owned(), &(CURRENT_SCHEMA_VERSION + 1)).unwrap();
-        drop(store);
+        // Closed, the store leaves the database (and its process lock) to the next.
+        drop((meta, store));
         let err = crate::storage::open_postgres(&options).err().expect("refused").to_string();
         assert!(err.contains("newer conduit"), "{err}");
+    }
+
+    #[test]
+    fn a_second_process_on_a_database_is_refused_unless_every_one_shares_it() {
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        let url = cluster.create_database("shared").expect("database created");
+        let options = |multi_process| PgOptions {
+            url: url.clone(),
+            pool_size: 2,
+            statement_timeout_ms: None,
+            multi_process,
+        };
+        let alone = PgStore::open_with(&options(false), conformance::TABLES, |_| Ok(())).unwrap();
+        for multi_process in [false, true] {
+            let err = PgStore::open_with(&options(multi_process), conformance::TABLES, |_| Ok(()))
+                .err()
+                .expect("refused while another process holds the database")
+                .to_string();
+            assert!(err.contains("in use by another"), "{err}");
+        }
+        drop(alone);
+        // Gone, it leaves the database to processes that share it.
+        let first = PgStore::open_with(&options(true), conformance::TABLES, |_| Ok(())).unwrap();
+        let second = PgStore::open_with(&options(true), conformance::TABLES, |_| Ok(())).unwrap();
+        let err =
+            PgStore::open_with(&options(false), conformance::TABLES, |_| Ok(())).err().unwrap().to_string();
+        assert!(err.contains("multi_process = true"), "{err}");
+        // Both are live members, with their own ids, and hear each other on the bus.
+        let (a, b) = (first.member().unwrap(), second.member().unwrap());
+        assert_ne!(a, b);
+        let mut live = first.live_members().unwrap();
+        live.sort_unstable();
+        let mut expected = vec![a, b];
+        expected.sort_unstable();
+        assert_eq!(live, expected);
+        let mut heard = second.subscribe().unwrap();
+        first.publish(b"hello \x00 bytes").unwrap();
+        let got = heard.blocking_recv().unwrap();
+        assert!(matches!(got, BusMessage::Payload(p) if &*p == b"hello \x00 bytes"));
+        drop(second);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while first.live_members().unwrap() != vec![a] {
+            assert!(std::time::Instant::now() < deadline, "a closed store stays live");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]
@@ -1116,7 +1402,7 @@ mod tests {
         let cluster = PgCluster::start().expect("a PostgreSQL cluster");
         let url = cluster.create_database("nested").expect("database created");
         // Two connections: one for transactions, one for the rest.
-        let options = PgOptions { url, pool_size: 2, statement_timeout_ms: None };
+        let options = PgOptions { url, pool_size: 2, statement_timeout_ms: None, multi_process: false };
         let store = PgStore::open_with(&options, conformance::TABLES, |_| Ok(())).unwrap();
         let threads: Vec<_> = (0..4u8)
             .map(|t| {

@@ -114,6 +114,9 @@ catalogue! {
     /// Durable ID sequences: the last value each has handed out (`stream`, `state_group`,
     /// `report`). Written only through `KvStore::next_ids` and `raise_sequence`.
     SEQUENCES = "sequences", key "name": String => u64, version 1;
+    /// Each conduit process sharing the database (`multi_process`): the stream position it
+    /// has published, below which it has nothing in flight (see `service::stream`).
+    STREAM_WRITERS = "stream_writers", key "member": u64 => u64, version 1;
     /// Account data per user: global (room "") or per room, by type.
     ACCOUNT_DATA = "account_data", key "user_id, room_id (empty: global), type": (OwnedUserId, String, String) => AccountDataRecord, version 1;
     /// Each user's account data change feed: the latest change of each piece, by position.

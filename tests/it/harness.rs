@@ -103,6 +103,23 @@ pub fn postgresql_url(dir: &std::path::Path) -> String {
     cluster.create_database(&name).expect("a test database")
 }
 
+/// Two conduit processes sharing one PostgreSQL database (`multi_process`), as behind a
+/// load balancer: one configuration (server name, media directory), each process with a
+/// directory of its own for its control socket. Whatever the run's backend.
+pub async fn start_sharing_pair() -> (TestServer, TestServer) {
+    let first = tempfile::tempdir().expect("temp dir");
+    let mut config = test_config(first.path());
+    use_postgresql(&mut config, first.path());
+    config.multi_process = true;
+    config.media_path = Some(first.path().join("media"));
+    let second = tempfile::tempdir().expect("temp dir");
+    let mut other = config.clone();
+    other.database_path = second.path().join("db");
+    let a = TestServer::boot(config, first).await;
+    let b = TestServer::boot(other, second).await;
+    (a, b)
+}
+
 /// Whether this run puts test servers on PostgreSQL (`CONDUIT_TEST_BACKEND=postgresql`).
 pub fn on_postgresql() -> bool {
     std::env::var("CONDUIT_TEST_BACKEND").is_ok_and(|b| b == "postgresql")

@@ -32,6 +32,7 @@ mod limits;
 mod media;
 mod membership;
 mod metrics;
+mod multi_process;
 mod net;
 mod oauth;
 mod oidc_provider;

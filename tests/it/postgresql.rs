@@ -275,3 +275,32 @@ async fn a_message_send_on_postgresql_costs_a_bounded_number_of_round_trips() {
     assert!(per_send <= 20.0, "{per_send:.2} database requests per send");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_one_postgresql_database_is_refused_unless_both_share_it() {
+    let s = boot_on_postgresql(tempfile::tempdir().unwrap()).await;
+    let alice = s.register("alice", "alice-password-1").await;
+    // A second process with its own directory (its control socket) on the same database.
+    let other = tempfile::tempdir().unwrap();
+    let mut second = (*s.services.config).clone();
+    second.database_path = other.path().join("db");
+    for multi_process in [false, true] {
+        second.multi_process = multi_process;
+        let err = conduit::server::Server::build(second.clone()).err().expect("refused").to_string();
+        assert!(err.contains("in use by another"), "{err}");
+        assert!(err.contains("multi_process = true"), "{err}");
+    }
+    // The first one serves on, unharmed.
+    let room = create_room(&s, &alice, json!({})).await;
+    send_text(&s, &alice, &room, "t1", "still here").await;
+    // Stopped, it leaves the database to the next process.
+    let dir = s.stop().await;
+    second.multi_process = false;
+    let s = TestServer::boot(second, other).await;
+    let (status, body) =
+        s.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=5"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["chunk"][0]["content"]["body"], json!("still here"));
+    s.stop().await;
+    drop(dir);
+}

@@ -665,7 +665,7 @@ impl RemoteE2ee {
             return;
         }
         self.follow_departures();
-        let mut listener = self.stream.listen();
+        let mut listener = self.stream.listen_here();
         let me: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

@@ -285,7 +285,7 @@ impl FederationSender {
     /// queues of the servers in the room once the change is committed, so the queue, which
     /// reads committed positions only, finds it.
     fn listen(self: &Arc<Self>) {
-        let mut listener = self.stream.listen();
+        let mut listener = self.stream.listen_here();
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

@@ -545,6 +545,22 @@ impl Events {
         Ok(())
     }
 
+    /// Another process sharing the database wrote to `room` (`None`: anywhere): forget the
+    /// positions kept for it. (Stored events do not change, except by a redaction; see
+    /// `docs/ARCHITECTURE.md` on several processes.)
+    pub fn changed_elsewhere(&self, room_id: Option<&RoomId>) {
+        match room_id {
+            Some(room_id) => {
+                self.lock_last().remove(room_id);
+                lock(&self.bump_positions).remove(room_id);
+            }
+            None => {
+                self.lock_last().clear();
+                lock(&self.bump_positions).clear();
+            }
+        }
+    }
+
     /// A purge was committed: forget what memory holds of the room and its events.
     pub fn purged(&self, room_id: &RoomId, event_ids: &[OwnedEventId]) {
         self.lock_last().remove(room_id);

@@ -339,6 +339,31 @@ impl Memberships {
         }
     }
 
+    /// Another process sharing the database changed memberships in `room` (`None`: in any
+    /// room): whose, this one does not know, so every user's rows are read afresh, and the
+    /// room's roster (or every roster) is forgotten.
+    pub fn changed_elsewhere(&self, room_id: Option<&RoomId>) {
+        self.by_user.clear();
+        match room_id {
+            Some(room_id) => self.purged_room(room_id),
+            None => {
+                let mut rosters = self.lock_rosters();
+                let rooms: Vec<OwnedRoomId> = rosters.rooms.keys().cloned().collect();
+                for room_id in rooms {
+                    rosters.note_change(&room_id);
+                    if let Some((_, weight)) = rosters.rooms.remove(&room_id) {
+                        rosters.bytes -= weight;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A user's rows were changed by another process (an invite, a knock): read afresh.
+    pub fn user_changed_elsewhere(&self, user_id: &UserId) {
+        self.committed([user_id]);
+    }
+
     /// A room's rows were removed (purged): forget its roster.
     pub fn purged_room(&self, room_id: &RoomId) {
         let mut rosters = self.lock_rosters();

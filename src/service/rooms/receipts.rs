@@ -237,6 +237,17 @@ impl Receipts {
             .collect()
     }
 
+    /// Another process sharing the database wrote to `room` (`None`: anywhere): forget the
+    /// receipt position kept for it.
+    pub fn changed_elsewhere(&self, room_id: Option<&RoomId>) {
+        match room_id {
+            Some(room_id) => {
+                self.lock_last().remove(room_id);
+            }
+            None => self.lock_last().clear(),
+        }
+    }
+
     fn lock_last(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedRoomId, u64>> {
         self.last_positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

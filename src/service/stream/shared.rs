@@ -1,0 +1,366 @@
+//! The stream when several processes share one database (`multi_process`).
+//!
+//! Every position comes straight from the store's shared `stream` sequence, one at a time,
+//! so positions taken anywhere later are higher than every position taken before. Each
+//! process (a *member*, with an id the store gives it) publishes on the store's message bus
+//! its *promise* `P`: every position it took at or below `P` is committed, and every
+//! position it takes later is above `P`. While it has writes in flight, `P` is just below
+//! the oldest; when it has none, `P` may be as high as any position it has heard of, since
+//! its next position comes from the sequence. A reader's committed position is the least
+//! promise of the live members. Promises only grow.
+//!
+//! A process counts its own promise only once it hears it back from the bus: the bus
+//! delivers messages in the order they were sent, so by then it has heard every member
+//! that joined before its own positions were taken (a member publishes its first promise
+//! before it takes a position). A member that dies stops holding the others back once the
+//! store no longer sees a connection of it. Changes announced by a member travel with its
+//! promises; the others drop what their caches hold about them and wake their long-polls.
+//! The latest promise of each member is also kept in the `stream_writers` table for
+//! processes that start later.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Condvar, Mutex, MutexGuard, Weak},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::broadcast;
+
+use super::{Change, SEQUENCE, Stream};
+use crate::{
+    Result,
+    storage::{BusMessage, Direction, KvStore, kv::KeyRange, tables::STREAM_WRITERS},
+};
+
+/// How often the publisher looks for members that died, when nothing else wakes it.
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+/// The largest message sent on the bus (the bus takes somewhat more).
+const MAX_MESSAGE: usize = 3_000;
+
+/// What travels on the bus: a member's promise and the changes it committed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Message {
+    m: u64,
+    p: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    c: Vec<(u64, Change)>,
+}
+
+/// Runs for every change another process announced (`None`: messages were lost, so
+/// anything may have changed), before it is visible here.
+pub type Invalidate = Box<dyn Fn(Option<&Change>) + Send + Sync>;
+
+pub(super) struct Shared {
+    member: u64,
+    store: Arc<dyn KvStore>,
+    state: Mutex<State>,
+    wake: Condvar,
+    /// The bus receiver, until the listening thread takes it.
+    bus: Mutex<Option<broadcast::Receiver<BusMessage>>>,
+}
+
+struct State {
+    /// The promise heard from each live member, and the liveness round in which it was
+    /// first heard (a member is dropped only by a check that began after it).
+    heard: HashMap<u64, (u64, u64)>,
+    /// Liveness checks begun.
+    round: u64,
+    /// Changes this process announced, to send.
+    outbox: Vec<(u64, Change)>,
+    /// Something to publish may have changed.
+    poked: bool,
+    /// The promise last published.
+    published: u64,
+}
+
+impl Shared {
+    /// Join the members of `store`: read their promises, take a first position and publish
+    /// it as this member's first promise. Answers the shared part, the position taken (the
+    /// stream's last reserved) and the committed position to start from.
+    pub(super) fn join(store: &Arc<dyn KvStore>, member: u64) -> Result<(Self, u64, u64)> {
+        // Listening since the store opened: anything published after the read below is heard.
+        let bus = store.subscribe();
+        let table = STREAM_WRITERS.open(store);
+        let live: HashSet<u64> = store.live_members()?.into_iter().collect();
+        let mut heard = HashMap::new();
+        for row in table.scan(KeyRange::all(), Direction::Forward)? {
+            let (other, promise) = row?;
+            if other != member && live.contains(&other) {
+                heard.insert(other, (promise, 0));
+            }
+        }
+        let start = store.next_ids(SEQUENCE, 1)?.start;
+        table.insert(&member, &start)?;
+        let first = serde_json::to_vec(&Message { m: member, p: start, c: Vec::new() })
+            .map_err(|e| crate::Error::Internal(format!("encoding a stream message: {e}")))?;
+        store.publish(&first)?;
+        heard.insert(member, (start, 0));
+        let committed = heard.values().map(|(p, _)| *p).min().unwrap_or(start);
+        let shared = Self {
+            member,
+            store: Arc::clone(store),
+            state: Mutex::new(State { heard, round: 0, outbox: Vec::new(), poked: false, published: start }),
+            wake: Condvar::new(),
+            bus: Mutex::new(bus),
+        };
+        Ok((shared, start, committed))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wake the publisher: this process's promise may have moved.
+    pub(super) fn poke(&self) {
+        self.lock().poked = true;
+        self.wake.notify_one();
+    }
+
+    pub(super) fn send_change(&self, position: u64, change: Change) {
+        self.lock().outbox.push((position, change));
+        self.wake.notify_one();
+    }
+
+    /// The least promise of the members heard.
+    fn least(state: &State) -> Option<u64> {
+        state.heard.values().map(|(p, _)| *p).min()
+    }
+
+    /// Start the publishing and listening threads; they hold the stream weakly and end
+    /// when it is gone (the listener when the store's bus closes).
+    pub(super) fn start(&self, stream: Weak<Stream>, invalidate: Invalidate) {
+        let Some(bus) = self.bus.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+            return;
+        };
+        let publisher = stream.clone();
+        let spawned = std::thread::Builder::new()
+            .name("conduit-stream-publish".into())
+            .spawn(move || publish_loop(&publisher))
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("conduit-stream-listen".into())
+                    .spawn(move || listen_loop(&stream, bus, &invalidate))
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the stream's threads");
+        }
+    }
+
+    /// Take a heard promise of `member` (promises only grow).
+    fn heard(&self, state: &mut State, member: u64, promise: u64) {
+        let round = state.round;
+        let entry = state.heard.entry(member).or_insert((promise, round));
+        entry.0 = entry.0.max(promise);
+    }
+}
+
+fn publish_loop(stream: &Weak<Stream>) {
+    let mut last_check = Instant::now();
+    loop {
+        let Some(stream) = stream.upgrade() else { return };
+        let Some(shared) = stream.shared.as_ref() else { return };
+        let (outbox, high, published) = {
+            let mut state = shared.lock();
+            if !state.poked && state.outbox.is_empty() {
+                let (woken, _) = shared
+                    .wake
+                    .wait_timeout(state, LIVENESS_EVERY)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                state = woken;
+            }
+            state.poked = false;
+            let high = state.heard.iter().filter(|(m, _)| **m != shared.member).map(|(_, (p, _))| *p).max();
+            (std::mem::take(&mut state.outbox), high.unwrap_or(0), state.published)
+        };
+        let promise = stream.promise(high).max(published);
+        if promise > published || !outbox.is_empty() {
+            match publish(shared, promise, promise > published, outbox) {
+                Ok(()) => shared.lock().published = promise,
+                Err(e) => {
+                    tracing::error!(error = %e, "publishing the stream position failed; retrying");
+                    shared.lock().poked = true;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        if last_check.elapsed() >= LIVENESS_EVERY {
+            last_check = Instant::now();
+            if let Err(e) = drop_the_dead(&stream, shared) {
+                tracing::warn!(error = %e, "checking which processes are live failed");
+            }
+        }
+    }
+}
+
+/// Publish `promise` (keeping it in the table when it moved) and `changes`, in messages
+/// small enough for the bus; the promise goes in each.
+fn publish(shared: &Shared, promise: u64, moved: bool, changes: Vec<(u64, Change)>) -> Result<()> {
+    if moved {
+        STREAM_WRITERS.open(&shared.store).insert(&shared.member, &promise)?;
+    }
+    let encode = |c: Vec<(u64, Change)>| {
+        serde_json::to_vec(&Message { m: shared.member, p: promise, c })
+            .map_err(|e| crate::Error::Internal(format!("encoding a stream message: {e}")))
+    };
+    let mut batch = Vec::new();
+    let mut size = 0;
+    for (position, change) in changes {
+        let one = encode(vec![(position, change.clone())])?.len();
+        if !batch.is_empty() && size + one > MAX_MESSAGE {
+            shared.store.publish(&encode(std::mem::take(&mut batch))?)?;
+            size = 0;
+        }
+        size += one;
+        batch.push((position, change));
+    }
+    shared.store.publish(&encode(batch)?)?;
+    Ok(())
+}
+
+/// Forget the members the store sees no connection of (heard before this check began).
+fn drop_the_dead(stream: &Stream, shared: &Shared) -> Result<()> {
+    let round = {
+        let mut state = shared.lock();
+        state.round += 1;
+        state.round
+    };
+    let live: HashSet<u64> = shared.store.live_members()?.into_iter().collect();
+    let least = {
+        let mut state = shared.lock();
+        let me = shared.member;
+        state.heard.retain(|member, (_, since)| *member == me || live.contains(member) || *since >= round);
+        Shared::least(&state)
+    };
+    if let Some(least) = least {
+        stream.raise_committed(least);
+    }
+    Ok(())
+}
+
+fn listen_loop(stream: &Weak<Stream>, mut bus: broadcast::Receiver<BusMessage>, invalidate: &Invalidate) {
+    loop {
+        let message = match bus.blocking_recv() {
+            Ok(BusMessage::Payload(bytes)) => match serde_json::from_slice::<Message>(&bytes) {
+                Ok(message) => Some(message),
+                Err(e) => {
+                    tracing::warn!(error = %e, "an unreadable message on the stream bus");
+                    continue;
+                }
+            },
+            Ok(BusMessage::Lost) | Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(stream) = stream.upgrade() else { return };
+        let Some(shared) = stream.shared.as_ref() else { return };
+        match message {
+            Some(message) => {
+                let remote = message.m != shared.member;
+                if remote {
+                    for (_, change) in &message.c {
+                        invalidate(Some(change));
+                    }
+                }
+                let least = {
+                    let mut state = shared.lock();
+                    shared.heard(&mut state, message.m, message.p);
+                    Shared::least(&state)
+                };
+                if let Some(least) = least {
+                    stream.raise_committed(least);
+                }
+                if remote {
+                    // This process's promise may rise with what it heard.
+                    shared.poke();
+                    for (position, change) in message.c {
+                        stream.announce_local(position, change);
+                    }
+                }
+            }
+            None => {
+                // Messages were missed: whatever was cached may be stale, and the promises
+                // are read again from the table (each member writes its own there before
+                // it publishes it).
+                invalidate(None);
+                match STREAM_WRITERS.open(&shared.store).scan(KeyRange::all(), Direction::Forward) {
+                    Ok(rows) => {
+                        let rows: Vec<_> = rows.filter_map(std::result::Result::ok).collect();
+                        let least = {
+                            let mut state = shared.lock();
+                            // A member that died meanwhile is dropped again by the next check.
+                            for (member, promise) in rows {
+                                shared.heard(&mut state, member, promise);
+                            }
+                            Shared::least(&state)
+                        };
+                        if let Some(least) = least {
+                            stream.raise_committed(least);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the stream positions again failed"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use crate::{
+        service::stream::Stream,
+        storage::{
+            KvStore,
+            pg_cluster::PgCluster,
+            postgres::{PgOptions, PgStore},
+            tables::ALL_TABLES,
+        },
+    };
+
+    fn member(url: &str) -> Arc<dyn KvStore> {
+        let options =
+            PgOptions { url: url.to_owned(), pool_size: 4, statement_timeout_ms: None, multi_process: true };
+        PgStore::open_with(&options, ALL_TABLES, crate::storage::migrations::migrate).expect("store opens")
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never saw {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_write_in_flight_elsewhere_holds_the_committed_position_until_it_lands_or_its_process_dies() {
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        let url = cluster.create_database("members").expect("database created");
+        let (store_a, store_b) = (member(&url), member(&url));
+        let a = Arc::new(Stream::new(&store_a).unwrap());
+        a.start_sharing(|_| {});
+        let b = Arc::new(Stream::new(&store_b).unwrap());
+        b.start_sharing(|_| {});
+        // A takes a position and holds it in flight; B commits two later ones.
+        let held = a.reserve_owned().unwrap();
+        let (first, second) = (b.reserve().unwrap().position, b.reserve().unwrap().position);
+        assert!(held.position < first && first < second);
+        // B's own writes are committed, yet B's readers stop below A's write in flight.
+        wait_until("B publishing its promise", || a.committed() >= held.position - 1);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(b.committed() < held.position, "{} passed {}", b.committed(), held.position);
+        // A's write lands: both move past all three.
+        drop(held);
+        wait_until("A's write seen on B", || b.committed() >= second);
+        wait_until("B's writes seen on A", || a.committed() >= second);
+        // A takes another position and dies with it in flight: B moves on once A is gone.
+        // (Forgotten, the reservation is never released, as in a killed process.)
+        let stuck = a.reserve().unwrap();
+        let later = b.reserve().unwrap().position;
+        std::mem::forget(stuck);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(b.committed() < later);
+        drop(a);
+        drop(store_a);
+        wait_until("B moving past the dead member", || b.committed() >= later);
+    }
+}

@@ -1,0 +1,225 @@
+//! Several conduit processes on one PostgreSQL database (`multi_process`): a client's
+//! requests may land on any of them, as behind a load balancer. Each test starts two
+//! processes (in this test process) on a database of the shared test cluster.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{Session, TestServer, start_sharing_pair},
+    rooms::{V3, create_room, join, send_text},
+};
+
+/// The `m.room.message` event IDs of a sync answer's timeline in `room`, in order.
+fn messages_in(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn sync(s: &TestServer, who: &Session, since: Option<&str>, timeout_ms: u64) -> Value {
+    let filter = r#"{"room":{"timeline":{"limit":1000}}}"#;
+    let mut path = format!("{V3}/sync?timeout={timeout_ms}&filter={}", urlencode(filter));
+    if let Some(since) = since {
+        path.push_str(&format!("&since={since}"));
+    }
+    let (status, body) = s.get(&path, Some(&who.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_sent_on_one_process_wakes_a_long_poll_on_the_other() {
+    let (a, b) = start_sharing_pair().await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
+    let first = sync(&b, &bob, None, 0).await;
+    let token = first["next_batch"].as_str().unwrap().to_owned();
+    // Bob's sync on B is caught up: the next long-poll has nothing to answer until the
+    // message comes (anything else that comes first is taken, and he polls again).
+    let mut token = token;
+    loop {
+        let answer = sync(&b, &bob, Some(&token), 0).await;
+        let next = answer["next_batch"].as_str().unwrap().to_owned();
+        if next == token {
+            break;
+        }
+        token = next;
+    }
+    // Bob long-polls on B for 30 s; Alice sends on A.
+    let poll = {
+        let (b_base, token, bob) = (b.base.clone(), token.clone(), bob.clone());
+        let http = b.http.clone();
+        tokio::spawn(async move {
+            let filter = urlencode(r#"{"room":{"timeline":{"limit":1000}}}"#);
+            let answer = http
+                .get(format!("{b_base}{V3}/sync?timeout=30000&since={token}&filter={filter}"))
+                .bearer_auth(&bob.token)
+                .send()
+                .await
+                .unwrap();
+            (Instant::now(), answer.json::<Value>().await.unwrap())
+        })
+    };
+    let sent_at = Instant::now();
+    let id = send_text(&a, &alice, &room, "wake", "wake up, bob").await;
+    let (answered_at, answer) = poll.await.unwrap();
+    let waited = answered_at.saturating_duration_since(sent_at);
+    eprintln!("send on A -> long-poll on B answered after {waited:?}");
+    assert!(waited < Duration::from_secs(5), "the long-poll waited {waited:?}");
+    assert_eq!(messages_in(&answer, &room), vec![id], "{answer}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sends_on_both_processes_reach_a_client_syncing_from_both_once_each_in_stream_order() {
+    let (a, b) = start_sharing_pair().await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let carol = a.register("carol", "carol-password-1").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
+    assert_eq!(join(&a, &carol, &room).await.0, StatusCode::OK);
+    let first = sync(&a, &carol, None, 0).await;
+    let mut token = first["next_batch"].as_str().unwrap().to_owned();
+
+    const EACH: usize = 25;
+    let senders = {
+        let (a, b) = (&a, &b);
+        let (alice, bob, room) = (&alice, &bob, &room);
+        async move {
+            let on_a = async {
+                for i in 0..EACH {
+                    send_text(a, alice, room, &format!("a{i}"), &format!("from A {i}")).await;
+                }
+            };
+            let on_b = async {
+                for i in 0..EACH {
+                    send_text(b, bob, room, &format!("b{i}"), &format!("from B {i}")).await;
+                }
+            };
+            tokio::join!(on_a, on_b);
+        }
+    };
+    // Carol syncs alternately from A and B while the sends go on, and after until she has
+    // seen them all.
+    let reader = async {
+        let mut seen: Vec<String> = Vec::new();
+        let mut turn = 0usize;
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while seen.len() < 2 * EACH && Instant::now() < give_up {
+            let server = if turn.is_multiple_of(2) { &a } else { &b };
+            turn += 1;
+            let answer = sync(server, &carol, Some(&token), 1_000).await;
+            assert_ne!(answer["rooms"]["join"][&room]["timeline"]["limited"], json!(true), "{answer}");
+            seen.extend(messages_in(&answer, &room));
+            token = answer["next_batch"].as_str().unwrap().to_owned();
+        }
+        (seen, turn)
+    };
+    let ((), (seen, turns)) = tokio::join!(senders, reader);
+    eprintln!("{} events seen in {turns} syncs alternating between the processes", seen.len());
+    let unique: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "an event came twice: {seen:?}");
+    assert_eq!(seen.len(), 2 * EACH, "{seen:?}");
+    // In stream order: the order the room's history lists them in, on either process.
+    for server in [&a, &b] {
+        let (status, history) =
+            server.get(&format!("{V3}/rooms/{room}/messages?dir=f&limit=1000"), Some(&carol.token)).await;
+        assert_eq!(status, StatusCode::OK, "{history}");
+        let listed: Vec<String> = history["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(listed, seen);
+    }
+    // A sync from either process now has nothing more.
+    for server in [&a, &b] {
+        let answer = sync(server, &carol, Some(&token), 0).await;
+        assert!(messages_in(&answer, &room).is_empty(), "{answer}");
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn name_on(s: &TestServer, who: &Session, room: &str) -> Value {
+    s.get(&format!("{V3}/rooms/{room}/state/m.room.name"), Some(&who.token)).await.1["name"].clone()
+}
+
+async fn members_on(s: &TestServer, who: &Session, room: &str) -> Vec<String> {
+    let (status, body) = s.get(&format!("{V3}/rooms/{room}/joined_members"), Some(&who.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut users: Vec<String> = body["joined"].as_object().unwrap().keys().cloned().collect();
+    users.sort();
+    users
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_and_membership_changed_on_one_process_are_read_on_the_other() {
+    let (a, b) = start_sharing_pair().await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat", "name": "before"})).await;
+    // B reads (and caches) the room's name and members first.
+    assert_eq!(name_on(&b, &alice, &room).await, json!("before"));
+    assert_eq!(members_on(&b, &alice, &room).await, vec![alice.user_id.clone()]);
+    let (status, joined) = b.get(&format!("{V3}/joined_rooms"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(joined["joined_rooms"], json!([]));
+
+    // Changed on A: the name; Bob joins through A.
+    let (status, body) = a
+        .put(&format!("{V3}/rooms/{room}/state/m.room.name/"), Some(&alice.token), json!({"name": "after"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(join(&a, &bob, &room).await.0, StatusCode::OK);
+    // Read on B: each write returned before these requests began.
+    assert_eq!(name_on(&b, &alice, &room).await, json!("after"));
+    let mut both = vec![alice.user_id.clone(), bob.user_id.clone()];
+    both.sort();
+    assert_eq!(members_on(&b, &alice, &room).await, both);
+    let (_, joined) = b.get(&format!("{V3}/joined_rooms"), Some(&bob.token)).await;
+    assert_eq!(joined["joined_rooms"], json!([room]));
+    // Bob's sync on B shows the room under its new name; his leaving through B is read on A.
+    let synced = sync(&b, &bob, None, 0).await;
+    let state = synced["rooms"]["join"][&room]["state"]["events"].as_array().cloned().unwrap_or_default();
+    let timeline =
+        synced["rooms"]["join"][&room]["timeline"]["events"].as_array().cloned().unwrap_or_default();
+    let name = state
+        .iter()
+        .chain(timeline.iter())
+        .rfind(|e| e["type"] == "m.room.name")
+        .map(|e| e["content"]["name"].clone());
+    assert_eq!(name, Some(json!("after")), "{synced}");
+    let (status, _) = b.post(&format!("{V3}/rooms/{room}/leave"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(members_on(&a, &alice, &room).await, vec![alice.user_id.clone()]);
+    let (_, joined) = a.get(&format!("{V3}/joined_rooms"), Some(&bob.token)).await;
+    assert_eq!(joined["joined_rooms"], json!([]));
+    a.stop().await;
+    b.stop().await;
+}
