@@ -92,10 +92,15 @@ pub struct Config {
     pub app_service_config_files: Vec<std::path::PathBuf>,
     /// Whether to talk to other Matrix servers. What federates so far: server keys (our
     /// key server, fetching others' keys, the notary key query), signed requests both ways,
-    /// profile and room-alias queries, and rooms (joins both ways, transactions in and
-    /// out; inviting remote users is not supported yet). Off by default: no federation
-    /// route is served and no connection to another server is ever made.
+    /// profile and room-alias queries, rooms (joins, invites, leaves, backfill), end-to-end
+    /// encryption, media and the public room directory (see `docs/features.md`). Off by
+    /// default: no federation route is served and no connection to another server is ever
+    /// made.
     pub allow_federation: bool,
+    /// Whether other servers may list this server's public room directory
+    /// (`/_matrix/federation/v1/publicRooms`). Off by default, as in Synapse: rooms published
+    /// for this server's users are not advertised to the whole federation unless asked.
+    pub allow_public_rooms_over_federation: bool,
     /// Notary servers asked for another server's keys when that server cannot be reached
     /// directly (e.g. `["matrix.org"]`). Empty by default: keys come only from their servers.
     pub trusted_servers: Vec<OwnedServerName>,
@@ -689,6 +694,7 @@ impl Default for Config {
             registration_token: None,
             registration_requires_token: false,
             allow_federation: false,
+            allow_public_rooms_over_federation: false,
             trusted_servers: Vec::new(),
             federation_ca_file: None,
             federation_domain_allowlist: Vec::new(),

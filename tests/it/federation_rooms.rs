@@ -374,7 +374,22 @@ async fn a_server_the_rooms_acl_denies_is_refused_in_that_room() {
 
 #[tokio::test]
 async fn another_servers_public_rooms_are_listed_paged_and_searched_over_federation() {
-    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
+    let pki = Pki::new();
+    let closed = TestServer::start_federating(&pki, |_| {}).await;
+    let a = TestServer::start_federating(&pki, |c| c.allow_public_rooms_over_federation = true).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+
+    // A server that does not list its directory over federation (the default) refuses.
+    let (status, refused) =
+        signed_request(&pki, &closed, &b, "GET", "/_matrix/federation/v1/publicRooms", None).await;
+    assert_eq!(
+        (status, refused["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+        "{refused}"
+    );
+
     let square = create_room(
         &a,
         &alice,

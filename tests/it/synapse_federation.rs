@@ -76,6 +76,8 @@ impl Synapse {
             "ip_range_whitelist": ["127.0.0.0/8"],
             "federation_ip_range_blacklist": [],
             "trusted_key_servers": [],
+            "allow_public_rooms_over_federation": true,
+            "room_list_publication_rules": [{"action": "allow"}],
             "suppress_key_server_warning": true,
             "database": {"name": "sqlite3", "args": {"database": d.join("homeserver.db")}},
             "log_config": d.join("log.yaml"),
@@ -839,4 +841,81 @@ async fn media_crosses_between_conduit_and_synapse_both_ways() {
     assert_eq!(response.status(), StatusCode::OK);
     let thumb = image::load_from_memory(&response.bytes().await.unwrap()).unwrap();
     assert_eq!((thumb.width(), thumb.height()), (32, 32));
+}
+
+#[tokio::test]
+async fn public_room_directories_cross_between_conduit_and_synapse_both_ways() {
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |c| c.allow_public_rooms_over_federation = true).await;
+    let alice = conduit.register("alice", "pw-alice-123").await;
+    let (_sam, sam_token) = synapse.register("sam").await;
+    let on_conduit = crate::rooms::create_room(
+        &conduit,
+        &alice,
+        json!({"preset": "public_chat", "name": "Conduit lobby", "visibility": "public"}),
+    )
+    .await;
+    let (status, created) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("{V3}/createRoom"),
+            Some(&sam_token),
+            Some(json!({"preset": "public_chat", "name": "Synapse lobby", "visibility": "public"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let on_synapse = created["room_id"].as_str().unwrap().to_owned();
+    let ids = |page: &Value| -> Vec<String> {
+        page["chunk"].as_array().map_or_else(Vec::new, |rooms| {
+            rooms.iter().filter_map(|r| r["room_id"].as_str().map(str::to_owned)).collect()
+        })
+    };
+
+    // Sam lists conduit's directory through Synapse, with and without a search.
+    let conduit_name = encode(&conduit.name());
+    let (status, page) = synapse
+        .call(
+            reqwest::Method::GET,
+            &format!("{V3}/publicRooms?server={conduit_name}"),
+            Some(&sam_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}\n{}", synapse.logs());
+    assert_eq!(ids(&page), vec![on_conduit.clone()], "{page}");
+    let (status, found) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("{V3}/publicRooms?server={conduit_name}"),
+            Some(&sam_token),
+            Some(json!({"filter": {"generic_search_term": "lobby"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}\n{}", synapse.logs());
+    assert_eq!(ids(&found), vec![on_conduit], "{found}");
+
+    // Alice lists Synapse's through conduit, once Synapse lists the room itself (its room
+    // statistics, which its directory reads, are updated in the background).
+    eventually("Sam's room in Synapse's own directory", &synapse, || async {
+        let (_, page) =
+            synapse.call(reqwest::Method::GET, &format!("{V3}/publicRooms"), Some(&sam_token), None).await;
+        ids(&page).contains(&on_synapse)
+    })
+    .await;
+    let synapse_name = encode(&synapse.name);
+    let (status, page) =
+        conduit.get(&format!("{V3}/publicRooms?server={synapse_name}"), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{page}\n{}", synapse.logs());
+    assert_eq!(ids(&page), vec![on_synapse.clone()], "{page}");
+    assert_eq!(page["chunk"][0]["name"], json!("Synapse lobby"), "{page}");
+    let (status, found) = conduit
+        .post(
+            &format!("{V3}/publicRooms?server={synapse_name}"),
+            Some(&alice.token),
+            json!({"filter": {"generic_search_term": "lobby"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}\n{}", synapse.logs());
+    assert_eq!(ids(&found), vec![on_synapse], "{found}");
 }
