@@ -1019,15 +1019,16 @@ impl Notifications {
     /// last read (see [`UnreadKey`]); otherwise read from the rows, in a few lookups per
     /// thread however long the room's history.
     pub fn unread_counts(&self, user_id: &UserId, room_id: &RoomId) -> Result<UnreadCounts> {
+        if !self.keep_unread_counts {
+            let joined_since = self.joined_since(user_id, room_id)?;
+            return self.read_unread_counts(user_id, room_id, joined_since);
+        }
         // The key is taken before anything it stands for is read.
         let epochs_generation = self.epochs_generation.load(std::sync::atomic::Ordering::SeqCst);
         let removals = self.read_generations[read_stripe(user_id)].load(std::sync::atomic::Ordering::SeqCst);
         let events = self.events.last_position(room_id)?;
         let receipts = self.receipts.last_position(room_id)?;
         let joined_since = self.joined_since(user_id, room_id)?;
-        if !self.keep_unread_counts {
-            return self.read_unread_counts(user_id, room_id, joined_since);
-        }
         let key = UnreadKey { events, receipts, epochs: epochs_generation, removals, joined_since };
         let memo_key = (user_id.to_owned(), room_id.to_owned());
         if let Some(known) = self.lock_known_unread().get(&memo_key)
