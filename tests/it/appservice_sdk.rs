@@ -18,7 +18,7 @@ use std::{ffi::OsString, time::Duration};
 
 use crate::{
     appservice::with_registration,
-    harness::TestServer,
+    harness::{TestServer, free_port},
     sdk::{Acting, drive_check, provided_by_scripts_test, script},
 };
 
@@ -34,10 +34,6 @@ fn registration(port: u16, extra: &str) -> String {
         token("as"),
         token("hs"),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Run `program args… <base> <registration>` as a bridge, restarting the server when asked.

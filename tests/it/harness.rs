@@ -474,17 +474,35 @@ fn rand_suffix() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A free port on loopback (bound and released; the server binds it again at once).
-/// A port free now, for a listener bound later. Picked below the kernel's ephemeral range
-/// (32768–60999 by default), where every bind to port 0 and every outgoing connection of
-/// the tests running beside this one takes its port: one of those took a port picked there
-/// between the pick and the bind ("Address already in use", seen once in a PostgreSQL pass).
+/// A port free now, for a listener bound later (a server whose name or configuration must
+/// carry its port before it starts).
+///
+/// Picked below the kernel's ephemeral range (32768–60999 by default), where every bind to
+/// port 0 and every outgoing connection of the tests running beside this one takes its port.
+/// Tests run in processes of their own, so a pick is also claimed across processes: a lock on
+/// a file named after the port, held until this process exits. Without the claim two tests
+/// picked the same port between one's pick and its bind ("Address already in use", seen in CI
+/// for a federating server); with it, a server restarted on its port also finds it free.
 pub fn free_port() -> u16 {
     use rand::Rng;
+    use std::sync::Mutex;
+    static CLAIMS: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("conduit-test-ports");
+    std::fs::create_dir_all(&dir).expect("port claim directory");
     let mut rng = rand::thread_rng();
     loop {
         let port = rng.gen_range(20_000..32_000);
+        let claim = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+            .expect("port claim file");
+        if claim.try_lock().is_err() {
+            continue;
+        }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            CLAIMS.lock().unwrap_or_else(|e| e.into_inner()).push(claim);
             return port;
         }
     }

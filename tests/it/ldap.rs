@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{Session, TestServer, expect_error, password_auth},
+    harness::{Session, TestServer, expect_error, free_port, password_auth},
     rooms::V3,
 };
 
@@ -57,11 +57,6 @@ fn seed_ldif() -> String {
         member("dave")
     );
     ldif
-}
-
-/// A free loopback port (bound and released; slapd takes it a moment later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> String {
