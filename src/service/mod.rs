@@ -788,6 +788,13 @@ impl Services {
         ]
     }
 
+    /// Whether this process can serve now: its database answers (a round trip on
+    /// PostgreSQL; a process whose database is gone answers errors, so a load balancer
+    /// should send requests elsewhere). Blocks for that round trip.
+    pub fn check_storage(&self) -> Result<()> {
+        Ok(self.store.ping()?)
+    }
+
     /// Persist what is held in memory and flush storage; called once at shutdown.
     pub fn shutdown(&self) -> Result<()> {
         self.devices.flush_last_seen()?;
