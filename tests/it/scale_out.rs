@@ -43,6 +43,7 @@ struct Deployment {
     base: String,
     stats_socket: PathBuf,
     http: reqwest::Client,
+    database_url: String,
 }
 
 impl Deployment {
@@ -88,6 +89,7 @@ impl Deployment {
             base: format!("http://127.0.0.1:{front}"),
             stats_socket,
             http,
+            database_url: url,
         };
         deployment.wait_for_servers_up(count).await;
         deployment
@@ -141,6 +143,25 @@ impl Deployment {
         let mut child = self.processes[index].1.take().expect("a running process");
         child.0.kill().expect("SIGKILL");
         child.0.wait().unwrap();
+    }
+
+    /// Stop process `index` as systemd would (SIGTERM: it stops accepting, finishes what it
+    /// serves and exits), start it again and wait until HAProxy has it back in rotation.
+    async fn restart(&mut self, index: usize) {
+        let mut child = self.processes[index].1.take().expect("a running process");
+        let pid = libc::pid_t::try_from(child.0.id()).unwrap();
+        // SAFETY: signals a child process this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "process {index} did not stop on SIGTERM\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let port = self.processes[index].0;
+        self.processes[index].1 = Some(spawn_conduit(self.dir.path(), index, port, &self.database_url));
+        wait_until_ready(&self.http, port, &self.dir.path().join(format!("p{index}.log"))).await;
+        let up = self.processes.iter().filter(|(_, p)| p.is_some()).count();
+        self.wait_for_servers_up(up).await;
     }
 
     fn logs(&self) -> String {
@@ -206,7 +227,12 @@ fn spawn_conduit(dir: &Path, index: usize, port: u16, database_url: &str) -> Rea
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(dir.join(format!("p{index}.log"))).unwrap();
+    // Appended to: a restarted process keeps one log.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("p{index}.log")))
+        .unwrap();
     Reaped(
         Command::new(env!("CARGO_BIN_EXE_conduit"))
             .arg("--config")
@@ -356,7 +382,7 @@ async fn send_until_acknowledged(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_processes_behind_haproxy_serve_sdk_clients_and_survive_a_sigkill() {
+async fn three_processes_behind_haproxy_serve_sdk_clients_restart_in_turn_and_survive_a_sigkill() {
     let python = provided_by_scripts_test("CONDUIT_TEST_PYTHON", "a Python with matrix-nio");
     let rust_sdk = provided_by_scripts_test("CONDUIT_RUST_SDK_BIN", "the matrix-rust-sdk check binary");
     let mut d = Deployment::start(3).await;
@@ -434,6 +460,45 @@ async fn three_processes_behind_haproxy_serve_sdk_clients_and_survive_a_sigkill(
     eprintln!("send on one process → long-poll on another answered: median {:?}, all {wakes:?}", wakes[2]);
     // A wake, not the 20 s timeout (the figure itself is a benchmark's, not a test's).
     assert!(wakes[4] < Duration::from_secs(5), "{wakes:?}");
+
+    // A rolling restart under a send load: the client sees no failed request (it does not
+    // retry here; HAProxy retries a request whose connection closed before an answer).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (http, base, token, room, stop) =
+            (d.http.clone(), d.base.clone(), alice_token.clone(), room.clone(), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            let (mut sent, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = http
+                    .put(format!("{base}{V3}/rooms/{room}/send/m.room.message/rolling{sent}"))
+                    .bearer_auth(&token)
+                    .json(&json!({"msgtype": "m.text", "body": format!("rolling {sent}")}))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(response) if response.status() == StatusCode::OK => {}
+                    Ok(response) => failed.push(format!("rolling{sent}: {}", response.status())),
+                    Err(e) => failed.push(format!("rolling{sent}: {e}")),
+                }
+                sent += 1;
+            }
+            (sent, failed)
+        })
+    };
+    let restarting = Instant::now();
+    for index in 0..3 {
+        d.restart(index).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failed) = load.await.unwrap();
+    eprintln!(
+        "rolling restart of 3 processes in {:?}: {sent} sends, {} failed",
+        restarting.elapsed(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "requests failed during the rolling restart: {failed:?}\n{}", d.logs());
+    assert!(sent > 10, "too few sends to tell: {sent}");
 
     // A send load through the balancer; one process is killed with SIGKILL a third of the way.
     let mut acknowledged = Vec::new();
