@@ -389,6 +389,16 @@ async fn another_servers_public_rooms_are_listed_paged_and_searched_over_federat
         (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
         "{refused}"
     );
+    // Bob asking B for that server's directory hears the refusal, as Synapse passes it on
+    // (not as a failure of B's: 502).
+    let (status, refused) =
+        b.get(&format!("{V3}/publicRooms?server={}", encode(&closed.name())), Some(&bob.token)).await;
+    assert_eq!(
+        (status, refused["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+        "{refused}"
+    );
+    assert!(refused["error"].as_str().unwrap().contains(&closed.name()), "{refused}");
 
     let square = create_room(
         &a,
