@@ -410,7 +410,11 @@ impl Services {
             Arc::clone(&relations),
             Arc::clone(&stream),
         ));
-        let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
+        let typing = Arc::new(rooms::typing::Typing::new(
+            Arc::clone(&memberships),
+            &stream,
+            config.multi_process.then_some(&store),
+        ));
         let presence = Arc::new(presence::Presence::new(
             &store,
             Arc::clone(&stream),
@@ -665,8 +669,12 @@ impl Services {
         ));
         // With other processes on the database: what they change is dropped from the
         // caches before it is visible here (held weakly: the services end with the server).
-        let (weak_members, weak_events, weak_receipts) =
-            (Arc::downgrade(&memberships), Arc::downgrade(&events), Arc::downgrade(&receipts));
+        let (weak_members, weak_events, weak_receipts, weak_typing) = (
+            Arc::downgrade(&memberships),
+            Arc::downgrade(&events),
+            Arc::downgrade(&receipts),
+            Arc::downgrade(&typing),
+        );
         stream.start_sharing(move |change| {
             use stream::Change;
             let room = match change {
@@ -689,6 +697,9 @@ impl Services {
                 }
                 if let Some(receipts) = weak_receipts.upgrade() {
                     receipts.changed_elsewhere(room);
+                }
+                if let Some(typing) = weak_typing.upgrade() {
+                    typing.changed_elsewhere(room);
                 }
             }
         });

@@ -67,10 +67,15 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "other servers' media fetched over federation is cached (remote_media), and processes sharing a PostgreSQL database publish their stream positions (stream_writers), both starting empty",
         run: nothing_to_move,
     },
+    Migration {
+        to_version: 10,
+        description: "processes sharing a PostgreSQL database share who is typing (typing), starting empty",
+        run: nothing_to_move,
+    },
 ];
 
 /// The schema version this build writes.
-pub const CURRENT_SCHEMA_VERSION: u64 = 9;
+pub const CURRENT_SCHEMA_VERSION: u64 = 10;
 
 /// A version that adds tables starting empty: nothing stored moves.
 fn nothing_to_move(_: &dyn KvStore) -> StorageResult<WriteBatch> {

@@ -208,6 +208,10 @@ catalogue! {
     PRESENCE = "presence", key "user_id": OwnedUserId => PresenceRecord, version 1;
     /// The presence change feed: each user's latest change, by position.
     PRESENCE_CHANGES = "presence_changes", key "stream": u64 => OwnedUserId, version 1;
+    /// Who is typing in each room, written only by processes sharing a PostgreSQL database
+    /// (`multi_process`), so that a room mate syncing through another process sees it;
+    /// a process alone keeps typing in memory only.
+    TYPING = "typing", key "room_id": OwnedRoomId => TypingRecord, version 1;
     /// The full-text inverted index: one row per term of each searchable event, so a search
     /// is a prefix scan per query word and room; the value carries what filtering, ranking
     /// and visibility need without loading the event.
@@ -1088,6 +1092,16 @@ pub struct ReceiptChange {
     pub user_id: OwnedUserId,
     pub receipt_type: String,
     pub thread: String,
+}
+
+/// A room's typing users as of a stream position (`typing`, several processes only).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TypingRecord {
+    /// The position of the room's last typing change.
+    pub position: u64,
+    /// Each typing user and when their notification ends, in milliseconds since the Unix
+    /// epoch by the writing host's clock.
+    pub users: Vec<(OwnedUserId, u64)>,
 }
 
 /// A user's presence as last set.

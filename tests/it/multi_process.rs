@@ -223,3 +223,89 @@ async fn state_and_membership_changed_on_one_process_are_read_on_the_other() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The users typing in `room` as an initial sync on `s` shows them.
+async fn typing_on(s: &TestServer, who: &Session, room: &str) -> Value {
+    let answer = sync(s, who, None, 0).await;
+    answer["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["type"] == "m.typing"))
+        .map_or(json!([]), |e| e["content"]["user_ids"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn typing_through_one_process_is_shown_through_the_other_and_wakes_its_long_polls() {
+    let (a, b) = start_sharing_pair().await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
+    let mut token = sync(&b, &bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    loop {
+        let next = sync(&b, &bob, Some(&token), 0).await["next_batch"].as_str().unwrap().to_owned();
+        if next == token {
+            break;
+        }
+        token = next;
+    }
+    let typing_path = |user: &str| format!("{V3}/rooms/{}/typing/{}", urlencode(&room), urlencode(user));
+
+    // Bob long-polls on B; Alice starts typing on A: the poll answers with her typing.
+    let poll = {
+        let (b_base, token, bob_token, http) =
+            (b.base.clone(), token.clone(), bob.token.clone(), b.http.clone());
+        tokio::spawn(async move {
+            let answer = http
+                .get(format!("{b_base}{V3}/sync?timeout=30000&since={token}"))
+                .bearer_auth(&bob_token)
+                .send()
+                .await
+                .unwrap();
+            (Instant::now(), answer.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let (status, body) = a
+        .put(&typing_path(&alice.user_id), Some(&alice.token), json!({"typing": true, "timeout": 30000}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (answered_at, answer) = poll.await.unwrap();
+    assert!(answered_at.saturating_duration_since(started) < Duration::from_secs(5));
+    let ephemeral = &answer["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert_eq!(
+        ephemeral
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["type"] == "m.typing"))
+            .map(|e| &e["content"]["user_ids"]),
+        Some(&json!([alice.user_id])),
+        "{answer}"
+    );
+    assert_eq!(typing_on(&b, &bob, &room).await, json!([alice.user_id]));
+
+    // Bob types on B too: both processes show both; Alice stops on A: both show Bob alone.
+    let (status, body) =
+        b.put(&typing_path(&bob.user_id), Some(&bob.token), json!({"typing": true, "timeout": 30000})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut both = vec![alice.user_id.clone(), bob.user_id.clone()];
+    both.sort();
+    for (s, who) in [(&a, &alice), (&b, &bob)] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while typing_on(s, who, &room).await != json!(both) {
+            assert!(Instant::now() < deadline, "{} never showed both typing", who.user_id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (status, body) =
+        a.put(&typing_path(&alice.user_id), Some(&alice.token), json!({"typing": false})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for (s, who) in [(&a, &alice), (&b, &bob)] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while typing_on(s, who, &room).await != json!([bob.user_id]) {
+            assert!(Instant::now() < deadline, "{} never showed Bob alone", who.user_id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
