@@ -220,8 +220,12 @@ impl Presence {
         };
         let mut marked = 0;
         for user_id in stale {
+            // Another process sharing the database may have served them since: their record's
+            // `last_active`, refreshed at least once a minute while they sync online through
+            // any process, says so.
             if let Some(record) = self.records.get(&user_id)?
                 && record.state != "offline"
+                && now.saturating_sub(record.last_active_ms) >= self.offline_after_ms
             {
                 self.write(&user_id, "offline", record.status_msg, record.last_active_ms)?;
                 marked += 1;

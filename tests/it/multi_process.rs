@@ -309,3 +309,43 @@ async fn typing_through_one_process_is_shown_through_the_other_and_wakes_its_lon
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_syncing_through_the_other_process_is_not_marked_offline() {
+    let (a, b) = start_sharing_pair().await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let online = |s: &TestServer| {
+        let (s, token) = (s.base.clone(), alice.token.clone());
+        let http = a.http.clone();
+        async move {
+            let answer = http
+                .get(format!("{s}{V3}/sync?set_presence=online&timeout=0"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::OK);
+        }
+    };
+    let advance = |ms: u64| {
+        a.clock.advance_ms(ms);
+        b.clock.advance_ms(ms);
+    };
+    // Seen by A, then only by B, four minutes later; A's sweep a minute after that finds
+    // her unseen here for five minutes (the timeout) but active through B.
+    online(&a).await;
+    advance(250_000);
+    online(&b).await;
+    advance(60_000);
+    assert_eq!(a.services.presence.sweep().unwrap(), 0);
+    let path = format!("{V3}/presence/{}/status", urlencode(&alice.user_id));
+    let (_, got) = b.get(&path, Some(&alice.token)).await;
+    assert_eq!(got["presence"], "online", "{got}");
+    // Five minutes without any sync: the process that saw her last marks her offline.
+    advance(300_000);
+    assert_eq!(b.services.presence.sweep().unwrap(), 1);
+    let (_, got) = b.get(&path, Some(&alice.token)).await;
+    assert_eq!(got["presence"], "offline", "{got}");
+    a.stop().await;
+    b.stop().await;
+}
