@@ -16,7 +16,7 @@ use crate::{
     sync::sync,
 };
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -38,7 +38,7 @@ async fn message_bodies(s: &TestServer, who: &Session, room: &str) -> Vec<String
 
 /// Wait (in wall-clock time: delivery is a background task, not a timer) until `check`
 /// holds, for at most 15 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -66,7 +66,7 @@ fn synced_bodies(body: &Value, room: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn membership_on(s: &TestServer, who: &Session, room: &str, user: &str) -> Value {
+pub(crate) async fn membership_on(s: &TestServer, who: &Session, room: &str, user: &str) -> Value {
     let (_, member) = s
         .get(&format!("{V3}/rooms/{}/state/m.room.member/{}", encode(room), encode(user)), Some(&who.token))
         .await;
@@ -503,7 +503,7 @@ async fn typing_and_read_receipts_cross_to_the_other_server() {
 }
 
 /// A request to `to`, signed as `from` with its real key (X-Matrix).
-async fn signed_request(
+pub(crate) async fn signed_request(
     pki: &Pki,
     to: &TestServer,
     from: &TestServer,
@@ -549,7 +549,7 @@ pub(crate) async fn signed_send(
 }
 
 /// Invite `user` (of another server) into `room`.
-async fn invite(s: &TestServer, who: &Session, room: &str, user: &str) {
+pub(crate) async fn invite(s: &TestServer, who: &Session, room: &str, user: &str) {
     let (status, body) = s
         .post(&format!("{V3}/rooms/{}/invite", encode(room)), Some(&who.token), json!({"user_id": user}))
         .await;
