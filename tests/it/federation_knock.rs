@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    federation_rooms::{TwoServers, encode, eventually, invite, membership_on, signed_request, two_servers},
+    federation_rooms::{
+        TwoServers, accept_invite, encode, invite, membership_on, signed_request, two_servers,
+    },
     harness::{Pki, Session, TestServer},
     rooms::{V3, create_room},
     synapse_federation::{Synapse, eventually as eventually_with},
@@ -101,12 +103,7 @@ async fn a_knock_on_another_servers_room_is_seen_there_and_accepted_by_an_invite
     let initial = sync(&b, &bob, "").await;
     assert!(initial["rooms"]["knock"].get(&room).is_none(), "{initial}");
     // He joins (through A, the inviting server), as after any invite.
-    let (status, joined) = b.post(&format!("{V3}/join/{}", encode(&room)), Some(&bob.token), json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{joined}");
-    eventually("Bob's join on A", || async {
-        membership_on(&a, &alice, &room, &bob.user_id).await == json!("join")
-    })
-    .await;
+    accept_invite(&a, &b, &alice, &bob, &room).await;
     let synced = sync(&b, &bob, "").await;
     assert!(synced["rooms"]["join"][&room].is_object(), "{synced}");
     assert!(synced["rooms"]["knock"].get(&room).is_none(), "{synced}");

@@ -556,6 +556,23 @@ pub(crate) async fn invite(s: &TestServer, who: &Session, room: &str, user: &str
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
+/// Bob (of B) joins `room` of A with no `via` (so through the server that invited him), and
+/// A comes to see him joined.
+pub(crate) async fn accept_invite(
+    a: &TestServer,
+    b: &TestServer,
+    alice: &Session,
+    bob: &Session,
+    room: &str,
+) {
+    let (status, joined) = b.post(&format!("{V3}/join/{}", encode(room)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    eventually("Bob's join on A", || async {
+        membership_on(a, alice, room, &bob.user_id).await == json!("join")
+    })
+    .await;
+}
+
 /// The stripped state of an invite in a sync, as (type, state_key) pairs.
 fn invite_state(body: &Value, room: &str) -> Vec<(String, String)> {
     body["rooms"]["invite"][room]["invite_state"]["events"]
@@ -618,12 +635,7 @@ async fn a_user_of_another_server_is_invited_and_joins_through_the_inviting_serv
     assert!(sliding["rooms"][&room]["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{sliding}");
 
     // Bob accepts: the join goes through A (no via given), and the room works both ways.
-    let (status, joined) = b.post(&format!("{V3}/join/{}", encode(&room)), Some(&bob.token), json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{joined}");
-    eventually("Bob's join on A", || async {
-        membership_on(&a, &alice, &room, &bob.user_id).await == json!("join")
-    })
-    .await;
+    accept_invite(&a, &b, &alice, &bob, &room).await;
     let synced = sync(&b, &bob, "").await;
     assert!(synced["rooms"]["join"][&room].is_object(), "{synced}");
     assert!(synced["rooms"]["invite"].get(&room).is_none(), "{synced}");

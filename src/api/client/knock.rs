@@ -17,7 +17,7 @@ pub async fn knock_room(
     let (room_id, via) = services.membership.resolve_with_servers(&body.room_id_or_alias, &body.via).await?;
     services
         .membership
-        .knock_via(&req.identity.user_id, &room_id, &via, body.reason.as_deref(), Default::default())
+        .knock(&req.identity.user_id, &room_id, &via, body.reason.as_deref(), Default::default())
         .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }

@@ -260,7 +260,7 @@ impl MembershipActions {
         let own = sender == target;
         match membership.as_str() {
             "join" if own => self.join(sender, room_id, None, content).await,
-            "knock" if own => self.knock(sender, room_id, None, content).await,
+            "knock" if own => self.knock(sender, room_id, &[], None, content).await,
             "join" | "knock" => {
                 Err(Error::forbidden(format!("Only {target} can {membership} for themselves")))
             }
@@ -415,20 +415,10 @@ impl MembershipActions {
         self.set_membership(&lock, sender, target, "leave", reason, content)
     }
 
-    /// Ask to join a room whose join rule is `knock` or `knock_restricted`.
+    /// Ask to join a room whose join rule is `knock` or `knock_restricted`; a room on
+    /// another server is knocked on through `via` (the client's, a remote alias's servers;
+    /// the server the room ID names is tried last).
     pub async fn knock(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        reason: Option<&str>,
-        content: JsonMap<String, JsonValue>,
-    ) -> Result<OwnedEventId> {
-        self.knock_via(user_id, room_id, &[], reason, content).await
-    }
-
-    /// `knock`, with the servers to knock through when the room is on another server (the
-    /// client's `via`, a remote alias's servers; the server the room ID names is tried last).
-    pub async fn knock_via(
         &self,
         user_id: &UserId,
         room_id: &RoomId,

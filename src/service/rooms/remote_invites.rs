@@ -37,40 +37,12 @@ impl RemoteInvites {
         Self { store: Arc::clone(store), stream, invites: REMOTE_INVITES.open(store) }
     }
 
-    /// Record an invite of `user_id` to `room_id` received from `via` (a repeat replaces
-    /// the earlier one) and announce it to the user.
+    /// Record an invite of `user_id` to `room_id` received from `via`, or their knock on it
+    /// made through `via` (`membership`: `invite` or `knock`), with the room's stripped
+    /// state that server sent (a repeat, or an invite after a knock, replaces the earlier
+    /// row), and announce it to the user.
     #[allow(clippy::too_many_arguments)]
-    pub fn invited(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        room_version: &RoomVersionId,
-        via: &ServerName,
-        event_id: &EventId,
-        event: Box<RawJsonValue>,
-        invite_state: Vec<Box<RawJsonValue>>,
-    ) -> Result<u64> {
-        self.arrived("invite", user_id, room_id, room_version, via, event_id, event, invite_state)
-    }
-
-    /// Record `user_id`'s knock on `room_id`, made through `via` (which answered the room's
-    /// `state`), and announce it to the user.
-    #[allow(clippy::too_many_arguments)]
-    pub fn knocked(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        room_version: &RoomVersionId,
-        via: &ServerName,
-        event_id: &EventId,
-        event: Box<RawJsonValue>,
-        state: Vec<Box<RawJsonValue>>,
-    ) -> Result<u64> {
-        self.arrived("knock", user_id, room_id, room_version, via, event_id, event, state)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn arrived(
+    pub fn arrived(
         &self,
         membership: &str,
         user_id: &UserId,

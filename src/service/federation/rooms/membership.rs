@@ -304,7 +304,16 @@ impl RoomFederation {
         let mut state: Vec<Box<RawJsonValue>> =
             invite_room_state.iter().filter_map(|event| stripped(event.get())).collect();
         state.retain(|event| !is_member_event_of(event, &target));
-        self.remote_invites.invited(&target, room_id, version, origin, event_id, signed.clone(), state)?;
+        self.remote_invites.arrived(
+            "invite",
+            &target,
+            room_id,
+            version,
+            origin,
+            event_id,
+            signed.clone(),
+            state,
+        )?;
         tracing::info!(%room_id, %target, %origin, "invited by another server");
         Ok(signed)
     }
@@ -337,7 +346,8 @@ impl RoomFederation {
                         .filter(|event| !is_member_event_of(event, user_id))
                         .collect();
                     let event_id = done.wire.event_id.clone();
-                    self.remote_invites.knocked(
+                    self.remote_invites.arrived(
+                        "knock",
                         user_id,
                         room_id,
                         &done.version,
@@ -365,9 +375,10 @@ impl RoomFederation {
         Ok(self.remote_invites.outstanding(user_id, room_id)?.is_some())
     }
 
-    /// Forget a rejected invite to a room of another server (a pending one stays).
+    /// Forget a rejected invite to (or retracted knock on) a room of another server (a
+    /// pending one stays).
     pub fn forget_remote_invite(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-        if self.remote_invites.get(user_id, room_id)?.is_some_and(|r| r.membership != "invite") {
+        if self.remote_invites.get(user_id, room_id)?.is_some_and(|r| r.membership == "leave") {
             self.remote_invites.remove(user_id, room_id)?;
         }
         Ok(())

@@ -208,7 +208,7 @@ impl Timeline {
     }
 
     /// The template of a member event another server's user asks this server to make
-    /// (`make_join`, `make_leave`): the event built at the room's forward extremities with
+    /// (`make_join`, `make_knock`, `make_leave`): the event built at the room's forward extremities with
     /// its auth events picked from the current state, checked against the auth rules there
     /// (so a user who may not join hears why now), and answered without hashes and
     /// signatures, for the user's server to sign and send back. Answers the room's version.
