@@ -92,8 +92,17 @@ async fn a_knock_on_another_servers_room_is_seen_there_and_accepted_by_an_invite
     assert!(state.contains(&("m.room.member".to_owned(), bob.user_id.clone())), "{synced}");
     let initial = sync(&b, &bob, "").await;
     assert!(initial["rooms"]["knock"][&room].is_object(), "{initial}");
-    // Knocking again is refused by A's rules (he already knocked) or answered the same; it
-    // never makes a second row of another kind.
+    // Sliding sync lists it too, with the room's name and the stripped state.
+    let (status, sliding) = b
+        .post(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(&bob.token),
+            json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sliding}");
+    assert_eq!(sliding["rooms"][&room]["name"], "Door", "{sliding}");
+    assert!(sliding["rooms"][&room]["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{sliding}");
     let since = synced["next_batch"].as_str().unwrap().to_owned();
 
     // Alice accepts by inviting him: the invite replaces the knock in his sync.
@@ -174,6 +183,19 @@ async fn knocks_are_refused_where_the_room_does_not_take_them() {
     let path = format!("/_matrix/federation/v1/send_knock/{}/{}", encode(&open), encode("$not-a-knock"));
     let (status, body) = signed_request(&pki, &a, &b, "PUT", &path, Some(template["event"].clone())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(membership_on(&a, &alice, &open, &bob.user_id).await, Value::Null);
+
+    // A room whose server ACL denies B: its knocks are refused there.
+    let host = b.name().rsplit_once(':').map(|(host, _)| host.to_owned()).unwrap();
+    let (status, body) = a
+        .put(
+            &format!("{V3}/rooms/{}/state/m.room.server_acl/", encode(&open)),
+            Some(&alice.token),
+            json!({"allow": ["*"], "deny": [host], "allow_ip_literals": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    expect_error(knock(&b, &bob, &open, &a.name()).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
     assert_eq!(membership_on(&a, &alice, &open, &bob.user_id).await, Value::Null);
 }
 
