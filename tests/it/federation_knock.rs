@@ -237,6 +237,31 @@ async fn a_member_of_an_allowed_room_joins_a_restricted_room_of_another_server()
             assert_eq!(member["join_authorised_via_users_server"], json!(alice.user_id), "{member}");
         }
     }
+    // A restricted room where no member of A may invite any more (Alice left, Dave may not
+    // invite): Carol, now in the allowed room, hears that another server should be asked.
+    let dave = a.register("dave", "pw-dave-12345").await;
+    let (allowed, room) = restricted_room(&a, &alice, "10", "restricted").await;
+    for target in [&allowed, &room] {
+        let (status, body) =
+            a.post(&format!("{V3}/join/{}", encode(target)), Some(&dave.token), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let levels_path = format!("{V3}/rooms/{}/state/m.room.power_levels/", encode(&room));
+    let (_, mut levels) = a.get(&levels_path, Some(&alice.token)).await;
+    levels["invite"] = json!(50);
+    let (status, body) = a.put(&levels_path, Some(&alice.token), levels).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) =
+        a.post(&format!("{V3}/rooms/{}/leave", encode(&room)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = join_via(&b, &carol, &allowed, &a.name()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    expect_error(
+        join_via(&b, &carol, &room, &a.name()).await,
+        StatusCode::BAD_REQUEST,
+        "M_UNABLE_TO_GRANT_JOIN",
+    );
+
     // A restricted room whose allowed room A is not in: A cannot tell, M_UNABLE_TO_AUTHORISE_JOIN.
     let elsewhere = create_room(&b, &bob, json!({"preset": "public_chat", "room_version": "10"})).await;
     let room = room_with_rule(

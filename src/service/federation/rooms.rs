@@ -9,11 +9,14 @@
 //!   the room engine (`Timeline::accept_event`: auth events, state before, current state →
 //!   soft fail). Typing and read receipts EDUs of the origin's users are applied.
 //! - *Resident server*: `make_join` (a join template at the room's forward extremities,
-//!   checked against the auth rules) and `send_join` (the signed join accepted through the
-//!   engine, answered with the state before it and its auth chain).
+//!   checked against the auth rules; for a restricted room, naming the local member who
+//!   authorises it) and `send_join` (the signed join accepted through the engine, co-signed
+//!   first when this server authorised it, answered with the state before it and its auth
+//!   chain); knocks and leaves likewise (`membership`).
 //! - *Joining server*: a local user joins a room this server does not have through a server
-//!   that has it (`make_join`, sign, `send_join`), the state and auth chain received are
-//!   checked and stored as outliers, and the room is seated with `Timeline::accept_first_event`.
+//!   that has it (`make_join`, sign, `send_join`: `membership::handshake`), the state and
+//!   auth chain received are checked and stored as outliers, and the room is seated with
+//!   `Timeline::accept_first_event`; a knock goes through the same handshake.
 //! - *Reads for servers in a room*: an event, the state (or its IDs) before an event, an
 //!   event's auth chain, and the events between two points of the graph.
 
