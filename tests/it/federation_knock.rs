@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use crate::{
     federation_rooms::{
-        TwoServers, accept_invite, encode, invite, membership_on, signed_request, two_servers,
+        TwoServers, accept_invite, encode, invite, membership_on, signed_request, sliding_lists_invited,
+        two_servers,
     },
     harness::{Pki, Session, TestServer},
     rooms::{V3, create_room},
@@ -93,16 +94,7 @@ async fn a_knock_on_another_servers_room_is_seen_there_and_accepted_by_an_invite
     let initial = sync(&b, &bob, "").await;
     assert!(initial["rooms"]["knock"][&room].is_object(), "{initial}");
     // Sliding sync lists it too, with the room's name and the stripped state.
-    let (status, sliding) = b
-        .post(
-            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
-            Some(&bob.token),
-            json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{sliding}");
-    assert_eq!(sliding["rooms"][&room]["name"], "Door", "{sliding}");
-    assert!(sliding["rooms"][&room]["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{sliding}");
+    sliding_lists_invited(&b, &bob, &room, "Door").await;
     let since = synced["next_batch"].as_str().unwrap().to_owned();
 
     // Alice accepts by inviting him: the invite replaces the knock in his sync.

@@ -573,6 +573,21 @@ pub(crate) async fn accept_invite(
     .await;
 }
 
+/// `who`'s sliding sync lists `room` as invited (or knocked), named `name`, with its
+/// stripped state.
+pub(crate) async fn sliding_lists_invited(s: &TestServer, who: &Session, room: &str, name: &str) {
+    let (status, sliding) = s
+        .post(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(&who.token),
+            json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sliding}");
+    assert_eq!(sliding["rooms"][room]["name"], name, "{sliding}");
+    assert!(sliding["rooms"][room]["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{sliding}");
+}
+
 /// The stripped state of an invite in a sync, as (type, state_key) pairs.
 fn invite_state(body: &Value, room: &str) -> Vec<(String, String)> {
     body["rooms"]["invite"][room]["invite_state"]["events"]
@@ -623,16 +638,7 @@ async fn a_user_of_another_server_is_invited_and_joins_through_the_inviting_serv
     let again = sync(&b, &bob, &format!("since={}", synced["next_batch"].as_str().unwrap())).await;
     assert!(again["rooms"]["invite"].get(&room).is_none(), "{again}");
     // Sliding sync lists it as an invited room with its name.
-    let (status, sliding) = b
-        .post(
-            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
-            Some(&bob.token),
-            json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{sliding}");
-    assert_eq!(sliding["rooms"][&room]["name"], "Secret", "{sliding}");
-    assert!(sliding["rooms"][&room]["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{sliding}");
+    sliding_lists_invited(&b, &bob, &room, "Secret").await;
 
     // Bob accepts: the join goes through A (no via given), and the room works both ways.
     accept_invite(&a, &b, &alice, &bob, &room).await;
