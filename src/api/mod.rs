@@ -6,6 +6,7 @@ pub mod client;
 pub mod content;
 pub mod error;
 pub mod federation;
+pub mod health;
 pub mod oauth;
 pub mod rate_limit;
 pub mod request;
@@ -460,6 +461,8 @@ pub fn router(services: AppState, metrics: Arc<Metrics>) -> Router {
         .with_state(services.clone())
         // Only on listeners with the `metrics` resource (see `for_listener`).
         .route(METRICS_PATH, get(serve_metrics).with_state(Arc::clone(&metrics)))
+        .route(health::HEALTH_PATH, get(health::health))
+        .route(health::READY_PATH, get(health::ready).with_state(services.clone()))
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state((services, metrics), edge))
@@ -519,16 +522,19 @@ pub const METRICS_PATH: &str = "/metrics";
 pub fn for_listener(router: Router, resources: &[ListenerResource]) -> Router {
     let resources: Arc<[ListenerResource]> = resources.into();
     router.layer(middleware::from_fn(move |request: axum::extract::Request, next: Next| {
-        let served = match resource_of(request.uri().path()) {
-            ListenerResource::Openid => {
-                resources.contains(&ListenerResource::Openid)
-                    || resources.contains(&ListenerResource::Federation)
-            }
-            ListenerResource::Media => {
-                resources.contains(&ListenerResource::Media) || resources.contains(&ListenerResource::Client)
-            }
-            resource => resources.contains(&resource),
-        };
+        let path = request.uri().path();
+        let served = health::is_health_path(path)
+            || match resource_of(path) {
+                ListenerResource::Openid => {
+                    resources.contains(&ListenerResource::Openid)
+                        || resources.contains(&ListenerResource::Federation)
+                }
+                ListenerResource::Media => {
+                    resources.contains(&ListenerResource::Media)
+                        || resources.contains(&ListenerResource::Client)
+                }
+                resource => resources.contains(&resource),
+            };
         async move { if served { next.run(request).await } else { unrecognized().await.into_response() } }
     }))
 }

@@ -411,6 +411,13 @@ impl Services {
             Arc::clone(&stream),
         ));
         let typing = Arc::new(rooms::typing::Typing::new(Arc::clone(&memberships), Arc::clone(&stream)));
+        let presence = Arc::new(presence::Presence::new(
+            &store,
+            Arc::clone(&stream),
+            Arc::clone(&clock),
+            config.presence_enabled,
+            config.presence_offline_timeout_secs,
+        ));
         let federation_sender = Arc::new(federation::FederationSender::new(
             &store,
             config.server_name.clone(),
@@ -423,6 +430,7 @@ impl Services {
             Arc::clone(&clock),
             Arc::clone(&typing),
             Arc::clone(&receipts),
+            Arc::clone(&presence),
             config.federation_max_backoff_secs,
         )?);
         let remote_e2ee = Arc::new(federation::RemoteE2ee::new(
@@ -447,19 +455,13 @@ impl Services {
             Arc::clone(&memberships),
             Arc::clone(&typing),
             Arc::clone(&receipts),
+            Arc::clone(&presence),
             Arc::clone(&clock),
             Arc::clone(&users),
             Arc::clone(&remote_invites),
             Arc::clone(&history),
             Arc::clone(&visibility),
             Arc::clone(&remote_e2ee),
-        ));
-        let presence = Arc::new(presence::Presence::new(
-            &store,
-            Arc::clone(&stream),
-            Arc::clone(&clock),
-            config.presence_enabled,
-            config.presence_offline_timeout_secs,
         ));
         let appservice_ephemeral = Arc::new(appservice_ephemeral::AppserviceEphemeral::new(
             Arc::clone(&appservices),
@@ -786,6 +788,13 @@ impl Services {
             ("state_groups", self.room_states.cache_stats()),
             ("room_rosters", self.memberships.cache_stats()),
         ]
+    }
+
+    /// Whether this process can serve now: its database answers (a round trip on
+    /// PostgreSQL; a process whose database is gone answers errors, so a load balancer
+    /// should send requests elsewhere). Blocks for that round trip.
+    pub fn check_storage(&self) -> Result<()> {
+        Ok(self.store.ping()?)
     }
 
     /// Persist what is held in memory and flush storage; called once at shutdown.

@@ -1,7 +1,8 @@
-//! Presence of local users: online, unavailable or offline, a status message and when they
-//! were last active. Set by clients (`PUT /presence`, `set_presence` on sync); a user whose
-//! clients stop syncing goes offline after the configured timeout. Owns the `presence` and
-//! `presence_changes` tables.
+//! Presence of users: online, unavailable or offline, a status message and when they were
+//! last active. Local users' is set by their clients (`PUT /presence`, `set_presence` on
+//! sync), and a user whose clients stop syncing goes offline after the configured timeout;
+//! other servers' users' arrives in `m.presence` EDUs (`set_remote`). Owns the `presence`
+//! and `presence_changes` tables.
 
 use std::{
     collections::HashMap,
@@ -125,6 +126,46 @@ impl Presence {
         let announce = current.as_ref().is_none_or(|c| c.state != state);
         let status_msg = current.and_then(|c| c.status_msg);
         self.write_with(user_id, state, status_msg, now, announce)
+    }
+
+    /// Presence of another server's user, from an `m.presence` EDU: kept and shown to local
+    /// room mates as it is for local users; never swept here (their server sends
+    /// `offline`). Ignored when presence is off.
+    pub fn set_remote(
+        &self,
+        user_id: &UserId,
+        state: &PresenceState,
+        status_msg: Option<String>,
+        last_active_ago_ms: u64,
+    ) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let state = known_state(state)?;
+        let status_msg = status_msg.filter(|m| m.len() <= MAX_STATUS_MSG);
+        let last_active_ms = self.clock.now_ms().saturating_sub(last_active_ago_ms);
+        let unchanged = self.records.get(&user_id.to_owned())?.is_some_and(|c| {
+            c.state == state
+                && c.status_msg == status_msg
+                && c.last_active_ms.abs_diff(last_active_ms) < ACTIVE_REFRESH_MS
+        });
+        if unchanged {
+            return Ok(());
+        }
+        self.write(user_id, state, status_msg, last_active_ms)
+    }
+
+    /// The user's presence if its last change is the one at stream `position` (what the
+    /// federation sender asks of each change about a user it hears).
+    pub fn changed_at(&self, user_id: &UserId, position: u64) -> Result<Option<PresenceView>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        Ok(self
+            .records
+            .get(&user_id.to_owned())?
+            .filter(|r| r.stream == position)
+            .map(|r| self.view(user_id.to_owned(), r)))
     }
 
     /// Whether the server tracks presence at all (`presence_enabled`).

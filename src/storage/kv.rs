@@ -181,6 +181,12 @@ pub trait KvStore: Send + Sync + 'static {
     /// Persist everything written so far; called on graceful shutdown.
     fn flush(&self) -> StorageResult<()>;
 
+    /// Whether the database answers now: a round trip for a backend behind a connection
+    /// (PostgreSQL), nothing for one in this process, which answers as long as it runs.
+    fn ping(&self) -> StorageResult<()> {
+        Ok(())
+    }
+
     /// Write a consistent copy of the whole database, as of this call, into the directory
     /// `dir` (which must not exist yet), in a form the same backend opens as a database.
     /// Every write that returned before the call is in it. Backends that cannot (the

@@ -1023,6 +1023,15 @@ impl KvStore for PgStore {
         self.flush_wal()
     }
 
+    fn ping(&self) -> StorageResult<()> {
+        let shared = Arc::clone(&self.shared);
+        self.block_on(async move {
+            let client = pooled(&shared.plain).await?;
+            client.batch_execute("SELECT 1").await?;
+            Ok::<(), PgError>(())
+        })
+    }
+
     /// `conduit backup` copies a RocksDB database; PostgreSQL has its own tools, which the
     /// operator of a replicated database already runs.
     fn checkpoint(&self, dir: &std::path::Path) -> StorageResult<()> {

@@ -389,6 +389,16 @@ async fn another_servers_public_rooms_are_listed_paged_and_searched_over_federat
         (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
         "{refused}"
     );
+    // Bob asking B for that server's directory hears the refusal, as Synapse passes it on
+    // (not as a failure of B's: 502).
+    let (status, refused) =
+        b.get(&format!("{V3}/publicRooms?server={}", encode(&closed.name())), Some(&bob.token)).await;
+    assert_eq!(
+        (status, refused["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")),
+        "{refused}"
+    );
+    assert!(refused["error"].as_str().unwrap().contains(&closed.name()), "{refused}");
 
     let square = create_room(
         &a,
@@ -500,6 +510,74 @@ async fn typing_and_read_receipts_cross_to_the_other_server() {
             .is_object()
     })
     .await;
+}
+
+async fn set_presence(s: &TestServer, who: &Session, state: &str, msg: &str) {
+    let path = format!("{V3}/presence/{}/status", encode(&who.user_id));
+    let (status, body) = s.put(&path, Some(&who.token), json!({"presence": state, "status_msg": msg})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// `who`'s presence of `user` as a fresh sync on `s` shows it.
+async fn synced_presence(s: &TestServer, who: &Session, user: &str) -> Value {
+    let synced = sync(s, who, "").await;
+    synced["presence"]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["sender"] == user).cloned())
+        .map_or(Value::Null, |e| e["content"].clone())
+}
+
+#[tokio::test]
+async fn presence_crosses_to_room_mates_on_the_other_server_and_only_from_its_own_users() {
+    let TwoServers { pki, a, b, alice, bob } = two_servers().await;
+    let _room = shared_room(&a, &b, &alice, &bob).await;
+    // Alice on A: Bob's sync on B shows it, and her later change replaces it.
+    set_presence(&a, &alice, "online", "in the office").await;
+    eventually("Alice online on B", || async {
+        let p = synced_presence(&b, &bob, &alice.user_id).await;
+        p["presence"] == "online" && p["status_msg"] == "in the office"
+    })
+    .await;
+    set_presence(&a, &alice, "unavailable", "lunch").await;
+    eventually("Alice away on B", || async {
+        let p = synced_presence(&b, &bob, &alice.user_id).await;
+        p["presence"] == "unavailable" && p["status_msg"] == "lunch"
+    })
+    .await;
+    let (status, body) =
+        b.get(&format!("{V3}/presence/{}/status", encode(&alice.user_id)), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["presence"].clone(), body["status_msg"].clone()),
+        (json!("unavailable"), json!("lunch"))
+    );
+    // Bob on B: Alice's sync on A.
+    set_presence(&b, &bob, "online", "remote").await;
+    eventually("Bob online on A", || async {
+        synced_presence(&a, &alice, &bob.user_id).await["presence"] == "online"
+    })
+    .await;
+
+    // B may speak for its own users only; a user sharing no room is not kept.
+    let edu = |user: &str| json!({"edu_type": "m.presence", "content": {"push": [{"user_id": user, "presence": "offline", "last_active_ago": 5}]}});
+    let stranger = format!("@stranger:{}", b.name());
+    let (status, body) =
+        put_edus(&pki, &a, &b, "presence-forged", vec![edu(&alice.user_id), edu(&stranger)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Then one it may send, so that the ones before were surely handled.
+    let (status, body) = put_edus(&pki, &a, &b, "presence-real", vec![edu(&bob.user_id)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Bob offline on A", || async {
+        synced_presence(&a, &alice, &bob.user_id).await["presence"] == "offline"
+    })
+    .await;
+    assert!(a.services.presence.get(&ruma::UserId::parse(&stranger).unwrap()).unwrap().is_none());
+    let (status, body) =
+        a.get(&format!("{V3}/presence/{}/status", encode(&alice.user_id)), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // (Her own syncs above set her online again; B's forged update would have said offline.)
+    assert_eq!(body["presence"], "online", "B changed Alice's presence: {body}");
+    assert_eq!(body["status_msg"], "lunch", "{body}");
 }
 
 /// A request to `to`, signed as `from` with its real key (X-Matrix).

@@ -51,6 +51,7 @@ mod room_engine;
 mod room_versions;
 mod rooms;
 mod rtc;
+mod scale_out;
 mod sdk;
 mod search;
 mod session;

@@ -92,6 +92,23 @@ async fn each_listener_serves_only_its_resources() {
     expect_error(get(&format!("{}/metrics", plain.base)).await, StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
 }
 
+#[tokio::test]
+async fn every_listener_answers_the_health_checks() {
+    use ListenerResource::*;
+    let s =
+        TestServer::start_listening(|c| c.listeners = vec![listener(&[Client]), listener(&[Metrics])]).await;
+    for base in [s.listener_serving(Client).to_owned(), s.listener_serving(Metrics).to_owned()] {
+        let response = reqwest::get(format!("{base}/health")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.text().await.unwrap(), "OK");
+        let (status, body) = get(&format!("{base}/_conduit/ready")).await;
+        assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"status": "ready"})));
+    }
+    // Only GET.
+    let response = reqwest::Client::new().post(format!("{}/_conduit/ready", s.base)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
 /// A self-signed certificate for `localhost` and its key, as PEM, and the certificate DER.
 fn self_signed(name: &str) -> (String, String, Vec<u8>) {
     let key = rcgen::KeyPair::generate().unwrap();

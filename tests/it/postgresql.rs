@@ -186,7 +186,15 @@ async fn a_lost_database_gives_errors_not_answers_and_the_server_reconnects() {
             .collect()
     };
 
+    let ready = || async { s.get("/_conduit/ready", None).await };
+    assert_eq!(ready().await, (StatusCode::OK, json!({"status": "ready"})));
+
     cluster.stop();
+    // Not ready: a load balancer sends requests elsewhere. Alive all the same.
+    let (status, body) = ready().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(reqwest::get(format!("{}/health", s.base)).await.unwrap().status(), StatusCode::OK);
     // A write cannot happen without the database: an error, not a made-up event ID.
     let (status, body) = send("during", "while the database is down").await;
     assert!(status.is_server_error(), "{status} {body}");
@@ -219,6 +227,7 @@ async fn a_lost_database_gives_errors_not_answers_and_the_server_reconnects() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let sent = sent.expect("the server never recovered");
+    assert_eq!(ready().await, (StatusCode::OK, json!({"status": "ready"})));
     assert_ne!(sent, first);
     let (status, body) = history().await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -925,3 +925,65 @@ async fn public_room_directories_cross_between_conduit_and_synapse_both_ways() {
     assert_eq!(status, StatusCode::OK, "{found}\n{}", synapse.logs());
     assert_eq!(ids(&found), vec![on_synapse], "{found}");
 }
+
+/// The content of `user`'s presence event in a sync answer, if any.
+fn presence_of(synced: &Value, user: &str) -> Value {
+    synced["presence"]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["sender"] == user).cloned())
+        .map_or(Value::Null, |e| e["content"].clone())
+}
+
+#[tokio::test]
+async fn presence_crosses_between_conduit_and_synapse_both_ways() {
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = conduit.register("alice", "pw-alice-123").await;
+    let (sam, sam_token) = synapse.register("sam").await;
+    let room = crate::rooms::create_room(&conduit, &alice, json!({"preset": "public_chat"})).await;
+    let (status, joined) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("{V3}/join/{}?server_name={}", encode(&room), encode(&conduit.name())),
+            Some(&sam_token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    let (_, first) = synapse.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(&sam_token), None).await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice sets hers on conduit: Sam's sync on Synapse shows it.
+    let (status, body) = conduit
+        .put(
+            &format!("{V3}/presence/{}/status", encode(&alice.user_id)),
+            Some(&alice.token),
+            json!({"presence": "unavailable", "status_msg": "from conduit"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    synapse
+        .sync_until("Alice's presence on Synapse", &sam_token, &mut since, |synced| {
+            let p = presence_of(synced, &alice.user_id);
+            p["presence"] == "unavailable" && p["status_msg"] == "from conduit"
+        })
+        .await;
+
+    // Sam sets his on Synapse: Alice's sync on conduit shows it.
+    let (status, body) = synapse
+        .call(
+            reqwest::Method::PUT,
+            &format!("{V3}/presence/{}/status", encode(&sam)),
+            Some(&sam_token),
+            Some(json!({"presence": "online", "status_msg": "from synapse"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Sam's presence on conduit", &synapse, || async {
+        let (_, synced) = conduit.get(&format!("{V3}/sync"), Some(&alice.token)).await;
+        let p = presence_of(&synced, &sam);
+        p["presence"] == "online" && p["status_msg"] == "from synapse"
+    })
+    .await;
+}

@@ -403,13 +403,16 @@ async fn read_json(server: &ServerName, response: reqwest::Response) -> Result<J
         .map_err(|_| Error::Upstream(format!("{server} answered something that is not JSON ({status})")))
 }
 
-/// The error for a remote server's refusal.
+/// The error for a remote server's refusal: its "not found" and "forbidden" are passed on
+/// as such (as Synapse does: a client asking for a directory another server does not share,
+/// or to join where that server refuses, hears why); anything else is the other server's
+/// failure (`502`).
 pub fn refusal_error(server: &ServerName, refusal: &RemoteRefusal) -> Error {
     let message = refusal.body.get("error").and_then(JsonValue::as_str).unwrap_or("no reason given");
-    if refusal.status == 404 {
-        Error::not_found(format!("{server} answered: {message}"))
-    } else {
-        Error::Upstream(format!("{server} refused the request ({}): {message}", refusal.status))
+    match refusal.status {
+        404 => Error::not_found(format!("{server} answered: {message}")),
+        403 => Error::forbidden(format!("{server} refused: {message}")),
+        status => Error::Upstream(format!("{server} refused the request ({status}): {message}")),
     }
 }
 

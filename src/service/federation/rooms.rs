@@ -38,6 +38,7 @@ use ruma::{
         StateEventType, TimelineEventType,
         room::{member::MembershipState, server_acl::RoomServerAclEventContent},
     },
+    presence::PresenceState,
     room_version_rules::RoomVersionRules,
     serde::Base64,
 };
@@ -55,6 +56,7 @@ use crate::{
     },
     service::{
         clock::Clock,
+        presence::Presence,
         rooms::{
             events::{Events, StoredEvent},
             history::History,
@@ -113,6 +115,7 @@ pub struct RoomFederation {
     members: Arc<Memberships>,
     typing: Arc<Typing>,
     receipts: Arc<Receipts>,
+    presence: Arc<Presence>,
     clock: Arc<dyn Clock>,
     users: Arc<Users>,
     remote_invites: Arc<RemoteInvites>,
@@ -161,6 +164,7 @@ impl RoomFederation {
         members: Arc<Memberships>,
         typing: Arc<Typing>,
         receipts: Arc<Receipts>,
+        presence: Arc<Presence>,
         clock: Arc<dyn Clock>,
         users: Arc<Users>,
         remote_invites: Arc<RemoteInvites>,
@@ -179,6 +183,7 @@ impl RoomFederation {
             members,
             typing,
             receipts,
+            presence,
             clock,
             users,
             remote_invites,
@@ -526,7 +531,8 @@ impl RoomFederation {
 
     /// An EDU of `origin`: typing and read receipts of its users are applied, to-device
     /// messages queued for local devices, device-list and signing-key updates mark the user's
-    /// keys changed (`RemoteE2ee`); other kinds and anything malformed are ignored.
+    /// keys changed (`RemoteE2ee`), presence of its users in a room with this server is kept;
+    /// other kinds and anything malformed are ignored.
     fn receive_edu(&self, origin: &ServerName, json: &str) {
         let Ok(edu) = serde_json::from_str::<JsonValue>(json) else { return };
         let content = &edu["content"];
@@ -568,6 +574,15 @@ impl RoomFederation {
                     }
                 }
             }
+            Some("m.presence") => {
+                let Some(updates) = content["push"].as_array() else { return };
+                for update in updates {
+                    let Some(user) = update["user_id"].as_str().and_then(from_origin) else { continue };
+                    if let Err(e) = self.receive_presence(&user, update) {
+                        tracing::debug!(%user, error = %e, "presence update ignored");
+                    }
+                }
+            }
             Some("m.direct_to_device") => {
                 if let Err(e) = self.e2ee.receive_to_device(origin, content) {
                     tracing::info!(%origin, error = %e, "to-device EDU ignored");
@@ -585,6 +600,21 @@ impl RoomFederation {
             }
             _ => {}
         }
+    }
+
+    /// One user's update of an `m.presence` EDU, kept if the user is in a room with this
+    /// server (their presence is of no use to anyone here otherwise).
+    fn receive_presence(&self, user: &UserId, update: &JsonValue) -> Result<()> {
+        let state = match update["presence"].as_str() {
+            Some(state @ ("online" | "unavailable" | "offline")) => PresenceState::from(state),
+            _ => return Err(Error::invalid_param("unknown presence state")),
+        };
+        if self.members.rooms_of_user(user, &MembershipState::Join)?.is_empty() {
+            return Ok(());
+        }
+        let status_msg = update["status_msg"].as_str().map(str::to_owned);
+        let ago = update["last_active_ago"].as_u64().unwrap_or(0);
+        self.presence.set_remote(user, &state, status_msg, ago)
     }
 
     // ----- resident server: joins -----

@@ -19,7 +19,7 @@
 //! local events are built that way (`matrix::pdu::build_pdu`), others are sent as received.
 //!
 //! EDUs of no room that must not be lost (to-device messages, device-list and signing-key
-//! updates: `queue_edu`) are durable: each is stored in `federation_edus` under its
+//! updates, local users' presence: `queue_edu`) are durable: each is stored in `federation_edus` under its
 //! destination and a sequence number, rides in the destination's next transactions (the
 //! queue's retries and backoff, as for PDUs), and is deleted once a transaction carrying it
 //! is acknowledged (or refused for good). A restart of either server loses none of them.
@@ -55,6 +55,7 @@ use crate::{
     service::{
         clock::Clock,
         outbox::{Courier, Delivering, Delivery, Outbox, Parcels},
+        presence::Presence,
         rooms::{
             events::{Events, StoredEvent},
             members::Memberships,
@@ -103,6 +104,7 @@ pub struct FederationSender {
     clock: Arc<dyn Clock>,
     typing: Arc<Typing>,
     receipts: Arc<Receipts>,
+    presence: Arc<Presence>,
     max_backoff_ms: u64,
     me: Mutex<Weak<Self>>,
     /// Per destination, the rooms whose typing or receipts changed since last sent.
@@ -135,6 +137,7 @@ impl FederationSender {
         clock: Arc<dyn Clock>,
         typing: Arc<Typing>,
         receipts: Arc<Receipts>,
+        presence: Arc<Presence>,
         max_backoff_secs: u64,
     ) -> Result<Self> {
         let durable = FEDERATION_EDUS.open(store);
@@ -154,6 +157,7 @@ impl FederationSender {
             clock,
             typing,
             receipts,
+            presence,
             max_backoff_ms: max_backoff_secs.saturating_mul(1000),
             me: Mutex::new(Weak::new()),
             dirty: Mutex::new(HashMap::new()),
@@ -200,6 +204,29 @@ impl FederationSender {
             .map(|user| user.server_name().to_owned())
             .filter(|server| *server != self.server_name)
             .collect())
+    }
+
+    /// A change about local `user_id` at `position`: if it was their presence, an
+    /// `m.presence` EDU to every server in a room with them. Queued durably, a later update
+    /// about the user replacing a waiting one.
+    fn presence_changed(&self, user_id: &UserId, position: u64) -> Result<()> {
+        let Some(view) = self.presence.changed_at(user_id, position)? else { return Ok(()) };
+        let mut servers = BTreeSet::new();
+        for room_id in
+            self.members.rooms_of_user(user_id, &ruma::events::room::member::MembershipState::Join)?
+        {
+            servers.extend(self.servers_in_room(&room_id)?);
+        }
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let mut update = view.event_content();
+        update["user_id"] = user_id.as_str().into();
+        let edu = json!({"edu_type": "m.presence", "content": {"push": [update]}});
+        for server in servers {
+            self.queue_edu(&server, edu.clone())?;
+        }
+        Ok(())
     }
 
     /// Open and ring the queues of the servers in a room whose change was committed at
@@ -291,14 +318,26 @@ impl FederationSender {
             loop {
                 let heard = listener.next().await;
                 match heard {
-                    Heard::Change(announced) => {
-                        let Change::Room(room_id) = &announced.change else { continue };
-                        listener.committed_to(announced.position).await;
-                        let Some(me) = me.upgrade() else { return };
-                        if let Err(e) = me.room_changed(room_id, announced.position) {
-                            tracing::warn!(%room_id, error = %e, "opening federation queues failed");
+                    Heard::Change(announced) => match &announced.change {
+                        Change::Room(room_id) => {
+                            listener.committed_to(announced.position).await;
+                            let Some(me) = me.upgrade() else { return };
+                            if let Err(e) = me.room_changed(room_id, announced.position) {
+                                tracing::warn!(%room_id, error = %e, "opening federation queues failed");
+                            }
                         }
-                    }
+                        Change::RoomMates(user_id) => {
+                            let Some(me) = me.upgrade() else { return };
+                            if user_id.server_name() != me.server_name {
+                                continue;
+                            }
+                            listener.committed_to(announced.position).await;
+                            if let Err(e) = me.presence_changed(user_id, announced.position) {
+                                tracing::warn!(%user_id, error = %e, "queueing a presence update failed");
+                            }
+                        }
+                        Change::User(_) => {}
+                    },
                     Heard::Missed => {
                         let Some(me) = me.upgrade() else { return };
                         me.outbox.ring(Self::KIND, "");
@@ -572,7 +611,8 @@ impl Courier for FederationSender {
 
 /// What a waiting durable EDU is about, when a later EDU about the same makes it moot: a
 /// device's update (the later one carries the device's keys as they are then, or its
-/// deletion) or a user's cross-signing keys (the later one carries both as they are then).
+/// deletion), a user's cross-signing keys (the later one carries both as they are then) or
+/// a user's presence.
 /// The receiver, missing the dropped update's `stream_id` in the later one's `prev_id`,
 /// fetches the user's whole list, as the spec has it after any gap. To-device messages are
 /// never dropped.
@@ -580,10 +620,15 @@ type SupersedeKey = (&'static str, String, String);
 
 fn supersede_key(edu: &JsonValue) -> Option<SupersedeKey> {
     let content = &edu["content"];
-    let user = content["user_id"].as_str()?.to_owned();
+    let user = |value: &JsonValue| value["user_id"].as_str().map(str::to_owned);
     match edu["edu_type"].as_str()? {
-        "m.device_list_update" => Some(("device", user, content["device_id"].as_str()?.to_owned())),
-        "m.signing_key_update" => Some(("signing keys", user, String::new())),
+        "m.device_list_update" => Some(("device", user(content)?, content["device_id"].as_str()?.to_owned())),
+        "m.signing_key_update" => Some(("signing keys", user(content)?, String::new())),
+        // Presence EDUs are queued one user each; the latest is the user's presence.
+        "m.presence" => match content["push"].as_array()?.as_slice() {
+            [one] => Some(("presence", user(one)?, String::new())),
+            _ => None,
+        },
         _ => None,
     }
 }

@@ -34,6 +34,11 @@ use crate::{
 
 /// How often the publisher looks for members that died, when nothing else wakes it.
 const LIVENESS_EVERY: Duration = Duration::from_secs(1);
+/// How soon it looks again while one member's unchanged promise holds back the others: a
+/// process killed between two writes stops publishing, and until it is seen gone no
+/// process shows what the others wrote after its last promise (1.7 s after a SIGKILL with
+/// only the 1 s check, in tests/it/scale_out.rs).
+const LIVENESS_WHEN_HELD_BACK: Duration = Duration::from_millis(100);
 /// The largest message sent on the bus (the bus takes somewhat more).
 const MAX_MESSAGE: usize = 3_000;
 
@@ -71,6 +76,9 @@ struct State {
     poked: bool,
     /// The promise last published.
     published: u64,
+    /// The member whose promise is the least while a higher one was heard, that promise,
+    /// and since when it has held the others back.
+    held_back_by: Option<(u64, u64, Instant)>,
 }
 
 impl Shared {
@@ -99,7 +107,14 @@ impl Shared {
         let shared = Self {
             member,
             store: Arc::clone(store),
-            state: Mutex::new(State { heard, round: 0, outbox: Vec::new(), poked: false, published: start }),
+            state: Mutex::new(State {
+                heard,
+                round: 0,
+                outbox: Vec::new(),
+                poked: false,
+                published: start,
+                held_back_by: None,
+            }),
             wake: Condvar::new(),
             bus: Mutex::new(bus),
         };
@@ -124,6 +139,27 @@ impl Shared {
     /// The least promise of the members heard.
     fn least(state: &State) -> Option<u64> {
         state.heard.values().map(|(p, _)| *p).min()
+    }
+
+    /// How long another member's unchanged promise has held back the committed position
+    /// (zero when none does).
+    fn held_back(&self, state: &mut State) -> Duration {
+        let highest = state.heard.values().map(|(p, _)| *p).max();
+        let laggard = state
+            .heard
+            .iter()
+            .filter(|(m, _)| **m != self.member)
+            .min_by_key(|(_, (p, _))| *p)
+            .map(|(m, (p, _))| (*m, *p))
+            .filter(|(_, p)| Some(*p) < highest);
+        state.held_back_by = match (laggard, state.held_back_by) {
+            (Some((m, p)), Some((held_m, held_p, since))) if (m, p) == (held_m, held_p) => {
+                Some((m, p, since))
+            }
+            (Some((m, p)), _) => Some((m, p, Instant::now())),
+            (None, _) => None,
+        };
+        state.held_back_by.map_or(Duration::ZERO, |(_, _, since)| since.elapsed())
     }
 
     /// Start the publishing and listening threads; they hold the stream weakly and end
@@ -162,10 +198,10 @@ fn publish_loop(stream: &Weak<Stream>) {
         let (outbox, high, published) = {
             let mut state = shared.lock();
             if !state.poked && state.outbox.is_empty() {
-                let (woken, _) = shared
-                    .wake
-                    .wait_timeout(state, LIVENESS_EVERY)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let wait =
+                    if state.held_back_by.is_some() { LIVENESS_WHEN_HELD_BACK } else { LIVENESS_EVERY };
+                let (woken, _) =
+                    shared.wake.wait_timeout(state, wait).unwrap_or_else(std::sync::PoisonError::into_inner);
                 state = woken;
             }
             state.poked = false;
@@ -183,7 +219,11 @@ fn publish_loop(stream: &Weak<Stream>) {
                 }
             }
         }
-        if last_check.elapsed() >= LIVENESS_EVERY {
+        let held_back = shared.held_back(&mut shared.lock());
+        let since_check = last_check.elapsed();
+        if since_check >= LIVENESS_EVERY
+            || (held_back >= LIVENESS_WHEN_HELD_BACK && since_check >= LIVENESS_WHEN_HELD_BACK)
+        {
             last_check = Instant::now();
             if let Err(e) = drop_the_dead(&stream, shared) {
                 tracing::warn!(error = %e, "checking which processes are live failed");
