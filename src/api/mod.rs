@@ -496,6 +496,8 @@ fn federation_routes(services: &AppState) -> Router<AppState> {
         .ruma_route(membership::create_join_event)
         .ruma_route(membership::prepare_leave_event)
         .ruma_route(membership::create_leave_event)
+        .ruma_route(membership::prepare_knock_event)
+        .ruma_route(membership::create_knock_event)
         .ruma_route(membership::create_invite)
         .ruma_route(event::get_event)
         .ruma_route(event::get_room_state_ids)

@@ -437,18 +437,18 @@ impl SlidingSync {
         let mut candidates = Vec::new();
         let mut watched = HashSet::new();
         let memberships = self.members.user_memberships(user_id)?;
-        // Invites to rooms of other servers, which have no membership rows here.
+        // Invites to (and knocks on) rooms of other servers, which have no membership rows here.
         let remote: Vec<(OwnedRoomId, MembershipRecord)> = self
             .remote_invites
             .of_user(user_id)?
             .into_iter()
             .filter(|(room, invite)| {
-                invite.membership == "invite"
+                matches!(invite.membership.as_str(), "invite" | "knock")
                     && !memberships.iter().any(|(r, row)| r == room && row.stream >= invite.stream)
             })
             .map(|(room, invite)| {
                 let record = MembershipRecord {
-                    membership: "invite".to_owned(),
+                    membership: invite.membership,
                     event_id: invite.event_id,
                     stream: invite.stream,
                     forgotten: false,
@@ -991,7 +991,8 @@ fn add_ask(
 
 /// The name of an invited room from its stripped state.
 impl SlidingSync {
-    /// A pending invite to a room of another server (`RemoteInvites`), as an invited room.
+    /// A pending invite to (or knock on) a room of another server (`RemoteInvites`), as an
+    /// invited room with the stripped state that server sent.
     fn remote_invite_room(
         &self,
         mut room: response::Room,
@@ -999,7 +1000,7 @@ impl SlidingSync {
         user_id: &UserId,
         ignored: &HashSet<OwnedUserId>,
     ) -> Result<Option<response::Room>> {
-        let Some(invite) = self.remote_invites.pending(user_id, room_id)? else { return Ok(None) };
+        let Some(invite) = self.remote_invites.outstanding(user_id, room_id)? else { return Ok(None) };
         let (stripped, sender) = self.remote_invites.invite_state(&invite)?;
         if sender.is_some_and(|s| ignored.contains(&s)) {
             return Ok(None);

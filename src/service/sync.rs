@@ -749,9 +749,9 @@ impl Sync {
         Ok(Some(joined))
     }
 
-    /// Invites to rooms of other servers (`RemoteInvites`) that changed in the window: a
-    /// pending one as an invited room with the stripped state its server sent, a rejected
-    /// one as a left room with the leave (in an initial sync only with `include_leave`). A
+    /// Invites to and knocks on rooms of other servers (`RemoteInvites`) that changed in the
+    /// window: a pending one as an invited (or knocked) room with the stripped state the
+    /// other server sent, a rejected (or retracted) one as a left room with the leave (in an initial sync only with `include_leave`). A
     /// room the engine holds where the user has a membership row of its own is shown from
     /// that row instead.
     fn remote_invites_in(
@@ -779,6 +779,12 @@ impl Sync {
                         continue;
                     }
                     response.rooms.invite.insert(room_id, InvitedRoom::from(InviteState::from(state)));
+                }
+                "knock" => {
+                    let (state, _) = self.remote_invites.invite_state(&record)?;
+                    let mut knock = KnockState::new();
+                    knock.events = state;
+                    response.rooms.knock.insert(room_id, KnockedRoom::from(knock));
                 }
                 "leave" if since.is_some() || room_filter.include_leave => {
                     let internal =

@@ -570,15 +570,15 @@ pub struct RemoteServerKeysRecord {
     pub fetched_ms: u64,
 }
 
-/// A local user's invite to a room of another server, or its rejection.
+/// A local user's invite to (or knock on) a room of another server, or its rejection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RemoteInviteRecord {
-    /// `invite`, or `leave` once rejected.
+    /// `invite` or `knock`, or `leave` once rejected or retracted.
     pub membership: String,
     /// The stream position of the latest change, for sync.
     pub stream: u64,
     pub room_version: RoomVersionId,
-    /// The server that sent the invite: the one to join or reject through.
+    /// The server that sent the invite or took the knock: the one to join or leave through.
     pub via: String,
     /// The member event (the invite, then the rejection): its ID and signed PDU JSON.
     pub event_id: OwnedEventId,

@@ -16,7 +16,7 @@ use crate::{
     sync::sync,
 };
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -38,7 +38,7 @@ async fn message_bodies(s: &TestServer, who: &Session, room: &str) -> Vec<String
 
 /// Wait (in wall-clock time: delivery is a background task, not a timer) until `check`
 /// holds, for at most 15 s.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -66,7 +66,7 @@ fn synced_bodies(body: &Value, room: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn membership_on(s: &TestServer, who: &Session, room: &str, user: &str) -> Value {
+pub(crate) async fn membership_on(s: &TestServer, who: &Session, room: &str, user: &str) -> Value {
     let (_, member) = s
         .get(&format!("{V3}/rooms/{}/state/m.room.member/{}", encode(room), encode(user)), Some(&who.token))
         .await;
@@ -581,7 +581,7 @@ async fn presence_crosses_to_room_mates_on_the_other_server_and_only_from_its_ow
 }
 
 /// A request to `to`, signed as `from` with its real key (X-Matrix).
-async fn signed_request(
+pub(crate) async fn signed_request(
     pki: &Pki,
     to: &TestServer,
     from: &TestServer,
@@ -627,11 +627,43 @@ pub(crate) async fn signed_send(
 }
 
 /// Invite `user` (of another server) into `room`.
-async fn invite(s: &TestServer, who: &Session, room: &str, user: &str) {
+pub(crate) async fn invite(s: &TestServer, who: &Session, room: &str, user: &str) {
     let (status, body) = s
         .post(&format!("{V3}/rooms/{}/invite", encode(room)), Some(&who.token), json!({"user_id": user}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// Bob (of B) joins `room` of A with no `via` (so through the server that invited him), and
+/// A comes to see him joined.
+pub(crate) async fn accept_invite(
+    a: &TestServer,
+    b: &TestServer,
+    alice: &Session,
+    bob: &Session,
+    room: &str,
+) {
+    let (status, joined) = b.post(&format!("{V3}/join/{}", encode(room)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    eventually("Bob's join on A", || async {
+        membership_on(a, alice, room, &bob.user_id).await == json!("join")
+    })
+    .await;
+}
+
+/// `who`'s sliding sync lists `room` as invited (or knocked), named `name`, with its
+/// stripped state.
+pub(crate) async fn sliding_lists_invited(s: &TestServer, who: &Session, room: &str, name: &str) {
+    let (status, sliding) = s
+        .post(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Some(&who.token),
+            json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sliding}");
+    assert_eq!(sliding["rooms"][room]["name"], name, "{sliding}");
+    assert!(sliding["rooms"][room]["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{sliding}");
 }
 
 /// The stripped state of an invite in a sync, as (type, state_key) pairs.
@@ -684,24 +716,10 @@ async fn a_user_of_another_server_is_invited_and_joins_through_the_inviting_serv
     let again = sync(&b, &bob, &format!("since={}", synced["next_batch"].as_str().unwrap())).await;
     assert!(again["rooms"]["invite"].get(&room).is_none(), "{again}");
     // Sliding sync lists it as an invited room with its name.
-    let (status, sliding) = b
-        .post(
-            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
-            Some(&bob.token),
-            json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{sliding}");
-    assert_eq!(sliding["rooms"][&room]["name"], "Secret", "{sliding}");
-    assert!(sliding["rooms"][&room]["invite_state"].as_array().is_some_and(|s| !s.is_empty()), "{sliding}");
+    sliding_lists_invited(&b, &bob, &room, "Secret").await;
 
     // Bob accepts: the join goes through A (no via given), and the room works both ways.
-    let (status, joined) = b.post(&format!("{V3}/join/{}", encode(&room)), Some(&bob.token), json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{joined}");
-    eventually("Bob's join on A", || async {
-        membership_on(&a, &alice, &room, &bob.user_id).await == json!("join")
-    })
-    .await;
+    accept_invite(&a, &b, &alice, &bob, &room).await;
     let synced = sync(&b, &bob, "").await;
     assert!(synced["rooms"]["join"][&room].is_object(), "{synced}");
     assert!(synced["rooms"]["invite"].get(&room).is_none(), "{synced}");

@@ -19,6 +19,7 @@ mod discovery;
 mod edge;
 mod ephemeral;
 mod federation;
+mod federation_knock;
 mod federation_media;
 mod federation_off;
 mod federation_rooms;

@@ -33,9 +33,9 @@ fn encode(s: &str) -> String {
 }
 
 /// A Synapse running in a temp dir, stopped (killed) when dropped.
-struct Synapse {
+pub(crate) struct Synapse {
     child: std::process::Child,
-    name: String,
+    pub(crate) name: String,
     client_base: String,
     federation_base: String,
     dir: tempfile::TempDir,
@@ -43,7 +43,7 @@ struct Synapse {
 }
 
 impl Synapse {
-    async fn start(pki: &Pki) -> Self {
+    pub(crate) async fn start(pki: &Pki) -> Self {
         let python = provided_by_scripts_test("CONDUIT_TEST_SYNAPSE_PYTHON", "a Python with matrix-synapse");
         let dir = tempfile::tempdir().unwrap();
         let (fed_port, client_port) = (free_port(), free_port());
@@ -125,7 +125,7 @@ impl Synapse {
         synapse
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         // (Synapse's own log, its stderr: what a failure needs.)
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
         let log = read("synapse.log");
@@ -151,7 +151,7 @@ impl Synapse {
         panic!("Synapse did not answer within 60 s:\n{}", self.logs());
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -171,7 +171,7 @@ impl Synapse {
     }
 
     /// Register `name` (the dummy stage); answers (user ID, access token).
-    async fn register(&self, name: &str) -> (String, String) {
+    pub(crate) async fn register(&self, name: &str) -> (String, String) {
         let body =
             json!({"username": name, "password": "pw-synapse-1234", "auth": {"type": "m.login.dummy"}});
         let (status, answer) =
@@ -284,7 +284,7 @@ async fn conduit_and_synapse_fetch_each_others_keys_and_query_profiles_and_alias
 
 impl Synapse {
     /// The bodies of the text messages of a room as a Synapse user reads them, oldest first.
-    async fn message_bodies(&self, token: &str, room: &str) -> Vec<String> {
+    pub(crate) async fn message_bodies(&self, token: &str, room: &str) -> Vec<String> {
         let (status, page) = self
             .call(
                 reqwest::Method::GET,
@@ -297,7 +297,7 @@ impl Synapse {
         bodies_of(&page)
     }
 
-    async fn send_text(&self, token: &str, room: &str, txn: &str, text: &str) {
+    pub(crate) async fn send_text(&self, token: &str, room: &str, txn: &str, text: &str) {
         let (status, body) = self
             .call(
                 reqwest::Method::PUT,
@@ -333,7 +333,7 @@ async fn conduit_bodies(conduit: &TestServer, token: &str, room: &str) -> Vec<St
 }
 
 /// Wait (wall-clock: delivery runs in the background on both sides) until `check` holds.
-async fn eventually<F, Fut>(what: &str, synapse: &Synapse, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, synapse: &Synapse, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -569,7 +569,13 @@ impl Synapse {
 
     /// Follow `token`'s incremental syncs from `since` until one satisfies `check` (Synapse
     /// answers a repeated initial sync from a cache).
-    async fn sync_until(&self, what: &str, token: &str, since: &mut String, check: impl Fn(&Value) -> bool) {
+    pub(crate) async fn sync_until(
+        &self,
+        what: &str,
+        token: &str,
+        since: &mut String,
+        check: impl Fn(&Value) -> bool,
+    ) {
         for _ in 0..20 {
             let path = format!("{V3}/sync?timeout=1000&since={}", encode(since));
             let (_, synced) = self.call(reqwest::Method::GET, &path, Some(token), None).await;
@@ -583,7 +589,7 @@ impl Synapse {
         panic!("never saw {what} on Synapse\n{}", self.logs());
     }
 
-    async fn since(&self, token: &str) -> String {
+    pub(crate) async fn since(&self, token: &str) -> String {
         let (_, first) = self.call(reqwest::Method::GET, &format!("{V3}/sync"), Some(token), None).await;
         first["next_batch"].as_str().expect("a next_batch from Synapse").to_owned()
     }

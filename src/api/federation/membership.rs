@@ -1,16 +1,18 @@
 //! Membership (`ruma::api::federation::membership`): this server as the resident server of
-//! a room another server's user joins or leaves (`make_join`, `send_join` v2, `make_leave`,
-//! `send_leave` v2), and as the server of a user another server invites (`invite` v2).
+//! a room another server's user joins, knocks on or leaves (`make_join`, `send_join` v2,
+//! `make_knock`, `send_knock`, `make_leave`, `send_leave` v2), and as the server of a user
+//! another server invites (`invite` v2).
 
 use ruma::api::federation::membership::{
-    RawStrippedState, create_invite, create_join_event, create_leave_event, prepare_join_event,
-    prepare_leave_event,
+    RawStrippedState, create_invite, create_join_event, create_knock_event, create_leave_event,
+    prepare_join_event, prepare_knock_event, prepare_leave_event,
 };
 use serde_json::value::RawValue as RawJsonValue;
 
 use crate::{
     Result,
     api::{AppState, ruma::Ruma},
+    service::federation::Handshake,
 };
 
 /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`: a join template.
@@ -21,7 +23,7 @@ pub async fn prepare_join_event(
     let body = &req.body;
     let (version, event) = services
         .room_federation
-        .make_join(&req.identity.server_name, &body.room_id, &body.user_id, &body.ver)
+        .make_membership(Handshake::Join, &req.identity.server_name, &body.room_id, &body.user_id, &body.ver)
         .await?;
     let mut response = prepare_join_event::v1::Response::new(event);
     response.room_version = Some(version);
@@ -30,7 +32,8 @@ pub async fn prepare_join_event(
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`: the join accepted, and the
 /// room's state before it with its auth chain (`omit_members` is not honoured: the whole
-/// state is answered, which the spec allows).
+/// state is answered, which the spec allows); for a restricted join this server
+/// authorised, the join with its signature.
 pub async fn create_join_event(
     services: AppState,
     req: Ruma<create_join_event::v2::Request>,
@@ -45,6 +48,7 @@ pub async fn create_join_event(
     state.auth_chain = answer.auth_chain;
     state.servers_in_room = Some(answer.servers_in_room);
     state.members_omitted = false;
+    state.event = answer.event;
     Ok(create_join_event::v2::Response::new(state))
 }
 
@@ -54,9 +58,38 @@ pub async fn prepare_leave_event(
     req: Ruma<prepare_leave_event::v1::Request>,
 ) -> Result<prepare_leave_event::v1::Response> {
     let body = &req.body;
-    let (version, event) =
-        services.room_federation.make_leave(&req.identity.server_name, &body.room_id, &body.user_id).await?;
+    let (version, event) = services
+        .room_federation
+        .make_membership(Handshake::Leave, &req.identity.server_name, &body.room_id, &body.user_id, &[])
+        .await?;
     Ok(prepare_leave_event::v1::Response::new(Some(version), event))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`: a knock template.
+pub async fn prepare_knock_event(
+    services: AppState,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> Result<prepare_knock_event::v1::Response> {
+    let body = &req.body;
+    let (version, event) = services
+        .room_federation
+        .make_membership(Handshake::Knock, &req.identity.server_name, &body.room_id, &body.user_id, &body.ver)
+        .await?;
+    Ok(prepare_knock_event::v1::Response::new(version, event))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`: the knock accepted, and the
+/// room's state for the knocker (full PDUs, as the spec asks since v1.16).
+pub async fn create_knock_event(
+    services: AppState,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> Result<create_knock_event::v1::Response> {
+    let body = &req.body;
+    let state = services
+        .room_federation
+        .send_knock(&req.identity.server_name, &body.room_id, &body.event_id, &body.pdu)
+        .await?;
+    Ok(create_knock_event::v1::Response::new(state.into_iter().map(RawStrippedState::Pdu).collect()))
 }
 
 /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`: the leave accepted.

@@ -20,7 +20,7 @@ use crate::{Error, Result};
 pub use client::FederationClient;
 pub use e2ee::RemoteE2ee;
 pub use remote_keys::RemoteKeys;
-pub use rooms::RoomFederation;
+pub use rooms::{Handshake, RoomFederation};
 pub use sender::FederationSender;
 
 impl FederationClient {

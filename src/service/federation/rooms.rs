@@ -9,16 +9,22 @@
 //!   the room engine (`Timeline::accept_event`: auth events, state before, current state →
 //!   soft fail). Typing and read receipts EDUs of the origin's users are applied.
 //! - *Resident server*: `make_join` (a join template at the room's forward extremities,
-//!   checked against the auth rules) and `send_join` (the signed join accepted through the
-//!   engine, answered with the state before it and its auth chain).
+//!   checked against the auth rules; for a restricted room, naming the local member who
+//!   authorises it) and `send_join` (the signed join accepted through the engine, co-signed
+//!   first when this server authorised it, answered with the state before it and its auth
+//!   chain); knocks and leaves likewise (`membership`).
 //! - *Joining server*: a local user joins a room this server does not have through a server
-//!   that has it (`make_join`, sign, `send_join`), the state and auth chain received are
-//!   checked and stored as outliers, and the room is seated with `Timeline::accept_first_event`.
+//!   that has it (`make_join`, sign, `send_join`: `membership::handshake`), the state and
+//!   auth chain received are checked and stored as outliers, and the room is seated with
+//!   `Timeline::accept_first_event`; a knock goes through the same handshake.
 //! - *Reads for servers in a room*: an event, the state (or its IDs) before an event, an
 //!   event's auth chain, and the events between two points of the graph.
 
 mod backfill;
 mod membership;
+
+pub use membership::Handshake;
+use membership::Handshaken;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
@@ -27,9 +33,7 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
-    ServerName, UserId,
-    api::error::{ErrorKind, IncompatibleRoomVersionErrorData},
+    EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
     events::{
         StateEventType, TimelineEventType,
         room::{member::MembershipState, server_acl::RoomServerAclEventContent},
@@ -40,17 +44,15 @@ use ruma::{
 };
 use serde_json::{Value as JsonValue, json, value::RawValue as RawJsonValue};
 
-use super::{FederationClient, RemoteE2ee, RemoteKeys, client::refusal_error, sender::pdu_json};
+use super::{FederationClient, RemoteE2ee, RemoteKeys, sender::pdu_json};
 use crate::{
     Error, Result,
     matrix::{
         federation::{
             format::{claimed_room_id, parse_pdu},
-            sign,
             verify::{self, ServerKeys as VerifyKeys, Verdict, VerifyKey},
         },
-        pdu::{EventTemplate, Pdu},
-        room_version,
+        pdu::Pdu,
     },
     service::{
         clock::Clock,
@@ -98,6 +100,8 @@ pub struct JoinAnswer {
     pub state: Vec<Box<RawJsonValue>>,
     pub auth_chain: Vec<Box<RawJsonValue>>,
     pub servers_in_room: Vec<String>,
+    /// The join as this server signed it too, when it authorised a restricted join.
+    pub event: Option<Box<RawJsonValue>>,
 }
 
 pub struct RoomFederation {
@@ -615,39 +619,8 @@ impl RoomFederation {
 
     // ----- resident server: joins -----
 
-    /// `make_join`: the join template for `user_id` of `origin`.
-    pub async fn make_join(
-        &self,
-        origin: &ServerName,
-        room_id: &RoomId,
-        user_id: &UserId,
-        versions: &[RoomVersionId],
-    ) -> Result<(RoomVersionId, Box<RawJsonValue>)> {
-        if user_id.server_name() != origin {
-            return Err(Error::forbidden(format!("{origin} cannot make a join for {user_id}")));
-        }
-        let lock = self.timeline.lock_room(room_id).await;
-        let (version, _) = self.rules_of_room(room_id)?;
-        self.ensure_acl_allows(origin, room_id)?;
-        let accepted = if versions.is_empty() { &[RoomVersionId::V1][..] } else { versions };
-        if !accepted.contains(&version) {
-            return Err(Error::new(
-                ErrorKind::IncompatibleRoomVersion(IncompatibleRoomVersionErrorData::new(version.clone())),
-                format!("The room is of version {version}, which {origin} does not support"),
-            ));
-        }
-        let template = EventTemplate::state(
-            TimelineEventType::RoomMember,
-            user_id.as_str(),
-            json!({"membership": "join"}),
-        );
-        let (version, object) = self.timeline.member_template(&lock, user_id, &template)?;
-        let raw = serde_json::value::to_raw_value(&object).map_err(|e| Error::internal(e.to_string()))?;
-        Ok((version, raw))
-    }
-
-    /// `send_join` (v2): the join `origin` signed, accepted through the room engine, and the
-    /// state before it with its auth chain.
+    /// `send_join` (v2): the join `origin` signed, accepted through the room engine (see
+    /// `receive_membership`), and the state before it with its auth chain.
     pub async fn send_join(
         &self,
         origin: &ServerName,
@@ -655,29 +628,15 @@ impl RoomFederation {
         event_id: &EventId,
         pdu: &RawJsonValue,
     ) -> Result<JoinAnswer> {
-        let (_, rules) = self.rules_of_room(room_id)?;
-        self.ensure_acl_allows(origin, room_id)?;
-        let mut keys = VerifyKeys::new();
-        let pdu =
-            self.checked_pdu(pdu.get(), &rules, &mut keys).await.map_err(|(_, why)| Error::bad_json(why))?;
-        own_membership(&pdu, origin, room_id, event_id, "join")?;
-        let lock = self.timeline.lock_room(room_id).await;
-        let outcome = self.timeline.accept_event(&lock, pdu).await?;
-        drop(lock);
-        if outcome.status != EventStatus::Accepted {
-            return Err(Error::forbidden(format!(
-                "The join was not accepted: {}",
-                outcome.reason.unwrap_or_else(|| format!("{:?}", outcome.status))
-            )));
-        }
-        let state = self.states.state_of_group(outcome.event.state_before)?;
+        let (join, event) = self.receive_membership(Handshake::Join, origin, room_id, event_id, pdu).await?;
+        let state = self.states.state_of_group(join.state_before)?;
         let state_ids: Vec<OwnedEventId> = state.values().cloned().collect();
         let state_events = self.pdus_of(&state_ids)?;
         let mut chain_of: Vec<OwnedEventId> = state_ids;
-        chain_of.push(outcome.event.pdu.event_id.clone());
+        chain_of.push(join.pdu.event_id.clone());
         let auth_chain = self.pdus_of(&self.timeline.auth_chain(&chain_of)?)?;
         let servers_in_room = self.servers_in_room(room_id)?.into_iter().map(|s| s.to_string()).collect();
-        Ok(JoinAnswer { state: state_events, auth_chain, servers_in_room })
+        Ok(JoinAnswer { state: state_events, auth_chain, servers_in_room, event })
     }
 
     /// The stored events `ids` names, as PDUs (those not stored left out).
@@ -698,26 +657,12 @@ impl RoomFederation {
         via: &[OwnedServerName],
         content: &JsonValue,
     ) -> Result<OwnedEventId> {
-        // An invite's server first: it has the room and let the user in.
+        // An invite's (or a knock's) server first: it has the room and let the user in.
         let invited_by = self
             .remote_invites
-            .pending(user_id, room_id)?
+            .outstanding(user_id, room_id)?
             .and_then(|invite| OwnedServerName::try_from(invite.via).ok());
-        let mut servers: Vec<OwnedServerName> = Vec::new();
-        for server in invited_by
-            .into_iter()
-            .chain(via.iter().cloned())
-            .chain(room_id.server_name().map(ToOwned::to_owned))
-        {
-            if server != self.server_name && !servers.contains(&server) {
-                servers.push(server);
-            }
-        }
-        if servers.is_empty() {
-            return Err(Error::not_found(format!(
-                "Room {room_id} is not known here and no server to join it through was given (`via`)"
-            )));
-        }
+        let servers = self.servers_to_ask(room_id, invited_by, via)?;
         // Held until the room is seated: events the resident server sends meanwhile wait.
         let lock = self.timeline.lock_room(room_id).await;
         if self.states.room(room_id)?.is_some() {
@@ -740,6 +685,30 @@ impl RoomFederation {
         Err(last.unwrap_or_else(|| Error::not_found("No server could be asked")))
     }
 
+    /// The servers to ask for a room this server does not have: `first` (an invite's
+    /// server), then `via`, then the server the room ID names; this one left out.
+    fn servers_to_ask(
+        &self,
+        room_id: &RoomId,
+        first: Option<OwnedServerName>,
+        via: &[OwnedServerName],
+    ) -> Result<Vec<OwnedServerName>> {
+        let mut servers: Vec<OwnedServerName> = Vec::new();
+        for server in
+            first.into_iter().chain(via.iter().cloned()).chain(room_id.server_name().map(ToOwned::to_owned))
+        {
+            if server != self.server_name && !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+        if servers.is_empty() {
+            return Err(Error::not_found(format!(
+                "Room {room_id} is not known here and no server to reach it through was given (`via`)"
+            )));
+        }
+        Ok(servers)
+    }
+
     async fn join_through(
         &self,
         lock: &RoomLock,
@@ -748,62 +717,9 @@ impl RoomFederation {
         content: &JsonValue,
     ) -> Result<OwnedEventId> {
         let room_id = lock.room_id();
-        let versions: String =
-            room_version::SUPPORTED.iter().map(|v| format!("ver={v}")).collect::<Vec<_>>().join("&");
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{versions}",
-            encode(room_id.as_str()),
-            encode(user_id.as_str())
-        );
-        let answer = self.client.get_json(server, &path).await?;
-        let version = answer
-            .get("room_version")
-            .and_then(JsonValue::as_str)
-            .map_or(Ok(RoomVersionId::V1), RoomVersionId::try_from)
-            .map_err(|_| Error::Upstream(format!("{server} answered a bad room version")))?;
-        let rules = room_version::rules(&version).ok_or_else(|| {
-            Error::Upstream(format!("Room {room_id} is of version {version}, not supported here"))
-        })?;
-        let mut object: CanonicalJsonObject =
-            match answer.get("event").cloned().map(CanonicalJsonValue::try_from) {
-                Some(Ok(CanonicalJsonValue::Object(object))) => object,
-                _ => return Err(Error::Upstream(format!("{server} answered no join template"))),
-            };
-        // The template must be this user's join in this room.
-        let field = |object: &CanonicalJsonObject, key: &str| match object.get(key) {
-            Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
-            _ => None,
-        };
-        if field(&object, "type").as_deref() != Some("m.room.member")
-            || field(&object, "sender").as_deref() != Some(user_id.as_str())
-            || field(&object, "state_key").as_deref() != Some(user_id.as_str())
-            || field(&object, "room_id").as_deref() != Some(room_id.as_str())
-        {
-            return Err(Error::Upstream(format!("{server} answered a template for another event")));
-        }
-        let content =
-            CanonicalJsonValue::try_from(content.clone()).map_err(|e| Error::bad_json(e.to_string()))?;
-        object.insert("content".to_owned(), content);
-        object.insert(
-            "origin_server_ts".to_owned(),
-            CanonicalJsonValue::Integer(ms(self.clock.now_ms()).0.into()),
-        );
-        if object.contains_key("origin") {
-            object.insert("origin".to_owned(), CanonicalJsonValue::String(self.server_name.to_string()));
-        }
-        let wire = sign::hash_and_sign(object, &self.server_name, self.server_keys.key_pair(), &rules)
-            .map_err(|e| Error::Upstream(format!("the join could not be signed: {e}")))?;
+        let Handshaken { version, rules, wire, answer, .. } =
+            self.handshake(Handshake::Join, server, user_id, room_id, Some(content)).await?;
         let event_id = wire.event_id.clone();
-        let body = JsonValue::from(CanonicalJsonValue::Object(wire.object.clone()));
-        let path = format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            encode(room_id.as_str()),
-            encode(event_id.as_str())
-        );
-        let answer = match self.client.request(server, http::Method::PUT, &path, Some(&body), true).await? {
-            Ok(answer) => answer,
-            Err(refusal) => return Err(refusal_error(server, &refusal)),
-        };
         let mut keys = VerifyKeys::new();
         // The resident server's copy when it signed it too (restricted joins), else ours.
         let join = match answer.get("event") {

@@ -7,13 +7,7 @@ use std::sync::Arc;
 
 use ruma::{
     OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, RoomOrAliasId, UserId,
-    events::{
-        StateEventType, TimelineEventType,
-        room::{
-            join_rules::{AllowRule, JoinRule, RoomJoinRulesEventContent},
-            member::MembershipState,
-        },
-    },
+    events::{StateEventType, TimelineEventType, room::member::MembershipState},
 };
 use serde_json::{Map as JsonMap, Value as JsonValue, json};
 
@@ -79,7 +73,7 @@ pub fn member_template_with(
 }
 
 /// The key naming who authorised a join to a restricted room.
-const JOIN_AUTHORISER: &str = "join_authorised_via_users_server";
+pub const JOIN_AUTHORISER: &str = "join_authorised_via_users_server";
 
 /// One page of the rooms two users share.
 pub struct MutualRooms {
@@ -239,9 +233,7 @@ impl MembershipActions {
                     return Ok(current.pdu.event_id.clone());
                 }
             }
-        } else if membership != Some(MembershipState::Invite)
-            && let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)?
-        {
+        } else if let Some(authoriser) = self.timeline.join_authoriser(room_id, user_id)? {
             template.content[JOIN_AUTHORISER] = json!(authoriser);
         }
         Ok(self.timeline.append(&lock, user_id, template, None)?.pdu.event_id.clone())
@@ -268,7 +260,7 @@ impl MembershipActions {
         let own = sender == target;
         match membership.as_str() {
             "join" if own => self.join(sender, room_id, None, content).await,
-            "knock" if own => self.knock(sender, room_id, None, content).await,
+            "knock" if own => self.knock(sender, room_id, &[], None, content).await,
             "join" | "knock" => {
                 Err(Error::forbidden(format!("Only {target} can {membership} for themselves")))
             }
@@ -281,43 +273,6 @@ impl MembershipActions {
             "ban" => self.ban(sender, room_id, target, None, content).await,
             other => Err(Error::bad_json(format!("Unknown membership {other:?}"))),
         }
-    }
-
-    /// For a restricted room the user is not invited to: a local member who may invite, if
-    /// the user is joined to one of the rooms the join rule allows. `None` for other rooms;
-    /// `M_FORBIDDEN` when no allow rule is met.
-    fn restricted_join_authoriser(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
-        let Some(event) = self.timeline.state_event(room_id, &StateEventType::RoomJoinRules, "")? else {
-            return Ok(None);
-        };
-        let Ok(content) = event.pdu.content_as::<RoomJoinRulesEventContent>() else { return Ok(None) };
-        let allow = match &content.join_rule {
-            JoinRule::Restricted(r) | JoinRule::KnockRestricted(r) => &r.allow,
-            _ => return Ok(None),
-        };
-        let mut allowed = false;
-        for rule in allow {
-            if let AllowRule::RoomMembership(membership) = rule
-                && self.members.is_joined(&membership.room_id, user_id)?
-            {
-                allowed = true;
-                break;
-            }
-        }
-        if !allowed {
-            return Err(Error::forbidden(
-                "You do not belong to any of the rooms this room's join rule allows",
-            ));
-        }
-        let power = self.timeline.power_levels(room_id)?;
-        let authoriser = self
-            .members
-            .members_with(room_id, &MembershipState::Join)?
-            .into_iter()
-            .filter(|member| member.server_name() == self.server_name && power.user_can_invite(member))
-            .max_by_key(|member| power.for_user(member))
-            .ok_or_else(|| Error::forbidden("No member of this server can authorise the join"))?;
-        Ok(Some(authoriser.to_string()))
     }
 
     /// Invite `target`. Only local accounts can be invited while federation is off.
@@ -460,11 +415,14 @@ impl MembershipActions {
         self.set_membership(&lock, sender, target, "leave", reason, content)
     }
 
-    /// Ask to join a room whose join rule is `knock` or `knock_restricted`.
+    /// Ask to join a room whose join rule is `knock` or `knock_restricted`; a room on
+    /// another server is knocked on through `via` (the client's, a remote alias's servers;
+    /// the server the room ID names is tried last).
     pub async fn knock(
         &self,
         user_id: &UserId,
         room_id: &RoomId,
+        via: &[OwnedServerName],
         reason: Option<&str>,
         content: JsonMap<String, JsonValue>,
     ) -> Result<OwnedEventId> {
@@ -472,7 +430,12 @@ impl MembershipActions {
         self.users.ensure_not_suspended(user_id, "Knocking on rooms")?;
         let lock = self.timeline.lock_room(room_id).await;
         if self.timeline.state_event(room_id, &StateEventType::RoomCreate, "")?.is_none() {
-            return Err(Error::not_found("No known servers to knock on this room through"));
+            let Some(rooms) = &self.rooms else {
+                return Err(Error::not_found("No known servers to knock on this room through"));
+            };
+            drop(lock);
+            let template = member_template_with(&self.users, user_id, "knock", reason, false, content)?;
+            return rooms.knock_remote(user_id, room_id, via, &template.content).await;
         }
         match self.members.membership(room_id, user_id)? {
             Some(MembershipState::Join) => return Err(Error::forbidden("You are already in the room")),

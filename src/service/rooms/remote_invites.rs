@@ -1,10 +1,11 @@
-//! `RemoteInvites`: invites of local users to rooms this server does not have (table
-//! `remote_invites`). Another server's user invites ours with `PUT /invite`; until our user
-//! joins, nothing of the room is here but the invite and the stripped state its server sent,
-//! so the invite cannot live in the membership indexes, which belong to rooms the engine
-//! holds. `/sync` and sliding sync read these rows beside the memberships; joining through
+//! `RemoteInvites`: invites of local users to rooms this server does not have, and their
+//! knocks on such rooms (table `remote_invites`). Another server's user invites ours with
+//! `PUT /invite`, or ours knocks through a resident server (`make_knock`/`send_knock`);
+//! until our user joins, nothing of the room is here but the invite or knock and the
+//! stripped state the other server sent, so neither can live in the membership indexes,
+//! which belong to rooms the engine holds. An invite arriving after a knock replaces it. `/sync` and sliding sync read these rows beside the memberships; joining through
 //! the inviting server removes the row (the room's own membership rows take over), and a
-//! rejection made through that server (`make_leave`/`send_leave`) turns it into a `leave`
+//! rejection or retraction made through that server (`make_leave`/`send_leave`) turns it into a `leave`
 //! row that sync shows once as a left room. Each change takes a stream position and is
 //! announced to the user, so a waiting sync wakes.
 
@@ -36,11 +37,14 @@ impl RemoteInvites {
         Self { store: Arc::clone(store), stream, invites: REMOTE_INVITES.open(store) }
     }
 
-    /// Record an invite of `user_id` to `room_id` received from `via` (a repeat replaces
-    /// the earlier one) and announce it to the user.
+    /// Record an invite of `user_id` to `room_id` received from `via`, or their knock on it
+    /// made through `via` (`membership`: `invite` or `knock`), with the room's stripped
+    /// state that server sent (a repeat, or an invite after a knock, replaces the earlier
+    /// row), and announce it to the user.
     #[allow(clippy::too_many_arguments)]
-    pub fn invited(
+    pub fn arrived(
         &self,
+        membership: &str,
         user_id: &UserId,
         room_id: &RoomId,
         room_version: &RoomVersionId,
@@ -50,7 +54,7 @@ impl RemoteInvites {
         invite_state: Vec<Box<RawJsonValue>>,
     ) -> Result<u64> {
         let record = RemoteInviteRecord {
-            membership: "invite".to_owned(),
+            membership: membership.to_owned(),
             stream: 0,
             room_version: room_version.clone(),
             via: via.to_string(),
@@ -61,7 +65,8 @@ impl RemoteInvites {
         self.write(user_id, room_id, record)
     }
 
-    /// The invite was rejected through the inviting server with `leave` (the leave event).
+    /// The invite was rejected (or the knock retracted) through its server with `leave` (the
+    /// leave event).
     pub fn rejected(
         &self,
         user_id: &UserId,
@@ -98,6 +103,11 @@ impl RemoteInvites {
     /// The user's pending invite to a room, if any.
     pub fn pending(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<RemoteInviteRecord>> {
         Ok(self.get(user_id, room_id)?.filter(|r| r.membership == "invite"))
+    }
+
+    /// The user's pending invite to, or knock on, a room, if any.
+    pub fn outstanding(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<RemoteInviteRecord>> {
+        Ok(self.get(user_id, room_id)?.filter(|r| matches!(r.membership.as_str(), "invite" | "knock")))
     }
 
     /// Every row of the user, by room.

@@ -38,8 +38,15 @@ use std::{
 };
 
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomVersionId, UserId,
-    events::{StateEventType, TimelineEventType},
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId,
+    api::error::ErrorKind,
+    events::{
+        StateEventType, TimelineEventType,
+        room::{
+            join_rules::{AllowRule, JoinRule, RoomJoinRulesEventContent},
+            member::MembershipState,
+        },
+    },
     room_version_rules::RoomVersionRules,
 };
 use serde_json::Value as JsonValue;
@@ -134,8 +141,74 @@ impl Timeline {
         .map_err(super::build_error)
     }
 
+    /// Who authorises `user_id`'s join to a restricted room (`restricted` or
+    /// `knock_restricted`, in a room version that has them) when they are neither joined nor
+    /// invited: the local member with the highest power level who may invite, put in the
+    /// join's `join_authorised_via_users_server`. `None` for other rooms and members. As
+    /// Synapse: `M_FORBIDDEN` when the user is joined to none of the allowed rooms this
+    /// server knows; for another server's user, when this server is not in every allowed room
+    /// and so cannot tell, `M_UNABLE_TO_AUTHORISE_JOIN`; `M_UNABLE_TO_GRANT_JOIN` when no
+    /// local member may invite (another server may do better).
+    pub fn join_authoriser(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<OwnedUserId>> {
+        if matches!(
+            self.members.membership(room_id, user_id)?,
+            Some(MembershipState::Join | MembershipState::Invite)
+        ) {
+            return Ok(None);
+        }
+        let Some(room) = self.states.room(room_id)? else { return Ok(None) };
+        let rules = rules_of(&room.version)?.authorization;
+        let Some(event) = self.state_event(room_id, &StateEventType::RoomJoinRules, "")? else {
+            return Ok(None);
+        };
+        let Ok(content) = event.pdu.content_as::<RoomJoinRulesEventContent>() else { return Ok(None) };
+        let allow = match &content.join_rule {
+            JoinRule::Restricted(r) if rules.restricted_join_rule => &r.allow,
+            JoinRule::KnockRestricted(r) if rules.knock_restricted_join_rule => &r.allow,
+            _ => return Ok(None),
+        };
+        let local = user_id.server_name() == self.keys.server_name();
+        let mut unknown_room = false;
+        let mut allowed = false;
+        for rule in allow {
+            let AllowRule::RoomMembership(membership) = rule else { continue };
+            if self.members.is_joined(&membership.room_id, user_id)? {
+                allowed = true;
+                break;
+            }
+            let here = self
+                .members
+                .members_with(&membership.room_id, &MembershipState::Join)?
+                .iter()
+                .any(|member| member.server_name() == self.keys.server_name());
+            unknown_room |= !here;
+        }
+        if !allowed && unknown_room && !local {
+            return Err(Error::new(
+                ErrorKind::UnableToAuthorizeJoin,
+                format!("This server cannot tell whether {user_id} is in the rooms the join rule allows"),
+            ));
+        }
+        if !allowed {
+            return Err(Error::forbidden(
+                "You do not belong to any of the rooms this room's join rule allows",
+            ));
+        }
+        let power = self.power_levels(room_id)?;
+        let authoriser = self
+            .members
+            .members_with(room_id, &MembershipState::Join)?
+            .into_iter()
+            .filter(|member| member.server_name() == self.keys.server_name() && power.user_can_invite(member))
+            .max_by_key(|member| power.for_user(member))
+            .ok_or_else(|| {
+                Error::new(ErrorKind::UnableToGrantJoin, "No member of this server can authorise the join")
+            })?;
+        Ok(Some(authoriser))
+    }
+
     /// The template of a member event another server's user asks this server to make
-    /// (`make_join`, `make_leave`): the event built at the room's forward extremities with
+    /// (`make_join`, `make_knock`, `make_leave`): the event built at the room's forward extremities with
     /// its auth events picked from the current state, checked against the auth rules there
     /// (so a user who may not join hears why now), and answered without hashes and
     /// signatures, for the user's server to sign and send back. Answers the room's version.
