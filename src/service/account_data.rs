@@ -18,7 +18,7 @@ use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 use crate::{
     Error, Result,
     matrix::limits::{self, MAX_EVENT_TYPE_BYTES, MAX_JSON_DEPTH, MAX_TAG_BYTES},
-    service::stream::{Change, Stream},
+    service::stream::{Change, Stale, Stream},
     storage::{
         Direction, Durability, KvStore, Table, WriteBatch,
         codec::KeyCodec,
@@ -74,6 +74,9 @@ pub struct AccountData {
     /// Bytes of content each user keeps, counted from the table the first time it is needed
     /// and kept current by every write here.
     usage: Mutex<HashMap<OwnedUserId, u64>>,
+    /// Whether `usage` may be kept between writes: not when other processes share the
+    /// database (their writes do not pass here), where it is counted at each write.
+    keep_usage: bool,
 }
 
 fn room_key(room_id: Option<&RoomId>) -> String {
@@ -89,6 +92,7 @@ impl AccountData {
             store: Arc::clone(store),
             modify: std::sync::Mutex::new(()),
             usage: Mutex::new(HashMap::new()),
+            keep_usage: store.member().is_none(),
         }
     }
 
@@ -190,6 +194,9 @@ impl AccountData {
                 reservation = Some(reserved);
                 Ok((position, true))
             })?;
+        // Other processes forget what they derived from it (push rules) before the
+        // position is released.
+        self.stream.stale_elsewhere(Stale::AccountData(user_id.to_owned(), key.2.clone()));
         drop(reservation);
         self.stream.announce(position, [Change::User(user_id.to_owned())]);
         Ok(position)
@@ -275,7 +282,7 @@ impl AccountData {
         usage: &'u mut HashMap<OwnedUserId, u64>,
         user_id: &UserId,
     ) -> Result<&'u mut u64> {
-        if !usage.contains_key(user_id) {
+        if !self.keep_usage || !usage.contains_key(user_id) {
             let mut total = 0u64;
             for row in self.data.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
                 total = total.saturating_add(row?.1.content.get().len() as u64);

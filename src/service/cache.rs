@@ -130,6 +130,13 @@ impl<K: Eq + Hash + Clone, V: Clone> BoundedCache<K, V> {
         }
     }
 
+    /// Forget everything.
+    pub fn clear(&self) {
+        let mut entries = self.lock();
+        entries.map.clear();
+        entries.bytes = 0;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries<K, V>> {
         // A panic while holding the lock cannot leave the map inconsistent (each operation
         // finishes its bookkeeping before it can fail), so a poisoned lock is still safe.

@@ -669,24 +669,44 @@ impl Services {
         ));
         // With other processes on the database: what they change is dropped from the
         // caches before it is visible here (held weakly: the services end with the server).
-        let (weak_members, weak_events, weak_receipts, weak_typing) = (
+        let (weak_members, weak_events, weak_receipts, weak_typing, weak_notifications) = (
             Arc::downgrade(&memberships),
             Arc::downgrade(&events),
             Arc::downgrade(&receipts),
             Arc::downgrade(&typing),
+            Arc::downgrade(&notifications),
         );
-        stream.start_sharing(move |change| {
-            use stream::Change;
-            let room = match change {
-                Some(Change::Room(room_id)) => Some(Some(room_id.as_ref())),
-                Some(Change::User(user_id)) => {
+        stream.start_sharing(move |heard| {
+            use stream::{Change, Elsewhere, Stale};
+            let room = match heard {
+                Elsewhere::Change(Change::Room(room_id)) => Some(Some(room_id.as_ref())),
+                Elsewhere::Change(Change::User(user_id)) => {
                     if let Some(members) = weak_members.upgrade() {
                         members.user_changed_elsewhere(user_id);
                     }
                     None
                 }
-                Some(Change::RoomMates(_)) => None,
-                None => Some(None),
+                Elsewhere::Change(Change::RoomMates(_)) => None,
+                Elsewhere::Stale(Stale::Event(event_id)) => {
+                    if let Some(events) = weak_events.upgrade() {
+                        events.rewritten_elsewhere(event_id);
+                    }
+                    None
+                }
+                Elsewhere::Stale(Stale::AccountData(user_id, kind)) => {
+                    if kind == push::PUSH_RULES
+                        && let Some(notifications) = weak_notifications.upgrade()
+                    {
+                        notifications.rules_changed_elsewhere(Some(user_id));
+                    }
+                    None
+                }
+                Elsewhere::Lost => {
+                    if let Some(notifications) = weak_notifications.upgrade() {
+                        notifications.rules_changed_elsewhere(None);
+                    }
+                    Some(None)
+                }
             };
             if let Some(room) = room {
                 if let Some(members) = weak_members.upgrade() {

@@ -570,7 +570,7 @@ impl Notifications {
     /// The classes the user's counts followed: each from a position on (after it), oldest
     /// first.
     fn epochs_of(&self, user_id: &UserId) -> Result<Epochs> {
-        self.epochs_cache.get_or_load(user_id, || {
+        let load = || {
             let mut epochs = Vec::new();
             for row in self.epochs.scan_prefix(&user_id.to_owned(), Direction::Forward)? {
                 let ((_, from), record) = row?;
@@ -580,7 +580,31 @@ impl Notifications {
                 epochs.push((0, self.class_now(user_id)?));
             }
             Ok(epochs.into())
-        })
+        };
+        // Other processes write epochs this one would not hear of in time: read them.
+        if self.keep_unread_counts { self.epochs_cache.get_or_load(user_id, load) } else { load() }
+    }
+
+    /// Another process sharing the database changed `user_id`'s push rules (`None`: maybe
+    /// anyone's): the next event is evaluated with the stored rules, and rooms' partitions
+    /// are made again.
+    pub fn rules_changed_elsewhere(&self, user_id: Option<&UserId>) {
+        {
+            let _writing = self.rules_write.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.lock_rules();
+            match user_id {
+                Some(user_id) => {
+                    cache.users.remove(user_id);
+                }
+                None => cache.users.clear(),
+            }
+        }
+        self.rules_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match user_id {
+            Some(user_id) => self.epochs_cache.invalidate([user_id]),
+            None => self.epochs_cache.clear(),
+        }
+        self.epochs_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The `m.push_rules` account data event.

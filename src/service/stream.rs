@@ -20,7 +20,7 @@ use std::{
     },
 };
 
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use tokio::sync::{broadcast, watch};
 
 use crate::{Result, storage::KvStore};
@@ -49,6 +49,26 @@ pub enum Change {
     RoomMates(OwnedUserId),
 }
 
+/// Something other processes sharing the database must forget from their caches: a write
+/// that the `Change`s it announces do not name (a rewrite in place).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Stale {
+    /// A stored event rewritten in place (redacted).
+    Event(OwnedEventId),
+    /// A user's account data of one type rewritten (`kind`).
+    AccountData(OwnedUserId, String),
+}
+
+/// What another process sharing the database did, as the callback of
+/// [`Stream::start_sharing`] hears it, before it is visible here.
+pub enum Elsewhere<'a> {
+    Change(&'a Change),
+    Stale(&'a Stale),
+    /// Messages were lost (the listening connection was made again): anything may have
+    /// changed.
+    Lost,
+}
+
 /// A change with the position it was committed at.
 #[derive(Clone, Debug)]
 pub struct Announced {
@@ -59,6 +79,11 @@ pub struct Announced {
 pub struct Stream {
     inner: Mutex<Inner>,
     committed: watch::Sender<u64>,
+    /// Moves on when messages from other processes were lost: every long-poll re-checks.
+    lost: watch::Sender<u64>,
+    /// After lost messages, the position the committed one must reach before the
+    /// long-polls re-check (what the other processes had published meanwhile).
+    wake_at: Mutex<Option<u64>>,
     changes: broadcast::Sender<Announced>,
     /// The changes this process committed (the same as `changes` when it is alone).
     own_changes: broadcast::Sender<Announced>,
@@ -93,6 +118,8 @@ impl Stream {
             return Ok(Self {
                 inner: Mutex::new(Inner { last_reserved: start, block_end: 0, in_flight: BTreeSet::new() }),
                 committed: watch::channel(committed).0,
+                lost: watch::channel(0).0,
+                wake_at: Mutex::new(None),
                 changes: broadcast::channel(CHANGE_BACKLOG).0,
                 own_changes: broadcast::channel(CHANGE_BACKLOG).0,
                 store: Arc::clone(store),
@@ -110,6 +137,8 @@ impl Stream {
                 in_flight: BTreeSet::new(),
             }),
             committed: watch::channel(start).0,
+            lost: watch::channel(0).0,
+            wake_at: Mutex::new(None),
             own_changes: changes.clone(),
             changes,
             store: Arc::clone(store),
@@ -195,6 +224,15 @@ impl Stream {
         }
     }
 
+    /// Tell the other processes sharing the database to forget what their caches hold of
+    /// `stale` (nothing when the process is alone). Call it before the write's position is
+    /// released: the others then forget it before their committed position covers the write.
+    pub fn stale_elsewhere(&self, stale: Stale) {
+        if let Some(shared) = &self.shared {
+            shared.send_stale(stale);
+        }
+    }
+
     /// Wait (until `deadline` at most) for the committed position to reach `position`: a
     /// token another process handed out may be ahead of this one for a moment. Answers at
     /// once for a process that holds the database alone (its tokens are its own).
@@ -207,9 +245,9 @@ impl Stream {
     }
 
     /// Start the threads that publish this process's position and hear the others'
-    /// (multi-process only); `invalidate` runs for each change another process announces,
-    /// before it is visible here, to drop what the caches hold about it.
-    pub fn start_sharing(self: &Arc<Self>, invalidate: impl Fn(Option<&Change>) + Send + Sync + 'static) {
+    /// (multi-process only); `invalidate` runs for each change and stale entry another
+    /// process announces, before it is visible here, to drop what the caches hold about it.
+    pub fn start_sharing(self: &Arc<Self>, invalidate: impl Fn(Elsewhere<'_>) + Send + Sync + 'static) {
         if let Some(shared) = &self.shared {
             shared.start(Arc::downgrade(self), Box::new(invalidate));
         }
@@ -235,6 +273,33 @@ impl Stream {
             }
             moved
         });
+        self.wake_if_caught_up();
+    }
+
+    /// Messages from other processes were lost, and they had published positions up to
+    /// `position` meanwhile: once the committed position reaches it, every long-poll
+    /// re-checks from its token (as after missed changes), since the changes that would have
+    /// woken it were not heard.
+    fn wake_when_committed(&self, position: u64) {
+        {
+            let mut wake_at = self.wake_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *wake_at = Some(wake_at.map_or(position, |at| at.max(position)));
+        }
+        self.wake_if_caught_up();
+    }
+
+    fn wake_if_caught_up(&self) {
+        let due = {
+            let mut wake_at = self.wake_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match *wake_at {
+                Some(at) if self.committed() >= at => wake_at.take().is_some(),
+                _ => false,
+            }
+        };
+        if due {
+            tracing::debug!("messages from other processes were lost: every long-poll re-checks");
+            self.lost.send_modify(|n| *n += 1);
+        }
     }
 
     /// Announce a change another process committed.
@@ -245,9 +310,12 @@ impl Stream {
     /// Listen for changes. Subscribe before reading `committed()`, so no change after the
     /// read can be missed.
     pub fn listen(&self) -> Listener {
+        let mut lost = self.lost.subscribe();
+        lost.mark_unchanged();
         Listener {
             changes: self.changes.subscribe(),
             committed: self.committed.subscribe(),
+            lost: Some(lost),
             long_polls: Arc::clone(&self.long_polls),
         }
     }
@@ -257,9 +325,11 @@ impl Stream {
     /// process sharing the database does for its own. The same as [`Self::listen`] for a
     /// process that holds the database alone.
     pub fn listen_here(&self) -> Listener {
+        // This process's own changes are never lost.
         Listener {
             changes: self.own_changes.subscribe(),
             committed: self.committed.subscribe(),
+            lost: None,
             long_polls: Arc::clone(&self.long_polls),
         }
     }
@@ -299,6 +369,8 @@ impl Drop for OwnedReservation {
 pub struct Listener {
     changes: broadcast::Receiver<Announced>,
     committed: watch::Receiver<u64>,
+    /// Moves on when messages from other processes were lost (`listen` only).
+    lost: Option<watch::Receiver<u64>>,
     long_polls: Arc<AtomicU64>,
 }
 
@@ -314,7 +386,8 @@ impl Drop for Waiting {
 /// What a listener heard.
 pub enum Heard {
     Change(Announced),
-    /// Changes were dropped because this listener fell behind: re-check everything.
+    /// Changes were dropped because this listener fell behind, or messages from other
+    /// processes were lost: re-check everything.
     Missed,
     Closed,
 }
@@ -328,7 +401,21 @@ impl Listener {
 
     /// The next announced change.
     pub async fn next(&mut self) -> Heard {
-        match self.changes.recv().await {
+        let lost = async {
+            match self.lost.as_mut() {
+                Some(lost) => {
+                    if lost.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let heard = tokio::select! {
+            heard = self.changes.recv() => heard,
+            () = lost => return Heard::Missed,
+        };
+        match heard {
             Ok(announced) => Heard::Change(announced),
             Err(broadcast::error::RecvError::Lagged(_)) => Heard::Missed,
             Err(broadcast::error::RecvError::Closed) => Heard::Closed,

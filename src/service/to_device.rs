@@ -105,6 +105,10 @@ pub struct ToDevice {
     /// What each device has waiting, counted from its queue the first time it is needed and
     /// kept up to date by every write here, so a send does not scan the queue.
     usage: Mutex<HashMap<DeviceKey, Usage>>,
+    /// Whether `usage` may be kept between sends: not when other processes share the
+    /// database (their sends and deliveries do not pass here), where it is counted at each
+    /// send (the queue it counts is bounded by the limits themselves).
+    keep_usage: bool,
 }
 
 impl ToDevice {
@@ -126,6 +130,7 @@ impl ToDevice {
             stream,
             store: Arc::clone(store),
             usage: Mutex::new(HashMap::new()),
+            keep_usage: store.member().is_none(),
         }
     }
 
@@ -425,7 +430,7 @@ impl ToDevice {
         usage: &'u mut HashMap<DeviceKey, Usage>,
         device: &DeviceKey,
     ) -> Result<&'u mut Usage> {
-        if !usage.contains_key(device) {
+        if !self.keep_usage || !usage.contains_key(device) {
             let mut counted = Usage::default();
             for row in self.queue.scan_prefix(device, Direction::Forward)? {
                 let (_, record) = row?;

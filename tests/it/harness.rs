@@ -107,8 +107,14 @@ pub fn postgresql_url(dir: &std::path::Path) -> String {
 /// load balancer: one configuration (server name, media directory), each process with a
 /// directory of its own for its control socket. Whatever the run's backend.
 pub async fn start_sharing_pair() -> (TestServer, TestServer) {
+    start_sharing_pair_with(|_| {}).await
+}
+
+/// [`start_sharing_pair`] with a configuration `adjust`ed (both processes share it).
+pub async fn start_sharing_pair_with(adjust: impl FnOnce(&mut Config)) -> (TestServer, TestServer) {
     let first = tempfile::tempdir().expect("temp dir");
     let mut config = test_config(first.path());
+    adjust(&mut config);
     use_postgresql(&mut config, first.path());
     config.multi_process = true;
     config.media_path = Some(first.path().join("media"));

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{Session, TestServer, start_sharing_pair},
+    harness::{Session, TestServer, start_sharing_pair, start_sharing_pair_with},
     rooms::{V3, create_room, join, send_text},
 };
 
@@ -220,6 +220,285 @@ async fn state_and_membership_changed_on_one_process_are_read_on_the_other() {
     assert_eq!(members_on(&a, &alice, &room).await, vec![alice.user_id.clone()]);
     let (_, joined) = a.get(&format!("{V3}/joined_rooms"), Some(&bob.token)).await;
     assert_eq!(joined["joined_rooms"], json!([]));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Long-poll `s` as `who` from `token` until an answer satisfies `done`; answers it and its
+/// `next_batch`. Panics after 20 s.
+async fn sync_until(
+    s: &TestServer,
+    who: &Session,
+    token: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> (Value, String) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut token = token.to_owned();
+    loop {
+        assert!(Instant::now() < give_up, "never saw {what}");
+        let answer = sync(s, who, Some(&token), 5_000).await;
+        token = answer["next_batch"].as_str().unwrap().to_owned();
+        if done(&answer) {
+            return (answer, token);
+        }
+    }
+}
+
+/// The event `id` as a sync answer's timeline in `room` has it.
+fn timeline_event(sync: &Value, room: &str, id: &str) -> Option<Value> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["event_id"] == id)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_event_redacted_on_one_process_is_served_redacted_by_the_other() {
+    let (a, b) = start_sharing_pair().await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
+    let secret = send_text(&a, &alice, &room, "secret", "the launch code is 1234").await;
+    // B reads the event every way a client can, so that it holds it in memory.
+    let first = sync(&b, &bob, None, 0).await;
+    let token = first["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(timeline_event(&first, &room, &secret).unwrap()["content"]["body"], "the launch code is 1234");
+    let (status, event) = b.get(&format!("{V3}/rooms/{room}/event/{secret}"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["content"]["body"], "the launch code is 1234");
+
+    // Alice redacts it on A; Bob's long-poll on B hears of the redaction.
+    let (status, body) = a
+        .put(&format!("{V3}/rooms/{room}/redact/{secret}/r1"), Some(&alice.token), json!({"reason": "oops"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let redaction = body["event_id"].as_str().unwrap().to_owned();
+    sync_until(&b, &bob, &token, "the redaction on B", |answer| {
+        timeline_event(answer, &room, &redaction).is_some()
+    })
+    .await;
+
+    // From then on B serves the event redacted, wherever it is read.
+    let redacted =
+        |e: &Value| e["content"] == json!({}) && e["unsigned"]["redacted_because"]["event_id"] == redaction;
+    let (status, event) = b.get(&format!("{V3}/rooms/{room}/event/{secret}"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert!(redacted(&event), "/event on B: {event}");
+    let (status, history) =
+        b.get(&format!("{V3}/rooms/{room}/messages?dir=b&limit=50"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let listed = history["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == secret).cloned();
+    assert!(listed.as_ref().is_some_and(redacted), "/messages on B: {history}");
+    let (status, context) = b.get(&format!("{V3}/rooms/{room}/context/{secret}"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert!(redacted(&context["event"]), "/context on B: {context}");
+    let fresh = sync(&b, &bob, None, 0).await;
+    let synced = timeline_event(&fresh, &room, &secret);
+    assert!(synced.as_ref().is_some_and(redacted), "an initial /sync on B: {fresh}");
+    assert!(!fresh.to_string().contains("launch code"), "{fresh}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The event IDs of `who`'s notifications, read on `s`.
+async fn notified(s: &TestServer, who: &Session) -> Vec<String> {
+    let (status, body) = s.get(&format!("{V3}/notifications"), Some(&who.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["event"]["event_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_rule_changed_on_one_process_is_applied_by_the_other() {
+    let (a, b) = start_sharing_pair().await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room =
+        create_room(&b, &alice, json!({"preset": "trusted_private_chat", "invite": [bob.user_id]})).await;
+    assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
+    // A message sent on B notifies Bob under the default rules (a room of two), and B now
+    // holds his rules in memory.
+    let first = send_text(&b, &alice, &room, "m1", "first").await;
+    let before = notified(&b, &bob).await;
+    assert!(before.contains(&first), "{before:?}");
+    let token = sync(&b, &bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob turns every notification off through A (the master rule) ...
+    let (status, body) = a
+        .put(
+            &format!("{V3}/pushrules/global/override/.m.rule.master/enabled"),
+            Some(&bob.token),
+            json!({"enabled": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // ... and his sync on B hears of it, with the new rules.
+    let (answer, _) = sync_until(&b, &bob, &token, "the push rules on B", |answer| {
+        answer["account_data"]["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["type"] == "m.push_rules"))
+    })
+    .await;
+    let rules =
+        answer["account_data"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.push_rules");
+    let master = rules.unwrap()["content"]["global"]["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule_id"] == ".m.rule.master")
+        .cloned()
+        .unwrap();
+    assert_eq!(master["enabled"], json!(true), "{answer}");
+
+    // A message sent on B now notifies nobody.
+    send_text(&b, &alice, &room, "m2", "second").await;
+    assert_eq!(notified(&b, &bob).await, before);
+    assert_eq!(notified(&a, &bob).await, before);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_ended_on_one_process_is_refused_by_the_other_at_once() {
+    let (a, b) = start_sharing_pair().await;
+    let bob = a.register("bob", "bob-password-1").await;
+    let (status, login) = b
+        .post(
+            &format!("{V3}/login"),
+            None,
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "bob-password-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let second = login["access_token"].as_str().unwrap().to_owned();
+    let second_device = login["device_id"].as_str().unwrap().to_owned();
+    // Both tokens work on both processes (and each process has used each).
+    for s in [&a, &b] {
+        for token in [&bob.token, &second] {
+            let (status, body) = s.get(&format!("{V3}/account/whoami"), Some(token)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    // Logged out on A: B refuses the token in the very next request.
+    let (status, body) = a.post(&format!("{V3}/logout"), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = b.get(&format!("{V3}/account/whoami"), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
+    // The other device deleted on B (with the password): A refuses its token at once.
+    let (status, body) = b
+        .post(
+            &format!("{V3}/delete_devices"),
+            Some(&second),
+            json!({"devices": [second_device], "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "bob-password-1"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = a.get(&format!("{V3}/account/whoami"), Some(&second)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_poll_is_woken_for_what_was_sent_while_its_process_was_not_listening() {
+    let (a, b) = start_sharing_pair().await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
+    let mut token = sync(&b, &bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    loop {
+        let answer = sync(&b, &bob, Some(&token), 0).await;
+        let next = answer["next_batch"].as_str().unwrap().to_owned();
+        if next == token {
+            break;
+        }
+        token = next;
+    }
+    let poll = {
+        let (b_base, token, bob) = (b.base.clone(), token.clone(), bob.clone());
+        let http = b.http.clone();
+        tokio::spawn(async move {
+            let filter = urlencode(r#"{"room":{"timeline":{"limit":1000}}}"#);
+            let answer = http
+                .get(format!("{b_base}{V3}/sync?timeout=20000&since={token}&filter={filter}"))
+                .bearer_auth(&bob.token)
+                .send()
+                .await
+                .unwrap();
+            (Instant::now(), answer.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The listening connections are cut (as by a database restart or a network fault), and
+    // Alice sends before they are made again (a second later): nobody hears its NOTIFY.
+    let url = a.services.config.database_url.clone().unwrap();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let killed = crate::harness::shared_cluster()
+        .psql(
+            &database,
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%') AS k",
+        )
+        .unwrap();
+    assert_eq!(killed.trim(), "2", "one listening connection per process");
+    let sent_at = Instant::now();
+    let id = send_text(&a, &alice, &room, "unheard", "while nobody listened").await;
+    let (answered_at, answer) = poll.await.unwrap();
+    let waited = answered_at.saturating_duration_since(sent_at);
+    eprintln!("send on A while unheard -> long-poll on B answered after {waited:?}");
+    assert_eq!(messages_in(&answer, &room), vec![id], "{answer}");
+    assert!(waited < Duration::from_secs(10), "the long-poll waited {waited:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The `content.n` of the to-device events in a sync answer, in order.
+fn to_device_numbers(sync: &Value) -> Vec<i64> {
+    sync["to_device"]["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e["content"]["n"].as_i64()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_to_device_queue_emptied_on_one_process_takes_messages_again_on_the_other() {
+    let (a, b) = start_sharing_pair_with(|config| config.to_device_queue_max_messages = 2).await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = a.register("bob", "bob-password-1").await;
+    let send = |n: i64| {
+        let (b, alice, bob) = (&b, &alice, &bob);
+        async move {
+            let body = json!({"messages": {&bob.user_id: {&bob.device_id: {"n": n}}}});
+            let (status, resp) =
+                b.put(&format!("{V3}/sendToDevice/org.example.test/t{n}"), Some(&alice.token), body).await;
+            assert_eq!(status, StatusCode::OK, "{resp}");
+        }
+    };
+    // Two messages sent through B fill Bob's queue (B counts them) ...
+    send(1).await;
+    send(2).await;
+    // ... Bob takes them on A and acknowledges them (his next sync), emptying it ...
+    let first = sync(&a, &bob, None, 0).await;
+    assert_eq!(to_device_numbers(&first), vec![1, 2], "{first}");
+    let token = first["next_batch"].as_str().unwrap().to_owned();
+    let second = sync(&a, &bob, Some(&token), 0).await;
+    assert!(to_device_numbers(&second).is_empty(), "{second}");
+    let token = second["next_batch"].as_str().unwrap().to_owned();
+    // ... so B takes the next message rather than count it against a full queue.
+    send(3).await;
+    let (answer, _) =
+        sync_until(&a, &bob, &token, "the third message", |answer| !to_device_numbers(answer).is_empty())
+            .await;
+    assert_eq!(to_device_numbers(&answer), vec![3], "{answer}");
     a.stop().await;
     b.stop().await;
 }

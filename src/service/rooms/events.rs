@@ -546,8 +546,8 @@ impl Events {
     }
 
     /// Another process sharing the database wrote to `room` (`None`: anywhere): forget the
-    /// positions kept for it. (Stored events do not change, except by a redaction; see
-    /// `docs/ARCHITECTURE.md` on several processes.)
+    /// positions kept for it. (Stored events do not change, except by a redaction, which
+    /// comes as [`Self::rewritten_elsewhere`].)
     pub fn changed_elsewhere(&self, room_id: Option<&RoomId>) {
         match room_id {
             Some(room_id) => {
@@ -557,8 +557,16 @@ impl Events {
             None => {
                 self.lock_last().clear();
                 lock(&self.bump_positions).clear();
+                // Lost messages may have named events rewritten (redacted).
+                self.cache.clear();
             }
         }
+    }
+
+    /// Another process sharing the database rewrote a stored event (a redaction): forget
+    /// the copy kept in memory.
+    pub fn rewritten_elsewhere(&self, event_id: &EventId) {
+        self.cache.remove(&event_id.to_owned());
     }
 
     /// A purge was committed: forget what memory holds of the room and its events.

@@ -62,7 +62,7 @@ use crate::{
         delayed_events::DelayedEvents,
         push::{Evaluation, Notifications},
         server_keys::ServerKeys,
-        stream::{Change, OwnedReservation, Stream},
+        stream::{Change, OwnedReservation, Stale, Stream},
     },
     storage::{
         GroupSync, KvStore, Table, WriteBatch,
@@ -617,6 +617,10 @@ impl Timeline {
             self.states.committed_group(group, state);
         }
         // Pushers learn of it from the push fan-out, which the commit rings.
+        if let Some(redacted) = &redacted {
+            // Other processes forget their copy before the position is released.
+            self.stream.stale_elsewhere(Stale::Event(redacted.pdu.event_id.clone()));
+        }
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
         if let Some((member, membership)) = &member_change {
             self.members.committed_member(room_id, member, membership);

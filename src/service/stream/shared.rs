@@ -26,7 +26,7 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use super::{Change, SEQUENCE, Stream};
+use super::{Change, Elsewhere, SEQUENCE, Stale, Stream};
 use crate::{
     Result,
     storage::{BusMessage, Direction, KvStore, kv::KeyRange, tables::STREAM_WRITERS},
@@ -42,18 +42,21 @@ const LIVENESS_WHEN_HELD_BACK: Duration = Duration::from_millis(100);
 /// The largest message sent on the bus (the bus takes somewhat more).
 const MAX_MESSAGE: usize = 3_000;
 
-/// What travels on the bus: a member's promise and the changes it committed.
+/// What travels on the bus: a member's promise, what it made stale and the changes it
+/// committed (the stale entries are forgotten first).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Message {
     m: u64,
     p: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    s: Vec<Stale>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     c: Vec<(u64, Change)>,
 }
 
-/// Runs for every change another process announced (`None`: messages were lost, so
-/// anything may have changed), before it is visible here.
-pub type Invalidate = Box<dyn Fn(Option<&Change>) + Send + Sync>;
+/// Runs for every change and stale entry another process announced (or for lost
+/// messages), before it is visible here.
+pub type Invalidate = Box<dyn Fn(Elsewhere<'_>) + Send + Sync>;
 
 pub(super) struct Shared {
     member: u64,
@@ -72,6 +75,8 @@ struct State {
     round: u64,
     /// Changes this process announced, to send.
     outbox: Vec<(u64, Change)>,
+    /// What this process made stale, to send (before the changes taken with it).
+    stale: Vec<Stale>,
     /// Something to publish may have changed.
     poked: bool,
     /// The promise last published.
@@ -99,7 +104,7 @@ impl Shared {
         }
         let start = store.next_ids(SEQUENCE, 1)?.start;
         table.insert(&member, &start)?;
-        let first = serde_json::to_vec(&Message { m: member, p: start, c: Vec::new() })
+        let first = serde_json::to_vec(&Message { m: member, p: start, s: Vec::new(), c: Vec::new() })
             .map_err(|e| crate::Error::Internal(format!("encoding a stream message: {e}")))?;
         store.publish(&first)?;
         heard.insert(member, (start, 0));
@@ -111,6 +116,7 @@ impl Shared {
                 heard,
                 round: 0,
                 outbox: Vec::new(),
+                stale: Vec::new(),
                 poked: false,
                 published: start,
                 held_back_by: None,
@@ -133,6 +139,11 @@ impl Shared {
 
     pub(super) fn send_change(&self, position: u64, change: Change) {
         self.lock().outbox.push((position, change));
+        self.wake.notify_one();
+    }
+
+    pub(super) fn send_stale(&self, stale: Stale) {
+        self.lock().stale.push(stale);
         self.wake.notify_one();
     }
 
@@ -195,9 +206,9 @@ fn publish_loop(stream: &Weak<Stream>) {
     loop {
         let Some(stream) = stream.upgrade() else { return };
         let Some(shared) = stream.shared.as_ref() else { return };
-        let (outbox, high, published) = {
+        let (stale, outbox, high, published) = {
             let mut state = shared.lock();
-            if !state.poked && state.outbox.is_empty() {
+            if !state.poked && state.outbox.is_empty() && state.stale.is_empty() {
                 let wait =
                     if state.held_back_by.is_some() { LIVENESS_WHEN_HELD_BACK } else { LIVENESS_EVERY };
                 let (woken, _) =
@@ -206,11 +217,16 @@ fn publish_loop(stream: &Weak<Stream>) {
             }
             state.poked = false;
             let high = state.heard.iter().filter(|(m, _)| **m != shared.member).map(|(_, (p, _))| *p).max();
-            (std::mem::take(&mut state.outbox), high.unwrap_or(0), state.published)
+            (
+                std::mem::take(&mut state.stale),
+                std::mem::take(&mut state.outbox),
+                high.unwrap_or(0),
+                state.published,
+            )
         };
         let promise = stream.promise(high).max(published);
-        if promise > published || !outbox.is_empty() {
-            match publish(shared, promise, promise > published, outbox) {
+        if promise > published || !outbox.is_empty() || !stale.is_empty() {
+            match publish(shared, promise, promise > published, stale, outbox) {
                 Ok(()) => shared.lock().published = promise,
                 Err(e) => {
                     tracing::error!(error = %e, "publishing the stream position failed; retrying");
@@ -232,29 +248,47 @@ fn publish_loop(stream: &Weak<Stream>) {
     }
 }
 
-/// Publish `promise` (keeping it in the table when it moved) and `changes`, in messages
-/// small enough for the bus; the promise goes in each.
-fn publish(shared: &Shared, promise: u64, moved: bool, changes: Vec<(u64, Change)>) -> Result<()> {
+/// Publish `promise` (keeping it in the table when it moved), what was made `stale` and
+/// `changes`, in messages small enough for the bus; the promise goes in each, and the stale
+/// entries before the changes.
+fn publish(
+    shared: &Shared,
+    promise: u64,
+    moved: bool,
+    stale: Vec<Stale>,
+    changes: Vec<(u64, Change)>,
+) -> Result<()> {
     if moved {
         STREAM_WRITERS.open(&shared.store).insert(&shared.member, &promise)?;
     }
-    let encode = |c: Vec<(u64, Change)>| {
-        serde_json::to_vec(&Message { m: shared.member, p: promise, c })
-            .map_err(|e| crate::Error::Internal(format!("encoding a stream message: {e}")))
-    };
-    let mut batch = Vec::new();
+    let mut message = Message { m: shared.member, p: promise, s: Vec::new(), c: Vec::new() };
     let mut size = 0;
-    for (position, change) in changes {
-        let one = encode(vec![(position, change.clone())])?.len();
-        if !batch.is_empty() && size + one > MAX_MESSAGE {
-            shared.store.publish(&encode(std::mem::take(&mut batch))?)?;
+    let items = stale.into_iter().map(Ok).chain(changes.into_iter().map(Err));
+    for item in items {
+        let one = match &item {
+            Ok(stale) => encode(stale)?,
+            Err(change) => encode(change)?,
+        }
+        .len()
+            + 2;
+        if !(message.s.is_empty() && message.c.is_empty()) && size + one > MAX_MESSAGE {
+            shared.store.publish(&encode(&message)?)?;
+            message.s.clear();
+            message.c.clear();
             size = 0;
         }
         size += one;
-        batch.push((position, change));
+        match item {
+            Ok(stale) => message.s.push(stale),
+            Err(change) => message.c.push(change),
+        }
     }
-    shared.store.publish(&encode(batch)?)?;
+    shared.store.publish(&encode(&message)?)?;
     Ok(())
+}
+
+fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| crate::Error::Internal(format!("encoding a stream message: {e}")))
 }
 
 /// Forget the members the store sees no connection of (heard before this check began).
@@ -296,8 +330,11 @@ fn listen_loop(stream: &Weak<Stream>, mut bus: broadcast::Receiver<BusMessage>, 
             Some(message) => {
                 let remote = message.m != shared.member;
                 if remote {
+                    for stale in &message.s {
+                        invalidate(Elsewhere::Stale(stale));
+                    }
                     for (_, change) in &message.c {
-                        invalidate(Some(change));
+                        invalidate(Elsewhere::Change(change));
                     }
                 }
                 let least = {
@@ -320,10 +357,11 @@ fn listen_loop(stream: &Weak<Stream>, mut bus: broadcast::Receiver<BusMessage>, 
                 // Messages were missed: whatever was cached may be stale, and the promises
                 // are read again from the table (each member writes its own there before
                 // it publishes it).
-                invalidate(None);
+                invalidate(Elsewhere::Lost);
                 match STREAM_WRITERS.open(&shared.store).scan(KeyRange::all(), Direction::Forward) {
                     Ok(rows) => {
                         let rows: Vec<_> = rows.filter_map(std::result::Result::ok).collect();
+                        let highest = rows.iter().map(|(_, promise)| *promise).max();
                         let least = {
                             let mut state = shared.lock();
                             // A member that died meanwhile is dropped again by the next check.
@@ -335,9 +373,16 @@ fn listen_loop(stream: &Weak<Stream>, mut bus: broadcast::Receiver<BusMessage>, 
                         if let Some(least) = least {
                             stream.raise_committed(least);
                         }
+                        // Changes announced meanwhile were not heard: every long-poll
+                        // re-checks from its token once the committed position covers what
+                        // was published (this process's own promise rises to it first).
+                        if let Some(highest) = highest {
+                            stream.wake_when_committed(highest);
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "reading the stream positions again failed"),
                 }
+                shared.poke();
             }
         }
     }

@@ -65,7 +65,7 @@ use crate::{
             events::StoredEvent,
             state::{EMPTY_GROUP, StateKey, StateMap},
         },
-        stream::Change,
+        stream::{Change, Stale},
     },
     storage::{
         WriteBatch,
@@ -934,6 +934,10 @@ impl Timeline {
         let durable = self.write_event_batch(batch)?;
 
         self.notifications.counted(counted);
+        if let Some(redacted) = &redacted {
+            // Other processes forget their copy before the position is released.
+            self.stream.stale_elsewhere(Stale::Event(redacted.pdu.event_id.clone()));
+        }
         self.events.committed([Some(Arc::clone(&event)), redacted].into_iter().flatten());
         if let Some(chain) = chain {
             self.auth_chains.committed(&event.pdu.event_id, chain);
