@@ -122,13 +122,26 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let (stop_workers, workers_stopped) = watch::channel(false);
-        // The delayed-event timer starts with the server, so events that fell due while it
-        // was down are sent at once.
-        let delayed_timer =
-            tokio::spawn(Arc::clone(&self.services.delayed_actions).run(workers_stopped.clone()));
+        // With several processes on one database, the once-per-server work below runs on
+        // the one that leads; a process alone leads from the start.
+        let leader = tokio::spawn(Arc::clone(&self.services.leader).run(workers_stopped.clone()));
+        let leading = self.services.leader.subscribe();
+        // The delayed-event timer starts with the server (or the lead), so events that fell
+        // due while it was down are sent at once.
+        let delayed_timer = tokio::spawn(while_leading(leading.clone(), workers_stopped.clone(), {
+            let delayed = Arc::clone(&self.services.delayed_actions);
+            move |stop| Arc::clone(&delayed).run(stop)
+        }));
         let flusher =
             tokio::spawn(maintain_periodically(Arc::clone(&self.services), workers_stopped.clone()));
-        let ldap_sync = tokio::spawn(Arc::clone(&self.services.ldap_sync).run(workers_stopped.clone()));
+        let sweeper = tokio::spawn(while_leading(leading.clone(), workers_stopped.clone(), {
+            let services = Arc::clone(&self.services);
+            move |stop| sweep_periodically(Arc::clone(&services), stop)
+        }));
+        let ldap_sync = tokio::spawn(while_leading(leading.clone(), workers_stopped.clone(), {
+            let ldap_sync = Arc::clone(&self.services.ldap_sync);
+            move |stop| Arc::clone(&ldap_sync).run(stop)
+        }));
         // Pushers' queues resume where they stopped: notifications written while the server
         // was down (or under way at a crash) are delivered now.
         self.services.push_gateways.start()?;
@@ -136,6 +149,22 @@ impl Server {
         self.services.federation_sender.start()?;
         self.services.remote_e2ee.start();
         self.services.appservice_ephemeral.start();
+        // The outbox's queues run while this process leads (every queue in the table is
+        // run when it gains the lead; all end when it loses it).
+        let deliveries = tokio::spawn({
+            let (outbox, mut leading, mut stop) =
+                (Arc::clone(&self.services.outbox), leading.clone(), workers_stopped.clone());
+            async move {
+                loop {
+                    let leads = *leading.borrow_and_update();
+                    outbox.set_leading(leads);
+                    tokio::select! {
+                        changed = leading.changed() => if changed.is_err() { return },
+                        _ = stop.changed() => return,
+                    }
+                }
+            }
+        });
         // Operator commands reach the running server here; without the socket they refuse
         // (the database is locked), as before it existed.
         let socket_path = control::socket_path(&self.services.config);
@@ -189,8 +218,11 @@ impl Server {
         let _ = stop_workers.send(true);
         self.services.outbox.stop().await;
         let _ = flusher.await;
+        let _ = sweeper.await;
         let _ = delayed_timer.await;
         let _ = ldap_sync.await;
+        let _ = deliveries.await;
+        let _ = leader.await;
         if let Some(task) = control_task {
             let _ = task.await;
         }
@@ -200,12 +232,41 @@ impl Server {
     }
 }
 
-/// Background upkeep: persist last-seen times, mark idle users offline, sweep expired UIA
-/// sessions, reserved media IDs, cached previews, OpenID and login tokens, purge media past its
-/// retention.
+/// Run `job` while this process leads, until `stop`: started each time the lead is gained,
+/// and told to stop (through the receiver it was given) when the lead is lost.
+async fn while_leading<F, J>(mut leading: watch::Receiver<bool>, mut stop: watch::Receiver<bool>, job: F)
+where
+    F: Fn(watch::Receiver<bool>) -> J,
+    J: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        tokio::select! {
+            led = lead_becomes(&mut leading, true) => if !led { return },
+            _ = stop.changed() => return,
+        }
+        let (stop_job, job_stopped) = watch::channel(false);
+        let running = tokio::spawn(job(job_stopped));
+        let stopping = tokio::select! {
+            lost = lead_becomes(&mut leading, false) => !lost,
+            _ = stop.changed() => true,
+        };
+        let _ = stop_job.send(true);
+        let _ = running.await;
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Wait until leading is `leads`; `false` when the leader is gone.
+async fn lead_becomes(leading: &mut watch::Receiver<bool>, leads: bool) -> bool {
+    leading.wait_for(|now| *now == leads).await.is_ok()
+}
+
+/// Each process's upkeep: persist the last-seen times it holds in memory, mark offline
+/// the users it saw go idle.
 async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
-    let mut ticks: u32 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -217,6 +278,21 @@ async fn maintain_periodically(services: Arc<Services>, mut stop: watch::Receive
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "presence sweep failed"),
                 }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The once-per-server upkeep (on the leading process): sweep expired UIA sessions, reserved
+/// media IDs, cached previews, OpenID and login tokens and browser sessions; purge media,
+/// notifications and audit records past their retention.
+async fn sweep_periodically(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(LAST_SEEN_FLUSH_INTERVAL);
+    let mut ticks: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
                 ticks = ticks.wrapping_add(1);
                 if ticks.is_multiple_of(UIAA_SWEEP_EVERY) {
                     match services.uiaa.remove_expired() {

@@ -81,13 +81,16 @@ impl AppserviceEphemeral {
     /// Listen to the change feed (called once the server serves, inside its runtime). The
     /// task holds the service weakly and ends with the stream.
     pub fn start(self: &Arc<Self>) {
-        let mut listener = self.stream.listen_here();
+        self.outbox.serve(self);
+        // Every process's changes, queued by the one that delivers (the leader).
+        let mut listener = self.stream.listen();
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let heard = listener.next().await;
                 let Some(me) = me.upgrade() else { return };
                 match heard {
+                    Heard::Change(_) if !me.outbox.is_leading() => {}
                     Heard::Change(announced) => match announced.change {
                         Change::Room(room_id) => me.room_changed(&room_id, announced.position),
                         Change::RoomMates(user_id) => me.room_mate_changed(&user_id, announced.position),

@@ -118,6 +118,7 @@ impl AppserviceSender {
     /// registered for the first time starts from now.
     pub fn start(self: &Arc<Self>) -> Result<()> {
         *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(self);
+        self.outbox.serve(self);
         self.listen();
         self.open_queues()
     }

@@ -23,6 +23,7 @@ pub mod key_backup;
 pub mod keys;
 pub mod ldap;
 pub mod ldap_sync;
+pub mod leader;
 pub mod legacy_sync;
 pub mod login_tokens;
 pub mod media;
@@ -131,6 +132,8 @@ pub struct Services {
     pub thirdparty: Arc<thirdparty::ThirdParty>,
     pub delayed_events: Arc<delayed_events::DelayedEvents>,
     pub outbox: Arc<outbox::Outbox>,
+    /// Whether this process runs the once-per-server work (always, when it is alone).
+    pub leader: Arc<leader::Leader>,
     pub push_gateways: Arc<push_gateway::PushGateways>,
     /// Email notifications; `None` unless `smtp.host` is configured.
     pub email_notifier: Option<Arc<email_notifier::EmailNotifier>>,
@@ -348,6 +351,14 @@ impl Services {
             Arc::clone(&clock),
             Duration::from_secs(config.push_backoff_max_secs),
         ));
+        let leader = Arc::new(leader::Leader::new(&store, config.multi_process));
+        if config.multi_process {
+            // A queue opened here while another process leads is run there.
+            let stream = Arc::clone(&stream);
+            outbox.share_with_other_processes(move |kind, destination| {
+                stream.stale_elsewhere(stream::Stale::Queue(kind.to_owned(), destination.to_owned()));
+            });
+        }
         let email_notifier = email_notifier::EmailNotifier::new(
             &config,
             &store,
@@ -669,12 +680,13 @@ impl Services {
         ));
         // With other processes on the database: what they change is dropped from the
         // caches before it is visible here (held weakly: the services end with the server).
-        let (weak_members, weak_events, weak_receipts, weak_typing, weak_notifications) = (
+        let (weak_members, weak_events, weak_receipts, weak_typing, weak_notifications, weak_outbox) = (
             Arc::downgrade(&memberships),
             Arc::downgrade(&events),
             Arc::downgrade(&receipts),
             Arc::downgrade(&typing),
             Arc::downgrade(&notifications),
+            Arc::downgrade(&outbox),
         );
         stream.start_sharing(move |heard| {
             use stream::{Change, Elsewhere, Stale};
@@ -701,9 +713,29 @@ impl Services {
                     }
                     None
                 }
+                Elsewhere::Stale(Stale::Pusher(user_id)) => {
+                    if let Some(notifications) = weak_notifications.upgrade()
+                        && let Err(e) = notifications.pusher_set_elsewhere(Some(user_id))
+                    {
+                        tracing::warn!(error = %e, "noting another process's pusher failed");
+                    }
+                    None
+                }
+                Elsewhere::Stale(Stale::Queue(kind, destination)) => {
+                    // Only the leader runs it (another process would hand it on again).
+                    if let Some(outbox) = weak_outbox.upgrade()
+                        && outbox.is_leading()
+                    {
+                        outbox.run_by_name(kind, destination);
+                    }
+                    None
+                }
                 Elsewhere::Lost => {
                     if let Some(notifications) = weak_notifications.upgrade() {
                         notifications.rules_changed_elsewhere(None);
+                        if let Err(e) = notifications.pusher_set_elsewhere(None) {
+                            tracing::warn!(error = %e, "reading the pushers again failed");
+                        }
                     }
                     Some(None)
                 }
@@ -784,6 +816,7 @@ impl Services {
             thirdparty,
             delayed_events,
             outbox,
+            leader,
             push_gateways,
             email_notifier,
             delayed_actions,

@@ -14,6 +14,10 @@
 //! processor, sending wins, and deliveries use what is left (a message to a room of 1,000
 //! pushers makes 1,000 requests). Time is the server's clock, so tests move it by hand.
 //!
+//! With several processes on one database, queues run on one of them only, the leader
+//! ([`super::leader::Leader`]): elsewhere `run` tells the leader through the stream's bus, and
+//! a process that gains the lead runs every queue in the table (`set_leading`).
+//!
 //! Owns the `outbox_queues` table.
 
 use std::{
@@ -21,7 +25,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -105,7 +109,14 @@ struct Queue {
     /// Cuts short whatever the queue waits for (a retry's backoff, a delivery under way) so
     /// that it asks its courier again: its destination may be gone.
     recheck: Notify,
+    /// Ended from outside (this process stopped leading): the task stops at once.
+    ended: AtomicBool,
 }
+
+/// Runs a queue of one kind for a destination, with the kind's courier.
+type Starter = Arc<dyn Fn(&Arc<Outbox>, &str) + Send + Sync>;
+/// Asks the leading process to run a queue (kind, destination).
+type TellLeader = Box<dyn Fn(&'static str, &str) + Send + Sync>;
 
 pub struct Outbox {
     queues: Table<(String, String), OutboxQueueRecord>,
@@ -118,6 +129,15 @@ pub struct Outbox {
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     /// Delivery outcomes by kind since start (for the metrics).
     outcomes: Mutex<BTreeMap<&'static str, DeliveryStats>>,
+    /// Whether queues run in this process: always for a process alone; with several, only
+    /// while it leads.
+    leading: AtomicBool,
+    /// Stopped for good: gaining the lead does not start queues again.
+    stopped: AtomicBool,
+    /// Each served kind's way to run a queue (`serve`).
+    starters: Mutex<BTreeMap<&'static str, Starter>>,
+    /// With several processes: how to ask the leader to run a queue.
+    tell_leader: OnceLock<TellLeader>,
 }
 
 /// One kind's delivery outcomes since start, and its queues running now.
@@ -171,7 +191,86 @@ impl Outbox {
             stop: watch::channel(false).0,
             runtime: Mutex::new(None),
             outcomes: Mutex::new(BTreeMap::new()),
+            leading: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
+            starters: Mutex::new(BTreeMap::new()),
+            tell_leader: OnceLock::new(),
         }
+    }
+
+    /// Several processes share the database: queues run here only once `set_leading` says
+    /// this process leads, and a queue asked to run meanwhile is handed to the leader
+    /// through `tell_leader`. Called once, when the services are built.
+    pub fn share_with_other_processes(
+        &self,
+        tell_leader: impl Fn(&'static str, &str) + Send + Sync + 'static,
+    ) {
+        self.leading.store(false, Ordering::SeqCst);
+        let _ = self.tell_leader.set(Box::new(tell_leader));
+    }
+
+    /// Whether queues run in this process now.
+    pub fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::SeqCst)
+    }
+
+    /// This process gained or lost the lead. Gaining it runs the queue of every destination
+    /// in the table whose kind is served here. Losing it ends every queue at once: another
+    /// process delivers now, and what was under way here is delivered again there (at
+    /// least once).
+    pub fn set_leading(self: &Arc<Self>, leading: bool) {
+        if leading {
+            if self.stopped.load(Ordering::SeqCst) || self.is_leading() {
+                return;
+            }
+            // Queues started from here on must not see the stop of the last loss.
+            self.stop.send_replace(false);
+            self.leading.store(true, Ordering::SeqCst);
+            if let Err(e) = self.adopt() {
+                tracing::warn!(error = %e, "reading the outbox's queues failed; they start when rung");
+            }
+        } else if self.leading.swap(false, Ordering::SeqCst) {
+            let ended = std::mem::take(&mut *self.lock());
+            for queue in ended.values() {
+                queue.ended.store(true, Ordering::SeqCst);
+            }
+            self.stop.send_replace(true);
+        }
+    }
+
+    /// Serve queues of `courier`'s kind: a queue in the table may be run by its kind's name
+    /// (when this process gains the lead, or the process that opened it asks). The courier
+    /// is held until `stop`, as its running queues hold it.
+    pub fn serve<C: Courier>(&self, courier: &Arc<C>) {
+        let courier = Arc::clone(courier);
+        let starter: Starter =
+            Arc::new(move |outbox: &Arc<Outbox>, destination: &str| outbox.run(&courier, destination));
+        self.starters.lock().unwrap_or_else(|p| p.into_inner()).insert(C::KIND, starter);
+    }
+
+    /// Run (or ring) the queue of kind `kind` for `destination` if it is in the table and its
+    /// kind is served here: another process opened it or has work for it.
+    pub fn run_by_name(self: &Arc<Self>, kind: &str, destination: &str) {
+        let starter = self.starters.lock().unwrap_or_else(|p| p.into_inner()).get(kind).cloned();
+        match (starter, self.delivered(kind, destination)) {
+            (Some(starter), Ok(Some(_))) => starter(self, destination),
+            (_, Err(e)) => tracing::warn!(kind, destination, error = %e, "reading an outbox queue failed"),
+            _ => {}
+        }
+    }
+
+    /// Run every queue in the table whose kind is served here.
+    fn adopt(self: &Arc<Self>) -> Result<()> {
+        let starters = self.starters.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for row in
+            self.queues.scan(crate::storage::kv::KeyRange::all(), crate::storage::Direction::Forward)?
+        {
+            let ((kind, destination), _) = row?;
+            if let Some(starter) = starters.get(kind.as_str()) {
+                starter(self, &destination);
+            }
+        }
+        Ok(())
     }
 
     fn count(&self, kind: &'static str, field: fn(&mut DeliveryStats) -> &mut u64) {
@@ -212,7 +311,10 @@ impl Outbox {
     /// nothing of theirs holds the database any more; what was under way is delivered again
     /// after the next start.
     pub async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
+        // The couriers hold the outbox: let them go.
+        self.starters.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(runtime) = runtime {
             // Waiting for a runtime blocks, which async code may not do.
@@ -252,6 +354,12 @@ impl Outbox {
         else {
             return;
         };
+        if !self.is_leading() {
+            if let Some(tell_leader) = self.tell_leader.get() {
+                tell_leader(C::KIND, destination);
+            }
+            return;
+        }
         let key = (C::KIND, destination.to_owned());
         let queue = {
             let mut running = self.lock();
@@ -260,12 +368,24 @@ impl Outbox {
                 queue.bell.notify_one();
                 return;
             }
-            let queue =
-                Arc::new(Queue { bell: Notify::new(), rung: AtomicBool::new(false), recheck: Notify::new() });
+            let queue = Arc::new(Queue {
+                bell: Notify::new(),
+                rung: AtomicBool::new(false),
+                recheck: Notify::new(),
+                ended: AtomicBool::new(false),
+            });
             running.insert(key, Arc::clone(&queue));
             queue
         };
         runtime.spawn(Arc::clone(self).work(Arc::clone(courier), destination.to_owned(), queue));
+    }
+
+    /// Run `destination`'s queue at start-up if this process delivers; otherwise nothing:
+    /// a process gaining the lead runs every queue in the table anyway.
+    pub fn resume<C: Courier>(self: &Arc<Self>, courier: &Arc<C>, destination: &str) {
+        if self.is_leading() {
+            self.run(courier, destination);
+        }
     }
 
     /// Ring the bells of the running queues of kind `kind` whose destination starts with
@@ -295,7 +415,7 @@ impl Outbox {
         kind: &'static str,
         wanted: impl Fn(&Change) -> bool + Send + 'static,
     ) {
-        let mut listener = stream.listen_here();
+        let mut listener = stream.listen();
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -375,7 +495,7 @@ impl Outbox {
         let mut failing_since: Option<u64> = None;
         let mut failures: u32 = 0;
         loop {
-            if *stop.borrow() {
+            if *stop.borrow() || queue.ended.load(Ordering::SeqCst) {
                 return true;
             }
             queue.rung.store(false, Ordering::SeqCst);

@@ -71,7 +71,7 @@ use crate::{
     storage::{
         Direction, KvStore, Table, WriteBatch,
         codec::KeyCodec,
-        kv::KeyRange,
+        kv::{Durability, KeyRange, transaction},
         tables::{
             NOTIFICATIONS, NotificationRecord, PUSH_CLASS_COUNTS, PUSH_CLASS_HEADS, PUSH_CLASSES,
             PUSH_COUNT_BASES, PUSH_COUNTS, PUSH_EPOCHS, PUSH_LOG, PUSH_LOG_ORDER, PUSHERS, PushClassCount,
@@ -472,23 +472,47 @@ impl Notifications {
     }
 
     /// The class of a user's stored rules, made (and stored, for good) if new; `None` when
-    /// there are too many. Called under `rules_write`.
+    /// there are too many. Called under `rules_write`. The next ID is taken in a
+    /// transaction: when another process sharing the database took it first (for its own
+    /// new template), its class is learnt from the table and the template looked up again,
+    /// so every process gives a template the same ID.
     fn class_of(&self, ruleset: &Ruleset, user_id: &UserId) -> Result<Option<u64>> {
         let template = rules::template_of(ruleset, user_id);
         let mut cache = self.lock_rules();
-        if let Some(class) = cache.templates.get(&template) {
-            return Ok(Some(*class));
+        loop {
+            if let Some(class) = cache.templates.get(&template) {
+                return Ok(Some(*class));
+            }
+            if cache.classes.len() >= MAX_CLASSES {
+                return Ok(None);
+            }
+            let Some(rules) = rules::instantiate(&template, &self.neutral) else { return Ok(None) };
+            let id = cache.classes.len() as u64;
+            let record = PushClassRecord { template: template.text.clone(), personal: template.personal };
+            let theirs = transaction(self.classes.store(), Durability::Synced, |tx| {
+                Ok::<_, Error>(match self.classes.get_in(tx, &id)? {
+                    Some(theirs) => (Some(theirs), false),
+                    None => {
+                        self.classes.put_in(tx, &id, &record)?;
+                        (None, true)
+                    }
+                })
+            })?;
+            match theirs {
+                None => {
+                    cache.classes.push(Class { rules, personal: template.personal });
+                    cache.templates.insert(template, id);
+                    return Ok(Some(id));
+                }
+                Some(theirs) => {
+                    let known = Template { text: theirs.template, personal: theirs.personal };
+                    let rules = rules::instantiate(&known, &self.neutral)
+                        .ok_or_else(|| Error::internal(format!("push class {id} is not a ruleset")))?;
+                    cache.classes.push(Class { rules, personal: known.personal });
+                    cache.templates.insert(known, id);
+                }
+            }
         }
-        if cache.classes.len() >= MAX_CLASSES {
-            return Ok(None);
-        }
-        let Some(rules) = rules::instantiate(&template, &self.neutral) else { return Ok(None) };
-        let id = cache.classes.len() as u64;
-        let record = PushClassRecord { template: template.text.clone(), personal: template.personal };
-        self.classes.insert(&id, &record)?;
-        cache.classes.push(Class { rules, personal: template.personal });
-        cache.templates.insert(template, id);
-        Ok(Some(id))
     }
 
     /// The class a user's unread counts follow with these rules: `None` for a user of
@@ -605,6 +629,25 @@ impl Notifications {
             None => self.epochs_cache.clear(),
         }
         self.epochs_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Another process sharing the database stored a pusher for `user_id` (`None`: maybe
+    /// for anyone, read again from the table): the fan-out considers them from now on.
+    pub fn pusher_set_elsewhere(&self, user_id: Option<&UserId>) -> Result<()> {
+        let mut users = HashSet::new();
+        match user_id {
+            Some(user_id) => {
+                users.insert(user_id.to_owned());
+            }
+            None => {
+                for row in self.pushers.scan(KeyRange::all(), Direction::Forward)? {
+                    let ((user, _, _), _) = row?;
+                    users.insert(user);
+                }
+            }
+        }
+        self.pusher_users.lock().unwrap_or_else(|p| p.into_inner()).extend(users);
+        Ok(())
     }
 
     /// The `m.push_rules` account data event.

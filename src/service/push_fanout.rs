@@ -34,8 +34,9 @@ impl PushFanout {
         stream: &Stream,
     ) -> Result<Arc<Self>> {
         let me = Arc::new(Self { notifications, gateways });
+        outbox.serve(&me);
         outbox.open(Self::KIND, ALL, stream.committed(), false)?;
-        outbox.run(&me, ALL);
+        outbox.resume(&me, ALL);
         outbox.ring_on_commits(stream, Self::KIND, |change| matches!(change, Change::Room(_)));
         Ok(me)
     }

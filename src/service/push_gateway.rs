@@ -29,7 +29,7 @@ use super::{
     push::{Notifications, parse_pusher_queue, pusher_kind, pusher_queue, user_queues},
     push_fanout::PushFanout,
     rooms::{events::Events, state::RoomStates},
-    stream::Stream,
+    stream::{Stale, Stream},
 };
 use crate::{
     Error, Result,
@@ -165,6 +165,10 @@ impl PushGateways {
     /// existed start from now.
     pub fn start(self: &Arc<Self>) -> Result<()> {
         self.outbox.start()?;
+        self.outbox.serve(self);
+        if let Some(email) = &self.email {
+            self.outbox.serve(email);
+        }
         // The queue that writes pushers' notification rows; it rings their queues.
         PushFanout::start(Arc::clone(&self.notifications), Arc::clone(self), &self.outbox, &self.stream)?;
         let now = self.stream.committed();
@@ -174,7 +178,7 @@ impl PushGateways {
                 (Some("http"), _) => {
                     let destination = pusher_queue(&user_id, &app_id, &pushkey);
                     self.outbox.open(Self::KIND, &destination, now, false)?;
-                    self.outbox.run(self, &destination);
+                    self.outbox.resume(self, &destination);
                 }
                 (Some("email"), Some(email)) => email.open(&user_id, &app_id, &pushkey, false)?,
                 _ => {}
@@ -207,6 +211,9 @@ impl PushGateways {
             append,
             self.clock.now_ms(),
         )?;
+        if kind.is_some() {
+            self.stream.stale_elsewhere(Stale::Pusher(user_id.to_owned()));
+        }
         let destination = pusher_queue(user_id, app_id, pushkey);
         // A new pusher gets what is notified from now on; an updated one keeps its place.
         // A queue of another kind (the pusher deleted, or changed kind) finds it gone and

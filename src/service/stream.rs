@@ -57,6 +57,12 @@ pub enum Stale {
     Event(OwnedEventId),
     /// A user's account data of one type rewritten (`kind`).
     AccountData(OwnedUserId, String),
+    /// A user set a pusher: the process that fans notifications out counts them among the
+    /// users with pushers.
+    Pusher(OwnedUserId),
+    /// An outbox queue (kind, destination) opened or given work by a process that does not
+    /// deliver: the one that does (the leader) runs it.
+    Queue(String, String),
 }
 
 /// What another process sharing the database did, as the callback of
@@ -85,8 +91,6 @@ pub struct Stream {
     /// long-polls re-check (what the other processes had published meanwhile).
     wake_at: Mutex<Option<u64>>,
     changes: broadcast::Sender<Announced>,
-    /// The changes this process committed (the same as `changes` when it is alone).
-    own_changes: broadcast::Sender<Announced>,
     store: Arc<dyn KvStore>,
     /// Long-polls waiting for a change now (for the metrics).
     long_polls: Arc<AtomicU64>,
@@ -121,7 +125,6 @@ impl Stream {
                 lost: watch::channel(0).0,
                 wake_at: Mutex::new(None),
                 changes: broadcast::channel(CHANGE_BACKLOG).0,
-                own_changes: broadcast::channel(CHANGE_BACKLOG).0,
                 store: Arc::clone(store),
                 long_polls: Arc::new(AtomicU64::new(0)),
                 shared: Some(shared),
@@ -129,7 +132,6 @@ impl Stream {
         }
         let block = store.next_ids(SEQUENCE, BLOCK)?;
         let start = block.start - 1;
-        let changes = broadcast::channel(CHANGE_BACKLOG).0;
         let stream = Self {
             inner: Mutex::new(Inner {
                 last_reserved: start,
@@ -139,8 +141,7 @@ impl Stream {
             committed: watch::channel(start).0,
             lost: watch::channel(0).0,
             wake_at: Mutex::new(None),
-            own_changes: changes.clone(),
-            changes,
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
             store: Arc::clone(store),
             long_polls: Arc::new(AtomicU64::new(0)),
             shared: None,
@@ -217,7 +218,6 @@ impl Stream {
         for change in changes {
             if let Some(shared) = &self.shared {
                 shared.send_change(position, change.clone());
-                let _ = self.own_changes.send(Announced { position, change: change.clone() });
             }
             // No listener is fine: nobody is long-polling.
             let _ = self.changes.send(Announced { position, change });
@@ -316,20 +316,6 @@ impl Stream {
             changes: self.changes.subscribe(),
             committed: self.committed.subscribe(),
             lost: Some(lost),
-            long_polls: Arc::clone(&self.long_polls),
-        }
-    }
-
-    /// Listen for the changes this process committed only: for the work each process does
-    /// for its own writes (federation and appservice senders, push fan-out), which another
-    /// process sharing the database does for its own. The same as [`Self::listen`] for a
-    /// process that holds the database alone.
-    pub fn listen_here(&self) -> Listener {
-        // This process's own changes are never lost.
-        Listener {
-            changes: self.own_changes.subscribe(),
-            committed: self.committed.subscribe(),
-            lost: None,
             long_polls: Arc::clone(&self.long_polls),
         }
     }

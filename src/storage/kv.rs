@@ -246,6 +246,16 @@ pub trait KvStore: Send + Sync + 'static {
         Ok(self.member().into_iter().collect())
     }
 
+    /// Hold the exclusive role `role` among the processes sharing the database, or find
+    /// out that another holds it: `true` while this process holds it. A process holds a
+    /// role until it ends or loses its connection to the database (then another may take
+    /// it); asking again while holding it costs no round trip. A process that holds the
+    /// database alone holds every role.
+    fn lead(&self, role: &str) -> StorageResult<bool> {
+        let _ = role;
+        Ok(true)
+    }
+
     /// Hand out the next `n` values of the durable sequence `name` (values start at 1):
     /// every value is handed out once, across restarts and across every process sharing
     /// the database. The sequence lives in the `sequences` table; callers that need IDs

@@ -66,6 +66,9 @@ const SCHEMA_LOCK: i64 = 0x636f_6e64_7569_7421;
 /// session connection ("conduit."): exclusively when it holds the database alone, shared
 /// when processes share it, so neither kind starts beside the other.
 const PROCESS_LOCK: i64 = 0x636f_6e64_7569_742e;
+/// The high half of the advisory lock keys of roles (`KvStore::lead`, "lead"); the low half
+/// is a hash of the role's name.
+const ROLE_LOCKS: i64 = 0x6c65_6164 << 32;
 /// How long start-up waits for the process lock (a process that just stopped may still
 /// hold it for a moment while the database notices its connection closed).
 const PROCESS_LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -187,6 +190,20 @@ impl Flushed {
     }
 }
 
+/// The session connection as callers see it: its client while it is up, and the roles
+/// (advisory locks) taken on it, which end with it.
+#[derive(Default)]
+struct SessionSlot {
+    client: Option<Arc<tokio_postgres::Client>>,
+    roles: HashSet<i64>,
+}
+
+/// The advisory lock key of role `role` (FNV-1a of its name in the low half).
+fn role_key(role: &str) -> i64 {
+    let hash = role.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    ROLE_LOCKS | i64::from(hash)
+}
+
 /// What the futures run on the store's runtime share.
 struct Shared {
     /// Connections for plain calls, and for transactions.
@@ -215,6 +232,8 @@ pub struct PgStore {
     bus: tokio::sync::broadcast::Sender<BusMessage>,
     /// Asks the session connection to close (on drop).
     stop_session: Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>>,
+    /// The session connection's client and the roles held on it.
+    session: Arc<std::sync::Mutex<SessionSlot>>,
     /// Taken out on drop, and shut down without waiting (dropping a runtime inside another
     /// would panic).
     runtime: Option<tokio::runtime::Runtime>,
@@ -336,6 +355,7 @@ impl PgStore {
             member,
             bus: tokio::sync::broadcast::channel(BUS_BACKLOG).0,
             stop_session: None,
+            session: Arc::default(),
             runtime: Some(runtime),
             counts: Counts::default(),
             flushed: Flushed::default(),
@@ -358,6 +378,7 @@ impl PgStore {
             multi_process: options.multi_process,
             bus: store.bus.clone(),
             stop,
+            slot: Arc::clone(&store.session),
         };
         let mut store = store;
         store.stop_session = Some(stop_tx);
@@ -505,6 +526,8 @@ struct Session {
     /// Closed when the store is dropped: the session ends its connection (releasing the
     /// lock at once) and answers on the sender it got.
     stop: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    /// Where callers find the connection (for roles); emptied when it ends.
+    slot: Arc<std::sync::Mutex<SessionSlot>>,
 }
 
 impl Session {
@@ -515,6 +538,8 @@ impl Session {
         loop {
             match self.open().await {
                 Ok((client, mut ended)) => {
+                    let client = Arc::new(client);
+                    self.slot.lock().unwrap_or_else(|p| p.into_inner()).client = Some(Arc::clone(&client));
                     match started.take() {
                         Some(started) => {
                             let _ = started.send(Ok(()));
@@ -525,9 +550,13 @@ impl Session {
                         }
                     }
                     tokio::select! {
-                        _ = &mut ended => {}
+                        _ = &mut ended => {
+                            // The roles went with the connection.
+                            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = SessionSlot::default();
+                        }
                         stop = self.stop.recv() => {
                             // The connection closes once its client is gone.
+                            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = SessionSlot::default();
                             drop(client);
                             let _ = ended.await;
                             if let Some(done) = stop {
@@ -998,6 +1027,38 @@ impl KvStore for PgStore {
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<BusMessage>> {
         self.member.map(|_| self.bus.subscribe())
+    }
+
+    /// A session-level advisory lock on the session connection, taken without waiting:
+    /// PostgreSQL releases it when that connection ends (the process killed, the network
+    /// lost), and the roles are forgotten here when it does.
+    fn lead(&self, role: &str) -> StorageResult<bool> {
+        if self.member.is_none() {
+            return Ok(true);
+        }
+        let key = role_key(role);
+        let client = {
+            let slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.roles.contains(&key) {
+                return Ok(true);
+            }
+            match &slot.client {
+                Some(client) => Arc::clone(client),
+                None => return Ok(false),
+            }
+        };
+        let asking = Arc::clone(&client);
+        let took = self.block_on(async move {
+            let row = asking.query_one("SELECT pg_try_advisory_lock($1)", &[&key]).await?;
+            Ok::<_, PgError>(row.get::<_, bool>(0))
+        })?;
+        let mut slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        // The connection may have ended (and the lock with it) while asking.
+        let same = slot.client.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client));
+        if took && same {
+            slot.roles.insert(key);
+        }
+        Ok(took && same)
     }
 
     fn live_members(&self) -> StorageResult<Vec<u64>> {

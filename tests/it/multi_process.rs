@@ -446,7 +446,8 @@ async fn a_long_poll_is_woken_for_what_was_sent_while_its_process_was_not_listen
         .psql(
             &database,
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query LIKE 'LISTEN%') AS k",
+             WHERE datname = current_database() AND (query LIKE 'LISTEN%' \
+             OR query LIKE '%pg_try_advisory_lock(%') AND pid <> pg_backend_pid()) AS k",
         )
         .unwrap();
     assert_eq!(killed.trim(), "2", "one listening connection per process");
@@ -625,6 +626,112 @@ async fn a_user_syncing_through_the_other_process_is_not_marked_offline() {
     assert_eq!(b.services.presence.sweep().unwrap(), 1);
     let (_, got) = b.get(&path, Some(&alice.token)).await;
     assert_eq!(got["presence"], "offline", "{got}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Wait (up to 10 s of wall-clock time) until `s` leads or, with `false`, does not.
+async fn until_leading(s: &TestServer, leads: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.services.leader.is_leading() != leads || s.services.outbox.is_leading() != leads {
+        assert!(
+            Instant::now() < deadline,
+            "the process never {}",
+            if leads { "led" } else { "stopped leading" }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_process_pushes_each_notification_once_and_another_takes_over_when_it_stops() {
+    use crate::push_delivery::{Gateway, Mode, allow_loopback, set_pusher};
+    let (a, b) = start_sharing_pair_with(allow_loopback).await;
+    // The first process leads; the second never does while the first runs.
+    until_leading(&a, true).await;
+    assert!(!b.services.leader.is_leading() && !b.services.outbox.is_leading());
+
+    // A slow gateway: two processes delivering one queue would both be under way at once.
+    let gateway = Gateway::start(Mode::Slow).await;
+    let alice = a.register("alice", "alice-password-1").await;
+    let bob = b.register("bob", "bob-password-1").await;
+    let room =
+        create_room(&b, &alice, json!({"preset": "trusted_private_chat", "invite": [bob.user_id]})).await;
+    assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
+    // Bob's pusher is set through the process that does not deliver.
+    let (status, body) = set_pusher(&b, &bob, "phone", &gateway.url, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Messages sent through each process reach the gateway once each, in order.
+    let mut sent = Vec::new();
+    sent.push(send_text(&b, &alice, &room, "m1", "through the second").await);
+    sent.push(send_text(&a, &alice, &room, "m2", "through the first").await);
+    sent.push(send_text(&b, &alice, &room, "m3", "through the second again").await);
+    let pushed = |gateway: &Gateway| -> Vec<String> {
+        gateway.accepted().iter().filter_map(|n| n["event_id"].as_str().map(str::to_owned)).collect()
+    };
+    gateway.until("three notifications", |g| pushed(g).len() >= 3).await;
+    // A second deliverer would have pushed each again by the time a fourth message arrives.
+    sent.push(send_text(&a, &alice, &room, "m4", "a marker").await);
+    gateway.until("the marker", |g| pushed(g).contains(&sent[3])).await;
+    assert_eq!(pushed(&gateway), sent, "each message pushed once, in order");
+
+    // The leader stops: the other process takes over its deliveries.
+    a.stop().await;
+    until_leading(&b, true).await;
+    sent.push(send_text(&b, &alice, &room, "m5", "after the takeover").await);
+    gateway.until("the message after the takeover", |g| pushed(g).contains(&sent[4])).await;
+    assert_eq!(pushed(&gateway), sent, "each message pushed once, in order");
+    b.stop().await;
+}
+
+/// `who`'s notification and highlight counts in `room`, as an initial sync on `s` gives them.
+async fn unread_on(s: &TestServer, who: &Session, room: &str) -> (u64, u64) {
+    let answer = sync(s, who, None, 0).await;
+    let unread = &answer["rooms"]["join"][room]["unread_notifications"];
+    (unread["notification_count"].as_u64().unwrap_or(0), unread["highlight_count"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn push_rules_new_to_each_process_keep_their_own_counts_on_both() {
+    let (a, b) = start_sharing_pair().await;
+    let zed = a.register("zed", "zed-password-1").await;
+    let xena = a.register("xena", "xena-password-1").await;
+    let yuri = b.register("yuri", "yuri-password-1").await;
+    let room = create_room(&a, &zed, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&a, &xena, &room).await.0, StatusCode::OK);
+    assert_eq!(join(&b, &yuri, &room).await.0, StatusCode::OK);
+    // Each sets a rule no one had before, through a different process: each process meets
+    // a new set of rules at about the same time.
+    let highlight = json!({"actions": ["notify", {"set_tweak": "highlight"}]});
+    for (s, who, word) in [(&a, &xena, "lunch"), (&b, &yuri, "dinner")] {
+        let mut rule = highlight.clone();
+        rule["pattern"] = json!(word);
+        let (status, body) =
+            s.put(&format!("{V3}/pushrules/global/content/{word}"), Some(&who.token), rule).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Messages through both processes: each is evaluated with both users' rules by the
+    // process it was sent through.
+    send_text(&b, &zed, &room, "m1", "lunch at noon?").await;
+    send_text(&a, &zed, &room, "m2", "dinner at eight?").await;
+    send_text(&b, &zed, &room, "m3", "or both").await;
+    send_text(&a, &zed, &room, "m4", "lunch it is").await;
+    // Each user highlights on their own word only, read through either process.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = [
+            unread_on(&a, &xena, &room).await,
+            unread_on(&b, &xena, &room).await,
+            unread_on(&a, &yuri, &room).await,
+            unread_on(&b, &yuri, &room).await,
+        ];
+        if seen == [(4, 2), (4, 2), (4, 1), (4, 1)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "xena on A and B, yuri on A and B: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     a.stop().await;
     b.stop().await;
 }

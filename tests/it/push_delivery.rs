@@ -22,7 +22,7 @@ use crate::{
 
 /// How the test gateway answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Accept,
     Reject,
     Unavailable,
@@ -30,6 +30,9 @@ enum Mode {
     Garbage,
     /// A 10 MB answer.
     Huge,
+    /// Accept after 300 ms: deliveries are under way long enough for two deliverers of one
+    /// queue to overlap.
+    Slow,
 }
 
 #[derive(Default)]
@@ -41,8 +44,8 @@ struct Seen {
 }
 
 #[derive(Clone)]
-struct Gateway {
-    url: String,
+pub(crate) struct Gateway {
+    pub(crate) url: String,
     seen: Arc<Mutex<Seen>>,
     mode: Arc<Mutex<Mode>>,
 }
@@ -52,6 +55,11 @@ async fn notify(State(gateway): State<Gateway>, Json(body): Json<Value>) -> axum
     gateway.seen.lock().unwrap().attempts += 1;
     match mode {
         Mode::Accept => {
+            gateway.seen.lock().unwrap().accepted.push(body["notification"].clone());
+            Json(json!({"rejected": []})).into_response()
+        }
+        Mode::Slow => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
             gateway.seen.lock().unwrap().accepted.push(body["notification"].clone());
             Json(json!({"rejected": []})).into_response()
         }
@@ -73,7 +81,7 @@ async fn notify(State(gateway): State<Gateway>, Json(body): Json<Value>) -> axum
 }
 
 impl Gateway {
-    async fn start(mode: Mode) -> Self {
+    pub(crate) async fn start(mode: Mode) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let gateway = Gateway {
@@ -90,7 +98,7 @@ impl Gateway {
         *self.mode.lock().unwrap() = mode;
     }
 
-    fn accepted(&self) -> Vec<Value> {
+    pub(crate) fn accepted(&self) -> Vec<Value> {
         self.seen.lock().unwrap().accepted.clone()
     }
 
@@ -99,7 +107,7 @@ impl Gateway {
     }
 
     /// Wait (on the wall clock, as a deadline only) until `done` holds.
-    async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+    pub(crate) async fn until(&self, what: &str, done: impl Fn(&Self) -> bool) {
         for _ in 0..500 {
             if done(self) {
                 return;
@@ -115,12 +123,12 @@ async fn server() -> TestServer {
     TestServer::start_with(allow_loopback).await
 }
 
-fn allow_loopback(config: &mut conduit::config::Config) {
+pub(crate) fn allow_loopback(config: &mut conduit::config::Config) {
     config.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
     config.push_timeout_secs = 1;
 }
 
-async fn set_pusher(
+pub(crate) async fn set_pusher(
     s: &TestServer,
     who: &Session,
     app_id: &str,

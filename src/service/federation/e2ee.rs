@@ -665,7 +665,8 @@ impl RemoteE2ee {
             return;
         }
         self.follow_departures();
-        let mut listener = self.stream.listen_here();
+        // Every process's changes, acted on by the one that delivers (the leader).
+        let mut listener = self.stream.listen();
         let me: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -673,7 +674,7 @@ impl RemoteE2ee {
                     Heard::Change(announced) => {
                         let Change::RoomMates(user) = &announced.change else { continue };
                         let Some(me) = me.upgrade() else { return };
-                        if !me.is_local(user) {
+                        if !me.is_local(user) || !me.sender.is_leading() {
                             continue;
                         }
                         listener.committed_to(announced.position).await;

@@ -178,6 +178,7 @@ impl FederationSender {
             return Ok(());
         }
         *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(self);
+        self.outbox.serve(self);
         self.listen();
         // A destination with durable EDUs waiting has a queue (opened when they were queued;
         // made sure of here).
@@ -190,9 +191,14 @@ impl FederationSender {
             self.outbox.open(Self::KIND, &destination, self.stream.committed(), false)?;
         }
         for destination in self.outbox.destinations(Self::KIND)? {
-            self.outbox.run(self, &destination);
+            self.outbox.resume(self, &destination);
         }
         Ok(())
+    }
+
+    /// Whether this process delivers to other servers now (it leads, with several).
+    pub fn is_leading(&self) -> bool {
+        self.outbox.is_leading()
     }
 
     /// The other servers with a joined member in the room.
@@ -310,9 +316,10 @@ impl FederationSender {
 
     /// Follow the stream's change feed: a room change rings (and if need be opens) the
     /// queues of the servers in the room once the change is committed, so the queue, which
-    /// reads committed positions only, finds it.
+    /// reads committed positions only, finds it. Every process's changes are heard; only
+    /// the process that delivers (the leader, with several) acts on them.
     fn listen(self: &Arc<Self>) {
-        let mut listener = self.stream.listen_here();
+        let mut listener = self.stream.listen();
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -320,6 +327,9 @@ impl FederationSender {
                 match heard {
                     Heard::Change(announced) => match &announced.change {
                         Change::Room(room_id) => {
+                            if !me.upgrade().is_some_and(|me| me.outbox.is_leading()) {
+                                continue;
+                            }
                             listener.committed_to(announced.position).await;
                             let Some(me) = me.upgrade() else { return };
                             if let Err(e) = me.room_changed(room_id, announced.position) {
@@ -328,7 +338,7 @@ impl FederationSender {
                         }
                         Change::RoomMates(user_id) => {
                             let Some(me) = me.upgrade() else { return };
-                            if user_id.server_name() != me.server_name {
+                            if user_id.server_name() != me.server_name || !me.outbox.is_leading() {
                                 continue;
                             }
                             listener.committed_to(announced.position).await;

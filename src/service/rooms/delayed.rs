@@ -27,6 +27,8 @@ use crate::{
     storage::tables::DelayedEventRecord,
 };
 
+/// How often the timer reads the table again without being rung.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
 /// How many due events the timer takes out at a time.
 const DUE_BATCH: usize = 100;
 /// How long the timer waits before trying again after its storage failed.
@@ -187,6 +189,9 @@ impl DelayedActions {
             tokio::select! {
                 () = due => {}
                 () = self.delayed.changed() => {}
+                // A delayed event scheduled by another process sharing the database rings
+                // no bell here: the table is read again now and then.
+                () = tokio::time::sleep(RESCAN_EVERY) => {}
                 _ = stop.changed() => return,
             }
             if *stop.borrow() {
