@@ -21,7 +21,7 @@ pub(crate) fn encode(s: &str) -> String {
 }
 
 /// The bodies of the text messages in a room's `/messages`, oldest first.
-async fn message_bodies(s: &TestServer, who: &Session, room: &str) -> Vec<String> {
+pub(crate) async fn message_bodies(s: &TestServer, who: &Session, room: &str) -> Vec<String> {
     let (status, page) =
         s.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=100", encode(room)), Some(&who.token)).await;
     assert_eq!(status, StatusCode::OK, "{page}");
@@ -92,7 +92,7 @@ pub(crate) async fn two_servers() -> TwoServers {
 }
 
 /// A room of A that Bob of B joins through A.
-async fn shared_room(a: &TestServer, b: &TestServer, alice: &Session, bob: &Session) -> String {
+pub(crate) async fn shared_room(a: &TestServer, b: &TestServer, alice: &Session, bob: &Session) -> String {
     let room = create_room(a, alice, json!({"preset": "public_chat", "name": "Shared"})).await;
     let (status, joined) = b
         .post(&format!("{V3}/join/{}?via={}", encode(&room), encode(&a.name())), Some(&bob.token), json!({}))
@@ -200,7 +200,7 @@ async fn a_server_that_was_down_catches_up() {
 
 /// A PDU as B would send it in `room` on A: Bob's message citing A's latest event, signed
 /// (and hashed) with `key` under B's name.
-async fn bobs_message(
+pub(crate) async fn bobs_message(
     a: &TestServer,
     alice: &Session,
     room: &str,
@@ -237,7 +237,7 @@ async fn bobs_message(
 }
 
 /// `PUT /send/{txnId}` to A, signed as B with B's real key.
-async fn put_transaction(
+pub(crate) async fn put_transaction(
     pki: &Pki,
     a: &TestServer,
     b: &TestServer,

@@ -134,18 +134,38 @@ pub fn parse_pdu(json: &str, rules: &RoomVersionRules) -> Result<WirePdu, Format
 
 /// The checks of [`parse_pdu`] on an object already held as canonical JSON (an event this
 /// server signed, or one fetched and parsed by ruma).
-pub fn check_object(
+pub fn check_object(object: CanonicalJsonObject, rules: &RoomVersionRules) -> Result<WirePdu, FormatError> {
+    check_fields(object, rules, true)
+}
+
+/// The event ID of a PDU [`parse_pdu`] refused as [`FormatError::TooLarge`] that is otherwise
+/// well formed, so the answer to its transaction can name it; `None` for text past the
+/// 16-fold bound (never read) or an event with any other fault.
+pub fn oversized_event_id(json: &str, rules: &RoomVersionRules) -> Option<OwnedEventId> {
+    if json.len() > MAX_TEXT_BYTES || json_too_deep(json.as_bytes(), MAX_JSON_DEPTH) {
+        return None;
+    }
+    let value: JsonValue = serde_json::from_str(json).ok()?;
+    let Ok(CanonicalJsonValue::Object(object)) = CanonicalJsonValue::try_from(value) else { return None };
+    check_fields(object, rules, false).ok().map(|wire| wire.event_id)
+}
+
+/// The format checks, the size limit among them when `limit_size`.
+fn check_fields(
     mut object: CanonicalJsonObject,
     rules: &RoomVersionRules,
+    limit_size: bool,
 ) -> Result<WirePdu, FormatError> {
     object.remove("unsigned");
     let origin_picks_id = rules.event_id_format == EventIdFormatVersion::V1;
     if !origin_picks_id {
         object.remove("event_id");
     }
-    let size = CanonicalJsonValue::Object(object.clone()).to_string().len();
-    if size > MAX_PDU_BYTES {
-        return Err(FormatError::TooLarge(size));
+    if limit_size {
+        let size = CanonicalJsonValue::Object(object.clone()).to_string().len();
+        if size > MAX_PDU_BYTES {
+            return Err(FormatError::TooLarge(size));
+        }
     }
 
     let kind = required_string(&object, "type")?;
@@ -468,6 +488,15 @@ mod tests {
         assert!(parse(&json, &version).is_ok());
         json["content"]["body"] = json!("x".repeat(MAX_PDU_BYTES));
         assert!(matches!(parse(&json, &version), Err(FormatError::TooLarge(n)) if n > MAX_PDU_BYTES));
+        // Refused, but named: the ID is the one the event would have had under the limit.
+        let text = json.to_string();
+        let id = oversized_event_id(&text, &v(version.clone())).expect("an ID for an oversized event");
+        json["content"]["body"] = json!("x");
+        let small = parse(&json, &version).unwrap();
+        assert_eq!(id, small.event_id, "the reference hash leaves the content out");
+        json["sender"] = json!("not a user");
+        json["content"]["body"] = json!("x".repeat(MAX_PDU_BYTES));
+        assert_eq!(oversized_event_id(&json.to_string(), &v(version.clone())), None);
         // Whitespace does not count, but a text 16 times the limit is not read at all.
         let padded = format!(r#"{{"content":{}{{}}}}"#, " ".repeat(MAX_PDU_BYTES * 16));
         assert!(matches!(parse_pdu(&padded, &v(version)), Err(FormatError::TooLarge(_))));

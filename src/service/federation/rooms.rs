@@ -49,7 +49,7 @@ use crate::{
     Error, Result,
     matrix::{
         federation::{
-            format::{claimed_room_id, parse_pdu},
+            format::{FormatError, claimed_room_id, oversized_event_id, parse_pdu},
             verify::{self, ServerKeys as VerifyKeys, Verdict, VerifyKey},
         },
         pdu::Pdu,
@@ -306,7 +306,14 @@ impl RoomFederation {
         rules: &RoomVersionRules,
         keys: &mut VerifyKeys,
     ) -> std::result::Result<Pdu, (Option<OwnedEventId>, String)> {
-        let wire = parse_pdu(json, rules).map_err(|e| (None, format!("malformed PDU: {e}")))?;
+        let wire = parse_pdu(json, rules).map_err(|e| {
+            // Too large but otherwise an event: dropped all the same, and named in the answer.
+            let named = match e {
+                FormatError::TooLarge(_) => oversized_event_id(json, rules),
+                _ => None,
+            };
+            (named, format!("malformed PDU: {e}"))
+        })?;
         let event_id = wire.event_id.clone();
         let servers =
             verify::required_servers(&wire, rules).map_err(|e| (Some(event_id.clone()), e.to_string()))?;
