@@ -215,6 +215,23 @@ async fn media_in_s3_uploads_downloads_thumbnails_and_deletes_objects() {
     assert_eq!((report.media, report.bytes_freed), (1, 9));
     assert_eq!(bucket.objects(), Vec::<String>::new());
     assert_eq!(download(&s, &alice, &old).await.status(), StatusCode::NOT_FOUND);
+
+    // Thumbnails of what is no image are refused as on the filesystem (the format is
+    // sniffed from a ranged read of the object's start, the empty object included).
+    for (bytes, content_type) in [(vec![0x42; 3 * 1024 * 1024], "video/mp4"), (Vec::new(), "image/png")] {
+        let mxc = upload(&s, &alice, bytes, content_type, None).await;
+        let path = mxc.strip_prefix("mxc://").unwrap();
+        let resp = s
+            .http
+            .get(format!("{}{V1}/thumbnail/{path}?width=32&height=32&method=crop", s.base))
+            .bearer_auth(&alice.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{content_type}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["errcode"], "M_UNKNOWN");
+    }
+    assert_eq!(local_content_files(&media_dir), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

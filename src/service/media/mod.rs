@@ -705,14 +705,37 @@ impl Media {
     }
 
     /// Stored content as a file on disk for decoding: the content file itself, or, with a
-    /// bucket, a temporary download deleted when the last clone is dropped.
-    async fn local_copy(&self, hash: ContentHash) -> Result<Arc<LocalCopy>> {
+    /// bucket, a temporary download deleted when the last clone is dropped. From a bucket,
+    /// content that is not an image this server reads (sniffed from a ranged read) or too
+    /// large to be one worth decoding is refused before it is downloaded, so thumbnail
+    /// requests for a large video cannot make the server fetch it again and again.
+    async fn local_copy(
+        &self,
+        hash: ContentHash,
+        size: u64,
+    ) -> Result<std::result::Result<Arc<LocalCopy>, ThumbnailError>> {
         let core = Arc::clone(&self.core);
-        blocking(move || match core.files.local_copy(&hash) {
-            Ok(copy) => Ok(Arc::new(copy)),
-            // Purged between reading the record and fetching the object.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found()),
-            Err(e) => Err(Error::internal(format!("fetching media: {e}"))),
+        let max_file = thumbnail::max_image_file_size(self.settings.max_image_pixels);
+        blocking(move || {
+            if core.files.is_remote() {
+                match core.files.head(&hash, thumbnail::SNIFF_LEN) {
+                    Ok(Some(head)) if !thumbnail::is_image(&head) => {
+                        return Ok(Err(ThumbnailError::Unsupported));
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(not_found()),
+                    Err(e) => return Err(Error::internal(format!("fetching media: {e}"))),
+                }
+                if size > max_file {
+                    return Ok(Err(ThumbnailError::TooLarge));
+                }
+            }
+            match core.files.local_copy(&hash) {
+                Ok(copy) => Ok(Ok(Arc::new(copy))),
+                // Purged between reading the record and fetching the object.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found()),
+                Err(e) => Err(Error::internal(format!("fetching media: {e}"))),
+            }
         })
         .await
     }
@@ -728,7 +751,7 @@ impl Media {
     /// image this server reads.
     pub async fn image_info(&self, media_id: &str) -> Result<Option<ImageInfo>> {
         let Some(record) = self.core.media.get(&media_id.to_owned())? else { return Ok(None) };
-        let copy = self.local_copy(record.sha256).await?;
+        let Ok(copy) = self.local_copy(record.sha256, record.size).await? else { return Ok(None) };
         Ok(self.probe(copy).await?.ok())
     }
 
@@ -783,7 +806,7 @@ impl Media {
         target: ThumbnailBox,
         key: Option<ThumbnailKey>,
     ) -> Result<Content> {
-        let copy = self.local_copy(record.sha256).await?;
+        let copy = self.local_copy(record.sha256, record.size).await?.map_err(thumbnail_error)?;
         let info = self.probe(Arc::clone(&copy)).await?.map_err(thumbnail_error)?;
         let serve_original = if info.animated {
             request.animated == Some(true) && record.size <= MAX_ANIMATED_ORIGINAL

@@ -467,6 +467,36 @@ impl S3Store {
         })
     }
 
+    /// Up to the first `len` bytes of the object of `hash` (a ranged `GET`); `None` when
+    /// there is no such object.
+    pub fn read_head(&self, hash: &ContentHash, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let (http, target, key) = (self.http.clone(), Arc::clone(&self.target), self.target.key(hash));
+        self.wait(async move {
+            let mut response = Self::request(&http, &target, Method::GET, Some(&key), EMPTY_SHA256)?
+                .header(reqwest::header::RANGE, format!("bytes=0-{}", len.saturating_sub(1)))
+                .timeout(SHORT_TIMEOUT)
+                .send()
+                .await
+                .map_err(transport("GET object range"))?;
+            match response.status() {
+                status if status.is_success() => {}
+                StatusCode::NOT_FOUND => return Ok(None),
+                // An empty object has no first byte to give.
+                StatusCode::RANGE_NOT_SATISFIABLE => return Ok(Some(Vec::new())),
+                _ => return Err(unexpected("GET object range", response).await),
+            }
+            // A service that ignores the range sends the whole object: read only the start.
+            let mut head = Vec::with_capacity(len);
+            while head.len() < len {
+                let Some(chunk) = response.chunk().await.map_err(transport("GET object range"))? else {
+                    break;
+                };
+                head.extend_from_slice(&chunk[..chunk.len().min(len - head.len())]);
+            }
+            Ok(Some(head))
+        })
+    }
+
     /// Start reading the object of `hash`: `None` when there is no such object, otherwise
     /// its bytes as they arrive.
     pub async fn open(&self, hash: &ContentHash) -> io::Result<Option<ObjectReader>> {

@@ -56,6 +56,27 @@ impl ContentStore {
         Ok(Self { files, s3 })
     }
 
+    /// Whether content lives in a bucket rather than in the media directory.
+    pub fn is_remote(&self) -> bool {
+        self.s3.is_some()
+    }
+
+    /// Up to the first `len` bytes of content (blocking); `None` when it is not stored.
+    pub fn head(&self, hash: &ContentHash, len: usize) -> io::Result<Option<Vec<u8>>> {
+        if let Some(s3) = &self.s3 {
+            return s3.read_head(hash, len);
+        }
+        use std::io::Read as _;
+        let file = match std::fs::File::open(self.files.path(hash)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut head = Vec::with_capacity(len);
+        file.take(len as u64).read_to_end(&mut head)?;
+        Ok(Some(head))
+    }
+
     /// A new, empty temporary file in the media directory.
     pub fn temp_file(&self) -> io::Result<(std::fs::File, TempPath)> {
         self.files.temp_file()
