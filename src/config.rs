@@ -148,6 +148,12 @@ pub struct Config {
     pub user_directory_search_all_local_users: bool,
     /// Directory of uploaded media files; unset means `media` inside `database_path`.
     pub media_path: Option<PathBuf>,
+    /// Where media bytes are kept: `filesystem` (under `media_path`, the default) or `s3`
+    /// (an S3-compatible bucket, `media_s3`; `media_path` then holds only uploads in progress
+    /// and temporary copies for thumbnailing).
+    pub media_backend: MediaBackend,
+    /// The bucket for `media_backend = "s3"`.
+    pub media_s3: MediaS3Config,
     /// Largest accepted upload, in bytes.
     pub max_upload_size: u64,
     /// The spec's v1.11 "freeze" of unauthenticated media: media uploaded while this is on is
@@ -372,6 +378,114 @@ pub enum DatabaseBackend {
     Rocksdb,
     /// PostgreSQL at `database_url`.
     Postgresql,
+}
+
+/// Where media bytes are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaBackend {
+    /// Files under `media_path`.
+    #[default]
+    Filesystem,
+    /// Objects in an S3-compatible bucket (`[global.media_s3]`).
+    S3,
+}
+
+/// An S3-compatible bucket for media (`media_backend = "s3"`): AWS S3, MinIO, Ceph's RADOS
+/// Gateway, Garage and the like. The endpoint is the operator's, so it may be on loopback or
+/// a private network: `ip_range_denylist` does not apply to it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MediaS3Config {
+    /// The service's URL, `http://` or `https://`, e.g. `https://s3.eu-west-1.amazonaws.com`
+    /// or `http://127.0.0.1:9000`; no path.
+    pub endpoint: Option<String>,
+    /// The bucket's name. It must exist: the server checks it at start.
+    pub bucket: Option<String>,
+    /// The region requests are signed for (self-hosted services mostly accept any).
+    pub region: String,
+    /// The credentials requests are signed with (AWS Signature Version 4).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// `true` (the default, what self-hosted services expect): the bucket is the first part of
+    /// the path (`http://host/bucket/key`); `false`: the bucket is part of the host name
+    /// (`https://bucket.host/key`).
+    pub path_style: bool,
+    /// Put before every object's key, e.g. `"conduit/"`, to share a bucket.
+    pub prefix: String,
+}
+
+impl Default for MediaS3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            bucket: None,
+            region: "us-east-1".to_owned(),
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: true,
+            prefix: String::new(),
+        }
+    }
+}
+
+/// The largest object one S3 `PUT` may carry (5 GiB); uploads are sent in one `PUT`.
+pub const S3_MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+impl MediaS3Config {
+    /// Every key `media_backend = "s3"` needs is there and well formed.
+    fn check(&self, max_upload_size: u64) -> Result<(), String> {
+        let missing = |key: &str| {
+            format!(
+                "media_backend = \"s3\" needs key `media_s3.{key}` (or CONDUIT_MEDIA_S3__{})",
+                key.to_uppercase()
+            )
+        };
+        let endpoint =
+            self.endpoint.as_deref().filter(|e| !e.is_empty()).ok_or_else(|| missing("endpoint"))?;
+        let url = url::Url::parse(endpoint).map_err(|e| {
+            format!("invalid value for key `media_s3.endpoint`: `{endpoint}` is not a URL: {e}")
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "invalid value for key `media_s3.endpoint`: `{endpoint}` is not an http(s) URL"
+            ));
+        }
+        if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+            return Err(format!(
+                "invalid value for key `media_s3.endpoint`: `{endpoint}` must name only the scheme, host and port"
+            ));
+        }
+        let bucket = self.bucket.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| missing("bucket"))?;
+        // S3's naming rules, which also make the name safe in a path and a host name.
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && bucket.as_bytes()[0].is_ascii_alphanumeric();
+        if !valid_bucket {
+            return Err(format!(
+                "invalid value for key `media_s3.bucket`: `{bucket}` is not an S3 bucket name (3 to 63 \
+                 lowercase letters, digits, `-` and `.`)"
+            ));
+        }
+        if self.region.is_empty() {
+            return Err("invalid value for key `media_s3.region`: must not be empty".into());
+        }
+        self.access_key_id.as_deref().filter(|k| !k.is_empty()).ok_or_else(|| missing("access_key_id"))?;
+        self.secret_access_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| missing("secret_access_key"))?;
+        if self.prefix.starts_with('/') {
+            return Err("invalid value for key `media_s3.prefix`: must not start with `/`".into());
+        }
+        if max_upload_size > S3_MAX_OBJECT_SIZE {
+            return Err(format!(
+                "invalid value for key `max_upload_size`: with media_backend = \"s3\" at most \
+                 {S3_MAX_OBJECT_SIZE} (5 GiB, the largest single S3 PUT)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What a listener serves.
@@ -717,6 +831,8 @@ impl Default for Config {
             argon2_parallelism: 1,
             user_directory_search_all_local_users: false,
             media_path: None,
+            media_backend: MediaBackend::Filesystem,
+            media_s3: MediaS3Config::default(),
             max_upload_size: 50 * 1024 * 1024,
             media_legacy_freeze: true,
             media_retention_days: None,
@@ -907,6 +1023,9 @@ impl Config {
         }
         if self.max_upload_size < 1024 {
             return Err("invalid value for key `max_upload_size`: must be at least 1024 bytes".into());
+        }
+        if self.media_backend == MediaBackend::S3 {
+            self.media_s3.check(self.max_upload_size)?;
         }
         if !(60..=YEAR_SECS).contains(&self.media_unused_expiration_secs) {
             return Err("invalid value for key `media_unused_expiration_secs`: must be 60 to 31536000".into());
@@ -1504,6 +1623,43 @@ mod tests {
         assert!(err.contains("url_preview_domain_whitelist"), "{err}");
         let err = Config::from_toml_str("[global]\nmax_upload_size = 10").err().unwrap();
         assert!(err.contains("max_upload_size"), "{err}");
+    }
+
+    #[test]
+    fn s3_media_needs_its_keys() {
+        let full = "[global]\nmedia_backend = \"s3\"\n[global.media_s3]\nendpoint = \"http://127.0.0.1:9000\"\n\
+                    bucket = \"conduit-media\"\naccess_key_id = \"id\"\nsecret_access_key = \"secret\"\n";
+        let config = Config::from_toml_str(full).unwrap().config;
+        assert_eq!(config.media_backend, MediaBackend::S3);
+        assert_eq!((config.media_s3.region.as_str(), config.media_s3.path_style), ("us-east-1", true));
+        for (key, err_names) in [
+            ("endpoint", "media_s3.endpoint"),
+            ("bucket", "media_s3.bucket"),
+            ("access_key_id", "CONDUIT_MEDIA_S3__ACCESS_KEY_ID"),
+            ("secret_access_key", "media_s3.secret_access_key"),
+        ] {
+            let text: String =
+                full.lines().filter(|l| !l.starts_with(key)).map(|l| format!("{l}\n")).collect();
+            let err = Config::from_toml_str(&text).err().unwrap();
+            assert!(err.contains(err_names) && err.contains("needs"), "{key}: {err}");
+        }
+        for (change, key) in [
+            ("endpoint = \"ftp://host\"", "media_s3.endpoint"),
+            ("endpoint = \"http://host:9000/path\"", "media_s3.endpoint"),
+            ("bucket = \"Not_A_Bucket\"", "media_s3.bucket"),
+            ("prefix = \"/abs\"", "media_s3.prefix"),
+        ] {
+            let name = change.split(' ').next().unwrap();
+            let mut text: String =
+                full.lines().filter(|l| !l.starts_with(name)).map(|l| format!("{l}\n")).collect();
+            text.push_str(change);
+            let err = Config::from_toml_str(&text).err().unwrap();
+            assert!(err.contains(key), "{change}: {err}");
+        }
+        let big = full.replace("media_backend", "max_upload_size = 6000000000\nmedia_backend");
+        assert!(Config::from_toml_str(&big).err().unwrap().contains("5 GiB"));
+        // The filesystem backend ignores the table.
+        assert!(Config::from_toml_str("[global]\n[global.media_s3]\nbucket = \"x\"").is_ok());
     }
 
     #[test]

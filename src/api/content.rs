@@ -159,6 +159,16 @@ pub async fn serve(
             }
             Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK))
         }
+        ContentBody::Reader(mut reader) => {
+            // An object being downloaded cannot seek: the bytes before the range are read
+            // and dropped.
+            if start > 0 {
+                tokio::io::copy(&mut (&mut reader).take(start), &mut tokio::io::sink())
+                    .await
+                    .map_err(|e| Error::internal(format!("reading media: {e}")))?;
+            }
+            Body::from_stream(ReaderStream::with_capacity(reader.take(len), READ_CHUNK))
+        }
         ContentBody::Bytes(bytes) => {
             let (start, end) = (start as usize, (start + len) as usize);
             Body::from(bytes.slice(start.min(bytes.len())..end.min(bytes.len())))
@@ -184,6 +194,12 @@ pub fn serve_multipart(content: Content, disposition: ContentDisposition) -> Res
         ContentBody::File(file) => {
             let reader = std::io::Cursor::new(head.into_bytes())
                 .chain(file.take(content.size))
+                .chain(std::io::Cursor::new(tail.into_bytes()));
+            Body::from_stream(ReaderStream::with_capacity(reader, READ_CHUNK))
+        }
+        ContentBody::Reader(object) => {
+            let reader = std::io::Cursor::new(head.into_bytes())
+                .chain(object.take(content.size))
                 .chain(std::io::Cursor::new(tail.into_bytes()));
             Body::from_stream(ReaderStream::with_capacity(reader, READ_CHUNK))
         }

@@ -33,6 +33,7 @@ mod ldap;
 mod legacy;
 mod limits;
 mod media;
+mod media_s3;
 mod membership;
 mod metrics;
 mod multi_process;

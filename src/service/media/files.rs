@@ -135,6 +135,13 @@ fn copy_tree(from: &Path, to: &Path, totals: &mut (u64, u64)) -> io::Result<()> 
 /// A temporary file's path, deleted on drop unless it was moved into place.
 pub struct TempPath(Option<PathBuf>);
 
+impl TempPath {
+    /// The file's path, while it is still temporary.
+    pub fn path(&self) -> Option<&Path> {
+        self.0.as_deref()
+    }
+}
+
 impl Drop for TempPath {
     fn drop(&mut self) {
         if let Some(path) = self.0.take() {

@@ -4,7 +4,8 @@
 //! directory (`files`).
 //!
 //! Bytes never pass through memory whole: uploads stream to a temporary file while they are
-//! hashed, downloads stream from the file. Content is stored once per SHA-256; each media
+//! hashed, downloads stream from the file or the object. Where the bytes are kept is
+//! `store::ContentStore`'s business: the media directory, or an S3-compatible bucket. Content is stored once per SHA-256; each media
 //! item and thumbnail holds a reference row on its file, and a file is deleted only with its
 //! last reference, under the lock that also orders placing files.
 //!
@@ -17,6 +18,8 @@ pub mod files;
 pub mod opengraph;
 pub mod preview;
 pub mod remote;
+pub mod s3;
+pub mod store;
 pub mod thumbnail;
 
 use std::{
@@ -35,7 +38,8 @@ use ruma::{OwnedMxcUri, OwnedServerName, OwnedUserId, ServerName, UserId};
 use tokio::sync::{Notify, Semaphore};
 
 use self::{
-    files::{FileStore, SinkError, StagedFile, UploadSink},
+    files::{SinkError, StagedFile, UploadSink},
+    store::{ContentStore, LocalCopy},
     thumbnail::{ImageInfo, ThumbnailError},
 };
 use super::clock::Clock;
@@ -83,10 +87,11 @@ pub struct Content {
     pub filename: Option<String>,
 }
 
-/// Where the bytes come from: a file opened at its start, or memory (thumbnails made for a
-/// size that is not stored).
+/// Where the bytes come from: a file opened at its start, an object in the bucket being
+/// downloaded, or memory (thumbnails made for a size that is not stored).
 pub enum ContentBody {
     File(tokio::fs::File),
+    Reader(Box<dyn tokio::io::AsyncRead + Send + Unpin>),
     Bytes(Bytes),
 }
 
@@ -128,7 +133,7 @@ struct Core {
     thumbnails: Table<ThumbnailKey, ThumbnailRecord>,
     remote: Table<(String, String), RemoteMediaRecord>,
     refs: Table<(ContentHash, String), ()>,
-    files: FileStore,
+    files: ContentStore,
     /// Held while a file is placed or deleted together with its reference rows, so content
     /// is never deleted between another upload finding it present and referencing it.
     file_lock: Mutex<()>,
@@ -225,17 +230,23 @@ impl Core {
         mut batch: WriteBatch,
         owner: Option<&String>,
     ) -> Result<bool> {
+        let hash = staged.hash;
+        // In a bucket the upload itself happens here, outside the lock.
+        let uploaded_ahead = self.files.upload_ahead(&staged).map_err(io_error("storing media"))?;
         let _guard = self.file_lock.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(owner) = owner
             && !self.owner_exists(owner)?
         {
+            if uploaded_ahead && !self.is_referenced(&hash)? {
+                let _ = self.files.remove(&hash);
+            }
             return Ok(false);
         }
-        let hash = staged.hash;
         self.refs.put(&mut batch, &(hash, reference), &())?;
-        let placed = self.files.place(staged).map_err(io_error("placing media file"))?;
+        let placed = self.files.place(staged, uploaded_ahead).map_err(io_error("placing media file"))?;
         if let Err(e) = self.store.write(batch) {
-            if placed {
+            // Content sent ahead of the lock may have been referenced by another upload since.
+            if placed && !self.is_referenced(&hash).unwrap_or(true) {
                 let _ = self.files.remove(&hash);
             }
             return Err(e.into());
@@ -326,9 +337,7 @@ impl Core {
 
 impl Media {
     pub fn new(store: &Arc<dyn KvStore>, clock: Arc<dyn Clock>, config: &Config) -> Result<Self> {
-        let dir = config.media_dir();
-        let files = FileStore::open(&dir)
-            .map_err(|e| Error::internal(format!("cannot open media directory {}: {e}", dir.display())))?;
+        let files = ContentStore::open(config).map_err(Error::internal)?;
         let core = Core {
             store: Arc::clone(store),
             media: MEDIA.open(store),
@@ -668,11 +677,11 @@ impl Media {
         .await
     }
 
-    async fn open(&self, hash: &ContentHash) -> Result<tokio::fs::File> {
-        match tokio::fs::File::open(self.core.files.path(hash)).await {
-            Ok(file) => Ok(file),
+    async fn open(&self, hash: &ContentHash) -> Result<ContentBody> {
+        match self.core.files.read(hash).await {
+            Ok(Some(body)) => Ok(body),
             // Purged between reading the record and opening the file.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found()),
+            Ok(None) => Err(not_found()),
             Err(e) => Err(Error::internal(format!("opening media file: {e}"))),
         }
     }
@@ -686,28 +695,64 @@ impl Media {
         access: Access,
     ) -> Result<Content> {
         let record = self.visible_record(server_name, media_id, timeout, access).await?;
-        let file = self.open(&record.sha256).await?;
+        let body = self.open(&record.sha256).await?;
         Ok(Content {
-            body: ContentBody::File(file),
+            body,
             size: record.size,
             content_type: record.content_type.unwrap_or_else(|| "application/octet-stream".to_owned()),
             filename: record.filename,
         })
     }
 
-    /// Probe a stored image under the thumbnailing bound.
-    async fn probe(&self, hash: ContentHash) -> Result<std::result::Result<ImageInfo, ThumbnailError>> {
-        let _permit = self.thumbnailers.acquire().await.map_err(|e| Error::internal(e.to_string()))?;
+    /// Stored content as a file on disk for decoding: the content file itself, or, with a
+    /// bucket, a temporary download deleted when the last clone is dropped. From a bucket,
+    /// content that is not an image this server reads (sniffed from a ranged read) or too
+    /// large to be one worth decoding is refused before it is downloaded, so thumbnail
+    /// requests for a large video cannot make the server fetch it again and again.
+    async fn local_copy(
+        &self,
+        hash: ContentHash,
+        size: u64,
+    ) -> Result<std::result::Result<Arc<LocalCopy>, ThumbnailError>> {
         let core = Arc::clone(&self.core);
+        let max_file = thumbnail::max_image_file_size(self.settings.max_image_pixels);
+        blocking(move || {
+            if core.files.is_remote() {
+                match core.files.head(&hash, thumbnail::SNIFF_LEN) {
+                    Ok(Some(head)) if !thumbnail::is_image(&head) => {
+                        return Ok(Err(ThumbnailError::Unsupported));
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(not_found()),
+                    Err(e) => return Err(Error::internal(format!("fetching media: {e}"))),
+                }
+                if size > max_file {
+                    return Ok(Err(ThumbnailError::TooLarge));
+                }
+            }
+            match core.files.local_copy(&hash) {
+                Ok(copy) => Ok(Ok(Arc::new(copy))),
+                // Purged between reading the record and fetching the object.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found()),
+                Err(e) => Err(Error::internal(format!("fetching media: {e}"))),
+            }
+        })
+        .await
+    }
+
+    /// Probe a stored image under the thumbnailing bound.
+    async fn probe(&self, copy: Arc<LocalCopy>) -> Result<std::result::Result<ImageInfo, ThumbnailError>> {
+        let _permit = self.thumbnailers.acquire().await.map_err(|e| Error::internal(e.to_string()))?;
         let max_pixels = self.settings.max_image_pixels;
-        blocking(move || Ok(thumbnail::probe(&core.files.path(&hash), max_pixels))).await
+        blocking(move || Ok(thumbnail::probe(copy.path(), max_pixels))).await
     }
 
     /// Dimensions and format of a stored image, for link previews; `None` if it is not an
     /// image this server reads.
     pub async fn image_info(&self, media_id: &str) -> Result<Option<ImageInfo>> {
         let Some(record) = self.core.media.get(&media_id.to_owned())? else { return Ok(None) };
-        Ok(self.probe(record.sha256).await?.ok())
+        let Ok(copy) = self.local_copy(record.sha256, record.size).await? else { return Ok(None) };
+        Ok(self.probe(copy).await?.ok())
     }
 
     /// A thumbnail of a media item: a stored one for the recommended sizes (made on first
@@ -748,8 +793,8 @@ impl Media {
     }
 
     async fn stored_thumbnail(&self, thumb: &ThumbnailRecord) -> Result<Content> {
-        let file = self.open(&thumb.sha256).await?;
-        Ok(thumbnail_content(ContentBody::File(file), thumb.size, &thumb.content_type))
+        let body = self.open(&thumb.sha256).await?;
+        Ok(thumbnail_content(body, thumb.size, &thumb.content_type))
     }
 
     /// Serve the original where it will do, or decode it and make the thumbnail, storing it
@@ -761,22 +806,22 @@ impl Media {
         target: ThumbnailBox,
         key: Option<ThumbnailKey>,
     ) -> Result<Content> {
-        let info = self.probe(record.sha256).await?.map_err(thumbnail_error)?;
+        let copy = self.local_copy(record.sha256, record.size).await?.map_err(thumbnail_error)?;
+        let info = self.probe(Arc::clone(&copy)).await?.map_err(thumbnail_error)?;
         let serve_original = if info.animated {
             request.animated == Some(true) && record.size <= MAX_ANIMATED_ORIGINAL
         } else {
             original_fits(info.width, info.height, target)
         };
         if serve_original {
-            let file = self.open(&record.sha256).await?;
-            return Ok(thumbnail_content(ContentBody::File(file), record.size, info.format.content_type()));
+            let body = self.open(&record.sha256).await?;
+            return Ok(thumbnail_content(body, record.size, info.format.content_type()));
         }
 
         let made = {
             let _permit = self.thumbnailers.acquire().await.map_err(|e| Error::internal(e.to_string()))?;
-            let core = Arc::clone(&self.core);
-            let (hash, max_pixels) = (record.sha256, self.settings.max_image_pixels);
-            blocking(move || Ok(thumbnail::make(&core.files.path(&hash), info, target, max_pixels))).await?
+            let max_pixels = self.settings.max_image_pixels;
+            blocking(move || Ok(thumbnail::make(copy.path(), info, target, max_pixels))).await?
         }
         .map_err(thumbnail_error)?;
         self.thumbnails_made.fetch_add(1, Ordering::Relaxed);

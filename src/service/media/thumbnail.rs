@@ -107,7 +107,7 @@ pub struct Thumbnail {
 
 /// The format of the bytes at the start of a file, if it is one this server reads.
 fn sniff(path: &Path) -> Result<Format, ThumbnailError> {
-    let mut head = [0u8; 32];
+    let mut head = [0u8; SNIFF_LEN];
     let mut file = File::open(path)?;
     let mut filled = 0;
     while filled < head.len() {
@@ -116,13 +116,33 @@ fn sniff(path: &Path) -> Result<Format, ThumbnailError> {
             n => filled += n,
         }
     }
-    match image::guess_format(&head[..filled]) {
+    format_of(&head[..filled])
+}
+
+/// Bytes of the start of a file that tell its image format.
+pub const SNIFF_LEN: usize = 32;
+
+fn format_of(head: &[u8]) -> Result<Format, ThumbnailError> {
+    match image::guess_format(head) {
         Ok(ImageFormat::Png) => Ok(Format::Png),
         Ok(ImageFormat::Jpeg) => Ok(Format::Jpeg),
         Ok(ImageFormat::Gif) => Ok(Format::Gif),
         Ok(ImageFormat::WebP) => Ok(Format::WebP),
         _ => Err(ThumbnailError::Unsupported),
     }
+}
+
+/// Whether content starting with `head` (its first `SNIFF_LEN` bytes) is an image format
+/// this server reads.
+pub fn is_image(head: &[u8]) -> bool {
+    format_of(head).is_ok()
+}
+
+/// The largest file that can hold an image of at most `max_pixels` pixels worth decoding:
+/// eight bytes a pixel (16-bit RGBA stored uncompressed) and the decoder's slack. Larger
+/// content is refused before it is fetched from a bucket.
+pub fn max_image_file_size(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(8).saturating_add(DECODER_SLACK)
 }
 
 fn limits(max_pixels: u64) -> Limits {
