@@ -370,6 +370,9 @@ where
         let query = parts.uri.query().map(str::to_owned);
         let (body, identity) = authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &context)?;
         context.actor = T::Authentication::actor(&identity);
+        if !<T::Authentication as Identify>::SERVER_SIGNED {
+            catch_up_with_other_processes(services).await?;
+        }
         Ok(Self { body, identity, context, raw_body, query })
     }
 }
@@ -402,8 +405,19 @@ where
         let (path_args, mut context) = path_args_and_context(&mut parts).await;
         let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &context)?;
         context.actor = T::Authentication::actor(&identity);
+        catch_up_with_other_processes(services).await?;
         Ok(Self { head, identity, context, declared_length, body })
     }
+}
+
+/// How long a client request waits for this process to hear what the other processes on
+/// the database wrote before it arrived; past it, the request is served with what is known.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Before a client's request is served by one of several processes: what the client did
+/// through another process is visible here (a no-op for a process alone).
+async fn catch_up_with_other_processes(services: &Services) -> Result<()> {
+    services.stream.catch_up_with_others(tokio::time::Instant::now() + CATCH_UP_WAIT).await
 }
 
 /// A request body read whole, refused past the configured `max_request_size`, and refused
@@ -600,6 +614,7 @@ impl FromRequestParts<Arc<Services>> for Authenticated {
         let mut context = context_of(parts);
         let identity = authenticate::<AccessToken, _>(services, &head, &[], &context)?;
         context.actor = identity.actor();
+        catch_up_with_other_processes(services).await?;
         Ok(Self { identity, context })
     }
 }

@@ -864,6 +864,9 @@ impl Services {
     /// Persist what is held in memory and flush storage; called once at shutdown.
     pub fn shutdown(&self) -> Result<()> {
         self.devices.flush_last_seen()?;
+        if let Err(e) = self.stream.leave() {
+            tracing::warn!(error = %e, "telling the other processes this one stops failed");
+        }
         Ok(self.store.flush()?)
     }
 }

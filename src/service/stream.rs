@@ -244,6 +244,30 @@ impl Stream {
         let _ = tokio::time::timeout_at(deadline, committed.wait_for(|c| *c >= position)).await;
     }
 
+    /// This process stops: the others need not wait for its positions any more (nothing
+    /// for a process alone). Called once nothing writes any more.
+    pub fn leave(&self) -> Result<()> {
+        match &self.shared {
+            Some(shared) => shared.leave(),
+            None => Ok(()),
+        }
+    }
+
+    /// With other processes on the database: wait (until `deadline` at most) until this
+    /// process has heard every write that any process took a position for before now, so
+    /// that a request sees what its client did through another process just before (a
+    /// join there, then a send here). One read of the shared sequence, and usually a wait
+    /// of a few bus messages when another process wrote meanwhile. Nothing for a process
+    /// alone.
+    pub async fn catch_up_with_others(&self, deadline: tokio::time::Instant) -> Result<()> {
+        if self.shared.is_none() {
+            return Ok(());
+        }
+        let last = self.store.last_id(SEQUENCE)?;
+        self.caught_up_to(last, deadline).await;
+        Ok(())
+    }
+
     /// Start the threads that publish this process's position and hear the others'
     /// (multi-process only); `invalidate` runs for each change and stale entry another
     /// process announces, before it is visible here, to drop what the caches hold about it.

@@ -278,6 +278,14 @@ pub trait KvStore: Send + Sync + 'static {
         Ok(first..first + n)
     }
 
+    /// The last value the sequence `name` handed out (0 before the first), anywhere.
+    fn last_id(&self, name: &str) -> StorageResult<u64> {
+        match self.get(SEQUENCES_TABLE, &sequence_key(name))? {
+            Some(bytes) => decode_sequence(&bytes),
+            None => Ok(0),
+        }
+    }
+
     /// Raise the sequence `name` so that it never hands out a value at or below `floor`
     /// (seeding from data written before the sequence existed); a sequence already past
     /// it is left alone.
