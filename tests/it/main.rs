@@ -24,6 +24,7 @@ mod federation_bad_input;
 mod federation_knock;
 mod federation_media;
 mod federation_off;
+mod federation_partition;
 mod federation_rooms;
 mod harness;
 mod history;

@@ -987,3 +987,77 @@ async fn presence_crosses_between_conduit_and_synapse_both_ways() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn conduit_gets_what_it_missed_while_down_from_synapse_and_a_leave_reaches_synapse() {
+    let pki = Pki::new();
+    let synapse = Synapse::start(&pki).await;
+    let conduit = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = conduit.register("alice", "pw-alice-123").await;
+    let (_sam, sam_token) = synapse.register("sam").await;
+    let (status, room) = synapse
+        .call(
+            reqwest::Method::POST,
+            &format!("{V3}/createRoom"),
+            Some(&sam_token),
+            Some(json!({"preset": "public_chat"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{room}");
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    let (status, joined) = conduit
+        .post(&format!("{V3}/join/{}?via={}", encode(&room), encode(&synapse.name)), Some(&alice.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    synapse.send_text(&sam_token, &room, "s0", "before the outage").await;
+    eventually("Sam's first message on conduit", &synapse, || async {
+        conduit_bodies(&conduit, &alice.token, &room).await.contains(&"before the outage".to_owned())
+    })
+    .await;
+
+    // conduit is down while Sam talks: Synapse's sends to it fail.
+    let config = (*conduit.services.config).clone();
+    let clock = std::sync::Arc::clone(&conduit.clock);
+    let dir = conduit.stop().await;
+    let missed: Vec<String> = (1..=5).map(|i| format!("while conduit was down {i}")).collect();
+    for (i, text) in missed.iter().enumerate() {
+        synapse.send_text(&sam_token, &room, &format!("d{i}"), text).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Back on the same port and database. Alice speaks: Synapse hears from conduit again,
+    // catches it up (with its latest event), and conduit fetches the rest it is missing.
+    let conduit = TestServer::listen_on(config, dir, clock).await;
+    crate::rooms::send_text(&conduit, &alice, &room, "a1", "conduit is back").await;
+    eventually("conduit is back, on Synapse", &synapse, || async {
+        synapse.message_bodies(&sam_token, &room).await.contains(&"conduit is back".to_owned())
+    })
+    .await;
+    let mut want = vec!["before the outage".to_owned()];
+    want.extend(missed.iter().cloned());
+    eventually("every message Sam sent while conduit was down, on conduit", &synapse, || async {
+        let bodies = conduit_bodies(&conduit, &alice.token, &room).await;
+        want.iter().all(|w| bodies.contains(w))
+    })
+    .await;
+    let bodies = conduit_bodies(&conduit, &alice.token, &room).await;
+    let sams: Vec<&String> = bodies.iter().filter(|b| want.contains(b)).collect();
+    assert_eq!(sams, want.iter().collect::<Vec<_>>(), "in order, once each: {bodies:?}");
+
+    // Alice leaves on conduit: Synapse sees her gone.
+    let (status, body) =
+        conduit.post(&format!("{V3}/rooms/{}/leave", encode(&room)), Some(&alice.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    eventually("Alice's leave on Synapse", &synapse, || async {
+        let (_, members) = synapse
+            .call(
+                reqwest::Method::GET,
+                &format!("{V3}/rooms/{}/joined_members", encode(&room)),
+                Some(&sam_token),
+                None,
+            )
+            .await;
+        members["joined"].is_object() && members["joined"].get(&alice.user_id).is_none()
+    })
+    .await;
+}
