@@ -307,6 +307,26 @@ mod tests {
         (kind.into(), state_key.to_owned())
     }
 
+    /// The room named under its first power levels, which then give Bob 50; on one fork
+    /// Alice renames the room, on the other Bob sets a topic. Neither is a power event and
+    /// nothing else differs: the rename (later in the mainline, and later) and the topic
+    /// both stand. (A partition between two servers in `it::federation_partition`.)
+    #[test]
+    fn a_rename_on_one_fork_and_a_topic_on_the_other_both_stand() {
+        for version in &VERSIONS {
+            let (mut g, base) = Graph::new(version, json!({}));
+            let named =
+                g.send(&base, ALICE, state("m.room.name", "", json!({ "name": "old" })), 106).unwrap();
+            let promoted = g.levels(json!({ BOB: 50 }), json!({}));
+            let base = g.send(&named, ALICE, promoted, 107).unwrap();
+            let a = g.send(&base, ALICE, state("m.room.name", "", json!({ "name": "new" })), 2000).unwrap();
+            let b = g.send(&base, BOB, state("m.room.topic", "", json!({ "topic": "t" })), 1500).unwrap();
+            let resolved = g.resolve(&[&a, &b]);
+            assert_eq!(resolved[&key("m.room.name", "")], a.id, "{version}");
+            assert_eq!(resolved[&key("m.room.topic", "")], b.id, "{version}");
+        }
+    }
+
     /// Bob (50, enough to ban) bans Carol while, on another fork, Alice demotes Bob to 0.
     /// Both are power events; Alice's sorts first (greater power), so the iterative auth
     /// checks apply the demotion and then check Bob's ban against the partially resolved

@@ -6,7 +6,7 @@
 //! clock) deliver the other side's fork, and both servers must end with every message and
 //! the same state.
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -75,9 +75,8 @@ async fn server_behind_relay(pki: &Pki) -> (TestServer, Relay) {
 }
 
 async fn state_content(s: &TestServer, who: &Session, room: &str, kind: &str, key: &str) -> Value {
-    let (status, body) = s
-        .get(&format!("{V3}/rooms/{}/state/{kind}/{}", encode(room), encode(key)), Some(&who.token))
-        .await;
+    let (status, body) =
+        s.get(&format!("{V3}/rooms/{}/state/{kind}/{}", encode(room), encode(key)), Some(&who.token)).await;
     assert_eq!(status, StatusCode::OK, "{kind}/{key}: {body}");
     body
 }
@@ -122,13 +121,35 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn both_sides_of_a_partition_keep_talking_and_end_with_every_message_and_the_same_state() {
+    partition_in_room_version("11").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails: in a v12 room (state resolution v2.1) both servers resolve the forks to the \
+            room's old name, dropping the rename made on A during the partition. v11 resolves \
+            the same forks to the rename, and the algorithm resolves hand-built forks of this \
+            shape correctly in v12 (matrix::state_resolution::tests::\
+            a_rename_on_one_fork_and_a_topic_on_the_other_both_stand): what the room engine \
+            gives it in v12 is at fault: its resolution keeps the rename while only names \
+            conflict, and flips to the old name once Bob's topic (and Bob's join, in the auth \
+            difference) conflict too"]
+async fn both_sides_of_a_partition_in_a_v12_room_end_with_every_message_and_the_same_state() {
+    partition_in_room_version("12").await;
+}
+
+async fn partition_in_room_version(version: &str) {
     let pki = Pki::new();
     let (a, relay_a) = server_behind_relay(&pki).await;
     let (b, relay_b) = server_behind_relay(&pki).await;
     let alice = a.register("alice", "pw-alice-123").await;
     let bob = b.register("bob", "pw-bob-12345").await;
     // Alice's room, where Bob may set the topic too.
-    let room = create_room(&a, &alice, json!({"preset": "public_chat", "name": "Partitioned"})).await;
+    let room = create_room(
+        &a,
+        &alice,
+        json!({"preset": "public_chat", "name": "Partitioned", "room_version": version}),
+    )
+    .await;
     let (status, joined) = b
         .post(&format!("{V3}/join/{}?via={}", encode(&room), encode(&a.name())), Some(&bob.token), json!({}))
         .await;
@@ -172,6 +193,8 @@ async fn both_sides_of_a_partition_keep_talking_and_end_with_every_message_and_t
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(state_content(&a, &alice, &room, "m.room.name", "").await["name"], "Renamed on A");
+    assert_eq!(state_content(&b, &bob, &room, "m.room.topic", "").await["topic"], "Set on B");
     // Each side sees only its own fork.
     let only_a = message_bodies(&a, &alice, &room).await;
     assert!(!only_a.iter().any(|m| m.starts_with("B during")), "{only_a:?}");

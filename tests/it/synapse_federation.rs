@@ -1006,7 +1006,11 @@ async fn conduit_gets_what_it_missed_while_down_from_synapse_and_a_leave_reaches
     assert_eq!(status, StatusCode::OK, "{room}");
     let room = room["room_id"].as_str().unwrap().to_owned();
     let (status, joined) = conduit
-        .post(&format!("{V3}/join/{}?via={}", encode(&room), encode(&synapse.name)), Some(&alice.token), json!({}))
+        .post(
+            &format!("{V3}/join/{}?via={}", encode(&room), encode(&synapse.name)),
+            Some(&alice.token),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
     synapse.send_text(&sam_token, &room, "s0", "before the outage").await;
