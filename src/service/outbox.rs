@@ -420,6 +420,8 @@ impl Outbox {
         tokio::spawn(async move {
             loop {
                 let position = match listener.next().await {
+                    // Only the leader runs queues: elsewhere there is nothing to ring.
+                    Heard::Change(_) if !me.upgrade().is_some_and(|me| me.is_leading()) => continue,
                     Heard::Change(announced) if wanted(&announced.change) => Some(announced.position),
                     Heard::Change(_) => continue,
                     // Something may have been missed: look.
