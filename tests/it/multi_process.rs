@@ -46,6 +46,40 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
+/// A token from which `who`'s next long-poll on `s` waits for something new: their sync
+/// taken until it has nothing more to answer.
+async fn caught_up(s: &TestServer, who: &Session) -> String {
+    let mut token = sync(s, who, None, 0).await["next_batch"].as_str().unwrap().to_owned();
+    loop {
+        let next = sync(s, who, Some(&token), 0).await["next_batch"].as_str().unwrap().to_owned();
+        if next == token {
+            return token;
+        }
+        token = next;
+    }
+}
+
+/// Long-poll `s` as `who` from `token` for up to `timeout_ms` in the background (with room
+/// for every message in the timeline); answers when the answer came, and the answer.
+fn long_poll(
+    s: &TestServer,
+    who: &Session,
+    token: &str,
+    timeout_ms: u64,
+) -> tokio::task::JoinHandle<(Instant, Value)> {
+    let (base, token, access, http) = (s.base.clone(), token.to_owned(), who.token.clone(), s.http.clone());
+    tokio::spawn(async move {
+        let filter = urlencode(r#"{"room":{"timeline":{"limit":1000}}}"#);
+        let answer = http
+            .get(format!("{base}{V3}/sync?timeout={timeout_ms}&since={token}&filter={filter}"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap();
+        (Instant::now(), answer.json::<Value>().await.unwrap())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_sent_on_one_process_wakes_a_long_poll_on_the_other() {
     let (a, b) = start_sharing_pair().await;
@@ -53,34 +87,10 @@ async fn a_message_sent_on_one_process_wakes_a_long_poll_on_the_other() {
     let bob = b.register("bob", "bob-password-1").await;
     let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
     assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
-    let first = sync(&b, &bob, None, 0).await;
-    let token = first["next_batch"].as_str().unwrap().to_owned();
     // Bob's sync on B is caught up: the next long-poll has nothing to answer until the
-    // message comes (anything else that comes first is taken, and he polls again).
-    let mut token = token;
-    loop {
-        let answer = sync(&b, &bob, Some(&token), 0).await;
-        let next = answer["next_batch"].as_str().unwrap().to_owned();
-        if next == token {
-            break;
-        }
-        token = next;
-    }
-    // Bob long-polls on B for 30 s; Alice sends on A.
-    let poll = {
-        let (b_base, token, bob) = (b.base.clone(), token.clone(), bob.clone());
-        let http = b.http.clone();
-        tokio::spawn(async move {
-            let filter = urlencode(r#"{"room":{"timeline":{"limit":1000}}}"#);
-            let answer = http
-                .get(format!("{b_base}{V3}/sync?timeout=30000&since={token}&filter={filter}"))
-                .bearer_auth(&bob.token)
-                .send()
-                .await
-                .unwrap();
-            (Instant::now(), answer.json::<Value>().await.unwrap())
-        })
-    };
+    // message comes. Bob long-polls on B for 30 s; Alice sends on A.
+    let token = caught_up(&b, &bob).await;
+    let poll = long_poll(&b, &bob, &token, 30_000);
     let sent_at = Instant::now();
     let id = send_text(&a, &alice, &room, "wake", "wake up, bob").await;
     let (answered_at, answer) = poll.await.unwrap();
@@ -414,29 +424,8 @@ async fn a_long_poll_is_woken_for_what_was_sent_while_its_process_was_not_listen
     let bob = b.register("bob", "bob-password-1").await;
     let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
     assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
-    let mut token = sync(&b, &bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
-    loop {
-        let answer = sync(&b, &bob, Some(&token), 0).await;
-        let next = answer["next_batch"].as_str().unwrap().to_owned();
-        if next == token {
-            break;
-        }
-        token = next;
-    }
-    let poll = {
-        let (b_base, token, bob) = (b.base.clone(), token.clone(), bob.clone());
-        let http = b.http.clone();
-        tokio::spawn(async move {
-            let filter = urlencode(r#"{"room":{"timeline":{"limit":1000}}}"#);
-            let answer = http
-                .get(format!("{b_base}{V3}/sync?timeout=20000&since={token}&filter={filter}"))
-                .bearer_auth(&bob.token)
-                .send()
-                .await
-                .unwrap();
-            (Instant::now(), answer.json::<Value>().await.unwrap())
-        })
-    };
+    let token = caught_up(&b, &bob).await;
+    let poll = long_poll(&b, &bob, &token, 20_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The listening connections are cut (as by a database restart or a network fault), and
     // Alice sends before they are made again (a second later): nobody hears its NOTIFY.
@@ -520,30 +509,11 @@ async fn typing_through_one_process_is_shown_through_the_other_and_wakes_its_lon
     let bob = b.register("bob", "bob-password-1").await;
     let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
     assert_eq!(join(&b, &bob, &room).await.0, StatusCode::OK);
-    let mut token = sync(&b, &bob, None, 0).await["next_batch"].as_str().unwrap().to_owned();
-    loop {
-        let next = sync(&b, &bob, Some(&token), 0).await["next_batch"].as_str().unwrap().to_owned();
-        if next == token {
-            break;
-        }
-        token = next;
-    }
+    let token = caught_up(&b, &bob).await;
     let typing_path = |user: &str| format!("{V3}/rooms/{}/typing/{}", urlencode(&room), urlencode(user));
 
     // Bob long-polls on B; Alice starts typing on A: the poll answers with her typing.
-    let poll = {
-        let (b_base, token, bob_token, http) =
-            (b.base.clone(), token.clone(), bob.token.clone(), b.http.clone());
-        tokio::spawn(async move {
-            let answer = http
-                .get(format!("{b_base}{V3}/sync?timeout=30000&since={token}"))
-                .bearer_auth(&bob_token)
-                .send()
-                .await
-                .unwrap();
-            (Instant::now(), answer.json::<Value>().await.unwrap())
-        })
-    };
+    let poll = long_poll(&b, &bob, &token, 30_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let (status, body) = a
