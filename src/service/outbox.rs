@@ -308,8 +308,9 @@ impl Outbox {
     }
 
     /// Stop every queue and wait (up to a few seconds) until their tasks are gone, so that
-    /// nothing of theirs holds the database any more; what was under way is delivered again
-    /// after the next start.
+    /// nothing of theirs holds the database any more. Deliveries under way finish first and
+    /// record their place; one still under way after `STOP_WAIT` is delivered again after
+    /// the next start.
     pub async fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
@@ -527,10 +528,12 @@ impl Outbox {
                     _ = stop.changed() => return true,
                 }
             };
+            // A stop lets a delivery under way finish and its place be recorded (for
+            // `STOP_WAIT` at most): cut off after the destination took it, it would be
+            // delivered again by whichever process runs the queue next.
             let outcome = tokio::select! {
                 outcome = courier.deliver(destination, &parcels) => outcome,
                 () = queue.recheck.notified() => continue,
-                _ = stop.changed() => return true,
             };
             match outcome {
                 Delivery::Done => self.count(kind, |s| &mut s.delivered),
