@@ -274,6 +274,13 @@ impl Collector for ScrapeCollector {
             None,
             services.stream.long_polls_waiting(),
         )?;
+        gauge(
+            e,
+            "conduit_leading",
+            "1 while this process runs the server's deliveries and background jobs (always, alone on its database)",
+            None,
+            i64::from(services.leader.is_leading()),
+        )?;
 
         // Group commit.
         let group = services.group_sync_stats();

@@ -38,7 +38,7 @@ pub async fn ready(State(services): State<AppState>) -> Response {
     // the database's host.
     let failure = match tokio::time::timeout(STORAGE_DEADLINE, check).await {
         Ok(Ok(Ok(()))) => return axum::Json(serde_json::json!({"status": "ready"})).into_response(),
-        Ok(Ok(Err(e))) => format!("the database does not answer: {e}"),
+        Ok(Ok(Err(e))) => format!("the database does not answer, or its bus is lost: {e}"),
         Ok(Err(_)) => "the database check stopped".to_owned(),
         Err(_) => format!("the database did not answer within {} s", STORAGE_DEADLINE.as_secs()),
     };

@@ -856,9 +856,15 @@ impl Services {
 
     /// Whether this process can serve now: its database answers (a round trip on
     /// PostgreSQL; a process whose database is gone answers errors, so a load balancer
-    /// should send requests elsewhere). Blocks for that round trip.
+    /// should send requests elsewhere). Blocks for that round trip. With other processes
+    /// on the database, this one must also hear them: one that lost its bus connection
+    /// would serve stale answers.
     pub fn check_storage(&self) -> Result<()> {
-        Ok(self.store.ping()?)
+        self.store.ping()?;
+        if !self.stream.in_touch() {
+            return Err(crate::Error::Unavailable("out of touch with the other processes".into()));
+        }
+        Ok(())
     }
 
     /// Persist what is held in memory and flush storage; called once at shutdown.

@@ -23,7 +23,7 @@ use std::{
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use tokio::sync::{broadcast, watch};
 
-use crate::{Result, storage::KvStore};
+use crate::{Error, Result, storage::KvStore};
 
 mod shared;
 pub use shared::Invalidate;
@@ -34,6 +34,9 @@ const BLOCK: u64 = 1_000;
 pub const SEQUENCE: &str = "stream";
 /// Changes a slow listener may fall behind by before it must re-check from its token.
 const CHANGE_BACKLOG: usize = 4_096;
+/// Why a process out of touch with the others answers no client request.
+const OUT_OF_TOUCH: &str =
+    "this server process has lost touch with the others sharing its database; retry (through another)";
 
 /// What a committed write touched, for waking the syncs it concerns.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -244,6 +247,18 @@ impl Stream {
         let _ = tokio::time::timeout_at(deadline, committed.wait_for(|c| *c >= position)).await;
     }
 
+    /// This process's id among those sharing the database (`None` for a process alone);
+    /// its connections carry it in their `application_name`, as `conduit-{id:x}`.
+    pub fn member(&self) -> Option<u64> {
+        self.shared.as_ref().map(|shared| shared.member)
+    }
+
+    /// Whether this process hears every write of the other processes on the database now
+    /// (always, for a process alone).
+    pub fn in_touch(&self) -> bool {
+        self.shared.as_ref().is_none_or(|shared| shared.in_touch())
+    }
+
     /// This process stops: the others need not wait for its positions any more (nothing
     /// for a process alone). Called once nothing writes any more.
     pub fn leave(&self) -> Result<()> {
@@ -259,9 +274,14 @@ impl Stream {
     /// join there, then a send here). One read of the shared sequence, and usually a wait
     /// of a few bus messages when another process wrote meanwhile. Nothing for a process
     /// alone.
+    /// A process out of touch with the others (its bus connection lost, or messages missed
+    /// and not yet made up for) answers with an error instead: what it holds may be stale.
     pub async fn catch_up_with_others(&self, deadline: tokio::time::Instant) -> Result<()> {
         if self.shared.is_none() {
             return Ok(());
+        }
+        if !self.in_touch() {
+            return Err(Error::Unavailable(OUT_OF_TOUCH.to_owned()));
         }
         let last = self.store.last_id(SEQUENCE)?;
         self.caught_up_to(last, deadline).await;

@@ -240,6 +240,14 @@ pub trait KvStore: Send + Sync + 'static {
         None
     }
 
+    /// Which connection to the bus this process listens on: `None` while it has none
+    /// (messages sent meanwhile are lost to it), and a number that changes with each new
+    /// connection, before the [`BusMessage::Lost`] that follows it. Without a bus, always
+    /// the same.
+    fn bus_generation(&self) -> Option<u64> {
+        Some(0)
+    }
+
     /// The ids of the processes that have a connection to the database now (a process that
     /// died has none once the database noticed).
     fn live_members(&self) -> StorageResult<Vec<u64>> {

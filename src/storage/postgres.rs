@@ -85,6 +85,9 @@ const SESSION_RETRY: Duration = Duration::from_secs(1);
 /// How long a caller waits for a free connection, and for a new one to be made.
 const POOL_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may go without an answer from the database host before the
+/// kernel ends it (see `connect`).
+const PARTITION_LIMIT: Duration = Duration::from_secs(20);
 
 /// The PostgreSQL table holding catalogue table `name`.
 fn sql_table(name: &str) -> String {
@@ -196,6 +199,16 @@ impl Flushed {
 struct SessionSlot {
     client: Option<Arc<tokio_postgres::Client>>,
     roles: HashSet<i64>,
+    /// Session connections made so far (the bus's generation).
+    connections: u64,
+}
+
+impl SessionSlot {
+    /// The connection ended: the roles went with it.
+    fn ended(&mut self) {
+        self.client = None;
+        self.roles.clear();
+    }
 }
 
 /// The advisory lock key of role `role` (FNV-1a of its name in the low half).
@@ -304,6 +317,20 @@ impl PgStore {
             .parse()
             .map_err(|e| StorageError::Backend(format!("database_url is not a PostgreSQL URL: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A database host that vanishes without closing its connections (a network
+        // partition, a powered-off host) leaves queries waiting for ever on the kernel's
+        // defaults (keepalives after two hours). Unless the URL says otherwise, unanswered
+        // data ends a connection after PARTITION_LIMIT and an idle one is probed, so the
+        // process gives errors (and answers `/_conduit/ready` with 503) rather than waits.
+        if !options.url.contains("tcp_user_timeout") {
+            config.tcp_user_timeout(PARTITION_LIMIT);
+        }
+        if !options.url.contains("keepalives") {
+            config.keepalives(true);
+            config.keepalives_idle(PARTITION_LIMIT / 2);
+            config.keepalives_interval(PARTITION_LIMIT / 10);
+            config.keepalives_retries(5);
+        }
         let member = options.multi_process.then(|| rand::random::<u64>() >> 1);
         match member {
             Some(id) => config.application_name(format!("{MEMBER_PREFIX}{id:x}")),
@@ -539,7 +566,11 @@ impl Session {
             match self.open().await {
                 Ok((client, mut ended)) => {
                     let client = Arc::new(client);
-                    self.slot.lock().unwrap_or_else(|p| p.into_inner()).client = Some(Arc::clone(&client));
+                    {
+                        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+                        slot.client = Some(Arc::clone(&client));
+                        slot.connections += 1;
+                    }
                     match started.take() {
                         Some(started) => {
                             let _ = started.send(Ok(()));
@@ -551,12 +582,11 @@ impl Session {
                     }
                     tokio::select! {
                         _ = &mut ended => {
-                            // The roles went with the connection.
-                            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = SessionSlot::default();
+                            self.slot.lock().unwrap_or_else(|p| p.into_inner()).ended();
                         }
                         stop = self.stop.recv() => {
                             // The connection closes once its client is gone.
-                            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = SessionSlot::default();
+                            self.slot.lock().unwrap_or_else(|p| p.into_inner()).ended();
                             drop(client);
                             let _ = ended.await;
                             if let Some(done) = stop {
@@ -565,7 +595,10 @@ impl Session {
                             return;
                         }
                     }
+                    // At once: until it is back, a process sharing the database is out of
+                    // touch with the others and answers no client request.
                     tracing::warn!("the PostgreSQL session connection was lost; making it again");
+                    continue;
                 }
                 Err(e) => match started.take() {
                     Some(started) => {
@@ -1027,6 +1060,12 @@ impl KvStore for PgStore {
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<BusMessage>> {
         self.member.map(|_| self.bus.subscribe())
+    }
+
+    /// The session connection listens to the bus; each one made is a generation.
+    fn bus_generation(&self) -> Option<u64> {
+        let slot = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        slot.client.as_ref().map(|_| slot.connections)
     }
 
     /// A session-level advisory lock on the session connection, taken without waiting:

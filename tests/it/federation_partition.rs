@@ -10,52 +10,12 @@ use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::watch,
-};
 
 use crate::{
     federation_rooms::{encode, eventually, message_bodies},
-    harness::{Pki, Session, TestServer, free_port},
+    harness::{Pki, Relay, Session, TestServer, free_port},
     rooms::{V3, create_room, send_text},
 };
-
-/// A TCP relay from `listen` to `target` that can be closed: closed, it cuts the
-/// connections it relays and refuses new ones (accepts and drops them at once).
-struct Relay {
-    open: watch::Sender<bool>,
-}
-
-impl Relay {
-    async fn start(listen: u16, target: SocketAddr) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", listen)).await.expect("relay binds");
-        let (open, _) = watch::channel(true);
-        let state = open.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { return };
-                let mut state = state.clone();
-                if !*state.borrow_and_update() {
-                    drop(inbound);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = state.wait_for(|open| !*open) => {}
-                    }
-                });
-            }
-        });
-        Self { open }
-    }
-
-    fn set_open(&self, open: bool) {
-        self.open.send_replace(open);
-    }
-}
 
 /// A federating server whose name is `127.0.0.1:{relay port}` while its federation
 /// listener is on another port, and the relay between them.

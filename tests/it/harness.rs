@@ -1,7 +1,7 @@
 //! Boots a real server (RocksDB in a temp dir, or PostgreSQL with
 //! `CONDUIT_TEST_BACKEND=postgresql`; port 0) and offers terse HTTP helpers.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use conduit::storage::pg_cluster::PgCluster;
 use conduit::{
@@ -549,5 +549,41 @@ impl TestServer {
     /// The base URL of its federation listener.
     pub fn federation_base(&self) -> &str {
         self.listener_serving(ListenerResource::Federation)
+    }
+}
+
+/// A TCP relay from `listen` to `target` that can be closed: closed, it cuts the
+/// connections it relays and refuses new ones (accepts and drops them at once).
+pub struct Relay {
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(listen: u16, target: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await.expect("relay binds");
+        let (open, _) = tokio::sync::watch::channel(true);
+        let state = open.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                let mut state = state.clone();
+                if !*state.borrow_and_update() {
+                    drop(inbound);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = state.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { open }
+    }
+
+    pub fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
     }
 }

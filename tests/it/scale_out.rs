@@ -7,16 +7,18 @@
 use std::{
     collections::{BTreeMap, HashSet},
     io::{Read, Write},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use conduit::storage::pg_cluster::PgCluster;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{free_port, shared_cluster},
+    harness::{Relay, free_port, shared_cluster},
     sdk::{provided_by_scripts_test, run_client_check, script},
 };
 
@@ -43,25 +45,36 @@ struct Deployment {
     base: String,
     stats_socket: PathBuf,
     http: reqwest::Client,
-    database_url: String,
+    /// Per process: the URL it reaches the database at, and its metrics listener's port.
+    database_urls: Vec<String>,
+    metrics_ports: Vec<u16>,
 }
 
 impl Deployment {
+    /// `count` processes on a database of their own in the shared cluster.
     async fn start(count: usize) -> Self {
+        let url = shared_cluster()
+            .create_database(&format!("scale_out_{}", free_port()))
+            .expect("a database for the deployment");
+        Self::start_on(vec![url; count]).await
+    }
+
+    /// One process per URL, each reaching the database at its own.
+    async fn start_on(database_urls: Vec<String>) -> Self {
         assert!(
             Path::new(HAPROXY).exists(),
             "{HAPROXY} is missing: scripts/test installs Debian's haproxy for this test"
         );
+        let count = database_urls.len();
         let dir = tempfile::tempdir().unwrap();
-        let url = shared_cluster()
-            .create_database(&format!("scale_out_{}", free_port()))
-            .expect("a database for the deployment");
         let http = reqwest::Client::new();
         let mut processes = Vec::new();
-        for index in 0..count {
-            let port = free_port();
-            let child = spawn_conduit(dir.path(), index, port, &url);
+        let mut metrics_ports = Vec::new();
+        for (index, url) in database_urls.iter().enumerate() {
+            let (port, metrics) = (free_port(), free_port());
+            let child = spawn_conduit(dir.path(), index, (port, metrics), url);
             processes.push((port, Some(child)));
+            metrics_ports.push(metrics);
         }
         for (index, (port, _)) in processes.iter().enumerate() {
             wait_until_ready(&http, *port, &dir.path().join(format!("p{index}.log"))).await;
@@ -89,7 +102,8 @@ impl Deployment {
             base: format!("http://127.0.0.1:{front}"),
             stats_socket,
             http,
-            database_url: url,
+            database_urls,
+            metrics_ports,
         };
         deployment.wait_for_servers_up(count).await;
         deployment
@@ -158,10 +172,59 @@ impl Deployment {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let port = self.processes[index].0;
-        self.processes[index].1 = Some(spawn_conduit(self.dir.path(), index, port, &self.database_url));
+        let ports = (port, self.metrics_ports[index]);
+        self.processes[index].1 =
+            Some(spawn_conduit(self.dir.path(), index, ports, &self.database_urls[index]));
         wait_until_ready(&self.http, port, &self.dir.path().join(format!("p{index}.log"))).await;
         let up = self.processes.iter().filter(|(_, p)| p.is_some()).count();
         self.wait_for_servers_up(up).await;
+    }
+
+    /// Whether process `index` runs the server's background work now, by its
+    /// `conduit_leading` metric (served without the database).
+    async fn leads(&self, index: usize) -> bool {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_ports[index]);
+        let text = self.http.get(url).send().await.unwrap().text().await.unwrap();
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix("conduit_leading "))
+            .unwrap_or_else(|| panic!("no conduit_leading in process {index}'s metrics"));
+        value.trim() == "1"
+    }
+
+    /// Wait until exactly one of the running processes leads, and say which.
+    async fn one_leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut leaders = Vec::new();
+            for (index, (_, child)) in self.processes.iter().enumerate() {
+                if child.is_some() && self.leads(index).await {
+                    leaders.push(index);
+                }
+            }
+            if let [one] = leaders[..] {
+                return one;
+            }
+            assert!(Instant::now() < deadline, "leaders: {leaders:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `/_conduit/ready` of process `index`, bypassing HAProxy.
+    async fn ready(&self, index: usize) -> StatusCode {
+        match self.http.get(format!("{}/_conduit/ready", self.direct(index))).send().await {
+            Ok(response) => response.status(),
+            Err(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Wait until `/_conduit/ready` of process `index` answers `status`.
+    async fn wait_ready(&self, index: usize, status: StatusCode) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while self.ready(index).await != status {
+            assert!(Instant::now() < deadline, "process {index} never answered {status}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn logs(&self) -> String {
@@ -203,7 +266,9 @@ impl Deployment {
     }
 }
 
-fn spawn_conduit(dir: &Path, index: usize, port: u16, database_url: &str) -> Reaped {
+/// A process serving the client API on `ports.0` and its metrics on `ports.1`.
+fn spawn_conduit(dir: &Path, index: usize, ports: (u16, u16), database_url: &str) -> Reaped {
+    let (port, metrics) = ports;
     let config = dir.join(format!("p{index}.toml"));
     std::fs::write(
         &config,
@@ -221,7 +286,15 @@ fn spawn_conduit(dir: &Path, index: usize, port: u16, database_url: &str) -> Rea
              allow_registration = true\n\
              rate_limiting = false\n\
              argon2_memory_kib = 64\n\
-             argon2_iterations = 1\n",
+             argon2_iterations = 1\n\
+             [[global.listeners]]\n\
+             address = \"127.0.0.1\"\n\
+             port = {port}\n\
+             resources = [\"client\"]\n\
+             [[global.listeners]]\n\
+             address = \"127.0.0.1\"\n\
+             port = {metrics}\n\
+             resources = [\"metrics\"]\n",
             dir.join(format!("p{index}")).display(),
             dir.join("media").display(),
         ),
@@ -363,7 +436,11 @@ async fn send_until_acknowledged(
     txn: &str,
     body: &str,
 ) -> (String, u32) {
-    for attempt in 0..100 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for attempt in 0.. {
+        if Instant::now() > deadline {
+            break;
+        }
         let (status, answer) = d
             .call(
                 &d.base,
@@ -549,4 +626,280 @@ async fn three_processes_behind_haproxy_serve_sdk_clients_restart_in_turn_and_su
         vec![script("sdk/nio_e2ee.py"), d.base.clone().into()],
     )
     .await;
+}
+
+/// What process `index` answers bob about the room while it cannot reach the database:
+/// each answer's status, and any answer that is not a server error.
+async fn answers_while_cut_off(
+    d: &Deployment,
+    index: usize,
+    token: &str,
+    room: &str,
+    since: &str,
+) -> Vec<String> {
+    let base = d.direct(index);
+    let probes = [
+        (reqwest::Method::GET, format!("{V3}/rooms/{room}/messages?dir=b&limit=50"), None),
+        (reqwest::Method::GET, format!("{V3}/sync?since={since}&timeout=0"), None),
+        (reqwest::Method::GET, format!("{V3}/sync"), None),
+        (reqwest::Method::GET, format!("{V3}/rooms/{room}/state"), None),
+        (reqwest::Method::GET, format!("{V3}/rooms/{room}/joined_members"), None),
+        (reqwest::Method::GET, format!("{V3}/account/whoami"), None),
+        (
+            reqwest::Method::PUT,
+            format!("{V3}/rooms/{room}/send/m.room.message/cut-{}", free_port()),
+            Some(json!({"msgtype": "m.text", "body": "through the cut-off process"})),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (method, path, body) in probes {
+        let (status, answer) = d.call(&base, method.clone(), &path, token, body).await;
+        if !status.is_server_error() {
+            wrong.push(format!("{method} {path}: {status} {answer}"));
+        }
+    }
+    wrong
+}
+
+/// The database's faults, with three real processes behind HAProxy, each reaching
+/// PostgreSQL through a TCP relay the test can cut:
+/// - the leading process cut off from the database stops serving: it is taken out of
+///   rotation, answers every client request with an error (never with what it held before
+///   the cut), and another process takes over the background work; once the relay opens
+///   again it catches up and serves again;
+/// - the database stopped and started again under a send load: clients see errors or
+///   waits, never wrong data (every page of history read meanwhile is a prefix of what was
+///   acknowledged), every process reconnects, every acknowledged send is there once and in
+///   order on each, and a send on one process wakes a long-poll on another again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_cut_off_from_the_database_stops_serving_and_a_database_restart_loses_nothing() {
+    // A cluster of its own: this test stops it.
+    let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+    let url = cluster.create_database("faults").unwrap();
+    let database = SocketAddr::from(([127, 0, 0, 1], cluster.port));
+    let mut relays = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        relays.push(Relay::start(port, database).await);
+        urls.push(url.replace(&format!(":{}/", cluster.port), &format!(":{port}/")));
+    }
+    let d = Deployment::start_on(urls).await;
+    let (_, alice_token) = register(&d, "alice").await;
+    let (_, bob_token) = register(&d, "bob").await;
+    let (status, created) = d
+        .call(
+            &d.base,
+            reqwest::Method::POST,
+            &format!("{V3}/createRoom"),
+            &alice_token,
+            Some(json!({"preset": "public_chat"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, joined) = d
+        .call(&d.base, reqwest::Method::POST, &format!("{V3}/join/{room}"), &bob_token, Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let (id, _) = send_until_acknowledged(
+            &d,
+            &alice_token,
+            &room,
+            &format!("before{i}"),
+            &format!("load before {i}"),
+        )
+        .await;
+        acknowledged.push(id);
+    }
+
+    // Cut the leader off, after it has served bob (it holds his room in its caches).
+    let cut = d.one_leader().await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != cut).collect();
+    let (status, synced) =
+        d.call(&d.direct(cut), reqwest::Method::GET, &format!("{V3}/sync"), &bob_token, None).await;
+    assert_eq!(status, StatusCode::OK, "{synced}");
+    let since = synced["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(load_messages(&d, cut, &bob_token, &room).await.len(), 5);
+    relays[cut].set_open(false);
+    let cut_at = Instant::now();
+    d.wait_ready(cut, StatusCode::SERVICE_UNAVAILABLE).await;
+    eprintln!("process {cut} (the leader) cut off: not ready after {:?}", cut_at.elapsed());
+    d.wait_for_servers_up(2).await;
+    let leader = d.one_leader().await;
+    assert!(others.contains(&leader), "the cut-off process {cut} still leads\n{}", d.logs());
+    eprintln!("process {leader} leads {:?} after the cut", cut_at.elapsed());
+
+    // The others serve, and what they take the cut-off process cannot show: it answers
+    // errors, again and again, never its old view.
+    let (status, sent) = d
+        .call(
+            &d.direct(others[0]),
+            reqwest::Method::PUT,
+            &format!("{V3}/rooms/{room}/send/m.room.message/during-cut"),
+            &alice_token,
+            Some(json!({"msgtype": "m.text", "body": "load while cut off"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    acknowledged.push(sent["event_id"].as_str().unwrap().to_owned());
+    for i in 0..10 {
+        let (id, _) =
+            send_until_acknowledged(&d, &alice_token, &room, &format!("cut{i}"), &format!("load cut {i}"))
+                .await;
+        acknowledged.push(id);
+        let wrong = answers_while_cut_off(&d, cut, &bob_token, &room, &since).await;
+        assert!(wrong.is_empty(), "the cut-off process answered:\n{}\n{}", wrong.join("\n"), d.logs());
+    }
+    assert!(!d.leads(cut).await, "the cut-off process still says it leads");
+
+    // The relay opens: the process reconnects, catches up and is back in rotation.
+    relays[cut].set_open(true);
+    d.wait_ready(cut, StatusCode::OK).await;
+    d.wait_for_servers_up(3).await;
+    let ids: Vec<String> =
+        load_messages(&d, cut, &bob_token, &room).await.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, acknowledged, "process {cut} after it reconnected\n{}", d.logs());
+    let (bodies, _, _) = poll_for_message(&d, &d.direct(cut), &bob_token, &since, &room).await;
+    // Up to the last send (the timeline is limited: the sends before it are in /messages).
+    assert_eq!(bodies.last().map(String::as_str), Some("load cut 9"), "{bodies:?}");
+    assert_eq!(d.one_leader().await, leader, "leadership moved back without a reason");
+
+    // The database stopped and started again under a send load through HAProxy, while bob
+    // reads the history through HAProxy over and over.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent_count = std::sync::atomic::AtomicUsize::new(0);
+    let loader = async {
+        let mut ids = Vec::new();
+        let mut retried = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let i = ids.len();
+            let (id, attempts) = send_until_acknowledged(
+                &d,
+                &alice_token,
+                &room,
+                &format!("restart{i}"),
+                &format!("load restart {i}"),
+            )
+            .await;
+            ids.push(id);
+            retried += attempts;
+            sent_count.store(ids.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        (ids, retried)
+    };
+    let reader = async {
+        let (mut pages, mut errors) = (Vec::new(), 0u32);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (status, page) = d
+                .call(
+                    &d.base,
+                    reqwest::Method::GET,
+                    &format!("{V3}/rooms/{room}/messages?dir=b&limit=200"),
+                    &bob_token,
+                    None,
+                )
+                .await;
+            if status == StatusCode::OK {
+                let mut ids: Vec<String> = page["chunk"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("load ")))
+                    .map(|e| e["event_id"].as_str().unwrap().to_owned())
+                    .collect();
+                ids.reverse();
+                pages.push(ids);
+            } else {
+                assert!(status.is_server_error(), "{status} {page}");
+                errors += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (pages, errors)
+    };
+    let driver = async {
+        let (d, sent_count) = (&d, &sent_count);
+        let until = move |n: usize| async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while sent_count.load(std::sync::atomic::Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "the load stalled at {n}\n{}", d.logs());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        until(10).await;
+        let stopped_at = Instant::now();
+        tokio::task::block_in_place(|| cluster.stop());
+        for index in 0..3 {
+            d.wait_ready(index, StatusCode::SERVICE_UNAVAILABLE).await;
+        }
+        let during = sent_count.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::task::block_in_place(|| cluster.launch()).expect("the cluster starts again");
+        for index in 0..3 {
+            d.wait_ready(index, StatusCode::OK).await;
+        }
+        d.wait_for_servers_up(3).await;
+        eprintln!(
+            "database down and up again; all processes ready {:?} after the stop",
+            stopped_at.elapsed()
+        );
+        until(during + 20).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let ((restart_ids, retried), (pages, read_errors), ()) = tokio::join!(loader, reader, driver);
+    acknowledged.extend(restart_ids);
+    eprintln!(
+        "{} sends across the restart ({retried} client retries); {} history pages read, {read_errors} errors",
+        acknowledged.len(),
+        pages.len()
+    );
+    for page in &pages {
+        assert!(
+            page.len() <= acknowledged.len() && acknowledged[..page.len()] == page[..],
+            "a history page that is not what was acknowledged: {page:?}\nacknowledged: {acknowledged:?}"
+        );
+    }
+    for index in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let ids = loop {
+            let ids: Vec<String> =
+                load_messages(&d, index, &bob_token, &room).await.into_iter().map(|(id, _)| id).collect();
+            if ids.len() >= acknowledged.len() || Instant::now() > deadline {
+                break ids;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(ids, acknowledged, "process {index} after the restart\n{}", d.logs());
+    }
+    d.one_leader().await;
+
+    // Every process hears the others again: a send on one wakes a long-poll on the next.
+    for index in 0..3 {
+        let (poller, sender) = (index, (index + 1) % 3);
+        let (status, synced) =
+            d.call(&d.direct(poller), reqwest::Method::GET, &format!("{V3}/sync"), &bob_token, None).await;
+        assert_eq!(status, StatusCode::OK, "{synced}");
+        let since = synced["next_batch"].as_str().unwrap().to_owned();
+        let base = d.direct(poller);
+        let poll = poll_for_message(&d, &base, &bob_token, &since, &room);
+        let send = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let (status, sent) = d
+                .call(
+                    &d.direct(sender),
+                    reqwest::Method::PUT,
+                    &format!("{V3}/rooms/{room}/send/m.room.message/after{index}"),
+                    &alice_token,
+                    Some(json!({"msgtype": "m.text", "body": format!("after {index}")})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{sent}");
+        };
+        let ((bodies, _, _), ()) = tokio::join!(poll, send);
+        assert_eq!(bodies, vec![format!("after {index}")], "process {poller} after the restart");
+    }
+    drop(d);
+    cluster.stop_and_remove();
 }

@@ -20,7 +20,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Condvar, Mutex, MutexGuard, Weak},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -62,13 +65,19 @@ struct Message {
 pub type Invalidate = Box<dyn Fn(Elsewhere<'_>) + Send + Sync>;
 
 pub(super) struct Shared {
-    member: u64,
+    pub(super) member: u64,
     store: Arc<dyn KvStore>,
     state: Mutex<State>,
     wake: Condvar,
     /// The bus receiver, until the listening thread takes it.
     bus: Mutex<Option<broadcast::Receiver<BusMessage>>>,
+    /// The bus generation ([`KvStore::bus_generation`]) whose messages this process has
+    /// heard since it last read the promises, or `OUT_OF_TOUCH` while it has missed some.
+    in_touch_with: AtomicU64,
 }
+
+/// `Shared::in_touch_with` while messages were missed and not made up for.
+const OUT_OF_TOUCH: u64 = u64::MAX;
 
 struct State {
     /// The promise heard from each live member, and the liveness round in which it was
@@ -98,6 +107,7 @@ impl Shared {
     pub(super) fn join(store: &Arc<dyn KvStore>, member: u64) -> Result<(Self, u64, u64)> {
         // Listening since the store opened: anything published after the read below is heard.
         let bus = store.subscribe();
+        let generation = store.bus_generation().unwrap_or(OUT_OF_TOUCH);
         let table = STREAM_WRITERS.open(store);
         let live: HashSet<u64> = store.live_members()?.into_iter().collect();
         let mut heard = HashMap::new();
@@ -129,6 +139,7 @@ impl Shared {
             }),
             wake: Condvar::new(),
             bus: Mutex::new(bus),
+            in_touch_with: AtomicU64::new(generation),
         };
         Ok((shared, start, committed))
     }
@@ -176,6 +187,56 @@ impl Shared {
     pub(super) fn send_stale(&self, stale: Stale) {
         self.lock().stale.push(stale);
         self.wake.notify_one();
+    }
+
+    /// Whether this process hears the others now: its bus connection is up and nothing
+    /// published since it was made has been missed. Out of touch, what it holds in memory
+    /// may be stale and its committed position does not move.
+    pub(super) fn in_touch(&self) -> bool {
+        let heard = self.in_touch_with.load(Ordering::Acquire);
+        heard != OUT_OF_TOUCH && self.store.bus_generation() == Some(heard)
+    }
+
+    /// Messages were missed: forget what may be stale and read the promises again, until
+    /// that succeeds or the bus connection is lost again (its return brings another
+    /// `Lost`).
+    fn make_up_for_lost_messages(&self, stream: &Stream, invalidate: &Invalidate) {
+        self.in_touch_with.store(OUT_OF_TOUCH, Ordering::Release);
+        invalidate(Elsewhere::Lost);
+        loop {
+            let Some(generation) = self.store.bus_generation() else { return };
+            match STREAM_WRITERS.open(&self.store).scan(KeyRange::all(), Direction::Forward) {
+                Ok(rows) => {
+                    let rows: Vec<_> = rows.filter_map(std::result::Result::ok).collect();
+                    let highest = rows.iter().map(|(_, promise)| *promise).max();
+                    let least = {
+                        let mut state = self.lock();
+                        // A member that died meanwhile is dropped again by the next check.
+                        for (member, promise) in rows {
+                            self.heard(&mut state, member, promise);
+                        }
+                        Shared::least(&state)
+                    };
+                    if let Some(least) = least {
+                        stream.raise_committed(least);
+                    }
+                    // Changes announced meanwhile were not heard: every long-poll re-checks
+                    // from its token once the committed position covers what was published
+                    // (this process's own promise rises to it first).
+                    if let Some(highest) = highest {
+                        stream.wake_when_committed(highest);
+                    }
+                    self.in_touch_with.store(generation, Ordering::Release);
+                    self.poke();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the stream positions again failed; retrying");
+                    self.poke();
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
     }
 
     /// The least promise of the members heard.
@@ -392,37 +453,7 @@ fn listen_loop(stream: &Weak<Stream>, mut bus: broadcast::Receiver<BusMessage>, 
                     }
                 }
             }
-            None => {
-                // Messages were missed: whatever was cached may be stale, and the promises
-                // are read again from the table (each member writes its own there before
-                // it publishes it).
-                invalidate(Elsewhere::Lost);
-                match STREAM_WRITERS.open(&shared.store).scan(KeyRange::all(), Direction::Forward) {
-                    Ok(rows) => {
-                        let rows: Vec<_> = rows.filter_map(std::result::Result::ok).collect();
-                        let highest = rows.iter().map(|(_, promise)| *promise).max();
-                        let least = {
-                            let mut state = shared.lock();
-                            // A member that died meanwhile is dropped again by the next check.
-                            for (member, promise) in rows {
-                                shared.heard(&mut state, member, promise);
-                            }
-                            Shared::least(&state)
-                        };
-                        if let Some(least) = least {
-                            stream.raise_committed(least);
-                        }
-                        // Changes announced meanwhile were not heard: every long-poll
-                        // re-checks from its token once the committed position covers what
-                        // was published (this process's own promise rises to it first).
-                        if let Some(highest) = highest {
-                            stream.wake_when_committed(highest);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reading the stream positions again failed"),
-                }
-                shared.poke();
-            }
+            None => shared.make_up_for_lost_messages(&stream, invalidate),
         }
     }
 }
