@@ -327,7 +327,7 @@ pub enum BusMessage {
 /// `sequences`; a backend under test opens it too).
 pub const SEQUENCES_TABLE: &str = "sequences";
 
-fn sequence_key(name: &str) -> Vec<u8> {
+pub(super) fn sequence_key(name: &str) -> Vec<u8> {
     super::codec::KeyCodec::to_key_bytes(&name.to_owned())
 }
 
