@@ -272,13 +272,6 @@ async fn a_member_of_an_allowed_room_joins_a_restricted_room_of_another_server()
 
 // ----- with Synapse -----
 
-async fn synapse_room(synapse: &Synapse, token: &str, body: Value) -> String {
-    let (status, room) =
-        synapse.call(reqwest::Method::POST, &format!("{V3}/createRoom"), Some(token), Some(body)).await;
-    assert_eq!(status, StatusCode::OK, "{room}\n{}", synapse.logs());
-    room["room_id"].as_str().unwrap().to_owned()
-}
-
 async fn synapse_membership(synapse: &Synapse, token: &str, room: &str, user: &str) -> Value {
     let (_, member) = synapse
         .call(
@@ -301,9 +294,7 @@ async fn knocks_cross_between_conduit_and_synapse_both_ways() {
 
     // Alice (conduit) knocks on Sam's Synapse room; Sam sees the knock and invites her; she
     // joins.
-    let room = synapse_room(
-        &synapse,
-        &sam_token,
+    let room = synapse.create_room(&sam_token,
         json!({"room_version": "10", "name": "Synapse door",
                "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
     )
@@ -364,10 +355,8 @@ async fn restricted_joins_cross_between_conduit_and_synapse_both_ways() {
     // joins the allowed room, then the restricted one with Synapse's authorisation; Carol,
     // in no allowed room, is refused.
     let allowed =
-        synapse_room(&synapse, &sam_token, json!({"preset": "public_chat", "room_version": "10"})).await;
-    let room = synapse_room(
-        &synapse,
-        &sam_token,
+        synapse.create_room(&sam_token, json!({"preset": "public_chat", "room_version": "10"})).await;
+    let room = synapse.create_room(&sam_token,
         json!({"room_version": "10", "initial_state": [{"type": "m.room.join_rules", "state_key": "",
                "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": allowed}]}}]}),
     )

@@ -26,6 +26,7 @@ mod federation_media;
 mod federation_off;
 mod federation_partition;
 mod federation_rooms;
+mod federation_send_join;
 mod harness;
 mod history;
 mod jwt;

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{Pki, TestServer, free_port},
+    harness::{Pki, Session, TestServer, free_port},
     sdk::provided_by_scripts_test,
 };
 
@@ -123,6 +123,11 @@ impl Synapse {
         };
         synapse.wait_until_up().await;
         synapse
+    }
+
+    /// Whether Synapse's whole log holds `needle` (its access log lines name each request).
+    pub(crate) fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_to_string(self.dir.path().join("synapse.log")).unwrap_or_default().contains(needle)
     }
 
     pub(crate) fn logs(&self) -> String {
@@ -297,6 +302,26 @@ impl Synapse {
         bodies_of(&page)
     }
 
+    /// A room `token`'s user creates on Synapse with `body` (`createRoom`'s): its ID.
+    pub(crate) async fn create_room(&self, token: &str, body: Value) -> String {
+        let (status, created) =
+            self.call(reqwest::Method::POST, &format!("{V3}/createRoom"), Some(token), Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{created}\n{}", self.logs());
+        created["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// `who` of `conduit` joins `room`, a room of this Synapse, through it.
+    pub(crate) async fn join_from(&self, conduit: &TestServer, who: &Session, room: &str) {
+        let (status, joined) = conduit
+            .post(
+                &format!("{V3}/join/{}?via={}", encode(room), encode(&self.name)),
+                Some(&who.token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{joined}\n{}", self.logs());
+    }
+
     pub(crate) async fn send_text(&self, token: &str, room: &str, txn: &str, text: &str) {
         let (status, body) = self
             .call(
@@ -410,24 +435,8 @@ async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room()
         .await;
 
     // Alice (conduit) joins Sam's Synapse room through Synapse.
-    let (status, synapse_room) = synapse
-        .call(
-            reqwest::Method::POST,
-            &format!("{V3}/createRoom"),
-            Some(&sam_token),
-            Some(json!({"preset": "public_chat"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{synapse_room}");
-    let synapse_room = synapse_room["room_id"].as_str().unwrap().to_owned();
-    let (status, joined) = conduit
-        .post(
-            &format!("{V3}/join/{}?via={}", encode(&synapse_room), encode(&synapse.name)),
-            Some(&alice.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    let synapse_room = synapse.create_room(&sam_token, json!({"preset": "public_chat"})).await;
+    synapse.join_from(&conduit, &alice, &synapse_room).await;
     eventually("Alice joined on Synapse", &synapse, || async {
         let (_, members) = synapse
             .call(
@@ -497,16 +506,12 @@ async fn invites_cross_between_conduit_and_synapse_both_ways() {
 
     // Sam invites Alice into a private Synapse room: her sync on conduit shows it, and she
     // joins through Synapse.
-    let (status, synapse_room) = synapse
-        .call(
-            reqwest::Method::POST,
-            &format!("{V3}/createRoom"),
-            Some(&sam_token),
-            Some(json!({"preset": "private_chat", "name": "From Synapse", "invite": [alice.user_id]})),
+    let synapse_room = synapse
+        .create_room(
+            &sam_token,
+            json!({"preset": "private_chat", "name": "From Synapse", "invite": [alice.user_id]}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{synapse_room}\n{}", synapse.logs());
-    let synapse_room = synapse_room["room_id"].as_str().unwrap().to_owned();
     eventually("Sam's invite in Alice's sync", &synapse, || async {
         crate::sync::sync(&conduit, &alice, "").await["rooms"]["invite"][&synapse_room].is_object()
     })
@@ -862,16 +867,12 @@ async fn public_room_directories_cross_between_conduit_and_synapse_both_ways() {
         json!({"preset": "public_chat", "name": "Conduit lobby", "visibility": "public"}),
     )
     .await;
-    let (status, created) = synapse
-        .call(
-            reqwest::Method::POST,
-            &format!("{V3}/createRoom"),
-            Some(&sam_token),
-            Some(json!({"preset": "public_chat", "name": "Synapse lobby", "visibility": "public"})),
+    let on_synapse = synapse
+        .create_room(
+            &sam_token,
+            json!({"preset": "public_chat", "name": "Synapse lobby", "visibility": "public"}),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{created}");
-    let on_synapse = created["room_id"].as_str().unwrap().to_owned();
     let ids = |page: &Value| -> Vec<String> {
         page["chunk"].as_array().map_or_else(Vec::new, |rooms| {
             rooms.iter().filter_map(|r| r["room_id"].as_str().map(str::to_owned)).collect()
@@ -988,42 +989,57 @@ async fn presence_crosses_between_conduit_and_synapse_both_ways() {
     .await;
 }
 
-#[tokio::test]
-async fn conduit_gets_what_it_missed_while_down_from_synapse_and_a_leave_reaches_synapse() {
+/// A conduit server stopped, and what starts it again on the same port and database.
+struct Stopped {
+    config: conduit::config::Config,
+    clock: std::sync::Arc<conduit::service::clock::ManualClock>,
+    dir: tempfile::TempDir,
+}
+
+impl Stopped {
+    async fn start(self) -> TestServer {
+        TestServer::listen_on(self.config, self.dir, self.clock).await
+    }
+}
+
+/// Sam's room on Synapse, which Alice of conduit joined and where Sam's first message
+/// ("before the outage") reached conduit, with conduit stopped since.
+struct ConduitDown {
+    pki: Pki,
+    synapse: Synapse,
+    alice: Session,
+    sam_token: String,
+    room: String,
+    stopped: Stopped,
+}
+
+async fn a_synapse_room_with_conduit_down() -> ConduitDown {
     let pki = Pki::new();
     let synapse = Synapse::start(&pki).await;
     let conduit = TestServer::start_federating(&pki, |_| {}).await;
     let alice = conduit.register("alice", "pw-alice-123").await;
     let (_sam, sam_token) = synapse.register("sam").await;
-    let (status, room) = synapse
-        .call(
-            reqwest::Method::POST,
-            &format!("{V3}/createRoom"),
-            Some(&sam_token),
-            Some(json!({"preset": "public_chat"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{room}");
-    let room = room["room_id"].as_str().unwrap().to_owned();
-    let (status, joined) = conduit
-        .post(
-            &format!("{V3}/join/{}?via={}", encode(&room), encode(&synapse.name)),
-            Some(&alice.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{joined}\n{}", synapse.logs());
+    let room = synapse.create_room(&sam_token, json!({"preset": "public_chat"})).await;
+    synapse.join_from(&conduit, &alice, &room).await;
     synapse.send_text(&sam_token, &room, "s0", "before the outage").await;
     eventually("Sam's first message on conduit", &synapse, || async {
         conduit_bodies(&conduit, &alice.token, &room).await.contains(&"before the outage".to_owned())
     })
     .await;
-
-    // conduit is down while Sam talks: Synapse's sends to it fail.
     let config = (*conduit.services.config).clone();
     let clock = std::sync::Arc::clone(&conduit.clock);
     let dir = conduit.stop().await;
-    let missed: Vec<String> = (1..=5).map(|i| format!("while conduit was down {i}")).collect();
+    ConduitDown { pki, synapse, alice, sam_token, room, stopped: Stopped { config, clock, dir } }
+}
+
+#[tokio::test]
+async fn conduit_gets_what_it_missed_while_down_from_synapse_and_a_leave_reaches_synapse() {
+    let ConduitDown { pki: _pki, synapse, alice, sam_token, room, stopped } =
+        a_synapse_room_with_conduit_down().await;
+    // conduit is down while Sam talks: Synapse's sends to it fail.
+    // More than one get_missing_events answer holds (conduit asks for 50, Synapse answers
+    // at most what it is asked): conduit asks again from where the gap goes on.
+    let missed: Vec<String> = (1..=70).map(|i| format!("while conduit was down {i}")).collect();
     for (i, text) in missed.iter().enumerate() {
         synapse.send_text(&sam_token, &room, &format!("d{i}"), text).await;
     }
@@ -1031,7 +1047,7 @@ async fn conduit_gets_what_it_missed_while_down_from_synapse_and_a_leave_reaches
 
     // Back on the same port and database. Alice speaks: Synapse hears from conduit again,
     // catches it up (with its latest event), and conduit fetches the rest it is missing.
-    let conduit = TestServer::listen_on(config, dir, clock).await;
+    let conduit = stopped.start().await;
     crate::rooms::send_text(&conduit, &alice, &room, "a1", "conduit is back").await;
     eventually("conduit is back, on Synapse", &synapse, || async {
         synapse.message_bodies(&sam_token, &room).await.contains(&"conduit is back".to_owned())
@@ -1062,6 +1078,58 @@ async fn conduit_gets_what_it_missed_while_down_from_synapse_and_a_leave_reaches
             )
             .await;
         members["joined"].is_object() && members["joined"].get(&alice.user_id).is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conduit_takes_a_synapse_event_across_a_gap_too_long_to_fetch_with_the_state_synapse_has() {
+    let ConduitDown { pki: _pki, synapse, alice, sam_token, room, stopped } =
+        a_synapse_room_with_conduit_down().await;
+    // conduit is down while Sam sends more than ten get_missing_events answers hold, and
+    // changes the topic early on.
+    const MISSED: usize = 520;
+    for i in 0..MISSED {
+        if i == 10 {
+            let (status, body) = synapse
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("{V3}/rooms/{}/state/m.room.topic/", encode(&room)),
+                    Some(&sam_token),
+                    Some(json!({"topic": "set while conduit was down"})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        synapse.send_text(&sam_token, &room, &format!("d{i}"), &format!("while conduit was down {i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Back: Synapse catches conduit up with its latest event, whose ancestors conduit cannot
+    // all fetch; it takes the event with the state before it as Synapse has it.
+    let conduit = stopped.start().await;
+    crate::rooms::send_text(&conduit, &alice, &room, "a1", "conduit is back").await;
+    let latest = format!("while conduit was down {}", MISSED - 1);
+    eventually("Sam's latest message on conduit", &synapse, || async {
+        conduit_bodies(&conduit, &alice.token, &room).await.contains(&latest)
+    })
+    .await;
+    let (status, topic) =
+        conduit.get(&format!("{V3}/rooms/{}/state/m.room.topic/", encode(&room)), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{topic}");
+    assert_eq!(topic["topic"], "set while conduit was down", "{topic}");
+    // It crossed the gap: it asked Synapse for the state at the event before it.
+    assert!(synapse.log_contains("/_matrix/federation/v1/state_ids/"), "no /state_ids request");
+
+    // The room goes on from there, both ways.
+    synapse.send_text(&sam_token, &room, "s1", "after the gap").await;
+    eventually("Sam's message after the gap on conduit", &synapse, || async {
+        conduit_bodies(&conduit, &alice.token, &room).await.contains(&"after the gap".to_owned())
+    })
+    .await;
+    crate::rooms::send_text(&conduit, &alice, &room, "a2", "alice after the gap").await;
+    eventually("Alice's message after the gap on Synapse", &synapse, || async {
+        synapse.message_bodies(&sam_token, &room).await.contains(&"alice after the gap".to_owned())
     })
     .await;
 }

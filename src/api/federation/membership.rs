@@ -31,9 +31,9 @@ pub async fn prepare_join_event(
 }
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`: the join accepted, and the
-/// room's state before it with its auth chain (`omit_members` is not honoured: the whole
-/// state is answered, which the spec allows); for a restricted join this server
-/// authorised, the join with its signature.
+/// room's state before it with its auth chain (without most member events when asked to
+/// `omit_members`); for a restricted join this server authorised, the join with its
+/// signature.
 pub async fn create_join_event(
     services: AppState,
     req: Ruma<create_join_event::v2::Request>,
@@ -41,13 +41,13 @@ pub async fn create_join_event(
     let body = &req.body;
     let answer = services
         .room_federation
-        .send_join(&req.identity.server_name, &body.room_id, &body.event_id, &body.pdu)
+        .send_join(&req.identity.server_name, &body.room_id, &body.event_id, &body.pdu, body.omit_members)
         .await?;
     let mut state = create_join_event::v2::RoomState::new();
     state.state = answer.state;
     state.auth_chain = answer.auth_chain;
     state.servers_in_room = Some(answer.servers_in_room);
-    state.members_omitted = false;
+    state.members_omitted = answer.members_omitted;
     state.event = answer.event;
     Ok(create_join_event::v2::Response::new(state))
 }

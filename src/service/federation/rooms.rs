@@ -79,9 +79,18 @@ const REMEMBERED_TXNS: usize = 1000;
 /// PDUs and EDUs one transaction may carry (the spec's limits).
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
-/// Events asked for with `get_missing_events`, and asked for at most in one answer.
-const MISSING_EVENTS_LIMIT: u64 = 10;
+/// Events asked for in one `get_missing_events` request, and taken at most from one answer.
+const MISSING_EVENTS_LIMIT: u64 = 50;
 const MAX_MISSING_EVENTS_ANSWER: usize = 50;
+/// `get_missing_events` requests for one PDU whose ancestors are missing, and the events
+/// fetched for it in all: a gap longer than that is refused.
+const MISSING_EVENTS_ROUNDS: usize = 10;
+const MAX_MISSING_EVENTS: usize = 500;
+/// Events named in one request's `latest_events` at most.
+const MISSING_EVENTS_FRONTIER: usize = 20;
+/// Missing prev events of one PDU whose state is asked for (`/state_ids`) when
+/// `get_missing_events` did not close the gap: a PDU citing more is refused.
+const MAX_GAP_PREVS: usize = 5;
 /// How long a typing notification from another server lasts unless renewed.
 const REMOTE_TYPING: Duration = Duration::from_secs(30);
 
@@ -102,6 +111,8 @@ pub struct JoinAnswer {
     pub servers_in_room: Vec<String>,
     /// The join as this server signed it too, when it authorised a restricted join.
     pub event: Option<Box<RawJsonValue>>,
+    /// Member events were left out of `state` (asked for with `omit_members`).
+    pub members_omitted: bool,
 }
 
 pub struct RoomFederation {
@@ -443,14 +454,22 @@ impl RoomFederation {
         if self.in_graph(&pdu.event_id).map_err(reason)? {
             return Ok(());
         }
+        let mut gap_states = None;
         if !self.missing_prevs(&pdu).map_err(reason)?.is_empty() {
             self.fetch_missing(lock, origin, rules, &pdu, keys).await;
             let missing = self.missing_prevs(&pdu).map_err(reason)?;
             if !missing.is_empty() {
-                return Err(format!("prev_events not found: {missing:?}"));
+                match self.states_across_gap(lock, origin, &missing, keys).await {
+                    Ok(states) => gap_states = Some(states),
+                    Err(e) => return Err(format!("prev_events not found: {missing:?} ({e})")),
+                }
             }
         }
-        let outcome = self.timeline.accept_event(lock, pdu).await.map_err(reason)?;
+        let outcome = match gap_states {
+            None => self.timeline.accept_event(lock, pdu).await,
+            Some(states) => self.timeline.accept_event_across_gap(lock, pdu, &states).await,
+        }
+        .map_err(reason)?;
         match outcome.status {
             EventStatus::Rejected => Err(outcome.reason.unwrap_or_else(|| "rejected".to_owned())),
             EventStatus::SoftFailed => {
@@ -462,8 +481,10 @@ impl RoomFederation {
     }
 
     /// Ask `origin` for the events between the room's forward extremities and `pdu`
-    /// (`get_missing_events`, one bounded request) and accept those whose ancestors are
-    /// then all here, oldest first.
+    /// (`get_missing_events`), again from the oldest events fetched whose parents are still
+    /// missing until none is (a server answers a bounded number per request, nearest to
+    /// `latest_events` first), and accept those whose ancestors are then all here, oldest
+    /// first. At most `MISSING_EVENTS_ROUNDS` requests and `MAX_MISSING_EVENTS` events.
     async fn fetch_missing(
         &self,
         lock: &RoomLock,
@@ -474,38 +495,62 @@ impl RoomFederation {
     ) {
         let room_id = lock.room_id();
         let Ok(Some(room)) = self.states.room(room_id) else { return };
-        let body = json!({
-            "earliest_events": room.forward_extremities,
-            "latest_events": [pdu.event_id],
-            "limit": MISSING_EVENTS_LIMIT,
-            "min_depth": 0,
-        });
-        let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(room_id.as_str()));
-        let answer = match self.client.request(origin, http::Method::POST, &path, Some(&body), true).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(refusal)) => {
-                tracing::info!(%origin, status = refusal.status, "get_missing_events refused");
-                return;
+        let mut fetched: HashMap<OwnedEventId, Pdu> = HashMap::new();
+        let mut latest = vec![pdu.event_id.clone()];
+        for _ in 0..MISSING_EVENTS_ROUNDS {
+            let body = json!({
+                "earliest_events": room.forward_extremities,
+                "latest_events": latest,
+                "limit": MISSING_EVENTS_LIMIT,
+                "min_depth": 0,
+            });
+            let path = format!("/_matrix/federation/v1/get_missing_events/{}", encode(room_id.as_str()));
+            let answer = match self.client.request(origin, http::Method::POST, &path, Some(&body), true).await
+            {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(refusal)) => {
+                    tracing::info!(%origin, status = refusal.status, "get_missing_events refused");
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(%origin, error = %e, "get_missing_events failed");
+                    break;
+                }
+            };
+            let before = fetched.len();
+            for event in answer
+                .get("events")
+                .and_then(JsonValue::as_array)
+                .into_iter()
+                .flatten()
+                .take(MAX_MISSING_EVENTS_ANSWER)
+            {
+                match self.checked_pdu(&event.to_string(), rules, keys).await {
+                    Ok(found) if found.room_id == room_id => {
+                        fetched.entry(found.event_id.clone()).or_insert(found);
+                    }
+                    Ok(_) => {}
+                    Err((id, why)) => tracing::info!(?id, %why, "a missing event fetched was dropped"),
+                }
             }
-            Err(e) => {
-                tracing::info!(%origin, error = %e, "get_missing_events failed");
-                return;
+            if fetched.len() == before || fetched.len() >= MAX_MISSING_EVENTS {
+                break;
             }
-        };
-        let mut fetched = Vec::new();
-        for event in answer
-            .get("events")
-            .and_then(JsonValue::as_array)
-            .into_iter()
-            .flatten()
-            .take(MAX_MISSING_EVENTS_ANSWER)
-        {
-            match self.checked_pdu(&event.to_string(), rules, keys).await {
-                Ok(found) if found.room_id == room_id => fetched.push(found),
-                Ok(_) => {}
-                Err((id, why)) => tracing::info!(?id, %why, "a missing event fetched was dropped"),
+            // The events whose parents are neither here nor fetched: where the gap goes on.
+            latest = std::iter::once(pdu)
+                .chain(fetched.values())
+                .filter(|event| {
+                    self.missing_prevs(event)
+                        .is_ok_and(|missing| missing.iter().any(|id| !fetched.contains_key(id)))
+                })
+                .map(|event| event.event_id.clone())
+                .take(MISSING_EVENTS_FRONTIER)
+                .collect();
+            if latest.is_empty() {
+                break;
             }
         }
+        let mut fetched: Vec<Pdu> = fetched.into_values().collect();
         fetched.sort_by_key(|p| u64::from(p.depth));
         // Accept in rounds: each round takes the events whose parents are all here.
         loop {
@@ -534,6 +579,50 @@ impl RoomFederation {
                 break;
             }
         }
+    }
+
+    /// A gap `get_missing_events` did not close: for each of `missing` (prev events not
+    /// here), the event itself (`/event`) and the state before it (`/state_ids`, with the
+    /// events named fetched), as `origin` has them, stored as outliers; answers the state
+    /// after each. At most `MAX_GAP_PREVS` missing prevs.
+    async fn states_across_gap(
+        &self,
+        lock: &RoomLock,
+        origin: &ServerName,
+        missing: &[OwnedEventId],
+        keys: &mut VerifyKeys,
+    ) -> Result<Vec<StateMap>> {
+        if missing.len() > MAX_GAP_PREVS {
+            return Err(Error::invalid_param(format!("more than {MAX_GAP_PREVS} prev events missing")));
+        }
+        let room_id = lock.room_id();
+        let (_, rules) = self.rules_of_room(room_id)?;
+        let mut states = Vec::with_capacity(missing.len());
+        for id in missing {
+            let path = format!("/_matrix/federation/v1/event/{}", encode(id.as_str()));
+            let answer = self.client.get_json(origin, &path).await?;
+            let event = answer
+                .get("pdus")
+                .and_then(JsonValue::as_array)
+                .and_then(|pdus| pdus.first())
+                .ok_or_else(|| Error::Upstream(format!("{origin} did not send {id}")))?;
+            let prev = match self.checked_pdu(&event.to_string(), &rules, keys).await {
+                Ok(prev) if prev.event_id == *id && prev.room_id == room_id => prev,
+                Ok(_) => return Err(Error::Upstream(format!("{origin} sent another event for {id}"))),
+                Err((_, why)) => return Err(Error::Upstream(format!("{origin} sent {id}, refused: {why}"))),
+            };
+            let mut state = self.remote_state_before(origin, room_id, id, keys, Some(lock)).await?;
+            let key = prev.state_key.clone().map(|key| (StateEventType::from(prev.kind.to_string()), key));
+            self.store_outliers(lock, HashMap::from([(id.clone(), prev)]))?;
+            let stored = self.events.get_any(id)?;
+            if let (Some(key), Some(prev)) = (key, stored)
+                && prev.status != EventStatus::Rejected
+            {
+                state.insert(key, id.clone());
+            }
+            states.push(state);
+        }
+        Ok(states)
     }
 
     /// An EDU of `origin`: typing and read receipts of its users are applied, to-device
@@ -628,22 +717,58 @@ impl RoomFederation {
 
     /// `send_join` (v2): the join `origin` signed, accepted through the room engine (see
     /// `receive_membership`), and the state before it with its auth chain.
+    ///
+    /// With `omit_members` (a joining server that fills in the members later, as the spec
+    /// allows since v1.6), the state leaves out member events but those of the room's heroes
+    /// when it has neither a name nor a canonical alias (what the joining server needs to
+    /// name it), and the auth chain leaves out what the state holds; whatever authorises
+    /// an event sent stays in one or the other.
     pub async fn send_join(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
         event_id: &EventId,
         pdu: &RawJsonValue,
+        omit_members: bool,
     ) -> Result<JoinAnswer> {
         let (join, event) = self.receive_membership(Handshake::Join, origin, room_id, event_id, pdu).await?;
         let state = self.states.state_of_group(join.state_before)?;
-        let state_ids: Vec<OwnedEventId> = state.values().cloned().collect();
+        let kept_members: HashSet<String> = if omit_members {
+            let named = [StateEventType::RoomName, StateEventType::RoomCanonicalAlias]
+                .into_iter()
+                .any(|kind| state.contains_key(&(kind, String::new())));
+            if named {
+                HashSet::new()
+            } else {
+                self.members.heroes(room_id, &join.pdu.sender)?.into_iter().map(String::from).collect()
+            }
+        } else {
+            HashSet::new()
+        };
+        let state_ids: Vec<OwnedEventId> = state
+            .iter()
+            .filter(|((kind, key), _)| {
+                !omit_members || *kind != StateEventType::RoomMember || kept_members.contains(key)
+            })
+            .map(|(_, id)| id.clone())
+            .collect();
         let state_events = self.pdus_of(&state_ids)?;
-        let mut chain_of: Vec<OwnedEventId> = state_ids;
-        chain_of.push(join.pdu.event_id.clone());
-        let auth_chain = self.pdus_of(&self.timeline.auth_chain(&chain_of)?)?;
+        let mut chain = self
+            .timeline
+            .auth_chain(&[state_ids.as_slice(), std::slice::from_ref(&join.pdu.event_id)].concat())?;
+        if omit_members {
+            let in_state: HashSet<&OwnedEventId> = state_ids.iter().collect();
+            chain.retain(|id| !in_state.contains(id));
+        }
+        let auth_chain = self.pdus_of(&chain)?;
         let servers_in_room = self.servers_in_room(room_id)?.into_iter().map(|s| s.to_string()).collect();
-        Ok(JoinAnswer { state: state_events, auth_chain, servers_in_room, event })
+        Ok(JoinAnswer {
+            state: state_events,
+            auth_chain,
+            servers_in_room,
+            event,
+            members_omitted: omit_members,
+        })
     }
 
     /// The stored events `ids` names, as PDUs (those not stored left out).

@@ -26,7 +26,7 @@ use super::{RoomFederation, encode};
 use crate::{
     Error, Result,
     matrix::{federation::verify::ServerKeys as VerifyKeys, pdu::Pdu},
-    service::rooms::{history::MessagesPage, render::Viewer, state::StateMap},
+    service::rooms::{history::MessagesPage, render::Viewer, state::StateMap, timeline::RoomLock},
     storage::{Direction, tables::EventStatus},
 };
 
@@ -169,7 +169,8 @@ impl RoomFederation {
             if self.events.get_any(&pdu.event_id)?.is_some_and(|e| e.status != EventStatus::Outlier) {
                 continue;
             }
-            let state = match self.remote_state_before(server, room_id, &pdu.event_id, &mut keys).await {
+            let state = match self.remote_state_before(server, room_id, &pdu.event_id, &mut keys, None).await
+            {
                 Ok(state) => state,
                 Err(e) => {
                     tracing::info!(event_id = %pdu.event_id, error = %e, "no state for a backfilled event");
@@ -190,13 +191,15 @@ impl RoomFederation {
     }
 
     /// The state before `event_id` as `server` has it (`/state_ids`), with every event of it
-    /// and of its auth chain stored here (fetched with `/event` when missing, as outliers).
-    async fn remote_state_before(
+    /// and of its auth chain stored here (fetched with `/event` when missing, as outliers,
+    /// under `lock` when the caller holds the room's lock, else under the room's lock taken).
+    pub(super) async fn remote_state_before(
         &self,
         server: &ServerName,
         room_id: &RoomId,
         event_id: &EventId,
         keys: &mut VerifyKeys,
+        lock: Option<&RoomLock>,
     ) -> Result<StateMap> {
         let path = format!(
             "/_matrix/federation/v1/state_ids/{}?event_id={}",
@@ -233,8 +236,10 @@ impl RoomFederation {
             }
         }
         if !missing.is_empty() {
-            let lock = self.timeline.lock_room(room_id).await;
-            self.store_outliers(&lock, missing)?;
+            match lock {
+                Some(lock) => self.store_outliers(lock, missing)?,
+                None => self.store_outliers(&self.timeline.lock_room(room_id).await, missing)?,
+            }
         }
         let mut state = StateMap::new();
         for id in &state_ids {

@@ -263,6 +263,30 @@ impl Timeline {
     /// documentation). The event's `prev_events` must all be stored already (missing
     /// ancestors are fetched before). An event stored before is answered as it was.
     pub async fn accept_event(&self, lock: &RoomLock, pdu: Pdu) -> Result<Outcome> {
+        self.accept_event_with(lock, pdu, None).await
+    }
+
+    /// As [`Self::accept_event`], for an event some of whose `prev_events` are not in the
+    /// graph here (a gap in the history that could not be fetched): `gap_states` holds the
+    /// state after each of those, as another server has it (every event named stored, as
+    /// outliers or otherwise). The state before the event is the resolution of those and of
+    /// the states after its prevs that are here. The missing prevs stay out of the graph,
+    /// so the room's other forward extremities stay until an event cites them.
+    pub async fn accept_event_across_gap(
+        &self,
+        lock: &RoomLock,
+        pdu: Pdu,
+        gap_states: &[StateMap],
+    ) -> Result<Outcome> {
+        self.accept_event_with(lock, pdu, Some(gap_states)).await
+    }
+
+    async fn accept_event_with(
+        &self,
+        lock: &RoomLock,
+        pdu: Pdu,
+        gap_states: Option<&[StateMap]>,
+    ) -> Result<Outcome> {
         let (room, rules) = match self.graph_entry(lock, &pdu)? {
             Entry::Known(outcome) => return Ok(outcome),
             Entry::New(room, rules) => (room, rules),
@@ -270,9 +294,14 @@ impl Timeline {
         if pdu.kind == TimelineEventType::RoomCreate || pdu.prev_events.is_empty() {
             return Err(Error::invalid_param("The room already has its create event"));
         }
-        let prevs = self.known_prevs(&pdu.prev_events)?;
         let mut batch = WriteBatch::new();
-        let (before_group, before) = self.state_before_prevs(&rules, &prevs, Some(&mut batch))?;
+        let (before_group, before) = match gap_states {
+            None => {
+                let prevs = self.known_prevs(&pdu.prev_events)?;
+                self.state_before_prevs(&rules, &prevs, Some(&mut batch))?
+            }
+            Some(gap_states) => self.state_across_gap(&rules, &room, &pdu, gap_states, &mut batch)?,
+        };
 
         // The auth events the event cites (outliers too), and the events of the state before it.
         let mut loaded = self.auth_events_of(&rules, &pdu)?;
@@ -630,6 +659,38 @@ impl Timeline {
             self.states.new_group_with_removals_in(batch, base_group, &changes, &removed)?;
         // Cached now: the event and its group are written in the same batch, and a failure
         // to write it fails the whole acceptance, leaving an unreferenced cache entry only.
+        self.states.committed_group(group, Arc::clone(&stored));
+        Ok((group, stored))
+    }
+
+    /// The state before an event across a gap: the resolution of the states after its
+    /// prevs that are in the graph and of `gap_states`, given a group (its changes against
+    /// the state before the first prev here, or the room's current state).
+    fn state_across_gap(
+        &self,
+        rules: &RoomVersionRules,
+        room: &RoomRecord,
+        pdu: &Pdu,
+        gap_states: &[StateMap],
+        batch: &mut WriteBatch,
+    ) -> Result<(u64, Arc<StateMap>)> {
+        let mut forks = Vec::new();
+        let mut base = room.state_group;
+        for id in &pdu.prev_events {
+            if let Some(prev) = self.events.get_any(id)?
+                && matches!(prev.status, EventStatus::Accepted | EventStatus::SoftFailed)
+            {
+                if forks.is_empty() {
+                    base = prev.state_before;
+                }
+                forks.push(self.state_after(&prev)?.1);
+            }
+        }
+        forks.extend(gap_states.iter().map(|state| Arc::new(state.clone())));
+        let state = self.resolve(rules, &forks, &HashMap::new())?;
+        let (changes, removed) = delta(&*self.states.state_of_group(base)?, &state);
+        let (group, stored) =
+            self.states.new_group_with_removals_in(batch, Some(base), &changes, &removed)?;
         self.states.committed_group(group, Arc::clone(&stored));
         Ok((group, stored))
     }
