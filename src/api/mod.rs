@@ -478,7 +478,7 @@ fn federation_routes(services: &AppState) -> Router<AppState> {
     use ::ruma::api::federation::authenticated_media as federated;
 
     use self::federation::{
-        authorization, backfill, device, directory, discovery, event, keys, media, membership, query,
+        authorization, backfill, device, directory, discovery, event, keys, media, membership, query, space,
         transactions,
     };
     if !services.config.allow_federation {
@@ -510,6 +510,7 @@ fn federation_routes(services: &AppState) -> Router<AppState> {
         .ruma_route(device::get_devices)
         .ruma_route(directory::get_public_rooms)
         .ruma_route(directory::get_public_rooms_filtered)
+        .ruma_route(space::get_hierarchy)
         .endpoint_route::<federated::get_content::v1::Request, _, _>(media::get_content)
         .endpoint_route::<federated::get_content_thumbnail::v1::Request, _, _>(media::get_content_thumbnail)
 }

@@ -1433,3 +1433,91 @@ async fn matrix_nio_users_on_two_servers_decrypt_each_other_in_an_encrypted_room
     )
     .await;
 }
+
+#[tokio::test]
+async fn another_server_is_answered_one_level_of_a_space_with_what_its_users_could_see() {
+    let TwoServers { pki, a, b, alice, bob: _ } = two_servers().await;
+    let space =
+        create_room(&a, &alice, json!({"preset": "public_chat", "creation_content": {"type": "m.space"}}))
+            .await;
+    let public = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
+    let private = create_room(&a, &alice, json!({"preset": "private_chat"})).await;
+    let restricted = create_room(
+        &a,
+        &alice,
+        json!({"room_version": "10", "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+            "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]}),
+    )
+    .await;
+    let elsewhere = format!("!not-here:{}", b.name());
+    for (child, suggested) in [(&public, true), (&private, false), (&restricted, false), (&elsewhere, false)]
+    {
+        let (status, body) = a
+            .put(
+                &format!("{V3}/rooms/{}/state/m.space.child/{}", encode(&space), encode(child)),
+                Some(&alice.token),
+                json!({"via": [a.name()], "suggested": suggested}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let ask = |room: &str, query: &str| {
+        let path = format!("/_matrix/federation/v1/hierarchy/{}{query}", encode(room));
+        let (pki, a, b) = (&pki, &a, &b);
+        async move { signed_request(pki, a, b, "GET", &path, None).await }
+    };
+
+    let (status, level) = ask(&space, "").await;
+    assert_eq!(status, StatusCode::OK, "{level}");
+    assert_eq!(
+        (level["room"]["room_id"].as_str(), level["room"]["room_type"].as_str()),
+        (Some(space.as_str()), Some("m.space"))
+    );
+    let children_state: Vec<&str> = level["room"]["children_state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert_eq!(children_state.len(), 4, "{level}");
+    // Summaries of the children B's users could see or join; the private one by ID only;
+    // the room A does not have, not at all.
+    let mut children: Vec<&str> =
+        level["children"].as_array().unwrap().iter().filter_map(|c| c["room_id"].as_str()).collect();
+    children.sort_unstable();
+    let mut want = vec![public.as_str(), restricted.as_str()];
+    want.sort_unstable();
+    assert_eq!(children, want, "{level}");
+    assert_eq!(level["inaccessible_children"], json!([private]), "{level}");
+    let summary = level["children"].as_array().unwrap().iter().find(|c| c["room_id"] == restricted).unwrap();
+    assert_eq!(summary["allowed_room_ids"], json!([space]), "{level}");
+
+    // Suggested children only.
+    let (status, level) = ask(&space, "?suggested_only=true").await;
+    assert_eq!(status, StatusCode::OK, "{level}");
+    assert_eq!(level["room"]["children_state"].as_array().unwrap().len(), 1, "{level}");
+    assert_eq!(level["room"]["children_state"][0]["state_key"], json!(public), "{level}");
+
+    // A room B's users could not see, and one A does not have: unknown alike.
+    for room in [&private, &elsewhere] {
+        let (status, body) = ask(room, "").await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (StatusCode::NOT_FOUND, Some("M_NOT_FOUND")),
+            "{body}"
+        );
+    }
+
+    // A space whose server ACL bans B refuses it.
+    let host = b.name().rsplit_once(':').map(|(host, _)| host.to_owned()).unwrap();
+    let (status, body) = a
+        .put(
+            &format!("{V3}/rooms/{}/state/m.room.server_acl/", encode(&space)),
+            Some(&alice.token),
+            json!({"allow": ["*"], "deny": [host], "allow_ip_literals": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = ask(&space, "").await;
+    assert_eq!((status, body["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{body}");
+}

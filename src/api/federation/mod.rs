@@ -20,4 +20,5 @@ pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;
+pub mod space;
 pub mod transactions;

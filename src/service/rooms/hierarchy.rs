@@ -1,6 +1,7 @@
 //! The space hierarchy (`GET /rooms/{roomId}/hierarchy`): a breadth-first walk of
 //! `m.space.child` events from a space, showing only rooms the requester may see or join;
-//! and the summary of one such room (`GET /room_summary/{roomIdOrAlias}`).
+//! the summary of one such room (`GET /room_summary/{roomIdOrAlias}`); and one level of it
+//! for another server (`GET /_matrix/federation/v1/hierarchy/{roomId}`).
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -30,6 +31,16 @@ pub struct Hierarchy {
     members: Arc<Memberships>,
     visibility: Arc<Visibility>,
     directory: Arc<Directory>,
+}
+
+/// One level of the hierarchy as another server is answered it.
+pub struct ServerHierarchy {
+    /// The room's summary with its children's `m.space.child` events.
+    pub room: JsonValue,
+    /// The summaries of the children known here that the server's users could see or join.
+    pub children: Vec<JsonValue>,
+    /// The children known here that they could not.
+    pub inaccessible_children: Vec<OwnedRoomId>,
 }
 
 /// One page of the walk.
@@ -101,6 +112,46 @@ impl Hierarchy {
         }
         let next_batch = (visible > skip + rooms.len()).then(|| format!("h{}", skip + rooms.len()));
         Ok(HierarchyPage { rooms, next_batch })
+    }
+
+    /// The room and its children for another server walking a space (its users' walk goes
+    /// on there, asking again for the children it does not have). A room another server's
+    /// users could not see or join is unknown to it (`M_NOT_FOUND`), as one that is not
+    /// here. Children this server does not have are left out.
+    pub fn for_server(&self, room_id: &RoomId, suggested_only: bool) -> Result<ServerHierarchy> {
+        if self.states.room(room_id)?.is_none() || !self.server_may_preview(room_id)? {
+            return Err(Error::not_found("Room not found"));
+        }
+        let children = self.children(room_id, suggested_only)?;
+        let mut room = self.detailed_summary(room_id)?;
+        room["children_state"] = JsonValue::Array(children.iter().map(|(_, event)| event.clone()).collect());
+        let mut summaries = Vec::new();
+        let mut inaccessible_children = Vec::new();
+        for (child, _) in children {
+            if self.states.room(&child)?.is_none() {
+                continue;
+            }
+            if self.server_may_preview(&child)? {
+                summaries.push(self.detailed_summary(&child)?);
+            } else {
+                inaccessible_children.push(child);
+            }
+        }
+        Ok(ServerHierarchy { room, children: summaries, inaccessible_children })
+    }
+
+    /// Whether another server's users may see a room's summary: anyone may (see
+    /// `may_preview`), or its join rule lets in members of other rooms, which that server
+    /// checks for its users from `allowed_room_ids`.
+    fn server_may_preview(&self, room_id: &RoomId) -> Result<bool> {
+        if self.may_preview(None, room_id)? {
+            return Ok(true);
+        }
+        let join_rules = self.states.current_state_event_id(room_id, &StateEventType::RoomJoinRules, "")?;
+        let rule = join_rules.map(|id| self.events.get(&id)).transpose()?.flatten().and_then(|event| {
+            event.pdu.content_value().get("join_rule").and_then(JsonValue::as_str).map(str::to_owned)
+        });
+        Ok(matches!(rule.as_deref(), Some("restricted" | "knock_restricted")))
     }
 
     /// `GET /room_summary`: the summary of a room the caller may preview, and the caller's
