@@ -861,10 +861,7 @@ impl Services {
     /// would serve stale answers.
     pub fn check_storage(&self) -> Result<()> {
         self.store.ping()?;
-        if !self.stream.in_touch() {
-            return Err(crate::Error::Unavailable("out of touch with the other processes".into()));
-        }
-        Ok(())
+        self.stream.ensure_in_touch()
     }
 
     /// Persist what is held in memory and flush storage; called once at shutdown.

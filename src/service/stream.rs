@@ -259,6 +259,15 @@ impl Stream {
         self.shared.as_ref().is_none_or(|shared| shared.in_touch())
     }
 
+    /// `Error::Unavailable` (503) unless [`Self::in_touch`]: what a process out of touch
+    /// answers, since what it holds may be stale.
+    pub fn ensure_in_touch(&self) -> Result<()> {
+        match self.in_touch() {
+            true => Ok(()),
+            false => Err(Error::Unavailable(OUT_OF_TOUCH.to_owned())),
+        }
+    }
+
     /// This process stops: the others need not wait for its positions any more (nothing
     /// for a process alone). Called once nothing writes any more.
     pub fn leave(&self) -> Result<()> {
@@ -280,9 +289,7 @@ impl Stream {
         if self.shared.is_none() {
             return Ok(());
         }
-        if !self.in_touch() {
-            return Err(Error::Unavailable(OUT_OF_TOUCH.to_owned()));
-        }
+        self.ensure_in_touch()?;
         let last = self.store.last_id(SEQUENCE)?;
         self.caught_up_to(last, deadline).await;
         Ok(())

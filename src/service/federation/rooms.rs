@@ -599,18 +599,10 @@ impl RoomFederation {
         let (_, rules) = self.rules_of_room(room_id)?;
         let mut states = Vec::with_capacity(missing.len());
         for id in missing {
-            let path = format!("/_matrix/federation/v1/event/{}", encode(id.as_str()));
-            let answer = self.client.get_json(origin, &path).await?;
-            let event = answer
-                .get("pdus")
-                .and_then(JsonValue::as_array)
-                .and_then(|pdus| pdus.first())
-                .ok_or_else(|| Error::Upstream(format!("{origin} did not send {id}")))?;
-            let prev = match self.checked_pdu(&event.to_string(), &rules, keys).await {
-                Ok(prev) if prev.event_id == *id && prev.room_id == room_id => prev,
-                Ok(_) => return Err(Error::Upstream(format!("{origin} sent another event for {id}"))),
-                Err((_, why)) => return Err(Error::Upstream(format!("{origin} sent {id}, refused: {why}"))),
-            };
+            let prev = self
+                .remote_event(origin, room_id, id, &rules, keys)
+                .await?
+                .ok_or_else(|| Error::Upstream(format!("{origin} did not send {id} as asked")))?;
             let mut state = self.remote_state_before(origin, room_id, id, keys, Some(lock)).await?;
             let key = prev.state_key.clone().map(|key| (StateEventType::from(prev.kind.to_string()), key));
             self.store_outliers(lock, HashMap::from([(id.clone(), prev)]))?;

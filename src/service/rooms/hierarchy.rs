@@ -144,14 +144,18 @@ impl Hierarchy {
     /// `may_preview`), or its join rule lets in members of other rooms, which that server
     /// checks for its users from `allowed_room_ids`.
     fn server_may_preview(&self, room_id: &RoomId) -> Result<bool> {
-        if self.may_preview(None, room_id)? {
+        if self.visibility.world_readable_now(room_id)? {
             return Ok(true);
         }
-        let join_rules = self.states.current_state_event_id(room_id, &StateEventType::RoomJoinRules, "")?;
-        let rule = join_rules.map(|id| self.events.get(&id)).transpose()?.flatten().and_then(|event| {
-            event.pdu.content_value().get("join_rule").and_then(JsonValue::as_str).map(str::to_owned)
-        });
-        Ok(matches!(rule.as_deref(), Some("restricted" | "knock_restricted")))
+        let rules = self.state_content(room_id, StateEventType::RoomJoinRules)?;
+        let rule = rules.as_ref().and_then(|c| c.get("join_rule")).and_then(JsonValue::as_str);
+        Ok(matches!(rule, Some("public" | "knock" | "knock_restricted" | "restricted")))
+    }
+
+    /// The content of the room's current `(kind, "")` state event, if it has one.
+    fn state_content(&self, room_id: &RoomId, kind: StateEventType) -> Result<Option<JsonValue>> {
+        let id = self.states.current_state_event_id(room_id, &kind, "")?;
+        Ok(id.map(|id| self.events.get(&id)).transpose()?.flatten().map(|e| e.pdu.content_value()))
     }
 
     /// `GET /room_summary`: the summary of a room the caller may preview, and the caller's
@@ -178,10 +182,7 @@ impl Hierarchy {
         if let Some(record) = self.states.room(room_id)? {
             entry["room_version"] = json!(record.version);
         }
-        let content = |kind: StateEventType| -> Result<Option<JsonValue>> {
-            let id = self.states.current_state_event_id(room_id, &kind, "")?;
-            Ok(id.map(|id| self.events.get(&id)).transpose()?.flatten().map(|e| e.pdu.content_value()))
-        };
+        let content = |kind| self.state_content(room_id, kind);
         if let Some(algorithm) = content(StateEventType::RoomEncryption)?
             .and_then(|c| c.get("algorithm").filter(|a| a.is_string()).cloned())
         {
@@ -248,11 +249,9 @@ impl Hierarchy {
         {
             return Ok(true);
         }
-        let join_rules = self.states.current_state_event_id(room_id, &StateEventType::RoomJoinRules, "")?;
-        let Some(event) = join_rules.map(|id| self.events.get(&id)).transpose()?.flatten() else {
+        let Some(content) = self.state_content(room_id, StateEventType::RoomJoinRules)? else {
             return Ok(false);
         };
-        let content = event.pdu.content_value();
         match content.get("join_rule").and_then(JsonValue::as_str) {
             Some("public" | "knock" | "knock_restricted") => Ok(true),
             Some("restricted") => {

@@ -17,8 +17,10 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedServerName, RoomId, ServerName,
-    api::client::filter::RoomEventFilter, canonical_json::redact_content_in_place, events::StateEventType,
-    room_version_rules::RedactionRules,
+    api::client::filter::RoomEventFilter,
+    canonical_json::redact_content_in_place,
+    events::StateEventType,
+    room_version_rules::{RedactionRules, RoomVersionRules},
 };
 use serde_json::{Value as JsonValue, value::RawValue as RawJsonValue};
 
@@ -190,6 +192,36 @@ impl RoomFederation {
         Ok(stored)
     }
 
+    /// Event `id` of `room_id` as `server` sends it (`/event`), checked (format, signatures,
+    /// hash): `None` when the answer holds no such event or it fails the checks (logged);
+    /// an error when the request fails.
+    pub(super) async fn remote_event(
+        &self,
+        server: &ServerName,
+        room_id: &RoomId,
+        id: &EventId,
+        rules: &RoomVersionRules,
+        keys: &mut VerifyKeys,
+    ) -> Result<Option<Pdu>> {
+        let path = format!("/_matrix/federation/v1/event/{}", encode(id.as_str()));
+        let answer = self.client.get_json(server, &path).await?;
+        let Some(event) = answer.get("pdus").and_then(JsonValue::as_array).and_then(|p| p.first()) else {
+            tracing::info!(%server, event_id = %id, "an event asked for was not sent");
+            return Ok(None);
+        };
+        match self.checked_pdu(&event.to_string(), rules, keys).await {
+            Ok(pdu) if pdu.event_id == *id && pdu.room_id == room_id => Ok(Some(pdu)),
+            Ok(_) => {
+                tracing::info!(%server, event_id = %id, "another event was sent for one asked for");
+                Ok(None)
+            }
+            Err((_, why)) => {
+                tracing::info!(%server, event_id = %id, %why, "an event fetched was dropped");
+                Ok(None)
+            }
+        }
+    }
+
     /// The state before `event_id` as `server` has it (`/state_ids`), with every event of it
     /// and of its auth chain stored here (fetched with `/event` when missing, as outliers,
     /// under `lock` when the caller holds the room's lock, else under the room's lock taken).
@@ -223,16 +255,8 @@ impl RoomFederation {
             if missing.contains_key(id) || self.events.get_any(id)?.is_some() {
                 continue;
             }
-            let path = format!("/_matrix/federation/v1/event/{}", encode(id.as_str()));
-            let answer = self.client.get_json(server, &path).await?;
-            let Some(event) = answer.get("pdus").and_then(JsonValue::as_array).and_then(|p| p.first()) else {
-                continue;
-            };
-            match self.checked_pdu(&event.to_string(), &rules, keys).await {
-                Ok(pdu) if pdu.event_id == *id && pdu.room_id == room_id => {
-                    missing.insert(id.clone(), pdu);
-                }
-                _ => tracing::info!(event_id = %id, "a state event fetched for backfill was dropped"),
+            if let Some(pdu) = self.remote_event(server, room_id, id, &rules, keys).await? {
+                missing.insert(id.clone(), pdu);
             }
         }
         if !missing.is_empty() {
