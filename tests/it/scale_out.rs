@@ -414,6 +414,11 @@ async fn load_messages(d: &Deployment, index: usize, token: &str, room: &str) ->
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{page}");
+    loaded_in(&page)
+}
+
+/// The `load …` messages of a `/messages` page read backwards, oldest first.
+fn loaded_in(page: &Value) -> Vec<(String, String)> {
     let mut loaded: Vec<(String, String)> = page["chunk"]
         .as_array()
         .unwrap()
@@ -425,6 +430,44 @@ async fn load_messages(d: &Deployment, index: usize, token: &str, room: &str) ->
         .collect();
     loaded.reverse();
     loaded
+}
+
+/// `load_messages` once process `index` shows at least `count` of them (or 15 s passed).
+async fn loaded_once_caught_up(
+    d: &Deployment,
+    index: usize,
+    token: &str,
+    room: &str,
+    count: usize,
+) -> Vec<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let loaded = load_messages(d, index, token, room).await;
+        if loaded.len() >= count || Instant::now() > deadline {
+            return loaded;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A public room Alice (`alice_token`) creates and Bob (`bob_token`) joins, through HAProxy.
+async fn public_room_with(d: &Deployment, alice_token: &str, bob_token: &str) -> String {
+    let (status, created) = d
+        .call(
+            &d.base,
+            reqwest::Method::POST,
+            &format!("{V3}/createRoom"),
+            alice_token,
+            Some(json!({"preset": "public_chat"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, joined) = d
+        .call(&d.base, reqwest::Method::POST, &format!("{V3}/join/{room}"), bob_token, Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    room
 }
 
 /// Send `body` through HAProxy as a client would: on an error or no answer, the same
@@ -481,21 +524,7 @@ async fn three_processes_behind_haproxy_serve_sdk_clients_restart_in_turn_and_su
     // A message sent on one process wakes a long-poll waiting on another.
     let (alice, alice_token) = register(&d, "alice").await;
     let (_, bob_token) = register(&d, "bob").await;
-    let (status, created) = d
-        .call(
-            &d.base,
-            reqwest::Method::POST,
-            &format!("{V3}/createRoom"),
-            &alice_token,
-            Some(json!({"preset": "public_chat"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, joined) = d
-        .call(&d.base, reqwest::Method::POST, &format!("{V3}/join/{room}"), &bob_token, Some(json!({})))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{joined}");
+    let room = public_room_with(&d, &alice_token, &bob_token).await;
     let (status, first) =
         d.call(&d.direct(0), reqwest::Method::GET, &format!("{V3}/sync"), &bob_token, None).await;
     assert_eq!(status, StatusCode::OK, "{first}");
@@ -599,14 +628,7 @@ async fn three_processes_behind_haproxy_serve_sdk_clients_restart_in_turn_and_su
     // Every acknowledged send is in the room, once, in order, whichever process is asked:
     // once the others see the killed process gone, which holds back what they show.
     for survivor in [0, 2] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let loaded = loop {
-            let loaded = load_messages(&d, survivor, &bob_token, &room).await;
-            if loaded.len() >= acknowledged.len() || Instant::now() > deadline {
-                break loaded;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let loaded = loaded_once_caught_up(&d, survivor, &bob_token, &room, acknowledged.len()).await;
         eprintln!(
             "process {survivor} showed every acknowledged send {:?} after the kill",
             killed_at.elapsed()
@@ -687,21 +709,7 @@ async fn a_process_cut_off_from_the_database_stops_serving_and_a_database_restar
     let d = Deployment::start_on(urls).await;
     let (_, alice_token) = register(&d, "alice").await;
     let (_, bob_token) = register(&d, "bob").await;
-    let (status, created) = d
-        .call(
-            &d.base,
-            reqwest::Method::POST,
-            &format!("{V3}/createRoom"),
-            &alice_token,
-            Some(json!({"preset": "public_chat"})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, joined) = d
-        .call(&d.base, reqwest::Method::POST, &format!("{V3}/join/{room}"), &bob_token, Some(json!({})))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{joined}");
+    let room = public_room_with(&d, &alice_token, &bob_token).await;
     let mut acknowledged = Vec::new();
     for i in 0..5 {
         let (id, _) = send_until_acknowledged(
@@ -811,15 +819,7 @@ async fn a_process_cut_off_from_the_database_stops_serving_and_a_database_restar
                 )
                 .await;
             if status == StatusCode::OK {
-                let mut ids: Vec<String> = page["chunk"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|e| e["content"]["body"].as_str().is_some_and(|b| b.starts_with("load ")))
-                    .map(|e| e["event_id"].as_str().unwrap().to_owned())
-                    .collect();
-                ids.reverse();
-                pages.push(ids);
+                pages.push(loaded_in(&page).into_iter().map(|(id, _)| id).collect::<Vec<String>>());
             } else {
                 assert!(status.is_server_error(), "{status} {page}");
                 errors += 1;
@@ -870,15 +870,8 @@ async fn a_process_cut_off_from_the_database_stops_serving_and_a_database_restar
         );
     }
     for index in 0..3 {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let ids = loop {
-            let ids: Vec<String> =
-                load_messages(&d, index, &bob_token, &room).await.into_iter().map(|(id, _)| id).collect();
-            if ids.len() >= acknowledged.len() || Instant::now() > deadline {
-                break ids;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let loaded = loaded_once_caught_up(&d, index, &bob_token, &room, acknowledged.len()).await;
+        let ids: Vec<String> = loaded.into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, acknowledged, "process {index} after the restart\n{}", d.logs());
     }
     d.one_leader().await;

@@ -357,6 +357,32 @@ async fn conduit_bodies(conduit: &TestServer, token: &str, room: &str) -> Vec<St
     bodies_of(&page)
 }
 
+/// Sam (`sam_token`) sends `from_sam` on Synapse and it reaches Alice on conduit; then Alice
+/// sends `from_alice` and it reaches Sam.
+async fn messages_cross_both_ways(
+    synapse: &Synapse,
+    sam_token: &str,
+    conduit: &TestServer,
+    alice: &Session,
+    room: &str,
+    from_sam: &str,
+    from_alice: &str,
+) {
+    let txn = |prefix: &str, text: &str| -> String {
+        prefix.chars().chain(text.chars().filter(char::is_ascii_alphanumeric)).collect()
+    };
+    synapse.send_text(sam_token, room, &txn("s-", from_sam), from_sam).await;
+    eventually(&format!("Sam's {from_sam:?} on conduit"), synapse, || async {
+        conduit_bodies(conduit, &alice.token, room).await.iter().any(|b| b == from_sam)
+    })
+    .await;
+    crate::rooms::send_text(conduit, alice, room, &txn("a-", from_alice), from_alice).await;
+    eventually(&format!("Alice's {from_alice:?} on Synapse"), synapse, || async {
+        synapse.message_bodies(sam_token, room).await.iter().any(|b| b == from_alice)
+    })
+    .await;
+}
+
 /// Wait (wall-clock: delivery runs in the background on both sides) until `check` holds.
 pub(crate) async fn eventually<F, Fut>(what: &str, synapse: &Synapse, mut check: F)
 where
@@ -403,15 +429,15 @@ async fn a_synapse_user_joins_a_conduit_room_and_a_conduit_user_a_synapse_room()
         conduit.get(&format!("{V3}/rooms/{}/joined_members", encode(&room)), Some(&alice.token)).await;
     assert!(members["joined"][&sam].is_object(), "{members}");
 
-    synapse.send_text(&sam_token, &room, "s1", "hello from Synapse").await;
-    eventually("Sam's message on conduit", &synapse, || async {
-        conduit_bodies(&conduit, &alice.token, &room).await.contains(&"hello from Synapse".to_owned())
-    })
-    .await;
-    crate::rooms::send_text(&conduit, &alice, &room, "a1", "hello from conduit").await;
-    eventually("Alice's message on Synapse", &synapse, || async {
-        synapse.message_bodies(&sam_token, &room).await.contains(&"hello from conduit".to_owned())
-    })
+    messages_cross_both_ways(
+        &synapse,
+        &sam_token,
+        &conduit,
+        &alice,
+        &room,
+        "hello from Synapse",
+        "hello from conduit",
+    )
     .await;
     // Alice types on conduit: Sam's sync on Synapse shows it. Synapse answers a repeated
     // initial sync from its response cache for minutes, so Sam follows incremental syncs.
@@ -1122,14 +1148,14 @@ async fn conduit_takes_a_synapse_event_across_a_gap_too_long_to_fetch_with_the_s
     assert!(synapse.log_contains("/_matrix/federation/v1/state_ids/"), "no /state_ids request");
 
     // The room goes on from there, both ways.
-    synapse.send_text(&sam_token, &room, "s1", "after the gap").await;
-    eventually("Sam's message after the gap on conduit", &synapse, || async {
-        conduit_bodies(&conduit, &alice.token, &room).await.contains(&"after the gap".to_owned())
-    })
-    .await;
-    crate::rooms::send_text(&conduit, &alice, &room, "a2", "alice after the gap").await;
-    eventually("Alice's message after the gap on Synapse", &synapse, || async {
-        synapse.message_bodies(&sam_token, &room).await.contains(&"alice after the gap".to_owned())
-    })
+    messages_cross_both_ways(
+        &synapse,
+        &sam_token,
+        &conduit,
+        &alice,
+        &room,
+        "after the gap",
+        "alice after the gap",
+    )
     .await;
 }
