@@ -244,9 +244,7 @@ impl Timeline {
         let pdu = self.build_at(lock, sender, template, &prevs, self.now())?;
         let current = self.states.state_of_group(room.state_group)?;
         let mut loaded = self.auth_events_of(&rules, &pdu)?;
-        for event in self.events.get_many(current.values().filter(|id| !loaded.contains_key(*id)))? {
-            loaded.insert(event.pdu.event_id.clone(), event);
-        }
+        self.load_state_for_auth(&rules, &pdu, &current, &mut loaded)?;
         auth::check_event(
             &rules.authorization,
             &pdu,
@@ -305,9 +303,7 @@ impl Timeline {
 
         // The auth events the event cites (outliers too), and the events of the state before it.
         let mut loaded = self.auth_events_of(&rules, &pdu)?;
-        for event in self.events.get_many(before.values().filter(|id| !loaded.contains_key(*id)))? {
-            loaded.insert(event.pdu.event_id.clone(), event);
-        }
+        self.load_state_for_auth(&rules, &pdu, &before, &mut loaded)?;
         let checked = auth::check_event(
             &rules.authorization,
             &pdu,
@@ -320,9 +316,7 @@ impl Timeline {
             return self.store_unlisted(batch, pdu, before_group, EventStatus::Rejected, reason);
         }
         let current = self.states.state_of_group(room.state_group)?;
-        for event in self.events.get_many(current.values().filter(|id| !loaded.contains_key(*id)))? {
-            loaded.insert(event.pdu.event_id.clone(), event);
-        }
+        self.load_state_for_auth(&rules, &pdu, &current, &mut loaded)?;
         let soft =
             ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |kind, key| {
                 current.get(&(kind.clone(), key.to_owned())).and_then(|id| loaded.get(id)).map(|e| &e.pdu)
@@ -606,6 +600,37 @@ impl Timeline {
         Ok(loaded)
     }
 
+    /// Add to `loaded` the events of `state` that the authorization rules may read for `pdu`:
+    /// those at the keys the rules name for it (the create event, power levels, the members
+    /// involved, join rules, a third-party invite), not the whole state, whose size grows with
+    /// the room's members. Content the rules cannot read loads the whole state, and the check
+    /// then says what is wrong with it.
+    fn load_state_for_auth(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        state: &StateMap,
+        loaded: &mut Loaded,
+    ) -> Result<()> {
+        let wanted: Vec<&OwnedEventId> = match auth::auth_event_keys(
+            &rules.authorization,
+            &pdu.kind,
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+        ) {
+            Ok(mut keys) => {
+                keys.push((StateEventType::RoomCreate, String::new()));
+                keys.iter().filter_map(|key| state.get(key)).collect()
+            }
+            Err(_) => state.values().collect(),
+        };
+        for event in self.events.get_many(wanted.into_iter().filter(|id| !loaded.contains_key(*id)))? {
+            loaded.insert(event.pdu.event_id.clone(), event);
+        }
+        Ok(())
+    }
+
     /// The stored events `ids` names, all of them, or an error naming the first missing.
     fn known_prevs(&self, ids: &[OwnedEventId]) -> Result<Vec<Arc<StoredEvent>>> {
         ids.iter()
@@ -645,8 +670,9 @@ impl Timeline {
         let afters = prevs.iter().map(|p| self.state_after(p)).collect::<Result<Vec<_>>>()?;
         let forks: Vec<Arc<StateMap>> = afters.iter().map(|(_, s)| Arc::clone(s)).collect();
         let state = self.resolve(rules, &forks, &HashMap::new())?;
-        // Reuse the group of a fork whose state is the resolved one.
-        if let Some((Some(group), _)) = afters.iter().find(|(_, s)| **s == *state) {
+        // Reuse the group of a fork whose state is the resolved one (the same map when there
+        // was nothing to resolve, compared without walking a state of every member).
+        if let Some((Some(group), _)) = afters.iter().find(|(_, s)| same_state(s, &state)) {
             return Ok((*group, state));
         }
         let Some(batch) = batch else { return Ok((0, state)) };
@@ -705,7 +731,7 @@ impl Timeline {
     ) -> Result<Arc<StateMap>> {
         match forks {
             [] => return Ok(Arc::new(StateMap::new())),
-            [first, rest @ ..] if rest.iter().all(|f| f == first) => return Ok(Arc::clone(first)),
+            [first, rest @ ..] if rest.iter().all(|f| same_state(f, first)) => return Ok(Arc::clone(first)),
             _ => {}
         }
         // The forks' auth chains, from the index.
@@ -851,7 +877,7 @@ impl Timeline {
 
         let current = self.states.state_of_group(room.state_group)?;
         let (puts, removed) = delta(&current, &head);
-        let head_group = if *head == *after {
+        let head_group = if same_state(&head, &after) {
             after_group
         } else if puts.is_empty() && removed.is_empty() {
             room.state_group
@@ -1030,10 +1056,19 @@ fn of_locked_room(lock: &RoomLock, pdu: &Pdu) -> Result<()> {
 
 /// The changes turning `from` into `to`: entries to put, keys to delete.
 fn delta(from: &StateMap, to: &StateMap) -> (Vec<(StateKey, OwnedEventId)>, Vec<StateKey>) {
+    if from.ptr_eq(to) {
+        return (Vec::new(), Vec::new());
+    }
     let puts =
         to.iter().filter(|(k, v)| from.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let removed = from.keys().filter(|k| !to.contains_key(*k)).cloned().collect();
     (puts, removed)
+}
+
+/// Whether two states are equal, at once when they share their root (a state passed on
+/// unchanged), else by walking them: a room's state holds a member event per member.
+fn same_state(a: &StateMap, b: &StateMap) -> bool {
+    a.ptr_eq(b) || a == b
 }
 
 /// The spec's fourth check on receipt of a PDU: the authorization rules with the event's auth
