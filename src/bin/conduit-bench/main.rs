@@ -4,6 +4,7 @@
 mod appservice;
 mod bigroom;
 mod client;
+mod federation;
 mod gateway;
 mod process;
 mod report;
@@ -36,6 +37,8 @@ const SCENARIOS: &[&str] = &[
     "appservice",
     "fan-out",
     "big-room",
+    "fed-inbound",
+    "fed-fan-out",
 ];
 
 #[derive(Parser)]
@@ -75,8 +78,9 @@ struct RunArgs {
     pid: Option<u32>,
     /// Comma-separated scenarios to run, in this order: register, login, whoami, send,
     /// send-concurrent, send-rooms, send-sync, initial-sync, messages, sliding-sync, push,
-    /// appservice, fan-out, big-room. Default: all but fan-out and big-room (appservice only
-    /// with --appservice). Given twice, the last one counts, as for every option.
+    /// appservice, fan-out, big-room, fed-inbound, fed-fan-out. Default: all but fan-out,
+    /// big-room and the federation ones (appservice only with --appservice). Given twice, the
+    /// last one counts, as for every option.
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     scenarios: Vec<String>,
     /// Users to register (at least as many as --clients and --members - 1 are registered).
@@ -162,6 +166,31 @@ struct RunArgs {
     /// Messages sent one after another into the big room once it is full.
     #[arg(long, default_value_t = 200)]
     big_messages: usize,
+    /// The server's federation API, for the fed-* scenarios (default: --url).
+    #[arg(long)]
+    federation_url: Option<String>,
+    /// PEM certificate (for the IP address 127.0.0.1, signed by a CA the server trusts for
+    /// federation) that the servers conduit-bench plays in the fed-* scenarios serve.
+    #[arg(long)]
+    peer_cert: Option<PathBuf>,
+    /// Its PEM private key.
+    #[arg(long)]
+    peer_key: Option<PathBuf>,
+    /// Local members of the fed-inbound room, its creator included.
+    #[arg(long, default_value_t = 1000)]
+    fed_members: usize,
+    /// Transactions fed-inbound sends, one after another.
+    #[arg(long, default_value_t = 20)]
+    fed_transactions: usize,
+    /// PDUs in each of them (the spec allows at most 50).
+    #[arg(long, default_value_t = 50)]
+    fed_pdus: usize,
+    /// Servers in the fed-fan-out room besides the server under test.
+    #[arg(long, default_value_t = 20)]
+    fed_servers: usize,
+    /// Messages fed-fan-out sends, one at a time.
+    #[arg(long, default_value_t = 50)]
+    fed_rounds: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -217,7 +246,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             .iter()
             .filter(|s| **s != "appservice" || args.appservice.is_some())
             // The big-room scenarios take minutes to set up (and far longer on Synapse).
-            .filter(|s| !matches!(**s, "fan-out" | "big-room"))
+            .filter(|s| !matches!(**s, "fan-out" | "big-room") && !s.starts_with("fed-"))
             .map(|s| (*s).to_owned())
             .collect()
     } else {
@@ -262,6 +291,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         fanout_runs: args.fanout_runs,
         big_members: args.big_members,
         big_messages: args.big_messages,
+        fed_members: args.fed_members.max(2),
+        fed_transactions: args.fed_transactions.max(1),
+        fed_pdus: args.fed_pdus.clamp(1, 50),
+        fed_servers: args.fed_servers.max(1),
+        fed_rounds: args.fed_rounds.max(1),
     };
     let registration = match &args.appservice {
         Some(path) => Some(appservice::Registration::read(path, &args.server_name)?),
@@ -392,7 +426,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     // The appservice's transactions are answered whichever scenario made its users: the
     // server sends it every event of rooms they are in.
     let listener = match &registration {
-        Some(reg) if wants("appservice") || wants("fan-out") || wants("big-room") => {
+        Some(reg) if wants("appservice") || wants("fan-out") || wants("big-room") || wants("fed-inbound") => {
             Some(appservice::Listener::start(reg).await?)
         }
         _ => None,
@@ -418,6 +452,32 @@ async fn run(args: RunArgs) -> Result<(), String> {
     if wants("big-room") {
         for outcome in bigroom::big_room(&http, &plan, registration.as_ref(), pid).await? {
             record(outcome, &mut run);
+        }
+    }
+
+    if wants("fed-inbound") || wants("fed-fan-out") {
+        let setup = federation::Setup {
+            certificate: args
+                .peer_cert
+                .clone()
+                .ok_or("the fed-* scenarios need --peer-cert and --peer-key")?,
+            private_key: args
+                .peer_key
+                .clone()
+                .ok_or("the fed-* scenarios need --peer-cert and --peer-key")?,
+            server_url: args.federation_url.clone().unwrap_or_else(|| url.clone()),
+        };
+        if wants("fed-inbound") {
+            let started = Instant::now();
+            let mut members =
+                bigroom::provision(&http, &plan, registration.as_ref(), bigroom::FED_USERS, plan.fed_members)
+                    .await?;
+            eprintln!("set-up: {} users in {:.1} s", members.len(), started.elapsed().as_secs_f64());
+            let creator = members.remove(0);
+            record(federation::inbound(&plan, &setup, &creator, &members).await?, &mut run);
+        }
+        if wants("fed-fan-out") {
+            record(federation::fan_out(&plan, &setup, &users[0]).await?, &mut run);
         }
     }
 

@@ -44,7 +44,7 @@ impl Outcome {
 }
 
 /// Nearest-rank percentile of an ascending slice.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -41,6 +41,11 @@ pub struct Plan {
     pub fanout_runs: usize,
     pub big_members: usize,
     pub big_messages: usize,
+    pub fed_members: usize,
+    pub fed_transactions: usize,
+    pub fed_pdus: usize,
+    pub fed_servers: usize,
+    pub fed_rounds: usize,
 }
 
 pub const PASSWORD: &str = "bench-password-a1b2c3";
@@ -198,7 +203,7 @@ pub async fn send_to_sync(plan: &Plan, a: &User, b: &User) -> CallResult<Outcome
     ))
 }
 
-fn timeline_holds(sync: &Value, room: &str, event_id: &str) -> bool {
+pub fn timeline_holds(sync: &Value, room: &str, event_id: &str) -> bool {
     sync["rooms"]["join"][room]["timeline"]["events"]
         .as_array()
         .is_some_and(|events| events.iter().any(|e| e["event_id"] == event_id))
