@@ -894,46 +894,8 @@ impl RoomFederation {
 
     /// Store events received as a room's state and auth chain, each after its auth events
     /// (an event whose auth events never arrive is left out).
-    fn store_outliers(&self, lock: &RoomLock, mut pending: HashMap<OwnedEventId, Pdu>) -> Result<()> {
-        // The create event first: from v12 every other event's rules read it without citing it.
-        let creates: Vec<OwnedEventId> = pending
-            .values()
-            .filter(|p| p.kind == TimelineEventType::RoomCreate)
-            .map(|p| p.event_id.clone())
-            .collect();
-        for id in creates {
-            if let Some(pdu) = pending.remove(&id)
-                && let Err(e) = self.timeline.store_outlier(lock, pdu)
-            {
-                tracing::info!(event_id = %id, error = %e, "the room's create event was not stored");
-            }
-        }
-        loop {
-            let ready: Vec<OwnedEventId> = pending
-                .values()
-                .filter(|pdu| {
-                    pdu.auth_events.iter().all(|id| self.events.get_any(id).is_ok_and(|e| e.is_some()))
-                })
-                .map(|pdu| pdu.event_id.clone())
-                .collect();
-            if ready.is_empty() {
-                break;
-            }
-            for id in ready {
-                if let Some(pdu) = pending.remove(&id)
-                    && let Err(e) = self.timeline.store_outlier(lock, pdu)
-                {
-                    tracing::info!(event_id = %id, error = %e, "an event of the room's state was not stored");
-                }
-            }
-        }
-        if !pending.is_empty() {
-            tracing::info!(
-                count = pending.len(),
-                "events of the room's state lack auth events and were left out"
-            );
-        }
-        Ok(())
+    fn store_outliers(&self, lock: &RoomLock, pending: HashMap<OwnedEventId, Pdu>) -> Result<()> {
+        self.timeline.store_outliers(lock, pending)
     }
 
     // ----- reads for servers in a room -----

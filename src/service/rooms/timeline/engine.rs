@@ -337,6 +337,60 @@ impl Timeline {
     /// events must be stored first (an auth chain is stored oldest first). An event stored
     /// before is answered as it was.
     pub fn store_outlier(&self, lock: &RoomLock, pdu: Pdu) -> Result<Outcome> {
+        self.store_outlier_with(lock, pdu, true)
+    }
+
+    /// Store events received together as a room's state and auth chain (`send_join`,
+    /// `/state`, a backfilled event's state) as outliers, each after its auth events; an event
+    /// whose auth events never arrive is left out, and so is one that cannot be stored (both
+    /// logged). They are written without waiting for stable storage one by one, and made
+    /// durable together before this returns: a join brings a thousand member events, and an
+    /// fsync each was most of its time.
+    pub fn store_outliers(&self, lock: &RoomLock, mut pending: HashMap<OwnedEventId, Pdu>) -> Result<()> {
+        // The create event first: from v12 every other event's rules read it without citing it.
+        let creates: Vec<OwnedEventId> = pending
+            .values()
+            .filter(|p| p.kind == TimelineEventType::RoomCreate)
+            .map(|p| p.event_id.clone())
+            .collect();
+        let store = |id: &OwnedEventId, pdu: Pdu| {
+            if let Err(e) = self.store_outlier_with(lock, pdu, false) {
+                tracing::info!(event_id = %id, error = %e, "an event of the room's state was not stored");
+            }
+        };
+        for id in creates {
+            if let Some(pdu) = pending.remove(&id) {
+                store(&id, pdu);
+            }
+        }
+        loop {
+            let ready: Vec<OwnedEventId> = pending
+                .values()
+                .filter(|pdu| {
+                    pdu.auth_events.iter().all(|id| self.events.get_any(id).is_ok_and(|e| e.is_some()))
+                })
+                .map(|pdu| pdu.event_id.clone())
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for id in ready {
+                if let Some(pdu) = pending.remove(&id) {
+                    store(&id, pdu);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                "events of the room's state lack auth events and were left out"
+            );
+        }
+        self.store.sync()?;
+        Ok(())
+    }
+
+    fn store_outlier_with(&self, lock: &RoomLock, pdu: Pdu, synced: bool) -> Result<Outcome> {
         of_locked_room(lock, &pdu)?;
         if let Some(known) = self.events.get_any(&pdu.event_id)? {
             return Ok(Outcome { status: known.status, event: known, reason: None });
@@ -366,7 +420,10 @@ impl Timeline {
             backfill: None,
         });
         self.events.put_unlisted_in(&mut batch, &event)?;
-        self.store.write(batch)?;
+        match synced {
+            true => self.store.write(batch)?,
+            false => self.store.write_buffered(batch)?,
+        }
         self.events.committed_unlisted(Arc::clone(&event));
         self.auth_chains.committed(&event.pdu.event_id, chain);
         if let Some(reason) = &reason {
