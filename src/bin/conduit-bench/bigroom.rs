@@ -30,6 +30,7 @@ use crate::{
 const FAN_OUT_USERS: usize = 4_000_000;
 const BIG_ROOM_USERS: usize = 5_000_000;
 pub const FED_USERS: usize = 6_000_000;
+pub const FED_JOIN_USERS: usize = 7_000_000;
 
 /// The filter the fan-out pollers sync with: Element's (lazy-loaded members, a timeline of
 /// 20), unique to this run so that no response cache answers in the server's place.

@@ -126,6 +126,12 @@ impl User {
         self.ok(Method::POST, &format!("/join/{}", encode(room_id)), Some(&json!({}))).await.map(drop)
     }
 
+    /// Join a room this server may not have yet, through `server`.
+    pub async fn join_via(&self, room_id: &str, server: &str) -> CallResult<()> {
+        let path = format!("/join/{}?server_name={}", encode(room_id), encode(server));
+        self.ok(Method::POST, &path, Some(&json!({}))).await.map(drop)
+    }
+
     /// Send one text message; returns its event ID.
     pub async fn send_text(&self, room_id: &str, txn_id: &str, body: &str) -> CallResult<String> {
         let path = format!("/rooms/{}/send/m.room.message/{}", encode(room_id), encode(txn_id));

@@ -39,7 +39,9 @@ use serde_json::{Value, json};
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    client::{CallResult, User, encode, timed},
+    appservice::Registration,
+    bigroom,
+    client::{CallResult, Http, User, encode, timed},
     report::{self, Outcome},
     scenarios::{self, Plan},
 };
@@ -611,4 +613,71 @@ async fn all_arrived(
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// `fed-join`: another server (the host) runs rooms of `fed_members` members; a user of each
+/// joining server joins one through the host, timed from the `/join` request to its answer
+/// (the joining server has then fetched and checked the room's state). Each round is a fresh
+/// room of the host, joined by every joining server in turn, the first one changing from
+/// round to round.
+pub struct JoinSetup {
+    pub host: Http,
+    pub host_name: String,
+    pub host_appservice: Registration,
+    /// Each joining server's name in the output and its client API.
+    pub joiners: Vec<(String, Http)>,
+}
+
+pub async fn join_remote(plan: &Plan, setup: &JoinSetup) -> CallResult<Vec<Outcome>> {
+    let mut joining = Vec::with_capacity(setup.joiners.len());
+    for (label, http) in &setup.joiners {
+        let (users, _) = scenarios::register_users(
+            http,
+            plan,
+            bigroom::FED_JOIN_USERS,
+            plan.fed_join_rounds,
+            plan.clients,
+        )
+        .await
+        .map_err(|e| format!("{label}: {e}"))?;
+        joining.push(users);
+    }
+    let mut latencies = vec![Vec::with_capacity(plan.fed_join_rounds); setup.joiners.len()];
+    let mut walls = vec![Duration::ZERO; setup.joiners.len()];
+    for round in 0..plan.fed_join_rounds {
+        let started = Instant::now();
+        let first = bigroom::FED_JOIN_USERS + round * plan.fed_members;
+        let mut members =
+            bigroom::provision(&setup.host, plan, Some(&setup.host_appservice), first, plan.fed_members)
+                .await?;
+        let creator = members.remove(0);
+        let room = local_room(plan, &creator, &members).await?;
+        eprintln!(
+            "set-up: a room of {} members on {} in {:.1} s",
+            plan.fed_members,
+            setup.host_name,
+            started.elapsed().as_secs_f64()
+        );
+        for k in 0..setup.joiners.len() {
+            let j = (round + k) % setup.joiners.len();
+            let user = joining[j].get(round).ok_or("a joining user per round")?;
+            let (joined, took) = timed(user.join_via(&room, &setup.host_name)).await;
+            joined.map_err(|e| format!("{} joining: {e}", setup.joiners[j].0))?;
+            latencies[j].push(took);
+            walls[j] += took;
+        }
+    }
+    let mut outcomes = Vec::new();
+    for (j, (label, _)) in setup.joiners.iter().enumerate() {
+        let joins: Vec<String> =
+            latencies[j].iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0)).collect();
+        let note = format!("each join a fresh room of {}; joins {} ms", setup.host_name, joins.join("/"));
+        outcomes.push(Outcome::new(
+            &format!("federation: {label} joins a {}-member room of another server", plan.fed_members),
+            &mut latencies[j],
+            walls[j],
+            note,
+        ));
+    }
+    Ok(outcomes)
 }

@@ -39,6 +39,7 @@ const SCENARIOS: &[&str] = &[
     "big-room",
     "fed-inbound",
     "fed-fan-out",
+    "fed-join",
 ];
 
 #[derive(Parser)]
@@ -78,7 +79,7 @@ struct RunArgs {
     pid: Option<u32>,
     /// Comma-separated scenarios to run, in this order: register, login, whoami, send,
     /// send-concurrent, send-rooms, send-sync, initial-sync, messages, sliding-sync, push,
-    /// appservice, fan-out, big-room, fed-inbound, fed-fan-out. Default: all but fan-out,
+    /// appservice, fan-out, big-room, fed-inbound, fed-fan-out, fed-join. Default: all but fan-out,
     /// big-room and the federation ones (appservice only with --appservice). Given twice, the
     /// last one counts, as for every option.
     #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
@@ -191,6 +192,21 @@ struct RunArgs {
     /// Messages fed-fan-out sends, one at a time.
     #[arg(long, default_value_t = 50)]
     fed_rounds: usize,
+    /// fed-join: the client API of the server whose rooms are joined.
+    #[arg(long)]
+    join_host_url: Option<String>,
+    /// Its server name.
+    #[arg(long)]
+    join_host_name: Option<String>,
+    /// The registration of the appservice conduit-bench plays on it, to make its members.
+    #[arg(long)]
+    join_host_appservice: Option<PathBuf>,
+    /// fed-join: a second joining server, LABEL=URL of its client API (the first is --url).
+    #[arg(long)]
+    join_also: Option<String>,
+    /// fed-join: rooms joined, each by every joining server.
+    #[arg(long, default_value_t = 3)]
+    fed_join_rounds: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -296,6 +312,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         fed_pdus: args.fed_pdus.clamp(1, 50),
         fed_servers: args.fed_servers.max(1),
         fed_rounds: args.fed_rounds.max(1),
+        fed_join_rounds: args.fed_join_rounds.max(1),
     };
     let registration = match &args.appservice {
         Some(path) => Some(appservice::Registration::read(path, &args.server_name)?),
@@ -478,6 +495,29 @@ async fn run(args: RunArgs) -> Result<(), String> {
         }
         if wants("fed-fan-out") {
             record(federation::fan_out(&plan, &setup, &users[0]).await?, &mut run);
+        }
+    }
+    if wants("fed-join") {
+        let needs = "fed-join needs --join-host-url, --join-host-name and --join-host-appservice";
+        let host_name = args.join_host_name.clone().ok_or(needs)?;
+        let registration =
+            appservice::Registration::read(args.join_host_appservice.as_deref().ok_or(needs)?, &host_name)?;
+        let mut joiners = vec![(args.label.clone(), http.clone())];
+        if let Some(also) = &args.join_also {
+            let (label, url) = also.split_once('=').ok_or("--join-also takes LABEL=URL")?;
+            check_target(url, args.allow_remote)?;
+            joiners.push((label.to_owned(), Http::new(url)?));
+        }
+        let host_url = args.join_host_url.clone().ok_or(needs)?;
+        check_target(&host_url, args.allow_remote)?;
+        let setup = federation::JoinSetup {
+            host: Http::new(&host_url)?,
+            host_name,
+            host_appservice: registration,
+            joiners,
+        };
+        for outcome in federation::join_remote(&plan, &setup).await? {
+            record(outcome, &mut run);
         }
     }
 

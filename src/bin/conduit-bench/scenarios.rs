@@ -46,6 +46,7 @@ pub struct Plan {
     pub fed_pdus: usize,
     pub fed_servers: usize,
     pub fed_rounds: usize,
+    pub fed_join_rounds: usize,
 }
 
 pub const PASSWORD: &str = "bench-password-a1b2c3";
