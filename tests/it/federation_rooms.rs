@@ -1508,14 +1508,32 @@ async fn another_server_is_answered_one_level_of_a_space_with_what_its_users_cou
         );
     }
 
-    // A space whose server ACL bans B refuses it.
+    // A public child whose server ACL bans B: B's users could not join it, so by ID only.
     let host = b.name().rsplit_once(':').map(|(host, _)| host.to_owned()).unwrap();
+    let acl = json!({"allow": ["*"], "deny": [host], "allow_ip_literals": true});
     let (status, body) = a
         .put(
-            &format!("{V3}/rooms/{}/state/m.room.server_acl/", encode(&space)),
+            &format!("{V3}/rooms/{}/state/m.room.server_acl/", encode(&public)),
             Some(&alice.token),
-            json!({"allow": ["*"], "deny": [host], "allow_ip_literals": true}),
+            acl.clone(),
         )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, level) = ask(&space, "").await;
+    assert_eq!(status, StatusCode::OK, "{level}");
+    let children: Vec<&str> =
+        level["children"].as_array().unwrap().iter().filter_map(|c| c["room_id"].as_str()).collect();
+    assert_eq!(children, [restricted.as_str()], "{level}");
+    let mut inaccessible: Vec<&str> =
+        level["inaccessible_children"].as_array().unwrap().iter().filter_map(|c| c.as_str()).collect();
+    inaccessible.sort_unstable();
+    let mut want = vec![private.as_str(), public.as_str()];
+    want.sort_unstable();
+    assert_eq!(inaccessible, want, "{level}");
+
+    // A space whose server ACL bans B refuses it.
+    let (status, body) = a
+        .put(&format!("{V3}/rooms/{}/state/m.room.server_acl/", encode(&space)), Some(&alice.token), acl)
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = ask(&space, "").await;

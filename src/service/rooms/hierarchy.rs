@@ -118,7 +118,12 @@ impl Hierarchy {
     /// on there, asking again for the children it does not have). A room another server's
     /// users could not see or join is unknown to it (`M_NOT_FOUND`), as one that is not
     /// here. Children this server does not have are left out.
-    pub fn for_server(&self, room_id: &RoomId, suggested_only: bool) -> Result<ServerHierarchy> {
+    pub fn for_server(
+        &self,
+        room_id: &RoomId,
+        suggested_only: bool,
+        acl_allows: impl Fn(&RoomId) -> Result<bool>,
+    ) -> Result<ServerHierarchy> {
         if self.states.room(room_id)?.is_none() || !self.server_may_preview(room_id)? {
             return Err(Error::not_found("Room not found"));
         }
@@ -131,7 +136,8 @@ impl Hierarchy {
             if self.states.room(&child)?.is_none() {
                 continue;
             }
-            if self.server_may_preview(&child)? {
+            // A child whose server ACL bans the asking server is one it cannot join or peek.
+            if self.server_may_preview(&child)? && acl_allows(&child)? {
                 summaries.push(self.detailed_summary(&child)?);
             } else {
                 inaccessible_children.push(child);
