@@ -109,15 +109,7 @@ pub async fn fan_out(
     let mut users = provision(http, plan, appservice, FAN_OUT_USERS, members + 1).await?;
     let per_user = per_item_kib(before_users, rss(), members + 1);
     let sender = users.remove(0);
-    let room = sender.create_public_room().await?;
-    for joined in scenarios::bounded(plan.clients, users.clone(), |user| {
-        let room = room.clone();
-        async move { user.join(&room).await }
-    })
-    .await
-    {
-        joined?;
-    }
+    let room = scenarios::public_room_with(plan, &sender, &users).await?;
     let filter = poller_filter(&plan.run_id);
     // Each member's first sync (untimed) gives the token its long-poll starts from.
     let tokens = scenarios::bounded(plan.clients, users.clone(), |user| {

@@ -459,27 +459,13 @@ fn signed_keys(name: &OwnedServerName, key: &Ed25519KeyPair) -> CallResult<Value
     Ok(canonical_json(object))
 }
 
-/// `fed_members - 1` local members in a public room created by `creator`.
-async fn local_room(plan: &Plan, creator: &User, members: &[User]) -> CallResult<String> {
-    let room = creator.create_public_room().await?;
-    for joined in scenarios::bounded(plan.clients, members.to_vec(), |user| {
-        let room = room.clone();
-        async move { user.join(&room).await }
-    })
-    .await
-    {
-        joined?;
-    }
-    Ok(room)
-}
-
 /// `fed-inbound`: a room of `fed_members` local members (its creator included) that one peer
 /// joins; the peer then sends `fed_transactions` transactions of `fed_pdus` messages each, one
 /// after another, each timed from its request until the creator's long-polling `/sync` holds
 /// its last message (a server may answer a transaction before it has processed it).
 pub async fn inbound(plan: &Plan, setup: &Setup, creator: &User, members: &[User]) -> CallResult<Outcome> {
     let server = Server::discover(&setup.server_url).await?;
-    let room = local_room(plan, creator, members).await?;
+    let room = scenarios::public_room_with(plan, creator, members).await?;
     let peer = Peer::start(setup).await?;
     let mut chain = peer.join(&server, &room, "bench_sender").await?;
     let filter = encode(&json!({"room": {"rooms": [room], "timeline": {"limit": 5}}}).to_string());
@@ -651,7 +637,7 @@ pub async fn join_remote(plan: &Plan, setup: &JoinSetup) -> CallResult<Vec<Outco
             bigroom::provision(&setup.host, plan, Some(&setup.host_appservice), first, plan.fed_members)
                 .await?;
         let creator = members.remove(0);
-        let room = local_room(plan, &creator, &members).await?;
+        let room = scenarios::public_room_with(plan, &creator, &members).await?;
         eprintln!(
             "set-up: a room of {} members on {} in {:.1} s",
             plan.fed_members,

@@ -51,6 +51,20 @@ pub struct Plan {
 
 pub const PASSWORD: &str = "bench-password-a1b2c3";
 
+/// A public room created by `creator` that `members` join, `plan.clients` at a time.
+pub async fn public_room_with(plan: &Plan, creator: &User, members: &[User]) -> CallResult<String> {
+    let room = creator.create_public_room().await?;
+    for joined in bounded(plan.clients, members.to_vec(), |user| {
+        let room = room.clone();
+        async move { user.join(&room).await }
+    })
+    .await
+    {
+        joined?;
+    }
+    Ok(room)
+}
+
 /// Register `count` users `count` at a time from `first`; returns them and each one's latency.
 pub async fn register_users(
     http: &Http,
