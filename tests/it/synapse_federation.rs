@@ -383,13 +383,24 @@ async fn messages_cross_both_ways(
     .await;
 }
 
-/// Wait (wall-clock: delivery runs in the background on both sides) until `check` holds.
-pub(crate) async fn eventually<F, Fut>(what: &str, synapse: &Synapse, mut check: F)
+/// Wait (wall-clock: delivery runs in the background on both sides) until `check` holds,
+/// for about 20 s.
+pub(crate) async fn eventually<F, Fut>(what: &str, synapse: &Synapse, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..400 {
+    eventually_within(what, synapse, Duration::from_secs(20), check).await;
+}
+
+/// As [`eventually`], for work whose time grows with what the test made (hundreds of events
+/// fetched and checked), which a full test run on two cores slows several times over.
+pub(crate) async fn eventually_within<F, Fut>(what: &str, synapse: &Synapse, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..limit.as_millis() / 50 {
         if check().await {
             return;
         }
@@ -1136,7 +1147,9 @@ async fn conduit_takes_a_synapse_event_across_a_gap_too_long_to_fetch_with_the_s
     let conduit = stopped.start().await;
     crate::rooms::send_text(&conduit, &alice, &room, "a1", "conduit is back").await;
     let latest = format!("while conduit was down {}", MISSED - 1);
-    eventually("Sam's latest message on conduit", &synapse, || async {
+    // Ten get_missing_events rounds, /state_ids and the state's events: about 10 s alone,
+    // longer than the default 20 s wait once in a full run on two cores.
+    eventually_within("Sam's latest message on conduit", &synapse, Duration::from_secs(90), || async {
         conduit_bodies(&conduit, &alice.token, &room).await.contains(&latest)
     })
     .await;
