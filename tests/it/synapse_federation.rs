@@ -1147,8 +1147,8 @@ async fn conduit_takes_a_synapse_event_across_a_gap_too_long_to_fetch_with_the_s
     let conduit = stopped.start().await;
     crate::rooms::send_text(&conduit, &alice, &room, "a1", "conduit is back").await;
     let latest = format!("while conduit was down {}", MISSED - 1);
-    // Ten get_missing_events rounds, /state_ids and the state's events: about 10 s alone,
-    // longer than the default 20 s wait once in a full run on two cores.
+    // Ten get_missing_events rounds, /state_ids and the state's events: once longer than
+    // the default 20 s wait in a full run on two cores.
     eventually_within("Sam's latest message on conduit", &synapse, Duration::from_secs(90), || async {
         conduit_bodies(&conduit, &alice.token, &room).await.contains(&latest)
     })
