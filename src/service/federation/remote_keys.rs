@@ -22,6 +22,7 @@ use crate::{
     service::{clock::Clock, server_keys::ServerKeys},
     storage::{
         KvStore, Table,
+        locks::KeyedLocks,
         tables::{REMOTE_SERVER_KEYS, RemoteServerKeysRecord},
     },
 };
@@ -38,6 +39,8 @@ pub struct RemoteKeys {
     /// When each server's keys were last fetched (or tried): requests naming an unknown
     /// key, or from a server that cannot be reached, do not each cause a fetch.
     attempts: Mutex<HashMap<OwnedServerName, u64>>,
+    /// Held while a server's keys are being fetched.
+    fetching: KeyedLocks<OwnedServerName>,
 }
 
 /// How soon keys held are fetched again for a key they do not list.
@@ -61,6 +64,7 @@ impl RemoteKeys {
             clock,
             checked: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
+            fetching: KeyedLocks::new(),
         }
     }
 
@@ -97,13 +101,23 @@ impl RemoteKeys {
         key_id: Option<&str>,
         minimum_valid_until_ms: u64,
     ) -> Result<ServerKeySet> {
+        let suits = |set: &ServerKeySet| {
+            key_id.is_none_or(|id| set.verify_keys.contains_key(id) || set.old_verify_keys.contains_key(id))
+                && set.valid_until_ms >= minimum_valid_until_ms
+        };
+        if let Some(set) = self.held(server)?
+            && suits(&set)
+        {
+            return Ok(set);
+        }
+        // One fetch of a server's keys at a time: a caller that comes while one is under way
+        // waits for its outcome instead of taking the fetch in flight for a failed one.
+        let _fetching = self.fetching.lock(&server.to_owned()).await;
         let now = self.clock.now_ms();
         let last_attempt = self.attempts.lock().unwrap_or_else(|p| p.into_inner()).get(server).copied();
         let recently = |within: u64| last_attempt.is_some_and(|at| now < at.saturating_add(within));
         if let Some(set) = self.held(server)? {
-            let has_key = key_id
-                .is_none_or(|id| set.verify_keys.contains_key(id) || set.old_verify_keys.contains_key(id));
-            if (has_key && set.valid_until_ms >= minimum_valid_until_ms) || recently(REFETCH_AFTER_MS) {
+            if suits(&set) || recently(REFETCH_AFTER_MS) {
                 return Ok(set);
             }
         } else if recently(RETRY_FAILED_AFTER_MS) {
