@@ -602,10 +602,11 @@ async fn all_arrived(
 }
 
 /// `fed-join`: another server (the host) runs rooms of `fed_members` members; a user of each
-/// joining server joins one through the host, timed from the `/join` request to its answer
-/// (the joining server has then fetched and checked the room's state). Each round is a fresh
-/// room of the host, joined by every joining server in turn, the first one changing from
-/// round to round.
+/// joining server joins one through the host, timed from the `/join` request to its answer,
+/// then sends a message at once, timed from the `/join` request to the send's answer (a
+/// server that answers the join before it has the room's whole state, as Synapse and conduit
+/// both do, may make that send wait for it). Each round is a fresh room of the host, joined
+/// by every joining server in turn, the first one changing from round to round.
 pub struct JoinSetup {
     pub host: Http,
     pub host_name: String,
@@ -630,6 +631,8 @@ pub async fn join_remote(plan: &Plan, setup: &JoinSetup) -> CallResult<Vec<Outco
     }
     let mut latencies = vec![Vec::with_capacity(plan.fed_join_rounds); setup.joiners.len()];
     let mut walls = vec![Duration::ZERO; setup.joiners.len()];
+    let mut then_sent = latencies.clone();
+    let mut sent_walls = walls.clone();
     for round in 0..plan.fed_join_rounds {
         let started = Instant::now();
         let first = bigroom::FED_JOIN_USERS + round * plan.fed_members;
@@ -649,8 +652,12 @@ pub async fn join_remote(plan: &Plan, setup: &JoinSetup) -> CallResult<Vec<Outco
             let user = joining[j].get(round).ok_or("a joining user per round")?;
             let (joined, took) = timed(user.join_via(&room, &setup.host_name)).await;
             joined.map_err(|e| format!("{} joining: {e}", setup.joiners[j].0))?;
+            let (sent, send_took) = timed(user.send_text(&room, &format!("joined-{round}"), "hello")).await;
+            sent.map_err(|e| format!("{} sending after its join: {e}", setup.joiners[j].0))?;
             latencies[j].push(took);
             walls[j] += took;
+            then_sent[j].push(took + send_took);
+            sent_walls[j] += took + send_took;
         }
     }
     let mut outcomes = Vec::new();
@@ -663,6 +670,17 @@ pub async fn join_remote(plan: &Plan, setup: &JoinSetup) -> CallResult<Vec<Outco
             &mut latencies[j],
             walls[j],
             note,
+        ));
+        let sends: Vec<String> =
+            then_sent[j].iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0)).collect();
+        outcomes.push(Outcome::new(
+            &format!(
+                "federation: {label} joins a {}-member room and sends a message in it",
+                plan.fed_members
+            ),
+            &mut then_sent[j],
+            sent_walls[j],
+            format!("from the /join request to the send's answer: {} ms", sends.join("/")),
         ));
     }
     Ok(outcomes)
