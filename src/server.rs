@@ -138,6 +138,22 @@ impl Server {
             let services = Arc::clone(&self.services);
             move |stop| sweep_periodically(Arc::clone(&services), stop)
         }));
+        // Rooms joined through another server that a stop left unseated are seated by the
+        // process that leads (one seating per room).
+        let join_resumer = tokio::spawn(while_leading(leading.clone(), workers_stopped.clone(), {
+            let room_federation =
+                self.services.config.allow_federation.then(|| Arc::clone(&self.services.room_federation));
+            move |_| {
+                let room_federation = room_federation.clone();
+                async move {
+                    if let Some(room_federation) = room_federation
+                        && let Err(e) = room_federation.resume_joins()
+                    {
+                        tracing::warn!(error = %e, "pending joins could not be taken up");
+                    }
+                }
+            }
+        }));
         let ldap_sync = tokio::spawn(while_leading(leading.clone(), workers_stopped.clone(), {
             let ldap_sync = Arc::clone(&self.services.ldap_sync);
             move |stop| Arc::clone(&ldap_sync).run(stop)
@@ -221,6 +237,7 @@ impl Server {
         let _ = sweeper.await;
         let _ = delayed_timer.await;
         let _ = ldap_sync.await;
+        let _ = join_resumer.await;
         let _ = deliveries.await;
         let _ = leader.await;
         if let Some(task) = control_task {

@@ -461,6 +461,8 @@ impl Services {
         ));
         let remote_invites = Arc::new(rooms::remote_invites::RemoteInvites::new(&store, Arc::clone(&stream)));
         let room_federation = Arc::new(federation::RoomFederation::new(
+            &store,
+            config.multi_process,
             Arc::clone(&federation),
             Arc::clone(&remote_keys),
             Arc::clone(&server_keys),

@@ -72,14 +72,19 @@ catalogue! {
     PDUS = "pdus", key "event_id": OwnedEventId => PduRecord, version 1;
     /// A room's events in stream order: history paging scans a room prefix.
     TIMELINE = "timeline", key "room_id, stream": (OwnedRoomId, u64) => OwnedEventId, version 1;
-    /// Events fetched backwards from other servers (history older than anything the room
-    /// had here), by backfill position: 1 is the newest such event, higher ones are older.
-    /// `/messages` reads them after the room's `timeline`, as the positions below 0.
     /// Invites of local users to rooms this server does not have, received from the
     /// inviting server (`PUT /invite`), and what became of them: `invite` until the user
     /// joins through that server (the row is then removed) or rejects it (`leave`, with the
     /// leave event the inviting server accepted). `/sync` reads them by user.
     REMOTE_INVITES = "remote_invites", key "user_id, room_id": (OwnedUserId, OwnedRoomId) => RemoteInviteRecord, version 1;
+    /// Joins of local users to rooms of other servers that the resident server accepted but
+    /// that this server has not seated yet: it is fetching the room's state (the join asked
+    /// the resident to leave the members out of its answer). Removed once the room is seated;
+    /// a row left at start-up is taken up again.
+    PENDING_JOINS = "pending_joins", key "room_id": OwnedRoomId => PendingJoinRecord, version 1;
+    /// Events fetched backwards from other servers (history older than anything the room
+    /// had here), by backfill position: 1 is the newest such event, higher ones are older.
+    /// `/messages` reads them after the room's `timeline`, as the positions below 0.
     BACKFILL = "backfill", key "room_id, backfill": (OwnedRoomId, u64) => OwnedEventId, version 1;
     /// The auth chain of state events (and of other events given to the room engine): every
     /// event reachable through `auth_events`, the event itself not included. Written once the
@@ -586,6 +591,17 @@ pub struct RemoteInviteRecord {
     /// The stripped state the inviting server sent (`type`, `state_key`, `sender`,
     /// `content` of each event).
     pub invite_state: Vec<Box<RawJsonValue>>,
+}
+
+/// A join accepted by another server whose room is not seated here yet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingJoinRecord {
+    pub user_id: OwnedUserId,
+    pub room_version: RoomVersionId,
+    /// The join event as the resident server accepted it: signed PDU JSON.
+    pub event: Box<RawJsonValue>,
+    /// The servers to fetch the room's state from, the one that took the join first.
+    pub servers: Vec<String>,
 }
 
 /// A room: its version and where its graph and state stand now.

@@ -294,6 +294,13 @@ impl TestServer {
         self.restart_with(|_| {}).await
     }
 
+    /// [`Self::restart`] with the whole configuration it ran with (a federating server's
+    /// name, listeners and CA included).
+    pub async fn restart_as_before(self) -> Self {
+        let before = (*self.services.config).clone();
+        self.restart_with(move |config| *config = before).await
+    }
+
     /// [`Self::restart`] with the test config adjusted as the server was started.
     pub async fn restart_with(self, adjust: impl FnOnce(&mut Config)) -> Self {
         let addr = self.base.trim_start_matches("http://").to_owned();

@@ -21,6 +21,7 @@ mod ephemeral;
 mod fake_peer;
 mod federation;
 mod federation_bad_input;
+mod federation_joining;
 mod federation_knock;
 mod federation_media;
 mod federation_off;

@@ -39,6 +39,7 @@ pub async fn get_room_event(
     services: AppState,
     req: Ruma<get_room_event::v3::Request>,
 ) -> Result<get_room_event::v3::Response> {
+    services.timeline.settled(&req.body.room_id).await;
     let event = services.room_actions.event(&req.identity.user_id, &req.body.room_id, &req.body.event_id)?;
     Ok(get_room_event::v3::Response::new(Raw::from_json(event_json(&services, &req.identity, &event)?)))
 }

@@ -14,13 +14,16 @@
 //!   first when this server authorised it, answered with the state before it and its auth
 //!   chain); knocks and leaves likewise (`membership`).
 //! - *Joining server*: a local user joins a room this server does not have through a server
-//!   that has it (`make_join`, sign, `send_join`: `membership::handshake`), the state and
-//!   auth chain received are checked and stored as outliers, and the room is seated with
-//!   `Timeline::accept_first_event`; a knock goes through the same handshake.
+//!   that has it (`make_join`, sign, `send_join` with the members left out:
+//!   `membership::handshake`); the state before the join is checked and stored as outliers,
+//!   and the room is seated with `Timeline::accept_first_event`, after the join is answered
+//!   when the resident left the members out (`joining`); a knock goes through the same
+//!   handshake.
 //! - *Reads for servers in a room*: an event, the state (or its IDs) before an event, an
 //!   event's auth chain, and the events between two points of the graph.
 
 mod backfill;
+mod joining;
 mod membership;
 
 pub use membership::Handshake;
@@ -33,7 +36,7 @@ use std::{
 };
 
 use ruma::{
-    EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
     events::{
         StateEventType, TimelineEventType,
         room::{member::MembershipState, server_acl::RoomServerAclEventContent},
@@ -49,7 +52,7 @@ use crate::{
     Error, Result,
     matrix::{
         federation::{
-            format::{FormatError, claimed_room_id, oversized_event_id, parse_pdu},
+            format::{FormatError, WirePdu, claimed_room_id, oversized_event_id, parse_pdu},
             verify::{self, ServerKeys as VerifyKeys, Verdict, VerifyKey},
         },
         pdu::Pdu,
@@ -71,7 +74,11 @@ use crate::{
         server_keys::ServerKeys,
         users::Users,
     },
-    storage::{locks::KeyedLocks, tables::EventStatus},
+    storage::{
+        KvStore, Table,
+        locks::KeyedLocks,
+        tables::{EventStatus, PENDING_JOINS, PendingJoinRecord},
+    },
 };
 
 /// Transactions remembered per origin and ID, for answering a repeat.
@@ -91,6 +98,9 @@ const MISSING_EVENTS_FRONTIER: usize = 20;
 /// Missing prev events of one PDU whose state is asked for (`/state_ids`) when
 /// `get_missing_events` did not close the gap: a PDU citing more is refused.
 const MAX_GAP_PREVS: usize = 5;
+/// Fewest PDUs checked by one task when many are checked at once: fewer are not worth a
+/// thread of their own.
+const MIN_CHECKS_PER_TASK: usize = 64;
 /// How long a typing notification from another server lasts unless renewed.
 const REMOTE_TYPING: Duration = Duration::from_secs(30);
 
@@ -137,6 +147,11 @@ pub struct RoomFederation {
     txns: Mutex<RememberedTxns>,
     /// One transaction of an origin at a time, as the spec has servers send them.
     origins: KeyedLocks<OwnedServerName>,
+    /// Joins accepted by another server whose rooms are not seated yet (`joining`).
+    pending_joins: Table<OwnedRoomId, PendingJoinRecord>,
+    /// Several processes serve this server: a join is answered once its room is seated,
+    /// since the joiner's next request may reach a process that cannot wait for the seating.
+    seat_before_answer: bool,
 }
 
 /// A membership event a server sends for one of its own users (`send_join`, `send_leave`):
@@ -163,9 +178,47 @@ fn own_membership(
     Ok(())
 }
 
+/// A PDU checked (format, signatures, hash), or its event ID when known and why it failed.
+type Checked = std::result::Result<Pdu, (Option<OwnedEventId>, String)>;
+
+/// Check 1, the format of the room's version, and the servers whose signatures it needs.
+fn parsed_pdu(
+    json: &str,
+    rules: &RoomVersionRules,
+) -> std::result::Result<(WirePdu, BTreeSet<OwnedServerName>), (Option<OwnedEventId>, String)> {
+    let wire = parse_pdu(json, rules).map_err(|e| {
+        // Too large but otherwise an event: dropped all the same, and named in the answer.
+        let named = match e {
+            FormatError::TooLarge(_) => oversized_event_id(json, rules),
+            _ => None,
+        };
+        (named, format!("malformed PDU: {e}"))
+    })?;
+    let servers =
+        verify::required_servers(&wire, rules).map_err(|e| (Some(wire.event_id.clone()), e.to_string()))?;
+    Ok((wire, servers))
+}
+
+/// Checks 2 and 3 with the keys held: the signatures, the content hash (a mismatch gives the
+/// redacted copy).
+fn verified_pdu(wire: WirePdu, rules: &RoomVersionRules, keys: &VerifyKeys) -> Checked {
+    let event_id = wire.event_id.clone();
+    let wire = match verify::check_signatures_and_hash(wire, rules, keys) {
+        Verdict::Accepted(wire) => wire,
+        Verdict::Redact(wire) => {
+            tracing::info!(%event_id, "content hash mismatch: the event is used redacted");
+            wire
+        }
+        Verdict::Reject(why) => return Err((Some(event_id), why.to_string())),
+    };
+    wire.into_pdu(rules).map_err(|e| (Some(event_id), e.to_string()))
+}
+
 impl RoomFederation {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        store: &Arc<dyn KvStore>,
+        multi_process: bool,
         client: Arc<FederationClient>,
         remote_keys: Arc<RemoteKeys>,
         server_keys: Arc<ServerKeys>,
@@ -203,6 +256,8 @@ impl RoomFederation {
             e2ee,
             txns: Mutex::new((HashMap::new(), VecDeque::new())),
             origins: KeyedLocks::new(),
+            pending_joins: PENDING_JOINS.open(store),
+            seat_before_answer: multi_process,
         }
     }
 
@@ -311,33 +366,47 @@ impl RoomFederation {
     /// Checks 1 to 3 on a PDU received as text in a room of `rules`: the format, the
     /// signatures, the content hash (a mismatch gives the redacted copy). Fails with the
     /// event ID when it is known, and why.
-    async fn checked_pdu(
+    async fn checked_pdu(&self, json: &str, rules: &RoomVersionRules, keys: &mut VerifyKeys) -> Checked {
+        let (wire, servers) = parsed_pdu(json, rules)?;
+        self.fetch_keys(&servers, keys).await;
+        verified_pdu(wire, rules, keys)
+    }
+
+    /// `checked_pdu` for many PDUs (a room's state and auth chain), in their order: the keys
+    /// fetched once for all of them, the signature and hash checks spread over the cores.
+    async fn checked_pdus(
         &self,
-        json: &str,
+        jsons: &[String],
         rules: &RoomVersionRules,
         keys: &mut VerifyKeys,
-    ) -> std::result::Result<Pdu, (Option<OwnedEventId>, String)> {
-        let wire = parse_pdu(json, rules).map_err(|e| {
-            // Too large but otherwise an event: dropped all the same, and named in the answer.
-            let named = match e {
-                FormatError::TooLarge(_) => oversized_event_id(json, rules),
-                _ => None,
-            };
-            (named, format!("malformed PDU: {e}"))
-        })?;
-        let event_id = wire.event_id.clone();
-        let servers =
-            verify::required_servers(&wire, rules).map_err(|e| (Some(event_id.clone()), e.to_string()))?;
-        self.fetch_keys(&servers, keys).await;
-        let wire = match verify::check_signatures_and_hash(wire, rules, keys) {
-            Verdict::Accepted(wire) => wire,
-            Verdict::Redact(wire) => {
-                tracing::info!(%event_id, "content hash mismatch: the event is used redacted");
+    ) -> Vec<Checked> {
+        let mut parsed = Vec::with_capacity(jsons.len());
+        let mut servers = BTreeSet::new();
+        for json in jsons {
+            parsed.push(parsed_pdu(json, rules).map(|(wire, needed)| {
+                servers.extend(needed);
                 wire
-            }
-            Verdict::Reject(why) => return Err((Some(event_id), why.to_string())),
-        };
-        wire.into_pdu(rules).map_err(|e| (Some(event_id), e.to_string()))
+            }));
+        }
+        self.fetch_keys(&servers, keys).await;
+        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
+        let per_task = parsed.len().div_ceil(workers).max(MIN_CHECKS_PER_TASK);
+        let mut tasks = Vec::new();
+        while !parsed.is_empty() {
+            let rest = parsed.split_off(per_task.min(parsed.len()));
+            let part = std::mem::replace(&mut parsed, rest);
+            let (rules, keys) = (rules.clone(), keys.clone());
+            tasks.push(tokio::task::spawn_blocking(move || {
+                part.into_iter().map(|wire| wire.and_then(|wire| verified_pdu(wire, &rules, &keys))).collect()
+            }));
+        }
+        let mut checked = Vec::with_capacity(jsons.len());
+        for task in tasks {
+            let part: Vec<Checked> =
+                task.await.unwrap_or_else(|e| vec![Err((None, format!("check failed: {e}")))]);
+            checked.extend(part);
+        }
+        checked
     }
 
     /// Whether an event has its place in the room's graph here (accepted or soft-failed).
@@ -385,6 +454,9 @@ impl RoomFederation {
             if let Some((event_id, result)) = self.receive_pdu(origin, pdu.get(), &mut keys).await {
                 results.insert(event_id, result);
             }
+        }
+        if !edus.is_empty() {
+            self.timeline.settled_all().await;
         }
         for edu in edus {
             self.receive_edu(origin, edu.get());
@@ -766,130 +838,6 @@ impl RoomFederation {
     /// The stored events `ids` names, as PDUs (those not stored left out).
     fn pdus_of(&self, ids: &[OwnedEventId]) -> Result<Vec<Box<RawJsonValue>>> {
         self.events.get_many(ids)?.iter().map(|event| pdu_json(&self.states, event)).collect()
-    }
-
-    // ----- joining server -----
-
-    /// Join `user_id` to a room this server does not have, through the first of `via` (or
-    /// the server the room ID names) that lets it: `make_join`, sign, `send_join`, then the
-    /// state and auth chain received checked and stored, and the room seated with the join.
-    /// `content` is the member event's content (membership, display name ...).
-    pub async fn join_remote(
-        &self,
-        user_id: &UserId,
-        room_id: &RoomId,
-        via: &[OwnedServerName],
-        content: &JsonValue,
-    ) -> Result<OwnedEventId> {
-        // An invite's (or a knock's) server first: it has the room and let the user in.
-        let invited_by = self
-            .remote_invites
-            .outstanding(user_id, room_id)?
-            .and_then(|invite| OwnedServerName::try_from(invite.via).ok());
-        let servers = self.servers_to_ask(room_id, invited_by, via)?;
-        // Held until the room is seated: events the resident server sends meanwhile wait.
-        let lock = self.timeline.lock_room(room_id).await;
-        if self.states.room(room_id)?.is_some() {
-            return Err(Error::invalid_param("This server has joined the room meanwhile; join again"));
-        }
-        let mut last = None;
-        for server in &servers {
-            match self.join_through(&lock, server, user_id, content).await {
-                Ok(event_id) => {
-                    // The room's own membership rows speak for the user from now on.
-                    self.remote_invites.remove(user_id, room_id)?;
-                    return Ok(event_id);
-                }
-                Err(e) => {
-                    tracing::info!(%server, %room_id, error = %e, "joining through a server failed");
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| Error::not_found("No server could be asked")))
-    }
-
-    /// The servers to ask for a room this server does not have: `first` (an invite's
-    /// server), then `via`, then the server the room ID names; this one left out.
-    fn servers_to_ask(
-        &self,
-        room_id: &RoomId,
-        first: Option<OwnedServerName>,
-        via: &[OwnedServerName],
-    ) -> Result<Vec<OwnedServerName>> {
-        let mut servers: Vec<OwnedServerName> = Vec::new();
-        for server in
-            first.into_iter().chain(via.iter().cloned()).chain(room_id.server_name().map(ToOwned::to_owned))
-        {
-            if server != self.server_name && !servers.contains(&server) {
-                servers.push(server);
-            }
-        }
-        if servers.is_empty() {
-            return Err(Error::not_found(format!(
-                "Room {room_id} is not known here and no server to reach it through was given (`via`)"
-            )));
-        }
-        Ok(servers)
-    }
-
-    async fn join_through(
-        &self,
-        lock: &RoomLock,
-        server: &ServerName,
-        user_id: &UserId,
-        content: &JsonValue,
-    ) -> Result<OwnedEventId> {
-        let room_id = lock.room_id();
-        let Handshaken { version, rules, wire, answer, .. } =
-            self.handshake(Handshake::Join, server, user_id, room_id, Some(content)).await?;
-        let event_id = wire.event_id.clone();
-        let mut keys = VerifyKeys::new();
-        // The resident server's copy when it signed it too (restricted joins), else ours.
-        let join = match answer.get("event") {
-            Some(event) if event.is_object() => {
-                let signed =
-                    self.checked_pdu(&event.to_string(), &rules, &mut keys).await.map_err(|(_, why)| {
-                        Error::Upstream(format!("{server} answered a join that does not check: {why}"))
-                    })?;
-                if signed.event_id != event_id {
-                    return Err(Error::Upstream(format!("{server} answered another join event")));
-                }
-                signed
-            }
-            _ => wire.into_pdu(&rules).map_err(|e| Error::internal(e.to_string()))?,
-        };
-        let list = |key: &str| answer.get(key).and_then(JsonValue::as_array).cloned().unwrap_or_default();
-        let (state_json, chain_json) = (list("state"), list("auth_chain"));
-        let mut received: HashMap<OwnedEventId, Pdu> = HashMap::new();
-        let mut state_ids = HashSet::new();
-        for (is_state, event) in
-            state_json.iter().map(|e| (true, e)).chain(chain_json.iter().map(|e| (false, e)))
-        {
-            match self.checked_pdu(&event.to_string(), &rules, &mut keys).await {
-                Ok(pdu) if pdu.room_id == room_id => {
-                    if is_state {
-                        state_ids.insert(pdu.event_id.clone());
-                    }
-                    received.insert(pdu.event_id.clone(), pdu);
-                }
-                Ok(_) => {}
-                Err((id, why)) => tracing::info!(?id, %why, "an event of the room's state was dropped"),
-            }
-        }
-        self.store_outliers(lock, received.clone())?;
-        let mut state_before = StateMap::new();
-        for id in &state_ids {
-            let Some(pdu) = received.get(id) else { continue };
-            let Some(key) = &pdu.state_key else { continue };
-            let stored = self.events.get_any(id)?;
-            if stored.is_some_and(|e| e.status != EventStatus::Rejected) {
-                let kind: StateEventType = pdu.kind.to_string().into();
-                state_before.insert((kind, key.clone()), id.clone());
-            }
-        }
-        let outcome = self.timeline.accept_first_event(lock, &version, join, &state_before).await?;
-        Ok(outcome.event.pdu.event_id.clone())
     }
 
     /// Store events received as a room's state and auth chain, each after its auth events

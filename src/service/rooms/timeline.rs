@@ -123,6 +123,9 @@ pub struct Timeline {
     audit: Arc<Audit>,
     txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Rooms a join through another server is seating (under the room's lock), with the
+    /// joining user: reads of them, and the user's syncs, wait for it (`settled`).
+    seating: Mutex<HashMap<OwnedRoomId, OwnedUserId>>,
 }
 
 impl Timeline {
@@ -161,6 +164,7 @@ impl Timeline {
             audit,
             txn_ids: TXN_IDS.open(store),
             room_locks: Mutex::new(HashMap::new()),
+            seating: Mutex::new(HashMap::new()),
         }
     }
 
@@ -171,6 +175,47 @@ impl Timeline {
             Arc::clone(locks.entry(room_id.to_owned()).or_default())
         };
         RoomLock { room_id: room_id.to_owned(), _guard: mutex.lock_owned().await }
+    }
+
+    /// Mark the room as being seated for `user` (`None`: no longer) by whoever holds `lock`.
+    pub fn set_seating(&self, lock: &RoomLock, user: Option<&UserId>) {
+        let mut rooms = self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match user {
+            Some(user) => rooms.insert(lock.room_id.clone(), user.to_owned()),
+            None => rooms.remove(&lock.room_id),
+        };
+    }
+
+    /// Wait while the room is being seated: a join through another server answered before
+    /// it had the room's state, and its members, events and state are read once it has.
+    pub async fn settled(&self, room_id: &RoomId) {
+        let seating =
+            self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains_key(room_id);
+        if seating {
+            drop(self.lock_room(room_id).await);
+        }
+    }
+
+    /// Wait while any room is being seated: what other servers say of their users (presence,
+    /// device lists, typing) is kept for users sharing a room with this server, so it waits
+    /// for the rooms being joined.
+    pub async fn settled_all(&self) {
+        let rooms: Vec<OwnedRoomId> =
+            self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).keys().cloned().collect();
+        for room_id in rooms {
+            drop(self.lock_room(&room_id).await);
+        }
+    }
+
+    /// Wait while rooms `user` joined are being seated: a sync after the join shows them.
+    pub async fn settled_for(&self, user: &UserId) {
+        let rooms: Vec<OwnedRoomId> = {
+            let seating = self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            seating.iter().filter(|(_, joiner)| *joiner == user).map(|(room, _)| room.clone()).collect()
+        };
+        for room_id in rooms {
+            drop(self.lock_room(&room_id).await);
+        }
     }
 
     /// The event a transaction already produced, if it was sent before.

@@ -501,8 +501,11 @@ impl RoomFederation {
             .map_err(|e| Error::Upstream(format!("the {membership} could not be signed: {e}")))?;
         let sent = JsonValue::from(CanonicalJsonValue::Object(wire.object.clone()));
         let version_path = if kind == Handshake::Knock { "v1" } else { "v2" };
+        // A join asks the resident to leave the members out: the answer comes sooner, and
+        // the full state is fetched after the join is answered (`joining`).
+        let omit = if kind == Handshake::Join { "?omit_members=true" } else { "" };
         let path = format!(
-            "/_matrix/federation/{version_path}/send_{membership}/{room}/{}",
+            "/_matrix/federation/{version_path}/send_{membership}/{room}/{}{omit}",
             encode(wire.event_id.as_str())
         );
         let answer = match self.client.request(server, http::Method::PUT, &path, Some(&sent), true).await? {
