@@ -1539,3 +1539,74 @@ async fn another_server_is_answered_one_level_of_a_space_with_what_its_users_cou
     let (status, body) = ask(&space, "").await;
     assert_eq!((status, body["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")), "{body}");
 }
+
+#[tokio::test]
+async fn a_space_walk_asks_the_other_server_for_the_rooms_this_one_does_not_have() {
+    let TwoServers { pki: _pki, a, b, alice, bob } = two_servers().await;
+    let space_of =
+        |name: &str| json!({"preset": "public_chat", "name": name, "creation_content": {"type": "m.space"}});
+    let space = create_room(&a, &alice, space_of("Company")).await;
+    let team = create_room(&a, &alice, space_of("Team")).await;
+    let lobby = create_room(&a, &alice, json!({"preset": "public_chat", "name": "Lobby"})).await;
+    let standup = create_room(&a, &alice, json!({"preset": "public_chat", "name": "Standup"})).await;
+    let secret = create_room(&a, &alice, json!({"preset": "private_chat", "name": "Secret"})).await;
+    let add = |parent: String, child: String| {
+        let (a, alice) = (&a, &alice);
+        async move {
+            let (status, body) = a
+                .put(
+                    &format!("{V3}/rooms/{}/state/m.space.child/{}", encode(&parent), encode(&child)),
+                    Some(&alice.token),
+                    json!({"via": [a.name()]}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    add(space.clone(), team.clone()).await;
+    add(space.clone(), lobby.clone()).await;
+    add(space.clone(), secret.clone()).await;
+    add(team.clone(), standup.clone()).await;
+    // Bob joins the space only: B has none of its rooms.
+    let (status, body) = b
+        .post(&format!("{V3}/join/{}?via={}", encode(&space), encode(&a.name())), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let walk = |query: &'static str| {
+        let (b, bob, space) = (&b, &bob, &space);
+        async move {
+            let (status, body) = b
+                .get(
+                    &format!("/_matrix/client/v1/rooms/{}/hierarchy{query}", encode(space)),
+                    Some(&bob.token),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let body = walk("").await;
+    let rooms = body["rooms"].as_array().unwrap();
+    let names: Vec<&str> = rooms.iter().map(|r| r["name"].as_str().unwrap_or_default()).collect();
+    // The space from B, then its children from A (the private one left out), then the team's.
+    assert_eq!(names[0], "Company", "{body}");
+    let mut rest: Vec<&str> = names[1..].to_vec();
+    rest.sort_unstable();
+    assert_eq!(rest, vec!["Lobby", "Standup", "Team"], "{body}");
+    let team_entry = rooms.iter().find(|r| r["room_id"] == json!(team)).unwrap();
+    assert_eq!(team_entry["room_type"], json!("m.space"), "{body}");
+    assert_eq!(team_entry["num_joined_members"], json!(1), "{body}");
+    assert_eq!(team_entry["children_state"][0]["state_key"], json!(standup), "{body}");
+    let lobby_entry = rooms.iter().find(|r| r["room_id"] == json!(lobby)).unwrap();
+    // A public room's summary says so by leaving `join_rule` out, as ruma writes it.
+    assert_eq!(
+        (lobby_entry["num_joined_members"].clone(), lobby_entry.get("join_rule")),
+        (json!(1), None),
+        "{body}"
+    );
+    // One page at a time: the rooms from A page like the rest.
+    let first = walk("?limit=2").await;
+    assert_eq!(first["rooms"].as_array().unwrap().len(), 2, "{first}");
+    assert_eq!(first["next_batch"], json!("h2"), "{first}");
+}

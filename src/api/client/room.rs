@@ -120,6 +120,7 @@ pub async fn get_summary(
     req: Ruma<get_summary::v1::Request>,
 ) -> Result<get_summary::v1::Response> {
     let room_id = services.membership.resolve(&req.body.room_id_or_alias).await?;
+    services.timeline.settled(&room_id).await;
     let viewer = req.identity.as_ref().map(|identity| identity.user_id.as_ref());
     let (summary, membership) = services.hierarchy.room_summary(viewer, &room_id)?;
     let summary =

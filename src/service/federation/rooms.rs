@@ -25,6 +25,7 @@
 mod backfill;
 mod joining;
 mod membership;
+mod spaces;
 
 pub use membership::Handshake;
 use membership::Handshaken;
@@ -62,6 +63,7 @@ use crate::{
         presence::Presence,
         rooms::{
             events::{Events, StoredEvent},
+            hierarchy::RemoteLevel,
             history::History,
             members::Memberships,
             receipts::Receipts,
@@ -152,6 +154,9 @@ pub struct RoomFederation {
     /// Several processes serve this server: a join is answered once its room is seated,
     /// since the joiner's next request may reach a process that cannot wait for the seating.
     seat_before_answer: bool,
+    /// Levels of spaces this server does not have, as other servers answered them for a
+    /// local user's walk, by (room, suggested only), until when.
+    space_levels: Mutex<HashMap<(OwnedRoomId, bool), (RemoteLevel, u64)>>,
 }
 
 /// A membership event a server sends for one of its own users (`send_join`, `send_leave`):
@@ -258,6 +263,7 @@ impl RoomFederation {
             origins: KeyedLocks::new(),
             pending_joins: PENDING_JOINS.open(store),
             seat_before_answer: multi_process,
+            space_levels: Mutex::new(HashMap::new()),
         }
     }
 

@@ -1,15 +1,18 @@
 //! The space hierarchy (`GET /rooms/{roomId}/hierarchy`): a breadth-first walk of
-//! `m.space.child` events from a space, showing only rooms the requester may see or join;
+//! `m.space.child` events from a space, showing only rooms the requester may see or join
+//! (rooms this server does not have are asked of the servers the child events name);
 //! the summary of one such room (`GET /room_summary/{roomIdOrAlias}`); and one level of it
 //! for another server (`GET /_matrix/federation/v1/hierarchy/{roomId}`).
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
+    future::Future,
+    pin::Pin,
     sync::Arc,
 };
 
 use ruma::{
-    OwnedRoomId, RoomId, UserId,
+    OwnedRoomId, OwnedServerName, RoomId, UserId,
     events::{StateEventType, room::member::MembershipState},
 };
 use serde_json::{Value as JsonValue, json};
@@ -24,6 +27,15 @@ const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 1_000;
 /// How deep the walk goes at most, whatever the client asks.
 const MAX_DEPTH: usize = 32;
+
+/// The servers an `m.space.child` event names to reach the child through.
+fn via_of(event: &JsonValue) -> Vec<OwnedServerName> {
+    let via = event["content"].get("via").and_then(JsonValue::as_array);
+    via.into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().and_then(|v| OwnedServerName::try_from(v).ok()))
+        .collect()
+}
 
 pub struct Hierarchy {
     events: Arc<Events>,
@@ -43,6 +55,27 @@ pub struct ServerHierarchy {
     pub inaccessible_children: Vec<OwnedRoomId>,
 }
 
+/// One level of a space as another server answered it (its `/hierarchy`), for a room this
+/// server does not have.
+#[derive(Clone, Debug)]
+pub struct RemoteLevel {
+    /// The room's summary with its `children_state`.
+    pub room: JsonValue,
+    /// Summaries of the children that server has and lets this server's users see.
+    pub children: Vec<JsonValue>,
+}
+
+/// Asks other servers for one level of a space this server does not have: through the
+/// servers a parent's `m.space.child` names (`via`).
+pub trait RemoteSpaces: Send + Sync {
+    fn level<'a>(
+        &'a self,
+        room_id: &'a RoomId,
+        via: &'a [OwnedServerName],
+        suggested_only: bool,
+    ) -> Pin<Box<dyn Future<Output = Option<RemoteLevel>> + Send + 'a>>;
+}
+
 /// One page of the walk.
 pub struct HierarchyPage {
     pub rooms: Vec<JsonValue>,
@@ -60,7 +93,11 @@ impl Hierarchy {
         Self { events, states, members, visibility, directory }
     }
 
-    pub fn walk(
+    /// The rooms under `root` (which this server has) that the user may see, breadth
+    /// first. A room this server does not have is asked of the servers its parent's
+    /// `m.space.child` names, through `remote` (none: such rooms are left out).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn walk(
         &self,
         user_id: &UserId,
         root: &RoomId,
@@ -68,6 +105,7 @@ impl Hierarchy {
         limit: Option<usize>,
         max_depth: Option<usize>,
         suggested_only: bool,
+        remote: Option<&dyn RemoteSpaces>,
     ) -> Result<HierarchyPage> {
         if self.states.room(root)?.is_none() || !self.may_preview(Some(user_id), root)? {
             return Err(Error::forbidden("You may not view this space"));
@@ -83,19 +121,19 @@ impl Hierarchy {
         let max_depth = max_depth.unwrap_or(MAX_DEPTH).min(MAX_DEPTH);
 
         // Walk in a fixed order so a token (a count of rooms already returned) resumes it.
-        let mut queue = VecDeque::from([(root.to_owned(), 0usize)]);
+        let mut queue = VecDeque::from([(root.to_owned(), 0usize, Vec::new())]);
         let mut seen = HashSet::from([root.to_owned()]);
+        // Summaries of rooms not here that another server gave with their parent's level.
+        let mut given = HashMap::new();
         let mut rooms = Vec::new();
         let mut visible = 0usize;
-        while let Some((room_id, depth)) = queue.pop_front() {
-            if self.states.room(&room_id)?.is_none() || !self.may_preview(Some(user_id), &room_id)? {
+        while let Some((room_id, depth, via)) = queue.pop_front() {
+            let Some((entry, children)) =
+                self.level(user_id, &room_id, &via, suggested_only, remote, &mut given).await?
+            else {
                 continue;
-            }
-            let children = self.children(&room_id, suggested_only)?;
+            };
             if visible >= skip && rooms.len() < limit {
-                let mut entry = self.detailed_summary(&room_id)?;
-                entry["children_state"] =
-                    JsonValue::Array(children.iter().map(|(_, event)| event.clone()).collect());
                 rooms.push(entry);
             }
             visible += 1;
@@ -103,15 +141,94 @@ impl Hierarchy {
                 break;
             }
             if depth < max_depth {
-                for (child, _) in children {
+                for (child, event) in children {
                     if seen.insert(child.clone()) {
-                        queue.push_back((child, depth + 1));
+                        queue.push_back((child, depth + 1, via_of(&event)));
                     }
                 }
             }
         }
         let next_batch = (visible > skip + rooms.len()).then(|| format!("h{}", skip + rooms.len()));
         Ok(HierarchyPage { rooms, next_batch })
+    }
+
+    /// A room of the walk, with its `children_state`, and its children; `None` when the
+    /// user may not see it or no server gave it.
+    async fn level(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+        suggested_only: bool,
+        remote: Option<&dyn RemoteSpaces>,
+        given: &mut HashMap<OwnedRoomId, JsonValue>,
+    ) -> Result<Option<(JsonValue, Vec<(OwnedRoomId, JsonValue)>)>> {
+        if self.states.room(room_id)?.is_some() {
+            if !self.may_preview(Some(user_id), room_id)? {
+                return Ok(None);
+            }
+            let children = self.children(room_id, suggested_only)?;
+            let mut entry = self.detailed_summary(room_id)?;
+            entry["children_state"] =
+                JsonValue::Array(children.iter().map(|(_, event)| event.clone()).collect());
+            return Ok(Some((entry, children)));
+        }
+        // A room that is no space, summarised with its parent's level: no need to ask.
+        if let Some(summary) = given.remove(room_id)
+            && summary.get("room_type").and_then(JsonValue::as_str) != Some("m.space")
+        {
+            let mut entry = summary;
+            entry["children_state"] = json!([]);
+            return Ok(self.may_see_remote(user_id, &entry)?.then_some((entry, Vec::new())));
+        }
+        let Some(remote) = remote else { return Ok(None) };
+        let Some(level) = remote.level(room_id, via, suggested_only).await else { return Ok(None) };
+        if level.room.get("room_id").and_then(JsonValue::as_str) != Some(room_id.as_str())
+            || !self.may_see_remote(user_id, &level.room)?
+        {
+            return Ok(None);
+        }
+        for child in level.children {
+            if let Some(Ok(id)) = child.get("room_id").and_then(JsonValue::as_str).map(RoomId::parse) {
+                given.insert(id, child);
+            }
+        }
+        let mut children = Vec::new();
+        for event in level.room.get("children_state").and_then(JsonValue::as_array).into_iter().flatten() {
+            let suggested = event["content"].get("suggested").and_then(JsonValue::as_bool).unwrap_or(false);
+            if let Some(Ok(child)) = event.get("state_key").and_then(JsonValue::as_str).map(RoomId::parse)
+                && !via_of(event).is_empty()
+                && (!suggested_only || suggested)
+            {
+                children.push((child, event.clone()));
+            }
+        }
+        Ok(Some((level.room, children)))
+    }
+
+    /// Whether the user may see a room of another server by its summary: world-readable,
+    /// or a join rule that lets anyone join or knock (a summary without one is public, as
+    /// the spec reads it), or restricted to rooms the user is in.
+    fn may_see_remote(&self, user_id: &UserId, summary: &JsonValue) -> Result<bool> {
+        if summary.get("world_readable").and_then(JsonValue::as_bool) == Some(true) {
+            return Ok(true);
+        }
+        match summary.get("join_rule").and_then(JsonValue::as_str) {
+            None | Some("public" | "knock" | "knock_restricted") => Ok(true),
+            Some("restricted") => {
+                for allowed in
+                    summary.get("allowed_room_ids").and_then(JsonValue::as_array).into_iter().flatten()
+                {
+                    if let Some(Ok(allowed)) = allowed.as_str().map(RoomId::parse)
+                        && self.members.is_joined(&allowed, user_id)?
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// The room and its children for another server walking a space (its users' walk goes
