@@ -105,16 +105,22 @@ fn peer_room(peer: &FakePeer) -> PeerRoom {
     PeerRoom { id, auth: vec![create, joined, levels, rules], member: member_join }
 }
 
-#[tokio::test]
-async fn a_join_whose_state_could_not_be_had_is_seated_when_the_server_starts_again() {
-    let pki = Pki::new();
-    // The peer's room is built once its name is known; `/state` is refused until allowed.
+/// A resident the test scripts: the fake peer's room (built once its name is known), joins
+/// answered with the members left out, `/state` refused until `state_allowed`, leaves taken.
+struct ScriptedResident {
+    peer: FakePeer,
+    room_id: String,
+    state_allowed: Arc<AtomicBool>,
+    joiner: Arc<OnceLock<String>>,
+}
+
+async fn scripted_resident(pki: &Pki) -> ScriptedResident {
     let room_slot: Arc<OnceLock<PeerRoom>> = Arc::new(OnceLock::new());
     let joiner_slot: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
     let state_allowed = Arc::new(AtomicBool::new(false));
     let (slot, joiner, allowed) =
         (Arc::clone(&room_slot), Arc::clone(&joiner_slot), Arc::clone(&state_allowed));
-    let peer = FakePeer::start(&pki, move |_, path, _| {
+    let peer = FakePeer::start(pki, move |_, path, _| {
         let (slot, joiner, allowed) = (Arc::clone(&slot), Arc::clone(&joiner), Arc::clone(&allowed));
         async move {
             let (Some(room), Some(user)) = (slot.get(), joiner.get()) else {
@@ -124,16 +130,22 @@ async fn a_join_whose_state_could_not_be_had_is_seated_when_the_server_starts_ag
                 );
             };
             let events = |list: &[(Value, String)]| list.iter().map(|(e, _)| e.clone()).collect::<Vec<_>>();
-            if path.starts_with("/_matrix/federation/v1/make_join/") {
+            let template = |membership: &str| {
                 let auth: Vec<&String> = [0, 2, 3].iter().map(|i| &room.auth[*i].1).collect();
-                return answer(
-                    StatusCode::OK,
-                    json!({"room_version": "11", "event": {
-                        "type": "m.room.member", "state_key": user, "sender": user, "room_id": room.id,
-                        "content": {"membership": "join"}, "prev_events": [room.member.1],
-                        "auth_events": auth, "depth": 6, "origin_server_ts": 1_700_000_000_100_u64,
-                    }}),
-                );
+                json!({"room_version": "11", "event": {
+                    "type": "m.room.member", "state_key": user, "sender": user, "room_id": room.id,
+                    "content": {"membership": membership}, "prev_events": [room.member.1],
+                    "auth_events": auth, "depth": 6, "origin_server_ts": 1_700_000_000_100_u64,
+                }})
+            };
+            if path.starts_with("/_matrix/federation/v1/make_join/") {
+                return answer(StatusCode::OK, template("join"));
+            }
+            if path.starts_with("/_matrix/federation/v1/make_leave/") {
+                return answer(StatusCode::OK, template("leave"));
+            }
+            if path.starts_with("/_matrix/federation/v2/send_leave/") {
+                return answer(StatusCode::OK, json!({}));
             }
             if path.starts_with("/_matrix/federation/v2/send_join/") {
                 assert!(path.ends_with("?omit_members=true"), "{path}");
@@ -158,33 +170,50 @@ async fn a_join_whose_state_could_not_be_had_is_seated_when_the_server_starts_ag
         }
     })
     .await;
-    let room = room_slot.get_or_init(|| peer_room(&peer));
-    let room_id = room.id.clone();
+    let room_id = room_slot.get_or_init(|| peer_room(&peer)).id.clone();
+    ScriptedResident { peer, room_id, state_allowed, joiner: joiner_slot }
+}
 
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let bob = b.register("bob", "pw-bob-12345").await;
-    joiner_slot.set(bob.user_id.clone()).unwrap();
+/// `bob` on `b` joins the resident's room: answered, though its state was refused.
+async fn join_unseated(b: &TestServer, bob: &crate::harness::Session, resident: &ScriptedResident) {
+    resident.joiner.set(bob.user_id.clone()).unwrap();
     let (status, joined) = b
         .post(
-            &format!("{V3}/join/{}?server_name={}", encode(&room_id), encode(&peer.name)),
+            &format!("{V3}/join/{}?server_name={}", encode(&resident.room_id), encode(&resident.peer.name)),
             Some(&bob.token),
             json!({}),
         )
         .await;
-    // The peer took the join: answered, though the room's state is still to be had.
     assert_eq!(status, StatusCode::OK, "{joined}");
-    assert_eq!(peer.count("/_matrix/federation/v1/state/"), 1, "{:?}", peer.requests());
+    assert_eq!(resident.peer.count("/_matrix/federation/v1/state/"), 1, "{:?}", resident.peer.requests());
     // Not seated: no member list, no room in sync.
     expect_error(
-        b.get(&format!("{V3}/rooms/{}/joined_members", encode(&room_id)), Some(&bob.token)).await,
+        b.get(&format!("{V3}/rooms/{}/joined_members", encode(&resident.room_id)), Some(&bob.token)).await,
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
     let (_, synced) = b.get(&format!("{V3}/sync"), Some(&bob.token)).await;
-    assert!(synced["rooms"]["join"].get(&room_id).is_none(), "{synced}");
+    assert!(synced["rooms"]["join"].get(&resident.room_id).is_none(), "{synced}");
+    assert!(pending(b, &bob.user_id, &resident.room_id), "the join is not kept as pending");
+}
+
+/// Whether the server keeps `user`'s join of `room` as pending.
+fn pending(server: &TestServer, user: &str, room: &str) -> bool {
+    let (user, room) = (ruma::UserId::parse(user).unwrap(), ruma::RoomId::parse(room).unwrap());
+    server.services.room_federation.has_pending_join(&user, &room).unwrap()
+}
+
+#[tokio::test]
+async fn a_join_whose_state_could_not_be_had_is_seated_when_the_server_starts_again() {
+    let pki = Pki::new();
+    let resident = scripted_resident(&pki).await;
+    let (peer, room_id) = (&resident.peer, resident.room_id.clone());
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    join_unseated(&b, &bob, &resident).await;
 
     // The peer answers again; the server starts again and seats the room it was joining.
-    state_allowed.store(true, Ordering::SeqCst);
+    resident.state_allowed.store(true, Ordering::SeqCst);
     let b = b.restart_as_before().await;
     let mut seated = Vec::new();
     for _ in 0..200 {
@@ -201,4 +230,27 @@ async fn a_join_whose_state_could_not_be_had_is_seated_when_the_server_starts_ag
     assert_eq!(peer.count("/_matrix/federation/v1/state/"), 2, "{:?}", peer.requests());
     let (_, synced) = b.get(&format!("{V3}/sync"), Some(&bob.token)).await;
     assert_eq!(synced["rooms"]["join"][&room_id]["summary"]["m.joined_member_count"], json!(3), "{synced}");
+}
+
+#[tokio::test]
+async fn leaving_a_room_that_was_never_seated_leaves_through_the_resident() {
+    let pki = Pki::new();
+    let resident = scripted_resident(&pki).await;
+    let (peer, room_id) = (&resident.peer, resident.room_id.clone());
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    join_unseated(&b, &bob, &resident).await;
+
+    let (status, body) =
+        b.post(&format!("{V3}/rooms/{}/leave", encode(&room_id)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(peer.count("/_matrix/federation/v2/send_leave/"), 1, "{:?}", peer.requests());
+    // Nothing left to seat.
+    assert!(!pending(&b, &bob.user_id, &room_id), "the join is still pending after the leave");
+    // A second leave finds nothing to leave.
+    expect_error(
+        b.post(&format!("{V3}/rooms/{}/leave", encode(&room_id)), Some(&bob.token), json!({})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
 }

@@ -354,6 +354,14 @@ impl MembershipActions {
             drop(lock);
             return rooms.reject_remote_invite(user_id, room_id).await;
         }
+        if membership.is_none()
+            && let Some(rooms) = &self.rooms
+            && rooms.has_pending_join(user_id, room_id)?
+        {
+            // A join another server took whose room could not be seated: left through it.
+            drop(lock);
+            return rooms.leave_pending_join(user_id, room_id).await;
+        }
         match membership {
             Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
             Some(MembershipState::Leave | MembershipState::Ban) => {

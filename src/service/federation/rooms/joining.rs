@@ -17,8 +17,9 @@
 //! the joiner's next request may reach another process, which knows nothing of the seating.
 //!
 //! Until the room is seated the join is kept in `pending_joins`. A start-up takes up the
-//! rows left there. If no server gives the state, the join stays there, and the user
-//! joining again tries once more.
+//! rows left there. If no server gives the state, the join stays there: the user joining
+//! again tries once more, and leaving goes through the join's servers (`make_leave`,
+//! `send_leave`) and drops it.
 
 use std::{sync::Arc, time::Instant};
 
@@ -107,6 +108,40 @@ impl RoomFederation {
             }
         }
         Err(last.unwrap_or_else(|| Error::not_found("No server could be asked")))
+    }
+
+    /// Whether `user_id`'s join of `room_id` was accepted by another server and the room is
+    /// not seated here (its state could not be had).
+    pub fn has_pending_join(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
+        Ok(self.pending_joins.get(&room_id.to_owned())?.is_some_and(|pending| pending.user_id == user_id))
+    }
+
+    /// Leave a room whose join was accepted but never seated: `make_leave`, sign,
+    /// `send_leave` through the join's servers in turn; the pending join is then dropped.
+    pub async fn leave_pending_join(&self, user_id: &UserId, room_id: &RoomId) -> Result<OwnedEventId> {
+        let _lock = self.timeline.lock_room(room_id).await;
+        let Some(pending) = self.pending_joins.get(&room_id.to_owned())?.filter(|p| p.user_id == user_id)
+        else {
+            return Err(Error::forbidden(format!("{user_id} is not in room {room_id}")));
+        };
+        if self.states.room(room_id)?.is_some() {
+            return Err(Error::invalid_param("The room was seated meanwhile; leave again"));
+        }
+        let mut last = None;
+        for server in pending.servers.iter().filter_map(|name| OwnedServerName::try_from(name.as_str()).ok())
+        {
+            match self.leave_through(&server, user_id, room_id).await {
+                Ok((event_id, _)) => {
+                    self.pending_joins.remove(&room_id.to_owned())?;
+                    return Ok(event_id);
+                }
+                Err(e) => {
+                    tracing::info!(%server, %room_id, error = %e, "leaving through a server failed");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Upstream("No server of the room was named".to_owned())))
     }
 
     /// Take up the joins left in `pending_joins` by a server that stopped before it seated

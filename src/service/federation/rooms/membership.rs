@@ -419,7 +419,7 @@ impl RoomFederation {
     }
 
     /// `make_leave`, sign, `send_leave` through `server`: the leave event's ID and JSON.
-    async fn leave_through(
+    pub(super) async fn leave_through(
         &self,
         server: &ServerName,
         user_id: &UserId,
