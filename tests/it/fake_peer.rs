@@ -7,7 +7,11 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use axum::{
@@ -36,6 +40,8 @@ pub struct FakePeer {
     /// The key it signs with, published as `ed25519:fake`.
     pub key: Arc<Ed25519KeyPair>,
     requests: Arc<Mutex<Vec<String>>>,
+    /// How long its key server takes to answer, in milliseconds.
+    key_delay_ms: Arc<AtomicU64>,
     _stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -83,12 +89,16 @@ impl FakePeer {
 
         let keys = signed_keys(&name, &key);
         let recorded = Arc::clone(&requests);
+        let key_delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = Arc::clone(&key_delay_ms);
         let router = Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
             let (keys, handler, recorded) = (keys.clone(), Arc::clone(&handler), Arc::clone(&recorded));
+            let delay = Duration::from_millis(delay.load(Ordering::SeqCst));
             async move {
                 let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.to_string());
                 recorded.lock().unwrap().push(format!("{method} {path}"));
                 if uri.path() == "/_matrix/key/v2/server" {
+                    tokio::time::sleep(delay).await;
                     return answer(StatusCode::OK, keys);
                 }
                 handler(method, path, body).await
@@ -103,7 +113,13 @@ impl FakePeer {
             move |_, _| router.clone(),
             stopped,
         ));
-        Self { name, key, requests, _stop: stop, task, _dir: dir }
+        Self { name, key, requests, key_delay_ms, _stop: stop, task, _dir: dir }
+    }
+
+    /// Make its key server answer only after `delay` (a slow peer, so that requests can
+    /// arrive while a server fetches its keys).
+    pub fn set_key_delay(&self, delay: Duration) {
+        self.key_delay_ms.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
 
     /// The requests received so far (`METHOD /path?query`), oldest first.

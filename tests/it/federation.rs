@@ -2,8 +2,9 @@
 //! port and serving federation over TLS with a certificate from a CA the test makes: keys
 //! published, fetched and notarised, key rotation, profile and alias queries both ways,
 //! X-Matrix refusals (forged, unknown key, another destination, none), the outbound address
-//! guard and the domain lists, joining a room through a remote alias, and the clear refusal
-//! of inviting a user of another server.
+//! guard and the domain lists, joining a room through a remote alias, the clear refusal
+//! of inviting a user of another server, and requests that arrive while a peer's keys are
+//! being fetched waiting for that one fetch.
 
 use axum::http;
 use conduit::{control, matrix::server_keys::check_key_response, service::clock::Clock};
@@ -269,4 +270,29 @@ async fn the_guard_refuses_loopback_unless_allowed_and_domain_lists_hold() {
     .await;
     let erin = partial.register("erin", "pw-erin-1234").await;
     expect_error(partial.get(&alice_url, Some(&erin.token)).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn requests_that_arrive_while_a_peers_keys_are_fetched_wait_for_the_fetch() {
+    let pki = Pki::new();
+    let peer = crate::fake_peer::FakePeer::start(&pki, |_, _, _| async {
+        crate::fake_peer::answer(StatusCode::NOT_FOUND, json!({"errcode": "M_UNRECOGNIZED", "error": "none"}))
+    })
+    .await;
+    // The peer's keys take a while: the three transactions below all arrive meanwhile.
+    peer.set_key_delay(std::time::Duration::from_millis(500));
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let send = |txn: &'static str| {
+        let (peer, pki, a) = (&peer, &pki, &a);
+        async move {
+            let body = json!({"origin": peer.name, "origin_server_ts": 1_700_000_000_000_u64, "pdus": [], "edus": []});
+            peer.send_to(pki, a, "PUT", &format!("/_matrix/federation/v1/send/{txn}"), body).await
+        }
+    };
+    let (first, second, third) = tokio::join!(send("t1"), send("t2"), send("t3"));
+    for (status, body) in [first, second, third] {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // One fetch served them all.
+    assert_eq!(peer.count("/_matrix/key/v2/server"), 1, "{:?}", peer.requests());
 }
