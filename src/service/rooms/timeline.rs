@@ -106,6 +106,9 @@ pub struct Txn<'a> {
     pub path: &'a str,
 }
 
+/// How long a request waits for a room being seated by a join (`Timeline::settled`).
+const SEATING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Timeline {
     keys: Arc<ServerKeys>,
     stream: Arc<Stream>,
@@ -188,33 +191,46 @@ impl Timeline {
 
     /// Wait while the room is being seated: a join through another server answered before
     /// it had the room's state, and its members, events and state are read once it has.
+    /// At most `SEATING_WAIT`: a seating that takes longer (a slow resident) is not waited
+    /// for, and the room shows once it is seated.
     pub async fn settled(&self, room_id: &RoomId) {
         let seating =
             self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains_key(room_id);
         if seating {
-            drop(self.lock_room(room_id).await);
+            self.wait_for_seating(vec![room_id.to_owned()]).await;
         }
     }
 
-    /// Wait while any room is being seated: what other servers say of their users (presence,
-    /// device lists, typing) is kept for users sharing a room with this server, so it waits
-    /// for the rooms being joined.
+    /// Wait while any room is being seated (at most `SEATING_WAIT`): what other servers say
+    /// of their users (presence, device lists, typing) is kept for users sharing a room with
+    /// this server, so it waits for the rooms being joined.
     pub async fn settled_all(&self) {
         let rooms: Vec<OwnedRoomId> =
             self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).keys().cloned().collect();
-        for room_id in rooms {
-            drop(self.lock_room(&room_id).await);
-        }
+        self.wait_for_seating(rooms).await;
     }
 
-    /// Wait while rooms `user` joined are being seated: a sync after the join shows them.
+    /// Wait while rooms `user` joined are being seated (at most `SEATING_WAIT`): a sync
+    /// after the join shows them.
     pub async fn settled_for(&self, user: &UserId) {
         let rooms: Vec<OwnedRoomId> = {
             let seating = self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             seating.iter().filter(|(_, joiner)| *joiner == user).map(|(room, _)| room.clone()).collect()
         };
-        for room_id in rooms {
-            drop(self.lock_room(&room_id).await);
+        self.wait_for_seating(rooms).await;
+    }
+
+    async fn wait_for_seating(&self, rooms: Vec<OwnedRoomId>) {
+        if rooms.is_empty() {
+            return;
+        }
+        let wait = async {
+            for room_id in rooms {
+                drop(self.lock_room(&room_id).await);
+            }
+        };
+        if tokio::time::timeout(SEATING_WAIT, wait).await.is_err() {
+            tracing::info!("a room being joined takes long to seat; not waited for");
         }
     }
 
