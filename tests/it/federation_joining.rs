@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::{
     fake_peer::{FakePeer, answer},
     federation_rooms::{TwoServers, encode, two_servers},
-    harness::{Pki, TestServer, expect_error},
+    harness::{Pki, Session, TestServer, expect_error},
     rooms::{V3, create_room, send_text},
 };
 
@@ -174,8 +174,20 @@ async fn scripted_resident(pki: &Pki) -> ScriptedResident {
     ScriptedResident { peer, room_id, state_allowed, joiner: joiner_slot }
 }
 
-/// `bob` on `b` joins the resident's room: answered, though its state was refused.
-async fn join_unseated(b: &TestServer, bob: &crate::harness::Session, resident: &ScriptedResident) {
+/// A scripted resident, and a server `b` whose user Bob joined the resident's room: the
+/// join answered, though the room's state was refused.
+struct Unseated {
+    _pki: Pki,
+    resident: ScriptedResident,
+    b: TestServer,
+    bob: Session,
+}
+
+async fn joined_unseated() -> Unseated {
+    let pki = Pki::new();
+    let resident = scripted_resident(&pki).await;
+    let b = TestServer::start_federating(&pki, |_| {}).await;
+    let bob = b.register("bob", "pw-bob-12345").await;
     resident.joiner.set(bob.user_id.clone()).unwrap();
     let (status, joined) = b
         .post(
@@ -194,7 +206,8 @@ async fn join_unseated(b: &TestServer, bob: &crate::harness::Session, resident: 
     );
     let (_, synced) = b.get(&format!("{V3}/sync"), Some(&bob.token)).await;
     assert!(synced["rooms"]["join"].get(&resident.room_id).is_none(), "{synced}");
-    assert!(pending(b, &bob.user_id, &resident.room_id), "the join is not kept as pending");
+    assert!(pending(&b, &bob.user_id, &resident.room_id), "the join is not kept as pending");
+    Unseated { _pki: pki, resident, b, bob }
 }
 
 /// Whether the server keeps `user`'s join of `room` as pending.
@@ -205,12 +218,8 @@ fn pending(server: &TestServer, user: &str, room: &str) -> bool {
 
 #[tokio::test]
 async fn a_join_whose_state_could_not_be_had_is_seated_when_the_server_starts_again() {
-    let pki = Pki::new();
-    let resident = scripted_resident(&pki).await;
+    let Unseated { _pki, resident, b, bob } = joined_unseated().await;
     let (peer, room_id) = (&resident.peer, resident.room_id.clone());
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let bob = b.register("bob", "pw-bob-12345").await;
-    join_unseated(&b, &bob, &resident).await;
 
     // The peer answers again; the server starts again and seats the room it was joining.
     resident.state_allowed.store(true, Ordering::SeqCst);
@@ -234,12 +243,8 @@ async fn a_join_whose_state_could_not_be_had_is_seated_when_the_server_starts_ag
 
 #[tokio::test]
 async fn leaving_a_room_that_was_never_seated_leaves_through_the_resident() {
-    let pki = Pki::new();
-    let resident = scripted_resident(&pki).await;
+    let Unseated { _pki, resident, b, bob } = joined_unseated().await;
     let (peer, room_id) = (&resident.peer, resident.room_id.clone());
-    let b = TestServer::start_federating(&pki, |_| {}).await;
-    let bob = b.register("bob", "pw-bob-12345").await;
-    join_unseated(&b, &bob, &resident).await;
 
     let (status, body) =
         b.post(&format!("{V3}/rooms/{}/leave", encode(&room_id)), Some(&bob.token), json!({})).await;
