@@ -183,6 +183,37 @@ fn own_membership(
     Ok(())
 }
 
+/// `work` on each of `items`, spread over the cores in blocking tasks of at least
+/// `MIN_CHECKS_PER_TASK` items; the results in the items' order, `None` for the items of a
+/// task that failed.
+async fn spread<T, R>(mut items: Vec<T>, work: impl Fn(T) -> R + Clone + Send + 'static) -> Vec<Option<R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
+    let per_task = items.len().div_ceil(workers).max(MIN_CHECKS_PER_TASK);
+    let mut tasks = Vec::new();
+    while !items.is_empty() {
+        let rest = items.split_off(per_task.min(items.len()));
+        let part = std::mem::replace(&mut items, rest);
+        let (work, count) = (work.clone(), part.len());
+        let task = tokio::task::spawn_blocking(move || part.into_iter().map(work).collect::<Vec<R>>());
+        tasks.push((task, count));
+    }
+    let mut results = Vec::new();
+    for (task, count) in tasks {
+        match task.await {
+            Ok(part) => results.extend(part.into_iter().map(Some)),
+            Err(e) => {
+                tracing::error!(error = %e, "a spread task failed");
+                results.extend(std::iter::repeat_with(|| None).take(count));
+            }
+        }
+    }
+    results
+}
+
 /// A PDU checked (format, signatures, hash), or its event ID when known and why it failed.
 type Checked = std::result::Result<Pdu, (Option<OwnedEventId>, String)>;
 
@@ -378,41 +409,33 @@ impl RoomFederation {
         verified_pdu(wire, rules, keys)
     }
 
-    /// `checked_pdu` for many PDUs (a room's state and auth chain), in their order: the keys
-    /// fetched once for all of them, the signature and hash checks spread over the cores.
+    /// `checked_pdu` for many PDUs (a room's state and auth chain), in their order: parsed
+    /// and then checked spread over the cores, the keys fetched once for all of them.
     async fn checked_pdus(
         &self,
-        jsons: &[String],
+        jsons: Vec<String>,
         rules: &RoomVersionRules,
         keys: &mut VerifyKeys,
     ) -> Vec<Checked> {
-        let mut parsed = Vec::with_capacity(jsons.len());
-        let mut servers = BTreeSet::new();
-        for json in jsons {
-            parsed.push(parsed_pdu(json, rules).map(|(wire, needed)| {
-                servers.extend(needed);
-                wire
-            }));
-        }
+        let failed = || (None, "the check failed".to_owned());
+        let parsing_rules = rules.clone();
+        let parsed: Vec<_> = spread(jsons, move |json| parsed_pdu(&json, &parsing_rules))
+            .await
+            .into_iter()
+            .map(|parsed| parsed.unwrap_or_else(|| Err(failed())))
+            .collect();
+        let servers: BTreeSet<OwnedServerName> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .flat_map(|(_, servers)| servers.iter().cloned())
+            .collect();
         self.fetch_keys(&servers, keys).await;
-        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
-        let per_task = parsed.len().div_ceil(workers).max(MIN_CHECKS_PER_TASK);
-        let mut tasks = Vec::new();
-        while !parsed.is_empty() {
-            let rest = parsed.split_off(per_task.min(parsed.len()));
-            let part = std::mem::replace(&mut parsed, rest);
-            let (rules, keys) = (rules.clone(), keys.clone());
-            tasks.push(tokio::task::spawn_blocking(move || {
-                part.into_iter().map(|wire| wire.and_then(|wire| verified_pdu(wire, &rules, &keys))).collect()
-            }));
-        }
-        let mut checked = Vec::with_capacity(jsons.len());
-        for task in tasks {
-            let part: Vec<Checked> =
-                task.await.unwrap_or_else(|e| vec![Err((None, format!("check failed: {e}")))]);
-            checked.extend(part);
-        }
-        checked
+        let (rules, keys) = (rules.clone(), keys.clone());
+        spread(parsed, move |parsed| parsed.and_then(|(wire, _)| verified_pdu(wire, &rules, &keys)))
+            .await
+            .into_iter()
+            .map(|checked| checked.unwrap_or_else(|| Err(failed())))
+            .collect()
     }
 
     /// Whether an event has its place in the room's graph here (accepted or soft-failed).

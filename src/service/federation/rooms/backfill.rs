@@ -156,9 +156,16 @@ impl RoomFederation {
         let answer = self.client.get_json(server, &path).await?;
         let mut keys = VerifyKeys::new();
         let mut fetched: Vec<Pdu> = Vec::new();
-        for event in answer.get("pdus").and_then(JsonValue::as_array).into_iter().flatten().take(BACKFILL_ASK)
-        {
-            match self.checked_pdu(&event.to_string(), &rules, &mut keys).await {
+        let jsons: Vec<String> = answer
+            .get("pdus")
+            .and_then(JsonValue::as_array)
+            .into_iter()
+            .flatten()
+            .take(BACKFILL_ASK)
+            .map(JsonValue::to_string)
+            .collect();
+        for checked in self.checked_pdus(jsons, &rules, &mut keys).await {
+            match checked {
                 Ok(pdu) if pdu.room_id == room_id => fetched.push(pdu),
                 Ok(_) => {}
                 Err((id, why)) => tracing::info!(?id, %why, "a backfilled event was dropped"),

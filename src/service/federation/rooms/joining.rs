@@ -323,7 +323,8 @@ impl RoomFederation {
         let jsons: Vec<String> = state.iter().chain(chain).map(JsonValue::to_string).collect();
         let mut received = std::collections::HashMap::new();
         let mut state_ids = std::collections::HashSet::new();
-        for (i, checked) in self.checked_pdus(&jsons, &rules, keys).await.into_iter().enumerate() {
+        let count = jsons.len();
+        for (i, checked) in self.checked_pdus(jsons, &rules, keys).await.into_iter().enumerate() {
             match checked {
                 Ok(pdu) if pdu.room_id == room_id => {
                     if i < state.len() {
@@ -350,7 +351,7 @@ impl RoomFederation {
         self.timeline.accept_first_event(lock, version, join, &state_before).await?;
         tracing::debug!(
             %room_id,
-            events = jsons.len(),
+            events = count,
             checked_ms = checked.as_millis(),
             stored_ms = (started.elapsed() - checked).as_millis(),
             "a room's state checked and stored"
