@@ -371,7 +371,7 @@ where
         let (body, identity) = authenticate_and_parse::<T>(services, parts, &raw_body, &path_args, &context)?;
         context.actor = T::Authentication::actor(&identity);
         if !<T::Authentication as Identify>::SERVER_SIGNED {
-            catch_up_with_other_processes(services).await?;
+            catch_up_with_other_processes(services, &context.actor).await?;
         }
         Ok(Self { body, identity, context, raw_body, query })
     }
@@ -405,7 +405,7 @@ where
         let (path_args, mut context) = path_args_and_context(&mut parts).await;
         let (head, identity) = authenticate_and_parse::<T>(services, parts, &[], &path_args, &context)?;
         context.actor = T::Authentication::actor(&identity);
-        catch_up_with_other_processes(services).await?;
+        catch_up_with_other_processes(services, &context.actor).await?;
         Ok(Self { head, identity, context, declared_length, body })
     }
 }
@@ -414,10 +414,16 @@ where
 /// the database wrote before it arrived; past it, the request is served with what is known.
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Before a client's request is served by one of several processes: what the client did
-/// through another process is visible here (a no-op for a process alone).
-async fn catch_up_with_other_processes(services: &Services) -> Result<()> {
-    services.stream.catch_up_with_others(tokio::time::Instant::now() + CATCH_UP_WAIT).await
+/// Before a client's request is served: what the client did through another process (one
+/// of several on the database; a no-op for a process alone) is visible here, and so are the
+/// rooms the acting user joined through another server that are still being seated
+/// (`Timeline::settled_for`).
+async fn catch_up_with_other_processes(services: &Services, actor: &Actor) -> Result<()> {
+    services.stream.catch_up_with_others(tokio::time::Instant::now() + CATCH_UP_WAIT).await?;
+    if let Actor::User { user_id, .. } | Actor::Appservice { user_id, .. } = actor {
+        services.timeline.settled_for(user_id).await;
+    }
+    Ok(())
 }
 
 /// A request body read whole, refused past the configured `max_request_size`, and refused
@@ -614,7 +620,7 @@ impl FromRequestParts<Arc<Services>> for Authenticated {
         let mut context = context_of(parts);
         let identity = authenticate::<AccessToken, _>(services, &head, &[], &context)?;
         context.actor = identity.actor();
-        catch_up_with_other_processes(services).await?;
+        catch_up_with_other_processes(services, &context.actor).await?;
         Ok(Self { identity, context })
     }
 }

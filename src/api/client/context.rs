@@ -16,7 +16,6 @@ pub async fn get_context(
     let body = req.body;
     let viewer = Viewer { user_id: &req.identity.user_id, device_id: req.identity.device_id.as_deref() };
     let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
-    services.timeline.settled(&body.room_id).await;
     let page = services.history.context(viewer, &body.room_id, &body.event_id, limit, &body.filter)?;
     let mut response = get_context::v3::Response::new();
     response.start = Some(format!("s{}", page.start));

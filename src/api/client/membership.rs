@@ -170,7 +170,6 @@ pub async fn get_member_events(
     req: Ruma<get_member_events::v3::Request>,
 ) -> Result<get_member_events::v3::Response> {
     let body = req.body;
-    services.timeline.settled(&body.room_id).await;
     let at = body.at.as_deref().map(parse_stream_token).transpose()?;
     let events = services.room_actions.members(
         &req.identity.user_id,
@@ -191,7 +190,6 @@ pub async fn joined_members(
     services: AppState,
     req: Ruma<joined_members::v3::Request>,
 ) -> Result<joined_members::v3::Response> {
-    services.timeline.settled(&req.body.room_id).await;
     let mut joined = BTreeMap::new();
     for member in services.room_actions.joined_members(&req.identity.user_id, &req.body.room_id)? {
         let mut entry = joined_members::v3::RoomMember::new();

@@ -87,7 +87,6 @@ pub async fn get_message_events(
     let from = body.from.as_deref().map(parse_position_token).transpose()?;
     let to = body.to.as_deref().map(parse_position_token).transpose()?;
     let limit = usize::try_from(u64::from(body.limit)).unwrap_or(usize::MAX);
-    services.timeline.settled(&body.room_id).await;
     // History older than this server has is fetched from another server in the room.
     let page = services
         .room_federation

@@ -15,7 +15,6 @@ pub async fn set_read_marker(
 ) -> Result<set_read_marker::v3::Response> {
     let body = req.body;
     let user_id = &req.identity.user_id;
-    services.timeline.settled(&body.room_id).await;
     if let Some(event_id) = &body.fully_read {
         services.receipts.set_fully_read(user_id, &body.room_id, event_id)?;
     }

@@ -18,7 +18,6 @@ pub async fn create_receipt(
 ) -> Result<create_receipt::v3::Response> {
     let body = req.body;
     let user_id = &req.identity.user_id;
-    services.timeline.settled(&body.room_id).await;
     let thread = match &body.thread {
         ReceiptThread::Unthreaded => None,
         ReceiptThread::Main => Some("main".to_owned()),

@@ -39,7 +39,6 @@ pub async fn get_room_event(
     services: AppState,
     req: Ruma<get_room_event::v3::Request>,
 ) -> Result<get_room_event::v3::Response> {
-    services.timeline.settled(&req.body.room_id).await;
     let event = services.room_actions.event(&req.identity.user_id, &req.body.room_id, &req.body.event_id)?;
     Ok(get_room_event::v3::Response::new(Raw::from_json(event_json(&services, &req.identity, &event)?)))
 }
@@ -120,7 +119,6 @@ pub async fn get_summary(
     req: Ruma<get_summary::v1::Request>,
 ) -> Result<get_summary::v1::Response> {
     let room_id = services.membership.resolve(&req.body.room_id_or_alias).await?;
-    services.timeline.settled(&room_id).await;
     let viewer = req.identity.as_ref().map(|identity| identity.user_id.as_ref());
     let (summary, membership) = services.hierarchy.room_summary(viewer, &room_id)?;
     let summary =

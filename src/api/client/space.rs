@@ -15,7 +15,6 @@ pub async fn get_hierarchy(
 ) -> Result<get_hierarchy::v1::Response> {
     let body = req.body;
     let to_usize = |n: Option<ruma::UInt>| n.map(|n| usize::try_from(u64::from(n)).unwrap_or(usize::MAX));
-    services.timeline.settled(&body.room_id).await;
     // Rooms this server does not have are asked of other servers when federation is on.
     let remote: Option<&dyn RemoteSpaces> =
         services.config.allow_federation.then_some(services.room_federation.as_ref() as &dyn RemoteSpaces);

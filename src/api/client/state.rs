@@ -24,7 +24,6 @@ pub async fn get_state_events(
     services: AppState,
     req: Ruma<get_state_events::v3::Request>,
 ) -> Result<get_state_events::v3::Response> {
-    services.timeline.settled(&req.body.room_id).await;
     let events = services.room_actions.state(&req.identity.user_id, &req.body.room_id)?;
     let room_state = events
         .iter()
@@ -40,7 +39,6 @@ pub async fn get_state_event_for_key(
     req: Ruma<get_state_event_for_key::v3::Request>,
 ) -> Result<get_state_event_for_key::v3::Response> {
     let body = req.body;
-    services.timeline.settled(&body.room_id).await;
     let event = services.room_actions.state_event(
         &req.identity.user_id,
         &body.room_id,

@@ -51,8 +51,6 @@ pub fn sync_events(
     let prepared = sync_request(&services, query.as_deref(), req);
     async move {
         let (request, rename_state_after) = prepared?;
-        // A room the user joined through another server shows once it is seated.
-        services.timeline.settled_for(&request.user_id).await;
         let response = services.sync.sync(request).await?;
         let rewrite = if rename_state_after { fill_limited_unstable_state_after } else { fill_limited };
         Ok(RewrittenResponse { response, rewrite })
@@ -121,7 +119,6 @@ pub async fn sliding_sync(
     req: Ruma<sync_events::v5::Request>,
 ) -> Result<sync_events::v5::Response> {
     let list_spaces = list_spaces(&req.raw_body)?;
-    services.timeline.settled_for(&req.identity.user_id).await;
     let mut body = req.body;
     body.set_presence = presence_to_set(&services, &req.identity.user_id, body.set_presence);
     let request = SlidingRequest {

@@ -20,7 +20,6 @@ pub async fn create_typing_event(
         Typing::Yes(info) => Some(info.timeout),
         _ => None,
     };
-    services.timeline.settled(&body.room_id).await;
     services.typing.set(&body.user_id, &body.room_id, timeout)?;
     Ok(create_typing_event::v3::Response::new())
 }

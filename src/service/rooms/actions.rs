@@ -94,8 +94,6 @@ impl RoomActions {
         txn: Option<Txn<'_>>,
         origin_server_ts: Option<u64>,
     ) -> Result<OwnedEventId> {
-        // A room a join is still seating is written once it is seated.
-        self.timeline.settled(room_id).await;
         ensure_object(&content)?;
         let checked = (|| {
             self.ensure_joined(room_id, sender)?;
@@ -135,8 +133,6 @@ impl RoomActions {
         content: JsonValue,
         origin_server_ts: Option<u64>,
     ) -> Result<OwnedEventId> {
-        // A room a join is still seating is written once it is seated.
-        self.timeline.settled(room_id).await;
         self.users.ensure_not_suspended(sender, "Sending messages")?;
         if self.users.is_shadow_banned(sender)? {
             ensure_object(&content)?;
@@ -166,8 +162,6 @@ impl RoomActions {
         content: JsonValue,
         delay_id: &str,
     ) -> Result<OwnedEventId> {
-        // A room a join is still seating is written once it is seated.
-        self.timeline.settled(room_id).await;
         if let Some(state_key) = state_key {
             return self
                 .send_state_from(sender, room_id, kind, state_key, content, StateOrigin::Delay(delay_id))
@@ -238,8 +232,6 @@ impl RoomActions {
         reason: Option<&str>,
         txn: Txn<'_>,
     ) -> Result<OwnedEventId> {
-        // A room a join is still seating is written once it is seated.
-        self.timeline.settled(room_id).await;
         if let Some(event_id) = self.timeline.txn_event(sender, txn)? {
             return Ok(event_id);
         }

@@ -106,7 +106,7 @@ pub struct Txn<'a> {
     pub path: &'a str,
 }
 
-/// How long a request waits for a room being seated by a join (`Timeline::settled`).
+/// How long a request waits for a room being seated by a join (`Timeline::settled_for`).
 const SEATING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Timeline {
@@ -127,7 +127,7 @@ pub struct Timeline {
     txn_ids: Table<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     /// Rooms a join through another server is seating (under the room's lock), with the
-    /// joining user: reads of them, and the user's syncs, wait for it (`settled`).
+    /// joining user: the user's requests wait for it (`settled_for`).
     seating: Mutex<HashMap<OwnedRoomId, OwnedUserId>>,
 }
 
@@ -189,18 +189,6 @@ impl Timeline {
         };
     }
 
-    /// Wait while the room is being seated: a join through another server answered before
-    /// it had the room's state, and its members, events and state are read once it has.
-    /// At most `SEATING_WAIT`: a seating that takes longer (a slow resident) is not waited
-    /// for, and the room shows once it is seated.
-    pub async fn settled(&self, room_id: &RoomId) {
-        let seating =
-            self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains_key(room_id);
-        if seating {
-            self.wait_for_seating(vec![room_id.to_owned()]).await;
-        }
-    }
-
     /// Wait while any room is being seated (at most `SEATING_WAIT`): what other servers say
     /// of their users (presence, device lists, typing) is kept for users sharing a room with
     /// this server, so it waits for the rooms being joined.
@@ -210,8 +198,10 @@ impl Timeline {
         self.wait_for_seating(rooms).await;
     }
 
-    /// Wait while rooms `user` joined are being seated (at most `SEATING_WAIT`): a sync
-    /// after the join shows them.
+    /// Wait while rooms `user` joined through another server are being seated (at most
+    /// `SEATING_WAIT`: a seating that takes longer, a slow resident, is not waited for, and
+    /// the room shows once it is seated). Every request of the user waits here, so its
+    /// syncs, reads and writes after the join's answer find the room.
     pub async fn settled_for(&self, user: &UserId) {
         let rooms: Vec<OwnedRoomId> = {
             let seating = self.seating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
