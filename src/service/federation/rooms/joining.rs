@@ -9,9 +9,9 @@
 //!   accepted it, and the room is seated after that. The state before the join
 //!   (`/state?event_id=` the join, with its auth chain) is fetched from that server, or
 //!   from another server in the room that it named. It is checked, stored and seated as
-//!   above. The room's lock is held throughout, so meanwhile other servers' events, local
-//!   sends and reads of the room (`Timeline::settled`), the joiner's syncs and the EDUs of
-//!   inbound transactions wait for the room rather than find it missing.
+//!   above. The room's lock is held throughout, so meanwhile other servers' events, the
+//!   joiner's requests (`Timeline::settled_for`, in the client API's extractor) and the
+//!   EDUs of inbound transactions wait for the room rather than find it missing.
 //!
 //! With several processes (`multi_process`) the join is answered once the room is seated:
 //! the joiner's next request may reach another process, which knows nothing of the seating.
@@ -78,9 +78,7 @@ impl RoomFederation {
             return Err(Error::invalid_param("This server has joined the room meanwhile; join again"));
         }
         // The user's join was accepted before but the room never seated: seated now.
-        if let Some(pending) = self.pending_joins.get(&room_id.to_owned())?
-            && pending.user_id == user_id
-        {
+        if let Some(pending) = self.pending_join(user_id, room_id)? {
             let join = pending_pdu(&pending)?;
             self.seat_pending(&lock, &pending).await?;
             return Ok(join.event_id);
@@ -113,23 +111,26 @@ impl RoomFederation {
     /// Whether `user_id`'s join of `room_id` was accepted by another server and the room is
     /// not seated here (its state could not be had).
     pub fn has_pending_join(&self, user_id: &UserId, room_id: &RoomId) -> Result<bool> {
-        Ok(self.pending_joins.get(&room_id.to_owned())?.is_some_and(|pending| pending.user_id == user_id))
+        Ok(self.pending_join(user_id, room_id)?.is_some())
+    }
+
+    /// `user_id`'s pending join of `room_id`, if it has one.
+    fn pending_join(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<PendingJoinRecord>> {
+        Ok(self.pending_joins.get(&room_id.to_owned())?.filter(|pending| pending.user_id == user_id))
     }
 
     /// Leave a room whose join was accepted but never seated: `make_leave`, sign,
     /// `send_leave` through the join's servers in turn; the pending join is then dropped.
     pub async fn leave_pending_join(&self, user_id: &UserId, room_id: &RoomId) -> Result<OwnedEventId> {
         let _lock = self.timeline.lock_room(room_id).await;
-        let Some(pending) = self.pending_joins.get(&room_id.to_owned())?.filter(|p| p.user_id == user_id)
-        else {
+        let Some(pending) = self.pending_join(user_id, room_id)? else {
             return Err(Error::forbidden(format!("{user_id} is not in room {room_id}")));
         };
         if self.states.room(room_id)?.is_some() {
             return Err(Error::invalid_param("The room was seated meanwhile; leave again"));
         }
         let mut last = None;
-        for server in pending.servers.iter().filter_map(|name| OwnedServerName::try_from(name.as_str()).ok())
-        {
+        for server in servers_of(&pending) {
             match self.leave_through(&server, user_id, room_id).await {
                 Ok((event_id, _)) => {
                     self.pending_joins.remove(&room_id.to_owned())?;
@@ -260,13 +261,12 @@ impl RoomFederation {
         let join = pending_pdu(pending)?;
         let mut keys = VerifyKeys::new();
         let mut last = None;
-        for server in pending.servers.iter().filter_map(|name| OwnedServerName::try_from(name.as_str()).ok())
-        {
-            let path = format!(
-                "/_matrix/federation/v1/state/{}?event_id={}",
-                encode(room_id.as_str()),
-                encode(join.event_id.as_str())
-            );
+        let path = format!(
+            "/_matrix/federation/v1/state/{}?event_id={}",
+            encode(room_id.as_str()),
+            encode(join.event_id.as_str())
+        );
+        for server in servers_of(pending) {
             let asked = Instant::now();
             let seated = match self.client.get_json(&server, &path).await {
                 Ok(answer) => {
@@ -322,13 +322,17 @@ impl RoomFederation {
         let started = Instant::now();
         let jsons: Vec<String> = state.iter().chain(chain).map(JsonValue::to_string).collect();
         let mut received = std::collections::HashMap::new();
-        let mut state_ids = std::collections::HashSet::new();
+        // The state's entries, taken before the events go to the store.
+        let mut state_entries = Vec::new();
         let count = jsons.len();
         for (i, checked) in self.checked_pdus(jsons, &rules, keys).await.into_iter().enumerate() {
             match checked {
                 Ok(pdu) if pdu.room_id == room_id => {
-                    if i < state.len() {
-                        state_ids.insert(pdu.event_id.clone());
+                    if i < state.len()
+                        && let Some(key) = &pdu.state_key
+                    {
+                        let kind: StateEventType = pdu.kind.to_string().into();
+                        state_entries.push(((kind, key.clone()), pdu.event_id.clone()));
                     }
                     received.insert(pdu.event_id.clone(), pdu);
                 }
@@ -337,15 +341,11 @@ impl RoomFederation {
             }
         }
         let checked = started.elapsed();
-        self.store_outliers(lock, received.clone())?;
+        self.store_outliers(lock, received)?;
         let mut state_before = StateMap::new();
-        for id in &state_ids {
-            let Some(pdu) = received.get(id) else { continue };
-            let Some(key) = &pdu.state_key else { continue };
-            let stored = self.events.get_any(id)?;
-            if stored.is_some_and(|e| e.status != EventStatus::Rejected) {
-                let kind: StateEventType = pdu.kind.to_string().into();
-                state_before.insert((kind, key.clone()), id.clone());
+        for (key, id) in state_entries {
+            if self.events.get_any(&id)?.is_some_and(|e| e.status != EventStatus::Rejected) {
+                state_before.insert(key, id);
             }
         }
         self.timeline.accept_first_event(lock, version, join, &state_before).await?;
@@ -358,6 +358,11 @@ impl RoomFederation {
         );
         Ok(())
     }
+}
+
+/// The servers a pending join names to reach the room through, the one that took it first.
+fn servers_of(pending: &PendingJoinRecord) -> impl Iterator<Item = OwnedServerName> + '_ {
+    pending.servers.iter().filter_map(|name| OwnedServerName::try_from(name.as_str()).ok())
 }
 
 /// The join event of a pending join, as accepted (its signatures were checked, or made
