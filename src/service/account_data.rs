@@ -197,8 +197,9 @@ impl AccountData {
         // Other processes forget what they derived from it (push rules) before the
         // position is released.
         self.stream.stale_elsewhere(Stale::AccountData(user_id.to_owned(), key.2.clone()));
-        drop(reservation);
-        self.stream.announce(position, [Change::User(user_id.to_owned())]);
+        if let Some(reservation) = reservation {
+            reservation.announce([Change::User(user_id.to_owned())]);
+        }
         Ok(position)
     }
 

@@ -545,8 +545,7 @@ impl Keys {
         self.changes.put(&mut batch, &position, &user)?;
         self.latest_change.put(&mut batch, &user, &position)?;
         self.store.write(batch)?;
-        drop(reservation);
-        self.stream.announce(position, [Change::RoomMates(user.clone()), Change::User(user)]);
+        reservation.announce([Change::RoomMates(user.clone()), Change::User(user)]);
         Ok(())
     }
 

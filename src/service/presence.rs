@@ -260,28 +260,28 @@ impl Presence {
         // One transaction from the read of the previous record to the write: two updates
         // racing leave one change row (the later one's), not a stale duplicate.
         let mut reservation = None;
-        let position =
-            crate::storage::transaction::<_, crate::Error>(self.store.as_ref(), Durability::Synced, |tx| {
-                let previous = self.records.get_in(tx, &user)?;
-                let reserved = self.stream.reserve()?;
-                let position = reserved.position;
-                if let Some(previous) = previous {
-                    self.changes.delete_in(tx, &previous.stream);
-                }
-                let record = PresenceRecord {
-                    state: state.to_owned(),
-                    status_msg: status_msg.clone(),
-                    last_active_ms,
-                    stream: position,
-                };
-                self.records.put_in(tx, &user, &record)?;
-                self.changes.put_in(tx, &position, &user)?;
-                reservation = Some(reserved);
-                Ok((position, true))
-            })?;
-        drop(reservation);
-        if announce {
-            self.stream.announce(position, [Change::RoomMates(user.clone()), Change::User(user)]);
+        crate::storage::transaction::<_, crate::Error>(self.store.as_ref(), Durability::Synced, |tx| {
+            let previous = self.records.get_in(tx, &user)?;
+            let reserved = self.stream.reserve()?;
+            let position = reserved.position;
+            if let Some(previous) = previous {
+                self.changes.delete_in(tx, &previous.stream);
+            }
+            let record = PresenceRecord {
+                state: state.to_owned(),
+                status_msg: status_msg.clone(),
+                last_active_ms,
+                stream: position,
+            };
+            self.records.put_in(tx, &user, &record)?;
+            self.changes.put_in(tx, &position, &user)?;
+            reservation = Some(reserved);
+            Ok((position, true))
+        })?;
+        if let Some(reservation) = reservation
+            && announce
+        {
+            reservation.announce([Change::RoomMates(user.clone()), Change::User(user)]);
         }
         Ok(())
     }

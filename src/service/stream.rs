@@ -216,8 +216,10 @@ impl Stream {
     }
 
     /// Tell listeners what a committed write at `position` touched (in every process
-    /// sharing the database).
-    pub fn announce(&self, position: u64, changes: impl IntoIterator<Item = Change>) {
+    /// sharing the database). Only through a reservation, before it is released: another
+    /// process must hear the changes (and drop what its caches hold of them) no later than
+    /// this process's published position covers the write.
+    fn announce(&self, position: u64, changes: impl IntoIterator<Item = Change>) {
         for change in changes {
             if let Some(shared) = &self.shared {
                 shared.send_change(position, change.clone());
@@ -384,6 +386,14 @@ impl Stream {
     }
 }
 
+impl Reservation<'_> {
+    /// The write at this position is committed: tell listeners what it touched, then
+    /// release the position.
+    pub fn announce(self, changes: impl IntoIterator<Item = Change>) {
+        self.stream.announce(self.position, changes);
+    }
+}
+
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.stream.release(self.position);
@@ -394,6 +404,13 @@ impl Drop for Reservation<'_> {
 pub struct OwnedReservation {
     stream: Arc<Stream>,
     pub position: u64,
+}
+
+impl OwnedReservation {
+    /// As [`Reservation::announce`].
+    pub fn announce(self, changes: impl IntoIterator<Item = Change>) {
+        self.stream.announce(self.position, changes);
+    }
 }
 
 impl Drop for OwnedReservation {

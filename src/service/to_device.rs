@@ -230,9 +230,8 @@ impl ToDevice {
             }
             return Err(e.into());
         }
-        drop(reservation);
         recipients.dedup();
-        self.stream.announce(position, recipients.into_iter().map(Change::User));
+        reservation.announce(recipients.into_iter().map(Change::User));
         Ok(())
     }
 
@@ -301,8 +300,7 @@ impl ToDevice {
             self.delivered.insert(&key(upto), &last)?;
             // Move the stream on, so the response with the rest answers with a later token
             // than this one, and wake this device's long-poll for it.
-            let position = self.stream.reserve()?.position;
-            self.stream.announce(position, [Change::User(user_id.to_owned())]);
+            self.stream.reserve()?.announce([Change::User(user_id.to_owned())]);
         }
         Ok(events)
     }

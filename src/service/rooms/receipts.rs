@@ -147,8 +147,9 @@ impl Receipts {
             let entry = last.entry(room_id.to_owned()).or_insert(0);
             *entry = (*entry).max(position);
         }
-        drop(reservation);
-        self.stream.announce(position, [Change::Room(room_id.to_owned())]);
+        if let Some(reservation) = reservation {
+            reservation.announce([Change::Room(room_id.to_owned())]);
+        }
         Ok(())
     }
 

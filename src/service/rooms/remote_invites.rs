@@ -90,8 +90,7 @@ impl RemoteInvites {
         let mut batch = WriteBatch::new();
         self.invites.put(&mut batch, &(user_id.to_owned(), room_id.to_owned()), &record)?;
         self.store.write(batch)?;
-        drop(reservation);
-        self.stream.announce(position, [Change::User(user_id.to_owned())]);
+        reservation.announce([Change::User(user_id.to_owned())]);
         Ok(position)
     }
 

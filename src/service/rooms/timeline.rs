@@ -354,8 +354,7 @@ impl Timeline {
 
     fn announce(&self, pending: PendingEvent) -> Arc<StoredEvent> {
         let PendingEvent { event, reservation, changes, durable: _ } = pending;
-        drop(reservation);
-        self.stream.announce(event.stream, changes);
+        reservation.announce(changes);
         event
     }
 

@@ -209,8 +209,7 @@ impl Inner {
         if let Some(table) = &self.shared {
             table.insert(&room_id.to_owned(), &record)?;
         }
-        drop(reservation);
-        stream.announce(position, [Change::Room(room_id.to_owned())]);
+        reservation.announce([Change::Room(room_id.to_owned())]);
         Ok(())
     }
 }

@@ -306,7 +306,7 @@ fn publish_loop(stream: &Weak<Stream>) {
     loop {
         let Some(stream) = stream.upgrade() else { return };
         let Some(shared) = stream.shared.as_ref() else { return };
-        let (stale, outbox, high, published) = {
+        let (high, published) = {
             let mut state = shared.lock();
             if !state.poked && state.outbox.is_empty() && state.stale.is_empty() {
                 let wait =
@@ -317,16 +317,21 @@ fn publish_loop(stream: &Weak<Stream>) {
             }
             state.poked = false;
             let high = state.heard.iter().filter(|(m, _)| **m != shared.member).map(|(_, (p, _))| *p).max();
-            (
-                std::mem::take(&mut state.stale),
-                std::mem::take(&mut state.outbox),
-                high.unwrap_or(0),
-                state.published,
-            )
+            (high.unwrap_or(0), state.published)
         };
+        // The promise first, then what to send with it: a write queues what it made stale
+        // and its changes before it releases its position, so everything a promise covers
+        // is queued by the time the promise is read, and goes in the same message (or an
+        // earlier one). Taken the other way round, a write landing in between would be
+        // promised without them, and another process could serve a request from a cache
+        // still holding what the write changed.
         let promise = stream.promise(high).max(published);
+        let (stale, outbox) = {
+            let mut state = shared.lock();
+            (std::mem::take(&mut state.stale), std::mem::take(&mut state.outbox))
+        };
         if promise > published || !outbox.is_empty() || !stale.is_empty() {
-            match publish(shared, promise, promise > published, stale, outbox) {
+            match publish(shared, promise, published, stale, outbox) {
                 Ok(()) => shared.lock().published = promise,
                 Err(e) => {
                     tracing::error!(error = %e, "publishing the stream position failed; retrying");
@@ -348,20 +353,22 @@ fn publish_loop(stream: &Weak<Stream>) {
     }
 }
 
-/// Publish `promise` (keeping it in the table when it moved), what was made `stale` and
-/// `changes`, in messages small enough for the bus; the promise goes in each, and the stale
-/// entries before the changes.
+/// Publish `promise` (keeping it in the table when it moved past `published`), what was
+/// made `stale` and `changes`, in messages small enough for the bus, the stale entries
+/// before the changes. Only the last message carries the new promise (the others the one
+/// published before): a process hearing the first of several must not count the writes
+/// covered before it has heard their changes in the messages after.
 fn publish(
     shared: &Shared,
     promise: u64,
-    moved: bool,
+    published: u64,
     stale: Vec<Stale>,
     changes: Vec<(u64, Change)>,
 ) -> Result<()> {
-    if moved {
+    if promise > published {
         STREAM_WRITERS.open(&shared.store).insert(&shared.member, &promise)?;
     }
-    let mut message = Message { m: shared.member, p: promise, s: Vec::new(), c: Vec::new() };
+    let mut message = Message { m: shared.member, p: published, s: Vec::new(), c: Vec::new() };
     let mut size = 0;
     let items = stale.into_iter().map(Ok).chain(changes.into_iter().map(Err));
     for item in items {
@@ -383,6 +390,7 @@ fn publish(
             Err(change) => message.c.push(change),
         }
     }
+    message.p = promise;
     shared.store.publish(&encode(&message)?)?;
     Ok(())
 }
@@ -517,5 +525,59 @@ mod tests {
         drop(a);
         drop(store_a);
         wait_until("B moving past the dead member", || b.committed() >= later);
+    }
+
+    /// Another process drops what its caches hold of a write when it hears the write's
+    /// changes; had it heard the position covering the write first, a request there could
+    /// be served from the stale cache in between (a leave still listed, in
+    /// tests/it/multi_process.rs). Stressed: many writes on A, and B notes each change of A
+    /// it hears while its committed position already covers it.
+    #[test]
+    fn changes_are_heard_elsewhere_no_later_than_the_position_covering_them() {
+        use std::sync::Mutex;
+
+        use ruma::RoomId;
+
+        use crate::service::stream::{Change, Elsewhere};
+
+        const WRITES: u64 = 1_500;
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        let url = cluster.create_database("ordering").expect("database created");
+        let (store_a, store_b) = (member(&url), member(&url));
+        let a = Arc::new(Stream::new(&store_a).unwrap());
+        a.start_sharing(|_| {});
+        let b = Arc::new(Stream::new(&store_b).unwrap());
+        let late: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let heard: Arc<Mutex<u64>> = Arc::default();
+        b.start_sharing({
+            let (late, heard, committed) = (Arc::clone(&late), Arc::clone(&heard), b.committed.subscribe());
+            move |elsewhere| {
+                if let Elsewhere::Change(Change::Room(room)) = elsewhere {
+                    let digits = room.as_str().trim_start_matches("!p").split('-').next().unwrap();
+                    let position: u64 = digits.parse().unwrap();
+                    let covered = *committed.borrow();
+                    if covered >= position {
+                        late.lock().unwrap().push((position, covered));
+                    }
+                    *heard.lock().unwrap() += 1;
+                }
+            }
+        });
+        let mut last = 0;
+        for _ in 0..WRITES / 30 {
+            // Writes in flight together, then landing at once: their changes are many for
+            // one bus message (with long IDs), and the publisher wakes amid them.
+            let reservations: Vec<_> = (0..30).map(|_| a.reserve().unwrap()).collect();
+            for reservation in reservations {
+                last = reservation.position;
+                let room = RoomId::parse(format!("!p{last}-{}:test", "x".repeat(200))).unwrap();
+                reservation.announce([Change::Room(room)]);
+            }
+        }
+        wait_until("B hearing all of A's writes", || {
+            b.committed() >= last && *heard.lock().unwrap() == WRITES
+        });
+        let late = late.lock().unwrap();
+        assert!(late.is_empty(), "changes heard after the position covering them: {late:?}");
     }
 }
