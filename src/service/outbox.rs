@@ -127,6 +127,9 @@ pub struct Outbox {
     stop: watch::Sender<bool>,
     /// The runtime the queues run on, from `start` to `stop`.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    /// The queues' tasks, which `stop` waits for: shutting the runtime down drops a task at
+    /// its next wait, a delivery under way included.
+    tasks: tokio_util::task::TaskTracker,
     /// Delivery outcomes by kind since start (for the metrics).
     outcomes: Mutex<BTreeMap<&'static str, DeliveryStats>>,
     /// Whether queues run in this process: always for a process alone; with several, only
@@ -189,6 +192,7 @@ impl Outbox {
             max_retry_ms: u64::try_from(max_retry.as_millis()).unwrap_or(u64::MAX).max(FIRST_RETRY_MS),
             running: Mutex::new(BTreeMap::new()),
             stop: watch::channel(false).0,
+            tasks: tokio_util::task::TaskTracker::new(),
             runtime: Mutex::new(None),
             outcomes: Mutex::new(BTreeMap::new()),
             leading: AtomicBool::new(true),
@@ -309,17 +313,25 @@ impl Outbox {
 
     /// Stop every queue and wait (up to a few seconds) until their tasks are gone, so that
     /// nothing of theirs holds the database any more. Deliveries under way finish first and
-    /// record their place; one still under way after `STOP_WAIT` is delivered again after
-    /// the next start.
+    /// record their place; one still under way after `STOP_WAIT` is cut off, and delivered
+    /// again by whichever process runs its queue next.
     pub async fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = self.stop.send(true);
         // The couriers hold the outbox: let them go.
         self.starters.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.tasks.close();
+        if tokio::time::timeout(STOP_WAIT, self.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "deliveries still under way at the stop are cut off; they are made again after"
+            );
+        }
         let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(runtime) = runtime {
             // Waiting for a runtime blocks, which async code may not do.
-            let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(STOP_WAIT)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(1))).await;
         }
     }
 
@@ -378,7 +390,8 @@ impl Outbox {
             running.insert(key, Arc::clone(&queue));
             queue
         };
-        runtime.spawn(Arc::clone(self).work(Arc::clone(courier), destination.to_owned(), queue));
+        self.tasks
+            .spawn_on(Arc::clone(self).work(Arc::clone(courier), destination.to_owned(), queue), &runtime);
     }
 
     /// Run `destination`'s queue at start-up if this process delivers; otherwise nothing:
@@ -700,6 +713,61 @@ mod tests {
         until("the delivery after the bell", || courier.delivered.lock().unwrap().len() == 3).await;
         assert_eq!(*courier.delivered.lock().unwrap(), vec![5, 7, 9]);
         outbox.stop().await;
+    }
+
+    /// A courier whose deliveries finish when the test opens the gate.
+    struct Gated {
+        gate: tokio::sync::Semaphore,
+        started: AtomicUsize,
+        delivered: Mutex<Vec<u64>>,
+    }
+
+    impl Courier for Gated {
+        type Parcel = ();
+        const KIND: &'static str = "gated";
+        const BATCH: usize = 10;
+
+        fn pending(&self, _: &str, after: u64, _: usize) -> Result<Option<Parcels<()>>> {
+            Ok(Some([3, 4].into_iter().filter(|p| *p > after).map(|p| (p, ())).collect()))
+        }
+
+        fn deliver<'a>(&'a self, _: &'a str, parcels: &'a [(u64, ())]) -> Delivering<'a> {
+            Box::pin(async move {
+                self.started.fetch_add(1, Ordering::SeqCst);
+                let _open = self.gate.acquire().await;
+                self.delivered.lock().unwrap().extend(parcels.iter().map(|(p, _)| *p));
+                Delivery::Done
+            })
+        }
+    }
+
+    /// A stop in the middle of a delivery lets it finish and records the queue's place:
+    /// cut off, the destination would have it again from the next process to run the queue
+    /// (a push delivered twice across a rolling restart).
+    #[tokio::test]
+    async fn a_stop_lets_the_delivery_under_way_finish_and_records_its_place() {
+        let store: Arc<dyn KvStore> = Arc::new(MemoryStore::new(ALL_TABLES));
+        let clock = Arc::new(ManualClock::new());
+        let outbox = Arc::new(Outbox::new(&store, clock, Duration::from_secs(3600)));
+        let courier = Arc::new(Gated {
+            gate: tokio::sync::Semaphore::new(0),
+            started: AtomicUsize::new(0),
+            delivered: Mutex::new(Vec::new()),
+        });
+        outbox.start().expect("the outbox starts");
+        outbox.open(Gated::KIND, "d", 0, false).unwrap();
+        outbox.run(&courier, "d");
+        until("the delivery under way", || courier.started.load(Ordering::SeqCst) == 1).await;
+        let stopping = tokio::spawn({
+            let outbox = Arc::clone(&outbox);
+            async move { outbox.stop().await }
+        });
+        until("the stop begun", || *outbox.stop.borrow()).await;
+        courier.gate.add_permits(1);
+        stopping.await.unwrap();
+        assert_eq!(*courier.delivered.lock().unwrap(), vec![3, 4]);
+        assert_eq!(outbox.delivered(Gated::KIND, "d").unwrap(), Some(4));
+        assert_eq!(courier.started.load(Ordering::SeqCst), 1, "nothing delivered after the stop");
     }
 
     /// A courier whose destination is down (every delivery fails for now) until it is
