@@ -107,6 +107,10 @@ pub struct Config {
     /// A PEM file of extra CA certificates trusted for federation TLS (a private PKI), on top
     /// of the public roots.
     pub federation_ca_file: Option<PathBuf>,
+    /// An HTTP proxy every federation request goes through (`http://[user:password@]host:port`,
+    /// asked with `CONNECT` for a tunnel to the destination's address, which this server
+    /// resolves and vets itself). Unset: federation connects directly.
+    pub federation_proxy: Option<String>,
     /// When not empty, the only servers federated with: `example.com` matches that server
     /// name's host, `*.example.com` its subdomains.
     pub federation_domain_allowlist: Vec<String>,
@@ -811,6 +815,7 @@ impl Default for Config {
             allow_public_rooms_over_federation: false,
             trusted_servers: Vec::new(),
             federation_ca_file: None,
+            federation_proxy: None,
             federation_domain_allowlist: Vec::new(),
             federation_domain_denylist: Vec::new(),
             federation_timeout_secs: 30,

@@ -5,6 +5,7 @@
 
 pub mod conn;
 pub mod tls;
+pub mod tunnel;
 
 use std::{
     convert::Infallible,

@@ -3,8 +3,8 @@
 //! published, fetched and notarised, key rotation, profile and alias queries both ways,
 //! X-Matrix refusals (forged, unknown key, another destination, none), the outbound address
 //! guard and the domain lists, joining a room through a remote alias, the clear refusal
-//! of inviting a user of another server, and requests that arrive while a peer's keys are
-//! being fetched waiting for that one fetch.
+//! of inviting a user of another server, requests that arrive while a peer's keys are
+//! being fetched waiting for that one fetch, and federation through a CONNECT proxy.
 
 use axum::http;
 use conduit::{control, matrix::server_keys::check_key_response, service::clock::Clock};
@@ -32,6 +32,14 @@ async fn get_json(client: &reqwest::Client, url: &str, authorization: Option<Str
     let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e:?}"));
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A public room on `s` made by `who`, with the alias `#lobby`.
+async fn lobby_on(s: &TestServer, who: &crate::harness::Session) -> Value {
+    let body = json!({"room_alias_name": "lobby", "preset": "public_chat"});
+    let (status, room) = s.post(&format!("{V3}/createRoom"), Some(&who.token), body).await;
+    assert_eq!(status, StatusCode::OK, "{room}");
+    room
 }
 
 /// An X-Matrix header for GET `path` from `origin` to `destination`, signed with `key`.
@@ -133,14 +141,7 @@ async fn profiles_and_aliases_are_queried_both_ways_and_a_remote_alias_joins() {
     );
 
     // An alias on A, looked up from B; joining through it is refused with the reason.
-    let (status, room) = a
-        .post(
-            &format!("{V3}/createRoom"),
-            Some(&alice.token),
-            json!({"room_alias_name": "lobby", "preset": "public_chat"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{room}");
+    let room = lobby_on(&a, &alice).await;
     let alias = format!("#lobby:{}", a.name());
     let (status, found) = b.get(&format!("{V3}/directory/room/{}", encode(&alias)), Some(&bob.token)).await;
     assert_eq!(status, StatusCode::OK, "{found}");
@@ -295,4 +296,161 @@ async fn requests_that_arrive_while_a_peers_keys_are_fetched_wait_for_the_fetch(
     }
     // One fetch served them all.
     assert_eq!(peer.count("/_matrix/key/v2/server"), 1, "{:?}", peer.requests());
+}
+
+/// A forward proxy answering `CONNECT` (and nothing else) when the `Proxy-Authorization` is
+/// Basic `conduit:proxy-secret`; it notes the target of each tunnel it opens.
+struct ConnectProxy {
+    url_host: String,
+    targets: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnectProxy {
+    async fn start() -> Self {
+        use base64::Engine;
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url_host = listener.local_addr().unwrap().to_string();
+        let targets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let expected =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("conduit:proxy-secret"));
+        let (noted, refusals) = (targets.clone(), refused.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else { return };
+                let (noted, refusals, expected) = (noted.clone(), refusals.clone(), expected.clone());
+                tokio::spawn(async move {
+                    let mut client = tokio::io::BufReader::new(client);
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if client.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line.trim_end().to_owned());
+                    }
+                    let target = match head[0].split(' ').collect::<Vec<_>>()[..] {
+                        ["CONNECT", target, _] => target.to_owned(),
+                        _ => {
+                            let _ =
+                                client.get_mut().write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").await;
+                            return;
+                        }
+                    };
+                    let authorized = head
+                        .iter()
+                        .any(|h| h.eq_ignore_ascii_case(&format!("proxy-authorization: {expected}")));
+                    if !authorized {
+                        refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer =
+                            "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n";
+                        let _ = client.get_mut().write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                    noted.lock().unwrap().push(target.clone());
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                        let _ = client.get_mut().write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                        return;
+                    };
+                    let _ = client.get_mut().write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+                    let mut client = client.into_inner();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        Self { url_host, targets, refused }
+    }
+
+    fn url(&self, login: &str) -> String {
+        format!("http://{login}@{}", self.url_host)
+    }
+
+    fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_server_behind_a_connect_proxy_federates_through_it_with_the_guard_and_tls_kept() {
+    let pki = Pki::new();
+    let proxy = ConnectProxy::start().await;
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let b = TestServer::start_federating(&pki, |config| {
+        config.federation_proxy = Some(proxy.url("conduit:proxy-secret"));
+    })
+    .await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let bob = b.register("bob", "pw-bob-12345").await;
+    let room = lobby_on(&a, &alice).await;
+    let room_id = room["room_id"].as_str().unwrap();
+
+    // B reaches A only through the proxy: a profile, A's keys, the alias, the join.
+    let (status, profile) =
+        b.get(&format!("{V3}/profile/{}", encode(&alice.user_id)), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    let alias = format!("#lobby:{}", a.name());
+    let (status, joined) =
+        b.post(&format!("{V3}/join/{}", encode(&alias)), Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    let (status, members) =
+        a.get(&format!("{V3}/rooms/{}/joined_members", encode(room_id)), Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert!(members["joined"][&bob.user_id].is_object(), "{members}");
+    // Bob's message leaves B through the proxy too, and reaches Alice.
+    let (status, sent) = b
+        .put(
+            &format!("{V3}/rooms/{}/send/m.room.message/t1", encode(room_id)),
+            Some(&bob.token),
+            json!({"msgtype": "m.text", "body": "through the proxy"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let event_path =
+        format!("{V3}/rooms/{}/event/{}", encode(room_id), encode(sent["event_id"].as_str().unwrap()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, event) = a.get(&event_path, Some(&alice.token)).await;
+        if status == StatusCode::OK {
+            assert_eq!(event["content"]["body"], json!("through the proxy"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the message never reached A: {event}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Every tunnel was asked for by address: the one B resolved and vetted, A's.
+    let port = a.name().rsplit(':').next().unwrap().to_owned();
+    let tunnels = proxy.targets();
+    assert!(!tunnels.is_empty());
+    assert!(tunnels.iter().all(|t| *t == format!("127.0.0.1:{port}")), "{tunnels:?}");
+
+    // The guard still holds behind the proxy: loopback refused before any tunnel is asked.
+    let guarded_proxy = ConnectProxy::start().await;
+    let guarded = TestServer::start_federating(&pki, |config| {
+        config.federation_proxy = Some(guarded_proxy.url("conduit:proxy-secret"));
+        config.ip_range_allowlist = Vec::new();
+    })
+    .await;
+    let carol = guarded.register("carol", "pw-carol-123").await;
+    let (status, body) =
+        guarded.get(&format!("{V3}/profile/{}", encode(&alice.user_id)), Some(&carol.token)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("not a public address"), "{body}");
+    assert!(guarded_proxy.targets().is_empty(), "{:?}", guarded_proxy.targets());
+
+    // A proxy that refuses the login: the request fails with the proxy's answer.
+    let refusing = TestServer::start_federating(&pki, |config| {
+        config.federation_proxy = Some(proxy.url("conduit:wrong"));
+    })
+    .await;
+    let dave = refusing.register("dave", "pw-dave-1234").await;
+    let (status, body) =
+        refusing.get(&format!("{V3}/profile/{}", encode(&alice.user_id)), Some(&dave.token)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("407"), "{body}");
+    assert!(proxy.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }

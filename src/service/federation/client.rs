@@ -29,6 +29,7 @@ use crate::{
         self as discovery, AfterDelegation, Destination, FirstStep, SrvRecord, WELL_KNOWN_ERROR_MS,
         WELL_KNOWN_MAX_BYTES,
     },
+    net::tunnel::{ProxySettings, TunnelClient},
     service::{
         clock::Clock,
         outbound::{
@@ -39,6 +40,8 @@ use crate::{
     },
 };
 
+/// How this server names itself in its requests.
+const USER_AGENT: &str = concat!("conduit/", env!("CARGO_PKG_VERSION"));
 /// Largest answer read from another server.
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// How long a resolved destination is reused when no `/.well-known` answer bounds it.
@@ -57,6 +60,8 @@ pub struct FederationClient {
     keys: Arc<ServerKeys>,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
+    /// Set with `federation_proxy`: every request goes through the proxy instead of `http`.
+    tunnel: Option<TunnelClient>,
     policy: Arc<Policy>,
     targets: Arc<HostTargets>,
     allow_domains: Vec<String>,
@@ -86,11 +91,12 @@ impl FederationClient {
         let mut builder = outbound::guarded_client_builder(
             &policy,
             timeout.min(Duration::from_secs(10)),
-            concat!("conduit/", env!("CARGO_PKG_VERSION")),
+            USER_AGENT,
             Some(Arc::clone(&targets)),
         )
         .timeout(timeout)
         .pool_idle_timeout(Duration::from_secs(90));
+        let mut ca_pem = None;
         if let Some(path) = &config.federation_ca_file {
             let pem = std::fs::read(path)
                 .map_err(|e| Error::internal(format!("federation_ca_file {}: {e}", path.display())))?;
@@ -105,14 +111,29 @@ impl FederationClient {
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
             }
+            ca_pem = Some(pem);
         }
         let http = builder.build().map_err(|e| Error::internal(format!("federation HTTP client: {e}")))?;
+        let tunnel = match &config.federation_proxy {
+            Some(url) => {
+                let proxy = ProxySettings::parse(url)
+                    .map_err(|e| Error::internal(format!("federation_proxy: {e}")))?;
+                Some(TunnelClient::new(
+                    proxy,
+                    outbound::tunnel_vetter(&policy, Some(Arc::clone(&targets))),
+                    tunnel_tls(ca_pem.as_deref())?,
+                    timeout.min(Duration::from_secs(10)),
+                ))
+            }
+            None => None,
+        };
         Ok(Self {
             enabled: config.allow_federation,
             server_name: config.server_name.clone(),
             keys,
             clock,
             http,
+            tunnel,
             policy,
             targets,
             allow_domains: config.federation_domain_allowlist.clone(),
@@ -211,7 +232,7 @@ impl FederationClient {
 
     async fn fetch_well_known(&self, host: &str) -> std::result::Result<(String, u64), String> {
         let url = format!("https://{host}/.well-known/matrix/server");
-        let response = self.http.get(&url).send().await.map_err(|e| describe(&e))?;
+        let response = self.execute(get(&url)?).await?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
@@ -299,9 +320,10 @@ impl FederationClient {
     /// A plain GET of `url` through the address guard (where another server's media answer
     /// redirects to), unsigned.
     pub async fn get_redirected(&self, server: &ServerName, url: &str) -> Result<reqwest::Response> {
-        let response = self.http.get(url).timeout(self.timeout).send().await.map_err(|e| {
-            Error::Upstream(format!("{server}'s media could not be fetched from {url}: {}", describe(&e)))
-        })?;
+        let response = self
+            .execute(get(url).map_err(Error::Upstream)?)
+            .await
+            .map_err(|e| Error::Upstream(format!("{server}'s media could not be fetched from {url}: {e}")))?;
         if !response.status().is_success() {
             return Err(Error::Upstream(format!(
                 "{server}'s media location {url} answered {}",
@@ -337,11 +359,10 @@ impl FederationClient {
             None => Vec::new(),
         };
         let url = format!("{}{path_and_query}", destination.base_url());
-        let mut builder = self
-            .http
-            .request(method.clone(), &url)
-            .header(http::header::HOST, &destination.host_header)
-            .timeout(self.timeout);
+        let mut builder = http::Request::builder()
+            .method(method.clone())
+            .uri(&url)
+            .header(http::header::HOST, &destination.host_header);
         if body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
@@ -351,12 +372,29 @@ impl FederationClient {
                 self.x_matrix(server, &method, path_and_query, &body_bytes)?,
             );
         }
-        if body.is_some() {
-            builder = builder.body(body_bytes);
+        let request =
+            builder.body(body_bytes).map_err(|e| Error::internal(format!("a request to {server}: {e}")))?;
+        self.execute(request)
+            .await
+            .map_err(|e| Error::Upstream(format!("{server} could not be reached over federation: {e}")))
+    }
+
+    /// Send `request` directly or, with `federation_proxy`, through the proxy; a failure in
+    /// words.
+    async fn execute(
+        &self,
+        mut request: http::Request<Vec<u8>>,
+    ) -> std::result::Result<reqwest::Response, String> {
+        match &self.tunnel {
+            Some(tunnel) => {
+                request.headers_mut().insert(http::header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+                tunnel.send(request, self.timeout).await.map_err(|e| outbound::describe_error(e.as_ref()))
+            }
+            None => {
+                let request = reqwest::Request::try_from(request).map_err(|e| describe(&e))?;
+                self.http.execute(request).await.map_err(|e| describe(&e))
+            }
         }
-        builder.send().await.map_err(|e| {
-            Error::Upstream(format!("{server} could not be reached over federation: {}", describe(&e)))
-        })
     }
 
     /// The `Authorization` header of a request to `destination`.
@@ -388,6 +426,32 @@ impl FederationClient {
             Err(refusal) => Err(refusal_error(server, &refusal)),
         }
     }
+}
+
+/// A GET of `url` with no body.
+fn get(url: &str) -> std::result::Result<http::Request<Vec<u8>>, String> {
+    http::Request::get(url).body(Vec::new()).map_err(|e| format!("{url}: {e}"))
+}
+
+/// TLS through a proxy tunnel: the public roots the direct client trusts, and the
+/// certificates of `federation_ca_file` (`ca_pem`).
+fn tunnel_tls(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(pem) = ca_pem {
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            let certificate = certificate.map_err(|e| Error::internal(format!("federation_ca_file: {e}")))?;
+            roots.add(certificate).map_err(|e| Error::internal(format!("federation_ca_file: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::internal(format!("federation TLS settings: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A federation answer's body as JSON (`null` when empty), read within `MAX_ANSWER_BYTES`.

@@ -64,24 +64,60 @@ impl HostTargets {
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = Arc::clone(&self.policy);
-        let host = match self.targets.as_ref().and_then(|t| t.target_of(name.as_str())) {
-            Some(target) => target,
-            None => name.as_str().to_owned(),
-        };
+        let host = target_of(self.targets.as_deref(), name.as_str());
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addrs.is_empty() {
-                return Err(BoxError::from(format!("{host} has no addresses")));
-            }
-            if policy.trusts(&host) {
-                return Ok::<Addrs, BoxError>(Box::new(addrs.into_iter()));
-            }
-            for addr in &addrs {
-                policy.check_ip(addr.ip()).map_err(|r| Box::new(Blocked(r)) as BoxError)?;
-            }
+            let addrs = vetted_addresses(&policy, &host, 0).await?;
             Ok::<Addrs, BoxError>(Box::new(addrs.into_iter()))
         })
     }
+}
+
+/// The host whose addresses a connection to `name` uses: its SRV target, if any.
+fn target_of(targets: Option<&HostTargets>, name: &str) -> String {
+    targets.and_then(|t| t.target_of(name)).unwrap_or_else(|| name.to_owned())
+}
+
+/// `host`'s addresses (with `port`), refused as a whole when the guard refuses any of them
+/// (a name that also points inside is not trusted at all).
+async fn vetted_addresses(policy: &Policy, host: &str, port: u16) -> Result<Vec<SocketAddr>, BoxError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+    if addrs.is_empty() {
+        return Err(BoxError::from(format!("{host} has no addresses")));
+    }
+    if !policy.trusts(host) {
+        for addr in &addrs {
+            policy.check_ip(addr.ip()).map_err(|r| Box::new(Blocked(r)) as BoxError)?;
+        }
+    }
+    Ok(addrs)
+}
+
+/// The address a proxy tunnel to `host:port` goes to ([`crate::net::tunnel`]): resolved here,
+/// through the SRV `targets` and the guard, as a direct connection would be.
+pub fn tunnel_vetter(policy: &Arc<Policy>, targets: Option<Arc<HostTargets>>) -> crate::net::tunnel::Vet {
+    let policy = Arc::clone(policy);
+    Arc::new(move |host: String, port: u16| {
+        let (policy, host) = (Arc::clone(&policy), target_of(targets.as_deref(), &host));
+        Box::pin(async move { Ok(vetted_addresses(&policy, &host, port).await?[0]) })
+    })
+}
+
+/// A failure in words with each of its causes, or the guard's refusal when that is what
+/// stopped it (for clients other than reqwest; [`blocked_cause`] is reqwest's).
+pub fn describe_error(error: &(dyn StdError + 'static)) -> String {
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(error);
+    let mut text = String::new();
+    while let Some(e) = cause {
+        if let Some(blocked) = e.downcast_ref::<Blocked>() {
+            return format!("the address is refused ({})", blocked.0);
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// An HTTP client that connects only where `policy` allows, follows no redirects, uses no
