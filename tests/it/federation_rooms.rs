@@ -1610,3 +1610,104 @@ async fn a_space_walk_asks_the_other_server_for_the_rooms_this_one_does_not_have
     assert_eq!(first["rooms"].as_array().unwrap().len(), 2, "{first}");
     assert_eq!(first["next_batch"], json!("h2"), "{first}");
 }
+
+/// A PDU citing an auth event this server never saw (a sibling branch of the sender's
+/// server): the auth chain is fetched with `/event_auth`, the missing event stored as an
+/// outlier, and the PDU accepted, where before it was rejected for good; while the auth chain
+/// cannot be had, the PDU is refused without being stored.
+#[tokio::test]
+async fn auth_events_a_pdu_cites_that_this_server_lacks_are_fetched_with_event_auth() {
+    use std::sync::{Arc, OnceLock};
+
+    use crate::fake_peer::{FakePeer, answer};
+
+    let pki = Pki::new();
+    // The peer answers `/event_auth` with the auth chain it is given below.
+    let chain: Arc<OnceLock<Value>> = Arc::new(OnceLock::new());
+    let served = Arc::clone(&chain);
+    let peer = FakePeer::start(&pki, move |_, path, _| {
+        let served = Arc::clone(&served);
+        async move {
+            match (path.starts_with("/_matrix/federation/v1/event_auth/"), served.get()) {
+                (true, Some(chain)) => answer(StatusCode::OK, json!({"auth_chain": chain})),
+                _ => answer(StatusCode::NOT_FOUND, json!({"errcode": "M_NOT_FOUND", "error": "none"})),
+            }
+        }
+    })
+    .await;
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat", "room_version": "12"})).await;
+    let version = ruma::RoomVersionId::V12;
+
+    // Mallory of the peer joins through A.
+    let mallory = peer.user("mallory");
+    let path = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", encode(&room), encode(&mallory));
+    let (status, template) = peer.send_to(&pki, &a, "GET", &path, Value::Null).await;
+    assert_eq!(status, StatusCode::OK, "{template}");
+    let (join_event, join_id) = peer.sign_event(template["event"].clone(), &version);
+    let path = format!("/_matrix/federation/v2/send_join/{}/{}", encode(&room), encode(&join_id));
+    let (status, body) = peer.send_to(&pki, &a, "PUT", &path, join_event.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, state) = a.get(&format!("{V3}/rooms/{}/state", encode(&room)), Some(&alice.token)).await;
+    let id_of = |kind: &str| {
+        state.as_array().unwrap().iter().find(|e| e["type"] == kind).unwrap()["event_id"].clone()
+    };
+    let depth = join_event["depth"].as_u64().unwrap();
+
+    // On the peer, after the join: a new display name (never sent to A) and a message
+    // citing it as the sender's membership, both after the join.
+    let (renamed, renamed_id) = peer.sign_event(
+        json!({
+            "room_id": room, "sender": mallory, "type": "m.room.member", "state_key": mallory,
+            "content": {"membership": "join", "displayname": "Mallory the Second"},
+            "origin_server_ts": 1_700_000_000_000_u64, "depth": depth + 1,
+            "prev_events": [join_id],
+            "auth_events": [id_of("m.room.power_levels"), id_of("m.room.join_rules"), join_id],
+        }),
+        &version,
+    );
+    let (message, message_id) = peer.sign_event(
+        json!({
+            "room_id": room, "sender": mallory, "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": "cites a member event A lacks"},
+            "origin_server_ts": 1_700_000_000_001_u64, "depth": depth + 1,
+            "prev_events": [join_id],
+            "auth_events": [id_of("m.room.power_levels"), renamed_id],
+        }),
+        &version,
+    );
+    let send = |txn: &'static str| {
+        let body = json!({"origin": peer.name, "origin_server_ts": 1, "pdus": [message]});
+        let (pki, a, peer) = (&pki, &a, &peer);
+        async move {
+            let path = format!("/_matrix/federation/v1/send/{txn}");
+            let (status, answered) = peer.send_to(pki, a, "PUT", &path, body).await;
+            assert_eq!(status, StatusCode::OK, "{answered}");
+            answered
+        }
+    };
+
+    // While the peer cannot say, the PDU is refused naming the auth event, not rejected.
+    let answered = send("t1").await;
+    let error = answered["pdus"][&message_id]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("auth_events not found") && error.contains(&renamed_id), "{answered}");
+    // Once it answers, the same PDU (sent again) is accepted.
+    chain.set(json!([renamed, join_event])).unwrap();
+    let answered = send("t2").await;
+    assert_eq!(answered["pdus"][&message_id], json!({}), "{answered}");
+    assert_eq!(peer.count("/_matrix/federation/v1/event_auth/"), 2, "{:?}", peer.requests());
+    let (status, event) = a
+        .get(&format!("{V3}/rooms/{}/event/{}", encode(&room), encode(&message_id)), Some(&alice.token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["content"]["body"], json!("cites a member event A lacks"));
+    // The member event came as an outlier: not in the room's history or its current state.
+    let (_, member) = a
+        .get(
+            &format!("{V3}/rooms/{}/state/m.room.member/{}", encode(&room), encode(&mallory)),
+            Some(&alice.token),
+        )
+        .await;
+    assert!(member.get("displayname").is_none(), "{member}");
+}

@@ -5,8 +5,9 @@
 //!   ID (a repeat gets the first answer); each PDU goes through the spec's checks in order:
 //!   the format of the room's version (`matrix::federation::format`), the signatures of the
 //!   servers that must sign it and the content hash (`verify`: a bad hash means the redacted
-//!   copy is used), missing `prev_events` fetched with `get_missing_events` (bounded), then
-//!   the room engine (`Timeline::accept_event`: auth events, state before, current state →
+//!   copy is used), missing `prev_events` fetched with `get_missing_events` (bounded), auth
+//!   events it cites that this server lacks fetched with `/event_auth` (stored as outliers),
+//!   then the room engine (`Timeline::accept_event`: auth events, state before, current state →
 //!   soft fail). Typing and read receipts EDUs of the origin's users are applied.
 //! - *Resident server*: `make_join` (a join template at the room's forward extremities,
 //!   checked against the auth rules; for a restricted room, naming the local member who
@@ -100,6 +101,9 @@ const MISSING_EVENTS_FRONTIER: usize = 20;
 /// Missing prev events of one PDU whose state is asked for (`/state_ids`) when
 /// `get_missing_events` did not close the gap: a PDU citing more is refused.
 const MAX_GAP_PREVS: usize = 5;
+/// Events of one `/event_auth` answer taken at most (an auth chain grows with the power
+/// level changes and the memberships of the senders involved, not with the room's history).
+const MAX_AUTH_CHAIN: usize = 5_000;
 /// Fewest PDUs checked by one task when many are checked at once: fewer are not worth a
 /// thread of their own.
 const MIN_CHECKS_PER_TASK: usize = 64;
@@ -566,6 +570,12 @@ impl RoomFederation {
                 }
             }
         }
+        let unknown = self.fetch_missing_auth(lock, origin, rules, &pdu, keys).await.map_err(reason)?;
+        if !unknown.is_empty() {
+            // Not rejected for good: it may be taken again once its auth events can be had
+            // (as a prev event of a later PDU, say).
+            return Err(format!("auth_events not found: {unknown:?}"));
+        }
         let outcome = match gap_states {
             None => self.timeline.accept_event(lock, pdu).await,
             Some(states) => self.timeline.accept_event_across_gap(lock, pdu, &states).await,
@@ -667,6 +677,17 @@ impl RoomFederation {
                     continue;
                 }
                 let id = found.event_id.clone();
+                match self.fetch_missing_auth(lock, origin, rules, &found, keys).await {
+                    Ok(unknown) if unknown.is_empty() => {}
+                    Ok(unknown) => {
+                        tracing::info!(event_id = %id, ?unknown, "missing event's auth events not found");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::info!(event_id = %id, error = %e, "missing event's auth events not read");
+                        continue;
+                    }
+                }
                 match self.timeline.accept_event(lock, found).await {
                     Ok(outcome) => {
                         tracing::debug!(event_id = %id, status = ?outcome.status, "missing event accepted")
@@ -680,6 +701,70 @@ impl RoomFederation {
                 break;
             }
         }
+    }
+
+    /// The auth events `pdu` cites that this server has not stored.
+    fn missing_auth(&self, pdu: &Pdu) -> Result<Vec<OwnedEventId>> {
+        let mut missing = Vec::new();
+        for id in &pdu.auth_events {
+            if self.events.get_any(id)?.is_none() {
+                missing.push(id.clone());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// When `pdu` cites auth events this server lacks (events of a branch it never saw),
+    /// ask `origin` for the PDU's auth chain (`/event_auth`), check what comes (format,
+    /// signatures, hashes) and store the events of the room not here yet as outliers, each
+    /// after its own auth events. Answers the auth events still missing.
+    async fn fetch_missing_auth(
+        &self,
+        lock: &RoomLock,
+        origin: &ServerName,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        keys: &mut VerifyKeys,
+    ) -> Result<Vec<OwnedEventId>> {
+        if self.missing_auth(pdu)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        let room_id = lock.room_id();
+        let path = format!(
+            "/_matrix/federation/v1/event_auth/{}/{}",
+            encode(room_id.as_str()),
+            encode(pdu.event_id.as_str())
+        );
+        match self.client.get_json(origin, &path).await {
+            Ok(answer) => {
+                let jsons: Vec<String> = answer
+                    .get("auth_chain")
+                    .and_then(JsonValue::as_array)
+                    .into_iter()
+                    .flatten()
+                    .take(MAX_AUTH_CHAIN)
+                    .map(JsonValue::to_string)
+                    .collect();
+                let mut pending = HashMap::new();
+                for checked in self.checked_pdus(jsons, rules, keys).await {
+                    match checked {
+                        Ok(event)
+                            if event.room_id == room_id
+                                && self.events.get_any(&event.event_id)?.is_none() =>
+                        {
+                            pending.insert(event.event_id.clone(), event);
+                        }
+                        Ok(_) => {}
+                        Err((id, why)) => tracing::info!(?id, %why, "an auth event fetched was dropped"),
+                    }
+                }
+                if !pending.is_empty() {
+                    self.store_outliers(lock, pending)?;
+                }
+            }
+            Err(e) => tracing::info!(%origin, event_id = %pdu.event_id, error = %e, "event_auth failed"),
+        }
+        self.missing_auth(pdu)
     }
 
     /// A gap `get_missing_events` did not close: for each of `missing` (prev events not
