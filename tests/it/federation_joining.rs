@@ -2,7 +2,9 @@
 //! leave the members out of its answer, is answered once the resident has accepted it, and
 //! the room is seated after that with the state before the join fetched from the resident.
 //! Reads, sends and syncs of the joining user wait for the room. A join whose state cannot
-//! be had stays pending, and is seated when the server starts again.
+//! be had stays pending, and is seated when the server starts again. With several processes
+//! on one database, the room is seated before the join is answered: the joiner's next
+//! request may reach another process.
 
 use std::sync::{
     Arc, OnceLock,
@@ -15,7 +17,7 @@ use serde_json::{Value, json};
 use crate::{
     fake_peer::{FakePeer, answer},
     federation_rooms::{TwoServers, encode, two_servers},
-    harness::{Pki, Session, TestServer, expect_error},
+    harness::{Pki, Session, TestServer, expect_error, start_federating_sharing_pair},
     rooms::{V3, create_room, send_text},
 };
 
@@ -258,4 +260,35 @@ async fn leaving_a_room_that_was_never_seated_leaves_through_the_resident() {
         StatusCode::FORBIDDEN,
         "M_FORBIDDEN",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_several_processes_a_remote_join_is_seated_before_the_answer_for_the_other_process() {
+    let pki = Pki::new();
+    let resident = TestServer::start_federating(&pki, |_| {}).await;
+    let (a, b) = start_federating_sharing_pair(&pki).await;
+    let alice = resident.register("alice", "pw-alice-123").await;
+    let room = create_room(&resident, &alice, json!({"preset": "public_chat", "name": "Far away"})).await;
+    let carol = resident.register("carol", "pw-carol-123").await;
+    let (status, body) =
+        resident.post(&format!("{V3}/rooms/{}/join", encode(&room)), Some(&carol.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Bob joins through the second process (the resident leaves the members out of its
+    // answer); his very next requests go to the first, which never saw the join made.
+    let bob = a.register("bob", "pw-bob-12345").await;
+    let path = format!("{V3}/join/{}?server_name={}", encode(&room), encode(&resident.name()));
+    let (status, body) = b.post(&path, Some(&bob.token), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, members, body) = joined_members(&a, &bob.token, &room).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut expected = vec![alice.user_id.clone(), bob.user_id.clone(), carol.user_id.clone()];
+    expected.sort();
+    assert_eq!(members, expected);
+    let (status, name) =
+        a.get(&format!("{V3}/rooms/{}/state/m.room.name", encode(&room)), Some(&bob.token)).await;
+    assert_eq!((status, &name["name"]), (StatusCode::OK, &json!("Far away")), "{name}");
+    let synced = crate::sync::sync(&a, &bob, "timeout=0").await;
+    assert!(synced["rooms"]["join"][&room].is_object(), "{synced}");
+    send_text(&a, &bob, &room, "t1", "from the other process").await;
 }

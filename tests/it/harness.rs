@@ -126,6 +126,38 @@ pub async fn start_sharing_pair_with(adjust: impl FnOnce(&mut Config)) -> (TestS
     (a, b)
 }
 
+/// [`start_sharing_pair`] federating as [`TestServer::start_federating`] sets a server up:
+/// both processes named `127.0.0.1:<port>`, the first serving federation on that port
+/// (where other servers reach the name), the second only the client API.
+pub async fn start_federating_sharing_pair(pki: &Pki) -> (TestServer, TestServer) {
+    use conduit::config::ListenerConfig;
+    let first = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let (cert, key) = pki.server_cert("127.0.0.1");
+    let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let mut config = test_config(first.path());
+    config.server_name = format!("127.0.0.1:{port}").try_into().unwrap();
+    config.allow_federation = true;
+    config.federation_ca_file = Some(pki.ca_path.clone());
+    config.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+    config.federation_timeout_secs = 10;
+    use_postgresql(&mut config, first.path());
+    config.multi_process = true;
+    config.media_path = Some(first.path().join("media"));
+    let client_only = vec![ListenerConfig::plain(loopback, 0, &[ListenerResource::Client])];
+    let second = tempfile::tempdir().expect("temp dir");
+    let mut other = config.clone();
+    other.database_path = second.path().join("db");
+    other.listeners = client_only.clone();
+    let mut federation = ListenerConfig::plain(loopback, port, &[ListenerResource::Federation]);
+    federation.tls_certificate_path = Some(cert);
+    federation.tls_private_key_path = Some(key);
+    config.listeners = client_only.into_iter().chain([federation]).collect();
+    let a = TestServer::listen_on(config, first, Arc::new(ManualClock::new())).await;
+    let b = TestServer::listen_on(other, second, Arc::new(ManualClock::new())).await;
+    (a, b)
+}
+
 /// Whether this run puts test servers on PostgreSQL (`CONDUIT_TEST_BACKEND=postgresql`).
 pub fn on_postgresql() -> bool {
     std::env::var("CONDUIT_TEST_BACKEND").is_ok_and(|b| b == "postgresql")
