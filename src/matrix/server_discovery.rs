@@ -18,6 +18,9 @@ pub const WELL_KNOWN_MAX_MS: u64 = 48 * 3600 * 1000;
 pub const WELL_KNOWN_ERROR_MS: u64 = 3600 * 1000;
 /// The largest `/.well-known` body read.
 pub const WELL_KNOWN_MAX_BYTES: usize = 50 * 1024;
+/// Redirects followed at most when fetching `/.well-known/matrix/server` (the spec asks
+/// them followed, minding loops).
+pub const WELL_KNOWN_MAX_REDIRECTS: usize = 5;
 
 /// A server name (or delegated name) split into its host and optional port.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -454,3 +454,82 @@ async fn a_server_behind_a_connect_proxy_federates_through_it_with_the_guard_and
     assert!(body["error"].as_str().unwrap().contains("407"), "{body}");
     assert!(proxy.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
 }
+
+#[tokio::test]
+async fn a_well_known_delegation_behind_a_redirect_is_followed() {
+    use axum::{Router, http::header, response::IntoResponse, routing::get};
+    use conduit::{
+        config::{ListenerConfig, ListenerResource},
+        net::{Listeners, NetStats, Settings},
+    };
+
+    let pki = Pki::new();
+    // The server named `localhost`, its federation on another port of 127.0.0.1.
+    let home =
+        TestServer::start_federating(&pki, |config| config.server_name = "localhost".try_into().unwrap())
+            .await;
+    let delegated = home.federation_base().trim_start_matches("https://").to_owned();
+    let alice = home.register("alice", "pw-alice-123").await;
+    let (status, body) = home
+        .put(
+            &format!("{V3}/profile/{}/displayname", encode(&alice.user_id)),
+            Some(&alice.token),
+            json!({"displayname": "Alice at home"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // `https://localhost/.well-known/matrix/server` (port 443) redirects once, then delegates.
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (first, second) = (asked.clone(), asked.clone());
+    let router = Router::new()
+        .route(
+            "/.well-known/matrix/server",
+            get(move || async move {
+                first.lock().unwrap().push("server".into());
+                (StatusCode::FOUND, [(header::LOCATION, "/.well-known/matrix/moved")]).into_response()
+            }),
+        )
+        .route(
+            "/.well-known/matrix/moved",
+            get(move || {
+                let delegated = delegated.clone();
+                async move {
+                    second.lock().unwrap().push("moved".into());
+                    axum::Json(json!({"m.server": delegated})).into_response()
+                }
+            }),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::harness::test_config(dir.path());
+    let (cert, key) = pki.server_cert("localhost");
+    let loopback = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let mut listener = ListenerConfig::plain(loopback, 443, &[ListenerResource::Client]);
+    listener.tls_certificate_path = Some(cert);
+    listener.tls_private_key_path = Some(key);
+    config.listeners = vec![listener];
+    let listeners = Listeners::bind(&config, &[])
+        .await
+        .expect("this test serves https://localhost/.well-known on 127.0.0.1:443 (it needs that port)");
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(conduit::net::serve(
+        listeners,
+        Settings::from_config(&config),
+        std::sync::Arc::new(NetStats::default()),
+        move |_, _| router.clone(),
+        stopped,
+    ));
+
+    // Another server asks for Alice's profile: discovery follows the redirect.
+    let a = TestServer::start_federating(&pki, |config| {
+        // `localhost` also resolves to ::1, which the guard would refuse otherwise.
+        config.ip_range_allowlist.push("::1/128".parse().unwrap());
+    })
+    .await;
+    let bob = a.register("bob", "pw-bob-12345").await;
+    let (status, profile) =
+        a.get(&format!("{V3}/profile/{}", encode(&alice.user_id)), Some(&bob.token)).await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    assert_eq!(profile["displayname"], json!("Alice at home"));
+    assert_eq!(*asked.lock().unwrap(), vec!["server".to_owned(), "moved".to_owned()]);
+}

@@ -193,3 +193,40 @@ async fn this_servers_media_is_served_to_other_servers_as_multipart_to_signed_re
     let resp = pki.client().get(format!("{}{download}", a.federation_base())).send().await.unwrap();
     expect_error(error_of(resp).await, StatusCode::UNAUTHORIZED, "M_UNAUTHORIZED");
 }
+
+/// Another server's media answer may point elsewhere (`Location` in its second part); a
+/// literal internal address there is refused by the address guard before any connection,
+/// as a name resolving inside is.
+#[tokio::test]
+async fn a_media_location_at_an_internal_address_is_refused_by_the_guard() {
+    use axum::response::IntoResponse;
+
+    use crate::{
+        fake_peer::{FakePeer, answer},
+        harness::Pki,
+    };
+
+    let pki = Pki::new();
+    let peer = FakePeer::start(&pki, |_, path, _| async move {
+        if !path.starts_with("/_matrix/federation/v1/media/download/") {
+            return answer(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"errcode": "M_NOT_FOUND", "error": "none"}),
+            );
+        }
+        let body = "--b0undary\r\nContent-Type: application/json\r\n\r\n{}\r\n\
+                    --b0undary\r\nLocation: https://10.255.255.1/secret\r\n\r\n\r\n--b0undary--\r\n";
+        (StatusCode::OK, [(header::CONTENT_TYPE, "multipart/mixed; boundary=b0undary")], body).into_response()
+    })
+    .await;
+    let a = TestServer::start_federating(&pki, |_| {}).await;
+    let alice = a.register("alice", "pw-alice-123").await;
+    let (status, body) =
+        error_of(get(&a, &alice, &format!("{V1}/download/{}/somefile", peer.name)).await).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("https://10.255.255.1/secret is refused") && error.contains("not a public address"),
+        "{body}"
+    );
+}

@@ -27,7 +27,7 @@ use crate::{
     config::Config,
     matrix::server_discovery::{
         self as discovery, AfterDelegation, Destination, FirstStep, SrvRecord, WELL_KNOWN_ERROR_MS,
-        WELL_KNOWN_MAX_BYTES,
+        WELL_KNOWN_MAX_BYTES, WELL_KNOWN_MAX_REDIRECTS,
     },
     net::tunnel::{ProxySettings, TunnelClient},
     service::{
@@ -230,9 +230,35 @@ impl FederationClient {
             .insert(host.to_owned(), WellKnownEntry { delegated, expires_ms });
     }
 
+    /// `https://<host>/.well-known/matrix/server`, following redirects to other `https`
+    /// URLs (each hop through the guard) up to `WELL_KNOWN_MAX_REDIRECTS`.
     async fn fetch_well_known(&self, host: &str) -> std::result::Result<(String, u64), String> {
-        let url = format!("https://{host}/.well-known/matrix/server");
-        let response = self.execute(get(&url)?).await?;
+        let mut url = reqwest::Url::parse(&format!("https://{host}/.well-known/matrix/server"))
+            .map_err(|e| format!("{host}: {e}"))?;
+        let mut hops = 0;
+        let response = loop {
+            let response = self.execute(get(url.as_str())?).await?;
+            if !response.status().is_redirection() {
+                break response;
+            }
+            hops += 1;
+            if hops > WELL_KNOWN_MAX_REDIRECTS {
+                return Err(format!("more than {WELL_KNOWN_MAX_REDIRECTS} redirects"));
+            }
+            let location = response
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| format!("a redirect ({}) without a location", response.status()))?;
+            let next = url.join(location).map_err(|e| format!("a redirect to {location}: {e}"))?;
+            if next.scheme() != "https" {
+                return Err(format!("a redirect to {next}, which is not https"));
+            }
+            // A literal address is connected to without the resolver, which vets names.
+            outbound::check_url(&self.policy, &next)
+                .map_err(|refusal| format!("a redirect to {next}: {refusal}"))?;
+            url = next;
+        };
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
@@ -320,6 +346,13 @@ impl FederationClient {
     /// A plain GET of `url` through the address guard (where another server's media answer
     /// redirects to), unsigned.
     pub async fn get_redirected(&self, server: &ServerName, url: &str) -> Result<reqwest::Response> {
+        // A literal address is connected to without the resolver, which vets names: checked
+        // here, or another server could make this one fetch from inside its network.
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| Error::Upstream(format!("{server}'s media location {url} is not a URL: {e}")))?;
+        outbound::check_url(&self.policy, &parsed).map_err(|refusal| {
+            Error::Upstream(format!("{server}'s media location {url} is refused: {refusal}"))
+        })?;
         let response = self
             .execute(get(url).map_err(Error::Upstream)?)
             .await
