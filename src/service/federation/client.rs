@@ -515,17 +515,7 @@ pub fn refusal_error(server: &ServerName, refusal: &RemoteRefusal) -> Error {
 
 /// A client error in words, with the guard's refusal when that is what stopped it.
 fn describe(error: &reqwest::Error) -> String {
-    if let Some(refusal) = outbound::blocked_cause(error) {
-        return format!("the address is refused ({refusal})");
-    }
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
+    outbound::describe_error(error)
 }
 
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> std::result::Result<Vec<u8>, String> {

@@ -218,6 +218,18 @@ where
     results
 }
 
+/// The first `limit` PDUs of `answer`'s array `key`, as text for `checked_pdus`.
+fn pdu_texts(answer: &JsonValue, key: &str, limit: usize) -> Vec<String> {
+    answer
+        .get(key)
+        .and_then(JsonValue::as_array)
+        .into_iter()
+        .flatten()
+        .take(limit)
+        .map(JsonValue::to_string)
+        .collect()
+}
+
 /// A PDU checked (format, signatures, hash), or its event ID when known and why it failed.
 type Checked = std::result::Result<Pdu, (Option<OwnedEventId>, String)>;
 
@@ -737,14 +749,7 @@ impl RoomFederation {
         );
         match self.client.get_json(origin, &path).await {
             Ok(answer) => {
-                let jsons: Vec<String> = answer
-                    .get("auth_chain")
-                    .and_then(JsonValue::as_array)
-                    .into_iter()
-                    .flatten()
-                    .take(MAX_AUTH_CHAIN)
-                    .map(JsonValue::to_string)
-                    .collect();
+                let jsons = pdu_texts(&answer, "auth_chain", MAX_AUTH_CHAIN);
                 let mut pending = HashMap::new();
                 for checked in self.checked_pdus(jsons, rules, keys).await {
                     match checked {

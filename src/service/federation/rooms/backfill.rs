@@ -156,14 +156,7 @@ impl RoomFederation {
         let answer = self.client.get_json(server, &path).await?;
         let mut keys = VerifyKeys::new();
         let mut fetched: Vec<Pdu> = Vec::new();
-        let jsons: Vec<String> = answer
-            .get("pdus")
-            .and_then(JsonValue::as_array)
-            .into_iter()
-            .flatten()
-            .take(BACKFILL_ASK)
-            .map(JsonValue::to_string)
-            .collect();
+        let jsons = super::pdu_texts(&answer, "pdus", BACKFILL_ASK);
         for checked in self.checked_pdus(jsons, &rules, &mut keys).await {
             match checked {
                 Ok(pdu) if pdu.room_id == room_id => fetched.push(pdu),
