@@ -227,11 +227,13 @@ pub trait KvStore: Send + Sync + 'static {
         None
     }
 
-    /// Send `payload` to every process sharing the database, this one included. Messages
+    /// Send `payload` to every process sharing the database, this one included, and commit
+    /// `with` (a synced write, possibly empty) in the same transaction: the message is sent
+    /// if and only if the write is committed, for the price of one round trip. Messages
     /// reach each listener in the order their sends returned (across processes too), and a
     /// message sent after a write returned arrives after every earlier message.
-    fn publish(&self, payload: &[u8]) -> StorageResult<()> {
-        let _ = payload;
+    fn publish(&self, payload: &[u8], with: WriteBatch) -> StorageResult<()> {
+        let _ = (payload, with);
         Err(StorageError::Backend("this storage backend has no message bus".into()))
     }
 

@@ -462,6 +462,17 @@ impl PgStore {
 
     /// One blind write, retried on conflicts.
     fn apply(&self, batch: WriteBatch, durability: Durability) -> StorageResult<()> {
+        self.apply_notifying(batch, durability, None)
+    }
+
+    /// One blind write, retried on conflicts, sending `notify` (a bus payload, hex) on the
+    /// bus channel from the same transaction.
+    fn apply_notifying(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+        notify: Option<String>,
+    ) -> StorageResult<()> {
         for op in &batch.ops {
             let (WriteOp::Put { table, .. } | WriteOp::Delete { table, .. }) = op;
             self.shared.check_table(table).map_err(PgError::into_storage)?;
@@ -475,12 +486,20 @@ impl PgStore {
         let ops = Arc::new(collapse(batch));
         let upserted = upserts(&ops);
         let mark = self.flushed.mark();
+        let notify = notify.map(Arc::new);
         for _ in 0..MAX_ATTEMPTS {
             let shared = Arc::clone(&self.shared);
             let ops = Arc::clone(&ops);
+            let notify = notify.clone();
             let outcome = self.block_on_raw(async move {
                 let client = pooled(&shared.plain).await?;
-                let result = write_and_commit(&client, Some(begin_sql(durability)), &ops).await;
+                let result = write_and_commit(
+                    &client,
+                    Some(begin_sql(durability)),
+                    &ops,
+                    notify.as_deref().map(String::as_str),
+                )
+                .await;
                 if result.is_err() {
                     rollback(client).await;
                 }
@@ -803,14 +822,16 @@ fn unprepared() -> PgError {
 }
 
 /// Apply collapsed writes on `client` and commit; `begin`, when given, opens the
-/// transaction first. Two statements per table at most, prepared once per connection (the
-/// ones not yet prepared there cost one round trip together), then sent as one pipeline
-/// with the BEGIN and the COMMIT: one round trip for the whole write, however many tables
-/// it touches.
+/// transaction first, and `notify`, when given, is sent on the bus channel before the
+/// commit (delivered with it). Two statements per table at most, prepared once per
+/// connection (the ones not yet prepared there cost one round trip together), then sent as
+/// one pipeline with the BEGIN and the COMMIT: one round trip for the whole write, however
+/// many tables it touches.
 async fn write_and_commit(
     client: &Object,
     begin: Option<&'static str>,
     ops: &Collapsed,
+    notify: Option<&str>,
 ) -> Result<(), PgError> {
     let mut sql = Vec::new();
     for (table, deletes, put_keys, _) in ops {
@@ -852,9 +873,19 @@ async fn write_and_commit(
             }));
         }
     }
+    if let Some(text) = notify {
+        let stmt = client.prepare_cached(NOTIFY_SQL).await?;
+        steps.push(Box::pin(async move {
+            client.execute(&stmt, &[&BUS_CHANNEL, &text]).await?;
+            Ok(())
+        }));
+    }
     steps.push(Box::pin(async move { Ok(client.batch_execute("COMMIT").await?) }));
     pipeline(steps).await.map(drop)
 }
+
+/// A message on the bus: the channel and the payload (hex).
+const NOTIFY_SQL: &str = "SELECT pg_notify($1, $2)";
 
 /// The statement reading `range` of `table` in `direction` order (at most `limit` rows), and
 /// its parameters.
@@ -1080,7 +1111,7 @@ impl KvStore for PgStore {
 
     /// A NOTIFY on the bus channel, in a transaction of its own: PostgreSQL delivers
     /// notifications in the order their transactions committed.
-    fn publish(&self, payload: &[u8]) -> StorageResult<()> {
+    fn publish(&self, payload: &[u8], with: WriteBatch) -> StorageResult<()> {
         if self.member.is_none() {
             return Err(StorageError::Backend("the message bus needs `multi_process = true`".into()));
         }
@@ -1090,10 +1121,17 @@ impl KvStore for PgStore {
                 payload.len()
             )));
         }
-        let (shared, text) = (Arc::clone(&self.shared), hex(payload));
+        let text = hex(payload);
+        if !with.is_empty() {
+            return self.apply_notifying(with, Durability::Synced, Some(text));
+        }
+        // Alone, the statement is its own transaction; prepared once per connection, it
+        // costs one round trip.
+        let shared = Arc::clone(&self.shared);
         self.block_on(async move {
             let client = pooled(&shared.plain).await?;
-            client.execute("SELECT pg_notify($1, $2)", &[&BUS_CHANNEL, &text]).await?;
+            let stmt = client.prepare_cached(NOTIFY_SQL).await?;
+            client.execute(&stmt, &[&BUS_CHANNEL, &text]).await?;
             Ok::<(), PgError>(())
         })
     }
@@ -1355,7 +1393,7 @@ impl PgTx<'_> {
         }
         let ops = collapse(batch);
         let upserted = upserts(&ops);
-        let result = self.run(move |client| async move { write_and_commit(&client, None, &ops).await });
+        let result = self.run(move |client| async move { write_and_commit(&client, None, &ops, None).await });
         if result.is_err() {
             self.finish_without_commit();
         } else {
@@ -1512,9 +1550,16 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(live, expected);
         let mut heard = second.subscribe().unwrap();
-        first.publish(b"hello \x00 bytes").unwrap();
+        first.publish(b"hello \x00 bytes", WriteBatch::new()).unwrap();
         let got = heard.blocking_recv().unwrap();
         assert!(matches!(got, BusMessage::Payload(p) if &*p == b"hello \x00 bytes"));
+        // A message sent with a write: the row is there for whoever hears the message.
+        let mut row = WriteBatch::new();
+        row.put("conf_a", b"promise".to_vec(), b"7".to_vec());
+        first.publish(b"with a row", row).unwrap();
+        let got = heard.blocking_recv().unwrap();
+        assert!(matches!(got, BusMessage::Payload(p) if &*p == b"with a row"));
+        assert_eq!(second.get("conf_a", b"promise").unwrap().as_deref(), Some(&b"7"[..]));
         drop(second);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while first.live_members().unwrap() != vec![a] {

@@ -12,7 +12,8 @@
 //! A process counts its own promise only once it hears it back from the bus: the bus
 //! delivers messages in the order they were sent, so by then it has heard every member
 //! that joined before its own positions were taken (a member publishes its first promise
-//! before it takes a position). A member that dies stops holding the others back once the
+//! before it takes a position). Up to another member's promise just heard it need not wait
+//! (`Shared::count_own_promise_up_to`). A member that dies stops holding the others back once the
 //! store no longer sees a connection of it. Changes announced by a member travel with its
 //! promises; the others drop what their caches hold about them and wake their long-polls.
 //! The latest promise of each member is also kept in the `stream_writers` table for
@@ -32,7 +33,7 @@ use tokio::sync::broadcast;
 use super::{Change, Elsewhere, SEQUENCE, Stale, Stream};
 use crate::{
     Result,
-    storage::{BusMessage, Direction, KvStore, kv::KeyRange, tables::STREAM_WRITERS},
+    storage::{BusMessage, Direction, KvStore, WriteBatch, kv::KeyRange, tables::STREAM_WRITERS},
 };
 
 /// How often the publisher looks for members that died, when nothing else wakes it.
@@ -118,10 +119,9 @@ impl Shared {
             }
         }
         let start = store.next_ids(SEQUENCE, 1)?.start;
-        table.insert(&member, &start)?;
-        let first = serde_json::to_vec(&Message { m: member, p: start, s: Vec::new(), c: Vec::new() })
-            .map_err(|e| crate::Error::Internal(format!("encoding a stream message: {e}")))?;
-        store.publish(&first)?;
+        let mut row = WriteBatch::new();
+        table.put(&mut row, &member, &start)?;
+        store.publish(&encode(&Message { m: member, p: start, s: Vec::new(), c: Vec::new() })?, row)?;
         heard.insert(member, (start, 0));
         let committed = heard.values().map(|(p, _)| *p).min().unwrap_or(start);
         let shared = Self {
@@ -154,9 +154,12 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Queue a change for the others. It does not wake the publisher: its write's position
+    /// is released next, and that wakes it to send the change with the promise covering it
+    /// in one message (woken now, it would send the change under the old promise first, a
+    /// round trip more on the way of every cross-process wake-up).
     pub(super) fn send_change(&self, position: u64, change: Change) {
         self.lock().outbox.push((position, change));
-        self.wake.notify_one();
     }
 
     /// This process takes no more positions (it stops): once what it has to send is sent
@@ -178,9 +181,10 @@ impl Shared {
             self.wake.notify_one();
             std::thread::sleep(Duration::from_millis(5));
         }
-        STREAM_WRITERS.open(&self.store).remove(&self.member)?;
+        let mut row = WriteBatch::new();
+        STREAM_WRITERS.open(&self.store).delete(&mut row, &self.member);
         let farewell = Message { m: self.member, p: DEPARTED, s: Vec::new(), c: Vec::new() };
-        self.store.publish(&encode(&farewell)?)?;
+        self.store.publish(&encode(&farewell)?, row)?;
         Ok(())
     }
 
@@ -285,6 +289,23 @@ impl Shared {
         }
     }
 
+    /// Count `promise` as this process's own without waiting to hear it back from the bus,
+    /// when it is no higher than the promise of another member just heard: that lets a
+    /// long-poll here see another process's write as soon as its promise arrives, rather
+    /// than a publish and a bus round trip later.
+    ///
+    /// Hearing its own promise back is what guarantees a process has heard every member
+    /// whose writes the promise could pass (a member announces itself before it takes a
+    /// position). A promise no higher than one heard from another member `o` needs no such
+    /// echo: every promise is at most a position handed out before the message carrying it
+    /// was sent, and any member not heard of yet announced itself after `o`'s message (the
+    /// bus delivers in commit order), so took all its positions after that one and above
+    /// it. This process's own writes in flight are in `promise` already.
+    fn count_own_promise_up_to(&self, promise: u64) {
+        let mut state = self.lock();
+        self.heard(&mut state, self.member, promise);
+    }
+
     /// Take a heard promise of `member` (promises only grow).
     fn heard(&self, state: &mut State, member: u64, promise: u64) {
         if promise == DEPARTED {
@@ -353,11 +374,11 @@ fn publish_loop(stream: &Weak<Stream>) {
     }
 }
 
-/// Publish `promise` (keeping it in the table when it moved past `published`), what was
-/// made `stale` and `changes`, in messages small enough for the bus, the stale entries
-/// before the changes. Only the last message carries the new promise (the others the one
-/// published before): a process hearing the first of several must not count the writes
-/// covered before it has heard their changes in the messages after.
+/// Publish `promise` (kept in the table, in the same transaction, when it moved past
+/// `published`), what was made `stale` and `changes`, in messages small enough for the bus,
+/// the stale entries before the changes. Only the last message carries the new promise (the
+/// others the one published before): a process hearing the first of several must not count
+/// the writes covered before it has heard their changes in the messages after.
 fn publish(
     shared: &Shared,
     promise: u64,
@@ -365,9 +386,6 @@ fn publish(
     stale: Vec<Stale>,
     changes: Vec<(u64, Change)>,
 ) -> Result<()> {
-    if promise > published {
-        STREAM_WRITERS.open(&shared.store).insert(&shared.member, &promise)?;
-    }
     let mut message = Message { m: shared.member, p: published, s: Vec::new(), c: Vec::new() };
     let mut size = 0;
     let items = stale.into_iter().map(Ok).chain(changes.into_iter().map(Err));
@@ -379,7 +397,7 @@ fn publish(
         .len()
             + 2;
         if !(message.s.is_empty() && message.c.is_empty()) && size + one > MAX_MESSAGE {
-            shared.store.publish(&encode(&message)?)?;
+            shared.store.publish(&encode(&message)?, WriteBatch::new())?;
             message.s.clear();
             message.c.clear();
             size = 0;
@@ -391,7 +409,11 @@ fn publish(
         }
     }
     message.p = promise;
-    shared.store.publish(&encode(&message)?)?;
+    let mut row = WriteBatch::new();
+    if promise > published {
+        STREAM_WRITERS.open(&shared.store).put(&mut row, &shared.member, &promise)?;
+    }
+    shared.store.publish(&encode(&message)?, row)?;
     Ok(())
 }
 
@@ -445,11 +467,18 @@ fn listen_loop(stream: &Weak<Stream>, mut bus: broadcast::Receiver<BusMessage>, 
                         invalidate(Elsewhere::Change(change));
                     }
                 }
-                let least = {
+                let highest_elsewhere = {
                     let mut state = shared.lock();
                     shared.heard(&mut state, message.m, message.p);
-                    Shared::least(&state)
+                    state.heard.iter().filter(|(m, _)| **m != shared.member).map(|(_, (p, _))| *p).max()
                 };
+                if remote && let Some(highest) = highest_elsewhere {
+                    // This process's own promise may count up to what it would publish now,
+                    // but no higher than another's promise, before it hears it back (see
+                    // `count_own_promise_up_to`).
+                    shared.count_own_promise_up_to(stream.promise(highest).min(highest));
+                }
+                let least = Shared::least(&shared.lock());
                 if let Some(least) = least {
                     stream.raise_committed(least);
                 }
