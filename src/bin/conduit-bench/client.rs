@@ -102,6 +102,12 @@ impl User {
         Self { http: http.clone(), token }
     }
 
+    /// The same user (the same access token) through another base URL: another process
+    /// sharing the server's database.
+    pub fn through(&self, http: &Http) -> Self {
+        Self { http: http.clone(), token: self.token.clone() }
+    }
+
     async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> CallResult<Value> {
         let (status, value) = self.http.call(method.clone(), path, Some(&self.token), body).await?;
         if status != StatusCode::OK {

@@ -71,6 +71,10 @@ struct RunArgs {
     /// Base URL of the homeserver, e.g. http://127.0.0.1:6167
     #[arg(long)]
     url: Option<String>,
+    /// Base URL the send → sync scenario's long-poll goes to (the send goes to --url): another
+    /// process sharing the server's database, to time the wake-up across processes.
+    #[arg(long)]
+    sync_url: Option<String>,
     /// Name of the server in the output and JSON.
     #[arg(long, default_value = "server")]
     label: String,
@@ -355,7 +359,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         record(scenarios::send_concurrent(&plan, &users, false).await?, &mut run);
     }
     if wants("send-sync") {
-        record(scenarios::send_to_sync(&plan, &users[0], &users[1]).await?, &mut run);
+        let poller = match &args.sync_url {
+            Some(url) => users[1].through(&Http::new(url)?),
+            None => users[1].clone(),
+        };
+        record(scenarios::send_to_sync(&plan, &users[0], &poller).await?, &mut run);
     }
     if wants("initial-sync") {
         let started = Instant::now();
