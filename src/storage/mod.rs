@@ -12,6 +12,7 @@ pub mod memory;
 pub mod migrations;
 #[doc(hidden)]
 pub mod pg_cluster;
+mod pg_conn;
 pub mod postgres;
 pub mod rocksdb;
 pub mod sequence;

@@ -1,11 +1,12 @@
 //! The PostgreSQL backend: one table of `bytea` keys and values per catalogue table, for
 //! operators who run conduit on a database their team already replicates and backs up.
 //!
-//! The trait is synchronous and the client is asynchronous, so the store owns a small tokio
-//! runtime of its own (two threads) that drives the connections; a caller hands it a future
-//! and waits for the answer, telling its own runtime first when it is a tokio worker
-//! (`block_in_place`), so no runtime is ever nested in another and no worker queues behind
-//! the network.
+//! The trait is synchronous and the client is asynchronous. A caller drives the connection
+//! it uses itself, its query and the connection's I/O polled together on its own thread
+//! (`pg_conn`), after telling its runtime when it is a tokio worker (`block_in_place`), so
+//! no worker queues behind the network. The store's small runtime of its own (two threads)
+//! drives only the session connection, which holds the process lock and listens to the
+//! message bus.
 //!
 //! Every write is a SERIALIZABLE transaction, blind writes included: PostgreSQL checks a
 //! serializable reader's reads only against serializable writers, so a blind write at a
@@ -30,7 +31,6 @@ use std::{
     time::Duration,
 };
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, error::SqlState, types::ToSql};
 
 use super::{
@@ -38,6 +38,7 @@ use super::{
         BusMessage, Direction, Durability, KeyRange, KvStore, RawEntry, SEQUENCES_TABLE, StorageError,
         StorageResult, StoreStats, TableStats, Transaction, WriteBatch, WriteOp, sequence_key,
     },
+    pg_conn::{Conn, ConnPool, PgClient, PgError, Pooled, blocking},
     tables::TableInfo,
 };
 
@@ -94,13 +95,6 @@ fn sql_table(name: &str) -> String {
     format!("\"kv_{name}\"")
 }
 
-/// A failure inside the backend: the database's own (which may be a conflict worth
-/// retrying) or any other.
-enum PgError {
-    Db(tokio_postgres::Error),
-    Other(StorageError),
-}
-
 impl PgError {
     fn retryable(&self) -> bool {
         match self {
@@ -117,18 +111,6 @@ impl PgError {
             PgError::Db(e) => StorageError::Backend(describe(&e)),
             PgError::Other(e) => e,
         }
-    }
-}
-
-impl From<tokio_postgres::Error> for PgError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        PgError::Db(e)
-    }
-}
-
-impl From<StorageError> for PgError {
-    fn from(e: StorageError) -> Self {
-        PgError::Other(e)
     }
 }
 
@@ -217,11 +199,11 @@ fn role_key(role: &str) -> i64 {
     ROLE_LOCKS | i64::from(hash)
 }
 
-/// What the futures run on the store's runtime share.
+/// What the store's calls share.
 struct Shared {
     /// Connections for plain calls, and for transactions.
-    plain: Pool,
-    txns: Pool,
+    plain: Arc<ConnPool>,
+    txns: Arc<ConnPool>,
     /// The catalogue tables this store holds.
     tables: HashSet<&'static str>,
 }
@@ -255,16 +237,6 @@ pub struct PgStore {
     order: Vec<&'static str>,
 }
 
-async fn pooled(pool: &Pool) -> Result<Object, PgError> {
-    pool.get().await.map_err(|e| {
-        let detail = match &e {
-            deadpool_postgres::PoolError::Backend(db) => describe(db),
-            other => format!("postgresql: no connection to the database: {other}"),
-        };
-        PgError::Other(StorageError::Backend(detail))
-    })
-}
-
 impl PgStore {
     /// Connect, create any missing table and hand the store to `prepare` (the schema
     /// migrations) while holding the schema advisory lock, so that several processes
@@ -275,11 +247,11 @@ impl PgStore {
         prepare: impl FnOnce(&Arc<dyn KvStore>) -> StorageResult<()>,
     ) -> StorageResult<Arc<dyn KvStore>> {
         let store = Arc::new(Self::connect(options, tables)?);
-        let lock = store.block_on({
-            let shared = Arc::clone(&store.shared);
-            let names: Vec<&'static str> = tables.iter().map(|t| t.name).collect();
-            async move {
-                let client = pooled(&shared.plain).await?;
+        let names: Vec<&'static str> = tables.iter().map(|t| t.name).collect();
+        // The schema lock is taken on a connection held until the migrations are done.
+        let mut lock = blocking(|| {
+            let mut lock = store.shared.plain.get()?;
+            lock.conn().run(|client| async move {
                 client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK]).await?;
                 client
                     .batch_execute(
@@ -295,16 +267,22 @@ impl PgStore {
                         ))
                         .await?;
                 }
-                Ok::<_, PgError>(client)
-            }
-        })?;
+                Ok::<_, PgError>(())
+            })?;
+            Ok::<_, PgError>(lock)
+        })
+        .map_err(PgError::into_storage)?;
         let dyn_store: Arc<dyn KvStore> = Arc::clone(&store) as Arc<dyn KvStore>;
         let prepared = prepare(&dyn_store);
         // The lock is the session's: unlocking (or the connection closing) releases it.
-        let unlocked = store.block_on(async move {
-            lock.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK]).await?;
-            Ok::<(), PgError>(())
-        });
+        let unlocked = blocking(|| {
+            lock.conn().run(|client| async move {
+                client.execute("SELECT pg_advisory_unlock($1)", &[&SCHEMA_LOCK]).await?;
+                Ok::<(), PgError>(())
+            })
+        })
+        .map_err(PgError::into_storage);
+        drop(lock);
         prepared?;
         unlocked?;
         Ok(dyn_store)
@@ -355,25 +333,10 @@ impl PgStore {
             .map_err(|e| StorageError::Backend(format!("cannot start the database runtime: {e}")))?;
         let size = options.pool_size.max(2);
         let txn_size = (size / 2).max(1);
-        let make_pool = |max: usize| {
-            let manager = Manager::from_config(
-                config.clone(),
-                NoTls,
-                // Fast: a connection whose server went away is closed, and is replaced.
-                ManagerConfig { recycling_method: RecyclingMethod::Fast },
-            );
-            Pool::builder(manager)
-                .max_size(max)
-                .runtime(Runtime::Tokio1)
-                .wait_timeout(Some(POOL_WAIT))
-                .create_timeout(Some(CONNECT_TIMEOUT))
-                .recycle_timeout(Some(CONNECT_TIMEOUT))
-                .build()
-                .map_err(|e| StorageError::Backend(format!("cannot build the connection pool: {e}")))
-        };
+        let make_pool = |max: usize| Arc::new(ConnPool::new(config.clone(), max, POOL_WAIT, CONNECT_TIMEOUT));
         let shared = Arc::new(Shared {
-            plain: make_pool(size - txn_size)?,
-            txns: make_pool(txn_size)?,
+            plain: make_pool(size - txn_size),
+            txns: make_pool(txn_size),
             tables: tables.iter().map(|t| t.name).collect(),
         });
         let session_config = config.clone();
@@ -389,13 +352,9 @@ impl PgStore {
             order: tables.iter().map(|t| t.name).collect(),
         };
         // Fail now, with the reason, if the database cannot be reached.
-        store.block_on({
-            let shared = Arc::clone(&store.shared);
-            async move {
-                let client = pooled(&shared.plain).await?;
-                client.batch_execute("SELECT 1").await?;
-                Ok::<(), PgError>(())
-            }
+        store.on_plain(|client| async move {
+            client.batch_execute("SELECT 1").await?;
+            Ok::<(), PgError>(())
         })?;
         // The process lock, held for the store's life by a connection of its own.
         let (started, first) = tokio::sync::oneshot::channel();
@@ -418,7 +377,26 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Run `future` on the store's runtime and wait for its answer.
+    /// Run `query` on a connection of the plain pool, driven by this thread, and count it.
+    fn on_plain<T: Send, F>(&self, query: impl FnOnce(Arc<PgClient>) -> F + Send) -> StorageResult<T>
+    where
+        F: Future<Output = Result<T, PgError>>,
+    {
+        self.on_plain_raw(query).map_err(PgError::into_storage)
+    }
+
+    /// As `on_plain`, keeping the backend's error (to tell a conflict worth retrying).
+    fn on_plain_raw<T: Send, F>(&self, query: impl FnOnce(Arc<PgClient>) -> F + Send) -> Result<T, PgError>
+    where
+        F: Future<Output = Result<T, PgError>>,
+    {
+        self.counts.requests.fetch_add(1, Ordering::Relaxed);
+        let pool = &self.shared.plain;
+        blocking(|| pool.get()?.conn().run(query))
+    }
+
+    /// Run `future` on the store's runtime and wait for its answer (the calls on the
+    /// session connection).
     fn block_on<T: Send + 'static>(
         &self,
         future: impl Future<Output = Result<T, PgError>> + Send + 'static,
@@ -483,25 +461,20 @@ impl PgStore {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         self.counts.written_bytes.fetch_add(batch_bytes(&batch), Ordering::Relaxed);
-        let ops = Arc::new(collapse(batch));
+        let ops = collapse(batch);
         let upserted = upserts(&ops);
         let mark = self.flushed.mark();
-        let notify = notify.map(Arc::new);
         for _ in 0..MAX_ATTEMPTS {
-            let shared = Arc::clone(&self.shared);
-            let ops = Arc::clone(&ops);
-            let notify = notify.clone();
-            let outcome = self.block_on_raw(async move {
-                let client = pooled(&shared.plain).await?;
-                let result = write_and_commit(
-                    &client,
-                    Some(begin_sql(durability)),
-                    &ops,
-                    notify.as_deref().map(String::as_str),
-                )
-                .await;
+            self.counts.requests.fetch_add(1, Ordering::Relaxed);
+            let (pool, ops, notify) = (&self.shared.plain, &ops, notify.as_deref());
+            let outcome = blocking(|| {
+                let mut pooled = pool.get()?;
+                let conn = pooled.conn();
+                let result = conn.run(|client| async move {
+                    write_and_commit(&client, Some(begin_sql(durability)), ops, notify).await
+                });
                 if result.is_err() {
-                    rollback(client).await;
+                    rollback(conn);
                 }
                 result
             });
@@ -544,9 +517,7 @@ impl PgStore {
         }
         let mark = self.flushed.mark();
         self.counts.syncs.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::clone(&self.shared);
-        self.block_on(async move {
-            let client = pooled(&shared.plain).await?;
+        self.on_plain(|client| async move {
             client
                 .batch_execute(
                     "BEGIN; SET LOCAL synchronous_commit = on; \
@@ -732,10 +703,12 @@ fn begin_sql(durability: Durability) -> &'static str {
     }
 }
 
-async fn rollback(client: Object) {
-    if client.batch_execute("ROLLBACK").await.is_err() {
+fn rollback(conn: &mut Conn) {
+    let rolled_back =
+        conn.run(|client| async move { Ok::<(), PgError>(client.batch_execute("ROLLBACK").await?) });
+    if rolled_back.is_err() {
         // A connection in an unknown state never goes back to the pool.
-        let _ = Object::take(client);
+        conn.discard();
     }
 }
 
@@ -828,7 +801,7 @@ fn unprepared() -> PgError {
 /// one pipeline with the BEGIN and the COMMIT: one round trip for the whole write, however
 /// many tables it touches.
 async fn write_and_commit(
-    client: &Object,
+    client: &PgClient,
     begin: Option<&'static str>,
     ops: &Collapsed,
     notify: Option<&str>,
@@ -921,7 +894,7 @@ fn range_query(
 }
 
 async fn query_range(
-    client: &Object,
+    client: &PgClient,
     table: &str,
     range: &KeyRange,
     direction: Direction,
@@ -934,7 +907,7 @@ async fn query_range(
     Ok(rows.into_iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1))).collect())
 }
 
-async fn query_one(client: &Object, table: &str, key: Vec<u8>) -> Result<Option<Vec<u8>>, PgError> {
+async fn query_one(client: &PgClient, table: &str, key: Vec<u8>) -> Result<Option<Vec<u8>>, PgError> {
     let stmt = client.prepare_cached(&format!("SELECT v FROM {} WHERE k = $1", sql_table(table))).await?;
     Ok(client.query_opt(&stmt, &[&key]).await?.map(|r| r.get::<_, Vec<u8>>(0)))
 }
@@ -956,15 +929,9 @@ impl Iterator for PagedScan<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.page.is_empty() && !self.done {
-            let (shared, table, range, direction, limit) = (
-                Arc::clone(&self.store.shared),
-                self.table,
-                self.range.clone(),
-                self.direction,
-                self.next_page,
-            );
-            let fetched = self.store.block_on(async move {
-                let client = pooled(&shared.plain).await?;
+            let (table, range, direction, limit) =
+                (self.table, self.range.clone(), self.direction, self.next_page);
+            let fetched = self.store.on_plain(|client| async move {
                 query_range(&client, table, &range, direction, Some(limit)).await
             });
             let rows = match fetched {
@@ -992,11 +959,8 @@ impl KvStore for PgStore {
     fn get(&self, table: &'static str, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
         self.shared.check_table(table).map_err(PgError::into_storage)?;
         self.counts.gets.fetch_add(1, Ordering::Relaxed);
-        let (shared, key) = (Arc::clone(&self.shared), key.to_vec());
-        self.block_on(async move {
-            let client = pooled(&shared.plain).await?;
-            query_one(&client, table, key).await
-        })
+        let key = key.to_vec();
+        self.on_plain(|client| async move { query_one(&client, table, key).await })
     }
 
     fn get_many(&self, table: &'static str, keys: &[Vec<u8>]) -> StorageResult<Vec<Option<Vec<u8>>>> {
@@ -1005,9 +969,8 @@ impl KvStore for PgStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let (shared, wanted) = (Arc::clone(&self.shared), keys.to_vec());
-        let found = self.block_on(async move {
-            let client = pooled(&shared.plain).await?;
+        let wanted = keys.to_vec();
+        let found = self.on_plain(|client| async move {
             let stmt = client
                 .prepare_cached(&format!("SELECT k, v FROM {} WHERE k = ANY($1)", sql_table(table)))
                 .await?;
@@ -1080,9 +1043,7 @@ impl KvStore for PgStore {
                (convert_from(substring({table}.v from 2), 'UTF8')::numeric + {n})::text, 'UTF8') \
              RETURNING get_byte(v, 0), convert_from(substring(v from 2), 'UTF8'); COMMIT"
         );
-        let shared = Arc::clone(&self.shared);
-        let (version, last) = self.block_on(async move {
-            let client = pooled(&shared.plain).await?;
+        let (version, last) = self.on_plain(|client| async move {
             let messages = client.simple_query(&sql).await?;
             let row = messages.iter().find_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(row) => Some((
@@ -1127,9 +1088,7 @@ impl KvStore for PgStore {
         }
         // Alone, the statement is its own transaction; prepared once per connection, it
         // costs one round trip.
-        let shared = Arc::clone(&self.shared);
-        self.block_on(async move {
-            let client = pooled(&shared.plain).await?;
+        self.on_plain(|client| async move {
             let stmt = client.prepare_cached(NOTIFY_SQL).await?;
             client.execute(&stmt, &[&BUS_CHANNEL, &text]).await?;
             Ok::<(), PgError>(())
@@ -1179,9 +1138,7 @@ impl KvStore for PgStore {
     }
 
     fn live_members(&self) -> StorageResult<Vec<u64>> {
-        let shared = Arc::clone(&self.shared);
-        let names = self.block_on(async move {
-            let client = pooled(&shared.plain).await?;
+        let names = self.on_plain(|client| async move {
             let rows = client
                 .query(
                     "SELECT DISTINCT application_name FROM pg_stat_activity \
@@ -1202,9 +1159,7 @@ impl KvStore for PgStore {
     }
 
     fn ping(&self) -> StorageResult<()> {
-        let shared = Arc::clone(&self.shared);
-        self.block_on(async move {
-            let client = pooled(&shared.plain).await?;
+        self.on_plain(|client| async move {
             client.batch_execute("SELECT 1").await?;
             Ok::<(), PgError>(())
         })
@@ -1233,7 +1188,7 @@ impl KvStore for PgStore {
         for _ in 0..MAX_ATTEMPTS {
             let mut tx = PgTx {
                 store: self,
-                client: None,
+                conn: None,
                 begun: false,
                 conflicted: false,
                 pending: HashMap::new(),
@@ -1278,10 +1233,9 @@ impl KvStore for PgStore {
     /// Counters, and each table's size as PostgreSQL's statistics estimate it.
     fn stats(&self) -> StoreStats {
         let mut stats = StoreStats::default();
-        let shared = Arc::clone(&self.shared);
-        let sizes = self
-            .block_on_uncounted(async move {
-                let client = pooled(&shared.plain).await?;
+        let pool = &self.shared.plain;
+        let sizes = blocking(|| {
+            pool.get()?.conn().run(|client| async move {
                 let rows = client
                     .query(
                         "SELECT c.relname::text, greatest(c.reltuples, 0)::bigint, \
@@ -1297,7 +1251,8 @@ impl KvStore for PgStore {
                         .collect::<HashMap<_, _>>(),
                 )
             })
-            .unwrap_or_default();
+        })
+        .unwrap_or_default();
         for &name in &self.order {
             let (keys, bytes) = sizes.get(&format!("kv_{name}")).copied().unwrap_or((0, 0));
             stats.tables.push(TableStats {
@@ -1324,7 +1279,7 @@ impl KvStore for PgStore {
 struct PgTx<'s> {
     store: &'s PgStore,
     /// The transaction's connection, taken at its first read or at commit.
-    client: Option<Arc<Object>>,
+    conn: Option<Pooled>,
     begun: bool,
     /// A read failed on a serialization conflict: the run is over and is retried.
     conflicted: bool,
@@ -1336,31 +1291,29 @@ struct PgTx<'s> {
 impl PgTx<'_> {
     /// Run `query` on the transaction's connection, beginning the transaction first (in the
     /// same round trip) if this is its first statement.
-    fn run<T: Send + 'static, F>(
-        &mut self,
-        query: impl FnOnce(Arc<Object>) -> F + Send + 'static,
-    ) -> Result<T, PgError>
+    fn run<T: Send, F>(&mut self, query: impl FnOnce(Arc<PgClient>) -> F + Send) -> Result<T, PgError>
     where
-        F: Future<Output = Result<T, PgError>> + Send + 'static,
+        F: Future<Output = Result<T, PgError>>,
     {
-        let client = self.client.clone();
-        let shared = Arc::clone(&self.store.shared);
+        self.store.counts.requests.fetch_add(1, Ordering::Relaxed);
         let begin = (!self.begun).then_some(begin_sql(self.durability));
-        let (client, result) = self.store.block_on_raw(async move {
-            let client = match client {
-                Some(c) => c,
-                None => Arc::new(pooled(&shared.txns).await?),
+        let (pool, slot) = (&self.store.shared.txns, &mut self.conn);
+        let result = blocking(|| {
+            let pooled = match slot {
+                Some(pooled) => pooled,
+                None => slot.insert(pool.get()?),
             };
-            let result = match begin {
-                Some(sql) => {
-                    let (begun, answer) = tokio::join!(client.batch_execute(sql), query(Arc::clone(&client)));
-                    begun.map_err(PgError::from).and(answer)
+            Ok::<_, PgError>(pooled.conn().run(|client| async move {
+                match begin {
+                    Some(sql) => {
+                        let (begun, answer) =
+                            tokio::join!(client.batch_execute(sql), query(Arc::clone(&client)));
+                        begun.map_err(PgError::from).and(answer)
+                    }
+                    None => query(client).await,
                 }
-                None => query(Arc::clone(&client)).await,
-            };
-            Ok::<_, PgError>((client, result))
+            }))
         })?;
-        self.client = Some(client);
         self.begun = true;
         if let Err(e) = &result
             && e.retryable()
@@ -1397,21 +1350,15 @@ impl PgTx<'_> {
         if result.is_err() {
             self.finish_without_commit();
         } else {
-            self.client = None;
+            self.conn = None;
         }
         result.map(|()| upserted)
     }
 
     /// Roll back whatever the run began and give the connection back.
     fn finish_without_commit(&mut self) {
-        let Some(client) = self.client.take() else { return };
-        let _ = self.store.block_on_raw(async move {
-            match Arc::try_unwrap(client) {
-                Ok(client) => rollback(client).await,
-                Err(shared) => drop(shared),
-            }
-            Ok::<(), PgError>(())
-        });
+        let Some(mut pooled) = self.conn.take() else { return };
+        blocking(|| rollback(pooled.conn()));
     }
 }
 
@@ -1622,5 +1569,51 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(store.get("conf_a", &[3]).unwrap(), Some(vec![19]));
+    }
+
+    /// Every connection is driven by the thread that uses it, and callers come from
+    /// anywhere: plain threads, tokio workers, a current-thread runtime (where a
+    /// connection's own runtime may not start, so the call moves to a thread of its own).
+    #[test]
+    fn the_store_answers_callers_on_any_thread_and_replaces_connections_the_server_ended() {
+        let cluster = PgCluster::start().expect("a PostgreSQL cluster");
+        let store = store(&cluster, "callers");
+        store
+            .write({
+                let mut batch = WriteBatch::new();
+                batch.put("conf_a", b"k".to_vec(), b"v".to_vec());
+                batch
+            })
+            .unwrap();
+        let expected = Some(b"v".to_vec());
+        assert_eq!(store.get("conf_a", b"k").unwrap(), expected);
+        let workers =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let on_workers = workers.block_on({
+            let store = Arc::clone(&store);
+            async move { tokio::spawn(async move { store.get("conf_a", b"k") }).await.unwrap() }
+        });
+        assert_eq!(on_workers.unwrap(), expected);
+        let single = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        assert_eq!(single.block_on(async { store.get("conf_a", b"k") }).unwrap(), expected);
+        // The server ends every connection of the store (as a restart does): the idle ones
+        // are found closed when taken, and replaced, so the next calls still answer.
+        cluster
+            .psql(
+                "callers",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = 'callers' AND pid <> pg_backend_pid()",
+            )
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        for _ in 0..20 {
+            assert_eq!(store.get("conf_a", b"k").unwrap(), expected);
+        }
+        crate::storage::transaction::<_, StorageError>(store.as_ref(), Durability::Synced, |tx| {
+            tx.put("conf_a", b"k2".to_vec(), b"w".to_vec());
+            Ok(((), true))
+        })
+        .unwrap();
+        assert_eq!(store.get("conf_a", b"k2").unwrap(), Some(b"w".to_vec()));
     }
 }
