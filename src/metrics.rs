@@ -410,6 +410,23 @@ impl Collector for ScrapeCollector {
             caches.iter().map(|(name, s)| ([("cache", *name)], s.budget)),
         )?;
 
+        // Free memory given back to the system.
+        let memory = services.memory.stats();
+        counter(
+            e,
+            "conduit_memory_trims",
+            "Times the allocator was asked to give its free memory back to the system",
+            None,
+            memory.trims,
+        )?;
+        counter(
+            e,
+            "conduit_memory_released",
+            "Resident memory the process gave back to the system at those times",
+            Some(&Unit::Bytes),
+            memory.released_bytes,
+        )?;
+
         // Outbound deliveries (push gateways, email).
         let outbox = services.outbox.stats();
         family(

@@ -158,6 +158,8 @@ impl Server {
             let ldap_sync = Arc::clone(&self.services.ldap_sync);
             move |stop| Arc::clone(&ldap_sync).run(stop)
         }));
+        // Every process, leading or not: each has its own heap.
+        let trimmer = tokio::spawn(Arc::clone(&self.services.memory).run(workers_stopped.clone()));
         // Pushers' queues resume where they stopped: notifications written while the server
         // was down (or under way at a crash) are delivered now.
         self.services.push_gateways.start()?;
@@ -237,6 +239,7 @@ impl Server {
         let _ = sweeper.await;
         let _ = delayed_timer.await;
         let _ = ldap_sync.await;
+        let _ = trimmer.await;
         let _ = join_resumer.await;
         let _ = deliveries.await;
         let _ = leader.await;

@@ -27,6 +27,7 @@ pub mod leader;
 pub mod legacy_sync;
 pub mod login_tokens;
 pub mod media;
+pub mod memory;
 pub mod oauth;
 pub mod oidc;
 pub mod openid;
@@ -126,6 +127,8 @@ pub struct Services {
     pub jwt: Arc<jwt::JwtLogin>,
     /// Deactivates directory accounts the directory no longer lists.
     pub ldap_sync: Arc<ldap_sync::LdapSync>,
+    /// Gives the memory the allocator keeps after a load back to the system.
+    pub memory: Arc<memory::Memory>,
     pub openid: Arc<openid::OpenId>,
     pub turn: Arc<voip::Turn>,
     /// Third-party networks, answered by the appservices that bridge them.
@@ -680,6 +683,7 @@ impl Services {
             Arc::clone(&audit),
             Arc::clone(&clock),
         ));
+        let memory = Arc::new(memory::Memory::new(Arc::clone(&clock)));
         // With other processes on the database: what they change is dropped from the
         // caches before it is visible here (held weakly: the services end with the server).
         let (weak_members, weak_events, weak_receipts, weak_typing, weak_notifications, weak_outbox) = (
@@ -813,6 +817,7 @@ impl Services {
             ldap,
             jwt,
             ldap_sync,
+            memory,
             openid,
             turn,
             thirdparty,

@@ -194,3 +194,38 @@ async fn metrics_parse_and_move_with_traffic() {
     assert_eq!(s.put(&path, Some(&alice.token), body).await.0, StatusCode::OK);
     assert_eq!(poll.await.unwrap().unwrap(), StatusCode::OK);
 }
+
+/// The value of the sample `name` (without labels) in the raw exposition.
+async fn raw_sample(url: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{url}/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Every minute of the server's clock the allocator is asked to give its free memory back,
+/// and the metrics count it (with the resident bytes that went).
+#[tokio::test]
+async fn free_memory_is_given_back_every_minute_of_the_servers_clock() {
+    use ListenerResource::*;
+    let s =
+        TestServer::start_listening(|c| c.listeners = vec![listener(&[Client]), listener(&[Metrics])]).await;
+    let url = s.listener_serving(Metrics).to_owned();
+    let scraped = scrape(&url).await;
+    assert_eq!(scraped.expect("conduit_memory_trims_total", &[]), 0.0);
+    assert_eq!(scraped.expect("conduit_memory_released_bytes_total", &[]), 0.0);
+    for round in 1..=2 {
+        s.clock.advance_ms(conduit::service::memory::TRIM_EVERY_MS);
+        let mut trims = 0.0;
+        for _ in 0..200 {
+            trims = raw_sample(&url, "conduit_memory_trims_total").await.unwrap_or_default();
+            if trims >= f64::from(round) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(trims, f64::from(round), "trims after {round} minute(s) of the server's clock");
+    }
+    // Not a minute more: no third.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(raw_sample(&url, "conduit_memory_trims_total").await, Some(2.0));
+    assert!(raw_sample(&url, "conduit_memory_released_bytes_total").await.is_some());
+}
