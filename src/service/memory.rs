@@ -5,7 +5,7 @@
 //! server that served a burst idles with most of the burst's memory. Measured on a release
 //! build after 2,000 long-polls had been answered and closed (docs/benchmarks.md): 197.9 MiB
 //! resident a minute later, 113.2 MiB once `malloc_trim(0)` had run. So every
-//! [`TRIM_EVERY`] the process asks malloc to return the free pages of every arena. The walk
+//! [`TRIM_EVERY_MS`] the process asks malloc to return the free pages of every arena. The walk
 //! holds each arena's lock briefly; once a minute it costs nothing a client notices.
 //!
 //! Other allocators (and other C libraries) return memory themselves; there it does nothing.
@@ -24,8 +24,6 @@ use super::clock::Clock;
 
 /// How often free memory is given back, in milliseconds of the server's clock.
 pub const TRIM_EVERY_MS: u64 = 60_000;
-/// The same, for the docs.
-pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_millis(TRIM_EVERY_MS);
 
 pub struct Memory {
     clock: Arc<dyn Clock>,
@@ -45,7 +43,7 @@ impl Memory {
         Self { clock, trims: AtomicU64::new(0), released: AtomicU64::new(0) }
     }
 
-    /// Give free memory back every [`TRIM_EVERY`] until `stop` changes.
+    /// Give free memory back every [`TRIM_EVERY_MS`] until `stop` changes.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             let at = self.clock.now_ms().saturating_add(TRIM_EVERY_MS);

@@ -382,35 +382,19 @@ impl PgStore {
     where
         F: Future<Output = Result<T, PgError>>,
     {
-        self.on_plain_raw(query).map_err(PgError::into_storage)
-    }
-
-    /// As `on_plain`, keeping the backend's error (to tell a conflict worth retrying).
-    fn on_plain_raw<T: Send, F>(&self, query: impl FnOnce(Arc<PgClient>) -> F + Send) -> Result<T, PgError>
-    where
-        F: Future<Output = Result<T, PgError>>,
-    {
         self.counts.requests.fetch_add(1, Ordering::Relaxed);
         let pool = &self.shared.plain;
-        blocking(|| pool.get()?.conn().run(query))
+        blocking(|| pool.get()?.conn().run(query)).map_err(PgError::into_storage)
     }
 
-    /// Run `future` on the store's runtime and wait for its answer (the calls on the
-    /// session connection).
+    /// Run `future` on the store's runtime and wait for its answer, and count it (the
+    /// calls on the session connection).
     fn block_on<T: Send + 'static>(
         &self,
         future: impl Future<Output = Result<T, PgError>> + Send + 'static,
     ) -> StorageResult<T> {
-        self.block_on_raw(future).map_err(PgError::into_storage)
-    }
-
-    /// As `block_on`, counting the request (every caller but `stats`, which reports them).
-    fn block_on_raw<T: Send + 'static>(
-        &self,
-        future: impl Future<Output = Result<T, PgError>> + Send + 'static,
-    ) -> Result<T, PgError> {
         self.counts.requests.fetch_add(1, Ordering::Relaxed);
-        self.block_on_uncounted(future)
+        self.block_on_uncounted(future).map_err(PgError::into_storage)
     }
 
     fn block_on_uncounted<T: Send + 'static>(

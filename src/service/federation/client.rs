@@ -424,8 +424,9 @@ impl FederationClient {
                 tunnel.send(request, self.timeout).await.map_err(|e| outbound::describe_error(e.as_ref()))
             }
             None => {
-                let request = reqwest::Request::try_from(request).map_err(|e| describe(&e))?;
-                self.http.execute(request).await.map_err(|e| describe(&e))
+                let request =
+                    reqwest::Request::try_from(request).map_err(|e| outbound::describe_error(&e))?;
+                self.http.execute(request).await.map_err(|e| outbound::describe_error(&e))
             }
         }
     }
@@ -513,14 +514,9 @@ pub fn refusal_error(server: &ServerName, refusal: &RemoteRefusal) -> Error {
     }
 }
 
-/// A client error in words, with the guard's refusal when that is what stopped it.
-fn describe(error: &reqwest::Error) -> String {
-    outbound::describe_error(error)
-}
-
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> std::result::Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| outbound::describe_error(&e))? {
         if body.len() + chunk.len() > limit {
             return Err(format!("answer larger than {limit} bytes"));
         }
